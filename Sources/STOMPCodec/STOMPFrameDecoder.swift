@@ -1,0 +1,210 @@
+import NIOCore
+
+/// Limits the decoder enforces. Exceeding one is a ``STOMPDecodingError``.
+public struct STOMPDecoderLimits: Sendable, Hashable {
+    /// Largest frame, header block plus body, in bytes.
+    public var maxFrameBytes: Int
+    /// Most header lines in one frame (repeats included).
+    public var maxHeaders: Int
+    /// Longest single header line, in bytes.
+    public var maxHeaderLineBytes: Int
+
+    public init(maxFrameBytes: Int = 256 * 1024, maxHeaders: Int = 64, maxHeaderLineBytes: Int = 8 * 1024) {
+        self.maxFrameBytes = maxFrameBytes
+        self.maxHeaders = maxHeaders
+        self.maxHeaderLineBytes = maxHeaderLineBytes
+    }
+}
+
+/// Incremental STOMP frame decoder over a `ByteBuffer`.
+///
+/// - EOLs between frames (heart-beats) are skipped; both `LF` and `CRLF` end lines.
+/// - Header names and values are unescaped when ``escapeHeaders`` is on, except in
+///   `CONNECT`, `STOMP` and `CONNECTED` frames; an undefined escape is an error.
+/// - Repeated headers are all kept, in order; values are never trimmed.
+/// - `content-length` is honoured (bodies may contain NUL); without it the body ends at
+///   the first NUL.
+/// - Work is resumable: bytes already scanned are not scanned again when more arrive,
+///   so feeding one byte at a time stays linear.
+/// - The body of a decoded frame is a slice of the input buffer (no copy).
+public struct STOMPFrameDecoder: ByteToMessageDecoder {
+    public typealias InboundOut = STOMPFrame
+
+    public var limits: STOMPDecoderLimits
+    /// Whether header escaping is in force (STOMP 1.1 and later). The gateway switches it off
+    /// once a session negotiates 1.0.
+    public var escapeHeaders: Bool
+
+    /// Start of the header line not yet seen complete, relative to the reader index.
+    private var lineStart = 0
+    private var headerLinesSeen = 0
+    private var pending: PendingBody?
+
+    private struct PendingBody {
+        var command: STOMPCommand
+        var headers: STOMPHeaders
+        var headerBytes: Int
+        var contentLength: Int?
+        var bodyScanned: Int
+    }
+
+    public init(limits: STOMPDecoderLimits = STOMPDecoderLimits(), escapeHeaders: Bool = true) {
+        self.limits = limits
+        self.escapeHeaders = escapeHeaders
+    }
+
+    /// Decodes the next complete frame, consuming its bytes, or returns nil if more bytes
+    /// are needed (partial input is left in `buffer`).
+    public mutating func decodeFrame(_ buffer: inout ByteBuffer) throws(STOMPDecodingError) -> STOMPFrame? {
+        if pending == nil {
+            guard skipHeartBeats(&buffer) else { return nil }
+            guard let headerEnd = try scanHeaderBlock(buffer) else { return nil }
+            pending = try parseHeaderBlock(buffer, length: headerEnd)
+        }
+        return try decodeBody(&buffer)
+    }
+
+    /// Consumes leading EOLs. Returns false when the buffer holds nothing else yet.
+    private func skipHeartBeats(_ buffer: inout ByteBuffer) -> Bool {
+        while let b = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) {
+            if b == UInt8(ascii: "\n") {
+                buffer.moveReaderIndex(forwardBy: 1)
+            } else if b == UInt8(ascii: "\r") {
+                guard let next = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self) else { return false }
+                guard next == UInt8(ascii: "\n") else { return true }
+                buffer.moveReaderIndex(forwardBy: 2)
+            } else {
+                return true
+            }
+        }
+        return false
+    }
+
+    /// Finds the blank line ending the header block; returns its end offset or nil.
+    private mutating func scanHeaderBlock(_ buffer: ByteBuffer) throws(STOMPDecodingError) -> Int? {
+        let limits = self.limits
+        var lineStart = self.lineStart
+        var lines = self.headerLinesSeen
+        let result: Result<Int?, STOMPDecodingError> = buffer.withUnsafeReadableBytes { bytes in
+            while true {
+                guard let nl = bytes[lineStart...].firstIndex(of: UInt8(ascii: "\n")) else {
+                    if bytes.count - lineStart > limits.maxHeaderLineBytes { return .failure(.headerLineTooLong(limit: limits.maxHeaderLineBytes)) }
+                    if bytes.count > limits.maxFrameBytes { return .failure(.frameTooLarge(limit: limits.maxFrameBytes)) }
+                    return .success(nil)
+                }
+                var lineEnd = nl
+                if lineEnd > lineStart && bytes[lineEnd - 1] == UInt8(ascii: "\r") { lineEnd -= 1 }
+                if lineEnd == lineStart && lineStart > 0 {
+                    return .success(nl + 1)
+                }
+                if lineEnd - lineStart > limits.maxHeaderLineBytes { return .failure(.headerLineTooLong(limit: limits.maxHeaderLineBytes)) }
+                lines += 1
+                // The first line is the command; the rest are headers.
+                if lines - 1 > limits.maxHeaders { return .failure(.tooManyHeaders(limit: limits.maxHeaders)) }
+                lineStart = nl + 1
+                if lineStart > limits.maxFrameBytes { return .failure(.frameTooLarge(limit: limits.maxFrameBytes)) }
+            }
+        }
+        self.lineStart = lineStart
+        self.headerLinesSeen = lines
+        return try result.get()
+    }
+
+    /// Parses the command line and headers of a complete header block.
+    private func parseHeaderBlock(_ buffer: ByteBuffer, length: Int) throws(STOMPDecodingError) -> PendingBody {
+        let escape = self.escapeHeaders
+        let result: Result<PendingBody, STOMPDecodingError> = buffer.withUnsafeReadableBytes { all in
+            let bytes = UnsafeRawBufferPointer(rebasing: all[0..<length])
+            var start = 0
+            var command: STOMPCommand?
+            var headers = STOMPHeaders()
+            headers.storage.reserveCapacity(8)
+            while start < bytes.count, let nl = bytes[start...].firstIndex(of: UInt8(ascii: "\n")) {
+                var end = nl
+                if end > start && bytes[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+                defer { start = nl + 1 }
+                if end == start { break }  // the blank line
+                let line = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
+                guard let cmd = command else {
+                    guard let c = STOMPCommand(bytes: line) else {
+                        return .failure(.unknownCommand(String(decoding: line, as: UTF8.self)))
+                    }
+                    command = c
+                    continue
+                }
+                guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else {
+                    return .failure(.malformedHeaderLine(String(decoding: line, as: UTF8.self)))
+                }
+                let name = UnsafeRawBufferPointer(rebasing: line[line.startIndex..<colon])
+                let value = UnsafeRawBufferPointer(rebasing: line[(colon + 1)...])
+                if escape && cmd.usesHeaderEscaping {
+                    do throws(STOMPDecodingError) {
+                        headers.add(try STOMPHeaderEscaping.unescape(name), try STOMPHeaderEscaping.unescape(value))
+                    } catch {
+                        return .failure(error)
+                    }
+                } else {
+                    headers.add(String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self))
+                }
+            }
+            guard let command else { return .failure(.unknownCommand("")) }
+            var contentLength: Int?
+            if let raw = headers["content-length"] {
+                guard !raw.isEmpty, raw.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }), let n = Int(raw) else {
+                    return .failure(.invalidContentLength(raw))
+                }
+                contentLength = n
+            }
+            return .success(PendingBody(command: command, headers: headers, headerBytes: length, contentLength: contentLength, bodyScanned: 0))
+        }
+        return try result.get()
+    }
+
+    /// Completes the pending frame once its body and NUL are buffered.
+    private mutating func decodeBody(_ buffer: inout ByteBuffer) throws(STOMPDecodingError) -> STOMPFrame? {
+        guard var p = pending else { return nil }
+        let available = buffer.readableBytes - p.headerBytes
+        let bodyLength: Int
+        if let n = p.contentLength {
+            if n > limits.maxFrameBytes - p.headerBytes { throw .frameTooLarge(limit: limits.maxFrameBytes) }
+            guard available > n else { return nil }
+            guard buffer.getInteger(at: buffer.readerIndex + p.headerBytes + n, as: UInt8.self) == 0 else {
+                throw .missingNullTerminator
+            }
+            bodyLength = n
+        } else {
+            let from = p.headerBytes + p.bodyScanned
+            let found: Int? = buffer.withUnsafeReadableBytes { bytes in
+                bytes[from...].firstIndex(of: 0)
+            }
+            guard let nul = found else {
+                p.bodyScanned = available
+                pending = p
+                if buffer.readableBytes > limits.maxFrameBytes { throw .frameTooLarge(limit: limits.maxFrameBytes) }
+                return nil
+            }
+            // A frame that arrived whole must obey the limit too, not only one still arriving.
+            if nul > limits.maxFrameBytes { throw .frameTooLarge(limit: limits.maxFrameBytes) }
+            bodyLength = nul - p.headerBytes
+        }
+        buffer.moveReaderIndex(forwardBy: p.headerBytes)
+        let body = buffer.readSlice(length: bodyLength)!
+        buffer.moveReaderIndex(forwardBy: 1)
+        pending = nil
+        lineStart = 0
+        headerLinesSeen = 0
+        return STOMPFrame(p.command, headers: p.headers, body: body)
+    }
+
+    // MARK: ByteToMessageDecoder
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let frame = try decodeFrame(&buffer) else { return .needMoreData }
+        context.fireChannelRead(Self.wrapInboundOut(frame))
+        return .continue
+    }
+
+    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        try decode(context: context, buffer: &buffer)
+    }
+}

@@ -1,0 +1,77 @@
+import NIOCore
+
+/// STOMP 1.1+ header escaping: `\r` `\n` `\c` (colon) and `\\`.
+public enum STOMPHeaderEscaping {
+    /// Decodes an escaped header name or value; any other escape is a fatal error.
+    @inlinable
+    public static func unescape(_ bytes: UnsafeRawBufferPointer) throws(STOMPDecodingError) -> String {
+        guard bytes.firstIndex(of: UInt8(ascii: "\\")) != nil else {
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        var out = [UInt8]()
+        out.reserveCapacity(bytes.count)
+        var i = 0
+        while i < bytes.count {
+            let b = bytes[i]
+            if b != UInt8(ascii: "\\") {
+                out.append(b)
+                i += 1
+                continue
+            }
+            guard i + 1 < bytes.count else { throw .undefinedEscape("\\") }
+            switch bytes[i + 1] {
+            case UInt8(ascii: "r"): out.append(UInt8(ascii: "\r"))
+            case UInt8(ascii: "n"): out.append(UInt8(ascii: "\n"))
+            case UInt8(ascii: "c"): out.append(UInt8(ascii: ":"))
+            case UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\"))
+            default:
+                throw .undefinedEscape("\\" + String(decoding: [bytes[i + 1]], as: UTF8.self))
+            }
+            i += 2
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Writes `string` escaped for a 1.1+ header.
+    @inlinable
+    public static func writeEscaped(_ string: String, into buffer: inout ByteBuffer) {
+        var needs = false
+        for b in string.utf8 where b == UInt8(ascii: "\\") || b == UInt8(ascii: ":") || b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r") {
+            needs = true
+            break
+        }
+        guard needs else {
+            buffer.writeString(string)
+            return
+        }
+        for b in string.utf8 {
+            switch b {
+            case UInt8(ascii: "\\"): buffer.writeStaticString("\\\\")
+            case UInt8(ascii: ":"): buffer.writeStaticString("\\c")
+            case UInt8(ascii: "\n"): buffer.writeStaticString("\\n")
+            case UInt8(ascii: "\r"): buffer.writeStaticString("\\r")
+            default: buffer.writeInteger(b)
+            }
+        }
+    }
+
+    /// Writes `string` for a frame that is not escaped (STOMP 1.0, CONNECT, CONNECTED).
+    ///
+    /// Line breaks cannot be represented there; they are replaced by spaces so the frame
+    /// stays well-formed. A colon is legal in a value (only the first one splits).
+    @inlinable
+    public static func writeUnescaped(_ string: String, into buffer: inout ByteBuffer) {
+        var clean = true
+        for b in string.utf8 where b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r") {
+            clean = false
+            break
+        }
+        if clean {
+            buffer.writeString(string)
+            return
+        }
+        for b in string.utf8 {
+            buffer.writeInteger((b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r")) ? UInt8(ascii: " ") : b)
+        }
+    }
+}

@@ -1,0 +1,35 @@
+import NIOCore
+
+/// How published messages reach subscribers: the in-memory engine delivers to this
+/// instance's hub; the Redis engine (see the `[scale]` work) goes through Redis so every
+/// instance's hub gets them.
+public protocol BrokerEngine: Sendable {
+    /// Publishes `message` to every subscriber of its destination.
+    ///
+    /// The future succeeds once the message is delivered (in-memory) or accepted by the
+    /// shared broker; only then may a `RECEIPT` go out. It fails with an error saying why
+    /// the message could not be published.
+    func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
+
+    /// A short name for logs and `/health` (`memory`, `redis`).
+    var name: String { get }
+
+    /// True when ``publish(_:on:)`` has delivered by the time it returns, so callers may
+    /// answer at once instead of waiting on the future.
+    var publishesSynchronously: Bool { get }
+}
+
+/// The embedded broker: delivers to local subscribers directly. It is the default when no
+/// Redis is configured.
+public final class InMemoryEngine: BrokerEngine {
+    public let hub: FanoutHub
+    public var name: String { "memory" }
+    public var publishesSynchronously: Bool { true }
+
+    public init(hub: FanoutHub) { self.hub = hub }
+
+    public func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        hub.deliver(message)
+        return eventLoop.makeSucceededVoidFuture()
+    }
+}

@@ -1,0 +1,113 @@
+/// A destination or a wildcard subscription pattern.
+///
+/// Destinations are split into segments at `/` and `.`. In a pattern:
+/// - `*` is a whole segment that matches exactly one segment (`/topic/stock.*` matches
+///   `/topic/stock.AAPL`, not `/topic/stock.US.AAPL`);
+/// - `**` is a whole final segment that matches one or more remaining segments
+///   (`/topic/stock.**` matches both of the above, `/topic/**` every topic).
+///
+/// The separators must line up: `/topic/a.*` does not match `/topic/a/b`.
+public struct DestinationPattern: Sendable, Hashable, CustomStringConvertible {
+    public let text: String
+    /// Segments with the separator that precedes each (nil for the first).
+    @usableFromInline let segments: [Segment]
+    /// True when the pattern contains `*` or `**`.
+    public let isWildcard: Bool
+
+    @usableFromInline
+    enum Segment: Sendable, Hashable {
+        case literal(separator: UInt8?, String)
+        case one(separator: UInt8?)
+        case rest(separator: UInt8?)
+    }
+
+    public var description: String { text }
+
+    public static func == (lhs: DestinationPattern, rhs: DestinationPattern) -> Bool { lhs.text == rhs.text }
+    public func hash(into hasher: inout Hasher) { hasher.combine(text) }
+
+    /// Why a pattern was rejected.
+    public enum Invalid: Error, Sendable, CustomStringConvertible {
+        case empty
+        case misplacedWildcard(String)
+        public var description: String {
+            switch self {
+            case .empty: return "empty destination"
+            case .misplacedWildcard(let p): return "invalid wildcard in '\(p)': '*' and '**' must be whole segments and '**' must be last"
+            }
+        }
+    }
+
+    public init(_ text: String) throws(Invalid) {
+        guard !text.isEmpty else { throw .empty }
+        self.text = text
+        var segments: [Segment] = []
+        var wildcard = false
+        let utf8 = Substring(text).utf8
+        var start = utf8.startIndex
+        var separator: UInt8? = nil
+        var index = utf8.startIndex
+        func close(_ end: Substring.UTF8View.Index) throws(Invalid) {
+            let seg = utf8[start..<end]
+            if seg.elementsEqual("**".utf8) {
+                segments.append(.rest(separator: separator)); wildcard = true
+            } else if seg.elementsEqual("*".utf8) {
+                segments.append(.one(separator: separator)); wildcard = true
+            } else if seg.contains(UInt8(ascii: "*")) {
+                throw .misplacedWildcard(text)
+            } else {
+                segments.append(.literal(separator: separator, String(Substring(seg))))
+            }
+        }
+        while index < utf8.endIndex {
+            let b = utf8[index]
+            if b == UInt8(ascii: "/") || b == UInt8(ascii: ".") {
+                try close(index)
+                separator = b
+                start = utf8.index(after: index)
+            }
+            index = utf8.index(after: index)
+        }
+        try close(utf8.endIndex)
+        if let restIndex = segments.firstIndex(where: { if case .rest = $0 { return true } else { return false } }),
+           restIndex != segments.count - 1 {
+            throw .misplacedWildcard(text)
+        }
+        self.segments = segments
+        self.isWildcard = wildcard
+    }
+
+    /// Whether `destination` (a concrete destination, no wildcards) matches this pattern.
+    public func matches(_ destination: String) -> Bool {
+        if !isWildcard { return destination == text }
+        let utf8 = Substring(destination).utf8
+        var index = utf8.startIndex
+        var first = true
+        for segment in segments {
+            // Read the separator that must precede this segment.
+            let expected: UInt8?
+            switch segment {
+            case .literal(let s, _), .one(let s), .rest(let s): expected = s
+            }
+            if !first {
+                guard index < utf8.endIndex, utf8[index] == expected else { return false }
+                index = utf8.index(after: index)
+            }
+            first = false
+            var end = index
+            while end < utf8.endIndex, utf8[end] != UInt8(ascii: "/"), utf8[end] != UInt8(ascii: ".") {
+                end = utf8.index(after: end)
+            }
+            switch segment {
+            case .literal(_, let lit):
+                guard utf8[index..<end].elementsEqual(lit.utf8) else { return false }
+            case .one:
+                guard end > index else { return false }
+            case .rest:
+                return utf8.endIndex > index
+            }
+            index = end
+        }
+        return index == utf8.endIndex
+    }
+}

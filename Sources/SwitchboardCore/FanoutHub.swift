@@ -1,0 +1,122 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Told when the instance gains its first or loses its last subscriber for a destination or
+/// wildcard pattern. The Redis engine subscribes and unsubscribes in Redis on these calls.
+///
+/// Calls are made in order, under the hub's interest lock: implementations must not block and
+/// must not call back into the hub synchronously.
+public protocol InterestObserver: AnyObject, Sendable {
+    func interestActivated(_ pattern: DestinationPattern)
+    func interestDeactivated(_ pattern: DestinationPattern)
+}
+
+/// Routes published messages to the event loops that have subscribers for them.
+///
+/// Each event loop has a ``LoopShard`` holding its sessions' subscriptions. The hub keeps only
+/// an interest index (destination → shards, as a bitmask), so a message hops once to each
+/// interested loop and is written there to every local subscriber, with one flush per
+/// connection per batch.
+public final class FanoutHub: Sendable {
+    private struct Index {
+        var exact: [String: UInt64] = [:]
+        var wildcard: [DestinationPattern: UInt64] = [:]
+        var shards: [ObjectIdentifier: LoopShard] = [:]
+        var shardList: [LoopShard] = []
+        weak var observer: (any InterestObserver)?
+    }
+
+    /// Most event loops (shards) one hub can serve: the interest masks are 64-bit.
+    public static let maxShards = 64
+
+    private let state = NIOLockedValueBox(Index())
+    public let heartbeatResolution: TimeAmount
+
+    public init(eventLoops: [any EventLoop] = [], heartbeatResolution: TimeAmount = .milliseconds(250)) {
+        self.heartbeatResolution = heartbeatResolution
+        for loop in eventLoops { _ = shard(for: loop) }
+    }
+
+    /// Sets the engine told about interest changes.
+    public func setInterestObserver(_ observer: any InterestObserver) {
+        state.withLockedValue { $0.observer = observer }
+    }
+
+    /// The shard of `eventLoop`, created on first use.
+    public func shard(for eventLoop: any EventLoop) -> LoopShard {
+        let key = ObjectIdentifier(eventLoop)
+        return state.withLockedValue { s in
+            if let shard = s.shards[key] { return shard }
+            precondition(s.shardList.count < Self.maxShards, "too many event loops for one hub")
+            let shard = LoopShard(eventLoop: eventLoop, index: s.shardList.count, hub: self)
+            s.shards[key] = shard
+            s.shardList.append(shard)
+            return shard
+        }
+    }
+
+    /// Every shard so far.
+    public var shards: [LoopShard] { state.withLockedValue { $0.shardList } }
+
+    /// Delivers `message` to every local subscriber whose subscription matches it.
+    public func deliver(_ message: PublishedMessage) {
+        let targets: [LoopShard] = state.withLockedValue { s in
+            var mask = s.exact[message.destination] ?? 0
+            for (pattern, m) in s.wildcard where mask | m != mask && pattern.matches(message.destination) {
+                mask |= m
+            }
+            guard mask != 0 else { return [] }
+            var out: [LoopShard] = []
+            var rest = mask
+            while rest != 0 {
+                let i = rest.trailingZeroBitCount
+                out.append(s.shardList[i])
+                rest &= rest - 1
+            }
+            return out
+        }
+        for shard in targets {
+            if shard.eventLoop.inEventLoop {
+                shard.deliverLocally(message)
+            } else {
+                shard.eventLoop.execute { shard.deliverLocally(message) }
+            }
+        }
+    }
+
+    /// Whether any shard has a subscriber whose pattern matches `destination`.
+    public func hasSubscribers(for destination: String) -> Bool {
+        state.withLockedValue { s in
+            if s.exact[destination] != nil { return true }
+            return s.wildcard.keys.contains { $0.matches(destination) }
+        }
+    }
+
+    /// Number of distinct destinations and patterns with local subscribers.
+    public var activeDestinationCount: Int {
+        state.withLockedValue { $0.exact.count + $0.wildcard.count }
+    }
+
+    func addInterest(_ pattern: DestinationPattern, shard: Int) {
+        state.withLockedValue { s in
+            let bit: UInt64 = 1 << UInt64(shard)
+            let old = (pattern.isWildcard ? s.wildcard[pattern] : s.exact[pattern.text]) ?? 0
+            if pattern.isWildcard { s.wildcard[pattern] = old | bit } else { s.exact[pattern.text] = old | bit }
+            if old == 0 { s.observer?.interestActivated(pattern) }
+        }
+    }
+
+    func removeInterest(_ pattern: DestinationPattern, shard: Int) {
+        state.withLockedValue { s in
+            let bit: UInt64 = 1 << UInt64(shard)
+            let old = (pattern.isWildcard ? s.wildcard[pattern] : s.exact[pattern.text]) ?? 0
+            let new = old & ~bit
+            if pattern.isWildcard {
+                s.wildcard[pattern] = new == 0 ? nil : new
+            } else {
+                s.exact[pattern.text] = new == 0 ? nil : new
+            }
+            if old != 0 && new == 0 { s.observer?.interestDeactivated(pattern) }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+import NIOCore
+import STOMPCodec
+
+/// How a subscription acknowledges messages (STOMP `ack` header).
+public enum AckMode: String, Sendable {
+    case auto
+    case client
+    case clientIndividual = "client-individual"
+}
+
+/// Receives messages for the subscriptions of one session. Called on the session's event loop only.
+public protocol SubscriptionSink: AnyObject {
+    /// Writes `message` for `subscription` without flushing.
+    func deliver(_ message: PublishedMessage, to subscription: LocalSubscription)
+    /// Flushes what ``deliver(_:to:)`` wrote since the last flush.
+    func flushDeliveries()
+}
+
+/// One SUBSCRIBE of one session, registered in the shard of the session's event loop.
+public final class LocalSubscription {
+    public let id: String
+    public let pattern: DestinationPattern
+    public let ackMode: AckMode
+    public unowned let sink: any SubscriptionSink
+    /// Position in the shard's bucket, for O(1) removal.
+    var slot: Int = -1
+    /// Per-flush dedup marker for the sink (see ``LoopShard``).
+    var active = true
+
+    public init(id: String, pattern: DestinationPattern, ackMode: AckMode, sink: any SubscriptionSink) {
+        self.id = id
+        self.pattern = pattern
+        self.ackMode = ackMode
+        self.sink = sink
+    }
+}

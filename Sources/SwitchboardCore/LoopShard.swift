@@ -1,0 +1,161 @@
+import NIOCore
+
+/// A session registered with its loop's shard: it receives the shared heart-beat tick and
+/// can be closed at shutdown.
+public protocol HeartbeatClient: AnyObject {
+    /// Called on every tick of the shard's timer with the current tick number.
+    func heartbeatTick(_ tick: UInt64)
+    /// Ends the session with an `ERROR` saying `reason`.
+    func close(reason: String)
+}
+
+/// The state of one event loop: its sessions' subscriptions, flush batching and the shared
+/// heart-beat timer. Everything but ``eventLoop`` is confined to that loop.
+public final class LoopShard: @unchecked Sendable {
+    public let eventLoop: any EventLoop
+    let index: Int
+    unowned let hub: FanoutHub
+
+    private var exact: [String: [LocalSubscription]] = [:]
+    private var wildcard: [DestinationPattern: [LocalSubscription]] = [:]
+    /// Sinks written to since the last flush pass.
+    private var dirty: [any SubscriptionSink] = []
+    private var dirtySet = Set<ObjectIdentifier>()
+    private var flushScheduled = false
+
+    private var heartbeatClients: [ObjectIdentifier: any HeartbeatClient] = [:]
+    private var timer: RepeatedTask?
+    /// Monotonic heart-beat tick counter; one tick is ``FanoutHub/heartbeatResolution``.
+    public private(set) var tick: UInt64 = 0
+
+    init(eventLoop: any EventLoop, index: Int, hub: FanoutHub) {
+        self.eventLoop = eventLoop
+        self.index = index
+        self.hub = hub
+    }
+
+    /// Number of local subscriptions (all destinations).
+    public private(set) var subscriptionCount = 0
+
+    // MARK: Subscriptions
+
+    /// Registers a subscription. Must be called on ``eventLoop``.
+    public func add(_ subscription: LocalSubscription) {
+        eventLoop.preconditionInEventLoop()
+        let p = subscription.pattern
+        var bucket = (p.isWildcard ? wildcard[p] : exact[p.text]) ?? []
+        subscription.slot = bucket.count
+        bucket.append(subscription)
+        if p.isWildcard { wildcard[p] = bucket } else { exact[p.text] = bucket }
+        subscriptionCount += 1
+        if bucket.count == 1 { hub.addInterest(p, shard: index) }
+    }
+
+    /// Removes a subscription added with ``add(_:)``. Must be called on ``eventLoop``.
+    public func remove(_ subscription: LocalSubscription) {
+        eventLoop.preconditionInEventLoop()
+        let p = subscription.pattern
+        guard var bucket = p.isWildcard ? wildcard[p] : exact[p.text],
+              subscription.slot >= 0, subscription.slot < bucket.count,
+              bucket[subscription.slot] === subscription else { return }
+        let slot = subscription.slot
+        let last = bucket.removeLast()
+        if slot < bucket.count {
+            bucket[slot] = last
+            last.slot = slot
+        }
+        subscription.slot = -1
+        subscription.active = false
+        subscriptionCount -= 1
+        if bucket.isEmpty {
+            if p.isWildcard { wildcard[p] = nil } else { exact[p.text] = nil }
+            hub.removeInterest(p, shard: index)
+        } else {
+            if p.isWildcard { wildcard[p] = bucket } else { exact[p.text] = bucket }
+        }
+    }
+
+    /// Writes `message` to every matching local subscription, then schedules one flush per
+    /// touched session for the end of this batch.
+    func deliverLocally(_ message: PublishedMessage) {
+        if let bucket = exact[message.destination] {
+            for sub in bucket { write(message, sub) }
+        }
+        if !wildcard.isEmpty {
+            for (pattern, bucket) in wildcard where pattern.matches(message.destination) {
+                for sub in bucket { write(message, sub) }
+            }
+        }
+        scheduleFlush()
+    }
+
+    @inline(__always)
+    private func write(_ message: PublishedMessage, _ sub: LocalSubscription) {
+        sub.sink.deliver(message, to: sub)
+        markDirty(sub.sink)
+    }
+
+    /// Records that `sink` has unflushed writes; it is flushed at the end of the batch.
+    public func markDirty(_ sink: any SubscriptionSink) {
+        if dirtySet.insert(ObjectIdentifier(sink)).inserted { dirty.append(sink) }
+    }
+
+    /// Flushes dirty sinks once the tasks already queued on the loop (more deliveries,
+    /// typically) have run, so a burst costs one flush per connection.
+    public func scheduleFlush() {
+        guard !flushScheduled, !dirty.isEmpty else { return }
+        flushScheduled = true
+        eventLoop.execute { self.flushDirty() }
+    }
+
+    private func flushDirty() {
+        flushScheduled = false
+        let sinks = dirty
+        dirty.removeAll(keepingCapacity: true)
+        dirtySet.removeAll(keepingCapacity: true)
+        for sink in sinks { sink.flushDeliveries() }
+    }
+
+    // MARK: Heart-beats
+
+    /// Adds a session to the shared heart-beat timer of this loop.
+    public func addHeartbeatClient(_ client: any HeartbeatClient) {
+        eventLoop.preconditionInEventLoop()
+        heartbeatClients[ObjectIdentifier(client)] = client
+        if timer == nil {
+            let period = hub.heartbeatResolution
+            timer = eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { [weak self] _ in
+                self?.onTick()
+            }
+        }
+    }
+
+    public func removeHeartbeatClient(_ client: any HeartbeatClient) {
+        eventLoop.preconditionInEventLoop()
+        heartbeatClients[ObjectIdentifier(client)] = nil
+    }
+
+    private func onTick() {
+        tick &+= 1
+        let now = tick
+        for client in heartbeatClients.values { client.heartbeatTick(now) }
+    }
+
+    /// Closes every session of this loop with an `ERROR` saying `reason`.
+    public func closeAll(reason: String) {
+        eventLoop.execute {
+            for client in Array(self.heartbeatClients.values) { client.close(reason: reason) }
+        }
+    }
+
+    /// Number of sessions on this loop.
+    public var sessionCount: Int { heartbeatClients.count }
+
+    /// Stops the heart-beat timer (at shutdown).
+    public func stop() {
+        eventLoop.execute {
+            self.timer?.cancel()
+            self.timer = nil
+        }
+    }
+}

@@ -1,0 +1,88 @@
+import NIOCore
+import STOMPCodec
+import Synchronization
+
+/// A message on its way to subscribers, with its `MESSAGE` frame pre-encoded once.
+///
+/// Fan-out copies the shared prefix into each subscriber's frame and inserts only the
+/// per-subscription headers, so a message is encoded once however many sessions get it.
+public final class PublishedMessage: Sendable {
+    public let destination: String
+    public let messageID: String
+    /// User headers (content-type included), without the reserved ones.
+    public let headers: STOMPHeaders
+    public let body: ByteBuffer
+    /// Whether the body is valid UTF-8 (sent as a WebSocket text frame) or not (binary).
+    public let bodyIsUTF8: Bool
+    /// `MESSAGE\n` + destination, message-id, user headers and content-length, escaped (1.1+).
+    let escapedPrefix: ByteBuffer
+    /// The same for STOMP 1.0 sessions (not escaped).
+    let plainPrefix: ByteBuffer
+
+    /// Headers a publisher may not set: the server owns them.
+    public static let reservedHeaders: Set<String> = [
+        "destination", "message-id", "subscription", "ack", "content-length", "receipt", "transaction", "receipt-id",
+    ]
+
+    public init(destination: String, messageID: String, headers: STOMPHeaders, body: ByteBuffer) {
+        self.destination = destination
+        self.messageID = messageID
+        var clean = STOMPHeaders()
+        for (name, value) in headers where !Self.reservedHeaders.contains(name) && clean[name] == nil {
+            clean.add(name, value)
+        }
+        self.headers = clean
+        self.body = body
+        self.bodyIsUTF8 = body.readableBytesView.withContiguousStorageIfAvailable { String(validating: $0, as: UTF8.self) != nil }
+            ?? (String(validating: Array(body.readableBytesView), as: UTF8.self) != nil)
+        self.escapedPrefix = Self.encodePrefix(destination, messageID, clean, body.readableBytes, escape: true)
+        self.plainPrefix = Self.encodePrefix(destination, messageID, clean, body.readableBytes, escape: false)
+    }
+
+    private static func encodePrefix(_ destination: String, _ id: String, _ headers: STOMPHeaders, _ length: Int, escape: Bool) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.reserveCapacity(96 + destination.utf8.count + id.utf8.count)
+        b.writeStaticString("MESSAGE\n")
+        STOMPFrameEncoder.writeHeader("destination", destination, escape: escape, into: &b)
+        STOMPFrameEncoder.writeHeader("message-id", id, escape: escape, into: &b)
+        STOMPFrameEncoder.writeHeaders(headers, escape: escape, into: &b)
+        b.writeStaticString("content-length:")
+        b.writeString(String(length))
+        b.writeInteger(UInt8(ascii: "\n"))
+        return b
+    }
+
+    /// Encodes the complete `MESSAGE` frame for one subscription.
+    ///
+    /// - Parameter ack: the `ack` header value, present for client ack modes.
+    @inlinable
+    public func encodeFrame(subscription: String, ack: String?, escape: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+        encodeFrameImpl(subscription: subscription, ack: ack, escape: escape, allocator: allocator)
+    }
+
+    @usableFromInline
+    func encodeFrameImpl(subscription: String, ack: String?, escape: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let prefix = escape ? escapedPrefix : plainPrefix
+        var out = allocator.buffer(capacity: prefix.readableBytes + subscription.utf8.count + 16 + (ack.map { $0.utf8.count + 5 } ?? 0) + body.readableBytes)
+        out.writeImmutableBuffer(prefix)
+        STOMPFrameEncoder.writeHeader("subscription", subscription, escape: escape, into: &out)
+        if let ack { STOMPFrameEncoder.writeHeader("ack", ack, escape: escape, into: &out) }
+        out.writeInteger(UInt8(ascii: "\n"))
+        out.writeImmutableBuffer(body)
+        out.writeInteger(UInt8(0))
+        return out
+    }
+}
+
+/// Makes message ids unique across instances: `<instance>-<counter>`.
+public final class MessageIDGenerator: Sendable {
+    public let prefix: String
+    private let counter = Atomic<UInt64>(0)
+
+    public init(instanceID: String) { self.prefix = instanceID + "-" }
+
+    public func next() -> String {
+        let n = counter.add(1, ordering: .relaxed).newValue
+        return prefix + String(n)
+    }
+}

@@ -1,0 +1,280 @@
+import Logging
+import NIOCore
+import NIOWebSocket
+import STOMPCodec
+
+/// One STOMP session, as a channel handler after the WebSocket upgrade.
+///
+/// Protocol logic lives here (negotiation, heart-beats, receipts, transactions, errors);
+/// delivery goes through the event loop's ``LoopShard`` and publishing through the
+/// ``BrokerEngine`` and ``AppRoute``s of ``GatewayServices``.
+///
+/// Frames are handled in order. While an asynchronous step runs (an `/app` route call, a
+/// publish the engine has not confirmed), later frames queue and reading from the socket
+/// pauses, so receipts come back in frame order and a fast client cannot flood memory.
+public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, HeartbeatClient {
+    public typealias InboundIn = STOMPFrame
+    public typealias OutboundIn = WebSocketFrame
+    public typealias OutboundOut = WebSocketFrame
+
+    enum State {
+        case awaitingConnect
+        case connected
+        case closing
+    }
+
+    let services: GatewayServices
+    var config: SessionConfiguration { services.configuration }
+    public let sessionID: String
+    var logger: Logger
+
+    var context: ChannelHandlerContext?
+    var shard: LoopShard!
+    var state: State = .awaitingConnect
+    public internal(set) var version: STOMPVersion = .v1_2
+    var escape = true
+    /// The authenticated user, when there is one.
+    public internal(set) var user: String?
+
+    var subscriptions: [String: LocalSubscription] = [:]
+    var transactions: [String: [STOMPFrame]] = [:]
+
+    // Heart-beats, counted in shard ticks; 0 means off.
+    var sendEveryTicks: UInt64 = 0
+    var expectWithinTicks: UInt64 = 0
+    var lastReadTick: UInt64 = 0
+    var lastWriteTick: UInt64 = 0
+    var openedTick: UInt64 = 0
+
+    // Ordered processing.
+    var inFlight = false
+    var draining = false
+    var queued = CircularBuffer<STOMPFrame>()
+    var readPending = false
+    var wroteSinceFlush = false
+
+    public init(services: GatewayServices) {
+        self.services = services
+        self.sessionID = services.sessionIDs.next()
+        var logger = services.logger
+        logger[metadataKey: "session"] = "\(sessionID)"
+        self.logger = logger
+    }
+
+    // MARK: Lifecycle
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.shard = services.hub.shard(for: context.eventLoop)
+        openedTick = shard.tick
+        lastReadTick = shard.tick
+        lastWriteTick = shard.tick
+        shard.addHeartbeatClient(self)
+        services.stats.connectionsOpen.add(1, ordering: .relaxed)
+        services.stats.connectionsTotal.add(1, ordering: .relaxed)
+        let high = max(config.maxPendingOutboundBytes, 2)
+        _ = context.channel.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        cleanUp()
+        self.context = nil
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        cleanUp()
+        context.fireChannelInactive()
+    }
+
+    private var cleanedUp = false
+
+    /// Drops subscriptions, open transactions and timers. Runs once.
+    func cleanUp() {
+        guard !cleanedUp else { return }
+        cleanedUp = true
+        if state == .connected { services.stats.sessionsConnected.subtract(1, ordering: .relaxed) }
+        state = .closing
+        for sub in subscriptions.values { shard.remove(sub) }
+        services.stats.subscriptions.subtract(subscriptions.count, ordering: .relaxed)
+        subscriptions.removeAll()
+        transactions.removeAll()
+        queued.removeAll()
+        shard?.removeHeartbeatClient(self)
+        services.stats.connectionsOpen.subtract(1, ordering: .relaxed)
+    }
+
+    // MARK: Inbound
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        lastReadTick = shard.tick
+        services.stats.framesIn.add(1, ordering: .relaxed)
+        guard state != .closing else { return }
+        if inFlight {
+            guard queued.count < config.maxQueuedFrames else {
+                fail("too many frames queued behind an unfinished SEND (limit \(config.maxQueuedFrames))")
+                return
+            }
+            queued.append(frame)
+            return
+        }
+        handle(frame)
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        flushIfNeeded()
+        context.fireChannelReadComplete()
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is STOMPTransportActivity {
+            lastReadTick = shard.tick
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let decoding = error as? STOMPDecodingError {
+            fail(decoding.description)
+        } else {
+            logger.debug("connection error", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if !context.channel.isWritable && state != .closing {
+            services.stats.slowConsumerDisconnects.add(1, ordering: .relaxed)
+            logger.info("slow consumer: closing", metadata: ["pending.limit": "\(config.maxPendingOutboundBytes)"])
+            fail("slow consumer: more than \(config.maxPendingOutboundBytes) bytes pending delivery")
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: Outbound
+
+    /// Holds back socket reads while a frame is being processed asynchronously.
+    public func read(context: ChannelHandlerContext) {
+        if inFlight {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// Encodes and writes a server frame (not flushed).
+    func send(_ frame: STOMPFrame) {
+        guard let context else { return }
+        var buffer = context.channel.allocator.buffer(capacity: 64 + frame.body.readableBytes)
+        STOMPFrameEncoder.encode(frame, escapeHeaders: escape, into: &buffer)
+        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: buffer)), promise: nil)
+        lastWriteTick = shard.tick
+        wroteSinceFlush = true
+    }
+
+    func flushIfNeeded() {
+        guard wroteSinceFlush, let context else { return }
+        wroteSinceFlush = false
+        context.flush()
+    }
+
+    func sendReceipt(for frame: STOMPFrame) {
+        guard let receipt = frame.headers["receipt"] else { return }
+        send(STOMPFrame(.receipt, headers: ["receipt-id": receipt]))
+    }
+
+    // MARK: SubscriptionSink
+
+    public func deliver(_ message: PublishedMessage, to subscription: LocalSubscription) {
+        guard state == .connected, let context else { return }
+        let ack: String? = subscription.ackMode == .auto ? nil : message.messageID + "." + subscription.id
+        let buffer = message.encodeFrame(subscription: subscription.id, ack: ack, escape: escape, allocator: context.channel.allocator)
+        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: message.bodyIsUTF8 ? .text : .binary, data: buffer)), promise: nil)
+        wroteSinceFlush = true
+        lastWriteTick = shard.tick
+        services.stats.messagesDelivered.add(1, ordering: .relaxed)
+    }
+
+    public func flushDeliveries() {
+        flushIfNeeded()
+    }
+
+    // MARK: Heart-beats and timeouts
+
+    public func heartbeatTick(_ tick: UInt64) {
+        switch state {
+        case .awaitingConnect:
+            let limit = ticks(config.connectTimeout.nanoseconds / 1_000_000, roundUp: true)
+            if tick - openedTick > limit {
+                fail("no CONNECT frame within \(config.connectTimeout.nanoseconds / 1_000_000) ms")
+            }
+        case .connected:
+            if expectWithinTicks > 0 && !inFlight && tick - lastReadTick > expectWithinTicks {
+                services.stats.heartBeatTimeouts.add(1, ordering: .relaxed)
+                logger.info("heart-beat timeout: closing")
+                fail("heart-beat timeout: nothing received from the client in time")
+                return
+            }
+            if sendEveryTicks > 0 && tick - lastWriteTick >= sendEveryTicks, let context {
+                var eol = context.channel.allocator.buffer(capacity: 1)
+                eol.writeInteger(UInt8(ascii: "\n"))
+                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: eol)), promise: nil)
+                lastWriteTick = tick
+            }
+        case .closing:
+            break
+        }
+    }
+
+    public func close(reason: String) {
+        fail(reason)
+    }
+
+    /// Converts milliseconds to shard ticks.
+    func ticks(_ ms: Int64, roundUp: Bool) -> UInt64 {
+        let res = max(services.hub.heartbeatResolution.nanoseconds / 1_000_000, 1)
+        let t = roundUp ? (ms + res - 1) / res : ms / res
+        return UInt64(max(t, 1))
+    }
+
+    // MARK: Errors
+
+    /// Sends `ERROR` with `message` (and `receipt-id` when `frame` asked for a receipt),
+    /// then closes the connection. Other sessions are unaffected.
+    func fail(_ message: String, frame: STOMPFrame? = nil, extraHeaders: STOMPHeaders = STOMPHeaders(), details: String? = nil) {
+        guard state != .closing, let context else { return }
+        let wasConnected = state == .connected
+        services.stats.protocolErrors.add(1, ordering: .relaxed)
+        logger.debug("session error", metadata: ["error": "\(message)"])
+        var headers: STOMPHeaders = ["message": message]
+        if let receipt = frame?.headers["receipt"] { headers.add("receipt-id", receipt) }
+        for (n, v) in extraHeaders { headers.add(n, v) }
+        let body = ByteBuffer(string: details ?? message)
+        headers.add("content-type", "text/plain")
+        headers.add("content-length", String(body.readableBytes))
+        send(STOMPFrame(.error, headers: headers, body: body))
+        if wasConnected { services.stats.sessionsConnected.subtract(1, ordering: .relaxed) }
+        state = .closing
+        closeConnection(context: context, code: .normalClosure)
+    }
+
+    /// Sends a WebSocket close frame after what is queued, then closes the channel. A peer
+    /// that does not read gets cut off after a short grace period.
+    func closeConnection(context: ChannelHandlerContext, code: WebSocketErrorCode) {
+        var data = context.channel.allocator.buffer(capacity: 2)
+        data.write(webSocketErrorCode: code)
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)), promise: promise)
+        wroteSinceFlush = false
+        let channel = context.channel
+        let timeout = context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        promise.futureResult.whenComplete { _ in
+            timeout.cancel()
+            channel.close(promise: nil)
+        }
+        // Nothing more is read from a closing session.
+        inFlight = false
+        queued.removeAll()
+    }
+}

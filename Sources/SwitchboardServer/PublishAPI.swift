@@ -1,0 +1,114 @@
+import Foundation
+import Hummingbird
+import NIOCore
+import STOMPCodec
+import SwitchboardCore
+
+/// The HTTP API backends use to push to browsers, compatible with the seed articles:
+/// `POST /api/notification` with `{"topic","message"}` (optional `headers`, `contentType`).
+struct PublishAPI: Sendable {
+    let services: GatewayServices
+    let maxBodyBytes: Int
+    let eventLoopGroup: any EventLoopGroup
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.post("/api/notification") { request, context in
+            try await self.publish(request, context: context)
+        }
+        router.get("/health") { _, _ in
+            self.health()
+        }
+    }
+
+    /// An HTTP error answered as `{"error": "...", "field": "..."}`.
+    struct APIError: Error, HTTPResponseError {
+        var status: HTTPResponse.Status
+        var message: String
+        var field: String?
+
+        func response(from request: Request, context: some RequestContext) throws -> Response {
+            var object: [String: Any] = ["error": message]
+            object["field"] = field ?? NSNull()
+            return PublishAPI.json(object, status: status)
+        }
+    }
+
+    static func json(_ object: [String: Any], status: HTTPResponse.Status = .ok) -> Response {
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// Parses and validates a notification request body.
+    static func parseNotification(_ bytes: ByteBuffer, configuration: SessionConfiguration) throws(APIError) -> (topic: String, body: ByteBuffer, headers: STOMPHeaders) {
+        guard let any = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)), let object = any as? [String: Any] else {
+            throw APIError(status: .badRequest, message: "request body must be a JSON object", field: nil)
+        }
+        guard let topicValue = object["topic"] else {
+            throw APIError(status: .badRequest, message: "missing field 'topic'", field: "topic")
+        }
+        guard let topic = topicValue as? String, !topic.isEmpty else {
+            throw APIError(status: .badRequest, message: "field 'topic' must be a non-empty string", field: "topic")
+        }
+        guard configuration.isBrokerDestination(topic) else {
+            throw APIError(status: .badRequest, message: "field 'topic' must start with \(configuration.brokerPrefixes.joined(separator: " or "))", field: "topic")
+        }
+        guard !topic.contains("*") else {
+            throw APIError(status: .badRequest, message: "field 'topic' must not contain wildcards", field: "topic")
+        }
+        guard let messageValue = object["message"] else {
+            throw APIError(status: .badRequest, message: "missing field 'message'", field: "message")
+        }
+        guard let message = messageValue as? String else {
+            throw APIError(status: .badRequest, message: "field 'message' must be a string", field: "message")
+        }
+        var headers = STOMPHeaders()
+        if let raw = object["headers"] {
+            guard let dict = raw as? [String: Any], dict.values.allSatisfy({ $0 is String }) else {
+                throw APIError(status: .badRequest, message: "field 'headers' must be an object of string values", field: "headers")
+            }
+            for (k, v) in dict.sorted(by: { $0.key < $1.key }) where !PublishedMessage.reservedHeaders.contains(k) && k != "content-type" {
+                headers.add(k, v as! String)
+            }
+        }
+        var contentType = "text/plain"
+        if let raw = object["contentType"] {
+            guard let ct = raw as? String, !ct.isEmpty else {
+                throw APIError(status: .badRequest, message: "field 'contentType' must be a non-empty string", field: "contentType")
+            }
+            contentType = ct
+        }
+        headers.add("content-type", contentType)
+        return (topic, ByteBuffer(string: message), headers)
+    }
+
+    func publish(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let bytes: ByteBuffer
+        do {
+            bytes = try await request.body.collect(upTo: maxBodyBytes)
+        } catch {
+            throw APIError(status: .contentTooLarge, message: "request body larger than \(maxBodyBytes) bytes", field: nil)
+        }
+        let parsed = try Self.parseNotification(bytes, configuration: services.configuration)
+        let message = PublishedMessage(destination: parsed.topic, messageID: services.messageIDs.next(), headers: parsed.headers, body: parsed.body)
+        let loop = eventLoopGroup.any()
+        do {
+            try await services.engine.publish(message, on: loop).get()
+        } catch {
+            throw APIError(status: .serviceUnavailable, message: "publish failed: \(error)", field: nil)
+        }
+        return Self.json(["id": message.messageID, "topic": parsed.topic])
+    }
+
+    func health() -> Response {
+        let stats = services.stats
+        return Self.json([
+            "status": "ok",
+            "engine": services.engine.name,
+            "instance": services.instanceID,
+            "connections": stats.connectionsOpen.load(ordering: .relaxed),
+            "sessions": stats.sessionsConnected.load(ordering: .relaxed),
+            "subscriptions": stats.subscriptions.load(ordering: .relaxed),
+            "destinations": services.hub.activeDestinationCount,
+        ])
+    }
+}
