@@ -17,6 +17,15 @@ public protocol BrokerEngine: Sendable {
     /// True when ``publish(_:on:)`` has delivered by the time it returns, so callers may
     /// answer at once instead of waiting on the future.
     var publishesSynchronously: Bool { get }
+
+    /// For an engine that subscribes upstream on local interest: a future that completes
+    /// once the subscription for `pattern` is live, so a `SUBSCRIBE` receipt means messages
+    /// published from now on arrive. Nil when it is live already.
+    func subscriptionReady(_ pattern: DestinationPattern, on eventLoop: any EventLoop) -> EventLoopFuture<Void>?
+}
+
+extension BrokerEngine {
+    public func subscriptionReady(_ pattern: DestinationPattern, on eventLoop: any EventLoop) -> EventLoopFuture<Void>? { nil }
 }
 
 /// The embedded broker: delivers to local subscribers directly. It is the default when no

@@ -11,6 +11,20 @@ public protocol InterestObserver: AnyObject, Sendable {
     func interestDeactivated(_ pattern: DestinationPattern)
 }
 
+/// Which subscriptions a delivery is for.
+///
+/// The Redis engine receives a message once per Redis subscription: on the destination's
+/// channel (for exact subscriptions) and once per matching pattern (for wildcard ones), so
+/// it delivers each copy to its own part and no subscription gets a message twice.
+public enum DeliveryScope: Sendable {
+    /// Exact and wildcard subscriptions.
+    case all
+    /// Only subscriptions to exactly this destination.
+    case exact
+    /// Only wildcard subscriptions with one of these patterns.
+    case patterns([DestinationPattern])
+}
+
 /// Routes published messages to the event loops that have subscribers for them.
 ///
 /// Each event loop has a ``LoopShard`` holding its sessions' subscriptions. The hub keeps only
@@ -24,6 +38,7 @@ public final class FanoutHub: Sendable {
         var shards: [ObjectIdentifier: LoopShard] = [:]
         var shardList: [LoopShard] = []
         weak var observer: (any InterestObserver)?
+        var sessions: [String: LoopShard] = [:]
     }
 
     /// Most event loops (shards) one hub can serve: the interest masks are 64-bit.
@@ -58,12 +73,22 @@ public final class FanoutHub: Sendable {
     /// Every shard so far.
     public var shards: [LoopShard] { state.withLockedValue { $0.shardList } }
 
-    /// Delivers `message` to every local subscriber whose subscription matches it.
-    public func deliver(_ message: PublishedMessage) {
+    /// Delivers `message` to the local subscribers in `scope` whose subscription matches it.
+    public func deliver(_ message: PublishedMessage, scope: DeliveryScope = .all) {
         let targets: [LoopShard] = state.withLockedValue { s in
-            var mask = s.exact[message.destination] ?? 0
-            for (pattern, m) in s.wildcard where mask | m != mask && pattern.matches(message.destination) {
-                mask |= m
+            var mask: UInt64 = 0
+            switch scope {
+            case .all:
+                mask = s.exact[message.destination] ?? 0
+                for (pattern, m) in s.wildcard where mask | m != mask && pattern.matches(message.destination) {
+                    mask |= m
+                }
+            case .exact:
+                mask = s.exact[message.destination] ?? 0
+            case .patterns(let patterns):
+                for pattern in patterns {
+                    if let m = s.wildcard[pattern], mask | m != mask, pattern.matches(message.destination) { mask |= m }
+                }
             }
             guard mask != 0 else { return [] }
             var out: [LoopShard] = []
@@ -77,11 +102,33 @@ public final class FanoutHub: Sendable {
         }
         for shard in targets {
             if shard.eventLoop.inEventLoop {
-                shard.deliverLocally(message)
+                shard.deliverLocally(message, scope: scope)
             } else {
-                shard.eventLoop.execute { shard.deliverLocally(message) }
+                shard.eventLoop.execute { shard.deliverLocally(message, scope: scope) }
             }
         }
+    }
+
+    /// Records that session `id` lives on `shard` (for replies addressed to a session).
+    public func registerSession(_ id: String, shard: LoopShard) {
+        state.withLockedValue { $0.sessions[id] = shard }
+    }
+
+    public func unregisterSession(_ id: String) {
+        state.withLockedValue { $0.sessions[id] = nil }
+    }
+
+    /// Delivers `message` to the subscriptions of session `id` that match its destination.
+    /// Returns false when no session with that id is on this instance.
+    @discardableResult
+    public func deliver(_ message: PublishedMessage, toSession id: String) -> Bool {
+        guard let shard = state.withLockedValue({ $0.sessions[id] }) else { return false }
+        if shard.eventLoop.inEventLoop {
+            shard.deliverToSession(id, message)
+        } else {
+            shard.eventLoop.execute { shard.deliverToSession(id, message) }
+        }
+        return true
     }
 
     /// Whether any shard has a subscriber whose pattern matches `destination`.

@@ -28,13 +28,14 @@ public final class GatewayServices: Sendable {
     public let stats = GatewayStats()
     public let logger: Logger
 
-    public init(configuration: SessionConfiguration, hub: FanoutHub, engine: any BrokerEngine, routes: RouteTable, instanceID: String, logger: Logger) {
+    public init(configuration: SessionConfiguration, hub: FanoutHub, engine: any BrokerEngine, routes: RouteTable, instanceID: String,
+                messageIDs: MessageIDGenerator? = nil, logger: Logger) {
         self.configuration = configuration
         self.hub = hub
         self.engine = engine
         self.routes = routes
         self.instanceID = instanceID
-        self.messageIDs = MessageIDGenerator(instanceID: instanceID)
+        self.messageIDs = messageIDs ?? MessageIDGenerator(instanceID: instanceID)
         self.sessionIDs = MessageIDGenerator(instanceID: instanceID + "-s")
         self.logger = logger
     }

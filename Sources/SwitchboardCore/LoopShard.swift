@@ -9,6 +9,13 @@ public protocol HeartbeatClient: AnyObject {
     func close(reason: String)
 }
 
+/// A session that can receive messages addressed to it by id.
+public protocol SessionDeliveryTarget: AnyObject {
+    var sessionID: String { get }
+    /// Writes `message` to this session's subscriptions that match its destination, flushed.
+    func deliverToOwnSubscriptions(_ message: PublishedMessage)
+}
+
 /// The state of one event loop: its sessions' subscriptions, flush batching and the shared
 /// heart-beat timer. Everything but ``eventLoop`` is confined to that loop.
 public final class LoopShard: @unchecked Sendable {
@@ -24,6 +31,7 @@ public final class LoopShard: @unchecked Sendable {
     private var flushScheduled = false
 
     private var heartbeatClients: [ObjectIdentifier: any HeartbeatClient] = [:]
+    private var sessionsByID: [String: any SessionDeliveryTarget] = [:]
     private var timer: RepeatedTask?
     /// Monotonic heart-beat tick counter; one tick is ``FanoutHub/heartbeatResolution``.
     public private(set) var tick: UInt64 = 0
@@ -77,16 +85,43 @@ public final class LoopShard: @unchecked Sendable {
 
     /// Writes `message` to every matching local subscription, then schedules one flush per
     /// touched session for the end of this batch.
-    func deliverLocally(_ message: PublishedMessage) {
-        if let bucket = exact[message.destination] {
-            for sub in bucket { write(message, sub) }
-        }
-        if !wildcard.isEmpty {
-            for (pattern, bucket) in wildcard where pattern.matches(message.destination) {
+    func deliverLocally(_ message: PublishedMessage, scope: DeliveryScope = .all) {
+        switch scope {
+        case .all, .exact:
+            if let bucket = exact[message.destination] {
                 for sub in bucket { write(message, sub) }
+            }
+            if case .all = scope, !wildcard.isEmpty {
+                for (pattern, bucket) in wildcard where pattern.matches(message.destination) {
+                    for sub in bucket { write(message, sub) }
+                }
+            }
+        case .patterns(let patterns):
+            for pattern in patterns where pattern.matches(message.destination) {
+                if let bucket = wildcard[pattern] {
+                    for sub in bucket { write(message, sub) }
+                }
             }
         }
         scheduleFlush()
+    }
+
+    /// Delivers to one session of this loop (see ``FanoutHub/deliver(_:toSession:)``).
+    func deliverToSession(_ id: String, _ message: PublishedMessage) {
+        sessionsByID[id]?.deliverToOwnSubscriptions(message)
+    }
+
+    /// Makes a session reachable by id, on this loop and through the hub.
+    public func registerSession(_ session: any SessionDeliveryTarget) {
+        eventLoop.preconditionInEventLoop()
+        sessionsByID[session.sessionID] = session
+        hub.registerSession(session.sessionID, shard: self)
+    }
+
+    public func unregisterSession(_ session: any SessionDeliveryTarget) {
+        eventLoop.preconditionInEventLoop()
+        guard sessionsByID.removeValue(forKey: session.sessionID) != nil else { return }
+        hub.unregisterSession(session.sessionID)
     }
 
     @inline(__always)

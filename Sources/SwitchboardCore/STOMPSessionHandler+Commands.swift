@@ -112,7 +112,11 @@ extension STOMPSessionHandler {
         subscriptions[id] = sub
         shard.add(sub)
         services.stats.subscriptions.add(1, ordering: .relaxed)
-        sendReceipt(for: frame)
+        if let ready = services.engine.subscriptionReady(pattern, on: shard.eventLoop) {
+            awaitStep(ready, for: frame, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }, onSuccess: { _ in })
+        } else {
+            sendReceipt(for: frame)
+        }
     }
 
     func handleUnsubscribe(_ frame: STOMPFrame) {

@@ -79,13 +79,19 @@ extension STOMPSessionHandler {
     /// Delivers a reply to this session's subscriptions that match its destination.
     func deliverToSelf(_ reply: RouteReply) {
         let message = PublishedMessage(destination: reply.destination, messageID: services.messageIDs.next(), headers: reply.headers, body: reply.body)
+        deliverToOwnSubscriptions(message)
+    }
+
+    public func deliverToOwnSubscriptions(_ message: PublishedMessage) {
         var delivered = false
-        for sub in subscriptions.values where sub.pattern.matches(reply.destination) {
+        for sub in subscriptions.values where sub.pattern.matches(message.destination) {
             deliver(message, to: sub)
             delivered = true
         }
-        if !delivered {
-            logger.debug("reply to sender dropped: no matching subscription", metadata: ["destination": "\(reply.destination)"])
+        if delivered {
+            flushIfNeeded()
+        } else {
+            logger.debug("message for this session dropped: no matching subscription", metadata: ["destination": "\(message.destination)"])
         }
     }
 

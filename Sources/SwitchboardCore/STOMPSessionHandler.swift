@@ -12,7 +12,7 @@ import STOMPCodec
 /// Frames are handled in order. While an asynchronous step runs (an `/app` route call, a
 /// publish the engine has not confirmed), later frames queue and reading from the socket
 /// pauses, so receipts come back in frame order and a fast client cannot flood memory.
-public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, HeartbeatClient {
+public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, HeartbeatClient, SessionDeliveryTarget {
     public typealias InboundIn = STOMPFrame
     public typealias OutboundIn = WebSocketFrame
     public typealias OutboundOut = WebSocketFrame
@@ -70,6 +70,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         lastReadTick = shard.tick
         lastWriteTick = shard.tick
         shard.addHeartbeatClient(self)
+        shard.registerSession(self)
         services.stats.connectionsOpen.add(1, ordering: .relaxed)
         services.stats.connectionsTotal.add(1, ordering: .relaxed)
         let high = max(config.maxPendingOutboundBytes, 2)
@@ -100,6 +101,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         transactions.removeAll()
         queued.removeAll()
         shard?.removeHeartbeatClient(self)
+        shard?.unregisterSession(self)
         services.stats.connectionsOpen.subtract(1, ordering: .relaxed)
     }
 

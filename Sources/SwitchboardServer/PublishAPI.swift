@@ -3,6 +3,7 @@ import Hummingbird
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardRedis
 
 /// The HTTP API backends use to push to browsers, compatible with the seed articles:
 /// `POST /api/notification` with `{"topic","message"}` (optional `headers`, `contentType`).
@@ -101,7 +102,16 @@ struct PublishAPI: Sendable {
 
     func health() -> Response {
         let stats = services.stats
+        var redis: Any = NSNull()
+        if let engine = services.engine as? RedisEngine {
+            redis = [
+                "commands": "\(engine.client.connectionState(.commands))",
+                "subscriptions": "\(engine.client.connectionState(.subscriptions))",
+                "reconnects": engine.client.reconnectCount,
+            ] as [String: Any]
+        }
         return Self.json([
+            "redis": redis,
             "status": "ok",
             "engine": services.engine.name,
             "instance": services.instanceID,

@@ -6,12 +6,42 @@ import SwitchboardCore
 
 /// One `/app` route from configuration.
 public struct RouteConfiguration: Sendable, Equatable {
-    public enum Kind: String, Sendable { case webhook }
+    public enum Kind: String, Sendable, CaseIterable {
+        case webhook
+        case redisStream = "redis-stream"
+        case redisPubSub = "redis-pubsub"
+    }
     public var name: String
     public var destination: String
     public var kind: Kind
+    /// webhook: the URL.
+    public var url: String = ""
+    public var timeoutMs: Int = 5_000
+    /// redis-stream: the stream, its approximate cap, and consumer groups created at start-up.
+    public var stream: String = ""
+    public var maxLength: Int = 100_000
+    public var groups: [String] = []
+    /// redis-pubsub: the channel.
+    public var channel: String = ""
+}
+
+/// Redis settings; Redis mode is on when ``url`` is set.
+public struct RedisSettings: Sendable, Equatable {
     public var url: String
-    public var timeoutMs: Int
+    public var channelPrefix = "switchboard:"
+    public var commandTimeoutMs = 2_000
+    public var connectTimeoutMs = 2_000
+    public var inbound: [RedisInboundSetting] = []
+}
+
+/// One inbound route (backend → browsers) from configuration.
+public struct RedisInboundSetting: Sendable, Equatable {
+    public enum Kind: String, Sendable, CaseIterable { case channel, broadcast, stream }
+    public var name: String
+    public var kind: Kind
+    public var channel: String = ""
+    public var destination: String = ""
+    public var stream: String = ""
 }
 
 /// Every setting of a gateway instance. See the configuration table in the README.
@@ -22,6 +52,7 @@ public struct SwitchboardConfiguration: Sendable {
     public var instanceID: String?
     public var session = SessionConfiguration()
     public var routes: [RouteConfiguration] = []
+    public var redis: RedisSettings?
     public var apiMaxBodyBytes = 1024 * 1024
     public var heartbeatResolutionMs = 250
     public var eventLoopThreads = System.coreCount
@@ -99,13 +130,68 @@ public struct SwitchboardConfiguration: Sendable {
             }
             let kindName = reader.string(forKey: ConfigKey(base + ".type"), default: "webhook")
             guard let kind = RouteConfiguration.Kind(rawValue: kindName) else {
-                throw Invalid(description: "\(base).type '\(kindName)' is not supported (supported: webhook)")
+                throw Invalid(description: "\(base).type '\(kindName)' is not supported (supported: \(RouteConfiguration.Kind.allCases.map(\.rawValue).joined(separator: ", ")))")
             }
-            guard let url = reader.string(forKey: ConfigKey(base + ".url")) else {
-                throw Invalid(description: "\(base).url is required for a webhook route")
+            var route = RouteConfiguration(name: name, destination: destination, kind: kind)
+            func required(_ key: String) throws -> String {
+                guard let v = reader.string(forKey: ConfigKey(base + "." + key)), !v.isEmpty else {
+                    throw Invalid(description: "\(base).\(key) is required for a \(kindName) route")
+                }
+                return v
             }
-            let timeout = reader.int(forKey: ConfigKey(base + ".timeout-ms"), default: 5_000)
-            routes.append(RouteConfiguration(name: name, destination: destination, kind: kind, url: url, timeoutMs: timeout))
+            switch kind {
+            case .webhook:
+                route.url = try required("url")
+                route.timeoutMs = reader.int(forKey: ConfigKey(base + ".timeout-ms"), default: route.timeoutMs)
+            case .redisStream:
+                route.stream = try required("stream")
+                route.maxLength = reader.int(forKey: ConfigKey(base + ".max-length"), default: route.maxLength)
+                route.groups = reader.stringArray(forKey: ConfigKey(base + ".groups"), default: [])
+            case .redisPubSub:
+                route.channel = try required("channel")
+            }
+            routes.append(route)
+        }
+        try readRedis(reader)
+    }
+
+    mutating func readRedis(_ reader: ConfigReader) throws {
+        if let url = reader.string(forKey: "redis.url"), !url.isEmpty {
+            var r = RedisSettings(url: url)
+            r.channelPrefix = reader.string(forKey: "redis.channel-prefix", default: r.channelPrefix)
+            r.commandTimeoutMs = reader.int(forKey: "redis.command-timeout-ms", default: r.commandTimeoutMs)
+            r.connectTimeoutMs = reader.int(forKey: "redis.connect-timeout-ms", default: r.connectTimeoutMs)
+            for name in reader.stringArray(forKey: "redis.inbound.names", default: []) {
+                let base = "redis.inbound.\(name)"
+                let kindName = reader.string(forKey: ConfigKey(base + ".type"), default: "channel")
+                guard let kind = RedisInboundSetting.Kind(rawValue: kindName) else {
+                    throw Invalid(description: "\(base).type '\(kindName)' is not supported (supported: channel, broadcast, stream)")
+                }
+                var inbound = RedisInboundSetting(name: name, kind: kind)
+                func required(_ key: String) throws -> String {
+                    guard let v = reader.string(forKey: ConfigKey(base + "." + key)), !v.isEmpty else {
+                        throw Invalid(description: "\(base).\(key) is required for a \(kindName) inbound route")
+                    }
+                    return v
+                }
+                switch kind {
+                case .channel:
+                    inbound.channel = try required("channel")
+                    inbound.destination = try required("destination")
+                    guard session.isBrokerDestination(inbound.destination) else {
+                        throw Invalid(description: "\(base).destination '\(inbound.destination)' must start with \(session.brokerPrefixes.joined(separator: " or "))")
+                    }
+                case .broadcast:
+                    inbound.channel = try required("channel")
+                case .stream:
+                    inbound.stream = try required("stream")
+                }
+                r.inbound.append(inbound)
+            }
+            redis = r
+        }
+        for route in routes where route.kind != .webhook && redis == nil {
+            throw Invalid(description: "routes.\(route.name).type \(route.kind.rawValue) needs redis.url")
         }
     }
 }

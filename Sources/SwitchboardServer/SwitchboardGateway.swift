@@ -4,7 +4,9 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import RedisClient
 import SwitchboardCore
+import SwitchboardRedis
 import SwitchboardRoutes
 
 /// A gateway instance: the HTTP API and the STOMP endpoint on one port, the fan-out hub,
@@ -15,6 +17,15 @@ public struct SwitchboardGateway: Sendable {
     let group: MultiThreadedEventLoopGroup
     let admission = ConnectionAdmission()
     let logger: Logger
+    /// Set in Redis mode.
+    let redis: RedisParts?
+
+    struct RedisParts: Sendable {
+        let client: RedisClient
+        let engine: RedisEngine
+        let streamRoutes: [(route: RedisStreamRoute, groups: [String])]
+        let inbound: [RedisInboundRoute]
+    }
 
     public init(configuration: SwitchboardConfiguration, logger: Logger) throws {
         self.configuration = configuration
@@ -22,17 +33,54 @@ public struct SwitchboardGateway: Sendable {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)
         let loops = Array(group.makeIterator())
         let hub = FanoutHub(eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.heartbeatResolutionMs)))
+        let instanceID = configuration.instanceID ?? Self.randomInstanceID()
+        let messageIDs = MessageIDGenerator(instanceID: instanceID)
+        var engine: any BrokerEngine = InMemoryEngine(hub: hub)
+        var redisClient: RedisClient?
+        var redisEngine: RedisEngine?
+        if let settings = configuration.redis {
+            var redisConfiguration = try RedisConfiguration(url: settings.url)
+            redisConfiguration.commandTimeout = .milliseconds(Int64(settings.commandTimeoutMs))
+            redisConfiguration.connectTimeout = .milliseconds(Int64(settings.connectTimeoutMs))
+            redisConfiguration.clientName = "switchboard-\(instanceID)"
+            var redisLogger = logger
+            redisLogger[metadataKey: "subsystem"] = "redis"
+            let client = RedisClient(configuration: redisConfiguration, eventLoopGroup: group, logger: redisLogger)
+            let re = RedisEngine(client: client, hub: hub, naming: RedisChannelNaming(prefix: settings.channelPrefix), instanceID: instanceID,
+                                 messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger)
+            redisClient = client
+            redisEngine = re
+            engine = re
+        }
         var routes = RouteTable()
+        var streamRoutes: [(route: RedisStreamRoute, groups: [String])] = []
         for route in configuration.routes {
             let pattern = try DestinationPattern(route.destination)
             switch route.kind {
             case .webhook:
                 routes.add(pattern, try WebhookRoute(url: route.url, timeout: .milliseconds(Int64(route.timeoutMs))))
+            case .redisStream:
+                let r = RedisStreamRoute(stream: route.stream, maxLength: route.maxLength, client: redisClient!)
+                streamRoutes.append((r, route.groups))
+                routes.add(pattern, r)
+            case .redisPubSub:
+                routes.add(pattern, RedisPubSubRoute(channel: route.channel, client: redisClient!))
             }
         }
-        let instanceID = configuration.instanceID ?? Self.randomInstanceID()
-        self.services = GatewayServices(configuration: configuration.session, hub: hub, engine: InMemoryEngine(hub: hub),
-                                        routes: routes, instanceID: instanceID, logger: logger)
+        if let redisClient, let redisEngine, let settings = configuration.redis {
+            let inbound: [RedisInboundRoute] = settings.inbound.map {
+                switch $0.kind {
+                case .channel: return .channel(channel: $0.channel, destination: $0.destination)
+                case .broadcast: return .broadcast(channel: $0.channel)
+                case .stream: return .stream(stream: $0.stream)
+                }
+            }
+            self.redis = RedisParts(client: redisClient, engine: redisEngine, streamRoutes: streamRoutes, inbound: inbound)
+        } else {
+            self.redis = nil
+        }
+        self.services = GatewayServices(configuration: configuration.session, hub: hub, engine: engine,
+                                        routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: logger)
     }
 
     static func randomInstanceID() -> String {
@@ -77,7 +125,12 @@ public struct SwitchboardGateway: Sendable {
             ])
         }
         let drain = DrainService(services: services, admission: admission, grace: .milliseconds(Int64(configuration.shutdownGraceMs)), logger: logger)
-        let group = ServiceGroup(configuration: .init(services: [.init(service: app), .init(service: drain)],
+        var list: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let redis {
+            list.append(.init(service: RedisService(parts: redis, services: services, logger: logger)))
+        }
+        list += [.init(service: app), .init(service: drain)]
+        let group = ServiceGroup(configuration: .init(services: list,
                                                        gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         for shard in services.hub.shards { shard.stop() }
@@ -102,5 +155,29 @@ struct DrainService: Service {
         while services.stats.connectionsOpen.load(ordering: .relaxed) > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
+    }
+}
+
+/// Starts the Redis side (engine, consumer groups, inbound routes) and stops it last.
+struct RedisService: Service {
+    let parts: SwitchboardGateway.RedisParts
+    let services: GatewayServices
+    let logger: Logger
+
+    func run() async throws {
+        try await parts.engine.start()
+        for (route, groups) in parts.streamRoutes where !groups.isEmpty {
+            do {
+                try await route.createGroups(groups)
+            } catch {
+                logger.warning("cannot create consumer groups yet (retried at next start)", metadata: ["stream": "\(route.stream)", "error": "\(error)"])
+            }
+        }
+        let inbound = RedisInboundRoutes(client: parts.client, engine: parts.engine, hub: services.hub, messageIDs: services.messageIDs,
+                                         configuration: services.configuration, logger: logger)
+        try await inbound.start(parts.inbound)
+        try? await gracefulShutdown()
+        await inbound.stop()
+        await parts.engine.shutdown()
     }
 }

@@ -1,0 +1,54 @@
+import SwitchboardCore
+
+/// Names of the Redis channels the gateway uses. With the default prefix `switchboard:`:
+///
+/// | channel | carries |
+/// | --- | --- |
+/// | `switchboard:dest:<destination>` | messages for a broker destination, e.g. `switchboard:dest:/topic/greetings` |
+/// | `switchboard:instance:<instance-id>` | messages addressed to one session on that instance |
+///
+/// A backend may `PUBLISH switchboard:dest:/topic/x <body>`: a payload that does not start
+/// with the envelope marker (byte 0x01) is delivered as the body, byte for byte.
+public struct RedisChannelNaming: Sendable {
+    public var prefix: String
+
+    public init(prefix: String = "switchboard:") { self.prefix = prefix }
+
+    public func channel(forDestination destination: String) -> String { prefix + "dest:" + destination }
+
+    public func destination(fromChannel channel: String) -> String? {
+        let head = prefix + "dest:"
+        guard channel.hasPrefix(head) else { return nil }
+        return String(channel.dropFirst(head.count))
+    }
+
+    public func instanceChannel(_ instanceID: String) -> String { prefix + "instance:" + instanceID }
+
+    /// A Redis glob that matches at least every channel of a destination the pattern matches
+    /// (Redis `*` also spans separators, so it may match more; the hub filters exactly).
+    public func glob(for pattern: DestinationPattern) -> String {
+        var out = Self.escapeGlob(prefix + "dest:")
+        var rest = Substring(pattern.text)
+        while !rest.isEmpty {
+            let end = rest.firstIndex(where: { $0 == "/" || $0 == "." }) ?? rest.endIndex
+            let segment = rest[rest.startIndex..<end]
+            out += (segment == "*" || segment == "**") ? "*" : Self.escapeGlob(String(segment))
+            if end < rest.endIndex {
+                out.append(rest[end])
+                rest = rest[rest.index(after: end)...]
+            } else {
+                rest = ""
+            }
+        }
+        return out
+    }
+
+    static func escapeGlob(_ s: String) -> String {
+        var out = ""
+        for c in s {
+            if c == "*" || c == "?" || c == "[" || c == "]" || c == "\\" { out.append("\\") }
+            out.append(c)
+        }
+        return out
+    }
+}

@@ -1,0 +1,206 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import RedisClient
+import SwitchboardCore
+import Synchronization
+
+/// The broker engine for several instances: publishes go through Redis Pub/Sub so every
+/// instance's hub gets them.
+///
+/// - **Local first.** A publish is delivered to this instance's subscribers directly, then
+///   `PUBLISH`ed (as a ``RedisEnvelope`` carrying this instance's id) for the others; an
+///   instance ignores its own messages when they come back. Local delivery therefore goes on
+///   while Redis is down, and the publisher is told the cross-instance part failed.
+/// - **Interest-based.** The instance `SUBSCRIBE`s to a destination's channel only while it
+///   has local subscribers for it (``InterestObserver``), and `PSUBSCRIBE`s a glob for each
+///   wildcard pattern. A message arriving on a channel is delivered only to exact
+///   subscriptions, one arriving through a pattern only to that pattern's subscriptions, so
+///   nobody gets a message twice.
+public final class RedisEngine: BrokerEngine, InterestObserver {
+    public let client: RedisClient
+    let hub: FanoutHub
+    public let naming: RedisChannelNaming
+    let instanceID: String
+    let messageIDs: MessageIDGenerator
+    let logger: Logger
+    let promiseLoop: any EventLoop
+
+    /// Pub/Sub messages received, publishes that Redis refused, malformed envelopes.
+    public let messagesIn = Atomic<Int>(0)
+    public let publishFailures = Atomic<Int>(0)
+    public let malformedMessages = Atomic<Int>(0)
+
+    /// One Redis subscription (channel or glob) held for local interest.
+    final class Interest: Sendable {
+        let ready: EventLoopPromise<Void>
+        let subscription = NIOLockedValueBox<RedisCallbackSubscription?>(nil)
+        let cancelled = Atomic<Bool>(false)
+        init(ready: EventLoopPromise<Void>) { self.ready = ready }
+    }
+
+    struct State {
+        var exact: [String: Interest] = [:]
+        var globs: [String: (patterns: Set<DestinationPattern>, interest: Interest)] = [:]
+        var instanceSubscription: RedisCallbackSubscription?
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    public var name: String { "redis" }
+    public var publishesSynchronously: Bool { false }
+
+    public init(client: RedisClient, hub: FanoutHub, naming: RedisChannelNaming, instanceID: String, messageIDs: MessageIDGenerator,
+                eventLoop: any EventLoop, logger: Logger) {
+        self.client = client
+        self.hub = hub
+        self.naming = naming
+        self.instanceID = instanceID
+        self.messageIDs = messageIDs
+        self.promiseLoop = eventLoop
+        self.logger = logger
+        hub.setInterestObserver(self)
+    }
+
+    /// Connects (in the background; reconnects by itself) and subscribes to this instance's
+    /// channel, where messages addressed to one of its sessions arrive.
+    public func start() async throws {
+        client.start()
+        let sub = try await client.subscribe(to: [naming.instanceChannel(instanceID)], kind: .channel) { [weak self] message in
+            self?.onInstanceMessage(message)
+        }
+        state.withLockedValue { $0.instanceSubscription = sub }
+    }
+
+    public func shutdown() async {
+        await client.shutdown()
+    }
+
+    // MARK: Publishing
+
+    public func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        hub.deliver(message)
+        let payload = RedisEnvelope.encode(message, origin: instanceID)
+        return client.send(PUBLISH(channel: naming.channel(forDestination: message.destination), message: .bytes(payload)))
+            .hop(to: eventLoop)
+            .map { _ in }
+            .flatMapErrorThrowing { error in
+                self.publishFailures.add(1, ordering: .relaxed)
+                throw RouteError("redis unavailable (\(error)); delivered to this instance's subscribers only")
+            }
+    }
+
+    /// Publishes `message` to the subscriptions of session `session` on instance `instance`.
+    public func publish(_ message: PublishedMessage, toSession session: String, onInstance instance: String) -> EventLoopFuture<Void> {
+        if instance == instanceID {
+            hub.deliver(message, toSession: session)
+            return promiseLoop.makeSucceededVoidFuture()
+        }
+        let payload = RedisEnvelope.encode(message, origin: instanceID, session: session)
+        return client.send(PUBLISH(channel: naming.instanceChannel(instance), message: .bytes(payload))).map { _ in }
+    }
+
+    public func subscriptionReady(_ pattern: DestinationPattern, on eventLoop: any EventLoop) -> EventLoopFuture<Void>? {
+        let interest: Interest? = state.withLockedValue { s in
+            pattern.isWildcard ? s.globs[naming.glob(for: pattern)]?.interest : s.exact[pattern.text]
+        }
+        return interest?.ready.futureResult.hop(to: eventLoop)
+    }
+
+    // MARK: Interest (called under the hub's lock: never block here)
+
+    public func interestActivated(_ pattern: DestinationPattern) {
+        if pattern.isWildcard {
+            let glob = naming.glob(for: pattern)
+            let fresh: Interest? = state.withLockedValue { s in
+                if s.globs[glob] != nil {
+                    s.globs[glob]!.patterns.insert(pattern)
+                    return nil
+                }
+                let interest = Interest(ready: promiseLoop.makePromise())
+                s.globs[glob] = ([pattern], interest)
+                return interest
+            }
+            if let fresh { startSubscription(fresh, name: glob, kind: .pattern) }
+        } else {
+            let interest = Interest(ready: promiseLoop.makePromise())
+            state.withLockedValue { $0.exact[pattern.text] = interest }
+            startSubscription(interest, name: naming.channel(forDestination: pattern.text), kind: .channel)
+        }
+    }
+
+    public func interestDeactivated(_ pattern: DestinationPattern) {
+        let gone: Interest? = state.withLockedValue { s in
+            if pattern.isWildcard {
+                let glob = naming.glob(for: pattern)
+                guard var entry = s.globs[glob] else { return nil }
+                entry.patterns.remove(pattern)
+                if entry.patterns.isEmpty {
+                    s.globs[glob] = nil
+                    return entry.interest
+                }
+                s.globs[glob] = entry
+                return nil
+            }
+            return s.exact.removeValue(forKey: pattern.text)
+        }
+        guard let gone else { return }
+        gone.cancelled.store(true, ordering: .sequentiallyConsistent)
+        if let sub = gone.subscription.withLockedValue({ $0 }) {
+            Task { await sub.unsubscribe() }
+        }
+    }
+
+    private func startSubscription(_ interest: Interest, name: String, kind: RedisSubscriptionKind) {
+        Task {
+            do {
+                let sub = try await client.subscribe(to: [name], kind: kind) { [weak self] message in
+                    self?.onMessage(message)
+                }
+                interest.subscription.withLockedValue { $0 = sub }
+                if interest.cancelled.load(ordering: .sequentiallyConsistent) {
+                    await sub.unsubscribe()
+                }
+                interest.ready.succeed()
+            } catch {
+                logger.warning("redis subscribe failed", metadata: ["channel": "\(name)", "error": "\(error)"])
+                interest.ready.fail(RouteError("redis subscribe to \(name) failed: \(error)"))
+            }
+        }
+    }
+
+    // MARK: Receiving
+
+    func onMessage(_ message: RedisPubSubMessage) {
+        messagesIn.add(1, ordering: .relaxed)
+        guard let decoded = RedisEnvelope.decode(message.payload) else {
+            malformedMessages.add(1, ordering: .relaxed)
+            logger.warning("malformed envelope on redis channel", metadata: ["channel": "\(message.channel)"])
+            return
+        }
+        if decoded.origin == instanceID { return }
+        guard let destination = naming.destination(fromChannel: message.channel) ?? decoded.destination else { return }
+        let published = PublishedMessage(destination: destination, messageID: decoded.messageID ?? messageIDs.next(),
+                                         headers: decoded.headers, body: decoded.body)
+        if message.kind == .pattern, let glob = message.pattern {
+            let patterns = state.withLockedValue { $0.globs[glob]?.patterns } ?? []
+            guard !patterns.isEmpty else { return }
+            hub.deliver(published, scope: .patterns(Array(patterns)))
+        } else {
+            hub.deliver(published, scope: .exact)
+        }
+    }
+
+    func onInstanceMessage(_ message: RedisPubSubMessage) {
+        messagesIn.add(1, ordering: .relaxed)
+        guard let decoded = RedisEnvelope.decode(message.payload), let session = decoded.session, let destination = decoded.destination else {
+            malformedMessages.add(1, ordering: .relaxed)
+            return
+        }
+        let published = PublishedMessage(destination: destination, messageID: decoded.messageID ?? messageIDs.next(),
+                                         headers: decoded.headers, body: decoded.body)
+        if !hub.deliver(published, toSession: session) {
+            logger.debug("message for an unknown session dropped", metadata: ["session": "\(session)"])
+        }
+    }
+}

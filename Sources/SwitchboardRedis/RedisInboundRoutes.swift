@@ -1,0 +1,135 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import RedisClient
+import STOMPCodec
+import SwitchboardCore
+
+/// Where backend messages come in from Redis (backend → browsers). Every instance reads
+/// each inbound route and delivers to its own subscribers, so each subscriber gets a message
+/// once whichever instance holds its socket.
+public enum RedisInboundRoute: Sendable, Equatable {
+    /// A Pub/Sub channel mapped to a destination; the payload is the body, byte for byte.
+    case channel(channel: String, destination: String)
+    /// A Pub/Sub channel carrying the HTTP API's JSON, `{"topic": "...", "message": "..."}`.
+    case broadcast(channel: String)
+    /// A stream read without a consumer group by every instance; entries hold the fields
+    /// `topic` and `message`. Each instance keeps its own last-read id, so nothing between
+    /// two reads is skipped (the reference's `XREAD $` on every poll skips entries).
+    case stream(stream: String)
+}
+
+/// Runs the inbound routes of one instance.
+public final class RedisInboundRoutes: Sendable {
+    let client: RedisClient
+    let engine: RedisEngine
+    let hub: FanoutHub
+    let messageIDs: MessageIDGenerator
+    let configuration: SessionConfiguration
+    let logger: Logger
+    let subscriptions = NIOLockedValueBox<[RedisCallbackSubscription]>([])
+    let readers = NIOLockedValueBox<[Task<Void, Never>]>([])
+
+    public init(client: RedisClient, engine: RedisEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, configuration: SessionConfiguration, logger: Logger) {
+        self.client = client
+        self.engine = engine
+        self.hub = hub
+        self.messageIDs = messageIDs
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    public func start(_ routes: [RedisInboundRoute]) async throws {
+        for route in routes {
+            switch route {
+            case .channel(let channel, let destination):
+                let sub = try await client.subscribe(to: [channel], kind: .channel) { [weak self] message in
+                    self?.deliver(destination: destination, body: message.payload, headers: ["content-type": "text/plain"])
+                }
+                subscriptions.withLockedValue { $0.append(sub) }
+            case .broadcast(let channel):
+                let sub = try await client.subscribe(to: [channel], kind: .channel) { [weak self] message in
+                    self?.onBroadcast(message.payload, channel: channel)
+                }
+                subscriptions.withLockedValue { $0.append(sub) }
+            case .stream(let stream):
+                let task = Task { await self.readStream(stream) }
+                readers.withLockedValue { $0.append(task) }
+            }
+        }
+    }
+
+    public func stop() async {
+        for task in readers.withLockedValue({ $0 }) { task.cancel() }
+        for sub in subscriptions.withLockedValue({ $0 }) { await sub.unsubscribe() }
+    }
+
+    func deliver(destination: String, body: ByteBuffer, headers: STOMPHeaders) {
+        guard configuration.isBrokerDestination(destination), !destination.contains("*") else {
+            logger.warning("inbound message for a destination that is not a broker destination dropped", metadata: ["destination": "\(destination)"])
+            return
+        }
+        hub.deliver(PublishedMessage(destination: destination, messageID: messageIDs.next(), headers: headers, body: body))
+    }
+
+    func onBroadcast(_ payload: ByteBuffer, channel: String) {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(payload.readableBytesView)) as? [String: Any],
+              let topic = object["topic"] as? String, let message = object["message"] as? String else {
+            logger.warning("broadcast payload is not {\"topic\",\"message\"} JSON; dropped", metadata: ["channel": "\(channel)"])
+            return
+        }
+        var headers: STOMPHeaders = ["content-type": (object["contentType"] as? String) ?? "text/plain"]
+        if let extra = object["headers"] as? [String: String] {
+            for (k, v) in extra.sorted(by: { $0.key < $1.key }) where !PublishedMessage.reservedHeaders.contains(k) && k != "content-type" {
+                headers.add(k, v)
+            }
+        }
+        deliver(destination: topic, body: ByteBuffer(string: message), headers: headers)
+    }
+
+    /// Reads `stream` from where this instance last was, on a dedicated connection
+    /// (blocking reads must not stall the shared one). Starts at the stream's current end.
+    func readStream(_ stream: String) async {
+        var lastID: String?
+        var attempt = 0
+        while !Task.isCancelled {
+            do {
+                try await client.withDedicatedConnection { connection in
+                    if lastID == nil { lastID = try await Self.lastEntryID(stream, connection) }
+                    attempt = 0
+                    while !Task.isCancelled {
+                        let result = try await connection.execute(XREAD(count: 256, blockMilliseconds: 2000, streams: [(stream, lastID!)]))
+                        guard let entries = result?[stream], !entries.isEmpty else { continue }
+                        for entry in entries {
+                            lastID = entry.id
+                            guard let topic = entry[field: "topic"].map({ String(buffer: $0) }), let body = entry[field: "message"] else {
+                                logger.warning("stream entry without topic/message fields skipped", metadata: ["stream": "\(stream)", "id": "\(entry.id)"])
+                                continue
+                            }
+                            deliver(destination: topic, body: body, headers: ["content-type": "text/plain"])
+                        }
+                    }
+                }
+            } catch {
+                if Task.isCancelled { return }
+                attempt += 1
+                let delay = min(50 * (1 << min(attempt, 6)), 2000)
+                logger.debug("stream reader retrying", metadata: ["stream": "\(stream)", "error": "\(error)"])
+                try? await Task.sleep(for: .milliseconds(delay))
+            }
+        }
+    }
+
+    /// The id of the newest entry, or `0-0` for an empty or missing stream.
+    static func lastEntryID(_ stream: String, _ connection: RedisConnection) async throws -> String {
+        let token = try await connection.execute(RawCommand("XREVRANGE", .string(stream), "+", "-", "COUNT", "1"))
+        if case .array(let items) = token.value {
+            for item in items {
+                let entry = try RedisStreamEntry(fromRESP: item)
+                return entry.id
+            }
+        }
+        return "0-0"
+    }
+}

@@ -1,0 +1,87 @@
+import NIOCore
+import RedisClient
+import STOMPCodec
+import SwitchboardCore
+
+/// Routes `/app/...` messages into a Redis Stream, where backend replicas read them in a
+/// consumer group: each entry is processed by one replica and acknowledged after success.
+///
+/// Entry fields: `destination`, `message` (the body), `content-type`, `session`, `user`
+/// (when known), `instance`, `timestamp` (ms since 1970), then the SEND's user headers
+/// (a header named like one of these fields is dropped). Written with `XADD MAXLEN ~ n`.
+/// The future succeeds only once Redis confirmed the XADD, so a RECEIPT means stored.
+public struct RedisStreamRoute: AppRoute {
+    public let stream: String
+    public let maxLength: Int
+    let client: RedisClient
+
+    public init(stream: String, maxLength: Int, client: RedisClient) {
+        self.stream = stream
+        self.maxLength = maxLength
+        self.client = client
+    }
+
+    public var description: String { "redis stream \(stream)" }
+
+    static let fixedFields: Set<String> = ["destination", "message", "content-type", "session", "user", "instance", "timestamp"]
+
+    public static func fields(for message: AppMessage) -> [(name: String, value: RedisArgument)] {
+        var fields: [(name: String, value: RedisArgument)] = [
+            ("destination", .string(message.destination)),
+            ("message", .bytes(message.body)),
+            ("content-type", .string(message.contentType ?? "text/plain")),
+            ("session", .string(message.sessionID)),
+        ]
+        if let user = message.user { fields.append(("user", .string(user))) }
+        fields.append(("instance", .string(message.instanceID)))
+        fields.append(("timestamp", .string(String(message.timestamp))))
+        var seen = Set<String>()
+        for (name, value) in message.headers where !fixedFields.contains(name) && seen.insert(name).inserted {
+            fields.append((name, .string(value)))
+        }
+        return fields
+    }
+
+    public func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
+        let stream = self.stream
+        return client.send(XADD(key: stream, maxLength: maxLength, approximateTrim: true, fields: Self.fields(for: message)))
+            .hop(to: eventLoop)
+            .map { _ in [] }
+            .flatMapErrorThrowing { error in throw RouteError("XADD to redis stream \(stream) failed: \(error)") }
+    }
+
+    /// Creates the consumer groups backends read with (`XGROUP CREATE … $ MKSTREAM`); an
+    /// existing group is fine.
+    public func createGroups(_ groups: [String]) async throws {
+        for group in groups {
+            do {
+                _ = try await client.execute(XGROUPCREATE(key: stream, group: group, id: "$", makeStream: true))
+            } catch let error as RedisServerError where error.code == "BUSYGROUP" {
+                continue
+            }
+        }
+    }
+}
+
+/// Routes `/app/...` messages to a Redis Pub/Sub channel (`PUBLISH channel body`), as the
+/// first seed article does. At most once: a backend that is not subscribed at that moment
+/// never sees the message. Prefer ``RedisStreamRoute``.
+public struct RedisPubSubRoute: AppRoute {
+    public let channel: String
+    let client: RedisClient
+
+    public init(channel: String, client: RedisClient) {
+        self.channel = channel
+        self.client = client
+    }
+
+    public var description: String { "redis channel \(channel)" }
+
+    public func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
+        let channel = self.channel
+        return client.send(PUBLISH(channel: channel, message: .bytes(message.body)))
+            .hop(to: eventLoop)
+            .map { _ in [] }
+            .flatMapErrorThrowing { error in throw RouteError("PUBLISH to redis channel \(channel) failed: \(error)") }
+    }
+}

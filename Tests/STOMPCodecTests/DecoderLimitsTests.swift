@@ -1,0 +1,106 @@
+import NIOCore
+import STOMPCodec
+import Testing
+
+@Suite("Decoder limits")
+struct DecoderLimitsTests {
+    @Test("headers up to the limit pass; one more is too many")
+    func tooManyHeaders() throws {
+        let limits = STOMPDecoderLimits(maxHeaders: 3)
+        let ok = try decodeOne("SEND\na:1\nb:2\na:3\n\n\u{0}", limits: limits)
+        #expect(ok.headers.count == 3)
+        let error = decodingError { _ = try decodeAll("SEND\na:1\nb:2\na:3\nc:4\n\n\u{0}", limits: limits) }
+        #expect(error == .tooManyHeaders(limit: 3))
+    }
+
+    @Test("too many headers is detected before the header block ends")
+    func tooManyHeadersIncomplete() {
+        let limits = STOMPDecoderLimits(maxHeaders: 2)
+        let error = decodingError { _ = try decodeAll("SEND\na:1\nb:2\nc:3\nd:", limits: limits) }
+        #expect(error == .tooManyHeaders(limit: 2))
+    }
+
+    @Test("a header line at the limit passes; longer is an error")
+    func headerLineTooLong() throws {
+        let limits = STOMPDecoderLimits(maxHeaderLineBytes: 10)
+        let atLimit = "k:" + String(repeating: "v", count: 8)  // 10 bytes
+        let frame = try decodeOne("SEND\n\(atLimit)\n\n\u{0}", limits: limits)
+        #expect(frame.headers["k"] == String(repeating: "v", count: 8))
+        let error = decodingError { _ = try decodeAll("SEND\n\(atLimit)v\n\n\u{0}", limits: limits) }
+        #expect(error == .headerLineTooLong(limit: 10))
+    }
+
+    @Test("an over-long header line is detected before its LF arrives")
+    func headerLineTooLongIncomplete() {
+        let limits = STOMPDecoderLimits(maxHeaderLineBytes: 16)
+        let error = decodingError { _ = try decodeAll("SEND\nk:" + String(repeating: "x", count: 40), limits: limits) }
+        #expect(error == .headerLineTooLong(limit: 16))
+    }
+
+    @Test("an over-long command line is detected too")
+    func commandLineTooLong() {
+        let limits = STOMPDecoderLimits(maxHeaderLineBytes: 16)
+        let error = decodingError { _ = try decodeAll(String(repeating: "S", count: 40), limits: limits) }
+        #expect(error == .headerLineTooLong(limit: 16))
+    }
+
+    @Test("a content-length beyond the frame limit fails before the body arrives")
+    func frameTooLargeWithContentLength() {
+        let limits = STOMPDecoderLimits(maxFrameBytes: 100)
+        let error = decodingError { _ = try decodeAll("SEND\ncontent-length:200\n\nabc", limits: limits) }
+        #expect(error == .frameTooLarge(limit: 100))
+    }
+
+    @Test("a content-length body within the limit passes")
+    func contentLengthWithinLimit() throws {
+        let limits = STOMPDecoderLimits(maxFrameBytes: 100)
+        let body = String(repeating: "b", count: 60)
+        let frame = try decodeOne("SEND\ncontent-length:60\n\n\(body)\u{0}", limits: limits)
+        #expect(frame.bodyString == body)
+    }
+
+    @Test("a body without content-length and no NUL yet fails once past the limit")
+    func frameTooLargeWithoutContentLengthIncomplete() {
+        let limits = STOMPDecoderLimits(maxFrameBytes: 100)
+        let error = decodingError { _ = try decodeAll("SEND\n\n" + String(repeating: "x", count: 200), limits: limits) }
+        #expect(error == .frameTooLarge(limit: 100))
+    }
+
+    @Test("a complete over-size frame without content-length fails however it is fed", arguments: [1, 7, 64, 10_000])
+    func frameTooLargeWithoutContentLengthComplete(_ chunk: Int) {
+        let limits = STOMPDecoderLimits(maxFrameBytes: 100)
+        let wire = ByteBuffer(string: "SEND\n\n" + String(repeating: "x", count: 200) + "\u{0}")
+        let error = decodingError { _ = try decodeChunked(wire, chunk: chunk, limits: limits) }
+        #expect(error == .frameTooLarge(limit: 100))
+    }
+
+    @Test("a complete over-size frame with content-length fails however it is fed", arguments: [1, 7, 64, 10_000])
+    func frameTooLargeWithContentLengthComplete(_ chunk: Int) {
+        let limits = STOMPDecoderLimits(maxFrameBytes: 100)
+        let wire = ByteBuffer(string: "SEND\ncontent-length:200\n\n" + String(repeating: "x", count: 200) + "\u{0}")
+        let error = decodingError { _ = try decodeChunked(wire, chunk: chunk, limits: limits) }
+        #expect(error == .frameTooLarge(limit: 100))
+    }
+
+    @Test("a header block that never ends fails as too large", arguments: [1, 13, 10_000])
+    func headerBlockNeverEnds(_ chunk: Int) {
+        let limits = STOMPDecoderLimits(maxFrameBytes: 100, maxHeaders: 10_000, maxHeaderLineBytes: 50)
+        var text = "SEND\n"
+        for i in 0..<40 { text += "h\(i):v\n" }
+        let error = decodingError { _ = try decodeChunked(ByteBuffer(string: text), chunk: chunk, limits: limits) }
+        #expect(error == .frameTooLarge(limit: 100))
+    }
+
+    @Test("limits apply per frame, not per stream")
+    func limitsResetBetweenFrames() throws {
+        let limits = STOMPDecoderLimits(maxFrameBytes: 64, maxHeaders: 2)
+        var text = ""
+        for i in 0..<20 { text += "SEND\na:\(i)\nb:x\n\n" + String(repeating: "y", count: 30) + "\u{0}" }
+        for chunk in [1, 5, 1000] {
+            let (frames, rest) = try decodeChunked(ByteBuffer(string: text), chunk: chunk, limits: limits)
+            #expect(frames.count == 20, "chunk \(chunk)")
+            #expect(frames.last?.headers["a"] == "19")
+            #expect(rest.readableBytes == 0)
+        }
+    }
+}

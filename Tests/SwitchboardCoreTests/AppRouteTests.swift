@@ -1,0 +1,173 @@
+import NIOCore
+import STOMPCodec
+import SwitchboardCore
+import Testing
+
+/// Answers at once with fixed replies, or fails.
+struct StaticRoute: AppRoute {
+    var replies: [RouteReply] = []
+    var error: RouteError?
+    var description: String { "static test route" }
+
+    func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
+        if let error { return eventLoop.makeFailedFuture(error) }
+        return eventLoop.makeSucceededFuture(replies)
+    }
+}
+
+/// Holds every call until the test completes it. Used on one embedded loop only.
+final class PendingRoute: AppRoute, @unchecked Sendable {
+    var description: String { "pending test route" }
+    var calls: [(message: AppMessage, promise: EventLoopPromise<[RouteReply]>)] = []
+
+    func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
+        let promise = eventLoop.makePromise(of: [RouteReply].self)
+        calls.append((message, promise))
+        return promise.futureResult
+    }
+}
+
+func routes(_ pattern: String, _ route: any AppRoute) throws -> RouteTable {
+    var table = RouteTable()
+    table.add(try DestinationPattern(pattern), route)
+    return table
+}
+
+@Suite("Session: application routes")
+struct AppRouteTests {
+    @Test("RouteTable: the first matching pattern wins")
+    func routeTable() throws {
+        var table = RouteTable()
+        table.add(try DestinationPattern("/app/chat.*"), StaticRoute(error: RouteError("first")))
+        table.add(try DestinationPattern("/app/**"), StaticRoute(error: RouteError("second")))
+        func name(_ d: String) -> String? { (table.route(for: d) as? StaticRoute)?.error?.description }
+        #expect(name("/app/chat.room") == "first")
+        #expect(name("/app/chat/room") == "second")
+        #expect(name("/app") == nil)
+        #expect(name("/topic/chat.room") == nil)
+    }
+
+    @Test("the RECEIPT waits for the route; later frames queue behind it, in order")
+    func receiptAfterRoute() throws {
+        let route = PendingRoute()
+        let gw = TestGateway(routes: try routes("/app/**", route))
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.subscribe("/topic/q")
+        try c.send(.send, ["destination": "/app/greet", "receipt": "r1", "content-type": "application/json",
+                           "x-trace": "abc", "transaction-ish": "1"], body: "{\"n\":1}")
+        #expect(try c.read().isEmpty, "no RECEIPT before the route answers")
+        try c.send(.send, ["destination": "/topic/q", "receipt": "r2"], body: "after")
+        #expect(try c.read().isEmpty, "later frames wait for the route")
+        try #require(route.calls.count == 1)
+        let m = route.calls[0].message
+        #expect(m.destination == "/app/greet")
+        #expect(String(buffer: m.body) == "{\"n\":1}")
+        #expect(m.contentType == "application/json")
+        #expect(m.headers.map(\.name) == ["x-trace", "transaction-ish"])
+        #expect(m.sessionID == c.session.sessionID)
+        #expect(m.instanceID == "t")
+        #expect(m.timestamp > 1_600_000_000_000)
+        route.calls[0].promise.succeed([])
+        let out = try c.frames()
+        #expect(out.map(\.command) == [.receipt, .message, .receipt])
+        #expect(out.map { $0.headers["receipt-id"] } == ["r1", nil, "r2"])
+        #expect(out[1].bodyString == "after")
+    }
+
+    @Test("sender replies go only to the sender's matching subscriptions")
+    func senderReplies() throws {
+        let reply = RouteReply(destination: "/topic/reply", body: ByteBuffer(string: "just you"), headers: ["k": "v"], target: .sender)
+        let gw = TestGateway(routes: try routes("/app/x", StaticRoute(replies: [reply])))
+        defer { gw.shutdown() }
+        let a = try gw.client(), b = try gw.client()
+        try a.connect()
+        try b.connect()
+        try a.subscribe("/topic/reply", id: "exact")
+        try a.subscribe("/topic/**", id: "all")
+        try a.subscribe("/topic/other", id: "other")
+        try b.subscribe("/topic/reply", id: "b")
+        try a.send(.send, ["destination": "/app/x", "receipt": "r"], body: "hi")
+        let out = try a.frames()
+        try #require(out.count == 3, "\(out)")
+        #expect(Set(out.prefix(2).compactMap { $0.headers["subscription"] }) == ["exact", "all"])
+        #expect(out.prefix(2).allSatisfy { $0.command == .message && $0.bodyString == "just you" && $0.headers["k"] == "v" })
+        #expect(out.prefix(2).allSatisfy { $0.headers["destination"] == "/topic/reply" })
+        #expect(out[2].command == .receipt)
+        #expect(try b.read().isEmpty)
+    }
+
+    @Test("broadcast replies reach every subscriber, before the sender's RECEIPT")
+    func broadcastReplies() throws {
+        let replies = [
+            RouteReply(destination: "/topic/room", body: ByteBuffer(string: "one")),
+            RouteReply(destination: "/topic/room", body: ByteBuffer(string: "two"), target: .broadcast),
+        ]
+        let gw = TestGateway(routes: try routes("/app/**", StaticRoute(replies: replies)))
+        defer { gw.shutdown() }
+        let a = try gw.client(), b = try gw.client(), idle = try gw.client()
+        try a.connect()
+        try b.connect()
+        try idle.connect()
+        try a.subscribe("/topic/room", id: "a")
+        try b.subscribe("/topic/room", id: "b")
+        try a.send(.send, ["destination": "/app/chat", "receipt": "r"], body: "x")
+        let outA = try a.frames()
+        #expect(outA.map(\.command) == [.message, .message, .receipt])
+        #expect(outA.prefix(2).map(\.bodyString) == ["one", "two"])
+        let outB = try b.frames()
+        #expect(outB.map(\.bodyString) == ["one", "two"])
+        #expect(outB.allSatisfy { $0.headers["subscription"] == "b" })
+        #expect(try idle.read().isEmpty)
+    }
+
+    @Test("a failing route is an ERROR naming the destination and the cause")
+    func routeFailure() throws {
+        let gw = TestGateway(routes: try routes("/app/**", StaticRoute(error: RouteError("backend said 503"))))
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.send(.send, ["destination": "/app/x", "receipt": "r"], body: "x")
+        let error = try expectErrorThenClose(try c.read())
+        #expect(error.headers["message"] == "route for /app/x failed: backend said 503")
+        #expect(error.headers["receipt-id"] == "r")
+    }
+
+    @Test("a route failing later fails the session and drops queued frames")
+    func delayedFailure() throws {
+        let route = PendingRoute()
+        let gw = TestGateway(routes: try routes("/app/**", route))
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.subscribe("/topic/q")
+        try c.send(.send, ["destination": "/app/slow"], body: "x")
+        try c.send(.send, ["destination": "/topic/q", "receipt": "never"], body: "queued")
+        try #require(route.calls.count == 1)
+        route.calls[0].promise.fail(RouteError("timeout"))
+        let error = try expectErrorThenClose(try c.read())
+        #expect(error.headers["message"] == "route for /app/slow failed: timeout")
+    }
+
+    @Test("SEND to /app inside a transaction is routed on COMMIT")
+    func transactionalAppSend() throws {
+        let route = PendingRoute()
+        let gw = TestGateway(routes: try routes("/app/**", route))
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.send(.begin, ["transaction": "t"])
+        try c.send(.send, ["destination": "/app/a", "transaction": "t"], body: "1")
+        try c.send(.send, ["destination": "/app/b", "transaction": "t"], body: "2")
+        #expect(route.calls.isEmpty)
+        try c.send(.commit, ["transaction": "t", "receipt": "c"])
+        try #require(route.calls.count == 1, "the second SEND waits for the first")
+        route.calls[0].promise.succeed([])
+        try #require(route.calls.count == 2)
+        #expect(route.calls.map(\.message.destination) == ["/app/a", "/app/b"])
+        #expect(try c.read().isEmpty, "COMMIT receipt waits for the last routed SEND")
+        route.calls[1].promise.succeed([])
+        #expect(try c.frames().map { $0.headers["receipt-id"] } == ["c"])
+    }
+}

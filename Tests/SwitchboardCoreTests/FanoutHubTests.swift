@@ -1,0 +1,202 @@
+import NIOCore
+import NIOEmbedded
+import STOMPCodec
+import SwitchboardCore
+import Testing
+
+/// Records what a shard hands to a session.
+final class RecordingSink: SubscriptionSink {
+    var deliveries: [(messageID: String, subscription: String, destination: String)] = []
+    var flushes = 0
+    /// Deliveries seen at each flush.
+    var deliveredAtFlush: [Int] = []
+
+    func deliver(_ message: PublishedMessage, to subscription: LocalSubscription) {
+        deliveries.append((message.messageID, subscription.id, message.destination))
+    }
+
+    func flushDeliveries() {
+        flushes += 1
+        deliveredAtFlush.append(deliveries.count)
+    }
+}
+
+final class RecordingObserver: InterestObserver, @unchecked Sendable {
+    var events: [String] = []
+    func interestActivated(_ pattern: DestinationPattern) { events.append("+\(pattern.text)") }
+    func interestDeactivated(_ pattern: DestinationPattern) { events.append("-\(pattern.text)") }
+}
+
+func message(_ destination: String, _ id: String = "m") -> PublishedMessage {
+    PublishedMessage(destination: destination, messageID: id, headers: [:], body: ByteBuffer(string: id))
+}
+
+/// A hub with one embedded loop, created on the test's own thread (EmbeddedEventLoop is
+/// bound to the thread that made it).
+struct HubFixture {
+    let loop = EmbeddedEventLoop()
+    let hub = FanoutHub()
+    var shard: LoopShard { hub.shard(for: loop) }
+
+    func subscribe(_ sink: RecordingSink, _ id: String, _ pattern: String, ack: AckMode = .auto) throws -> LocalSubscription {
+        let sub = LocalSubscription(id: id, pattern: try DestinationPattern(pattern), ackMode: ack, sink: sink)
+        shard.add(sub)
+        return sub
+    }
+
+}
+
+@Suite("FanoutHub and LoopShard")
+struct FanoutHubTests {
+    @Test("the shard of a loop is created once")
+    func shardPerLoop() {
+        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        #expect(hub.shard(for: loop) === shard)
+        let other = EmbeddedEventLoop()
+        #expect(hub.shard(for: other) !== shard)
+        #expect(hub.shards.count == 2)
+    }
+
+    @Test("three sinks each get one message and one flush")
+    func threeSinks() throws {
+        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let sinks = [RecordingSink(), RecordingSink(), RecordingSink()]
+        var subs: [LocalSubscription] = []
+        for (i, sink) in sinks.enumerated() { subs.append(try f.subscribe(sink, "s\(i)", "/topic/a")) }
+        #expect(shard.subscriptionCount == 3)
+        hub.deliver(message("/topic/a", "m1"))
+        #expect(sinks.allSatisfy { $0.flushes == 0 }, "flush happens at the end of the batch")
+        loop.run()
+        for (i, sink) in sinks.enumerated() {
+            #expect(sink.deliveries.map(\.messageID) == ["m1"])
+            #expect(sink.deliveries.map(\.subscription) == ["s\(i)"])
+            #expect(sink.flushes == 1)
+        }
+        _ = subs
+    }
+
+    @Test("a burst of five messages costs one flush per sink")
+    func burstOneFlush() throws {
+        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let sinks = [RecordingSink(), RecordingSink(), RecordingSink()]
+        for (i, sink) in sinks.enumerated() { _ = try f.subscribe(sink, "s\(i)", "/topic/a") }
+        // The second sink also has a wildcard subscription: still one flush.
+        _ = try f.subscribe(sinks[1], "w", "/topic/*")
+        for i in 1...5 { hub.deliver(message("/topic/a", "m\(i)")) }
+        loop.run()
+        #expect(sinks[0].deliveries.map(\.messageID) == ["m1", "m2", "m3", "m4", "m5"])
+        #expect(sinks[1].deliveries.count == 10)
+        #expect(sinks.map(\.flushes) == [1, 1, 1])
+        #expect(sinks[1].deliveredAtFlush == [10])
+        // A later batch flushes again.
+        hub.deliver(message("/topic/a", "m6"))
+        loop.run()
+        #expect(sinks.map(\.flushes) == [2, 2, 2])
+    }
+
+    @Test("messages go only to matching subscriptions; nothing is flushed for no match")
+    func routing() throws {
+        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let a = RecordingSink(), b = RecordingSink(), c = RecordingSink()
+        _ = try f.subscribe(a, "1", "/topic/a")
+        _ = try f.subscribe(b, "2", "/topic/**")
+        _ = try f.subscribe(c, "3", "/topic/b.*")
+        hub.deliver(message("/topic/b.x", "bx"))
+        hub.deliver(message("/topic/a", "a"))
+        hub.deliver(message("/queue/a", "q"))
+        loop.run()
+        #expect(a.deliveries.map(\.messageID) == ["a"])
+        #expect(b.deliveries.map(\.messageID) == ["bx", "a"])
+        #expect(c.deliveries.map(\.messageID) == ["bx"])
+        #expect(hub.hasSubscribers(for: "/topic/zzz"))
+        #expect(!hub.hasSubscribers(for: "/queue/a"))
+        let before = a.flushes
+        hub.deliver(message("/queue/a"))
+        loop.run()
+        #expect(a.flushes == before)
+    }
+
+    @Test("removed subscriptions get nothing; others in the bucket still do")
+    func removal() throws {
+        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let sinks = [RecordingSink(), RecordingSink(), RecordingSink()]
+        let subs = try sinks.enumerated().map { try f.subscribe($0.element, "s\($0.offset)", "/topic/a") }
+        shard.remove(subs[0])
+        shard.remove(subs[0])  // twice is harmless
+        #expect(shard.subscriptionCount == 2)
+        hub.deliver(message("/topic/a", "m1"))
+        loop.run()
+        #expect(sinks.map(\.deliveries.count) == [0, 1, 1])
+        shard.remove(subs[2])
+        shard.remove(subs[1])
+        #expect(shard.subscriptionCount == 0)
+        #expect(!hub.hasSubscribers(for: "/topic/a"))
+        #expect(hub.activeDestinationCount == 0)
+        hub.deliver(message("/topic/a", "m2"))
+        loop.run()
+        #expect(sinks.map(\.deliveries.count) == [0, 1, 1])
+    }
+
+    @Test("the interest observer hears first and last subscriber once (exact and wildcard)")
+    func interestObserver() throws {
+        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let observer = RecordingObserver()
+        hub.setInterestObserver(observer)
+        let x = RecordingSink(), y = RecordingSink()
+        let e1 = try f.subscribe(x, "1", "/topic/a")
+        let e2 = try f.subscribe(y, "2", "/topic/a")
+        let w1 = try f.subscribe(x, "3", "/topic/**")
+        let w2 = try f.subscribe(y, "4", "/topic/**")
+        #expect(observer.events == ["+/topic/a", "+/topic/**"])
+        #expect(hub.activeDestinationCount == 2)
+        shard.remove(e1)
+        shard.remove(w2)
+        #expect(observer.events == ["+/topic/a", "+/topic/**"])
+        shard.remove(e2)
+        #expect(observer.events == ["+/topic/a", "+/topic/**", "-/topic/a"])
+        shard.remove(w1)
+        #expect(observer.events == ["+/topic/a", "+/topic/**", "-/topic/a", "-/topic/**"])
+        // Interest comes back on a new first subscriber.
+        _ = try f.subscribe(x, "5", "/topic/a")
+        #expect(observer.events.last == "+/topic/a")
+        #expect(observer.events.count == 5)
+    }
+
+    @Test("interest is per destination across shards: one activation for two loops")
+    func interestAcrossShards() throws {
+        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let observer = RecordingObserver()
+        hub.setInterestObserver(observer)
+        let otherLoop = EmbeddedEventLoop()
+        let other = hub.shard(for: otherLoop)
+        let x = RecordingSink(), y = RecordingSink()
+        let a = try f.subscribe(x, "1", "/topic/a")
+        let b = LocalSubscription(id: "2", pattern: try DestinationPattern("/topic/a"), ackMode: .auto, sink: y)
+        other.add(b)
+        #expect(observer.events == ["+/topic/a"])
+        hub.deliver(message("/topic/a", "m"))
+        loop.run()
+        otherLoop.run()
+        #expect(x.deliveries.count == 1 && y.deliveries.count == 1)
+        shard.remove(a)
+        #expect(observer.events == ["+/topic/a"])
+        other.remove(b)
+        #expect(observer.events == ["+/topic/a", "-/topic/a"])
+    }
+
+    @Test("markDirty and scheduleFlush batch flushes for direct writes")
+    func markDirty() {
+        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let sink = RecordingSink()
+        shard.markDirty(sink)
+        shard.markDirty(sink)
+        shard.scheduleFlush()
+        shard.scheduleFlush()
+        #expect(sink.flushes == 0)
+        loop.run()
+        #expect(sink.flushes == 1)
+        shard.scheduleFlush()  // nothing dirty
+        loop.run()
+        #expect(sink.flushes == 1)
+    }
+}

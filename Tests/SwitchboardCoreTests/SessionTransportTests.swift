@@ -1,0 +1,175 @@
+import NIOCore
+import NIOWebSocket
+import STOMPCodec
+import SwitchboardCore
+import Testing
+
+@Suite("Session: WebSocket transport and framing")
+struct SessionTransportTests {
+    @Test("a STOMP frame split over three WebSocket frames (text + continuations)")
+    func splitFrame() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.subscribe("/topic/s")
+        try c.sendRaw("SEND\ndesti", opcode: .text, fin: false)
+        #expect(try c.read().isEmpty)
+        try c.sendRaw("nation:/topic/s\nreceipt:r\n\nhel", opcode: .continuation, fin: false)
+        #expect(try c.read().isEmpty)
+        try c.sendRaw("lo\u{0}", opcode: .continuation, fin: true)
+        let out = try c.frames()
+        #expect(out.map(\.command) == [.message, .receipt])
+        #expect(out.first?.bodyString == "hello")
+    }
+
+    @Test("three STOMP frames in one WebSocket frame are all handled, in order")
+    func threeInOne() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.sendRaw("CONNECT\naccept-version:1.2\nhost:h\n\n\u{0}\nSUBSCRIBE\nid:1\ndestination:/topic/x\nreceipt:s\n\n\u{0}SEND\ndestination:/topic/x\n\nm\u{0}")
+        let out = try c.frames()
+        #expect(out.map(\.command) == [.connected, .receipt, .message])
+        #expect(out.last?.bodyString == "m")
+    }
+
+    @Test("heart-beat EOLs on their own produce nothing")
+    func heartBeatsOnly() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.sendRaw("\n")
+        try c.sendRaw("\r\n\n")
+        #expect(try c.read().isEmpty)
+        #expect(c.isActive)
+    }
+
+    @Test("an unmasked client frame closes the connection with 1002")
+    func unmasked() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.sendRaw("CONNECT\naccept-version:1.2\n\n\u{0}", masked: false)
+        let out = try c.read()
+        try #require(out.count == 1, "\(out)")
+        guard case .close(let code, let reason) = out[0] else { Issue.record("\(out)"); return }
+        #expect(code == 1002)
+        #expect(reason == "client frames must be masked")
+        #expect(!c.isActive)
+    }
+
+    @Test("a decode error becomes an ERROR naming the escape, then close")
+    func undefinedEscape() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.sendRaw("SEND\ndestination:/topic/a\\tb\n\n\u{0}")
+        let error = try expectErrorThenClose(try c.read())
+        #expect(error.headers["message"] == "undefined escape sequence '\\t' in header")
+        #expect(error.bodyString.contains("\\t"))
+        #expect(!c.isActive)
+    }
+
+    @Test("decoder limits from the configuration apply")
+    func limits() throws {
+        var config = SessionConfiguration()
+        config.decoderLimits = STOMPDecoderLimits(maxFrameBytes: 200, maxHeaders: 4, maxHeaderLineBytes: 100)
+        let gw = TestGateway(configuration: config)
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.send(.send, ["destination": "/topic/a"], body: String(repeating: "z", count: 500))
+        let error = try expectErrorThenClose(try c.read())
+        #expect(error.headers["message"] == "frame too large (limit 200 bytes)")
+    }
+
+    @Test("after negotiating 1.0 the inbound decoder stops unescaping")
+    func escapingSwitchedOff() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect(acceptVersion: "1.0")
+        try c.sendRaw("SUBSCRIBE\ndestination:/topic/e\n\n\u{0}")
+        try c.sendRaw("SEND\ndestination:/topic/e\nh:\\t\n\nx\u{0}")  // "\t" would be fatal in 1.1+
+        let msg = try #require(try c.frames().first)
+        #expect(msg.headers["h"] == "\\t")
+    }
+
+    @Test("1.1+ sessions get escaped header values in MESSAGE frames")
+    func escapedOutbound() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect(acceptVersion: "1.1")
+        try c.subscribe("/topic/e")
+        try c.sendRaw("SEND\ndestination:/topic/e\nh:a\\cb\\nc\\\\\n\nx\u{0}")
+        var raw: WebSocketFrame?
+        while let ws = try c.channel.readOutbound(as: WebSocketFrame.self) { raw = ws }
+        let text = String(buffer: try #require(raw).data)
+        #expect(text.contains("\nh:a\\cb\\nc\\\\\n"), "\(text)")
+    }
+}
+
+@Suite("Session: transactions")
+struct SessionTransactionTests {
+    @Test("BEGIN / SEND(tx) / COMMIT delivers in order on COMMIT")
+    func commit() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.subscribe("/topic/t")
+        try c.send(.begin, ["transaction": "tx1", "receipt": "b"])
+        for i in 1...3 {
+            try c.send(.send, ["destination": "/topic/t", "transaction": "tx1", "receipt": "s\(i)"], body: "m\(i)")
+        }
+        let before = try c.frames()
+        #expect(before.map(\.command) == [.receipt, .receipt, .receipt, .receipt], "nothing delivered before COMMIT")
+        #expect(before.map { $0.headers["receipt-id"] } == ["b", "s1", "s2", "s3"])
+        try c.send(.commit, ["transaction": "tx1", "receipt": "c"])
+        let after = try c.frames()
+        #expect(after.map(\.command) == [.message, .message, .message, .receipt])
+        #expect(after.prefix(3).map(\.bodyString) == ["m1", "m2", "m3"])
+        #expect(after.prefix(3).allSatisfy { $0.headers["transaction"] == nil })
+        #expect(after.last?.headers["receipt-id"] == "c")
+    }
+
+    @Test("ABORT drops the buffered frames")
+    func abort() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.subscribe("/topic/t")
+        try c.send(.begin, ["transaction": "tx"])
+        try c.send(.send, ["destination": "/topic/t", "transaction": "tx"], body: "dropped")
+        try c.send(.abort, ["transaction": "tx", "receipt": "a"])
+        #expect(try c.frames().map(\.command) == [.receipt])
+        try c.send(.send, ["destination": "/topic/t"], body: "live")
+        #expect(try c.frames().map(\.bodyString) == ["live"])
+        // The transaction is gone.
+        try c.send(.commit, ["transaction": "tx"])
+        let error = try expectErrorThenClose(try c.read())
+        #expect(error.headers["message"] == "unknown transaction 'tx'")
+    }
+
+    @Test("transaction errors", arguments: [
+        ([(STOMPCommand.begin, STOMPHeaders([("transaction", "x")])), (.begin, STOMPHeaders([("transaction", "x")]))], "transaction 'x' is already open"),
+        ([(.send, STOMPHeaders([("destination", "/topic/a"), ("transaction", "nope")]))], "unknown transaction 'nope'"),
+        ([(.begin, STOMPHeaders())], "BEGIN requires a transaction header"),
+        ([(.commit, STOMPHeaders())], "COMMIT requires a transaction header"),
+        ([(.abort, STOMPHeaders([("transaction", "zz")]))], "unknown transaction 'zz'"),
+    ] as [([(STOMPCommand, STOMPHeaders)], String)])
+    func errors(_ frames: [(STOMPCommand, STOMPHeaders)], _ message: String) throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        for (command, headers) in frames { try c.send(command, headers) }
+        let error = try expectErrorThenClose(try c.read())
+        #expect(error.headers["message"] == message)
+    }
+}
