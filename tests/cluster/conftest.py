@@ -174,7 +174,7 @@ def cluster_factory(request):
 
 @pytest.fixture(scope="module")
 def shared_cluster(request):
-    c = Cluster(request.module.__name__.split(".")[-1])
+    c = Cluster(request.module.__name__.split(".")[-1], replicas=0)
     yield c
     codes = c.stop()
     bad = {k: v for k, v in codes.items() if k.startswith("gw") and v != 0}

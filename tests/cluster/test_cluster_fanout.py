@@ -112,7 +112,7 @@ def test_send_to_app_greet_is_stored_in_stream_before_receipt(shared_cluster, cl
     entries = shared_cluster.redis_cli("XREVRANGE", "GREETING_CHANNEL_OUTBOUND", "+", "-", "COUNT", "50").splitlines()
     assert "stream me" in entries
     i = entries.index("stream me")
-    block = entries[max(0, i - 2): i + 16]
+    block = entries[max(0, i - 3): i + 16]
     for field in ("destination", "/app/greet", "message", "content-type", "session", "instance", "timestamp", "x-trace", "t-1"):
         assert field in block, f"{field} missing from stream entry {block}"
 
