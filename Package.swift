@@ -78,6 +78,15 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "SwitchboardConsole",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            exclude: ["README.md"],
+            resources: [.copy("Assets")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "SwitchboardServer",
             dependencies: [
                 "STOMPCodec",
@@ -85,6 +94,7 @@ let package = Package(
                 "SwitchboardRoutes",
                 "SwitchboardRedis",
                 "RedisClient",
+                "SwitchboardConsole",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),

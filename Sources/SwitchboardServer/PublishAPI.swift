@@ -4,6 +4,7 @@ import NIOCore
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardRedis
+import RedisClient
 
 /// The HTTP API backends use to push to browsers, compatible with the seed articles:
 /// `POST /api/notification` with `{"topic","message"}` (optional `headers`, `contentType`).
@@ -11,6 +12,7 @@ struct PublishAPI: Sendable {
     let services: GatewayServices
     let maxBodyBytes: Int
     let eventLoopGroup: any EventLoopGroup
+    let admission: ConnectionAdmission
 
     func register(on router: Router<BasicRequestContext>) {
         router.post("/api/notification") { request, context in
@@ -18,6 +20,12 @@ struct PublishAPI: Sendable {
         }
         router.get("/health") { _, _ in
             self.health()
+        }
+        router.get("/health/live") { _, _ in
+            Self.json(["status": "live"])
+        }
+        router.get("/health/ready") { _, _ in
+            self.readiness()
         }
     }
 
@@ -98,6 +106,19 @@ struct PublishAPI: Sendable {
             throw APIError(status: .serviceUnavailable, message: "publish failed: \(error)", field: nil)
         }
         return Self.json(["id": message.messageID, "topic": parsed.topic])
+    }
+
+    /// Ready: accepting sessions (not draining) and, in Redis mode, both Redis connections up.
+    func readiness() -> Response {
+        var reasons: [String] = []
+        if !admission.admitsConnections { reasons.append("draining") }
+        if let engine = services.engine as? RedisEngine {
+            for role in [RedisConnectionRole.commands, .subscriptions] where engine.client.connectionState(role) != .connected {
+                reasons.append("redis \(role) connection is \(engine.client.connectionState(role))")
+            }
+        }
+        if reasons.isEmpty { return Self.json(["status": "ready"]) }
+        return Self.json(["status": "not ready", "reasons": reasons], status: .serviceUnavailable)
     }
 
     func health() -> Response {

@@ -59,6 +59,8 @@ public struct SwitchboardConfiguration: Sendable {
     public var backlog = 4096
     public var shutdownGraceMs = 5_000
     public var logLevel: Logger.Level = .info
+    public var consoleEnabled = true
+    public var consolePath = "/console"
 
     public init() {}
 
@@ -83,6 +85,9 @@ public struct SwitchboardConfiguration: Sendable {
             throw Invalid(description: "server.threads must be 1…\(FanoutHub.maxShards)")
         }
         shutdownGraceMs = reader.int(forKey: "server.shutdown-grace-ms", default: shutdownGraceMs)
+        consoleEnabled = reader.bool(forKey: "console.enabled", default: consoleEnabled)
+        consolePath = reader.string(forKey: "console.path", default: consolePath)
+        guard consolePath.hasPrefix("/"), consolePath.count > 1 else { throw Invalid(description: "console.path must start with '/', got '\(consolePath)'") }
         if let level = reader.string(forKey: "log.level") {
             guard let parsed = Logger.Level(rawValue: level) else {
                 throw Invalid(description: "log.level must be one of trace, debug, info, notice, warning, error, critical; got '\(level)'")

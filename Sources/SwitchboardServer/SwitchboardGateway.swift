@@ -91,7 +91,10 @@ public struct SwitchboardGateway: Sendable {
     /// Builds the Hummingbird application serving this gateway.
     func makeApplication(onServerRunning: @escaping @Sendable (any Channel) async -> Void) -> some ApplicationProtocol {
         let router = Router()
-        PublishAPI(services: services, maxBodyBytes: configuration.apiMaxBodyBytes, eventLoopGroup: group).register(on: router)
+        PublishAPI(services: services, maxBodyBytes: configuration.apiMaxBodyBytes, eventLoopGroup: group, admission: admission).register(on: router)
+        if configuration.consoleEnabled {
+            ConsoleRoutes(path: configuration.consolePath).register(on: router)
+        }
         let services = self.services
         let path = configuration.stompPath
         let admission = self.admission

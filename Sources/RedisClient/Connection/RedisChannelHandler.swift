@@ -1,0 +1,201 @@
+import Logging
+import NIOCore
+
+/// An encoded command travelling down the pipeline to ``RedisChannelHandler``.
+package struct RedisOutboundCommand: Sendable {
+    package var bytes: ByteBuffer
+    package var kind: RedisConnectionStateMachine<EventLoopPromise<RESPToken>>.PendingKind
+    package var promise: EventLoopPromise<RESPToken>
+    /// See ``RedisCommand/blockingTimeout``.
+    package var blockingTimeout: TimeAmount?
+
+    package init(
+        bytes: ByteBuffer,
+        kind: RedisConnectionStateMachine<EventLoopPromise<RESPToken>>.PendingKind = .command,
+        promise: EventLoopPromise<RESPToken>,
+        blockingTimeout: TimeAmount? = nil
+    ) {
+        self.bytes = bytes
+        self.kind = kind
+        self.promise = promise
+        self.blockingTimeout = blockingTimeout
+    }
+}
+
+/// Drives a Redis connection: runs the handshake, matches pipelined replies to commands (FIFO),
+/// enforces command timeouts and routes pub/sub messages to `pushHandler`.
+///
+/// All logic lives in ``RedisConnectionStateMachine``; this handler only executes its actions.
+package final class RedisChannelHandler: ChannelDuplexHandler {
+    package typealias InboundIn = RESPToken
+    package typealias OutboundIn = RedisOutboundCommand
+    package typealias OutboundOut = ByteBuffer
+
+    private var stateMachine: RedisConnectionStateMachine<EventLoopPromise<RESPToken>>
+    private let configuration: RedisConfiguration
+    private let handshakePromise: EventLoopPromise<Int>
+    private let pushHandler: (@Sendable (RedisPubSubMessage) -> Void)?
+    private let logger: Logger
+    private var handshakeTimeout: Scheduled<Void>?
+    private var context: ChannelHandlerContext?
+
+    /// - Parameters:
+    ///   - handshakePromise: succeeded with the negotiated protocol version (2 or 3) once the connection is ready.
+    ///   - pushHandler: invoked on the event loop for every published message received.
+    package init(
+        configuration: RedisConfiguration,
+        handshakePromise: EventLoopPromise<Int>,
+        pushHandler: (@Sendable (RedisPubSubMessage) -> Void)?,
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.stateMachine = .init(handshake: .init(configuration))
+        self.handshakePromise = handshakePromise
+        self.pushHandler = pushHandler
+        self.logger = logger
+    }
+
+    package func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { self.startHandshake(context: context) }
+    }
+
+    package func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        self.handshakeTimeout?.cancel()
+    }
+
+    package func channelActive(context: ChannelHandlerContext) {
+        self.startHandshake(context: context)
+        context.fireChannelActive()
+    }
+
+    private func startHandshake(context: ChannelHandlerContext) {
+        let action = self.stateMachine.channelActive()
+        if case .none = action { return }
+        self.handshakeTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: self.configuration.connectTimeout) {
+            self.handleHandshake(self.stateMachine.handshakeTimedOut())
+        }
+        self.handleHandshake(action)
+    }
+
+    private func handleHandshake(_ action: RedisConnectionStateMachine<EventLoopPromise<RESPToken>>.HandshakeAction) {
+        guard let context = self.context else { return }
+        switch action {
+        case .none:
+            break
+        case .send(let step):
+            context.writeAndFlush(self.wrapOutboundOut(self.encodeHandshake(step, allocator: context.channel.allocator)), promise: nil)
+        case .succeeded(let version):
+            self.handshakeTimeout?.cancel()
+            self.logger.debug("redis handshake complete", metadata: ["resp": "\(version)"])
+            self.handshakePromise.succeed(version)
+        case .failed(let error):
+            self.handshakeTimeout?.cancel()
+            self.handshakePromise.fail(error)
+            context.close(promise: nil)
+        }
+    }
+
+    private func encodeHandshake(
+        _ step: RedisConnectionStateMachine<EventLoopPromise<RESPToken>>.HandshakeCommand,
+        allocator: ByteBufferAllocator
+    ) -> ByteBuffer {
+        var encoder = RESPCommandEncoder(buffer: allocator.buffer(capacity: 64))
+        let c = self.configuration
+        switch step {
+        case .hello:
+            HELLO(protocolVersion: 3, username: c.username, password: c.password, clientName: c.clientName).encode(into: &encoder)
+        case .auth:
+            AUTH(username: c.username, password: c.password ?? "").encode(into: &encoder)
+        case .clientSetName:
+            CLIENTSETNAME(name: c.clientName ?? "").encode(into: &encoder)
+        case .select:
+            SELECT(database: c.database).encode(into: &encoder)
+        }
+        return encoder.buffer
+    }
+
+    package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let command = self.unwrapOutboundIn(data)
+        var deadline: NIODeadline? = context.eventLoop.now + self.configuration.commandTimeout
+        if let blocking = command.blockingTimeout {
+            deadline = blocking == .zero ? nil : deadline! + blocking
+        }
+        switch self.stateMachine.enqueue(command.promise, kind: command.kind, deadline: deadline) {
+        case .write(let scheduleTimer):
+            context.write(self.wrapOutboundOut(command.bytes), promise: promise)
+            if let scheduleTimer { self.scheduleTimer(at: scheduleTimer, context: context) }
+        case .fail(let error):
+            command.promise.fail(error)
+            promise?.fail(error)
+        }
+    }
+
+    private func scheduleTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            switch self.stateMachine.timerFired(now: context.eventLoop.now) {
+            case .none:
+                break
+            case .reschedule(let next):
+                if let context = self.context { self.scheduleTimer(at: next, context: context) }
+            case .failAllAndClose(let promises, let error):
+                self.logger.warning("redis command timed out; closing connection", metadata: ["pending": "\(promises.count)"])
+                for promise in promises { promise.fail(error) }
+                self.context?.close(promise: nil)
+            }
+        }
+    }
+
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let token = self.unwrapInboundIn(data)
+        switch self.stateMachine.receivedToken(token) {
+        case .none:
+            break
+        case .sendHandshake(let step):
+            self.handleHandshake(.send(step))
+        case .handshakeSucceeded(let version):
+            self.handleHandshake(.succeeded(protocolVersion: version))
+        case .handshakeFailed(let error):
+            self.handleHandshake(.failed(error))
+        case .succeed(let promise, let token):
+            promise.succeed(token)
+        case .fail(let promise, let error):
+            promise.fail(error)
+        case .deliver(let message):
+            self.pushHandler?(message)
+        case .failAllAndClose(let promises, let error):
+            self.logger.error("redis protocol error; closing connection", metadata: ["error": "\(error)"])
+            for promise in promises { promise.fail(error) }
+            context.close(promise: nil)
+        }
+    }
+
+    package func channelInactive(context: ChannelHandlerContext) {
+        self.executeClose(self.stateMachine.channelInactive(), context: context, close: false)
+        context.fireChannelInactive()
+    }
+
+    package func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.logger.debug("redis connection error", metadata: ["error": "\(error)"])
+        self.executeClose(self.stateMachine.errorCaught(error), context: context, close: true)
+    }
+
+    private func executeClose(
+        _ action: RedisConnectionStateMachine<EventLoopPromise<RESPToken>>.CloseAction,
+        context: ChannelHandlerContext,
+        close: Bool
+    ) {
+        switch action {
+        case .none:
+            break
+        case .failAll(let promises, let error, let handshakeError):
+            for promise in promises { promise.fail(error) }
+            if let handshakeError {
+                self.handshakeTimeout?.cancel()
+                self.handshakePromise.fail(handshakeError)
+            }
+            if close { context.close(promise: nil) }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// Which of the client's long-lived connections an event refers to.
+public enum RedisConnectionRole: Sendable, Hashable {
+    /// The multiplexed connection used for ordinary (pipelined) commands.
+    case commands
+    /// The dedicated pub/sub connection.
+    case subscriptions
+}
+
+/// The state of one of the client's long-lived connections.
+public enum RedisConnectionState: Sendable, Hashable {
+    case connecting
+    case connected
+    /// Lost or failed; a reconnect attempt follows after a backoff delay (unless shut down).
+    case disconnected
+    case shutdown
+}
+
+/// Exponential backoff with jitter for reconnect attempts.
+public struct RedisBackoff: Sendable, Hashable {
+    public var minimum: TimeAmount
+    public var maximum: TimeAmount
+
+    public init(minimum: TimeAmount, maximum: TimeAmount) {
+        self.minimum = minimum
+        self.maximum = max(minimum, maximum)
+    }
+
+    /// The delay before reconnect attempt `attempt` (0-based): `min(maximum, minimum * 2^attempt)`,
+    /// of which a random half is jitter (the result lies in `[d/2, d]`).
+    public func delay(attempt: Int, random: Double = Double.random(in: 0...1)) -> TimeAmount {
+        let exponent = min(attempt, 32)
+        let base = min(Double(self.maximum.nanoseconds), Double(self.minimum.nanoseconds) * Double(1 << exponent))
+        return .nanoseconds(Int64(base / 2 + base / 2 * random))
+    }
+}
+
+/// A long-lived Redis client owning one multiplexed command connection and one pub/sub connection.
+///
+/// Both connections reconnect by themselves with exponential backoff and jitter
+/// (``RedisConfiguration/reconnectBackoffMinimum`` … ``RedisConfiguration/reconnectBackoffMaximum``);
+/// active subscriptions are re-established automatically after the pub/sub connection reconnects.
+/// Commands issued while the command connection is down fail immediately with
+/// ``RedisClientError/notConnected`` (nothing is queued). Blocking reads (`XREAD BLOCK`) should use a
+/// dedicated connection: ``withDedicatedConnection(_:)``.
+///
+/// ```swift
+/// let client = RedisClient(configuration: try RedisConfiguration(url: "redis://:secret@localhost:6379/0"))
+/// client.start()
+/// try await client.waitUntilConnected(timeout: .seconds(5))
+/// let pong = try await client.execute(PING())
+/// await client.shutdown()
+/// ```
+public final class RedisClient: Sendable {
+    /// Called (from a background task, not the event loop) whenever a connection changes state.
+    public typealias StateChangeHandler = @Sendable (RedisConnectionRole, RedisConnectionState) -> Void
+
+    public let configuration: RedisConfiguration
+    let eventLoopGroup: any EventLoopGroup
+    let logger: Logger
+    let registry = SubscriptionRegistry()
+    private let onStateChange: StateChangeHandler?
+    private let enableSubscriptions: Bool
+
+    struct State {
+        var started = false
+        var isShutdown = false
+        var commandConnection: RedisConnection?
+        var subscriberConnection: RedisConnection?
+        var states: [RedisConnectionRole: RedisConnectionState] = [:]
+        var reconnects = 0
+        var tasks: [Task<Void, Never>] = []
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    /// - Parameters:
+    ///   - enableSubscriptions: open the pub/sub connection (default `true`).
+    ///   - onStateChange: observes connection state changes (readiness, metrics).
+    public init(
+        configuration: RedisConfiguration,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "RedisClient"),
+        enableSubscriptions: Bool = true,
+        onStateChange: StateChangeHandler? = nil
+    ) {
+        self.configuration = configuration
+        self.eventLoopGroup = eventLoopGroup
+        self.logger = logger
+        self.enableSubscriptions = enableSubscriptions
+        self.onStateChange = onStateChange
+    }
+
+    /// Starts connecting (in the background). Calling it more than once has no effect.
+    public func start() {
+        let roles: [RedisConnectionRole] = self.enableSubscriptions ? [.commands, .subscriptions] : [.commands]
+        self.state.withLockedValue { state in
+            guard !state.started, !state.isShutdown else { return }
+            state.started = true
+            for role in roles {
+                state.tasks.append(Task { await self.connectionLoop(role: role) })
+            }
+        }
+    }
+
+    /// Closes both connections, stops reconnecting and finishes all subscriptions.
+    public func shutdown() async {
+        let (tasks, connections) = self.state.withLockedValue { state in
+            state.isShutdown = true
+            let result = (state.tasks, [state.commandConnection, state.subscriberConnection].compactMap { $0 })
+            state.tasks = []
+            state.commandConnection = nil
+            state.subscriberConnection = nil
+            return result
+        }
+        for task in tasks { task.cancel() }
+        for connection in connections { await connection.close() }
+        for task in tasks { await task.value }
+        self.registry.finishAll()
+    }
+
+    /// The current state of a connection.
+    public func connectionState(_ role: RedisConnectionRole) -> RedisConnectionState {
+        self.state.withLockedValue { $0.states[role] ?? .disconnected }
+    }
+
+    /// How many times a connection was re-established after having been connected before.
+    public var reconnectCount: Int { self.state.withLockedValue { $0.reconnects } }
+
+    /// Waits until every enabled connection is connected. Throws ``RedisClientError/connectTimeout`` otherwise.
+    public func waitUntilConnected(timeout: Duration) async throws {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while true {
+            let ready = self.state.withLockedValue { state in
+                state.commandConnection != nil && (!self.enableSubscriptions || state.subscriberConnection != nil)
+            }
+            if ready { return }
+            guard clock.now < deadline else { throw RedisClientError.connectTimeout }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    // MARK: Commands
+
+    /// Executes `command` on the multiplexed connection.
+    /// - Throws: ``RedisClientError/notConnected`` immediately while disconnected.
+    public func execute<Command: RedisCommand>(_ command: Command) async throws -> Command.Response {
+        try await self.send(command).get()
+    }
+
+    /// Sends `command` on the multiplexed connection without awaiting (hot path).
+    public func send<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response> {
+        guard let connection = self.state.withLockedValue({ $0.commandConnection }), connection.isActive else {
+            return self.eventLoopGroup.any().makeFailedFuture(RedisClientError.notConnected)
+        }
+        return connection.send(command)
+    }
+
+    /// Opens a new connection that the caller owns (and must close), e.g. for blocking `XREAD`/`XREADGROUP`.
+    public func makeDedicatedConnection() async throws -> RedisConnection {
+        try await RedisConnection.connect(configuration: self.configuration, eventLoopGroup: self.eventLoopGroup, logger: self.logger)
+    }
+
+    /// Runs `body` with a dedicated connection that is closed afterwards.
+    public func withDedicatedConnection<T: Sendable>(_ body: (RedisConnection) async throws -> T) async throws -> T {
+        let connection = try await self.makeDedicatedConnection()
+        do {
+            let result = try await body(connection)
+            await connection.close()
+            return result
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
+    // MARK: Subscriptions
+
+    /// Subscribes to `names` and returns a buffered message stream (see ``RedisSubscription`` for the
+    /// drop-oldest buffering policy). Completes once the server confirmed, or immediately when the
+    /// subscriber connection is down (the subscription becomes active on reconnect).
+    public func subscribe(to names: [String], kind: RedisSubscriptionKind = .channel, bufferSize: Int? = nil) async throws -> RedisSubscription {
+        precondition(!names.isEmpty, "subscribe needs at least one name")
+        let dropped = NIOLockedValueBox(0)
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: RedisPubSubMessage.self,
+            bufferingPolicy: .bufferingNewest(max(1, bufferSize ?? self.configuration.subscriptionBufferSize))
+        )
+        let (id, confirmation) = self.registry.add(names: names, kind: kind, sink: .stream(continuation, dropped))
+        let subscription = RedisSubscription(
+            names: names, kind: kind, stream: stream, continuation: continuation, dropped: dropped, id: id, registry: self.registry
+        )
+        try await self.awaitConfirmation(confirmation, id: id, names: names, kind: kind)
+        return subscription
+    }
+
+    /// Subscribes with a handler invoked on the subscriber connection's event loop for each message
+    /// (no buffering, no extra hop). Use it for fan-out; the handler must not block.
+    public func subscribe(
+        to names: [String],
+        kind: RedisSubscriptionKind = .channel,
+        handler: @escaping @Sendable (RedisPubSubMessage) -> Void
+    ) async throws -> RedisCallbackSubscription {
+        precondition(!names.isEmpty, "subscribe needs at least one name")
+        let (id, confirmation) = self.registry.add(names: names, kind: kind, sink: .callback(handler))
+        try await self.awaitConfirmation(confirmation, id: id, names: names, kind: kind)
+        return RedisCallbackSubscription(names: names, kind: kind, id: id, registry: self.registry)
+    }
+
+    /// Runs `body` with a subscription that is unsubscribed when `body` returns or throws.
+    public func withSubscription<T: Sendable>(
+        to names: [String],
+        kind: RedisSubscriptionKind = .channel,
+        bufferSize: Int? = nil,
+        _ body: (RedisSubscription) async throws -> T
+    ) async throws -> T {
+        let subscription = try await self.subscribe(to: names, kind: kind, bufferSize: bufferSize)
+        do {
+            let result = try await body(subscription)
+            await subscription.unsubscribe()
+            return result
+        } catch {
+            await subscription.unsubscribe()
+            throw error
+        }
+    }
+
+    private func awaitConfirmation(_ confirmation: EventLoopFuture<Void>?, id: UInt64, names: [String], kind: RedisSubscriptionKind) async throws {
+        do {
+            try await confirmation?.get()
+        } catch let error as RedisServerError {
+            // The server rejected the subscription: forget it.
+            self.registry.remove(id: id, names: names, kind: kind)
+            throw error
+        } catch {
+            // Connection trouble: keep the subscription; it is re-established after reconnecting.
+            self.logger.debug("subscription not confirmed; will resubscribe on reconnect", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: Connection management
+
+    private func setState(_ role: RedisConnectionRole, _ newState: RedisConnectionState) {
+        let changed = self.state.withLockedValue { state -> Bool in
+            if state.isShutdown && newState != .shutdown { return false }
+            guard state.states[role] != newState else { return false }
+            state.states[role] = newState
+            return true
+        }
+        if changed { self.onStateChange?(role, newState) }
+    }
+
+    private func connectionLoop(role: RedisConnectionRole) async {
+        let backoff = RedisBackoff(minimum: self.configuration.reconnectBackoffMinimum, maximum: self.configuration.reconnectBackoffMaximum)
+        var attempt = 0
+        var connectedBefore = false
+        while !Task.isCancelled {
+            self.setState(role, .connecting)
+            do {
+                let registry = self.registry
+                var pushHandler: (@Sendable (RedisPubSubMessage) -> Void)? = nil
+                if role == .subscriptions {
+                    pushHandler = { @Sendable message in registry.deliver(message) }
+                }
+                let connection = try await RedisConnection.connect(
+                    configuration: self.configuration,
+                    eventLoopGroup: self.eventLoopGroup,
+                    logger: self.logger,
+                    pushHandler: pushHandler
+                )
+                if role == .subscriptions {
+                    let confirmations = registry.attach { [connection] in connection.subscriptionCommand($0) }
+                    do {
+                        for confirmation in confirmations { try await confirmation.get() }
+                    } catch {
+                        await connection.close()
+                        throw error
+                    }
+                }
+                let accepted = self.state.withLockedValue { state -> Bool in
+                    guard !state.isShutdown else { return false }
+                    switch role {
+                    case .commands: state.commandConnection = connection
+                    case .subscriptions: state.subscriberConnection = connection
+                    }
+                    if connectedBefore { state.reconnects += 1 }
+                    return true
+                }
+                guard accepted else {
+                    await connection.close()
+                    break
+                }
+                connectedBefore = true
+                attempt = 0
+                self.logger.info("redis connected", metadata: ["role": "\(role)", "resp": "\(connection.protocolVersion)"])
+                self.setState(role, .connected)
+                try? await connection.closeFuture.get()
+                self.state.withLockedValue { state in
+                    switch role {
+                    case .commands: if state.commandConnection === connection { state.commandConnection = nil }
+                    case .subscriptions: if state.subscriberConnection === connection { state.subscriberConnection = nil }
+                    }
+                }
+                if role == .subscriptions { registry.detach() }
+                self.logger.warning("redis connection lost", metadata: ["role": "\(role)"])
+            } catch {
+                if role == .subscriptions { self.registry.detach() }
+                self.logger.debug("redis connect failed", metadata: ["role": "\(role)", "error": "\(error)"])
+            }
+            if Task.isCancelled || self.state.withLockedValue({ $0.isShutdown }) { break }
+            self.setState(role, .disconnected)
+            let delay = backoff.delay(attempt: attempt)
+            attempt += 1
+            try? await Task.sleep(for: .nanoseconds(delay.nanoseconds))
+        }
+        self.setState(role, .shutdown)
+    }
+}

@@ -1,0 +1,128 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// One TCP connection to a Redis server.
+///
+/// Commands are pipelined: any number may be in flight, and replies are matched to commands in FIFO
+/// order. The connection performs the `HELLO 3` handshake (falling back to RESP2 plus `AUTH`/`SELECT`
+/// when the server rejects `HELLO`). When the connection closes, every pending command fails with
+/// ``RedisClientError/connectionClosed``. A connection does not reconnect; ``RedisClient`` does that.
+public final class RedisConnection: Sendable {
+    /// The underlying NIO channel.
+    public let channel: any Channel
+    /// The negotiated protocol version: 3, or 2 after a fallback.
+    public let protocolVersion: Int
+    /// The configuration used to connect.
+    public let configuration: RedisConfiguration
+
+    package init(channel: any Channel, protocolVersion: Int, configuration: RedisConfiguration) {
+        self.channel = channel
+        self.protocolVersion = protocolVersion
+        self.configuration = configuration
+    }
+
+    /// Connects and completes the handshake.
+    ///
+    /// - Parameters:
+    ///   - pushHandler: invoked on the connection's event loop for every pub/sub message received.
+    /// - Throws: ``RedisClientError/connectTimeout``, ``RedisServerError`` (e.g. `WRONGPASS`), or an I/O error.
+    public static func connect(
+        configuration: RedisConfiguration,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "RedisClient"),
+        pushHandler: (@Sendable (RedisPubSubMessage) -> Void)? = nil
+    ) async throws -> RedisConnection {
+        let eventLoop = eventLoopGroup.next()
+        let handshakePromise = eventLoop.makePromise(of: Int.self)
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(configuration.connectTimeout)
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(RESPTokenDecoder(limits: configuration.parserLimits)),
+                        RedisChannelHandler(
+                            configuration: configuration,
+                            handshakePromise: handshakePromise,
+                            pushHandler: pushHandler,
+                            logger: logger
+                        ),
+                    ])
+                }
+            }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+        } catch {
+            let mapped: any Error = (error as? ChannelError) == .connectTimeout(configuration.connectTimeout)
+                ? RedisClientError.connectTimeout : error
+            handshakePromise.fail(mapped)
+            throw mapped
+        }
+        do {
+            let version = try await handshakePromise.futureResult.get()
+            return RedisConnection(channel: channel, protocolVersion: version, configuration: configuration)
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+    }
+
+    /// Sends `command` without awaiting; the future completes on the connection's event loop with the typed reply.
+    ///
+    /// Fails with ``RedisServerError`` for error replies, ``RESPDecodeError`` for unexpected reply shapes,
+    /// ``RedisClientError/commandTimeout`` or ``RedisClientError/connectionClosed``.
+    public func send<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response> {
+        self.sendRaw(command).flatMapThrowing { try Command.Response(fromRESP: $0) }
+    }
+
+    /// Sends `command` and returns the undecoded reply.
+    public func sendRaw<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<RESPToken> {
+        var encoder = RESPCommandEncoder(buffer: self.channel.allocator.buffer(capacity: 64))
+        command.encode(into: &encoder)
+        return self.write(RedisOutboundCommand(
+            bytes: encoder.buffer,
+            promise: self.channel.eventLoop.makePromise(),
+            blockingTimeout: command.blockingTimeout
+        ))
+    }
+
+    /// Executes `command` and returns its typed reply.
+    public func execute<Command: RedisCommand>(_ command: Command) async throws -> Command.Response {
+        try await self.send(command).get()
+    }
+
+    /// Sends a subscription management command; completes once the server confirmed every name.
+    ///
+    /// Published messages are delivered to the `pushHandler` given to ``connect(configuration:eventLoopGroup:logger:pushHandler:)``.
+    public func subscriptionCommand(_ command: SubscriptionCommand) -> EventLoopFuture<Void> {
+        var encoder = RESPCommandEncoder(buffer: self.channel.allocator.buffer(capacity: 64))
+        command.encode(into: &encoder)
+        return self.write(RedisOutboundCommand(
+            bytes: encoder.buffer,
+            kind: .subscription(confirmation: command.confirmationKind, remaining: command.names.count),
+            promise: self.channel.eventLoop.makePromise()
+        )).map { _ in () }
+    }
+
+    private func write(_ command: RedisOutboundCommand) -> EventLoopFuture<RESPToken> {
+        let promise = command.promise
+        self.channel.writeAndFlush(command).whenFailure { error in
+            // Only reached if the handler never saw the command (pipeline torn down) or the write failed.
+            promise.fail(error is ChannelError ? RedisClientError.connectionClosed : error)
+        }
+        return promise.futureResult
+    }
+
+    /// Whether the connection is still open.
+    public var isActive: Bool { self.channel.isActive }
+
+    /// Completes when the connection has closed.
+    public var closeFuture: EventLoopFuture<Void> { self.channel.closeFuture }
+
+    /// Closes the connection; pending commands fail with ``RedisClientError/connectionClosed``.
+    public func close() async {
+        try? await self.channel.close()
+    }
+}

@@ -1,0 +1,349 @@
+import NIOCore
+
+/// The pure state machine behind ``RedisChannelHandler``.
+///
+/// It performs no I/O: every event returns an action the handler executes. It is generic over the
+/// promise type so it can be unit-tested with plain values.
+///
+/// Lifecycle: `initialized` → (`channelActive`) → `handshaking` (HELLO 3, or the RESP2 fallback
+/// AUTH / CLIENT SETNAME / SELECT) → `ready` (pipelined commands, replies matched FIFO) → `closing` → `closed`.
+package struct RedisConnectionStateMachine<Promise> {
+    /// A step of the connection handshake; the handler builds the actual command from the configuration.
+    package enum HandshakeCommand: Hashable, Sendable {
+        case hello
+        case auth
+        case clientSetName
+        case select
+    }
+
+    /// What a pending command expects as its reply.
+    package enum PendingKind: Hashable, Sendable {
+        /// One ordinary reply.
+        case command
+        /// A (P|S)(UN)SUBSCRIBE awaiting `remaining` confirmations of kind `confirmation` (e.g. `subscribe`).
+        case subscription(confirmation: String, remaining: Int)
+    }
+
+    package struct Pending {
+        package var promise: Promise
+        package var kind: PendingKind
+        package var deadline: NIODeadline?
+    }
+
+    package struct HandshakeConfiguration: Hashable, Sendable {
+        package var preference: RedisProtocolPreference
+        package var hasPassword: Bool
+        package var hasClientName: Bool
+        package var database: Int
+
+        package init(preference: RedisProtocolPreference, hasPassword: Bool, hasClientName: Bool, database: Int) {
+            self.preference = preference
+            self.hasPassword = hasPassword
+            self.hasClientName = hasClientName
+            self.database = database
+        }
+
+        package init(_ configuration: RedisConfiguration) {
+            self.init(
+                preference: configuration.protocolPreference,
+                hasPassword: configuration.password != nil,
+                hasClientName: configuration.clientName != nil,
+                database: configuration.database
+            )
+        }
+
+        /// The steps after HELLO 3 succeeded (HELLO already did AUTH and SETNAME).
+        var stepsAfterHello: [HandshakeCommand] { self.database != 0 ? [.select] : [] }
+
+        /// The RESP2 handshake steps.
+        var resp2Steps: [HandshakeCommand] {
+            var steps: [HandshakeCommand] = []
+            if self.hasPassword { steps.append(.auth) }
+            if self.hasClientName { steps.append(.clientSetName) }
+            if self.database != 0 { steps.append(.select) }
+            return steps
+        }
+    }
+
+    enum State {
+        case initialized
+        case handshaking(current: HandshakeCommand, remaining: [HandshakeCommand], protocolVersion: Int)
+        case ready(protocolVersion: Int, subscribeMode: Bool)
+        case closing
+        case closed
+    }
+
+    private(set) var state: State = .initialized
+    private var pending = CircularBuffer<Pending>(initialCapacity: 16)
+    /// The earliest deadline a timer is currently scheduled for.
+    private var scheduledTimer: NIODeadline?
+    let handshake: HandshakeConfiguration
+
+    package init(handshake: HandshakeConfiguration) {
+        self.handshake = handshake
+    }
+
+    /// Number of commands awaiting a reply.
+    package var pendingCount: Int { self.pending.count }
+
+    /// The negotiated protocol version once ready.
+    package var protocolVersion: Int? {
+        if case .ready(let version, _) = self.state { return version }
+        return nil
+    }
+
+    package var isReady: Bool { self.protocolVersion != nil }
+
+    // MARK: Handshake
+
+    package enum HandshakeAction {
+        case send(HandshakeCommand)
+        case succeeded(protocolVersion: Int)
+        case failed(any Error)
+        case none
+    }
+
+    /// The channel became active: start the handshake.
+    package mutating func channelActive() -> HandshakeAction {
+        guard case .initialized = self.state else { return .none }
+        switch self.handshake.preference {
+        case .resp3WithFallback:
+            self.state = .handshaking(current: .hello, remaining: self.handshake.stepsAfterHello, protocolVersion: 3)
+            return .send(.hello)
+        case .resp2:
+            return self.advanceHandshake(remaining: self.handshake.resp2Steps, protocolVersion: 2)
+        }
+    }
+
+    private mutating func advanceHandshake(remaining: [HandshakeCommand], protocolVersion: Int) -> HandshakeAction {
+        var remaining = remaining
+        if remaining.isEmpty {
+            self.state = .ready(protocolVersion: protocolVersion, subscribeMode: false)
+            return .succeeded(protocolVersion: protocolVersion)
+        }
+        let next = remaining.removeFirst()
+        self.state = .handshaking(current: next, remaining: remaining, protocolVersion: protocolVersion)
+        return .send(next)
+    }
+
+    /// The handshake did not finish in time.
+    package mutating func handshakeTimedOut() -> HandshakeAction {
+        guard case .handshaking = self.state else { return .none }
+        self.state = .closing
+        return .failed(RedisClientError.connectTimeout)
+    }
+
+    // MARK: Commands
+
+    package enum EnqueueAction {
+        /// Write the command; if `scheduleTimer` is set, schedule ``timerFired(now:)`` at that deadline.
+        case write(scheduleTimer: NIODeadline?)
+        /// Fail the command right away.
+        case fail(any Error)
+    }
+
+    /// A command is about to be written.
+    package mutating func enqueue(_ promise: Promise, kind: PendingKind = .command, deadline: NIODeadline?) -> EnqueueAction {
+        switch self.state {
+        case .ready(let version, let subscribeMode):
+            if case .subscription = kind, !subscribeMode {
+                self.state = .ready(protocolVersion: version, subscribeMode: true)
+            }
+            self.pending.append(Pending(promise: promise, kind: kind, deadline: deadline))
+            var schedule: NIODeadline? = nil
+            if let deadline, self.scheduledTimer.map({ deadline < $0 }) ?? true {
+                self.scheduledTimer = deadline
+                schedule = deadline
+            }
+            return .write(scheduleTimer: schedule)
+        case .initialized, .handshaking:
+            return .fail(RedisClientError.notConnected)
+        case .closing, .closed:
+            return .fail(RedisClientError.connectionClosed)
+        }
+    }
+
+    // MARK: Replies
+
+    package enum ReceiveAction {
+        case none
+        case sendHandshake(HandshakeCommand)
+        case handshakeSucceeded(protocolVersion: Int)
+        /// Fail the connect attempt and close the channel.
+        case handshakeFailed(any Error)
+        case succeed(Promise, RESPToken)
+        case fail(Promise, any Error)
+        /// A published message arrived on a subscription.
+        case deliver(RedisPubSubMessage)
+        /// Fail all these promises and close the channel.
+        case failAllAndClose([Promise], any Error)
+    }
+
+    /// A complete RESP value arrived.
+    package mutating func receivedToken(_ token: RESPToken) -> ReceiveAction {
+        switch self.state {
+        case .initialized:
+            self.state = .closing
+            return .failAllAndClose([], RedisClientError.unsolicitedReply)
+        case .handshaking(let current, let remaining, let version):
+            return self.receivedHandshakeReply(token, current: current, remaining: remaining, version: version)
+        case .ready(let version, let subscribeMode):
+            return self.receivedReply(token, protocolVersion: version, subscribeMode: subscribeMode)
+        case .closing, .closed:
+            return .none
+        }
+    }
+
+    private mutating func receivedHandshakeReply(
+        _ token: RESPToken,
+        current: HandshakeCommand,
+        remaining: [HandshakeCommand],
+        version: Int
+    ) -> ReceiveAction {
+        if case .push = token.value { return .none }  // e.g. early invalidation pushes
+        let action: HandshakeAction
+        if let error = Self.serverError(token) {
+            if current == .hello, !error.isAuthenticationError {
+                // The server does not speak RESP3 (or refuses HELLO): fall back to RESP2.
+                action = self.advanceHandshake(remaining: self.handshake.resp2Steps, protocolVersion: 2)
+            } else {
+                self.state = .closing
+                action = .failed(error)
+            }
+        } else {
+            action = self.advanceHandshake(remaining: remaining, protocolVersion: version)
+        }
+        switch action {
+        case .send(let command): return .sendHandshake(command)
+        case .succeeded(let version): return .handshakeSucceeded(protocolVersion: version)
+        case .failed(let error): return .handshakeFailed(error)
+        case .none: return .none
+        }
+    }
+
+    private mutating func receivedReply(_ token: RESPToken, protocolVersion: Int, subscribeMode: Bool) -> ReceiveAction {
+        // Out-of-band messages: RESP3 pushes, and in RESP2 subscribe mode arrays shaped like pushes.
+        var pushElements: [RESPToken]? = nil
+        switch token.value {
+        case .push(let elements):
+            pushElements = Array(elements)
+        case .array(let elements) where subscribeMode && protocolVersion == 2 && elements.count >= 3:
+            let all = Array(elements)
+            if let kind = try? String(fromRESP: all[0]), Self.isPubSubKind(kind) { pushElements = all }
+        default:
+            break
+        }
+        if let elements = pushElements {
+            return self.receivedPush(elements, token: token)
+        }
+        guard let head = self.pending.popFirst() else {
+            self.state = .closing
+            return .failAllAndClose([], RedisClientError.unsolicitedReply)
+        }
+        if let error = Self.serverError(token) {
+            return .fail(head.promise, error)
+        }
+        return .succeed(head.promise, token)
+    }
+
+    private static func isPubSubKind(_ kind: String) -> Bool {
+        switch kind.lowercased() {
+        case "message", "pmessage", "smessage", "subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ssubscribe", "sunsubscribe":
+            return true
+        default:
+            return false
+        }
+    }
+
+    private mutating func receivedPush(_ elements: [RESPToken], token: RESPToken) -> ReceiveAction {
+        if let message = RedisPubSubMessage(elements: elements) {
+            return .deliver(message)
+        }
+        guard let first = elements.first, let kind = (try? String(fromRESP: first))?.lowercased() else { return .none }
+        // A subscription confirmation: count it against the head command if it matches.
+        guard let head = self.pending.first, case .subscription(let confirmation, let remaining) = head.kind,
+            confirmation == kind
+        else {
+            return .none  // unsolicited (e.g. server-side unsubscribe) or other push (invalidate, ...)
+        }
+        if remaining > 1 {
+            self.pending[self.pending.startIndex].kind = .subscription(confirmation: confirmation, remaining: remaining - 1)
+            return .none
+        }
+        self.pending.removeFirst()
+        return .succeed(head.promise, token)
+    }
+
+    static func serverError(_ token: RESPToken) -> RedisServerError? {
+        switch token.value {
+        case .simpleError(let b), .bulkError(let b): return RedisServerError(message: String(buffer: b))
+        default: return nil
+        }
+    }
+
+    // MARK: Timeouts
+
+    package enum TimerAction {
+        case none
+        case reschedule(NIODeadline)
+        case failAllAndClose([Promise], any Error)
+    }
+
+    /// A scheduled command timer fired.
+    package mutating func timerFired(now: NIODeadline) -> TimerAction {
+        self.scheduledTimer = nil
+        guard case .ready = self.state else { return .none }
+        var earliest: NIODeadline? = nil
+        for entry in self.pending {
+            guard let deadline = entry.deadline else { continue }
+            if deadline <= now {
+                // The reply stream is now out of sync: fail everything and close.
+                let promises = self.drainPending()
+                self.state = .closing
+                return .failAllAndClose(promises, RedisClientError.commandTimeout)
+            }
+            earliest = earliest.map { min($0, deadline) } ?? deadline
+        }
+        guard let earliest else { return .none }
+        self.scheduledTimer = earliest
+        return .reschedule(earliest)
+    }
+
+    // MARK: Closing
+
+    package enum CloseAction {
+        case none
+        /// Fail these promises; if `handshakeError` is set, also fail the connect attempt.
+        case failAll([Promise], any Error, handshakeError: (any Error)?)
+    }
+
+    /// The channel closed.
+    package mutating func channelInactive() -> CloseAction {
+        let wasHandshaking: Bool
+        if case .handshaking = self.state { wasHandshaking = true } else { wasHandshaking = false }
+        if case .initialized = self.state { self.state = .closed; return .failAll([], RedisClientError.connectionClosed, handshakeError: RedisClientError.connectionClosed) }
+        self.state = .closed
+        let promises = self.drainPending()
+        return .failAll(promises, RedisClientError.connectionClosed, handshakeError: wasHandshaking ? RedisClientError.connectionClosed : nil)
+    }
+
+    /// An error was caught in the pipeline (e.g. a parse error); the channel must be closed.
+    package mutating func errorCaught(_ error: any Error) -> CloseAction {
+        switch self.state {
+        case .closed, .closing:
+            return .none
+        case .handshaking, .initialized:
+            self.state = .closing
+            return .failAll(self.drainPending(), error, handshakeError: error)
+        case .ready:
+            self.state = .closing
+            return .failAll(self.drainPending(), error, handshakeError: nil)
+        }
+    }
+
+    private mutating func drainPending() -> [Promise] {
+        let promises = self.pending.map(\.promise)
+        self.pending.removeAll()
+        return promises
+    }
+}

@@ -1,0 +1,78 @@
+import NIOCore
+
+/// An error reply sent by the server (`-ERR ...` or a RESP3 bulk error).
+public struct RedisServerError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The full error message, e.g. `BUSYGROUP Consumer Group name already exists`.
+    public var message: String
+
+    public init(message: String) { self.message = message }
+
+    /// The error code: the first word of the message (`ERR`, `WRONGTYPE`, `BUSYGROUP`, `NOAUTH`, ...).
+    public var code: String {
+        String(self.message.prefix { $0 != " " })
+    }
+
+    /// `true` for `XGROUP CREATE` on an existing group.
+    public var isBusyGroup: Bool { self.code == "BUSYGROUP" }
+    /// `true` for authentication failures (`NOAUTH`, `WRONGPASS`).
+    public var isAuthenticationError: Bool { self.code == "NOAUTH" || self.code == "WRONGPASS" }
+    /// `true` for `EVALSHA` with an unknown script.
+    public var isNoScript: Bool { self.code == "NOSCRIPT" }
+
+    public var description: String { "RedisServerError(\(self.message))" }
+}
+
+/// Client-side errors.
+public struct RedisClientError: Error, Hashable, Sendable, CustomStringConvertible {
+    enum Base: Hashable, Sendable {
+        case notConnected
+        case connectionClosed
+        case commandTimeout
+        case connectTimeout
+        case protocolViolation
+        case unsolicitedReply
+        case tlsNotSupported
+        case invalidConfiguration
+        case shutdown
+    }
+
+    let base: Base
+    /// Additional human readable detail.
+    public var detail: String?
+
+    init(_ base: Base, detail: String? = nil) {
+        self.base = base
+        self.detail = detail
+    }
+
+    /// The client has no established connection right now (it may be reconnecting). Commands are not queued.
+    public static let notConnected = RedisClientError(.notConnected)
+    /// The connection closed before the reply arrived.
+    public static let connectionClosed = RedisClientError(.connectionClosed)
+    /// No reply arrived within the command timeout; the connection was closed because the reply stream is out of sync.
+    public static let commandTimeout = RedisClientError(.commandTimeout)
+    /// Connecting (TCP connect plus handshake) took longer than the connect timeout.
+    public static let connectTimeout = RedisClientError(.connectTimeout)
+    /// The server sent something that violates the protocol (e.g. a reply without a pending command).
+    public static let protocolViolation = RedisClientError(.protocolViolation)
+    /// A reply arrived while no command was pending.
+    public static let unsolicitedReply = RedisClientError(.unsolicitedReply)
+    /// `rediss://` URLs need TLS, which this client does not support yet.
+    public static let tlsNotSupported = RedisClientError(.tlsNotSupported, detail: "TLS (rediss://) is not supported")
+    /// The configuration (typically the URL) is invalid.
+    public static let invalidConfiguration = RedisClientError(.invalidConfiguration)
+    /// The client was shut down.
+    public static let shutdown = RedisClientError(.shutdown)
+
+    static func invalidConfiguration(_ detail: String) -> RedisClientError {
+        RedisClientError(.invalidConfiguration, detail: detail)
+    }
+
+    public static func == (lhs: RedisClientError, rhs: RedisClientError) -> Bool { lhs.base == rhs.base }
+    public func hash(into hasher: inout Hasher) { hasher.combine(self.base) }
+
+    public var description: String {
+        if let detail { return "RedisClientError.\(self.base): \(detail)" }
+        return "RedisClientError.\(self.base)"
+    }
+}
