@@ -20,6 +20,28 @@ public enum STOMPCommand: String, Sendable, Hashable, CaseIterable {
     case receipt = "RECEIPT"
     case error = "ERROR"
 
+    /// A dense index (0 ..< allCases.count), for per-command counters.
+    @inlinable
+    public var ordinal: Int {
+        switch self {
+        case .connect: return 0
+        case .stomp: return 1
+        case .send: return 2
+        case .subscribe: return 3
+        case .unsubscribe: return 4
+        case .ack: return 5
+        case .nack: return 6
+        case .begin: return 7
+        case .commit: return 8
+        case .abort: return 9
+        case .disconnect: return 10
+        case .connected: return 11
+        case .message: return 12
+        case .receipt: return 13
+        case .error: return 14
+        }
+    }
+
     /// Whether header values of this frame are escaped (STOMP 1.1+).
     ///
     /// The specification exempts `CONNECT` and `CONNECTED`; `STOMP` is the 1.1+ spelling of

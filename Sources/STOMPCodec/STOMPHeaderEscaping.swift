@@ -33,10 +33,13 @@ public enum STOMPHeaderEscaping {
     }
 
     /// Writes `string` escaped for a 1.1+ header.
+    ///
+    /// - Parameter escapeCarriageReturn: `\r` is defined by STOMP 1.2 only; for a 1.1 peer
+    ///   pass false and a carriage return is written as is.
     @inlinable
-    public static func writeEscaped(_ string: String, into buffer: inout ByteBuffer) {
+    public static func writeEscaped(_ string: String, into buffer: inout ByteBuffer, escapeCarriageReturn: Bool = true) {
         var needs = false
-        for b in string.utf8 where b == UInt8(ascii: "\\") || b == UInt8(ascii: ":") || b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r") {
+        for b in string.utf8 where b == UInt8(ascii: "\\") || b == UInt8(ascii: ":") || b == UInt8(ascii: "\n") || (b == UInt8(ascii: "\r") && escapeCarriageReturn) {
             needs = true
             break
         }
@@ -49,7 +52,7 @@ public enum STOMPHeaderEscaping {
             case UInt8(ascii: "\\"): buffer.writeStaticString("\\\\")
             case UInt8(ascii: ":"): buffer.writeStaticString("\\c")
             case UInt8(ascii: "\n"): buffer.writeStaticString("\\n")
-            case UInt8(ascii: "\r"): buffer.writeStaticString("\\r")
+            case UInt8(ascii: "\r") where escapeCarriageReturn: buffer.writeStaticString("\\r")
             default: buffer.writeInteger(b)
             }
         }

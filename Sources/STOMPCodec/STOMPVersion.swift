@@ -13,6 +13,15 @@ public enum STOMPVersion: String, Sendable, Hashable, Comparable, CaseIterable {
         }
     }
 
+    /// 0, 1, 2 for 1.0, 1.1, 1.2.
+    public var ordinal: Int {
+        switch self {
+        case .v1_0: return 0
+        case .v1_1: return 1
+        case .v1_2: return 2
+        }
+    }
+
     /// Whether header values are escaped in this version (1.1 and later).
     public var escapesHeaders: Bool { self != .v1_0 }
 

@@ -2,17 +2,42 @@ import Logging
 import NIOCore
 import Synchronization
 
-/// Counters the sessions keep for `/health` and metrics.
+/// Why a session was ended with an `ERROR`, for metrics.
+public enum SessionErrorKind: String, Sendable, CaseIterable {
+    case protocolViolation = "protocol"
+    case limit
+    case slowConsumer = "slow_consumer"
+    case heartBeatTimeout = "heartbeat_timeout"
+    case auth
+    case route
+    case shutdown
+
+    public var index: Int { Self.allCases.firstIndex(of: self)! }
+}
+
+/// An atomic counter that can live in an array (`Atomic` itself cannot be copied).
+public final class AtomicCounter: Sendable {
+    private let value = Atomic<Int>(0)
+    public init() {}
+    @inlinable public func add(_ n: Int, ordering: AtomicUpdateOrdering = .relaxed) { _add(n) }
+    @inlinable public func subtract(_ n: Int, ordering: AtomicUpdateOrdering = .relaxed) { _add(-n) }
+    public func load(ordering: AtomicLoadOrdering = .relaxed) -> Int { value.load(ordering: .relaxed) }
+    @usableFromInline func _add(_ n: Int) { value.add(n, ordering: .relaxed) }
+}
+
+/// Gauges and rare-event counters shared by all sessions (hot-path counters are per event
+/// loop: see ``ShardCounters``).
 public final class GatewayStats: Sendable {
-    public let connectionsOpen = Atomic<Int>(0)
-    public let connectionsTotal = Atomic<Int>(0)
-    public let sessionsConnected = Atomic<Int>(0)
-    public let subscriptions = Atomic<Int>(0)
-    public let framesIn = Atomic<Int>(0)
-    public let messagesDelivered = Atomic<Int>(0)
-    public let slowConsumerDisconnects = Atomic<Int>(0)
-    public let heartBeatTimeouts = Atomic<Int>(0)
-    public let protocolErrors = Atomic<Int>(0)
+    public let connectionsOpen = AtomicCounter()
+    public let connectionsTotal = AtomicCounter()
+    public let sessionsConnected = AtomicCounter()
+    public let subscriptions = AtomicCounter()
+    /// Sessions by negotiated version: 1.0, 1.1, 1.2.
+    public let sessionsByVersion = [AtomicCounter(), AtomicCounter(), AtomicCounter()]
+    /// Sessions ended with an `ERROR`, by ``SessionErrorKind``.
+    public let errors = SessionErrorKind.allCases.map { _ in AtomicCounter() }
+
+    public func errors(_ kind: SessionErrorKind) -> Int { errors[kind.index].load() }
     public init() {}
 }
 
@@ -27,6 +52,15 @@ public final class GatewayServices: Sendable {
     public let sessionIDs: MessageIDGenerator
     public let stats = GatewayStats()
     public let logger: Logger
+
+    /// Sums the counters of every event loop.
+    public func counters() async -> ShardCounters {
+        var total = ShardCounters()
+        for shard in hub.shards {
+            if let c = try? await shard.readCounters().get() { total.add(c) }
+        }
+        return total
+    }
 
     public init(configuration: SessionConfiguration, hub: FanoutHub, engine: any BrokerEngine, routes: RouteTable, instanceID: String,
                 messageIDs: MessageIDGenerator? = nil, logger: Logger) {

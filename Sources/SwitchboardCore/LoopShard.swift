@@ -1,4 +1,5 @@
 import NIOCore
+import STOMPCodec
 
 /// A session registered with its loop's shard: it receives the shared heart-beat tick and
 /// can be closed at shutdown.
@@ -7,6 +8,27 @@ public protocol HeartbeatClient: AnyObject {
     func heartbeatTick(_ tick: UInt64)
     /// Ends the session with an `ERROR` saying `reason`.
     func close(reason: String)
+}
+
+/// Hot-path counters of one event loop: plain integers, written only on that loop and read
+/// through ``LoopShard/readCounters()`` (a hop to the loop), so counting costs no atomics.
+public struct ShardCounters: Sendable {
+    public var framesIn = [Int](repeating: 0, count: STOMPCommand.allCases.count)
+    public var framesOut = [Int](repeating: 0, count: STOMPCommand.allCases.count)
+    public var messagesDelivered = 0
+    public var bytesOut = 0
+
+    public init() {}
+
+    /// Adds `other` into `self`.
+    public mutating func add(_ other: ShardCounters) {
+        for i in framesIn.indices {
+            framesIn[i] += other.framesIn[i]
+            framesOut[i] += other.framesOut[i]
+        }
+        messagesDelivered += other.messagesDelivered
+        bytesOut += other.bytesOut
+    }
 }
 
 /// A session that can receive messages addressed to it by id.
@@ -40,6 +62,14 @@ public final class LoopShard: @unchecked Sendable {
         self.eventLoop = eventLoop
         self.index = index
         self.hub = hub
+    }
+
+    /// This loop's counters; mutate only on ``eventLoop``.
+    public var counters = ShardCounters()
+
+    /// A copy of the counters, read on the loop.
+    public func readCounters() -> EventLoopFuture<ShardCounters> {
+        eventLoop.submit { self.counters }
     }
 
     /// Number of local subscriptions (all destinations).

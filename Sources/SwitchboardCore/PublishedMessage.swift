@@ -18,6 +18,9 @@ public final class PublishedMessage: Sendable {
     let escapedPrefix: ByteBuffer
     /// The same for STOMP 1.0 sessions (not escaped).
     let plainPrefix: ByteBuffer
+    /// The same for STOMP 1.1 sessions, which have no `\r` escape (shared with 1.2 unless a
+    /// header holds a carriage return).
+    let v11Prefix: ByteBuffer
 
     /// Headers a publisher may not set: the server owns them.
     public static let reservedHeaders: Set<String> = [
@@ -37,15 +40,17 @@ public final class PublishedMessage: Sendable {
             ?? (String(validating: Array(body.readableBytesView), as: UTF8.self) != nil)
         self.escapedPrefix = Self.encodePrefix(destination, messageID, clean, body.readableBytes, escape: true)
         self.plainPrefix = Self.encodePrefix(destination, messageID, clean, body.readableBytes, escape: false)
+        let hasCR = destination.utf8.contains(13) || clean.contains { $0.name.utf8.contains(13) || $0.value.utf8.contains(13) }
+        self.v11Prefix = hasCR ? Self.encodePrefix(destination, messageID, clean, body.readableBytes, escape: true, escapeCR: false) : escapedPrefix
     }
 
-    private static func encodePrefix(_ destination: String, _ id: String, _ headers: STOMPHeaders, _ length: Int, escape: Bool) -> ByteBuffer {
+    private static func encodePrefix(_ destination: String, _ id: String, _ headers: STOMPHeaders, _ length: Int, escape: Bool, escapeCR: Bool = true) -> ByteBuffer {
         var b = ByteBuffer()
         b.reserveCapacity(96 + destination.utf8.count + id.utf8.count)
         b.writeStaticString("MESSAGE\n")
-        STOMPFrameEncoder.writeHeader("destination", destination, escape: escape, into: &b)
-        STOMPFrameEncoder.writeHeader("message-id", id, escape: escape, into: &b)
-        STOMPFrameEncoder.writeHeaders(headers, escape: escape, into: &b)
+        STOMPFrameEncoder.writeHeader("destination", destination, escape: escape, escapeCarriageReturn: escapeCR, into: &b)
+        STOMPFrameEncoder.writeHeader("message-id", id, escape: escape, escapeCarriageReturn: escapeCR, into: &b)
+        STOMPFrameEncoder.writeHeaders(headers, escape: escape, escapeCarriageReturn: escapeCR, into: &b)
         b.writeStaticString("content-length:")
         b.writeString(String(length))
         b.writeInteger(UInt8(ascii: "\n"))
@@ -55,18 +60,19 @@ public final class PublishedMessage: Sendable {
     /// Encodes the complete `MESSAGE` frame for one subscription.
     ///
     /// - Parameter ack: the `ack` header value, present for client ack modes.
+    /// - Parameter escapeCarriageReturn: false for STOMP 1.1 sessions (see ``v11Prefix``).
     @inlinable
-    public func encodeFrame(subscription: String, ack: String?, escape: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
-        encodeFrameImpl(subscription: subscription, ack: ack, escape: escape, allocator: allocator)
+    public func encodeFrame(subscription: String, ack: String?, escape: Bool, escapeCarriageReturn: Bool = true, allocator: ByteBufferAllocator) -> ByteBuffer {
+        encodeFrameImpl(subscription: subscription, ack: ack, escape: escape, escapeCR: escapeCarriageReturn, allocator: allocator)
     }
 
     @usableFromInline
-    func encodeFrameImpl(subscription: String, ack: String?, escape: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
-        let prefix = escape ? escapedPrefix : plainPrefix
+    func encodeFrameImpl(subscription: String, ack: String?, escape: Bool, escapeCR: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let prefix = escape ? (escapeCR ? escapedPrefix : v11Prefix) : plainPrefix
         var out = allocator.buffer(capacity: prefix.readableBytes + subscription.utf8.count + 16 + (ack.map { $0.utf8.count + 5 } ?? 0) + body.readableBytes)
         out.writeImmutableBuffer(prefix)
-        STOMPFrameEncoder.writeHeader("subscription", subscription, escape: escape, into: &out)
-        if let ack { STOMPFrameEncoder.writeHeader("ack", ack, escape: escape, into: &out) }
+        STOMPFrameEncoder.writeHeader("subscription", subscription, escape: escape, escapeCarriageReturn: escapeCR, into: &out)
+        if let ack { STOMPFrameEncoder.writeHeader("ack", ack, escape: escape, escapeCarriageReturn: escapeCR, into: &out) }
         out.writeInteger(UInt8(ascii: "\n"))
         out.writeImmutableBuffer(body)
         out.writeInteger(UInt8(0))

@@ -49,12 +49,14 @@ extension STOMPSessionHandler {
         }
         version = negotiated
         escape = negotiated.escapesHeaders
+        escapeCR = negotiated == .v1_2
         if !escape { context?.triggerUserOutboundEvent(STOMPTransportControl.setHeaderEscaping(false), promise: nil) }
         let (sendMs, expectMs) = STOMPHeartBeat.negotiate(client: clientBeat, server: config.heartBeat)
         sendEveryTicks = sendMs > 0 ? ticks(Int64(sendMs), roundUp: false) : 0
         expectWithinTicks = expectMs > 0 ? ticks(Int64(Double(expectMs) * config.heartBeatTolerance), roundUp: true) + 1 : 0
         state = .connected
-        services.stats.sessionsConnected.add(1, ordering: .relaxed)
+        services.stats.sessionsConnected.add(1)
+        services.stats.sessionsByVersion[negotiated.ordinal].add(1)
         logger[metadataKey: "stomp.version"] = "\(negotiated.rawValue)"
         var headers: STOMPHeaders = [
             "version": negotiated.rawValue,
@@ -106,12 +108,12 @@ extension STOMPSessionHandler {
             fail("subscription id '\(id)' is already in use", frame: frame); return
         }
         guard subscriptions.count < config.maxSubscriptionsPerSession else {
-            fail("too many subscriptions (limit \(config.maxSubscriptionsPerSession))", frame: frame); return
+            fail("too many subscriptions (limit \(config.maxSubscriptionsPerSession))", frame: frame, kind: .limit); return
         }
         let sub = LocalSubscription(id: id, pattern: pattern, ackMode: ackMode, sink: self)
         subscriptions[id] = sub
         shard.add(sub)
-        services.stats.subscriptions.add(1, ordering: .relaxed)
+        services.stats.subscriptions.add(1)
         if let ready = services.engine.subscriptionReady(pattern, on: shard.eventLoop) {
             awaitStep(ready, for: frame, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }, onSuccess: { _ in })
         } else {
@@ -131,7 +133,7 @@ extension STOMPSessionHandler {
         }
         if let sub = subscriptions.removeValue(forKey: key) {
             shard.remove(sub)
-            services.stats.subscriptions.subtract(1, ordering: .relaxed)
+            services.stats.subscriptions.subtract(1)
         }
         sendReceipt(for: frame)
     }
@@ -166,7 +168,7 @@ extension STOMPSessionHandler {
         guard let tx = frame.headers["transaction"] else { fail("BEGIN requires a transaction header", frame: frame); return }
         guard transactions[tx] == nil else { fail("transaction '\(tx)' is already open", frame: frame); return }
         guard transactions.count < config.maxTransactionsPerSession else {
-            fail("too many open transactions (limit \(config.maxTransactionsPerSession))", frame: frame); return
+            fail("too many open transactions (limit \(config.maxTransactionsPerSession))", frame: frame, kind: .limit); return
         }
         transactions[tx] = []
         sendReceipt(for: frame)
@@ -194,7 +196,7 @@ extension STOMPSessionHandler {
     func appendToTransaction(_ tx: String, _ frame: STOMPFrame) -> Bool {
         guard transactions[tx] != nil else { fail("unknown transaction '\(tx)'", frame: frame); return false }
         guard transactions[tx]!.count < config.maxFramesPerTransaction else {
-            fail("transaction '\(tx)' is too large (limit \(config.maxFramesPerTransaction) frames)", frame: frame); return false
+            fail("transaction '\(tx)' is too large (limit \(config.maxFramesPerTransaction) frames)", frame: frame, kind: .limit); return false
         }
         transactions[tx]!.append(frame)
         return true
@@ -205,7 +207,7 @@ extension STOMPSessionHandler {
     func handleDisconnect(_ frame: STOMPFrame) {
         sendReceipt(for: frame)
         transactions.removeAll()
-        if state == .connected { services.stats.sessionsConnected.subtract(1, ordering: .relaxed) }
+        if state == .connected { sessionEnded() }
         state = .closing
         if let context { closeConnection(context: context, code: .normalClosure) }
     }
@@ -229,7 +231,7 @@ extension STOMPSessionHandler {
                 onSuccess(value)
                 handler.sendReceipt(for: frame)
             case .failure(let error):
-                handler.fail(describe(error), frame: frame)
+                handler.fail(describe(error), frame: frame, kind: .route)
                 return
             }
             handler.drainQueue()

@@ -33,6 +33,8 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     var state: State = .awaitingConnect
     public internal(set) var version: STOMPVersion = .v1_2
     var escape = true
+    /// `\r` is escaped for 1.2 peers only.
+    var escapeCR = true
     /// The authenticated user, when there is one.
     public internal(set) var user: String?
 
@@ -71,8 +73,8 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         lastWriteTick = shard.tick
         shard.addHeartbeatClient(self)
         shard.registerSession(self)
-        services.stats.connectionsOpen.add(1, ordering: .relaxed)
-        services.stats.connectionsTotal.add(1, ordering: .relaxed)
+        services.stats.connectionsOpen.add(1)
+        services.stats.connectionsTotal.add(1)
         let high = max(config.maxPendingOutboundBytes, 2)
         _ = context.channel.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
     }
@@ -93,16 +95,16 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     func cleanUp() {
         guard !cleanedUp else { return }
         cleanedUp = true
-        if state == .connected { services.stats.sessionsConnected.subtract(1, ordering: .relaxed) }
+        if state == .connected { sessionEnded() }
         state = .closing
         for sub in subscriptions.values { shard.remove(sub) }
-        services.stats.subscriptions.subtract(subscriptions.count, ordering: .relaxed)
+        services.stats.subscriptions.subtract(subscriptions.count)
         subscriptions.removeAll()
         transactions.removeAll()
         queued.removeAll()
         shard?.removeHeartbeatClient(self)
         shard?.unregisterSession(self)
-        services.stats.connectionsOpen.subtract(1, ordering: .relaxed)
+        services.stats.connectionsOpen.subtract(1)
     }
 
     // MARK: Inbound
@@ -110,11 +112,11 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         lastReadTick = shard.tick
-        services.stats.framesIn.add(1, ordering: .relaxed)
+        shard.counters.framesIn[frame.command.ordinal] &+= 1
         guard state != .closing else { return }
         if inFlight {
             guard queued.count < config.maxQueuedFrames else {
-                fail("too many frames queued behind an unfinished SEND (limit \(config.maxQueuedFrames))")
+                fail("too many frames queued behind an unfinished SEND (limit \(config.maxQueuedFrames))", kind: .limit)
                 return
             }
             queued.append(frame)
@@ -138,7 +140,17 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let decoding = error as? STOMPDecodingError {
-            fail(decoding.description)
+            switch decoding {
+            case .frameTooLarge, .tooManyHeaders, .headerLineTooLong: fail(decoding.description, kind: .limit)
+            default: fail(decoding.description)
+            }
+        } else if let ws = error as? NIOWebSocketError {
+            switch ws {
+            case .invalidFrameLength:
+                fail("frame too large (limit \(config.decoderLimits.maxFrameBytes) bytes)", kind: .limit, closeCode: .messageTooLarge)
+            default:
+                fail("WebSocket protocol error: \(ws)", closeCode: .protocolError)
+            }
         } else {
             logger.debug("connection error", metadata: ["error": "\(error)"])
             context.close(promise: nil)
@@ -147,9 +159,8 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
         if !context.channel.isWritable && state != .closing {
-            services.stats.slowConsumerDisconnects.add(1, ordering: .relaxed)
             logger.info("slow consumer: closing", metadata: ["pending.limit": "\(config.maxPendingOutboundBytes)"])
-            fail("slow consumer: more than \(config.maxPendingOutboundBytes) bytes pending delivery")
+            fail("slow consumer: more than \(config.maxPendingOutboundBytes) bytes pending delivery", kind: .slowConsumer)
         }
         context.fireChannelWritabilityChanged()
     }
@@ -169,7 +180,9 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     func send(_ frame: STOMPFrame) {
         guard let context else { return }
         var buffer = context.channel.allocator.buffer(capacity: 64 + frame.body.readableBytes)
-        STOMPFrameEncoder.encode(frame, escapeHeaders: escape, into: &buffer)
+        STOMPFrameEncoder.encode(frame, escapeHeaders: escape, escapeCarriageReturn: escapeCR, into: &buffer)
+        shard.counters.framesOut[frame.command.ordinal] &+= 1
+        shard.counters.bytesOut &+= buffer.readableBytes
         context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: buffer)), promise: nil)
         lastWriteTick = shard.tick
         wroteSinceFlush = true
@@ -191,11 +204,13 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     public func deliver(_ message: PublishedMessage, to subscription: LocalSubscription) {
         guard state == .connected, let context else { return }
         let ack: String? = subscription.ackMode == .auto ? nil : message.messageID + "." + subscription.id
-        let buffer = message.encodeFrame(subscription: subscription.id, ack: ack, escape: escape, allocator: context.channel.allocator)
+        let buffer = message.encodeFrame(subscription: subscription.id, ack: ack, escape: escape, escapeCarriageReturn: escapeCR, allocator: context.channel.allocator)
         context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: message.bodyIsUTF8 ? .text : .binary, data: buffer)), promise: nil)
         wroteSinceFlush = true
         lastWriteTick = shard.tick
-        services.stats.messagesDelivered.add(1, ordering: .relaxed)
+        shard.counters.messagesDelivered &+= 1
+        shard.counters.framesOut[STOMPCommand.message.ordinal] &+= 1
+        shard.counters.bytesOut &+= buffer.readableBytes
     }
 
     public func flushDeliveries() {
@@ -209,13 +224,12 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         case .awaitingConnect:
             let limit = ticks(config.connectTimeout.nanoseconds / 1_000_000, roundUp: true)
             if tick - openedTick > limit {
-                fail("no CONNECT frame within \(config.connectTimeout.nanoseconds / 1_000_000) ms")
+                fail("no CONNECT frame within \(config.connectTimeout.nanoseconds / 1_000_000) ms", kind: .limit)
             }
         case .connected:
             if expectWithinTicks > 0 && !inFlight && tick - lastReadTick > expectWithinTicks {
-                services.stats.heartBeatTimeouts.add(1, ordering: .relaxed)
                 logger.info("heart-beat timeout: closing")
-                fail("heart-beat timeout: nothing received from the client in time")
+                fail("heart-beat timeout: nothing received from the client in time", kind: .heartBeatTimeout)
                 return
             }
             if sendEveryTicks > 0 && tick - lastWriteTick >= sendEveryTicks, let context {
@@ -230,7 +244,13 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     }
 
     public func close(reason: String) {
-        fail(reason)
+        fail(reason, kind: .shutdown)
+    }
+
+    /// Counts a session that was connected and is no longer.
+    func sessionEnded() {
+        services.stats.sessionsConnected.subtract(1)
+        services.stats.sessionsByVersion[version.ordinal].subtract(1)
     }
 
     /// Converts milliseconds to shard ticks.
@@ -244,10 +264,11 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     /// Sends `ERROR` with `message` (and `receipt-id` when `frame` asked for a receipt),
     /// then closes the connection. Other sessions are unaffected.
-    func fail(_ message: String, frame: STOMPFrame? = nil, extraHeaders: STOMPHeaders = STOMPHeaders(), details: String? = nil) {
+    func fail(_ message: String, frame: STOMPFrame? = nil, extraHeaders: STOMPHeaders = STOMPHeaders(), details: String? = nil,
+              kind: SessionErrorKind = .protocolViolation, closeCode: WebSocketErrorCode = .normalClosure) {
         guard state != .closing, let context else { return }
         let wasConnected = state == .connected
-        services.stats.protocolErrors.add(1, ordering: .relaxed)
+        services.stats.errors[kind.index].add(1)
         logger.debug("session error", metadata: ["error": "\(message)"])
         var headers: STOMPHeaders = ["message": message]
         if let receipt = frame?.headers["receipt"] { headers.add("receipt-id", receipt) }
@@ -256,9 +277,9 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         headers.add("content-type", "text/plain")
         headers.add("content-length", String(body.readableBytes))
         send(STOMPFrame(.error, headers: headers, body: body))
-        if wasConnected { services.stats.sessionsConnected.subtract(1, ordering: .relaxed) }
+        if wasConnected { sessionEnded() }
         state = .closing
-        closeConnection(context: context, code: .normalClosure)
+        closeConnection(context: context, code: closeCode)
     }
 
     /// Sends a WebSocket close frame after what is queued, then closes the channel. A peer

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
 import SwitchboardCore
+import Metrics
 import Synchronization
 
 /// The broker engine for several instances: publishes go through Redis Pub/Sub so every
@@ -30,6 +31,7 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
     public let messagesIn = Atomic<Int>(0)
     public let publishFailures = Atomic<Int>(0)
     public let malformedMessages = Atomic<Int>(0)
+    let publishTimer = Metrics.Timer(label: "switchboard_redis_command_duration_seconds", dimensions: [("command", "PUBLISH")])
 
     /// One Redis subscription (channel or glob) held for local interest.
     final class Interest: Sendable {
@@ -81,9 +83,11 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
     public func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         hub.deliver(message)
         let payload = RedisEnvelope.encode(message, origin: instanceID)
+        let start = NIODeadline.now()
+        let timer = publishTimer
         return client.send(PUBLISH(channel: naming.channel(forDestination: message.destination), message: .bytes(payload)))
             .hop(to: eventLoop)
-            .map { _ in }
+            .map { _ in timer.recordNanoseconds((NIODeadline.now() - start).nanoseconds) }
             .flatMapErrorThrowing { error in
                 self.publishFailures.add(1, ordering: .relaxed)
                 throw RouteError("redis unavailable (\(error)); delivered to this instance's subscribers only")

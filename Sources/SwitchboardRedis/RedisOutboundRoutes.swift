@@ -2,6 +2,8 @@ import NIOCore
 import RedisClient
 import STOMPCodec
 import SwitchboardCore
+import Metrics
+import Synchronization
 
 /// Routes `/app/...` messages into a Redis Stream, where backend replicas read them in a
 /// consumer group: each entry is processed by one replica and acknowledged after success.
@@ -22,6 +24,10 @@ public struct RedisStreamRoute: AppRoute {
     }
 
     public var description: String { "redis stream \(stream)" }
+
+    /// XADDs that failed, all stream routes together.
+    public static let failures = Atomic<Int>(0)
+    static let xaddTimer = Metrics.Timer(label: "switchboard_redis_xadd_duration_seconds")
 
     static let fixedFields: Set<String> = ["destination", "message", "content-type", "session", "user", "instance", "timestamp"]
 
@@ -44,10 +50,17 @@ public struct RedisStreamRoute: AppRoute {
 
     public func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
         let stream = self.stream
+        let start = NIODeadline.now()
         return client.send(XADD(key: stream, maxLength: maxLength, approximateTrim: true, fields: Self.fields(for: message)))
             .hop(to: eventLoop)
-            .map { _ in [] }
-            .flatMapErrorThrowing { error in throw RouteError("XADD to redis stream \(stream) failed: \(error)") }
+            .map { _ in
+                Self.xaddTimer.recordNanoseconds((NIODeadline.now() - start).nanoseconds)
+                return []
+            }
+            .flatMapErrorThrowing { error in
+                Self.failures.add(1, ordering: .relaxed)
+                throw RouteError("XADD to redis stream \(stream) failed: \(error)")
+            }
     }
 
     /// Creates the consumer groups backends read with (`XGROUP CREATE … $ MKSTREAM`); an

@@ -136,9 +136,9 @@ struct PublishAPI: Sendable {
             "status": "ok",
             "engine": services.engine.name,
             "instance": services.instanceID,
-            "connections": stats.connectionsOpen.load(ordering: .relaxed),
-            "sessions": stats.sessionsConnected.load(ordering: .relaxed),
-            "subscriptions": stats.subscriptions.load(ordering: .relaxed),
+            "connections": stats.connectionsOpen.load(),
+            "sessions": stats.sessionsConnected.load(),
+            "subscriptions": stats.subscriptions.load(),
             "destinations": services.hub.activeDestinationCount,
         ])
     }

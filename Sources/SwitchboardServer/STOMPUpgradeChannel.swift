@@ -42,6 +42,8 @@ struct STOMPUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
             let upgradeAttempted = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
             let upgrader = NIOTypedWebSocketServerUpgrader<UpgradeResult>(
                 maxFrameSize: maxWebSocketFrameBytes,
+                // The session answers WebSocket errors itself (an ERROR frame before the close).
+                enableAutomaticErrorHandling: false,
                 shouldUpgrade: { channel, head in
                     upgradeAttempted.value = true
                     let uriPath = head.uri.firstIndex(of: "?").map { String(head.uri[..<$0]) } ?? head.uri

@@ -8,6 +8,7 @@ import RedisClient
 import SwitchboardCore
 import SwitchboardRedis
 import SwitchboardRoutes
+import Prometheus
 
 /// A gateway instance: the HTTP API and the STOMP endpoint on one port, the fan-out hub,
 /// the broker engine and the `/app` routes.
@@ -27,7 +28,12 @@ public struct SwitchboardGateway: Sendable {
         let inbound: [RedisInboundRoute]
     }
 
-    public init(configuration: SwitchboardConfiguration, logger: Logger) throws {
+    /// Where `/metrics` reads from; bootstrap `MetricsSystem` with a `PrometheusMetricsFactory`
+    /// on the same registry so swift-metrics histograms (Redis latency, HTTP requests) show too.
+    let metricsRegistry: PrometheusCollectorRegistry
+
+    public init(configuration: SwitchboardConfiguration, logger: Logger, metricsRegistry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) throws {
+        self.metricsRegistry = metricsRegistry
         self.configuration = configuration
         self.logger = logger
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)
@@ -91,6 +97,8 @@ public struct SwitchboardGateway: Sendable {
     /// Builds the Hummingbird application serving this gateway.
     func makeApplication(onServerRunning: @escaping @Sendable (any Channel) async -> Void) -> some ApplicationProtocol {
         let router = Router()
+        router.add(middleware: MetricsMiddleware())
+        MetricsEndpoint(registry: metricsRegistry, services: services).register(on: router)
         PublishAPI(services: services, maxBodyBytes: configuration.apiMaxBodyBytes, eventLoopGroup: group, admission: admission).register(on: router)
         if configuration.consoleEnabled {
             ConsoleRoutes(path: configuration.consolePath).register(on: router)
@@ -151,11 +159,11 @@ struct DrainService: Service {
     func run() async throws {
         try? await gracefulShutdown()
         admission.stopAdmitting()
-        let open = services.stats.connectionsOpen.load(ordering: .relaxed)
+        let open = services.stats.connectionsOpen.load()
         logger.notice("shutting down: closing sessions", metadata: ["sessions": "\(open)"])
         for shard in services.hub.shards { shard.closeAll(reason: "server shutting down, reconnect") }
         let deadline = NIODeadline.now() + grace
-        while services.stats.connectionsOpen.load(ordering: .relaxed) > 0 && NIODeadline.now() < deadline {
+        while services.stats.connectionsOpen.load() > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
     }

@@ -2,6 +2,8 @@ import ArgumentParser
 import Configuration
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import SwitchboardServer
 import SystemPackage
 
@@ -76,7 +78,9 @@ struct SwitchboardCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "switchboard")
-        let gateway = try SwitchboardGateway(configuration: settings, logger: logger)
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let gateway = try SwitchboardGateway(configuration: settings, logger: logger, metricsRegistry: registry)
         try await gateway.run()
     }
 

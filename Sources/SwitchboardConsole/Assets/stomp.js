@@ -1,0 +1,691 @@
+// stomp.js — a small STOMP 1.0/1.1/1.2 client over WebSocket, as a plain ES module.
+//
+//   import { StompClient } from './stomp.js';
+//   const c = new StompClient('ws://localhost:8080/stomp', { token: 't', heartbeat: [10000, 10000] });
+//   c.on('frame-in', f => console.log('<<', f.command, f.headers));
+//   await c.connect();
+//   const sub = c.subscribe('/topic/toast', msg => console.log(msg.body));
+//   await c.send('/topic/toast', 'hi', { 'content-type': 'text/plain' }, { receipt: true });
+//   sub.unsubscribe();
+//   await c.disconnect();
+//
+// No dependencies: uses WebSocket, TextEncoder and TextDecoder (browsers, Node ≥ 18 for the
+// codec; the WebSocket constructor can be injected, see StompClient options).
+
+export const VERSIONS = ['1.0', '1.1', '1.2'];
+export const SUBPROTOCOLS = ['v12.stomp', 'v11.stomp', 'v10.stomp'];
+
+const LF = 10, CR = 13, NUL = 0;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder('utf-8'); // lenient: invalid bytes become U+FFFD
+
+export class StompProtocolError extends Error {
+  constructor(message) { super(message); this.name = 'StompProtocolError'; }
+}
+
+// ---------------------------------------------------------------------------------------
+// Header escaping
+
+/** Whether headers of `command` are escaped in `version` (1.1+, but never CONNECT/CONNECTED). */
+export function escapesHeaders(command, version) {
+  if (!version || version === '1.0') return false;
+  return command !== 'CONNECT' && command !== 'CONNECTED' && command !== 'STOMP';
+}
+
+/** Escapes a header key or value (STOMP 1.1+: backslash, LF, colon; 1.2 adds CR). */
+export function escapeHeader(value, version = '1.2') {
+  let out = '';
+  for (const ch of String(value)) {
+    switch (ch) {
+      case '\\': out += '\\\\'; break;
+      case '\n': out += '\\n'; break;
+      case ':': out += '\\c'; break;
+      case '\r': out += version === '1.1' ? ch : '\\r'; break;
+      default: out += ch;
+    }
+  }
+  return out;
+}
+
+/** Reverses escapeHeader; an undefined escape sequence throws StompProtocolError. */
+export function unescapeHeader(value, version = '1.2') {
+  if (!value.includes('\\')) return value;
+  let out = '';
+  for (let i = 0; i < value.length; i++) {
+    const ch = value[i];
+    if (ch !== '\\') { out += ch; continue; }
+    const next = value[++i];
+    if (next === '\\') out += '\\';
+    else if (next === 'n') out += '\n';
+    else if (next === 'c') out += ':';
+    else if (next === 'r' && version !== '1.1') out += '\r';
+    else throw new StompProtocolError(`undefined escape sequence \\${next ?? ''} in header`);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Frames
+
+function toBytes(body) {
+  if (body == null) return new Uint8Array(0);
+  if (typeof body === 'string') return encoder.encode(body);
+  if (body instanceof Uint8Array) return body;
+  if (body instanceof ArrayBuffer) return new Uint8Array(body);
+  if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+  return encoder.encode(String(body));
+}
+
+/**
+ * A STOMP frame. `headers` is an object where the first of repeated headers wins;
+ * `headerList` keeps every [name, value] pair in order; `binaryBody` holds the body bytes
+ * and `body` their UTF-8 text.
+ */
+export class Frame {
+  constructor(command, headers = {}, body = '', headerList = null) {
+    this.command = command;
+    this.headerList = headerList ?? Object.entries(headers).filter(([, v]) => v !== undefined && v !== null)
+      .map(([k, v]) => [k, String(v)]);
+    this.headers = {};
+    for (const [k, v] of this.headerList) if (!(k in this.headers)) this.headers[k] = v;
+    this.binaryBody = toBytes(body);
+    this._text = typeof body === 'string' ? body : null;
+  }
+  get body() {
+    if (this._text === null) this._text = decoder.decode(this.binaryBody);
+    return this._text;
+  }
+  /** Whether the body is valid UTF-8 (it can then go out as a WebSocket text message). */
+  get isText() {
+    if (typeof this._text === 'string') return true;
+    try { new TextDecoder('utf-8', { fatal: true }).decode(this.binaryBody); return true; } catch { return false; }
+  }
+}
+
+/**
+ * Encodes a frame to bytes. Adds content-length for a non-empty body unless the frame
+ * already has one or `options.contentLength === false`.
+ */
+export function encodeFrame(frame, version = '1.2', options = {}) {
+  const escape = escapesHeaders(frame.command, version);
+  const body = frame.binaryBody;
+  let head = frame.command + '\n';
+  let hasLength = false;
+  for (const [k, v] of frame.headerList) {
+    if (k === 'content-length') hasLength = true;
+    head += (escape ? escapeHeader(k, version) : k) + ':' + (escape ? escapeHeader(v, version) : v) + '\n';
+  }
+  if (!hasLength && body.length > 0 && options.contentLength !== false) head += `content-length:${body.length}\n`;
+  head += '\n';
+  const headBytes = encoder.encode(head);
+  const out = new Uint8Array(headBytes.length + body.length + 1);
+  out.set(headBytes, 0);
+  out.set(body, headBytes.length);
+  out[out.length - 1] = NUL;
+  return out;
+}
+
+/** Encodes a frame to a string (for a WebSocket text message; the body must be text). */
+export function encodeFrameText(frame, version = '1.2', options = {}) {
+  return decoder.decode(encodeFrame(frame, version, options));
+}
+
+/**
+ * Incremental STOMP frame parser. Feed it WebSocket message data (string, ArrayBuffer or
+ * Uint8Array) with push(); frames may be split across pushes and a push may carry several
+ * frames. EOLs between frames are heart-beats. Calls onFrame(frame) and onHeartbeat().
+ * Throws StompProtocolError on malformed input (the connection should then be closed).
+ */
+export class FrameParser {
+  constructor({ onFrame = () => {}, onHeartbeat = () => {}, version = null, maxFrameBytes = 16 * 1024 * 1024 } = {}) {
+    this.onFrame = onFrame;
+    this.onHeartbeat = onHeartbeat;
+    this.version = version; // set once CONNECTED is known; decides header unescaping
+    this.maxFrameBytes = maxFrameBytes;
+    this.reset();
+  }
+
+  reset() {
+    this.buf = new Uint8Array(0);
+    this.start = 0;  // first unconsumed byte
+    this.scan = 0;   // resume point of the current search
+    this.pending = null; // {command, headerList, headers, bodyStart, length}
+  }
+
+  push(data) {
+    const chunk = typeof data === 'string' ? encoder.encode(data) : toBytes(data);
+    if (chunk.length === 0) return;
+    const rest = this.buf.length - this.start;
+    const next = new Uint8Array(rest + chunk.length);
+    next.set(this.buf.subarray(this.start), 0);
+    next.set(chunk, rest);
+    if (this.pending) this.pending.bodyStart -= this.start;
+    this.scan -= this.start;
+    this.buf = next;
+    this.start = 0;
+    while (this._step()) { /* keep parsing */ }
+  }
+
+  // One unit of progress: a heart-beat EOL, a frame head, or a frame body. False if more
+  // bytes are needed.
+  _step() {
+    const buf = this.buf;
+    if (!this.pending) {
+      // Heart-beats (EOL, CRLF) between frames.
+      while (this.start < buf.length) {
+        if (buf[this.start] === LF) { this.start++; this.onHeartbeat(); continue; }
+        if (buf[this.start] === CR) {
+          if (this.start + 1 >= buf.length) return false;
+          if (buf[this.start + 1] === LF) { this.start += 2; this.onHeartbeat(); continue; }
+          throw new StompProtocolError('CR not followed by LF between frames');
+        }
+        break;
+      }
+      if (this.start >= buf.length) { this.scan = this.start; return false; }
+      // Frame head: up to an empty line.
+      let i = Math.max(this.scan, this.start);
+      let headEnd = -1, bodyStart = -1;
+      for (; i < buf.length; i++) {
+        if (buf[i] !== LF) continue;
+        if (i + 1 < buf.length && buf[i + 1] === LF) { headEnd = i; bodyStart = i + 2; break; }
+        if (i + 2 < buf.length && buf[i + 1] === CR && buf[i + 2] === LF) { headEnd = i; bodyStart = i + 3; break; }
+      }
+      if (headEnd < 0) {
+        this.scan = Math.max(this.start, buf.length - 2);
+        if (buf.length - this.start > this.maxFrameBytes) throw new StompProtocolError('frame head too large');
+        return false;
+      }
+      const lines = decoder.decode(buf.subarray(this.start, headEnd)).split('\n')
+        .map(l => (l.endsWith('\r') ? l.slice(0, -1) : l));
+      const command = lines.shift();
+      if (!command) throw new StompProtocolError('empty command');
+      const unescape = escapesHeaders(command, this.version);
+      const headerList = [];
+      for (const line of lines) {
+        const colon = line.indexOf(':');
+        if (colon < 0) throw new StompProtocolError(`header line without ':' in ${command}`);
+        let k = line.slice(0, colon), v = line.slice(colon + 1);
+        if (unescape) { k = unescapeHeader(k, this.version); v = unescapeHeader(v, this.version); }
+        headerList.push([k, v]);
+      }
+      const first = headerList.find(([k]) => k === 'content-length');
+      let length = -1;
+      if (first) {
+        if (!/^\d+$/.test(first[1].trim())) throw new StompProtocolError(`invalid content-length '${first[1]}'`);
+        length = parseInt(first[1].trim(), 10);
+        if (length > this.maxFrameBytes) throw new StompProtocolError('frame body too large');
+      }
+      this.pending = { command, headerList, bodyStart, length };
+      this.start = bodyStart;
+      this.scan = bodyStart;
+    }
+    // Frame body: content-length bytes then NUL, or up to the first NUL.
+    const p = this.pending;
+    let bodyEnd;
+    if (p.length >= 0) {
+      if (buf.length < p.bodyStart + p.length + 1) return false;
+      bodyEnd = p.bodyStart + p.length;
+      if (buf[bodyEnd] !== NUL) throw new StompProtocolError(`frame ${p.command} body not followed by NUL (content-length ${p.length})`);
+    } else {
+      bodyEnd = buf.indexOf(NUL, this.scan);
+      if (bodyEnd < 0) {
+        this.scan = buf.length;
+        if (buf.length - p.bodyStart > this.maxFrameBytes) throw new StompProtocolError('frame body too large');
+        return false;
+      }
+    }
+    const body = buf.slice(p.bodyStart, bodyEnd);
+    this.pending = null;
+    this.start = bodyEnd + 1;
+    this.scan = this.start;
+    this.onFrame(new Frame(p.command, undefined, body, p.headerList));
+    return true;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Heart-beats
+
+/** Parses a heart-beat header "x,y" into [x, y] (missing or invalid: [0, 0]). */
+export function parseHeartbeat(value) {
+  if (!value) return [0, 0];
+  const m = /^\s*(\d+)\s*,\s*(\d+)\s*$/.exec(value);
+  return m ? [parseInt(m[1], 10), parseInt(m[2], 10)] : [0, 0];
+}
+
+/**
+ * The STOMP heart-beat arithmetic. client = [cx, cy] (CONNECT), server = [sx, sy]
+ * (CONNECTED). outgoing: the client sends every max(cx, sy) ms (0 if either is 0);
+ * incoming: the server sends every max(sx, cy) ms (0 if either is 0).
+ */
+export function negotiateHeartbeat(client, server) {
+  const [cx, cy] = client, [sx, sy] = server;
+  return {
+    outgoing: cx === 0 || sy === 0 ? 0 : Math.max(cx, sy),
+    incoming: sx === 0 || cy === 0 ? 0 : Math.max(sx, cy),
+  };
+}
+
+/** Delay before reconnect attempt `attempt` (0-based): initial × factor^attempt, capped, ± jitter. */
+export function backoffDelay(attempt, { initialDelay = 500, maxDelay = 15000, factor = 2, jitter = 0.2 } = {}, random = Math.random) {
+  const base = Math.min(maxDelay, initialDelay * Math.pow(factor, attempt));
+  return Math.round(base * (1 - jitter + 2 * jitter * random()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+
+const defaultTimers = {
+  now: () => Date.now(),
+  setTimeout: (f, ms) => setTimeout(f, ms),
+  clearTimeout: (t) => clearTimeout(t),
+  setInterval: (f, ms) => setInterval(f, ms),
+  clearInterval: (t) => clearInterval(t),
+};
+
+/**
+ * STOMP client.
+ *
+ * Options:
+ *   protocols       WebSocket subprotocols offered (default SUBPROTOCOLS)
+ *   acceptVersion   CONNECT accept-version (default '1.0,1.1,1.2')
+ *   host            CONNECT host header (default: the URL's host name)
+ *   login, passcode CONNECT credentials
+ *   token           sent as 'Authorization: Bearer <token>' and as passcode (if none given)
+ *   connectHeaders  extra CONNECT headers
+ *   heartbeat       [cx, cy] offered in CONNECT (default [10000, 10000])
+ *   tolerance       a server silent for tolerance × incoming interval is dropped (default 2)
+ *   reconnect       false, or { initialDelay, maxDelay, factor, jitter, maxAttempts } (default on)
+ *   receiptTimeout  ms before a receipt promise rejects (default 10000; 0: never)
+ *   WebSocket       WebSocket constructor (default globalThis.WebSocket)
+ *   timers          { now, setTimeout, clearTimeout, setInterval, clearInterval } (tests)
+ *
+ * Events (on/off): 'frame-in' (frame), 'frame-out' (frame), 'heartbeat-in', 'heartbeat-out',
+ *   'connected' (CONNECTED frame), 'message' (frame), 'receipt' (frame), 'error' (ERROR frame
+ *   or Error), 'state' ({state, previous}), 'close' ({code, reason, wasClean}),
+ *   'reconnect' ({attempt, delay}), 'heartbeat-timeout' ({silentFor}).
+ * States: 'idle', 'connecting', 'connected', 'reconnecting', 'disconnecting', 'disconnected'.
+ */
+export class StompClient {
+  constructor(url, options = {}) {
+    this.url = url;
+    this.options = {
+      protocols: SUBPROTOCOLS,
+      acceptVersion: '1.0,1.1,1.2',
+      heartbeat: [10000, 10000],
+      tolerance: 2,
+      reconnect: {},
+      receiptTimeout: 10000,
+      ...options,
+    };
+    this.timers = { ...defaultTimers, ...(options.timers || {}) };
+    this.WebSocket = options.WebSocket || globalThis.WebSocket;
+    this.state = 'idle';
+    this.version = null;
+    this.session = null;
+    this.server = null;
+    this.heartbeat = { outgoing: 0, incoming: 0 };
+    this.subscriptions = new Map(); // id -> Subscription (re-subscribed after reconnect)
+    this.receipts = new Map();      // receipt id -> {resolve, reject, timer}
+    this.listeners = new Map();
+    this.ws = null;
+    this.attempt = 0;
+    this._ids = 0;
+    this._connectWaiters = [];
+    this._userClosed = false;
+    this._reconnectTimer = null;
+    this._hbTimers = [];
+    this.parser = new FrameParser({
+      onFrame: (f) => this._onFrame(f),
+      onHeartbeat: () => this._emit('heartbeat-in'),
+    });
+  }
+
+  // --- events
+  on(event, fn) {
+    if (!this.listeners.has(event)) this.listeners.set(event, new Set());
+    this.listeners.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+  off(event, fn) { this.listeners.get(event)?.delete(fn); }
+  _emit(event, arg) {
+    for (const fn of [...(this.listeners.get(event) || [])]) {
+      try { fn(arg); } catch (e) { if (event !== 'error') this._emit('error', e); }
+    }
+  }
+  _setState(state) {
+    if (state === this.state) return;
+    const previous = this.state;
+    this.state = state;
+    this._emit('state', { state, previous });
+  }
+
+  get connected() { return this.state === 'connected'; }
+  nextId(prefix = 'id') { return `${prefix}-${++this._ids}`; }
+
+  // --- connection
+  /**
+   * Opens the WebSocket and sends CONNECT. Resolves with the CONNECTED frame. With
+   * reconnect on, failed attempts are retried with backoff and the promise resolves on the
+   * first success; it rejects if disconnect() is called first, if reconnect is off and the
+   * attempt fails, or after reconnect.maxAttempts failures.
+   */
+  connect() {
+    this._userClosed = false;
+    const p = new Promise((resolve, reject) => this._connectWaiters.push({ resolve, reject }));
+    if (this.state === 'connected') { this._settleConnect(null, this._lastConnected); return p; }
+    if (this.state === 'connecting') return p;
+    this.attempt = 0;
+    this._open();
+    return p;
+  }
+
+  _settleConnect(err, frame) {
+    const waiters = this._connectWaiters;
+    this._connectWaiters = [];
+    for (const w of waiters) err ? w.reject(err) : w.resolve(frame);
+  }
+
+  _open() {
+    this._clearReconnect();
+    this._setState('connecting');
+    this.parser.reset();
+    this.parser.version = null;
+    this.version = null;
+    let ws;
+    try {
+      ws = new this.WebSocket(this.url, this.options.protocols);
+    } catch (e) {
+      this._emit('error', e);
+      this._afterClose({ code: 1006, reason: String(e.message || e), wasClean: false });
+      return;
+    }
+    this.ws = ws;
+    ws.binaryType = 'arraybuffer';
+    ws.onopen = () => { if (this.ws === ws) this._sendConnect(); };
+    ws.onmessage = (ev) => { if (this.ws === ws) this._onData(ev.data); };
+    ws.onerror = () => { /* a close event follows */ };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this._afterClose({ code: ev?.code ?? 1006, reason: ev?.reason ?? '', wasClean: !!ev?.wasClean });
+    };
+  }
+
+  _sendConnect() {
+    const o = this.options;
+    const headers = { 'accept-version': o.acceptVersion };
+    headers.host = o.host ?? hostOf(this.url);
+    headers['heart-beat'] = `${o.heartbeat[0]},${o.heartbeat[1]}`;
+    if (o.login != null) headers.login = o.login;
+    const passcode = o.passcode ?? (o.token ? o.token : null);
+    if (passcode != null) headers.passcode = passcode;
+    if (o.token) headers.Authorization = `Bearer ${o.token}`;
+    Object.assign(headers, o.connectHeaders || {});
+    this._transmit(new Frame('CONNECT', headers));
+  }
+
+  _onData(data) {
+    this._lastReceived = this.timers.now();
+    try {
+      this.parser.push(data);
+    } catch (e) {
+      this._emit('error', e);
+      this._closeSocket(1002, 'STOMP protocol error');
+    }
+  }
+
+  _onFrame(frame) {
+    this._emit('frame-in', frame);
+    switch (frame.command) {
+      case 'CONNECTED': return this._onConnected(frame);
+      case 'MESSAGE': {
+        const sub = this.subscriptions.get(frame.headers.subscription);
+        if (sub && sub.callback) {
+          try { sub.callback(frame); } catch (e) { this._emit('error', e); }
+        }
+        return this._emit('message', frame);
+      }
+      case 'RECEIPT': {
+        this._settleReceipt(frame.headers['receipt-id'], null, frame);
+        return this._emit('receipt', frame);
+      }
+      case 'ERROR': {
+        const rid = frame.headers['receipt-id'];
+        const err = new Error(frame.headers.message || 'ERROR frame');
+        err.frame = frame;
+        if (rid) this._settleReceipt(rid, err);
+        if (this.state === 'connecting') this._connectError = err;
+        return this._emit('error', frame);
+      }
+      default:
+        return undefined;
+    }
+  }
+
+  _onConnected(frame) {
+    this.version = frame.headers.version || '1.0';
+    this.parser.version = this.version;
+    this.session = frame.headers.session ?? null;
+    this.server = frame.headers.server ?? null;
+    this.heartbeat = negotiateHeartbeat(this.options.heartbeat, parseHeartbeat(frame.headers['heart-beat']));
+    this.attempt = 0;
+    this._connectError = null;
+    this._lastConnected = frame;
+    this._setState('connected');
+    this._startHeartbeats();
+    // Re-subscribe (after a reconnect, or subscriptions made while disconnected).
+    for (const sub of this.subscriptions.values()) this._transmit(sub._frame());
+    this._emit('connected', frame);
+    this._settleConnect(null, frame);
+  }
+
+  _startHeartbeats() {
+    this._stopHeartbeats();
+    const t = this.timers;
+    const now = t.now();
+    this._lastSent = now;
+    this._lastReceived = now;
+    const { outgoing, incoming } = this.heartbeat;
+    if (outgoing > 0) {
+      this._hbTimers.push(t.setInterval(() => {
+        if (this.state !== 'connected') return;
+        if (t.now() - this._lastSent >= outgoing * 0.9) this._sendHeartbeat();
+      }, Math.max(10, Math.floor(outgoing / 2))));
+    }
+    if (incoming > 0) {
+      const limit = incoming * this.options.tolerance;
+      this._hbTimers.push(t.setInterval(() => {
+        const silentFor = t.now() - this._lastReceived;
+        if (silentFor > limit) {
+          this._emit('heartbeat-timeout', { silentFor });
+          this._emit('error', new Error(`server silent for ${silentFor} ms (heart-beat ${incoming} ms)`));
+          this._closeSocket(4000, 'heart-beat timeout');
+        }
+      }, Math.max(10, Math.floor(incoming / 2))));
+    }
+  }
+
+  _stopHeartbeats() {
+    for (const h of this._hbTimers) this.timers.clearInterval(h);
+    this._hbTimers = [];
+  }
+
+  _sendHeartbeat() {
+    if (!this.ws || this.ws.readyState !== 1) return;
+    this.ws.send('\n');
+    this._lastSent = this.timers.now();
+    this._emit('heartbeat-out');
+  }
+
+  _closeSocket(code, reason) {
+    const ws = this.ws;
+    if (!ws) return;
+    try { ws.close(code >= 3000 || code === 1000 ? code : 1000, reason); } catch { /* ignore */ }
+    // Do not wait for the close handshake: treat the connection as gone now.
+    this.ws = null;
+    this._afterClose({ code, reason, wasClean: false });
+  }
+
+  _afterClose(info) {
+    this.ws = null;
+    this._stopHeartbeats();
+    this._emit('close', info);
+    const err = this._connectError || new Error(`connection closed (${info.code}${info.reason ? ' ' + info.reason : ''})`);
+    this._connectError = null;
+    for (const id of [...this.receipts.keys()]) this._settleReceipt(id, new Error(`connection lost before receipt ${id}`));
+    const rc = this.options.reconnect;
+    const maxAttempts = rc && rc.maxAttempts != null ? rc.maxAttempts : Infinity;
+    if (this._userClosed || !rc || this.attempt >= maxAttempts) {
+      this._setState('disconnected');
+      this._settleConnect(this._userClosed ? new Error('disconnected') : err);
+      return;
+    }
+    const delay = backoffDelay(this.attempt, rc);
+    this.attempt += 1;
+    this._setState('reconnecting');
+    this._emit('reconnect', { attempt: this.attempt, delay });
+    this._reconnectTimer = this.timers.setTimeout(() => { this._reconnectTimer = null; this._open(); }, delay);
+  }
+
+  _clearReconnect() {
+    if (this._reconnectTimer != null) this.timers.clearTimeout(this._reconnectTimer);
+    this._reconnectTimer = null;
+  }
+
+  /**
+   * Sends DISCONNECT (with a receipt, waiting up to `timeout` ms for it) and closes the
+   * WebSocket. Stops reconnecting. Subscriptions are forgotten unless keepSubscriptions.
+   */
+  async disconnect({ timeout = 3000, keepSubscriptions = false } = {}) {
+    this._userClosed = true;
+    this._clearReconnect();
+    if (!keepSubscriptions) this.subscriptions.clear();
+    if (this.state === 'connected' && this.ws) {
+      this._setState('disconnecting');
+      const receipt = this._receiptPromise(this.nextId('disconnect'), timeout);
+      this._transmit(new Frame('DISCONNECT', { receipt: receipt.id }));
+      try { await receipt.promise; } catch { /* close anyway */ }
+    }
+    if (this.ws) this._closeSocket(1000, 'disconnect');
+    else { this._stopHeartbeats(); this._setState('disconnected'); this._settleConnect(new Error('disconnected')); }
+  }
+
+  // --- sending
+  _transmit(frame) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== 1) throw new Error(`not connected (${this.state})`);
+    const version = frame.command === 'CONNECT' ? '1.2' : (this.version || '1.0');
+    const bytes = encodeFrame(frame, version);
+    ws.send(frame.isText ? decoder.decode(bytes) : bytes);
+    this._lastSent = this.timers.now();
+    this._emit('frame-out', frame);
+  }
+
+  _receiptPromise(id, timeout = this.options.receiptTimeout) {
+    let entry;
+    const promise = new Promise((resolve, reject) => { entry = { resolve, reject, timer: null }; });
+    if (timeout > 0) entry.timer = this.timers.setTimeout(() => this._settleReceipt(id, new Error(`no receipt ${id} within ${timeout} ms`)), timeout);
+    this.receipts.set(id, entry);
+    promise.catch(() => {}); // callers that ignore it must not cause unhandled rejections
+    return { id, promise };
+  }
+
+  _settleReceipt(id, err, frame) {
+    const entry = this.receipts.get(id);
+    if (!entry) return;
+    this.receipts.delete(id);
+    if (entry.timer != null) this.timers.clearTimeout(entry.timer);
+    err ? entry.reject(err) : entry.resolve(frame);
+  }
+
+  /**
+   * Sends any frame. With `receipt` (true, or a receipt id) resolves with the RECEIPT frame,
+   * else resolves at once. A `receipt` header in `headers` is honoured the same way.
+   */
+  sendFrame(command, headers = {}, body = '', { receipt = false } = {}) {
+    headers = { ...headers };
+    let wait = null;
+    const rid = receipt === true ? this.nextId('receipt') : (receipt || headers.receipt || null);
+    if (rid) { headers.receipt = rid; wait = this._receiptPromise(String(rid)); }
+    try {
+      this._transmit(new Frame(command, headers, body));
+    } catch (e) {
+      if (wait) this._settleReceipt(wait.id, e);
+      return Promise.reject(e);
+    }
+    return wait ? wait.promise : Promise.resolve(null);
+  }
+
+  /** SEND. body: string (text) or Uint8Array/ArrayBuffer (binary). */
+  send(destination, body = '', headers = {}, opts = {}) {
+    return this.sendFrame('SEND', { destination, ...headers }, body, opts);
+  }
+
+  /**
+   * SUBSCRIBE. Returns a Subscription {id, destination, headers, receipt, unsubscribe()}.
+   * headers may set id and ack ('auto' | 'client' | 'client-individual'). If not connected
+   * the SUBSCRIBE is sent on the next CONNECTED; it is re-sent after every reconnect.
+   */
+  subscribe(destination, callback, headers = {}, opts = {}) {
+    const id = headers.id || this.nextId('sub');
+    const { receipt, ...rest } = headers;
+    if (receipt && !opts.receipt) opts = { ...opts, receipt };
+    const sub = new Subscription(this, id, destination, callback, rest);
+    this.subscriptions.set(id, sub);
+    if (this.connected) {
+      const f = sub._frame();
+      sub.receipt = this.sendFrame(f.command, f.headers, '', opts);
+    } else {
+      sub.receipt = Promise.resolve(null);
+    }
+    return sub;
+  }
+
+  /** UNSUBSCRIBE by id (or Subscription). */
+  unsubscribe(id, headers = {}, opts = {}) {
+    if (id instanceof Subscription) id = id.id;
+    const sub = this.subscriptions.get(id);
+    this.subscriptions.delete(id);
+    if (!this.connected) return Promise.resolve(null);
+    const h = { id, ...headers };
+    if (this.version === '1.0' && sub) h.destination = sub.destination;
+    return this.sendFrame('UNSUBSCRIBE', h, '', opts);
+  }
+
+  _ackHeaders(message, headers) {
+    if (typeof message === 'string') return { id: message, ...headers };
+    const m = message.headers;
+    if (this.version === '1.2') return { id: m.ack ?? m['message-id'], ...headers };
+    if (this.version === '1.1') return { 'message-id': m['message-id'], subscription: m.subscription, ...headers };
+    return { 'message-id': m['message-id'], ...headers };
+  }
+  /** ACK a MESSAGE frame (or an ack id string); headers may carry `transaction`. */
+  ack(message, headers = {}, opts = {}) { return this.sendFrame('ACK', this._ackHeaders(message, headers), '', opts); }
+  /** NACK a MESSAGE frame (1.1+). */
+  nack(message, headers = {}, opts = {}) { return this.sendFrame('NACK', this._ackHeaders(message, headers), '', opts); }
+
+  /** BEGIN a transaction; returns {id, commit(), abort()}. */
+  begin(id = this.nextId('tx'), opts = {}) {
+    const receipt = this.sendFrame('BEGIN', { transaction: id }, '', opts);
+    return { id, receipt, commit: (o) => this.commit(id, o), abort: (o) => this.abort(id, o) };
+  }
+  commit(id, opts = {}) { return this.sendFrame('COMMIT', { transaction: id }, '', opts); }
+  abort(id, opts = {}) { return this.sendFrame('ABORT', { transaction: id }, '', opts); }
+}
+
+export class Subscription {
+  constructor(client, id, destination, callback, headers) {
+    this.client = client;
+    this.id = id;
+    this.destination = destination;
+    this.callback = callback;
+    this.headers = headers;
+    this.receipt = null;
+  }
+  _frame() { return new Frame('SUBSCRIBE', { ...this.headers, id: this.id, destination: this.destination }); }
+  unsubscribe(headers, opts) { return this.client.unsubscribe(this.id, headers, opts); }
+}
+
+function hostOf(url) {
+  try { return new URL(url).hostname; } catch { return 'localhost'; }
+}

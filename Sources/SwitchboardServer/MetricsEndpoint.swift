@@ -1,0 +1,89 @@
+import Hummingbird
+import NIOConcurrencyHelpers
+import NIOCore
+import Prometheus
+import RedisClient
+import STOMPCodec
+import SwitchboardCore
+import SwitchboardRedis
+
+/// `GET /metrics` in Prometheus text format.
+///
+/// Hot-path counters live per event loop (``ShardCounters``) and gauges in ``GatewayStats``;
+/// a scrape reads them (one hop per loop) and brings the Prometheus registry up to date.
+/// Histograms (Redis command latency, HTTP request duration) and Hummingbird's HTTP request
+/// counters are recorded through swift-metrics into the same registry when the executable
+/// bootstrapped `MetricsSystem` with a `PrometheusMetricsFactory` on it.
+final class MetricsEndpoint: Sendable {
+    let registry: PrometheusCollectorRegistry
+    let services: GatewayServices
+    /// Last value pushed into each counter, to increment by the difference.
+    private let synced = NIOLockedValueBox<[String: Int]>([:])
+
+    init(registry: PrometheusCollectorRegistry, services: GatewayServices) {
+        self.registry = registry
+        self.services = services
+    }
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.get("/metrics") { _, _ in
+            await self.refresh()
+            var out: [UInt8] = []
+            self.registry.emit(into: &out)
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: out)))
+        }
+    }
+
+    private func gauge(_ name: String, _ value: Int, labels: [(String, String)] = [], help: String) {
+        registry.makeGauge(name: name, labels: labels, help: help).set(Int64(value))
+    }
+
+    private func counter(_ name: String, _ total: Int, labels: [(String, String)] = [], help: String) {
+        let key = name + labels.map { "|\($0.0)=\($0.1)" }.joined()
+        let delta = synced.withLockedValue { seen -> Int in
+            let d = total - (seen[key] ?? 0)
+            seen[key] = total
+            return d
+        }
+        let c = registry.makeCounter(name: name, labels: labels, help: help)
+        if delta > 0 { c.increment(by: Int64(delta)) }
+    }
+
+    func refresh() async {
+        let stats = services.stats
+        let counters = await services.counters()
+        gauge("switchboard_connections", stats.connectionsOpen.load(), help: "Open WebSocket connections.")
+        counter("switchboard_connections_total", stats.connectionsTotal.load(), help: "WebSocket connections accepted.")
+        for version in STOMPVersion.allCases {
+            gauge("switchboard_sessions", stats.sessionsByVersion[version.ordinal].load(), labels: [("version", version.rawValue)],
+                  help: "Connected STOMP sessions by negotiated version.")
+        }
+        gauge("switchboard_subscriptions", stats.subscriptions.load(), help: "Active subscriptions.")
+        gauge("switchboard_destinations_active", services.hub.activeDestinationCount, help: "Destinations and patterns with local subscribers.")
+        for command in STOMPCommand.allCases {
+            let i = command.ordinal
+            if i < STOMPCommand.connected.ordinal {
+                counter("switchboard_frames_in_total", counters.framesIn[i], labels: [("command", command.rawValue)], help: "STOMP frames received, by command.")
+            } else {
+                counter("switchboard_frames_out_total", counters.framesOut[i], labels: [("command", command.rawValue)], help: "STOMP frames sent, by command.")
+            }
+        }
+        counter("switchboard_messages_delivered_total", counters.messagesDelivered, help: "MESSAGE frames written to subscribers.")
+        counter("switchboard_bytes_out_total", counters.bytesOut, help: "STOMP bytes written to connections.")
+        for kind in SessionErrorKind.allCases {
+            counter("switchboard_session_errors_total", stats.errors(kind), labels: [("kind", kind.rawValue)],
+                    help: "Sessions closed with an ERROR, by cause (slow_consumer, heartbeat_timeout, auth, limit, protocol, route, shutdown).")
+        }
+        if let engine = services.engine as? RedisEngine {
+            for role in [RedisConnectionRole.commands, .subscriptions] {
+                gauge("switchboard_redis_connected", engine.client.connectionState(role) == .connected ? 1 : 0, labels: [("role", "\(role)")],
+                      help: "1 while the Redis connection is up.")
+            }
+            counter("switchboard_redis_reconnects_total", engine.client.reconnectCount, help: "Redis reconnects.")
+            counter("switchboard_redis_pubsub_messages_in_total", engine.messagesIn.load(ordering: .relaxed), help: "Pub/Sub messages received from Redis.")
+            counter("switchboard_redis_publish_failures_total", engine.publishFailures.load(ordering: .relaxed), help: "Publishes Redis did not accept.")
+            counter("switchboard_redis_xadd_failures_total", RedisStreamRoute.failures.load(ordering: .relaxed), help: "XADDs of /app messages that failed.")
+        }
+    }
+}

@@ -1,0 +1,137 @@
+"""Connecting: version negotiation by accept-version and by WebSocket subprotocol."""
+import pytest
+import requests
+
+from stompclient import StompClient
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
+def test_connect_with_accept_version(gateway, client, version):
+    c = client(gateway)
+    frame = c.connect(version=version)
+    assert frame["version"] == version
+    assert frame["server"] == "switchboard/0.1"
+    assert frame["session"]
+    assert frame["heart-beat"] == "10000,10000"
+
+
+def test_connect_without_accept_version_is_1_0(gateway, client):
+    c = client(gateway)
+    frame = c.connect(version=None)
+    assert frame["version"] == "1.0"
+
+
+def test_accept_version_list_picks_highest_common(gateway, client):
+    c = client(gateway)
+    assert c.connect(version="1.0,1.1,2.0")["version"] == "1.1"
+
+
+@pytest.mark.parametrize("offer,chosen", [
+    (["v10.stomp"], "v10.stomp"),
+    (["v11.stomp"], "v11.stomp"),
+    (["v12.stomp"], "v12.stomp"),
+    (["v10.stomp", "v11.stomp", "v12.stomp"], "v12.stomp"),
+    (["v10.stomp", "v11.stomp"], "v11.stomp"),
+])
+def test_subprotocol_offer_is_echoed(gateway, client, offer, chosen):
+    c = client(gateway, subprotocols=offer)
+    assert c.subprotocol == chosen
+    version = {"v10.stomp": "1.0", "v11.stomp": "1.1", "v12.stomp": "1.2"}[chosen]
+    frame = c.connect(version=version)
+    assert frame["version"] == version
+
+
+def test_subprotocol_only_v10_without_accept_version(gateway, client):
+    c = client(gateway, subprotocols=["v10.stomp"])
+    assert c.subprotocol == "v10.stomp"
+    frame = c.connect(version=None)
+    assert frame["version"] == "1.0"
+    # 1.0 session works end to end: subscribe without id, receive a message.
+    c.send_frame("SUBSCRIBE", {"destination": "/topic/v10only", "receipt": "r"})
+    c.expect_receipt("r")
+    assert gateway.publish("/topic/v10only", "hello 1.0").status_code == 200
+    msg = c.expect_message()
+    assert msg.text == "hello 1.0"
+    assert msg["destination"] == "/topic/v10only"
+
+
+def test_no_subprotocol_offered(gateway, client):
+    c = client(gateway)
+    assert c.subprotocol is None
+    assert c.connect(version="1.2")["version"] == "1.2"
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
+def test_stomp_frame_instead_of_connect(gateway, client, version):
+    c = client(gateway)
+    frame = c.connect(version=version, command="STOMP")
+    assert frame.command == "CONNECTED"
+    assert frame["version"] == version
+
+
+def test_connect_receipt(gateway, client):
+    c = client(gateway)
+    c.connect(headers={"receipt": "c1"})
+    c.expect_receipt("c1")
+
+
+def test_session_ids_are_unique(gateway, client):
+    ids = {client(gateway).connect()["session"] for _ in range(5)}
+    assert len(ids) == 5
+
+
+def test_health_counts_sessions(gateway, client):
+    before = gateway.health()
+    assert before["status"] == "ok" and before["engine"] == "memory"
+    c = client(gateway)
+    c.connect()
+    c.subscribe("/topic/health-count", id="h", receipt="r")
+    h = gateway.health()
+    assert h["sessions"] >= before["sessions"] + 1
+    assert h["connections"] >= before["connections"] + 1
+    assert h["subscriptions"] >= before["subscriptions"] + 1
+    c.disconnect()
+    c.close()
+    after = gateway.wait_health(lambda j: j["sessions"] == before["sessions"])
+    assert after["sessions"] == before["sessions"]
+    assert after["subscriptions"] == before["subscriptions"]
+
+
+def test_stomppy_connects_and_exchanges(gateway, stomppy):
+    conn, listener = stomppy(gateway)
+    assert conn.is_connected()
+    conn.subscribe("/topic/stomppy-basic", id="1", receipt="sub")
+    listener.wait_receipt("sub")
+    conn.send("/topic/stomppy-basic", "from stomp.py", headers={"x-k": "v"}, receipt="s1")
+    headers, body = listener.wait_messages(1)[0]
+    assert body == "from stomp.py"
+    assert headers["x-k"] == "v"
+    assert headers["destination"] == "/topic/stomppy-basic"
+    assert headers["subscription"] == "1"
+    listener.wait_receipt("s1")
+
+
+def test_stomppy_and_own_client_interop(gateway, client, stomppy):
+    conn, listener = stomppy(gateway)
+    conn.subscribe("/topic/interop", id="a", receipt="ra")
+    listener.wait_receipt("ra")
+    c = client(gateway)
+    c.connect()
+    c.subscribe("/topic/interop.back", id="b", receipt="rb")
+    # Own client publishes; stomp.py receives.
+    c.send("/topic/interop", "own -> stomp.py", headers={"color": "blue"}, receipt="s")
+    headers, body = listener.wait_messages(1)[0]
+    assert body == "own -> stomp.py" and headers["color"] == "blue"
+    # stomp.py publishes; own client receives.
+    conn.send("/topic/interop.back", "stomp.py -> own", headers={"shape": "round"})
+    msg = c.expect_message()
+    assert msg.text == "stomp.py -> own" and msg["shape"] == "round"
+    assert msg["subscription"] == "b"
+
+
+def test_http_health_endpoint_json(gateway):
+    r = requests.get(gateway.base + "/health", timeout=2)
+    assert r.status_code == 200
+    j = r.json()
+    for key in ("status", "engine", "instance", "connections", "sessions", "subscriptions", "destinations"):
+        assert key in j

@@ -1,0 +1,134 @@
+"""Connect timeout, slow consumers, and SIGTERM shutdown."""
+import socket
+import time
+
+import pytest
+
+from stompclient import StompClient
+
+
+@pytest.fixture(scope="module")
+def limited(gateway_factory):
+    return gateway_factory("stomp.connect-timeout-ms=500", "limits.max-pending-bytes=65536")
+
+
+@pytest.fixture
+def watcher(limited, client):
+    c = client(limited)
+    c.connect()
+    c.subscribe("/topic/watch", id="w", receipt="w")
+    return c
+
+
+def assert_watcher_alive(gw, watcher, text):
+    assert gw.publish("/topic/watch", text).status_code == 200
+    assert watcher.expect_message(timeout=3).text == text
+
+
+def test_connect_timeout(limited, client, watcher):
+    c = client(limited)
+    t0 = time.monotonic()
+    c.expect_error("no CONNECT frame within 500 ms", timeout=5)
+    elapsed = time.monotonic() - t0
+    assert 0.4 <= elapsed < 3.0, elapsed
+    assert_watcher_alive(limited, watcher, "after connect timeout")
+
+
+def test_connect_in_time_is_fine(limited, client):
+    c = client(limited)
+    time.sleep(0.2)
+    c.connect()
+    time.sleep(0.6)
+    c.subscribe("/topic/in-time", id="1", receipt="ok")
+
+
+def test_stalled_http_upgrade_only_socket_does_not_hurt(limited, watcher):
+    """A raw TCP connection that never finishes the HTTP request is not a STOMP session."""
+    s = socket.create_connection(("127.0.0.1", limited.port))
+    s.sendall(b"GET /stomp HTTP/1.1\r\nHost: x\r\n")
+    try:
+        assert_watcher_alive(limited, watcher, "with stalled socket")
+    finally:
+        s.close()
+
+
+def test_slow_consumer_is_disconnected(limited, client, watcher):
+    base = limited.wait_health(lambda j: True)["connections"]
+    # A consumer with a tiny receive buffer that never reads.
+    slow = client(limited, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    slow.connect()
+    slow.subscribe("/topic/flood", id="f", receipt="r")
+    assert limited.health()["connections"] == base + 1
+    pub = client(limited)
+    pub.connect()
+    payload = "z" * 100_000
+    deadline = time.monotonic() + 20
+    sent = 0
+    # Publish until the gateway drops the slow consumer (bounded in count and time).
+    while sent < 200 and time.monotonic() < deadline:
+        pub.send("/topic/flood", payload, receipt=f"p{sent}")
+        sent += 1
+        if sent % 10 == 0 and limited.health()["connections"] == base + 1:
+            break
+    h = limited.wait_health(lambda j: j["connections"] == base + 1, timeout=8)
+    assert h["connections"] == base + 1, f"slow consumer still connected after {sent} x 100 KB: {h}"
+    assert h["status"] == "ok"
+    # The publisher and the watcher are unaffected.
+    pub.send("/topic/watch", "pub still ok", receipt="ok")
+    assert watcher.expect_message(timeout=3).text == "pub still ok"
+    assert_watcher_alive(limited, watcher, "after slow consumer")
+    # If the stalled client reads now, what it finds ends with the slow-consumer ERROR or a close.
+    frames = []
+    try:
+        while True:
+            frames.append(slow.receive(2))
+    except Exception:
+        pass
+    errors = [f for f in frames if f.command == "ERROR"]
+    if errors:
+        assert errors[0]["message"] == "slow consumer: more than 65536 bytes pending delivery"
+
+
+def test_fast_consumer_of_same_flood_is_not_disconnected(limited, client):
+    fast = client(limited)
+    fast.connect()
+    fast.subscribe("/topic/flood2", id="f", receipt="r")
+    pub = client(limited)
+    pub.connect()
+    for i in range(30):
+        pub.send("/topic/flood2", "q" * 50_000, headers={"n": str(i)})
+        assert fast.expect_message()["n"] == str(i)
+    assert not fast.closed
+
+
+def test_sigterm_sends_error_and_exits_zero(gateway_factory, client, stomppy):
+    gw = gateway_factory()
+    clients = []
+    for version in ("1.0", "1.1", "1.2"):
+        c = client(gw)
+        c.connect(version=version)
+        clients.append(c)
+    c.subscribe("/topic/bye", id="b", receipt="r")
+    conn, lst = stomppy(gw)
+    pending = StompClient(gw.ws_url)  # not yet CONNECTed
+    code = None
+    try:
+        t0 = time.monotonic()
+        gw.proc.send_signal(15)
+        for c in clients:
+            err = c.expect_error("server shutting down, reconnect", timeout=5)
+            assert err.command == "ERROR"
+        headers, _ = lst.wait_error(5)
+        assert headers["message"] == "server shutting down, reconnect"
+        code = gw.proc.wait(10)
+        assert time.monotonic() - t0 < 10
+    finally:
+        pending.close()
+    assert code == 0
+    log = gw.log_path.read_text()
+    assert "Fatal error" not in log
+
+
+def test_sigterm_with_no_clients_exits_zero(gateway_factory):
+    gw = gateway_factory()
+    assert gw.stop(10) == 0
