@@ -90,6 +90,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "SwitchboardAPIModel",
+            dependencies: [
+                "STOMPCodec",
+                "SwitchboardCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            exclude: ["README.md"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "SwitchboardServer",
             dependencies: [
                 "STOMPCodec",
@@ -98,6 +108,7 @@ let package = Package(
                 "SwitchboardRedis",
                 "RedisClient",
                 "SwitchboardConsole",
+                "SwitchboardAPIModel",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -3,6 +3,7 @@ import Hummingbird
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardAPIModel
 import SwitchboardRedis
 import RedisClient
 
@@ -47,49 +48,6 @@ struct PublishAPI: Sendable {
         return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
-    /// Parses and validates a notification request body.
-    static func parseNotification(_ bytes: ByteBuffer, configuration: SessionConfiguration) throws(APIError) -> (topic: String, body: ByteBuffer, headers: STOMPHeaders) {
-        guard let any = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)), let object = any as? [String: Any] else {
-            throw APIError(status: .badRequest, message: "request body must be a JSON object", field: nil)
-        }
-        guard let topicValue = object["topic"] else {
-            throw APIError(status: .badRequest, message: "missing field 'topic'", field: "topic")
-        }
-        guard let topic = topicValue as? String, !topic.isEmpty else {
-            throw APIError(status: .badRequest, message: "field 'topic' must be a non-empty string", field: "topic")
-        }
-        guard configuration.isBrokerDestination(topic) else {
-            throw APIError(status: .badRequest, message: "field 'topic' must start with \(configuration.brokerPrefixes.joined(separator: " or "))", field: "topic")
-        }
-        guard !topic.contains("*") else {
-            throw APIError(status: .badRequest, message: "field 'topic' must not contain wildcards", field: "topic")
-        }
-        guard let messageValue = object["message"] else {
-            throw APIError(status: .badRequest, message: "missing field 'message'", field: "message")
-        }
-        guard let message = messageValue as? String else {
-            throw APIError(status: .badRequest, message: "field 'message' must be a string", field: "message")
-        }
-        var headers = STOMPHeaders()
-        if let raw = object["headers"] {
-            guard let dict = raw as? [String: Any], dict.values.allSatisfy({ $0 is String }) else {
-                throw APIError(status: .badRequest, message: "field 'headers' must be an object of string values", field: "headers")
-            }
-            for (k, v) in dict.sorted(by: { $0.key < $1.key }) where !PublishedMessage.reservedHeaders.contains(k) && k != "content-type" {
-                headers.add(k, v as! String)
-            }
-        }
-        var contentType = "text/plain"
-        if let raw = object["contentType"] {
-            guard let ct = raw as? String, !ct.isEmpty else {
-                throw APIError(status: .badRequest, message: "field 'contentType' must be a non-empty string", field: "contentType")
-            }
-            contentType = ct
-        }
-        headers.add("content-type", contentType)
-        return (topic, ByteBuffer(string: message), headers)
-    }
-
     func publish(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let bytes: ByteBuffer
         do {
@@ -97,7 +55,15 @@ struct PublishAPI: Sendable {
         } catch {
             throw APIError(status: .contentTooLarge, message: "request body larger than \(maxBodyBytes) bytes", field: nil)
         }
-        let parsed = try Self.parseNotification(bytes, configuration: services.configuration)
+        let parsed: NotificationRequest
+        do {
+            let config = services.configuration
+            parsed = try NotificationRequest.parse(bytes) { topic in
+                config.isBrokerDestination(topic) ? nil : "must start with \(config.brokerPrefixes.joined(separator: " or "))"
+            }
+        } catch {
+            throw APIError(status: .init(code: error.status), message: error.message, field: error.field)
+        }
         let message = PublishedMessage(destination: parsed.topic, messageID: services.messageIDs.next(), headers: parsed.headers, body: parsed.body)
         let loop = eventLoopGroup.any()
         do {
