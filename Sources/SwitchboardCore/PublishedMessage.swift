@@ -38,10 +38,12 @@ public final class PublishedMessage: Sendable {
         self.body = body
         self.bodyIsUTF8 = body.readableBytesView.withContiguousStorageIfAvailable { String(validating: $0, as: UTF8.self) != nil }
             ?? (String(validating: Array(body.readableBytesView), as: UTF8.self) != nil)
-        self.escapedPrefix = Self.encodePrefix(destination, messageID, clean, body.readableBytes, escape: true)
-        self.plainPrefix = Self.encodePrefix(destination, messageID, clean, body.readableBytes, escape: false)
-        let hasCR = destination.utf8.contains(13) || clean.contains { $0.name.utf8.contains(13) || $0.value.utf8.contains(13) }
-        self.v11Prefix = hasCR ? Self.encodePrefix(destination, messageID, clean, body.readableBytes, escape: true, escapeCR: false) : escapedPrefix
+        // A user destination routes as /user/<U>/queue/x but reads /user/queue/x to the client.
+        let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
+        self.escapedPrefix = Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: true)
+        self.plainPrefix = Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: false)
+        let hasCR = shown.utf8.contains(13) || clean.contains { $0.name.utf8.contains(13) || $0.value.utf8.contains(13) }
+        self.v11Prefix = hasCR ? Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: true, escapeCR: false) : escapedPrefix
     }
 
     private static func encodePrefix(_ destination: String, _ id: String, _ headers: STOMPHeaders, _ length: Int, escape: Bool, escapeCR: Bool = true) -> ByteBuffer {

@@ -27,7 +27,30 @@ public struct SessionConfiguration: Sendable {
     /// Application destinations, routed to backends.
     public var applicationPrefixes: [String] = ["/app/"]
 
+    /// Prefix of user destinations (`/user/queue/...`); nil disables them.
+    public var userPrefix: String? = UserDestinations.prefix
+    /// What may follow the user prefix (`/user/queue/x` → `/queue/x` must start with one).
+    public var userDestinationPrefixes: [String] = ["/queue/"]
+    /// Checks tokens; nil: no authentication (every session is anonymous).
+    public var authenticator: (any SessionAuthenticator)?
+    /// Whether sessions without a token are accepted when an authenticator is set.
+    public var allowAnonymous = true
+    /// Who may subscribe and send where; nil: everyone, everywhere allowed.
+    public var accessPolicy: (any AccessPolicy)?
+    /// Most sessions of one user on this instance.
+    public var maxSessionsPerUser = 100
+    /// Token buckets per connection: sustained frames and bytes per second (burst: 2× the rate).
+    public var maxFramesPerSecond = 2_000
+    public var maxBytesPerSecond = 4 * 1024 * 1024
+
     public init() {}
+
+    /// Whether `d` is a user destination a client may subscribe to (`/user/queue/...`).
+    public func isUserDestination(_ d: String) -> Bool {
+        guard let prefix = userPrefix, d.hasPrefix(prefix) else { return false }
+        let rest = d.dropFirst(prefix.count - 1)
+        return userDestinationPrefixes.contains { rest.hasPrefix($0) }
+    }
 
     public func isBrokerDestination(_ d: String) -> Bool { brokerPrefixes.contains { d.hasPrefix($0) } }
     public func isApplicationDestination(_ d: String) -> Bool { applicationPrefixes.contains { d.hasPrefix($0) } }

@@ -177,17 +177,29 @@ struct RedisService: Service {
 
     func run() async throws {
         try await parts.engine.start()
-        for (route, groups) in parts.streamRoutes where !groups.isEmpty {
-            do {
-                try await route.createGroups(groups)
-            } catch {
-                logger.warning("cannot create consumer groups yet (retried at next start)", metadata: ["stream": "\(route.stream)", "error": "\(error)"])
+        // Consumer groups are created as soon as Redis answers (it may not be up yet).
+        let groupsTask = Task {
+            for (route, groups) in parts.streamRoutes where !groups.isEmpty {
+                var attempt = 0
+                while !Task.isCancelled {
+                    do {
+                        try await route.createGroups(groups)
+                        break
+                    } catch {
+                        attempt += 1
+                        if attempt == 1 || attempt % 20 == 0 {
+                            logger.warning("cannot create consumer groups yet; retrying", metadata: ["stream": "\(route.stream)", "error": "\(error)"])
+                        }
+                        try? await Task.sleep(for: .milliseconds(min(100 * attempt, 2_000)))
+                    }
+                }
             }
         }
         let inbound = RedisInboundRoutes(client: parts.client, engine: parts.engine, hub: services.hub, messageIDs: services.messageIDs,
                                          configuration: services.configuration, logger: logger)
         try await inbound.start(parts.inbound)
         try? await gracefulShutdown()
+        groupsTask.cancel()
         await inbound.stop()
         await parts.engine.shutdown()
     }

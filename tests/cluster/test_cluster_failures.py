@@ -57,8 +57,11 @@ def test_killed_replica_work_is_claimed_by_the_other(cluster_factory, clients):
     for i in range(n):
         sender.send("/app/greet", f"u{i}", headers={"x-msg-id": str(i)}, receipt=f"s{i}")
     # Kill replica 0 while it holds pending entries.
-    wait_until(lambda: cluster.redis_cli("XPENDING", "GREETING_CHANNEL_OUTBOUND", "greeting-service", "-", "+", "100", "greeting-0") != "",
-               what="replica 0 holding pending entries")
+    def replica0_pending():
+        lines = cluster.redis_cli("XPENDING", "GREETING_CHANNEL_OUTBOUND", "greeting-service").splitlines()
+        return "greeting-0" in lines and int(lines[lines.index("greeting-0") + 1]) > 0
+
+    wait_until(replica0_pending, timeout=20, what="replica 0 holding pending entries")
     cluster.kill_replica(0)
     seen = greetings(watcher, n, timeout=60)
     assert sorted(seen, key=int) == [str(i) for i in range(n)], "a message was lost"

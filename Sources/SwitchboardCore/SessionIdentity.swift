@@ -1,0 +1,85 @@
+import NIOCore
+
+/// Who a session is, once authenticated.
+public struct SessionIdentity: Sendable, Equatable {
+    /// The user (the token's `sub`).
+    public var user: String
+    /// Configured claims kept from the token (e.g. `roles`), as string lists.
+    public var claims: [String: [String]]
+    /// When the credential expires; the session is closed then.
+    public var expiresAt: NIODeadline?
+
+    public init(user: String, claims: [String: [String]] = [:], expiresAt: NIODeadline? = nil) {
+        self.user = user
+        self.claims = claims
+        self.expiresAt = expiresAt
+    }
+}
+
+/// Why authentication failed; the session answers `ERROR` "authentication failed: <reason>".
+public struct AuthenticationFailure: Error, Sendable, Equatable, CustomStringConvertible {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+}
+
+/// Checks the credential a client presents on `CONNECT` (or at the WebSocket handshake).
+public protocol SessionAuthenticator: Sendable {
+    func authenticate(token: String, on eventLoop: any EventLoop) -> EventLoopFuture<SessionIdentity>
+}
+
+/// What a session may do, decided per destination.
+public protocol AccessPolicy: Sendable {
+    /// Whether `identity` (nil: anonymous) may `SUBSCRIBE` to `destination` (as the client wrote it).
+    func maySubscribe(_ destination: String, identity: SessionIdentity?) -> Bool
+    /// Whether `identity` may `SEND` to `destination`.
+    func maySend(_ destination: String, identity: SessionIdentity?) -> Bool
+}
+
+/// User destinations, following Spring's convention.
+///
+/// A client subscribes to `/user/queue/<name>`; a backend addresses user `U` at
+/// `/queue/<name>`. Internally both become the routing destination `/user/<U>/queue/<name>`
+/// (with `/`, `.`, `*` and `%` in `U` percent-encoded), which is an ordinary broker
+/// destination: exact subscriptions, interest-based Redis channels. The `MESSAGE` a client
+/// gets carries the destination it subscribed to, `/user/queue/<name>`.
+public enum UserDestinations {
+    public static let prefix = "/user/"
+
+    /// Percent-encodes the characters that would split or widen a destination.
+    public static func escapeUser(_ user: String) -> String {
+        var out = ""
+        for c in user.unicodeScalars {
+            switch c {
+            case "%": out += "%25"
+            case "/": out += "%2F"
+            case ".": out += "%2E"
+            case "*": out += "%2A"
+            default: out.unicodeScalars.append(c)
+            }
+        }
+        return out
+    }
+
+    /// `/user/<U>/queue/x` for user `U` and destination `/queue/x`.
+    public static func routing(user: String, destination: String) -> String {
+        prefix + escapeUser(user) + destination
+    }
+
+    /// The routing form of a client's `/user/queue/x` for `user`.
+    public static func routing(user: String, clientDestination: String) -> String? {
+        guard clientDestination.hasPrefix(prefix) else { return nil }
+        return routing(user: user, destination: String(clientDestination.dropFirst(prefix.count - 1)))
+    }
+
+    /// `/user/queue/x` for a routing destination `/user/<U>/queue/x`; nil for others.
+    public static func clientDestination(forRouting destination: String) -> String? {
+        guard destination.hasPrefix(prefix) else { return nil }
+        let rest = destination.dropFirst(prefix.count)
+        guard let slash = rest.firstIndex(of: "/") else { return nil }
+        return "/user" + rest[slash...]
+    }
+
+    /// The pseudo-user of an anonymous session: its `/user/...` subscriptions are its own.
+    public static func anonymousUser(session: String) -> String { "~" + session }
+}

@@ -1,0 +1,105 @@
+import Logging
+import NIOCore
+import RedisClient
+
+extension StreamConsumer {
+    /// Handles `entries` in order: acknowledges successes, dead-letters exhausted entries and
+    /// leaves failures pending. Stops early (leaving the rest pending) when a stop was requested.
+    ///
+    /// - Parameter counts: delivery count per entry ID; an entry without one is no longer pending
+    ///   for this consumer (acknowledged or taken over meanwhile) and is skipped.
+    /// - Returns: whether an entry failed and stays pending for a retry.
+    func process(
+        _ entries: [RedisStreamEntry], counts: [String: Int], on connection: RedisConnection, _ handler: @escaping Handler
+    ) async throws -> Bool {
+        let configuration = self.configuration
+        var retry = false
+        for entry in entries {
+            if self.isStopRequested { break }
+            guard let deliveries = counts[entry.id] else { continue }
+            if entry.isDeleted {
+                // Trimmed from the stream while pending: nothing left to handle.
+                _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
+                continue
+            }
+            if deliveries > configuration.maxDeliveries {
+                let lastError = self.state.withLockedValue { $0.lastErrors[entry.id] }
+                    ?? "delivered \(deliveries) times without success (consumers failed or crashed)"
+                try await self.deadLetter(entry, deliveries: deliveries, lastError: lastError, on: connection)
+                continue
+            }
+            let message = IncomingMessage(entry: entry, stream: configuration.stream, deliveryCount: deliveries)
+            // An unstructured task: cancelling `run` must not cancel the handler in flight.
+            let outcome = await Task { try await handler(message) }.result
+            switch outcome {
+            case .success:
+                _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
+                self.state.withLockedValue { state in
+                    state.statistics.processed += 1
+                    state.lastErrors[entry.id] = nil
+                }
+            case .failure(let error):
+                let description = String(describing: error)
+                self.state.withLockedValue { state in
+                    state.statistics.failures += 1
+                    if state.lastErrors.count >= 10_000 { state.lastErrors.removeAll() }
+                    state.lastErrors[entry.id] = description
+                }
+                self.logger.warning(
+                    "handler failed",
+                    metadata: ["entry": "\(entry.id)", "deliveries": "\(deliveries)", "error": "\(description)"]
+                )
+                if deliveries >= configuration.maxDeliveries {
+                    try await self.deadLetter(entry, deliveries: deliveries, lastError: description, on: connection)
+                } else {
+                    retry = true
+                }
+            }
+        }
+        return retry
+    }
+
+    /// Atomically (one `EVAL`) appends the entry to the dead-letter stream and acknowledges it.
+    /// The dead-letter entry has the original fields, then `original-id`, `original-stream`,
+    /// `deliveries`, `last-error` and `dead-lettered-by` (the consumer name).
+    func deadLetter(_ entry: RedisStreamEntry, deliveries: Int, lastError: String, on connection: RedisConnection) async throws {
+        let configuration = self.configuration
+        var arguments: [RedisArgument] = [.string(configuration.group), .string(entry.id)]
+        if let maxLength = configuration.deadLetterMaxLength {
+            arguments += ["MAXLEN", "~", .integer(maxLength)]
+        }
+        arguments.append("*")
+        let added: Set<String> = ["original-id", "original-stream", "deliveries", "last-error", "dead-lettered-by"]
+        for (name, value) in entry.fields where !added.contains(name) {
+            arguments += [.string(name), .bytes(value)]
+        }
+        arguments += [
+            "original-id", .string(entry.id),
+            "original-stream", .string(configuration.stream),
+            "deliveries", .string(String(deliveries)),
+            "last-error", .string(lastError),
+            "dead-lettered-by", .string(configuration.consumerName),
+        ]
+        let deadID = try await connection.execute(EVAL(
+            script: Self.deadLetterScript, keys: [configuration.stream, configuration.deadLetterStream], arguments: arguments
+        ))
+        self.state.withLockedValue { state in
+            state.statistics.deadLettered += 1
+            state.lastErrors[entry.id] = nil
+        }
+        self.logger.error(
+            "entry moved to the dead-letter stream",
+            metadata: [
+                "entry": "\(entry.id)", "deliveries": "\(deliveries)", "dead-letter-stream": "\(configuration.deadLetterStream)",
+                "dead-letter-id": "\((try? String(fromRESP: deadID)) ?? "?")", "error": "\(lastError)",
+            ]
+        )
+    }
+
+    /// KEYS: stream, dead-letter stream. ARGV: group, entry ID, then the XADD arguments after the key.
+    static let deadLetterScript = """
+        local id = redis.call('XADD', KEYS[2], unpack(ARGV, 3))
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+        return id
+        """
+}

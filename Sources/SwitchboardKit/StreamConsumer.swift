@@ -1,0 +1,175 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import RedisClient
+import STOMPCodec
+import SwitchboardRedis
+
+/// Reads a gateway outbound stream as one consumer of a consumer group and hands each entry to a
+/// handler, acknowledging it only after the handler succeeded.
+///
+/// What ``run(_:)`` does:
+/// - creates the group if it is missing (`XGROUP CREATE <stream> <group> $ MKSTREAM`);
+/// - processes this consumer's own pending entries first (`XREADGROUP … 0`), then reads new ones
+///   with a blocking `XREADGROUP … >` on a dedicated connection;
+/// - `XACK`s an entry once the handler returned; a throwing handler leaves it pending, and it is
+///   retried after ``StreamConsumerConfiguration/retryDelay``;
+/// - takes over entries idle past ``StreamConsumerConfiguration/claimMinIdle`` (a crashed
+///   replica's) with `XAUTOCLAIM`, at start and every ``StreamConsumerConfiguration/claimInterval``;
+/// - moves an entry to ``StreamConsumerConfiguration/deadLetterStream`` (with `original-id`,
+///   `deliveries`, `last-error`) and acknowledges it after ``StreamConsumerConfiguration/maxDeliveries``
+///   attempts;
+/// - reconnects with backoff when the connection is lost (and re-creates a vanished group).
+///
+/// Entries are handled one at a time, in order; scale out with more replicas (consumers).
+/// Delivery is at least once: a handler must tolerate seeing an entry again (after a crash, or
+/// when it ran longer than `claimMinIdle`).
+///
+/// ```swift
+/// let consumer = StreamConsumer(client: client, configuration: .init(stream: "GREETING_CHANNEL_OUTBOUND", group: "greeting-service"))
+/// try await consumer.run { message in
+///     try await consumer.publish(destination: "/topic/greetings", body: "Hello, \(message.bodyString)!")
+/// }
+/// ```
+public final class StreamConsumer: Sendable {
+    /// Handles one entry. Returning acknowledges it; throwing leaves it pending for a retry.
+    public typealias Handler = @Sendable (IncomingMessage) async throws -> Void
+
+    /// The settings this consumer runs with.
+    public let configuration: StreamConsumerConfiguration
+    /// The client: `PUBLISH` and group creation run on it, and it opens the dedicated reading connection.
+    public let client: RedisClient
+    /// Publishes to destinations and sessions, with this consumer's name as origin.
+    public let publisher: SwitchboardPublisher
+    let logger: Logger
+    let state = NIOLockedValueBox(State())
+
+    struct State {
+        var running = false
+        var stopRequested = false
+        var connection: RedisConnection?
+        var blocking = false
+        var lastErrors: [String: String] = [:]
+        var statistics = StreamConsumerStatistics()
+    }
+
+    /// This consumer's name in the group.
+    public var name: String { self.configuration.consumerName }
+
+    /// Counters since this consumer was created.
+    public var statistics: StreamConsumerStatistics { self.state.withLockedValue { $0.statistics } }
+
+    /// Whether ``run(_:)`` is executing.
+    public var isRunning: Bool { self.state.withLockedValue { $0.running } }
+
+    /// - Parameters:
+    ///   - client: a started ``RedisClient`` (pub/sub is not needed: `enableSubscriptions: false` is fine).
+    ///   - configuration: stream, group and tuning.
+    public init(client: RedisClient, configuration: StreamConsumerConfiguration, logger: Logger = Logger(label: "SwitchboardKit.StreamConsumer")) {
+        self.client = client
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "consumer"] = "\(configuration.consumerName)"
+        self.logger = logger
+        self.publisher = SwitchboardPublisher(client: client, origin: configuration.consumerName, naming: configuration.channelNaming)
+    }
+
+    // MARK: Running
+
+    /// Consumes the stream until ``stop()`` is called or the calling task is cancelled.
+    ///
+    /// Connection problems are logged and retried, so this returns only once stopped. On stop the
+    /// handler call in flight (which does not see the cancellation) finishes and its entry is
+    /// acknowledged; entries read but not yet handled stay pending and are taken over by another
+    /// replica after `claimMinIdle`, or by this consumer name at its next start.
+    /// - Throws: ``SwitchboardKitError/alreadyRunning`` if called twice concurrently.
+    public func run(_ handler: @escaping Handler) async throws {
+        try self.state.withLockedValue { state in
+            guard !state.running else { throw SwitchboardKitError.alreadyRunning }
+            state.running = true
+        }
+        defer { self.state.withLockedValue { $0.running = false } }
+        self.logger.info("stream consumer starting", metadata: ["stream": "\(self.configuration.stream)", "group": "\(self.configuration.group)"])
+        await withTaskCancellationHandler {
+            await self.loop(handler)
+        } onCancel: {
+            self.stop()
+        }
+        self.logger.info("stream consumer stopped")
+    }
+
+    /// Asks ``run(_:)`` to return: a blocking read is interrupted at once, a running handler is
+    /// allowed to finish (and its entry acknowledged). Returns immediately; await `run` to know
+    /// when the consumer has stopped. Calling it before `run` makes `run` return immediately; a
+    /// stopped consumer does not run again (create a new one).
+    public func stop() {
+        let connection = self.state.withLockedValue { state -> RedisConnection? in
+            state.stopRequested = true
+            return state.blocking ? state.connection : nil
+        }
+        // Closing interrupts `XREADGROUP BLOCK`; nothing else is in flight on this connection then.
+        connection?.channel.close(promise: nil)
+    }
+
+    var isStopRequested: Bool { self.state.withLockedValue { $0.stopRequested } }
+
+    /// Creates the consumer group (`XGROUP CREATE … MKSTREAM`) unless it exists. `run` does this too.
+    public func createGroup() async throws {
+        do {
+            _ = try await self.client.execute(self.groupCreateCommand)
+        } catch let error as RedisServerError where error.isBusyGroup {}
+    }
+
+    var groupCreateCommand: XGROUPCREATE {
+        XGROUPCREATE(key: self.configuration.stream, group: self.configuration.group, id: self.configuration.groupStartID, makeStream: true)
+    }
+
+    // MARK: Publishing
+
+    /// Publishes to every subscriber of `destination` on every gateway instance
+    /// (`PUBLISH switchboard:dest:<destination>`). See ``SwitchboardPublisher``.
+    @discardableResult
+    public func publish(destination: String, body: ByteBuffer, headers: STOMPHeaders = [:], contentType: String? = nil) async throws -> Int {
+        try await self.publisher.publish(destination: destination, body: body, headers: headers, contentType: contentType)
+    }
+
+    /// Publishes a text body to every subscriber of `destination`.
+    @discardableResult
+    public func publish(destination: String, body: String, headers: STOMPHeaders = [:], contentType: String? = "text/plain") async throws -> Int {
+        try await self.publisher.publish(destination: destination, body: body, headers: headers, contentType: contentType)
+    }
+
+    /// Answers only the session that sent `message`, on its subscriptions matching `destination`
+    /// (`PUBLISH switchboard:instance:<message.instance>` with a `session` header).
+    @discardableResult
+    public func reply(
+        to message: IncomingMessage, destination: String, body: ByteBuffer, headers: STOMPHeaders = [:], contentType: String? = nil
+    ) async throws -> Int {
+        try await self.publisher.reply(to: message, destination: destination, body: body, headers: headers, contentType: contentType)
+    }
+
+    /// Answers only the session that sent `message`, with a text body.
+    @discardableResult
+    public func reply(
+        to message: IncomingMessage, destination: String, body: String, headers: STOMPHeaders = [:], contentType: String? = "text/plain"
+    ) async throws -> Int {
+        try await self.publisher.reply(to: message, destination: destination, body: body, headers: headers, contentType: contentType)
+    }
+}
+
+/// Counters of a ``StreamConsumer``.
+public struct StreamConsumerStatistics: Sendable, Hashable {
+    /// Entries whose handler succeeded and that were acknowledged.
+    public var processed = 0
+    /// Handler calls that threw.
+    public var failures = 0
+    /// Entries moved to the dead-letter stream.
+    public var deadLettered = 0
+    /// Entries taken over from idle consumers with `XAUTOCLAIM`.
+    public var claimed = 0
+    /// Times the reading connection was (re)opened.
+    public var connects = 0
+
+    /// All zero.
+    public init() {}
+}

@@ -1,0 +1,109 @@
+import SwitchboardRedis
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Settings of a ``StreamConsumer``: which stream and consumer group it reads, how, and how it
+/// retries, takes over and dead-letters entries.
+///
+/// Only ``stream`` and ``group`` are required; every other setting has a default suited to a
+/// backend replica. Durations are rounded to whole milliseconds when sent to Redis.
+public struct StreamConsumerConfiguration: Sendable {
+    /// The stream the gateway writes `/app` messages to (e.g. `GREETING_CHANNEL_OUTBOUND`).
+    public var stream: String
+    /// The consumer group shared by all replicas of one backend service.
+    public var group: String
+    /// This replica's consumer name. Must be unique per running replica (the default is
+    /// ``defaultConsumerName()``); reusing the name of a crashed replica makes this one resume its
+    /// pending entries at start.
+    public var consumerName: String
+    /// Maximum number of entries fetched by one `XREADGROUP` or `XAUTOCLAIM` (`COUNT`).
+    public var batchSize: Int
+    /// How long one blocking `XREADGROUP … BLOCK` waits for new entries before the loop looks
+    /// at claims, retries and stop requests again.
+    public var blockTime: Duration
+    /// Pending entries idle for longer than this (delivered to some consumer but not acknowledged)
+    /// are taken over with `XAUTOCLAIM`. Must exceed the longest time a healthy replica needs for
+    /// one batch, or slow entries are processed twice.
+    public var claimMinIdle: Duration
+    /// How often the consumer scans the group for entries to take over (it also scans at start).
+    public var claimInterval: Duration
+    /// How long after a handler failure this consumer re-reads its own pending entries to retry them.
+    public var retryDelay: Duration
+    /// How many times an entry is handed to the handler at most. After the last failed attempt, or
+    /// when an entry arrives with a higher delivery count (replicas kept crashing on it), it is
+    /// moved to ``deadLetterStream`` and acknowledged.
+    public var maxDeliveries: Int
+    /// Where entries go after ``maxDeliveries`` failed attempts. Default: `<stream>:dead`.
+    public var deadLetterStream: String
+    /// Approximate `MAXLEN` for the dead-letter stream; `nil` (default) keeps every entry.
+    public var deadLetterMaxLength: Int?
+    /// The ID the group starts at if this consumer creates it: `$` (default) for entries added
+    /// from now on, `0` for the whole stream.
+    public var groupStartID: String
+    /// How gateway channels are named in Redis (must match the gateway's prefix).
+    public var channelNaming: RedisChannelNaming
+    /// Upper bound of the delay between reconnect attempts of the reading connection.
+    public var reconnectBackoffMaximum: Duration
+
+    /// Creates a configuration for `stream`/`group` with defaults for everything else.
+    public init(
+        stream: String,
+        group: String,
+        consumerName: String = StreamConsumerConfiguration.defaultConsumerName(),
+        batchSize: Int = 16,
+        blockTime: Duration = .seconds(2),
+        claimMinIdle: Duration = .seconds(30),
+        claimInterval: Duration = .seconds(5),
+        retryDelay: Duration = .seconds(1),
+        maxDeliveries: Int = 5,
+        deadLetterStream: String? = nil,
+        deadLetterMaxLength: Int? = nil,
+        groupStartID: String = "$",
+        channelNaming: RedisChannelNaming = RedisChannelNaming(),
+        reconnectBackoffMaximum: Duration = .seconds(5)
+    ) {
+        self.stream = stream
+        self.group = group
+        self.consumerName = consumerName
+        self.batchSize = max(1, batchSize)
+        self.blockTime = blockTime
+        self.claimMinIdle = claimMinIdle
+        self.claimInterval = claimInterval
+        self.retryDelay = retryDelay
+        self.maxDeliveries = max(1, maxDeliveries)
+        self.deadLetterStream = deadLetterStream ?? stream + ":dead"
+        self.deadLetterMaxLength = deadLetterMaxLength
+        self.groupStartID = groupStartID
+        self.channelNaming = channelNaming
+        self.reconnectBackoffMaximum = reconnectBackoffMaximum
+    }
+
+    /// A consumer name unique per replica: `<hostname>-<pid>-<random>`, e.g. `web-7f9c-4211-k3q9z2`.
+    public static func defaultConsumerName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        let host: String
+        if gethostname(&buffer, buffer.count - 1) == 0 {
+            host = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        } else {
+            host = "host"
+        }
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
+        let random = String((0..<6).map { _ in alphabet.randomElement()! })
+        return "\(host.isEmpty ? "host" : host)-\(getpid())-\(random)"
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded up.
+    var kitMilliseconds: Int {
+        let (seconds, attoseconds) = self.components
+        let ms = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+        return Int(max(0, ms))
+    }
+}

@@ -1,0 +1,118 @@
+import NIOCore
+import RedisClient
+import STOMPCodec
+import SwitchboardCore
+import SwitchboardRedis
+
+/// Sends messages to browsers through the gateway's Redis channels.
+///
+/// - ``publish(destination:body:headers:contentType:)`` publishes on `switchboard:dest:<destination>`:
+///   every gateway instance subscribed to that destination delivers it once to each of its
+///   matching subscriptions.
+/// - ``reply(to:destination:body:headers:contentType:)`` publishes on
+///   `switchboard:instance:<instance>` with a `session` header: only the sender's session gets it,
+///   on its subscriptions matching `destination`.
+///
+/// Payloads are ``RedisEnvelope``s (a STOMP `MESSAGE` frame after a 0x01 marker) whose `origin`
+/// is ``origin``, so user headers and binary bodies survive.
+public struct SwitchboardPublisher: Sendable {
+    /// The client used for `PUBLISH` (its multiplexed command connection).
+    public let client: RedisClient
+    /// The gateway's channel naming (prefix).
+    public let naming: RedisChannelNaming
+    /// Written as the envelope's `origin`; usually the consumer name.
+    public let origin: String
+    let messageIDs: MessageIDGenerator
+
+    /// - Parameters:
+    ///   - origin: identifies this publisher in envelopes and message IDs (`<origin>-<n>`). It must
+    ///     differ from every gateway instance ID, since instances ignore their own envelopes.
+    public init(client: RedisClient, origin: String, naming: RedisChannelNaming = RedisChannelNaming()) {
+        self.client = client
+        self.origin = origin
+        self.naming = naming
+        self.messageIDs = MessageIDGenerator(instanceID: origin)
+    }
+
+    /// Publishes `body` to every subscriber of `destination` on every gateway instance.
+    ///
+    /// - Parameters:
+    ///   - headers: user headers for the `MESSAGE` frame (server-owned ones such as `destination`,
+    ///     `message-id`, `subscription` are dropped).
+    ///   - contentType: sent as `content-type` (replacing one in `headers`) when not `nil`.
+    /// - Returns: how many Redis subscribers (gateway instances with interested sessions) got it.
+    @discardableResult
+    public func publish(destination: String, body: ByteBuffer, headers: STOMPHeaders = [:], contentType: String? = nil) async throws -> Int {
+        let payload = self.envelope(destination: destination, body: body, headers: headers, contentType: contentType, session: nil)
+        return try await self.client.execute(PUBLISH(channel: self.naming.channel(forDestination: destination), message: .bytes(payload)))
+    }
+
+    /// Publishes a text body to every subscriber of `destination` (UTF-8; see the `ByteBuffer` variant).
+    @discardableResult
+    public func publish(destination: String, body: String, headers: STOMPHeaders = [:], contentType: String? = "text/plain") async throws -> Int {
+        try await self.publish(destination: destination, body: ByteBuffer(string: body), headers: headers, contentType: contentType)
+    }
+
+    /// Sends `body` to the subscriptions of one session that match `destination`.
+    ///
+    /// - Returns: how many Redis subscribers got it (1 when the instance is up, 0 otherwise).
+    @discardableResult
+    public func publish(
+        toSession session: String, onInstance instance: String, destination: String,
+        body: ByteBuffer, headers: STOMPHeaders = [:], contentType: String? = nil
+    ) async throws -> Int {
+        let payload = self.envelope(destination: destination, body: body, headers: headers, contentType: contentType, session: session)
+        return try await self.client.execute(PUBLISH(channel: self.naming.instanceChannel(instance), message: .bytes(payload)))
+    }
+
+    /// Answers the session that sent `message`: only its subscriptions matching `destination` get `body`.
+    ///
+    /// - Throws: ``SwitchboardKitError/missingSender`` when the entry has no `session` or `instance`.
+    @discardableResult
+    public func reply(
+        to message: IncomingMessage, destination: String, body: ByteBuffer, headers: STOMPHeaders = [:], contentType: String? = nil
+    ) async throws -> Int {
+        guard let session = message.session, let instance = message.instance else {
+            throw SwitchboardKitError.missingSender(entryID: message.id)
+        }
+        return try await self.publish(
+            toSession: session, onInstance: instance, destination: destination, body: body, headers: headers, contentType: contentType
+        )
+    }
+
+    /// Answers the sender of `message` with a text body (UTF-8; see the `ByteBuffer` variant).
+    @discardableResult
+    public func reply(
+        to message: IncomingMessage, destination: String, body: String, headers: STOMPHeaders = [:], contentType: String? = "text/plain"
+    ) async throws -> Int {
+        try await self.reply(to: message, destination: destination, body: ByteBuffer(string: body), headers: headers, contentType: contentType)
+    }
+
+    /// The envelope payload that the publish methods send (exposed for tests and custom transports).
+    public func envelope(destination: String, body: ByteBuffer, headers: STOMPHeaders, contentType: String?, session: String?) -> ByteBuffer {
+        var all = STOMPHeaders()
+        if let contentType { all.add("content-type", contentType) }
+        for (name, value) in headers where contentType == nil || name != "content-type" { all.add(name, value) }
+        let message = PublishedMessage(destination: destination, messageID: self.messageIDs.next(), headers: all, body: body)
+        return RedisEnvelope.encode(message, origin: self.origin, session: session)
+    }
+}
+
+/// Errors raised by SwitchboardKit itself.
+public struct SwitchboardKitError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// A short description of what went wrong.
+    public var message: String
+
+    /// Creates an error with a description.
+    public init(_ message: String) { self.message = message }
+
+    /// The entry lacks the `session`/`instance` fields needed to answer its sender.
+    public static func missingSender(entryID: String) -> SwitchboardKitError {
+        SwitchboardKitError("stream entry \(entryID) has no session/instance to reply to")
+    }
+
+    /// ``StreamConsumer/run(_:)`` was called while the consumer was already running or after it stopped.
+    public static let alreadyRunning = SwitchboardKitError("the stream consumer is already running or was stopped")
+
+    public var description: String { "SwitchboardKitError: \(self.message)" }
+}

@@ -1,0 +1,147 @@
+import ArgumentParser
+import Dispatch
+import Logging
+import RedisClient
+import STOMPCodec
+import SwitchboardKit
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An example backend for Switchboard: answers `/app/greet` messages with `Hello, <body>!`.
+///
+/// Reads the gateway's outbound stream in a consumer group (run several replicas: each message
+/// is handled by one of them), publishes the answer on the reply destination with
+/// `x-processed-by`, `x-request-id` and (if the SEND had one) `x-msg-id`, and acknowledges the
+/// entry afterwards. Prints `processed <entry-id> by <consumer>` to stderr per message.
+@main
+struct GreetingService: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "greeting-service",
+        abstract: "Answers Switchboard /app/greet messages from a Redis stream with greetings."
+    )
+
+    @Option(help: "Redis URL.")
+    var redisURL = "redis://127.0.0.1:6379"
+
+    @Option(help: "The outbound stream the gateway writes /app/greet messages to.")
+    var stream = "GREETING_CHANNEL_OUTBOUND"
+
+    @Option(help: "The consumer group shared by all replicas.")
+    var group = "greeting-service"
+
+    @Option(help: "This replica's consumer name (default: <hostname>-<pid>-<random>).")
+    var consumer: String?
+
+    @Option(help: "Handle entries for this destination; others are acknowledged and skipped ('*' handles all).")
+    var destination = "/app/greet"
+
+    @Option(help: "Where the greeting is published.")
+    var replyDestination = "/topic/greetings"
+
+    @Flag(help: "Answer only the sender's session instead of every subscriber of the reply destination.")
+    var replyToSender = false
+
+    @Option(help: "Take over entries idle this long (ms) from crashed replicas.")
+    var claimMinIdleMs = 5000
+
+    @Option(help: "Scan for entries to take over this often (ms).")
+    var claimIntervalMs = 1000
+
+    @Option(help: "Sleep this long (ms) before handling each message (for crash tests).")
+    var processingDelayMs = 0
+
+    @Option(help: "Attempts per message before it goes to the dead-letter stream (<stream>:dead).")
+    var maxDeliveries = 5
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    @Option(help: "Gateway Redis channel prefix.")
+    var channelPrefix = "switchboard:"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: self.logLevel) != nil else { throw ValidationError("unknown log level '\(self.logLevel)'") }
+        guard self.maxDeliveries >= 1 else { throw ValidationError("--max-deliveries must be at least 1") }
+        guard self.claimMinIdleMs >= 1, self.claimIntervalMs >= 1, self.processingDelayMs >= 0 else {
+            throw ValidationError("durations must be positive")
+        }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: self.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "greeting-service")
+        let client = RedisClient(configuration: try RedisConfiguration(url: self.redisURL), logger: logger, enableSubscriptions: false)
+        client.start()
+
+        var configuration = StreamConsumerConfiguration(
+            stream: self.stream,
+            group: self.group,
+            claimMinIdle: .milliseconds(self.claimMinIdleMs),
+            claimInterval: .milliseconds(self.claimIntervalMs),
+            maxDeliveries: self.maxDeliveries,
+            channelNaming: .init(prefix: self.channelPrefix)
+        )
+        if let consumer = self.consumer { configuration.consumerName = consumer }
+        let consumer = StreamConsumer(client: client, configuration: configuration, logger: logger)
+
+        let signals = Self.onTermination { signal in
+            logger.info("signal received; stopping", metadata: ["signal": "\(signal)"])
+            consumer.stop()
+        }
+        defer { signals.forEach { $0.cancel() } }
+
+        let name = consumer.name
+        let wanted = self.destination
+        let replyDestination = self.replyDestination
+        let replyToSender = self.replyToSender
+        let delay = self.processingDelayMs
+        logger.info("greeting-service started", metadata: ["consumer": "\(name)", "stream": "\(self.stream)", "group": "\(self.group)"])
+
+        try await consumer.run { message in
+            guard wanted == "*" || message.destination == wanted else {
+                logger.debug("skipping entry for another destination", metadata: ["entry": "\(message.id)", "destination": "\(message.destination)"])
+                return
+            }
+            if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
+            var headers: STOMPHeaders = ["x-processed-by": name, "x-request-id": message.id]
+            if let messageID = message.headers["x-msg-id"] { headers.add("x-msg-id", messageID) }
+            let body = "Hello, \(message.bodyString)!"
+            if replyToSender {
+                try await consumer.reply(to: message, destination: replyDestination, body: body, headers: headers)
+            } else {
+                try await consumer.publish(destination: replyDestination, body: body, headers: headers)
+            }
+            Self.printLine("processed \(message.id) by \(name)")
+        }
+        await client.shutdown()
+        logger.info("greeting-service stopped")
+    }
+
+    /// Writes one line to stderr, unbuffered.
+    static func printLine(_ line: String) {
+        var text = line + "\n"
+        text.withUTF8 { bytes in _ = write(2, bytes.baseAddress, bytes.count) }
+    }
+
+    /// Calls `action` on SIGTERM and SIGINT (instead of terminating the process).
+    static func onTermination(_ action: @escaping @Sendable (Int32) -> Void) -> [any DispatchSourceSignal] {
+        [SIGTERM, SIGINT].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { action(number) }
+            source.resume()
+            return source
+        }
+    }
+}

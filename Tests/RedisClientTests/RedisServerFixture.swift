@@ -1,0 +1,139 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+
+@testable import RedisClient
+
+/// A throw-away `redis-server` on a free port with its own temporary directory.
+final class RedisServerProcess: @unchecked Sendable {
+    static let executable: String? = {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        for dir in path.split(separator: ":") + ["/usr/bin", "/usr/local/bin"] {
+            let candidate = "\(dir)/redis-server"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }()
+
+    static var isAvailable: Bool { executable != nil }
+
+    let port: Int
+    let directory: URL
+    let extraArguments: [String]
+    private var process: Process?
+
+    private init(port: Int, extraArguments: [String]) throws {
+        self.port = port
+        self.extraArguments = extraArguments
+        self.directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: self.directory, withIntermediateDirectories: true)
+    }
+
+    /// Starts a server and waits until it answers PING.
+    static func start(_ extraArguments: [String] = []) async throws -> RedisServerProcess {
+        let server = try RedisServerProcess(port: try await freePort(), extraArguments: extraArguments)
+        try await server.launch()
+        return server
+    }
+
+    /// (Re)starts the server process on the same port.
+    func launch() async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.executable!)
+        process.arguments = [
+            "--port", "\(self.port)", "--bind", "127.0.0.1", "--dir", self.directory.path,
+            "--save", "", "--appendonly", "no", "--daemonize", "no",
+        ] + self.extraArguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        try await self.waitUntilReady()
+    }
+
+    /// Answers PING (any reply, including NOAUTH, means the server is up).
+    private func waitUntilReady() async throws {
+        for _ in 0..<250 {
+            do {
+                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connect(host: "127.0.0.1", port: self.port).get()
+                try await channel.close()
+                return
+            } catch {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        throw RedisClientError.connectTimeout
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    func kill() {
+        guard let process = self.process else { return }
+        Foundation.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    /// Kills the server and removes its directory.
+    func stop() {
+        self.kill()
+        try? FileManager.default.removeItem(at: self.directory)
+    }
+
+    deinit { self.stop() }
+
+    var configuration: RedisConfiguration {
+        var configuration = RedisConfiguration(host: "127.0.0.1", port: self.port)
+        configuration.connectTimeout = .seconds(2)
+        configuration.commandTimeout = .seconds(5)
+        return configuration
+    }
+
+    func url(_ userInfo: String = "", database: Int? = nil) -> String {
+        "redis://\(userInfo)127.0.0.1:\(self.port)" + (database.map { "/\($0)" } ?? "")
+    }
+
+    func connect(_ configure: (inout RedisConfiguration) -> Void = { _ in }) async throws -> RedisConnection {
+        var configuration = self.configuration
+        configure(&configuration)
+        return try await RedisConnection.connect(configuration: configuration)
+    }
+
+    private static func freePort() async throws -> Int {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = channel.localAddress!.port!
+        try await channel.close()
+        return port
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` elapses.
+func eventually(timeout: Duration = .seconds(5), _ condition: @Sendable () async throws -> Bool) async throws -> Bool {
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    while clock.now < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    return try await condition()
+}
+
+/// Reads the next message from a subscription, with a timeout.
+func nextMessage(_ subscription: RedisSubscription, timeout: Duration = .seconds(5)) async throws -> RedisPubSubMessage? {
+    try await withThrowingTaskGroup(of: RedisPubSubMessage?.self) { group in
+        group.addTask {
+            var iterator = subscription.makeAsyncIterator()
+            return await iterator.next()
+        }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        let first = try await group.next()!
+        group.cancelAll()
+        return first
+    }
+}

@@ -1,0 +1,92 @@
+import NIOCore
+import RedisClient
+import STOMPCodec
+import SwitchboardKit
+import SwitchboardRedis
+import Testing
+
+@Suite("Publishing to the gateway's channels", .enabled(if: KitRedisServer.isAvailable, "redis-server not installed"))
+struct PublishTests {
+    @Test func publishReachesTheDestinationChannelAsAnEnvelope() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(name: "svc-1"), logger: quietLogger)
+        let subscription = try await client.subscribe(to: ["switchboard:dest:/topic/x"])
+
+        let receivers = try await consumer.publish(destination: "/topic/x", body: "Hello, x!", headers: ["x-request-id": "1-0", "x-msg-id": "m:1\nz"])
+        #expect(receivers == 1)
+        let message = try #require(try await nextMessage(subscription))
+        let decoded = try #require(RedisEnvelope.decode(message.payload))
+        #expect(decoded.destination == "/topic/x")
+        #expect(String(buffer: decoded.body) == "Hello, x!")
+        #expect(decoded.headers["content-type"] == "text/plain")
+        #expect(decoded.headers["x-request-id"] == "1-0")
+        #expect(decoded.headers["x-msg-id"] == "m:1\nz")
+        #expect(decoded.origin == "svc-1")
+        #expect(decoded.session == nil)
+        #expect(decoded.messageID?.hasPrefix("svc-1-") == true)
+
+        // Binary bodies survive, with an explicit content type.
+        let bytes = ByteBuffer(bytes: [0, 1, 0xFF, 0x0A])
+        try await consumer.publish(destination: "/topic/x", body: bytes, contentType: "application/octet-stream")
+        let binaryMessage = try #require(try await nextMessage(subscription))
+        let binary = try #require(RedisEnvelope.decode(binaryMessage.payload))
+        #expect(binary.body == bytes)
+        #expect(binary.headers["content-type"] == "application/octet-stream")
+        await subscription.unsubscribe()
+        await client.shutdown()
+    }
+
+    @Test func replyGoesOnlyToTheSendersInstanceWithTheSession() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(name: "svc-2"), logger: quietLogger)
+        let instance = try await client.subscribe(to: ["switchboard:instance:gw-7"])
+        let broadcast = try await client.subscribe(to: ["switchboard:dest:/user/queue/answers"])
+
+        let request = IncomingMessage(
+            id: "5-0", stream: "OUT", destination: "/app/greet", body: ByteBuffer(string: "Bob"), session: "sess-42", instance: "gw-7"
+        )
+        #expect(try await consumer.reply(to: request, destination: "/user/queue/answers", body: "Hello, Bob!", headers: ["x-request-id": "5-0"]) == 1)
+        let message = try #require(try await nextMessage(instance))
+        let decoded = try #require(RedisEnvelope.decode(message.payload))
+        #expect(decoded.session == "sess-42")
+        #expect(decoded.destination == "/user/queue/answers")
+        #expect(String(buffer: decoded.body) == "Hello, Bob!")
+        #expect(decoded.headers["x-request-id"] == "5-0")
+        #expect(try await nextMessage(broadcast, timeout: .milliseconds(200)) == nil)
+
+        let anonymous = IncomingMessage(id: "6-0", stream: "OUT", destination: "/app/greet", body: ByteBuffer())
+        await #expect(throws: SwitchboardKitError.missingSender(entryID: "6-0")) {
+            try await consumer.reply(to: anonymous, destination: "/topic/y", body: "x")
+        }
+        await instance.unsubscribe()
+        await broadcast.unsubscribe()
+        await client.shutdown()
+    }
+}
+
+@Suite struct IncomingMessageTests {
+    @Test func decodesTheGatewayFieldsAndKeepsUserHeaders() throws {
+        let entry = RedisStreamEntry(id: "9-1", fields: [
+            ("destination", ByteBuffer(string: "/app/greet")), ("message", ByteBuffer(bytes: [0xE2, 0x9C, 0x93])),
+            ("content-type", ByteBuffer(string: "text/plain;charset=utf-8")), ("session", ByteBuffer(string: "s")),
+            ("instance", ByteBuffer(string: "i")), ("timestamp", ByteBuffer(string: "42")), ("x-msg-id", ByteBuffer(string: "7")),
+        ])
+        let message = IncomingMessage(entry: entry, stream: "S", deliveryCount: 3)
+        #expect(message.bodyString == "✓")
+        #expect(message.user == nil && message.session == "s" && message.instance == "i" && message.timestamp == 42)
+        #expect(message.headers == ["x-msg-id": "7"])
+        #expect(message.deliveryCount == 3 && message.fields.count == 7)
+    }
+
+    @Test func defaultConsumerNamesAreUniquePerReplica() {
+        let a = StreamConsumerConfiguration.defaultConsumerName()
+        let b = StreamConsumerConfiguration.defaultConsumerName()
+        #expect(a != b)
+        #expect(a.split(separator: "-").count >= 3)
+        #expect(StreamConsumerConfiguration(stream: "S", group: "g").deadLetterStream == "S:dead")
+    }
+}

@@ -1,0 +1,283 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import RedisClient
+import STOMPCodec
+import SwitchboardKit
+import Testing
+
+@Suite("StreamConsumer against a real redis-server", .enabled(if: KitRedisServer.isAvailable, "redis-server not installed"))
+struct StreamConsumerTests {
+    @Test func createsGroupHandlesGatewayEntryAndAcksAfterHandler() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(name: "replica-a"), logger: quietLogger)
+        let received = NIOLockedValueBox<[IncomingMessage]>([])
+        let pendingDuringHandler = NIOLockedValueBox<[Int]>([])
+        let task = start(consumer) { message in
+            // Not acknowledged yet while the handler runs.
+            pendingDuringHandler.withLockedValue { $0.append(-1) }
+            let pending = try await pendingCount(client)
+            pendingDuringHandler.withLockedValue { $0 = [pending] }
+            received.withLockedValue { $0.append(message) }
+        }
+        try #require(try await waitUntilReading(consumer, client))
+        // The group now exists: creating it again is fine (BUSYGROUP).
+        try await consumer.createGroup()
+
+        let id = try await addGatewayEntry(client, body: "World", headers: ["x-msg-id": "m-1", "x-trace": "t"])
+        #expect(try await eventually { received.withLockedValue { $0.count } == 1 })
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        #expect(pendingDuringHandler.withLockedValue { $0 } == [1])
+
+        let message = try #require(received.withLockedValue { $0.first })
+        #expect(message.id == id)
+        #expect(message.stream == "OUT")
+        #expect(message.destination == "/app/greet")
+        #expect(message.bodyString == "World")
+        #expect(message.contentType == "text/plain")
+        #expect(message.session == "sess-1")
+        #expect(message.user == "alice")
+        #expect(message.instance == "gw-1")
+        #expect(message.timestamp == 1_700_000_000_123)
+        #expect(message.headers["x-msg-id"] == "m-1" && message.headers["x-trace"] == "t" && message.headers.count == 2)
+        #expect(message.deliveryCount == 1)
+        #expect(consumer.statistics.processed == 1)
+
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
+    @Test func twoConsumersProcessFiftyEntriesExactlyOnce() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let seen = NIOLockedValueBox<[String: Int]>([:])
+        let handler: StreamConsumer.Handler = { message in
+            try await Task.sleep(for: .milliseconds(2))
+            seen.withLockedValue { $0[message.id, default: 0] += 1 }
+        }
+        let a = StreamConsumer(client: client, configuration: testConfiguration(name: "a", batchSize: 4), logger: quietLogger)
+        let b = StreamConsumer(client: client, configuration: testConfiguration(name: "b", batchSize: 4), logger: quietLogger)
+        let tasks = [start(a, handler), start(b, handler)]
+        try #require(try await waitUntilReading(a, client))
+        try #require(try await waitUntilReading(b, client))
+
+        var ids: [String] = []
+        for n in 0..<50 { ids.append(try await addGatewayEntry(client, body: "n\(n)")) }
+        #expect(try await eventually { seen.withLockedValue { $0.values.reduce(0, +) } >= 50 })
+        try await Task.sleep(for: .milliseconds(300))  // give duplicates a chance to show up
+        let counts = seen.withLockedValue { $0 }
+        #expect(Set(counts.keys) == Set(ids))
+        #expect(counts.values.allSatisfy { $0 == 1 })
+        #expect(a.statistics.processed + b.statistics.processed == 50)
+        #expect(a.statistics.processed > 0 && b.statistics.processed > 0)
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+
+        a.stop()
+        b.stop()
+        for task in tasks { try await task.value }
+        await client.shutdown()
+    }
+
+    @Test func failuresAreRetriedThenDeadLettered() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let attempts = NIOLockedValueBox<[String: [Int]]>([:])
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(maxDeliveries: 3), logger: quietLogger)
+        let task = start(consumer) { message in
+            let tries = attempts.withLockedValue { state -> Int in
+                state[message.bodyString, default: []].append(message.deliveryCount ?? -1)
+                return state[message.bodyString]!.count
+            }
+            if message.bodyString == "poison" { throw Boom(description: "cannot greet poison (try \(tries))") }
+            if message.bodyString == "flaky", tries < 3 { throw Boom(description: "flaky") }
+        }
+        try #require(try await waitUntilReading(consumer, client))
+
+        let poisonID = try await addGatewayEntry(client, body: "poison", headers: ["x-msg-id": "p-1"])
+        try await addGatewayEntry(client, body: "flaky")
+        #expect(try await eventually { try await client.execute(XLEN(key: "OUT:dead")) == 1 })
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+
+        let tries = attempts.withLockedValue { $0 }
+        #expect(tries["poison"] == [1, 2, 3])
+        #expect(tries["flaky"] == [1, 2, 3])
+        let stats = consumer.statistics
+        #expect(stats.deadLettered == 1 && stats.processed == 1 && stats.failures == 5)
+
+        let dead = try [RedisStreamEntry](fromRESP: try await client.execute(RawCommand("XRANGE", "OUT:dead", "-", "+")))
+        let entry = try #require(dead.first)
+        #expect(entry[field: "original-id"].map { String(buffer: $0) } == poisonID)
+        #expect(entry[field: "deliveries"].map { String(buffer: $0) } == "3")
+        #expect(entry[field: "last-error"].map { String(buffer: $0) } == "cannot greet poison (try 3)")
+        #expect(entry[field: "message"].map { String(buffer: $0) } == "poison")
+        #expect(entry[field: "destination"].map { String(buffer: $0) } == "/app/greet")
+        #expect(entry[field: "x-msg-id"].map { String(buffer: $0) } == "p-1")
+
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
+    @Test func entryBeyondDeliveryLimitIsDeadLetteredWithoutHandling() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
+        let id = try await addGatewayEntry(client, body: "crasher")
+        // Two replicas "crashed" while handling it: delivered twice, never acknowledged.
+        _ = try await client.execute(XREADGROUP(group: "svc", consumer: "dead-1", count: 1, streams: [("OUT", ">")]))
+        _ = try await client.execute(RawCommand("XCLAIM", "OUT", "svc", "dead-2", "0", .string(id)))
+        let pending = try await client.execute(XPENDINGRANGE(key: "OUT", group: "svc", count: 10))
+        #expect(pending.map(\.deliveryCount) == [2])
+        let handled = NIOLockedValueBox(0)
+        let consumer = StreamConsumer(
+            client: client, configuration: testConfiguration(claimMinIdle: .milliseconds(1), maxDeliveries: 2), logger: quietLogger
+        )
+        let task = start(consumer) { _ in handled.withLockedValue { $0 += 1 } }
+        #expect(try await eventually { try await client.execute(XLEN(key: "OUT:dead")) == 1 })
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        #expect(handled.withLockedValue { $0 } == 0)
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
+    @Test func idleEntriesOfACrashedConsumerAreClaimed() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
+        var ids: [String] = []
+        for n in 0..<5 { ids.append(try await addGatewayEntry(client, body: "job\(n)")) }
+        // Consumer A reads all five in one batch and hangs in its handler (a stuck or crashed replica).
+        let (gate, release) = AsyncStream.makeStream(of: Void.self)
+        let aStarted = NIOLockedValueBox(0)
+        let a = StreamConsumer(client: client, configuration: testConfiguration(name: "replica-a"), logger: quietLogger)
+        let aTask = start(a) { _ in
+            aStarted.withLockedValue { $0 += 1 }
+            for await _ in gate {}
+            throw Boom(description: "replica-a crashed")
+        }
+        #expect(try await eventually { aStarted.withLockedValue { $0 } == 1 })
+        let summary = try await client.execute(XPENDING(key: "OUT", group: "svc"))
+        #expect(summary.count == 5 && summary.consumers.map(\.name) == ["replica-a"])
+
+        // B takes them over once they are idle for 300 ms.
+        let bSeen = NIOLockedValueBox<[IncomingMessage]>([])
+        let b = StreamConsumer(
+            client: client,
+            configuration: testConfiguration(name: "replica-b", claimMinIdle: .milliseconds(300), claimInterval: .milliseconds(100)),
+            logger: quietLogger
+        )
+        let bTask = start(b) { message in bSeen.withLockedValue { $0.append(message) } }
+        #expect(try await eventually { bSeen.withLockedValue { $0.count } == 5 })
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        let seen = bSeen.withLockedValue { $0 }
+        #expect(seen.map(\.id) == ids)
+        #expect(seen.allSatisfy { $0.deliveryCount == 2 })
+        #expect(b.statistics.claimed == 5 && b.statistics.processed == 5)
+        #expect(aStarted.withLockedValue { $0 } == 1)
+
+        // Clean up A: stop it, then let its stuck handler end.
+        a.stop()
+        release.finish()
+        try await aTask.value
+        #expect(a.statistics.processed == 0)
+        b.stop()
+        try await bTask.value
+        await client.shutdown()
+    }
+
+    @Test func restartedConsumerResumesItsOwnPendingEntries() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let first = StreamConsumer(client: client, configuration: testConfiguration(name: "stable", retryDelay: .seconds(60)), logger: quietLogger)
+        let failed = NIOLockedValueBox(0)
+        let firstTask = start(first) { _ in
+            failed.withLockedValue { $0 += 1 }
+            throw Boom(description: "down")
+        }
+        try #require(try await waitUntilReading(first, client))
+        let id = try await addGatewayEntry(client, body: "again")
+        #expect(try await eventually { failed.withLockedValue { $0 } == 1 })
+        first.stop()
+        try await firstTask.value
+        #expect(try await pendingCount(client) == 1)
+
+        let handled = NIOLockedValueBox<[IncomingMessage]>([])
+        let second = StreamConsumer(client: client, configuration: testConfiguration(name: "stable"), logger: quietLogger)
+        let secondTask = start(second) { message in handled.withLockedValue { $0.append(message) } }
+        #expect(try await eventually { handled.withLockedValue { $0.count } == 1 })
+        #expect(handled.withLockedValue { $0.first?.id } == id)
+        #expect(handled.withLockedValue { $0.first?.deliveryCount } == 2)
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        second.stop()
+        try await secondTask.value
+        await client.shutdown()
+    }
+
+    @Test func survivesARedisRestartAndRecreatesTheGroup() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let bodies = NIOLockedValueBox<[String]>([])
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(), logger: quietLogger)
+        let task = start(consumer) { message in bodies.withLockedValue { $0.append(message.bodyString) } }
+        try #require(try await waitUntilReading(consumer, client))
+        try await addGatewayEntry(client, body: "before")
+        #expect(try await eventually { bodies.withLockedValue { $0 } == ["before"] })
+
+        server.kill()  // the stream and the group are gone with it
+        try await server.launch()
+        #expect(try await eventually { consumer.statistics.connects >= 2 })
+        #expect(try await eventually { (try? await pendingCount(client)) != nil })  // group re-created
+        try await addGatewayEntry(client, body: "after")
+        #expect(try await eventually { bodies.withLockedValue { $0 } == ["before", "after"] })
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
+    @Test func cancellingFinishesTheInFlightHandlerAndAcks() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(), logger: quietLogger)
+        let started = NIOLockedValueBox(false)
+        let finished = NIOLockedValueBox(false)
+        let task = start(consumer) { _ in
+            started.withLockedValue { $0 = true }
+            try await Task.sleep(for: .milliseconds(400))  // would throw if the cancellation reached it
+            finished.withLockedValue { $0 = true }
+        }
+        try #require(try await waitUntilReading(consumer, client))
+        try await addGatewayEntry(client, body: "slow")
+        #expect(try await eventually { started.withLockedValue { $0 } })
+        task.cancel()
+        try await task.value
+        #expect(finished.withLockedValue { $0 })
+        #expect(consumer.statistics.processed == 1)
+        #expect(try await pendingCount(client) == 0)
+        #expect(!consumer.isRunning)
+
+        // An idle consumer stops promptly although its blocking read waits 5 s.
+        var configuration = testConfiguration(name: "idle")
+        configuration.blockTime = .seconds(5)
+        let idle = StreamConsumer(client: client, configuration: configuration, logger: quietLogger)
+        let idleTask = start(idle) { _ in }
+        try #require(try await waitUntilReading(idle, client))
+        try await Task.sleep(for: .milliseconds(100))
+        let clock = ContinuousClock()
+        let stopStart = clock.now
+        idle.stop()
+        try await idleTask.value
+        #expect(clock.now - stopStart < .seconds(2))
+        await client.shutdown()
+    }
+}
