@@ -45,6 +45,8 @@ class Cluster:
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"sb-{name}-"))
         ARTIFACTS.mkdir(exist_ok=True)
+        for old in ARTIFACTS.glob(f"{name}-*.log"):  # logs of an earlier run of this test
+            old.unlink()
         self.procs: dict[str, subprocess.Popen] = {}
         self.redis_port = free_port()
         self.gw_ports = [free_port() for _ in range(gateways)]
