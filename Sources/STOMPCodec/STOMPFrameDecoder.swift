@@ -88,8 +88,11 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
         let result: Result<Int?, STOMPDecodingError> = buffer.withUnsafeReadableBytes { bytes in
             while true {
                 guard let nl = bytes[lineStart...].firstIndex(of: UInt8(ascii: "\n")) else {
-                    if bytes.count - lineStart > limits.maxHeaderLineBytes { return .failure(.headerLineTooLong(limit: limits.maxHeaderLineBytes)) }
-                    if bytes.count > limits.maxFrameBytes { return .failure(.frameTooLarge(limit: limits.maxFrameBytes)) }
+                    // A trailing CR may be the first half of a CRLF: it does not count yet,
+                    // so the verdict does not depend on where the input was split.
+                    let pendingCR = bytes.count > lineStart && bytes[bytes.count - 1] == UInt8(ascii: "\r") ? 1 : 0
+                    if bytes.count - pendingCR - lineStart > limits.maxHeaderLineBytes { return .failure(.headerLineTooLong(limit: limits.maxHeaderLineBytes)) }
+                    if bytes.count - pendingCR > limits.maxFrameBytes { return .failure(.frameTooLarge(limit: limits.maxFrameBytes)) }
                     return .success(nil)
                 }
                 var lineEnd = nl

@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Synchronization
 
@@ -41,6 +42,31 @@ public final class GatewayStats: Sendable {
     public init() {}
 }
 
+/// Sessions per user on this instance, to enforce ``SessionConfiguration/maxSessionsPerUser``.
+public final class UserSessionCounter: Sendable {
+    private let counts = NIOLockedValueBox<[String: Int]>([:])
+    public init() {}
+
+    /// Counts one more session of `user`; false (and nothing counted) if it has `limit` already.
+    public func add(_ user: String, limit: Int) -> Bool {
+        counts.withLockedValue { c in
+            let n = c[user, default: 0]
+            guard n < limit else { return false }
+            c[user] = n + 1
+            return true
+        }
+    }
+
+    public func remove(_ user: String) {
+        counts.withLockedValue { c in
+            let n = c[user, default: 0] - 1
+            c[user] = n > 0 ? n : nil
+        }
+    }
+
+    public func count(_ user: String) -> Int { counts.withLockedValue { $0[user, default: 0] } }
+}
+
 /// Everything a session needs from the gateway, shared by all sessions.
 public final class GatewayServices: Sendable {
     public let configuration: SessionConfiguration
@@ -51,6 +77,7 @@ public final class GatewayServices: Sendable {
     public let messageIDs: MessageIDGenerator
     public let sessionIDs: MessageIDGenerator
     public let stats = GatewayStats()
+    public let userSessions = UserSessionCounter()
     public let logger: Logger
 
     /// Sums the counters of every event loop.

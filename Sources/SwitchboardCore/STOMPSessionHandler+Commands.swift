@@ -47,6 +47,45 @@ extension STOMPSessionHandler {
             }
             clientBeat = parsed
         }
+        guard let authenticator = config.authenticator else {
+            completeConnect(frame, negotiated, clientBeat, identity: nil)
+            return
+        }
+        guard let token = presentedToken(frame) else {
+            if config.allowAnonymous {
+                completeConnect(frame, negotiated, clientBeat, identity: nil)
+            } else {
+                fail("authentication failed: no token (send 'Authorization: Bearer <jwt>' or passcode in CONNECT, or access_token at the handshake)",
+                     frame: frame, kind: .auth)
+            }
+            return
+        }
+        awaitStep(authenticator.authenticate(token: token, on: shard.eventLoop), for: frame, kind: .auth,
+                  describe: { "authentication failed: \($0)" },
+                  onSuccess: { identity in self.completeConnect(frame, negotiated, clientBeat, identity: identity) })
+    }
+
+    /// The credential: CONNECT's `Authorization: Bearer`, then `passcode`, then the handshake's.
+    func presentedToken(_ frame: STOMPFrame) -> String? {
+        if let auth = frame.headers["Authorization"] ?? frame.headers["authorization"] {
+            let prefix = "Bearer "
+            if auth.hasPrefix(prefix) { return String(auth.dropFirst(prefix.count)) }
+            if auth.lowercased().hasPrefix("bearer ") { return String(auth.dropFirst(prefix.count)) }
+        }
+        if let passcode = frame.headers["passcode"], !passcode.isEmpty { return passcode }
+        return handshake.token
+    }
+
+    func completeConnect(_ frame: STOMPFrame, _ negotiated: STOMPVersion, _ clientBeat: STOMPHeartBeat, identity: SessionIdentity?) {
+        if let identity {
+            guard services.userSessions.add(identity.user, limit: config.maxSessionsPerUser) else {
+                fail("too many sessions for user \(identity.user) (limit \(config.maxSessionsPerUser))", frame: frame, kind: .limit)
+                return
+            }
+            self.identity = identity
+            self.user = identity.user
+            logger[metadataKey: "user"] = "\(identity.user)"
+        }
         version = negotiated
         escape = negotiated.escapesHeaders
         escapeCR = negotiated == .v1_2
@@ -54,6 +93,7 @@ extension STOMPSessionHandler {
         let (sendMs, expectMs) = STOMPHeartBeat.negotiate(client: clientBeat, server: config.heartBeat)
         sendEveryTicks = sendMs > 0 ? ticks(Int64(sendMs), roundUp: false) : 0
         expectWithinTicks = expectMs > 0 ? ticks(Int64(Double(expectMs) * config.heartBeatTolerance), roundUp: true) + 1 : 0
+        lastReadTick = shard.tick
         state = .connected
         services.stats.sessionsConnected.add(1)
         services.stats.sessionsByVersion[negotiated.ordinal].add(1)
@@ -66,7 +106,7 @@ extension STOMPSessionHandler {
         ]
         if let user { headers.add("user-name", user) }
         send(STOMPFrame(.connected, headers: headers))
-        sendReceipt(for: frame)
+        if identity == nil || config.authenticator == nil { sendReceipt(for: frame) }  // else awaitStep sends it
         logger.debug("session connected", metadata: ["heart-beat.out": "\(sendMs)", "heart-beat.in": "\(expectMs)"])
     }
 
@@ -84,7 +124,8 @@ extension STOMPSessionHandler {
         } else {
             fail("SUBSCRIBE requires an id header in STOMP \(version.rawValue)", frame: frame); return
         }
-        guard config.isBrokerDestination(destination) else {
+        let isUser = config.isUserDestination(destination)
+        guard isUser || config.isBrokerDestination(destination) else {
             if config.isApplicationDestination(destination) {
                 fail("cannot SUBSCRIBE to application destination \(destination)", frame: frame)
             } else {
@@ -92,8 +133,13 @@ extension STOMPSessionHandler {
             }
             return
         }
+        if let policy = config.accessPolicy, !policy.maySubscribe(destination, identity: identity) {
+            fail("permission denied: SUBSCRIBE to \(destination)", frame: frame, kind: .auth); return
+        }
+        // /user/queue/x always means this session's own user.
+        let routed = isUser ? UserDestinations.routing(user: user ?? UserDestinations.anonymousUser(session: sessionID), clientDestination: destination)! : destination
         let pattern: DestinationPattern
-        do { pattern = try DestinationPattern(destination) } catch {
+        do { pattern = try DestinationPattern(routed) } catch {
             fail(error.description, frame: frame); return
         }
         let ackMode: AckMode
@@ -115,7 +161,7 @@ extension STOMPSessionHandler {
         shard.add(sub)
         services.stats.subscriptions.add(1)
         if let ready = services.engine.subscriptionReady(pattern, on: shard.eventLoop) {
-            awaitStep(ready, for: frame, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }, onSuccess: { _ in })
+            awaitStep(ready, for: frame, kind: .route, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }, onSuccess: { _ in })
         } else {
             sendReceipt(for: frame)
         }
@@ -217,21 +263,23 @@ extension STOMPSessionHandler {
     /// Runs `future`; frames arriving meanwhile queue and socket reads pause. On success
     /// `onSuccess` runs (then the frame's receipt is sent); on failure the session fails
     /// with `describe(error)`.
-    func awaitStep<T: Sendable>(_ future: EventLoopFuture<T>, for frame: STOMPFrame, describe: @escaping (any Error) -> String, onSuccess: @escaping (T) -> Void) {
+    func awaitStep<T: Sendable>(_ future: EventLoopFuture<T>, for frame: STOMPFrame, kind: SessionErrorKind = .route,
+                                describe: @escaping (any Error) -> String, onSuccess: @escaping (T) -> Void) {
         inFlight = true
         flushIfNeeded()
         let loop = shard.eventLoop
-        let bound = NIOLoopBound((handler: self, describe: describe, onSuccess: onSuccess), eventLoop: loop)
+        let bound = NIOLoopBound((handler: self, describe: describe, onSuccess: onSuccess, kind: kind), eventLoop: loop)
         future.hop(to: loop).whenComplete { result in
-            let (handler, describe, onSuccess) = bound.value
+            let (handler, describe, onSuccess, kind) = bound.value
             guard handler.state != .closing else { return }
             handler.inFlight = false
             switch result {
             case .success(let value):
                 onSuccess(value)
+                guard handler.state != .closing else { return }
                 handler.sendReceipt(for: frame)
             case .failure(let error):
-                handler.fail(describe(error), frame: frame, kind: .route)
+                handler.fail(describe(error), frame: frame, kind: kind)
                 return
             }
             handler.drainQueue()

@@ -11,6 +11,9 @@ extension STOMPSessionHandler {
         guard let destination = frame.headers["destination"] else {
             fail("SEND requires a destination header", frame: frame); return
         }
+        if let policy = config.accessPolicy, !policy.maySend(destination, identity: identity) {
+            fail("permission denied: SEND to \(destination)", frame: frame, kind: .auth); return
+        }
         if let tx = frame.headers["transaction"] {
             if appendToTransaction(tx, frame) { sendReceipt(for: frame) }
             return
@@ -84,7 +87,11 @@ extension STOMPSessionHandler {
 
     public func deliverToOwnSubscriptions(_ message: PublishedMessage) {
         var delivered = false
-        for sub in subscriptions.values where sub.pattern.matches(message.destination) {
+        // A reply to this session may name its user destination as the client knows it.
+        let routed = config.isUserDestination(message.destination)
+            ? UserDestinations.routing(user: user ?? UserDestinations.anonymousUser(session: sessionID), clientDestination: message.destination)!
+            : message.destination
+        for sub in subscriptions.values where sub.pattern.matches(routed) {
             deliver(message, to: sub)
             delivered = true
         }

@@ -12,6 +12,19 @@ import STOMPCodec
 /// Frames are handled in order. While an asynchronous step runs (an `/app` route call, a
 /// publish the engine has not confirmed), later frames queue and reading from the socket
 /// pauses, so receipts come back in frame order and a fast client cannot flood memory.
+/// What the WebSocket upgrade request told about a connection.
+public struct HandshakeInfo: Sendable {
+    /// A token from the `access_token` query parameter or cookie.
+    public var token: String?
+    public var remoteAddress: String?
+    public var origin: String?
+    public init(token: String? = nil, remoteAddress: String? = nil, origin: String? = nil) {
+        self.token = token
+        self.remoteAddress = remoteAddress
+        self.origin = origin
+    }
+}
+
 public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, HeartbeatClient, SessionDeliveryTarget {
     public typealias InboundIn = STOMPFrame
     public typealias OutboundIn = WebSocketFrame
@@ -37,6 +50,9 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     var escapeCR = true
     /// The authenticated user, when there is one.
     public internal(set) var user: String?
+    public internal(set) var identity: SessionIdentity?
+    /// What the WebSocket handshake carried.
+    let handshake: HandshakeInfo
 
     var subscriptions: [String: LocalSubscription] = [:]
     var transactions: [String: [STOMPFrame]] = [:]
@@ -54,9 +70,11 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     var queued = CircularBuffer<STOMPFrame>()
     var readPending = false
     var wroteSinceFlush = false
+    var frameBucket: TokenBucket?
 
-    public init(services: GatewayServices) {
+    public init(services: GatewayServices, handshake: HandshakeInfo = HandshakeInfo()) {
         self.services = services
+        self.handshake = handshake
         self.sessionID = services.sessionIDs.next()
         var logger = services.logger
         logger[metadataKey: "session"] = "\(sessionID)"
@@ -72,6 +90,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         lastReadTick = shard.tick
         lastWriteTick = shard.tick
         shard.addHeartbeatClient(self)
+        if config.maxFramesPerSecond > 0 { frameBucket = TokenBucket(rate: config.maxFramesPerSecond, burst: 2 * config.maxFramesPerSecond) }
         shard.registerSession(self)
         services.stats.connectionsOpen.add(1)
         services.stats.connectionsTotal.add(1)
@@ -96,6 +115,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         guard !cleanedUp else { return }
         cleanedUp = true
         if state == .connected { sessionEnded() }
+        if let identity { services.userSessions.remove(identity.user) }
         state = .closing
         for sub in subscriptions.values { shard.remove(sub) }
         services.stats.subscriptions.subtract(subscriptions.count)
@@ -112,6 +132,10 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         lastReadTick = shard.tick
+        if frameBucket != nil, !frameBucket!.take(1), state != .closing {
+            fail("rate limit exceeded: more than \(config.maxFramesPerSecond) frames per second", kind: .limit)
+            return
+        }
         shard.counters.framesIn[frame.command.ordinal] &+= 1
         guard state != .closing else { return }
         if inFlight {
@@ -141,9 +165,12 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let decoding = error as? STOMPDecodingError {
             switch decoding {
-            case .frameTooLarge, .tooManyHeaders, .headerLineTooLong: fail(decoding.description, kind: .limit)
+            case .frameTooLarge: fail(decoding.description, kind: .limit, closeCode: .messageTooLarge)
+            case .tooManyHeaders, .headerLineTooLong: fail(decoding.description, kind: .limit, closeCode: .policyViolation)
             default: fail(decoding.description)
             }
+        } else if let limited = error as? RateLimitExceeded {
+            fail(limited.description, kind: .limit)
         } else if let ws = error as? NIOWebSocketError {
             switch ws {
             case .invalidFrameLength:
@@ -223,10 +250,14 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         switch state {
         case .awaitingConnect:
             let limit = ticks(config.connectTimeout.nanoseconds / 1_000_000, roundUp: true)
-            if tick - openedTick > limit {
+            if tick - openedTick > limit && !inFlight {
                 fail("no CONNECT frame within \(config.connectTimeout.nanoseconds / 1_000_000) ms", kind: .limit)
             }
         case .connected:
+            if let expiry = identity?.expiresAt, NIODeadline.now() >= expiry {
+                fail("authentication expired: the token's exp has passed", kind: .auth)
+                return
+            }
             if expectWithinTicks > 0 && !inFlight && tick - lastReadTick > expectWithinTicks {
                 logger.info("heart-beat timeout: closing")
                 fail("heart-beat timeout: nothing received from the client in time", kind: .heartBeatTimeout)

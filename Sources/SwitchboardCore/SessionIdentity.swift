@@ -39,12 +39,16 @@ public protocol AccessPolicy: Sendable {
 /// User destinations, following Spring's convention.
 ///
 /// A client subscribes to `/user/queue/<name>`; a backend addresses user `U` at
-/// `/queue/<name>`. Internally both become the routing destination `/user/<U>/queue/<name>`
+/// `/queue/<name>`. Internally both become the routing destination `/~user/<U>/queue/<name>`
 /// (with `/`, `.`, `*` and `%` in `U` percent-encoded), which is an ordinary broker
-/// destination: exact subscriptions, interest-based Redis channels. The `MESSAGE` a client
-/// gets carries the destination it subscribed to, `/user/queue/<name>`.
+/// destination: exact subscriptions, interest-based Redis channels
+/// (`switchboard:dest:/~user/alice/queue/news`). The `MESSAGE` a client gets carries the
+/// destination it subscribed to, `/user/queue/<name>`.
 public enum UserDestinations {
+    /// What clients subscribe to.
     public static let prefix = "/user/"
+    /// What messages route by internally (never seen by clients).
+    public static let routingPrefix = "/~user/"
 
     /// Percent-encodes the characters that would split or widen a destination.
     public static func escapeUser(_ user: String) -> String {
@@ -61,9 +65,9 @@ public enum UserDestinations {
         return out
     }
 
-    /// `/user/<U>/queue/x` for user `U` and destination `/queue/x`.
+    /// `/~user/<U>/queue/x` for user `U` and destination `/queue/x`.
     public static func routing(user: String, destination: String) -> String {
-        prefix + escapeUser(user) + destination
+        routingPrefix + escapeUser(user) + destination
     }
 
     /// The routing form of a client's `/user/queue/x` for `user`.
@@ -72,10 +76,10 @@ public enum UserDestinations {
         return routing(user: user, destination: String(clientDestination.dropFirst(prefix.count - 1)))
     }
 
-    /// `/user/queue/x` for a routing destination `/user/<U>/queue/x`; nil for others.
+    /// `/user/queue/x` for a routing destination `/~user/<U>/queue/x`; nil for others.
     public static func clientDestination(forRouting destination: String) -> String? {
-        guard destination.hasPrefix(prefix) else { return nil }
-        let rest = destination.dropFirst(prefix.count)
+        guard destination.hasPrefix(routingPrefix) else { return nil }
+        let rest = destination.dropFirst(routingPrefix.count)
         guard let slash = rest.firstIndex(of: "/") else { return nil }
         return "/user" + rest[slash...]
     }

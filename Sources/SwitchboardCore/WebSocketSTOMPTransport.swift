@@ -27,18 +27,47 @@ public final class WebSocketSTOMPTransport: ChannelDuplexHandler {
     private var cumulation: ByteBuffer?
     private var failed = false
     private var closeSent = false
+    private var inFragmentedMessage = false
 
-    public init(limits: STOMPDecoderLimits) {
+    private var byteBucket: TokenBucket?
+    private let bytesPerSecond: Int
+
+    /// - Parameter bytesPerSecond: sustained inbound payload rate (burst 2×); 0 disables it.
+    public init(limits: STOMPDecoderLimits, bytesPerSecond: Int = 0) {
         self.decoder = STOMPFrameDecoder(limits: limits, escapeHeaders: true)
+        self.bytesPerSecond = bytesPerSecond
+        if bytesPerSecond > 0 { byteBucket = TokenBucket(rate: bytesPerSecond, burst: 2 * bytesPerSecond) }
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         guard !failed else { return }
+        // RFC 6455 §5.1–5.5: client frames are masked; no extension is negotiated, so the
+        // reserved bits are 0; continuation frames continue a fragmented message.
+        guard frame.maskKey != nil else {
+            closeWithProtocolError(context: context, reason: "client frames must be masked")
+            return
+        }
+        guard !frame.rsv1, !frame.rsv2, !frame.rsv3 else {
+            closeWithProtocolError(context: context, reason: "reserved bits set without a negotiated extension")
+            return
+        }
         switch frame.opcode {
         case .text, .binary, .continuation:
-            guard frame.maskKey != nil else {
-                closeWithProtocolError(context: context, reason: "client frames must be masked")
+            if frame.opcode == .continuation {
+                guard inFragmentedMessage else {
+                    closeWithProtocolError(context: context, reason: "continuation frame without a message to continue")
+                    return
+                }
+            } else if inFragmentedMessage {
+                closeWithProtocolError(context: context, reason: "new message started inside a fragmented message")
+                return
+            }
+            inFragmentedMessage = !frame.fin
+            if byteBucket != nil, !byteBucket!.take(frame.length) {
+                failed = true
+                cumulation = nil
+                context.fireErrorCaught(RateLimitExceeded(description: "rate limit exceeded: more than \(bytesPerSecond) bytes per second"))
                 return
             }
             var payload = frame.unmaskedData
@@ -60,14 +89,42 @@ public final class WebSocketSTOMPTransport: ChannelDuplexHandler {
                 context.close(promise: nil)
                 return
             }
-            closeSent = true
             var data = frame.unmaskedData
-            let code = data.readSlice(length: min(2, data.readableBytes)) ?? ByteBuffer()
-            let reply = WebSocketFrame(fin: true, opcode: .connectionClose, data: code)
+            let code: UInt16?
+            switch data.readableBytes {
+            case 0: code = nil
+            case 1: closeWithProtocolError(context: context, reason: "close frame with a 1-byte payload"); return
+            default: code = data.readInteger(as: UInt16.self)
+            }
+            if let code, !Self.isValidCloseCode(code) {
+                closeWithProtocolError(context: context, reason: "invalid close code \(code)")
+                return
+            }
+            closeSent = true
+            var echo = context.channel.allocator.buffer(capacity: 2)
+            if let code { echo.writeInteger(code) }
+            let reply = WebSocketFrame(fin: true, opcode: .connectionClose, data: echo)
             context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
         default:
             closeWithProtocolError(context: context, reason: "unknown opcode")
         }
+    }
+
+    /// Close codes a peer may send (RFC 6455 §7.4).
+    static func isValidCloseCode(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1011, 3000...4999: return true
+        default: return false
+        }
+    }
+
+    /// A peer that half-closes (TCP FIN without a close frame) is gone: close our side too.
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func decodeFrames(context: ChannelHandlerContext) {

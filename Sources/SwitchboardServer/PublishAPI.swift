@@ -4,6 +4,7 @@ import NIOCore
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardAPIModel
+import SwitchboardAuth
 import SwitchboardRedis
 import RedisClient
 
@@ -14,10 +15,17 @@ struct PublishAPI: Sendable {
     let maxBodyBytes: Int
     let eventLoopGroup: any EventLoopGroup
     let admission: ConnectionAdmission
+    let apiKeys: APIKeyStore
 
     func register(on router: Router<BasicRequestContext>) {
         router.post("/api/notification") { request, context in
-            try await self.publish(request, context: context)
+            try await self.publish(request, context: context, toUser: nil)
+        }
+        router.post("/api/users/:user/notification") { request, context in
+            guard let user = context.parameters.get("user"), !user.isEmpty else {
+                throw APIError(status: .badRequest, message: "missing user in path", field: "user")
+            }
+            return try await self.publish(request, context: context, toUser: user)
         }
         router.get("/health") { _, _ in
             self.health()
@@ -48,7 +56,19 @@ struct PublishAPI: Sendable {
         return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
-    func publish(_ request: Request, context: BasicRequestContext) async throws -> Response {
+    /// The API key of the request; 401 when keys are configured and none matches.
+    func authenticate(_ request: Request) throws -> APIKeyStore.Key? {
+        guard !apiKeys.isEmpty else { return nil }
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer "),
+              let key = apiKeys.key(for: String(header.dropFirst("Bearer ".count))) else {
+            throw APIError(status: .unauthorized, message: "missing or invalid API key: send 'Authorization: Bearer <key>'", field: "Authorization")
+        }
+        return key
+    }
+
+    /// Publishes a notification to a topic, or to user `toUser` at a user destination (`/queue/…`).
+    func publish(_ request: Request, context: BasicRequestContext, toUser: String?) async throws -> Response {
+        let key = try authenticate(request)
         let bytes: ByteBuffer
         do {
             bytes = try await request.body.collect(upTo: maxBodyBytes)
@@ -59,19 +79,29 @@ struct PublishAPI: Sendable {
         do {
             let config = services.configuration
             parsed = try NotificationRequest.parse(bytes) { topic in
-                config.isBrokerDestination(topic) ? nil : "must start with \(config.brokerPrefixes.joined(separator: " or "))"
+                if toUser != nil {
+                    return config.userPrefix != nil && config.userDestinationPrefixes.contains(where: topic.hasPrefix)
+                        ? nil : "must start with \(config.userDestinationPrefixes.joined(separator: " or ")) for a user destination"
+                }
+                return config.isBrokerDestination(topic) ? nil : "must start with \(config.brokerPrefixes.joined(separator: " or "))"
             }
         } catch {
             throw APIError(status: .init(code: error.status), message: error.message, field: error.field)
         }
-        let message = PublishedMessage(destination: parsed.topic, messageID: services.messageIDs.next(), headers: parsed.headers, body: parsed.body)
+        if let key, !APIKeyStore.allows(key, parsed.topic) {
+            throw APIError(status: .forbidden, message: "API key '\(key.name)' may not publish to \(parsed.topic)", field: "topic")
+        }
+        let destination = toUser.map { UserDestinations.routing(user: $0, destination: parsed.topic) } ?? parsed.topic
+        let message = PublishedMessage(destination: destination, messageID: services.messageIDs.next(), headers: parsed.headers, body: parsed.body)
         let loop = eventLoopGroup.any()
         do {
             try await services.engine.publish(message, on: loop).get()
         } catch {
             throw APIError(status: .serviceUnavailable, message: "publish failed: \(error)", field: nil)
         }
-        return Self.json(["id": message.messageID, "topic": parsed.topic])
+        var answer: [String: Any] = ["id": message.messageID, "topic": parsed.topic]
+        if let toUser { answer["user"] = toUser }
+        return Self.json(answer)
     }
 
     /// Ready: accepting sessions (not draining) and, in Redis mode, both Redis connections up.

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardAuth
 
 /// One `/app` route from configuration.
 public struct RouteConfiguration: Sendable, Equatable {
@@ -59,7 +60,24 @@ public struct SwitchboardConfiguration: Sendable {
     public var backlog = 4096
     public var shutdownGraceMs = 5_000
     public var logLevel: Logger.Level = .info
+    /// JWT verification keys; none configured means no authentication.
+    public var jwt = JWTKeySettings()
+    /// Whether sessions without a token are accepted; default: yes without JWT keys, no with.
+    public var allowAnonymous: Bool?
+    /// Cookie holding a token at the handshake (the `access_token` query parameter works too).
+    public var handshakeCookie = "access_token"
+    public var subscribeRules: [String] = []
+    public var sendRules: [String] = []
+    public var apiKeys: [APIKeyStore.Key] = []
+    /// Origins allowed to open WebSocket sessions and call the API from a browser; empty: any.
+    public var allowedOrigins: [String] = []
+    public var maxConnections = 100_000
+    public var maxConnectionsPerIP = 10_000
     public var consoleEnabled = true
+    /// A connection must complete its first HTTP request (upgrade or API call) in time.
+    public var handshakeTimeoutMs = 10_000
+    /// Idle keep-alive HTTP connections are closed after this.
+    public var httpIdleTimeoutMs = 60_000
     public var consolePath = "/console"
 
     public init() {}
@@ -77,6 +95,9 @@ public struct SwitchboardConfiguration: Sendable {
         guard (0...65535).contains(port) else { throw Invalid(description: "http.port must be 0…65535, got \(port)") }
         apiMaxBodyBytes = reader.int(forKey: "http.max-body-bytes", default: apiMaxBodyBytes)
         backlog = reader.int(forKey: "http.backlog", default: backlog)
+        handshakeTimeoutMs = reader.int(forKey: "http.handshake-timeout-ms", default: handshakeTimeoutMs)
+        httpIdleTimeoutMs = reader.int(forKey: "http.idle-timeout-ms", default: httpIdleTimeoutMs)
+        guard handshakeTimeoutMs > 0, httpIdleTimeoutMs > 0 else { throw Invalid(description: "http.handshake-timeout-ms and http.idle-timeout-ms must be > 0") }
         stompPath = reader.string(forKey: "stomp.path", default: stompPath)
         guard stompPath.hasPrefix("/") else { throw Invalid(description: "stomp.path must start with '/', got '\(stompPath)'") }
         instanceID = reader.string(forKey: "instance.id")
@@ -158,6 +179,44 @@ public struct SwitchboardConfiguration: Sendable {
             routes.append(route)
         }
         try readRedis(reader)
+        try readSecurity(reader)
+    }
+
+    mutating func readSecurity(_ reader: ConfigReader) throws {
+        jwt.hmacSecret = reader.string(forKey: "auth.jwt.hmac-secret", isSecret: true)
+        jwt.publicKeyFiles = reader.stringArray(forKey: "auth.jwt.public-key-files", default: [])
+        jwt.jwksFile = reader.string(forKey: "auth.jwt.jwks-file")
+        jwt.keptClaims = reader.stringArray(forKey: "auth.jwt.claims", default: [])
+        jwt.audience = reader.string(forKey: "auth.jwt.audience")
+        jwt.issuer = reader.string(forKey: "auth.jwt.issuer")
+        jwt.leewaySeconds = reader.int(forKey: "auth.jwt.leeway-seconds", default: jwt.leewaySeconds)
+        if let allow = reader.bool(forKey: "auth.allow-anonymous") { allowAnonymous = allow }
+        handshakeCookie = reader.string(forKey: "auth.handshake-cookie", default: handshakeCookie)
+        subscribeRules = reader.stringArray(forKey: "auth.rules.subscribe", default: [])
+        sendRules = reader.stringArray(forKey: "auth.rules.send", default: [])
+        do { _ = try AccessRules(subscribe: subscribeRules, send: sendRules) } catch {
+            throw Invalid(description: "auth.rules: \(error)")
+        }
+        for name in reader.stringArray(forKey: "auth.api-keys.names", default: []) {
+            let base = "auth.api-keys.\(name)"
+            guard let hash = reader.string(forKey: ConfigKey(base + ".sha256")), hash.count == 64, hash.allSatisfy(\.isHexDigit) else {
+                throw Invalid(description: "\(base).sha256 must be the 64-hex-digit SHA-256 of the key (see switchboard hash-key)")
+            }
+            let scopes = reader.stringArray(forKey: ConfigKey(base + ".scopes"), default: session.brokerPrefixes)
+            apiKeys.append(APIKeyStore.Key(name: name, sha256: hash, scopes: scopes))
+        }
+        allowedOrigins = reader.stringArray(forKey: "http.allowed-origins", default: [])
+        maxConnections = reader.int(forKey: "limits.max-connections", default: maxConnections)
+        maxConnectionsPerIP = reader.int(forKey: "limits.max-connections-per-ip", default: maxConnectionsPerIP)
+        session.maxSessionsPerUser = reader.int(forKey: "limits.max-sessions-per-user", default: session.maxSessionsPerUser)
+        session.maxFramesPerSecond = reader.int(forKey: "limits.frames-per-second", default: session.maxFramesPerSecond)
+        session.maxBytesPerSecond = reader.int(forKey: "limits.bytes-per-second", default: session.maxBytesPerSecond)
+        for (key, value) in [("limits.max-connections", maxConnections), ("limits.max-connections-per-ip", maxConnectionsPerIP),
+                             ("limits.max-sessions-per-user", session.maxSessionsPerUser)] where value < 1 {
+            throw Invalid(description: "\(key) must be ≥ 1, got \(value)")
+        }
+        if !reader.bool(forKey: "destinations.user-destinations", default: true) { session.userPrefix = nil }
+        session.userDestinationPrefixes = reader.stringArray(forKey: "destinations.user-destination-prefixes", default: session.userDestinationPrefixes)
     }
 
     mutating func readRedis(_ reader: ConfigReader) throws {

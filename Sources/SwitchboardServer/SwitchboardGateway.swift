@@ -9,6 +9,7 @@ import SwitchboardCore
 import SwitchboardRedis
 import SwitchboardRoutes
 import Prometheus
+import SwitchboardAuth
 
 /// A gateway instance: the HTTP API and the STOMP endpoint on one port, the fan-out hub,
 /// the broker engine and the `/app` routes.
@@ -17,6 +18,7 @@ public struct SwitchboardGateway: Sendable {
     public let services: GatewayServices
     let group: MultiThreadedEventLoopGroup
     let admission = ConnectionAdmission()
+    let pending = PendingHandshakes()
     let logger: Logger
     /// Set in Redis mode.
     let redis: RedisParts?
@@ -32,7 +34,22 @@ public struct SwitchboardGateway: Sendable {
     /// on the same registry so swift-metrics histograms (Redis latency, HTTP requests) show too.
     let metricsRegistry: PrometheusCollectorRegistry
 
-    public init(configuration: SwitchboardConfiguration, logger: Logger, metricsRegistry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) throws {
+    let limiter: ConnectionLimiter
+    let apiKeys: APIKeyStore
+
+    public init(configuration: SwitchboardConfiguration, logger: Logger, metricsRegistry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) async throws {
+        var configuration = configuration
+        if !configuration.jwt.isEmpty {
+            configuration.session.authenticator = try await JWTAuthenticator(settings: configuration.jwt)
+            configuration.session.allowAnonymous = configuration.allowAnonymous ?? false
+        } else {
+            configuration.session.allowAnonymous = configuration.allowAnonymous ?? true
+        }
+        if !configuration.subscribeRules.isEmpty || !configuration.sendRules.isEmpty {
+            configuration.session.accessPolicy = try AccessRules(subscribe: configuration.subscribeRules, send: configuration.sendRules)
+        }
+        self.limiter = ConnectionLimiter(maxTotal: configuration.maxConnections, maxPerAddress: configuration.maxConnectionsPerIP)
+        self.apiKeys = APIKeyStore(keys: configuration.apiKeys)
         self.metricsRegistry = metricsRegistry
         self.configuration = configuration
         self.logger = logger
@@ -98,8 +115,10 @@ public struct SwitchboardGateway: Sendable {
     func makeApplication(onServerRunning: @escaping @Sendable (any Channel) async -> Void) -> some ApplicationProtocol {
         let router = Router()
         router.add(middleware: MetricsMiddleware())
+        router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.allowedOrigins))
         MetricsEndpoint(registry: metricsRegistry, services: services).register(on: router)
-        PublishAPI(services: services, maxBodyBytes: configuration.apiMaxBodyBytes, eventLoopGroup: group, admission: admission).register(on: router)
+        PublishAPI(services: services, maxBodyBytes: configuration.apiMaxBodyBytes, eventLoopGroup: group, admission: admission, apiKeys: apiKeys)
+            .register(on: router)
         if configuration.consoleEnabled {
             ConsoleRoutes(path: configuration.consolePath).register(on: router)
         }
@@ -107,8 +126,16 @@ public struct SwitchboardGateway: Sendable {
         let path = configuration.stompPath
         let admission = self.admission
         let wsMax = configuration.session.decoderLimits.maxFrameBytes + 1024
+        let limiter = self.limiter
+        let origins = configuration.allowedOrigins
+        let cookie = configuration.handshakeCookie
+        let pending = self.pending
+        let handshakeTimeout = TimeAmount.milliseconds(Int64(configuration.handshakeTimeoutMs))
+        let idleTimeout = TimeAmount.milliseconds(Int64(configuration.httpIdleTimeoutMs))
         let server = HTTPServerBuilder { responder in
-            STOMPUpgradeChannel(responder: responder, services: services, stompPath: path, maxWebSocketFrameBytes: wsMax, admission: admission)
+            STOMPUpgradeChannel(responder: responder, services: services, stompPath: path, maxWebSocketFrameBytes: wsMax, admission: admission,
+                                limiter: limiter, allowedOrigins: origins, handshakeCookie: cookie, handshakeTimeout: handshakeTimeout,
+                                httpIdleTimeout: idleTimeout, pending: pending)
         }
         return Application(
             router: router,
@@ -135,7 +162,7 @@ public struct SwitchboardGateway: Sendable {
                 "instance": "\(services.instanceID)",
             ])
         }
-        let drain = DrainService(services: services, admission: admission, grace: .milliseconds(Int64(configuration.shutdownGraceMs)), logger: logger)
+        let drain = DrainService(services: services, admission: admission, pending: pending, grace: .milliseconds(Int64(configuration.shutdownGraceMs)), logger: logger)
         var list: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let redis {
             list.append(.init(service: RedisService(parts: redis, services: services, logger: logger)))
@@ -153,12 +180,14 @@ public struct SwitchboardGateway: Sendable {
 struct DrainService: Service {
     let services: GatewayServices
     let admission: ConnectionAdmission
+    let pending: PendingHandshakes
     let grace: TimeAmount
     let logger: Logger
 
     func run() async throws {
         try? await gracefulShutdown()
         admission.stopAdmitting()
+        pending.closeAll()
         let open = services.stats.connectionsOpen.load()
         logger.notice("shutting down: closing sessions", metadata: ["sessions": "\(open)"])
         for shard in services.hub.shards { shard.closeAll(reason: "server shutting down, reconnect") }

@@ -80,7 +80,7 @@ struct SwitchboardCommand: AsyncParsableCommand {
         let logger = Logger(label: "switchboard")
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let gateway = try SwitchboardGateway(configuration: settings, logger: logger, metricsRegistry: registry)
+        let gateway = try await SwitchboardGateway(configuration: settings, logger: logger, metricsRegistry: registry)
         try await gateway.run()
     }
 

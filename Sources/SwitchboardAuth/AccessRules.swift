@@ -1,0 +1,104 @@
+import SwitchboardCore
+
+/// Configured authorization: which destinations a session may SUBSCRIBE and SEND to.
+///
+/// A rule is a destination pattern (`*`, `**` as in subscriptions) with placeholders taken
+/// from the session's identity — `{sub}` is the user, `{claim}` any kept claim — optionally
+/// followed by ` if <claim>=<value>[,<value>…]` requiring one of those values in a claim,
+/// e.g. `/topic/admin.** if roles=admin`. When a list has rules, everything it does not
+/// allow is denied; an empty list allows everything. A placeholder whose value is missing,
+/// or contains `/`, `.` or `*`, makes its rule match nothing (no injection of wildcards).
+public struct AccessRules: AccessPolicy {
+    public struct Rule: Sendable, Equatable {
+        public var pattern: String
+        public var requiredClaim: (name: String, values: [String])?
+
+        public static func == (a: Rule, b: Rule) -> Bool {
+            a.pattern == b.pattern && a.requiredClaim?.name == b.requiredClaim?.name && a.requiredClaim?.values == b.requiredClaim?.values
+        }
+
+        /// Parses `pattern [if claim=v1,v2]`.
+        public init(_ text: String) throws(RuleError) {
+            var pattern = Substring(text)
+            var required: (String, [String])?
+            if let range = text.range(of: " if ") {
+                pattern = text[..<range.lowerBound]
+                let condition = text[range.upperBound...]
+                guard let eq = condition.firstIndex(of: "=") else { throw RuleError(rule: text, reason: "expected 'if claim=value'") }
+                let name = String(condition[..<eq]).trimmingSpaces
+                let values = condition[condition.index(after: eq)...].split(separator: ",").map { String($0).trimmingSpaces }
+                guard !name.isEmpty, !values.isEmpty else { throw RuleError(rule: text, reason: "expected 'if claim=value'") }
+                required = (name, values)
+            }
+            self.pattern = String(pattern).trimmingSpaces
+            guard self.pattern.hasPrefix("/") else { throw RuleError(rule: text, reason: "a rule must start with '/'") }
+            self.requiredClaim = required.map { (name: $0.0, values: $0.1) }
+        }
+    }
+
+    public struct RuleError: Error, CustomStringConvertible {
+        public var rule: String
+        public var reason: String
+        public var description: String { "invalid access rule '\(rule)': \(reason)" }
+    }
+
+    public let subscribe: [Rule]
+    public let send: [Rule]
+
+    public init(subscribe: [String], send: [String]) throws(RuleError) {
+        var s: [Rule] = []
+        for text in subscribe { s.append(try Rule(text)) }
+        var t: [Rule] = []
+        for text in send { t.append(try Rule(text)) }
+        self.subscribe = s
+        self.send = t
+    }
+
+    public func maySubscribe(_ destination: String, identity: SessionIdentity?) -> Bool {
+        Self.allows(subscribe, destination, identity)
+    }
+
+    public func maySend(_ destination: String, identity: SessionIdentity?) -> Bool {
+        Self.allows(send, destination, identity)
+    }
+
+    static func allows(_ rules: [Rule], _ destination: String, _ identity: SessionIdentity?) -> Bool {
+        if rules.isEmpty { return true }
+        for rule in rules {
+            if let required = rule.requiredClaim {
+                let have = identity?.claims[required.name] ?? []
+                guard have.contains(where: required.values.contains) else { continue }
+            }
+            guard let expanded = expand(rule.pattern, identity), let pattern = try? DestinationPattern(expanded) else { continue }
+            if pattern.matches(destination) { return true }
+        }
+        return false
+    }
+
+    /// Replaces `{name}` placeholders; nil when one has no safe value.
+    static func expand(_ pattern: String, _ identity: SessionIdentity?) -> String? {
+        guard pattern.contains("{") else { return pattern }
+        var out = ""
+        var rest = Substring(pattern)
+        while let open = rest.firstIndex(of: "{") {
+            out += rest[..<open]
+            guard let close = rest[open...].firstIndex(of: "}") else { return nil }
+            let name = String(rest[rest.index(after: open)..<close])
+            let value: String?
+            if name == "sub" || name == "user" { value = identity?.user } else { value = identity?.claims[name]?.first }
+            guard let value, !value.isEmpty, !value.contains(where: { $0 == "/" || $0 == "." || $0 == "*" }) else { return nil }
+            out += value
+            rest = rest[rest.index(after: close)...]
+        }
+        return out + rest
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while s.first == " " { s = s.dropFirst() }
+        while s.last == " " { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,173 @@
+import Foundation
+import JWTKit
+import NIOCore
+import SwitchboardCore
+
+/// Where verification keys come from. Any combination; HS256 with a secret, RS256 or ES256
+/// with PEM public keys, or the keys of a JWKS document.
+public struct JWTKeySettings: Sendable, Equatable {
+    public var hmacSecret: String?
+    /// Files holding PEM public keys (RSA → RS256, EC P-256 → ES256) or certificates.
+    public var publicKeyFiles: [String] = []
+    public var jwksFile: String?
+    /// Claims copied onto the session (e.g. `roles`), for access rules and webhooks.
+    public var keptClaims: [String] = []
+    /// When set, the token's `aud` must contain it / `iss` must equal it.
+    public var audience: String?
+    public var issuer: String?
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    public var leewaySeconds: Int = 30
+
+    public init() {}
+
+    public var isEmpty: Bool { hmacSecret == nil && publicKeyFiles.isEmpty && jwksFile == nil }
+}
+
+/// A configuration problem with the keys, naming the file.
+public struct JWTKeyError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Verifies JWTs (HS256, RS256, ES256) presented on `CONNECT` with jwt-kit.
+///
+/// The `sub` claim is the user; `exp` closes the session when it passes; `nbf` must have
+/// passed. A rejected token gives the reason: "token expired", "token not yet valid",
+/// "invalid signature", "malformed token", "missing sub claim", …
+public final class JWTAuthenticator: SessionAuthenticator {
+    let keys: JWTKeyCollection
+    let settings: JWTKeySettings
+
+    public init(settings: JWTKeySettings) async throws {
+        self.settings = settings
+        let keys = JWTKeyCollection()
+        if let secret = settings.hmacSecret {
+            await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+        }
+        for path in settings.publicKeyFiles {
+            guard let pem = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw JWTKeyError(description: "cannot read public key file \(path)")
+            }
+            if let rsa = try? Insecure.RSA.PublicKey(pem: pem) {
+                await keys.add(rsa: rsa, digestAlgorithm: .sha256)
+            } else if let ec = try? ES256PublicKey(pem: pem) {
+                await keys.add(ecdsa: ec)
+            } else if let rsa = try? Insecure.RSA.PublicKey(certificatePEM: pem) {
+                await keys.add(rsa: rsa, digestAlgorithm: .sha256)
+            } else if let ec = try? ES256PublicKey(certificate: pem) {
+                await keys.add(ecdsa: ec)
+            } else {
+                throw JWTKeyError(description: "\(path) holds no RSA or P-256 public key in PEM form")
+            }
+        }
+        if let path = settings.jwksFile {
+            guard let json = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw JWTKeyError(description: "cannot read JWKS file \(path)")
+            }
+            do {
+                try await keys.add(jwksJSON: json)
+            } catch {
+                throw JWTKeyError(description: "JWKS file \(path) is invalid: \(error)")
+            }
+        }
+        self.keys = keys
+    }
+
+    public func authenticate(token: String, on eventLoop: any EventLoop) -> EventLoopFuture<SessionIdentity> {
+        let promise = eventLoop.makePromise(of: SessionIdentity.self)
+        promise.completeWithTask { try await self.verify(token) }
+        return promise.futureResult
+    }
+
+    /// Verifies `token` and returns who it names.
+    public func verify(_ token: String) async throws -> SessionIdentity {
+        let claims: StandardClaims
+        do {
+            claims = try await keys.verify(token, as: StandardClaims.self)
+        } catch let failure as AuthenticationFailure {
+            throw failure
+        } catch let error as JWTError {
+            switch error.errorType {
+            case .signatureVerificationFailed: throw AuthenticationFailure("invalid signature")
+            case .malformedToken: throw AuthenticationFailure("malformed token")
+            case .unknownKID, .missingKIDHeader, .noKeyProvided: throw AuthenticationFailure("no key for this token")
+            case .unsupportedAlgorithm: throw AuthenticationFailure("unsupported algorithm")
+            default: throw AuthenticationFailure(error.reason ?? "invalid token")
+            }
+        } catch {
+            throw AuthenticationFailure("malformed token")
+        }
+        let now = Date()
+        let leeway = TimeInterval(settings.leewaySeconds)
+        if let exp = claims.exp, exp.addingTimeInterval(leeway) <= now {
+            throw AuthenticationFailure("token expired")
+        }
+        if let nbf = claims.nbf, nbf.addingTimeInterval(-leeway) > now {
+            throw AuthenticationFailure("token not yet valid")
+        }
+        guard let sub = claims.sub, !sub.isEmpty else { throw AuthenticationFailure("missing sub claim") }
+        if let audience = settings.audience, !(claims.aud ?? []).contains(audience) {
+            throw AuthenticationFailure("token audience does not include \(audience)")
+        }
+        if let issuer = settings.issuer, claims.iss != issuer {
+            throw AuthenticationFailure("token issuer is not \(issuer)")
+        }
+        var kept: [String: [String]] = [:]
+        if !settings.keptClaims.isEmpty, let payload = Self.payloadObject(token) {
+            for name in settings.keptClaims {
+                switch payload[name] {
+                case let s as String: kept[name] = [s]
+                case let list as [Any]: kept[name] = list.compactMap { $0 as? String }
+                case let n as NSNumber: kept[name] = [n.stringValue]
+                default: break
+                }
+            }
+        }
+        let expiresAt = claims.exp.map { NIODeadline.now() + .milliseconds(Int64(max($0.timeIntervalSince(now), 0) * 1000)) }
+        return SessionIdentity(user: sub, claims: kept, expiresAt: expiresAt)
+    }
+
+    /// The token's payload as JSON (already verified by then).
+    static func payloadObject(_ token: String) -> [String: Any]? {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3 else { return nil }
+        var b64 = parts[1].replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while b64.count % 4 != 0 { b64 += "=" }
+        guard let data = Data(base64Encoded: b64) else { return nil }
+        return (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
+    }
+}
+
+/// The registered claims the gateway checks itself (so its errors can name the reason).
+struct StandardClaims: JWTPayload {
+    var sub: String?
+    var exp: Date?
+    var nbf: Date?
+    var iss: String?
+    var aud: [String]?
+
+    enum CodingKeys: String, CodingKey { case sub, exp, nbf, iss, aud }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        sub = try? c.decodeIfPresent(String.self, forKey: .sub)
+        exp = (try? c.decodeIfPresent(Double.self, forKey: .exp)).flatMap { $0.map { Date(timeIntervalSince1970: $0) } }
+        nbf = (try? c.decodeIfPresent(Double.self, forKey: .nbf)).flatMap { $0.map { Date(timeIntervalSince1970: $0) } }
+        iss = try? c.decodeIfPresent(String.self, forKey: .iss)
+        if let one = try? c.decodeIfPresent(String.self, forKey: .aud) {
+            aud = [one]
+        } else {
+            aud = try? c.decodeIfPresent([String].self, forKey: .aud)
+        }
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encodeIfPresent(sub, forKey: .sub)
+        try c.encodeIfPresent(exp?.timeIntervalSince1970, forKey: .exp)
+        try c.encodeIfPresent(nbf?.timeIntervalSince1970, forKey: .nbf)
+        try c.encodeIfPresent(iss, forKey: .iss)
+        try c.encodeIfPresent(aud, forKey: .aud)
+    }
+
+    func verify(using algorithm: some JWTAlgorithm) async throws {}
+}

@@ -1,0 +1,34 @@
+import Hummingbird
+
+/// CORS for the HTTP API: browsers on an allowed origin may call it (`http.allowed-origins`;
+/// empty or `*` allows any origin). Preflight `OPTIONS` requests are answered here.
+struct CORSAllowlistMiddleware<Context: RequestContext>: RouterMiddleware {
+    let allowedOrigins: [String]
+
+    func allows(_ origin: String) -> Bool {
+        allowedOrigins.isEmpty || allowedOrigins.contains("*") || allowedOrigins.contains(origin)
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let origin = request.headers[.origin] else { return try await next(request, context) }
+        guard allows(origin) else {
+            if request.method == .options {
+                return PublishAPI.json(["error": "origin \(origin) is not allowed", "field": "Origin"], status: .forbidden)
+            }
+            return try await next(request, context)  // no CORS headers: the browser blocks the response
+        }
+        if request.method == .options {
+            var response = Response(status: .noContent)
+            response.headers[.accessControlAllowOrigin] = origin
+            response.headers[.accessControlAllowMethods] = "GET, POST, OPTIONS"
+            response.headers[.accessControlAllowHeaders] = request.headers[.accessControlRequestHeaders] ?? "Content-Type, Authorization"
+            response.headers[.accessControlMaxAge] = "600"
+            response.headers[.vary] = "Origin"
+            return response
+        }
+        var response = try await next(request, context)
+        response.headers[.accessControlAllowOrigin] = origin
+        response.headers[.vary] = "Origin"
+        return response
+    }
+}

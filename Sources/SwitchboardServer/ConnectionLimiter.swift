@@ -1,0 +1,44 @@
+import NIOConcurrencyHelpers
+
+/// Counts WebSocket connections per instance and per client address, to refuse new ones
+/// over `limits.max-connections` / `limits.max-connections-per-ip` (HTTP 429).
+final class ConnectionLimiter: Sendable {
+    private struct State {
+        var total = 0
+        var perAddress: [String: Int] = [:]
+    }
+    private let state = NIOLockedValueBox(State())
+    let maxTotal: Int
+    let maxPerAddress: Int
+
+    init(maxTotal: Int, maxPerAddress: Int) {
+        self.maxTotal = maxTotal
+        self.maxPerAddress = maxPerAddress
+    }
+
+    /// Why `address` may not open another connection now, or nil.
+    func refusal(for address: String) -> String? {
+        state.withLockedValue { s in
+            if s.total >= maxTotal { return "too many connections on this instance (limit \(maxTotal))" }
+            if s.perAddress[address, default: 0] >= maxPerAddress {
+                return "too many connections from \(address) (limit \(maxPerAddress))"
+            }
+            return nil
+        }
+    }
+
+    func add(_ address: String) {
+        state.withLockedValue { s in
+            s.total += 1
+            s.perAddress[address, default: 0] += 1
+        }
+    }
+
+    func remove(_ address: String) {
+        state.withLockedValue { s in
+            s.total -= 1
+            let n = s.perAddress[address, default: 0] - 1
+            s.perAddress[address] = n > 0 ? n : nil
+        }
+    }
+}
