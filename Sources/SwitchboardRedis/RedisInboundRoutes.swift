@@ -66,7 +66,8 @@ public final class RedisInboundRoutes: Sendable {
     }
 
     func deliver(destination: String, body: ByteBuffer, headers: STOMPHeaders) {
-        guard configuration.isBrokerDestination(destination), !destination.contains("*") else {
+        let isUser = destination.hasPrefix(UserDestinations.routingPrefix)
+        guard isUser || configuration.isBrokerDestination(destination), !destination.contains("*") else {
             logger.warning("inbound message for a destination that is not a broker destination dropped", metadata: ["destination": "\(destination)"])
             return
         }
@@ -85,7 +86,12 @@ public final class RedisInboundRoutes: Sendable {
                 headers.add(k, v)
             }
         }
-        deliver(destination: topic, body: ByteBuffer(string: message), headers: headers)
+        if let user = object["user"] as? String, !user.isEmpty {
+            // {"user": "alice", "topic": "/queue/x", ...}: to alice's /user/queue/x sessions.
+            deliver(destination: UserDestinations.routing(user: user, destination: topic), body: ByteBuffer(string: message), headers: headers)
+        } else {
+            deliver(destination: topic, body: ByteBuffer(string: message), headers: headers)
+        }
     }
 
     /// Reads `stream` from where this instance last was, on a dedicated connection

@@ -10,7 +10,8 @@ import SwitchboardCore
 ///
 /// A 2xx reply may be empty, or JSON `{"replies":[{"destination","body","headers","contentType","target"}]}`
 /// where `target` is `"broadcast"` (default: every subscriber of the destination, on every
-/// instance) or `"sender"` (only the sending session's matching subscriptions).
+/// instance) or `"sender"` (only the sending session's matching subscriptions), and an
+/// optional `"user"` addresses a user destination (`/queue/x` → that user's `/user/queue/x`).
 /// Any other status, a timeout or an unparsable reply fails the SEND with an `ERROR`.
 public struct WebhookRoute: AppRoute {
     public let url: String
@@ -95,7 +96,7 @@ public struct WebhookRoute: AppRoute {
             throw RouteError("webhook \(url) reply: 'replies' must be an array of objects")
         }
         return try replies.enumerated().map { index, r in
-            guard let destination = r["destination"] as? String, !destination.isEmpty else {
+            guard let named = r["destination"] as? String, !named.isEmpty else {
                 throw RouteError("webhook \(url) reply: replies[\(index)].destination is missing")
             }
             let bodyText: String
@@ -115,6 +116,14 @@ public struct WebhookRoute: AppRoute {
             }
             if let ct = r["contentType"] as? String { headers.set("content-type", ct) }
             if headers["content-type"] == nil { headers.add("content-type", "text/plain") }
+            var destination = named
+            if let user = r["user"] {
+                guard let user = user as? String, !user.isEmpty else {
+                    throw RouteError("webhook \(url) reply: replies[\(index)].user must be a non-empty string")
+                }
+                // To every session of that user subscribed to /user<destination>.
+                destination = UserDestinations.routing(user: user, destination: destination)
+            }
             let target: RouteReply.Target
             switch r["target"] as? String {
             case nil, "broadcast": target = .broadcast

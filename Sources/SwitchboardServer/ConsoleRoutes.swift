@@ -1,10 +1,17 @@
 import Hummingbird
 import NIOCore
 import SwitchboardConsole
+import Foundation
+import RedisClient
+import SwitchboardCore
+import SwitchboardRedis
 
 /// Serves the web console's files under `path` (e.g. `/console`, `/console/stomp.js`).
 struct ConsoleRoutes: Sendable {
     let path: String
+    let services: GatewayServices
+    /// The configured inbound Pub/Sub channels: the only ones the console may publish to.
+    let inboundChannels: [String]
 
     func register(on router: Router<BasicRequestContext>) {
         let base = path.hasSuffix("/") ? String(path.dropLast()) : path
@@ -12,9 +19,39 @@ struct ConsoleRoutes: Sendable {
             // Relative asset URLs resolve against the page's directory.
             Response(status: .found, headers: [.location: base + "/index.html"])
         }
+        // The seeds' "Redis Pub/Sub to topic" test, from the console: PUBLISH on a configured
+        // inbound channel (never anywhere else in Redis).
+        router.post("/api/console/redis-publish") { request, _ in
+            try await self.redisPublish(request)
+        }
         router.get(RouterPath(base + "/**")) { request, _ in
             let rest = String(request.uri.path.dropFirst(base.count + 1))
             return Self.serve(rest)
+        }
+    }
+
+    func redisPublish(_ request: Request) async throws -> Response {
+        guard let engine = services.engine as? RedisEngine else {
+            return PublishAPI.json(["error": "needs the redis engine (set redis.url)", "field": NSNull()], status: .conflict)
+        }
+        let bytes = try await request.body.collect(upTo: 64 * 1024)
+        guard let object = (try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView))) as? [String: Any] else {
+            return PublishAPI.json(["error": "request body must be a JSON object", "field": NSNull()], status: .badRequest)
+        }
+        guard let channel = object["channel"] as? String, !channel.isEmpty else {
+            return PublishAPI.json(["error": "field 'channel' must be a non-empty string", "field": "channel"], status: .badRequest)
+        }
+        guard inboundChannels.contains(channel) else {
+            return PublishAPI.json(["error": "channel \(channel) is not a configured inbound channel", "field": "channel"], status: .badRequest)
+        }
+        guard let message = object["message"] as? String, !message.isEmpty else {
+            return PublishAPI.json(["error": "field 'message' must be a non-empty string", "field": "message"], status: .badRequest)
+        }
+        do {
+            let receivers = try await engine.client.execute(PUBLISH(channel: channel, message: .string(message)))
+            return PublishAPI.json(["channel": channel, "receivers": receivers])
+        } catch {
+            return PublishAPI.json(["error": "redis publish failed: \(error)", "field": NSNull()], status: .serviceUnavailable)
         }
     }
 

@@ -200,7 +200,7 @@ public struct SwitchboardConfiguration: Sendable {
         for name in reader.stringArray(forKey: "auth.api-keys.names", default: []) {
             let base = "auth.api-keys.\(name)"
             guard let hash = reader.string(forKey: ConfigKey(base + ".sha256")), hash.count == 64, hash.allSatisfy(\.isHexDigit) else {
-                throw Invalid(description: "\(base).sha256 must be the 64-hex-digit SHA-256 of the key (see switchboard hash-key)")
+                throw Invalid(description: "\(base).sha256 must be the 64-hex-digit SHA-256 of the key (switchboard --hash-api-key KEY prints it)")
             }
             let scopes = reader.stringArray(forKey: ConfigKey(base + ".scopes"), default: session.brokerPrefixes)
             apiKeys.append(APIKeyStore.Key(name: name, sha256: hash, scopes: scopes))

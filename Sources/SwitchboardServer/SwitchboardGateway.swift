@@ -120,7 +120,8 @@ public struct SwitchboardGateway: Sendable {
         PublishAPI(services: services, maxBodyBytes: configuration.apiMaxBodyBytes, eventLoopGroup: group, admission: admission, apiKeys: apiKeys)
             .register(on: router)
         if configuration.consoleEnabled {
-            ConsoleRoutes(path: configuration.consolePath).register(on: router)
+            let inbound = (configuration.redis?.inbound ?? []).filter { $0.kind != .stream }.map(\.channel)
+            ConsoleRoutes(path: configuration.consolePath, services: services, inboundChannels: inbound).register(on: router)
         }
         let services = self.services
         let path = configuration.stompPath

@@ -5,6 +5,7 @@ import Logging
 import Metrics
 import Prometheus
 import SwitchboardServer
+import SwitchboardAuth
 import SystemPackage
 
 /// `switchboard`: the gateway executable.
@@ -37,10 +38,17 @@ struct SwitchboardCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Log level (log.level): trace, debug, info, notice, warning, error.")
     var logLevel: String?
 
+    @Option(name: .customLong("hash-api-key"), help: ArgumentHelp("Print the SHA-256 to put in auth.api-keys.<name>.sha256 for this key, and exit.", valueName: "key"))
+    var hashAPIKey: String?
+
     @Option(name: .customLong("set"), help: ArgumentHelp("Set any configuration key, e.g. --set stomp.heartbeat.send-ms=5000.", valueName: "key=value"))
     var overrides: [String] = []
 
     func run() async throws {
+        if let hashAPIKey {
+            print(APIKeyStore.hash(hashAPIKey))
+            return
+        }
         var flagValues: [String: String] = [:]
         func put(_ key: String, _ value: String?) {
             if let value { flagValues[Self.environmentName(key)] = value }
