@@ -7,6 +7,7 @@ import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import NIOWebSocket
+import NIOSSL
 import STOMPCodec
 import SwitchboardCore
 import Synchronization
@@ -61,6 +62,8 @@ struct STOMPUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
     let handshakeTimeout: TimeAmount
     let httpIdleTimeout: TimeAmount
     let pending: PendingHandshakes
+    /// Set when the port speaks TLS.
+    let tls: NIOSSLContext?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
@@ -73,6 +76,8 @@ struct STOMPUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
             let cookieName = self.handshakeCookie
             let address = channel.remoteAddress?.ipAddress ?? "unknown"
             let timeoutHandler = HandshakeTimeoutHandler(timeout: handshakeTimeout, registry: pending)
+            if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+            let secure = tls != nil
             let idle = httpIdleTimeout
             let upgrader = NIOTypedWebSocketServerUpgrader<UpgradeResult>(
                 maxFrameSize: maxWebSocketFrameBytes,
@@ -121,7 +126,7 @@ struct STOMPUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
                 notUpgradingCompletionHandler: { channel in
                     channel.eventLoop.makeCompletedFuture {
                         timeoutHandler.requestArrived(channel: channel)
-                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: secure))
                         try channel.pipeline.syncOperations.addHandler(
                             HTTPConnectionStateHandler(idleTimeout: .nanoseconds(idle.nanoseconds), logger: logger))
                         let async = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(

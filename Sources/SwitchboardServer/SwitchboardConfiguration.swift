@@ -74,6 +74,10 @@ public struct SwitchboardConfiguration: Sendable {
     public var maxConnections = 100_000
     public var maxConnectionsPerIP = 10_000
     public var consoleEnabled = true
+    /// PEM certificate chain and private key: when both are set the port speaks TLS only
+    /// (https:// and wss://).
+    public var tlsCertificateFile: String?
+    public var tlsKeyFile: String?
     /// A connection must complete its first HTTP request (upgrade or API call) in time.
     public var handshakeTimeoutMs = 10_000
     /// Idle keep-alive HTTP connections are closed after this.
@@ -95,6 +99,11 @@ public struct SwitchboardConfiguration: Sendable {
         guard (0...65535).contains(port) else { throw Invalid(description: "http.port must be 0…65535, got \(port)") }
         apiMaxBodyBytes = reader.int(forKey: "http.max-body-bytes", default: apiMaxBodyBytes)
         backlog = reader.int(forKey: "http.backlog", default: backlog)
+        tlsCertificateFile = reader.string(forKey: "http.tls.certificate-file")
+        tlsKeyFile = reader.string(forKey: "http.tls.key-file", isSecret: true)
+        guard (tlsCertificateFile == nil) == (tlsKeyFile == nil) else {
+            throw Invalid(description: "http.tls.certificate-file and http.tls.key-file must be set together")
+        }
         handshakeTimeoutMs = reader.int(forKey: "http.handshake-timeout-ms", default: handshakeTimeoutMs)
         httpIdleTimeoutMs = reader.int(forKey: "http.idle-timeout-ms", default: httpIdleTimeoutMs)
         guard handshakeTimeoutMs > 0, httpIdleTimeoutMs > 0 else { throw Invalid(description: "http.handshake-timeout-ms and http.idle-timeout-ms must be > 0") }

@@ -10,6 +10,7 @@ import SwitchboardRedis
 import SwitchboardRoutes
 import Prometheus
 import SwitchboardAuth
+import NIOSSL
 
 /// A gateway instance: the HTTP API and the STOMP endpoint on one port, the fan-out hub,
 /// the broker engine and the `/app` routes.
@@ -36,6 +37,7 @@ public struct SwitchboardGateway: Sendable {
 
     let limiter: ConnectionLimiter
     let apiKeys: APIKeyStore
+    let tls: NIOSSLContext?
 
     public init(configuration: SwitchboardConfiguration, logger: Logger, metricsRegistry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) async throws {
         var configuration = configuration
@@ -47,6 +49,17 @@ public struct SwitchboardGateway: Sendable {
         }
         if !configuration.subscribeRules.isEmpty || !configuration.sendRules.isEmpty {
             configuration.session.accessPolicy = try AccessRules(subscribe: configuration.subscribeRules, send: configuration.sendRules)
+        }
+        if let cert = configuration.tlsCertificateFile, let key = configuration.tlsKeyFile {
+            do {
+                let chain = try NIOSSLCertificate.fromPEMFile(cert).map { NIOSSLCertificateSource.certificate($0) }
+                let tlsConfiguration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .file(key))
+                self.tls = try NIOSSLContext(configuration: tlsConfiguration)
+            } catch {
+                throw SwitchboardConfiguration.Invalid(description: "TLS: cannot load http.tls.certificate-file/key-file: \(error)")
+            }
+        } else {
+            self.tls = nil
         }
         self.limiter = ConnectionLimiter(maxTotal: configuration.maxConnections, maxPerAddress: configuration.maxConnectionsPerIP)
         self.apiKeys = APIKeyStore(keys: configuration.apiKeys)
@@ -131,12 +144,13 @@ public struct SwitchboardGateway: Sendable {
         let origins = configuration.allowedOrigins
         let cookie = configuration.handshakeCookie
         let pending = self.pending
+        let tls = self.tls
         let handshakeTimeout = TimeAmount.milliseconds(Int64(configuration.handshakeTimeoutMs))
         let idleTimeout = TimeAmount.milliseconds(Int64(configuration.httpIdleTimeoutMs))
         let server = HTTPServerBuilder { responder in
             STOMPUpgradeChannel(responder: responder, services: services, stompPath: path, maxWebSocketFrameBytes: wsMax, admission: admission,
                                 limiter: limiter, allowedOrigins: origins, handshakeCookie: cookie, handshakeTimeout: handshakeTimeout,
-                                httpIdleTimeout: idleTimeout, pending: pending)
+                                httpIdleTimeout: idleTimeout, pending: pending, tls: tls)
         }
         return Application(
             router: router,
@@ -158,6 +172,7 @@ public struct SwitchboardGateway: Sendable {
         let app = makeApplication { channel in
             logger.notice("switchboard listening", metadata: [
                 "address": "\(host):\(channel.localAddress?.port ?? 0)",
+                "tls": "\(configuration.tlsCertificateFile != nil)",
                 "stomp": "\(configuration.stompPath)",
                 "engine": "\(services.engine.name)",
                 "instance": "\(services.instanceID)",

@@ -1,0 +1,76 @@
+"""TLS: with http.tls.certificate-file and http.tls.key-file the port speaks https:// and
+wss:// only (swift-nio-ssl)."""
+import datetime
+import ipaddress
+import signal
+import subprocess
+import time
+import ssl
+
+import pytest
+import requests
+import urllib3
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import BINARY, free_port
+from stompclient import StompClient
+
+urllib3.disable_warnings()
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return d / "cert.pem", d / "key.pem"
+
+
+def test_https_and_wss(tls_files):
+    cert, key = tls_files
+    port = free_port()
+    proc = subprocess.Popen([BINARY, "--host", "127.0.0.1", "--port", str(port), "--set", f"http.tls.certificate-file={cert}",
+                             "--set", f"http.tls.key-file={key}"], stderr=subprocess.PIPE)
+    https = f"https://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            assert requests.get(f"{https}/health", verify=str(cert), timeout=1).json()["status"] == "ok"
+            break
+        except requests.exceptions.RequestException:
+            assert time.monotonic() < deadline, "TLS gateway did not come up"
+            time.sleep(0.1)
+    # Plain HTTP on the TLS port gets no HTTP answer.
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    c = StompClient(f"wss://127.0.0.1:{port}/stomp", sslopt={"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": str(cert)})
+    try:
+        c.connect()
+        c.subscribe("/topic/secure", id="1", receipt="r")
+        r = requests.post(f"{https}/api/notification", json={"topic": "/topic/secure", "message": "over TLS"}, verify=str(cert), timeout=5)
+        assert r.status_code == 200
+        assert c.expect_message().text == "over TLS"
+    finally:
+        c.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+def test_tls_needs_both_files(tmp_path):
+    out = subprocess.run([BINARY, "--port", "0", "--set", f"http.tls.certificate-file={tmp_path}/x.pem"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode != 0
+    assert "http.tls.certificate-file and http.tls.key-file must be set together" in out.stderr
