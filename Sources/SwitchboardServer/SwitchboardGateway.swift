@@ -79,8 +79,8 @@ public struct SwitchboardGateway: Sendable {
             redisConfiguration.commandTimeout = .milliseconds(Int64(settings.commandTimeoutMs))
             redisConfiguration.connectTimeout = .milliseconds(Int64(settings.connectTimeoutMs))
             redisConfiguration.clientName = "switchboard-\(instanceID)"
-            var redisLogger = logger
-            redisLogger[metadataKey: "subsystem"] = "redis"
+            var redisLogger = Logger(label: "switchboard.redis")
+            redisLogger[metadataKey: "instance"] = "\(instanceID)"
             let client = RedisClient(configuration: redisConfiguration, eventLoopGroup: group, logger: redisLogger)
             let re = RedisEngine(client: client, hub: hub, naming: RedisChannelNaming(prefix: settings.channelPrefix), instanceID: instanceID,
                                  messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger)
@@ -115,8 +115,10 @@ public struct SwitchboardGateway: Sendable {
         } else {
             self.redis = nil
         }
+        var sessionLogger = Logger(label: "switchboard.session")
+        sessionLogger[metadataKey: "instance"] = "\(instanceID)"
         self.services = GatewayServices(configuration: configuration.session, hub: hub, engine: engine,
-                                        routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: logger)
+                                        routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger)
     }
 
     static func randomInstanceID() -> String {
@@ -159,7 +161,7 @@ public struct SwitchboardGateway: Sendable {
                                  backlog: configuration.backlog),
             onServerRunning: onServerRunning,
             eventLoopGroupProvider: .shared(group),
-            logger: logger
+            logger: Logger(label: "switchboard.http")
         )
     }
 

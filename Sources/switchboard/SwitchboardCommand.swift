@@ -80,12 +80,21 @@ struct SwitchboardCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("invalid configuration: \(error)")
         }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = settings.logLevel
-            return handler
+        var levels: [String: Logger.Level] = [:]
+        for subsystem in ["server", "session", "http", "redis", "routes"] {
+            if let raw = reader.string(forKey: ConfigKey("log.levels.\(subsystem)")) {
+                guard let level = Logger.Level(rawValue: raw) else {
+                    throw ValidationError("invalid configuration: log.levels.\(subsystem) must be trace, debug, info, notice, warning, error or critical")
+                }
+                levels[subsystem] = level
+            }
         }
-        let logger = Logger(label: "switchboard")
+        let formatName = reader.string(forKey: "log.format", default: "text")
+        guard let format = LogSetup.Format(rawValue: formatName) else {
+            throw ValidationError("invalid configuration: log.format must be text or json, got '\(formatName)'")
+        }
+        LogSetup(format: format, defaultLevel: settings.logLevel, levels: levels).bootstrap()
+        let logger = Logger(label: "switchboard.server")
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let gateway = try await SwitchboardGateway(configuration: settings, logger: logger, metricsRegistry: registry)
