@@ -278,6 +278,10 @@ extension STOMPSessionHandler {
                 onSuccess(value)
                 guard handler.state != .closing else { return }
                 handler.sendReceipt(for: frame)
+                if let reason = handler.closeAfterInFlight {
+                    handler.fail(reason, kind: .shutdown)
+                    return
+                }
             case .failure(let error):
                 handler.fail(describe(error), frame: frame, kind: kind)
                 return

@@ -71,6 +71,8 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     var readPending = false
     var wroteSinceFlush = false
     var frameBucket: TokenBucket?
+    /// Set by ``close(reason:)`` while a step is in flight.
+    var closeAfterInFlight: String?
 
     public init(services: GatewayServices, handshake: HandshakeInfo = HandshakeInfo()) {
         self.services = services
@@ -274,8 +276,14 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         }
     }
 
+    /// Ends the session for shutdown. A step in flight (a route call, an unconfirmed publish)
+    /// completes first, so its receipt still goes out; then the `ERROR`.
     public func close(reason: String) {
-        fail(reason, kind: .shutdown)
+        if inFlight {
+            closeAfterInFlight = reason
+        } else {
+            fail(reason, kind: .shutdown)
+        }
     }
 
     /// Counts a session that was connected and is no longer.

@@ -59,6 +59,8 @@ public struct SwitchboardConfiguration: Sendable {
     public var eventLoopThreads = System.coreCount
     public var backlog = 4096
     public var shutdownGraceMs = 5_000
+    /// On SIGTERM: how long readiness is false before sessions are told to reconnect.
+    public var drainDelayMs = 1_000
     public var logLevel: Logger.Level = .info
     /// JWT verification keys; none configured means no authentication.
     public var jwt = JWTKeySettings()
@@ -115,6 +117,8 @@ public struct SwitchboardConfiguration: Sendable {
             throw Invalid(description: "server.threads must be 1…\(FanoutHub.maxShards)")
         }
         shutdownGraceMs = reader.int(forKey: "server.shutdown-grace-ms", default: shutdownGraceMs)
+        drainDelayMs = reader.int(forKey: "server.drain-delay-ms", default: drainDelayMs)
+        guard drainDelayMs >= 0, shutdownGraceMs >= 0 else { throw Invalid(description: "server.drain-delay-ms and server.shutdown-grace-ms must be ≥ 0") }
         consoleEnabled = reader.bool(forKey: "console.enabled", default: consoleEnabled)
         consolePath = reader.string(forKey: "console.path", default: consolePath)
         guard consolePath.hasPrefix("/"), consolePath.count > 1 else { throw Invalid(description: "console.path must start with '/', got '\(consolePath)'") }

@@ -180,7 +180,8 @@ public struct SwitchboardGateway: Sendable {
                 "instance": "\(services.instanceID)",
             ])
         }
-        let drain = DrainService(services: services, admission: admission, pending: pending, grace: .milliseconds(Int64(configuration.shutdownGraceMs)), logger: logger)
+        let drain = DrainService(services: services, admission: admission, pending: pending,
+                                 delay: .milliseconds(Int64(configuration.drainDelayMs)), grace: .milliseconds(Int64(configuration.shutdownGraceMs)), logger: logger)
         var list: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let redis {
             list.append(.init(service: RedisService(parts: redis, services: services, logger: logger)))
@@ -199,15 +200,23 @@ struct DrainService: Service {
     let services: GatewayServices
     let admission: ConnectionAdmission
     let pending: PendingHandshakes
+    /// Between "not ready" and closing sessions.
+    let delay: TimeAmount
+    /// Longest wait for sessions to close.
     let grace: TimeAmount
     let logger: Logger
 
     func run() async throws {
         try? await gracefulShutdown()
+        // 1. Not ready, no new sessions (the load balancer stops sending clients here).
         admission.stopAdmitting()
         pending.closeAll()
         let open = services.stats.connectionsOpen.load()
-        logger.notice("shutting down: closing sessions", metadata: ["sessions": "\(open)"])
+        logger.notice("draining: not ready, refusing new sessions", metadata: ["sessions": "\(open)", "delay.ms": "\(delay.nanoseconds / 1_000_000)"])
+        // 2. Give the load balancer time to notice before clients reconnect.
+        try? await Task.sleep(nanoseconds: UInt64(max(delay.nanoseconds, 0)))
+        // 3. Every session gets an ERROR (after its step in flight, whose receipt goes out).
+        logger.notice("shutting down: closing sessions", metadata: ["sessions": "\(services.stats.connectionsOpen.load())"])
         for shard in services.hub.shards { shard.closeAll(reason: "server shutting down, reconnect") }
         let deadline = NIODeadline.now() + grace
         while services.stats.connectionsOpen.load() > 0 && NIODeadline.now() < deadline {
