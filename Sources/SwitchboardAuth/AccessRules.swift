@@ -70,7 +70,12 @@ public struct AccessRules: AccessPolicy {
                 guard have.contains(where: required.values.contains) else { continue }
             }
             guard let expanded = expand(rule.pattern, identity), let pattern = try? DestinationPattern(expanded) else { continue }
-            if pattern.matches(destination) { return true }
+            if destination.contains("*") {
+                // A wildcard subscription is allowed only if the rule covers all it matches.
+                if let wanted = try? DestinationPattern(destination), pattern.covers(wanted) { return true }
+            } else if pattern.matches(destination) {
+                return true
+            }
         }
         return false
     }

@@ -37,24 +37,40 @@ public final class JWTAuthenticator: SessionAuthenticator {
     let keys: JWTKeyCollection
     let settings: JWTKeySettings
 
+    /// Key ids a token may name: ours (`switchboard-hmac`, `switchboard-pem-<n>`) and the JWKS's.
+    let knownKids: Set<String>
+
     public init(settings: JWTKeySettings) async throws {
         self.settings = settings
         let keys = JWTKeyCollection()
-        if let secret = settings.hmacSecret {
-            await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+        var kids = Set<String>()
+        var haveDefault = false
+        // Every key gets a kid, and the first also serves tokens without one; tokens without a
+        // kid are then tried against every key (so several keys work side by side, e.g. during
+        // a rotation).
+        func register(_ kid: String, _ add: (JWKIdentifier?) async -> Void) async {
+            if !haveDefault {
+                await add(nil)
+                haveDefault = true
+            }
+            await add(JWKIdentifier(string: kid))
+            kids.insert(kid)
         }
-        for path in settings.publicKeyFiles {
+        if let secret = settings.hmacSecret {
+            guard secret.utf8.count >= 32 else {
+                throw JWTKeyError(description: "auth.jwt.hmac-secret must be at least 32 bytes (256 bits) for HS256")
+            }
+            await register("switchboard-hmac") { kid in _ = await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256, kid: kid) }
+        }
+        for (n, path) in settings.publicKeyFiles.enumerated() {
             guard let pem = try? String(contentsOfFile: path, encoding: .utf8) else {
                 throw JWTKeyError(description: "cannot read public key file \(path)")
             }
-            if let rsa = try? Insecure.RSA.PublicKey(pem: pem) {
-                await keys.add(rsa: rsa, digestAlgorithm: .sha256)
-            } else if let ec = try? ES256PublicKey(pem: pem) {
-                await keys.add(ecdsa: ec)
-            } else if let rsa = try? Insecure.RSA.PublicKey(certificatePEM: pem) {
-                await keys.add(rsa: rsa, digestAlgorithm: .sha256)
-            } else if let ec = try? ES256PublicKey(certificate: pem) {
-                await keys.add(ecdsa: ec)
+            let kid = "switchboard-pem-\(n)"
+            if let rsa = (try? Insecure.RSA.PublicKey(pem: pem)) ?? (try? Insecure.RSA.PublicKey(certificatePEM: pem)) {
+                await register(kid) { k in _ = await keys.add(rsa: rsa, digestAlgorithm: .sha256, kid: k) }
+            } else if let ec = (try? ES256PublicKey(pem: pem)) ?? (try? ES256PublicKey(certificate: pem)) {
+                await register(kid) { k in _ = await keys.add(ecdsa: ec, kid: k) }
             } else {
                 throw JWTKeyError(description: "\(path) holds no RSA or P-256 public key in PEM form")
             }
@@ -68,8 +84,13 @@ public final class JWTAuthenticator: SessionAuthenticator {
             } catch {
                 throw JWTKeyError(description: "JWKS file \(path) is invalid: \(error)")
             }
+            if let object = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any],
+               let list = object["keys"] as? [[String: Any]] {
+                for key in list { if let kid = key["kid"] as? String { kids.insert(kid) } }
+            }
         }
         self.keys = keys
+        self.knownKids = kids
     }
 
     public func authenticate(token: String, on eventLoop: any EventLoop) -> EventLoopFuture<SessionIdentity> {
@@ -81,8 +102,11 @@ public final class JWTAuthenticator: SessionAuthenticator {
     /// Verifies `token` and returns who it names.
     public func verify(_ token: String) async throws -> SessionIdentity {
         let claims: StandardClaims
+        if let kid = Self.headerObject(token)?["kid"] as? String, !knownKids.contains(kid) {
+            throw AuthenticationFailure("no key for this token")
+        }
         do {
-            claims = try await keys.verify(token, as: StandardClaims.self)
+            claims = try await keys.verify(token, as: StandardClaims.self, iteratingKeys: true)
         } catch let failure as AuthenticationFailure {
             throw failure
         } catch let error as JWTError {
@@ -127,10 +151,15 @@ public final class JWTAuthenticator: SessionAuthenticator {
     }
 
     /// The token's payload as JSON (already verified by then).
-    static func payloadObject(_ token: String) -> [String: Any]? {
+    static func payloadObject(_ token: String) -> [String: Any]? { segmentObject(token, 1) }
+
+    /// The token's header as JSON (not verified: only its `kid` is read).
+    static func headerObject(_ token: String) -> [String: Any]? { segmentObject(token, 0) }
+
+    static func segmentObject(_ token: String, _ index: Int) -> [String: Any]? {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3 else { return nil }
-        var b64 = parts[1].replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        var b64 = parts[index].replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
         while b64.count % 4 != 0 { b64 += "=" }
         guard let data = Data(base64Encoded: b64) else { return nil }
         return (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]

@@ -77,6 +77,37 @@ public struct DestinationPattern: Sendable, Hashable, CustomStringConvertible {
         self.isWildcard = wildcard
     }
 
+    /// Whether every destination `other` matches is also matched by this pattern (so a
+    /// rule allowing this pattern may allow a subscription to `other`). A `*` covers one
+    /// segment (a literal or another `*`), never a `**`; a final `**` covers the rest.
+    public func covers(_ other: DestinationPattern) -> Bool {
+        if !other.isWildcard { return matches(other.text) }
+        var i = 0
+        for (n, segment) in segments.enumerated() {
+            guard i < other.segments.count else { return false }
+            let theirs = other.segments[i]
+            guard Self.separator(segment) == Self.separator(theirs) || n == 0 else { return false }
+            switch (segment, theirs) {
+            case (.rest, _):
+                return true
+            case (.one, .literal), (.one, .one):
+                break
+            case (.literal(_, let a), .literal(_, let b)) where a == b:
+                break
+            default:
+                return false
+            }
+            i += 1
+        }
+        return i == other.segments.count
+    }
+
+    static func separator(_ segment: Segment) -> UInt8? {
+        switch segment {
+        case .literal(let s, _), .one(let s), .rest(let s): return s
+        }
+    }
+
     /// Whether `destination` (a concrete destination, no wildcards) matches this pattern.
     public func matches(_ destination: String) -> Bool {
         if !isWildcard { return destination == text }

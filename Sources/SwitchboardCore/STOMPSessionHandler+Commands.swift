@@ -137,7 +137,7 @@ extension STOMPSessionHandler {
             fail("permission denied: SUBSCRIBE to \(destination)", frame: frame, kind: .auth); return
         }
         // /user/queue/x always means this session's own user.
-        let routed = isUser ? UserDestinations.routing(user: user ?? UserDestinations.anonymousUser(session: sessionID), clientDestination: destination)! : destination
+        let routed = isUser ? UserDestinations.routing(user: user, session: sessionID, clientDestination: destination)! : destination
         let pattern: DestinationPattern
         do { pattern = try DestinationPattern(routed) } catch {
             fail(error.description, frame: frame); return

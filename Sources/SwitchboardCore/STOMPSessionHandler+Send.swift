@@ -89,7 +89,7 @@ extension STOMPSessionHandler {
         var delivered = false
         // A reply to this session may name its user destination as the client knows it.
         let routed = config.isUserDestination(message.destination)
-            ? UserDestinations.routing(user: user ?? UserDestinations.anonymousUser(session: sessionID), clientDestination: message.destination)!
+            ? UserDestinations.routing(user: user, session: sessionID, clientDestination: message.destination)!
             : message.destination
         for sub in subscriptions.values where sub.pattern.matches(routed) {
             deliver(message, to: sub)

@@ -76,14 +76,28 @@ public enum UserDestinations {
         return routing(user: user, destination: String(clientDestination.dropFirst(prefix.count - 1)))
     }
 
-    /// `/user/queue/x` for a routing destination `/~user/<U>/queue/x`; nil for others.
+    /// `/user/queue/x` for a routing destination `/~user/<U>/queue/x` (or `/~session/…`); nil for others.
     public static func clientDestination(forRouting destination: String) -> String? {
-        guard destination.hasPrefix(routingPrefix) else { return nil }
-        let rest = destination.dropFirst(routingPrefix.count)
+        let rest: Substring
+        if destination.hasPrefix(routingPrefix) {
+            rest = destination.dropFirst(routingPrefix.count)
+        } else if destination.hasPrefix(sessionRoutingPrefix) {
+            rest = destination.dropFirst(sessionRoutingPrefix.count)
+        } else {
+            return nil
+        }
         guard let slash = rest.firstIndex(of: "/") else { return nil }
         return "/user" + rest[slash...]
     }
 
-    /// The pseudo-user of an anonymous session: its `/user/...` subscriptions are its own.
-    public static func anonymousUser(session: String) -> String { "~" + session }
+    /// Where an anonymous session's `/user/...` subscriptions route: `/~session/<id>/queue/x`,
+    /// a space no user name can reach (so a token with `sub` "~<id>" cannot share it).
+    public static let sessionRoutingPrefix = "/~session/"
+
+    /// The routing form of `/user/queue/x` for a session: its user's, or its own if anonymous.
+    public static func routing(user: String?, session: String, clientDestination: String) -> String? {
+        if let user { return routing(user: user, clientDestination: clientDestination) }
+        guard clientDestination.hasPrefix(prefix) else { return nil }
+        return sessionRoutingPrefix + escapeUser(session) + String(clientDestination.dropFirst(prefix.count - 1))
+    }
 }

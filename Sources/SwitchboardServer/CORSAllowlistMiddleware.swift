@@ -1,7 +1,9 @@
 import Hummingbird
 
 /// CORS for the HTTP API: browsers on an allowed origin may call it (`http.allowed-origins`;
-/// empty or `*` allows any origin). Preflight `OPTIONS` requests are answered here.
+/// empty or `*` allows any origin). Preflight `OPTIONS` requests are answered here. A request
+/// whose `Origin` is not allowed is refused (403) rather than carried out without CORS
+/// headers, so a cross-site "simple" POST cannot publish either.
 struct CORSAllowlistMiddleware<Context: RequestContext>: RouterMiddleware {
     let allowedOrigins: [String]
 
@@ -12,10 +14,7 @@ struct CORSAllowlistMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard let origin = request.headers[.origin] else { return try await next(request, context) }
         guard allows(origin) else {
-            if request.method == .options {
-                return PublishAPI.json(["error": "origin \(origin) is not allowed", "field": "Origin"], status: .forbidden)
-            }
-            return try await next(request, context)  // no CORS headers: the browser blocks the response
+            return PublishAPI.json(["error": "origin \(origin) is not allowed", "field": "Origin"], status: .forbidden)
         }
         if request.method == .options {
             var response = Response(status: .noContent)

@@ -16,21 +16,17 @@ final class ConnectionLimiter: Sendable {
         self.maxPerAddress = maxPerAddress
     }
 
-    /// Why `address` may not open another connection now, or nil.
-    func refusal(for address: String) -> String? {
+    /// Reserves a connection for `address`, or says why it may not have one. Check and count
+    /// happen under one lock, so concurrent handshakes cannot overshoot the limits.
+    func reserve(for address: String) -> String? {
         state.withLockedValue { s in
             if s.total >= maxTotal { return "too many connections on this instance (limit \(maxTotal))" }
             if s.perAddress[address, default: 0] >= maxPerAddress {
                 return "too many connections from \(address) (limit \(maxPerAddress))"
             }
-            return nil
-        }
-    }
-
-    func add(_ address: String) {
-        state.withLockedValue { s in
             s.total += 1
             s.perAddress[address, default: 0] += 1
+            return nil
         }
     }
 

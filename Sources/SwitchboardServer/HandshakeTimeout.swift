@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOHTTP1
 
 /// Closes a connection that has not completed its first HTTP request (an upgrade or an API
 /// call) within the deadline: slowloris-style slow headers, half-open handshakes and silent
@@ -26,8 +27,9 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     /// Malformed HTTP before the first request completed: NIO has answered 400; close.
+    /// (Other errors, such as a refused upgrade, are answered by the channel's handler.)
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if !done {
+        if !done, error is HTTPParserError {
             context.close(promise: nil)
         }
         context.fireErrorCaught(error)

@@ -22,7 +22,7 @@ struct PublishAPI: Sendable {
             try await self.publish(request, context: context, toUser: nil)
         }
         router.post("/api/users/:user/notification") { request, context in
-            guard let user = context.parameters.get("user"), !user.isEmpty else {
+            guard let raw = context.parameters.get("user"), let user = raw.removingPercentEncoding, !user.isEmpty else {
                 throw APIError(status: .badRequest, message: "missing user in path", field: "user")
             }
             return try await self.publish(request, context: context, toUser: user)

@@ -95,7 +95,6 @@ struct STOMPUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
                        !allowedOrigins.contains(origin), !allowedOrigins.contains("*") {
                         return refuse(.forbidden("origin \(origin) is not allowed"))
                     }
-                    if let reason = limiter.refusal(for: address) { return refuse(.tooManyConnections(reason)) }
                     var headers = HTTPHeaders()
                     let offered = head.headers[canonicalForm: "Sec-WebSocket-Protocol"].map(String.init)
                     if !offered.isEmpty {
@@ -104,13 +103,14 @@ struct STOMPUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
                         }
                         headers.add(name: "Sec-WebSocket-Protocol", value: version.webSocketSubprotocol)
                     }
+                    // Last check: a reservation is released when the channel closes, whatever happens next.
+                    if let reason = limiter.reserve(for: address) { return refuse(.tooManyConnections(reason)) }
+                    channel.closeFuture.whenComplete { _ in limiter.remove(address) }
                     return channel.eventLoop.makeSucceededFuture(headers)
                 },
                 upgradePipelineHandler: { channel, head in
                     channel.eventLoop.makeCompletedFuture {
                         timeoutHandler.requestArrived(channel: channel)
-                        limiter.add(address)
-                        channel.closeFuture.whenComplete { _ in limiter.remove(address) }
                         let handshake = HandshakeInfo(token: Self.handshakeToken(head, cookie: cookieName), remoteAddress: address,
                                                       origin: head.headers.first(name: "Origin"))
                         let sync = channel.pipeline.syncOperations

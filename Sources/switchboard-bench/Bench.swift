@@ -236,7 +236,11 @@ func buildReport(role: String, c: ConnOptions, sub: SubscriberOptions?, pub: Pub
     r.add("server_rss_kb", rssKB(c.pids))
     r.add("client_rss_kb", readRSSKB(pid: getpid()))
     var ru = rusage()
+    #if os(Linux)
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &ru)
+    #else
     getrusage(RUSAGE_SELF, &ru)
+    #endif
     let cpu = Double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + Double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6
     r.add("client_cpu_s", cpu)
     if s.deliveries > 0 { r.add("client_cpu_us_per_delivery", cpu * 1e6 / Double(s.deliveries)) }

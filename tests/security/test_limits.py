@@ -1,0 +1,237 @@
+"""Abuse limits: each one with its exact error, a healthy session unaffected, counted in /metrics."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import HMAC_SECRET, StompClient, bearer, encode_frame, expect_healthy, make_token, upgrade_request
+
+
+
+@pytest.fixture(scope="module")
+def frames_gw(gw):
+    return gw("limits.max-subscriptions=3", "limits.max-frame-bytes=1024", "limits.max-header-line-bytes=256",
+              "limits.max-headers=8")
+
+
+@pytest.fixture
+def healthy_of(clients):
+    made = []
+
+    def make(g):
+        c = clients(g)
+        c.subscribe("/topic/health", "h", receipt="h")
+        made.append((c, g))
+        return c
+    yield make
+    for c, g in made:
+        expect_healthy(c, g)
+
+
+def test_max_subscriptions(frames_gw, clients, healthy_of):
+    healthy_of(frames_gw)
+    before = frames_gw.metric("limit")
+    c = clients(frames_gw)
+    for i in range(3):
+        c.subscribe(f"/topic/s{i}", str(i), receipt=f"r{i}")
+    c.send_frame("SUBSCRIBE", {"destination": "/topic/s3", "id": "3", "receipt": "r3"})
+    f = c.expect_error("too many subscriptions (limit 3)")
+    assert f.get("receipt-id") == "r3"
+    assert frames_gw.metric("limit") >= before + 1
+    # unsubscribing frees a slot
+    c2 = clients(frames_gw)
+    for i in range(3):
+        c2.subscribe(f"/topic/s{i}", str(i), receipt=f"r{i}")
+    c2.unsubscribe("0", receipt="u")
+    c2.subscribe("/topic/s9", "9", receipt="r9")
+
+
+def test_max_frame_bytes(frames_gw, clients, healthy_of):
+    healthy_of(frames_gw)
+    c = clients(frames_gw)
+    c.send("/topic/big", "x" * 900, receipt="fits")
+    c.send_frame("SEND", {"destination": "/topic/big"}, "x" * 1500)
+    c.expect_error("frame too large (limit 1024 bytes)")
+    # without content-length too (the decoder must stop at the limit, not wait for a NUL)
+    c = clients(frames_gw)
+    c.send_raw(b"SEND\ndestination:/topic/big\n\n" + b"y" * 1800)
+    c.expect_error("frame too large (limit 1024 bytes)")
+
+
+def test_max_header_line_bytes(frames_gw, clients, healthy_of):
+    healthy_of(frames_gw)
+    c = clients(frames_gw)
+    c.send("/topic/h", "ok", headers={"x-small": "a" * 200}, receipt="fits")
+    c.send_frame("SEND", {"destination": "/topic/h", "x-long": "a" * 400})
+    c.expect_error("header line too long (limit 256 bytes)")
+    # before CONNECT as well
+    c = clients(frames_gw, connect=False)
+    c.send_raw(encode_frame("CONNECT", {"accept-version": "1.2", "host": "h", "x": "b" * 600}))
+    c.expect_error("header line too long (limit 256 bytes)")
+
+
+def test_max_headers(frames_gw, clients, healthy_of):
+    healthy_of(frames_gw)
+    c = clients(frames_gw)
+    c.send("/topic/h", "ok", headers={f"x-{i}": "v" for i in range(5)}, receipt="fits")  # 8 lines
+    c.send_frame("SEND", {"destination": "/topic/h", **{f"x-{i}": "v" for i in range(20)}})
+    c.expect_error("too many headers (limit 8)")
+
+
+# -- rates ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rate_gw(gw):
+    return gw("limits.frames-per-second=10", "limits.bytes-per-second=3000")
+
+
+def test_frames_per_second(rate_gw, clients, healthy_of):
+    healthy_of(rate_gw)
+    before = rate_gw.metric("limit")
+    # a burst within 2x the rate is fine
+    ok = clients(rate_gw)
+    ok.send_raw(b"".join(encode_frame("SEND", {"destination": "/topic/r"}, "x") for _ in range(12)))
+    ok.send("/topic/r", "x", receipt="burst-ok")
+    c = clients(rate_gw)
+    c.send_raw(b"".join(encode_frame("SEND", {"destination": "/topic/r"}, "x") for _ in range(60)))
+    c.expect_error("rate limit exceeded: more than 10 frames per second")
+    assert rate_gw.metric("limit") >= before + 1
+    # sustained at the rate is fine
+    slow = clients(rate_gw)
+    for i in range(12):
+        slow.send_frame("SEND", {"destination": "/topic/r"}, "x")
+        time.sleep(0.15)
+    slow.send("/topic/r", "x", receipt="sustained-ok")
+
+
+def test_bytes_per_second(rate_gw, clients, healthy_of):
+    healthy_of(rate_gw)
+    c = clients(rate_gw)
+    for _ in range(10):  # 10 frames (under the frame rate), ~9 KB (over 2 x 3000 bytes)
+        try:
+            c.send_frame("SEND", {"destination": "/topic/r"}, "z" * 900)
+        except Exception:
+            break
+    c.expect_error("rate limit exceeded: more than 3000 bytes per second")
+
+
+# -- sessions per user ------------------------------------------------------------------------
+
+def test_max_sessions_per_user(gw, clients):
+    g = gw(f"auth.jwt.hmac-secret={HMAC_SECRET}", "limits.max-sessions-per-user=2")
+    healthy = clients(g, headers=bearer(make_token(HMAC_SECRET, sub="bob")))
+    healthy.subscribe("/topic/health", "h", receipt="h")
+    before = g.metric("limit")
+    tok = make_token(HMAC_SECRET, sub="alice")
+    a1 = clients(g, headers=bearer(tok))
+    clients(g, headers=bearer(tok))
+    a3 = clients(g, connect=False)
+    f = a3.connect(headers={**bearer(tok), "receipt": "c3"}, expect_connected=False)
+    assert f.command == "ERROR" and f.get("message") == "too many sessions for user alice (limit 2)"
+    assert f.get("receipt-id") == "c3"
+    assert a3.wait_closed(5)
+    assert g.metric("limit") >= before + 1
+    clients(g, headers=bearer(make_token(HMAC_SECRET, sub="carol")))  # other users are not affected
+    expect_healthy(healthy, g)
+    # a closed session frees its place
+    a1.disconnect()
+    a1.close()
+    deadline = time.monotonic() + 5
+    while True:
+        c = clients(g, connect=False)
+        f = c.connect(headers=bearer(tok), expect_connected=False)
+        if f.command == "CONNECTED":
+            break
+        assert time.monotonic() < deadline, f"place not freed: {f.headers}"
+        time.sleep(0.2)
+    # rejected sessions did not take a place either
+    assert g.health()["sessions"] == 4  # bob, alice x2, carol
+
+
+# -- connections ---------------------------------------------------------------------------
+
+def test_max_connections_per_instance(gw, clients):
+    g = gw("limits.max-connections=3")
+    healthy = clients(g)
+    healthy.subscribe("/topic/health", "h", receipt="h")
+    clients(g), clients(g)
+    status, _, _ = upgrade_request(g.port)
+    assert status != 101
+    with pytest.raises(Exception):
+        StompClient(g.ws_url, timeout=3)
+    expect_healthy(healthy, g)
+    assert g.wait_health(lambda h: h["connections"] == 3)["connections"] == 3
+
+
+def test_max_connections_answer_is_429_json(gw, clients):
+    g = gw("limits.max-connections=1")
+    clients(g)
+    status, headers, body = upgrade_request(g.port)
+    assert status == 429
+    assert json.loads(body)["error"] == "too many connections on this instance (limit 1)"
+
+
+def test_max_connections_per_ip(gw, clients):
+    g = gw("limits.max-connections-per-ip=2")
+    healthy = clients(g)
+    healthy.subscribe("/topic/health", "h", receipt="h")
+    second = clients(g)
+    assert upgrade_request(g.port)[0] != 101
+    # another address is not limited by 127.0.0.1's connections
+    sock = socket.create_connection(("127.0.0.1", g.port), source_address=("127.0.0.2", 0))
+    other = StompClient(g.ws_url, socket=sock)
+    other.connect()
+    other.close()
+    expect_healthy(healthy, g)
+    # closing one frees a place
+    second.close()
+    g.wait_health(lambda h: h["connections"] == 1)
+    clients(g)
+
+
+def test_max_connections_per_ip_answer_is_429_json(gw, clients):
+    g = gw("limits.max-connections-per-ip=1")
+    clients(g)
+    status, headers, body = upgrade_request(g.port)
+    assert status == 429
+    assert json.loads(body)["error"] == "too many connections from 127.0.0.1 (limit 1)"
+
+
+def test_max_connections_holds_under_concurrent_handshakes(gw):
+    """Many simultaneous upgrades must not get past the limit together (several rounds)."""
+    g = gw("limits.max-connections=3", "server.threads=4")
+    worst = 0
+    for _ in range(8):
+        opened, lock = [], threading.Lock()
+        start = threading.Barrier(24)
+
+        def attempt():
+            start.wait()
+            try:
+                c = StompClient(g.ws_url, timeout=5)
+            except Exception:
+                return
+            try:
+                c.connect()  # a live session, not an upgrade closed right after
+            except Exception:
+                c.close()
+                return
+            with lock:
+                opened.append(c)
+
+        threads = [threading.Thread(target=attempt) for _ in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        worst = max(worst, len(opened))
+        for c in opened:
+            c.close()
+        if worst > 3:
+            break
+        g.wait_health(lambda h: h["connections"] == 0)
+    assert worst <= 3, f"{worst} live sessions with limits.max-connections=3"
