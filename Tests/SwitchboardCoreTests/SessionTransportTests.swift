@@ -82,7 +82,8 @@ struct SessionTransportTests {
         let c = try gw.client()
         try c.connect()
         try c.send(.send, ["destination": "/topic/a"], body: String(repeating: "z", count: 500))
-        let error = try expectErrorThenClose(try c.read())
+        // 1009: message too big (RFC 6455 §7.4.1).
+        let error = try expectErrorThenClose(try c.read(), code: 1009)
         #expect(error.headers["message"] == "frame too large (limit 200 bytes)")
     }
 
