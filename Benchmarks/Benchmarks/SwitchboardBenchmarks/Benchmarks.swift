@@ -1,0 +1,82 @@
+import Benchmark
+import NIOCore
+import NIOEmbedded
+import RedisClient
+import STOMPCodec
+import SwitchboardCore
+
+/// A subscriber that only counts what fan-out writes to it.
+final class CountingSink: SubscriptionSink {
+    var delivered = 0
+    var flushes = 0
+    let allocator = ByteBufferAllocator()
+    func deliver(_ message: PublishedMessage, to subscription: LocalSubscription) {
+        let frame = message.encodeFrame(subscription: subscription.id, ack: nil, escape: true, allocator: allocator)
+        delivered &+= frame.readableBytes
+    }
+    func flushDeliveries() { flushes &+= 1 }
+}
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .mallocCountTotal, .instructions], maxDuration: .seconds(2))
+
+    // One SEND frame with headers and a 64-byte body, decoded from a buffer.
+    var sendBytes = ByteBuffer()
+    STOMPFrameEncoder.encode(
+        STOMPFrame(.send, headers: ["destination": "/topic/prices.eu", "content-type": "text/plain", "x-trace": "abc:123"],
+                   body: String(repeating: "x", count: 64)),
+        escapeHeaders: true, into: &sendBytes)
+    Benchmark("STOMP decode SEND (64 B body)", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        var decoder = STOMPFrameDecoder()
+        for _ in benchmark.scaledIterations {
+            var input = sendBytes
+            blackHole(try decoder.decodeFrame(&input))
+        }
+    }
+
+    // The fan-out encoding step: one MESSAGE frame per subscriber from a pre-encoded prefix.
+    let message = PublishedMessage(destination: "/topic/prices.eu", messageID: "bench-1",
+                                   headers: ["content-type": "text/plain"], body: ByteBuffer(string: String(repeating: "y", count: 64)))
+    let allocator = ByteBufferAllocator()
+    Benchmark("MESSAGE encode per subscriber", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(message.encodeFrame(subscription: "sub-42", ack: nil, escape: true, allocator: allocator))
+        }
+    }
+
+    // A RESP3 push message as the Redis engine receives it (pub/sub delivery).
+    var push = ByteBuffer(string: ">3\r\n$7\r\nmessage\r\n$30\r\nswitchboard:dest:/topic/prices\r\n$64\r\n" + String(repeating: "z", count: 64) + "\r\n")
+    _ = push.readableBytes
+    Benchmark("RESP3 parse push message", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        var parser = RESPParser(limits: .init())
+        for _ in benchmark.scaledIterations {
+            var input = push
+            blackHole(try parser.next(from: &input))
+        }
+    }
+
+    // Local fan-out: one message to 1,000 subscribers on one event loop (writes + flush pass).
+    Benchmark("fan-out to 1,000 local subscribers", configuration: .init(scalingFactor: .one)) { benchmark in
+        let loop = EmbeddedEventLoop()
+        let hub = FanoutHub(eventLoops: [loop])
+        let shard = hub.shard(for: loop)
+        let pattern = try! DestinationPattern("/topic/prices.eu")
+        var sinks: [CountingSink] = []
+        var subs: [LocalSubscription] = []
+        for i in 0..<1_000 {
+            let sink = CountingSink()
+            sinks.append(sink)
+            let sub = LocalSubscription(id: "s\(i)", pattern: pattern, ackMode: .auto, sink: sink)
+            subs.append(sub)
+            shard.add(sub)
+        }
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            hub.deliver(message)
+            loop.run()
+        }
+        benchmark.stopMeasurement()
+        blackHole(sinks.reduce(0) { $0 + $1.delivered })
+        for sub in subs { shard.remove(sub) }
+    }
+}
