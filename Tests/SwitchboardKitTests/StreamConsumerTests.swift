@@ -43,7 +43,7 @@ struct StreamConsumerTests {
         #expect(message.timestamp == 1_700_000_000_123)
         #expect(message.headers["x-msg-id"] == "m-1" && message.headers["x-trace"] == "t" && message.headers.count == 2)
         #expect(message.deliveryCount == 1)
-        #expect(consumer.statistics.processed == 1)
+        #expect(try await eventually { consumer.statistics.processed == 1 })  // counted just after the XACK
 
         consumer.stop()
         try await task.value
@@ -72,7 +72,7 @@ struct StreamConsumerTests {
         let counts = seen.withLockedValue { $0 }
         #expect(Set(counts.keys) == Set(ids))
         #expect(counts.values.allSatisfy { $0 == 1 })
-        #expect(a.statistics.processed + b.statistics.processed == 50)
+        #expect(try await eventually { a.statistics.processed + b.statistics.processed == 50 })
         #expect(a.statistics.processed > 0 && b.statistics.processed > 0)
         #expect(try await eventually { try await pendingCount(client) == 0 })
 
@@ -180,7 +180,7 @@ struct StreamConsumerTests {
         let seen = bSeen.withLockedValue { $0 }
         #expect(seen.map(\.id) == ids)
         #expect(seen.allSatisfy { $0.deliveryCount == 2 })
-        #expect(b.statistics.claimed == 5 && b.statistics.processed == 5)
+        #expect(try await eventually { b.statistics.claimed == 5 && b.statistics.processed == 5 })
         #expect(aStarted.withLockedValue { $0 } == 1)
 
         // Clean up A: stop it, then let its stuck handler end.
@@ -262,7 +262,7 @@ struct StreamConsumerTests {
         task.cancel()
         try await task.value
         #expect(finished.withLockedValue { $0 })
-        #expect(consumer.statistics.processed == 1)
+        #expect(try await eventually { consumer.statistics.processed == 1 })  // counted just after the XACK
         #expect(try await pendingCount(client) == 0)
         #expect(!consumer.isRunning)
 

@@ -1,0 +1,288 @@
+"""Start and stop the servers under test, each in its own temp dir on free loopback ports.
+
+Switchboard (release binary), nginx + nchan (memory or Redis mode), RabbitMQ Web-STOMP, Redis.
+Every server object exposes: .port (WebSocket/HTTP), .pids() (for RSS), .stop().
+`ensure_packages()` installs the Debian packages the first time (root, apt-get).
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SWITCHBOARD_BIN = os.environ.get("SWITCHBOARD_BIN", os.path.join(ROOT, ".build/release/switchboard"))
+NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+APT_PACKAGES = ["nginx-light", "libnginx-mod-nchan", "rabbitmq-server", "redis-server"]
+
+
+def ensure_packages():
+    missing = []
+    if not shutil.which("nginx") or not os.path.exists(NCHAN_MODULE):
+        missing += ["nginx-light", "libnginx-mod-nchan"]
+    if not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
+        missing.append("rabbitmq-server")
+    if not shutil.which("redis-server"):
+        missing.append("redis-server")
+    if missing:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq"] + missing, check=True, env=env)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=60, host="127.0.0.1"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def rss_kb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def children(pid):
+    out = []
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            for c in f.read().split():
+                out.append(int(c))
+                out += children(int(c))
+    except OSError:
+        pass
+    return out
+
+
+class Proc:
+    def __init__(self, argv, log, env=None, cwd=None):
+        self.log = open(log, "wb")
+        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                  start_new_session=True)
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.p.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        self.log.close()
+
+
+class Redis:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
+        self.port = free_port()
+        self.proc = Proc(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--dir", self.dir, "--maxclients", "10000"],
+                         os.path.join(self.dir, "redis.log"))
+        wait_port(self.port)
+        self.url = f"redis://127.0.0.1:{self.port}"
+
+    def pids(self):
+        return [self.proc.p.pid]
+
+    def stop(self):
+        self.proc.stop()
+
+
+class Switchboard:
+    name = "switchboard"
+    mode = "stomp"
+    ws_path = "/stomp"
+    topic_prefix = "/topic/bench."
+    publish_url = "/api/notification"
+    publish_format = "json"
+    login = None
+
+    def __init__(self, redis_url=None, config=None, extra=()):
+        if not os.path.exists(SWITCHBOARD_BIN):
+            raise RuntimeError(f"build it first: cd {ROOT} && swift build -c release --product switchboard")
+        self.dir = tempfile.mkdtemp(prefix="bench-sb-")
+        self.port = free_port()
+        argv = [SWITCHBOARD_BIN, "--host", "127.0.0.1", "--port", str(self.port),
+                "--set", "stomp.heartbeat.send-ms=0", "--set", "stomp.heartbeat.receive-ms=0",
+                "--set", "limits.max-pending-bytes=16777216", "--set", "server.threads=2",
+                "--set", "http.backlog=8192", "--log-level", "warning"]
+        if redis_url:
+            argv += ["--set", f"redis.url={redis_url}"]
+        if config:
+            argv += ["--config", config]
+        argv += list(extra)
+        self.proc = Proc(argv, os.path.join(self.dir, "switchboard.log"))
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                    break
+            except OSError:
+                if time.time() > deadline or self.proc.p.poll() is not None:
+                    raise RuntimeError("switchboard did not start: " + open(os.path.join(self.dir, "switchboard.log")).read()[-2000:])
+                time.sleep(0.1)
+
+    def pids(self):
+        return [self.proc.p.pid]
+
+    def stop(self):
+        self.proc.stop(signal.SIGKILL)
+
+
+NGINX_CONF = """
+load_module {module};
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+daemon off;
+events {{ worker_connections 19000; multi_accept on; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  nchan_max_reserved_memory 512M;
+  {redis_http}
+  server {{
+    listen 127.0.0.1:{port} backlog=8192;
+    location ~ ^/pub/(.+)$ {{
+      nchan_publisher;
+      nchan_channel_id $1;
+      nchan_message_buffer_length 1;
+      nchan_message_timeout 30s;
+      {redis_loc}
+    }}
+    location ~ ^/sub/(.+)$ {{
+      nchan_subscriber websocket;
+      nchan_channel_id $1;
+      nchan_subscriber_first_message newest;
+      {redis_loc}
+    }}
+  }}
+}}
+"""
+
+
+class Nchan:
+    name = "nchan"
+    mode = "raw-ws"
+    ws_path = "/sub/{topic}"
+    topic_prefix = "bench."
+    publish_url = "/pub/{topic}"
+    publish_format = "raw"
+    login = None
+
+    def __init__(self, redis_url=None):
+        self.dir = tempfile.mkdtemp(prefix="bench-nchan-")
+        self.port = free_port()
+        redis_http = f'upstream bench_redis {{ nchan_redis_server "{redis_url}"; }}' if redis_url else ""
+        redis_loc = "nchan_redis_pass bench_redis;" if redis_url else ""
+        conf = NGINX_CONF.format(module=NCHAN_MODULE, dir=self.dir, port=self.port,
+                                 redis_http=redis_http, redis_loc=redis_loc)
+        path = os.path.join(self.dir, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        self.proc = Proc(["nginx", "-p", self.dir, "-c", path], os.path.join(self.dir, "nginx.out"))
+        wait_port(self.port)
+        time.sleep(0.5)
+
+    def pids(self):
+        return [self.proc.p.pid] + children(self.proc.p.pid)
+
+    def stop(self):
+        self.proc.stop(signal.SIGQUIT)
+
+
+RABBIT_CONF = """
+listeners.tcp.default = {amqp}
+web_stomp.tcp.port = {port}
+web_stomp.tcp.backlog = 4096
+web_stomp.max_connections = infinity
+web_stomp.num_acceptors.tcp = 10
+
+loopback_users = none
+log.console = true
+log.console.level = warning
+log.file = false
+"""
+
+
+class RabbitMQ:
+    name = "rabbitmq"
+    mode = "stomp"
+    ws_path = "/ws"
+    topic_prefix = "/topic/bench."
+    publish_url = None       # no HTTP publish API: publish through STOMP SEND
+    publish_format = None
+    login = ("guest", "guest", "/")
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="bench-rabbit-")
+        self.port = free_port()
+        amqp, dist = free_port(), free_port()
+        with open(os.path.join(self.dir, "rabbitmq.conf"), "w") as f:
+            f.write(RABBIT_CONF.format(amqp=amqp, port=self.port, mgmt=free_port()))
+        with open(os.path.join(self.dir, "enabled_plugins"), "w") as f:
+            f.write("[rabbitmq_web_stomp].\n")
+        node = f"bench{self.port}@localhost"
+        self.env = dict(os.environ,
+                        RABBITMQ_NODENAME=node,
+                        RABBITMQ_CONFIG_FILE=os.path.join(self.dir, "rabbitmq"),
+                        RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.dir, "enabled_plugins"),
+                        RABBITMQ_MNESIA_BASE=os.path.join(self.dir, "mnesia"),
+                        RABBITMQ_LOG_BASE=os.path.join(self.dir, "log"),
+                        RABBITMQ_DIST_PORT=str(dist),
+                        RABBITMQ_CONF_ENV_FILE=os.path.join(self.dir, "rabbitmq-env.conf"),
+                        HOME=self.dir)
+        open(os.path.join(self.dir, "rabbitmq-env.conf"), "w").close()
+        self.node = node
+        self.proc = Proc(["/usr/lib/rabbitmq/bin/rabbitmq-server"], os.path.join(self.dir, "rabbit.out"), env=self.env,
+                         cwd=self.dir)
+        wait_port(self.port, timeout=120)
+        time.sleep(1.0)
+
+    def pids(self):
+        # the Erlang VM (beam.smp) is a descendant of the script; count all of them
+        ps = [self.proc.p.pid] + children(self.proc.p.pid)
+        return [p for p in ps if _comm(p) in ("beam.smp", "erl_child_setup", "epmd", "inet_gethost")] or ps
+
+    def stop(self):
+        self.proc.stop(signal.SIGTERM, timeout=30)
+
+
+def _comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+SERVERS = {"switchboard": Switchboard, "nchan": Nchan, "rabbitmq": RabbitMQ}
