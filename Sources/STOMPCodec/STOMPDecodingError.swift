@@ -11,6 +11,8 @@ public enum STOMPDecodingError: Error, Sendable, Hashable, CustomStringConvertib
     case tooManyHeaders(limit: Int)
     case headerLineTooLong(limit: Int)
     case frameTooLarge(limit: Int)
+    case headersTooLarge(limit: Int)
+    case bodyTooLarge(limit: Int)
 
     public var description: String {
         switch self {
@@ -22,6 +24,8 @@ public enum STOMPDecodingError: Error, Sendable, Hashable, CustomStringConvertib
         case .tooManyHeaders(let n): return "too many headers (limit \(n))"
         case .headerLineTooLong(let n): return "header line too long (limit \(n) bytes)"
         case .frameTooLarge(let n): return "frame too large (limit \(n) bytes)"
+        case .headersTooLarge(let n): return "headers too large (limit \(n) bytes)"
+        case .bodyTooLarge(let n): return "body too large (limit \(n) bytes)"
         }
     }
 }

@@ -8,11 +8,18 @@ public struct STOMPDecoderLimits: Sendable, Hashable {
     public var maxHeaders: Int
     /// Longest single header line, in bytes.
     public var maxHeaderLineBytes: Int
+    /// Largest header block (command line and all headers), in bytes.
+    public var maxHeaderBytes: Int
+    /// Largest body, in bytes.
+    public var maxBodyBytes: Int
 
-    public init(maxFrameBytes: Int = 256 * 1024, maxHeaders: Int = 64, maxHeaderLineBytes: Int = 8 * 1024) {
+    public init(maxFrameBytes: Int = 256 * 1024, maxHeaders: Int = 64, maxHeaderLineBytes: Int = 8 * 1024,
+                maxHeaderBytes: Int = 64 * 1024, maxBodyBytes: Int? = nil) {
         self.maxFrameBytes = maxFrameBytes
         self.maxHeaders = maxHeaders
         self.maxHeaderLineBytes = maxHeaderLineBytes
+        self.maxHeaderBytes = maxHeaderBytes
+        self.maxBodyBytes = maxBodyBytes ?? maxFrameBytes
     }
 }
 
@@ -92,6 +99,7 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
                     // so the verdict does not depend on where the input was split.
                     let pendingCR = bytes.count > lineStart && bytes[bytes.count - 1] == UInt8(ascii: "\r") ? 1 : 0
                     if bytes.count - pendingCR - lineStart > limits.maxHeaderLineBytes { return .failure(.headerLineTooLong(limit: limits.maxHeaderLineBytes)) }
+                    if bytes.count - pendingCR > limits.maxHeaderBytes { return .failure(.headersTooLarge(limit: limits.maxHeaderBytes)) }
                     if bytes.count - pendingCR > limits.maxFrameBytes { return .failure(.frameTooLarge(limit: limits.maxFrameBytes)) }
                     return .success(nil)
                 }
@@ -105,6 +113,7 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
                 // The first line is the command; the rest are headers.
                 if lines - 1 > limits.maxHeaders { return .failure(.tooManyHeaders(limit: limits.maxHeaders)) }
                 lineStart = nl + 1
+                if lineStart > limits.maxHeaderBytes { return .failure(.headersTooLarge(limit: limits.maxHeaderBytes)) }
                 if lineStart > limits.maxFrameBytes { return .failure(.frameTooLarge(limit: limits.maxFrameBytes)) }
             }
         }
@@ -170,6 +179,7 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
         let bodyLength: Int
         if let n = p.contentLength {
             if n > limits.maxFrameBytes - p.headerBytes { throw .frameTooLarge(limit: limits.maxFrameBytes) }
+            if n > limits.maxBodyBytes { throw .bodyTooLarge(limit: limits.maxBodyBytes) }
             guard available > n else { return nil }
             guard buffer.getInteger(at: buffer.readerIndex + p.headerBytes + n, as: UInt8.self) == 0 else {
                 throw .missingNullTerminator
@@ -184,10 +194,12 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
                 p.bodyScanned = available
                 pending = p
                 if buffer.readableBytes > limits.maxFrameBytes { throw .frameTooLarge(limit: limits.maxFrameBytes) }
+                if available > limits.maxBodyBytes { throw .bodyTooLarge(limit: limits.maxBodyBytes) }
                 return nil
             }
             // A frame that arrived whole must obey the limit too, not only one still arriving.
             if nul > limits.maxFrameBytes { throw .frameTooLarge(limit: limits.maxFrameBytes) }
+            if nul - p.headerBytes > limits.maxBodyBytes { throw .bodyTooLarge(limit: limits.maxBodyBytes) }
             bodyLength = nul - p.headerBytes
         }
         buffer.moveReaderIndex(forwardBy: p.headerBytes)

@@ -167,8 +167,8 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let decoding = error as? STOMPDecodingError {
             switch decoding {
-            case .frameTooLarge: fail(decoding.description, kind: .limit, closeCode: .messageTooLarge)
-            case .tooManyHeaders, .headerLineTooLong: fail(decoding.description, kind: .limit, closeCode: .policyViolation)
+            case .frameTooLarge, .bodyTooLarge: fail(decoding.description, kind: .limit, closeCode: .messageTooLarge)
+            case .tooManyHeaders, .headerLineTooLong, .headersTooLarge: fail(decoding.description, kind: .limit, closeCode: .policyViolation)
             default: fail(decoding.description)
             }
         } else if let limited = error as? RateLimitExceeded {

@@ -141,11 +141,14 @@ public struct SwitchboardConfiguration: Sendable {
         s.decoderLimits.maxFrameBytes = reader.int(forKey: "limits.max-frame-bytes", default: s.decoderLimits.maxFrameBytes)
         s.decoderLimits.maxHeaders = reader.int(forKey: "limits.max-headers", default: s.decoderLimits.maxHeaders)
         s.decoderLimits.maxHeaderLineBytes = reader.int(forKey: "limits.max-header-line-bytes", default: s.decoderLimits.maxHeaderLineBytes)
+        s.decoderLimits.maxHeaderBytes = reader.int(forKey: "limits.max-header-bytes", default: s.decoderLimits.maxHeaderBytes)
+        s.decoderLimits.maxBodyBytes = reader.int(forKey: "limits.max-body-bytes", default: s.decoderLimits.maxFrameBytes)
         s.maxSubscriptionsPerSession = reader.int(forKey: "limits.max-subscriptions", default: s.maxSubscriptionsPerSession)
         s.maxPendingOutboundBytes = reader.int(forKey: "limits.max-pending-bytes", default: s.maxPendingOutboundBytes)
         s.maxFramesPerTransaction = reader.int(forKey: "limits.max-transaction-frames", default: s.maxFramesPerTransaction)
         for (key, value) in [("limits.max-frame-bytes", s.decoderLimits.maxFrameBytes), ("limits.max-headers", s.decoderLimits.maxHeaders),
                              ("limits.max-header-line-bytes", s.decoderLimits.maxHeaderLineBytes), ("limits.max-subscriptions", s.maxSubscriptionsPerSession),
+                             ("limits.max-header-bytes", s.decoderLimits.maxHeaderBytes), ("limits.max-body-bytes", s.decoderLimits.maxBodyBytes),
                              ("limits.max-pending-bytes", s.maxPendingOutboundBytes), ("limits.max-transaction-frames", s.maxFramesPerTransaction)] where value < 1 {
             throw Invalid(description: "\(key) must be ≥ 1, got \(value)")
         }

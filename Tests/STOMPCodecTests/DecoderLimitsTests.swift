@@ -51,6 +51,25 @@ struct DecoderLimitsTests {
         #expect(error == .frameTooLarge(limit: 100))
     }
 
+    @Test("body limit: with content-length, without (complete and still arriving), and at the limit")
+    func bodyTooLarge() throws {
+        let limits = STOMPDecoderLimits(maxFrameBytes: 1000, maxBodyBytes: 10)
+        #expect(decodingError { _ = try decodeAll("SEND\ncontent-length:11\n\n", limits: limits) } == .bodyTooLarge(limit: 10))
+        #expect(decodingError { _ = try decodeAll("SEND\n\n\(String(repeating: "b", count: 11))\u{0}", limits: limits) } == .bodyTooLarge(limit: 10))
+        #expect(decodingError { _ = try decodeAll("SEND\n\n\(String(repeating: "b", count: 11))", limits: limits) } == .bodyTooLarge(limit: 10))
+        #expect(try decodeOne("SEND\n\n\(String(repeating: "b", count: 10))\u{0}", limits: limits).body.readableBytes == 10)
+    }
+
+    @Test("header block limit: complete and still arriving; at the limit passes")
+    func headersTooLarge() throws {
+        let limits = STOMPDecoderLimits(maxFrameBytes: 1000, maxHeaders: 64, maxHeaderLineBytes: 100, maxHeaderBytes: 40)
+        let headers = (0..<5).map { "h\($0):vvvvvvvv\n" }.joined()  // 5 × 12 bytes
+        #expect(decodingError { _ = try decodeAll("SEND\n\(headers)\n\u{0}", limits: limits) } == .headersTooLarge(limit: 40))
+        #expect(decodingError { _ = try decodeAll("SEND\n\(headers)", limits: limits) } == .headersTooLarge(limit: 40))
+        #expect(decodingError { _ = try decodeAll("SEND\nh0:\(String(repeating: "v", count: 60))", limits: limits) } == .headersTooLarge(limit: 40))
+        #expect(try decodeOne("SEND\nh0:vvvvvvvv\nh1:vvvvvvvv\n\n\u{0}", limits: limits).headers.count == 2)
+    }
+
     @Test("a content-length body within the limit passes")
     func contentLengthWithinLimit() throws {
         let limits = STOMPDecoderLimits(maxFrameBytes: 100)
