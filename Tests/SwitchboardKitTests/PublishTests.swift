@@ -38,6 +38,25 @@ struct PublishTests {
         await client.shutdown()
     }
 
+    @Test func publishToUserGoesToThatUsersRoutingChannel() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let publisher = SwitchboardPublisher(client: client, origin: "svc-3")
+        // alice's /user/queue/notes routes as /~user/alice/queue/notes (see UserDestinations).
+        let alice = try await client.subscribe(to: ["switchboard:dest:/~user/alice/queue/notes"])
+        let bob = try await client.subscribe(to: ["switchboard:dest:/~user/bob/queue/notes"])
+        #expect(try await publisher.publish(toUser: "alice", destination: "/queue/notes", body: "for alice") == 1)
+        let message = try #require(try await nextMessage(alice))
+        let decoded = try #require(RedisEnvelope.decode(message.payload))
+        #expect(decoded.destination == "/~user/alice/queue/notes")
+        #expect(String(buffer: decoded.body) == "for alice")
+        #expect(try await nextMessage(bob, timeout: .milliseconds(200)) == nil)
+        await alice.unsubscribe()
+        await bob.unsubscribe()
+        await client.shutdown()
+    }
+
     @Test func replyGoesOnlyToTheSendersInstanceWithTheSession() async throws {
         let server = try await KitRedisServer.start()
         defer { server.stop() }
