@@ -25,6 +25,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
+import gatewayproc  # noqa: E402
+from gatewayproc import free_port  # noqa: E402,F401
 
 ARTIFACTS = REPO / "test-artifacts"
 BINARY = os.environ.get("SWITCHBOARD_BIN", str(REPO / ".build" / "debug" / "switchboard"))
@@ -36,72 +38,24 @@ WS_MAX_FRAME_BYTES = MAX_FRAME_BYTES + 1024
 WATCH_TOPIC = "/topic/robust"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, bytes]:
     import requests
     r = requests.get(f"http://127.0.0.1:{port}{path}", timeout=timeout)
     return r.status_code, r.content
 
 
-class Gateway:
-    def __init__(self, name: str, sets=()):
-        if not os.path.exists(BINARY):
-            pytest.skip(f"switchboard binary not found at {BINARY} (set SWITCHBOARD_BIN or run swift build)")
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.port = free_port()
-        self.name = name
-        args = [BINARY, "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "debug"]
-        for s in sets:
-            args += ["--set", s]
-        self.log_path = ARTIFACTS / f"{name}.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"switchboard exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if http_get(self.port, "/health", 0.5)[0] == 200:
-                    break
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"switchboard not healthy after 20s; see {self.log_path}")
-            time.sleep(0.05)
+class Gateway(gatewayproc.Gateway):
+    """The shared gateway process (tests/e2e/gatewayproc.py); skipped, not failed, without a binary."""
+    startup_timeout = 20.0
 
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/stomp"
+    def __init__(self, name: str, sets=()):
+        super().__init__(sets, None, name)
+
+    def missing_binary(self, message: str):
+        pytest.skip(message)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
-
-    def health(self) -> dict:
-        import requests
-        return requests.get(f"http://127.0.0.1:{self.port}/health", timeout=3).json()
-
-    def publish(self, topic: str, message: str):
-        import requests
-        return requests.post(f"http://127.0.0.1:{self.port}/api/notification",
-                             json={"topic": topic, "message": message}, timeout=5)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                self.log.close()
-                raise AssertionError(f"switchboard did not exit within {timeout}s of SIGTERM; see {self.log_path}")
-        self.log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")

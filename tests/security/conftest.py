@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 from stompclient import ConnectionClosed, StompClient, encode_frame  # noqa: E402,F401
+import gatewayproc  # noqa: E402
+from gatewayproc import free_port  # noqa: E402,F401
 
 ARTIFACTS = REPO / "test-artifacts"
 BINARY = os.environ.get("SWITCHBOARD_BIN", str(REPO / ".build" / "debug" / "switchboard"))
@@ -42,12 +44,6 @@ HMAC_SECRET = "security-suite-hmac-secret-0123456789abcdef"
 
 NO_TOKEN = ("authentication failed: no token (send 'Authorization: Bearer <jwt>' or passcode in CONNECT, "
             "or access_token at the handshake)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
@@ -143,57 +139,12 @@ def deny_send(c: StompClient, destination: str, body: str = "x", receipt: str | 
     return f
 
 
-class Gateway:
-    def __init__(self, sets=(), yaml: str | None = None, name: str = "gateway"):
-        if not os.path.exists(BINARY):
-            pytest.fail(f"switchboard binary not found at {BINARY} (set SWITCHBOARD_BIN or run swift build)")
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.port = free_port()
-        self.name = name
-        args = [BINARY, "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "debug"]
-        if yaml is not None:
-            cfg = ARTIFACTS / f"{name}.yaml"
-            cfg.write_text(yaml)
-            args += ["--config", str(cfg)]
-        for s in sets:
-            args += ["--set", s]
-        self.args = args
-        self.log_path = ARTIFACTS / f"{name}.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = popen_retrying(args, stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_healthy()
+class Gateway(gatewayproc.Gateway):
+    """The shared gateway process, plus user-destination publishing, API-key headers and metrics."""
+    startup_timeout = 20.0
 
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/stomp"
-
-    def _wait_healthy(self, timeout: float = 20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"switchboard exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if requests.get(self.base + "/health", timeout=0.5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"switchboard not healthy after {timeout}s; see {self.log_path}")
-
-    def health(self) -> dict:
-        return requests.get(self.base + "/health", timeout=2).json()
-
-    def wait_health(self, predicate, timeout: float = 5.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            h = self.health()
-            if predicate(h) or time.monotonic() > deadline:
-                return h
-            time.sleep(0.05)
+    def popen(self, args, **kw) -> subprocess.Popen:
+        return popen_retrying(args, **kw)
 
     def publish(self, topic: str, message: str, headers=None, **extra) -> requests.Response:
         return requests.post(self.base + "/api/notification", json={"topic": topic, "message": message, **extra},
@@ -205,19 +156,6 @@ class Gateway:
 
     def metric(self, kind: str) -> float:
         return metric(self.base, kind)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                self.log.close()
-                raise AssertionError(f"switchboard did not exit within {timeout}s of SIGTERM; see {self.log_path}")
-        self.log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")
