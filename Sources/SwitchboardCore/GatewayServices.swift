@@ -63,8 +63,6 @@ public final class UserSessionCounter: Sendable {
             c[user] = n > 0 ? n : nil
         }
     }
-
-    public func count(_ user: String) -> Int { counts.withLockedValue { $0[user, default: 0] } }
 }
 
 /// Everything a session needs from the gateway, shared by all sessions.

@@ -213,9 +213,6 @@ public final class LoopShard: @unchecked Sendable {
         }
     }
 
-    /// Number of sessions on this loop.
-    public var sessionCount: Int { heartbeatClients.count }
-
     /// Stops the heart-beat timer (at shutdown).
     public func stop() {
         eventLoop.execute {
