@@ -129,6 +129,7 @@ let package = Package(
                 "SwitchboardConsole",
                 "SwitchboardAPIModel",
                 "SwitchboardAuth",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

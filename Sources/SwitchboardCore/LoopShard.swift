@@ -50,6 +50,8 @@ public final class LoopShard: @unchecked Sendable {
     /// Sinks written to since the last flush pass.
     private var dirty: [any SubscriptionSink] = []
     private var dirtySet = Set<ObjectIdentifier>()
+    /// Frames of the message being delivered, shared by subscribers that get the same bytes.
+    private var frames = MessageFrameCache()
     private var flushScheduled = false
 
     private var heartbeatClients: [ObjectIdentifier: any HeartbeatClient] = [:]
@@ -133,6 +135,7 @@ public final class LoopShard: @unchecked Sendable {
                 }
             }
         }
+        frames.clear()
         scheduleFlush()
     }
 
@@ -156,7 +159,7 @@ public final class LoopShard: @unchecked Sendable {
 
     @inline(__always)
     private func write(_ message: PublishedMessage, _ sub: LocalSubscription) {
-        sub.sink.deliver(message, to: sub)
+        sub.sink.deliver(message, to: sub, frames: &frames)
         markDirty(sub.sink)
     }
 

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOWebSocket
 import STOMPCodec
 import Synchronization
 
@@ -65,20 +66,37 @@ public final class PublishedMessage: Sendable {
     /// - Parameter escapeCarriageReturn: false for STOMP 1.1 sessions (see ``v11Prefix``).
     @inlinable
     public func encodeFrame(subscription: String, ack: String?, escape: Bool, escapeCarriageReturn: Bool = true, allocator: ByteBufferAllocator) -> ByteBuffer {
-        encodeFrameImpl(subscription: subscription, ack: ack, escape: escape, escapeCR: escapeCarriageReturn, allocator: allocator)
+        var out = allocator.buffer(capacity: frameCapacity(subscription: subscription, ack: ack))
+        writeFrame(subscription: subscription, ack: ack, escape: escape, escapeCR: escapeCarriageReturn, into: &out)
+        return out
+    }
+
+    /// The same frame as ``encodeFrame(subscription:ack:escape:escapeCarriageReturn:allocator:)``
+    /// inside a complete WebSocket frame (text when the body is UTF-8, binary otherwise), ready
+    /// to be written to a connection.
+    @inlinable
+    public func encodeWebSocketFrame(subscription: String, ack: String?, escape: Bool, escapeCarriageReturn: Bool = true,
+                                     allocator: ByteBufferAllocator) -> ByteBuffer {
+        WebSocketServerFrame.build(opcode: bodyIsUTF8 ? .text : .binary, payloadCapacity: frameCapacity(subscription: subscription, ack: ack),
+                                   allocator: allocator) { out in
+            writeFrame(subscription: subscription, ack: ack, escape: escape, escapeCR: escapeCarriageReturn, into: &out)
+        }
     }
 
     @usableFromInline
-    func encodeFrameImpl(subscription: String, ack: String?, escape: Bool, escapeCR: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+    func frameCapacity(subscription: String, ack: String?) -> Int {
+        escapedPrefix.readableBytes + subscription.utf8.count + 16 + (ack.map { $0.utf8.count + 5 } ?? 0) + body.readableBytes
+    }
+
+    @usableFromInline
+    func writeFrame(subscription: String, ack: String?, escape: Bool, escapeCR: Bool, into out: inout ByteBuffer) {
         let prefix = escape ? (escapeCR ? escapedPrefix : v11Prefix) : plainPrefix
-        var out = allocator.buffer(capacity: prefix.readableBytes + subscription.utf8.count + 16 + (ack.map { $0.utf8.count + 5 } ?? 0) + body.readableBytes)
         out.writeImmutableBuffer(prefix)
         STOMPFrameEncoder.writeHeader("subscription", subscription, escape: escape, escapeCarriageReturn: escapeCR, into: &out)
         if let ack { STOMPFrameEncoder.writeHeader("ack", ack, escape: escape, escapeCarriageReturn: escapeCR, into: &out) }
         out.writeInteger(UInt8(ascii: "\n"))
         out.writeImmutableBuffer(body)
         out.writeInteger(UInt8(0))
-        return out
     }
 }
 

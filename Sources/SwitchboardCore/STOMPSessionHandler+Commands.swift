@@ -89,7 +89,7 @@ extension STOMPSessionHandler {
         version = negotiated
         escape = negotiated.escapesHeaders
         escapeCR = negotiated == .v1_2
-        if !escape { context?.triggerUserOutboundEvent(STOMPTransportControl.setHeaderEscaping(false), promise: nil) }
+        if !escape { transport?.setHeaderEscaping(false) }
         let (sendMs, expectMs) = STOMPHeartBeat.negotiate(client: clientBeat, server: config.heartBeat)
         sendEveryTicks = sendMs > 0 ? ticks(Int64(sendMs), roundUp: false) : 0
         expectWithinTicks = expectMs > 0 ? ticks(Int64(Double(expectMs) * config.heartBeatTolerance), roundUp: true) + 1 : 0

@@ -91,8 +91,9 @@ extension STOMPSessionHandler {
         let routed = config.isUserDestination(message.destination)
             ? UserDestinations.routing(user: user, session: sessionID, clientDestination: message.destination)!
             : message.destination
+        var frames = MessageFrameCache()
         for sub in subscriptions.values where sub.pattern.matches(routed) {
-            deliver(message, to: sub)
+            deliver(message, to: sub, frames: &frames)
             delivered = true
         }
         if delivered {

@@ -27,8 +27,9 @@ public struct HandshakeInfo: Sendable {
 
 public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, HeartbeatClient, SessionDeliveryTarget {
     public typealias InboundIn = STOMPFrame
-    public typealias OutboundIn = WebSocketFrame
-    public typealias OutboundOut = WebSocketFrame
+    /// Nothing above the session writes; it writes complete WebSocket frames itself.
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
 
     enum State {
         case awaitingConnect
@@ -42,6 +43,8 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     var logger: Logger
 
     var context: ChannelHandlerContext?
+    /// The WebSocket transport below, when there is one (found when the handler is added).
+    var transport: WebSocketSTOMPTransport?
     var shard: LoopShard!
     var state: State = .awaitingConnect
     public internal(set) var version: STOMPVersion = .v1_2
@@ -87,6 +90,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.transport = try? context.pipeline.syncOperations.handler(type: WebSocketSTOMPTransport.self)
         self.shard = services.hub.shard(for: context.eventLoop)
         openedTick = shard.tick
         lastReadTick = shard.tick
@@ -103,6 +107,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     public func handlerRemoved(context: ChannelHandlerContext) {
         cleanUp()
         self.context = nil
+        self.transport = nil
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
@@ -208,11 +213,13 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     /// Encodes and writes a server frame (not flushed).
     func send(_ frame: STOMPFrame) {
         guard let context else { return }
-        var buffer = context.channel.allocator.buffer(capacity: 64 + frame.body.readableBytes)
-        STOMPFrameEncoder.encode(frame, escapeHeaders: escape, escapeCarriageReturn: escapeCR, into: &buffer)
+        let buffer = WebSocketServerFrame.build(opcode: .text, payloadCapacity: 64 + frame.body.readableBytes,
+                                                allocator: context.channel.allocator) { out in
+            STOMPFrameEncoder.encode(frame, escapeHeaders: escape, escapeCarriageReturn: escapeCR, into: &out)
+        }
         shard.counters.framesOut[frame.command.ordinal] &+= 1
         shard.counters.bytesOut &+= buffer.readableBytes
-        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: buffer)), promise: nil)
+        context.write(wrapOutboundOut(buffer), promise: nil)
         lastWriteTick = shard.tick
         wroteSinceFlush = true
     }
@@ -230,11 +237,11 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     // MARK: SubscriptionSink
 
-    public func deliver(_ message: PublishedMessage, to subscription: LocalSubscription) {
+    public func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, frames: inout MessageFrameCache) {
         guard state == .connected, let context else { return }
-        let ack: String? = subscription.ackMode == .auto ? nil : message.messageID + "." + subscription.id
-        let buffer = message.encodeFrame(subscription: subscription.id, ack: ack, escape: escape, escapeCarriageReturn: escapeCR, allocator: context.channel.allocator)
-        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: message.bodyIsUTF8 ? .text : .binary, data: buffer)), promise: nil)
+        let buffer = frames.frame(message, subscription: subscription.id, ack: subscription.ackMode != .auto,
+                                  escape: escape, escapeCR: escapeCR, allocator: context.channel.allocator)
+        context.write(wrapOutboundOut(buffer), promise: nil)
         wroteSinceFlush = true
         lastWriteTick = shard.tick
         shard.counters.messagesDelivered &+= 1
@@ -247,6 +254,9 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     }
 
     // MARK: Heart-beats and timeouts
+
+    /// A STOMP heart-beat (one end-of-line) in a text frame; shared by every session.
+    static let heartBeatFrame = WebSocketServerFrame.make(opcode: .text, payload: ByteBuffer(string: "\n"), allocator: ByteBufferAllocator())
 
     public func heartbeatTick(_ tick: UInt64) {
         switch state {
@@ -266,9 +276,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
                 return
             }
             if sendEveryTicks > 0 && tick - lastWriteTick >= sendEveryTicks, let context {
-                var eol = context.channel.allocator.buffer(capacity: 1)
-                eol.writeInteger(UInt8(ascii: "\n"))
-                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: eol)), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(Self.heartBeatFrame), promise: nil)
                 lastWriteTick = tick
             }
         case .closing:
@@ -324,10 +332,12 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     /// Sends a WebSocket close frame after what is queued, then closes the channel. A peer
     /// that does not read gets cut off after a short grace period.
     func closeConnection(context: ChannelHandlerContext, code: WebSocketErrorCode) {
-        var data = context.channel.allocator.buffer(capacity: 2)
-        data.write(webSocketErrorCode: code)
         let promise = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)), promise: promise)
+        if transport?.claimCloseFrame() ?? true {
+            context.writeAndFlush(wrapOutboundOut(WebSocketServerFrame.close(code: code, allocator: context.channel.allocator)), promise: promise)
+        } else {
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: promise)
+        }
         wroteSinceFlush = false
         let channel = context.channel
         let timeout = context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }

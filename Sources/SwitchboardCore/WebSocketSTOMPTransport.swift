@@ -2,12 +2,6 @@ import NIOCore
 import NIOWebSocket
 import STOMPCodec
 
-/// Asks the transport below a session to change how it decodes.
-public enum STOMPTransportControl: Sendable {
-    /// Header escaping on (STOMP 1.1+) or off (1.0), sent once the version is negotiated.
-    case setHeaderEscaping(Bool)
-}
-
 /// Tells the session that bytes arrived which carried no frame (a heart-beat, a ping).
 public struct STOMPTransportActivity: Sendable {}
 
@@ -17,11 +11,14 @@ public struct STOMPTransportActivity: Sendable {}
 /// continuation) and one message may carry several frames. Pings are answered with pongs; a
 /// close frame is echoed and the connection closed. Unmasked client frames are a protocol
 /// error (RFC 6455 §5.1).
-public final class WebSocketSTOMPTransport: ChannelDuplexHandler {
+///
+/// The handler is inbound only: the session above writes complete WebSocket frames (bytes
+/// built by ``WebSocketServerFrame``) straight past it to the socket, and talks to it directly
+/// for the two things they share (``setHeaderEscaping(_:)`` and ``claimCloseFrame()``).
+public final class WebSocketSTOMPTransport: ChannelInboundHandler {
     public typealias InboundIn = WebSocketFrame
     public typealias InboundOut = STOMPFrame
-    public typealias OutboundIn = WebSocketFrame
-    public typealias OutboundOut = WebSocketFrame
+    public typealias OutboundOut = ByteBuffer
 
     private var decoder: STOMPFrameDecoder
     private var cumulation: ByteBuffer?
@@ -78,8 +75,7 @@ public final class WebSocketSTOMPTransport: ChannelDuplexHandler {
             }
             decodeFrames(context: context)
         case .ping:
-            var pong = frame.unmaskedData
-            let reply = WebSocketFrame(fin: true, opcode: .pong, data: context.channel.allocator.buffer(buffer: pong.readSlice(length: pong.readableBytes)!))
+            let reply = WebSocketServerFrame.make(opcode: .pong, payload: frame.unmaskedData, allocator: context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
             context.fireUserInboundEventTriggered(STOMPTransportActivity())
         case .pong:
@@ -101,9 +97,7 @@ public final class WebSocketSTOMPTransport: ChannelDuplexHandler {
                 return
             }
             closeSent = true
-            var echo = context.channel.allocator.buffer(capacity: 2)
-            if let code { echo.writeInteger(code) }
-            let reply = WebSocketFrame(fin: true, opcode: .connectionClose, data: echo)
+            let reply = WebSocketServerFrame.close(code: code.map { WebSocketErrorCode(codeNumber: Int($0)) }, allocator: context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
         default:
             closeWithProtocolError(context: context, reason: "unknown opcode")
@@ -157,29 +151,20 @@ public final class WebSocketSTOMPTransport: ChannelDuplexHandler {
         failed = true
         guard !closeSent else { return }
         closeSent = true
-        var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
-        data.write(webSocketErrorCode: .protocolError)
-        data.writeString(reason)
-        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
+        let frame = WebSocketServerFrame.close(code: .protocolError, reason: reason, allocator: context.channel.allocator)
         context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in context.close(promise: nil) }
     }
 
-    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
-        if let control = event as? STOMPTransportControl {
-            switch control {
-            case .setHeaderEscaping(let on): decoder.escapeHeaders = on
-            }
-            promise?.succeed()
-        } else {
-            context.triggerUserOutboundEvent(event, promise: promise)
-        }
+    /// Header escaping on (STOMP 1.1+) or off (1.0), set once the version is negotiated.
+    public func setHeaderEscaping(_ on: Bool) {
+        decoder.escapeHeaders = on
     }
 
-    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if unwrapOutboundIn(data).opcode == .connectionClose {
-            if closeSent { promise?.succeed(); return }
-            closeSent = true
-        }
-        context.write(data, promise: promise)
+    /// Records that a close frame is about to be sent; false if one was sent already
+    /// (RFC 6455 §5.5.1: an endpoint sends at most one close frame).
+    public func claimCloseFrame() -> Bool {
+        guard !closeSent else { return false }
+        closeSent = true
+        return true
     }
 }

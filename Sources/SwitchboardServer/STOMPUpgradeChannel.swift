@@ -15,8 +15,9 @@ import Synchronization
 /// Hummingbird child channel that serves HTTP and upgrades `GET <stomp path>` to a STOMP
 /// WebSocket session.
 ///
-/// After the upgrade the connection is plain SwiftNIO: NIOWebSocket's frame codec, then
-/// ``WebSocketSTOMPTransport`` and ``STOMPSessionHandler``. No task or actor is kept per
+/// After the upgrade the connection is plain SwiftNIO: NIOWebSocket's frame decoder, then
+/// ``WebSocketSTOMPTransport`` and ``STOMPSessionHandler``, which writes complete WebSocket
+/// frames straight to the socket (see ``STOMPWebSocketUpgrader``). No task or actor is kept per
 /// connection: fan-out writes straight into the channel on its own event loop.
 struct STOMPUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
     enum UpgradeResult: Sendable {
@@ -79,10 +80,9 @@ struct STOMPUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
             if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
             let secure = tls != nil
             let idle = httpIdleTimeout
-            let upgrader = NIOTypedWebSocketServerUpgrader<UpgradeResult>(
+            // The session answers WebSocket errors itself (an ERROR frame before the close).
+            let upgrader = STOMPWebSocketUpgrader<UpgradeResult>(
                 maxFrameSize: maxWebSocketFrameBytes,
-                // The session answers WebSocket errors itself (an ERROR frame before the close).
-                enableAutomaticErrorHandling: false,
                 shouldUpgrade: { channel, head in
                     let uriPath = head.uri.firstIndex(of: "?").map { String(head.uri[..<$0]) } ?? head.uri
                     func refuse(_ r: Refusal) -> EventLoopFuture<HTTPHeaders?> {

@@ -101,11 +101,44 @@ final class TestClient {
         try sendWS(Self.wsFrame(bytes))
     }
 
+    /// The WebSocket frames the server wrote since the last read. The session writes raw bytes;
+    /// each buffer must hold whole, final, unmasked frames with minimal length encoding.
+    func readWebSocketFrames(sourceLocation: SourceLocation = #_sourceLocation) throws -> [WebSocketFrame] {
+        loop.run()
+        var frames: [WebSocketFrame] = []
+        while var bytes = try channel.readOutbound(as: ByteBuffer.self) {
+            while bytes.readableBytes > 0 {
+                struct Malformed: Error {}
+                guard let first = bytes.readInteger(as: UInt8.self), let second = bytes.readInteger(as: UInt8.self) else {
+                    Issue.record("truncated WebSocket header", sourceLocation: sourceLocation); throw Malformed()
+                }
+                #expect(first & 0x80 != 0, "FIN set", sourceLocation: sourceLocation)
+                #expect(first & 0x70 == 0, "no reserved bits", sourceLocation: sourceLocation)
+                #expect(second & 0x80 == 0, "server frames are not masked", sourceLocation: sourceLocation)
+                var length = Int(second & 0x7F)
+                if length == 126 {
+                    guard let l = bytes.readInteger(as: UInt16.self) else { Issue.record("truncated length"); throw Malformed() }
+                    length = Int(l)
+                    #expect(length > 125, "minimal length encoding", sourceLocation: sourceLocation)
+                } else if length == 127 {
+                    guard let l = bytes.readInteger(as: UInt64.self) else { Issue.record("truncated length"); throw Malformed() }
+                    length = Int(l)
+                    #expect(length > 65535, "minimal length encoding", sourceLocation: sourceLocation)
+                }
+                guard let payload = bytes.readSlice(length: length) else {
+                    Issue.record("payload shorter than its header says", sourceLocation: sourceLocation); throw Malformed()
+                }
+                let opcode = try #require(WebSocketOpcode(encodedWebSocketOpcode: first & 0x0F), sourceLocation: sourceLocation)
+                frames.append(WebSocketFrame(fin: true, opcode: opcode, data: payload))
+            }
+        }
+        return frames
+    }
+
     /// Everything the server wrote (and flushed) since the last read.
     func read() throws -> [ServerOutput] {
-        loop.run()
         var out: [ServerOutput] = []
-        while let ws = try channel.readOutbound(as: WebSocketFrame.self) {
+        for ws in try readWebSocketFrames() {
             switch ws.opcode {
             case .text, .binary:
                 #expect(ws.maskKey == nil, "server frames are not masked")

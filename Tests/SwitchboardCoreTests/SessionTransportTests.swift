@@ -107,8 +107,7 @@ struct SessionTransportTests {
         try c.connect(acceptVersion: "1.1")
         try c.subscribe("/topic/e")
         try c.sendRaw("SEND\ndestination:/topic/e\nh:a\\cb\\nc\\\\\n\nx\u{0}")
-        var raw: WebSocketFrame?
-        while let ws = try c.channel.readOutbound(as: WebSocketFrame.self) { raw = ws }
+        let raw = try c.readWebSocketFrames().last
         let text = String(buffer: try #require(raw).data)
         #expect(text.contains("\nh:a\\cb\\nc\\\\\n"), "\(text)")
     }

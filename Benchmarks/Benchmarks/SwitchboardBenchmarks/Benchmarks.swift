@@ -10,8 +10,8 @@ final class CountingSink: SubscriptionSink {
     var delivered = 0
     var flushes = 0
     let allocator = ByteBufferAllocator()
-    func deliver(_ message: PublishedMessage, to subscription: LocalSubscription) {
-        let frame = message.encodeFrame(subscription: subscription.id, ack: nil, escape: true, allocator: allocator)
+    func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, frames: inout MessageFrameCache) {
+        let frame = frames.frame(message, subscription: subscription.id, ack: false, escape: true, escapeCR: true, allocator: allocator)
         delivered &+= frame.readableBytes
     }
     func flushDeliveries() { flushes &+= 1 }
