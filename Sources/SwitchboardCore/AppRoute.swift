@@ -61,6 +61,16 @@ public protocol AppRoute: Sendable {
     /// A short description for logs and errors, e.g. `webhook http://svc/greet`.
     var description: String { get }
     func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]>
+
+    /// True when messages handed over one after another reach the backend in that order even
+    /// if the next is handed over before the previous one is confirmed (commands written in
+    /// order on one connection). The session then pipelines SENDs to this route (receipts
+    /// still in order); otherwise it waits for each before reading the next frame.
+    var keepsOrderWhenPipelined: Bool { get }
+}
+
+extension AppRoute {
+    public var keepsOrderWhenPipelined: Bool { false }
 }
 
 /// Application destinations and their routes; the first matching pattern wins.

@@ -278,7 +278,7 @@ extension STOMPSessionHandler {
                 onSuccess(value)
                 guard handler.state != .closing else { return }
                 handler.sendReceipt(for: frame)
-                if let reason = handler.closeAfterInFlight {
+                if let reason = handler.closeAfterInFlight, handler.pipeline.isEmpty {
                     handler.fail(reason, kind: .shutdown)
                     return
                 }
@@ -296,14 +296,15 @@ extension STOMPSessionHandler {
         guard !draining else { return }
         draining = true
         defer { draining = false }
-        while !inFlight, state != .closing, let next = queued.popFirst() {
+        while state != .closing, let next = queued.first, canHandleNow(next) {
+            queued.removeFirst()
             if next.command == .commit && next.headers["transaction"] == nil {
                 sendReceipt(for: next)  // the marker closing a replayed transaction
             } else {
                 handle(next)
             }
         }
-        if !inFlight && readPending, let context {
+        if readPending, queued.isEmpty, !inFlight, pipeline.count < config.maxPipelinedSends, let context {
             readPending = false
             context.read()
         }

@@ -45,9 +45,9 @@ extension STOMPSessionHandler {
                                        headers: Self.userHeaders(of: frame), body: frame.body)
         let future = services.engine.publish(message, on: shard.eventLoop)
         if services.engine.publishesSynchronously {
-            sendReceipt(for: frame)
+            completeSend(frame)
         } else {
-            awaitStep(future, for: frame, describe: { "publish to \(destination) failed: \($0)" }, onSuccess: { _ in })
+            pipelineStep(future, for: frame, describe: { "publish to \(destination) failed: \($0)" }, onSuccess: { _ in })
         }
     }
 
@@ -72,11 +72,17 @@ extension STOMPSessionHandler {
             }
             return EventLoopFuture.andAllSucceed(publishes, on: loop).map { replies }
         }
-        awaitStep(future, for: frame, describe: { "route for \(destination) failed: \($0)" }, onSuccess: { replies in
+        let describe: (any Error) -> String = { "route for \(destination) failed: \($0)" }
+        let onSuccess: ([RouteReply]) -> Void = { replies in
             for reply in replies where reply.target == .sender {
                 self.deliverToSelf(reply)
             }
-        })
+        }
+        if route.keepsOrderWhenPipelined {
+            pipelineStep(future, for: frame, describe: describe, onSuccess: onSuccess)
+        } else {
+            awaitStep(future, for: frame, describe: describe, onSuccess: onSuccess)
+        }
     }
 
     /// Delivers a reply to this session's subscriptions that match its destination.

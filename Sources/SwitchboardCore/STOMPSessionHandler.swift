@@ -71,6 +71,10 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     var inFlight = false
     var draining = false
     var queued = CircularBuffer<STOMPFrame>()
+    /// SENDs awaiting confirmation while later frames go ahead (see the `+Pipeline` file).
+    var pipeline = CircularBuffer<PipelinedSend>()
+    /// Sequence number of `pipeline.first`.
+    var pipelineBase: UInt64 = 0
     var readPending = false
     var wroteSinceFlush = false
     var frameBucket: TokenBucket?
@@ -129,6 +133,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         subscriptions.removeAll()
         transactions.removeAll()
         queued.removeAll()
+        pipeline.removeAll()
         shard?.removeHeartbeatClient(self)
         shard?.unregisterSession(self)
         services.stats.connectionsOpen.subtract(1)
@@ -145,7 +150,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         }
         shard.counters.framesIn[frame.command.ordinal] &+= 1
         guard state != .closing else { return }
-        if inFlight {
+        if !queued.isEmpty || !canHandleNow(frame) {
             guard queued.count < config.maxQueuedFrames else {
                 fail("too many frames queued behind an unfinished SEND (limit \(config.maxQueuedFrames))", kind: .limit)
                 return
@@ -203,7 +208,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     /// Holds back socket reads while a frame is being processed asynchronously.
     public func read(context: ChannelHandlerContext) {
-        if inFlight {
+        if inFlight || !queued.isEmpty || pipeline.count >= config.maxPipelinedSends {
             readPending = true
         } else {
             context.read()
@@ -262,7 +267,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         switch state {
         case .awaitingConnect:
             let limit = ticks(config.connectTimeout.nanoseconds / 1_000_000, roundUp: true)
-            if tick - openedTick > limit && !inFlight {
+            if tick - openedTick > limit && !isBusy {
                 fail("no CONNECT frame within \(config.connectTimeout.nanoseconds / 1_000_000) ms", kind: .limit)
             }
         case .connected:
@@ -270,7 +275,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
                 fail("authentication expired: the token's exp has passed", kind: .auth)
                 return
             }
-            if expectWithinTicks > 0 && !inFlight && tick - lastReadTick > expectWithinTicks {
+            if expectWithinTicks > 0 && !isBusy && tick - lastReadTick > expectWithinTicks {
                 logger.info("heart-beat timeout: closing")
                 fail("heart-beat timeout: nothing received from the client in time", kind: .heartBeatTimeout)
                 return
@@ -287,7 +292,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     /// Ends the session for shutdown. A step in flight (a route call, an unconfirmed publish)
     /// completes first, so its receipt still goes out; then the `ERROR`.
     public func close(reason: String) {
-        if inFlight {
+        if isBusy {
             closeAfterInFlight = reason
         } else {
             fail(reason, kind: .shutdown)
@@ -348,5 +353,6 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         // Nothing more is read from a closing session.
         inFlight = false
         queued.removeAll()
+        pipeline.removeAll()
     }
 }

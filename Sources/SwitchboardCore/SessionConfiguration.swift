@@ -22,6 +22,9 @@ public struct SessionConfiguration: Sendable {
     public var maxTransactionsPerSession = 16
     /// Frames queued behind an unfinished `/app` SEND (reading from the socket stops meanwhile).
     public var maxQueuedFrames = 10_000
+    /// SENDs to order-keeping backends (Redis) awaiting confirmation at once per session;
+    /// reading from the socket pauses while this many are unconfirmed.
+    public var maxPipelinedSends = 128
     /// Broker destinations (SUBSCRIBE and SEND); `/topic/` by default.
     public var brokerPrefixes: [String] = ["/topic/"]
     /// Application destinations, routed to backends.

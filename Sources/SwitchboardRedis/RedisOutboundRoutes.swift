@@ -16,6 +16,8 @@ public struct RedisStreamRoute: AppRoute {
     public let stream: String
     public let maxLength: Int
     let client: RedisClient
+    /// XADDs go out in order on the client's one command connection.
+    public var keepsOrderWhenPipelined: Bool { true }
 
     public init(stream: String, maxLength: Int, client: RedisClient) {
         self.stream = stream
@@ -82,6 +84,8 @@ public struct RedisStreamRoute: AppRoute {
 public struct RedisPubSubRoute: AppRoute {
     public let channel: String
     let client: RedisClient
+    /// PUBLISHes go out in order on the client's one command connection.
+    public var keepsOrderWhenPipelined: Bool { true }
 
     public init(channel: String, client: RedisClient) {
         self.channel = channel

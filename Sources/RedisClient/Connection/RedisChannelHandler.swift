@@ -38,6 +38,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     private let logger: Logger
     private var handshakeTimeout: Scheduled<Void>?
     private var context: ChannelHandlerContext?
+    private var flushScheduled = false
 
     /// - Parameters:
     ///   - handshakePromise: succeeded with the negotiated protocol version (2 or 3) once the connection is ready.
@@ -126,9 +127,21 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         case .write(let scheduleTimer):
             context.write(self.wrapOutboundOut(command.bytes), promise: promise)
             if let scheduleTimer { self.scheduleTimer(at: scheduleTimer, context: context) }
+            self.scheduleFlush(context: context)
         case .fail(let error):
             command.promise.fail(error)
             promise?.fail(error)
+        }
+    }
+
+    /// Flushes once the tasks already queued on the loop have run, so the commands written in
+    /// one loop tick (from many sessions) go out in one `write` to Redis.
+    private func scheduleFlush(context: ChannelHandlerContext) {
+        guard !self.flushScheduled else { return }
+        self.flushScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.flushScheduled = false
+            self.context?.flush()
         }
     }
 

@@ -108,7 +108,8 @@ public final class RedisConnection: Sendable {
 
     private func write(_ command: RedisOutboundCommand) -> EventLoopFuture<RESPToken> {
         let promise = command.promise
-        self.channel.writeAndFlush(command).whenFailure { error in
+        // Not flushed here: the handler flushes once per loop tick (pipelining across callers).
+        self.channel.write(command).whenFailure { error in
             // Only reached if the handler never saw the command (pipeline torn down) or the write failed.
             promise.fail(error is ChannelError ? RedisClientError.connectionClosed : error)
         }
