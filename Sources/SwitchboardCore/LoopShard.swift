@@ -83,36 +83,51 @@ public final class LoopShard: @unchecked Sendable {
     public func add(_ subscription: LocalSubscription) {
         eventLoop.preconditionInEventLoop()
         let p = subscription.pattern
-        var bucket = (p.isWildcard ? wildcard[p] : exact[p.text]) ?? []
-        subscription.slot = bucket.count
-        bucket.append(subscription)
-        if p.isWildcard { wildcard[p] = bucket } else { exact[p.text] = bucket }
+        // Mutated in place: taking the bucket out of the dictionary would copy it (O(n) per add).
+        let count: Int
+        if p.isWildcard {
+            subscription.slot = wildcard[p, default: []].count
+            wildcard[p, default: []].append(subscription)
+            count = subscription.slot + 1
+        } else {
+            subscription.slot = exact[p.text, default: []].count
+            exact[p.text, default: []].append(subscription)
+            count = subscription.slot + 1
+        }
         subscriptionCount += 1
-        if bucket.count == 1 { hub.addInterest(p, shard: index) }
+        if count == 1 { hub.addInterest(p, shard: index) }
     }
 
     /// Removes a subscription added with ``add(_:)``. Must be called on ``eventLoop``.
     public func remove(_ subscription: LocalSubscription) {
         eventLoop.preconditionInEventLoop()
         let p = subscription.pattern
-        guard var bucket = p.isWildcard ? wildcard[p] : exact[p.text],
-              subscription.slot >= 0, subscription.slot < bucket.count,
-              bucket[subscription.slot] === subscription else { return }
+        let emptied: Bool?
+        if p.isWildcard {
+            emptied = Self.removeInPlace(subscription, from: &wildcard[p])
+            if emptied == true { wildcard[p] = nil }
+        } else {
+            emptied = Self.removeInPlace(subscription, from: &exact[p.text])
+            if emptied == true { exact[p.text] = nil }
+        }
+        guard let emptied else { return }
+        subscription.active = false
+        subscriptionCount -= 1
+        if emptied { hub.removeInterest(p, shard: index) }
+    }
+
+    /// Swap-removes `subscription` from `bucket` in O(1) without copying it; returns whether
+    /// the bucket is now empty, or nil if the subscription was not in it.
+    private static func removeInPlace(_ subscription: LocalSubscription, from bucket: inout [LocalSubscription]?) -> Bool? {
         let slot = subscription.slot
-        let last = bucket.removeLast()
-        if slot < bucket.count {
-            bucket[slot] = last
+        guard bucket != nil, slot >= 0, slot < bucket!.count, bucket![slot] === subscription else { return nil }
+        let last = bucket!.removeLast()
+        if slot < bucket!.count {
+            bucket![slot] = last
             last.slot = slot
         }
         subscription.slot = -1
-        subscription.active = false
-        subscriptionCount -= 1
-        if bucket.isEmpty {
-            if p.isWildcard { wildcard[p] = nil } else { exact[p.text] = nil }
-            hub.removeInterest(p, shard: index)
-        } else {
-            if p.isWildcard { wildcard[p] = bucket } else { exact[p.text] = bucket }
-        }
+        return bucket!.isEmpty
     }
 
     /// Writes `message` to every matching local subscription, then schedules one flush per
