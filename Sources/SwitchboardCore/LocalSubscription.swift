@@ -10,9 +10,10 @@ public enum AckMode: String, Sendable {
 
 /// Receives messages for the subscriptions of one session. Called on the session's event loop only.
 public protocol SubscriptionSink: AnyObject {
-    /// Writes `message` for `subscription` without flushing. `frames` holds the frames of this
-    /// message already encoded on this loop, to reuse when the bytes would be the same.
-    func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, frames: inout MessageFrameCache)
+    /// Writes `message` for `subscription` without flushing. `batch.frames` holds the frames of
+    /// this message already encoded on this loop, to reuse when the bytes would be the same;
+    /// a sink that writes counts it in `batch.delivered` and `batch.bytes`.
+    func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, batch: inout DeliveryBatch)
     /// Flushes what ``deliver(_:to:)`` wrote since the last flush.
     func flushDeliveries()
 }

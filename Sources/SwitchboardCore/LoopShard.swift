@@ -50,8 +50,9 @@ public final class LoopShard: @unchecked Sendable {
     /// Sinks written to since the last flush pass.
     private var dirty: [any SubscriptionSink] = []
     private var dirtySet = Set<ObjectIdentifier>()
-    /// Frames of the message being delivered, shared by subscribers that get the same bytes.
-    private var frames = MessageFrameCache()
+    /// Frames of the message being delivered (shared by subscribers that get the same bytes)
+    /// and the pass's tallies.
+    private var batch = DeliveryBatch()
     private var flushScheduled = false
 
     private var heartbeatClients: [ObjectIdentifier: any HeartbeatClient] = [:]
@@ -133,6 +134,7 @@ public final class LoopShard: @unchecked Sendable {
     /// Writes `message` to every matching local subscription, then schedules one flush per
     /// touched session for the end of this batch.
     func deliverLocally(_ message: PublishedMessage, scope: DeliveryScope = .all) {
+        batch.reset(tick: tick)
         switch scope {
         case .all, .exact:
             if let bucket = exact[message.destination] {
@@ -150,7 +152,10 @@ public final class LoopShard: @unchecked Sendable {
                 }
             }
         }
-        frames.clear()
+        counters.messagesDelivered &+= batch.delivered
+        counters.framesOut[STOMPCommand.message.ordinal] &+= batch.delivered
+        counters.bytesOut &+= batch.bytes
+        batch.frames.clear()
         scheduleFlush()
     }
 
@@ -174,7 +179,7 @@ public final class LoopShard: @unchecked Sendable {
 
     @inline(__always)
     private func write(_ message: PublishedMessage, _ sub: LocalSubscription) {
-        sub.sink.deliver(message, to: sub, frames: &frames)
+        sub.sink.deliver(message, to: sub, batch: &batch)
         markDirty(sub.sink)
     }
 

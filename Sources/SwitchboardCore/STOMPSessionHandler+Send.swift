@@ -97,11 +97,14 @@ extension STOMPSessionHandler {
         let routed = config.isUserDestination(message.destination)
             ? UserDestinations.routing(user: user, session: sessionID, clientDestination: message.destination)!
             : message.destination
-        var frames = MessageFrameCache()
+        var batch = DeliveryBatch(tick: shard.tick)
         for sub in subscriptions.values where sub.pattern.matches(routed) {
-            deliver(message, to: sub, frames: &frames)
+            deliver(message, to: sub, batch: &batch)
             delivered = true
         }
+        shard.counters.messagesDelivered &+= batch.delivered
+        shard.counters.framesOut[STOMPCommand.message.ordinal] &+= batch.delivered
+        shard.counters.bytesOut &+= batch.bytes
         if delivered {
             flushIfNeeded()
         } else {

@@ -242,17 +242,21 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     // MARK: SubscriptionSink
 
-    public func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, frames: inout MessageFrameCache) {
+    public func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, batch: inout DeliveryBatch) {
         guard state == .connected, let context else { return }
-        let buffer = frames.frame(message, subscription: subscription.id, ack: subscription.ackMode != .auto,
-                                  escape: escape, escapeCR: escapeCR, allocator: context.channel.allocator)
+        // The shared allocator, not `context.channel.allocator`: reaching the channel costs
+        // reference counting on every delivery.
+        let buffer = batch.frames.frame(message, subscription: subscription.id, ack: subscription.ackMode != .auto,
+                                        escape: escape, escapeCR: escapeCR, allocator: Self.allocator)
         context.write(wrapOutboundOut(buffer), promise: nil)
         wroteSinceFlush = true
-        lastWriteTick = shard.tick
-        shard.counters.messagesDelivered &+= 1
-        shard.counters.framesOut[STOMPCommand.message.ordinal] &+= 1
-        shard.counters.bytesOut &+= buffer.readableBytes
+        lastWriteTick = batch.tick
+        batch.delivered &+= 1
+        batch.bytes &+= buffer.readableBytes
     }
+
+    /// Allocator for delivered frames (NIO's default allocator, as every channel here uses).
+    static let allocator = ByteBufferAllocator()
 
     public func flushDeliveries() {
         flushIfNeeded()

@@ -121,3 +121,25 @@ public struct MessageFrameCache {
         message = nil
     }
 }
+
+/// What one delivery pass on a loop shares among the subscribers it writes to: the message's
+/// frames, the loop's heart-beat tick, and tallies added to the loop's counters once at the end
+/// (so a delivery touches no shared state).
+public struct DeliveryBatch {
+    public var frames = MessageFrameCache()
+    /// The shard's heart-beat tick during this pass.
+    public var tick: UInt64 = 0
+    /// MESSAGE frames written, and their bytes.
+    public var delivered = 0
+    public var bytes = 0
+
+    public init(tick: UInt64 = 0) { self.tick = tick }
+
+    /// Starts a new pass: frames of the previous message dropped, tallies zeroed.
+    public mutating func reset(tick: UInt64) {
+        frames.clear()
+        self.tick = tick
+        delivered = 0
+        bytes = 0
+    }
+}

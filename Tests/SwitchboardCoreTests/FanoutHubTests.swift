@@ -11,7 +11,7 @@ final class RecordingSink: SubscriptionSink {
     /// Deliveries seen at each flush.
     var deliveredAtFlush: [Int] = []
 
-    func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, frames: inout MessageFrameCache) {
+    func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, batch: inout DeliveryBatch) {
         deliveries.append((message.messageID, subscription.id, message.destination))
     }
 

@@ -10,8 +10,8 @@ final class CountingSink: SubscriptionSink {
     var delivered = 0
     var flushes = 0
     let allocator = ByteBufferAllocator()
-    func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, frames: inout MessageFrameCache) {
-        let frame = frames.frame(message, subscription: subscription.id, ack: false, escape: true, escapeCR: true, allocator: allocator)
+    func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, batch: inout DeliveryBatch) {
+        let frame = batch.frames.frame(message, subscription: subscription.id, ack: false, escape: true, escapeCR: true, allocator: allocator)
         delivered &+= frame.readableBytes
     }
     func flushDeliveries() { flushes &+= 1 }
