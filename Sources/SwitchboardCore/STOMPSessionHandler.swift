@@ -70,9 +70,11 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     // Ordered processing.
     var inFlight = false
     var draining = false
-    var queued = CircularBuffer<STOMPFrame>()
+    /// Capacity 1 to start (both queues are empty in almost every session): the default of 16
+    /// would cost about 2 kB per idle connection.
+    var queued = CircularBuffer<STOMPFrame>(initialCapacity: 1)
     /// SENDs awaiting confirmation while later frames go ahead (see the `+Pipeline` file).
-    var pipeline = CircularBuffer<PipelinedSend>()
+    var pipeline = CircularBuffer<PipelinedSend>(initialCapacity: 1)
     /// Sequence number of `pipeline.first`.
     var pipelineBase: UInt64 = 0
     var readPending = false

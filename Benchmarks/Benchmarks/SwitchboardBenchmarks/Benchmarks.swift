@@ -38,9 +38,9 @@ let benchmarks: @Sendable () -> Void = {
     let message = PublishedMessage(destination: "/topic/prices.eu", messageID: "bench-1",
                                    headers: ["content-type": "text/plain"], body: ByteBuffer(string: String(repeating: "y", count: 64)))
     let allocator = ByteBufferAllocator()
-    Benchmark("MESSAGE encode per subscriber", configuration: .init(scalingFactor: .kilo)) { benchmark in
+    Benchmark("MESSAGE encode in a WebSocket frame", configuration: .init(scalingFactor: .kilo)) { benchmark in
         for _ in benchmark.scaledIterations {
-            blackHole(message.encodeFrame(subscription: "sub-42", ack: nil, escape: true, allocator: allocator))
+            blackHole(message.encodeWebSocketFrame(subscription: "sub-42", ack: nil, escape: true, allocator: allocator))
         }
     }
 
@@ -55,28 +55,31 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    // Local fan-out: one message to 1,000 subscribers on one event loop (writes + flush pass).
-    Benchmark("fan-out to 1,000 local subscribers", configuration: .init(scalingFactor: .one)) { benchmark in
-        let loop = EmbeddedEventLoop()
-        let hub = FanoutHub(eventLoops: [loop])
-        let shard = hub.shard(for: loop)
-        let pattern = try! DestinationPattern("/topic/prices.eu")
-        var sinks: [CountingSink] = []
-        var subs: [LocalSubscription] = []
-        for i in 0..<1_000 {
-            let sink = CountingSink()
-            sinks.append(sink)
-            let sub = LocalSubscription(id: "s\(i)", pattern: pattern, ackMode: .auto, sink: sink)
-            subs.append(sub)
-            shard.add(sub)
+    // Local fan-out: one message to 1,000 subscribers on one event loop (writes + flush pass),
+    // with distinct subscription ids (a frame per subscriber) and with the same id (one shared frame).
+    for (name, sameID) in [("fan-out to 1,000 local subscribers (distinct ids)", false), ("fan-out to 1,000 local subscribers (same id)", true)] {
+        Benchmark(name, configuration: .init(scalingFactor: .one)) { benchmark in
+            let loop = EmbeddedEventLoop()
+            let hub = FanoutHub(eventLoops: [loop])
+            let shard = hub.shard(for: loop)
+            let pattern = try! DestinationPattern("/topic/prices.eu")
+            var sinks: [CountingSink] = []
+            var subs: [LocalSubscription] = []
+            for i in 0..<1_000 {
+                let sink = CountingSink()
+                sinks.append(sink)
+                let sub = LocalSubscription(id: sameID ? "0" : "s\(i)", pattern: pattern, ackMode: .auto, sink: sink)
+                subs.append(sub)
+                shard.add(sub)
+            }
+            benchmark.startMeasurement()
+            for _ in benchmark.scaledIterations {
+                hub.deliver(message)
+                loop.run()
+            }
+            benchmark.stopMeasurement()
+            blackHole(sinks.reduce(0) { $0 + $1.delivered })
+            for sub in subs { shard.remove(sub) }
         }
-        benchmark.startMeasurement()
-        for _ in benchmark.scaledIterations {
-            hub.deliver(message)
-            loop.run()
-        }
-        benchmark.stopMeasurement()
-        blackHole(sinks.reduce(0) { $0 + $1.delivered })
-        for sub in subs { shard.remove(sub) }
     }
 }
