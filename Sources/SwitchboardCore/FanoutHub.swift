@@ -46,9 +46,15 @@ public final class FanoutHub: Sendable {
 
     private let state = NIOLockedValueBox(Index())
     public let heartbeatResolution: TimeAmount
+    /// Flush passes of one loop closer together than this are merged into one, so under a
+    /// high message rate a connection gets several messages per `write` (see ``LoopShard``).
+    public let writeCoalescing: TimeAmount
 
-    public init(eventLoops: [any EventLoop] = [], heartbeatResolution: TimeAmount = .milliseconds(250)) {
+    /// - Parameter writeCoalescing: zero flushes every batch at once.
+    public init(eventLoops: [any EventLoop] = [], heartbeatResolution: TimeAmount = .milliseconds(250),
+                writeCoalescing: TimeAmount = .zero) {
         self.heartbeatResolution = heartbeatResolution
+        self.writeCoalescing = writeCoalescing
         for loop in eventLoops { _ = shard(for: loop) }
     }
 

@@ -54,6 +54,8 @@ public final class LoopShard: @unchecked Sendable {
     /// and the pass's tallies.
     private var batch = DeliveryBatch()
     private var flushScheduled = false
+    /// When the last flush pass ran (for ``FanoutHub/writeCoalescing``).
+    private var lastFlushPass = NIODeadline.distantPast
 
     private var heartbeatClients: [ObjectIdentifier: any HeartbeatClient] = [:]
     private var sessionsByID: [String: any SessionDeliveryTarget] = [:]
@@ -190,14 +192,27 @@ public final class LoopShard: @unchecked Sendable {
 
     /// Flushes dirty sinks once the tasks already queued on the loop (more deliveries,
     /// typically) have run, so a burst costs one flush per connection.
+    ///
+    /// Under load passes are spaced by at least ``FanoutHub/writeCoalescing``: if the last
+    /// pass ran more recently than that, this one waits for the rest of the interval and
+    /// carries every message delivered meanwhile — one `write` per connection for several
+    /// messages, on both ends. At low rates passes are further apart than the interval and
+    /// nothing waits.
     public func scheduleFlush() {
         guard !flushScheduled, !dirty.isEmpty else { return }
         flushScheduled = true
-        eventLoop.execute { self.flushDirty() }
+        let window = hub.writeCoalescing
+        let earliest = lastFlushPass + window
+        if window == .zero || eventLoop.now >= earliest {
+            eventLoop.execute { self.flushDirty() }
+        } else {
+            eventLoop.scheduleTask(deadline: earliest) { self.flushDirty() }
+        }
     }
 
     private func flushDirty() {
         flushScheduled = false
+        lastFlushPass = eventLoop.now
         let sinks = dirty
         dirty.removeAll(keepingCapacity: true)
         dirtySet.removeAll(keepingCapacity: true)

@@ -56,6 +56,8 @@ public struct SwitchboardConfiguration: Sendable {
     public var redis: RedisSettings?
     public var apiMaxBodyBytes = 1024 * 1024
     public var heartbeatResolutionMs = 250
+    /// Flush passes of one event loop closer together than this are merged (0: never).
+    public var writeCoalesceMicros = 2_000
     public var eventLoopThreads = System.coreCount
     public var backlog = 4096
     public var shutdownGraceMs = 5_000
@@ -115,6 +117,10 @@ public struct SwitchboardConfiguration: Sendable {
         eventLoopThreads = reader.int(forKey: "server.threads", default: eventLoopThreads)
         guard eventLoopThreads >= 1 && eventLoopThreads <= FanoutHub.maxShards else {
             throw Invalid(description: "server.threads must be 1…\(FanoutHub.maxShards)")
+        }
+        writeCoalesceMicros = reader.int(forKey: "server.write-coalesce-us", default: writeCoalesceMicros)
+        guard writeCoalesceMicros >= 0 && writeCoalesceMicros <= 100_000 else {
+            throw Invalid(description: "server.write-coalesce-us must be 0…100000")
         }
         shutdownGraceMs = reader.int(forKey: "server.shutdown-grace-ms", default: shutdownGraceMs)
         drainDelayMs = reader.int(forKey: "server.drain-delay-ms", default: drainDelayMs)

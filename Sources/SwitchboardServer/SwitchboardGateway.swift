@@ -68,7 +68,8 @@ public struct SwitchboardGateway: Sendable {
         self.logger = logger
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)
         let loops = Array(group.makeIterator())
-        let hub = FanoutHub(eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.heartbeatResolutionMs)))
+        let hub = FanoutHub(eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.heartbeatResolutionMs)),
+                            writeCoalescing: .microseconds(Int64(configuration.writeCoalesceMicros)))
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
         let messageIDs = MessageIDGenerator(instanceID: instanceID)
         var engine: any BrokerEngine = InMemoryEngine(hub: hub)

@@ -35,7 +35,7 @@ func message(_ destination: String, _ id: String = "m") -> PublishedMessage {
 /// bound to the thread that made it).
 struct HubFixture {
     let loop = EmbeddedEventLoop()
-    let hub = FanoutHub()
+    var hub = FanoutHub()
     var shard: LoopShard { hub.shard(for: loop) }
 
     func subscribe(_ sink: RecordingSink, _ id: String, _ pattern: String, ack: AckMode = .auto) throws -> LocalSubscription {
@@ -198,5 +198,41 @@ struct FanoutHubTests {
         shard.scheduleFlush()  // nothing dirty
         loop.run()
         #expect(sink.flushes == 1)
+    }
+
+    @Test("write coalescing: a pass right after another waits out the interval and carries every message since")
+    func coalescing() throws {
+        var f = HubFixture()
+        f.hub = FanoutHub(writeCoalescing: .milliseconds(2))
+        let loop = f.loop, hub = f.hub
+        let sink = RecordingSink()
+        _ = try f.subscribe(sink, "0", "/topic/a")
+        loop.advanceTime(by: .seconds(1))
+        hub.deliver(message("/topic/a", "m1"))
+        loop.run()
+        #expect(sink.deliveredAtFlush == [1], "an isolated message is flushed at once")
+        hub.deliver(message("/topic/a", "m2"))
+        loop.run()
+        hub.deliver(message("/topic/a", "m3"))
+        loop.run()
+        #expect(sink.deliveredAtFlush == [1], "passes closer than the interval wait")
+        loop.advanceTime(by: .milliseconds(2))
+        #expect(sink.deliveredAtFlush == [1, 3], "one flush carries m2 and m3")
+        loop.advanceTime(by: .milliseconds(5))
+        hub.deliver(message("/topic/a", "m4"))
+        loop.run()
+        #expect(sink.deliveredAtFlush == [1, 3, 4], "after a quiet interval the flush is immediate again")
+    }
+
+    @Test("without write coalescing every batch is flushed at once")
+    func noCoalescing() throws {
+        let f = HubFixture(), loop = f.loop, hub = f.hub
+        let sink = RecordingSink()
+        _ = try f.subscribe(sink, "0", "/topic/a")
+        for i in 1...3 {
+            hub.deliver(message("/topic/a", "m\(i)"))
+            loop.run()
+        }
+        #expect(sink.deliveredAtFlush == [1, 2, 3])
     }
 }
