@@ -20,6 +20,13 @@ public struct ShardCounters: Sendable {
 
     public init() {}
 
+    /// Adds the MESSAGE frames a delivery pass wrote.
+    public mutating func record(_ batch: DeliveryBatch) {
+        messagesDelivered &+= batch.delivered
+        framesOut[STOMPCommand.message.ordinal] &+= batch.delivered
+        bytesOut &+= batch.bytes
+    }
+
     /// Adds `other` into `self`.
     public mutating func add(_ other: ShardCounters) {
         for i in framesIn.indices {
@@ -86,17 +93,8 @@ public final class LoopShard: @unchecked Sendable {
     public func add(_ subscription: LocalSubscription) {
         eventLoop.preconditionInEventLoop()
         let p = subscription.pattern
-        // Mutated in place: taking the bucket out of the dictionary would copy it (O(n) per add).
-        let count: Int
-        if p.isWildcard {
-            subscription.slot = wildcard[p, default: []].count
-            wildcard[p, default: []].append(subscription)
-            count = subscription.slot + 1
-        } else {
-            subscription.slot = exact[p.text, default: []].count
-            exact[p.text, default: []].append(subscription)
-            count = subscription.slot + 1
-        }
+        let count = p.isWildcard ? Self.appendInPlace(subscription, to: &wildcard[p, default: []])
+                                 : Self.appendInPlace(subscription, to: &exact[p.text, default: []])
         subscriptionCount += 1
         if count == 1 { hub.addInterest(p, shard: index) }
     }
@@ -117,6 +115,14 @@ public final class LoopShard: @unchecked Sendable {
         subscription.active = false
         subscriptionCount -= 1
         if emptied { hub.removeInterest(p, shard: index) }
+    }
+
+    /// Appends `subscription` to `bucket` (mutated in place: taking a bucket out of the
+    /// dictionary and storing it back would copy it, O(n) per SUBSCRIBE); returns the new count.
+    private static func appendInPlace(_ subscription: LocalSubscription, to bucket: inout [LocalSubscription]) -> Int {
+        subscription.slot = bucket.count
+        bucket.append(subscription)
+        return bucket.count
     }
 
     /// Swap-removes `subscription` from `bucket` in O(1) without copying it; returns whether
@@ -154,9 +160,7 @@ public final class LoopShard: @unchecked Sendable {
                 }
             }
         }
-        counters.messagesDelivered &+= batch.delivered
-        counters.framesOut[STOMPCommand.message.ordinal] &+= batch.delivered
-        counters.bytesOut &+= batch.bytes
+        counters.record(batch)
         batch.frames.clear()
         scheduleFlush()
     }

@@ -102,9 +102,7 @@ extension STOMPSessionHandler {
             deliver(message, to: sub, batch: &batch)
             delivered = true
         }
-        shard.counters.messagesDelivered &+= batch.delivered
-        shard.counters.framesOut[STOMPCommand.message.ordinal] &+= batch.delivered
-        shard.counters.bytesOut &+= batch.bytes
+        shard.counters.record(batch)
         if delivered {
             flushIfNeeded()
         } else {
