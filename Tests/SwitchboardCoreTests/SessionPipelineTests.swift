@@ -17,19 +17,21 @@ final class OrderedPendingRoute: AppRoute, @unchecked Sendable {
 
 @Suite("Session: pipelined SENDs")
 struct SessionPipelineTests {
-    func gateway(_ route: any AppRoute, maxPipelined: Int = 128) throws -> TestGateway {
+    /// A gateway routing `/app/**` to `route`, and one connected client.
+    func connected(_ route: any AppRoute, maxPipelined: Int = 128) throws -> (TestGateway, TestClient) {
         var config = SessionConfiguration()
         config.maxPipelinedSends = maxPipelined
-        return TestGateway(configuration: config, routes: try routes("/app/**", route))
+        let gw = TestGateway(configuration: config, routes: try routes("/app/**", route))
+        let c = try gw.client()
+        try c.connect()
+        return (gw, c)
     }
 
     @Test("SENDs to an order-keeping route go out without waiting; receipts come back in frame order")
     func receiptsInOrder() throws {
         let route = OrderedPendingRoute()
-        let gw = try gateway(route)
+        let (gw, c) = try connected(route)
         defer { gw.shutdown() }
-        let c = try gw.client()
-        try c.connect()
         for i in 1...3 { try c.send(.send, ["destination": "/app/in", "receipt": "r\(i)"], body: "\(i)") }
         try #require(route.calls.count == 3, "all three handed over before any confirmation")
         #expect(route.calls.map { String(buffer: $0.message.body) } == ["1", "2", "3"])
@@ -43,10 +45,8 @@ struct SessionPipelineTests {
     @Test("a failed SEND: receipts before it, then ERROR naming it, nothing after")
     func failureInOrder() throws {
         let route = OrderedPendingRoute()
-        let gw = try gateway(route)
+        let (gw, c) = try connected(route)
         defer { gw.shutdown() }
-        let c = try gw.client()
-        try c.connect()
         for i in 1...3 { try c.send(.send, ["destination": "/app/in", "receipt": "r\(i)"], body: "\(i)") }
         route.calls[2].promise.succeed([])
         route.calls[1].promise.fail(RouteError("stream full"))
@@ -63,10 +63,8 @@ struct SessionPipelineTests {
     @Test("other frames wait for the pipeline to empty: a SUBSCRIBE receipt never overtakes a SEND's")
     func barrier() throws {
         let route = OrderedPendingRoute()
-        let gw = try gateway(route)
+        let (gw, c) = try connected(route)
         defer { gw.shutdown() }
-        let c = try gw.client()
-        try c.connect()
         try c.send(.send, ["destination": "/app/in", "receipt": "s1"], body: "x")
         try c.subscribe("/topic/t", receipt: "sub")
         try c.send(.send, ["destination": "/app/in", "receipt": "s2"], body: "y")
@@ -81,10 +79,8 @@ struct SessionPipelineTests {
     @Test("a refused SEND behind pipelined ones gets its ERROR after their receipts")
     func refusedAfterReceipts() throws {
         let route = OrderedPendingRoute()
-        let gw = try gateway(route)
+        let (gw, c) = try connected(route)
         defer { gw.shutdown() }
-        let c = try gw.client()
-        try c.connect()
         try c.send(.send, ["destination": "/app/in", "receipt": "ok"], body: "x")
         try c.send(.send, ["destination": "/topic/*", "receipt": "bad"], body: "y")
         #expect(try c.read().isEmpty)
@@ -98,10 +94,8 @@ struct SessionPipelineTests {
     @Test("at most maxPipelinedSends are unconfirmed; the rest queue until one is answered")
     func window() throws {
         let route = OrderedPendingRoute()
-        let gw = try gateway(route, maxPipelined: 2)
+        let (gw, c) = try connected(route, maxPipelined: 2)
         defer { gw.shutdown() }
-        let c = try gw.client()
-        try c.connect()
         for i in 1...4 { try c.send(.send, ["destination": "/app/in", "receipt": "r\(i)"], body: "\(i)") }
         #expect(route.calls.count == 2)
         route.calls[0].promise.succeed([])
@@ -118,10 +112,8 @@ struct SessionPipelineTests {
     @Test("routes that do not keep order (webhooks) are still called one at a time")
     func serialRoutes() throws {
         let route = PendingRoute()
-        let gw = try gateway(route)
+        let (gw, c) = try connected(route)
         defer { gw.shutdown() }
-        let c = try gw.client()
-        try c.connect()
         try c.send(.send, ["destination": "/app/in", "receipt": "r1"], body: "1")
         try c.send(.send, ["destination": "/app/in", "receipt": "r2"], body: "2")
         #expect(route.calls.count == 1)
