@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from conftest import wait_until
+from clusterlib import wait_until
 from stompclient import ConnectionClosed, StompClient
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from conftest import Cluster, wait_until
+from clusterlib import Cluster, wait_until
 from stompclient import ConnectionClosed, StompClient
 
 

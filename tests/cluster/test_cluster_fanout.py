@@ -6,7 +6,7 @@ import time
 
 import requests
 
-from conftest import Cluster, wait_until
+from clusterlib import Cluster, wait_until
 
 
 def subscribe_all(clients, destination, prefix="s"):

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from conftest import ROOT, free_port, wait_until
+from clusterlib import ROOT, free_port, wait_until
 from stompclient import StompClient
 
 

@@ -6,7 +6,7 @@ import time
 
 import requests
 
-from conftest import BINARY, free_port
+from gatewayproc import BINARY, free_port
 from stompclient import StompClient
 
 

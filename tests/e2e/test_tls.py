@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import BINARY, free_port
+from gatewayproc import BINARY, free_port
 from stompclient import StompClient
 
 urllib3.disable_warnings()

@@ -3,7 +3,7 @@
 One gateway runs for the whole module (``limits.max-frame-bytes=16384``, so the WebSocket
 layer's own frame cap is 17408 bytes) and a healthy STOMP session (``watcher``) stays
 subscribed to ``/topic/robust`` throughout. After every test the autouse ``survives``
-fixture (conftest.py) asserts that the process is alive, ``/health`` answers and the watcher
+fixture (robustnesslib.py) asserts that the process is alive, ``/health`` answers and the watcher
 still receives a message published with ``POST /api/notification``.
 
 Every test states the server's expected reaction (RFC 6455 / RFC 9110 where they apply).
@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import MAX_FRAME_BYTES, WS_MAX_FRAME_BYTES, Gateway, assert_survived
+from robustnesslib import MAX_FRAME_BYTES, WS_MAX_FRAME_BYTES, Gateway, assert_survived
 from rawws import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWebSocket, build_frame, close_code,
                    close_payload, stomp_frames, upgrade_request)
 

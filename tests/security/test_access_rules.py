@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import HMAC_SECRET, bearer, deny_send, deny_subscribe, expect_healthy, make_token
+from securitylib import HMAC_SECRET, bearer, deny_send, deny_subscribe, expect_healthy, make_token
 
 RULES_YAML = f"""
 auth:

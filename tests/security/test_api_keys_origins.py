@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import requests
 
-from conftest import BINARY, HMAC_SECRET, StompClient, bearer, make_token, popen_retrying, upgrade_request
+from securitylib import BINARY, HMAC_SECRET, StompClient, bearer, make_token, popen_retrying, upgrade_request
 
 UNAUTHORIZED = {"error": "missing or invalid API key: send 'Authorization: Bearer <key>'", "field": "Authorization"}
 KEYS = {"backend": "k-backend-7f3a", "limited": "k-limited-19cc", "notifier": "k-notifier-55aa"}

@@ -10,7 +10,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import (BINARY, HMAC_SECRET, NO_TOKEN, b64url, bearer, deny_subscribe, expect_healthy, make_token,
+from securitylib import (BINARY, HMAC_SECRET, NO_TOKEN, b64url, bearer, deny_subscribe, expect_healthy, make_token,
                       StompClient, free_port, popen_retrying)
 
 

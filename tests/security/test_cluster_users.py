@@ -12,7 +12,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import HMAC_SECRET, REPO, SecurityCluster, WebhookServer, bearer, make_token
+from securitylib import HMAC_SECRET, REPO, SecurityCluster, WebhookServer, bearer, make_token
 
 
 @pytest.fixture(scope="module")

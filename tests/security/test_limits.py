@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import HMAC_SECRET, StompClient, bearer, encode_frame, expect_healthy, make_token, upgrade_request
+from securitylib import HMAC_SECRET, StompClient, bearer, encode_frame, expect_healthy, make_token, upgrade_request
 
 
 

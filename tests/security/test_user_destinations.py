@@ -7,7 +7,7 @@ import urllib.parse
 import pytest
 import requests
 
-from conftest import HMAC_SECRET, bearer, make_token
+from securitylib import HMAC_SECRET, bearer, make_token
 
 
 @pytest.fixture(scope="module")
