@@ -304,7 +304,7 @@ extension STOMPSessionHandler {
                 handle(next)
             }
         }
-        if readPending, queued.isEmpty, !inFlight, pipeline.count < config.maxPipelinedSends, let context {
+        if readPending, !readsPaused, let context {
             readPending = false
             context.read()
         }

@@ -29,6 +29,9 @@ extension STOMPSessionHandler {
         return pipeline.count < config.maxPipelinedSends && isPipelinable(frame)
     }
 
+    /// Whether socket reads wait: a serial step runs, frames are queued, or the pipeline is full.
+    var readsPaused: Bool { inFlight || !queued.isEmpty || pipeline.count >= config.maxPipelinedSends }
+
     /// Whether a session is waiting on something (serial step or pipelined SENDs).
     var isBusy: Bool { inFlight || !pipeline.isEmpty }
 

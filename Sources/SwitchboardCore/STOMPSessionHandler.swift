@@ -210,7 +210,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     /// Holds back socket reads while a frame is being processed asynchronously.
     public func read(context: ChannelHandlerContext) {
-        if inFlight || !queued.isEmpty || pipeline.count >= config.maxPipelinedSends {
+        if readsPaused {
             readPending = true
         } else {
             context.read()
