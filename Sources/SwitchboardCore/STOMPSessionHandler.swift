@@ -79,6 +79,11 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     var pipelineBase: UInt64 = 0
     var readPending = false
     var wroteSinceFlush = false
+    /// Deliveries of the current flush pass not yet handed to NIO (see ``deliver(_:to:batch:)``).
+    var undelivered: ByteBuffer?
+    /// Whether ``undelivered`` is this session's own buffer (two or more messages) rather
+    /// than one message's shared frame.
+    var undeliveredIsOwn = false
     var frameBucket: TokenBucket?
     /// Set by ``close(reason:)`` while a step is in flight.
     var closeAfterInFlight: String?
@@ -220,6 +225,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     /// Encodes and writes a server frame (not flushed).
     func send(_ frame: STOMPFrame) {
         guard let context else { return }
+        writeUndelivered(context: context)
         let buffer = WebSocketServerFrame.build(opcode: .text, payloadCapacity: 64 + frame.body.readableBytes,
                                                 allocator: context.channel.allocator) { out in
             STOMPFrameEncoder.encode(frame, escapeHeaders: escape, escapeCarriageReturn: escapeCR, into: &out)
@@ -233,6 +239,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     func flushIfNeeded() {
         guard wroteSinceFlush, let context else { return }
+        writeUndelivered(context: context)
         wroteSinceFlush = false
         context.flush()
     }
@@ -250,7 +257,21 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         // reference counting on every delivery.
         let buffer = batch.frames.frame(message, subscription: subscription.id, ack: subscription.ackMode != .auto,
                                         escape: escape, escapeCR: escapeCR, allocator: Self.allocator)
-        context.write(wrapOutboundOut(buffer), promise: nil)
+        // One NIO write per connection per pass: the first message's frame is kept as is
+        // (shared with the other subscribers); from the second on, the pass's frames are
+        // copied into one buffer of this session's. NIO's per-write bookkeeping costs more
+        // than copying a few hundred bytes.
+        if undelivered == nil {
+            undelivered = buffer
+        } else {
+            if !undeliveredIsOwn {
+                var own = Self.allocator.buffer(capacity: 2 * (undelivered!.readableBytes + buffer.readableBytes))
+                own.writeImmutableBuffer(undelivered!)
+                undelivered = own
+                undeliveredIsOwn = true
+            }
+            undelivered!.writeImmutableBuffer(buffer)
+        }
         wroteSinceFlush = true
         lastWriteTick = batch.tick
         batch.delivered &+= 1
@@ -262,6 +283,14 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     public func flushDeliveries() {
         flushIfNeeded()
+    }
+
+    /// Hands the pass's deliveries to NIO; before any other write, so frames keep their order.
+    @inline(__always)
+    func writeUndelivered(context: ChannelHandlerContext) {
+        guard let buffer = undelivered.take() else { return }
+        undeliveredIsOwn = false
+        context.write(wrapOutboundOut(buffer), promise: nil)
     }
 
     // MARK: Heart-beats and timeouts
@@ -287,6 +316,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
                 return
             }
             if sendEveryTicks > 0 && tick - lastWriteTick >= sendEveryTicks, let context {
+                writeUndelivered(context: context)
                 context.writeAndFlush(wrapOutboundOut(Self.heartBeatFrame), promise: nil)
                 lastWriteTick = tick
             }
@@ -344,6 +374,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     /// that does not read gets cut off after a short grace period.
     func closeConnection(context: ChannelHandlerContext, code: WebSocketErrorCode) {
         let promise = context.eventLoop.makePromise(of: Void.self)
+        writeUndelivered(context: context)
         if transport?.claimCloseFrame() ?? true {
             context.writeAndFlush(wrapOutboundOut(WebSocketServerFrame.close(code: code, allocator: context.channel.allocator)), promise: promise)
         } else {

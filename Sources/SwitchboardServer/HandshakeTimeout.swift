@@ -4,9 +4,11 @@ import NIOHTTP1
 
 /// Closes a connection that has not completed its first HTTP request (an upgrade or an API
 /// call) within the deadline: slowloris-style slow headers, half-open handshakes and silent
-/// TCP connections do not hold a socket forever. Cancelled once the request head is in.
+/// TCP connections do not hold a socket forever. Cancelled once the request head is in:
+/// ``FirstRequestRouter`` says so for a WebSocket upgrade; on an HTTP connection this handler
+/// sits after NIO's HTTP decoder and sees the head itself.
 final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NIOAny
+    typealias InboundIn = HTTPServerRequestPart
     let timeout: TimeAmount
     let registry: PendingHandshakes
     private var task: Scheduled<Void>?
@@ -24,6 +26,15 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
         registry.add(channel)
         task = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
         channel.closeFuture.whenComplete { [registry] _ in registry.remove(channel) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head = unwrapInboundIn(data) {
+            context.fireChannelRead(data)
+            requestArrived(channel: context.channel)
+            return
+        }
+        context.fireChannelRead(data)
     }
 
     /// Malformed HTTP before the first request completed: NIO has answered 400; close.

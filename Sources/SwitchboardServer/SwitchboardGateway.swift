@@ -127,8 +127,9 @@ public struct SwitchboardGateway: Sendable {
         return String((0..<6).map { _ in alphabet.randomElement()! })
     }
 
-    /// Builds the Hummingbird application serving this gateway.
-    func makeApplication(onServerRunning: @escaping @Sendable (any Channel) async -> Void) -> some ApplicationProtocol {
+    /// Builds the listener serving this gateway: STOMP sessions and the HTTP API (a
+    /// Hummingbird router) on one port.
+    func makeListener(onServerRunning: @escaping @Sendable (any Channel) async -> Void) -> GatewayListener {
         let router = Router()
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.allowedOrigins))
@@ -139,31 +140,17 @@ public struct SwitchboardGateway: Sendable {
             let inbound = (configuration.redis?.inbound ?? []).filter { $0.kind != .stream }.map(\.channel)
             ConsoleRoutes(path: configuration.consolePath, services: services, inboundChannels: inbound).register(on: router)
         }
-        let services = self.services
-        let path = configuration.stompPath
-        let admission = self.admission
-        let wsMax = configuration.session.decoderLimits.maxFrameBytes + 1024
-        let limiter = self.limiter
-        let origins = configuration.allowedOrigins
-        let cookie = configuration.handshakeCookie
-        let pending = self.pending
-        let tls = self.tls
-        let handshakeTimeout = TimeAmount.milliseconds(Int64(configuration.handshakeTimeoutMs))
-        let idleTimeout = TimeAmount.milliseconds(Int64(configuration.httpIdleTimeoutMs))
-        let server = HTTPServerBuilder { responder in
-            STOMPUpgradeChannel(responder: responder, services: services, stompPath: path, maxWebSocketFrameBytes: wsMax, admission: admission,
-                                limiter: limiter, allowedOrigins: origins, handshakeCookie: cookie, handshakeTimeout: handshakeTimeout,
-                                httpIdleTimeout: idleTimeout, pending: pending, tls: tls)
-        }
-        return Application(
-            router: router,
-            server: server,
-            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "switchboard",
-                                 backlog: configuration.backlog),
-            onServerRunning: onServerRunning,
-            eventLoopGroupProvider: .shared(group),
-            logger: Logger(label: "switchboard.http")
-        )
+        let httpLogger = Logger(label: "switchboard.http")
+        let http = HTTPAPIChannel(responder: HTTPAPIChannel.responder(router.buildResponder(), serverName: "switchboard", logger: httpLogger),
+                                  secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.httpIdleTimeoutMs)))
+        let handshake = WebSocketHandshake(services: services, stompPath: configuration.stompPath, admission: admission, limiter: limiter,
+                                           allowedOrigins: configuration.allowedOrigins, handshakeCookie: configuration.handshakeCookie)
+        let settings = GatewayListener.Settings(
+            host: configuration.host, port: configuration.port, backlog: configuration.backlog,
+            handshakeTimeout: .milliseconds(Int64(configuration.handshakeTimeoutMs)),
+            maxWebSocketFrameBytes: configuration.session.decoderLimits.maxFrameBytes + 1024, tls: tls)
+        return GatewayListener(settings: settings, handshake: handshake, http: http, pending: pending, group: group,
+                               onServerRunning: onServerRunning, logger: httpLogger)
     }
 
     /// Runs until SIGTERM or SIGINT, then drains: new sessions are refused, every session
@@ -172,7 +159,7 @@ public struct SwitchboardGateway: Sendable {
     public func run() async throws {
         let logger = self.logger
         let host = configuration.host
-        let app = makeApplication { channel in
+        let listener = makeListener { channel in
             logger.notice("switchboard listening", metadata: [
                 "address": "\(host):\(channel.localAddress?.port ?? 0)",
                 "tls": "\(configuration.tlsCertificateFile != nil)",
@@ -187,7 +174,7 @@ public struct SwitchboardGateway: Sendable {
         if let redis {
             list.append(.init(service: RedisService(parts: redis, services: services, logger: logger)))
         }
-        list += [.init(service: app), .init(service: drain)]
+        list += [.init(service: listener), .init(service: drain)]
         let group = ServiceGroup(configuration: .init(services: list,
                                                        gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
@@ -196,7 +183,7 @@ public struct SwitchboardGateway: Sendable {
     }
 }
 
-/// Closes sessions at shutdown (runs before the HTTP server stops).
+/// Closes sessions at shutdown (runs before the listener stops).
 struct DrainService: Service {
     let services: GatewayServices
     let admission: ConnectionAdmission

@@ -28,6 +28,11 @@ func topicNames(_ c: ConnOptions) -> [String] {
     return [c.topic]
 }
 
+/// `IP_BIND_ADDRESS_NO_PORT` (Linux): with a source address bound, the port is chosen at
+/// `connect()` for the whole 4-tuple instead of at `bind()` among ports free on that address,
+/// which gets slow (and runs out) once earlier runs left tens of thousands in TIME_WAIT.
+let bindAddressNoPort = ChannelOptions.Types.SocketOption(level: .ip, name: NIOBSDSocket.Option(rawValue: 24))
+
 /// Opens `connections` subscriber connections at `rampPerSecond`, round-robin over the
 /// loops and the source addresses. Blocks until all were initiated.
 func startSubscribers(_ set: LoopSet, _ c: ConnOptions, _ s: SubscriberOptions) throws {
@@ -36,6 +41,9 @@ func startSubscribers(_ set: LoopSet, _ c: ConnOptions, _ s: SubscriberOptions) 
     let start = monoNanos()
     let ramp = s.rampPerSecond > 0 ? Double(s.rampPerSecond) : 1e12
     let vhost = c.vhost ?? c.host
+    // Resolved once: `connect(host:port:)` would run getaddrinfo and Happy Eyeballs per connection,
+    // which costs the generator more CPU than the server spends on the handshake.
+    let target = try SocketAddress.makeAddressResolvingHost(c.host, port: c.port)
     for i in 0..<s.connections {
         let due = start + UInt64(Double(i) / ramp * 1e9)
         let now = monoNanos()
@@ -64,9 +72,10 @@ func startSubscribers(_ set: LoopSet, _ c: ConnOptions, _ s: SubscriberOptions) 
         if !sources.isEmpty {
             bootstrap = bootstrap
                 .channelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+                .channelOption(bindAddressNoPort, value: 1)
                 .bind(to: sources[global % sources.count])
         }
-        bootstrap.connect(host: c.host, port: c.port).whenFailure { error in
+        bootstrap.connect(to: target).whenFailure { error in
             stats.connectFailed += 1
             if stats.connectStarted == 0 { stats.connectStarted += 1 }
             stats.noteError("connect: \(error)")

@@ -263,4 +263,63 @@ struct SessionMessagingTests {
             #expect(got.first?.headers["subscription"] == "s\(i)")
         }
     }
+
+    /// Raw buffers the server wrote to `c` since the last read, each parsed into STOMP frames.
+    func rawWrites(_ c: TestClient) throws -> [[STOMPFrame]] {
+        c.loop.run()
+        var writes: [[STOMPFrame]] = []
+        while var bytes = try c.channel.readOutbound(as: ByteBuffer.self) {
+            var frames: [STOMPFrame] = []
+            while bytes.readableBytes > 0 {
+                _ = bytes.readInteger(as: UInt8.self)
+                let second = bytes.readInteger(as: UInt8.self)
+                let length = Int(try #require(second))
+                #expect(length < 126, "short frames in this test")
+                let slice = bytes.readSlice(length: length)
+                var payload = try #require(slice)
+                let frame = try c.decoder.decodeFrame(&payload)
+                frames.append(try #require(frame))
+            }
+            writes.append(frames)
+        }
+        return writes
+    }
+
+    @Test("several messages in one pass reach a subscriber as one write, in order")
+    func messagesOfOnePassAreOneWrite() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let sub = try gw.client()
+        let pub = try gw.client()
+        try sub.connect()
+        try pub.connect()
+        try sub.subscribe("/topic/x", id: "a")
+        let three = (1...3).map { STOMPFrameEncoder.encode(STOMPFrame(.send, headers: ["destination": "/topic/x"], body: "m\($0)"), escapeHeaders: true) }
+        var one = ByteBuffer()
+        for var f in three { one.writeBuffer(&f) }
+        try pub.sendWS(TestClient.wsFrame(one))
+        let writes = try rawWrites(sub)
+        #expect(writes.count == 1, "one write for the pass: \(writes.map { $0.map(\.bodyString) })")
+        #expect(writes.flatMap { $0 }.map(\.bodyString) == ["m1", "m2", "m3"])
+    }
+
+    @Test("a control frame after deliveries of the same pass goes out after them")
+    func controlFramesKeepTheirPlaceAfterDeliveries() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.subscribe("/topic/x", id: "a")
+        var batch = ByteBuffer()
+        for frame in [STOMPFrame(.send, headers: ["destination": "/topic/x"], body: "m1"),
+                      STOMPFrame(.send, headers: ["destination": "/topic/x"], body: "m2"),
+                      STOMPFrame(.unsubscribe, headers: ["id": "a", "receipt": "r"])] {
+            var bytes = STOMPFrameEncoder.encode(frame, escapeHeaders: true)
+            batch.writeBuffer(&bytes)
+        }
+        try c.sendWS(TestClient.wsFrame(batch))
+        let frames = try rawWrites(c).flatMap { $0 }
+        #expect(frames.map(\.command) == [.message, .message, .receipt])
+        #expect(frames.prefix(2).map(\.bodyString) == ["m1", "m2"])
+    }
 }

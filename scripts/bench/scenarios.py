@@ -324,23 +324,30 @@ def storm(name, size):
         offset = 0
         for rate in size["storm_rates"]:
             n = min(int(rate * size["storm_seconds"]), size["storm_max_conns"])
+            cpu0 = S.cpu_seconds(srv.pids())
             g = SubGroup([srv], n, ramp=rate, max_per_proc=max(1, n // 2 + 1), offset=offset,
                          handshake_timeout=10)
             g.wait_ready()
+            # Server CPU per connection set up: independent of the generator sharing the box.
+            cpu_us = (S.cpu_seconds(srv.pids()) - cpu0) * 1e6 / max(1, n)
             lines = g.stop()
             agg = aggregate.merge(lines)
             offset += n
             steps.append({"target": rate, "connections": n, "connect_ok": agg.get("connect_ok"),
                           "connect_failed": agg.get("connect_failed"), "connect_rate": agg.get("connect_rate"),
-                          "connect_latency_us": agg.get("connect_latency_us"), "errors": agg.get("error_samples")})
+                          "connect_latency_us": agg.get("connect_latency_us"), "errors": agg.get("error_samples"),
+                          "server_cpu_us_per_connect": round(cpu_us, 1)})
             log(f"  {name} storm target {rate}/s: {agg.get('connect_rate', 0):.0f} connects/s ok {agg.get('connect_ok')} "
-                f"failed {agg.get('connect_failed')} p99 {agg.get('connect_latency_us', {}).get('p99')} us")
+                f"failed {agg.get('connect_failed')} p99 {agg.get('connect_latency_us', {}).get('p99')} us "
+                f"server CPU {cpu_us:.0f} us/connect")
             if agg.get("connect_failed", 0) == 0 and agg.get("connect_ok", 0) == n:
                 best = max(best or 0, agg.get("connect_rate", 0))
             else:
                 break
             time.sleep(2)   # let the closed connections go
-        return {"max_connects_per_sec": best or 0, "steps": steps}
+        # Server CPU per connect at the largest step (the most connections, the least noise).
+        cpu = steps[-1]["server_cpu_us_per_connect"] if steps else None
+        return {"max_connects_per_sec": best or 0, "server_cpu_us_per_connect": cpu, "steps": steps}
     finally:
         srv.stop()
 

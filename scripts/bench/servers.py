@@ -50,6 +50,19 @@ def wait_port(port, timeout=60, host="127.0.0.1"):
     raise RuntimeError(f"port {port} did not open")
 
 
+def cpu_seconds(pids):
+    """User + system CPU time of the processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])   # utime, stime (fields 14 and 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pids):
     total = 0
     for pid in pids:

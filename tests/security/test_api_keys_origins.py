@@ -128,7 +128,7 @@ def test_disallowed_origin_upgrade_is_403(og, origin):
     assert status == 403
     assert headers.get("content-type", "").startswith("application/json")
     import json
-    assert json.loads(body) == {"error": f"origin {origin} is not allowed", "field": "Upgrade"}
+    assert json.loads(body) == {"error": f"origin {origin} is not allowed", "field": "Origin"}
     assert og.health()["connections"] == 0
 
 

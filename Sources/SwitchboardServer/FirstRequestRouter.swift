@@ -1,0 +1,143 @@
+import NIOCore
+import NIOWebSocket
+import SwitchboardCore
+
+/// The first handler of every accepted connection: it reads the first request head and makes
+/// the connection either a STOMP WebSocket session or an HTTP/1.1 connection for the API.
+///
+/// A WebSocket upgrade (see ``UpgradeRequestHead``) is answered here, and the pipeline becomes
+/// NIO's frame decoder, ``WebSocketSTOMPTransport`` and ``STOMPSessionHandler``: the whole
+/// handshake runs synchronously on the connection's event loop, with no HTTP codec, future
+/// chain or Swift task on the way. Anything else gets the full HTTP/1.1 pipeline (NIO's
+/// parser, Hummingbird's router) and is fed the bytes read so far, unchanged.
+///
+/// Limits: the head is buffered up to ``maxHeadBytes``; a longer one goes to the HTTP parser,
+/// which answers 400 for over-long headers. ``HandshakeTimeoutHandler`` bounds the time.
+final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// The HTTP decoder's own limits (64 KiB of headers) plus room for the request line.
+    static let maxHeadBytes = 80 * 1024
+
+    let handshake: WebSocketHandshake
+    /// Largest WebSocket frame payload a client may send.
+    let maxFrameSize: Int
+    let timeout: HandshakeTimeoutHandler
+    /// Installs the HTTP/1.1 pipeline after this handler and takes the connection over.
+    let switchToHTTP: (any Channel, ChannelPipeline.SynchronousOperations.Position) throws -> Void
+
+    private var buffered: ByteBuffer?
+    /// Where the search for the end of the head resumes.
+    private var scanned = 0
+    private var decided = false
+
+    init(handshake: WebSocketHandshake, maxFrameSize: Int, timeout: HandshakeTimeoutHandler,
+         switchToHTTP: @escaping (any Channel, ChannelPipeline.SynchronousOperations.Position) throws -> Void) {
+        self.handshake = handshake
+        self.maxFrameSize = maxFrameSize
+        self.timeout = timeout
+        self.switchToHTTP = switchToHTTP
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !decided else { return }   // after a refusal, until the close
+        var incoming = unwrapInboundIn(data)
+        if buffered == nil {
+            buffered = incoming
+        } else {
+            buffered!.writeBuffer(&incoming)
+        }
+        // Not a GET: certainly no upgrade; the HTTP parser serves it or answers 400 at once.
+        guard Self.mayBeGET(buffered!) else {
+            becomeHTTP(context: context)
+            return
+        }
+        let from = scanned
+        guard let end = buffered!.withUnsafeReadableBytes({ UpgradeRequestHead.endOfHead(in: $0, from: from) }) else {
+            scanned = max(0, buffered!.readableBytes - 3)
+            if buffered!.readableBytes > Self.maxHeadBytes { becomeHTTP(context: context) }
+            return
+        }
+        let classification = buffered!.withUnsafeReadableBytes { UpgradeRequestHead.classify(UnsafeRawBufferPointer(rebasing: $0[..<end])) }
+        switch classification {
+        case .plainHTTP:
+            becomeHTTP(context: context)
+        case .upgrade(let head):
+            upgrade(context: context, head: head, headLength: end)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Shutting down before the first request: nothing to finish.
+        if !decided, event is ChannelShouldQuiesceEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Whether the bytes so far can begin `GET `.
+    static func mayBeGET(_ buffer: ByteBuffer) -> Bool {
+        buffer.withUnsafeReadableBytes { bytes in
+            zip(bytes.prefix(4), "GET ".utf8).allSatisfy { $0 == $1 }
+        }
+    }
+
+    /// Installs the HTTP/1.1 pipeline between this handler and the handshake timeout (which
+    /// stops when the parser produces the head, and closes on a parse error) and hands it
+    /// everything read so far.
+    private func becomeHTTP(context: ChannelHandlerContext) {
+        decided = true
+        do {
+            try switchToHTTP(context.channel, .after(self))
+        } catch {
+            context.close(promise: nil)
+            return
+        }
+        let bytes = buffered
+        buffered = nil
+        if let bytes { forward(context: context, bytes) }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    private func upgrade(context: ChannelHandlerContext, head: UpgradeRequestHead, headLength: Int) {
+        decided = true
+        timeout.requestArrived(channel: context.channel)
+        let channel = context.channel
+        let address = channel.remoteAddress?.ipAddress ?? "unknown"
+        switch handshake.decide(head, address: address) {
+        case .refuse(let refusal):
+            buffered = nil
+            context.writeAndFlush(wrapOutboundOut(WebSocketHandshake.response(for: refusal))).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+        case .accept(let response, let info):
+            let limiter = handshake.limiter
+            channel.closeFuture.whenComplete { _ in limiter.remove(address) }
+            let configuration = handshake.services.configuration
+            do {
+                let sync = context.pipeline.syncOperations
+                try sync.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)), position: .after(self))
+                try sync.addHandler(WebSocketSTOMPTransport(limits: configuration.decoderLimits, bytesPerSecond: configuration.maxBytesPerSecond))
+                try sync.addHandler(STOMPSessionHandler(services: handshake.services, handshake: info))
+            } catch {
+                context.close(promise: nil)
+                return
+            }
+            context.writeAndFlush(wrapOutboundOut(response), promise: nil)
+            var rest = buffered!
+            buffered = nil
+            rest.moveReaderIndex(forwardBy: headLength)
+            if rest.readableBytes > 0 { forward(context: context, rest) }
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+    }
+
+    /// Hands bytes read so far to the handlers installed after this one (before it leaves).
+    private func forward(context: ChannelHandlerContext, _ bytes: ByteBuffer) {
+        context.fireChannelRead(wrapInboundOut(bytes))
+        context.fireChannelReadComplete()
+    }
+}

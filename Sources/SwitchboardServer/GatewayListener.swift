@@ -1,0 +1,226 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOExtras
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+import NIOPosix
+import NIOSSL
+import ServiceLifecycle
+import Synchronization
+
+/// The gateway's listening socket, serving STOMP over WebSocket and the HTTP API on one port.
+///
+/// Every accepted connection starts with ``FirstRequestRouter`` (after TLS, if configured).
+/// WebSocket sessions stay plain NIO pipelines and never enter Swift concurrency; only HTTP
+/// connections are handed to a task, where Hummingbird's responder serves them. At shutdown the
+/// listening socket closes, connections are told to quiesce (idle HTTP connections close,
+/// sessions were already closed by the drain), and `run()` returns once all are gone.
+struct GatewayListener: Service {
+    struct Settings: Sendable {
+        var host: String
+        var port: Int
+        var backlog: Int
+        var handshakeTimeout: TimeAmount
+        var maxWebSocketFrameBytes: Int
+        var tls: NIOSSLContext?
+    }
+
+    let settings: Settings
+    let handshake: WebSocketHandshake
+    let http: HTTPAPIChannel
+    let pending: PendingHandshakes
+    let group: any EventLoopGroup
+    let onServerRunning: @Sendable (any Channel) async -> Void
+    let logger: Logger
+
+    func run() async throws {
+        // One element per HTTP connection waiting for its task; each is an open socket, so the
+        // process's file limit bounds this stream.
+        let (connections, arrivals) = AsyncStream.makeStream(of: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>.self)
+        let sockets = try await bindListeningSockets(arrivals: arrivals)
+        await onServerRunning(sockets[0].channel)
+        let logger = self.logger
+        let http = self.http
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { tasks in
+                for await connection in connections {
+                    tasks.addTask { await http.handleHTTP(asyncChannel: connection, logger: logger) }
+                }
+            }
+        } onGracefulShutdown: {
+            let loop = sockets[0].channel.eventLoop
+            let closed = sockets.map { socket in
+                let promise = loop.makePromise(of: Void.self)
+                socket.quiescing.initiateShutdown(promise: promise)
+                return promise.futureResult
+            }
+            EventLoopFuture.andAllComplete(closed, on: loop).whenComplete { _ in arrivals.finish() }
+        }
+    }
+
+    /// One listening socket per event loop, all on the same port (`SO_REUSEPORT` on Linux):
+    /// the kernel spreads connections over the loops and each is accepted on the loop that
+    /// serves it, without a hand-off between threads. A plain bind of the port first makes a
+    /// port already in use (say, a second instance) an error, as without `SO_REUSEPORT`.
+    private func bindListeningSockets(
+        arrivals: AsyncStream<NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>>.Continuation
+    ) async throws -> [(channel: any Channel, quiescing: ServerQuiescingHelper)] {
+        let loops = Array(group.makeIterator())
+        #if os(Linux)
+        let perLoop = loops.count > 1
+        #else
+        let perLoop = false
+        #endif
+        var port = settings.port
+        if perLoop {
+            let probe = try await makeBootstrap(group: loops[0], reusePort: false, arrivals: arrivals, quiescing: nil)
+                .bind(host: settings.host, port: port).get()
+            port = probe.localAddress?.port ?? port
+            try await probe.close()
+        }
+        var sockets: [(channel: any Channel, quiescing: ServerQuiescingHelper)] = []
+        do {
+            for loop in perLoop ? loops : [loops[0]] {
+                let quiescing = ServerQuiescingHelper(group: loop)
+                let channel = try await makeBootstrap(group: perLoop ? loop : group, reusePort: perLoop, arrivals: arrivals, quiescing: quiescing)
+                    .bind(host: settings.host, port: port).get()
+                port = channel.localAddress?.port ?? port
+                sockets.append((channel, quiescing))
+            }
+        } catch {
+            for socket in sockets { try? await socket.channel.close() }
+            throw error
+        }
+        return sockets
+    }
+
+    private func makeBootstrap(group: any EventLoopGroup, reusePort: Bool,
+                               arrivals: AsyncStream<NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>>.Continuation,
+                               quiescing: ServerQuiescingHelper?) -> ServerBootstrap {
+        var bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: Int32(settings.backlog))
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            // Accept up to 64 connections per wake-up (NIO's default is 4): a connect storm is
+            // drained from the backlog in fewer loop iterations.
+            .serverChannelOption(ChannelOptions.maxMessagesPerRead, value: 64)
+        #if os(Linux)
+        if reusePort {
+            bootstrap = bootstrap.serverChannelOption(
+                ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+        }
+        #endif
+        return bootstrap
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let quiescing { try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel)) }
+                }
+            }
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { [settings, handshake, http, pending, logger] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let tls = settings.tls { try sync.addHandler(NIOSSLServerHandler(context: tls)) }
+                    let timeout = HandshakeTimeoutHandler(timeout: settings.handshakeTimeout, registry: pending)
+                    let router = FirstRequestRouter(handshake: handshake, maxFrameSize: settings.maxWebSocketFrameBytes, timeout: timeout) { channel, position in
+                        arrivals.yield(try http.configure(channel: channel, position: position, logger: logger))
+                    }
+                    try sync.addHandler(router)
+                    // After the router, so it also sees the HTTP parser's errors.
+                    try sync.addHandler(timeout)
+                }
+            }
+    }
+}
+
+/// HTTP/1.1 connections of the API, served by a Hummingbird responder.
+struct HTTPAPIChannel: HTTPChannelHandler {
+    struct Value: ServerChildChannelValue {
+        let asyncChannel: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
+        var channel: any Channel { asyncChannel.channel }
+    }
+
+    let responder: HTTPChannelHandler.Responder
+    let secure: Bool
+    let idleTimeout: TimeAmount
+
+    /// Installs NIO's HTTP/1.1 server handlers at `position` (malformed requests get a 400 and
+    /// the connection closes) and Hummingbird's HTTP-types codec and keep-alive handling last.
+    func configure(channel: any Channel, position: ChannelPipeline.SynchronousOperations.Position,
+                   logger: Logger) throws -> NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart> {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderFieldSize = 16 * 1024
+        limits.maxHeaderListSize = 64 * 1024
+        limits.maxHeaderFieldCount = 100
+        let sync = channel.pipeline.syncOperations
+        try sync.configureHTTPServerPipeline(position: position, withPipeliningAssistance: false, withErrorHandling: true,
+                                             withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
+                                             withDecoderLimitConfiguration: limits)
+        try sync.addHandler(HTTP1ToHTTPServerCodec(secure: secure))
+        try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: .nanoseconds(idleTimeout.nanoseconds), logger: logger))
+        return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+    }
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture { Value(asyncChannel: try configure(channel: channel, position: .last, logger: logger)) }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        await handleHTTP(asyncChannel: value.asyncChannel, logger: logger)
+    }
+
+    /// What Hummingbird's `Application` does per request: build the context, respond (an
+    /// unexpected error is a 500), add `Date` and `Server`, write.
+    static func responder<R: HTTPResponder>(_ router: R, serverName: String, logger: Logger) -> HTTPChannelHandler.Responder
+    where R.Context == BasicRequestContext {
+        let dates = HTTPDateCache()
+        return { request, writer, channel in
+            let context = BasicRequestContext(source: .init(channel: channel, logger: logger))
+            var response: Response
+            do {
+                response = try await router.respond(to: request, context: context)
+            } catch let error as HTTPParserError {
+                throw error
+            } catch {
+                logger.debug("unrecognised error", metadata: ["error": "\(error)"])
+                response = Response(status: .internalServerError, body: .init())
+            }
+            response.headers[.date] = dates.now
+            response.headers[.server] = serverName
+            try await writer.write(response: response.head, body: response.body)
+        }
+    }
+}
+
+/// The `Date` response header (RFC 9110 §6.6.1), formatted once per second.
+final class HTTPDateCache: Sendable {
+    private let cached = Mutex<(second: Int, text: String)>((-1, ""))
+
+    var now: String {
+        let second = time(nil)
+        return cached.withLock { c in
+            if c.second != second { c = (second, Self.format(second)) }
+            return c.text
+        }
+    }
+
+    static func format(_ seconds: Int) -> String {
+        var t = time_t(seconds)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        return "\(days[Int(parts.tm_wday)]), \(two(parts.tm_mday)) \(months[Int(parts.tm_mon)]) \(1900 + parts.tm_year) "
+            + "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) GMT"
+    }
+}

@@ -1,0 +1,131 @@
+import Crypto
+import Foundation
+import NIOCore
+import STOMPCodec
+import SwitchboardCore
+import Synchronization
+
+/// The server side of the WebSocket opening handshake (RFC 6455 §4.2) for STOMP connections:
+/// decides on an upgrade request and writes the `101` or the refusal.
+///
+/// The checks, in order: the endpoint path, shutdown, `Sec-WebSocket-Version` (426 unless 13),
+/// `Sec-WebSocket-Key` (one base64 16-byte nonce), the `Origin` allowlist, the STOMP
+/// subprotocol, and last the connection limits (a reservation is released when the channel
+/// closes). Refusals are JSON (`{"error": …, "field": …}`) and close the connection.
+struct WebSocketHandshake: Sendable {
+    let services: GatewayServices
+    let stompPath: String
+    let admission: ConnectionAdmission
+    let limiter: ConnectionLimiter
+    let allowedOrigins: [String]
+    let handshakeCookie: String
+
+    /// Why an upgrade was refused.
+    struct Refusal: Error, Equatable {
+        var status: Int
+        var reason: String
+        var message: String
+        /// The request field at fault.
+        var field: String
+        var extraHeaders: [(String, String)] = []
+
+        static func == (a: Refusal, b: Refusal) -> Bool {
+            a.status == b.status && a.message == b.message && a.field == b.field
+        }
+
+        static func badRequest(_ message: String, field: String) -> Refusal {
+            Refusal(status: 400, reason: "Bad Request", message: message, field: field)
+        }
+    }
+
+    enum Decision {
+        /// The `101` response to write, and what the session learns of the handshake.
+        case accept(response: ByteBuffer, handshake: HandshakeInfo)
+        case refuse(Refusal)
+    }
+
+    /// The magic GUID of RFC 6455 §1.3.
+    static var acceptGUID: String { "258EAFA5-E914-47DA-95CA-C5AB0DC85B11" }
+
+    /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
+    static func acceptValue(forKey key: String) -> String {
+        Data(Insecure.SHA1.hash(data: Data((key + acceptGUID).utf8))).base64EncodedString()
+    }
+
+    /// Decides on an upgrade request from `address`. On acceptance a connection is reserved
+    /// with the limiter; the caller releases it when the channel closes.
+    func decide(_ head: UpgradeRequestHead, address: String) -> Decision {
+        guard head.path == stompPath[...] else {
+            return .refuse(.badRequest("no WebSocket endpoint at \(head.path); use \(stompPath)", field: "path"))
+        }
+        guard admission.admitsConnections else {
+            return .refuse(Refusal(status: 503, reason: "Service Unavailable", message: "server shutting down, reconnect", field: "Upgrade"))
+        }
+        guard head.versions.count == 1, head.versions[0] == "13" else {
+            return .refuse(Refusal(status: 426, reason: "Upgrade Required", message: "Sec-WebSocket-Version must be 13",
+                                   field: "Sec-WebSocket-Version", extraHeaders: [("Sec-WebSocket-Version", "13")]))
+        }
+        guard head.keys.count == 1, let nonce = Data(base64Encoded: head.keys[0]), nonce.count == 16 else {
+            return .refuse(.badRequest("Sec-WebSocket-Key must be one base64-encoded 16-byte value", field: "Sec-WebSocket-Key"))
+        }
+        if !allowedOrigins.isEmpty, let origin = head.origin, !allowedOrigins.contains(origin), !allowedOrigins.contains("*") {
+            return .refuse(Refusal(status: 403, reason: "Forbidden", message: "origin \(origin) is not allowed", field: "Origin"))
+        }
+        var version: STOMPVersion?
+        if !head.protocols.isEmpty {
+            version = STOMPVersion.negotiateSubprotocol(offered: head.protocols, supported: services.configuration.supportedVersions)
+            if version == nil {
+                return .refuse(.badRequest("no supported STOMP subprotocol offered (v12.stomp, v11.stomp, v10.stomp)",
+                                           field: "Sec-WebSocket-Protocol"))
+            }
+        }
+        // Last check: it reserves a connection.
+        if let reason = limiter.reserve(for: address) {
+            return .refuse(Refusal(status: 429, reason: "Too Many Requests", message: reason, field: "Upgrade"))
+        }
+        var response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Accept: "
+        response += Self.acceptValue(forKey: head.keys[0])
+        if let version { response += "\r\nSec-WebSocket-Protocol: " + version.webSocketSubprotocol }
+        response += "\r\n\r\n"
+        let handshake = HandshakeInfo(token: Self.token(target: head.target, cookies: head.cookies, cookieName: handshakeCookie),
+                                      remoteAddress: address, origin: head.origin)
+        return .accept(response: ByteBuffer(string: response), handshake: handshake)
+    }
+
+    /// A refusal as a complete HTTP response that closes the connection.
+    static func response(for refusal: Refusal) -> ByteBuffer {
+        // The same JSON error shape as the HTTP API's.
+        let body = (try? JSONSerialization.data(withJSONObject: ["error": refusal.message, "field": refusal.field],
+                                                options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        var text = "HTTP/1.1 \(refusal.status) \(refusal.reason)\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        for (name, value) in refusal.extraHeaders { text += "\(name): \(value)\r\n" }
+        text += "Content-Length: \(body.count)\r\n\r\n"
+        var buffer = ByteBuffer(string: text)
+        buffer.writeBytes(body)
+        return buffer
+    }
+
+    /// A token from the `access_token` query parameter or the named cookie.
+    static func token(target: String, cookies: [String], cookieName: String) -> String? {
+        if let q = target.firstIndex(of: "?") {
+            for pair in target[target.index(after: q)...].split(separator: "&") where pair.hasPrefix("access_token=") {
+                let raw = String(pair.dropFirst("access_token=".count))
+                return raw.removingPercentEncoding ?? raw
+            }
+        }
+        for header in cookies {
+            for part in header.split(separator: ";") {
+                let trimmed = part.drop { $0 == " " }
+                if trimmed.hasPrefix(cookieName + "=") { return String(trimmed.dropFirst(cookieName.count + 1)) }
+            }
+        }
+        return nil
+    }
+}
+
+/// Whether new WebSocket sessions are accepted (false while draining).
+final class ConnectionAdmission: Sendable {
+    private let open = Atomic<Bool>(true)
+    var admitsConnections: Bool { open.load(ordering: .relaxed) }
+    func stopAdmitting() { open.store(false, ordering: .relaxed) }
+}

@@ -1,0 +1,196 @@
+import Logging
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import STOMPCodec
+import SwitchboardCore
+import Testing
+
+@testable import SwitchboardServer
+
+/// Collects what reaches the HTTP side after the router hands a connection over.
+final class HTTPSideRecorder: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    var received = ByteBuffer()
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var b = unwrapInboundIn(data)
+        received.writeBuffer(&b)
+    }
+}
+
+/// One connection's pipeline as the listener builds it, on an embedded channel.
+final class RouterHarness {
+    let channel = EmbeddedChannel()
+    let hub = FanoutHub()
+    let limiter: ConnectionLimiter
+    let admission = ConnectionAdmission()
+    let pending = PendingHandshakes()
+    var http: HTTPSideRecorder?
+
+    init(maxConnections: Int = 100, origins: [String] = [], sharing limiter: ConnectionLimiter? = nil) throws {
+        self.limiter = limiter ?? ConnectionLimiter(maxTotal: maxConnections, maxPerAddress: maxConnections)
+        let services = GatewayServices(configuration: SessionConfiguration(), hub: hub, engine: InMemoryEngine(hub: hub),
+                                       routes: RouteTable(), instanceID: "t", logger: Logger(label: "test"))
+        let handshake = WebSocketHandshake(services: services, stompPath: "/stomp", admission: admission, limiter: self.limiter,
+                                           allowedOrigins: origins, handshakeCookie: "sb_token")
+        let timeout = HandshakeTimeoutHandler(timeout: .seconds(10), registry: pending)
+        let router = FirstRequestRouter(handshake: handshake, maxFrameSize: 64 * 1024, timeout: timeout) { [unowned self] channel, position in
+            let recorder = HTTPSideRecorder()
+            try channel.pipeline.syncOperations.addHandler(recorder, position: position)
+            self.http = recorder
+        }
+        try channel.pipeline.syncOperations.addHandler(router)
+        try channel.pipeline.syncOperations.addHandler(timeout)
+        try channel.connect(to: SocketAddress(ipAddress: "10.0.0.1", port: 4000)).wait()
+    }
+
+    func write(_ text: String, byteAtATime: Bool = false) throws {
+        if byteAtATime {
+            for byte in text.utf8 { try channel.writeInbound(ByteBuffer(bytes: [byte])) }
+        } else {
+            try channel.writeInbound(ByteBuffer(string: text))
+        }
+    }
+
+    func outboundText() throws -> String {
+        var all = ByteBuffer()
+        while var b = try channel.readOutbound(as: ByteBuffer.self) { all.writeBuffer(&b) }
+        return String(buffer: all)
+    }
+
+    func has<H: ChannelHandler>(_ type: H.Type) -> Bool { (try? channel.pipeline.syncOperations.handler(type: type)) != nil }
+
+    static func upgrade(path: String = "/stomp", extra: String = "", version: String = "13", key: String = "dGhlIHNhbXBsZSBub25jZQ==") -> String {
+        "GET \(path) HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\n"
+            + "Sec-WebSocket-Version: \(version)\r\n\(extra)\r\n"
+    }
+
+    /// A masked client text frame.
+    static func clientFrame(_ text: String) -> ByteBuffer {
+        let payload = Array(text.utf8)
+        precondition(payload.count < 126)
+        let mask: [UInt8] = [1, 2, 3, 4]
+        var b = ByteBuffer(bytes: [0x81, 0x80 | UInt8(payload.count)] + mask)
+        b.writeBytes(payload.enumerated().map { $0.element ^ mask[$0.offset % 4] })
+        return b
+    }
+}
+
+@Suite struct FirstRequestRouterTests {
+    @Test func upgradeByteByByteAnswers101AndLeavesOnlyTheSession() throws {
+        let h = try RouterHarness()
+        try h.write(RouterHarness.upgrade(extra: "Sec-WebSocket-Protocol: v11.stomp, v12.stomp\r\n"), byteAtATime: true)
+        #expect(try h.outboundText() == "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+            + "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: v12.stomp\r\n\r\n")
+        #expect(!h.has(FirstRequestRouter.self))
+        #expect(!h.has(HandshakeTimeoutHandler.self))
+        #expect(h.has(STOMPSessionHandler.self))
+        #expect(h.http == nil)
+        #expect(h.pending.count == 0)
+        _ = try? h.channel.finish()
+    }
+
+    @Test func bytesAfterTheHeadReachTheSession() throws {
+        let h = try RouterHarness()
+        var bytes = ByteBuffer(string: RouterHarness.upgrade())
+        var connect = RouterHarness.clientFrame("CONNECT\naccept-version:1.2\nhost:x\n\n\u{0}")
+        bytes.writeBuffer(&connect)
+        try h.channel.writeInbound(bytes)
+        let text = try h.outboundText()
+        #expect(text.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"))
+        #expect(text.contains("CONNECTED\nversion:1.2\n"), "the CONNECT sent with the head was answered: \(text)")
+        _ = try? h.channel.finish()
+    }
+
+    @Test(arguments: [
+        (RouterHarness.upgrade(path: "/ws"), "400 Bad Request", #""field":"path""#),
+        (RouterHarness.upgrade(version: "8"), "426 Upgrade Required", #""field":"Sec-WebSocket-Version""#),
+        (RouterHarness.upgrade(key: "short"), "400 Bad Request", #""field":"Sec-WebSocket-Key""#),
+        (RouterHarness.upgrade(extra: "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "400 Bad Request", #""field":"Sec-WebSocket-Key""#),
+        (RouterHarness.upgrade(extra: "Sec-WebSocket-Protocol: mqtt\r\n"), "400 Bad Request", #""field":"Sec-WebSocket-Protocol""#),
+        (RouterHarness.upgrade(extra: "Origin: https://evil.example\r\n"), "403 Forbidden", #""field":"Origin""#),
+    ])
+    func refusalsAreJSONNamingTheFieldAndClose(request: String, status: String, field: String) throws {
+        let h = try RouterHarness(origins: ["https://app.example"])
+        try h.write(request)
+        let text = try h.outboundText()
+        #expect(text.hasPrefix("HTTP/1.1 \(status)\r\n"), "\(text)")
+        #expect(text.contains("Content-Type: application/json\r\n"))
+        #expect(text.hasSuffix("}") && text.contains(field), "\(text)")
+        if status.hasPrefix("426") { #expect(text.contains("Sec-WebSocket-Version: 13\r\n")) }
+        #expect(!h.channel.isActive)
+        #expect(!h.has(STOMPSessionHandler.self))
+    }
+
+    @Test func limiterReservationIsReleasedWhenTheSessionCloses() throws {
+        let first = try RouterHarness(maxConnections: 1)
+        try first.write(RouterHarness.upgrade())
+        #expect(try first.outboundText().hasPrefix("HTTP/1.1 101"))
+        let second = try RouterHarness(sharing: first.limiter)
+        try second.write(RouterHarness.upgrade())
+        #expect(try second.outboundText().hasPrefix("HTTP/1.1 429 Too Many Requests\r\n"))
+        _ = try? first.channel.finish()
+        let third = try RouterHarness(sharing: first.limiter)
+        try third.write(RouterHarness.upgrade())
+        #expect(try third.outboundText().hasPrefix("HTTP/1.1 101"), "the first session's close released its reservation")
+        _ = try? third.channel.finish()
+    }
+
+    @Test func drainingRefusesWith503() throws {
+        let h = try RouterHarness()
+        h.admission.stopAdmitting()
+        try h.write(RouterHarness.upgrade())
+        #expect(try h.outboundText().hasPrefix("HTTP/1.1 503 Service Unavailable\r\n"))
+    }
+
+    @Test func plainHTTPGetsEveryByteUnchanged() throws {
+        let h = try RouterHarness()
+        let request = "POST /api/notification HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+        try h.write(request, byteAtATime: true)
+        let recorder = try #require(h.http)
+        #expect(String(buffer: recorder.received) == request)
+        #expect(!h.has(FirstRequestRouter.self))
+        #expect(h.has(HandshakeTimeoutHandler.self), "the HTTP parser's head stops the clock, not the router")
+        #expect(try h.outboundText() == "")
+        _ = try? h.channel.finish()
+    }
+
+    @Test func bytesThatCannotStartAGETGoToTheHTTPParserAtOnce() throws {
+        for garbage in ["\u{0}\u{1}\u{2}", "PO", "HELLO", "GEX"] {
+            let h = try RouterHarness()
+            try h.write(garbage)
+            #expect(String(buffer: try #require(h.http, "\(garbage)").received) == garbage)
+        }
+        let partial = try RouterHarness()
+        try partial.write("GE")
+        #expect(partial.http == nil, "still a possible upgrade")
+    }
+
+    @Test func handshakeClockStopsAtTheHTTPParsersHead() throws {
+        let pending = PendingHandshakes()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(HandshakeTimeoutHandler(timeout: .seconds(10), registry: pending))
+        #expect(pending.count == 1)
+        try channel.writeInbound(HTTPServerRequestPart.head(.init(version: .http1_1, method: .GET, uri: "/health")))
+        #expect(pending.count == 0)
+        #expect((try? channel.pipeline.syncOperations.handler(type: HandshakeTimeoutHandler.self)) == nil)
+        #expect(try channel.readInbound(as: HTTPServerRequestPart.self) != nil, "the head is passed on")
+        _ = try? channel.finish()
+    }
+
+    @Test func overLongHeadGoesToTheHTTPParserWithTheClockRunning() throws {
+        let h = try RouterHarness()
+        let filler = String(repeating: "a", count: 1000)
+        var sent = "GET / HTTP/1.1\r\n"
+        try h.write(sent)
+        while h.http == nil {
+            let line = "X: \(filler)\r\n"
+            sent += line
+            try h.write(line)
+            #expect(sent.utf8.count <= FirstRequestRouter.maxHeadBytes + 1100)
+        }
+        #expect(String(buffer: h.http!.received) == sent)
+        #expect(h.has(HandshakeTimeoutHandler.self))
+        _ = try? h.channel.finish()
+    }
+}
