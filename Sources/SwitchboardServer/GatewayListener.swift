@@ -132,7 +132,10 @@ struct GatewayListener: Service {
                     if let tls = settings.tls { try sync.addHandler(NIOSSLServerHandler(context: tls)) }
                     let timeout = HandshakeTimeoutHandler(timeout: settings.handshakeTimeout, registry: pending)
                     let router = FirstRequestRouter(handshake: handshake, maxFrameSize: settings.maxWebSocketFrameBytes, timeout: timeout) { channel, position in
-                        arrivals.yield(try http.configure(channel: channel, position: position, logger: logger))
+                        // Shutting down: nobody will serve it.
+                        if case .terminated = arrivals.yield(try http.configure(channel: channel, position: position, logger: logger)) {
+                            channel.close(promise: nil)
+                        }
                     }
                     try sync.addHandler(router)
                     // After the router, so it also sees the HTTP parser's errors.

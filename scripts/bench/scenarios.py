@@ -118,10 +118,16 @@ def publish(srv, topics, rate, duration, extra=(), drain=5):
 def one_step(sub_targets, pub_target, conns, topics, rate, duration, ramp=3000, settle=1.5):
     g = SubGroup(sub_targets, conns, topics=topics, ramp=ramp)
     g.wait_ready()
+    pids = sorted({pid for t in list(sub_targets) + [pub_target] for pid in t.pids()})
+    cpu0 = S.cpu_seconds(pids)
     p = publish(pub_target, topics, rate, duration)
     time.sleep(settle)
+    cpu = S.cpu_seconds(pids) - cpu0
     subs = g.stop()
     agg = aggregate.merge(subs + [p])
+    # Server CPU (all instances) per delivery over the publishing window: what the server
+    # spends, whatever the generator sharing the box takes.
+    agg["server_cpu_us_per_delivery"] = round(cpu * 1e6 / agg["deliveries"], 3) if agg.get("deliveries") else None
     agg["target_rate"] = rate
     agg["target_deliveries_per_sec"] = rate * conns // max(1, topics)
     agg["publish_rate"] = p.get("publish_rate")
@@ -190,7 +196,8 @@ def fanout(name, size):
             r["zero_loss"] = zero_loss(r, rate)
             results.append(r)
             log(f"  {name} fanout rate {rate}/s x {subs}: {r.get('deliveries_per_sec', 0):.0f} deliveries/s "
-                f"p99 {r['latency_us'].get('p99')} us lost {r.get('lost')} zero_loss={r['zero_loss']}")
+                f"p99 {r['latency_us'].get('p99')} us lost {r.get('lost')} zero_loss={r['zero_loss']} "
+                f"server CPU {r.get('server_cpu_us_per_delivery')} us/delivery")
             if r["zero_loss"]:
                 best = max(best or 0, r.get("deliveries_per_sec", 0))
                 fails = 0
@@ -200,11 +207,12 @@ def fanout(name, size):
                     break
         at100k = [r for r in results if r["target_deliveries_per_sec"] == 100_000]
         return {"max_zero_loss_deliveries_per_sec": best or 0,
+                "server_cpu_us_per_delivery_at_100k": at100k[0].get("server_cpu_us_per_delivery") if at100k else None,
                 "p99_at_100k_us": at100k[0]["latency_us"].get("p99") if at100k else None,
                 "p99_at_100k_zero_loss": at100k[0]["zero_loss"] if at100k else None,
                 "steps": [{k: r.get(k) for k in ("target_rate", "target_deliveries_per_sec", "deliveries_per_sec",
                                                   "latency_us", "lost", "disconnects", "zero_loss", "publish_rate",
-                                                  "server_rss_kb")} for r in results]}
+                                                  "server_rss_kb", "server_cpu_us_per_delivery")} for r in results]}
     finally:
         srv.stop()
 
@@ -251,6 +259,7 @@ def cross(name, size):
                 break
         at100k = [r for r in results if r["target_deliveries_per_sec"] == 100_000]
         return {"max_zero_loss_deliveries_per_sec": best or 0,
+                "server_cpu_us_per_delivery_at_100k": at100k[0].get("server_cpu_us_per_delivery") if at100k else None,
                 "p99_at_100k_us": at100k[0]["latency_us"].get("p99") if at100k else None,
                 "steps": [{k: r.get(k) for k in ("target_rate", "target_deliveries_per_sec", "deliveries_per_sec",
                                                   "latency_us", "lost", "zero_loss")} for r in results]}
