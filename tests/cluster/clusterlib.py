@@ -15,6 +15,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+import gatewayproc  # noqa: E402
 from stompclient import StompClient  # noqa: E402
 
 BIN = Path(os.environ.get("SWITCHBOARD_BIN", ROOT / ".build" / "debug" / "switchboard"))
@@ -40,7 +41,7 @@ def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class Cluster:
+class Cluster(gatewayproc.ProcessCluster):
     def __init__(self, name: str, replicas: int = 2, replica_args=(), config: str = "seed-streams.yaml", gateways: int = 3):
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"sb-{name}-"))
@@ -119,33 +120,6 @@ class Cluster:
     def replica_log(self, j: int) -> str:
         return (ARTIFACTS / f"{self.name}-replica{j}.log").read_text(errors="replace")
 
-    def stop(self):
-        codes = {}
-        for key, p in list(self.procs.items()):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for key, p in list(self.procs.items()):
-            try:
-                codes[key] = p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                codes[key] = "killed"
-        return codes
-
-    # -- access ------------------------------------------------------------------
-    @property
-    def lb_url(self):
-        return f"http://127.0.0.1:{self.lb_port}"
-
-    @property
-    def lb_ws(self):
-        return f"ws://127.0.0.1:{self.lb_port}/stomp"
-
-    def gw_url(self, i):
-        return f"http://127.0.0.1:{self.gw_ports[i]}"
-
-    def gw_ws(self, i):
-        return f"ws://127.0.0.1:{self.gw_ports[i]}/stomp"
 
     def client(self, url=None) -> StompClient:
         c = StompClient(url or self.lb_ws, timeout=10)

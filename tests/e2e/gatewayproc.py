@@ -108,3 +108,39 @@ class Gateway:
                 raise AssertionError(f"switchboard did not exit within {timeout}s of SIGTERM; see {self.log_path}")
         self.log.close()
         return self.proc.returncode
+
+
+class ProcessCluster:
+    """Processes of a test cluster (gateways, haproxy, Redis…) in `self.procs`, gateways on
+    `self.gw_ports` behind haproxy on `self.lb_port`."""
+    procs: dict
+    gw_ports: list
+    lb_port: int
+
+    def stop(self):
+        """SIGTERM to every process, then their exit codes ("killed" after 10 s)."""
+        codes = {}
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for key, p in list(self.procs.items()):
+            try:
+                codes[key] = p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes[key] = "killed"
+        return codes
+
+    @property
+    def lb_url(self):
+        return f"http://127.0.0.1:{self.lb_port}"
+
+    @property
+    def lb_ws(self):
+        return f"ws://127.0.0.1:{self.lb_port}/stomp"
+
+    def gw_url(self, i):
+        return f"http://127.0.0.1:{self.gw_ports[i]}"
+
+    def gw_ws(self, i):
+        return f"ws://127.0.0.1:{self.gw_ports[i]}/stomp"

@@ -303,7 +303,7 @@ def webhook():
 
 # -- cluster (adapted from tests/cluster/clusterlib.py) ---------------------------------------
 
-class SecurityCluster:
+class SecurityCluster(gatewayproc.ProcessCluster):
     """redis-server, `gateways` switchboard instances (ids gw0..gwN-1) and haproxy."""
 
     def __init__(self, name: str, config_yaml: str, gateways: int = 3):
@@ -356,32 +356,6 @@ class SecurityCluster:
                              timeout=timeout)
         return out.stdout.strip()
 
-    def stop(self):
-        codes = {}
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for key, p in self.procs.items():
-            try:
-                codes[key] = p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                codes[key] = "killed"
-        return codes
-
-    @property
-    def lb_url(self):
-        return f"http://127.0.0.1:{self.lb_port}"
-
-    @property
-    def lb_ws(self):
-        return f"ws://127.0.0.1:{self.lb_port}/stomp"
-
-    def gw_url(self, i):
-        return f"http://127.0.0.1:{self.gw_ports[i]}"
-
-    def gw_ws(self, i):
-        return f"ws://127.0.0.1:{self.gw_ports[i]}/stomp"
 
     @staticmethod
     def instance_of(client: StompClient) -> str:
