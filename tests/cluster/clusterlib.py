@@ -3,7 +3,6 @@ haproxy, and greeting-service replicas, each on free ports with its own director
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,29 +15,13 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import gatewayproc  # noqa: E402
+from gatewayproc import free_port, wait_until  # noqa: E402,F401
 from stompclient import StompClient  # noqa: E402
 
 BIN = Path(os.environ.get("SWITCHBOARD_BIN", ROOT / ".build" / "debug" / "switchboard"))
 GREETING_BIN = Path(os.environ.get("GREETING_SERVICE_BIN", BIN.parent / "greeting-service"))
 ARTIFACTS = ROOT / "test-artifacts"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except Exception:
-            pass
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Cluster(gatewayproc.ProcessCluster):

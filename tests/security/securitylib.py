@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 from stompclient import ConnectionClosed, StompClient, encode_frame  # noqa: E402,F401
 import gatewayproc  # noqa: E402
-from gatewayproc import free_port  # noqa: E402,F401
+from gatewayproc import free_port, wait_until  # noqa: E402,F401
 
 ARTIFACTS = REPO / "test-artifacts"
 BINARY = os.environ.get("SWITCHBOARD_BIN", str(REPO / ".build" / "debug" / "switchboard"))
@@ -45,17 +45,6 @@ HMAC_SECRET = "security-suite-hmac-secret-0123456789abcdef"
 NO_TOKEN = ("authentication failed: no token (send 'Authorization: Bearer <jwt>' or passcode in CONNECT, "
             "or access_token at the handshake)")
 
-
-def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except Exception:
-            pass
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def metric(base_url: str, kind: str) -> float:
