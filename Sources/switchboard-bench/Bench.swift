@@ -47,6 +47,7 @@ struct SubscriberOptions: ParsableArguments, Sendable {
     @Option(help: "Subscriber connections.") var connections = 10
     @Option(name: .customLong("ramp-per-second"), help: "Connection attempts per second (0: as fast as possible).") var rampPerSecond = 2000
     @Option(name: .customLong("handshake-timeout"), help: "Seconds for TCP + WebSocket + CONNECT + SUBSCRIBE.") var handshakeTimeout = 30
+    @Flag(name: .customLong("pipeline-subscribe"), help: "STOMP: send SUBSCRIBE right behind CONNECT, without waiting for CONNECTED (one round trip less; STOMP processes frames in order).") var pipelineSubscribe = false
     @Option(name: .customLong("index-offset"), help: "Global index of this process's first connection (topic assignment across processes).") var indexOffset = 0
     @Option(name: .customLong("ready-file"), help: "Touch this file once every connection is up (or failed).") var readyFile: String?
     @Option(name: .customLong("stop-file"), help: "Finish when this file appears.") var stopFile: String?

@@ -28,6 +28,8 @@ struct ConnConfig: Sendable {
     var passcode: String?
     var vhost: String
     var handshakeTimeout: TimeAmount
+    /// Subscriber: SUBSCRIBE goes out with CONNECT in one write; ready at its RECEIPT.
+    var pipelineSubscribe = false
 }
 
 final class WSConn: ChannelInboundHandler, @unchecked Sendable {
@@ -124,10 +126,16 @@ final class WSConn: ChannelInboundHandler, @unchecked Sendable {
 
     private func sendWS(_ context: ChannelHandlerContext, text: String) {
         var buf = context.channel.allocator.buffer(capacity: text.utf8.count + 14)
-        buf.writeWSClientFrameHeader(opcode: 0x1, length: text.utf8.count)
-        buf.writeString(text)
+        appendWS(&buf, text: text)
         context.writeAndFlush(wrapOutboundOut(buf), promise: nil)
     }
+
+    private func appendWS(_ buf: inout ByteBuffer, text: String) {
+        buf.writeWSClientFrameHeader(opcode: 0x1, length: text.utf8.count)
+        buf.writeString(text)
+    }
+
+    private var subscribeFrame: String { "SUBSCRIBE\nid:0\ndestination:\(cfg.destination)\nack:auto\nreceipt:sub\n\n\u{0}" }
 
     private func onHandshakeDone(_ context: ChannelHandlerContext) {
         switch cfg.mode {
@@ -139,7 +147,15 @@ final class WSConn: ChannelInboundHandler, @unchecked Sendable {
             if let l = cfg.login { f += "login:\(l)\n" }
             if let p = cfg.passcode { f += "passcode:\(p)\n" }
             f += "\n\u{0}"
-            sendWS(context, text: f)
+            if cfg.pipelineSubscribe && cfg.role == .subscriber {
+                var buf = context.channel.allocator.buffer(capacity: f.utf8.count + 128)
+                appendWS(&buf, text: f)
+                appendWS(&buf, text: subscribeFrame)
+                state = .subscribing
+                context.writeAndFlush(wrapOutboundOut(buf), promise: nil)
+            } else {
+                sendWS(context, text: f)
+            }
         }
     }
 
@@ -365,10 +381,10 @@ final class WSConn: ChannelInboundHandler, @unchecked Sendable {
         case UInt8(ascii: "M"):
             deliver(base, bodyFrom, bodyEnd)
         case UInt8(ascii: "C"):
-            guard state == .stompConnecting else { return }
+            guard state == .stompConnecting else { return }   // pipelined: already .subscribing
             if cfg.role == .subscriber {
                 state = .subscribing
-                sendWS(context, text: "SUBSCRIBE\nid:0\ndestination:\(cfg.destination)\nack:auto\nreceipt:sub\n\n\u{0}")
+                sendWS(context, text: subscribeFrame)
             } else {
                 markReady()
             }

@@ -60,13 +60,14 @@ def gateway():
         proc.kill()
 
 
-@pytest.mark.parametrize("via", ["http", "stomp"])
-def test_bench_run_counts_every_delivery(gateway, via):
+@pytest.mark.parametrize("via,extra", [("http", []), ("stomp", []), ("http", ["--pipeline-subscribe"])],
+                         ids=["http", "stomp", "pipelined-subscribe"])
+def test_bench_run_counts_every_delivery(gateway, via, extra):
     port, proc = gateway
     out = subprocess.run(
         [BENCH, "run", "--port", str(port), "--connections", str(SUBSCRIBERS),
          "--rate", str(RATE), "--duration", str(DURATION), "--via", via,
-         "--threads", "2", "--server-pid", str(proc.pid), "--drain", "10"],
+         "--threads", "2", "--server-pid", str(proc.pid), "--drain", "10", *extra],
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
