@@ -30,6 +30,7 @@ struct GatewayListener: Service {
         var host: String
         var port: Int
         var backlog: Int
+        var tcpNoDelay = true
         var handshakeTimeout: TimeAmount
         var maxWebSocketFrameBytes: Int
         var tls: NIOSSLContext?
@@ -113,6 +114,8 @@ struct GatewayListener: Service {
             // Accept up to 64 connections per wake-up (NIO's default is 4): a connect storm is
             // drained from the backlog in fewer loop iterations.
             .serverChannelOption(ChannelOptions.maxMessagesPerRead, value: 64)
+            // NIO turns TCP_NODELAY on by default; accepted sockets inherit the listener's.
+            .serverChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: settings.tcpNoDelay ? 1 : 0)
         #if os(Linux)
         if reusePort {
             bootstrap = bootstrap.serverChannelOption(

@@ -60,6 +60,9 @@ public struct SwitchboardConfiguration: Sendable {
     public var writeCoalesceMicros = 2_000
     public var eventLoopThreads = System.coreCount
     public var backlog = 4096
+    /// `TCP_NODELAY` on accepted connections: each write leaves at once. Off, the kernel's
+    /// Nagle algorithm holds small writes while earlier data is unacknowledged.
+    public var tcpNoDelay = true
     public var shutdownGraceMs = 5_000
     /// On SIGTERM: how long readiness is false before sessions are told to reconnect.
     public var drainDelayMs = 1_000
@@ -103,6 +106,7 @@ public struct SwitchboardConfiguration: Sendable {
         guard (0...65535).contains(port) else { throw Invalid(description: "http.port must be 0…65535, got \(port)") }
         apiMaxBodyBytes = reader.int(forKey: "http.max-body-bytes", default: apiMaxBodyBytes)
         backlog = reader.int(forKey: "http.backlog", default: backlog)
+        tcpNoDelay = reader.bool(forKey: "http.tcp-nodelay", default: tcpNoDelay)
         tlsCertificateFile = reader.string(forKey: "http.tls.certificate-file")
         tlsKeyFile = reader.string(forKey: "http.tls.key-file", isSecret: true)
         guard (tlsCertificateFile == nil) == (tlsKeyFile == nil) else {

@@ -145,10 +145,11 @@ public struct SwitchboardGateway: Sendable {
                                   secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.httpIdleTimeoutMs)))
         let handshake = WebSocketHandshake(services: services, stompPath: configuration.stompPath, admission: admission, limiter: limiter,
                                            allowedOrigins: configuration.allowedOrigins, handshakeCookie: configuration.handshakeCookie)
-        let settings = GatewayListener.Settings(
+        var settings = GatewayListener.Settings(
             host: configuration.host, port: configuration.port, backlog: configuration.backlog,
             handshakeTimeout: .milliseconds(Int64(configuration.handshakeTimeoutMs)),
             maxWebSocketFrameBytes: configuration.session.decoderLimits.maxFrameBytes + 1024, tls: tls)
+        settings.tcpNoDelay = configuration.tcpNoDelay
         return GatewayListener(settings: settings, handshake: handshake, http: http, pending: pending, group: group,
                                onServerRunning: onServerRunning, logger: httpLogger)
     }

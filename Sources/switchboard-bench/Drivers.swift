@@ -61,7 +61,7 @@ func startSubscribers(_ set: LoopSet, _ c: ConnOptions, _ s: SubscriberOptions) 
             handshakeTimeout: .seconds(Int64(s.handshakeTimeout)), pipelineSubscribe: s.pipelineSubscribe)
         var bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(.seconds(Int64(s.handshakeTimeout)))
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 let h = WSConn(cfg: cfg, stats: stats)
                 stats.connectStarted += 1
@@ -164,7 +164,7 @@ final class Publisher: @unchecked Sendable {
             for _ in 0..<p.httpConnections {
                 let h = HTTPPubConn(stats: stats)
                 _ = try ClientBootstrap(group: loop)
-                    .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                    .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
                     .channelInitializer { ch in ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(h) } }
                     .connect(host: host, port: port).wait()
                 httpConns.append(h)
@@ -179,7 +179,7 @@ final class Publisher: @unchecked Sendable {
                 let ready = loop.makePromise(of: Void.self)
                 h.onReady = { _ in ready.succeed(()) }
                 let ch = try ClientBootstrap(group: loop)
-                    .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                    .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
                     .channelInitializer { ch in ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(h) } }
                     .connect(host: host, port: port).wait()
                 ch.closeFuture.whenComplete { _ in ready.fail(ChannelError.ioOnClosedChannel) }

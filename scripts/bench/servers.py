@@ -298,4 +298,14 @@ def _comm(pid):
         return ""
 
 
-SERVERS = {"switchboard": Switchboard, "nchan": Nchan, "rabbitmq": RabbitMQ}
+class SwitchboardNagle(Switchboard):
+    """Switchboard with `http.tcp-nodelay=false`: the kernel's Nagle algorithm holds small
+    writes while earlier data is unacknowledged, as nginx does for nchan's WebSockets (it sets
+    TCP_NODELAY only on HTTP keep-alive connections). For scenarios (a)-(c) and (f)."""
+    name = "switchboard-nagle"
+
+    def __init__(self, redis_url=None, config=None, extra=()):
+        super().__init__(redis_url=redis_url, config=config, extra=("--set", "http.tcp-nodelay=false", *extra))
+
+
+SERVERS = {"switchboard": Switchboard, "switchboard-nagle": SwitchboardNagle, "nchan": Nchan, "rabbitmq": RabbitMQ}

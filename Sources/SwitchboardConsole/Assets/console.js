@@ -1,9 +1,8 @@
 // The Switchboard web console: a STOMP client (stomp.js) plus the gateway's HTTP API.
 import { StompClient } from './stomp.js';
+import { $, el, timeStamp } from './dom.js';
+import { addLog, clearLog, info, logEntries, logFrame, rerenderLog } from './frame-log.js';
 
-const $ = (id) => document.getElementById(id);
-const LOG_CAP = 1000;
-const BODY_PREVIEW = 4096;
 const HEALTH_EVERY_MS = 2000;
 const QUICK_TIMEOUT_MS = 5000;
 // Counters the console turns into rates: read from GET /metrics (Prometheus text, summed
@@ -18,12 +17,6 @@ const RATE_COUNTERS = [
 
 const state = {
   client: null,
-  entries: [],          // {seq, dir, command, text, node}, oldest first, at most LOG_CAP
-  pending: [],          // entries waiting for the next flushLog
-  flushTimer: null,
-  seq: 0,
-  framesIn: 0,
-  framesOut: 0,
   health: null,
   prevCounters: null,   // {t, values}
   subCounts: new Map(), // subscription id -> messages received
@@ -38,23 +31,6 @@ function defaultUrl() {
   return `${proto}//${location.host || 'localhost:8080'}/stomp`;
 }
 
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === 'class') e.className = v;
-    else if (k === 'text') e.textContent = v;
-    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-    else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v);
-  }
-  for (const c of children) if (c !== null && c !== undefined) e.append(c);
-  return e;
-}
-
-function timeStamp(d = new Date()) {
-  const p = (n, w = 2) => String(n).padStart(w, '0');
-  return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
-}
-
 function setResult(node, text, kind = '') {
   node.textContent = text;
   node.className = 'result' + (kind ? ' ' + kind : '');
@@ -67,143 +43,6 @@ function parseHeartbeatInput(text) {
 
 function remember(key, value) { try { localStorage.setItem('switchboard.console.' + key, value); } catch { /* private mode */ } }
 function recall(key) { try { return localStorage.getItem('switchboard.console.' + key); } catch { return null; } }
-
-// ---------------------------------------------------------------------------------------
-// Frame log
-
-function summaryOf(command, headers) {
-  if (command === 'ERROR') return headers.message || '(no message header)';
-  if (headers.destination) return headers.destination;
-  if (command === 'RECEIPT') return 'receipt-id ' + headers['receipt-id'];
-  if (command === 'CONNECTED') return `version ${headers.version || '1.0'}` + (headers.session ? ` · session ${headers.session}` : '');
-  if (command === 'UNSUBSCRIBE') return 'id ' + headers.id;
-  if (headers.transaction) return 'transaction ' + headers.transaction;
-  return '';
-}
-
-/** Adds a log entry. dir: 'in' | 'out' | '' ; headerList: [[k, v]]; body: string | null. */
-function addLog({ dir = '', command, summary = '', headerList = [], body = null, binary = false, extraClass = '' }) {
-  const seq = ++state.seq;
-  const text = [command, summary, ...headerList.map(([k, v]) => `${k}:${v}`), body ?? ''].join('\n').toLowerCase();
-  const entry = { seq, dir, command, text, node: null, extraClass, summary, headerList, body, binary, time: new Date() };
-  state.entries.push(entry);
-  while (state.entries.length > LOG_CAP) {
-    const old = state.entries.shift();
-    old.evicted = true;
-    old.node?.remove();
-  }
-  if (matches(entry)) state.pending.push(entry);
-  scheduleFlush();
-  return entry;
-}
-
-// New entries are rendered in batches, so a burst of frames costs one layout, not one each.
-function scheduleFlush() {
-  if (state.flushTimer == null) state.flushTimer = setTimeout(flushLog, 40);
-}
-
-function flushLog() {
-  state.flushTimer = null;
-  const log = $('log');
-  const batch = state.pending.filter((e) => !e.evicted);
-  state.pending = [];
-  if (batch.length) {
-    log.querySelector('.empty-log')?.remove();
-    const frag = document.createDocumentFragment();
-    for (const e of batch) frag.append(e.node = e.node || renderEntry(e));
-    log.append(frag);
-    if ($('log-follow').checked) log.scrollTop = log.scrollHeight;
-  }
-  updateLogCount();
-}
-
-function renderEntry(entry) {
-  const { dir, command, summary, headerList, body, binary } = entry;
-  const node = el('div', {
-    class: `entry cmd-${command}` + (dir ? ` dir-${dir}` : '') + (entry.extraClass ? ' ' + entry.extraClass : ''),
-    'data-command': command, 'data-dir': dir || 'none',
-  });
-  node.append(el('div', { class: 'line1' },
-    el('time', { text: timeStamp(entry.time) }),
-    el('span', { class: 'dir', text: dir === 'in' ? '◀ in' : dir === 'out' ? 'out ▶' : '' }),
-    el('span', { class: 'cmd', text: command === 'HB' ? 'heart-beat' : command }),
-    el('span', { class: 'summary', text: command === 'ERROR' ? `message: ${summary}` : summary })));
-  if (headerList.length) {
-    const hdrs = el('div', { class: 'hdrs' });
-    for (const [k, v] of headerList) hdrs.append(el('span', { class: 'h' }, el('span', { class: 'hk', text: k + ':' }), v));
-    node.append(hdrs);
-  }
-  if (body !== null && body !== '') {
-    const shown = body.length > BODY_PREVIEW ? body.slice(0, BODY_PREVIEW) + `… (${body.length} chars)` : body;
-    node.append(el('pre', { class: 'body' + (binary ? ' binary' : ''), text: shown }));
-  }
-  return node;
-}
-
-function matches(entry) {
-  const cmd = $('log-command').value;
-  const dir = $('log-dir').value;
-  const q = $('log-filter').value.trim().toLowerCase();
-  if (entry.command === 'HB' && !$('log-heartbeats').checked) return false;
-  if (cmd && entry.command !== cmd && !(cmd === 'INFO' && entry.command === 'HB')) return false;
-  if (dir && entry.dir !== dir) return false;
-  if (q && !entry.text.includes(q)) return false;
-  return true;
-}
-
-function rerenderLog() {
-  const log = $('log');
-  state.pending = [];
-  log.textContent = '';
-  const frag = document.createDocumentFragment();
-  for (const e of state.entries) {
-    if (!matches(e)) continue;
-    e.node = e.node || renderEntry(e);
-    frag.append(e.node);
-  }
-  log.append(frag);
-  if (!log.children.length) log.append(el('div', { class: 'empty-log', text: state.entries.length ? 'no frames match the filter' : 'no frames yet — connect to start' }));
-  if ($('log-follow').checked) log.scrollTop = log.scrollHeight;
-  updateLogCount();
-}
-
-function updateLogCount() {
-  const log = $('log');
-  const shown = log.childElementCount - (log.firstElementChild?.classList.contains('empty-log') ? 1 : 0);
-  $('log-count').textContent = shown === state.entries.length ? `${shown}` : `${shown} / ${state.entries.length}`;
-  $('log-count').title = `log keeps the last ${LOG_CAP} entries`;
-  $('stat-local').textContent = `${state.framesIn} in · ${state.framesOut} out`;
-}
-
-// Credentials are not shown in the log.
-function maskCredentials(headerList) {
-  return headerList.map(([k, v]) => {
-    if (k === 'passcode') return [k, '•'.repeat(Math.min(8, v.length || 1))];
-    if (k.toLowerCase() === 'authorization') return [k, v.replace(/^(\S+\s+)?.*$/, (m, scheme) => (scheme || '') + '•••')];
-    return [k, v];
-  });
-}
-
-function logFrame(dir, frame) {
-  const binary = !frame.isText;
-  const headerList = frame.command === 'CONNECT' || frame.command === 'STOMP' ? maskCredentials(frame.headerList) : frame.headerList;
-  let body = null;
-  if (frame.binaryBody.length) {
-    body = binary ? hexPreview(frame.binaryBody) : frame.body;
-  }
-  addLog({ dir, command: frame.command, summary: summaryOf(frame.command, frame.headers), headerList, body, binary });
-}
-
-function hexPreview(bytes) {
-  const n = Math.min(bytes.length, 256);
-  let s = `binary, ${bytes.length} bytes:`;
-  for (let i = 0; i < n; i++) s += (i % 16 === 0 ? '\n' : ' ') + bytes[i].toString(16).padStart(2, '0');
-  return n < bytes.length ? s + ' …' : s;
-}
-
-function info(text, warn = false) {
-  addLog({ command: 'INFO', summary: text, extraClass: warn ? 'warn' : '' });
-}
 
 // ---------------------------------------------------------------------------------------
 // Connection
@@ -257,8 +96,8 @@ function connect() {
     for (const sub of state.client.subscriptions.values()) client.subscribe(sub.destination, sub.callback, { ...sub.headers, id: sub.id });
   }
   state.client = client;
-  client.on('frame-in', (f) => { state.framesIn++; logFrame('in', f); });
-  client.on('frame-out', (f) => { state.framesOut++; logFrame('out', f); });
+  client.on('frame-in', (f) => { logFrame('in', f); });
+  client.on('frame-out', (f) => { logFrame('out', f); });
   client.on('heartbeat-in', () => { if ($('log-heartbeats').checked) addLog({ dir: 'in', command: 'HB', summary: 'EOL' }); });
   client.on('heartbeat-out', () => { if ($('log-heartbeats').checked) addLog({ dir: 'out', command: 'HB', summary: 'EOL' }); });
   client.on('error', (e) => {
@@ -622,7 +461,7 @@ function init() {
   let filterTimer = null;
   $('log-filter').addEventListener('input', () => { clearTimeout(filterTimer); filterTimer = setTimeout(rerenderLog, 120); });
   for (const id of ['log-command', 'log-dir', 'log-heartbeats']) $(id).addEventListener('change', rerenderLog);
-  $('log-clear').addEventListener('click', () => { state.entries = []; rerenderLog(); });
+  $('log-clear').addEventListener('click', clearLog);
   $('log-follow').addEventListener('change', () => { if ($('log-follow').checked) $('log').scrollTop = $('log').scrollHeight; });
 
   rerenderLog();
@@ -636,7 +475,9 @@ function init() {
       setStatus('reconnecting', `reconnecting in ${(left / 1000).toFixed(1)} s (attempt ${state.reconnectInfo.attempt})`);
     }
   }, 250);
-  window.switchboardConsole = state; // for debugging from the devtools console
+  // For debugging from the devtools console (and the browser tests): the page's state and the log.
+  Object.defineProperty(state, 'entries', { get: logEntries, enumerable: true });
+  window.switchboardConsole = state;
 }
 
 init();
