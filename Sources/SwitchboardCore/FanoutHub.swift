@@ -49,12 +49,19 @@ public final class FanoutHub: Sendable {
     /// Flush passes of one loop closer together than this are merged into one, so under a
     /// high message rate a connection gets several messages per `write` (see ``LoopShard``).
     public let writeCoalescing: TimeAmount
+    /// Share of a loop's time in flush passes (per cent) from which its connections switch to
+    /// Nagle's algorithm until the load is gone (see ``NagleWhenBusy``); 0: never.
+    public let nagleWhenBusyPercent: Int
 
-    /// - Parameter writeCoalescing: zero flushes every batch at once.
+    /// - Parameters:
+    ///   - writeCoalescing: zero flushes every batch at once.
+    ///   - nagleWhenBusyPercent: 0…100; 0 leaves the connections' `TCP_NODELAY` alone.
     public init(eventLoops: [any EventLoop] = [], heartbeatResolution: TimeAmount = .milliseconds(250),
-                writeCoalescing: TimeAmount = .zero) {
+                writeCoalescing: TimeAmount = .zero, nagleWhenBusyPercent: Int = 0) {
+        precondition((0...100).contains(nagleWhenBusyPercent))
         self.heartbeatResolution = heartbeatResolution
         self.writeCoalescing = writeCoalescing
+        self.nagleWhenBusyPercent = nagleWhenBusyPercent
         for loop in eventLoops { _ = shard(for: loop) }
     }
 

@@ -17,6 +17,10 @@ public struct ShardCounters: Sendable {
     public var framesOut = [Int](repeating: 0, count: STOMPCommand.allCases.count)
     public var messagesDelivered = 0
     public var bytesOut = 0
+    /// Times a loop switched its connections to Nagle or back (see ``NagleWhenBusy``).
+    public var nagleSwitches = 0
+    /// Loops whose connections are in Nagle mode now (0 or 1 per loop; summed by ``add(_:)``).
+    public var loopsInNagleMode = 0
 
     public init() {}
 
@@ -35,6 +39,8 @@ public struct ShardCounters: Sendable {
         }
         messagesDelivered += other.messagesDelivered
         bytesOut += other.bytesOut
+        nagleSwitches += other.nagleSwitches
+        loopsInNagleMode += other.loopsInNagleMode
     }
 }
 
@@ -43,6 +49,12 @@ public protocol SessionDeliveryTarget: AnyObject {
     var sessionID: String { get }
     /// Writes `message` to this session's subscriptions that match its destination, flushed.
     func deliverToOwnSubscriptions(_ message: PublishedMessage)
+    /// Turns Nagle's algorithm on (`TCP_NODELAY` off) or off for this session's connection.
+    func setNagle(_ enabled: Bool)
+}
+
+extension SessionDeliveryTarget {
+    public func setNagle(_ enabled: Bool) {}
 }
 
 /// The state of one event loop: its sessions' subscriptions, flush batching and the shared
@@ -63,6 +75,8 @@ public final class LoopShard: @unchecked Sendable {
     private var flushScheduled = false
     /// When the last flush pass ran (for ``FanoutHub/writeCoalescing``).
     private var lastFlushPass = NIODeadline.distantPast
+    /// Switches the loop's connections to Nagle while it is saturated (nil: never).
+    private var nagleWhenBusy: NagleWhenBusy?
 
     private var heartbeatClients: [ObjectIdentifier: any HeartbeatClient] = [:]
     private var sessionsByID: [String: any SessionDeliveryTarget] = [:]
@@ -74,14 +88,24 @@ public final class LoopShard: @unchecked Sendable {
         self.eventLoop = eventLoop
         self.index = index
         self.hub = hub
+        if hub.nagleWhenBusyPercent > 0 {
+            nagleWhenBusy = NagleWhenBusy(thresholdPercent: hub.nagleWhenBusyPercent, now: .now())
+        }
     }
+
+    /// Whether this loop's connections are in Nagle mode because the loop is saturated.
+    public var isInNagleMode: Bool { nagleWhenBusy?.nagle ?? false }
 
     /// This loop's counters; mutate only on ``eventLoop``.
     public var counters = ShardCounters()
 
     /// A copy of the counters, read on the loop.
     public func readCounters() -> EventLoopFuture<ShardCounters> {
-        eventLoop.submit { self.counters }
+        eventLoop.submit {
+            var c = self.counters
+            c.loopsInNagleMode = self.isInNagleMode ? 1 : 0
+            return c
+        }
     }
 
     /// Number of local subscriptions (all destinations).
@@ -175,6 +199,7 @@ public final class LoopShard: @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         sessionsByID[session.sessionID] = session
         hub.registerSession(session.sessionID, shard: self)
+        if isInNagleMode { session.setNagle(true) }
     }
 
     public func unregisterSession(_ session: any SessionDeliveryTarget) {
@@ -216,11 +241,21 @@ public final class LoopShard: @unchecked Sendable {
 
     private func flushDirty() {
         flushScheduled = false
-        lastFlushPass = eventLoop.now
+        let start = eventLoop.now
+        lastFlushPass = start
+        if nagleWhenBusy != nil {
+            let action = nagleWhenBusy!.passStarting(at: start)
+            if action != .none {
+                let on = action == .enableNagle
+                for session in sessionsByID.values { session.setNagle(on) }
+                counters.nagleSwitches &+= 1
+            }
+        }
         let sinks = dirty
         dirty.removeAll(keepingCapacity: true)
         dirtySet.removeAll(keepingCapacity: true)
         for sink in sinks { sink.flushDeliveries() }
+        if nagleWhenBusy != nil { nagleWhenBusy!.passEnded(startedAt: start, at: .now()) }
     }
 
     // MARK: Heart-beats

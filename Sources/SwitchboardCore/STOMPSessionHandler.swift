@@ -115,6 +115,12 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         _ = context.channel.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
     }
 
+    /// Nagle on (`TCP_NODELAY` off) while the loop is saturated; see ``NagleWhenBusy``.
+    public func setNagle(_ enabled: Bool) {
+        guard let context else { return }
+        _ = context.channel.setOption(ChannelOptions.tcpOption(.tcp_nodelay), value: enabled ? 0 : 1)
+    }
+
     public func handlerRemoved(context: ChannelHandlerContext) {
         cleanUp()
         self.context = nil

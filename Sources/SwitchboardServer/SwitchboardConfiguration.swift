@@ -63,6 +63,9 @@ public struct SwitchboardConfiguration: Sendable {
     /// `TCP_NODELAY` on accepted connections: each write leaves at once. Off, the kernel's
     /// Nagle algorithm holds small writes while earlier data is unacknowledged.
     public var tcpNoDelay = true
+    /// With `tcpNoDelay`: share of an event loop's time in flush passes (per cent) from which
+    /// its connections switch to Nagle until the load is gone; 0: never.
+    public var nagleWhenBusyPercent = 50
     public var shutdownGraceMs = 5_000
     /// On SIGTERM: how long readiness is false before sessions are told to reconnect.
     public var drainDelayMs = 1_000
@@ -107,6 +110,10 @@ public struct SwitchboardConfiguration: Sendable {
         apiMaxBodyBytes = reader.int(forKey: "http.max-body-bytes", default: apiMaxBodyBytes)
         backlog = reader.int(forKey: "http.backlog", default: backlog)
         tcpNoDelay = reader.bool(forKey: "http.tcp-nodelay", default: tcpNoDelay)
+        nagleWhenBusyPercent = reader.int(forKey: "http.nagle-when-busy-percent", default: nagleWhenBusyPercent)
+        guard (0...100).contains(nagleWhenBusyPercent) else {
+            throw Invalid(description: "http.nagle-when-busy-percent must be 0…100, got \(nagleWhenBusyPercent)")
+        }
         tlsCertificateFile = reader.string(forKey: "http.tls.certificate-file")
         tlsKeyFile = reader.string(forKey: "http.tls.key-file", isSecret: true)
         guard (tlsCertificateFile == nil) == (tlsKeyFile == nil) else {

@@ -69,7 +69,8 @@ public struct SwitchboardGateway: Sendable {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)
         let loops = Array(group.makeIterator())
         let hub = FanoutHub(eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.heartbeatResolutionMs)),
-                            writeCoalescing: .microseconds(Int64(configuration.writeCoalesceMicros)))
+                            writeCoalescing: .microseconds(Int64(configuration.writeCoalesceMicros)),
+                            nagleWhenBusyPercent: configuration.tcpNoDelay ? configuration.nagleWhenBusyPercent : 0)
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
         let messageIDs = MessageIDGenerator(instanceID: instanceID)
         var engine: any BrokerEngine = InMemoryEngine(hub: hub)

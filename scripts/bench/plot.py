@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"switchboard": "tab:blue", "switchboard-nagle": "tab:purple", "nchan": "tab:green", "rabbitmq": "tab:orange"}
+COLORS = {"switchboard": "tab:blue", "switchboard-nagle": "tab:purple", "switchboard-nodelay": "tab:cyan", "nchan": "tab:green", "rabbitmq": "tab:orange"}
 
 
 def med(v):

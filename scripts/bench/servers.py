@@ -308,4 +308,14 @@ class SwitchboardNagle(Switchboard):
         super().__init__(redis_url=redis_url, config=config, extra=("--set", "http.tcp-nodelay=false", *extra))
 
 
-SERVERS = {"switchboard": Switchboard, "switchboard-nagle": SwitchboardNagle, "nchan": Nchan, "rabbitmq": RabbitMQ}
+class SwitchboardNoDelay(Switchboard):
+    """Switchboard with `TCP_NODELAY` always (`http.nagle-when-busy-percent=0`): the default
+    before the busy switch existed. For scenarios (a)-(c) and (f)."""
+    name = "switchboard-nodelay"
+
+    def __init__(self, redis_url=None, config=None, extra=()):
+        super().__init__(redis_url=redis_url, config=config, extra=("--set", "http.nagle-when-busy-percent=0", *extra))
+
+
+SERVERS = {"switchboard": Switchboard, "switchboard-nagle": SwitchboardNagle, "switchboard-nodelay": SwitchboardNoDelay,
+           "nchan": Nchan, "rabbitmq": RabbitMQ}

@@ -1,11 +1,17 @@
-"""`http.tcp-nodelay`: the setting reaches the gateway's accepted sockets (read back from the
-gateway's own file descriptors, duplicated with pidfd_getfd), and with Nagle on (`false`) a
-burst still arrives complete and in order, for our client and for stomp.py."""
+"""`http.tcp-nodelay` and `http.nagle-when-busy-percent`: the settings reach the gateway's
+accepted sockets (read back from the gateway's own file descriptors, duplicated with
+pidfd_getfd); a busy loop switches its connections to Nagle and back once quiet; and with
+Nagle on, a burst still arrives complete and in order, for our client and for stomp.py."""
 import ctypes
 import os
 import socket
+import time
+
+import requests
 
 from burst import assert_burst_arrives_complete
+from gatewayproc import wait_until
+from test_metrics import metric
 
 SYS_PIDFD_GETFD = 438  # same number on x86_64 and aarch64
 
@@ -47,3 +53,53 @@ def test_nagle_mode_delivers_every_message_in_order(gateway_factory, client, sto
     gw = gateway_factory("http.tcp-nodelay=false")
     subs = assert_burst_arrives_complete(gw, client, stomppy, "/topic/nagle", 300)
     assert gateway_socket_nodelay(gw.proc.pid, subs[0].ws.sock.getsockname()) == 0
+
+
+def test_busy_loop_switches_to_nagle_and_back(gateway_factory, client):
+    # 1 %: any steady stream makes the loop "busy", so the switch is certain here.
+    gw = gateway_factory("http.nagle-when-busy-percent=1", "server.threads=1")
+    subs = []
+    for _ in range(20):
+        s = client(gw)
+        s.connect()
+        s.subscribe("/topic/busy", id="0", receipt="r")
+        subs.append(s)
+    peer = subs[0].ws.sock.getsockname()
+    assert gateway_socket_nodelay(gw.proc.pid, peer) != 0
+    pub = client(gw)
+    pub.connect()
+    sent = 0
+    deadline = time.monotonic() + 10
+    while gateway_socket_nodelay(gw.proc.pid, peer) != 0:
+        assert time.monotonic() < deadline, "the busy loop never switched to Nagle"
+        for _ in range(20):
+            pub.send("/topic/busy", f"m{sent}")
+            sent += 1
+            time.sleep(0.002)
+    assert metric(requests.get(f"{gw.base}/metrics").text, "switchboard_event_loops_nagle") == 1
+    # Quiet for longer than 5 windows of 100 ms: the next pass restores TCP_NODELAY.
+    time.sleep(0.8)
+    pub.send("/topic/busy", "after", receipt="after")
+    wait_until(lambda: gateway_socket_nodelay(gw.proc.pid, peer) != 0, timeout=5, what="TCP_NODELAY restored")
+    text = requests.get(f"{gw.base}/metrics").text
+    assert metric(text, "switchboard_event_loops_nagle") == 0
+    assert metric(text, "switchboard_nagle_switches_total") >= 2
+    want = [f"m{i}" for i in range(sent)] + ["after"]
+    for s in subs:
+        assert [s.expect_message().text for _ in range(sent + 1)] == want
+
+
+def test_nagle_when_busy_is_left_alone_when_tcp_nodelay_is_off(gateway_factory, client):
+    gw = gateway_factory("http.tcp-nodelay=false", "http.nagle-when-busy-percent=1", "server.threads=1")
+    s = client(gw)
+    s.connect()
+    s.subscribe("/topic/off", id="0", receipt="r")
+    pub = client(gw)
+    pub.connect()
+    for i in range(200):
+        pub.send("/topic/off", f"m{i}")
+        time.sleep(0.002)
+    time.sleep(0.8)
+    pub.send("/topic/off", "after", receipt="after")
+    assert [s.expect_message().text for _ in range(201)] == [f"m{i}" for i in range(200)] + ["after"]
+    assert gateway_socket_nodelay(gw.proc.pid, s.ws.sock.getsockname()) == 0
