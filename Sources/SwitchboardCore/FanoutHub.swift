@@ -49,8 +49,8 @@ public final class FanoutHub: Sendable {
     /// Flush passes of one loop closer together than this are merged into one, so under a
     /// high message rate a connection gets several messages per `write` (see ``LoopShard``).
     public let writeCoalescing: TimeAmount
-    /// Share of a loop's time in flush passes (per cent) from which its connections switch to
-    /// Nagle's algorithm until the load is gone (see ``NagleWhenBusy``); 0: never.
+    /// CPU share of a loop's thread (per cent) from which its connections switch to Nagle's
+    /// algorithm until the load is gone (see ``NagleWhenBusy``); 0: never.
     public let nagleWhenBusyPercent: Int
 
     /// - Parameters:

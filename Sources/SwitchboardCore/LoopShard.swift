@@ -89,7 +89,11 @@ public final class LoopShard: @unchecked Sendable {
         self.index = index
         self.hub = hub
         if hub.nagleWhenBusyPercent > 0 {
-            nagleWhenBusy = NagleWhenBusy(thresholdPercent: hub.nagleWhenBusyPercent, now: .now())
+            // The thread's CPU clock is only valid on the loop's own thread.
+            eventLoop.execute {
+                self.nagleWhenBusy = NagleWhenBusy(thresholdPercent: hub.nagleWhenBusyPercent, now: .now(),
+                                                   cpuNanos: NagleWhenBusy.threadCPUNanoseconds())
+            }
         }
     }
 
@@ -243,8 +247,8 @@ public final class LoopShard: @unchecked Sendable {
         flushScheduled = false
         let start = eventLoop.now
         lastFlushPass = start
-        if nagleWhenBusy != nil {
-            let action = nagleWhenBusy!.passStarting(at: start)
+        if nagleWhenBusy != nil, nagleWhenBusy!.windowEnded(at: start) {
+            let action = nagleWhenBusy!.passStarting(at: start, cpuNanos: NagleWhenBusy.threadCPUNanoseconds())
             if action != .none {
                 let on = action == .enableNagle
                 for session in sessionsByID.values { session.setNagle(on) }
@@ -255,7 +259,6 @@ public final class LoopShard: @unchecked Sendable {
         dirty.removeAll(keepingCapacity: true)
         dirtySet.removeAll(keepingCapacity: true)
         for sink in sinks { sink.flushDeliveries() }
-        if nagleWhenBusy != nil { nagleWhenBusy!.passEnded(startedAt: start, at: .now()) }
     }
 
     // MARK: Heart-beats

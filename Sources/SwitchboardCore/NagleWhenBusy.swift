@@ -1,16 +1,28 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import NIOCore
 
 /// Decides when one event loop's connections switch to Nagle's algorithm (`TCP_NODELAY` off)
-/// and back, from the share of the loop's time spent in flush passes.
+/// and back, from how busy the loop's thread is.
 ///
 /// With `TCP_NODELAY` every write leaves at once: the lowest latency, but one TCP segment
 /// (and, on the receiving side, one wake-up) per write. When a loop is saturated, latency is
 /// queueing delay anyway, and letting the kernel hold small writes while earlier data is
-/// unacknowledged puts several messages in one segment — far less CPU per delivery. So a
-/// loop that spends at least `thresholdPercent` of a ``window`` in flush passes turns Nagle
-/// on for its connections, and turns it off again after ``quietWindowsToRestore`` windows
-/// below half the threshold (a long idle gap counts as that many windows, so the first
-/// message after it leaves at once). Driven by ``LoopShard``; no I/O here.
+/// unacknowledged puts several messages in one segment — far less CPU per delivery.
+///
+/// The measure is the loop thread's CPU time over wall time in windows of ``window``, read at
+/// the start of flush passes. A loop at or above `thresholdPercent` turns Nagle on for its
+/// connections; it turns it off again after ``quietWindowsToRestore`` windows below half the
+/// threshold (a long idle gap counts as that many windows, so the first message after it
+/// leaves at once). The whole thread's CPU is measured, not only the writes, because Nagle
+/// makes the writes much cheaper: a measure of the writes alone would drop below the
+/// restore line as soon as Nagle is on, and flap. The gap between the two lines (½) is wider
+/// than what Nagle saves of the whole (about a third), so the switch settles. No I/O here.
 public struct NagleWhenBusy: Sendable {
     /// What the loop must do before the pass writes.
     public enum Action: Equatable, Sendable {
@@ -26,29 +38,38 @@ public struct NagleWhenBusy: Sendable {
     /// Quiet windows in a row before `TCP_NODELAY` is restored.
     public static let quietWindowsToRestore: Int64 = 5
 
-    /// Share of a window spent in flush passes, in per cent, from which Nagle is turned on.
+    /// CPU share of the loop's thread, in per cent, from which Nagle is turned on.
     public let thresholdPercent: Int64
     private var windowStart: NIODeadline
-    private var busyNanos: Int64 = 0
+    private var cpuAtWindowStart: Int64
     private var quietWindows: Int64 = 0
     /// Whether the loop's connections are in Nagle mode.
     public private(set) var nagle = false
 
-    /// - Parameter thresholdPercent: 1…100.
-    public init(thresholdPercent: Int, now: NIODeadline) {
+    /// - Parameters:
+    ///   - thresholdPercent: 1…100.
+    ///   - cpuNanos: the loop thread's CPU time now (``threadCPUNanoseconds()``).
+    public init(thresholdPercent: Int, now: NIODeadline, cpuNanos: Int64) {
         precondition((1...100).contains(thresholdPercent))
         self.thresholdPercent = Int64(thresholdPercent)
         self.windowStart = now
+        self.cpuAtWindowStart = cpuNanos
     }
 
-    /// Call when a flush pass starts, before it writes.
-    public mutating func passStarting(at now: NIODeadline) -> Action {
+    /// Whether a window has ended by `now`: only then does ``passStarting(at:cpuNanos:)`` need
+    /// the thread's CPU time (a system call).
+    public func windowEnded(at now: NIODeadline) -> Bool {
+        now - windowStart >= Self.window
+    }
+
+    /// Call when a flush pass starts, before it writes, once ``windowEnded(at:)``.
+    public mutating func passStarting(at now: NIODeadline, cpuNanos: Int64) -> Action {
         let elapsed = (now - windowStart).nanoseconds
         let window = Self.window.nanoseconds
         guard elapsed >= window else { return .none }
-        let percent = busyNanos * 100 / elapsed
+        let percent = max(0, cpuNanos - cpuAtWindowStart) * 100 / elapsed
         windowStart = now
-        busyNanos = 0
+        cpuAtWindowStart = cpuNanos
         if percent >= thresholdPercent {
             quietWindows = 0
             guard !nagle else { return .none }
@@ -66,8 +87,10 @@ public struct NagleWhenBusy: Sendable {
         return .disableNagle
     }
 
-    /// Call when the pass that started at `start` has written everything.
-    public mutating func passEnded(startedAt start: NIODeadline, at end: NIODeadline) {
-        busyNanos += max(0, (end - start).nanoseconds)
+    /// CPU time of the calling thread, in nanoseconds (0 where it cannot be read).
+    public static func threadCPUNanoseconds() -> Int64 {
+        var ts = timespec()
+        guard clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0 else { return 0 }
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
     }
 }

@@ -63,8 +63,8 @@ public struct SwitchboardConfiguration: Sendable {
     /// `TCP_NODELAY` on accepted connections: each write leaves at once. Off, the kernel's
     /// Nagle algorithm holds small writes while earlier data is unacknowledged.
     public var tcpNoDelay = true
-    /// With `tcpNoDelay`: share of an event loop's time in flush passes (per cent) from which
-    /// its connections switch to Nagle until the load is gone; 0: never.
+    /// With `tcpNoDelay`: CPU share of an event loop's thread (per cent) from which its
+    /// connections switch to Nagle until the load is gone; 0: never.
     public var nagleWhenBusyPercent = 50
     public var shutdownGraceMs = 5_000
     /// On SIGTERM: how long readiness is false before sessions are told to reconnect.
