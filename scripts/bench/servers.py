@@ -165,6 +165,20 @@ class Switchboard:
     def stop(self):
         self.proc.stop(signal.SIGKILL)
 
+    def nagle_state(self):
+        """(loops in Nagle mode now, switches so far) from /metrics, or None."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        values = {}
+        for line in text.splitlines():
+            if line.startswith(("switchboard_event_loops_nagle ", "switchboard_nagle_switches_total ")):
+                name, value = line.split()
+                values[name] = int(float(value))
+        return (values.get("switchboard_event_loops_nagle"), values.get("switchboard_nagle_switches_total"))
+
 
 NGINX_CONF = """
 load_module {module};
