@@ -76,7 +76,7 @@ class SubGroup:
                         "--threads", str(threads), "--handshake-timeout", str(handshake_timeout),
                         "--server-pid", ",".join(map(str, t.pids())), *extra]
                 err = open(os.path.join(self.dir, f"sub{len(self.procs)}.err"), "w")
-                p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+                p = subprocess.Popen(S.pinned(argv, "client"), stdout=subprocess.PIPE, stderr=err, text=True)
                 self.procs.append((p, ready, err))
                 idx += n
 
@@ -108,7 +108,7 @@ def publish(srv, topics, rate, duration, extra=(), drain=5):
     argv = [bench_bin(), "publish", *target_args(srv, topics), *publish_args(srv), "--rate", str(rate),
             "--duration", str(duration), "--drain", str(drain), "--server-pid", ",".join(map(str, srv.pids())),
             *extra]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration * 4 + 120)
+    out = subprocess.run(S.pinned(argv, "client"), capture_output=True, text=True, timeout=duration * 4 + 120)
     lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
     if not lines:
         raise RuntimeError("publisher failed: " + out.stderr[-2000:])

@@ -88,8 +88,17 @@ def children(pid):
     return out
 
 
+def pinned(argv, role):
+    """`argv` under `taskset -c <cpus>` when BENCH_SERVER_CPUS / BENCH_CLIENT_CPUS is set
+    (run-all --pin): servers on one set of cores, generators on another. taskset execs the
+    program, so the pid stays the program's."""
+    cpus = os.environ.get("BENCH_SERVER_CPUS" if role == "server" else "BENCH_CLIENT_CPUS")
+    return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
+
+
 class Proc:
     def __init__(self, argv, log, env=None, cwd=None):
+        argv = pinned(argv, "server")
         self.log = open(log, "wb")
         self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                   start_new_session=True)
