@@ -103,8 +103,12 @@ public struct NagleWhenBusy: Sendable {
         guard percent >= thresholdPercent else {
             busyWindows = 0
             if let since = windowsSinceProbe {
-                windowsSinceProbe = since + windows < Self.probeGraceWindows ? since + windows : nil
-                if windowsSinceProbe == nil { probeAfterWindows = Self.initialProbeAfterWindows }
+                if since + windows >= Self.probeGraceWindows {
+                    windowsSinceProbe = nil  // the probe held: the next one waits the least again
+                    probeAfterWindows = Self.initialProbeAfterWindows
+                } else {
+                    windowsSinceProbe = since + windows
+                }
             }
             return .none
         }
