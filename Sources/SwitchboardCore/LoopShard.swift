@@ -89,10 +89,11 @@ public final class LoopShard: @unchecked Sendable {
         self.index = index
         self.hub = hub
         if hub.nagleWhenBusyPercent > 0 {
-            // The thread's CPU clock is only valid on the loop's own thread.
+            // A thread's usage can only be read on that thread.
             eventLoop.execute {
+                let usage = NagleWhenBusy.threadUsage()
                 self.nagleWhenBusy = NagleWhenBusy(thresholdPercent: hub.nagleWhenBusyPercent, now: .now(),
-                                                   cpuNanos: NagleWhenBusy.threadCPUNanoseconds())
+                                                   cpuNanos: usage.cpuNanos, waits: usage.waits)
             }
         }
     }
@@ -248,7 +249,8 @@ public final class LoopShard: @unchecked Sendable {
         let start = eventLoop.now
         lastFlushPass = start
         if nagleWhenBusy != nil, nagleWhenBusy!.windowEnded(at: start) {
-            let action = nagleWhenBusy!.passStarting(at: start, cpuNanos: NagleWhenBusy.threadCPUNanoseconds())
+            let usage = NagleWhenBusy.threadUsage()
+            let action = nagleWhenBusy!.passStarting(at: start, cpuNanos: usage.cpuNanos, waits: usage.waits)
             if action != .none {
                 let on = action == .enableNagle
                 for session in sessionsByID.values { session.setNagle(on) }

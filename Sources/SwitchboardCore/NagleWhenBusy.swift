@@ -17,16 +17,26 @@ import NIOCore
 /// saturation Nagle only adds delay (a write can wait for a delayed ACK), so the loop must
 /// not stay in that mode for a load it can carry without it.
 ///
-/// The measure is the loop thread's CPU time over wall time in windows of ``window``, read at
-/// the start of flush passes. The whole thread's CPU is measured, not only the writes, because
-/// Nagle makes the writes much cheaper: a measure of the writes alone would drop as soon as
-/// Nagle is on, and flap. The rules:
-/// - **On** after ``busyWindowsToEnable`` windows in a row at or above `thresholdPercent`
-///   (one noisy window, or a short burst of connects, is not saturation).
-/// - **Off** after ``quietWindowsToRestore`` windows below half the threshold (a long idle
-///   gap counts as that many windows, so the first message after it leaves at once).
+/// Both measures are taken over windows of ``window``, read at the start of flush passes, from
+/// one `getrusage(RUSAGE_THREAD)` of the loop's thread. A window is **busy** when either says
+/// the loop is saturated:
+/// - its CPU time over wall time reaches `thresholdPercent`. The whole thread's CPU is
+///   measured, not only the writes, because Nagle makes the writes much cheaper: a measure of
+///   the writes alone would drop as soon as Nagle is on, and flap.
+/// - it **never waited for work**: no voluntary context switch in the window, so it did not
+///   block in `epoll_wait` once. This is the measure that holds where the thread cannot get a
+///   whole core (more loops than cores, a CPU quota, a busy neighbour): a saturated loop then
+///   shows a CPU share well below any line, but it still never runs out of work. A loop that
+///   carries its load waits between messages, many times a window.
+///
+/// A window is **quiet** when the CPU share is below half the threshold and the loop waited.
+/// The rules:
+/// - **On** after ``busyWindowsToEnable`` busy windows in a row (one noisy window, or a
+///   short burst of connects, is not saturation).
+/// - **Off** after ``quietWindowsToRestore`` quiet windows (a long idle gap counts as that
+///   many windows, so the first message after it leaves at once).
 /// - **Probe**: a loop that has been in Nagle mode for ``probeAfterWindows`` and whose last
-///   window is below the threshold tries `TCP_NODELAY` again. Nagle makes the loop cheaper,
+///   window is not busy tries `TCP_NODELAY` again. Nagle makes the loop cheaper,
 ///   so a load it still carries between half the threshold and the threshold may or may not
 ///   need it; only trying tells. If the loop turns Nagle back on within
 ///   ``probeGraceWindows``, the probe failed and the next one waits twice as long (up to
@@ -56,10 +66,11 @@ public struct NagleWhenBusy: Sendable {
     /// A probe failed if Nagle comes back within this many windows.
     public static let probeGraceWindows: Int64 = 10
 
-    /// CPU share of the loop's thread, in per cent, from which Nagle is turned on.
+    /// CPU share of the loop's thread, in per cent, from which a window is busy.
     public let thresholdPercent: Int64
     private var windowStart: NIODeadline
     private var cpuAtWindowStart: Int64
+    private var waitsAtWindowStart: Int64?
     private var busyWindows: Int64 = 0
     private var quietWindows: Int64 = 0
     private var windowsInMode: Int64 = 0
@@ -67,40 +78,64 @@ public struct NagleWhenBusy: Sendable {
     private var windowsSinceProbe: Int64?
     /// Windows in Nagle mode before the next probe.
     public private(set) var probeAfterWindows = Self.initialProbeAfterWindows
+    /// The measures of the last window that ended.
+    public private(set) var lastCPUPercent: Int64 = 0
+    /// Times the loop waited for work in the last window (nil: not measured).
+    public private(set) var lastWaits: Int64?
     /// Whether the loop's connections are in Nagle mode.
     public private(set) var nagle = false
 
     /// - Parameters:
     ///   - thresholdPercent: 1…100.
-    ///   - cpuNanos: the loop thread's CPU time now (``threadCPUNanoseconds()``).
-    public init(thresholdPercent: Int, now: NIODeadline, cpuNanos: Int64) {
+    ///   - cpuNanos: the loop thread's CPU time now (``threadUsage()``).
+    ///   - waits: the thread's voluntary context switches now, if counted.
+    public init(thresholdPercent: Int, now: NIODeadline, cpuNanos: Int64, waits: Int64? = nil) {
         precondition((1...100).contains(thresholdPercent))
         self.thresholdPercent = Int64(thresholdPercent)
         self.windowStart = now
         self.cpuAtWindowStart = cpuNanos
+        self.waitsAtWindowStart = waits
     }
 
-    /// Whether a window has ended by `now`: only then does ``passStarting(at:cpuNanos:)`` need
-    /// the thread's CPU time (a system call).
+    /// Whether a window has ended by `now`: only then does ``passStarting(at:cpuNanos:waits:)`` need
+    /// the thread's usage (a system call).
     public func windowEnded(at now: NIODeadline) -> Bool {
         now - windowStart >= Self.window
     }
 
+    /// How a window compares with the lines.
+    enum Load { case quiet, moderate, busy }
+
     /// Call when a flush pass starts, before it writes, once ``windowEnded(at:)``.
-    public mutating func passStarting(at now: NIODeadline, cpuNanos: Int64) -> Action {
+    /// - Parameters:
+    ///   - cpuNanos: the loop thread's CPU time now.
+    ///   - waits: how many times the thread has waited for work so far (voluntary context
+    ///     switches); nil where that cannot be read, which leaves the CPU share alone.
+    public mutating func passStarting(at now: NIODeadline, cpuNanos: Int64, waits: Int64? = nil) -> Action {
         let elapsed = (now - windowStart).nanoseconds
         let window = Self.window.nanoseconds
         guard elapsed >= window else { return .none }
-        let percent = max(0, cpuNanos - cpuAtWindowStart) * 100 / elapsed
+        let cpuPercent = max(0, cpuNanos - cpuAtWindowStart) * 100 / elapsed
+        let waited = waits.flatMap { now in waitsAtWindowStart.map { now - $0 } }
+        lastCPUPercent = cpuPercent
+        lastWaits = waited
+        let load: Load
+        if cpuPercent >= thresholdPercent || waited == 0 {
+            load = .busy
+        } else if cpuPercent * 2 < thresholdPercent {
+            load = .quiet
+        } else {
+            load = .moderate
+        }
         let windows = elapsed / window
         windowStart = now
         cpuAtWindowStart = cpuNanos
-        return nagle ? decideInNagleMode(percent: percent, windows: windows)
-                     : decideInNoDelayMode(percent: percent, windows: windows)
+        waitsAtWindowStart = waits
+        return nagle ? decideInNagleMode(load, windows: windows) : decideInNoDelayMode(load, windows: windows)
     }
 
-    private mutating func decideInNoDelayMode(percent: Int64, windows: Int64) -> Action {
-        guard percent >= thresholdPercent else {
+    private mutating func decideInNoDelayMode(_ load: Load, windows: Int64) -> Action {
+        guard load == .busy else {
             busyWindows = 0
             if let since = windowsSinceProbe {
                 if since + windows >= Self.probeGraceWindows {
@@ -121,22 +156,23 @@ public struct NagleWhenBusy: Sendable {
         return switchMode(toNagle: true)
     }
 
-    private mutating func decideInNagleMode(percent: Int64, windows: Int64) -> Action {
+    private mutating func decideInNagleMode(_ load: Load, windows: Int64) -> Action {
         windowsInMode += windows
-        if percent >= thresholdPercent {
+        switch load {
+        case .busy:
             quietWindows = 0
             return .none
-        }
-        if percent * 2 < thresholdPercent {
+        case .quiet:
             quietWindows += windows
             guard quietWindows >= Self.quietWindowsToRestore else { return .none }
             probeAfterWindows = Self.initialProbeAfterWindows
             return switchMode(toNagle: false)
+        case .moderate:
+            quietWindows = 0
+            guard windowsInMode >= probeAfterWindows else { return .none }
+            windowsSinceProbe = 0
+            return switchMode(toNagle: false)
         }
-        quietWindows = 0
-        guard windowsInMode >= probeAfterWindows else { return .none }
-        windowsSinceProbe = 0
-        return switchMode(toNagle: false)
     }
 
     private mutating func switchMode(toNagle: Bool) -> Action {
@@ -145,6 +181,21 @@ public struct NagleWhenBusy: Sendable {
         quietWindows = 0
         windowsInMode = 0
         return toNagle ? .enableNagle : .disableNagle
+    }
+
+    /// CPU time of the calling thread, in nanoseconds, and how many times it has waited for
+    /// work (voluntary context switches; nil where the platform does not count them per thread).
+    public static func threadUsage() -> (cpuNanos: Int64, waits: Int64?) {
+        #if os(Linux)
+        var usage = rusage()
+        // RUSAGE_THREAD (1) is only declared with _GNU_SOURCE.
+        if getrusage(__rusage_who_t(1), &usage) == 0 {
+            let cpu = (Int64(usage.ru_utime.tv_sec) + Int64(usage.ru_stime.tv_sec)) * 1_000_000_000
+                + (Int64(usage.ru_utime.tv_usec) + Int64(usage.ru_stime.tv_usec)) * 1_000
+            return (cpu, Int64(usage.ru_nvcsw))
+        }
+        #endif
+        return (threadCPUNanoseconds(), nil)
     }
 
     /// CPU time of the calling thread, in nanoseconds (0 where it cannot be read).

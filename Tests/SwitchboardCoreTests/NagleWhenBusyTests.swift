@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOCore
 import SwitchboardCore
 import Testing
@@ -159,6 +162,85 @@ import Testing
         }
         #expect(actions.allSatisfy { $0 == .none })
         #expect(tracker.nagle)
+    }
+
+    /// Runs passes every `every` ms from `from` until `until` (exclusive) on a thread that
+    /// shares its core: each pass costs `cpu` ms of CPU, and the thread waits for work
+    /// (blocks, a voluntary context switch) after a pass if `waitsAfter(t)`.
+    func runSharingACore(_ tracker: inout NagleWhenBusy, cpuClock: inout Int64, waits: inout Int64, from: Int64, until: Int64,
+                         every: Int64, cpu: Int64, waitsAfter: (_ t: Int64) -> Bool) -> [(Int64, NagleWhenBusy.Action)] {
+        var out: [(Int64, NagleWhenBusy.Action)] = []
+        var t = from
+        while t < until {
+            if tracker.windowEnded(at: ms(t)) {
+                let action = tracker.passStarting(at: ms(t), cpuNanos: cpuClock * 1_000_000, waits: waits)
+                if action != .none { out.append((t, action)) }
+            }
+            cpuClock += cpu
+            if waitsAfter(t) { waits += 1 }
+            t += every
+        }
+        return out
+    }
+
+    func sharingTracker() -> NagleWhenBusy { NagleWhenBusy(thresholdPercent: 50, now: t0, cpuNanos: 0, waits: 0) }
+
+    @Test func saturatedLoopSharingACoreSwitchesOnWhenItNeverWaits() {
+        var tracker = sharingTracker()
+        var cpu: Int64 = 0, waits: Int64 = 0
+        // Two loops on one core: each gets 40 % of the CPU, below the 50 % line, but always
+        // has work: it never blocks.
+        let actions = runSharingACore(&tracker, cpuClock: &cpu, waits: &waits, from: 0, until: 600, every: 10, cpu: 4) { _ in false }
+        #expect(actions.map(\.1) == [.enableNagle])
+        #expect(actions.first!.0 >= 300 && actions.first!.0 <= 310)
+        #expect(tracker.lastWaits == 0)
+    }
+
+    @Test func loopThatWaitsBetweenMessagesIsNotSaturated() {
+        var tracker = sharingTracker()
+        var cpu: Int64 = 0, waits: Int64 = 0
+        // The same CPU share, but the loop runs out of work after every pass.
+        #expect(runSharingACore(&tracker, cpuClock: &cpu, waits: &waits, from: 0, until: 3_000, every: 10, cpu: 4) { _ in true }.isEmpty)
+        #expect(!tracker.nagle)
+        #expect(tracker.lastWaits == 10)
+    }
+
+    @Test func twoWindowsWithoutWaitingDoNotSwitch() {
+        var tracker = sharingTracker()
+        var cpu: Int64 = 0, waits: Int64 = 0
+        // Never waiting for 2 windows out of every 3 (a burst of connects, a noisy neighbour).
+        let actions = runSharingACore(&tracker, cpuClock: &cpu, waits: &waits, from: 0, until: 5_000, every: 10, cpu: 3) { t in
+            (t / 100) % 3 == 2
+        }
+        #expect(actions.isEmpty)
+    }
+
+    @Test func loopInNagleModeThatNeverWaitsIsNotQuiet() {
+        var tracker = sharingTracker()
+        var cpu: Int64 = 0, waits: Int64 = 0
+        _ = runSharingACore(&tracker, cpuClock: &cpu, waits: &waits, from: 0, until: 400, every: 10, cpu: 4) { _ in false }
+        #expect(tracker.nagle)
+        // 10 % CPU (below half the line) but still never waiting: starved of CPU, not quiet.
+        #expect(runSharingACore(&tracker, cpuClock: &cpu, waits: &waits, from: 400, until: 3_000, every: 10, cpu: 1) { _ in false }.isEmpty)
+        #expect(tracker.nagle)
+        // Waiting again at 10 %: back to TCP_NODELAY after 5 quiet windows.
+        let quiet = runSharingACore(&tracker, cpuClock: &cpu, waits: &waits, from: 3_000, until: 4_000, every: 10, cpu: 1) { _ in true }
+        #expect(quiet.map(\.1) == [.disableNagle])
+        #expect(quiet.first!.0 >= 3_000 + 4 * 100 && quiet.first!.0 <= 3_000 + 6 * 100)
+    }
+
+    @Test func threadUsageCountsCPUAndWaits() throws {
+        let before = NagleWhenBusy.threadUsage()
+        var x: UInt64 = 1
+        for i in 0..<2_000_000 { x = x &* 6364136223846793005 &+ UInt64(i) }
+        #expect(x != 0)
+        usleep(2_000)  // blocks: a voluntary context switch
+        let after = NagleWhenBusy.threadUsage()
+        #expect(after.cpuNanos > before.cpuNanos)
+        #if os(Linux)
+        let waitsBefore = try #require(before.waits), waitsAfter = try #require(after.waits)
+        #expect(waitsAfter > waitsBefore)
+        #endif
     }
 
     @Test func threadClockAdvancesWithWork() {
