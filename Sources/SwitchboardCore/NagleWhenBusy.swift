@@ -32,7 +32,10 @@ import NIOCore
 /// A window is **quiet** when the CPU share is below half the threshold and the loop waited.
 /// The rules:
 /// - **On** after ``busyWindowsToEnable`` busy windows in a row (one noisy window, or a
-///   short burst of connects, is not saturation).
+///   short burst of connects, is not saturation); after one (``busyWindowsToReenable``) if
+///   the loop left Nagle mode less than ``recentWindows`` ago. A bursty load, saturating for
+///   a while, then idle, then saturating again, would otherwise start every burst with
+///   300 ms of `TCP_NODELAY` at saturation and a backlog to work off.
 /// - **Off** after ``quietWindowsToRestore`` quiet windows (a long idle gap counts as that
 ///   many windows, so the first message after it leaves at once).
 /// - **Probe**: a loop that has been in Nagle mode for ``probeAfterWindows`` and whose last
@@ -57,6 +60,11 @@ public struct NagleWhenBusy: Sendable {
     public static let window = TimeAmount.milliseconds(100)
     /// Busy windows in a row before Nagle is turned on.
     public static let busyWindowsToEnable: Int64 = 3
+    /// Busy windows before Nagle is turned on again when the loop left Nagle mode at most
+    /// ``recentWindows`` ago: its load was real, so one busy window is enough.
+    public static let busyWindowsToReenable: Int64 = 1
+    /// How long a loop that left Nagle mode counts as recently saturated (10 s).
+    public static let recentWindows: Int64 = 100
     /// Quiet windows in a row before `TCP_NODELAY` is restored.
     public static let quietWindowsToRestore: Int64 = 5
     /// Windows in Nagle mode before the first probe (5 s).
@@ -74,6 +82,8 @@ public struct NagleWhenBusy: Sendable {
     private var busyWindows: Int64 = 0
     private var quietWindows: Int64 = 0
     private var windowsInMode: Int64 = 0
+    /// Windows since the loop left Nagle mode, while that is recent; nil otherwise.
+    private var windowsSinceNagle: Int64?
     /// Windows since the last probe while it may still fail; nil when no probe is pending.
     private var windowsSinceProbe: Int64?
     /// Windows in Nagle mode before the next probe.
@@ -135,6 +145,9 @@ public struct NagleWhenBusy: Sendable {
     }
 
     private mutating func decideInNoDelayMode(_ load: Load, windows: Int64) -> Action {
+        if let since = windowsSinceNagle {
+            windowsSinceNagle = since + windows > Self.recentWindows ? nil : since + windows
+        }
         guard load == .busy else {
             busyWindows = 0
             if let since = windowsSinceProbe {
@@ -148,7 +161,9 @@ public struct NagleWhenBusy: Sendable {
             return .none
         }
         busyWindows += 1
-        guard busyWindows >= Self.busyWindowsToEnable else { return .none }
+        guard busyWindows >= (windowsSinceNagle == nil ? Self.busyWindowsToEnable : Self.busyWindowsToReenable) else {
+            return .none
+        }
         if windowsSinceProbe != nil {
             probeAfterWindows = min(probeAfterWindows * 2, Self.maxProbeAfterWindows)
             windowsSinceProbe = nil
@@ -177,6 +192,7 @@ public struct NagleWhenBusy: Sendable {
 
     private mutating func switchMode(toNagle: Bool) -> Action {
         nagle = toNagle
+        windowsSinceNagle = toNagle ? nil : 0
         busyWindows = 0
         quietWindows = 0
         windowsInMode = 0

@@ -119,6 +119,30 @@ import Testing
         #expect(tracker.probeAfterWindows == NagleWhenBusy.initialProbeAfterWindows)
     }
 
+    @Test func recentlySaturatedLoopSwitchesOnAfterOneBusyWindow() {
+        var tracker = tracker()
+        var cpu: Int64 = 0
+        saturate(&tracker, cpu: &cpu)
+        // Idle for 2 s (between two bursts): the first pass after it restores TCP_NODELAY...
+        #expect(tracker.passStarting(at: ms(2_400), cpuNanos: cpu * 1_000_000) == .disableNagle)
+        // ...and the next burst has Nagle back after one busy window, not three.
+        let actions = run(&tracker, cpu: &cpu, from: 2_400, until: 3_000, every: 2, busy: 2)
+        #expect(actions.map(\.1) == [.enableNagle])
+        #expect(actions.first!.0 >= 2_500 && actions.first!.0 <= 2_504)
+    }
+
+    @Test func saturationLongAfterLeavingNagleNeedsThreeWindowsAgain() {
+        var tracker = tracker()
+        var cpu: Int64 = 0
+        saturate(&tracker, cpu: &cpu)
+        #expect(tracker.passStarting(at: ms(2_400), cpuNanos: cpu * 1_000_000) == .disableNagle)
+        // More than 10 s of light load: the saturation is no longer recent.
+        #expect(run(&tracker, cpu: &cpu, from: 2_400, until: 13_000, every: 10, busy: 1).isEmpty)
+        let actions = run(&tracker, cpu: &cpu, from: 13_000, until: 14_000, every: 2, busy: 2)
+        #expect(actions.map(\.1) == [.enableNagle])
+        #expect(actions.first!.0 >= 13_300 && actions.first!.0 <= 13_304)
+    }
+
     @Test func firstPassAfterLongIdleRestoresAtOnce() {
         var tracker = tracker()
         var cpu: Int64 = 0
