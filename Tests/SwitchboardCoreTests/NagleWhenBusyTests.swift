@@ -119,13 +119,26 @@ import Testing
         #expect(tracker.probeAfterWindows == NagleWhenBusy.initialProbeAfterWindows)
     }
 
+    /// Saturates the loop until Nagle is on, then leaves it idle for 2 s: the first pass after
+    /// that (at 2.4 s) must restore TCP_NODELAY before it writes.
+    func saturateThenIdle(_ tracker: inout NagleWhenBusy, cpu: inout Int64) {
+        saturate(&tracker, cpu: &cpu)
+        #expect(tracker.nagle)
+        #expect(tracker.passStarting(at: ms(2_400), cpuNanos: cpu * 1_000_000) == .disableNagle)
+        #expect(!tracker.nagle)
+    }
+
+    @Test func firstPassAfterLongIdleRestoresAtOnce() {
+        var tracker = tracker()
+        var cpu: Int64 = 0
+        saturateThenIdle(&tracker, cpu: &cpu)
+    }
+
     @Test func recentlySaturatedLoopSwitchesOnAfterOneBusyWindow() {
         var tracker = tracker()
         var cpu: Int64 = 0
-        saturate(&tracker, cpu: &cpu)
-        // Idle for 2 s (between two bursts): the first pass after it restores TCP_NODELAY...
-        #expect(tracker.passStarting(at: ms(2_400), cpuNanos: cpu * 1_000_000) == .disableNagle)
-        // ...and the next burst has Nagle back after one busy window, not three.
+        saturateThenIdle(&tracker, cpu: &cpu)
+        // The next burst has Nagle back after one busy window, not three.
         let actions = run(&tracker, cpu: &cpu, from: 2_400, until: 3_000, every: 2, busy: 2)
         #expect(actions.map(\.1) == [.enableNagle])
         #expect(actions.first!.0 >= 2_500 && actions.first!.0 <= 2_504)
@@ -134,23 +147,12 @@ import Testing
     @Test func saturationLongAfterLeavingNagleNeedsThreeWindowsAgain() {
         var tracker = tracker()
         var cpu: Int64 = 0
-        saturate(&tracker, cpu: &cpu)
-        #expect(tracker.passStarting(at: ms(2_400), cpuNanos: cpu * 1_000_000) == .disableNagle)
+        saturateThenIdle(&tracker, cpu: &cpu)
         // More than 10 s of light load: the saturation is no longer recent.
         #expect(run(&tracker, cpu: &cpu, from: 2_400, until: 13_000, every: 10, busy: 1).isEmpty)
         let actions = run(&tracker, cpu: &cpu, from: 13_000, until: 14_000, every: 2, busy: 2)
         #expect(actions.map(\.1) == [.enableNagle])
         #expect(actions.first!.0 >= 13_300 && actions.first!.0 <= 13_304)
-    }
-
-    @Test func firstPassAfterLongIdleRestoresAtOnce() {
-        var tracker = tracker()
-        var cpu: Int64 = 0
-        saturate(&tracker, cpu: &cpu)
-        #expect(tracker.nagle)
-        // Nothing for 2 s, then one message: it must leave with TCP_NODELAY, before the write.
-        #expect(tracker.passStarting(at: ms(2_400), cpuNanos: cpu * 1_000_000) == .disableNagle)
-        #expect(!tracker.nagle)
     }
 
     @Test func shortBurstInALongWindowDoesNotSwitch() {
