@@ -88,9 +88,7 @@ public struct NagleWhenBusy: Sendable {
     private var windowsSinceProbe: Int64?
     /// Windows in Nagle mode before the next probe.
     public private(set) var probeAfterWindows = Self.initialProbeAfterWindows
-    /// The measures of the last window that ended.
-    public private(set) var lastCPUPercent: Int64 = 0
-    /// Times the loop waited for work in the last window (nil: not measured).
+    /// Times the loop waited for work in the last window that ended (nil: not measured).
     public private(set) var lastWaits: Int64?
     /// Whether the loop's connections are in Nagle mode.
     public private(set) var nagle = false
@@ -126,8 +124,7 @@ public struct NagleWhenBusy: Sendable {
         let window = Self.window.nanoseconds
         guard elapsed >= window else { return .none }
         let cpuPercent = max(0, cpuNanos - cpuAtWindowStart) * 100 / elapsed
-        let waited = waits.flatMap { now in waitsAtWindowStart.map { now - $0 } }
-        lastCPUPercent = cpuPercent
+        let waited = waits.flatMap { current in waitsAtWindowStart.map { current - $0 } }
         lastWaits = waited
         let load: Load
         if cpuPercent >= thresholdPercent || waited == 0 {
