@@ -49,19 +49,35 @@ public final class FanoutHub: Sendable {
     /// Flush passes of one loop closer together than this are merged into one, so under a
     /// high message rate a connection gets several messages per `write` (see ``LoopShard``).
     public let writeCoalescing: TimeAmount
-    /// CPU share of a loop's thread (per cent) from which its connections switch to Nagle's
-    /// algorithm until the load is gone (see ``NagleWhenBusy``); 0: never.
-    public let nagleWhenBusyPercent: Int
+    /// The spacing of flush passes while a loop is saturated (see ``LoopBusyMode``): wider
+    /// than ``writeCoalescing``, since queueing delay then dwarfs it and fewer, larger writes
+    /// are what lets the loop catch up.
+    public let busyWriteCoalescing: TimeAmount
+    /// CPU share of a loop's thread (per cent) from which it counts as saturated until the
+    /// load is gone (see ``LoopBusyMode``); 0: never.
+    public let busyPercent: Int
+    /// Whether a saturated loop also switches its connections to Nagle's algorithm.
+    public let nagleWhenBusy: Bool
+    /// Reads the calling loop thread's CPU time and waits (``LoopBusyMode/threadUsage()``).
+    public let threadUsage: @Sendable () -> (cpuNanos: Int64, waits: Int64?)
 
     /// - Parameters:
     ///   - writeCoalescing: zero flushes every batch at once.
-    ///   - nagleWhenBusyPercent: 0…100; 0 leaves the connections' `TCP_NODELAY` alone.
+    ///   - busyWriteCoalescing: the spacing while saturated; nil: `writeCoalescing`.
+    ///   - busyPercent: 0…100; 0: a loop never counts as saturated.
+    ///   - nagleWhenBusy: false leaves the connections' `TCP_NODELAY` alone.
+    ///   - threadUsage: reads the calling loop thread's usage (tests pass a synthetic one).
     public init(eventLoops: [any EventLoop] = [], heartbeatResolution: TimeAmount = .milliseconds(250),
-                writeCoalescing: TimeAmount = .zero, nagleWhenBusyPercent: Int = 0) {
-        precondition((0...100).contains(nagleWhenBusyPercent))
+                writeCoalescing: TimeAmount = .zero, busyWriteCoalescing: TimeAmount? = nil,
+                busyPercent: Int = 0, nagleWhenBusy: Bool = true,
+                threadUsage: @escaping @Sendable () -> (cpuNanos: Int64, waits: Int64?) = LoopBusyMode.threadUsage) {
+        self.threadUsage = threadUsage
+        precondition((0...100).contains(busyPercent))
         self.heartbeatResolution = heartbeatResolution
         self.writeCoalescing = writeCoalescing
-        self.nagleWhenBusyPercent = nagleWhenBusyPercent
+        self.busyWriteCoalescing = max(writeCoalescing, busyWriteCoalescing ?? writeCoalescing)
+        self.busyPercent = busyPercent
+        self.nagleWhenBusy = nagleWhenBusy
         for loop in eventLoops { _ = shard(for: loop) }
     }
 

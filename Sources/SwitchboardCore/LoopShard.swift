@@ -17,10 +17,10 @@ public struct ShardCounters: Sendable {
     public var framesOut = [Int](repeating: 0, count: STOMPCommand.allCases.count)
     public var messagesDelivered = 0
     public var bytesOut = 0
-    /// Times a loop switched its connections to Nagle or back (see ``NagleWhenBusy``).
-    public var nagleSwitches = 0
-    /// Loops whose connections are in Nagle mode now (0 or 1 per loop; summed by ``add(_:)``).
-    public var loopsInNagleMode = 0
+    /// Times a loop entered or left busy mode (see ``LoopBusyMode``).
+    public var busySwitches = 0
+    /// Loops in busy mode now (0 or 1 per loop; summed by ``add(_:)``).
+    public var loopsBusy = 0
 
     public init() {}
 
@@ -39,8 +39,8 @@ public struct ShardCounters: Sendable {
         }
         messagesDelivered += other.messagesDelivered
         bytesOut += other.bytesOut
-        nagleSwitches += other.nagleSwitches
-        loopsInNagleMode += other.loopsInNagleMode
+        busySwitches += other.busySwitches
+        loopsBusy += other.loopsBusy
     }
 }
 
@@ -75,8 +75,8 @@ public final class LoopShard: @unchecked Sendable {
     private var flushScheduled = false
     /// When the last flush pass ran (for ``FanoutHub/writeCoalescing``).
     private var lastFlushPass = NIODeadline.distantPast
-    /// Switches the loop's connections to Nagle while it is saturated (nil: never).
-    private var nagleWhenBusy: NagleWhenBusy?
+    /// Puts the loop in busy mode while it is saturated (nil: never).
+    private var busyMode: LoopBusyMode?
 
     private var heartbeatClients: [ObjectIdentifier: any HeartbeatClient] = [:]
     private var sessionsByID: [String: any SessionDeliveryTarget] = [:]
@@ -88,18 +88,19 @@ public final class LoopShard: @unchecked Sendable {
         self.eventLoop = eventLoop
         self.index = index
         self.hub = hub
-        if hub.nagleWhenBusyPercent > 0 {
+        if hub.busyPercent > 0 {
             // A thread's usage can only be read on that thread.
             eventLoop.execute {
-                let usage = NagleWhenBusy.threadUsage()
-                self.nagleWhenBusy = NagleWhenBusy(thresholdPercent: hub.nagleWhenBusyPercent, now: .now(),
-                                                   cpuNanos: usage.cpuNanos, waits: usage.waits)
+                let usage = hub.threadUsage()
+                self.busyMode = LoopBusyMode(thresholdPercent: hub.busyPercent, now: eventLoop.now,
+                                             cpuNanos: usage.cpuNanos, waits: usage.waits)
             }
         }
     }
 
-    /// Whether this loop's connections are in Nagle mode because the loop is saturated.
-    public var isInNagleMode: Bool { nagleWhenBusy?.nagle ?? false }
+    /// Whether this loop is saturated: its connections run with Nagle (with
+    /// ``FanoutHub/nagleWhenBusy``) and its passes are spaced by ``FanoutHub/busyWriteCoalescing``.
+    public var isBusy: Bool { busyMode?.busy ?? false }
 
     /// This loop's counters; mutate only on ``eventLoop``.
     public var counters = ShardCounters()
@@ -108,7 +109,7 @@ public final class LoopShard: @unchecked Sendable {
     public func readCounters() -> EventLoopFuture<ShardCounters> {
         eventLoop.submit {
             var c = self.counters
-            c.loopsInNagleMode = self.isInNagleMode ? 1 : 0
+            c.loopsBusy = self.isBusy ? 1 : 0
             return c
         }
     }
@@ -204,7 +205,7 @@ public final class LoopShard: @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         sessionsByID[session.sessionID] = session
         hub.registerSession(session.sessionID, shard: self)
-        if isInNagleMode { session.setNagle(true) }
+        if isBusy && hub.nagleWhenBusy { session.setNagle(true) }
     }
 
     public func unregisterSession(_ session: any SessionDeliveryTarget) {
@@ -235,7 +236,7 @@ public final class LoopShard: @unchecked Sendable {
     public func scheduleFlush() {
         guard !flushScheduled, !dirty.isEmpty else { return }
         flushScheduled = true
-        let window = hub.writeCoalescing
+        let window = isBusy ? hub.busyWriteCoalescing : hub.writeCoalescing
         let earliest = lastFlushPass + window
         if window == .zero || eventLoop.now >= earliest {
             eventLoop.execute { self.flushDirty() }
@@ -248,13 +249,15 @@ public final class LoopShard: @unchecked Sendable {
         flushScheduled = false
         let start = eventLoop.now
         lastFlushPass = start
-        if nagleWhenBusy != nil, nagleWhenBusy!.windowEnded(at: start) {
-            let usage = NagleWhenBusy.threadUsage()
-            let action = nagleWhenBusy!.passStarting(at: start, cpuNanos: usage.cpuNanos, waits: usage.waits)
+        if busyMode != nil, busyMode!.windowEnded(at: start) {
+            let usage = hub.threadUsage()
+            let action = busyMode!.passStarting(at: start, cpuNanos: usage.cpuNanos, waits: usage.waits)
             if action != .none {
-                let on = action == .enableNagle
-                for session in sessionsByID.values { session.setNagle(on) }
-                counters.nagleSwitches &+= 1
+                if hub.nagleWhenBusy {
+                    let on = action == .enterBusyMode
+                    for session in sessionsByID.values { session.setNagle(on) }
+                }
+                counters.busySwitches &+= 1
             }
         }
         let sinks = dirty

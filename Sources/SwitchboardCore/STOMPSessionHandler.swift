@@ -115,7 +115,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         _ = context.channel.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
     }
 
-    /// Nagle on (`TCP_NODELAY` off) while the loop is saturated; see ``NagleWhenBusy``.
+    /// Nagle on (`TCP_NODELAY` off) while the loop is saturated; see ``LoopBusyMode``.
     public func setNagle(_ enabled: Bool) {
         guard let context else { return }
         _ = context.channel.setOption(ChannelOptions.tcpOption(.tcp_nodelay), value: enabled ? 0 : 1)

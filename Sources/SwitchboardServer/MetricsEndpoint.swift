@@ -71,10 +71,10 @@ final class MetricsEndpoint: Sendable {
         }
         counter("switchboard_messages_delivered_total", counters.messagesDelivered, help: "MESSAGE frames written to subscribers.")
         counter("switchboard_bytes_out_total", counters.bytesOut, help: "STOMP bytes written to connections.")
-        gauge("switchboard_event_loops_nagle", counters.loopsInNagleMode,
-              help: "Event loops whose connections run with Nagle (TCP_NODELAY off) because the loop is busy.")
-        counter("switchboard_nagle_switches_total", counters.nagleSwitches,
-                help: "Times an event loop switched its connections to Nagle or back.")
+        gauge("switchboard_event_loops_busy", counters.loopsBusy,
+              help: "Event loops in busy mode: saturated, so their connections run with Nagle (TCP_NODELAY off) and wider write coalescing.")
+        counter("switchboard_busy_mode_switches_total", counters.busySwitches,
+                help: "Times an event loop entered or left busy mode.")
         for kind in SessionErrorKind.allCases {
             counter("switchboard_session_errors_total", stats.errors(kind), labels: [("kind", kind.rawValue)],
                     help: "Sessions closed with an ERROR, by cause (slow_consumer, heartbeat_timeout, auth, limit, protocol, route, shutdown).")

@@ -58,14 +58,18 @@ public struct SwitchboardConfiguration: Sendable {
     public var heartbeatResolutionMs = 250
     /// Flush passes of one event loop closer together than this are merged (0: never).
     public var writeCoalesceMicros = 2_000
+    /// The same spacing while the loop is saturated (`server.busy-percent`); at least
+    /// `writeCoalesceMicros`.
+    public var busyWriteCoalesceMicros = 10_000
     public var eventLoopThreads = System.coreCount
     public var backlog = 4096
     /// `TCP_NODELAY` on accepted connections: each write leaves at once. Off, the kernel's
     /// Nagle algorithm holds small writes while earlier data is unacknowledged.
     public var tcpNoDelay = true
-    /// With `tcpNoDelay`: CPU share of an event loop's thread (per cent) from which its
-    /// connections switch to Nagle until the load is gone; 0: never.
-    public var nagleWhenBusyPercent = 50
+    /// CPU share of an event loop's thread (per cent) from which the loop is saturated — in
+    /// busy mode — until the load is gone: Nagle on its connections (with `tcpNoDelay`) and
+    /// `busyWriteCoalesceMicros`; 0: never.
+    public var busyPercent = 50
     public var shutdownGraceMs = 5_000
     /// On SIGTERM: how long readiness is false before sessions are told to reconnect.
     public var drainDelayMs = 1_000
@@ -110,9 +114,11 @@ public struct SwitchboardConfiguration: Sendable {
         apiMaxBodyBytes = reader.int(forKey: "http.max-body-bytes", default: apiMaxBodyBytes)
         backlog = reader.int(forKey: "http.backlog", default: backlog)
         tcpNoDelay = reader.bool(forKey: "http.tcp-nodelay", default: tcpNoDelay)
-        nagleWhenBusyPercent = reader.int(forKey: "http.nagle-when-busy-percent", default: nagleWhenBusyPercent)
-        guard (0...100).contains(nagleWhenBusyPercent) else {
-            throw Invalid(description: "http.nagle-when-busy-percent must be 0…100, got \(nagleWhenBusyPercent)")
+        // `http.nagle-when-busy-percent`: its name before busy mode also widened the coalescing.
+        busyPercent = reader.int(forKey: "server.busy-percent",
+                                 default: reader.int(forKey: "http.nagle-when-busy-percent", default: busyPercent))
+        guard (0...100).contains(busyPercent) else {
+            throw Invalid(description: "server.busy-percent must be 0…100, got \(busyPercent)")
         }
         tlsCertificateFile = reader.string(forKey: "http.tls.certificate-file")
         tlsKeyFile = reader.string(forKey: "http.tls.key-file", isSecret: true)
@@ -132,6 +138,10 @@ public struct SwitchboardConfiguration: Sendable {
         writeCoalesceMicros = reader.int(forKey: "server.write-coalesce-us", default: writeCoalesceMicros)
         guard writeCoalesceMicros >= 0 && writeCoalesceMicros <= 100_000 else {
             throw Invalid(description: "server.write-coalesce-us must be 0…100000")
+        }
+        busyWriteCoalesceMicros = reader.int(forKey: "server.write-coalesce-busy-us", default: busyWriteCoalesceMicros)
+        guard busyWriteCoalesceMicros >= 0 && busyWriteCoalesceMicros <= 100_000 else {
+            throw Invalid(description: "server.write-coalesce-busy-us must be 0…100000")
         }
         shutdownGraceMs = reader.int(forKey: "server.shutdown-grace-ms", default: shutdownGraceMs)
         drainDelayMs = reader.int(forKey: "server.drain-delay-ms", default: drainDelayMs)

@@ -70,7 +70,9 @@ public struct SwitchboardGateway: Sendable {
         let loops = Array(group.makeIterator())
         let hub = FanoutHub(eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.heartbeatResolutionMs)),
                             writeCoalescing: .microseconds(Int64(configuration.writeCoalesceMicros)),
-                            nagleWhenBusyPercent: configuration.tcpNoDelay ? configuration.nagleWhenBusyPercent : 0)
+                            busyWriteCoalescing: .microseconds(Int64(configuration.busyWriteCoalesceMicros)),
+                            busyPercent: configuration.busyPercent,
+                            nagleWhenBusy: configuration.tcpNoDelay)
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
         let messageIDs = MessageIDGenerator(instanceID: instanceID)
         var engine: any BrokerEngine = InMemoryEngine(hub: hub)

@@ -194,9 +194,9 @@ def fanout(name, size):
         for rate in steps:
             r = one_step([srv], srv, subs, 0, rate, dur)
             r["zero_loss"] = zero_loss(r, rate)
-            if hasattr(srv, "nagle_state"):
-                # loops in Nagle mode at the end of the step, switches since the server started
-                r["nagle_loops"], r["nagle_switches"] = srv.nagle_state() or (None, None)
+            if hasattr(srv, "busy_state"):
+                # loops in busy mode at the end of the step, switches since the server started
+                r["busy_loops"], r["busy_switches"] = srv.busy_state() or (None, None)
             results.append(r)
             log(f"  {name} fanout rate {rate}/s x {subs}: {r.get('deliveries_per_sec', 0):.0f} deliveries/s "
                 f"p99 {r['latency_us'].get('p99')} us lost {r.get('lost')} zero_loss={r['zero_loss']} "
@@ -215,7 +215,7 @@ def fanout(name, size):
                 "p99_at_100k_zero_loss": at100k[0]["zero_loss"] if at100k else None,
                 "steps": [{k: r.get(k) for k in ("target_rate", "target_deliveries_per_sec", "deliveries_per_sec",
                                                   "latency_us", "lost", "disconnects", "zero_loss", "publish_rate",
-                                                  "server_rss_kb", "server_cpu_us_per_delivery", "nagle_loops", "nagle_switches")}
+                                                  "server_rss_kb", "server_cpu_us_per_delivery", "busy_loops", "busy_switches")}
                            for r in results]}
     finally:
         srv.stop()

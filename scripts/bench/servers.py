@@ -174,8 +174,8 @@ class Switchboard:
     def stop(self):
         self.proc.stop(signal.SIGKILL)
 
-    def nagle_state(self):
-        """(loops in Nagle mode now, switches so far) from /metrics, or None."""
+    def busy_state(self):
+        """(loops in busy mode now, switches so far) from /metrics, or None."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
                 text = r.read().decode()
@@ -183,10 +183,10 @@ class Switchboard:
             return None
         values = {}
         for line in text.splitlines():
-            if line.startswith(("switchboard_event_loops_nagle ", "switchboard_nagle_switches_total ")):
+            if line.startswith(("switchboard_event_loops_busy ", "switchboard_busy_mode_switches_total ")):
                 name, value = line.split()
                 values[name] = int(float(value))
-        return (values.get("switchboard_event_loops_nagle"), values.get("switchboard_nagle_switches_total"))
+        return (values.get("switchboard_event_loops_busy"), values.get("switchboard_busy_mode_switches_total"))
 
 
 NGINX_CONF = """
@@ -332,12 +332,12 @@ class SwitchboardNagle(Switchboard):
 
 
 class SwitchboardNoDelay(Switchboard):
-    """Switchboard with `TCP_NODELAY` always (`http.nagle-when-busy-percent=0`): the default
-    before the busy switch existed. For scenarios (a)-(c) and (f)."""
+    """Switchboard with `TCP_NODELAY` and the usual write coalescing always
+    (`server.busy-percent=0`, no busy mode): the default before busy mode existed. For scenarios (a)-(c) and (f)."""
     name = "switchboard-nodelay"
 
     def __init__(self, redis_url=None, config=None, extra=()):
-        super().__init__(redis_url=redis_url, config=config, extra=("--set", "http.nagle-when-busy-percent=0", *extra))
+        super().__init__(redis_url=redis_url, config=config, extra=("--set", "server.busy-percent=0", *extra))
 
 
 SERVERS = {"switchboard": Switchboard, "switchboard-nagle": SwitchboardNagle, "switchboard-nodelay": SwitchboardNoDelay,

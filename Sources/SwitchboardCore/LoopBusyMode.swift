@@ -7,22 +7,27 @@ import Darwin
 #endif
 import NIOCore
 
-/// Decides when one event loop's connections switch to Nagle's algorithm (`TCP_NODELAY` off)
-/// and back, from how busy the loop's thread is.
+/// Decides when one event loop is saturated — in **busy mode** — and when it is no longer, from
+/// how busy the loop's thread is.
 ///
-/// With `TCP_NODELAY` every write leaves at once: the lowest latency, but one TCP segment
-/// (and, on the receiving side, one wake-up) per write. When a loop is saturated, latency is
-/// queueing delay anyway, and letting the kernel hold small writes while earlier data is
-/// unacknowledged puts several messages in one segment — far less CPU per delivery. Below
-/// saturation Nagle only adds delay (a write can wait for a delayed ACK), so the loop must
-/// not stay in that mode for a load it can carry without it.
+/// A loop in busy mode trades latency it has already lost for throughput:
+/// - its connections switch to Nagle's algorithm (`TCP_NODELAY` off; with `http.tcp-nodelay`).
+///   With `TCP_NODELAY` every write leaves at once: the lowest latency, but one TCP segment
+///   (and, on the receiving side, one wake-up) per write. Letting the kernel hold small writes
+///   while earlier data is unacknowledged puts several messages in one segment;
+/// - its flush passes are spaced by the wider ``FanoutHub/busyWriteCoalescing``, so each
+///   `write` carries several messages.
+///
+/// Both cut the CPU per delivery severalfold, and when a loop is saturated latency is queueing
+/// delay anyway. Below saturation they only add delay (a write can wait for a delayed ACK or
+/// for the next pass), so the loop must not stay in that mode for a load it can carry without.
 ///
 /// Both measures are taken over windows of ``window``, read at the start of flush passes, from
 /// one `getrusage(RUSAGE_THREAD)` of the loop's thread. A window is **busy** when either says
 /// the loop is saturated:
 /// - its CPU time over wall time reaches `thresholdPercent`. The whole thread's CPU is
-///   measured, not only the writes, because Nagle makes the writes much cheaper: a measure of
-///   the writes alone would drop as soon as Nagle is on, and flap.
+///   measured, not only the writes, because busy mode makes the writes much cheaper: a
+///   measure of the writes alone would drop as soon as it is on, and flap.
 /// - it **never waited for work**: no voluntary context switch in the window, so it did not
 ///   block in `epoll_wait` once. This is the measure that holds where the thread cannot get a
 ///   whole core (more loops than cores, a CPU quota, a busy neighbour): a saturated loop then
@@ -33,45 +38,46 @@ import NIOCore
 /// The rules:
 /// - **On** after ``busyWindowsToEnable`` busy windows in a row (one noisy window, or a
 ///   short burst of connects, is not saturation); after one (``busyWindowsToReenable``) if
-///   the loop left Nagle mode less than ``recentWindows`` ago. A bursty load, saturating for
+///   the loop left busy mode less than ``recentWindows`` ago. A bursty load, saturating for
 ///   a while, then idle, then saturating again, would otherwise start every burst with
-///   300 ms of `TCP_NODELAY` at saturation and a backlog to work off.
+///   300 ms of normal mode at saturation and a backlog to work off.
 /// - **Off** after ``quietWindowsToRestore`` quiet windows (a long idle gap counts as that
 ///   many windows, so the first message after it leaves at once).
-/// - **Probe**: a loop that has been in Nagle mode for ``probeAfterWindows`` and whose last
-///   window is not busy tries `TCP_NODELAY` again. Nagle makes the loop cheaper,
+/// - **Probe**: a loop that has been in busy mode for ``probeAfterWindows`` and whose last
+///   window is not busy tries normal mode again. Busy mode makes the loop cheaper,
 ///   so a load it still carries between half the threshold and the threshold may or may not
-///   need it; only trying tells. If the loop turns Nagle back on within
+///   need it; only trying tells. If the loop is busy again within
 ///   ``probeGraceWindows``, the probe failed and the next one waits twice as long (up to
 ///   ``maxProbeAfterWindows``); otherwise the mode is settled and the wait starts over.
 ///
-/// No I/O here: the caller turns actions into socket options.
-public struct NagleWhenBusy: Sendable {
+/// No I/O here: the caller turns actions into socket options and coalescing intervals.
+public struct LoopBusyMode: Sendable {
     /// What the loop must do before the pass writes.
     public enum Action: Equatable, Sendable {
         case none
-        /// Turn `TCP_NODELAY` off on every connection of the loop.
-        case enableNagle
-        /// Turn `TCP_NODELAY` back on (which also sends what the kernel holds).
-        case disableNagle
+        /// The loop is saturated: Nagle on every connection of the loop, wide coalescing.
+        case enterBusyMode
+        /// Back to normal: `TCP_NODELAY` (which also sends what the kernel holds), the
+        /// usual coalescing.
+        case leaveBusyMode
     }
 
     /// Length of one measurement window.
     public static let window = TimeAmount.milliseconds(100)
-    /// Busy windows in a row before Nagle is turned on.
+    /// Busy windows in a row before busy mode is entered.
     public static let busyWindowsToEnable: Int64 = 3
-    /// Busy windows before Nagle is turned on again when the loop left Nagle mode at most
+    /// Busy windows before busy mode comes back when the loop left it at most
     /// ``recentWindows`` ago: its load was real, so one busy window is enough.
     public static let busyWindowsToReenable: Int64 = 1
-    /// How long a loop that left Nagle mode counts as recently saturated (10 s).
+    /// How long a loop that left busy mode counts as recently saturated (10 s).
     public static let recentWindows: Int64 = 100
     /// Quiet windows in a row before `TCP_NODELAY` is restored.
     public static let quietWindowsToRestore: Int64 = 5
-    /// Windows in Nagle mode before the first probe (5 s).
+    /// Windows in busy mode before the first probe (5 s).
     public static let initialProbeAfterWindows: Int64 = 50
     /// Longest wait between probes that keep failing (60 s).
     public static let maxProbeAfterWindows: Int64 = 600
-    /// A probe failed if Nagle comes back within this many windows.
+    /// A probe failed if busy mode comes back within this many windows.
     public static let probeGraceWindows: Int64 = 10
 
     /// CPU share of the loop's thread, in per cent, from which a window is busy.
@@ -82,16 +88,16 @@ public struct NagleWhenBusy: Sendable {
     private var busyWindows: Int64 = 0
     private var quietWindows: Int64 = 0
     private var windowsInMode: Int64 = 0
-    /// Windows since the loop left Nagle mode, while that is recent; nil otherwise.
-    private var windowsSinceNagle: Int64?
+    /// Windows since the loop left busy mode, while that is recent; nil otherwise.
+    private var windowsSinceBusy: Int64?
     /// Windows since the last probe while it may still fail; nil when no probe is pending.
     private var windowsSinceProbe: Int64?
-    /// Windows in Nagle mode before the next probe.
+    /// Windows in busy mode before the next probe.
     public private(set) var probeAfterWindows = Self.initialProbeAfterWindows
     /// Times the loop waited for work in the last window that ended (nil: not measured).
     public private(set) var lastWaits: Int64?
-    /// Whether the loop's connections are in Nagle mode.
-    public private(set) var nagle = false
+    /// Whether the loop is in busy mode.
+    public private(set) var busy = false
 
     /// - Parameters:
     ///   - thresholdPercent: 1…100.
@@ -138,12 +144,12 @@ public struct NagleWhenBusy: Sendable {
         windowStart = now
         cpuAtWindowStart = cpuNanos
         waitsAtWindowStart = waits
-        return nagle ? decideInNagleMode(load, windows: windows) : decideInNoDelayMode(load, windows: windows)
+        return busy ? decideInBusyMode(load, windows: windows) : decideInNormalMode(load, windows: windows)
     }
 
-    private mutating func decideInNoDelayMode(_ load: Load, windows: Int64) -> Action {
-        if let since = windowsSinceNagle {
-            windowsSinceNagle = since + windows > Self.recentWindows ? nil : since + windows
+    private mutating func decideInNormalMode(_ load: Load, windows: Int64) -> Action {
+        if let since = windowsSinceBusy {
+            windowsSinceBusy = since + windows > Self.recentWindows ? nil : since + windows
         }
         guard load == .busy else {
             busyWindows = 0
@@ -158,17 +164,17 @@ public struct NagleWhenBusy: Sendable {
             return .none
         }
         busyWindows += 1
-        guard busyWindows >= (windowsSinceNagle == nil ? Self.busyWindowsToEnable : Self.busyWindowsToReenable) else {
+        guard busyWindows >= (windowsSinceBusy == nil ? Self.busyWindowsToEnable : Self.busyWindowsToReenable) else {
             return .none
         }
         if windowsSinceProbe != nil {
             probeAfterWindows = min(probeAfterWindows * 2, Self.maxProbeAfterWindows)
             windowsSinceProbe = nil
         }
-        return switchMode(toNagle: true)
+        return switchMode(toBusy: true)
     }
 
-    private mutating func decideInNagleMode(_ load: Load, windows: Int64) -> Action {
+    private mutating func decideInBusyMode(_ load: Load, windows: Int64) -> Action {
         windowsInMode += windows
         switch load {
         case .busy:
@@ -178,22 +184,22 @@ public struct NagleWhenBusy: Sendable {
             quietWindows += windows
             guard quietWindows >= Self.quietWindowsToRestore else { return .none }
             probeAfterWindows = Self.initialProbeAfterWindows
-            return switchMode(toNagle: false)
+            return switchMode(toBusy: false)
         case .moderate:
             quietWindows = 0
             guard windowsInMode >= probeAfterWindows else { return .none }
             windowsSinceProbe = 0
-            return switchMode(toNagle: false)
+            return switchMode(toBusy: false)
         }
     }
 
-    private mutating func switchMode(toNagle: Bool) -> Action {
-        nagle = toNagle
-        windowsSinceNagle = toNagle ? nil : 0
+    private mutating func switchMode(toBusy: Bool) -> Action {
+        busy = toBusy
+        windowsSinceBusy = toBusy ? nil : 0
         busyWindows = 0
         quietWindows = 0
         windowsInMode = 0
-        return toNagle ? .enableNagle : .disableNagle
+        return toBusy ? .enterBusyMode : .leaveBusyMode
     }
 
     /// CPU time of the calling thread, in nanoseconds, and how many times it has waited for
