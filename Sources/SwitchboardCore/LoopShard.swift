@@ -228,11 +228,11 @@ public final class LoopShard: @unchecked Sendable {
     /// Flushes dirty sinks once the tasks already queued on the loop (more deliveries,
     /// typically) have run, so a burst costs one flush per connection.
     ///
-    /// Under load passes are spaced by at least ``FanoutHub/writeCoalescing``: if the last
-    /// pass ran more recently than that, this one waits for the rest of the interval and
-    /// carries every message delivered meanwhile — one `write` per connection for several
-    /// messages, on both ends. At low rates passes are further apart than the interval and
-    /// nothing waits.
+    /// Passes are spaced by at least ``FanoutHub/writeCoalescing`` (``FanoutHub/busyWriteCoalescing``
+    /// while the loop is in busy mode): if the last pass ran more recently than that, this one
+    /// waits for the rest of the interval and carries every message delivered meanwhile — one
+    /// `write` per connection for several messages, on both ends. At low rates passes are
+    /// further apart than the interval and nothing waits.
     public func scheduleFlush() {
         guard !flushScheduled, !dirty.isEmpty else { return }
         flushScheduled = true

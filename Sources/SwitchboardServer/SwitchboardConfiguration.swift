@@ -56,8 +56,9 @@ public struct SwitchboardConfiguration: Sendable {
     public var redis: RedisSettings?
     public var apiMaxBodyBytes = 1024 * 1024
     public var heartbeatResolutionMs = 250
-    /// Flush passes of one event loop closer together than this are merged (0: never).
-    public var writeCoalesceMicros = 2_000
+    /// Flush passes of one event loop closer together than this are merged (0: never; below
+    /// saturation each batch is flushed at once, and busy mode widens the spacing).
+    public var writeCoalesceMicros = 0
     /// The same spacing while the loop is saturated (`server.busy-percent`); at least
     /// `writeCoalesceMicros`.
     public var busyWriteCoalesceMicros = 10_000
