@@ -69,6 +69,8 @@ public final class LoopShard: @unchecked Sendable {
     /// Sinks written to since the last flush pass.
     private var dirty: [any SubscriptionSink] = []
     private var dirtySet = Set<ObjectIdentifier>()
+    /// The sinks of the pass being flushed (`dirty`'s spare storage).
+    private var flushing: [any SubscriptionSink] = []
     /// Frames of the message being delivered (shared by subscribers that get the same bytes)
     /// and the pass's tallies.
     private var batch = DeliveryBatch()
@@ -260,10 +262,11 @@ public final class LoopShard: @unchecked Sendable {
                 counters.busySwitches &+= 1
             }
         }
-        let sinks = dirty
-        dirty.removeAll(keepingCapacity: true)
+        // Swapped, not copied: a copy would make `removeAll(keepingCapacity:)` allocate.
+        swap(&dirty, &flushing)
         dirtySet.removeAll(keepingCapacity: true)
-        for sink in sinks { sink.flushDeliveries() }
+        for sink in flushing { sink.flushDeliveries() }
+        flushing.removeAll(keepingCapacity: true)
     }
 
     // MARK: Heart-beats

@@ -245,9 +245,13 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     func flushIfNeeded() {
         guard wroteSinceFlush, let context else { return }
-        writeUndelivered(context: context)
         wroteSinceFlush = false
-        context.flush()
+        // One walk down the pipeline for the write and its flush, not two.
+        if let buffer = takeUndelivered() {
+            context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        } else {
+            context.flush()
+        }
     }
 
     func sendReceipt(for frame: STOMPFrame) {
@@ -294,9 +298,13 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     /// Hands the pass's deliveries to NIO; before any other write, so frames keep their order.
     @inline(__always)
     func writeUndelivered(context: ChannelHandlerContext) {
-        guard let buffer = undelivered.take() else { return }
-        undeliveredIsOwn = false
+        guard let buffer = takeUndelivered() else { return }
         context.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    private func takeUndelivered() -> ByteBuffer? {
+        undeliveredIsOwn = false
+        return undelivered.take()
     }
 
     // MARK: Heart-beats and timeouts
