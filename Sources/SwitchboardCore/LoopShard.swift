@@ -1,11 +1,13 @@
 import NIOCore
 import STOMPCodec
 
-/// A session registered with its loop's shard: it receives the shared heart-beat tick and
-/// can be closed at shutdown.
+/// A session registered with its loop's shard: it is visited by the shared heart-beat timer
+/// when a check is due, and can be closed at shutdown.
 public protocol HeartbeatClient: AnyObject {
-    /// Called on every tick of the shard's timer with the current tick number.
-    func heartbeatTick(_ tick: UInt64)
+    /// Runs the checks due at `tick` (the shard's current tick) and returns the tick of the
+    /// next one, or nil when nothing needs checking until the session asks again
+    /// (``LoopShard/scheduleHeartbeatCheck(_:at:)``).
+    func heartbeatTick(_ tick: UInt64) -> UInt64?
     /// Ends the session with an `ERROR` saying `reason`.
     func close(reason: String)
 }
@@ -80,7 +82,11 @@ public final class LoopShard: @unchecked Sendable {
     /// Puts the loop in busy mode while it is saturated (nil: never).
     private var busyMode: LoopBusyMode?
 
+    /// Every session of this loop (for ``closeAll(reason:)``).
     private var heartbeatClients: [ObjectIdentifier: any HeartbeatClient] = [:]
+    /// Those with a check to come, by due tick.
+    private var wheel = HeartbeatWheel(slotCount: 512)
+    private var dueClients: [any HeartbeatClient] = []
     private var sessionsByID: [String: any SessionDeliveryTarget] = [:]
     private var timer: RepeatedTask?
     /// Monotonic heart-beat tick counter; one tick is ``FanoutHub/heartbeatResolution``.
@@ -272,9 +278,12 @@ public final class LoopShard: @unchecked Sendable {
     // MARK: Heart-beats
 
     /// Adds a session to the shared heart-beat timer of this loop.
+    /// Adds a session to the shared heart-beat timer of this loop; its first check is at the
+    /// next tick.
     public func addHeartbeatClient(_ client: any HeartbeatClient) {
         eventLoop.preconditionInEventLoop()
         heartbeatClients[ObjectIdentifier(client)] = client
+        wheel.schedule(client, at: tick &+ 1)
         if timer == nil {
             let period = hub.heartbeatResolution
             timer = eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { [weak self] _ in
@@ -283,15 +292,35 @@ public final class LoopShard: @unchecked Sendable {
         }
     }
 
+    /// Moves a session's next check to `tick` (the next tick at the earliest), e.g. once
+    /// CONNECT has set its heart-beats.
+    public func scheduleHeartbeatCheck(_ client: any HeartbeatClient, at tick: UInt64) {
+        eventLoop.preconditionInEventLoop()
+        guard heartbeatClients[ObjectIdentifier(client)] != nil else { return }
+        wheel.schedule(client, at: max(tick, self.tick &+ 1))
+    }
+
     public func removeHeartbeatClient(_ client: any HeartbeatClient) {
         eventLoop.preconditionInEventLoop()
         heartbeatClients[ObjectIdentifier(client)] = nil
+        wheel.remove(client)
     }
+
+    /// Sessions waiting for a heart-beat or timeout check (metrics and tests).
+    public var heartbeatChecksScheduled: Int { wheel.count }
 
     private func onTick() {
         tick &+= 1
         let now = tick
-        for client in heartbeatClients.values { client.heartbeatTick(now) }
+        wheel.takeDue(at: now, into: &dueClients)
+        for client in dueClients {
+            // A check may close sessions, this one or others due in the same tick.
+            guard heartbeatClients[ObjectIdentifier(client)] != nil, let next = client.heartbeatTick(now),
+                  heartbeatClients[ObjectIdentifier(client)] != nil else { continue }
+            // Not scheduled meanwhile (by the session itself) — then its own call stands.
+            if !wheel.isScheduled(client) { wheel.schedule(client, at: max(next, now &+ 1)) }
+        }
+        dueClients.removeAll(keepingCapacity: true)
     }
 
     /// Closes every session of this loop with an `ERROR` saying `reason`.

@@ -95,6 +95,9 @@ extension STOMPSessionHandler {
         expectWithinTicks = expectMs > 0 ? ticks(Int64(Double(expectMs) * config.heartBeatTolerance), roundUp: true) + 1 : 0
         lastReadTick = shard.tick
         state = .connected
+        // Heart-beats (and a token's expiry) are known now: the next tick works out when
+        // the first check is due, in place of the CONNECT deadline.
+        shard.scheduleHeartbeatCheck(self, at: shard.tick + 1)
         services.stats.sessionsConnected.add(1)
         services.stats.sessionsByVersion[negotiated.ordinal].add(1)
         logger[metadataKey: "stomp.version"] = "\(negotiated.rawValue)"

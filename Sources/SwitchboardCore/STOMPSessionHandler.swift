@@ -312,30 +312,51 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     /// A STOMP heart-beat (one end-of-line) in a text frame; shared by every session.
     static let heartBeatFrame = WebSocketServerFrame.make(opcode: .text, payload: ByteBuffer(string: "\n"), allocator: ByteBufferAllocator())
 
-    public func heartbeatTick(_ tick: UInt64) {
+    public func heartbeatTick(_ tick: UInt64) -> UInt64? {
         switch state {
         case .awaitingConnect:
             let limit = ticks(config.connectTimeout.nanoseconds / 1_000_000, roundUp: true)
-            if tick - openedTick > limit && !isBusy {
+            if tick - openedTick > limit {
+                // A CONNECT being authenticated is not late: look again at the next tick.
+                if isBusy { return tick + 1 }
                 fail("no CONNECT frame within \(config.connectTimeout.nanoseconds / 1_000_000) ms", kind: .limit)
+                return nil
             }
+            return openedTick + limit + 1
         case .connected:
-            if let expiry = identity?.expiresAt, NIODeadline.now() >= expiry {
-                fail("authentication expired: the token's exp has passed", kind: .auth)
-                return
+            var next = UInt64.max
+            if let expiry = identity?.expiresAt {
+                let left = expiry - NIODeadline.now()
+                if left <= .zero {
+                    fail("authentication expired: the token's exp has passed", kind: .auth)
+                    return nil
+                }
+                next = tick + ticks(max(left.nanoseconds / 1_000_000, 1), roundUp: true)
             }
-            if expectWithinTicks > 0 && !isBusy && tick - lastReadTick > expectWithinTicks {
-                logger.info("heart-beat timeout: closing")
-                fail("heart-beat timeout: nothing received from the client in time", kind: .heartBeatTimeout)
-                return
+            if expectWithinTicks > 0 {
+                if tick - lastReadTick > expectWithinTicks {
+                    if isBusy {
+                        next = tick + 1
+                    } else {
+                        logger.info("heart-beat timeout: closing")
+                        fail("heart-beat timeout: nothing received from the client in time", kind: .heartBeatTimeout)
+                        return nil
+                    }
+                } else {
+                    next = min(next, lastReadTick + expectWithinTicks + 1)
+                }
             }
-            if sendEveryTicks > 0 && tick - lastWriteTick >= sendEveryTicks, let context {
-                writeUndelivered(context: context)
-                context.writeAndFlush(wrapOutboundOut(Self.heartBeatFrame), promise: nil)
-                lastWriteTick = tick
+            if sendEveryTicks > 0 {
+                if tick - lastWriteTick >= sendEveryTicks, let context {
+                    writeUndelivered(context: context)
+                    context.writeAndFlush(wrapOutboundOut(Self.heartBeatFrame), promise: nil)
+                    lastWriteTick = tick
+                }
+                next = min(next, lastWriteTick + sendEveryTicks)
             }
+            return next == .max ? nil : next
         case .closing:
-            break
+            return nil
         }
     }
 

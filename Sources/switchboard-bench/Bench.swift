@@ -47,6 +47,7 @@ struct SubscriberOptions: ParsableArguments, Sendable {
     @Option(help: "Subscriber connections.") var connections = 10
     @Option(name: .customLong("ramp-per-second"), help: "Connection attempts per second (0: as fast as possible).") var rampPerSecond = 2000
     @Option(name: .customLong("handshake-timeout"), help: "Seconds for TCP + WebSocket + CONNECT + SUBSCRIBE.") var handshakeTimeout = 30
+    @Option(name: .customLong("heart-beat"), help: "STOMP: the CONNECT heart-beat header, cx,cy. The subscribers never send heart-beats, so keep cx 0; cy > 0 asks the server for EOLs every cy ms (idle-timer cost).") var heartBeat = "0,0"
     @Flag(name: .customLong("pipeline-subscribe"), help: "STOMP: send SUBSCRIBE right behind CONNECT, without waiting for CONNECTED (one round trip less; STOMP processes frames in order).") var pipelineSubscribe = false
     @Option(name: .customLong("index-offset"), help: "Global index of this process's first connection (topic assignment across processes).") var indexOffset = 0
     @Option(name: .customLong("ready-file"), help: "Touch this file once every connection is up (or failed).") var readyFile: String?

@@ -58,7 +58,8 @@ func startSubscribers(_ set: LoopSet, _ c: ConnOptions, _ s: SubscriberOptions) 
             wsPath: c.wsPath.replacingTopic(topics[t]),
             destination: topics[t], topicIndex: t, divisor: UInt64(topics.count),
             login: c.login, passcode: c.passcode, vhost: vhost,
-            handshakeTimeout: .seconds(Int64(s.handshakeTimeout)), pipelineSubscribe: s.pipelineSubscribe)
+            handshakeTimeout: .seconds(Int64(s.handshakeTimeout)), pipelineSubscribe: s.pipelineSubscribe,
+            heartBeat: s.heartBeat)
         var bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(.seconds(Int64(s.handshakeTimeout)))
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)

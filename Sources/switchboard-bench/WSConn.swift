@@ -30,6 +30,8 @@ struct ConnConfig: Sendable {
     var handshakeTimeout: TimeAmount
     /// Subscriber: SUBSCRIBE goes out with CONNECT in one write; ready at its RECEIPT.
     var pipelineSubscribe = false
+    /// The CONNECT `heart-beat` header.
+    var heartBeat = "0,0"
 }
 
 final class WSConn: ChannelInboundHandler, @unchecked Sendable {
@@ -143,7 +145,7 @@ final class WSConn: ChannelInboundHandler, @unchecked Sendable {
             markReady()
         case .stomp:
             state = .stompConnecting
-            var f = "CONNECT\naccept-version:1.2\nhost:\(cfg.vhost)\nheart-beat:0,0\n"
+            var f = "CONNECT\naccept-version:1.2\nhost:\(cfg.vhost)\nheart-beat:\(cfg.heartBeat)\n"
             if let l = cfg.login { f += "login:\(l)\n" }
             if let p = cfg.passcode { f += "passcode:\(p)\n" }
             f += "\n\u{0}"
