@@ -277,7 +277,6 @@ public final class LoopShard: @unchecked Sendable {
 
     // MARK: Heart-beats
 
-    /// Adds a session to the shared heart-beat timer of this loop.
     /// Adds a session to the shared heart-beat timer of this loop; its first check is at the
     /// next tick.
     public func addHeartbeatClient(_ client: any HeartbeatClient) {
@@ -314,11 +313,10 @@ public final class LoopShard: @unchecked Sendable {
         let now = tick
         wheel.takeDue(at: now, into: &dueClients)
         for client in dueClients {
-            // A check may close sessions, this one or others due in the same tick.
-            guard heartbeatClients[ObjectIdentifier(client)] != nil, let next = client.heartbeatTick(now),
-                  heartbeatClients[ObjectIdentifier(client)] != nil else { continue }
-            // Not scheduled meanwhile (by the session itself) — then its own call stands.
-            if !wheel.isScheduled(client) { wheel.schedule(client, at: max(next, now &+ 1)) }
+            // A check may close sessions: this one (then it returns nil) or others due in the
+            // same tick (then they are no longer registered).
+            guard heartbeatClients[ObjectIdentifier(client)] != nil, let next = client.heartbeatTick(now) else { continue }
+            wheel.schedule(client, at: max(next, now &+ 1))
         }
         dueClients.removeAll(keepingCapacity: true)
     }
