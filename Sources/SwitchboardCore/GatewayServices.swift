@@ -71,6 +71,8 @@ public final class GatewayServices: Sendable {
     public let hub: FanoutHub
     public let engine: any BrokerEngine
     public let routes: RouteTable
+    /// The rules every session's state machine consults.
+    package let policy: SessionPolicy
     public let instanceID: String
     public let messageIDs: MessageIDGenerator
     public let sessionIDs: MessageIDGenerator
@@ -93,6 +95,7 @@ public final class GatewayServices: Sendable {
         self.hub = hub
         self.engine = engine
         self.routes = routes
+        self.policy = SessionPolicy(configuration: configuration, routes: routes)
         self.instanceID = instanceID
         self.messageIDs = messageIDs ?? MessageIDGenerator(instanceID: instanceID)
         self.sessionIDs = MessageIDGenerator(instanceID: instanceID + "-s")

@@ -71,9 +71,10 @@ struct AppRouteTests {
         #expect(m.timestamp > 1_600_000_000_000)
         route.calls[0].promise.succeed([])
         let out = try c.frames()
-        #expect(out.map(\.command) == [.receipt, .message, .receipt])
-        #expect(out.map { $0.headers["receipt-id"] } == ["r1", nil, "r2"])
-        #expect(out[1].bodyString == "after")
+        // r2's SEND runs after the route answered; its receipt precedes the message it caused.
+        #expect(out.map(\.command) == [.receipt, .receipt, .message])
+        #expect(out.map { $0.headers["receipt-id"] } == ["r1", "r2", nil])
+        #expect(out[2].bodyString == "after")
     }
 
     @Test("sender replies go only to the sender's matching subscriptions")
@@ -91,14 +92,15 @@ struct AppRouteTests {
         try a.send(.send, ["destination": "/app/x", "receipt": "r"], body: "hi")
         let out = try a.frames()
         try #require(out.count == 3, "\(out)")
-        #expect(Set(out.prefix(2).compactMap { $0.headers["subscription"] }) == ["exact", "all"])
-        #expect(out.prefix(2).allSatisfy { $0.command == .message && $0.bodyString == "just you" && $0.headers["k"] == "v" })
-        #expect(out.prefix(2).allSatisfy { $0.headers["destination"] == "/topic/reply" })
-        #expect(out[2].command == .receipt)
+        // The RECEIPT first: the replies were caused by the SEND.
+        #expect(out[0].command == .receipt)
+        #expect(Set(out.suffix(2).compactMap { $0.headers["subscription"] }) == ["exact", "all"])
+        #expect(out.suffix(2).allSatisfy { $0.command == .message && $0.bodyString == "just you" && $0.headers["k"] == "v" })
+        #expect(out.suffix(2).allSatisfy { $0.headers["destination"] == "/topic/reply" })
         #expect(try b.read().isEmpty)
     }
 
-    @Test("broadcast replies reach every subscriber, before the sender's RECEIPT")
+    @Test("broadcast replies reach every subscriber; they are published before the RECEIPT, which the sender reads first")
     func broadcastReplies() throws {
         let replies = [
             RouteReply(destination: "/topic/room", body: ByteBuffer(string: "one")),
@@ -114,8 +116,8 @@ struct AppRouteTests {
         try b.subscribe("/topic/room", id: "b")
         try a.send(.send, ["destination": "/app/chat", "receipt": "r"], body: "x")
         let outA = try a.frames()
-        #expect(outA.map(\.command) == [.message, .message, .receipt])
-        #expect(outA.prefix(2).map(\.bodyString) == ["one", "two"])
+        #expect(outA.map(\.command) == [.receipt, .message, .message])
+        #expect(outA.suffix(2).map(\.bodyString) == ["one", "two"])
         let outB = try b.frames()
         #expect(outB.map(\.bodyString) == ["one", "two"])
         #expect(outB.allSatisfy { $0.headers["subscription"] == "b" })

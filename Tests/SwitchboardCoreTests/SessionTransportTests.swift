@@ -19,8 +19,9 @@ struct SessionTransportTests {
         #expect(try c.read().isEmpty)
         try c.sendRaw("lo\u{0}", opcode: .continuation, fin: true)
         let out = try c.frames()
-        #expect(out.map(\.command) == [.message, .receipt])
-        #expect(out.first?.bodyString == "hello")
+        // The RECEIPT comes before the message the SEND caused (causality).
+        #expect(out.map(\.command) == [.receipt, .message])
+        #expect(out.last?.bodyString == "hello")
     }
 
     @Test("three STOMP frames in one WebSocket frame are all handled, in order")
@@ -127,14 +128,16 @@ struct SessionTransactionTests {
             try c.send(.send, ["destination": "/topic/t", "transaction": "tx1", "receipt": "s\(i)"], body: "m\(i)")
         }
         let before = try c.frames()
-        #expect(before.map(\.command) == [.receipt, .receipt, .receipt, .receipt], "nothing delivered before COMMIT")
-        #expect(before.map { $0.headers["receipt-id"] } == ["b", "s1", "s2", "s3"])
+        // Nothing delivered before COMMIT, and the SENDs' receipts wait for it too.
+        #expect(before.map(\.command) == [.receipt])
+        #expect(before.map { $0.headers["receipt-id"] } == ["b"])
         try c.send(.commit, ["transaction": "tx1", "receipt": "c"])
         let after = try c.frames()
-        #expect(after.map(\.command) == [.message, .message, .message, .receipt])
-        #expect(after.prefix(3).map(\.bodyString) == ["m1", "m2", "m3"])
-        #expect(after.prefix(3).allSatisfy { $0.headers["transaction"] == nil })
-        #expect(after.last?.headers["receipt-id"] == "c")
+        // Each SEND's receipt once it ran, before the message it caused; the COMMIT's last.
+        #expect(after.map(\.command) == [.receipt, .message, .receipt, .message, .receipt, .message, .receipt])
+        #expect(after.filter { $0.command == .message }.map(\.bodyString) == ["m1", "m2", "m3"])
+        #expect(after.filter { $0.command == .message }.allSatisfy { $0.headers["transaction"] == nil })
+        #expect(after.filter { $0.command == .receipt }.map { $0.headers["receipt-id"] } == ["s1", "s2", "s3", "c"])
     }
 
     @Test("ABORT drops the buffered frames")

@@ -292,7 +292,7 @@ def inbound(name, size):
     if name == "nchan":
         return {"skipped": "nchan has no client→server message path"}
     redis = None
-    if name == "switchboard":
+    if name.startswith("switchboard"):
         redis = S.Redis()
         cfg = os.path.join(tempfile.mkdtemp(prefix="bench-cfg-"), "bench.yaml")
         with open(cfg, "w") as f:

@@ -143,12 +143,14 @@ class Switchboard:
     publish_format = "json"
     login = None
 
+    binary = SWITCHBOARD_BIN
+
     def __init__(self, redis_url=None, config=None, extra=()):
-        if not os.path.exists(SWITCHBOARD_BIN):
-            raise RuntimeError(f"build it first: cd {ROOT} && swift build -c release --product switchboard")
+        if not os.path.exists(self.binary):
+            raise RuntimeError(f"build it first: cd {ROOT} && swift build -c release --product switchboard ({self.binary})")
         self.dir = tempfile.mkdtemp(prefix="bench-sb-")
         self.port = free_port()
-        argv = [SWITCHBOARD_BIN, "--host", "127.0.0.1", "--port", str(self.port),
+        argv = [self.binary, "--host", "127.0.0.1", "--port", str(self.port),
                 "--set", "stomp.heartbeat.send-ms=0", "--set", "stomp.heartbeat.receive-ms=0",
                 "--set", "limits.max-pending-bytes=16777216", "--set", "server.threads=2",
                 "--set", "http.backlog=8192", "--log-level", "warning"]
@@ -340,5 +342,12 @@ class SwitchboardNoDelay(Switchboard):
         super().__init__(redis_url=redis_url, config=config, extra=("--set", "server.busy-percent=0", *extra))
 
 
-SERVERS = {"switchboard": Switchboard, "switchboard-nagle": SwitchboardNagle, "switchboard-nodelay": SwitchboardNoDelay,
+class SwitchboardBaseline(Switchboard):
+    """Another build of Switchboard (SWITCHBOARD_BASELINE_BIN, e.g. the commit before a
+    refactoring), for before/after ratios in one run."""
+    name = "switchboard-baseline"
+    binary = os.environ.get("SWITCHBOARD_BASELINE_BIN", "/nonexistent/switchboard-baseline")
+
+
+SERVERS = {"switchboard": Switchboard, "switchboard-baseline": SwitchboardBaseline, "switchboard-nagle": SwitchboardNagle, "switchboard-nodelay": SwitchboardNoDelay,
            "nchan": Nchan, "rabbitmq": RabbitMQ}

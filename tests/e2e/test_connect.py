@@ -12,7 +12,16 @@ def test_connect_with_accept_version(gateway, client, version):
     assert frame["version"] == version
     assert frame["server"] == "switchboard/0.1"
     assert frame["session"]
-    assert frame["heart-beat"] == "10000,10000"
+    # No heart-beat header means 0,0: CONNECTED states the values in force, none either way.
+    assert frame["heart-beat"] == "0,0"
+
+
+def test_connected_heart_beat_is_what_is_in_force(gateway, client):
+    # Server 10000,10000; the spec's arithmetic: the server sends every max(sx, cy) and
+    # expects every max(cx, sy), each 0 when either side says 0.
+    for asked, answered in [("0,0", "0,0"), ("1000,2000", "10000,10000"), ("0,20000", "20000,0"), ("30000,0", "0,30000")]:
+        c = client(gateway)
+        assert c.connect(heartbeat=asked)["heart-beat"] == answered, asked
 
 
 def test_connect_without_accept_version_is_1_0(gateway, client):

@@ -23,9 +23,11 @@ def count_heartbeats(c, seconds):
     return c.heartbeats - start
 
 
-def test_connected_advertises_server_heartbeat(hb_gateway, client):
+def test_connected_states_heartbeat_in_force(hb_gateway, client):
+    # The server offers 300,300; the client cannot send (0) and wants 300: the server sends
+    # every 300 ms and expects nothing.
     c = client(hb_gateway)
-    assert c.connect(heartbeat="0,300")["heart-beat"] == "300,300"
+    assert c.connect(heartbeat="0,300")["heart-beat"] == "300,0"
 
 
 def test_server_sends_eols_when_client_asks(hb_gateway, client):

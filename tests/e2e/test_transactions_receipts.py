@@ -66,12 +66,15 @@ def test_transaction_delivers_only_on_commit_in_order(gateway, client):
     pub.send_frame("BEGIN", {"transaction": "tx1", "receipt": "b"})
     pub.expect_receipt("b")
     for i in range(5):
-        pub.send("/topic/tx", f"m{i}", headers={"transaction": "tx1"}, receipt=f"s{i}")
-    # a non-transactional send goes straight through
+        pub.send_frame("SEND", {"destination": "/topic/tx", "transaction": "tx1", "receipt": f"s{i}"}, f"m{i}")
+    # a non-transactional send goes straight through; the transaction's receipts wait for COMMIT
     pub.send("/topic/tx", "direct", receipt="d")
     assert sub.expect_message().text == "direct"
     sub.expect_nothing(0.3)
     pub.send_frame("COMMIT", {"transaction": "tx1", "receipt": "c"})
+    # Each SEND's receipt once it has run, in order, then the COMMIT's.
+    for i in range(5):
+        pub.expect_receipt(f"s{i}")
     pub.expect_receipt("c")
     msgs = sub.receive_many(5)
     assert [m.text for m in msgs] == [f"m{i}" for i in range(5)]
@@ -85,8 +88,9 @@ def test_abort_drops_messages(gateway, client):
     pub = connected(client, gateway)
     pub.send_frame("BEGIN", {"transaction": "tx", "receipt": "b"})
     pub.expect_receipt("b")
-    pub.send("/topic/tx.abort", "never", headers={"transaction": "tx"}, receipt="s")
+    pub.send_frame("SEND", {"destination": "/topic/tx.abort", "transaction": "tx", "receipt": "s"}, "never")
     pub.send_frame("ABORT", {"transaction": "tx", "receipt": "a"})
+    # The aborted SEND's work never happens: no receipt for it, only the ABORT's.
     pub.expect_receipt("a")
     # The transaction is gone: committing it now is an error.
     pub.send_frame("COMMIT", {"transaction": "tx", "receipt": "c"})
@@ -100,7 +104,7 @@ def test_disconnect_drops_open_transaction(gateway, client):
     sub.subscribe("/topic/tx.disc", id="t", receipt="r")
     pub = connected(client, gateway)
     pub.send_frame("BEGIN", {"transaction": "tx"})
-    pub.send("/topic/tx.disc", "never", headers={"transaction": "tx"}, receipt="s")
+    pub.send_frame("SEND", {"destination": "/topic/tx.disc", "transaction": "tx", "receipt": "s"}, "never")
     pub.disconnect("bye")
     assert pub.wait_closed(3)
     sub.expect_nothing(0.3)
@@ -111,7 +115,7 @@ def test_socket_close_drops_open_transaction(gateway, client):
     sub.subscribe("/topic/tx.drop", id="t", receipt="r")
     pub = connected(client, gateway)
     pub.send_frame("BEGIN", {"transaction": "tx"})
-    pub.send("/topic/tx.drop", "never", headers={"transaction": "tx"}, receipt="s")
+    pub.send_frame("SEND", {"destination": "/topic/tx.drop", "transaction": "tx", "receipt": "s"}, "never")
     pub.close()
     sub.expect_nothing(0.4)
 
@@ -168,7 +172,7 @@ def test_transaction_frame_limit(gateway_factory, client):
     c.connect()
     c.send_frame("BEGIN", {"transaction": "big"})
     for i in range(3):
-        c.send("/topic/x", str(i), headers={"transaction": "big"}, receipt=f"s{i}")
+        c.send_frame("SEND", {"destination": "/topic/x", "transaction": "big", "receipt": f"s{i}"}, str(i))
     c.send("/topic/x", "4", headers={"transaction": "big"})
     err = c.expect_error()
     assert "limit 3" in err["message"]

@@ -133,10 +133,13 @@ def test_sender_reply_without_matching_subscription_is_dropped(route_gateway, ho
 def test_routed_send_in_transaction_runs_on_commit(route_gateway, hook, client):
     c = connected(client, route_gateway)
     c.send_frame("BEGIN", {"transaction": "t"})
-    c.send("/app/greet", "tx1", headers={"transaction": "t"}, receipt="s1")
-    c.send("/app/chat.x", "tx2", headers={"transaction": "t"}, receipt="s2")
+    c.send_frame("SEND", {"destination": "/app/greet", "transaction": "t", "receipt": "s1"}, "tx1")
+    c.send_frame("SEND", {"destination": "/app/chat.x", "transaction": "t", "receipt": "s2"}, "tx2")
+    c.expect_nothing(0.3)  # receipts of a transaction's frames wait for COMMIT
     assert not hook.requests
     c.send_frame("COMMIT", {"transaction": "t", "receipt": "c"})
+    c.expect_receipt("s1")
+    c.expect_receipt("s2")
     c.expect_receipt("c")
     assert [r["json"]["body"] for r in hook.requests] == ["tx1", "tx2"]
     assert all("transaction" not in r["json"]["headers"] for r in hook.requests)

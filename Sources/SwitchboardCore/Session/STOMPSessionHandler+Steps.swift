@@ -1,0 +1,213 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOCore
+import NIOWebSocket
+import STOMPCodec
+
+/// Carrying out the state machine's actions: writing frames and running steps.
+extension STOMPSessionHandler {
+    typealias Machine = STOMPSessionStateMachine
+
+    /// Executes the machine's actions until it waits for an event.
+    func runActions() {
+        guard !running else { return }  // the outer loop picks up what an action caused
+        running = true
+        defer { running = false }
+        while let action = machine.nextAction() {
+            execute(action)
+        }
+    }
+
+    private func execute(_ action: Machine.Action) {
+        guard let context else { return }
+        switch action {
+        case .execute(let command, let step):
+            // Deliveries already here were not caused by this step: they wait for older
+            // steps only.
+            settleUndelivered(context: context, newest: step &- 1)
+            start(command, step: step)
+        case .unsubscribe(let id, let receipt):
+            if let sub = subscriptions.removeValue(forKey: id) {
+                shard.remove(sub)
+                services.stats.subscriptions.subtract(1)
+            }
+            sendReceipt(receipt)
+        case .sendReceipt(let receipt):
+            sendReceipt(receipt)
+        case .stepAnswered(let step, let receipt):
+            // What arrived while the step ran may have been caused by it: after its receipt.
+            if let buffer = takeUndelivered() { hold(buffer, behind: step, context: context) }
+            if let receipt { write(STOMPFrame(.receipt, headers: ["receipt-id": receipt])) }
+            releaseHeld(through: step, context: context)
+        case .connected(let connected):
+            becomeConnected(connected)
+        case .resumeReads:
+            context.read()
+        case .close(let close):
+            if let failure = close.failure {
+                services.stats.errors[failure.kind.index].add(1)
+                switch failure.kind {
+                case .slowConsumer: logger.info("slow consumer: closing", metadata: ["pending.limit": "\(config.maxPendingOutboundBytes)"])
+                case .heartBeatTimeout: logger.info("heart-beat timeout: closing")
+                default: logger.debug("session error", metadata: ["error": "\(failure.message)"])
+                }
+                send(failure.frame)  // after every delivery held or pending: the machine is closed
+            } else {
+                sendReceipt(close.receipt)
+            }
+            if close.wasConnected { sessionEnded() }
+            closeConnection(context: context, code: close.failure?.closeCode ?? .normalClosure)
+        }
+    }
+
+    /// The session is connected: counters, header escaping, heart-beat checks, `CONNECTED`.
+    private func becomeConnected(_ connected: Machine.ConnectedSession) {
+        if let user = connected.identity?.user { logger[metadataKey: "user"] = "\(user)" }
+        escape = connected.version.escapesHeaders
+        escapeCR = connected.version == .v1_2
+        if !escape { transport?.setHeaderEscaping(false) }
+        machine.read(at: shard.tick)
+        // Heart-beats (and a token's expiry) are known now: the next tick works out when
+        // the first check is due, in place of the CONNECT deadline.
+        shard.scheduleHeartbeatCheck(self, at: shard.tick + 1)
+        services.stats.sessionsConnected.add(1)
+        services.stats.sessionsByVersion[connected.version.ordinal].add(1)
+        logger[metadataKey: "stomp.version"] = "\(connected.version.rawValue)"
+        send(connected.frame)
+        sendReceipt(connected.receipt)
+        logger.debug("session connected", metadata: ["heart-beat.out": "\(connected.serverSendsMs)", "heart-beat.in": "\(connected.serverExpectsMs)"])
+    }
+
+    // MARK: Steps
+
+    private func start(_ command: Machine.Command, step: Machine.StepID) {
+        switch command {
+        case .connect(let token):
+            guard let token, let authenticator = config.authenticator else {
+                machine.stepCompleted(step, .connected(nil))
+                return
+            }
+            let future = authenticator.authenticate(token: token, on: shard.eventLoop)
+            complete(future, step: step, kind: .auth, describe: { "authentication failed: \($0)" }) { handler, identity in
+                guard handler.services.userSessions.add(identity.user, limit: handler.config.maxSessionsPerUser) else {
+                    return .failure(SessionFailure("too many sessions for user \(identity.user) (limit \(handler.config.maxSessionsPerUser))", kind: .limit))
+                }
+                handler.countedUser = identity.user
+                return .connected(identity)
+            }
+        case .subscribe(let s):
+            let sub = LocalSubscription(id: s.id, pattern: s.pattern, ackMode: s.ackMode, sink: self)
+            subscriptions[s.id] = sub
+            shard.add(sub)
+            services.stats.subscriptions.add(1)
+            if let ready = services.engine.subscriptionReady(s.pattern, on: shard.eventLoop) {
+                let destination = s.destination
+                complete(ready, step: step, kind: .route, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }) { _, _ in .success }
+            } else {
+                machine.stepCompleted(step, .success)
+            }
+        case .publish(let destination, let frame):
+            let message = PublishedMessage(destination: destination, messageID: services.messageIDs.next(),
+                                           headers: Self.userHeaders(of: frame), body: frame.body)
+            let future = services.engine.publish(message, on: shard.eventLoop)
+            if services.engine.publishesSynchronously {
+                machine.stepCompleted(step, .success)
+            } else {
+                complete(future, step: step, kind: .route, describe: { "publish to \(destination) failed: \($0)" }) { _, _ in .success }
+            }
+        case .route(let destination, let route, let frame):
+            callRoute(route, destination: destination, frame: frame, step: step)
+        }
+    }
+
+    /// Reports `future`'s outcome as step `step` once it completes, on this loop.
+    private func complete<T: Sendable>(_ future: EventLoopFuture<T>, step: Machine.StepID, kind: SessionErrorKind,
+                                    describe: @escaping (any Error) -> String,
+                                    onSuccess: @escaping (STOMPSessionHandler, T) -> Machine.StepResult) {
+        let loop = shard.eventLoop
+        let bound = NIOLoopBound((handler: self, describe: describe, onSuccess: onSuccess), eventLoop: loop)
+        future.hop(to: loop).whenComplete { result in
+            let (handler, describe, onSuccess) = bound.value
+            guard handler.machine.phase != .closed else { return }
+            switch result {
+            case .success(let value):
+                handler.machine.stepCompleted(step, onSuccess(handler, value))
+            case .failure(let error):
+                handler.machine.stepCompleted(step, .failure(SessionFailure(describe(error), kind: kind)))
+            }
+            handler.runActions()
+            // Receipts of steps completing together go out in one flush per loop tick.
+            if handler.wroteSinceFlush {
+                handler.shard.markDirty(handler)
+                handler.shard.scheduleFlush()
+            }
+        }
+    }
+
+    /// The user headers a SEND passes on (server-owned headers removed).
+    static func userHeaders(of frame: STOMPFrame) -> STOMPHeaders {
+        var out = STOMPHeaders()
+        for (name, value) in frame.headers where !PublishedMessage.reservedHeaders.contains(name) && out[name] == nil {
+            out.add(name, value)
+        }
+        return out
+    }
+
+    /// Hands a SEND to its route. Broadcast replies are published before the receipt; replies
+    /// to the sender are written to this session's matching subscriptions (after the receipt).
+    private func callRoute(_ route: any AppRoute, destination: String, frame: STOMPFrame, step: Machine.StepID) {
+        var headers = Self.userHeaders(of: frame)
+        let contentType = headers["content-type"]
+        headers.remove("content-type")
+        let message = AppMessage(destination: destination, body: frame.body, headers: headers, contentType: contentType,
+                                 sessionID: sessionID, user: user, instanceID: services.instanceID,
+                                 timestamp: Self.wallClockMillis())
+        let loop = shard.eventLoop
+        let engine = services.engine
+        let ids = services.messageIDs
+        let future = route.handle(message, on: loop).flatMap { replies -> EventLoopFuture<[RouteReply]> in
+            let publishes = replies.filter { $0.target == .broadcast }.map { reply in
+                engine.publish(PublishedMessage(destination: reply.destination, messageID: ids.next(), headers: reply.headers, body: reply.body), on: loop)
+            }
+            return EventLoopFuture.andAllSucceed(publishes, on: loop).map { replies }
+        }
+        complete(future, step: step, kind: .route, describe: { "route for \(destination) failed: \($0)" }) { handler, replies in
+            for reply in replies where reply.target == .sender {
+                handler.deliverToSelf(reply)
+            }
+            return .success
+        }
+    }
+
+    /// Delivers a reply to this session's subscriptions that match its destination.
+    func deliverToSelf(_ reply: RouteReply) {
+        let message = PublishedMessage(destination: reply.destination, messageID: services.messageIDs.next(), headers: reply.headers, body: reply.body)
+        deliverToOwnSubscriptions(message)
+    }
+
+    public func deliverToOwnSubscriptions(_ message: PublishedMessage) {
+        var delivered = false
+        // A reply to this session may name its user destination as the client knows it.
+        let routed = config.isUserDestination(message.destination)
+            ? UserDestinations.routing(user: user, session: sessionID, clientDestination: message.destination)!
+            : message.destination
+        var batch = DeliveryBatch(tick: shard.tick)
+        for sub in subscriptions.values where sub.pattern.matches(routed) {
+            deliver(message, to: sub, batch: &batch)
+            delivered = true
+        }
+        shard.counters.record(batch)
+        if delivered {
+            flushIfNeeded()
+        } else {
+            logger.debug("message for this session dropped: no matching subscription", metadata: ["destination": "\(message.destination)"])
+        }
+    }
+
+    static func wallClockMillis() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+}

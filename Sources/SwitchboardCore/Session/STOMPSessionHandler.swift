@@ -1,0 +1,380 @@
+import Logging
+import NIOCore
+import NIOWebSocket
+import STOMPCodec
+
+/// What the WebSocket upgrade request told about a connection.
+public struct HandshakeInfo: Sendable {
+    /// A token from the `access_token` query parameter or cookie.
+    public var token: String?
+    public var remoteAddress: String?
+    public var origin: String?
+    public init(token: String? = nil, remoteAddress: String? = nil, origin: String? = nil) {
+        self.token = token
+        self.remoteAddress = remoteAddress
+        self.origin = origin
+    }
+}
+
+/// One STOMP session, as a channel handler after the WebSocket upgrade.
+///
+/// The protocol rules live in ``STOMPSessionStateMachine``: this handler feeds it the
+/// channel's events and carries out the actions it returns (write a frame, start a step —
+/// authenticate, subscribe, publish, call a route —, pause or resume reading, close).
+/// Delivery goes through the event loop's ``LoopShard``, publishing through the
+/// ``BrokerEngine`` and the ``AppRoute``s of ``GatewayServices``.
+///
+/// Causality: a message that reaches the session while one of its steps is unanswered is
+/// held back until that step's receipt is written, so the `RECEIPT` of a `SEND` always comes
+/// before any message the `SEND` caused (a backend's reply, the sender's own copy).
+public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, HeartbeatClient, SessionDeliveryTarget {
+    public typealias InboundIn = STOMPFrame
+    /// Nothing above the session writes; it writes complete WebSocket frames itself.
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+
+    let services: GatewayServices
+    var config: SessionConfiguration { services.configuration }
+    public let sessionID: String
+    var logger: Logger
+
+    var context: ChannelHandlerContext?
+    /// The WebSocket transport below, when there is one (found when the handler is added).
+    var transport: WebSocketSTOMPTransport?
+    var shard: LoopShard!
+    /// The protocol state; created when the handler is added (it needs the loop's clock).
+    var machine: STOMPSessionStateMachine!
+    /// What the WebSocket handshake carried.
+    let handshake: HandshakeInfo
+
+    /// The negotiated version (1.2 until CONNECT).
+    public var version: STOMPVersion { machine?.version ?? .v1_2 }
+    /// The authenticated user, when there is one.
+    public var user: String? { identity?.user }
+    public var identity: SessionIdentity? { machine?.identity }
+    /// The user counted in ``GatewayServices/userSessions`` for this session.
+    var countedUser: String?
+
+    var subscriptions: [String: LocalSubscription] = [:]
+
+    var escape = true
+    /// `\r` is escaped for 1.2 peers only.
+    var escapeCR = true
+    var wroteSinceFlush = false
+    /// Deliveries of the current flush pass not yet handed to NIO (see ``deliver(_:to:batch:)``).
+    var undelivered: ByteBuffer?
+    /// Whether ``undelivered`` is this session's own buffer (two or more messages) rather
+    /// than one message's shared frame.
+    var undeliveredIsOwn = false
+    /// Deliveries held back until the step they may have been caused by is answered, oldest
+    /// first; nil (no storage) in almost every session.
+    var held: CircularBuffer<(step: STOMPSessionStateMachine.StepID, bytes: ByteBuffer)>?
+    var heldBytes = 0
+    /// ``runActions()`` is running (an action may feed the machine an event).
+    var running = false
+    private var cleanedUp = false
+
+    public init(services: GatewayServices, handshake: HandshakeInfo = HandshakeInfo()) {
+        self.services = services
+        self.handshake = handshake
+        self.sessionID = services.sessionIDs.next()
+        var logger = services.logger
+        logger[metadataKey: "session"] = "\(sessionID)"
+        self.logger = logger
+    }
+
+    // MARK: Lifecycle
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.transport = try? context.pipeline.syncOperations.handler(type: WebSocketSTOMPTransport.self)
+        self.shard = services.hub.shard(for: context.eventLoop)
+        machine = STOMPSessionStateMachine(policy: services.policy, sessionID: sessionID, handshakeToken: handshake.token,
+                                           openedAt: shard.tick, tickMs: services.hub.heartbeatResolution.nanoseconds / 1_000_000)
+        shard.addHeartbeatClient(self)
+        shard.registerSession(self)
+        services.stats.connectionsOpen.add(1)
+        services.stats.connectionsTotal.add(1)
+        let high = max(config.maxPendingOutboundBytes, 2)
+        _ = context.channel.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
+    }
+
+    /// Nagle on (`TCP_NODELAY` off) while the loop is saturated; see ``LoopBusyMode``.
+    public func setNagle(_ enabled: Bool) {
+        guard let context else { return }
+        _ = context.channel.setOption(ChannelOptions.tcpOption(.tcp_nodelay), value: enabled ? 0 : 1)
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        cleanUp()
+        self.context = nil
+        self.transport = nil
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        cleanUp()
+        context.fireChannelInactive()
+    }
+
+    /// Drops subscriptions, timers and the machine's state. Runs once.
+    func cleanUp() {
+        guard !cleanedUp, machine != nil else { return }
+        cleanedUp = true
+        if machine.connectionClosed() { sessionEnded() }
+        if let countedUser { services.userSessions.remove(countedUser) }
+        for sub in subscriptions.values { shard.remove(sub) }
+        services.stats.subscriptions.subtract(subscriptions.count)
+        subscriptions.removeAll()
+        held = nil
+        shard?.removeHeartbeatClient(self)
+        shard?.unregisterSession(self)
+        services.stats.connectionsOpen.subtract(1)
+    }
+
+    // MARK: Inbound
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        machine.read(at: shard.tick)
+        shard.counters.framesIn[frame.command.ordinal] &+= 1
+        machine.frameReceived(frame, now: .now())
+        runActions()
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        flushIfNeeded()
+        context.fireChannelReadComplete()
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is STOMPTransportActivity {
+            machine.read(at: shard.tick)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let failure: SessionFailure
+        if let decoding = error as? STOMPDecodingError {
+            switch decoding {
+            case .frameTooLarge, .bodyTooLarge: failure = SessionFailure(decoding.description, kind: .limit, closeCode: .messageTooLarge)
+            case .tooManyHeaders, .headerLineTooLong, .headersTooLarge:
+                failure = SessionFailure(decoding.description, kind: .limit, closeCode: .policyViolation)
+            default: failure = SessionFailure(decoding.description)
+            }
+        } else if let limited = error as? RateLimitExceeded {
+            failure = SessionFailure(limited.description, kind: .limit)
+        } else if let ws = error as? NIOWebSocketError {
+            switch ws {
+            case .invalidFrameLength:
+                failure = SessionFailure("frame too large (limit \(config.decoderLimits.maxFrameBytes) bytes)", kind: .limit, closeCode: .messageTooLarge)
+            default:
+                failure = SessionFailure("WebSocket protocol error: \(ws)", closeCode: .protocolError)
+            }
+        } else {
+            logger.debug("connection error", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+            return
+        }
+        machine.errorOccurred(failure)
+        runActions()
+    }
+
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        machine.writabilityChanged(isWritable: context.channel.isWritable)
+        runActions()
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: Outbound
+
+    /// Holds back socket reads while the machine says so.
+    public func read(context: ChannelHandlerContext) {
+        if machine.readRequested() { context.read() }
+    }
+
+    /// Encodes and writes a server frame (not flushed), after the deliveries before it.
+    func send(_ frame: STOMPFrame) {
+        guard let context else { return }
+        settleUndelivered(context: context)
+        write(frame)
+    }
+
+    /// Encodes and writes a server frame (not flushed), without first writing deliveries.
+    func write(_ frame: STOMPFrame) {
+        guard let context else { return }
+        let buffer = WebSocketServerFrame.build(opcode: .text, payloadCapacity: 64 + frame.body.readableBytes,
+                                                allocator: context.channel.allocator) { out in
+            STOMPFrameEncoder.encode(frame, escapeHeaders: escape, escapeCarriageReturn: escapeCR, into: &out)
+        }
+        shard.counters.framesOut[frame.command.ordinal] &+= 1
+        shard.counters.bytesOut &+= buffer.readableBytes
+        context.write(wrapOutboundOut(buffer), promise: nil)
+        machine.wrote(at: shard.tick)
+        wroteSinceFlush = true
+    }
+
+    func sendReceipt(_ receipt: String?) {
+        guard let receipt else { return }
+        send(STOMPFrame(.receipt, headers: ["receipt-id": receipt]))
+    }
+
+    func flushIfNeeded() {
+        guard let context else { return }
+        settleUndelivered(context: context)
+        guard wroteSinceFlush else { return }
+        wroteSinceFlush = false
+        context.flush()
+    }
+
+    // MARK: SubscriptionSink
+
+    public func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, batch: inout DeliveryBatch) {
+        guard machine.phase == .connected, context != nil else { return }
+        // The shared allocator, not `context.channel.allocator`: reaching the channel costs
+        // reference counting on every delivery.
+        let buffer = batch.frames.frame(message, subscription: subscription.id, ack: subscription.ackMode != .auto,
+                                        escape: escape, escapeCR: escapeCR, allocator: Self.allocator)
+        // One NIO write per connection per pass: the first message's frame is kept as is
+        // (shared with the other subscribers); from the second on, the pass's frames are
+        // copied into one buffer of this session's. NIO's per-write bookkeeping costs more
+        // than copying a few hundred bytes.
+        if undelivered == nil {
+            undelivered = buffer
+        } else {
+            if !undeliveredIsOwn {
+                var own = Self.allocator.buffer(capacity: 2 * (undelivered!.readableBytes + buffer.readableBytes))
+                own.writeImmutableBuffer(undelivered!)
+                undelivered = own
+                undeliveredIsOwn = true
+            }
+            undelivered!.writeImmutableBuffer(buffer)
+        }
+        wroteSinceFlush = true
+        machine.wrote(at: batch.tick)
+        batch.delivered &+= 1
+        batch.bytes &+= buffer.readableBytes
+    }
+
+    /// Allocator for delivered frames (NIO's default allocator, as every channel here uses).
+    static let allocator = ByteBufferAllocator()
+
+    public func flushDeliveries() {
+        flushIfNeeded()
+    }
+
+    /// Hands the pass's deliveries to NIO, before any other write so frames keep their order
+    /// — or, while a step of this session is unanswered, holds them until it is.
+    ///
+    /// - Parameter newest: the newest step the deliveries may have been caused by; the
+    ///   machine's newest by default.
+    @inline(__always)
+    func settleUndelivered(context: ChannelHandlerContext, newest: STOMPSessionStateMachine.StepID? = nil) {
+        if held == nil, !machine.isBusy {
+            // Almost always: nothing to wait for.
+            if let buffer = takeUndelivered() { context.write(wrapOutboundOut(buffer), promise: nil) }
+            return
+        }
+        let behind = newest ?? machine.newestStep
+        let mustHold = machine.oldestUnansweredStep.map { $0 <= behind } ?? false
+        if !mustHold { releaseHeld(through: nil, context: context) }
+        guard let buffer = takeUndelivered() else { return }
+        if mustHold {
+            hold(buffer, behind: behind, context: context)
+        } else {
+            context.write(wrapOutboundOut(buffer), promise: nil)
+        }
+    }
+
+    func takeUndelivered() -> ByteBuffer? {
+        undeliveredIsOwn = false
+        return undelivered.take()
+    }
+
+    /// Keeps `buffer` until step `step` is answered. Past the pending-bytes limit the oldest
+    /// held deliveries go out anyway (the connection's own limit then decides).
+    func hold(_ buffer: ByteBuffer, behind step: STOMPSessionStateMachine.StepID, context: ChannelHandlerContext) {
+        if held == nil { held = CircularBuffer(initialCapacity: 2) }
+        if let last = held!.last, last.step == step {
+            let previous = held!.removeLast().bytes
+            var merged = Self.allocator.buffer(capacity: previous.readableBytes + buffer.readableBytes)
+            merged.writeImmutableBuffer(previous)
+            merged.writeImmutableBuffer(buffer)
+            held!.append((step, merged))
+        } else {
+            held!.append((step, buffer))
+        }
+        heldBytes += buffer.readableBytes
+        while heldBytes > config.maxPendingOutboundBytes, let oldest = held!.popFirst() {
+            heldBytes -= oldest.bytes.readableBytes
+            context.write(wrapOutboundOut(oldest.bytes), promise: nil)
+            wroteSinceFlush = true
+        }
+    }
+
+    /// Writes the held deliveries that waited for steps up to `step` (all when nil).
+    func releaseHeld(through step: STOMPSessionStateMachine.StepID?, context: ChannelHandlerContext) {
+        guard held != nil else { return }
+        while let first = held!.first, step == nil || first.step <= step! {
+            held!.removeFirst()
+            heldBytes -= first.bytes.readableBytes
+            context.write(wrapOutboundOut(first.bytes), promise: nil)
+            wroteSinceFlush = true
+        }
+        if held!.isEmpty { held = nil }
+    }
+
+    // MARK: Heart-beats and timeouts
+
+    /// A STOMP heart-beat (one end-of-line) in a text frame; shared by every session.
+    static let heartBeatFrame = WebSocketServerFrame.make(opcode: .text, payload: ByteBuffer(string: "\n"), allocator: ByteBufferAllocator())
+
+    public func heartbeatTick(_ tick: UInt64) -> UInt64? {
+        switch machine.tick(tick, now: .now()) {
+        case .wait(let next):
+            return next
+        case .sendHeartbeat(let next):
+            if let context {
+                settleUndelivered(context: context)
+                context.writeAndFlush(wrapOutboundOut(Self.heartBeatFrame), promise: nil)
+            }
+            return next
+        case .closed:
+            runActions()
+            return nil
+        }
+    }
+
+    /// Ends the session for shutdown. A step in flight (a route call, an unconfirmed publish)
+    /// completes first, so its receipt still goes out; then the `ERROR`.
+    public func close(reason: String) {
+        machine.closeRequested(reason: reason)
+        runActions()
+    }
+
+    /// Counts a session that was connected and is no longer.
+    func sessionEnded() {
+        services.stats.sessionsConnected.subtract(1)
+        services.stats.sessionsByVersion[version.ordinal].subtract(1)
+    }
+
+    /// Sends a WebSocket close frame after what is queued, then closes the channel. A peer
+    /// that does not read gets cut off after a short grace period.
+    func closeConnection(context: ChannelHandlerContext, code: WebSocketErrorCode) {
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        settleUndelivered(context: context)
+        if transport?.claimCloseFrame() ?? true {
+            context.writeAndFlush(wrapOutboundOut(WebSocketServerFrame.close(code: code, allocator: context.channel.allocator)), promise: promise)
+        } else {
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: promise)
+        }
+        wroteSinceFlush = false
+        let channel = context.channel
+        let timeout = context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        promise.futureResult.whenComplete { _ in
+            timeout.cancel()
+            channel.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,71 @@
+import STOMPCodec
+
+/// What sessions may do: which destinations exist, the access rules, and the limits.
+///
+/// One instance is shared by every session of a gateway (it is immutable). The
+/// ``STOMPSessionStateMachine`` consults it for every frame; it performs no I/O.
+package final class SessionPolicy: Sendable {
+    /// The settings the rules come from.
+    package let configuration: SessionConfiguration
+    /// The `/app` routes, to tell whether a destination has one and whether its backend keeps order.
+    package let routes: RouteTable
+
+    package init(configuration: SessionConfiguration, routes: RouteTable) {
+        self.configuration = configuration
+        self.routes = routes
+    }
+
+    /// What a destination is.
+    package enum DestinationKind: Equatable {
+        /// A broker destination (`/topic/...`): published to every subscriber.
+        case broker
+        /// An application destination (`/app/...`): routed to a backend.
+        case application
+        /// A user destination (`/user/queue/...`): only subscribable.
+        case user
+        /// None of these.
+        case notAllowed
+    }
+
+    /// Classifies `destination`; user destinations first, as their prefix may overlap.
+    package func kind(of destination: String) -> DestinationKind {
+        if configuration.isUserDestination(destination) { return .user }
+        if configuration.isBrokerDestination(destination) { return .broker }
+        if configuration.isApplicationDestination(destination) { return .application }
+        return .notAllowed
+    }
+
+    package func maySend(_ destination: String, identity: SessionIdentity?) -> Bool {
+        configuration.accessPolicy?.maySend(destination, identity: identity) ?? true
+    }
+
+    package func maySubscribe(_ destination: String, identity: SessionIdentity?) -> Bool {
+        configuration.accessPolicy?.maySubscribe(destination, identity: identity) ?? true
+    }
+
+    /// Whether a SEND may be pipelined: a valid SEND outside a transaction to a destination
+    /// whose backend keeps the order of what it is handed. A SEND that will be refused is not:
+    /// its `ERROR` must come after the receipts of the frames before it.
+    package func isPipelinable(_ frame: STOMPFrame, identity: SessionIdentity?) -> Bool {
+        guard frame.command == .send, frame.headers["transaction"] == nil,
+              let destination = frame.headers["destination"] else { return false }
+        guard maySend(destination, identity: identity) else { return false }
+        if configuration.isBrokerDestination(destination) { return !destination.contains("*") }
+        if configuration.isApplicationDestination(destination) {
+            return routes.route(for: destination)?.keepsOrderWhenPipelined ?? false
+        }
+        return false
+    }
+
+    /// The message refusing a destination that is none of the known kinds, for `command`.
+    package func notAllowedMessage(_ destination: String, subscribe: Bool) -> String {
+        if subscribe {
+            if configuration.isApplicationDestination(destination) {
+                return "cannot SUBSCRIBE to application destination \(destination)"
+            }
+            return "destination \(destination) is not allowed: SUBSCRIBE to \(configuration.brokerPrefixes.joined(separator: " or "))"
+        }
+        let allowed = (configuration.brokerPrefixes + configuration.applicationPrefixes).joined(separator: ", ")
+        return "destination \(destination) is not allowed: SEND to \(allowed)"
+    }
+}

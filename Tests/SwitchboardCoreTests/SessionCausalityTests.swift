@@ -1,0 +1,64 @@
+import NIOCore
+import STOMPCodec
+import SwitchboardCore
+import Testing
+
+/// The `RECEIPT` of a `SEND` is written before any message the `SEND` caused.
+@Suite("Session: receipts before the messages they caused")
+struct SessionCausalityTests {
+    @Test("a SEND to a topic the sender subscribes to: RECEIPT, then its own MESSAGE")
+    func ownPublish() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        _ = try c.connect()
+        try c.subscribe("/topic/a", receipt: "sub")
+        #expect(try c.frames().map(\.command) == [.receipt])
+        try c.send(.send, ["destination": "/topic/a", "receipt": "s"], body: "hello")
+        let out = try c.frames()
+        #expect(out.map(\.command) == [.receipt, .message], "\(out)")
+        #expect(out.first?.headers["receipt-id"] == "s")
+    }
+
+    @Test("a route's reply that arrives before the route confirmed waits for the RECEIPT")
+    func replyBeforeConfirmation() throws {
+        let route = OrderedPendingRoute()
+        let gw = TestGateway(routes: try routes("/app/**", route))
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        let other = try gw.client()
+        _ = try c.connect()
+        _ = try other.connect()
+        try c.subscribe("/topic/replies", receipt: "sub")
+        _ = try c.frames()
+        try c.send(.send, ["destination": "/app/in", "receipt": "s1"], body: "1")
+        try #require(route.calls.count == 1)
+        // The backend's answer is published (here by another session) before the route's
+        // confirmation reaches the gateway.
+        try other.send(.send, ["destination": "/topic/replies"], body: "reply")
+        #expect(try c.read().isEmpty, "the reply waits for the SEND's receipt")
+        route.calls[0].promise.succeed([])
+        let out = try c.frames()
+        #expect(out.map(\.command) == [.receipt, .message], "\(out)")
+        #expect(out.last.map { String(buffer: $0.body) } == "reply")
+    }
+
+    @Test("messages that arrived before the SEND are not held behind it")
+    func earlierMessagesGoFirst() throws {
+        let route = OrderedPendingRoute()
+        let gw = TestGateway(routes: try routes("/app/**", route))
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        let other = try gw.client()
+        _ = try c.connect()
+        _ = try other.connect()
+        try c.subscribe("/topic/news", receipt: "sub")
+        _ = try c.frames()
+        try other.send(.send, ["destination": "/topic/news"], body: "before")
+        try c.send(.send, ["destination": "/app/in", "receipt": "s1"], body: "1")
+        let out = try c.frames()
+        #expect(out.map(\.command) == [.message], "the earlier message is not held: \(out)")
+        route.calls[0].promise.succeed([])
+        #expect(try c.frames().map(\.command) == [.receipt])
+    }
+}

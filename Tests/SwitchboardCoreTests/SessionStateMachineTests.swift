@@ -1,0 +1,357 @@
+import NIOCore
+import STOMPCodec
+import SwitchboardCore
+import Testing
+
+/// The session's protocol rules, driven without a channel: events in, actions out.
+@Suite struct SessionStateMachineTests {
+    typealias Machine = STOMPSessionStateMachine
+
+    /// A route that never runs here: the machine only asks whether it keeps order.
+    struct StubRoute: AppRoute {
+        var keepsOrderWhenPipelined: Bool
+        var description: String { "stub" }
+        func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
+            eventLoop.makeSucceededFuture([])
+        }
+    }
+
+    /// What the actions did, in a form that is easy to compare.
+    enum Out: Equatable {
+        case execute(String, step: UInt64)
+        case receipt(String)
+        case answered(UInt64, receipt: String?)
+        case connected(heartBeat: String, receipt: String?)
+        case unsubscribe(String)
+        case error(String, receiptID: String?)
+        case disconnect(receipt: String?)
+        case resumeReads
+    }
+
+    static func describe(_ c: Machine.Command) -> String {
+        switch c {
+        case .connect(let token): return "connect(\(token ?? "-"))"
+        case .subscribe(let s): return "subscribe(\(s.id) \(s.destination))"
+        case .publish(let d, _): return "publish(\(d))"
+        case .route(let d, _, _): return "route(\(d))"
+        }
+    }
+
+    static func machine(_ configure: (inout SessionConfiguration) -> Void = { _ in }) -> Machine {
+        var config = SessionConfiguration()
+        config.maxFramesPerSecond = 0
+        configure(&config)
+        var routes = RouteTable()
+        routes.add(try! DestinationPattern("/app/serial"), StubRoute(keepsOrderWhenPipelined: false))
+        routes.add(try! DestinationPattern("/app/stream"), StubRoute(keepsOrderWhenPipelined: true))
+        return Machine(policy: SessionPolicy(configuration: config, routes: routes), sessionID: "s-1", openedAt: 0, tickMs: 100)
+    }
+
+    /// Pulls every action.
+    static func drain(_ m: inout Machine) -> [Out] {
+        var out: [Out] = []
+        while let action = m.nextAction() {
+            switch action {
+            case .execute(let c, let step): out.append(.execute(describe(c), step: step))
+            case .sendReceipt(let r): out.append(.receipt(r))
+            case .stepAnswered(let step, let r): out.append(.answered(step, receipt: r))
+            case .connected(let c): out.append(.connected(heartBeat: c.frame.headers["heart-beat"] ?? "", receipt: c.receipt))
+            case .unsubscribe(let id, let r):
+                out.append(.unsubscribe(id))
+                if let r { out.append(.receipt(r)) }
+            case .close(let close):
+                if let f = close.failure {
+                    out.append(.error(f.message, receiptID: f.receiptID))
+                } else {
+                    out.append(.disconnect(receipt: close.receipt))
+                }
+            case .resumeReads: out.append(.resumeReads)
+            }
+        }
+        return out
+    }
+
+    static func frame(_ command: STOMPCommand, _ headers: [(String, String)]) -> STOMPFrame {
+        var h = STOMPHeaders()
+        for (n, v) in headers { h.add(n, v) }
+        return STOMPFrame(command, headers: h)
+    }
+
+    static func send(_ destination: String, receipt: String? = nil, tx: String? = nil) -> STOMPFrame {
+        var h: [(String, String)] = [("destination", destination)]
+        if let receipt { h.append(("receipt", receipt)) }
+        if let tx { h.append(("transaction", tx)) }
+        return frame(.send, h)
+    }
+
+    /// A connected machine (CONNECT step answered).
+    static func connected(_ configure: (inout SessionConfiguration) -> Void = { _ in }) -> Machine {
+        var m = machine(configure)
+        m.frameReceived(frame(.connect, [("accept-version", "1.2")]), now: .now())
+        #expect(drain(&m) == [.execute("connect(-)", step: 1)])
+        m.stepCompleted(1, .connected(nil))
+        _ = drain(&m)
+        #expect(m.phase == .connected)
+        return m
+    }
+
+    @Test func connectAnswersConnectedThenReceipt() {
+        var m = Self.machine()
+        m.frameReceived(Self.frame(.connect, [("accept-version", "1.1,1.2"), ("receipt", "c"), ("heart-beat", "1000,2000")]), now: .now())
+        #expect(Self.drain(&m) == [.execute("connect(-)", step: 1)])
+        #expect(m.phase == .awaitingConnect)
+        m.stepCompleted(1, .connected(nil))
+        #expect(Self.drain(&m) == [.connected(heartBeat: "10000,10000", receipt: "c")])
+        #expect(m.version == .v1_2)
+    }
+
+    @Test func connectedHeartBeatIsWhatIsInForce() {
+        for (client, expected) in [("0,0", "0,0"), ("0,20000", "20000,0"), ("30000,0", "0,30000"), ("5000,5000", "10000,10000")] {
+            var m = Self.machine()
+            m.frameReceived(Self.frame(.connect, [("accept-version", "1.2"), ("heart-beat", client)]), now: .now())
+            _ = Self.drain(&m)
+            m.stepCompleted(1, .connected(nil))
+            #expect(Self.drain(&m) == [.connected(heartBeat: expected, receipt: nil)], "client \(client)")
+        }
+    }
+
+    @Test func framesBeforeConnectAreRefused() {
+        var m = Self.machine()
+        m.frameReceived(Self.send("/topic/a", receipt: "r"), now: .now())
+        #expect(Self.drain(&m) == [.error("expected CONNECT or STOMP frame, got SEND", receiptID: "r")])
+        #expect(m.phase == .closed)
+        m.frameReceived(Self.frame(.connect, []), now: .now())
+        #expect(Self.drain(&m) == [])
+    }
+
+    @Test func pipelinedReceiptsGoOutInFrameOrder() {
+        var m = Self.connected()
+        for r in ["r1", "r2", "r3"] { m.frameReceived(Self.send("/topic/a", receipt: r), now: .now()) }
+        #expect(Self.drain(&m) == [.execute("publish(/topic/a)", step: 2), .execute("publish(/topic/a)", step: 3), .execute("publish(/topic/a)", step: 4)])
+        m.stepCompleted(4, .success)
+        #expect(Self.drain(&m) == [])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "r1")])
+        m.stepCompleted(3, .success)
+        #expect(Self.drain(&m) == [.answered(3, receipt: "r2"), .answered(4, receipt: "r3")])
+        #expect(!m.isBusy)
+    }
+
+    @Test func errorComesAfterEarlierReceipts() {
+        var m = Self.connected()
+        for r in ["r1", "r2", "r3"] { m.frameReceived(Self.send("/app/stream", receipt: r), now: .now()) }
+        _ = Self.drain(&m)
+        m.stepCompleted(3, .failure(SessionFailure("route for /app/stream failed: boom", kind: .route)))
+        m.stepCompleted(4, .success)
+        #expect(Self.drain(&m) == [])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "r1"), .error("route for /app/stream failed: boom", receiptID: "r2")])
+        #expect(m.phase == .closed)
+        m.stepCompleted(4, .success)
+        #expect(Self.drain(&m) == [])
+    }
+
+    @Test func serialStepHoldsUpLaterFrames() {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/app/serial", receipt: "w"), now: .now())
+        m.frameReceived(Self.send("/topic/a", receipt: "t"), now: .now())
+        #expect(Self.drain(&m) == [.execute("route(/app/serial)", step: 2)])
+        #expect(m.readsPaused)
+        let read = m.readRequested()
+        #expect(read == false)
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "w"), .execute("publish(/topic/a)", step: 3), .resumeReads])
+    }
+
+    @Test func nonPipelinableFrameWaitsForThePipeline() {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/topic/a", receipt: "s"), now: .now())
+        m.frameReceived(Self.frame(.subscribe, [("destination", "/topic/b"), ("id", "1"), ("receipt", "sub")]), now: .now())
+        m.frameReceived(Self.send("/topic/a", receipt: "s2"), now: .now())
+        #expect(Self.drain(&m) == [.execute("publish(/topic/a)", step: 2)])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "s"), .execute("subscribe(1 /topic/b)", step: 3)])
+        m.stepCompleted(3, .success)
+        #expect(Self.drain(&m) == [.answered(3, receipt: "sub"), .execute("publish(/topic/a)", step: 4)])
+    }
+
+    @Test func refusedSendIsAnsweredAfterThePipeline() {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/topic/a", receipt: "ok"), now: .now())
+        m.frameReceived(Self.send("/topic/*", receipt: "bad"), now: .now())
+        #expect(Self.drain(&m) == [.execute("publish(/topic/a)", step: 2)])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "ok"), .error("cannot SEND to wildcard destination /topic/*", receiptID: "bad")])
+    }
+
+    @Test func disconnectReceiptIsLast() {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/topic/a", receipt: "s"), now: .now())
+        m.frameReceived(Self.frame(.disconnect, [("receipt", "bye")]), now: .now())
+        #expect(Self.drain(&m) == [.execute("publish(/topic/a)", step: 2)])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "s"), .disconnect(receipt: "bye")])
+        #expect(m.phase == .closed)
+    }
+
+    @Test func transactionReplaysWithReceiptsAtCommit() {
+        var m = Self.connected()
+        m.frameReceived(Self.frame(.begin, [("transaction", "t"), ("receipt", "b")]), now: .now())
+        m.frameReceived(Self.send("/topic/a", receipt: "s1", tx: "t"), now: .now())
+        m.frameReceived(Self.frame(.ack, [("id", "m1"), ("transaction", "t"), ("receipt", "a1")]), now: .now())
+        m.frameReceived(Self.send("/topic/b", receipt: "s2", tx: "t"), now: .now())
+        // Nothing of the transaction is answered before COMMIT.
+        #expect(Self.drain(&m) == [.receipt("b")])
+        m.frameReceived(Self.frame(.commit, [("transaction", "t"), ("receipt", "c")]), now: .now())
+        #expect(Self.drain(&m) == [.execute("publish(/topic/a)", step: 2)])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "s1"), .receipt("a1"), .execute("publish(/topic/b)", step: 3)])
+        m.stepCompleted(3, .success)
+        #expect(Self.drain(&m) == [.answered(3, receipt: "s2"), .receipt("c")])
+    }
+
+    @Test func abortedTransactionSendsNoReceiptsOfItsFrames() {
+        var m = Self.connected()
+        m.frameReceived(Self.frame(.begin, [("transaction", "t")]), now: .now())
+        m.frameReceived(Self.send("/topic/a", receipt: "s1", tx: "t"), now: .now())
+        m.frameReceived(Self.frame(.abort, [("transaction", "t"), ("receipt", "ab")]), now: .now())
+        #expect(Self.drain(&m) == [.receipt("ab")])
+        m.frameReceived(Self.frame(.commit, [("transaction", "t")]), now: .now())
+        #expect(Self.drain(&m) == [.error("unknown transaction 't'", receiptID: nil)])
+    }
+
+    @Test func commitWithoutTransactionHeaderIsAnError() {
+        var m = Self.connected()
+        m.frameReceived(Self.frame(.commit, [("receipt", "c")]), now: .now())
+        #expect(Self.drain(&m) == [.error("COMMIT requires a transaction header", receiptID: "c")])
+    }
+
+    @Test func shutdownLetsTheStepInFlightFinishFirst() {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/app/serial", receipt: "w"), now: .now())
+        m.frameReceived(Self.send("/topic/a", receipt: "queued"), now: .now())
+        _ = Self.drain(&m)
+        m.closeRequested(reason: "server shutting down, reconnect")
+        #expect(Self.drain(&m) == [])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "w"), .error("server shutting down, reconnect", receiptID: nil)])
+    }
+
+    @Test func shutdownOfAnIdleSessionIsImmediate() {
+        var m = Self.connected()
+        m.closeRequested(reason: "bye")
+        #expect(Self.drain(&m) == [.error("bye", receiptID: nil)])
+    }
+
+    @Test func fatalErrorDropsPendingWork() {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/topic/a", receipt: "s"), now: .now())
+        _ = Self.drain(&m)
+        m.errorOccurred(SessionFailure("malformed frame"))
+        #expect(Self.drain(&m) == [.error("malformed frame", receiptID: nil)])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [])
+    }
+
+    @Test func pipelineWindowPausesReads() {
+        var m = Self.connected { $0.maxPipelinedSends = 2 }
+        for r in ["1", "2", "3"] { m.frameReceived(Self.send("/topic/a", receipt: r), now: .now()) }
+        #expect(Self.drain(&m) == [.execute("publish(/topic/a)", step: 2), .execute("publish(/topic/a)", step: 3)])
+        #expect(m.readsPaused)
+        let read = m.readRequested()
+        #expect(!read)
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "1"), .execute("publish(/topic/a)", step: 4)])
+        m.stepCompleted(3, .success)
+        #expect(Self.drain(&m) == [.answered(3, receipt: "2"), .resumeReads])
+    }
+
+    @Test func queueLimitFailsTheSession() {
+        var m = Self.connected { $0.maxQueuedFrames = 2 }
+        m.frameReceived(Self.send("/app/serial"), now: .now())
+        _ = Self.drain(&m)
+        m.frameReceived(Self.send("/topic/a"), now: .now())
+        m.frameReceived(Self.send("/topic/a"), now: .now())
+        m.frameReceived(Self.send("/topic/a"), now: .now())
+        #expect(Self.drain(&m) == [.error("too many frames queued behind an unfinished SEND (limit 2)", receiptID: nil)])
+    }
+
+    @Test func subscribeRules() {
+        var m = Self.connected { $0.maxSubscriptionsPerSession = 1 }
+        m.frameReceived(Self.frame(.subscribe, [("destination", "/topic/a"), ("id", "1")]), now: .now())
+        #expect(Self.drain(&m) == [.execute("subscribe(1 /topic/a)", step: 2)])
+        m.stepCompleted(2, .success)
+        _ = Self.drain(&m)
+        m.frameReceived(Self.frame(.subscribe, [("destination", "/topic/b"), ("id", "2"), ("receipt", "x")]), now: .now())
+        #expect(Self.drain(&m) == [.error("too many subscriptions (limit 1)", receiptID: "x")])
+
+        var n = Self.connected()
+        n.frameReceived(Self.frame(.subscribe, [("destination", "/app/serial"), ("id", "1")]), now: .now())
+        #expect(Self.drain(&n) == [.error("cannot SUBSCRIBE to application destination /app/serial", receiptID: nil)])
+
+        var u = Self.connected()
+        u.frameReceived(Self.frame(.subscribe, [("destination", "/topic/a"), ("id", "1")]), now: .now())
+        _ = Self.drain(&u)
+        u.stepCompleted(2, .success)
+        _ = Self.drain(&u)
+        u.frameReceived(Self.frame(.unsubscribe, [("id", "1"), ("receipt", "u")]), now: .now())
+        u.frameReceived(Self.frame(.subscribe, [("destination", "/topic/a"), ("id", "1")]), now: .now())
+        #expect(Self.drain(&u) == [.unsubscribe("1"), .receipt("u"), .execute("subscribe(1 /topic/a)", step: 3)])
+    }
+
+    @Test func heartBeatsAndTimeout() {
+        // Server 10 s both ways, client 1 s both ways, 100 ms ticks: send every 100 ticks,
+        // close after 2 × 10 s (tolerance 2) without a read.
+        var m = Self.machine()
+        m.frameReceived(Self.frame(.connect, [("accept-version", "1.2"), ("heart-beat", "1000,1000")]), now: .now())
+        _ = Self.drain(&m)
+        m.stepCompleted(1, .connected(nil))
+        _ = Self.drain(&m)
+        m.read(at: 0)
+        m.wrote(at: 0)
+        do { let t = m.tick(1, now: .now()); #expect(t == .wait(next: 100)) }
+        do { let t = m.tick(100, now: .now()); #expect(t == .sendHeartbeat(next: 200)) }
+        m.read(at: 150)
+        do { let t = m.tick(200, now: .now()); #expect(t == .sendHeartbeat(next: 300)) }
+        do { let t = m.tick(352, now: .now()); #expect(t == .closed) }
+        #expect(Self.drain(&m) == [.error("heart-beat timeout: nothing received from the client in time", receiptID: nil)])
+    }
+
+    @Test func busySessionIsNotTimedOut() {
+        var m = Self.machine()
+        m.frameReceived(Self.frame(.connect, [("accept-version", "1.2"), ("heart-beat", "1000,1000")]), now: .now())
+        _ = Self.drain(&m)
+        m.stepCompleted(1, .connected(nil))
+        _ = Self.drain(&m)
+        m.read(at: 0)
+        m.frameReceived(Self.send("/app/serial"), now: .now())
+        _ = Self.drain(&m)
+        do { let t = m.tick(1000, now: .now()); #expect(t == .sendHeartbeat(next: 1001)) }
+    }
+
+    @Test func connectDeadline() {
+        var m = Self.machine { $0.connectTimeout = .milliseconds(500) }
+        do { let t = m.tick(1, now: .now()); #expect(t == .wait(next: 6)) }
+        do { let t = m.tick(6, now: .now()); #expect(t == .closed) }
+        #expect(Self.drain(&m) == [.error("no CONNECT frame within 500 ms", receiptID: nil)])
+    }
+
+    @Test func expiredTokenClosesTheSession() {
+        var m = Self.machine()
+        m.frameReceived(Self.frame(.connect, [("accept-version", "1.2")]), now: .now())
+        _ = Self.drain(&m)
+        m.stepCompleted(1, .connected(SessionIdentity(user: "u", expiresAt: .now() + .seconds(1))))
+        _ = Self.drain(&m)
+        do { let t = m.tick(1, now: .now()); #expect(t == .wait(next: 11)) }
+        do { let t = m.tick(11, now: .now() + .seconds(2)); #expect(t == .closed) }
+        #expect(Self.drain(&m) == [.error("authentication expired: the token's exp has passed", receiptID: nil)])
+    }
+
+    @Test func writeStallIsASlowConsumer() {
+        var m = Self.connected()
+        m.writabilityChanged(isWritable: true)
+        #expect(Self.drain(&m) == [])
+        m.writabilityChanged(isWritable: false)
+        #expect(Self.drain(&m) == [.error("slow consumer: more than 4194304 bytes pending delivery", receiptID: nil)])
+    }
+}
