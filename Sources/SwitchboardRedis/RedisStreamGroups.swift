@@ -150,9 +150,10 @@ public final class RedisStreamGroups: Sendable {
                     failures = 0
                     nextCheck = clock.now + Self.checkInterval
                 } catch {
-                    // Retried every 100 ms (a command fails at once while Redis is unreachable).
+                    // Retried every 100 ms (a command fails at once while Redis is unreachable);
+                    // logged after 1 s, not for the usual wait for the first connection.
                     failures += 1
-                    if failures == 1 || failures % 50 == 0 {
+                    if failures == 10 || failures % 50 == 0 {
                         logger.warning("cannot verify consumer groups yet; retrying", metadata: ["stream": "\(self.stream)", "error": "\(error)"])
                     }
                 }
