@@ -8,6 +8,11 @@ extension StreamConsumer {
     /// Connects, runs a reading session, and reconnects with backoff until stopped.
     func loop(_ handler: @escaping Handler) async {
         var attempt = 0
+        // The configured start applies to the group's first creation only: a group found missing
+        // later (Redis lost its data) is re-created at 0, so no entry stored meanwhile is skipped.
+        var groupStartID = self.configuration.groupStartID
+        var connectedBefore = false
+        var retryAtOnce = false
         while !self.isStopRequested {
             var connection: RedisConnection?
             do {
@@ -20,11 +25,19 @@ extension StreamConsumer {
                     return true
                 }
                 guard attached else { break }
-                do {
-                    _ = try await opened.execute(self.groupCreateCommand)
-                } catch let error as RedisServerError where error.isBusyGroup {}
+                if try await self.createGroupIfMissing(at: groupStartID, on: opened), connectedBefore {
+                    self.logger.notice("consumer group re-created at 0", metadata: ["group": "\(self.configuration.group)"])
+                }
+                groupStartID = "0"
+                connectedBefore = true
                 attempt = 0
                 try await self.session(on: opened, handler)
+            } catch let error as RedisServerError where error.isNoGroup {
+                self.logger.warning(
+                    "consumer group missing (Redis lost its data?); re-creating it at 0",
+                    metadata: ["stream": "\(self.configuration.stream)", "group": "\(self.configuration.group)"]
+                )
+                retryAtOnce = true
             } catch {
                 if !self.isStopRequested {
                     self.logger.warning("stream consumer connection failed; reconnecting", metadata: ["error": "\(error)"])
@@ -36,9 +49,12 @@ extension StreamConsumer {
             }
             await connection?.close()
             if self.isStopRequested { break }
-            let delay = min(self.configuration.reconnectBackoffMaximum, .milliseconds(100 << min(attempt, 16)))
+            if retryAtOnce {
+                retryAtOnce = false
+                continue
+            }
+            await self.sleepUnlessStopped(min(self.configuration.reconnectBackoffMaximum, .milliseconds(100 << min(attempt, 16))))
             attempt += 1
-            await self.sleepUnlessStopped(delay)
         }
     }
 
@@ -72,8 +88,8 @@ extension StreamConsumer {
                     continue
                 }
                 pendingCursor = last.id
-                let counts = try await self.deliveryCounts(of: entries.map(\.id), on: connection)
-                if try await self.process(entries, counts: counts, on: connection, handler) {
+                let lease = try await self.renew(entries.map(\.id), on: connection)
+                if try await self.process(entries, lease: lease, on: connection, handler) {
                     retryAt = retryAt ?? clock.now + configuration.retryDelay
                 }
                 continue
@@ -103,6 +119,7 @@ extension StreamConsumer {
             }
             guard blocking else { break }
             let result: RedisStreamReadResult?
+            let readAt = clock.now
             do {
                 result = try await connection.execute(read)
                 self.state.withLockedValue { $0.blocking = false }
@@ -113,8 +130,8 @@ extension StreamConsumer {
             }
             let entries = result?[configuration.stream] ?? []
             if entries.isEmpty { continue }
-            let counts = Dictionary(entries.map { ($0.id, 1) }, uniquingKeysWith: { a, _ in a })
-            if try await self.process(entries, counts: counts, on: connection, handler) {
+            let lease = BatchLease(newlyRead: entries.map(\.id), readAt: readAt)
+            if try await self.process(entries, lease: lease, on: connection, handler) {
                 retryAt = retryAt ?? clock.now + configuration.retryDelay
             }
         }
@@ -139,28 +156,12 @@ extension StreamConsumer {
             if !entries.isEmpty {
                 self.logger.info("claimed idle entries", metadata: ["count": "\(entries.count)", "first": "\(entries[0].id)"])
                 self.state.withLockedValue { $0.statistics.claimed += entries.count }
-                let counts = try await self.deliveryCounts(of: entries.map(\.id), on: connection)
-                if try await self.process(entries, counts: counts, on: connection, handler) { failed = true }
+                let lease = try await self.renew(entries.map(\.id), on: connection)
+                if try await self.process(entries, lease: lease, on: connection, handler) { failed = true }
             }
             cursor = result.nextStartID
             rounds += 1
         } while cursor != "0-0" && rounds < 10 && !self.isStopRequested
         return failed
-    }
-
-    /// Delivery counts of entries pending for this consumer (`XPENDING` extended form, pipelined).
-    /// An ID missing from the result is no longer pending for this consumer.
-    func deliveryCounts(of ids: [String], on connection: RedisConnection) async throws -> [String: Int] {
-        let configuration = self.configuration
-        let futures = ids.map { id in
-            connection.send(XPENDINGRANGE(
-                key: configuration.stream, group: configuration.group, start: id, end: id, count: 1, consumer: configuration.consumerName
-            ))
-        }
-        var counts: [String: Int] = [:]
-        for future in futures {
-            for pending in try await future.get() { counts[pending.id] = pending.deliveryCount }
-        }
-        return counts
     }
 }

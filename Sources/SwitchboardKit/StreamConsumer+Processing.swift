@@ -5,18 +5,37 @@ import RedisClient
 extension StreamConsumer {
     /// Handles `entries` in order: acknowledges successes, dead-letters exhausted entries and
     /// leaves failures pending. Stops early (leaving the rest pending) when a stop was requested.
+    /// Renews `lease` meanwhile, so no other replica takes these entries over while this one is
+    /// alive and its handler calls end within `claimMinIdle` (see ``BatchLease``).
     ///
-    /// - Parameter counts: delivery count per entry ID; an entry without one is no longer pending
-    ///   for this consumer (acknowledged or taken over meanwhile) and is skipped.
+    /// - Parameter lease: the entries still pending for this consumer, with their delivery
+    ///   counts; an entry not in it (acknowledged or taken over meanwhile) is skipped.
     /// - Returns: whether an entry failed and stays pending for a retry.
     func process(
-        _ entries: [RedisStreamEntry], counts: [String: Int], on connection: RedisConnection, _ handler: @escaping Handler
+        _ entries: [RedisStreamEntry], lease: BatchLease, on connection: RedisConnection, _ handler: @escaping Handler
+    ) async throws -> Bool {
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { await self.keepRenewing(lease, on: connection) }
+            defer { tasks.cancelAll() }
+            return try await self.processEntries(entries, lease: lease, on: connection, handler)
+        }
+    }
+
+    private func processEntries(
+        _ entries: [RedisStreamEntry], lease: BatchLease, on connection: RedisConnection, _ handler: @escaping Handler
     ) async throws -> Bool {
         let configuration = self.configuration
         var retry = false
         for entry in entries {
             if self.isStopRequested { break }
-            guard let deliveries = counts[entry.id] else { continue }
+            defer { lease.finished(entry.id) }
+            if !lease.isFresh(at: .now, within: configuration.claimMinIdle / 2) {
+                try await self.renew(lease.remaining, on: connection, lease: lease)
+            }
+            guard let deliveries = lease.deliveries(of: entry.id) else {
+                self.logger.debug("entry no longer pending for this consumer; skipped", metadata: ["entry": "\(entry.id)"])
+                continue
+            }
             if entry.isDeleted {
                 // Trimmed from the stream while pending: nothing left to handle.
                 _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
@@ -28,6 +47,7 @@ extension StreamConsumer {
                 try await self.deadLetter(entry, deliveries: deliveries, lastError: lastError, on: connection)
                 continue
             }
+            lease.handlerStarted(at: .now)
             let message = IncomingMessage(entry: entry, stream: configuration.stream, deliveryCount: deliveries)
             // An unstructured task: cancelling `run` must not cancel the handler in flight.
             let outcome = await Task { try await handler(message) }.result

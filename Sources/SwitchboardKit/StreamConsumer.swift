@@ -9,21 +9,26 @@ import SwitchboardRedis
 /// handler, acknowledging it only after the handler succeeded.
 ///
 /// What ``run(_:)`` does:
-/// - creates the group if it is missing (`XGROUP CREATE <stream> <group> $ MKSTREAM`);
+/// - creates the group if it is missing (`XGROUP CREATE <stream> <group> 0 MKSTREAM`); a group
+///   that vanishes later (Redis lost its data: `NOGROUP`) is re-created at `0` and reading goes on;
 /// - processes this consumer's own pending entries first (`XREADGROUP … 0`), then reads new ones
 ///   with a blocking `XREADGROUP … >` on a dedicated connection;
 /// - `XACK`s an entry once the handler returned; a throwing handler leaves it pending, and it is
 ///   retried after ``StreamConsumerConfiguration/retryDelay``;
 /// - takes over entries idle past ``StreamConsumerConfiguration/claimMinIdle`` (a crashed
 ///   replica's) with `XAUTOCLAIM`, at start and every ``StreamConsumerConfiguration/claimInterval``;
+/// - while working through a batch, renews its hold on the entries not finished yet every
+///   `claimMinIdle / 3` (`XCLAIM … JUSTID` of those still its own), so a live replica keeps them;
 /// - moves an entry to ``StreamConsumerConfiguration/deadLetterStream`` (with `original-id`,
 ///   `deliveries`, `last-error`) and acknowledges it after ``StreamConsumerConfiguration/maxDeliveries``
 ///   attempts;
-/// - reconnects with backoff when the connection is lost (and re-creates a vanished group).
+/// - reconnects with backoff when the connection is lost.
 ///
 /// Entries are handled one at a time, in order; scale out with more replicas (consumers).
-/// Delivery is at least once: a handler must tolerate seeing an entry again (after a crash, or
-/// when it ran longer than `claimMinIdle`).
+/// Delivery is at least once: an entry is handled twice only when a replica dies (or loses Redis
+/// for `claimMinIdle`) after its handler started, or when one handler call runs longer than
+/// `claimMinIdle` (its hold is not renewed past that, so a stuck handler cannot keep entries
+/// forever). A handler must tolerate seeing an entry again.
 ///
 /// ```swift
 /// let consumer = StreamConsumer(client: client, configuration: .init(stream: "GREETING_CHANNEL_OUTBOUND", group: "greeting-service"))
@@ -113,15 +118,22 @@ public final class StreamConsumer: Sendable {
 
     var isStopRequested: Bool { self.state.withLockedValue { $0.stopRequested } }
 
-    /// Creates the consumer group (`XGROUP CREATE … MKSTREAM`) unless it exists. `run` does this too.
+    /// Creates the consumer group (`XGROUP CREATE … MKSTREAM`, at
+    /// ``StreamConsumerConfiguration/groupStartID``) unless it exists. `run` does this too.
     public func createGroup() async throws {
-        do {
-            _ = try await self.client.execute(self.groupCreateCommand)
-        } catch let error as RedisServerError where error.isBusyGroup {}
+        _ = try await self.createGroupIfMissing(at: self.configuration.groupStartID, on: nil)
     }
 
-    var groupCreateCommand: XGROUPCREATE {
-        XGROUPCREATE(key: self.configuration.stream, group: self.configuration.group, id: self.configuration.groupStartID, makeStream: true)
+    /// Creates the group at `startID` unless it exists, on `connection` (or the client's). Returns
+    /// whether it had to be created.
+    func createGroupIfMissing(at startID: String, on connection: RedisConnection?) async throws -> Bool {
+        let command = XGROUPCREATE(key: self.configuration.stream, group: self.configuration.group, id: startID, makeStream: true)
+        do {
+            if let connection { _ = try await connection.execute(command) } else { _ = try await self.client.execute(command) }
+            return true
+        } catch let error as RedisServerError where error.isBusyGroup {
+            return false
+        }
     }
 
     // MARK: Publishing

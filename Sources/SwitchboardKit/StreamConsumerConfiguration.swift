@@ -22,14 +22,17 @@ public struct StreamConsumerConfiguration: Sendable {
     /// ``defaultConsumerName()``); reusing the name of a crashed replica makes this one resume its
     /// pending entries at start.
     public var consumerName: String
-    /// Maximum number of entries fetched by one `XREADGROUP` or `XAUTOCLAIM` (`COUNT`).
+    /// Maximum number of entries fetched by one `XREADGROUP` or `XAUTOCLAIM` (`COUNT`), 1 to 1,000:
+    /// the hold on a batch's unfinished entries is renewed in one command.
     public var batchSize: Int
     /// How long one blocking `XREADGROUP … BLOCK` waits for new entries before the loop looks
     /// at claims, retries and stop requests again.
     public var blockTime: Duration
-    /// Pending entries idle for longer than this (delivered to some consumer but not acknowledged)
-    /// are taken over with `XAUTOCLAIM`. Must exceed the longest time a healthy replica needs for
-    /// one batch, or slow entries are processed twice.
+    /// Pending entries idle for longer than this (delivered to some consumer but not acknowledged,
+    /// and not renewed) are taken over with `XAUTOCLAIM`. A live consumer renews its hold on its
+    /// batch every `claimMinIdle / 3`, except while one handler call has run for `claimMinIdle`:
+    /// so this must exceed the longest handler call, or that entry may be processed twice. Use the
+    /// same value in every replica.
     public var claimMinIdle: Duration
     /// How often the consumer scans the group for entries to take over (it also scans at start).
     public var claimInterval: Duration
@@ -43,8 +46,9 @@ public struct StreamConsumerConfiguration: Sendable {
     public var deadLetterStream: String
     /// Approximate `MAXLEN` for the dead-letter stream; `nil` (default) keeps every entry.
     public var deadLetterMaxLength: Int?
-    /// The ID the group starts at if this consumer creates it: `$` (default) for entries added
-    /// from now on, `0` for the whole stream.
+    /// The ID the group starts at if this consumer creates it first: `0` (default) for the whole
+    /// stream, so no entry the gateway stored before the group existed is skipped; `$` for entries
+    /// added from now on. A group found missing later is always re-created at `0`.
     public var groupStartID: String
     /// How gateway channels are named in Redis (must match the gateway's prefix).
     public var channelNaming: RedisChannelNaming
@@ -64,14 +68,14 @@ public struct StreamConsumerConfiguration: Sendable {
         maxDeliveries: Int = 5,
         deadLetterStream: String? = nil,
         deadLetterMaxLength: Int? = nil,
-        groupStartID: String = "$",
+        groupStartID: String = "0",
         channelNaming: RedisChannelNaming = RedisChannelNaming(),
         reconnectBackoffMaximum: Duration = .seconds(5)
     ) {
         self.stream = stream
         self.group = group
         self.consumerName = consumerName
-        self.batchSize = max(1, batchSize)
+        self.batchSize = min(max(1, batchSize), 1_000)
         self.blockTime = blockTime
         self.claimMinIdle = claimMinIdle
         self.claimInterval = claimInterval

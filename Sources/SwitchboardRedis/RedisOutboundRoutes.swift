@@ -12,17 +12,26 @@ import Synchronization
 /// (when known), `instance`, `timestamp` (ms since 1970), then the SEND's user headers
 /// (a header named like one of these fields is dropped). Written with `XADD MAXLEN ~ n`.
 /// The future succeeds only once Redis confirmed the XADD, so a RECEIPT means stored.
+///
+/// With consumer groups configured, ``groups`` keeps them in existence: after a reconnect the
+/// XADDs wait until every group was seen or re-created, so no stored entry is skipped.
 public struct RedisStreamRoute: AppRoute {
     public let stream: String
     public let maxLength: Int
     let client: RedisClient
+    /// The consumer groups this route keeps, `nil` when none is configured.
+    public let groups: RedisStreamGroups?
     /// XADDs go out in order on the client's one command connection.
     public var keepsOrderWhenPipelined: Bool { true }
 
-    public init(stream: String, maxLength: Int, client: RedisClient) {
+    /// - Parameters:
+    ///   - groups: consumer groups to create (at `0`) and re-create when Redis lost them.
+    ///   - eventLoop: where group verifications complete.
+    public init(stream: String, maxLength: Int, client: RedisClient, groups: [String] = [], eventLoop: any EventLoop) {
         self.stream = stream
         self.maxLength = maxLength
         self.client = client
+        self.groups = groups.isEmpty ? nil : RedisStreamGroups(stream: stream, groups: groups, client: client, eventLoop: eventLoop)
     }
 
     public var description: String { "redis stream \(stream)" }
@@ -53,7 +62,10 @@ public struct RedisStreamRoute: AppRoute {
     public func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
         let stream = self.stream
         let start = NIODeadline.now()
-        return client.send(XADD(key: stream, maxLength: maxLength, approximateTrim: true, fields: Self.fields(for: message)))
+        let xadd = XADD(key: stream, maxLength: maxLength, approximateTrim: true, fields: Self.fields(for: message))
+        let client = self.client
+        let sent = groups.map { $0.whenVerified(on: eventLoop) { client.send(xadd) } } ?? client.send(xadd)
+        return sent
             .hop(to: eventLoop)
             .map { _ in
                 Self.xaddTimer.recordNanoseconds((NIODeadline.now() - start).nanoseconds)
@@ -63,18 +75,6 @@ public struct RedisStreamRoute: AppRoute {
                 Self.failures.add(1, ordering: .relaxed)
                 throw RouteError("XADD to redis stream \(stream) failed: \(error)")
             }
-    }
-
-    /// Creates the consumer groups backends read with (`XGROUP CREATE … $ MKSTREAM`); an
-    /// existing group is fine.
-    public func createGroups(_ groups: [String]) async throws {
-        for group in groups {
-            do {
-                _ = try await client.execute(XGROUPCREATE(key: stream, group: group, id: "$", makeStream: true))
-            } catch let error as RedisServerError where error.code == "BUSYGROUP" {
-                continue
-            }
-        }
     }
 }
 

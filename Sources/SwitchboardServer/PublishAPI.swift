@@ -16,6 +16,8 @@ struct PublishAPI: Sendable {
     let eventLoopGroup: any EventLoopGroup
     let admission: ConnectionAdmission
     let apiKeys: APIKeyStore
+    /// The consumer groups of the stream routes: not ready while one is unverified.
+    var streamGroups: [RedisStreamGroups] = []
 
     func register(on router: Router<BasicRequestContext>) {
         router.post("/api/notification") { request, context in
@@ -104,7 +106,8 @@ struct PublishAPI: Sendable {
         return Self.json(answer)
     }
 
-    /// Ready: accepting sessions (not draining) and, in Redis mode, both Redis connections up.
+    /// Ready: accepting sessions (not draining) and, in Redis mode, both Redis connections up and
+    /// every configured consumer group verified on the current connection.
     func readiness() -> Response {
         var reasons: [String] = []
         if !admission.admitsConnections { reasons.append("draining") }
@@ -112,6 +115,7 @@ struct PublishAPI: Sendable {
             for role in [RedisConnectionRole.commands, .subscriptions] where engine.client.connectionState(role) != .connected {
                 reasons.append("redis \(role) connection is \(engine.client.connectionState(role))")
             }
+            reasons += streamGroups.compactMap(\.notReadyReason)
         }
         if reasons.isEmpty { return Self.json(["status": "ready"]) }
         return Self.json(["status": "not ready", "reasons": reasons], status: .serviceUnavailable)

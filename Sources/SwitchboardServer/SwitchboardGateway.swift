@@ -27,7 +27,7 @@ public struct SwitchboardGateway: Sendable {
     struct RedisParts: Sendable {
         let client: RedisClient
         let engine: RedisEngine
-        let streamRoutes: [(route: RedisStreamRoute, groups: [String])]
+        let streamRoutes: [RedisStreamRoute]
         let inbound: [RedisInboundRoute]
     }
 
@@ -93,15 +93,15 @@ public struct SwitchboardGateway: Sendable {
             engine = re
         }
         var routes = RouteTable()
-        var streamRoutes: [(route: RedisStreamRoute, groups: [String])] = []
+        var streamRoutes: [RedisStreamRoute] = []
         for route in configuration.routes {
             let pattern = try DestinationPattern(route.destination)
             switch route.kind {
             case .webhook:
                 routes.add(pattern, try WebhookRoute(url: route.url, timeout: .milliseconds(Int64(route.timeoutMs))))
             case .redisStream:
-                let r = RedisStreamRoute(stream: route.stream, maxLength: route.maxLength, client: redisClient!)
-                streamRoutes.append((r, route.groups))
+                let r = RedisStreamRoute(stream: route.stream, maxLength: route.maxLength, client: redisClient!, groups: route.groups, eventLoop: loops[0])
+                streamRoutes.append(r)
                 routes.add(pattern, r)
             case .redisPubSub:
                 routes.add(pattern, RedisPubSubRoute(channel: route.channel, client: redisClient!))
@@ -137,7 +137,8 @@ public struct SwitchboardGateway: Sendable {
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.allowedOrigins))
         MetricsEndpoint(registry: metricsRegistry, services: services).register(on: router)
-        PublishAPI(services: services, maxBodyBytes: configuration.apiMaxBodyBytes, eventLoopGroup: group, admission: admission, apiKeys: apiKeys)
+        PublishAPI(services: services, maxBodyBytes: configuration.apiMaxBodyBytes, eventLoopGroup: group, admission: admission, apiKeys: apiKeys,
+                   streamGroups: redis?.streamRoutes.compactMap(\.groups) ?? [])
             .register(on: router)
         if configuration.consoleEnabled {
             let inbound = (configuration.redis?.inbound ?? []).filter { $0.kind != .stream }.map(\.channel)
@@ -225,21 +226,12 @@ struct RedisService: Service {
 
     func run() async throws {
         try await parts.engine.start()
-        // Consumer groups are created as soon as Redis answers (it may not be up yet).
+        // Consumer groups are created as soon as Redis answers (it may not be up yet), and
+        // re-created whenever Redis lost them; the instance is not ready until they exist.
         let groupsTask = Task {
-            for (route, groups) in parts.streamRoutes where !groups.isEmpty {
-                var attempt = 0
-                while !Task.isCancelled {
-                    do {
-                        try await route.createGroups(groups)
-                        break
-                    } catch {
-                        attempt += 1
-                        if attempt == 1 || attempt % 20 == 0 {
-                            logger.warning("cannot create consumer groups yet; retrying", metadata: ["stream": "\(route.stream)", "error": "\(error)"])
-                        }
-                        try? await Task.sleep(for: .milliseconds(min(100 * attempt, 2_000)))
-                    }
+            await withTaskGroup(of: Void.self) { tasks in
+                for groups in parts.streamRoutes.compactMap(\.groups) {
+                    tasks.addTask { await groups.maintain(logger: logger) }
                 }
             }
         }

@@ -47,7 +47,7 @@ struct GreetingService: AsyncParsableCommand {
     @Flag(help: "Answer only the sender's session instead of every subscriber of the reply destination.")
     var replyToSender = false
 
-    @Option(help: "Take over entries idle this long (ms) from crashed replicas.")
+    @Option(help: "Take over entries idle this long (ms) from crashed replicas; also the longest a single message may take before another replica may process it too.")
     var claimMinIdleMs = 5000
 
     @Option(help: "Scan for entries to take over this often (ms).")

@@ -14,6 +14,8 @@ public struct RedisServerError: Error, Hashable, Sendable, CustomStringConvertib
 
     /// `true` for `XGROUP CREATE` on an existing group.
     public var isBusyGroup: Bool { self.code == "BUSYGROUP" }
+    /// `true` when a stream or its consumer group does not exist (`XREADGROUP`, `XAUTOCLAIM`, …).
+    public var isNoGroup: Bool { self.code == "NOGROUP" }
     /// `true` for authentication failures (`NOAUTH`, `WRONGPASS`).
     public var isAuthenticationError: Bool { self.code == "NOAUTH" || self.code == "WRONGPASS" }
     /// `true` for `EVALSHA` with an unknown script.

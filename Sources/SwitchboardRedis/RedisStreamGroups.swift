@@ -1,0 +1,164 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import RedisClient
+import SwitchboardCore
+
+/// Keeps the consumer groups of one stream route in existence, so that no entry the gateway
+/// answered with a `RECEIPT` goes unread.
+///
+/// - A group is created with `XGROUP CREATE <stream> <group> 0 MKSTREAM` (an existing group is
+///   left as it is): a group the gateway creates starts at the beginning of the stream, so an
+///   entry stored before the group existed (Redis lost its data, the gateway wrote a few entries,
+///   then noticed) is still delivered.
+/// - The groups count as *verified* for one connection to Redis: after every reconnect (Redis
+///   restarted, failed over to an empty replica) they are checked again, and the route's `XADD`s
+///   wait until that is done (``whenVerified(on:)``).
+/// - ``maintain(logger:)`` checks again every ``checkInterval`` anyway, which catches data lost
+///   without a reconnect (`FLUSHALL`); entries written meanwhile are not skipped, as the group is
+///   re-created at `0`.
+/// - ``notReadyReason`` feeds `/health/ready`: the gateway is not ready while a group is unverified.
+public final class RedisStreamGroups: Sendable {
+    public let stream: String
+    public let groups: [String]
+    let client: RedisClient
+    let eventLoop: any EventLoop
+    /// How often ``maintain(logger:)`` re-creates missing groups when nothing else asks for it.
+    public static let checkInterval: Duration = .seconds(1)
+
+    struct State {
+        /// The client's ``RedisClient/reconnectCount`` when the groups were last seen or created.
+        var verifiedGeneration: Int?
+        var inFlight: EventLoopFuture<[String]>?
+        /// SENDs waiting for a verification before their `XADD`; while any waits, later SENDs
+        /// wait too, so one session's entries keep their order.
+        var waiting = 0
+        var lastError: String?
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    /// - Parameter eventLoop: where verifications complete.
+    public init(stream: String, groups: [String], client: RedisClient, eventLoop: any EventLoop) {
+        self.stream = stream
+        self.groups = groups
+        self.client = client
+        self.eventLoop = eventLoop
+    }
+
+    /// Whether the groups were verified on the current Redis connection.
+    public var isVerified: Bool {
+        let generation = self.client.reconnectCount
+        return self.state.withLockedValue { $0.verifiedGeneration == generation }
+    }
+
+    /// Why the route is not ready, or `nil` when its groups are verified.
+    public var notReadyReason: String? {
+        let generation = self.client.reconnectCount
+        return self.state.withLockedValue { state in
+            guard state.verifiedGeneration != generation else { return nil }
+            let names = self.groups.joined(separator: ", ")
+            return "consumer groups \(names) of stream \(self.stream) not verified yet" + (state.lastError.map { " (\($0))" } ?? "")
+        }
+    }
+
+    /// Runs `send` at once while the groups are verified; otherwise first verifies them
+    /// (creating missing ones), then runs `send` on `eventLoop`. Fails if they cannot be verified.
+    func whenVerified<T: Sendable>(on eventLoop: any EventLoop, _ send: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
+        let generation = self.client.reconnectCount
+        let direct = self.state.withLockedValue { state -> Bool in
+            if state.verifiedGeneration == generation, state.waiting == 0 { return true }
+            state.waiting += 1
+            return false
+        }
+        if direct { return send() }
+        let stream = self.stream
+        return self.verify().hop(to: eventLoop)
+            .flatMapErrorThrowing { error in
+                self.state.withLockedValue { $0.waiting -= 1 }
+                throw RouteError("consumer groups of redis stream \(stream) could not be verified: \(error)")
+            }
+            .flatMap { _ in
+                let future = send()
+                self.state.withLockedValue { $0.waiting -= 1 }
+                return future
+            }
+    }
+
+    /// Creates the groups that are missing (one verification at a time). The future gives the
+    /// groups that had to be created.
+    func verify() -> EventLoopFuture<[String]> {
+        let generation = self.client.reconnectCount
+        let promise = self.eventLoop.makePromise(of: [String].self)
+        let running = self.state.withLockedValue { state -> EventLoopFuture<[String]>? in
+            if let inFlight = state.inFlight { return inFlight }
+            state.inFlight = promise.futureResult
+            return nil
+        }
+        if let running { return running }
+        let creations = self.groups.map { group in
+            self.client.send(XGROUPCREATE(key: self.stream, group: group, id: "0", makeStream: true))
+                .map { _ in Optional(group) }
+                .flatMapErrorThrowing { error in
+                    if let error = error as? RedisServerError, error.isBusyGroup { return nil }
+                    throw error
+                }
+        }
+        EventLoopFuture.whenAllComplete(creations, on: promise.futureResult.eventLoop).whenSuccess { results in
+            var created: [String] = []
+            var failure: (any Error)?
+            for result in results {
+                switch result {
+                case .success(let group): if let group { created.append(group) }
+                case .failure(let error): failure = failure ?? error
+                }
+            }
+            self.state.withLockedValue { state in
+                state.inFlight = nil
+                if let failure {
+                    state.lastError = "\(failure)"
+                } else {
+                    state.verifiedGeneration = generation
+                    state.lastError = nil
+                }
+            }
+            if let failure { promise.fail(failure) } else { promise.succeed(created) }
+        }
+        return promise.futureResult
+    }
+
+    /// Verifies the groups until the task is cancelled: at once, within 100 ms of a reconnect, and
+    /// every ``checkInterval``. Logs groups it had to re-create.
+    public func maintain(logger: Logger) async {
+        let clock = ContinuousClock()
+        var nextCheck = clock.now
+        var failures = 0
+        var everVerified = false
+        while !Task.isCancelled {
+            if clock.now >= nextCheck || !self.isVerified {
+                do {
+                    let created = try await self.verify().get()
+                    if !created.isEmpty {
+                        let metadata: Logger.Metadata = ["stream": "\(self.stream)", "groups": "\(created.joined(separator: ","))"]
+                        if everVerified {
+                            logger.warning("consumer groups were missing (Redis lost its data?); re-created at 0", metadata: metadata)
+                        } else {
+                            logger.info("consumer groups created at 0", metadata: metadata)
+                        }
+                    }
+                    everVerified = true
+                    failures = 0
+                    nextCheck = clock.now + Self.checkInterval
+                } catch {
+                    // Retried every 100 ms (a command fails at once while Redis is unreachable);
+                    // logged after 1 s, not for the usual wait for the first connection.
+                    failures += 1
+                    if failures == 10 || failures % 50 == 0 {
+                        logger.warning("cannot verify consumer groups yet; retrying", metadata: ["stream": "\(self.stream)", "error": "\(error)"])
+                    }
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+    }
+}
