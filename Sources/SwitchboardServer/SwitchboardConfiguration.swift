@@ -1,9 +1,11 @@
 import Configuration
 import Logging
 import NIOCore
+import RedisClient
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardAuth
+import SwitchboardRoutes
 
 /// One `/app` route from configuration.
 public struct RouteConfiguration: Sendable, Equatable {
@@ -45,6 +47,14 @@ public struct RedisInboundSetting: Sendable, Equatable {
     public var stream: String = ""
 }
 
+/// Log output: `log.format`, and `log.levels.<subsystem>` over `log.level`.
+public struct LogSettings: Sendable, Equatable {
+    public enum Format: String, Sendable { case text, json }
+    public var format = Format.text
+    /// Levels by subsystem (`server`, `session`, `http`, `redis`, `routes`).
+    public var levels: [String: Logger.Level] = [:]
+}
+
 /// Every setting of a gateway instance. See the configuration table in the README.
 public struct SwitchboardConfiguration: Sendable {
     public var host = "0.0.0.0"
@@ -75,6 +85,8 @@ public struct SwitchboardConfiguration: Sendable {
     /// On SIGTERM: how long readiness is false before sessions are told to reconnect.
     public var drainDelayMs = 1_000
     public var logLevel: Logger.Level = .info
+    /// Log output format and per-subsystem levels (`log.*`).
+    public var log = LogSettings()
     /// JWT verification keys; none configured means no authentication.
     public var jwt = JWTKeySettings()
     /// Whether sessions without a token are accepted; default: yes without JWT keys, no with.
@@ -114,6 +126,7 @@ public struct SwitchboardConfiguration: Sendable {
         guard (0...65535).contains(port) else { throw Invalid(description: "http.port must be 0…65535, got \(port)") }
         apiMaxBodyBytes = reader.int(forKey: "http.max-body-bytes", default: apiMaxBodyBytes)
         backlog = reader.int(forKey: "http.backlog", default: backlog)
+        try Self.atLeast(1, ("http.max-body-bytes", apiMaxBodyBytes), ("http.backlog", backlog))
         tcpNoDelay = reader.bool(forKey: "http.tcp-nodelay", default: tcpNoDelay)
         // `http.nagle-when-busy-percent`: its name before busy mode also widened the coalescing.
         busyPercent = reader.int(forKey: "server.busy-percent",
@@ -128,25 +141,25 @@ public struct SwitchboardConfiguration: Sendable {
         }
         handshakeTimeoutMs = reader.int(forKey: "http.handshake-timeout-ms", default: handshakeTimeoutMs)
         httpIdleTimeoutMs = reader.int(forKey: "http.idle-timeout-ms", default: httpIdleTimeoutMs)
-        guard handshakeTimeoutMs > 0, httpIdleTimeoutMs > 0 else { throw Invalid(description: "http.handshake-timeout-ms and http.idle-timeout-ms must be > 0") }
+        try Self.atLeast(1, ("http.handshake-timeout-ms", handshakeTimeoutMs), ("http.idle-timeout-ms", httpIdleTimeoutMs))
         stompPath = reader.string(forKey: "stomp.path", default: stompPath)
         guard stompPath.hasPrefix("/") else { throw Invalid(description: "stomp.path must start with '/', got '\(stompPath)'") }
         instanceID = reader.string(forKey: "instance.id")
         eventLoopThreads = reader.int(forKey: "server.threads", default: eventLoopThreads)
         guard eventLoopThreads >= 1 && eventLoopThreads <= FanoutHub.maxShards else {
-            throw Invalid(description: "server.threads must be 1…\(FanoutHub.maxShards)")
+            throw Invalid(description: "server.threads must be 1…\(FanoutHub.maxShards), got \(eventLoopThreads)")
         }
         writeCoalesceMicros = reader.int(forKey: "server.write-coalesce-us", default: writeCoalesceMicros)
         guard writeCoalesceMicros >= 0 && writeCoalesceMicros <= 100_000 else {
-            throw Invalid(description: "server.write-coalesce-us must be 0…100000")
+            throw Invalid(description: "server.write-coalesce-us must be 0…100000, got \(writeCoalesceMicros)")
         }
         busyWriteCoalesceMicros = reader.int(forKey: "server.write-coalesce-busy-us", default: busyWriteCoalesceMicros)
         guard busyWriteCoalesceMicros >= 0 && busyWriteCoalesceMicros <= 100_000 else {
-            throw Invalid(description: "server.write-coalesce-busy-us must be 0…100000")
+            throw Invalid(description: "server.write-coalesce-busy-us must be 0…100000, got \(busyWriteCoalesceMicros)")
         }
         shutdownGraceMs = reader.int(forKey: "server.shutdown-grace-ms", default: shutdownGraceMs)
         drainDelayMs = reader.int(forKey: "server.drain-delay-ms", default: drainDelayMs)
-        guard drainDelayMs >= 0, shutdownGraceMs >= 0 else { throw Invalid(description: "server.drain-delay-ms and server.shutdown-grace-ms must be ≥ 0") }
+        try Self.atLeast(0, ("server.drain-delay-ms", drainDelayMs), ("server.shutdown-grace-ms", shutdownGraceMs))
         consoleEnabled = reader.bool(forKey: "console.enabled", default: consoleEnabled)
         consolePath = reader.string(forKey: "console.path", default: consolePath)
         guard consolePath.hasPrefix("/"), consolePath.count > 1 else { throw Invalid(description: "console.path must start with '/', got '\(consolePath)'") }
@@ -156,16 +169,19 @@ public struct SwitchboardConfiguration: Sendable {
             }
             logLevel = parsed
         }
+        try readLog(reader)
 
         var s = SessionConfiguration()
         s.heartBeat = STOMPHeartBeat(send: reader.int(forKey: "stomp.heartbeat.send-ms", default: s.heartBeat.send),
                                      receive: reader.int(forKey: "stomp.heartbeat.receive-ms", default: s.heartBeat.receive))
-        guard s.heartBeat.send >= 0, s.heartBeat.receive >= 0 else { throw Invalid(description: "stomp.heartbeat.* must be ≥ 0") }
+        try Self.atLeast(0, ("stomp.heartbeat.send-ms", s.heartBeat.send), ("stomp.heartbeat.receive-ms", s.heartBeat.receive))
         s.heartBeatTolerance = reader.double(forKey: "stomp.heartbeat.tolerance", default: s.heartBeatTolerance)
-        guard s.heartBeatTolerance >= 1 else { throw Invalid(description: "stomp.heartbeat.tolerance must be ≥ 1") }
+        guard s.heartBeatTolerance >= 1 else { throw Invalid(description: "stomp.heartbeat.tolerance must be ≥ 1, got \(s.heartBeatTolerance)") }
         heartbeatResolutionMs = reader.int(forKey: "stomp.heartbeat.resolution-ms", default: heartbeatResolutionMs)
-        guard heartbeatResolutionMs >= 10 else { throw Invalid(description: "stomp.heartbeat.resolution-ms must be ≥ 10") }
-        s.connectTimeout = .milliseconds(Int64(reader.int(forKey: "stomp.connect-timeout-ms", default: 10_000)))
+        guard heartbeatResolutionMs >= 10 else { throw Invalid(description: "stomp.heartbeat.resolution-ms must be ≥ 10, got \(heartbeatResolutionMs)") }
+        let connectTimeoutMs = reader.int(forKey: "stomp.connect-timeout-ms", default: 10_000)
+        try Self.atLeast(1, ("stomp.connect-timeout-ms", connectTimeoutMs))
+        s.connectTimeout = .milliseconds(Int64(connectTimeoutMs))
         s.decoderLimits.maxFrameBytes = reader.int(forKey: "limits.max-frame-bytes", default: s.decoderLimits.maxFrameBytes)
         s.decoderLimits.maxHeaders = reader.int(forKey: "limits.max-headers", default: s.decoderLimits.maxHeaders)
         s.decoderLimits.maxHeaderLineBytes = reader.int(forKey: "limits.max-header-line-bytes", default: s.decoderLimits.maxHeaderLineBytes)
@@ -174,12 +190,10 @@ public struct SwitchboardConfiguration: Sendable {
         s.maxSubscriptionsPerSession = reader.int(forKey: "limits.max-subscriptions", default: s.maxSubscriptionsPerSession)
         s.maxPendingOutboundBytes = reader.int(forKey: "limits.max-pending-bytes", default: s.maxPendingOutboundBytes)
         s.maxFramesPerTransaction = reader.int(forKey: "limits.max-transaction-frames", default: s.maxFramesPerTransaction)
-        for (key, value) in [("limits.max-frame-bytes", s.decoderLimits.maxFrameBytes), ("limits.max-headers", s.decoderLimits.maxHeaders),
-                             ("limits.max-header-line-bytes", s.decoderLimits.maxHeaderLineBytes), ("limits.max-subscriptions", s.maxSubscriptionsPerSession),
-                             ("limits.max-header-bytes", s.decoderLimits.maxHeaderBytes), ("limits.max-body-bytes", s.decoderLimits.maxBodyBytes),
-                             ("limits.max-pending-bytes", s.maxPendingOutboundBytes), ("limits.max-transaction-frames", s.maxFramesPerTransaction)] where value < 1 {
-            throw Invalid(description: "\(key) must be ≥ 1, got \(value)")
-        }
+        try Self.atLeast(1, ("limits.max-frame-bytes", s.decoderLimits.maxFrameBytes), ("limits.max-headers", s.decoderLimits.maxHeaders),
+                         ("limits.max-header-line-bytes", s.decoderLimits.maxHeaderLineBytes), ("limits.max-subscriptions", s.maxSubscriptionsPerSession),
+                         ("limits.max-header-bytes", s.decoderLimits.maxHeaderBytes), ("limits.max-body-bytes", s.decoderLimits.maxBodyBytes),
+                         ("limits.max-pending-bytes", s.maxPendingOutboundBytes), ("limits.max-transaction-frames", s.maxFramesPerTransaction))
         s.brokerPrefixes = reader.stringArray(forKey: "destinations.broker-prefixes", default: s.brokerPrefixes)
         s.applicationPrefixes = reader.stringArray(forKey: "destinations.app-prefixes", default: s.applicationPrefixes)
         for p in s.brokerPrefixes + s.applicationPrefixes where !p.hasPrefix("/") {
@@ -213,9 +227,14 @@ public struct SwitchboardConfiguration: Sendable {
             case .webhook:
                 route.url = try required("url")
                 route.timeoutMs = reader.int(forKey: ConfigKey(base + ".timeout-ms"), default: route.timeoutMs)
+                try Self.atLeast(1, (base + ".timeout-ms", route.timeoutMs))
+                do { _ = try WebhookRoute(url: route.url, timeout: .milliseconds(Int64(route.timeoutMs))) } catch {
+                    throw Invalid(description: "\(base).url: \(error)")
+                }
             case .redisStream:
                 route.stream = try required("stream")
                 route.maxLength = reader.int(forKey: ConfigKey(base + ".max-length"), default: route.maxLength)
+                try Self.atLeast(1, (base + ".max-length", route.maxLength))
                 route.groups = reader.stringArray(forKey: ConfigKey(base + ".groups"), default: [])
             case .redisPubSub:
                 route.channel = try required("channel")
@@ -234,6 +253,7 @@ public struct SwitchboardConfiguration: Sendable {
         jwt.audience = reader.string(forKey: "auth.jwt.audience")
         jwt.issuer = reader.string(forKey: "auth.jwt.issuer")
         jwt.leewaySeconds = reader.int(forKey: "auth.jwt.leeway-seconds", default: jwt.leewaySeconds)
+        try Self.atLeast(0, ("auth.jwt.leeway-seconds", jwt.leewaySeconds))
         if let allow = reader.bool(forKey: "auth.allow-anonymous") { allowAnonymous = allow }
         handshakeCookie = reader.string(forKey: "auth.handshake-cookie", default: handshakeCookie)
         subscribeRules = reader.stringArray(forKey: "auth.rules.subscribe", default: [])
@@ -255,10 +275,10 @@ public struct SwitchboardConfiguration: Sendable {
         session.maxSessionsPerUser = reader.int(forKey: "limits.max-sessions-per-user", default: session.maxSessionsPerUser)
         session.maxFramesPerSecond = reader.int(forKey: "limits.frames-per-second", default: session.maxFramesPerSecond)
         session.maxBytesPerSecond = reader.int(forKey: "limits.bytes-per-second", default: session.maxBytesPerSecond)
-        for (key, value) in [("limits.max-connections", maxConnections), ("limits.max-connections-per-ip", maxConnectionsPerIP),
-                             ("limits.max-sessions-per-user", session.maxSessionsPerUser)] where value < 1 {
-            throw Invalid(description: "\(key) must be ≥ 1, got \(value)")
-        }
+        try Self.atLeast(1, ("limits.max-connections", maxConnections), ("limits.max-connections-per-ip", maxConnectionsPerIP),
+                         ("limits.max-sessions-per-user", session.maxSessionsPerUser))
+        // 0: no rate limit.
+        try Self.atLeast(0, ("limits.frames-per-second", session.maxFramesPerSecond), ("limits.bytes-per-second", session.maxBytesPerSecond))
         if !reader.bool(forKey: "destinations.user-destinations", default: true) { session.userPrefix = nil }
         session.userDestinationPrefixes = reader.stringArray(forKey: "destinations.user-destination-prefixes", default: session.userDestinationPrefixes)
     }
@@ -269,6 +289,10 @@ public struct SwitchboardConfiguration: Sendable {
             r.channelPrefix = reader.string(forKey: "redis.channel-prefix", default: r.channelPrefix)
             r.commandTimeoutMs = reader.int(forKey: "redis.command-timeout-ms", default: r.commandTimeoutMs)
             r.connectTimeoutMs = reader.int(forKey: "redis.connect-timeout-ms", default: r.connectTimeoutMs)
+            try Self.atLeast(1, ("redis.command-timeout-ms", r.commandTimeoutMs), ("redis.connect-timeout-ms", r.connectTimeoutMs))
+            do { _ = try RedisConfiguration(url: url) } catch {
+                throw Invalid(description: "redis.url '\(Self.redactingPassword(url))' is not a valid redis:// URL: \("\(error)".replacingOccurrences(of: url, with: Self.redactingPassword(url)))")
+            }
             for name in reader.stringArray(forKey: "redis.inbound.names", default: []) {
                 let base = "redis.inbound.\(name)"
                 let kindName = reader.string(forKey: ConfigKey(base + ".type"), default: "channel")
@@ -301,5 +325,35 @@ public struct SwitchboardConfiguration: Sendable {
         for route in routes where route.kind != .webhook && redis == nil {
             throw Invalid(description: "routes.\(route.name).type \(route.kind.rawValue) needs redis.url")
         }
+    }
+
+    mutating func readLog(_ reader: ConfigReader) throws {
+        for subsystem in ConfigKeyCatalog.logSubsystems {
+            let key = "log.levels.\(subsystem)"
+            if let raw = reader.string(forKey: ConfigKey(key)) {
+                guard let level = Logger.Level(rawValue: raw) else {
+                    throw Invalid(description: "\(key) must be one of trace, debug, info, notice, warning, error, critical; got '\(raw)'")
+                }
+                log.levels[subsystem] = level
+            }
+        }
+        let formatName = reader.string(forKey: "log.format", default: "text")
+        guard let format = LogSettings.Format(rawValue: formatName) else {
+            throw Invalid(description: "log.format must be text or json, got '\(formatName)'")
+        }
+        log.format = format
+    }
+
+    /// Throws naming the first key whose value is below `minimum`.
+    static func atLeast(_ minimum: Int, _ values: (String, Int)...) throws {
+        for (key, value) in values where value < minimum {
+            throw Invalid(description: "\(key) must be ≥ \(minimum), got \(value)")
+        }
+    }
+
+    /// `redis://user:secret@host` → `redis://***@host`, for error messages.
+    static func redactingPassword(_ url: String) -> String {
+        guard let scheme = url.range(of: "://"), let at = url[scheme.upperBound...].lastIndex(of: "@") else { return url }
+        return url[..<scheme.upperBound] + "***" + url[at...]
     }
 }
