@@ -77,7 +77,7 @@ struct SwitchboardCommand: AsyncParsableCommand {
             throw ValidationError("invalid configuration: \(error)")
         }
         let settings = loaded.configuration
-        LogSetup(format: settings.log.format, defaultLevel: settings.logLevel, levels: settings.log.levels).bootstrap()
+        LogSetup(format: settings.log.format, defaultLevel: settings.log.level, levels: settings.log.levels).bootstrap()
         let logger = Logger(label: "switchboard.server")
         for warning in loaded.warnings { logger.warning("\(warning)") }
         let registry = PrometheusCollectorRegistry()

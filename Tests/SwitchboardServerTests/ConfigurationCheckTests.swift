@@ -64,7 +64,7 @@ import Testing
     @Test func unknownEnvironmentVariableIsOnlyAWarning() async throws {
         let loaded = try await load(environment: ["SWITCHBOARD_REDIS_ULR": "redis://x", "SWITCHBOARD_HTTP_PORT": "9001",
                                                   "SWITCHBOARD_BIN": "/usr/bin/switchboard", "HOME": "/root"])
-        #expect(loaded.configuration.port == 9001)
+        #expect(loaded.configuration.http.port == 9001)
         #expect(loaded.configuration.redis == nil)
         #expect(loaded.warnings == ["unknown environment variable SWITCHBOARD_REDIS_ULR (not a configuration key; ignored); did you mean SWITCHBOARD_REDIS_URL?"])
     }
@@ -99,8 +99,8 @@ import Testing
 
     @Test func oldFallbackKeyAndEnvironmentSpellingOfFlagsStayAccepted() async throws {
         let loaded = try await load(["http.nagle-when-busy-percent=70", "stomp_heartbeat_send_ms=1234"])
-        #expect(loaded.configuration.busyPercent == 70)
-        #expect(loaded.configuration.session.heartBeat.send == 1234)
+        #expect(loaded.configuration.server.busyPercent == 70)
+        #expect(loaded.configuration.stomp.heartBeat.send == 1234)
     }
 
     @Test func logSettingsAreReadWithTheRest() async throws {
