@@ -167,7 +167,8 @@ package enum ConfigKeyCatalog {
             An unknown key in the YAML file or in `--set`, a value of the wrong type and a value out
             of range stop start-up with an error naming the key (and, for an unknown key, the closest
             known one: `unknown key redis.ulr; did you mean redis.url?`). An unknown `SWITCHBOARD_*`
-            environment variable is logged as a warning at start-up.
+            environment variable is logged as a warning at start-up (except `SWITCHBOARD_BIN` and
+            `SWITCHBOARD_BENCH_BIN`, which the test and benchmark scripts read).
 
             """
         for section in sections {
