@@ -99,7 +99,10 @@ public struct ConfigurationSources: Sendable {
         }
         var keys: [String] = []
         var pending: [(String, Node.Mapping)] = [("", mapping)]
-        while let (prefix, mapping) = pending.popLast() {
+        var next = 0
+        while next < pending.count {
+            let (prefix, mapping) = pending[next]
+            next += 1
             for (keyNode, value) in mapping {
                 let key = prefix + (keyNode.string ?? "\(keyNode)")
                 if let nested = value.mapping { pending.append((key + ".", nested)) } else { keys.append(key) }
