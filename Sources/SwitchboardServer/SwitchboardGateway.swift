@@ -40,20 +40,21 @@ public struct SwitchboardGateway: Sendable {
     let tls: NIOSSLContext?
 
     public init(configuration: SwitchboardConfiguration, logger: Logger, metricsRegistry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) async throws {
-        var configuration = configuration
-        if !configuration.jwt.isEmpty {
-            configuration.session.authenticator = try await JWTAuthenticator(settings: configuration.jwt)
-            configuration.session.allowAnonymous = configuration.allowAnonymous ?? false
+        var session = configuration.session
+        let auth = configuration.auth
+        if !auth.jwt.isEmpty {
+            session.authenticator = try await JWTAuthenticator(settings: auth.jwt)
+            session.allowAnonymous = auth.allowAnonymous ?? false
         } else {
-            configuration.session.allowAnonymous = configuration.allowAnonymous ?? true
+            session.allowAnonymous = auth.allowAnonymous ?? true
         }
-        if !configuration.subscribeRules.isEmpty || !configuration.sendRules.isEmpty {
-            configuration.session.accessPolicy = try AccessRules(subscribe: configuration.subscribeRules, send: configuration.sendRules)
+        if !auth.subscribeRules.isEmpty || !auth.sendRules.isEmpty {
+            session.accessPolicy = try AccessRules(subscribe: auth.subscribeRules, send: auth.sendRules)
         }
-        if let cert = configuration.tlsCertificateFile, let key = configuration.tlsKeyFile {
+        if let files = configuration.http.tls {
             do {
-                let chain = try NIOSSLCertificate.fromPEMFile(cert).map { NIOSSLCertificateSource.certificate($0) }
-                let tlsConfiguration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .file(key))
+                let chain = try NIOSSLCertificate.fromPEMFile(files.certificateFile).map { NIOSSLCertificateSource.certificate($0) }
+                let tlsConfiguration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .file(files.keyFile))
                 self.tls = try NIOSSLContext(configuration: tlsConfiguration)
             } catch {
                 throw SwitchboardConfiguration.Invalid(description: "TLS: cannot load http.tls.certificate-file/key-file: \(error)")
@@ -61,18 +62,18 @@ public struct SwitchboardGateway: Sendable {
         } else {
             self.tls = nil
         }
-        self.limiter = ConnectionLimiter(maxTotal: configuration.maxConnections, maxPerAddress: configuration.maxConnectionsPerIP)
-        self.apiKeys = APIKeyStore(keys: configuration.apiKeys)
+        self.limiter = ConnectionLimiter(maxTotal: configuration.limits.maxConnections, maxPerAddress: configuration.limits.maxConnectionsPerIP)
+        self.apiKeys = APIKeyStore(keys: auth.apiKeys)
         self.metricsRegistry = metricsRegistry
         self.configuration = configuration
         self.logger = logger
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.server.threads)
         let loops = Array(group.makeIterator())
-        let hub = FanoutHub(eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.heartbeatResolutionMs)),
-                            writeCoalescing: .microseconds(Int64(configuration.writeCoalesceMicros)),
-                            busyWriteCoalescing: .microseconds(Int64(configuration.busyWriteCoalesceMicros)),
-                            busyPercent: configuration.busyPercent,
-                            nagleWhenBusy: configuration.tcpNoDelay)
+        let hub = FanoutHub(eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.stomp.heartbeatResolutionMs)),
+                            writeCoalescing: .microseconds(Int64(configuration.server.writeCoalesceMicros)),
+                            busyWriteCoalescing: .microseconds(Int64(configuration.server.busyWriteCoalesceMicros)),
+                            busyPercent: configuration.server.busyPercent,
+                            nagleWhenBusy: configuration.http.tcpNoDelay)
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
         let messageIDs = MessageIDGenerator(instanceID: instanceID)
         var engine: any BrokerEngine = InMemoryEngine(hub: hub)
@@ -96,32 +97,27 @@ public struct SwitchboardGateway: Sendable {
         var streamRoutes: [RedisStreamRoute] = []
         for route in configuration.routes {
             let pattern = try DestinationPattern(route.destination)
-            switch route.kind {
-            case .webhook:
-                routes.add(pattern, try WebhookRoute(url: route.url, timeout: .milliseconds(Int64(route.timeoutMs))))
-            case .redisStream:
-                let r = RedisStreamRoute(stream: route.stream, maxLength: route.maxLength, client: redisClient!, groups: route.groups, eventLoop: loops[0])
+            switch (route.target, redisClient) {
+            case (.webhook(let url, let timeoutMs), _):
+                routes.add(pattern, try WebhookRoute(url: url, timeout: .milliseconds(Int64(timeoutMs))))
+            case (.redisStream(let stream, let maxLength, let groups), let client?):
+                let r = RedisStreamRoute(stream: stream, maxLength: maxLength, client: client, groups: groups, eventLoop: loops[0])
                 streamRoutes.append(r)
                 routes.add(pattern, r)
-            case .redisPubSub:
-                routes.add(pattern, RedisPubSubRoute(channel: route.channel, client: redisClient!))
+            case (.redisPubSub(let channel), let client?):
+                routes.add(pattern, RedisPubSubRoute(channel: channel, client: client))
+            case (.redisStream, nil), (.redisPubSub, nil):
+                throw SwitchboardConfiguration.Invalid(description: "routes.\(route.name).type \(route.target.typeName) needs redis.url")
             }
         }
         if let redisClient, let redisEngine, let settings = configuration.redis {
-            let inbound: [RedisInboundRoute] = settings.inbound.map {
-                switch $0.kind {
-                case .channel: return .channel(channel: $0.channel, destination: $0.destination)
-                case .broadcast: return .broadcast(channel: $0.channel)
-                case .stream: return .stream(stream: $0.stream)
-                }
-            }
-            self.redis = RedisParts(client: redisClient, engine: redisEngine, streamRoutes: streamRoutes, inbound: inbound)
+            self.redis = RedisParts(client: redisClient, engine: redisEngine, streamRoutes: streamRoutes, inbound: settings.inbound.map(\.route))
         } else {
             self.redis = nil
         }
         var sessionLogger = Logger(label: "switchboard.session")
         sessionLogger[metadataKey: "instance"] = "\(instanceID)"
-        self.services = GatewayServices(configuration: configuration.session, hub: hub, engine: engine,
+        self.services = GatewayServices(configuration: session, hub: hub, engine: engine,
                                         routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger)
     }
 
@@ -135,25 +131,30 @@ public struct SwitchboardGateway: Sendable {
     func makeListener(onServerRunning: @escaping @Sendable (any Channel) async -> Void) -> GatewayListener {
         let router = Router()
         router.add(middleware: MetricsMiddleware())
-        router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.allowedOrigins))
+        router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.http.allowedOrigins))
         MetricsEndpoint(registry: metricsRegistry, services: services).register(on: router)
-        PublishAPI(services: services, maxBodyBytes: configuration.apiMaxBodyBytes, eventLoopGroup: group, admission: admission, apiKeys: apiKeys,
+        PublishAPI(services: services, maxBodyBytes: configuration.http.maxBodyBytes, eventLoopGroup: group, admission: admission, apiKeys: apiKeys,
                    streamGroups: redis?.streamRoutes.compactMap(\.groups) ?? [])
             .register(on: router)
-        if configuration.consoleEnabled {
-            let inbound = (configuration.redis?.inbound ?? []).filter { $0.kind != .stream }.map(\.channel)
-            ConsoleRoutes(path: configuration.consolePath, services: services, inboundChannels: inbound).register(on: router)
+        if configuration.console.enabled {
+            let inbound = (configuration.redis?.inbound ?? []).compactMap { setting -> String? in
+                switch setting.route {
+                case .channel(let channel, _), .broadcast(let channel): channel
+                case .stream: nil
+                }
+            }
+            ConsoleRoutes(path: configuration.console.path, services: services, inboundChannels: inbound).register(on: router)
         }
         let httpLogger = Logger(label: "switchboard.http")
         let http = HTTPAPIChannel(responder: HTTPAPIChannel.responder(router.buildResponder(), serverName: "switchboard", logger: httpLogger),
-                                  secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.httpIdleTimeoutMs)))
-        let handshake = WebSocketHandshake(services: services, stompPath: configuration.stompPath, admission: admission, limiter: limiter,
-                                           allowedOrigins: configuration.allowedOrigins, handshakeCookie: configuration.handshakeCookie)
+                                  secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.http.idleTimeoutMs)))
+        let handshake = WebSocketHandshake(services: services, stompPath: configuration.stomp.path, admission: admission, limiter: limiter,
+                                           allowedOrigins: configuration.http.allowedOrigins, handshakeCookie: configuration.auth.handshakeCookie)
         var settings = GatewayListener.Settings(
-            host: configuration.host, port: configuration.port, backlog: configuration.backlog,
-            handshakeTimeout: .milliseconds(Int64(configuration.handshakeTimeoutMs)),
-            maxWebSocketFrameBytes: configuration.session.decoderLimits.maxFrameBytes + 1024, tls: tls)
-        settings.tcpNoDelay = configuration.tcpNoDelay
+            host: configuration.http.host, port: configuration.http.port, backlog: configuration.http.backlog,
+            handshakeTimeout: .milliseconds(Int64(configuration.http.handshakeTimeoutMs)),
+            maxWebSocketFrameBytes: configuration.limits.decoder.maxFrameBytes + 1024, tls: tls)
+        settings.tcpNoDelay = configuration.http.tcpNoDelay
         return GatewayListener(settings: settings, handshake: handshake, http: http, pending: pending, group: group,
                                onServerRunning: onServerRunning, logger: httpLogger)
     }
@@ -163,18 +164,18 @@ public struct SwitchboardGateway: Sendable {
     /// they are closed or the grace period ends.
     public func run() async throws {
         let logger = self.logger
-        let host = configuration.host
+        let host = configuration.http.host
         let listener = makeListener { channel in
             logger.notice("switchboard listening", metadata: [
                 "address": "\(host):\(channel.localAddress?.port ?? 0)",
-                "tls": "\(configuration.tlsCertificateFile != nil)",
-                "stomp": "\(configuration.stompPath)",
+                "tls": "\(configuration.http.tls != nil)",
+                "stomp": "\(configuration.stomp.path)",
                 "engine": "\(services.engine.name)",
                 "instance": "\(services.instanceID)",
             ])
         }
         let drain = DrainService(services: services, admission: admission, pending: pending,
-                                 delay: .milliseconds(Int64(configuration.drainDelayMs)), grace: .milliseconds(Int64(configuration.shutdownGraceMs)), logger: logger)
+                                 delay: .milliseconds(Int64(configuration.server.drainDelayMs)), grace: .milliseconds(Int64(configuration.server.shutdownGraceMs)), logger: logger)
         var list: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let redis {
             list.append(.init(service: RedisService(parts: redis, services: services, logger: logger)))

@@ -1,11 +1,11 @@
 import Foundation
 import Logging
+import SwitchboardServer
 
 /// Log output: human-readable lines (default) or one JSON object per line, with a level
 /// per subsystem (`switchboard.session`, `switchboard.redis`, `switchboard.http`, …).
 struct LogSetup {
-    enum Format: String { case text, json }
-    var format: Format
+    var format: LogSettings.Format
     var defaultLevel: Logger.Level
     /// Levels by subsystem name (the label after `switchboard.`).
     var levels: [String: Logger.Level]

@@ -1,12 +1,10 @@
 import ArgumentParser
-import Configuration
 import Foundation
 import Logging
 import Metrics
 import Prometheus
 import SwitchboardServer
 import SwitchboardAuth
-import SystemPackage
 
 /// `switchboard`: the gateway executable.
 @main
@@ -18,8 +16,9 @@ struct SwitchboardCommand: AsyncParsableCommand {
         Settings come from, weakest first: built-in defaults, a YAML file (--config), environment
         variables (SWITCHBOARD_ + the key in upper case with '.' and '-' as '_', e.g.
         SWITCHBOARD_HTTP_PORT=9000) and flags (--set key=value, or the shortcuts below).
-        The keys are listed in the README's configuration table, e.g. http.port, stomp.path,
-        stomp.heartbeat.send-ms, limits.max-frame-bytes, routes.names.
+        The keys are listed in docs/configuration.md (--configuration-reference prints it), e.g.
+        http.port, stomp.path, stomp.heartbeat.send-ms, limits.max-frame-bytes, routes.names.
+        An unknown key or a bad value stops start-up.
         """
     )
 
@@ -44,14 +43,21 @@ struct SwitchboardCommand: AsyncParsableCommand {
     @Option(name: .customLong("set"), help: ArgumentHelp("Set any configuration key, e.g. --set stomp.heartbeat.send-ms=5000.", valueName: "key=value"))
     var overrides: [String] = []
 
+    @Flag(name: .customLong("configuration-reference"), help: "Print every configuration key (Markdown, as in docs/configuration.md) and exit.")
+    var configurationReference = false
+
     func run() async throws {
+        if configurationReference {
+            print(ConfigKeyCatalog.markdown(), terminator: "")
+            return
+        }
         if let hashAPIKey {
             print(APIKeyStore.hash(hashAPIKey))
             return
         }
-        var flagValues: [String: String] = [:]
+        var flags: [(key: String, value: String)] = []
         func put(_ key: String, _ value: String?) {
-            if let value { flagValues[Self.environmentName(key)] = value }
+            if let value { flags.append((key, value)) }
         }
         put("http.host", host)
         put("http.port", port.map(String.init))
@@ -63,55 +69,20 @@ struct SwitchboardCommand: AsyncParsableCommand {
             }
             put(String(item[..<eq]), String(item[item.index(after: eq)...]))
         }
-        var providers: [any ConfigProvider] = [
-            EnvironmentVariablesProvider(environmentVariables: flagValues),
-            EnvironmentVariablesProvider(environmentVariables: Self.prefixedEnvironment()),
-        ]
-        if let config {
-            guard FileManager.default.fileExists(atPath: config) else {
-                throw ValidationError("configuration file not found: \(config)")
-            }
-            providers.append(try await FileProvider<YAMLSnapshot>(filePath: FilePath(config)))
-        }
-        let reader = ConfigReader(providers: providers)
-        let settings: SwitchboardConfiguration
+        let sources = ConfigurationSources(yamlFile: config, flags: flags, environment: ProcessInfo.processInfo.environment)
+        let loaded: ConfigurationSources.Loaded
         do {
-            settings = try SwitchboardConfiguration(reader: reader)
+            loaded = try await sources.load()
         } catch {
             throw ValidationError("invalid configuration: \(error)")
         }
-        var levels: [String: Logger.Level] = [:]
-        for subsystem in ["server", "session", "http", "redis", "routes"] {
-            if let raw = reader.string(forKey: ConfigKey("log.levels.\(subsystem)")) {
-                guard let level = Logger.Level(rawValue: raw) else {
-                    throw ValidationError("invalid configuration: log.levels.\(subsystem) must be trace, debug, info, notice, warning, error or critical")
-                }
-                levels[subsystem] = level
-            }
-        }
-        let formatName = reader.string(forKey: "log.format", default: "text")
-        guard let format = LogSetup.Format(rawValue: formatName) else {
-            throw ValidationError("invalid configuration: log.format must be text or json, got '\(formatName)'")
-        }
-        LogSetup(format: format, defaultLevel: settings.logLevel, levels: levels).bootstrap()
+        let settings = loaded.configuration
+        LogSetup(format: settings.log.format, defaultLevel: settings.log.level, levels: settings.log.levels).bootstrap()
         let logger = Logger(label: "switchboard.server")
+        for warning in loaded.warnings { logger.warning("\(warning)") }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let gateway = try await SwitchboardGateway(configuration: settings, logger: logger, metricsRegistry: registry)
         try await gateway.run()
-    }
-
-    /// `stomp.heartbeat.send-ms` → `STOMP_HEARTBEAT_SEND_MS` (the environment provider's form).
-    static func environmentName(_ key: String) -> String {
-        String(key.uppercased().map { $0.isLetter || $0.isNumber ? $0 : "_" })
-    }
-
-    /// `SWITCHBOARD_*` environment variables with the prefix removed.
-    static func prefixedEnvironment() -> [String: String] {
-        var out: [String: String] = [:]
-        for (k, v) in ProcessInfo.processInfo.environment where k.hasPrefix("SWITCHBOARD_") {
-            out[String(k.dropFirst("SWITCHBOARD_".count))] = v
-        }
-        return out
     }
 }

@@ -1,0 +1,303 @@
+import Configuration
+import Logging
+import NIOCore
+import STOMPCodec
+import SwitchboardAuth
+import SwitchboardCore
+
+/// The sessions' own defaults: the sections below start from them, so each is written once.
+private let sessionDefaults = SessionConfiguration()
+
+/// `http.*`: the listening socket, the HTTP API and TLS.
+public struct HTTPSettings: Sendable, Equatable {
+    public var host = "0.0.0.0"
+    public var port = 8080
+    /// Largest API request body (413 beyond).
+    public var maxBodyBytes = 1024 * 1024
+    public var backlog = 4096
+    /// `TCP_NODELAY` on accepted connections: each write leaves at once. Off, the kernel's
+    /// Nagle algorithm holds small writes while earlier data is unacknowledged.
+    public var tcpNoDelay = true
+    /// A connection must complete its first HTTP request (upgrade or API call) in time.
+    public var handshakeTimeoutMs = 10_000
+    /// Idle keep-alive HTTP connections are closed after this.
+    public var idleTimeoutMs = 60_000
+    /// Origins allowed to open WebSocket sessions and call the API from a browser; empty: any.
+    public var allowedOrigins: [String] = []
+    /// PEM certificate chain and private key: when set the port speaks TLS only (https://, wss://).
+    public var tls: TLSFiles?
+    /// `http.nagle-when-busy-percent`, the old name of `server.busy-percent`.
+    var legacyBusyPercent: Int?
+
+    public struct TLSFiles: Sendable, Equatable {
+        public var certificateFile: String
+        public var keyFile: String
+    }
+
+    public init() {}
+
+    /// Reads the `http` scope.
+    init(reader: ConfigReader) throws {
+        host = reader.string(forKey: "host", default: host)
+        port = reader.int(forKey: "port", default: port)
+        guard (0...65535).contains(port) else { throw SwitchboardConfiguration.Invalid(description: "http.port must be 0…65535, got \(port)") }
+        maxBodyBytes = reader.int(forKey: "max-body-bytes", default: maxBodyBytes)
+        backlog = reader.int(forKey: "backlog", default: backlog)
+        tcpNoDelay = reader.bool(forKey: "tcp-nodelay", default: tcpNoDelay)
+        legacyBusyPercent = reader.int(forKey: "nagle-when-busy-percent")
+        handshakeTimeoutMs = reader.int(forKey: "handshake-timeout-ms", default: handshakeTimeoutMs)
+        idleTimeoutMs = reader.int(forKey: "idle-timeout-ms", default: idleTimeoutMs)
+        try SwitchboardConfiguration.atLeast(1, ("http.max-body-bytes", maxBodyBytes), ("http.backlog", backlog),
+                                             ("http.handshake-timeout-ms", handshakeTimeoutMs), ("http.idle-timeout-ms", idleTimeoutMs))
+        allowedOrigins = reader.stringArray(forKey: "allowed-origins", default: [])
+        let certificateFile = reader.string(forKey: "tls.certificate-file")
+        let keyFile = reader.string(forKey: "tls.key-file", isSecret: true)
+        switch (certificateFile, keyFile) {
+        case (nil, nil): tls = nil
+        case let (certificateFile?, keyFile?): tls = TLSFiles(certificateFile: certificateFile, keyFile: keyFile)
+        default: throw SwitchboardConfiguration.Invalid(description: "http.tls.certificate-file and http.tls.key-file must be set together")
+        }
+    }
+}
+
+/// `stomp.*`: the endpoint and heart-beating.
+public struct STOMPSettings: Sendable, Equatable {
+    public var path = "/stomp"
+    /// The server's heart-beat offer (`stomp.heartbeat.send-ms`, `receive-ms`).
+    public var heartBeat = sessionDefaults.heartBeat
+    public var heartBeatTolerance = sessionDefaults.heartBeatTolerance
+    /// Tick of the per-event-loop heart-beat timer.
+    public var heartbeatResolutionMs = 250
+    public var connectTimeoutMs = Int(sessionDefaults.connectTimeout.nanoseconds / 1_000_000)
+
+    public init() {}
+
+    /// Reads the `stomp` scope.
+    init(reader: ConfigReader) throws {
+        path = reader.string(forKey: "path", default: path)
+        guard path.hasPrefix("/") else { throw SwitchboardConfiguration.Invalid(description: "stomp.path must start with '/', got '\(path)'") }
+        let beat = reader.scoped(to: "heartbeat")
+        heartBeat = STOMPHeartBeat(send: beat.int(forKey: "send-ms", default: heartBeat.send), receive: beat.int(forKey: "receive-ms", default: heartBeat.receive))
+        try SwitchboardConfiguration.atLeast(0, ("stomp.heartbeat.send-ms", heartBeat.send), ("stomp.heartbeat.receive-ms", heartBeat.receive))
+        heartBeatTolerance = beat.double(forKey: "tolerance", default: heartBeatTolerance)
+        guard heartBeatTolerance >= 1 else { throw SwitchboardConfiguration.Invalid(description: "stomp.heartbeat.tolerance must be ≥ 1, got \(heartBeatTolerance)") }
+        heartbeatResolutionMs = beat.int(forKey: "resolution-ms", default: heartbeatResolutionMs)
+        try SwitchboardConfiguration.atLeast(10, ("stomp.heartbeat.resolution-ms", heartbeatResolutionMs))
+        connectTimeoutMs = reader.int(forKey: "connect-timeout-ms", default: connectTimeoutMs)
+        try SwitchboardConfiguration.atLeast(1, ("stomp.connect-timeout-ms", connectTimeoutMs))
+    }
+
+    func apply(to session: inout SessionConfiguration) {
+        session.heartBeat = heartBeat
+        session.heartBeatTolerance = heartBeatTolerance
+        session.connectTimeout = .milliseconds(Int64(connectTimeoutMs))
+    }
+}
+
+/// `limits.*`: frame sizes, per-session and per-connection limits.
+public struct Limits: Sendable, Equatable {
+    public var decoder = sessionDefaults.decoderLimits
+    public var maxSubscriptions = sessionDefaults.maxSubscriptionsPerSession
+    /// Outbound bytes queued for a connection before it is a slow consumer and is closed.
+    public var maxPendingBytes = sessionDefaults.maxPendingOutboundBytes
+    public var maxTransactionFrames = sessionDefaults.maxFramesPerTransaction
+    public var maxConnections = 100_000
+    public var maxConnectionsPerIP = 10_000
+    public var maxSessionsPerUser = sessionDefaults.maxSessionsPerUser
+    /// Token buckets per connection (0: no limit).
+    public var framesPerSecond = sessionDefaults.maxFramesPerSecond
+    public var bytesPerSecond = sessionDefaults.maxBytesPerSecond
+
+    public init() {}
+
+    /// Reads the `limits` scope.
+    init(reader: ConfigReader) throws {
+        decoder.maxFrameBytes = reader.int(forKey: "max-frame-bytes", default: decoder.maxFrameBytes)
+        decoder.maxHeaders = reader.int(forKey: "max-headers", default: decoder.maxHeaders)
+        decoder.maxHeaderLineBytes = reader.int(forKey: "max-header-line-bytes", default: decoder.maxHeaderLineBytes)
+        decoder.maxHeaderBytes = reader.int(forKey: "max-header-bytes", default: decoder.maxHeaderBytes)
+        decoder.maxBodyBytes = reader.int(forKey: "max-body-bytes", default: decoder.maxFrameBytes)
+        maxSubscriptions = reader.int(forKey: "max-subscriptions", default: maxSubscriptions)
+        maxPendingBytes = reader.int(forKey: "max-pending-bytes", default: maxPendingBytes)
+        maxTransactionFrames = reader.int(forKey: "max-transaction-frames", default: maxTransactionFrames)
+        maxConnections = reader.int(forKey: "max-connections", default: maxConnections)
+        maxConnectionsPerIP = reader.int(forKey: "max-connections-per-ip", default: maxConnectionsPerIP)
+        maxSessionsPerUser = reader.int(forKey: "max-sessions-per-user", default: maxSessionsPerUser)
+        framesPerSecond = reader.int(forKey: "frames-per-second", default: framesPerSecond)
+        bytesPerSecond = reader.int(forKey: "bytes-per-second", default: bytesPerSecond)
+        try SwitchboardConfiguration.atLeast(1, ("limits.max-frame-bytes", decoder.maxFrameBytes), ("limits.max-headers", decoder.maxHeaders),
+                                             ("limits.max-header-line-bytes", decoder.maxHeaderLineBytes), ("limits.max-subscriptions", maxSubscriptions),
+                                             ("limits.max-header-bytes", decoder.maxHeaderBytes), ("limits.max-body-bytes", decoder.maxBodyBytes),
+                                             ("limits.max-pending-bytes", maxPendingBytes), ("limits.max-transaction-frames", maxTransactionFrames),
+                                             ("limits.max-connections", maxConnections), ("limits.max-connections-per-ip", maxConnectionsPerIP),
+                                             ("limits.max-sessions-per-user", maxSessionsPerUser))
+        try SwitchboardConfiguration.atLeast(0, ("limits.frames-per-second", framesPerSecond), ("limits.bytes-per-second", bytesPerSecond))
+    }
+
+    func apply(to session: inout SessionConfiguration) {
+        session.decoderLimits = decoder
+        session.maxSubscriptionsPerSession = maxSubscriptions
+        session.maxPendingOutboundBytes = maxPendingBytes
+        session.maxFramesPerTransaction = maxTransactionFrames
+        session.maxSessionsPerUser = maxSessionsPerUser
+        session.maxFramesPerSecond = framesPerSecond
+        session.maxBytesPerSecond = bytesPerSecond
+    }
+}
+
+/// `destinations.*`: which prefixes are broker, application and user destinations.
+public struct DestinationSettings: Sendable, Equatable {
+    public var brokerPrefixes = sessionDefaults.brokerPrefixes
+    public var applicationPrefixes = sessionDefaults.applicationPrefixes
+    /// `/user/...` subscriptions.
+    public var userDestinations = sessionDefaults.userPrefix != nil
+    public var userDestinationPrefixes = sessionDefaults.userDestinationPrefixes
+
+    public init() {}
+
+    /// Reads the `destinations` scope.
+    init(reader: ConfigReader) throws {
+        brokerPrefixes = reader.stringArray(forKey: "broker-prefixes", default: brokerPrefixes)
+        applicationPrefixes = reader.stringArray(forKey: "app-prefixes", default: applicationPrefixes)
+        for p in brokerPrefixes + applicationPrefixes where !p.hasPrefix("/") {
+            throw SwitchboardConfiguration.Invalid(description: "destination prefixes must start with '/', got '\(p)'")
+        }
+        userDestinations = reader.bool(forKey: "user-destinations", default: userDestinations)
+        userDestinationPrefixes = reader.stringArray(forKey: "user-destination-prefixes", default: userDestinationPrefixes)
+    }
+
+    func apply(to session: inout SessionConfiguration) {
+        session.brokerPrefixes = brokerPrefixes
+        session.applicationPrefixes = applicationPrefixes
+        if !userDestinations { session.userPrefix = nil }
+        session.userDestinationPrefixes = userDestinationPrefixes
+    }
+
+    func isBroker(_ d: String) -> Bool { brokerPrefixes.contains { d.hasPrefix($0) } }
+    func isApplication(_ d: String) -> Bool { applicationPrefixes.contains { d.hasPrefix($0) } }
+}
+
+/// `server.*`: threads, write coalescing, busy mode, shutdown.
+public struct ServerSettings: Sendable, Equatable {
+    public var threads = System.coreCount
+    /// Flush passes of one event loop closer together than this are merged (0: never; below
+    /// saturation each batch is flushed at once, and busy mode widens the spacing).
+    public var writeCoalesceMicros = 0
+    /// The same spacing while the loop is saturated (`busyPercent`).
+    public var busyWriteCoalesceMicros = 10_000
+    /// CPU share of an event loop's thread (per cent) from which the loop is in busy mode; 0: never.
+    public var busyPercent = 50
+    public var shutdownGraceMs = 5_000
+    /// On SIGTERM: how long readiness is false before sessions are told to reconnect.
+    public var drainDelayMs = 1_000
+
+    public init() {}
+
+    /// Reads the `server` scope; `legacyBusyPercent` is `http.nagle-when-busy-percent`.
+    init(reader: ConfigReader, legacyBusyPercent: Int?) throws {
+        threads = reader.int(forKey: "threads", default: threads)
+        guard (1...FanoutHub.maxShards).contains(threads) else {
+            throw SwitchboardConfiguration.Invalid(description: "server.threads must be 1…\(FanoutHub.maxShards), got \(threads)")
+        }
+        writeCoalesceMicros = reader.int(forKey: "write-coalesce-us", default: writeCoalesceMicros)
+        busyWriteCoalesceMicros = reader.int(forKey: "write-coalesce-busy-us", default: busyWriteCoalesceMicros)
+        busyPercent = reader.int(forKey: "busy-percent", default: legacyBusyPercent ?? busyPercent)
+        for (key, value, range) in [("server.write-coalesce-us", writeCoalesceMicros, 0...100_000),
+                                    ("server.write-coalesce-busy-us", busyWriteCoalesceMicros, 0...100_000),
+                                    ("server.busy-percent", busyPercent, 0...100)] where !range.contains(value) {
+            throw SwitchboardConfiguration.Invalid(description: "\(key) must be \(range.lowerBound)…\(range.upperBound), got \(value)")
+        }
+        shutdownGraceMs = reader.int(forKey: "shutdown-grace-ms", default: shutdownGraceMs)
+        drainDelayMs = reader.int(forKey: "drain-delay-ms", default: drainDelayMs)
+        try SwitchboardConfiguration.atLeast(0, ("server.shutdown-grace-ms", shutdownGraceMs), ("server.drain-delay-ms", drainDelayMs))
+    }
+}
+
+/// `console.*`.
+public struct ConsoleSettings: Sendable, Equatable {
+    public var enabled = true
+    public var path = "/console"
+
+    public init() {}
+
+    /// Reads the `console` scope.
+    init(reader: ConfigReader) throws {
+        enabled = reader.bool(forKey: "enabled", default: enabled)
+        path = reader.string(forKey: "path", default: path)
+        guard path.hasPrefix("/"), path.count > 1 else { throw SwitchboardConfiguration.Invalid(description: "console.path must start with '/', got '\(path)'") }
+    }
+}
+
+/// `log.*`: the level, `log.levels.<subsystem>` over it, and the format.
+public struct LogSettings: Sendable, Equatable {
+    public enum Format: String, Sendable { case text, json }
+    public var level: Logger.Level = .info
+    public var format = Format.text
+    /// Levels by subsystem (`server`, `session`, `http`, `redis`, `routes`).
+    public var levels: [String: Logger.Level] = [:]
+
+    public init() {}
+
+    /// Reads the `log` scope.
+    init(reader: ConfigReader) throws {
+        func parsedLevel(_ key: String) throws -> Logger.Level? {
+            guard let raw = reader.string(forKey: ConfigKey(key)) else { return nil }
+            guard let parsed = Logger.Level(rawValue: raw) else {
+                throw SwitchboardConfiguration.Invalid(description: "log.\(key) must be one of trace, debug, info, notice, warning, error, critical; got '\(raw)'")
+            }
+            return parsed
+        }
+        if let parsed = try parsedLevel("level") { level = parsed }
+        for subsystem in ConfigKeyCatalog.logSubsystems {
+            if let parsed = try parsedLevel("levels.\(subsystem)") { levels[subsystem] = parsed }
+        }
+        let formatName = reader.string(forKey: "format", default: "text")
+        guard let parsed = Format(rawValue: formatName) else {
+            throw SwitchboardConfiguration.Invalid(description: "log.format must be text or json, got '\(formatName)'")
+        }
+        format = parsed
+    }
+}
+
+/// `auth.*`: JWT verification, anonymous sessions, access rules and API keys.
+public struct AuthSettings: Sendable {
+    /// JWT verification keys; none configured means no authentication.
+    public var jwt = JWTKeySettings()
+    /// Whether sessions without a token are accepted; default: yes without JWT keys, no with.
+    public var allowAnonymous: Bool?
+    /// Cookie holding a token at the handshake (the `access_token` query parameter works too).
+    public var handshakeCookie = "access_token"
+    public var subscribeRules: [String] = []
+    public var sendRules: [String] = []
+    public var apiKeys: [APIKeyStore.Key] = []
+
+    public init() {}
+
+    /// Reads the `auth` scope; an API key's scopes default to `brokerPrefixes`.
+    init(reader: ConfigReader, brokerPrefixes: [String]) throws {
+        let jwtReader = reader.scoped(to: "jwt")
+        jwt.hmacSecret = jwtReader.string(forKey: "hmac-secret", isSecret: true)
+        jwt.publicKeyFiles = jwtReader.stringArray(forKey: "public-key-files", default: [])
+        jwt.jwksFile = jwtReader.string(forKey: "jwks-file")
+        jwt.keptClaims = jwtReader.stringArray(forKey: "claims", default: [])
+        jwt.audience = jwtReader.string(forKey: "audience")
+        jwt.issuer = jwtReader.string(forKey: "issuer")
+        jwt.leewaySeconds = jwtReader.int(forKey: "leeway-seconds", default: jwt.leewaySeconds)
+        try SwitchboardConfiguration.atLeast(0, ("auth.jwt.leeway-seconds", jwt.leewaySeconds))
+        allowAnonymous = reader.bool(forKey: "allow-anonymous")
+        handshakeCookie = reader.string(forKey: "handshake-cookie", default: handshakeCookie)
+        subscribeRules = reader.stringArray(forKey: "rules.subscribe", default: [])
+        sendRules = reader.stringArray(forKey: "rules.send", default: [])
+        do { _ = try AccessRules(subscribe: subscribeRules, send: sendRules) } catch {
+            throw SwitchboardConfiguration.Invalid(description: "auth.rules: \(error)")
+        }
+        let keysReader = reader.scoped(to: "api-keys")
+        apiKeys = try keysReader.stringArray(forKey: "names", default: []).map { name in
+            let key = keysReader.scoped(to: ConfigKey([name]))
+            guard let hash = key.string(forKey: "sha256"), hash.count == 64, hash.allSatisfy(\.isHexDigit) else {
+                throw SwitchboardConfiguration.Invalid(description: "auth.api-keys.\(name).sha256 must be the 64-hex-digit SHA-256 of the key (switchboard --hash-api-key KEY prints it)")
+            }
+            return APIKeyStore.Key(name: name, sha256: hash, scopes: key.stringArray(forKey: "scopes", default: brokerPrefixes))
+        }
+    }
+}

@@ -1,0 +1,153 @@
+import Configuration
+import RedisClient
+import SwitchboardCore
+import SwitchboardRedis
+import SwitchboardRoutes
+
+/// One `/app` route from configuration (`routes.<name>.*`).
+public struct RouteConfiguration: Sendable, Equatable {
+    /// Where the route's messages go.
+    public enum Target: Sendable, Equatable {
+        /// An HTTP POST per message, answered within `timeoutMs`.
+        case webhook(url: String, timeoutMs: Int)
+        /// `XADD MAXLEN ~ maxLength` to a stream; `groups` are created at start-up.
+        case redisStream(stream: String, maxLength: Int, groups: [String])
+        /// `PUBLISH` to a channel.
+        case redisPubSub(channel: String)
+
+        /// The `routes.<name>.type` value.
+        public var typeName: String {
+            switch self {
+            case .webhook: "webhook"
+            case .redisStream: "redis-stream"
+            case .redisPubSub: "redis-pubsub"
+            }
+        }
+    }
+
+    public var name: String
+    /// Application destination or wildcard pattern.
+    public var destination: String
+    public var target: Target
+
+    public init(name: String, destination: String, target: Target) {
+        self.name = name
+        self.destination = destination
+        self.target = target
+    }
+
+    /// Reads the routes listed in `names` from the `routes` scope.
+    static func read(_ reader: ConfigReader, destinations: DestinationSettings) throws -> [RouteConfiguration] {
+        try reader.stringArray(forKey: "names", default: []).map { name in
+            let route = reader.scoped(to: ConfigKey([name]))
+            let base = "routes.\(name)"
+            let required = RequiredStrings(reader: route, base: base)
+            guard let destination = route.string(forKey: "destination") else {
+                throw SwitchboardConfiguration.Invalid(description: "\(base).destination is required")
+            }
+            guard destinations.isApplication(destination) else {
+                throw SwitchboardConfiguration.Invalid(description: "\(base).destination '\(destination)' must start with \(destinations.applicationPrefixes.joined(separator: " or "))")
+            }
+            do { _ = try DestinationPattern(destination) } catch {
+                throw SwitchboardConfiguration.Invalid(description: "\(base).destination: \(error)")
+            }
+            let target: Target
+            switch route.string(forKey: "type", default: "webhook") {
+            case "webhook":
+                let url = try required("url", for: "a webhook route")
+                let timeoutMs = route.int(forKey: "timeout-ms", default: 5_000)
+                try SwitchboardConfiguration.atLeast(1, (base + ".timeout-ms", timeoutMs))
+                do { _ = try WebhookRoute(url: url, timeout: .milliseconds(Int64(timeoutMs))) } catch {
+                    throw SwitchboardConfiguration.Invalid(description: "\(base).url: \(error)")
+                }
+                target = .webhook(url: url, timeoutMs: timeoutMs)
+            case "redis-stream":
+                let stream = try required("stream", for: "a redis-stream route")
+                let maxLength = route.int(forKey: "max-length", default: 100_000)
+                try SwitchboardConfiguration.atLeast(1, (base + ".max-length", maxLength))
+                target = .redisStream(stream: stream, maxLength: maxLength, groups: route.stringArray(forKey: "groups", default: []))
+            case "redis-pubsub":
+                target = .redisPubSub(channel: try required("channel", for: "a redis-pubsub route"))
+            case let other:
+                throw SwitchboardConfiguration.Invalid(description: "\(base).type '\(other)' is not supported (supported: webhook, redis-stream, redis-pubsub)")
+            }
+            return RouteConfiguration(name: name, destination: destination, target: target)
+        }
+    }
+}
+
+/// Non-empty string values of one named entry, with an error naming the key when missing.
+struct RequiredStrings {
+    var reader: ConfigReader
+    var base: String
+
+    func callAsFunction(_ key: String, for what: String) throws -> String {
+        guard let value = reader.string(forKey: ConfigKey(key)), !value.isEmpty else {
+            throw SwitchboardConfiguration.Invalid(description: "\(base).\(key) is required for \(what)")
+        }
+        return value
+    }
+}
+
+/// `redis.*`: Redis mode is on when `redis.url` is set.
+public struct RedisSettings: Sendable, Equatable {
+    public var url: String
+    public var channelPrefix = "switchboard:"
+    public var commandTimeoutMs = 2_000
+    public var connectTimeoutMs = 2_000
+    /// Inbound routes (backend → browsers).
+    public var inbound: [RedisInboundSetting] = []
+
+    public init(url: String) { self.url = url }
+
+    /// Reads the `redis` scope; nil without `redis.url`.
+    init?(reader: ConfigReader, destinations: DestinationSettings) throws {
+        guard let url = reader.string(forKey: "url"), !url.isEmpty else { return nil }
+        self.url = url
+        channelPrefix = reader.string(forKey: "channel-prefix", default: channelPrefix)
+        commandTimeoutMs = reader.int(forKey: "command-timeout-ms", default: commandTimeoutMs)
+        connectTimeoutMs = reader.int(forKey: "connect-timeout-ms", default: connectTimeoutMs)
+        try SwitchboardConfiguration.atLeast(1, ("redis.command-timeout-ms", commandTimeoutMs), ("redis.connect-timeout-ms", connectTimeoutMs))
+        do { _ = try RedisConfiguration(url: url) } catch {
+            throw SwitchboardConfiguration.Invalid(description: "redis.url '\(Self.redactingPassword(url))' is not a valid redis:// URL: \("\(error)".replacingOccurrences(of: url, with: Self.redactingPassword(url)))")
+        }
+        let inboundReader = reader.scoped(to: "inbound")
+        inbound = try inboundReader.stringArray(forKey: "names", default: []).map { name in
+            let entry = inboundReader.scoped(to: ConfigKey([name]))
+            let base = "redis.inbound.\(name)"
+            let required = RequiredStrings(reader: entry, base: base)
+            switch entry.string(forKey: "type", default: "channel") {
+            case "channel":
+                let channel = try required("channel", for: "a channel inbound route")
+                let destination = try required("destination", for: "a channel inbound route")
+                guard destinations.isBroker(destination) else {
+                    throw SwitchboardConfiguration.Invalid(description: "\(base).destination '\(destination)' must start with \(destinations.brokerPrefixes.joined(separator: " or "))")
+                }
+                return RedisInboundSetting(name: name, route: .channel(channel: channel, destination: destination))
+            case "broadcast":
+                return RedisInboundSetting(name: name, route: .broadcast(channel: try required("channel", for: "a broadcast inbound route")))
+            case "stream":
+                return RedisInboundSetting(name: name, route: .stream(stream: try required("stream", for: "a stream inbound route")))
+            case let other:
+                throw SwitchboardConfiguration.Invalid(description: "\(base).type '\(other)' is not supported (supported: channel, broadcast, stream)")
+            }
+        }
+    }
+
+    /// `redis://user:secret@host` → `redis://***@host`, for error messages.
+    static func redactingPassword(_ url: String) -> String {
+        guard let scheme = url.range(of: "://"), let at = url[scheme.upperBound...].lastIndex(of: "@") else { return url }
+        return url[..<scheme.upperBound] + "***" + url[at...]
+    }
+}
+
+/// One inbound route (backend → browsers) from configuration (`redis.inbound.<name>.*`).
+public struct RedisInboundSetting: Sendable, Equatable {
+    public var name: String
+    public var route: RedisInboundRoute
+
+    public init(name: String, route: RedisInboundRoute) {
+        self.name = name
+        self.route = route
+    }
+}

@@ -1,0 +1,53 @@
+import Testing
+import NIOCore
+import SwitchboardCore
+
+@testable import SwitchboardServer
+
+/// Each section reads its own scope; routes are an enum with the payload their type needs.
+@Suite struct ConfigurationSectionsTests {
+    @Test func routesAndInboundRoutesCarryWhatTheirTypeNeeds() async throws {
+        let configuration = try await ConfigurationCheckTests().load(ConfigurationCatalogTests.everything + ["routes.stream.groups=a,b"]).configuration
+        #expect(configuration.routes.map(\.target) == [
+            .webhook(url: "http://127.0.0.1:9/x", timeoutMs: 5_000),
+            .redisStream(stream: "S", maxLength: 100_000, groups: ["a", "b"]),
+            .redisPubSub(channel: "P"),
+        ])
+        #expect(configuration.redis?.inbound == [
+            RedisInboundSetting(name: "chan", route: .channel(channel: "C", destination: "/topic/c")),
+            RedisInboundSetting(name: "bc", route: .broadcast(channel: "B")),
+            RedisInboundSetting(name: "st", route: .stream(stream: "T")),
+        ])
+        #expect(configuration.auth.apiKeys.map(\.scopes) == [["/topic/"]])
+        #expect(configuration.http.tls == HTTPSettings.TLSFiles(certificateFile: "/nonexistent.pem", keyFile: "/nonexistent.key"))
+        #expect(configuration.log.level == .debug)
+    }
+
+    @Test func redisRoutesNeedRedis() async {
+        let error = await ConfigurationCheckTests().loadError(["routes.names=p", "routes.p.destination=/app/p", "routes.p.type=redis-pubsub", "routes.p.channel=C"])
+        #expect(error == "routes.p.type redis-pubsub needs redis.url")
+    }
+
+    @Test func sessionViewComesFromStompLimitsAndDestinations() async throws {
+        let configuration = try await ConfigurationCheckTests().load([
+            "stomp.heartbeat.send-ms=1000", "stomp.connect-timeout-ms=3000", "limits.max-frame-bytes=1000",
+            "limits.max-subscriptions=7", "limits.frames-per-second=0", "destinations.user-destinations=false",
+            "destinations.app-prefixes=/svc/",
+        ]).configuration
+        let session = configuration.session
+        #expect(session.heartBeat.send == 1000 && session.heartBeat.receive == 10_000)
+        #expect(session.connectTimeout == .milliseconds(3000))
+        #expect(session.decoderLimits.maxFrameBytes == 1000 && session.decoderLimits.maxBodyBytes == 1000)
+        #expect(session.maxSubscriptionsPerSession == 7 && session.maxFramesPerSecond == 0)
+        #expect(session.userPrefix == nil && session.applicationPrefixes == ["/svc/"])
+    }
+
+    @Test func defaultsAreTheSessionDefaults() {
+        let session = SwitchboardConfiguration().session
+        let defaults = SessionConfiguration()
+        #expect(session.heartBeat == defaults.heartBeat && session.connectTimeout == defaults.connectTimeout)
+        #expect(session.decoderLimits == defaults.decoderLimits && session.maxPendingOutboundBytes == defaults.maxPendingOutboundBytes)
+        #expect(session.maxSessionsPerUser == defaults.maxSessionsPerUser && session.maxBytesPerSecond == defaults.maxBytesPerSecond)
+        #expect(session.userPrefix == defaults.userPrefix && session.brokerPrefixes == defaults.brokerPrefixes)
+    }
+}
