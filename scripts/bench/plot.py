@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plots from a run-all results file (pip install matplotlib).
 
-  scripts/bench/plot.py scripts/bench/results/medium.json docs/ [suffix]
+  scripts/bench/plot.py scripts/bench/results/<size>-<timestamp>.json docs/ [suffix]
 writes docs/bench-latency.png (fan-out p50/p99 vs delivered rate, one line per server) and
 docs/bench-rss.png (server RSS vs idle subscribed connections, one line per server).
 Each point is the median over the repetitions.
