@@ -25,7 +25,9 @@ public struct STOMPDecoderLimits: Sendable, Hashable {
 
 /// Incremental STOMP frame decoder over a `ByteBuffer`.
 ///
-/// - EOLs between frames (heart-beats) are skipped; both `LF` and `CRLF` end lines.
+/// - EOLs between frames (heart-beats) are skipped; both `LF` and `CRLF` end lines. So are
+///   NUL octets between frames (a stray extra NUL after a frame's own, as some clients send):
+///   they carry nothing, and a frame never starts with one.
 /// - Header names and values are unescaped when ``escapeHeaders`` is on, except in
 ///   `CONNECT`, `STOMP` and `CONNECTED` frames; an undefined escape is an error.
 /// - Repeated headers are all kept, in order; values are never trimmed.
@@ -71,10 +73,10 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
         return try decodeBody(&buffer)
     }
 
-    /// Consumes leading EOLs. Returns false when the buffer holds nothing else yet.
+    /// Consumes leading EOLs and NULs. Returns false when the buffer holds nothing else yet.
     private func skipHeartBeats(_ buffer: inout ByteBuffer) -> Bool {
         while let b = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) {
-            if b == UInt8(ascii: "\n") {
+            if b == UInt8(ascii: "\n") || b == 0 {
                 buffer.moveReaderIndex(forwardBy: 1)
             } else if b == UInt8(ascii: "\r") {
                 guard let next = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self) else { return false }

@@ -34,12 +34,15 @@ public enum STOMPHeaderEscaping {
 
     /// Writes `string` escaped for a 1.1+ header.
     ///
+    /// No raw NUL, CR or LF is ever written: a NUL (which STOMP cannot carry in a header) is
+    /// replaced by a space, and so is a carriage return when it has no escape.
+    ///
     /// - Parameter escapeCarriageReturn: `\r` is defined by STOMP 1.2 only; for a 1.1 peer
-    ///   pass false and a carriage return is written as is.
+    ///   pass false.
     @inlinable
     public static func writeEscaped(_ string: String, into buffer: inout ByteBuffer, escapeCarriageReturn: Bool = true) {
         var needs = false
-        for b in string.utf8 where b == UInt8(ascii: "\\") || b == UInt8(ascii: ":") || b == UInt8(ascii: "\n") || (b == UInt8(ascii: "\r") && escapeCarriageReturn) {
+        for b in string.utf8 where b == UInt8(ascii: "\\") || b == UInt8(ascii: ":") || b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r") || b == 0 {
             needs = true
             break
         }
@@ -53,6 +56,7 @@ public enum STOMPHeaderEscaping {
             case UInt8(ascii: ":"): buffer.writeStaticString("\\c")
             case UInt8(ascii: "\n"): buffer.writeStaticString("\\n")
             case UInt8(ascii: "\r") where escapeCarriageReturn: buffer.writeStaticString("\\r")
+            case UInt8(ascii: "\r"), 0: buffer.writeInteger(UInt8(ascii: " "))
             default: buffer.writeInteger(b)
             }
         }
@@ -60,12 +64,12 @@ public enum STOMPHeaderEscaping {
 
     /// Writes `string` for a frame that is not escaped (STOMP 1.0, CONNECT, CONNECTED).
     ///
-    /// Line breaks cannot be represented there; they are replaced by spaces so the frame
-    /// stays well-formed. A colon is legal in a value (only the first one splits).
+    /// Line breaks and NULs cannot be represented there; they are replaced by spaces so the
+    /// frame stays well-formed. A colon is legal in a value (only the first one splits).
     @inlinable
     public static func writeUnescaped(_ string: String, into buffer: inout ByteBuffer) {
         var clean = true
-        for b in string.utf8 where b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r") {
+        for b in string.utf8 where b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r") || b == 0 {
             clean = false
             break
         }
@@ -74,7 +78,7 @@ public enum STOMPHeaderEscaping {
             return
         }
         for b in string.utf8 {
-            buffer.writeInteger((b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r")) ? UInt8(ascii: " ") : b)
+            buffer.writeInteger((b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r") || b == 0) ? UInt8(ascii: " ") : b)
         }
     }
 }

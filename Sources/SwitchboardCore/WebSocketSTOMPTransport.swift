@@ -9,8 +9,16 @@ public struct STOMPTransportActivity: Sendable {}
 ///
 /// STOMP is a byte stream here: a frame may span several WebSocket messages (text, binary or
 /// continuation) and one message may carry several frames. Pings are answered with pongs; a
-/// close frame is echoed and the connection closed. Unmasked client frames are a protocol
-/// error (RFC 6455 §5.1).
+/// close frame is echoed and the connection closed.
+///
+/// WebSocket-level errors are answered here, all the same way: a close frame with the code
+/// and a short plain-English reason, then the TCP connection is closed; no STOMP `ERROR`
+/// frame, since the fault is below STOMP. That is 1002 for a protocol error (RFC 6455 §5–7:
+/// unmasked client frame, reserved bits or opcode, misplaced continuation, control frame
+/// fragmented or over 125 bytes, bad close code or 1-byte close payload) and 1007 for a text
+/// message or close reason that is not UTF-8 (§8.1). Text messages are validated as they
+/// arrive, across fragments, in place. A WebSocket frame over the size limit is a STOMP limit
+/// error instead (``STOMPDecodingError/frameTooLarge(limit:)``, passed up to the session).
 ///
 /// The handler is inbound only: the session above writes complete WebSocket frames (bytes
 /// built by ``WebSocketServerFrame``) straight past it to the socket, and talks to it directly
@@ -25,6 +33,9 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
     private var failed = false
     private var closeSent = false
     private var inFragmentedMessage = false
+    /// Whether the message in progress is a text message, and its UTF-8 state so far.
+    private var inTextMessage = false
+    private var utf8 = UTF8Validator()
 
     private var byteBucket: TokenBucket?
     private let bytesPerSecond: Int
@@ -59,6 +70,8 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
             } else if inFragmentedMessage {
                 closeWithProtocolError(context: context, reason: "new message started inside a fragmented message")
                 return
+            } else {
+                inTextMessage = frame.opcode == .text
             }
             inFragmentedMessage = !frame.fin
             if byteBucket != nil, !byteBucket!.take(frame.length) {
@@ -68,6 +81,14 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
                 return
             }
             var payload = frame.unmaskedData
+            if inTextMessage {
+                let valid = payload.withUnsafeReadableBytes { utf8.validate($0) }
+                guard valid, !frame.fin || utf8.isComplete else {
+                    closeWithError(context: context, code: .dataInconsistentWithMessage, reason: "text message is not valid UTF-8")
+                    return
+                }
+                if frame.fin { utf8 = UTF8Validator() }
+            }
             if cumulation == nil || cumulation!.readableBytes == 0 {
                 cumulation = payload
             } else {
@@ -96,6 +117,11 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
                 closeWithProtocolError(context: context, reason: "invalid close code \(code)")
                 return
             }
+            var reason = UTF8Validator()
+            guard data.withUnsafeReadableBytes({ reason.validate($0) }), reason.isComplete else {
+                closeWithError(context: context, code: .dataInconsistentWithMessage, reason: "close reason is not valid UTF-8")
+                return
+            }
             closeSent = true
             let reply = WebSocketServerFrame.close(code: code.map { WebSocketErrorCode(codeNumber: Int($0)) }, allocator: context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
@@ -104,11 +130,33 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
         }
     }
 
-    /// Close codes a peer may send (RFC 6455 §7.4).
+    /// Close codes a peer may send: those RFC 6455 §7.4.1 defines and the IANA registry adds
+    /// (1012–1014), and 3000–4999 for libraries and applications. Refused: below 1000, 1004
+    /// (reserved), 1005, 1006 and 1015 (never sent on the wire), 1016–2999 (unassigned), 5000 up.
     static func isValidCloseCode(_ code: UInt16) -> Bool {
         switch code {
-        case 1000...1003, 1007...1011, 3000...4999: return true
+        case 1000...1003, 1007...1014, 3000...4999: return true
         default: return false
+        }
+    }
+
+    /// Errors of NIO's `WebSocketFrameDecoder` (the handler before this one) get the same
+    /// treatment as this handler's own checks; a frame over the size limit is a STOMP limit.
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let error = error as? NIOWebSocketError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        if error == .invalidFrameLength {
+            failed = true
+            cumulation = nil
+            context.fireErrorCaught(STOMPDecodingError.frameTooLarge(limit: decoder.limits.maxFrameBytes))
+        } else if error == .multiByteControlFrameLength {
+            closeWithProtocolError(context: context, reason: "control frame longer than 125 bytes")
+        } else if error == .fragmentedControlFrame {
+            closeWithProtocolError(context: context, reason: "fragmented control frame")
+        } else {
+            closeWithProtocolError(context: context, reason: "malformed frame")
         }
     }
 
@@ -148,11 +196,23 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
     }
 
     private func closeWithProtocolError(context: ChannelHandlerContext, reason: String) {
+        closeWithError(context: context, code: .protocolError, reason: reason)
+    }
+
+    /// Sends a close frame with `code` and `reason` and closes the connection (after at most
+    /// two seconds if the peer does not read). Nothing more is read.
+    private func closeWithError(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String) {
         failed = true
+        cumulation = nil
         guard !closeSent else { return }
         closeSent = true
-        let frame = WebSocketServerFrame.close(code: .protocolError, reason: reason, allocator: context.channel.allocator)
-        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in context.close(promise: nil) }
+        let frame = WebSocketServerFrame.close(code: code, reason: reason, allocator: context.channel.allocator)
+        let channel = context.channel
+        let timeout = context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in
+            timeout.cancel()
+            channel.close(promise: nil)
+        }
     }
 
     /// Header escaping on (STOMP 1.1+) or off (1.0), set once the version is negotiated.

@@ -6,6 +6,8 @@
   gets SIGTERM and must exit 0.
 - ``watcher`` (module scope): a healthy STOMP session (our own ``StompClient`` from
   tests/e2e) subscribed to ``/topic/robust`` for the whole module.
+- ``sockets`` / ``ws``: raw sockets and raw WebSockets (rawws.py) opened by a test, closed
+  afterwards; ``expect_protocol_close`` checks how the server ended one.
 - ``survives`` (autouse): after every test, asserts the process is alive, ``/health``
   answers ``ok`` and the watcher still receives a message published with
   ``POST /api/notification``.
@@ -27,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 import gatewayproc  # noqa: E402
 from gatewayproc import free_port  # noqa: E402,F401
+from rawws import OP_CLOSE, RawWebSocket, close_code, close_payload, stomp_frames  # noqa: E402
 
 ARTIFACTS = REPO / "test-artifacts"
 BINARY = os.environ.get("SWITCHBOARD_BIN", str(REPO / ".build" / "debug" / "switchboard"))
@@ -93,3 +96,42 @@ def assert_survived(gateway, watcher):
 def survives(gateway, watcher):
     yield
     assert_survived(gateway, watcher)
+
+
+@pytest.fixture
+def sockets():
+    """Raw sockets/WebSockets opened by a test; all closed afterwards (a socket left open
+    mid-handshake would block the gateway's graceful shutdown, see
+    test_shutdown_not_blocked_by_idle_connections)."""
+    opened = []
+    yield opened
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def ws(gateway, sockets):
+    """ws(connect=True) -> RawWebSocket, upgraded (and STOMP-connected unless connect=False)."""
+    def make(connect: bool = True) -> RawWebSocket:
+        w = RawWebSocket(gateway.port)
+        sockets.append(w)
+        if connect:
+            w.stomp_connect()
+        return w
+    return make
+
+
+def expect_protocol_close(w: RawWebSocket, code: int, stomp_error: bytes | None = None, reason: bytes | None = None,
+                          timeout: float = 5.0, no_stomp: bool = False):
+    """The server's close frame has `code` (and `reason`), the TCP connection is closed, and
+    a STOMP ERROR contains `stomp_error` (or, with `no_stomp`, nothing but the close frame came)."""
+    frames, closed = w.read_all_until_close(timeout)
+    assert close_code(frames) == code, f"expected close {code}, got frames {frames!r}"
+    assert closed, "server did not close the TCP connection after its close frame"
+    if no_stomp:
+        assert [op for op, _ in frames] == [OP_CLOSE], frames
+    if stomp_error is not None:
+        errors = [f for f in stomp_frames(frames) if f.startswith(b"ERROR\n")]
+        assert errors and stomp_error in errors[0], f"expected STOMP ERROR containing {stomp_error!r}, got {frames!r}"
+    if reason is not None:
+        assert close_payload(frames)[2:] == reason

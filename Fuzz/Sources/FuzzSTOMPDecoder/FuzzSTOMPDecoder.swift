@@ -11,8 +11,10 @@
 //   3. Every decoded frame obeys the limits (frame bytes, header count) and its body is
 //      exactly `content-length` bytes when that header is present, else NUL-free.
 //   4. Round trip: STOMPFrameEncoder.encode(frame) decodes back to exactly one frame with the
-//      same command, headers and body. In unescaped frames (STOMP 1.0, CONNECT, STOMP,
-//      CONNECTED) the encoder writes CR/LF in values as spaces, so the comparison does too.
+//      same command, headers and body. The encoder writes a NUL in a header as a space, and
+//      in unescaped frames (STOMP 1.0, CONNECT, STOMP, CONNECTED) CR/LF too, so the
+//      comparison does too.
+//   5. An error's description (an ERROR frame's `message` header) holds no control character.
 import NIOCore
 import STOMPCodec
 
@@ -45,7 +47,8 @@ private func decodeAll(_ data: UnsafeRawBufferPointer, chunk: Int, compact: Bool
                 outcome.frames.append(frame)
             }
         } catch {
-            _ = error.description  // must not trap either
+            check(!error.description.unicodeScalars.contains { $0.properties.generalCategory == .control },
+                  "control character in error description \(error.description.debugDescription)")
             outcome.error = error
             return outcome
         }
@@ -60,9 +63,14 @@ private func check(_ condition: @autoclosure () -> Bool, _ message: @autoclosure
     }
 }
 
-/// What a header value looks like after an unescaped encode (CR/LF written as spaces).
+/// What a header value looks like after an unescaped encode (CR/LF/NUL written as spaces).
 private func flattened(_ s: String) -> String {
-    String(decoding: s.utf8.map { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") ? UInt8(ascii: " ") : $0 }, as: UTF8.self)
+    String(decoding: s.utf8.map { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") || $0 == 0 ? UInt8(ascii: " ") : $0 }, as: UTF8.self)
+}
+
+/// What a header value looks like after an escaped encode (NUL written as a space).
+private func denulled(_ s: String) -> String {
+    String(decoding: s.utf8.map { $0 == 0 ? UInt8(ascii: " ") : $0 }, as: UTF8.self)
 }
 
 private func checkFrame(_ frame: STOMPFrame, limits: STOMPDecoderLimits, escape: Bool) {
@@ -94,7 +102,7 @@ private func checkFrame(_ frame: STOMPFrame, limits: STOMPDecoderLimits, escape:
     check(again.body == frame.body, "round trip body differs")
     var expected = STOMPHeaders()
     for (name, value) in frame.headers {
-        expected.add(escaped ? name : flattened(name), escaped ? value : flattened(value))
+        expected.add(escaped ? denulled(name) : flattened(name), escaped ? denulled(value) : flattened(value))
     }
     check(again.headers == expected, "round trip headers \(Array(again.headers)) != \(Array(expected))")
 }
