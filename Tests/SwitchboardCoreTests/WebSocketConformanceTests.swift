@@ -76,11 +76,12 @@ struct WebSocketConformanceTests {
             try c.sendBytes(Array(euro[1..<2]), opcode: .continuation, fin: false)
             try c.sendBytes(Array(euro[2...]) + [0], opcode: .continuation)
             let frames = try c.frames()
-            #expect(frames.map(\.command) == [.message, .receipt])
-            #expect(frames.first?.bodyString == "\u{20AC}")
+            // The RECEIPT first: the MESSAGE was caused by the SEND.
+            #expect(frames.map(\.command) == [.receipt, .message])
+            #expect(frames.last?.bodyString == "\u{20AC}")
             // The next message starts with a fresh state.
             try c.sendBytes(sendHead + Array("\u{1F600}".utf8) + [0])
-            #expect(try c.frames().map(\.command) == [.message, .receipt])
+            #expect(try c.frames().map(\.command) == [.receipt, .message])
             #expect(c.isActive)
         }
     }
@@ -91,8 +92,8 @@ struct WebSocketConformanceTests {
             try c.subscribe("/topic/u")
             try c.sendBytes(sendHead + [0xFF, 0xC0, 0xAF, 0], opcode: .binary)
             let out = try c.read()
-            #expect(out.map(\.frame?.command) == [.message, .receipt], "\(out)")
-            if case .frame(let message, let opcode) = out.first {
+            #expect(out.map(\.frame?.command) == [.receipt, .message], "\(out)")
+            if case .frame(let message, let opcode) = out.last {
                 #expect(Array(message.body.readableBytesView) == [0xFF, 0xC0, 0xAF])
                 #expect(opcode == .binary)
             }
@@ -167,7 +168,7 @@ struct WebSocketConformanceTests {
     func strayNul() throws {
         try connected { c in
             try c.sendRaw("SUBSCRIBE\ndestination:/topic/u\nid:1\n\n\u{0}\u{0}SEND\ndestination:/topic/u\nreceipt:r\n\nhi\u{0}\u{0}\n")
-            #expect(try c.frames().map(\.command) == [.message, .receipt])
+            #expect(try c.frames().map(\.command) == [.receipt, .message])
             try c.sendRaw("\u{1}SEND\n\n\u{0}")
             let error = try expectErrorThenClose(try c.read())
             #expect(error.headers["message"] == "unknown command '\\x01SEND'")

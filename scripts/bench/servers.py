@@ -19,11 +19,12 @@ NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 APT_PACKAGES = ["nginx-light", "libnginx-mod-nchan", "rabbitmq-server", "redis-server"]
 
 
-def ensure_packages():
+def ensure_packages(servers=("nchan", "rabbitmq")):
+    """Installs what the chosen servers (and Redis) need, if missing."""
     missing = []
-    if not shutil.which("nginx") or not os.path.exists(NCHAN_MODULE):
+    if "nchan" in servers and (not shutil.which("nginx") or not os.path.exists(NCHAN_MODULE)):
         missing += ["nginx-light", "libnginx-mod-nchan"]
-    if not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
+    if "rabbitmq" in servers and not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
         missing.append("rabbitmq-server")
     if not shutil.which("redis-server"):
         missing.append("redis-server")

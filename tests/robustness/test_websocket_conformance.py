@@ -75,7 +75,7 @@ def test_text_message_not_utf8_closes_1007(ws, fragments):
 @pytest.mark.parametrize("cut", [1, 2, 3], ids=["after-byte-1", "after-byte-2", "after-byte-3"])
 def test_code_point_split_across_fragments_is_valid(ws, cut):
     """A 4-byte code point (U+1F600) split across a text frame and a continuation, at each of
-    its inner boundaries, is valid: MESSAGE with the body intact, RECEIPT, connection open."""
+    its inner boundaries, is valid: RECEIPT, then the MESSAGE with the body intact, connection open."""
     w = subscribed(ws)
     emoji = "\U0001F600".encode()
     w.send_frame(OP_TEXT, SEND_HEAD + emoji[:cut], fin=False)
@@ -83,8 +83,8 @@ def test_code_point_split_across_fragments_is_valid(ws, cut):
     frames, closed = w.read_all_until_close(1.0)
     assert not closed and close_code(frames) is None, frames
     stomp = stomp_frames(frames)
-    assert [f.split(b"\n", 1)[0] for f in stomp] == [b"MESSAGE", b"RECEIPT"], frames
-    assert stomp[0].endswith(b"\n\n" + emoji)
+    assert [f.split(b"\n", 1)[0] for f in stomp] == [b"RECEIPT", b"MESSAGE"], frames
+    assert stomp[1].endswith(b"\n\n" + emoji)
 
 
 # -- close frames (RFC 6455 §5.5.1, §7.4) -----------------------------------------------------
@@ -135,13 +135,13 @@ def test_control_frame_over_125_bytes_same_policy(ws, opcode):
 def test_stray_nul_between_frames_is_skipped(ws, gap):
     """Decision: NULs between frames are skipped like heart-beat EOLs (some clients send an
     extra NUL or NUL + EOL after a frame). `SUBSCRIBE...\\0\\0SEND...` subscribes and sends:
-    MESSAGE and RECEIPT, the session stays open."""
+    RECEIPT and MESSAGE, the session stays open."""
     w = ws()
     w.send_frame(OP_TEXT, b"SUBSCRIBE\ndestination:/topic/nul\nid:1\n\n\x00" + gap
                  + b"SEND\ndestination:/topic/nul\nreceipt:r\n\nhi\x00" + gap)
     frames, closed = w.read_all_until_close(1.0)
     assert not closed and close_code(frames) is None, frames
-    assert [f.split(b"\n", 1)[0] for f in stomp_frames(frames)] == [b"MESSAGE", b"RECEIPT"], frames
+    assert [f.split(b"\n", 1)[0] for f in stomp_frames(frames)] == [b"RECEIPT", b"MESSAGE"], frames
 
 
 ERROR_CASES = {

@@ -409,8 +409,8 @@ def test_flood_of_2000_tiny_frames_in_one_message(ws):
     destination the same session subscribes to. The message (~70 KB) is over the 17 KB
     WebSocket frame cap, so it goes as one fragmented message (text frame + continuations of
     8 KB; STOMP frames straddle the fragment boundaries). Expected: every frame is processed
-    in order (2,000 MESSAGEs carrying 0..1999, then the RECEIPT of the last frame) and the
-    session stays open."""
+    in order (2,000 MESSAGEs carrying 0..1999; the RECEIPT of the last frame comes right
+    before the MESSAGE that frame caused) and the session stays open."""
     w = ws()
     w.send_frame(OP_TEXT, b"SUBSCRIBE\ndestination:/topic/flood\nid:f\nreceipt:sub\n\n\x00")
     _, _, data = w.recv_frame()
@@ -426,7 +426,7 @@ def test_flood_of_2000_tiny_frames_in_one_message(ws):
     bodies, receipt = [], False
     deadline = time.monotonic() + 30
     pending = b""
-    while not receipt and time.monotonic() < deadline:
+    while not (receipt and len(bodies) >= n) and time.monotonic() < deadline:
         _, op, data = w.recv_frame(timeout=max(deadline - time.monotonic(), 0.01))
         assert op in (OP_TEXT, OP_BINARY), (op, data)
         pending += data
@@ -437,6 +437,7 @@ def test_flood_of_2000_tiny_frames_in_one_message(ws):
                 bodies.append(int(frame.split(b"\n\n", 1)[1]))
             elif frame.startswith(b"RECEIPT\n"):
                 receipt = b"receipt-id:last" in frame
+                assert bodies == list(range(n - 1)), "the receipt comes after the earlier frames' messages"
             else:
                 raise AssertionError(f"unexpected frame {frame[:200]!r}")
     assert receipt, f"no RECEIPT for the last frame; got {len(bodies)} messages"

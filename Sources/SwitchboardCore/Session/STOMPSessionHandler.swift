@@ -149,6 +149,11 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is STOMPTransportActivity {
             machine.read(at: shard.tick)
+        } else if event is STOMPTransportClosing {
+            // A close frame went out below: nothing more may be written.
+            if machine.connectionClosed() { sessionEnded() }
+            undelivered = nil
+            held = nil
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -165,14 +170,8 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
             }
         } else if let limited = error as? RateLimitExceeded {
             failure = SessionFailure(limited.description, kind: .limit)
-        } else if let ws = error as? NIOWebSocketError {
-            switch ws {
-            case .invalidFrameLength:
-                failure = SessionFailure("frame too large (limit \(config.decoderLimits.maxFrameBytes) bytes)", kind: .limit, closeCode: .messageTooLarge)
-            default:
-                failure = SessionFailure("WebSocket protocol error: \(ws)", closeCode: .protocolError)
-            }
         } else {
+            // WebSocket protocol errors are answered by the transport below (a close frame).
             logger.debug("connection error", metadata: ["error": "\(error)"])
             context.close(promise: nil)
             return

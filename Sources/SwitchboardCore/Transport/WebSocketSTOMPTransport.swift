@@ -5,6 +5,10 @@ import STOMPCodec
 /// Tells the session that bytes arrived which carried no frame (a heart-beat, a ping).
 public struct STOMPTransportActivity: Sendable {}
 
+/// Sent up the pipeline when the transport has written (or echoed) a WebSocket close frame:
+/// the session above must write nothing more.
+public struct STOMPTransportClosing: Sendable {}
+
 /// Turns WebSocket messages into STOMP frames.
 ///
 /// STOMP is a byte stream here: a frame may span several WebSocket messages (text, binary or
@@ -123,6 +127,7 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
                 return
             }
             closeSent = true
+            context.fireUserInboundEventTriggered(STOMPTransportClosing())
             let reply = WebSocketServerFrame.close(code: code.map { WebSocketErrorCode(codeNumber: Int($0)) }, allocator: context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
         default:
@@ -206,6 +211,7 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
         cumulation = nil
         guard !closeSent else { return }
         closeSent = true
+        context.fireUserInboundEventTriggered(STOMPTransportClosing())
         let frame = WebSocketServerFrame.close(code: code, reason: reason, allocator: context.channel.allocator)
         let channel = context.channel
         let timeout = context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
