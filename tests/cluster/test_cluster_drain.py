@@ -7,8 +7,8 @@ import time
 
 import requests
 
-from clusterlib import wait_until
-from stompclient import ConnectionClosed, StompClient
+from support.process import wait_until
+from support.stompclient import ConnectionClosed, StompClient
 
 
 class ReconnectingSubscriber(threading.Thread):

@@ -7,8 +7,9 @@ import time
 import pytest
 import requests
 
-from clusterlib import Cluster, wait_until
-from stompclient import ConnectionClosed, StompClient
+from support.cluster import Cluster
+from support.process import wait_until
+from support.stompclient import ConnectionClosed, StompClient
 
 
 def greetings(client, count, timeout=30.0):

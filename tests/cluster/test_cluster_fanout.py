@@ -6,7 +6,8 @@ import time
 
 import requests
 
-from clusterlib import Cluster, wait_until
+from support.cluster import Cluster
+from support.process import wait_until
 
 
 def subscribe_all(clients, destination, prefix="s"):

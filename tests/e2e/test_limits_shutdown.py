@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from stompclient import StompClient
+from support.stompclient import StompClient
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ import time
 
 import requests
 
-from gatewayproc import BINARY, free_port
-from stompclient import StompClient
+from support.paths import BINARY
+from support.process import free_port
+from support.stompclient import StompClient
 
 
 def run_gateway(*sets):

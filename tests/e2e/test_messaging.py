@@ -3,7 +3,7 @@ and how STOMP frames map onto WebSocket messages."""
 import pytest
 import websocket
 
-from stompclient import encode_frame
+from support.stompclient import encode_frame
 
 
 def connected(client, gateway, version="1.2", **kw):

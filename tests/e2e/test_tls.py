@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gatewayproc import BINARY, free_port
-from stompclient import StompClient
+from support.paths import BINARY
+from support.process import free_port
+from support.stompclient import StompClient
 
 urllib3.disable_warnings()
 

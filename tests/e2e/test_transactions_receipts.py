@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from stompclient import encode_frame
+from support.stompclient import encode_frame
 
 
 def connected(client, gateway, version="1.2"):

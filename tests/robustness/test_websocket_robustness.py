@@ -19,8 +19,9 @@ import time
 
 import pytest
 
-from robustnesslib import MAX_FRAME_BYTES, WS_MAX_FRAME_BYTES, Gateway, assert_survived
-from rawws import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWebSocket, build_frame, close_code,
+from support.gateway import Gateway
+from support.robustness import MAX_FRAME_BYTES, WS_MAX_FRAME_BYTES, assert_survived
+from support.rawws import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWebSocket, build_frame, close_code,
                    close_payload, stomp_frames, upgrade_request)
 
 SEND_WITH_RECEIPT = b"SEND\ndestination:/topic/scratch\nreceipt:r\n\nhi\x00"
@@ -383,7 +384,7 @@ def test_session_dropped_when_client_half_closes(gateway, ws):
 def test_shutdown_not_blocked_by_idle_connections():
     """Ideal: SIGTERM exits (code 0) within 6 s even with a silent TCP connection, a
     half-sent upgrade request and a garbage request open. Uses its own gateway."""
-    gw = Gateway("robustness-shutdown")
+    gw = Gateway(name="robustness-shutdown")
     held = []
     try:
         held.append(socket.create_connection(("127.0.0.1", gw.port)))

@@ -12,7 +12,10 @@ import pytest
 import requests
 import yaml
 
-from securitylib import HMAC_SECRET, REPO, SecurityCluster, WebhookServer, bearer, make_token
+from support.cluster import Cluster, stop_cluster
+from support.paths import REPO
+from support.security import HMAC_SECRET, bearer, make_token
+from support.webhook import WebhookServer
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +33,9 @@ def cluster(hook):
     routes = cfg.setdefault("routes", {"names": []})
     routes["names"] = list(routes.get("names", [])) + ["hook"]
     routes["hook"] = {"destination": "/app/hook", "type": "webhook", "url": hook.url}
-    c = SecurityCluster("security-cluster-users", yaml.safe_dump(cfg))
+    c = Cluster("security-cluster-users", replicas=0, config_yaml=yaml.safe_dump(cfg))
     yield c
-    codes = c.stop()
-    bad = {k: v for k, v in codes.items() if k.startswith("gw") and v != 0}
-    assert not bad, f"gateways did not exit 0 on SIGTERM: {bad}"
+    stop_cluster(c)
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def sessions(cluster, clients):
     for i in range(3):
         a = clients(cluster.gw_ws(i), headers=bearer(alice_tok))
         assert a.connected_frame["user-name"] == "alice"
-        assert SecurityCluster.instance_of(a) == f"gw{i}"
+        assert Cluster.instance_of(a) == f"gw{i}"
         out["alice"].append(a)
         out["anon"].append(clients(cluster.gw_ws(i)))
     out["bob"].append(clients(cluster.lb_ws, headers=bearer(bob_tok)))
@@ -97,13 +98,13 @@ def test_webhook_user_reply_and_anonymous_sender(cluster, sessions, clients, hoo
     sender.send_frame("SEND", {"destination": "/app/hook", "receipt": "q"}, "question")
     got = sender.receive_commands("MESSAGE", "RECEIPT", timeout=10)
     assert got["MESSAGE"].text == "answer to the sender"
-    assert hook.requests[-1]["user"] is None
+    assert hook.bodies[-1]["user"] is None
     check_delivery(sessions, "hook note")
     # an authenticated sender on another gateway: its answer is its own, alice still once each
     bob = sessions["bob"][1]
     bob.send_frame("SEND", {"destination": "/app/hook", "receipt": "q"}, "question")
     assert bob.receive_commands("MESSAGE", "RECEIPT", timeout=10)["MESSAGE"].text == "answer to the sender"
-    assert hook.requests[-1]["user"] == "bob"
+    assert hook.bodies[-1]["user"] == "bob"
     check_delivery(sessions, "hook note")
 
 

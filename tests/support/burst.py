@@ -3,10 +3,6 @@ WebSocket message per STOMP frame; and a steady stream that runs until the gatew
 loop is busy. Used by the write-coalescing and TCP_NODELAY tests."""
 import time
 
-import requests
-
-from test_metrics import metric
-
 
 def assert_burst_arrives_complete(gw, client, stomppy, destination: str, n: int, subscribers: int = 3):
     subs = subscribed_clients(gw, client, destination, subscribers)
@@ -41,7 +37,7 @@ def publish_until(pub, destination: str, sent: list, done, what: str, timeout: f
 
 def loops_busy(gw) -> float:
     """Event loops of the gateway in busy mode now."""
-    return metric(requests.get(f"{gw.base}/metrics").text, "switchboard_event_loops_busy")
+    return gw.metric("switchboard_event_loops_busy")
 
 
 def subscribed_clients(gw, client, destination: str, n: int) -> list:
