@@ -14,6 +14,7 @@ import pytest
 
 from support.gateway import Gateway
 from support.paths import BENCH_BIN as BENCH
+from support.process import wait_until
 
 SUBSCRIBERS = 20
 RATE = 40
@@ -65,17 +66,14 @@ def test_bench_subscribe_and_publish_processes(gateway, tmp_path):
         [BENCH, "subscribe", "--port", str(port), "--connections", "10", "--topics", "5",
          "--ready-file", str(ready), "--stop-file", str(stop), "--hold", "60", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
-    while not ready.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    assert ready.exists()
+    wait_until(ready.exists, 30, what="subscribers ready")
     pub = subprocess.run(
         [BENCH, "publish", "--port", str(port), "--topics", "5", "--rate", "50", "--duration", "2"],
         capture_output=True, text=True, timeout=60)
     assert pub.returncode == 0, pub.stderr
     p = json.loads(pub.stdout.strip().splitlines()[-1])
     assert p["published"] == 100 and p["responses_ok"] == 100
-    time.sleep(1.0)
+    time.sleep(1.0)  # the subscriber process tells its count only when stopped: let in-flight deliveries land
     stop.touch()
     so, se = sub.communicate(timeout=30)
     s = json.loads(so.strip().splitlines()[-1])

@@ -49,7 +49,7 @@ class ReconnectingSubscriber(threading.Thread):
                 c.close()
             except (ConnectionClosed, OSError, AssertionError, TimeoutError):
                 self.connected.clear()
-                time.sleep(0.1)
+                time.sleep(0.1)  # reconnect back-off
 
 
 def test_rolling_restart(cluster_factory):
@@ -73,13 +73,18 @@ def test_rolling_restart(cluster_factory):
                 except requests.exceptions.RequestException:
                     pass
                 seq += 1
-                time.sleep(0.02)
+                time.sleep(0.02)  # publish pacing
 
     pub = threading.Thread(target=publisher, daemon=True)
     pub.start()
+    def traffic_flows(after: float, count: int = 20):
+        """`count` messages published after `after` (monotonic) and every subscriber connected."""
+        wait_until(lambda: sum(1 for _, t in published if t > after) >= count and all(s.connected.is_set() for s in subs),
+                   15, what=f"{count} publishes after {after:.1f} with every subscriber connected")
+
     windows = []
     for i in range(3):
-        time.sleep(1.0)
+        traffic_flows(time.monotonic())
         start = time.monotonic()
         proc = cluster.procs.pop(f"gw{i}")
         proc.send_signal(signal.SIGTERM)
@@ -90,10 +95,14 @@ def test_rolling_restart(cluster_factory):
         cluster.start_gateway(i)
         cluster.wait_ready(i)
         windows.append((i, start, time.monotonic()))
-    time.sleep(3.0)
+    traffic_flows(windows[-1][2] + 1.0, 30)
     stop_pub.set()
     pub.join(5)
-    time.sleep(1.0)
+    last = [seq for seq, t in published if t > windows[-1][2] + 1.0]
+    try:  # the in-flight deliveries; the assertions below say who misses what
+        wait_until(lambda: all(set(last) <= s.received for s in subs), 10)
+    except AssertionError:
+        pass
     for s in subs:
         s.stop.set()
     for s in subs:

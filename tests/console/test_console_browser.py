@@ -308,7 +308,8 @@ def test_console_redis_engine(browser, redis_gateway):
     fill(d, "sub-dest", "/topic/greetings")
     d.find_element("id", "sub-btn").click()
     wait_until(lambda: requests.get(base + "/health", timeout=2).json()["subscriptions"] >= 1, what="subscribed")
-    time.sleep(0.2)  # the Redis SUBSCRIBE for the new destination, if the engine subscribes lazily
+    wait_until(lambda: redis_cli(redis_port, "PUBSUB", "NUMSUB", "GREETING_CHANNEL_INBOUND").splitlines()[1] != "0",
+               what="the gateway's Redis SUBSCRIBE to GREETING_CHANNEL_INBOUND")
     redis_publish(redis_port, "GREETING_CHANNEL_INBOUND", '"Test Message from Backend PubSub"')
     wait_until(lambda: [e for e in log_entries(d, "MESSAGE") if "Test Message from Backend PubSub" in e[2]],
                what="Redis-published MESSAGE in the log")

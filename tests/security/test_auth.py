@@ -201,7 +201,7 @@ def test_short_hmac_secret_does_not_crash():
                     return
             except requests.RequestException:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll interval
         code = p.wait(timeout=20)
         out = p.stdout.read().decode(errors="replace")
         assert 0 < code < 128, f"switchboard died with exit status {code}: {out[:300]}"

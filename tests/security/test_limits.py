@@ -105,7 +105,7 @@ def test_frames_per_second(rate_gw, clients, healthy_of):
     slow = clients(rate_gw)
     for i in range(12):
         slow.send_frame("SEND", {"destination": "/topic/r"}, "x")
-        time.sleep(0.15)
+        time.sleep(0.15)  # pacing is the test: sustained at the rate
     slow.send("/topic/r", "x", receipt="sustained-ok")
 
 
@@ -148,7 +148,7 @@ def test_max_sessions_per_user(gw, clients):
         if f.command == "CONNECTED":
             break
         assert time.monotonic() < deadline, f"place not freed: {f.headers}"
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll interval
     # rejected sessions did not take a place either
     assert g.health()["sessions"] == 4  # bob, alice x2, carol
 

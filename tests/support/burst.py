@@ -32,7 +32,7 @@ def publish_until(pub, destination: str, sent: list, done, what: str, timeout: f
         for _ in range(20):
             sent.append(f"m{len(sent)}")
             pub.send(destination, sent[-1])
-            time.sleep(0.002)
+            time.sleep(0.002)  # a steady stream is the load asked for
 
 
 def loops_busy(gw) -> float:

@@ -79,7 +79,7 @@ class Gateway:
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"switchboard not healthy after {timeout}s; see {self.log_path}")
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll interval
 
     def health(self) -> dict:
         return requests.get(self.base + "/health", timeout=2).json()
@@ -91,7 +91,7 @@ class Gateway:
             h = self.health()
             if predicate(h) or time.monotonic() > deadline:
                 return h
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll interval
 
     def metric(self, name: str, **labels) -> float:
         return metric(requests.get(self.base + "/metrics", timeout=3).text, name, **labels)

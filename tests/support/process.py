@@ -27,7 +27,7 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: s
             last = exc
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-        time.sleep(interval)
+        time.sleep(interval)  # poll interval
 
 
 def popen_retrying(args, **kw) -> subprocess.Popen:
@@ -39,7 +39,7 @@ def popen_retrying(args, **kw) -> subprocess.Popen:
         except OSError as exc:
             if exc.errno != 26 or time.monotonic() > deadline:
                 raise
-            time.sleep(0.5)
+            time.sleep(0.5)  # ETXTBSY retry interval
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 10.0, send: bool = True):
