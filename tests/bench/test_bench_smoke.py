@@ -1,63 +1,34 @@
 """CI smoke test for the load generator (switchboard-bench).
 
 Builds nothing: it uses the binaries named by SWITCHBOARD_BENCH_BIN (default
-.build/debug/switchboard-bench) and SWITCHBOARD_BIN (default .build/debug/switchboard),
+switchboard-bench beside SWITCHBOARD_BIN) and SWITCHBOARD_BIN (default .build/debug/switchboard),
 starts a gateway on a free port, runs the generator for ~3 s with 20 subscribers at a
 modest publish rate, and checks the JSON line it prints.
 """
 import json
 import os
-import socket
 import subprocess
 import time
-import urllib.request
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BENCH = os.environ.get("SWITCHBOARD_BENCH_BIN", os.path.join(ROOT, ".build/debug/switchboard-bench"))
-SERVER = os.environ.get("SWITCHBOARD_BIN", os.path.join(ROOT, ".build/debug/switchboard"))
+from support.gateway import Gateway
+from support.paths import BENCH_BIN as BENCH
+from support.process import wait_until
 
 SUBSCRIBERS = 20
 RATE = 40
 DURATION = 3
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def gateway():
     if not os.path.exists(BENCH):
         pytest.skip(f"bench binary not built: {BENCH}")
-    if not os.path.exists(SERVER):
-        pytest.skip(f"switchboard binary not built: {SERVER}")
-    port = free_port()
-    proc = subprocess.Popen(
-        [SERVER, "--host", "127.0.0.1", "--port", str(port),
-         "--set", "stomp.heartbeat.send-ms=0", "--set", "stomp.heartbeat.receive-ms=0",
-         "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("gateway did not start")
-    yield port, proc
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    gw = Gateway(["stomp.heartbeat.send-ms=0", "stomp.heartbeat.receive-ms=0"], name="test_bench_smoke",
+                 log_level="warning")
+    yield gw.port, gw.proc
+    gw.stop()
 
 
 @pytest.mark.parametrize("via,extra", [("http", []), ("stomp", []), ("http", ["--pipeline-subscribe"])],
@@ -95,17 +66,14 @@ def test_bench_subscribe_and_publish_processes(gateway, tmp_path):
         [BENCH, "subscribe", "--port", str(port), "--connections", "10", "--topics", "5",
          "--ready-file", str(ready), "--stop-file", str(stop), "--hold", "60", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
-    while not ready.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    assert ready.exists()
+    wait_until(ready.exists, 30, what="subscribers ready")
     pub = subprocess.run(
         [BENCH, "publish", "--port", str(port), "--topics", "5", "--rate", "50", "--duration", "2"],
         capture_output=True, text=True, timeout=60)
     assert pub.returncode == 0, pub.stderr
     p = json.loads(pub.stdout.strip().splitlines()[-1])
     assert p["published"] == 100 and p["responses_ok"] == 100
-    time.sleep(1.0)
+    time.sleep(1.0)  # the subscriber process tells its count only when stopped: let in-flight deliveries land
     stop.touch()
     so, se = sub.communicate(timeout=30)
     s = json.loads(so.strip().splitlines()[-1])

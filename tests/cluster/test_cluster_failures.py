@@ -7,8 +7,9 @@ import time
 import pytest
 import requests
 
-from clusterlib import Cluster, wait_until
-from stompclient import ConnectionClosed, StompClient
+from support.cluster import Cluster
+from support.process import wait_until
+from support.stompclient import ConnectionClosed, StompClient
 
 
 def greetings(client, count, timeout=30.0):
@@ -116,14 +117,7 @@ def test_gateway_crash_clients_reconnect_through_haproxy(cluster_factory):
         assert c.wait_closed(5)
     reconnected = []
     for c in victims:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                nc = cluster.client()
-                break
-            except Exception:
-                assert time.monotonic() < deadline, "could not reconnect through haproxy"
-                time.sleep(0.2)
+        nc = wait_until(cluster.client, 15, 0.2, what="a reconnection through haproxy")
         assert Cluster.instance_of(nc) != "gw1"
         nc.subscribe("/topic/survive", id="1", receipt="r")
         reconnected.append(nc)

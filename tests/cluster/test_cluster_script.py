@@ -5,8 +5,9 @@ import signal
 import subprocess
 import time
 
-from clusterlib import ROOT, free_port, wait_until
-from stompclient import StompClient
+from support.paths import REPO as ROOT
+from support.process import free_port, wait_until
+from support.stompclient import StompClient
 
 
 def test_cluster_script_up_answer_and_teardown():

@@ -7,7 +7,7 @@ import subprocess
 
 import requests
 
-from clusterlib import wait_until
+from support.process import wait_until
 
 STREAM = "GREETING_CHANNEL_OUTBOUND"
 GROUP = "greeting-service"

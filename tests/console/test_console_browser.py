@@ -10,29 +10,18 @@ Also runs the JavaScript unit tests of the STOMP client (`node --test tests/cons
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import threading
+import tempfile
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts"
-BINARY = os.environ.get("SWITCHBOARD_BIN", str(REPO / ".build" / "debug" / "switchboard"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from support.gateway import Gateway
+from support.paths import ARTIFACTS, REPO
+from support.process import free_port, popen_retrying, terminate, wait_until
+from support.redis import redis_cli, redis_server_args
 
 # ---------------------------------------------------------------------------------------
 # JavaScript unit tests
@@ -51,98 +40,22 @@ def test_js_unit_tests():
 # Fixtures: webhook backend, gateway, browser
 
 
-class Webhook:
-    """Answers POST /greet with a greeting for the SEND's body, on /topic/greetings."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
-                req = json.loads(body or b"{}")
-                outer.requests.append(req)
-                reply = json.dumps({"replies": [
-                    {"destination": "/topic/greetings", "body": f"Hello, {req.get('body', '')}!"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def webhook():
-    w = Webhook()
-    yield w
-    w.close()
-
-
-class Gateway:
-    """A switchboard process on a free port; output in test-artifacts/<name>.log."""
-
-    def __init__(self, name: str, args: list[str]):
-        import requests
-
-        if not os.path.exists(BINARY):
-            pytest.fail(f"switchboard binary not found at {BINARY} (set SWITCHBOARD_BIN or run swift build)")
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = ARTIFACTS / f"{name}.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([BINARY, "--host", "127.0.0.1", "--port", str(self.port), *args],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"switchboard exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if requests.get(self.base + "/health", timeout=0.5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"switchboard not healthy after 15 s; see {self.log_path}")
-            time.sleep(0.05)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+def greet(req: dict) -> dict:
+    """The webhook backend's answer: a greeting for the SEND's body, on /topic/greetings."""
+    return {"replies": [{"destination": "/topic/greetings", "body": f"Hello, {req['json'].get('body', '')}!"}]}
 
 
 @pytest.fixture(scope="module")
 def gateway(webhook):
-    ARTIFACTS.mkdir(exist_ok=True)
-    cfg = ARTIFACTS / "test_console_browser.yaml"
-    cfg.write_text(
+    webhook.reply = greet
+    gw = Gateway(yaml=(
         "routes:\n"
         "  names: [greet]\n"
         "  greet:\n"
         "    destination: /app/greet\n"
         "    type: webhook\n"
-        f"    url: http://127.0.0.1:{webhook.port}/greet\n"
-        "    timeout-ms: 3000\n")
-    gw = Gateway("test_console_browser", ["--config", str(cfg)])
+        f"    url: {webhook.url}\n"
+        "    timeout-ms: 3000\n"), name="test_console_browser", log_level="info")
     yield gw.base
     gw.stop()
 
@@ -170,20 +83,6 @@ def browser():
 
 # ---------------------------------------------------------------------------------------
 # Helpers
-
-
-def wait_until(predicate, timeout=8.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as e:  # noqa: BLE001 (stale elements while the page re-renders)
-            last = e
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def health(base):
@@ -275,8 +174,8 @@ def test_console_end_to_end(browser, gateway, webhook):
     d.find_element("id", "qt-app").click()
     wait_until(lambda: result_text(d, "qt-app-result").startswith("✓"), what="SEND to /app seed test")
     assert "Hello, Console!" in result_text(d, "qt-app-result")
-    assert webhook.requests and webhook.requests[-1]["destination"] == "/app/greet"
-    assert webhook.requests[-1]["body"] == "Console"
+    assert webhook.bodies and webhook.bodies[-1]["destination"] == "/app/greet"
+    assert webhook.bodies[-1]["body"] == "Console"
     wait_until(lambda: [e for e in log_entries(d, "MESSAGE") if "Hello, Console!" in e[2] and "/topic/greetings" in e[2]],
                what="greeting in log")
     assert [e for e in log_entries(d, "RECEIPT")]
@@ -292,7 +191,7 @@ def test_console_end_to_end(browser, gateway, webhook):
     d.find_element("id", "send-btn").click()
     wait_until(lambda: result_text(d, "send-result").startswith("RECEIPT"), what="SEND receipt")
     wait_until(lambda: [e for e in log_entries(d, "MESSAGE") if "Hello, Form!" in e[2]], what="greeting for the form SEND")
-    assert webhook.requests[-1]["headers"].get("x-trace") == "t:1"
+    assert webhook.bodies[-1]["headers"].get("x-trace") == "t:1"
     sent = [e for e in log_entries(d, "SEND") if "Form" in e[2]]
     assert sent and sent[-1][1] == "out" and "x-trace:" in sent[-1][2]
 
@@ -372,28 +271,15 @@ def redis_gateway():
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()
     rlog = open(ARTIFACTS / "test_console_browser-redis.log", "wb")
-    redis = subprocess.Popen([redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no"], stdout=rlog, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or redis.poll() is not None:
-                redis.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-    gw = Gateway("test_console_browser-redis-gw", [
-        "--config", str(REPO / "examples" / "seed-streams.yaml"), "--set", f"redis.url=redis://127.0.0.1:{port}"])
+    redis = popen_retrying(redis_server_args(port, tempfile.mkdtemp(prefix="sb-console-redis-")), stdout=rlog,
+                           stderr=subprocess.STDOUT)
+    wait_until(lambda: redis.poll() is not None or redis_cli(port, "PING") == "PONG", what="redis-server")
+    assert redis.poll() is None, "redis-server did not start"
+    gw = Gateway([f"redis.url=redis://127.0.0.1:{port}"], yaml=(REPO / "examples" / "seed-streams.yaml").read_text(),
+                 name="test_console_browser-redis-gw", log_level="info")
     yield gw.base, port
     gw.stop()
-    redis.terminate()
-    try:
-        redis.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        redis.kill()
-        redis.wait()
+    terminate(redis, 5)
     rlog.close()
 
 
@@ -422,7 +308,8 @@ def test_console_redis_engine(browser, redis_gateway):
     fill(d, "sub-dest", "/topic/greetings")
     d.find_element("id", "sub-btn").click()
     wait_until(lambda: requests.get(base + "/health", timeout=2).json()["subscriptions"] >= 1, what="subscribed")
-    time.sleep(0.2)  # the Redis SUBSCRIBE for the new destination, if the engine subscribes lazily
+    wait_until(lambda: redis_cli(redis_port, "PUBSUB", "NUMSUB", "GREETING_CHANNEL_INBOUND").splitlines()[1] != "0",
+               what="the gateway's Redis SUBSCRIBE to GREETING_CHANNEL_INBOUND")
     redis_publish(redis_port, "GREETING_CHANNEL_INBOUND", '"Test Message from Backend PubSub"')
     wait_until(lambda: [e for e in log_entries(d, "MESSAGE") if "Test Message from Backend PubSub" in e[2]],
                what="Redis-published MESSAGE in the log")
@@ -446,7 +333,8 @@ def test_console_redis_engine(browser, redis_gateway):
 
 @pytest.fixture(scope="module")
 def fast_heartbeat_gateway():
-    gw = Gateway("test_console_browser-hb", ["--set", "stomp.heartbeat.send-ms=400", "--set", "stomp.heartbeat.receive-ms=400"])
+    gw = Gateway(["stomp.heartbeat.send-ms=400", "stomp.heartbeat.receive-ms=400"], name="test_console_browser-hb",
+                 log_level="info")
     yield gw.base
     gw.stop()
 

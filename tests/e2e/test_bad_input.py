@@ -2,7 +2,7 @@
 already-connected session keeps receiving messages afterwards."""
 import pytest
 
-from stompclient import StompClient
+from support.stompclient import StompClient
 
 CONNECT = b"CONNECT\naccept-version:1.2\nhost:x\n\n\x00"
 

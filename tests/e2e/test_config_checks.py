@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from gatewayproc import BINARY, REPO, Gateway
+from support.gateway import Gateway
+from support.paths import BINARY, REPO
 
 
 def run(*args, env=None):

@@ -2,7 +2,7 @@
 import pytest
 import requests
 
-from stompclient import StompClient
+from support.stompclient import StompClient
 
 
 @pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])

@@ -76,7 +76,7 @@ def test_client_crlf_heartbeats_keep_connection(hb_gateway, client):
     c.connect(heartbeat="300,0")
     for _ in range(8):
         c.send_raw(b"\r\n")
-        time.sleep(0.2)
+        time.sleep(0.2)  # beat pacing is the test
     assert not c.closed
     c.subscribe("/topic/hb.crlf", id="c", receipt="alive")
 
@@ -86,7 +86,7 @@ def test_client_sending_frames_counts_as_heartbeat(hb_gateway, client):
     c.connect(heartbeat="300,0")
     c.subscribe("/topic/hb.frames", id="f", receipt="r0")
     for i in range(8):
-        time.sleep(0.2)
+        time.sleep(0.2)  # frame pacing is the test (frames count as beats)
         c.send("/topic/hb.frames", str(i))
         assert c.expect_message().text == str(i)
     assert not c.closed
@@ -96,7 +96,7 @@ def test_stomppy_with_heartbeats_stays_connected(hb_gateway, client, stomppy):
     conn, lst = stomppy(hb_gateway, heartbeats=(300, 300))
     conn.subscribe("/topic/hb.py", id="1", receipt="r")
     lst.wait_receipt("r")
-    time.sleep(2.2)
+    time.sleep(2.2)  # time passing is the test: several heart-beat intervals
     assert conn.is_connected()
     assert not lst.errors, lst.errors
     assert lst.heartbeat_timeouts == 0
@@ -109,7 +109,7 @@ def test_stomppy_with_heartbeats_stays_connected(hb_gateway, client, stomppy):
 
 def test_stomppy_without_heartbeats_stays_connected(hb_gateway, stomppy):
     conn, lst = stomppy(hb_gateway, heartbeats=(0, 0))
-    time.sleep(1.0)
+    time.sleep(1.0)  # time passing is the test: idle without heart-beats
     assert conn.is_connected() and not lst.errors
 
 
@@ -141,7 +141,7 @@ def test_server_uses_max_of_both_intervals_for_expecting(hb_gateway, client):
     """Client promises beats every 1000 ms: 1.3 s of silence is within 2 x 1000 ms."""
     c = client(hb_gateway)
     c.connect(heartbeat="1000,0")
-    time.sleep(1.3)
+    time.sleep(1.3)  # time passing is the test: silence within 2 x 1000 ms
     c.subscribe("/topic/hb.max", id="m", receipt="still-connected")
 
 
@@ -168,14 +168,14 @@ routes:
                 c.send_raw(b"\n")
             except Exception:  # noqa: BLE001
                 return
-            time.sleep(0.1)
+            time.sleep(0.1)  # beat pacing
 
     t = threading.Thread(target=beats, daemon=True)
     t.start()
     try:
         c.send_frame("SEND", {"destination": "/app/slow", "receipt": "slow"}, "x")
         c.expect_receipt("slow", timeout=5)
-        time.sleep(1.0)
+        time.sleep(1.0)  # time passing is the test: only beats keep the session
         c.expect_nothing(0.3)
         assert not c.closed
     finally:

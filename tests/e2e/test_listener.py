@@ -6,7 +6,7 @@ import subprocess
 
 import requests
 
-from gatewayproc import BINARY
+from support.paths import BINARY
 
 
 def listening_sockets(port: int) -> list[str]:

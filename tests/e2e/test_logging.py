@@ -2,12 +2,12 @@
 import json
 import signal
 import subprocess
-import time
 
 import requests
 
-from gatewayproc import BINARY, free_port
-from stompclient import StompClient
+from support.paths import BINARY
+from support.process import free_port, wait_until
+from support.stompclient import StompClient
 
 
 def run_gateway(*sets):
@@ -16,14 +16,8 @@ def run_gateway(*sets):
     for s in sets:
         args += ["--set", s]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            requests.get(f"http://127.0.0.1:{port}/health", timeout=1)
-            return proc, port
-        except requests.exceptions.RequestException:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1), 15, what="gateway up")
+    return proc, port
 
 
 def stop(proc):

@@ -3,7 +3,7 @@ and how STOMP frames map onto WebSocket messages."""
 import pytest
 import websocket
 
-from stompclient import encode_frame
+from support.stompclient import encode_frame
 
 
 def connected(client, gateway, version="1.2", **kw):
@@ -46,9 +46,10 @@ def test_stomppy_three_subscribers(gateway, client, stomppy):
     for lst in listeners:
         (headers, body), = lst.wait_messages(1)
         assert body == "to stomp.py" and headers["x-n"] == "1"
-    import time
-    time.sleep(0.3)
-    assert all(len(lst.messages) == 1 for lst in listeners)
+    # A later message on the same subscription is the condition: a duplicate would come first.
+    pub.send("/topic/fanout.py", "marker", receipt="m")
+    for lst in listeners:
+        assert [body for _, body in lst.wait_messages(2)] == ["to stomp.py", "marker"]
 
 
 def test_message_ids_are_unique(gateway, client):
@@ -180,12 +181,14 @@ def test_stomppy_unsubscribe(gateway, client, stomppy):
     pub = connected(client, gateway)
     pub.send("/topic/unsub.py", "one", receipt="p1")
     lst.wait_messages(1)
+    conn.subscribe("/topic/unsub.py.marker", id="2", receipt="r2")
+    lst.wait_receipt("r2")
     conn.unsubscribe(id="1", receipt="u")
     lst.wait_receipt("u")
     pub.send("/topic/unsub.py", "two", receipt="p2")
-    import time
-    time.sleep(0.4)
-    assert len(lst.messages) == 1
+    # The marker, published after "two" by the same publisher, is the condition: "two" would come first.
+    pub.send("/topic/unsub.py.marker", "marker", receipt="p3")
+    assert [body for _, body in lst.wait_messages(2)] == ["one", "marker"]
 
 
 @pytest.mark.parametrize("ack", ["client", "client-individual"])

@@ -1,23 +1,8 @@
 """GET /metrics: Prometheus text with the gateway's counters and gauges, and health endpoints."""
-import re
-
 import requests
 
-from stompclient import StompClient
-
-
-def metric(text: str, name: str, **labels) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r"^([a-zA-Z_:]+)(\{([^}]*)\})? ([0-9.e+-]+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = m.group(3) or ""
-        if all(f'{k}="{v}"' in got for k, v in labels.items()):
-            return float(m.group(4))
-    raise AssertionError(f"no {name}{{{want}}} in /metrics")
+from support.gateway import metric
+from support.stompclient import StompClient
 
 
 def test_metrics_follow_activity(gateway):

@@ -10,9 +10,10 @@ import subprocess
 import pytest
 import requests
 
-from burst import assert_burst_arrives_complete, loops_busy, publish_until, subscribed_clients
-from gatewayproc import BINARY, wait_until
-from test_metrics import metric
+from support.burst import assert_burst_arrives_complete, loops_busy, publish_until, subscribed_clients
+from support.paths import BINARY
+from support.process import wait_until
+from support.gateway import metric
 
 SYS_PIDFD_GETFD = 438  # same number on x86_64 and aarch64
 

@@ -4,7 +4,6 @@ import datetime
 import ipaddress
 import signal
 import subprocess
-import time
 import ssl
 
 import pytest
@@ -15,8 +14,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gatewayproc import BINARY, free_port
-from stompclient import StompClient
+from support.paths import BINARY
+from support.process import free_port, wait_until
+from support.stompclient import StompClient
 
 urllib3.disable_warnings()
 
@@ -45,14 +45,8 @@ def test_https_and_wss(tls_files):
     proc = subprocess.Popen([BINARY, "--host", "127.0.0.1", "--port", str(port), "--set", f"http.tls.certificate-file={cert}",
                              "--set", f"http.tls.key-file={key}"], stderr=subprocess.PIPE)
     https = f"https://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            assert requests.get(f"{https}/health", verify=str(cert), timeout=1).json()["status"] == "ok"
-            break
-        except requests.exceptions.RequestException:
-            assert time.monotonic() < deadline, "TLS gateway did not come up"
-            time.sleep(0.1)
+    wait_until(lambda: requests.get(f"{https}/health", verify=str(cert), timeout=1).json()["status"] == "ok", 15,
+               what="TLS gateway up")
     # Plain HTTP on the TLS port gets no HTTP answer.
     with pytest.raises(requests.exceptions.RequestException):
         requests.get(f"http://127.0.0.1:{port}/health", timeout=2)

@@ -1,9 +1,8 @@
 """Receipts for every client command, and transactions (BEGIN/COMMIT/ABORT)."""
-import time
 
 import pytest
 
-from stompclient import encode_frame
+from support.stompclient import encode_frame
 
 
 def connected(client, gateway, version="1.2"):
@@ -144,7 +143,9 @@ def test_stomppy_transaction(gateway, client, stomppy):
     tx = conn.begin()
     conn.send("/topic/tx.py", "p1", transaction=tx)
     conn.send("/topic/tx.py", "p2", transaction=tx)
-    time.sleep(0.3)
+    # A message sent after them outside the transaction is the condition: it must come first.
+    conn.send("/topic/tx.py", "outside")
+    assert sub.expect_message().text == "outside"
     sub.expect_nothing(0.1)
     conn.commit(tx)
     assert [m.text for m in sub.receive_many(2)] == ["p1", "p2"]

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from burst import assert_burst_arrives_complete, loops_busy, publish_until, subscribed_clients
-from gatewayproc import BINARY
+from support.burst import assert_burst_arrives_complete, loops_busy, publish_until, subscribed_clients
+from support.paths import BINARY
 
 
 @pytest.mark.parametrize("key", ["server.write-coalesce-us", "server.write-coalesce-busy-us"])

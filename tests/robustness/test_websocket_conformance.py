@@ -1,6 +1,6 @@
 """RFC 6455 conformance of the gateway's WebSocket layer, and control bytes in STOMP, over
-real sockets (hand-built frames, rawws.py). Same module gateway, watcher and `survives` check
-as test_websocket_robustness.py (robustnesslib.py).
+real sockets (hand-built frames, support/rawws.py). Same module gateway, watcher and `survives` check
+as test_websocket_robustness.py (tests/robustness/conftest.py).
 
 The policy under test (README, "STOMP over WebSocket"): every WebSocket-level error is
 answered with one close frame carrying the code and a short plain-English reason, then the
@@ -16,8 +16,8 @@ import struct
 
 import pytest
 
-from rawws import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, close_code, stomp_frames
-from robustnesslib import expect_protocol_close
+from support.rawws import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, close_code, stomp_frames
+from support.robustness import expect_protocol_close
 
 SUBSCRIBE = b"SUBSCRIBE\ndestination:/topic/u8\nid:1\nreceipt:s\n\n\x00"
 SEND_HEAD = b"SEND\ndestination:/topic/u8\nreceipt:r\n\n"

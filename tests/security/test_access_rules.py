@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from securitylib import HMAC_SECRET, bearer, deny_send, deny_subscribe, expect_healthy, make_token
+from support.security import HMAC_SECRET, bearer, deny_send, deny_subscribe, expect_healthy, make_token
 
 RULES_YAML = f"""
 auth:
@@ -48,12 +48,12 @@ def test_subscribe_allowed_and_receives(g, login, healthy):
 
 
 def test_subscribe_denied_closes_only_that_session(g, login, healthy):
-    before = g.metric("auth")
+    before = g.session_errors("auth")
     c = login()
     deny_subscribe(c, "/topic/private.x")
     for dest in ("/topic/**", "/topic/public", "/topic/admin.audit", "/topic/user.*.inbox", "/topic/*.news"):
         deny_subscribe(login(), dest)
-    assert g.metric("auth") >= before + 6
+    assert g.session_errors("auth") >= before + 6
 
 
 def test_send_allowed_and_denied(g, login, healthy):

@@ -7,7 +7,10 @@ import subprocess
 import pytest
 import requests
 
-from securitylib import BINARY, HMAC_SECRET, StompClient, bearer, make_token, popen_retrying, upgrade_request
+from support.paths import BINARY
+from support.process import popen_retrying
+from support.security import HMAC_SECRET, bearer, make_token, upgrade_request
+from support.stompclient import StompClient
 
 UNAUTHORIZED = {"error": "missing or invalid API key: send 'Authorization: Bearer <key>'", "field": "Authorization"}
 KEYS = {"backend": "k-backend-7f3a", "limited": "k-limited-19cc", "notifier": "k-notifier-55aa"}

@@ -10,8 +10,10 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from securitylib import (BINARY, HMAC_SECRET, NO_TOKEN, b64url, bearer, deny_subscribe, expect_healthy, make_token,
-                      StompClient, free_port, popen_retrying)
+from support.paths import BINARY
+from support.process import free_port, popen_retrying
+from support.security import HMAC_SECRET, NO_TOKEN, b64url, bearer, deny_subscribe, expect_healthy, make_token
+from support.stompclient import StompClient
 
 
 def rejected(clients, g, message, headers=None, ws=None, receipt=None):
@@ -54,11 +56,11 @@ def healthy(hs, clients):
 
 
 def test_no_token_is_rejected_with_receipt_and_counted(hs, clients, healthy):
-    before = hs.metric("auth")
+    before = hs.session_errors("auth")
     rejected(clients, hs, NO_TOKEN, receipt="r-42")
     rejected(clients, hs, NO_TOKEN, headers={"login": "alice"})  # a login without passcode is no token
     rejected(clients, hs, NO_TOKEN, headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"})
-    assert hs.metric("auth") >= before + 3
+    assert hs.session_errors("auth") >= before + 3
 
 
 def test_bearer_header(hs, clients, healthy):
@@ -199,7 +201,7 @@ def test_short_hmac_secret_does_not_crash():
                     return
             except requests.RequestException:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll interval
         code = p.wait(timeout=20)
         out = p.stdout.read().decode(errors="replace")
         assert 0 < code < 128, f"switchboard died with exit status {code}: {out[:300]}"

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from securitylib import HMAC_SECRET, StompClient, bearer, encode_frame, expect_healthy, make_token, upgrade_request
+from support.security import HMAC_SECRET, bearer, expect_healthy, make_token, upgrade_request
+from support.stompclient import StompClient, encode_frame
 
 
 
@@ -34,14 +35,14 @@ def healthy_of(clients):
 
 def test_max_subscriptions(frames_gw, clients, healthy_of):
     healthy_of(frames_gw)
-    before = frames_gw.metric("limit")
+    before = frames_gw.session_errors("limit")
     c = clients(frames_gw)
     for i in range(3):
         c.subscribe(f"/topic/s{i}", str(i), receipt=f"r{i}")
     c.send_frame("SUBSCRIBE", {"destination": "/topic/s3", "id": "3", "receipt": "r3"})
     f = c.expect_error("too many subscriptions (limit 3)")
     assert f.get("receipt-id") == "r3"
-    assert frames_gw.metric("limit") >= before + 1
+    assert frames_gw.session_errors("limit") >= before + 1
     # unsubscribing frees a slot
     c2 = clients(frames_gw)
     for i in range(3):
@@ -91,7 +92,7 @@ def rate_gw(gw):
 
 def test_frames_per_second(rate_gw, clients, healthy_of):
     healthy_of(rate_gw)
-    before = rate_gw.metric("limit")
+    before = rate_gw.session_errors("limit")
     # a burst within 2x the rate is fine
     ok = clients(rate_gw)
     ok.send_raw(b"".join(encode_frame("SEND", {"destination": "/topic/r"}, "x") for _ in range(12)))
@@ -99,12 +100,12 @@ def test_frames_per_second(rate_gw, clients, healthy_of):
     c = clients(rate_gw)
     c.send_raw(b"".join(encode_frame("SEND", {"destination": "/topic/r"}, "x") for _ in range(60)))
     c.expect_error("rate limit exceeded: more than 10 frames per second")
-    assert rate_gw.metric("limit") >= before + 1
+    assert rate_gw.session_errors("limit") >= before + 1
     # sustained at the rate is fine
     slow = clients(rate_gw)
     for i in range(12):
         slow.send_frame("SEND", {"destination": "/topic/r"}, "x")
-        time.sleep(0.15)
+        time.sleep(0.15)  # pacing is the test: sustained at the rate
     slow.send("/topic/r", "x", receipt="sustained-ok")
 
 
@@ -125,7 +126,7 @@ def test_max_sessions_per_user(gw, clients):
     g = gw(f"auth.jwt.hmac-secret={HMAC_SECRET}", "limits.max-sessions-per-user=2")
     healthy = clients(g, headers=bearer(make_token(HMAC_SECRET, sub="bob")))
     healthy.subscribe("/topic/health", "h", receipt="h")
-    before = g.metric("limit")
+    before = g.session_errors("limit")
     tok = make_token(HMAC_SECRET, sub="alice")
     a1 = clients(g, headers=bearer(tok))
     clients(g, headers=bearer(tok))
@@ -134,7 +135,7 @@ def test_max_sessions_per_user(gw, clients):
     assert f.command == "ERROR" and f.get("message") == "too many sessions for user alice (limit 2)"
     assert f.get("receipt-id") == "c3"
     assert a3.wait_closed(5)
-    assert g.metric("limit") >= before + 1
+    assert g.session_errors("limit") >= before + 1
     clients(g, headers=bearer(make_token(HMAC_SECRET, sub="carol")))  # other users are not affected
     expect_healthy(healthy, g)
     # a closed session frees its place
@@ -147,7 +148,7 @@ def test_max_sessions_per_user(gw, clients):
         if f.command == "CONNECTED":
             break
         assert time.monotonic() < deadline, f"place not freed: {f.headers}"
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll interval
     # rejected sessions did not take a place either
     assert g.health()["sessions"] == 4  # bob, alice x2, carol
 

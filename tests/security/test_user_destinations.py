@@ -7,7 +7,7 @@ import urllib.parse
 import pytest
 import requests
 
-from securitylib import HMAC_SECRET, bearer, make_token
+from support.security import HMAC_SECRET, bearer, make_token
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_webhook_user_reply_and_anonymous_sender_answer(g, login, webhook):
     bob = login("bob")
     anon1.send_frame("SEND", {"destination": "/app/hook", "receipt": "q"}, "question")
     m = anon1.receive_commands("MESSAGE", "RECEIPT")["MESSAGE"]
-    assert webhook.requests[-1]["user"] is None
+    assert webhook.bodies[-1]["user"] is None
     assert (m["destination"], m.text) == ("/user/queue/answers", "answer for you")
     m = alice.expect_message()
     assert (m["destination"], m.text) == ("/user/queue/notes", "hook says hi alice")
@@ -124,7 +124,7 @@ def test_webhook_user_reply_and_anonymous_sender_answer(g, login, webhook):
     other_carol = login("carol", dest="/user/queue/answers")
     sender.send_frame("SEND", {"destination": "/app/hook", "receipt": "q"}, "question")
     assert sender.receive_commands("MESSAGE", "RECEIPT")["MESSAGE"].text == "answer for you"
-    assert webhook.requests[-1]["user"] == "carol"
+    assert webhook.bodies[-1]["user"] == "carol"
     assert alice.expect_message().text == "hook says hi alice"
     other_carol.expect_nothing(0.2)  # target sender: only the sending session
 

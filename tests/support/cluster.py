@@ -1,31 +1,26 @@
-"""A real cluster for multi-process tests: redis-server, 3 switchboard gateways behind
-haproxy, and greeting-service replicas, each on free ports with its own directory."""
-import json
-import os
+"""A real cluster for multi-process tests: redis-server, up to 3 switchboard gateways (instance
+ids gw0..gwN-1) behind haproxy, and greeting-service replicas, each on free ports, with its own
+directory; logs in ``test-artifacts/<name>-<process>.log``."""
+from __future__ import annotations
+
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-import gatewayproc  # noqa: E402
-from gatewayproc import free_port, wait_until  # noqa: E402,F401
-from stompclient import StompClient  # noqa: E402
-
-BIN = Path(os.environ.get("SWITCHBOARD_BIN", ROOT / ".build" / "debug" / "switchboard"))
-GREETING_BIN = Path(os.environ.get("GREETING_SERVICE_BIN", BIN.parent / "greeting-service"))
-ARTIFACTS = ROOT / "test-artifacts"
+from support.paths import ARTIFACTS, BINARY, GREETING_BIN, REPO
+from support.redis import redis_cli, redis_server_args
+from support.process import free_port, popen_retrying, terminate, wait_until
+from support.stompclient import StompClient
 
 
+class Cluster:
+    """`config`: a file name in examples/, or `config_yaml`: the configuration's text."""
 
-class Cluster(gatewayproc.ProcessCluster):
-    def __init__(self, name: str, replicas: int = 2, replica_args=(), config: str = "seed-streams.yaml", gateways: int = 3):
+    def __init__(self, name: str, replicas: int = 2, replica_args=(), config: str = "seed-streams.yaml",
+                 gateways: int = 3, config_yaml: str | None = None):
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"sb-{name}-"))
         ARTIFACTS.mkdir(exist_ok=True)
@@ -35,26 +30,40 @@ class Cluster(gatewayproc.ProcessCluster):
         self.redis_port = free_port()
         self.gw_ports = [free_port() for _ in range(gateways)]
         self.lb_port = free_port()
-        self.config = ROOT / "examples" / config
-        self.start_redis()
-        for i in range(gateways):
-            self.start_gateway(i)
-        for i in range(gateways):
-            self.wait_ready(i)
-        self.start_haproxy()
+        if config_yaml is None:
+            self.config = REPO / "examples" / config
+        else:
+            self.config = self.dir / "switchboard.yaml"
+            self.config.write_text(config_yaml)
         self.replica_args = list(replica_args)
-        for j in range(replicas):
-            self.start_replica(j)
+        try:
+            self.start_redis()
+            for i in range(gateways):
+                self.start_gateway(i)
+            for i in range(gateways):
+                self.wait_ready(i)
+            self.start_haproxy()
+            for j in range(replicas):
+                self.start_replica(j)
+        except BaseException:
+            self.stop()
+            raise
 
     # -- processes --------------------------------------------------------------
     def _spawn(self, key, args):
         log = open(ARTIFACTS / f"{self.name}-{key}.log", "ab")
-        self.procs[key] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        self.procs[key] = popen_retrying(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
         return self.procs[key]
 
+    def stop(self) -> dict:
+        """SIGTERM to every process, then their exit codes ("killed" after 10 s)."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        return {key: terminate(p, send=False) for key, p in list(self.procs.items())}
+
     def start_redis(self):
-        self._spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                              "--save", "", "--appendonly", "no"])
+        self._spawn("redis", redis_server_args(self.redis_port, self.dir))
         wait_until(lambda: self.redis_cli("PING") == "PONG", what="redis")
 
     def kill_redis(self):
@@ -63,15 +72,14 @@ class Cluster(gatewayproc.ProcessCluster):
         p.wait(5)
 
     def redis_cli(self, *args, timeout=5) -> str:
-        out = subprocess.run(["redis-cli", "-p", str(self.redis_port), *args], capture_output=True, text=True, timeout=timeout)
-        return out.stdout.strip()
+        return redis_cli(self.redis_port, *args, timeout=timeout)
 
     def start_gateway(self, i: int, *extra):
-        self._spawn(f"gw{i}", [str(BIN), "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.gw_ports[i]),
+        self._spawn(f"gw{i}", [BINARY, "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.gw_ports[i]),
                                "--set", f"redis.url=redis://127.0.0.1:{self.redis_port}", "--set", f"instance.id=gw{i}",
                                "--set", "server.shutdown-grace-ms=2000", *extra])
 
-    def wait_ready(self, i: int, timeout=15.0):
+    def wait_ready(self, i: int, timeout=20.0):
         wait_until(lambda: requests.get(f"{self.gw_url(i)}/health/ready", timeout=1).status_code == 200, timeout, what=f"gw{i} ready")
 
     def kill_gateway(self, i: int):
@@ -80,7 +88,7 @@ class Cluster(gatewayproc.ProcessCluster):
         p.wait(5)
 
     def start_haproxy(self):
-        cfg = (ROOT / "examples" / "haproxy.cfg").read_text().replace("@LISTEN_PORT@", str(self.lb_port))
+        cfg = (REPO / "examples" / "haproxy.cfg").read_text().replace("@LISTEN_PORT@", str(self.lb_port))
         for i, port in enumerate(self.gw_ports):
             cfg = cfg.replace(f"@GATEWAY_{i + 1}@", str(port))
         for i in range(len(self.gw_ports), 3):  # fewer gateways: drop the unused lines
@@ -91,7 +99,7 @@ class Cluster(gatewayproc.ProcessCluster):
         wait_until(lambda: requests.get(f"{self.lb_url}/health", timeout=1).status_code == 200, what="haproxy")
 
     def start_replica(self, j: int, *extra):
-        self._spawn(f"replica{j}", [str(GREETING_BIN), "--redis-url", f"redis://127.0.0.1:{self.redis_port}",
+        self._spawn(f"replica{j}", [GREETING_BIN, "--redis-url", f"redis://127.0.0.1:{self.redis_port}",
                                     "--stream", "GREETING_CHANNEL_OUTBOUND", "--group", "greeting-service",
                                     "--consumer", f"greeting-{j}", *self.replica_args, *extra])
 
@@ -103,6 +111,20 @@ class Cluster(gatewayproc.ProcessCluster):
     def replica_log(self, j: int) -> str:
         return (ARTIFACTS / f"{self.name}-replica{j}.log").read_text(errors="replace")
 
+    # -- addresses and clients --------------------------------------------------
+    @property
+    def lb_url(self):
+        return f"http://127.0.0.1:{self.lb_port}"
+
+    @property
+    def lb_ws(self):
+        return f"ws://127.0.0.1:{self.lb_port}/stomp"
+
+    def gw_url(self, i):
+        return f"http://127.0.0.1:{self.gw_ports[i]}"
+
+    def gw_ws(self, i):
+        return f"ws://127.0.0.1:{self.gw_ports[i]}/stomp"
 
     def client(self, url=None) -> StompClient:
         c = StompClient(url or self.lb_ws, timeout=10)
@@ -114,40 +136,8 @@ class Cluster(gatewayproc.ProcessCluster):
         return client.connected_frame["session"].split("-s-")[0]
 
 
-@pytest.fixture
-def cluster_factory(request):
-    made = []
-
-    def make(**kw):
-        name = request.node.name.replace("[", "_").replace("]", "")[:60]
-        c = Cluster(name + (f"-{len(made)}" if made else ""), **kw)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        codes = c.stop()
-        bad = {k: v for k, v in codes.items() if k.startswith("gw") and v != 0}
-        assert not bad, f"gateways did not exit 0 on SIGTERM: {bad}"
-
-
-@pytest.fixture(scope="module")
-def shared_cluster(request):
-    c = Cluster(request.module.__name__.split(".")[-1], replicas=0)
-    yield c
-    codes = c.stop()
+def stop_cluster(cluster: Cluster):
+    """Stops `cluster`; every gateway must exit 0 on SIGTERM."""
+    codes = cluster.stop()
     bad = {k: v for k, v in codes.items() if k.startswith("gw") and v != 0}
     assert not bad, f"gateways did not exit 0 on SIGTERM: {bad}"
-
-
-@pytest.fixture
-def clients():
-    made = []
-
-    def track(c):
-        made.append(c)
-        return c
-
-    yield track
-    for c in made:
-        c.close()

@@ -3,10 +3,6 @@ WebSocket message per STOMP frame; and a steady stream that runs until the gatew
 loop is busy. Used by the write-coalescing and TCP_NODELAY tests."""
 import time
 
-import requests
-
-from test_metrics import metric
-
 
 def assert_burst_arrives_complete(gw, client, stomppy, destination: str, n: int, subscribers: int = 3):
     subs = subscribed_clients(gw, client, destination, subscribers)
@@ -36,12 +32,12 @@ def publish_until(pub, destination: str, sent: list, done, what: str, timeout: f
         for _ in range(20):
             sent.append(f"m{len(sent)}")
             pub.send(destination, sent[-1])
-            time.sleep(0.002)
+            time.sleep(0.002)  # a steady stream is the load asked for
 
 
 def loops_busy(gw) -> float:
     """Event loops of the gateway in busy mode now."""
-    return metric(requests.get(f"{gw.base}/metrics").text, "switchboard_event_loops_busy")
+    return gw.metric("switchboard_event_loops_busy")
 
 
 def subscribed_clients(gw, client, destination: str, n: int) -> list:

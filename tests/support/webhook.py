@@ -1,0 +1,73 @@
+"""A webhook backend: a threaded HTTP server on a free port that records every POST and answers
+with the `reply` (dict, str or callable(request) -> dict), `status` and `delay` set by the test."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class WebhookServer:
+    """`requests`: one dict per POST (path, headers, raw, json, received); `bodies`: their JSON."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.status = 200
+        self.reply = None
+        self.delay = 0.0
+        self.event = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0) or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = None
+                req = {"path": self.path, "headers": dict(self.headers), "raw": raw, "json": body,
+                       "received": time.monotonic()}
+                server.requests.append(req)
+                server.event.set()
+                if server.delay:
+                    time.sleep(server.delay)  # the slow backend the test asked for
+                reply = server.reply(req) if callable(server.reply) else server.reply
+                data = b"" if reply is None else (reply.encode() if isinstance(reply, str) else json.dumps(reply).encode())
+                try:
+                    self.send_response(server.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def bodies(self) -> list:
+        """The JSON body of every request, in order."""
+        return [r["json"] for r in self.requests]
+
+    def reset(self):
+        self.requests.clear()
+        self.status, self.reply, self.delay = 200, None, 0.0
+        self.event.clear()
+
+    def wait_request(self, timeout: float = 5.0) -> dict:
+        assert self.event.wait(timeout), "webhook was not called"
+        return self.requests[-1]
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
