@@ -4,7 +4,7 @@ import Testing
 @testable import SwitchboardServer
 
 /// `ConfigKeyCatalog` is the one list of keys: it must be exactly the keys the configuration
-/// reads, docs/configuration.md must be generated from it, and the README may name no other key.
+/// reads, docs/configuration.md must be generated from it, and the README and docs/ may name no other key.
 @Suite struct ConfigurationCatalogTests {
     static let repository = ConfigurationCheckTests.repository
 
@@ -50,25 +50,37 @@ import Testing
                 "docs/configuration.md is stale: swift run switchboard --configuration-reference > docs/configuration.md")
     }
 
-    /// Every key in a README table (`| \`key\` |` rows, `<n>` for a name) is a catalog key.
+    /// README.md and every docs/*.md written by hand (not the generated configuration.md, nor
+    /// benchmarks.md, whose tables hold measurements).
+    static func documentationFiles() throws -> [String] {
+        let docs = Self.repository.appendingPathComponent("docs")
+        let names = try FileManager.default.contentsOfDirectory(atPath: docs.path)
+            .filter { $0.hasSuffix(".md") && $0 != "configuration.md" && $0 != "benchmarks.md" }
+            .sorted()
+        return ["README.md"] + names.map { "docs/" + $0 }
+    }
+
+    /// Every key in a table of the README or docs/ (`| \`key\` |` rows, `<n>` for a name) is a catalog key.
     @Test func readmeNamesOnlyKnownKeys() throws {
-        let readme = try String(contentsOf: Self.repository.appendingPathComponent("README.md"), encoding: .utf8)
         let sections = Set(ConfigKeyCatalog.all.map { String($0.key.prefix { $0 != "." }) })
         let known = Set(ConfigKeyCatalog.all.map(\.key))
         let punctuation: Set<Character> = [".", "-", "<", ">"]
         var checked = 0
-        for line in readme.split(separator: "\n") where line.hasPrefix("| `") {
-            let firstCell = line.dropFirst(2).prefix { $0 != "|" }
-            for piece in firstCell.split(separator: ",") {
-                let key = piece.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "`"))
-                guard let head = key.split(separator: ".").first, sections.contains(String(head)), key.contains("."),
-                      key.allSatisfy({ (c: Character) in c.isLowercase || c.isNumber || punctuation.contains(c) }) else { continue }
-                let normalized = key.replacingOccurrences(of: "<n>", with: ConfigKeySpec.placeholder)
-                    .replacingOccurrences(of: ".*.", with: "." + ConfigKeySpec.placeholder + ".")
-                if normalized == "log.levels.<subsystem>" { checked += 1; continue }
-                let isKnown = known.contains(normalized)
-                #expect(isKnown, "README names \(key), which is not a configuration key")
-                checked += 1
+        for file in try Self.documentationFiles() {
+            let text = try String(contentsOf: Self.repository.appendingPathComponent(file), encoding: .utf8)
+            for line in text.split(separator: "\n") where line.hasPrefix("| `") {
+                let firstCell = line.dropFirst(2).prefix { $0 != "|" }
+                for piece in firstCell.split(separator: ",") {
+                    let key = piece.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "`"))
+                    guard let head = key.split(separator: ".").first, sections.contains(String(head)), key.contains("."),
+                          key.allSatisfy({ (c: Character) in c.isLowercase || c.isNumber || punctuation.contains(c) }) else { continue }
+                    let normalized = key.replacingOccurrences(of: "<n>", with: ConfigKeySpec.placeholder)
+                        .replacingOccurrences(of: ".*.", with: "." + ConfigKeySpec.placeholder + ".")
+                    if normalized == "log.levels.<subsystem>" { checked += 1; continue }
+                    let isKnown = known.contains(normalized)
+                    #expect(isKnown, "\(file) names \(key), which is not a configuration key")
+                    checked += 1
+                }
             }
         }
         #expect(checked > 10)

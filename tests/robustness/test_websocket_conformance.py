@@ -2,12 +2,12 @@
 real sockets (hand-built frames, support/rawws.py). Same module gateway, watcher and `survives` check
 as test_websocket_robustness.py (tests/robustness/conftest.py).
 
-The policy under test (README, "STOMP over WebSocket"): every WebSocket-level error is
-answered with one close frame carrying the code and a short plain-English reason, then the
-TCP connection is closed; no STOMP ERROR frame and no internal names. 1002 for protocol
-errors, 1007 for a text message or close reason that is not UTF-8 (§8.1). A NUL between
-STOMP frames is skipped like a heart-beat EOL, and an ERROR's `message` header never holds a
-raw control byte.
+The policy under test (docs/stomp.md, "A WebSocket-level error is answered one way"): every
+WebSocket-level error is answered with one close frame carrying the code and a short
+plain-English reason, then the TCP connection is closed; no STOMP ERROR frame and no
+internal names. 1002 for protocol errors, 1007 for a text message or close reason that is not
+UTF-8 (§8.1). A NUL between STOMP frames is skipped like a heart-beat EOL, and an ERROR's
+`message` header never holds a raw control byte.
 """
 from __future__ import annotations
 
