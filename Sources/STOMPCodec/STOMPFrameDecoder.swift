@@ -13,8 +13,10 @@ public struct STOMPDecoderLimits: Sendable, Hashable {
     /// Largest body, in bytes.
     public var maxBodyBytes: Int
 
-    public init(maxFrameBytes: Int = 256 * 1024, maxHeaders: Int = 64, maxHeaderLineBytes: Int = 8 * 1024,
-                maxHeaderBytes: Int = 64 * 1024, maxBodyBytes: Int? = nil) {
+    public init(
+        maxFrameBytes: Int = 256 * 1024, maxHeaders: Int = 64, maxHeaderLineBytes: Int = 8 * 1024,
+        maxHeaderBytes: Int = 64 * 1024, maxBodyBytes: Int? = nil
+    ) {
         self.maxFrameBytes = maxFrameBytes
         self.maxHeaders = maxHeaders
         self.maxHeaderLineBytes = maxHeaderLineBytes

@@ -85,7 +85,8 @@ public final class JWTAuthenticator: SessionAuthenticator {
                 throw JWTKeyError(description: "JWKS file \(path) is invalid: \(error)")
             }
             if let object = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any],
-               let list = object["keys"] as? [[String: Any]] {
+                let list = object["keys"] as? [[String: Any]]
+            {
                 for key in list { if let kid = key["kid"] as? String { kids.insert(kid) } }
             }
         }

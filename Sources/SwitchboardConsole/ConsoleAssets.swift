@@ -9,7 +9,8 @@ public enum ConsoleAssets {
     public static func asset(_ path: String) -> (body: ByteBuffer, contentType: String)? {
         let name = path.isEmpty ? "index.html" : path
         guard !name.contains(".."), !name.hasPrefix("/"),
-              let base = Bundle.module.resourceURL?.appendingPathComponent("Assets") else { return nil }
+            let base = Bundle.module.resourceURL?.appendingPathComponent("Assets")
+        else { return nil }
         let url = base.appendingPathComponent(name)
         guard let data = try? Data(contentsOf: url) else { return nil }
         return (ByteBuffer(bytes: data), contentType(for: url.pathExtension))

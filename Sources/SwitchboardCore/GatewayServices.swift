@@ -89,8 +89,10 @@ public final class GatewayServices: Sendable {
         return total
     }
 
-    public init(configuration: SessionConfiguration, hub: FanoutHub, engine: any BrokerEngine, routes: RouteTable, instanceID: String,
-                messageIDs: MessageIDGenerator? = nil, logger: Logger) {
+    public init(
+        configuration: SessionConfiguration, hub: FanoutHub, engine: any BrokerEngine, routes: RouteTable, instanceID: String,
+        messageIDs: MessageIDGenerator? = nil, logger: Logger
+    ) {
         self.configuration = configuration
         self.hub = hub
         self.engine = engine

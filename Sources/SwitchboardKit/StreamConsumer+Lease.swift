@@ -86,10 +86,11 @@ extension StreamConsumer {
         var owned: [String: Int] = [:]
         if !ids.isEmpty {
             let configuration = self.configuration
-            let reply = try await connection.execute(EVAL(
-                script: Self.renewScript, keys: [configuration.stream],
-                arguments: [.string(configuration.group), .string(configuration.consumerName)] + ids.map { RedisArgument.string($0) }
-            ))
+            let reply = try await connection.execute(
+                EVAL(
+                    script: Self.renewScript, keys: [configuration.stream],
+                    arguments: [.string(configuration.group), .string(configuration.consumerName)] + ids.map { RedisArgument.string($0) }
+                ))
             let flat = try [String](fromRESP: reply)
             var index = 0
             while index + 1 < flat.count {

@@ -42,7 +42,8 @@ extension StreamConsumer {
                 continue
             }
             if deliveries > configuration.maxDeliveries {
-                let lastError = self.state.withLockedValue { $0.lastErrors[entry.id] }
+                let lastError =
+                    self.state.withLockedValue { $0.lastErrors[entry.id] }
                     ?? "delivered \(deliveries) times without success (consumers failed or crashed)"
                 try await self.deadLetter(entry, deliveries: deliveries, lastError: lastError, on: connection)
                 continue
@@ -100,9 +101,10 @@ extension StreamConsumer {
             "last-error", .string(lastError),
             "dead-lettered-by", .string(configuration.consumerName),
         ]
-        let deadID = try await connection.execute(EVAL(
-            script: Self.deadLetterScript, keys: [configuration.stream, configuration.deadLetterStream], arguments: arguments
-        ))
+        let deadID = try await connection.execute(
+            EVAL(
+                script: Self.deadLetterScript, keys: [configuration.stream, configuration.deadLetterStream], arguments: arguments
+            ))
         self.state.withLockedValue { state in
             state.statistics.deadLettered += 1
             state.lastErrors[entry.id] = nil

@@ -92,10 +92,13 @@ public struct SwitchboardPublisher: Sendable {
     /// Publishes to user `user` at a user destination (`/queue/...`): every session of that
     /// user subscribed to `/user/queue/...` gets it, on every gateway instance.
     @discardableResult
-    public func publish(toUser user: String, destination: String, body: String, headers: STOMPHeaders = [:],
-                        contentType: String? = "text/plain") async throws -> Int {
-        try await publish(destination: UserDestinations.routing(user: user, destination: destination), body: ByteBuffer(string: body),
-                          headers: headers, contentType: contentType)
+    public func publish(
+        toUser user: String, destination: String, body: String, headers: STOMPHeaders = [:],
+        contentType: String? = "text/plain"
+    ) async throws -> Int {
+        try await publish(
+            destination: UserDestinations.routing(user: user, destination: destination), body: ByteBuffer(string: body),
+            headers: headers, contentType: contentType)
     }
 
     public func envelope(destination: String, body: ByteBuffer, headers: STOMPHeaders, contentType: String?, session: String?) -> ByteBuffer {

@@ -1,9 +1,9 @@
 import Logging
+import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
 import SwitchboardCore
-import Metrics
 import Synchronization
 
 /// The broker engine for several instances: publishes go through Redis Pub/Sub so every
@@ -52,8 +52,10 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
     public var name: String { "redis" }
     public var publishesSynchronously: Bool { false }
 
-    public init(client: RedisClient, hub: FanoutHub, naming: RedisChannelNaming, instanceID: String, messageIDs: MessageIDGenerator,
-                eventLoop: any EventLoop, logger: Logger) {
+    public init(
+        client: RedisClient, hub: FanoutHub, naming: RedisChannelNaming, instanceID: String, messageIDs: MessageIDGenerator,
+        eventLoop: any EventLoop, logger: Logger
+    ) {
         self.client = client
         self.hub = hub
         self.naming = naming
@@ -184,8 +186,9 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
         }
         if decoded.origin == instanceID { return }
         guard let destination = naming.destination(fromChannel: message.channel) ?? decoded.destination else { return }
-        let published = PublishedMessage(destination: destination, messageID: decoded.messageID ?? messageIDs.next(),
-                                         headers: decoded.headers, body: decoded.body)
+        let published = PublishedMessage(
+            destination: destination, messageID: decoded.messageID ?? messageIDs.next(),
+            headers: decoded.headers, body: decoded.body)
         if message.kind == .pattern, let glob = message.pattern {
             let patterns = state.withLockedValue { $0.globs[glob]?.patterns } ?? []
             guard !patterns.isEmpty else { return }
@@ -201,8 +204,9 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
             malformedMessages.add(1, ordering: .relaxed)
             return
         }
-        let published = PublishedMessage(destination: destination, messageID: decoded.messageID ?? messageIDs.next(),
-                                         headers: decoded.headers, body: decoded.body)
+        let published = PublishedMessage(
+            destination: destination, messageID: decoded.messageID ?? messageIDs.next(),
+            headers: decoded.headers, body: decoded.body)
         if !hub.deliver(published, toSession: session) {
             logger.debug("message for an unknown session dropped", metadata: ["session": "\(session)"])
         }

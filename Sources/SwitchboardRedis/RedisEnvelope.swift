@@ -45,7 +45,8 @@ public enum RedisEnvelope {
         for (n, v) in frame.headers where !["destination", "message-id", "origin", "session", "content-length"].contains(n) {
             user.add(n, v)
         }
-        return Decoded(destination: frame.headers["destination"], messageID: frame.headers["message-id"],
-                       origin: frame.headers["origin"], session: frame.headers["session"], headers: user, body: frame.body)
+        return Decoded(
+            destination: frame.headers["destination"], messageID: frame.headers["message-id"],
+            origin: frame.headers["origin"], session: frame.headers["session"], headers: user, body: frame.body)
     }
 }

@@ -76,7 +76,8 @@ public final class RedisInboundRoutes: Sendable {
 
     func onBroadcast(_ payload: ByteBuffer, channel: String) {
         guard let object = try? JSONSerialization.jsonObject(with: Data(payload.readableBytesView)) as? [String: Any],
-              let topic = object["topic"] as? String, let message = object["message"] as? String else {
+            let topic = object["topic"] as? String, let message = object["message"] as? String
+        else {
             logger.warning("broadcast payload is not {\"topic\",\"message\"} JSON; dropped", metadata: ["channel": "\(channel)"])
             return
         }

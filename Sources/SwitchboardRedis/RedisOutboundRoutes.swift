@@ -1,8 +1,8 @@
+import Metrics
 import NIOCore
 import RedisClient
 import STOMPCodec
 import SwitchboardCore
-import Metrics
 import Synchronization
 
 /// Routes `/app/...` messages into a Redis Stream, where backend replicas read them in a
@@ -65,7 +65,8 @@ public struct RedisStreamRoute: AppRoute {
         let xadd = XADD(key: stream, maxLength: maxLength, approximateTrim: true, fields: Self.fields(for: message))
         let client = self.client
         let sent = groups.map { $0.whenVerified(on: eventLoop) { client.send(xadd) } } ?? client.send(xadd)
-        return sent
+        return
+            sent
             .hop(to: eventLoop)
             .map { _ in
                 Self.xaddTimer.recordNanoseconds((NIODeadline.now() - start).nanoseconds)

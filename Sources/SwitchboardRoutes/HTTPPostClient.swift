@@ -19,8 +19,10 @@ package struct HTTPPostClient: Sendable {
 
     package init() {}
 
-    package func post(host: String, port: Int, path: String, hostHeader: String, body: ByteBuffer, headers: [(String, String)],
-                      timeout: TimeAmount, on eventLoop: any EventLoop) -> EventLoopFuture<Response> {
+    package func post(
+        host: String, port: Int, path: String, hostHeader: String, body: ByteBuffer, headers: [(String, String)],
+        timeout: TimeAmount, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Response> {
         let promise = eventLoop.makePromise(of: Response.self)
         let maxBytes = maxResponseBytes
         let deadline = eventLoop.scheduleTask(in: timeout) {

@@ -50,15 +50,17 @@ public struct WebhookRoute: AppRoute {
             return eventLoop.makeFailedFuture(RouteError("cannot encode webhook request: \(error)"))
         }
         let url = self.url
-        return client.post(host: host, port: port, path: path, hostHeader: hostHeader, body: payload,
-                           headers: [("Content-Type", "application/json")], timeout: timeout, on: eventLoop)
-            .flatMapErrorThrowing { error in throw RouteError("webhook \(url) \(error)") }
-            .flatMapThrowing { response in
-                guard (200..<300).contains(response.status) else {
-                    throw RouteError("webhook \(url) answered HTTP \(response.status)")
-                }
-                return try Self.decodeReplies(response.body, url: url)
+        return client.post(
+            host: host, port: port, path: path, hostHeader: hostHeader, body: payload,
+            headers: [("Content-Type", "application/json")], timeout: timeout, on: eventLoop
+        )
+        .flatMapErrorThrowing { error in throw RouteError("webhook \(url) \(error)") }
+        .flatMapThrowing { response in
+            guard (200..<300).contains(response.status) else {
+                throw RouteError("webhook \(url) answered HTTP \(response.status)")
             }
+            return try Self.decodeReplies(response.body, url: url)
+        }
     }
 
     static func encodeRequest(_ m: AppMessage) throws -> ByteBuffer {
@@ -105,7 +107,8 @@ public struct WebhookRoute: AppRoute {
             case nil: bodyText = ""
             case let other?:
                 guard JSONSerialization.isValidJSONObject(other),
-                      let d = try? JSONSerialization.data(withJSONObject: other), let s = String(data: d, encoding: .utf8) else {
+                    let d = try? JSONSerialization.data(withJSONObject: other), let s = String(data: d, encoding: .utf8)
+                else {
                     throw RouteError("webhook \(url) reply: replies[\(index)].body must be a string or JSON value")
                 }
                 bodyText = s

@@ -49,103 +49,140 @@ package enum ConfigKeyCatalog {
     package static let logSubsystems = ["server", "session", "http", "redis", "routes"]
 
     package static let sections: [Section] = [
-        Section(title: "HTTP", keys: [
-            .init("http.host", .string, "`0.0.0.0`", "listen address"),
-            .init("http.port", .integer, "`8080`", "listen port (HTTP API and WebSocket), 0…65535"),
-            .init("http.max-body-bytes", .integer, "`1048576`", "largest API request body (413 beyond)"),
-            .init("http.backlog", .integer, "`4096`", "TCP accept backlog"),
-            .init("http.tcp-nodelay", .boolean, "`true`", "`TCP_NODELAY` on accepted connections (Nagle only while a loop is in busy mode, `server.busy-percent`): every write leaves at once (lowest latency). `false` lets the kernel's Nagle algorithm hold small writes while earlier data is unacknowledged, always: 20–40 % less CPU per fan-out delivery and 2.4× the saturation throughput in our benchmark (docs/benchmarks.md), at the price of up to one delayed-ACK interval (40 ms on Linux, 200 ms on Windows clients) on busy connections; nginx/nchan runs its WebSockets this way"),
-            .init("http.nagle-when-busy-percent", .integer, "—", "the old name of `server.busy-percent`, read when that is not set"),
-            .init("http.handshake-timeout-ms", .integer, "`10000`", "a connection must complete its first request (upgrade or API call) in time (slowloris)"),
-            .init("http.idle-timeout-ms", .integer, "`60000`", "idle keep-alive HTTP connections are closed"),
-            .init("http.allowed-origins", .list, "`[]` (any)", "allowed browser origins (WebSocket and CORS)"),
-            .init("http.tls.certificate-file", .string, "—", "PEM certificate chain; with `http.tls.key-file` the port speaks TLS only (https://, wss://)"),
-            .init("http.tls.key-file", .string, "—", "PEM private key, set together with `http.tls.certificate-file`", secret: true),
-        ]),
-        Section(title: "STOMP", keys: [
-            .init("stomp.path", .string, "`/stomp`", "WebSocket endpoint path"),
-            .init("stomp.heartbeat.send-ms", .integer, "`10000`", "server heart-beat offer `sx`: it can send every sx ms (0: never)"),
-            .init("stomp.heartbeat.receive-ms", .integer, "`10000`", "server heart-beat offer `sy`: it wants client data every sy ms (0: never)"),
-            .init("stomp.heartbeat.tolerance", .number, "`2.0`", "a client silent for tolerance × the negotiated interval is closed (≥ 1)"),
-            .init("stomp.heartbeat.resolution-ms", .integer, "`250`", "tick of the shared per-event-loop heart-beat timer (a timing wheel: a session is visited only when its next heart-beat, read timeout, token expiry or CONNECT deadline is due; ≥ 10)"),
-            .init("stomp.connect-timeout-ms", .integer, "`10000`", "a connection that sends no `CONNECT` in time is closed"),
-        ]),
-        Section(title: "Limits", keys: [
-            .init("limits.max-frame-bytes", .integer, "`262144`", "largest STOMP frame (headers + body)"),
-            .init("limits.max-headers", .integer, "`64`", "most header lines in a frame"),
-            .init("limits.max-header-line-bytes", .integer, "`8192`", "longest header line"),
-            .init("limits.max-header-bytes", .integer, "`65536`", "largest header block (command and all headers)"),
-            .init("limits.max-body-bytes", .integer, "`limits.max-frame-bytes`", "largest body"),
-            .init("limits.max-subscriptions", .integer, "`256`", "subscriptions per session"),
-            .init("limits.max-pending-bytes", .integer, "`4194304`", "outbound bytes queued for one connection before it is a slow consumer"),
-            .init("limits.max-transaction-frames", .integer, "`1000`", "frames held in one transaction"),
-            .init("limits.max-connections", .integer, "`100000`", "WebSocket connections per instance (429)"),
-            .init("limits.max-connections-per-ip", .integer, "`10000`", "per client address (429)"),
-            .init("limits.max-sessions-per-user", .integer, "`100`", "per authenticated user, per instance"),
-            .init("limits.frames-per-second", .integer, "`2000`", "per connection, token bucket (burst 2×)"),
-            .init("limits.bytes-per-second", .integer, "`4194304`", "inbound bytes per connection, token bucket (burst 2×)"),
-        ]),
-        Section(title: "Destinations", keys: [
-            .init("destinations.broker-prefixes", .list, "`[/topic/]`", "broker destination prefixes"),
-            .init("destinations.app-prefixes", .list, "`[/app/]`", "application destination prefixes"),
-            .init("destinations.user-destinations", .boolean, "`true`", "`/user/...` subscriptions"),
-            .init("destinations.user-destination-prefixes", .list, "`[/queue/]`", "what may follow `/user`"),
-        ]),
-        Section(title: "`/app` routes", keys: [
-            .init("routes.names", .list, "`[]`", "names of the `/app` routes below"),
-            .init("routes.<name>.destination", .string, "—", "application destination or wildcard pattern, e.g. `/app/greet`, `/app/chat.**`"),
-            .init("routes.<name>.type", .string, "`webhook`", "`webhook`, `redis-stream` or `redis-pubsub`"),
-            .init("routes.<name>.url", .string, "—", "`webhook`: the URL (`http://`)"),
-            .init("routes.<name>.timeout-ms", .integer, "`5000`", "`webhook`: deadline (connect + request + reply)"),
-            .init("routes.<name>.stream", .string, "—", "`redis-stream`: target stream"),
-            .init("routes.<name>.max-length", .integer, "`100000`", "`redis-stream`: `XADD MAXLEN ~ n`"),
-            .init("routes.<name>.groups", .list, "`[]`", "`redis-stream`: consumer groups created at start-up (`MKSTREAM`; an existing group is fine)"),
-            .init("routes.<name>.channel", .string, "—", "`redis-pubsub`: `PUBLISH` channel"),
-        ]),
-        Section(title: "Redis", keys: [
-            .init("redis.url", .string, "unset (embedded broker)", "`redis://[user:password@]host[:port][/db]`; Redis mode is on when set (a password in it is not echoed in errors)"),
-            .init("redis.channel-prefix", .string, "`switchboard:`", "prefix of the gateway's own channels"),
-            .init("redis.command-timeout-ms", .integer, "`2000`", "a command not answered in time fails (and its connection is reset)"),
-            .init("redis.connect-timeout-ms", .integer, "`2000`", "connect deadline; reconnects back off exponentially with jitter"),
-            .init("redis.inbound.names", .list, "`[]`", "inbound routes (backend → browsers)"),
-            .init("redis.inbound.<name>.type", .string, "`channel`", "`channel` (payload = body, byte for byte), `broadcast` (`{\"topic\",\"message\"}` JSON), `stream` (entries with `topic` and `message` fields)"),
-            .init("redis.inbound.<name>.channel", .string, "—", "Pub/Sub channel (`channel`, `broadcast`)"),
-            .init("redis.inbound.<name>.destination", .string, "—", "destination for a `channel` route, e.g. `/topic/greetings`"),
-            .init("redis.inbound.<name>.stream", .string, "—", "stream for a `stream` route"),
-        ]),
-        Section(title: "Authentication and access", keys: [
-            .init("auth.jwt.hmac-secret", .string, "—", "HS256 secret", secret: true),
-            .init("auth.jwt.public-key-files", .list, "`[]`", "PEM public keys or certificates (RSA → RS256, P-256 → ES256)"),
-            .init("auth.jwt.jwks-file", .string, "—", "JWKS JSON file"),
-            .init("auth.jwt.claims", .list, "`[]`", "claims kept on the session (e.g. `roles`)"),
-            .init("auth.jwt.audience", .string, "—", "required `aud`"),
-            .init("auth.jwt.issuer", .string, "—", "required `iss`"),
-            .init("auth.jwt.leeway-seconds", .integer, "`30`", "clock skew allowed on `exp`/`nbf`"),
-            .init("auth.allow-anonymous", .boolean, "`true` without keys, `false` with", "sessions without a token"),
-            .init("auth.handshake-cookie", .string, "`access_token`", "cookie read at the handshake"),
-            .init("auth.rules.subscribe", .list, "`[]`", "subscribe access rules (empty: all allowed)"),
-            .init("auth.rules.send", .list, "`[]`", "send access rules (empty: all allowed)"),
-            .init("auth.api-keys.names", .list, "`[]`", "API key names"),
-            .init("auth.api-keys.<name>.sha256", .string, "—", "SHA-256 (hex) of the key (`switchboard --hash-api-key KEY` prints it)"),
-            .init("auth.api-keys.<name>.scopes", .list, "broker prefixes", "destination prefixes the key may publish to"),
-        ]),
-        Section(title: "Server", keys: [
-            .init("instance.id", .string, "random", "instance id, prefix of message and session ids"),
-            .init("server.threads", .integer, "cores", "event loop threads"),
-            .init("server.shutdown-grace-ms", .integer, "`5000`", "how long shutdown waits for sessions to close"),
-            .init("server.drain-delay-ms", .integer, "`1000`", "not-ready time before sessions are told to reconnect"),
-            .init("server.write-coalesce-us", .integer, "`0`", "flush passes of one event loop below saturation are at least this far apart (0…100000), so a connection gets several messages per `write` at the price of up to this much delay; an isolated message is never delayed. `0`: each batch is flushed as soon as the deliveries already queued on the loop have run (a saturated loop spaces its passes by `server.write-coalesce-busy-us` anyway)"),
-            .init("server.write-coalesce-busy-us", .integer, "`10000`", "the spacing of flush passes of an event loop in busy mode (0…100000, at least `server.write-coalesce-us`)"),
-            .init("server.busy-percent", .integer, "`50`", "when an event loop is saturated — for 3 windows of 100 ms in a row (one, if it left busy mode less than 10 s ago) its thread is on the CPU at least this share of the time, or never once waits for work (which also catches loops that cannot get a whole core: more `server.threads` than cores, a CPU quota, busy neighbours) — it enters **busy mode**: its flush passes are spaced by `server.write-coalesce-busy-us` and, with `http.tcp-nodelay`, its connections switch to Nagle (several messages per TCP segment). Saturated, latency is queueing delay anyway; both cut the CPU per delivery severalfold. Back to normal after 5 windows below half of it, at once after an idle spell, or by a retry after 5 s while the loop is no longer saturated (the wait doubles, up to 60 s, while retries fail). `0`: never. Read from `http.nagle-when-busy-percent` (its old name) when not set"),
-            .init("console.enabled", .boolean, "`true`", "serve the console"),
-            .init("console.path", .string, "`/console`", "where"),
-        ]),
-        Section(title: "Logs", keys: [
-            .init("log.level", .string, "`info`", "`trace`, `debug`, `info`, `notice`, `warning`, `error` or `critical`"),
-            .init("log.format", .string, "`text`", "`text` or `json` (one object per line)"),
-        ] + logSubsystems.map {
-            .init("log.levels.\($0)", .string, "`log.level`", "level of the `switchboard.\($0)` logs")
-        }),
+        Section(
+            title: "HTTP",
+            keys: [
+                .init("http.host", .string, "`0.0.0.0`", "listen address"),
+                .init("http.port", .integer, "`8080`", "listen port (HTTP API and WebSocket), 0…65535"),
+                .init("http.max-body-bytes", .integer, "`1048576`", "largest API request body (413 beyond)"),
+                .init("http.backlog", .integer, "`4096`", "TCP accept backlog"),
+                .init(
+                    "http.tcp-nodelay", .boolean, "`true`",
+                    "`TCP_NODELAY` on accepted connections (Nagle only while a loop is in busy mode, `server.busy-percent`): every write leaves at once (lowest latency). `false` lets the kernel's Nagle algorithm hold small writes while earlier data is unacknowledged, always: 20–40 % less CPU per fan-out delivery and 2.4× the saturation throughput in our benchmark (docs/benchmarks.md), at the price of up to one delayed-ACK interval (40 ms on Linux, 200 ms on Windows clients) on busy connections; nginx/nchan runs its WebSockets this way"
+                ),
+                .init("http.nagle-when-busy-percent", .integer, "—", "the old name of `server.busy-percent`, read when that is not set"),
+                .init("http.handshake-timeout-ms", .integer, "`10000`", "a connection must complete its first request (upgrade or API call) in time (slowloris)"),
+                .init("http.idle-timeout-ms", .integer, "`60000`", "idle keep-alive HTTP connections are closed"),
+                .init("http.allowed-origins", .list, "`[]` (any)", "allowed browser origins (WebSocket and CORS)"),
+                .init("http.tls.certificate-file", .string, "—", "PEM certificate chain; with `http.tls.key-file` the port speaks TLS only (https://, wss://)"),
+                .init("http.tls.key-file", .string, "—", "PEM private key, set together with `http.tls.certificate-file`", secret: true),
+            ]),
+        Section(
+            title: "STOMP",
+            keys: [
+                .init("stomp.path", .string, "`/stomp`", "WebSocket endpoint path"),
+                .init("stomp.heartbeat.send-ms", .integer, "`10000`", "server heart-beat offer `sx`: it can send every sx ms (0: never)"),
+                .init("stomp.heartbeat.receive-ms", .integer, "`10000`", "server heart-beat offer `sy`: it wants client data every sy ms (0: never)"),
+                .init("stomp.heartbeat.tolerance", .number, "`2.0`", "a client silent for tolerance × the negotiated interval is closed (≥ 1)"),
+                .init(
+                    "stomp.heartbeat.resolution-ms", .integer, "`250`",
+                    "tick of the shared per-event-loop heart-beat timer (a timing wheel: a session is visited only when its next heart-beat, read timeout, token expiry or CONNECT deadline is due; ≥ 10)"
+                ),
+                .init("stomp.connect-timeout-ms", .integer, "`10000`", "a connection that sends no `CONNECT` in time is closed"),
+            ]),
+        Section(
+            title: "Limits",
+            keys: [
+                .init("limits.max-frame-bytes", .integer, "`262144`", "largest STOMP frame (headers + body)"),
+                .init("limits.max-headers", .integer, "`64`", "most header lines in a frame"),
+                .init("limits.max-header-line-bytes", .integer, "`8192`", "longest header line"),
+                .init("limits.max-header-bytes", .integer, "`65536`", "largest header block (command and all headers)"),
+                .init("limits.max-body-bytes", .integer, "`limits.max-frame-bytes`", "largest body"),
+                .init("limits.max-subscriptions", .integer, "`256`", "subscriptions per session"),
+                .init("limits.max-pending-bytes", .integer, "`4194304`", "outbound bytes queued for one connection before it is a slow consumer"),
+                .init("limits.max-transaction-frames", .integer, "`1000`", "frames held in one transaction"),
+                .init("limits.max-connections", .integer, "`100000`", "WebSocket connections per instance (429)"),
+                .init("limits.max-connections-per-ip", .integer, "`10000`", "per client address (429)"),
+                .init("limits.max-sessions-per-user", .integer, "`100`", "per authenticated user, per instance"),
+                .init("limits.frames-per-second", .integer, "`2000`", "per connection, token bucket (burst 2×)"),
+                .init("limits.bytes-per-second", .integer, "`4194304`", "inbound bytes per connection, token bucket (burst 2×)"),
+            ]),
+        Section(
+            title: "Destinations",
+            keys: [
+                .init("destinations.broker-prefixes", .list, "`[/topic/]`", "broker destination prefixes"),
+                .init("destinations.app-prefixes", .list, "`[/app/]`", "application destination prefixes"),
+                .init("destinations.user-destinations", .boolean, "`true`", "`/user/...` subscriptions"),
+                .init("destinations.user-destination-prefixes", .list, "`[/queue/]`", "what may follow `/user`"),
+            ]),
+        Section(
+            title: "`/app` routes",
+            keys: [
+                .init("routes.names", .list, "`[]`", "names of the `/app` routes below"),
+                .init("routes.<name>.destination", .string, "—", "application destination or wildcard pattern, e.g. `/app/greet`, `/app/chat.**`"),
+                .init("routes.<name>.type", .string, "`webhook`", "`webhook`, `redis-stream` or `redis-pubsub`"),
+                .init("routes.<name>.url", .string, "—", "`webhook`: the URL (`http://`)"),
+                .init("routes.<name>.timeout-ms", .integer, "`5000`", "`webhook`: deadline (connect + request + reply)"),
+                .init("routes.<name>.stream", .string, "—", "`redis-stream`: target stream"),
+                .init("routes.<name>.max-length", .integer, "`100000`", "`redis-stream`: `XADD MAXLEN ~ n`"),
+                .init("routes.<name>.groups", .list, "`[]`", "`redis-stream`: consumer groups created at start-up (`MKSTREAM`; an existing group is fine)"),
+                .init("routes.<name>.channel", .string, "—", "`redis-pubsub`: `PUBLISH` channel"),
+            ]),
+        Section(
+            title: "Redis",
+            keys: [
+                .init(
+                    "redis.url", .string, "unset (embedded broker)",
+                    "`redis://[user:password@]host[:port][/db]`; Redis mode is on when set (a password in it is not echoed in errors)"),
+                .init("redis.channel-prefix", .string, "`switchboard:`", "prefix of the gateway's own channels"),
+                .init("redis.command-timeout-ms", .integer, "`2000`", "a command not answered in time fails (and its connection is reset)"),
+                .init("redis.connect-timeout-ms", .integer, "`2000`", "connect deadline; reconnects back off exponentially with jitter"),
+                .init("redis.inbound.names", .list, "`[]`", "inbound routes (backend → browsers)"),
+                .init(
+                    "redis.inbound.<name>.type", .string, "`channel`",
+                    "`channel` (payload = body, byte for byte), `broadcast` (`{\"topic\",\"message\"}` JSON), `stream` (entries with `topic` and `message` fields)"),
+                .init("redis.inbound.<name>.channel", .string, "—", "Pub/Sub channel (`channel`, `broadcast`)"),
+                .init("redis.inbound.<name>.destination", .string, "—", "destination for a `channel` route, e.g. `/topic/greetings`"),
+                .init("redis.inbound.<name>.stream", .string, "—", "stream for a `stream` route"),
+            ]),
+        Section(
+            title: "Authentication and access",
+            keys: [
+                .init("auth.jwt.hmac-secret", .string, "—", "HS256 secret", secret: true),
+                .init("auth.jwt.public-key-files", .list, "`[]`", "PEM public keys or certificates (RSA → RS256, P-256 → ES256)"),
+                .init("auth.jwt.jwks-file", .string, "—", "JWKS JSON file"),
+                .init("auth.jwt.claims", .list, "`[]`", "claims kept on the session (e.g. `roles`)"),
+                .init("auth.jwt.audience", .string, "—", "required `aud`"),
+                .init("auth.jwt.issuer", .string, "—", "required `iss`"),
+                .init("auth.jwt.leeway-seconds", .integer, "`30`", "clock skew allowed on `exp`/`nbf`"),
+                .init("auth.allow-anonymous", .boolean, "`true` without keys, `false` with", "sessions without a token"),
+                .init("auth.handshake-cookie", .string, "`access_token`", "cookie read at the handshake"),
+                .init("auth.rules.subscribe", .list, "`[]`", "subscribe access rules (empty: all allowed)"),
+                .init("auth.rules.send", .list, "`[]`", "send access rules (empty: all allowed)"),
+                .init("auth.api-keys.names", .list, "`[]`", "API key names"),
+                .init("auth.api-keys.<name>.sha256", .string, "—", "SHA-256 (hex) of the key (`switchboard --hash-api-key KEY` prints it)"),
+                .init("auth.api-keys.<name>.scopes", .list, "broker prefixes", "destination prefixes the key may publish to"),
+            ]),
+        Section(
+            title: "Server",
+            keys: [
+                .init("instance.id", .string, "random", "instance id, prefix of message and session ids"),
+                .init("server.threads", .integer, "cores", "event loop threads"),
+                .init("server.shutdown-grace-ms", .integer, "`5000`", "how long shutdown waits for sessions to close"),
+                .init("server.drain-delay-ms", .integer, "`1000`", "not-ready time before sessions are told to reconnect"),
+                .init(
+                    "server.write-coalesce-us", .integer, "`0`",
+                    "flush passes of one event loop below saturation are at least this far apart (0…100000), so a connection gets several messages per `write` at the price of up to this much delay; an isolated message is never delayed. `0`: each batch is flushed as soon as the deliveries already queued on the loop have run (a saturated loop spaces its passes by `server.write-coalesce-busy-us` anyway)"
+                ),
+                .init(
+                    "server.write-coalesce-busy-us", .integer, "`10000`",
+                    "the spacing of flush passes of an event loop in busy mode (0…100000, at least `server.write-coalesce-us`)"),
+                .init(
+                    "server.busy-percent", .integer, "`50`",
+                    "when an event loop is saturated — for 3 windows of 100 ms in a row (one, if it left busy mode less than 10 s ago) its thread is on the CPU at least this share of the time, or never once waits for work (which also catches loops that cannot get a whole core: more `server.threads` than cores, a CPU quota, busy neighbours) — it enters **busy mode**: its flush passes are spaced by `server.write-coalesce-busy-us` and, with `http.tcp-nodelay`, its connections switch to Nagle (several messages per TCP segment). Saturated, latency is queueing delay anyway; both cut the CPU per delivery severalfold. Back to normal after 5 windows below half of it, at once after an idle spell, or by a retry after 5 s while the loop is no longer saturated (the wait doubles, up to 60 s, while retries fail). `0`: never. Read from `http.nagle-when-busy-percent` (its old name) when not set"
+                ),
+                .init("console.enabled", .boolean, "`true`", "serve the console"),
+                .init("console.path", .string, "`/console`", "where"),
+            ]),
+        Section(
+            title: "Logs",
+            keys: [
+                .init("log.level", .string, "`info`", "`trace`, `debug`, `info`, `notice`, `warning`, `error` or `critical`"),
+                .init("log.format", .string, "`text`", "`text` or `json` (one object per line)"),
+            ]
+                + logSubsystems.map {
+                    .init("log.levels.\($0)", .string, "`log.level`", "level of the `switchboard.\($0)` logs")
+                }),
     ]
 
     /// `docs/configuration.md`: every key by section (`switchboard --configuration-reference`

@@ -47,8 +47,9 @@ public struct HTTPSettings: Sendable, Equatable {
         legacyBusyPercent = reader.int(forKey: "nagle-when-busy-percent")
         handshakeTimeoutMs = reader.int(forKey: "handshake-timeout-ms", default: handshakeTimeoutMs)
         idleTimeoutMs = reader.int(forKey: "idle-timeout-ms", default: idleTimeoutMs)
-        try SwitchboardConfiguration.atLeast(1, ("http.max-body-bytes", maxBodyBytes), ("http.backlog", backlog),
-                                             ("http.handshake-timeout-ms", handshakeTimeoutMs), ("http.idle-timeout-ms", idleTimeoutMs))
+        try SwitchboardConfiguration.atLeast(
+            1, ("http.max-body-bytes", maxBodyBytes), ("http.backlog", backlog),
+            ("http.handshake-timeout-ms", handshakeTimeoutMs), ("http.idle-timeout-ms", idleTimeoutMs))
         allowedOrigins = reader.stringArray(forKey: "allowed-origins", default: [])
         let certificateFile = reader.string(forKey: "tls.certificate-file")
         let keyFile = reader.string(forKey: "tls.key-file", isSecret: true)
@@ -125,12 +126,13 @@ public struct Limits: Sendable, Equatable {
         maxSessionsPerUser = reader.int(forKey: "max-sessions-per-user", default: maxSessionsPerUser)
         framesPerSecond = reader.int(forKey: "frames-per-second", default: framesPerSecond)
         bytesPerSecond = reader.int(forKey: "bytes-per-second", default: bytesPerSecond)
-        try SwitchboardConfiguration.atLeast(1, ("limits.max-frame-bytes", decoder.maxFrameBytes), ("limits.max-headers", decoder.maxHeaders),
-                                             ("limits.max-header-line-bytes", decoder.maxHeaderLineBytes), ("limits.max-subscriptions", maxSubscriptions),
-                                             ("limits.max-header-bytes", decoder.maxHeaderBytes), ("limits.max-body-bytes", decoder.maxBodyBytes),
-                                             ("limits.max-pending-bytes", maxPendingBytes), ("limits.max-transaction-frames", maxTransactionFrames),
-                                             ("limits.max-connections", maxConnections), ("limits.max-connections-per-ip", maxConnectionsPerIP),
-                                             ("limits.max-sessions-per-user", maxSessionsPerUser))
+        try SwitchboardConfiguration.atLeast(
+            1, ("limits.max-frame-bytes", decoder.maxFrameBytes), ("limits.max-headers", decoder.maxHeaders),
+            ("limits.max-header-line-bytes", decoder.maxHeaderLineBytes), ("limits.max-subscriptions", maxSubscriptions),
+            ("limits.max-header-bytes", decoder.maxHeaderBytes), ("limits.max-body-bytes", decoder.maxBodyBytes),
+            ("limits.max-pending-bytes", maxPendingBytes), ("limits.max-transaction-frames", maxTransactionFrames),
+            ("limits.max-connections", maxConnections), ("limits.max-connections-per-ip", maxConnectionsPerIP),
+            ("limits.max-sessions-per-user", maxSessionsPerUser))
         try SwitchboardConfiguration.atLeast(0, ("limits.frames-per-second", framesPerSecond), ("limits.bytes-per-second", bytesPerSecond))
     }
 
@@ -202,9 +204,11 @@ public struct ServerSettings: Sendable, Equatable {
         writeCoalesceMicros = reader.int(forKey: "write-coalesce-us", default: writeCoalesceMicros)
         busyWriteCoalesceMicros = reader.int(forKey: "write-coalesce-busy-us", default: busyWriteCoalesceMicros)
         busyPercent = reader.int(forKey: "busy-percent", default: legacyBusyPercent ?? busyPercent)
-        for (key, value, range) in [("server.write-coalesce-us", writeCoalesceMicros, 0...100_000),
-                                    ("server.write-coalesce-busy-us", busyWriteCoalesceMicros, 0...100_000),
-                                    ("server.busy-percent", busyPercent, 0...100)] where !range.contains(value) {
+        for (key, value, range) in [
+            ("server.write-coalesce-us", writeCoalesceMicros, 0...100_000),
+            ("server.write-coalesce-busy-us", busyWriteCoalesceMicros, 0...100_000),
+            ("server.busy-percent", busyPercent, 0...100),
+        ] where !range.contains(value) {
             throw SwitchboardConfiguration.Invalid(description: "\(key) must be \(range.lowerBound)…\(range.upperBound), got \(value)")
         }
         shutdownGraceMs = reader.int(forKey: "shutdown-grace-ms", default: shutdownGraceMs)
@@ -295,7 +299,8 @@ public struct AuthSettings: Sendable {
         apiKeys = try keysReader.stringArray(forKey: "names", default: []).map { name in
             let key = keysReader.scoped(to: ConfigKey([name]))
             guard let hash = key.string(forKey: "sha256"), hash.count == 64, hash.allSatisfy(\.isHexDigit) else {
-                throw SwitchboardConfiguration.Invalid(description: "auth.api-keys.\(name).sha256 must be the 64-hex-digit SHA-256 of the key (switchboard --hash-api-key KEY prints it)")
+                throw SwitchboardConfiguration.Invalid(
+                    description: "auth.api-keys.\(name).sha256 must be the 64-hex-digit SHA-256 of the key (switchboard --hash-api-key KEY prints it)")
             }
             return APIKeyStore.Key(name: name, sha256: hash, scopes: key.stringArray(forKey: "scopes", default: brokerPrefixes))
         }

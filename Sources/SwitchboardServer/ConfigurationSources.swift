@@ -59,9 +59,11 @@ public struct ConfigurationSources: Sendable {
         let plain = ConfigReader(providers: providers)
         let typeErrors = TypeErrorCollector()
         let reader = ConfigReader(providers: providers, accessReporter: typeErrors)
-        let check = ConfigKeyCheck(names: Dictionary(ConfigKeyCatalog.all.compactMap(\.namesKey).map {
-            ($0, reader.stringArray(forKey: ConfigKey($0), default: []))
-        }, uniquingKeysWith: { a, _ in a }))
+        let check = ConfigKeyCheck(
+            names: Dictionary(
+                ConfigKeyCatalog.all.compactMap(\.namesKey).map {
+                    ($0, reader.stringArray(forKey: ConfigKey($0), default: []))
+                }, uniquingKeysWith: { a, _ in a }))
         if let typeError = typeErrors.first(rawValues: plain) { throw typeError }
         for (key, _) in flags where check.knownKey(environmentName: ConfigKeyCheck.environmentName(key)) == nil {
             throw SwitchboardConfiguration.Invalid(description: check.unknownKeyProblem(key) + " (--set)")
@@ -122,9 +124,11 @@ final class TypeErrorCollector: AccessReporter, Sendable {
 
     func report(_ event: AccessEvent) {
         _ = read.withLockedValue { $0.insert(event.metadata.key.components.joined(separator: ".")) }
-        let failed = event.conversionError != nil || event.providerResults.contains {
-            if case .failure = $0.result { return true } else { return false }
-        }
+        let failed =
+            event.conversionError != nil
+            || event.providerResults.contains {
+                if case .failure = $0.result { return true } else { return false }
+            }
         guard failed else { return }
         let key = event.metadata.key.components.joined(separator: ".")
         failures.withLockedValue { list in
@@ -135,13 +139,14 @@ final class TypeErrorCollector: AccessReporter, Sendable {
     /// The first failure as an error naming the key and (unless secret) the value.
     func first(rawValues: ConfigReader) -> SwitchboardConfiguration.Invalid? {
         guard let (key, type) = failures.withLockedValue({ $0.first }) else { return nil }
-        let expected = switch type {
-        case .int: "an integer"
-        case .double: "a number"
-        case .bool: "true or false"
-        case .stringArray: "a list"
-        default: "a \(type)"
-        }
+        let expected =
+            switch type {
+            case .int: "an integer"
+            case .double: "a number"
+            case .bool: "true or false"
+            case .stringArray: "a list"
+            default: "a \(type)"
+            }
         let value: String
         if ConfigKeyCatalog.spec(named: key)?.isSecret == true {
             value = "(secret)"

@@ -1,8 +1,8 @@
+import Foundation
 import Hummingbird
 import NIOCore
-import SwitchboardConsole
-import Foundation
 import RedisClient
+import SwitchboardConsole
 import SwitchboardCore
 import SwitchboardRedis
 
@@ -59,7 +59,8 @@ struct ConsoleRoutes: Sendable {
         guard let asset = ConsoleAssets.asset(name) else {
             return PublishAPI.json(["error": "no console file '\(name)'", "field": "path"], status: .notFound)
         }
-        return Response(status: .ok, headers: [.contentType: asset.contentType, .cacheControl: "no-cache"],
-                        body: .init(byteBuffer: asset.body))
+        return Response(
+            status: .ok, headers: [.contentType: asset.contentType, .cacheControl: "no-cache"],
+            body: .init(byteBuffer: asset.body))
     }
 }

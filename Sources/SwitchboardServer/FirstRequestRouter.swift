@@ -33,8 +33,10 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     private var scanned = 0
     private var decided = false
 
-    init(handshake: WebSocketHandshake, maxFrameSize: Int, timeout: HandshakeTimeoutHandler,
-         switchToHTTP: @escaping (any Channel, ChannelPipeline.SynchronousOperations.Position) throws -> Void) {
+    init(
+        handshake: WebSocketHandshake, maxFrameSize: Int, timeout: HandshakeTimeoutHandler,
+        switchToHTTP: @escaping (any Channel, ChannelPipeline.SynchronousOperations.Position) throws -> Void
+    ) {
         self.handshake = handshake
         self.maxFrameSize = maxFrameSize
         self.timeout = timeout
@@ -42,7 +44,7 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !decided else { return }   // after a refusal, until the close
+        guard !decided else { return }  // after a refusal, until the close
         var incoming = unwrapInboundIn(data)
         if buffered == nil {
             buffered = incoming

@@ -1,10 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Hummingbird
 import HummingbirdCore
 import Logging
@@ -17,6 +10,14 @@ import NIOPosix
 import NIOSSL
 import ServiceLifecycle
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// The gateway's listening socket, serving STOMP over WebSocket and the HTTP API on one port.
 ///
@@ -105,9 +106,11 @@ struct GatewayListener: Service {
         return sockets
     }
 
-    private func makeBootstrap(group: any EventLoopGroup, reusePort: Bool,
-                               arrivals: AsyncStream<NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>>.Continuation,
-                               quiescing: ServerQuiescingHelper?) -> ServerBootstrap {
+    private func makeBootstrap(
+        group: any EventLoopGroup, reusePort: Bool,
+        arrivals: AsyncStream<NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>>.Continuation,
+        quiescing: ServerQuiescingHelper?
+    ) -> ServerBootstrap {
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: Int32(settings.backlog))
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -122,7 +125,8 @@ struct GatewayListener: Service {
                 ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
         }
         #endif
-        return bootstrap
+        return
+            bootstrap
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let quiescing { try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel)) }
@@ -161,16 +165,19 @@ struct HTTPAPIChannel: HTTPChannelHandler {
 
     /// Installs NIO's HTTP/1.1 server handlers at `position` (malformed requests get a 400 and
     /// the connection closes) and Hummingbird's HTTP-types codec and keep-alive handling last.
-    func configure(channel: any Channel, position: ChannelPipeline.SynchronousOperations.Position,
-                   logger: Logger) throws -> NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart> {
+    func configure(
+        channel: any Channel, position: ChannelPipeline.SynchronousOperations.Position,
+        logger: Logger
+    ) throws -> NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart> {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderFieldSize = 16 * 1024
         limits.maxHeaderListSize = 64 * 1024
         limits.maxHeaderFieldCount = 100
         let sync = channel.pipeline.syncOperations
-        try sync.configureHTTPServerPipeline(position: position, withPipeliningAssistance: false, withErrorHandling: true,
-                                             withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
-                                             withDecoderLimitConfiguration: limits)
+        try sync.configureHTTPServerPipeline(
+            position: position, withPipeliningAssistance: false, withErrorHandling: true,
+            withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
+            withDecoderLimitConfiguration: limits)
         try sync.addHandler(HTTP1ToHTTPServerCodec(secure: secure))
         try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: .nanoseconds(idleTimeout.nanoseconds), logger: logger))
         return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))

@@ -30,8 +30,9 @@ final class MetricsEndpoint: Sendable {
             await self.refresh()
             var out: [UInt8] = []
             self.registry.emit(into: &out)
-            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                            body: .init(byteBuffer: ByteBuffer(bytes: out)))
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(bytes: out)))
         }
     }
 
@@ -56,8 +57,9 @@ final class MetricsEndpoint: Sendable {
         gauge("switchboard_connections", stats.connectionsOpen.load(), help: "Open WebSocket connections.")
         counter("switchboard_connections_total", stats.connectionsTotal.load(), help: "WebSocket connections accepted.")
         for version in STOMPVersion.allCases {
-            gauge("switchboard_sessions", stats.sessionsByVersion[version.ordinal].load(), labels: [("version", version.rawValue)],
-                  help: "Connected STOMP sessions by negotiated version.")
+            gauge(
+                "switchboard_sessions", stats.sessionsByVersion[version.ordinal].load(), labels: [("version", version.rawValue)],
+                help: "Connected STOMP sessions by negotiated version.")
         }
         gauge("switchboard_subscriptions", stats.subscriptions.load(), help: "Active subscriptions.")
         gauge("switchboard_destinations_active", services.hub.activeDestinationCount, help: "Destinations and patterns with local subscribers.")
@@ -71,18 +73,22 @@ final class MetricsEndpoint: Sendable {
         }
         counter("switchboard_messages_delivered_total", counters.messagesDelivered, help: "MESSAGE frames written to subscribers.")
         counter("switchboard_bytes_out_total", counters.bytesOut, help: "STOMP bytes written to connections.")
-        gauge("switchboard_event_loops_busy", counters.loopsBusy,
-              help: "Event loops in busy mode: saturated, so their connections run with Nagle (TCP_NODELAY off) and wider write coalescing.")
-        counter("switchboard_busy_mode_switches_total", counters.busySwitches,
-                help: "Times an event loop entered or left busy mode.")
+        gauge(
+            "switchboard_event_loops_busy", counters.loopsBusy,
+            help: "Event loops in busy mode: saturated, so their connections run with Nagle (TCP_NODELAY off) and wider write coalescing.")
+        counter(
+            "switchboard_busy_mode_switches_total", counters.busySwitches,
+            help: "Times an event loop entered or left busy mode.")
         for kind in SessionErrorKind.allCases {
-            counter("switchboard_session_errors_total", stats.errors(kind), labels: [("kind", kind.rawValue)],
-                    help: "Sessions closed with an ERROR, by cause (slow_consumer, heartbeat_timeout, auth, limit, protocol, route, shutdown).")
+            counter(
+                "switchboard_session_errors_total", stats.errors(kind), labels: [("kind", kind.rawValue)],
+                help: "Sessions closed with an ERROR, by cause (slow_consumer, heartbeat_timeout, auth, limit, protocol, route, shutdown).")
         }
         if let engine = services.engine as? RedisEngine {
             for role in [RedisConnectionRole.commands, .subscriptions] {
-                gauge("switchboard_redis_connected", engine.client.connectionState(role) == .connected ? 1 : 0, labels: [("role", "\(role)")],
-                      help: "1 while the Redis connection is up.")
+                gauge(
+                    "switchboard_redis_connected", engine.client.connectionState(role) == .connected ? 1 : 0, labels: [("role", "\(role)")],
+                    help: "1 while the Redis connection is up.")
             }
             counter("switchboard_redis_reconnects_total", engine.client.reconnectCount, help: "Redis reconnects.")
             counter("switchboard_redis_pubsub_messages_in_total", engine.messagesIn.load(ordering: .relaxed), help: "Pub/Sub messages received from Redis.")

@@ -1,12 +1,12 @@
 import Foundation
 import Hummingbird
 import NIOCore
+import RedisClient
 import STOMPCodec
-import SwitchboardCore
 import SwitchboardAPIModel
 import SwitchboardAuth
+import SwitchboardCore
 import SwitchboardRedis
-import RedisClient
 
 /// The HTTP API backends use to push to browsers, compatible with the seed articles:
 /// `POST /api/notification` with `{"topic","message"}` (optional `headers`, `contentType`).
@@ -62,7 +62,8 @@ struct PublishAPI: Sendable {
     func authenticate(_ request: Request) throws -> APIKeyStore.Key? {
         guard !apiKeys.isEmpty else { return nil }
         guard let header = request.headers[.authorization], header.hasPrefix("Bearer "),
-              let key = apiKeys.key(for: String(header.dropFirst("Bearer ".count))) else {
+            let key = apiKeys.key(for: String(header.dropFirst("Bearer ".count)))
+        else {
             throw APIError(status: .unauthorized, message: "missing or invalid API key: send 'Authorization: Bearer <key>'", field: "Authorization")
         }
         return key
@@ -125,11 +126,12 @@ struct PublishAPI: Sendable {
         let stats = services.stats
         var redis: Any = NSNull()
         if let engine = services.engine as? RedisEngine {
-            redis = [
-                "commands": "\(engine.client.connectionState(.commands))",
-                "subscriptions": "\(engine.client.connectionState(.subscriptions))",
-                "reconnects": engine.client.reconnectCount,
-            ] as [String: Any]
+            redis =
+                [
+                    "commands": "\(engine.client.connectionState(.commands))",
+                    "subscriptions": "\(engine.client.connectionState(.subscriptions))",
+                    "reconnects": engine.client.reconnectCount,
+                ] as [String: Any]
         }
         return Self.json([
             "redis": redis,

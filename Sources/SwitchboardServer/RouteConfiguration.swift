@@ -46,7 +46,8 @@ public struct RouteConfiguration: Sendable, Equatable {
                 throw SwitchboardConfiguration.Invalid(description: "\(base).destination is required")
             }
             guard destinations.isApplication(destination) else {
-                throw SwitchboardConfiguration.Invalid(description: "\(base).destination '\(destination)' must start with \(destinations.applicationPrefixes.joined(separator: " or "))")
+                throw SwitchboardConfiguration.Invalid(
+                    description: "\(base).destination '\(destination)' must start with \(destinations.applicationPrefixes.joined(separator: " or "))")
             }
             do { _ = try DestinationPattern(destination) } catch {
                 throw SwitchboardConfiguration.Invalid(description: "\(base).destination: \(error)")
@@ -109,7 +110,9 @@ public struct RedisSettings: Sendable, Equatable {
         connectTimeoutMs = reader.int(forKey: "connect-timeout-ms", default: connectTimeoutMs)
         try SwitchboardConfiguration.atLeast(1, ("redis.command-timeout-ms", commandTimeoutMs), ("redis.connect-timeout-ms", connectTimeoutMs))
         do { _ = try RedisConfiguration(url: url) } catch {
-            throw SwitchboardConfiguration.Invalid(description: "redis.url '\(Self.redactingPassword(url))' is not a valid redis:// URL: \("\(error)".replacingOccurrences(of: url, with: Self.redactingPassword(url)))")
+            throw SwitchboardConfiguration.Invalid(
+                description:
+                    "redis.url '\(Self.redactingPassword(url))' is not a valid redis:// URL: \("\(error)".replacingOccurrences(of: url, with: Self.redactingPassword(url)))")
         }
         let inboundReader = reader.scoped(to: "inbound")
         inbound = try inboundReader.stringArray(forKey: "names", default: []).map { name in
@@ -121,7 +124,8 @@ public struct RedisSettings: Sendable, Equatable {
                 let channel = try required("channel", for: "a channel inbound route")
                 let destination = try required("destination", for: "a channel inbound route")
                 guard destinations.isBroker(destination) else {
-                    throw SwitchboardConfiguration.Invalid(description: "\(base).destination '\(destination)' must start with \(destinations.brokerPrefixes.joined(separator: " or "))")
+                    throw SwitchboardConfiguration.Invalid(
+                        description: "\(base).destination '\(destination)' must start with \(destinations.brokerPrefixes.joined(separator: " or "))")
                 }
                 return RedisInboundSetting(name: name, route: .channel(channel: channel, destination: destination))
             case "broadcast":

@@ -3,14 +3,14 @@ import HummingbirdCore
 import Logging
 import NIOCore
 import NIOPosix
-import ServiceLifecycle
+import NIOSSL
+import Prometheus
 import RedisClient
+import ServiceLifecycle
+import SwitchboardAuth
 import SwitchboardCore
 import SwitchboardRedis
 import SwitchboardRoutes
-import Prometheus
-import SwitchboardAuth
-import NIOSSL
 
 /// A gateway instance: the HTTP API and the STOMP endpoint on one port, the fan-out hub,
 /// the broker engine and the `/app` routes.
@@ -69,11 +69,12 @@ public struct SwitchboardGateway: Sendable {
         self.logger = logger
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.server.threads)
         let loops = Array(group.makeIterator())
-        let hub = FanoutHub(eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.stomp.heartbeatResolutionMs)),
-                            writeCoalescing: .microseconds(Int64(configuration.server.writeCoalesceMicros)),
-                            busyWriteCoalescing: .microseconds(Int64(configuration.server.busyWriteCoalesceMicros)),
-                            busyPercent: configuration.server.busyPercent,
-                            nagleWhenBusy: configuration.http.tcpNoDelay)
+        let hub = FanoutHub(
+            eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.stomp.heartbeatResolutionMs)),
+            writeCoalescing: .microseconds(Int64(configuration.server.writeCoalesceMicros)),
+            busyWriteCoalescing: .microseconds(Int64(configuration.server.busyWriteCoalesceMicros)),
+            busyPercent: configuration.server.busyPercent,
+            nagleWhenBusy: configuration.http.tcpNoDelay)
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
         let messageIDs = MessageIDGenerator(instanceID: instanceID)
         var engine: any BrokerEngine = InMemoryEngine(hub: hub)
@@ -87,8 +88,9 @@ public struct SwitchboardGateway: Sendable {
             var redisLogger = Logger(label: "switchboard.redis")
             redisLogger[metadataKey: "instance"] = "\(instanceID)"
             let client = RedisClient(configuration: redisConfiguration, eventLoopGroup: group, logger: redisLogger)
-            let re = RedisEngine(client: client, hub: hub, naming: RedisChannelNaming(prefix: settings.channelPrefix), instanceID: instanceID,
-                                 messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger)
+            let re = RedisEngine(
+                client: client, hub: hub, naming: RedisChannelNaming(prefix: settings.channelPrefix), instanceID: instanceID,
+                messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger)
             redisClient = client
             redisEngine = re
             engine = re
@@ -117,8 +119,9 @@ public struct SwitchboardGateway: Sendable {
         }
         var sessionLogger = Logger(label: "switchboard.session")
         sessionLogger[metadataKey: "instance"] = "\(instanceID)"
-        self.services = GatewayServices(configuration: session, hub: hub, engine: engine,
-                                        routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger)
+        self.services = GatewayServices(
+            configuration: session, hub: hub, engine: engine,
+            routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger)
     }
 
     static func randomInstanceID() -> String {
@@ -133,9 +136,11 @@ public struct SwitchboardGateway: Sendable {
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.http.allowedOrigins))
         MetricsEndpoint(registry: metricsRegistry, services: services).register(on: router)
-        PublishAPI(services: services, maxBodyBytes: configuration.http.maxBodyBytes, eventLoopGroup: group, admission: admission, apiKeys: apiKeys,
-                   streamGroups: redis?.streamRoutes.compactMap(\.groups) ?? [])
-            .register(on: router)
+        PublishAPI(
+            services: services, maxBodyBytes: configuration.http.maxBodyBytes, eventLoopGroup: group, admission: admission, apiKeys: apiKeys,
+            streamGroups: redis?.streamRoutes.compactMap(\.groups) ?? []
+        )
+        .register(on: router)
         if configuration.console.enabled {
             let inbound = (configuration.redis?.inbound ?? []).compactMap { setting -> String? in
                 switch setting.route {
@@ -146,17 +151,20 @@ public struct SwitchboardGateway: Sendable {
             ConsoleRoutes(path: configuration.console.path, services: services, inboundChannels: inbound).register(on: router)
         }
         let httpLogger = Logger(label: "switchboard.http")
-        let http = HTTPAPIChannel(responder: HTTPAPIChannel.responder(router.buildResponder(), serverName: "switchboard", logger: httpLogger),
-                                  secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.http.idleTimeoutMs)))
-        let handshake = WebSocketHandshake(services: services, stompPath: configuration.stomp.path, admission: admission, limiter: limiter,
-                                           allowedOrigins: configuration.http.allowedOrigins, handshakeCookie: configuration.auth.handshakeCookie)
+        let http = HTTPAPIChannel(
+            responder: HTTPAPIChannel.responder(router.buildResponder(), serverName: "switchboard", logger: httpLogger),
+            secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.http.idleTimeoutMs)))
+        let handshake = WebSocketHandshake(
+            services: services, stompPath: configuration.stomp.path, admission: admission, limiter: limiter,
+            allowedOrigins: configuration.http.allowedOrigins, handshakeCookie: configuration.auth.handshakeCookie)
         var settings = GatewayListener.Settings(
             host: configuration.http.host, port: configuration.http.port, backlog: configuration.http.backlog,
             handshakeTimeout: .milliseconds(Int64(configuration.http.handshakeTimeoutMs)),
             maxWebSocketFrameBytes: configuration.limits.decoder.maxFrameBytes + 1024, tls: tls)
         settings.tcpNoDelay = configuration.http.tcpNoDelay
-        return GatewayListener(settings: settings, handshake: handshake, http: http, pending: pending, group: group,
-                               onServerRunning: onServerRunning, logger: httpLogger)
+        return GatewayListener(
+            settings: settings, handshake: handshake, http: http, pending: pending, group: group,
+            onServerRunning: onServerRunning, logger: httpLogger)
     }
 
     /// Runs until SIGTERM or SIGINT, then drains: new sessions are refused, every session
@@ -166,23 +174,28 @@ public struct SwitchboardGateway: Sendable {
         let logger = self.logger
         let host = configuration.http.host
         let listener = makeListener { channel in
-            logger.notice("switchboard listening", metadata: [
-                "address": "\(host):\(channel.localAddress?.port ?? 0)",
-                "tls": "\(configuration.http.tls != nil)",
-                "stomp": "\(configuration.stomp.path)",
-                "engine": "\(services.engine.name)",
-                "instance": "\(services.instanceID)",
-            ])
+            logger.notice(
+                "switchboard listening",
+                metadata: [
+                    "address": "\(host):\(channel.localAddress?.port ?? 0)",
+                    "tls": "\(configuration.http.tls != nil)",
+                    "stomp": "\(configuration.stomp.path)",
+                    "engine": "\(services.engine.name)",
+                    "instance": "\(services.instanceID)",
+                ])
         }
-        let drain = DrainService(services: services, admission: admission, pending: pending,
-                                 delay: .milliseconds(Int64(configuration.server.drainDelayMs)), grace: .milliseconds(Int64(configuration.server.shutdownGraceMs)), logger: logger)
+        let drain = DrainService(
+            services: services, admission: admission, pending: pending,
+            delay: .milliseconds(Int64(configuration.server.drainDelayMs)), grace: .milliseconds(Int64(configuration.server.shutdownGraceMs)), logger: logger)
         var list: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let redis {
             list.append(.init(service: RedisService(parts: redis, services: services, logger: logger)))
         }
         list += [.init(service: listener), .init(service: drain)]
-        let group = ServiceGroup(configuration: .init(services: list,
-                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: list,
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         for shard in services.hub.shards { shard.stop() }
         try? await self.group.shutdownGracefully()
@@ -236,8 +249,9 @@ struct RedisService: Service {
                 }
             }
         }
-        let inbound = RedisInboundRoutes(client: parts.client, engine: parts.engine, hub: services.hub, messageIDs: services.messageIDs,
-                                         configuration: services.configuration, logger: logger)
+        let inbound = RedisInboundRoutes(
+            client: parts.client, engine: parts.engine, hub: services.hub, messageIDs: services.messageIDs,
+            configuration: services.configuration, logger: logger)
         try await inbound.start(parts.inbound)
         try? await gracefulShutdown()
         groupsTask.cancel()

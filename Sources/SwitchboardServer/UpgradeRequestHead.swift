@@ -58,7 +58,8 @@ struct UpgradeRequestHead: Equatable, Sendable {
             }
             // Obsolete line folding or whitespace before the colon: leave it to the full parser.
             guard let colon = head[line].firstIndex(of: UInt8(ascii: ":")), colon > line.lowerBound,
-                  !isWhitespace(head[line.lowerBound]), !isWhitespace(head[colon - 1]) else { return .plainHTTP }
+                !isWhitespace(head[line.lowerBound]), !isWhitespace(head[colon - 1])
+            else { return .plainHTTP }
             let name = head[line.lowerBound..<colon]
             var valueStart = colon + 1
             var valueEnd = line.upperBound
@@ -91,7 +92,8 @@ struct UpgradeRequestHead: Equatable, Sendable {
     private static func parseRequestLine(_ head: UnsafeRawBufferPointer, _ line: Range<Int>) -> String? {
         let version = " HTTP/1.1"
         guard line.count > 4 + version.utf8.count, head[line.lowerBound..<(line.lowerBound + 4)].elementsEqual("GET ".utf8),
-              head[(line.upperBound - version.utf8.count)..<line.upperBound].elementsEqual(version.utf8) else { return nil }
+            head[(line.upperBound - version.utf8.count)..<line.upperBound].elementsEqual(version.utf8)
+        else { return nil }
         let target = head[(line.lowerBound + 4)..<(line.upperBound - version.utf8.count)]
         guard target.first == UInt8(ascii: "/"), !target.contains(where: { $0 <= 0x20 || $0 == 0x7F }) else { return nil }
         return String(decoding: target, as: UTF8.self)

@@ -62,8 +62,10 @@ struct WebSocketHandshake: Sendable {
             return .refuse(Refusal(status: 503, reason: "Service Unavailable", message: "server shutting down, reconnect", field: "Upgrade"))
         }
         guard head.versions.count == 1, head.versions[0] == "13" else {
-            return .refuse(Refusal(status: 426, reason: "Upgrade Required", message: "Sec-WebSocket-Version must be 13",
-                                   field: "Sec-WebSocket-Version", extraHeaders: [("Sec-WebSocket-Version", "13")]))
+            return .refuse(
+                Refusal(
+                    status: 426, reason: "Upgrade Required", message: "Sec-WebSocket-Version must be 13",
+                    field: "Sec-WebSocket-Version", extraHeaders: [("Sec-WebSocket-Version", "13")]))
         }
         guard head.keys.count == 1, let nonce = Data(base64Encoded: head.keys[0]), nonce.count == 16 else {
             return .refuse(.badRequest("Sec-WebSocket-Key must be one base64-encoded 16-byte value", field: "Sec-WebSocket-Key"))
@@ -75,8 +77,10 @@ struct WebSocketHandshake: Sendable {
         if !head.protocols.isEmpty {
             version = STOMPVersion.negotiateSubprotocol(offered: head.protocols, supported: services.configuration.supportedVersions)
             if version == nil {
-                return .refuse(.badRequest("no supported STOMP subprotocol offered (v12.stomp, v11.stomp, v10.stomp)",
-                                           field: "Sec-WebSocket-Protocol"))
+                return .refuse(
+                    .badRequest(
+                        "no supported STOMP subprotocol offered (v12.stomp, v11.stomp, v10.stomp)",
+                        field: "Sec-WebSocket-Protocol"))
             }
         }
         // Last check: it reserves a connection.
@@ -87,16 +91,19 @@ struct WebSocketHandshake: Sendable {
         response += Self.acceptValue(forKey: head.keys[0])
         if let version { response += "\r\nSec-WebSocket-Protocol: " + version.webSocketSubprotocol }
         response += "\r\n\r\n"
-        let handshake = HandshakeInfo(token: Self.token(target: head.target, cookies: head.cookies, cookieName: handshakeCookie),
-                                      remoteAddress: address, origin: head.origin)
+        let handshake = HandshakeInfo(
+            token: Self.token(target: head.target, cookies: head.cookies, cookieName: handshakeCookie),
+            remoteAddress: address, origin: head.origin)
         return .accept(response: ByteBuffer(string: response), handshake: handshake)
     }
 
     /// A refusal as a complete HTTP response that closes the connection.
     static func response(for refusal: Refusal) -> ByteBuffer {
         // The same JSON error shape as the HTTP API's.
-        let body = (try? JSONSerialization.data(withJSONObject: ["error": refusal.message, "field": refusal.field],
-                                                options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        let body =
+            (try? JSONSerialization.data(
+                withJSONObject: ["error": refusal.message, "field": refusal.field],
+                options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
         var text = "HTTP/1.1 \(refusal.status) \(refusal.reason)\r\nConnection: close\r\nContent-Type: application/json\r\n"
         for (name, value) in refusal.extraHeaders { text += "\(name): \(value)\r\n" }
         text += "Content-Length: \(body.count)\r\n\r\n"

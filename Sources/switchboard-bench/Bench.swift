@@ -7,6 +7,10 @@
 //
 // Progress goes to stderr once a second; the result is ONE JSON line on stdout.
 
+import ArgumentParser
+import NIOCore
+import NIOPosix
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -14,9 +18,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import ArgumentParser
-import NIOCore
-import NIOPosix
 
 extension ClientMode: ExpressibleByArgument {}
 
@@ -47,8 +48,13 @@ struct SubscriberOptions: ParsableArguments, Sendable {
     @Option(help: "Subscriber connections.") var connections = 10
     @Option(name: .customLong("ramp-per-second"), help: "Connection attempts per second (0: as fast as possible).") var rampPerSecond = 2000
     @Option(name: .customLong("handshake-timeout"), help: "Seconds for TCP + WebSocket + CONNECT + SUBSCRIBE.") var handshakeTimeout = 30
-    @Option(name: .customLong("heart-beat"), help: "STOMP: the CONNECT heart-beat header, cx,cy. The subscribers never send heart-beats, so keep cx 0; cy > 0 asks the server for EOLs every cy ms (idle-timer cost).") var heartBeat = "0,0"
-    @Flag(name: .customLong("pipeline-subscribe"), help: "STOMP: send SUBSCRIBE right behind CONNECT, without waiting for CONNECTED (one round trip less; STOMP processes frames in order).") var pipelineSubscribe = false
+    @Option(
+        name: .customLong("heart-beat"),
+        help: "STOMP: the CONNECT heart-beat header, cx,cy. The subscribers never send heart-beats, so keep cx 0; cy > 0 asks the server for EOLs every cy ms (idle-timer cost).")
+    var heartBeat = "0,0"
+    @Flag(
+        name: .customLong("pipeline-subscribe"),
+        help: "STOMP: send SUBSCRIBE right behind CONNECT, without waiting for CONNECTED (one round trip less; STOMP processes frames in order).") var pipelineSubscribe = false
     @Option(name: .customLong("index-offset"), help: "Global index of this process's first connection (topic assignment across processes).") var indexOffset = 0
     @Option(name: .customLong("ready-file"), help: "Touch this file once every connection is up (or failed).") var readyFile: String?
     @Option(name: .customLong("stop-file"), help: "Finish when this file appears.") var stopFile: String?
@@ -108,7 +114,8 @@ func emitJSON(_ s: String) { writeFD(1, s + "\n") }
 
 func pct(_ h: Hist) -> String {
     if h.totalCount == 0 { return "{\"p50\":null,\"p90\":null,\"p99\":null,\"p999\":null,\"max\":null,\"mean\":null,\"count\":0}" }
-    return "{\"p50\":\(h.valueAtPercentile(50)),\"p90\":\(h.valueAtPercentile(90)),\"p99\":\(h.valueAtPercentile(99)),\"p999\":\(h.valueAtPercentile(99.9)),\"max\":\(h.max),\"mean\":\(Int(h.mean)),\"count\":\(h.totalCount)}"
+    return
+        "{\"p50\":\(h.valueAtPercentile(50)),\"p90\":\(h.valueAtPercentile(90)),\"p99\":\(h.valueAtPercentile(99)),\"p999\":\(h.valueAtPercentile(99.9)),\"max\":\(h.max),\"mean\":\(Int(h.mean)),\"count\":\(h.totalCount)}"
 }
 
 func jsonString(_ s: String) -> String {
@@ -179,9 +186,11 @@ final class Progress {
     }
 }
 
-func buildReport(role: String, c: ConnOptions, sub: SubscriberOptions?, pub: PublisherOptions?, snap s: StatsSnapshot,
-                 loss: (expected: UInt64, unique: UInt64, lost: UInt64, subsByTopic: [Int])?, lossExact: Bool,
-                 rssStart: Int, rssReady: Int, exportHist: Bool) -> Report {
+func buildReport(
+    role: String, c: ConnOptions, sub: SubscriberOptions?, pub: PublisherOptions?, snap s: StatsSnapshot,
+    loss: (expected: UInt64, unique: UInt64, lost: UInt64, subsByTopic: [Int])?, lossExact: Bool,
+    rssStart: Int, rssReady: Int, exportHist: Bool
+) -> Report {
     var r = Report()
     r.add("role", jsonString(role))
     if !c.label.isEmpty { r.add("label", jsonString(c.label)) }
@@ -295,8 +304,9 @@ struct Subscribe: ParsableCommand {
         }
         let s = collect(set.pairs)
         let loss = lossAccounting(set, published: sub.expectPublished, topicCount: max(1, conn.topics))
-        let r = buildReport(role: "subscribe", c: conn, sub: sub, pub: nil, snap: s, loss: loss,
-                            lossExact: sub.expectPublished != nil, rssStart: rssStart, rssReady: rssReady, exportHist: sub.exportHist)
+        let r = buildReport(
+            role: "subscribe", c: conn, sub: sub, pub: nil, snap: s, loss: loss,
+            lossExact: sub.expectPublished != nil, rssStart: rssStart, rssReady: rssReady, exportHist: sub.exportHist)
         humanSummary(s, r)
         emitJSON(r.json)
         try? set.group.syncShutdownGracefully()
@@ -322,8 +332,9 @@ struct Publish: ParsableCommand {
         }
         drainPublisher(set, pub, progress, conn)
         let s = collect(set.pairs)
-        let r = buildReport(role: "publish", c: conn, sub: nil, pub: pub, snap: s, loss: nil, lossExact: false,
-                            rssStart: rssStart, rssReady: rssStart, exportHist: false)
+        let r = buildReport(
+            role: "publish", c: conn, sub: nil, pub: pub, snap: s, loss: nil, lossExact: false,
+            rssStart: rssStart, rssReady: rssStart, exportHist: false)
         humanSummary(s, r)
         emitJSON(r.json)
         try? set.group.syncShutdownGracefully()
@@ -341,7 +352,6 @@ func drainPublisher(_ set: LoopSet, _ pub: PublisherOptions, _ progress: Progres
         usleep(20_000)
     }
 }
-
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Subscribers and publisher in one process: subscribe, publish, drain, report.")
@@ -380,8 +390,9 @@ struct Run: ParsableCommand {
         }
         let s = collect(all)
         let loss = lossAccounting(set, published: published, topicCount: max(1, conn.topics))
-        let r = buildReport(role: "run", c: conn, sub: sub, pub: pub, snap: s, loss: loss, lossExact: true,
-                            rssStart: rssStart, rssReady: rssReady, exportHist: sub.exportHist)
+        let r = buildReport(
+            role: "run", c: conn, sub: sub, pub: pub, snap: s, loss: loss, lossExact: true,
+            rssStart: rssStart, rssReady: rssReady, exportHist: sub.exportHist)
         humanSummary(s, r)
         emitJSON(r.json)
         try? set.group.syncShutdownGracefully()

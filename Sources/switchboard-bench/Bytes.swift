@@ -1,6 +1,8 @@
 // Low-level helpers: clocks, decimal encoding into ByteBuffer, byte scanning.
 // Everything here is allocation free; it runs once per message on the hot paths.
 
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -8,7 +10,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import NIOCore
 
 /// Wall-clock nanoseconds (CLOCK_REALTIME): comparable between processes on one machine,
 /// which is what the payload timestamps need.
@@ -115,7 +116,8 @@ typealias BytePtr = UnsafePointer<UInt8>
 /// A payload is "<seq> <unix-nanos> <padding>".
 @inline(__always) func parsePayload(_ base: BytePtr, _ from: Int, _ end: Int) -> (seq: UInt64, sentNanos: UInt64)? {
     guard let (seq, i) = parseDecimal(base, from, end), i < end, base[i] == 32,
-          let (ts, _) = parseDecimal(base, i + 1, end) else { return nil }
+        let (ts, _) = parseDecimal(base, i + 1, end)
+    else { return nil }
     return (seq, ts)
 }
 

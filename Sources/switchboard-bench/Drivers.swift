@@ -1,5 +1,8 @@
 // Subscriber ramp and open-loop publisher.
 
+import NIOCore
+import NIOPosix
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -7,8 +10,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import NIOCore
-import NIOPosix
 
 struct LoopSet {
     let group: MultiThreadedEventLoopGroup
@@ -71,7 +72,8 @@ func startSubscribers(_ set: LoopSet, _ c: ConnOptions, _ s: SubscriberOptions) 
                 return channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(h) }
             }
         if !sources.isEmpty {
-            bootstrap = bootstrap
+            bootstrap =
+                bootstrap
                 .channelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
                 .channelOption(bindAddressNoPort, value: 1)
                 .bind(to: sources[global % sources.count])
@@ -172,9 +174,10 @@ final class Publisher: @unchecked Sendable {
             }
         case .stomp:
             for _ in 0..<p.publishConnections {
-                let cfg = ConnConfig(mode: .stomp, role: .publisher, hostHeader: "\(host):\(port)", wsPath: p.publishWSPath ?? c.wsPath,
-                                     destination: "", topicIndex: 0, divisor: 1, login: c.login, passcode: c.passcode,
-                                     vhost: c.vhost ?? host, handshakeTimeout: .seconds(30))
+                let cfg = ConnConfig(
+                    mode: .stomp, role: .publisher, hostHeader: "\(host):\(port)", wsPath: p.publishWSPath ?? c.wsPath,
+                    destination: "", topicIndex: 0, divisor: 1, login: c.login, passcode: c.passcode,
+                    vhost: c.vhost ?? host, handshakeTimeout: .seconds(30))
                 let h = WSConn(cfg: cfg, stats: stats)
                 if p.receipts { h.receiptSendTimes = [UInt64](repeating: 0, count: 1 << 20) }
                 let ready = loop.makePromise(of: Void.self)
@@ -240,8 +243,9 @@ final class Publisher: @unchecked Sendable {
                     stalled = 0
                     if outs[k] == nil { outs[k] = alloc.buffer(capacity: 4096) }
                     let topic = Int(seq % UInt64(topics.count))
-                    conn.appendSend(into: &outs[k]!, destination: topics[topic], seq: seq, wall: wall,
-                                    padding: p.padding, receipt: p.receipts, allocator: alloc)
+                    conn.appendSend(
+                        into: &outs[k]!, destination: topics[topic], seq: seq, wall: wall,
+                        padding: p.padding, receipt: p.receipts, allocator: alloc)
                     seq += 1
                     stats.published &+= 1
                 }
@@ -278,9 +282,9 @@ final class Publisher: @unchecked Sendable {
         b.writeDecimal(UInt64(bodyLen))
         b.writeStaticString("\r\n\r\n")
         if json {
-            b.writeStaticString("{\"topic\":\"")   // 10
+            b.writeStaticString("{\"topic\":\"")  // 10
             b.writeBytes(topics[topic])
-            b.writeStaticString("\",\"message\":\"") // 13
+            b.writeStaticString("\",\"message\":\"")  // 13
         }
         b.writeDecimal(seq)
         b.writeStaticString(" ")

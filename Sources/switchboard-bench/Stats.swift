@@ -23,7 +23,7 @@ final class LoopStats: @unchecked Sendable {
     var deliveries: UInt64 = 0
     var unique: UInt64 = 0
     var duplicates: UInt64 = 0
-    var gapLost: UInt64 = 0          // filled in at report time from per-connection bitmaps
+    var gapLost: UInt64 = 0  // filled in at report time from per-connection bitmaps
     var unparsable: UInt64 = 0
     var bytesIn: UInt64 = 0
     var firstDeliveryMono: UInt64 = 0

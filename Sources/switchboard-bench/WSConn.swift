@@ -162,8 +162,10 @@ final class WSConn: ChannelInboundHandler, @unchecked Sendable {
     }
 
     /// Appends one WebSocket frame carrying a STOMP SEND to `out` (publisher role).
-    func appendSend(into out: inout ByteBuffer, destination: [UInt8], seq: UInt64, wall: UInt64,
-                    padding: Int, receipt: Bool, allocator: ByteBufferAllocator) {
+    func appendSend(
+        into out: inout ByteBuffer, destination: [UInt8], seq: UInt64, wall: UInt64,
+        padding: Int, receipt: Bool, allocator: ByteBufferAllocator
+    ) {
         var s = scratch ?? allocator.buffer(capacity: 256)
         s.clear()
         s.writeStaticString("SEND\ndestination:")
@@ -261,7 +263,7 @@ final class WSConn: ChannelInboundHandler, @unchecked Sendable {
                 len = Int(l)
                 hdr = 10
             }
-            if masked { hdr += 4 }   // servers must not mask; tolerate a zero key
+            if masked { hdr += 4 }  // servers must not mask; tolerate a zero key
             if n - i < hdr + len { break }
             let from = i + hdr, end = i + hdr + len
             switch opcode {
@@ -377,13 +379,15 @@ final class WSConn: ChannelInboundHandler, @unchecked Sendable {
         return nil
     }
 
-    private func onFrame(_ context: ChannelHandlerContext, command c: UInt8, _ base: BytePtr,
-                         headersFrom: Int, headersEnd: Int, bodyFrom: Int, bodyEnd: Int) {
+    private func onFrame(
+        _ context: ChannelHandlerContext, command c: UInt8, _ base: BytePtr,
+        headersFrom: Int, headersEnd: Int, bodyFrom: Int, bodyEnd: Int
+    ) {
         switch c {
         case UInt8(ascii: "M"):
             deliver(base, bodyFrom, bodyEnd)
         case UInt8(ascii: "C"):
-            guard state == .stompConnecting else { return }   // pipelined: already .subscribing
+            guard state == .stompConnecting else { return }  // pipelined: already .subscribing
             if cfg.role == .subscriber {
                 state = .subscribing
                 sendWS(context, text: subscribeFrame)
@@ -394,7 +398,8 @@ final class WSConn: ChannelInboundHandler, @unchecked Sendable {
             if state == .subscribing {
                 markReady()
             } else if let (vf, ve) = headerValue(base, headersFrom, headersEnd, "receipt-id:"),
-                      let (seq, _) = parseDecimal(base, vf, ve) {
+                let (seq, _) = parseDecimal(base, vf, ve)
+            {
                 stats.receipts &+= 1
                 if !receiptSendTimes.isEmpty {
                     let t0 = receiptSendTimes[Int(seq & UInt64(receiptSendTimes.count - 1))]

@@ -3,8 +3,8 @@ import Foundation
 import Logging
 import Metrics
 import Prometheus
-import SwitchboardServer
 import SwitchboardAuth
+import SwitchboardServer
 
 /// `switchboard`: the gateway executable.
 @main
@@ -13,13 +13,13 @@ struct SwitchboardCommand: AsyncParsableCommand {
         commandName: "switchboard",
         abstract: "Real-time gateway: STOMP over WebSocket for browsers, HTTP and Redis for backends.",
         discussion: """
-        Settings come from, weakest first: built-in defaults, a YAML file (--config), environment
-        variables (SWITCHBOARD_ + the key in upper case with '.' and '-' as '_', e.g.
-        SWITCHBOARD_HTTP_PORT=9000) and flags (--set key=value, or the shortcuts below).
-        The keys are listed in docs/configuration.md (--configuration-reference prints it), e.g.
-        http.port, stomp.path, stomp.heartbeat.send-ms, limits.max-frame-bytes, routes.names.
-        An unknown key or a bad value stops start-up.
-        """
+            Settings come from, weakest first: built-in defaults, a YAML file (--config), environment
+            variables (SWITCHBOARD_ + the key in upper case with '.' and '-' as '_', e.g.
+            SWITCHBOARD_HTTP_PORT=9000) and flags (--set key=value, or the shortcuts below).
+            The keys are listed in docs/configuration.md (--configuration-reference prints it), e.g.
+            http.port, stomp.path, stomp.heartbeat.send-ms, limits.max-frame-bytes, routes.names.
+            An unknown key or a bad value stops start-up.
+            """
     )
 
     @Option(name: .long, help: "YAML configuration file.")

@@ -40,39 +40,46 @@ struct CommandEncodingTests {
         let command = XADD(key: "s", maxLength: 1000, fields: [("a", "1"), ("b", .bytes(ByteBuffer(string: "x\r\ny")))])
         #expect(encoded(command) == "*10\r\n$4\r\nXADD\r\n$1\r\ns\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$4\r\n1000\r\n$1\r\n*\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$4\r\nx\r\ny\r\n")
         #expect(encoded(XADD(key: "s", maxLength: 5, fields: [("f", "v")])) == resp("XADD", "s", "MAXLEN", "~", "5", "*", "f", "v"))
-        #expect(encoded(XADD(key: "s", id: "1-1", maxLength: 5, approximateTrim: false, fields: [("f", 7)]))
-            == resp("XADD", "s", "MAXLEN", "5", "1-1", "f", "7"))
+        #expect(
+            encoded(XADD(key: "s", id: "1-1", maxLength: 5, approximateTrim: false, fields: [("f", 7)]))
+                == resp("XADD", "s", "MAXLEN", "5", "1-1", "f", "7"))
         #expect(encoded(XADD(key: "s", fields: [("f", "v")])) == resp("XADD", "s", "*", "f", "v"))
     }
 
     @Test func streamReads() {
-        #expect(encoded(XREAD(count: 10, blockMilliseconds: 500, streams: [("a", "0"), ("b", "$")]))
-            == resp("XREAD", "COUNT", "10", "BLOCK", "500", "STREAMS", "a", "b", "0", "$"))
+        #expect(
+            encoded(XREAD(count: 10, blockMilliseconds: 500, streams: [("a", "0"), ("b", "$")]))
+                == resp("XREAD", "COUNT", "10", "BLOCK", "500", "STREAMS", "a", "b", "0", "$"))
         #expect(encoded(XREAD(streams: [("a", "0-0")])) == resp("XREAD", "STREAMS", "a", "0-0"))
-        #expect(encoded(XREADGROUP(group: "g", consumer: "c", count: 1, blockMilliseconds: 0, noAck: true, streams: [("s", ">")]))
-            == resp("XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "BLOCK", "0", "NOACK", "STREAMS", "s", ">"))
+        #expect(
+            encoded(XREADGROUP(group: "g", consumer: "c", count: 1, blockMilliseconds: 0, noAck: true, streams: [("s", ">")]))
+                == resp("XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "BLOCK", "0", "NOACK", "STREAMS", "s", ">"))
         #expect(XREADGROUP(group: "g", consumer: "c", blockMilliseconds: 0, streams: [("s", ">")]).blockingTimeout == .zero)
         #expect(XREAD(streams: [("a", "0")]).blockingTimeout == nil)
     }
 
     @Test func streamManagement() {
         #expect(encoded(XACK(key: "s", group: "g", ids: ["1-0", "2-0"])) == resp("XACK", "s", "g", "1-0", "2-0"))
-        #expect(encoded(XGROUPCREATE(key: "s", group: "g", id: "0", makeStream: true, entriesRead: 3))
-            == resp("XGROUP", "CREATE", "s", "g", "0", "MKSTREAM", "ENTRIESREAD", "3"))
+        #expect(
+            encoded(XGROUPCREATE(key: "s", group: "g", id: "0", makeStream: true, entriesRead: 3))
+                == resp("XGROUP", "CREATE", "s", "g", "0", "MKSTREAM", "ENTRIESREAD", "3"))
         #expect(encoded(XGROUPCREATE(key: "s", group: "g")) == resp("XGROUP", "CREATE", "s", "g", "$"))
-        #expect(encoded(XAUTOCLAIM(key: "s", group: "g", consumer: "c", minIdleMilliseconds: 100, count: 5))
-            == resp("XAUTOCLAIM", "s", "g", "c", "100", "0-0", "COUNT", "5"))
+        #expect(
+            encoded(XAUTOCLAIM(key: "s", group: "g", consumer: "c", minIdleMilliseconds: 100, count: 5))
+                == resp("XAUTOCLAIM", "s", "g", "c", "100", "0-0", "COUNT", "5"))
         #expect(encoded(XPENDING(key: "s", group: "g")) == resp("XPENDING", "s", "g"))
-        #expect(encoded(XPENDINGRANGE(key: "s", group: "g", minIdleMilliseconds: 9, count: 10, consumer: "c"))
-            == resp("XPENDING", "s", "g", "IDLE", "9", "-", "+", "10", "c"))
+        #expect(
+            encoded(XPENDINGRANGE(key: "s", group: "g", minIdleMilliseconds: 9, count: 10, consumer: "c"))
+                == resp("XPENDING", "s", "g", "IDLE", "9", "-", "+", "10", "c"))
         #expect(encoded(XTRIM(key: "s", strategy: .maxLength(10))) == resp("XTRIM", "s", "MAXLEN", "~", "10"))
         #expect(encoded(XTRIM(key: "s", strategy: .minID("5-0"), approximate: false)) == resp("XTRIM", "s", "MINID", "5-0"))
     }
 
     @Test func connectionAndMisc() {
         #expect(encoded(PING()) == resp("PING"))
-        #expect(encoded(HELLO(protocolVersion: 3, username: "u", password: "p", clientName: "gw"))
-            == resp("HELLO", "3", "AUTH", "u", "p", "SETNAME", "gw"))
+        #expect(
+            encoded(HELLO(protocolVersion: 3, username: "u", password: "p", clientName: "gw"))
+                == resp("HELLO", "3", "AUTH", "u", "p", "SETNAME", "gw"))
         #expect(encoded(HELLO(password: "p")) == resp("HELLO", "3", "AUTH", "default", "p"))
         #expect(encoded(AUTH(password: "p")) == resp("AUTH", "p"))
         #expect(encoded(AUTH(username: "u", password: "p")) == resp("AUTH", "u", "p"))

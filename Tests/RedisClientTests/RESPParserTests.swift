@@ -52,8 +52,9 @@ struct RESPParserTests {
         #expect(try parseOne(",-inf\r\n").value == .double(-.infinity))
         guard case .double(let nan) = try parseOne(",nan\r\n").value else { Issue.record("not a double"); return }
         #expect(nan.isNaN)
-        #expect(try parseOne("(3492890328409238509324850943850943825024385\r\n").value
-            == .bigNumber(ByteBuffer(string: "3492890328409238509324850943850943825024385")))
+        #expect(
+            try parseOne("(3492890328409238509324850943850943825024385\r\n").value
+                == .bigNumber(ByteBuffer(string: "3492890328409238509324850943850943825024385")))
         #expect(try parseOne("!21\r\nSYNTAX invalid syntax\r\n").value == .bulkError(ByteBuffer(string: "SYNTAX invalid syntax")))
         #expect(try parseOne("=15\r\ntxt:Some string\r\n").value == .verbatimString(ByteBuffer(string: "txt:Some string")))
         #expect(try String(fromRESP: parseOne("=15\r\ntxt:Some string\r\n")) == "Some string")
@@ -103,10 +104,11 @@ struct RESPParserTests {
 
     @Test func manyValuesInOneBuffer() throws {
         let tokens = try parseAll("+OK\r\n:1\r\n$3\r\nabc\r\n*1\r\n:2\r\n_\r\n")
-        #expect(tokens.map(\.value) == [
-            .simpleString(ByteBuffer(string: "OK")), .number(1), .bulkString(ByteBuffer(string: "abc")),
-            .array(RESPToken.Array(count: 1, buffer: ByteBuffer(string: ":2\r\n"))), .null,
-        ])
+        #expect(
+            tokens.map(\.value) == [
+                .simpleString(ByteBuffer(string: "OK")), .number(1), .bulkString(ByteBuffer(string: "abc")),
+                .array(RESPToken.Array(count: 1, buffer: ByteBuffer(string: ":2\r\n"))), .null,
+            ])
         // Tokens are exact slices.
         #expect(tokens[2].base == ByteBuffer(string: "$3\r\nabc\r\n"))
     }

@@ -41,10 +41,11 @@ final class RedisServerProcess: @unchecked Sendable {
     func launch() async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.executable!)
-        process.arguments = [
-            "--port", "\(self.port)", "--bind", "127.0.0.1", "--dir", self.directory.path,
-            "--save", "", "--appendonly", "no", "--daemonize", "no",
-        ] + self.extraArguments
+        process.arguments =
+            [
+                "--port", "\(self.port)", "--bind", "127.0.0.1", "--dir", self.directory.path,
+                "--save", "", "--appendonly", "no", "--daemonize", "no",
+            ] + self.extraArguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()

@@ -197,11 +197,12 @@ struct SubscriptionRegistryTests {
         _ = registry.add(names: ["s"], kind: .shardChannel, sink: .callback { _ in })
         let recorder = Recorder()
         #expect(registry.attach(recorder.sender).count == 3)
-        #expect(recorder.commands.withLockedValue { $0 } == [
-            SubscriptionCommand(kind: .channel, isSubscribe: true, names: ["a", "b"]),
-            SubscriptionCommand(kind: .pattern, isSubscribe: true, names: ["p*"]),
-            SubscriptionCommand(kind: .shardChannel, isSubscribe: true, names: ["s"]),
-        ])
+        #expect(
+            recorder.commands.withLockedValue { $0 } == [
+                SubscriptionCommand(kind: .channel, isSubscribe: true, names: ["a", "b"]),
+                SubscriptionCommand(kind: .pattern, isSubscribe: true, names: ["p*"]),
+                SubscriptionCommand(kind: .shardChannel, isSubscribe: true, names: ["s"]),
+            ])
         registry.detach()
         _ = registry.add(names: ["c"], kind: .channel, sink: .callback { _ in })
         #expect(recorder.commands.withLockedValue { $0.count } == 3)  // nothing sent while detached

@@ -31,14 +31,16 @@ struct ControlBytesTests {
         #expect(error?.description == "unknown command '\\x01SEND'")
     }
 
-    @Test("descriptions quoting client bytes hold no control character", arguments: [
-        (STOMPDecodingError.unknownCommand("\u{0}SEND"), "unknown command '\\x00SEND'"),
-        (.unknownCommand("A\u{7F}B\u{85}C\u{1B}[2J"), "unknown command 'A\\x7fB\\x85C\\x1b[2J'"),
-        (.malformedHeaderLine("a\u{0}b\rc\td"), "malformed header line 'a\\x00b\\x0dc\\x09d': expected name:value"),
-        (.undefinedEscape("\\\u{0}"), "undefined escape sequence '\\\\x00' in header"),
-        (.invalidContentLength("1\u{0}"), "invalid content-length '1\\x00'"),
-        (.unknownCommand("caf\u{E9} \u{1F600}"), "unknown command 'caf\u{E9} \u{1F600}'"),
-    ])
+    @Test(
+        "descriptions quoting client bytes hold no control character",
+        arguments: [
+            (STOMPDecodingError.unknownCommand("\u{0}SEND"), "unknown command '\\x00SEND'"),
+            (.unknownCommand("A\u{7F}B\u{85}C\u{1B}[2J"), "unknown command 'A\\x7fB\\x85C\\x1b[2J'"),
+            (.malformedHeaderLine("a\u{0}b\rc\td"), "malformed header line 'a\\x00b\\x0dc\\x09d': expected name:value"),
+            (.undefinedEscape("\\\u{0}"), "undefined escape sequence '\\\\x00' in header"),
+            (.invalidContentLength("1\u{0}"), "invalid content-length '1\\x00'"),
+            (.unknownCommand("caf\u{E9} \u{1F600}"), "unknown command 'caf\u{E9} \u{1F600}'"),
+        ])
     func escapedDescription(_ error: STOMPDecodingError, _ expected: String) {
         #expect(error.description == expected)
         #expect(!error.description.unicodeScalars.contains { $0.properties.generalCategory == .control })

@@ -18,17 +18,29 @@ struct IncrementalDecodingTests {
         binary.writeImmutableBuffer(Self.binaryBody())
         binary.writeInteger(UInt8(0))
         let pairs: [(ByteBuffer, [STOMPFrame])] = [
-            (ByteBuffer(string: "CONNECT\naccept-version:1.2\nhost:x\n\n\u{0}"),
-             [STOMPFrame(.connect, headers: ["accept-version": "1.2", "host": "x"])]),
-            (ByteBuffer(string: "\n\r\nSUBSCRIBE\r\nid:0\r\ndestination:/topic/a\\cb\r\n\r\n\u{0}"),
-             [STOMPFrame(.subscribe, headers: ["id": "0", "destination": "/topic/a:b"])]),
-            (ByteBuffer(string: "SEND\ndestination:/topic/a\n\nhello\u{0}SEND\ndestination:/topic/b\nx:1\nx:2\n\nworld\u{0}"),
-             [STOMPFrame(.send, headers: ["destination": "/topic/a"], body: "hello"),
-              STOMPFrame(.send, headers: STOMPHeaders([("destination", "/topic/b"), ("x", "1"), ("x", "2")]), body: "world")]),
-            (binary,
-             [STOMPFrame(.send, headers: ["destination": "/topic/bin", "content-length": "5"], body: Self.binaryBody())]),
-            (ByteBuffer(string: "DISCONNECT\nreceipt:77\n\n\u{0}\n"),
-             [STOMPFrame(.disconnect, headers: ["receipt": "77"])]),
+            (
+                ByteBuffer(string: "CONNECT\naccept-version:1.2\nhost:x\n\n\u{0}"),
+                [STOMPFrame(.connect, headers: ["accept-version": "1.2", "host": "x"])]
+            ),
+            (
+                ByteBuffer(string: "\n\r\nSUBSCRIBE\r\nid:0\r\ndestination:/topic/a\\cb\r\n\r\n\u{0}"),
+                [STOMPFrame(.subscribe, headers: ["id": "0", "destination": "/topic/a:b"])]
+            ),
+            (
+                ByteBuffer(string: "SEND\ndestination:/topic/a\n\nhello\u{0}SEND\ndestination:/topic/b\nx:1\nx:2\n\nworld\u{0}"),
+                [
+                    STOMPFrame(.send, headers: ["destination": "/topic/a"], body: "hello"),
+                    STOMPFrame(.send, headers: STOMPHeaders([("destination", "/topic/b"), ("x", "1"), ("x", "2")]), body: "world"),
+                ]
+            ),
+            (
+                binary,
+                [STOMPFrame(.send, headers: ["destination": "/topic/bin", "content-length": "5"], body: Self.binaryBody())]
+            ),
+            (
+                ByteBuffer(string: "DISCONNECT\nreceipt:77\n\n\u{0}\n"),
+                [STOMPFrame(.disconnect, headers: ["receipt": "77"])]
+            ),
         ]
         try ByteToMessageDecoderVerifier.verifyDecoder(inputOutputPairs: pairs, decoderFactory: { STOMPFrameDecoder() })
     }

@@ -3,20 +3,22 @@ import Testing
 
 @Suite("Version, subprotocol and heart-beat negotiation")
 struct NegotiationTests {
-    @Test("accept-version negotiation picks the highest common version", arguments: [
-        (nil, STOMPVersion?.some(.v1_0)),
-        ("1.0", .v1_0),
-        ("1.1", .v1_1),
-        ("1.2", .v1_2),
-        ("1.1,1.2", .v1_2),
-        ("1.2,1.0", .v1_2),
-        ("1.0,1.1", .v1_1),
-        ("1.0,2.0", .v1_0),
-        ("2.0", nil),
-        ("", nil),
-        ("1.3,9", nil),
-        (",,1.1,", .v1_1),
-    ] as [(String?, STOMPVersion?)])
+    @Test(
+        "accept-version negotiation picks the highest common version",
+        arguments: [
+            (nil, STOMPVersion?.some(.v1_0)),
+            ("1.0", .v1_0),
+            ("1.1", .v1_1),
+            ("1.2", .v1_2),
+            ("1.1,1.2", .v1_2),
+            ("1.2,1.0", .v1_2),
+            ("1.0,1.1", .v1_1),
+            ("1.0,2.0", .v1_0),
+            ("2.0", nil),
+            ("", nil),
+            ("1.3,9", nil),
+            (",,1.1,", .v1_1),
+        ] as [(String?, STOMPVersion?)])
     func versionNegotiation(_ accept: String?, _ expected: STOMPVersion?) {
         #expect(STOMPVersion.negotiate(acceptVersion: accept) == expected)
     }
@@ -44,15 +46,17 @@ struct NegotiationTests {
         #expect(STOMPVersion.allCases.map(\.webSocketSubprotocol) == ["v10.stomp", "v11.stomp", "v12.stomp"])
     }
 
-    @Test("subprotocol negotiation", arguments: [
-        (["v10.stomp", "v11.stomp", "v12.stomp"], STOMPVersion?.some(.v1_2)),
-        (["v12.stomp", "v10.stomp"], .v1_2),
-        (["v11.stomp"], .v1_1),
-        (["v10.stomp"], .v1_0),
-        (["chat", "v11.stomp", "mqtt"], .v1_1),
-        (["stomp", "v13.stomp", "V12.STOMP"], nil),
-        ([], nil),
-    ] as [([String], STOMPVersion?)])
+    @Test(
+        "subprotocol negotiation",
+        arguments: [
+            (["v10.stomp", "v11.stomp", "v12.stomp"], STOMPVersion?.some(.v1_2)),
+            (["v12.stomp", "v10.stomp"], .v1_2),
+            (["v11.stomp"], .v1_1),
+            (["v10.stomp"], .v1_0),
+            (["chat", "v11.stomp", "mqtt"], .v1_1),
+            (["stomp", "v13.stomp", "V12.STOMP"], nil),
+            ([], nil),
+        ] as [([String], STOMPVersion?)])
     func subprotocols(_ offered: [String], _ expected: STOMPVersion?) {
         #expect(STOMPVersion.negotiateSubprotocol(offered: offered) == expected)
     }
@@ -63,37 +67,42 @@ struct NegotiationTests {
         #expect(STOMPVersion.negotiateSubprotocol(offered: ["v12.stomp"], supported: [.v1_1]) == nil)
     }
 
-    @Test("heart-beat arithmetic follows the specification", arguments: [
-        // client (cx, cy), server (sx, sy) -> (server sends every, server expects every)
-        ((0, 0), (10_000, 10_000), (0, 0)),
-        ((0, 5_000), (10_000, 10_000), (10_000, 0)),
-        ((5_000, 0), (10_000, 10_000), (0, 10_000)),
-        ((1_000, 20_000), (10_000, 3_000), (20_000, 3_000)),
-        ((30_000, 2_000), (4_000, 10_000), (4_000, 30_000)),
-        ((1_000, 1_000), (0, 0), (0, 0)),
-        ((1_000, 1_000), (0, 500), (0, 1_000)),
-        ((1_000, 1_000), (500, 0), (1_000, 0)),
-    ] as [((Int, Int), (Int, Int), (Int, Int))])
+    @Test(
+        "heart-beat arithmetic follows the specification",
+        arguments: [
+            // client (cx, cy), server (sx, sy) -> (server sends every, server expects every)
+            ((0, 0), (10_000, 10_000), (0, 0)),
+            ((0, 5_000), (10_000, 10_000), (10_000, 0)),
+            ((5_000, 0), (10_000, 10_000), (0, 10_000)),
+            ((1_000, 20_000), (10_000, 3_000), (20_000, 3_000)),
+            ((30_000, 2_000), (4_000, 10_000), (4_000, 30_000)),
+            ((1_000, 1_000), (0, 0), (0, 0)),
+            ((1_000, 1_000), (0, 500), (0, 1_000)),
+            ((1_000, 1_000), (500, 0), (1_000, 0)),
+        ] as [((Int, Int), (Int, Int), (Int, Int))])
     func heartBeatArithmetic(_ client: (Int, Int), _ server: (Int, Int), _ expected: (Int, Int)) {
-        let result = STOMPHeartBeat.negotiate(client: STOMPHeartBeat(send: client.0, receive: client.1),
-                                              server: STOMPHeartBeat(send: server.0, receive: server.1))
+        let result = STOMPHeartBeat.negotiate(
+            client: STOMPHeartBeat(send: client.0, receive: client.1),
+            server: STOMPHeartBeat(send: server.0, receive: server.1))
         #expect(result.serverSends == expected.0)
         #expect(result.serverExpects == expected.1)
     }
 
-    @Test("heart-beat header parsing", arguments: [
-        ("0,0", STOMPHeartBeat?.some(STOMPHeartBeat(send: 0, receive: 0))),
-        ("10000,5000", STOMPHeartBeat(send: 10_000, receive: 5_000)),
-        ("1,2", STOMPHeartBeat(send: 1, receive: 2)),
-        ("", nil),
-        ("100", nil),
-        ("1,2,3", nil),
-        ("-1,0", nil),
-        ("0,-5", nil),
-        ("a,b", nil),
-        (" 1,2", nil),
-        (",", nil),
-    ] as [(String, STOMPHeartBeat?)])
+    @Test(
+        "heart-beat header parsing",
+        arguments: [
+            ("0,0", STOMPHeartBeat?.some(STOMPHeartBeat(send: 0, receive: 0))),
+            ("10000,5000", STOMPHeartBeat(send: 10_000, receive: 5_000)),
+            ("1,2", STOMPHeartBeat(send: 1, receive: 2)),
+            ("", nil),
+            ("100", nil),
+            ("1,2,3", nil),
+            ("-1,0", nil),
+            ("0,-5", nil),
+            ("a,b", nil),
+            (" 1,2", nil),
+            (",", nil),
+        ] as [(String, STOMPHeartBeat?)])
     func heartBeatHeader(_ header: String, _ expected: STOMPHeartBeat?) {
         #expect(STOMPHeartBeat(header: header) == expected)
     }

@@ -55,8 +55,12 @@ struct AppRouteTests {
         let c = try gw.client()
         try c.connect()
         try c.subscribe("/topic/q")
-        try c.send(.send, ["destination": "/app/greet", "receipt": "r1", "content-type": "application/json",
-                           "x-trace": "abc", "transaction-ish": "1"], body: "{\"n\":1}")
+        try c.send(
+            .send,
+            [
+                "destination": "/app/greet", "receipt": "r1", "content-type": "application/json",
+                "x-trace": "abc", "transaction-ish": "1",
+            ], body: "{\"n\":1}")
         #expect(try c.read().isEmpty, "no RECEIPT before the route answers")
         try c.send(.send, ["destination": "/topic/q", "receipt": "r2"], body: "after")
         #expect(try c.read().isEmpty, "later frames wait for the route")

@@ -3,47 +3,49 @@ import Testing
 
 @Suite("DestinationPattern")
 struct DestinationPatternTests {
-    @Test("matching table", arguments: [
-        // exact
-        ("/topic/a", "/topic/a", true),
-        ("/topic/a", "/topic/ab", false),
-        ("/topic/a", "/topic/a/b", false),
-        ("/topic/a", "/topic", false),
-        ("/topic/a.b", "/topic/a.b", true),
-        // * is exactly one segment
-        ("/topic/*", "/topic/a", true),
-        ("/topic/*", "/topic/a/b", false),
-        ("/topic/*", "/topic/a.b", false),
-        ("/topic/*", "/topic/", false),
-        ("/topic/*", "/topic", false),
-        ("/topic/*/x", "/topic/a/x", true),
-        ("/topic/*/x", "/topic/a/y", false),
-        ("/topic/*/x", "/topic/a/b/x", false),
-        ("/topic/stock.*", "/topic/stock.AAPL", true),
-        ("/topic/stock.*", "/topic/stock.US.AAPL", false),
-        ("/topic/stock.*", "/topic/stock/AAPL", false),
-        ("/topic/*.*", "/topic/a.b", true),
-        ("/topic/*.*", "/topic/a/b", false),
-        ("/*/a", "/topic/a", true),
-        // ** is one or more remaining segments
-        ("/topic/**", "/topic/a", true),
-        ("/topic/**", "/topic/a/b/c", true),
-        ("/topic/**", "/topic/a.b/c.d", true),
-        ("/topic/**", "/topic", false),
-        ("/topic/**", "/topic/", false),
-        ("/topic/**", "/topics/a", false),
-        ("/topic/**", "/queue/a", false),
-        ("/topic/stock.**", "/topic/stock.AAPL", true),
-        ("/topic/stock.**", "/topic/stock.US.AAPL", true),
-        ("/topic/stock.**", "/topic/stock/US", false),
-        ("/topic/*/**", "/topic/a/b", true),
-        ("/topic/*/**", "/topic/a", false),
-        // separators must line up
-        ("/topic/a.*", "/topic/a/b", false),
-        ("/topic/a/*", "/topic/a.b", false),
-        ("/topic/a.*", "/topic/a.b", true),
-        ("/topic/a/*", "/topic/a/b", true),
-    ] as [(String, String, Bool)])
+    @Test(
+        "matching table",
+        arguments: [
+            // exact
+            ("/topic/a", "/topic/a", true),
+            ("/topic/a", "/topic/ab", false),
+            ("/topic/a", "/topic/a/b", false),
+            ("/topic/a", "/topic", false),
+            ("/topic/a.b", "/topic/a.b", true),
+            // * is exactly one segment
+            ("/topic/*", "/topic/a", true),
+            ("/topic/*", "/topic/a/b", false),
+            ("/topic/*", "/topic/a.b", false),
+            ("/topic/*", "/topic/", false),
+            ("/topic/*", "/topic", false),
+            ("/topic/*/x", "/topic/a/x", true),
+            ("/topic/*/x", "/topic/a/y", false),
+            ("/topic/*/x", "/topic/a/b/x", false),
+            ("/topic/stock.*", "/topic/stock.AAPL", true),
+            ("/topic/stock.*", "/topic/stock.US.AAPL", false),
+            ("/topic/stock.*", "/topic/stock/AAPL", false),
+            ("/topic/*.*", "/topic/a.b", true),
+            ("/topic/*.*", "/topic/a/b", false),
+            ("/*/a", "/topic/a", true),
+            // ** is one or more remaining segments
+            ("/topic/**", "/topic/a", true),
+            ("/topic/**", "/topic/a/b/c", true),
+            ("/topic/**", "/topic/a.b/c.d", true),
+            ("/topic/**", "/topic", false),
+            ("/topic/**", "/topic/", false),
+            ("/topic/**", "/topics/a", false),
+            ("/topic/**", "/queue/a", false),
+            ("/topic/stock.**", "/topic/stock.AAPL", true),
+            ("/topic/stock.**", "/topic/stock.US.AAPL", true),
+            ("/topic/stock.**", "/topic/stock/US", false),
+            ("/topic/*/**", "/topic/a/b", true),
+            ("/topic/*/**", "/topic/a", false),
+            // separators must line up
+            ("/topic/a.*", "/topic/a/b", false),
+            ("/topic/a/*", "/topic/a.b", false),
+            ("/topic/a.*", "/topic/a.b", true),
+            ("/topic/a/*", "/topic/a/b", true),
+        ] as [(String, String, Bool)])
     func matching(_ pattern: String, _ destination: String, _ expected: Bool) throws {
         let p = try DestinationPattern(pattern)
         #expect(p.matches(destination) == expected, "\(pattern) vs \(destination)")

@@ -1,7 +1,8 @@
 import NIOCore
 import NIOEmbedded
-@testable import SwitchboardCore
 import Testing
+
+@testable import SwitchboardCore
 
 /// A heart-beat client that records the ticks it is visited at and asks for the next visit
 /// `every` ticks later (nil: no further visits).

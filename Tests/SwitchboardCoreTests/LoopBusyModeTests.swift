@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import NIOCore
 import SwitchboardCore
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The decision when a loop's connections enter busy mode (Nagle, wider write coalescing) and leave it, on synthetic clocks.
 @Suite struct LoopBusyModeTests {
@@ -20,8 +21,10 @@ import Testing
 
     /// As above, with the cost of a pass depending on the time and on whether the loop is in
     /// busy mode.
-    func run(_ tracker: inout LoopBusyMode, cpu: inout Int64, from: Int64, until: Int64, every: Int64,
-             busy: (_ t: Int64, _ busy: Bool) -> Int64) -> [(Int64, LoopBusyMode.Action)] {
+    func run(
+        _ tracker: inout LoopBusyMode, cpu: inout Int64, from: Int64, until: Int64, every: Int64,
+        busy: (_ t: Int64, _ busy: Bool) -> Int64
+    ) -> [(Int64, LoopBusyMode.Action)] {
         var out: [(Int64, LoopBusyMode.Action)] = []
         var t = from
         while t < until {
@@ -193,8 +196,10 @@ import Testing
     /// Runs passes every `every` ms from `from` until `until` (exclusive) on a thread that
     /// shares its core: each pass costs `cpu` ms of CPU, and the thread waits for work
     /// (blocks, a voluntary context switch) after a pass if `waitsAfter(t)`.
-    func runSharingACore(_ tracker: inout LoopBusyMode, cpuClock: inout Int64, waits: inout Int64, from: Int64, until: Int64,
-                         every: Int64, cpu: Int64, waitsAfter: (_ t: Int64) -> Bool) -> [(Int64, LoopBusyMode.Action)] {
+    func runSharingACore(
+        _ tracker: inout LoopBusyMode, cpuClock: inout Int64, waits: inout Int64, from: Int64, until: Int64,
+        every: Int64, cpu: Int64, waitsAfter: (_ t: Int64) -> Bool
+    ) -> [(Int64, LoopBusyMode.Action)] {
         var out: [(Int64, LoopBusyMode.Action)] = []
         var t = from
         while t < until {

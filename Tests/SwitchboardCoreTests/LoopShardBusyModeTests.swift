@@ -19,15 +19,18 @@ struct LoopShardBusyModeTests {
         init() throws {
             let loop = self.loop, share = self.share
             let cpu = NIOLockedValueBox<(at: Int64, nanos: Int64)>((0, 0))
-            hub = FanoutHub(writeCoalescing: .milliseconds(2), busyWriteCoalescing: .milliseconds(10), busyPercent: 50,
-                            threadUsage: {
-                                let now = Int64(loop.now.uptimeNanoseconds)
-                                return (cpu.withLockedValue { c in
-                                    c.nanos += (now - c.at) * share.withLockedValue { $0 } / 100
-                                    c.at = now
-                                    return c.nanos
-                                }, nil)
-                            })
+            hub = FanoutHub(
+                writeCoalescing: .milliseconds(2), busyWriteCoalescing: .milliseconds(10), busyPercent: 50,
+                threadUsage: {
+                    let now = Int64(loop.now.uptimeNanoseconds)
+                    return (
+                        cpu.withLockedValue { c in
+                            c.nanos += (now - c.at) * share.withLockedValue { $0 } / 100
+                            c.at = now
+                            return c.nanos
+                        }, nil
+                    )
+                })
             let shard = hub.shard(for: loop)
             loop.run()  // the shard reads the thread's usage on the loop
             shard.add(LocalSubscription(id: "0", pattern: try DestinationPattern("/topic/a"), ackMode: .auto, sink: sink))

@@ -27,19 +27,24 @@ struct PublishedMessageTests {
     @Test("escaped MESSAGE frame, byte-exact, without ack")
     func escapedNoAck() {
         let bytes = Self.message().encodeFrame(subscription: "sub:0", ack: nil, escape: true, allocator: ByteBufferAllocator())
-        #expect(String(buffer: bytes) == "MESSAGE\ndestination:/topic/a\\cb\nmessage-id:m-1\ncontent-type:text/plain\nx:a\\nb\\cc\ncontent-length:2\nsubscription:sub\\c0\n\nhi\u{0}")
+        #expect(
+            String(buffer: bytes) == "MESSAGE\ndestination:/topic/a\\cb\nmessage-id:m-1\ncontent-type:text/plain\nx:a\\nb\\cc\ncontent-length:2\nsubscription:sub\\c0\n\nhi\u{0}")
     }
 
     @Test("escaped MESSAGE frame, byte-exact, with ack")
     func escapedWithAck() {
         let bytes = Self.message().encodeFrame(subscription: "0", ack: "m-1.0", escape: true, allocator: ByteBufferAllocator())
-        #expect(String(buffer: bytes) == "MESSAGE\ndestination:/topic/a\\cb\nmessage-id:m-1\ncontent-type:text/plain\nx:a\\nb\\cc\ncontent-length:2\nsubscription:0\nack:m-1.0\n\nhi\u{0}")
+        #expect(
+            String(buffer: bytes)
+                == "MESSAGE\ndestination:/topic/a\\cb\nmessage-id:m-1\ncontent-type:text/plain\nx:a\\nb\\cc\ncontent-length:2\nsubscription:0\nack:m-1.0\n\nhi\u{0}")
     }
 
     @Test("unescaped (STOMP 1.0) MESSAGE frame, byte-exact")
     func plain() {
         let bytes = Self.message(body: "").encodeFrame(subscription: "/topic/a:b", ack: "m-1./topic/a:b", escape: false, allocator: ByteBufferAllocator())
-        #expect(String(buffer: bytes) == "MESSAGE\ndestination:/topic/a:b\nmessage-id:m-1\ncontent-type:text/plain\nx:a b:c\ncontent-length:0\nsubscription:/topic/a:b\nack:m-1./topic/a:b\n\n\u{0}")
+        #expect(
+            String(buffer: bytes)
+                == "MESSAGE\ndestination:/topic/a:b\nmessage-id:m-1\ncontent-type:text/plain\nx:a b:c\ncontent-length:0\nsubscription:/topic/a:b\nack:m-1./topic/a:b\n\n\u{0}")
     }
 
     @Test("the encoded frame decodes back to the same headers and body", arguments: [true, false])

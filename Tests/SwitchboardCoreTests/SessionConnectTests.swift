@@ -6,9 +6,11 @@ import Testing
 
 @Suite("Session: CONNECT and lifecycle")
 struct SessionConnectTests {
-    @Test("CONNECT gets CONNECTED with version, server, session and heart-beat", arguments: [
-        ("1.2", "1.2"), ("1.0,1.1", "1.1"), ("1.1,1.2", "1.2"), (nil, "1.0"), ("1.0", "1.0"),
-    ] as [(String?, String)])
+    @Test(
+        "CONNECT gets CONNECTED with version, server, session and heart-beat",
+        arguments: [
+            ("1.2", "1.2"), ("1.0,1.1", "1.1"), ("1.1,1.2", "1.2"), (nil, "1.0"), ("1.0", "1.0"),
+        ] as [(String?, String)])
     func connected(_ accept: String?, _ version: String) throws {
         let gw = TestGateway()
         defer { gw.shutdown() }

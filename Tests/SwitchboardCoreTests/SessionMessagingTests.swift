@@ -14,8 +14,12 @@ struct SessionMessagingTests {
         try c.connect()
         try c.subscribe("/topic/chat", id: "sub-1", receipt: "s1")
         #expect(try c.frames().map { $0.headers["receipt-id"] } == ["s1"])
-        try c.send(.send, ["destination": "/topic/chat", "content-type": "text/plain", "x-user": "a:b", "x-user": "dup",
-                           "message-id": "forged", "receipt": "p1"], body: "hello")
+        try c.send(
+            .send,
+            [
+                "destination": "/topic/chat", "content-type": "text/plain", "x-user": "a:b", "x-user": "dup",
+                "message-id": "forged", "receipt": "p1",
+            ], body: "hello")
         let out = try c.read()
         try #require(out.count == 2, "\(out)")
         // The in-memory engine delivers at once, but the RECEIPT goes first: the MESSAGE was
@@ -56,9 +60,11 @@ struct SessionMessagingTests {
         #expect(first.headers["message-id"] != second.headers["message-id"])
     }
 
-    @Test("ack header present for client modes, absent for auto", arguments: [
-        ("client", true), ("client-individual", true), ("auto", false),
-    ])
+    @Test(
+        "ack header present for client modes, absent for auto",
+        arguments: [
+            ("client", true), ("client-individual", true), ("auto", false),
+        ])
     func ackHeader(_ mode: String, _ present: Bool) throws {
         let gw = TestGateway()
         defer { gw.shutdown() }
@@ -141,17 +147,19 @@ struct SessionMessagingTests {
         #expect(error.headers["receipt-id"] == "n")
     }
 
-    @Test("ACK/NACK header rules per version", arguments: [
-        ("1.2", STOMPCommand.ack, ["id": "x"], true),
-        ("1.2", .nack, ["id": "x"], true),
-        ("1.2", .ack, ["message-id": "m", "subscription": "s"], false),
-        ("1.1", .ack, ["message-id": "m", "subscription": "s"], true),
-        ("1.1", .nack, ["message-id": "m", "subscription": "s"], true),
-        ("1.1", .ack, ["message-id": "m"], false),
-        ("1.1", .ack, ["id": "x"], false),
-        ("1.0", .ack, ["message-id": "m"], true),
-        ("1.0", .ack, ["id": "x"], false),
-    ] as [(String, STOMPCommand, STOMPHeaders, Bool)])
+    @Test(
+        "ACK/NACK header rules per version",
+        arguments: [
+            ("1.2", STOMPCommand.ack, ["id": "x"], true),
+            ("1.2", .nack, ["id": "x"], true),
+            ("1.2", .ack, ["message-id": "m", "subscription": "s"], false),
+            ("1.1", .ack, ["message-id": "m", "subscription": "s"], true),
+            ("1.1", .nack, ["message-id": "m", "subscription": "s"], true),
+            ("1.1", .ack, ["message-id": "m"], false),
+            ("1.1", .ack, ["id": "x"], false),
+            ("1.0", .ack, ["message-id": "m"], true),
+            ("1.0", .ack, ["id": "x"], false),
+        ] as [(String, STOMPCommand, STOMPHeaders, Bool)])
     func ackRules(_ version: String, _ command: STOMPCommand, _ headers: STOMPHeaders, _ ok: Bool) throws {
         let gw = TestGateway()
         defer { gw.shutdown() }
@@ -181,13 +189,15 @@ struct SessionMessagingTests {
         #expect(error.headers["message"] == "no route for application destination /app/greet")
     }
 
-    @Test("SEND or SUBSCRIBE outside the allowed prefixes is an ERROR", arguments: [
-        (STOMPCommand.send, "/queue/x", "destination /queue/x is not allowed: SEND to /topic/, /app/"),
-        (.subscribe, "/queue/x", "destination /queue/x is not allowed: SUBSCRIBE to /topic/"),
-        (.subscribe, "/app/x", "cannot SUBSCRIBE to application destination /app/x"),
-        (.send, "/topic/*", "cannot SEND to wildcard destination /topic/*"),
-        (.subscribe, "/topic/a*", "invalid wildcard in '/topic/a*': '*' and '**' must be whole segments and '**' must be last"),
-    ] as [(STOMPCommand, String, String)])
+    @Test(
+        "SEND or SUBSCRIBE outside the allowed prefixes is an ERROR",
+        arguments: [
+            (STOMPCommand.send, "/queue/x", "destination /queue/x is not allowed: SEND to /topic/, /app/"),
+            (.subscribe, "/queue/x", "destination /queue/x is not allowed: SUBSCRIBE to /topic/"),
+            (.subscribe, "/app/x", "cannot SUBSCRIBE to application destination /app/x"),
+            (.send, "/topic/*", "cannot SEND to wildcard destination /topic/*"),
+            (.subscribe, "/topic/a*", "invalid wildcard in '/topic/a*': '*' and '**' must be whole segments and '**' must be last"),
+        ] as [(STOMPCommand, String, String)])
     func disallowedDestinations(_ command: STOMPCommand, _ destination: String, _ message: String) throws {
         let gw = TestGateway()
         defer { gw.shutdown() }
@@ -312,9 +322,11 @@ struct SessionMessagingTests {
         try c.connect()
         try c.subscribe("/topic/x", id: "a")
         var batch = ByteBuffer()
-        for frame in [STOMPFrame(.send, headers: ["destination": "/topic/x"], body: "m1"),
-                      STOMPFrame(.send, headers: ["destination": "/topic/x"], body: "m2"),
-                      STOMPFrame(.unsubscribe, headers: ["id": "a", "receipt": "r"])] {
+        for frame in [
+            STOMPFrame(.send, headers: ["destination": "/topic/x"], body: "m1"),
+            STOMPFrame(.send, headers: ["destination": "/topic/x"], body: "m2"),
+            STOMPFrame(.unsubscribe, headers: ["id": "a", "receipt": "r"]),
+        ] {
             var bytes = STOMPFrameEncoder.encode(frame, escapeHeaders: true)
             batch.writeBuffer(&bytes)
         }

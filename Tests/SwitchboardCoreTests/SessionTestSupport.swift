@@ -40,8 +40,9 @@ final class TestGateway {
     private var clients: [TestClient] = []
 
     init(configuration: SessionConfiguration = SessionConfiguration(), routes: RouteTable = RouteTable()) {
-        services = GatewayServices(configuration: configuration, hub: hub, engine: InMemoryEngine(hub: hub),
-                                   routes: routes, instanceID: "t", logger: Logger(label: "test"))
+        services = GatewayServices(
+            configuration: configuration, hub: hub, engine: InMemoryEngine(hub: hub),
+            routes: routes, instanceID: "t", logger: Logger(label: "test"))
     }
 
     func client() throws -> TestClient {

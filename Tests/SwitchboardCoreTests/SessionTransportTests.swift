@@ -159,13 +159,15 @@ struct SessionTransactionTests {
         #expect(error.headers["message"] == "unknown transaction 'tx'")
     }
 
-    @Test("transaction errors", arguments: [
-        ([(STOMPCommand.begin, STOMPHeaders([("transaction", "x")])), (.begin, STOMPHeaders([("transaction", "x")]))], "transaction 'x' is already open"),
-        ([(.send, STOMPHeaders([("destination", "/topic/a"), ("transaction", "nope")]))], "unknown transaction 'nope'"),
-        ([(.begin, STOMPHeaders())], "BEGIN requires a transaction header"),
-        ([(.commit, STOMPHeaders())], "COMMIT requires a transaction header"),
-        ([(.abort, STOMPHeaders([("transaction", "zz")]))], "unknown transaction 'zz'"),
-    ] as [([(STOMPCommand, STOMPHeaders)], String)])
+    @Test(
+        "transaction errors",
+        arguments: [
+            ([(STOMPCommand.begin, STOMPHeaders([("transaction", "x")])), (.begin, STOMPHeaders([("transaction", "x")]))], "transaction 'x' is already open"),
+            ([(.send, STOMPHeaders([("destination", "/topic/a"), ("transaction", "nope")]))], "unknown transaction 'nope'"),
+            ([(.begin, STOMPHeaders())], "BEGIN requires a transaction header"),
+            ([(.commit, STOMPHeaders())], "COMMIT requires a transaction header"),
+            ([(.abort, STOMPHeaders([("transaction", "zz")]))], "unknown transaction 'zz'"),
+        ] as [([(STOMPCommand, STOMPHeaders)], String)])
     func errors(_ frames: [(STOMPCommand, STOMPHeaders)], _ message: String) throws {
         let gw = TestGateway()
         defer { gw.shutdown() }

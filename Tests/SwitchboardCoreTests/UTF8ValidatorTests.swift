@@ -34,22 +34,26 @@ private struct TestRandom: RandomNumberGenerator {
 
 @Suite("UTF-8 validator")
 struct UTF8ValidatorTests {
-    @Test("valid text, including every encoding length and the edges of each range", arguments: [
-        "", "plain ASCII over more than eight bytes", "\u{7F}", "\u{80}", "\u{7FF}", "\u{800}", "\u{D7FF}", "\u{E000}",
-        "\u{FFFD}", "\u{FFFF}", "\u{10000}", "\u{10FFFF}", "h\u{E9}llo \u{20AC} \u{1F600} \u{4E2D}\u{6587}", String(repeating: "\u{E9}a", count: 20),
-    ])
+    @Test(
+        "valid text, including every encoding length and the edges of each range",
+        arguments: [
+            "", "plain ASCII over more than eight bytes", "\u{7F}", "\u{80}", "\u{7FF}", "\u{800}", "\u{D7FF}", "\u{E000}",
+            "\u{FFFD}", "\u{FFFF}", "\u{10000}", "\u{10FFFF}", "h\u{E9}llo \u{20AC} \u{1F600} \u{4E2D}\u{6587}", String(repeating: "\u{E9}a", count: 20),
+        ])
     func valid(_ text: String) {
         #expect(isValid(Array(text.utf8)))
     }
 
-    @Test("invalid sequences are refused", arguments: [
-        [0x80], [0xBF], [0xC0, 0x80], [0xC1, 0xBF],  // stray continuation, overlong 2-byte
-        [0xE0, 0x80, 0x80], [0xE0, 0x9F, 0xBF],  // overlong 3-byte
-        [0xED, 0xA0, 0x80], [0xED, 0xBF, 0xBF],  // surrogates
-        [0xF0, 0x80, 0x80, 0x80], [0xF0, 0x8F, 0xBF, 0xBF],  // overlong 4-byte
-        [0xF4, 0x90, 0x80, 0x80], [0xF5, 0x80, 0x80, 0x80], [0xFE], [0xFF],  // above U+10FFFF
-        [0xC3, 0x28], [0xE2, 0x82, 0x28], [0xF0, 0x9F, 0x98, 0x41],  // lead byte followed by ASCII
-    ] as [[UInt8]])
+    @Test(
+        "invalid sequences are refused",
+        arguments: [
+            [0x80], [0xBF], [0xC0, 0x80], [0xC1, 0xBF],  // stray continuation, overlong 2-byte
+            [0xE0, 0x80, 0x80], [0xE0, 0x9F, 0xBF],  // overlong 3-byte
+            [0xED, 0xA0, 0x80], [0xED, 0xBF, 0xBF],  // surrogates
+            [0xF0, 0x80, 0x80, 0x80], [0xF0, 0x8F, 0xBF, 0xBF],  // overlong 4-byte
+            [0xF4, 0x90, 0x80, 0x80], [0xF5, 0x80, 0x80, 0x80], [0xFE], [0xFF],  // above U+10FFFF
+            [0xC3, 0x28], [0xE2, 0x82, 0x28], [0xF0, 0x9F, 0x98, 0x41],  // lead byte followed by ASCII
+        ] as [[UInt8]])
     func invalid(_ bytes: [UInt8]) {
         #expect(run(bytes) == nil)
         for cut in 0...bytes.count {

@@ -125,8 +125,9 @@ struct WebSocketConformanceTests {
         }
     }
 
-    @Test("close codes of RFC 6455, the IANA registry and applications are echoed",
-          arguments: [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999] as [UInt16])
+    @Test(
+        "close codes of RFC 6455, the IANA registry and applications are echoed",
+        arguments: [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999] as [UInt16])
     func validCloseCode(_ code: UInt16) throws {
         try connected { c in
             try c.sendBytes([UInt8(code >> 8), UInt8(code & 0xFF)], opcode: .connectionClose)
@@ -142,10 +143,12 @@ struct WebSocketConformanceTests {
         }
     }
 
-    @Test("NIO decoder errors: close 1002 with a plain reason, no STOMP ERROR, no internal names", arguments: [
-        ([0x89, 0xFE, 0x00, 0x7E] + [UInt8](repeating: 0, count: 4 + 126), "control frame longer than 125 bytes"),  // 126-byte ping
-        ([0x09, 0x81, 0, 0, 0, 0, 0x78], "fragmented control frame"),  // ping with FIN clear
-    ] as [([UInt8], String)])
+    @Test(
+        "NIO decoder errors: close 1002 with a plain reason, no STOMP ERROR, no internal names",
+        arguments: [
+            ([0x89, 0xFE, 0x00, 0x7E] + [UInt8](repeating: 0, count: 4 + 126), "control frame longer than 125 bytes"),  // 126-byte ping
+            ([0x09, 0x81, 0, 0, 0, 0, 0x78], "fragmented control frame"),  // ping with FIN clear
+        ] as [([UInt8], String)])
     func decoderProtocolErrors(_ wire: [UInt8], _ reason: String) throws {
         try withFrameDecoder { c in
             try c.channel.writeInbound(ByteBuffer(bytes: wire))

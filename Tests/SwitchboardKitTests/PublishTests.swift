@@ -89,11 +89,13 @@ struct PublishTests {
 
 @Suite struct IncomingMessageTests {
     @Test func decodesTheGatewayFieldsAndKeepsUserHeaders() throws {
-        let entry = RedisStreamEntry(id: "9-1", fields: [
-            ("destination", ByteBuffer(string: "/app/greet")), ("message", ByteBuffer(bytes: [0xE2, 0x9C, 0x93])),
-            ("content-type", ByteBuffer(string: "text/plain;charset=utf-8")), ("session", ByteBuffer(string: "s")),
-            ("instance", ByteBuffer(string: "i")), ("timestamp", ByteBuffer(string: "42")), ("x-msg-id", ByteBuffer(string: "7")),
-        ])
+        let entry = RedisStreamEntry(
+            id: "9-1",
+            fields: [
+                ("destination", ByteBuffer(string: "/app/greet")), ("message", ByteBuffer(bytes: [0xE2, 0x9C, 0x93])),
+                ("content-type", ByteBuffer(string: "text/plain;charset=utf-8")), ("session", ByteBuffer(string: "s")),
+                ("instance", ByteBuffer(string: "i")), ("timestamp", ByteBuffer(string: "42")), ("x-msg-id", ByteBuffer(string: "7")),
+            ])
         let message = IncomingMessage(entry: entry, stream: "S", deliveryCount: 3)
         #expect(message.bodyString == "✓")
         #expect(message.user == nil && message.session == "s" && message.instance == "i" && message.timestamp == 42)

@@ -74,9 +74,10 @@ struct StreamConsumerRecoveryTests {
         #expect(try await eventually { try await pendingCount(client) > 0 })
         let fastTask = start(fast, handler(delay: .zero))
 
-        #expect(try await eventually(timeout: .seconds(60)) {
-            try await pendingCount(client) == 0 && seen.withLockedValue { $0.count } == total
-        })
+        #expect(
+            try await eventually(timeout: .seconds(60)) {
+                try await pendingCount(client) == 0 && seen.withLockedValue { $0.count } == total
+            })
         slow.stop()
         fast.stop()
         try await slowTask.value

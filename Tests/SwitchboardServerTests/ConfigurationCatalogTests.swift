@@ -46,8 +46,9 @@ import Testing
 
     @Test func committedReferenceIsGeneratedFromTheCatalog() throws {
         let committed = try String(contentsOf: Self.repository.appendingPathComponent("docs/configuration.md"), encoding: .utf8)
-        #expect(committed == ConfigKeyCatalog.markdown(),
-                "docs/configuration.md is stale: swift run switchboard --configuration-reference > docs/configuration.md")
+        #expect(
+            committed == ConfigKeyCatalog.markdown(),
+            "docs/configuration.md is stale: swift run switchboard --configuration-reference > docs/configuration.md")
     }
 
     /// README.md and every docs/*.md written by hand (not the generated configuration.md, nor
@@ -73,7 +74,8 @@ import Testing
                 for piece in firstCell.split(separator: ",") {
                     let key = piece.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "`"))
                     guard let head = key.split(separator: ".").first, sections.contains(String(head)), key.contains("."),
-                          key.allSatisfy({ (c: Character) in c.isLowercase || c.isNumber || punctuation.contains(c) }) else { continue }
+                        key.allSatisfy({ (c: Character) in c.isLowercase || c.isNumber || punctuation.contains(c) })
+                    else { continue }
                     let normalized = key.replacingOccurrences(of: "<n>", with: ConfigKeySpec.placeholder)
                         .replacingOccurrences(of: ".*.", with: "." + ConfigKeySpec.placeholder + ".")
                     if normalized == "log.levels.<subsystem>" { checked += 1; continue }

@@ -53,17 +53,21 @@ import Testing
               other: {destination: /app/other, url: "http://127.0.0.1:9/y"}
             """
         #expect(await loadError(yaml: yaml)?.contains("unknown key routes.other.destination: 'other' is not in routes.names") == true)
-        #expect(await loadError(yaml: yaml.replacingOccurrences(of: "  other:", with: "  greet2:").replacingOccurrences(of: "url: \"http://127.0.0.1:9/y\"", with: "ulr: x"))?
-            .contains("'greet2' is not in routes.names") == true)
+        #expect(
+            await loadError(yaml: yaml.replacingOccurrences(of: "  other:", with: "  greet2:").replacingOccurrences(of: "url: \"http://127.0.0.1:9/y\"", with: "ulr: x"))?
+                .contains("'greet2' is not in routes.names") == true)
         let listed = try await load(yaml: yaml.replacingOccurrences(of: "[greet]", with: "[greet, other]"))
         #expect(listed.configuration.routes.map(\.name) == ["greet", "other"])
-        #expect(await loadError(["routes.names=greet", "routes.greet.destination=/app/g", "routes.greet.ulr=http://x"])?
-            .contains("unknown key routes.greet.ulr; did you mean routes.greet.url?") == true)
+        #expect(
+            await loadError(["routes.names=greet", "routes.greet.destination=/app/g", "routes.greet.ulr=http://x"])?
+                .contains("unknown key routes.greet.ulr; did you mean routes.greet.url?") == true)
     }
 
     @Test func unknownEnvironmentVariableIsOnlyAWarning() async throws {
-        let loaded = try await load(environment: ["SWITCHBOARD_REDIS_ULR": "redis://x", "SWITCHBOARD_HTTP_PORT": "9001",
-                                                  "SWITCHBOARD_BIN": "/usr/bin/switchboard", "HOME": "/root"])
+        let loaded = try await load(environment: [
+            "SWITCHBOARD_REDIS_ULR": "redis://x", "SWITCHBOARD_HTTP_PORT": "9001",
+            "SWITCHBOARD_BIN": "/usr/bin/switchboard", "HOME": "/root",
+        ])
         #expect(loaded.configuration.http.port == 9001)
         #expect(loaded.configuration.redis == nil)
         #expect(loaded.warnings == ["unknown environment variable SWITCHBOARD_REDIS_ULR (not a configuration key; ignored); did you mean SWITCHBOARD_REDIS_URL?"])

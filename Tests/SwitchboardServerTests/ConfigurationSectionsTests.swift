@@ -1,6 +1,6 @@
-import Testing
 import NIOCore
 import SwitchboardCore
+import Testing
 
 @testable import SwitchboardServer
 
@@ -8,16 +8,18 @@ import SwitchboardCore
 @Suite struct ConfigurationSectionsTests {
     @Test func routesAndInboundRoutesCarryWhatTheirTypeNeeds() async throws {
         let configuration = try await ConfigurationCheckTests().load(ConfigurationCatalogTests.everything + ["routes.stream.groups=a,b"]).configuration
-        #expect(configuration.routes.map(\.target) == [
-            .webhook(url: "http://127.0.0.1:9/x", timeoutMs: 5_000),
-            .redisStream(stream: "S", maxLength: 100_000, groups: ["a", "b"]),
-            .redisPubSub(channel: "P"),
-        ])
-        #expect(configuration.redis?.inbound == [
-            RedisInboundSetting(name: "chan", route: .channel(channel: "C", destination: "/topic/c")),
-            RedisInboundSetting(name: "bc", route: .broadcast(channel: "B")),
-            RedisInboundSetting(name: "st", route: .stream(stream: "T")),
-        ])
+        #expect(
+            configuration.routes.map(\.target) == [
+                .webhook(url: "http://127.0.0.1:9/x", timeoutMs: 5_000),
+                .redisStream(stream: "S", maxLength: 100_000, groups: ["a", "b"]),
+                .redisPubSub(channel: "P"),
+            ])
+        #expect(
+            configuration.redis?.inbound == [
+                RedisInboundSetting(name: "chan", route: .channel(channel: "C", destination: "/topic/c")),
+                RedisInboundSetting(name: "bc", route: .broadcast(channel: "B")),
+                RedisInboundSetting(name: "st", route: .stream(stream: "T")),
+            ])
         #expect(configuration.auth.apiKeys.map(\.scopes) == [["/topic/"]])
         #expect(configuration.http.tls == HTTPSettings.TLSFiles(certificateFile: "/nonexistent.pem", keyFile: "/nonexistent.key"))
         #expect(configuration.log.level == .debug)

@@ -29,10 +29,12 @@ final class RouterHarness {
 
     init(maxConnections: Int = 100, origins: [String] = [], sharing limiter: ConnectionLimiter? = nil) throws {
         self.limiter = limiter ?? ConnectionLimiter(maxTotal: maxConnections, maxPerAddress: maxConnections)
-        let services = GatewayServices(configuration: SessionConfiguration(), hub: hub, engine: InMemoryEngine(hub: hub),
-                                       routes: RouteTable(), instanceID: "t", logger: Logger(label: "test"))
-        let handshake = WebSocketHandshake(services: services, stompPath: "/stomp", admission: admission, limiter: self.limiter,
-                                           allowedOrigins: origins, handshakeCookie: "sb_token")
+        let services = GatewayServices(
+            configuration: SessionConfiguration(), hub: hub, engine: InMemoryEngine(hub: hub),
+            routes: RouteTable(), instanceID: "t", logger: Logger(label: "test"))
+        let handshake = WebSocketHandshake(
+            services: services, stompPath: "/stomp", admission: admission, limiter: self.limiter,
+            allowedOrigins: origins, handshakeCookie: "sb_token")
         let timeout = HandshakeTimeoutHandler(timeout: .seconds(10), registry: pending)
         let router = FirstRequestRouter(handshake: handshake, maxFrameSize: 64 * 1024, timeout: timeout) { [unowned self] channel, position in
             let recorder = HTTPSideRecorder()
@@ -80,8 +82,9 @@ final class RouterHarness {
     @Test func upgradeByteByByteAnswers101AndLeavesOnlyTheSession() throws {
         let h = try RouterHarness()
         try h.write(RouterHarness.upgrade(extra: "Sec-WebSocket-Protocol: v11.stomp, v12.stomp\r\n"), byteAtATime: true)
-        #expect(try h.outboundText() == "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
-            + "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: v12.stomp\r\n\r\n")
+        #expect(
+            try h.outboundText() == "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+                + "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: v12.stomp\r\n\r\n")
         #expect(!h.has(FirstRequestRouter.self))
         #expect(!h.has(HandshakeTimeoutHandler.self))
         #expect(h.has(STOMPSessionHandler.self))

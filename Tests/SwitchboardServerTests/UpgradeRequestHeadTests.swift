@@ -40,7 +40,8 @@ import Testing
     }
 
     @Test func namesAreCaseInsensitiveAndTokenListsAreSplit() {
-        let text = "GET /stomp HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, Upgrade\r\nUPGRADE: WebSocket\r\n"
+        let text =
+            "GET /stomp HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, Upgrade\r\nUPGRADE: WebSocket\r\n"
             + "sec-websocket-key: k\r\nSEC-WEBSOCKET-PROTOCOL: v12.stomp\r\nsec-websocket-protocol:  v11.stomp ,\r\nSec-WebSocket-Key: k2\r\n\r\n"
         guard case .upgrade(let head) = classify(text) else { Issue.record("not an upgrade"); return }
         #expect(head.protocols == ["v12.stomp", "v11.stomp"])
@@ -48,17 +49,17 @@ import Testing
     }
 
     @Test(arguments: [
-        "POST /stomp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",        // not GET
-        "GET /stomp HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",         // not 1.1
-        "GET /stomp HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",                                // no Connection: upgrade
-        "GET /stomp HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",               // another protocol
-        "GET /api HTTP/1.1\r\nHost: x\r\n\r\n",                                             // plain request
-        "GET /stomp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n folded\r\n\r\n", // obsolete folding
-        "GET /stomp HTTP/1.1\r\nUpgrade : websocket\r\nConnection: upgrade\r\n\r\n",        // space before colon
-        "GET /stomp HTTP/1.1\r\nUpgrade: websocket\nConnection: upgrade\r\n\r\n",           // bare LF
+        "POST /stomp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",  // not GET
+        "GET /stomp HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",  // not 1.1
+        "GET /stomp HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",  // no Connection: upgrade
+        "GET /stomp HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",  // another protocol
+        "GET /api HTTP/1.1\r\nHost: x\r\n\r\n",  // plain request
+        "GET /stomp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n folded\r\n\r\n",  // obsolete folding
+        "GET /stomp HTTP/1.1\r\nUpgrade : websocket\r\nConnection: upgrade\r\n\r\n",  // space before colon
+        "GET /stomp HTTP/1.1\r\nUpgrade: websocket\nConnection: upgrade\r\n\r\n",  // bare LF
         "GET /stomp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nno colon\r\n\r\n",
-        "GET  /stomp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",        // double space
-        "GET stomp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",          // not origin-form
+        "GET  /stomp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",  // double space
+        "GET stomp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",  // not origin-form
         "\r\n\r\n",
     ])
     func anythingUnusualIsLeftToTheHTTPParser(text: String) {

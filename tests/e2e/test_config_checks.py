@@ -53,17 +53,9 @@ def test_bad_value_in_yaml_is_refused(tmp_path):
     refused(run("--config", str(cfg)), "limits.max-subscriptions must be an integer, got 'lots'")
 
 
-class EnvGateway(Gateway):
-    """A gateway started with extra environment variables."""
-    extra_env: dict = {}
-
-    def popen(self, args, **kw):
-        return subprocess.Popen(args, env={**os.environ, **self.extra_env}, **kw)
-
-
 def test_unknown_environment_variable_only_warns():
-    EnvGateway.extra_env = {"SWITCHBOARD_REDIS_ULR": "redis://127.0.0.1:6379", "SWITCHBOARD_STOMP_PATH": "/ws"}
-    gw = EnvGateway(name="config-checks-env")
+    gw = Gateway(name="config-checks-env",
+                 env={"SWITCHBOARD_REDIS_ULR": "redis://127.0.0.1:6379", "SWITCHBOARD_STOMP_PATH": "/ws"})
     try:
         assert gw.health()["engine"] == "memory"
     finally:

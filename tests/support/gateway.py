@@ -35,7 +35,10 @@ class Gateway:
     #: Seconds to wait for /health after start.
     startup_timeout = 20.0
 
-    def __init__(self, sets=(), yaml: str | None = None, name: str = "gateway", log_level: str = "debug"):
+    def __init__(self, sets=(), yaml: str | None = None, name: str = "gateway", log_level: str = "debug",
+                 env: dict | None = None):
+        """`sets` are `--set` values, `yaml` the configuration file's text, `env` extra
+        environment variables."""
         if not os.path.exists(BINARY):
             pytest.fail(f"switchboard binary not found at {BINARY} (set SWITCHBOARD_BIN or run swift build)")
         ARTIFACTS.mkdir(exist_ok=True)
@@ -51,7 +54,8 @@ class Gateway:
         self.args = args
         self.log_path = ARTIFACTS / f"{name}.log"
         self.log = open(self.log_path, "wb")
-        self.proc = popen_retrying(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = popen_retrying(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **env} if env else None)
         self._wait_healthy(self.startup_timeout)
 
     @property
@@ -100,13 +104,15 @@ class Gateway:
         """switchboard_session_errors_total{kind=`kind`}."""
         return self.metric("switchboard_session_errors_total", kind=kind)
 
-    def publish(self, topic: str, message: str, headers=None, **extra) -> requests.Response:
+    def publish(self, topic: str, message: str, http_headers=None, **extra) -> requests.Response:
+        """POST /api/notification; `extra` are more JSON fields (e.g. `headers`, the message's
+        STOMP headers), `http_headers` the request's own (e.g. an API key)."""
         return requests.post(self.base + "/api/notification", json={"topic": topic, "message": message, **extra},
-                             headers=headers or {}, timeout=5)
+                             headers=http_headers or {}, timeout=5)
 
-    def publish_user(self, user: str, topic: str, message: str, headers=None) -> requests.Response:
+    def publish_user(self, user: str, topic: str, message: str, http_headers=None) -> requests.Response:
         return requests.post(f"{self.base}/api/users/{user}/notification", json={"topic": topic, "message": message},
-                             headers=headers or {}, timeout=5)
+                             headers=http_headers or {}, timeout=5)
 
     def client(self, **kw) -> StompClient:
         return StompClient(self.ws_url, **kw)

@@ -23,8 +23,9 @@ let benchmarks: @Sendable () -> Void = {
     // One SEND frame with headers and a 64-byte body, decoded from a buffer.
     var sendBytes = ByteBuffer()
     STOMPFrameEncoder.encode(
-        STOMPFrame(.send, headers: ["destination": "/topic/prices.eu", "content-type": "text/plain", "x-trace": "abc:123"],
-                   body: String(repeating: "x", count: 64)),
+        STOMPFrame(
+            .send, headers: ["destination": "/topic/prices.eu", "content-type": "text/plain", "x-trace": "abc:123"],
+            body: String(repeating: "x", count: 64)),
         escapeHeaders: true, into: &sendBytes)
     Benchmark("STOMP decode SEND (64 B body)", configuration: .init(scalingFactor: .kilo)) { benchmark in
         var decoder = STOMPFrameDecoder()
@@ -36,8 +37,9 @@ let benchmarks: @Sendable () -> Void = {
 
     // The UTF-8 check every inbound text message gets (RFC 6455 §8.1): a ~1 KiB JSON SEND,
     // and the same size of mixed non-ASCII text.
-    let jsonSend = Array(("SEND\ndestination:/topic/prices.eu\ncontent-type:application/json\n\n"
-        + String(repeating: #"{"sym":"EURUSD","px":1.0842,"q":100}"#, count: 28) + "\u{0}").utf8)
+    let jsonSend = Array(
+        ("SEND\ndestination:/topic/prices.eu\ncontent-type:application/json\n\n"
+            + String(repeating: #"{"sym":"EURUSD","px":1.0842,"q":100}"#, count: 28) + "\u{0}").utf8)
     let mixedText = Array(String(repeating: "Grüße, 世界! €5 😀 ", count: 40).utf8)
     for (name, bytes) in [("UTF-8 check of a text message (1 KiB JSON SEND)", jsonSend), ("UTF-8 check of a text message (1 KiB mixed)", mixedText)] {
         Benchmark(name, configuration: .init(scalingFactor: .kilo)) { benchmark in
@@ -49,8 +51,9 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     // The fan-out encoding step: one MESSAGE frame per subscriber from a pre-encoded prefix.
-    let message = PublishedMessage(destination: "/topic/prices.eu", messageID: "bench-1",
-                                   headers: ["content-type": "text/plain"], body: ByteBuffer(string: String(repeating: "y", count: 64)))
+    let message = PublishedMessage(
+        destination: "/topic/prices.eu", messageID: "bench-1",
+        headers: ["content-type": "text/plain"], body: ByteBuffer(string: String(repeating: "y", count: 64)))
     let allocator = ByteBufferAllocator()
     Benchmark("MESSAGE encode in a WebSocket frame", configuration: .init(scalingFactor: .kilo)) { benchmark in
         for _ in benchmark.scaledIterations {

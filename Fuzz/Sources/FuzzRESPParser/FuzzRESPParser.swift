@@ -120,8 +120,9 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
 
     var offset = 0
     for token in whole.tokens {
-        check(token.base.readableBytesView.elementsEqual(UnsafeRawBufferPointer(rebasing: data[offset..<(offset + token.base.readableBytes)])),
-              "token bytes are not the input at offset \(offset)")
+        check(
+            token.base.readableBytesView.elementsEqual(UnsafeRawBufferPointer(rebasing: data[offset..<(offset + token.base.readableBytes)])),
+            "token bytes are not the input at offset \(offset)")
         offset += token.base.readableBytes
         do {
             let again = try RESPToken(validating: token.base, limits: limits)

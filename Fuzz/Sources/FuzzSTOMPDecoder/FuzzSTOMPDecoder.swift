@@ -47,8 +47,9 @@ private func decodeAll(_ data: UnsafeRawBufferPointer, chunk: Int, compact: Bool
                 outcome.frames.append(frame)
             }
         } catch {
-            check(!error.description.unicodeScalars.contains { $0.properties.generalCategory == .control },
-                  "control character in error description \(error.description.debugDescription)")
+            check(
+                !error.description.unicodeScalars.contains { $0.properties.generalCategory == .control },
+                "control character in error description \(error.description.debugDescription)")
             outcome.error = error
             return outcome
         }
@@ -120,10 +121,12 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     for escape in [true, false] {
         let whole = decodeAll(data, chunk: max(data.count, 1), compact: false, limits: limits, escape: escape)
         let split = decodeAll(data, chunk: chunk, compact: compact, limits: limits, escape: escape)
-        check(whole.frames == split.frames,
-              "whole feed gave \(whole.frames.count) frames, split feed (chunk \(chunk)) gave \(split.frames.count) or different ones")
-        check((whole.error == nil) == (split.error == nil),
-              "whole feed error \(String(describing: whole.error)) vs split feed (chunk \(chunk)) error \(String(describing: split.error))")
+        check(
+            whole.frames == split.frames,
+            "whole feed gave \(whole.frames.count) frames, split feed (chunk \(chunk)) gave \(split.frames.count) or different ones")
+        check(
+            (whole.error == nil) == (split.error == nil),
+            "whole feed error \(String(describing: whole.error)) vs split feed (chunk \(chunk)) error \(String(describing: split.error))")
         for frame in whole.frames {
             checkFrame(frame, limits: limits, escape: escape)
         }

@@ -55,7 +55,8 @@ public final class RedisConnection: Sendable {
         do {
             channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
         } catch {
-            let mapped: any Error = (error as? ChannelError) == .connectTimeout(configuration.connectTimeout)
+            let mapped: any Error =
+                (error as? ChannelError) == .connectTimeout(configuration.connectTimeout)
                 ? RedisClientError.connectTimeout : error
             handshakePromise.fail(mapped)
             throw mapped
@@ -81,11 +82,12 @@ public final class RedisConnection: Sendable {
     public func sendRaw<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<RESPToken> {
         var encoder = RESPCommandEncoder(buffer: self.channel.allocator.buffer(capacity: 64))
         command.encode(into: &encoder)
-        return self.write(RedisOutboundCommand(
-            bytes: encoder.buffer,
-            promise: self.channel.eventLoop.makePromise(),
-            blockingTimeout: command.blockingTimeout
-        ))
+        return self.write(
+            RedisOutboundCommand(
+                bytes: encoder.buffer,
+                promise: self.channel.eventLoop.makePromise(),
+                blockingTimeout: command.blockingTimeout
+            ))
     }
 
     /// Executes `command` and returns its typed reply.
@@ -99,11 +101,13 @@ public final class RedisConnection: Sendable {
     public func subscriptionCommand(_ command: SubscriptionCommand) -> EventLoopFuture<Void> {
         var encoder = RESPCommandEncoder(buffer: self.channel.allocator.buffer(capacity: 64))
         command.encode(into: &encoder)
-        return self.write(RedisOutboundCommand(
-            bytes: encoder.buffer,
-            kind: .subscription(confirmation: command.confirmationKind, remaining: command.names.count),
-            promise: self.channel.eventLoop.makePromise()
-        )).map { _ in () }
+        return self.write(
+            RedisOutboundCommand(
+                bytes: encoder.buffer,
+                kind: .subscription(confirmation: command.confirmationKind, remaining: command.names.count),
+                promise: self.channel.eventLoop.makePromise()
+            )
+        ).map { _ in () }
     }
 
     private func write(_ command: RedisOutboundCommand) -> EventLoopFuture<RESPToken> {

@@ -285,9 +285,12 @@ public struct RESPParser: Sendable {
         case "nan", "-nan": return .nan
         default:
             // Reject things Swift accepts but RESP does not (hex floats, "infinity", whitespace).
-            guard text.utf8.allSatisfy({ $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: ".")
-                || $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") || ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9"))
-            }) else { return nil }
+            guard
+                text.utf8.allSatisfy({
+                    $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: ".")
+                        || $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") || ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9"))
+                })
+            else { return nil }
             return Double(text)
         }
     }

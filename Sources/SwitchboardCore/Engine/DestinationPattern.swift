@@ -70,7 +70,8 @@ public struct DestinationPattern: Sendable, Hashable, CustomStringConvertible {
         }
         try close(utf8.endIndex)
         if let restIndex = segments.firstIndex(where: { if case .rest = $0 { return true } else { return false } }),
-           restIndex != segments.count - 1 {
+            restIndex != segments.count - 1
+        {
             throw .misplacedWildcard(text)
         }
         self.segments = segments

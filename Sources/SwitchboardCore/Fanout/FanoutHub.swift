@@ -67,10 +67,12 @@ public final class FanoutHub: Sendable {
     ///   - busyPercent: 0…100; 0: a loop never counts as saturated.
     ///   - nagleWhenBusy: false leaves the connections' `TCP_NODELAY` alone.
     ///   - threadUsage: reads the calling loop thread's usage (tests pass a synthetic one).
-    public init(eventLoops: [any EventLoop] = [], heartbeatResolution: TimeAmount = .milliseconds(250),
-                writeCoalescing: TimeAmount = .zero, busyWriteCoalescing: TimeAmount? = nil,
-                busyPercent: Int = 0, nagleWhenBusy: Bool = true,
-                threadUsage: @escaping @Sendable () -> (cpuNanos: Int64, waits: Int64?) = LoopBusyMode.threadUsage) {
+    public init(
+        eventLoops: [any EventLoop] = [], heartbeatResolution: TimeAmount = .milliseconds(250),
+        writeCoalescing: TimeAmount = .zero, busyWriteCoalescing: TimeAmount? = nil,
+        busyPercent: Int = 0, nagleWhenBusy: Bool = true,
+        threadUsage: @escaping @Sendable () -> (cpuNanos: Int64, waits: Int64?) = LoopBusyMode.threadUsage
+    ) {
         self.threadUsage = threadUsage
         precondition((0...100).contains(busyPercent))
         self.heartbeatResolution = heartbeatResolution

@@ -1,3 +1,5 @@
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -5,7 +7,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import NIOCore
 
 /// Decides when one event loop is saturated — in **busy mode** — and when it is no longer, from
 /// how busy the loop's thread is.
@@ -209,7 +210,8 @@ public struct LoopBusyMode: Sendable {
         var usage = rusage()
         // RUSAGE_THREAD (1) is only declared with _GNU_SOURCE.
         if getrusage(__rusage_who_t(1), &usage) == 0 {
-            let cpu = (Int64(usage.ru_utime.tv_sec) + Int64(usage.ru_stime.tv_sec)) * 1_000_000_000
+            let cpu =
+                (Int64(usage.ru_utime.tv_sec) + Int64(usage.ru_stime.tv_sec)) * 1_000_000_000
                 + (Int64(usage.ru_utime.tv_usec) + Int64(usage.ru_stime.tv_usec)) * 1_000
             return (cpu, Int64(usage.ru_nvcsw))
         }

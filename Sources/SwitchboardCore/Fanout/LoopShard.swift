@@ -100,8 +100,9 @@ public final class LoopShard: @unchecked Sendable {
             // A thread's usage can only be read on that thread.
             eventLoop.execute {
                 let usage = hub.threadUsage()
-                self.busyMode = LoopBusyMode(thresholdPercent: hub.busyPercent, now: eventLoop.now,
-                                             cpuNanos: usage.cpuNanos, waits: usage.waits)
+                self.busyMode = LoopBusyMode(
+                    thresholdPercent: hub.busyPercent, now: eventLoop.now,
+                    cpuNanos: usage.cpuNanos, waits: usage.waits)
             }
         }
     }
@@ -131,8 +132,10 @@ public final class LoopShard: @unchecked Sendable {
     public func add(_ subscription: LocalSubscription) {
         eventLoop.preconditionInEventLoop()
         let p = subscription.pattern
-        let count = p.isWildcard ? Self.appendInPlace(subscription, to: &wildcard[p, default: []])
-                                 : Self.appendInPlace(subscription, to: &exact[p.text, default: []])
+        let count =
+            p.isWildcard
+            ? Self.appendInPlace(subscription, to: &wildcard[p, default: []])
+            : Self.appendInPlace(subscription, to: &exact[p.text, default: []])
         subscriptionCount += 1
         if count == 1 { hub.addInterest(p, shard: index) }
     }

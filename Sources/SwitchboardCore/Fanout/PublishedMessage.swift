@@ -37,7 +37,8 @@ public final class PublishedMessage: Sendable {
         }
         self.headers = clean
         self.body = body
-        self.bodyIsUTF8 = body.readableBytesView.withContiguousStorageIfAvailable { String(validating: $0, as: UTF8.self) != nil }
+        self.bodyIsUTF8 =
+            body.readableBytesView.withContiguousStorageIfAvailable { String(validating: $0, as: UTF8.self) != nil }
             ?? (String(validating: Array(body.readableBytesView), as: UTF8.self) != nil)
         // A user destination routes as /user/<U>/queue/x but reads /user/queue/x to the client.
         let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
@@ -75,10 +76,14 @@ public final class PublishedMessage: Sendable {
     /// inside a complete WebSocket frame (text when the body is UTF-8, binary otherwise), ready
     /// to be written to a connection.
     @inlinable
-    public func encodeWebSocketFrame(subscription: String, ack: String?, escape: Bool, escapeCarriageReturn: Bool = true,
-                                     allocator: ByteBufferAllocator) -> ByteBuffer {
-        WebSocketServerFrame.build(opcode: bodyIsUTF8 ? .text : .binary, payloadCapacity: frameCapacity(subscription: subscription, ack: ack),
-                                   allocator: allocator) { out in
+    public func encodeWebSocketFrame(
+        subscription: String, ack: String?, escape: Bool, escapeCarriageReturn: Bool = true,
+        allocator: ByteBufferAllocator
+    ) -> ByteBuffer {
+        WebSocketServerFrame.build(
+            opcode: bodyIsUTF8 ? .text : .binary, payloadCapacity: frameCapacity(subscription: subscription, ack: ack),
+            allocator: allocator
+        ) { out in
             writeFrame(subscription: subscription, ack: ack, escape: escape, escapeCR: escapeCarriageReturn, into: &out)
         }
     }

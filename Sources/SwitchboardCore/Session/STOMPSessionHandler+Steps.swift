@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import NIOCore
 import NIOWebSocket
 import STOMPCodec
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Carrying out the state machine's actions: writing frames and running steps.
 extension STOMPSessionHandler {
@@ -108,8 +109,9 @@ extension STOMPSessionHandler {
                 machine.stepCompleted(step, .success)
             }
         case .publish(let destination, let frame):
-            let message = PublishedMessage(destination: destination, messageID: services.messageIDs.next(),
-                                           headers: Self.userHeaders(of: frame), body: frame.body)
+            let message = PublishedMessage(
+                destination: destination, messageID: services.messageIDs.next(),
+                headers: Self.userHeaders(of: frame), body: frame.body)
             let future = services.engine.publish(message, on: shard.eventLoop)
             if services.engine.publishesSynchronously {
                 machine.stepCompleted(step, .success)
@@ -122,9 +124,11 @@ extension STOMPSessionHandler {
     }
 
     /// Reports `future`'s outcome as step `step` once it completes, on this loop.
-    private func complete<T: Sendable>(_ future: EventLoopFuture<T>, step: Machine.StepID, kind: SessionErrorKind,
-                                    describe: @escaping (any Error) -> String,
-                                    onSuccess: @escaping (STOMPSessionHandler, T) -> Machine.StepResult) {
+    private func complete<T: Sendable>(
+        _ future: EventLoopFuture<T>, step: Machine.StepID, kind: SessionErrorKind,
+        describe: @escaping (any Error) -> String,
+        onSuccess: @escaping (STOMPSessionHandler, T) -> Machine.StepResult
+    ) {
         let loop = shard.eventLoop
         let bound = NIOLoopBound((handler: self, describe: describe, onSuccess: onSuccess), eventLoop: loop)
         future.hop(to: loop).whenComplete { result in
@@ -160,9 +164,10 @@ extension STOMPSessionHandler {
         var headers = Self.userHeaders(of: frame)
         let contentType = headers["content-type"]
         headers.remove("content-type")
-        let message = AppMessage(destination: destination, body: frame.body, headers: headers, contentType: contentType,
-                                 sessionID: sessionID, user: user, instanceID: services.instanceID,
-                                 timestamp: Self.wallClockMillis())
+        let message = AppMessage(
+            destination: destination, body: frame.body, headers: headers, contentType: contentType,
+            sessionID: sessionID, user: user, instanceID: services.instanceID,
+            timestamp: Self.wallClockMillis())
         let loop = shard.eventLoop
         let engine = services.engine
         let ids = services.messageIDs
@@ -189,7 +194,8 @@ extension STOMPSessionHandler {
     public func deliverToOwnSubscriptions(_ message: PublishedMessage) {
         var delivered = false
         // A reply to this session may name its user destination as the client knows it.
-        let routed = config.isUserDestination(message.destination)
+        let routed =
+            config.isUserDestination(message.destination)
             ? UserDestinations.routing(user: user, session: sessionID, clientDestination: message.destination)!
             : message.destination
         var batch = DeliveryBatch(tick: shard.tick)

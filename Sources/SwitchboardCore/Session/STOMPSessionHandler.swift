@@ -89,8 +89,9 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         self.context = context
         self.transport = try? context.pipeline.syncOperations.handler(type: WebSocketSTOMPTransport.self)
         self.shard = services.hub.shard(for: context.eventLoop)
-        machine = STOMPSessionStateMachine(policy: services.policy, sessionID: sessionID, handshakeToken: handshake.token,
-                                           openedAt: shard.tick, tickMs: services.hub.heartbeatResolution.nanoseconds / 1_000_000)
+        machine = STOMPSessionStateMachine(
+            policy: services.policy, sessionID: sessionID, handshakeToken: handshake.token,
+            openedAt: shard.tick, tickMs: services.hub.heartbeatResolution.nanoseconds / 1_000_000)
         shard.addHeartbeatClient(self)
         shard.registerSession(self)
         services.stats.connectionsOpen.add(1)
@@ -203,8 +204,10 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     /// Encodes and writes a server frame (not flushed), without first writing deliveries.
     func write(_ frame: STOMPFrame) {
         guard let context else { return }
-        let buffer = WebSocketServerFrame.build(opcode: .text, payloadCapacity: 64 + frame.body.readableBytes,
-                                                allocator: context.channel.allocator) { out in
+        let buffer = WebSocketServerFrame.build(
+            opcode: .text, payloadCapacity: 64 + frame.body.readableBytes,
+            allocator: context.channel.allocator
+        ) { out in
             STOMPFrameEncoder.encode(frame, escapeHeaders: escape, escapeCarriageReturn: escapeCR, into: &out)
         }
         shard.counters.framesOut[frame.command.ordinal] &+= 1
@@ -233,8 +236,9 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         guard machine.phase == .connected, context != nil else { return }
         // The shared allocator, not `context.channel.allocator`: reaching the channel costs
         // reference counting on every delivery.
-        let buffer = batch.frames.frame(message, subscription: subscription.id, ack: subscription.ackMode != .auto,
-                                        escape: escape, escapeCR: escapeCR, allocator: Self.allocator)
+        let buffer = batch.frames.frame(
+            message, subscription: subscription.id, ack: subscription.ackMode != .auto,
+            escape: escape, escapeCR: escapeCR, allocator: Self.allocator)
         // One NIO write per connection per pass: the first message's frame is kept as is
         // (shared with the other subscribers); from the second on, the pass's frames are
         // copied into one buffer of this session's. NIO's per-write bookkeeping costs more

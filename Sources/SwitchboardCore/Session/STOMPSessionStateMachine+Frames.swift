@@ -43,8 +43,10 @@ extension STOMPSessionStateMachine {
     }
 
     /// Fails the session for `frame`, echoing its receipt.
-    mutating func failFrame(_ message: String, _ frame: STOMPFrame, extraHeaders: STOMPHeaders = STOMPHeaders(),
-                            kind: SessionErrorKind = .protocolViolation) {
+    mutating func failFrame(
+        _ message: String, _ frame: STOMPFrame, extraHeaders: STOMPHeaders = STOMPHeaders(),
+        kind: SessionErrorKind = .protocolViolation
+    ) {
         fail(SessionFailure(message, receiptID: frame.headers["receipt"], extraHeaders: extraHeaders, kind: kind))
     }
 
@@ -53,8 +55,9 @@ extension STOMPSessionStateMachine {
     private mutating func handleConnect(_ frame: STOMPFrame) -> Action? {
         let supported = config.supportedVersions.sorted().map(\.rawValue).joined(separator: ",")
         guard let negotiated = STOMPVersion.negotiate(acceptVersion: frame.headers["accept-version"], supported: config.supportedVersions) else {
-            failFrame("unsupported STOMP version: client accepts \(frame.headers["accept-version"] ?? "1.0"), server supports \(supported)",
-                      frame, extraHeaders: ["version": supported])
+            failFrame(
+                "unsupported STOMP version: client accepts \(frame.headers["accept-version"] ?? "1.0"), server supports \(supported)",
+                frame, extraHeaders: ["version": supported])
             return nil
         }
         var clientBeat = STOMPHeartBeat.none
@@ -69,8 +72,9 @@ extension STOMPSessionStateMachine {
         if config.authenticator != nil {
             token = presentedToken(frame)
             if token == nil, !config.allowAnonymous {
-                failFrame("authentication failed: no token (send 'Authorization: Bearer <jwt>' or passcode in CONNECT, or access_token at the handshake)",
-                          frame, kind: .auth)
+                failFrame(
+                    "authentication failed: no token (send 'Authorization: Bearer <jwt>' or passcode in CONNECT, or access_token at the handshake)",
+                    frame, kind: .auth)
                 return nil
             }
         }
@@ -114,8 +118,9 @@ extension STOMPSessionStateMachine {
             guard let route = policy.routes.route(for: destination) else {
                 failFrame("no route for application destination \(destination)", frame); return nil
             }
-            return startStep(.route(destination: destination, route: route, frame: frame), for: frame,
-                             pipelined: route.keepsOrderWhenPipelined)
+            return startStep(
+                .route(destination: destination, route: route, frame: frame), for: frame,
+                pipelined: route.keepsOrderWhenPipelined)
         case .user, .notAllowed:
             failFrame(policy.notAllowedMessage(destination, subscribe: false), frame)
             return nil
@@ -144,7 +149,8 @@ extension STOMPSessionStateMachine {
             failFrame("permission denied: SUBSCRIBE to \(destination)", frame, kind: .auth); return nil
         }
         // /user/queue/x always means this session's own user.
-        let routed = kind == .user
+        let routed =
+            kind == .user
             ? UserDestinations.routing(user: identity?.user, session: sessionID, clientDestination: destination)!
             : destination
         let pattern: DestinationPattern

@@ -153,13 +153,16 @@ package struct STOMPSessionStateMachine {
     /// - Parameters:
     ///   - openedAt: the timer tick the connection opened at (the CONNECT deadline counts from it).
     ///   - tickMs: the length of one timer tick in ms.
-    package init(policy: SessionPolicy, sessionID: String, handshakeToken: String? = nil, openedAt tick: UInt64, tickMs: Int64,
-                 now: NIODeadline = .now()) {
+    package init(
+        policy: SessionPolicy, sessionID: String, handshakeToken: String? = nil, openedAt tick: UInt64, tickMs: Int64,
+        now: NIODeadline = .now()
+    ) {
         self.policy = policy
         self.sessionID = sessionID
         self.handshakeToken = handshakeToken
-        self.heartbeat = HeartbeatState(openedTick: tick, tickMs: tickMs,
-                                        connectTimeoutMs: policy.configuration.connectTimeout.nanoseconds / 1_000_000)
+        self.heartbeat = HeartbeatState(
+            openedTick: tick, tickMs: tickMs,
+            connectTimeoutMs: policy.configuration.connectTimeout.nanoseconds / 1_000_000)
         let rate = policy.configuration.maxFramesPerSecond
         if rate > 0 { frameBucket = TokenBucket(rate: rate, burst: 2 * rate, now: now) }
     }
@@ -418,8 +421,10 @@ package struct STOMPSessionStateMachine {
             "heart-beat": STOMPHeartBeat(send: sendMs, receive: expectMs).headerValue,
         ]
         if let user = identity?.user { headers.add("user-name", user) }
-        return .connected(ConnectedSession(frame: STOMPFrame(.connected, headers: headers), receipt: step.receipt,
-                                           version: version, identity: identity, serverSendsMs: sendMs, serverExpectsMs: expectMs))
+        return .connected(
+            ConnectedSession(
+                frame: STOMPFrame(.connected, headers: headers), receipt: step.receipt,
+                version: version, identity: identity, serverSendsMs: sendMs, serverExpectsMs: expectMs))
     }
 
     /// The heart-beat the CONNECT being authenticated asked for.
@@ -441,8 +446,10 @@ package struct SessionFailure: Error, Equatable {
     package var kind: SessionErrorKind
     package var closeCode: WebSocketErrorCode
 
-    package init(_ message: String, receiptID: String? = nil, extraHeaders: STOMPHeaders = STOMPHeaders(), details: String? = nil,
-                 kind: SessionErrorKind = .protocolViolation, closeCode: WebSocketErrorCode = .normalClosure) {
+    package init(
+        _ message: String, receiptID: String? = nil, extraHeaders: STOMPHeaders = STOMPHeaders(), details: String? = nil,
+        kind: SessionErrorKind = .protocolViolation, closeCode: WebSocketErrorCode = .normalClosure
+    ) {
         self.message = message
         self.receiptID = receiptID
         self.extraHeaders = extraHeaders

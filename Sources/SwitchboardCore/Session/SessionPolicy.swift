@@ -48,7 +48,8 @@ package final class SessionPolicy: Sendable {
     /// its `ERROR` must come after the receipts of the frames before it.
     package func isPipelinable(_ frame: STOMPFrame, identity: SessionIdentity?) -> Bool {
         guard frame.command == .send, frame.headers["transaction"] == nil,
-              let destination = frame.headers["destination"] else { return false }
+            let destination = frame.headers["destination"]
+        else { return false }
         guard maySend(destination, identity: identity) else { return false }
         if configuration.isBrokerDestination(destination) { return !destination.contains("*") }
         if configuration.isApplicationDestination(destination) {

@@ -16,8 +16,10 @@ public enum WebSocketServerFrame {
     /// The payload is written after `maxHeaderBytes` of headroom and the header is put in
     /// front of it once its length is known, so nothing is copied.
     @inlinable
-    public static func build(opcode: WebSocketOpcode, payloadCapacity: Int, allocator: ByteBufferAllocator,
-                             _ writePayload: (inout ByteBuffer) -> Void) -> ByteBuffer {
+    public static func build(
+        opcode: WebSocketOpcode, payloadCapacity: Int, allocator: ByteBufferAllocator,
+        _ writePayload: (inout ByteBuffer) -> Void
+    ) -> ByteBuffer {
         var buffer = allocator.buffer(capacity: maxHeaderBytes + payloadCapacity)
         buffer.moveWriterIndex(forwardBy: maxHeaderBytes)
         buffer.moveReaderIndex(forwardBy: maxHeaderBytes)
@@ -97,8 +99,10 @@ public struct MessageFrameCache {
 
     /// The frame of `message` for one subscriber, from the cache or freshly encoded.
     @inlinable
-    public mutating func frame(_ message: PublishedMessage, subscription: String, ack: Bool, escape: Bool, escapeCR: Bool,
-                               allocator: ByteBufferAllocator) -> ByteBuffer {
+    public mutating func frame(
+        _ message: PublishedMessage, subscription: String, ack: Bool, escape: Bool, escapeCR: Bool,
+        allocator: ByteBufferAllocator
+    ) -> ByteBuffer {
         if message !== self.message {
             entries.removeAll(keepingCapacity: true)
             self.message = message
@@ -107,8 +111,9 @@ public struct MessageFrameCache {
         for entry in entries where entry.variant == variant && entry.subscription == subscription {
             return entry.frame
         }
-        let frame = message.encodeWebSocketFrame(subscription: subscription, ack: ack ? message.messageID + "." + subscription : nil,
-                                                 escape: escape, escapeCarriageReturn: escapeCR, allocator: allocator)
+        let frame = message.encodeWebSocketFrame(
+            subscription: subscription, ack: ack ? message.messageID + "." + subscription : nil,
+            escape: escape, escapeCarriageReturn: escapeCR, allocator: allocator)
         if entries.count < Self.capacity {
             entries.append(Entry(subscription: subscription, variant: variant, frame: frame))
         }
