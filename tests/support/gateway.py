@@ -100,13 +100,14 @@ class Gateway:
         """switchboard_session_errors_total{kind=`kind`}."""
         return self.metric("switchboard_session_errors_total", kind=kind)
 
-    def publish(self, topic: str, message: str, headers=None, **extra) -> requests.Response:
-        return requests.post(self.base + "/api/notification", json={"topic": topic, "message": message, **extra},
-                             headers=headers or {}, timeout=5)
+    def publish(self, topic: str, message: str, **extra) -> requests.Response:
+        """POST /api/notification; `extra` are more JSON fields (headers, contentType, …)."""
+        return requests.post(self.base + "/api/notification", json={"topic": topic, "message": message, **extra}, timeout=5)
 
-    def publish_user(self, user: str, topic: str, message: str, headers=None) -> requests.Response:
-        return requests.post(f"{self.base}/api/users/{user}/notification", json={"topic": topic, "message": message},
-                             headers=headers or {}, timeout=5)
+    def publish_user(self, user: str, topic: str, message: str, **extra) -> requests.Response:
+        """POST /api/users/<user>/notification."""
+        return requests.post(f"{self.base}/api/users/{user}/notification",
+                             json={"topic": topic, "message": message, **extra}, timeout=5)
 
     def client(self, **kw) -> StompClient:
         return StompClient(self.ws_url, **kw)
