@@ -32,6 +32,8 @@ def metric(text: str, name: str, **labels) -> float:
 
 
 class Gateway:
+    """One switchboard process (`--set` args `sets`, config text `yaml`), logs in test-artifacts/<name>.log."""
+
     #: Seconds to wait for /health after start.
     startup_timeout = 20.0
 
