@@ -20,17 +20,24 @@ struct SessionCausalityTests {
         #expect(out.first?.headers["receipt-id"] == "s")
     }
 
-    @Test("a route's reply that arrives before the route confirmed waits for the RECEIPT")
-    func replyBeforeConfirmation() throws {
+    /// A gateway routing `/app/**` to a route that answers when told, a client subscribed to
+    /// `destination` and another connected client.
+    func setUp(subscribedTo destination: String) throws -> (TestGateway, OrderedPendingRoute, TestClient, TestClient) {
         let route = OrderedPendingRoute()
         let gw = TestGateway(routes: try routes("/app/**", route))
-        defer { gw.shutdown() }
         let c = try gw.client()
         let other = try gw.client()
         _ = try c.connect()
         _ = try other.connect()
-        try c.subscribe("/topic/replies", receipt: "sub")
+        try c.subscribe(destination, receipt: "sub")
         _ = try c.frames()
+        return (gw, route, c, other)
+    }
+
+    @Test("a route's reply that arrives before the route confirmed waits for the RECEIPT")
+    func replyBeforeConfirmation() throws {
+        let (gw, route, c, other) = try setUp(subscribedTo: "/topic/replies")
+        defer { gw.shutdown() }
         try c.send(.send, ["destination": "/app/in", "receipt": "s1"], body: "1")
         try #require(route.calls.count == 1)
         // The backend's answer is published (here by another session) before the route's
@@ -45,15 +52,8 @@ struct SessionCausalityTests {
 
     @Test("messages that arrived before the SEND are not held behind it")
     func earlierMessagesGoFirst() throws {
-        let route = OrderedPendingRoute()
-        let gw = TestGateway(routes: try routes("/app/**", route))
+        let (gw, route, c, other) = try setUp(subscribedTo: "/topic/news")
         defer { gw.shutdown() }
-        let c = try gw.client()
-        let other = try gw.client()
-        _ = try c.connect()
-        _ = try other.connect()
-        try c.subscribe("/topic/news", receipt: "sub")
-        _ = try c.frames()
         try other.send(.send, ["destination": "/topic/news"], body: "before")
         try c.send(.send, ["destination": "/app/in", "receipt": "s1"], body: "1")
         let out = try c.frames()

@@ -299,15 +299,21 @@ import Testing
         #expect(Self.drain(&u) == [.unsubscribe("1"), .receipt("u"), .execute("subscribe(1 /topic/a)", step: 3)])
     }
 
+    /// Connected with client heart-beats 1000,1000 (server 10 s both ways), last read at tick 0.
+    static func connectedWithHeartBeats() -> Machine {
+        var m = machine()
+        m.frameReceived(frame(.connect, [("accept-version", "1.2"), ("heart-beat", "1000,1000")]), now: .now())
+        _ = drain(&m)
+        m.stepCompleted(1, .connected(nil))
+        _ = drain(&m)
+        m.read(at: 0)
+        return m
+    }
+
     @Test func heartBeatsAndTimeout() {
         // Server 10 s both ways, client 1 s both ways, 100 ms ticks: send every 100 ticks,
         // close after 2 × 10 s (tolerance 2) without a read.
-        var m = Self.machine()
-        m.frameReceived(Self.frame(.connect, [("accept-version", "1.2"), ("heart-beat", "1000,1000")]), now: .now())
-        _ = Self.drain(&m)
-        m.stepCompleted(1, .connected(nil))
-        _ = Self.drain(&m)
-        m.read(at: 0)
+        var m = Self.connectedWithHeartBeats()
         m.wrote(at: 0)
         do { let t = m.tick(1, now: .now()); #expect(t == .wait(next: 100)) }
         do { let t = m.tick(100, now: .now()); #expect(t == .sendHeartbeat(next: 200)) }
@@ -318,12 +324,7 @@ import Testing
     }
 
     @Test func busySessionIsNotTimedOut() {
-        var m = Self.machine()
-        m.frameReceived(Self.frame(.connect, [("accept-version", "1.2"), ("heart-beat", "1000,1000")]), now: .now())
-        _ = Self.drain(&m)
-        m.stepCompleted(1, .connected(nil))
-        _ = Self.drain(&m)
-        m.read(at: 0)
+        var m = Self.connectedWithHeartBeats()
         m.frameReceived(Self.send("/app/serial"), now: .now())
         _ = Self.drain(&m)
         do { let t = m.tick(1000, now: .now()); #expect(t == .sendHeartbeat(next: 1001)) }
