@@ -57,9 +57,6 @@ extension STOMPSessionStateMachine {
     /// Something was written to the client at `tick`.
     package mutating func wrote(at tick: UInt64) { heartbeat.lastWriteTick = tick }
 
-    /// The tick at which the first check is due after CONNECT (the next one).
-    package var lastWriteTick: UInt64 { heartbeat.lastWriteTick }
-
     /// A timer tick: the CONNECT deadline, a token's expiry, the heart-beat timeout, or a
     /// heart-beat to send. A session waiting on a step is not late: it is looked at again at
     /// the next tick.
