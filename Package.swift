@@ -257,11 +257,15 @@ let package = Package(
             dependencies: [
                 "SwitchboardServer",
                 "SwitchboardCore",
+                "SwitchboardAPIModel",
+                "SwitchboardAuth",
                 "STOMPCodec",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ]
         ),
     ]

@@ -17,56 +17,140 @@ public struct APIRequestError: Error, Sendable, Equatable {
 }
 
 /// The body of `POST /api/notification` (and `/api/users/{user}/notification`):
-/// `{"topic": "...", "message": "...", "headers": {...}?, "contentType": "..."?}`.
+/// `{"topic": "...", "message": "...", "headers": {...}?, "contentType": "..."?}`; a batch
+/// (`POST /api/notifications`) is a JSON array of such objects, each with an optional `user`.
 public struct NotificationRequest: Sendable, Equatable {
     public var topic: String
     public var body: ByteBuffer
     /// User headers with `content-type` (default `text/plain`).
     public var headers: STOMPHeaders
+    /// The user of a batch item addressed to a user destination.
+    public var user: String?
 
     /// Parses and validates a request body.
     ///
     /// - Parameter isAllowedTopic: decides whether `topic` may be published to; its error
     ///   text (e.g. "must start with /topic/") is returned when it says no.
     public static func parse(_ bytes: ByteBuffer, isAllowedTopic: (String) -> String?) throws(APIRequestError) -> NotificationRequest {
-        guard let any = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)), let object = any as? [String: Any] else {
+        guard let fields = try? decoder.decode(Fields.self, from: Data(bytes.readableBytesView)) else {
             throw APIRequestError(status: 400, message: "request body must be a JSON object", field: nil)
         }
-        guard let topicValue = object["topic"] else {
-            throw APIRequestError(status: 400, message: "missing field 'topic'", field: "topic")
+        return try fields.validated(isAllowedTopic: isAllowedTopic)
+    }
+
+    /// The items of a batch body: one result per item, in order, each validated on its own
+    /// (`isAllowedTopic` gets the item's `user`). The whole body fails when it is not a JSON
+    /// array of 1…`maxItems` elements.
+    public static func parseBatch(
+        _ bytes: ByteBuffer, maxItems: Int, isAllowedTopic: (String, String?) -> String?
+    ) throws(APIRequestError) -> [Result<NotificationRequest, APIRequestError>] {
+        guard let items = try? decoder.decode([BatchItem].self, from: Data(bytes.readableBytesView)) else {
+            throw APIRequestError(status: 400, message: "request body must be a JSON array of notifications", field: nil)
         }
-        guard let topic = topicValue as? String, !topic.isEmpty else {
-            throw APIRequestError(status: 400, message: "field 'topic' must be a non-empty string", field: "topic")
+        guard !items.isEmpty else {
+            throw APIRequestError(status: 400, message: "request body must hold at least one notification", field: nil)
         }
-        if let problem = isAllowedTopic(topic) {
-            throw APIRequestError(status: 400, message: "field 'topic' \(problem)", field: "topic")
+        guard items.count <= maxItems else {
+            throw APIRequestError(status: 413, message: "batch of \(items.count) notifications is larger than \(maxItems)", field: nil)
         }
-        guard !topic.contains("*") else {
-            throw APIRequestError(status: 400, message: "field 'topic' must not contain wildcards", field: "topic")
-        }
-        guard let messageValue = object["message"] else {
-            throw APIRequestError(status: 400, message: "missing field 'message'", field: "message")
-        }
-        guard let message = messageValue as? String else {
-            throw APIRequestError(status: 400, message: "field 'message' must be a string", field: "message")
-        }
-        var headers = STOMPHeaders()
-        if let raw = object["headers"] {
-            guard let dict = raw as? [String: Any], dict.values.allSatisfy({ $0 is String }) else {
-                throw APIRequestError(status: 400, message: "field 'headers' must be an object of string values", field: "headers")
+        return items.map { item in
+            Result { () throws(APIRequestError) -> NotificationRequest in
+                guard let fields = item.fields else {
+                    throw APIRequestError(status: 400, message: "each notification must be a JSON object", field: nil)
+                }
+                let user: String?
+                switch fields.user {
+                case .missing: user = nil
+                case .value(let name) where !name.isEmpty: user = name
+                default: throw APIRequestError(status: 400, message: "field 'user' must be a non-empty string", field: "user")
+                }
+                var request = try fields.validated { isAllowedTopic($0, user) }
+                request.user = user
+                return request
             }
-            for (k, v) in dict.sorted(by: { $0.key < $1.key }) where !PublishedMessage.reservedHeaders.contains(k) && k != "content-type" {
-                if let v = v as? String { headers.add(k, v) }
-            }
         }
-        var contentType = "text/plain"
-        if let raw = object["contentType"] {
-            guard let ct = raw as? String, !ct.isEmpty else {
-                throw APIRequestError(status: 400, message: "field 'contentType' must be a non-empty string", field: "contentType")
-            }
-            contentType = ct
+    }
+
+    private static let decoder = JSONDecoder()
+
+    /// One field as decoded: absent, present with the wrong type (or null), or a value.
+    enum Field<Value: Decodable & Sendable>: Sendable {
+        case missing
+        case invalid
+        case value(Value)
+    }
+
+    /// A request object as decoded, before validation (which checks fields in a fixed order,
+    /// so the error names the first field at fault).
+    struct Fields: Decodable, Sendable {
+        var topic: Field<String>
+        var message: Field<String>
+        var headers: Field<[String: String]>
+        var contentType: Field<String>
+        var user: Field<String>
+
+        enum CodingKeys: String, CodingKey {
+            case topic, message, headers, contentType, user
         }
-        headers.add("content-type", contentType)
-        return NotificationRequest(topic: topic, body: ByteBuffer(string: message), headers: headers)
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            func field<Value: Decodable & Sendable>(_ key: CodingKeys) -> Field<Value> {
+                guard container.contains(key) else { return .missing }
+                return (try? container.decode(Value.self, forKey: key)).map { .value($0) } ?? .invalid
+            }
+            topic = field(.topic)
+            message = field(.message)
+            headers = field(.headers)
+            contentType = field(.contentType)
+            user = field(.user)
+        }
+
+        func validated(isAllowedTopic: (String) -> String?) throws(APIRequestError) -> NotificationRequest {
+            let topic: String
+            switch self.topic {
+            case .missing: throw APIRequestError(status: 400, message: "missing field 'topic'", field: "topic")
+            case .value(let value) where !value.isEmpty: topic = value
+            default: throw APIRequestError(status: 400, message: "field 'topic' must be a non-empty string", field: "topic")
+            }
+            if let problem = isAllowedTopic(topic) {
+                throw APIRequestError(status: 400, message: "field 'topic' \(problem)", field: "topic")
+            }
+            guard !topic.contains("*") else {
+                throw APIRequestError(status: 400, message: "field 'topic' must not contain wildcards", field: "topic")
+            }
+            let message: String
+            switch self.message {
+            case .missing: throw APIRequestError(status: 400, message: "missing field 'message'", field: "message")
+            case .invalid: throw APIRequestError(status: 400, message: "field 'message' must be a string", field: "message")
+            case .value(let value): message = value
+            }
+            var headers = STOMPHeaders()
+            switch self.headers {
+            case .missing: break
+            case .invalid: throw APIRequestError(status: 400, message: "field 'headers' must be an object of string values", field: "headers")
+            case .value(let dict):
+                for (k, v) in dict.sorted(by: { $0.key < $1.key }) where !PublishedMessage.reservedHeaders.contains(k) && k != "content-type" {
+                    headers.add(k, v)
+                }
+            }
+            var contentType = "text/plain"
+            switch self.contentType {
+            case .missing: break
+            case .value(let value) where !value.isEmpty: contentType = value
+            default: throw APIRequestError(status: 400, message: "field 'contentType' must be a non-empty string", field: "contentType")
+            }
+            headers.add("content-type", contentType)
+            return NotificationRequest(topic: topic, body: ByteBuffer(string: message), headers: headers)
+        }
+    }
+
+    /// One element of a batch array: its fields, or nil when it is not an object.
+    struct BatchItem: Decodable, Sendable {
+        var fields: Fields?
+
+        init(from decoder: any Decoder) throws {
+            fields = try? Fields(from: decoder)
+        }
     }
 }

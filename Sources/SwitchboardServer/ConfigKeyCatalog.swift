@@ -55,6 +55,7 @@ package enum ConfigKeyCatalog {
                 .init("http.host", .string, "`0.0.0.0`", "listen address"),
                 .init("http.port", .integer, "`8080`", "listen port (HTTP API and WebSocket), 0…65535"),
                 .init("http.max-body-bytes", .integer, "`1048576`", "largest API request body (413 beyond)"),
+                .init("http.max-batch-items", .integer, "`1000`", "most notifications in one `POST /api/notifications` (413 beyond)"),
                 .init("http.backlog", .integer, "`4096`", "TCP accept backlog"),
                 .init(
                     "http.tcp-nodelay", .boolean, "`true`",

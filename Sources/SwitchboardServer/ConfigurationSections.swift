@@ -14,6 +14,8 @@ public struct HTTPSettings: Sendable, Equatable {
     public var port = 8080
     /// Largest API request body (413 beyond).
     public var maxBodyBytes = 1024 * 1024
+    /// Most notifications in one `POST /api/notifications` (413 beyond).
+    public var maxBatchItems = 1000
     public var backlog = 4096
     /// `TCP_NODELAY` on accepted connections: each write leaves at once. Off, the kernel's
     /// Nagle algorithm holds small writes while earlier data is unacknowledged.
@@ -42,13 +44,14 @@ public struct HTTPSettings: Sendable, Equatable {
         port = reader.int(forKey: "port", default: port)
         guard (0...65535).contains(port) else { throw SwitchboardConfiguration.Invalid(description: "http.port must be 0…65535, got \(port)") }
         maxBodyBytes = reader.int(forKey: "max-body-bytes", default: maxBodyBytes)
+        maxBatchItems = reader.int(forKey: "max-batch-items", default: maxBatchItems)
         backlog = reader.int(forKey: "backlog", default: backlog)
         tcpNoDelay = reader.bool(forKey: "tcp-nodelay", default: tcpNoDelay)
         legacyBusyPercent = reader.int(forKey: "nagle-when-busy-percent")
         handshakeTimeoutMs = reader.int(forKey: "handshake-timeout-ms", default: handshakeTimeoutMs)
         idleTimeoutMs = reader.int(forKey: "idle-timeout-ms", default: idleTimeoutMs)
         try SwitchboardConfiguration.atLeast(
-            1, ("http.max-body-bytes", maxBodyBytes), ("http.backlog", backlog),
+            1, ("http.max-body-bytes", maxBodyBytes), ("http.max-batch-items", maxBatchItems), ("http.backlog", backlog),
             ("http.handshake-timeout-ms", handshakeTimeoutMs), ("http.idle-timeout-ms", idleTimeoutMs))
         allowedOrigins = reader.stringArray(forKey: "allowed-origins", default: [])
         let certificateFile = reader.string(forKey: "tls.certificate-file")

@@ -139,9 +139,11 @@ struct GatewayListener: Service {
                     if let tls = settings.tls { try sync.addHandler(NIOSSLServerHandler(context: tls)) }
                     let timeout = HandshakeTimeoutHandler(timeout: settings.handshakeTimeout, registry: pending)
                     let router = FirstRequestRouter(handshake: handshake, maxFrameSize: settings.maxWebSocketFrameBytes, timeout: timeout) { channel, position in
-                        // Shutting down: nobody will serve it.
-                        if case .terminated = arrivals.yield(try http.configure(channel: channel, position: position, logger: logger)) {
-                            channel.close(promise: nil)
+                        try http.configure(channel: channel, position: position, logger: logger) { channel in
+                            // Shutting down: nobody will serve it.
+                            if case .terminated = arrivals.yield(try http.wrap(channel)) {
+                                channel.close(promise: nil)
+                            }
                         }
                     }
                     try sync.addHandler(router)
@@ -152,7 +154,9 @@ struct GatewayListener: Service {
     }
 }
 
-/// HTTP/1.1 connections of the API, served by a Hummingbird responder.
+/// HTTP/1.1 connections of the API: publish requests are answered on the event loop by
+/// ``HTTPPublishHandler``; the first other request starts a task where Hummingbird's
+/// responder serves the connection from then on.
 struct HTTPAPIChannel: HTTPChannelHandler {
     struct Value: ServerChildChannelValue {
         let asyncChannel: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
@@ -162,13 +166,17 @@ struct HTTPAPIChannel: HTTPChannelHandler {
     let responder: HTTPChannelHandler.Responder
     let secure: Bool
     let idleTimeout: TimeAmount
+    let publisher: NotificationPublisher
+    let dates: HTTPDateCache
+    let metrics = HTTPRouteMetrics()
 
     /// Installs NIO's HTTP/1.1 server handlers at `position` (malformed requests get a 400 and
-    /// the connection closes) and Hummingbird's HTTP-types codec and keep-alive handling last.
+    /// the connection closes), Hummingbird's HTTP-types codec and keep-alive handling, and the
+    /// publish fast path, which calls `openTask` when the connection first needs the router.
     func configure(
         channel: any Channel, position: ChannelPipeline.SynchronousOperations.Position,
-        logger: Logger
-    ) throws -> NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart> {
+        logger: Logger, openTask: @escaping (any Channel) throws -> Void
+    ) throws {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderFieldSize = 16 * 1024
         limits.maxHeaderListSize = 64 * 1024
@@ -180,11 +188,19 @@ struct HTTPAPIChannel: HTTPChannelHandler {
             withDecoderLimitConfiguration: limits)
         try sync.addHandler(HTTP1ToHTTPServerCodec(secure: secure))
         try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: .nanoseconds(idleTimeout.nanoseconds), logger: logger))
-        return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+        try sync.addHandler(HTTPPublishHandler(publisher: publisher, dates: dates, metrics: metrics, openTask: openTask))
+    }
+
+    /// The connection as the router's task reads it (handlers added last).
+    func wrap(_ channel: any Channel) throws -> NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart> {
+        try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        channel.eventLoop.makeCompletedFuture { Value(asyncChannel: try configure(channel: channel, position: .last, logger: logger)) }
+        channel.eventLoop.makeCompletedFuture {
+            try configure(channel: channel, position: .last, logger: logger) { _ in }
+            return Value(asyncChannel: try wrap(channel))
+        }
     }
 
     func handle(value: Value, logger: Logger) async {
@@ -193,10 +209,9 @@ struct HTTPAPIChannel: HTTPChannelHandler {
 
     /// What Hummingbird's `Application` does per request: build the context, respond (an
     /// unexpected error is a 500), add `Date` and `Server`, write.
-    static func responder<R: HTTPResponder>(_ router: R, serverName: String, logger: Logger) -> HTTPChannelHandler.Responder
+    static func responder<R: HTTPResponder>(_ router: R, serverName: String, dates: HTTPDateCache, logger: Logger) -> HTTPChannelHandler.Responder
     where R.Context == BasicRequestContext {
-        let dates = HTTPDateCache()
-        return { request, writer, channel in
+        { request, writer, channel in
             let context = BasicRequestContext(source: .init(channel: channel, logger: logger))
             var response: Response
             do {

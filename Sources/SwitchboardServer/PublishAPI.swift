@@ -9,13 +9,17 @@ import SwitchboardCore
 import SwitchboardRedis
 
 /// The HTTP API backends use to push to browsers, compatible with the seed articles:
-/// `POST /api/notification` with `{"topic","message"}` (optional `headers`, `contentType`).
+/// `POST /api/notification` with `{"topic","message"}` (optional `headers`, `contentType`),
+/// `POST /api/users/{user}/notification`, and the batch `POST /api/notifications` (an array of
+/// such objects, each with an optional `user`). Plain publish requests are usually answered by
+/// ``HTTPPublishHandler`` on the event loop before they reach these routes; the routes serve
+/// the rest (CORS requests, requests pipelined behind another route's) with the same
+/// ``NotificationPublisher``, so the answers are the same.
 struct PublishAPI: Sendable {
     let services: GatewayServices
-    let maxBodyBytes: Int
+    let publisher: NotificationPublisher
     let eventLoopGroup: any EventLoopGroup
     let admission: ConnectionAdmission
-    let apiKeys: APIKeyStore
     /// The consumer groups of the stream routes: not ready while one is unverified.
     var streamGroups: [RedisStreamGroups] = []
 
@@ -25,9 +29,12 @@ struct PublishAPI: Sendable {
         }
         router.post("/api/users/:user/notification") { request, context in
             guard let raw = context.parameters.get("user"), let user = raw.removingPercentEncoding, !user.isEmpty else {
-                throw APIError(status: .badRequest, message: "missing user in path", field: "user")
+                throw NotificationPublisher.Failure(status: .badRequest, message: "missing user in path", field: "user")
             }
             return try await self.publish(request, context: context, toUser: user)
+        }
+        router.post("/api/notifications") { request, context in
+            try await self.publishBatch(request, context: context)
         }
         router.get("/health") { _, _ in
             self.health()
@@ -40,71 +47,39 @@ struct PublishAPI: Sendable {
         }
     }
 
-    /// An HTTP error answered as `{"error": "...", "field": "..."}`.
-    struct APIError: Error, HTTPResponseError {
-        var status: HTTPResponse.Status
-        var message: String
-        var field: String?
-
-        func response(from request: Request, context: some RequestContext) throws -> Response {
-            var object: [String: Any] = ["error": message]
-            object["field"] = field ?? NSNull()
-            return PublishAPI.json(object, status: status)
-        }
-    }
-
     static func json(_ object: [String: Any], status: HTTPResponse.Status = .ok) -> Response {
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
         return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
-    /// The API key of the request; 401 when keys are configured and none matches.
-    func authenticate(_ request: Request) throws -> APIKeyStore.Key? {
-        guard !apiKeys.isEmpty else { return nil }
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer "),
-            let key = apiKeys.key(for: String(header.dropFirst("Bearer ".count)))
-        else {
-            throw APIError(status: .unauthorized, message: "missing or invalid API key: send 'Authorization: Bearer <key>'", field: "Authorization")
+    static func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: APIJSON.body(value)))
+    }
+
+    private func body(of request: Request, key: APIKeyStore.Key?) async throws -> ByteBuffer {
+        do {
+            return try await request.body.collect(upTo: publisher.maxBodyBytes)
+        } catch {
+            throw publisher.bodyTooLarge
         }
-        return key
     }
 
     /// Publishes a notification to a topic, or to user `toUser` at a user destination (`/queue/…`).
     func publish(_ request: Request, context: BasicRequestContext, toUser: String?) async throws -> Response {
-        let key = try authenticate(request)
-        let bytes: ByteBuffer
-        do {
-            bytes = try await request.body.collect(upTo: maxBodyBytes)
-        } catch {
-            throw APIError(status: .contentTooLarge, message: "request body larger than \(maxBodyBytes) bytes", field: nil)
-        }
-        let parsed: NotificationRequest
-        do {
-            let config = services.configuration
-            parsed = try NotificationRequest.parse(bytes) { topic in
-                if toUser != nil {
-                    return config.userPrefix != nil && config.userDestinationPrefixes.contains(where: topic.hasPrefix)
-                        ? nil : "must start with \(config.userDestinationPrefixes.joined(separator: " or ")) for a user destination"
-                }
-                return config.isBrokerDestination(topic) ? nil : "must start with \(config.brokerPrefixes.joined(separator: " or "))"
-            }
-        } catch {
-            throw APIError(status: .init(code: error.status), message: error.message, field: error.field)
-        }
-        if let key, !APIKeyStore.allows(key, parsed.topic) {
-            throw APIError(status: .forbidden, message: "API key '\(key.name)' may not publish to \(parsed.topic)", field: "topic")
-        }
-        let destination = toUser.map { UserDestinations.routing(user: $0, destination: parsed.topic) } ?? parsed.topic
-        let message = PublishedMessage(destination: destination, messageID: services.messageIDs.next(), headers: parsed.headers, body: parsed.body)
-        let loop = eventLoopGroup.any()
-        do {
-            try await services.engine.publish(message, on: loop).get()
-        } catch {
-            throw APIError(status: .serviceUnavailable, message: "publish failed: \(error)", field: nil)
-        }
-        var answer: [String: Any] = ["id": message.messageID, "topic": parsed.topic]
-        if let toUser { answer["user"] = toUser }
-        return Self.json(answer)
+        let key = try publisher.authenticate(authorization: request.headers[.authorization])
+        let bytes = try await body(of: request, key: key)
+        let prepared = try publisher.prepare(body: bytes, key: key, toUser: toUser)
+        try await publisher.publish(prepared, on: eventLoopGroup.any()).get()
+        return Self.json(prepared.answer)
+    }
+
+    /// Publishes a batch; 200 when every item was published, 207 when some were not.
+    func publishBatch(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let key = try publisher.authenticate(authorization: request.headers[.authorization])
+        let bytes = try await body(of: request, key: key)
+        let items = try publisher.prepareBatch(body: bytes, key: key)
+        let answer = try await publisher.publishBatch(items, on: eventLoopGroup.any()).get()
+        return Self.json(answer, status: NotificationPublisher.status(of: answer))
     }
 
     /// Ready: accepting sessions (not draining) and, in Redis mode, both Redis connections up and
@@ -143,5 +118,12 @@ struct PublishAPI: Sendable {
             "subscriptions": stats.subscriptions.load(),
             "destinations": services.hub.activeDestinationCount,
         ])
+    }
+}
+
+/// The router answers a failure as `{"error": "...", "field": "..."}` with its status.
+extension NotificationPublisher.Failure: HTTPResponseError {
+    func response(from request: Request, context: some RequestContext) throws -> Response {
+        PublishAPI.json(body, status: status)
     }
 }

@@ -136,8 +136,10 @@ public struct SwitchboardGateway: Sendable {
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.http.allowedOrigins))
         MetricsEndpoint(registry: metricsRegistry, services: services).register(on: router)
+        let publisher = NotificationPublisher(
+            services: services, apiKeys: apiKeys, maxBodyBytes: configuration.http.maxBodyBytes, maxBatchItems: configuration.http.maxBatchItems)
         PublishAPI(
-            services: services, maxBodyBytes: configuration.http.maxBodyBytes, eventLoopGroup: group, admission: admission, apiKeys: apiKeys,
+            services: services, publisher: publisher, eventLoopGroup: group, admission: admission,
             streamGroups: redis?.streamRoutes.compactMap(\.groups) ?? []
         )
         .register(on: router)
@@ -151,9 +153,10 @@ public struct SwitchboardGateway: Sendable {
             ConsoleRoutes(path: configuration.console.path, services: services, inboundChannels: inbound).register(on: router)
         }
         let httpLogger = Logger(label: "switchboard.http")
+        let dates = HTTPDateCache()
         let http = HTTPAPIChannel(
-            responder: HTTPAPIChannel.responder(router.buildResponder(), serverName: "switchboard", logger: httpLogger),
-            secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.http.idleTimeoutMs)))
+            responder: HTTPAPIChannel.responder(router.buildResponder(), serverName: "switchboard", dates: dates, logger: httpLogger),
+            secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.http.idleTimeoutMs)), publisher: publisher, dates: dates)
         let handshake = WebSocketHandshake(
             services: services, stompPath: configuration.stomp.path, admission: admission, limiter: limiter,
             allowedOrigins: configuration.http.allowedOrigins, handshakeCookie: configuration.auth.handshakeCookie)

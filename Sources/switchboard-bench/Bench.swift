@@ -73,6 +73,9 @@ struct PublisherOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("publish-port"), help: "Publisher target port (default --port).") var publishPort: Int?
     @Option(name: .customLong("publish-ws-path"), help: "WebSocket path of the STOMP publisher (default --ws-path).") var publishWSPath: String?
     @Option(name: .customLong("http-connections"), help: "Keep-alive HTTP connections.") var httpConnections = 4
+    @Option(
+        help: "HTTP: up to N messages per request, as a JSON array (use with --publish-url /api/notifications); responses count the messages they answer."
+    ) var batch = 1
     @Option(name: .customLong("publish-connections"), help: "STOMP publisher connections.") var publishConnections = 1
     @Flag(help: "Ask for a RECEIPT on every SEND (reports receipts/s and receipt latency).") var receipts = false
     @Option(name: .customLong("send-destination"), help: "STOMP SEND destination for every message (e.g. /app/bench), instead of the topics.") var sendDestination: String?

@@ -224,6 +224,14 @@ final class Publisher: @unchecked Sendable {
                     if !conn.active || conn.inflight >= UInt64(p.maxInflight) { stalled += 1; continue }
                     stalled = 0
                     if outs[k] == nil { outs[k] = alloc.buffer(capacity: 4096) }
+                    if p.batch > 1 {
+                        let n = min(UInt64(p.batch), due - seq)
+                        writeHTTPBatch(&outs[k]!, first: seq, count: n, wall: wall)
+                        conn.noteSent(messages: UInt32(n))
+                        seq += n
+                        stats.published &+= n
+                        continue
+                    }
                     writeHTTP(&outs[k]!, seq: seq, wall: wall)
                     conn.noteSent()
                     seq += 1
@@ -266,6 +274,36 @@ final class Publisher: @unchecked Sendable {
             finished = true
             done.succeed(())
         }
+    }
+
+    /// One `POST` whose body is a JSON array of `count` notifications, `first` onwards.
+    private func writeHTTPBatch(_ b: inout ByteBuffer, first: UInt64, count: UInt64, wall: UInt64) {
+        func itemLength(_ seq: UInt64) -> Int {
+            let topic = Int(seq % UInt64(topics.count))
+            return 10 + topics[topic].count + 13 + decimalDigits(seq) + 1 + decimalDigits(wall) + 1 + p.padding + 2
+        }
+        var bodyLen = 2 + Int(count) - 1
+        for seq in first..<(first + count) { bodyLen += itemLength(seq) }
+        b.writeStaticString("POST ")
+        b.writeBytes(httpPaths[0])
+        b.writeStaticString(" HTTP/1.1\r\nHost: ")
+        b.writeBytes(hostHeader)
+        b.writeStaticString("\r\nContent-Type: application/json\r\nContent-Length: ")
+        b.writeDecimal(UInt64(bodyLen))
+        b.writeStaticString("\r\n\r\n[")
+        for seq in first..<(first + count) {
+            if seq != first { b.writeStaticString(",") }
+            b.writeStaticString("{\"topic\":\"")
+            b.writeBytes(topics[Int(seq % UInt64(topics.count))])
+            b.writeStaticString("\",\"message\":\"")
+            b.writeDecimal(seq)
+            b.writeStaticString(" ")
+            b.writeDecimal(wall)
+            b.writeStaticString(" ")
+            b.writeRepeatingByte(UInt8(ascii: "x"), count: p.padding)
+            b.writeStaticString("\"}")
+        }
+        b.writeStaticString("]")
     }
 
     private func writeHTTP(_ b: inout ByteBuffer, seq: UInt64, wall: UInt64) {

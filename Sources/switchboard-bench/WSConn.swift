@@ -458,6 +458,8 @@ final class HTTPPubConn: ChannelInboundHandler, @unchecked Sendable {
     var sent: UInt64 = 0
     var answered: UInt64 = 0
     var sendTimes = [UInt64](repeating: 0, count: 1 << 16)
+    /// Messages per request (a batch request carries several), indexed like `sendTimes`.
+    var sendCounts = [UInt32](repeating: 1, count: 1 << 16)
     private var cumulation: ByteBuffer?
 
     init(stats: LoopStats) { self.stats = stats }
@@ -478,8 +480,9 @@ final class HTTPPubConn: ChannelInboundHandler, @unchecked Sendable {
         context.close(promise: nil)
     }
 
-    func noteSent() {
+    func noteSent(messages: UInt32 = 1) {
         sendTimes[Int(sent & UInt64(sendTimes.count - 1))] = monoNanos()
+        sendCounts[Int(sent & UInt64(sendCounts.count - 1))] = messages
         sent &+= 1
     }
 
@@ -532,10 +535,11 @@ final class HTTPPubConn: ChannelInboundHandler, @unchecked Sendable {
                     endOfMsg = he + cl
                     if endOfMsg > n { break }
                 }
+                let messages = UInt64(sendCounts[Int(answered & UInt64(sendCounts.count - 1))])
                 if status >= 200 && status < 300 {
-                    stats.responsesOK &+= 1
+                    stats.responsesOK &+= messages
                 } else {
-                    stats.responsesFailed &+= 1
+                    stats.responsesFailed &+= messages
                     if stats.errorSamples.count < 5 {
                         stats.noteError("HTTP \(status): " + String(decoding: UnsafeBufferPointer(start: base + he, count: min(cl, 200)), as: UTF8.self))
                     }

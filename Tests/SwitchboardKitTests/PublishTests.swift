@@ -38,6 +38,32 @@ struct PublishTests {
         await client.shutdown()
     }
 
+    @Test func batchIsPublishedInOrderWithOneResultEach() async throws {
+        let server = try await KitRedisServer.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let publisher = SwitchboardPublisher(client: client, origin: "svc-batch")
+        let a = try await client.subscribe(to: ["switchboard:dest:/topic/a"])
+        let batch = (0..<500).map { i in
+            SwitchboardPublisher.Notification(destination: i % 2 == 0 ? "/topic/a" : "/topic/b", body: "m\(i)", headers: ["seq": "\(i)"])
+        }
+        let results = await publisher.publish(batch)
+        #expect(results.count == 500)
+        // /topic/a has one subscriber (this test), /topic/b none.
+        #expect(results.enumerated().allSatisfy { i, result in (try? result.get()) == (i % 2 == 0 ? 1 : 0) })
+        var bodies: [String] = []
+        for _ in 0..<250 {
+            let message = try #require(try await nextMessage(a))
+            bodies.append(String(buffer: try #require(RedisEnvelope.decode(message.payload)).body))
+        }
+        #expect(bodies == stride(from: 0, to: 500, by: 2).map { "m\($0)" })
+        await a.unsubscribe()
+        await client.shutdown()
+        // Disconnected: every item fails, none is dropped silently.
+        let failed = await publisher.publish(Array(batch.prefix(3)))
+        #expect(failed.count == 3 && failed.allSatisfy { if case .failure = $0 { true } else { false } })
+    }
+
     @Test func publishToUserGoesToThatUsersRoutingChannel() async throws {
         let server = try await KitRedisServer.start()
         defer { server.stop() }

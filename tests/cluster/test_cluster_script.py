@@ -8,12 +8,12 @@ import threading
 import time
 
 from support.paths import REPO as ROOT
-from support.process import free_port, wait_until
+from support.process import free_port, free_port_block, wait_until
 from support.stompclient import StompClient
 
 
 def test_cluster_script_up_answer_and_teardown():
-    port, redis_port = free_port(), free_port()
+    port, redis_port = free_port_block(4), free_port()
     env = dict(os.environ, PORT=str(port), REDIS_PORT=str(redis_port))
     proc = subprocess.Popen([str(ROOT / "scripts" / "cluster")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)

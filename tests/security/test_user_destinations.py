@@ -142,3 +142,21 @@ def test_anonymous_queue_not_reachable_by_a_user_named_like_it(g, login):
     assert r.status_code == 200
     assert twin.expect_message().text == "for the token user ~" + session
     anon.expect_nothing(0.3)
+
+
+def test_batch_item_with_a_user_reaches_that_user_only(g, login):
+    alice, bob = login("alice"), login("bob")
+    r = requests.post(g.base + "/api/notifications", timeout=5, json=[
+        {"topic": "/queue/notes", "user": "alice", "message": "for alice"},
+        {"topic": "/queue/notes", "user": "", "message": "nobody"},
+        {"topic": "/queue/notes", "message": "no user: not a broker destination"},
+    ])
+    assert r.status_code == 207, r.text
+    ok, empty_user, no_user = r.json()["results"]
+    assert ok["user"] == "alice" and ok["topic"] == "/queue/notes"
+    assert empty_user == {"error": "field 'user' must be a non-empty string", "field": "user", "status": 400}
+    assert no_user["field"] == "topic"
+    m = alice.expect_message()
+    assert (m["destination"], m.text, m["message-id"]) == ("/user/queue/notes", "for alice", ok["id"])
+    alice.expect_nothing(0.1)
+    bob.expect_nothing(0.1)

@@ -13,6 +13,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_block(n: int) -> int:
+    """The first of `n` consecutive free ports, for tools that take a base port and add to it
+    (scripts/cluster uses PORT+1..PORT+3). Drawn below the kernel's ephemeral range
+    (ip_local_port_range, 32768+ by default), so outgoing connections do not take them
+    between this check and the bind."""
+    import random
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - n)
+        try:
+            socks = []
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {n} free ports")
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     """Polls `predicate` (exceptions count as false) until it returns something true, and
     returns that; fails naming `what` (and the last value or exception) after `timeout`."""

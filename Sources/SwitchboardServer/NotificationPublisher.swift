@@ -1,0 +1,145 @@
+import Foundation
+import HTTPTypes
+import NIOCore
+import SwitchboardAPIModel
+import SwitchboardAuth
+import SwitchboardCore
+
+/// What every way of serving the publish API shares: the API key check, request validation,
+/// the published message and the answer. ``PublishAPI`` (Hummingbird routes) and
+/// ``HTTPPublishHandler`` (the event-loop fast path) both call it, so they answer alike.
+struct NotificationPublisher: Sendable {
+    let services: GatewayServices
+    let apiKeys: APIKeyStore
+    let maxBodyBytes: Int
+    /// Most notifications in one `POST /api/notifications`.
+    let maxBatchItems: Int
+
+    /// An HTTP error answered as `{"error": "...", "field": "..."}`.
+    struct Failure: Error, Sendable {
+        var status: HTTPResponse.Status
+        var message: String
+        var field: String?
+
+        init(status: HTTPResponse.Status, message: String, field: String?) {
+            self.status = status
+            self.message = message
+            self.field = field
+        }
+
+        init(_ error: APIRequestError) {
+            self.init(status: .init(code: error.status), message: error.message, field: error.field)
+        }
+
+        var body: APIErrorBody { APIErrorBody(error: message, field: field) }
+    }
+
+    /// A validated notification, ready to publish.
+    struct Prepared: Sendable {
+        var message: PublishedMessage
+        /// The topic as the request named it (before user routing).
+        var topic: String
+        var user: String?
+
+        var answer: NotificationAnswer { NotificationAnswer(id: message.messageID, topic: topic, user: user) }
+    }
+
+    /// The API key of the request; a 401 failure when keys are configured and none matches.
+    func authenticate(authorization: String?) throws(Failure) -> APIKeyStore.Key? {
+        guard !apiKeys.isEmpty else { return nil }
+        guard let header = authorization, header.hasPrefix("Bearer "),
+            let key = apiKeys.key(for: String(header.dropFirst("Bearer ".count)))
+        else {
+            throw Failure(status: .unauthorized, message: "missing or invalid API key: send 'Authorization: Bearer <key>'", field: "Authorization")
+        }
+        return key
+    }
+
+    var bodyTooLarge: Failure {
+        Failure(status: .contentTooLarge, message: "request body larger than \(maxBodyBytes) bytes", field: nil)
+    }
+
+    /// Validates a single-notification body for a topic, or for user `toUser`.
+    func prepare(body: ByteBuffer, key: APIKeyStore.Key?, toUser: String?) throws(Failure) -> Prepared {
+        let parsed: NotificationRequest
+        do {
+            parsed = try NotificationRequest.parse(body, isAllowedTopic: topicCheck(toUser: toUser))
+        } catch {
+            throw Failure(error)
+        }
+        return try prepared(parsed, key: key, toUser: toUser)
+    }
+
+    /// Validates a batch body: a failure for the whole request, or one result per item.
+    func prepareBatch(body: ByteBuffer, key: APIKeyStore.Key?) throws(Failure) -> [Result<Prepared, Failure>] {
+        let items: [Result<NotificationRequest, APIRequestError>]
+        do {
+            items = try NotificationRequest.parseBatch(body, maxItems: maxBatchItems) { topic, user in topicCheck(toUser: user)(topic) }
+        } catch {
+            throw Failure(error)
+        }
+        return items.map { item in
+            Result { () throws(Failure) -> Prepared in
+                switch item {
+                case .success(let parsed): try prepared(parsed, key: key, toUser: parsed.user)
+                case .failure(let error): throw Failure(error)
+                }
+            }
+        }
+    }
+
+    private func topicCheck(toUser: String?) -> (String) -> String? {
+        let config = services.configuration
+        return { topic in
+            if toUser != nil {
+                return config.userPrefix != nil && config.userDestinationPrefixes.contains(where: topic.hasPrefix)
+                    ? nil : "must start with \(config.userDestinationPrefixes.joined(separator: " or ")) for a user destination"
+            }
+            return config.isBrokerDestination(topic) ? nil : "must start with \(config.brokerPrefixes.joined(separator: " or "))"
+        }
+    }
+
+    private func prepared(_ parsed: NotificationRequest, key: APIKeyStore.Key?, toUser: String?) throws(Failure) -> Prepared {
+        if let key, !APIKeyStore.allows(key, parsed.topic) {
+            throw Failure(status: .forbidden, message: "API key '\(key.name)' may not publish to \(parsed.topic)", field: "topic")
+        }
+        let destination = toUser.map { UserDestinations.routing(user: $0, destination: parsed.topic) } ?? parsed.topic
+        let message = PublishedMessage(destination: destination, messageID: services.messageIDs.next(), headers: parsed.headers, body: parsed.body)
+        return Prepared(message: message, topic: parsed.topic, user: toUser)
+    }
+
+    /// Publishes `prepared`; the future fails with a 503 failure saying why.
+    func publish(_ prepared: Prepared, on loop: any EventLoop) -> EventLoopFuture<Void> {
+        services.engine.publish(prepared.message, on: loop).flatMapErrorThrowing { error in
+            throw Failure(status: .serviceUnavailable, message: "publish failed: \(error)", field: nil)
+        }
+    }
+
+    /// Publishes every valid item of a batch, in order.
+    func publishBatch(_ items: [Result<Prepared, Failure>], on loop: any EventLoop) -> EventLoopFuture<BatchAnswer> {
+        let futures: [EventLoopFuture<Result<Prepared, Failure>>] = items.map { item in
+            switch item {
+            case .success(let prepared):
+                publish(prepared, on: loop).map { .success(prepared) }.recover { error in
+                    .failure(error as? Failure ?? Failure(status: .serviceUnavailable, message: "publish failed: \(error)", field: nil))
+                }
+            case .failure(let failure):
+                loop.makeSucceededFuture(.failure(failure))
+            }
+        }
+        return EventLoopFuture.whenAllSucceed(futures, on: loop).map { results in
+            BatchAnswer(
+                results: results.map { result in
+                    switch result {
+                    case .success(let prepared): .published(prepared.answer)
+                    case .failure(let failure): .failed(APIErrorBody(error: failure.message, field: failure.field, status: failure.status.code))
+                    }
+                })
+        }
+    }
+
+    /// A batch's status: 200 when every item was published, 207 (Multi-Status) otherwise.
+    static func status(of answer: BatchAnswer) -> HTTPResponse.Status {
+        answer.failed == 0 ? .ok : .init(code: 207, reasonPhrase: "Multi-Status")
+    }
+}

@@ -1,0 +1,259 @@
+import Foundation
+import HTTPTypes
+import Logging
+import NIOCore
+import NIOEmbedded
+import NIOHTTPTypes
+import SwitchboardAPIModel
+import SwitchboardAuth
+import SwitchboardCore
+import Testing
+
+@testable import SwitchboardServer
+
+/// An engine whose publishes complete when the test says so.
+final class HeldEngine: BrokerEngine, @unchecked Sendable {
+    var pending: [(PublishedMessage, EventLoopPromise<Void>)] = []
+    var name: String { "held" }
+    var publishesSynchronously: Bool { false }
+
+    func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        let promise = eventLoop.makePromise(of: Void.self)
+        pending.append((message, promise))
+        return promise.futureResult
+    }
+}
+
+/// What reaches the router's side: the forwarded parts; it answers when told.
+final class ForwardedRecorder: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPRequestPart
+    typealias OutboundOut = HTTPResponsePart
+    var parts: [HTTPRequestPart] = []
+    var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) { parts.append(unwrapInboundIn(data)) }
+
+    var paths: [String] { parts.compactMap { if case .head(let h) = $0 { h.path } else { nil } } }
+
+    func respond(_ status: HTTPResponse.Status) {
+        guard let context else { return }
+        context.write(wrapOutboundOut(.head(HTTPResponse(status: status))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+}
+
+/// ``HTTPPublishHandler`` on an embedded channel, at the HTTP-types level.
+final class PublishHandlerHarness {
+    let channel = EmbeddedChannel()
+    let hub = FanoutHub()
+    let recorder = ForwardedRecorder()
+    var tasksOpened = 0
+
+    init(engine: (any BrokerEngine)? = nil, keys: [APIKeyStore.Key] = [], maxBodyBytes: Int = 1024) throws {
+        let services = GatewayServices(
+            configuration: SessionConfiguration(), hub: hub, engine: engine ?? InMemoryEngine(hub: hub),
+            routes: RouteTable(), instanceID: "t", logger: Logger(label: "test"))
+        let publisher = NotificationPublisher(services: services, apiKeys: APIKeyStore(keys: keys), maxBodyBytes: maxBodyBytes, maxBatchItems: 3)
+        let handler = HTTPPublishHandler(publisher: publisher, dates: HTTPDateCache(), metrics: HTTPRouteMetrics()) { [unowned self] _ in
+            self.tasksOpened += 1
+        }
+        try channel.pipeline.syncOperations.addHandler(handler)
+        try channel.pipeline.syncOperations.addHandler(recorder)
+        try channel.connect(to: SocketAddress(ipAddress: "10.0.0.1", port: 4000)).wait()
+    }
+
+    func request(_ method: HTTPRequest.Method, _ path: String, body: String? = nil, headers: HTTPFields = [:]) throws {
+        try channel.writeInbound(HTTPRequestPart.head(HTTPRequest(method: method, scheme: nil, authority: "x", path: path, headerFields: headers)))
+        if let body { try channel.writeInbound(HTTPRequestPart.body(ByteBuffer(string: body))) }
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+    }
+
+    func publish(_ topic: String, _ message: String, path: String = "/api/notification", headers: HTTPFields = [:]) throws {
+        try request(.post, path, body: #"{"topic":"\#(topic)","message":"\#(message)"}"#, headers: headers)
+    }
+
+    /// The responses written so far: status, head and body.
+    func responses() throws -> [(status: Int, head: HTTPResponse, body: String)] {
+        var out: [(Int, HTTPResponse, String)] = []
+        var head: HTTPResponse?
+        var body = ""
+        while let part = try channel.readOutbound(as: HTTPResponsePart.self) {
+            switch part {
+            case .head(let h): head = h
+            case .body(let b): body += String(buffer: b)
+            case .end:
+                out.append((head!.status.code, head!, body))
+                body = ""
+            }
+        }
+        return out
+    }
+}
+
+@Suite struct HTTPPublishHandlerTests {
+    @Test func publishIsAnsweredOnTheLoopWithoutATask() throws {
+        let h = try PublishHandlerHarness()
+        try h.publish("/topic/a", "hi")
+        let answers = try h.responses()
+        #expect(answers.count == 1)
+        #expect(answers[0].status == 200)
+        #expect(answers[0].head.headerFields[.contentType] == "application/json")
+        #expect(answers[0].head.headerFields[.contentLength] == String(answers[0].body.utf8.count))
+        let answer = try JSONDecoder().decode(NotificationAnswer.self, from: Data(answers[0].body.utf8))
+        #expect(answer.topic == "/topic/a" && answer.user == nil)
+        #expect(h.tasksOpened == 0 && h.recorder.parts.isEmpty)
+    }
+
+    @Test func userPathAndQueryStringAreServed() throws {
+        let h = try PublishHandlerHarness()
+        try h.publish("/queue/x", "hi", path: "/api/users/al%20ice/notification?trace=1")
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [200])
+        #expect(try JSONDecoder().decode(NotificationAnswer.self, from: Data(answers[0].body.utf8)).user == "al ice")
+    }
+
+    @Test func otherRequestsOpenTheRouterTaskOnce() throws {
+        let h = try PublishHandlerHarness()
+        try h.request(.get, "/health")
+        try h.request(.post, "/api/notification", body: "{}", headers: [.origin: "http://app"])  // CORS: the router's middleware
+        #expect(h.tasksOpened == 1)
+        #expect(h.recorder.paths == ["/health", "/api/notification"])
+        #expect(try h.responses().isEmpty)
+    }
+
+    @Test func pipelinedRequestsAreAnsweredInOrderAcrossBothPaths() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine)
+        try h.publish("/topic/a", "1")
+        try h.request(.get, "/health")  // must wait for the publish's answer
+        try h.publish("/topic/a", "2")  // behind a forwarded request: forwarded too
+        #expect(h.recorder.parts.isEmpty)
+        #expect(try h.responses().isEmpty)
+        engine.pending[0].1.succeed(())
+        h.channel.embeddedEventLoop.run()
+        var answers = try h.responses()
+        #expect(answers.map(\.status) == [200])
+        #expect(h.recorder.paths == ["/health", "/api/notification"])
+        h.recorder.respond(.ok)
+        h.recorder.respond(.accepted)
+        answers = try h.responses()
+        #expect(answers.map(\.status) == [200, 202])
+        #expect(engine.pending.count == 1)  // the second publish went to the router, not here
+    }
+
+    @Test func answersWaitForEarlierPublishes() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine)
+        try h.publish("/topic/a", "1")
+        try h.publish("/topic/a", "2")
+        engine.pending[1].1.succeed(())
+        h.channel.embeddedEventLoop.run()
+        #expect(try h.responses().isEmpty)
+        engine.pending[0].1.fail(RouteError("redis unavailable"))
+        h.channel.embeddedEventLoop.run()
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [503, 200])
+        #expect(answers[0].body.contains("publish failed"))
+    }
+
+    @Test func validationErrorsNameTheField() throws {
+        let h = try PublishHandlerHarness()
+        try h.request(.post, "/api/notification", body: #"{"topic":"/topic/a"}"#)
+        try h.request(.post, "/api/notification", body: "not json")
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [400, 400])
+        let first = try JSONDecoder().decode(APIErrorBody.self, from: Data(answers[0].body.utf8))
+        #expect(first == APIErrorBody(error: "missing field 'message'", field: "message"))
+        #expect(answers[1].body == #"{"error":"request body must be a JSON object","field":null}"#)
+    }
+
+    @Test func oversizedBodyIs413AndTheConnectionGoesOn() throws {
+        let h = try PublishHandlerHarness(maxBodyBytes: 64)
+        try h.publish("/topic/a", String(repeating: "x", count: 100))
+        try h.publish("/topic/a", "small")
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [413, 200])
+        #expect(h.channel.isActive)
+    }
+
+    @Test func connectionCloseIsHonoured() throws {
+        let h = try PublishHandlerHarness()
+        try h.publish("/topic/a", "1", headers: [.connection: "close"])
+        h.channel.embeddedEventLoop.run()
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [200])
+        #expect(answers[0].head.headerFields[.connection] == "close")
+        #expect(!h.channel.isActive)
+    }
+
+    @Test func missingAPIKeyIs401() throws {
+        let key = APIKeyStore.Key(name: "backend", sha256: APIKeyStore.hash("s3cret"), scopes: ["/topic/"])
+        let h = try PublishHandlerHarness(keys: [key])
+        try h.publish("/topic/a", "1")
+        try h.publish("/topic/a", "2", headers: [.authorization: "Bearer s3cret"])
+        try h.publish("/queue/a", "3", path: "/api/users/bob/notification", headers: [.authorization: "Bearer s3cret"])
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [401, 200, 403])
+        #expect(try JSONDecoder().decode(APIErrorBody.self, from: Data(answers[0].body.utf8)).field == "Authorization")
+    }
+
+    @Test func batchAnswersEveryItemInOrder() throws {
+        let h = try PublishHandlerHarness()
+        try h.request(
+            .post, "/api/notifications",
+            body: #"[{"topic":"/topic/a","message":"1"},{"topic":"/nope","message":"2"},{"topic":"/queue/q","user":"bob","message":"3"}]"#)
+        try h.request(.post, "/api/notifications", body: #"[{"topic":"/topic/a","message":"1"}]"#)
+        try h.request(.post, "/api/notifications", body: "[1,2,3,4]")
+        try h.request(.post, "/api/notifications", body: "{}")
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [207, 200, 413, 400])
+        let batch = try JSONDecoder().decode(BatchAnswer.self, from: Data(answers[0].body.utf8))
+        #expect(batch.published == 2 && batch.failed == 1)
+        guard batch.results.count == 3, case .published(let first) = batch.results[0], case .failed(let second) = batch.results[1],
+            case .published(let third) = batch.results[2]
+        else {
+            Issue.record("unexpected results \(batch.results)")
+            return
+        }
+        #expect(first.topic == "/topic/a")
+        #expect(second == APIErrorBody(error: "field 'topic' must start with /topic/", field: "topic", status: 400))
+        #expect(third.user == "bob")
+    }
+}
+
+@Suite struct NotificationRequestTests {
+    static func topicsOnly(_ topic: String) -> String? { topic.hasPrefix("/topic/") ? nil : "must start with /topic/" }
+
+    func parse(_ json: String) -> Result<NotificationRequest, APIRequestError> {
+        Result { () throws(APIRequestError) in try NotificationRequest.parse(ByteBuffer(string: json), isAllowedTopic: Self.topicsOnly) }
+    }
+
+    @Test(
+        arguments: [
+            (#"{"message":"x"}"#, "topic", "missing field 'topic'"),
+            (#"{"topic":5,"message":"x"}"#, "topic", "field 'topic' must be a non-empty string"),
+            (#"{"topic":"","message":"x"}"#, "topic", "field 'topic' must be a non-empty string"),
+            (#"{"topic":"/queue/x","message":"x"}"#, "topic", "field 'topic' must start with /topic/"),
+            (#"{"topic":"/topic/*","message":"x"}"#, "topic", "field 'topic' must not contain wildcards"),
+            (#"{"topic":"/topic/x"}"#, "message", "missing field 'message'"),
+            (#"{"topic":"/topic/x","message":null}"#, "message", "field 'message' must be a string"),
+            (#"{"topic":"/topic/x","message":"x","headers":{"k":1}}"#, "headers", "field 'headers' must be an object of string values"),
+            (#"{"topic":"/topic/x","message":"x","contentType":""}"#, "contentType", "field 'contentType' must be a non-empty string"),
+            (#"[1]"#, nil, "request body must be a JSON object"),
+            ("", nil, "request body must be a JSON object"),
+        ] as [(String, String?, String)])
+    func errorsNameTheFirstFieldAtFault(json: String, field: String?, message: String) {
+        guard case .failure(let error) = parse(json) else {
+            Issue.record("accepted \(json)")
+            return
+        }
+        #expect(error == APIRequestError(status: 400, message: message, field: field))
+    }
+
+    @Test func headersAreSortedWithoutReservedOnesAndContentTypeLast() throws {
+        let request = try parse(#"{"topic":"/topic/x","message":"hé","headers":{"b":"2","a":"1","destination":"/evil"},"contentType":"application/json"}"#).get()
+        #expect(request.headers.map { "\($0.name)=\($0.value)" } == ["a=1", "b=2", "content-type=application/json"])
+        #expect(String(buffer: request.body) == "hé")
+    }
+}

@@ -1,0 +1,92 @@
+"""HTTP/1.1 keep-alive and pipelining on the API: publish requests are answered on the event
+loop, other routes by the router; pipelined answers come back in request order either way."""
+import json
+import socket
+
+import requests
+
+from support.process import wait_until
+
+
+def request(method, path, body=None, headers=()):
+    data = json.dumps(body).encode() if body is not None else b""
+    lines = [f"{method} {path} HTTP/1.1", "Host: x", f"Content-Length: {len(data)}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+def read_responses(sock, count, timeout=10):
+    """`count` responses (status, headers, JSON body) read off `sock`, in order."""
+    sock.settimeout(timeout)
+    buf, out = b"", []
+    while len(out) < count:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {len(out)} responses"
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        status_line, *header_lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (l.split(":", 1) for l in header_lines)}
+        length = int(headers["content-length"])
+        while len(buf) < length:
+            buf += sock.recv(65536)
+        body, buf = buf[:length], buf[length:]
+        out.append((int(status_line.split()[1]), headers, json.loads(body) if body else None))
+    return out
+
+
+def test_pipelined_publish_and_router_requests_answer_in_order(gateway, client):
+    c = client(gateway)
+    c.connect()
+    c.subscribe("/topic/pipe", id="p", receipt="r")
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(request("POST", "/api/notification", {"topic": "/topic/pipe", "message": "1"})
+                  + request("GET", "/health")
+                  + request("POST", "/api/notification", {"topic": "/topic/pipe", "message": "2"})
+                  + request("POST", "/api/notification", {"topic": "/topic/pipe"})
+                  + request("GET", "/health/live")
+                  + request("POST", "/api/notifications", [{"topic": "/topic/pipe", "message": "3"}]))
+        answers = read_responses(s, 6)
+    assert [a[0] for a in answers] == [200, 200, 200, 400, 200, 200]
+    assert answers[0][2]["topic"] == "/topic/pipe" and "id" in answers[0][2]
+    assert answers[1][2]["status"] == "ok" and answers[1][2]["engine"] == "memory"
+    assert "id" in answers[2][2]
+    assert answers[3][2] == {"error": "missing field 'message'", "field": "message"}
+    assert answers[4][2] == {"status": "live"}
+    assert answers[5][2]["published"] == 1
+    assert [m.text for m in c.receive_many(3)] == ["1", "2", "3"]
+
+
+def test_many_pipelined_publishes_on_one_connection(gateway, client):
+    c = client(gateway)
+    c.connect()
+    c.subscribe("/topic/pipe.many", id="p", receipt="r")
+    n = 600  # more than the handler's 256 pending answers: reads pause and resume
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(b"".join(request("POST", "/api/notification", {"topic": "/topic/pipe.many", "message": str(i)})
+                           for i in range(n)))
+        answers = read_responses(s, n)
+    assert all(a[0] == 200 for a in answers)
+    assert len({a[2]["id"] for a in answers}) == n
+    assert [m.text for m in c.receive_many(n)] == [str(i) for i in range(n)]
+
+
+def test_connection_close_is_answered_then_closed(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(request("POST", "/api/notification", {"topic": "/topic/x", "message": "m"}, ["Connection: close"]))
+        (status, headers, body), = read_responses(s, 1)
+        assert status == 200 and headers.get("connection") == "close"
+        s.settimeout(5)
+        assert s.recv(1) == b""
+
+
+def test_api_requests_are_counted_in_metrics(gateway):
+    def count():
+        for line in requests.get(gateway.base + "/metrics", timeout=5).text.splitlines():
+            if line.startswith("hb_requests{") and 'http_route="/api/notifications"' in line and 'status_code="207"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+    before = count()
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(request("POST", "/api/notifications", [{"topic": "/topic/x", "message": "m"}, {"topic": "/nope"}]))
+        assert read_responses(s, 1)[0][0] == 207
+    wait_until(lambda: count() == before + 1, 5, what="the batch request counted")
