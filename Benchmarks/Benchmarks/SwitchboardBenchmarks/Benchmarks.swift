@@ -18,7 +18,14 @@ final class CountingSink: SubscriptionSink {
 }
 
 let benchmarks: @Sendable () -> Void = {
-    Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .mallocCountTotal, .instructions], maxDuration: .seconds(2))
+    // Regression guard (`benchmark thresholds check`, see docs/micro-benchmarks.md): the p90 malloc
+    // count per sample (1,000 operations for `.kilo` benchmarks) may exceed Thresholds/ by at most
+    // 10 (improvements past that fail too, so the files stay current). Wall clock is not gated.
+    // Names have no spaces or '/': `thresholds update` writes them as '_' in the file name but
+    // `thresholds check` looks for the raw name (ordo-one/benchmark#301).
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .mallocCountTotal, .instructions], maxDuration: .seconds(2),
+        thresholds: [.mallocCountTotal: .init(absolute: [.p90: 10])])
 
     // One SEND frame with headers and a 64-byte body, decoded from a buffer.
     var sendBytes = ByteBuffer()
@@ -27,7 +34,7 @@ let benchmarks: @Sendable () -> Void = {
             .send, headers: ["destination": "/topic/prices.eu", "content-type": "text/plain", "x-trace": "abc:123"],
             body: String(repeating: "x", count: 64)),
         escapeHeaders: true, into: &sendBytes)
-    Benchmark("STOMP decode SEND (64 B body)", configuration: .init(scalingFactor: .kilo)) { benchmark in
+    Benchmark("STOMPDecodeSEND64B", configuration: .init(scalingFactor: .kilo)) { benchmark in
         var decoder = STOMPFrameDecoder()
         for _ in benchmark.scaledIterations {
             var input = sendBytes
@@ -41,7 +48,7 @@ let benchmarks: @Sendable () -> Void = {
         ("SEND\ndestination:/topic/prices.eu\ncontent-type:application/json\n\n"
             + String(repeating: #"{"sym":"EURUSD","px":1.0842,"q":100}"#, count: 28) + "\u{0}").utf8)
     let mixedText = Array(String(repeating: "Grüße, 世界! €5 😀 ", count: 40).utf8)
-    for (name, bytes) in [("UTF-8 check of a text message (1 KiB JSON SEND)", jsonSend), ("UTF-8 check of a text message (1 KiB mixed)", mixedText)] {
+    for (name, bytes) in [("UTF8CheckJSONSEND1KiB", jsonSend), ("UTF8CheckMixed1KiB", mixedText)] {
         Benchmark(name, configuration: .init(scalingFactor: .kilo)) { benchmark in
             for _ in benchmark.scaledIterations {
                 var validator = UTF8Validator()
@@ -55,7 +62,7 @@ let benchmarks: @Sendable () -> Void = {
         destination: "/topic/prices.eu", messageID: "bench-1",
         headers: ["content-type": "text/plain"], body: ByteBuffer(string: String(repeating: "y", count: 64)))
     let allocator = ByteBufferAllocator()
-    Benchmark("MESSAGE encode in a WebSocket frame", configuration: .init(scalingFactor: .kilo)) { benchmark in
+    Benchmark("MessageEncodeWebSocketFrame", configuration: .init(scalingFactor: .kilo)) { benchmark in
         for _ in benchmark.scaledIterations {
             blackHole(message.encodeWebSocketFrame(subscription: "sub-42", ack: nil, escape: true, allocator: allocator))
         }
@@ -64,7 +71,7 @@ let benchmarks: @Sendable () -> Void = {
     // A RESP3 push message as the Redis engine receives it (pub/sub delivery).
     var push = ByteBuffer(string: ">3\r\n$7\r\nmessage\r\n$30\r\nswitchboard:dest:/topic/prices\r\n$64\r\n" + String(repeating: "z", count: 64) + "\r\n")
     _ = push.readableBytes
-    Benchmark("RESP3 parse push message", configuration: .init(scalingFactor: .kilo)) { benchmark in
+    Benchmark("RESP3ParsePush", configuration: .init(scalingFactor: .kilo)) { benchmark in
         var parser = RESPParser(limits: .init())
         for _ in benchmark.scaledIterations {
             var input = push
@@ -74,7 +81,7 @@ let benchmarks: @Sendable () -> Void = {
 
     // Local fan-out: one message to 1,000 subscribers on one event loop (writes + flush pass),
     // with distinct subscription ids (a frame per subscriber) and with the same id (one shared frame).
-    for (name, sameID) in [("fan-out to 1,000 local subscribers (distinct ids)", false), ("fan-out to 1,000 local subscribers (same id)", true)] {
+    for (name, sameID) in [("FanOut1000DistinctIDs", false), ("FanOut1000SameID", true)] {
         Benchmark(name, configuration: .init(scalingFactor: .one)) { benchmark in
             let loop = EmbeddedEventLoop()
             let hub = FanoutHub(eventLoops: [loop])
