@@ -77,7 +77,8 @@ public struct SwitchboardGateway: Sendable {
             nagleWhenBusy: configuration.http.tcpNoDelay)
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
         let messageIDs = MessageIDGenerator(instanceID: instanceID)
-        var engine: any BrokerEngine = InMemoryEngine(hub: hub)
+        let history = configuration.history.store.map { DestinationHistory(settings: $0) }
+        var engine: any BrokerEngine = InMemoryEngine(hub: hub, history: history)
         var redisClient: RedisClient?
         var redisEngine: RedisEngine?
         if let settings = configuration.redis {

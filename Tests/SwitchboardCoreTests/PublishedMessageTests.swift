@@ -21,7 +21,8 @@ struct PublishedMessageTests {
     func headersCleaned() {
         let m = Self.message()
         #expect(m.headers.map { "\($0.name)=\($0.value)" } == ["content-type=text/plain", "x=a\nb:c"])
-        #expect(PublishedMessage.reservedHeaders == ["destination", "message-id", "subscription", "ack", "content-length", "receipt", "transaction", "receipt-id"])
+        #expect(
+            PublishedMessage.reservedHeaders == ["destination", "message-id", "subscription", "ack", "content-length", "receipt", "transaction", "receipt-id", "x-position"])
     }
 
     @Test("escaped MESSAGE frame, byte-exact, without ack")

@@ -401,6 +401,33 @@ describe('client', () => {
     assert.equal(client.state, 'disconnected');
   });
 
+  test('after a reconnect a subscription resumes from the last x-position it saw', async () => {
+    const { client, clock, sockets, ws } = connectedClient();
+    const got = [];
+    client.subscribe('/topic/h', (m) => got.push(m.body), { id: 'h' });
+    client.subscribe('/topic/all.*', () => {}, { id: 'w' });  // a pattern: no position, no resume
+    ws.receive('MESSAGE\ndestination:/topic/h\nmessage-id:1\nsubscription:h\nx-position:ep\\c7\n\none\0');
+    assert.equal(client.subscriptions.get('h').position, 'ep:7');
+    const resumes = [];
+    client.on('resume', (e) => resumes.push(e));
+    ws.serverClose();
+    clock.advance(100);
+    sockets[1].open();
+    sockets[1].receive('CONNECTED\nversion:1.2\n\n\0');
+    const subs = sockets[1].sentFrames().filter((f) => f.command === 'SUBSCRIBE');
+    const h = subs.find((f) => f.headers.id === 'h');
+    assert.equal(h.headers['x-resume-from'], 'ep:7');
+    assert.ok(h.headers.receipt);
+    assert.equal(subs.find((f) => f.headers.id === 'w').headers['x-resume-from'], undefined);
+    sockets[1].receive(`RECEIPT\nreceipt-id:${h.headers.receipt}\nx-position:ep\\c9\nx-recovered:true\n\n\0`);
+    sockets[1].receive('MESSAGE\ndestination:/topic/h\nmessage-id:2\nsubscription:h\nx-position:ep\\c8\n\ntwo\0');
+    await Promise.resolve();
+    await Promise.resolve();
+    assert.deepEqual(resumes.map((e) => [e.subscription.id, e.recovered, e.from, e.position]), [['h', true, 'ep:7', 'ep:9']]);
+    assert.deepEqual(got, ['one', 'two']);
+    assert.equal(client.subscriptions.get('h').position, 'ep:8');
+  });
+
   test('subscribing while disconnected sends SUBSCRIBE on CONNECTED', () => {
     const { FakeWebSocket, sockets } = fakeWebSocketFactory();
     const client = new StompClient('ws://x/stomp', { WebSocket: FakeWebSocket, timers: new FakeClock(), heartbeat: [0, 0] });

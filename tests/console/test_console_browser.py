@@ -380,3 +380,33 @@ def test_console_heartbeats_and_log_cap(browser, fast_heartbeat_gateway):
     assert d.find_element("id", "log-count").text == "1000"
     d.find_element("id", "connect-btn").click()
     wait_until(lambda: status(d)[0] == "disconnected", what="disconnected")
+
+
+def test_console_resumes_its_subscriptions_after_a_reconnect(browser, gateway):
+    """Disconnect, a message is published meanwhile, Connect: the console's client resumes
+    from the last x-position it saw and shows the missed message; the log says nothing was
+    lost."""
+    import requests
+
+    d = browser
+    d.get(gateway + "/console")
+    wait_until(lambda: d.find_element("id", "connect-btn").text == "Connect", what="console loaded")
+    d.find_element("id", "connect-btn").click()
+    wait_until(lambda: status(d)[0] == "connected", what="connected")
+    fill(d, "sub-dest", "/topic/resume")
+    d.find_element("id", "sub-btn").click()
+    count = '#sub-list li[data-destination="/topic/resume"] .count'
+    wait_until(lambda: d.find_elements("css selector", count), what="subscription listed")
+    requests.post(gateway + "/api/notification", json={"topic": "/topic/resume", "message": "before"}, timeout=5)
+    wait_until(lambda: d.find_element("css selector", count).text == "1", what="first message")
+    d.find_element("id", "connect-btn").click()  # Disconnect
+    wait_until(lambda: status(d)[0] == "disconnected", what="disconnected")
+    r = requests.post(gateway + "/api/notification", json={"topic": "/topic/resume", "message": "while away"}, timeout=5)
+    assert r.status_code == 200
+    d.find_element("id", "connect-btn").click()  # Connect again
+    wait_until(lambda: [e for e in log_entries(d, "MESSAGE") if "while away" in e[2]], what="the missed message")
+    wait_until(lambda: d.find_element("css selector", count).text == "2", what="both messages counted")
+    subscribe = [e for e in log_entries(d, "SUBSCRIBE") if "/topic/resume" in e[2]]
+    assert any("x-resume-from" in e[2] for e in subscribe), subscribe
+    wait_until(lambda: "/topic/resume: resumed after" in d.find_element("id", "log").text
+               and "nothing missed" in d.find_element("id", "log").text, what="resume reported")

@@ -15,6 +15,7 @@ class Collector(stomp.ConnectionListener):
         self.messages: list[tuple[dict, str]] = []
         self.errors: list[tuple[dict, str]] = []
         self.receipts: list[str] = []
+        self.receipt_headers: dict[str, dict] = {}
         self.heartbeats = 0
         self.heartbeat_timeouts = 0
         self.disconnected = False
@@ -31,7 +32,10 @@ class Collector(stomp.ConnectionListener):
         self._add(lambda: self.errors.append((dict(frame.headers), frame.body)))
 
     def on_receipt(self, frame):
-        self._add(lambda: self.receipts.append(frame.headers.get("receipt-id")))
+        def add():
+            self.receipts.append(frame.headers.get("receipt-id"))
+            self.receipt_headers[frame.headers.get("receipt-id")] = dict(frame.headers)
+        self._add(add)
 
     def on_heartbeat(self):
         self._add(lambda: setattr(self, "heartbeats", self.heartbeats + 1))
@@ -51,8 +55,10 @@ class Collector(stomp.ConnectionListener):
             f"stomp.py got {len(self.messages)} of {n} messages (errors: {self.errors})"
         return list(self.messages)
 
-    def wait_receipt(self, receipt: str, timeout: float = 5.0):
+    def wait_receipt(self, receipt: str, timeout: float = 5.0) -> dict:
+        """Waits for RECEIPT `receipt` and returns its headers."""
         assert self.wait_for(lambda: receipt in self.receipts, timeout), f"no receipt {receipt} (errors: {self.errors})"
+        return self.receipt_headers[receipt]
 
     def wait_error(self, timeout: float = 5.0) -> tuple[dict, str]:
         assert self.wait_for(lambda: self.errors, timeout), "stomp.py got no ERROR"

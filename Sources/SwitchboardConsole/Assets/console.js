@@ -93,9 +93,14 @@ function connect() {
   });
   // Keep the console's subscriptions across Connect/Disconnect.
   if (state.client) {
-    for (const sub of state.client.subscriptions.values()) client.subscribe(sub.destination, sub.callback, { ...sub.headers, id: sub.id });
+    for (const sub of state.client.subscriptions.values()) {
+      client.subscribe(sub.destination, sub.callback, { ...sub.headers, id: sub.id }).position = sub.position;
+    }
   }
   state.client = client;
+  client.on('resume', ({ subscription, recovered, from }) => info(recovered
+    ? `${subscription.destination}: resumed after ${from}, nothing missed`
+    : `${subscription.destination}: resumed after ${from}, but messages were lost (history trimmed or restarted)`, !recovered));
   client.on('frame-in', (f) => { logFrame('in', f); });
   client.on('frame-out', (f) => { logFrame('out', f); });
   client.on('heartbeat-in', () => { if ($('log-heartbeats').checked) addLog({ dir: 'in', command: 'HB', summary: 'EOL' }); });

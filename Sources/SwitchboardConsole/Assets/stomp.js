@@ -44,6 +44,8 @@ const defaultTimers = {
  *   timers          { now, setTimeout, clearTimeout, setInterval, clearInterval } (tests)
  *
  * Events (on/off): 'frame-in' (frame), 'frame-out' (frame), 'heartbeat-in', 'heartbeat-out',
+ *   'resume' ({subscription, recovered, from, position}: a re-subscription after a reconnect
+ *   resumed from the last position seen; recovered false: messages were lost in between),
  *   'connected' (CONNECTED frame), 'message' (frame), 'receipt' (frame), 'error' (ERROR frame
  *   or Error), 'state' ({state, previous}), 'close' ({code, reason, wasClean}),
  *   'reconnect' ({attempt, delay}), 'heartbeat-timeout' ({silentFor}).
@@ -183,6 +185,8 @@ export class StompClient {
       case 'CONNECTED': return this._onConnected(frame);
       case 'MESSAGE': {
         const sub = this.subscriptions.get(frame.headers.subscription);
+        // Where to resume from after a reconnect (Switchboard's per-destination history).
+        if (sub && frame.headers['x-position']) sub.position = frame.headers['x-position'];
         if (sub && sub.callback) {
           try { sub.callback(frame); } catch (e) { this._emit('error', e); }
         }
@@ -216,8 +220,18 @@ export class StompClient {
     this._lastConnected = frame;
     this._setState('connected');
     this._startHeartbeats();
-    // Re-subscribe (after a reconnect, or subscriptions made while disconnected).
-    for (const sub of this.subscriptions.values()) this._transmit(sub._frame());
+    // Re-subscribe (after a reconnect, or subscriptions made while disconnected). A
+    // subscription that has seen a position resumes after it: the server replays what was
+    // missed, then live messages, and the RECEIPT says whether nothing was lost ('resume').
+    for (const sub of this.subscriptions.values()) {
+      const f = sub._frame(true);
+      if (!f.headers['x-resume-from']) { this._transmit(f); continue; }
+      const rid = this.nextId(`resume-${sub.id}`);
+      this.sendFrame(f.command, f.headers, '', { receipt: rid }).then((receipt) => {
+        const recovered = receipt?.headers['x-recovered'] === 'true';
+        this._emit('resume', { subscription: sub, recovered, from: f.headers['x-resume-from'], position: receipt?.headers['x-position'] });
+      }).catch(() => { /* connection lost again: the next CONNECTED resumes */ });
+    }
     this._emit('connected', frame);
     this._settleConnect(null, frame);
   }
@@ -378,6 +392,10 @@ export class StompClient {
     if (this.connected) {
       const f = sub._frame();
       sub.receipt = this.sendFrame(f.command, f.headers, '', opts);
+      // The RECEIPT tells where the destination stands: resume from there if no message comes.
+      sub.receipt.then((receipt) => {
+        if (receipt && sub.position == null && receipt.headers['x-position']) sub.position = receipt.headers['x-position'];
+      }, () => {});
     } else {
       sub.receipt = Promise.resolve(null);
     }
@@ -424,8 +442,15 @@ export class Subscription {
     this.callback = callback;
     this.headers = headers;
     this.receipt = null;
+    /** The last `x-position` seen (a message's, or the subscribe RECEIPT's): where to resume. */
+    this.position = null;
   }
-  _frame() { return new Frame('SUBSCRIBE', { ...this.headers, id: this.id, destination: this.destination }); }
+  /** The SUBSCRIBE frame; with `resume`, from the last position seen (one destination only). */
+  _frame(resume = false) {
+    const headers = { ...this.headers, id: this.id, destination: this.destination };
+    if (resume && this.position && !this.destination.includes('*') && !headers['x-last']) headers['x-resume-from'] = this.position;
+    return new Frame('SUBSCRIBE', headers);
+  }
   unsubscribe(headers, opts) { return this.client.unsubscribe(this.id, headers, opts); }
 }
 

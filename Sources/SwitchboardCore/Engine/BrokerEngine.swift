@@ -11,6 +11,9 @@ public protocol BrokerEngine: Sendable {
     /// the message could not be published.
     func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
 
+    /// The destinations' history, when this engine keeps one (see ``DestinationHistory``).
+    var history: DestinationHistory? { get }
+
     /// A short name for logs and `/health` (`memory`, `redis`).
     var name: String { get }
 
@@ -25,20 +28,33 @@ public protocol BrokerEngine: Sendable {
 }
 
 extension BrokerEngine {
+    public var history: DestinationHistory? { nil }
+
     public func subscriptionReady(_ pattern: DestinationPattern, on eventLoop: any EventLoop) -> EventLoopFuture<Void>? { nil }
 }
 
 /// The embedded broker: delivers to local subscribers directly. It is the default when no
 /// Redis is configured.
+///
+/// With a ``DestinationHistory``, each message of a destination that keeps history is numbered,
+/// kept and delivered in one step, so every subscriber sees one order per destination.
 public final class InMemoryEngine: BrokerEngine {
     public let hub: FanoutHub
+    public let history: DestinationHistory?
     public var name: String { "memory" }
     public var publishesSynchronously: Bool { true }
 
-    public init(hub: FanoutHub) { self.hub = hub }
+    public init(hub: FanoutHub, history: DestinationHistory? = nil) {
+        self.hub = hub
+        self.history = history
+    }
 
     public func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        hub.deliver(message)
+        if let history, history.covers(message.destination) {
+            history.record(message) { hub.deliver($0) }
+        } else {
+            hub.deliver(message)
+        }
         return eventLoop.makeSucceededVoidFuture()
     }
 }

@@ -28,6 +28,10 @@ public final class LocalSubscription {
     var slot: Int = -1
     /// Per-flush dedup marker for the sink (see ``LoopShard``).
     var active = true
+    /// Registered under a destination history's lock at this position: live copies up to it
+    /// are skipped (the replay has them, or they predate the subscription). Cleared by the
+    /// first later message.
+    public var replayedThrough: StreamPosition?
 
     public init(id: String, pattern: DestinationPattern, ackMode: AckMode, sink: any SubscriptionSink) {
         self.id = id

@@ -13,6 +13,8 @@ public final class PublishedMessage: Sendable {
     /// User headers (content-type included), without the reserved ones.
     public let headers: STOMPHeaders
     public let body: ByteBuffer
+    /// The message's place in its destination's history (sent as `x-position`), when kept.
+    public let position: StreamPosition?
     /// Whether the body is valid UTF-8 (sent as a WebSocket text frame) or not (binary).
     public let bodyIsUTF8: Bool
     /// `MESSAGE\n` + destination, message-id, user headers and content-length, escaped (1.1+).
@@ -26,9 +28,10 @@ public final class PublishedMessage: Sendable {
     /// Headers a publisher may not set: the server owns them.
     public static let reservedHeaders: Set<String> = [
         "destination", "message-id", "subscription", "ack", "content-length", "receipt", "transaction", "receipt-id",
+        "x-position",
     ]
 
-    public init(destination: String, messageID: String, headers: STOMPHeaders, body: ByteBuffer) {
+    public init(destination: String, messageID: String, headers: STOMPHeaders, body: ByteBuffer, position: StreamPosition? = nil) {
         self.destination = destination
         self.messageID = messageID
         var clean = STOMPHeaders()
@@ -37,6 +40,8 @@ public final class PublishedMessage: Sendable {
         }
         self.headers = clean
         self.body = body
+        self.position = position
+        if let position { clean.add("x-position", position.description) }
         self.bodyIsUTF8 =
             body.readableBytesView.withContiguousStorageIfAvailable { String(validating: $0, as: UTF8.self) != nil }
             ?? (String(validating: Array(body.readableBytesView), as: UTF8.self) != nil)
@@ -46,6 +51,11 @@ public final class PublishedMessage: Sendable {
         self.plainPrefix = Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: false)
         let hasCR = shown.utf8.contains(13) || clean.contains { $0.name.utf8.contains(13) || $0.value.utf8.contains(13) }
         self.v11Prefix = hasCR ? Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: true, escapeCR: false) : escapedPrefix
+    }
+
+    /// This message numbered in its destination's history.
+    public func positioned(_ position: StreamPosition) -> PublishedMessage {
+        PublishedMessage(destination: destination, messageID: messageID, headers: headers, body: body, position: position)
     }
 
     private static func encodePrefix(_ destination: String, _ id: String, _ headers: STOMPHeaders, _ length: Int, escape: Bool, escapeCR: Bool = true) -> ByteBuffer {

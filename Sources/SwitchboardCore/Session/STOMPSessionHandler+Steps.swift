@@ -39,7 +39,10 @@ extension STOMPSessionHandler {
         case .stepAnswered(let step, let receipt):
             // What arrived while the step ran may have been caused by it: after its receipt.
             if let buffer = takeUndelivered() { hold(buffer, behind: step, context: context) }
-            if let receipt { write(STOMPFrame(.receipt, headers: ["receipt-id": receipt])) }
+            let outcome = subscribeOutcomes.isEmpty ? nil : subscribeOutcomes.removeValue(forKey: step)
+            if let receipt { write(receiptFrame(receipt, outcome: outcome)) }
+            // A resumed subscription's history, before the live messages held behind the step.
+            if let outcome { writeReplay(outcome, context: context) }
             releaseHeld(through: step, context: context)
         case .connected(let connected):
             becomeConnected(connected)
@@ -100,7 +103,7 @@ extension STOMPSessionHandler {
         case .subscribe(let s):
             let sub = LocalSubscription(id: s.id, pattern: s.pattern, ackMode: s.ackMode, sink: self)
             subscriptions[s.id] = sub
-            shard.add(sub)
+            register(sub, start: s.start, step: step)
             services.stats.subscriptions.add(1)
             if let ready = services.engine.subscriptionReady(s.pattern, on: shard.eventLoop) {
                 let destination = s.destination

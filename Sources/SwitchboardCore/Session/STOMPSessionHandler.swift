@@ -56,6 +56,8 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     var countedUser: String?
 
     var subscriptions: [String: LocalSubscription] = [:]
+    /// What `SUBSCRIBE` steps found in history, until their receipts are written.
+    var subscribeOutcomes: [STOMPSessionStateMachine.StepID: SubscribeOutcome] = [:]
 
     var escape = true
     /// `\r` is escaped for 1.2 peers only.
@@ -234,6 +236,11 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     public func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, batch: inout DeliveryBatch) {
         guard machine.phase == .connected, context != nil else { return }
+        // The seam of a resumed subscription: the replay already had these.
+        if let through = subscription.replayedThrough, let position = message.position {
+            if position.epoch == through.epoch && position.sequence <= through.sequence { return }
+            subscription.replayedThrough = nil
+        }
         // The shared allocator, not `context.channel.allocator`: reaching the channel costs
         // reference counting on every delivery.
         let buffer = batch.frames.frame(

@@ -165,6 +165,27 @@ extension STOMPSessionStateMachine {
         case let other?:
             failFrame("invalid ack mode '\(other)' for STOMP \(version.rawValue)", frame); return nil
         }
+        var start: HistoryStart?
+        switch (frame.headers["x-resume-from"], frame.headers["x-last"]) {
+        case (nil, nil):
+            break
+        case (_?, _?):
+            failFrame("SUBSCRIBE takes x-resume-from or x-last, not both", frame); return nil
+        case (let text?, nil):
+            guard let position = StreamPosition(parsing: text) else {
+                failFrame("invalid x-resume-from '\(text)': expected <epoch>:<sequence> from an x-position header", frame); return nil
+            }
+            start = .after(position)
+        case (nil, let text?):
+            guard let count = Int(text), count >= 0 else {
+                failFrame("invalid x-last '\(text)': expected a number of messages ≥ 0", frame); return nil
+            }
+            start = .last(count)
+        }
+        if start != nil, pattern.isWildcard {
+            failFrame("x-resume-from and x-last need one destination, not the pattern '\(destination)' (history is kept per destination)", frame)
+            return nil
+        }
         guard !subscriptionIDs.contains(id) else {
             failFrame("subscription id '\(id)' is already in use", frame); return nil
         }
@@ -172,7 +193,7 @@ extension STOMPSessionStateMachine {
             failFrame("too many subscriptions (limit \(config.maxSubscriptionsPerSession))", frame, kind: .limit); return nil
         }
         addSubscriptionID(id)
-        let subscription = Subscription(id: id, destination: destination, pattern: pattern, ackMode: ackMode)
+        let subscription = Subscription(id: id, destination: destination, pattern: pattern, ackMode: ackMode, start: start)
         return startStep(.subscribe(subscription), for: frame, pipelined: false)
     }
 

@@ -63,6 +63,8 @@ package struct STOMPSessionStateMachine {
         /// What it matches (a user destination already routed to this session's user).
         package var pattern: DestinationPattern
         package var ackMode: AckMode
+        /// Where to start in the destination's history (`x-resume-from`, `x-last`); nil: live only.
+        package var start: HistoryStart? = nil
     }
 
     /// How a step ended.

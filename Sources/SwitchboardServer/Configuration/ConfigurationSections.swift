@@ -182,6 +182,40 @@ public struct DestinationSettings: Sendable, Equatable {
     func isApplication(_ d: String) -> Bool { applicationPrefixes.contains { d.hasPrefix($0) } }
 }
 
+/// `history.*`: the per-destination history that resuming subscriptions replay from.
+public struct HistorySettings: Sendable, Equatable {
+    public var enabled = true
+    public var maxLength = 100
+    public var ttlMs = 300_000
+    public var maxDestinations = 10_000
+    /// Destinations (as clients name them) starting with one of these keep no history.
+    public var disabledPrefixes: [String] = []
+
+    public init() {}
+
+    /// Reads the `history` scope.
+    init(reader: ConfigReader) throws {
+        enabled = reader.bool(forKey: "enabled", default: enabled)
+        maxLength = reader.int(forKey: "max-length", default: maxLength)
+        ttlMs = reader.int(forKey: "ttl-ms", default: ttlMs)
+        maxDestinations = reader.int(forKey: "max-destinations", default: maxDestinations)
+        disabledPrefixes = reader.stringArray(forKey: "disabled-prefixes", default: disabledPrefixes)
+        try SwitchboardConfiguration.atLeast(
+            1, ("history.max-length", maxLength), ("history.ttl-ms", ttlMs), ("history.max-destinations", maxDestinations))
+    }
+
+    /// The history's own settings, or nil when history is off.
+    var store: DestinationHistory.Settings? {
+        guard enabled else { return nil }
+        var settings = DestinationHistory.Settings()
+        settings.maxLength = maxLength
+        settings.ttl = .milliseconds(Int64(ttlMs))
+        settings.maxDestinations = maxDestinations
+        settings.disabledPrefixes = disabledPrefixes
+        return settings
+    }
+}
+
 /// `server.*`: threads, write coalescing, busy mode, shutdown.
 public struct ServerSettings: Sendable, Equatable {
     public var threads = System.coreCount

@@ -11,6 +11,7 @@ public struct SwitchboardConfiguration: Sendable {
     public var stomp = STOMPSettings()
     public var limits = Limits()
     public var destinations = DestinationSettings()
+    public var history = HistorySettings()
     public var routes: [RouteConfiguration] = []
     /// Redis mode is on when set.
     public var redis: RedisSettings?
@@ -38,6 +39,7 @@ public struct SwitchboardConfiguration: Sendable {
         log = try LogSettings(reader: reader.scoped(to: "log"))
         limits = try Limits(reader: reader.scoped(to: "limits"))
         destinations = try DestinationSettings(reader: reader.scoped(to: "destinations"))
+        history = try HistorySettings(reader: reader.scoped(to: "history"))
         routes = try RouteConfiguration.read(reader.scoped(to: "routes"), destinations: destinations)
         redis = try RedisSettings(reader: reader.scoped(to: "redis"), destinations: destinations)
         for route in routes where redis == nil {

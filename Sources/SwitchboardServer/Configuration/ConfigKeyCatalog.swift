@@ -107,6 +107,19 @@ package enum ConfigKeyCatalog {
                 .init("destinations.user-destination-prefixes", .list, "`[/queue/]`", "what may follow `/user`"),
             ]),
         Section(
+            title: "History and resume",
+            keys: [
+                .init(
+                    "history.enabled", .boolean, "`true`",
+                    "keep a history per destination (embedded broker) that `SUBSCRIBE` with `x-resume-from` or `x-last` replays; every delivery carries `x-position`"),
+                .init("history.max-length", .integer, "`100`", "messages kept per destination"),
+                .init("history.ttl-ms", .integer, "`300000`", "messages older than this are dropped from history"),
+                .init(
+                    "history.max-destinations", .integer, "`10000`",
+                    "destinations with a history; beyond it the one published to least recently is dropped (its next message starts a new epoch)"),
+                .init("history.disabled-prefixes", .list, "`[]`", "destinations starting with one of these keep no history (e.g. `[/topic/ticks.]`)"),
+            ]),
+        Section(
             title: "`/app` routes",
             keys: [
                 .init("routes.names", .list, "`[]`", "names of the `/app` routes below"),
@@ -192,7 +205,7 @@ package enum ConfigKeyCatalog {
         var out = """
             # Configuration reference
 
-            Generated from `ConfigKeyCatalog` (Sources/SwitchboardServer/ConfigKeyCatalog.swift) by
+            Generated from `ConfigKeyCatalog` (Sources/SwitchboardServer/Configuration/ConfigKeyCatalog.swift) by
             `switchboard --configuration-reference > docs/configuration.md`; do not edit by hand.
 
             Settings come from, weakest first: defaults, a YAML file (`--config file.yaml`),

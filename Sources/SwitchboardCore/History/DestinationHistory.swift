@@ -1,0 +1,201 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// A message's place in its destination's history: the history's epoch and a dense sequence
+/// number (1, 2, 3, … with no holes). Written `<epoch>:<seq>` in the `x-position` header of
+/// every delivery and in the `x-resume-from` header a client sends to resume.
+public struct StreamPosition: Sendable, Hashable, CustomStringConvertible {
+    /// Changes whenever the history was lost (a restart, an evicted destination): positions of
+    /// another epoch cannot be resumed from.
+    public var epoch: String
+    public var sequence: UInt64
+
+    public init(epoch: String, sequence: UInt64) {
+        self.epoch = epoch
+        self.sequence = sequence
+    }
+
+    /// Parses `<epoch>:<seq>`; nil when malformed.
+    public init?(parsing text: String) {
+        guard let colon = text.lastIndex(of: ":"), colon != text.startIndex,
+            let sequence = UInt64(text[text.index(after: colon)...])
+        else { return nil }
+        let epoch = String(text[..<colon])
+        guard epoch.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else { return nil }
+        self.init(epoch: epoch, sequence: sequence)
+    }
+
+    public var description: String { "\(epoch):\(sequence)" }
+}
+
+/// Where a resuming subscription starts (the `SUBSCRIBE` headers `x-resume-from` and `x-last`).
+public enum HistoryStart: Sendable, Equatable {
+    /// Every message after this position.
+    case after(StreamPosition)
+    /// The last `n` messages.
+    case last(Int)
+}
+
+/// What a resuming subscription gets: the messages to replay (oldest first) and whether they
+/// are complete.
+public struct HistoryReplay: Sendable {
+    public var messages: [PublishedMessage]
+    /// True when nothing the client asked for is missing: same epoch, nothing trimmed or expired.
+    public var recovered: Bool
+    /// The destination's newest position (the replay's last message, or where history stands).
+    public var position: StreamPosition
+}
+
+/// The in-memory history of each destination (the embedded broker's): a ring of the last
+/// `maxLength` messages, none older than `ttl`, per destination, with a dense sequence number.
+///
+/// ``record(_:deliver:)`` numbers a message, keeps it and hands it on under one lock per
+/// history, so every subscriber sees a destination's messages in sequence order, and
+/// ``resume(_:from:register:)`` registers a subscription and reads history under the same lock:
+/// a message is then either in the replay or delivered live after it (the subscription skips
+/// live copies up to the replay's end), never both and never neither.
+///
+/// Limits: `maxLength` messages per destination, `maxDestinations` destinations (beyond it the
+/// one published to least recently is dropped; its next message starts a new epoch, so a
+/// client resuming from the old one is told it was not recovered).
+public final class DestinationHistory: Sendable {
+    public struct Settings: Sendable, Equatable {
+        public var maxLength = 100
+        public var ttl: TimeAmount = .minutes(5)
+        public var maxDestinations = 10_000
+        /// Destinations starting with one of these keep no history.
+        public var disabledPrefixes: [String] = []
+
+        public init() {}
+    }
+
+    private struct Entry {
+        var sequence: UInt64
+        var time: NIODeadline
+        var message: PublishedMessage
+    }
+
+    private struct Ring {
+        var epoch: String
+        var next: UInt64 = 1
+        var entries = CircularBuffer<Entry>()
+        var lastPublished: NIODeadline
+
+        var position: StreamPosition { StreamPosition(epoch: epoch, sequence: next - 1) }
+    }
+
+    private struct State {
+        var rings: [String: Ring] = [:]
+        var generation: UInt64 = 0
+    }
+
+    public let settings: Settings
+    /// This process's part of every epoch: a restart starts new epochs.
+    public let processEpoch: String
+    private let state = NIOLockedValueBox(State())
+    private let clock: @Sendable () -> NIODeadline
+
+    public init(settings: Settings, processEpoch: String = DestinationHistory.randomEpoch(), clock: @escaping @Sendable () -> NIODeadline = { .now() }) {
+        self.settings = settings
+        self.processEpoch = processEpoch
+        self.clock = clock
+    }
+
+    public static func randomEpoch() -> String {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
+        return String((0..<8).map { _ in alphabet.randomElement()! })
+    }
+
+    /// Whether `destination` keeps history.
+    public func covers(_ destination: String) -> Bool {
+        guard !settings.disabledPrefixes.isEmpty else { return true }
+        let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
+        return !settings.disabledPrefixes.contains { shown.hasPrefix($0) }
+    }
+
+    /// Numbers `message`, keeps it, and calls `deliver` with the numbered copy (carrying
+    /// `x-position`) before the next message of any destination is numbered.
+    public func record(_ message: PublishedMessage, deliver: (PublishedMessage) -> Void) {
+        let now = clock()
+        state.withLockedValue { s in
+            if s.rings[message.destination] == nil {
+                evictIfFull(&s)
+                s.generation += 1
+                s.rings[message.destination] = Ring(epoch: processEpoch + String(s.generation, radix: 36), lastPublished: now)
+            }
+            let numbered = s.rings[message.destination].map { ring in
+                message.positioned(StreamPosition(epoch: ring.epoch, sequence: ring.next))
+            }!
+            s.rings[message.destination]!.next += 1
+            s.rings[message.destination]!.lastPublished = now
+            s.rings[message.destination]!.entries.append(Entry(sequence: numbered.position!.sequence, time: now, message: numbered))
+            trim(&s.rings[message.destination]!, now: now)
+            deliver(numbered)
+        }
+    }
+
+    /// Registers a subscription (`register` runs under the history's lock) and reads what it
+    /// should replay from `start`.
+    ///
+    /// From a position of the current epoch still in the window: everything after it,
+    /// `recovered`. From another epoch, or a trimmed or expired position: everything retained,
+    /// not `recovered`. A position ahead of the newest: nothing, not `recovered`.
+    public func resume(_ destination: String, from start: HistoryStart, register: () -> Void) -> HistoryReplay {
+        let now = clock()
+        return state.withLockedValue { s in
+            register()
+            guard var ring = s.rings[destination] else {
+                // Nothing published since this history began: a fresh epoch, nothing missed
+                // unless the client comes from another one.
+                s.generation += 1
+                let fresh = Ring(epoch: processEpoch + String(s.generation, radix: 36), lastPublished: now)
+                evictIfFull(&s)
+                s.rings[destination] = fresh
+                let recovered: Bool
+                switch start {
+                case .after: recovered = false  // a position of a history this one is not
+                case .last: recovered = true
+                }
+                return HistoryReplay(messages: [], recovered: recovered, position: fresh.position)
+            }
+            trim(&ring, now: now)
+            s.rings[destination] = ring
+            let retained = ring.entries.map(\.message)
+            let oldest = ring.entries.first?.sequence ?? ring.next
+            switch start {
+            case .after(let position):
+                guard position.epoch == ring.epoch else {
+                    return HistoryReplay(messages: retained, recovered: false, position: ring.position)
+                }
+                guard position.sequence < ring.next else {
+                    return HistoryReplay(messages: [], recovered: false, position: ring.position)
+                }
+                if position.sequence + 1 < oldest {
+                    return HistoryReplay(messages: retained, recovered: false, position: ring.position)
+                }
+                let skip = Int(position.sequence + 1 - oldest)
+                return HistoryReplay(messages: Array(retained.dropFirst(skip)), recovered: true, position: ring.position)
+            case .last(let count):
+                let wanted = min(count, Int(ring.next - 1))
+                return HistoryReplay(messages: Array(retained.suffix(count)), recovered: retained.count >= wanted, position: ring.position)
+            }
+        }
+    }
+
+    /// Number of destinations with a history.
+    public var destinationCount: Int { state.withLockedValue { $0.rings.count } }
+
+    private func trim(_ ring: inout Ring, now: NIODeadline) {
+        while ring.entries.count > settings.maxLength { ring.entries.removeFirst() }
+        let cutoff = now - settings.ttl
+        while let first = ring.entries.first, first.time < cutoff { ring.entries.removeFirst() }
+    }
+
+    /// Makes room for one more destination: drops the one published to least recently.
+    private func evictIfFull(_ s: inout State) {
+        guard s.rings.count >= settings.maxDestinations else { return }
+        if let oldest = s.rings.min(by: { $0.value.lastPublished < $1.value.lastPublished })?.key {
+            s.rings[oldest] = nil
+        }
+    }
+}

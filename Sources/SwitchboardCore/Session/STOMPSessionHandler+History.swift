@@ -1,0 +1,60 @@
+import NIOCore
+import STOMPCodec
+
+/// Subscriptions and the destinations' history: registering a subscription under the
+/// history's lock, the `RECEIPT` headers that tell the outcome, and the replay.
+///
+/// A `SUBSCRIBE` to one destination that keeps history is registered inside
+/// ``DestinationHistory/resume(_:from:register:)``, which also reads what to replay
+/// (`x-resume-from`, `x-last`). Its `RECEIPT` carries `x-position` (where the destination
+/// stands) and, when the client asked to resume, `x-recovered: true|false`; the replayed
+/// messages follow the `RECEIPT` at once, then the live ones, which waited behind the step.
+/// Live copies of messages the replay already holds (up to ``LocalSubscription/replayedThrough``)
+/// are skipped, so the seam has no gap and no duplicate.
+extension STOMPSessionHandler {
+    /// What a `SUBSCRIBE` step found in history, written with its receipt.
+    struct SubscribeOutcome {
+        var subscription: LocalSubscription
+        /// Nil: the destination keeps no history here.
+        var replay: HistoryReplay?
+        /// Whether the client asked to resume (`x-resume-from` or `x-last`).
+        var asked: Bool
+    }
+
+    /// Registers `subscription` in the loop's shard: under the history's lock when its
+    /// destination keeps one, keeping what the step's receipt must tell and replay.
+    func register(_ subscription: LocalSubscription, start: HistoryStart?, step: Machine.StepID) {
+        let pattern = subscription.pattern
+        guard let history = services.engine.history, !pattern.isWildcard, history.covers(pattern.text) else {
+            shard.add(subscription)
+            if start != nil { subscribeOutcomes[step] = SubscribeOutcome(subscription: subscription, replay: nil, asked: true) }
+            return
+        }
+        let replay = history.resume(pattern.text, from: start ?? .last(0)) { shard.add(subscription) }
+        subscription.replayedThrough = replay.position
+        subscribeOutcomes[step] = SubscribeOutcome(subscription: subscription, replay: replay, asked: start != nil)
+    }
+
+    /// The `RECEIPT` of step `step`, with the history outcome of a `SUBSCRIBE`.
+    func receiptFrame(_ receipt: String, outcome: SubscribeOutcome?) -> STOMPFrame {
+        var headers: STOMPHeaders = ["receipt-id": receipt]
+        if let outcome {
+            if let replay = outcome.replay { headers.add("x-position", replay.position.description) }
+            if outcome.asked { headers.add("x-recovered", outcome.replay?.recovered == true ? "true" : "false") }
+        }
+        return STOMPFrame(.receipt, headers: headers)
+    }
+
+    /// Writes the replayed messages of a `SUBSCRIBE` (right after its receipt).
+    func writeReplay(_ outcome: SubscribeOutcome, context: ChannelHandlerContext) {
+        guard let replay = outcome.replay, !replay.messages.isEmpty, outcome.subscription.slot >= 0 else { return }
+        let sub = outcome.subscription
+        let through = sub.replayedThrough
+        sub.replayedThrough = nil
+        var batch = DeliveryBatch(tick: shard.tick)
+        for message in replay.messages { deliver(message, to: sub, batch: &batch) }
+        sub.replayedThrough = through
+        shard.counters.record(batch)
+        if let buffer = takeUndelivered() { context.write(wrapOutboundOut(buffer), promise: nil) }
+    }
+}

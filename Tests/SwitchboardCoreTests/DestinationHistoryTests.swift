@@ -1,0 +1,144 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import STOMPCodec
+import Testing
+
+@testable import SwitchboardCore
+
+@Suite struct DestinationHistoryTests {
+    final class Clock: Sendable {
+        let now = NIOLockedValueBox(NIODeadline.uptimeNanoseconds(1_000_000_000))
+        func advance(_ by: TimeAmount) { now.withLockedValue { $0 = $0 + by } }
+        var read: @Sendable () -> NIODeadline { { self.now.withLockedValue { $0 } } }
+    }
+
+    func history(maxLength: Int = 5, ttl: TimeAmount = .seconds(60), maxDestinations: Int = 100, clock: Clock = Clock()) -> DestinationHistory {
+        var settings = DestinationHistory.Settings()
+        settings.maxLength = maxLength
+        settings.ttl = ttl
+        settings.maxDestinations = maxDestinations
+        settings.disabledPrefixes = ["/topic/nohistory."]
+        return DestinationHistory(settings: settings, processEpoch: "p", clock: clock.read)
+    }
+
+    /// Publishes `count` messages `m<first>`… and returns the numbered copies delivered.
+    @discardableResult
+    func publish(_ h: DestinationHistory, _ destination: String, _ bodies: [String]) -> [PublishedMessage] {
+        var out: [PublishedMessage] = []
+        for body in bodies {
+            h.record(PublishedMessage(destination: destination, messageID: "id-\(body)", headers: [:], body: ByteBuffer(string: body))) { out.append($0) }
+        }
+        return out
+    }
+
+    func bodies(_ messages: [PublishedMessage]) -> [String] { messages.map { String(buffer: $0.body) } }
+
+    @Test func messagesAreNumberedDenselyPerDestinationAndCarryXPosition() {
+        let h = history()
+        let a = publish(h, "/topic/a", ["1", "2", "3"])
+        let b = publish(h, "/topic/b", ["x"])
+        #expect(a.map { $0.position!.sequence } == [1, 2, 3])
+        #expect(b.map { $0.position!.sequence } == [1])
+        #expect(a[0].position!.epoch != b[0].position!.epoch)  // each destination's history has its own epoch
+        let frame = String(buffer: a[1].encodeFrame(subscription: "s", ack: nil, escape: true, allocator: ByteBufferAllocator()))
+        // STOMP 1.1+ escapes the colon in a header value (`\c`); clients read it back as `:`.
+        #expect(frame.contains("\nx-position:\(a[1].position!.epoch)\\c2\n"))
+        #expect(a[1].messageID == "id-2")
+    }
+
+    @Test func publishersCannotForgeAPosition() {
+        let m = PublishedMessage(destination: "/topic/a", messageID: "1", headers: ["x-position": "e:99"], body: ByteBuffer())
+        #expect(m.headers["x-position"] == nil && m.position == nil)
+    }
+
+    @Test func resumeFromAPositionReplaysWhatFollowsIt() {
+        let h = history()
+        let sent = publish(h, "/topic/a", ["1", "2", "3", "4"])
+        var registered = false
+        let replay = h.resume("/topic/a", from: .after(sent[1].position!)) { registered = true }
+        #expect(registered)
+        #expect(replay.recovered)
+        #expect(bodies(replay.messages) == ["3", "4"])
+        #expect(replay.position == sent[3].position)
+        // Up to date: nothing to replay, still recovered.
+        let current = h.resume("/topic/a", from: .after(sent[3].position!)) {}
+        #expect(current.recovered && current.messages.isEmpty)
+    }
+
+    @Test func aTrimmedPositionIsNotRecoveredAndReplaysTheWindow() {
+        let h = history(maxLength: 3)
+        let sent = publish(h, "/topic/a", ["1", "2", "3", "4", "5"])
+        let replay = h.resume("/topic/a", from: .after(sent[0].position!)) {}
+        #expect(!replay.recovered)
+        #expect(bodies(replay.messages) == ["3", "4", "5"])
+        // The oldest kept message's predecessor is still a complete resume.
+        let edge = h.resume("/topic/a", from: .after(sent[1].position!)) {}
+        #expect(edge.recovered && bodies(edge.messages) == ["3", "4", "5"])
+    }
+
+    @Test func expiredMessagesAreGone() {
+        let clock = Clock()
+        let h = history(ttl: .seconds(10), clock: clock)
+        let sent = publish(h, "/topic/a", ["1", "2"])
+        clock.advance(.seconds(11))
+        publish(h, "/topic/a", ["3"])
+        let replay = h.resume("/topic/a", from: .after(sent[0].position!)) {}
+        #expect(!replay.recovered)
+        #expect(bodies(replay.messages) == ["3"])
+    }
+
+    @Test func anotherEpochIsNotRecovered() {
+        let h = history()
+        publish(h, "/topic/a", ["1", "2"])
+        let replay = h.resume("/topic/a", from: .after(StreamPosition(epoch: "old", sequence: 1))) {}
+        #expect(!replay.recovered)
+        #expect(bodies(replay.messages) == ["1", "2"])
+        let ahead = h.resume("/topic/a", from: .after(StreamPosition(epoch: replay.position.epoch, sequence: 9))) {}
+        #expect(!ahead.recovered && ahead.messages.isEmpty)
+    }
+
+    @Test func lastNMessages() {
+        let h = history()
+        publish(h, "/topic/a", ["1", "2", "3"])
+        #expect(bodies(h.resume("/topic/a", from: .last(2)) {}.messages) == ["2", "3"])
+        let all = h.resume("/topic/a", from: .last(10)) {}
+        #expect(all.recovered && bodies(all.messages) == ["1", "2", "3"])
+        let fresh = h.resume("/topic/never", from: .last(3)) {}
+        #expect(fresh.recovered && fresh.messages.isEmpty && fresh.position.sequence == 0)
+        // A subscriber of a destination nobody published to yet resumes from its position.
+        let later = publish(h, "/topic/never", ["first"])
+        let resumed = h.resume("/topic/never", from: .after(fresh.position)) {}
+        #expect(resumed.recovered && bodies(resumed.messages) == ["first"] && later[0].position!.epoch == fresh.position.epoch)
+    }
+
+    @Test func evictedDestinationStartsANewEpoch() {
+        let clock = Clock()
+        let h = history(maxDestinations: 2, clock: clock)
+        let a = publish(h, "/topic/a", ["1"])
+        clock.advance(.seconds(1))
+        publish(h, "/topic/b", ["1"])
+        clock.advance(.seconds(1))
+        publish(h, "/topic/c", ["1"])  // evicts /topic/a, published to least recently
+        #expect(h.destinationCount == 2)
+        let again = publish(h, "/topic/a", ["2"])
+        #expect(again[0].position!.epoch != a[0].position!.epoch && again[0].position!.sequence == 1)
+        #expect(!h.resume("/topic/a", from: .after(a[0].position!)) {}.recovered)
+    }
+
+    @Test func disabledPrefixesAndUserDestinations() {
+        let h = history()
+        #expect(!h.covers("/topic/nohistory.ticks"))
+        #expect(h.covers("/topic/a"))
+        #expect(h.covers(UserDestinations.routing(user: "alice", destination: "/queue/notes")))
+    }
+
+    @Test(
+        arguments: [
+            ("abc:12", StreamPosition(epoch: "abc", sequence: 12)),
+            ("a:b:3", StreamPosition(epoch: "a:b", sequence: 3)),
+            ("abc", nil), (":3", nil), ("abc:", nil), ("abc:-1", nil), ("a c:1", nil),
+        ] as [(String, StreamPosition?)])
+    func positionsParse(text: String, expected: StreamPosition?) {
+        #expect(StreamPosition(parsing: text) == expected)
+    }
+}

@@ -1,0 +1,189 @@
+"""History and resume on the embedded broker: every delivery of a destination with history
+carries `x-position: <epoch>:<seq>`; a SUBSCRIBE with `x-resume-from` gets what it missed, then
+the live messages, with no gap and no duplicate at the seam; the RECEIPT says whether the
+resume was complete (`x-recovered`) and where the destination stands (`x-position`)."""
+import threading
+import time
+
+import requests
+
+from support.process import wait_until
+
+
+def connected(clients, gw):
+    return clients(gw)
+
+
+def seq(frame):
+    return int(frame["x-position"].rsplit(":", 1)[1])
+
+
+def test_positions_and_resume_after_missed_messages(gateway, clients):
+    a = clients(gateway)
+    r = a.subscribe("/topic/h.news", id="n", receipt="r1")
+    start = r["x-position"]
+    assert start.endswith(":0") and "x-recovered" not in r.headers
+    for i in range(3):
+        assert gateway.publish("/topic/h.news", f"m{i}").status_code == 200
+    got = a.receive_many(3)
+    assert [m.text for m in got] == ["m0", "m1", "m2"]
+    assert [seq(m) for m in got] == [1, 2, 3]
+    last = got[-1]["x-position"]
+    a.close()
+    for i in range(3, 6):  # missed while away
+        gateway.publish("/topic/h.news", f"m{i}")
+    b = clients(gateway)
+    r = b.subscribe("/topic/h.news", id="n", receipt="r2", **{"x-resume-from": last})
+    assert r["x-recovered"] == "true"
+    assert r["x-position"].endswith(":6")
+    gateway.publish("/topic/h.news", "m6")
+    got = b.receive_many(4)
+    assert [m.text for m in got] == ["m3", "m4", "m5", "m6"]
+    assert [seq(m) for m in got] == [4, 5, 6, 7]
+    b.expect_nothing(0.2)
+    # Resuming from the subscription's own start position replays everything since.
+    c = clients(gateway)
+    r = c.subscribe("/topic/h.news", id="x", receipt="r3", **{"x-resume-from": start})
+    assert r["x-recovered"] == "true"
+    assert [m.text for m in c.receive_many(7)] == [f"m{i}" for i in range(7)]
+
+
+def test_last_n_messages(gateway, clients):
+    for i in range(5):
+        gateway.publish("/topic/h.last", f"m{i}")
+    c = clients(gateway)
+    r = c.subscribe("/topic/h.last", id="l", receipt="r", **{"x-last": "2"})
+    assert r["x-recovered"] == "true"
+    assert [m.text for m in c.receive_many(2)] == ["m3", "m4"]
+    c.expect_nothing(0.2)
+
+
+def test_unrecoverable_positions_are_said_so(gateway_factory, clients):
+    gw = gateway_factory("history.max-length=3")
+    for i in range(5):
+        gw.publish("/topic/h.trim", f"m{i}")
+    a = clients(gw)
+    a.subscribe("/topic/h.trim", id="t", receipt="r0", **{"x-last": "1"})
+    epoch = a.receive()["x-position"].rsplit(":", 1)[0]
+    # Trimmed: told, and given what is left.
+    b = clients(gw)
+    r = b.subscribe("/topic/h.trim", id="t", receipt="r1", **{"x-resume-from": f"{epoch}:1"})
+    assert r["x-recovered"] == "false"
+    assert [m.text for m in b.receive_many(3)] == ["m2", "m3", "m4"]
+    # Another epoch (e.g. before a restart): told, and given the window.
+    c = clients(gw)
+    r = c.subscribe("/topic/h.trim", id="t", receipt="r2", **{"x-resume-from": "someoldepoch:4"})
+    assert r["x-recovered"] == "false"
+    assert [m.text for m in c.receive_many(3)] == ["m2", "m3", "m4"]
+
+
+def test_restart_changes_the_epoch(gateway_factory, clients):
+    gw = gateway_factory()
+    gw.publish("/topic/h.restart", "before")
+    a = clients(gw)
+    pos = a.subscribe("/topic/h.restart", id="r", receipt="r", **{"x-last": "1"})["x-position"]
+    gw.stop()
+    gw2 = gateway_factory()
+    b = clients(gw2)
+    r = b.subscribe("/topic/h.restart", id="r", receipt="r", **{"x-resume-from": pos})
+    assert r["x-recovered"] == "false"
+    b.expect_nothing(0.2)
+
+
+def test_bad_resume_headers_are_errors(gateway, clients):
+    for headers, message in [
+        ({"x-resume-from": "nonsense"}, "invalid x-resume-from 'nonsense': expected <epoch>:<sequence> from an x-position header"),
+        ({"x-last": "-1"}, "invalid x-last '-1': expected a number of messages ≥ 0"),
+        ({"x-last": "1", "x-resume-from": "a:1"}, "SUBSCRIBE takes x-resume-from or x-last, not both"),
+    ]:
+        c = clients(gateway)
+        c.subscribe("/topic/h.bad", id="b", **headers)
+        c.expect_error(message)
+    c = clients(gateway)
+    c.subscribe("/topic/h.*", id="w", **{"x-last": "3"})
+    c.expect_error("x-resume-from and x-last need one destination, not the pattern '/topic/h.*' (history is kept per destination)")
+
+
+def test_history_off_for_a_prefix(gateway_factory, clients):
+    gw = gateway_factory("history.disabled-prefixes=/topic/live.")
+    a = clients(gw)
+    r = a.subscribe("/topic/live.ticks", id="t", receipt="r", **{"x-last": "5"})
+    assert r["x-recovered"] == "false" and "x-position" not in r.headers
+    gw.publish("/topic/live.ticks", "tick")
+    m = a.expect_message()
+    assert "x-position" not in m.headers
+
+
+def test_resume_seam_under_load_has_no_gap_and_no_duplicate(gateway, clients):
+    """A publisher runs flat out while subscribers leave and resume again and again: each one
+    sees every sequence number exactly once, in order."""
+    stop = threading.Event()
+    published = []
+
+    def publisher():
+        with requests.Session() as s:
+            i = 0
+            while not stop.is_set():
+                s.post(gateway.base + "/api/notification", json={"topic": "/topic/h.seam", "message": str(i)}, timeout=5)
+                published.append(i)
+                i += 1
+
+    seen = {}
+    positions = {}
+    t = threading.Thread(target=publisher, daemon=True)
+    t.start()
+    try:
+        subscribers = [clients(gateway) for _ in range(3)]
+        for n, c in enumerate(subscribers):
+            positions[n] = c.subscribe("/topic/h.seam", id="s", receipt=f"r{n}")["x-position"]
+            seen[n] = []
+        for round_ in range(8):
+            for n in range(3):
+                c = subscribers[n]
+                deadline = time.monotonic() + 0.15
+                while time.monotonic() < deadline:
+                    try:
+                        m = c.receive(0.05)
+                    except Exception:
+                        continue
+                    if m.command == "MESSAGE":
+                        seen[n].append(seq(m))
+                        positions[n] = m["x-position"]
+                c.close()
+                c = clients(gateway)
+                r = c.subscribe("/topic/h.seam", id="s", receipt=f"again{round_}", **{"x-resume-from": positions[n]})
+                assert r["x-recovered"] == "true", r.headers
+                subscribers[n] = c
+    finally:
+        stop.set()
+        t.join(10)
+    total = len(published)
+    for n, c in enumerate(subscribers):
+        def caught_up():
+            while True:
+                try:
+                    m = c.receive(0.2)
+                except Exception:
+                    return seen[n] and seen[n][-1] == total
+                seen[n].append(seq(m))
+        wait_until(caught_up, 15, what=f"subscriber {n} caught up")
+        first = seen[n][0]
+        assert seen[n] == list(range(first, total + 1)), f"subscriber {n}: gaps or duplicates"
+
+
+def test_stomppy_resumes_with_headers_only(gateway, stomppy):
+    conn, lst = stomppy(gateway)
+    conn.subscribe("/topic/h.py", id="p", receipt="r1")
+    start = lst.wait_receipt("r1")["x-position"]
+    for i in range(3):
+        gateway.publish("/topic/h.py", f"m{i}")
+    (h0, _), (h1, _), (h2, _) = lst.wait_messages(3)
+    conn.disconnect()
+    gateway.publish("/topic/h.py", "missed")
+    conn2, lst2 = stomppy(gateway)
+    conn2.subscribe("/topic/h.py", id="p", receipt="r2", headers={"x-resume-from": h2["x-position"]})
+    receipt = lst2.wait_receipt("r2")
+    assert receipt["x-recovered"] == "true"
+    (headers, body), = lst2.wait_messages(1)
+    assert body == "missed" and headers["x-position"] != h2["x-position"]
+    assert start.split(":")[0] == h0["x-position"].split(":")[0]
