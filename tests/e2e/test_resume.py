@@ -187,3 +187,46 @@ def test_stomppy_resumes_with_headers_only(gateway, stomppy):
     (headers, body), = lst2.wait_messages(1)
     assert body == "missed" and headers["x-position"] != h2["x-position"]
     assert start.split(":")[0] == h0["x-position"].split(":")[0]
+
+
+def test_one_order_per_destination_with_many_publishers(gateway, clients):
+    """API and STOMP publishers on different connections (so different event loops) publish
+    to one destination at once: every subscriber sees the same messages in the same order, the
+    sequence order, without a gap."""
+    subs = [clients(gateway) for _ in range(4)]
+    for n, c in enumerate(subs):
+        c.subscribe("/topic/h.order", id="o", receipt=f"r{n}")
+    per_publisher, stomp_publishers, api_publishers = 150, 3, 3
+
+    def stomp_publisher(k):
+        p = clients(gateway)
+        for i in range(per_publisher):
+            p.send("/topic/h.order", f"s{k}-{i}")
+        p.send("/topic/h.order", "", receipt="done")  # waits for the receipt: all of this connection's SENDs are done
+
+    def api_publisher(k):
+        with requests.Session() as s:
+            for i in range(per_publisher):
+                assert s.post(gateway.base + "/api/notification", json={"topic": "/topic/h.order", "message": f"a{k}-{i}"},
+                              timeout=10).status_code == 200
+
+    threads = [threading.Thread(target=stomp_publisher, args=(k,)) for k in range(stomp_publishers)]
+    threads += [threading.Thread(target=api_publisher, args=(k,)) for k in range(api_publishers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    total = per_publisher * (stomp_publishers + api_publishers) + stomp_publishers  # + the empty receipted SENDs
+    orders = []
+    for c in subs:
+        frames = c.receive_many(total, timeout=30)
+        assert [seq(m) for m in frames] == list(range(1, total + 1))
+        orders.append([m.text for m in frames])
+        c.expect_nothing(0.2)
+    assert all(o == orders[0] for o in orders)
+    for k in range(stomp_publishers):  # per publisher, publish order
+        mine = [t for t in orders[0] if t.startswith(f"s{k}-")]
+        assert mine == [f"s{k}-{i}" for i in range(per_publisher)]
+    for k in range(api_publishers):
+        mine = [t for t in orders[0] if t.startswith(f"a{k}-")]
+        assert mine == [f"a{k}-{i}" for i in range(per_publisher)]

@@ -105,6 +105,8 @@ public final class FanoutHub: Sendable {
     public var shards: [LoopShard] { state.withLockedValue { $0.shardList } }
 
     /// Delivers `message` to the local subscribers in `scope` whose subscription matches it.
+    /// Each loop gets messages in the order they were handed to the hub, from whatever thread
+    /// (see ``LoopShard/enqueue(_:scope:)``): a destination's history relies on it.
     public func deliver(_ message: PublishedMessage, scope: DeliveryScope = .all) {
         let targets: [LoopShard] = state.withLockedValue { s in
             var mask: UInt64 = 0
@@ -131,13 +133,7 @@ public final class FanoutHub: Sendable {
             }
             return out
         }
-        for shard in targets {
-            if shard.eventLoop.inEventLoop {
-                shard.deliverLocally(message, scope: scope)
-            } else {
-                shard.eventLoop.execute { shard.deliverLocally(message, scope: scope) }
-            }
-        }
+        for shard in targets { shard.enqueue(message, scope: scope) }
     }
 
     /// Records that session `id` lives on `shard` (for replies addressed to a session).

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import STOMPCodec
 
@@ -91,6 +92,9 @@ public final class LoopShard: @unchecked Sendable {
     private var timer: RepeatedTask?
     /// Monotonic heart-beat tick counter; one tick is ``FanoutHub/heartbeatResolution``.
     public private(set) var tick: UInt64 = 0
+    /// Messages handed to this loop from any thread and not yet delivered, in hand-over order
+    /// (the one shared field: guarded by its lock).
+    private let inbox = NIOLockedValueBox<[(PublishedMessage, DeliveryScope)]>([])
 
     init(eventLoop: any EventLoop, index: Int, hub: FanoutHub) {
         self.eventLoop = eventLoop
@@ -178,6 +182,33 @@ public final class LoopShard: @unchecked Sendable {
         }
         subscription.slot = -1
         return bucket!.isEmpty
+    }
+
+    /// Hands `message` to this loop, from any thread. Messages reach the subscribers in the
+    /// order they were handed over, whichever threads handed them: on this loop with nothing
+    /// queued it is delivered at once; otherwise it joins the queue, and one task delivers
+    /// everything queued (one hop per burst, not per message).
+    func enqueue(_ message: PublishedMessage, scope: DeliveryScope) {
+        let onLoop = eventLoop.inEventLoop
+        let first: Bool? = inbox.withLockedValue { queue in
+            if onLoop && queue.isEmpty { return nil }
+            queue.append((message, scope))
+            return queue.count == 1
+        }
+        switch first {
+        case nil: deliverLocally(message, scope: scope)
+        case true?: eventLoop.execute { self.drainInbox() }
+        case false?: break
+        }
+    }
+
+    private func drainInbox() {
+        let queued = inbox.withLockedValue { queue in
+            let all = queue
+            queue.removeAll(keepingCapacity: true)
+            return all
+        }
+        for (message, scope) in queued { deliverLocally(message, scope: scope) }
     }
 
     /// Writes `message` to every matching local subscription, then schedules one flush per

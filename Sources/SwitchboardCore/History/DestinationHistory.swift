@@ -114,7 +114,10 @@ public final class DestinationHistory: Sendable {
     }
 
     /// Numbers `message`, keeps it, and calls `deliver` with the numbered copy (carrying
-    /// `x-position`) before the next message of any destination is numbered.
+    /// `x-position`) before the next message of any destination is numbered. `deliver` must
+    /// hand the message on in call order (``FanoutHub/deliver(_:scope:)`` does), not deliver
+    /// it on the spot: a message numbered earlier on another thread may still be queued for
+    /// this loop.
     public func record(_ message: PublishedMessage, deliver: (PublishedMessage) -> Void) {
         let now = clock()
         state.withLockedValue { s in
