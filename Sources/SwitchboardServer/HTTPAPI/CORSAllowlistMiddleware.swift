@@ -25,7 +25,28 @@ struct CORSAllowlistMiddleware<Context: RequestContext>: RouterMiddleware {
             response.headers[.vary] = "Origin"
             return response
         }
-        var response = try await next(request, context)
+        var response: Response
+        do {
+            response = try await next(request, context)
+        } catch let error as any HTTPResponseError {
+            // An error answer (a refused publish) must be readable by the page too.
+            throw CORSAnsweredError(error: error, origin: origin)
+        }
+        response.headers[.accessControlAllowOrigin] = origin
+        response.headers[.vary] = "Origin"
+        return response
+    }
+}
+
+/// An error of the routes, answered as it would be plus the CORS headers of an allowed origin.
+struct CORSAnsweredError: HTTPResponseError {
+    let error: any HTTPResponseError
+    let origin: String
+
+    var status: HTTPResponse.Status { error.status }
+
+    func response(from request: Request, context: some RequestContext) throws -> Response {
+        var response = try error.response(from: request, context: context)
         response.headers[.accessControlAllowOrigin] = origin
         response.headers[.vary] = "Origin"
         return response

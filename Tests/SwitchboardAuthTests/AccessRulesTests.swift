@@ -1,0 +1,123 @@
+import SwitchboardAuth
+import SwitchboardCore
+import Testing
+
+@Suite struct AccessRulesTests {
+    static let alice = SessionIdentity(user: "alice", claims: ["roles": ["user", "admin"], "tenant": ["acme"]])
+    static let bob = SessionIdentity(user: "bob", claims: ["roles": ["user"]])
+
+    @Test func ruleParsesPatternAndRequiredClaim() throws {
+        let plain = try AccessRules.Rule("/topic/**")
+        #expect(plain.pattern == "/topic/**")
+        #expect(plain.requiredClaim == nil)
+
+        let conditional = try AccessRules.Rule("  /topic/admin.**  if roles = admin, ops ")
+        #expect(conditional.pattern == "/topic/admin.**")
+        #expect(conditional.requiredClaim?.name == "roles")
+        #expect(conditional.requiredClaim?.values == ["admin", "ops"])
+        #expect(conditional == (try AccessRules.Rule("/topic/admin.** if roles=admin,ops")))
+        #expect(conditional != (try AccessRules.Rule("/topic/admin.** if roles=admin")))
+    }
+
+    @Test(arguments: [
+        ("topic/a", "a rule must start with '/'"),
+        ("", "a rule must start with '/'"),
+        ("/topic/a if roles", "expected 'if claim=value'"),
+        ("/topic/a if =admin", "expected 'if claim=value'"),
+        ("/topic/a if roles=", "expected 'if claim=value'"),
+    ])
+    func invalidRulesAreRefusedWithAReason(text: String, reason: String) {
+        let error = #expect(throws: AccessRules.RuleError.self) {
+            _ = try AccessRules(subscribe: [], send: ["/topic/ok", text])
+        }
+        #expect(error?.rule == text)
+        #expect(error?.reason == reason)
+        #expect(error?.description == "invalid access rule '\(text)': \(reason)")
+    }
+
+    @Test func emptyListsAllowEverything() throws {
+        let rules = try AccessRules(subscribe: [], send: [])
+        #expect(rules.maySubscribe("/topic/anything", identity: nil))
+        #expect(rules.maySubscribe("/topic/**", identity: nil))
+        #expect(rules.maySend("/app/x", identity: Self.bob))
+    }
+
+    @Test func whatNoRuleAllowsIsDenied() throws {
+        let rules = try AccessRules(subscribe: ["/topic/public.*"], send: ["/app/chat"])
+        #expect(rules.maySubscribe("/topic/public.news", identity: nil))
+        #expect(!rules.maySubscribe("/topic/private.news", identity: nil))
+        #expect(!rules.maySubscribe("/topic/public.news.extra", identity: nil))
+        #expect(rules.maySend("/app/chat", identity: nil))
+        #expect(!rules.maySend("/app/chat2", identity: nil))
+        // The lists are separate: a subscribe rule allows no SEND.
+        #expect(!rules.maySend("/topic/public.news", identity: nil))
+        #expect(!rules.maySubscribe("/app/chat", identity: nil))
+    }
+
+    @Test func requiredClaimMustHoldOneOfTheValues() throws {
+        let rules = try AccessRules(subscribe: ["/topic/admin.** if roles=admin,ops", "/topic/news"], send: [])
+        #expect(rules.maySubscribe("/topic/admin.audit", identity: Self.alice))
+        #expect(!rules.maySubscribe("/topic/admin.audit", identity: Self.bob))
+        #expect(!rules.maySubscribe("/topic/admin.audit", identity: nil))
+        #expect(!rules.maySubscribe("/topic/admin.audit", identity: SessionIdentity(user: "carol")))
+        #expect(rules.maySubscribe("/topic/news", identity: Self.bob))
+    }
+
+    @Test func subAndUserPlaceholdersAreTheSessionUser() throws {
+        let rules = try AccessRules(subscribe: ["/user/{sub}/**"], send: ["/app/{user}.inbox"])
+        #expect(rules.maySubscribe("/user/alice/queue.x", identity: Self.alice))
+        #expect(!rules.maySubscribe("/user/bob/queue.x", identity: Self.alice))
+        #expect(rules.maySend("/app/bob.inbox", identity: Self.bob))
+        #expect(!rules.maySend("/app/alice.inbox", identity: Self.bob))
+        // Anonymous: the placeholder has no value, so the rule matches nothing.
+        #expect(!rules.maySubscribe("/user//queue.x", identity: nil))
+        #expect(!rules.maySubscribe("/user/{sub}/queue.x", identity: nil))
+    }
+
+    @Test func claimPlaceholderTakesTheFirstValue() throws {
+        let rules = try AccessRules(subscribe: ["/topic/{tenant}.*", "/topic/role.{roles}"], send: [])
+        #expect(rules.maySubscribe("/topic/acme.orders", identity: Self.alice))
+        #expect(!rules.maySubscribe("/topic/other.orders", identity: Self.alice))
+        #expect(!rules.maySubscribe("/topic/acme.orders", identity: Self.bob), "bob has no tenant claim")
+        #expect(rules.maySubscribe("/topic/role.user", identity: Self.alice))
+        #expect(!rules.maySubscribe("/topic/role.admin", identity: Self.alice), "only the first value of a claim is used")
+    }
+
+    @Test(arguments: ["a.b", "a/b", "*", "**", "x*"])
+    func placeholderValuesCannotWidenARule(user: String) throws {
+        let rules = try AccessRules(subscribe: ["/user/{sub}/inbox"], send: [])
+        let identity = SessionIdentity(user: user)
+        #expect(!rules.maySubscribe("/user/\(user)/inbox", identity: identity))
+        #expect(!rules.maySubscribe("/user/a/inbox", identity: identity))
+        #expect(!rules.maySubscribe("/user/*/inbox", identity: identity))
+    }
+
+    @Test func unclosedPlaceholderMatchesNothing() throws {
+        let rules = try AccessRules(subscribe: ["/user/{sub/inbox", "/topic/ok"], send: [])
+        #expect(!rules.maySubscribe("/user/alice/inbox", identity: Self.alice))
+        #expect(!rules.maySubscribe("/user/{sub/inbox", identity: Self.alice))
+        #expect(rules.maySubscribe("/topic/ok", identity: Self.alice))
+    }
+
+    @Test func wildcardSubscriptionNeedsARuleCoveringAllItMatches() throws {
+        let rules = try AccessRules(subscribe: ["/topic/public.**", "/topic/room.*"], send: [])
+        #expect(rules.maySubscribe("/topic/public.**", identity: nil))
+        #expect(rules.maySubscribe("/topic/public.a.*", identity: nil))
+        #expect(rules.maySubscribe("/topic/room.*", identity: nil))
+        #expect(!rules.maySubscribe("/topic/room.**", identity: nil), "'*' covers one segment, not the rest")
+        #expect(!rules.maySubscribe("/topic/**", identity: nil))
+        #expect(!rules.maySubscribe("/topic/*", identity: nil))
+        // A malformed wildcard subscription is allowed by no rule.
+        #expect(!rules.maySubscribe("/topic/public.a*", identity: nil))
+    }
+
+    @Test func anyRuleOfSeveralMayAllow() throws {
+        let rules = try AccessRules(
+            subscribe: [], send: ["/app/admin.** if roles=admin", "/app/{sub}.**", "/app/shared.* if tenant=acme"])
+        #expect(rules.maySend("/app/admin.reset", identity: Self.alice))
+        #expect(!rules.maySend("/app/admin.reset", identity: Self.bob))
+        #expect(rules.maySend("/app/bob.profile", identity: Self.bob))
+        #expect(rules.maySend("/app/shared.board", identity: Self.alice))
+        #expect(!rules.maySend("/app/shared.board", identity: Self.bob))
+    }
+}

@@ -1,0 +1,232 @@
+import Foundation
+import JWTKit
+import NIOCore
+import NIOPosix
+import SwitchboardAuth
+import SwitchboardCore
+import Testing
+
+/// The claims a test token carries; nil ones are left out of the token.
+struct TestClaims: JWTPayload {
+    var sub: String?
+    var exp: Double?
+    var nbf: Double?
+    var iss: String?
+    var aud: [String]?
+    var roles: [String]?
+    var tier: String?
+    var level: Int?
+
+    init(sub: String? = "alice", expiresIn: Double? = 3600) {
+        self.sub = sub
+        self.exp = expiresIn.map { Date().timeIntervalSince1970 + $0 }
+    }
+
+    func verify(using algorithm: some JWTAlgorithm) async throws {}
+}
+
+@Suite struct JWTAuthenticatorTests {
+    static let secret = "an-hs256-secret-of-32-bytes-long"
+
+    static func settings(secret: String? = secret, configure: (inout JWTKeySettings) -> Void = { _ in }) -> JWTKeySettings {
+        var settings = JWTKeySettings()
+        settings.hmacSecret = secret
+        configure(&settings)
+        return settings
+    }
+
+    /// An HS256 token signed with `secret`, naming `kid` in its header when given.
+    static func token(_ claims: TestClaims, secret: String = secret, kid: String? = nil) async throws -> String {
+        let kid = kid.map { JWKIdentifier(string: $0) }
+        let keys = await JWTKeyCollection().add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256, kid: kid)
+        return try await keys.sign(claims, kid: kid)
+    }
+
+    /// Why `authenticator` refuses `token`; nil when it accepts it.
+    static func rejection(_ token: String, by authenticator: JWTAuthenticator) async -> String? {
+        do {
+            _ = try await authenticator.verify(token)
+            return nil
+        } catch let failure as AuthenticationFailure {
+            return failure.reason
+        } catch {
+            return "unexpected error \(error)"
+        }
+    }
+
+    static func base64URL(_ json: String) -> String {
+        Data(json.utf8).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
+    @Test func validTokenNamesItsSubject() async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        let identity = try await authenticator.verify(try await Self.token(TestClaims(sub: "alice", expiresIn: nil)))
+        #expect(identity.user == "alice")
+        #expect(identity.claims.isEmpty)
+        #expect(identity.expiresAt == nil)
+    }
+
+    @Test func expiryBecomesTheSessionDeadline() async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        let before = NIODeadline.now()
+        let identity = try await authenticator.verify(try await Self.token(TestClaims(expiresIn: 600)))
+        let expiresAt = try #require(identity.expiresAt)
+        #expect(expiresAt > before + .seconds(590))
+        #expect(expiresAt <= NIODeadline.now() + .seconds(600))
+    }
+
+    @Test func keptClaimsAreCopiedAsStringLists() async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings { $0.keptClaims = ["roles", "tier", "level", "absent"] })
+        var claims = TestClaims()
+        claims.roles = ["user", "admin"]
+        claims.tier = "gold"
+        claims.level = 3
+        claims.iss = "not kept"
+        let identity = try await authenticator.verify(try await Self.token(claims))
+        #expect(identity.claims == ["roles": ["user", "admin"], "tier": ["gold"], "level": ["3"]])
+    }
+
+    @Test func expiredTokenIsRefused() async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        let token = try await Self.token(TestClaims(expiresIn: -120))
+        #expect(await Self.rejection(token, by: authenticator) == "token expired")
+    }
+
+    @Test func leewayToleratesARecentExpiry() async throws {
+        let token = try await Self.token(TestClaims(expiresIn: -10))
+        let lenient = try await JWTAuthenticator(settings: Self.settings())
+        #expect(await Self.rejection(token, by: lenient) == nil)
+        #expect(try await lenient.verify(token).expiresAt! <= NIODeadline.now())
+        let strict = try await JWTAuthenticator(settings: Self.settings { $0.leewaySeconds = 0 })
+        #expect(await Self.rejection(token, by: strict) == "token expired")
+    }
+
+    @Test func tokenNotYetValidIsRefused() async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        var claims = TestClaims()
+        claims.nbf = Date().timeIntervalSince1970 + 300
+        #expect(await Self.rejection(try await Self.token(claims), by: authenticator) == "token not yet valid")
+        claims.nbf = Date().timeIntervalSince1970 + 5
+        #expect(await Self.rejection(try await Self.token(claims), by: authenticator) == nil, "within the leeway")
+    }
+
+    @Test func wrongSignatureIsRefused() async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        let forged = try await Self.token(TestClaims(), secret: "another-secret-that-is-32-bytes!")
+        #expect(await Self.rejection(forged, by: authenticator) == "invalid signature")
+
+        // A valid token whose payload was swapped for another user's.
+        let parts = try await Self.token(TestClaims(sub: "alice")).split(separator: ".")
+        let tampered = [String(parts[0]), Self.base64URL(#"{"sub":"mallory"}"#), String(parts[2])].joined(separator: ".")
+        #expect(await Self.rejection(tampered, by: authenticator) == "invalid signature")
+    }
+
+    @Test(arguments: [TestClaims(sub: nil), TestClaims(sub: "")])
+    func tokenWithoutSubjectIsRefused(claims: TestClaims) async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        #expect(await Self.rejection(try await Self.token(claims), by: authenticator) == "missing sub claim")
+    }
+
+    @Test func audienceAndIssuerAreCheckedWhenConfigured() async throws {
+        let authenticator = try await JWTAuthenticator(
+            settings: Self.settings {
+                $0.audience = "switchboard"
+                $0.issuer = "https://id.example"
+            })
+        var claims = TestClaims()
+        claims.iss = "https://id.example"
+        claims.aud = ["other", "switchboard"]
+        #expect(await Self.rejection(try await Self.token(claims), by: authenticator) == nil)
+
+        claims.aud = ["other"]
+        #expect(await Self.rejection(try await Self.token(claims), by: authenticator) == "token audience does not include switchboard")
+        claims.aud = nil
+        #expect(await Self.rejection(try await Self.token(claims), by: authenticator) == "token audience does not include switchboard")
+
+        claims.aud = ["switchboard"]
+        claims.iss = "https://evil.example"
+        #expect(await Self.rejection(try await Self.token(claims), by: authenticator) == "token issuer is not https://id.example")
+        claims.iss = nil
+        #expect(await Self.rejection(try await Self.token(claims), by: authenticator) == "token issuer is not https://id.example")
+    }
+
+    @Test(arguments: ["", "not-a-token", "a.b.c", "a.b"])
+    func malformedTokenIsRefused(token: String) async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        #expect(await Self.rejection(token, by: authenticator) == "malformed token")
+    }
+
+    @Test func unsignedTokenIsRefused() async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        let unsigned = Self.base64URL(#"{"alg":"none","typ":"JWT"}"#) + "." + Self.base64URL(#"{"sub":"alice"}"#) + "."
+        let reason = await Self.rejection(unsigned, by: authenticator)
+        #expect(reason == "invalid signature")
+    }
+
+    @Test func keyIdMustBeKnown() async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        let named = try await Self.token(TestClaims(), kid: "switchboard-hmac")
+        #expect(await Self.rejection(named, by: authenticator) == nil)
+        let unknown = try await Self.token(TestClaims(), kid: "rotated-away")
+        #expect(await Self.rejection(unknown, by: authenticator) == "no key for this token")
+    }
+
+    @Test(arguments: ["", "too-short-for-hs256", String(repeating: "x", count: 31)])
+    func hmacSecretShorterThan32BytesIsAConfigurationError(secret: String) async {
+        let error = await #expect(throws: JWTKeyError.self) { _ = try await JWTAuthenticator(settings: Self.settings(secret: secret)) }
+        #expect(error?.description == "auth.jwt.hmac-secret must be at least 32 bytes (256 bits) for HS256")
+    }
+
+    @Test func es256PublicKeyFileVerifiesTokensOfItsPrivateKey() async throws {
+        let privateKey = ES256PrivateKey()
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("jwt-\(UUID().uuidString).pem")
+        try privateKey.publicKey.pemRepresentation.write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let authenticator = try await JWTAuthenticator(settings: Self.settings(secret: nil) { $0.publicKeyFiles = [file.path] })
+
+        let signer = await JWTKeyCollection().add(ecdsa: privateKey)
+        let token = try await signer.sign(TestClaims(sub: "svc"))
+        #expect(try await authenticator.verify(token).user == "svc")
+
+        let other = await JWTKeyCollection().add(ecdsa: ES256PrivateKey())
+        #expect(await Self.rejection(try await other.sign(TestClaims()), by: authenticator) == "invalid signature")
+        // An HS256 token, however well signed, has no key here (jwt-kit's P-256 key calls its
+        // HMAC signature malformed).
+        let reason = await Self.rejection(try await Self.token(TestClaims()), by: authenticator)
+        #expect(reason == "malformed token")
+    }
+
+    @Test func unreadableOrInvalidKeyFilesAreConfigurationErrors() async throws {
+        let missing = "/nonexistent/\(UUID().uuidString).pem"
+        let error = await #expect(throws: JWTKeyError.self) {
+            _ = try await JWTAuthenticator(settings: Self.settings(secret: nil) { $0.publicKeyFiles = [missing] })
+        }
+        #expect(error?.description == "cannot read public key file \(missing)")
+
+        let garbage = FileManager.default.temporaryDirectory.appendingPathComponent("jwt-\(UUID().uuidString).pem")
+        try "not a key".write(to: garbage, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: garbage) }
+        let invalid = await #expect(throws: JWTKeyError.self) {
+            _ = try await JWTAuthenticator(settings: Self.settings(secret: nil) { $0.publicKeyFiles = [garbage.path] })
+        }
+        #expect(invalid?.description == "\(garbage.path) holds no RSA or P-256 public key in PEM form")
+    }
+
+    @Test func authenticateOnAnEventLoopGivesTheSameAnswers() async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let identity = try await authenticator.authenticate(token: try await Self.token(TestClaims(sub: "bob")), on: loop).get()
+        #expect(identity.user == "bob")
+        let error = await #expect(throws: AuthenticationFailure.self) {
+            _ = try await authenticator.authenticate(token: try await Self.token(TestClaims(expiresIn: -600)), on: loop).get()
+        }
+        #expect(error?.reason == "token expired")
+    }
+
+    @Test func settingsWithoutKeysAreEmpty() {
+        #expect(JWTKeySettings().isEmpty)
+        #expect(!Self.settings().isEmpty)
+        #expect(!Self.settings(secret: nil) { $0.jwksFile = "/k.json" }.isEmpty)
+    }
+}

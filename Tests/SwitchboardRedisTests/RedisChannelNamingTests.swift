@@ -1,0 +1,97 @@
+import SwitchboardCore
+import SwitchboardRedis
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+@Suite struct RedisChannelNamingTests {
+    static let naming = RedisChannelNaming()
+
+    /// Whether Redis would deliver a message on `channel` to a `PSUBSCRIBE glob` (Redis globs
+    /// are fnmatch patterns without flags: `*` spans separators, `\` escapes).
+    static func redisGlobMatches(_ glob: String, _ channel: String) -> Bool {
+        fnmatch(glob, channel, 0) == 0
+    }
+
+    @Test func destinationChannelsUseTheDefaultPrefix() {
+        #expect(Self.naming.prefix == "switchboard:")
+        #expect(Self.naming.channel(forDestination: "/topic/greetings") == "switchboard:dest:/topic/greetings")
+        #expect(Self.naming.channel(forDestination: "/~user/alice/queue/x") == "switchboard:dest:/~user/alice/queue/x")
+    }
+
+    @Test func destinationIsReadBackFromItsChannel() {
+        for destination in ["/topic/greetings", "/topic/a.b.c", "/queue/dest:with:colons", ""] {
+            #expect(Self.naming.destination(fromChannel: Self.naming.channel(forDestination: destination)) == destination)
+        }
+        #expect(Self.naming.destination(fromChannel: "switchboard:instance:abc") == nil)
+        #expect(Self.naming.destination(fromChannel: "other:dest:/topic/a") == nil)
+        #expect(Self.naming.destination(fromChannel: "switchboard:dest") == nil)
+    }
+
+    @Test func instanceChannels() {
+        #expect(Self.naming.instanceChannel("k3f9xq") == "switchboard:instance:k3f9xq")
+        #expect(RedisChannelNaming(prefix: "sb2:").instanceChannel("k3f9xq") == "sb2:instance:k3f9xq")
+    }
+
+    @Test func customPrefixSeparatesDeployments() {
+        let staging = RedisChannelNaming(prefix: "staging.sb:")
+        let channel = staging.channel(forDestination: "/topic/a")
+        #expect(channel == "staging.sb:dest:/topic/a")
+        #expect(staging.destination(fromChannel: channel) == "/topic/a")
+        #expect(Self.naming.destination(fromChannel: channel) == nil)
+        #expect(staging.destination(fromChannel: Self.naming.channel(forDestination: "/topic/a")) == nil)
+    }
+
+    @Test(arguments: [
+        ("/topic/*", "switchboard:dest:/topic/*"),
+        ("/topic/**", "switchboard:dest:/topic/*"),
+        ("/topic/stocks.*.nyse", "switchboard:dest:/topic/stocks.*.nyse"),
+        ("/topic/*.*", "switchboard:dest:/topic/*.*"),
+        ("/topic/a?b.[x].*", #"switchboard:dest:/topic/a\?b.\[x\].*"#),
+        (#"/topic/back\slash.*"#, #"switchboard:dest:/topic/back\\slash.*"#),
+        ("/topic/exact", "switchboard:dest:/topic/exact"),
+    ])
+    func globReplacesWildcardSegmentsAndEscapesTheRest(pattern: String, glob: String) throws {
+        #expect(Self.naming.glob(for: try DestinationPattern(pattern)) == glob)
+    }
+
+    @Test func globEscapesGlobCharactersOfThePrefix() throws {
+        let naming = RedisChannelNaming(prefix: "sb[1]*?:")
+        #expect(naming.glob(for: try DestinationPattern("/topic/*")) == #"sb\[1\]\*\?:dest:/topic/*"#)
+        #expect(Self.redisGlobMatches(naming.glob(for: try DestinationPattern("/topic/*")), naming.channel(forDestination: "/topic/a")))
+        #expect(!Self.redisGlobMatches(naming.glob(for: try DestinationPattern("/topic/*")), "sb1x:dest:/topic/a"))
+    }
+
+    static let destinations = [
+        "/topic/a", "/topic/b", "/topic/a.b", "/topic/a.b.c", "/topic/stocks.ibm.nyse", "/topic/stocks.ibm.lse",
+        "/topic/a?b.[x].y", "/queue/a", "/topic", "/topicx/a", "/topic/a/b",
+    ]
+
+    @Test(arguments: ["/topic/*", "/topic/**", "/topic/a.*", "/topic/a.**", "/topic/stocks.*.nyse", "/topic/a?b.[x].*", "/*/a", "/topic/*/b"])
+    func globCoversEveryDestinationThePatternMatches(text: String) throws {
+        let pattern = try DestinationPattern(text)
+        let glob = Self.naming.glob(for: pattern)
+        var matched = 0
+        for destination in Self.destinations where pattern.matches(destination) {
+            matched += 1
+            #expect(Self.redisGlobMatches(glob, Self.naming.channel(forDestination: destination)), "\(glob) misses \(destination)")
+        }
+        #expect(matched > 0, "the pattern matches some destination of the list")
+        // The glob stays inside the prefix's destination channels and the pattern's literal parts.
+        #expect(!Self.redisGlobMatches(glob, Self.naming.instanceChannel("x")))
+        #expect(!Self.redisGlobMatches(glob, "other:dest:/topic/a"))
+    }
+
+    @Test func globDoesNotWidenPastLiteralSegments() throws {
+        let glob = Self.naming.glob(for: try DestinationPattern("/topic/stocks.*.nyse"))
+        #expect(!Self.redisGlobMatches(glob, Self.naming.channel(forDestination: "/topic/stocks.ibm.lse")))
+        #expect(!Self.redisGlobMatches(glob, Self.naming.channel(forDestination: "/topic/bonds.x.nyse")))
+        // Redis' `*` spans separators, so the glob may match more than the pattern; the hub filters.
+        #expect(Self.redisGlobMatches(glob, Self.naming.channel(forDestination: "/topic/stocks.a.b.nyse")))
+        #expect(!(try DestinationPattern("/topic/stocks.*.nyse")).matches("/topic/stocks.a.b.nyse"))
+    }
+}

@@ -1,0 +1,191 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import STOMPCodec
+import SwitchboardCore
+import Synchronization
+import Testing
+
+@testable import SwitchboardRoutes
+
+/// A loopback HTTP server answering every request with one canned reply (or never), and
+/// recording what it was sent.
+final class CannedWebhookServer: Sendable {
+    struct Received: Sendable {
+        var head: HTTPRequestHead
+        var body: String
+    }
+
+    /// What the server was sent, in order.
+    final class Log: Sendable {
+        private let items = Mutex<[Received]>([])
+        func append(_ item: Received) { items.withLock { $0.append(item) } }
+        var all: [Received] { items.withLock { $0 } }
+    }
+
+    let channel: any Channel
+    private let log: Log
+
+    let port: Int
+    var requests: [Received] { log.all }
+
+    /// - Parameter reply: status and body to answer with; nil never answers.
+    init(reply: (HTTPResponseStatus, String)?) async throws {
+        let log = Log()
+        self.log = log
+        self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(Responder(reply: reply, record: log.append))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        self.port = channel.localAddress!.port!
+    }
+
+    func close() async { try? await channel.close() }
+
+    private final class Responder: ChannelInboundHandler {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias OutboundOut = HTTPServerResponsePart
+        let reply: (HTTPResponseStatus, String)?
+        let record: @Sendable (Received) -> Void
+        var head: HTTPRequestHead?
+        var body = ByteBuffer()
+
+        init(reply: (HTTPResponseStatus, String)?, record: @escaping @Sendable (Received) -> Void) {
+            self.reply = reply
+            self.record = record
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch unwrapInboundIn(data) {
+            case .head(let head): self.head = head
+            case .body(var part): body.writeBuffer(&part)
+            case .end:
+                record(Received(head: head!, body: String(buffer: body)))
+                guard let (status, text) = reply else { return }
+                let headers = HTTPHeaders([("Content-Length", String(text.utf8.count)), ("Content-Type", "application/json")])
+                context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+                context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            }
+        }
+    }
+}
+
+@Suite struct WebhookRequestTests {
+    static func message(body: ByteBuffer = ByteBuffer(string: "hello"), user: String? = "alice", contentType: String? = "text/plain") -> AppMessage {
+        AppMessage(
+            destination: "/app/greet", body: body, headers: STOMPHeaders([("x-trace", "1"), ("x-trace", "2"), ("x-k", "v")]), contentType: contentType,
+            sessionID: "k3f9xq-s-7", user: user, instanceID: "k3f9xq", timestamp: 1_795_500_000_000)
+    }
+
+    static func requestText(_ message: AppMessage) throws -> String {
+        String(buffer: try WebhookRoute.encodeRequest(message))
+    }
+
+    @Test func requestIsTheDocumentedJSONWithSortedKeys() throws {
+        #expect(
+            try Self.requestText(Self.message())
+                == #"{"body":"hello","bodyEncoding":"utf8","contentType":"text/plain","destination":"/app/greet","headers":{"x-k":"v","x-trace":"1"},"#
+                + #""instance":"k3f9xq","session":"k3f9xq-s-7","timestamp":1795500000000,"user":"alice"}"#)
+    }
+
+    @Test func anonymousSenderAndMissingContentTypeAreNull() throws {
+        let object = try JSONSerialization.jsonObject(with: Data(try Self.requestText(Self.message(user: nil, contentType: nil)).utf8)) as? [String: Any]
+        #expect(object?["user"] is NSNull)
+        #expect(object?["contentType"] is NSNull)
+        #expect(object?["body"] as? String == "hello")
+    }
+
+    @Test(
+        arguments: [
+            ([0xFF, 0x00, 0x01], "/wAB", "base64"),
+            ([0xC3, 0xA9, 0x00, 0x0A], "é\u{0}\n", "utf8"),
+            ([], "", "utf8"),
+        ] as [([UInt8], String, String)])
+    func bodyIsTextWhenUTF8AndBase64Otherwise(bytes: [UInt8], body: String, encoding: String) throws {
+        let text = try Self.requestText(Self.message(body: ByteBuffer(bytes: bytes)))
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+        #expect(object["body"] as? String == body)
+        #expect(object["bodyEncoding"] as? String == encoding)
+    }
+
+    @Test func urlIsSplitIntoHostPortPathAndHostHeader() throws {
+        let plain = try WebhookRoute(url: "http://svc", timeout: .seconds(2))
+        #expect((plain.host, plain.port, plain.path, plain.hostHeader) == ("svc", 80, "/", "svc"))
+        #expect(plain.timeout == .seconds(2))
+        #expect(plain.description == "webhook http://svc")
+
+        let full = try WebhookRoute(url: "http://backend.internal:8080/hooks/greet?v=2&k=x", timeout: .milliseconds(500))
+        #expect((full.host, full.port, full.path, full.hostHeader) == ("backend.internal", 8080, "/hooks/greet?v=2&k=x", "backend.internal:8080"))
+    }
+
+    @Test(arguments: ["https://svc/hook", "/hook", "svc:80/hook", "http:///hook", "ftp://svc/", ""])
+    func onlyAbsoluteHTTPURLsAreAccepted(url: String) {
+        let error = #expect(throws: WebhookRoute.InvalidURL.self) { _ = try WebhookRoute(url: url, timeout: .seconds(1)) }
+        #expect(error?.description == "webhook url '\(url)' must be an absolute http:// URL")
+    }
+
+    @Test func handlePostsTheMessageAndReturnsTheReplies() async throws {
+        let server = try await CannedWebhookServer(reply: (.ok, #"{"replies":[{"destination":"/topic/greetings","body":"Hello, alice","target":"sender"}]}"#))
+        let url = "http://127.0.0.1:\(server.port)/hooks/greet?v=2"
+        let route = try WebhookRoute(url: url, timeout: .seconds(5))
+        let replies = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get()
+        await server.close()
+
+        #expect(replies == [RouteReply(destination: "/topic/greetings", body: ByteBuffer(string: "Hello, alice"), headers: ["content-type": "text/plain"], target: .sender)])
+        let request = try #require(server.requests.first)
+        #expect(server.requests.count == 1)
+        #expect(request.head.method == .POST)
+        #expect(request.head.uri == "/hooks/greet?v=2")
+        #expect(request.head.headers["Host"] == ["127.0.0.1:\(server.port)"])
+        #expect(request.head.headers["Content-Type"] == ["application/json"])
+        #expect(request.body == (try Self.requestText(Self.message())))
+    }
+
+    @Test func emptyNoContentReplyIsAcceptedWithoutMessages() async throws {
+        let server = try await CannedWebhookServer(reply: (.noContent, ""))
+        let route = try WebhookRoute(url: "http://127.0.0.1:\(server.port)/hook", timeout: .seconds(5))
+        let replies = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get()
+        await server.close()
+        #expect(replies.isEmpty)
+        #expect(server.requests.count == 1)
+    }
+
+    @Test(arguments: [
+        (HTTPResponseStatus.internalServerError, #"{"replies":[{"destination":"/topic/a"}]}"#, "answered HTTP 500"),
+        (.notFound, "", "answered HTTP 404"),
+        (.ok, "<html>oops</html>", "reply is not a JSON object"),
+    ])
+    func nonSuccessStatusOrUnparsableReplyFailsTheSend(status: HTTPResponseStatus, body: String, reason: String) async throws {
+        let server = try await CannedWebhookServer(reply: (status, body))
+        let url = "http://127.0.0.1:\(server.port)/hook"
+        let route = try WebhookRoute(url: url, timeout: .seconds(5))
+        let error = await #expect(throws: RouteError.self) { _ = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get() }
+        await server.close()
+        #expect(error?.description == "webhook \(url) \(reason)")
+    }
+
+    @Test func silentBackendTimesOut() async throws {
+        let server = try await CannedWebhookServer(reply: nil)
+        let url = "http://127.0.0.1:\(server.port)/hook"
+        let route = try WebhookRoute(url: url, timeout: .milliseconds(200))
+        let error = await #expect(throws: RouteError.self) { _ = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get() }
+        await server.close()
+        #expect(error?.description == "webhook \(url) timed out after 200 ms")
+        #expect(server.requests.count == 1)
+    }
+
+    @Test func unreachableBackendFails() async throws {
+        let server = try await CannedWebhookServer(reply: nil)
+        let port = server.port
+        await server.close()
+        let route = try WebhookRoute(url: "http://127.0.0.1:\(port)/hook", timeout: .seconds(5))
+        let error = await #expect(throws: RouteError.self) { _ = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get() }
+        #expect(error?.description.hasPrefix("webhook http://127.0.0.1:\(port)/hook cannot connect to 127.0.0.1:\(port): ") == true)
+    }
+}
