@@ -5,11 +5,15 @@ import SwitchboardCore
 /// How a message travels through Redis between gateway instances (and from backends that
 /// want headers): byte 0x01, then a STOMP `MESSAGE` frame (escaped headers, `content-length`).
 ///
-/// Headers: `destination`, `message-id`, `origin` (the publishing instance), optionally
-/// `session` (for messages addressed to one session), then the user headers.
+/// Headers: `destination`, `message-id`, `origin` (the publishing instance), `session` (the
+/// session a message is addressed to; empty for everyone), then the user headers. The first
+/// occurrence of each of these names is the envelope's own: a user header with the same name
+/// comes later and stays a user header (so `session` is always written, empty when unused).
 /// A payload without the 0x01 marker is a raw body (`content-type: text/plain`).
 public enum RedisEnvelope {
     public static let marker: UInt8 = 0x01
+    /// The envelope's own headers (their first occurrence).
+    static let ownHeaders: Set<String> = ["destination", "message-id", "origin", "session"]
 
     public struct Decoded: Sendable {
         public var destination: String?
@@ -22,7 +26,7 @@ public enum RedisEnvelope {
 
     public static func encode(_ message: PublishedMessage, origin: String, session: String? = nil) -> ByteBuffer {
         var headers: STOMPHeaders = ["destination": message.destination, "message-id": message.messageID, "origin": origin]
-        if let session { headers.add("session", session) }
+        headers.add("session", session ?? "")
         for (n, v) in message.headers { headers.add(n, v) }
         headers.add("content-length", String(message.body.readableBytes))
         var out = ByteBuffer()
@@ -42,11 +46,17 @@ public enum RedisEnvelope {
         var decoder = STOMPFrameDecoder(limits: STOMPDecoderLimits(maxFrameBytes: Int.max / 2, maxHeaders: 1024, maxHeaderLineBytes: 1 << 20))
         guard let frame = try? decoder.decodeFrame(&buffer), frame.command == .message else { return nil }
         var user = STOMPHeaders()
-        for (n, v) in frame.headers where !["destination", "message-id", "origin", "session", "content-length"].contains(n) {
-            user.add(n, v)
+        var own: [String: String] = [:]
+        for (n, v) in frame.headers {
+            if Self.ownHeaders.contains(n), own[n] == nil {
+                own[n] = v
+            } else if n != "content-length" {
+                user.add(n, v)
+            }
         }
+        let session = own["session"].flatMap { $0.isEmpty ? nil : $0 }
         return Decoded(
-            destination: frame.headers["destination"], messageID: frame.headers["message-id"],
-            origin: frame.headers["origin"], session: frame.headers["session"], headers: user, body: frame.body)
+            destination: own["destination"], messageID: own["message-id"], origin: own["origin"], session: session,
+            headers: user, body: frame.body)
     }
 }

@@ -165,3 +165,14 @@ def test_interest_based_redis_subscriptions(shared_cluster, clients):
     assert shared_cluster.redis_cli("PUBSUB", "NUMSUB", channel).splitlines()[1] == "1"
     c.unsubscribe("1", receipt="u")
     wait_until(lambda: shared_cluster.redis_cli("PUBSUB", "NUMSUB", channel).splitlines()[1] == "0", what="unsubscribe in redis")
+
+
+def test_user_headers_named_like_the_envelopes_own_cross_instances(shared_cluster, clients):
+    """A publisher's `origin` and `session` headers are user headers: a subscriber on another
+    instance gets the message (it is not mistaken for one addressed to a session) with them."""
+    sub = clients(shared_cluster.client(shared_cluster.gw_ws(1)))
+    sub.subscribe("/topic/envelope.names", id="e", receipt="r")
+    pub = clients(shared_cluster.client(shared_cluster.gw_ws(0)))
+    pub.send("/topic/envelope.names", "hi", headers={"session": "not-a-session", "origin": "sensor-7"}, receipt="s")
+    m = sub.expect_message(10)
+    assert (m.text, m["session"], m["origin"]) == ("hi", "not-a-session", "sensor-7")
