@@ -84,6 +84,7 @@ public struct SwitchboardGateway: Sendable {
         if let settings = configuration.redis {
             var redisConfiguration = try RedisConfiguration(url: settings.url)
             redisConfiguration.commandTimeout = .milliseconds(Int64(settings.commandTimeoutMs))
+            redisConfiguration.commandConnectionPerEventLoop = settings.connectionPerLoop
             redisConfiguration.connectTimeout = .milliseconds(Int64(settings.connectTimeoutMs))
             redisConfiguration.clientName = "switchboard-\(instanceID)"
             var redisLogger = Logger(label: "switchboard.redis")

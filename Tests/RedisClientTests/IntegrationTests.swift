@@ -1,6 +1,7 @@
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import Testing
 
 @testable import RedisClient
@@ -26,6 +27,51 @@ struct IntegrationTests {
         #expect(values == Array(1...1000))
         await connection.close()
         await #expect(throws: RedisClientError.connectionClosed) { try await connection.execute(PING()) }
+    }
+
+    @Test func commandConnectionPerEventLoop() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        var configuration = server.configuration
+        configuration.commandConnectionPerEventLoop = true
+        configuration.reconnectBackoffMinimum = .milliseconds(10)
+        let client = RedisClient(configuration: configuration, eventLoopGroup: group, enableSubscriptions: false)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(5))
+        let loops = Array(group.makeIterator())
+        @Sendable func clientID(on loop: (any EventLoop)?) async throws -> Int {
+            guard let loop else { return try Int(fromRESP: try await client.execute(RawCommand("CLIENT", "ID"))) }
+            return try await loop.flatSubmit { client.send(RawCommand("CLIENT", "ID")) }.flatMapThrowing { try Int(fromRESP: $0) }.get()
+        }
+        let shared = try await clientID(on: nil)
+        // Each loop gets its own connection once it is up (the shared one serves meanwhile).
+        var own: [Int] = []
+        let deadline = ContinuousClock.now + .seconds(5)
+        repeat {
+            own = [try await clientID(on: loops[0]), try await clientID(on: loops[1])]
+            if Set(own + [shared]).count == 3 { break }
+            try await Task.sleep(for: .milliseconds(20))
+        } while ContinuousClock.now < deadline
+        #expect(Set(own + [shared]).count == 3)
+        // A loop's commands keep their order on its connection.
+        let counts = try await loops[0].flatSubmit {
+            EventLoopFuture.whenAllSucceed((0..<500).map { _ in client.send(RawCommand("INCR", "n")).flatMapThrowing { try Int(fromRESP: $0) } }, on: loops[0])
+        }.get()
+        #expect(counts == Array(1...500))
+        // Killed: commands fall back to the shared connection, then the loop reconnects its own.
+        _ = try await client.execute(RawCommand("CLIENT", "KILL", "ID", .integer(own[0])))
+        // A command already on its way over the killed connection fails (explicitly); later
+        // ones use the shared connection until the loop's own is back.
+        var again: Int?
+        let reconnectDeadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < reconnectDeadline {
+            again = try? await clientID(on: loops[0])
+            if let id = again, id != shared, id != own[0] { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(again != nil && again != shared && again != own[0])
+        await client.shutdown()
+        try await group.shutdownGracefully()
     }
 
     @Test func publishSubscribeAndCallbacks() async throws {

@@ -39,7 +39,9 @@ public struct RedisBackoff: Sendable, Hashable {
     }
 }
 
-/// A long-lived Redis client owning one multiplexed command connection and one pub/sub connection.
+/// A long-lived Redis client owning one multiplexed command connection and one pub/sub connection
+/// (and, with ``RedisConfiguration/commandConnectionPerEventLoop``, a command connection per
+/// event loop).
 ///
 /// Both connections reconnect by themselves with exponential backoff and jitter
 /// (``RedisConfiguration/reconnectBackoffMinimum`` … ``RedisConfiguration/reconnectBackoffMaximum``);
@@ -70,6 +72,8 @@ public final class RedisClient: Sendable {
         var started = false
         var isShutdown = false
         var commandConnection: RedisConnection?
+        /// With ``RedisConfiguration/commandConnectionPerEventLoop``: each loop's own.
+        var loopConnections: [ObjectIdentifier: RedisConnection] = [:]
         var subscriberConnection: RedisConnection?
         var states: [RedisConnectionRole: RedisConnectionState] = [:]
         var reconnects = 0
@@ -104,6 +108,11 @@ public final class RedisClient: Sendable {
             for role in roles {
                 state.tasks.append(Task { await self.connectionLoop(role: role) })
             }
+            if self.configuration.commandConnectionPerEventLoop {
+                for loop in self.eventLoopGroup.makeIterator() {
+                    state.tasks.append(Task { await self.loopConnectionLoop(loop) })
+                }
+            }
         }
     }
 
@@ -111,9 +120,10 @@ public final class RedisClient: Sendable {
     public func shutdown() async {
         let (tasks, connections) = self.state.withLockedValue { state in
             state.isShutdown = true
-            let result = (state.tasks, [state.commandConnection, state.subscriberConnection].compactMap { $0 })
+            let result = (state.tasks, [state.commandConnection, state.subscriberConnection].compactMap { $0 } + Array(state.loopConnections.values))
             state.tasks = []
             state.commandConnection = nil
+            state.loopConnections = [:]
             state.subscriberConnection = nil
             return result
         }
@@ -155,6 +165,11 @@ public final class RedisClient: Sendable {
 
     /// Sends `command` on the multiplexed connection without awaiting (hot path).
     public func send<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response> {
+        if self.configuration.commandConnectionPerEventLoop, let loop = MultiThreadedEventLoopGroup.currentEventLoop,
+            let own = self.state.withLockedValue({ $0.loopConnections[ObjectIdentifier(loop)] }), own.isActive
+        {
+            return own.send(command)
+        }
         guard let connection = self.state.withLockedValue({ $0.commandConnection }), connection.isActive else {
             return self.eventLoopGroup.any().makeFailedFuture(RedisClientError.notConnected)
         }
@@ -253,6 +268,40 @@ public final class RedisClient: Sendable {
             return true
         }
         if changed { self.onStateChange?(role, newState) }
+    }
+
+    /// Keeps `loop`'s own command connection open (reconnecting with backoff). Its state is
+    /// not reported: the shared command connection stands for the role, and takes over while
+    /// this one is down.
+    private func loopConnectionLoop(_ loop: any EventLoop) async {
+        let backoff = RedisBackoff(minimum: self.configuration.reconnectBackoffMinimum, maximum: self.configuration.reconnectBackoffMaximum)
+        let key = ObjectIdentifier(loop)
+        var attempt = 0
+        while !Task.isCancelled {
+            do {
+                let connection = try await RedisConnection.connect(configuration: self.configuration, eventLoopGroup: loop, logger: self.logger)
+                let accepted = self.state.withLockedValue { state -> Bool in
+                    guard !state.isShutdown else { return false }
+                    state.loopConnections[key] = connection
+                    return true
+                }
+                guard accepted else {
+                    await connection.close()
+                    break
+                }
+                attempt = 0
+                try? await connection.closeFuture.get()
+                self.state.withLockedValue { state in
+                    if state.loopConnections[key] === connection { state.loopConnections[key] = nil }
+                }
+            } catch {
+                self.logger.debug("redis loop connection failed", metadata: ["error": "\(error)"])
+            }
+            if Task.isCancelled || self.state.withLockedValue({ $0.isShutdown }) { break }
+            let delay = backoff.delay(attempt: attempt)
+            attempt += 1
+            try? await Task.sleep(for: .nanoseconds(delay.nanoseconds))
+        }
     }
 
     private func connectionLoop(role: RedisConnectionRole) async {

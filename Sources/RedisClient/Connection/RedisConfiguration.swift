@@ -30,6 +30,11 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var reconnectBackoffMaximum: TimeAmount
     /// Default per-subscription buffer size for ``RedisSubscription``.
     public var subscriptionBufferSize: Int
+    /// Also keep one command connection per event loop of the group: a command sent from an
+    /// event loop then goes out, and its reply comes back, on that loop, with no thread hop
+    /// (the shared connection remains for other callers and while a loop's is down).
+    /// Commands from one loop keep their order: they all use that loop's connection.
+    public var commandConnectionPerEventLoop = false
 
     public init(
         host: String = "localhost",

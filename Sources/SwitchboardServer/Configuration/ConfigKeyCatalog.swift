@@ -140,6 +140,10 @@ package enum ConfigKeyCatalog {
                     "`redis://[user:password@]host[:port][/db]`; Redis mode is on when set (a password in it is not echoed in errors)"),
                 .init("redis.channel-prefix", .string, "`switchboard:`", "prefix of the gateway's own channels"),
                 .init("redis.command-timeout-ms", .integer, "`2000`", "a command not answered in time fails (and its connection is reset)"),
+                .init(
+                    "redis.connection-per-loop", .boolean, "`true`",
+                    "a command connection per event loop besides the shared one: a session's or request's commands and their replies stay on its loop (no thread hop); the shared connection takes over while a loop's is down"
+                ),
                 .init("redis.connect-timeout-ms", .integer, "`2000`", "connect deadline; reconnects back off exponentially with jitter"),
                 .init("redis.inbound.names", .list, "`[]`", "inbound routes (backend → browsers)"),
                 .init(

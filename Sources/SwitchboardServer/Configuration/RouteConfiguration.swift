@@ -95,6 +95,8 @@ public struct RedisSettings: Sendable, Equatable {
     public var url: String
     public var channelPrefix = "switchboard:"
     public var commandTimeoutMs = 2_000
+    /// A Redis command connection per event loop (no thread hop per command), besides the shared one.
+    public var connectionPerLoop = true
     public var connectTimeoutMs = 2_000
     /// Inbound routes (backend → browsers).
     public var inbound: [RedisInboundSetting] = []
@@ -107,6 +109,7 @@ public struct RedisSettings: Sendable, Equatable {
         self.url = url
         channelPrefix = reader.string(forKey: "channel-prefix", default: channelPrefix)
         commandTimeoutMs = reader.int(forKey: "command-timeout-ms", default: commandTimeoutMs)
+        connectionPerLoop = reader.bool(forKey: "connection-per-loop", default: connectionPerLoop)
         connectTimeoutMs = reader.int(forKey: "connect-timeout-ms", default: connectTimeoutMs)
         try SwitchboardConfiguration.atLeast(1, ("redis.command-timeout-ms", commandTimeoutMs), ("redis.connect-timeout-ms", connectTimeoutMs))
         do { _ = try RedisConfiguration(url: url) } catch {
