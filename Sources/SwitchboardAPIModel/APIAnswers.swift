@@ -87,3 +87,66 @@ public enum APIJSON {
         ByteBuffer(bytes: (try? encoder.encode(value)) ?? Data("{}".utf8))
     }
 }
+
+/// `GET /health`: what this instance is and holds.
+public struct HealthAnswer: Codable, Sendable, Equatable {
+    /// The Redis connections of an instance in Redis mode.
+    public struct Redis: Codable, Sendable, Equatable {
+        /// `connected`, `connecting`, `disconnected` or `shutdown`.
+        public var commands: String
+        public var subscriptions: String
+        public var reconnects: Int
+
+        public init(commands: String, subscriptions: String, reconnects: Int) {
+            self.commands = commands
+            self.subscriptions = subscriptions
+            self.reconnects = reconnects
+        }
+    }
+
+    public var status = "ok"
+    /// `memory` or `redis`.
+    public var engine: String
+    public var instance: String
+    public var connections: Int
+    public var sessions: Int
+    public var subscriptions: Int
+    public var destinations: Int
+    /// Null on the embedded broker.
+    public var redis: Redis?
+
+    public init(engine: String, instance: String, connections: Int, sessions: Int, subscriptions: Int, destinations: Int, redis: Redis?) {
+        self.engine = engine
+        self.instance = instance
+        self.connections = connections
+        self.sessions = sessions
+        self.subscriptions = subscriptions
+        self.destinations = destinations
+        self.redis = redis
+    }
+
+    enum CodingKeys: String, CodingKey { case status, engine, instance, connections, sessions, subscriptions, destinations, redis }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(status, forKey: .status)
+        try c.encode(engine, forKey: .engine)
+        try c.encode(instance, forKey: .instance)
+        try c.encode(connections, forKey: .connections)
+        try c.encode(sessions, forKey: .sessions)
+        try c.encode(subscriptions, forKey: .subscriptions)
+        try c.encode(destinations, forKey: .destinations)
+        try c.encode(redis, forKey: .redis)  // null, not absent
+    }
+}
+
+/// `GET /health/ready` (and `/health/live`): `{"status": "ready"}`, or `"not ready"` with the reasons.
+public struct ReadinessAnswer: Codable, Sendable, Equatable {
+    public var status: String
+    public var reasons: [String]?
+
+    public init(status: String, reasons: [String]? = nil) {
+        self.status = status
+        self.reasons = reasons
+    }
+}

@@ -1,4 +1,5 @@
 import Hummingbird
+import SwitchboardAPIModel
 
 /// CORS for the HTTP API: browsers on an allowed origin may call it (`http.allowed-origins`;
 /// empty or `*` allows any origin). Preflight `OPTIONS` requests are answered here. A request
@@ -14,7 +15,7 @@ struct CORSAllowlistMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard let origin = request.headers[.origin] else { return try await next(request, context) }
         guard allows(origin) else {
-            return PublishAPI.json(["error": "origin \(origin) is not allowed", "field": "Origin"], status: .forbidden)
+            return PublishAPI.json(APIErrorBody(error: "origin \(origin) is not allowed", field: "Origin"), status: .forbidden)
         }
         if request.method == .options {
             var response = Response(status: .noContent)

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import NIOCore
 import RedisClient
+import SwitchboardAPIModel
 import SwitchboardConsole
 import SwitchboardCore
 import SwitchboardRedis
@@ -32,32 +33,32 @@ struct ConsoleRoutes: Sendable {
 
     func redisPublish(_ request: Request) async throws -> Response {
         guard let engine = services.engine as? RedisEngine else {
-            return PublishAPI.json(["error": "needs the redis engine (set redis.url)", "field": NSNull()], status: .conflict)
+            return PublishAPI.json(APIErrorBody(error: "needs the redis engine (set redis.url)", field: nil), status: .conflict)
         }
         let bytes = try await request.body.collect(upTo: 64 * 1024)
         guard let object = (try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView))) as? [String: Any] else {
-            return PublishAPI.json(["error": "request body must be a JSON object", "field": NSNull()], status: .badRequest)
+            return PublishAPI.json(APIErrorBody(error: "request body must be a JSON object", field: nil), status: .badRequest)
         }
         guard let channel = object["channel"] as? String, !channel.isEmpty else {
-            return PublishAPI.json(["error": "field 'channel' must be a non-empty string", "field": "channel"], status: .badRequest)
+            return PublishAPI.json(APIErrorBody(error: "field 'channel' must be a non-empty string", field: "channel"), status: .badRequest)
         }
         guard inboundChannels.contains(channel) else {
-            return PublishAPI.json(["error": "channel \(channel) is not a configured inbound channel", "field": "channel"], status: .badRequest)
+            return PublishAPI.json(APIErrorBody(error: "channel \(channel) is not a configured inbound channel", field: "channel"), status: .badRequest)
         }
         guard let message = object["message"] as? String, !message.isEmpty else {
-            return PublishAPI.json(["error": "field 'message' must be a non-empty string", "field": "message"], status: .badRequest)
+            return PublishAPI.json(APIErrorBody(error: "field 'message' must be a non-empty string", field: "message"), status: .badRequest)
         }
         do {
             let receivers = try await engine.client.execute(PUBLISH(channel: channel, message: .string(message)))
             return PublishAPI.json(["channel": channel, "receivers": receivers])
         } catch {
-            return PublishAPI.json(["error": "redis publish failed: \(error)", "field": NSNull()], status: .serviceUnavailable)
+            return PublishAPI.json(APIErrorBody(error: "redis publish failed: \(error)", field: nil), status: .serviceUnavailable)
         }
     }
 
     static func serve(_ name: String) -> Response {
         guard let asset = ConsoleAssets.asset(name) else {
-            return PublishAPI.json(["error": "no console file '\(name)'", "field": "path"], status: .notFound)
+            return PublishAPI.json(APIErrorBody(error: "no console file '\(name)'", field: "path"), status: .notFound)
         }
         return Response(
             status: .ok, headers: [.contentType: asset.contentType, .cacheControl: "no-cache"],

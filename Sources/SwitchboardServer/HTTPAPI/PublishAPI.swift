@@ -40,7 +40,7 @@ struct PublishAPI: Sendable {
             self.health()
         }
         router.get("/health/live") { _, _ in
-            Self.json(["status": "live"])
+            Self.json(ReadinessAnswer(status: "live"))
         }
         router.get("/health/ready") { _, _ in
             self.readiness()
@@ -93,31 +93,22 @@ struct PublishAPI: Sendable {
             }
             reasons += streamGroups.compactMap(\.notReadyReason)
         }
-        if reasons.isEmpty { return Self.json(["status": "ready"]) }
-        return Self.json(["status": "not ready", "reasons": reasons], status: .serviceUnavailable)
+        if reasons.isEmpty { return Self.json(ReadinessAnswer(status: "ready")) }
+        return Self.json(ReadinessAnswer(status: "not ready", reasons: reasons), status: .serviceUnavailable)
     }
 
     func health() -> Response {
         let stats = services.stats
-        var redis: Any = NSNull()
-        if let engine = services.engine as? RedisEngine {
-            redis =
-                [
-                    "commands": "\(engine.client.connectionState(.commands))",
-                    "subscriptions": "\(engine.client.connectionState(.subscriptions))",
-                    "reconnects": engine.client.reconnectCount,
-                ] as [String: Any]
+        let redis = (services.engine as? RedisEngine).map { engine in
+            HealthAnswer.Redis(
+                commands: "\(engine.client.connectionState(.commands))", subscriptions: "\(engine.client.connectionState(.subscriptions))",
+                reconnects: engine.client.reconnectCount)
         }
-        return Self.json([
-            "redis": redis,
-            "status": "ok",
-            "engine": services.engine.name,
-            "instance": services.instanceID,
-            "connections": stats.connectionsOpen.load(),
-            "sessions": stats.sessionsConnected.load(),
-            "subscriptions": stats.subscriptions.load(),
-            "destinations": services.hub.activeDestinationCount,
-        ])
+        return Self.json(
+            HealthAnswer(
+                engine: services.engine.name, instance: services.instanceID, connections: stats.connectionsOpen.load(),
+                sessions: stats.sessionsConnected.load(), subscriptions: stats.subscriptions.load(),
+                destinations: services.hub.activeDestinationCount, redis: redis))
     }
 }
 
