@@ -64,71 +64,60 @@ public struct WebhookRoute: AppRoute {
     }
 
     static func encodeRequest(_ m: AppMessage) throws -> ByteBuffer {
-        var object: [String: Any] = [
-            "destination": m.destination,
-            "session": m.sessionID,
-            "instance": m.instanceID,
-            "timestamp": m.timestamp,
-            "user": m.user.map { $0 as Any } ?? NSNull(),
-            "contentType": m.contentType.map { $0 as Any } ?? NSNull(),
-        ]
         var headers: [String: String] = [:]
         for (n, v) in m.headers where headers[n] == nil { headers[n] = v }
-        object["headers"] = headers
         let bytes = Array(m.body.readableBytesView)
-        if let text = String(validating: bytes, as: UTF8.self) {
-            object["body"] = text
-            object["bodyEncoding"] = "utf8"
-        } else {
-            object["body"] = Data(bytes).base64EncodedString()
-            object["bodyEncoding"] = "base64"
-        }
-        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
-        return ByteBuffer(bytes: data)
+        let text = String(validating: bytes, as: UTF8.self)
+        return try WebhookRequest(
+            destination: m.destination, session: m.sessionID, instance: m.instanceID, timestamp: m.timestamp, user: m.user,
+            contentType: m.contentType, headers: headers, body: text ?? Data(bytes).base64EncodedString(),
+            bodyEncoding: text == nil ? "base64" : "utf8"
+        ).json
     }
 
+    /// The messages a webhook's 2xx reply asks for: `{"replies": [{"destination", "body"?,
+    /// "headers"?, "contentType"?, "user"?, "target"?}]}`; an empty body or no `replies` is none.
     static func decodeReplies(_ body: ByteBuffer, url: String) throws -> [RouteReply] {
-        let bytes = Array(body.readableBytesView)
-        if bytes.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return [] }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
+        if body.readableBytesView.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return [] }
+        guard case .object(let object)? = JSONValue.parse(body) else {
             throw RouteError("webhook \(url) reply is not a JSON object")
         }
         guard let list = object["replies"] else { return [] }
-        guard let replies = list as? [[String: Any]] else {
+        guard case .array(let items) = list else {
             throw RouteError("webhook \(url) reply: 'replies' must be an array of objects")
         }
+        let replies = try items.map { item -> [String: JSONValue] in
+            guard case .object(let reply) = item else {
+                throw RouteError("webhook \(url) reply: 'replies' must be an array of objects")
+            }
+            return reply
+        }
         return try replies.enumerated().map { index, r in
-            guard let named = r["destination"] as? String, !named.isEmpty else {
+            guard let named = r["destination"]?.string, !named.isEmpty else {
                 throw RouteError("webhook \(url) reply: replies[\(index)].destination is missing")
             }
             let bodyText: String
             switch r["body"] {
-            case let s as String: bodyText = s
-            case nil: bodyText = ""
-            case let other?:
-                guard JSONSerialization.isValidJSONObject(other),
-                    let d = try? JSONSerialization.data(withJSONObject: other), let s = String(data: d, encoding: .utf8)
-                else {
-                    throw RouteError("webhook \(url) reply: replies[\(index)].body must be a string or JSON value")
-                }
-                bodyText = s
+            case .string(let s)?: bodyText = s
+            case nil, .null?: bodyText = ""
+            case let other?: bodyText = other.text  // any other JSON value: its JSON text
             }
             var headers = STOMPHeaders()
-            if let h = r["headers"] as? [String: Any] {
-                for (k, v) in h.sorted(by: { $0.key < $1.key }) { headers.add(k, "\(v)") }
+            if case .object(let h)? = r["headers"] {
+                for (k, v) in h.sorted(by: { $0.key < $1.key }) { headers.add(k, v.stringified) }
             }
-            if let ct = r["contentType"] as? String { headers.set("content-type", ct) }
+            if let ct = r["contentType"]?.string { headers.set("content-type", ct) }
             if headers["content-type"] == nil { headers.add("content-type", "text/plain") }
             var destination = named
             if let user = r["user"] {
-                guard let user = user as? String, !user.isEmpty else {
+                guard let user = user.string, !user.isEmpty else {
                     throw RouteError("webhook \(url) reply: replies[\(index)].user must be a non-empty string")
                 }
                 // To every session of that user subscribed to /user<destination>.
                 destination = UserDestinations.routing(user: user, destination: destination)
             }
             let target: RouteReply.Target
-            switch r["target"] as? String {
+            switch r["target"]?.string {
             case nil, "broadcast": target = .broadcast
             case "sender": target = .sender
             case let other?: throw RouteError("webhook \(url) reply: replies[\(index)].target '\(other)' must be broadcast or sender")
