@@ -96,11 +96,14 @@ public struct HealthAnswer: Codable, Sendable, Equatable {
         public var commands: String
         public var subscriptions: String
         public var reconnects: Int
+        /// Seconds since this instance's own delivery canary came back (absent when it is off).
+        public var canaryAgeSeconds: Double?
 
-        public init(commands: String, subscriptions: String, reconnects: Int) {
+        public init(commands: String, subscriptions: String, reconnects: Int, canaryAgeSeconds: Double? = nil) {
             self.commands = commands
             self.subscriptions = subscriptions
             self.reconnects = reconnects
+            self.canaryAgeSeconds = canaryAgeSeconds
         }
     }
 

@@ -48,14 +48,20 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
     }
 
     private let state = NIOLockedValueBox(State())
+    /// Watches the cross-instance path (see ``DeliveryCanary``); nil when turned off.
+    public let canary: DeliveryCanary?
 
     public var name: String { "redis" }
     public var publishesSynchronously: Bool { false }
 
     public init(
         client: RedisClient, hub: FanoutHub, naming: RedisChannelNaming, instanceID: String, messageIDs: MessageIDGenerator,
-        eventLoop: any EventLoop, logger: Logger
+        eventLoop: any EventLoop, logger: Logger, canary: (interval: TimeAmount, timeout: TimeAmount)? = nil
     ) {
+        self.canary = canary.map {
+            DeliveryCanary(
+                client: client, naming: naming, instanceID: instanceID, interval: $0.interval, timeout: $0.timeout, loop: eventLoop, logger: logger)
+        }
         self.client = client
         self.hub = hub
         self.naming = naming
@@ -74,9 +80,11 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
             self?.onInstanceMessage(message)
         }
         state.withLockedValue { $0.instanceSubscription = sub }
+        try await canary?.start()
     }
 
     public func shutdown() async {
+        canary?.stop()
         await client.shutdown()
     }
 

@@ -92,7 +92,9 @@ public struct SwitchboardGateway: Sendable {
             let client = RedisClient(configuration: redisConfiguration, eventLoopGroup: group, logger: redisLogger)
             let re = RedisEngine(
                 client: client, hub: hub, naming: RedisChannelNaming(prefix: settings.channelPrefix), instanceID: instanceID,
-                messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger)
+                messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger,
+                canary: settings.canaryIntervalMs > 0
+                    ? (.milliseconds(Int64(settings.canaryIntervalMs)), .milliseconds(Int64(settings.canaryTimeoutMs))) : nil)
             redisClient = client
             redisEngine = re
             engine = re

@@ -141,6 +141,14 @@ package enum ConfigKeyCatalog {
                 .init("redis.channel-prefix", .string, "`switchboard:`", "prefix of the gateway's own channels"),
                 .init("redis.command-timeout-ms", .integer, "`2000`", "a command not answered in time fails (and its connection is reset)"),
                 .init(
+                    "redis.canary-interval-ms", .integer, "`1000`",
+                    "the delivery canary: each instance publishes one on `<prefix>canary` this often and watches it come back through its subscriber connection; 0: off"
+                ),
+                .init(
+                    "redis.canary-timeout-ms", .integer, "`3000`",
+                    "an instance whose own canary is older than this is not ready (`/health/ready` 503 with the reason): Redis stalled or the subscriber path is broken"
+                ),
+                .init(
                     "redis.connection-per-loop", .boolean, "`true`",
                     "a command connection per event loop besides the shared one: a session's or request's commands and their replies stay on its loop (no thread hop); the shared connection takes over while a loop's is down"
                 ),

@@ -97,6 +97,9 @@ public struct RedisSettings: Sendable, Equatable {
     public var commandTimeoutMs = 2_000
     /// A Redis command connection per event loop (no thread hop per command), besides the shared one.
     public var connectionPerLoop = true
+    /// The delivery canary's period (0: off) and how late it may be before the instance is not ready.
+    public var canaryIntervalMs = 1_000
+    public var canaryTimeoutMs = 3_000
     public var connectTimeoutMs = 2_000
     /// Inbound routes (backend → browsers).
     public var inbound: [RedisInboundSetting] = []
@@ -110,6 +113,10 @@ public struct RedisSettings: Sendable, Equatable {
         channelPrefix = reader.string(forKey: "channel-prefix", default: channelPrefix)
         commandTimeoutMs = reader.int(forKey: "command-timeout-ms", default: commandTimeoutMs)
         connectionPerLoop = reader.bool(forKey: "connection-per-loop", default: connectionPerLoop)
+        canaryIntervalMs = reader.int(forKey: "canary-interval-ms", default: canaryIntervalMs)
+        canaryTimeoutMs = reader.int(forKey: "canary-timeout-ms", default: canaryTimeoutMs)
+        try SwitchboardConfiguration.atLeast(0, ("redis.canary-interval-ms", canaryIntervalMs))
+        try SwitchboardConfiguration.atLeast(1, ("redis.canary-timeout-ms", canaryTimeoutMs))
         connectTimeoutMs = reader.int(forKey: "connect-timeout-ms", default: connectTimeoutMs)
         try SwitchboardConfiguration.atLeast(1, ("redis.command-timeout-ms", commandTimeoutMs), ("redis.connect-timeout-ms", connectTimeoutMs))
         do { _ = try RedisConfiguration(url: url) } catch {

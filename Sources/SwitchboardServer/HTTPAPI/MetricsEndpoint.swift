@@ -91,6 +91,12 @@ final class MetricsEndpoint: Sendable {
                     help: "1 while the Redis connection is up.")
             }
             counter("switchboard_redis_reconnects_total", engine.client.reconnectCount, help: "Redis reconnects.")
+            if let age = engine.canary?.ownAge {
+                registry.makeGauge(
+                    name: "switchboard_delivery_canary_age_seconds", labels: [],
+                    help: "Seconds since this instance's own delivery canary last came back through Redis."
+                ).set(age)
+            }
             counter("switchboard_redis_pubsub_messages_in_total", engine.messagesIn.load(ordering: .relaxed), help: "Pub/Sub messages received from Redis.")
             counter("switchboard_redis_publish_failures_total", engine.publishFailures.load(ordering: .relaxed), help: "Publishes Redis did not accept.")
             counter("switchboard_redis_xadd_failures_total", RedisStreamRoute.failures.load(ordering: .relaxed), help: "XADDs of /app messages that failed.")

@@ -82,8 +82,9 @@ struct PublishAPI: Sendable {
         return Self.json(answer, status: NotificationPublisher.status(of: answer))
     }
 
-    /// Ready: accepting sessions (not draining) and, in Redis mode, both Redis connections up and
-    /// every configured consumer group verified on the current connection.
+    /// Ready: accepting sessions (not draining) and, in Redis mode, both Redis connections up,
+    /// every configured consumer group verified on the current connection, and the delivery
+    /// canary on time (the cross-instance path delivers).
     func readiness() -> Response {
         var reasons: [String] = []
         if !admission.admitsConnections { reasons.append("draining") }
@@ -92,6 +93,7 @@ struct PublishAPI: Sendable {
                 reasons.append("redis \(role) connection is \(engine.client.connectionState(role))")
             }
             reasons += streamGroups.compactMap(\.notReadyReason)
+            if let late = engine.canary?.lateReason { reasons.append(late) }
         }
         if reasons.isEmpty { return Self.json(ReadinessAnswer(status: "ready")) }
         return Self.json(ReadinessAnswer(status: "not ready", reasons: reasons), status: .serviceUnavailable)
@@ -102,7 +104,7 @@ struct PublishAPI: Sendable {
         let redis = (services.engine as? RedisEngine).map { engine in
             HealthAnswer.Redis(
                 commands: "\(engine.client.connectionState(.commands))", subscriptions: "\(engine.client.connectionState(.subscriptions))",
-                reconnects: engine.client.reconnectCount)
+                reconnects: engine.client.reconnectCount, canaryAgeSeconds: engine.canary?.ownAge)
         }
         return Self.json(
             HealthAnswer(

@@ -1,0 +1,93 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import RedisClient
+
+/// Proves that the cross-instance path delivers: every `interval` the instance publishes a
+/// canary on `<prefix>canary` and watches for it to come back through its own subscriber
+/// connection, like any message does. When its own canary is older than `timeout` (Redis
+/// stalled, the subscriber connection silently dead, a publish path broken), the instance is
+/// not ready (``lateReason``), so a green readiness check means "delivering". Peers' canaries
+/// are recorded too (``peers``).
+public final class DeliveryCanary: Sendable {
+    public let interval: TimeAmount
+    public let timeout: TimeAmount
+    let client: RedisClient
+    let channel: String
+    let instanceID: String
+    let loop: any EventLoop
+    let logger: Logger
+
+    struct State {
+        var started: NIODeadline?
+        /// When this instance's last canary came back.
+        var ownSeen: NIODeadline?
+        var peers: [String: NIODeadline] = [:]
+        var task: RepeatedTask?
+        var subscription: RedisCallbackSubscription?
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    public init(client: RedisClient, naming: RedisChannelNaming, instanceID: String, interval: TimeAmount, timeout: TimeAmount, loop: any EventLoop, logger: Logger) {
+        self.client = client
+        self.channel = naming.prefix + "canary"
+        self.instanceID = instanceID
+        self.interval = interval
+        self.timeout = timeout
+        self.loop = loop
+        self.logger = logger
+    }
+
+    /// Subscribes and starts publishing. The subscription is re-established by the client after
+    /// a reconnect.
+    public func start() async throws {
+        let sub = try await client.subscribe(to: [channel], kind: .channel) { [weak self] message in
+            self?.received(String(buffer: message.payload))
+        }
+        let client = self.client, channel = self.channel, instanceID = self.instanceID
+        let task = loop.scheduleRepeatedTask(initialDelay: .zero, delay: interval) { _ in
+            _ = client.send(PUBLISH(channel: channel, message: .string(instanceID)))
+        }
+        state.withLockedValue { s in
+            s.started = .now()
+            s.subscription = sub
+            s.task = task
+        }
+    }
+
+    public func stop() {
+        let task = state.withLockedValue { s in
+            defer { s.task = nil }
+            return s.task
+        }
+        task?.cancel()
+    }
+
+    func received(_ sender: String) {
+        let now = NIODeadline.now()
+        state.withLockedValue { s in
+            if sender == instanceID { s.ownSeen = now } else { s.peers[sender] = now }
+        }
+    }
+
+    /// Seconds since this instance's own canary last came back (since start while none has).
+    public var ownAge: Double? {
+        state.withLockedValue { s in
+            guard let since = s.ownSeen ?? s.started else { return nil }
+            return Double((NIODeadline.now() - since).nanoseconds) / 1e9
+        }
+    }
+
+    /// Why the instance is not delivering, or nil while its canary is on time.
+    public var lateReason: String? {
+        guard let age = ownAge, age * 1e9 > Double(timeout.nanoseconds) else { return nil }
+        return String(format: "delivery canary late: own canary not seen for %.1f s", age)
+    }
+
+    /// Seconds since each peer's canary was last seen.
+    public var peers: [String: Double] {
+        let now = NIODeadline.now()
+        return state.withLockedValue { s in s.peers.mapValues { Double((now - $0).nanoseconds) / 1e9 } }
+    }
+}

@@ -1,0 +1,33 @@
+"""The delivery canary: readiness means the cross-instance path delivers. A Redis that stops
+answering (SIGSTOP: the TCP connections stay up; the subscriber connection, which sends
+nothing, looks connected all along) turns /health/ready 503 with the canary's reason within
+the canary timeout, and ready again once Redis runs."""
+import os
+import signal
+
+import requests
+
+from support.process import wait_until
+
+
+def ready(url):
+    r = requests.get(f"{url}/health/ready", timeout=2)
+    return r.status_code, r.json()
+
+
+def test_a_stalled_redis_makes_instances_not_ready_until_it_delivers_again(cluster_factory):
+    cluster = cluster_factory(replicas=0, gateways=2)
+    gw = cluster.gw_url(0)
+    wait_until(lambda: ready(gw)[0] == 200, 20, what="ready")
+    health = requests.get(f"{gw}/health", timeout=2).json()
+    assert health["redis"]["canaryAgeSeconds"] < 3, health
+    metrics = requests.get(f"{gw}/metrics", timeout=2).text
+    assert "switchboard_delivery_canary_age_seconds " in metrics
+    redis = cluster.procs["redis"]
+    os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        status, body = wait_until(lambda: (lambda r: r[0] == 503 and r)(ready(gw)), 15, what="not ready while Redis is stalled")
+        assert any("delivery canary late" in reason for reason in body["reasons"]), body
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+    wait_until(lambda: ready(gw)[0] == 200 and ready(cluster.gw_url(1))[0] == 200, 20, what="ready again")
