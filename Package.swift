@@ -217,9 +217,34 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The one redis-server fixture of the tests that need a real server.
+        .target(
+            name: "RedisServerTesting",
+            dependencies: [
+                "RedisClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/RedisServerTesting",
+            swiftSettings: swiftSettings
+        ),
+        // RedisClient against a real redis-server (RedisClientTests: without one).
+        .testTarget(
+            name: "RedisClientIntegrationTests",
+            dependencies: [
+                "RedisClient",
+                "RedisServerTesting",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "SwitchboardKitTests",
             dependencies: [
+                "RedisServerTesting",
                 "SwitchboardKit",
                 "SwitchboardRedis",
                 "SwitchboardCore",

@@ -1,14 +1,15 @@
 import NIOCore
 import RedisClient
+import RedisServerTesting
 import STOMPCodec
 import SwitchboardKit
 import SwitchboardRedis
 import Testing
 
-@Suite("Publishing to the gateway's channels", .enabled(if: KitRedisServer.isAvailable, "redis-server not installed"))
+@Suite("Publishing to the gateway's channels", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
 struct PublishTests {
     @Test func publishReachesTheDestinationChannelAsAnEnvelope() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         let consumer = StreamConsumer(client: client, configuration: testConfiguration(name: "svc-1"), logger: quietLogger)
@@ -39,7 +40,7 @@ struct PublishTests {
     }
 
     @Test func batchIsPublishedInOrderWithOneResultEach() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         let publisher = SwitchboardPublisher(client: client, origin: "svc-batch")
@@ -65,7 +66,7 @@ struct PublishTests {
     }
 
     @Test func publishToUserGoesToThatUsersRoutingChannel() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         let publisher = SwitchboardPublisher(client: client, origin: "svc-3")
@@ -84,7 +85,7 @@ struct PublishTests {
     }
 
     @Test func replyGoesOnlyToTheSendersInstanceWithTheSession() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         let consumer = StreamConsumer(client: client, configuration: testConfiguration(name: "svc-2"), logger: quietLogger)

@@ -1,17 +1,18 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
+import RedisServerTesting
 import SwitchboardCore
 import SwitchboardKit
 import SwitchboardRedis
 import Testing
 
-@Suite("StreamConsumer: lost groups and slow replicas", .enabled(if: KitRedisServer.isAvailable, "redis-server not installed"))
+@Suite("StreamConsumer: lost groups and slow replicas", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
 struct StreamConsumerRecoveryTests {
     /// Redis loses its data (FLUSHALL) and the gateway stores an entry before anyone re-created the
     /// group: the consumer re-creates it at 0 and processes that entry.
     @Test func groupLostWithRedisDataIsRecreatedAtZero() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         let seen = NIOLockedValueBox<[String]>([])
@@ -45,7 +46,7 @@ struct StreamConsumerRecoveryTests {
     /// A slow replica's batch takes longer than `claimMinIdle`; a fast replica scans for idle entries
     /// all the time. The slow one renews its hold, so every entry is processed exactly once.
     @Test func slowAndFastReplicasProcessThousandEntriesExactlyOnce() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "0", makeStream: true))

@@ -2,14 +2,15 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
+import RedisServerTesting
 import STOMPCodec
 import SwitchboardKit
 import Testing
 
-@Suite("StreamConsumer against a real redis-server", .enabled(if: KitRedisServer.isAvailable, "redis-server not installed"))
+@Suite("StreamConsumer against a real redis-server", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
 struct StreamConsumerTests {
     @Test func createsGroupHandlesGatewayEntryAndAcksAfterHandler() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         let consumer = StreamConsumer(client: client, configuration: testConfiguration(name: "replica-a"), logger: quietLogger)
@@ -51,7 +52,7 @@ struct StreamConsumerTests {
     }
 
     @Test func twoConsumersProcessFiftyEntriesExactlyOnce() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         let seen = NIOLockedValueBox<[String: Int]>([:])
@@ -83,7 +84,7 @@ struct StreamConsumerTests {
     }
 
     @Test func failuresAreRetriedThenDeadLettered() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         let attempts = NIOLockedValueBox<[String: [Int]]>([:])
@@ -124,7 +125,7 @@ struct StreamConsumerTests {
     }
 
     @Test func entryBeyondDeliveryLimitIsDeadLetteredWithoutHandling() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
@@ -148,7 +149,7 @@ struct StreamConsumerTests {
     }
 
     @Test func idleEntriesOfACrashedConsumerAreClaimed() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
@@ -194,7 +195,7 @@ struct StreamConsumerTests {
     }
 
     @Test func restartedConsumerResumesItsOwnPendingEntries() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         let first = StreamConsumer(client: client, configuration: testConfiguration(name: "stable", retryDelay: .seconds(60)), logger: quietLogger)
@@ -223,7 +224,7 @@ struct StreamConsumerTests {
     }
 
     @Test func survivesARedisRestartAndRecreatesTheGroup() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         let bodies = NIOLockedValueBox<[String]>([])
@@ -245,7 +246,7 @@ struct StreamConsumerTests {
     }
 
     @Test func cancellingFinishesTheInFlightHandlerAndAcks() async throws {
-        let server = try await KitRedisServer.start()
+        let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
         let consumer = StreamConsumer(client: client, configuration: testConfiguration(), logger: quietLogger)

@@ -2,12 +2,13 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import RedisClient
 
-@testable import RedisClient
-
-/// A throw-away `redis-server` on a free port with its own temporary directory.
-final class RedisServerProcess: @unchecked Sendable {
-    static let executable: String? = {
+/// A throw-away `redis-server` on a free port with its own temporary directory, killed on
+/// `stop()` or deinit: the one fixture of every test target that needs a real server
+/// (`RedisClientIntegrationTests`, `SwitchboardKitTests`).
+package final class RedisServerProcess: @unchecked Sendable {
+    package static let executable: String? = {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         for dir in path.split(separator: ":") + ["/usr/bin", "/usr/local/bin"] {
             let candidate = "\(dir)/redis-server"
@@ -16,11 +17,11 @@ final class RedisServerProcess: @unchecked Sendable {
         return nil
     }()
 
-    static var isAvailable: Bool { executable != nil }
+    package static var isAvailable: Bool { executable != nil }
 
-    let port: Int
-    let directory: URL
-    let extraArguments: [String]
+    package let port: Int
+    package let directory: URL
+    package let extraArguments: [String]
     private var process: Process?
 
     private init(port: Int, extraArguments: [String]) throws {
@@ -31,14 +32,19 @@ final class RedisServerProcess: @unchecked Sendable {
     }
 
     /// Starts a server and waits until it answers PING.
-    static func start(_ extraArguments: [String] = []) async throws -> RedisServerProcess {
+    package static func start(_ extraArguments: [String] = []) async throws -> RedisServerProcess {
         let server = try RedisServerProcess(port: try await freePort(), extraArguments: extraArguments)
-        try await server.launch()
+        do {
+            try await server.launch()
+        } catch {
+            server.stop()
+            throw error
+        }
         return server
     }
 
     /// (Re)starts the server process on the same port.
-    func launch() async throws {
+    package func launch() async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.executable!)
         process.arguments =
@@ -69,7 +75,7 @@ final class RedisServerProcess: @unchecked Sendable {
     }
 
     /// Kills the server (SIGKILL) and waits for it to exit.
-    func kill() {
+    package func kill() {
         guard let process = self.process else { return }
         Foundation.kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
@@ -77,28 +83,38 @@ final class RedisServerProcess: @unchecked Sendable {
     }
 
     /// Kills the server and removes its directory.
-    func stop() {
+    package func stop() {
         self.kill()
         try? FileManager.default.removeItem(at: self.directory)
     }
 
     deinit { self.stop() }
 
-    var configuration: RedisConfiguration {
+    package var configuration: RedisConfiguration {
         var configuration = RedisConfiguration(host: "127.0.0.1", port: self.port)
         configuration.connectTimeout = .seconds(2)
         configuration.commandTimeout = .seconds(5)
         return configuration
     }
 
-    func url(_ userInfo: String = "", database: Int? = nil) -> String {
+    package func url(_ userInfo: String = "", database: Int? = nil) -> String {
         "redis://\(userInfo)127.0.0.1:\(self.port)" + (database.map { "/\($0)" } ?? "")
     }
 
-    func connect(_ configure: (inout RedisConfiguration) -> Void = { _ in }) async throws -> RedisConnection {
+    package func connect(_ configure: (inout RedisConfiguration) -> Void = { _ in }) async throws -> RedisConnection {
         var configuration = self.configuration
         configure(&configuration)
         return try await RedisConnection.connect(configuration: configuration)
+    }
+
+    /// A started client (pub/sub enabled) that is connected.
+    package func client() async throws -> RedisClient {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let client = RedisClient(configuration: self.configuration, logger: logger)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(5))
+        return client
     }
 
     private static func freePort() async throws -> Int {
@@ -112,7 +128,7 @@ final class RedisServerProcess: @unchecked Sendable {
 }
 
 /// Polls `condition` until it holds or `timeout` elapses.
-func eventually(timeout: Duration = .seconds(5), _ condition: @Sendable () async throws -> Bool) async throws -> Bool {
+package func eventually(timeout: Duration = .seconds(10), _ condition: @Sendable () async throws -> Bool) async throws -> Bool {
     let clock = ContinuousClock()
     let deadline = clock.now + timeout
     while clock.now < deadline {
@@ -123,7 +139,7 @@ func eventually(timeout: Duration = .seconds(5), _ condition: @Sendable () async
 }
 
 /// Reads the next message from a subscription, with a timeout.
-func nextMessage(_ subscription: RedisSubscription, timeout: Duration = .seconds(5)) async throws -> RedisPubSubMessage? {
+package func nextMessage(_ subscription: RedisSubscription, timeout: Duration = .seconds(5)) async throws -> RedisPubSubMessage? {
     try await withThrowingTaskGroup(of: RedisPubSubMessage?.self) { group in
         group.addTask {
             var iterator = subscription.makeAsyncIterator()

@@ -2,6 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import RedisServerTesting
 import Testing
 
 @testable import RedisClient

@@ -1,0 +1,67 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import RedisClient
+import RedisServerTesting
+import STOMPCodec
+import SwitchboardCore
+import SwitchboardKit
+import SwitchboardRedis
+
+/// The quiet logger used by consumers under test.
+let quietLogger: Logger = {
+    var logger = Logger(label: "kit-test")
+    logger.logLevel = .critical
+    return logger
+}()
+
+/// Test configuration: short block and claim timings.
+func testConfiguration(
+    stream: String = "OUT", group: String = "svc", name: String = "c-\(UUID().uuidString.prefix(8))",
+    claimMinIdle: Duration = .seconds(60), claimInterval: Duration = .seconds(60),
+    retryDelay: Duration = .milliseconds(100), maxDeliveries: Int = 5, batchSize: Int = 16
+) -> StreamConsumerConfiguration {
+    StreamConsumerConfiguration(
+        stream: stream, group: group, consumerName: name, batchSize: batchSize, blockTime: .milliseconds(500),
+        claimMinIdle: claimMinIdle, claimInterval: claimInterval, retryDelay: retryDelay, maxDeliveries: maxDeliveries
+    )
+}
+
+/// XADDs an entry with exactly the fields the gateway's stream route writes.
+@discardableResult
+func addGatewayEntry(
+    _ client: RedisClient, stream: String = "OUT", destination: String = "/app/greet", body: String,
+    session: String = "sess-1", user: String? = "alice", instance: String = "gw-1", headers: STOMPHeaders = [:]
+) async throws -> String {
+    let message = AppMessage(
+        destination: destination, body: ByteBuffer(string: body), headers: headers, contentType: "text/plain",
+        sessionID: session, user: user, instanceID: instance, timestamp: 1_700_000_000_123
+    )
+    return try await client.execute(XADD(key: stream, fields: RedisStreamRoute.fields(for: message)))
+}
+
+/// Number of entries pending in `group` (0 if the group does not exist).
+func pendingCount(_ client: RedisClient, stream: String = "OUT", group: String = "svc") async throws -> Int {
+    try await client.execute(XPENDING(key: stream, group: group)).count
+}
+
+/// Runs `consumer` in a task; returns the task so the test can await its end.
+func start(_ consumer: StreamConsumer, _ handler: @escaping StreamConsumer.Handler) -> Task<Void, any Error> {
+    Task { try await consumer.run(handler) }
+}
+
+/// Waits until `consumer` has created its group and is reading.
+func waitUntilReading(_ consumer: StreamConsumer, _ client: RedisClient) async throws -> Bool {
+    let stream = consumer.configuration.stream
+    let group = consumer.configuration.group
+    return try await eventually {
+        guard consumer.statistics.connects >= 1 else { return false }
+        return (try? await client.execute(XPENDING(key: stream, group: group))) != nil
+    }
+}
+
+/// A test error.
+struct Boom: Error, CustomStringConvertible {
+    var description: String
+}
