@@ -125,6 +125,27 @@ import Testing
         #expect(!h.resume("/topic/a", from: .after(a[0].position!)) {}.recovered)
     }
 
+    @Test func windowsByPrefixKeepTheirOwnLengthAndTTL() {
+        let clock = Clock()
+        var settings = DestinationHistory.Settings()
+        settings.maxLength = 5
+        settings.windows = [
+            .init(prefix: "/topic/ticks.", maxLength: 2, ttl: .seconds(60)),
+            .init(prefix: "/topic/ticks.slow.", maxLength: 4, ttl: .seconds(1)),
+        ]
+        let h = DestinationHistory(settings: settings, processEpoch: "p", clock: clock.read)
+        let bodies = (1...6).map(String.init)
+        publish(h, "/topic/ticks.eur", bodies)
+        publish(h, "/topic/ticks.slow.x", bodies)
+        publish(h, "/topic/news", bodies)
+        #expect(self.bodies(h.resume("/topic/ticks.eur", from: .last(10)) {}.messages) == ["5", "6"])
+        #expect(self.bodies(h.resume("/topic/ticks.slow.x", from: .last(10)) {}.messages) == ["3", "4", "5", "6"])
+        #expect(self.bodies(h.resume("/topic/news", from: .last(10)) {}.messages) == ["2", "3", "4", "5", "6"])
+        clock.advance(.seconds(2))  // the longest prefix's TTL: only the slow window expires
+        #expect(h.resume("/topic/ticks.slow.x", from: .last(10)) {}.messages.isEmpty)
+        #expect(self.bodies(h.resume("/topic/ticks.eur", from: .last(10)) {}.messages) == ["5", "6"])
+    }
+
     @Test func disabledPrefixesAndUserDestinations() {
         let h = history()
         #expect(!h.covers("/topic/nohistory.ticks"))

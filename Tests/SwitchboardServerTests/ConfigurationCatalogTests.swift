@@ -22,11 +22,12 @@ import Testing
         "auth.api-keys.names=k", "auth.api-keys.k.sha256=" + String(repeating: "a", count: 64),
         "http.tls.certificate-file=/nonexistent.pem", "http.tls.key-file=/nonexistent.key",
         "log.level=debug",
+        "history.windows.names=w", "history.windows.w.prefix=/topic/w.",
     ]
 
     /// `routes.hook.url` → `routes.<name>.url` for the names configured above.
     static func pattern(of key: String) -> String {
-        for prefix in ["routes.", "redis.inbound.", "auth.api-keys."] where key.hasPrefix(prefix) {
+        for prefix in ["routes.", "redis.inbound.", "auth.api-keys.", "history.windows."] where key.hasPrefix(prefix) {
             let rest = key.dropFirst(prefix.count)
             if let dot = rest.firstIndex(of: "."), rest[..<dot] != "names" {
                 return prefix + ConfigKeySpec.placeholder + rest[dot...]

@@ -230,3 +230,24 @@ def test_one_order_per_destination_with_many_publishers(gateway, clients):
     for k in range(api_publishers):
         mine = [t for t in orders[0] if t.startswith(f"a{k}-")]
         assert mine == [f"a{k}-{i}" for i in range(per_publisher)]
+
+
+def test_history_windows_by_prefix(gateway_factory, clients):
+    gw = gateway_factory("history.windows.names=small", "history.windows.small.prefix=/topic/h.small.",
+                         "history.windows.small.max-length=2")
+    for i in range(5):
+        gw.publish("/topic/h.small.x", f"s{i}")
+        gw.publish("/topic/h.big", f"b{i}")
+    a = clients(gw)
+    a.subscribe("/topic/h.small.x", id="s", receipt="r1", **{"x-last": "5"})
+    assert [m.text for m in a.receive_many(2)] == ["s3", "s4"]
+    b = clients(gw)
+    b.subscribe("/topic/h.big", id="b", receipt="r2", **{"x-last": "5"})
+    assert [m.text for m in b.receive_many(5)] == [f"b{i}" for i in range(5)]
+
+
+def test_a_window_without_prefix_stops_start_up(gateway_factory):
+    import subprocess
+    from support.paths import BINARY
+    out = subprocess.run([BINARY, "--port", "0", "--set", "history.windows.names=w"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "history.windows.w.prefix is required and must start with '/'" in out.stderr, out.stderr

@@ -65,8 +65,31 @@ public final class DestinationHistory: Sendable {
         public var maxDestinations = 10_000
         /// Destinations starting with one of these keep no history.
         public var disabledPrefixes: [String] = []
+        /// Other windows for destinations starting with a prefix (the longest matching prefix
+        /// wins; destinations as clients name them).
+        public var windows: [Window] = []
+
+        public struct Window: Sendable, Equatable {
+            public var prefix: String
+            public var maxLength: Int
+            public var ttl: TimeAmount
+
+            public init(prefix: String, maxLength: Int, ttl: TimeAmount) {
+                self.prefix = prefix
+                self.maxLength = maxLength
+                self.ttl = ttl
+            }
+        }
 
         public init() {}
+
+        /// The window of `destination`: the longest matching prefix's, or the default.
+        func window(for destination: String) -> (maxLength: Int, ttl: TimeAmount) {
+            guard !windows.isEmpty else { return (maxLength, ttl) }
+            let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
+            let match = windows.filter { shown.hasPrefix($0.prefix) }.max { $0.prefix.count < $1.prefix.count }
+            return match.map { ($0.maxLength, $0.ttl) } ?? (maxLength, ttl)
+        }
     }
 
     private struct Entry {
@@ -80,6 +103,8 @@ public final class DestinationHistory: Sendable {
         var next: UInt64 = 1
         var entries = CircularBuffer<Entry>()
         var lastPublished: NIODeadline
+        var maxLength: Int
+        var ttl: TimeAmount
 
         var position: StreamPosition { StreamPosition(epoch: epoch, sequence: next - 1) }
     }
@@ -124,7 +149,7 @@ public final class DestinationHistory: Sendable {
             if s.rings[message.destination] == nil {
                 evictIfFull(&s)
                 s.generation += 1
-                s.rings[message.destination] = Ring(epoch: processEpoch + String(s.generation, radix: 36), lastPublished: now)
+                s.rings[message.destination] = makeRing(message.destination, generation: s.generation, now: now)
             }
             let numbered = s.rings[message.destination].map { ring in
                 message.positioned(StreamPosition(epoch: ring.epoch, sequence: ring.next))
@@ -151,7 +176,7 @@ public final class DestinationHistory: Sendable {
                 // Nothing published since this history began: a fresh epoch, nothing missed
                 // unless the client comes from another one.
                 s.generation += 1
-                let fresh = Ring(epoch: processEpoch + String(s.generation, radix: 36), lastPublished: now)
+                let fresh = makeRing(destination, generation: s.generation, now: now)
                 evictIfFull(&s)
                 s.rings[destination] = fresh
                 let recovered: Bool
@@ -188,9 +213,15 @@ public final class DestinationHistory: Sendable {
     /// Number of destinations with a history.
     public var destinationCount: Int { state.withLockedValue { $0.rings.count } }
 
+    private func makeRing(_ destination: String, generation: UInt64, now: NIODeadline) -> Ring {
+        let window = settings.window(for: destination)
+        return Ring(
+            epoch: processEpoch + String(generation, radix: 36), lastPublished: now, maxLength: window.maxLength, ttl: window.ttl)
+    }
+
     private func trim(_ ring: inout Ring, now: NIODeadline) {
-        while ring.entries.count > settings.maxLength { ring.entries.removeFirst() }
-        let cutoff = now - settings.ttl
+        while ring.entries.count > ring.maxLength { ring.entries.removeFirst() }
+        let cutoff = now - ring.ttl
         while let first = ring.entries.first, first.time < cutoff { ring.entries.removeFirst() }
     }
 

@@ -118,6 +118,10 @@ package enum ConfigKeyCatalog {
                     "history.max-destinations", .integer, "`10000`",
                     "destinations with a history; beyond it the one published to least recently is dropped (its next message starts a new epoch)"),
                 .init("history.disabled-prefixes", .list, "`[]`", "destinations starting with one of these keep no history (e.g. `[/topic/ticks.]`)"),
+                .init("history.windows.names", .list, "`[]`", "names of other history windows, by destination prefix"),
+                .init("history.windows.<name>.prefix", .string, "—", "destinations starting with it (as clients name them) use this window; the longest matching prefix wins"),
+                .init("history.windows.<name>.max-length", .integer, "`history.max-length`", "messages kept per destination in this window"),
+                .init("history.windows.<name>.ttl-ms", .integer, "`history.ttl-ms`", "time to live in this window"),
             ]),
         Section(
             title: "`/app` routes",

@@ -190,6 +190,15 @@ public struct HistorySettings: Sendable, Equatable {
     public var maxDestinations = 10_000
     /// Destinations (as clients name them) starting with one of these keep no history.
     public var disabledPrefixes: [String] = []
+    /// `history.windows.<name>.*`: other windows by destination prefix.
+    public var windows: [Window] = []
+
+    public struct Window: Sendable, Equatable {
+        public var name: String
+        public var prefix: String
+        public var maxLength: Int
+        public var ttlMs: Int
+    }
 
     public init() {}
 
@@ -202,6 +211,19 @@ public struct HistorySettings: Sendable, Equatable {
         disabledPrefixes = reader.stringArray(forKey: "disabled-prefixes", default: disabledPrefixes)
         try SwitchboardConfiguration.atLeast(
             1, ("history.max-length", maxLength), ("history.ttl-ms", ttlMs), ("history.max-destinations", maxDestinations))
+        let windowsReader = reader.scoped(to: "windows")
+        windows = try windowsReader.stringArray(forKey: "names", default: []).map { name in
+            let window = windowsReader.scoped(to: ConfigKey([name]))
+            let base = "history.windows.\(name)"
+            guard let prefix = window.string(forKey: "prefix"), prefix.hasPrefix("/") else {
+                throw SwitchboardConfiguration.Invalid(description: "\(base).prefix is required and must start with '/'")
+            }
+            let w = Window(
+                name: name, prefix: prefix, maxLength: window.int(forKey: "max-length", default: maxLength),
+                ttlMs: window.int(forKey: "ttl-ms", default: ttlMs))
+            try SwitchboardConfiguration.atLeast(1, ("\(base).max-length", w.maxLength), ("\(base).ttl-ms", w.ttlMs))
+            return w
+        }
     }
 
     /// The history's own settings, or nil when history is off.
@@ -212,6 +234,7 @@ public struct HistorySettings: Sendable, Equatable {
         settings.ttl = .milliseconds(Int64(ttlMs))
         settings.maxDestinations = maxDestinations
         settings.disabledPrefixes = disabledPrefixes
+        settings.windows = windows.map { .init(prefix: $0.prefix, maxLength: $0.maxLength, ttl: .milliseconds(Int64($0.ttlMs))) }
         return settings
     }
 }
