@@ -60,6 +60,9 @@ let package = Package(
             dependencies: [
                 "SwitchboardCore",
                 "STOMPCodec",
+                "RedisClient",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -246,6 +249,7 @@ let package = Package(
             dependencies: [
                 "RedisServerTesting",
                 "SwitchboardKit",
+                "SwitchboardRoutes",
                 "SwitchboardRedis",
                 "SwitchboardCore",
                 "RedisClient",

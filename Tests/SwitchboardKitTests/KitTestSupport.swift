@@ -8,6 +8,7 @@ import STOMPCodec
 import SwitchboardCore
 import SwitchboardKit
 import SwitchboardRedis
+import SwitchboardRoutes
 
 /// The quiet logger used by consumers under test.
 let quietLogger: Logger = {

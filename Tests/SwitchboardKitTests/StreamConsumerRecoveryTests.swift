@@ -5,6 +5,7 @@ import RedisServerTesting
 import SwitchboardCore
 import SwitchboardKit
 import SwitchboardRedis
+import SwitchboardRoutes
 import Testing
 
 @Suite("StreamConsumer: lost groups and slow replicas", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))

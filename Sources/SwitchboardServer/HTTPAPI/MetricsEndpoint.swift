@@ -6,6 +6,7 @@ import RedisClient
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardRedis
+import SwitchboardRoutes
 
 /// `GET /metrics` in Prometheus text format.
 ///

@@ -7,6 +7,7 @@ import SwitchboardAPIModel
 import SwitchboardAuth
 import SwitchboardCore
 import SwitchboardRedis
+import SwitchboardRoutes
 
 /// The HTTP API backends use to push to browsers, compatible with the seed articles:
 /// `POST /api/notification` with `{"topic","message"}` (optional `headers`, `contentType`),
