@@ -187,6 +187,18 @@ final class PublishHandlerHarness {
         #expect(!h.channel.isActive)
     }
 
+    @Test func aHalfClosedConnectionClosesOnceItsAnswersAreWritten() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine)
+        try h.publish("/topic/a", "1")
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(h.channel.isActive)  // an answer is still owed
+        engine.pending[0].1.succeed(())
+        h.channel.embeddedEventLoop.run()
+        #expect(try h.responses().map(\.status) == [200])
+        #expect(!h.channel.isActive)
+    }
+
     @Test func missingAPIKeyIs401() throws {
         let key = APIKeyStore.Key(name: "backend", sha256: APIKeyStore.hash("s3cret"), scopes: ["/topic/"])
         let h = try PublishHandlerHarness(keys: [key])

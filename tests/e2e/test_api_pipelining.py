@@ -90,3 +90,12 @@ def test_api_requests_are_counted_in_metrics(gateway):
         s.sendall(request("POST", "/api/notifications", [{"topic": "/topic/x", "message": "m"}, {"topic": "/nope"}]))
         assert read_responses(s, 1)[0][0] == 207
     wait_until(lambda: count() == before + 1, 5, what="the batch request counted")
+
+
+def test_a_client_that_half_closes_gets_its_answers_then_the_close(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(request("POST", "/api/notification", {"topic": "/topic/x", "message": "m"}) * 2)
+        s.shutdown(socket.SHUT_WR)
+        assert [a[0] for a in read_responses(s, 2)] == [200, 200]
+        s.settimeout(5)
+        assert s.recv(1) == b""  # closed by the gateway, not left half-open

@@ -77,6 +77,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var forwardedUnanswered = 0
     private var taskOpen = false
     private var closing = false
+    private var inputClosed = false
     private var readPending = false
     private var context: ChannelHandlerContext?
 
@@ -250,6 +251,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if !closing { replayHeld(context: context) }
         if wrote { context.flush() }
         resumeReadsIfPossible(context: context)
+        closeIfDone(context: context)
     }
 
     private func replayHeld(context: ChannelHandlerContext) {
@@ -291,6 +293,23 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             readPending = false
             context.read()
         }
+    }
+
+    /// The client closed its side. Without the router's task (which then finishes and closes),
+    /// nobody else would close the connection: close it once the answers owed are written.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if !taskOpen, case .inputClosed? = event as? ChannelEvent {
+            inputClosed = true
+            closeIfDone(context: context)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func closeIfDone(context: ChannelHandlerContext) {
+        guard inputClosed, !taskOpen, !closing, answers.isEmpty else { return }
+        closing = true
+        context.close(promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
