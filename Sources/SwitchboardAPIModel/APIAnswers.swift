@@ -98,12 +98,18 @@ public struct HealthAnswer: Codable, Sendable, Equatable {
         public var reconnects: Int
         /// Seconds since this instance's own delivery canary came back (absent when it is off).
         public var canaryAgeSeconds: Double?
+        /// Seconds since each other instance's canary was last seen here (absent when it is off).
+        public var peerCanaryAgeSeconds: [String: Double]?
 
-        public init(commands: String, subscriptions: String, reconnects: Int, canaryAgeSeconds: Double? = nil) {
+        public init(
+            commands: String, subscriptions: String, reconnects: Int, canaryAgeSeconds: Double? = nil,
+            peerCanaryAgeSeconds: [String: Double]? = nil
+        ) {
             self.commands = commands
             self.subscriptions = subscriptions
             self.reconnects = reconnects
             self.canaryAgeSeconds = canaryAgeSeconds
+            self.peerCanaryAgeSeconds = peerCanaryAgeSeconds
         }
     }
 

@@ -105,7 +105,7 @@ struct PublishAPI: Sendable {
         let redis = (services.engine as? RedisEngine).map { engine in
             HealthAnswer.Redis(
                 commands: "\(engine.client.connectionState(.commands))", subscriptions: "\(engine.client.connectionState(.subscriptions))",
-                reconnects: engine.client.reconnectCount, canaryAgeSeconds: engine.canary?.ownAge)
+                reconnects: engine.client.reconnectCount, canaryAgeSeconds: engine.canary?.ownAge, peerCanaryAgeSeconds: engine.canary?.peers)
         }
         return Self.json(
             HealthAnswer(
