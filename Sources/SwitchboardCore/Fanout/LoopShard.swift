@@ -203,11 +203,8 @@ public final class LoopShard: @unchecked Sendable {
     }
 
     private func drainInbox() {
-        let queued = inbox.withLockedValue { queue in
-            let all = queue
-            queue.removeAll(keepingCapacity: true)
-            return all
-        }
+        var queued: [(PublishedMessage, DeliveryScope)] = []
+        inbox.withLockedValue { swap(&queued, &$0) }
         for (message, scope) in queued { deliverLocally(message, scope: scope) }
     }
 

@@ -107,6 +107,23 @@ public final class DestinationHistory: Sendable {
         var ttl: TimeAmount
 
         var position: StreamPosition { StreamPosition(epoch: epoch, sequence: next - 1) }
+
+        /// Numbers `message` as the next of this ring, keeps it, and returns the numbered copy.
+        mutating func append(_ message: PublishedMessage, now: NIODeadline) -> PublishedMessage {
+            let numbered = message.positioned(StreamPosition(epoch: epoch, sequence: next))
+            entries.append(Entry(sequence: next, time: now, message: numbered))
+            next += 1
+            lastPublished = now
+            trim(now: now)
+            return numbered
+        }
+
+        /// Drops what is beyond the window: over `maxLength`, older than `ttl`.
+        mutating func trim(now: NIODeadline) {
+            while entries.count > maxLength { entries.removeFirst() }
+            let cutoff = now - ttl
+            while let first = entries.first, first.time < cutoff { entries.removeFirst() }
+        }
     }
 
     private struct State {
@@ -146,19 +163,8 @@ public final class DestinationHistory: Sendable {
     public func record(_ message: PublishedMessage, deliver: (PublishedMessage) -> Void) {
         let now = clock()
         state.withLockedValue { s in
-            if s.rings[message.destination] == nil {
-                evictIfFull(&s)
-                s.generation += 1
-                s.rings[message.destination] = makeRing(message.destination, generation: s.generation, now: now)
-            }
-            let numbered = s.rings[message.destination].map { ring in
-                message.positioned(StreamPosition(epoch: ring.epoch, sequence: ring.next))
-            }!
-            s.rings[message.destination]!.next += 1
-            s.rings[message.destination]!.lastPublished = now
-            s.rings[message.destination]!.entries.append(Entry(sequence: numbered.position!.sequence, time: now, message: numbered))
-            trim(&s.rings[message.destination]!, now: now)
-            deliver(numbered)
+            ensureRing(&s, message.destination, now: now)
+            deliver(s.rings[message.destination]!.append(message, now: now))
         }
     }
 
@@ -172,22 +178,19 @@ public final class DestinationHistory: Sendable {
         let now = clock()
         return state.withLockedValue { s in
             register()
-            guard var ring = s.rings[destination] else {
+            let created = ensureRing(&s, destination, now: now)
+            s.rings[destination]!.trim(now: now)
+            let ring = s.rings[destination]!
+            if created {
                 // Nothing published since this history began: a fresh epoch, nothing missed
                 // unless the client comes from another one.
-                s.generation += 1
-                let fresh = makeRing(destination, generation: s.generation, now: now)
-                evictIfFull(&s)
-                s.rings[destination] = fresh
                 let recovered: Bool
                 switch start {
                 case .after: recovered = false  // a position of a history this one is not
                 case .last: recovered = true
                 }
-                return HistoryReplay(messages: [], recovered: recovered, position: fresh.position)
+                return HistoryReplay(messages: [], recovered: recovered, position: ring.position)
             }
-            trim(&ring, now: now)
-            s.rings[destination] = ring
             let retained = ring.entries.map(\.message)
             let oldest = ring.entries.first?.sequence ?? ring.next
             switch start {
@@ -213,16 +216,16 @@ public final class DestinationHistory: Sendable {
     /// Number of destinations with a history.
     public var destinationCount: Int { state.withLockedValue { $0.rings.count } }
 
-    private func makeRing(_ destination: String, generation: UInt64, now: NIODeadline) -> Ring {
+    /// Gives `destination` a ring (a new epoch) if it has none; true when it was created.
+    @discardableResult
+    private func ensureRing(_ s: inout State, _ destination: String, now: NIODeadline) -> Bool {
+        guard s.rings[destination] == nil else { return false }
+        evictIfFull(&s)
+        s.generation += 1
         let window = settings.window(for: destination)
-        return Ring(
-            epoch: processEpoch + String(generation, radix: 36), lastPublished: now, maxLength: window.maxLength, ttl: window.ttl)
-    }
-
-    private func trim(_ ring: inout Ring, now: NIODeadline) {
-        while ring.entries.count > ring.maxLength { ring.entries.removeFirst() }
-        let cutoff = now - ring.ttl
-        while let first = ring.entries.first, first.time < cutoff { ring.entries.removeFirst() }
+        s.rings[destination] = Ring(
+            epoch: processEpoch + String(s.generation, radix: 36), lastPublished: now, maxLength: window.maxLength, ttl: window.ttl)
+        return true
     }
 
     /// Makes room for one more destination: drops the one published to least recently.
