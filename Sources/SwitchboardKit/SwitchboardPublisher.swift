@@ -3,6 +3,7 @@ import RedisClient
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardRedis
+import Synchronization
 
 /// Sends messages to browsers through the gateway's Redis channels.
 ///
@@ -22,6 +23,12 @@ public struct SwitchboardPublisher: Sendable {
     public let naming: RedisChannelNaming
     /// Written as the envelope's `origin`; usually the consumer name.
     public let origin: String
+    /// Whether ``publish(destination:body:headers:contentType:)`` and ``publish(_:)`` record
+    /// each message in its destination's history (through the `switchboard_publish` Redis
+    /// Function, Redis 7 or later), as the gateway does: subscribers get it in order with an
+    /// `x-position`, and a client that was away can resume it. False: a plain `PUBLISH`,
+    /// delivered but not kept. Default true.
+    public var recordsHistory = true
     let messageIDs: MessageIDGenerator
 
     /// - Parameters:
@@ -32,6 +39,23 @@ public struct SwitchboardPublisher: Sendable {
         self.origin = origin
         self.naming = naming
         self.messageIDs = MessageIDGenerator(instanceID: origin)
+        // A Redis that restarted empty gets the history functions back before the first FCALL.
+        client.addConnectionSetup(LoadHistoryFunctions.arguments)
+    }
+
+    /// Whether the history functions were loaded once (the connections load them on reconnect).
+    final class LibraryState: Sendable {
+        let loaded = Atomic<Bool>(false)
+    }
+
+    let library = LibraryState()
+
+    /// Loads the history functions before the first recording publish: a batch pipelined
+    /// behind a missing function would be retried out of order.
+    func ensureLibrary() async throws {
+        guard self.recordsHistory, !self.library.loaded.load(ordering: .relaxed) else { return }
+        _ = try await self.client.execute(LoadHistoryFunctions())
+        self.library.loaded.store(true, ordering: .relaxed)
     }
 
     /// Publishes `body` to every subscriber of `destination` on every gateway instance.
@@ -43,8 +67,18 @@ public struct SwitchboardPublisher: Sendable {
     /// - Returns: how many Redis subscribers (gateway instances with interested sessions) got it.
     @discardableResult
     public func publish(destination: String, body: ByteBuffer, headers: STOMPHeaders = [:], contentType: String? = nil) async throws -> Int {
+        try await self.ensureLibrary()
         let payload = self.envelope(destination: destination, body: body, headers: headers, contentType: contentType, session: nil)
-        return try await self.client.execute(PUBLISH(channel: self.naming.channel(forDestination: destination), message: .bytes(payload)))
+        return try await self.send(destination: destination, payload: payload).get()
+    }
+
+    /// Records and publishes (see ``recordsHistory``) one envelope.
+    func send(destination: String, payload: ByteBuffer) -> EventLoopFuture<Int> {
+        guard self.recordsHistory else {
+            return self.client.send(PUBLISH(channel: self.naming.channel(forDestination: destination), message: .bytes(payload)))
+        }
+        let command = HistoryPublish(key: self.naming.historyKey(forDestination: destination), payload: payload)
+        return HistoryFunctions.call(command, on: self.client).map(\.receivers)
     }
 
     /// Publishes a text body to every subscriber of `destination` (UTF-8; see the `ByteBuffer` variant).
@@ -81,9 +115,14 @@ public struct SwitchboardPublisher: Sendable {
     /// - Returns: per notification, in order, how many Redis subscribers got it, or the error
     ///   that stopped it (e.g. ``RedisClientError/notConnected``); one failure does not stop the rest.
     public func publish(_ batch: [Notification]) async -> [Result<Int, any Error>] {
+        do {
+            try await self.ensureLibrary()
+        } catch {
+            return batch.map { _ in .failure(error) }
+        }
         let replies = batch.map { item in
             let payload = self.envelope(destination: item.destination, body: item.body, headers: item.headers, contentType: item.contentType, session: nil)
-            return self.client.send(PUBLISH(channel: self.naming.channel(forDestination: item.destination), message: .bytes(payload)))
+            return self.send(destination: item.destination, payload: payload)
         }
         var results: [Result<Int, any Error>] = []
         results.reserveCapacity(replies.count)

@@ -7,6 +7,9 @@ import SwitchboardCore
 /// | `switchboard:dest:<destination>` | messages for a broker destination, e.g. `switchboard:dest:/topic/greetings` |
 /// | `switchboard:instance:<instance-id>` | messages addressed to one session on that instance |
 ///
+/// Keys: `switchboard:{<destination>}:seq` and `:log` hold a destination's history (see
+/// ``HistoryFunctions``).
+///
 /// A backend may `PUBLISH switchboard:dest:/topic/x <body>`: a payload that does not start
 /// with the envelope marker (byte 0x01) is delivered as the body, byte for byte.
 public struct RedisChannelNaming: Sendable {
@@ -21,6 +24,10 @@ public struct RedisChannelNaming: Sendable {
         guard channel.hasPrefix(head) else { return nil }
         return String(channel.dropFirst(head.count))
     }
+
+    /// The base of a destination's history keys, `<prefix>{<destination>}` (see
+    /// ``HistoryFunctions``): the braces put the sequence and the log in one hash slot.
+    public func historyKey(forDestination destination: String) -> String { prefix + "{" + destination + "}" }
 
     public func instanceChannel(_ instanceID: String) -> String { prefix + "instance:" + instanceID }
 

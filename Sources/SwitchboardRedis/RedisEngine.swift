@@ -38,7 +38,20 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
         let ready: EventLoopPromise<Void>
         let subscription = NIOLockedValueBox<RedisCallbackSubscription?>(nil)
         let cancelled = Atomic<Bool>(false)
-        init(ready: EventLoopPromise<Void>) { self.ready = ready }
+        /// For a destination that keeps history: its order on this instance (see
+        /// ``DestinationSequencer``). Messages are handed to the hub under this lock.
+        let sequenced: NIOLockedValueBox<Sequenced>?
+
+        struct Sequenced {
+            var sequencer = DestinationSequencer()
+            /// Registrations waiting for the destination's position.
+            var waiters: [EventLoopPromise<StreamPosition>] = []
+        }
+
+        init(ready: EventLoopPromise<Void>, sequenced: Bool = false) {
+            self.ready = ready
+            self.sequenced = sequenced ? NIOLockedValueBox(Sequenced()) : nil
+        }
     }
 
     struct State {
@@ -47,17 +60,28 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
         var instanceSubscription: RedisCallbackSubscription?
     }
 
-    private let state = NIOLockedValueBox(State())
+    let state = NIOLockedValueBox(State())
     /// Watches the cross-instance path (see ``DeliveryCanary``); nil when turned off.
     public let canary: DeliveryCanary?
+
+    /// Which destinations keep history, and their windows; nil: none.
+    public let history: DestinationHistory.Settings?
+    /// Messages given up for good in a history hole (trimmed or expired before repair).
+    public let historySkipped = Atomic<Int>(0)
+    /// History reads that repaired a hole (or checked after a reconnect).
+    public let historyRepairs = Atomic<Int>(0)
+    let skippedCounter = Metrics.Counter(label: "switchboard_history_skipped_messages_total")
+    let repairCounter = Metrics.Counter(label: "switchboard_history_repairs_total")
 
     public var name: String { "redis" }
     public var publishesSynchronously: Bool { false }
 
     public init(
         client: RedisClient, hub: FanoutHub, naming: RedisChannelNaming, instanceID: String, messageIDs: MessageIDGenerator,
-        eventLoop: any EventLoop, logger: Logger, canary: (interval: TimeAmount, timeout: TimeAmount)? = nil
+        eventLoop: any EventLoop, logger: Logger, canary: (interval: TimeAmount, timeout: TimeAmount)? = nil,
+        history: DestinationHistory.Settings? = nil
     ) {
+        self.history = history
         self.canary = canary.map {
             DeliveryCanary(
                 client: client, naming: naming, instanceID: instanceID, interval: $0.interval, timeout: $0.timeout, loop: eventLoop, logger: logger)
@@ -76,6 +100,18 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
     /// channel, where messages addressed to one of its sessions arrive.
     public func start() async throws {
         client.start()
+        client.addStateObserver { [weak self] role, state in
+            if role == .subscriptions, state == .connected { self?.subscriberReconnected() }
+        }
+        if history != nil {
+            client.addConnectionSetup(LoadHistoryFunctions.arguments)
+            do {
+                _ = try await client.execute(LoadHistoryFunctions())
+            } catch {
+                // Redis < 7 has no functions; a Redis that is down gets them on first use.
+                logger.warning("loading the history functions failed; retried on first use", metadata: ["error": "\(error)"])
+            }
+        }
         let sub = try await client.subscribe(to: [naming.instanceChannel(instanceID)], kind: .channel) { [weak self] message in
             self?.onInstanceMessage(message)
         }
@@ -91,6 +127,9 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
     // MARK: Publishing
 
     public func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        if keepsHistory(message.destination) {
+            return record(message, once: nil).hop(to: eventLoop).map { _ in }
+        }
         hub.deliver(message)
         let payload = RedisEnvelope.encode(message, origin: instanceID)
         let start = NIODeadline.now()
@@ -137,7 +176,7 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
             }
             if let fresh { startSubscription(fresh, name: glob, kind: .pattern) }
         } else {
-            let interest = Interest(ready: promiseLoop.makePromise())
+            let interest = Interest(ready: promiseLoop.makePromise(), sequenced: keepsHistory(pattern.text))
             state.withLockedValue { $0.exact[pattern.text] = interest }
             startSubscription(interest, name: naming.channel(forDestination: pattern.text), kind: .channel)
         }
@@ -175,10 +214,14 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
                 if interest.cancelled.load(ordering: .sequentiallyConsistent) {
                     await sub.unsubscribe()
                 }
+                if interest.sequenced != nil, let destination = naming.destination(fromChannel: name) {
+                    try await establish(interest, destination: destination)
+                }
                 interest.ready.succeed()
             } catch {
                 logger.warning("redis subscribe failed", metadata: ["channel": "\(name)", "error": "\(error)"])
                 interest.ready.fail(RouteError("redis subscribe to \(name) failed: \(error)"))
+                failWaiters(interest, error)
             }
         }
     }
@@ -192,15 +235,18 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
             logger.warning("malformed envelope on redis channel", metadata: ["channel": "\(message.channel)"])
             return
         }
-        if decoded.origin == instanceID { return }
+        // This instance delivered its own messages already, unless they went through history.
+        if decoded.origin == instanceID && decoded.position == nil { return }
         guard let destination = naming.destination(fromChannel: message.channel) ?? decoded.destination else { return }
         let published = PublishedMessage(
             destination: destination, messageID: decoded.messageID ?? messageIDs.next(),
-            headers: decoded.headers, body: decoded.body)
+            headers: decoded.headers, body: decoded.body, position: decoded.position)
         if message.kind == .pattern, let glob = message.pattern {
             let patterns = state.withLockedValue { $0.globs[glob]?.patterns } ?? []
             guard !patterns.isEmpty else { return }
             hub.deliver(published, scope: .patterns(Array(patterns)))
+        } else if published.position != nil, let interest = state.withLockedValue({ $0.exact[destination] }), interest.sequenced != nil {
+            sequence(published, interest: interest, destination: destination)
         } else {
             hub.deliver(published, scope: .exact)
         }

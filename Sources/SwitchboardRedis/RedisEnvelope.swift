@@ -6,20 +6,24 @@ import SwitchboardCore
 /// want headers): byte 0x01, then a STOMP `MESSAGE` frame (escaped headers, `content-length`).
 ///
 /// Headers: `destination`, `message-id`, `origin` (the publishing instance), `session` (the
-/// session a message is addressed to; empty for everyone), then the user headers. The first
+/// session a message is addressed to; empty for everyone), then the user headers. A message
+/// recorded in history gets `x-position` inserted first by the history function
+/// (``HistoryFunctions``). The first
 /// occurrence of each of these names is the envelope's own: a user header with the same name
 /// comes later and stays a user header (so `session` is always written, empty when unused).
 /// A payload without the 0x01 marker is a raw body (`content-type: text/plain`).
 public enum RedisEnvelope {
     public static let marker: UInt8 = 0x01
     /// The envelope's own headers (their first occurrence).
-    static let ownHeaders: Set<String> = ["destination", "message-id", "origin", "session"]
+    static let ownHeaders: Set<String> = ["destination", "message-id", "origin", "session", "x-position"]
 
     public struct Decoded: Sendable {
         public var destination: String?
         public var messageID: String?
         public var origin: String?
         public var session: String?
+        /// Where the message is in its destination's history (written by the history function).
+        public var position: StreamPosition?
         public var headers: STOMPHeaders
         public var body: ByteBuffer
     }
@@ -57,6 +61,6 @@ public enum RedisEnvelope {
         let session = own["session"].flatMap { $0.isEmpty ? nil : $0 }
         return Decoded(
             destination: own["destination"], messageID: own["message-id"], origin: own["origin"], session: session,
-            headers: user, body: frame.body)
+            position: own["x-position"].flatMap(StreamPosition.init(parsing:)), headers: user, body: frame.body)
     }
 }

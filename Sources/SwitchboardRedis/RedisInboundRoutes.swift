@@ -8,7 +8,10 @@ import SwitchboardCore
 
 /// Where backend messages come in from Redis (backend → browsers). Every instance reads
 /// each inbound route and delivers to its own subscribers, so each subscriber gets a message
-/// once whichever instance holds its socket.
+/// once whichever instance holds its socket. For a destination that keeps history, every
+/// instance instead records the message through the history function with the same `once`
+/// token (a stream entry's id; for Pub/Sub, see ``InboundOnceTokens``): one of them records
+/// and publishes it, and all deliver the recorded copy.
 public enum RedisInboundRoute: Sendable, Equatable {
     /// A Pub/Sub channel mapped to a destination; the payload is the body, byte for byte.
     case channel(channel: String, destination: String)
@@ -30,6 +33,7 @@ public final class RedisInboundRoutes: Sendable {
     let logger: Logger
     let subscriptions = NIOLockedValueBox<[RedisCallbackSubscription]>([])
     let readers = NIOLockedValueBox<[Task<Void, Never>]>([])
+    let onceTokens = InboundOnceTokens()
 
     public init(client: RedisClient, engine: RedisEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, configuration: SessionConfiguration, logger: Logger) {
         self.client = client
@@ -65,13 +69,22 @@ public final class RedisInboundRoutes: Sendable {
         for sub in subscriptions.withLockedValue({ $0 }) { await sub.unsubscribe() }
     }
 
-    func deliver(destination: String, body: ByteBuffer, headers: STOMPHeaders) {
+    /// Delivers an inbound message: recorded once in history when its destination keeps it
+    /// (`once` names the message alike on every instance; by default a digest of the message
+    /// and how many identical ones came before it, see ``InboundOnceTokens``), else delivered to
+    /// this instance's subscribers.
+    func deliver(destination: String, body: ByteBuffer, headers: STOMPHeaders, once: String? = nil) {
         let isUser = destination.hasPrefix(UserDestinations.routingPrefix)
         guard isUser || configuration.isBrokerDestination(destination), !destination.contains("*") else {
             logger.warning("inbound message for a destination that is not a broker destination dropped", metadata: ["destination": "\(destination)"])
             return
         }
-        hub.deliver(PublishedMessage(destination: destination, messageID: messageIDs.next(), headers: headers, body: body))
+        let message = PublishedMessage(destination: destination, messageID: messageIDs.next(), headers: headers, body: body)
+        guard engine.keepsHistory(destination) else {
+            hub.deliver(message)
+            return
+        }
+        engine.publishInbound(message, once: once ?? onceTokens.token(destination: destination, headers: headers, body: body))
     }
 
     func onBroadcast(_ payload: ByteBuffer, channel: String) {
@@ -114,7 +127,7 @@ public final class RedisInboundRoutes: Sendable {
                                 logger.warning("stream entry without topic/message fields skipped", metadata: ["stream": "\(stream)", "id": "\(entry.id)"])
                                 continue
                             }
-                            deliver(destination: topic, body: body, headers: ["content-type": "text/plain"])
+                            deliver(destination: topic, body: body, headers: ["content-type": "text/plain"], once: "\(stream):\(entry.id)")
                         }
                     }
                 }

@@ -94,7 +94,8 @@ public struct SwitchboardGateway: Sendable {
                 client: client, hub: hub, naming: RedisChannelNaming(prefix: settings.channelPrefix), instanceID: instanceID,
                 messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger,
                 canary: settings.canaryIntervalMs > 0
-                    ? (.milliseconds(Int64(settings.canaryIntervalMs)), .milliseconds(Int64(settings.canaryTimeoutMs))) : nil)
+                    ? (.milliseconds(Int64(settings.canaryIntervalMs)), .milliseconds(Int64(settings.canaryTimeoutMs))) : nil,
+                history: configuration.history.store)
             redisClient = client
             redisEngine = re
             engine = re

@@ -77,14 +77,16 @@ def test_redis_restart_during_traffic(cluster_factory, clients):
     for c in (local_sub, remote_sub):
         c.subscribe("/topic/live", id="1", receipt="r")
     requests.post(f"{cluster.gw_url(0)}/api/notification", json={"topic": "/topic/live", "message": "before"}).raise_for_status()
-    assert local_sub.expect_message().text == "before" and remote_sub.expect_message().text == "before"
+    before = local_sub.expect_message()
+    assert before.text == "before" and remote_sub.expect_message().text == "before"
 
     cluster.kill_redis()
     wait_until(lambda: requests.get(f"{cluster.gw_url(0)}/health/ready", timeout=1).status_code == 503, what="not ready without redis")
-    # Local delivery continues; the publisher is told the cross-instance part failed.
+    # /topic/live keeps history, which lives in Redis: the publisher is told it was not
+    # published, and nobody gets it (not even this instance's subscribers: no silent split).
     r = requests.post(f"{cluster.gw_url(0)}/api/notification", json={"topic": "/topic/live", "message": "during"})
-    assert r.status_code == 503 and "redis" in r.json()["error"]
-    assert local_sub.expect_message().text == "during"
+    assert r.status_code == 503 and "redis" in r.json()["error"] and "not published" in r.json()["error"]
+    local_sub.expect_nothing(0.3)
     # A SEND to a stream route gets an ERROR, never a receipt.
     sender = clients(cluster.client(cluster.gw_ws(2)))
     sender.send_frame("SEND", {"destination": "/app/greet", "receipt": "lost?"}, "during outage")
@@ -95,9 +97,13 @@ def test_redis_restart_during_traffic(cluster_factory, clients):
     for i in range(3):
         cluster.wait_ready(i, timeout=20)
     requests.post(f"{cluster.gw_url(0)}/api/notification", json={"topic": "/topic/live", "message": "after"}).raise_for_status()
-    assert local_sub.expect_message(10).text == "after"
+    after = local_sub.expect_message(10)
+    assert after.text == "after"
     assert remote_sub.expect_message(10).text == "after"  # re-subscribed by itself
     remote_sub.expect_nothing(0.3)  # "during" never reached the other instance, and nothing twice
+    # Redis came back empty: the history is a new one, which positions say (a new epoch).
+    assert after["x-position"].split(":")[0] != before["x-position"].split(":")[0]
+    assert after["x-position"].endswith(":1")
     sender2 = clients(cluster.client())
     sender2.send("/app/greet", "after outage", receipt="ok")
     assert "after outage" in cluster.redis_cli("XREVRANGE", "GREETING_CHANNEL_OUTBOUND", "+", "-", "COUNT", "1")

@@ -5,7 +5,6 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
 from support.cluster import Cluster
@@ -54,10 +53,9 @@ def spread_subscribers(cluster, clients, destination, count=9):
 
 
 def test_fanout_exactly_once_in_order_per_publisher(shared_cluster, clients):
-    """What holds today: every message reaches every subscriber exactly once, and in publish
-    order for a publisher whose messages all enter through one instance (a STOMP publisher; an
-    API publisher on one keep-alive connection straight to gw1). An API publisher balanced per
-    request by haproxy is checked for exactly-once only: its order is the xfail test below."""
+    """Every message reaches every subscriber exactly once and in each publisher's order: a
+    STOMP publisher, an API publisher on one keep-alive connection straight to gw1, and one
+    balanced per request by haproxy (history gives each destination one order)."""
     subs = spread_subscribers(shared_cluster, clients, "/topic/fan")
     n = 100
     stomp_pub = clients(shared_cluster.client())
@@ -71,25 +69,22 @@ def test_fanout_exactly_once_in_order_per_publisher(shared_cluster, clients):
     for c in subs:
         bodies = [f.text for f in collect(c, 3 * n)]
         at = Cluster.instance_of(c)
-        for source in ("stomp", "direct"):
+        for source in ("stomp", "direct", "api"):
             assert sequence(bodies, source) == list(range(n)), f"{source} messages lost, duplicated or reordered at {at}"
-        assert sorted(sequence(bodies, "api")) == list(range(n)), f"api messages lost or duplicated at {at}"
 
 
-# Not strict: the reordering is a race inside the product, between instance B's local delivery
-# of message i+1 and B's receipt from Redis of message i, published by instance A. Nothing the
-# test can do makes B lose that race every time without timing (pausing Redis or A also holds
-# back the 200 that the publisher waits for before sending i+1), so the test passes by luck on
-# most runs and would make a strict xfail flaky. [recovery]'s per-destination sequence removes
-# the race; then this becomes a plain test.
-@pytest.mark.xfail(strict=False, reason="[recovery]: local-first delivery can reorder publishes that go through different instances")
 def test_fanout_in_order_for_api_publisher_spread_over_instances(shared_cluster, clients):
     subs = spread_subscribers(shared_cluster, clients, "/topic/fan-spread")
     n = 100
     publish_api(shared_cluster.lb_url, "/topic/fan-spread", "api", n)  # haproxy balances per request
     for c in subs:
-        bodies = [f.text for f in collect(c, n)]
-        assert sequence(bodies, "api") == list(range(n)), f"api messages reordered at {Cluster.instance_of(c)}"
+        frames = collect(c, n)
+        assert sequence([f.text for f in frames], "api") == list(range(n)), f"api messages reordered at {Cluster.instance_of(c)}"
+        # One history order: dense positions of one epoch, the same at every instance.
+        positions = [f["x-position"] for f in frames]
+        assert len({p.rsplit(":", 1)[0] for p in positions}) == 1
+        seqs = [int(p.rsplit(":", 1)[1]) for p in positions]
+        assert seqs == list(range(seqs[0], seqs[0] + n)), f"positions not dense at {Cluster.instance_of(c)}"
 
 
 def test_wildcard_subscriptions_across_instances(shared_cluster, clients):

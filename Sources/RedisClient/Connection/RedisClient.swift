@@ -78,6 +78,8 @@ public final class RedisClient: Sendable {
         var states: [RedisConnectionRole: RedisConnectionState] = [:]
         var reconnects = 0
         var tasks: [Task<Void, Never>] = []
+        var observers: [StateChangeHandler] = []
+        var setup: [[RedisArgument]] = []
     }
 
     private let state = NIOLockedValueBox(State())
@@ -97,6 +99,29 @@ public final class RedisClient: Sendable {
         self.logger = logger
         self.enableSubscriptions = enableSubscriptions
         self.onStateChange = onStateChange
+    }
+
+    /// Adds a command that every command connection runs once connected, before anything else
+    /// is sent on it (e.g. `FUNCTION LOAD REPLACE`, so that a Redis that restarted empty has the
+    /// functions again before the first `FCALL`). An error reply is logged, not fatal.
+    public func addConnectionSetup(_ arguments: [RedisArgument]) {
+        self.state.withLockedValue { $0.setup.append(arguments) }
+    }
+
+    /// Runs the setup commands on a new command connection.
+    private func runSetup(on connection: RedisConnection) async throws {
+        for arguments in self.state.withLockedValue({ $0.setup }) {
+            do {
+                _ = try await connection.execute(RawCommand(arguments: arguments))
+            } catch let error as RedisServerError {
+                self.logger.warning("redis connection setup command failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Adds an observer of connection state changes (called like `onStateChange`, after it).
+    public func addStateObserver(_ observer: @escaping StateChangeHandler) {
+        self.state.withLockedValue { $0.observers.append(observer) }
     }
 
     /// Starts connecting (in the background). Calling it more than once has no effect.
@@ -267,7 +292,9 @@ public final class RedisClient: Sendable {
             state.states[role] = newState
             return true
         }
-        if changed { self.onStateChange?(role, newState) }
+        guard changed else { return }
+        self.onStateChange?(role, newState)
+        for observer in self.state.withLockedValue({ $0.observers }) { observer(role, newState) }
     }
 
     /// Keeps `loop`'s own command connection open (reconnecting with backoff). Its state is
@@ -280,6 +307,12 @@ public final class RedisClient: Sendable {
         while !Task.isCancelled {
             do {
                 let connection = try await RedisConnection.connect(configuration: self.configuration, eventLoopGroup: loop, logger: self.logger)
+                do {
+                    try await self.runSetup(on: connection)
+                } catch {
+                    await connection.close()
+                    throw error
+                }
                 let accepted = self.state.withLockedValue { state -> Bool in
                     guard !state.isShutdown else { return false }
                     state.loopConnections[key] = connection
@@ -322,6 +355,14 @@ public final class RedisClient: Sendable {
                     logger: self.logger,
                     pushHandler: pushHandler
                 )
+                if role == .commands {
+                    do {
+                        try await self.runSetup(on: connection)
+                    } catch {
+                        await connection.close()
+                        throw error
+                    }
+                }
                 if role == .subscriptions {
                     let confirmations = registry.attach { [connection] in connection.subscriptionCommand($0) }
                     do {

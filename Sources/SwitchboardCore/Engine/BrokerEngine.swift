@@ -11,8 +11,18 @@ public protocol BrokerEngine: Sendable {
     /// the message could not be published.
     func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
 
-    /// The destinations' history, when this engine keeps one (see ``DestinationHistory``).
+    /// The destinations' history, when this engine keeps it in this process (see
+    /// ``DestinationHistory``).
     var history: DestinationHistory? { get }
+
+    /// Registers a subscription to `destination` when the destination keeps history: calls
+    /// `register` (which adds it to its loop's shard) so that every message is either in the
+    /// replay or delivered live after it, and reads what to replay from `start` (nil: nothing,
+    /// only where history stands). Returns nil, without calling `register`, when the
+    /// destination keeps no history.
+    func registerWithHistory(
+        _ destination: String, from start: HistoryStart?, on eventLoop: any EventLoop, register: () -> Void
+    ) -> HistoryRegistration?
 
     /// A short name for logs and `/health` (`memory`, `redis`).
     var name: String { get }
@@ -27,8 +37,24 @@ public protocol BrokerEngine: Sendable {
     func subscriptionReady(_ pattern: DestinationPattern, on eventLoop: any EventLoop) -> EventLoopFuture<Void>?
 }
 
+/// How a subscription to a destination that keeps history was registered.
+public enum HistoryRegistration: Sendable {
+    /// Registered, and history read in the same step (the embedded broker).
+    case ready(HistoryReplay)
+    /// Registered; the replay follows. `through` is the position it was registered at, when
+    /// known already: live copies up to it are the replay's (or predate the subscription).
+    case pending(through: StreamPosition?, EventLoopFuture<HistoryReplay>)
+}
+
 extension BrokerEngine {
     public var history: DestinationHistory? { nil }
+
+    public func registerWithHistory(
+        _ destination: String, from start: HistoryStart?, on eventLoop: any EventLoop, register: () -> Void
+    ) -> HistoryRegistration? {
+        guard let history, history.covers(destination) else { return nil }
+        return .ready(history.resume(destination, from: start ?? .last(0), register: register))
+    }
 
     public func subscriptionReady(_ pattern: DestinationPattern, on eventLoop: any EventLoop) -> EventLoopFuture<Void>? { nil }
 }

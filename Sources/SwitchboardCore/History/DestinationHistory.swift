@@ -44,6 +44,12 @@ public struct HistoryReplay: Sendable {
     public var recovered: Bool
     /// The destination's newest position (the replay's last message, or where history stands).
     public var position: StreamPosition
+
+    public init(messages: [PublishedMessage], recovered: Bool, position: StreamPosition) {
+        self.messages = messages
+        self.recovered = recovered
+        self.position = position
+    }
 }
 
 /// The in-memory history of each destination (the embedded broker's): a ring of the last
@@ -84,7 +90,7 @@ public final class DestinationHistory: Sendable {
         public init() {}
 
         /// The window of `destination`: the longest matching prefix's, or the default.
-        func window(for destination: String) -> (maxLength: Int, ttl: TimeAmount) {
+        public func window(for destination: String) -> (maxLength: Int, ttl: TimeAmount) {
             guard !windows.isEmpty else { return (maxLength, ttl) }
             let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
             let match = windows.filter { shown.hasPrefix($0.prefix) }.max { $0.prefix.count < $1.prefix.count }

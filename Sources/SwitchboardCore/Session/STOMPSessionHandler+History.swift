@@ -21,18 +21,34 @@ extension STOMPSessionHandler {
         var asked: Bool
     }
 
-    /// Registers `subscription` in the loop's shard: under the history's lock when its
-    /// destination keeps one, keeping what the step's receipt must tell and replay.
-    func register(_ subscription: LocalSubscription, start: HistoryStart?, step: Machine.StepID) {
+    /// Registers `subscription` in the loop's shard: through the engine when its destination
+    /// keeps history, keeping what the step's receipt must tell and replay. Returns the replay
+    /// to wait for before the step is answered, when the engine reads history asynchronously.
+    func register(_ subscription: LocalSubscription, start: HistoryStart?, step: Machine.StepID) -> EventLoopFuture<HistoryReplay>? {
         let pattern = subscription.pattern
-        guard let history = services.engine.history, !pattern.isWildcard, history.covers(pattern.text) else {
+        let registration =
+            pattern.isWildcard
+            ? nil
+            : services.engine.registerWithHistory(pattern.text, from: start, on: shard.eventLoop) { shard.add(subscription) }
+        switch registration {
+        case nil:
             shard.add(subscription)
             if start != nil { subscribeOutcomes[step] = SubscribeOutcome(subscription: subscription, replay: nil, asked: true) }
-            return
+            return nil
+        case .ready(let replay)?:
+            subscription.replayedThrough = replay.position
+            subscribeOutcomes[step] = SubscribeOutcome(subscription: subscription, replay: replay, asked: start != nil)
+            return nil
+        case .pending(let through, let replay)?:
+            subscription.replayedThrough = through
+            return replay
         }
-        let replay = history.resume(pattern.text, from: start ?? .last(0)) { shard.add(subscription) }
-        subscription.replayedThrough = replay.position
-        subscribeOutcomes[step] = SubscribeOutcome(subscription: subscription, replay: replay, asked: start != nil)
+    }
+
+    /// A replay read asynchronously came back: kept for the step's receipt.
+    func replayArrived(_ replay: HistoryReplay, for subscription: LocalSubscription, asked: Bool, step: Machine.StepID) {
+        if subscription.replayedThrough == nil { subscription.replayedThrough = replay.position }
+        subscribeOutcomes[step] = SubscribeOutcome(subscription: subscription, replay: replay, asked: asked)
     }
 
     /// The `RECEIPT` of step `step`, with the history outcome of a `SUBSCRIBE`.

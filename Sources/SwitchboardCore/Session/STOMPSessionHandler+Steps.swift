@@ -103,9 +103,16 @@ extension STOMPSessionHandler {
         case .subscribe(let s):
             let sub = LocalSubscription(id: s.id, pattern: s.pattern, ackMode: s.ackMode, sink: self)
             subscriptions[s.id] = sub
-            register(sub, start: s.start, step: step)
+            let replay = register(sub, start: s.start, step: step)
             services.stats.subscriptions.add(1)
-            if let ready = services.engine.subscriptionReady(s.pattern, on: shard.eventLoop) {
+            if let replay {
+                let destination = s.destination
+                let asked = s.start != nil
+                complete(replay, step: step, kind: .route, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }) { handler, replay in
+                    handler.replayArrived(replay, for: sub, asked: asked, step: step)
+                    return .success
+                }
+            } else if let ready = services.engine.subscriptionReady(s.pattern, on: shard.eventLoop) {
                 let destination = s.destination
                 complete(ready, step: step, kind: .route, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }) { _, _ in .success }
             } else {

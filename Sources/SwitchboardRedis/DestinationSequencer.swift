@@ -1,0 +1,203 @@
+import SwitchboardCore
+
+/// The order of one destination's messages on this instance (Redis mode): a pure state machine,
+/// without I/O, that the engine feeds with what arrives and that says what to deliver and when
+/// to read history.
+///
+/// Messages of a destination that keeps history carry dense positions (`<epoch>:<n>`). The
+/// sequencer delivers them in sequence order, each once:
+/// - a message right after the last delivered one goes out at once, with any buffered ones
+///   that follow it;
+/// - a copy of one delivered already is dropped;
+/// - a message beyond a hole (Pub/Sub lost one, e.g. the subscriber connection dropped) is
+///   buffered and a **repair** is asked for: the engine reads the history after the last
+///   delivered position and feeds it to ``repaired(_:)``;
+/// - a hole the history cannot fill (trimmed or expired, or the destination's history was
+///   lost: a new epoch) is skipped, and counted: subscribers see the jump in `x-position`.
+///
+/// While the engine is still learning where the destination stands (``position`` is nil, just
+/// after the first local subscription) everything is buffered.
+struct DestinationSequencer {
+    /// What to do after an event.
+    struct Actions: Equatable {
+        /// Messages to hand to the hub, in this order.
+        var deliver: [PublishedMessage] = []
+        /// Read the history after this position (one read at a time).
+        var repairAfter: StreamPosition?
+        /// Messages known lost for good (a hole history could not fill).
+        var skipped: UInt64 = 0
+
+        static func == (a: Actions, b: Actions) -> Bool {
+            a.deliver.map(\.position) == b.deliver.map(\.position) && a.repairAfter == b.repairAfter && a.skipped == b.skipped
+        }
+    }
+
+    /// The last position handed on; nil until established.
+    private(set) var position: StreamPosition?
+    /// Messages ahead of a hole (or waiting for the position), by sequence number, of one epoch.
+    private var pending: [UInt64: PublishedMessage] = [:]
+    private var pendingEpoch: String?
+    /// A history read is running.
+    private(set) var repairing = false
+    /// Beyond this many buffered messages a hole is given up on.
+    let maxPending: Int
+
+    init(maxPending: Int = 10_000) { self.maxPending = maxPending }
+
+    var pendingCount: Int { pending.count }
+
+    /// Where the destination stood once the instance was subscribed: messages up to it are
+    /// not delivered (they predate the subscriptions), later ones are.
+    mutating func established(at start: StreamPosition) -> Actions {
+        position = start
+        var actions = Actions()
+        let buffered = takePending()
+        for message in buffered { receive(message, into: &actions) }
+        return actions
+    }
+
+    /// A message arrived on the destination's channel.
+    mutating func receive(_ message: PublishedMessage) -> Actions {
+        var actions = Actions()
+        receive(message, into: &actions)
+        return actions
+    }
+
+    /// The subscriber connection came back: anything published meanwhile is in history.
+    mutating func reconnected() -> Actions {
+        guard let position, !repairing else { return Actions() }
+        repairing = true
+        return Actions(repairAfter: position)
+    }
+
+    /// A history read (after ``Actions/repairAfter``) came back: `newest` is where history
+    /// stands, `messages` what it keeps after the position asked for, oldest first.
+    mutating func repaired(newest: StreamPosition, messages: [PublishedMessage]) -> Actions {
+        repairing = false
+        var actions = Actions()
+        guard var current = position else { return actions }
+        if newest.epoch != current.epoch {
+            // History was lost (Redis restarted empty, or the keys expired): what the old
+            // epoch still owed is gone; the new one starts before its first kept message.
+            flushPending(&actions)
+            current = StreamPosition(epoch: newest.epoch, sequence: 0)
+            position = current
+        }
+        // Everything up to `newest` is known now: kept in history, buffered here, or lost.
+        if pendingEpoch != current.epoch { pending.removeAll() }
+        pendingEpoch = current.epoch
+        for message in messages {
+            if let p = message.position, p.epoch == current.epoch, p.sequence > current.sequence { pending[p.sequence] = message }
+        }
+        for (sequence, message) in pending.sorted(by: { $0.key < $1.key }) where sequence <= newest.sequence {
+            actions.skipped += sequence - current.sequence - 1
+            current.sequence = sequence
+            actions.deliver.append(message)
+            pending[sequence] = nil
+        }
+        if newest.sequence > current.sequence {
+            actions.skipped += newest.sequence - current.sequence
+            current.sequence = newest.sequence
+        }
+        position = current
+        drainPending(&actions)
+        if !pending.isEmpty {
+            // Published after the read: on their way, or lost too; read again.
+            repairing = true
+            actions.repairAfter = position
+        }
+        return actions
+    }
+
+    /// A history read failed: the engine retries later (``retryRepair()``); beyond
+    /// ``maxPending`` buffered messages the hole is given up.
+    mutating func repairFailed() -> Actions {
+        repairing = false
+        var actions = Actions()
+        if pending.count >= maxPending { flushPending(&actions) }
+        return actions
+    }
+
+    /// Asks for the repair again after a failure, if one is still needed.
+    mutating func retryRepair() -> Actions {
+        guard let position, !repairing, !pending.isEmpty else { return Actions() }
+        repairing = true
+        return Actions(repairAfter: position)
+    }
+
+    // MARK: Internals
+
+    private mutating func receive(_ message: PublishedMessage, into actions: inout Actions) {
+        guard let p = message.position else {
+            actions.deliver.append(message)
+            return
+        }
+        guard var current = position else {
+            buffer(message, p)
+            return
+        }
+        if p.epoch != current.epoch {
+            // A new epoch: the old one's hole can never be filled.
+            flushPending(&actions)
+            current = StreamPosition(epoch: p.epoch, sequence: 0)
+            position = current
+        }
+        if p.sequence <= current.sequence { return }  // a copy
+        if p.sequence == current.sequence + 1 {
+            position = p
+            actions.deliver.append(message)
+            drainPending(&actions)
+            return
+        }
+        buffer(message, p)
+        if pending.count >= maxPending {
+            flushPending(&actions)
+        } else if !repairing {
+            repairing = true
+            actions.repairAfter = current
+        }
+    }
+
+    private mutating func buffer(_ message: PublishedMessage, _ p: StreamPosition) {
+        if pendingEpoch != p.epoch {
+            pending.removeAll()
+            pendingEpoch = p.epoch
+        }
+        if pending.count < maxPending || position != nil { pending[p.sequence] = message }
+    }
+
+    /// Delivers the buffered messages that follow ``position`` without a hole.
+    private mutating func drainPending(_ actions: inout Actions) {
+        guard var current = position, !pending.isEmpty, pendingEpoch == current.epoch else { return }
+        while let next = pending.removeValue(forKey: current.sequence + 1) {
+            current.sequence += 1
+            actions.deliver.append(next)
+        }
+        position = current
+        pending = pending.filter { $0.key > current.sequence }
+    }
+
+    /// Gives up on the holes: delivers everything buffered, in order, counting what is missing.
+    private mutating func flushPending(_ actions: inout Actions) {
+        guard !pending.isEmpty else { return }
+        let epoch = pendingEpoch
+        for message in takePending() {
+            guard let p = message.position else { continue }
+            if var current = position, current.epoch == epoch {
+                guard p.sequence > current.sequence else { continue }
+                actions.skipped += p.sequence - current.sequence - 1
+                current.sequence = p.sequence
+                position = current
+            } else {
+                position = p
+            }
+            actions.deliver.append(message)
+        }
+    }
+
+    private mutating func takePending() -> [PublishedMessage] {
+        let out = pending.sorted { $0.key < $1.key }.map(\.value)
+        pending.removeAll()
+        return out
+    }
+}

@@ -1,0 +1,259 @@
+import NIOCore
+import RedisClient
+import SwitchboardCore
+
+/// The Redis Functions that keep each destination's history and publish to it in one atomic
+/// step (library `switchboard`, loaded by every gateway at start and by every command
+/// connection when it connects, so a Redis that restarted without persistence has it again
+/// before the first `FCALL`; a call that still finds it missing loads it and runs again).
+///
+/// Keys of a destination `D` (with the default prefix `switchboard:`), all in one hash slot:
+///
+/// | key | type | holds |
+/// | --- | --- | --- |
+/// | `switchboard:{D}:seq` | hash | `epoch`, `n` (the newest sequence number), `max-length`, `ttl` |
+/// | `switchboard:{D}:log` | stream | entry `<n>-0` per message: `t` (ms), `m` (the positioned envelope) |
+/// | `switchboard:{D}:once:<token>` | string | a publish already recorded (inbound routes), 60 s |
+///
+/// `switchboard_publish` numbers the message (`HINCRBY n`), appends it to the log (trimmed to
+/// `max-length`, expiring `ttl` after the last publish) and `PUBLISH`es it on `switchboard:dest:D`
+/// with an `x-position: <epoch>:<n>` header, so no instance sees a message the history lacks or
+/// the other way round. A destination without an `epoch` gets a new one (from the server's
+/// clock) and an empty log: that is how a client learns history was lost. The sequence hash
+/// outlives the log (it expires after a day without publishes), so a client of a quiet
+/// destination still resumes with nothing missed.
+///
+/// Backends that publish with `redis-cli` get the same guarantees with
+/// `FCALL switchboard_publish 1 'switchboard:{/topic/x}' 'hello'`: a payload that is not an
+/// envelope is the body (`content-type: text/plain`).
+public enum HistoryFunctions {
+    /// The library's source, for `FUNCTION LOAD REPLACE`.
+    public static let library = #"""
+        #!lua name=switchboard
+
+        local function parts(base)
+          local open = string.find(base, '{', 1, true)
+          if not open or string.sub(base, -1) ~= '}' then return nil end
+          return string.sub(base, 1, open - 1), string.sub(base, open + 1, -2)
+        end
+
+        local function now_ms()
+          local t = redis.call('TIME')
+          return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
+
+        local function epoch_of(seq, log)
+          local epoch = redis.call('HGET', seq, 'epoch')
+          if epoch then return epoch end
+          local t = redis.call('TIME')
+          epoch = string.format('%08x%05x', tonumber(t[1]), tonumber(t[2]))
+          redis.call('DEL', log)
+          redis.call('HSET', seq, 'epoch', epoch, 'n', 0)
+          redis.call('PEXPIRE', seq, 86400000)
+          return epoch
+        end
+
+        local function escape(s)
+          return (string.gsub(s, '[\\\r\n:]', {['\\'] = '\\\\', ['\r'] = '\\r', ['\n'] = '\\n', [':'] = '\\c'}))
+        end
+
+        local function publish(keys, args)
+          local prefix, destination = parts(keys[1] or '')
+          if not prefix then return redis.error_reply('ERR switchboard_publish: the key must be <prefix>{<destination>}') end
+          local payload = args[1]
+          if not payload then return redis.error_reply('ERR switchboard_publish: no payload') end
+          local seq, log = keys[1] .. ':seq', keys[1] .. ':log'
+          if args[4] and args[4] ~= '' then
+            if not redis.call('SET', keys[1] .. ':once:' .. args[4], '1', 'NX', 'PX', 60000) then
+              return {'', '0', '0'}
+            end
+          end
+          local epoch = epoch_of(seq, log)
+          local stored = redis.call('HMGET', seq, 'max-length', 'ttl')
+          local maxlen = tonumber(args[2] or '') or tonumber(stored[1]) or 100
+          local ttl = tonumber(args[3] or '') or tonumber(stored[2]) or 300000
+          if tostring(maxlen) ~= stored[1] or tostring(ttl) ~= stored[2] then
+            redis.call('HSET', seq, 'max-length', tostring(maxlen), 'ttl', tostring(ttl))
+          end
+          local n = redis.call('HINCRBY', seq, 'n', 1)
+          local position = epoch .. ':' .. n
+          local message
+          if string.byte(payload, 1) == 1 and string.sub(payload, 2, 9) == 'MESSAGE\n' then
+            message = '\1MESSAGE\nx-position:' .. position .. '\n' .. string.sub(payload, 10)
+          else
+            message = '\1MESSAGE\ndestination:' .. escape(destination) .. '\nx-position:' .. position
+              .. '\ncontent-type:text/plain\ncontent-length:' .. #payload .. '\n\n' .. payload .. '\0'
+          end
+          redis.call('XADD', log, 'MAXLEN', maxlen, n .. '-0', 't', now_ms(), 'm', message)
+          redis.call('PEXPIRE', log, ttl)
+          redis.call('PEXPIRE', seq, math.max(ttl, 86400000))
+          local receivers = redis.call('PUBLISH', prefix .. 'dest:' .. destination, message)
+          return {epoch, tostring(n), tostring(receivers)}
+        end
+
+        local function read(keys, args)
+          local prefix = parts(keys[1] or '')
+          if not prefix then return redis.error_reply('ERR switchboard_read: the key must be <prefix>{<destination>}') end
+          local seq, log = keys[1] .. ':seq', keys[1] .. ':log'
+          local epoch = epoch_of(seq, log)
+          local n = tonumber(redis.call('HGET', seq, 'n')) or 0
+          local out = {epoch, tostring(n)}
+          local count = tonumber(args[2] or '') or 0
+          local from
+          if args[1] == 'after' then from = count + 1
+          elseif args[1] == 'last' then from = n - count + 1
+          else return out end
+          if from < 1 then from = 1 end
+          if from > n then return out end
+          local cutoff = now_ms() - (tonumber(redis.call('HGET', seq, 'ttl')) or 300000)
+          for _, entry in ipairs(redis.call('XRANGE', log, from .. '-0', '+')) do
+            local fields = entry[2]
+            if tonumber(fields[2]) >= cutoff then table.insert(out, fields[4]) end
+          end
+          return out
+        end
+
+        redis.register_function('switchboard_publish', publish)
+        redis.register_function('switchboard_read', read)
+        """#
+
+    /// Whether `error` says the library is not loaded (a restarted Redis without persistence).
+    static func isMissing(_ error: any Error) -> Bool {
+        guard let error = error as? RedisServerError else { return false }
+        return error.message.contains("Function not found")
+    }
+
+    /// Runs `command`; when Redis lacks the library, loads it and runs `command` once more.
+    public static func call<Command: RedisCommand>(_ command: Command, on client: RedisClient) -> EventLoopFuture<Command.Response> {
+        let first = client.send(command)
+        return first.flatMapError { error in
+            guard isMissing(error) else { return first.eventLoop.makeFailedFuture(error) }
+            return client.send(LoadHistoryFunctions()).flatMap { _ in client.send(command) }
+        }
+    }
+}
+
+/// `FUNCTION LOAD REPLACE <library>`.
+public struct LoadHistoryFunctions: RedisCommand {
+    public typealias Response = String
+    public init() {}
+
+    /// The command's arguments (for ``RedisClient/addConnectionSetup(_:)``).
+    public static let arguments: [RedisArgument] = ["FUNCTION", "LOAD", "REPLACE", .string(HistoryFunctions.library)]
+
+    public func encode(into encoder: inout RESPCommandEncoder) {
+        encoder.encodeArray(count: 4)
+        encoder.encodeBulk("FUNCTION")
+        encoder.encodeBulk("LOAD")
+        encoder.encodeBulk("REPLACE")
+        encoder.encodeBulk(HistoryFunctions.library)
+    }
+}
+
+/// `FCALL switchboard_publish 1 <prefix>{<destination>} <payload> <max-length> <ttl-ms> <once>`:
+/// records and publishes one message (see ``HistoryFunctions``).
+public struct HistoryPublish: RedisCommand {
+    /// Where the message was recorded; nil when `once` was recorded already.
+    public typealias Response = HistoryPublishResult
+    public var key: String
+    public var payload: ByteBuffer
+    public var maxLength: Int?
+    public var ttlMilliseconds: Int64?
+    /// Records the message only if no publish with the same token (per destination, 60 s) was.
+    public var once: String?
+
+    public init(key: String, payload: ByteBuffer, maxLength: Int? = nil, ttlMilliseconds: Int64? = nil, once: String? = nil) {
+        self.key = key
+        self.payload = payload
+        self.maxLength = maxLength
+        self.ttlMilliseconds = ttlMilliseconds
+        self.once = once
+    }
+
+    public func encode(into encoder: inout RESPCommandEncoder) {
+        encoder.encodeArray(count: 8)
+        encoder.encodeBulk("FCALL")
+        encoder.encodeBulk("switchboard_publish")
+        encoder.encodeBulk(1)
+        encoder.encodeBulk(key)
+        encoder.encodeBulk(payload)
+        encoder.encodeBulk(maxLength.map(String.init) ?? "")
+        encoder.encodeBulk(ttlMilliseconds.map { String($0) } ?? "")
+        encoder.encodeBulk(once ?? "")
+    }
+}
+
+/// The reply of ``HistoryPublish``.
+public struct HistoryPublishResult: RESPTokenDecodable, Sendable, Hashable {
+    /// Nil when the publish's `once` token had been recorded already.
+    public var position: StreamPosition?
+    /// How many Redis subscribers (gateway instances with interest) got it.
+    public var receivers: Int
+
+    public init(fromRESP token: RESPToken) throws {
+        let parts = try [String](fromRESP: token)
+        guard parts.count == 3, let sequence = UInt64(parts[1]), let receivers = Int(parts[2]) else {
+            throw RESPDecodeError(token: token, expected: "[epoch, n, receivers]")
+        }
+        self.position = parts[0].isEmpty ? nil : StreamPosition(epoch: parts[0], sequence: sequence)
+        self.receivers = receivers
+    }
+}
+
+/// `FCALL switchboard_read 1 <prefix>{<destination>} <mode> <n>`: where a destination's history
+/// stands, and the messages kept after a sequence number or the last few.
+public struct HistoryRead: RedisCommand {
+    public enum Range: Sendable, Hashable {
+        /// Only where history stands.
+        case none
+        /// Messages after this sequence number.
+        case after(UInt64)
+        /// The last `n` messages.
+        case last(Int)
+    }
+
+    public typealias Response = HistoryReadResult
+    public var key: String
+    public var range: Range
+
+    public init(key: String, range: Range) {
+        self.key = key
+        self.range = range
+    }
+
+    public func encode(into encoder: inout RESPCommandEncoder) {
+        encoder.encodeArray(count: 6)
+        encoder.encodeBulk("FCALL")
+        encoder.encodeBulk("switchboard_read")
+        encoder.encodeBulk(1)
+        encoder.encodeBulk(key)
+        switch range {
+        case .none:
+            encoder.encodeBulk("none")
+            encoder.encodeBulk(0)
+        case .after(let sequence):
+            encoder.encodeBulk("after")
+            encoder.encodeBulk(String(sequence))
+        case .last(let count):
+            encoder.encodeBulk("last")
+            encoder.encodeBulk(count)
+        }
+    }
+}
+
+/// The reply of ``HistoryRead``.
+public struct HistoryReadResult: RESPTokenDecodable, Sendable {
+    /// The destination's newest position (sequence 0: nothing published in this epoch yet).
+    public var position: StreamPosition
+    /// The positioned envelopes read, oldest first (expired ones left out).
+    public var envelopes: [ByteBuffer]
+
+    public init(fromRESP token: RESPToken) throws {
+        let parts = try [ByteBuffer](fromRESP: token)
+        guard parts.count >= 2, let sequence = UInt64(String(buffer: parts[1])) else {
+            throw RESPDecodeError(token: token, expected: "[epoch, n, message...]")
+        }
+        self.position = StreamPosition(epoch: String(buffer: parts[0]), sequence: sequence)
+        self.envelopes = Array(parts.dropFirst(2))
+    }
+}

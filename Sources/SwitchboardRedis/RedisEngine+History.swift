@@ -1,0 +1,208 @@
+import NIOCore
+import RedisClient
+import SwitchboardCore
+
+/// History in Redis mode: recording through the history function, delivering each
+/// destination's messages in order with live gap repair, and resuming subscriptions.
+///
+/// - **Recording.** A publish to a destination that keeps history is one `FCALL
+///   switchboard_publish` (see ``HistoryFunctions``): numbered, kept and published in one
+///   atomic step. It is not delivered locally first: every instance, this one included, gets
+///   it from Redis, so every subscriber sees one order. The publisher's answer means stored.
+/// - **Order.** Per destination with local interest, a ``DestinationSequencer`` delivers in
+///   sequence order; a hole (a Pub/Sub message lost, e.g. the subscriber connection dropped)
+///   is filled from the history by one read at a time; after the subscriber connection comes
+///   back every destination reads what it missed.
+/// - **Resume.** A `SUBSCRIBE` is registered at the position the instance has delivered up to,
+///   and its replay is read from history up to that position.
+extension RedisEngine {
+    /// Whether `destination` keeps history in Redis.
+    public func keepsHistory(_ destination: String) -> Bool {
+        guard let history else { return false }
+        guard !history.disabledPrefixes.isEmpty else { return true }
+        let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
+        return !history.disabledPrefixes.contains { shown.hasPrefix($0) }
+    }
+
+    /// Records and publishes `message` (one atomic step in Redis); `once` makes a publish that
+    /// several instances make (an inbound route) count once.
+    func record(_ message: PublishedMessage, once: String?) -> EventLoopFuture<StreamPosition?> {
+        let window = history?.window(for: message.destination) ?? (100, .minutes(5))
+        let command = HistoryPublish(
+            key: naming.historyKey(forDestination: message.destination), payload: RedisEnvelope.encode(message, origin: instanceID),
+            maxLength: window.maxLength, ttlMilliseconds: window.ttl.nanoseconds / 1_000_000, once: once)
+        let start = NIODeadline.now()
+        let timer = publishTimer
+        return HistoryFunctions.call(command, on: client)
+            .map { result in
+                timer.recordNanoseconds((NIODeadline.now() - start).nanoseconds)
+                return result.position
+            }
+            .flatMapErrorThrowing { error in
+                self.publishFailures.add(1, ordering: .relaxed)
+                throw RouteError("redis unavailable (\(error)); not published")
+            }
+    }
+
+    /// Publishes a message of an inbound route: recorded once when its destination keeps
+    /// history (`once` is the same on every instance), else delivered to this instance's
+    /// subscribers as before.
+    public func publishInbound(_ message: PublishedMessage, once: String) {
+        guard keepsHistory(message.destination) else {
+            hub.deliver(message)
+            return
+        }
+        record(message, once: once).whenFailure { error in
+            self.logger.warning("inbound message not recorded", metadata: ["destination": "\(message.destination)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: Order
+
+    /// Learns where `destination` stands once the instance is subscribed to it.
+    func establish(_ interest: Interest, destination: String) async throws {
+        let read = try await HistoryFunctions.call(HistoryRead(key: naming.historyKey(forDestination: destination), range: .none), on: client).get()
+        let waiters: [EventLoopPromise<StreamPosition>] = interest.sequenced!.withLockedValue { s in
+            let actions = s.sequencer.established(at: read.position)
+            carryOut(actions, interest: interest, destination: destination, in: &s)
+            defer { s.waiters.removeAll() }
+            return s.waiters
+        }
+        for waiter in waiters { waiter.succeed(read.position) }
+    }
+
+    func failWaiters(_ interest: Interest, _ error: any Error) {
+        let waiters = interest.sequenced?.withLockedValue { s in
+            defer { s.waiters.removeAll() }
+            return s.waiters
+        }
+        for waiter in waiters ?? [] { waiter.fail(RouteError("redis subscribe failed: \(error)")) }
+    }
+
+    /// A positioned message arrived on the channel of a destination with local interest.
+    func sequence(_ message: PublishedMessage, interest: Interest, destination: String) {
+        interest.sequenced!.withLockedValue { s in
+            carryOut(s.sequencer.receive(message), interest: interest, destination: destination, in: &s)
+        }
+    }
+
+    /// Delivers (under the sequencer's lock, so the hub gets one order) and starts a repair.
+    private func carryOut(_ actions: DestinationSequencer.Actions, interest: Interest, destination: String, in s: inout Interest.Sequenced) {
+        for message in actions.deliver { hub.deliver(message, scope: .exact) }
+        if actions.skipped > 0 {
+            historySkipped.add(Int(actions.skipped), ordering: .relaxed)
+            skippedCounter.increment(by: Int64(actions.skipped))
+            logger.warning(
+                "history hole could not be repaired; subscribers see the jump in x-position",
+                metadata: ["destination": "\(destination)", "skipped": "\(actions.skipped)"])
+        }
+        if let after = actions.repairAfter { repair(interest, destination: destination, after: after) }
+    }
+
+    /// Reads the history after `after` and hands it to the sequencer; retried while it fails.
+    private func repair(_ interest: Interest, destination: String, after: StreamPosition) {
+        historyRepairs.add(1, ordering: .relaxed)
+        repairCounter.increment()
+        let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(after.sequence))
+        HistoryFunctions.call(command, on: client).whenComplete { result in
+            guard !interest.cancelled.load(ordering: .relaxed) else { return }
+            switch result {
+            case .success(let read):
+                let messages = read.envelopes.compactMap { self.message(fromEnvelope: $0, destination: destination) }
+                interest.sequenced!.withLockedValue { s in
+                    self.carryOut(s.sequencer.repaired(newest: read.position, messages: messages), interest: interest, destination: destination, in: &s)
+                }
+            case .failure(let error):
+                self.logger.debug("history repair failed; retrying", metadata: ["destination": "\(destination)", "error": "\(error)"])
+                interest.sequenced!.withLockedValue { s in
+                    self.carryOut(s.sequencer.repairFailed(), interest: interest, destination: destination, in: &s)
+                }
+                self.promiseLoop.scheduleTask(in: .milliseconds(200)) {
+                    guard !interest.cancelled.load(ordering: .relaxed) else { return }
+                    interest.sequenced!.withLockedValue { s in
+                        self.carryOut(s.sequencer.retryRepair(), interest: interest, destination: destination, in: &s)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The subscriber connection is back (its subscriptions too): every destination reads what
+    /// was published while it was away.
+    func subscriberReconnected() {
+        let interests = state.withLockedValue { s in s.exact.filter { $0.value.sequenced != nil } }
+        for (destination, interest) in interests {
+            interest.sequenced!.withLockedValue { s in
+                carryOut(s.sequencer.reconnected(), interest: interest, destination: destination, in: &s)
+            }
+        }
+    }
+
+    func message(fromEnvelope envelope: ByteBuffer, destination: String) -> PublishedMessage? {
+        guard let decoded = RedisEnvelope.decode(envelope), let position = decoded.position else { return nil }
+        return PublishedMessage(
+            destination: destination, messageID: decoded.messageID ?? messageIDs.next(), headers: decoded.headers, body: decoded.body,
+            position: position)
+    }
+
+    // MARK: Resume
+
+    public func registerWithHistory(
+        _ destination: String, from start: HistoryStart?, on eventLoop: any EventLoop, register: () -> Void
+    ) -> HistoryRegistration? {
+        guard keepsHistory(destination) else { return nil }
+        register()
+        guard let interest = state.withLockedValue({ $0.exact[destination] }), let sequenced = interest.sequenced else {
+            return .ready(HistoryReplay(messages: [], recovered: start == nil, position: StreamPosition(epoch: "none", sequence: 0)))
+        }
+        let promise = eventLoop.makePromise(of: StreamPosition.self)
+        let through: StreamPosition? = sequenced.withLockedValue { s in
+            if let position = s.sequencer.position { return position }
+            s.waiters.append(promise)
+            return nil
+        }
+        if let through { promise.succeed(through) }
+        let replay = promise.futureResult.flatMap { through in
+            self.readReplay(destination, from: start, through: through).hop(to: eventLoop)
+        }
+        return .pending(through: through, replay)
+    }
+
+    /// What a subscription registered at `through` replays from `start`.
+    func readReplay(_ destination: String, from start: HistoryStart?, through: StreamPosition) -> EventLoopFuture<HistoryReplay> {
+        let after: UInt64
+        switch start {
+        case nil:
+            return promiseLoop.makeSucceededFuture(HistoryReplay(messages: [], recovered: true, position: through))
+        case .after(let position):
+            guard position.epoch == through.epoch else {
+                after = 0
+                break
+            }
+            guard position.sequence < through.sequence else {
+                // Nothing missed, or a position this history never reached.
+                return promiseLoop.makeSucceededFuture(
+                    HistoryReplay(messages: [], recovered: position.sequence == through.sequence, position: through))
+            }
+            after = position.sequence
+        case .last(let count):
+            after = through.sequence > UInt64(count) ? through.sequence - UInt64(count) : 0
+        }
+        let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(after))
+        return HistoryFunctions.call(command, on: client).map { read in
+            guard read.position.epoch == through.epoch else {
+                return HistoryReplay(messages: [], recovered: false, position: through)
+            }
+            let messages = read.envelopes.compactMap { self.message(fromEnvelope: $0, destination: destination) }.filter {
+                $0.position!.epoch == through.epoch && $0.position!.sequence > after && $0.position!.sequence <= through.sequence
+            }
+            let complete = messages.count == Int(through.sequence - after) && messages.first.map { $0.position!.sequence == after + 1 } ?? true
+            let recovered: Bool
+            switch start {
+            case .after(let position): recovered = position.epoch == through.epoch && complete
+            default: recovered = complete
+            }
+            return HistoryReplay(messages: messages, recovered: recovered, position: through)
+        }
+    }
+}

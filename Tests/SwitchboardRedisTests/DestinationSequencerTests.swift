@@ -1,0 +1,143 @@
+import NIOCore
+import SwitchboardCore
+import Testing
+
+@testable import SwitchboardRedis
+
+/// The per-destination order of Redis mode, without I/O: what is delivered, buffered, repaired
+/// and skipped.
+@Suite struct DestinationSequencerTests {
+    static func message(_ sequence: UInt64, epoch: String = "e1") -> PublishedMessage {
+        PublishedMessage(
+            destination: "/topic/x", messageID: "m\(sequence)", headers: [:], body: ByteBuffer(string: "\(sequence)"),
+            position: StreamPosition(epoch: epoch, sequence: sequence))
+    }
+
+    static func sequences(_ actions: DestinationSequencer.Actions) -> [UInt64] { actions.deliver.map { $0.position!.sequence } }
+
+    static func at(_ sequence: UInt64, epoch: String = "e1") -> StreamPosition { StreamPosition(epoch: epoch, sequence: sequence) }
+
+    @Test func buffersUntilEstablishedThenDeliversOnlyWhatFollows() {
+        var s = DestinationSequencer()
+        #expect(Self.sequences(s.receive(Self.message(4))) == [])
+        #expect(Self.sequences(s.receive(Self.message(5))) == [])
+        #expect(Self.sequences(s.receive(Self.message(6))) == [])
+        // The instance's subscription began at 4: 4 predates it.
+        let actions = s.established(at: Self.at(4))
+        #expect(Self.sequences(actions) == [5, 6])
+        #expect(actions.repairAfter == nil && actions.skipped == 0)
+        #expect(s.position == Self.at(6))
+    }
+
+    @Test func inOrderMessagesGoOutAtOnceAndCopiesAreDropped() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(0))
+        #expect(Self.sequences(s.receive(Self.message(1))) == [1])
+        #expect(Self.sequences(s.receive(Self.message(2))) == [2])
+        #expect(Self.sequences(s.receive(Self.message(2))) == [])
+        #expect(Self.sequences(s.receive(Self.message(1))) == [])
+        #expect(s.position == Self.at(2))
+    }
+
+    @Test func holeAsksForOneRepairAndTheRepairFillsItInOrder() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(1))
+        let first = s.receive(Self.message(4))
+        #expect(first.deliver.isEmpty && first.repairAfter == Self.at(1))
+        // One read at a time: the next hole waits for it.
+        let second = s.receive(Self.message(5))
+        #expect(second.deliver.isEmpty && second.repairAfter == nil)
+        let repaired = s.repaired(newest: Self.at(5), messages: [Self.message(2), Self.message(3), Self.message(4), Self.message(5)])
+        #expect(Self.sequences(repaired) == [2, 3, 4, 5])
+        #expect(repaired.skipped == 0 && repaired.repairAfter == nil)
+        #expect(s.position == Self.at(5))
+        #expect(s.pendingCount == 0)
+    }
+
+    @Test func holeHistoryNoLongerKeepsIsSkippedAndCounted() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(1))
+        _ = s.receive(Self.message(5))
+        // Trimmed: only 4 and 5 are left in history.
+        let repaired = s.repaired(newest: Self.at(5), messages: [Self.message(4), Self.message(5)])
+        #expect(Self.sequences(repaired) == [4, 5])
+        #expect(repaired.skipped == 2)
+    }
+
+    @Test func messagesPublishedAfterTheReadTriggerAnotherRead() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(1))
+        _ = s.receive(Self.message(3))  // 2 lost
+        _ = s.receive(Self.message(6))  // 4, 5 lost too, published after the read below
+        let repaired = s.repaired(newest: Self.at(3), messages: [Self.message(2), Self.message(3)])
+        #expect(Self.sequences(repaired) == [2, 3])
+        #expect(repaired.repairAfter == Self.at(3))
+        let again = s.repaired(newest: Self.at(6), messages: [Self.message(4), Self.message(5), Self.message(6)])
+        #expect(Self.sequences(again) == [4, 5, 6])
+        #expect(again.repairAfter == nil && again.skipped == 0)
+    }
+
+    @Test func newEpochGivesUpTheOldHoleAndStartsOver() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(1))
+        _ = s.receive(Self.message(3))  // waiting for 2
+        let actions = s.receive(Self.message(1, epoch: "e2"))
+        #expect(actions.deliver.map(\.position) == [Self.at(3), Self.at(1, epoch: "e2")])
+        #expect(actions.skipped == 1)
+        #expect(s.position == Self.at(1, epoch: "e2"))
+        // A repair of the old epoch that comes back late changes nothing.
+        let late = s.repaired(newest: Self.at(1, epoch: "e2"), messages: [Self.message(2)])
+        #expect(late.deliver.isEmpty && late.skipped == 0)
+    }
+
+    @Test func newEpochSeenByARepairStartsFromItsFirstKeptMessage() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(7))
+        _ = s.reconnected()
+        let repaired = s.repaired(newest: Self.at(2, epoch: "e2"), messages: [Self.message(1, epoch: "e2"), Self.message(2, epoch: "e2")])
+        #expect(Self.sequences(repaired) == [1, 2])
+        #expect(s.position == Self.at(2, epoch: "e2"))
+    }
+
+    @Test func reconnectReadsOnceAndNothingMissingDeliversNothing() {
+        var s = DestinationSequencer()
+        #expect(s.reconnected().repairAfter == nil)  // not established: the establishing read covers it
+        _ = s.established(at: Self.at(3))
+        #expect(s.reconnected().repairAfter == Self.at(3))
+        #expect(s.reconnected().repairAfter == nil)  // one read at a time
+        let repaired = s.repaired(newest: Self.at(3), messages: [])
+        #expect(repaired.deliver.isEmpty && repaired.skipped == 0 && repaired.repairAfter == nil)
+    }
+
+    @Test func expiredMessagesAreSkippedUpToTheNewest() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(3))
+        _ = s.reconnected()
+        // 4..6 were published but expired before the read.
+        let repaired = s.repaired(newest: Self.at(6), messages: [])
+        #expect(repaired.skipped == 3)
+        #expect(s.position == Self.at(6))
+        #expect(Self.sequences(s.receive(Self.message(7))) == [7])
+    }
+
+    @Test func failedRepairIsRetriedAndTooManyBufferedGivesUp() {
+        var s = DestinationSequencer(maxPending: 3)
+        _ = s.established(at: Self.at(1))
+        #expect(s.receive(Self.message(3)).repairAfter == Self.at(1))
+        #expect(s.repairFailed().deliver.isEmpty)
+        #expect(s.retryRepair().repairAfter == Self.at(1))
+        _ = s.repairFailed()
+        _ = s.receive(Self.message(4))
+        // The limit: everything buffered goes out in order, the hole counted.
+        let flushed = s.receive(Self.message(5))
+        #expect(Self.sequences(flushed) == [3, 4, 5])
+        #expect(flushed.skipped == 1)
+        #expect(s.retryRepair().repairAfter == nil)
+    }
+
+    @Test func messagesWithoutPositionPassStraightThrough() {
+        var s = DestinationSequencer()
+        let plain = PublishedMessage(destination: "/topic/x", messageID: "p", headers: [:], body: ByteBuffer(string: "raw"))
+        #expect(s.receive(plain).deliver.count == 1)
+    }
+}

@@ -1,0 +1,189 @@
+"""History in Redis mode, under faults, with real processes: a gateway killed with kill -9, Redis
+restarted without persistence, the instances' Pub/Sub connections killed (CLIENT KILL). Each
+test counts loss, duplicates and reorders per client and asserts zero, or the explicit signal
+(`x-recovered: false`, a jump in `x-position`)."""
+import threading
+import time
+
+import requests
+
+from support.cluster import Cluster
+from support.process import wait_until
+from support.stompclient import ConnectionClosed, StompClient
+
+
+class Publisher(threading.Thread):
+    """Publishes "0", "1", ... to `topic` through the API at `url`, one request at a time;
+    `answered` holds the bodies the API answered 200 for."""
+
+    def __init__(self, url, topic, pace=0.005):
+        super().__init__(daemon=True)
+        self.url, self.topic, self.pace = url, topic, pace
+        self.answered: list[int] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        seq = 0
+        with requests.Session() as http:
+            while not self.stop.is_set():
+                try:
+                    r = http.post(f"{self.url}/api/notification", json={"topic": self.topic, "message": str(seq)}, timeout=3)
+                    if r.status_code == 200:
+                        self.answered.append(seq)
+                except requests.exceptions.RequestException:
+                    pass
+                seq += 1
+                time.sleep(self.pace)
+
+    def finish(self):
+        self.stop.set()
+        self.join(10)
+
+
+def audit(received: list[int], published: list[int]):
+    """(lost, duplicates, reorders) of one client's `received` bodies against `published`."""
+    got = set(received)
+    lost = [p for p in published if p not in got]
+    duplicates = len(received) - len(got)
+    reorders = sum(1 for a, b in zip(received, received[1:]) if b < a)
+    return lost, duplicates, reorders
+
+
+def drain(client, until, timeout=15.0):
+    """Reads messages until `until(bodies)` holds; returns the bodies and the last position."""
+    bodies, position = [], None
+    deadline = time.monotonic() + timeout
+    while not until(bodies) and time.monotonic() < deadline:
+        try:
+            f = client.expect_message(0.5)
+        except TimeoutError:
+            continue
+        bodies.append(int(f.text))
+        position = f["x-position"]
+    return bodies, position
+
+
+def test_kill9_gateway_clients_resume_through_haproxy_without_loss(cluster_factory):
+    cluster = cluster_factory(replicas=0)
+    topic = "/topic/h-kill"
+    subs = []
+    for _ in range(6):
+        c = cluster.client()
+        c.subscribe(topic, id="1", receipt="r")
+        subs.append(c)
+    victims = [c for c in subs if Cluster.instance_of(c) == "gw1"]
+    assert victims, "no client on gw1"
+    received = {id(c): [] for c in subs}
+    positions = {}
+    pub = Publisher(cluster.lb_url, topic)
+    pub.start()
+    wait_until(lambda: len(pub.answered) >= 30, what="publishing")
+    # Everyone reads a little, then gw1 dies under them.
+    for c in subs:
+        bodies, positions[id(c)] = drain(c, lambda b: len(b) >= 10)
+        received[id(c)] += bodies
+    cluster.kill_gateway(1)
+    for c in victims:
+        assert c.wait_closed(5)
+    # A victim keeps what it read before its socket died, then resumes on another instance.
+    resumed = []
+    for c in victims:
+        nc = wait_until(cluster.client, 15, 0.2, what="a reconnection through haproxy")
+        assert Cluster.instance_of(nc) != "gw1"
+        receipt = nc.subscribe(topic, id="1", receipt="r", **{"x-resume-from": positions[id(c)]})
+        assert receipt["x-recovered"] == "true", receipt.headers
+        received[id(nc)] = received.pop(id(c))
+        resumed.append(nc)
+    wait_until(lambda: len(pub.answered) >= 150, 30, what="publishing after the kill")
+    pub.finish()
+    survivors = [c for c in subs if c not in victims] + resumed
+    last = pub.answered[-1]
+    for c in survivors:
+        bodies, _ = drain(c, lambda b: last in b or (b and b[-1] >= last), timeout=20)
+        received[id(c)] += bodies
+    for c in survivors:
+        # Received before the kill (or while reading) plus after: every answered publish once, in order.
+        lost, dups, reorders = audit([b for b in received[id(c)] if b <= last], pub.answered)
+        assert (lost, dups, reorders) == ([], 0, 0), f"{Cluster.instance_of(c)}: lost {lost[:10]}, {dups} dups, {reorders} reorders"
+        c.close()
+
+
+def test_redis_restart_without_persistence_says_not_recovered(cluster_factory, clients):
+    cluster = cluster_factory(replicas=0, gateways=2)
+    topic = "/topic/h-restart"
+    sub = clients(cluster.client(cluster.gw_ws(0)))
+    receipt = sub.subscribe(topic, id="1", receipt="r")
+    for i in range(3):
+        requests.post(f"{cluster.gw_url(1)}/api/notification", json={"topic": topic, "message": str(i)}).raise_for_status()
+    frames = [sub.expect_message() for _ in range(3)]
+    assert [f.text for f in frames] == ["0", "1", "2"]
+    old = frames[-1]["x-position"]
+    epoch, seq = old.rsplit(":", 1)
+    assert seq == "3" and receipt["x-position"] == f"{epoch}:0"
+    # A client that left at message 2 resumes it while the history is there...
+    other = clients(cluster.client(cluster.gw_ws(1)))
+    got = other.subscribe(topic, id="1", receipt="r", **{"x-resume-from": frames[1]["x-position"]})
+    assert got["x-recovered"] == "true" and other.expect_message().text == "2"
+
+    cluster.kill_redis()
+    cluster.start_redis()  # empty: no persistence in the tests' Redis
+    for i in range(2):
+        cluster.wait_ready(i, timeout=20)
+    # ...and is told plainly when it cannot: the history is a new one.
+    late = clients(cluster.client(cluster.gw_ws(1)))
+    got = late.subscribe(topic, id="1", receipt="r", **{"x-resume-from": old})
+    assert got["x-recovered"] == "false"
+    assert got["x-position"].rsplit(":", 1)[0] != epoch
+    requests.post(f"{cluster.gw_url(1)}/api/notification", json={"topic": topic, "message": "after"}).raise_for_status()
+    for c in (sub, late):
+        f = c.expect_message(10)
+        assert f.text == "after" and f["x-position"].endswith(":1") and not f["x-position"].startswith(epoch)
+
+
+def test_pubsub_connections_killed_gap_repaired_from_history(cluster_factory, clients):
+    """CLIENT KILL TYPE pubsub drops every instance's subscriber connection while messages flow:
+    what Pub/Sub lost meanwhile comes from history, in order, once."""
+    cluster = cluster_factory(replicas=0, gateways=2)
+    topic = "/topic/h-gap"
+    subs = [clients(cluster.client(cluster.gw_ws(i % 2))) for i in range(4)]
+    for c in subs:
+        c.subscribe(topic, id="1", receipt="r")
+    pub = Publisher(cluster.gw_url(1), topic, pace=0.002)
+    pub.start()
+    wait_until(lambda: len(pub.answered) >= 50, what="publishing")
+    for _ in range(3):
+        before = len(pub.answered)
+        killed = cluster.redis_cli("CLIENT", "KILL", "TYPE", "pubsub")
+        assert int(killed) >= 2
+        wait_until(lambda: len(pub.answered) >= before + 40, 20, what="publishing after the kill")
+    pub.finish()
+    last = pub.answered[-1]
+    for c in subs:
+        bodies, _ = drain(c, lambda b: bool(b) and b[-1] >= last, timeout=20)
+        lost, dups, reorders = audit([b for b in bodies if b <= last], pub.answered)
+        assert (lost, dups, reorders) == ([], 0, 0), f"lost {lost[:10]}, {dups} dups, {reorders} reorders"
+    # Each instance read history after its subscriber connection came back.
+    for i in range(2):
+        lines = [l for l in requests.get(f"{cluster.gw_url(i)}/metrics").text.splitlines()
+                 if l.startswith("switchboard_history_repairs_total")]
+        assert lines and float(lines[0].split()[-1]) >= 3, lines
+
+
+def test_redis_cli_function_and_inbound_routes_record_once(cluster_factory, clients):
+    cluster = cluster_factory(replicas=0)
+    subs = [clients(cluster.client(cluster.gw_ws(i))) for i in range(3)]
+    for c in subs:
+        c.subscribe("/topic/greetings", id="1", receipt="r")
+    # A backend with redis-cli: the function records and publishes.
+    cluster.redis_cli("FCALL", "switchboard_publish", "1", "switchboard:{/topic/greetings}", "from cli")
+    # Every instance reads the inbound channel and the inbound stream; each message is recorded once.
+    cluster.redis_cli("PUBLISH", "GREETING_CHANNEL_INBOUND", "ping")
+    cluster.redis_cli("PUBLISH", "GREETING_CHANNEL_INBOUND", "ping")
+    cluster.redis_cli("XADD", "TEST_EVENT_TO_WEBSOCKET_SERVER", "*", "topic", "/topic/greetings", "message", "from stream")
+    for c in subs:
+        frames = [c.expect_message(10) for _ in range(4)]
+        assert sorted(f.text for f in frames) == ["from cli", "from stream", "ping", "ping"]
+        assert [int(f["x-position"].rsplit(":", 1)[1]) for f in frames] == [1, 2, 3, 4]
+        c.expect_nothing(0.3)
+    assert cluster.redis_cli("HGET", "switchboard:{/topic/greetings}:seq", "n") == "4"
+    assert cluster.redis_cli("XLEN", "switchboard:{/topic/greetings}:log") == "4"
