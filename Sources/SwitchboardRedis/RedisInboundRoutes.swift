@@ -88,23 +88,21 @@ public final class RedisInboundRoutes: Sendable {
     }
 
     func onBroadcast(_ payload: ByteBuffer, channel: String) {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(payload.readableBytesView)) as? [String: Any],
-            let topic = object["topic"] as? String, let message = object["message"] as? String
-        else {
+        guard let broadcast = BroadcastPayload.decode(payload) else {
             logger.warning("broadcast payload is not {\"topic\",\"message\"} JSON; dropped", metadata: ["channel": "\(channel)"])
             return
         }
-        var headers: STOMPHeaders = ["content-type": (object["contentType"] as? String) ?? "text/plain"]
-        if let extra = object["headers"] as? [String: String] {
+        var headers: STOMPHeaders = ["content-type": broadcast.contentType ?? "text/plain"]
+        if let extra = broadcast.headers {
             for (k, v) in extra.sorted(by: { $0.key < $1.key }) where !PublishedMessage.reservedHeaders.contains(k) && k != "content-type" {
                 headers.add(k, v)
             }
         }
-        if let user = object["user"] as? String, !user.isEmpty {
+        if let user = broadcast.user, !user.isEmpty {
             // {"user": "alice", "topic": "/queue/x", ...}: to alice's /user/queue/x sessions.
-            deliver(destination: UserDestinations.routing(user: user, destination: topic), body: ByteBuffer(string: message), headers: headers)
+            deliver(destination: UserDestinations.routing(user: user, destination: broadcast.topic), body: ByteBuffer(string: broadcast.message), headers: headers)
         } else {
-            deliver(destination: topic, body: ByteBuffer(string: message), headers: headers)
+            deliver(destination: broadcast.topic, body: ByteBuffer(string: broadcast.message), headers: headers)
         }
     }
 

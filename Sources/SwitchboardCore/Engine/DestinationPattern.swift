@@ -27,11 +27,64 @@ public struct DestinationPattern: Sendable, Hashable, CustomStringConvertible {
     public func hash(into hasher: inout Hasher) { hasher.combine(text) }
 
     /// Why a pattern was rejected.
-    public enum Invalid: Error, Sendable, CustomStringConvertible {
-        case empty
-        case misplacedWildcard(String)
+    ///
+    /// A struct rather than an enum, so that new reasons can be added without breaking
+    /// exhaustive `switch`es in other modules: made with the static factories, compared with
+    /// `==`, told apart by ``kind`` (a `switch` over an error matches kinds directly).
+    public struct Invalid: Error, Sendable, Hashable, CustomStringConvertible {
+        /// What is wrong with the pattern, without the pattern.
+        public struct Kind: Sendable, Hashable, CustomStringConvertible {
+            fileprivate enum Value: Sendable, Hashable {
+                case empty
+                case misplacedWildcard
+            }
+
+            fileprivate let value: Value
+
+            fileprivate init(_ value: Value) {
+                self.value = value
+            }
+
+            /// The pattern is the empty string.
+            public static var empty: Self { Self(.empty) }
+            /// A `*` that is not a whole segment, or a `**` that is not the last one.
+            public static var misplacedWildcard: Self { Self(.misplacedWildcard) }
+
+            public var description: String { "\(value)" }
+        }
+
+        /// The reason with its details.
+        enum Code: Sendable, Hashable {
+            case empty
+            case misplacedWildcard(String)
+        }
+
+        let code: Code
+
+        init(_ code: Code) {
+            self.code = code
+        }
+
+        /// The pattern is the empty string.
+        public static var empty: Self { Self(.empty) }
+        /// `pattern` has a `*` that is not a whole segment, or a `**` that is not the last one.
+        public static func misplacedWildcard(_ pattern: String) -> Self { Self(.misplacedWildcard(pattern)) }
+
+        /// What is wrong with the pattern, without the pattern.
+        public var kind: Kind {
+            switch code {
+            case .empty: .empty
+            case .misplacedWildcard: .misplacedWildcard
+            }
+        }
+
+        /// Matches an error against a kind in a `switch` (`case .misplacedWildcard:`).
+        public static func ~= (kind: Kind, error: Invalid) -> Bool {
+            error.kind == kind
+        }
+
         public var description: String {
-            switch self {
+            switch code {
             case .empty: return "empty destination"
             case .misplacedWildcard(let p): return "invalid wildcard in '\(p)': '*' and '**' must be whole segments and '**' must be last"
             }

@@ -1,4 +1,3 @@
-import Foundation
 import Hummingbird
 import NIOCore
 import RedisClient
@@ -36,21 +35,15 @@ struct ConsoleRoutes: Sendable {
             return PublishAPI.json(APIErrorBody(error: "needs the redis engine (set redis.url)", field: nil), status: .conflict)
         }
         let bytes = try await request.body.collect(upTo: 64 * 1024)
-        guard let object = (try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView))) as? [String: Any] else {
-            return PublishAPI.json(APIErrorBody(error: "request body must be a JSON object", field: nil), status: .badRequest)
-        }
-        guard let channel = object["channel"] as? String, !channel.isEmpty else {
-            return PublishAPI.json(APIErrorBody(error: "field 'channel' must be a non-empty string", field: "channel"), status: .badRequest)
-        }
-        guard inboundChannels.contains(channel) else {
-            return PublishAPI.json(APIErrorBody(error: "channel \(channel) is not a configured inbound channel", field: "channel"), status: .badRequest)
-        }
-        guard let message = object["message"] as? String, !message.isEmpty else {
-            return PublishAPI.json(APIErrorBody(error: "field 'message' must be a non-empty string", field: "message"), status: .badRequest)
+        let publish: ConsoleRedisPublishRequest
+        do throws(APIRequestError) {
+            publish = try ConsoleRedisPublishRequest.parse(bytes) { inboundChannels.contains($0) }
+        } catch {
+            return PublishAPI.json(APIErrorBody(error: error.message, field: error.field), status: .init(code: error.status))
         }
         do {
-            let receivers = try await engine.client.execute(PUBLISH(channel: channel, message: .string(message)))
-            return PublishAPI.json(["channel": channel, "receivers": receivers])
+            let receivers = try await engine.client.execute(PUBLISH(channel: publish.channel, message: .string(publish.message)))
+            return PublishAPI.json(ConsoleRedisPublishAnswer(channel: publish.channel, receivers: receivers))
         } catch {
             return PublishAPI.json(APIErrorBody(error: "redis publish failed: \(error)", field: nil), status: .serviceUnavailable)
         }
