@@ -64,10 +64,25 @@ public final class DeliveryCanary: Sendable {
         task?.cancel()
     }
 
+    /// Called when the own canary comes back after being late: the path works again, and what
+    /// it may have lost meanwhile is read from history (see ``RedisEngine``).
+    let onRecovered = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
+
     func received(_ sender: String) {
         let now = NIODeadline.now()
-        state.withLockedValue { s in
-            if sender == instanceID { s.ownSeen = now } else { s.peers[sender] = now }
+        let timeout = self.timeout
+        let recovered = state.withLockedValue { s -> Bool in
+            guard sender == instanceID else {
+                s.peers[sender] = now
+                return false
+            }
+            defer { s.ownSeen = now }
+            guard let since = s.ownSeen ?? s.started else { return false }
+            return now - since > timeout
+        }
+        if recovered {
+            logger.info("delivery canary back")
+            onRecovered.withLockedValue { $0 }?()
         }
     }
 

@@ -71,6 +71,24 @@ extension RedisEngine {
         for waiter in waiters { waiter.succeed(read.position) }
     }
 
+    /// ``establish(_:destination:)`` until it succeeds or the interest is gone; the
+    /// subscriptions waiting meanwhile are failed (their clients get an `ERROR`), later ones
+    /// wait for the next attempt.
+    func establishRetrying(_ interest: Interest, destination: String) async {
+        var attempt = 0
+        while !interest.cancelled.load(ordering: .relaxed) {
+            do {
+                try await establish(interest, destination: destination)
+                return
+            } catch {
+                logger.warning("reading where a destination's history stands failed; retrying", metadata: ["destination": "\(destination)", "error": "\(error)"])
+                failWaiters(interest, error)
+                attempt += 1
+                try? await Task.sleep(for: .milliseconds(min(100 << min(attempt, 5), 2000)))
+            }
+        }
+    }
+
     func failWaiters(_ interest: Interest, _ error: any Error) {
         let waiters = interest.sequenced?.withLockedValue { s in
             defer { s.waiters.removeAll() }
@@ -100,7 +118,13 @@ extension RedisEngine {
     }
 
     /// Reads the history after `after` and hands it to the sequencer; retried while it fails.
+    /// Runs later on the engine's loop: it is asked for under the sequencer's lock, and a
+    /// future that fails at once would complete inside it.
     private func repair(_ interest: Interest, destination: String, after: StreamPosition) {
+        promiseLoop.execute { self.startRepair(interest, destination: destination, after: after) }
+    }
+
+    private func startRepair(_ interest: Interest, destination: String, after: StreamPosition) {
         historyRepairs.add(1, ordering: .relaxed)
         repairCounter.increment()
         let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(after.sequence))
@@ -129,7 +153,12 @@ extension RedisEngine {
 
     /// The subscriber connection is back (its subscriptions too): every destination reads what
     /// was published while it was away.
-    func subscriberReconnected() {
+    func subscriberReconnected() { repairAllDestinations() }
+
+    /// Every destination with local interest reads what this instance may have missed (after
+    /// the subscriber connection came back, or the delivery canary did): one read each, unless
+    /// one is running.
+    func repairAllDestinations() {
         let interests = state.withLockedValue { s in s.exact.filter { $0.value.sequenced != nil } }
         for (destination, interest) in interests {
             interest.sequenced!.withLockedValue { s in
@@ -168,41 +197,42 @@ extension RedisEngine {
         return .pending(through: through, replay)
     }
 
-    /// What a subscription registered at `through` replays from `start`.
+    /// What a subscription registered at `through` replays from `start`. History is read even
+    /// when the client is at `through` already: only Redis knows whether the history is still
+    /// the same (after a restart without persistence it is not, and the client must be told).
     func readReplay(_ destination: String, from start: HistoryStart?, through: StreamPosition) -> EventLoopFuture<HistoryReplay> {
         let after: UInt64
         switch start {
         case nil:
             return promiseLoop.makeSucceededFuture(HistoryReplay(messages: [], recovered: true, position: through))
         case .after(let position):
-            guard position.epoch == through.epoch else {
-                after = 0
-                break
-            }
-            guard position.sequence < through.sequence else {
-                // Nothing missed, or a position this history never reached.
-                return promiseLoop.makeSucceededFuture(
-                    HistoryReplay(messages: [], recovered: position.sequence == through.sequence, position: through))
-            }
-            after = position.sequence
+            after = position.epoch == through.epoch ? min(position.sequence, through.sequence) : 0
         case .last(let count):
             after = through.sequence > UInt64(count) ? through.sequence - UInt64(count) : 0
         }
         let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(after))
         return HistoryFunctions.call(command, on: client).map { read in
             guard read.position.epoch == through.epoch else {
-                return HistoryReplay(messages: [], recovered: false, position: through)
+                // History was lost since this instance last heard: the new one is where it stands
+                // (this instance's order follows it once its repair sees the new epoch).
+                return HistoryReplay(messages: [], recovered: false, position: read.position)
             }
             let messages = read.envelopes.compactMap { self.message(fromEnvelope: $0, destination: destination) }.filter {
                 $0.position!.epoch == through.epoch && $0.position!.sequence > after && $0.position!.sequence <= through.sequence
             }
-            let complete = messages.count == Int(through.sequence - after) && messages.first.map { $0.position!.sequence == after + 1 } ?? true
-            let recovered: Bool
-            switch start {
-            case .after(let position): recovered = position.epoch == through.epoch && complete
-            default: recovered = complete
+            let complete = messages.count == Int(through.sequence - after) && (messages.first.map { $0.position!.sequence == after + 1 } ?? true)
+            guard case .after(let position) = start else {
+                return HistoryReplay(messages: messages, recovered: complete, position: through)
             }
-            return HistoryReplay(messages: messages, recovered: recovered, position: through)
+            if position.epoch != through.epoch {
+                return HistoryReplay(messages: messages, recovered: false, position: through)
+            }
+            if position.sequence > through.sequence {
+                // The client saw more than this instance has delivered yet (the rest is on its
+                // way here): it resumes from its own position, if history has it.
+                return HistoryReplay(messages: [], recovered: position.sequence <= read.position.sequence, position: position)
+            }
+            return HistoryReplay(messages: messages, recovered: complete, position: through)
         }
     }
 }

@@ -94,6 +94,7 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
         self.promiseLoop = eventLoop
         self.logger = logger
         hub.setInterestObserver(self)
+        self.canary?.onRecovered.withLockedValue { $0 = { [weak self] in self?.repairAllDestinations() } }
     }
 
     /// Connects (in the background; reconnects by itself) and subscribes to this instance's
@@ -215,7 +216,7 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
                     await sub.unsubscribe()
                 }
                 if interest.sequenced != nil, let destination = naming.destination(fromChannel: name) {
-                    try await establish(interest, destination: destination)
+                    await establishRetrying(interest, destination: destination)
                 }
                 interest.ready.succeed()
             } catch {

@@ -15,9 +15,16 @@ def ready(url):
     return r.status_code, r.json()
 
 
-def test_a_stalled_redis_makes_instances_not_ready_until_it_delivers_again(cluster_factory):
+def repairs(url):
+    lines = [l for l in requests.get(f"{url}/metrics", timeout=2).text.splitlines() if l.startswith("switchboard_history_repairs_total")]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_a_stalled_redis_makes_instances_not_ready_until_it_delivers_again(cluster_factory, clients):
     cluster = cluster_factory(replicas=0, gateways=2)
     gw = cluster.gw_url(0)
+    sub = clients(cluster.client(cluster.gw_ws(0)))
+    sub.subscribe("/topic/watched", id="1", receipt="r")
     wait_until(lambda: ready(gw)[0] == 200, 20, what="ready")
     health = requests.get(f"{gw}/health", timeout=2).json()
     assert health["redis"]["canaryAgeSeconds"] < 3, health
@@ -36,6 +43,11 @@ def test_a_stalled_redis_makes_instances_not_ready_until_it_delivers_again(clust
             status, body = ready(gw)
             return status == 503 and any("delivery canary late" in reason for reason in body.get("reasons", [])) and body
         wait_until(canary_late, 15, what="not ready with the canary's reason while Redis is stalled")
+        before = repairs(gw)
     finally:
         os.kill(redis.pid, signal.SIGCONT)
     wait_until(lambda: ready(gw)[0] == 200 and ready(cluster.gw_url(1))[0] == 200, 20, what="ready again")
+    # The path is back: every local destination read what it may have missed from history.
+    wait_until(lambda: repairs(gw) > before, 10, what="a history read after the canary came back")
+    requests.post(f"{cluster.gw_url(1)}/api/notification", json={"topic": "/topic/watched", "message": "after"}).raise_for_status()
+    assert sub.expect_message(10).text == "after"

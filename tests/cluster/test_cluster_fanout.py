@@ -171,3 +171,36 @@ def test_user_headers_named_like_the_envelopes_own_cross_instances(shared_cluste
     pub.send("/topic/envelope.names", "hi", headers={"session": "not-a-session", "origin": "sensor-7"}, receipt="s")
     m = sub.expect_message(10)
     assert (m.text, m["session"], m["origin"]) == ("hi", "not-a-session", "sensor-7")
+
+
+def test_stress_many_publishers_on_every_instance_one_order_everywhere(shared_cluster, clients):
+    """Thousands of messages from STOMP and API publishers on every instance (and through
+    haproxy) to one destination: every subscriber gets each once, in its publisher's order, and
+    all subscribers get the same order (the destination's history order)."""
+    topic = "/topic/fan-stress"
+    subs = spread_subscribers(shared_cluster, clients, topic)
+    n = 300
+    stomp_pubs = [clients(shared_cluster.client(shared_cluster.gw_ws(i))) for i in range(3)]
+
+    def publish_stomp(c, prefix):
+        for i in range(n):
+            c.send(topic, f"{prefix}-{i}", receipt=f"p{i}" if i % 50 == 49 else None)
+
+    with ThreadPoolExecutor(7) as pool:
+        jobs = [pool.submit(publish_api, shared_cluster.gw_url(i), topic, f"api{i}", n) for i in range(3)]
+        jobs.append(pool.submit(publish_api, shared_cluster.lb_url, topic, "lb", n))
+        jobs += [pool.submit(publish_stomp, c, f"stomp{i}") for i, c in enumerate(stomp_pubs)]
+        for j in jobs:
+            j.result(120)
+    sources = [f"api{i}" for i in range(3)] + ["lb"] + [f"stomp{i}" for i in range(3)]
+    orders = []
+    for c in subs:
+        frames = collect(c, n * len(sources), timeout=60)
+        bodies = [f.text for f in frames]
+        at = Cluster.instance_of(c)
+        for source in sources:
+            assert sequence(bodies, source) == list(range(n)), f"{source} messages lost, duplicated or reordered at {at}"
+        seqs = [int(f["x-position"].rsplit(":", 1)[1]) for f in frames]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"positions not dense at {at}"
+        orders.append(bodies)
+    assert all(o == orders[0] for o in orders), "subscribers saw different orders"

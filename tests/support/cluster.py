@@ -20,7 +20,7 @@ class Cluster:
     """`config`: a file name in examples/, or `config_yaml`: the configuration's text."""
 
     def __init__(self, name: str, replicas: int = 2, replica_args=(), config: str = "seed-streams.yaml",
-                 gateways: int = 3, config_yaml: str | None = None):
+                 gateways: int = 3, config_yaml: str | None = None, redis_args=()):
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"sb-{name}-"))
         ARTIFACTS.mkdir(exist_ok=True)
@@ -36,6 +36,7 @@ class Cluster:
             self.config = self.dir / "switchboard.yaml"
             self.config.write_text(config_yaml)
         self.replica_args = list(replica_args)
+        self.redis_args = list(redis_args)  # e.g. AOF on; later options win
         try:
             self.start_redis()
             for i in range(gateways):
@@ -63,7 +64,7 @@ class Cluster:
         return {key: terminate(p, send=False) for key, p in list(self.procs.items())}
 
     def start_redis(self):
-        self._spawn("redis", redis_server_args(self.redis_port, self.dir))
+        self._spawn("redis", redis_server_args(self.redis_port, self.dir) + self.redis_args)
         wait_until(lambda: self.redis_cli("PING") == "PONG", what="redis")
 
     def kill_redis(self):

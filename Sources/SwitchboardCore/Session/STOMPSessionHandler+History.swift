@@ -47,7 +47,10 @@ extension STOMPSessionHandler {
 
     /// A replay read asynchronously came back: kept for the step's receipt.
     func replayArrived(_ replay: HistoryReplay, for subscription: LocalSubscription, asked: Bool, step: Machine.StepID) {
-        if subscription.replayedThrough == nil { subscription.replayedThrough = replay.position }
+        // Registered before the position was known, or resuming from further than it: live
+        // copies up to the replay's position are the replay's (or the client's already).
+        let behind = subscription.replayedThrough.map { $0.epoch != replay.position.epoch || $0.sequence < replay.position.sequence } ?? true
+        if behind { subscription.replayedThrough = replay.position }
         subscribeOutcomes[step] = SubscribeOutcome(subscription: subscription, replay: replay, asked: asked)
     }
 
