@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "switchboard-bench", targets: ["switchboard-bench"]),
         .library(name: "STOMPCodec", targets: ["STOMPCodec"]),
         .library(name: "RedisClient", targets: ["RedisClient"]),
+        .library(name: "SwitchboardWire", targets: ["SwitchboardWire"]),
         .library(name: "SwitchboardKit", targets: ["SwitchboardKit"]),
     ],
     dependencies: [
@@ -45,9 +46,21 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "SwitchboardWire",
+            dependencies: [
+                "STOMPCodec",
+                "RedisClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
+            exclude: ["README.md"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "SwitchboardCore",
             dependencies: [
                 "STOMPCodec",
+                "SwitchboardWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -59,6 +72,7 @@ let package = Package(
             name: "SwitchboardRoutes",
             dependencies: [
                 "SwitchboardCore",
+                "SwitchboardWire",
                 "STOMPCodec",
                 "RedisClient",
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -87,6 +101,7 @@ let package = Package(
                 "STOMPCodec",
                 .product(name: "Metrics", package: "swift-metrics"),
                 "SwitchboardCore",
+                "SwitchboardWire",
                 "RedisClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -108,6 +123,7 @@ let package = Package(
             dependencies: [
                 "STOMPCodec",
                 "SwitchboardCore",
+                "SwitchboardWire",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             exclude: ["README.md"],
@@ -117,6 +133,7 @@ let package = Package(
             name: "SwitchboardAuth",
             dependencies: [
                 "SwitchboardCore",
+                "SwitchboardWire",
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -129,6 +146,7 @@ let package = Package(
             dependencies: [
                 "STOMPCodec",
                 "SwitchboardCore",
+                "SwitchboardWire",
                 "SwitchboardRoutes",
                 "SwitchboardRedis",
                 "RedisClient",
@@ -177,8 +195,7 @@ let package = Package(
             name: "SwitchboardKit",
             dependencies: [
                 "RedisClient",
-                "SwitchboardRedis",
-                "SwitchboardCore",
+                "SwitchboardWire",
                 "STOMPCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -252,6 +269,7 @@ let package = Package(
                 "SwitchboardRoutes",
                 "SwitchboardRedis",
                 "SwitchboardCore",
+                "SwitchboardWire",
                 "RedisClient",
                 "STOMPCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -274,6 +292,7 @@ let package = Package(
             name: "SwitchboardCoreTests",
             dependencies: [
                 "SwitchboardCore",
+                "SwitchboardWire",
                 .product(name: "Logging", package: "swift-log"),
                 "STOMPCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -286,6 +305,7 @@ let package = Package(
             dependencies: [
                 "SwitchboardServer",
                 "SwitchboardCore",
+                "SwitchboardWire",
                 "SwitchboardAPIModel",
                 "SwitchboardAuth",
                 "STOMPCodec",
@@ -306,6 +326,7 @@ let package = Package(
             dependencies: [
                 "SwitchboardAuth",
                 "SwitchboardCore",
+                "SwitchboardWire",
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -317,6 +338,7 @@ let package = Package(
             dependencies: [
                 "SwitchboardRoutes",
                 "SwitchboardCore",
+                "SwitchboardWire",
                 "STOMPCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -328,6 +350,7 @@ let package = Package(
             dependencies: [
                 "SwitchboardRedis",
                 "SwitchboardCore",
+                "SwitchboardWire",
                 "STOMPCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]

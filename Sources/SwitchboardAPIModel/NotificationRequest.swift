@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 
 /// A rejected HTTP API request: the status to answer and the field at fault.
 public struct APIRequestError: Error, Sendable, Equatable {

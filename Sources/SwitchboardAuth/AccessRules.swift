@@ -1,4 +1,5 @@
 import SwitchboardCore
+import SwitchboardWire
 
 /// Configured authorization: which destinations a session may SUBSCRIBE and SEND to.
 ///

@@ -2,6 +2,7 @@ import Foundation
 import JWTKit
 import NIOCore
 import SwitchboardCore
+import SwitchboardWire
 
 /// Where verification keys come from. Any combination; HS256 with a secret, RS256 or ES256
 /// with PEM public keys, or the keys of a JWKS document.

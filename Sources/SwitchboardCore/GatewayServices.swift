@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import SwitchboardWire
 import Synchronization
 
 /// Why a session was ended with an `ERROR`, for metrics.

@@ -1,6 +1,7 @@
 import NIOCore
 import RedisClient
 import STOMPCodec
+import SwitchboardWire
 
 /// One message a browser sent to an `/app` destination, as read from the gateway's outbound stream.
 ///

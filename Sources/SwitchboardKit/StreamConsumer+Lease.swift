@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
+import SwitchboardWire
 
 /// This consumer's hold on the entries of the batch it works through.
 ///

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import RedisClient
+import SwitchboardWire
 
 extension StreamConsumer {
     // MARK: Connection loop

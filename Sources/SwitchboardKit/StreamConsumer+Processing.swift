@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import RedisClient
+import SwitchboardWire
 
 extension StreamConsumer {
     /// Handles `entries` in order: acknowledges successes, dead-letters exhausted entries and

@@ -3,7 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
 import STOMPCodec
-import SwitchboardRedis
+import SwitchboardWire
 
 /// Reads a gateway outbound stream as one consumer of a consumer group and hands each entry to a
 /// handler, acknowledging it only after the handler succeeded.

@@ -1,4 +1,4 @@
-import SwitchboardRedis
+import SwitchboardWire
 
 #if canImport(Glibc)
 import Glibc

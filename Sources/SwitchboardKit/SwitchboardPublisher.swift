@@ -1,8 +1,7 @@
 import NIOCore
 import RedisClient
 import STOMPCodec
-import SwitchboardCore
-import SwitchboardRedis
+import SwitchboardWire
 import Synchronization
 
 /// Sends messages to browsers through the gateway's Redis channels.

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SwitchboardWire
 
 /// A message on a `broadcast` inbound channel (``RedisInboundRoute/broadcast(channel:)``):
 /// the HTTP API's JSON, `{"topic": "...", "message": "...", "contentType": "..."?,

@@ -2,6 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
+import SwitchboardWire
 
 /// Proves that the cross-instance path delivers: every `interval` the instance publishes a
 /// canary on `<prefix>canary` and watches for it to come back through its own subscriber

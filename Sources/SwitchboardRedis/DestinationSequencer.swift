@@ -1,4 +1,5 @@
 import SwitchboardCore
+import SwitchboardWire
 
 /// The order of one destination's messages on this instance (Redis mode): a pure state machine,
 /// without I/O, that the engine feeds with what arrives and that says what to deliver and when

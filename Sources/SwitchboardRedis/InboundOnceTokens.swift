@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import STOMPCodec
+import SwitchboardWire
 
 /// Names an inbound Pub/Sub message alike on every instance, so that history records it once
 /// although every instance receives it.

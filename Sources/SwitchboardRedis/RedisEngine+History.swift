@@ -1,6 +1,7 @@
 import NIOCore
 import RedisClient
 import SwitchboardCore
+import SwitchboardWire
 
 /// History in Redis mode: recording through the history function, delivering each
 /// destination's messages in order with live gap repair, and resuming subscriptions.
@@ -87,6 +88,7 @@ extension RedisEngine {
                 try? await Task.sleep(for: .milliseconds(min(100 << min(attempt, 5), 2000)))
             }
         }
+        failWaiters(interest, RouteError("no subscriber left"))
     }
 
     func failWaiters(_ interest: Interest, _ error: any Error) {

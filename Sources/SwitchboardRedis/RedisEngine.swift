@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
 import SwitchboardCore
+import SwitchboardWire
 import Synchronization
 
 /// The broker engine for several instances: publishes go through Redis Pub/Sub so every

@@ -5,6 +5,7 @@ import NIOCore
 import RedisClient
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 
 /// Where backend messages come in from Redis (backend → browsers). Every instance reads
 /// each inbound route and delivers to its own subscribers, so each subscriber gets a message

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import SwitchboardWire
 
 /// A minimal HTTP/1.1 client for webhook calls: one POST per connection, a hard deadline
 /// covering connect, request and response, and a cap on the response size.

@@ -3,6 +3,7 @@ import NIOCore
 import RedisClient
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 import Synchronization
 
 /// Routes `/app/...` messages into a Redis Stream, where backend replicas read them in a

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
 import SwitchboardCore
+import SwitchboardWire
 
 /// Keeps the consumer groups of one stream route in existence, so that no entry the gateway
 /// answered with a `RECEIPT` goes unread.

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 
 /// Routes `/app/...` messages to a backend by HTTP POST.
 ///

@@ -11,6 +11,7 @@ import SwitchboardAuth
 import SwitchboardCore
 import SwitchboardRedis
 import SwitchboardRoutes
+import SwitchboardWire
 
 /// A gateway instance: the HTTP API and the STOMP endpoint on one port, the fan-out hub,
 /// the broker engine and the `/app` routes.

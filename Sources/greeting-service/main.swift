@@ -4,6 +4,7 @@ import Logging
 import RedisClient
 import STOMPCodec
 import SwitchboardKit
+import SwitchboardWire
 
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,6 @@
 import SwitchboardAuth
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 @Suite struct AccessRulesTests {

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import SwitchboardAuth
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 /// The claims a test token carries; nil ones are left out of the token.

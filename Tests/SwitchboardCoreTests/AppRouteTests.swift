@@ -1,6 +1,7 @@
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 /// Answers at once with fixed replies, or fails.

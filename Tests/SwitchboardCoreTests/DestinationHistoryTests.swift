@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import STOMPCodec
+import SwitchboardWire
 import Testing
 
 @testable import SwitchboardCore

@@ -1,4 +1,5 @@
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 @Suite("DestinationPattern")

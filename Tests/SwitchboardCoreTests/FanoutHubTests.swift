@@ -2,6 +2,7 @@ import NIOCore
 import NIOEmbedded
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 /// Records what a shard hands to a session.

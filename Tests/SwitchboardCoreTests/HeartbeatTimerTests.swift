@@ -1,5 +1,6 @@
 import NIOCore
 import NIOEmbedded
+import SwitchboardWire
 import Testing
 
 @testable import SwitchboardCore

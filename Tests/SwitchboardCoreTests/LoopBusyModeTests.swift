@@ -4,6 +4,7 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+import SwitchboardWire
 #endif
 
 /// The decision when a loop's connections enter busy mode (Nagle, wider write coalescing) and leave it, on synthetic clocks.

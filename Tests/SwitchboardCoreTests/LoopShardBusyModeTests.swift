@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 /// A loop in busy mode spaces its flush passes by ``FanoutHub/busyWriteCoalescing`` and goes

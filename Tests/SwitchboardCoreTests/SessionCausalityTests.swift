@@ -1,6 +1,7 @@
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 /// The `RECEIPT` of a `SEND` is written before any message the `SEND` caused.

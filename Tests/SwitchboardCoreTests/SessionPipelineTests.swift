@@ -1,6 +1,7 @@
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 /// A ``PendingRoute`` that declares it keeps order, so the session pipelines SENDs to it.

@@ -1,6 +1,7 @@
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 /// The session's protocol rules, driven without a channel: events in, actions out.

@@ -4,6 +4,7 @@ import NIOEmbedded
 import NIOWebSocket
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 /// What a client reads back from the server.

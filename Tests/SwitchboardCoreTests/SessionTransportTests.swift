@@ -2,6 +2,7 @@ import NIOCore
 import NIOWebSocket
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 @Suite("Session: WebSocket transport and framing")

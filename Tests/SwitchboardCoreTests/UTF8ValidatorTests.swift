@@ -1,4 +1,5 @@
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 /// Feeds `bytes` to a fresh validator in pieces cut at `cuts`; nil if refused, else whether

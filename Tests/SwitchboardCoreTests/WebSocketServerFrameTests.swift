@@ -3,6 +3,7 @@ import NIOEmbedded
 import NIOWebSocket
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 @Suite("WebSocketServerFrame")

@@ -5,6 +5,7 @@ import STOMPCodec
 import SwitchboardCore
 import SwitchboardKit
 import SwitchboardRedis
+import SwitchboardWire
 import Testing
 
 /// The history functions against a real redis-server: numbering, keeping, publishing in one

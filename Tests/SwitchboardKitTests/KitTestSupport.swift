@@ -9,6 +9,7 @@ import SwitchboardCore
 import SwitchboardKit
 import SwitchboardRedis
 import SwitchboardRoutes
+import SwitchboardWire
 
 /// The quiet logger used by consumers under test.
 let quietLogger: Logger = {

@@ -4,6 +4,7 @@ import RedisServerTesting
 import STOMPCodec
 import SwitchboardKit
 import SwitchboardRedis
+import SwitchboardWire
 import Testing
 
 @Suite("Publishing to the gateway's channels", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))

@@ -6,6 +6,7 @@ import SwitchboardCore
 import SwitchboardKit
 import SwitchboardRedis
 import SwitchboardRoutes
+import SwitchboardWire
 import Testing
 
 @Suite("StreamConsumer: lost groups and slow replicas", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))

@@ -5,6 +5,7 @@ import RedisClient
 import RedisServerTesting
 import STOMPCodec
 import SwitchboardKit
+import SwitchboardWire
 import Testing
 
 @Suite("StreamConsumer against a real redis-server", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import SwitchboardRedis
+import SwitchboardWire
 import Testing
 
 @Suite("BroadcastPayload: the JSON of a broadcast inbound channel")

@@ -1,5 +1,6 @@
 import SwitchboardCore
 import SwitchboardRedis
+import SwitchboardWire
 import Testing
 
 #if canImport(Glibc)

@@ -2,6 +2,7 @@ import NIOCore
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardRedis
+import SwitchboardWire
 import Testing
 
 @Suite struct RedisEnvelopeTests {

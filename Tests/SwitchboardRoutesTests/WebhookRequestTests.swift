@@ -4,6 +4,7 @@ import NIOHTTP1
 import NIOPosix
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 import Synchronization
 import Testing
 

@@ -1,5 +1,6 @@
 import NIOCore
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 @testable import SwitchboardServer

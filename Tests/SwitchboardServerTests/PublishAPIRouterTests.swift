@@ -5,6 +5,7 @@ import NIOCore
 import SwitchboardAPIModel
 import SwitchboardAuth
 import SwitchboardCore
+import SwitchboardWire
 import Testing
 
 @testable import SwitchboardServer

@@ -1,4 +1,5 @@
 import NIOCore
+import SwitchboardWire
 
 /// How published messages reach subscribers: the in-memory engine delivers to this
 /// instance's hub; the Redis engine (see the `[scale]` work) goes through Redis so every

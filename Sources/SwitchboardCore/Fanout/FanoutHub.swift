@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import SwitchboardWire
 
 /// Told when the instance gains its first or loses its last subscriber for a destination or
 /// wildcard pattern. The Redis engine subscribes and unsubscribes in Redis on these calls.

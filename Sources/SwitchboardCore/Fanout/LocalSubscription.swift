@@ -1,5 +1,6 @@
 import NIOCore
 import STOMPCodec
+import SwitchboardWire
 
 /// How a subscription acknowledges messages (STOMP `ack` header).
 public enum AckMode: String, Sendable {

@@ -1,4 +1,5 @@
 import NIOCore
+import SwitchboardWire
 
 #if canImport(Glibc)
 import Glibc

@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import STOMPCodec
+import SwitchboardWire
 
 /// A session registered with its loop's shard: it is visited by the shared heart-beat timer
 /// when a check is due, and can be closed at shutdown.

@@ -1,32 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
-
-/// A message's place in its destination's history: the history's epoch and a dense sequence
-/// number (1, 2, 3, … with no holes). Written `<epoch>:<seq>` in the `x-position` header of
-/// every delivery and in the `x-resume-from` header a client sends to resume.
-public struct StreamPosition: Sendable, Hashable, CustomStringConvertible {
-    /// Changes whenever the history was lost (a restart, an evicted destination): positions of
-    /// another epoch cannot be resumed from.
-    public var epoch: String
-    public var sequence: UInt64
-
-    public init(epoch: String, sequence: UInt64) {
-        self.epoch = epoch
-        self.sequence = sequence
-    }
-
-    /// Parses `<epoch>:<seq>`; nil when malformed.
-    public init?(parsing text: String) {
-        guard let colon = text.lastIndex(of: ":"), colon != text.startIndex,
-            let sequence = UInt64(text[text.index(after: colon)...])
-        else { return nil }
-        let epoch = String(text[..<colon])
-        guard epoch.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else { return nil }
-        self.init(epoch: epoch, sequence: sequence)
-    }
-
-    public var description: String { "\(epoch):\(sequence)" }
-}
+import SwitchboardWire
 
 /// Where a resuming subscription starts (the `SUBSCRIBE` headers `x-resume-from` and `x-last`).
 public enum HistoryStart: Sendable, Equatable {

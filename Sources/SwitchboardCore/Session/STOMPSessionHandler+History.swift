@@ -1,5 +1,6 @@
 import NIOCore
 import STOMPCodec
+import SwitchboardWire
 
 /// Subscriptions and the destinations' history: registering a subscription under the
 /// history's lock, the `RECEIPT` headers that tell the outcome, and the replay.

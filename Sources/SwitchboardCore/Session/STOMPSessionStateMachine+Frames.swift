@@ -1,4 +1,5 @@
 import STOMPCodec
+import SwitchboardWire
 
 /// The rules of each client frame: what it must carry, what it may do, and what follows.
 extension STOMPSessionStateMachine {

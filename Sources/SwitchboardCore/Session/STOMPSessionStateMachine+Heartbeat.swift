@@ -1,5 +1,6 @@
 import NIOCore
 import STOMPCodec
+import SwitchboardWire
 
 /// Heart-beats and deadlines, counted in timer ticks of the event loop (see ``HeartbeatWheel``).
 struct HeartbeatState {

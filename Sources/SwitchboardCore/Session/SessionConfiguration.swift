@@ -1,5 +1,6 @@
 import NIOCore
 import STOMPCodec
+import SwitchboardWire
 
 /// Settings of every STOMP session. Defaults are safe for production.
 public struct SessionConfiguration: Sendable {

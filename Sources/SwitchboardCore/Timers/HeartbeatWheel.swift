@@ -1,3 +1,5 @@
+import SwitchboardWire
+
 /// The sessions of one event loop waiting for their next heart-beat or timeout check, by the
 /// tick each wants to be visited at: a hashed timing wheel.
 ///

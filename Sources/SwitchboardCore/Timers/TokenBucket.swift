@@ -1,4 +1,5 @@
 import NIOCore
+import SwitchboardWire
 
 /// A token bucket: `rate` tokens per second, holding at most `capacity` (the burst).
 public struct TokenBucket: Sendable {

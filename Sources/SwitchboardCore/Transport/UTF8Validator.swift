@@ -1,3 +1,5 @@
+import SwitchboardWire
+
 /// Checks that a byte stream is well-formed UTF-8 (RFC 3629 §4), piece by piece.
 ///
 /// A WebSocket text message (RFC 6455 §8.1) may be split into fragments anywhere, even inside

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOWebSocket
 import STOMPCodec
+import SwitchboardWire
 
 /// Tells the session that bytes arrived which carried no frame (a heart-beat, a ping).
 public struct STOMPTransportActivity: Sendable {}

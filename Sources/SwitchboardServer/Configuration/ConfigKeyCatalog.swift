@@ -1,3 +1,5 @@
+import SwitchboardWire
+
 /// One configuration key the gateway reads: its name, value type, default and meaning.
 ///
 /// ``ConfigKeyCatalog`` is the one list of them: the unknown-key check, its did-you-mean

@@ -1,3 +1,5 @@
+import SwitchboardWire
+
 /// Checks configuration keys against ``ConfigKeyCatalog``: an unknown key is named with the
 /// closest known one ("unknown key redis.ulr; did you mean redis.url?").
 package struct ConfigKeyCheck: Sendable {

@@ -4,6 +4,7 @@ import NIOCore
 import STOMPCodec
 import SwitchboardAuth
 import SwitchboardCore
+import SwitchboardWire
 
 /// The sessions' own defaults: the sections below start from them, so each is written once.
 private let sessionDefaults = SessionConfiguration()

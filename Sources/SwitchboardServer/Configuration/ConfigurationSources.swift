@@ -1,6 +1,7 @@
 import Configuration
 import Foundation
 import NIOConcurrencyHelpers
+import SwitchboardWire
 import SystemPackage
 import Yams
 

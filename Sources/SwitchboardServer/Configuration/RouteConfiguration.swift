@@ -3,6 +3,7 @@ import RedisClient
 import SwitchboardCore
 import SwitchboardRedis
 import SwitchboardRoutes
+import SwitchboardWire
 
 /// One `/app` route from configuration (`routes.<name>.*`).
 public struct RouteConfiguration: Sendable, Equatable {

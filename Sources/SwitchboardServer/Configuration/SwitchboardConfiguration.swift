@@ -1,5 +1,6 @@
 import Configuration
 import SwitchboardCore
+import SwitchboardWire
 
 /// Every setting of a gateway instance, by section; docs/configuration.md lists the keys.
 ///

@@ -1,5 +1,6 @@
 import Hummingbird
 import SwitchboardAPIModel
+import SwitchboardWire
 
 /// CORS for the HTTP API: browsers on an allowed origin may call it (`http.allowed-origins`;
 /// empty or `*` allows any origin). Preflight `OPTIONS` requests are answered here. A request

@@ -5,6 +5,7 @@ import SwitchboardAPIModel
 import SwitchboardConsole
 import SwitchboardCore
 import SwitchboardRedis
+import SwitchboardWire
 
 /// Serves the web console's files under `path` (e.g. `/console`, `/console/stomp.js`).
 struct ConsoleRoutes: Sendable {

@@ -8,6 +8,7 @@ import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import SwitchboardAPIModel
 import SwitchboardAuth
+import SwitchboardWire
 
 /// Serves the publish API (`POST /api/notification`, `/api/users/{user}/notification`,
 /// `/api/notifications`) on the connection's event loop, like a STOMP `SEND`: no Swift task,

@@ -7,6 +7,7 @@ import STOMPCodec
 import SwitchboardCore
 import SwitchboardRedis
 import SwitchboardRoutes
+import SwitchboardWire
 
 /// `GET /metrics` in Prometheus text format.
 ///

@@ -4,6 +4,7 @@ import NIOCore
 import SwitchboardAPIModel
 import SwitchboardAuth
 import SwitchboardCore
+import SwitchboardWire
 
 /// What every way of serving the publish API shares: the API key check, request validation,
 /// the published message and the answer. ``PublishAPI`` (Hummingbird routes) and

@@ -8,6 +8,7 @@ import SwitchboardAuth
 import SwitchboardCore
 import SwitchboardRedis
 import SwitchboardRoutes
+import SwitchboardWire
 
 /// The HTTP API backends use to push to browsers, compatible with the seed articles:
 /// `POST /api/notification` with `{"topic","message"}` (optional `headers`, `contentType`),

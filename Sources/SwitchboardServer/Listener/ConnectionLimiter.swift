@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import SwitchboardWire
 
 /// Counts WebSocket connections per instance and per client address, to refuse new ones
 /// over `limits.max-connections` / `limits.max-connections-per-ip` (HTTP 429).

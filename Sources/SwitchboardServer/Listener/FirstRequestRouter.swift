@@ -1,6 +1,7 @@
 import NIOCore
 import NIOWebSocket
 import SwitchboardCore
+import SwitchboardWire
 
 /// The first handler of every accepted connection: it reads the first request head and makes
 /// the connection either a STOMP WebSocket session or an HTTP/1.1 connection for the API.

@@ -9,6 +9,7 @@ import NIOHTTPTypesHTTP1
 import NIOPosix
 import NIOSSL
 import ServiceLifecycle
+import SwitchboardWire
 import Synchronization
 
 #if canImport(Glibc)

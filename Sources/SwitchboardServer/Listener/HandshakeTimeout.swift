@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import SwitchboardWire
 
 /// Closes a connection that has not completed its first HTTP request (an upgrade or an API
 /// call) within the deadline: slowloris-style slow headers, half-open handshakes and silent

@@ -1,4 +1,5 @@
 import NIOCore
+import SwitchboardWire
 
 /// The parts of an HTTP/1.1 request head that decide a WebSocket handshake, read straight from
 /// the first bytes of a connection.

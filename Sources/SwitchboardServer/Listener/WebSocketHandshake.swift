@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 import Synchronization
 
 /// The server side of the WebSocket opening handshake (RFC 6455 §4.2) for STOMP connections:

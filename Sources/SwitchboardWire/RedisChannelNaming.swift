@@ -1,5 +1,3 @@
-import SwitchboardCore
-
 /// Names of the Redis channels the gateway uses. With the default prefix `switchboard:`:
 ///
 /// | channel | carries |

@@ -4,22 +4,37 @@ import NIOCore
 /// The JSON a webhook gets for each `SEND` (see docs/stomp.md, "the webhook protocol"):
 /// `destination`, `session`, `instance`, `timestamp`, `user` and `contentType` (null when
 /// unknown), `headers`, and `body` with its `bodyEncoding` (`utf8`, or `base64` for binary).
-struct WebhookRequest: Encodable, Sendable {
-    var destination: String
-    var session: String
-    var instance: String
-    var timestamp: Int64
-    var user: String?
-    var contentType: String?
-    var headers: [String: String]
-    var body: String
-    var bodyEncoding: String
+package struct WebhookRequest: Encodable, Sendable {
+    package var destination: String
+    package var session: String
+    package var instance: String
+    package var timestamp: Int64
+    package var user: String?
+    package var contentType: String?
+    package var headers: [String: String]
+    package var body: String
+    package var bodyEncoding: String
+
+    package init(
+        destination: String, session: String, instance: String, timestamp: Int64, user: String?, contentType: String?,
+        headers: [String: String], body: String, bodyEncoding: String
+    ) {
+        self.destination = destination
+        self.session = session
+        self.instance = instance
+        self.timestamp = timestamp
+        self.user = user
+        self.contentType = contentType
+        self.headers = headers
+        self.body = body
+        self.bodyEncoding = bodyEncoding
+    }
 
     enum CodingKeys: String, CodingKey {
         case destination, session, instance, timestamp, user, contentType, headers, body, bodyEncoding
     }
 
-    func encode(to encoder: any Encoder) throws {
+    package func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(destination, forKey: .destination)
         try c.encode(session, forKey: .session)
@@ -38,14 +53,14 @@ struct WebhookRequest: Encodable, Sendable {
         return encoder
     }()
 
-    var json: ByteBuffer {
+    package var json: ByteBuffer {
         get throws { ByteBuffer(bytes: try Self.encoder.encode(self)) }
     }
 }
 
 /// Any JSON value, as a webhook's reply may hold it (a reply's `body` may be any JSON value,
 /// sent on as its JSON text; header values are stringified).
-enum JSONValue: Codable, Sendable, Equatable {
+package enum JSONValue: Codable, Sendable, Equatable {
     case null
     case bool(Bool)
     case int(Int)
@@ -54,7 +69,7 @@ enum JSONValue: Codable, Sendable, Equatable {
     case array([JSONValue])
     case object([String: JSONValue])
 
-    init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
         if c.decodeNil() {
             self = .null
@@ -73,7 +88,7 @@ enum JSONValue: Codable, Sendable, Equatable {
         }
     }
 
-    func encode(to encoder: any Encoder) throws {
+    package func encode(to encoder: any Encoder) throws {
         var c = encoder.singleValueContainer()
         switch self {
         case .null: try c.encodeNil()
@@ -95,20 +110,20 @@ enum JSONValue: Codable, Sendable, Equatable {
     private static let decoder = JSONDecoder()
 
     /// Parses `bytes`; nil when they are not JSON.
-    static func parse(_ bytes: ByteBuffer) -> JSONValue? {
+    package static func parse(_ bytes: ByteBuffer) -> JSONValue? {
         try? decoder.decode(JSONValue.self, from: Data(bytes.readableBytesView))
     }
 
     /// The value's JSON text (keys sorted).
-    var text: String {
+    package var text: String {
         (try? Self.encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "null"
     }
 
     /// A string as is, anything else as its JSON text (for header values).
-    var stringified: String {
+    package var stringified: String {
         if case .string(let s) = self { return s }
         return text
     }
 
-    var string: String? { if case .string(let s) = self { s } else { nil } }
+    package var string: String? { if case .string(let s) = self { s } else { nil } }
 }

@@ -1,6 +1,5 @@
 import NIOCore
 import STOMPCodec
-import SwitchboardCore
 
 /// How a message travels through Redis between gateway instances (and from backends that
 /// want headers): byte 0x01, then a STOMP `MESSAGE` frame (escaped headers, `content-length`).
