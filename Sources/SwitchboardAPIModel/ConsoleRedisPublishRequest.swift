@@ -3,11 +3,11 @@ import NIOCore
 
 /// The body of the console's `POST /api/console/redis-publish`:
 /// `{"channel": "...", "message": "..."}`, a Redis `PUBLISH` on a configured inbound channel.
-public struct ConsoleRedisPublishRequest: Sendable, Equatable {
-    public var channel: String
-    public var message: String
+package struct ConsoleRedisPublishRequest: Sendable, Equatable {
+    package var channel: String
+    package var message: String
 
-    public init(channel: String, message: String) {
+    package init(channel: String, message: String) {
         self.channel = channel
         self.message = message
     }
@@ -17,7 +17,7 @@ public struct ConsoleRedisPublishRequest: Sendable, Equatable {
     ///
     /// - Parameter isAllowedChannel: whether the console may publish on a channel (the
     ///   configured inbound channels only).
-    public static func parse(_ bytes: ByteBuffer, isAllowedChannel: (String) -> Bool) throws(APIRequestError) -> ConsoleRedisPublishRequest {
+    package static func parse(_ bytes: ByteBuffer, isAllowedChannel: (String) -> Bool) throws(APIRequestError) -> ConsoleRedisPublishRequest {
         guard let fields = try? decoder.decode(Fields.self, from: Data(bytes.readableBytesView)) else {
             throw APIRequestError(status: 400, message: "request body must be a JSON object", field: nil)
         }
@@ -64,11 +64,11 @@ public struct ConsoleRedisPublishRequest: Sendable, Equatable {
 
 /// The answer to `POST /api/console/redis-publish`: `{"channel": "...", "receivers": n}`, the
 /// number of subscribers Redis delivered the message to.
-public struct ConsoleRedisPublishAnswer: Codable, Sendable, Equatable {
-    public var channel: String
-    public var receivers: Int
+package struct ConsoleRedisPublishAnswer: Codable, Sendable, Equatable {
+    package var channel: String
+    package var receivers: Int
 
-    public init(channel: String, receivers: Int) {
+    package init(channel: String, receivers: Int) {
         self.channel = channel
         self.receivers = receivers
     }

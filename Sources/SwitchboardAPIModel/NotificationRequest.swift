@@ -5,12 +5,12 @@ import SwitchboardCore
 import SwitchboardWire
 
 /// A rejected HTTP API request: the status to answer and the field at fault.
-public struct APIRequestError: Error, Sendable, Equatable {
-    public var status: Int
-    public var message: String
-    public var field: String?
+package struct APIRequestError: Error, Sendable, Equatable {
+    package var status: Int
+    package var message: String
+    package var field: String?
 
-    public init(status: Int, message: String, field: String?) {
+    package init(status: Int, message: String, field: String?) {
         self.status = status
         self.message = message
         self.field = field
@@ -20,19 +20,19 @@ public struct APIRequestError: Error, Sendable, Equatable {
 /// The body of `POST /api/notification` (and `/api/users/{user}/notification`):
 /// `{"topic": "...", "message": "...", "headers": {...}?, "contentType": "..."?}`; a batch
 /// (`POST /api/notifications`) is a JSON array of such objects, each with an optional `user`.
-public struct NotificationRequest: Sendable, Equatable {
-    public var topic: String
-    public var body: ByteBuffer
+package struct NotificationRequest: Sendable, Equatable {
+    package var topic: String
+    package var body: ByteBuffer
     /// User headers with `content-type` (default `text/plain`).
-    public var headers: STOMPHeaders
+    package var headers: STOMPHeaders
     /// The user of a batch item addressed to a user destination.
-    public var user: String?
+    package var user: String?
 
     /// Parses and validates a request body.
     ///
     /// - Parameter isAllowedTopic: decides whether `topic` may be published to; its error
     ///   text (e.g. "must start with /topic/") is returned when it says no.
-    public static func parse(_ bytes: ByteBuffer, isAllowedTopic: (String) -> String?) throws(APIRequestError) -> NotificationRequest {
+    package static func parse(_ bytes: ByteBuffer, isAllowedTopic: (String) -> String?) throws(APIRequestError) -> NotificationRequest {
         guard let fields = try? decoder.decode(Fields.self, from: Data(bytes.readableBytesView)) else {
             throw APIRequestError(status: 400, message: "request body must be a JSON object", field: nil)
         }
@@ -42,7 +42,7 @@ public struct NotificationRequest: Sendable, Equatable {
     /// The items of a batch body: one result per item, in order, each validated on its own
     /// (`isAllowedTopic` gets the item's `user`). The whole body fails when it is not a JSON
     /// array of 1…`maxItems` elements.
-    public static func parseBatch(
+    package static func parseBatch(
         _ bytes: ByteBuffer, maxItems: Int, isAllowedTopic: (String, String?) -> String?
     ) throws(APIRequestError) -> [Result<NotificationRequest, APIRequestError>] {
         guard let items = try? decoder.decode([BatchItem].self, from: Data(bytes.readableBytesView)) else {

@@ -4,30 +4,30 @@ import Foundation
 /// Bearer API keys for the HTTP API, stored hashed: the configuration holds the SHA-256 of
 /// each key (hex), never the key. Each key has scopes: the destination prefixes it may
 /// publish to (`/topic/`, `/queue/` for user messages, …).
-public struct APIKeyStore: Sendable {
-    public struct Key: Sendable, Equatable {
-        public var name: String
+package struct APIKeyStore: Sendable {
+    package struct Key: Sendable, Equatable {
+        package var name: String
         /// Lower-case hex SHA-256 of the key.
-        public var sha256: String
-        public var scopes: [String]
-        public init(name: String, sha256: String, scopes: [String]) {
+        package var sha256: String
+        package var scopes: [String]
+        package init(name: String, sha256: String, scopes: [String]) {
             self.name = name
             self.sha256 = sha256.lowercased()
             self.scopes = scopes
         }
     }
 
-    public let keys: [Key]
-    public init(keys: [Key]) { self.keys = keys }
-    public var isEmpty: Bool { keys.isEmpty }
+    package let keys: [Key]
+    package init(keys: [Key]) { self.keys = keys }
+    package var isEmpty: Bool { keys.isEmpty }
 
     /// Lower-case hex SHA-256 of `secret` (what goes in the configuration).
-    public static func hash(_ secret: String) -> String {
+    package static func hash(_ secret: String) -> String {
         SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
     }
 
     /// The key whose hash matches `secret`, compared in constant time per key.
-    public func key(for secret: String) -> Key? {
+    package func key(for secret: String) -> Key? {
         let digest = Array(Self.hash(secret).utf8)
         var found: Key?
         for key in keys {
@@ -41,7 +41,7 @@ public struct APIKeyStore: Sendable {
     }
 
     /// Whether `key` may publish to `destination`.
-    public static func allows(_ key: Key, _ destination: String) -> Bool {
+    package static func allows(_ key: Key, _ destination: String) -> Bool {
         key.scopes.contains { destination.hasPrefix($0) }
     }
 }

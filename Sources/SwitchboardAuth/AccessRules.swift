@@ -9,17 +9,17 @@ import SwitchboardWire
 /// e.g. `/topic/admin.** if roles=admin`. When a list has rules, everything it does not
 /// allow is denied; an empty list allows everything. A placeholder whose value is missing,
 /// or contains `/`, `.` or `*`, makes its rule match nothing (no injection of wildcards).
-public struct AccessRules: AccessPolicy {
-    public struct Rule: Sendable, Equatable {
-        public var pattern: String
-        public var requiredClaim: (name: String, values: [String])?
+package struct AccessRules: AccessPolicy {
+    package struct Rule: Sendable, Equatable {
+        package var pattern: String
+        package var requiredClaim: (name: String, values: [String])?
 
-        public static func == (a: Rule, b: Rule) -> Bool {
+        package static func == (a: Rule, b: Rule) -> Bool {
             a.pattern == b.pattern && a.requiredClaim?.name == b.requiredClaim?.name && a.requiredClaim?.values == b.requiredClaim?.values
         }
 
         /// Parses `pattern [if claim=v1,v2]`.
-        public init(_ text: String) throws(RuleError) {
+        package init(_ text: String) throws(RuleError) {
             var pattern = Substring(text)
             var required: (String, [String])?
             if let range = text.range(of: " if ") {
@@ -37,16 +37,16 @@ public struct AccessRules: AccessPolicy {
         }
     }
 
-    public struct RuleError: Error, CustomStringConvertible {
-        public var rule: String
-        public var reason: String
-        public var description: String { "invalid access rule '\(rule)': \(reason)" }
+    package struct RuleError: Error, CustomStringConvertible {
+        package var rule: String
+        package var reason: String
+        package var description: String { "invalid access rule '\(rule)': \(reason)" }
     }
 
-    public let subscribe: [Rule]
-    public let send: [Rule]
+    package let subscribe: [Rule]
+    package let send: [Rule]
 
-    public init(subscribe: [String], send: [String]) throws(RuleError) {
+    package init(subscribe: [String], send: [String]) throws(RuleError) {
         var s: [Rule] = []
         for text in subscribe { s.append(try Rule(text)) }
         var t: [Rule] = []
@@ -55,11 +55,11 @@ public struct AccessRules: AccessPolicy {
         self.send = t
     }
 
-    public func maySubscribe(_ destination: String, identity: SessionIdentity?) -> Bool {
+    package func maySubscribe(_ destination: String, identity: SessionIdentity?) -> Bool {
         Self.allows(subscribe, destination, identity)
     }
 
-    public func maySend(_ destination: String, identity: SessionIdentity?) -> Bool {
+    package func maySend(_ destination: String, identity: SessionIdentity?) -> Bool {
         Self.allows(send, destination, identity)
     }
 

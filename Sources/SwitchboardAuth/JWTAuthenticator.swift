@@ -5,28 +5,28 @@ import SwitchboardCore
 import SwitchboardWire
 
 /// Where verification keys come from. Any combination; HS256 with a secret, RS256 or ES256
-/// with PEM public keys, or the keys of a JWKS document.
-public struct JWTKeySettings: Sendable, Equatable {
-    public var hmacSecret: String?
-    /// Files holding PEM public keys (RSA → RS256, EC P-256 → ES256) or certificates.
-    public var publicKeyFiles: [String] = []
-    public var jwksFile: String?
+/// with PEM package keys, or the keys of a JWKS document.
+package struct JWTKeySettings: Sendable, Equatable {
+    package var hmacSecret: String?
+    /// Files holding PEM package keys (RSA → RS256, EC P-256 → ES256) or certificates.
+    package var publicKeyFiles: [String] = []
+    package var jwksFile: String?
     /// Claims copied onto the session (e.g. `roles`), for access rules and webhooks.
-    public var keptClaims: [String] = []
+    package var keptClaims: [String] = []
     /// When set, the token's `aud` must contain it / `iss` must equal it.
-    public var audience: String?
-    public var issuer: String?
+    package var audience: String?
+    package var issuer: String?
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-    public var leewaySeconds: Int = 30
+    package var leewaySeconds: Int = 30
 
-    public init() {}
+    package init() {}
 
-    public var isEmpty: Bool { hmacSecret == nil && publicKeyFiles.isEmpty && jwksFile == nil }
+    package var isEmpty: Bool { hmacSecret == nil && publicKeyFiles.isEmpty && jwksFile == nil }
 }
 
 /// A configuration problem with the keys, naming the file.
-public struct JWTKeyError: Error, CustomStringConvertible {
-    public var description: String
+package struct JWTKeyError: Error, CustomStringConvertible {
+    package var description: String
 }
 
 /// Verifies JWTs (HS256, RS256, ES256) presented on `CONNECT` with jwt-kit.
@@ -34,14 +34,14 @@ public struct JWTKeyError: Error, CustomStringConvertible {
 /// The `sub` claim is the user; `exp` closes the session when it passes; `nbf` must have
 /// passed. A rejected token gives the reason: "token expired", "token not yet valid",
 /// "invalid signature", "malformed token", "missing sub claim", …
-public final class JWTAuthenticator: SessionAuthenticator {
+package final class JWTAuthenticator: SessionAuthenticator {
     let keys: JWTKeyCollection
     let settings: JWTKeySettings
 
     /// Key ids a token may name: ours (`switchboard-hmac`, `switchboard-pem-<n>`) and the JWKS's.
     let knownKids: Set<String>
 
-    public init(settings: JWTKeySettings) async throws {
+    package init(settings: JWTKeySettings) async throws {
         self.settings = settings
         let keys = JWTKeyCollection()
         var kids = Set<String>()
@@ -65,7 +65,7 @@ public final class JWTAuthenticator: SessionAuthenticator {
         }
         for (n, path) in settings.publicKeyFiles.enumerated() {
             guard let pem = try? String(contentsOfFile: path, encoding: .utf8) else {
-                throw JWTKeyError(description: "cannot read public key file \(path)")
+                throw JWTKeyError(description: "cannot read package key file \(path)")
             }
             let kid = "switchboard-pem-\(n)"
             if let rsa = (try? Insecure.RSA.PublicKey(pem: pem)) ?? (try? Insecure.RSA.PublicKey(certificatePEM: pem)) {
@@ -73,7 +73,7 @@ public final class JWTAuthenticator: SessionAuthenticator {
             } else if let ec = (try? ES256PublicKey(pem: pem)) ?? (try? ES256PublicKey(certificate: pem)) {
                 await register(kid) { k in _ = await keys.add(ecdsa: ec, kid: k) }
             } else {
-                throw JWTKeyError(description: "\(path) holds no RSA or P-256 public key in PEM form")
+                throw JWTKeyError(description: "\(path) holds no RSA or P-256 package key in PEM form")
             }
         }
         if let path = settings.jwksFile {
@@ -95,14 +95,14 @@ public final class JWTAuthenticator: SessionAuthenticator {
         self.knownKids = kids
     }
 
-    public func authenticate(token: String, on eventLoop: any EventLoop) -> EventLoopFuture<SessionIdentity> {
+    package func authenticate(token: String, on eventLoop: any EventLoop) -> EventLoopFuture<SessionIdentity> {
         let promise = eventLoop.makePromise(of: SessionIdentity.self)
         promise.completeWithTask { try await self.verify(token) }
         return promise.futureResult
     }
 
     /// Verifies `token` and returns who it names.
-    public func verify(_ token: String) async throws -> SessionIdentity {
+    package func verify(_ token: String) async throws -> SessionIdentity {
         let claims: StandardClaims
         if let kid = Self.headerObject(token)?["kid"] as? String, !knownKids.contains(kid) {
             throw AuthenticationFailure("no key for this token")

@@ -3,10 +3,10 @@ import NIOCore
 
 /// The web console's static files (HTML, CSS, JavaScript), shipped with the binary as
 /// SwiftPM resources and served by the gateway under `console.path`.
-public enum ConsoleAssets {
+package enum ConsoleAssets {
     /// The bytes and content type of the asset at `path` (relative, e.g. `index.html`,
     /// `stomp.js`), or nil if there is none. Paths with `..` are refused.
-    public static func asset(_ path: String) -> (body: ByteBuffer, contentType: String)? {
+    package static func asset(_ path: String) -> (body: ByteBuffer, contentType: String)? {
         let name = path.isEmpty ? "index.html" : path
         guard !name.contains(".."), !name.hasPrefix("/"),
             let base = Bundle.module.resourceURL?.appendingPathComponent("Assets")

@@ -5,7 +5,7 @@ import SwitchboardWire
 import Synchronization
 
 /// Why a session was ended with an `ERROR`, for metrics.
-public enum SessionErrorKind: String, Sendable, CaseIterable {
+package enum SessionErrorKind: String, Sendable, CaseIterable {
     case protocolViolation = "protocol"
     case limit
     case slowConsumer = "slow_consumer"
@@ -14,42 +14,42 @@ public enum SessionErrorKind: String, Sendable, CaseIterable {
     case route
     case shutdown
 
-    public var index: Int { Self.allCases.firstIndex(of: self)! }
+    package var index: Int { Self.allCases.firstIndex(of: self)! }
 }
 
 /// An atomic counter that can live in an array (`Atomic` itself cannot be copied).
-public final class AtomicCounter: Sendable {
+package final class AtomicCounter: Sendable {
     private let value = Atomic<Int>(0)
-    public init() {}
-    @inlinable public func add(_ n: Int, ordering: AtomicUpdateOrdering = .relaxed) { _add(n) }
-    @inlinable public func subtract(_ n: Int, ordering: AtomicUpdateOrdering = .relaxed) { _add(-n) }
-    public func load(ordering: AtomicLoadOrdering = .relaxed) -> Int { value.load(ordering: .relaxed) }
+    package init() {}
+    @inlinable package func add(_ n: Int, ordering: AtomicUpdateOrdering = .relaxed) { _add(n) }
+    @inlinable package func subtract(_ n: Int, ordering: AtomicUpdateOrdering = .relaxed) { _add(-n) }
+    package func load(ordering: AtomicLoadOrdering = .relaxed) -> Int { value.load(ordering: .relaxed) }
     @usableFromInline func _add(_ n: Int) { value.add(n, ordering: .relaxed) }
 }
 
 /// Gauges and rare-event counters shared by all sessions (hot-path counters are per event
 /// loop: see ``ShardCounters``).
-public final class GatewayStats: Sendable {
-    public let connectionsOpen = AtomicCounter()
-    public let connectionsTotal = AtomicCounter()
-    public let sessionsConnected = AtomicCounter()
-    public let subscriptions = AtomicCounter()
+package final class GatewayStats: Sendable {
+    package let connectionsOpen = AtomicCounter()
+    package let connectionsTotal = AtomicCounter()
+    package let sessionsConnected = AtomicCounter()
+    package let subscriptions = AtomicCounter()
     /// Sessions by negotiated version: 1.0, 1.1, 1.2.
-    public let sessionsByVersion = [AtomicCounter(), AtomicCounter(), AtomicCounter()]
+    package let sessionsByVersion = [AtomicCounter(), AtomicCounter(), AtomicCounter()]
     /// Sessions ended with an `ERROR`, by ``SessionErrorKind``.
-    public let errors = SessionErrorKind.allCases.map { _ in AtomicCounter() }
+    package let errors = SessionErrorKind.allCases.map { _ in AtomicCounter() }
 
-    public func errors(_ kind: SessionErrorKind) -> Int { errors[kind.index].load() }
-    public init() {}
+    package func errors(_ kind: SessionErrorKind) -> Int { errors[kind.index].load() }
+    package init() {}
 }
 
 /// Sessions per user on this instance, to enforce ``SessionConfiguration/maxSessionsPerUser``.
-public final class UserSessionCounter: Sendable {
+package final class UserSessionCounter: Sendable {
     private let counts = NIOLockedValueBox<[String: Int]>([:])
-    public init() {}
+    package init() {}
 
     /// Counts one more session of `user`; false (and nothing counted) if it has `limit` already.
-    public func add(_ user: String, limit: Int) -> Bool {
+    package func add(_ user: String, limit: Int) -> Bool {
         counts.withLockedValue { c in
             let n = c[user, default: 0]
             guard n < limit else { return false }
@@ -58,7 +58,7 @@ public final class UserSessionCounter: Sendable {
         }
     }
 
-    public func remove(_ user: String) {
+    package func remove(_ user: String) {
         counts.withLockedValue { c in
             let n = c[user, default: 0] - 1
             c[user] = n > 0 ? n : nil
@@ -67,22 +67,22 @@ public final class UserSessionCounter: Sendable {
 }
 
 /// Everything a session needs from the gateway, shared by all sessions.
-public final class GatewayServices: Sendable {
-    public let configuration: SessionConfiguration
-    public let hub: FanoutHub
-    public let engine: any BrokerEngine
-    public let routes: RouteTable
+package final class GatewayServices: Sendable {
+    package let configuration: SessionConfiguration
+    package let hub: FanoutHub
+    package let engine: any BrokerEngine
+    package let routes: RouteTable
     /// The rules every session's state machine consults.
     package let policy: SessionPolicy
-    public let instanceID: String
-    public let messageIDs: MessageIDGenerator
-    public let sessionIDs: MessageIDGenerator
-    public let stats = GatewayStats()
-    public let userSessions = UserSessionCounter()
-    public let logger: Logger
+    package let instanceID: String
+    package let messageIDs: MessageIDGenerator
+    package let sessionIDs: MessageIDGenerator
+    package let stats = GatewayStats()
+    package let userSessions = UserSessionCounter()
+    package let logger: Logger
 
     /// Sums the counters of every event loop.
-    public func counters() async -> ShardCounters {
+    package func counters() async -> ShardCounters {
         var total = ShardCounters()
         for shard in hub.shards {
             if let c = try? await shard.readCounters().get() { total.add(c) }
@@ -90,7 +90,7 @@ public final class GatewayServices: Sendable {
         return total
     }
 
-    public init(
+    package init(
         configuration: SessionConfiguration, hub: FanoutHub, engine: any BrokerEngine, routes: RouteTable, instanceID: String,
         messageIDs: MessageIDGenerator? = nil, logger: Logger
     ) {

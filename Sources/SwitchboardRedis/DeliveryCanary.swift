@@ -10,9 +10,9 @@ import SwitchboardWire
 /// stalled, the subscriber connection silently dead, a publish path broken), the instance is
 /// not ready (``lateReason``), so a green readiness check means "delivering". Peers' canaries
 /// are recorded too (``peers``).
-public final class DeliveryCanary: Sendable {
-    public let interval: TimeAmount
-    public let timeout: TimeAmount
+package final class DeliveryCanary: Sendable {
+    package let interval: TimeAmount
+    package let timeout: TimeAmount
     let client: RedisClient
     let channel: String
     let instanceID: String
@@ -30,7 +30,7 @@ public final class DeliveryCanary: Sendable {
 
     private let state = NIOLockedValueBox(State())
 
-    public init(client: RedisClient, naming: RedisChannelNaming, instanceID: String, interval: TimeAmount, timeout: TimeAmount, loop: any EventLoop, logger: Logger) {
+    package init(client: RedisClient, naming: RedisChannelNaming, instanceID: String, interval: TimeAmount, timeout: TimeAmount, loop: any EventLoop, logger: Logger) {
         self.client = client
         self.channel = naming.prefix + "canary"
         self.instanceID = instanceID
@@ -42,7 +42,7 @@ public final class DeliveryCanary: Sendable {
 
     /// Subscribes and starts publishing. The subscription is re-established by the client after
     /// a reconnect.
-    public func start() async throws {
+    package func start() async throws {
         let sub = try await client.subscribe(to: [channel], kind: .channel) { [weak self] message in
             self?.received(String(buffer: message.payload))
         }
@@ -57,7 +57,7 @@ public final class DeliveryCanary: Sendable {
         }
     }
 
-    public func stop() {
+    package func stop() {
         let task = state.withLockedValue { s in
             defer { s.task = nil }
             return s.task
@@ -88,7 +88,7 @@ public final class DeliveryCanary: Sendable {
     }
 
     /// Seconds since this instance's own canary last came back (since start while none has).
-    public var ownAge: Double? {
+    package var ownAge: Double? {
         state.withLockedValue { s in
             guard let since = s.ownSeen ?? s.started else { return nil }
             return Double((NIODeadline.now() - since).nanoseconds) / 1e9
@@ -96,13 +96,13 @@ public final class DeliveryCanary: Sendable {
     }
 
     /// Why the instance is not delivering, or nil while its canary is on time.
-    public var lateReason: String? {
+    package var lateReason: String? {
         guard let age = ownAge, age * 1e9 > Double(timeout.nanoseconds) else { return nil }
         return String(format: "delivery canary late: own canary not seen for %.1f s", age)
     }
 
     /// Seconds since each peer's canary was last seen.
-    public var peers: [String: Double] {
+    package var peers: [String: Double] {
         let now = NIODeadline.now()
         return state.withLockedValue { s in s.peers.mapValues { Double((now - $0).nanoseconds) / 1e9 } }
     }

@@ -18,7 +18,7 @@ import SwitchboardWire
 ///   and its replay is read from history up to that position.
 extension RedisEngine {
     /// Whether `destination` keeps history in Redis.
-    public func keepsHistory(_ destination: String) -> Bool {
+    package func keepsHistory(_ destination: String) -> Bool {
         guard let history else { return false }
         guard !history.disabledPrefixes.isEmpty else { return true }
         let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
@@ -48,7 +48,7 @@ extension RedisEngine {
     /// Publishes a message of an inbound route: recorded once when its destination keeps
     /// history (`once` is the same on every instance), else delivered to this instance's
     /// subscribers as before.
-    public func publishInbound(_ message: PublishedMessage, once: String) {
+    package func publishInbound(_ message: PublishedMessage, once: String) {
         guard keepsHistory(message.destination) else {
             hub.deliver(message)
             return
@@ -178,7 +178,7 @@ extension RedisEngine {
 
     // MARK: Resume
 
-    public func registerWithHistory(
+    package func registerWithHistory(
         _ destination: String, from start: HistoryStart?, on eventLoop: any EventLoop, register: () -> Void
     ) -> HistoryRegistration? {
         guard keepsHistory(destination) else { return nil }

@@ -19,19 +19,19 @@ import Synchronization
 ///   wildcard pattern. A message arriving on a channel is delivered only to exact
 ///   subscriptions, one arriving through a pattern only to that pattern's subscriptions, so
 ///   nobody gets a message twice.
-public final class RedisEngine: BrokerEngine, InterestObserver {
-    public let client: RedisClient
+package final class RedisEngine: BrokerEngine, InterestObserver {
+    package let client: RedisClient
     let hub: FanoutHub
-    public let naming: RedisChannelNaming
+    package let naming: RedisChannelNaming
     let instanceID: String
     let messageIDs: MessageIDGenerator
     let logger: Logger
     let promiseLoop: any EventLoop
 
     /// Pub/Sub messages received, publishes that Redis refused, malformed envelopes.
-    public let messagesIn = Atomic<Int>(0)
-    public let publishFailures = Atomic<Int>(0)
-    public let malformedMessages = Atomic<Int>(0)
+    package let messagesIn = Atomic<Int>(0)
+    package let publishFailures = Atomic<Int>(0)
+    package let malformedMessages = Atomic<Int>(0)
     let publishTimer = Metrics.Timer(label: "switchboard_redis_command_duration_seconds", dimensions: [("command", "PUBLISH")])
 
     /// One Redis subscription (channel or glob) held for local interest.
@@ -63,21 +63,21 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
 
     let state = NIOLockedValueBox(State())
     /// Watches the cross-instance path (see ``DeliveryCanary``); nil when turned off.
-    public let canary: DeliveryCanary?
+    package let canary: DeliveryCanary?
 
     /// Which destinations keep history, and their windows; nil: none.
-    public let history: DestinationHistory.Settings?
+    package let history: DestinationHistory.Settings?
     /// Messages given up for good in a history hole (trimmed or expired before repair).
-    public let historySkipped = Atomic<Int>(0)
+    package let historySkipped = Atomic<Int>(0)
     /// History reads that repaired a hole (or checked after a reconnect).
-    public let historyRepairs = Atomic<Int>(0)
+    package let historyRepairs = Atomic<Int>(0)
     let skippedCounter = Metrics.Counter(label: "switchboard_history_skipped_messages_total")
     let repairCounter = Metrics.Counter(label: "switchboard_history_repairs_total")
 
-    public var name: String { "redis" }
-    public var publishesSynchronously: Bool { false }
+    package var name: String { "redis" }
+    package var publishesSynchronously: Bool { false }
 
-    public init(
+    package init(
         client: RedisClient, hub: FanoutHub, naming: RedisChannelNaming, instanceID: String, messageIDs: MessageIDGenerator,
         eventLoop: any EventLoop, logger: Logger, canary: (interval: TimeAmount, timeout: TimeAmount)? = nil,
         history: DestinationHistory.Settings? = nil
@@ -100,7 +100,7 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
 
     /// Connects (in the background; reconnects by itself) and subscribes to this instance's
     /// channel, where messages addressed to one of its sessions arrive.
-    public func start() async throws {
+    package func start() async throws {
         client.start()
         client.addStateObserver { [weak self] role, state in
             if role == .subscriptions, state == .connected { self?.subscriberReconnected() }
@@ -121,14 +121,14 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
         try await canary?.start()
     }
 
-    public func shutdown() async {
+    package func shutdown() async {
         canary?.stop()
         await client.shutdown()
     }
 
     // MARK: Publishing
 
-    public func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+    package func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         if keepsHistory(message.destination) {
             return record(message, once: nil).hop(to: eventLoop).map { _ in }
         }
@@ -146,7 +146,7 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
     }
 
     /// Publishes `message` to the subscriptions of session `session` on instance `instance`.
-    public func publish(_ message: PublishedMessage, toSession session: String, onInstance instance: String) -> EventLoopFuture<Void> {
+    package func publish(_ message: PublishedMessage, toSession session: String, onInstance instance: String) -> EventLoopFuture<Void> {
         if instance == instanceID {
             hub.deliver(message, toSession: session)
             return promiseLoop.makeSucceededVoidFuture()
@@ -155,7 +155,7 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
         return client.send(PUBLISH(channel: naming.instanceChannel(instance), message: .bytes(payload))).map { _ in }
     }
 
-    public func subscriptionReady(_ pattern: DestinationPattern, on eventLoop: any EventLoop) -> EventLoopFuture<Void>? {
+    package func subscriptionReady(_ pattern: DestinationPattern, on eventLoop: any EventLoop) -> EventLoopFuture<Void>? {
         let interest: Interest? = state.withLockedValue { s in
             pattern.isWildcard ? s.globs[naming.glob(for: pattern)]?.interest : s.exact[pattern.text]
         }
@@ -164,7 +164,7 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
 
     // MARK: Interest (called under the hub's lock: never block here)
 
-    public func interestActivated(_ pattern: DestinationPattern) {
+    package func interestActivated(_ pattern: DestinationPattern) {
         if pattern.isWildcard {
             let glob = naming.glob(for: pattern)
             let fresh: Interest? = state.withLockedValue { s in
@@ -184,7 +184,7 @@ public final class RedisEngine: BrokerEngine, InterestObserver {
         }
     }
 
-    public func interestDeactivated(_ pattern: DestinationPattern) {
+    package func interestDeactivated(_ pattern: DestinationPattern) {
         let gone: Interest? = state.withLockedValue { s in
             if pattern.isWildcard {
                 let glob = naming.glob(for: pattern)

@@ -13,7 +13,7 @@ import SwitchboardWire
 /// instance instead records the message through the history function with the same `once`
 /// token (a stream entry's id; for Pub/Sub, see ``InboundOnceTokens``): one of them records
 /// and publishes it, and all deliver the recorded copy.
-public enum RedisInboundRoute: Sendable, Equatable {
+package enum RedisInboundRoute: Sendable, Equatable {
     /// A Pub/Sub channel mapped to a destination; the payload is the body, byte for byte.
     case channel(channel: String, destination: String)
     /// A Pub/Sub channel carrying the HTTP API's JSON, `{"topic": "...", "message": "..."}`.
@@ -25,7 +25,7 @@ public enum RedisInboundRoute: Sendable, Equatable {
 }
 
 /// Runs the inbound routes of one instance.
-public final class RedisInboundRoutes: Sendable {
+package final class RedisInboundRoutes: Sendable {
     let client: RedisClient
     let engine: RedisEngine
     let hub: FanoutHub
@@ -36,7 +36,7 @@ public final class RedisInboundRoutes: Sendable {
     let readers = NIOLockedValueBox<[Task<Void, Never>]>([])
     let onceTokens = InboundOnceTokens()
 
-    public init(client: RedisClient, engine: RedisEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, configuration: SessionConfiguration, logger: Logger) {
+    package init(client: RedisClient, engine: RedisEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, configuration: SessionConfiguration, logger: Logger) {
         self.client = client
         self.engine = engine
         self.hub = hub
@@ -45,7 +45,7 @@ public final class RedisInboundRoutes: Sendable {
         self.logger = logger
     }
 
-    public func start(_ routes: [RedisInboundRoute]) async throws {
+    package func start(_ routes: [RedisInboundRoute]) async throws {
         for route in routes {
             switch route {
             case .channel(let channel, let destination):
@@ -65,7 +65,7 @@ public final class RedisInboundRoutes: Sendable {
         }
     }
 
-    public func stop() async {
+    package func stop() async {
         for task in readers.withLockedValue({ $0 }) { task.cancel() }
         for sub in subscriptions.withLockedValue({ $0 }) { await sub.unsubscribe() }
     }

@@ -16,34 +16,34 @@ import Synchronization
 ///
 /// With consumer groups configured, ``groups`` keeps them in existence: after a reconnect the
 /// XADDs wait until every group was seen or re-created, so no stored entry is skipped.
-public struct RedisStreamRoute: AppRoute {
-    public let stream: String
-    public let maxLength: Int
+package struct RedisStreamRoute: AppRoute {
+    package let stream: String
+    package let maxLength: Int
     let client: RedisClient
     /// The consumer groups this route keeps, `nil` when none is configured.
-    public let groups: RedisStreamGroups?
+    package let groups: RedisStreamGroups?
     /// XADDs go out in order on the client's one command connection.
-    public var keepsOrderWhenPipelined: Bool { true }
+    package var keepsOrderWhenPipelined: Bool { true }
 
     /// - Parameters:
     ///   - groups: consumer groups to create (at `0`) and re-create when Redis lost them.
     ///   - eventLoop: where group verifications complete.
-    public init(stream: String, maxLength: Int, client: RedisClient, groups: [String] = [], eventLoop: any EventLoop) {
+    package init(stream: String, maxLength: Int, client: RedisClient, groups: [String] = [], eventLoop: any EventLoop) {
         self.stream = stream
         self.maxLength = maxLength
         self.client = client
         self.groups = groups.isEmpty ? nil : RedisStreamGroups(stream: stream, groups: groups, client: client, eventLoop: eventLoop)
     }
 
-    public var description: String { "redis stream \(stream)" }
+    package var description: String { "redis stream \(stream)" }
 
     /// XADDs that failed, all stream routes together.
-    public static let failures = Atomic<Int>(0)
+    package static let failures = Atomic<Int>(0)
     static let xaddTimer = Metrics.Timer(label: "switchboard_redis_xadd_duration_seconds")
 
     static let fixedFields: Set<String> = ["destination", "message", "content-type", "session", "user", "instance", "timestamp"]
 
-    public static func fields(for message: AppMessage) -> [(name: String, value: RedisArgument)] {
+    package static func fields(for message: AppMessage) -> [(name: String, value: RedisArgument)] {
         var fields: [(name: String, value: RedisArgument)] = [
             ("destination", .string(message.destination)),
             ("message", .bytes(message.body)),
@@ -60,7 +60,7 @@ public struct RedisStreamRoute: AppRoute {
         return fields
     }
 
-    public func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
+    package func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
         let stream = self.stream
         let start = NIODeadline.now()
         let xadd = XADD(key: stream, maxLength: maxLength, approximateTrim: true, fields: Self.fields(for: message))
@@ -83,20 +83,20 @@ public struct RedisStreamRoute: AppRoute {
 /// Routes `/app/...` messages to a Redis Pub/Sub channel (`PUBLISH channel body`), as the
 /// first seed article does. At most once: a backend that is not subscribed at that moment
 /// never sees the message. Prefer ``RedisStreamRoute``.
-public struct RedisPubSubRoute: AppRoute {
-    public let channel: String
+package struct RedisPubSubRoute: AppRoute {
+    package let channel: String
     let client: RedisClient
     /// PUBLISHes go out in order on the client's one command connection.
-    public var keepsOrderWhenPipelined: Bool { true }
+    package var keepsOrderWhenPipelined: Bool { true }
 
-    public init(channel: String, client: RedisClient) {
+    package init(channel: String, client: RedisClient) {
         self.channel = channel
         self.client = client
     }
 
-    public var description: String { "redis channel \(channel)" }
+    package var description: String { "redis channel \(channel)" }
 
-    public func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
+    package func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
         let channel = self.channel
         return client.send(PUBLISH(channel: channel, message: .bytes(message.body)))
             .hop(to: eventLoop)

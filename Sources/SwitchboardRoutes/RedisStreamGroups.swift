@@ -19,13 +19,13 @@ import SwitchboardWire
 ///   without a reconnect (`FLUSHALL`); entries written meanwhile are not skipped, as the group is
 ///   re-created at `0`.
 /// - ``notReadyReason`` feeds `/health/ready`: the gateway is not ready while a group is unverified.
-public final class RedisStreamGroups: Sendable {
-    public let stream: String
-    public let groups: [String]
+package final class RedisStreamGroups: Sendable {
+    package let stream: String
+    package let groups: [String]
     let client: RedisClient
     let eventLoop: any EventLoop
     /// How often ``maintain(logger:)`` re-creates missing groups when nothing else asks for it.
-    public static let checkInterval: Duration = .seconds(1)
+    package static let checkInterval: Duration = .seconds(1)
 
     struct State {
         /// The client's ``RedisClient/reconnectCount`` when the groups were last seen or created.
@@ -40,7 +40,7 @@ public final class RedisStreamGroups: Sendable {
     private let state = NIOLockedValueBox(State())
 
     /// - Parameter eventLoop: where verifications complete.
-    public init(stream: String, groups: [String], client: RedisClient, eventLoop: any EventLoop) {
+    package init(stream: String, groups: [String], client: RedisClient, eventLoop: any EventLoop) {
         self.stream = stream
         self.groups = groups
         self.client = client
@@ -48,13 +48,13 @@ public final class RedisStreamGroups: Sendable {
     }
 
     /// Whether the groups were verified on the current Redis connection.
-    public var isVerified: Bool {
+    package var isVerified: Bool {
         let generation = self.client.reconnectCount
         return self.state.withLockedValue { $0.verifiedGeneration == generation }
     }
 
     /// Why the route is not ready, or `nil` when its groups are verified.
-    public var notReadyReason: String? {
+    package var notReadyReason: String? {
         let generation = self.client.reconnectCount
         return self.state.withLockedValue { state in
             guard state.verifiedGeneration != generation else { return nil }
@@ -130,7 +130,7 @@ public final class RedisStreamGroups: Sendable {
 
     /// Verifies the groups until the task is cancelled: at once, within 100 ms of a reconnect, and
     /// every ``checkInterval``. Logs groups it had to re-create.
-    public func maintain(logger: Logger) async {
+    package func maintain(logger: Logger) async {
         let clock = ContinuousClock()
         var nextCheck = clock.now
         var failures = 0

@@ -14,20 +14,20 @@ import SwitchboardWire
 /// instance) or `"sender"` (only the sending session's matching subscriptions), and an
 /// optional `"user"` addresses a user destination (`/queue/x` → that user's `/user/queue/x`).
 /// Any other status, a timeout or an unparsable reply fails the SEND with an `ERROR`.
-public struct WebhookRoute: AppRoute {
-    public let url: String
+package struct WebhookRoute: AppRoute {
+    package let url: String
     let host: String
     let port: Int
     let path: String
     let hostHeader: String
-    public let timeout: TimeAmount
+    package let timeout: TimeAmount
     let client = HTTPPostClient()
 
-    public struct InvalidURL: Error, CustomStringConvertible {
-        public var description: String
+    package struct InvalidURL: Error, CustomStringConvertible {
+        package var description: String
     }
 
-    public init(url: String, timeout: TimeAmount) throws {
+    package init(url: String, timeout: TimeAmount) throws {
         guard let parsed = URL(string: url), parsed.scheme == "http", let host = parsed.host, !host.isEmpty else {
             throw InvalidURL(description: "webhook url '\(url)' must be an absolute http:// URL")
         }
@@ -41,9 +41,9 @@ public struct WebhookRoute: AppRoute {
         self.timeout = timeout
     }
 
-    public var description: String { "webhook \(url)" }
+    package var description: String { "webhook \(url)" }
 
-    public func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
+    package func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
         let payload: ByteBuffer
         do {
             payload = try Self.encodeRequest(message)

@@ -15,9 +15,9 @@ import SwitchboardWire
 
 /// A gateway instance: the HTTP API and the STOMP endpoint on one port, the fan-out hub,
 /// the broker engine and the `/app` routes.
-public struct SwitchboardGateway: Sendable {
-    public let configuration: SwitchboardConfiguration
-    public let services: GatewayServices
+package struct SwitchboardGateway: Sendable {
+    package let configuration: SwitchboardConfiguration
+    package let services: GatewayServices
     let group: MultiThreadedEventLoopGroup
     let admission = ConnectionAdmission()
     let pending = PendingHandshakes()
@@ -40,7 +40,7 @@ public struct SwitchboardGateway: Sendable {
     let apiKeys: APIKeyStore
     let tls: NIOSSLContext?
 
-    public init(configuration: SwitchboardConfiguration, logger: Logger, metricsRegistry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) async throws {
+    package init(configuration: SwitchboardConfiguration, logger: Logger, metricsRegistry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) async throws {
         var session = configuration.session
         let auth = configuration.auth
         if !auth.jwt.isEmpty {
@@ -179,7 +179,7 @@ public struct SwitchboardGateway: Sendable {
     /// Runs until SIGTERM or SIGINT, then drains: new sessions are refused, every session
     /// gets an `ERROR` ("server shutting down, reconnect"), and the process returns once
     /// they are closed or the grace period ends.
-    public func run() async throws {
+    package func run() async throws {
         let logger = self.logger
         let host = configuration.http.host
         let listener = makeListener { channel in

@@ -4,7 +4,7 @@ import SwitchboardWire
 /// How published messages reach subscribers: the in-memory engine delivers to this
 /// instance's hub; the Redis engine (see the `[scale]` work) goes through Redis so every
 /// instance's hub gets them.
-public protocol BrokerEngine: Sendable {
+package protocol BrokerEngine: Sendable {
     /// Publishes `message` to every subscriber of its destination.
     ///
     /// The future succeeds once the message is delivered (in-memory) or accepted by the
@@ -39,7 +39,7 @@ public protocol BrokerEngine: Sendable {
 }
 
 /// How a subscription to a destination that keeps history was registered.
-public enum HistoryRegistration: Sendable {
+package enum HistoryRegistration: Sendable {
     /// Registered, and history read in the same step (the embedded broker).
     case ready(HistoryReplay)
     /// Registered; the replay follows. `through` is the position it was registered at, when
@@ -48,16 +48,16 @@ public enum HistoryRegistration: Sendable {
 }
 
 extension BrokerEngine {
-    public var history: DestinationHistory? { nil }
+    package var history: DestinationHistory? { nil }
 
-    public func registerWithHistory(
+    package func registerWithHistory(
         _ destination: String, from start: HistoryStart?, on eventLoop: any EventLoop, register: () -> Void
     ) -> HistoryRegistration? {
         guard let history, history.covers(destination) else { return nil }
         return .ready(history.resume(destination, from: start ?? .last(0), register: register))
     }
 
-    public func subscriptionReady(_ pattern: DestinationPattern, on eventLoop: any EventLoop) -> EventLoopFuture<Void>? { nil }
+    package func subscriptionReady(_ pattern: DestinationPattern, on eventLoop: any EventLoop) -> EventLoopFuture<Void>? { nil }
 }
 
 /// The embedded broker: delivers to local subscribers directly. It is the default when no
@@ -65,18 +65,18 @@ extension BrokerEngine {
 ///
 /// With a ``DestinationHistory``, each message of a destination that keeps history is numbered,
 /// kept and delivered in one step, so every subscriber sees one order per destination.
-public final class InMemoryEngine: BrokerEngine {
-    public let hub: FanoutHub
-    public let history: DestinationHistory?
-    public var name: String { "memory" }
-    public var publishesSynchronously: Bool { true }
+package final class InMemoryEngine: BrokerEngine {
+    package let hub: FanoutHub
+    package let history: DestinationHistory?
+    package var name: String { "memory" }
+    package var publishesSynchronously: Bool { true }
 
-    public init(hub: FanoutHub, history: DestinationHistory? = nil) {
+    package init(hub: FanoutHub, history: DestinationHistory? = nil) {
         self.hub = hub
         self.history = history
     }
 
-    public func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+    package func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         if let history, history.covers(message.destination) {
             history.record(message) { hub.deliver($0) }
         } else {

@@ -7,7 +7,7 @@ import SwitchboardWire
 ///
 /// Calls are made in order, under the hub's interest lock: implementations must not block and
 /// must not call back into the hub synchronously.
-public protocol InterestObserver: AnyObject, Sendable {
+package protocol InterestObserver: AnyObject, Sendable {
     func interestActivated(_ pattern: DestinationPattern)
     func interestDeactivated(_ pattern: DestinationPattern)
 }
@@ -17,7 +17,7 @@ public protocol InterestObserver: AnyObject, Sendable {
 /// The Redis engine receives a message once per Redis subscription: on the destination's
 /// channel (for exact subscriptions) and once per matching pattern (for wildcard ones), so
 /// it delivers each copy to its own part and no subscription gets a message twice.
-public enum DeliveryScope: Sendable {
+package enum DeliveryScope: Sendable {
     /// Exact and wildcard subscriptions.
     case all
     /// Only subscriptions to exactly this destination.
@@ -32,7 +32,7 @@ public enum DeliveryScope: Sendable {
 /// an interest index (destination → shards, as a bitmask), so a message hops once to each
 /// interested loop and is written there to every local subscriber, with one flush per
 /// connection per batch.
-public final class FanoutHub: Sendable {
+package final class FanoutHub: Sendable {
     private struct Index {
         var exact: [String: UInt64] = [:]
         var wildcard: [DestinationPattern: UInt64] = [:]
@@ -43,24 +43,24 @@ public final class FanoutHub: Sendable {
     }
 
     /// Most event loops (shards) one hub can serve: the interest masks are 64-bit.
-    public static let maxShards = 64
+    package static let maxShards = 64
 
     private let state = NIOLockedValueBox(Index())
-    public let heartbeatResolution: TimeAmount
+    package let heartbeatResolution: TimeAmount
     /// Flush passes of one loop closer together than this are merged into one, so under a
     /// high message rate a connection gets several messages per `write` (see ``LoopShard``).
-    public let writeCoalescing: TimeAmount
+    package let writeCoalescing: TimeAmount
     /// The spacing of flush passes while a loop is saturated (see ``LoopBusyMode``): wider
     /// than ``writeCoalescing``, since queueing delay then dwarfs it and fewer, larger writes
     /// are what lets the loop catch up.
-    public let busyWriteCoalescing: TimeAmount
+    package let busyWriteCoalescing: TimeAmount
     /// CPU share of a loop's thread (per cent) from which it counts as saturated until the
     /// load is gone (see ``LoopBusyMode``); 0: never.
-    public let busyPercent: Int
+    package let busyPercent: Int
     /// Whether a saturated loop also switches its connections to Nagle's algorithm.
-    public let nagleWhenBusy: Bool
+    package let nagleWhenBusy: Bool
     /// Reads the calling loop thread's CPU time and waits (``LoopBusyMode/threadUsage()``).
-    public let threadUsage: @Sendable () -> (cpuNanos: Int64, waits: Int64?)
+    package let threadUsage: @Sendable () -> (cpuNanos: Int64, waits: Int64?)
 
     /// - Parameters:
     ///   - writeCoalescing: zero flushes every batch at once.
@@ -68,7 +68,7 @@ public final class FanoutHub: Sendable {
     ///   - busyPercent: 0…100; 0: a loop never counts as saturated.
     ///   - nagleWhenBusy: false leaves the connections' `TCP_NODELAY` alone.
     ///   - threadUsage: reads the calling loop thread's usage (tests pass a synthetic one).
-    public init(
+    package init(
         eventLoops: [any EventLoop] = [], heartbeatResolution: TimeAmount = .milliseconds(250),
         writeCoalescing: TimeAmount = .zero, busyWriteCoalescing: TimeAmount? = nil,
         busyPercent: Int = 0, nagleWhenBusy: Bool = true,
@@ -85,12 +85,12 @@ public final class FanoutHub: Sendable {
     }
 
     /// Sets the engine told about interest changes.
-    public func setInterestObserver(_ observer: any InterestObserver) {
+    package func setInterestObserver(_ observer: any InterestObserver) {
         state.withLockedValue { $0.observer = observer }
     }
 
     /// The shard of `eventLoop`, created on first use.
-    public func shard(for eventLoop: any EventLoop) -> LoopShard {
+    package func shard(for eventLoop: any EventLoop) -> LoopShard {
         let key = ObjectIdentifier(eventLoop)
         return state.withLockedValue { s in
             if let shard = s.shards[key] { return shard }
@@ -103,12 +103,12 @@ public final class FanoutHub: Sendable {
     }
 
     /// Every shard so far.
-    public var shards: [LoopShard] { state.withLockedValue { $0.shardList } }
+    package var shards: [LoopShard] { state.withLockedValue { $0.shardList } }
 
     /// Delivers `message` to the local subscribers in `scope` whose subscription matches it.
     /// Each loop gets messages in the order they were handed to the hub, from whatever thread
     /// (see ``LoopShard/enqueue(_:scope:)``): a destination's history relies on it.
-    public func deliver(_ message: PublishedMessage, scope: DeliveryScope = .all) {
+    package func deliver(_ message: PublishedMessage, scope: DeliveryScope = .all) {
         let targets: [LoopShard] = state.withLockedValue { s in
             var mask: UInt64 = 0
             switch scope {
@@ -138,18 +138,18 @@ public final class FanoutHub: Sendable {
     }
 
     /// Records that session `id` lives on `shard` (for replies addressed to a session).
-    public func registerSession(_ id: String, shard: LoopShard) {
+    package func registerSession(_ id: String, shard: LoopShard) {
         state.withLockedValue { $0.sessions[id] = shard }
     }
 
-    public func unregisterSession(_ id: String) {
+    package func unregisterSession(_ id: String) {
         state.withLockedValue { $0.sessions[id] = nil }
     }
 
     /// Delivers `message` to the subscriptions of session `id` that match its destination.
     /// Returns false when no session with that id is on this instance.
     @discardableResult
-    public func deliver(_ message: PublishedMessage, toSession id: String) -> Bool {
+    package func deliver(_ message: PublishedMessage, toSession id: String) -> Bool {
         guard let shard = state.withLockedValue({ $0.sessions[id] }) else { return false }
         if shard.eventLoop.inEventLoop {
             shard.deliverToSession(id, message)
@@ -160,7 +160,7 @@ public final class FanoutHub: Sendable {
     }
 
     /// Whether any shard has a subscriber whose pattern matches `destination`.
-    public func hasSubscribers(for destination: String) -> Bool {
+    package func hasSubscribers(for destination: String) -> Bool {
         state.withLockedValue { s in
             if s.exact[destination] != nil { return true }
             return s.wildcard.keys.contains { $0.matches(destination) }
@@ -168,7 +168,7 @@ public final class FanoutHub: Sendable {
     }
 
     /// Number of distinct destinations and patterns with local subscribers.
-    public var activeDestinationCount: Int {
+    package var activeDestinationCount: Int {
         state.withLockedValue { $0.exact.count + $0.wildcard.count }
     }
 

@@ -3,14 +3,14 @@ import STOMPCodec
 import SwitchboardWire
 
 /// How a subscription acknowledges messages (STOMP `ack` header).
-public enum AckMode: String, Sendable {
+package enum AckMode: String, Sendable {
     case auto
     case client
     case clientIndividual = "client-individual"
 }
 
 /// Receives messages for the subscriptions of one session. Called on the session's event loop only.
-public protocol SubscriptionSink: AnyObject {
+package protocol SubscriptionSink: AnyObject {
     /// Writes `message` for `subscription` without flushing. `batch.frames` holds the frames of
     /// this message already encoded on this loop, to reuse when the bytes would be the same;
     /// a sink that writes counts it in `batch.delivered` and `batch.bytes`.
@@ -20,11 +20,11 @@ public protocol SubscriptionSink: AnyObject {
 }
 
 /// One SUBSCRIBE of one session, registered in the shard of the session's event loop.
-public final class LocalSubscription {
-    public let id: String
-    public let pattern: DestinationPattern
-    public let ackMode: AckMode
-    public unowned let sink: any SubscriptionSink
+package final class LocalSubscription {
+    package let id: String
+    package let pattern: DestinationPattern
+    package let ackMode: AckMode
+    package unowned let sink: any SubscriptionSink
     /// Position in the shard's bucket, for O(1) removal.
     var slot: Int = -1
     /// Per-flush dedup marker for the sink (see ``LoopShard``).
@@ -32,9 +32,9 @@ public final class LocalSubscription {
     /// Registered under a destination history's lock at this position: live copies up to it
     /// are skipped (the replay has them, or they predate the subscription). Cleared by the
     /// first later message.
-    public var replayedThrough: StreamPosition?
+    package var replayedThrough: StreamPosition?
 
-    public init(id: String, pattern: DestinationPattern, ackMode: AckMode, sink: any SubscriptionSink) {
+    package init(id: String, pattern: DestinationPattern, ackMode: AckMode, sink: any SubscriptionSink) {
         self.id = id
         self.pattern = pattern
         self.ackMode = ackMode

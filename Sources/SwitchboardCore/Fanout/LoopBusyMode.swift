@@ -53,9 +53,9 @@ import Darwin
 ///   ``maxProbeAfterWindows``); otherwise the mode is settled and the wait starts over.
 ///
 /// No I/O here: the caller turns actions into socket options and coalescing intervals.
-public struct LoopBusyMode: Sendable {
+package struct LoopBusyMode: Sendable {
     /// What the loop must do before the pass writes.
-    public enum Action: Equatable, Sendable {
+    package enum Action: Equatable, Sendable {
         case none
         /// The loop is saturated: Nagle on every connection of the loop, wide coalescing.
         case enterBusyMode
@@ -65,25 +65,25 @@ public struct LoopBusyMode: Sendable {
     }
 
     /// Length of one measurement window.
-    public static let window = TimeAmount.milliseconds(100)
+    package static let window = TimeAmount.milliseconds(100)
     /// Busy windows in a row before busy mode is entered.
-    public static let busyWindowsToEnable: Int64 = 3
+    package static let busyWindowsToEnable: Int64 = 3
     /// Busy windows before busy mode comes back when the loop left it at most
     /// ``recentWindows`` ago: its load was real, so one busy window is enough.
-    public static let busyWindowsToReenable: Int64 = 1
+    package static let busyWindowsToReenable: Int64 = 1
     /// How long a loop that left busy mode counts as recently saturated (10 s).
-    public static let recentWindows: Int64 = 100
+    package static let recentWindows: Int64 = 100
     /// Quiet windows in a row before `TCP_NODELAY` is restored.
-    public static let quietWindowsToRestore: Int64 = 5
+    package static let quietWindowsToRestore: Int64 = 5
     /// Windows in busy mode before the first probe (5 s).
-    public static let initialProbeAfterWindows: Int64 = 50
+    package static let initialProbeAfterWindows: Int64 = 50
     /// Longest wait between probes that keep failing (60 s).
-    public static let maxProbeAfterWindows: Int64 = 600
+    package static let maxProbeAfterWindows: Int64 = 600
     /// A probe failed if busy mode comes back within this many windows.
-    public static let probeGraceWindows: Int64 = 10
+    package static let probeGraceWindows: Int64 = 10
 
     /// CPU share of the loop's thread, in per cent, from which a window is busy.
-    public let thresholdPercent: Int64
+    package let thresholdPercent: Int64
     private var windowStart: NIODeadline
     private var cpuAtWindowStart: Int64
     private var waitsAtWindowStart: Int64?
@@ -95,17 +95,17 @@ public struct LoopBusyMode: Sendable {
     /// Windows since the last probe while it may still fail; nil when no probe is pending.
     private var windowsSinceProbe: Int64?
     /// Windows in busy mode before the next probe.
-    public private(set) var probeAfterWindows = Self.initialProbeAfterWindows
+    package private(set) var probeAfterWindows = Self.initialProbeAfterWindows
     /// Times the loop waited for work in the last window that ended (nil: not measured).
-    public private(set) var lastWaits: Int64?
+    package private(set) var lastWaits: Int64?
     /// Whether the loop is in busy mode.
-    public private(set) var busy = false
+    package private(set) var busy = false
 
     /// - Parameters:
     ///   - thresholdPercent: 1…100.
     ///   - cpuNanos: the loop thread's CPU time now (``threadUsage()``).
     ///   - waits: the thread's voluntary context switches now, if counted.
-    public init(thresholdPercent: Int, now: NIODeadline, cpuNanos: Int64, waits: Int64? = nil) {
+    package init(thresholdPercent: Int, now: NIODeadline, cpuNanos: Int64, waits: Int64? = nil) {
         precondition((1...100).contains(thresholdPercent))
         self.thresholdPercent = Int64(thresholdPercent)
         self.windowStart = now
@@ -115,7 +115,7 @@ public struct LoopBusyMode: Sendable {
 
     /// Whether a window has ended by `now`: only then does ``passStarting(at:cpuNanos:waits:)`` need
     /// the thread's usage (a system call).
-    public func windowEnded(at now: NIODeadline) -> Bool {
+    package func windowEnded(at now: NIODeadline) -> Bool {
         now - windowStart >= Self.window
     }
 
@@ -127,7 +127,7 @@ public struct LoopBusyMode: Sendable {
     ///   - cpuNanos: the loop thread's CPU time now.
     ///   - waits: how many times the thread has waited for work so far (voluntary context
     ///     switches); nil where that cannot be read, which leaves the CPU share alone.
-    public mutating func passStarting(at now: NIODeadline, cpuNanos: Int64, waits: Int64? = nil) -> Action {
+    package mutating func passStarting(at now: NIODeadline, cpuNanos: Int64, waits: Int64? = nil) -> Action {
         let elapsed = (now - windowStart).nanoseconds
         let window = Self.window.nanoseconds
         guard elapsed >= window else { return .none }
@@ -206,7 +206,7 @@ public struct LoopBusyMode: Sendable {
 
     /// CPU time of the calling thread, in nanoseconds, and how many times it has waited for
     /// work (voluntary context switches; nil where the platform does not count them per thread).
-    public static func threadUsage() -> (cpuNanos: Int64, waits: Int64?) {
+    package static func threadUsage() -> (cpuNanos: Int64, waits: Int64?) {
         #if os(Linux)
         var usage = rusage()
         // RUSAGE_THREAD (1) is only declared with _GNU_SOURCE.
@@ -221,7 +221,7 @@ public struct LoopBusyMode: Sendable {
     }
 
     /// CPU time of the calling thread, in nanoseconds (0 where it cannot be read).
-    public static func threadCPUNanoseconds() -> Int64 {
+    package static func threadCPUNanoseconds() -> Int64 {
         var ts = timespec()
         guard clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0 else { return 0 }
         return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)

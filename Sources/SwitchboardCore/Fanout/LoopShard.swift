@@ -5,7 +5,7 @@ import SwitchboardWire
 
 /// A session registered with its loop's shard: it is visited by the shared heart-beat timer
 /// when a check is due, and can be closed at shutdown.
-public protocol HeartbeatClient: AnyObject {
+package protocol HeartbeatClient: AnyObject {
     /// Runs the checks due at `tick` (the shard's current tick) and returns the tick of the
     /// next one, or nil when nothing needs checking until the session asks again
     /// (``LoopShard/scheduleHeartbeatCheck(_:at:)``).
@@ -16,27 +16,27 @@ public protocol HeartbeatClient: AnyObject {
 
 /// Hot-path counters of one event loop: plain integers, written only on that loop and read
 /// through ``LoopShard/readCounters()`` (a hop to the loop), so counting costs no atomics.
-public struct ShardCounters: Sendable {
-    public var framesIn = [Int](repeating: 0, count: STOMPCommand.allCases.count)
-    public var framesOut = [Int](repeating: 0, count: STOMPCommand.allCases.count)
-    public var messagesDelivered = 0
-    public var bytesOut = 0
+package struct ShardCounters: Sendable {
+    package var framesIn = [Int](repeating: 0, count: STOMPCommand.allCases.count)
+    package var framesOut = [Int](repeating: 0, count: STOMPCommand.allCases.count)
+    package var messagesDelivered = 0
+    package var bytesOut = 0
     /// Times a loop entered or left busy mode (see ``LoopBusyMode``).
-    public var busySwitches = 0
+    package var busySwitches = 0
     /// Loops in busy mode now (0 or 1 per loop; summed by ``add(_:)``).
-    public var loopsBusy = 0
+    package var loopsBusy = 0
 
-    public init() {}
+    package init() {}
 
     /// Adds the MESSAGE frames a delivery pass wrote.
-    public mutating func record(_ batch: DeliveryBatch) {
+    package mutating func record(_ batch: DeliveryBatch) {
         messagesDelivered &+= batch.delivered
         framesOut[STOMPCommand.message.ordinal] &+= batch.delivered
         bytesOut &+= batch.bytes
     }
 
     /// Adds `other` into `self`.
-    public mutating func add(_ other: ShardCounters) {
+    package mutating func add(_ other: ShardCounters) {
         for i in framesIn.indices {
             framesIn[i] += other.framesIn[i]
             framesOut[i] += other.framesOut[i]
@@ -49,7 +49,7 @@ public struct ShardCounters: Sendable {
 }
 
 /// A session that can receive messages addressed to it by id.
-public protocol SessionDeliveryTarget: AnyObject {
+package protocol SessionDeliveryTarget: AnyObject {
     var sessionID: String { get }
     /// Writes `message` to this session's subscriptions that match its destination, flushed.
     func deliverToOwnSubscriptions(_ message: PublishedMessage)
@@ -58,13 +58,13 @@ public protocol SessionDeliveryTarget: AnyObject {
 }
 
 extension SessionDeliveryTarget {
-    public func setNagle(_ enabled: Bool) {}
+    package func setNagle(_ enabled: Bool) {}
 }
 
 /// The state of one event loop: its sessions' subscriptions, flush batching and the shared
 /// heart-beat timer. Everything but ``eventLoop`` is confined to that loop.
-public final class LoopShard: @unchecked Sendable {
-    public let eventLoop: any EventLoop
+package final class LoopShard: @unchecked Sendable {
+    package let eventLoop: any EventLoop
     let index: Int
     unowned let hub: FanoutHub
 
@@ -92,7 +92,7 @@ public final class LoopShard: @unchecked Sendable {
     private var sessionsByID: [String: any SessionDeliveryTarget] = [:]
     private var timer: RepeatedTask?
     /// Monotonic heart-beat tick counter; one tick is ``FanoutHub/heartbeatResolution``.
-    public private(set) var tick: UInt64 = 0
+    package private(set) var tick: UInt64 = 0
     /// Messages handed to this loop from any thread and not yet delivered, in hand-over order
     /// (the one shared field: guarded by its lock).
     private let inbox = NIOLockedValueBox<[(PublishedMessage, DeliveryScope)]>([])
@@ -114,13 +114,13 @@ public final class LoopShard: @unchecked Sendable {
 
     /// Whether this loop is saturated: its connections run with Nagle (with
     /// ``FanoutHub/nagleWhenBusy``) and its passes are spaced by ``FanoutHub/busyWriteCoalescing``.
-    public var isBusy: Bool { busyMode?.busy ?? false }
+    package var isBusy: Bool { busyMode?.busy ?? false }
 
     /// This loop's counters; mutate only on ``eventLoop``.
-    public var counters = ShardCounters()
+    package var counters = ShardCounters()
 
     /// A copy of the counters, read on the loop.
-    public func readCounters() -> EventLoopFuture<ShardCounters> {
+    package func readCounters() -> EventLoopFuture<ShardCounters> {
         eventLoop.submit {
             var c = self.counters
             c.loopsBusy = self.isBusy ? 1 : 0
@@ -129,12 +129,12 @@ public final class LoopShard: @unchecked Sendable {
     }
 
     /// Number of local subscriptions (all destinations).
-    public private(set) var subscriptionCount = 0
+    package private(set) var subscriptionCount = 0
 
     // MARK: Subscriptions
 
     /// Registers a subscription. Must be called on ``eventLoop``.
-    public func add(_ subscription: LocalSubscription) {
+    package func add(_ subscription: LocalSubscription) {
         eventLoop.preconditionInEventLoop()
         let p = subscription.pattern
         let count =
@@ -146,7 +146,7 @@ public final class LoopShard: @unchecked Sendable {
     }
 
     /// Removes a subscription added with ``add(_:)``. Must be called on ``eventLoop``.
-    public func remove(_ subscription: LocalSubscription) {
+    package func remove(_ subscription: LocalSubscription) {
         eventLoop.preconditionInEventLoop()
         let p = subscription.pattern
         let emptied: Bool?
@@ -241,14 +241,14 @@ public final class LoopShard: @unchecked Sendable {
     }
 
     /// Makes a session reachable by id, on this loop and through the hub.
-    public func registerSession(_ session: any SessionDeliveryTarget) {
+    package func registerSession(_ session: any SessionDeliveryTarget) {
         eventLoop.preconditionInEventLoop()
         sessionsByID[session.sessionID] = session
         hub.registerSession(session.sessionID, shard: self)
         if isBusy && hub.nagleWhenBusy { session.setNagle(true) }
     }
 
-    public func unregisterSession(_ session: any SessionDeliveryTarget) {
+    package func unregisterSession(_ session: any SessionDeliveryTarget) {
         eventLoop.preconditionInEventLoop()
         guard sessionsByID.removeValue(forKey: session.sessionID) != nil else { return }
         hub.unregisterSession(session.sessionID)
@@ -261,7 +261,7 @@ public final class LoopShard: @unchecked Sendable {
     }
 
     /// Records that `sink` has unflushed writes; it is flushed at the end of the batch.
-    public func markDirty(_ sink: any SubscriptionSink) {
+    package func markDirty(_ sink: any SubscriptionSink) {
         if dirtySet.insert(ObjectIdentifier(sink)).inserted { dirty.append(sink) }
     }
 
@@ -273,7 +273,7 @@ public final class LoopShard: @unchecked Sendable {
     /// waits for the rest of the interval and carries every message delivered meanwhile — one
     /// `write` per connection for several messages, on both ends. At low rates passes are
     /// further apart than the interval and nothing waits.
-    public func scheduleFlush() {
+    package func scheduleFlush() {
         guard !flushScheduled, !dirty.isEmpty else { return }
         flushScheduled = true
         let window = isBusy ? hub.busyWriteCoalescing : hub.writeCoalescing
@@ -311,7 +311,7 @@ public final class LoopShard: @unchecked Sendable {
 
     /// Adds a session to the shared heart-beat timer of this loop; its first check is at the
     /// next tick.
-    public func addHeartbeatClient(_ client: any HeartbeatClient) {
+    package func addHeartbeatClient(_ client: any HeartbeatClient) {
         eventLoop.preconditionInEventLoop()
         heartbeatClients[ObjectIdentifier(client)] = client
         wheel.schedule(client, at: tick &+ 1)
@@ -325,20 +325,20 @@ public final class LoopShard: @unchecked Sendable {
 
     /// Moves a session's next check to `tick` (the next tick at the earliest), e.g. once
     /// CONNECT has set its heart-beats.
-    public func scheduleHeartbeatCheck(_ client: any HeartbeatClient, at tick: UInt64) {
+    package func scheduleHeartbeatCheck(_ client: any HeartbeatClient, at tick: UInt64) {
         eventLoop.preconditionInEventLoop()
         guard heartbeatClients[ObjectIdentifier(client)] != nil else { return }
         wheel.schedule(client, at: max(tick, self.tick &+ 1))
     }
 
-    public func removeHeartbeatClient(_ client: any HeartbeatClient) {
+    package func removeHeartbeatClient(_ client: any HeartbeatClient) {
         eventLoop.preconditionInEventLoop()
         heartbeatClients[ObjectIdentifier(client)] = nil
         wheel.remove(client)
     }
 
     /// Sessions waiting for a heart-beat or timeout check (metrics and tests).
-    public var heartbeatChecksScheduled: Int { wheel.count }
+    package var heartbeatChecksScheduled: Int { wheel.count }
 
     private func onTick() {
         tick &+= 1
@@ -354,14 +354,14 @@ public final class LoopShard: @unchecked Sendable {
     }
 
     /// Closes every session of this loop with an `ERROR` saying `reason`.
-    public func closeAll(reason: String) {
+    package func closeAll(reason: String) {
         eventLoop.execute {
             for client in Array(self.heartbeatClients.values) { client.close(reason: reason) }
         }
     }
 
     /// Stops the heart-beat timer (at shutdown).
-    public func stop() {
+    package func stop() {
         eventLoop.execute {
             self.timer?.cancel()
             self.timer = nil

@@ -3,7 +3,7 @@ import NIOCore
 import SwitchboardWire
 
 /// Where a resuming subscription starts (the `SUBSCRIBE` headers `x-resume-from` and `x-last`).
-public enum HistoryStart: Sendable, Equatable {
+package enum HistoryStart: Sendable, Equatable {
     /// Every message after this position.
     case after(StreamPosition)
     /// The last `n` messages.
@@ -12,14 +12,14 @@ public enum HistoryStart: Sendable, Equatable {
 
 /// What a resuming subscription gets: the messages to replay (oldest first) and whether they
 /// are complete.
-public struct HistoryReplay: Sendable {
-    public var messages: [PublishedMessage]
+package struct HistoryReplay: Sendable {
+    package var messages: [PublishedMessage]
     /// True when nothing the client asked for is missing: same epoch, nothing trimmed or expired.
-    public var recovered: Bool
+    package var recovered: Bool
     /// The destination's newest position (the replay's last message, or where history stands).
-    public var position: StreamPosition
+    package var position: StreamPosition
 
-    public init(messages: [PublishedMessage], recovered: Bool, position: StreamPosition) {
+    package init(messages: [PublishedMessage], recovered: Bool, position: StreamPosition) {
         self.messages = messages
         self.recovered = recovered
         self.position = position
@@ -38,33 +38,33 @@ public struct HistoryReplay: Sendable {
 /// Limits: `maxLength` messages per destination, `maxDestinations` destinations (beyond it the
 /// one published to least recently is dropped; its next message starts a new epoch, so a
 /// client resuming from the old one is told it was not recovered).
-public final class DestinationHistory: Sendable {
-    public struct Settings: Sendable, Equatable {
-        public var maxLength = 100
-        public var ttl: TimeAmount = .minutes(5)
-        public var maxDestinations = 10_000
+package final class DestinationHistory: Sendable {
+    package struct Settings: Sendable, Equatable {
+        package var maxLength = 100
+        package var ttl: TimeAmount = .minutes(5)
+        package var maxDestinations = 10_000
         /// Destinations starting with one of these keep no history.
-        public var disabledPrefixes: [String] = []
+        package var disabledPrefixes: [String] = []
         /// Other windows for destinations starting with a prefix (the longest matching prefix
         /// wins; destinations as clients name them).
-        public var windows: [Window] = []
+        package var windows: [Window] = []
 
-        public struct Window: Sendable, Equatable {
-            public var prefix: String
-            public var maxLength: Int
-            public var ttl: TimeAmount
+        package struct Window: Sendable, Equatable {
+            package var prefix: String
+            package var maxLength: Int
+            package var ttl: TimeAmount
 
-            public init(prefix: String, maxLength: Int, ttl: TimeAmount) {
+            package init(prefix: String, maxLength: Int, ttl: TimeAmount) {
                 self.prefix = prefix
                 self.maxLength = maxLength
                 self.ttl = ttl
             }
         }
 
-        public init() {}
+        package init() {}
 
         /// The window of `destination`: the longest matching prefix's, or the default.
-        public func window(for destination: String) -> (maxLength: Int, ttl: TimeAmount) {
+        package func window(for destination: String) -> (maxLength: Int, ttl: TimeAmount) {
             guard !windows.isEmpty else { return (maxLength, ttl) }
             let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
             let match = windows.filter { shown.hasPrefix($0.prefix) }.max { $0.prefix.count < $1.prefix.count }
@@ -111,25 +111,25 @@ public final class DestinationHistory: Sendable {
         var generation: UInt64 = 0
     }
 
-    public let settings: Settings
+    package let settings: Settings
     /// This process's part of every epoch: a restart starts new epochs.
-    public let processEpoch: String
+    package let processEpoch: String
     private let state = NIOLockedValueBox(State())
     private let clock: @Sendable () -> NIODeadline
 
-    public init(settings: Settings, processEpoch: String = DestinationHistory.randomEpoch(), clock: @escaping @Sendable () -> NIODeadline = { .now() }) {
+    package init(settings: Settings, processEpoch: String = DestinationHistory.randomEpoch(), clock: @escaping @Sendable () -> NIODeadline = { .now() }) {
         self.settings = settings
         self.processEpoch = processEpoch
         self.clock = clock
     }
 
-    public static func randomEpoch() -> String {
+    package static func randomEpoch() -> String {
         let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
         return String((0..<8).map { _ in alphabet.randomElement()! })
     }
 
     /// Whether `destination` keeps history.
-    public func covers(_ destination: String) -> Bool {
+    package func covers(_ destination: String) -> Bool {
         guard !settings.disabledPrefixes.isEmpty else { return true }
         let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
         return !settings.disabledPrefixes.contains { shown.hasPrefix($0) }
@@ -140,7 +140,7 @@ public final class DestinationHistory: Sendable {
     /// hand the message on in call order (``FanoutHub/deliver(_:scope:)`` does), not deliver
     /// it on the spot: a message numbered earlier on another thread may still be queued for
     /// this loop.
-    public func record(_ message: PublishedMessage, deliver: (PublishedMessage) -> Void) {
+    package func record(_ message: PublishedMessage, deliver: (PublishedMessage) -> Void) {
         let now = clock()
         state.withLockedValue { s in
             ensureRing(&s, message.destination, now: now)
@@ -154,7 +154,7 @@ public final class DestinationHistory: Sendable {
     /// From a position of the current epoch still in the window: everything after it,
     /// `recovered`. From another epoch, or a trimmed or expired position: everything retained,
     /// not `recovered`. A position ahead of the newest: nothing, not `recovered`.
-    public func resume(_ destination: String, from start: HistoryStart, register: () -> Void) -> HistoryReplay {
+    package func resume(_ destination: String, from start: HistoryStart, register: () -> Void) -> HistoryReplay {
         let now = clock()
         return state.withLockedValue { s in
             register()
@@ -194,7 +194,7 @@ public final class DestinationHistory: Sendable {
     }
 
     /// Number of destinations with a history.
-    public var destinationCount: Int { state.withLockedValue { $0.rings.count } }
+    package var destinationCount: Int { state.withLockedValue { $0.rings.count } }
 
     /// Gives `destination` a ring (a new epoch) if it has none; true when it was created.
     @discardableResult

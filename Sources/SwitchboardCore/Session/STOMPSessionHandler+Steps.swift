@@ -202,7 +202,7 @@ extension STOMPSessionHandler {
         deliverToOwnSubscriptions(message)
     }
 
-    public func deliverToOwnSubscriptions(_ message: PublishedMessage) {
+    package func deliverToOwnSubscriptions(_ message: PublishedMessage) {
         var delivered = false
         // A reply to this session may name its user destination as the client knows it.
         let routed =

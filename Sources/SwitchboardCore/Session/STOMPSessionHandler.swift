@@ -5,12 +5,12 @@ import STOMPCodec
 import SwitchboardWire
 
 /// What the WebSocket upgrade request told about a connection.
-public struct HandshakeInfo: Sendable {
+package struct HandshakeInfo: Sendable {
     /// A token from the `access_token` query parameter or cookie.
-    public var token: String?
-    public var remoteAddress: String?
-    public var origin: String?
-    public init(token: String? = nil, remoteAddress: String? = nil, origin: String? = nil) {
+    package var token: String?
+    package var remoteAddress: String?
+    package var origin: String?
+    package init(token: String? = nil, remoteAddress: String? = nil, origin: String? = nil) {
         self.token = token
         self.remoteAddress = remoteAddress
         self.origin = origin
@@ -28,15 +28,15 @@ public struct HandshakeInfo: Sendable {
 /// Causality: a message that reaches the session while one of its steps is unanswered is
 /// held back until that step's receipt is written, so the `RECEIPT` of a `SEND` always comes
 /// before any message the `SEND` caused (a backend's reply, the sender's own copy).
-public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, HeartbeatClient, SessionDeliveryTarget {
-    public typealias InboundIn = STOMPFrame
+package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, HeartbeatClient, SessionDeliveryTarget {
+    package typealias InboundIn = STOMPFrame
     /// Nothing above the session writes; it writes complete WebSocket frames itself.
-    public typealias OutboundIn = ByteBuffer
-    public typealias OutboundOut = ByteBuffer
+    package typealias OutboundIn = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
 
     let services: GatewayServices
     var config: SessionConfiguration { services.configuration }
-    public let sessionID: String
+    package let sessionID: String
     var logger: Logger
 
     var context: ChannelHandlerContext?
@@ -49,10 +49,10 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     let handshake: HandshakeInfo
 
     /// The negotiated version (1.2 until CONNECT).
-    public var version: STOMPVersion { machine?.version ?? .v1_2 }
+    package var version: STOMPVersion { machine?.version ?? .v1_2 }
     /// The authenticated user, when there is one.
-    public var user: String? { identity?.user }
-    public var identity: SessionIdentity? { machine?.identity }
+    package var user: String? { identity?.user }
+    package var identity: SessionIdentity? { machine?.identity }
     /// The user counted in ``GatewayServices/userSessions`` for this session.
     var countedUser: String?
 
@@ -77,7 +77,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     var running = false
     private var cleanedUp = false
 
-    public init(services: GatewayServices, handshake: HandshakeInfo = HandshakeInfo()) {
+    package init(services: GatewayServices, handshake: HandshakeInfo = HandshakeInfo()) {
         self.services = services
         self.handshake = handshake
         self.sessionID = services.sessionIDs.next()
@@ -88,7 +88,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     // MARK: Lifecycle
 
-    public func handlerAdded(context: ChannelHandlerContext) {
+    package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.transport = try? context.pipeline.syncOperations.handler(type: WebSocketSTOMPTransport.self)
         self.shard = services.hub.shard(for: context.eventLoop)
@@ -104,18 +104,18 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     }
 
     /// Nagle on (`TCP_NODELAY` off) while the loop is saturated; see ``LoopBusyMode``.
-    public func setNagle(_ enabled: Bool) {
+    package func setNagle(_ enabled: Bool) {
         guard let context else { return }
         _ = context.channel.setOption(ChannelOptions.tcpOption(.tcp_nodelay), value: enabled ? 0 : 1)
     }
 
-    public func handlerRemoved(context: ChannelHandlerContext) {
+    package func handlerRemoved(context: ChannelHandlerContext) {
         cleanUp()
         self.context = nil
         self.transport = nil
     }
 
-    public func channelInactive(context: ChannelHandlerContext) {
+    package func channelInactive(context: ChannelHandlerContext) {
         cleanUp()
         context.fireChannelInactive()
     }
@@ -137,7 +137,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     // MARK: Inbound
 
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         machine.read(at: shard.tick)
         shard.counters.framesIn[frame.command.ordinal] &+= 1
@@ -145,12 +145,12 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         runActions()
     }
 
-    public func channelReadComplete(context: ChannelHandlerContext) {
+    package func channelReadComplete(context: ChannelHandlerContext) {
         flushIfNeeded()
         context.fireChannelReadComplete()
     }
 
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is STOMPTransportActivity {
             machine.read(at: shard.tick)
         } else if event is STOMPTransportClosing {
@@ -163,7 +163,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         }
     }
 
-    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    package func errorCaught(context: ChannelHandlerContext, error: any Error) {
         let failure: SessionFailure
         if let decoding = error as? STOMPDecodingError {
             switch decoding {
@@ -184,7 +184,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
         runActions()
     }
 
-    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+    package func channelWritabilityChanged(context: ChannelHandlerContext) {
         machine.writabilityChanged(isWritable: context.channel.isWritable)
         runActions()
         context.fireChannelWritabilityChanged()
@@ -193,7 +193,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     // MARK: Outbound
 
     /// Holds back socket reads while the machine says so.
-    public func read(context: ChannelHandlerContext) {
+    package func read(context: ChannelHandlerContext) {
         if machine.readRequested() { context.read() }
     }
 
@@ -235,7 +235,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     // MARK: SubscriptionSink
 
-    public func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, batch: inout DeliveryBatch) {
+    package func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, batch: inout DeliveryBatch) {
         guard machine.phase == .connected, context != nil else { return }
         // The seam of a resumed subscription: the replay already had these.
         if let through = subscription.replayedThrough, let position = message.position {
@@ -271,7 +271,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     /// Allocator for delivered frames (NIO's default allocator, as every channel here uses).
     static let allocator = ByteBufferAllocator()
 
-    public func flushDeliveries() {
+    package func flushDeliveries() {
         flushIfNeeded()
     }
 
@@ -341,7 +341,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
     /// A STOMP heart-beat (one end-of-line) in a text frame; shared by every session.
     static let heartBeatFrame = WebSocketServerFrame.make(opcode: .text, payload: ByteBuffer(string: "\n"), allocator: ByteBufferAllocator())
 
-    public func heartbeatTick(_ tick: UInt64) -> UInt64? {
+    package func heartbeatTick(_ tick: UInt64) -> UInt64? {
         switch machine.tick(tick, now: .now()) {
         case .wait(let next):
             return next
@@ -359,7 +359,7 @@ public final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink, 
 
     /// Ends the session for shutdown. A step in flight (a route call, an unconfirmed publish)
     /// completes first, so its receipt still goes out; then the `ERROR`.
-    public func close(reason: String) {
+    package func close(reason: String) {
         machine.closeRequested(reason: reason)
         runActions()
     }

@@ -3,59 +3,59 @@ import STOMPCodec
 import SwitchboardWire
 
 /// Settings of every STOMP session. Defaults are safe for production.
-public struct SessionConfiguration: Sendable {
+package struct SessionConfiguration: Sendable {
     /// The `server` header of `CONNECTED`.
-    public var serverName = "switchboard/0.1"
-    public var supportedVersions: Set<STOMPVersion> = Set(STOMPVersion.allCases)
+    package var serverName = "switchboard/0.1"
+    package var supportedVersions: Set<STOMPVersion> = Set(STOMPVersion.allCases)
     /// The server's heart-beat offer: it can send every `send` ms and wants to hear from the
     /// client every `receive` ms (0 disables either).
-    public var heartBeat = STOMPHeartBeat(send: 10_000, receive: 10_000)
+    package var heartBeat = STOMPHeartBeat(send: 10_000, receive: 10_000)
     /// A client is closed once silent for `tolerance ×` the negotiated receive interval.
-    public var heartBeatTolerance = 2.0
+    package var heartBeatTolerance = 2.0
     /// A connection that has not sent `CONNECT` by then is closed.
-    public var connectTimeout: TimeAmount = .seconds(10)
-    public var decoderLimits = STOMPDecoderLimits()
-    public var maxSubscriptionsPerSession = 256
+    package var connectTimeout: TimeAmount = .seconds(10)
+    package var decoderLimits = STOMPDecoderLimits()
+    package var maxSubscriptionsPerSession = 256
     /// Outbound bytes queued for a connection before it is a slow consumer and is closed.
-    public var maxPendingOutboundBytes = 4 * 1024 * 1024
+    package var maxPendingOutboundBytes = 4 * 1024 * 1024
     /// SENDs buffered in one transaction, and open transactions per session.
-    public var maxFramesPerTransaction = 1_000
-    public var maxTransactionsPerSession = 16
+    package var maxFramesPerTransaction = 1_000
+    package var maxTransactionsPerSession = 16
     /// Frames queued behind an unfinished `/app` SEND (reading from the socket stops meanwhile).
-    public var maxQueuedFrames = 10_000
+    package var maxQueuedFrames = 10_000
     /// SENDs to order-keeping backends (Redis) awaiting confirmation at once per session;
     /// reading from the socket pauses while this many are unconfirmed.
-    public var maxPipelinedSends = 128
+    package var maxPipelinedSends = 128
     /// Broker destinations (SUBSCRIBE and SEND); `/topic/` by default.
-    public var brokerPrefixes: [String] = ["/topic/"]
+    package var brokerPrefixes: [String] = ["/topic/"]
     /// Application destinations, routed to backends.
-    public var applicationPrefixes: [String] = ["/app/"]
+    package var applicationPrefixes: [String] = ["/app/"]
 
     /// Prefix of user destinations (`/user/queue/...`); nil disables them.
-    public var userPrefix: String? = UserDestinations.prefix
+    package var userPrefix: String? = UserDestinations.prefix
     /// What may follow the user prefix (`/user/queue/x` → `/queue/x` must start with one).
-    public var userDestinationPrefixes: [String] = ["/queue/"]
+    package var userDestinationPrefixes: [String] = ["/queue/"]
     /// Checks tokens; nil: no authentication (every session is anonymous).
-    public var authenticator: (any SessionAuthenticator)?
+    package var authenticator: (any SessionAuthenticator)?
     /// Whether sessions without a token are accepted when an authenticator is set.
-    public var allowAnonymous = true
+    package var allowAnonymous = true
     /// Who may subscribe and send where; nil: everyone, everywhere allowed.
-    public var accessPolicy: (any AccessPolicy)?
+    package var accessPolicy: (any AccessPolicy)?
     /// Most sessions of one user on this instance.
-    public var maxSessionsPerUser = 100
+    package var maxSessionsPerUser = 100
     /// Token buckets per connection: sustained frames and bytes per second (burst: 2× the rate).
-    public var maxFramesPerSecond = 2_000
-    public var maxBytesPerSecond = 4 * 1024 * 1024
+    package var maxFramesPerSecond = 2_000
+    package var maxBytesPerSecond = 4 * 1024 * 1024
 
-    public init() {}
+    package init() {}
 
     /// Whether `d` is a user destination a client may subscribe to (`/user/queue/...`).
-    public func isUserDestination(_ d: String) -> Bool {
+    package func isUserDestination(_ d: String) -> Bool {
         guard let prefix = userPrefix, d.hasPrefix(prefix) else { return false }
         let rest = d.dropFirst(prefix.count - 1)
         return userDestinationPrefixes.contains { rest.hasPrefix($0) }
     }
 
-    public func isBrokerDestination(_ d: String) -> Bool { brokerPrefixes.contains { d.hasPrefix($0) } }
-    public func isApplicationDestination(_ d: String) -> Bool { applicationPrefixes.contains { d.hasPrefix($0) } }
+    package func isBrokerDestination(_ d: String) -> Bool { brokerPrefixes.contains { d.hasPrefix($0) } }
+    package func isApplicationDestination(_ d: String) -> Bool { applicationPrefixes.contains { d.hasPrefix($0) } }
 }

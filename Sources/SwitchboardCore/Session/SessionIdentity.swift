@@ -2,15 +2,15 @@ import NIOCore
 import SwitchboardWire
 
 /// Who a session is, once authenticated.
-public struct SessionIdentity: Sendable, Equatable {
+package struct SessionIdentity: Sendable, Equatable {
     /// The user (the token's `sub`).
-    public var user: String
+    package var user: String
     /// Configured claims kept from the token (e.g. `roles`), as string lists.
-    public var claims: [String: [String]]
+    package var claims: [String: [String]]
     /// When the credential expires; the session is closed then.
-    public var expiresAt: NIODeadline?
+    package var expiresAt: NIODeadline?
 
-    public init(user: String, claims: [String: [String]] = [:], expiresAt: NIODeadline? = nil) {
+    package init(user: String, claims: [String: [String]] = [:], expiresAt: NIODeadline? = nil) {
         self.user = user
         self.claims = claims
         self.expiresAt = expiresAt
@@ -18,19 +18,19 @@ public struct SessionIdentity: Sendable, Equatable {
 }
 
 /// Why authentication failed; the session answers `ERROR` "authentication failed: <reason>".
-public struct AuthenticationFailure: Error, Sendable, Equatable, CustomStringConvertible {
-    public var reason: String
-    public init(_ reason: String) { self.reason = reason }
-    public var description: String { reason }
+package struct AuthenticationFailure: Error, Sendable, Equatable, CustomStringConvertible {
+    package var reason: String
+    package init(_ reason: String) { self.reason = reason }
+    package var description: String { reason }
 }
 
 /// Checks the credential a client presents on `CONNECT` (or at the WebSocket handshake).
-public protocol SessionAuthenticator: Sendable {
+package protocol SessionAuthenticator: Sendable {
     func authenticate(token: String, on eventLoop: any EventLoop) -> EventLoopFuture<SessionIdentity>
 }
 
 /// What a session may do, decided per destination.
-public protocol AccessPolicy: Sendable {
+package protocol AccessPolicy: Sendable {
     /// Whether `identity` (nil: anonymous) may `SUBSCRIBE` to `destination` (as the client wrote it).
     func maySubscribe(_ destination: String, identity: SessionIdentity?) -> Bool
     /// Whether `identity` may `SEND` to `destination`.

@@ -2,13 +2,13 @@ import NIOCore
 import SwitchboardWire
 
 /// A token bucket: `rate` tokens per second, holding at most `capacity` (the burst).
-public struct TokenBucket: Sendable {
-    public let rate: Double
-    public let capacity: Double
+package struct TokenBucket: Sendable {
+    package let rate: Double
+    package let capacity: Double
     private var tokens: Double
     private var last: NIODeadline
 
-    public init(rate: Int, burst: Int, now: NIODeadline = .now()) {
+    package init(rate: Int, burst: Int, now: NIODeadline = .now()) {
         self.rate = Double(rate)
         self.capacity = Double(max(burst, 1))
         self.tokens = Double(max(burst, 1))
@@ -16,7 +16,7 @@ public struct TokenBucket: Sendable {
     }
 
     /// Takes `n` tokens if there are enough; false when the rate is exceeded.
-    public mutating func take(_ n: Int, now: NIODeadline = .now()) -> Bool {
+    package mutating func take(_ n: Int, now: NIODeadline = .now()) -> Bool {
         let elapsed = Double((now - last).nanoseconds) / 1e9
         if elapsed > 0 {
             tokens = min(capacity, tokens + elapsed * rate)
@@ -29,6 +29,6 @@ public struct TokenBucket: Sendable {
 }
 
 /// A connection sent faster than its configured limit.
-public struct RateLimitExceeded: Error, Sendable, CustomStringConvertible {
-    public var description: String
+package struct RateLimitExceeded: Error, Sendable, CustomStringConvertible {
+    package var description: String
 }

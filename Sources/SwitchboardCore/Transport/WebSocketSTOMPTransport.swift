@@ -4,11 +4,11 @@ import STOMPCodec
 import SwitchboardWire
 
 /// Tells the session that bytes arrived which carried no frame (a heart-beat, a ping).
-public struct STOMPTransportActivity: Sendable {}
+package struct STOMPTransportActivity: Sendable {}
 
 /// Sent up the pipeline when the transport has written (or echoed) a WebSocket close frame:
 /// the session above must write nothing more.
-public struct STOMPTransportClosing: Sendable {}
+package struct STOMPTransportClosing: Sendable {}
 
 /// Turns WebSocket messages into STOMP frames.
 ///
@@ -28,10 +28,10 @@ public struct STOMPTransportClosing: Sendable {}
 /// The handler is inbound only: the session above writes complete WebSocket frames (bytes
 /// built by ``WebSocketServerFrame``) straight past it to the socket, and talks to it directly
 /// for the two things they share (``setHeaderEscaping(_:)`` and ``claimCloseFrame()``).
-public final class WebSocketSTOMPTransport: ChannelInboundHandler {
-    public typealias InboundIn = WebSocketFrame
-    public typealias InboundOut = STOMPFrame
-    public typealias OutboundOut = ByteBuffer
+package final class WebSocketSTOMPTransport: ChannelInboundHandler {
+    package typealias InboundIn = WebSocketFrame
+    package typealias InboundOut = STOMPFrame
+    package typealias OutboundOut = ByteBuffer
 
     private var decoder: STOMPFrameDecoder
     private var cumulation: ByteBuffer?
@@ -46,13 +46,13 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
     private let bytesPerSecond: Int
 
     /// - Parameter bytesPerSecond: sustained inbound payload rate (burst 2×); 0 disables it.
-    public init(limits: STOMPDecoderLimits, bytesPerSecond: Int = 0) {
+    package init(limits: STOMPDecoderLimits, bytesPerSecond: Int = 0) {
         self.decoder = STOMPFrameDecoder(limits: limits, escapeHeaders: true)
         self.bytesPerSecond = bytesPerSecond
         if bytesPerSecond > 0 { byteBucket = TokenBucket(rate: bytesPerSecond, burst: 2 * bytesPerSecond) }
     }
 
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         guard !failed else { return }
         // RFC 6455 §5.1–5.5: client frames are masked; no extension is negotiated, so the
@@ -148,7 +148,7 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
 
     /// Errors of NIO's `WebSocketFrameDecoder` (the handler before this one) get the same
     /// treatment as this handler's own checks; a frame over the size limit is a STOMP limit.
-    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    package func errorCaught(context: ChannelHandlerContext, error: any Error) {
         guard let error = error as? NIOWebSocketError else {
             context.fireErrorCaught(error)
             return
@@ -167,7 +167,7 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
     }
 
     /// A peer that half-closes (TCP FIN without a close frame) is gone: close our side too.
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
             context.close(promise: nil)
             return
@@ -223,13 +223,13 @@ public final class WebSocketSTOMPTransport: ChannelInboundHandler {
     }
 
     /// Header escaping on (STOMP 1.1+) or off (1.0), set once the version is negotiated.
-    public func setHeaderEscaping(_ on: Bool) {
+    package func setHeaderEscaping(_ on: Bool) {
         decoder.escapeHeaders = on
     }
 
     /// Records that a close frame is about to be sent; false if one was sent already
     /// (RFC 6455 §5.5.1: an endpoint sends at most one close frame).
-    public func claimCloseFrame() -> Bool {
+    package func claimCloseFrame() -> Bool {
         guard !closeSent else { return false }
         closeSent = true
         return true

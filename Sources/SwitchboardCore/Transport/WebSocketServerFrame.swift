@@ -9,7 +9,7 @@ import SwitchboardWire
 /// Usually every subscriber of a topic uses the same few subscription ids (`0`, `sub-0`), so a
 /// message is encoded a handful of times per loop, not once per subscriber. When more than
 /// ``capacity`` distinct keys appear, the rest are encoded per subscriber.
-public struct MessageFrameCache {
+package struct MessageFrameCache {
     @usableFromInline
     struct Entry {
         @usableFromInline let subscription: String
@@ -23,18 +23,18 @@ public struct MessageFrameCache {
     }
 
     /// Most distinct frames kept per message.
-    public static let capacity = 8
+    package static let capacity = 8
 
     @usableFromInline var message: PublishedMessage?
     @usableFromInline var entries: [Entry] = []
 
-    public init() {
+    package init() {
         entries.reserveCapacity(Self.capacity)
     }
 
     /// The frame of `message` for one subscriber, from the cache or freshly encoded.
     @inlinable
-    public mutating func frame(
+    package mutating func frame(
         _ message: PublishedMessage, subscription: String, ack: Bool, escape: Bool, escapeCR: Bool,
         allocator: ByteBufferAllocator
     ) -> ByteBuffer {
@@ -56,7 +56,7 @@ public struct MessageFrameCache {
     }
 
     /// Drops the cached frames (call when the message is done, so its buffers are freed).
-    public mutating func clear() {
+    package mutating func clear() {
         entries.removeAll(keepingCapacity: true)
         message = nil
     }
@@ -65,18 +65,18 @@ public struct MessageFrameCache {
 /// What one delivery pass on a loop shares among the subscribers it writes to: the message's
 /// frames, the loop's heart-beat tick, and tallies added to the loop's counters once at the end
 /// (so a delivery touches no shared state).
-public struct DeliveryBatch {
-    public var frames = MessageFrameCache()
+package struct DeliveryBatch {
+    package var frames = MessageFrameCache()
     /// The shard's heart-beat tick during this pass.
-    public var tick: UInt64 = 0
+    package var tick: UInt64 = 0
     /// MESSAGE frames written, and their bytes.
-    public var delivered = 0
-    public var bytes = 0
+    package var delivered = 0
+    package var bytes = 0
 
-    public init(tick: UInt64 = 0) { self.tick = tick }
+    package init(tick: UInt64 = 0) { self.tick = tick }
 
     /// Starts a new pass: frames of the previous message dropped, tallies zeroed.
-    public mutating func reset(tick: UInt64) {
+    package mutating func reset(tick: UInt64) {
         frames.clear()
         self.tick = tick
         delivered = 0

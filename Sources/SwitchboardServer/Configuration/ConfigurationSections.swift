@@ -10,34 +10,34 @@ import SwitchboardWire
 private let sessionDefaults = SessionConfiguration()
 
 /// `http.*`: the listening socket, the HTTP API and TLS.
-public struct HTTPSettings: Sendable, Equatable {
-    public var host = "0.0.0.0"
-    public var port = 8080
+package struct HTTPSettings: Sendable, Equatable {
+    package var host = "0.0.0.0"
+    package var port = 8080
     /// Largest API request body (413 beyond).
-    public var maxBodyBytes = 1024 * 1024
+    package var maxBodyBytes = 1024 * 1024
     /// Most notifications in one `POST /api/notifications` (413 beyond).
-    public var maxBatchItems = 1000
-    public var backlog = 4096
+    package var maxBatchItems = 1000
+    package var backlog = 4096
     /// `TCP_NODELAY` on accepted connections: each write leaves at once. Off, the kernel's
     /// Nagle algorithm holds small writes while earlier data is unacknowledged.
-    public var tcpNoDelay = true
+    package var tcpNoDelay = true
     /// A connection must complete its first HTTP request (upgrade or API call) in time.
-    public var handshakeTimeoutMs = 10_000
+    package var handshakeTimeoutMs = 10_000
     /// Idle keep-alive HTTP connections are closed after this.
-    public var idleTimeoutMs = 60_000
+    package var idleTimeoutMs = 60_000
     /// Origins allowed to open WebSocket sessions and call the API from a browser; empty: any.
-    public var allowedOrigins: [String] = []
+    package var allowedOrigins: [String] = []
     /// PEM certificate chain and private key: when set the port speaks TLS only (https://, wss://).
-    public var tls: TLSFiles?
+    package var tls: TLSFiles?
     /// `http.nagle-when-busy-percent`, the old name of `server.busy-percent`.
     var legacyBusyPercent: Int?
 
-    public struct TLSFiles: Sendable, Equatable {
-        public var certificateFile: String
-        public var keyFile: String
+    package struct TLSFiles: Sendable, Equatable {
+        package var certificateFile: String
+        package var keyFile: String
     }
 
-    public init() {}
+    package init() {}
 
     /// Reads the `http` scope.
     init(reader: ConfigReader) throws {
@@ -66,16 +66,16 @@ public struct HTTPSettings: Sendable, Equatable {
 }
 
 /// `stomp.*`: the endpoint and heart-beating.
-public struct STOMPSettings: Sendable, Equatable {
-    public var path = "/stomp"
+package struct STOMPSettings: Sendable, Equatable {
+    package var path = "/stomp"
     /// The server's heart-beat offer (`stomp.heartbeat.send-ms`, `receive-ms`).
-    public var heartBeat = sessionDefaults.heartBeat
-    public var heartBeatTolerance = sessionDefaults.heartBeatTolerance
+    package var heartBeat = sessionDefaults.heartBeat
+    package var heartBeatTolerance = sessionDefaults.heartBeatTolerance
     /// Tick of the per-event-loop heart-beat timer.
-    public var heartbeatResolutionMs = 250
-    public var connectTimeoutMs = Int(sessionDefaults.connectTimeout.nanoseconds / 1_000_000)
+    package var heartbeatResolutionMs = 250
+    package var connectTimeoutMs = Int(sessionDefaults.connectTimeout.nanoseconds / 1_000_000)
 
-    public init() {}
+    package init() {}
 
     /// Reads the `stomp` scope.
     init(reader: ConfigReader) throws {
@@ -100,20 +100,20 @@ public struct STOMPSettings: Sendable, Equatable {
 }
 
 /// `limits.*`: frame sizes, per-session and per-connection limits.
-public struct Limits: Sendable, Equatable {
-    public var decoder = sessionDefaults.decoderLimits
-    public var maxSubscriptions = sessionDefaults.maxSubscriptionsPerSession
+package struct Limits: Sendable, Equatable {
+    package var decoder = sessionDefaults.decoderLimits
+    package var maxSubscriptions = sessionDefaults.maxSubscriptionsPerSession
     /// Outbound bytes queued for a connection before it is a slow consumer and is closed.
-    public var maxPendingBytes = sessionDefaults.maxPendingOutboundBytes
-    public var maxTransactionFrames = sessionDefaults.maxFramesPerTransaction
-    public var maxConnections = 100_000
-    public var maxConnectionsPerIP = 10_000
-    public var maxSessionsPerUser = sessionDefaults.maxSessionsPerUser
+    package var maxPendingBytes = sessionDefaults.maxPendingOutboundBytes
+    package var maxTransactionFrames = sessionDefaults.maxFramesPerTransaction
+    package var maxConnections = 100_000
+    package var maxConnectionsPerIP = 10_000
+    package var maxSessionsPerUser = sessionDefaults.maxSessionsPerUser
     /// Token buckets per connection (0: no limit).
-    public var framesPerSecond = sessionDefaults.maxFramesPerSecond
-    public var bytesPerSecond = sessionDefaults.maxBytesPerSecond
+    package var framesPerSecond = sessionDefaults.maxFramesPerSecond
+    package var bytesPerSecond = sessionDefaults.maxBytesPerSecond
 
-    public init() {}
+    package init() {}
 
     /// Reads the `limits` scope.
     init(reader: ConfigReader) throws {
@@ -152,14 +152,14 @@ public struct Limits: Sendable, Equatable {
 }
 
 /// `destinations.*`: which prefixes are broker, application and user destinations.
-public struct DestinationSettings: Sendable, Equatable {
-    public var brokerPrefixes = sessionDefaults.brokerPrefixes
-    public var applicationPrefixes = sessionDefaults.applicationPrefixes
+package struct DestinationSettings: Sendable, Equatable {
+    package var brokerPrefixes = sessionDefaults.brokerPrefixes
+    package var applicationPrefixes = sessionDefaults.applicationPrefixes
     /// `/user/...` subscriptions.
-    public var userDestinations = sessionDefaults.userPrefix != nil
-    public var userDestinationPrefixes = sessionDefaults.userDestinationPrefixes
+    package var userDestinations = sessionDefaults.userPrefix != nil
+    package var userDestinationPrefixes = sessionDefaults.userDestinationPrefixes
 
-    public init() {}
+    package init() {}
 
     /// Reads the `destinations` scope.
     init(reader: ConfigReader) throws {
@@ -184,24 +184,24 @@ public struct DestinationSettings: Sendable, Equatable {
 }
 
 /// `history.*`: the per-destination history that resuming subscriptions replay from.
-public struct HistorySettings: Sendable, Equatable {
-    public var enabled = true
-    public var maxLength = 100
-    public var ttlMs = 300_000
-    public var maxDestinations = 10_000
+package struct HistorySettings: Sendable, Equatable {
+    package var enabled = true
+    package var maxLength = 100
+    package var ttlMs = 300_000
+    package var maxDestinations = 10_000
     /// Destinations (as clients name them) starting with one of these keep no history.
-    public var disabledPrefixes: [String] = []
+    package var disabledPrefixes: [String] = []
     /// `history.windows.<name>.*`: other windows by destination prefix.
-    public var windows: [Window] = []
+    package var windows: [Window] = []
 
-    public struct Window: Sendable, Equatable {
-        public var name: String
-        public var prefix: String
-        public var maxLength: Int
-        public var ttlMs: Int
+    package struct Window: Sendable, Equatable {
+        package var name: String
+        package var prefix: String
+        package var maxLength: Int
+        package var ttlMs: Int
     }
 
-    public init() {}
+    package init() {}
 
     /// Reads the `history` scope.
     init(reader: ConfigReader) throws {
@@ -241,20 +241,20 @@ public struct HistorySettings: Sendable, Equatable {
 }
 
 /// `server.*`: threads, write coalescing, busy mode, shutdown.
-public struct ServerSettings: Sendable, Equatable {
-    public var threads = System.coreCount
+package struct ServerSettings: Sendable, Equatable {
+    package var threads = System.coreCount
     /// Flush passes of one event loop closer together than this are merged (0: never; below
     /// saturation each batch is flushed at once, and busy mode widens the spacing).
-    public var writeCoalesceMicros = 0
+    package var writeCoalesceMicros = 0
     /// The same spacing while the loop is saturated (`busyPercent`).
-    public var busyWriteCoalesceMicros = 10_000
+    package var busyWriteCoalesceMicros = 10_000
     /// CPU share of an event loop's thread (per cent) from which the loop is in busy mode; 0: never.
-    public var busyPercent = 50
-    public var shutdownGraceMs = 5_000
+    package var busyPercent = 50
+    package var shutdownGraceMs = 5_000
     /// On SIGTERM: how long readiness is false before sessions are told to reconnect.
-    public var drainDelayMs = 1_000
+    package var drainDelayMs = 1_000
 
-    public init() {}
+    package init() {}
 
     /// Reads the `server` scope; `legacyBusyPercent` is `http.nagle-when-busy-percent`.
     init(reader: ConfigReader, legacyBusyPercent: Int?) throws {
@@ -279,11 +279,11 @@ public struct ServerSettings: Sendable, Equatable {
 }
 
 /// `console.*`.
-public struct ConsoleSettings: Sendable, Equatable {
-    public var enabled = true
-    public var path = "/console"
+package struct ConsoleSettings: Sendable, Equatable {
+    package var enabled = true
+    package var path = "/console"
 
-    public init() {}
+    package init() {}
 
     /// Reads the `console` scope.
     init(reader: ConfigReader) throws {
@@ -294,14 +294,14 @@ public struct ConsoleSettings: Sendable, Equatable {
 }
 
 /// `log.*`: the level, `log.levels.<subsystem>` over it, and the format.
-public struct LogSettings: Sendable, Equatable {
-    public enum Format: String, Sendable { case text, json }
-    public var level: Logger.Level = .info
-    public var format = Format.text
+package struct LogSettings: Sendable, Equatable {
+    package enum Format: String, Sendable { case text, json }
+    package var level: Logger.Level = .info
+    package var format = Format.text
     /// Levels by subsystem (`server`, `session`, `http`, `redis`, `routes`).
-    public var levels: [String: Logger.Level] = [:]
+    package var levels: [String: Logger.Level] = [:]
 
-    public init() {}
+    package init() {}
 
     /// Reads the `log` scope.
     init(reader: ConfigReader) throws {
@@ -325,18 +325,18 @@ public struct LogSettings: Sendable, Equatable {
 }
 
 /// `auth.*`: JWT verification, anonymous sessions, access rules and API keys.
-public struct AuthSettings: Sendable {
+package struct AuthSettings: Sendable {
     /// JWT verification keys; none configured means no authentication.
-    public var jwt = JWTKeySettings()
+    package var jwt = JWTKeySettings()
     /// Whether sessions without a token are accepted; default: yes without JWT keys, no with.
-    public var allowAnonymous: Bool?
+    package var allowAnonymous: Bool?
     /// Cookie holding a token at the handshake (the `access_token` query parameter works too).
-    public var handshakeCookie = "access_token"
-    public var subscribeRules: [String] = []
-    public var sendRules: [String] = []
-    public var apiKeys: [APIKeyStore.Key] = []
+    package var handshakeCookie = "access_token"
+    package var subscribeRules: [String] = []
+    package var sendRules: [String] = []
+    package var apiKeys: [APIKeyStore.Key] = []
 
-    public init() {}
+    package init() {}
 
     /// Reads the `auth` scope; an API key's scopes default to `brokerPrefixes`.
     init(reader: ConfigReader, brokerPrefixes: [String]) throws {

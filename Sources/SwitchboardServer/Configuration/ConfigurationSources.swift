@@ -12,33 +12,33 @@ import Yams
 /// of range stops start-up with an error naming the key ("unknown key redis.ulr; did you mean
 /// redis.url?"). An unknown `SWITCHBOARD_*` variable is only a warning, as environments carry
 /// unrelated variables.
-public struct ConfigurationSources: Sendable {
+package struct ConfigurationSources: Sendable {
     /// The YAML file (`--config`).
-    public var yamlFile: String?
+    package var yamlFile: String?
     /// Flag settings in order (a later one wins): key as given, value.
-    public var flags: [(key: String, value: String)]
+    package var flags: [(key: String, value: String)]
     /// The process environment; only `SWITCHBOARD_*` variables are read.
-    public var environment: [String: String]
+    package var environment: [String: String]
 
     /// `SWITCHBOARD_*` variables of the project's own tools, not configuration keys.
     static let toolVariables: Set<String> = ["BIN", "BENCH_BIN"]
 
-    public init(yamlFile: String? = nil, flags: [(key: String, value: String)] = [], environment: [String: String] = [:]) {
+    package init(yamlFile: String? = nil, flags: [(key: String, value: String)] = [], environment: [String: String] = [:]) {
         self.yamlFile = yamlFile
         self.flags = flags
         self.environment = environment
     }
 
     /// A loaded configuration and the warnings to log once logging is set up.
-    public struct Loaded: Sendable {
-        public var configuration: SwitchboardConfiguration
-        public var warnings: [String]
+    package struct Loaded: Sendable {
+        package var configuration: SwitchboardConfiguration
+        package var warnings: [String]
         /// Every key looked up while loading (for the test that the catalog matches them).
         package var keysRead: Set<String>
     }
 
     /// Reads and checks every setting.
-    public func load() async throws -> Loaded {
+    package func load() async throws -> Loaded {
         var flagValues: [String: String] = [:]
         for (key, value) in flags { flagValues[ConfigKeyCheck.environmentName(key)] = value }
         var variables: [String: String] = [:]

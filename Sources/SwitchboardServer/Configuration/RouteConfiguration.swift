@@ -6,9 +6,9 @@ import SwitchboardRoutes
 import SwitchboardWire
 
 /// One `/app` route from configuration (`routes.<name>.*`).
-public struct RouteConfiguration: Sendable, Equatable {
+package struct RouteConfiguration: Sendable, Equatable {
     /// Where the route's messages go.
-    public enum Target: Sendable, Equatable {
+    package enum Target: Sendable, Equatable {
         /// An HTTP POST per message, answered within `timeoutMs`.
         case webhook(url: String, timeoutMs: Int)
         /// `XADD MAXLEN ~ maxLength` to a stream; `groups` are created at start-up.
@@ -17,7 +17,7 @@ public struct RouteConfiguration: Sendable, Equatable {
         case redisPubSub(channel: String)
 
         /// The `routes.<name>.type` value.
-        public var typeName: String {
+        package var typeName: String {
             switch self {
             case .webhook: "webhook"
             case .redisStream: "redis-stream"
@@ -26,12 +26,12 @@ public struct RouteConfiguration: Sendable, Equatable {
         }
     }
 
-    public var name: String
+    package var name: String
     /// Application destination or wildcard pattern.
-    public var destination: String
-    public var target: Target
+    package var destination: String
+    package var target: Target
 
-    public init(name: String, destination: String, target: Target) {
+    package init(name: String, destination: String, target: Target) {
         self.name = name
         self.destination = destination
         self.target = target
@@ -92,20 +92,20 @@ struct RequiredStrings {
 }
 
 /// `redis.*`: Redis mode is on when `redis.url` is set.
-public struct RedisSettings: Sendable, Equatable {
-    public var url: String
-    public var channelPrefix = "switchboard:"
-    public var commandTimeoutMs = 2_000
+package struct RedisSettings: Sendable, Equatable {
+    package var url: String
+    package var channelPrefix = "switchboard:"
+    package var commandTimeoutMs = 2_000
     /// A Redis command connection per event loop (no thread hop per command), besides the shared one.
-    public var connectionPerLoop = true
+    package var connectionPerLoop = true
     /// The delivery canary's period (0: off) and how late it may be before the instance is not ready.
-    public var canaryIntervalMs = 1_000
-    public var canaryTimeoutMs = 3_000
-    public var connectTimeoutMs = 2_000
+    package var canaryIntervalMs = 1_000
+    package var canaryTimeoutMs = 3_000
+    package var connectTimeoutMs = 2_000
     /// Inbound routes (backend → browsers).
-    public var inbound: [RedisInboundSetting] = []
+    package var inbound: [RedisInboundSetting] = []
 
-    public init(url: String) { self.url = url }
+    package init(url: String) { self.url = url }
 
     /// Reads the `redis` scope; nil without `redis.url`.
     init?(reader: ConfigReader, destinations: DestinationSettings) throws {
@@ -157,11 +157,11 @@ public struct RedisSettings: Sendable, Equatable {
 }
 
 /// One inbound route (backend → browsers) from configuration (`redis.inbound.<name>.*`).
-public struct RedisInboundSetting: Sendable, Equatable {
-    public var name: String
-    public var route: RedisInboundRoute
+package struct RedisInboundSetting: Sendable, Equatable {
+    package var name: String
+    package var route: RedisInboundRoute
 
-    public init(name: String, route: RedisInboundRoute) {
+    package init(name: String, route: RedisInboundRoute) {
         self.name = name
         self.route = route
     }

@@ -7,31 +7,31 @@ import SwitchboardWire
 /// Each section reads its own scope (`ConfigReader.scoped(to:)`): ``HTTPSettings`` `http.*`,
 /// ``STOMPSettings`` `stomp.*`, ``Limits`` `limits.*`, and so on. ``ConfigurationSources``
 /// builds the reader and checks the keys.
-public struct SwitchboardConfiguration: Sendable {
-    public var http = HTTPSettings()
-    public var stomp = STOMPSettings()
-    public var limits = Limits()
-    public var destinations = DestinationSettings()
-    public var history = HistorySettings()
-    public var routes: [RouteConfiguration] = []
+package struct SwitchboardConfiguration: Sendable {
+    package var http = HTTPSettings()
+    package var stomp = STOMPSettings()
+    package var limits = Limits()
+    package var destinations = DestinationSettings()
+    package var history = HistorySettings()
+    package var routes: [RouteConfiguration] = []
     /// Redis mode is on when set.
-    public var redis: RedisSettings?
-    public var auth = AuthSettings()
-    public var server = ServerSettings()
-    public var console = ConsoleSettings()
-    public var log = LogSettings()
+    package var redis: RedisSettings?
+    package var auth = AuthSettings()
+    package var server = ServerSettings()
+    package var console = ConsoleSettings()
+    package var log = LogSettings()
     /// Instance id, prefix of message and session ids; random when nil.
-    public var instanceID: String?
+    package var instanceID: String?
 
-    public init() {}
+    package init() {}
 
     /// A configuration problem, naming the key.
-    public struct Invalid: Error, CustomStringConvertible {
-        public var description: String
+    package struct Invalid: Error, CustomStringConvertible {
+        package var description: String
     }
 
     /// Reads every section from `reader` (YAML file, environment, flags, in that order of weight).
-    public init(reader: ConfigReader) throws {
+    package init(reader: ConfigReader) throws {
         http = try HTTPSettings(reader: reader.scoped(to: "http"))
         stomp = try STOMPSettings(reader: reader.scoped(to: "stomp"))
         instanceID = reader.string(forKey: "instance.id")
@@ -51,7 +51,7 @@ public struct SwitchboardConfiguration: Sendable {
     }
 
     /// The sessions' settings (authentication and access policy are added by the gateway).
-    public var session: SessionConfiguration {
+    package var session: SessionConfiguration {
         var session = SessionConfiguration()
         stomp.apply(to: &session)
         limits.apply(to: &session)
