@@ -5,10 +5,10 @@ import SwitchboardCore
 import SwitchboardWire
 
 /// Where verification keys come from. Any combination; HS256 with a secret, RS256 or ES256
-/// with PEM package keys, or the keys of a JWKS document.
+/// with PEM public keys, or the keys of a JWKS document.
 package struct JWTKeySettings: Sendable, Equatable {
     package var hmacSecret: String?
-    /// Files holding PEM package keys (RSA → RS256, EC P-256 → ES256) or certificates.
+    /// Files holding PEM public keys (RSA → RS256, EC P-256 → ES256) or certificates.
     package var publicKeyFiles: [String] = []
     package var jwksFile: String?
     /// Claims copied onto the session (e.g. `roles`), for access rules and webhooks.
@@ -65,7 +65,7 @@ package final class JWTAuthenticator: SessionAuthenticator {
         }
         for (n, path) in settings.publicKeyFiles.enumerated() {
             guard let pem = try? String(contentsOfFile: path, encoding: .utf8) else {
-                throw JWTKeyError(description: "cannot read package key file \(path)")
+                throw JWTKeyError(description: "cannot read public key file \(path)")
             }
             let kid = "switchboard-pem-\(n)"
             if let rsa = (try? Insecure.RSA.PublicKey(pem: pem)) ?? (try? Insecure.RSA.PublicKey(certificatePEM: pem)) {
@@ -73,7 +73,7 @@ package final class JWTAuthenticator: SessionAuthenticator {
             } else if let ec = (try? ES256PublicKey(pem: pem)) ?? (try? ES256PublicKey(certificate: pem)) {
                 await register(kid) { k in _ = await keys.add(ecdsa: ec, kid: k) }
             } else {
-                throw JWTKeyError(description: "\(path) holds no RSA or P-256 package key in PEM form")
+                throw JWTKeyError(description: "\(path) holds no RSA or P-256 public key in PEM form")
             }
         }
         if let path = settings.jwksFile {

@@ -171,7 +171,7 @@ package enum ConfigKeyCatalog {
             title: "Authentication and access",
             keys: [
                 .init("auth.jwt.hmac-secret", .string, "—", "HS256 secret", secret: true),
-                .init("auth.jwt.public-key-files", .list, "`[]`", "PEM package keys or certificates (RSA → RS256, P-256 → ES256)"),
+                .init("auth.jwt.public-key-files", .list, "`[]`", "PEM public keys or certificates (RSA → RS256, P-256 → ES256)"),
                 .init("auth.jwt.jwks-file", .string, "—", "JWKS JSON file"),
                 .init("auth.jwt.claims", .list, "`[]`", "claims kept on the session (e.g. `roles`)"),
                 .init("auth.jwt.audience", .string, "—", "required `aud`"),
