@@ -5,6 +5,15 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
 
+// Optional parts, reached from this one manifest behind environment flags, so a plain build (and
+// every package that depends on this one) never resolves their dependencies nor sees unsafe flags:
+//   SWITCHBOARD_BENCHMARKS=1  micro-benchmarks (ordo-one/benchmark), docs/micro-benchmarks.md
+//   SWITCHBOARD_FUZZ=1        libFuzzer targets (unsafe flags), built by Fuzz/run.sh, docs/fuzzing.md
+func flag(_ name: String) -> Bool {
+    guard let value = Context.environment[name] else { return false }
+    return !value.isEmpty && value != "0"
+}
+
 let package = Package(
     name: "switchboard",
     platforms: [.macOS(.v15)],
@@ -357,3 +366,51 @@ let package = Package(
         ),
     ]
 )
+
+if flag("SWITCHBOARD_BENCHMARKS") {
+    // `swift package --disable-sandbox benchmark` runs the executable targets whose directory is
+    // in a folder named Benchmarks/.
+    package.dependencies.append(
+        .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"])
+    )
+    package.targets.append(
+        .executableTarget(
+            name: "SwitchboardBenchmarks",
+            dependencies: [
+                "STOMPCodec",
+                "SwitchboardCore",
+                "RedisClient",
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/SwitchboardBenchmarks",
+            swiftSettings: swiftSettings,
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        )
+    )
+}
+
+if flag("SWITCHBOARD_FUZZ") {
+    // Build with `--sanitize=fuzzer` (Fuzz/run.sh) so the code under test is instrumented too.
+    // libFuzzer provides `main`; the entry point is `LLVMFuzzerTestOneInput`.
+    let fuzzSwiftSettings = swiftSettings + [.unsafeFlags(["-parse-as-library"])]
+    let fuzzLinkerSettings: [LinkerSetting] = [.unsafeFlags(["-sanitize=fuzzer"])]
+    let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
+        ("FuzzSTOMPDecoder", ["STOMPCodec"]),
+        ("FuzzRESPParser", ["RedisClient"]),
+        ("FuzzAPIJSON", ["SwitchboardAPIModel", "STOMPCodec"]),
+    ]
+    for fuzz in fuzzTargets {
+        package.targets.append(
+            .executableTarget(
+                name: fuzz.name,
+                dependencies: fuzz.dependencies + [.product(name: "NIOCore", package: "swift-nio")],
+                path: "Fuzz/\(fuzz.name)",
+                swiftSettings: fuzzSwiftSettings,
+                linkerSettings: fuzzLinkerSettings
+            )
+        )
+    }
+}

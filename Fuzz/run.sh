@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets (libFuzzer) and runs them for a while.
+# The targets are in the root Package.swift, present only with SWITCHBOARD_FUZZ=1 (set here);
+# they are built with `--sanitize=fuzzer` into Fuzz/.build-fuzz, apart from the main build.
 #
 #   Fuzz/run.sh <FuzzSTOMPDecoder|FuzzRESPParser|FuzzAPIJSON|all> [seconds per target, default 60]
 #
@@ -9,7 +11,7 @@
 # Fuzz/artifacts/<target>-crash-* (or -timeout-*, -oom-*) and the log in Fuzz/artifacts/<target>.log.
 #
 # Environment:
-#   FUZZ_SKIP_BUILD=1   use the binaries already in .build-fuzz
+#   FUZZ_SKIP_BUILD=1   use the binaries already in Fuzz/.build-fuzz
 #   FUZZ_KEEP_NEW=1     after a clean run, merge the new interesting inputs into Fuzz/Corpus/<target>/
 #                       (libFuzzer -merge=1, so only inputs adding coverage are kept)
 #   FUZZ_ARGS="..."     extra libFuzzer flags (e.g. "-jobs=2 -workers=2", "-max_len=65536")
@@ -27,14 +29,18 @@ case "$target" in
     *) echo "usage: $0 <${ALL[*]// /|}|all> [seconds]" >&2; exit 2 ;;
 esac
 
-build_flags=(-c debug --sanitize=fuzzer --scratch-path .build-fuzz)
+export SWITCHBOARD_FUZZ=1
+build_flags=(-c debug --sanitize=fuzzer --package-path .. --scratch-path "$PWD/.build-fuzz")
 if [[ "${FUZZ_SKIP_BUILD:-0}" != 1 ]]; then
-    echo "== building fuzz targets (swift build ${build_flags[*]})"
-    swift build "${build_flags[@]}" 2>&1 | grep -E "error|warning: unable|Compiling Fuzz|Build complete|Linking" || true
-    # grep hides the warning noise; re-check the real status.
-    swift build "${build_flags[@]}" >/dev/null
+    for t in "${targets[@]}"; do
+        echo "== building $t (SWITCHBOARD_FUZZ=1 swift build ${build_flags[*]} --product $t)"
+        swift build "${build_flags[@]}" --product "$t" 2>&1 \
+            | grep -E "error|warning: unable|Compiling Fuzz|Build complete|Linking" || true
+        # grep hides the warning noise; re-check the real status.
+        swift build "${build_flags[@]}" --product "$t" >/dev/null
+    done
 fi
-bin="$(swift build "${build_flags[@]}" --show-bin-path)"
+bin="$(swift build "${build_flags[@]}" --show-bin-path 2>/dev/null)"
 
 mkdir -p artifacts .work
 # Let libFuzzer, not the Swift runtime's backtracer, handle the trap of a fatalError or a
