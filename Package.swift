@@ -98,6 +98,7 @@ let package = Package(
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -379,6 +380,7 @@ if flag("SWITCHBOARD_BENCHMARKS") {
             dependencies: [
                 "STOMPCodec",
                 "SwitchboardCore",
+                "SwitchboardWire",
                 "RedisClient",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "NIOCore", package: "swift-nio"),

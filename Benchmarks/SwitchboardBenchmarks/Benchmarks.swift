@@ -4,6 +4,7 @@ import NIOEmbedded
 import RedisClient
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardWire
 
 /// A subscriber that only counts what fan-out writes to it.
 final class CountingSink: SubscriptionSink {

@@ -88,6 +88,7 @@ package struct SwitchboardGateway: Sendable {
             redisConfiguration.commandConnectionPerEventLoop = settings.connectionPerLoop
             redisConfiguration.connectTimeout = .milliseconds(Int64(settings.connectTimeoutMs))
             redisConfiguration.clientName = "switchboard-\(instanceID)"
+            if let tls = settings.tls { redisConfiguration.tls = tls.configuration }
             var redisLogger = Logger(label: "switchboard.redis")
             redisLogger[metadataKey: "instance"] = "\(instanceID)"
             let client = RedisClient(configuration: redisConfiguration, eventLoopGroup: group, logger: redisLogger)

@@ -218,7 +218,10 @@ struct ConfigurationTests {
         #expect(passOnly.username == nil && passOnly.password == "secret" && passOnly.port == 6379 && passOnly.database == 0)
         let v6 = try RedisConfiguration(url: "redis://[::1]:7000")
         #expect(v6.host == "::1" && v6.port == 7000)
-        #expect(throws: RedisClientError.tlsNotSupported) { try RedisConfiguration(url: "rediss://localhost") }
+        let tls = try RedisConfiguration(url: "rediss://app:s3cret@redis.example.com:6380/2")
+        #expect(tls.tls == RedisTLSConfiguration() && tls.tls?.verifyServerName == true)
+        #expect(tls.username == "app" && tls.password == "s3cret" && tls.host == "redis.example.com" && tls.port == 6380 && tls.database == 2)
+        #expect(full.tls == nil)
         #expect(throws: RedisClientError.invalidConfiguration) { try RedisConfiguration(url: "http://localhost") }
         #expect(throws: RedisClientError.invalidConfiguration) { try RedisConfiguration(url: "redis://localhost:99999") }
         #expect(throws: RedisClientError.invalidConfiguration) { try RedisConfiguration(url: "redis://localhost/x") }

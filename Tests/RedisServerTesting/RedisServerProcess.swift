@@ -6,8 +6,42 @@ import RedisClient
 
 /// A throw-away `redis-server` on a free port with its own temporary directory, killed on
 /// `stop()` or deinit: the one fixture of every test target that needs a real server
-/// (`RedisClientIntegrationTests`, `SwitchboardKitTests`).
+/// (`RedisClientIntegrationTests`, `SwitchboardKitTests`). With ``TLS`` the port speaks TLS only
+/// (`--port 0 --tls-port`), and ``configuration``, ``url(_:database:)`` and ``client()`` use it.
 package final class RedisServerProcess: @unchecked Sendable {
+    /// TLS on the server's port.
+    package struct TLS: Sendable {
+        package var certificates: TestCertificates
+        /// `--tls-auth-clients yes`: the server requires a client certificate signed by the CA (mTLS).
+        package var requireClientCertificates: Bool
+        /// Present the certificate for `redis.example.com` rather than `localhost`/`127.0.0.1`.
+        package var certificateForOtherName: Bool
+
+        package init(certificates: TestCertificates, requireClientCertificates: Bool = false, certificateForOtherName: Bool = false) {
+            self.certificates = certificates
+            self.requireClientCertificates = requireClientCertificates
+            self.certificateForOtherName = certificateForOtherName
+        }
+
+        var arguments: [String] {
+            [
+                "--tls-cert-file", certificateForOtherName ? certificates.otherNameCertificateFile : certificates.serverCertificateFile,
+                "--tls-key-file", certificateForOtherName ? certificates.otherNameKeyFile : certificates.serverKeyFile,
+                "--tls-ca-cert-file", certificates.caFile, "--tls-auth-clients", requireClientCertificates ? "yes" : "no",
+            ]
+        }
+
+        /// What a client needs: the CA, and the client certificate when the server requires one.
+        package var clientConfiguration: RedisTLSConfiguration {
+            var configuration = RedisTLSConfiguration(caFile: certificates.caFile)
+            if requireClientCertificates {
+                configuration.certificateFile = certificates.clientCertificateFile
+                configuration.privateKeyFile = certificates.clientKeyFile
+            }
+            return configuration
+        }
+    }
+
     package static let executable: String? = {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         for dir in path.split(separator: ":") + ["/usr/bin", "/usr/local/bin"] {
@@ -22,18 +56,20 @@ package final class RedisServerProcess: @unchecked Sendable {
     package let port: Int
     package let directory: URL
     package let extraArguments: [String]
+    package let tls: TLS?
     private var process: Process?
 
-    private init(port: Int, extraArguments: [String]) throws {
+    private init(port: Int, extraArguments: [String], tls: TLS?) throws {
         self.port = port
         self.extraArguments = extraArguments
+        self.tls = tls
         self.directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: self.directory, withIntermediateDirectories: true)
     }
 
     /// Starts a server and waits until it answers PING.
-    package static func start(_ extraArguments: [String] = []) async throws -> RedisServerProcess {
-        let server = try RedisServerProcess(port: try await freePort(), extraArguments: extraArguments)
+    package static func start(_ extraArguments: [String] = [], tls: TLS? = nil) async throws -> RedisServerProcess {
+        let server = try RedisServerProcess(port: try await freePort(), extraArguments: extraArguments, tls: tls)
         do {
             try await server.launch()
         } catch {
@@ -48,9 +84,9 @@ package final class RedisServerProcess: @unchecked Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.executable!)
         process.arguments =
-            [
-                "--port", "\(self.port)", "--bind", "127.0.0.1", "--dir", self.directory.path,
-                "--save", "", "--appendonly", "no", "--daemonize", "no",
+            (self.tls.map { ["--port", "0", "--tls-port", "\(self.port)"] + $0.arguments } ?? ["--port", "\(self.port)"])
+            + [
+                "--bind", "127.0.0.1", "--dir", self.directory.path, "--save", "", "--appendonly", "no", "--daemonize", "no",
             ] + self.extraArguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
@@ -59,7 +95,7 @@ package final class RedisServerProcess: @unchecked Sendable {
         try await self.waitUntilReady()
     }
 
-    /// Answers PING (any reply, including NOAUTH, means the server is up).
+    /// Accepts TCP connections (for a TLS port too).
     private func waitUntilReady() async throws {
         for _ in 0..<250 {
             do {
@@ -94,11 +130,12 @@ package final class RedisServerProcess: @unchecked Sendable {
         var configuration = RedisConfiguration(host: "127.0.0.1", port: self.port)
         configuration.connectTimeout = .seconds(2)
         configuration.commandTimeout = .seconds(5)
+        configuration.tls = self.tls?.clientConfiguration
         return configuration
     }
 
     package func url(_ userInfo: String = "", database: Int? = nil) -> String {
-        "redis://\(userInfo)127.0.0.1:\(self.port)" + (database.map { "/\($0)" } ?? "")
+        "\(self.tls == nil ? "redis" : "rediss")://\(userInfo)127.0.0.1:\(self.port)" + (database.map { "/\($0)" } ?? "")
     }
 
     package func connect(_ configure: (inout RedisConfiguration) -> Void = { _ in }) async throws -> RedisConnection {

@@ -13,3 +13,49 @@ def redis_server_args(port: int, directory) -> list[str]:
 def redis_cli(port: int, *args, timeout=5) -> str:
     out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=timeout)
     return out.stdout.strip()
+
+
+class TLSFiles:
+    """A throw-away PKI made with ``openssl`` in `directory`: ``ca``, a server certificate for
+    localhost and 127.0.0.1 (``server``, ``server_key``) and a client certificate (``client``,
+    ``client_key``) signed by it, one for redis.example.com only (``other_name``,
+    ``other_name_key``), and an unrelated ``other_ca``."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+        def run(*args):
+            subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=30)
+
+        for ca in ("ca", "other-ca"):
+            run("req", "-x509", *key, "-days", "2", "-subj", f"/CN=Switchboard test {ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.pem")
+        for name, subject, ext in (("server", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+                                   ("client", "/CN=switchboard-client", "extendedKeyUsage=clientAuth\n"),
+                                   ("other-name", "/CN=redis.example.com", "subjectAltName=DNS:redis.example.com\nextendedKeyUsage=serverAuth\n")):
+            (directory / f"{name}.ext").write_text(ext)
+            run("req", *key, "-subj", subject, "-keyout", f"{name}.key", "-out", f"{name}.csr")
+            run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+                "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+        self.ca, self.other_ca = directory / "ca.pem", directory / "other-ca.pem"
+        self.server, self.server_key = directory / "server.pem", directory / "server.key"
+        self.client, self.client_key = directory / "client.pem", directory / "client.key"
+        self.other_name, self.other_name_key = directory / "other-name.pem", directory / "other-name.key"
+
+
+def redis_tls_server_args(port: int, directory, tls: TLSFiles, auth_clients: bool = False, other_name: bool = False) -> list[str]:
+    """A TLS-only server (`--port 0 --tls-port port`); `auth_clients`: mTLS required;
+    `other_name`: it presents the certificate for redis.example.com."""
+    cert, key = (tls.other_name, tls.other_name_key) if other_name else (tls.server, tls.server_key)
+    return ["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-cert-file", str(tls.ca),
+            "--tls-auth-clients", "yes" if auth_clients else "no",
+            "--bind", "127.0.0.1", "--dir", str(directory), "--save", "", "--appendonly", "no"]
+
+
+def redis_tls_cli(port: int, tls: TLSFiles, *args, timeout=5, server_name: str | None = None) -> str:
+    """redis-cli over TLS with the client certificate; `server_name`: SNI and expected name."""
+    sni = ["--sni", server_name] if server_name else []
+    out = subprocess.run(["redis-cli", "--tls", "--cacert", str(tls.ca), "--cert", str(tls.client), "--key", str(tls.client_key),
+                          *sni, "-p", str(port), *args], capture_output=True, text=True, timeout=timeout)
+    return out.stdout.strip()

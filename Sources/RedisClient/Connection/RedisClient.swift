@@ -77,6 +77,8 @@ public final class RedisClient: Sendable {
         var subscriberConnection: RedisConnection?
         var states: [RedisConnectionRole: RedisConnectionState] = [:]
         var reconnects = 0
+        /// The last connect failure of each role since it was last connected.
+        var lastErrors: [RedisConnectionRole: String] = [:]
         var tasks: [Task<Void, Never>] = []
         var observers: [StateChangeHandler] = []
         var setup: [[RedisArgument]] = []
@@ -161,6 +163,12 @@ public final class RedisClient: Sendable {
     /// The current state of a connection.
     public func connectionState(_ role: RedisConnectionRole) -> RedisConnectionState {
         self.state.withLockedValue { $0.states[role] ?? .disconnected }
+    }
+
+    /// Why the last attempt to connect `role` failed, while it is not connected (e.g.
+    /// `WRONGPASS …`, or a TLS handshake failure with its likely cause); `nil` once connected.
+    public func lastConnectError(_ role: RedisConnectionRole) -> String? {
+        self.state.withLockedValue { $0.lastErrors[role] }
     }
 
     /// How many times a connection was re-established after having been connected before.
@@ -387,6 +395,7 @@ public final class RedisClient: Sendable {
                 }
                 connectedBefore = true
                 attempt = 0
+                self.state.withLockedValue { $0.lastErrors[role] = nil }
                 self.logger.info("redis connected", metadata: ["role": "\(role)", "resp": "\(connection.protocolVersion)"])
                 self.setState(role, .connected)
                 try? await connection.closeFuture.get()
@@ -400,7 +409,15 @@ public final class RedisClient: Sendable {
                 self.logger.warning("redis connection lost", metadata: ["role": "\(role)"])
             } catch {
                 if role == .subscriptions { self.registry.detach() }
-                self.logger.debug("redis connect failed", metadata: ["role": "\(role)", "error": "\(error)"])
+                // A new reason is logged as an error (a wrong password or CA does not fix itself);
+                // the same one again, on every backoff retry, only at debug level.
+                let reason = "\(error)"
+                let isNew = self.state.withLockedValue { state in
+                    defer { state.lastErrors[role] = reason }
+                    return state.lastErrors[role] != reason
+                }
+                self.logger.log(
+                    level: isNew ? .error : .debug, "redis connect failed", metadata: ["role": "\(role)", "error": "\(reason)"])
             }
             if Task.isCancelled || self.state.withLockedValue({ $0.isShutdown }) { break }
             self.setState(role, .disconnected)

@@ -35,6 +35,9 @@ public struct RedisConfiguration: Sendable, Hashable {
     /// (the shared connection remains for other callers and while a loop's is down).
     /// Commands from one loop keep their order: they all use that loop's connection.
     public var commandConnectionPerEventLoop = false
+    /// TLS for every connection; `nil`: plain TCP. A `rediss://` URL turns it on with the defaults
+    /// (system trust roots, server name verified); set the CA and client certificate files here.
+    public var tls: RedisTLSConfiguration?
 
     public init(
         host: String = "localhost",
@@ -49,7 +52,8 @@ public struct RedisConfiguration: Sendable, Hashable {
         parserLimits: RESPParserLimits = .init(),
         reconnectBackoffMinimum: TimeAmount = .milliseconds(100),
         reconnectBackoffMaximum: TimeAmount = .seconds(10),
-        subscriptionBufferSize: Int = 1024
+        subscriptionBufferSize: Int = 1024,
+        tls: RedisTLSConfiguration? = nil
     ) {
         self.host = host
         self.port = port
@@ -64,13 +68,16 @@ public struct RedisConfiguration: Sendable, Hashable {
         self.reconnectBackoffMinimum = reconnectBackoffMinimum
         self.reconnectBackoffMaximum = reconnectBackoffMaximum
         self.subscriptionBufferSize = subscriptionBufferSize
+        self.tls = tls
     }
 
-    /// Parses `redis://[[user]:password@]host[:port][/db]`.
+    /// Parses `redis[s]://[[user]:password@]host[:port][/db]`.
     ///
-    /// User and password may be percent-encoded; `redis://:pass@host` sets only a password.
-    /// IPv6 hosts are written in brackets (`redis://[::1]:6379`). `rediss://` throws
-    /// ``RedisClientError/tlsNotSupported``. Other settings keep their defaults.
+    /// User and password may be percent-encoded; `redis://:pass@host` sets only a password, and
+    /// `redis://user:pass@host` an ACL user (sent with `HELLO 3 AUTH user pass`).
+    /// IPv6 hosts are written in brackets (`redis://[::1]:6379`). `rediss://` turns on TLS with
+    /// the default ``RedisTLSConfiguration`` (system trust roots, server name verified).
+    /// Other settings keep their defaults.
     public init(url: String) throws {
         self.init()
         var rest = Substring(url)
@@ -80,7 +87,7 @@ public struct RedisConfiguration: Sendable, Hashable {
         let scheme = rest[..<colon].lowercased()
         switch scheme {
         case "redis": break
-        case "rediss": throw RedisClientError.tlsNotSupported
+        case "rediss": self.tls = RedisTLSConfiguration()
         default: throw RedisClientError.invalidConfiguration("unsupported scheme '\(scheme)'")
         }
         rest = rest[colon...].dropFirst(3)

@@ -1,8 +1,9 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 
-/// One TCP connection to a Redis server.
+/// One TCP (or, with ``RedisConfiguration/tls``, TLS) connection to a Redis server.
 ///
 /// Commands are pipelined: any number may be in flight, and replies are matched to commands in FIFO
 /// order. The connection performs the `HELLO 3` handshake (falling back to RESP2 plus `AUTH`/`SELECT`
@@ -26,13 +27,16 @@ public final class RedisConnection: Sendable {
     ///
     /// - Parameters:
     ///   - pushHandler: invoked on the connection's event loop for every pub/sub message received.
-    /// - Throws: ``RedisClientError/connectTimeout``, ``RedisServerError`` (e.g. `WRONGPASS`), or an I/O error.
+    /// - Throws: ``RedisClientError/connectTimeout``, ``RedisServerError`` (e.g. `WRONGPASS`),
+    ///   ``RedisClientError/tlsConfiguration``, ``RedisClientError/tlsHandshakeFailed``, or an I/O error.
     public static func connect(
         configuration: RedisConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "RedisClient"),
         pushHandler: (@Sendable (RedisPubSubMessage) -> Void)? = nil
     ) async throws -> RedisConnection {
+        // Built per connection: a reconnect reads rotated certificate files.
+        let sslContext = try configuration.tls?.makeSSLContext()
         let eventLoop = eventLoopGroup.next()
         let handshakePromise = eventLoop.makePromise(of: Int.self)
         let bootstrap = ClientBootstrap(group: eventLoop)
@@ -40,6 +44,10 @@ public final class RedisConnection: Sendable {
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let sslContext, let tls = configuration.tls {
+                        let sni = tls.sniHostname(host: configuration.host)
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: sni))
+                    }
                     try channel.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(RESPTokenDecoder(limits: configuration.parserLimits)),
                         RedisChannelHandler(
@@ -66,8 +74,26 @@ public final class RedisConnection: Sendable {
             return RedisConnection(channel: channel, protocolVersion: version, configuration: configuration)
         } catch {
             try? await channel.close()
-            throw error
+            throw Self.describe(error, configuration: configuration)
         }
+    }
+
+    /// With TLS, a failure during the handshake becomes ``RedisClientError/tlsHandshakeFailed``
+    /// with its likely cause. A server that requires client certificates may just close the
+    /// connection after the TLS handshake (TLS 1.3), before answering `HELLO`.
+    private static func describe(_ error: any Error, configuration: RedisConfiguration) -> any Error {
+        guard let tls = configuration.tls else { return error }
+        if let clientError = error as? RedisClientError, clientError == .connectionClosed {
+            return RedisClientError.tlsHandshakeFailed(
+                "TLS with \(configuration.host):\(configuration.port) failed: the server closed the connection during the handshake;"
+                    + " does it require a client certificate (certificateFile, privateKeyFile)?")
+        }
+        if let clientError = error as? RedisClientError, clientError == .connectTimeout {
+            return RedisClientError(
+                .connectTimeout,
+                detail: "no TLS handshake with \(configuration.host):\(configuration.port) within the connect timeout; does the port speak TLS?")
+        }
+        return RedisTLSConfiguration.describeFailure(error, host: configuration.host, port: configuration.port, configuration: tls)
     }
 
     /// Sends `command` without awaiting; the future completes on the connection's event loop with the typed reply.

@@ -33,7 +33,8 @@ public struct RedisClientError: Error, Hashable, Sendable, CustomStringConvertib
         case connectTimeout
         case protocolViolation
         case unsolicitedReply
-        case tlsNotSupported
+        case tlsConfiguration
+        case tlsHandshakeFailed
         case invalidConfiguration
         case shutdown
     }
@@ -59,8 +60,13 @@ public struct RedisClientError: Error, Hashable, Sendable, CustomStringConvertib
     public static let protocolViolation = RedisClientError(.protocolViolation)
     /// A reply arrived while no command was pending.
     public static let unsolicitedReply = RedisClientError(.unsolicitedReply)
-    /// `rediss://` URLs need TLS, which this client does not support yet.
-    public static let tlsNotSupported = RedisClientError(.tlsNotSupported, detail: "TLS (rediss://) is not supported")
+    /// The TLS settings cannot be used: a certificate without its key, or a file that cannot be read
+    /// (the detail names the setting and the file).
+    public static let tlsConfiguration = RedisClientError(.tlsConfiguration)
+    /// The TLS handshake failed, or the server dropped the connection during it: an untrusted
+    /// certificate (wrong CA), a certificate for another name, a client certificate the server
+    /// requires but did not get, or a port without TLS. The detail gives the likely cause.
+    public static let tlsHandshakeFailed = RedisClientError(.tlsHandshakeFailed)
     /// The configuration (typically the URL) is invalid.
     public static let invalidConfiguration = RedisClientError(.invalidConfiguration)
     /// The client was shut down.
@@ -68,6 +74,14 @@ public struct RedisClientError: Error, Hashable, Sendable, CustomStringConvertib
 
     static func invalidConfiguration(_ detail: String) -> RedisClientError {
         RedisClientError(.invalidConfiguration, detail: detail)
+    }
+
+    static func tlsConfiguration(_ detail: String) -> RedisClientError {
+        RedisClientError(.tlsConfiguration, detail: detail)
+    }
+
+    static func tlsHandshakeFailed(_ detail: String) -> RedisClientError {
+        RedisClientError(.tlsHandshakeFailed, detail: detail)
     }
 
     public static func == (lhs: RedisClientError, rhs: RedisClientError) -> Bool { lhs.base == rhs.base }

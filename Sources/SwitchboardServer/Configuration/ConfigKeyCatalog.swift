@@ -143,7 +143,8 @@ package enum ConfigKeyCatalog {
             keys: [
                 .init(
                     "redis.url", .string, "unset (embedded broker)",
-                    "`redis://[user:password@]host[:port][/db]`; Redis mode is on when set (a password in it is not echoed in errors)"),
+                    "`redis://[user:password@]host[:port][/db]` (`rediss://` for TLS, `user:` for an ACL user); Redis mode is on when set (a password in it is not echoed in errors)"
+                ),
                 .init("redis.channel-prefix", .string, "`switchboard:`", "prefix of the gateway's own channels"),
                 .init("redis.command-timeout-ms", .integer, "`2000`", "a command not answered in time fails (and its connection is reset)"),
                 .init(
@@ -159,6 +160,15 @@ package enum ConfigKeyCatalog {
                     "a command connection per event loop besides the shared one: a session's or request's commands and their replies stay on its loop (no thread hop); the shared connection takes over while a loop's is down"
                 ),
                 .init("redis.connect-timeout-ms", .integer, "`2000`", "connect deadline; reconnects back off exponentially with jitter"),
+                .init("redis.tls.ca-file", .string, "system trust roots", "with `rediss://`: PEM file of the CAs trusted to sign the server's certificate"),
+                .init(
+                    "redis.tls.cert-file", .string, "—",
+                    "with `rediss://`: PEM client certificate chain for servers that require one (mTLS, `tls-auth-clients yes`); set together with `redis.tls.key-file`"),
+                .init("redis.tls.key-file", .string, "—", "PEM private key of `redis.tls.cert-file`"),
+                .init(
+                    "redis.tls.verify-server-name", .boolean, "`true`",
+                    "check that the server's certificate names the host (or `redis.tls.server-name`); `false` still verifies the certificate chain"),
+                .init("redis.tls.server-name", .string, "the URL's host", "name sent in SNI and expected in the server's certificate (SNI is not sent for an IP address)"),
                 .init("redis.inbound.names", .list, "`[]`", "inbound routes (backend → browsers)"),
                 .init(
                     "redis.inbound.<name>.type", .string, "`channel`",

@@ -102,6 +102,8 @@ package struct RedisSettings: Sendable, Equatable {
     package var canaryIntervalMs = 1_000
     package var canaryTimeoutMs = 3_000
     package var connectTimeoutMs = 2_000
+    /// `redis.tls.*`, with a `rediss://` URL.
+    package var tls: RedisTLSSettings?
     /// Inbound routes (backend → browsers).
     package var inbound: [RedisInboundSetting] = []
 
@@ -120,11 +122,13 @@ package struct RedisSettings: Sendable, Equatable {
         try SwitchboardConfiguration.atLeast(1, ("redis.canary-timeout-ms", canaryTimeoutMs))
         connectTimeoutMs = reader.int(forKey: "connect-timeout-ms", default: connectTimeoutMs)
         try SwitchboardConfiguration.atLeast(1, ("redis.command-timeout-ms", commandTimeoutMs), ("redis.connect-timeout-ms", connectTimeoutMs))
-        do { _ = try RedisConfiguration(url: url) } catch {
+        let parsed: RedisConfiguration
+        do { parsed = try RedisConfiguration(url: url) } catch {
             throw SwitchboardConfiguration.Invalid(
                 description:
                     "redis.url '\(Self.redactingPassword(url))' is not a valid redis:// URL: \("\(error)".replacingOccurrences(of: url, with: Self.redactingPassword(url)))")
         }
+        tls = try RedisTLSSettings(reader: reader.scoped(to: "tls"), urlUsesTLS: parsed.tls != nil)
         let inboundReader = reader.scoped(to: "inbound")
         inbound = try inboundReader.stringArray(forKey: "names", default: []).map { name in
             let entry = inboundReader.scoped(to: ConfigKey([name]))

@@ -87,7 +87,8 @@ struct PublishAPI: Sendable {
         if !admission.admitsConnections { reasons.append("draining") }
         if let engine = services.engine as? RedisEngine {
             for role in [RedisConnectionRole.commands, .subscriptions] where engine.client.connectionState(role) != .connected {
-                reasons.append("redis \(role) connection is \(engine.client.connectionState(role))")
+                let lastError = engine.client.lastConnectError(role).map { " (\($0))" } ?? ""
+                reasons.append("redis \(role) connection is \(engine.client.connectionState(role))\(lastError)")
             }
             reasons += streamGroups.compactMap(\.notReadyReason)
             if let late = engine.canary?.lateReason { reasons.append(late) }
