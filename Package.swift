@@ -22,7 +22,7 @@ let package = Package(
         .executable(name: "greeting-service", targets: ["greeting-service"]),
         .executable(name: "switchboard-bench", targets: ["switchboard-bench"]),
         .library(name: "STOMPCodec", targets: ["STOMPCodec"]),
-        .library(name: "RedisClient", targets: ["RedisClient"]),
+        .library(name: "Redis", targets: ["Redis"]),
         .library(name: "SwitchboardWire", targets: ["SwitchboardWire"]),
         .library(name: "SwitchboardKit", targets: ["SwitchboardKit"]),
     ],
@@ -58,7 +58,7 @@ let package = Package(
             name: "SwitchboardWire",
             dependencies: [
                 "STOMPCodec",
-                "RedisClient",
+                "Redis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
             ],
@@ -83,7 +83,7 @@ let package = Package(
                 "SwitchboardCore",
                 "SwitchboardWire",
                 "STOMPCodec",
-                "RedisClient",
+                "Redis",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -94,7 +94,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
-            name: "RedisClient",
+            name: "Redis",
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -112,7 +112,7 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 "SwitchboardCore",
                 "SwitchboardWire",
-                "RedisClient",
+                "Redis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -159,7 +159,7 @@ let package = Package(
                 "SwitchboardWire",
                 "SwitchboardRoutes",
                 "SwitchboardRedis",
-                "RedisClient",
+                "Redis",
                 "SwitchboardConsole",
                 "SwitchboardAPIModel",
                 "SwitchboardAuth",
@@ -204,7 +204,7 @@ let package = Package(
         .target(
             name: "SwitchboardKit",
             dependencies: [
-                "RedisClient",
+                "Redis",
                 "SwitchboardWire",
                 "STOMPCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -218,7 +218,7 @@ let package = Package(
             name: "greeting-service",
             dependencies: [
                 "SwitchboardKit",
-                "RedisClient",
+                "Redis",
                 "STOMPCodec",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -238,7 +238,7 @@ let package = Package(
         .testTarget(
             name: "RedisClientTests",
             dependencies: [
-                "RedisClient",
+                "Redis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -251,7 +251,7 @@ let package = Package(
         .target(
             name: "RedisServerTesting",
             dependencies: [
-                "RedisClient",
+                "Redis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -263,7 +263,7 @@ let package = Package(
         .testTarget(
             name: "RedisClientIntegrationTests",
             dependencies: [
-                "RedisClient",
+                "Redis",
                 "RedisServerTesting",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -280,7 +280,7 @@ let package = Package(
                 "SwitchboardRedis",
                 "SwitchboardCore",
                 "SwitchboardWire",
-                "RedisClient",
+                "Redis",
                 "STOMPCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -381,7 +381,7 @@ if flag("SWITCHBOARD_BENCHMARKS") {
                 "STOMPCodec",
                 "SwitchboardCore",
                 "SwitchboardWire",
-                "RedisClient",
+                "Redis",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -401,7 +401,7 @@ if flag("SWITCHBOARD_FUZZ") {
     let fuzzLinkerSettings: [LinkerSetting] = [.unsafeFlags(["-sanitize=fuzzer"])]
     let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
         ("FuzzSTOMPDecoder", ["STOMPCodec"]),
-        ("FuzzRESPParser", ["RedisClient"]),
+        ("FuzzRESPParser", ["Redis"]),
         ("FuzzAPIJSON", ["SwitchboardAPIModel", "STOMPCodec"]),
     ]
     for fuzz in fuzzTargets {

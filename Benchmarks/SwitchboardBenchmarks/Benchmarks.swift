@@ -1,7 +1,7 @@
 import Benchmark
 import NIOCore
 import NIOEmbedded
-import RedisClient
+import Redis
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardWire

@@ -13,7 +13,7 @@
 //      `description` and the RESPTokenDecodable conversions never trap, and aggregate
 //      views yield exactly `count` elements.
 import NIOCore
-import RedisClient
+import Redis
 
 private let smallLimits = RESPParserLimits(maxDepth: 8, maxBulkLength: 256, maxLineLength: 64)
 

@@ -1,6 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
-import RedisClient
+import Redis
 import SwitchboardWire
 
 /// This consumer's hold on the entries of the batch it works through.

@@ -1,6 +1,6 @@
 import Logging
 import NIOCore
-import RedisClient
+import Redis
 import SwitchboardWire
 
 extension StreamConsumer {

@@ -1,7 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import RedisClient
+import Redis
 import STOMPCodec
 import SwitchboardWire
 

@@ -1,7 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import RedisClient
+import Redis
 import SwitchboardWire
 
 /// Proves that the cross-instance path delivers: every `interval` the instance publishes a

@@ -2,7 +2,7 @@ import Logging
 import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
-import RedisClient
+import Redis
 import SwitchboardCore
 import SwitchboardWire
 import Synchronization

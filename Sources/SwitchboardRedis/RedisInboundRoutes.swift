@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import RedisClient
+import Redis
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardWire

@@ -1,6 +1,6 @@
 import Metrics
 import NIOCore
-import RedisClient
+import Redis
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardWire

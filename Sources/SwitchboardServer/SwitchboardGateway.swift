@@ -5,7 +5,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import Prometheus
-import RedisClient
+import Redis
 import ServiceLifecycle
 import SwitchboardAuth
 import SwitchboardCore

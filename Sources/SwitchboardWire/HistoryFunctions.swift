@@ -1,5 +1,5 @@
 import NIOCore
-import RedisClient
+import Redis
 
 /// The Redis Functions that keep each destination's history and publish to it in one atomic
 /// step (library `switchboard`, loaded by every gateway at start and by every command

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Logging
-import RedisClient
+import Redis
 import STOMPCodec
 import SwitchboardKit
 import SwitchboardWire

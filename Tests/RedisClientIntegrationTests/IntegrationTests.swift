@@ -5,7 +5,7 @@ import NIOPosix
 import RedisServerTesting
 import Testing
 
-@testable import RedisClient
+@testable import Redis
 
 @Suite("Real redis-server", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
 struct IntegrationTests {

@@ -3,7 +3,7 @@ import NIOCore
 import RedisServerTesting
 import Testing
 
-@testable import RedisClient
+@testable import Redis
 
 /// TLS (`rediss://`) and ACL users against a real TLS-only redis-server, with certificates made
 /// by `openssl` in a temporary directory.

@@ -4,7 +4,7 @@ import NIOCore
 import NIOEmbedded
 import Testing
 
-@testable import RedisClient
+@testable import Redis
 
 /// An `EmbeddedChannel` with the decoder and ``RedisChannelHandler`` installed.
 final class EmbeddedRedis {

@@ -1,7 +1,7 @@
 import NIOCore
 import Testing
 
-@testable import RedisClient
+@testable import Redis
 
 func encoded(_ command: some RedisCommand) -> String {
     var encoder = RESPCommandEncoder()

@@ -2,7 +2,7 @@ import NIOCore
 import NIOTestUtils
 import Testing
 
-@testable import RedisClient
+@testable import Redis
 
 /// Parses every complete value in `bytes`; fails if bytes are left over.
 func parseAll(_ bytes: String, limits: RESPParserLimits = .init()) throws -> [RESPToken] {

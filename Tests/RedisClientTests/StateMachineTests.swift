@@ -3,7 +3,7 @@ import NIOCore
 import NIOPosix
 import Testing
 
-@testable import RedisClient
+@testable import Redis
 
 typealias SM = RedisConnectionStateMachine<Int>
 

@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
-import RedisClient
+import Redis
 
 /// A throw-away `redis-server` on a free port with its own temporary directory, killed on
 /// `stop()` or deinit: the one fixture of every test target that needs a real server

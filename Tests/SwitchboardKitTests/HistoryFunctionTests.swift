@@ -1,5 +1,5 @@
 import NIOCore
-import RedisClient
+import Redis
 import RedisServerTesting
 import STOMPCodec
 import SwitchboardCore

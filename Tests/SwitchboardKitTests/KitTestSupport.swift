@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
-import RedisClient
+import Redis
 import RedisServerTesting
 import STOMPCodec
 import SwitchboardCore

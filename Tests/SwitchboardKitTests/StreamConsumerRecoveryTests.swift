@@ -1,6 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
-import RedisClient
+import Redis
 import RedisServerTesting
 import SwitchboardCore
 import SwitchboardKit

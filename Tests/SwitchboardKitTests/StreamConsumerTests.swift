@@ -1,7 +1,7 @@
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
-import RedisClient
+import Redis
 import RedisServerTesting
 import STOMPCodec
 import SwitchboardKit

@@ -1,5 +1,5 @@
 import Configuration
-import RedisClient
+import Redis
 
 /// `redis.tls.*`: TLS to Redis, with a `rediss://` `redis.url`.
 ///

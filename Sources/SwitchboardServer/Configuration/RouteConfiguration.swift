@@ -1,5 +1,5 @@
 import Configuration
-import RedisClient
+import Redis
 import SwitchboardCore
 import SwitchboardRedis
 import SwitchboardRoutes

@@ -1,6 +1,6 @@
 import Hummingbird
 import NIOCore
-import RedisClient
+import Redis
 import SwitchboardAPIModel
 import SwitchboardConsole
 import SwitchboardCore

@@ -2,7 +2,7 @@ import Hummingbird
 import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
-import RedisClient
+import Redis
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardRedis

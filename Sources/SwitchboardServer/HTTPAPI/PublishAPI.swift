@@ -1,7 +1,7 @@
 import Foundation
 import Hummingbird
 import NIOCore
-import RedisClient
+import Redis
 import STOMPCodec
 import SwitchboardAPIModel
 import SwitchboardAuth
