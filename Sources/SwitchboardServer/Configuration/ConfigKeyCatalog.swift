@@ -113,12 +113,14 @@ package enum ConfigKeyCatalog {
             keys: [
                 .init(
                     "history.enabled", .boolean, "`true`",
-                    "keep a history per destination (in memory on the embedded broker, in Redis in Redis mode: see docs/recovery.md) that `SUBSCRIBE` with `x-resume-from` or `x-last` replays; every delivery carries `x-position`"),
+                    "keep a history per destination (in memory on the embedded broker, in Redis in Redis mode: see docs/recovery.md) that `SUBSCRIBE` with `x-resume-from` or `x-last` replays; every delivery carries `x-position`"
+                ),
                 .init("history.max-length", .integer, "`100`", "messages kept per destination"),
                 .init("history.ttl-ms", .integer, "`300000`", "messages older than this are dropped from history"),
                 .init(
                     "history.max-destinations", .integer, "`10000`",
-                    "destinations with a history on the embedded broker; beyond it the one published to least recently is dropped (its next message starts a new epoch). In Redis mode a destination's keys expire instead: the log `ttl` after its last publish, the sequence a day after"),
+                    "destinations with a history on the embedded broker; beyond it the one published to least recently is dropped (its next message starts a new epoch). In Redis mode a destination's keys expire instead: the log `ttl` after its last publish, the sequence a day after"
+                ),
                 .init("history.disabled-prefixes", .list, "`[]`", "destinations starting with one of these keep no history (e.g. `[/topic/ticks.]`)"),
                 .init("history.windows.names", .list, "`[]`", "names of other history windows, by destination prefix"),
                 .init("history.windows.<name>.prefix", .string, "—", "destinations starting with it (as clients name them) use this window; the longest matching prefix wins"),
