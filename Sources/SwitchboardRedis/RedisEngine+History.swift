@@ -41,7 +41,7 @@ extension RedisEngine {
             }
             .flatMapErrorThrowing { error in
                 self.publishFailures.add(1, ordering: .relaxed)
-                throw RouteError("redis unavailable (\(error)); not published")
+                throw RouteError(.redisUnavailable, "redis unavailable (\(error)); not published")
             }
     }
 
@@ -88,7 +88,7 @@ extension RedisEngine {
                 try? await Task.sleep(for: .milliseconds(min(100 << min(attempt, 5), 2000)))
             }
         }
-        failWaiters(interest, RouteError("no subscriber left"))
+        failWaiters(interest, RouteError(.abandoned, "no subscriber left"))
     }
 
     func failWaiters(_ interest: Interest, _ error: any Error) {
@@ -96,7 +96,7 @@ extension RedisEngine {
             defer { s.waiters.removeAll() }
             return s.waiters
         }
-        for waiter in waiters ?? [] { waiter.fail(RouteError("redis subscribe failed: \(error)")) }
+        for waiter in waiters ?? [] { waiter.fail(RouteError(.subscribeFailed, "redis subscribe failed: \(error)")) }
     }
 
     /// A positioned message arrived on the channel of a destination with local interest.

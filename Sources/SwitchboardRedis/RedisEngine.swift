@@ -141,7 +141,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             .map { _ in timer.recordNanoseconds((NIODeadline.now() - start).nanoseconds) }
             .flatMapErrorThrowing { error in
                 self.publishFailures.add(1, ordering: .relaxed)
-                throw RouteError("redis unavailable (\(error)); delivered to this instance's subscribers only")
+                throw RouteError(.redisUnavailable, "redis unavailable (\(error)); delivered to this instance's subscribers only")
             }
     }
 
@@ -222,7 +222,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
                 interest.ready.succeed()
             } catch {
                 logger.warning("redis subscribe failed", metadata: ["channel": "\(name)", "error": "\(error)"])
-                interest.ready.fail(RouteError("redis subscribe to \(name) failed: \(error)"))
+                interest.ready.fail(RouteError(.subscribeFailed, "redis subscribe to \(name) failed: \(error)"))
                 failWaiters(interest, error)
             }
         }

@@ -75,7 +75,7 @@ package struct RedisStreamRoute: AppRoute {
             }
             .flatMapErrorThrowing { error in
                 Self.failures.add(1, ordering: .relaxed)
-                throw RouteError("XADD to redis stream \(stream) failed: \(error)")
+                throw RouteError(.redisCommandFailed, "XADD to redis stream \(stream) failed: \(error)")
             }
     }
 }
@@ -101,6 +101,6 @@ package struct RedisPubSubRoute: AppRoute {
         return client.send(PUBLISH(channel: channel, message: .bytes(message.body)))
             .hop(to: eventLoop)
             .map { _ in [] }
-            .flatMapErrorThrowing { error in throw RouteError("PUBLISH to redis channel \(channel) failed: \(error)") }
+            .flatMapErrorThrowing { error in throw RouteError(.redisCommandFailed, "PUBLISH to redis channel \(channel) failed: \(error)") }
     }
 }

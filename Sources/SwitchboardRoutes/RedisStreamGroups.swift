@@ -77,7 +77,7 @@ package final class RedisStreamGroups: Sendable {
         return self.verify().hop(to: eventLoop)
             .flatMapErrorThrowing { error in
                 self.state.withLockedValue { $0.waiting -= 1 }
-                throw RouteError("consumer groups of redis stream \(stream) could not be verified: \(error)")
+                throw RouteError(.redisCommandFailed, "consumer groups of redis stream \(stream) could not be verified: \(error)")
             }
             .flatMap { _ in
                 let future = send()

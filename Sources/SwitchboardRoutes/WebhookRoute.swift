@@ -48,17 +48,17 @@ package struct WebhookRoute: AppRoute {
         do {
             payload = try Self.encodeRequest(message)
         } catch {
-            return eventLoop.makeFailedFuture(RouteError("cannot encode webhook request: \(error)"))
+            return eventLoop.makeFailedFuture(RouteError(.encodingFailed, "cannot encode webhook request: \(error)"))
         }
         let url = self.url
         return client.post(
             host: host, port: port, path: path, hostHeader: hostHeader, body: payload,
             headers: [("Content-Type", "application/json")], timeout: timeout, on: eventLoop
         )
-        .flatMapErrorThrowing { error in throw RouteError("webhook \(url) \(error)") }
+        .flatMapErrorThrowing { error in throw RouteError(.webhookUnreachable, "webhook \(url) \(error)") }
         .flatMapThrowing { response in
             guard (200..<300).contains(response.status) else {
-                throw RouteError("webhook \(url) answered HTTP \(response.status)")
+                throw RouteError(.webhookRejected, "webhook \(url) answered HTTP \(response.status)")
             }
             return try Self.decodeReplies(response.body, url: url)
         }
@@ -81,21 +81,21 @@ package struct WebhookRoute: AppRoute {
     static func decodeReplies(_ body: ByteBuffer, url: String) throws -> [RouteReply] {
         if body.readableBytesView.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return [] }
         guard case .object(let object)? = JSONValue.parse(body) else {
-            throw RouteError("webhook \(url) reply is not a JSON object")
+            throw RouteError(.webhookBadReply, "webhook \(url) reply is not a JSON object")
         }
         guard let list = object["replies"] else { return [] }
         guard case .array(let items) = list else {
-            throw RouteError("webhook \(url) reply: 'replies' must be an array of objects")
+            throw RouteError(.webhookBadReply, "webhook \(url) reply: 'replies' must be an array of objects")
         }
         let replies = try items.map { item -> [String: JSONValue] in
             guard case .object(let reply) = item else {
-                throw RouteError("webhook \(url) reply: 'replies' must be an array of objects")
+                throw RouteError(.webhookBadReply, "webhook \(url) reply: 'replies' must be an array of objects")
             }
             return reply
         }
         return try replies.enumerated().map { index, r in
             guard let named = r["destination"]?.string, !named.isEmpty else {
-                throw RouteError("webhook \(url) reply: replies[\(index)].destination is missing")
+                throw RouteError(.webhookBadReply, "webhook \(url) reply: replies[\(index)].destination is missing")
             }
             let bodyText: String
             switch r["body"] {
@@ -112,7 +112,7 @@ package struct WebhookRoute: AppRoute {
             var destination = named
             if let user = r["user"] {
                 guard let user = user.string, !user.isEmpty else {
-                    throw RouteError("webhook \(url) reply: replies[\(index)].user must be a non-empty string")
+                    throw RouteError(.webhookBadReply, "webhook \(url) reply: replies[\(index)].user must be a non-empty string")
                 }
                 // To every session of that user subscribed to /user<destination>.
                 destination = UserDestinations.routing(user: user, destination: destination)
@@ -121,7 +121,7 @@ package struct WebhookRoute: AppRoute {
             switch r["target"]?.string {
             case nil, "broadcast": target = .broadcast
             case "sender": target = .sender
-            case let other?: throw RouteError("webhook \(url) reply: replies[\(index)].target '\(other)' must be broadcast or sender")
+            case let other?: throw RouteError(.webhookBadReply, "webhook \(url) reply: replies[\(index)].target '\(other)' must be broadcast or sender")
             }
             return RouteReply(destination: destination, body: ByteBuffer(string: bodyText), headers: headers, target: target)
         }

@@ -39,8 +39,8 @@ struct AppRouteTests {
     @Test("RouteTable: the first matching pattern wins")
     func routeTable() throws {
         var table = RouteTable()
-        table.add(try DestinationPattern("/app/chat.*"), StaticRoute(error: RouteError("first")))
-        table.add(try DestinationPattern("/app/**"), StaticRoute(error: RouteError("second")))
+        table.add(try DestinationPattern("/app/chat.*"), StaticRoute(error: RouteError(.webhookRejected, "first")))
+        table.add(try DestinationPattern("/app/**"), StaticRoute(error: RouteError(.webhookRejected, "second")))
         func name(_ d: String) -> String? { (table.route(for: d) as? StaticRoute)?.error?.description }
         #expect(name("/app/chat.room") == "first")
         #expect(name("/app/chat/room") == "second")
@@ -131,7 +131,7 @@ struct AppRouteTests {
 
     @Test("a failing route is an ERROR naming the destination and the cause")
     func routeFailure() throws {
-        let gw = TestGateway(routes: try routes("/app/**", StaticRoute(error: RouteError("backend said 503"))))
+        let gw = TestGateway(routes: try routes("/app/**", StaticRoute(error: RouteError(.webhookRejected, "backend said 503"))))
         defer { gw.shutdown() }
         let c = try gw.client()
         try c.connect()
@@ -152,7 +152,7 @@ struct AppRouteTests {
         try c.send(.send, ["destination": "/app/slow"], body: "x")
         try c.send(.send, ["destination": "/topic/q", "receipt": "never"], body: "queued")
         try #require(route.calls.count == 1)
-        route.calls[0].promise.fail(RouteError("timeout"))
+        route.calls[0].promise.fail(RouteError(.webhookRejected, "timeout"))
         let error = try expectErrorThenClose(try c.read())
         #expect(error.headers["message"] == "route for /app/slow failed: timeout")
     }

@@ -50,7 +50,7 @@ struct SessionPipelineTests {
         defer { gw.shutdown() }
         for i in 1...3 { try c.send(.send, ["destination": "/app/in", "receipt": "r\(i)"], body: "\(i)") }
         route.calls[2].promise.succeed([])
-        route.calls[1].promise.fail(RouteError("stream full"))
+        route.calls[1].promise.fail(RouteError(.webhookRejected, "stream full"))
         #expect(try c.read().isEmpty)
         route.calls[0].promise.succeed([])
         let out = try c.read()

@@ -151,7 +151,7 @@ final class PublishHandlerHarness {
         engine.pending[1].1.succeed(())
         h.channel.embeddedEventLoop.run()
         #expect(try h.responses().isEmpty)
-        engine.pending[0].1.fail(RouteError("redis unavailable"))
+        engine.pending[0].1.fail(RouteError(.redisUnavailable, "redis unavailable"))
         h.channel.embeddedEventLoop.run()
         let answers = try h.responses()
         #expect(answers.map(\.status) == [503, 200])

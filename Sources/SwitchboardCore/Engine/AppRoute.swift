@@ -24,9 +24,35 @@ package struct RouteReply: Sendable, Equatable {
 }
 
 /// Why a route could not take a message. The session answers with an `ERROR` naming it.
-package struct RouteError: Error, Sendable, CustomStringConvertible {
+package struct RouteError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What failed, for code that decides by kind (status codes, retries, metrics).
+    package enum Code: Sendable, Hashable {
+        /// Redis could not be reached, or refused the command (publish, history).
+        case redisUnavailable
+        /// A Redis command of a route (`XADD`, `PUBLISH`, consumer-group checks) failed.
+        case redisCommandFailed
+        /// The Redis subscription for a destination could not be made.
+        case subscribeFailed
+        /// The webhook could not be called, or did not answer in time.
+        case webhookUnreachable
+        /// The webhook answered a status other than 2xx.
+        case webhookRejected
+        /// The webhook's 2xx reply is not the documented JSON.
+        case webhookBadReply
+        /// The request to a backend could not be encoded.
+        case encodingFailed
+        /// The work was dropped because nobody waits for it any more.
+        case abandoned
+    }
+
+    package var code: Code
+    /// The message clients and logs see (an `ERROR` frame's `message`, an HTTP error).
     package var description: String
-    package init(_ description: String) { self.description = description }
+
+    package init(_ code: Code, _ description: String) {
+        self.code = code
+        self.description = description
+    }
 }
 
 /// Carries `/app/...` messages to a backend service.
