@@ -70,6 +70,7 @@ let package = Package(
             dependencies: [
                 "STOMPCodec",
                 "SwitchboardWire",
+                "SwitchboardRoutes",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -80,7 +81,6 @@ let package = Package(
         .target(
             name: "SwitchboardRoutes",
             dependencies: [
-                "SwitchboardCore",
                 "SwitchboardWire",
                 "STOMPCodec",
                 "Redis",
@@ -111,6 +111,7 @@ let package = Package(
                 "STOMPCodec",
                 .product(name: "Metrics", package: "swift-metrics"),
                 "SwitchboardCore",
+                "SwitchboardRoutes",
                 "SwitchboardWire",
                 "Redis",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -133,6 +134,7 @@ let package = Package(
             dependencies: [
                 "STOMPCodec",
                 "SwitchboardCore",
+                "SwitchboardRoutes",
                 "SwitchboardWire",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
@@ -143,6 +145,7 @@ let package = Package(
             name: "SwitchboardAuth",
             dependencies: [
                 "SwitchboardCore",
+                "SwitchboardRoutes",
                 "SwitchboardWire",
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -302,6 +305,7 @@ let package = Package(
             name: "SwitchboardCoreTests",
             dependencies: [
                 "SwitchboardCore",
+                "SwitchboardRoutes",
                 "SwitchboardWire",
                 .product(name: "Logging", package: "swift-log"),
                 "STOMPCodec",
@@ -315,6 +319,7 @@ let package = Package(
             dependencies: [
                 "SwitchboardServer",
                 "SwitchboardCore",
+                "SwitchboardRoutes",
                 "SwitchboardWire",
                 "SwitchboardAPIModel",
                 "SwitchboardAuth",
@@ -336,6 +341,7 @@ let package = Package(
             dependencies: [
                 "SwitchboardAuth",
                 "SwitchboardCore",
+                "SwitchboardRoutes",
                 "SwitchboardWire",
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -360,6 +366,7 @@ let package = Package(
             dependencies: [
                 "SwitchboardRedis",
                 "SwitchboardCore",
+                "SwitchboardRoutes",
                 "SwitchboardWire",
                 "STOMPCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -380,6 +387,7 @@ if flag("SWITCHBOARD_BENCHMARKS") {
             dependencies: [
                 "STOMPCodec",
                 "SwitchboardCore",
+                "SwitchboardRoutes",
                 "SwitchboardWire",
                 "Redis",
                 .product(name: "Benchmark", package: "benchmark"),

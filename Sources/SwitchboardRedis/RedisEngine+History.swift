@@ -1,6 +1,7 @@
 import NIOCore
 import Redis
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 
 /// History in Redis mode: recording through the history function, delivering each

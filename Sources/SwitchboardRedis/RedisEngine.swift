@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Redis
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 import Synchronization
 

@@ -2,7 +2,6 @@ import Metrics
 import NIOCore
 import Redis
 import STOMPCodec
-import SwitchboardCore
 import SwitchboardWire
 import Synchronization
 

@@ -2,7 +2,6 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import Redis
-import SwitchboardCore
 import SwitchboardWire
 
 /// Keeps the consumer groups of one stream route in existence, so that no entry the gateway

@@ -1,7 +1,6 @@
 import Foundation
 import NIOCore
 import STOMPCodec
-import SwitchboardCore
 import SwitchboardWire
 
 /// Routes `/app/...` messages to a backend by HTTP POST.

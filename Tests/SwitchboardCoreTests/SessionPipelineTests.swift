@@ -1,6 +1,7 @@
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 import Testing
 

@@ -4,6 +4,7 @@ import NIOEmbedded
 import NIOWebSocket
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 import Testing
 

@@ -4,6 +4,7 @@ import NIOEmbedded
 import NIOHTTP1
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 import Testing
 

@@ -7,6 +7,7 @@ import NIOHTTPTypes
 import SwitchboardAPIModel
 import SwitchboardAuth
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 import Testing
 

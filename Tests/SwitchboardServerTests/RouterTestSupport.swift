@@ -8,6 +8,7 @@ import NIOPosix
 import Prometheus
 import SwitchboardAuth
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 
 @testable import SwitchboardServer

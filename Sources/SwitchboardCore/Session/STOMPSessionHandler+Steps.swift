@@ -1,6 +1,7 @@
 import NIOCore
 import NIOWebSocket
 import STOMPCodec
+import SwitchboardRoutes
 import SwitchboardWire
 
 #if canImport(Glibc)

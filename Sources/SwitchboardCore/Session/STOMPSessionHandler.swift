@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOWebSocket
 import STOMPCodec
+import SwitchboardRoutes
 import SwitchboardWire
 
 /// What the WebSocket upgrade request told about a connection.

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOWebSocket
 import STOMPCodec
+import SwitchboardRoutes
 import SwitchboardWire
 
 /// The protocol logic of one STOMP session, as a value type that performs no I/O.

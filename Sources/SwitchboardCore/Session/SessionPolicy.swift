@@ -1,4 +1,5 @@
 import STOMPCodec
+import SwitchboardRoutes
 import SwitchboardWire
 
 /// What sessions may do: which destinations exist, the access rules, and the limits.
