@@ -75,6 +75,9 @@ struct SentinelIntegrationTests {
         #expect(try await client.execute(PUBLISH(channel: "news", message: "one")) >= 1)
         #expect(try await nextMessage(subscription)?.payload == ByteBuffer(string: "one"))
 
+        let dedicated = try await client.makeDedicatedConnection()
+        #expect(try await dedicated.execute(ROLE()) == .primary)
+
         // A sentinel that has only just seen the replica answers NOGOODSLAVE for a moment.
         let sentinel = try await sentinels[1].connect()
         let started = try await eventually { (try? await sentinel.execute(RawCommand("SENTINEL", "FAILOVER", "main"))) != nil }
@@ -86,6 +89,7 @@ struct SentinelIntegrationTests {
             return (try? await client.execute(SET("k", value: "after"))) != nil
         }
         #expect(moved, "the client did not reach the new primary")
+        #expect(try await eventually { !dedicated.isActive }, "the dedicated connection to the old primary is still open")
         // The subscription resumes on the new primary (a message published there is delivered).
         // (published until one arrives: the re-subscription may trail the command connection)
         let publisher = Task {

@@ -66,11 +66,14 @@ extension RedisClient {
     }
 
     /// A sentinel announced `address` as the new primary: close every connection to another server
-    /// (their loops reconnect to the new primary, and re-subscribe), and cut reconnect waits short.
+    /// (their loops reconnect to the new primary, and re-subscribe; dedicated connections fail
+    /// their pending command, and their owners open new ones), and cut reconnect waits short.
     func primarySwitched(to address: RedisServerAddress) {
         let stale = self.state.withLockedValue { state -> [RedisConnection] in
             state.switchGeneration += 1
-            let all = [state.commandConnection, state.subscriberConnection].compactMap { $0 } + Array(state.loopConnections.values)
+            let all =
+                [state.commandConnection, state.subscriberConnection].compactMap { $0 } + Array(state.loopConnections.values)
+                + Array(state.dedicatedConnections.values)
             return all.filter { $0.configuration.host != address.host || $0.configuration.port != address.port }
         }
         self.logger.warning("redis primary switched (sentinel)", metadata: ["address": "\(address)", "reconnecting": "\(stale.count)"])

@@ -85,6 +85,8 @@ public final class RedisClient: Sendable {
         /// With Sentinel: the primary the last connection reached, and the `+switch-master` watch.
         var primary: RedisServerAddress?
         var sentinelConnection: RedisConnection?
+        /// With Sentinel: the open dedicated connections, closed too when the primary moves.
+        var dedicatedConnections: [ObjectIdentifier: RedisConnection] = [:]
         /// Bumped on `+switch-master`: waiting reconnect loops retry at once.
         var switchGeneration = 0
     }
@@ -222,9 +224,15 @@ public final class RedisClient: Sendable {
     }
 
     /// Opens a new connection that the caller owns (and must close), e.g. for blocking `XREAD`/`XREADGROUP`.
-    /// With Sentinel, it goes to the current primary.
+    /// With Sentinel, it goes to the current primary, and is closed when a sentinel announces another.
     public func makeDedicatedConnection() async throws -> RedisConnection {
-        try await self.openConnection(eventLoopGroup: self.eventLoopGroup)
+        let connection = try await self.openConnection(eventLoopGroup: self.eventLoopGroup)
+        if self.configuration.sentinel != nil {
+            let key = ObjectIdentifier(connection)
+            self.state.withLockedValue { $0.dedicatedConnections[key] = connection }
+            connection.closeFuture.whenComplete { _ in self.state.withLockedValue { _ = $0.dedicatedConnections.removeValue(forKey: key) } }
+        }
+        return connection
     }
 
     /// Connects to the configured server, or with ``RedisConfiguration/sentinel`` to the primary the
