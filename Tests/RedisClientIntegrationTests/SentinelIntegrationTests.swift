@@ -109,6 +109,76 @@ struct SentinelIntegrationTests {
         await client.shutdown()
     }
 
+    /// Password-protected primary, replica and sentinels: the sentinels' password is used for
+    /// them, the URL's for the primary.
+    @Test func authenticatesToSentinelsAndPrimary() async throws {
+        let primary = try await RedisServerProcess.start(["--requirepass", "data-secret"])
+        let replica = try await RedisServerProcess.startReplica(of: primary, password: "data-secret")
+        let sentinel = try await RedisServerProcess.startSentinel(
+            monitoring: primary, masterName: "main", extraConfiguration: "sentinel auth-pass main data-secret\nrequirepass sentinel-secret\n")
+        var configuration = try RedisConfiguration(url: "redis://:data-secret@unused.invalid/3")
+        configuration.connectTimeout = .seconds(1)
+        configuration.sentinel = RedisSentinelConfiguration(
+            nodes: [RedisServerAddress(host: "127.0.0.1", port: sentinel.port)], masterName: "main", password: "sentinel-secret")
+        var logger = Logger(label: "sentinel-test")
+        logger.logLevel = .critical
+        let client = RedisClient(configuration: configuration, logger: logger)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(10))
+        #expect(client.primaryAddress?.port == primary.port)
+        #expect(try await client.execute(SET("k", value: "db3")) != nil)
+        let direct = try await primary.connect {
+            $0.password = "data-secret"
+            $0.database = 3
+        }
+        #expect(try await direct.execute(GET("k")) == ByteBuffer(string: "db3"))
+        await direct.close()
+        await client.shutdown()
+
+        // Without the sentinels' password nothing is resolved.
+        configuration.sentinel?.password = nil
+        await #expect(throws: RedisClientError.noPrimary) {
+            _ = try await SentinelResolver(configuration: configuration).resolvePrimary(
+                eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        }
+        _ = replica
+    }
+
+    /// TLS everywhere (`rediss://`): the sentinels and the primary are reached over TLS, and the
+    /// client follows a failover.
+    @Test(.enabled(if: TestCertificates.openssl != nil, "openssl not installed"))
+    func sentinelsAndPrimaryOverTLS() async throws {
+        let tls = RedisServerProcess.TLS(certificates: try TestCertificates())
+        let primary = try await RedisServerProcess.start(tls: tls)
+        let replica = try await RedisServerProcess.startReplica(of: primary, tls: tls)
+        let sentinel = try await RedisServerProcess.startSentinel(monitoring: primary, masterName: "main", tls: tls)
+        let watcher = try await sentinel.connect()
+        let knowsReplica = try await eventually {
+            "\(try await watcher.execute(RawCommand("SENTINEL", "REPLICAS", "main")))".contains("\(replica.port)")
+        }
+        #expect(knowsReplica)
+        var configuration = try RedisConfiguration(url: "rediss://unused.invalid")
+        configuration.tls?.caFile = tls.certificates.caFile
+        configuration.connectTimeout = .seconds(1)
+        configuration.reconnectBackoffMaximum = .milliseconds(500)
+        configuration.sentinel = RedisSentinelConfiguration(nodes: [RedisServerAddress(host: "127.0.0.1", port: sentinel.port)], masterName: "main")
+        var logger = Logger(label: "sentinel-test")
+        logger.logLevel = .critical
+        let client = RedisClient(configuration: configuration, logger: logger)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(10))
+        #expect(client.primaryAddress?.port == primary.port)
+        let started = try await eventually { (try? await watcher.execute(RawCommand("SENTINEL", "FAILOVER", "main"))) != nil }
+        #expect(started)
+        await watcher.close()
+        let moved = try await eventually(timeout: .seconds(20)) {
+            guard client.primaryAddress?.port == replica.port else { return false }
+            return (try? await client.execute(SET("k", value: "tls"))) != nil
+        }
+        #expect(moved, "the client did not follow the failover over TLS")
+        await client.shutdown()
+    }
+
     /// The primary dies: the sentinels promote the replica, and the client follows.
     @Test func followsPrimaryCrash() async throws {
         let (primary, replica, sentinels) = try await self.startGroup()

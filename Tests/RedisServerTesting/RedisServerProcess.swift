@@ -84,9 +84,11 @@ package final class RedisServerProcess: @unchecked Sendable {
     }
 
     /// A replica of `primary` (`--replicaof`); waits until its link to the primary is up.
-    package static func startReplica(of primary: RedisServerProcess) async throws -> RedisServerProcess {
-        let replica = try await start(["--replicaof", "127.0.0.1", "\(primary.port)"])
-        let connection = try await replica.connect()
+    /// With `tls` (the primary's), replication runs over TLS too.
+    package static func startReplica(of primary: RedisServerProcess, password: String? = nil, tls: TLS? = nil) async throws -> RedisServerProcess {
+        let auth = password.map { ["--masterauth", $0, "--requirepass", $0] } ?? []
+        let replica = try await start(["--replicaof", "127.0.0.1", "\(primary.port)"] + auth + (tls == nil ? [] : ["--tls-replication", "yes"]), tls: tls)
+        let connection = try await replica.connect { $0.password = password }
         defer { Task { await connection.close() } }
         let linked = try await eventually {
             let info = try await connection.execute(RawCommand("INFO", "replication"))
@@ -97,19 +99,21 @@ package final class RedisServerProcess: @unchecked Sendable {
     }
 
     /// A sentinel (`redis-server <file> --sentinel`) monitoring `primary` as `masterName`, with short
-    /// timeouts so that a failover takes about a second.
+    /// timeouts so that a failover takes about a second. `extraConfiguration`: more lines, e.g.
+    /// `sentinel auth-pass` or `requirepass`.
     package static func startSentinel(
         monitoring primary: RedisServerProcess, masterName: String, quorum: Int = 1,
-        downAfterMilliseconds: Int = 1000, failoverTimeoutMilliseconds: Int = 3000
+        downAfterMilliseconds: Int = 1000, failoverTimeoutMilliseconds: Int = 3000, extraConfiguration: String = "", tls: TLS? = nil
     ) async throws -> RedisServerProcess {
         let configuration = """
             sentinel monitor \(masterName) 127.0.0.1 \(primary.port) \(quorum)
             sentinel down-after-milliseconds \(masterName) \(downAfterMilliseconds)
             sentinel failover-timeout \(masterName) \(failoverTimeoutMilliseconds)
             sentinel parallel-syncs \(masterName) 1
+            \(extraConfiguration)
 
             """
-        let sentinel = try RedisServerProcess(port: try await freePort(), extraArguments: [], tls: nil, sentinelConfiguration: configuration)
+        let sentinel = try RedisServerProcess(port: try await freePort(), extraArguments: [], tls: tls, sentinelConfiguration: configuration)
         do {
             try await sentinel.launch()
         } catch {
@@ -126,7 +130,8 @@ package final class RedisServerProcess: @unchecked Sendable {
         if let sentinelConfiguration {
             let file = self.directory.appendingPathComponent("sentinel.conf")
             if !FileManager.default.fileExists(atPath: file.path) { try sentinelConfiguration.write(to: file, atomically: true, encoding: .utf8) }
-            process.arguments = [file.path, "--sentinel", "--port", "\(self.port)", "--bind", "127.0.0.1", "--dir", self.directory.path] + self.extraArguments
+            let ports = self.tls.map { ["--port", "0", "--tls-port", "\(self.port)"] + $0.arguments + ["--tls-replication", "yes"] } ?? ["--port", "\(self.port)"]
+            process.arguments = [file.path, "--sentinel"] + ports + ["--bind", "127.0.0.1", "--dir", self.directory.path] + self.extraArguments
         } else {
             process.arguments =
                 (self.tls.map { ["--port", "0", "--tls-port", "\(self.port)"] + $0.arguments } ?? ["--port", "\(self.port)"])
