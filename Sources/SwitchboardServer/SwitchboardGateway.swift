@@ -89,6 +89,7 @@ package struct SwitchboardGateway: Sendable {
             redisConfiguration.connectTimeout = .milliseconds(Int64(settings.connectTimeoutMs))
             redisConfiguration.clientName = "switchboard-\(instanceID)"
             if let tls = settings.tls { redisConfiguration.tls = tls.configuration }
+            redisConfiguration.sentinel = settings.sentinel
             var redisLogger = Logger(label: "switchboard.redis")
             redisLogger[metadataKey: "instance"] = "\(instanceID)"
             let client = RedisClient(configuration: redisConfiguration, eventLoopGroup: group, logger: redisLogger)

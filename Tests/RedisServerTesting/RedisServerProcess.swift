@@ -57,12 +57,16 @@ package final class RedisServerProcess: @unchecked Sendable {
     package let directory: URL
     package let extraArguments: [String]
     package let tls: TLS?
+    /// For a sentinel (``startSentinel(monitoring:masterName:quorum:downAfterMilliseconds:failoverTimeoutMilliseconds:)``):
+    /// its initial configuration file (which the sentinel rewrites).
+    package let sentinelConfiguration: String?
     private var process: Process?
 
-    private init(port: Int, extraArguments: [String], tls: TLS?) throws {
+    private init(port: Int, extraArguments: [String], tls: TLS?, sentinelConfiguration: String? = nil) throws {
         self.port = port
         self.extraArguments = extraArguments
         self.tls = tls
+        self.sentinelConfiguration = sentinelConfiguration
         self.directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: self.directory, withIntermediateDirectories: true)
     }
@@ -79,15 +83,62 @@ package final class RedisServerProcess: @unchecked Sendable {
         return server
     }
 
+    /// A replica of `primary` (`--replicaof`); waits until its link to the primary is up.
+    /// With `tls` (the primary's), replication runs over TLS too.
+    package static func startReplica(of primary: RedisServerProcess, password: String? = nil, tls: TLS? = nil) async throws -> RedisServerProcess {
+        let auth = password.map { ["--masterauth", $0, "--requirepass", $0] } ?? []
+        let replica = try await start(["--replicaof", "127.0.0.1", "\(primary.port)"] + auth + (tls == nil ? [] : ["--tls-replication", "yes"]), tls: tls)
+        let connection = try await replica.connect { $0.password = password }
+        defer { Task { await connection.close() } }
+        let linked = try await eventually {
+            let info = try await connection.execute(RawCommand("INFO", "replication"))
+            return "\(info)".contains("master_link_status:up")
+        }
+        guard linked else { throw RedisClientError.connectTimeout }
+        return replica
+    }
+
+    /// A sentinel (`redis-server <file> --sentinel`) monitoring `primary` as `masterName`, with short
+    /// timeouts so that a failover takes about a second. `extraConfiguration`: more lines, e.g.
+    /// `sentinel auth-pass` or `requirepass`.
+    package static func startSentinel(
+        monitoring primary: RedisServerProcess, masterName: String, quorum: Int = 1,
+        downAfterMilliseconds: Int = 1000, failoverTimeoutMilliseconds: Int = 3000, extraConfiguration: String = "", tls: TLS? = nil
+    ) async throws -> RedisServerProcess {
+        let configuration = """
+            sentinel monitor \(masterName) 127.0.0.1 \(primary.port) \(quorum)
+            sentinel down-after-milliseconds \(masterName) \(downAfterMilliseconds)
+            sentinel failover-timeout \(masterName) \(failoverTimeoutMilliseconds)
+            sentinel parallel-syncs \(masterName) 1
+            \(extraConfiguration)
+
+            """
+        let sentinel = try RedisServerProcess(port: try await freePort(), extraArguments: [], tls: tls, sentinelConfiguration: configuration)
+        do {
+            try await sentinel.launch()
+        } catch {
+            sentinel.stop()
+            throw error
+        }
+        return sentinel
+    }
+
     /// (Re)starts the server process on the same port.
     package func launch() async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.executable!)
-        process.arguments =
-            (self.tls.map { ["--port", "0", "--tls-port", "\(self.port)"] + $0.arguments } ?? ["--port", "\(self.port)"])
-            + [
-                "--bind", "127.0.0.1", "--dir", self.directory.path, "--save", "", "--appendonly", "no", "--daemonize", "no",
-            ] + self.extraArguments
+        if let sentinelConfiguration {
+            let file = self.directory.appendingPathComponent("sentinel.conf")
+            if !FileManager.default.fileExists(atPath: file.path) { try sentinelConfiguration.write(to: file, atomically: true, encoding: .utf8) }
+            let ports = self.tls.map { ["--port", "0", "--tls-port", "\(self.port)"] + $0.arguments + ["--tls-replication", "yes"] } ?? ["--port", "\(self.port)"]
+            process.arguments = [file.path, "--sentinel"] + ports + ["--bind", "127.0.0.1", "--dir", self.directory.path] + self.extraArguments
+        } else {
+            process.arguments =
+                (self.tls.map { ["--port", "0", "--tls-port", "\(self.port)"] + $0.arguments } ?? ["--port", "\(self.port)"])
+                + [
+                    "--bind", "127.0.0.1", "--dir", self.directory.path, "--save", "", "--appendonly", "no", "--daemonize", "no",
+                ] + self.extraArguments
+        }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()

@@ -20,7 +20,9 @@ class Cluster:
     """`config`: a file name in examples/, or `config_yaml`: the configuration's text."""
 
     def __init__(self, name: str, replicas: int = 2, replica_args=(), config: str = "seed-streams.yaml",
-                 gateways: int = 3, config_yaml: str | None = None, redis_args=()):
+                 gateways: int = 3, config_yaml: str | None = None, redis_args=(), sentinels: int = 0):
+        """`sentinels` > 0: a Redis replica and that many sentinels (master name ``main``) too, and
+        the gateways find the primary through them (``redis.sentinel.*``)."""
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"sb-{name}-"))
         ARTIFACTS.mkdir(exist_ok=True)
@@ -37,8 +39,11 @@ class Cluster:
             self.config.write_text(config_yaml)
         self.replica_args = list(replica_args)
         self.redis_args = list(redis_args)  # e.g. AOF on; later options win
+        self.sentinel_ports: list[int] = []
         try:
             self.start_redis()
+            if sentinels:
+                self.start_sentinels(sentinels)
             for i in range(gateways):
                 self.start_gateway(i)
             for i in range(gateways):
@@ -67,6 +72,28 @@ class Cluster:
         self._spawn("redis", redis_server_args(self.redis_port, self.dir) + self.redis_args)
         wait_until(lambda: self.redis_cli("PING") == "PONG", what="redis")
 
+    def start_sentinels(self, count: int):
+        """A replica of the primary (``redis_replica_port``) and `count` sentinels monitoring it
+        with short timeouts (down after 1 s)."""
+        self.redis_replica_port = free_port()
+        replica_dir = self.dir / "replica"
+        replica_dir.mkdir()
+        self._spawn("redis-replica", redis_server_args(self.redis_replica_port, replica_dir)
+                    + ["--replicaof", "127.0.0.1", str(self.redis_port)])
+        wait_until(lambda: "master_link_status:up" in redis_cli(self.redis_replica_port, "INFO", "replication"), what="replica")
+        for k in range(count):
+            port, directory = free_port(), self.dir / f"sentinel{k}"
+            directory.mkdir()
+            (directory / "sentinel.conf").write_text(
+                f"sentinel monitor main 127.0.0.1 {self.redis_port} 1\n"
+                "sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 3000\n")
+            self._spawn(f"sentinel{k}", ["redis-server", str(directory / "sentinel.conf"), "--sentinel", "--port", str(port),
+                                         "--bind", "127.0.0.1", "--dir", str(directory)])
+            self.sentinel_ports.append(port)
+            wait_until(lambda: redis_cli(port, "PING") == "PONG", what=f"sentinel{k}")
+        wait_until(lambda: str(self.redis_replica_port) in redis_cli(self.sentinel_ports[0], "SENTINEL", "REPLICAS", "main"),
+                   what="sentinel sees the replica")
+
     def kill_redis(self):
         p = self.procs.pop("redis")
         p.kill()
@@ -76,6 +103,9 @@ class Cluster:
         return redis_cli(self.redis_port, *args, timeout=timeout)
 
     def start_gateway(self, i: int, *extra):
+        if self.sentinel_ports:  # the URL's host and port are not used with sentinels
+            extra = ("--set", "redis.sentinel.nodes=" + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
+                     "--set", "redis.sentinel.master-name=main", *extra)
         self._spawn(f"gw{i}", [BINARY, "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.gw_ports[i]),
                                "--set", f"redis.url=redis://127.0.0.1:{self.redis_port}", "--set", f"instance.id=gw{i}",
                                "--set", "server.shutdown-grace-ms=2000", *extra])

@@ -82,9 +82,16 @@ public final class RedisClient: Sendable {
         var tasks: [Task<Void, Never>] = []
         var observers: [StateChangeHandler] = []
         var setup: [[RedisArgument]] = []
+        /// With Sentinel: the primary the last connection reached, and the `+switch-master` watch.
+        var primary: RedisServerAddress?
+        var sentinelConnection: RedisConnection?
+        /// With Sentinel: the open dedicated connections, closed too when the primary moves.
+        var dedicatedConnections: [ObjectIdentifier: RedisConnection] = [:]
+        /// Bumped on `+switch-master`: waiting reconnect loops retry at once.
+        var switchGeneration = 0
     }
 
-    private let state = NIOLockedValueBox(State())
+    let state = NIOLockedValueBox(State())
 
     /// - Parameters:
     ///   - enableSubscriptions: open the pub/sub connection (default `true`).
@@ -140,6 +147,9 @@ public final class RedisClient: Sendable {
                     state.tasks.append(Task { await self.loopConnectionLoop(loop) })
                 }
             }
+            if self.configuration.sentinel != nil {
+                state.tasks.append(Task { await self.sentinelWatchLoop(SentinelResolver(configuration: self.configuration)) })
+            }
         }
     }
 
@@ -147,7 +157,11 @@ public final class RedisClient: Sendable {
     public func shutdown() async {
         let (tasks, connections) = self.state.withLockedValue { state in
             state.isShutdown = true
-            let result = (state.tasks, [state.commandConnection, state.subscriberConnection].compactMap { $0 } + Array(state.loopConnections.values))
+            let result = (
+                state.tasks,
+                [state.commandConnection, state.subscriberConnection, state.sentinelConnection].compactMap { $0 } + Array(state.loopConnections.values)
+            )
+            state.sentinelConnection = nil
             state.tasks = []
             state.commandConnection = nil
             state.loopConnections = [:]
@@ -210,9 +224,39 @@ public final class RedisClient: Sendable {
     }
 
     /// Opens a new connection that the caller owns (and must close), e.g. for blocking `XREAD`/`XREADGROUP`.
+    /// With Sentinel, it goes to the current primary, and is closed when a sentinel announces another.
     public func makeDedicatedConnection() async throws -> RedisConnection {
-        try await RedisConnection.connect(configuration: self.configuration, eventLoopGroup: self.eventLoopGroup, logger: self.logger)
+        let connection = try await self.openConnection(eventLoopGroup: self.eventLoopGroup)
+        if self.configuration.sentinel != nil {
+            let key = ObjectIdentifier(connection)
+            self.state.withLockedValue { $0.dedicatedConnections[key] = connection }
+            connection.closeFuture.whenComplete { _ in self.state.withLockedValue { _ = $0.dedicatedConnections.removeValue(forKey: key) } }
+        }
+        return connection
     }
+
+    /// Connects to the configured server, or with ``RedisConfiguration/sentinel`` to the primary the
+    /// sentinels name (checked with `ROLE`).
+    func openConnection(
+        eventLoopGroup: any EventLoopGroup, pushHandler: (@Sendable (RedisPubSubMessage) -> Void)? = nil
+    ) async throws -> RedisConnection {
+        guard self.configuration.sentinel != nil else {
+            return try await RedisConnection.connect(
+                configuration: self.configuration, eventLoopGroup: eventLoopGroup, logger: self.logger, pushHandler: pushHandler)
+        }
+        let connection = try await SentinelResolver(configuration: self.configuration).connectToPrimary(
+            eventLoopGroup: eventLoopGroup, logger: self.logger, pushHandler: pushHandler)
+        let address = RedisServerAddress(host: connection.configuration.host, port: connection.configuration.port)
+        let changed = self.state.withLockedValue { state -> Bool in
+            defer { state.primary = address }
+            return state.primary != address
+        }
+        if changed { self.logger.info("redis primary (from sentinel)", metadata: ["address": "\(address)"]) }
+        return connection
+    }
+
+    /// With Sentinel: the primary the client last connected to.
+    public var primaryAddress: RedisServerAddress? { self.state.withLockedValue { $0.primary } }
 
     /// Runs `body` with a dedicated connection that is closed afterwards.
     public func withDedicatedConnection<T: Sendable>(_ body: (RedisConnection) async throws -> T) async throws -> T {
@@ -314,7 +358,7 @@ public final class RedisClient: Sendable {
         var attempt = 0
         while !Task.isCancelled {
             do {
-                let connection = try await RedisConnection.connect(configuration: self.configuration, eventLoopGroup: loop, logger: self.logger)
+                let connection = try await self.openConnection(eventLoopGroup: loop)
                 do {
                     try await self.runSetup(on: connection)
                 } catch {
@@ -341,7 +385,7 @@ public final class RedisClient: Sendable {
             if Task.isCancelled || self.state.withLockedValue({ $0.isShutdown }) { break }
             let delay = backoff.delay(attempt: attempt)
             attempt += 1
-            try? await Task.sleep(for: .nanoseconds(delay.nanoseconds))
+            await self.backoffSleep(delay)
         }
     }
 
@@ -357,12 +401,7 @@ public final class RedisClient: Sendable {
                 if role == .subscriptions {
                     pushHandler = { @Sendable message in registry.deliver(message) }
                 }
-                let connection = try await RedisConnection.connect(
-                    configuration: self.configuration,
-                    eventLoopGroup: self.eventLoopGroup,
-                    logger: self.logger,
-                    pushHandler: pushHandler
-                )
+                let connection = try await self.openConnection(eventLoopGroup: self.eventLoopGroup, pushHandler: pushHandler)
                 if role == .commands {
                     do {
                         try await self.runSetup(on: connection)
@@ -423,7 +462,7 @@ public final class RedisClient: Sendable {
             self.setState(role, .disconnected)
             let delay = backoff.delay(attempt: attempt)
             attempt += 1
-            try? await Task.sleep(for: .nanoseconds(delay.nanoseconds))
+            await self.backoffSleep(delay)
         }
         self.setState(role, .shutdown)
     }

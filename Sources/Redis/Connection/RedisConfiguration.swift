@@ -38,6 +38,8 @@ public struct RedisConfiguration: Sendable, Hashable {
     /// TLS for every connection; `nil`: plain TCP. A `rediss://` URL turns it on with the defaults
     /// (system trust roots, server name verified); set the CA and client certificate files here.
     public var tls: RedisTLSConfiguration?
+    /// Find the primary through Redis Sentinel instead of ``host``/``port`` (`nil`: connect directly).
+    public var sentinel: RedisSentinelConfiguration?
 
     public init(
         host: String = "localhost",

@@ -37,6 +37,8 @@ public struct RedisClientError: Error, Hashable, Sendable, CustomStringConvertib
         case tlsHandshakeFailed
         case invalidConfiguration
         case shutdown
+        case noPrimary
+        case notPrimary
     }
 
     let base: Base
@@ -71,6 +73,10 @@ public struct RedisClientError: Error, Hashable, Sendable, CustomStringConvertib
     public static let invalidConfiguration = RedisClientError(.invalidConfiguration)
     /// The client was shut down.
     public static let shutdown = RedisClientError(.shutdown)
+    /// With Sentinel: no sentinel could name the primary (all unreachable, or none knows the master name).
+    public static let noPrimary = RedisClientError(.noPrimary)
+    /// With Sentinel: the server a sentinel named is not a primary (`ROLE`), e.g. during a failover.
+    public static let notPrimary = RedisClientError(.notPrimary)
 
     static func invalidConfiguration(_ detail: String) -> RedisClientError {
         RedisClientError(.invalidConfiguration, detail: detail)

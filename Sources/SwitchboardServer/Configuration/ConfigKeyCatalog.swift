@@ -171,6 +171,13 @@ package enum ConfigKeyCatalog {
                     "redis.tls.verify-server-name", .boolean, "`true`",
                     "check that the server's certificate names the host (or `redis.tls.server-name`); `false` still verifies the certificate chain"),
                 .init("redis.tls.server-name", .string, "the URL's host", "name sent in SNI and expected in the server's certificate (SNI is not sent for an IP address)"),
+                .init(
+                    "redis.sentinel.nodes", .list, "`[]`",
+                    "Redis Sentinel: the sentinels (`host:port`) asked for the primary of `redis.sentinel.master-name`; with them the host and port of `redis.url` are not used (its scheme, user, password and database are), and the gateway follows failovers (`+switch-master`)"
+                ),
+                .init("redis.sentinel.master-name", .string, "—", "the monitored primary's name (`sentinel monitor <name> …`); required with `redis.sentinel.nodes`"),
+                .init("redis.sentinel.username", .string, "—", "ACL user for the sentinels themselves, if they require one"),
+                .init("redis.sentinel.password", .string, "—", "password for the sentinels themselves (their `requirepass`), if any"),
                 .init("redis.inbound.names", .list, "`[]`", "inbound routes (backend → browsers)"),
                 .init(
                     "redis.inbound.<name>.type", .string, "`channel`",

@@ -104,6 +104,8 @@ package struct RedisSettings: Sendable, Equatable {
     package var connectTimeoutMs = 2_000
     /// `redis.tls.*`, with a `rediss://` URL.
     package var tls: RedisTLSSettings?
+    /// `redis.sentinel.*`: find the primary through Redis Sentinel (the URL's host and port are then not used).
+    package var sentinel: RedisSentinelConfiguration?
     /// Inbound routes (backend → browsers).
     package var inbound: [RedisInboundSetting] = []
 
@@ -129,6 +131,7 @@ package struct RedisSettings: Sendable, Equatable {
                     "redis.url '\(Self.redactingPassword(url))' is not a valid redis:// URL: \("\(error)".replacingOccurrences(of: url, with: Self.redactingPassword(url)))")
         }
         tls = try RedisTLSSettings(reader: reader.scoped(to: "tls"), urlUsesTLS: parsed.tls != nil)
+        sentinel = try Self.sentinelSettings(reader.scoped(to: "sentinel"))
         let inboundReader = reader.scoped(to: "inbound")
         inbound = try inboundReader.stringArray(forKey: "names", default: []).map { name in
             let entry = inboundReader.scoped(to: ConfigKey([name]))
@@ -151,6 +154,28 @@ package struct RedisSettings: Sendable, Equatable {
                 throw SwitchboardConfiguration.Invalid(description: "\(base).type '\(other)' is not supported (supported: channel, broadcast, stream)")
             }
         }
+    }
+
+    /// Reads `redis.sentinel.*`: nil without `nodes`; `master-name` is required with them.
+    static func sentinelSettings(_ reader: ConfigReader) throws -> RedisSentinelConfiguration? {
+        let nodes = reader.stringArray(forKey: "nodes", default: [])
+        let masterName = reader.string(forKey: "master-name")
+        let username = reader.string(forKey: "username")
+        let password = reader.string(forKey: "password")
+        guard !nodes.isEmpty else {
+            if masterName != nil { throw SwitchboardConfiguration.Invalid(description: "redis.sentinel.master-name is set without redis.sentinel.nodes") }
+            return nil
+        }
+        guard let masterName, !masterName.isEmpty else {
+            throw SwitchboardConfiguration.Invalid(description: "redis.sentinel.nodes is set without redis.sentinel.master-name")
+        }
+        let addresses = try nodes.map { node in
+            do { return try RedisSentinelConfiguration.parseNode(node) } catch {
+                throw SwitchboardConfiguration.Invalid(description: "redis.sentinel.nodes: '\(node)' is not host:port")
+            }
+        }
+        return RedisSentinelConfiguration(
+            nodes: addresses, masterName: masterName, username: username, password: password)
     }
 
     /// `redis://user:secret@host` → `redis://***@host`, for error messages.

@@ -1,0 +1,82 @@
+import Logging
+import NIOCore
+
+extension RedisClient {
+    /// Waits `delay` before a reconnect attempt, or less when a sentinel announces a new primary.
+    func backoffSleep(_ delay: TimeAmount) async {
+        let generation = self.state.withLockedValue { $0.switchGeneration }
+        let clock = ContinuousClock()
+        let deadline = clock.now + .nanoseconds(delay.nanoseconds)
+        while clock.now < deadline, !Task.isCancelled {
+            try? await Task.sleep(for: min(.milliseconds(50), deadline - clock.now))
+            if self.state.withLockedValue({ $0.switchGeneration != generation }) { return }
+        }
+    }
+
+    /// Keeps a subscription to `+switch-master` open on one of the sentinels (the next one after a
+    /// failure), so that a failover is followed at once and not only when a connection breaks.
+    func sentinelWatchLoop(_ resolver: SentinelResolver) async {
+        let backoff = RedisBackoff(minimum: self.configuration.reconnectBackoffMinimum, maximum: self.configuration.reconnectBackoffMaximum)
+        var attempt = 0
+        var index = 0
+        while !Task.isCancelled, !self.state.withLockedValue({ $0.isShutdown }) {
+            let node = resolver.sentinel.nodes[index % resolver.sentinel.nodes.count]
+            index += 1
+            do {
+                let connection = try await RedisConnection.connect(
+                    configuration: resolver.sentinelConfiguration(for: node), eventLoopGroup: self.eventLoopGroup, logger: self.logger
+                ) { [self] message in
+                    guard message.channel == "+switch-master",
+                        let address = resolver.newPrimary(fromSwitchMaster: String(buffer: message.payload))
+                    else { return }
+                    self.primarySwitched(to: address)
+                }
+                let accepted = self.state.withLockedValue { state -> Bool in
+                    guard !state.isShutdown else { return false }
+                    state.sentinelConnection = connection
+                    return true
+                }
+                guard accepted else {
+                    await connection.close()
+                    break
+                }
+                do {
+                    try await connection.subscriptionCommand(SUBSCRIBE("+switch-master")).get()
+                    attempt = 0
+                    self.logger.debug("watching sentinel for +switch-master", metadata: ["sentinel": "\(node)"])
+                    try? await connection.closeFuture.get()
+                } catch {
+                    await connection.close()
+                    throw error
+                }
+                self.state.withLockedValue { state in
+                    if state.sentinelConnection === connection { state.sentinelConnection = nil }
+                }
+            } catch {
+                self.logger.debug("sentinel watch failed", metadata: ["sentinel": "\(node)", "error": "\(error)"])
+            }
+            if Task.isCancelled || self.state.withLockedValue({ $0.isShutdown }) { break }
+            // Try the next sentinel at once, then back off once all were tried.
+            if index % resolver.sentinel.nodes.count == 0 {
+                let delay = backoff.delay(attempt: attempt)
+                attempt += 1
+                try? await Task.sleep(for: .nanoseconds(delay.nanoseconds))
+            }
+        }
+    }
+
+    /// A sentinel announced `address` as the new primary: close every connection to another server
+    /// (their loops reconnect to the new primary, and re-subscribe; dedicated connections fail
+    /// their pending command, and their owners open new ones), and cut reconnect waits short.
+    func primarySwitched(to address: RedisServerAddress) {
+        let stale = self.state.withLockedValue { state -> [RedisConnection] in
+            state.switchGeneration += 1
+            let all =
+                [state.commandConnection, state.subscriberConnection].compactMap { $0 } + Array(state.loopConnections.values)
+                + Array(state.dedicatedConnections.values)
+            return all.filter { $0.configuration.host != address.host || $0.configuration.port != address.port }
+        }
+        self.logger.warning("redis primary switched (sentinel)", metadata: ["address": "\(address)", "reconnecting": "\(stale.count)"])
+        for connection in stale { connection.channel.close(promise: nil) }
+    }
+}

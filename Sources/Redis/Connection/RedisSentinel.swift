@@ -1,0 +1,137 @@
+import Logging
+import NIOCore
+
+/// Where to find the primary through Redis Sentinel: the sentinels to ask and the name of the
+/// monitored group (``RedisConfiguration/sentinel``).
+///
+/// With it, ``RedisConfiguration/host`` and ``RedisConfiguration/port`` are not used: every
+/// connection asks the sentinels for the primary's address (``SentinelResolver``) and checks with
+/// `ROLE` that the server it reached is a primary. The user, password, database, client name and TLS
+/// of the ``RedisConfiguration`` apply to the primary; TLS also to the sentinels.
+public struct RedisSentinelConfiguration: Sendable, Hashable {
+    /// The sentinels, asked in order until one knows the primary.
+    public var nodes: [RedisServerAddress]
+    /// The name of the monitored primary (`sentinel monitor <name> …`).
+    public var masterName: String
+    /// The sentinels' own ACL user and password (`requirepass` of the sentinel), if any.
+    public var username: String?
+    public var password: String?
+
+    public init(nodes: [RedisServerAddress], masterName: String, username: String? = nil, password: String? = nil) {
+        self.nodes = nodes
+        self.masterName = masterName
+        self.username = username
+        self.password = password
+    }
+
+    /// Parses `host:port`, `[v6]:port` or `host` (port 26379).
+    public static func parseNode(_ text: String) throws -> RedisServerAddress {
+        var host = Substring(text).drop { $0 == " " }
+        var port = 26379
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { throw RedisClientError.invalidConfiguration("bad sentinel address '\(text)'") }
+            let rest = host[host.index(after: close)...]
+            host = host[host.index(after: host.startIndex)..<close]
+            if !rest.isEmpty {
+                guard rest.hasPrefix(":"), let parsed = Int(rest.dropFirst()) else {
+                    throw RedisClientError.invalidConfiguration("bad sentinel address '\(text)'")
+                }
+                port = parsed
+            }
+        } else if let colon = host.lastIndex(of: ":") {
+            guard let parsed = Int(host[host.index(after: colon)...]) else {
+                throw RedisClientError.invalidConfiguration("bad sentinel address '\(text)'")
+            }
+            port = parsed
+            host = host[..<colon]
+        }
+        guard !host.isEmpty, (1...65535).contains(port) else { throw RedisClientError.invalidConfiguration("bad sentinel address '\(text)'") }
+        return RedisServerAddress(host: String(host), port: port)
+    }
+}
+
+/// Finds the current primary of a ``RedisSentinelConfiguration``: asks each sentinel in turn
+/// (`SENTINEL GET-MASTER-ADDR-BY-NAME`) and returns the first address one knows.
+public struct SentinelResolver: Sendable {
+    public let configuration: RedisConfiguration
+    public let sentinel: RedisSentinelConfiguration
+
+    /// - Precondition: `configuration.sentinel` is set.
+    public init(configuration: RedisConfiguration) {
+        precondition(configuration.sentinel != nil, "SentinelResolver needs RedisConfiguration.sentinel")
+        self.configuration = configuration
+        self.sentinel = configuration.sentinel!
+    }
+
+    /// The configuration used to talk to the sentinel at `node`: its own credentials, database 0,
+    /// RESP with fallback, and the client's TLS and timeouts.
+    public func sentinelConfiguration(for node: RedisServerAddress) -> RedisConfiguration {
+        var result = self.configuration
+        result.sentinel = nil
+        result.host = node.host
+        result.port = node.port
+        result.username = self.sentinel.username
+        result.password = self.sentinel.password
+        result.database = 0
+        result.commandConnectionPerEventLoop = false
+        return result
+    }
+
+    /// The configuration for connecting to the primary at `address`.
+    public func primaryConfiguration(_ address: RedisServerAddress) -> RedisConfiguration {
+        var result = self.configuration
+        result.host = address.host
+        result.port = address.port
+        return result
+    }
+
+    /// Asks the sentinels, in order, for the primary's address.
+    /// - Throws: ``RedisClientError/noPrimary`` when none knows it (each sentinel's failure in the detail).
+    public func resolvePrimary(eventLoopGroup: any EventLoopGroup, logger: Logger) async throws -> RedisServerAddress {
+        var failures: [String] = []
+        for node in self.sentinel.nodes {
+            do {
+                let connection = try await RedisConnection.connect(
+                    configuration: self.sentinelConfiguration(for: node), eventLoopGroup: eventLoopGroup, logger: logger)
+                defer { Task { await connection.close() } }
+                if let address = try await connection.execute(SENTINEL_GET_MASTER_ADDR_BY_NAME(masterName: self.sentinel.masterName)) {
+                    return address
+                }
+                failures.append("\(node): does not know master '\(self.sentinel.masterName)'")
+            } catch {
+                failures.append("\(node): \(error)")
+            }
+        }
+        throw RedisClientError(
+            .noPrimary, detail: "no sentinel knows the primary of '\(self.sentinel.masterName)': " + failures.joined(separator: "; "))
+    }
+
+    /// Connects to the current primary: resolves it, connects, and checks with `ROLE` that the server
+    /// is a primary (right after a failover a sentinel may still name the old one).
+    /// - Throws: ``RedisClientError/noPrimary``, ``RedisClientError/notPrimary`` or a connect error.
+    public func connectToPrimary(
+        eventLoopGroup: any EventLoopGroup, logger: Logger, pushHandler: (@Sendable (RedisPubSubMessage) -> Void)? = nil
+    ) async throws -> RedisConnection {
+        let address = try await self.resolvePrimary(eventLoopGroup: eventLoopGroup, logger: logger)
+        let connection = try await RedisConnection.connect(
+            configuration: self.primaryConfiguration(address), eventLoopGroup: eventLoopGroup, logger: logger, pushHandler: pushHandler)
+        do {
+            let role = try await connection.execute(ROLE())
+            guard role == .primary else {
+                throw RedisClientError(.notPrimary, detail: "\(address) is not a primary (ROLE: \(role))")
+            }
+            return connection
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
+    /// Parses a `+switch-master` message (`<name> <old-ip> <old-port> <new-ip> <new-port>`): the new
+    /// primary, when it is about this configuration's master name.
+    public func newPrimary(fromSwitchMaster payload: String) -> RedisServerAddress? {
+        let parts = payload.split(separator: " ")
+        guard parts.count == 5, parts[0] == self.sentinel.masterName, let port = Int(parts[4]) else { return nil }
+        return RedisServerAddress(host: String(parts[3]), port: port)
+    }
+}

@@ -1,0 +1,196 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import RedisServerTesting
+import Testing
+
+@testable import Redis
+
+/// Redis Sentinel against real processes: a primary, a replica and two sentinels on free ports.
+@Suite("Real redis-server with Sentinel", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
+struct SentinelIntegrationTests {
+    /// Primary, replica and sentinels; the sentinels have seen the replica once this returns.
+    func startGroup(sentinels count: Int = 2) async throws -> (RedisServerProcess, RedisServerProcess, [RedisServerProcess]) {
+        let primary = try await RedisServerProcess.start()
+        let replica = try await RedisServerProcess.startReplica(of: primary)
+        var sentinels: [RedisServerProcess] = []
+        for _ in 0..<count {
+            sentinels.append(try await RedisServerProcess.startSentinel(monitoring: primary, masterName: "main", quorum: 1))
+        }
+        let connection = try await sentinels[0].connect()
+        defer { Task { await connection.close() } }
+        let knowsReplica = try await eventually {
+            let replicas = try await connection.execute(RawCommand("SENTINEL", "REPLICAS", "main"))
+            return "\(replicas)".contains("\(replica.port)")
+        }
+        #expect(knowsReplica, "the sentinel did not discover the replica")
+        return (primary, replica, sentinels)
+    }
+
+    func client(_ sentinels: [RedisServerProcess]) -> RedisClient {
+        var configuration = RedisConfiguration(host: "unused.invalid", port: 1)
+        configuration.connectTimeout = .seconds(1)
+        configuration.commandTimeout = .seconds(2)
+        configuration.reconnectBackoffMaximum = .milliseconds(500)
+        configuration.sentinel = RedisSentinelConfiguration(
+            // A sentinel that is not running comes first: the next one answers.
+            nodes: [RedisServerAddress(host: "127.0.0.1", port: 1)] + sentinels.map { RedisServerAddress(host: "127.0.0.1", port: $0.port) },
+            masterName: "main")
+        var logger = Logger(label: "sentinel-test")
+        logger.logLevel = .critical
+        return RedisClient(configuration: configuration, logger: logger)
+    }
+
+    @Test func parsesNodesAndReplies() throws {
+        #expect(try RedisSentinelConfiguration.parseNode("10.0.0.1:26380") == RedisServerAddress(host: "10.0.0.1", port: 26380))
+        #expect(try RedisSentinelConfiguration.parseNode("sentinel-a") == RedisServerAddress(host: "sentinel-a", port: 26379))
+        #expect(try RedisSentinelConfiguration.parseNode("[::1]:5000") == RedisServerAddress(host: "::1", port: 5000))
+        #expect(throws: RedisClientError.invalidConfiguration) { try RedisSentinelConfiguration.parseNode("host:x") }
+        var configuration = RedisConfiguration()
+        configuration.sentinel = RedisSentinelConfiguration(nodes: [], masterName: "main")
+        let resolver = SentinelResolver(configuration: configuration)
+        #expect(resolver.newPrimary(fromSwitchMaster: "main 127.0.0.1 6379 127.0.0.1 6380") == RedisServerAddress(host: "127.0.0.1", port: 6380))
+        #expect(resolver.newPrimary(fromSwitchMaster: "other 127.0.0.1 6379 127.0.0.1 6380") == nil)
+    }
+
+    @Test func noPrimaryWithoutSentinels() async throws {
+        var configuration = RedisConfiguration()
+        configuration.sentinel = RedisSentinelConfiguration(nodes: [RedisServerAddress(host: "127.0.0.1", port: 1)], masterName: "main")
+        await #expect(throws: RedisClientError.noPrimary) {
+            _ = try await SentinelResolver(configuration: configuration).resolvePrimary(
+                eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: Logger(label: "test"))
+        }
+    }
+
+    /// Discovery, then `SENTINEL FAILOVER`: commands reach the new primary and the subscription resumes.
+    @Test func followsFailover() async throws {
+        let (primary, replica, sentinels) = try await self.startGroup()
+        let client = self.client(sentinels)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(10))
+        #expect(client.primaryAddress?.port == primary.port)
+        #expect(try await client.execute(SET("k", value: "before")) != nil)
+        let subscription = try await client.subscribe(to: ["news"])
+        #expect(try await client.execute(PUBLISH(channel: "news", message: "one")) >= 1)
+        #expect(try await nextMessage(subscription)?.payload == ByteBuffer(string: "one"))
+
+        let dedicated = try await client.makeDedicatedConnection()
+        #expect(try await dedicated.execute(ROLE()) == .primary)
+
+        // A sentinel that has only just seen the replica answers NOGOODSLAVE for a moment.
+        let sentinel = try await sentinels[1].connect()
+        let started = try await eventually { (try? await sentinel.execute(RawCommand("SENTINEL", "FAILOVER", "main"))) != nil }
+        #expect(started, "SENTINEL FAILOVER was refused")
+        await sentinel.close()
+
+        let moved = try await eventually(timeout: .seconds(20)) {
+            guard client.primaryAddress?.port == replica.port, client.connectionState(.commands) == .connected else { return false }
+            return (try? await client.execute(SET("k", value: "after"))) != nil
+        }
+        #expect(moved, "the client did not reach the new primary")
+        #expect(try await eventually { !dedicated.isActive }, "the dedicated connection to the old primary is still open")
+        // The subscription resumes on the new primary (a message published there is delivered).
+        // (published until one arrives: the re-subscription may trail the command connection)
+        let publisher = Task {
+            while !Task.isCancelled {
+                _ = try? await client.execute(PUBLISH(channel: "news", message: "two"))
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        let delivered = try await nextMessage(subscription, timeout: .seconds(10))
+        publisher.cancel()
+        #expect(delivered?.payload == ByteBuffer(string: "two"), "no message after the failover")
+        let direct = try await replica.connect()
+        #expect(try await direct.execute(GET("k")) == ByteBuffer(string: "after"))
+        #expect(try await direct.execute(ROLE()) == .primary)
+        await direct.close()
+        await subscription.unsubscribe()
+        await client.shutdown()
+    }
+
+    /// Password-protected primary, replica and sentinels: the sentinels' password is used for
+    /// them, the URL's for the primary.
+    @Test func authenticatesToSentinelsAndPrimary() async throws {
+        let primary = try await RedisServerProcess.start(["--requirepass", "data-secret"])
+        let replica = try await RedisServerProcess.startReplica(of: primary, password: "data-secret")
+        let sentinel = try await RedisServerProcess.startSentinel(
+            monitoring: primary, masterName: "main", extraConfiguration: "sentinel auth-pass main data-secret\nrequirepass sentinel-secret\n")
+        var configuration = try RedisConfiguration(url: "redis://:data-secret@unused.invalid/3")
+        configuration.connectTimeout = .seconds(1)
+        configuration.sentinel = RedisSentinelConfiguration(
+            nodes: [RedisServerAddress(host: "127.0.0.1", port: sentinel.port)], masterName: "main", password: "sentinel-secret")
+        var logger = Logger(label: "sentinel-test")
+        logger.logLevel = .critical
+        let client = RedisClient(configuration: configuration, logger: logger)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(10))
+        #expect(client.primaryAddress?.port == primary.port)
+        #expect(try await client.execute(SET("k", value: "db3")) != nil)
+        let direct = try await primary.connect {
+            $0.password = "data-secret"
+            $0.database = 3
+        }
+        #expect(try await direct.execute(GET("k")) == ByteBuffer(string: "db3"))
+        await direct.close()
+        await client.shutdown()
+
+        // Without the sentinels' password nothing is resolved.
+        configuration.sentinel?.password = nil
+        await #expect(throws: RedisClientError.noPrimary) {
+            _ = try await SentinelResolver(configuration: configuration).resolvePrimary(
+                eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        }
+        _ = replica
+    }
+
+    /// TLS everywhere (`rediss://`): the sentinels and the primary are reached over TLS, and the
+    /// client follows a failover.
+    @Test(.enabled(if: TestCertificates.openssl != nil, "openssl not installed"))
+    func sentinelsAndPrimaryOverTLS() async throws {
+        let tls = RedisServerProcess.TLS(certificates: try TestCertificates())
+        let primary = try await RedisServerProcess.start(tls: tls)
+        let replica = try await RedisServerProcess.startReplica(of: primary, tls: tls)
+        let sentinel = try await RedisServerProcess.startSentinel(monitoring: primary, masterName: "main", tls: tls)
+        let watcher = try await sentinel.connect()
+        let knowsReplica = try await eventually {
+            "\(try await watcher.execute(RawCommand("SENTINEL", "REPLICAS", "main")))".contains("\(replica.port)")
+        }
+        #expect(knowsReplica)
+        var configuration = try RedisConfiguration(url: "rediss://unused.invalid")
+        configuration.tls?.caFile = tls.certificates.caFile
+        configuration.connectTimeout = .seconds(1)
+        configuration.reconnectBackoffMaximum = .milliseconds(500)
+        configuration.sentinel = RedisSentinelConfiguration(nodes: [RedisServerAddress(host: "127.0.0.1", port: sentinel.port)], masterName: "main")
+        var logger = Logger(label: "sentinel-test")
+        logger.logLevel = .critical
+        let client = RedisClient(configuration: configuration, logger: logger)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(10))
+        #expect(client.primaryAddress?.port == primary.port)
+        let started = try await eventually { (try? await watcher.execute(RawCommand("SENTINEL", "FAILOVER", "main"))) != nil }
+        #expect(started)
+        await watcher.close()
+        let moved = try await eventually(timeout: .seconds(20)) {
+            guard client.primaryAddress?.port == replica.port else { return false }
+            return (try? await client.execute(SET("k", value: "tls"))) != nil
+        }
+        #expect(moved, "the client did not follow the failover over TLS")
+        await client.shutdown()
+    }
+
+    /// The primary dies: the sentinels promote the replica, and the client follows.
+    @Test func followsPrimaryCrash() async throws {
+        let (primary, replica, sentinels) = try await self.startGroup()
+        let client = self.client(sentinels)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(10))
+        primary.kill()
+        let moved = try await eventually(timeout: .seconds(30)) {
+            guard client.primaryAddress?.port == replica.port else { return false }
+            return (try? await client.execute(SET("k", value: "v"))) != nil
+        }
+        #expect(moved, "the client did not reach the promoted replica")
+        await client.shutdown()
+    }
+}
