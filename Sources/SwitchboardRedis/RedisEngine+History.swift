@@ -20,10 +20,7 @@ import SwitchboardWire
 extension RedisEngine {
     /// Whether `destination` keeps history in Redis.
     package func keepsHistory(_ destination: String) -> Bool {
-        guard let history else { return false }
-        guard !history.disabledPrefixes.isEmpty else { return true }
-        let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
-        return !history.disabledPrefixes.contains { shown.hasPrefix($0) }
+        history?.covers(destination) ?? false
     }
 
     /// Records and publishes `message` (one atomic step in Redis); `once` makes a publish that

@@ -63,6 +63,13 @@ package final class DestinationHistory: Sendable {
 
         package init() {}
 
+        /// Whether `destination` keeps history (no disabled prefix matches it).
+        package func covers(_ destination: String) -> Bool {
+            guard !disabledPrefixes.isEmpty else { return true }
+            let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
+            return !disabledPrefixes.contains { shown.hasPrefix($0) }
+        }
+
         /// The window of `destination`: the longest matching prefix's, or the default.
         package func window(for destination: String) -> (maxLength: Int, ttl: TimeAmount) {
             guard !windows.isEmpty else { return (maxLength, ttl) }
@@ -129,11 +136,7 @@ package final class DestinationHistory: Sendable {
     }
 
     /// Whether `destination` keeps history.
-    package func covers(_ destination: String) -> Bool {
-        guard !settings.disabledPrefixes.isEmpty else { return true }
-        let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
-        return !settings.disabledPrefixes.contains { shown.hasPrefix($0) }
-    }
+    package func covers(_ destination: String) -> Bool { settings.covers(destination) }
 
     /// Numbers `message`, keeps it, and calls `deliver` with the numbered copy (carrying
     /// `x-position`) before the next message of any destination is numbered. `deliver` must
