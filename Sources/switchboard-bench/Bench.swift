@@ -236,6 +236,7 @@ func buildReport(
         r.add("publish_rate", pspan > 0 ? Double(s.published) / max(pspan, pub.duration) : 0)
         r.add("responses_ok", s.responsesOK)
         r.add("responses_failed", s.responsesFailed)
+        r.add("retried_requests", s.retriedRequests)
         if s.responseLatency.totalCount > 0 { r.add("response_latency_us", pct(s.responseLatency)) }
         if pub.receipts {
             r.add("receipts", s.receipts)

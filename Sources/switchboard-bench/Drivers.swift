@@ -164,12 +164,21 @@ final class Publisher: @unchecked Sendable {
         let stats = self.stats
         switch p.via {
         case .http:
-            for _ in 0..<p.httpConnections {
-                let h = HTTPPubConn(stats: stats)
-                _ = try ClientBootstrap(group: loop)
+            let loop = self.loop
+            func open(_ h: HTTPPubConn) -> EventLoopFuture<any Channel> {
+                ClientBootstrap(group: loop)
                     .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
                     .channelInitializer { ch in ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(h) } }
-                    .connect(host: host, port: port).wait()
+                    .connect(host: host, port: port)
+            }
+            for _ in 0..<p.httpConnections {
+                let h = HTTPPubConn(stats: stats)
+                h.reconnect = { h in
+                    open(h).whenFailure { error in
+                        stats.noteError("publisher: reconnect after 408 failed: \(error)")
+                    }
+                }
+                _ = try open(h).wait()
                 httpConns.append(h)
             }
         case .stomp:
@@ -216,6 +225,9 @@ final class Publisher: @unchecked Sendable {
             switch p.via {
             case .http:
                 var outs = [ByteBuffer?](repeating: nil, count: httpConns.count)
+                // (request index, offset, length) of each request written into outs[k]: kept as
+                // slices once the buffer is complete, so a 408 can resend them.
+                var written = [[(UInt64, Int, Int)]](repeating: [], count: httpConns.count)
                 var stalled = 0
                 while seq < due && stalled < httpConns.count {
                     let k = rr
@@ -224,21 +236,29 @@ final class Publisher: @unchecked Sendable {
                     if !conn.active || conn.inflight >= UInt64(p.maxInflight) { stalled += 1; continue }
                     stalled = 0
                     if outs[k] == nil { outs[k] = alloc.buffer(capacity: 4096) }
+                    let start = outs[k]!.writerIndex
                     if p.batch > 1 {
                         let n = min(UInt64(p.batch), due - seq)
                         writeHTTPBatch(&outs[k]!, first: seq, count: n, wall: wall)
+                        written[k].append((conn.sent, start, outs[k]!.writerIndex - start))
                         conn.noteSent(messages: UInt32(n))
                         seq += n
                         stats.published &+= n
                         continue
                     }
                     writeHTTP(&outs[k]!, seq: seq, wall: wall)
+                    written[k].append((conn.sent, start, outs[k]!.writerIndex - start))
                     conn.noteSent()
                     seq += 1
                     stats.published &+= 1
                 }
                 for k in 0..<httpConns.count {
-                    if let b = outs[k], let ctx = httpConns[k].context { ctx.writeAndFlush(NIOAny(b), promise: nil) }
+                    guard let b = outs[k] else { continue }
+                    let conn = httpConns[k]
+                    for (index, offset, length) in written[k] {
+                        conn.requests[Int(index & UInt64(conn.requests.count - 1))] = b.getSlice(at: offset, length: length)
+                    }
+                    if let ctx = conn.context { ctx.writeAndFlush(NIOAny(b), promise: nil) }
                 }
             case .stomp:
                 var outs = [ByteBuffer?](repeating: nil, count: stompConns.count)

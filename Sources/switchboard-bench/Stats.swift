@@ -44,6 +44,7 @@ final class LoopStats: @unchecked Sendable {
     var publishSkipped: UInt64 = 0
     var responsesOK: UInt64 = 0
     var responsesFailed: UInt64 = 0
+    var retriedRequests: UInt64 = 0
     var receipts: UInt64 = 0
     var receiptLatency = makeHist()
     var responseLatency = makeHist()
@@ -86,6 +87,7 @@ struct StatsSnapshot: Sendable {
     var publishSkipped: UInt64 = 0
     var responsesOK: UInt64 = 0
     var responsesFailed: UInt64 = 0
+    var retriedRequests: UInt64 = 0
     var receipts: UInt64 = 0
     var receiptLatency = makeHist()
     var responseLatency = makeHist()
@@ -107,6 +109,7 @@ struct StatsSnapshot: Sendable {
         errorSamples.append(contentsOf: o.errorSamples.prefix(max(0, 5 - errorSamples.count)))
         published += o.published; publishSkipped += o.publishSkipped
         responsesOK += o.responsesOK; responsesFailed += o.responsesFailed
+        retriedRequests += o.retriedRequests
         receipts += o.receipts
         receiptLatency.add(o.receiptLatency)
         responseLatency.add(o.responseLatency)
@@ -129,6 +132,7 @@ struct StatsSnapshot: Sendable {
         errorSamples.append(contentsOf: o.errorSamples.prefix(max(0, 5 - errorSamples.count)))
         published += o.published; publishSkipped += o.publishSkipped
         responsesOK += o.responsesOK; responsesFailed += o.responsesFailed
+        retriedRequests += o.retriedRequests
         receipts += o.receipts
         receiptLatency.add(o.receiptLatency)
         responseLatency.add(o.responseLatency)

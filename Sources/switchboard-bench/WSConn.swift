@@ -448,6 +448,12 @@ final class WSConn: ChannelInboundHandler, @unchecked Sendable {
 
 /// HTTP/1.1 keep-alive publisher connection: requests are pipelined open-loop; responses are
 /// counted (2xx vs other) and timed against a ring of send times (responses come in order).
+///
+/// A `408 Request Timeout` means the server (or a proxy such as haproxy) closes the connection
+/// without having processed that request or any request pipelined after it (RFC 9110 §15.5.9:
+/// the client may repeat it on a new connection). The connection then reconnects and sends
+/// every unanswered request again, as browsers do; `retried_requests` counts them. Any other
+/// close loses the unanswered requests, which the report shows as missing responses.
 final class HTTPPubConn: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -460,6 +466,12 @@ final class HTTPPubConn: ChannelInboundHandler, @unchecked Sendable {
     var sendTimes = [UInt64](repeating: 0, count: 1 << 16)
     /// Messages per request (a batch request carries several), indexed like `sendTimes`.
     var sendCounts = [UInt32](repeating: 1, count: 1 << 16)
+    /// The bytes of each unanswered request, indexed like `sendTimes`, for a retry after a 408.
+    var requests = [ByteBuffer?](repeating: nil, count: 1 << 16)
+    /// Set when a 408 arrived: the close that follows reconnects and resends.
+    private var retryOnClose = false
+    /// Called on the event loop after a 408 and the close: opens a new channel with this handler.
+    var reconnect: ((HTTPPubConn) -> Void)?
     private var cumulation: ByteBuffer?
 
     init(stats: LoopStats) { self.stats = stats }
@@ -469,10 +481,26 @@ final class HTTPPubConn: ChannelInboundHandler, @unchecked Sendable {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func channelActive(context: ChannelHandlerContext) {
         active = true
+        if sent != answered {
+            // A new connection after a 408: send every unanswered request again, in order.
+            var out = context.channel.allocator.buffer(capacity: 4096)
+            var i = answered
+            while i != sent {
+                if var r = requests[Int(i & UInt64(requests.count - 1))] { out.writeBuffer(&r) }
+                i &+= 1
+            }
+            stats.retriedRequests &+= sent &- answered
+            context.writeAndFlush(NIOAny(out), promise: nil)
+        }
         context.fireChannelActive()
     }
     func channelInactive(context: ChannelHandlerContext) {
         active = false
+        cumulation = nil
+        if retryOnClose {
+            retryOnClose = false
+            reconnect?(self)
+        }
         context.fireChannelInactive()
     }
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -480,9 +508,11 @@ final class HTTPPubConn: ChannelInboundHandler, @unchecked Sendable {
         context.close(promise: nil)
     }
 
-    func noteSent(messages: UInt32 = 1) {
+    /// Records one request: its send time, its message count and its bytes (a slice).
+    func noteSent(messages: UInt32 = 1, request: ByteBuffer? = nil) {
         sendTimes[Int(sent & UInt64(sendTimes.count - 1))] = monoNanos()
         sendCounts[Int(sent & UInt64(sendCounts.count - 1))] = messages
+        requests[Int(sent & UInt64(requests.count - 1))] = request
         sent &+= 1
     }
 
@@ -536,6 +566,13 @@ final class HTTPPubConn: ChannelInboundHandler, @unchecked Sendable {
                     if endOfMsg > n { break }
                 }
                 let messages = UInt64(sendCounts[Int(answered & UInt64(sendCounts.count - 1))])
+                if status == 408 {
+                    // Not processed, nor anything after it: retried on a new connection.
+                    retryOnClose = true
+                    if stats.errorSamples.count < 5 { stats.noteError("HTTP 408 (retried on a new connection)") }
+                    return n
+                }
+                requests[Int(answered & UInt64(requests.count - 1))] = nil
                 if status >= 200 && status < 300 {
                     stats.responsesOK &+= messages
                 } else {

@@ -1,7 +1,13 @@
 """The HTTP publish API behind haproxy (examples/haproxy.cfg): 1,000 subscribers, a few
 thousand API messages, every call answered 200 and every message delivered to every subscriber
 of its topic exactly once. The load generator (switchboard-bench) counts per subscriber, by
-sequence number, and reports loss and duplicates exactly."""
+sequence number, and reports loss and duplicates exactly.
+
+haproxy answers `408 Request Timeout` and closes when a request did not arrive whole within
+`timeout http-request` (seen once in CI on a loaded machine, with hundreds of requests
+pipelined). That request and every one pipelined after it were not processed; the load
+generator then sends them again on a new connection, as browsers do, and reports
+`retried_requests`. Exactly-once delivery is still asserted below."""
 import json
 import os
 import subprocess
@@ -41,7 +47,7 @@ def test_api_through_haproxy_delivers_every_message_exactly_once(cluster, publis
     r, err = run_bench(cluster, *publish_args, rate=400, duration=5)
     assert r["connect_ok"] == SUBSCRIBERS and r["connect_failed"] == 0, err[-2000:]
     assert r["published"] == 2000
-    assert r["responses_ok"] == 2000 and r["responses_failed"] == 0, r["error_samples"]
+    assert r["responses_ok"] == 2000 and r["responses_failed"] == 0, (r["error_samples"], r["retried_requests"])
     assert r["lost"] == 0 and r["duplicates"] == 0 and r["unparsable"] == 0, err[-2000:]
     assert r["deliveries"] == 2000 * SUBSCRIBERS // TOPICS
     assert r["disconnects"] == 0
