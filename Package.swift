@@ -2,11 +2,13 @@
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
-    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("ExistentialAny")
 ]
 
 // Optional parts, reached from this one manifest behind environment flags, so a plain build (and
 // every package that depends on this one) never resolves their dependencies nor sees unsafe flags:
+//   SWITCHBOARD_LOADGEN=1     the load generator switchboard-bench (hdrhistogram-swift), used by
+//                             scripts/test and scripts/bench, docs/benchmarks.md
 //   SWITCHBOARD_BENCHMARKS=1  micro-benchmarks (ordo-one/benchmark), docs/micro-benchmarks.md
 //   SWITCHBOARD_FUZZ=1        libFuzzer targets (unsafe flags), built by Fuzz/run.sh, docs/fuzzing.md
 func flag(_ name: String) -> Bool {
@@ -20,7 +22,6 @@ let package = Package(
     products: [
         .executable(name: "switchboard", targets: ["switchboard"]),
         .executable(name: "greeting-service", targets: ["greeting-service"]),
-        .executable(name: "switchboard-bench", targets: ["switchboard-bench"]),
         .library(name: "STOMPCodec", targets: ["STOMPCodec"]),
         .library(name: "Redis", targets: ["Redis"]),
         .library(name: "SwitchboardWire", targets: ["SwitchboardWire"]),
@@ -41,7 +42,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-crypto.git", "4.1.0"..<"5.0.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
-        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
+        // Webhooks: pooled keep-alive connections, https, deadlines.
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         // Already resolved for swift-configuration's YAML trait; read directly to list a
         // configuration file's keys (unknown keys stop start-up).
         .package(url: "https://github.com/jpsim/Yams", "5.4.0"..<"7.0.0"),
@@ -50,7 +52,7 @@ let package = Package(
         .target(
             name: "STOMPCodec",
             dependencies: [
-                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio")
             ],
             swiftSettings: swiftSettings
         ),
@@ -89,6 +91,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -123,7 +127,7 @@ let package = Package(
         .target(
             name: "SwitchboardConsole",
             dependencies: [
-                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio")
             ],
             exclude: ["README.md"],
             resources: [.copy("Assets")],
@@ -225,16 +229,6 @@ let package = Package(
                 "STOMPCodec",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .executableTarget(
-            name: "switchboard-bench",
-            dependencies: [
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -353,6 +347,8 @@ let package = Package(
             name: "SwitchboardRoutesTests",
             dependencies: [
                 "SwitchboardRoutes",
+                "RedisServerTesting",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 "SwitchboardCore",
                 "SwitchboardWire",
                 "STOMPCodec",
@@ -374,6 +370,23 @@ let package = Package(
         ),
     ]
 )
+
+if flag("SWITCHBOARD_LOADGEN") {
+    package.dependencies.append(.package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"))
+    package.products.append(.executable(name: "switchboard-bench", targets: ["switchboard-bench"]))
+    package.targets.append(
+        .executableTarget(
+            name: "switchboard-bench",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: swiftSettings
+        )
+    )
+}
 
 if flag("SWITCHBOARD_BENCHMARKS") {
     // `swift package --disable-sandbox benchmark` runs the executable targets whose directory is

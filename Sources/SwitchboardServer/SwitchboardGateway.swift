@@ -24,6 +24,8 @@ package struct SwitchboardGateway: Sendable {
     let logger: Logger
     /// Set in Redis mode.
     let redis: RedisParts?
+    /// The webhook routes' HTTP client (connection pool), when there is a webhook route.
+    let webhookClient: WebhookClient?
 
     struct RedisParts: Sendable {
         let client: RedisClient
@@ -105,11 +107,14 @@ package struct SwitchboardGateway: Sendable {
         }
         var routes = RouteTable()
         var streamRoutes: [RedisStreamRoute] = []
+        var webhookClient: WebhookClient?  // made for the first webhook route, shared by all
         for route in configuration.routes {
             let pattern = try DestinationPattern(route.destination)
             switch (route.target, redisClient) {
             case (.webhook(let url, let timeoutMs), _):
-                routes.add(pattern, try WebhookRoute(url: url, timeout: .milliseconds(Int64(timeoutMs))))
+                let client = try webhookClient ?? WebhookClient(settings: configuration.webhooks, eventLoopGroup: group)
+                webhookClient = client
+                routes.add(pattern, try WebhookRoute(url: url, timeout: .milliseconds(Int64(timeoutMs)), client: client))
             case (.redisStream(let stream, let maxLength, let groups), let client?):
                 let r = RedisStreamRoute(stream: stream, maxLength: maxLength, client: client, groups: groups, eventLoop: loops[0])
                 streamRoutes.append(r)
@@ -125,6 +130,7 @@ package struct SwitchboardGateway: Sendable {
         } else {
             self.redis = nil
         }
+        self.webhookClient = webhookClient
         var sessionLogger = Logger(label: "switchboard.session")
         sessionLogger[metadataKey: "instance"] = "\(instanceID)"
         self.services = GatewayServices(
@@ -209,6 +215,7 @@ package struct SwitchboardGateway: Sendable {
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         for shard in services.hub.shards { shard.stop() }
+        try? await webhookClient?.shutdown()
         try? await self.group.shutdownGracefully()
     }
 }

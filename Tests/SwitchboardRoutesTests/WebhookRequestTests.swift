@@ -2,6 +2,8 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
+import RedisServerTesting
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardWire
@@ -27,17 +29,32 @@ final class CannedWebhookServer: Sendable {
 
     let channel: any Channel
     private let log: Log
+    private let accepted: Counter
 
     let port: Int
     var requests: [Received] { log.all }
+    /// Connections accepted so far.
+    var connections: Int { accepted.value }
 
-    /// - Parameter reply: status and body to answer with; nil never answers.
-    init(reply: (HTTPResponseStatus, String)?) async throws {
+    final class Counter: Sendable {
+        private let count = Mutex(0)
+        func increment() { count.withLock { $0 += 1 } }
+        var value: Int { count.withLock { $0 } }
+    }
+
+    /// - Parameters:
+    ///   - reply: status and body to answer with; nil never answers.
+    ///   - tls: serve `https://` with this context.
+    init(reply: (HTTPResponseStatus, String)?, tls: NIOSSLContext? = nil) async throws {
         let log = Log()
         self.log = log
+        let accepted = Counter()
+        self.accepted = accepted
         self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                accepted.increment()
+                return channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(Responder(reply: reply, record: log.append))
                 }
@@ -78,6 +95,9 @@ final class CannedWebhookServer: Sendable {
 }
 
 @Suite struct WebhookRequestTests {
+    /// The client the routes under test share (as a gateway's do).
+    static let client = try! WebhookClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+
     static func message(body: ByteBuffer = ByteBuffer(string: "hello"), user: String? = "alice", contentType: String? = "text/plain") -> AppMessage {
         AppMessage(
             destination: "/app/greet", body: body, headers: STOMPHeaders([("x-trace", "1"), ("x-trace", "2"), ("x-k", "v")]), contentType: contentType,
@@ -116,25 +136,30 @@ final class CannedWebhookServer: Sendable {
     }
 
     @Test func urlIsSplitIntoHostPortPathAndHostHeader() throws {
-        let plain = try WebhookRoute(url: "http://svc", timeout: .seconds(2))
+        let plain = try WebhookRoute(url: "http://svc", timeout: .seconds(2), client: Self.client)
         #expect((plain.host, plain.port, plain.path, plain.hostHeader) == ("svc", 80, "/", "svc"))
         #expect(plain.timeout == .seconds(2))
         #expect(plain.description == "webhook http://svc")
 
-        let full = try WebhookRoute(url: "http://backend.internal:8080/hooks/greet?v=2&k=x", timeout: .milliseconds(500))
+        let full = try WebhookRoute(url: "http://backend.internal:8080/hooks/greet?v=2&k=x", timeout: .milliseconds(500), client: Self.client)
         #expect((full.host, full.port, full.path, full.hostHeader) == ("backend.internal", 8080, "/hooks/greet?v=2&k=x", "backend.internal:8080"))
     }
 
-    @Test(arguments: ["https://svc/hook", "/hook", "svc:80/hook", "http:///hook", "ftp://svc/", ""])
+    @Test func httpsURLsDefaultToPort443() throws {
+        let route = try WebhookRoute(url: "https://svc/hook", timeout: .seconds(2), client: Self.client)
+        #expect((route.host, route.port, route.path, route.hostHeader) == ("svc", 443, "/hook", "svc"))
+    }
+
+    @Test(arguments: ["/hook", "svc:80/hook", "http:///hook", "ftp://svc/", "wss://svc/", ""])
     func onlyAbsoluteHTTPURLsAreAccepted(url: String) {
-        let error = #expect(throws: WebhookRoute.InvalidURL.self) { _ = try WebhookRoute(url: url, timeout: .seconds(1)) }
-        #expect(error?.description == "webhook url '\(url)' must be an absolute http:// URL")
+        let error = #expect(throws: WebhookRoute.InvalidURL.self) { _ = try WebhookRoute(url: url, timeout: .seconds(1), client: Self.client) }
+        #expect(error?.description == "webhook url '\(url)' must be an absolute http:// or https:// URL")
     }
 
     @Test func handlePostsTheMessageAndReturnsTheReplies() async throws {
         let server = try await CannedWebhookServer(reply: (.ok, #"{"replies":[{"destination":"/topic/greetings","body":"Hello, alice","target":"sender"}]}"#))
         let url = "http://127.0.0.1:\(server.port)/hooks/greet?v=2"
-        let route = try WebhookRoute(url: url, timeout: .seconds(5))
+        let route = try WebhookRoute(url: url, timeout: .seconds(5), client: Self.client)
         let replies = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get()
         await server.close()
 
@@ -150,7 +175,7 @@ final class CannedWebhookServer: Sendable {
 
     @Test func emptyNoContentReplyIsAcceptedWithoutMessages() async throws {
         let server = try await CannedWebhookServer(reply: (.noContent, ""))
-        let route = try WebhookRoute(url: "http://127.0.0.1:\(server.port)/hook", timeout: .seconds(5))
+        let route = try WebhookRoute(url: "http://127.0.0.1:\(server.port)/hook", timeout: .seconds(5), client: Self.client)
         let replies = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get()
         await server.close()
         #expect(replies.isEmpty)
@@ -165,7 +190,7 @@ final class CannedWebhookServer: Sendable {
     func nonSuccessStatusOrUnparsableReplyFailsTheSend(status: HTTPResponseStatus, body: String, reason: String) async throws {
         let server = try await CannedWebhookServer(reply: (status, body))
         let url = "http://127.0.0.1:\(server.port)/hook"
-        let route = try WebhookRoute(url: url, timeout: .seconds(5))
+        let route = try WebhookRoute(url: url, timeout: .seconds(5), client: Self.client)
         let error = await #expect(throws: RouteError.self) { _ = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get() }
         await server.close()
         #expect(error?.description == "webhook \(url) \(reason)")
@@ -174,7 +199,7 @@ final class CannedWebhookServer: Sendable {
     @Test func silentBackendTimesOut() async throws {
         let server = try await CannedWebhookServer(reply: nil)
         let url = "http://127.0.0.1:\(server.port)/hook"
-        let route = try WebhookRoute(url: url, timeout: .milliseconds(200))
+        let route = try WebhookRoute(url: url, timeout: .milliseconds(200), client: Self.client)
         let error = await #expect(throws: RouteError.self) { _ = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get() }
         await server.close()
         #expect(error?.description == "webhook \(url) timed out after 200 ms")
@@ -185,8 +210,66 @@ final class CannedWebhookServer: Sendable {
         let server = try await CannedWebhookServer(reply: nil)
         let port = server.port
         await server.close()
-        let route = try WebhookRoute(url: "http://127.0.0.1:\(port)/hook", timeout: .seconds(5))
+        let route = try WebhookRoute(url: "http://127.0.0.1:\(port)/hook", timeout: .seconds(5), client: Self.client)
         let error = await #expect(throws: RouteError.self) { _ = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get() }
         #expect(error?.description.hasPrefix("webhook http://127.0.0.1:\(port)/hook cannot connect to 127.0.0.1:\(port): ") == true)
+    }
+}
+
+@Suite struct WebhookClientTests {
+    static func message() -> AppMessage { WebhookRequestTests.message() }
+
+    @Test func callsReuseOneKeepAliveConnection() async throws {
+        let server = try await CannedWebhookServer(reply: (.noContent, ""))
+        let route = try WebhookRoute(url: "http://127.0.0.1:\(server.port)/hook", timeout: .seconds(5), client: WebhookRequestTests.client)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        for _ in 0..<5 { _ = try await route.handle(Self.message(), on: loop).get() }
+        await server.close()
+        #expect(server.requests.count == 5)
+        #expect(server.connections == 1)
+    }
+
+    @Test func httpsWebhookIsVerifiedAgainstTheConfiguredCA() async throws {
+        let certificates = try TestCertificates()
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(certificates.serverCertificateFile).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: certificates.serverKeyFile, format: .pem)))
+        tls.minimumTLSVersion = .tlsv12
+        let server = try await CannedWebhookServer(
+            reply: (.ok, #"{"replies":[{"destination":"/topic/a","body":"over tls"}]}"#), tls: try NIOSSLContext(configuration: tls))
+        let url = "https://localhost:\(server.port)/hook"
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+
+        var trusting = WebhookClient.Settings()
+        trusting.caFile = certificates.caFile
+        let client = try WebhookClient(settings: trusting, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        let replies = try await WebhookRoute(url: url, timeout: .seconds(5), client: client).handle(Self.message(), on: loop).get()
+        #expect(replies.map { String(buffer: $0.body) } == ["over tls"])
+
+        var other = WebhookClient.Settings()
+        other.caFile = certificates.otherCAFile
+        let untrusting = try WebhookClient(settings: other, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        let error = await #expect(throws: RouteError.self) {
+            _ = try await WebhookRoute(url: url, timeout: .seconds(5), client: untrusting).handle(Self.message(), on: loop).get()
+        }
+        #expect(error?.description.hasPrefix("webhook \(url) TLS with localhost:\(server.port) failed") == true, "\(String(describing: error))")
+        #expect(server.requests.count == 1)
+        try await client.shutdown()
+        try await untrusting.shutdown()
+        await server.close()
+    }
+
+    @Test func replyLargerThanTheLimitFailsTheCall() async throws {
+        let server = try await CannedWebhookServer(reply: (.ok, String(repeating: " ", count: 2_000)))
+        var settings = WebhookClient.Settings()
+        settings.maxReplyBytes = 1_000
+        let client = try WebhookClient(settings: settings, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        let url = "http://127.0.0.1:\(server.port)/hook"
+        let error = await #expect(throws: RouteError.self) {
+            _ = try await WebhookRoute(url: url, timeout: .seconds(5), client: client).handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get()
+        }
+        #expect(error?.description == "webhook \(url) reply larger than 1000 bytes")
+        try await client.shutdown()
+        await server.close()
     }
 }

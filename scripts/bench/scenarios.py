@@ -22,7 +22,7 @@ def bench_bin():
               "/work/bench-dev/.build/release/switchboard-bench"):
         if p and os.path.exists(p):
             return p
-    raise RuntimeError("switchboard-bench not built (swift build -c release --product switchboard-bench)")
+    raise RuntimeError("switchboard-bench not built (SWITCHBOARD_LOADGEN=1 swift build -c release --product switchboard-bench)")
 
 
 SOURCES = ["127.0.0.%d" % i for i in range(2, 10)]

@@ -343,6 +343,15 @@ class SwitchboardNoDelay(Switchboard):
         super().__init__(redis_url=redis_url, config=config, extra=("--set", "server.busy-percent=0", *extra))
 
 
+class SwitchboardNoHistory(Switchboard):
+    """Switchboard with `history.enabled=false`: no per-destination history (the embedded
+    broker's recovery window), to separate its cost from the rest in before/after runs."""
+    name = "switchboard-nohistory"
+
+    def __init__(self, redis_url=None, config=None, extra=()):
+        super().__init__(redis_url=redis_url, config=config, extra=("--set", "history.enabled=false", *extra))
+
+
 class SwitchboardBaseline(Switchboard):
     """Another build of Switchboard (SWITCHBOARD_BASELINE_BIN, e.g. the commit before a
     refactoring), for before/after ratios in one run."""
@@ -351,4 +360,5 @@ class SwitchboardBaseline(Switchboard):
 
 
 SERVERS = {"switchboard": Switchboard, "switchboard-baseline": SwitchboardBaseline, "switchboard-nagle": SwitchboardNagle, "switchboard-nodelay": SwitchboardNoDelay,
+           "switchboard-nohistory": SwitchboardNoHistory,
            "nchan": Nchan, "rabbitmq": RabbitMQ}

@@ -24,7 +24,7 @@ DURATION = 3
 @pytest.fixture
 def gateway():
     if not os.path.exists(BENCH):
-        pytest.skip(f"bench binary not built: {BENCH}")
+        pytest.fail(f"load generator not built: {BENCH} (SWITCHBOARD_LOADGEN=1 swift build)")
     gw = Gateway(["stomp.heartbeat.send-ms=0", "stomp.heartbeat.receive-ms=0"], name="test_bench_smoke",
                  log_level="warning")
     yield gw.port, gw.proc

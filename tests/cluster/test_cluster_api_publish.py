@@ -35,7 +35,7 @@ def run_bench(cluster, *publish_args, rate, duration):
 @pytest.fixture
 def cluster(cluster_factory):
     if not os.path.exists(BENCH_BIN):
-        pytest.skip(f"bench binary not built: {BENCH_BIN}")
+        pytest.fail(f"load generator not built: {BENCH_BIN} (SWITCHBOARD_LOADGEN=1 swift build)")
     return cluster_factory(replicas=0)
 
 

@@ -241,3 +241,37 @@ def test_concurrent_senders(route_gateway, hook, client):
     assert not errors
     assert sorted(r["json"]["body"] for r in hook.requests) == [f"c{i}" for i in range(5)]
     assert time.monotonic() - t0 < 1.6  # concurrent: one after another would take >= 2 s
+
+
+def test_https_webhook_over_one_keep_alive_connection(gateway_factory, client, tmp_path):
+    """An https:// route trusted through webhooks.tls.ca-file; its calls share one pooled
+    keep-alive connection. A gateway that does not trust the CA fails the SEND with an ERROR."""
+    from support.redis import TLSFiles
+    from support.webhook import WebhookServer
+
+    tls = TLSFiles(tmp_path)
+    server = WebhookServer(tls=(tls.server, tls.server_key), keep_alive=True)
+    try:
+        route = f"""
+routes:
+  names: [secure]
+  secure:
+    destination: /app/secure
+    url: {server.url}
+    timeout-ms: 5000
+"""
+        gw = gateway_factory(yaml=route + f"webhooks:\n  tls:\n    ca-file: {tls.ca}\n")
+        c = connected(client, gw)
+        for i in range(5):
+            c.send("/app/secure", f"m{i}", receipt=f"r{i}")
+        assert [r["json"]["body"] for r in server.requests] == [f"m{i}" for i in range(5)]
+        assert server.connections == 1
+
+        untrusting = gateway_factory(yaml=route + f"webhooks:\n  tls:\n    ca-file: {tls.other_ca}\n")
+        c2 = connected(client, untrusting)
+        c2.send_frame("SEND", {"destination": "/app/secure"}, "x")
+        err = c2.expect_error(timeout=10)
+        assert err["message"].startswith(f"route for /app/secure failed: webhook {server.url} TLS with localhost:"), err["message"]
+        assert len(server.requests) == 5
+    finally:
+        server.stop()

@@ -3,16 +3,22 @@ with the `reply` (dict, str or callable(request) -> dict), `status` and `delay` 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class WebhookServer:
-    """`requests`: one dict per POST (path, headers, raw, json, received); `bodies`: their JSON."""
+    """`requests`: one dict per POST (path, headers, raw, json, received); `bodies`: their JSON.
 
-    def __init__(self):
+    `tls`: (certificate file, key file) serves https://localhost; `keep_alive`: HTTP/1.1 with
+    persistent connections (HTTP/1.0, one request per connection, without). `connections`
+    counts the connections accepted."""
+
+    def __init__(self, tls=None, keep_alive=False):
         self.requests: list[dict] = []
+        self.connections = 0
         self.status = 200
         self.reply = None
         self.delay = 0.0
@@ -20,8 +26,14 @@ class WebhookServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                server.connections += 1
+                super().setup()
 
             def do_POST(self):  # noqa: N802
                 length = int(self.headers.get("Content-Length", 0) or 0)
@@ -51,6 +63,11 @@ class WebhookServer:
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/hook"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.url = f"https://localhost:{self.port}/hook"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

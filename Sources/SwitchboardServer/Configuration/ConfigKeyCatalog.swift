@@ -133,12 +133,20 @@ package enum ConfigKeyCatalog {
                 .init("routes.names", .list, "`[]`", "names of the `/app` routes below"),
                 .init("routes.<name>.destination", .string, "—", "application destination or wildcard pattern, e.g. `/app/greet`, `/app/chat.**`"),
                 .init("routes.<name>.type", .string, "`webhook`", "`webhook`, `redis-stream` or `redis-pubsub`"),
-                .init("routes.<name>.url", .string, "—", "`webhook`: the URL (`http://`)"),
+                .init("routes.<name>.url", .string, "—", "`webhook`: the URL (`http://` or `https://`)"),
                 .init("routes.<name>.timeout-ms", .integer, "`5000`", "`webhook`: deadline (connect + request + reply)"),
                 .init("routes.<name>.stream", .string, "—", "`redis-stream`: target stream"),
                 .init("routes.<name>.max-length", .integer, "`100000`", "`redis-stream`: `XADD MAXLEN ~ n`"),
                 .init("routes.<name>.groups", .list, "`[]`", "`redis-stream`: consumer groups created at start-up (`MKSTREAM`; an existing group is fine)"),
                 .init("routes.<name>.channel", .string, "—", "`redis-pubsub`: `PUBLISH` channel"),
+                .init("webhooks.tls.ca-file", .string, "system trust roots", "PEM file of the CAs trusted for `https://` webhooks"),
+                .init(
+                    "webhooks.max-connections-per-host", .integer, "`64`",
+                    "keep-alive connections pooled per webhook backend; calls beyond it wait for a free one (within their deadline)"),
+                .init(
+                    "webhooks.idle-timeout-ms", .integer, "`4000`",
+                    "a pooled connection idle this long is closed; keep it below the backends' keep-alive timeout (Node's default is 5 s)"),
+                .init("webhooks.max-reply-bytes", .integer, "`1048576`", "a larger webhook reply fails the `SEND`"),
             ]),
         Section(
             title: "Redis",

@@ -1,4 +1,5 @@
 import Configuration
+import NIOSSL
 import Redis
 import SwitchboardCore
 import SwitchboardRedis
@@ -59,7 +60,7 @@ package struct RouteConfiguration: Sendable, Equatable {
                 let url = try required("url", for: "a webhook route")
                 let timeoutMs = route.int(forKey: "timeout-ms", default: 5_000)
                 try SwitchboardConfiguration.atLeast(1, (base + ".timeout-ms", timeoutMs))
-                do { _ = try WebhookRoute(url: url, timeout: .milliseconds(Int64(timeoutMs))) } catch {
+                do { _ = try WebhookRoute.components(of: url) } catch {
                     throw SwitchboardConfiguration.Invalid(description: "\(base).url: \(error)")
                 }
                 target = .webhook(url: url, timeoutMs: timeoutMs)
@@ -193,5 +194,29 @@ package struct RedisInboundSetting: Sendable, Equatable {
     package init(name: String, route: RedisInboundRoute) {
         self.name = name
         self.route = route
+    }
+}
+
+extension WebhookClient.Settings {
+    /// Reads the `webhooks` scope; the CA file is loaded here, so a bad one stops start-up.
+    init(reader: ConfigReader) throws {
+        self.init()
+        caFile = reader.string(forKey: "tls.ca-file")
+        maxConnectionsPerHost = reader.int(forKey: "max-connections-per-host", default: maxConnectionsPerHost)
+        let idleMs = reader.int(forKey: "idle-timeout-ms", default: Int(idleTimeout.nanoseconds / 1_000_000))
+        maxReplyBytes = reader.int(forKey: "max-reply-bytes", default: maxReplyBytes)
+        try SwitchboardConfiguration.atLeast(
+            1, ("webhooks.max-connections-per-host", maxConnectionsPerHost), ("webhooks.idle-timeout-ms", idleMs),
+            ("webhooks.max-reply-bytes", maxReplyBytes))
+        idleTimeout = .milliseconds(Int64(idleMs))
+        if let caFile {
+            let certificates: [NIOSSLCertificate]
+            do { certificates = try NIOSSLCertificate.fromPEMFile(caFile) } catch {
+                throw SwitchboardConfiguration.Invalid(description: "webhooks.tls.ca-file '\(caFile)': cannot read PEM certificates: \(error)")
+            }
+            if certificates.isEmpty {
+                throw SwitchboardConfiguration.Invalid(description: "webhooks.tls.ca-file '\(caFile)' holds no PEM certificate")
+            }
+        }
     }
 }

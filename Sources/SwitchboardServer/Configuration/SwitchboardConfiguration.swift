@@ -1,5 +1,6 @@
 import Configuration
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 
 /// Every setting of a gateway instance, by section; docs/configuration.md lists the keys.
@@ -14,6 +15,8 @@ package struct SwitchboardConfiguration: Sendable {
     package var destinations = DestinationSettings()
     package var history = HistorySettings()
     package var routes: [RouteConfiguration] = []
+    /// `webhooks.*`: the client the webhook routes share.
+    package var webhooks = WebhookClient.Settings()
     /// Redis mode is on when set.
     package var redis: RedisSettings?
     package var auth = AuthSettings()
@@ -42,6 +45,7 @@ package struct SwitchboardConfiguration: Sendable {
         destinations = try DestinationSettings(reader: reader.scoped(to: "destinations"))
         history = try HistorySettings(reader: reader.scoped(to: "history"))
         routes = try RouteConfiguration.read(reader.scoped(to: "routes"), destinations: destinations)
+        webhooks = try WebhookClient.Settings(reader: reader.scoped(to: "webhooks"))
         redis = try RedisSettings(reader: reader.scoped(to: "redis"), destinations: destinations)
         for route in routes where redis == nil {
             if case .webhook = route.target { continue }

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOHTTP1
 import STOMPCodec
 import SwitchboardWire
 
@@ -20,24 +21,33 @@ package struct WebhookRoute: AppRoute {
     let path: String
     let hostHeader: String
     package let timeout: TimeAmount
-    let client = HTTPPostClient()
+    let client: WebhookClient
 
     package struct InvalidURL: Error, CustomStringConvertible {
         package var description: String
     }
 
-    package init(url: String, timeout: TimeAmount) throws {
-        guard let parsed = URL(string: url), parsed.scheme == "http", let host = parsed.host, !host.isEmpty else {
-            throw InvalidURL(description: "webhook url '\(url)' must be an absolute http:// URL")
-        }
+    /// - Parameters:
+    ///   - url: an absolute `http://` or `https://` URL.
+    ///   - client: the gateway's shared webhook client (its connection pool and TLS trust).
+    package init(url: String, timeout: TimeAmount, client: WebhookClient) throws {
+        (host, port, path, hostHeader) = try Self.components(of: url)
         self.url = url
-        self.host = host
-        self.port = parsed.port ?? 80
+        self.timeout = timeout
+        self.client = client
+    }
+
+    /// Host, port, path (with the query) and `Host` header of an absolute `http://` or
+    /// `https://` URL; the configuration checks URLs with it.
+    package static func components(of url: String) throws -> (host: String, port: Int, path: String, hostHeader: String) {
+        guard let parsed = URL(string: url), let scheme = parsed.scheme, scheme == "http" || scheme == "https",
+            let host = parsed.host, !host.isEmpty
+        else {
+            throw InvalidURL(description: "webhook url '\(url)' must be an absolute http:// or https:// URL")
+        }
         var path = parsed.path.isEmpty ? "/" : parsed.path
         if let q = parsed.query { path += "?" + q }
-        self.path = path
-        self.hostHeader = parsed.port.map { "\(host):\($0)" } ?? host
-        self.timeout = timeout
+        return (host, parsed.port ?? (scheme == "https" ? 443 : 80), path, parsed.port.map { "\(host):\($0)" } ?? host)
     }
 
     package var description: String { "webhook \(url)" }
@@ -51,8 +61,7 @@ package struct WebhookRoute: AppRoute {
         }
         let url = self.url
         return client.post(
-            host: host, port: port, path: path, hostHeader: hostHeader, body: payload,
-            headers: [("Content-Type", "application/json")], timeout: timeout, on: eventLoop
+            url: url, body: payload, headers: ["Content-Type": "application/json"], timeout: timeout, on: eventLoop
         )
         .flatMapErrorThrowing { error in throw RouteError(.webhookUnreachable, "webhook \(url) \(error)") }
         .flatMapThrowing { response in

@@ -1,0 +1,111 @@
+import AsyncHTTPClient
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+/// The HTTP client every webhook route shares: AsyncHTTPClient with a pool of keep-alive
+/// connections per backend, `http://` and `https://` (system trust roots, or the CAs of
+/// `webhooks.tls.ca-file`), a connect timeout, each call's deadline, and a cap on reply size.
+///
+/// Pooled connections idle longer than ``Settings/idleTimeout`` are closed, shorter than common
+/// server keep-alive timeouts (Node's default is 5 s), so a POST rarely meets a connection its
+/// server is closing. POSTs are not repeated: a failed call fails its `SEND` with an `ERROR`.
+package final class WebhookClient: Sendable {
+    /// `webhooks.*`.
+    package struct Settings: Sendable, Equatable {
+        /// `webhooks.tls.ca-file`: PEM CAs trusted for `https://` webhooks (system roots without).
+        package var caFile: String?
+        /// `webhooks.max-connections-per-host`: pooled connections to one backend (a soft limit:
+        /// calls beyond it wait for a free connection).
+        package var maxConnectionsPerHost = 64
+        /// `webhooks.idle-timeout-ms`: an idle pooled connection is closed after this.
+        package var idleTimeout: TimeAmount = .seconds(4)
+        /// `webhooks.max-reply-bytes`: a larger reply body fails the call.
+        package var maxReplyBytes = 1 << 20
+
+        package init() {}
+    }
+
+    /// What a call answered.
+    package struct Response: Sendable {
+        package var status: Int
+        package var body: ByteBuffer
+    }
+
+    let http: HTTPClient
+    package let settings: Settings
+
+    /// - Throws: when `settings.caFile` cannot be loaded.
+    package init(settings: Settings = .init(), eventLoopGroup: any EventLoopGroup) throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let caFile = settings.caFile {
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
+        }
+        var pool = HTTPClient.Configuration.ConnectionPool(
+            idleTimeout: settings.idleTimeout, concurrentHTTP1ConnectionsPerHostSoftLimit: settings.maxConnectionsPerHost)
+        // An unreachable backend fails the call at once rather than being retried until its deadline.
+        pool.retryConnectionEstablishment = false
+        var configuration = HTTPClient.Configuration(
+            tlsConfiguration: tls, redirectConfiguration: .disallow, timeout: .init(connect: .seconds(5)), connectionPool: pool)
+        configuration.httpVersion = .http1Only
+        self.http = HTTPClient(eventLoopGroupProvider: .shared(eventLoopGroup), configuration: configuration)
+        self.settings = settings
+    }
+
+    /// Closes the pooled connections; calls after it fail.
+    package func shutdown() async throws {
+        try await http.shutdown()
+    }
+
+    /// POSTs `body` to `url`; the future completes on `eventLoop`. The deadline covers
+    /// connecting (or waiting for a pooled connection), the request and the whole reply.
+    package func post(
+        url: String, body: ByteBuffer, headers: HTTPHeaders, timeout: TimeAmount, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Response> {
+        let request: HTTPClient.Request
+        do {
+            request = try HTTPClient.Request(url: url, method: .POST, headers: headers, body: .byteBuffer(body))
+        } catch {
+            return eventLoop.makeFailedFuture(Failure("invalid url: \(error)"))
+        }
+        let delegate = ResponseAccumulator(request: request, maxBodySize: settings.maxReplyBytes)
+        let maxBytes = settings.maxReplyBytes
+        return http.execute(request: request, delegate: delegate, eventLoop: .delegate(on: eventLoop), deadline: .now() + timeout)
+            .futureResult
+            .flatMapErrorThrowing { error in throw Failure.describing(error, url: request, timeout: timeout, maxBytes: maxBytes) }
+            .map { Response(status: Int($0.status.code), body: $0.body ?? ByteBuffer()) }
+    }
+
+    /// Why a call failed, in words a route's `ERROR` can carry.
+    package struct Failure: Error, CustomStringConvertible {
+        package var description: String
+        init(_ description: String) { self.description = description }
+
+        static func describing(_ error: any Error, url: HTTPClient.Request, timeout: TimeAmount, maxBytes: Int) -> Failure {
+            let target = "\(url.host):\(url.port)"
+            if let error = error as? HTTPClientError {
+                switch error {
+                case .deadlineExceeded, .readTimeout, .writeTimeout:
+                    return Failure("timed out after \(timeout.nanoseconds / 1_000_000) ms")
+                case .connectTimeout:
+                    return Failure("cannot connect to \(target): connect timed out")
+                case .remoteConnectionClosed:
+                    return Failure("connection closed before a complete reply")
+                default:
+                    break
+                }
+            }
+            if error is ResponseAccumulator.ResponseTooBigError {
+                return Failure("reply larger than \(maxBytes) bytes")
+            }
+            if error is NIOConnectionError || error is IOError || error is ChannelError {
+                return Failure("cannot connect to \(target): \(error)")
+            }
+            if error is NIOSSLError || error is BoringSSLError {
+                return Failure("TLS with \(target) failed: \(error)")
+            }
+            return Failure("\(error)")
+        }
+    }
+}
