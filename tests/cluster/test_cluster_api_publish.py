@@ -45,6 +45,7 @@ def cluster(cluster_factory):
 ], ids=["single", "batch"])
 def test_api_through_haproxy_delivers_every_message_exactly_once(cluster, publish_args):
     r, err = run_bench(cluster, *publish_args, rate=400, duration=5)
+    print("retried_requests", r["retried_requests"], "response p99 us", (r.get("response_latency_us") or {}).get("p99"))
     assert r["connect_ok"] == SUBSCRIBERS and r["connect_failed"] == 0, err[-2000:]
     assert r["published"] == 2000
     assert r["responses_ok"] == 2000 and r["responses_failed"] == 0, (r["error_samples"], r["retried_requests"])
