@@ -364,6 +364,7 @@ let package = Package(
         .testTarget(
             name: "SwitchboardRedisTests",
             dependencies: [
+                "Redis",
                 "SwitchboardRedis",
                 "SwitchboardCore",
                 "SwitchboardRoutes",

@@ -1,0 +1,208 @@
+import Foundation
+import Logging
+import NIOCore
+import RedisServerTesting
+import Testing
+
+@testable import Redis
+
+/// Redis Cluster against real processes: 3 primaries and 3 replicas on free ports per test.
+@Suite("Real Redis Cluster", .serialized, .enabled(if: RedisClusterProcess.isAvailable, "redis-server/redis-cli not installed"))
+struct ClusterIntegrationTests {
+    func client(_ cluster: RedisClusterProcess, seeds: [RedisServerAddress]? = nil) throws -> RedisClusterClient {
+        var configuration = RedisConfiguration()
+        configuration.connectTimeout = .seconds(1)
+        configuration.commandTimeout = .seconds(2)
+        configuration.reconnectBackoffMaximum = .milliseconds(500)
+        configuration.cluster = RedisClusterConfiguration(nodes: seeds ?? cluster.seeds, retryDelay: .milliseconds(50))
+        var logger = Logger(label: "cluster-test")
+        logger.logLevel = .critical
+        let client = try RedisClusterClient(configuration: configuration, logger: logger)
+        client.start()
+        return client
+    }
+
+    func startCluster() async throws -> (RedisClusterProcess, RedisClusterClient) {
+        let cluster = try await RedisClusterProcess.start()
+        return (cluster, try self.client(cluster))
+    }
+
+    /// Reads the map, sends keyed commands to every shard, checks slots against `CLUSTER KEYSLOT`,
+    /// pipelines across shards, and routes `EVAL`/`FCALL` by their keys.
+    @Test func keyedCommandsOnAllShards() async throws {
+        let (cluster, client) = try await self.startCluster()
+        defer { Task { await client.shutdown() } }
+        let topology = try await client.refreshTopology()
+        #expect(topology.primaries.count == 3)
+        #expect(topology.coversAllSlots)
+        #expect(topology.shards.allSatisfy { $0.replicas.count == 1 })
+
+        for key in ["foo", "{user1000}.following", "sb:{/topic/a}:seq", "é", "x{}y"] {
+            let keyslot = try await cluster.command(cluster.servers[0], RawCommand("CLUSTER", "KEYSLOT", .string(key)))
+            #expect(keyslot == "\(HashSlot(key: key).rawValue)", "slot of \(key)")
+        }
+        for index in 0..<300 { #expect(try await client.execute(SET("key:\(index)", value: .integer(index))) != nil) }
+        for index in 0..<300 { #expect(try await client.execute(GET("key:\(index)")) == ByteBuffer(string: "\(index)")) }
+        for primary in try await cluster.primaries() {
+            let size = try await cluster.command(primary, RawCommand("DBSIZE"))
+            #expect((Int(size) ?? 0) > 50, "every shard holds keys")
+        }
+        #expect(try await client.execute(PING()) == "PONG")
+        await #expect(throws: RedisClientError.crossSlot) { _ = try await client.execute(DEL("foo", "bar")) }
+        #expect(try await client.execute(DEL("{t}a", "{t}b")) == 0)
+
+        // A pipeline over every shard: each reply in place, per-key order kept.
+        var commands: [any RedisCommand] = []
+        for index in 0..<60 {
+            commands.append(SET("p:\(index)", value: .string("v\(index)")))
+            commands.append(GET("p:\(index)"))
+        }
+        let results = await client.pipeline(commands)
+        for index in 0..<60 {
+            let reply = try results[2 * index + 1].get()
+            #expect(try ByteBuffer(fromRESP: reply) == ByteBuffer(string: "v\(index)"))
+        }
+
+        // EVAL and FCALL go to the owner of their keys (functions are loaded on every primary).
+        let eval = try await client.execute(EVAL(script: "return redis.call('GET', KEYS[1])", keys: ["key:7"]))
+        #expect(try ByteBuffer(fromRESP: eval) == ByteBuffer(string: "7"))
+        let library = "#!lua name=clustertest\nredis.register_function('getit', function(keys, args) return redis.call('GET', keys[1]) end)"
+        for primary in try await cluster.primaries() {
+            _ = try await cluster.command(primary, RawCommand("FUNCTION", "LOAD", "REPLACE", .string(library)))
+        }
+        for index in [1, 2, 3, 150, 299] {
+            let reply = try await client.execute(FCALL(function: "getit", keys: ["key:\(index)"]))
+            #expect(try ByteBuffer(fromRESP: reply) == ByteBuffer(string: "\(index)"))
+        }
+    }
+
+    /// A slot moved with `CLUSTER SETSLOT` behind the client's back: the `MOVED` reply is followed
+    /// and the map re-read.
+    @Test func followsMovedAfterMigration() async throws {
+        let (cluster, client) = try await self.startCluster()
+        defer { Task { await client.shutdown() } }
+        #expect(try await client.execute(SET("foo", value: "before")) != nil)
+        let slot = HashSlot(key: "foo")
+        let source = try #require(try await cluster.owner(of: slot))
+        let destination = try #require(try await cluster.primaries().first { $0 !== source })
+        let refreshes = client.topologyRefreshCount
+        try await cluster.migrateSlot(slot, from: source, to: destination)
+
+        #expect(try await client.execute(GET("foo")) == ByteBuffer(string: "before"))
+        #expect(try await client.execute(SET("foo", value: "after")) != nil)
+        #expect(try await cluster.command(destination, RawCommand("GET", "foo")) == "after")
+        let updated = try await eventually { client.topologyRefreshCount > refreshes }
+        #expect(updated, "MOVED triggers a map refresh")
+        let ownerInMap = try await eventually {
+            try await client.refreshTopology().primary(for: slot)?.port == destination.port
+        }
+        #expect(ownerInMap)
+    }
+
+    /// During a migration, a key that is not on the source any more is answered with `ASK`: the
+    /// client sends `ASKING` and the command to the importing node.
+    @Test func followsAskDuringMigration() async throws {
+        let (cluster, client) = try await self.startCluster()
+        defer { Task { await client.shutdown() } }
+        let slot = HashSlot(key: "foo")
+        _ = try await client.refreshTopology()
+        let source = try #require(try await cluster.owner(of: slot))
+        let destination = try #require(try await cluster.primaries().first { $0 !== source })
+        try await cluster.migrateSlot(slot, from: source, to: destination, moveKeys: false, finish: false)
+
+        // "foo" does not exist on the migrating source: ASK to the destination.
+        #expect(try await client.execute(SET("foo", value: "asked")) != nil)
+        #expect(try await client.execute(GET("foo")) == ByteBuffer(string: "asked"))
+        #expect(try await cluster.command(source, RawCommand("CLUSTER", "COUNTKEYSINSLOT", .integer(slot.rawValue))) == "0", "the key went to the importing node")
+        #expect(client.topology?.primary(for: slot)?.port == source.port, "ASK does not change the map")
+
+        try await cluster.migrateSlot(slot, from: source, to: destination, moveKeys: true, finish: true)
+        #expect(try await client.execute(GET("foo")) == ByteBuffer(string: "asked"))
+    }
+
+    /// Sharded Pub/Sub on the slot owner; the slot moves (the server sends `sunsubscribe`), the
+    /// client subscribes again on the new owner. Classic `SUBSCRIBE` works on any node.
+    @Test func shardedPubSubFollowsReshardedSlot() async throws {
+        let (cluster, client) = try await self.startCluster()
+        defer { Task { await client.shutdown() } }
+        let channel = "{/topic/news}:ch"
+        let slot = HashSlot(key: channel)
+        let subscription = try await client.subscribe(to: [channel], kind: .shardChannel)
+        let source = try #require(try await cluster.owner(of: slot))
+        #expect(client.shardSubscriptions.keys.map(\.port) == [source.port])
+        #expect(try await client.execute(SPUBLISH(channel: channel, message: "one")) == 1)
+        #expect(try await nextMessage(subscription)?.payload == ByteBuffer(string: "one"))
+
+        let destination = try #require(try await cluster.primaries().first { $0 !== source })
+        try await cluster.migrateSlot(slot, from: source, to: destination)
+        let followed = try await eventually { client.shardSubscriptions.keys.map(\.port) == [destination.port] }
+        #expect(followed, "the subscription moves to the new owner: \(client.shardSubscriptions)")
+        #expect(try await client.execute(SPUBLISH(channel: channel, message: "two")) == 1)
+        #expect(try await nextMessage(subscription)?.payload == ByteBuffer(string: "two"))
+
+        let classic = try await client.subscribe(to: ["plain"])
+        let delivered = try await eventually { try await client.execute(PUBLISH(channel: "plain", message: "hi")) >= 1 }
+        #expect(delivered)
+        #expect(try await nextMessage(classic)?.payload == ByteBuffer(string: "hi"))
+
+        await subscription.unsubscribe()
+        let released = try await eventually { client.shardSubscriptions.isEmpty }
+        #expect(released, "the last unsubscribe closes the shard's subscriber connection")
+    }
+
+    /// `kill -9` of a primary: its replica is promoted, the client re-reads the map, commands on
+    /// that shard succeed again and the sharded subscription moves to the new primary.
+    @Test func followsPrimaryFailover() async throws {
+        let (cluster, client) = try await self.startCluster()
+        defer { Task { await client.shutdown() } }
+        let channel = "{fail}:ch"
+        let slot = HashSlot(key: channel)
+        #expect(try await client.execute(SET("{fail}:k", value: "v")) != nil)
+        let subscription = try await client.subscribe(to: [channel], kind: .shardChannel)
+        let victim = try #require(try await cluster.owner(of: slot))
+        // The write reached the replica before the kill (WAIT), so it survives the failover.
+        _ = try await cluster.command(victim, RawCommand("WAIT", "1", "2000"))
+        victim.kill()
+
+        let recovered = try await eventually(timeout: .seconds(30)) {
+            (try? await client.execute(GET("{fail}:k"))) == ByteBuffer(string: "v")
+        }
+        #expect(recovered, "commands on the failed shard succeed once the replica is promoted")
+        let newOwner = try #require(try await cluster.owner(of: slot))
+        #expect(newOwner !== victim)
+        let resubscribed = try await eventually(timeout: .seconds(15)) { client.shardSubscriptions.keys.map(\.port) == [newOwner.port] }
+        #expect(resubscribed, "the sharded subscription follows the promoted replica: \(client.shardSubscriptions)")
+        #expect(try await client.execute(SPUBLISH(channel: channel, message: "after")) == 1)
+        #expect(try await nextMessage(subscription)?.payload == ByteBuffer(string: "after"))
+    }
+
+    /// An unreachable seed, and a standalone server given as a cluster, are clear errors.
+    @Test func badConfiguration() async throws {
+        let port = try await RedisServerProcess.freePort()
+        var configuration = RedisConfiguration()
+        configuration.connectTimeout = .milliseconds(500)
+        configuration.cluster = RedisClusterConfiguration(nodes: [RedisServerAddress(host: "127.0.0.1", port: port)], maximumRedirects: 1)
+        let unreachable = try RedisClusterClient(configuration: configuration)
+        do {
+            _ = try await unreachable.refreshTopology()
+            Issue.record("expected an error")
+        } catch let error as RedisClientError {
+            #expect(error == .clusterUnavailable)
+            #expect(error.detail?.contains("127.0.0.1:\(port)") == true, "names the seed: \(error)")
+        }
+        await #expect(throws: RedisClientError.clusterUnavailable) { _ = try await unreachable.execute(GET("k")) }
+        await unreachable.shutdown()
+
+        let standalone = try await RedisServerProcess.start()
+        configuration.cluster = RedisClusterConfiguration(nodes: [RedisServerAddress(host: "127.0.0.1", port: standalone.port)])
+        let notCluster = try RedisClusterClient(configuration: configuration)
+        do {
+            _ = try await notCluster.execute(GET("k"))
+            Issue.record("expected an error")
+        } catch let error as RedisClientError {
+            #expect(error == .notCluster)
+            #expect(error.detail?.contains("\(standalone.port)") == true, "names the node: \(error)")
+        }
+        await notCluster.shutdown()
+    }
+}
