@@ -11,6 +11,7 @@ import Testing
 struct ClusterIntegrationTests {
     func client(_ cluster: RedisClusterProcess, seeds: [RedisServerAddress]? = nil) throws -> RedisClusterClient {
         var configuration = RedisConfiguration()
+        configuration.password = cluster.password
         configuration.connectTimeout = .seconds(1)
         configuration.commandTimeout = .seconds(2)
         configuration.reconnectBackoffMaximum = .milliseconds(500)
@@ -176,33 +177,47 @@ struct ClusterIntegrationTests {
         #expect(try await nextMessage(subscription)?.payload == ByteBuffer(string: "after"))
     }
 
+    /// Every node requires a password: the client's credentials apply to each of them (and a
+    /// wrong password is the server's error, not a hang).
+    @Test func credentialsApplyToEveryNode() async throws {
+        let cluster = try await RedisClusterProcess.start(password: "s3cret")
+        let client = try self.client(cluster)
+        defer { Task { await client.shutdown() } }
+        for index in 0..<60 { #expect(try await client.execute(SET("auth:\(index)", value: .integer(index))) != nil) }
+        #expect(Set(try await client.refreshTopology().primaries).count == 3)
+        let subscription = try await client.subscribe(to: ["{auth}:ch"], kind: .shardChannel)
+        #expect(try await client.execute(SPUBLISH(channel: "{auth}:ch", message: "m")) == 1)
+        #expect(try await nextMessage(subscription)?.payload == ByteBuffer(string: "m"))
+
+        var configuration = client.configuration
+        configuration.password = "wrong"
+        await self.expectFailure(try RedisClusterClient(configuration: configuration), .clusterUnavailable, detailContaining: "WRONGPASS")
+    }
+
     /// An unreachable seed, and a standalone server given as a cluster, are clear errors.
     @Test func badConfiguration() async throws {
         let port = try await RedisServerProcess.freePort()
         var configuration = RedisConfiguration()
         configuration.connectTimeout = .milliseconds(500)
         configuration.cluster = RedisClusterConfiguration(nodes: [RedisServerAddress(host: "127.0.0.1", port: port)], maximumRedirects: 1)
-        let unreachable = try RedisClusterClient(configuration: configuration)
-        do {
-            _ = try await unreachable.refreshTopology()
-            Issue.record("expected an error")
-        } catch let error as RedisClientError {
-            #expect(error == .clusterUnavailable)
-            #expect(error.detail?.contains("127.0.0.1:\(port)") == true, "names the seed: \(error)")
-        }
-        await #expect(throws: RedisClientError.clusterUnavailable) { _ = try await unreachable.execute(GET("k")) }
-        await unreachable.shutdown()
+        await self.expectFailure(try RedisClusterClient(configuration: configuration), .clusterUnavailable, detailContaining: "127.0.0.1:\(port)")
 
         let standalone = try await RedisServerProcess.start()
         configuration.cluster = RedisClusterConfiguration(nodes: [RedisServerAddress(host: "127.0.0.1", port: standalone.port)])
-        let notCluster = try RedisClusterClient(configuration: configuration)
+        await self.expectFailure(try RedisClusterClient(configuration: configuration), .notCluster, detailContaining: "\(standalone.port)")
+    }
+
+    /// A command fails with `expected`, whose detail contains `text` (the cause, the node).
+    func expectFailure(_ client: RedisClusterClient, _ expected: RedisClientError, detailContaining text: String) async {
         do {
-            _ = try await notCluster.execute(GET("k"))
-            Issue.record("expected an error")
+            _ = try await client.execute(GET("k"))
+            Issue.record("expected \(expected)")
         } catch let error as RedisClientError {
-            #expect(error == .notCluster)
-            #expect(error.detail?.contains("\(standalone.port)") == true, "names the node: \(error)")
+            #expect(error == expected)
+            #expect(error.detail?.contains(text) == true, "the detail says why: \(error)")
+        } catch {
+            Issue.record("unexpected \(error)")
         }
-        await notCluster.shutdown()
+        await client.shutdown()
     }
 }

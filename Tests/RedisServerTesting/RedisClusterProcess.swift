@@ -15,25 +15,38 @@ package struct RedisCLIError: Error, CustomStringConvertible {
 /// returns. The servers are killed on ``stop()`` or deinit.
 package final class RedisClusterProcess: @unchecked Sendable {
     package let servers: [RedisServerProcess]
+    /// `requirepass`/`masterauth` of every node, if any.
+    package let password: String?
 
-    private init(servers: [RedisServerProcess]) { self.servers = servers }
+    private init(servers: [RedisServerProcess], password: String?) {
+        self.servers = servers
+        self.password = password
+    }
 
     package static var isAvailable: Bool { RedisServerProcess.isAvailable && redisCLI != nil }
 
     static let redisCLI: String? = RedisServerProcess.executable.map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent("redis-cli").path }
         .flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
 
-    package static func start(primaries: Int = 3, replicasPerPrimary: Int = 1, nodeTimeoutMilliseconds: Int = 1000) async throws -> RedisClusterProcess {
+    /// - Parameter password: `requirepass` and `masterauth` on every node.
+    package static func start(
+        primaries: Int = 3, replicasPerPrimary: Int = 1, nodeTimeoutMilliseconds: Int = 1000, password: String? = nil
+    ) async throws -> RedisClusterProcess {
+        let auth = password.map { ["--requirepass", $0, "--masterauth", $0] } ?? []
         var servers: [RedisServerProcess] = []
         for _ in 0..<(primaries * (1 + replicasPerPrimary)) {
             servers.append(
-                try await RedisServerProcess.start([
-                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "\(nodeTimeoutMilliseconds)", "--cluster-replica-validity-factor", "0",
-                ]))
+                try await RedisServerProcess.start(
+                    [
+                        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-node-timeout", "\(nodeTimeoutMilliseconds)", "--cluster-replica-validity-factor", "0",
+                    ] + auth))
         }
-        let cluster = RedisClusterProcess(servers: servers)
-        try cluster.redisCLI(["--cluster", "create"] + servers.map { "127.0.0.1:\($0.port)" } + ["--cluster-replicas", "\(replicasPerPrimary)", "--cluster-yes"])
+        let cluster = RedisClusterProcess(servers: servers, password: password)
+        try cluster.redisCLI(
+            (password.map { ["--no-auth-warning", "-a", $0] } ?? []) + ["--cluster", "create"] + servers.map { "127.0.0.1:\($0.port)" } + [
+                "--cluster-replicas", "\(replicasPerPrimary)", "--cluster-yes",
+            ])
         guard try await cluster.waitUntilHealthy(nodes: servers.count) else {
             throw RedisClientError.connectTimeout
         }
@@ -82,7 +95,7 @@ package final class RedisClusterProcess: @unchecked Sendable {
 
     /// Sends `command` to `server` on a fresh connection; the reply as text.
     package func command(_ server: RedisServerProcess, _ command: RawCommand) async throws -> String {
-        let connection = try await server.connect()
+        let connection = try await server.connect { $0.password = self.password }
         defer { Task { await connection.close() } }
         let reply = try await connection.execute(command)
         if case .bulkString(let buffer) = reply.value { return String(buffer: buffer) }
@@ -129,13 +142,15 @@ package final class RedisClusterProcess: @unchecked Sendable {
         _ = try await self.command(destination, RawCommand("CLUSTER", "SETSLOT", .integer(slot.rawValue), "IMPORTING", .string(sourceID)))
         _ = try await self.command(source, RawCommand("CLUSTER", "SETSLOT", .integer(slot.rawValue), "MIGRATING", .string(destinationID)))
         if moveKeys {
-            let connection = try await source.connect()
+            let connection = try await source.connect { $0.password = self.password }
             defer { Task { await connection.close() } }
             let keys = try await connection.execute(RawCommand("CLUSTER", "GETKEYSINSLOT", .integer(slot.rawValue), "1000"))
             let names = try [String](fromRESP: keys)
             if !names.isEmpty {
                 _ = try await connection.execute(
-                    RawCommand(arguments: ["MIGRATE", "127.0.0.1", .integer(destination.port), "", "0", "5000", "KEYS"] + names.map { .string($0) }))
+                    RawCommand(
+                        arguments: ["MIGRATE", "127.0.0.1", .integer(destination.port), "", "0", "5000"]
+                            + (self.password.map { ["AUTH", .string($0)] } ?? []) + ["KEYS"] + names.map { .string($0) }))
             }
         }
         if finish {

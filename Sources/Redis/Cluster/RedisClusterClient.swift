@@ -268,13 +268,22 @@ public final class RedisClusterClient: Sendable {
         return any
     }
 
-    /// The command connection to `node`, opened on first use (concurrent callers share one attempt).
+    /// The command connection to `node`, opened on first use (concurrent callers share one attempt);
+    /// when it closes, the map is re-read.
     func commandConnection(to node: RedisServerAddress) async throws -> RedisConnection {
         for _ in 0..<2 {
             let task = try self.state.withLockedValue { state -> Task<RedisConnection, any Error> in
                 guard !state.isShutdown else { throw RedisClientError.shutdown }
                 if let existing = state.commandConnections[node] { return existing }
-                let task = Task { try await self.connect(to: node) }
+                let task = Task {
+                    let connection = try await self.connect(to: node)
+                    // A node that drops its connection may have failed over: re-read the map.
+                    connection.closeFuture.whenComplete { [weak self] _ in
+                        guard let self, !self.state.withLockedValue({ $0.isShutdown }) else { return }
+                        self.requestRefresh()
+                    }
+                    return connection
+                }
                 state.commandConnections[node] = task
                 return task
             }
