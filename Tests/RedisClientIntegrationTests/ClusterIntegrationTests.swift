@@ -68,13 +68,31 @@ struct ClusterIntegrationTests {
         let eval = try await client.execute(EVAL(script: "return redis.call('GET', KEYS[1])", keys: ["key:7"]))
         #expect(try ByteBuffer(fromRESP: eval) == ByteBuffer(string: "7"))
         let library = "#!lua name=clustertest\nredis.register_function('getit', function(keys, args) return redis.call('GET', keys[1]) end)"
-        for primary in try await cluster.primaries() {
-            _ = try await cluster.command(primary, RawCommand("FUNCTION", "LOAD", "REPLACE", .string(library)))
-        }
+        // Loaded by the connection setup of each primary's command connection (a fresh client: the
+        // setup runs on connections opened after it was added).
+        let functions = try self.client(cluster)
+        defer { Task { await functions.shutdown() } }
+        functions.addConnectionSetup(["FUNCTION", "LOAD", "REPLACE", .string(library)])
         for index in [1, 2, 3, 150, 299] {
-            let reply = try await client.execute(FCALL(function: "getit", keys: ["key:\(index)"]))
+            let reply = try await functions.execute(FCALL(function: "getit", keys: ["key:\(index)"]))
             #expect(try ByteBuffer(fromRESP: reply) == ByteBuffer(string: "\(index)"))
         }
+    }
+
+    /// A dedicated connection for a blocking read goes to the owner of the stream's slot.
+    @Test func dedicatedConnectionForBlockingReads() async throws {
+        let (cluster, client) = try await self.startCluster()
+        defer { Task { await client.shutdown() } }
+        let connection = try await client.makeDedicatedConnection(forKeys: ["{jobs}:stream"])
+        defer { Task { await connection.close() } }
+        let owner = try #require(try await cluster.owner(of: HashSlot(key: "{jobs}:stream")))
+        #expect(connection.configuration.port == owner.port)
+        let read = Task { try await connection.execute(XREAD(blockMilliseconds: 10_000, streams: [(key: "{jobs}:stream", id: "$")])) }
+        let blocked = try await eventually { try await cluster.command(owner, RawCommand("INFO", "clients")).contains("blocked_clients:1") }
+        #expect(blocked)
+        _ = try await client.execute(XADD(key: "{jobs}:stream", fields: [(name: "job", value: "1")]))
+        let result = try await read.value
+        #expect(result != nil, "the blocking read on the owner sees the entry")
     }
 
     /// A slot moved with `CLUSTER SETSLOT` behind the client's back: the `MOVED` reply is followed

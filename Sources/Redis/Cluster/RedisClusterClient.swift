@@ -48,6 +48,7 @@ public final class RedisClusterClient: Sendable {
         var reconcileRequests = 0
         var classicConnection: RedisConnection?
         var topologyRefreshes = 0
+        var setup: [[RedisArgument]] = []
     }
 
     let state = NIOLockedValueBox(State())
@@ -120,6 +121,21 @@ public final class RedisClusterClient: Sendable {
         for task in tasks { await task.value }
         self.shardRegistry.finishAll()
         self.classicRegistry.finishAll()
+    }
+
+    /// Adds a command that every command connection (one per primary) runs once connected, before
+    /// anything else is sent on it (e.g. `FUNCTION LOAD REPLACE`: functions are per node, so each
+    /// primary, and a replica promoted later, gets them before the first `FCALL`). An error reply is
+    /// logged, not fatal.
+    public func addConnectionSetup(_ arguments: [RedisArgument]) {
+        self.state.withLockedValue { $0.setup.append(arguments) }
+    }
+
+    /// Opens a connection that the caller owns (and must close) to the primary owning the slot of
+    /// `keys` (any primary without keys), e.g. for a blocking `XREADGROUP` on one stream. It does not
+    /// follow a later move of the slot: a `MOVED` reply tells the caller to open a new one.
+    public func makeDedicatedConnection(forKeys keys: [String]) async throws -> RedisConnection {
+        try await self.connect(to: try await self.node(for: try HashSlot(keys: keys)))
     }
 
     /// The slot map last read; `nil` before the first.
@@ -277,6 +293,13 @@ public final class RedisClusterClient: Sendable {
                 if let existing = state.commandConnections[node] { return existing }
                 let task = Task {
                     let connection = try await self.connect(to: node)
+                    for arguments in self.state.withLockedValue({ $0.setup }) {
+                        do {
+                            _ = try await connection.execute(RawCommand(arguments: arguments))
+                        } catch let error as RedisServerError {
+                            self.logger.warning("redis connection setup command failed", metadata: ["node": "\(node)", "error": "\(error)"])
+                        }
+                    }
                     // A node that drops its connection may have failed over: re-read the map.
                     connection.closeFuture.whenComplete { [weak self] _ in
                         guard let self, !self.state.withLockedValue({ $0.isShutdown }) else { return }
