@@ -10,13 +10,16 @@ import Testing
 /// Redis Cluster against real processes: 3 primaries and 3 replicas on free ports per test.
 @Suite("Real Redis Cluster", .serialized, .enabled(if: RedisClusterProcess.isAvailable, "redis-server/redis-cli not installed"))
 struct ClusterIntegrationTests {
-    func client(_ cluster: RedisClusterProcess, seeds: [RedisServerAddress]? = nil) throws -> RedisClusterClient {
+    func client(
+        _ cluster: RedisClusterProcess, seeds: [RedisServerAddress]? = nil, configure: (inout RedisClusterConfiguration) -> Void = { _ in }
+    ) throws -> RedisClusterClient {
         var configuration = RedisConfiguration()
         configuration.password = cluster.password
         configuration.connectTimeout = .seconds(1)
         configuration.commandTimeout = .seconds(2)
         configuration.reconnectBackoffMaximum = .milliseconds(500)
         configuration.cluster = RedisClusterConfiguration(nodes: seeds ?? cluster.seeds, retryDelay: .milliseconds(50))
+        configure(&configuration.cluster!)
         var logger = Logger(label: "cluster-test")
         logger.logLevel = .critical
         let client = try RedisClusterClient(configuration: configuration, logger: logger)
@@ -64,6 +67,14 @@ struct ClusterIntegrationTests {
             let reply = try results[2 * index + 1].get()
             #expect(try ByteBuffer(fromRESP: reply) == ByteBuffer(string: "v\(index)"))
         }
+
+        // At most 5 commands in flight per node: a larger pipeline to one node is refused whole.
+        let bounded = try self.client(cluster) { $0.maximumPendingCommandsPerNode = 5 }
+        defer { Task { await bounded.shutdown() } }
+        let refused = await bounded.pipeline((0..<6).map { _ in GET("{one}k") })
+        #expect(refused.allSatisfy { (try? $0.get()) == nil })
+        if case .failure(let error) = refused[0] { #expect(error as? RedisClientError == .queueFull) }
+        #expect(await bounded.pipeline((0..<5).map { _ in GET("{one}k") }).allSatisfy { (try? $0.get()) != nil })
 
         // EVAL and FCALL go to the owner of their keys (functions are loaded on every primary).
         let eval = try await client.execute(EVAL(script: "return redis.call('GET', KEYS[1])", keys: ["key:7"]))

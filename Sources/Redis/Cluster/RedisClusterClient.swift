@@ -206,6 +206,8 @@ public final class RedisClusterClient: Sendable {
                 group.addTask {
                     do {
                         let connection = try await self.commandConnection(to: node)
+                        try self.admit(indices.count, to: node)
+                        defer { self.release(indices.count, from: node) }
                         let futures = indices.map { connection.sendRaw(commands[$0]) }
                         var out: [(Int, Result<RESPToken, any Error>)] = []
                         for (index, future) in zip(indices, futures) {
@@ -245,15 +247,12 @@ public final class RedisClusterClient: Sendable {
         } catch {
             throw ClusterSendError(failure: .unreachable(error))
         }
-        let admitted = self.state.withLockedValue { state -> Bool in
-            guard state.pending[node, default: 0] < self.cluster.maximumPendingCommandsPerNode else { return false }
-            state.pending[node, default: 0] += 1
-            return true
+        do {
+            try self.admit(1, to: node)
+        } catch {
+            throw ClusterSendError(failure: .other(error))
         }
-        guard admitted else {
-            throw ClusterSendError(failure: .other(RedisClientError(.queueFull, detail: "\(node) has \(self.cluster.maximumPendingCommandsPerNode) commands in flight")))
-        }
-        defer { self.state.withLockedValue { $0.pending[node, default: 1] -= 1 } }
+        defer { self.release(1, from: node) }
         let askingReply = asking ? connection.send(ASKING()) : nil
         let reply = connection.sendRaw(command)
         do {
@@ -266,6 +265,22 @@ public final class RedisClusterClient: Sendable {
         } catch {
             throw ClusterSendError(failure: .connectionLost(error))
         }
+    }
+
+    /// Counts `count` commands in flight on `node`, or throws ``RedisClientError/queueFull`` when
+    /// that would pass ``RedisClusterConfiguration/maximumPendingCommandsPerNode``.
+    private func admit(_ count: Int, to node: RedisServerAddress) throws {
+        let limit = self.cluster.maximumPendingCommandsPerNode
+        let admitted = self.state.withLockedValue { state -> Bool in
+            guard state.pending[node, default: 0] + count <= limit else { return false }
+            state.pending[node, default: 0] += count
+            return true
+        }
+        guard admitted else { throw RedisClientError(.queueFull, detail: "\(node) has \(limit) commands in flight") }
+    }
+
+    private func release(_ count: Int, from node: RedisServerAddress) {
+        self.state.withLockedValue { $0.pending[node, default: count] -= count }
     }
 
     /// The owner of `slot` (any primary for `nil`), reading the map first if there is none.
