@@ -360,6 +360,7 @@ let package = Package(
         .testTarget(
             name: "SwitchboardRedisTests",
             dependencies: [
+                "Redis",
                 "SwitchboardRedis",
                 "SwitchboardCore",
                 "SwitchboardRoutes",

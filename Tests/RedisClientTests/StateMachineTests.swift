@@ -146,8 +146,10 @@ struct StateMachineTests {
                 Issue.record("pmessage"); return
             }
             #expect(pmessage.pattern == "a*" && pmessage.channel == "ab" && pmessage.kind == .pattern)
-            // Unsolicited confirmation (e.g. server-side sunsubscribe) is ignored.
-            guard case .none = machine.receivedToken(token("\(open)3\r\n$12\r\nsunsubscribe\r\n$1\r\nz\r\n:0\r\n")) else { Issue.record("unsolicited"); return }
+            // An unsolicited unsubscribe (server-side sunsubscribe on a cluster slot move) is reported.
+            guard case .unsubscribedByServer(.shardChannel, "z") = machine.receivedToken(token("\(open)3\r\n$12\r\nsunsubscribe\r\n$1\r\nz\r\n:0\r\n")) else {
+                Issue.record("unsolicited"); return
+            }
         }
     }
 }

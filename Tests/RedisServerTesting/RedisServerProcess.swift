@@ -161,6 +161,9 @@ package final class RedisServerProcess: @unchecked Sendable {
         throw RedisClientError.connectTimeout
     }
 
+    /// Whether the process runs (it was not killed).
+    package var isRunning: Bool { self.process?.isRunning ?? false }
+
     /// Kills the server (SIGKILL) and waits for it to exit.
     package func kill() {
         guard let process = self.process else { return }
@@ -205,7 +208,7 @@ package final class RedisServerProcess: @unchecked Sendable {
         return client
     }
 
-    private static func freePort() async throws -> Int {
+    package static func freePort() async throws -> Int {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .bind(host: "127.0.0.1", port: 0).get()

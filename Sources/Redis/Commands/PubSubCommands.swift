@@ -30,6 +30,8 @@ public struct SPUBLISH: RedisCommand {
         self.message = message
     }
 
+    public var keysAffected: [String] { [self.channel] }
+
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 3)
         encoder.encodeBulk("SPUBLISH")

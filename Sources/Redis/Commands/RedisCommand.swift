@@ -14,19 +14,32 @@ public protocol RedisCommand: Sendable {
     /// It is added to the connection's command timeout; `.zero` means "blocks forever" and disables the
     /// timeout. `nil` (the default) for ordinary commands.
     var blockingTimeout: TimeAmount? { get }
+
+    /// The keys (or, for `SPUBLISH`, the shard channel) the command touches. With Redis Cluster the
+    /// command goes to the primary that owns their slot (they must all share one); a command without
+    /// keys (the default) goes to any primary.
+    var keysAffected: [String] { get }
 }
 
 extension RedisCommand {
     public var blockingTimeout: TimeAmount? { nil }
+    public var keysAffected: [String] { [] }
 }
 
 /// A command given as raw arguments, decoded as a ``RESPToken``. Useful for commands without a typed struct.
 public struct RawCommand: RedisCommand {
     public typealias Response = RESPToken
     public var arguments: [RedisArgument]
+    /// The keys among `arguments`, for routing in a Redis Cluster (none: any primary).
+    public var keys: [String]
 
-    public init(_ arguments: RedisArgument...) { self.arguments = arguments }
-    public init(arguments: [RedisArgument]) { self.arguments = arguments }
+    public init(_ arguments: RedisArgument...) { self.init(arguments: arguments) }
+    public init(arguments: [RedisArgument], keys: [String] = []) {
+        self.arguments = arguments
+        self.keys = keys
+    }
+
+    public var keysAffected: [String] { self.keys }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: self.arguments.count)
@@ -137,6 +150,8 @@ public struct GET: RedisCommand {
 
     public init(_ key: String) { self.key = key }
 
+    public var keysAffected: [String] { [self.key] }
+
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeCommand("GET", self.key)
     }
@@ -165,6 +180,8 @@ public struct SET: RedisCommand {
         self.expireMilliseconds = expireMilliseconds
     }
 
+    public var keysAffected: [String] { [self.key] }
+
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 3 + (self.condition == .none ? 0 : 1) + (self.expireMilliseconds == nil ? 0 : 2))
         encoder.encodeBulk("SET")
@@ -190,6 +207,8 @@ public struct DEL: RedisCommand {
     public init(_ keys: String...) { self.keys = keys }
     public init(keys: [String]) { self.keys = keys }
 
+    public var keysAffected: [String] { self.keys }
+
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 1 + self.keys.count)
         encoder.encodeBulk("DEL")
@@ -209,6 +228,8 @@ public struct EVAL: RedisCommand {
         self.keys = keys
         self.arguments = arguments
     }
+
+    public var keysAffected: [String] { self.keys }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 3 + self.keys.count + self.arguments.count)
@@ -232,6 +253,8 @@ public struct EVALSHA: RedisCommand {
         self.keys = keys
         self.arguments = arguments
     }
+
+    public var keysAffected: [String] { self.keys }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 3 + self.keys.count + self.arguments.count)

@@ -19,6 +19,8 @@ public struct XADD: RedisCommand {
         self.fields = fields
     }
 
+    public var keysAffected: [String] { [self.key] }
+
     public func encode(into encoder: inout RESPCommandEncoder) {
         let trimCount = self.maxLength == nil ? 0 : (self.approximateTrim ? 3 : 2)
         encoder.encodeArray(count: 3 + trimCount + 2 * self.fields.count)
@@ -55,6 +57,8 @@ public struct XREAD: RedisCommand {
     }
 
     public var blockingTimeout: TimeAmount? { self.blockMilliseconds.map { .milliseconds(Int64($0)) } }
+
+    public var keysAffected: [String] { self.streams.map(\.key) }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 2 + (self.count == nil ? 0 : 2) + (self.blockMilliseconds == nil ? 0 : 2) + 2 * self.streams.count)
@@ -97,6 +101,8 @@ public struct XREADGROUP: RedisCommand {
 
     public var blockingTimeout: TimeAmount? { self.blockMilliseconds.map { .milliseconds(Int64($0)) } }
 
+    public var keysAffected: [String] { self.streams.map(\.key) }
+
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(
             count: 5 + (self.count == nil ? 0 : 2) + (self.blockMilliseconds == nil ? 0 : 2) + (self.noAck ? 1 : 0) + 2 * self.streams.count
@@ -133,6 +139,8 @@ public struct XACK: RedisCommand {
         self.ids = ids
     }
 
+    public var keysAffected: [String] { [self.key] }
+
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 3 + self.ids.count)
         encoder.encodeBulk("XACK")
@@ -161,6 +169,8 @@ public struct XGROUPCREATE: RedisCommand {
         self.makeStream = makeStream
         self.entriesRead = entriesRead
     }
+
+    public var keysAffected: [String] { [self.key] }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 5 + (self.makeStream ? 1 : 0) + (self.entriesRead == nil ? 0 : 2))
@@ -196,6 +206,8 @@ public struct XAUTOCLAIM: RedisCommand {
         self.count = count
     }
 
+    public var keysAffected: [String] { [self.key] }
+
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 6 + (self.count == nil ? 0 : 2))
         encoder.encodeBulk("XAUTOCLAIM")
@@ -222,6 +234,8 @@ public struct XPENDING: RedisCommand {
         self.group = group
     }
 
+    public var keysAffected: [String] { [self.key] }
+
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeCommand("XPENDING", self.key, self.group)
     }
@@ -247,6 +261,8 @@ public struct XPENDINGRANGE: RedisCommand {
         self.count = count
         self.consumer = consumer
     }
+
+    public var keysAffected: [String] { [self.key] }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 6 + (self.minIdleMilliseconds == nil ? 0 : 2) + (self.consumer == nil ? 0 : 1))
@@ -284,6 +300,8 @@ public struct XTRIM: RedisCommand {
         self.approximate = approximate
     }
 
+    public var keysAffected: [String] { [self.key] }
+
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: self.approximate ? 5 : 4)
         encoder.encodeBulk("XTRIM")
@@ -307,6 +325,8 @@ public struct XLEN: RedisCommand {
     public var key: String
 
     public init(key: String) { self.key = key }
+
+    public var keysAffected: [String] { [self.key] }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeCommand("XLEN", self.key)

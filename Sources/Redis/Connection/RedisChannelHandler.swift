@@ -35,6 +35,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     private let configuration: RedisConfiguration
     private let handshakePromise: EventLoopPromise<Int>
     private let pushHandler: (@Sendable (RedisPubSubMessage) -> Void)?
+    private let serverUnsubscribeHandler: (@Sendable (RedisSubscriptionKind, String) -> Void)?
     private let logger: Logger
     private var handshakeTimeout: Scheduled<Void>?
     private var context: ChannelHandlerContext?
@@ -47,8 +48,10 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         configuration: RedisConfiguration,
         handshakePromise: EventLoopPromise<Int>,
         pushHandler: (@Sendable (RedisPubSubMessage) -> Void)?,
+        serverUnsubscribeHandler: (@Sendable (RedisSubscriptionKind, String) -> Void)? = nil,
         logger: Logger
     ) {
+        self.serverUnsubscribeHandler = serverUnsubscribeHandler
         self.configuration = configuration
         self.stateMachine = .init(handshake: .init(configuration))
         self.handshakePromise = handshakePromise
@@ -177,6 +180,8 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             promise.fail(error)
         case .deliver(let message):
             self.pushHandler?(message)
+        case .unsubscribedByServer(let kind, let name):
+            self.serverUnsubscribeHandler?(kind, name)
         case .failAllAndClose(let promises, let error):
             self.logger.error("redis protocol error; closing connection", metadata: ["error": "\(error)"])
             for promise in promises { promise.fail(error) }

@@ -40,6 +40,9 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var tls: RedisTLSConfiguration?
     /// Find the primary through Redis Sentinel instead of ``host``/``port`` (`nil`: connect directly).
     public var sentinel: RedisSentinelConfiguration?
+    /// Talk to a Redis Cluster discovered from these seed nodes (use ``RedisClusterClient``);
+    /// ``host``/``port`` are ignored. Credentials, TLS and timeouts apply to every node.
+    public var cluster: RedisClusterConfiguration?
 
     public init(
         host: String = "localhost",

@@ -27,13 +27,16 @@ public final class RedisConnection: Sendable {
     ///
     /// - Parameters:
     ///   - pushHandler: invoked on the connection's event loop for every pub/sub message received.
+    ///   - serverUnsubscribeHandler: invoked on the event loop when the server ends a subscription by
+    ///     itself (e.g. `sunsubscribe` when a cluster slot migrates away).
     /// - Throws: ``RedisClientError/connectTimeout``, ``RedisServerError`` (e.g. `WRONGPASS`),
     ///   ``RedisClientError/tlsConfiguration``, ``RedisClientError/tlsHandshakeFailed``, or an I/O error.
     public static func connect(
         configuration: RedisConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "RedisClient"),
-        pushHandler: (@Sendable (RedisPubSubMessage) -> Void)? = nil
+        pushHandler: (@Sendable (RedisPubSubMessage) -> Void)? = nil,
+        serverUnsubscribeHandler: (@Sendable (RedisSubscriptionKind, String) -> Void)? = nil
     ) async throws -> RedisConnection {
         // Built per connection: a reconnect reads rotated certificate files.
         let sslContext = try configuration.tls?.makeSSLContext()
@@ -54,6 +57,7 @@ public final class RedisConnection: Sendable {
                             configuration: configuration,
                             handshakePromise: handshakePromise,
                             pushHandler: pushHandler,
+                            serverUnsubscribeHandler: serverUnsubscribeHandler,
                             logger: logger
                         ),
                     ])

@@ -175,6 +175,9 @@ package struct RedisConnectionStateMachine<Promise> {
         case fail(Promise, any Error)
         /// A published message arrived on a subscription.
         case deliver(RedisPubSubMessage)
+        /// The server ended a subscription by itself (a `sunsubscribe` push when a Redis Cluster
+        /// slot moves away from the node): the name must be subscribed again elsewhere.
+        case unsubscribedByServer(RedisSubscriptionKind, String)
         /// Fail all these promises and close the channel.
         case failAllAndClose([Promise], any Error)
     }
@@ -264,7 +267,11 @@ package struct RedisConnectionStateMachine<Promise> {
         guard let head = self.pending.first, case .subscription(let confirmation, let remaining) = head.kind,
             confirmation == kind
         else {
-            return .none  // unsolicited (e.g. server-side unsubscribe) or other push (invalidate, ...)
+            // Unsolicited: a server-side unsubscribe (slot migration), or another push (invalidate, ...).
+            if elements.count >= 2, let name = try? String(fromRESP: elements[1]), let kind = Self.unsubscribeKind(kind) {
+                return .unsubscribedByServer(kind, name)
+            }
+            return .none
         }
         if remaining > 1 {
             self.pending[self.pending.startIndex].kind = .subscription(confirmation: confirmation, remaining: remaining - 1)
@@ -272,6 +279,15 @@ package struct RedisConnectionStateMachine<Promise> {
         }
         self.pending.removeFirst()
         return .succeed(head.promise, token)
+    }
+
+    private static func unsubscribeKind(_ kind: String) -> RedisSubscriptionKind? {
+        switch kind {
+        case "unsubscribe": .channel
+        case "punsubscribe": .pattern
+        case "sunsubscribe": .shardChannel
+        default: nil
+        }
     }
 
     static func serverError(_ token: RESPToken) -> RedisServerError? {

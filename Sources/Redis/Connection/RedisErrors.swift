@@ -39,6 +39,11 @@ public struct RedisClientError: Error, Hashable, Sendable, CustomStringConvertib
         case shutdown
         case noPrimary
         case notPrimary
+        case notCluster
+        case clusterUnavailable
+        case crossSlot
+        case tooManyRedirects
+        case queueFull
     }
 
     let base: Base
@@ -77,6 +82,20 @@ public struct RedisClientError: Error, Hashable, Sendable, CustomStringConvertib
     public static let noPrimary = RedisClientError(.noPrimary)
     /// With Sentinel: the server a sentinel named is not a primary (`ROLE`), e.g. during a failover.
     public static let notPrimary = RedisClientError(.notPrimary)
+
+    /// With Redis Cluster: a seed node answered, but has cluster support disabled (a standalone server).
+    public static let notCluster = RedisClientError(.notCluster)
+    /// With Redis Cluster: no node could be reached to read the slot map, or no node serves a slot
+    /// (the detail names each node's failure).
+    public static let clusterUnavailable = RedisClientError(.clusterUnavailable)
+    /// With Redis Cluster: the keys of one command (or one `SSUBSCRIBE`) hash to different slots.
+    public static let crossSlot = RedisClientError(.crossSlot)
+    /// With Redis Cluster: a command was redirected (`MOVED`/`ASK`) or retried more often than
+    /// ``RedisClusterConfiguration/maximumRedirects`` allows.
+    public static let tooManyRedirects = RedisClientError(.tooManyRedirects)
+    /// With Redis Cluster: a node already has ``RedisClusterConfiguration/maximumPendingCommandsPerNode``
+    /// commands in flight; the command was not sent (fail fast, nothing is queued).
+    public static let queueFull = RedisClientError(.queueFull)
 
     static func invalidConfiguration(_ detail: String) -> RedisClientError {
         RedisClientError(.invalidConfiguration, detail: detail)

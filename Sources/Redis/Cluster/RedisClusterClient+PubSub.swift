@@ -1,0 +1,253 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+extension RedisClusterClient {
+    // MARK: Subscriptions
+
+    /// Subscribes to `names` and returns a buffered message stream (drop-oldest, see
+    /// ``RedisSubscription``). Shard channels (`kind: .shardChannel`) are subscribed with
+    /// `SSUBSCRIBE` on the primary owning each channel's slot, and follow the slot when it moves;
+    /// channels and patterns on one connection to any node. Completes once subscribed, or when
+    /// the owner cannot be reached (the subscription is then established in the background).
+    public func subscribe(to names: [String], kind: RedisSubscriptionKind = .channel, bufferSize: Int? = nil) async throws -> RedisSubscription {
+        precondition(!names.isEmpty, "subscribe needs at least one name")
+        let registry = kind == .shardChannel ? self.shardRegistry : self.classicRegistry
+        let dropped = NIOLockedValueBox(0)
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: RedisPubSubMessage.self,
+            bufferingPolicy: .bufferingNewest(max(1, bufferSize ?? self.configuration.subscriptionBufferSize))
+        )
+        let (id, confirmation) = registry.add(names: names, kind: kind, sink: .stream(continuation, dropped))
+        let subscription = RedisSubscription(
+            names: names, kind: kind, stream: stream, continuation: continuation, dropped: dropped, id: id, registry: registry)
+        try await self.awaitConfirmation(confirmation, registry: registry, id: id, names: names, kind: kind)
+        return subscription
+    }
+
+    /// Subscribes with a handler invoked on the receiving connection's event loop (no buffering).
+    public func subscribe(
+        to names: [String], kind: RedisSubscriptionKind = .channel, handler: @escaping @Sendable (RedisPubSubMessage) -> Void
+    ) async throws -> RedisCallbackSubscription {
+        precondition(!names.isEmpty, "subscribe needs at least one name")
+        let registry = kind == .shardChannel ? self.shardRegistry : self.classicRegistry
+        let (id, confirmation) = registry.add(names: names, kind: kind, sink: .callback(handler))
+        try await self.awaitConfirmation(confirmation, registry: registry, id: id, names: names, kind: kind)
+        return RedisCallbackSubscription(names: names, kind: kind, id: id, registry: registry)
+    }
+
+    /// A server error forgets the subscription; connection trouble keeps it (it is established later).
+    private func awaitConfirmation(
+        _ confirmation: EventLoopFuture<Void>?, registry: SubscriptionRegistry, id: UInt64, names: [String], kind: RedisSubscriptionKind
+    ) async throws {
+        do {
+            try await confirmation?.get()
+        } catch let error as RedisServerError {
+            registry.remove(id: id, names: names, kind: kind)
+            throw error
+        } catch {
+            self.logger.debug("subscription not confirmed; will resubscribe on reconnect", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// The shard channels confirmed on each node (for tests and diagnostics).
+    public var shardSubscriptions: [RedisServerAddress: Set<String>] {
+        self.state.withLockedValue { $0.subscribed.filter { !$0.value.isEmpty } }
+    }
+
+    /// Runs reconcile passes until no new request came in during the last one (callers joining a
+    /// running pass wait for the next).
+    func reconcileSubscriptions() async {
+        let task = self.state.withLockedValue { state -> Task<Void, Never>? in
+            guard !state.isShutdown else { return nil }
+            state.reconcileRequests += 1
+            if let running = state.reconcileTask { return running }
+            let task = Task {
+                while true {
+                    let request = self.state.withLockedValue { $0.reconcileRequests }
+                    await self.reconcilePass()
+                    let done = self.state.withLockedValue { state -> Bool in
+                        guard state.reconcileRequests == request || state.isShutdown else { return false }
+                        state.reconcileTask = nil
+                        return true
+                    }
+                    if done { return }
+                }
+            }
+            state.reconcileTask = task
+            return task
+        }
+        await task?.value
+    }
+
+    /// One pass of ``ShardedSubscriptionPlan``: unsubscribe what moved or lost interest, subscribe
+    /// the rest on its owner, close subscriber connections left without channels. Whatever fails
+    /// (unreachable owner, `MOVED` because the map is stale) marks the subscriptions pending; the
+    /// maintenance loop re-reads the map and runs another pass.
+    private func reconcilePass() async {
+        self.state.withLockedValue { $0.subscriptionsPending = false }
+        var topology = self.state.withLockedValue { $0.topology }
+        if topology == nil { topology = try? await self.refreshTopology() }
+        guard let topology else {
+            self.markSubscriptionsPending()
+            return
+        }
+        let desired = Set(self.shardRegistry.activeKeys.filter { $0.kind == .shardChannel }.map(\.name))
+        let plan = ShardedSubscriptionPlan(desired: desired, subscribed: self.state.withLockedValue { $0.subscribed }) {
+            topology.primary(for: HashSlot(key: $0))
+        }
+        if !plan.unowned.isEmpty { self.markSubscriptionsPending() }
+        for step in plan.unsubscribe {
+            let connection = self.state.withLockedValue { state -> RedisConnection? in
+                state.subscribed[step.node]?.subtract(step.names)
+                return state.subscriberConnections[step.node]
+            }
+            if let connection, connection.isActive {
+                // A slot that moved away was already unsubscribed by the server; its error is expected.
+                try? await connection.subscriptionCommand(SubscriptionCommand(kind: .shardChannel, isSubscribe: false, names: step.names)).get()
+            }
+        }
+        for step in plan.subscribe {
+            do {
+                let connection = try await self.subscriberConnection(to: step.node)
+                try await connection.subscriptionCommand(SubscriptionCommand(kind: .shardChannel, isSubscribe: true, names: step.names)).get()
+                self.state.withLockedValue { state in
+                    if state.subscriberConnections[step.node] === connection { state.subscribed[step.node, default: []].formUnion(step.names) }
+                }
+            } catch {
+                self.logger.debug("ssubscribe failed; retrying after a map refresh", metadata: ["node": "\(step.node)", "error": "\(error)"])
+                self.markSubscriptionsPending()
+            }
+        }
+        let idle = self.state.withLockedValue { state -> [RedisConnection] in
+            let nodes = state.subscriberConnections.keys.filter { state.subscribed[$0]?.isEmpty ?? true }
+            return nodes.compactMap { node in
+                state.subscribed[node] = nil
+                return state.subscriberConnections.removeValue(forKey: node)
+            }
+        }
+        for connection in idle { await connection.close() }
+    }
+
+    private func markSubscriptionsPending() {
+        self.state.withLockedValue { state in
+            state.subscriptionsPending = true
+            state.refreshRequested = true
+        }
+    }
+
+    /// The sharded-subscriber connection to `node`; when it closes, or the server unsubscribes a
+    /// channel (slot migration), its channels are marked for re-subscription.
+    private func subscriberConnection(to node: RedisServerAddress) async throws -> RedisConnection {
+        if let existing = self.state.withLockedValue({ $0.subscriberConnections[node] }), existing.isActive { return existing }
+        let registry = self.shardRegistry
+        let connection = try await self.connect(
+            to: node, pushHandler: { registry.deliver($0) },
+            serverUnsubscribeHandler: { [weak self] kind, name in
+                guard let self, kind == .shardChannel else { return }
+                self.logger.info("redis cluster: server unsubscribed a shard channel", metadata: ["node": "\(node)", "channel": "\(name)"])
+                self.state.withLockedValue { _ = $0.subscribed[node]?.remove(name) }
+                self.markSubscriptionsPending()
+            })
+        let accepted = self.state.withLockedValue { state -> Bool in
+            guard !state.isShutdown else { return false }
+            if let old = state.subscriberConnections[node], old !== connection { old.channel.close(promise: nil) }
+            state.subscriberConnections[node] = connection
+            state.subscribed[node] = []
+            return true
+        }
+        guard accepted else {
+            await connection.close()
+            throw RedisClientError.shutdown
+        }
+        connection.closeFuture.whenComplete { [weak self] _ in
+            guard let self else { return }
+            let lost = self.state.withLockedValue { state -> Bool in
+                guard state.subscriberConnections[node] === connection else { return false }
+                state.subscriberConnections[node] = nil
+                return !(state.subscribed.removeValue(forKey: node) ?? []).isEmpty
+            }
+            if lost {
+                self.logger.warning("redis cluster: sharded subscriber connection lost", metadata: ["node": "\(node)"])
+                self.markSubscriptionsPending()
+            }
+        }
+        return connection
+    }
+
+    // MARK: Background work
+
+    /// Reads the map every ``RedisClusterConfiguration/topologyRefreshInterval`` and when asked
+    /// (redirect, lost connection), and runs subscription passes while some are pending; after
+    /// failures it waits longer (doubling, up to the refresh interval).
+    func maintenanceLoop() async {
+        let clock = ContinuousClock()
+        let interval = Duration.nanoseconds(self.cluster.topologyRefreshInterval.nanoseconds)
+        var nextRefresh = clock.now
+        var failures = 0
+        while !Task.isCancelled, !self.state.withLockedValue({ $0.isShutdown }) {
+            let (refreshRequested, pending) = self.state.withLockedValue { state in
+                defer { state.refreshRequested = false }
+                return (state.refreshRequested, state.subscriptionsPending)
+            }
+            var failed = false
+            if refreshRequested || clock.now >= nextRefresh {
+                do {
+                    try await self.refreshTopology()
+                    nextRefresh = clock.now + interval
+                } catch {
+                    failed = true
+                    self.logger.debug("redis cluster: cannot read the slot map", metadata: ["error": "\(error)"])
+                }
+            }
+            if pending {
+                await self.reconcileSubscriptions()
+                failed = failed || self.state.withLockedValue { $0.subscriptionsPending }
+            }
+            failures = failed ? failures + 1 : 0
+            let wait = min(interval, .milliseconds(50) * (1 << min(failures, 5)))
+            try? await Task.sleep(for: wait)
+        }
+    }
+
+    /// Keeps one connection for channel and pattern subscriptions open to some node (the nodes of
+    /// the map, then the seeds, in turn), re-subscribing after every reconnect.
+    func classicSubscriberLoop() async {
+        let backoff = RedisBackoff(minimum: self.configuration.reconnectBackoffMinimum, maximum: self.configuration.reconnectBackoffMaximum)
+        var attempt = 0
+        var index = 0
+        while !Task.isCancelled, !self.state.withLockedValue({ $0.isShutdown }) {
+            let candidates = (self.state.withLockedValue { $0.topology?.nodes } ?? []) + self.cluster.nodes
+            let node = candidates[index % candidates.count]
+            index += 1
+            let registry = self.classicRegistry
+            do {
+                let connection = try await self.connect(to: node, pushHandler: { registry.deliver($0) })
+                let isShutdown = self.state.withLockedValue { state in
+                    if !state.isShutdown { state.classicConnection = connection }
+                    return state.isShutdown
+                }
+                if isShutdown {
+                    await connection.close()
+                    break
+                }
+                let confirmations = registry.attach { [connection] in connection.subscriptionCommand($0) }
+                for confirmation in confirmations { try? await confirmation.get() }
+                attempt = 0
+                try? await connection.closeFuture.get()
+                registry.detach()
+                self.state.withLockedValue { state in
+                    if state.classicConnection === connection { state.classicConnection = nil }
+                }
+            } catch {
+                registry.detach()
+                self.logger.debug("redis cluster: subscriber connection failed", metadata: ["node": "\(node)", "error": "\(error)"])
+            }
+            if Task.isCancelled || self.state.withLockedValue({ $0.isShutdown }) { break }
+            if index % candidates.count == 0 {
+                try? await Task.sleep(for: .nanoseconds(backoff.delay(attempt: attempt).nanoseconds))
+                attempt += 1
+            }
+        }
+    }
+}
