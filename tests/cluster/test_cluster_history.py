@@ -2,65 +2,12 @@
 restarted without persistence, the instances' Pub/Sub connections killed (CLIENT KILL). Each
 test counts loss, duplicates and reorders per client and asserts zero, or the explicit signal
 (`x-recovered: false`, a jump in `x-position`)."""
-import threading
-import time
-
 import requests
 
 from support.cluster import Cluster
+from support.history import Publisher, audit, drain
 from support.process import wait_until
 from support.stompclient import ConnectionClosed, StompClient
-
-
-class Publisher(threading.Thread):
-    """Publishes "0", "1", ... to `topic` through the API at `url`, one request at a time;
-    `answered` holds the bodies the API answered 200 for."""
-
-    def __init__(self, url, topic, pace=0.005):
-        super().__init__(daemon=True)
-        self.url, self.topic, self.pace = url, topic, pace
-        self.answered: list[int] = []
-        self.stop = threading.Event()
-
-    def run(self):
-        seq = 0
-        with requests.Session() as http:
-            while not self.stop.is_set():
-                try:
-                    r = http.post(f"{self.url}/api/notification", json={"topic": self.topic, "message": str(seq)}, timeout=3)
-                    if r.status_code == 200:
-                        self.answered.append(seq)
-                except requests.exceptions.RequestException:
-                    pass
-                seq += 1
-                time.sleep(self.pace)
-
-    def finish(self):
-        self.stop.set()
-        self.join(10)
-
-
-def audit(received: list[int], published: list[int]):
-    """(lost, duplicates, reorders) of one client's `received` bodies against `published`."""
-    got = set(received)
-    lost = [p for p in published if p not in got]
-    duplicates = len(received) - len(got)
-    reorders = sum(1 for a, b in zip(received, received[1:]) if b < a)
-    return lost, duplicates, reorders
-
-
-def drain(client, until, timeout=15.0):
-    """Reads messages until `until(bodies)` holds; returns the bodies and the last position."""
-    bodies, position = [], None
-    deadline = time.monotonic() + timeout
-    while not until(bodies) and time.monotonic() < deadline:
-        try:
-            f = client.expect_message(0.5)
-        except TimeoutError:
-            continue
-        bodies.append(int(f.text))
-        position = f["x-position"]
-    return bodies, position
 
 
 def test_kill9_gateway_clients_resume_through_haproxy_without_loss(cluster_factory):

@@ -1,0 +1,74 @@
+"""Counting what clients of a history destination received, for fault tests: a numbered
+``Publisher`` through the HTTP API, ``drain`` (read until a condition) and ``audit`` (loss,
+duplicates, reorders of one client)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+
+class Publisher(threading.Thread):
+    """Publishes "0", "1", ... to `topic` through the API at `url`, one request at a time;
+    `answered` holds the bodies the API answered 200 for.
+
+    `retry_refused`: a number the API refused (any answer but 200, or no answer) is sent again
+    until it is accepted, so the numbers stay dense; `refused` counts the refusals (503 while
+    no Redis primary is known) and `unanswered` the requests that got no HTTP answer at all."""
+
+    def __init__(self, url, topic, pace=0.005, retry_refused=False):
+        super().__init__(daemon=True)
+        self.url, self.topic, self.pace, self.retry_refused = url, topic, pace, retry_refused
+        self.answered: list[int] = []
+        self.refused: dict[int, int] = {}  # status code -> count
+        self.unanswered = 0
+        self.stop = threading.Event()
+
+    def run(self):
+        seq = 0
+        with requests.Session() as http:
+            while not self.stop.is_set():
+                accepted = False
+                try:
+                    r = http.post(f"{self.url}/api/notification", json={"topic": self.topic, "message": str(seq)}, timeout=3)
+                    if r.status_code == 200:
+                        self.answered.append(seq)
+                        accepted = True
+                    else:
+                        self.refused[r.status_code] = self.refused.get(r.status_code, 0) + 1
+                except requests.exceptions.RequestException:
+                    self.unanswered += 1
+                if accepted or not self.retry_refused:
+                    seq += 1
+                time.sleep(self.pace)
+
+    def finish(self):
+        self.stop.set()
+        self.join(10)
+
+
+def audit(received: list[int], published: list[int]):
+    """(lost, duplicates, reorders) of one client's `received` bodies against `published`."""
+    got = set(received)
+    lost = [p for p in published if p not in got]
+    duplicates = len(received) - len(got)
+    reorders = sum(1 for a, b in zip(received, received[1:]) if b < a)
+    return lost, duplicates, reorders
+
+
+def drain(client, until, timeout=15.0, frames=None):
+    """Reads messages until `until(bodies)` holds; returns the bodies and the last position.
+    `frames`: a list that gets every MESSAGE frame read, for checks on their headers."""
+    bodies, position = [], None
+    deadline = time.monotonic() + timeout
+    while not until(bodies) and time.monotonic() < deadline:
+        try:
+            f = client.expect_message(0.5)
+        except TimeoutError:
+            continue
+        bodies.append(int(f.text))
+        position = f["x-position"]
+        if frames is not None:
+            frames.append(f)
+    return bodies, position
