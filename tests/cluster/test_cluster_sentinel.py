@@ -67,7 +67,8 @@ SUBSCRIBERS = 4
 def start_run(cluster_factory, clients, topic):
     """A Sentinel cluster with SUBSCRIBERS subscribers of `topic` (alternating gw0, gw1) and a
     publisher through gw0 that has had 30 numbers accepted."""
-    cluster = cluster_factory(replicas=0, gateways=2, sentinels=3)
+    # A history window longer than the run: a resume after the failover is never beyond it.
+    cluster = cluster_factory(replicas=0, gateways=2, sentinels=3, gateway_args=("--set", "history.max-length=10000"))
     subs = []
     for i in range(SUBSCRIBERS):
         c = clients(cluster.client(cluster.gw_ws(i % 2)))

@@ -20,9 +20,11 @@ class Cluster:
     """`config`: a file name in examples/, or `config_yaml`: the configuration's text."""
 
     def __init__(self, name: str, replicas: int = 2, replica_args=(), config: str = "seed-streams.yaml",
-                 gateways: int = 3, config_yaml: str | None = None, redis_args=(), sentinels: int = 0):
+                 gateways: int = 3, config_yaml: str | None = None, redis_args=(), sentinels: int = 0,
+                 gateway_args=()):
         """`sentinels` > 0: a Redis replica and that many sentinels (master name ``main``) too, and
-        the gateways find the primary through them (``redis.sentinel.*``)."""
+        the gateways find the primary through them (``redis.sentinel.*``). `gateway_args`: more
+        arguments for every gateway (e.g. ``("--set", "history.max-length=10000")``)."""
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"sb-{name}-"))
         ARTIFACTS.mkdir(exist_ok=True)
@@ -39,6 +41,7 @@ class Cluster:
             self.config.write_text(config_yaml)
         self.replica_args = list(replica_args)
         self.redis_args = list(redis_args)  # e.g. AOF on; later options win
+        self.gateway_args = list(gateway_args)
         self.sentinel_ports: list[int] = []
         try:
             self.start_redis()
@@ -108,7 +111,7 @@ class Cluster:
                      "--set", "redis.sentinel.master-name=main", *extra)
         self._spawn(f"gw{i}", [BINARY, "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.gw_ports[i]),
                                "--set", f"redis.url=redis://127.0.0.1:{self.redis_port}", "--set", f"instance.id=gw{i}",
-                               "--set", "server.shutdown-grace-ms=2000", *extra])
+                               "--set", "server.shutdown-grace-ms=2000", *self.gateway_args, *extra])
 
     def wait_ready(self, i: int, timeout=20.0):
         wait_until(lambda: requests.get(f"{self.gw_url(i)}/health/ready", timeout=1).status_code == 200, timeout, what=f"gw{i} ready")
