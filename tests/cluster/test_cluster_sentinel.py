@@ -134,7 +134,7 @@ def test_kill9_primary_sentinel_failover_resuming_clients_lose_nothing(cluster_f
     for k in resumers:
         c = clients(cluster.client(cluster.gw_ws((k + 1) % 2)))
         receipt = c.subscribe(topic, id="1", receipt="r", **{"x-resume-from": positions[k]})
-        assert receipt["x-recovered"] == "true", receipt.headers
+        assert receipt["x-recovered"] == "true", f"resumed from {positions[k]}: {receipt.headers}"
         subs[k] = c
     before = len(pub.answered)
     wait_until(lambda: len(pub.answered) >= before + 40, 20, what="publishing after the failover")
