@@ -10,7 +10,7 @@ import Redis
 ///
 /// | key | type | holds |
 /// | --- | --- | --- |
-/// | `switchboard:{D}:seq` | hash | `epoch`, `n` (the newest sequence number), `max-length`, `ttl` |
+/// | `switchboard:{D}:seq` | hash | `epoch`, `n` (the newest sequence number), `server` (replication id of the primary that numbered last), `max-length`, `ttl` |
 /// | `switchboard:{D}:log` | stream | entry `<n>-0` per message: `t` (ms), `m` (the positioned envelope) |
 /// | `switchboard:{D}:once:<token>` | string | a publish already recorded (inbound routes), 60 s |
 ///
@@ -21,6 +21,13 @@ import Redis
 /// clock) and an empty log: that is how a client learns history was lost. The sequence hash
 /// outlives the log (it expires after a day without publishes), so a client of a quiet
 /// destination still resumes with nothing missed.
+///
+/// After a failover, the promoted replica's copy of `n` may be behind the positions its old
+/// primary issued and did not replicate. The first call on a server that was promoted
+/// (`master_replid2` in `INFO replication`) and did not number the destination last moves `n`
+/// ahead by 1,000,000: subscribers see a hole in `x-position` (and a resume across it is
+/// `x-recovered: false`) instead of new messages that reuse seen positions and are dropped as
+/// copies. A restart from the server's own AOF or RDB is not a promotion and keeps `n`.
 ///
 /// Backends that publish with `redis-cli` get the same guarantees with
 /// `FCALL switchboard_publish 1 'switchboard:{/topic/x}' 'hello'`: a payload that is not an
@@ -41,13 +48,34 @@ public enum HistoryFunctions {
           return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         end
 
+        -- A promoted replica inherits a sequence that may be behind what its old primary
+        -- issued (writes acknowledged there but not replicated): numbering on from it would
+        -- issue positions twice, and subscribers would drop the new messages as copies. So a
+        -- server that was promoted (master_replid2 set) and is not the one that numbered the
+        -- destination last moves the sequence ahead by GAP: subscribers see a hole in
+        -- x-position, which history cannot fill, instead of silently reused positions.
+        local GAP = 1000000
+        local NEVER_PROMOTED = '0000000000000000000000000000000000000000'
+
+        local function server_ids()
+          local info = redis.call('INFO', 'replication')
+          return string.match(info, 'master_replid:(%x+)') or '', string.match(info, 'master_replid2:(%x+)') or NEVER_PROMOTED
+        end
+
         local function epoch_of(seq, log)
-          local epoch = redis.call('HGET', seq, 'epoch')
-          if epoch then return epoch end
+          local stored = redis.call('HMGET', seq, 'epoch', 'server')
+          local server, previous = server_ids()
+          if stored[1] then
+            if stored[2] ~= server then
+              if stored[2] and previous ~= NEVER_PROMOTED then redis.call('HINCRBY', seq, 'n', GAP) end
+              redis.call('HSET', seq, 'server', server)
+            end
+            return stored[1]
+          end
           local t = redis.call('TIME')
-          epoch = string.format('%08x%05x', tonumber(t[1]), tonumber(t[2]))
+          local epoch = string.format('%08x%05x', tonumber(t[1]), tonumber(t[2]))
           redis.call('DEL', log)
-          redis.call('HSET', seq, 'epoch', epoch, 'n', 0)
+          redis.call('HSET', seq, 'epoch', epoch, 'n', 0, 'server', server)
           redis.call('PEXPIRE', seq, 86400000)
           return epoch
         end
