@@ -81,6 +81,8 @@ package final class GatewayServices: Sendable {
     package let stats = GatewayStats()
     package let userSessions = UserSessionCounter()
     package let logger: Logger
+    /// Lifecycle facts go here (Redis mode with events on); nil: none are recorded.
+    package let lifecycle: (any LifecycleRecorder)?
 
     /// Sums the counters of every event loop.
     package func counters() async -> ShardCounters {
@@ -93,7 +95,7 @@ package final class GatewayServices: Sendable {
 
     package init(
         configuration: SessionConfiguration, hub: FanoutHub, engine: any BrokerEngine, routes: RouteTable, instanceID: String,
-        messageIDs: MessageIDGenerator? = nil, logger: Logger
+        messageIDs: MessageIDGenerator? = nil, logger: Logger, lifecycle: (any LifecycleRecorder)? = nil
     ) {
         self.configuration = configuration
         self.hub = hub
@@ -104,5 +106,6 @@ package final class GatewayServices: Sendable {
         self.messageIDs = messageIDs ?? MessageIDGenerator(instanceID: instanceID)
         self.sessionIDs = MessageIDGenerator(instanceID: instanceID + "-s")
         self.logger = logger
+        self.lifecycle = lifecycle
     }
 }

@@ -30,6 +30,9 @@ package struct SwitchboardGateway: Sendable {
         let engine: RedisEngine
         let streamRoutes: [RedisStreamRoute]
         let inbound: [RedisInboundRoute]
+        /// With `events.enabled`: the sessions' facts, and this instance's lease.
+        let lifecycle: RedisLifecycle?
+        let lease: InstanceLease?
     }
 
     /// Where `/metrics` reads from; bootstrap `MetricsSystem` with a `PrometheusMetricsFactory`
@@ -82,6 +85,8 @@ package struct SwitchboardGateway: Sendable {
         var engine: any BrokerEngine = InMemoryEngine(hub: hub, history: history)
         var redisClient: RedisClient?
         var redisEngine: RedisEngine?
+        var lifecycle: RedisLifecycle?
+        var lease: InstanceLease?
         if let settings = configuration.redis {
             var redisConfiguration = try RedisConfiguration(url: settings.url)
             redisConfiguration.commandTimeout = .milliseconds(Int64(settings.commandTimeoutMs))
@@ -102,6 +107,22 @@ package struct SwitchboardGateway: Sendable {
             redisClient = client
             redisEngine = re
             engine = re
+            if configuration.events.enabled {
+                let events = configuration.events
+                let stream = LifecycleStreamSettings(
+                    stream: events.stream, maxLength: events.maxLength, types: events.types, prefix: settings.channelPrefix)
+                lifecycle = RedisLifecycle(
+                    client: client, settings: stream, instance: instanceID, loops: loops,
+                    limits: .init(maxQueued: events.maxQueued, maxBatch: events.maxBatch), logger: redisLogger)
+                let shards = hub.shards
+                lease = InstanceLease(
+                    client: client, stream: stream, instance: instanceID,
+                    settings: .init(
+                        ttl: .milliseconds(events.leaseTTLMs), renewInterval: .milliseconds(events.leaseRenewMs),
+                        grace: .milliseconds(events.graceMs)),
+                    logger: redisLogger,
+                    onLost: { for shard in shards { shard.closeAll(reason: "this instance lost its presence lease in Redis, reconnect") } })
+            }
         }
         var routes = RouteTable()
         var streamRoutes: [RedisStreamRoute] = []
@@ -121,7 +142,9 @@ package struct SwitchboardGateway: Sendable {
             }
         }
         if let redisClient, let redisEngine, let settings = configuration.redis {
-            self.redis = RedisParts(client: redisClient, engine: redisEngine, streamRoutes: streamRoutes, inbound: settings.inbound.map(\.route))
+            self.redis = RedisParts(
+                client: redisClient, engine: redisEngine, streamRoutes: streamRoutes, inbound: settings.inbound.map(\.route),
+                lifecycle: lifecycle, lease: lease)
         } else {
             self.redis = nil
         }
@@ -129,7 +152,7 @@ package struct SwitchboardGateway: Sendable {
         sessionLogger[metadataKey: "instance"] = "\(instanceID)"
         self.services = GatewayServices(
             configuration: session, hub: hub, engine: engine,
-            routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger)
+            routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger, lifecycle: lifecycle)
     }
 
     static func randomInstanceID() -> String {
@@ -151,6 +174,8 @@ package struct SwitchboardGateway: Sendable {
             streamGroups: redis?.streamRoutes.compactMap(\.groups) ?? []
         )
         .register(on: router)
+        PresenceAPI(publisher: publisher, policy: services.policy, source: redis?.lifecycle, maxUsers: configuration.events.presenceMaxUsers)
+            .register(on: router)
         if configuration.console.enabled {
             let inbound = (configuration.redis?.inbound ?? []).compactMap { setting -> String? in
                 switch setting.route {
@@ -251,6 +276,8 @@ struct RedisService: Service {
 
     func run() async throws {
         try await parts.engine.start()
+        await parts.lifecycle?.start()
+        let leaseTask = parts.lease.map { lease in Task { await lease.run() } }
         // Consumer groups are created as soon as Redis answers (it may not be up yet), and
         // re-created whenever Redis lost them; the instance is not ready until they exist.
         let groupsTask = Task {
@@ -267,6 +294,12 @@ struct RedisService: Service {
         try? await gracefulShutdown()
         groupsTask.cancel()
         await inbound.stop()
+        // The sessions' last facts (`disconnected(drain)`), then the lease: whatever is still
+        // registered is written as drained, and nobody reaps this instance.
+        leaseTask?.cancel()
+        await leaseTask?.value
+        await parts.lifecycle?.flush(timeout: .seconds(3))
+        await parts.lease?.leave()
         await parts.engine.shutdown()
     }
 }

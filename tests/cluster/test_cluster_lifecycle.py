@@ -1,0 +1,190 @@
+"""Presence and lifecycle events with real processes: 3 gateways behind haproxy, redis-server,
+and a consumer group of two consumers reading ``switchboard:events``. Checks the events and
+presence across gateways, that a ``kill -9`` of a gateway turns its sessions into
+``disconnected(node-lost)`` and ``user-offline`` once, within the lease time, that a user with
+a session elsewhere is never shown offline, and that every event id is processed once."""
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+import requests
+
+from support.cluster import Cluster, stop_cluster
+from support.process import wait_until
+from support.resp import Resp
+from support.stompclient import StompClient
+
+SECRET = "lifecycle-suite-hmac-secret-0123456789abcdef"
+STREAM = "switchboard:events"
+GROUP = "presence-backend"
+LEASE_TTL_MS = 2000
+
+CONFIG = f"""
+events:
+  enabled: true
+  lease-ttl-ms: {LEASE_TTL_MS}
+  lease-renew-ms: 500
+auth:
+  allow-anonymous: true
+  jwt:
+    hmac-secret: {SECRET}
+"""
+
+
+def token(user: str) -> str:
+    return jwt.encode({"sub": user, "iat": int(time.time()), "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
+
+
+def connect(url: str, user: str | None) -> StompClient:
+    c = StompClient(url, timeout=10)
+    c.connect(headers={"Authorization": f"Bearer {token(user)}"} if user else None)
+    return c
+
+
+class Backend:
+    """Two consumers of one group, as two backend replicas: XREADGROUP, handle, XACK. The ledger
+    counts how often each event id was handled; ``online`` is the set the events imply."""
+
+    def __init__(self, port: int):
+        self.conns = [Resp(port), Resp(port)]
+        self.ledger: dict[str, int] = {}
+        self.events: list[dict] = []
+        self.online: set[str] = set()
+        try:
+            self.conns[0].call("XGROUP", "CREATE", STREAM, GROUP, "0", "MKSTREAM")
+        except Exception as e:  # an existing group is fine
+            assert "BUSYGROUP" in str(e)
+
+    def poll(self):
+        for i, conn in enumerate(self.conns):
+            reply = conn.call("XREADGROUP", "GROUP", GROUP, f"replica-{i}", "COUNT", "50", "BLOCK", "50", "STREAMS", STREAM, ">")
+            for _, entries in reply or []:
+                for entry_id, flat in entries:
+                    fields = dict(zip(flat[::2], flat[1::2]))
+                    self.ledger[entry_id] = self.ledger.get(entry_id, 0) + 1
+                    fields["id"] = entry_id
+                    self.events.append(fields)
+                    if fields["type"] == "user-online":
+                        self.online.add(fields["user"])
+                    elif fields["type"] == "user-offline":
+                        self.online.discard(fields["user"])
+                    conn.call("XACK", STREAM, GROUP, entry_id)
+
+    def matching(self, **want) -> list[dict]:
+        return [e for e in self.events if all(e.get(k) == v for k, v in want.items())]
+
+    def wait_for(self, what: str, condition, timeout=15.0):
+        def check():
+            self.poll()
+            return condition()
+        wait_until(check, timeout, what=what)
+
+    def assert_each_once(self):
+        twice = {k: n for k, n in self.ledger.items() if n != 1}
+        assert not twice, f"events handled more than once: {twice}"
+        assert len(self.ledger) == len(self.events)
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster("lifecycle", replicas=0, config_yaml=CONFIG)
+    yield c
+    stop_cluster(c)
+
+
+def test_events_and_presence_across_gateways(cluster):
+    backend = Backend(cluster.redis_port)
+    a0 = connect(cluster.gw_ws(0), "alice")
+    a0.subscribe("/topic/room", receipt="r")
+    b1 = connect(cluster.gw_ws(1), "bob")
+    b1.subscribe("/topic/room", receipt="r")
+    a2 = connect(cluster.lb_ws, "alice")
+    anon = connect(cluster.gw_ws(2), None)
+    backend.wait_for("connected events", lambda: len(backend.matching(type="connected")) == 4)
+    backend.wait_for("subscribed events", lambda: len(backend.matching(type="subscribed")) == 2)
+    assert backend.online == {"alice", "bob"}
+    assert len(backend.matching(type="user-online", user="alice")) == 1
+    assert len(backend.matching(type="destination-occupied", destination="/topic/room")) == 1
+    assert {e["instance"] for e in backend.matching(type="connected", user="bob")} == {"gw1"}
+    # The presence API, through haproxy (any gateway answers for all of them).
+    room = requests.get(f"{cluster.lb_url}/api/presence/topic/room", timeout=5)
+    assert room.status_code == 200, room.text
+    assert room.json() == {"destination": "/topic/room", "subscribers": 2, "users": ["alice", "bob"]}
+    alice = requests.get(f"{cluster.lb_url}/api/users/alice/presence", timeout=5).json()
+    assert alice["online"] is True
+    expected: dict[str, list[str]] = {}
+    for c in (a0, a2):
+        expected.setdefault(Cluster.instance_of(c), []).append(c.connected_frame["session"])
+    assert alice["instances"] == {k: sorted(v) for k, v in expected.items()}
+    bad = requests.get(f"{cluster.lb_url}/api/presence/app/greet", timeout=5)
+    assert bad.status_code == 400 and bad.json()["field"] == "destination"
+    # alice leaves gw0: she still has a session, so she stays online.
+    a0.disconnect()
+    a0.close()
+    backend.wait_for("alice's disconnect", lambda: backend.matching(type="disconnected", user="alice", reason="client"))
+    assert "alice" in backend.online and not backend.matching(type="user-offline")
+    # bob's unsubscribe empties the destination.
+    b1.unsubscribe("0", receipt="u")
+    backend.wait_for("destination vacated", lambda: backend.matching(type="destination-vacated", destination="/topic/room"))
+    for c in (b1, a2, anon):
+        c.close()
+    backend.wait_for("everyone offline", lambda: len(backend.matching(type="disconnected")) == 4 and not backend.online)
+    assert len(backend.matching(type="user-offline", user="alice")) == 1
+    # One user's generations increase in stream order.
+    gens = [int(e["gen"]) for e in backend.events if e.get("user") == "alice"]
+    assert gens == sorted(gens) and len(set(gens)) == len(gens)
+    backend.assert_each_once()
+
+
+def test_kill_9_turns_a_gateways_sessions_into_node_lost_once(cluster):
+    backend = Backend(cluster.redis_port)
+    victims = [connect(cluster.gw_ws(0), f"u{i}") for i in range(10)]
+    for i, c in enumerate(victims):
+        c.subscribe("/topic/doomed" if i % 2 else "/topic/shared", receipt="r")
+    # u0..u2 have a second session on another gateway: they must never be shown offline.
+    survivors = [connect(cluster.gw_ws(1 + i % 2), f"u{i}") for i in range(3)]
+    survivors[0].subscribe("/topic/shared", receipt="r")
+    backend.wait_for("connected", lambda: len(backend.matching(type="connected")) == 13)
+    backend.wait_for("subscribed", lambda: len(backend.matching(type="subscribed")) == 11)
+    assert backend.online == {f"u{i}" for i in range(10)}
+    killed_at = time.monotonic()
+    cluster.kill_gateway(0)
+    expected_offline = {f"u{i}" for i in range(3, 10)}
+    backend.wait_for(
+        "node-lost events", lambda: len(backend.matching(type="disconnected", reason="node-lost")) == 10
+        and {e["user"] for e in backend.matching(type="user-offline")} == expected_offline,
+        timeout=LEASE_TTL_MS / 1000 + 8)
+    took = time.monotonic() - killed_at
+    # Within the lease time, plus a renewal period and the consumer's polling.
+    assert took < LEASE_TTL_MS / 1000 + 3, f"node-lost after {took:.1f} s"
+    lost = backend.matching(type="disconnected", reason="node-lost")
+    assert {e["instance"] for e in lost} == {"gw0"}
+    assert sorted(e["user"] for e in lost) == sorted(f"u{i}" for i in range(10))
+    assert len(backend.matching(type="destination-vacated", destination="/topic/doomed")) == 1
+    assert not backend.matching(type="destination-vacated", destination="/topic/shared")
+    # Nothing more follows: a second reaper (the third gateway) found nothing to reap.
+    backend.wait_for("a quiet second", lambda: time.monotonic() - killed_at > took + 1.5)
+    assert len(backend.matching(type="disconnected", reason="node-lost")) == 10
+    assert len(backend.matching(type="user-offline")) == 7
+    assert backend.online == {"u0", "u1", "u2"}
+    assert not any(e["user"] in {"u0", "u1", "u2"} for e in backend.matching(type="user-offline"))
+    backend.assert_each_once()
+    for c in survivors:
+        c.close()
+    backend.wait_for("survivors offline", lambda: not backend.online)
+    backend.assert_each_once()
+
+
+def test_graceful_stop_writes_drain(cluster):
+    backend = Backend(cluster.redis_port)
+    c = connect(cluster.gw_ws(2), "dora")
+    c.subscribe("/topic/drained", receipt="r")
+    backend.wait_for("connected", lambda: backend.matching(type="subscribed", user="dora"))
+    codes = {"gw2": cluster.stop_one("gw2")}
+    assert codes == {"gw2": 0}
+    backend.wait_for("drain", lambda: backend.matching(type="user-offline", user="dora", reason="drain"))
+    assert [e["reason"] for e in backend.matching(type="disconnected")] == ["drain"]
+    assert len(backend.matching(type="destination-vacated", destination="/topic/drained")) == 1
+    backend.assert_each_once()
