@@ -126,6 +126,8 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           local batch = tonumber(args[6])
           if batch <= last then return -1 end
           redis.call('HSET', applied, args[5], args[6])
+          -- Known to reapers from its first batch on, even if it dies before renewing its lease.
+          redis.call('ZADD', p .. 'presence:instances', 'NX', now_ms(), inst)
           local reg = p .. 'presence:sessions:' .. inst
           for i = 7, #args - 5, 6 do
             local kind, session, user, sid, extra, t = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4], args[i + 5]
