@@ -111,16 +111,17 @@ package struct SwitchboardGateway: Sendable {
                 let events = configuration.events
                 let stream = LifecycleStreamSettings(
                     stream: events.stream, maxLength: events.maxLength, types: events.types, prefix: settings.channelPrefix)
-                lifecycle = RedisLifecycle(
+                let facts = RedisLifecycle(
                     client: client, settings: stream, instance: instanceID, loops: loops,
                     limits: .init(maxQueued: events.maxQueued, maxBatch: events.maxBatch), logger: redisLogger)
+                lifecycle = facts
                 let shards = hub.shards
                 lease = InstanceLease(
                     client: client, stream: stream, instance: instanceID,
                     settings: .init(
                         ttl: .milliseconds(events.leaseTTLMs), renewInterval: .milliseconds(events.leaseRenewMs),
                         grace: .milliseconds(events.graceMs)),
-                    logger: redisLogger,
+                    logger: redisLogger, registered: { facts.hasApplied },
                     onLost: { for shard in shards { shard.closeAll(reason: "this instance lost its presence lease in Redis, reconnect") } })
             }
         }

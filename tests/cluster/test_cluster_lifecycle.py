@@ -5,6 +5,7 @@ presence across gateways, that a ``kill -9`` of a gateway turns its sessions int
 a session elsewhere is never shown offline, and that every event id is processed once."""
 from __future__ import annotations
 
+import signal
 import time
 
 import jwt
@@ -187,4 +188,33 @@ def test_graceful_stop_writes_drain(cluster):
     backend.wait_for("drain", lambda: backend.matching(type="user-offline", user="dora", reason="drain"))
     assert [e["reason"] for e in backend.matching(type="disconnected")] == ["drain"]
     assert len(backend.matching(type="destination-vacated", destination="/topic/drained")) == 1
+    backend.assert_each_once()
+
+
+def test_a_frozen_gateway_is_reaped_then_closes_its_sessions_when_it_wakes(cluster):
+    """A gateway stopped (SIGSTOP: a long pause, a partition) past its lease is reaped like a
+    dead one; when it runs again it finds its lease lost and closes its sessions, which
+    reconnect and are online again: presence ends up matching the live sessions."""
+    backend = Backend(cluster.redis_port)
+    frozen = connect(cluster.gw_ws(0), "fred")
+    frozen.subscribe("/topic/frozen", receipt="r")
+    backend.wait_for("connected", lambda: backend.matching(type="subscribed", user="fred"))
+    proc = cluster.procs["gw0"]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        backend.wait_for("node-lost", lambda: backend.matching(type="user-offline", user="fred", reason="node-lost"),
+                         timeout=LEASE_TTL_MS / 1000 + 8)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    error = frozen.expect_error("this instance lost its presence lease in Redis, reconnect", timeout=10)
+    assert error.command == "ERROR"
+    again = connect(cluster.gw_ws(0), "fred")
+    backend.wait_for("online again", lambda: len(backend.matching(type="user-online", user="fred")) == 2)
+    assert backend.online == {"fred"}
+    presence = requests.get(f"{cluster.gw_url(1)}/api/users/fred/presence", timeout=5).json()
+    assert presence["instances"] == {"gw0": [again.connected_frame["session"]]}
+    # The old session's own disconnect was ignored: it had been reaped already.
+    assert len(backend.matching(type="disconnected", user="fred")) == 1
+    again.close()
+    backend.wait_for("offline", lambda: not backend.online)
     backend.assert_each_once()

@@ -40,12 +40,16 @@ package final class InstanceLease: Sendable {
     let settings: Settings
     let logger: Logger
     let onLost: @Sendable () -> Void
+    /// Whether Redis applied a batch of this instance's facts: from then on it is registered
+    /// (and known to reapers) even if it never renewed its lease.
+    let registered: @Sendable () -> Bool
     let reapedCounter = Metrics.Counter(label: "switchboard_lifecycle_instances_reaped_total")
 
     package init(
         client: RedisClient, stream: LifecycleStreamSettings, instance: String, settings: Settings, logger: Logger,
-        onLost: @escaping @Sendable () -> Void
+        registered: @escaping @Sendable () -> Bool = { false }, onLost: @escaping @Sendable () -> Void
     ) {
+        self.registered = registered
         self.client = client
         self.stream = stream
         self.instance = instance
@@ -60,6 +64,9 @@ package final class InstanceLease: Sendable {
     package func run() async {
         var held = false
         while !Task.isCancelled {
+            // Registered through its facts before its first renewal: a lease found missing then
+            // may have been reaped too.
+            if !held, registered() { held = true }
             do {
                 let renewed = try await LifecycleFunctions.call(
                     LeaseRenew(prefix: stream.prefix, instance: instance, ttlMilliseconds: Self.ms(settings.ttl), held: held), on: client

@@ -5,6 +5,7 @@ import NIOCore
 import Redis
 import SwitchboardCore
 import SwitchboardWire
+import Synchronization
 
 /// Presence and lifecycle events in Redis mode: the sessions' facts, batched per event loop
 /// and written by the `switchboard_events` function (``LifecycleFunctions``), which updates
@@ -20,6 +21,16 @@ package final class RedisLifecycle: LifecycleRecorder {
     package let instance: String
     let batchers: [ObjectIdentifier: LoopLifecycleBatcher]
     let logger: Logger
+    /// Redis applied a batch of this instance (it has a registry, and reapers know it).
+    let appliedOnce: AppliedFlag
+
+    /// Set once, from any loop.
+    final class AppliedFlag: Sendable {
+        let value = Atomic<Bool>(false)
+    }
+
+    /// Whether Redis has applied a batch of this instance's facts.
+    package var hasApplied: Bool { appliedOnce.value.load(ordering: .relaxed) }
 
     package init(
         client: RedisClient, settings: LifecycleStreamSettings, instance: String, loops: [any EventLoop],
@@ -30,12 +41,14 @@ package final class RedisLifecycle: LifecycleRecorder {
         self.instance = instance
         self.logger = logger
         var batchers: [ObjectIdentifier: LoopLifecycleBatcher] = [:]
+        let applied = AppliedFlag()
+        self.appliedOnce = applied
         let dropped = Metrics.Counter(label: "switchboard_lifecycle_facts_dropped_total")
         let failures = Metrics.Counter(label: "switchboard_lifecycle_batch_failures_total")
         for (index, loop) in loops.enumerated() {
             batchers[ObjectIdentifier(loop)] = LoopLifecycleBatcher(
                 loop: loop, index: index, limits: limits, client: client, settings: settings, instance: instance,
-                dropped: dropped, failures: failures, logger: logger)
+                dropped: dropped, failures: failures, applied: applied, logger: logger)
         }
         self.batchers = batchers
     }
@@ -97,6 +110,7 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
     let instance: String
     let droppedCounter: Metrics.Counter
     let failureCounter: Metrics.Counter
+    let applied: RedisLifecycle.AppliedFlag
     let logger: Logger
     var state: LifecycleBatchState
     /// A send is scheduled for the end of this loop tick.
@@ -104,8 +118,9 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
 
     init(
         loop: any EventLoop, index: Int, limits: LifecycleBatchState.Limits, client: RedisClient, settings: LifecycleStreamSettings,
-        instance: String, dropped: Metrics.Counter, failures: Metrics.Counter, logger: Logger
+        instance: String, dropped: Metrics.Counter, failures: Metrics.Counter, applied: RedisLifecycle.AppliedFlag, logger: Logger
     ) {
+        self.applied = applied
         self.loop = loop
         self.index = index
         self.client = client
@@ -143,6 +158,7 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
         LifecycleFunctions.call(command, on: client).hop(to: loop).whenComplete { result in
             switch result {
             case .success:
+                self.applied.value.store(true, ordering: .relaxed)
                 self.state.succeeded()
                 self.sendNext()
             case .failure(let error):
