@@ -95,7 +95,7 @@ package final class GatewayServices: Sendable {
 
     package init(
         configuration: SessionConfiguration, hub: FanoutHub, engine: any BrokerEngine, routes: RouteTable, instanceID: String,
-        messageIDs: MessageIDGenerator? = nil, logger: Logger, lifecycle: (any LifecycleRecorder)? = nil
+        messageIDs: MessageIDGenerator? = nil, logger: Logger, lifecycle: (any LifecycleRecorder)? = nil, incarnation: String? = nil
     ) {
         self.configuration = configuration
         self.hub = hub
@@ -104,7 +104,9 @@ package final class GatewayServices: Sendable {
         self.policy = SessionPolicy(configuration: configuration, routes: routes)
         self.instanceID = instanceID
         self.messageIDs = messageIDs ?? MessageIDGenerator(instanceID: instanceID)
-        self.sessionIDs = MessageIDGenerator(instanceID: instanceID + "-s")
+        // With an incarnation (this process's own token), session ids stay unique when the
+        // instance restarts with the same id: `<instance>-s-<incarnation>-<n>`.
+        self.sessionIDs = MessageIDGenerator(instanceID: instanceID + "-s" + (incarnation.map { "-" + $0 } ?? ""))
         self.logger = logger
         self.lifecycle = lifecycle
     }

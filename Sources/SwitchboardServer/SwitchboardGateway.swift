@@ -80,6 +80,8 @@ package struct SwitchboardGateway: Sendable {
             busyPercent: configuration.server.busyPercent,
             nagleWhenBusy: configuration.http.tcpNoDelay)
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
+        // This process's token: in session ids, and in the name of its presence registry.
+        let incarnation = Self.randomInstanceID()
         let messageIDs = MessageIDGenerator(instanceID: instanceID)
         let history = configuration.history.store.map { DestinationHistory(settings: $0) }
         var engine: any BrokerEngine = InMemoryEngine(hub: hub, history: history)
@@ -112,12 +114,12 @@ package struct SwitchboardGateway: Sendable {
                 let stream = LifecycleStreamSettings(
                     stream: events.stream, maxLength: events.maxLength, types: events.types, prefix: settings.channelPrefix)
                 let facts = RedisLifecycle(
-                    client: client, settings: stream, instance: instanceID, loops: loops,
+                    client: client, settings: stream, instance: "\(instanceID)~\(incarnation)", loops: loops,
                     limits: .init(maxQueued: events.maxQueued, maxBatch: events.maxBatch), logger: redisLogger)
                 lifecycle = facts
                 let shards = hub.shards
                 lease = InstanceLease(
-                    client: client, stream: stream, instance: instanceID,
+                    client: client, stream: stream, instance: facts.instance,
                     settings: .init(
                         ttl: .milliseconds(events.leaseTTLMs), renewInterval: .milliseconds(events.leaseRenewMs),
                         grace: .milliseconds(events.graceMs)),
@@ -153,7 +155,8 @@ package struct SwitchboardGateway: Sendable {
         sessionLogger[metadataKey: "instance"] = "\(instanceID)"
         self.services = GatewayServices(
             configuration: session, hub: hub, engine: engine,
-            routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger, lifecycle: lifecycle)
+            routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger, lifecycle: lifecycle,
+            incarnation: configuration.events.enabled ? incarnation : nil)
     }
 
     static func randomInstanceID() -> String {

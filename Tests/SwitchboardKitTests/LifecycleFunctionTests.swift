@@ -177,4 +177,25 @@ struct LifecycleFunctionTests {
         #expect(try [String](fromRESP: left).filter { !$0.contains(":gen:") } == [])
         await f.stop()
     }
+
+    @Test func anInstanceRestartedWithTheSameIDGetsANewRegistryAndTheOldOneIsReaped() async throws {
+        let f = try await Fixture()
+        let p = "switchboard:"
+        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: "gw1~old", ttlMilliseconds: 50, held: false), on: f.client).get()
+        try await f.send("gw1~old", [.connected(user: "gus")], session: "gw1-s-old-1")
+        // Restarted at once (kill -9, then systemd): a new registry, gus reconnects to it.
+        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: "gw1~new", ttlMilliseconds: 60_000, held: false), on: f.client).get()
+        try await f.send("gw1~new", [.connected(user: "gus")], session: "gw1-s-new-1")
+        #expect(try await f.user("gus").sessions == ["gw1-s-old-1": "gw1", "gw1-s-new-1": "gw1"])
+        let client = f.client
+        #expect(try await eventually { try await Int(fromRESP: client.execute(RawCommand("EXISTS", "switchboard:presence:lease:gw1~old"))) == 0 })
+        let claim = LeaseClaim(prefix: p, me: "gw1~new", ttlMilliseconds: 50, graceMilliseconds: 0)
+        #expect(try await LifecycleFunctions.call(claim, on: f.client).get() == "gw1~old")
+        #expect(try await LifecycleFunctions.call(LeaseReap(settings: Self.settings, dead: "gw1~old", me: "gw1~new", count: 10), on: f.client).get() == 0)
+        #expect(try await f.user("gus").sessions == ["gw1-s-new-1": "gw1"])
+        let events = try await f.events()
+        #expect(Self.summary(events) == ["connected gw1-s-old-1 gus", "user-online gw1-s-old-1 gus", "connected gw1-s-new-1 gus", "disconnected gw1-s-old-1 gus node-lost"])
+        #expect(events.allSatisfy { $0.instance == "gw1" })
+        await f.stop()
+    }
 }

@@ -5,6 +5,7 @@ presence across gateways, that a ``kill -9`` of a gateway turns its sessions int
 a session elsewhere is never shown offline, and that every event id is processed once."""
 from __future__ import annotations
 
+import random
 import signal
 import time
 
@@ -216,5 +217,91 @@ def test_a_frozen_gateway_is_reaped_then_closes_its_sessions_when_it_wakes(clust
     # The old session's own disconnect was ignored: it had been reaped already.
     assert len(backend.matching(type="disconnected", user="fred")) == 1
     again.close()
+    backend.wait_for("offline", lambda: not backend.online)
+    backend.assert_each_once()
+
+
+def test_churn_with_reconnects_and_a_kill_keeps_presence_true(cluster):
+    """Random connects and disconnects over 3 gateways, a tenth of the disconnects followed at
+    once by a reconnect to another gateway, and a ``kill -9`` of one gateway halfway: the
+    consumers' online set ends equal to the clients' own view, no event is handled twice, and
+    no ``user-offline`` falls inside a span where one of the user's sessions was live."""
+    rng = random.Random(21)
+    backend = Backend(cluster.redis_port)
+    users = [f"c{i}" for i in range(30)]
+    live: list[tuple[str, int, StompClient, float]] = []  # user, gateway, client, opened (wall clock)
+    spans: dict[str, list[tuple[float, float]]] = {u: [] for u in users}
+    alive_gateways = [0, 1, 2]
+
+    def open_session(user: str, gateway: int):
+        c = connect(cluster.gw_ws(gateway), user)
+        if rng.random() < 0.5:
+            c.subscribe(f"/topic/churn.{rng.randrange(3)}", receipt="r")
+        live.append((user, gateway, c, time.time()))
+
+    def close_session(index: int, how: str):
+        user, gateway, c, opened = live.pop(index)
+        if how == "disconnect":
+            c.disconnect()
+        c.close()
+        spans[user].append((opened, time.time()))
+
+    for step in range(240):
+        if step == 120:
+            cluster.kill_gateway(0)
+            killed = time.time()
+            alive_gateways.remove(0)
+            for i in reversed(range(len(live))):
+                if live[i][1] == 0:
+                    user, _, c, opened = live.pop(i)
+                    spans[user].append((opened, killed))
+                    c.close()
+        if not live or rng.random() < 0.55:
+            open_session(rng.choice(users), rng.choice(alive_gateways))
+        else:
+            index = rng.randrange(len(live))
+            user, gateway = live[index][0], live[index][1]
+            close_session(index, rng.choice(["disconnect", "close"]))
+            if rng.random() < 0.1:  # back at once, elsewhere
+                open_session(user, rng.choice([g for g in alive_gateways if g != gateway] or alive_gateways))
+        if step % 20 == 0:
+            backend.poll()
+    expected = {u for u, _, _, _ in live}
+    backend.wait_for("online set equals the clients' view", lambda: backend.online == expected,
+                     timeout=LEASE_TTL_MS / 1000 + 10)
+    backend.assert_each_once()
+    margin = 0.5
+    for e in backend.matching(type="user-offline"):
+        t = int(e["time"]) / 1000
+        for opened, closed in spans[e["user"]] + [(o, float("inf")) for u, _, _, o in live if u == e["user"]]:
+            assert not (opened + margin < t < closed - margin), f"{e['user']} shown offline at {t} while live {opened}..{closed}"
+    for _, _, c, _ in live:
+        c.close()
+
+
+def test_a_gateway_restarted_with_the_same_id_has_its_old_sessions_reaped(cluster):
+    """kill -9, then a restart with the same ``instance.id`` before the lease expires (a
+    supervisor's restart): the old process's sessions become ``node-lost`` once, the new
+    process's sessions (new ids) stay."""
+    backend = Backend(cluster.redis_port)
+    old = connect(cluster.gw_ws(0), "rex")
+    backend.wait_for("connected", lambda: backend.matching(type="connected", user="rex"))
+    old_session = old.connected_frame["session"]
+    cluster.kill_gateway(0)
+    old.close()
+    cluster.start_gateway(0)
+    cluster.wait_ready(0)
+    new = connect(cluster.gw_ws(0), "rex")
+    new_session = new.connected_frame["session"]
+    assert new_session != old_session and Cluster.instance_of(new) == "gw0"
+    backend.wait_for("old session reaped", lambda: backend.matching(type="disconnected", session=old_session),
+                     timeout=LEASE_TTL_MS / 1000 + 8)
+    lost = backend.matching(type="disconnected", session=old_session)
+    assert [(e["reason"], e["instance"]) for e in lost] == [("node-lost", "gw0")]
+    backend.wait_for("new session registered", lambda: backend.matching(type="connected", session=new_session))
+    assert backend.online == {"rex"}
+    presence = requests.get(f"{cluster.gw_url(1)}/api/users/rex/presence", timeout=5).json()
+    assert presence == {"user": "rex", "online": True, "instances": {"gw0": [new_session]}}
+    new.close()
     backend.wait_for("offline", lambda: not backend.online)
     backend.assert_each_once()

@@ -14,12 +14,16 @@ import Redis
 /// | `switchboard:presence:gen:<user>` | string | the user's generation counter (expires a day after its last event) |
 /// | `switchboard:presence:dest:<destination>` | hash | subscribed sessions: session → subscriptions |
 /// | `switchboard:presence:dest-users:<destination>` | hash | subscribed users: user → sessions |
-/// | `switchboard:presence:instances` | sorted set | instances by their last lease renewal (server ms) |
-/// | `switchboard:presence:lease:<instance>` | string | the instance's lease (expires `ttl` after its renewal) |
-/// | `switchboard:presence:sessions:<instance>` | hash | the instance's registry: session → user (`''`: anonymous) |
+/// | `switchboard:presence:instances` | sorted set | registries by their last lease renewal (server ms) |
+/// | `switchboard:presence:lease:<registry>` | string | the lease of a registry (expires `ttl` after its renewal) |
+/// | `switchboard:presence:sessions:<registry>` | hash | the registry of one instance process: session → user (`''`: anonymous) |
 /// | `switchboard:presence:subs:<session>` | hash | the session's subscriptions: id → destination |
-/// | `switchboard:presence:applied:<instance>` | hash | per event loop, the last batch applied (retries are skipped) |
-/// | `switchboard:presence:reap:<instance>`, `…:reaping:<instance>` | hash, string | a dead instance's registry being reaped, and the reaper's lock |
+/// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped) |
+/// | `switchboard:presence:reap:<registry>`, `…:reaping:<registry>` | hash, string | a dead registry being reaped, and the reaper's lock |
+///
+/// A registry is named `<instance>~<incarnation>`, one per process: an instance restarted with
+/// the same `instance.id` before its lease expired gets a new registry, and the old one is
+/// reaped (`node-lost`) like any other whose lease expired. Events name the instance only.
 ///
 /// Every change is idempotent: a session registers once (`HSETNX`), an unknown session's
 /// facts are ignored, so a retried batch, a late disconnect or a reaped session is never
@@ -32,6 +36,12 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
         local function now_ms()
           local t = redis.call('TIME')
           return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
+
+        -- A registry is named <instance>~<incarnation>: one per process, so a restarted
+        -- instance with the same id never mixes its sessions with those of its previous life.
+        local function name_of(reg)
+          return string.match(reg, '^(.*)~[^~]*$') or reg
         end
 
         local function context(stream, p, maxlen, types)
@@ -129,12 +139,13 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           -- Known to reapers from its first batch on, even if it dies before renewing its lease.
           redis.call('ZADD', p .. 'presence:instances', 'NX', now_ms(), inst)
           local reg = p .. 'presence:sessions:' .. inst
+          local name = name_of(inst)
           for i = 7, #args - 5, 6 do
             local kind, session, user, sid, extra, t = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4], args[i + 5]
-            if kind == 'c' then connect(c, reg, inst, session, user, t)
-            elseif kind == 'd' then disconnect(c, reg, inst, session, extra, t)
-            elseif kind == 's' then subscribe(c, reg, inst, session, sid, extra, t)
-            elseif kind == 'u' then unsubscribe(c, reg, inst, session, sid, t)
+            if kind == 'c' then connect(c, reg, name, session, user, t)
+            elseif kind == 'd' then disconnect(c, reg, name, session, extra, t)
+            elseif kind == 's' then subscribe(c, reg, name, session, sid, extra, t)
+            elseif kind == 'u' then unsubscribe(c, reg, name, session, sid, t)
             end
           end
           return c.written
@@ -194,7 +205,7 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           local rk = p .. 'presence:reap:' .. inst
           local t = tostring(now_ms())
           local sessions = redis.call('HRANDFIELD', rk, tonumber(args[6]))
-          for _, session in ipairs(sessions) do disconnect(c, rk, inst, session, args[7], t) end
+          for _, session in ipairs(sessions) do disconnect(c, rk, name_of(inst), session, args[7], t) end
           local left = redis.call('HLEN', rk)
           if left == 0 and redis.call('EXISTS', p .. 'presence:lease:' .. inst) == 0 then
             local reg = p .. 'presence:sessions:' .. inst
