@@ -49,11 +49,12 @@ class Backend:
     """Two consumers of one group, as two backend replicas: XREADGROUP, handle, XACK. The ledger
     counts how often each event id was handled; ``online`` is the set the events imply."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, known: "Backend | None" = None):
+        """`known`: carry on from another Backend's state (new connections after a restart)."""
         self.conns = [Resp(port), Resp(port)]
-        self.ledger: dict[str, int] = {}
-        self.events: list[dict] = []
-        self.online: set[str] = set()
+        self.ledger: dict[str, int] = dict(known.ledger) if known else {}
+        self.events: list[dict] = list(known.events) if known else []
+        self.online: set[str] = set(known.online) if known else set()
         try:
             self.conns[0].call("XGROUP", "CREATE", STREAM, GROUP, "0", "MKSTREAM")
         except Exception as e:  # an existing group is fine
@@ -305,3 +306,33 @@ def test_a_gateway_restarted_with_the_same_id_has_its_old_sessions_reaped(cluste
     new.close()
     backend.wait_for("offline", lambda: not backend.online)
     backend.assert_each_once()
+
+
+def test_a_redis_outage_longer_than_the_lease_reaps_nobody():
+    """Redis down (killed, restarted with its append-only file) for twice the lease: every lease
+    expires meanwhile, and the instances reconnect one after the other (backoff with jitter),
+    but the first one back does not reap the others (each waits a whole ttl of renewals before
+    reaping), so nobody is shown offline and nothing is written twice."""
+    cluster = Cluster("lifecycle-outage", replicas=0, config_yaml=CONFIG, redis_args=["--appendonly", "yes", "--appendfsync", "always"])
+    try:
+        backend = Backend(cluster.redis_port)
+        clients = [connect(cluster.gw_ws(i), f"p{i}") for i in range(3)]
+        backend.wait_for("online", lambda: backend.online == {"p0", "p1", "p2"})
+        cluster.kill_redis()
+        down_until = time.monotonic() + 2 * LEASE_TTL_MS / 1000
+        wait_until(lambda: time.monotonic() > down_until, 10, what="the outage")
+        cluster.start_redis()
+        for i in range(3):
+            cluster.wait_ready(i)
+        backend = Backend(cluster.redis_port, known=backend)
+        # Long enough for a reaper to act: a whole ttl of renewals, plus a renewal period or two.
+        quiet_until = time.monotonic() + LEASE_TTL_MS / 1000 + 2
+        backend.wait_for("a quiet spell", lambda: time.monotonic() > quiet_until)
+        assert not backend.matching(type="disconnected"), backend.matching(type="disconnected")
+        assert backend.online == {"p0", "p1", "p2"}
+        for c in clients:
+            c.close()
+        backend.wait_for("offline", lambda: not backend.online)
+        backend.assert_each_once()
+    finally:
+        stop_cluster(cluster)

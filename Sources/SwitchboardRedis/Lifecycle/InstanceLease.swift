@@ -61,8 +61,14 @@ package final class InstanceLease: Sendable {
     static func ms(_ d: Duration) -> Int { Int(d.components.seconds) * 1000 + Int(d.components.attoseconds / 1_000_000_000_000_000) }
 
     /// Renews and reaps until the task is cancelled.
+    ///
+    /// It reaps only after renewing without a failure for a whole ttl: when Redis comes back
+    /// after an outage longer than the ttl, every lease has expired, and the first instance to
+    /// get through must not reap the others before they had the time to renew theirs.
     package func run() async {
+        let clock = ContinuousClock()
         var held = false
+        var renewingSince: ContinuousClock.Instant?
         while !Task.isCancelled {
             // Registered through its facts before its first renewal: a lease found missing then
             // may have been reaped too.
@@ -76,8 +82,11 @@ package final class InstanceLease: Sendable {
                     onLost()
                 }
                 held = true
-                try await reapExpired()
+                let since = renewingSince ?? clock.now
+                renewingSince = since
+                if clock.now - since >= settings.ttl { try await reapExpired() }
             } catch {
+                renewingSince = nil
                 logger.debug("lease renewal or reaping failed", metadata: ["error": "\(error)"])
             }
             try? await Task.sleep(for: settings.renewInterval)
