@@ -113,18 +113,21 @@ package struct SwitchboardGateway: Sendable {
                 let events = configuration.events
                 let stream = LifecycleStreamSettings(
                     stream: events.stream, maxLength: events.maxLength, types: events.types, prefix: settings.channelPrefix)
+                let shards = hub.shards
+                let closeAll: @Sendable () -> Void = {
+                    for shard in shards { shard.closeAll(reason: "this instance lost its presence lease in Redis, reconnect") }
+                }
                 let facts = RedisLifecycle(
                     client: client, settings: stream, instance: "\(instanceID)~\(incarnation)", loops: loops,
-                    limits: .init(maxQueued: events.maxQueued, maxBatch: events.maxBatch), logger: redisLogger)
+                    limits: .init(maxQueued: events.maxQueued, maxBatch: events.maxBatch), logger: redisLogger, onRegistryLost: closeAll)
                 lifecycle = facts
-                let shards = hub.shards
                 lease = InstanceLease(
                     client: client, stream: stream, instance: facts.instance,
                     settings: .init(
                         ttl: .milliseconds(events.leaseTTLMs), renewInterval: .milliseconds(events.leaseRenewMs),
                         grace: .milliseconds(events.graceMs)),
                     logger: redisLogger, registered: { facts.hasApplied },
-                    onLost: { for shard in shards { shard.closeAll(reason: "this instance lost its presence lease in Redis, reconnect") } })
+                    onLost: closeAll)
             }
         }
         var routes = RouteTable()

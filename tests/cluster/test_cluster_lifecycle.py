@@ -336,3 +336,21 @@ def test_a_redis_outage_longer_than_the_lease_reaps_nobody():
         backend.assert_each_once()
     finally:
         stop_cluster(cluster)
+
+
+def test_after_redis_lost_its_data_sessions_reconnect_and_presence_is_rebuilt(cluster):
+    """FLUSHALL (a Redis restarted without persistence): the instances find their lease or
+    registry lost and close their sessions; the clients reconnect and are online again."""
+    backend = Backend(cluster.redis_port)
+    ivy = connect(cluster.gw_ws(0), "ivy")
+    backend.wait_for("online", lambda: backend.online == {"ivy"})
+    cluster.redis_cli("FLUSHALL")
+    ivy.expect_error("this instance lost its presence lease in Redis, reconnect", timeout=10)
+    backend = Backend(cluster.redis_port)  # the stream and its group went with the data
+    again = connect(cluster.gw_ws(0), "ivy")
+    backend.wait_for("online again", lambda: backend.online == {"ivy"})
+    presence = requests.get(f"{cluster.gw_url(2)}/api/users/ivy/presence", timeout=5).json()
+    assert presence["instances"] == {"gw0": [again.connected_frame["session"]]}
+    again.close()
+    backend.wait_for("offline", lambda: not backend.online)
+    backend.assert_each_once()

@@ -34,7 +34,7 @@ package final class RedisLifecycle: LifecycleRecorder {
 
     package init(
         client: RedisClient, settings: LifecycleStreamSettings, instance: String, loops: [any EventLoop],
-        limits: LifecycleBatchState.Limits = .init(), logger: Logger
+        limits: LifecycleBatchState.Limits = .init(), logger: Logger, onRegistryLost: @escaping @Sendable () -> Void = {}
     ) {
         self.client = client
         self.settings = settings
@@ -48,7 +48,8 @@ package final class RedisLifecycle: LifecycleRecorder {
         for (index, loop) in loops.enumerated() {
             batchers[ObjectIdentifier(loop)] = LoopLifecycleBatcher(
                 loop: loop, index: index, limits: limits, client: client, settings: settings, instance: instance,
-                dropped: dropped, failures: failures, applied: applied, logger: logger)
+                dropped: dropped, failures: failures, applied: applied, logger: logger,
+                onRegistryLost: onRegistryLost)
         }
         self.batchers = batchers
     }
@@ -112,15 +113,18 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
     let failureCounter: Metrics.Counter
     let applied: RedisLifecycle.AppliedFlag
     let logger: Logger
+    let onRegistryLost: @Sendable () -> Void
     var state: LifecycleBatchState
     /// A send is scheduled for the end of this loop tick.
     private var scheduled = false
 
     init(
         loop: any EventLoop, index: Int, limits: LifecycleBatchState.Limits, client: RedisClient, settings: LifecycleStreamSettings,
-        instance: String, dropped: Metrics.Counter, failures: Metrics.Counter, applied: RedisLifecycle.AppliedFlag, logger: Logger
+        instance: String, dropped: Metrics.Counter, failures: Metrics.Counter, applied: RedisLifecycle.AppliedFlag, logger: Logger,
+        onRegistryLost: @escaping @Sendable () -> Void
     ) {
         self.applied = applied
+        self.onRegistryLost = onRegistryLost
         self.loop = loop
         self.index = index
         self.client = client
@@ -157,8 +161,12 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
         let command = LifecycleEventsBatch(settings: settings, instance: instance, loop: index, batch: batch.number, facts: batch.facts)
         LifecycleFunctions.call(command, on: client).hop(to: loop).whenComplete { result in
             switch result {
-            case .success:
+            case .success(let written):
                 self.applied.value.store(true, ordering: .relaxed)
+                if written == -2 {
+                    self.logger.error("Redis lost this instance's presence registry: closing its sessions so they register again")
+                    self.onRegistryLost()
+                }
                 self.state.succeeded()
                 self.sendNext()
             case .failure(let error):

@@ -28,7 +28,9 @@ public struct LifecycleStreamSettings: Sendable, Hashable {
 /// one batch of an event loop's facts, applied to presence and written as events in one step.
 /// A batch whose number is not above the loop's last applied one is skipped (a retry).
 public struct LifecycleEventsBatch: RedisCommand {
-    /// Events written; -1 when the batch had been applied already.
+    /// Events written; -1 when the batch had been applied already; -2 when Redis had lost the
+    /// registry (its data, or the instance was reaped): the batch was applied, and the
+    /// instance's other sessions are not in presence any more.
     public typealias Response = Int
     public var settings: LifecycleStreamSettings
     /// The instance's registry name.

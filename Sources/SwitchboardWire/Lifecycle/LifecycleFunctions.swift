@@ -135,9 +135,15 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           local last = tonumber(redis.call('HGET', applied, args[5]) or '0')
           local batch = tonumber(args[6])
           if batch <= last then return -1 end
+          -- A later batch of an instance Redis does not know (any more): the registry was lost
+          -- (Redis lost its data) or reaped. Applied all the same; -2 tells the instance to
+          -- close its sessions, which reconnect and register again. Only the first batch or
+          -- renewal to get there says so: it registers the instance again.
+          local zs = p .. 'presence:instances'
+          local lost = batch > 1 and not redis.call('ZSCORE', zs, inst)
           redis.call('HSET', applied, args[5], args[6])
           -- Known to reapers from its first batch on, even if it dies before renewing its lease.
-          redis.call('ZADD', p .. 'presence:instances', 'NX', now_ms(), inst)
+          redis.call('ZADD', zs, 'NX', now_ms(), inst)
           local reg = p .. 'presence:sessions:' .. inst
           local name = name_of(inst)
           for i = 7, #args - 5, 6 do
@@ -148,6 +154,7 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
             elseif kind == 'u' then unsubscribe(c, reg, name, session, sid, t)
             end
           end
+          if lost then return -2 end
           return c.written
         end
 
