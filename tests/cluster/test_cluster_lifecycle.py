@@ -354,3 +354,13 @@ def test_after_redis_lost_its_data_sessions_reconnect_and_presence_is_rebuilt(cl
     again.close()
     backend.wait_for("offline", lambda: not backend.online)
     backend.assert_each_once()
+
+
+def test_greeting_service_logs_presence_changes(cluster):
+    """The example backend, with ``--presence-group``, reads the events typed
+    (``LifecycleEventConsumer``) and logs who comes online and goes offline."""
+    cluster.start_replica(0, "--presence-group", "presence-log")
+    kim = connect(cluster.gw_ws(1), "kim")
+    wait_until(lambda: "presence: kim online (gw1)" in cluster.replica_log(0), 15, what="online in the log")
+    kim.close()
+    wait_until(lambda: "presence: kim offline (client)" in cluster.replica_log(0), 15, what="offline in the log")
