@@ -6,8 +6,8 @@ import SwitchboardWire
 /// are off.
 ///
 /// A session calls it on its own event loop with a small value and carries on: the recorder
-/// must not block nor hop (the Redis recorder appends to the loop's batch, see
-/// `LifecycleBatcher`). It is never called per delivered message.
+/// must not block nor hop (the Redis recorder, `RedisLifecycle`, appends to the loop's batch,
+/// `LifecycleBatchState`). It is never called per delivered message.
 package protocol LifecycleRecorder: Sendable {
     func record(_ fact: LifecycleFact, on loop: any EventLoop)
 }
