@@ -125,7 +125,8 @@ package struct SwitchboardGateway: Sendable {
                     client: client, stream: stream, instance: facts.instance,
                     settings: .init(
                         ttl: .milliseconds(events.leaseTTLMs), renewInterval: .milliseconds(events.leaseRenewMs),
-                        grace: .milliseconds(events.graceMs)),
+                        grace: .milliseconds(events.graceMs),
+                        settle: .nanoseconds(redisConfiguration.reconnectBackoffMaximum.nanoseconds)),
                     logger: redisLogger, registered: { facts.hasApplied },
                     onLost: closeAll)
             }

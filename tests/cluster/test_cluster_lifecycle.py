@@ -311,9 +311,9 @@ def test_a_gateway_restarted_with_the_same_id_has_its_old_sessions_reaped(cluste
 def test_a_redis_outage_longer_than_the_lease_reaps_nobody():
     """Redis down (killed, restarted with its append-only file) for twice the lease: every lease
     expires meanwhile, and the instances reconnect one after the other (backoff with jitter),
-    but the first one back does not reap the others (each waits a whole ttl of renewals before
-    reaping), so nobody is shown offline and nothing is written twice."""
-    cluster = Cluster("lifecycle-outage", replicas=0, config_yaml=CONFIG, redis_args=["--appendonly", "yes", "--appendfsync", "always"])
+    but the first one back does not reap the others (after a reconnect an instance renews for the
+    ttl plus the longest reconnect backoff before it reaps), so nobody is shown offline and nothing is written twice."""
+    cluster = Cluster("outage-lifecycle", replicas=0, config_yaml=CONFIG, redis_args=["--appendonly", "yes", "--appendfsync", "always"])
     try:
         backend = Backend(cluster.redis_port)
         clients = [connect(cluster.gw_ws(i), f"p{i}") for i in range(3)]
@@ -325,8 +325,9 @@ def test_a_redis_outage_longer_than_the_lease_reaps_nobody():
         for i in range(3):
             cluster.wait_ready(i)
         backend = Backend(cluster.redis_port, known=backend)
-        # Long enough for a reaper to act: a whole ttl of renewals, plus a renewal period or two.
-        quiet_until = time.monotonic() + LEASE_TTL_MS / 1000 + 2
+        # Long enough for a reaper to act: the ttl and the reconnect backoff (10 s) of renewals
+        # after its reconnect, plus a renewal period or two.
+        quiet_until = time.monotonic() + LEASE_TTL_MS / 1000 + 10 + 2
         backend.wait_for("a quiet spell", lambda: time.monotonic() > quiet_until)
         assert not backend.matching(type="disconnected"), backend.matching(type="disconnected")
         assert backend.online == {"p0", "p1", "p2"}

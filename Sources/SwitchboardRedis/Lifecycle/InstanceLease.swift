@@ -26,7 +26,15 @@ package final class InstanceLease: Sendable {
         package var grace: Duration
         /// Sessions reaped per call.
         package var reapChunk: Int
-        package init(ttl: Duration = .seconds(5), renewInterval: Duration = .seconds(1), grace: Duration = .zero, reapChunk: Int = 500) {
+        /// After this instance reconnected to Redis, how long it renews before it reaps again, on
+        /// top of the ttl: the longest another live instance may take to get back (its reconnect
+        /// backoff).
+        package var settle: Duration
+        package init(
+            ttl: Duration = .seconds(5), renewInterval: Duration = .seconds(1), grace: Duration = .zero, reapChunk: Int = 500,
+            settle: Duration = .seconds(10)
+        ) {
+            self.settle = settle
             self.ttl = ttl
             self.renewInterval = renewInterval
             self.grace = grace
@@ -62,13 +70,15 @@ package final class InstanceLease: Sendable {
 
     /// Renews and reaps until the task is cancelled.
     ///
-    /// It reaps only after renewing without a failure for a whole ttl: when Redis comes back
-    /// after an outage longer than the ttl, every lease has expired, and the first instance to
-    /// get through must not reap the others before they had the time to renew theirs.
+    /// After the client reconnected to Redis, it reaps again only once it renewed for the ttl
+    /// plus ``Settings/settle``: when Redis comes back after an outage longer than the ttl,
+    /// every lease has expired, and the first instance to get through must not reap the others
+    /// before they reconnected (their backoff) and renewed theirs.
     package func run() async {
         let clock = ContinuousClock()
         var held = false
-        var renewingSince: ContinuousClock.Instant?
+        var reconnects = client.reconnectCount
+        var settledAt = clock.now
         while !Task.isCancelled {
             // Registered through its facts before its first renewal: a lease found missing then
             // may have been reaped too.
@@ -82,11 +92,12 @@ package final class InstanceLease: Sendable {
                     onLost()
                 }
                 held = true
-                let since = renewingSince ?? clock.now
-                renewingSince = since
-                if clock.now - since >= settings.ttl { try await reapExpired() }
+                if client.reconnectCount != reconnects {
+                    reconnects = client.reconnectCount
+                    settledAt = clock.now + settings.ttl + settings.settle
+                }
+                if clock.now >= settledAt { try await reapExpired() }
             } catch {
-                renewingSince = nil
                 logger.debug("lease renewal or reaping failed", metadata: ["error": "\(error)"])
             }
             try? await Task.sleep(for: settings.renewInterval)
