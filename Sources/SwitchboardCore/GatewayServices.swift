@@ -81,6 +81,8 @@ package final class GatewayServices: Sendable {
     package let stats = GatewayStats()
     package let userSessions = UserSessionCounter()
     package let logger: Logger
+    /// Lifecycle facts go here (Redis mode with events on); nil: none are recorded.
+    package let lifecycle: (any LifecycleRecorder)?
 
     /// Sums the counters of every event loop.
     package func counters() async -> ShardCounters {
@@ -93,7 +95,7 @@ package final class GatewayServices: Sendable {
 
     package init(
         configuration: SessionConfiguration, hub: FanoutHub, engine: any BrokerEngine, routes: RouteTable, instanceID: String,
-        messageIDs: MessageIDGenerator? = nil, logger: Logger
+        messageIDs: MessageIDGenerator? = nil, logger: Logger, lifecycle: (any LifecycleRecorder)? = nil, incarnation: String? = nil
     ) {
         self.configuration = configuration
         self.hub = hub
@@ -102,7 +104,10 @@ package final class GatewayServices: Sendable {
         self.policy = SessionPolicy(configuration: configuration, routes: routes)
         self.instanceID = instanceID
         self.messageIDs = messageIDs ?? MessageIDGenerator(instanceID: instanceID)
-        self.sessionIDs = MessageIDGenerator(instanceID: instanceID + "-s")
+        // With an incarnation (this process's own token), session ids stay unique when the
+        // instance restarts with the same id: `<instance>-s-<incarnation>-<n>`.
+        self.sessionIDs = MessageIDGenerator(instanceID: instanceID + "-s" + (incarnation.map { "-" + $0 } ?? ""))
         self.logger = logger
+        self.lifecycle = lifecycle
     }
 }

@@ -32,6 +32,9 @@ package struct SwitchboardGateway: Sendable {
         let engine: RedisEngine
         let streamRoutes: [RedisStreamRoute]
         let inbound: [RedisInboundRoute]
+        /// With `events.enabled`: the sessions' facts, and this instance's lease.
+        let lifecycle: RedisLifecycle?
+        let lease: InstanceLease?
     }
 
     /// Where `/metrics` reads from; bootstrap `MetricsSystem` with a `PrometheusMetricsFactory`
@@ -79,11 +82,15 @@ package struct SwitchboardGateway: Sendable {
             busyPercent: configuration.server.busyPercent,
             nagleWhenBusy: configuration.http.tcpNoDelay)
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
+        // This process's token: in session ids, and in the name of its presence registry.
+        let incarnation = Self.randomInstanceID()
         let messageIDs = MessageIDGenerator(instanceID: instanceID)
         let history = configuration.history.store.map { DestinationHistory(settings: $0) }
         var engine: any BrokerEngine = InMemoryEngine(hub: hub, history: history)
         var redisClient: RedisClient?
         var redisEngine: RedisEngine?
+        var lifecycle: RedisLifecycle?
+        var lease: InstanceLease?
         if let settings = configuration.redis {
             var redisConfiguration = try RedisConfiguration(url: settings.url)
             redisConfiguration.commandTimeout = .milliseconds(Int64(settings.commandTimeoutMs))
@@ -104,6 +111,27 @@ package struct SwitchboardGateway: Sendable {
             redisClient = client
             redisEngine = re
             engine = re
+            if configuration.events.enabled {
+                let events = configuration.events
+                let stream = LifecycleStreamSettings(
+                    stream: events.stream, maxLength: events.maxLength, types: events.types, prefix: settings.channelPrefix)
+                let shards = hub.shards
+                let closeAll: @Sendable () -> Void = {
+                    for shard in shards { shard.closeAll(reason: "this instance lost its presence lease in Redis, reconnect") }
+                }
+                let facts = RedisLifecycle(
+                    client: client, settings: stream, instance: "\(instanceID)~\(incarnation)", loops: loops,
+                    limits: .init(maxQueued: events.maxQueued, maxBatch: events.maxBatch), logger: redisLogger, onRegistryLost: closeAll)
+                lifecycle = facts
+                lease = InstanceLease(
+                    client: client, stream: stream, instance: facts.instance,
+                    settings: .init(
+                        ttl: .milliseconds(events.leaseTTLMs), renewInterval: .milliseconds(events.leaseRenewMs),
+                        grace: .milliseconds(events.graceMs),
+                        settle: .nanoseconds(redisConfiguration.reconnectBackoffMaximum.nanoseconds)),
+                    logger: redisLogger, registered: { facts.hasApplied },
+                    onLost: closeAll)
+            }
         }
         var routes = RouteTable()
         var streamRoutes: [RedisStreamRoute] = []
@@ -126,7 +154,9 @@ package struct SwitchboardGateway: Sendable {
             }
         }
         if let redisClient, let redisEngine, let settings = configuration.redis {
-            self.redis = RedisParts(client: redisClient, engine: redisEngine, streamRoutes: streamRoutes, inbound: settings.inbound.map(\.route))
+            self.redis = RedisParts(
+                client: redisClient, engine: redisEngine, streamRoutes: streamRoutes, inbound: settings.inbound.map(\.route),
+                lifecycle: lifecycle, lease: lease)
         } else {
             self.redis = nil
         }
@@ -135,7 +165,8 @@ package struct SwitchboardGateway: Sendable {
         sessionLogger[metadataKey: "instance"] = "\(instanceID)"
         self.services = GatewayServices(
             configuration: session, hub: hub, engine: engine,
-            routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger)
+            routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger, lifecycle: lifecycle,
+            incarnation: configuration.events.enabled ? incarnation : nil)
     }
 
     static func randomInstanceID() -> String {
@@ -157,6 +188,8 @@ package struct SwitchboardGateway: Sendable {
             streamGroups: redis?.streamRoutes.compactMap(\.groups) ?? []
         )
         .register(on: router)
+        PresenceAPI(publisher: publisher, policy: services.policy, source: redis?.lifecycle, maxUsers: configuration.events.presenceMaxUsers)
+            .register(on: router)
         if configuration.console.enabled {
             let inbound = (configuration.redis?.inbound ?? []).compactMap { setting -> String? in
                 switch setting.route {
@@ -258,6 +291,8 @@ struct RedisService: Service {
 
     func run() async throws {
         try await parts.engine.start()
+        await parts.lifecycle?.start()
+        let leaseTask = parts.lease.map { lease in Task { await lease.run() } }
         // Consumer groups are created as soon as Redis answers (it may not be up yet), and
         // re-created whenever Redis lost them; the instance is not ready until they exist.
         let groupsTask = Task {
@@ -274,6 +309,12 @@ struct RedisService: Service {
         try? await gracefulShutdown()
         groupsTask.cancel()
         await inbound.stop()
+        // The sessions' last facts (`disconnected(drain)`), then the lease: whatever is still
+        // registered is written as drained, and nobody reaps this instance.
+        leaseTask?.cancel()
+        await leaseTask?.value
+        await parts.lifecycle?.flush(timeout: .seconds(3))
+        await parts.lease?.leave()
         await parts.engine.shutdown()
     }
 }

@@ -32,7 +32,7 @@ import Redis
 /// Backends that publish with `redis-cli` get the same guarantees with
 /// `FCALL switchboard_publish 1 'switchboard:{/topic/x}' 'hello'`: a payload that is not an
 /// envelope is the body (`content-type: text/plain`).
-public enum HistoryFunctions {
+public enum HistoryFunctions: RedisFunctionLibrary {
     /// The library's source, for `FUNCTION LOAD REPLACE`.
     public static let library = #"""
         #!lua name=switchboard
@@ -143,38 +143,6 @@ public enum HistoryFunctions {
         redis.register_function('switchboard_publish', publish)
         redis.register_function('switchboard_read', read)
         """#
-
-    /// Whether `error` says the library is not loaded (a restarted Redis without persistence).
-    static func isMissing(_ error: any Error) -> Bool {
-        guard let error = error as? RedisServerError else { return false }
-        return error.message.contains("Function not found")
-    }
-
-    /// Runs `command`; when Redis lacks the library, loads it and runs `command` once more.
-    public static func call<Command: RedisCommand>(_ command: Command, on client: RedisClient) -> EventLoopFuture<Command.Response> {
-        let first = client.send(command)
-        return first.flatMapError { error in
-            guard isMissing(error) else { return first.eventLoop.makeFailedFuture(error) }
-            return client.send(LoadHistoryFunctions()).flatMap { _ in client.send(command) }
-        }
-    }
-}
-
-/// `FUNCTION LOAD REPLACE <library>`.
-public struct LoadHistoryFunctions: RedisCommand {
-    public typealias Response = String
-    public init() {}
-
-    /// The command's arguments (for ``RedisClient/addConnectionSetup(_:)``).
-    public static let arguments: [RedisArgument] = ["FUNCTION", "LOAD", "REPLACE", .string(HistoryFunctions.library)]
-
-    public func encode(into encoder: inout RESPCommandEncoder) {
-        encoder.encodeArray(count: 4)
-        encoder.encodeBulk("FUNCTION")
-        encoder.encodeBulk("LOAD")
-        encoder.encodeBulk("REPLACE")
-        encoder.encodeBulk(HistoryFunctions.library)
-    }
 }
 
 /// `FCALL switchboard_publish 1 <prefix>{<destination>} <payload> <max-length> <ttl-ms> <once>`:

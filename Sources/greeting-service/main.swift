@@ -66,6 +66,12 @@ struct GreetingService: AsyncParsableCommand {
     @Option(help: "Gateway Redis channel prefix.")
     var channelPrefix = "switchboard:"
 
+    @Option(help: "Also log presence changes, read from the gateway's lifecycle events (events.enabled) in this consumer group.")
+    var presenceGroup: String?
+
+    @Option(help: "The gateway's events stream (events.stream).")
+    var eventsStream = "switchboard:events"
+
     func validate() throws {
         guard Logger.Level(rawValue: self.logLevel) != nil else { throw ValidationError("unknown log level '\(self.logLevel)'") }
         guard self.maxDeliveries >= 1 else { throw ValidationError("--max-deliveries must be at least 1") }
@@ -95,10 +101,16 @@ struct GreetingService: AsyncParsableCommand {
         )
         if let consumer = self.consumer { configuration.consumerName = consumer }
         let consumer = StreamConsumer(client: client, configuration: configuration, logger: logger)
+        let presence = self.presenceGroup.map { group in
+            var events = StreamConsumerConfiguration(stream: self.eventsStream, group: group, channelNaming: .init(prefix: self.channelPrefix))
+            events.consumerName = configuration.consumerName
+            return LifecycleEventConsumer(client: client, configuration: events, logger: logger)
+        }
 
         let signals = Self.onTermination { signal in
             logger.info("signal received; stopping", metadata: ["signal": "\(signal)"])
             consumer.stop()
+            presence?.stop()
         }
         defer { signals.forEach { $0.cancel() } }
 
@@ -109,6 +121,17 @@ struct GreetingService: AsyncParsableCommand {
         let delay = self.processingDelayMs
         logger.info("greeting-service started", metadata: ["consumer": "\(name)", "stream": "\(self.stream)", "group": "\(self.group)"])
 
+        let presenceTask = presence.map { presence in
+            Task {
+                try await presence.run { event in
+                    switch event.type {
+                    case .userOnline: Self.printLine("presence: \(event.user ?? "?") online (\(event.instance ?? "?"))")
+                    case .userOffline: Self.printLine("presence: \(event.user ?? "?") offline (\(event.reason?.rawValue ?? "?"))")
+                    default: break
+                    }
+                }
+            }
+        }
         try await consumer.run { message in
             guard wanted == "*" || message.destination == wanted else {
                 logger.debug("skipping entry for another destination", metadata: ["entry": "\(message.id)", "destination": "\(message.destination)"])
@@ -125,6 +148,8 @@ struct GreetingService: AsyncParsableCommand {
             }
             Self.printLine("processed \(message.id) by \(name)")
         }
+        presence?.stop()
+        try await presenceTask?.value
         await client.shutdown()
         logger.info("greeting-service stopped")
     }

@@ -41,10 +41,10 @@ final class TestGateway {
     let services: GatewayServices
     private var clients: [TestClient] = []
 
-    init(configuration: SessionConfiguration = SessionConfiguration(), routes: RouteTable = RouteTable()) {
+    init(configuration: SessionConfiguration = SessionConfiguration(), routes: RouteTable = RouteTable(), lifecycle: (any LifecycleRecorder)? = nil) {
         services = GatewayServices(
             configuration: configuration, hub: hub, engine: InMemoryEngine(hub: hub),
-            routes: routes, instanceID: "t", logger: Logger(label: "test"))
+            routes: routes, instanceID: "t", logger: Logger(label: "test"), lifecycle: lifecycle)
     }
 
     func client() throws -> TestClient {

@@ -31,6 +31,25 @@ import Testing
         #expect(error == "routes.p.type redis-pubsub needs redis.url")
     }
 
+    @Test func eventSettingsAreReadAndChecked() async throws {
+        let redis = "redis.url=redis://127.0.0.1:6379"
+        let events = try await ConfigurationCheckTests().load([
+            redis, "events.enabled=true", "events.types=user-online,user-offline", "events.lease-ttl-ms=3000", "events.grace-ms=500",
+        ]).configuration.events
+        #expect(events.enabled && events.types == [.userOnline, .userOffline] && events.leaseTTLMs == 3000 && events.graceMs == 500)
+        #expect(events.stream == "switchboard:events" && events.leaseRenewMs == 1000)
+        let cases: [([String], String)] = [
+            (["events.enabled=true"], "events.enabled needs redis.url (presence and lifecycle events are kept in Redis)"),
+            ([redis, "events.types=user-online,user-gone"], "events.types: unknown event type 'user-gone'"),
+            ([redis, "events.lease-ttl-ms=1500"], "events.lease-ttl-ms must be at least twice events.lease-renew-ms, got 1500 and 1000"),
+            ([redis, "events.max-queued=0"], "events.max-queued must be ≥ 1, got 0"),
+        ]
+        for (settings, message) in cases {
+            let error = await ConfigurationCheckTests().loadError(settings)
+            #expect(error?.hasPrefix(message) == true, "\(settings): \(error ?? "no error")")
+        }
+    }
+
     @Test func sessionViewComesFromStompLimitsAndDestinations() async throws {
         let configuration = try await ConfigurationCheckTests().load([
             "stomp.heartbeat.send-ms=1000", "stomp.connect-timeout-ms=3000", "limits.max-frame-bytes=1000",

@@ -113,6 +113,10 @@ class Cluster:
                                "--set", f"redis.url=redis://127.0.0.1:{self.redis_port}", "--set", f"instance.id=gw{i}",
                                "--set", "server.shutdown-grace-ms=2000", *self.gateway_args, *extra])
 
+    def stop_one(self, key: str):
+        """SIGTERM to one process (e.g. ``gw2``), then its exit code; it is forgotten."""
+        return terminate(self.procs.pop(key))
+
     def wait_ready(self, i: int, timeout=20.0):
         wait_until(lambda: requests.get(f"{self.gw_url(i)}/health/ready", timeout=1).status_code == 200, timeout, what=f"gw{i} ready")
 

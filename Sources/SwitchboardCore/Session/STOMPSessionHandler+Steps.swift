@@ -34,6 +34,7 @@ extension STOMPSessionHandler {
             if let sub = subscriptions.removeValue(forKey: id) {
                 shard.remove(sub)
                 services.stats.subscriptions.subtract(1)
+                record(.unsubscribed(id: id))
             }
             sendReceipt(receipt)
         case .sendReceipt(let receipt):
@@ -62,7 +63,7 @@ extension STOMPSessionHandler {
             } else {
                 sendReceipt(close.receipt)
             }
-            if close.wasConnected { sessionEnded() }
+            if close.wasConnected { sessionEnded(close.failure?.kind.disconnectReason ?? .client) }
             closeConnection(context: context, code: close.failure?.closeCode ?? .normalClosure)
         }
     }
@@ -80,6 +81,7 @@ extension STOMPSessionHandler {
         services.stats.sessionsConnected.add(1)
         services.stats.sessionsByVersion[connected.version.ordinal].add(1)
         logger[metadataKey: "stomp.version"] = "\(connected.version.rawValue)"
+        record(.connected(user: connected.identity?.user))
         send(connected.frame)
         sendReceipt(connected.receipt)
         logger.debug("session connected", metadata: ["heart-beat.out": "\(connected.serverSendsMs)", "heart-beat.in": "\(connected.serverExpectsMs)"])
@@ -105,6 +107,7 @@ extension STOMPSessionHandler {
         case .subscribe(let s):
             let sub = LocalSubscription(id: s.id, pattern: s.pattern, ackMode: s.ackMode, sink: self)
             subscriptions[s.id] = sub
+            record(.subscribed(id: s.id, destination: s.destination))
             let replay = register(sub, start: s.start, step: step)
             services.stats.subscriptions.add(1)
             if let replay {

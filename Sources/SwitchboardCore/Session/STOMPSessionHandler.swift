@@ -125,7 +125,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     func cleanUp() {
         guard !cleanedUp, machine != nil else { return }
         cleanedUp = true
-        if machine.connectionClosed() { sessionEnded() }
+        if machine.connectionClosed() { sessionEnded(.client) }
         if let countedUser { services.userSessions.remove(countedUser) }
         for sub in subscriptions.values { shard.remove(sub) }
         services.stats.subscriptions.subtract(subscriptions.count)
@@ -156,7 +156,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             machine.read(at: shard.tick)
         } else if event is STOMPTransportClosing {
             // A close frame went out below: nothing more may be written.
-            if machine.connectionClosed() { sessionEnded() }
+            if machine.connectionClosed() { sessionEnded(.client) }
             undelivered = nil
             held = nil
         } else {
@@ -365,10 +365,18 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         runActions()
     }
 
-    /// Counts a session that was connected and is no longer.
-    func sessionEnded() {
+    /// Counts a session that was connected and is no longer, and records why.
+    func sessionEnded(_ reason: DisconnectReason) {
         services.stats.sessionsConnected.subtract(1)
         services.stats.sessionsByVersion[version.ordinal].subtract(1)
+        record(.disconnected(reason))
+    }
+
+    /// Hands a lifecycle fact of this session to the recorder, if events are on.
+    @inline(__always)
+    func record(_ kind: LifecycleFact.Kind) {
+        guard let lifecycle = services.lifecycle else { return }
+        lifecycle.record(LifecycleFact(session: sessionID, kind: kind, time: Self.wallClockMillis()), on: shard.eventLoop)
     }
 
     /// Sends a WebSocket close frame after what is queued, then closes the channel. A peer

@@ -195,6 +195,26 @@ package enum ConfigKeyCatalog {
                 .init("redis.inbound.<name>.stream", .string, "—", "stream for a `stream` route"),
             ]),
         Section(
+            title: "Presence and lifecycle events (Redis mode)",
+            keys: [
+                .init("events.enabled", .boolean, "`false`", "write lifecycle events to a Redis Stream and keep presence (needs `redis.url`)"),
+                .init("events.stream", .string, "`switchboard:events`", "the events stream"),
+                .init("events.max-length", .integer, "`100000`", "`XADD MAXLEN ~` of the events stream"),
+                .init(
+                    "events.types", .list, "all",
+                    "event types written: `connected`, `disconnected`, `subscribed`, `unsubscribed`, `user-online`, `user-offline`, `destination-occupied`, `destination-vacated` (presence is kept whatever the list)"
+                ),
+                .init(
+                    "events.max-queued", .integer, "`10000`",
+                    "facts queued per event loop while Redis is slow or unreachable; past it new ones are dropped and counted (`switchboard_lifecycle_facts_dropped_total`)"),
+                .init("events.max-batch", .integer, "`256`", "most facts in one pipelined `FCALL`"),
+                .init("events.lease-ttl-ms", .integer, "`5000`", "the instance's lease in Redis expires this long after its last renewal (at least twice `events.lease-renew-ms`)"),
+                .init("events.lease-renew-ms", .integer, "`1000`", "how often the lease is renewed and expired instances are looked for"),
+                .init(
+                    "events.grace-ms", .integer, "`0`", "extra time after a lease expired before the dead instance's sessions become `disconnected(node-lost)` (absorbs flapping)"),
+                .init("events.presence-max-users", .integer, "`1000`", "most users listed by `GET /api/presence/{destination}`"),
+            ]),
+        Section(
             title: "Authentication and access",
             keys: [
                 .init("auth.jwt.hmac-secret", .string, "—", "HS256 secret", secret: true),

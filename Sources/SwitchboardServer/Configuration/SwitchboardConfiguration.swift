@@ -23,6 +23,8 @@ package struct SwitchboardConfiguration: Sendable {
     package var server = ServerSettings()
     package var console = ConsoleSettings()
     package var log = LogSettings()
+    /// Presence and lifecycle events (Redis mode).
+    package var events = EventSettings()
     /// Instance id, prefix of message and session ids; random when nil.
     package var instanceID: String?
 
@@ -50,6 +52,10 @@ package struct SwitchboardConfiguration: Sendable {
         for route in routes where redis == nil {
             if case .webhook = route.target { continue }
             throw Invalid(description: "routes.\(route.name).type \(route.target.typeName) needs redis.url")
+        }
+        events = try EventSettings(reader: reader.scoped(to: "events"))
+        if events.enabled, redis == nil {
+            throw Invalid(description: "events.enabled needs redis.url (presence and lifecycle events are kept in Redis)")
         }
         auth = try AuthSettings(reader: reader.scoped(to: "auth"), brokerPrefixes: destinations.brokerPrefixes)
     }

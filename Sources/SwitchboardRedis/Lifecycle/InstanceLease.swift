@@ -1,0 +1,141 @@
+import Logging
+import Metrics
+import NIOCore
+import Redis
+import SwitchboardWire
+
+/// This instance's lease in Redis, and the reaping of instances whose lease expired.
+///
+/// Every ``Settings/renewInterval`` the instance renews its lease (`switchboard_lease_renew`:
+/// a key expiring after ``Settings/ttl``, and its renewal time in a sorted set), then asks
+/// `switchboard_lease_claim` for an instance whose lease expired more than
+/// ``Settings/grace`` ago. The claim takes that instance's reaping lock (`SET NX`) and moves
+/// its registry aside in one step, so however many instances notice at once, one reaps; it
+/// then turns the registry, a chunk at a time, into `disconnected(node-lost)` events and the
+/// `user-offline`/`destination-vacated` that follow (`switchboard_lease_reap`). Each session
+/// is reaped atomically and removed from the registry in the same step, so even a reaper that
+/// dies halfway (its lock expires and another takes over) writes each event once.
+///
+/// An instance that finds its own lease lost (Redis unreachable for longer than the ttl, and
+/// reaped meanwhile) is told through `onLost`: its sessions are no longer in presence, so the
+/// gateway closes them and they reconnect.
+package final class InstanceLease: Sendable {
+    package struct Settings: Sendable, Equatable {
+        package var ttl: Duration
+        package var renewInterval: Duration
+        package var grace: Duration
+        /// Sessions reaped per call.
+        package var reapChunk: Int
+        /// After this instance reconnected to Redis, how long it renews before it reaps again, on
+        /// top of the ttl: the longest another live instance may take to get back (its reconnect
+        /// backoff).
+        package var settle: Duration
+        package init(
+            ttl: Duration = .seconds(5), renewInterval: Duration = .seconds(1), grace: Duration = .zero, reapChunk: Int = 500,
+            settle: Duration = .seconds(10)
+        ) {
+            self.settle = settle
+            self.ttl = ttl
+            self.renewInterval = renewInterval
+            self.grace = grace
+            self.reapChunk = reapChunk
+        }
+    }
+
+    let client: RedisClient
+    let stream: LifecycleStreamSettings
+    let instance: String
+    let settings: Settings
+    let logger: Logger
+    let onLost: @Sendable () -> Void
+    /// Whether Redis applied a batch of this instance's facts: from then on it is registered
+    /// (and known to reapers) even if it never renewed its lease.
+    let registered: @Sendable () -> Bool
+    let reapedCounter = Metrics.Counter(label: "switchboard_lifecycle_instances_reaped_total")
+
+    package init(
+        client: RedisClient, stream: LifecycleStreamSettings, instance: String, settings: Settings, logger: Logger,
+        registered: @escaping @Sendable () -> Bool = { false }, onLost: @escaping @Sendable () -> Void
+    ) {
+        self.registered = registered
+        self.client = client
+        self.stream = stream
+        self.instance = instance
+        self.settings = settings
+        self.logger = logger
+        self.onLost = onLost
+    }
+
+    static func ms(_ d: Duration) -> Int { Int(d.components.seconds) * 1000 + Int(d.components.attoseconds / 1_000_000_000_000_000) }
+
+    /// Renews and reaps until the task is cancelled.
+    ///
+    /// After the client reconnected to Redis, it reaps again only once it renewed for the ttl
+    /// plus ``Settings/settle``: when Redis comes back after an outage longer than the ttl,
+    /// every lease has expired, and the first instance to get through must not reap the others
+    /// before they reconnected (their backoff) and renewed theirs.
+    package func run() async {
+        let clock = ContinuousClock()
+        var held = false
+        var reconnects = client.reconnectCount
+        var settledAt = clock.now
+        while !Task.isCancelled {
+            // Registered through its facts before its first renewal: a lease found missing then
+            // may have been reaped too.
+            if !held, registered() { held = true }
+            do {
+                let renewed = try await LifecycleFunctions.call(
+                    LeaseRenew(prefix: stream.prefix, instance: instance, ttlMilliseconds: Self.ms(settings.ttl), held: held), on: client
+                ).get()
+                if renewed == 0 {
+                    logger.error("this instance's lease expired and its sessions were reaped: closing them so they reconnect")
+                    onLost()
+                }
+                held = true
+                if client.reconnectCount != reconnects {
+                    reconnects = client.reconnectCount
+                    settledAt = clock.now + settings.ttl + settings.settle
+                }
+                if clock.now >= settledAt { try await reapExpired() }
+            } catch {
+                logger.debug("lease renewal or reaping failed", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: settings.renewInterval)
+        }
+    }
+
+    /// Claims and reaps every instance whose lease expired, one at a time.
+    func reapExpired() async throws {
+        while !Task.isCancelled {
+            let claim = LeaseClaim(
+                prefix: stream.prefix, me: instance, ttlMilliseconds: Self.ms(settings.ttl), graceMilliseconds: Self.ms(settings.grace))
+            let dead = try await LifecycleFunctions.call(claim, on: client).get()
+            guard !dead.isEmpty else { return }
+            logger.notice("instance lease expired: reaping its sessions", metadata: ["dead": "\(dead)"])
+            try await reap(dead, reason: .nodeLost)
+            reapedCounter.increment()
+        }
+    }
+
+    /// Reaps the claimed registry of `dead`, a chunk at a time.
+    func reap(_ dead: String, reason: DisconnectReason) async throws {
+        while true {
+            let left = try await LifecycleFunctions.call(
+                LeaseReap(settings: stream, dead: dead, me: instance, count: settings.reapChunk, reason: reason), on: client
+            ).get()
+            if left <= 0 { return }
+        }
+    }
+
+    /// Graceful stop: gives up the lease and writes `disconnected(drain)` for whatever is still
+    /// registered (normally nothing: the sessions' own facts were flushed before).
+    package func leave() async {
+        do {
+            let claim = LeaseClaim(prefix: stream.prefix, me: instance, ttlMilliseconds: 0, graceMilliseconds: 0, target: instance)
+            _ = try await LifecycleFunctions.call(claim, on: client).get()
+            try await reap(instance, reason: .drain)
+        } catch {
+            logger.warning("giving up the lease failed; other instances reap this one's sessions after the lease expires", metadata: ["error": "\(error)"])
+        }
+    }
+}

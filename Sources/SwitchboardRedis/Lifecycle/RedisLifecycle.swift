@@ -1,0 +1,182 @@
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import Redis
+import SwitchboardCore
+import SwitchboardWire
+import Synchronization
+
+/// Presence and lifecycle events in Redis mode: the sessions' facts, batched per event loop
+/// and written by the `switchboard_events` function (``LifecycleFunctions``), which updates
+/// presence and appends the events to the stream in one step.
+///
+/// A session calls ``record(_:on:)`` on its own loop: the fact is appended to that loop's
+/// ``LoopLifecycleBatcher`` (no lock, no hop), which sends what accumulated during the loop
+/// tick as one pipelined `FCALL`.
+package final class RedisLifecycle: LifecycleRecorder {
+    package let client: RedisClient
+    package let settings: LifecycleStreamSettings
+    /// The name of this instance's registry (its instance id).
+    package let instance: String
+    let batchers: [ObjectIdentifier: LoopLifecycleBatcher]
+    let logger: Logger
+    /// Redis applied a batch of this instance (it has a registry, and reapers know it).
+    let appliedOnce: AppliedFlag
+
+    /// Set once, from any loop.
+    final class AppliedFlag: Sendable {
+        let value = Atomic<Bool>(false)
+    }
+
+    /// Whether Redis has applied a batch of this instance's facts.
+    package var hasApplied: Bool { appliedOnce.value.load(ordering: .relaxed) }
+
+    package init(
+        client: RedisClient, settings: LifecycleStreamSettings, instance: String, loops: [any EventLoop],
+        limits: LifecycleBatchState.Limits = .init(), logger: Logger, onRegistryLost: @escaping @Sendable () -> Void = {}
+    ) {
+        self.client = client
+        self.settings = settings
+        self.instance = instance
+        self.logger = logger
+        var batchers: [ObjectIdentifier: LoopLifecycleBatcher] = [:]
+        let applied = AppliedFlag()
+        self.appliedOnce = applied
+        let dropped = Metrics.Counter(label: "switchboard_lifecycle_facts_dropped_total")
+        let failures = Metrics.Counter(label: "switchboard_lifecycle_batch_failures_total")
+        for (index, loop) in loops.enumerated() {
+            batchers[ObjectIdentifier(loop)] = LoopLifecycleBatcher(
+                loop: loop, index: index, limits: limits, client: client, settings: settings, instance: instance,
+                dropped: dropped, failures: failures, applied: applied, logger: logger,
+                onRegistryLost: onRegistryLost)
+        }
+        self.batchers = batchers
+    }
+
+    /// Loads the functions now and on every command connection Redis opens later.
+    package func start() async {
+        client.addConnectionSetup(LoadLifecycleFunctions.arguments)
+        do {
+            _ = try await client.execute(LoadLifecycleFunctions())
+        } catch {
+            logger.warning("loading the lifecycle functions failed; retried on first use", metadata: ["error": "\(error)"])
+        }
+    }
+
+    package func record(_ fact: LifecycleFact, on loop: any EventLoop) {
+        batchers[ObjectIdentifier(loop)]?.append(fact)
+    }
+
+    /// A user's presence across every instance.
+    package func userPresence(_ user: String) async throws -> UserPresence {
+        try await LifecycleFunctions.call(UserPresenceQuery(prefix: settings.prefix, user: user), on: client).get()
+    }
+
+    /// A destination's subscribers across every instance, and up to `limit` of their users.
+    package func destinationPresence(_ destination: String, limit: Int) async throws -> DestinationPresence {
+        try await LifecycleFunctions.call(DestinationPresenceQuery(prefix: settings.prefix, destination: destination, limit: limit), on: client).get()
+    }
+
+    /// Facts dropped because a loop's queue was full, since start.
+    package func droppedCount() async -> Int {
+        var total = 0
+        for batcher in batchers.values { total += (try? await batcher.loop.submit { batcher.state.dropped }.get()) ?? 0 }
+        return total
+    }
+
+    /// Waits until every loop sent what it had queued, or `timeout` passed.
+    package func flush(timeout: Duration) async {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while clock.now < deadline {
+            var idle = true
+            for batcher in batchers.values where !((try? await batcher.loop.submit { batcher.state.isIdle }.get()) ?? true) {
+                idle = false
+            }
+            if idle { return }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        logger.warning("lifecycle facts still queued at shutdown")
+    }
+}
+
+/// One event loop's batcher: ``LifecycleBatchState`` run on the loop, its batches sent as
+/// ``LifecycleEventsBatch`` commands. Its state is touched on `loop` only.
+final class LoopLifecycleBatcher: @unchecked Sendable {
+    let loop: any EventLoop
+    let index: Int
+    let client: RedisClient
+    let settings: LifecycleStreamSettings
+    let instance: String
+    let droppedCounter: Metrics.Counter
+    let failureCounter: Metrics.Counter
+    let applied: RedisLifecycle.AppliedFlag
+    let logger: Logger
+    let onRegistryLost: @Sendable () -> Void
+    var state: LifecycleBatchState
+    /// A send is scheduled for the end of this loop tick.
+    private var scheduled = false
+
+    init(
+        loop: any EventLoop, index: Int, limits: LifecycleBatchState.Limits, client: RedisClient, settings: LifecycleStreamSettings,
+        instance: String, dropped: Metrics.Counter, failures: Metrics.Counter, applied: RedisLifecycle.AppliedFlag, logger: Logger,
+        onRegistryLost: @escaping @Sendable () -> Void
+    ) {
+        self.applied = applied
+        self.onRegistryLost = onRegistryLost
+        self.loop = loop
+        self.index = index
+        self.client = client
+        self.settings = settings
+        self.instance = instance
+        self.droppedCounter = dropped
+        self.failureCounter = failures
+        self.logger = logger
+        self.state = LifecycleBatchState(limits: limits)
+    }
+
+    /// On `loop`: queues the fact; what arrives in the same loop tick goes in one batch.
+    func append(_ fact: LifecycleFact) {
+        loop.preconditionInEventLoop()
+        guard state.append(fact) else {
+            droppedCounter.increment()
+            if state.dropped == 1 || state.dropped % 1000 == 0 {
+                logger.warning("lifecycle queue full: facts dropped", metadata: ["dropped": "\(state.dropped)", "limit": "\(state.limits.maxQueued)"])
+            }
+            return
+        }
+        guard !scheduled, state.inFlight == nil else { return }
+        scheduled = true
+        loop.execute { self.sendNext() }
+    }
+
+    private func sendNext() {
+        scheduled = false
+        guard let batch = state.nextBatch() else { return }
+        send(batch)
+    }
+
+    private func send(_ batch: LifecycleBatchState.Batch) {
+        let command = LifecycleEventsBatch(settings: settings, instance: instance, loop: index, batch: batch.number, facts: batch.facts)
+        LifecycleFunctions.call(command, on: client).hop(to: loop).whenComplete { result in
+            switch result {
+            case .success(let written):
+                self.applied.value.store(true, ordering: .relaxed)
+                if written == -2 {
+                    self.logger.error("Redis lost this instance's presence registry: closing its sessions so they register again")
+                    self.onRegistryLost()
+                }
+                self.state.succeeded()
+                self.sendNext()
+            case .failure(let error):
+                self.failureCounter.increment()
+                let delay = self.state.failed()
+                self.logger.debug("lifecycle batch failed; retrying", metadata: ["error": "\(error)", "retry.ms": "\(delay.nanoseconds / 1_000_000)"])
+                self.loop.scheduleTask(in: delay) {
+                    if let batch = self.state.retry() { self.send(batch) }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+import NIOCore
+import Redis
+
+/// The Redis Functions of presence and lifecycle events (library `switchboard_lifecycle`,
+/// loaded like ``HistoryFunctions`` on every command connection).
+///
+/// Each function writes the events to the stream (`KEYS[1]`) and updates presence in the same
+/// atomic step, so the stream and presence never disagree. Keys (with the default prefix
+/// `switchboard:`):
+///
+/// | key | type | holds |
+/// | --- | --- | --- |
+/// | `switchboard:presence:user:<user>` | hash | the user's live sessions: session → instance |
+/// | `switchboard:presence:gen:<user>` | string | the user's generation counter (expires a day after its last event) |
+/// | `switchboard:presence:dest:<destination>` | hash | subscribed sessions: session → subscriptions |
+/// | `switchboard:presence:dest-users:<destination>` | hash | subscribed users: user → sessions |
+/// | `switchboard:presence:instances` | sorted set | registries by their last lease renewal (server ms) |
+/// | `switchboard:presence:lease:<registry>` | string | the lease of a registry (expires `ttl` after its renewal) |
+/// | `switchboard:presence:sessions:<registry>` | hash | the registry of one instance process: session → user (`''`: anonymous) |
+/// | `switchboard:presence:subs:<session>` | hash | the session's subscriptions: id → destination |
+/// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped) |
+/// | `switchboard:presence:reap:<registry>`, `…:reaping:<registry>` | hash, string | a dead registry being reaped, and the reaper's lock |
+///
+/// A registry is named `<instance>~<incarnation>`, one per process: an instance restarted with
+/// the same `instance.id` before its lease expired gets a new registry, and the old one is
+/// reaped (`node-lost`) like any other whose lease expired. Events name the instance only.
+///
+/// Every change is idempotent: a session registers once (`HSETNX`), an unknown session's
+/// facts are ignored, so a retried batch, a late disconnect or a reaped session is never
+/// counted twice. `user-offline` follows only when the user's hash of sessions is empty.
+public enum LifecycleFunctions: RedisFunctionLibrary {
+    /// The library's source, for `FUNCTION LOAD REPLACE`.
+    public static let library = #"""
+        #!lua name=switchboard_lifecycle
+
+        local function now_ms()
+          local t = redis.call('TIME')
+          return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
+
+        -- A registry is named <instance>~<incarnation>: one per process, so a restarted
+        -- instance with the same id never mixes its sessions with those of its previous life.
+        local function name_of(reg)
+          return string.match(reg, '^(.*)~[^~]*$') or reg
+        end
+
+        local function context(stream, p, maxlen, types)
+          local c = {stream = stream, p = p, maxlen = maxlen, written = 0, all = (types == '' or types == '*'), types = {}}
+          for t in string.gmatch(types or '', '[^,]+') do c.types[t] = true end
+          return c
+        end
+
+        local function emit(c, kind, session, user, instance, dest, reason, sub, t)
+          if not c.all and not c.types[kind] then return end
+          local a = {'XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'type', kind}
+          local function add(n, v) if v and v ~= '' then a[#a + 1] = n; a[#a + 1] = v end end
+          add('session', session); add('user', user); add('instance', instance); add('destination', dest)
+          add('reason', reason); add('subscription', sub); add('time', t)
+          if user and user ~= '' then
+            local g = c.p .. 'presence:gen:' .. user
+            add('gen', tostring(redis.call('INCR', g)))
+            redis.call('PEXPIRE', g, 86400000)
+          end
+          redis.call(unpack(a))
+          c.written = c.written + 1
+        end
+
+        local function sub_remove(c, inst, session, user, sid, dest, t, quiet)
+          local dk = c.p .. 'presence:dest:' .. dest
+          if not quiet then emit(c, 'unsubscribed', session, user, inst, dest, nil, sid, t) end
+          if redis.call('HINCRBY', dk, session, -1) <= 0 then
+            redis.call('HDEL', dk, session)
+            if user ~= '' then
+              local uk = c.p .. 'presence:dest-users:' .. dest
+              if redis.call('HINCRBY', uk, user, -1) <= 0 then redis.call('HDEL', uk, user) end
+            end
+            if redis.call('HLEN', dk) == 0 then emit(c, 'destination-vacated', session, user, inst, dest, nil, nil, t) end
+          end
+        end
+
+        local function connect(c, reg, inst, session, user, t)
+          if redis.call('HSETNX', reg, session, user) == 0 then return end
+          emit(c, 'connected', session, user, inst, nil, nil, nil, t)
+          if user ~= '' then
+            local uk = c.p .. 'presence:user:' .. user
+            redis.call('HSET', uk, session, inst)
+            if redis.call('HLEN', uk) == 1 then emit(c, 'user-online', session, user, inst, nil, nil, nil, t) end
+          end
+        end
+
+        local function disconnect(c, reg, inst, session, reason, t)
+          local user = redis.call('HGET', reg, session)
+          if not user then return end
+          redis.call('HDEL', reg, session)
+          emit(c, 'disconnected', session, user, inst, nil, reason, nil, t)
+          local sk = c.p .. 'presence:subs:' .. session
+          local subs = redis.call('HGETALL', sk)
+          for i = 1, #subs, 2 do sub_remove(c, inst, session, user, subs[i], subs[i + 1], t, true) end
+          redis.call('DEL', sk)
+          if user ~= '' then
+            local uk = c.p .. 'presence:user:' .. user
+            redis.call('HDEL', uk, session)
+            if redis.call('HLEN', uk) == 0 then emit(c, 'user-offline', session, user, inst, nil, reason, nil, t) end
+          end
+        end
+
+        local function subscribe(c, reg, inst, session, sid, dest, t)
+          local user = redis.call('HGET', reg, session)
+          if not user then return end
+          if redis.call('HSETNX', c.p .. 'presence:subs:' .. session, sid, dest) == 0 then return end
+          emit(c, 'subscribed', session, user, inst, dest, nil, sid, t)
+          local dk = c.p .. 'presence:dest:' .. dest
+          if redis.call('HINCRBY', dk, session, 1) == 1 then
+            if user ~= '' then redis.call('HINCRBY', c.p .. 'presence:dest-users:' .. dest, user, 1) end
+            if redis.call('HLEN', dk) == 1 then emit(c, 'destination-occupied', session, user, inst, dest, nil, nil, t) end
+          end
+        end
+
+        local function unsubscribe(c, reg, inst, session, sid, t)
+          local user = redis.call('HGET', reg, session)
+          if not user then return end
+          local sk = c.p .. 'presence:subs:' .. session
+          local dest = redis.call('HGET', sk, sid)
+          if not dest then return end
+          redis.call('HDEL', sk, sid)
+          sub_remove(c, inst, session, user, sid, dest, t, false)
+        end
+
+        -- KEYS[1] stream; ARGV prefix, instance, maxlen, types, loop, batch, then per fact:
+        -- kind (c|d|s|u), session, user, subscription, destination or reason, time.
+        local function events(keys, args)
+          local p, inst = args[1], args[2]
+          local c = context(keys[1], p, args[3], args[4])
+          local applied = p .. 'presence:applied:' .. inst
+          local last = tonumber(redis.call('HGET', applied, args[5]) or '0')
+          local batch = tonumber(args[6])
+          if batch <= last then return -1 end
+          -- A later batch of an instance Redis does not know (any more): the registry was lost
+          -- (Redis lost its data) or reaped. Applied all the same; -2 tells the instance to
+          -- close its sessions, which reconnect and register again. Only the first batch or
+          -- renewal to get there says so: it registers the instance again.
+          local zs = p .. 'presence:instances'
+          local lost = batch > 1 and not redis.call('ZSCORE', zs, inst)
+          redis.call('HSET', applied, args[5], args[6])
+          -- Known to reapers from its first batch on, even if it dies before renewing its lease.
+          redis.call('ZADD', zs, 'NX', now_ms(), inst)
+          local reg = p .. 'presence:sessions:' .. inst
+          local name = name_of(inst)
+          for i = 7, #args - 5, 6 do
+            local kind, session, user, sid, extra, t = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4], args[i + 5]
+            if kind == 'c' then connect(c, reg, name, session, user, t)
+            elseif kind == 'd' then disconnect(c, reg, name, session, extra, t)
+            elseif kind == 's' then subscribe(c, reg, name, session, sid, extra, t)
+            elseif kind == 'u' then unsubscribe(c, reg, name, session, sid, t)
+            end
+          end
+          if lost then return -2 end
+          return c.written
+        end
+
+        -- ARGV prefix, instance, ttl, known (1: renewed before). 1: held; 0: lost (reaped).
+        local function renew(keys, args)
+          local p, inst = args[1], args[2]
+          local lease = p .. 'presence:lease:' .. inst
+          local had = redis.call('EXISTS', lease)
+          local zs = p .. 'presence:instances'
+          local lost = args[4] == '1' and had == 0 and (redis.call('EXISTS', p .. 'presence:reaping:' .. inst) == 1
+            or redis.call('EXISTS', p .. 'presence:reap:' .. inst) == 1 or not redis.call('ZSCORE', zs, inst))
+          redis.call('SET', lease, '1', 'PX', tonumber(args[3]))
+          redis.call('ZADD', zs, now_ms(), inst)
+          if lost then return 0 end
+          return 1
+        end
+
+        local function start_reap(p, inst)
+          local rk = p .. 'presence:reap:' .. inst
+          local reg = p .. 'presence:sessions:' .. inst
+          if redis.call('EXISTS', rk) == 0 and redis.call('EXISTS', reg) == 1 then redis.call('RENAME', reg, rk) end
+        end
+
+        -- ARGV prefix, me, ttl, grace, target ('' : any expired instance; else this one,
+        -- leaving on purpose). The instance to reap (its lock now held by me), or ''.
+        local function claim(keys, args)
+          local p, me, target = args[1], args[2], args[5]
+          if target and target ~= '' then
+            redis.call('DEL', p .. 'presence:lease:' .. target)
+            redis.call('SET', p .. 'presence:reaping:' .. target, me, 'PX', 30000)
+            start_reap(p, target)
+            return target
+          end
+          local limit = now_ms() - tonumber(args[3]) - tonumber(args[4])
+          local candidates = redis.call('ZRANGEBYSCORE', p .. 'presence:instances', '-inf', '(' .. limit, 'LIMIT', 0, 10)
+          for _, inst in ipairs(candidates) do
+            if inst ~= me and redis.call('EXISTS', p .. 'presence:lease:' .. inst) == 0 then
+              if redis.call('SET', p .. 'presence:reaping:' .. inst, me, 'NX', 'PX', 30000) then
+                start_reap(p, inst)
+                return inst
+              end
+            end
+          end
+          return ''
+        end
+
+        -- KEYS[1] stream; ARGV prefix, dead instance, maxlen, types, me, count, reason.
+        -- Sessions left to reap; -1: the lock is not mine (any more).
+        local function reap(keys, args)
+          local p, inst, me = args[1], args[2], args[5]
+          local lock = p .. 'presence:reaping:' .. inst
+          if redis.call('GET', lock) ~= me then return -1 end
+          redis.call('PEXPIRE', lock, 30000)
+          local c = context(keys[1], p, args[3], args[4])
+          local rk = p .. 'presence:reap:' .. inst
+          local t = tostring(now_ms())
+          local sessions = redis.call('HRANDFIELD', rk, tonumber(args[6]))
+          for _, session in ipairs(sessions) do disconnect(c, rk, name_of(inst), session, args[7], t) end
+          local left = redis.call('HLEN', rk)
+          if left == 0 and redis.call('EXISTS', p .. 'presence:lease:' .. inst) == 0 then
+            local reg = p .. 'presence:sessions:' .. inst
+            if redis.call('EXISTS', reg) == 1 then
+              redis.call('RENAME', reg, rk)
+              return redis.call('HLEN', rk)
+            end
+            redis.call('DEL', lock, p .. 'presence:applied:' .. inst)
+            redis.call('ZREM', p .. 'presence:instances', inst)
+          elseif left == 0 then
+            redis.call('DEL', lock)
+          end
+          return left
+        end
+
+        -- ARGV prefix, kind (user|destination), name, limit. user: online (0|1), then
+        -- session, instance pairs; destination: sessions, then up to limit users.
+        local function presence(keys, args)
+          local p, kind, name = args[1], args[2], args[3]
+          if kind == 'user' then
+            local s = redis.call('HGETALL', p .. 'presence:user:' .. name)
+            local out = {#s > 0 and 1 or 0}
+            for i = 1, #s do out[#out + 1] = s[i] end
+            return out
+          end
+          local out = {redis.call('HLEN', p .. 'presence:dest:' .. name)}
+          local scan = redis.call('HSCAN', p .. 'presence:dest-users:' .. name, 0, 'COUNT', tonumber(args[4]))
+          local fields = scan[2]
+          local limit = tonumber(args[4])
+          for i = 1, #fields, 2 do
+            if #out - 1 >= limit then break end
+            out[#out + 1] = fields[i]
+          end
+          return out
+        end
+
+        redis.register_function('switchboard_events', events)
+        redis.register_function('switchboard_lease_renew', renew)
+        redis.register_function('switchboard_lease_claim', claim)
+        redis.register_function('switchboard_lease_reap', reap)
+        redis.register_function{function_name = 'switchboard_presence', callback = presence, flags = {'no-writes'}}
+        """#
+}

@@ -1,0 +1,213 @@
+import NIOCore
+import Redis
+import RedisServerTesting
+import SwitchboardWire
+import Testing
+
+/// The lifecycle functions against a real redis-server: events and presence in one step,
+/// idempotent facts, `user-online`/`user-offline` across instances, the lease, and reaping a
+/// dead instance exactly once.
+@Suite("Lifecycle functions", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
+struct LifecycleFunctionTests {
+    static let settings = LifecycleStreamSettings()
+
+    /// A fixture: a server, a client, and a batch counter per (instance, loop).
+    final class Fixture: @unchecked Sendable {
+        let server: RedisServerProcess
+        let client: RedisClient
+        var batches: [String: UInt64] = [:]
+        init() async throws {
+            server = try await RedisServerProcess.start()
+            client = try await server.client()
+        }
+        func stop() async {
+            await client.shutdown()
+            server.stop()
+        }
+
+        @discardableResult
+        func send(_ instance: String, _ facts: [LifecycleFact.Kind], session: String, settings: LifecycleStreamSettings = settings) async throws -> Int {
+            let n = (batches[instance] ?? 0) + 1
+            batches[instance] = n
+            let command = LifecycleEventsBatch(
+                settings: settings, instance: instance, loop: 0, batch: n,
+                facts: facts.map { LifecycleFact(session: session, kind: $0, time: 1_700_000_000_000) })
+            return try await LifecycleFunctions.call(command, on: client).get()
+        }
+
+        func events() async throws -> [LifecycleEvent] {
+            let token = try await client.execute(RawCommand("XRANGE", "switchboard:events", "-", "+"))
+            return try [RedisStreamEntry](fromRESP: token).compactMap(LifecycleEvent.init)
+        }
+
+        func user(_ user: String) async throws -> UserPresence {
+            try await LifecycleFunctions.call(UserPresenceQuery(prefix: "switchboard:", user: user), on: client).get()
+        }
+
+        func destination(_ destination: String, limit: Int = 100) async throws -> DestinationPresence {
+            try await LifecycleFunctions.call(DestinationPresenceQuery(prefix: "switchboard:", destination: destination, limit: limit), on: client).get()
+        }
+    }
+
+    static func summary(_ events: [LifecycleEvent]) -> [String] {
+        events.map { e in
+            [e.type.rawValue, e.session, e.user, e.destination, e.reason?.rawValue].compactMap { $0 }.joined(separator: " ")
+        }
+    }
+
+    @Test func sessionFactsBecomeEventsAndPresence() async throws {
+        let f = try await Fixture()
+        let written = try await f.send(
+            "gw1", [.connected(user: "alice"), .subscribed(id: "0", destination: "/topic/a"), .subscribed(id: "1", destination: "/topic/a")],
+            session: "s1")
+        #expect(written == 5)
+        try await f.send("gw1", [.connected(user: nil), .subscribed(id: "0", destination: "/topic/a")], session: "anon")
+        #expect(try await f.destination("/topic/a").subscribers == 2)
+        #expect(try await f.destination("/topic/a").users == ["alice"])
+        let alice = try await f.user("alice")
+        #expect(alice.online && alice.sessions == ["s1": "gw1"])
+        try await f.send("gw1", [.unsubscribed(id: "0"), .unsubscribed(id: "0"), .disconnected(.heartbeatTimeout)], session: "s1")
+        try await f.send("gw1", [.disconnected(.client)], session: "anon")
+        #expect(try await f.user("alice").online == false)
+        #expect(try await f.destination("/topic/a").subscribers == 0)
+        let events = try await f.events()
+        #expect(
+            Self.summary(events) == [
+                "connected s1 alice", "user-online s1 alice", "subscribed s1 alice /topic/a", "destination-occupied s1 alice /topic/a",
+                "subscribed s1 alice /topic/a", "connected anon", "subscribed anon /topic/a", "unsubscribed s1 alice /topic/a",
+                "disconnected s1 alice heartbeat-timeout", "user-offline s1 alice heartbeat-timeout", "disconnected anon client",
+                "destination-vacated anon /topic/a",
+            ])
+        // One generation per event of alice, increasing.
+        #expect(events.filter { $0.user == "alice" }.compactMap(\.generation) == [1, 2, 3, 4, 5, 6, 7, 8])
+        #expect(events.allSatisfy { $0.instance == "gw1" && $0.time == 1_700_000_000_000 })
+        await f.stop()
+    }
+
+    @Test func aLateDisconnectOfAnOldSessionNeverMarksAReconnectedUserOffline() async throws {
+        let f = try await Fixture()
+        try await f.send("gw1", [.connected(user: "bob")], session: "old")
+        try await f.send("gw2", [.connected(user: "bob")], session: "new")
+        try await f.send("gw1", [.disconnected(.client)], session: "old")
+        // Facts of sessions this instance does not hold (a retry, a reaped session) change nothing.
+        try await f.send("gw1", [.disconnected(.client), .subscribed(id: "0", destination: "/topic/x")], session: "old")
+        try await f.send("gw2", [.disconnected(.client)], session: "old")
+        #expect(try await f.user("bob").sessions == ["new": "gw2"])
+        let types = try await f.events().map(\.type)
+        #expect(types == [.connected, .userOnline, .connected, .disconnected])
+        await f.stop()
+    }
+
+    @Test func aRetriedBatchIsAppliedOnce() async throws {
+        let f = try await Fixture()
+        let batch = LifecycleEventsBatch(
+            settings: Self.settings, instance: "gw1", loop: 3, batch: 1,
+            facts: [LifecycleFact(session: "s", kind: .connected(user: "u"), time: 1), LifecycleFact(session: "s", kind: .disconnected(.client), time: 2)])
+        #expect(try await LifecycleFunctions.call(batch, on: f.client).get() == 4)
+        #expect(try await LifecycleFunctions.call(batch, on: f.client).get() == -1)
+        #expect(try await f.events().count == 4)
+        await f.stop()
+    }
+
+    @Test func onlyTheConfiguredTypesAreWrittenButPresenceIsKept() async throws {
+        let f = try await Fixture()
+        let only = LifecycleStreamSettings(types: [.userOnline, .userOffline])
+        try await f.send("gw1", [.connected(user: "u"), .subscribed(id: "0", destination: "/topic/t")], session: "s", settings: only)
+        #expect(try await f.destination("/topic/t").subscribers == 1)
+        try await f.send("gw1", [.disconnected(.client)], session: "s", settings: only)
+        let events = try await f.events()
+        #expect(events.map(\.type) == [.userOnline, .userOffline])
+        #expect(events.compactMap(\.generation) == [1, 2])
+        await f.stop()
+    }
+
+    @Test func anExpiredInstanceIsReapedOnceUnderTheLock() async throws {
+        let f = try await Fixture()
+        let p = "switchboard:"
+        for instance in ["dead", "gw2", "gw3"] {
+            #expect(
+                try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: instance, ttlMilliseconds: instance == "dead" ? 50 : 60_000, held: false), on: f.client).get()
+                    == 1)
+        }
+        try await f.send("dead", [.connected(user: "carol"), .subscribed(id: "0", destination: "/topic/room")], session: "d1")
+        try await f.send("dead", [.connected(user: "dave")], session: "d2")
+        try await f.send("gw2", [.connected(user: "dave"), .subscribed(id: "0", destination: "/topic/other")], session: "g1")
+        // Within the grace period: nobody claims it.
+        #expect(try await LifecycleFunctions.call(LeaseClaim(prefix: p, me: "gw2", ttlMilliseconds: 50, graceMilliseconds: 60_000), on: f.client).get() == "")
+        // The lease expires (50 ms after its renewal).
+        let client = f.client
+        let expired = try await eventually { try await Int(fromRESP: client.execute(RawCommand("EXISTS", "switchboard:presence:lease:dead"))) == 0 }
+        #expect(expired)
+        // Two instances notice together: one gets the lock.
+        async let a = LifecycleFunctions.call(LeaseClaim(prefix: p, me: "gw2", ttlMilliseconds: 50, graceMilliseconds: 0), on: f.client).get()
+        async let b = LifecycleFunctions.call(LeaseClaim(prefix: p, me: "gw3", ttlMilliseconds: 50, graceMilliseconds: 0), on: f.client).get()
+        let claims = try await [a, b]
+        #expect(claims.filter { $0 == "dead" }.count == 1)
+        let winner = claims[0] == "dead" ? "gw2" : "gw3"
+        let loser = winner == "gw2" ? "gw3" : "gw2"
+        let settings = Self.settings
+        #expect(try await LifecycleFunctions.call(LeaseReap(settings: settings, dead: "dead", me: loser, count: 10), on: f.client).get() == -1)
+        #expect(try await LifecycleFunctions.call(LeaseReap(settings: settings, dead: "dead", me: winner, count: 1), on: f.client).get() == 1)
+        #expect(try await LifecycleFunctions.call(LeaseReap(settings: settings, dead: "dead", me: winner, count: 10), on: f.client).get() == 0)
+        // Done: the instance is gone, nothing left to claim.
+        #expect(try await LifecycleFunctions.call(LeaseClaim(prefix: p, me: "gw2", ttlMilliseconds: 50, graceMilliseconds: 0), on: f.client).get() == "")
+        let lost = try await f.events().filter { $0.reason == .nodeLost || $0.type == .destinationVacated }
+        #expect(
+            Set(Self.summary(lost)) == [
+                "disconnected d1 carol node-lost", "user-offline d1 carol node-lost", "destination-vacated d1 carol /topic/room", "disconnected d2 dave node-lost",
+            ])
+        #expect(lost.count == 4)
+        #expect(try await f.user("dave").sessions == ["g1": "gw2"])
+        #expect(try await f.user("carol").online == false)
+        // The dead instance comes back: its lease was lost (said once, by the renewal), and its
+        // old sessions' facts are ignored.
+        #expect(try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: "dead", ttlMilliseconds: 5_000, held: true), on: f.client).get() == 0)
+        #expect(try await f.send("dead", [.disconnected(.client)], session: "d1") == 0)
+        await f.stop()
+    }
+
+    @Test func aLeavingInstanceDrainsWhatIsStillRegistered() async throws {
+        let f = try await Fixture()
+        let p = "switchboard:"
+        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: "gw1", ttlMilliseconds: 5_000, held: false), on: f.client).get()
+        try await f.send("gw1", [.connected(user: "erin")], session: "s")
+        #expect(try await LifecycleFunctions.call(LeaseClaim(prefix: p, me: "gw1", ttlMilliseconds: 0, graceMilliseconds: 0, target: "gw1"), on: f.client).get() == "gw1")
+        #expect(try await LifecycleFunctions.call(LeaseReap(settings: Self.settings, dead: "gw1", me: "gw1", count: 10, reason: .drain), on: f.client).get() == 0)
+        #expect(Self.summary(try await f.events()).suffix(2) == ["disconnected s erin drain", "user-offline s erin drain"])
+        let left = try await f.client.execute(RawCommand("KEYS", "switchboard:presence:*"))
+        #expect(try [String](fromRESP: left).filter { !$0.contains(":gen:") } == [])
+        await f.stop()
+    }
+
+    @Test func anInstanceRestartedWithTheSameIDGetsANewRegistryAndTheOldOneIsReaped() async throws {
+        let f = try await Fixture()
+        let p = "switchboard:"
+        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: "gw1~old", ttlMilliseconds: 50, held: false), on: f.client).get()
+        try await f.send("gw1~old", [.connected(user: "gus")], session: "gw1-s-old-1")
+        // Restarted at once (kill -9, then systemd): a new registry, gus reconnects to it.
+        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: "gw1~new", ttlMilliseconds: 60_000, held: false), on: f.client).get()
+        try await f.send("gw1~new", [.connected(user: "gus")], session: "gw1-s-new-1")
+        #expect(try await f.user("gus").sessions == ["gw1-s-old-1": "gw1", "gw1-s-new-1": "gw1"])
+        let client = f.client
+        #expect(try await eventually { try await Int(fromRESP: client.execute(RawCommand("EXISTS", "switchboard:presence:lease:gw1~old"))) == 0 })
+        let claim = LeaseClaim(prefix: p, me: "gw1~new", ttlMilliseconds: 50, graceMilliseconds: 0)
+        #expect(try await LifecycleFunctions.call(claim, on: f.client).get() == "gw1~old")
+        #expect(try await LifecycleFunctions.call(LeaseReap(settings: Self.settings, dead: "gw1~old", me: "gw1~new", count: 10), on: f.client).get() == 0)
+        #expect(try await f.user("gus").sessions == ["gw1-s-new-1": "gw1"])
+        let events = try await f.events()
+        #expect(Self.summary(events) == ["connected gw1-s-old-1 gus", "user-online gw1-s-old-1 gus", "connected gw1-s-new-1 gus", "disconnected gw1-s-old-1 gus node-lost"])
+        #expect(events.allSatisfy { $0.instance == "gw1" })
+        await f.stop()
+    }
+
+    @Test func aBatchAfterRedisLostItsDataSaysTheRegistryWasLost() async throws {
+        let f = try await Fixture()
+        try await f.send("gw1", [.connected(user: "hal")], session: "s1")
+        _ = try await f.client.execute(RawCommand("FLUSHALL"))
+        // Batch 2 of a loop Redis knows nothing of: applied, and -2.
+        #expect(try await f.send("gw1", [.connected(user: "hal")], session: "s2") == -2)
+        #expect(try await f.send("gw1", [.disconnected(.client)], session: "s1") == 0)
+        #expect(try await f.user("hal").sessions == ["s2": "gw1"])
+        await f.stop()
+    }
+}
