@@ -108,6 +108,12 @@ struct StreamConsumerTests {
         let tries = attempts.withLockedValue { $0 }
         #expect(tries["poison"] == [1, 2, 3])
         #expect(tries["flaky"] == [1, 2, 3])
+        // Counted just after the XACK: wait for the counters, not only for Redis.
+        #expect(
+            try await eventually {
+                let stats = consumer.statistics
+                return stats.deadLettered == 1 && stats.processed == 1 && stats.failures == 5
+            })
         let stats = consumer.statistics
         #expect(stats.deadLettered == 1 && stats.processed == 1 && stats.failures == 5)
 
