@@ -7,10 +7,27 @@ import subprocess
 import time
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, drawn below the kernel's ephemeral range (32768+ by default)
+    so that no outgoing connection takes it between this check and the bind, and never the
+    same port twice in this process (two servers started together once got the same port
+    from `bind(0)`: a gateway found Redis on its port)."""
+    import random
+    for _ in range(500):
+        port = random.randrange(20000, 32000)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def free_port_block(n: int) -> int:
