@@ -19,6 +19,8 @@ package struct SwitchboardGateway: Sendable {
     package let configuration: SwitchboardConfiguration
     package let services: GatewayServices
     let group: MultiThreadedEventLoopGroup
+    /// The loops of `http.api-port`, when set: they serve API requests and run no sessions.
+    let apiGroup: MultiThreadedEventLoopGroup?
     let admission = ConnectionAdmission()
     let pending = PendingHandshakes()
     let logger: Logger
@@ -74,6 +76,8 @@ package struct SwitchboardGateway: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.server.threads)
+        self.apiGroup = configuration.http.apiPort.map { _ in MultiThreadedEventLoopGroup(numberOfThreads: configuration.http.apiThreads) }
+        let apiLoops = apiGroup.map { Array($0.makeIterator()) } ?? []
         let loops = Array(group.makeIterator())
         let hub = FanoutHub(
             eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.stomp.heartbeatResolutionMs)),
@@ -101,7 +105,8 @@ package struct SwitchboardGateway: Sendable {
             redisConfiguration.sentinel = settings.sentinel
             var redisLogger = Logger(label: "switchboard.redis")
             redisLogger[metadataKey: "instance"] = "\(instanceID)"
-            let client = RedisClient(configuration: redisConfiguration, eventLoopGroup: group, logger: redisLogger)
+            let client = RedisClient(
+                configuration: redisConfiguration, eventLoopGroup: group, additionalCommandLoops: apiLoops, logger: redisLogger)
             let re = RedisEngine(
                 client: client, hub: hub, naming: RedisChannelNaming(prefix: settings.channelPrefix), instanceID: instanceID,
                 messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger,
@@ -174,9 +179,11 @@ package struct SwitchboardGateway: Sendable {
         return String((0..<6).map { _ in alphabet.randomElement()! })
     }
 
-    /// Builds the listener serving this gateway: STOMP sessions and the HTTP API (a
-    /// Hummingbird router) on one port.
-    func makeListener(onServerRunning: @escaping @Sendable (any Channel) async -> Void) -> GatewayListener {
+    /// Builds the listeners serving this gateway: STOMP sessions and the HTTP API (a
+    /// Hummingbird router) on `http.port`, and the API alone on `http.api-port` when set.
+    func makeListeners(
+        onServerRunning: @escaping @Sendable (_ api: Bool, any Channel) async -> Void
+    ) -> (main: GatewayListener, api: GatewayListener?) {
         let router = Router()
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.http.allowedOrigins))
@@ -212,9 +219,16 @@ package struct SwitchboardGateway: Sendable {
             handshakeTimeout: .milliseconds(Int64(configuration.http.handshakeTimeoutMs)),
             maxWebSocketFrameBytes: configuration.limits.decoder.maxFrameBytes + 1024, tls: tls)
         settings.tcpNoDelay = configuration.http.tcpNoDelay
-        return GatewayListener(
+        let main = GatewayListener(
             settings: settings, handshake: handshake, http: http, pending: pending, group: group,
-            onServerRunning: onServerRunning, logger: httpLogger)
+            onServerRunning: { await onServerRunning(false, $0) }, logger: httpLogger)
+        guard let apiGroup, let apiPort = configuration.http.apiPort else { return (main, nil) }
+        settings.port = apiPort
+        settings.acceptsSessions = false
+        let api = GatewayListener(
+            settings: settings, handshake: handshake, http: http, pending: pending, group: apiGroup,
+            onServerRunning: { await onServerRunning(true, $0) }, logger: httpLogger)
+        return (main, api)
     }
 
     /// Runs until SIGTERM or SIGINT, then drains: new sessions are refused, every session
@@ -223,7 +237,11 @@ package struct SwitchboardGateway: Sendable {
     package func run() async throws {
         let logger = self.logger
         let host = configuration.http.host
-        let listener = makeListener { channel in
+        let (listener, apiListener) = makeListeners { api, channel in
+            if api {
+                logger.notice("switchboard API listening", metadata: ["address": "\(host):\(channel.localAddress?.port ?? 0)"])
+                return
+            }
             logger.notice(
                 "switchboard listening",
                 metadata: [
@@ -241,6 +259,9 @@ package struct SwitchboardGateway: Sendable {
         if let redis {
             list.append(.init(service: RedisService(parts: redis, services: services, logger: logger)))
         }
+        // Stopped in reverse: sessions drain first, then the session port closes, and the API
+        // port last (backends can publish while sessions drain).
+        if let apiListener { list.append(.init(service: apiListener)) }
         list += [.init(service: listener), .init(service: drain)]
         let group = ServiceGroup(
             configuration: .init(
@@ -250,6 +271,7 @@ package struct SwitchboardGateway: Sendable {
         for shard in services.hub.shards { shard.stop() }
         try? await webhookClient?.shutdown()
         try? await self.group.shutdownGracefully()
+        try? await self.apiGroup?.shutdownGracefully()
     }
 }
 

@@ -29,7 +29,7 @@ final class RouterHarness {
     let pending = PendingHandshakes()
     var http: HTTPSideRecorder?
 
-    init(maxConnections: Int = 100, origins: [String] = [], sharing limiter: ConnectionLimiter? = nil) throws {
+    init(maxConnections: Int = 100, origins: [String] = [], sharing limiter: ConnectionLimiter? = nil, acceptsSessions: Bool = true) throws {
         self.limiter = limiter ?? ConnectionLimiter(maxTotal: maxConnections, maxPerAddress: maxConnections)
         let services = GatewayServices(
             configuration: SessionConfiguration(), hub: hub, engine: InMemoryEngine(hub: hub),
@@ -38,7 +38,9 @@ final class RouterHarness {
             services: services, stompPath: "/stomp", admission: admission, limiter: self.limiter,
             allowedOrigins: origins, handshakeCookie: "sb_token")
         let timeout = HandshakeTimeoutHandler(timeout: .seconds(10), registry: pending)
-        let router = FirstRequestRouter(handshake: handshake, maxFrameSize: 64 * 1024, timeout: timeout) { [unowned self] channel, position in
+        let router = FirstRequestRouter(
+            handshake: handshake, maxFrameSize: 64 * 1024, timeout: timeout, acceptsSessions: acceptsSessions
+        ) { [unowned self] channel, position in
             let recorder = HTTPSideRecorder()
             try channel.pipeline.syncOperations.addHandler(recorder, position: position)
             self.http = recorder
@@ -146,6 +148,19 @@ final class RouterHarness {
         h.admission.stopAdmitting()
         try h.write(RouterHarness.upgrade())
         #expect(try h.outboundText().hasPrefix("HTTP/1.1 503 Service Unavailable\r\n"))
+    }
+
+    @Test func apiOnlyPortRefusesUpgradesWith404AndServesHTTP() throws {
+        let h = try RouterHarness(acceptsSessions: false)
+        try h.write(RouterHarness.upgrade())
+        let answer = try h.outboundText()
+        #expect(answer.hasPrefix("HTTP/1.1 404 Not Found\r\n"))
+        #expect(answer.contains("\"field\":\"path\"") && answer.contains("http.api-port"))
+        #expect(h.hub.shards.isEmpty, "no session was set up")
+        let plain = try RouterHarness(acceptsSessions: false)
+        try plain.write("POST /api/notification HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        #expect(String(buffer: try #require(plain.http).received).hasSuffix("hi"))
+        _ = try? plain.channel.finish()
     }
 
     @Test func plainHTTPGetsEveryByteUnchanged() throws {

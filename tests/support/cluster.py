@@ -33,6 +33,8 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.redis_port = free_port()
         self.gw_ports = [free_port() for _ in range(gateways)]
+        # http.api-port of each gateway: haproxy's `api` backend (examples/haproxy.cfg) uses it.
+        self.api_ports = [free_port() for _ in range(gateways)]
         self.lb_port = free_port()
         if config_yaml is None:
             self.config = REPO / "examples" / config
@@ -110,6 +112,7 @@ class Cluster:
             extra = ("--set", "redis.sentinel.nodes=" + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
                      "--set", "redis.sentinel.master-name=main", *extra)
         self._spawn(f"gw{i}", [BINARY, "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.gw_ports[i]),
+                               "--set", f"http.api-port={self.api_ports[i]}",
                                "--set", f"redis.url=redis://127.0.0.1:{self.redis_port}", "--set", f"instance.id=gw{i}",
                                "--set", "server.shutdown-grace-ms=2000", *self.gateway_args, *extra])
 
@@ -127,10 +130,10 @@ class Cluster:
 
     def start_haproxy(self):
         cfg = (REPO / "examples" / "haproxy.cfg").read_text().replace("@LISTEN_PORT@", str(self.lb_port))
-        for i, port in enumerate(self.gw_ports):
-            cfg = cfg.replace(f"@GATEWAY_{i + 1}@", str(port))
+        for i, (port, api) in enumerate(zip(self.gw_ports, self.api_ports)):
+            cfg = cfg.replace(f"@GATEWAY_{i + 1}@", str(port)).replace(f"@API_{i + 1}@", str(api))
         for i in range(len(self.gw_ports), 3):  # fewer gateways: drop the unused lines
-            cfg = "\n".join(l for l in cfg.splitlines() if f"@GATEWAY_{i + 1}@" not in l) + "\n"
+            cfg = "\n".join(l for l in cfg.splitlines() if f"@GATEWAY_{i + 1}@" not in l and f"@API_{i + 1}@" not in l) + "\n"
         path = self.dir / "haproxy.cfg"
         path.write_text(cfg)
         self._spawn("haproxy", ["haproxy", "-f", str(path)])

@@ -63,6 +63,9 @@ public final class RedisClient: Sendable {
 
     public let configuration: RedisConfiguration
     let eventLoopGroup: any EventLoopGroup
+    /// Loops outside ``eventLoopGroup`` that get a command connection of their own too (with
+    /// ``RedisConfiguration/commandConnectionPerEventLoop``).
+    let additionalCommandLoops: [any EventLoop]
     let logger: Logger
     let registry = SubscriptionRegistry()
     private let onStateChange: StateChangeHandler?
@@ -94,17 +97,22 @@ public final class RedisClient: Sendable {
     let state = NIOLockedValueBox(State())
 
     /// - Parameters:
+    ///   - additionalCommandLoops: with ``RedisConfiguration/commandConnectionPerEventLoop``,
+    ///     loops of another group that get a command connection of their own as well (e.g. a
+    ///     server's loops for API requests); commands sent from them stay on them.
     ///   - enableSubscriptions: open the pub/sub connection (default `true`).
     ///   - onStateChange: observes connection state changes (readiness, metrics).
     public init(
         configuration: RedisConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        additionalCommandLoops: [any EventLoop] = [],
         logger: Logger = Logger(label: "RedisClient"),
         enableSubscriptions: Bool = true,
         onStateChange: StateChangeHandler? = nil
     ) {
         self.configuration = configuration
         self.eventLoopGroup = eventLoopGroup
+        self.additionalCommandLoops = additionalCommandLoops
         self.logger = logger
         self.enableSubscriptions = enableSubscriptions
         self.onStateChange = onStateChange
@@ -143,7 +151,7 @@ public final class RedisClient: Sendable {
                 state.tasks.append(Task { await self.connectionLoop(role: role) })
             }
             if self.configuration.commandConnectionPerEventLoop {
-                for loop in self.eventLoopGroup.makeIterator() {
+                for loop in Array(self.eventLoopGroup.makeIterator()) + self.additionalCommandLoops {
                     state.tasks.append(Task { await self.loopConnectionLoop(loop) })
                 }
             }

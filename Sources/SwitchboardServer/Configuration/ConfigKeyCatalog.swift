@@ -56,6 +56,11 @@ package enum ConfigKeyCatalog {
             keys: [
                 .init("http.host", .string, "`0.0.0.0`", "listen address"),
                 .init("http.port", .integer, "`8080`", "listen port (HTTP API and WebSocket), 0…65535"),
+                .init(
+                    "http.api-port", .integer, "— (none)",
+                    "a second listen port for the HTTP API only (publish, presence, health, metrics, console; WebSocket upgrades get 404 there), served by event loops of its own that never run fan-out, so API round trips stay short while the session loops are saturated; point backends and the load balancer's API backend at it (examples/haproxy.cfg). The API stays on `http.port` too"
+                ),
+                .init("http.api-threads", .integer, "`1`", "event loop threads of `http.api-port`, 1…64"),
                 .init("http.max-body-bytes", .integer, "`1048576`", "largest API request body (413 beyond)"),
                 .init("http.max-batch-items", .integer, "`1000`", "most notifications in one `POST /api/notifications` (413 beyond)"),
                 .init("http.backlog", .integer, "`4096`", "TCP accept backlog"),

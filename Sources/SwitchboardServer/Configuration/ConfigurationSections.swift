@@ -13,6 +13,12 @@ private let sessionDefaults = SessionConfiguration()
 package struct HTTPSettings: Sendable, Equatable {
     package var host = "0.0.0.0"
     package var port = 8080
+    /// A second port for the HTTP API only (no WebSocket sessions), served by event loops of
+    /// its own (`http.api-threads`) that never run fan-out: API round trips stay short while
+    /// the session loops are saturated. `nil`: none (the API is on ``port`` only).
+    package var apiPort: Int?
+    /// Event loop threads of the API port.
+    package var apiThreads = 1
     /// Largest API request body (413 beyond).
     package var maxBodyBytes = 1024 * 1024
     /// Most notifications in one `POST /api/notifications` (413 beyond).
@@ -44,6 +50,19 @@ package struct HTTPSettings: Sendable, Equatable {
         host = reader.string(forKey: "host", default: host)
         port = reader.int(forKey: "port", default: port)
         guard (0...65535).contains(port) else { throw SwitchboardConfiguration.Invalid(description: "http.port must be 0…65535, got \(port)") }
+        apiPort = reader.int(forKey: "api-port")
+        if let apiPort {
+            guard (0...65535).contains(apiPort) else {
+                throw SwitchboardConfiguration.Invalid(description: "http.api-port must be 0…65535, got \(apiPort)")
+            }
+            guard apiPort == 0 || apiPort != port else {
+                throw SwitchboardConfiguration.Invalid(description: "http.api-port must differ from http.port (\(port))")
+            }
+        }
+        apiThreads = reader.int(forKey: "api-threads", default: apiThreads)
+        guard (1...64).contains(apiThreads) else {
+            throw SwitchboardConfiguration.Invalid(description: "http.api-threads must be 1…64, got \(apiThreads)")
+        }
         maxBodyBytes = reader.int(forKey: "max-body-bytes", default: maxBodyBytes)
         maxBatchItems = reader.int(forKey: "max-batch-items", default: maxBatchItems)
         backlog = reader.int(forKey: "backlog", default: backlog)

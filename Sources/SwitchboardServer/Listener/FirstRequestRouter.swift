@@ -26,6 +26,9 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     /// Largest WebSocket frame payload a client may send.
     let maxFrameSize: Int
     let timeout: HandshakeTimeoutHandler
+    /// False on the API-only port (`http.api-port`): an upgrade is refused with a 404 naming
+    /// the sessions' port, since its event loops do not run sessions.
+    let acceptsSessions: Bool
     /// Installs the HTTP/1.1 pipeline after this handler and takes the connection over.
     let switchToHTTP: (any Channel, ChannelPipeline.SynchronousOperations.Position) throws -> Void
 
@@ -35,12 +38,13 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     private var decided = false
 
     init(
-        handshake: WebSocketHandshake, maxFrameSize: Int, timeout: HandshakeTimeoutHandler,
+        handshake: WebSocketHandshake, maxFrameSize: Int, timeout: HandshakeTimeoutHandler, acceptsSessions: Bool = true,
         switchToHTTP: @escaping (any Channel, ChannelPipeline.SynchronousOperations.Position) throws -> Void
     ) {
         self.handshake = handshake
         self.maxFrameSize = maxFrameSize
         self.timeout = timeout
+        self.acceptsSessions = acceptsSessions
         self.switchToHTTP = switchToHTTP
     }
 
@@ -110,7 +114,14 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
         timeout.requestArrived(channel: context.channel)
         let channel = context.channel
         let address = channel.remoteAddress?.ipAddress ?? "unknown"
-        switch handshake.decide(head, address: address) {
+        let decision: WebSocketHandshake.Decision =
+            acceptsSessions
+            ? handshake.decide(head, address: address)
+            : .refuse(
+                WebSocketHandshake.Refusal(
+                    status: 404, reason: "Not Found",
+                    message: "this port serves the HTTP API only (http.api-port); WebSocket sessions are on http.port", field: "path"))
+        switch decision {
         case .refuse(let refusal):
             buffered = nil
             context.writeAndFlush(wrapOutboundOut(WebSocketHandshake.response(for: refusal))).whenComplete { _ in

@@ -20,7 +20,9 @@ import Musl
 import Darwin
 #endif
 
-/// The gateway's listening socket, serving STOMP over WebSocket and the HTTP API on one port.
+/// The gateway's listening socket, serving STOMP over WebSocket and the HTTP API on one port;
+/// or, with ``Settings/acceptsSessions`` off, the HTTP API only (`http.api-port`, on loops of
+/// its own).
 ///
 /// Every accepted connection starts with ``FirstRequestRouter`` (after TLS, if configured).
 /// WebSocket sessions stay plain NIO pipelines and never enter Swift concurrency; only HTTP
@@ -36,6 +38,8 @@ struct GatewayListener: Service {
         var handshakeTimeout: TimeAmount
         var maxWebSocketFrameBytes: Int
         var tls: NIOSSLContext?
+        /// False: upgrades get a 404 (the API-only port, whose loops run no sessions).
+        var acceptsSessions = true
     }
 
     let settings: Settings
@@ -139,7 +143,10 @@ struct GatewayListener: Service {
                     let sync = channel.pipeline.syncOperations
                     if let tls = settings.tls { try sync.addHandler(NIOSSLServerHandler(context: tls)) }
                     let timeout = HandshakeTimeoutHandler(timeout: settings.handshakeTimeout, registry: pending)
-                    let router = FirstRequestRouter(handshake: handshake, maxFrameSize: settings.maxWebSocketFrameBytes, timeout: timeout) { channel, position in
+                    let router = FirstRequestRouter(
+                        handshake: handshake, maxFrameSize: settings.maxWebSocketFrameBytes, timeout: timeout,
+                        acceptsSessions: settings.acceptsSessions
+                    ) { channel, position in
                         try http.configure(channel: channel, position: position, logger: logger) { channel in
                             // Shutting down: nobody will serve it.
                             if case .terminated = arrivals.yield(try http.wrap(channel)) {
