@@ -1,13 +1,16 @@
 import SwitchboardCore
 import SwitchboardWire
 
-/// Configured authorization: which destinations a session may SUBSCRIBE and SEND to.
+/// Configured authorization: which destinations a session may SUBSCRIBE and SEND to, and
+/// where it may watch presence (`x-presence: true` on SUBSCRIBE).
 ///
 /// A rule is a destination pattern (`*`, `**` as in subscriptions) with placeholders taken
 /// from the session's identity — `{sub}` is the user, `{claim}` any kept claim — optionally
 /// followed by ` if <claim>=<value>[,<value>…]` requiring one of those values in a claim,
 /// e.g. `/topic/admin.** if roles=admin`. When a list has rules, everything it does not
-/// allow is denied; an empty list allows everything. A placeholder whose value is missing,
+/// allow is denied; an empty `subscribe` or `send` list allows everything, while an empty
+/// `presence` list allows no presence at all (join/leave notices name other users, so they
+/// are opt-in for the operator too). A placeholder whose value is missing,
 /// or contains `/`, `.` or `*`, makes its rule match nothing (no injection of wildcards).
 package struct AccessRules: AccessPolicy {
     package struct Rule: Sendable, Equatable {
@@ -45,14 +48,19 @@ package struct AccessRules: AccessPolicy {
 
     package let subscribe: [Rule]
     package let send: [Rule]
+    /// Where `x-presence` join/leave notices may be asked for; empty: nowhere.
+    package let presence: [Rule]
 
-    package init(subscribe: [String], send: [String]) throws(RuleError) {
+    package init(subscribe: [String], send: [String], presence: [String] = []) throws(RuleError) {
         var s: [Rule] = []
         for text in subscribe { s.append(try Rule(text)) }
         var t: [Rule] = []
         for text in send { t.append(try Rule(text)) }
+        var w: [Rule] = []
+        for text in presence { w.append(try Rule(text)) }
         self.subscribe = s
         self.send = t
+        self.presence = w
     }
 
     package func maySubscribe(_ destination: String, identity: SessionIdentity?) -> Bool {
@@ -61,6 +69,12 @@ package struct AccessRules: AccessPolicy {
 
     package func maySend(_ destination: String, identity: SessionIdentity?) -> Bool {
         Self.allows(send, destination, identity)
+    }
+
+    /// Whether `identity` may get join/leave notices of `destination` (it must also be allowed
+    /// to subscribe to it). No presence rules: never.
+    package func mayWatchPresence(_ destination: String, identity: SessionIdentity?) -> Bool {
+        !presence.isEmpty && Self.allows(presence, destination, identity)
     }
 
     static func allows(_ rules: [Rule], _ destination: String, _ identity: SessionIdentity?) -> Bool {

@@ -20,6 +20,10 @@ import Synchronization
 ///   wildcard pattern. A message arriving on a channel is delivered only to exact
 ///   subscriptions, one arriving through a pattern only to that pattern's subscriptions, so
 ///   nobody gets a message twice.
+/// - **Presence notices.** While a local session watches a destination's joins and leaves
+///   (`x-presence`), its routing destination `/~presence<destination>` has local interest: the
+///   instance then `SUBSCRIBE`s to the destination's presence channel, where the lifecycle
+///   functions publish each join and leave once (``PresenceNotice``).
 package final class RedisEngine: BrokerEngine, InterestObserver {
     package let client: RedisClient
     let hub: FanoutHub
@@ -178,6 +182,10 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
                 return interest
             }
             if let fresh { startSubscription(fresh, name: glob, kind: .pattern) }
+        } else if let watched = PresenceNotice.destination(forRouting: pattern.text) {
+            let interest = Interest(ready: promiseLoop.makePromise())
+            state.withLockedValue { $0.exact[pattern.text] = interest }
+            startSubscription(interest, name: naming.presenceChannel(forDestination: watched), kind: .channel)
         } else {
             let interest = Interest(ready: promiseLoop.makePromise(), sequenced: keepsHistory(pattern.text))
             state.withLockedValue { $0.exact[pattern.text] = interest }
@@ -233,6 +241,10 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
 
     func onMessage(_ message: RedisPubSubMessage) {
         messagesIn.add(1, ordering: .relaxed)
+        if message.kind == .channel, naming.destination(fromPresenceChannel: message.channel) != nil {
+            onPresenceNotice(message)
+            return
+        }
         guard let decoded = RedisEnvelope.decode(message.payload) else {
             malformedMessages.add(1, ordering: .relaxed)
             logger.warning("malformed envelope on redis channel", metadata: ["channel": "\(message.channel)"])
@@ -253,6 +265,19 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         } else {
             hub.deliver(published, scope: .exact)
         }
+    }
+
+    /// A join or leave: to the local watchers of its destination only (exact scope on the
+    /// routing destination, which no client subscription can match).
+    func onPresenceNotice(_ message: RedisPubSubMessage) {
+        guard let notice = PresenceNotice(json: message.payload),
+            notice.destination == naming.destination(fromPresenceChannel: message.channel)
+        else {
+            malformedMessages.add(1, ordering: .relaxed)
+            logger.warning("malformed presence notice", metadata: ["channel": "\(message.channel)"])
+            return
+        }
+        hub.deliver(notice.message(messageID: messageIDs.next()), scope: .exact)
     }
 
     func onInstanceMessage(_ message: RedisPubSubMessage) {

@@ -56,9 +56,11 @@ package struct SwitchboardGateway: Sendable {
         } else {
             session.allowAnonymous = auth.allowAnonymous ?? true
         }
-        if !auth.subscribeRules.isEmpty || !auth.sendRules.isEmpty {
-            session.accessPolicy = try AccessRules(subscribe: auth.subscribeRules, send: auth.sendRules)
+        if !auth.subscribeRules.isEmpty || !auth.sendRules.isEmpty || !auth.presenceRules.isEmpty {
+            session.accessPolicy = try AccessRules(subscribe: auth.subscribeRules, send: auth.sendRules, presence: auth.presenceRules)
         }
+        // Join/leave notices come from the lifecycle functions (Redis mode, events on).
+        session.presenceNotices = configuration.redis != nil && configuration.events.enabled
         if let files = configuration.http.tls {
             do {
                 let chain = try NIOSSLCertificate.fromPEMFile(files.certificateFile).map { NIOSSLCertificateSource.certificate($0) }

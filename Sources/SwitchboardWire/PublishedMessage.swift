@@ -25,19 +25,26 @@ public final class PublishedMessage: Sendable {
     /// header holds a carriage return).
     let v11Prefix: ByteBuffer
 
-    /// Headers a publisher may not set: the server owns them.
+    /// Headers a publisher may not set: the server owns them (the `x-presence-*` ones mark
+    /// join/leave notices, which nobody may forge).
     public static let reservedHeaders: Set<String> = [
         "destination", "message-id", "subscription", "ack", "content-length", "receipt", "transaction", "receipt-id",
-        "x-position",
+        "x-position", PresenceNotice.eventHeader, PresenceNotice.userHeader, PresenceNotice.sessionHeader,
     ]
 
-    public init(destination: String, messageID: String, headers: STOMPHeaders, body: ByteBuffer, position: StreamPosition? = nil) {
+    /// - Parameter serverHeaders: headers the server sets itself (kept even if reserved), after
+    ///   the user headers.
+    public init(
+        destination: String, messageID: String, headers: STOMPHeaders, body: ByteBuffer, position: StreamPosition? = nil,
+        serverHeaders: STOMPHeaders = STOMPHeaders()
+    ) {
         self.destination = destination
         self.messageID = messageID
         var clean = STOMPHeaders()
         for (name, value) in headers where !Self.reservedHeaders.contains(name) && clean[name] == nil {
             clean.add(name, value)
         }
+        for (name, value) in serverHeaders { clean.add(name, value) }
         self.headers = clean
         self.body = body
         self.position = position
@@ -46,7 +53,9 @@ public final class PublishedMessage: Sendable {
             body.readableBytesView.withContiguousStorageIfAvailable { String(validating: $0, as: UTF8.self) != nil }
             ?? (String(validating: Array(body.readableBytesView), as: UTF8.self) != nil)
         // A user destination routes as /user/<U>/queue/x but reads /user/queue/x to the client.
-        let shown = UserDestinations.clientDestination(forRouting: destination) ?? destination
+        // Presence notices route as /~presence/topic/x and read /topic/x.
+        let shown =
+            UserDestinations.clientDestination(forRouting: destination) ?? PresenceNotice.destination(forRouting: destination) ?? destination
         self.escapedPrefix = Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: true)
         self.plainPrefix = Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: false)
         let hasCR = shown.utf8.contains(13) || clean.contains { $0.name.utf8.contains(13) || $0.value.utf8.contains(13) }

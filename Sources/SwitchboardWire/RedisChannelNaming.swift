@@ -4,6 +4,7 @@
 /// | --- | --- |
 /// | `switchboard:dest:<destination>` | messages for a broker destination, e.g. `switchboard:dest:/topic/greetings` |
 /// | `switchboard:instance:<instance-id>` | messages addressed to one session on that instance |
+/// | `switchboard:presence:<destination>` | join/leave notices of a destination (``PresenceNotice``), subscribed while the instance has a watcher |
 ///
 /// Keys: `switchboard:{<destination>}:seq` and `:log` hold a destination's history (see
 /// ``HistoryFunctions``).
@@ -28,6 +29,16 @@ public struct RedisChannelNaming: Sendable {
     public func historyKey(forDestination destination: String) -> String { prefix + "{" + destination + "}" }
 
     public func instanceChannel(_ instanceID: String) -> String { prefix + "instance:" + instanceID }
+
+    /// The channel of a destination's join/leave notices (see ``PresenceNotice``).
+    public func presenceChannel(forDestination destination: String) -> String { prefix + "presence:" + destination }
+
+    /// The destination of a presence channel; nil for any other channel.
+    public func destination(fromPresenceChannel channel: String) -> String? {
+        let head = prefix + "presence:"
+        guard channel.hasPrefix(head) else { return nil }
+        return String(channel.dropFirst(head.count))
+    }
 
     /// A Redis glob that matches at least every channel of a destination the pattern matches
     /// (Redis `*` also spans separators, so it may match more; the hub filters exactly).

@@ -1,5 +1,6 @@
 import SwitchboardAuth
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 import Testing
 
@@ -120,5 +121,53 @@ import Testing
         #expect(rules.maySend("/app/bob.profile", identity: Self.bob))
         #expect(rules.maySend("/app/shared.board", identity: Self.alice))
         #expect(!rules.maySend("/app/shared.board", identity: Self.bob))
+    }
+
+    // MARK: presence
+
+    @Test func noPresenceRulesAllowNoPresenceWhateverTheOtherLists() throws {
+        let open = try AccessRules(subscribe: [], send: [])
+        #expect(open.presence.isEmpty)
+        #expect(!open.mayWatchPresence("/topic/room", identity: Self.alice))
+        let strict = try AccessRules(subscribe: ["/topic/**"], send: ["/app/**"])
+        #expect(!strict.mayWatchPresence("/topic/room", identity: nil))
+    }
+
+    @Test func presenceRulesTakeTheSamePatternsPlaceholdersAndConditions() throws {
+        let rules = try AccessRules(
+            subscribe: [], send: [],
+            presence: ["/topic/lobby.*", "/topic/team.{tenant}.**", "/topic/ops.** if roles=admin", "/topic/inbox.{sub}"])
+        #expect(rules.presence.count == 4)
+        #expect(rules.presence[2].requiredClaim?.name == "roles")
+        #expect(rules.mayWatchPresence("/topic/lobby.main", identity: nil))
+        #expect(!rules.mayWatchPresence("/topic/lobby.main.extra", identity: nil))
+        #expect(rules.mayWatchPresence("/topic/team.acme.chat", identity: Self.alice))
+        #expect(!rules.mayWatchPresence("/topic/team.acme.chat", identity: Self.bob), "bob has no tenant claim")
+        #expect(!rules.mayWatchPresence("/topic/team.other.chat", identity: Self.alice))
+        #expect(rules.mayWatchPresence("/topic/ops.alerts", identity: Self.alice))
+        #expect(!rules.mayWatchPresence("/topic/ops.alerts", identity: Self.bob))
+        #expect(rules.mayWatchPresence("/topic/inbox.bob", identity: Self.bob))
+        #expect(!rules.mayWatchPresence("/topic/inbox.bob", identity: Self.alice))
+        #expect(!rules.mayWatchPresence("/topic/inbox.bob", identity: nil), "an anonymous session has no {sub}")
+        // The presence list allows no SUBSCRIBE or SEND, and they allow no presence.
+        let separate = try AccessRules(subscribe: ["/topic/a"], send: ["/topic/a"], presence: ["/topic/b"])
+        #expect(!separate.maySubscribe("/topic/b", identity: nil))
+        #expect(!separate.mayWatchPresence("/topic/a", identity: nil))
+    }
+
+    @Test func anInvalidPresenceRuleIsRefused() {
+        let error = #expect(throws: AccessRules.RuleError.self) {
+            _ = try AccessRules(subscribe: [], send: [], presence: ["/topic/ok", "topic/no-slash"])
+        }
+        #expect(error?.description == "invalid access rule 'topic/no-slash': a rule must start with '/'")
+    }
+
+    @Test func theSessionPolicyAsksTheRulesAboutPresence() throws {
+        var config = SessionConfiguration()
+        config.accessPolicy = try AccessRules(subscribe: [], send: [], presence: ["/topic/lobby.*"])
+        let policy = SessionPolicy(configuration: config, routes: RouteTable())
+        #expect(policy.mayWatchPresence("/topic/lobby.a", identity: nil))
+        #expect(!policy.mayWatchPresence("/topic/other", identity: nil))
+        #expect(policy.maySubscribe("/topic/other", identity: nil), "no subscribe rules: subscribing stays open")
     }
 }

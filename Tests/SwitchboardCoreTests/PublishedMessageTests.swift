@@ -23,7 +23,10 @@ struct PublishedMessageTests {
         let m = Self.message()
         #expect(m.headers.map { "\($0.name)=\($0.value)" } == ["content-type=text/plain", "x=a\nb:c"])
         #expect(
-            PublishedMessage.reservedHeaders == ["destination", "message-id", "subscription", "ack", "content-length", "receipt", "transaction", "receipt-id", "x-position"])
+            PublishedMessage.reservedHeaders == [
+                "destination", "message-id", "subscription", "ack", "content-length", "receipt", "transaction", "receipt-id", "x-position",
+                "x-presence-event", "x-presence-user", "x-presence-session",
+            ])
     }
 
     @Test("escaped MESSAGE frame, byte-exact, without ack")

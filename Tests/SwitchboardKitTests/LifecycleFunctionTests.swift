@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import Redis
 import RedisServerTesting
@@ -163,6 +164,39 @@ struct LifecycleFunctionTests {
         // old sessions' facts are ignored.
         #expect(try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: "dead", ttlMilliseconds: 5_000, held: true), on: f.client).get() == 0)
         #expect(try await f.send("dead", [.disconnected(.client)], session: "d1") == 0)
+        await f.stop()
+    }
+
+    @Test func joinsAndLeavesArePublishedOnThePresenceChannelWhileSomeoneListens() async throws {
+        let f = try await Fixture()
+        let notices = NIOLockedValueBox<[PresenceNotice]>([])
+        // Nobody listens yet: nothing is published (the function checks PUBSUB NUMSUB).
+        try await f.send("gw1", [.connected(user: "early"), .subscribed(id: "0", destination: "/topic/room")], session: "e1")
+        let sub = try await f.client.subscribe(to: ["switchboard:presence:/topic/room"], kind: .channel) { message in
+            if let notice = PresenceNotice(json: message.payload) { notices.withLockedValue { $0.append(notice) } }
+        }
+        try await f.send("gw1", [.connected(user: "alice"), .subscribed(id: "0", destination: "/topic/room")], session: "s1")
+        // A second subscription of the same session, and one to another destination: no join.
+        try await f.send("gw1", [.subscribed(id: "1", destination: "/topic/room"), .subscribed(id: "2", destination: "/topic/other")], session: "s1")
+        try await f.send("gw2", [.connected(user: nil), .subscribed(id: "0", destination: "/topic/room")], session: "anon")
+        // Its first subscription gone, the session is still there: its leave comes with the last.
+        try await f.send("gw1", [.unsubscribed(id: "0")], session: "s1")
+        try await f.send("gw1", [.unsubscribed(id: "1")], session: "s1")
+        try await f.send("gw2", [.disconnected(.heartbeatTimeout)], session: "anon")
+        let all = try await eventually { notices.withLockedValue { $0.count } >= 4 }
+        #expect(all)
+        #expect(
+            notices.withLockedValue { $0 } == [
+                PresenceNotice(event: .join, destination: "/topic/room", session: "s1", user: "alice", instance: "gw1", time: 1_700_000_000_000),
+                PresenceNotice(event: .join, destination: "/topic/room", session: "anon", instance: "gw2", time: 1_700_000_000_000),
+                PresenceNotice(
+                    event: .leave, destination: "/topic/room", session: "s1", user: "alice", instance: "gw1", reason: "unsubscribe",
+                    time: 1_700_000_000_000),
+                PresenceNotice(
+                    event: .leave, destination: "/topic/room", session: "anon", instance: "gw2", reason: "heartbeat-timeout",
+                    time: 1_700_000_000_000),
+            ])
+        await sub.unsubscribe()
         await f.stop()
     }
 

@@ -72,6 +72,13 @@ import Testing
                 ("/api/presence/", "pub-secret", .badRequest, "destination"),
                 ("/api/presence/topic/room", "sup-secret", .forbidden, "destination"),
                 ("/api/users/alice/presence", "pub-secret", .forbidden, "user"),
+                ("/api/presence", "pub-secret", .badRequest, "destination"),
+                ("/api/presence/topic/a*b", "pub-secret", .badRequest, "destination"),
+                ("/api/presence/topic/%ZZ", "pub-secret", .badRequest, "destination"),
+                ("/api/presence/topic/a%01b", "pub-secret", .badRequest, "destination"),
+                ("/api/presence/topic/" + String(repeating: "x", count: 1100), "pub-secret", .badRequest, "destination"),
+                ("/api/presence/~presence/topic/room", "pub-secret", .badRequest, "destination"),
+                ("/api/users/a%0Ab/presence", "sup-secret", .badRequest, "user"),
             ]
             for (uri, key, status, field) in cases {
                 let r = try await Self.get(client, uri, key: key)
@@ -84,6 +91,27 @@ import Testing
             #expect(allowed.status == .ok)
             let user = try await Self.get(client, "/api/users/alice/presence", key: "sup-secret")
             #expect(user.status == .ok)
+        }
+    }
+
+    @Test func theErrorSaysWhatIsWrongWithTheDestination() async throws {
+        try await Self.app(source: FakeSource()).test(.router) { client in
+            let cases = [
+                ("/api/presence/", "missing destination: GET /api/presence/<destination>"),
+                ("/api/presence/queue/x", "destination /queue/x is not a broker destination (presence is kept for /topic/)"),
+                ("/api/presence/topic/a*b", "invalid destination /topic/a*b: invalid wildcard in '/topic/a*b': '*' and '**' must be whole segments and '**' must be last"),
+                ("/api/presence/topic/%ZZ", "destination is not valid percent-encoding: /topic/%ZZ"),
+                ("/api/presence/topic/a%0Ab", "destination holds control characters"),
+                ("/api/presence/topic/" + String(repeating: "x", count: 1100), "destination longer than 1024 bytes"),
+            ]
+            for (uri, message) in cases {
+                let r = try await Self.get(client, uri)
+                #expect(r.status == .badRequest, "\(uri)")
+                #expect(r.object?["error"] as? String == message, "\(uri): \(r.text)")
+            }
+            // Nobody subscribed is no error; a wildcard subscription counts under its pattern.
+            #expect(try await Self.get(client, "/api/presence/topic/empty").status == .ok)
+            #expect(try await Self.get(client, "/api/presence/topic/*").status == .ok)
         }
     }
 

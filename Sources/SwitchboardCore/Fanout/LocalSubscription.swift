@@ -33,6 +33,9 @@ package final class LocalSubscription {
     /// are skipped (the replay has them, or they predate the subscription). Cleared by the
     /// first later message.
     package var replayedThrough: StreamPosition?
+    /// This subscription receives a destination's join/leave notices (its pattern is the
+    /// routing destination `/~presence<destination>`), not its messages.
+    package var isPresence = false
 
     package init(id: String, pattern: DestinationPattern, ackMode: AckMode, sink: any SubscriptionSink) {
         self.id = id

@@ -36,6 +36,7 @@ extension STOMPSessionHandler {
                 services.stats.subscriptions.subtract(1)
                 record(.unsubscribed(id: id))
             }
+            if let watch = presenceSubscriptions.removeValue(forKey: id) { shard.remove(watch) }
             sendReceipt(receipt)
         case .sendReceipt(let receipt):
             sendReceipt(receipt)
@@ -107,19 +108,25 @@ extension STOMPSessionHandler {
         case .subscribe(let s):
             let sub = LocalSubscription(id: s.id, pattern: s.pattern, ackMode: s.ackMode, sink: self)
             subscriptions[s.id] = sub
+            // The watcher listens before its own subscription is recorded, so the notices of
+            // everything recorded after its receipt reach it.
+            let watching = s.presence ? watchPresence(s) : nil
             record(.subscribed(id: s.id, destination: s.destination))
             let replay = register(sub, start: s.start, step: step)
             services.stats.subscriptions.add(1)
+            let destination = s.destination
             if let replay {
-                let destination = s.destination
                 let asked = s.start != nil
-                complete(replay, step: step, kind: .route, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }) { handler, replay in
+                let both = watching.map { w in replay.flatMap { r in w.map { r } } } ?? replay
+                complete(both, step: step, kind: .route, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }) { handler, replay in
                     handler.replayArrived(replay, for: sub, asked: asked, step: step)
                     return .success
                 }
             } else if let ready = services.engine.subscriptionReady(s.pattern, on: shard.eventLoop) {
-                let destination = s.destination
-                complete(ready, step: step, kind: .route, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }) { _, _ in .success }
+                let both = watching.map { w in ready.flatMap { _ in w } } ?? ready
+                complete(both, step: step, kind: .route, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }) { _, _ in .success }
+            } else if let watching {
+                complete(watching, step: step, kind: .route, describe: { "SUBSCRIBE to \(destination) failed: \($0)" }) { _, _ in .success }
             } else {
                 machine.stepCompleted(step, .success)
             }
@@ -136,6 +143,18 @@ extension STOMPSessionHandler {
         case .route(let destination, let route, let frame):
             callRoute(route, destination: destination, frame: frame, step: step)
         }
+    }
+
+    /// Registers the join/leave notices of `s`'s destination for this session; returns what to
+    /// wait for before the receipt (the engine listening for them), if anything.
+    private func watchPresence(_ s: Machine.Subscription) -> EventLoopFuture<Void>? {
+        // The routing destination parses as the destination did (one more literal segment).
+        guard let pattern = try? DestinationPattern(PresenceNotice.routing(destination: s.destination)) else { return nil }
+        let watch = LocalSubscription(id: s.id, pattern: pattern, ackMode: s.ackMode, sink: self)
+        watch.isPresence = true
+        presenceSubscriptions[s.id] = watch
+        shard.add(watch)
+        return services.engine.subscriptionReady(pattern, on: shard.eventLoop)
     }
 
     /// Reports `future`'s outcome as step `step` once it completes, on this loop.

@@ -58,6 +58,8 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     var countedUser: String?
 
     var subscriptions: [String: LocalSubscription] = [:]
+    /// The join/leave notices of subscriptions with `x-presence: true`, by subscription id.
+    var presenceSubscriptions: [String: LocalSubscription] = [:]
     /// What `SUBSCRIBE` steps found in history, until their receipts are written.
     var subscribeOutcomes: [STOMPSessionStateMachine.StepID: SubscribeOutcome] = [:]
 
@@ -130,6 +132,8 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         for sub in subscriptions.values { shard.remove(sub) }
         services.stats.subscriptions.subtract(subscriptions.count)
         subscriptions.removeAll()
+        for sub in presenceSubscriptions.values { shard.remove(sub) }
+        presenceSubscriptions.removeAll()
         held = nil
         shard?.removeHeartbeatClient(self)
         shard?.unregisterSession(self)
@@ -238,6 +242,8 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
 
     package func deliver(_ message: PublishedMessage, to subscription: LocalSubscription, batch: inout DeliveryBatch) {
         guard machine.phase == .connected, context != nil else { return }
+        // A watcher is told about the other sessions, not about itself.
+        if subscription.isPresence, message.headers[PresenceNotice.sessionHeader] == sessionID { return }
         // The seam of a resumed subscription: the replay already had these.
         if let through = subscription.replayedThrough, let position = message.position {
             if position.epoch == through.epoch && position.sequence <= through.sequence { return }

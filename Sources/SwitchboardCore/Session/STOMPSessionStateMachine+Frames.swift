@@ -187,6 +187,7 @@ extension STOMPSessionStateMachine {
             failFrame("x-resume-from and x-last need one destination, not the pattern '\(destination)' (history is kept per destination)", frame)
             return nil
         }
+        guard let presence = presenceRequest(frame, destination: destination, kind: kind, pattern: pattern) else { return nil }
         guard !subscriptionIDs.contains(id) else {
             failFrame("subscription id '\(id)' is already in use", frame); return nil
         }
@@ -194,9 +195,43 @@ extension STOMPSessionStateMachine {
             failFrame("too many subscriptions (limit \(config.maxSubscriptionsPerSession))", frame, kind: .limit); return nil
         }
         addSubscriptionID(id)
-        let subscription = Subscription(id: id, destination: destination, pattern: pattern, ackMode: ackMode, start: start)
+        let subscription = Subscription(
+            id: id, destination: destination, pattern: pattern, ackMode: ackMode, start: start, presence: presence)
         return startStep(.subscribe(subscription), for: frame, pipelined: false)
     }
+
+    /// The `x-presence` header of a SUBSCRIBE: whether it asks for join/leave notices (nil:
+    /// refused, the session failed). Notices are for one broker destination, where the
+    /// `presence` access rules allow them, in Redis mode with events on.
+    private mutating func presenceRequest(_ frame: STOMPFrame, destination: String, kind: SessionPolicy.DestinationKind, pattern: DestinationPattern) -> Bool? {
+        switch frame.headers[Self.presenceHeader] {
+        case nil, "false": return false
+        case "true": break
+        case let other?:
+            failFrame("invalid \(Self.presenceHeader) '\(other)': expected true or false", frame); return nil
+        }
+        guard kind == .broker else {
+            failFrame("\(Self.presenceHeader) is not available on user destination \(destination): presence is for broker destinations", frame)
+            return nil
+        }
+        guard !pattern.isWildcard else {
+            failFrame("\(Self.presenceHeader) needs one destination, not the pattern '\(destination)' (presence is kept per destination)", frame)
+            return nil
+        }
+        guard config.presenceNotices else {
+            failFrame("\(Self.presenceHeader) is not available: join/leave notices need redis.url and events.enabled", frame)
+            return nil
+        }
+        guard policy.mayWatchPresence(destination, identity: identity) else {
+            failFrame(
+                "permission denied: presence is not allowed for \(destination) (no auth.rules.presence rule allows it)", frame, kind: .auth)
+            return nil
+        }
+        return true
+    }
+
+    /// The SUBSCRIBE header asking for join/leave notices.
+    package static let presenceHeader = "x-presence"
 
     private mutating func handleUnsubscribe(_ frame: STOMPFrame) -> Action? {
         let key: String

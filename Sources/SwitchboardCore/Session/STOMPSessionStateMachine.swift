@@ -67,6 +67,8 @@ package struct STOMPSessionStateMachine {
         package var ackMode: AckMode
         /// Where to start in the destination's history (`x-resume-from`, `x-last`); nil: live only.
         package var start: HistoryStart? = nil
+        /// `x-presence: true`: join/leave notices of other sessions come on this subscription too.
+        package var presence = false
     }
 
     /// How a step ended.

@@ -39,8 +39,12 @@ package struct SessionConfiguration: Sendable {
     package var authenticator: (any SessionAuthenticator)?
     /// Whether sessions without a token are accepted when an authenticator is set.
     package var allowAnonymous = true
-    /// Who may subscribe and send where; nil: everyone, everywhere allowed.
+    /// Who may subscribe and send where; nil: everyone, everywhere allowed (but presence
+    /// nowhere: see ``AccessPolicy/mayWatchPresence(_:identity:)``).
     package var accessPolicy: (any AccessPolicy)?
+    /// Whether `x-presence: true` on SUBSCRIBE can be served: join/leave notices come from the
+    /// lifecycle functions, so only in Redis mode with `events.enabled`.
+    package var presenceNotices = false
     /// Most sessions of one user on this instance.
     package var maxSessionsPerUser = 100
     /// Token buckets per connection: sustained frames and bytes per second (burst: 2× the rate).

@@ -35,4 +35,12 @@ package protocol AccessPolicy: Sendable {
     func maySubscribe(_ destination: String, identity: SessionIdentity?) -> Bool
     /// Whether `identity` may `SEND` to `destination`.
     func maySend(_ destination: String, identity: SessionIdentity?) -> Bool
+    /// Whether `identity` may ask for join/leave notices of `destination` (`x-presence: true`
+    /// on SUBSCRIBE), on top of being allowed to subscribe to it.
+    func mayWatchPresence(_ destination: String, identity: SessionIdentity?) -> Bool
+}
+
+extension AccessPolicy {
+    /// Presence is opt-in: a policy that says nothing about it allows it nowhere.
+    package func mayWatchPresence(_ destination: String, identity: SessionIdentity?) -> Bool { false }
 }

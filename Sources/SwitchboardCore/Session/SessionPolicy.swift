@@ -30,8 +30,11 @@ package final class SessionPolicy: Sendable {
     }
 
     /// Classifies `destination`; user destinations first, as their prefix may overlap.
+    /// Presence notices' routing destinations (`/~presence/...`) are none of them, whatever
+    /// the prefixes: only the gateway delivers there.
     package func kind(of destination: String) -> DestinationKind {
         if configuration.isUserDestination(destination) { return .user }
+        if destination.hasPrefix(PresenceNotice.routingPrefix) { return .notAllowed }
         if configuration.isBrokerDestination(destination) { return .broker }
         if configuration.isApplicationDestination(destination) { return .application }
         return .notAllowed
@@ -43,6 +46,12 @@ package final class SessionPolicy: Sendable {
 
     package func maySubscribe(_ destination: String, identity: SessionIdentity?) -> Bool {
         configuration.accessPolicy?.maySubscribe(destination, identity: identity) ?? true
+    }
+
+    /// Whether `identity` may get join/leave notices of `destination`: only where an access
+    /// policy allows it (no policy: nowhere).
+    package func mayWatchPresence(_ destination: String, identity: SessionIdentity?) -> Bool {
+        configuration.accessPolicy?.mayWatchPresence(destination, identity: identity) ?? false
     }
 
     /// Whether a SEND may be pipelined: a valid SEND outside a transaction to a destination

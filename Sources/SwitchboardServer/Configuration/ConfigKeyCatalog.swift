@@ -233,6 +233,9 @@ package enum ConfigKeyCatalog {
                 .init("auth.handshake-cookie", .string, "`access_token`", "cookie read at the handshake"),
                 .init("auth.rules.subscribe", .list, "`[]`", "subscribe access rules (empty: all allowed)"),
                 .init("auth.rules.send", .list, "`[]`", "send access rules (empty: all allowed)"),
+                .init(
+                    "auth.rules.presence", .list, "`[]`",
+                    "where `x-presence: true` on SUBSCRIBE gets join/leave notices (empty: nowhere; needs `events.enabled`)"),
                 .init("auth.api-keys.names", .list, "`[]`", "API key names"),
                 .init("auth.api-keys.<name>.sha256", .string, "—", "SHA-256 (hex) of the key (`switchboard --hash-api-key KEY` prints it)"),
                 .init("auth.api-keys.<name>.scopes", .list, "broker prefixes", "destination prefixes the key may publish to"),

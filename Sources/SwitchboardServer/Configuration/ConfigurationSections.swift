@@ -353,6 +353,8 @@ package struct AuthSettings: Sendable {
     package var handshakeCookie = "access_token"
     package var subscribeRules: [String] = []
     package var sendRules: [String] = []
+    /// Where `x-presence` join/leave notices may be asked for; empty: nowhere.
+    package var presenceRules: [String] = []
     package var apiKeys: [APIKeyStore.Key] = []
 
     package init() {}
@@ -372,7 +374,8 @@ package struct AuthSettings: Sendable {
         handshakeCookie = reader.string(forKey: "handshake-cookie", default: handshakeCookie)
         subscribeRules = reader.stringArray(forKey: "rules.subscribe", default: [])
         sendRules = reader.stringArray(forKey: "rules.send", default: [])
-        do { _ = try AccessRules(subscribe: subscribeRules, send: sendRules) } catch {
+        presenceRules = reader.stringArray(forKey: "rules.presence", default: [])
+        do { _ = try AccessRules(subscribe: subscribeRules, send: sendRules, presence: presenceRules) } catch {
             throw SwitchboardConfiguration.Invalid(description: "auth.rules: \(error)")
         }
         let keysReader = reader.scoped(to: "api-keys")

@@ -52,23 +52,44 @@ struct PresenceAPI: Sendable {
         }
     }
 
+    /// Longest destination the API reads, in UTF-8 bytes.
+    static let maxDestinationBytes = 1024
+
     /// The destination of `/api/presence/<destination>`: the rest of the path, percent-decoded
     /// (`/api/presence/topic/room` and `/api/presence/%2Ftopic%2Froom` both name `/topic/room`).
-    static func destination(inPath path: String) -> String? {
+    static func destination(inPath path: String) throws(Failure) -> String {
         let prefix = "/api/presence"
-        guard path.hasPrefix(prefix), let rest = String(path.dropFirst(prefix.count)).removingPercentEncoding else { return nil }
+        let raw = path.hasPrefix(prefix) ? String(path.dropFirst(prefix.count)) : ""
+        guard let rest = raw.removingPercentEncoding else {
+            throw Failure(status: .badRequest, message: "destination is not valid percent-encoding: \(raw)", field: "destination")
+        }
         let trimmed = rest.drop { $0 == "/" }
-        return trimmed.isEmpty ? nil : "/" + trimmed
+        guard !trimmed.isEmpty else {
+            throw Failure(status: .badRequest, message: "missing destination: GET /api/presence/<destination>", field: "destination")
+        }
+        let destination = "/" + trimmed
+        guard destination.utf8.count <= maxDestinationBytes else {
+            throw Failure(
+                status: .badRequest, message: "destination longer than \(maxDestinationBytes) bytes", field: "destination")
+        }
+        guard !destination.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+            throw Failure(status: .badRequest, message: "destination holds control characters", field: "destination")
+        }
+        do { _ = try DestinationPattern(destination) } catch {
+            throw Failure(status: .badRequest, message: "invalid destination \(destination): \(error)", field: "destination")
+        }
+        return destination
     }
 
     func destination(path: String, authorization: String?) async throws -> Response {
         let key = try publisher.authenticate(authorization: authorization)
         let source = try enabledSource()
-        guard let destination = Self.destination(inPath: path) else {
-            throw Failure(status: .badRequest, message: "missing destination: GET /api/presence/<destination>", field: "destination")
-        }
+        let destination = try Self.destination(inPath: path)
         guard policy.kind(of: destination) == .broker else {
-            throw Failure(status: .badRequest, message: "destination \(destination) is not a broker destination", field: "destination")
+            let prefixes = policy.configuration.brokerPrefixes.joined(separator: " or ")
+            throw Failure(
+                status: .badRequest, message: "destination \(destination) is not a broker destination (presence is kept for \(prefixes))",
+                field: "destination")
         }
         if let key, !APIKeyStore.allows(key, destination) {
             throw Failure(status: .forbidden, message: "API key '\(key.name)' may not read \(destination)", field: "destination")
@@ -82,6 +103,9 @@ struct PresenceAPI: Sendable {
         let source = try enabledSource()
         guard !user.isEmpty, user.utf8.count <= 1024 else {
             throw Failure(status: .badRequest, message: "missing or too long user in path", field: "user")
+        }
+        guard !user.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+            throw Failure(status: .badRequest, message: "user holds control characters", field: "user")
         }
         if let key, !APIKeyStore.allows(key, "/user/\(user)") {
             throw Failure(status: .forbidden, message: "API key '\(key.name)' may not read the presence of users", field: "user")

@@ -18,6 +18,7 @@ import Redis
 /// | `switchboard:presence:lease:<registry>` | string | the lease of a registry (expires `ttl` after its renewal) |
 /// | `switchboard:presence:sessions:<registry>` | hash | the registry of one instance process: session → user (`''`: anonymous) |
 /// | `switchboard:presence:subs:<session>` | hash | the session's subscriptions: id → destination |
+/// | `switchboard:presence:<destination>` | channel | join/leave notices (``PresenceNotice``), published only while an instance listens |
 /// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped) |
 /// | `switchboard:presence:reap:<registry>`, `…:reaping:<registry>` | hash, string | a dead registry being reaped, and the reaper's lock |
 ///
@@ -65,11 +66,23 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           c.written = c.written + 1
         end
 
-        local function sub_remove(c, inst, session, user, sid, dest, t, quiet)
+        -- A join or leave for the watchers of dest (x-presence): one PUBLISH on its presence
+        -- channel, whatever the audience; none while no instance listens there.
+        local function notify(c, kind, dest, session, user, inst, reason, t)
+          local ch = c.p .. 'presence:' .. dest
+          if tonumber(redis.call('PUBSUB', 'NUMSUB', ch)[2]) == 0 then return end
+          local m = {event = kind, destination = dest, session = session, instance = inst, time = tonumber(t)}
+          if user and user ~= '' then m.user = user end
+          if reason and reason ~= '' then m.reason = reason end
+          redis.call('PUBLISH', ch, cjson.encode(m))
+        end
+
+        local function sub_remove(c, inst, session, user, sid, dest, t, quiet, reason)
           local dk = c.p .. 'presence:dest:' .. dest
           if not quiet then emit(c, 'unsubscribed', session, user, inst, dest, nil, sid, t) end
           if redis.call('HINCRBY', dk, session, -1) <= 0 then
             redis.call('HDEL', dk, session)
+            notify(c, 'leave', dest, session, user, inst, reason, t)
             if user ~= '' then
               local uk = c.p .. 'presence:dest-users:' .. dest
               if redis.call('HINCRBY', uk, user, -1) <= 0 then redis.call('HDEL', uk, user) end
@@ -95,7 +108,7 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           emit(c, 'disconnected', session, user, inst, nil, reason, nil, t)
           local sk = c.p .. 'presence:subs:' .. session
           local subs = redis.call('HGETALL', sk)
-          for i = 1, #subs, 2 do sub_remove(c, inst, session, user, subs[i], subs[i + 1], t, true) end
+          for i = 1, #subs, 2 do sub_remove(c, inst, session, user, subs[i], subs[i + 1], t, true, reason) end
           redis.call('DEL', sk)
           if user ~= '' then
             local uk = c.p .. 'presence:user:' .. user
@@ -111,6 +124,7 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           emit(c, 'subscribed', session, user, inst, dest, nil, sid, t)
           local dk = c.p .. 'presence:dest:' .. dest
           if redis.call('HINCRBY', dk, session, 1) == 1 then
+            notify(c, 'join', dest, session, user, inst, nil, t)
             if user ~= '' then redis.call('HINCRBY', c.p .. 'presence:dest-users:' .. dest, user, 1) end
             if redis.call('HLEN', dk) == 1 then emit(c, 'destination-occupied', session, user, inst, dest, nil, nil, t) end
           end
@@ -123,7 +137,7 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           local dest = redis.call('HGET', sk, sid)
           if not dest then return end
           redis.call('HDEL', sk, sid)
-          sub_remove(c, inst, session, user, sid, dest, t, false)
+          sub_remove(c, inst, session, user, sid, dest, t, false, 'unsubscribe')
         end
 
         -- KEYS[1] stream; ARGV prefix, instance, maxlen, types, loop, batch, then per fact:
