@@ -81,7 +81,8 @@ package final class GatewayServices: Sendable {
     package let stats = GatewayStats()
     package let userSessions = UserSessionCounter()
     package let logger: Logger
-    /// Lifecycle facts go here (Redis mode with events on); nil: none are recorded.
+    /// Lifecycle facts go here (with events on: to Redis, or to the embedded broker's events
+    /// webhook); nil: none are recorded.
     package let lifecycle: (any LifecycleRecorder)?
 
     /// Sums the counters of every event loop.

@@ -26,8 +26,11 @@ package struct SwitchboardGateway: Sendable {
     let logger: Logger
     /// Set in Redis mode.
     let redis: RedisParts?
-    /// The webhook routes' HTTP client (connection pool), when there is a webhook route.
+    /// The HTTP client (connection pool) of the webhook routes and the events webhook, when
+    /// there is one of them.
     let webhookClient: WebhookClient?
+    /// Presence and lifecycle events on the embedded broker (`events.webhook.url`).
+    let eventsWebhook: WebhookLifecycle?
 
     struct RedisParts: Sendable {
         let client: RedisClient
@@ -140,9 +143,24 @@ package struct SwitchboardGateway: Sendable {
                     onLost: closeAll)
             }
         }
+        var webhookClient: WebhookClient?  // made for the events webhook or the first webhook route, shared by all
+        var eventsWebhook: WebhookLifecycle?
+        if configuration.redis == nil, configuration.events.enabled, let hook = configuration.events.webhook {
+            let client = try WebhookClient(settings: configuration.webhooks, eventLoopGroup: group)
+            webhookClient = client
+            let events = configuration.events
+            var eventsLogger = Logger(label: "switchboard.server")
+            eventsLogger[metadataKey: "instance"] = "\(instanceID)"
+            eventsWebhook = WebhookLifecycle(
+                target: .init(url: hook.url, timeout: .milliseconds(Int64(hook.timeoutMs))), instance: instanceID, incarnation: incarnation,
+                types: events.types,
+                limits: .init(
+                    maxQueued: events.maxQueued, maxBatch: events.maxBatch, backoff: .milliseconds(Int64(hook.backoffMs)),
+                    maxBackoff: .milliseconds(Int64(hook.backoffMaxMs))),
+                client: client, loop: loops[0], logger: eventsLogger)
+        }
         var routes = RouteTable()
         var streamRoutes: [RedisStreamRoute] = []
-        var webhookClient: WebhookClient?  // made for the first webhook route, shared by all
         for route in configuration.routes {
             let pattern = try DestinationPattern(route.destination)
             switch (route.target, redisClient) {
@@ -168,11 +186,14 @@ package struct SwitchboardGateway: Sendable {
             self.redis = nil
         }
         self.webhookClient = webhookClient
+        self.eventsWebhook = eventsWebhook
+        var recorder: (any LifecycleRecorder)? = lifecycle
+        if let eventsWebhook { recorder = eventsWebhook }
         var sessionLogger = Logger(label: "switchboard.session")
         sessionLogger[metadataKey: "instance"] = "\(instanceID)"
         self.services = GatewayServices(
             configuration: session, hub: hub, engine: engine,
-            routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger, lifecycle: lifecycle,
+            routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger, lifecycle: recorder,
             incarnation: configuration.events.enabled ? incarnation : nil)
     }
 
@@ -197,7 +218,9 @@ package struct SwitchboardGateway: Sendable {
             streamGroups: redis?.streamRoutes.compactMap(\.groups) ?? []
         )
         .register(on: router)
-        PresenceAPI(publisher: publisher, policy: services.policy, source: redis?.lifecycle, maxUsers: configuration.events.presenceMaxUsers)
+        var presence: (any PresenceSource)? = redis?.lifecycle
+        if let eventsWebhook { presence = eventsWebhook }
+        PresenceAPI(publisher: publisher, policy: services.policy, source: presence, maxUsers: configuration.events.presenceMaxUsers)
             .register(on: router)
         if configuration.console.enabled {
             let inbound = (configuration.redis?.inbound ?? []).compactMap { setting -> String? in
@@ -260,6 +283,9 @@ package struct SwitchboardGateway: Sendable {
         var list: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let redis {
             list.append(.init(service: RedisService(parts: redis, services: services, logger: logger)))
+        }
+        if let eventsWebhook, let hook = configuration.events.webhook {
+            list.append(.init(service: EventsWebhookService(events: eventsWebhook, drainTimeout: .milliseconds(hook.drainTimeoutMs))))
         }
         // Stopped in reverse: sessions drain first, then the session port closes, and the API
         // port last (backends can publish while sessions drain).
@@ -340,5 +366,18 @@ struct RedisService: Service {
         await parts.lifecycle?.flush(timeout: .seconds(3))
         await parts.lease?.leave()
         await parts.engine.shutdown()
+    }
+}
+
+/// Delivers the embedded broker's lifecycle events at a graceful stop: it is stopped after
+/// the sessions were closed (services stop in reverse order), so their `disconnected(drain)`
+/// events are queued, and waits for them within `drainTimeout`.
+struct EventsWebhookService: Service {
+    let events: WebhookLifecycle
+    let drainTimeout: Duration
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await events.flush(timeout: drainTimeout)
     }
 }

@@ -39,7 +39,14 @@ import Testing
         #expect(events.enabled && events.types == [.userOnline, .userOffline] && events.leaseTTLMs == 3000 && events.graceMs == 500)
         #expect(events.stream == "switchboard:events" && events.leaseRenewMs == 1000)
         let cases: [([String], String)] = [
-            (["events.enabled=true"], "events.enabled needs redis.url (presence and lifecycle events are kept in Redis)"),
+            (["events.enabled=true"], "events.enabled needs redis.url (events in a Redis Stream) or events.webhook.url"),
+            ([redis, "events.enabled=true", "events.webhook.url=http://127.0.0.1:9/events"], "events.webhook.url is for the embedded broker"),
+            (["events.enabled=true", "events.webhook.url=ftp://x/y"], "events.webhook.url: webhook url 'ftp://x/y' must be an absolute"),
+            (["events.webhook.url=http://h/e", "events.webhook.timeout-ms=0"], "events.webhook.timeout-ms must be ≥ 1, got 0"),
+            (
+                ["events.webhook.url=http://h/e", "events.webhook.backoff-ms=500", "events.webhook.backoff-max-ms=100"],
+                "events.webhook.backoff-max-ms must be at least events.webhook.backoff-ms, got 100 and 500"
+            ),
             ([redis, "events.types=user-online,user-gone"], "events.types: unknown event type 'user-gone'"),
             ([redis, "events.lease-ttl-ms=1500"], "events.lease-ttl-ms must be at least twice events.lease-renew-ms, got 1500 and 1000"),
             ([redis, "events.max-queued=0"], "events.max-queued must be ≥ 1, got 0"),
@@ -48,6 +55,18 @@ import Testing
             let error = await ConfigurationCheckTests().loadError(settings)
             #expect(error?.hasPrefix(message) == true, "\(settings): \(error ?? "no error")")
         }
+    }
+
+    @Test func theEventsWebhookIsReadOnTheEmbeddedBroker() async throws {
+        let events = try await ConfigurationCheckTests().load([
+            "events.enabled=true", "events.webhook.url=http://127.0.0.1:9/events", "events.webhook.backoff-ms=50", "events.max-queued=7",
+        ]).configuration.events
+        var expected = EventSettings.Webhook(url: "http://127.0.0.1:9/events")
+        expected.backoffMs = 50
+        #expect(events.enabled && events.webhook == expected && events.maxQueued == 7)
+        #expect(expected.timeoutMs == 5_000 && expected.backoffMaxMs == 5_000 && expected.drainTimeoutMs == 5_000)
+        let none = try await ConfigurationCheckTests().load(["events.webhook.url="]).configuration.events
+        #expect(none.webhook == nil && !none.enabled)
     }
 
     @Test func sessionViewComesFromStompLimitsAndDestinations() async throws {

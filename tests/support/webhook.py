@@ -1,5 +1,6 @@
 """A webhook backend: a threaded HTTP server on a free port that records every POST and answers
-with the `reply` (dict, str or callable(request) -> dict), `status` and `delay` set by the test."""
+with the `reply` (dict, str or callable(request) -> dict), `status` (int or callable(request) ->
+int) and `delay` set by the test."""
 from __future__ import annotations
 
 import json
@@ -10,13 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class WebhookServer:
-    """`requests`: one dict per POST (path, headers, raw, json, received); `bodies`: their JSON.
+    """`requests`: one dict per POST (path, headers, raw, json, received, and the status it was
+    answered with); `bodies`: their JSON.
 
     `tls`: (certificate file, key file) serves https://localhost; `keep_alive`: HTTP/1.1 with
-    persistent connections (HTTP/1.0, one request per connection, without). `connections`
-    counts the connections accepted."""
+    persistent connections (HTTP/1.0, one request per connection, without); `port`: listen
+    there (default: any free port). `connections` counts the connections accepted."""
 
-    def __init__(self, tls=None, keep_alive=False):
+    def __init__(self, tls=None, keep_alive=False, port: int = 0):
         self.requests: list[dict] = []
         self.connections = 0
         self.status = 200
@@ -49,9 +51,11 @@ class WebhookServer:
                 if server.delay:
                     time.sleep(server.delay)  # the slow backend the test asked for
                 reply = server.reply(req) if callable(server.reply) else server.reply
+                status = server.status(req) if callable(server.status) else server.status
+                req["status"] = status
                 data = b"" if reply is None else (reply.encode() if isinstance(reply, str) else json.dumps(reply).encode())
                 try:
-                    self.send_response(server.status)
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
@@ -59,7 +63,7 @@ class WebhookServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/hook"

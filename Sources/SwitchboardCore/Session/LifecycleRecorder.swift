@@ -7,7 +7,9 @@ import SwitchboardWire
 ///
 /// A session calls it on its own event loop with a small value and carries on: the recorder
 /// must not block nor hop (the Redis recorder, `RedisLifecycle`, appends to the loop's batch,
-/// `LifecycleBatchState`). It is never called per delivered message.
+/// `LifecycleBatchState`; the embedded broker's, `WebhookLifecycle`, updates
+/// ``LocalPresenceState`` and queues the events in ``EventDeliveryState`` under a short lock).
+/// It is never called per delivered message.
 package protocol LifecycleRecorder: Sendable {
     func record(_ fact: LifecycleFact, on loop: any EventLoop)
 }

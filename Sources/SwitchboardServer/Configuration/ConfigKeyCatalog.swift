@@ -200,24 +200,45 @@ package enum ConfigKeyCatalog {
                 .init("redis.inbound.<name>.stream", .string, "—", "stream for a `stream` route"),
             ]),
         Section(
-            title: "Presence and lifecycle events (Redis mode)",
+            title: "Presence and lifecycle events",
             keys: [
-                .init("events.enabled", .boolean, "`false`", "write lifecycle events to a Redis Stream and keep presence (needs `redis.url`)"),
-                .init("events.stream", .string, "`switchboard:events`", "the events stream"),
-                .init("events.max-length", .integer, "`100000`", "`XADD MAXLEN ~` of the events stream"),
+                .init(
+                    "events.enabled", .boolean, "`false`",
+                    "keep presence and emit lifecycle events (docs/lifecycle.md): in Redis mode to a Redis Stream, with presence in Redis; on the embedded broker (no `redis.url`) POSTed to `events.webhook.url`, with presence in process"
+                ),
+                .init("events.stream", .string, "`switchboard:events`", "Redis mode: the events stream"),
+                .init("events.max-length", .integer, "`100000`", "Redis mode: `XADD MAXLEN ~` of the events stream"),
                 .init(
                     "events.types", .list, "all",
                     "event types written: `connected`, `disconnected`, `subscribed`, `unsubscribed`, `user-online`, `user-offline`, `destination-occupied`, `destination-vacated` (presence is kept whatever the list)"
                 ),
                 .init(
                     "events.max-queued", .integer, "`10000`",
-                    "facts queued per event loop while Redis is slow or unreachable; past it new ones are dropped and counted (`switchboard_lifecycle_facts_dropped_total`)"),
-                .init("events.max-batch", .integer, "`256`", "most facts in one pipelined `FCALL`"),
-                .init("events.lease-ttl-ms", .integer, "`5000`", "the instance's lease in Redis expires this long after its last renewal (at least twice `events.lease-renew-ms`)"),
-                .init("events.lease-renew-ms", .integer, "`1000`", "how often the lease is renewed and expired instances are looked for"),
+                    "facts queued per event loop while Redis is slow or unreachable (embedded broker: events queued for the webhook, one queue per instance); past it new ones are dropped and counted (`switchboard_lifecycle_facts_dropped_total`)"
+                ),
+                .init("events.max-batch", .integer, "`256`", "most facts in one pipelined `FCALL` (embedded broker: most events in one POST)"),
                 .init(
-                    "events.grace-ms", .integer, "`0`", "extra time after a lease expired before the dead instance's sessions become `disconnected(node-lost)` (absorbs flapping)"),
+                    "events.lease-ttl-ms", .integer, "`5000`",
+                    "Redis mode: the instance's lease in Redis expires this long after its last renewal (at least twice `events.lease-renew-ms`)"),
+                .init("events.lease-renew-ms", .integer, "`1000`", "Redis mode: how often the lease is renewed and expired instances are looked for"),
+                .init(
+                    "events.grace-ms", .integer, "`0`",
+                    "Redis mode: extra time after a lease expired before the dead instance's sessions become `disconnected(node-lost)` (absorbs flapping)"),
                 .init("events.presence-max-users", .integer, "`1000`", "most users listed by `GET /api/presence/{destination}`"),
+                .init(
+                    "events.webhook.url", .string, "—",
+                    "embedded broker only (refused with `redis.url`): with `events.enabled`, the events are POSTed here as JSON arrays, one batch per POST, at least once (`http://` or `https://`; the `webhooks.*` client settings apply)"
+                ),
+                .init("events.webhook.timeout-ms", .integer, "`5000`", "deadline of one events POST (connect + request + reply); a later reply counts as a failure"),
+                .init(
+                    "events.webhook.backoff-ms", .integer, "`100`",
+                    "wait before retrying a failed events POST (not 2xx, timeout, connection error); doubles with each failure in a row. The batch is retried unchanged until it succeeds, later events queue behind it"
+                ),
+                .init("events.webhook.backoff-max-ms", .integer, "`5000`", "longest wait between two attempts (at least `events.webhook.backoff-ms`)"),
+                .init(
+                    "events.webhook.drain-timeout-ms", .integer, "`5000`",
+                    "at a graceful stop, how long the gateway waits for queued events (the sessions' `disconnected` with reason `drain` among them) to be delivered"
+                ),
             ]),
         Section(
             title: "Authentication and access",

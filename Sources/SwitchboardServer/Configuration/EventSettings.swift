@@ -1,16 +1,34 @@
 import Configuration
+import SwitchboardRoutes
 import SwitchboardWire
 
-/// `events.*`: presence and lifecycle events (Redis mode).
+/// `events.*`: presence and lifecycle events, in a Redis Stream (Redis mode) or POSTed to a
+/// webhook (`events.webhook.*`, on the embedded broker).
 package struct EventSettings: Sendable, Equatable {
+    /// `events.webhook.*`: where the embedded broker POSTs the events.
+    package struct Webhook: Sendable, Equatable {
+        package var url: String
+        /// The deadline of one POST.
+        package var timeoutMs = 5_000
+        /// The wait before the first retry of a failed POST; doubles with each failure in a row.
+        package var backoffMs = 100
+        /// The longest wait between retries.
+        package var backoffMaxMs = 5_000
+        /// At a graceful stop, the longest wait for the queued events to be delivered.
+        package var drainTimeoutMs = 5_000
+
+        package init(url: String) { self.url = url }
+    }
+
     package var enabled = false
     package var stream = "switchboard:events"
     package var maxLength = 100_000
     /// The event types written; empty: all.
     package var types: Set<LifecycleEventType> = []
-    /// Facts queued per event loop while Redis is slow or away; past it they are dropped.
+    /// Facts queued per event loop while Redis is slow or away (events queued for the webhook,
+    /// on the embedded broker); past it they are dropped.
     package var maxQueued = 10_000
-    /// Most facts in one `FCALL`.
+    /// Most facts in one `FCALL` (events in one POST, on the embedded broker).
     package var maxBatch = 256
     package var leaseTTLMs = 5_000
     package var leaseRenewMs = 1_000
@@ -18,6 +36,8 @@ package struct EventSettings: Sendable, Equatable {
     package var graceMs = 0
     /// Most users listed by `GET /api/presence/{destination}`.
     package var presenceMaxUsers = 1_000
+    /// Set with `events.webhook.url`.
+    package var webhook: Webhook?
 
     package init() {}
 
@@ -47,9 +67,33 @@ package struct EventSettings: Sendable, Equatable {
             1, ("events.max-length", maxLength), ("events.max-queued", maxQueued), ("events.max-batch", maxBatch),
             ("events.lease-renew-ms", leaseRenewMs), ("events.presence-max-users", presenceMaxUsers))
         try SwitchboardConfiguration.atLeast(0, ("events.grace-ms", graceMs))
+        webhook = try Self.readWebhook(reader.scoped(to: "webhook"))
         guard leaseTTLMs >= 2 * leaseRenewMs else {
             throw SwitchboardConfiguration.Invalid(
                 description: "events.lease-ttl-ms must be at least twice events.lease-renew-ms, got \(leaseTTLMs) and \(leaseRenewMs)")
         }
+    }
+
+    /// Reads `events.webhook.*` (every key, so that each is known whether or not a URL is set).
+    static func readWebhook(_ reader: ConfigReader) throws -> Webhook? {
+        let url = reader.string(forKey: "url").flatMap { $0.isEmpty ? nil : $0 }
+        var webhook = Webhook(url: url ?? "")
+        webhook.timeoutMs = reader.int(forKey: "timeout-ms", default: webhook.timeoutMs)
+        webhook.backoffMs = reader.int(forKey: "backoff-ms", default: webhook.backoffMs)
+        webhook.backoffMaxMs = reader.int(forKey: "backoff-max-ms", default: webhook.backoffMaxMs)
+        webhook.drainTimeoutMs = reader.int(forKey: "drain-timeout-ms", default: webhook.drainTimeoutMs)
+        guard let url else { return nil }
+        do { _ = try WebhookRoute.components(of: url) } catch {
+            throw SwitchboardConfiguration.Invalid(description: "events.webhook.url: \(error)")
+        }
+        try SwitchboardConfiguration.atLeast(
+            1, ("events.webhook.timeout-ms", webhook.timeoutMs), ("events.webhook.backoff-ms", webhook.backoffMs))
+        try SwitchboardConfiguration.atLeast(0, ("events.webhook.drain-timeout-ms", webhook.drainTimeoutMs))
+        guard webhook.backoffMaxMs >= webhook.backoffMs else {
+            throw SwitchboardConfiguration.Invalid(
+                description:
+                    "events.webhook.backoff-max-ms must be at least events.webhook.backoff-ms, got \(webhook.backoffMaxMs) and \(webhook.backoffMs)")
+        }
+        return webhook
     }
 }

@@ -23,7 +23,7 @@ package struct SwitchboardConfiguration: Sendable {
     package var server = ServerSettings()
     package var console = ConsoleSettings()
     package var log = LogSettings()
-    /// Presence and lifecycle events (Redis mode).
+    /// Presence and lifecycle events (in Redis, or to a webhook on the embedded broker).
     package var events = EventSettings()
     /// Instance id, prefix of message and session ids; random when nil.
     package var instanceID: String?
@@ -54,8 +54,14 @@ package struct SwitchboardConfiguration: Sendable {
             throw Invalid(description: "routes.\(route.name).type \(route.target.typeName) needs redis.url")
         }
         events = try EventSettings(reader: reader.scoped(to: "events"))
-        if events.enabled, redis == nil {
-            throw Invalid(description: "events.enabled needs redis.url (presence and lifecycle events are kept in Redis)")
+        if events.webhook != nil, redis != nil {
+            throw Invalid(
+                description: "events.webhook.url is for the embedded broker: with redis.url, events go to the Redis Stream events.stream; unset one of them")
+        }
+        if events.enabled, redis == nil, events.webhook == nil {
+            throw Invalid(
+                description:
+                    "events.enabled needs redis.url (events in a Redis Stream) or events.webhook.url (embedded broker: events POSTed to a webhook)")
         }
         auth = try AuthSettings(reader: reader.scoped(to: "auth"), brokerPrefixes: destinations.brokerPrefixes)
     }

@@ -7,7 +7,8 @@ import SwitchboardCore
 import SwitchboardRedis
 import SwitchboardWire
 
-/// Where presence is read from (Redis with `events.enabled`; a fake in tests).
+/// Where presence is read from (Redis with `events.enabled`, the process itself with the
+/// embedded broker's events webhook; a fake in tests).
 package protocol PresenceSource: Sendable {
     func userPresence(_ user: String) async throws -> UserPresence
     func destinationPresence(_ destination: String, limit: Int) async throws -> DestinationPresence
@@ -16,8 +17,9 @@ package protocol PresenceSource: Sendable {
 extension RedisLifecycle: PresenceSource {}
 
 /// `GET /api/presence/{destination}` and `GET /api/users/{user}/presence`: presence across every
-/// instance, kept by the lifecycle functions. API keys are checked like publishing: the key must
-/// allow the destination (or `/user/<user>` for a user's presence).
+/// instance, kept by the lifecycle functions (of this instance, on the embedded broker). API
+/// keys are checked like publishing: the key must allow the destination (or `/user/<user>` for
+/// a user's presence).
 struct PresenceAPI: Sendable {
     let publisher: NotificationPublisher
     let policy: SessionPolicy
@@ -119,7 +121,7 @@ struct PresenceAPI: Sendable {
 
     private func enabledSource() throws(Failure) -> any PresenceSource {
         guard let source else {
-            throw Failure(status: .notFound, message: "presence is off: it needs redis.url and events.enabled", field: nil)
+            throw Failure(status: .notFound, message: "presence is off: it needs events.enabled (with redis.url, or events.webhook.url on the embedded broker)", field: nil)
         }
         return source
     }
