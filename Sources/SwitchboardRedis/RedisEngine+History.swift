@@ -39,6 +39,12 @@ extension RedisEngine {
             }
             .flatMapErrorThrowing { error in
                 self.publishFailures.add(1, ordering: .relaxed)
+                if let error = error as? RedisClientError, error == .connectionClosed || error == .commandTimeout {
+                    // Sent, but no reply: Redis may have recorded and published it.
+                    throw RouteError(
+                        .outcomeUnknown,
+                        "redis connection lost before the reply (\(error)); the message may or may not have been published, and sending it again may deliver it twice")
+                }
                 throw RouteError(.redisUnavailable, "redis unavailable (\(error)); not published")
             }
     }

@@ -29,6 +29,9 @@ package struct RouteError: Error, Sendable, Hashable, CustomStringConvertible {
     package enum Code: Sendable, Hashable {
         /// Redis could not be reached, or refused the command (publish, history).
         case redisUnavailable
+        /// The command was sent but its connection was lost (or it timed out) before the
+        /// reply: it may or may not have run. A retry may deliver the message twice.
+        case outcomeUnknown
         /// A Redis command of a route (`XADD`, `PUBLISH`, consumer-group checks) failed.
         case redisCommandFailed
         /// The Redis subscription for a destination could not be made.

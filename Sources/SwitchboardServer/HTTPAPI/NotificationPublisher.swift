@@ -4,6 +4,7 @@ import NIOCore
 import SwitchboardAPIModel
 import SwitchboardAuth
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 
 /// What every way of serving the publish API shares: the API key check, request validation,
@@ -109,9 +110,13 @@ struct NotificationPublisher: Sendable {
         return Prepared(message: message, topic: parsed.topic, user: toUser)
     }
 
-    /// Publishes `prepared`; the future fails with a 503 failure saying why.
+    /// Publishes `prepared`; the future fails with a 503 failure saying why (not published), or
+    /// a 504 when Redis took the command but the reply was lost (the outcome is unknown).
     func publish(_ prepared: Prepared, on loop: any EventLoop) -> EventLoopFuture<Void> {
         services.engine.publish(prepared.message, on: loop).flatMapErrorThrowing { error in
+            if let error = error as? RouteError, error.code == .outcomeUnknown {
+                throw Failure(status: .gatewayTimeout, message: "publish outcome unknown: \(error)", field: nil)
+            }
             throw Failure(status: .serviceUnavailable, message: "publish failed: \(error)", field: nil)
         }
     }
