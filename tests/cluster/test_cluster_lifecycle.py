@@ -9,85 +9,13 @@ import random
 import signal
 import time
 
-import jwt
 import pytest
 import requests
 
 from support.cluster import Cluster, stop_cluster
+from support.lifecycle import CONFIG, LEASE_TTL_MS, Backend, connect
 from support.process import wait_until
-from support.resp import Resp
 from support.stompclient import StompClient
-
-SECRET = "lifecycle-suite-hmac-secret-0123456789abcdef"
-STREAM = "switchboard:events"
-GROUP = "presence-backend"
-LEASE_TTL_MS = 2000
-
-CONFIG = f"""
-events:
-  enabled: true
-  lease-ttl-ms: {LEASE_TTL_MS}
-  lease-renew-ms: 500
-auth:
-  allow-anonymous: true
-  jwt:
-    hmac-secret: {SECRET}
-"""
-
-
-def token(user: str) -> str:
-    return jwt.encode({"sub": user, "iat": int(time.time()), "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
-
-
-def connect(url: str, user: str | None) -> StompClient:
-    c = StompClient(url, timeout=10)
-    c.connect(headers={"Authorization": f"Bearer {token(user)}"} if user else None)
-    return c
-
-
-class Backend:
-    """Two consumers of one group, as two backend replicas: XREADGROUP, handle, XACK. The ledger
-    counts how often each event id was handled; ``online`` is the set the events imply."""
-
-    def __init__(self, port: int, known: "Backend | None" = None):
-        """`known`: carry on from another Backend's state (new connections after a restart)."""
-        self.conns = [Resp(port), Resp(port)]
-        self.ledger: dict[str, int] = dict(known.ledger) if known else {}
-        self.events: list[dict] = list(known.events) if known else []
-        self.online: set[str] = set(known.online) if known else set()
-        try:
-            self.conns[0].call("XGROUP", "CREATE", STREAM, GROUP, "0", "MKSTREAM")
-        except Exception as e:  # an existing group is fine
-            assert "BUSYGROUP" in str(e)
-
-    def poll(self):
-        for i, conn in enumerate(self.conns):
-            reply = conn.call("XREADGROUP", "GROUP", GROUP, f"replica-{i}", "COUNT", "50", "BLOCK", "50", "STREAMS", STREAM, ">")
-            for _, entries in reply or []:
-                for entry_id, flat in entries:
-                    fields = dict(zip(flat[::2], flat[1::2]))
-                    self.ledger[entry_id] = self.ledger.get(entry_id, 0) + 1
-                    fields["id"] = entry_id
-                    self.events.append(fields)
-                    if fields["type"] == "user-online":
-                        self.online.add(fields["user"])
-                    elif fields["type"] == "user-offline":
-                        self.online.discard(fields["user"])
-                    conn.call("XACK", STREAM, GROUP, entry_id)
-
-    def matching(self, **want) -> list[dict]:
-        return [e for e in self.events if all(e.get(k) == v for k, v in want.items())]
-
-    def wait_for(self, what: str, condition, timeout=15.0):
-        def check():
-            self.poll()
-            return condition()
-        wait_until(check, timeout, what=what)
-
-    def assert_each_once(self):
-        twice = {k: n for k, n in self.ledger.items() if n != 1}
-        assert not twice, f"events handled more than once: {twice}"
-        assert len(self.ledger) == len(self.events)
 
 
 @pytest.fixture
