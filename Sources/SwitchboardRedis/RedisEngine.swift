@@ -116,7 +116,12 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
                 _ = try await client.execute(LoadHistoryFunctions())
             } catch {
                 // Redis < 7 has no functions; a Redis that is down gets them on first use.
-                logger.warning("loading the history functions failed; retried on first use", metadata: ["error": "\(error)"])
+                if (error as? RedisClientError) == .notConnected {
+                    // Not connected yet: the connection setup loads them once it opens.
+                    logger.debug("history functions are loaded when the Redis connection opens (or on first use)")
+                } else {
+                    logger.warning("loading the history functions failed; retried on first use", metadata: ["error": "\(error)"])
+                }
             }
         }
         let sub = try await client.subscribe(to: [naming.instanceChannel(instanceID)], kind: .channel) { [weak self] message in

@@ -66,11 +66,16 @@ import Testing
     @Test func unknownEnvironmentVariableIsOnlyAWarning() async throws {
         let loaded = try await load(environment: [
             "SWITCHBOARD_REDIS_ULR": "redis://x", "SWITCHBOARD_HTTP_PORT": "9001",
-            "SWITCHBOARD_BIN": "/usr/bin/switchboard", "HOME": "/root",
+            "SWITCHBOARD_BIN": "/usr/bin/switchboard", "SWITCHBOARD_LOADGEN": "1", "SWITCHBOARD_CHURN_SESSIONS": "600",
+            "SWITCHBOARD_CHURNY": "1", "HOME": "/root",
         ])
         #expect(loaded.configuration.http.port == 9001)
         #expect(loaded.configuration.redis == nil)
-        #expect(loaded.warnings == ["unknown environment variable SWITCHBOARD_REDIS_ULR (not a configuration key; ignored); did you mean SWITCHBOARD_REDIS_URL?"])
+        // The tools' own variables (SWITCHBOARD_BIN, SWITCHBOARD_LOADGEN, SWITCHBOARD_CHURN_*) are
+        // not warned about; a name merely starting like one is.
+        #expect(loaded.warnings.count == 2)
+        #expect(loaded.warnings.contains("unknown environment variable SWITCHBOARD_REDIS_ULR (not a configuration key; ignored); did you mean SWITCHBOARD_REDIS_URL?"))
+        #expect(loaded.warnings.contains { $0.hasPrefix("unknown environment variable SWITCHBOARD_CHURNY ") })
     }
 
     @Test(arguments: [

@@ -453,7 +453,9 @@ public final class RedisClient: Sendable {
                     }
                 }
                 if role == .subscriptions { registry.detach() }
-                self.logger.warning("redis connection lost", metadata: ["role": "\(role)"])
+                // Closed by ``shutdown()``: expected, not a loss.
+                let closedByShutdown = Task.isCancelled || self.state.withLockedValue { $0.isShutdown }
+                self.logger.log(level: closedByShutdown ? .debug : .warning, "redis connection lost", metadata: ["role": "\(role)"])
             } catch {
                 if role == .subscriptions { self.registry.detach() }
                 // A new reason is logged as an error (a wrong password or CA does not fix itself);

@@ -60,7 +60,12 @@ package final class RedisLifecycle: LifecycleRecorder {
         do {
             _ = try await client.execute(LoadLifecycleFunctions())
         } catch {
-            logger.warning("loading the lifecycle functions failed; retried on first use", metadata: ["error": "\(error)"])
+            if (error as? RedisClientError) == .notConnected {
+                // Not connected yet: the connection setup loads them once it opens.
+                logger.debug("lifecycle functions are loaded when the Redis connection opens (or on first use)")
+            } else {
+                logger.warning("loading the lifecycle functions failed; retried on first use", metadata: ["error": "\(error)"])
+            }
         }
     }
 

@@ -20,8 +20,15 @@ package struct ConfigurationSources: Sendable {
     /// The process environment; only `SWITCHBOARD_*` variables are read.
     package var environment: [String: String]
 
-    /// `SWITCHBOARD_*` variables of the project's own tools, not configuration keys.
-    static let toolVariables: Set<String> = ["BIN", "BENCH_BIN"]
+    /// `SWITCHBOARD_*` variables of the project's own tools (build flags, test and benchmark
+    /// scripts), not configuration keys: gateways started by them inherit these silently.
+    static let toolVariables: Set<String> = ["BIN", "BENCH_BIN", "BASELINE_BIN", "LOADGEN", "BENCHMARKS", "FUZZ", "SOAK"]
+    /// Prefixes of tool variables (sizes of the soak tests).
+    static let toolVariablePrefixes = ["JITTER_", "CHURN_"]
+
+    static func isToolVariable(_ name: String) -> Bool {
+        toolVariables.contains(name) || toolVariablePrefixes.contains { name.hasPrefix($0) }
+    }
 
     package init(yamlFile: String? = nil, flags: [(key: String, value: String)] = [], environment: [String: String] = [:]) {
         self.yamlFile = yamlFile
@@ -73,7 +80,7 @@ package struct ConfigurationSources: Sendable {
             throw SwitchboardConfiguration.Invalid(description: check.unknownKeyProblem(key) + " (in \(yamlFile ?? ""))")
         }
         let warnings = variables.keys.sorted().filter {
-            check.knownKey(environmentName: $0) == nil && !Self.toolVariables.contains($0)
+            check.knownKey(environmentName: $0) == nil && !Self.isToolVariable($0)
         }.map(check.unknownEnvironmentWarning)
 
         let configuration: SwitchboardConfiguration
