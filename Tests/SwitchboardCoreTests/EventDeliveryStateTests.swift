@@ -126,9 +126,52 @@ struct EventDeliveryStateTests {
         #expect(second?.delay == .milliseconds(200))  // still the second failure in a row
     }
 
+    @Test func aBatchRejectedMaxRejectionsTimesInARowIsDiscardedAndTheNextGoesOut() {
+        var state = State(limits: .init(maxQueued: 100, maxBatch: 2, backoff: .milliseconds(100), maxBackoff: .seconds(1), maxRejections: 3))
+        for n in 1...3 { _ = state.append(n) }
+        let first = state.sendScheduled()
+        #expect(first == State.Batch(number: 1, items: [1, 2]))
+        // Two rejections: retried like failures, unchanged, with the backoff growing.
+        let once = state.rejected()
+        #expect(once == .retry(.init(delay: .milliseconds(100), token: 1)))
+        let again = state.retry(token: 1)
+        #expect(again == first)
+        let twice = state.rejected()
+        #expect(twice == .retry(.init(delay: .milliseconds(200), token: 2)) && state.consecutiveRejections == 2)
+        _ = state.retry(token: 2)
+        // The third in a row: discarded and counted, and the next batch goes out at once.
+        let third = state.rejected()
+        #expect(third == .discarded(count: 2, next: State.Batch(number: 2, items: [3])))
+        #expect(state.discarded == 2 && state.delivered == 0 && state.consecutiveRejections == 0 && state.consecutiveFailures == 0)
+        // Outside an attempt a rejection is ignored.
+        _ = state.succeeded()
+        let stray = state.rejected()
+        #expect(stray == nil && state.isIdle && state.delivered == 1)
+    }
+
+    @Test func aFailureOrSuccessBetweenRejectionsStartsTheCountAgain() {
+        var state = State(limits: .init(maxQueued: 100, maxBatch: 10, backoff: .milliseconds(100), maxBackoff: .seconds(1), maxRejections: 2))
+        _ = state.append(1)
+        _ = state.sendScheduled()
+        _ = state.rejected()
+        _ = state.retry(token: 1)
+        // An unreachable receiver is not a rejection: the batch stays, and the count restarts.
+        _ = state.failed()
+        _ = state.retry(token: 2)
+        let afterFailure = state.rejected()
+        guard case .retry = afterFailure else {
+            Issue.record("a rejection after a failure discarded the batch: \(String(describing: afterFailure))")
+            return
+        }
+        _ = state.retry(token: 3)
+        let second = state.rejected()
+        #expect(second == .discarded(count: 1, next: nil) && state.discarded == 1 && state.isIdle)
+    }
+
     @Test func limitsAreSane() {
         let limits = State.Limits(maxQueued: 0, maxBatch: -1, backoff: .milliseconds(500), maxBackoff: .milliseconds(100))
-        #expect(limits.maxQueued == 1 && limits.maxBatch == 1 && limits.maxBackoff == .milliseconds(500))
+        #expect(limits.maxQueued == 1 && limits.maxBatch == 1 && limits.maxBackoff == .milliseconds(500) && limits.maxRejections == 5)
+        #expect(State.Limits(maxRejections: 0).maxRejections == 1)
         let state = State(limits: Self.limits(backoffMs: 1, maxBackoffMs: 60_000))
         #expect(state.backoff(afterFailures: 1) == .milliseconds(1) && state.backoff(afterFailures: 1_000) == .milliseconds(60_000))
     }

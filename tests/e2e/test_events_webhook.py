@@ -191,6 +191,36 @@ def test_failed_posts_are_retried_without_loss_or_reordering(started, clients):
     assert gw.metric("switchboard_lifecycle_facts_dropped_total") == 0
 
 
+def test_a_batch_the_receiver_keeps_rejecting_is_dropped_after_five_and_the_rest_flows(started, clients):
+    """A 4xx (other than 408/425/429) that does not change: the batch is sent five times, then
+    dropped, counted and logged, and the events after it are delivered. A 429 is retried
+    like a 5xx (it is not counted towards the five)."""
+    hook = WebhookServer(keep_alive=True)
+    answers = iter([429, 422, 422, 422, 422, 422])
+
+    def status(_request):
+        return next(answers, 200)
+
+    hook.status = status
+    gw, _ = started(receiver=hook)
+    first = clients(gw)  # anonymous: one `connected`, the whole first batch
+    wait_until(lambda: len(hook.requests) >= 6, 10, what="the first batch sent six times")
+    second = clients(gw)
+    events = wait_events(hook, 1)
+    statuses = [r.get("status") for r in hook.requests]
+    assert statuses[:6] == [429, 422, 422, 422, 422, 422], statuses
+    assert {r["headers"]["X-Switchboard-Batch"] for r in hook.requests[:6]} == {"1"}
+    assert len({r["raw"] for r in hook.requests[:6]}) == 1
+    # The dropped batch held the first session's `connected`; the next batch goes through.
+    assert [e["type"] for e in events] == ["connected"] and events[0]["session"] == second.connected_frame.headers["session"]
+    assert number(events[0]) == 2, "the id numbers show the gap the dropped batch left"
+    assert gw.metric("switchboard_lifecycle_events_rejected_total") == 1
+    assert gw.metric("switchboard_lifecycle_batch_failures_total") == 6
+    log = gw.log_path.read_text(errors="replace")
+    assert "rejected a batch again and again" in log and "422" in log
+    first.close()
+
+
 def test_a_full_queue_drops_events_and_counts_them(started, clients):
     port = free_port()
     gw, _ = started(url=f"http://127.0.0.1:{port}/events", max_queued=3, max_batch=2)

@@ -15,6 +15,10 @@ import NIOCore
 ///   ``Limits/backoff`` doubling with each failure in a row up to ``Limits/maxBackoff``. It is
 ///   retried until it succeeds (new items queue, and past the bound are dropped, meanwhile);
 ///   the receiver may see a batch twice (its reply was lost), so delivery is at-least-once.
+/// - A batch the receiver *rejects* (``rejected()``: an answer that sending it again will not
+///   change, such as HTTP 400 or 422) is retried the same way, but after
+///   ``Limits/maxRejections`` rejections in a row it is discarded and counted (``discarded``),
+///   so one batch the receiver cannot take does not hold up every later event forever.
 /// - ``hurry()`` (at a graceful stop) sends a batch that waits for its retry at once; a retry
 ///   timer that fires after it is stale (``retry(token:)`` ignores it).
 package struct EventDeliveryState<Item> {
@@ -26,12 +30,18 @@ package struct EventDeliveryState<Item> {
         package var backoff: TimeAmount
         /// The longest wait between two attempts.
         package var maxBackoff: TimeAmount
+        /// Rejections in a row after which a batch is discarded (at least 1).
+        package var maxRejections: Int
 
-        package init(maxQueued: Int = 10_000, maxBatch: Int = 256, backoff: TimeAmount = .milliseconds(100), maxBackoff: TimeAmount = .seconds(5)) {
+        package init(
+            maxQueued: Int = 10_000, maxBatch: Int = 256, backoff: TimeAmount = .milliseconds(100), maxBackoff: TimeAmount = .seconds(5),
+            maxRejections: Int = 5
+        ) {
             self.maxQueued = max(1, maxQueued)
             self.maxBatch = max(1, maxBatch)
             self.backoff = max(.nanoseconds(1), backoff)
             self.maxBackoff = max(self.backoff, maxBackoff)
+            self.maxRejections = max(1, maxRejections)
         }
     }
 
@@ -60,6 +70,20 @@ package struct EventDeliveryState<Item> {
     package struct RetryPlan: Sendable, Equatable {
         package var delay: TimeAmount
         package var token: UInt64
+
+        package init(delay: TimeAmount, token: UInt64) {
+            self.delay = delay
+            self.token = token
+        }
+    }
+
+    /// What becomes of a rejected batch.
+    package enum Rejection {
+        /// Retried like a failure.
+        case retry(RetryPlan)
+        /// Rejected ``Limits/maxRejections`` times in a row: discarded (`count` items); `next`
+        /// is the batch to send now, if any.
+        case discarded(count: Int, next: Batch?)
     }
 
     package let limits: Limits
@@ -78,6 +102,10 @@ package struct EventDeliveryState<Item> {
     package private(set) var dropped = 0
     /// Items in batches that succeeded.
     package private(set) var delivered = 0
+    /// Rejections of the batch in flight in a row.
+    package private(set) var consecutiveRejections = 0
+    /// Items in batches discarded after ``Limits/maxRejections`` rejections.
+    package private(set) var discarded = 0
 
     package init(limits: Limits = Limits()) { self.limits = limits }
 
@@ -110,12 +138,32 @@ package struct EventDeliveryState<Item> {
         delivered += batch.items.count
         inFlight = nil
         consecutiveFailures = 0
+        consecutiveRejections = 0
         return takeBatch()
     }
 
-    /// The batch in flight failed: when to retry it.
+    /// The batch in flight failed (the receiver was unreachable, timed out or answered with
+    /// an error that may pass): when to retry it.
     package mutating func failed() -> RetryPlan? {
         guard inFlight != nil, !awaitingRetry else { return nil }
+        consecutiveRejections = 0
+        return scheduleRetry()
+    }
+
+    /// The receiver rejected the batch in flight: a retry, or, after ``Limits/maxRejections``
+    /// in a row, the batch discarded and the next one to send.
+    package mutating func rejected() -> Rejection? {
+        guard let batch = inFlight, !awaitingRetry else { return nil }
+        consecutiveRejections += 1
+        guard consecutiveRejections >= limits.maxRejections else { return .retry(scheduleRetry()) }
+        discarded += batch.items.count
+        inFlight = nil
+        consecutiveFailures = 0
+        consecutiveRejections = 0
+        return .discarded(count: batch.items.count, next: takeBatch())
+    }
+
+    private mutating func scheduleRetry() -> RetryPlan {
         awaitingRetry = true
         consecutiveFailures += 1
         retryToken += 1
@@ -162,3 +210,5 @@ package struct EventDeliveryState<Item> {
 extension EventDeliveryState.Batch: Equatable where Item: Equatable {}
 extension EventDeliveryState: Sendable where Item: Sendable {}
 extension EventDeliveryState.Batch: Sendable where Item: Sendable {}
+extension EventDeliveryState.Rejection: Equatable where Item: Equatable {}
+extension EventDeliveryState.Rejection: Sendable where Item: Sendable {}

@@ -16,7 +16,9 @@ import Synchronization
 /// to presence and its events are queued (presence is one table for the instance, so the lock
 /// is shared by the loops; nothing is sent, encoded or allocated beyond the events there). The
 /// first event into an idle queue schedules a send on ``loop``, which runs every POST, retry
-/// timer and completion: one POST in flight, retried with backoff until a 2xx answers.
+/// timer and completion: one POST in flight, retried with backoff until a 2xx answers (a
+/// batch rejected with a 4xx five times in a row is dropped, counted in
+/// `switchboard_lifecycle_events_rejected_total` and logged).
 /// Presence never loses a fact; only events beyond `events.max-queued` are dropped, counted in
 /// `switchboard_lifecycle_facts_dropped_total` and logged.
 package final class WebhookLifecycle: LifecycleRecorder, Sendable {
@@ -46,6 +48,7 @@ package final class WebhookLifecycle: LifecycleRecorder, Sendable {
     let droppedCounter = Metrics.Counter(label: "switchboard_lifecycle_facts_dropped_total")
     let failureCounter = Metrics.Counter(label: "switchboard_lifecycle_batch_failures_total")
     let deliveredCounter = Metrics.Counter(label: "switchboard_lifecycle_events_delivered_total")
+    let discardedCounter = Metrics.Counter(label: "switchboard_lifecycle_events_rejected_total")
 
     /// - Parameters:
     ///   - instance: the instance id, named in the events.
@@ -118,7 +121,26 @@ package final class WebhookLifecycle: LifecycleRecorder, Sendable {
             return
         }
         failureCounter.increment()
-        guard let plan = state.withLock({ $0.delivery.failed() }) else { return }
+        let plan: EventDeliveryState<LifecycleEvent>.RetryPlan
+        if case .success(let status) = result, Self.isRejection(status) {
+            switch state.withLock({ $0.delivery.rejected() }) {
+            case nil: return
+            case .retry(let retry): plan = retry
+            case .discarded(let count, let next):
+                discardedCounter.increment(by: Int64(count))
+                logger.error(
+                    "lifecycle events webhook rejected a batch again and again: its events are dropped",
+                    metadata: [
+                        "url": "\(target.url)", "status": "\(status)", "batch": "\(batch.number)", "events": "\(count)",
+                        "first": "\(batch.items.first?.id ?? "")", "last": "\(batch.items.last?.id ?? "")",
+                    ])
+                if let next { send(next) }
+                return
+            }
+        } else {
+            guard let retry = state.withLock({ $0.delivery.failed() }) else { return }
+            plan = retry
+        }
         let why =
             switch result {
             case .success(let status): "answered HTTP \(status)"
@@ -134,6 +156,12 @@ package final class WebhookLifecycle: LifecycleRecorder, Sendable {
         loop.scheduleTask(in: plan.delay) {
             if let batch = self.state.withLock({ $0.delivery.retry(token: plan.token) }) { self.send(batch) }
         }
+    }
+
+    /// An answer that sending the same batch again will not change: a 4xx other than 408
+    /// (timeout), 425 (too early) and 429 (too many requests).
+    static func isRejection(_ status: Int) -> Bool {
+        (400..<500).contains(status) && ![408, 425, 429].contains(status)
     }
 
     /// Waits until every queued event was delivered, or `timeout` passed (a batch waiting for
