@@ -232,7 +232,7 @@ package enum ConfigKeyCatalog {
                 .init("events.webhook.timeout-ms", .integer, "`5000`", "deadline of one events POST (connect + request + reply); a later reply counts as a failure"),
                 .init(
                     "events.webhook.backoff-ms", .integer, "`100`",
-                    "wait before retrying a failed events POST (not 2xx, timeout, connection error); doubles with each failure in a row. The batch is retried unchanged until it succeeds, later events queue behind it"
+                    "wait before retrying a failed events POST (not 2xx, timeout, connection error); doubles with each failure in a row. The batch is retried unchanged until it succeeds, later events queue behind it; only a batch rejected with a 4xx other than 408/425/429 five times in a row is dropped (logged, `switchboard_lifecycle_events_rejected_total`)"
                 ),
                 .init("events.webhook.backoff-max-ms", .integer, "`5000`", "longest wait between two attempts (at least `events.webhook.backoff-ms`)"),
                 .init(
