@@ -71,7 +71,7 @@ extension STOMPSessionHandler {
 
     /// The session is connected: counters, header escaping, heart-beat checks, `CONNECTED`.
     private func becomeConnected(_ connected: Machine.ConnectedSession) {
-        if let user = connected.identity?.user { logger[metadataKey: "user"] = "\(user)" }
+        resetLogger()  // user and STOMP version are known now
         escape = connected.version.escapesHeaders
         escapeCR = connected.version == .v1_2
         if !escape { transport?.setHeaderEscaping(false) }
@@ -81,11 +81,12 @@ extension STOMPSessionHandler {
         shard.scheduleHeartbeatCheck(self, at: shard.tick + 1)
         services.stats.sessionsConnected.add(1)
         services.stats.sessionsByVersion[connected.version.ordinal].add(1)
-        logger[metadataKey: "stomp.version"] = "\(connected.version.rawValue)"
         record(.connected(user: connected.identity?.user))
         send(connected.frame)
         sendReceipt(connected.receipt)
-        logger.debug("session connected", metadata: ["heart-beat.out": "\(connected.serverSendsMs)", "heart-beat.in": "\(connected.serverExpectsMs)"])
+        if services.logger.logLevel <= .debug {
+            logger.debug("session connected", metadata: ["heart-beat.out": "\(connected.serverSendsMs)", "heart-beat.in": "\(connected.serverExpectsMs)"])
+        }
     }
 
     // MARK: Steps

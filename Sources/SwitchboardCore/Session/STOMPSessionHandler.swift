@@ -38,7 +38,20 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     let services: GatewayServices
     var config: SessionConfiguration { services.configuration }
     package let sessionID: String
-    var logger: Logger
+    /// The session's logger (metadata: session, then user and STOMP version), made on first
+    /// use: most sessions never log, and setting `Logger` metadata costs allocations.
+    var logger: Logger {
+        if let sessionLogger { return sessionLogger }
+        var logger = services.logger
+        logger[metadataKey: "session"] = "\(sessionID)"
+        if let machine, machine.phase == .connected {
+            if let user = machine.identity?.user { logger[metadataKey: "user"] = "\(user)" }
+            logger[metadataKey: "stomp.version"] = "\(machine.version.rawValue)"
+        }
+        sessionLogger = logger
+        return logger
+    }
+    private var sessionLogger: Logger?
 
     var context: ChannelHandlerContext?
     /// The WebSocket transport below, when there is one (found when the handler is added).
@@ -84,10 +97,10 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         self.services = services
         self.handshake = handshake
         self.sessionID = services.sessionIDs.next()
-        var logger = services.logger
-        logger[metadataKey: "session"] = "\(sessionID)"
-        self.logger = logger
     }
+
+    /// Forgets the logger made so far: its metadata changed (the session connected).
+    func resetLogger() { sessionLogger = nil }
 
     // MARK: Lifecycle
 
@@ -103,7 +116,13 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         services.stats.connectionsOpen.add(1)
         services.stats.connectionsTotal.add(1)
         let high = max(config.maxPendingOutboundBytes, 2)
-        _ = context.channel.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
+        // Synchronously where the channel allows it: no future per connection.
+        let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: high / 2, high: high)
+        if let options = context.channel.syncOptions {
+            try? options.setOption(ChannelOptions.writeBufferWaterMark, value: waterMark)
+        } else {
+            _ = context.channel.setOption(ChannelOptions.writeBufferWaterMark, value: waterMark)
+        }
     }
 
     /// Nagle on (`TCP_NODELAY` off) while the loop is saturated; see ``LoopBusyMode``.

@@ -54,8 +54,8 @@ extension STOMPSessionStateMachine {
     // MARK: CONNECT
 
     private mutating func handleConnect(_ frame: STOMPFrame) -> Action? {
-        let supported = config.supportedVersions.sorted().map(\.rawValue).joined(separator: ",")
         guard let negotiated = STOMPVersion.negotiate(acceptVersion: frame.headers["accept-version"], supported: config.supportedVersions) else {
+            let supported = config.supportedVersions.sorted().map(\.rawValue).joined(separator: ",")
             failFrame(
                 "unsupported STOMP version: client accepts \(frame.headers["accept-version"] ?? "1.0"), server supports \(supported)",
                 frame, extraHeaders: ["version": supported])

@@ -48,9 +48,58 @@ struct WebSocketHandshake: Sendable {
     /// The magic GUID of RFC 6455 §1.3.
     static var acceptGUID: String { "258EAFA5-E914-47DA-95CA-C5AB0DC85B11" }
 
-    /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
+    /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`: base64 of the SHA-1 of the
+    /// key and the GUID, hashed and encoded without intermediate `Data` or `String`s.
     static func acceptValue(forKey key: String) -> String {
-        Data(Insecure.SHA1.hash(data: Data((key + acceptGUID).utf8))).base64EncodedString()
+        var hasher = Insecure.SHA1()
+        var key = key
+        key.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
+        var guid = acceptGUID
+        guid.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
+        return hasher.finalize().withUnsafeBytes { digest in
+            // 20 bytes: 6 groups of 3, then 2 bytes and one `=`.
+            String(unsafeUninitializedCapacity: 28) { out in
+                var o = 0
+                var i = 0
+                while i + 3 <= digest.count {
+                    let n = UInt32(digest[i]) << 16 | UInt32(digest[i + 1]) << 8 | UInt32(digest[i + 2])
+                    for shift in stride(from: 18, through: 0, by: -6) {
+                        out[o] = base64Alphabet[Int((n >> UInt32(shift)) & 63)]
+                        o += 1
+                    }
+                    i += 3
+                }
+                if digest.count - i == 2 {
+                    let n = UInt32(digest[i]) << 16 | UInt32(digest[i + 1]) << 8
+                    out[o] = base64Alphabet[Int(n >> 18 & 63)]
+                    out[o + 1] = base64Alphabet[Int(n >> 12 & 63)]
+                    out[o + 2] = base64Alphabet[Int(n >> 6 & 63)]
+                    out[o + 3] = UInt8(ascii: "=")
+                    o += 4
+                }
+                return o
+            }
+        }
+    }
+
+    private static let base64Alphabet: [UInt8] = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    /// Whether `key` is one base64-encoded 16-byte value: 22 base64 characters, then `==`.
+    static func isValidKey(_ key: String) -> Bool {
+        var key = key
+        return key.withUTF8 { bytes in
+            guard bytes.count == 24, bytes[22] == UInt8(ascii: "="), bytes[23] == UInt8(ascii: "=") else { return false }
+            for byte in bytes[..<22] {
+                switch byte {
+                case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                    UInt8(ascii: "+"), UInt8(ascii: "/"):
+                    continue
+                default:
+                    return false
+                }
+            }
+            return true
+        }
     }
 
     /// Decides on an upgrade request from `address`. On acceptance a connection is reserved
@@ -68,7 +117,7 @@ struct WebSocketHandshake: Sendable {
                     status: 426, reason: "Upgrade Required", message: "Sec-WebSocket-Version must be 13",
                     field: "Sec-WebSocket-Version", extraHeaders: [("Sec-WebSocket-Version", "13")]))
         }
-        guard head.keys.count == 1, let nonce = Data(base64Encoded: head.keys[0]), nonce.count == 16 else {
+        guard head.keys.count == 1, Self.isValidKey(head.keys[0]) else {
             return .refuse(.badRequest("Sec-WebSocket-Key must be one base64-encoded 16-byte value", field: "Sec-WebSocket-Key"))
         }
         if !allowedOrigins.isEmpty, let origin = head.origin, !allowedOrigins.contains(origin), !allowedOrigins.contains("*") {
@@ -88,14 +137,19 @@ struct WebSocketHandshake: Sendable {
         if let reason = limiter.reserve(for: address) {
             return .refuse(Refusal(status: 429, reason: "Too Many Requests", message: reason, field: "Upgrade"))
         }
-        var response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Accept: "
-        response += Self.acceptValue(forKey: head.keys[0])
-        if let version { response += "\r\nSec-WebSocket-Protocol: " + version.webSocketSubprotocol }
-        response += "\r\n\r\n"
+        var response = ByteBuffer()
+        response.reserveCapacity(160)
+        response.writeStaticString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Accept: ")
+        response.writeString(Self.acceptValue(forKey: head.keys[0]))
+        if let version {
+            response.writeStaticString("\r\nSec-WebSocket-Protocol: ")
+            response.writeString(version.webSocketSubprotocol)
+        }
+        response.writeStaticString("\r\n\r\n")
         let handshake = HandshakeInfo(
             token: Self.token(target: head.target, cookies: head.cookies, cookieName: handshakeCookie),
             remoteAddress: address, origin: head.origin)
-        return .accept(response: ByteBuffer(string: response), handshake: handshake)
+        return .accept(response: response, handshake: handshake)
     }
 
     /// A refusal as a complete HTTP response that closes the connection.
