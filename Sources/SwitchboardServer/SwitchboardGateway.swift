@@ -22,7 +22,7 @@ package struct SwitchboardGateway: Sendable {
     /// The loops of `http.api-port`, when set: they serve API requests and run no sessions.
     let apiGroup: MultiThreadedEventLoopGroup?
     let admission = ConnectionAdmission()
-    let pending = PendingHandshakes()
+    let pending: PendingHandshakes
     let logger: Logger
     /// Set in Redis mode.
     let redis: RedisParts?
@@ -84,6 +84,7 @@ package struct SwitchboardGateway: Sendable {
         self.apiGroup = configuration.http.apiPort.map { _ in MultiThreadedEventLoopGroup(numberOfThreads: configuration.http.apiThreads) }
         let apiLoops = apiGroup.map { Array($0.makeIterator()) } ?? []
         let loops = Array(group.makeIterator())
+        self.pending = PendingHandshakes(eventLoops: loops + apiLoops)
         let hub = FanoutHub(
             eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.stomp.heartbeatResolutionMs)),
             writeCoalescing: .microseconds(Int64(configuration.server.writeCoalesceMicros)),

@@ -198,6 +198,50 @@ final class RouterHarness {
         _ = try? channel.finish()
     }
 
+    @Test func aSilentConnectionIsClosedAtItsDeadlineByTheLoopsOneTimer() throws {
+        let pending = PendingHandshakes()
+        let loop = EmbeddedEventLoop()
+        let silent = EmbeddedChannel(loop: loop)
+        let answered = EmbeddedChannel(loop: loop)
+        try silent.pipeline.syncOperations.addHandler(HandshakeTimeoutHandler(timeout: .seconds(10), registry: pending))
+        loop.advanceTime(by: .seconds(5))
+        let late = EmbeddedChannel(loop: loop)
+        for channel in [silent, answered, late] { try channel.connect(to: SocketAddress(ipAddress: "10.0.0.1", port: 4000)).wait() }
+        try answered.pipeline.syncOperations.addHandler(HandshakeTimeoutHandler(timeout: .seconds(10), registry: pending))
+        try late.pipeline.syncOperations.addHandler(HandshakeTimeoutHandler(timeout: .seconds(10), registry: pending))
+        try answered.writeInbound(HTTPServerRequestPart.head(.init(version: .http1_1, method: .GET, uri: "/health")))
+        #expect(pending.count == 2)
+        loop.advanceTime(by: .milliseconds(4_999))
+        #expect(silent.isActive)
+        loop.advanceTime(by: .milliseconds(1))
+        #expect(!silent.isActive, "closed at its deadline")
+        #expect(late.isActive && answered.isActive)
+        #expect(pending.count == 1)
+        loop.advanceTime(by: .seconds(5))
+        #expect(!late.isActive, "the timer was set again for the next deadline")
+        #expect(answered.isActive, "its head arrived in time")
+        #expect(pending.count == 0)
+        _ = try? answered.finish()
+    }
+
+    @Test func shutdownClosesTheConnectionsStillInTheirFirstRequest() throws {
+        let pending = PendingHandshakes()
+        let loop = EmbeddedEventLoop()
+        let channels = (0..<100).map { _ in EmbeddedChannel(loop: loop) }
+        for channel in channels {
+            try channel.connect(to: SocketAddress(ipAddress: "10.0.0.1", port: 4000)).wait()
+            try channel.pipeline.syncOperations.addHandler(HandshakeTimeoutHandler(timeout: .seconds(10), registry: pending))
+        }
+        // A connection that goes away on its own leaves the count.
+        try channels[0].close().wait()
+        loop.run()
+        #expect(pending.count == 99)
+        pending.closeAll()
+        loop.run()
+        #expect(channels.allSatisfy { !$0.isActive })
+        #expect(pending.count == 0)
+    }
+
     @Test func overLongHeadGoesToTheHTTPParserWithTheClockRunning() throws {
         let h = try RouterHarness()
         let filler = String(repeating: "a", count: 1000)

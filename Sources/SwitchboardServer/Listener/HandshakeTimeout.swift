@@ -1,20 +1,26 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
-import SwitchboardWire
+import Synchronization
 
 /// Closes a connection that has not completed its first HTTP request (an upgrade or an API
 /// call) within the deadline: slowloris-style slow headers, half-open handshakes and silent
 /// TCP connections do not hold a socket forever. Cancelled once the request head is in:
 /// ``FirstRequestRouter`` says so for a WebSocket upgrade; on an HTTP connection this handler
 /// sits after NIO's HTTP decoder and sees the head itself.
+///
+/// The handler schedules no timer of its own: it joins its event loop's
+/// ``LoopPendingHandshakes``, whose one timer visits the connections in deadline order.
 final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     let timeout: TimeAmount
     let registry: PendingHandshakes
-    private var task: Scheduled<Void>?
-    private var done = false
+    /// When the connection is closed unless its first request head has arrived.
+    private(set) var deadline = NIODeadline.distantFuture
+    /// The head arrived, or the connection closed or timed out: nothing left to watch.
+    private(set) var done = false
     private var context: ChannelHandlerContext?
+    private var shard: LoopPendingHandshakes?
 
     init(timeout: TimeAmount, registry: PendingHandshakes) {
         self.timeout = timeout
@@ -23,10 +29,15 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        let channel = context.channel
-        registry.add(channel)
-        task = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
-        channel.closeFuture.whenComplete { [registry] _ in registry.remove(channel) }
+        deadline = context.eventLoop.now + timeout
+        let shard = registry.shard(for: context.eventLoop)
+        self.shard = shard
+        shard.add(self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        // Also reached when the connection closes before its first request.
+        finish()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -49,25 +60,138 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
 
     /// The request head arrived: stop the clock.
     func requestArrived(channel: any Channel) {
+        guard let context, !done else { return }
+        finish()
+        // Leave the pipeline: a long-lived WebSocket session should not carry it.
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    /// The deadline passed (or the gateway is shutting down) before the first request.
+    func expire() {
+        guard let context, !done else { return }
+        finish()
+        context.close(promise: nil)
+    }
+
+    private func finish() {
         guard !done else { return }
         done = true
-        task?.cancel()
-        registry.remove(channel)
-        // Leave the pipeline: a long-lived WebSocket session should not carry it.
-        if let context { context.pipeline.syncOperations.removeHandler(context: context, promise: nil) }
         context = nil
+        shard?.finished()
+        shard = nil
     }
 }
 
-/// Connections still in their first request, closed at shutdown so they cannot hold it up.
-final class PendingHandshakes: Sendable {
-    private let channels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+/// The connections of one event loop still in their first request, in deadline order (every
+/// handler of a listener has the same timeout, so arrival order is deadline order). One timer,
+/// set for the earliest open deadline, replaces a timer per connection: a connect storm
+/// schedules and cancels nothing. A finished handler stays in the queue until the sweep
+/// reaches it, or until finished handlers are the majority and the queue is compacted.
+/// Used only on its event loop.
+final class LoopPendingHandshakes: @unchecked Sendable {
+    let eventLoop: any EventLoop
+    private var queue = CircularBuffer<HandshakeTimeoutHandler>()
+    private var finishedInQueue = 0
+    private var timer: Scheduled<Void>?
+    private var timerDeadline = NIODeadline.distantFuture
+    /// Open handshakes, readable from any thread.
+    let openCount = Atomic<Int>(0)
 
-    func add(_ channel: any Channel) { channels.withLockedValue { $0[ObjectIdentifier(channel)] = channel } }
-    func remove(_ channel: any Channel) { _ = channels.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(channel)) } }
-    var count: Int { channels.withLockedValue { $0.count } }
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    func add(_ handler: HandshakeTimeoutHandler) {
+        eventLoop.preconditionInEventLoop()
+        queue.append(handler)
+        openCount.add(1, ordering: .relaxed)
+        if timer == nil || handler.deadline < timerDeadline { arm(at: handler.deadline) }
+    }
+
+    /// A handler in the queue is done.
+    func finished() {
+        openCount.subtract(1, ordering: .relaxed)
+        finishedInQueue += 1
+        if finishedInQueue > 64 && finishedInQueue * 2 > queue.count {
+            queue.removeAll { $0.done }
+            finishedInQueue = 0
+        }
+    }
+
+    /// Closes every connection still in its first request (shutdown).
+    func expireAll() {
+        eventLoop.preconditionInEventLoop()
+        for handler in Array(queue) { handler.expire() }
+        queue.removeAll()
+        finishedInQueue = 0
+        timer?.cancel()
+        timer = nil
+    }
+
+    private func arm(at deadline: NIODeadline) {
+        timer?.cancel()
+        timerDeadline = deadline
+        timer = eventLoop.scheduleTask(deadline: deadline) { [self] in sweep() }
+    }
+
+    private func sweep() {
+        timer = nil
+        let now = eventLoop.now
+        while let first = queue.first {
+            if first.done {
+                queue.removeFirst()
+                finishedInQueue -= 1
+            } else if first.deadline <= now {
+                queue.removeFirst()
+                finishedInQueue -= 1  // expire() reports it finished
+                first.expire()
+            } else {
+                arm(at: first.deadline)
+                return
+            }
+        }
+    }
+}
+
+/// Connections still in their first request, one ``LoopPendingHandshakes`` per event loop;
+/// closed at shutdown so they cannot hold it up.
+final class PendingHandshakes: Sendable {
+    /// The listeners' loops, known up front: looked up without a lock.
+    private let shards: [ObjectIdentifier: LoopPendingHandshakes]
+    /// Any other loop (an `EmbeddedEventLoop` in tests).
+    private let others = NIOLockedValueBox<[ObjectIdentifier: LoopPendingHandshakes]>([:])
+
+    init(eventLoops: [any EventLoop] = []) {
+        var shards: [ObjectIdentifier: LoopPendingHandshakes] = [:]
+        for loop in eventLoops { shards[ObjectIdentifier(loop)] = LoopPendingHandshakes(eventLoop: loop) }
+        self.shards = shards
+    }
+
+    func shard(for eventLoop: any EventLoop) -> LoopPendingHandshakes {
+        let id = ObjectIdentifier(eventLoop)
+        if let shard = shards[id] { return shard }
+        return others.withLockedValue { others in
+            if let shard = others[id] { return shard }
+            let shard = LoopPendingHandshakes(eventLoop: eventLoop)
+            others[id] = shard
+            return shard
+        }
+    }
+
+    private var allShards: [LoopPendingHandshakes] {
+        Array(shards.values) + others.withLockedValue { Array($0.values) }
+    }
+
+    /// Connections still in their first request.
+    var count: Int { allShards.reduce(0) { $0 + $1.openCount.load(ordering: .relaxed) } }
 
     func closeAll() {
-        for channel in channels.withLockedValue({ Array($0.values) }) { channel.close(promise: nil) }
+        for shard in allShards {
+            if shard.eventLoop.inEventLoop {
+                shard.expireAll()
+            } else {
+                shard.eventLoop.execute { shard.expireAll() }
+            }
+        }
     }
 }
