@@ -106,23 +106,11 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     /// Connects (in the background; reconnects by itself) and subscribes to this instance's
     /// channel, where messages addressed to one of its sessions arrive.
     package func start() async throws {
+        // Before the client starts, so that its first connection loads them too.
+        if history != nil { await client.installFunctions(HistoryFunctions.self, named: "history", logger: logger) }
         client.start()
         client.addStateObserver { [weak self] role, state in
             if role == .subscriptions, state == .connected { self?.subscriberReconnected() }
-        }
-        if history != nil {
-            client.addConnectionSetup(LoadHistoryFunctions.arguments)
-            do {
-                _ = try await client.execute(LoadHistoryFunctions())
-            } catch {
-                // Redis < 7 has no functions; a Redis that is down gets them on first use.
-                if (error as? RedisClientError) == .notConnected {
-                    // Not connected yet: the connection setup loads them once it opens.
-                    logger.debug("history functions are loaded when the Redis connection opens (or on first use)")
-                } else {
-                    logger.warning("loading the history functions failed; retried on first use", metadata: ["error": "\(error)"])
-                }
-            }
         }
         let sub = try await client.subscribe(to: [naming.instanceChannel(instanceID)], kind: .channel) { [weak self] message in
             self?.onInstanceMessage(message)

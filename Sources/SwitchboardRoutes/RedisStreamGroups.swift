@@ -85,17 +85,30 @@ package final class RedisStreamGroups: Sendable {
             }
     }
 
+    /// Whether a call starts a verification or joins the one in flight.
+    private enum VerificationStart {
+        case started(EventLoopPromise<[String]>)
+        case joined(EventLoopFuture<[String]>)
+    }
+
     /// Creates the groups that are missing (one verification at a time). The future gives the
     /// groups that had to be created.
     func verify() -> EventLoopFuture<[String]> {
         let generation = self.client.reconnectCount
-        let promise = self.eventLoop.makePromise(of: [String].self)
-        let running = self.state.withLockedValue { state -> EventLoopFuture<[String]>? in
-            if let inFlight = state.inFlight { return inFlight }
+        // The promise is made only by the call that starts a verification: one made and then
+        // dropped because another call's is in flight would never be completed (a leak NIO
+        // traps on in debug builds).
+        let start = self.state.withLockedValue { state -> VerificationStart in
+            if let inFlight = state.inFlight { return .joined(inFlight) }
+            let promise = self.eventLoop.makePromise(of: [String].self)
             state.inFlight = promise.futureResult
-            return nil
+            return .started(promise)
         }
-        if let running { return running }
+        let promise: EventLoopPromise<[String]>
+        switch start {
+        case .started(let made): promise = made
+        case .joined(let running): return running
+        }
         let creations = self.groups.map { group in
             self.client.send(XGROUPCREATE(key: self.stream, group: group, id: "0", makeStream: true))
                 .map { _ in Optional(group) }

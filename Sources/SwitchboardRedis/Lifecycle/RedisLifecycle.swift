@@ -56,17 +56,7 @@ package final class RedisLifecycle: LifecycleRecorder {
 
     /// Loads the functions now and on every command connection Redis opens later.
     package func start() async {
-        client.addConnectionSetup(LoadLifecycleFunctions.arguments)
-        do {
-            _ = try await client.execute(LoadLifecycleFunctions())
-        } catch {
-            if (error as? RedisClientError) == .notConnected {
-                // Not connected yet: the connection setup loads them once it opens.
-                logger.debug("lifecycle functions are loaded when the Redis connection opens (or on first use)")
-            } else {
-                logger.warning("loading the lifecycle functions failed; retried on first use", metadata: ["error": "\(error)"])
-            }
-        }
+        await client.installFunctions(LifecycleFunctions.self, named: "lifecycle", logger: logger)
     }
 
     package func record(_ fact: LifecycleFact, on loop: any EventLoop) {
