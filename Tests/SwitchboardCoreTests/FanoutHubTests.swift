@@ -78,7 +78,7 @@ struct FanoutHubTests {
 
     @Test("a burst of five messages costs one flush per sink")
     func burstOneFlush() throws {
-        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let f = HubFixture(), loop = f.loop, hub = f.hub
         let sinks = [RecordingSink(), RecordingSink(), RecordingSink()]
         for (i, sink) in sinks.enumerated() { _ = try f.subscribe(sink, "s\(i)", "/topic/a") }
         // The second sink also has a wildcard subscription: still one flush.
@@ -97,7 +97,7 @@ struct FanoutHubTests {
 
     @Test("messages go only to matching subscriptions; nothing is flushed for no match")
     func routing() throws {
-        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let f = HubFixture(), loop = f.loop, hub = f.hub
         let a = RecordingSink(), b = RecordingSink(), c = RecordingSink()
         _ = try f.subscribe(a, "1", "/topic/a")
         _ = try f.subscribe(b, "2", "/topic/**")
@@ -140,7 +140,7 @@ struct FanoutHubTests {
 
     @Test("the interest observer hears first and last subscriber once (exact and wildcard)")
     func interestObserver() throws {
-        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let f = HubFixture(), hub = f.hub, shard = f.shard
         let observer = RecordingObserver()
         hub.setInterestObserver(observer)
         let x = RecordingSink(), y = RecordingSink()
@@ -187,7 +187,7 @@ struct FanoutHubTests {
 
     @Test("markDirty and scheduleFlush batch flushes for direct writes")
     func markDirty() {
-        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let f = HubFixture(), loop = f.loop, shard = f.shard
         let sink = RecordingSink()
         shard.markDirty(sink)
         shard.markDirty(sink)

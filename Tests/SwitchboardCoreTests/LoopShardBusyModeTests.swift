@@ -42,7 +42,7 @@ struct LoopShardBusyModeTests {
         /// ``ShardCounters/loopsBusy`` as the metrics read it.
         func loopsBusy() -> Int? {
             var value: Int?
-            shard.readCounters().whenSuccess { value = $0.loopsBusy }
+            shard.readCounters().assumeIsolated().whenSuccess { value = $0.loopsBusy }
             loop.run()
             return value
         }

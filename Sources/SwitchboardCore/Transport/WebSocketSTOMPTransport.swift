@@ -130,7 +130,7 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
             closeSent = true
             context.fireUserInboundEventTriggered(STOMPTransportClosing())
             let reply = WebSocketServerFrame.close(code: code.map { WebSocketErrorCode(codeNumber: Int($0)) }, allocator: context.channel.allocator)
-            context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
+            context.writeAndFlush(wrapOutboundOut(reply)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         default:
             closeWithProtocolError(context: context, reason: "unknown opcode")
         }
