@@ -111,7 +111,7 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
 
     private func upgrade(context: ChannelHandlerContext, head: UpgradeRequestHead, headLength: Int) {
         decided = true
-        timeout.requestArrived(channel: context.channel)
+        timeout.requestArrived()
         let channel = context.channel
         let address = channel.remoteAddress?.ipAddress ?? "unknown"
         let decision: WebSocketHandshake.Decision =

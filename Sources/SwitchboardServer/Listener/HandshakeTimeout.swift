@@ -43,7 +43,7 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .head = unwrapInboundIn(data) {
             context.fireChannelRead(data)
-            requestArrived(channel: context.channel)
+            requestArrived()
             return
         }
         context.fireChannelRead(data)
@@ -59,7 +59,7 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     /// The request head arrived: stop the clock.
-    func requestArrived(channel: any Channel) {
+    func requestArrived() {
         guard let context, !done else { return }
         finish()
         // Leave the pipeline: a long-lived WebSocket session should not carry it.
@@ -91,7 +91,6 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
 final class LoopPendingHandshakes: @unchecked Sendable {
     let eventLoop: any EventLoop
     private var queue = CircularBuffer<HandshakeTimeoutHandler>()
-    private var finishedInQueue = 0
     private var timer: Scheduled<Void>?
     private var timerDeadline = NIODeadline.distantFuture
     /// Open handshakes, readable from any thread.
@@ -110,11 +109,10 @@ final class LoopPendingHandshakes: @unchecked Sendable {
 
     /// A handler in the queue is done.
     func finished() {
-        openCount.subtract(1, ordering: .relaxed)
-        finishedInQueue += 1
-        if finishedInQueue > 64 && finishedInQueue * 2 > queue.count {
+        let open = openCount.subtract(1, ordering: .relaxed).newValue
+        let finishedInQueue = queue.count - open
+        if finishedInQueue > 64 && finishedInQueue > open {
             queue.removeAll { $0.done }
-            finishedInQueue = 0
         }
     }
 
@@ -123,7 +121,6 @@ final class LoopPendingHandshakes: @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         for handler in Array(queue) { handler.expire() }
         queue.removeAll()
-        finishedInQueue = 0
         timer?.cancel()
         timer = nil
     }
@@ -140,10 +137,8 @@ final class LoopPendingHandshakes: @unchecked Sendable {
         while let first = queue.first {
             if first.done {
                 queue.removeFirst()
-                finishedInQueue -= 1
             } else if first.deadline <= now {
                 queue.removeFirst()
-                finishedInQueue -= 1  // expire() reports it finished
                 first.expire()
             } else {
                 arm(at: first.deadline)
