@@ -390,6 +390,22 @@ let package = Package(
 if flag("SWITCHBOARD_LOADGEN") {
     package.dependencies.append(.package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"))
     package.products.append(.executable(name: "switchboard-bench", targets: ["switchboard-bench"]))
+    package.products.append(.executable(name: "switchboard-kit-bench", targets: ["switchboard-kit-bench"]))
+    // SwitchboardKit's publisher at a paced rate, for scripts/bench/kit-publish.
+    package.targets.append(
+        .executableTarget(
+            name: "switchboard-kit-bench",
+            dependencies: [
+                "SwitchboardKit",
+                "SwitchboardWire",
+                "Redis",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        )
+    )
     package.targets.append(
         .executableTarget(
             name: "switchboard-bench",
