@@ -232,13 +232,15 @@ class RedisCluster:
             return len(maps) == 1
         wait_until(healthy, timeout, 0.2, what=f"{self.name}: cluster_state:ok and one slot map on every node")
 
-    def fail_primary(self, primary: Node, timeout: float = 30.0) -> Node:
-        """kill -9 of `primary`; waits for one of its replicas to be promoted (owning its slots,
-        cluster healthy again) and returns it."""
+    def fail_primary(self, primary: Node, timeout: float = 30.0, while_down=None) -> Node:
+        """kill -9 of `primary`; calls `while_down()` (if given) at once, then waits for one of
+        its replicas to be promoted (owning its slots, cluster healthy again) and returns it."""
         replicas = self.replicas_of(primary)
         assert replicas, f"redis{primary.index} has no replica"
-        slots = next(v["slots"] for v in self.topology().values() if v["port"] == primary.port)
+        slots = self.slots_of(primary)
         self.kill(primary)
+        if while_down:
+            while_down()
 
         def promoted():
             owner = self.owner_of_slot(min(slots))
@@ -247,10 +249,12 @@ class RedisCluster:
         self.wait_healthy(timeout)
         return new
 
+    def slots_of(self, primary: Node) -> set[int]:
+        return next(v["slots"] for v in self.topology().values() if v["port"] == primary.port)
+
     def lowest_slots(self, primary: Node, count: int) -> list[int]:
         """The `count` lowest slots of `primary`: those ``reshard`` moves."""
-        slots = next(v["slots"] for v in self.topology().values() if v["port"] == primary.port)
-        return sorted(slots)[:count]
+        return sorted(self.slots_of(primary))[:count]
 
     def reshard(self, count: int, source: Node, target: Node, timeout: float = 120.0) -> str:
         """``redis-cli --cluster reshard``: moves the `count` lowest slots of `source` (with
@@ -260,3 +264,22 @@ class RedisCluster:
                        timeout=timeout, check=True)
         self.wait_healthy()
         return out
+
+
+def dest_channel(destination: str) -> str:
+    """The gateway's sharded channel of `destination` (``switchboard:{<dest>}:dest``); its
+    history keys share the hash tag, so the slot is the same."""
+    return f"switchboard:{{{destination}}}:dest"
+
+
+def destinations_in(slots, prefix: str, count: int) -> list[str]:
+    """`count` destinations ``<prefix><n>`` whose slots are in `slots`."""
+    wanted, found = set(slots), []
+    n = 0
+    while len(found) < count:
+        d = f"{prefix}{n}"
+        if keyslot(dest_channel(d)) in wanted:
+            found.append(d)
+        n += 1
+        assert n < 10_000_000, f"no {count} destinations in {len(wanted)} slots"
+    return found
