@@ -79,7 +79,7 @@ def collect_by_destination(client, count: int, timeout=30.0) -> dict[str, list[s
 
 def test_fanout_over_many_destinations_on_every_shard(rcluster, clients):
     """30 destinations (10 per primary), 6 subscribers of all of them through haproxy (2 per
-    instance), 3 API publishers (one per instance): every subscriber gets every message of
+    instance), 3 API publishers (through haproxy, to gw1, to gw2): every subscriber gets every message of
     every destination once, in order, with dense positions; each instance holds one sharded
     subscription per destination on the node that owns it, and none on classic Pub/Sub."""
     rc = rcluster.rc
@@ -95,11 +95,12 @@ def test_fanout_over_many_destinations_on_every_shard(rcluster, clients):
         assert rcluster.redis_cli("PUBSUB", "NUMSUB", f"switchboard:dest:{d}").splitlines()[1] == "0"
     n = 10
 
-    def publish(i):
+    def publish(i):  # the first through haproxy (balanced per request), the others to gw1 and gw2
+        url = rcluster.lb_url if i == 0 else rcluster.gw_url(i)
         with requests.Session() as s:
             for seq in range(n):
                 for d in dests[i::3]:
-                    r = s.post(f"{rcluster.gw_url(i)}/api/notification", json={"topic": d, "message": str(seq)}, timeout=10)
+                    r = s.post(f"{url}/api/notification", json={"topic": d, "message": str(seq)}, timeout=10)
                     assert r.status_code == 200, r.text
 
     with ThreadPoolExecutor(3) as pool:
