@@ -66,13 +66,13 @@ def shard_subscribers(rc, destination: str) -> int:
     return int(out[1]) if len(out) == 2 else -1
 
 
-def collect_by_destination(client, count: int, timeout=30.0) -> dict[str, list[str]]:
-    """Reads `count` messages; their bodies per destination, in arrival order; then nothing more."""
-    got: dict[str, list[str]] = {}
+def collect_by_destination(client, count: int, timeout=30.0) -> dict[str, list]:
+    """Reads `count` messages; the frames per destination, in arrival order; then nothing more."""
+    got: dict[str, list] = {}
     deadline = time.monotonic() + timeout
     for _ in range(count):
         f = client.expect_message(max(deadline - time.monotonic(), 0.01))
-        got.setdefault(f["destination"], []).append(f.text)
+        got.setdefault(f["destination"], []).append(f)
     client.expect_nothing(0.3)
     return got
 
@@ -110,7 +110,10 @@ def test_fanout_over_many_destinations_on_every_shard(rcluster, clients):
         got = collect_by_destination(c, n * len(dests))
         at = Cluster.instance_of(c)
         for d in dests:
-            assert got.get(d) == [str(i) for i in range(n)], f"{d} at {at}: lost, duplicated or reordered: {got.get(d)}"
+            bodies = [f.text for f in got.get(d, [])]
+            assert bodies == [str(i) for i in range(n)], f"{d} at {at}: lost, duplicated or reordered: {bodies}"
+            seqs = [int(f["x-position"].rsplit(":", 1)[1]) for f in got[d]]
+            assert seqs == list(range(seqs[0], seqs[0] + n)), f"{d} at {at}: positions not dense: {seqs}"
 
 
 def test_user_destinations_across_instances(rcluster, clients):
@@ -245,7 +248,7 @@ def test_tls_and_acl_user_on_every_node(cluster_factory, clients, tls):
         r = requests.post(f"{cluster.gw_url(1)}/api/notification", json={"topic": d, "message": f"over tls {d}"}, timeout=5)
         assert r.status_code == 200, r.text
     got = collect_by_destination(sub, len(dests))
-    assert got == {d: [f"over tls {d}"] for d in dests}
+    assert {d: [f.text for f in frames] for d, frames in got.items()} == {d: [f"over tls {d}"] for d in dests}
     for p in rc.primaries():
         listing = rc.cli(p, "CLIENT", "LIST")
         ours = [l for l in listing.splitlines() if "name=switchboard-gw" in l]
