@@ -312,6 +312,8 @@ let package = Package(
             name: "SwitchboardServerTests",
             dependencies: [
                 "SwitchboardServer",
+                "RedisServerTesting",
+                "Redis",
                 "SwitchboardCore",
                 "SwitchboardRoutes",
                 "SwitchboardWire",

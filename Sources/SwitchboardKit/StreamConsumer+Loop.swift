@@ -17,7 +17,7 @@ extension StreamConsumer {
         while !self.isStopRequested {
             var connection: RedisConnection?
             do {
-                let opened = try await self.client.makeDedicatedConnection()
+                let opened = try await self.openConnection()
                 connection = opened
                 let attached = self.state.withLockedValue { state -> Bool in
                     guard !state.stopRequested else { return false }
@@ -56,6 +56,18 @@ extension StreamConsumer {
             }
             await self.sleepUnlessStopped(min(self.configuration.reconnectBackoffMaximum, .milliseconds(100 << min(attempt, 16))))
             attempt += 1
+        }
+    }
+
+    /// The reading connection: to the server, or to the primary owning the stream's slot (a
+    /// `MOVED` later ends the session, and the next connection goes to the new owner).
+    func openConnection() async throws -> RedisConnection {
+        switch self.redis {
+        case .single(let client):
+            return try await client.makeDedicatedConnection()
+        case .cluster(let client):
+            if self.statistics.connects > 0 { _ = try? await client.refreshTopology() }
+            return try await client.makeDedicatedConnection(forKeys: [self.configuration.stream])
         }
     }
 

@@ -81,7 +81,8 @@ extension StreamConsumer {
         return retry
     }
 
-    /// Atomically (one `EVAL`) appends the entry to the dead-letter stream and acknowledges it.
+    /// Atomically (one `EVAL`) appends the entry to the dead-letter stream and acknowledges it (on
+    /// a Redis Cluster, when the two streams share no hash tag: `XADD`, then `XACK`).
     /// The dead-letter entry has the original fields, then `original-id`, `original-stream`,
     /// `deliveries`, `last-error` and `dead-lettered-by` (the consumer name).
     func deadLetter(_ entry: RedisStreamEntry, deliveries: Int, lastError: String, on connection: RedisConnection) async throws {
@@ -102,10 +103,20 @@ extension StreamConsumer {
             "last-error", .string(lastError),
             "dead-lettered-by", .string(configuration.consumerName),
         ]
-        let deadID = try await connection.execute(
-            EVAL(
-                script: Self.deadLetterScript, keys: [configuration.stream, configuration.deadLetterStream], arguments: arguments
-            ))
+        let deadID: RESPToken
+        if HashSlot(key: configuration.stream) == HashSlot(key: configuration.deadLetterStream) || !self.redis.isCluster {
+            deadID = try await connection.execute(
+                EVAL(
+                    script: Self.deadLetterScript, keys: [configuration.stream, configuration.deadLetterStream], arguments: arguments
+                ))
+        } else {
+            // On a cluster the two streams are in different slots (no shared hash tag): the entry
+            // is added to the dead-letter stream first, then acknowledged (a crash in between
+            // dead-letters it twice, never loses it).
+            deadID = try await self.redis.execute(
+                RawCommand(arguments: ["XADD", .string(configuration.deadLetterStream)] + arguments.dropFirst(2), keys: [configuration.deadLetterStream]))
+            _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
+        }
         self.state.withLockedValue { state in
             state.statistics.deadLettered += 1
             state.lastErrors[entry.id] = nil

@@ -42,8 +42,9 @@ public final class StreamConsumer: Sendable {
 
     /// The settings this consumer runs with.
     public let configuration: StreamConsumerConfiguration
-    /// The client: `PUBLISH` and group creation run on it, and it opens the dedicated reading connection.
-    public let client: RedisClient
+    /// The Redis (one server or a cluster): `PUBLISH` and group creation run on it, and it opens the
+    /// dedicated reading connection (on a cluster, to the primary owning the stream).
+    public let redis: GatewayRedis
     /// Publishes to destinations and sessions, with this consumer's name as origin.
     public let publisher: SwitchboardPublisher
     let logger: Logger
@@ -70,13 +71,24 @@ public final class StreamConsumer: Sendable {
     /// - Parameters:
     ///   - client: a started ``RedisClient`` (pub/sub is not needed: `enableSubscriptions: false` is fine).
     ///   - configuration: stream, group and tuning.
-    public init(client: RedisClient, configuration: StreamConsumerConfiguration, logger: Logger = Logger(label: "SwitchboardKit.StreamConsumer")) {
-        self.client = client
+    public convenience init(
+        client: RedisClient, configuration: StreamConsumerConfiguration, logger: Logger = Logger(label: "SwitchboardKit.StreamConsumer")
+    ) {
+        self.init(redis: .single(client), configuration: configuration, logger: logger)
+    }
+
+    /// - Parameters:
+    ///   - redis: one server (``GatewayRedis/single(_:)``, a started ``RedisClient``) or a Redis
+    ///     Cluster (``GatewayRedis/cluster(_:)``, a started ``RedisClusterClient``: the group's
+    ///     commands go to the primary owning the stream, and replies use sharded Pub/Sub).
+    ///   - configuration: stream, group and tuning.
+    public init(redis: GatewayRedis, configuration: StreamConsumerConfiguration, logger: Logger = Logger(label: "SwitchboardKit.StreamConsumer")) {
+        self.redis = redis
         self.configuration = configuration
         var logger = logger
         logger[metadataKey: "consumer"] = "\(configuration.consumerName)"
         self.logger = logger
-        self.publisher = SwitchboardPublisher(client: client, origin: configuration.consumerName, naming: configuration.channelNaming)
+        self.publisher = SwitchboardPublisher(redis: redis, origin: configuration.consumerName, naming: configuration.channelNaming)
     }
 
     // MARK: Running
@@ -129,7 +141,7 @@ public final class StreamConsumer: Sendable {
     func createGroupIfMissing(at startID: String, on connection: RedisConnection?) async throws -> Bool {
         let command = XGROUPCREATE(key: self.configuration.stream, group: self.configuration.group, id: startID, makeStream: true)
         do {
-            if let connection { _ = try await connection.execute(command) } else { _ = try await self.client.execute(command) }
+            if let connection { _ = try await connection.execute(command) } else { _ = try await self.redis.execute(command) }
             return true
         } catch let error as RedisServerError where error.isBusyGroup {
             return false

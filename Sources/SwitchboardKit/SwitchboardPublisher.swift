@@ -15,9 +15,14 @@ import Synchronization
 ///
 /// Payloads are ``RedisEnvelope``s (a STOMP `MESSAGE` frame after a 0x01 marker) whose `origin`
 /// is ``origin``, so user headers and binary bodies survive.
+///
+/// On a Redis Cluster (``GatewayRedis/cluster(_:)``) it uses the gateway's sharded channels
+/// instead: `FCALL switchboard_spublish` (or `SPUBLISH`) on `switchboard:{<destination>}:dest`,
+/// and `SPUBLISH` on `switchboard:{instance:<instance>}`; every command goes to the primary owning
+/// its slot, and every primary loads the history functions when the publisher connects to it.
 public struct SwitchboardPublisher: Sendable {
-    /// The client used for `PUBLISH` (its multiplexed command connection).
-    public let client: RedisClient
+    /// Where messages are published: one server (its multiplexed command connection) or a cluster.
+    public let redis: GatewayRedis
     /// The gateway's channel naming (prefix).
     public let naming: RedisChannelNaming
     /// Written as the envelope's `origin`; usually the consumer name.
@@ -34,12 +39,21 @@ public struct SwitchboardPublisher: Sendable {
     ///   - origin: identifies this publisher in envelopes and message IDs (`<origin>-<n>`). It must
     ///     differ from every gateway instance ID, since instances ignore their own envelopes.
     public init(client: RedisClient, origin: String, naming: RedisChannelNaming = RedisChannelNaming()) {
-        self.client = client
+        self.init(redis: .single(client), origin: origin, naming: naming)
+    }
+
+    /// - Parameters:
+    ///   - redis: one server, or a Redis Cluster (whose client must not have sent commands yet, so
+    ///     every primary's connection loads the history functions first).
+    ///   - origin: see ``init(client:origin:naming:)``.
+    public init(redis: GatewayRedis, origin: String, naming: RedisChannelNaming = RedisChannelNaming()) {
+        self.redis = redis
         self.origin = origin
         self.naming = naming
         self.messageIDs = MessageIDGenerator(instanceID: origin)
-        // A Redis that restarted empty gets the history functions back before the first FCALL.
-        client.addConnectionSetup(LoadHistoryFunctions.arguments)
+        // A Redis that restarted empty (on a cluster: every primary, a promoted replica included)
+        // gets the history functions before the first FCALL.
+        redis.addConnectionSetup(LoadHistoryFunctions.arguments)
     }
 
     /// Whether the history functions were loaded once (the connections load them on reconnect).
@@ -51,9 +65,10 @@ public struct SwitchboardPublisher: Sendable {
 
     /// Loads the history functions before the first recording publish: a batch pipelined
     /// behind a missing function would be retried out of order.
+    /// On a cluster each primary's connection loads them before its first command (see ``init(redis:origin:naming:)``).
     func ensureLibrary() async throws {
-        guard self.recordsHistory, !self.library.loaded.load(ordering: .relaxed) else { return }
-        _ = try await self.client.execute(LoadHistoryFunctions())
+        guard self.recordsHistory, !self.redis.isCluster, !self.library.loaded.load(ordering: .relaxed) else { return }
+        _ = try await self.redis.execute(LoadHistoryFunctions())
         self.library.loaded.store(true, ordering: .relaxed)
     }
 
@@ -74,10 +89,13 @@ public struct SwitchboardPublisher: Sendable {
     /// Records and publishes (see ``recordsHistory``) one envelope.
     func send(destination: String, payload: ByteBuffer) -> EventLoopFuture<Int> {
         guard self.recordsHistory else {
-            return self.client.send(PUBLISH(channel: self.naming.channel(forDestination: destination), message: .bytes(payload)))
+            if self.redis.isCluster {
+                return self.redis.send(SPUBLISH(channel: self.naming.shardChannel(forDestination: destination), message: .bytes(payload)))
+            }
+            return self.redis.send(PUBLISH(channel: self.naming.channel(forDestination: destination), message: .bytes(payload)))
         }
-        let command = HistoryPublish(key: self.naming.historyKey(forDestination: destination), payload: payload)
-        return HistoryFunctions.call(command, on: self.client).map(\.receivers)
+        let command = HistoryPublish(key: self.naming.historyKey(forDestination: destination), payload: payload, sharded: self.redis.isCluster)
+        return HistoryFunctions.call(command, on: self.redis).map(\.receivers)
     }
 
     /// Publishes a text body to every subscriber of `destination` (UTF-8; see the `ByteBuffer` variant).
@@ -144,7 +162,10 @@ public struct SwitchboardPublisher: Sendable {
         body: ByteBuffer, headers: STOMPHeaders = [:], contentType: String? = nil
     ) async throws -> Int {
         let payload = self.envelope(destination: destination, body: body, headers: headers, contentType: contentType, session: session)
-        return try await self.client.execute(PUBLISH(channel: self.naming.instanceChannel(instance), message: .bytes(payload)))
+        if self.redis.isCluster {
+            return try await self.redis.execute(SPUBLISH(channel: self.naming.instanceShardChannel(instance), message: .bytes(payload)))
+        }
+        return try await self.redis.execute(PUBLISH(channel: self.naming.instanceChannel(instance), message: .bytes(payload)))
     }
 
     /// Answers the session that sent `message`: only its subscriptions matching `destination` get `body`.

@@ -5,7 +5,7 @@ import Redis
 import SwitchboardWire
 
 /// Proves that the cross-instance path delivers: every `interval` the instance publishes a
-/// canary on `<prefix>canary` and watches for it to come back through its own subscriber
+/// canary on `<prefix>canary` (on Redis Cluster the shard channel `<prefix>{canary}`) and watches for it to come back through its own subscriber
 /// connection, like any message does. When its own canary is older than `timeout` (Redis
 /// stalled, the subscriber connection silently dead, a publish path broken), the instance is
 /// not ready (``lateReason``), so a green readiness check means "delivering". Peers' canaries
@@ -13,7 +13,7 @@ import SwitchboardWire
 package final class DeliveryCanary: Sendable {
     package let interval: TimeAmount
     package let timeout: TimeAmount
-    let client: RedisClient
+    let redis: GatewayRedis
     let channel: String
     let instanceID: String
     let loop: any EventLoop
@@ -30,9 +30,9 @@ package final class DeliveryCanary: Sendable {
 
     private let state = NIOLockedValueBox(State())
 
-    package init(client: RedisClient, naming: RedisChannelNaming, instanceID: String, interval: TimeAmount, timeout: TimeAmount, loop: any EventLoop, logger: Logger) {
-        self.client = client
-        self.channel = naming.prefix + "canary"
+    package init(redis: GatewayRedis, naming: RedisChannelNaming, instanceID: String, interval: TimeAmount, timeout: TimeAmount, loop: any EventLoop, logger: Logger) {
+        self.redis = redis
+        self.channel = naming.canaryChannel(sharded: redis.isCluster)
         self.instanceID = instanceID
         self.interval = interval
         self.timeout = timeout
@@ -43,12 +43,16 @@ package final class DeliveryCanary: Sendable {
     /// Subscribes and starts publishing. The subscription is re-established by the client after
     /// a reconnect.
     package func start() async throws {
-        let sub = try await client.subscribe(to: [channel], kind: .channel) { [weak self] message in
+        let sub = try await redis.subscribe(to: [channel], kind: redis.gatewayChannelKind) { [weak self] message in
             self?.received(String(buffer: message.payload))
         }
-        let client = self.client, channel = self.channel, instanceID = self.instanceID
+        let redis = self.redis, channel = self.channel, instanceID = self.instanceID
         let task = loop.scheduleRepeatedTask(initialDelay: .zero, delay: interval) { _ in
-            _ = client.send(PUBLISH(channel: channel, message: .string(instanceID)))
+            if redis.isCluster {
+                _ = redis.send(SPUBLISH(channel: channel, message: .string(instanceID)))
+            } else {
+                _ = redis.send(PUBLISH(channel: channel, message: .string(instanceID)))
+            }
         }
         state.withLockedValue { s in
             s.started = .now()

@@ -29,10 +29,10 @@ extension RedisEngine {
         let window = history?.window(for: message.destination) ?? (100, .minutes(5))
         let command = HistoryPublish(
             key: naming.historyKey(forDestination: message.destination), payload: RedisEnvelope.encode(message, origin: instanceID),
-            maxLength: window.maxLength, ttlMilliseconds: window.ttl.nanoseconds / 1_000_000, once: once)
+            maxLength: window.maxLength, ttlMilliseconds: window.ttl.nanoseconds / 1_000_000, once: once, sharded: redis.isCluster)
         let start = NIODeadline.now()
         let timer = publishTimer
-        return HistoryFunctions.call(command, on: client)
+        return HistoryFunctions.call(command, on: redis)
             .map { result in
                 timer.recordNanoseconds((NIODeadline.now() - start).nanoseconds)
                 return result.position
@@ -66,7 +66,7 @@ extension RedisEngine {
 
     /// Learns where `destination` stands once the instance is subscribed to it.
     func establish(_ interest: Interest, destination: String) async throws {
-        let read = try await HistoryFunctions.call(HistoryRead(key: naming.historyKey(forDestination: destination), range: .none), on: client).get()
+        let read = try await HistoryFunctions.call(HistoryRead(key: naming.historyKey(forDestination: destination), range: .none), on: redis).get()
         let waiters: [EventLoopPromise<StreamPosition>] = interest.sequenced!.withLockedValue { s in
             let actions = s.sequencer.established(at: read.position)
             carryOut(actions, interest: interest, destination: destination, in: &s)
@@ -134,7 +134,7 @@ extension RedisEngine {
         historyRepairs.add(1, ordering: .relaxed)
         repairCounter.increment()
         let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(after.sequence))
-        HistoryFunctions.call(command, on: client).whenComplete { result in
+        HistoryFunctions.call(command, on: redis).whenComplete { result in
             guard !interest.cancelled.load(ordering: .relaxed) else { return }
             switch result {
             case .success(let read):
@@ -166,6 +166,19 @@ extension RedisEngine {
     /// one is running.
     func repairAllDestinations() {
         let interests = state.withLockedValue { s in s.exact.filter { $0.value.sequenced != nil } }
+        repair(interests)
+    }
+
+    /// The destinations whose shard channels were subscribed again (a slot moved, its primary
+    /// failed over) read what this instance may have missed meanwhile.
+    func repairDestinations(_ destinations: [String]) {
+        let interests = state.withLockedValue { s in
+            destinations.compactMap { d in s.exact[d].flatMap { $0.sequenced != nil ? (d, $0) : nil } }
+        }
+        repair(Dictionary(interests, uniquingKeysWith: { a, _ in a }))
+    }
+
+    private func repair(_ interests: [String: Interest]) {
         for (destination, interest) in interests {
             interest.sequenced!.withLockedValue { s in
                 carryOut(s.sequencer.reconnected(), interest: interest, destination: destination, in: &s)
@@ -217,7 +230,7 @@ extension RedisEngine {
             after = through.sequence > UInt64(count) ? through.sequence - UInt64(count) : 0
         }
         let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(after))
-        return HistoryFunctions.call(command, on: client).map { read in
+        return HistoryFunctions.call(command, on: redis).map { read in
             guard read.position.epoch == through.epoch else {
                 // History was lost since this instance last heard: the new one is where it stands
                 // (this instance's order follows it once its repair sees the new epoch).

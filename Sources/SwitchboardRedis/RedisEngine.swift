@@ -24,8 +24,14 @@ import Synchronization
 ///   (`x-presence`), its routing destination `/~presence<destination>` has local interest: the
 ///   instance then `SUBSCRIBE`s to the destination's presence channel, where the lifecycle
 ///   functions publish each join and leave once (``PresenceNotice``).
+/// - **Redis Cluster** (``GatewayRedis/cluster(_:)``): destinations use sharded Pub/Sub
+///   (`SPUBLISH`/`SSUBSCRIBE` on `<prefix>{<destination>}:dest`, in the slot of the
+///   destination's history keys), as do the instance channel and the canary. After a slot move
+///   or a failover the client subscribes again on the new owner, and each destination of the
+///   re-subscribed channels reads what it missed from history. Wildcard subscriptions are
+///   refused (sharded Pub/Sub has no pattern form): ``wildcardRefusal``.
 package final class RedisEngine: BrokerEngine, InterestObserver {
-    package let client: RedisClient
+    package let redis: GatewayRedis
     let hub: FanoutHub
     package let naming: RedisChannelNaming
     let instanceID: String
@@ -67,6 +73,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     }
 
     let state = NIOLockedValueBox(State())
+    let clusterHealth = NIOLockedValueBox(ClusterHealth())
     /// Watches the cross-instance path (see ``DeliveryCanary``); nil when turned off.
     package let canary: DeliveryCanary?
 
@@ -83,16 +90,16 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     package var publishesSynchronously: Bool { false }
 
     package init(
-        client: RedisClient, hub: FanoutHub, naming: RedisChannelNaming, instanceID: String, messageIDs: MessageIDGenerator,
+        redis: GatewayRedis, hub: FanoutHub, naming: RedisChannelNaming, instanceID: String, messageIDs: MessageIDGenerator,
         eventLoop: any EventLoop, logger: Logger, canary: (interval: TimeAmount, timeout: TimeAmount)? = nil,
         history: DestinationHistory.Settings? = nil
     ) {
         self.history = history
         self.canary = canary.map {
             DeliveryCanary(
-                client: client, naming: naming, instanceID: instanceID, interval: $0.interval, timeout: $0.timeout, loop: eventLoop, logger: logger)
+                redis: redis, naming: naming, instanceID: instanceID, interval: $0.interval, timeout: $0.timeout, loop: eventLoop, logger: logger)
         }
-        self.client = client
+        self.redis = redis
         self.hub = hub
         self.naming = naming
         self.instanceID = instanceID
@@ -107,21 +114,51 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     /// channel, where messages addressed to one of its sessions arrive.
     package func start() async throws {
         // Before the client starts, so that its first connection loads them too.
-        if history != nil { await client.installFunctions(HistoryFunctions.self, named: "history", logger: logger) }
-        client.start()
-        client.addStateObserver { [weak self] role, state in
-            if role == .subscriptions, state == .connected { self?.subscriberReconnected() }
+        if history != nil { await redis.installFunctions(HistoryFunctions.self, named: "history", logger: logger) }
+        redis.start()
+        redis.onSubscriptionsRestored { [weak self] shardChannels in
+            guard let self else { return }
+            if let shardChannels {
+                self.repairDestinations(shardChannels.compactMap { self.naming.destination(fromShardChannel: $0) })
+            } else {
+                self.subscriberReconnected()
+            }
         }
-        let sub = try await client.subscribe(to: [naming.instanceChannel(instanceID)], kind: .channel) { [weak self] message in
+        let sub = try await redis.subscribe(to: [instanceChannel(instanceID)], kind: redis.gatewayChannelKind) { [weak self] message in
             self?.onInstanceMessage(message)
         }
         state.withLockedValue { $0.instanceSubscription = sub }
+        startClusterHealthChecks()
         try await canary?.start()
     }
 
     package func shutdown() async {
         canary?.stop()
-        await client.shutdown()
+        stopClusterHealthChecks()
+        await redis.shutdown()
+    }
+
+    /// The ERROR message of a wildcard `SUBSCRIBE` on Redis Cluster.
+    package static let wildcardRefusal =
+        "wildcard subscriptions are not available on Redis Cluster: sharded Pub/Sub has no pattern form; subscribe to each destination"
+
+    /// The channel of `destination`: `<prefix>dest:<d>`, or on a cluster the shard channel `<prefix>{<d>}:dest`.
+    func channel(forDestination destination: String) -> String {
+        redis.isCluster ? naming.shardChannel(forDestination: destination) : naming.channel(forDestination: destination)
+    }
+
+    func destination(fromChannel channel: String) -> String? {
+        redis.isCluster ? naming.destination(fromShardChannel: channel) : naming.destination(fromChannel: channel)
+    }
+
+    func instanceChannel(_ instance: String) -> String {
+        redis.isCluster ? naming.instanceShardChannel(instance) : naming.instanceChannel(instance)
+    }
+
+    /// `PUBLISH`, or `SPUBLISH` on a cluster (the channel's slot picks the primary).
+    func publishCommand(_ channel: String, _ payload: ByteBuffer) -> EventLoopFuture<Int> {
+        redis.isCluster
+            ? redis.send(SPUBLISH(channel: channel, message: .bytes(payload))) : redis.send(PUBLISH(channel: channel, message: .bytes(payload)))
     }
 
     // MARK: Publishing
@@ -134,7 +171,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         let payload = RedisEnvelope.encode(message, origin: instanceID)
         let start = NIODeadline.now()
         let timer = publishTimer
-        return client.send(PUBLISH(channel: naming.channel(forDestination: message.destination), message: .bytes(payload)))
+        return publishCommand(channel(forDestination: message.destination), payload)
             .hop(to: eventLoop)
             .map { _ in timer.recordNanoseconds((NIODeadline.now() - start).nanoseconds) }
             .flatMapErrorThrowing { error in
@@ -150,7 +187,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             return promiseLoop.makeSucceededVoidFuture()
         }
         let payload = RedisEnvelope.encode(message, origin: instanceID, session: session)
-        return client.send(PUBLISH(channel: naming.instanceChannel(instance), message: .bytes(payload))).map { _ in }
+        return publishCommand(instanceChannel(instance), payload).map { _ in }
     }
 
     package func subscriptionReady(_ pattern: DestinationPattern, on eventLoop: any EventLoop) -> EventLoopFuture<Void>? {
@@ -174,7 +211,12 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
                 s.globs[glob] = ([pattern], interest)
                 return interest
             }
-            if let fresh { startSubscription(fresh, name: glob, kind: .pattern) }
+            guard let fresh else { return }
+            if redis.isCluster {
+                fresh.ready.fail(RouteError(.subscribeFailed, Self.wildcardRefusal))
+            } else {
+                startSubscription(fresh, name: glob, kind: .pattern)
+            }
         } else if let watched = PresenceNotice.destination(forRouting: pattern.text) {
             let interest = Interest(ready: promiseLoop.makePromise())
             state.withLockedValue { $0.exact[pattern.text] = interest }
@@ -182,7 +224,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         } else {
             let interest = Interest(ready: promiseLoop.makePromise(), sequenced: keepsHistory(pattern.text))
             state.withLockedValue { $0.exact[pattern.text] = interest }
-            startSubscription(interest, name: naming.channel(forDestination: pattern.text), kind: .channel)
+            startSubscription(interest, name: channel(forDestination: pattern.text), kind: redis.gatewayChannelKind)
         }
     }
 
@@ -211,14 +253,14 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     private func startSubscription(_ interest: Interest, name: String, kind: RedisSubscriptionKind) {
         Task {
             do {
-                let sub = try await client.subscribe(to: [name], kind: kind) { [weak self] message in
+                let sub = try await redis.subscribe(to: [name], kind: kind) { [weak self] message in
                     self?.onMessage(message)
                 }
                 interest.subscription.withLockedValue { $0 = sub }
                 if interest.cancelled.load(ordering: .sequentiallyConsistent) {
                     await sub.unsubscribe()
                 }
-                if interest.sequenced != nil, let destination = naming.destination(fromChannel: name) {
+                if interest.sequenced != nil, let destination = destination(fromChannel: name) {
                     await establishRetrying(interest, destination: destination)
                 }
                 interest.ready.succeed()
@@ -245,7 +287,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         }
         // This instance delivered its own messages already, unless they went through history.
         if decoded.origin == instanceID && decoded.position == nil { return }
-        guard let destination = naming.destination(fromChannel: message.channel) ?? decoded.destination else { return }
+        guard let destination = destination(fromChannel: message.channel) ?? decoded.destination else { return }
         let published = PublishedMessage(
             destination: destination, messageID: decoded.messageID ?? messageIDs.next(),
             headers: decoded.headers, body: decoded.body, position: decoded.position)

@@ -26,7 +26,7 @@ package enum RedisInboundRoute: Sendable, Equatable {
 
 /// Runs the inbound routes of one instance.
 package final class RedisInboundRoutes: Sendable {
-    let client: RedisClient
+    let redis: GatewayRedis
     let engine: RedisEngine
     let hub: FanoutHub
     let messageIDs: MessageIDGenerator
@@ -36,8 +36,8 @@ package final class RedisInboundRoutes: Sendable {
     let readers = NIOLockedValueBox<[Task<Void, Never>]>([])
     let onceTokens = InboundOnceTokens()
 
-    package init(client: RedisClient, engine: RedisEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, configuration: SessionConfiguration, logger: Logger) {
-        self.client = client
+    package init(redis: GatewayRedis, engine: RedisEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, configuration: SessionConfiguration, logger: Logger) {
+        self.redis = redis
         self.engine = engine
         self.hub = hub
         self.messageIDs = messageIDs
@@ -49,12 +49,12 @@ package final class RedisInboundRoutes: Sendable {
         for route in routes {
             switch route {
             case .channel(let channel, let destination):
-                let sub = try await client.subscribe(to: [channel], kind: .channel) { [weak self] message in
+                let sub = try await redis.subscribe(to: [channel], kind: .channel) { [weak self] message in
                     self?.deliver(destination: destination, body: message.payload, headers: ["content-type": "text/plain"])
                 }
                 subscriptions.withLockedValue { $0.append(sub) }
             case .broadcast(let channel):
-                let sub = try await client.subscribe(to: [channel], kind: .channel) { [weak self] message in
+                let sub = try await redis.subscribe(to: [channel], kind: .channel) { [weak self] message in
                     self?.onBroadcast(message.payload, channel: channel)
                 }
                 subscriptions.withLockedValue { $0.append(sub) }
@@ -114,7 +114,7 @@ package final class RedisInboundRoutes: Sendable {
         var attempt = 0
         while !Task.isCancelled {
             do {
-                try await client.withDedicatedConnection { connection in
+                try await redis.withDedicatedConnection(forKeys: [stream]) { connection in
                     if lastID == nil { lastID = try await Self.lastEntryID(stream, connection) }
                     attempt = 0
                     while !Task.isCancelled {
@@ -142,7 +142,7 @@ package final class RedisInboundRoutes: Sendable {
 
     /// The id of the newest entry, or `0-0` for an empty or missing stream.
     static func lastEntryID(_ stream: String, _ connection: RedisConnection) async throws -> String {
-        let token = try await connection.execute(RawCommand("XREVRANGE", .string(stream), "+", "-", "COUNT", "1"))
+        let token = try await connection.execute(RawCommand(arguments: ["XREVRANGE", .string(stream), "+", "-", "COUNT", "1"], keys: [stream]))
         if case .array(let items) = token.value {
             for item in items {
                 let entry = try RedisStreamEntry(fromRESP: item)

@@ -18,20 +18,21 @@ import Synchronization
 package struct RedisStreamRoute: AppRoute {
     package let stream: String
     package let maxLength: Int
-    let client: RedisClient
+    let redis: GatewayRedis
     /// The consumer groups this route keeps, `nil` when none is configured.
     package let groups: RedisStreamGroups?
-    /// XADDs go out in order on the client's one command connection.
+    /// XADDs go out in order on the client's one command connection (on a cluster, on the
+    /// connection to the stream's primary).
     package var keepsOrderWhenPipelined: Bool { true }
 
     /// - Parameters:
     ///   - groups: consumer groups to create (at `0`) and re-create when Redis lost them.
     ///   - eventLoop: where group verifications complete.
-    package init(stream: String, maxLength: Int, client: RedisClient, groups: [String] = [], eventLoop: any EventLoop) {
+    package init(stream: String, maxLength: Int, redis: GatewayRedis, groups: [String] = [], eventLoop: any EventLoop) {
         self.stream = stream
         self.maxLength = maxLength
-        self.client = client
-        self.groups = groups.isEmpty ? nil : RedisStreamGroups(stream: stream, groups: groups, client: client, eventLoop: eventLoop)
+        self.redis = redis
+        self.groups = groups.isEmpty ? nil : RedisStreamGroups(stream: stream, groups: groups, redis: redis, eventLoop: eventLoop)
     }
 
     package var description: String { "redis stream \(stream)" }
@@ -63,8 +64,8 @@ package struct RedisStreamRoute: AppRoute {
         let stream = self.stream
         let start = NIODeadline.now()
         let xadd = XADD(key: stream, maxLength: maxLength, approximateTrim: true, fields: Self.fields(for: message))
-        let client = self.client
-        let sent = groups.map { $0.whenVerified(on: eventLoop) { client.send(xadd) } } ?? client.send(xadd)
+        let redis = self.redis
+        let sent = groups.map { $0.whenVerified(on: eventLoop) { redis.send(xadd) } } ?? redis.send(xadd)
         return
             sent
             .hop(to: eventLoop)
@@ -81,23 +82,24 @@ package struct RedisStreamRoute: AppRoute {
 
 /// Routes `/app/...` messages to a Redis Pub/Sub channel (`PUBLISH channel body`), as the
 /// first seed article does. At most once: a backend that is not subscribed at that moment
-/// never sees the message. Prefer ``RedisStreamRoute``.
+/// never sees the message. Prefer ``RedisStreamRoute``. On Redis Cluster it is a classic
+/// `PUBLISH` too (the cluster forwards it to every node), so backends `SUBSCRIBE` as usual.
 package struct RedisPubSubRoute: AppRoute {
     package let channel: String
-    let client: RedisClient
+    let redis: GatewayRedis
     /// PUBLISHes go out in order on the client's one command connection.
     package var keepsOrderWhenPipelined: Bool { true }
 
-    package init(channel: String, client: RedisClient) {
+    package init(channel: String, redis: GatewayRedis) {
         self.channel = channel
-        self.client = client
+        self.redis = redis
     }
 
     package var description: String { "redis channel \(channel)" }
 
     package func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
         let channel = self.channel
-        return client.send(PUBLISH(channel: channel, message: .bytes(message.body)))
+        return redis.send(PUBLISH(channel: channel, message: .bytes(message.body)))
             .hop(to: eventLoop)
             .map { _ in [] }
             .flatMapErrorThrowing { error in throw RouteError(.redisCommandFailed, "PUBLISH to redis channel \(channel) failed: \(error)") }

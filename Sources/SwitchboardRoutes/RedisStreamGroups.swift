@@ -12,7 +12,8 @@ import SwitchboardWire
 ///   entry stored before the group existed (Redis lost its data, the gateway wrote a few entries,
 ///   then noticed) is still delivered.
 /// - The groups count as *verified* for one connection to Redis: after every reconnect (Redis
-///   restarted, failed over to an empty replica) they are checked again, and the route's `XADD`s
+///   restarted, failed over to an empty replica; on a cluster also after a slot-map change) they
+///   are checked again, and the route's `XADD`s
 ///   wait until that is done (``whenVerified(on:)``).
 /// - ``maintain(logger:)`` checks again every ``checkInterval`` anyway, which catches data lost
 ///   without a reconnect (`FLUSHALL`); entries written meanwhile are not skipped, as the group is
@@ -21,13 +22,13 @@ import SwitchboardWire
 package final class RedisStreamGroups: Sendable {
     package let stream: String
     package let groups: [String]
-    let client: RedisClient
+    let redis: GatewayRedis
     let eventLoop: any EventLoop
     /// How often ``maintain(logger:)`` re-creates missing groups when nothing else asks for it.
     package static let checkInterval: Duration = .seconds(1)
 
     struct State {
-        /// The client's ``RedisClient/reconnectCount`` when the groups were last seen or created.
+        /// The ``GatewayRedis/generation`` when the groups were last seen or created.
         var verifiedGeneration: Int?
         var inFlight: EventLoopFuture<[String]>?
         /// SENDs waiting for a verification before their `XADD`; while any waits, later SENDs
@@ -39,22 +40,22 @@ package final class RedisStreamGroups: Sendable {
     private let state = NIOLockedValueBox(State())
 
     /// - Parameter eventLoop: where verifications complete.
-    package init(stream: String, groups: [String], client: RedisClient, eventLoop: any EventLoop) {
+    package init(stream: String, groups: [String], redis: GatewayRedis, eventLoop: any EventLoop) {
         self.stream = stream
         self.groups = groups
-        self.client = client
+        self.redis = redis
         self.eventLoop = eventLoop
     }
 
     /// Whether the groups were verified on the current Redis connection.
     package var isVerified: Bool {
-        let generation = self.client.reconnectCount
+        let generation = self.redis.generation
         return self.state.withLockedValue { $0.verifiedGeneration == generation }
     }
 
     /// Why the route is not ready, or `nil` when its groups are verified.
     package var notReadyReason: String? {
-        let generation = self.client.reconnectCount
+        let generation = self.redis.generation
         return self.state.withLockedValue { state in
             guard state.verifiedGeneration != generation else { return nil }
             let names = self.groups.joined(separator: ", ")
@@ -65,7 +66,7 @@ package final class RedisStreamGroups: Sendable {
     /// Runs `send` at once while the groups are verified; otherwise first verifies them
     /// (creating missing ones), then runs `send` on `eventLoop`. Fails if they cannot be verified.
     func whenVerified<T: Sendable>(on eventLoop: any EventLoop, _ send: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
-        let generation = self.client.reconnectCount
+        let generation = self.redis.generation
         let direct = self.state.withLockedValue { state -> Bool in
             if state.verifiedGeneration == generation, state.waiting == 0 { return true }
             state.waiting += 1
@@ -94,7 +95,7 @@ package final class RedisStreamGroups: Sendable {
     /// Creates the groups that are missing (one verification at a time). The future gives the
     /// groups that had to be created.
     func verify() -> EventLoopFuture<[String]> {
-        let generation = self.client.reconnectCount
+        let generation = self.redis.generation
         // The promise is made only by the call that starts a verification: one made and then
         // dropped because another call's is in flight would never be completed (a leak NIO
         // traps on in debug builds).
@@ -110,7 +111,7 @@ package final class RedisStreamGroups: Sendable {
         case .joined(let running): return running
         }
         let creations = self.groups.map { group in
-            self.client.send(XGROUPCREATE(key: self.stream, group: group, id: "0", makeStream: true))
+            self.redis.send(XGROUPCREATE(key: self.stream, group: group, id: "0", makeStream: true))
                 .map { _ in Optional(group) }
                 .flatMapErrorThrowing { error in
                     if let error = error as? RedisServerError, error.isBusyGroup { return nil }

@@ -33,7 +33,7 @@ package struct SwitchboardGateway: Sendable {
     let eventsWebhook: WebhookLifecycle?
 
     struct RedisParts: Sendable {
-        let client: RedisClient
+        let redis: GatewayRedis
         let engine: RedisEngine
         let streamRoutes: [RedisStreamRoute]
         let inbound: [RedisInboundRoute]
@@ -97,7 +97,7 @@ package struct SwitchboardGateway: Sendable {
         let messageIDs = MessageIDGenerator(instanceID: instanceID)
         let history = configuration.history.store.map { DestinationHistory(settings: $0) }
         var engine: any BrokerEngine = InMemoryEngine(hub: hub, history: history)
-        var redisClient: RedisClient?
+        var gatewayRedis: GatewayRedis?
         var redisEngine: RedisEngine?
         var lifecycle: RedisLifecycle?
         var lease: InstanceLease?
@@ -111,18 +111,24 @@ package struct SwitchboardGateway: Sendable {
             redisConfiguration.sentinel = settings.sentinel
             var redisLogger = Logger(label: "switchboard.redis")
             redisLogger[metadataKey: "instance"] = "\(instanceID)"
-            let client = RedisClient(
-                configuration: redisConfiguration, eventLoopGroup: group, additionalCommandLoops: apiLoops, logger: redisLogger)
+            let redis: GatewayRedis
+            if let cluster = settings.cluster {
+                redisConfiguration.cluster = cluster
+                redis = .cluster(try await Self.connectCluster(configuration: redisConfiguration, group: group, logger: redisLogger))
+            } else {
+                redis = .single(
+                    RedisClient(configuration: redisConfiguration, eventLoopGroup: group, additionalCommandLoops: apiLoops, logger: redisLogger))
+            }
             let re = RedisEngine(
-                client: client, hub: hub, naming: RedisChannelNaming(prefix: settings.channelPrefix), instanceID: instanceID,
+                redis: redis, hub: hub, naming: RedisChannelNaming(prefix: settings.channelPrefix), instanceID: instanceID,
                 messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger,
                 canary: settings.canaryIntervalMs > 0
                     ? (.milliseconds(Int64(settings.canaryIntervalMs)), .milliseconds(Int64(settings.canaryTimeoutMs))) : nil,
                 history: configuration.history.store)
-            redisClient = client
+            gatewayRedis = redis
             redisEngine = re
             engine = re
-            if configuration.events.enabled {
+            if configuration.events.enabled, let client = redis.singleClient {
                 let events = configuration.events
                 let stream = LifecycleStreamSettings(
                     stream: events.stream, maxLength: events.maxLength, types: events.types, prefix: settings.channelPrefix)
@@ -164,24 +170,24 @@ package struct SwitchboardGateway: Sendable {
         var streamRoutes: [RedisStreamRoute] = []
         for route in configuration.routes {
             let pattern = try DestinationPattern(route.destination)
-            switch (route.target, redisClient) {
+            switch (route.target, gatewayRedis) {
             case (.webhook(let url, let timeoutMs), _):
                 let client = try webhookClient ?? WebhookClient(settings: configuration.webhooks, eventLoopGroup: group)
                 webhookClient = client
                 routes.add(pattern, try WebhookRoute(url: url, timeout: .milliseconds(Int64(timeoutMs)), client: client))
-            case (.redisStream(let stream, let maxLength, let groups), let client?):
-                let r = RedisStreamRoute(stream: stream, maxLength: maxLength, client: client, groups: groups, eventLoop: loops[0])
+            case (.redisStream(let stream, let maxLength, let groups), let redis?):
+                let r = RedisStreamRoute(stream: stream, maxLength: maxLength, redis: redis, groups: groups, eventLoop: loops[0])
                 streamRoutes.append(r)
                 routes.add(pattern, r)
-            case (.redisPubSub(let channel), let client?):
-                routes.add(pattern, RedisPubSubRoute(channel: channel, client: client))
+            case (.redisPubSub(let channel), let redis?):
+                routes.add(pattern, RedisPubSubRoute(channel: channel, redis: redis))
             case (.redisStream, nil), (.redisPubSub, nil):
                 throw SwitchboardConfiguration.Invalid(description: "routes.\(route.name).type \(route.target.typeName) needs redis.url")
             }
         }
-        if let redisClient, let redisEngine, let settings = configuration.redis {
+        if let gatewayRedis, let redisEngine, let settings = configuration.redis {
             self.redis = RedisParts(
-                client: redisClient, engine: redisEngine, streamRoutes: streamRoutes, inbound: settings.inbound.map(\.route),
+                redis: gatewayRedis, engine: redisEngine, streamRoutes: streamRoutes, inbound: settings.inbound.map(\.route),
                 lifecycle: lifecycle, lease: lease)
         } else {
             self.redis = nil
@@ -196,6 +202,31 @@ package struct SwitchboardGateway: Sendable {
             configuration: session, hub: hub, engine: engine,
             routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger, lifecycle: recorder,
             incarnation: configuration.events.enabled ? incarnation : nil)
+    }
+
+    /// Makes the cluster client and reads the slot map once, so that a wrong `redis.cluster.nodes`
+    /// stops start-up with an error naming the key instead of retrying for ever.
+    static func connectCluster(configuration: RedisConfiguration, group: any EventLoopGroup, logger: Logger) async throws -> RedisClusterClient {
+        let client: RedisClusterClient
+        do {
+            client = try RedisClusterClient(configuration: configuration, eventLoopGroup: group, logger: logger)
+        } catch {
+            throw SwitchboardConfiguration.Invalid(description: "redis.cluster.nodes: \(error)")
+        }
+        do {
+            try await client.refreshTopology()
+            return client
+        } catch let error as RedisClientError {
+            await client.shutdown()
+            if error == .notCluster {
+                // The detail reads "<host:port> is not a cluster node (…)".
+                throw SwitchboardConfiguration.Invalid(description: "redis.cluster.nodes: \(error.detail ?? "a node is not a cluster node (cluster_enabled:0)")")
+            }
+            throw SwitchboardConfiguration.Invalid(description: "redis.cluster.nodes: no seed node answered (\(error.detail ?? "\(error)"))")
+        } catch {
+            await client.shutdown()
+            throw SwitchboardConfiguration.Invalid(description: "redis.cluster.nodes: cannot read the slot map: \(error)")
+        }
     }
 
     static func randomInstanceID() -> String {
@@ -354,7 +385,7 @@ struct RedisService: Service {
             }
         }
         let inbound = RedisInboundRoutes(
-            client: parts.client, engine: parts.engine, hub: services.hub, messageIDs: services.messageIDs,
+            redis: parts.redis, engine: parts.engine, hub: services.hub, messageIDs: services.messageIDs,
             configuration: services.configuration, logger: logger)
         try await inbound.start(parts.inbound)
         try? await gracefulShutdown()

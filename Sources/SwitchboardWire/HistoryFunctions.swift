@@ -29,9 +29,14 @@ import Redis
 /// `x-recovered: false`) instead of new messages that reuse seen positions and are dropped as
 /// copies. A restart from the server's own AOF or RDB is not a promotion and keeps `n`.
 ///
+/// `switchboard_spublish` is the same for Redis Cluster: it `SPUBLISH`es on the shard channel
+/// `switchboard:{D}:dest`, in the slot of the destination's keys, so it runs on the primary
+/// owning them.
+///
 /// Backends that publish with `redis-cli` get the same guarantees with
-/// `FCALL switchboard_publish 1 'switchboard:{/topic/x}' 'hello'`: a payload that is not an
-/// envelope is the body (`content-type: text/plain`).
+/// `FCALL switchboard_publish 1 'switchboard:{/topic/x}' 'hello'` (on a cluster,
+/// `redis-cli -c FCALL switchboard_spublish 1 'switchboard:{/topic/x}' 'hello'`): a payload that
+/// is not an envelope is the body (`content-type: text/plain`).
 public enum HistoryFunctions: RedisFunctionLibrary {
     /// The library's source, for `FUNCTION LOAD REPLACE`.
     public static let library = #"""
@@ -84,7 +89,7 @@ public enum HistoryFunctions: RedisFunctionLibrary {
           return (string.gsub(s, '[\\\r\n:]', {['\\'] = '\\\\', ['\r'] = '\\r', ['\n'] = '\\n', [':'] = '\\c'}))
         end
 
-        local function publish(keys, args)
+        local function record(keys, args, sharded)
           local prefix, destination = parts(keys[1] or '')
           if not prefix then return redis.error_reply('ERR switchboard_publish: the key must be <prefix>{<destination>}') end
           local payload = args[1]
@@ -114,9 +119,17 @@ public enum HistoryFunctions: RedisFunctionLibrary {
           redis.call('XADD', log, 'MAXLEN', maxlen, n .. '-0', 't', now_ms(), 'm', message)
           redis.call('PEXPIRE', log, ttl)
           redis.call('PEXPIRE', seq, math.max(ttl, 86400000))
-          local receivers = redis.call('PUBLISH', prefix .. 'dest:' .. destination, message)
+          local receivers
+          if sharded then
+            receivers = redis.call('SPUBLISH', keys[1] .. ':dest', message)
+          else
+            receivers = redis.call('PUBLISH', prefix .. 'dest:' .. destination, message)
+          end
           return {epoch, tostring(n), tostring(receivers)}
         end
+
+        local function publish(keys, args) return record(keys, args, false) end
+        local function spublish(keys, args) return record(keys, args, true) end
 
         local function read(keys, args)
           local prefix = parts(keys[1] or '')
@@ -141,12 +154,14 @@ public enum HistoryFunctions: RedisFunctionLibrary {
         end
 
         redis.register_function('switchboard_publish', publish)
+        redis.register_function('switchboard_spublish', spublish)
         redis.register_function('switchboard_read', read)
         """#
 }
 
 /// `FCALL switchboard_publish 1 <prefix>{<destination>} <payload> <max-length> <ttl-ms> <once>`:
-/// records and publishes one message (see ``HistoryFunctions``).
+/// records and publishes one message (see ``HistoryFunctions``); with `sharded`,
+/// `switchboard_spublish` (Redis Cluster).
 public struct HistoryPublish: RedisCommand {
     /// Where the message was recorded; nil when `once` was recorded already.
     public typealias Response = HistoryPublishResult
@@ -156,19 +171,26 @@ public struct HistoryPublish: RedisCommand {
     public var ttlMilliseconds: Int64?
     /// Records the message only if no publish with the same token (per destination, 60 s) was.
     public var once: String?
+    /// Publishes on the destination's shard channel (`SPUBLISH`, Redis Cluster) instead of its channel.
+    public var sharded: Bool
 
-    public init(key: String, payload: ByteBuffer, maxLength: Int? = nil, ttlMilliseconds: Int64? = nil, once: String? = nil) {
+    public init(
+        key: String, payload: ByteBuffer, maxLength: Int? = nil, ttlMilliseconds: Int64? = nil, once: String? = nil, sharded: Bool = false
+    ) {
         self.key = key
         self.payload = payload
         self.maxLength = maxLength
         self.ttlMilliseconds = ttlMilliseconds
         self.once = once
+        self.sharded = sharded
     }
+
+    public var keysAffected: [String] { [key] }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 8)
         encoder.encodeBulk("FCALL")
-        encoder.encodeBulk("switchboard_publish")
+        encoder.encodeBulk(sharded ? "switchboard_spublish" : "switchboard_publish")
         encoder.encodeBulk(1)
         encoder.encodeBulk(key)
         encoder.encodeBulk(payload)
@@ -215,6 +237,8 @@ public struct HistoryRead: RedisCommand {
         self.key = key
         self.range = range
     }
+
+    public var keysAffected: [String] { [key] }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
         encoder.encodeArray(count: 6)

@@ -9,6 +9,15 @@
 /// Keys: `switchboard:{<destination>}:seq` and `:log` hold a destination's history (see
 /// ``HistoryFunctions``).
 ///
+/// On Redis Cluster the gateway uses sharded Pub/Sub (`SPUBLISH`/`SSUBSCRIBE`), whose channels
+/// carry a hash tag so each lives on one shard:
+///
+/// | shard channel | carries |
+/// | --- | --- |
+/// | `switchboard:{<destination>}:dest` | a destination's messages; same slot as its history keys, so the history function `SPUBLISH`es it |
+/// | `switchboard:{instance:<instance-id>}` | messages addressed to one session on that instance |
+/// | `switchboard:{canary}` | the delivery canary |
+///
 /// A backend may `PUBLISH switchboard:dest:/topic/x <body>`: a payload that does not start
 /// with the envelope marker (byte 0x01) is delivered as the body, byte for byte.
 public struct RedisChannelNaming: Sendable {
@@ -29,6 +38,24 @@ public struct RedisChannelNaming: Sendable {
     public func historyKey(forDestination destination: String) -> String { prefix + "{" + destination + "}" }
 
     public func instanceChannel(_ instanceID: String) -> String { prefix + "instance:" + instanceID }
+
+    /// A destination's shard channel on Redis Cluster, `<prefix>{<destination>}:dest`: in the slot
+    /// of its history keys (``historyKey(forDestination:)``).
+    public func shardChannel(forDestination destination: String) -> String { historyKey(forDestination: destination) + ":dest" }
+
+    /// The destination of a shard channel; nil for any other channel.
+    public func destination(fromShardChannel channel: String) -> String? {
+        let head = prefix + "{"
+        let tail = "}:dest"
+        guard channel.hasPrefix(head), channel.hasSuffix(tail), channel.count >= head.count + tail.count else { return nil }
+        return String(channel.dropFirst(head.count).dropLast(tail.count))
+    }
+
+    /// An instance's shard channel on Redis Cluster, `<prefix>{instance:<instance-id>}`.
+    public func instanceShardChannel(_ instanceID: String) -> String { prefix + "{instance:" + instanceID + "}" }
+
+    /// The delivery canary's channel: `<prefix>canary`, or the shard channel `<prefix>{canary}`.
+    public func canaryChannel(sharded: Bool) -> String { sharded ? prefix + "{canary}" : prefix + "canary" }
 
     /// The channel of a destination's join/leave notices (see ``PresenceNotice``).
     public func presenceChannel(forDestination destination: String) -> String { prefix + "presence:" + destination }

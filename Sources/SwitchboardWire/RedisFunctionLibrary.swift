@@ -26,6 +26,18 @@ extension RedisFunctionLibrary {
             return client.send(load).flatMap { _ in client.send(command) }
         }
     }
+
+    /// Runs `command`; when Redis lacks the library, loads it (on a cluster: on the primary
+    /// owning the command's keys, where it ran) and runs `command` once more.
+    public static func call<Command: RedisCommand>(_ command: Command, on redis: GatewayRedis) -> EventLoopFuture<Command.Response> {
+        if let client = redis.singleClient { return call(command, on: client) }
+        let first = redis.send(command)
+        let load = KeyRoutedCommand(LoadFunctions<Self>(), keys: command.keysAffected)
+        return first.flatMapError { error in
+            guard isFunctionLibraryMissing(error) else { return first.eventLoop.makeFailedFuture(error) }
+            return redis.send(load).flatMap { _ in redis.send(command) }
+        }
+    }
 }
 
 /// `FUNCTION LOAD REPLACE <library>`.

@@ -27,8 +27,14 @@ struct GreetingService: AsyncParsableCommand {
         abstract: "Answers Switchboard /app/greet messages from a Redis stream with greetings."
     )
 
-    @Option(help: "Redis URL.")
+    @Option(help: "Redis URL. With --redis-cluster-nodes only its scheme (rediss:// for TLS), user and password are used.")
     var redisURL = "redis://127.0.0.1:6379"
+
+    @Option(help: "Redis Cluster seed nodes, host:port,host:port (as the gateway's redis.cluster.nodes).")
+    var redisClusterNodes: String?
+
+    @Option(help: "With rediss://: PEM file of the CAs trusted to sign the Redis servers' certificates (default: the system's).")
+    var redisTLSCAFile: String?
 
     @Option(help: "The outbound stream the gateway writes /app/greet messages to.")
     var stream = "GREETING_CHANNEL_OUTBOUND"
@@ -78,6 +84,39 @@ struct GreetingService: AsyncParsableCommand {
         guard self.claimMinIdleMs >= 1, self.claimIntervalMs >= 1, self.processingDelayMs >= 0 else {
             throw ValidationError("durations must be positive")
         }
+        if self.redisClusterNodes != nil, self.presenceGroup != nil {
+            throw ValidationError(
+                "--presence-group is not available with --redis-cluster-nodes: the gateway's lifecycle events (events.enabled) need one Redis")
+        }
+    }
+
+    /// The Redis of the gateway: one server, or a cluster from `--redis-cluster-nodes`.
+    func makeRedis(logger: Logger) async throws -> GatewayRedis {
+        var configuration = try RedisConfiguration(url: self.redisURL)
+        if let caFile = self.redisTLSCAFile {
+            guard configuration.tls != nil else { throw ValidationError("--redis-tls-ca-file needs a rediss:// --redis-url") }
+            configuration.tls?.caFile = caFile
+        }
+        guard let nodes = self.redisClusterNodes else {
+            let client = RedisClient(configuration: configuration, logger: logger, enableSubscriptions: false)
+            client.start()
+            return .single(client)
+        }
+        let seeds = try nodes.split(separator: ",").map { node in
+            do { return try RedisClusterConfiguration.parseNode(node.trimmingCharacters(in: .whitespaces)) } catch {
+                throw ValidationError("--redis-cluster-nodes: '\(node)' is not host:port")
+            }
+        }
+        guard !seeds.isEmpty else { throw ValidationError("--redis-cluster-nodes: no node given") }
+        configuration.cluster = RedisClusterConfiguration(nodes: seeds)
+        let client: RedisClusterClient
+        do {
+            client = try RedisClusterClient(configuration: configuration, logger: logger)
+        } catch {
+            throw ValidationError("--redis-cluster-nodes: \(error)")
+        }
+        client.start()
+        return .cluster(client)
     }
 
     func run() async throws {
@@ -88,8 +127,7 @@ struct GreetingService: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "greeting-service")
-        let client = RedisClient(configuration: try RedisConfiguration(url: self.redisURL), logger: logger, enableSubscriptions: false)
-        client.start()
+        let redis = try await self.makeRedis(logger: logger)
 
         var configuration = StreamConsumerConfiguration(
             stream: self.stream,
@@ -100,8 +138,8 @@ struct GreetingService: AsyncParsableCommand {
             channelNaming: .init(prefix: self.channelPrefix)
         )
         if let consumer = self.consumer { configuration.consumerName = consumer }
-        let consumer = StreamConsumer(client: client, configuration: configuration, logger: logger)
-        let presence = self.presenceGroup.map { group in
+        let consumer = StreamConsumer(redis: redis, configuration: configuration, logger: logger)
+        let presence = redis.singleClient.flatMap { client in self.presenceGroup.map { (client, $0) } }.map { client, group in
             var events = StreamConsumerConfiguration(stream: self.eventsStream, group: group, channelNaming: .init(prefix: self.channelPrefix))
             events.consumerName = configuration.consumerName
             return LifecycleEventConsumer(client: client, configuration: events, logger: logger)
@@ -150,7 +188,7 @@ struct GreetingService: AsyncParsableCommand {
         }
         presence?.stop()
         try await presenceTask?.value
-        await client.shutdown()
+        await redis.shutdown()
         logger.info("greeting-service stopped")
     }
 

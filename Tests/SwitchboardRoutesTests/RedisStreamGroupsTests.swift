@@ -16,7 +16,7 @@ struct RedisStreamGroupsTests {
         defer { server.stop() }
         let client = try await server.client()
         let groups = RedisStreamGroups(
-            stream: "app:orders", groups: ["billing", "audit"], client: client,
+            stream: "app:orders", groups: ["billing", "audit"], redis: .single(client),
             eventLoop: MultiThreadedEventLoopGroup.singleton.any())
         #expect(!groups.isVerified)
         let calls = (0..<20).map { _ in groups.verify() }

@@ -211,6 +211,7 @@ http {{
   {redis_http}
   server {{
     listen 127.0.0.1:{port} backlog=8192;
+    location = /ok {{ return 204; }}
     location ~ ^/pub/(.+)$ {{
       nchan_publisher;
       nchan_channel_id $1;

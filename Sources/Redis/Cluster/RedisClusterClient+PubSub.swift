@@ -93,6 +93,8 @@ extension RedisClusterClient {
             return
         }
         let desired = Set(self.shardRegistry.activeKeys.filter { $0.kind == .shardChannel }.map(\.name))
+        // A channel nobody wants any more starts afresh when it is wanted again.
+        self.state.withLockedValue { $0.everSubscribed.formIntersection(desired) }
         let plan = ShardedSubscriptionPlan(desired: desired, subscribed: self.state.withLockedValue { $0.subscribed }) {
             topology.primary(for: HashSlot(key: $0))
         }
@@ -111,9 +113,14 @@ extension RedisClusterClient {
             do {
                 let connection = try await self.subscriberConnection(to: step.node)
                 try await connection.subscriptionCommand(SubscriptionCommand(kind: .shardChannel, isSubscribe: true, names: step.names)).get()
-                self.state.withLockedValue { state in
-                    if state.subscriberConnections[step.node] === connection { state.subscribed[step.node, default: []].formUnion(step.names) }
+                let (again, observers) = self.state.withLockedValue { state -> ([String], [@Sendable ([String]) -> Void]) in
+                    guard state.subscriberConnections[step.node] === connection else { return ([], []) }
+                    state.subscribed[step.node, default: []].formUnion(step.names)
+                    let again = step.names.filter { state.everSubscribed.contains($0) }
+                    state.everSubscribed.formUnion(step.names)
+                    return (again, state.resubscribeObservers)
                 }
+                if !again.isEmpty { for observer in observers { observer(again) } }
             } catch {
                 self.logger.debug("ssubscribe failed; retrying after a map refresh", metadata: ["node": "\(step.node)", "error": "\(error)"])
                 self.markSubscriptionsPending()
@@ -168,6 +175,7 @@ extension RedisClusterClient {
                 return !(state.subscribed.removeValue(forKey: node) ?? []).isEmpty
             }
             if lost {
+                self.state.withLockedValue { $0.connectionLosses += 1 }
                 self.logger.warning("redis cluster: sharded subscriber connection lost", metadata: ["node": "\(node)"])
                 self.markSubscriptionsPending()
             }

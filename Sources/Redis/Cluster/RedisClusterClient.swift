@@ -49,6 +49,13 @@ public final class RedisClusterClient: Sendable {
         var classicConnection: RedisConnection?
         var topologyRefreshes = 0
         var setup: [[RedisArgument]] = []
+        /// Shard channels confirmed on some node before: subscribing them again is a re-subscription.
+        var everSubscribed: Set<String> = []
+        var resubscribeObservers: [@Sendable ([String]) -> Void] = []
+        var connectionLosses = 0
+        /// Command connections open and set up, for ``send(_:)``'s direct path.
+        var readyConnections: [RedisServerAddress: RedisConnection] = [:]
+        var slotMapChanges = 0
     }
 
     let state = NIOLockedValueBox(State())
@@ -110,6 +117,7 @@ public final class RedisClusterClient: Sendable {
             let commands = Array(state.commandConnections.values)
             state.tasks = []
             state.commandConnections = [:]
+            state.readyConnections = [:]
             state.subscriberConnections = [:]
             state.subscribed = [:]
             state.classicConnection = nil
@@ -316,8 +324,22 @@ public final class RedisClusterClient: Sendable {
                         }
                     }
                     // A node that drops its connection may have failed over: re-read the map.
+                    let shutdown = self.state.withLockedValue { state -> Bool in
+                        if !state.isShutdown { state.readyConnections[node] = connection }
+                        return state.isShutdown
+                    }
+                    if shutdown {
+                        await connection.close()
+                        throw RedisClientError.shutdown
+                    }
                     connection.closeFuture.whenComplete { [weak self] _ in
-                        guard let self, !self.state.withLockedValue({ $0.isShutdown }) else { return }
+                        guard let self else { return }
+                        let shutdown = self.state.withLockedValue { state -> Bool in
+                            if state.readyConnections[node] === connection { state.readyConnections[node] = nil }
+                            return state.isShutdown
+                        }
+                        guard !shutdown else { return }
+                        self.state.withLockedValue { $0.connectionLosses += 1 }
                         self.requestRefresh()
                     }
                     return connection
@@ -409,11 +431,15 @@ public final class RedisClusterClient: Sendable {
     private func install(_ topology: RedisClusterTopology) {
         let (stale, changed) = self.state.withLockedValue { state -> ([Task<RedisConnection, any Error>], Bool) in
             let changed = state.topology.map { !$0.hasSameSlots(as: topology) } ?? true
+            if changed, state.topology != nil { state.slotMapChanges += 1 }
             state.topology = topology
             state.topologyRefreshes += 1
             let primaries = Set(topology.primaries)
             let stale = state.commandConnections.filter { !primaries.contains($0.key) }
-            for node in stale.keys { state.commandConnections[node] = nil }
+            for node in stale.keys {
+                state.commandConnections[node] = nil
+                state.readyConnections[node] = nil
+            }
             return (Array(stale.values), changed)
         }
         for task in stale { Task { try? await task.value.close() } }
@@ -434,4 +460,69 @@ public final class RedisClusterClient: Sendable {
             if refresh { state.refreshRequested = true }
         }
     }
+}
+
+extension RedisClusterClient {
+    /// Sends `command` (see ``execute(_:)``) and returns a future on one of the client's event loops,
+    /// like ``RedisClient/send(_:)``, so callers written against futures run on either client.
+    ///
+    /// When the owner's command connection is open, the command is written on it at once, so
+    /// commands sent one after the other to one slot run in that order (as on one server); a
+    /// redirect (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`) is then followed like ``execute(_:)``
+    /// does, which may reorder it after later commands.
+    public func send<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response> {
+        if let direct = self.sendDirect(command) {
+            return direct.flatMapError { error in
+                guard let error = error as? RedisServerError, ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"].contains(error.code) else {
+                    return direct.eventLoop.makeFailedFuture(error)
+                }
+                let promise = direct.eventLoop.makePromise(of: Command.Response.self)
+                promise.completeWithTask { try await self.execute(command) }
+                return promise.futureResult
+            }
+        }
+        let promise = self.eventLoopGroup.any().makePromise(of: Command.Response.self)
+        promise.completeWithTask { try await self.execute(command) }
+        return promise.futureResult
+    }
+
+    /// Writes `command` on the open connection to its slot's owner; nil when there is none yet
+    /// (or the node is at its limit of commands in flight).
+    private func sendDirect<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response>? {
+        let slot: HashSlot?
+        do { slot = try HashSlot(keys: command.keysAffected) } catch { return nil }
+        let limit = self.cluster.maximumPendingCommandsPerNode
+        let target = self.state.withLockedValue { state -> (RedisServerAddress, RedisConnection)? in
+            guard let topology = state.topology else { return nil }
+            let node = slot.map { topology.primary(for: $0) } ?? topology.primaries.first
+            guard let node, let connection = state.readyConnections[node], connection.isActive,
+                state.pending[node, default: 0] < limit
+            else { return nil }
+            state.pending[node, default: 0] += 1
+            return (node, connection)
+        }
+        guard let (node, connection) = target else { return nil }
+        let reply = connection.sendRaw(command)
+        reply.whenComplete { _ in self.state.withLockedValue { $0.pending[node, default: 1] -= 1 } }
+        return reply.flatMapThrowing { try Command.Response(fromRESP: $0) }
+    }
+
+    /// Runs `body` with a connection to the primary owning the slot of `keys` (see
+    /// ``makeDedicatedConnection(forKeys:)``), closed afterwards.
+    public func withDedicatedConnection<T: Sendable>(forKeys keys: [String], _ body: (RedisConnection) async throws -> T) async throws -> T {
+        try await self.makeDedicatedConnection(forKeys: keys).closing(after: body)
+    }
+
+    /// Adds an observer called with the shard channels that were subscribed again after they
+    /// had been lost (their slot moved, or their node's subscriber connection closed): messages
+    /// published on them in between were not received (the gateway repairs them from history).
+    public func addShardResubscribeObserver(_ observer: @escaping @Sendable ([String]) -> Void) {
+        self.state.withLockedValue { $0.resubscribeObservers.append(observer) }
+    }
+
+    /// How many command or subscriber connections to a node were lost (not closed by the client).
+    public var connectionLossCount: Int { self.state.withLockedValue { $0.connectionLosses } }
+
+    /// How many times a newly read slot map assigned slots differently from the one before.
+    public var slotMapChangeCount: Int { self.state.withLockedValue { $0.slotMapChanges } }
 }

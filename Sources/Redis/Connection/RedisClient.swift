@@ -268,15 +268,7 @@ public final class RedisClient: Sendable {
 
     /// Runs `body` with a dedicated connection that is closed afterwards.
     public func withDedicatedConnection<T: Sendable>(_ body: (RedisConnection) async throws -> T) async throws -> T {
-        let connection = try await self.makeDedicatedConnection()
-        do {
-            let result = try await body(connection)
-            await connection.close()
-            return result
-        } catch {
-            await connection.close()
-            throw error
-        }
+        try await self.makeDedicatedConnection().closing(after: body)
     }
 
     // MARK: Subscriptions

@@ -161,3 +161,17 @@ public final class RedisConnection: Sendable {
         try? await self.channel.close()
     }
 }
+
+extension RedisConnection {
+    /// Runs `body` with this connection, then closes it (also when `body` throws).
+    func closing<T: Sendable>(after body: (RedisConnection) async throws -> T) async throws -> T {
+        do {
+            let result = try await body(self)
+            await self.close()
+            return result
+        } catch {
+            await self.close()
+            throw error
+        }
+    }
+}

@@ -56,7 +56,7 @@ package final class RedisLifecycle: LifecycleRecorder {
 
     /// Loads the functions now and on every command connection Redis opens later.
     package func start() async {
-        await client.installFunctions(LifecycleFunctions.self, named: "lifecycle", logger: logger)
+        await GatewayRedis.single(client).installFunctions(LifecycleFunctions.self, named: "lifecycle", logger: logger)
     }
 
     package func record(_ fact: LifecycleFact, on loop: any EventLoop) {

@@ -191,6 +191,10 @@ package enum ConfigKeyCatalog {
                 .init("redis.sentinel.master-name", .string, "—", "the monitored primary's name (`sentinel monitor <name> …`); required with `redis.sentinel.nodes`"),
                 .init("redis.sentinel.username", .string, "—", "ACL user for the sentinels themselves, if they require one"),
                 .init("redis.sentinel.password", .string, "—", "password for the sentinels themselves (their `requirepass`), if any"),
+                .init(
+                    "redis.cluster.nodes", .list, "`[]`",
+                    "Redis Cluster: seed nodes (`host:port`) asked for the slot map; with them the host and port of `redis.url` are not used (its scheme — `rediss://` is TLS to every node —, user and password are; database must be 0). Destinations use sharded Pub/Sub; wildcard subscriptions and `events.enabled` are not available (see docs/scaling.md)"
+                ),
                 .init("redis.inbound.names", .list, "`[]`", "inbound routes (backend → browsers)"),
                 .init(
                     "redis.inbound.<name>.type", .string, "`channel`",

@@ -107,6 +107,8 @@ package struct RedisSettings: Sendable, Equatable {
     package var tls: RedisTLSSettings?
     /// `redis.sentinel.*`: find the primary through Redis Sentinel (the URL's host and port are then not used).
     package var sentinel: RedisSentinelConfiguration?
+    /// `redis.cluster.nodes`: a Redis Cluster's seed nodes (the URL's host and port are then not used).
+    package var cluster: RedisClusterConfiguration?
     /// Inbound routes (backend → browsers).
     package var inbound: [RedisInboundSetting] = []
 
@@ -133,6 +135,11 @@ package struct RedisSettings: Sendable, Equatable {
         }
         tls = try RedisTLSSettings(reader: reader.scoped(to: "tls"), urlUsesTLS: parsed.tls != nil)
         sentinel = try Self.sentinelSettings(reader.scoped(to: "sentinel"))
+        cluster = try Self.clusterSettings(reader.scoped(to: "cluster"), url: parsed)
+        if cluster != nil, sentinel != nil {
+            throw SwitchboardConfiguration.Invalid(
+                description: "redis.cluster.nodes and redis.sentinel.nodes are both set: a Redis Cluster fails over by itself, choose one")
+        }
         let inboundReader = reader.scoped(to: "inbound")
         inbound = try inboundReader.stringArray(forKey: "names", default: []).map { name in
             let entry = inboundReader.scoped(to: ConfigKey([name]))
@@ -177,6 +184,22 @@ package struct RedisSettings: Sendable, Equatable {
         }
         return RedisSentinelConfiguration(
             nodes: addresses, masterName: masterName, username: username, password: password)
+    }
+
+    /// Reads `redis.cluster.nodes`: nil when empty.
+    static func clusterSettings(_ reader: ConfigReader, url: RedisConfiguration) throws -> RedisClusterConfiguration? {
+        let nodes = reader.stringArray(forKey: "nodes", default: [])
+        guard !nodes.isEmpty else { return nil }
+        guard url.database == 0 else {
+            throw SwitchboardConfiguration.Invalid(
+                description: "redis.url selects database \(url.database), but a Redis Cluster (redis.cluster.nodes) has only database 0")
+        }
+        let addresses = try nodes.map { node in
+            do { return try RedisClusterConfiguration.parseNode(node) } catch {
+                throw SwitchboardConfiguration.Invalid(description: "redis.cluster.nodes: '\(node)' is not host:port")
+            }
+        }
+        return RedisClusterConfiguration(nodes: addresses)
     }
 
     /// `redis://user:secret@host` → `redis://***@host`, for error messages.

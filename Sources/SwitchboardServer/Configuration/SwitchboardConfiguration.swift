@@ -63,6 +63,12 @@ package struct SwitchboardConfiguration: Sendable {
                 description:
                     "events.enabled needs redis.url (events in a Redis Stream) or events.webhook.url (embedded broker: events POSTed to a webhook)")
         }
+        if events.enabled, redis?.cluster != nil {
+            throw Invalid(
+                description:
+                    "events.enabled is not available on Redis Cluster (redis.cluster.nodes): the presence registry and its functions update keys of many users, destinations and instances in one atomic step, which a cluster cannot do across slots; unset events.enabled or use one Redis (with Sentinel for failover)"
+            )
+        }
         auth = try AuthSettings(reader: reader.scoped(to: "auth"), brokerPrefixes: destinations.brokerPrefixes)
     }
 

@@ -43,7 +43,7 @@ struct ConsoleRoutes: Sendable {
             return PublishAPI.json(APIErrorBody(error: error.message, field: error.field), status: .init(code: error.status))
         }
         do {
-            let receivers = try await engine.client.execute(PUBLISH(channel: publish.channel, message: .string(publish.message)))
+            let receivers = try await engine.redis.execute(PUBLISH(channel: publish.channel, message: .string(publish.message)))
             return PublishAPI.json(ConsoleRedisPublishAnswer(channel: publish.channel, receivers: receivers))
         } catch {
             return PublishAPI.json(APIErrorBody(error: "redis publish failed: \(error)", field: nil), status: .serviceUnavailable)

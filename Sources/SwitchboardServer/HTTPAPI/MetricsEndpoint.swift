@@ -89,10 +89,10 @@ final class MetricsEndpoint: Sendable {
         if let engine = services.engine as? RedisEngine {
             for role in [RedisConnectionRole.commands, .subscriptions] {
                 gauge(
-                    "switchboard_redis_connected", engine.client.connectionState(role) == .connected ? 1 : 0, labels: [("role", "\(role)")],
+                    "switchboard_redis_connected", engine.connectionStateDescription(role) == "connected" ? 1 : 0, labels: [("role", "\(role)")],
                     help: "1 while the Redis connection is up.")
             }
-            counter("switchboard_redis_reconnects_total", engine.client.reconnectCount, help: "Redis reconnects.")
+            counter("switchboard_redis_reconnects_total", engine.redis.reconnectCount, help: "Redis reconnects.")
             if let age = engine.canary?.ownAge {
                 registry.makeGauge(
                     name: "switchboard_delivery_canary_age_seconds", labels: [],

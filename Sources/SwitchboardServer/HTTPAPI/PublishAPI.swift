@@ -79,17 +79,15 @@ struct PublishAPI: Sendable {
         return Self.json(answer, status: NotificationPublisher.status(of: answer))
     }
 
-    /// Ready: accepting sessions (not draining) and, in Redis mode, both Redis connections up,
+    /// Ready: accepting sessions (not draining) and, in Redis mode, both Redis connections up (on
+    /// a cluster: the cluster answers with `cluster_state:ok`),
     /// every configured consumer group verified on the current connection, and the delivery
     /// canary on time (the cross-instance path delivers).
     func readiness() -> Response {
         var reasons: [String] = []
         if !admission.admitsConnections { reasons.append("draining") }
         if let engine = services.engine as? RedisEngine {
-            for role in [RedisConnectionRole.commands, .subscriptions] where engine.client.connectionState(role) != .connected {
-                let lastError = engine.client.lastConnectError(role).map { " (\($0))" } ?? ""
-                reasons.append("redis \(role) connection is \(engine.client.connectionState(role))\(lastError)")
-            }
+            reasons += engine.redisProblems
             reasons += streamGroups.compactMap(\.notReadyReason)
             if let late = engine.canary?.lateReason { reasons.append(late) }
         }
@@ -101,8 +99,8 @@ struct PublishAPI: Sendable {
         let stats = services.stats
         let redis = (services.engine as? RedisEngine).map { engine in
             HealthAnswer.Redis(
-                commands: "\(engine.client.connectionState(.commands))", subscriptions: "\(engine.client.connectionState(.subscriptions))",
-                reconnects: engine.client.reconnectCount, canaryAgeSeconds: engine.canary?.ownAge, peerCanaryAgeSeconds: engine.canary?.peers)
+                commands: engine.connectionStateDescription(.commands), subscriptions: engine.connectionStateDescription(.subscriptions),
+                reconnects: engine.redis.reconnectCount, canaryAgeSeconds: engine.canary?.ownAge, peerCanaryAgeSeconds: engine.canary?.peers)
         }
         return Self.json(
             HealthAnswer(
