@@ -235,9 +235,10 @@ def tls(tmp_path_factory):
 
 def test_tls_and_acl_user_on_every_node(cluster_factory, clients, tls):
     """Every node TLS only (bus and replication too) and only the ACL user `app`: two gateways
-    (rediss://app:…@) deliver across instances on destinations of every shard, and their
-    connections on every primary are the user's, over TLS."""
-    cluster = cluster_factory(replicas=0, gateways=2, config_yaml=cluster_config(),
+    (rediss://app:…@) deliver across instances on destinations of every shard, a
+    greeting-service replica answers /app/greet, and the gateways' connections on every
+    primary are the user's."""
+    cluster = cluster_factory(replicas=1, gateways=2, config_yaml=cluster_config(),
                               redis_cluster={"tls": tls, "user": ("app", "app-secret")})
     rc = cluster.rc
     dests = spread(rc, "/topic/rc-tls-", 1)
@@ -249,6 +250,9 @@ def test_tls_and_acl_user_on_every_node(cluster_factory, clients, tls):
         assert r.status_code == 200, r.text
     got = collect_by_destination(sub, len(dests))
     assert {d: [f.text for f in frames] for d, frames in got.items()} == {d: [f"over tls {d}"] for d in dests}
+    sub.subscribe("/topic/greetings", id="g", receipt="rg")
+    clients(cluster.client(cluster.gw_ws(1))).send("/app/greet", "tls", receipt="s")
+    assert sub.expect_message(15).text == "Hello, tls!"
     for p in rc.primaries():
         listing = rc.cli(p, "CLIENT", "LIST")
         ours = [l for l in listing.splitlines() if "name=switchboard-gw" in l]

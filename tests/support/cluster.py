@@ -180,7 +180,7 @@ class Cluster:
 
     def start_replica(self, j: int, *extra):
         if self.rc:
-            extra = ("--redis-cluster-nodes", self.rc.seeds, *extra)
+            extra = ("--redis-cluster-nodes", self.rc.seeds, *(("--redis-tls-ca-file", str(self.rc.tls.ca)) if self.rc.tls else ()), *extra)
         self._spawn(f"replica{j}", [GREETING_BIN, "--redis-url", self.redis_url,
                                     "--stream", "GREETING_CHANNEL_OUTBOUND", "--group", "greeting-service",
                                     "--consumer", f"greeting-{j}", *self.replica_args, *extra])
