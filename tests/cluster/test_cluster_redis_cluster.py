@@ -22,7 +22,7 @@ from support.cluster import Cluster, stop_cluster
 from support.paths import BINARY, REPO
 from support.process import free_port, terminate, wait_until
 from support.redis import TLSFiles, redis_server_args
-from support.rediscluster import dest_channel, destinations_in
+from support.rediscluster import dest_channel, destinations_in, keyslot
 from support.security import HMAC_SECRET, bearer, make_token
 
 
@@ -114,6 +114,46 @@ def test_fanout_over_many_destinations_on_every_shard(rcluster, clients):
             assert bodies == [str(i) for i in range(n)], f"{d} at {at}: lost, duplicated or reordered: {bodies}"
             seqs = [int(f["x-position"].rsplit(":", 1)[1]) for f in got[d]]
             assert seqs == list(range(seqs[0], seqs[0] + n)), f"{d} at {at}: positions not dense: {seqs}"
+
+
+def test_sharded_subscription_follows_local_interest(rcluster, clients):
+    """SSUBSCRIBE on an instance's first subscriber of a destination, SUNSUBSCRIBE after its last."""
+    rc, d = rcluster.rc, "/topic/rc-interest"
+    assert shard_subscribers(rc, d) == 0
+    a, b = (clients(rcluster.client(rcluster.gw_ws(0))) for _ in range(2))
+    a.subscribe(d, id="1", receipt="r")
+    b.subscribe(d, id="1", receipt="r")
+    assert shard_subscribers(rc, d) == 1
+    a.unsubscribe("1", receipt="u")
+    assert shard_subscribers(rc, d) == 1
+    b.unsubscribe("1", receipt="u")
+    wait_until(lambda: shard_subscribers(rc, d) == 0, what="SUNSUBSCRIBE after the last local subscriber")
+
+
+def realistic_destinations(n: int) -> list[str]:
+    kinds = ["/topic/orders.{}", "/topic/prices.EUR-{}", "/topic/chat.room-{}", "/queue/jobs-{}", "/~user/user{}/queue/notes",
+             "/topic/tenant-{}.dashboard", "/topic/game/{}/state", "/~session/gw1-s-{}/queue/reply"]
+    return [kinds[i % len(kinds)].format(i // len(kinds)) for i in range(n)]
+
+
+def test_destinations_spread_evenly_over_the_shards(rcluster):
+    """10,000 realistic destination names: their channels (hash tag: the destination) spread
+    over the 3 shards of this cluster, and over 6 equal shards, within 10 % of the mean."""
+    counts: dict[int, int] = {}
+    owners = {}
+    for v in rcluster.rc.topology().values():
+        if v["primary"] and v["slots"]:
+            owners.update(dict.fromkeys(v["slots"], v["port"]))
+    names = realistic_destinations(10_000)
+    for d in names:
+        port = owners[keyslot(dest_channel(d))]
+        counts[port] = counts.get(port, 0) + 1
+    six = [0] * 6
+    for d in names:
+        six[keyslot(dest_channel(d)) * 6 // 16384] += 1
+    for shards in (list(counts.values()), six):
+        mean = len(names) / len(shards)
+        assert all(abs(c - mean) <= 0.1 * mean for c in shards), f"uneven: {shards}"
 
 
 def test_user_destinations_across_instances(rcluster, clients):
@@ -250,13 +290,13 @@ def test_tls_and_acl_user_on_every_node(cluster_factory, clients, tls):
         assert r.status_code == 200, r.text
     got = collect_by_destination(sub, len(dests))
     assert {d: [f.text for f in frames] for d, frames in got.items()} == {d: [f"over tls {d}"] for d in dests}
-    sub.subscribe("/topic/greetings", id="g", receipt="rg")
-    clients(cluster.client(cluster.gw_ws(1))).send("/app/greet", "tls", receipt="s")
-    assert sub.expect_message(15).text == "Hello, tls!"
     for p in rc.primaries():
         listing = rc.cli(p, "CLIENT", "LIST")
         ours = [l for l in listing.splitlines() if "name=switchboard-gw" in l]
         assert ours and all("user=app" in l for l in ours), f"redis{p.index}: {listing}"
+    sub.subscribe("/topic/greetings", id="g", receipt="rg")
+    clients(cluster.client(cluster.gw_ws(1))).send("/app/greet", "tls", receipt="s")
+    assert sub.expect_message(15).text == "Hello, tls!", f"no greeting; see {cluster.name}-replica0.log"
 
 
 def run_gateway(*sets, timeout=30):
@@ -286,8 +326,17 @@ def test_wrong_ca_is_refused_at_start_up(cluster_factory, tls):
 
 # -- bad configuration --------------------------------------------------------------------------
 
-def test_unreachable_seed_is_a_start_up_error_naming_the_key():
-    code, output = run_gateway("redis.url=redis://127.0.0.1:1", f"redis.cluster.nodes=127.0.0.1:{free_port()}")
+@pytest.mark.parametrize("case", ["unreachable seed", "not host:port", "database 3", "with sentinels"])
+def test_bad_cluster_configuration_is_a_start_up_error_naming_the_key(case):
+    seed = f"redis.cluster.nodes=127.0.0.1:{free_port()}"
+    sets = {
+        "unreachable seed": ["redis.url=redis://127.0.0.1:1", seed],
+        "not host:port": ["redis.url=redis://127.0.0.1:1", "redis.cluster.nodes=127.0.0.1"],
+        "database 3": ["redis.url=redis://127.0.0.1:1/3", seed],
+        "with sentinels": ["redis.url=redis://127.0.0.1:1", seed, f"redis.sentinel.nodes=127.0.0.1:{free_port()}",
+                           "redis.sentinel.master-name=main"],
+    }[case]
+    code, output = run_gateway(*sets)
     assert code != 0 and "redis.cluster.nodes" in output, output
 
 
