@@ -91,12 +91,26 @@ struct ClusterGatewayTests {
         // Instances listen on their sharded instance channel.
         #expect(try await eventually { b.client.shardSubscriptions.values.contains { $0.contains("t:{instance:gwB}") } })
 
+        try await sendKeepsOrderPerSlot(cluster)
         try await fanOutAcrossInstances(a, b)
         try await repairAfterSlotMove(cluster, a, b)
         try await wildcardRefused(b)
         try await kitOnCluster(cluster, b)
         await a.shutdown()
         await b.shutdown()
+    }
+
+    /// Commands sent one after the other (not awaited) to one slot run in that order, also the
+    /// first ones, sent while the node's connection is still opening.
+    func sendKeepsOrderPerSlot(_ cluster: RedisClusterProcess) async throws {
+        let client = try RedisClusterClient(configuration: clusterConfiguration(cluster), logger: quietLogger)
+        client.start()
+        _ = try await client.refreshTopology()
+        let futures = (0..<300).map { client.send(RawCommand(arguments: ["RPUSH", "{order}", .integer($0)], keys: ["{order}"])) }
+        for future in futures { _ = try await future.get() }
+        let items = try [String](fromRESP: try await client.execute(RawCommand(arguments: ["LRANGE", "{order}", "0", "-1"], keys: ["{order}"])))
+        #expect(items == (0..<300).map(String.init))
+        await client.shutdown()
     }
 
     /// A publish on gateway A reaches the subscriber on gateway B, with and without history, on

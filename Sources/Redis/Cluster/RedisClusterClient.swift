@@ -55,6 +55,9 @@ public final class RedisClusterClient: Sendable {
         var connectionLosses = 0
         /// Command connections open and set up, for ``send(_:)``'s direct path.
         var readyConnections: [RedisServerAddress: RedisConnection] = [:]
+        /// ``send(_:)``s waiting, in order, for their node's command connection (a key is present
+        /// while it opens and while the queue is written on it).
+        var queuedSends: [RedisServerAddress: [QueuedSend]] = [:]
         var slotMapChanges = 0
     }
 
@@ -463,50 +466,6 @@ public final class RedisClusterClient: Sendable {
 }
 
 extension RedisClusterClient {
-    /// Sends `command` (see ``execute(_:)``) and returns a future on one of the client's event loops,
-    /// like ``RedisClient/send(_:)``, so callers written against futures run on either client.
-    ///
-    /// When the owner's command connection is open, the command is written on it at once, so
-    /// commands sent one after the other to one slot run in that order (as on one server); a
-    /// redirect (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`) is then followed like ``execute(_:)``
-    /// does, which may reorder it after later commands.
-    public func send<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response> {
-        if let direct = self.sendDirect(command) {
-            return direct.flatMapError { error in
-                guard let error = error as? RedisServerError, ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"].contains(error.code) else {
-                    return direct.eventLoop.makeFailedFuture(error)
-                }
-                let promise = direct.eventLoop.makePromise(of: Command.Response.self)
-                promise.completeWithTask { try await self.execute(command) }
-                return promise.futureResult
-            }
-        }
-        let promise = self.eventLoopGroup.any().makePromise(of: Command.Response.self)
-        promise.completeWithTask { try await self.execute(command) }
-        return promise.futureResult
-    }
-
-    /// Writes `command` on the open connection to its slot's owner; nil when there is none yet
-    /// (or the node is at its limit of commands in flight).
-    private func sendDirect<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response>? {
-        let slot: HashSlot?
-        do { slot = try HashSlot(keys: command.keysAffected) } catch { return nil }
-        let limit = self.cluster.maximumPendingCommandsPerNode
-        let target = self.state.withLockedValue { state -> (RedisServerAddress, RedisConnection)? in
-            guard let topology = state.topology else { return nil }
-            let node = slot.map { topology.primary(for: $0) } ?? topology.primaries.first
-            guard let node, let connection = state.readyConnections[node], connection.isActive,
-                state.pending[node, default: 0] < limit
-            else { return nil }
-            state.pending[node, default: 0] += 1
-            return (node, connection)
-        }
-        guard let (node, connection) = target else { return nil }
-        let reply = connection.sendRaw(command)
-        reply.whenComplete { _ in self.state.withLockedValue { $0.pending[node, default: 1] -= 1 } }
-        return reply.flatMapThrowing { try Command.Response(fromRESP: $0) }
-    }
-
     /// Runs `body` with a connection to the primary owning the slot of `keys` (see
     /// ``makeDedicatedConnection(forKeys:)``), closed afterwards.
     public func withDedicatedConnection<T: Sendable>(forKeys keys: [String], _ body: (RedisConnection) async throws -> T) async throws -> T {
