@@ -363,12 +363,17 @@ let package = Package(
             name: "SwitchboardRedisTests",
             dependencies: [
                 "Redis",
+                "RedisServerTesting",
                 "SwitchboardRedis",
                 "SwitchboardCore",
                 "SwitchboardRoutes",
                 "SwitchboardWire",
                 "STOMPCodec",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
             ]
         ),
     ]

@@ -36,6 +36,12 @@ struct GreetingService: AsyncParsableCommand {
     @Option(help: "With rediss://: PEM file of the CAs trusted to sign the Redis servers' certificates (default: the system's).")
     var redisTLSCAFile: String?
 
+    @Option(help: "With rediss://: PEM client certificate for servers that require one (mTLS); with --redis-tls-key-file.")
+    var redisTLSCertFile: String?
+
+    @Option(help: "With rediss://: the PEM private key of --redis-tls-cert-file.")
+    var redisTLSKeyFile: String?
+
     @Option(help: "The outbound stream the gateway writes /app/greet messages to.")
     var stream = "GREETING_CHANNEL_OUTBOUND"
 
@@ -93,9 +99,14 @@ struct GreetingService: AsyncParsableCommand {
     /// The Redis of the gateway: one server, or a cluster from `--redis-cluster-nodes`.
     func makeRedis(logger: Logger) async throws -> GatewayRedis {
         var configuration = try RedisConfiguration(url: self.redisURL)
-        if let caFile = self.redisTLSCAFile {
-            guard configuration.tls != nil else { throw ValidationError("--redis-tls-ca-file needs a rediss:// --redis-url") }
-            configuration.tls?.caFile = caFile
+        if self.redisTLSCAFile != nil || self.redisTLSCertFile != nil || self.redisTLSKeyFile != nil {
+            guard configuration.tls != nil else { throw ValidationError("--redis-tls-* options need a rediss:// --redis-url") }
+            guard (self.redisTLSCertFile == nil) == (self.redisTLSKeyFile == nil) else {
+                throw ValidationError("--redis-tls-cert-file and --redis-tls-key-file go together")
+            }
+            configuration.tls?.caFile = self.redisTLSCAFile
+            configuration.tls?.certificateFile = self.redisTLSCertFile
+            configuration.tls?.privateKeyFile = self.redisTLSKeyFile
         }
         guard let nodes = self.redisClusterNodes else {
             let client = RedisClient(configuration: configuration, logger: logger, enableSubscriptions: false)

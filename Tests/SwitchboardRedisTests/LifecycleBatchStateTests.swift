@@ -66,4 +66,19 @@ struct LifecycleBatchStateTests {
         next = state.nextBatch()
         #expect(next?.facts == [Self.fact(2)])
     }
+
+    @Test func factsAreNumberedAndEachBatchSaysItsLastNumber() {
+        var state = LifecycleBatchState(limits: .init(maxQueued: 3, maxBatch: 2))
+        for n in 1...4 { _ = state.append(Self.fact(n)) }  // the fourth is dropped: no number
+        #expect(state.appended == 3)
+        let first = state.nextBatch()
+        #expect(first?.through == 2)
+        _ = state.append(Self.fact(5))
+        #expect(state.appended == 4)
+        _ = state.failed()
+        #expect(state.retry()?.through == 2)  // a retry is the same batch
+        state.succeeded()
+        let second = state.nextBatch()
+        #expect(second?.facts == [Self.fact(3), Self.fact(5)] && second?.through == 4)
+    }
 }

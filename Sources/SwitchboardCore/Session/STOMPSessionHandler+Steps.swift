@@ -64,7 +64,7 @@ extension STOMPSessionHandler {
             } else {
                 sendReceipt(close.receipt)
             }
-            if close.wasConnected { sessionEnded(close.failure?.kind.disconnectReason ?? .client) }
+            sessionEnded(close.failure?.kind.disconnectReason ?? .client, wasConnected: close.wasConnected)
             closeConnection(context: context, code: close.failure?.closeCode ?? .normalClosure)
         }
     }
@@ -81,7 +81,6 @@ extension STOMPSessionHandler {
         shard.scheduleHeartbeatCheck(self, at: shard.tick + 1)
         services.stats.sessionsConnected.add(1)
         services.stats.sessionsByVersion[connected.version.ordinal].add(1)
-        record(.connected(user: connected.identity?.user))
         send(connected.frame)
         sendReceipt(connected.receipt)
         if services.logger.logLevel <= .debug {
@@ -95,7 +94,7 @@ extension STOMPSessionHandler {
         switch command {
         case .connect(let token):
             guard let token, let authenticator = config.authenticator else {
-                machine.stepCompleted(step, .connected(nil))
+                if let result = connectAccepted(nil, step: step) { machine.stepCompleted(step, result) }
                 return
             }
             let future = authenticator.authenticate(token: token, on: shard.eventLoop)
@@ -104,15 +103,21 @@ extension STOMPSessionHandler {
                     return .failure(SessionFailure("too many sessions for user \(identity.user) (limit \(handler.config.maxSessionsPerUser))", kind: .limit))
                 }
                 handler.countedUser = identity.user
-                return .connected(identity)
+                return handler.connectAccepted(identity, step: step)
             }
         case .subscribe(let s):
             let sub = LocalSubscription(id: s.id, pattern: s.pattern, ackMode: s.ackMode, sink: self)
             subscriptions[s.id] = sub
             // The watcher listens before its own subscription is recorded, so the notices of
             // everything recorded after its receipt reach it.
-            let watching = s.presence ? watchPresence(s) : nil
-            record(.subscribed(id: s.id, destination: s.destination))
+            var watching = s.presence ? watchPresence(s) : nil
+            // Its receipt says the `subscribed` fact is stored; without one it is not waited for.
+            if s.wantsReceipt, let lifecycle = services.lifecycle {
+                let stored = factStored(.subscribed(id: s.id, destination: s.destination), by: lifecycle)
+                watching = watching.map { $0.and(stored).map { _ in } } ?? stored
+            } else {
+                record(.subscribed(id: s.id, destination: s.destination))
+            }
             let replay = register(sub, start: s.start, step: step)
             services.stats.subscriptions.add(1)
             let destination = s.destination
@@ -146,6 +151,32 @@ extension STOMPSessionHandler {
         }
     }
 
+    /// CONNECT is accepted (authenticated, within the user's session limit): records the
+    /// `connected` fact. Returns the step's result, or nil when it completes later: with events
+    /// on, once the fact is stored (in Redis mode, when Redis acknowledged the batch holding
+    /// it), so `CONNECTED` means the session is in presence and its `connected` event written.
+    /// A fact that cannot be stored fails the CONNECT.
+    private func connectAccepted(_ identity: SessionIdentity?, step: Machine.StepID) -> Machine.StepResult? {
+        guard let lifecycle = services.lifecycle else { return .connected(identity) }
+        inPresence = true  // from now on its end is recorded, also if CONNECTED never goes out
+        // Called at once or later: either way the step completes there (at once, from within
+        // the actions being run, it is picked up by them).
+        lifecycle.record(fact(.connected(user: identity?.user)), on: shard.eventLoop) { [self] error in
+            finishStep(step, error.map { .failure(SessionFailure("\($0)", kind: .route)) } ?? .connected(identity))
+        }
+        return nil
+    }
+
+    /// Records `kind`, with a future that succeeds once the fact is stored (see
+    /// ``LifecycleRecorder/record(_:on:stored:)``).
+    private func factStored(_ kind: LifecycleFact.Kind, by lifecycle: any LifecycleRecorder) -> EventLoopFuture<Void> {
+        let promise = shard.eventLoop.makePromise(of: Void.self)
+        lifecycle.record(fact(kind), on: shard.eventLoop) { error in
+            if let error { promise.fail(error) } else { promise.succeed() }
+        }
+        return promise.futureResult
+    }
+
     /// Registers the join/leave notices of `s`'s destination for this session; returns what to
     /// wait for before the receipt (the engine listening for them), if anything.
     private func watchPresence(_ s: Machine.Subscription) -> EventLoopFuture<Void>? {
@@ -162,7 +193,7 @@ extension STOMPSessionHandler {
     private func complete<T: Sendable>(
         _ future: EventLoopFuture<T>, step: Machine.StepID, kind: SessionErrorKind,
         describe: @escaping (any Error) -> String,
-        onSuccess: @escaping (STOMPSessionHandler, T) -> Machine.StepResult
+        onSuccess: @escaping (STOMPSessionHandler, T) -> Machine.StepResult?
     ) {
         let loop = shard.eventLoop
         let bound = NIOLoopBound((handler: self, describe: describe, onSuccess: onSuccess), eventLoop: loop)
@@ -171,16 +202,24 @@ extension STOMPSessionHandler {
             guard handler.machine.phase != .closed else { return }
             switch result {
             case .success(let value):
-                handler.machine.stepCompleted(step, onSuccess(handler, value))
+                // nil: the step goes on (CONNECT waiting for its fact to be stored).
+                guard let outcome = onSuccess(handler, value) else { return }
+                handler.finishStep(step, outcome)
             case .failure(let error):
-                handler.machine.stepCompleted(step, .failure(SessionFailure(describe(error), kind: kind)))
+                handler.finishStep(step, .failure(SessionFailure(describe(error), kind: kind)))
             }
-            handler.runActions()
-            // Receipts of steps completing together go out in one flush per loop tick.
-            if handler.wroteSinceFlush {
-                handler.shard.markDirty(handler)
-                handler.shard.scheduleFlush()
-            }
+        }
+    }
+
+    /// Reports step `step`'s end, on this loop, and runs what follows.
+    private func finishStep(_ step: Machine.StepID, _ result: Machine.StepResult) {
+        guard machine.phase != .closed else { return }
+        machine.stepCompleted(step, result)
+        runActions()
+        // Receipts of steps completing together go out in one flush per loop tick.
+        if wroteSinceFlush {
+            shard.markDirty(self)
+            shard.scheduleFlush()
         }
     }
 

@@ -91,6 +91,8 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     var heldBytes = 0
     /// ``runActions()`` is running (an action may feed the machine an event).
     var running = false
+    /// The session's `connected` fact was recorded and its `disconnected` not yet.
+    var inPresence = false
     private var cleanedUp = false
 
     package init(services: GatewayServices, handshake: HandshakeInfo = HandshakeInfo()) {
@@ -146,7 +148,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     func cleanUp() {
         guard !cleanedUp, machine != nil else { return }
         cleanedUp = true
-        if machine.connectionClosed() { sessionEnded(.client) }
+        sessionEnded(.client, wasConnected: machine.connectionClosed())
         if let countedUser { services.userSessions.remove(countedUser) }
         for sub in subscriptions.values { shard.remove(sub) }
         services.stats.subscriptions.subtract(subscriptions.count)
@@ -179,7 +181,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             machine.read(at: shard.tick)
         } else if event is STOMPTransportClosing {
             // A close frame went out below: nothing more may be written.
-            if machine.connectionClosed() { sessionEnded(.client) }
+            sessionEnded(.client, wasConnected: machine.connectionClosed())
             undelivered = nil
             held = nil
         } else {
@@ -390,10 +392,15 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         runActions()
     }
 
-    /// Counts a session that was connected and is no longer, and records why.
-    func sessionEnded(_ reason: DisconnectReason) {
-        services.stats.sessionsConnected.subtract(1)
-        services.stats.sessionsByVersion[version.ordinal].subtract(1)
+    /// The session is over: counts it if it was connected, and records why if its `connected`
+    /// fact was recorded (also when `CONNECTED` was still waiting for that fact to be stored).
+    func sessionEnded(_ reason: DisconnectReason, wasConnected: Bool) {
+        if wasConnected {
+            services.stats.sessionsConnected.subtract(1)
+            services.stats.sessionsByVersion[version.ordinal].subtract(1)
+        }
+        guard inPresence else { return }
+        inPresence = false
         record(.disconnected(reason))
     }
 
@@ -401,7 +408,11 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     @inline(__always)
     func record(_ kind: LifecycleFact.Kind) {
         guard let lifecycle = services.lifecycle else { return }
-        lifecycle.record(LifecycleFact(session: sessionID, kind: kind, time: Self.wallClockMillis()), on: shard.eventLoop)
+        lifecycle.record(fact(kind), on: shard.eventLoop)
+    }
+
+    func fact(_ kind: LifecycleFact.Kind) -> LifecycleFact {
+        LifecycleFact(session: sessionID, kind: kind, time: Self.wallClockMillis())
     }
 
     /// Sends a WebSocket close frame after what is queued, then closes the channel. A peer

@@ -196,7 +196,8 @@ extension STOMPSessionStateMachine {
         }
         addSubscriptionID(id)
         let subscription = Subscription(
-            id: id, destination: destination, pattern: pattern, ackMode: ackMode, start: start, presence: presence)
+            id: id, destination: destination, pattern: pattern, ackMode: ackMode, start: start, presence: presence,
+            wantsReceipt: frame.headers["receipt"] != nil)
         return startStep(.subscribe(subscription), for: frame, pipelined: false)
     }
 

@@ -69,6 +69,8 @@ package struct STOMPSessionStateMachine {
         package var start: HistoryStart? = nil
         /// `x-presence: true`: join/leave notices of other sessions come on this subscription too.
         package var presence = false
+        /// The SUBSCRIBE asked for a receipt (which then waits for its `subscribed` fact to be stored).
+        package var wantsReceipt = false
     }
 
     /// How a step ended.

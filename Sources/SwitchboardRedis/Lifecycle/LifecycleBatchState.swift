@@ -15,6 +15,9 @@ import SwitchboardWire
 /// - A failed batch is sent again, unchanged and with the same number, after a backoff
 ///   (100 ms doubling to 2 s); the Redis function skips a number it applied already, so a
 ///   batch whose reply was lost is not applied twice.
+/// - Facts are numbered as they queue (``appended``), and each batch says the number of its
+///   last fact (``Batch/through``): a session waiting for its fact to be stored (CONNECT)
+///   waits for the batch whose `through` reaches its number.
 package struct LifecycleBatchState {
     package struct Limits: Sendable, Equatable {
         package var maxQueued: Int
@@ -29,6 +32,8 @@ package struct LifecycleBatchState {
         /// Increasing from 1 on this loop.
         package var number: UInt64
         package var facts: [LifecycleFact]
+        /// The number (see ``LifecycleBatchState/appended``) of the batch's last fact.
+        package var through: UInt64
     }
 
     package let limits: Limits
@@ -40,6 +45,10 @@ package struct LifecycleBatchState {
     private var consecutiveFailures = 0
     /// Facts dropped because the queue was full.
     package private(set) var dropped = 0
+    /// Facts queued so far: the number of the last one (the first is 1; dropped ones do not count).
+    package private(set) var appended: UInt64 = 0
+    /// The number of the last fact taken into a batch.
+    private var taken: UInt64 = 0
 
     package init(limits: Limits = Limits()) { self.limits = limits }
 
@@ -55,6 +64,7 @@ package struct LifecycleBatchState {
             return false
         }
         queue.append(fact)
+        appended += 1
         return true
     }
 
@@ -65,7 +75,8 @@ package struct LifecycleBatchState {
         var facts: [LifecycleFact] = []
         facts.reserveCapacity(count)
         for _ in 0..<count { facts.append(queue.removeFirst()) }
-        let batch = Batch(number: nextNumber, facts: facts)
+        taken += UInt64(count)
+        let batch = Batch(number: nextNumber, facts: facts, through: taken)
         nextNumber += 1
         inFlight = batch
         return batch

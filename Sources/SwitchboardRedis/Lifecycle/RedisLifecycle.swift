@@ -13,7 +13,11 @@ import Synchronization
 ///
 /// A session calls ``record(_:on:)`` on its own loop: the fact is appended to that loop's
 /// ``LoopLifecycleBatcher`` (no lock, no hop), which sends what accumulated during the loop
-/// tick as one pipelined `FCALL`.
+/// tick as one pipelined `FCALL`. A session that waits for its fact to be stored (the CONNECT
+/// step, a SUBSCRIBE with a receipt) uses ``record(_:on:stored:)``: its callback is kept with
+/// the fact's number and called on the loop when the batch holding it is acknowledged, or
+/// when a write of the loop fails (the batch is retried, but the session does not wait for
+/// the retry).
 package final class RedisLifecycle: LifecycleRecorder {
     package let client: RedisClient
     package let settings: LifecycleStreamSettings
@@ -61,6 +65,14 @@ package final class RedisLifecycle: LifecycleRecorder {
 
     package func record(_ fact: LifecycleFact, on loop: any EventLoop) {
         batchers[ObjectIdentifier(loop)]?.append(fact)
+    }
+
+    package func record(_ fact: LifecycleFact, on loop: any EventLoop, stored: @escaping (LifecycleWriteError?) -> Void) {
+        guard let batcher = batchers[ObjectIdentifier(loop)] else {
+            stored(.noBatcher)
+            return
+        }
+        batcher.append(fact, stored: stored)
     }
 
     /// A user's presence across every instance.
@@ -112,6 +124,8 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
     var state: LifecycleBatchState
     /// A send is scheduled for the end of this loop tick.
     private var scheduled = false
+    /// Sessions waiting for their fact to be stored, by the fact's number (increasing).
+    private var waiting = CircularBuffer<(fact: UInt64, stored: (LifecycleWriteError?) -> Void)>(initialCapacity: 4)
 
     init(
         loop: any EventLoop, index: Int, limits: LifecycleBatchState.Limits, client: RedisClient, settings: LifecycleStreamSettings,
@@ -132,15 +146,19 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
     }
 
     /// On `loop`: queues the fact; what arrives in the same loop tick goes in one batch.
-    func append(_ fact: LifecycleFact) {
+    /// `stored`, if any, is called when the batch holding the fact is acknowledged, or with
+    /// the error when the fact was dropped or a write of this loop failed.
+    func append(_ fact: LifecycleFact, stored: ((LifecycleWriteError?) -> Void)? = nil) {
         loop.preconditionInEventLoop()
         guard state.append(fact) else {
             droppedCounter.increment()
             if state.dropped == 1 || state.dropped % 1000 == 0 {
                 logger.warning("lifecycle queue full: facts dropped", metadata: ["dropped": "\(state.dropped)", "limit": "\(state.limits.maxQueued)"])
             }
+            stored?(.queueFull(limit: state.limits.maxQueued))
             return
         }
+        if let stored { waiting.append((state.appended, stored)) }
         guard !scheduled, state.inFlight == nil else { return }
         scheduled = true
         loop.execute { self.sendNext() }
@@ -163,11 +181,24 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
                     self.onRegistryLost()
                 }
                 self.state.succeeded()
+                // A session told here may record more facts: they go in the next batch.
+                while let first = self.waiting.first, first.fact <= batch.through {
+                    self.waiting.removeFirst()
+                    first.stored(nil)
+                }
                 self.sendNext()
             case .failure(let error):
                 self.failureCounter.increment()
                 let delay = self.state.failed()
                 self.logger.debug("lifecycle batch failed; retrying", metadata: ["error": "\(error)", "retry.ms": "\(delay.nanoseconds / 1_000_000)"])
+                // Whoever waits on this loop would wait for the retry at least: they are told
+                // now (their facts stay queued and are written when Redis takes them).
+                if !self.waiting.isEmpty {
+                    let failed = self.waiting
+                    self.waiting.removeAll(keepingCapacity: true)
+                    let reason = LifecycleWriteError.writeFailed(error)
+                    for waiter in failed { waiter.stored(reason) }
+                }
                 self.loop.scheduleTask(in: delay) {
                     if let batch = self.state.retry() { self.send(batch) }
                 }
