@@ -274,12 +274,13 @@ def tls(tmp_path_factory):
 
 
 def test_tls_and_acl_user_on_every_node(cluster_factory, clients, tls):
-    """Every node TLS only (bus and replication too) and only the ACL user `app`: two gateways
+    """Every node TLS only (bus and replication too), client certificates required (mTLS), and
+    only the ACL user `app`: two gateways
     (rediss://app:…@) deliver across instances on destinations of every shard, a
     greeting-service replica answers /app/greet, and the gateways' connections on every
     primary are the user's."""
     cluster = cluster_factory(replicas=1, gateways=2, config_yaml=cluster_config(),
-                              redis_cluster={"tls": tls, "user": ("app", "app-secret")})
+                              redis_cluster={"tls": tls, "mtls": True, "user": ("app", "app-secret")})
     rc = cluster.rc
     dests = spread(rc, "/topic/rc-tls-", 1)
     sub = clients(cluster.client(cluster.gw_ws(0)))

@@ -1,7 +1,9 @@
 """The Redis Cluster fixture alone (support.rediscluster, no gateway): 3 primaries + 3 replicas
 created with redis-cli, slots computed like Redis, a reshard that moves keys, a kill -9 of a
 primary with its replica promoted and the old primary back as a replica; and the same cluster
-over TLS with an ACL user only."""
+over TLS with client certificates required and an ACL user only."""
+import subprocess
+
 import pytest
 
 from support.process import wait_until
@@ -52,7 +54,7 @@ def test_create_reshard_and_fail_over(rc):
 
 def test_tls_and_acl_user_on_every_node(rc, tmp_path):
     tls = TLSFiles(tmp_path)
-    cluster = rc(tls=tls, user=("app", "app-secret"))
+    cluster = rc(tls=tls, user=("app", "app-secret"), mtls=True)
     p = cluster.primaries()[0]
     assert cluster.any_cli("SET", "k", "v") == "OK" and cluster.any_cli("GET", "k") == "v"
     assert "user=app" in cluster.cli(p, "CLIENT", "LIST")
@@ -64,5 +66,8 @@ def test_tls_and_acl_user_on_every_node(rc, tmp_path):
     nouser = RedisCluster.__new__(RedisCluster)
     nouser.tls, nouser.user = tls, None
     assert "PONG" not in nouser.cli(p, "PING")
+    no_cert = subprocess.run(["redis-cli", "--tls", "--cacert", str(tls.ca), "--user", "app", "--pass", "app-secret",
+                              "--no-auth-warning", "-p", str(p.port), "PING"], capture_output=True, text=True, timeout=10)
+    assert "PONG" not in no_cert.stdout, "a client without a certificate was let in"
     new = cluster.fail_primary(p)
     assert cluster.cli(new, "ROLE").startswith("master")

@@ -180,7 +180,9 @@ class Cluster:
 
     def start_replica(self, j: int, *extra):
         if self.rc:
-            extra = ("--redis-cluster-nodes", self.rc.seeds, *(("--redis-tls-ca-file", str(self.rc.tls.ca)) if self.rc.tls else ()), *extra)
+            t = self.rc.tls
+            tls = ("--redis-tls-ca-file", str(t.ca), "--redis-tls-cert-file", str(t.client), "--redis-tls-key-file", str(t.client_key)) if t else ()
+            extra = ("--redis-cluster-nodes", self.rc.seeds, *tls, *extra)
         self._spawn(f"replica{j}", [GREETING_BIN, "--redis-url", self.redis_url,
                                     "--stream", "GREETING_CHANNEL_OUTBOUND", "--group", "greeting-service",
                                     "--consumer", f"greeting-{j}", *self.replica_args, *extra])

@@ -4,7 +4,7 @@ ports (client port and cluster bus port) with its own directory and config file;
 ``test-artifacts/<name>-redisN.log``.
 
 Options: ``tls`` (a ``support.redis.TLSFiles``): every node TLS only (``port 0``, ``tls-port``,
-``tls-cluster yes``, ``tls-replication yes``); ``user`` (name, password): an ACL user on every
+``tls-cluster yes``, ``tls-replication yes``), ``mtls``: client certificates required; ``user`` (name, password): an ACL user on every
 node, the default user off, replication as that user. ``cli`` speaks the node's way (TLS, user).
 
 Helpers: ``wait_healthy`` (``cluster_state:ok`` on every running node, one slot map),
@@ -66,8 +66,10 @@ class Node:
 
 class RedisCluster:
     def __init__(self, directory: Path, name: str, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000,
-                 tls: TLSFiles | None = None, user: tuple[str, str] | None = None, extra_config: str = ""):
-        self.name, self.tls, self.user = name, tls, user
+                 tls: TLSFiles | None = None, user: tuple[str, str] | None = None, extra_config: str = "",
+                 mtls: bool = False):
+        """`mtls`: with `tls`, every node requires a client certificate (else optional)."""
+        self.name, self.tls, self.user, self.mtls = name, tls, user, mtls
         self.extra_config = extra_config
         self.node_timeout_ms = node_timeout_ms
         self.nodes: list[Node] = []
@@ -96,7 +98,7 @@ class RedisCluster:
         if self.tls:
             t = self.tls
             lines += ["port 0", f"tls-port {node.port}", f"tls-cert-file {t.server}", f"tls-key-file {t.server_key}",
-                      f"tls-ca-cert-file {t.ca}", "tls-auth-clients optional", "tls-cluster yes", "tls-replication yes",
+                      f"tls-ca-cert-file {t.ca}", f"tls-auth-clients {'yes' if self.mtls else 'optional'}", "tls-cluster yes", "tls-replication yes",
                       # The certificate a node presents when it connects (cluster bus,
                       # replication) needs the clientAuth usage.
                       f"tls-client-cert-file {t.client}", f"tls-client-key-file {t.client_key}"]
