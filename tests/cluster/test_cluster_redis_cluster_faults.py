@@ -19,7 +19,7 @@ import websocket
 from support.gateway import metric
 from support.history import Publisher, drain, finish_and_count, resume_then_finish
 from support.process import wait_until
-from support.rediscluster import dest_channel, destinations_in
+from support.rediscluster import dest_channel, destinations_in, keyslot
 from support.stompclient import ConnectionClosed, StompClient
 
 CONFIG = "redis:\n  url: redis://127.0.0.1:6379\n"
@@ -246,16 +246,58 @@ def test_app_stream_route_across_a_primary_failover(cluster_factory, clients):
         s.stop.set()
         s.join(10)
     receipted = {m for s in senders for m in s.receipted}
-    seen: dict[str, int] = {}
-    deadline = time.monotonic() + 30
-    while not receipted <= set(seen) and time.monotonic() < deadline:
-        try:
-            f = watcher.expect_message(0.5)
-        except TimeoutError:
-            continue
-        seen[f["x-msg-id"]] = seen.get(f["x-msg-id"], 0) + 1
+    seen = greetings_until(watcher, receipted)
     twice = sorted(m for m, k in seen.items() if k > 1)
     print(f"\n/app across a failover: receipted {len(receipted)}, failed {sum(len(s.failed) for s in senders)}, "
           f"answered {len(seen)}, twice {twice}")
     missing = sorted(receipted - set(seen))
     assert not missing, f"receipted SENDs never answered: {missing[:20]}"
+
+
+def greetings_until(watcher, wanted: set[str], timeout=30.0) -> dict[str, int]:
+    """Reads greetings until every x-msg-id in `wanted` arrived; how often each id arrived."""
+    seen: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    while not wanted <= set(seen) and time.monotonic() < deadline:
+        try:
+            f = watcher.expect_message(0.5)
+        except TimeoutError:
+            continue
+        seen[f["x-msg-id"]] = seen.get(f["x-msg-id"], 0) + 1
+    return seen
+
+
+def test_app_stream_route_while_its_slot_moves(cluster_factory, clients):
+    """redis-cli --cluster reshard of the slot holding the /app/greet stream (and its consumer
+    group) while SENDs arrive on every gateway and two greeting-service replicas read it: every
+    receipted SEND is answered exactly once, nothing stays pending."""
+    # redis-cli --cluster create gives the first primary slots 0-5460: a stream name in its 100
+    # lowest slots moves with the reshard below.
+    stream = next(name for name in (f"greet-out-{n}" for n in range(100_000)) if keyslot(name) < 100)
+    cluster = cluster_factory(replicas=0, config_yaml=GREET_CONFIG.replace("GREETING_CHANNEL_OUTBOUND", stream), redis_cluster={})
+    rc = cluster.rc
+    source, target, _ = rc.primaries()
+    assert keyslot(stream) in rc.lowest_slots(source, 100)
+    for j in (0, 1):
+        cluster.start_replica(j, "--stream", stream)
+    watcher = clients(cluster.client(cluster.gw_ws(0)))
+    watcher.subscribe("/topic/greetings", id="g", receipt="r")
+    senders = [Sender(cluster, i) for i in range(3)]
+    for s in senders:
+        s.start()
+    wait_until(lambda: all(len(s.receipted) >= 10 for s in senders), 20, what="receipted SENDs")
+    rc.reshard(100, source, target)
+    assert rc.node_for_key(stream) is target
+    before = [len(s.receipted) for s in senders]
+    wait_until(lambda: all(len(s.receipted) >= b + 10 for s, b in zip(senders, before)), 30, what="receipted SENDs after the reshard")
+    for s in senders:
+        s.stop.set()
+        s.join(10)
+    receipted = {m for s in senders for m in s.receipted}
+    seen = greetings_until(watcher, receipted)
+    twice = sorted(m for m, k in seen.items() if k > 1)
+    print(f"\n/app while its slot moves: receipted {len(receipted)}, failed {sum(len(s.failed) for s in senders)}, "
+          f"answered {len(seen)}, twice {twice}")
+    assert not sorted(receipted - set(seen)), f"receipted SENDs never answered: {sorted(receipted - set(seen))[:20]}"
+    assert not twice, f"answered twice: {twice}"
+    wait_until(lambda: cluster.redis_cli("XPENDING", stream, "greeting-service").splitlines()[0] == "0", 10, what="nothing pending")
