@@ -220,38 +220,28 @@ class Sender(threading.Thread):
                 time.sleep(0.1)  # reconnect back-off
 
 
-def test_app_stream_route_across_a_primary_failover(cluster_factory, clients):
-    """kill -9 of the primary holding the /app/greet stream while SENDs arrive on every
-    gateway and two greeting-service replicas process them: every receipted SEND is answered
-    (the RECEIPT means "stored"); SENDs during the outage get an ERROR, never a RECEIPT.
-    Greetings that arrive twice (an acknowledgement lost with the primary; docs: a replica
-    that cannot reach Redis for claim-min-idle) are counted and printed: seen in every run so
-    far (2 per run: entries handled just before the kill, handled again after the reconnect,
-    although the outage was shorter than claim-min-idle)."""
-    cluster = cluster_factory(replicas=2, config_yaml=GREET_CONFIG, redis_cluster={})
-    rc = cluster.rc
-    victim = rc.node_for_key("GREETING_CHANNEL_OUTBOUND")
+def sends_across(cluster, clients, what, fault):
+    """Receipted SENDs to /app/greet from a Sender on every gateway, greetings watched on gw0;
+    `fault()` runs once each sender has 10 receipts, then 10 more each, then they stop. Returns
+    (receipted ids never answered, ids answered twice); prints the counts."""
     watcher = clients(cluster.client(cluster.gw_ws(0)))
     watcher.subscribe("/topic/greetings", id="g", receipt="r")
     senders = [Sender(cluster, i) for i in range(3)]
     for s in senders:
         s.start()
     wait_until(lambda: all(len(s.receipted) >= 10 for s in senders), 20, what="receipted SENDs")
-    rc.fail_primary(victim)
-    for i in range(3):
-        cluster.wait_ready(i, timeout=30)
+    fault()
     before = [len(s.receipted) for s in senders]
-    wait_until(lambda: all(len(s.receipted) >= b + 10 for s, b in zip(senders, before)), 30, what="receipted SENDs after the failover")
+    wait_until(lambda: all(len(s.receipted) >= b + 10 for s, b in zip(senders, before)), 30, what=f"receipted SENDs after {what}")
     for s in senders:
         s.stop.set()
         s.join(10)
     receipted = {m for s in senders for m in s.receipted}
     seen = greetings_until(watcher, receipted)
     twice = sorted(m for m, k in seen.items() if k > 1)
-    print(f"\n/app across a failover: receipted {len(receipted)}, failed {sum(len(s.failed) for s in senders)}, "
+    print(f"\n/app, {what}: receipted {len(receipted)}, failed {sum(len(s.failed) for s in senders)}, "
           f"answered {len(seen)}, twice {twice}")
-    missing = sorted(receipted - set(seen))
-    assert not missing, f"receipted SENDs never answered: {missing[:20]}"
+    return sorted(receipted - set(seen)), twice
 
 
 def greetings_until(watcher, wanted: set[str], timeout=30.0) -> dict[str, int]:
@@ -267,6 +257,27 @@ def greetings_until(watcher, wanted: set[str], timeout=30.0) -> dict[str, int]:
     return seen
 
 
+def test_app_stream_route_across_a_primary_failover(cluster_factory, clients):
+    """kill -9 of the primary holding the /app/greet stream while SENDs arrive on every
+    gateway and two greeting-service replicas process them: every receipted SEND is answered
+    (the RECEIPT means "stored"); SENDs during the outage get an ERROR, never a RECEIPT.
+    Greetings that arrive twice (an acknowledgement lost with the primary; docs: a replica
+    that cannot reach Redis for claim-min-idle) are counted and printed: seen in every run so
+    far (2 per run: entries handled just before the kill, handled again after the reconnect,
+    although the outage was shorter than claim-min-idle)."""
+    cluster = cluster_factory(replicas=2, config_yaml=GREET_CONFIG, redis_cluster={})
+    rc = cluster.rc
+    victim = rc.node_for_key("GREETING_CHANNEL_OUTBOUND")
+
+    def fail_over():
+        rc.fail_primary(victim)
+        for i in range(3):
+            cluster.wait_ready(i, timeout=30)
+
+    missing, _ = sends_across(cluster, clients, "across a failover", fail_over)
+    assert not missing, f"receipted SENDs never answered: {missing[:20]}"
+
+
 def test_app_stream_route_while_its_slot_moves(cluster_factory, clients):
     """redis-cli --cluster reshard of the slot holding the /app/greet stream (and its consumer
     group) while SENDs arrive on every gateway and two greeting-service replicas read it: every
@@ -280,24 +291,12 @@ def test_app_stream_route_while_its_slot_moves(cluster_factory, clients):
     assert keyslot(stream) in rc.lowest_slots(source, 100)
     for j in (0, 1):
         cluster.start_replica(j, "--stream", stream)
-    watcher = clients(cluster.client(cluster.gw_ws(0)))
-    watcher.subscribe("/topic/greetings", id="g", receipt="r")
-    senders = [Sender(cluster, i) for i in range(3)]
-    for s in senders:
-        s.start()
-    wait_until(lambda: all(len(s.receipted) >= 10 for s in senders), 20, what="receipted SENDs")
-    rc.reshard(100, source, target)
-    assert rc.node_for_key(stream) is target
-    before = [len(s.receipted) for s in senders]
-    wait_until(lambda: all(len(s.receipted) >= b + 10 for s, b in zip(senders, before)), 30, what="receipted SENDs after the reshard")
-    for s in senders:
-        s.stop.set()
-        s.join(10)
-    receipted = {m for s in senders for m in s.receipted}
-    seen = greetings_until(watcher, receipted)
-    twice = sorted(m for m, k in seen.items() if k > 1)
-    print(f"\n/app while its slot moves: receipted {len(receipted)}, failed {sum(len(s.failed) for s in senders)}, "
-          f"answered {len(seen)}, twice {twice}")
-    assert not sorted(receipted - set(seen)), f"receipted SENDs never answered: {sorted(receipted - set(seen))[:20]}"
+
+    def move():
+        rc.reshard(100, source, target)
+        assert rc.node_for_key(stream) is target
+
+    missing, twice = sends_across(cluster, clients, "while its slot moves", move)
+    assert not missing, f"receipted SENDs never answered: {missing[:20]}"
     assert not twice, f"answered twice: {twice}"
     wait_until(lambda: cluster.redis_cli("XPENDING", stream, "greeting-service").splitlines()[0] == "0", 10, what="nothing pending")
