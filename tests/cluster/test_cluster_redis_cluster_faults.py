@@ -197,6 +197,7 @@ class Sender(threading.Thread):
         self.prefix = f"g{i}-"
         self.receipted: list[str] = []
         self.failed: list[str] = []
+        self.errors: list[str] = []  # the ERROR frames' messages
         self.stop = threading.Event()
 
     def run(self):
@@ -208,10 +209,11 @@ class Sender(threading.Thread):
                 while not self.stop.is_set():
                     msg_id = f"{self.prefix}{n}"
                     n += 1
-                    try:
-                        c.send("/app/greet", msg_id, headers={"x-msg-id": msg_id}, receipt="s")
-                    except AssertionError:  # an ERROR instead of the RECEIPT: the connection closes
+                    c.send_frame("SEND", {"destination": "/app/greet", "x-msg-id": msg_id, "receipt": "s"}, msg_id)
+                    f = c.receive(5)
+                    if f.command != "RECEIPT":  # an ERROR: the connection closes
                         self.failed.append(msg_id)
+                        self.errors.append(f"{msg_id}: {f.get('message')}")
                         break
                     self.receipted.append(msg_id)
                 c.close()
@@ -239,8 +241,12 @@ def sends_across(cluster, clients, what, fault):
     receipted = {m for s in senders for m in s.receipted}
     seen = greetings_until(watcher, receipted)
     twice = sorted(m for m, k in seen.items() if k > 1)
+    unreceipted_answered = sorted(set(seen) - receipted)
     print(f"\n/app, {what}: receipted {len(receipted)}, failed {sum(len(s.failed) for s in senders)}, "
-          f"answered {len(seen)}, twice {twice}")
+          f"answered {len(seen)}, twice {twice}, answered without a receipt {unreceipted_answered}")
+    for s in senders:
+        for e in s.errors:
+            print(f"  ERROR {e}")
     return sorted(receipted - set(seen)), twice
 
 
