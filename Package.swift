@@ -309,6 +309,14 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "SwitchboardAPIModelTests",
+            dependencies: [
+                "SwitchboardAPIModel",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "SwitchboardServerTests",
             dependencies: [
                 "SwitchboardServer",

@@ -86,6 +86,27 @@ package enum APIJSON {
     package static func body(_ value: some Encodable) -> ByteBuffer {
         ByteBuffer(bytes: (try? encoder.encode(value)) ?? Data("{}".utf8))
     }
+
+    /// The answer to a publish, written without `JSONEncoder` (the same bytes).
+    package static func body(_ value: NotificationAnswer) -> ByteBuffer {
+        var writer = JSONAnswerWriter()
+        value.write(to: &writer)
+        return writer.buffer
+    }
+
+    /// An error answer, written without `JSONEncoder` (the same bytes).
+    package static func body(_ value: APIErrorBody) -> ByteBuffer {
+        var writer = JSONAnswerWriter()
+        value.write(to: &writer)
+        return writer.buffer
+    }
+
+    /// A batch's answer, written without `JSONEncoder` (the same bytes).
+    package static func body(_ value: BatchAnswer) -> ByteBuffer {
+        var writer = JSONAnswerWriter(capacity: 64 + 96 * value.results.count)
+        value.write(to: &writer)
+        return writer.buffer
+    }
 }
 
 /// `GET /health`: what this instance is and holds.

@@ -33,6 +33,9 @@ package struct NotificationRequest: Sendable, Equatable {
     /// - Parameter isAllowedTopic: decides whether `topic` may be published to; its error
     ///   text (e.g. "must start with /topic/") is returned when it says no.
     package static func parse(_ bytes: ByteBuffer, isAllowedTopic: (String) -> String?) throws(APIRequestError) -> NotificationRequest {
+        if let object = FlatJSON.object(bytes) {
+            return try Fields(object).validated(isAllowedTopic: isAllowedTopic)
+        }
         guard let fields = try? decoder.decode(Fields.self, from: Data(bytes.readableBytesView)) else {
             throw APIRequestError(status: 400, message: "request body must be a JSON object", field: nil)
         }
@@ -45,7 +48,12 @@ package struct NotificationRequest: Sendable, Equatable {
     package static func parseBatch(
         _ bytes: ByteBuffer, maxItems: Int, isAllowedTopic: (String, String?) -> String?
     ) throws(APIRequestError) -> [Result<NotificationRequest, APIRequestError>] {
-        guard let items = try? decoder.decode([BatchItem].self, from: Data(bytes.readableBytesView)) else {
+        let items: [BatchItem]
+        if let objects = FlatJSON.arrayOfObjects(bytes) {
+            items = objects.map { BatchItem(fields: Fields($0)) }
+        } else if let decoded = try? decoder.decode([BatchItem].self, from: Data(bytes.readableBytesView)) {
+            items = decoded
+        } else {
             throw APIRequestError(status: 400, message: "request body must be a JSON array of notifications", field: nil)
         }
         guard !items.isEmpty else {
@@ -107,6 +115,19 @@ package struct NotificationRequest: Sendable, Equatable {
             user = field(.user)
         }
 
+        /// The fields of an object of string values (``FlatJSON``), as the decoder would see
+        /// them: `headers` given as a string is a value of the wrong type.
+        init(_ object: FlatJSON.Object) {
+            func field(_ key: CodingKeys) -> Field<String> {
+                object.first(where: { $0.key == key.rawValue }).map { .value($0.value) } ?? .missing
+            }
+            topic = field(.topic)
+            message = field(.message)
+            headers = object.contains(where: { $0.key == CodingKeys.headers.rawValue }) ? .invalid : .missing
+            contentType = field(.contentType)
+            user = field(.user)
+        }
+
         func validated(isAllowedTopic: (String) -> String?) throws(APIRequestError) -> NotificationRequest {
             let topic: String
             switch self.topic {
@@ -117,7 +138,7 @@ package struct NotificationRequest: Sendable, Equatable {
             if let problem = isAllowedTopic(topic) {
                 throw APIRequestError(status: 400, message: "field 'topic' \(problem)", field: "topic")
             }
-            guard !topic.contains("*") else {
+            guard !topic.utf8.contains(UInt8(ascii: "*")) else {
                 throw APIRequestError(status: 400, message: "field 'topic' must not contain wildcards", field: "topic")
             }
             let message: String
@@ -149,6 +170,8 @@ package struct NotificationRequest: Sendable, Equatable {
     /// One element of a batch array: its fields, or nil when it is not an object.
     struct BatchItem: Decodable, Sendable {
         var fields: Fields?
+
+        init(fields: Fields?) { self.fields = fields }
 
         init(from decoder: any Decoder) throws {
             fields = try? Fields(from: decoder)

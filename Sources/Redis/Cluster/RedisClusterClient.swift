@@ -111,24 +111,26 @@ public final class RedisClusterClient: Sendable {
 
     /// Closes every connection and finishes all subscriptions.
     public func shutdown() async {
-        let (tasks, connections) = self.state.withLockedValue { state in
+        let (tasks, connections, commands) = self.state.withLockedValue { state in
             state.isShutdown = true
             let result = (
                 state.tasks + (state.reconcileTask.map { [$0] } ?? []),
-                Array(state.subscriberConnections.values) + (state.classicConnection.map { [$0] } ?? [])
+                Array(state.subscriberConnections.values) + (state.classicConnection.map { [$0] } ?? []),
+                Array(state.commandConnections.values)
             )
-            let commands = Array(state.commandConnections.values)
             state.tasks = []
             state.commandConnections = [:]
             state.readyConnections = [:]
             state.subscriberConnections = [:]
             state.subscribed = [:]
             state.classicConnection = nil
-            for task in commands { Task { try? await task.value.close() } }
             return result
         }
         for task in tasks { task.cancel() }
         for connection in connections { await connection.close() }
+        // Connection attempts in flight end (bounded by the connect timeout) before the caller
+        // may shut its event loops down.
+        for task in commands { try? await task.value.close() }
         for task in tasks { await task.value }
         self.shardRegistry.finishAll()
         self.classicRegistry.finishAll()
