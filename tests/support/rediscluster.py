@@ -220,10 +220,14 @@ class RedisCluster:
     def wait_healthy(self, timeout: float = 30.0):
         """Every running node: cluster_state:ok, and all agree on which node owns each slot
         (and, after a promotion, that it is the promoted node)."""
+        seen = {}
+
         def healthy():
             maps = set()
             for n in self.running_nodes():
-                if "cluster_state:ok" not in self.cli(n, "CLUSTER", "INFO"):
+                info = self.cli(n, "CLUSTER", "INFO")
+                seen[n.port] = info.splitlines()[:1] + [self.cli(n, "CLUSTER", "NODES")]
+                if "cluster_state:ok" not in info:
                     return False
                 topo = self.topology(n)
                 owners = tuple(sorted((v["port"], min(v["slots"]), len(v["slots"])) for v in topo.values()
@@ -232,7 +236,10 @@ class RedisCluster:
                     return False
                 maps.add(owners)
             return len(maps) == 1
-        wait_until(healthy, timeout, 0.2, what=f"{self.name}: cluster_state:ok and one slot map on every node")
+        try:
+            wait_until(healthy, timeout, 0.2, what=f"{self.name}: cluster_state:ok and one slot map on every node")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen per node: " + "\n".join(f"{p}: {v}" for p, v in seen.items())) from None
 
     def fail_primary(self, primary: Node, timeout: float = 30.0, while_down=None) -> Node:
         """kill -9 of `primary`; calls `while_down()` (if given) at once, then waits for one of
