@@ -272,6 +272,10 @@ class RedisCluster:
                        "--cluster-to", self.node_id(target), "--cluster-slots", str(count), "--cluster-yes",
                        timeout=timeout, check=True)
         self.wait_healthy()
+        # Every node, replicas too, agrees and no slot is left open (importing/migrating): a
+        # replica promoted before it learned the last moved slot would leave that slot orphaned.
+        wait_until(lambda: "[OK] All nodes agree" in (c := self.cli(source, "--cluster", "check", source.address, timeout=30))
+                   and "[WARNING]" not in c, 30, 0.2, what=f"{self.name}: redis-cli --cluster check clean after the reshard")
         return out
 
 
