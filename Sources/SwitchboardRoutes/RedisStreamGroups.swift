@@ -12,7 +12,7 @@ import SwitchboardWire
 ///   entry stored before the group existed (Redis lost its data, the gateway wrote a few entries,
 ///   then noticed) is still delivered.
 /// - The groups count as *verified* for one connection to Redis: after every reconnect (Redis
-///   restarted, failed over to an empty replica; on a cluster also after a slot-map change) they
+///   restarted, failed over to an empty replica; on a cluster, a lost connection to a node) they
 ///   are checked again, and the route's `XADD`s
 ///   wait until that is done (``whenVerified(on:)``).
 /// - ``maintain(logger:)`` checks again every ``checkInterval`` anyway, which catches data lost

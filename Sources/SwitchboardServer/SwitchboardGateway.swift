@@ -116,6 +116,9 @@ package struct SwitchboardGateway: Sendable {
                 redisConfiguration.cluster = cluster
                 redis = .cluster(try await Self.connectCluster(configuration: redisConfiguration, group: group, logger: redisLogger))
             } else {
+                if redisConfiguration.sentinel != nil {
+                    try await Self.checkMasterName(configuration: redisConfiguration, group: group, logger: redisLogger)
+                }
                 redis = .single(
                     RedisClient(configuration: redisConfiguration, eventLoopGroup: group, additionalCommandLoops: apiLoops, logger: redisLogger))
             }
@@ -227,6 +230,40 @@ package struct SwitchboardGateway: Sendable {
             await client.shutdown()
             throw SwitchboardConfiguration.Invalid(description: "redis.cluster.nodes: cannot read the slot map: \(error)")
         }
+    }
+
+    /// Asks the sentinels once for `redis.sentinel.master-name`: when some answer and none knows
+    /// the name, start-up stops with an error naming the key (a typo would otherwise retry for
+    /// ever). When none answers, the gateway starts and keeps asking, not ready meanwhile, as
+    /// it does when one Redis is down.
+    static func checkMasterName(configuration: RedisConfiguration, group: any EventLoopGroup, logger: Logger) async throws {
+        guard let sentinel = configuration.sentinel else { return }
+        let resolver = SentinelResolver(configuration: configuration)
+        var answered: [String] = []
+        var failed: [String] = []
+        for node in sentinel.nodes {
+            do {
+                let connection = try await RedisConnection.connect(
+                    configuration: resolver.sentinelConfiguration(for: node), eventLoopGroup: group, logger: logger)
+                let address: RedisServerAddress?
+                do {
+                    address = try await connection.execute(SENTINEL_GET_MASTER_ADDR_BY_NAME(masterName: sentinel.masterName))
+                } catch {
+                    await connection.close()
+                    throw error
+                }
+                await connection.close()
+                if address != nil { return }
+                answered.append("\(node)")
+            } catch {
+                failed.append("\(node): \(error)")
+            }
+        }
+        guard !answered.isEmpty else { return }
+        let others = failed.isEmpty ? "" : "; not answering: " + failed.joined(separator: "; ")
+        throw SwitchboardConfiguration.Invalid(
+            description: "redis.sentinel.master-name: no sentinel monitors a primary named '\(sentinel.masterName)' "
+                + "(asked \(answered.joined(separator: ", "))\(others)); check `sentinel monitor <name> ...` in the sentinels' configuration")
     }
 
     static func randomInstanceID() -> String {

@@ -112,13 +112,9 @@ public enum GatewayRedis: Sendable {
     }
 
     /// Changes after which what was created in Redis (consumer groups) should be checked again:
-    /// reconnects, and on a cluster slot-map changes too (a failover, a resharding).
-    public var generation: Int {
-        switch self {
-        case .single(let client): client.reconnectCount
-        case .cluster(let client): client.connectionLossCount + client.slotMapChangeCount
-        }
-    }
+    /// reconnects (on a cluster: a lost connection, e.g. a failover; a resharding moves a stream
+    /// together with its groups, so it does not count).
+    public var generation: Int { reconnectCount }
 
     /// Calls `handler` when subscriptions were re-established after messages may have been
     /// missed: after the one-server subscriber connection reconnects (`nil`: every channel), or

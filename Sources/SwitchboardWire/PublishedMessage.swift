@@ -62,9 +62,37 @@ public final class PublishedMessage: Sendable {
         self.v11Prefix = hasCR ? Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: true, escapeCR: false) : escapedPrefix
     }
 
-    /// This message numbered in its destination's history.
+    /// This message numbered in its destination's history: its encoded prefixes with
+    /// `x-position` spliced in before `content-length` (where the initializer puts it), so the
+    /// headers are not escaped again nor the body validated again.
     public func positioned(_ position: StreamPosition) -> PublishedMessage {
-        PublishedMessage(destination: destination, messageID: messageID, headers: headers, body: body, position: position)
+        guard self.position == nil else {
+            return PublishedMessage(destination: destination, messageID: messageID, headers: headers, body: body, position: position)
+        }
+        return PublishedMessage(numbering: self, at: position)
+    }
+
+    private init(numbering message: PublishedMessage, at position: StreamPosition) {
+        destination = message.destination
+        messageID = message.messageID
+        headers = message.headers
+        body = message.body
+        self.position = position
+        bodyIsUTF8 = message.bodyIsUTF8
+        let value = position.description
+        let tailLength = "content-length:\n".utf8.count + String(message.body.readableBytes).utf8.count
+        func splice(_ prefix: ByteBuffer, escape: Bool, escapeCR: Bool) -> ByteBuffer {
+            var b = ByteBuffer()
+            b.reserveCapacity(prefix.readableBytes + value.utf8.count + 16)
+            var rest = prefix
+            b.writeImmutableBuffer(rest.readSlice(length: prefix.readableBytes - tailLength)!)
+            STOMPFrameEncoder.writeHeader("x-position", value, escape: escape, escapeCarriageReturn: escapeCR, into: &b)
+            b.writeImmutableBuffer(rest)
+            return b
+        }
+        escapedPrefix = splice(message.escapedPrefix, escape: true, escapeCR: true)
+        plainPrefix = splice(message.plainPrefix, escape: false, escapeCR: true)
+        v11Prefix = message.v11Prefix == message.escapedPrefix ? escapedPrefix : splice(message.v11Prefix, escape: true, escapeCR: false)
     }
 
     private static func encodePrefix(_ destination: String, _ id: String, _ headers: STOMPHeaders, _ length: Int, escape: Bool, escapeCR: Bool = true) -> ByteBuffer {

@@ -33,13 +33,13 @@ struct GreetingService: AsyncParsableCommand {
     @Option(help: "Redis Cluster seed nodes, host:port,host:port (as the gateway's redis.cluster.nodes).")
     var redisClusterNodes: String?
 
-    @Option(help: "With rediss://: PEM file of the CAs trusted to sign the Redis servers' certificates (default: the system's).")
+    @Option(name: .customLong("redis-tls-ca-file"), help: "With rediss://: PEM file of the CAs trusted to sign the Redis servers' certificates (default: the system's).")
     var redisTLSCAFile: String?
 
-    @Option(help: "With rediss://: PEM client certificate for servers that require one (mTLS); with --redis-tls-key-file.")
+    @Option(name: .customLong("redis-tls-cert-file"), help: "With rediss://: PEM client certificate for servers that require one (mTLS); with --redis-tls-key-file.")
     var redisTLSCertFile: String?
 
-    @Option(help: "With rediss://: the PEM private key of --redis-tls-cert-file.")
+    @Option(name: .customLong("redis-tls-key-file"), help: "With rediss://: the PEM private key of --redis-tls-cert-file.")
     var redisTLSKeyFile: String?
 
     @Option(help: "The outbound stream the gateway writes /app/greet messages to.")

@@ -84,4 +84,34 @@ struct PublishedMessageTests {
         #expect(ids.allSatisfy { $0.hasPrefix("inst-") })
         #expect(ids.first == "inst-1")
     }
+
+    @Test("a numbered copy has the frames of a message encoded with its position, byte for byte")
+    func positionedSplicesTheSameBytes() {
+        let values = ["plain", "a:b", "back\\slash", "new\nline", "carriage\rreturn", "", "é𝄞"]
+        let bodies = [ByteBuffer(string: "hi"), ByteBuffer(string: ""), ByteBuffer(bytes: [0xFF, 0x00, 0x41]), ByteBuffer(string: String(repeating: "x", count: 1000))]
+        var checked = 0
+        for (i, value) in values.enumerated() {
+            for body in bodies {
+                let headers = STOMPHeaders([("content-type", "text/plain"), ("x-\(i)", value), ("y", values[(i + 3) % values.count])])
+                let destination = i % 2 == 0 ? "/topic/a:\(value)" : "/user/u1/queue/q"
+                let message = PublishedMessage(destination: destination, messageID: "m-\(i)", headers: headers, body: body)
+                let position = StreamPosition(epoch: "0000abcd00001", sequence: UInt64(i * 1000 + 7))
+                let spliced = message.positioned(position)
+                let encoded = PublishedMessage(destination: destination, messageID: "m-\(i)", headers: headers, body: body, position: position)
+                #expect(spliced.position == position && spliced.headers == encoded.headers && spliced.bodyIsUTF8 == encoded.bodyIsUTF8)
+                for (escape, escapeCR) in [(true, true), (true, false), (false, true)] {
+                    for ack in [nil, "ack:1"] {
+                        let a = spliced.encodeWebSocketFrame(subscription: "s:0", ack: ack, escape: escape, escapeCarriageReturn: escapeCR, allocator: ByteBufferAllocator())
+                        let b = encoded.encodeWebSocketFrame(subscription: "s:0", ack: ack, escape: escape, escapeCarriageReturn: escapeCR, allocator: ByteBufferAllocator())
+                        #expect(a == b, "\(value) escape \(escape) cr \(escapeCR)")
+                        checked += 1
+                    }
+                }
+                // numbering again (a copy that already has a position) encodes from scratch
+                let renumbered = spliced.positioned(StreamPosition(epoch: "e", sequence: 1))
+                #expect(String(buffer: renumbered.encodeFrame(subscription: "s", ack: nil, escape: false, allocator: ByteBufferAllocator())).contains("x-position:e:1\n"))
+            }
+        }
+        #expect(checked == 7 * 4 * 6)
+    }
 }

@@ -234,6 +234,18 @@ struct ClusterGatewayTests {
         #expect(try await eventually { b.sink.bodies("/queue/plain").last == "direct" })
         consumer.stop()
         try await running.value
+
+        // Dead-lettering when the stream and `<stream>:dead` are in different slots: XADD, then XACK.
+        #expect(HashSlot(key: "FAIL_OUT") != HashSlot(key: "FAIL_OUT:dead"))
+        let failing = StreamConsumer(
+            redis: .cluster(backend), configuration: testConfiguration(stream: "FAIL_OUT", group: "svc", name: "svc-2", maxDeliveries: 1),
+            logger: quietLogger)
+        let failingRun = start(failing) { _ in throw Boom(description: "always") }
+        _ = try await backend.execute(XADD(key: "FAIL_OUT", fields: [("message", .string("doomed"))]))
+        #expect(try await eventually { (try? await backend.execute(XLEN(key: "FAIL_OUT:dead"))) == 1 }, "dead-lettered")
+        #expect(try await eventually { (try? await backend.execute(XPENDING(key: "FAIL_OUT", group: "svc")).count) == 0 }, "acknowledged")
+        failing.stop()
+        try await failingRun.value
         await backend.shutdown()
     }
 }
