@@ -32,11 +32,12 @@ def run_bench(cluster, *publish_args, rate, duration):
     return json.loads(lines[0]), out.stderr
 
 
-@pytest.fixture
-def cluster(cluster_factory):
+@pytest.fixture(params=[None, {}], ids=["redis", "redis-cluster"])
+def cluster(cluster_factory, request):
+    """On one Redis, and on a Redis Cluster (3 primaries + 3 replicas)."""
     if not os.path.exists(BENCH_BIN):
         pytest.fail(f"load generator not built: {BENCH_BIN} (SWITCHBOARD_LOADGEN=1 swift build)")
-    return cluster_factory(replicas=0)
+    return cluster_factory(replicas=0, redis_cluster=request.param)
 
 
 @pytest.mark.parametrize("publish_args", [

@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 
+import pytest
 import requests
 import websocket
 
@@ -64,8 +65,10 @@ class ReconnectingSubscriber(threading.Thread):
                 time.sleep(0.1)  # reconnect back-off
 
 
-def test_rolling_restart(cluster_factory):
-    cluster = cluster_factory(replicas=0)
+@pytest.mark.parametrize("redis_cluster", [None, {}], ids=["redis", "redis-cluster"])
+def test_rolling_restart(cluster_factory, redis_cluster):
+    """On one Redis, and on a Redis Cluster (3 primaries + 3 replicas)."""
+    cluster = cluster_factory(replicas=0, redis_cluster=redis_cluster)
     subs = [ReconnectingSubscriber(cluster, n) for n in range(6)]
     for s in subs:
         s.start()

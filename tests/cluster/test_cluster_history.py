@@ -2,6 +2,7 @@
 restarted without persistence, the instances' Pub/Sub connections killed (CLIENT KILL). Each
 test counts loss, duplicates and reorders per client and asserts zero, or the explicit signal
 (`x-recovered: false`, a jump in `x-position`)."""
+import pytest
 import requests
 
 from support.cluster import Cluster
@@ -10,8 +11,10 @@ from support.process import wait_until
 from support.stompclient import ConnectionClosed, StompClient
 
 
-def test_kill9_gateway_clients_resume_through_haproxy_without_loss(cluster_factory):
-    cluster = cluster_factory(replicas=0)
+@pytest.mark.parametrize("redis_cluster", [None, {}], ids=["redis", "redis-cluster"])
+def test_kill9_gateway_clients_resume_through_haproxy_without_loss(cluster_factory, redis_cluster):
+    """On one Redis, and on a Redis Cluster (3 primaries + 3 replicas)."""
+    cluster = cluster_factory(replicas=0, redis_cluster=redis_cluster)
     topic = "/topic/h-kill"
     subs = []
     for _ in range(6):

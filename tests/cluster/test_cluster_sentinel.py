@@ -10,7 +10,7 @@ import signal
 import pytest
 import requests
 
-from support.history import Publisher, audit, drain
+from support.history import Publisher, drain, finish_and_count, resume_then_finish
 from support.process import wait_until
 from support.redis import redis_cli
 
@@ -87,32 +87,6 @@ def promoted(cluster):
         cluster.wait_ready(i)
 
 
-def positions_signal_a_gap(frames) -> bool:
-    """Whether `frames` (in arrival order) show an explicit signal: a jump in `x-position` or a
-    new epoch."""
-    last = None
-    for f in frames:
-        epoch, seq = f["x-position"].rsplit(":", 1)
-        if last is not None and (epoch != last[0] or int(seq) != last[1] + 1):
-            return True
-        last = (epoch, int(seq))
-    return False
-
-
-def finish_and_count(pub, subs, received, frames):
-    """Stops the publisher, reads every subscriber up to the last accepted number, and returns
-    {subscriber index: (lost, duplicates, reorders, signalled)}."""
-    pub.finish()
-    last = pub.answered[-1]
-    result = {}
-    for k, c in enumerate(subs):
-        bodies, _ = drain(c, lambda b: bool(b) and b[-1] >= last, timeout=20, frames=frames[k])
-        received[k] += bodies
-        lost, dups, reorders = audit([b for b in received[k] if b <= last], pub.answered, pub.uncertain)
-        result[k] = (lost, dups, reorders, positions_signal_a_gap(frames[k]))
-    return result
-
-
 def test_kill9_primary_sentinel_failover_resuming_clients_lose_nothing(cluster_factory, clients):
     """kill -9 of the Redis primary mid-run: the sentinels promote the replica, both gateways
     follow; connected subscribers and two that reconnect during the outage (each to the other
@@ -133,18 +107,11 @@ def test_kill9_primary_sentinel_failover_resuming_clients_lose_nothing(cluster_f
         received[k] += bodies
         subs[k].close()
     promoted(cluster)
-    for k in resumers:
-        c = clients(cluster.client(cluster.gw_ws((k + 1) % 2)))
-        receipt = c.subscribe(topic, id="1", receipt="r", **{"x-resume-from": positions[k]})
-        # The promoted server moved the sequence ahead (it cannot know what the old primary
-        # issued last), so a resume across the failover says "not recovered", and still
-        # replays everything history keeps: the audit below finds nothing missing.
-        assert receipt["x-recovered"] in ("true", "false"), f"resumed from {positions[k]}: {receipt.headers}"
-        subs[k] = c
-    before = len(pub.answered)
-    wait_until(lambda: len(pub.answered) >= before + 40, 20, what="publishing after the failover")
-    counts = finish_and_count(pub, subs, received, frames)
-    assert set(pub.refused) <= {503, 504}, pub.refused
+    # The promoted server moved the sequence ahead (it cannot know what the old primary issued
+    # last), so a resume across the failover says "not recovered", and still replays everything
+    # history keeps: the audit below finds nothing missing.
+    counts = resume_then_finish(pub, subs, received, frames, topic, positions,
+                                lambda k: clients(cluster.client(cluster.gw_ws((k + 1) % 2))))
     for k, (lost, dups, reorders, signalled) in counts.items():
         # Nothing is lost; the promotion itself shows as a jump in x-position (docs/recovery.md).
         assert (lost, dups, reorders) == ([], 0, 0), \

@@ -1,6 +1,7 @@
 """A real cluster for multi-process tests: redis-server, up to 3 switchboard gateways (instance
 ids gw0..gwN-1) behind haproxy, and greeting-service replicas, each on free ports, with its own
-directory; logs in ``test-artifacts/<name>-<process>.log``."""
+directory; logs in ``test-artifacts/<name>-<process>.log``. With ``redis_cluster`` a Redis
+Cluster (support.rediscluster) replaces the redis-server, and everything is pointed at it."""
 from __future__ import annotations
 
 import signal
@@ -13,6 +14,7 @@ import requests
 from support.paths import ARTIFACTS, BINARY, GREETING_BIN, REPO
 from support.redis import redis_cli, redis_server_args
 from support.process import free_port, popen_retrying, terminate, wait_until
+from support.rediscluster import RedisCluster
 from support.stompclient import StompClient
 
 
@@ -21,10 +23,14 @@ class Cluster:
 
     def __init__(self, name: str, replicas: int = 2, replica_args=(), config: str = "seed-streams.yaml",
                  gateways: int = 3, config_yaml: str | None = None, redis_args=(), sentinels: int = 0,
-                 gateway_args=()):
+                 gateway_args=(), redis_cluster: dict | None = None):
         """`sentinels` > 0: a Redis replica and that many sentinels (master name ``main``) too, and
         the gateways find the primary through them (``redis.sentinel.*``). `gateway_args`: more
-        arguments for every gateway (e.g. ``("--set", "history.max-length=10000")``)."""
+        arguments for every gateway (e.g. ``("--set", "history.max-length=10000")``).
+        `redis_cluster`: a Redis Cluster instead of one redis-server, made with these
+        RedisCluster arguments (``{}``: 3 primaries + 3 replicas; ``tls``, ``user``); gateways get
+        ``redis.cluster.nodes`` (and the TLS files, the user in ``redis.url``), replicas
+        ``--redis-cluster-nodes``; ``rc`` is the RedisCluster."""
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"sb-{name}-"))
         ARTIFACTS.mkdir(exist_ok=True)
@@ -45,6 +51,8 @@ class Cluster:
         self.redis_args = list(redis_args)  # e.g. AOF on; later options win
         self.gateway_args = list(gateway_args)
         self.sentinel_ports: list[int] = []
+        self.redis_cluster_args = redis_cluster
+        self.rc: RedisCluster | None = None
         try:
             self.start_redis()
             if sentinels:
@@ -71,9 +79,17 @@ class Cluster:
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        return {key: terminate(p, send=False) for key, p in list(self.procs.items())}
+        codes = {key: terminate(p, send=False) for key, p in list(self.procs.items())}
+        if self.rc:
+            self.rc.stop()
+        return codes
 
     def start_redis(self):
+        if self.redis_cluster_args is not None:
+            if self.rc is None:
+                self.rc = RedisCluster(self.dir / "redis-cluster", self.name, **self.redis_cluster_args)
+            self.redis_port = self.rc.nodes[0].port
+            return
         self._spawn("redis", redis_server_args(self.redis_port, self.dir) + self.redis_args)
         wait_until(lambda: self.redis_cli("PING") == "PONG", what="redis")
 
@@ -105,7 +121,30 @@ class Cluster:
         p.wait(5)
 
     def redis_cli(self, *args, timeout=5) -> str:
+        """redis-cli `args` (on a Redis Cluster: against a running node, following MOVED)."""
+        if self.rc:
+            return self.rc.any_cli(*args, timeout=timeout)
         return redis_cli(self.redis_port, *args, timeout=timeout)
+
+    @property
+    def redis_url(self) -> str:
+        """redis.url / --redis-url: on a Redis Cluster the scheme and user apply to every node
+        (its host and port are not used)."""
+        if not self.rc:
+            return f"redis://127.0.0.1:{self.redis_port}"
+        user = f"{self.rc.user[0]}:{self.rc.user[1]}@" if self.rc.user else ""
+        return f"{'rediss' if self.rc.tls else 'redis'}://{user}127.0.0.1:{self.redis_port}"
+
+    def redis_cluster_gateway_args(self) -> list[str]:
+        """A gateway's arguments for the Redis Cluster (none without one)."""
+        if not self.rc:
+            return []
+        args = ["--set", f"redis.cluster.nodes={self.rc.seeds}"]
+        if self.rc.tls:
+            t = self.rc.tls
+            args += ["--set", f"redis.tls.ca-file={t.ca}", "--set", f"redis.tls.cert-file={t.client}",
+                     "--set", f"redis.tls.key-file={t.client_key}"]
+        return args
 
     def start_gateway(self, i: int, *extra):
         if self.sentinel_ports:  # the URL's host and port are not used with sentinels
@@ -113,7 +152,7 @@ class Cluster:
                      "--set", "redis.sentinel.master-name=main", *extra)
         self._spawn(f"gw{i}", [BINARY, "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.gw_ports[i]),
                                "--set", f"http.api-port={self.api_ports[i]}",
-                               "--set", f"redis.url=redis://127.0.0.1:{self.redis_port}", "--set", f"instance.id=gw{i}",
+                               "--set", f"redis.url={self.redis_url}", *self.redis_cluster_gateway_args(), "--set", f"instance.id=gw{i}",
                                "--set", "server.shutdown-grace-ms=2000", *self.gateway_args, *extra])
 
     def stop_one(self, key: str):
@@ -140,7 +179,11 @@ class Cluster:
         wait_until(lambda: requests.get(f"{self.lb_url}/health", timeout=1).status_code == 200, what="haproxy")
 
     def start_replica(self, j: int, *extra):
-        self._spawn(f"replica{j}", [GREETING_BIN, "--redis-url", f"redis://127.0.0.1:{self.redis_port}",
+        if self.rc:
+            t = self.rc.tls
+            tls = ("--redis-tls-ca-file", str(t.ca), "--redis-tls-cert-file", str(t.client), "--redis-tls-key-file", str(t.client_key)) if t else ()
+            extra = ("--redis-cluster-nodes", self.rc.seeds, *tls, *extra)
+        self._spawn(f"replica{j}", [GREETING_BIN, "--redis-url", self.redis_url,
                                     "--stream", "GREETING_CHANNEL_OUTBOUND", "--group", "greeting-service",
                                     "--consumer", f"greeting-{j}", *self.replica_args, *extra])
 

@@ -1,6 +1,7 @@
 """Counting what clients of a history destination received, for fault tests: a numbered
-``Publisher`` through the HTTP API, ``drain`` (read until a condition) and ``audit`` (loss,
-duplicates, reorders of one client)."""
+``Publisher`` through the HTTP API, ``drain`` (read until a condition), ``audit`` (loss,
+duplicates, reorders of one client), ``positions_signal_a_gap`` and ``finish_and_count`` (all
+of one publisher's subscribers at the end of a run)."""
 from __future__ import annotations
 
 import collections
@@ -83,3 +84,49 @@ def drain(client, until, timeout=15.0, frames=None):
         if frames is not None:
             frames.append(f)
     return bodies, position
+
+
+def positions_signal_a_gap(frames) -> bool:
+    """Whether `frames` (in arrival order) show an explicit signal: a jump in `x-position` or a
+    new epoch."""
+    last = None
+    for f in frames:
+        epoch, seq = f["x-position"].rsplit(":", 1)
+        if last is not None and (epoch != last[0] or int(seq) != last[1] + 1):
+            return True
+        last = (epoch, int(seq))
+    return False
+
+
+def finish_and_count(pub, subs, received, frames):
+    """Stops the publisher, reads every subscriber up to the last accepted number, and returns
+    {subscriber index: (lost, duplicates, reorders, signalled)}."""
+    pub.finish()
+    last = pub.answered[-1]
+    result = {}
+    for k, c in enumerate(subs):
+        bodies, _ = drain(c, lambda b: bool(b) and b[-1] >= last, timeout=20, frames=frames[k])
+        received[k] += bodies
+        lost, dups, reorders = audit([b for b in received[k] if b <= last], pub.answered, pub.uncertain)
+        result[k] = (lost, dups, reorders, positions_signal_a_gap(frames[k]))
+    return result
+
+
+def resume_then_finish(pub, subs, received, frames, topic, positions, connect, more=40, timeout=20.0):
+    """After an outage: each subscriber k in `positions` is replaced by ``connect(k)`` (a
+    connected client) subscribed to `topic` with ``x-resume-from: positions[k]`` (its RECEIPT
+    must say ``x-recovered`` true or false); once the publisher has had `more` numbers
+    accepted, ``finish_and_count``. Every refusal must have been a 503 or 504."""
+    for k, position in positions.items():
+        c = connect(k)
+        receipt = c.subscribe(topic, id="1", receipt="r", **{"x-resume-from": position})
+        assert receipt["x-recovered"] in ("true", "false"), f"resumed from {position}: {receipt.headers}"
+        subs[k] = c
+    before = len(pub.answered)
+    deadline = time.monotonic() + timeout
+    while len(pub.answered) < before + more:
+        assert time.monotonic() < deadline, f"fewer than {more} numbers accepted in {timeout} s after the outage"
+        time.sleep(0.05)  # poll interval
+    counts = finish_and_count(pub, subs, received, frames)
+    assert set(pub.refused) <= {503, 504}, f"refusals other than 503/504: {pub.refused}"
+    return counts
