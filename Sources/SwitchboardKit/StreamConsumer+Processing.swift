@@ -37,6 +37,12 @@ extension StreamConsumer {
                 self.logger.debug("entry no longer pending for this consumer; skipped", metadata: ["entry": "\(entry.id)"])
                 continue
             }
+            if self.state.withLockedValue({ $0.handled.contains(entry.id) }) {
+                // Handled here already; its acknowledgement did not last. Acknowledge it again.
+                self.logger.info("entry handled already; acknowledged again", metadata: ["entry": "\(entry.id)"])
+                _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
+                continue
+            }
             if entry.isDeleted {
                 // Trimmed from the stream while pending: nothing left to handle.
                 _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
@@ -55,11 +61,12 @@ extension StreamConsumer {
             let outcome = await Task { try await handler(message) }.result
             switch outcome {
             case .success:
-                _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
                 self.state.withLockedValue { state in
                     state.statistics.processed += 1
                     state.lastErrors[entry.id] = nil
+                    state.handled.insert(entry.id)
                 }
+                _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
             case .failure(let error):
                 let description = String(describing: error)
                 self.state.withLockedValue { state in

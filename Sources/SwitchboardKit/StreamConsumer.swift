@@ -57,6 +57,34 @@ public final class StreamConsumer: Sendable {
         var blocking = false
         var lastErrors: [String: String] = [:]
         var statistics = StreamConsumerStatistics()
+        /// Entries whose handler succeeded lately (see ``HandledEntries``).
+        var handled = HandledEntries()
+    }
+
+    /// The last entries whose handler succeeded here, oldest first out. An entry that comes back
+    /// pending for this consumer after its handler succeeded (its `XACK` failed, e.g. a `MOVED`
+    /// while its slot moved or a lost connection, or was lost with a primary that died before
+    /// replicating it) is acknowledged again instead of handled again.
+    struct HandledEntries {
+        static let limit = 10_000
+        private var ids: Set<String> = []
+        private var order: [String] = []
+        private var head = 0
+
+        func contains(_ id: String) -> Bool { ids.contains(id) }
+
+        mutating func insert(_ id: String) {
+            guard ids.insert(id).inserted else { return }
+            order.append(id)
+            if ids.count > Self.limit {
+                ids.remove(order[head])
+                head += 1
+                if head > Self.limit {
+                    order.removeFirst(head)
+                    head = 0
+                }
+            }
+        }
     }
 
     /// This consumer's name in the group.

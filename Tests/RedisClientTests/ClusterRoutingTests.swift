@@ -113,6 +113,27 @@ struct ClusterRoutingTests {
         #expect(error as? RedisClientError == .tooManyRedirects)
     }
 
+    /// A command whose node stays unreachable (a primary killed, not yet replaced) fails once
+    /// the next retry would pass its deadline, rather than waiting for the promotion and being
+    /// sent after its caller gave up.
+    @Test func requestStateMachineStopsRetryingAtTheDeadline() {
+        let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var machine = ClusterRequestStateMachine(maximumAttempts: 100, retryDelay: .milliseconds(100), deadline: start + .milliseconds(450))
+        let node = address(7000)
+        var now = start
+        var retries = 0
+        while case .retryAfterRefresh(let delay) = machine.failed(.unreachable(RedisClientError.connectTimeout), from: node, now: now) {
+            now = now + delay
+            retries += 1
+        }
+        #expect(retries == 2, "100 + 200 ms fit before the deadline, + 300 ms does not")
+        guard case .fail(let error, refreshTopology: true) = machine.failed(.unreachable(RedisClientError.connectTimeout), from: node, now: now) else {
+            Issue.record("past the deadline the command fails"); return
+        }
+        #expect(error as? RedisClientError == .clusterUnavailable)
+        #expect("\(error)".contains("not sent"))
+    }
+
     @Test func requestStateMachineRetriesOnlyWhatWasNotSent() {
         var machine = ClusterRequestStateMachine(maximumAttempts: 5, retryDelay: .milliseconds(10))
         let node = address(7000)

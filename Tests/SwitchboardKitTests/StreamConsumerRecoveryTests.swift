@@ -45,6 +45,37 @@ struct StreamConsumerRecoveryTests {
         await client.shutdown()
     }
 
+    /// The handler succeeds but its `XACK` is lost with the connection (`CLIENT KILL` while the
+    /// handler runs; on a cluster a `MOVED` during a slot move, or a primary that dies before
+    /// replicating the ack, ends the same way): the entry comes back pending to this consumer,
+    /// which acknowledges it again without handling it a second time.
+    @Test func handledEntryWhoseAckIsLostIsNotHandledAgain() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let calls = NIOLockedValueBox(0)
+        let release = NIOLockedValueBox(false)
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(name: "acker"), logger: quietLogger)
+        let task = start(consumer) { _ in
+            calls.withLockedValue { $0 += 1 }
+            while !release.withLockedValue({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        try #require(try await waitUntilReading(consumer, client))
+        try await addGatewayEntry(client, body: "once")
+        #expect(try await eventually { calls.withLockedValue { $0 } == 1 })
+        // Every other connection goes, the consumer's among them: its XACK will fail.
+        _ = try await client.execute(RawCommand(arguments: ["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]))
+        release.withLockedValue { $0 = true }
+        #expect(try await eventually { consumer.statistics.connects >= 2 })
+        #expect(try await eventually { (try? await pendingCount(client)) == 0 })
+        #expect(calls.withLockedValue { $0 } == 1)
+        #expect(consumer.statistics.processed == 1)
+
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
     /// A slow replica's batch takes longer than `claimMinIdle`; a fast replica scans for idle entries
     /// all the time. The slow one renews its hold, so every entry is processed exactly once.
     @Test func slowAndFastReplicasProcessThousandEntriesExactlyOnce() async throws {

@@ -62,14 +62,18 @@ package struct ClusterRequestStateMachine: Sendable {
 
     package let maximumAttempts: Int
     package let retryDelay: TimeAmount
+    /// The command's deadline (its command timeout from the first attempt): a retry that would
+    /// wait past it fails instead, so a command is never sent after its caller was told it failed.
+    package let deadline: NIODeadline
     package private(set) var attempts = 0
 
-    package init(maximumAttempts: Int, retryDelay: TimeAmount) {
+    package init(maximumAttempts: Int, retryDelay: TimeAmount, deadline: NIODeadline = .distantFuture) {
         self.maximumAttempts = maximumAttempts
         self.retryDelay = retryDelay
+        self.deadline = deadline
     }
 
-    package mutating func failed(_ failure: Failure, from node: RedisServerAddress) -> Decision {
+    package mutating func failed(_ failure: Failure, from node: RedisServerAddress, now: NIODeadline = .now()) -> Decision {
         switch failure {
         case .server(let error):
             if let redirect = ClusterRedirect(error, sender: node) {
@@ -77,16 +81,27 @@ package struct ClusterRequestStateMachine: Sendable {
                 return .follow(redirect.address, asking: redirect.kind == .ask, recordMoved: redirect.kind == .moved ? redirect.slot : nil)
             }
             guard error.code == "TRYAGAIN" || error.code == "CLUSTERDOWN" else { return .fail(error, refreshTopology: false) }
-            guard self.countAttempt() else { return .fail(self.exhausted(error), refreshTopology: true) }
-            return .retryAfterRefresh(delay: self.delay())
+            return self.retry(after: error, now: now)
         case .unreachable(let error):
-            guard self.countAttempt() else { return .fail(self.exhausted(error), refreshTopology: true) }
-            return .retryAfterRefresh(delay: self.delay())
+            return self.retry(after: error, now: now)
         case .connectionLost(let error):
             return .fail(error, refreshTopology: true)
         case .other(let error):
             return .fail(error, refreshTopology: false)
         }
+    }
+
+    /// A retry after a refresh of the map, unless attempts or time are used up. The command was
+    /// not sent (or refused), so failing it is safe: it was not carried out.
+    private mutating func retry(after error: any Error, now: NIODeadline) -> Decision {
+        guard self.countAttempt() else { return .fail(self.exhausted(error), refreshTopology: true) }
+        let delay = self.delay()
+        guard now + delay < self.deadline else {
+            return .fail(
+                RedisClientError(.clusterUnavailable, detail: "no owner of the slot answered before the command timeout; not sent; last: \(error)"),
+                refreshTopology: true)
+        }
+        return .retryAfterRefresh(delay: delay)
     }
 
     private mutating func countAttempt() -> Bool {

@@ -169,7 +169,8 @@ public final class RedisClusterClient: Sendable {
     /// Executes `command` and returns the undecoded reply.
     public func executeRaw<Command: RedisCommand>(_ command: Command) async throws -> RESPToken {
         let slot = try HashSlot(keys: command.keysAffected)
-        var machine = ClusterRequestStateMachine(maximumAttempts: self.cluster.maximumRedirects, retryDelay: self.cluster.retryDelay)
+        var machine = ClusterRequestStateMachine(
+            maximumAttempts: self.cluster.maximumRedirects, retryDelay: self.cluster.retryDelay, deadline: .now() + self.configuration.commandTimeout)
         var node = try await self.node(for: slot)
         var asking = false
         while true {
