@@ -277,6 +277,7 @@ package struct SwitchboardGateway: Sendable {
         onServerRunning: @escaping @Sendable (_ api: Bool, any Channel) async -> Void
     ) -> (main: GatewayListener, api: GatewayListener?) {
         let router = Router()
+        router.add(middleware: ConnectionCloseMiddleware())
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.http.allowedOrigins))
         MetricsEndpoint(registry: metricsRegistry, services: services).register(on: router)

@@ -133,3 +133,47 @@ def test_many_api_publishes_in_order(gateway, client):
             r = s.post(gateway.base + "/api/notification", json={"topic": "/topic/api.order", "message": str(i)}, timeout=5)
             assert r.status_code == 200
     assert [m.text for m in c.receive_many(50)] == [str(i) for i in range(50)]
+
+
+def _raw_http(port: int, request: bytes) -> tuple[str, bool]:
+    """Sends `request` on a new connection; returns the answer's head (lower-cased) and whether
+    the server closed the connection after it."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(next((l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), b"0"))
+        while len(rest) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        s.settimeout(2)
+        try:
+            closed = s.recv(1) == b""
+        except socket.timeout:
+            closed = False
+        return head.decode().lower(), closed
+
+
+@pytest.mark.parametrize("request_line", [
+    "GET /health", "GET /no/such/route", "GET /health/ready", "POST /api/notification",
+])
+def test_connection_close_is_answered_with_connection_close(gateway, request_line):
+    """RFC 9112 §9.6: a request with `Connection: close` gets `Connection: close` in its answer
+    (router routes, their errors and the publish fast path alike), and the connection closes; a
+    keep-alive request gets neither."""
+    body = b'{"topic":"/topic/cc","message":"m"}' if request_line.startswith("POST") else b""
+    extra = b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body) if body else b""
+    head, closed = _raw_http(gateway.port, request_line.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra + b"\r\n" + body)
+    assert "\r\nconnection: close" in head, head
+    assert closed
+    head, closed = _raw_http(gateway.port, request_line.encode() + b" HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n" + body)
+    assert "connection: close" not in head, head
+    assert not closed
