@@ -87,23 +87,9 @@ package enum APIJSON {
         ByteBuffer(bytes: (try? encoder.encode(value)) ?? Data("{}".utf8))
     }
 
-    /// The answer to a publish, written without `JSONEncoder` (the same bytes).
-    package static func body(_ value: NotificationAnswer) -> ByteBuffer {
-        var writer = JSONAnswerWriter()
-        value.write(to: &writer)
-        return writer.buffer
-    }
-
-    /// An error answer, written without `JSONEncoder` (the same bytes).
-    package static func body(_ value: APIErrorBody) -> ByteBuffer {
-        var writer = JSONAnswerWriter()
-        value.write(to: &writer)
-        return writer.buffer
-    }
-
-    /// A batch's answer, written without `JSONEncoder` (the same bytes).
-    package static func body(_ value: BatchAnswer) -> ByteBuffer {
-        var writer = JSONAnswerWriter(capacity: 64 + 96 * value.results.count)
+    /// An answer the API writes on every publish, without `JSONEncoder` (the same bytes).
+    package static func body(_ value: some WrittenJSONAnswer) -> ByteBuffer {
+        var writer = JSONAnswerWriter(capacity: value.capacityHint)
         value.write(to: &writer)
         return writer.buffer
     }

@@ -181,7 +181,7 @@ enum FlatJSON {
 
 /// Writes the API's answers as `APIJSON`'s encoder does (keys sorted, slashes not escaped),
 /// without Foundation: the answer to every publish is written here.
-struct JSONAnswerWriter {
+package struct JSONAnswerWriter {
     var buffer: ByteBuffer
 
     init(capacity: Int = 128) { buffer = ByteBuffer(); buffer.reserveCapacity(capacity) }
@@ -208,10 +208,9 @@ struct JSONAnswerWriter {
                 case 0x0D: buffer.writeStaticString("\\r")
                 case 0x09: buffer.writeStaticString("\\t")
                 default:
-                    let hex: [UInt8] = Array("0123456789abcdef".utf8)
                     buffer.writeStaticString("\\u00")
-                    buffer.writeInteger(hex[Int(byte >> 4)])
-                    buffer.writeInteger(hex[Int(byte & 0x0F)])
+                    buffer.writeInteger(Self.hexDigit(byte >> 4))
+                    buffer.writeInteger(Self.hexDigit(byte & 0x0F))
                 }
             }
             buffer.writeBytes(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: utf8[runStart...])))
@@ -219,13 +218,28 @@ struct JSONAnswerWriter {
         buffer.writeInteger(UInt8(ascii: "\""))
     }
 
+    private static func hexDigit(_ nibble: UInt8) -> UInt8 {
+        nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
+    }
+
     mutating func optionalString(_ value: String?) {
         if let value { string(value) } else { raw("null") }
     }
 }
 
-extension NotificationAnswer {
-    func write(to writer: inout JSONAnswerWriter) {
+/// An answer ``JSONAnswerWriter`` writes byte for byte as `APIJSON`'s encoder would.
+package protocol WrittenJSONAnswer: Encodable {
+    /// Bytes to reserve for the answer.
+    var capacityHint: Int { get }
+    func write(to writer: inout JSONAnswerWriter)
+}
+
+extension WrittenJSONAnswer {
+    package var capacityHint: Int { 128 }
+}
+
+extension NotificationAnswer: WrittenJSONAnswer {
+    package func write(to writer: inout JSONAnswerWriter) {
         writer.raw("{\"id\":")
         writer.string(id)
         writer.raw(",\"topic\":")
@@ -238,8 +252,8 @@ extension NotificationAnswer {
     }
 }
 
-extension APIErrorBody {
-    func write(to writer: inout JSONAnswerWriter) {
+extension APIErrorBody: WrittenJSONAnswer {
+    package func write(to writer: inout JSONAnswerWriter) {
         writer.raw("{\"error\":")
         writer.string(error)
         writer.raw(",\"field\":")
@@ -252,8 +266,10 @@ extension APIErrorBody {
     }
 }
 
-extension BatchAnswer {
-    func write(to writer: inout JSONAnswerWriter) {
+extension BatchAnswer: WrittenJSONAnswer {
+    package var capacityHint: Int { 64 + 96 * results.count }
+
+    package func write(to writer: inout JSONAnswerWriter) {
         writer.raw("{\"failed\":")
         writer.int(failed)
         writer.raw(",\"published\":")
