@@ -80,7 +80,8 @@ package struct SwitchboardGateway: Sendable {
         self.metricsRegistry = metricsRegistry
         self.configuration = configuration
         self.logger = logger
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.server.threads)
+        let taskPhases = TaskPhaseCounter()
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.server.threads, metricsDelegate: taskPhases)
         self.apiGroup = configuration.http.apiPort.map { _ in MultiThreadedEventLoopGroup(numberOfThreads: configuration.http.apiThreads) }
         let apiLoops = apiGroup.map { Array($0.makeIterator()) } ?? []
         let loops = Array(group.makeIterator())
@@ -90,7 +91,7 @@ package struct SwitchboardGateway: Sendable {
             writeCoalescing: .microseconds(Int64(configuration.server.writeCoalesceMicros)),
             busyWriteCoalescing: .microseconds(Int64(configuration.server.busyWriteCoalesceMicros)),
             busyPercent: configuration.server.busyPercent,
-            nagleWhenBusy: configuration.http.tcpNoDelay)
+            nagleWhenBusy: configuration.http.tcpNoDelay, taskPhase: taskPhases.read)
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
         // This process's token: in session ids, and in the name of its presence registry.
         let incarnation = Self.randomInstanceID()

@@ -61,6 +61,12 @@ package final class FanoutHub: Sendable {
     package let nagleWhenBusy: Bool
     /// Reads the calling loop thread's CPU time and waits (``LoopBusyMode/threadUsage()``).
     package let threadUsage: @Sendable () -> (cpuNanos: Int64, waits: Int64?)
+    /// The number of task phases the calling loop thread has finished (NIO's tick counter, see
+    /// ``LoopShard``); nil: messages from other loops are delivered without yielding to I/O.
+    package let taskPhase: (@Sendable () -> UInt64)?
+    /// How long a loop delivers messages handed over by other loops within one task phase
+    /// before it leaves the rest for after its next I/O pass.
+    package let taskPhaseBudget: TimeAmount
 
     /// - Parameters:
     ///   - writeCoalescing: zero flushes every batch at once.
@@ -68,13 +74,19 @@ package final class FanoutHub: Sendable {
     ///   - busyPercent: 0…100; 0: a loop never counts as saturated.
     ///   - nagleWhenBusy: false leaves the connections' `TCP_NODELAY` alone.
     ///   - threadUsage: reads the calling loop thread's usage (tests pass a synthetic one).
+    ///   - taskPhase: the calling loop thread's count of finished task phases (NIO's tick
+    ///     counter); nil: never yield to I/O.
+    ///   - taskPhaseBudget: see ``taskPhaseBudget``.
     package init(
         eventLoops: [any EventLoop] = [], heartbeatResolution: TimeAmount = .milliseconds(250),
         writeCoalescing: TimeAmount = .zero, busyWriteCoalescing: TimeAmount? = nil,
         busyPercent: Int = 0, nagleWhenBusy: Bool = true,
-        threadUsage: @escaping @Sendable () -> (cpuNanos: Int64, waits: Int64?) = LoopBusyMode.threadUsage
+        threadUsage: @escaping @Sendable () -> (cpuNanos: Int64, waits: Int64?) = LoopBusyMode.threadUsage,
+        taskPhase: (@Sendable () -> UInt64)? = nil, taskPhaseBudget: TimeAmount = .milliseconds(2)
     ) {
         self.threadUsage = threadUsage
+        self.taskPhase = taskPhase
+        self.taskPhaseBudget = taskPhaseBudget
         precondition((0...100).contains(busyPercent))
         self.heartbeatResolution = heartbeatResolution
         self.writeCoalescing = writeCoalescing

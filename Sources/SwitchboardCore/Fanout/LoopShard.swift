@@ -25,6 +25,8 @@ package struct ShardCounters: Sendable {
     package var busySwitches = 0
     /// Loops in busy mode now (0 or 1 per loop; summed by ``add(_:)``).
     package var loopsBusy = 0
+    /// Times a loop left messages from other loops for after its next I/O pass.
+    package var ioYields = 0
 
     package init() {}
 
@@ -45,6 +47,7 @@ package struct ShardCounters: Sendable {
         bytesOut += other.bytesOut
         busySwitches += other.busySwitches
         loopsBusy += other.loopsBusy
+        ioYields += other.ioYields
     }
 }
 
@@ -96,6 +99,12 @@ package final class LoopShard: @unchecked Sendable {
     /// Messages handed to this loop from any thread and not yet delivered, in hand-over order
     /// (the one shared field: guarded by its lock).
     private let inbox = NIOLockedValueBox<[(PublishedMessage, DeliveryScope)]>([])
+    /// The task phase of the last inbox drain (see ``drainInbox()``) and when it first drained.
+    private var drainPhase: UInt64 = .max
+    private var drainPhaseStarted = NIODeadline.distantPast
+    /// How far ahead a yielding drain is scheduled: past the end of the current task phase
+    /// (NIO ends it once no task is due), near enough not to idle the loop.
+    static let ioYieldDelay = TimeAmount.microseconds(20)
 
     init(eventLoop: any EventLoop, index: Int, hub: FanoutHub) {
         self.eventLoop = eventLoop
@@ -203,7 +212,29 @@ package final class LoopShard: @unchecked Sendable {
         }
     }
 
+    /// Delivers what other threads handed over, unless this loop has already spent
+    /// ``FanoutHub/taskPhaseBudget`` on that in its current task phase.
+    ///
+    /// NIO runs every queued task, including tasks queued while it runs them, before it polls
+    /// for I/O again. Two loops that both publish (API connections or STOMP publishers on each)
+    /// keep handing each other messages, so each drain queues the next one in the same phase,
+    /// and a saturated loop could go on delivering for seconds without reading its own sockets:
+    /// requests piled up unread while the loop fanned out the other loop's messages. Past the
+    /// budget the rest stays in the inbox (other loops then queue no task: they only append)
+    /// and is delivered by a task due just after the phase ends, when NIO has polled.
     private func drainInbox() {
+        if let taskPhase = hub.taskPhase {
+            let phase = taskPhase()
+            let now = NIODeadline.now()
+            if phase != drainPhase {
+                drainPhase = phase
+                drainPhaseStarted = now
+            } else if now - drainPhaseStarted >= hub.taskPhaseBudget {
+                counters.ioYields &+= 1
+                eventLoop.scheduleTask(in: Self.ioYieldDelay) { self.drainInbox() }
+                return
+            }
+        }
         var queued: [(PublishedMessage, DeliveryScope)] = []
         inbox.withLockedValue { swap(&queued, &$0) }
         for (message, scope) in queued { deliverLocally(message, scope: scope) }

@@ -81,6 +81,9 @@ final class MetricsEndpoint: Sendable {
         counter(
             "switchboard_busy_mode_switches_total", counters.busySwitches,
             help: "Times an event loop entered or left busy mode.")
+        counter(
+            "switchboard_event_loop_io_yields_total", counters.ioYields,
+            help: "Times an event loop left messages from other loops for after its next I/O pass (a task phase past its budget).")
         for kind in SessionErrorKind.allCases {
             counter(
                 "switchboard_session_errors_total", stats.errors(kind), labels: [("kind", kind.rawValue)],
