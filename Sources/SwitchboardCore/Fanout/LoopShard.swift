@@ -212,48 +212,32 @@ package final class LoopShard: @unchecked Sendable {
         }
     }
 
-    /// Delivers what other threads handed over, for at most ``FanoutHub/taskPhaseBudget`` of
-    /// this loop's current task phase.
+    /// Delivers what other threads handed over, unless this loop has already spent
+    /// ``FanoutHub/taskPhaseBudget`` on that in its current task phase.
     ///
-    /// NIO runs every task queued during a task phase in that phase before it polls for I/O
-    /// again. Two loops that both publish (API connections or STOMP publishers on each) keep
-    /// handing each other messages, so each drain queues the next one in the same phase, and a
-    /// saturated loop could go on delivering for seconds without reading its own sockets:
-    /// requests piled up unread while the loop fanned out the other loop's messages. A burst
-    /// handed over at once (from the Redis subscription's loop, say) would do the same within
-    /// one drain. Past the budget the rest goes back to the front of the inbox (other loops
-    /// then only append behind it, queueing no task), and a task due just after the phase ends,
-    /// when NIO has polled, delivers it.
+    /// NIO runs every queued task, including tasks queued while it runs them, before it polls
+    /// for I/O again. Two loops that both publish (API connections or STOMP publishers on each)
+    /// keep handing each other messages, so each drain queues the next one in the same phase,
+    /// and a saturated loop could go on delivering for seconds without reading its own sockets:
+    /// requests piled up unread while the loop fanned out the other loop's messages. Past the
+    /// budget the rest stays in the inbox (other loops then queue no task: they only append)
+    /// and is delivered by a task due just after the phase ends, when NIO has polled.
     private func drainInbox() {
-        var phaseStarted: NIODeadline?
         if let taskPhase = hub.taskPhase {
             let phase = taskPhase()
+            let now = NIODeadline.now()
             if phase != drainPhase {
                 drainPhase = phase
-                drainPhaseStarted = NIODeadline.now()
-            } else if NIODeadline.now() - drainPhaseStarted >= hub.taskPhaseBudget {
-                yieldToIO()
+                drainPhaseStarted = now
+            } else if now - drainPhaseStarted >= hub.taskPhaseBudget {
+                counters.ioYields &+= 1
+                eventLoop.scheduleTask(in: Self.ioYieldDelay) { self.drainInbox() }
                 return
             }
-            phaseStarted = drainPhaseStarted
         }
         var queued: [(PublishedMessage, DeliveryScope)] = []
         inbox.withLockedValue { swap(&queued, &$0) }
-        for i in queued.indices {
-            deliverLocally(queued[i].0, scope: queued[i].1)
-            if let phaseStarted, i + 1 < queued.count, NIODeadline.now() - phaseStarted >= hub.taskPhaseBudget {
-                let rest = queued[(i + 1)...]
-                inbox.withLockedValue { $0.insert(contentsOf: rest, at: 0) }
-                yieldToIO()
-                return
-            }
-        }
-    }
-
-    /// Leaves the inbox for a drain after the loop's next poll for I/O.
-    private func yieldToIO() {
-        counters.ioYields &+= 1
-        eventLoop.scheduleTask(in: Self.ioYieldDelay) { self.drainInbox() }
+        for (message, scope) in queued { deliverLocally(message, scope: scope) }
     }
 
     /// Writes `message` to every matching local subscription, then schedules one flush per
