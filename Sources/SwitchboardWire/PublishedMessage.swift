@@ -18,9 +18,8 @@ public final class PublishedMessage: Sendable {
     /// Whether the body is valid UTF-8 (sent as a WebSocket text frame) or not (binary).
     public let bodyIsUTF8: Bool
     /// `MESSAGE\n` + destination, message-id, user headers and content-length, escaped (1.1+).
+    /// STOMP 1.0 sessions, which are rare, get theirs (not escaped) encoded per frame.
     let escapedPrefix: ByteBuffer
-    /// The same for STOMP 1.0 sessions (not escaped).
-    let plainPrefix: ByteBuffer
     /// The same for STOMP 1.1 sessions, which have no `\r` escape (shared with 1.2 unless a
     /// header holds a carriage return).
     let v11Prefix: ByteBuffer
@@ -57,7 +56,6 @@ public final class PublishedMessage: Sendable {
         let shown =
             UserDestinations.clientDestination(forRouting: destination) ?? PresenceNotice.destination(forRouting: destination) ?? destination
         self.escapedPrefix = Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: true)
-        self.plainPrefix = Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: false)
         let hasCR = shown.utf8.contains(13) || clean.contains { $0.name.utf8.contains(13) || $0.value.utf8.contains(13) }
         self.v11Prefix = hasCR ? Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: true, escapeCR: false) : escapedPrefix
     }
@@ -91,13 +89,20 @@ public final class PublishedMessage: Sendable {
             return b
         }
         escapedPrefix = splice(message.escapedPrefix, escape: true, escapeCR: true)
-        plainPrefix = splice(message.plainPrefix, escape: false, escapeCR: true)
         v11Prefix = message.v11Prefix == message.escapedPrefix ? escapedPrefix : splice(message.v11Prefix, escape: true, escapeCR: false)
     }
 
     private static func encodePrefix(_ destination: String, _ id: String, _ headers: STOMPHeaders, _ length: Int, escape: Bool, escapeCR: Bool = true) -> ByteBuffer {
         var b = ByteBuffer()
         b.reserveCapacity(96 + destination.utf8.count + id.utf8.count)
+        writePrefix(destination, id, headers, length, escape: escape, escapeCR: escapeCR, into: &b)
+        return b
+    }
+
+    @usableFromInline
+    static func writePrefix(
+        _ destination: String, _ id: String, _ headers: STOMPHeaders, _ length: Int, escape: Bool, escapeCR: Bool, into b: inout ByteBuffer
+    ) {
         b.writeStaticString("MESSAGE\n")
         STOMPFrameEncoder.writeHeader("destination", destination, escape: escape, escapeCarriageReturn: escapeCR, into: &b)
         STOMPFrameEncoder.writeHeader("message-id", id, escape: escape, escapeCarriageReturn: escapeCR, into: &b)
@@ -105,7 +110,17 @@ public final class PublishedMessage: Sendable {
         b.writeStaticString("content-length:")
         b.writeString(String(length))
         b.writeInteger(UInt8(ascii: "\n"))
-        return b
+    }
+
+    /// The unescaped prefix of a STOMP 1.0 session, with `x-position` where the initializer
+    /// puts it.
+    @usableFromInline
+    func writePlainPrefix(into out: inout ByteBuffer) {
+        var all = headers
+        if let position { all.add("x-position", position.description) }
+        let shown =
+            UserDestinations.clientDestination(forRouting: destination) ?? PresenceNotice.destination(forRouting: destination) ?? destination
+        Self.writePrefix(shown, messageID, all, body.readableBytes, escape: false, escapeCR: true, into: &out)
     }
 
     /// Encodes the complete `MESSAGE` frame for one subscription.
@@ -142,8 +157,11 @@ public final class PublishedMessage: Sendable {
 
     @usableFromInline
     func writeFrame(subscription: String, ack: String?, escape: Bool, escapeCR: Bool, into out: inout ByteBuffer) {
-        let prefix = escape ? (escapeCR ? escapedPrefix : v11Prefix) : plainPrefix
-        out.writeImmutableBuffer(prefix)
+        if escape {
+            out.writeImmutableBuffer(escapeCR ? escapedPrefix : v11Prefix)
+        } else {
+            writePlainPrefix(into: &out)
+        }
         STOMPFrameEncoder.writeHeader("subscription", subscription, escape: escape, escapeCarriageReturn: escapeCR, into: &out)
         if let ack { STOMPFrameEncoder.writeHeader("ack", ack, escape: escape, escapeCarriageReturn: escapeCR, into: &out) }
         out.writeInteger(UInt8(ascii: "\n"))

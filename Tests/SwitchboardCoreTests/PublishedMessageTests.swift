@@ -52,6 +52,15 @@ struct PublishedMessageTests {
                 == "MESSAGE\ndestination:/topic/a:b\nmessage-id:m-1\ncontent-type:text/plain\nx:a b:c\ncontent-length:0\nsubscription:/topic/a:b\nack:m-1./topic/a:b\n\n\u{0}")
     }
 
+    @Test("unescaped (STOMP 1.0) MESSAGE frame of a numbered message, byte-exact")
+    func plainPositioned() {
+        let numbered = Self.message(body: "").positioned(StreamPosition(epoch: "e1", sequence: 7))
+        let bytes = numbered.encodeFrame(subscription: "0", ack: nil, escape: false, allocator: ByteBufferAllocator())
+        #expect(
+            String(buffer: bytes)
+                == "MESSAGE\ndestination:/topic/a:b\nmessage-id:m-1\ncontent-type:text/plain\nx:a b:c\nx-position:e1:7\ncontent-length:0\nsubscription:0\n\n\u{0}")
+    }
+
     @Test("the encoded frame decodes back to the same headers and body", arguments: [true, false])
     func decodesBack(_ escape: Bool) throws {
         var body = ByteBuffer()

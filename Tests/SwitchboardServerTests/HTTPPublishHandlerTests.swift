@@ -3,6 +3,7 @@ import HTTPTypes
 import Logging
 import NIOCore
 import NIOEmbedded
+import NIOHTTP1
 import NIOHTTPTypes
 import SwitchboardAPIModel
 import SwitchboardAuth
@@ -45,47 +46,67 @@ final class ForwardedRecorder: ChannelInboundHandler, @unchecked Sendable {
     }
 }
 
-/// ``HTTPPublishHandler`` on an embedded channel, at the HTTP-types level.
+/// Counts the flushes that reach the socket's end of the pipeline.
+final class FlushCounter: ChannelOutboundHandler, @unchecked Sendable {
+    typealias OutboundIn = Any
+    var flushes = 0
+    func flush(context: ChannelHandlerContext) {
+        flushes += 1
+        context.flush()
+    }
+}
+
+/// ``HTTPPublishHandler`` on an embedded channel: NIO's HTTP/1.1 parts in and out; the router's
+/// side (``ForwardedRecorder``) reads HTTP-types parts through the codec the handler installs.
 final class PublishHandlerHarness {
     let channel = EmbeddedChannel()
     let hub = FanoutHub()
     let recorder = ForwardedRecorder()
+    let flushes = FlushCounter()
     var tasksOpened = 0
 
-    init(engine: (any BrokerEngine)? = nil, keys: [APIKeyStore.Key] = [], maxBodyBytes: Int = 1024) throws {
+    init(engine: (any BrokerEngine)? = nil, keys: [APIKeyStore.Key] = [], maxBodyBytes: Int = 1024, idleTimeout: TimeAmount? = nil) throws {
         let services = GatewayServices(
             configuration: SessionConfiguration(), hub: hub, engine: engine ?? InMemoryEngine(hub: hub),
             routes: RouteTable(), instanceID: "t", logger: Logger(label: "test"))
         let publisher = NotificationPublisher(services: services, apiKeys: APIKeyStore(keys: keys), maxBodyBytes: maxBodyBytes, maxBatchItems: 3)
-        let handler = HTTPPublishHandler(publisher: publisher, dates: HTTPDateCache(), metrics: HTTPRouteMetrics()) { [unowned self] _ in
+        let handler = HTTPPublishHandler(publisher: publisher, dates: HTTPDateCache(), metrics: HTTPRouteMetrics(), idleTimeout: idleTimeout) {
+            [unowned self] _ in
             self.tasksOpened += 1
         }
+        try channel.pipeline.syncOperations.addHandler(flushes)
         try channel.pipeline.syncOperations.addHandler(handler)
         try channel.pipeline.syncOperations.addHandler(recorder)
         try channel.connect(to: SocketAddress(ipAddress: "10.0.0.1", port: 4000)).wait()
     }
 
-    func request(_ method: HTTPRequest.Method, _ path: String, body: String? = nil, headers: HTTPFields = [:]) throws {
-        try channel.writeInbound(HTTPRequestPart.head(HTTPRequest(method: method, scheme: nil, authority: "x", path: path, headerFields: headers)))
-        if let body { try channel.writeInbound(HTTPRequestPart.body(ByteBuffer(string: body))) }
-        try channel.writeInbound(HTTPRequestPart.end(nil))
+    func request(
+        _ method: HTTPMethod, _ path: String, body: String? = nil, headers: HTTPHeaders = ["host": "x"], version: HTTPVersion = .http1_1,
+        end: Bool = true
+    ) throws {
+        try channel.writeInbound(HTTPServerRequestPart.head(HTTPRequestHead(version: version, method: method, uri: path, headers: headers)))
+        if let body { try channel.writeInbound(HTTPServerRequestPart.body(ByteBuffer(string: body))) }
+        if end { try channel.writeInbound(HTTPServerRequestPart.end(nil)) }
     }
 
-    func publish(_ topic: String, _ message: String, path: String = "/api/notification", headers: HTTPFields = [:]) throws {
-        try request(.post, path, body: #"{"topic":"\#(topic)","message":"\#(message)"}"#, headers: headers)
+    func publish(
+        _ topic: String, _ message: String, path: String = "/api/notification", headers: HTTPHeaders = ["host": "x"], version: HTTPVersion = .http1_1
+    ) throws {
+        try request(.POST, path, body: #"{"topic":"\#(topic)","message":"\#(message)"}"#, headers: headers, version: version)
     }
 
     /// The responses written so far: status, head and body.
-    func responses() throws -> [(status: Int, head: HTTPResponse, body: String)] {
-        var out: [(Int, HTTPResponse, String)] = []
-        var head: HTTPResponse?
+    func responses() throws -> [(status: Int, head: HTTPResponseHead, body: String)] {
+        var out: [(Int, HTTPResponseHead, String)] = []
+        var head: HTTPResponseHead?
         var body = ""
-        while let part = try channel.readOutbound(as: HTTPResponsePart.self) {
+        while let part = try channel.readOutbound(as: HTTPServerResponsePart.self) {
             switch part {
             case .head(let h): head = h
-            case .body(let b): body += String(buffer: b)
+            case .body(.byteBuffer(let b)): body += String(buffer: b)
+            case .body(.fileRegion): Issue.record("a file region")
             case .end:
-                out.append((head!.status.code, head!, body))
+                out.append((Int(head!.status.code), head!, body))
                 body = ""
             }
         }
@@ -100,8 +121,8 @@ final class PublishHandlerHarness {
         let answers = try h.responses()
         #expect(answers.count == 1)
         #expect(answers[0].status == 200)
-        #expect(answers[0].head.headerFields[.contentType] == "application/json")
-        #expect(answers[0].head.headerFields[.contentLength] == String(answers[0].body.utf8.count))
+        #expect(answers[0].head.headers["content-type"] == ["application/json"])
+        #expect(answers[0].head.headers["content-length"] == [String(answers[0].body.utf8.count)])
         let answer = try JSONDecoder().decode(NotificationAnswer.self, from: Data(answers[0].body.utf8))
         #expect(answer.topic == "/topic/a" && answer.user == nil)
         #expect(h.tasksOpened == 0 && h.recorder.parts.isEmpty)
@@ -117,8 +138,8 @@ final class PublishHandlerHarness {
 
     @Test func otherRequestsOpenTheRouterTaskOnce() throws {
         let h = try PublishHandlerHarness()
-        try h.request(.get, "/health")
-        try h.request(.post, "/api/notification", body: "{}", headers: [.origin: "http://app"])  // CORS: the router's middleware
+        try h.request(.GET, "/health")
+        try h.request(.POST, "/api/notification", body: "{}", headers: ["host": "x", "origin": "http://app"])  // CORS: the router's middleware
         #expect(h.tasksOpened == 1)
         #expect(h.recorder.paths == ["/health", "/api/notification"])
         #expect(try h.responses().isEmpty)
@@ -128,7 +149,7 @@ final class PublishHandlerHarness {
         let engine = HeldEngine()
         let h = try PublishHandlerHarness(engine: engine)
         try h.publish("/topic/a", "1")
-        try h.request(.get, "/health")  // must wait for the publish's answer
+        try h.request(.GET, "/health")  // must wait for the publish's answer
         try h.publish("/topic/a", "2")  // behind a forwarded request: forwarded too
         #expect(h.recorder.parts.isEmpty)
         #expect(try h.responses().isEmpty)
@@ -142,6 +163,21 @@ final class PublishHandlerHarness {
         answers = try h.responses()
         #expect(answers.map(\.status) == [200, 202])
         #expect(engine.pending.count == 1)  // the second publish went to the router, not here
+    }
+
+    @Test func aPipelinedBatchIsAnsweredInOneFlush() throws {
+        let h = try PublishHandlerHarness()
+        let body = #"{"topic":"/topic/a","message":"m"}"#
+        let sync = h.channel.pipeline.syncOperations
+        for _ in 0..<5 {  // five requests in one socket read
+            sync.fireChannelRead(NIOAny(HTTPServerRequestPart.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/api/notification"))))
+            sync.fireChannelRead(NIOAny(HTTPServerRequestPart.body(ByteBuffer(string: body))))
+            sync.fireChannelRead(NIOAny(HTTPServerRequestPart.end(nil)))
+        }
+        #expect(h.flushes.flushes == 0)
+        sync.fireChannelReadComplete()
+        #expect(h.flushes.flushes == 1)
+        #expect(try h.responses().map(\.status) == [200, 200, 200, 200, 200])
     }
 
     @Test func answersWaitForEarlierPublishes() throws {
@@ -161,8 +197,8 @@ final class PublishHandlerHarness {
 
     @Test func validationErrorsNameTheField() throws {
         let h = try PublishHandlerHarness()
-        try h.request(.post, "/api/notification", body: #"{"topic":"/topic/a"}"#)
-        try h.request(.post, "/api/notification", body: "not json")
+        try h.request(.POST, "/api/notification", body: #"{"topic":"/topic/a"}"#)
+        try h.request(.POST, "/api/notification", body: "not json")
         let answers = try h.responses()
         #expect(answers.map(\.status) == [400, 400])
         let first = try JSONDecoder().decode(APIErrorBody.self, from: Data(answers[0].body.utf8))
@@ -181,11 +217,75 @@ final class PublishHandlerHarness {
 
     @Test func connectionCloseIsHonoured() throws {
         let h = try PublishHandlerHarness()
-        try h.publish("/topic/a", "1", headers: [.connection: "close"])
+        try h.publish("/topic/a", "1", headers: ["host": "x", "connection": "close"])
         h.channel.embeddedEventLoop.run()
         let answers = try h.responses()
         #expect(answers.map(\.status) == [200])
-        #expect(answers[0].head.headerFields[.connection] == "close")
+        #expect(answers[0].head.headers["connection"] == ["close"])
+        #expect(!h.channel.isActive)
+    }
+
+    @Test func http10KeepsTheConnectionOnlyWhenAsked() throws {
+        let h = try PublishHandlerHarness()
+        try h.publish("/topic/a", "1", headers: ["connection": "keep-alive"], version: .http1_0)
+        var answers = try h.responses()
+        #expect(answers.map(\.status) == [200])
+        #expect(answers[0].head.headers["connection"] == ["keep-alive"])
+        #expect(h.channel.isActive)
+        try h.publish("/topic/a", "2", headers: [:], version: .http1_0)
+        h.channel.embeddedEventLoop.run()
+        answers = try h.responses()
+        #expect(answers[0].head.headers["connection"] == ["close"])
+        #expect(!h.channel.isActive)
+    }
+
+    @Test func anIdleConnectionClosesAfterTheTimeoutButNotWhileAnAnswerIsOwed() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine, idleTimeout: .seconds(10))
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(9))
+        try h.publish("/topic/a", "1")  // read at 9 s; its answer waits for the engine
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(25))
+        #expect(h.channel.isActive)
+        engine.pending[0].1.succeed(())  // answered at 34 s
+        h.channel.embeddedEventLoop.run()
+        #expect(try h.responses().map(\.status) == [200])
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(9))
+        #expect(h.channel.isActive)
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(11))
+        #expect(!h.channel.isActive)
+    }
+
+    @Test func aSlowRequestHeadWithoutItsEndTimesOut() throws {
+        let h = try PublishHandlerHarness(idleTimeout: .seconds(10))
+        try h.request(.POST, "/api/notification", body: "{", end: false)
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(21))
+        #expect(!h.channel.isActive)
+    }
+
+    @Test func shutdownClosesAnIdleConnectionAtOnce() throws {
+        let h = try PublishHandlerHarness(idleTimeout: .seconds(10))
+        try h.publish("/topic/a", "1")
+        #expect(try h.responses().map(\.status) == [200])
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        h.channel.embeddedEventLoop.run()
+        #expect(!h.channel.isActive)
+    }
+
+    @Test func shutdownWaitsForTheAnswersOwedOnBothPaths() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine)
+        try h.publish("/topic/a", "1")
+        try h.request(.GET, "/health")  // forwarded once the publish is answered
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        h.channel.embeddedEventLoop.run()
+        #expect(h.channel.isActive)
+        engine.pending[0].1.succeed(())
+        h.channel.embeddedEventLoop.run()
+        #expect(h.channel.isActive)  // the router's answer is still owed
+        #expect(h.recorder.paths == ["/health"])
+        h.recorder.respond(.ok)
+        h.channel.embeddedEventLoop.run()
+        #expect(try h.responses().map(\.status) == [200, 200])
         #expect(!h.channel.isActive)
     }
 
@@ -205,8 +305,8 @@ final class PublishHandlerHarness {
         let key = APIKeyStore.Key(name: "backend", sha256: APIKeyStore.hash("s3cret"), scopes: ["/topic/"])
         let h = try PublishHandlerHarness(keys: [key])
         try h.publish("/topic/a", "1")
-        try h.publish("/topic/a", "2", headers: [.authorization: "Bearer s3cret"])
-        try h.publish("/queue/a", "3", path: "/api/users/bob/notification", headers: [.authorization: "Bearer s3cret"])
+        try h.publish("/topic/a", "2", headers: ["host": "x", "authorization": "Bearer s3cret"])
+        try h.publish("/queue/a", "3", path: "/api/users/bob/notification", headers: ["host": "x", "authorization": "Bearer s3cret"])
         let answers = try h.responses()
         #expect(answers.map(\.status) == [401, 200, 403])
         #expect(try JSONDecoder().decode(APIErrorBody.self, from: Data(answers[0].body.utf8)).field == "Authorization")
@@ -215,11 +315,11 @@ final class PublishHandlerHarness {
     @Test func batchAnswersEveryItemInOrder() throws {
         let h = try PublishHandlerHarness()
         try h.request(
-            .post, "/api/notifications",
+            .POST, "/api/notifications",
             body: #"[{"topic":"/topic/a","message":"1"},{"topic":"/nope","message":"2"},{"topic":"/queue/q","user":"bob","message":"3"}]"#)
-        try h.request(.post, "/api/notifications", body: #"[{"topic":"/topic/a","message":"1"}]"#)
-        try h.request(.post, "/api/notifications", body: "[1,2,3,4]")
-        try h.request(.post, "/api/notifications", body: "{}")
+        try h.request(.POST, "/api/notifications", body: #"[{"topic":"/topic/a","message":"1"}]"#)
+        try h.request(.POST, "/api/notifications", body: "[1,2,3,4]")
+        try h.request(.POST, "/api/notifications", body: "{}")
         let answers = try h.responses()
         #expect(answers.map(\.status) == [207, 200, 413, 400])
         let batch = try JSONDecoder().decode(BatchAnswer.self, from: Data(answers[0].body.utf8))
@@ -233,6 +333,57 @@ final class PublishHandlerHarness {
         #expect(first.topic == "/topic/a")
         #expect(second == APIErrorBody(error: "field 'topic' must start with /topic/", field: "topic", status: 400))
         #expect(third.user == "bob")
+    }
+}
+
+@Suite struct HTTPConnectionIdleStateTests {
+    let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+    let head = HTTPServerRequestPart.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/"))
+
+    @Test func idleAfterTheLastActivity() {
+        var state = HTTPConnectionIdleState(timeout: .seconds(10))
+        let firstCheck = state.activated(now: t0)
+        #expect(firstCheck == t0 + .seconds(10))
+        state.read(head, now: t0 + .seconds(4))
+        state.read(.end(nil), now: t0 + .seconds(4))
+        let closesAfterAnswer = state.answered(now: t0 + .seconds(5))
+        #expect(closesAfterAnswer == false)
+        let atFirstCheck = state.timerFired(now: t0 + .seconds(10))
+        #expect(atFirstCheck == .check(t0 + .seconds(15)))
+        let atSecondCheck = state.timerFired(now: t0 + .seconds(15))
+        #expect(atSecondCheck == .close)
+    }
+
+    @Test func notIdleWhileAnAnswerIsPrepared() {
+        var state = HTTPConnectionIdleState(timeout: .seconds(10))
+        _ = state.activated(now: t0)
+        state.read(head, now: t0)
+        state.read(.end(nil), now: t0)
+        let whileAnswering = state.timerFired(now: t0 + .seconds(30))
+        #expect(whileAnswering == .check(t0 + .seconds(40)))
+    }
+
+    @Test func aRequestBeingReadIsIdleWithoutProgress() {
+        var state = HTTPConnectionIdleState(timeout: .seconds(10))
+        _ = state.activated(now: t0)
+        state.read(head, now: t0)
+        let whileReading = state.timerFired(now: t0 + .seconds(10))
+        #expect(whileReading == .close)
+    }
+
+    @Test func quiesceClosesWhenNothingIsOwedOrAfterTheLastAnswer() {
+        var idle = HTTPConnectionIdleState(timeout: nil)
+        let idleCloses = idle.quiesce()
+        #expect(idleCloses)
+        var busy = HTTPConnectionIdleState(timeout: nil)
+        busy.read(head, now: t0)
+        busy.read(head, now: t0)
+        let busyCloses = busy.quiesce()
+        #expect(!busyCloses)
+        let afterFirstAnswer = busy.answered(now: t0)
+        #expect(!afterFirstAnswer)
+        let afterLastAnswer = busy.answered(now: t0)
+        #expect(afterLastAnswer)
     }
 }
 

@@ -12,22 +12,29 @@ import SwitchboardWire
 
 /// Serves the publish API (`POST /api/notification`, `/api/users/{user}/notification`,
 /// `/api/notifications`) on the connection's event loop, like a STOMP `SEND`: no Swift task,
-/// no thread hop, and pipelined requests answered in order, written once per read batch.
+/// no thread hop, and pipelined requests answered in order, written once per read batch. It
+/// reads NIO's HTTP/1.1 parts straight from the parser: a publish is never turned into
+/// HTTP-types values and back.
 ///
 /// Anything else on the connection (the console, `/metrics`, health, a browser's CORS
-/// request) goes to Hummingbird's router: the first such request starts the connection's task
-/// (``openTask``), and its parts are forwarded from then on. Order is kept across the two: a
-/// forwarded request waits (reads paused) until the answers before it are written, and a
-/// publish request that arrives while a forwarded one is unanswered is forwarded too (the
-/// router has the same routes, answering through the same ``NotificationPublisher``).
+/// request) goes to Hummingbird's router: the first such request installs the HTTP-types codec
+/// after this handler and starts the connection's task (``openTask``), and its parts are
+/// forwarded from then on. Order is kept across the two: a forwarded request waits (reads
+/// paused) until the answers before it are written, and a publish request that arrives while
+/// a forwarded one is unanswered is forwarded too (the router has the same routes, answering
+/// through the same ``NotificationPublisher``).
+///
+/// The handler also keeps the connection's state for both paths (``HTTPConnectionIdleState``):
+/// the idle timeout, `Connection: close`, and a graceful shutdown (`ChannelShouldQuiesceEvent`
+/// closes the connection once the answers owed are written).
 ///
 /// Limits: a body is collected up to the publisher's `maxBodyBytes` (413 beyond, the rest
 /// discarded); at most ``maxPendingAnswers`` answers wait, then reads pause.
 final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPRequestPart
-    typealias InboundOut = HTTPRequestPart
-    typealias OutboundIn = HTTPResponsePart
-    typealias OutboundOut = HTTPResponsePart
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
 
     static let maxPendingAnswers = 256
 
@@ -50,11 +57,14 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let endpoint: Endpoint
         let started: UInt64
         let close: Bool
+        /// An HTTP/1.0 client asked to keep the connection: say that it is kept.
+        let keepAlive10: Bool
         var response: (status: HTTPResponse.Status, body: ByteBuffer)?
 
-        init(endpoint: Endpoint, close: Bool) {
+        init(endpoint: Endpoint, head: HTTPRequestHead) {
             self.endpoint = endpoint
-            self.close = close
+            self.close = !head.isKeepAlive
+            self.keepAlive10 = head.isKeepAlive && head.version.major == 1 && head.version.minor == 0
             self.started = DispatchTime.now().uptimeNanoseconds
         }
     }
@@ -68,35 +78,63 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     let publisher: NotificationPublisher
     let dates: HTTPDateCache
     let metrics: HTTPRouteMetrics
+    /// Whether the connection is TLS (the HTTP-types codec's `scheme`).
+    let secure: Bool
+    /// The HTTP-types codec is already after this handler (the router serves the connection
+    /// from the start): the first forwarded request installs none.
+    let codecInstalled: Bool
     /// Starts the Hummingbird task of this connection (wraps it in an `NIOAsyncChannel`).
     let openTask: (any Channel) throws -> Void
 
     private var current = Current.none
     private var answers = CircularBuffer<Answer>()
     /// Parts waiting for earlier answers to be written (from a forwarded request's head on).
-    private var held = CircularBuffer<HTTPRequestPart>()
+    private var held = CircularBuffer<HTTPServerRequestPart>()
     private var forwardedUnanswered = 0
     private var taskOpen = false
     private var closing = false
     private var inputClosed = false
     private var readPending = false
+    /// Between a socket read's first part and its `channelReadComplete`, which flushes: answers
+    /// ready meanwhile (a pipelined batch) go out in one write.
+    private var inReadBatch = false
     private var context: ChannelHandlerContext?
+    private var idle: HTTPConnectionIdleState
+    private var idleTimer: Scheduled<Void>?
 
-    init(publisher: NotificationPublisher, dates: HTTPDateCache, metrics: HTTPRouteMetrics, openTask: @escaping (any Channel) throws -> Void) {
+    init(
+        publisher: NotificationPublisher, dates: HTTPDateCache, metrics: HTTPRouteMetrics, secure: Bool = false,
+        idleTimeout: TimeAmount? = nil, codecInstalled: Bool = false, openTask: @escaping (any Channel) throws -> Void
+    ) {
         self.publisher = publisher
         self.dates = dates
         self.metrics = metrics
+        self.secure = secure
+        self.codecInstalled = codecInstalled
         self.openTask = openTask
+        self.idle = HTTPConnectionIdleState(timeout: idleTimeout)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { armIdleTimer(context: context) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        idleTimer = nil
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        armIdleTimer(context: context)
+        context.fireChannelActive()
+    }
 
     /// The publish endpoint `head` asks for, or nil when the router should serve it.
-    static func endpoint(for head: HTTPRequest) -> Endpoint? {
-        guard head.method == .post, head.headerFields[.origin] == nil, head.headerFields[.expect] == nil,
-            var path = head.path.map({ Substring($0) })
-        else { return nil }
+    static func endpoint(for head: HTTPRequestHead) -> Endpoint? {
+        guard head.method == .POST, !head.headers.contains(name: "origin"), !head.headers.contains(name: "expect") else { return nil }
+        var path = Substring(head.uri)
         if let query = path.firstIndex(of: "?") { path = path[..<query] }
         switch path {
         case "/api/notification": return .single(user: nil)
@@ -115,25 +153,28 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
         let part = unwrapInboundIn(data)
+        inReadBatch = true
+        idle.read(part, now: context.eventLoop.now)
         if !held.isEmpty || !process(part, context: context) {
             held.append(part)
         }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        inReadBatch = false
         if taskOpen { context.fireChannelReadComplete() }
         context.flush()
     }
 
     /// Handles one part; false for a head that must wait for earlier answers.
-    private func process(_ part: HTTPRequestPart, context: ChannelHandlerContext) -> Bool {
+    private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) -> Bool {
         switch part {
         case .head(let head):
             if forwardedUnanswered == 0, let endpoint = Self.endpoint(for: head) {
-                let answer = Answer(endpoint: endpoint, close: head.headerFields[.connection]?.lowercased() == "close")
+                let answer = Answer(endpoint: endpoint, head: head)
                 answers.append(answer)
                 do {
-                    let key = try publisher.authenticate(authorization: head.headerFields[.authorization])
+                    let key = try publisher.authenticate(authorization: head.headers.first(name: "authorization"))
                     current = .answering(answer, key: key, body: nil, failure: nil)
                 } catch {
                     current = .answering(answer, key: nil, body: nil, failure: error)
@@ -178,10 +219,13 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         return true
     }
 
-    private func forward(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+    private func forward(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         if !taskOpen {
             taskOpen = true
             do {
+                if !codecInstalled {
+                    try context.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: secure), position: .after(self))
+                }
                 try openTask(context.channel)
             } catch {
                 context.close(promise: nil)
@@ -231,17 +275,24 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var wrote = false
         while let first = answers.first, let response = first.response, !closing {
             answers.removeFirst()
-            var head = HTTPResponse(status: response.status)
-            head.headerFields[.contentType] = "application/json"
-            head.headerFields[.contentLength] = String(response.body.readableBytes)
-            head.headerFields[.date] = dates.now
-            head.headerFields[.server] = "switchboard"
-            if first.close { head.headerFields[.connection] = "close" }
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-            context.write(wrapOutboundOut(.body(response.body)), promise: nil)
+            let close = first.close || idle.answered(now: context.eventLoop.now)
+            var headers = HTTPHeaders()
+            headers.reserveCapacity(5)
+            headers.add(name: "Content-Type", value: "application/json")
+            headers.add(name: "Content-Length", value: String(response.body.readableBytes))
+            headers.add(name: "Date", value: dates.now)
+            headers.add(name: "Server", value: "switchboard")
+            if close {
+                headers.add(name: "Connection", value: "close")
+            } else if first.keepAlive10 {
+                headers.add(name: "Connection", value: "keep-alive")
+            }
+            let status = HTTPResponseStatus(statusCode: response.status.code, reasonPhrase: response.status.reasonPhrase)
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
             metrics.record(route: first.endpoint.route, status: response.status, since: first.started)
             wrote = true
-            if first.close {
+            if close {
                 closing = true
                 let channel = context.channel
                 context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
@@ -250,7 +301,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         if !closing { replayHeld(context: context) }
-        if wrote { context.flush() }
+        if wrote && !inReadBatch { context.flush() }
         resumeReadsIfPossible(context: context)
         closeIfDone(context: context)
     }
@@ -269,6 +320,16 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         if case .end = unwrapOutboundIn(data), forwardedUnanswered > 0 {
             forwardedUnanswered -= 1
+            if idle.answered(now: context.eventLoop.now) {
+                // Shutting down, and this was the last answer owed.
+                closing = true
+                let channel = context.channel
+                context.writeAndFlush(data).whenComplete { result in
+                    promise?.completeWith(result)
+                    channel.close(promise: nil)
+                }
+                return
+            }
             context.write(data, promise: promise)
             if forwardedUnanswered == 0 {
                 replayHeld(context: context)
@@ -300,11 +361,45 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// nobody else would close the connection: close it once the answers owed are written.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if !taskOpen, case .inputClosed? = event as? ChannelEvent {
+            // The parser's last parts may have come without a `channelReadComplete`.
+            inReadBatch = false
+            context.flush()
             inputClosed = true
             closeIfDone(context: context)
             return
         }
+        // Shutting down: close now when nothing is owed, else after the last answer. Not
+        // passed on: this handler keeps the connection's state for the router's task too.
+        if event is ChannelShouldQuiesceEvent {
+            if idle.quiesce(), !closing {
+                closing = true
+                context.close(promise: nil)
+            }
+            return
+        }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    // MARK: Idle timeout
+
+    private func armIdleTimer(context: ChannelHandlerContext) {
+        guard idleTimer == nil, let deadline = idle.activated(now: context.eventLoop.now) else { return }
+        scheduleIdleCheck(at: deadline, context: context)
+    }
+
+    /// One timer per connection, moved only when it fires: a request does not reschedule it.
+    private func scheduleIdleCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        idleTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
+            idleTimer = nil
+            guard let context = self.context, !closing else { return }
+            switch idle.timerFired(now: context.eventLoop.now) {
+            case .close:
+                closing = true
+                context.close(promise: nil)
+            case .check(let next):
+                scheduleIdleCheck(at: next, context: context)
+            }
+        }
     }
 
     private func closeIfDone(context: ChannelHandlerContext) {
@@ -315,8 +410,9 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // Malformed HTTP: NIO has answered 400. Without a task nobody else will close.
-        if !taskOpen, error is HTTPParserError || error is HTTP1TypeConversionError {
+        if !taskOpen, error is HTTPParserError {
             closing = true
+            context.flush()  // the answers before the bad request
             context.close(promise: nil)
             return
         }

@@ -179,11 +179,12 @@ struct HTTPAPIChannel: HTTPChannelHandler {
     let metrics = HTTPRouteMetrics()
 
     /// Installs NIO's HTTP/1.1 server handlers at `position` (malformed requests get a 400 and
-    /// the connection closes), Hummingbird's HTTP-types codec and keep-alive handling, and the
-    /// publish fast path, which calls `openTask` when the connection first needs the router.
+    /// the connection closes) and the publish fast path, which keeps the connection's state and
+    /// installs Hummingbird's HTTP-types codec and calls `openTask` when the connection first
+    /// needs the router.
     func configure(
         channel: any Channel, position: ChannelPipeline.SynchronousOperations.Position,
-        logger: Logger, openTask: @escaping (any Channel) throws -> Void
+        logger: Logger, codecInstalled: Bool = false, openTask: @escaping (any Channel) throws -> Void
     ) throws {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderFieldSize = 16 * 1024
@@ -194,19 +195,24 @@ struct HTTPAPIChannel: HTTPChannelHandler {
             position: position, withPipeliningAssistance: false, withErrorHandling: true,
             withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
             withDecoderLimitConfiguration: limits)
-        try sync.addHandler(HTTP1ToHTTPServerCodec(secure: secure))
-        try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: .nanoseconds(idleTimeout.nanoseconds), logger: logger))
-        try sync.addHandler(HTTPPublishHandler(publisher: publisher, dates: dates, metrics: metrics, openTask: openTask))
+        try sync.addHandler(
+            HTTPPublishHandler(
+                publisher: publisher, dates: dates, metrics: metrics, secure: secure, idleTimeout: idleTimeout,
+                codecInstalled: codecInstalled, openTask: openTask))
     }
 
-    /// The connection as the router's task reads it (handlers added last).
+    /// The connection as the router's task reads it (handlers added last, after the HTTP-types
+    /// codec).
     func wrap(_ channel: any Channel) throws -> NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart> {
         try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
     }
 
+    /// A connection served by the router from the start (`ServerChildChannel`; the listener
+    /// itself uses ``configure(channel:position:logger:codecInstalled:openTask:)``).
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
-            try configure(channel: channel, position: .last, logger: logger) { _ in }
+            try configure(channel: channel, position: .last, logger: logger, codecInstalled: true) { _ in }
+            try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: secure))
             return Value(asyncChannel: try wrap(channel))
         }
     }

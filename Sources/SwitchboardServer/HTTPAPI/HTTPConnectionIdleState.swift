@@ -1,0 +1,75 @@
+import NIOCore
+import NIOHTTP1
+
+/// The state of one HTTP/1.1 API connection that decides when it closes, as Hummingbird's
+/// `HTTPConnectionStateHandler` keeps it: after ``timeout`` without a request (not while an
+/// answer is being prepared), and on a graceful shutdown once the answers owed are written.
+/// Pure: ``HTTPPublishHandler`` feeds it reads and answers and runs its one timer.
+struct HTTPConnectionIdleState {
+    /// How long a connection may stay without a request; nil for never.
+    let timeout: TimeAmount?
+    /// Request heads read whose answer is not written yet (both paths).
+    private(set) var requestsInProgress = 0
+    /// A request's head is in and its end is not.
+    private(set) var readingRequest = false
+    /// The last read, or the last answer that left nothing owed.
+    private(set) var lastActivity = NIODeadline.uptimeNanoseconds(0)
+    /// Shutting down: close once nothing is owed.
+    private(set) var closeWhenAnswered = false
+
+    /// What the idle timer does when it fires.
+    enum TimerDecision: Equatable {
+        case close
+        /// Look again at this time.
+        case check(NIODeadline)
+    }
+
+    init(timeout: TimeAmount?) {
+        self.timeout = timeout
+    }
+
+    /// The connection is active: the first check is due at the returned time (nil: no timeout).
+    mutating func activated(now: NIODeadline) -> NIODeadline? {
+        lastActivity = now
+        return timeout.map { now + $0 }
+    }
+
+    mutating func read(_ part: HTTPServerRequestPart, now: NIODeadline) {
+        lastActivity = now
+        switch part {
+        case .head:
+            requestsInProgress += 1
+            readingRequest = true
+        case .body:
+            break
+        case .end:
+            readingRequest = false
+        }
+    }
+
+    /// An answer's end was written. True when the connection should now close (a shutdown
+    /// waited for it).
+    mutating func answered(now: NIODeadline) -> Bool {
+        requestsInProgress = max(0, requestsInProgress - 1)
+        guard requestsInProgress == 0 else { return false }
+        lastActivity = now
+        return closeWhenAnswered
+    }
+
+    /// A graceful shutdown began. True when the connection can close now.
+    mutating func quiesce() -> Bool {
+        if requestsInProgress > 0 {
+            closeWhenAnswered = true
+            return false
+        }
+        return true
+    }
+
+    mutating func timerFired(now: NIODeadline) -> TimerDecision {
+        guard let timeout else { return .check(.distantFuture) }
+        // A request is read and its answer is on the way: not idle; look again later.
+        if requestsInProgress > 0 && !readingRequest { return .check(now + timeout) }
+        let due = lastActivity + timeout
+        return now >= due ? .close : .check(due)
+    }
+}
