@@ -99,3 +99,25 @@ def test_a_client_that_half_closes_gets_its_answers_then_the_close(gateway):
         assert [a[0] for a in read_responses(s, 2)] == [200, 200]
         s.settimeout(5)
         assert s.recv(1) == b""  # closed by the gateway, not left half-open
+
+
+def test_an_idle_publish_connection_is_closed_after_the_idle_timeout(gateway_factory):
+    # A connection that only publishes never reaches Hummingbird's connection handler: the
+    # publish handler keeps its idle timeout itself.
+    gw = gateway_factory("http.idle-timeout-ms=300")
+    with socket.create_connection(("127.0.0.1", gw.port)) as s:
+        s.sendall(request("POST", "/api/notification", {"topic": "/topic/x", "message": "m"}))
+        assert read_responses(s, 1)[0][0] == 200
+        s.settimeout(15)
+        assert s.recv(1) == b""  # closed by the gateway once idle
+
+
+def test_shutdown_closes_an_idle_publish_connection_without_waiting_for_the_grace(gateway_factory):
+    gw = gateway_factory("server.shutdown-grace-ms=60000")
+    with socket.create_connection(("127.0.0.1", gw.port)) as s:
+        s.sendall(request("POST", "/api/notification", {"topic": "/topic/x", "message": "m"}))
+        assert read_responses(s, 1)[0][0] == 200
+        gw.proc.send_signal(15)
+        s.settimeout(15)
+        assert s.recv(1) == b""  # closed at once: nothing was owed on it
+        assert gw.proc.wait(30) == 0  # well inside the 60 s grace
