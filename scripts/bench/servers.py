@@ -239,6 +239,9 @@ class Nchan:
     publish_format = "raw"
     login = None
 
+    #: Environment of the nginx process (``NchanNoDelay`` preloads a shim).
+    env = None
+
     def __init__(self, redis_url=None):
         self.dir = tempfile.mkdtemp(prefix="bench-nchan-")
         self.port = free_port()
@@ -249,7 +252,7 @@ class Nchan:
         path = os.path.join(self.dir, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
-        self.proc = Proc(["nginx", "-p", self.dir, "-c", path], os.path.join(self.dir, "nginx.out"))
+        self.proc = Proc(["nginx", "-p", self.dir, "-c", path], os.path.join(self.dir, "nginx.out"), env=self.env)
         wait_port(self.port)
         time.sleep(0.5)
 
@@ -258,6 +261,22 @@ class Nchan:
 
     def stop(self):
         self.proc.stop(signal.SIGQUIT)
+
+
+class NchanNoDelay(Nchan):
+    """nginx+nchan with TCP_NODELAY on every accepted socket (an LD_PRELOAD shim,
+    ``nodelay_shim.c``): nginx leaves Nagle on for nchan's WebSockets, so by default the kernel
+    coalesces its small writes while an ACK is outstanding. For the server CPU per delivery
+    with both servers writing each message at once."""
+    name = "nchan-nodelay"
+
+    def __init__(self, redis_url=None):
+        shim = os.path.join(tempfile.gettempdir(), "switchboard-bench-nodelay-shim.so")
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nodelay_shim.c")
+        if not os.path.exists(shim) or os.path.getmtime(shim) < os.path.getmtime(source):
+            subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", shim, source, "-ldl"], check=True)
+        self.env = dict(os.environ, LD_PRELOAD=shim)
+        super().__init__(redis_url=redis_url)
 
 
 RABBIT_CONF = """
@@ -362,4 +381,4 @@ class SwitchboardBaseline(Switchboard):
 
 SERVERS = {"switchboard": Switchboard, "switchboard-baseline": SwitchboardBaseline, "switchboard-nagle": SwitchboardNagle, "switchboard-nodelay": SwitchboardNoDelay,
            "switchboard-nohistory": SwitchboardNoHistory,
-           "nchan": Nchan, "rabbitmq": RabbitMQ}
+           "nchan": Nchan, "nchan-nodelay": NchanNoDelay, "rabbitmq": RabbitMQ}
