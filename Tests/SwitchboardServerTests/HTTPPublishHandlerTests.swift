@@ -5,6 +5,7 @@ import NIOCore
 import NIOEmbedded
 import NIOHTTP1
 import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
 import SwitchboardAPIModel
 import SwitchboardAuth
 import SwitchboardCore
@@ -65,17 +66,22 @@ final class PublishHandlerHarness {
     let flushes = FlushCounter()
     var tasksOpened = 0
 
-    init(engine: (any BrokerEngine)? = nil, keys: [APIKeyStore.Key] = [], maxBodyBytes: Int = 1024, idleTimeout: TimeAmount? = nil) throws {
+    init(
+        engine: (any BrokerEngine)? = nil, keys: [APIKeyStore.Key] = [], maxBodyBytes: Int = 1024, idleTimeout: TimeAmount? = nil,
+        codecInstalled: Bool = false
+    ) throws {
         let services = GatewayServices(
             configuration: SessionConfiguration(), hub: hub, engine: engine ?? InMemoryEngine(hub: hub),
             routes: RouteTable(), instanceID: "t", logger: Logger(label: "test"))
         let publisher = NotificationPublisher(services: services, apiKeys: APIKeyStore(keys: keys), maxBodyBytes: maxBodyBytes, maxBatchItems: 3)
-        let handler = HTTPPublishHandler(publisher: publisher, dates: HTTPDateCache(), metrics: HTTPRouteMetrics(), idleTimeout: idleTimeout) {
+        let handler = HTTPPublishHandler(publisher: publisher, dates: HTTPDateCache(), metrics: HTTPRouteMetrics(), idleTimeout: idleTimeout, codecInstalled: codecInstalled) {
             [unowned self] _ in
             self.tasksOpened += 1
         }
         try channel.pipeline.syncOperations.addHandler(flushes)
         try channel.pipeline.syncOperations.addHandler(handler)
+        // As `HTTPAPIChannel.setup` does for a connection the router serves from the start.
+        if codecInstalled { try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false)) }
         try channel.pipeline.syncOperations.addHandler(recorder)
         try channel.connect(to: SocketAddress(ipAddress: "10.0.0.1", port: 4000)).wait()
     }
@@ -143,6 +149,16 @@ final class PublishHandlerHarness {
         #expect(h.tasksOpened == 1)
         #expect(h.recorder.paths == ["/health", "/api/notification"])
         #expect(try h.responses().isEmpty)
+    }
+
+    @Test func aCodecAlreadyInPlaceIsNotInstalledTwice() throws {
+        let h = try PublishHandlerHarness(codecInstalled: true)
+        try h.request(.GET, "/health")
+        #expect(h.tasksOpened == 1 && h.recorder.paths == ["/health"])
+        h.recorder.respond(.ok)
+        try h.publish("/topic/a", "1")  // after the router's answer: on the loop again
+        // (A second codec would have met HTTP-types parts where it reads NIO's: a crash.)
+        #expect(try h.responses().map(\.status) == [200, 200])
     }
 
     @Test func pipelinedRequestsAreAnsweredInOrderAcrossBothPaths() throws {
