@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import NIOCore
 import Testing
 
 @testable import SwitchboardServer
@@ -42,5 +43,17 @@ import Testing
     /// Foundation on Linux decodes it to 16 bytes and the check before this one let it by.
     @Test func anExtraPaddingCharacterIsRefused() {
         #expect(!WebSocketHandshake.isValidKey("dGhlIHNhbXBsZSBub25jZQ==="))
+    }
+
+    /// A refused upgrade answers the HTTP API's JSON error shape, byte for byte.
+    @Test func aRefusalIsTheAPIErrorShape() {
+        var refusal = WebSocketHandshake.Refusal.badRequest(#"the "path" is not /stomp"#, field: "path")
+        refusal.extraHeaders = [("Retry-After", "1")]
+        let bytes = WebSocketHandshake.response(for: refusal)
+        let body = #"{"error":"the \"path\" is not /stomp","field":"path"}"#
+        #expect(
+            String(buffer: bytes)
+                == "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)")
     }
 }

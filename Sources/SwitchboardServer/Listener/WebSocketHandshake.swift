@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import NIOCore
 import STOMPCodec
+import SwitchboardAPIModel
 import SwitchboardCore
 import SwitchboardWire
 import Synchronization
@@ -154,16 +155,14 @@ struct WebSocketHandshake: Sendable {
 
     /// A refusal as a complete HTTP response that closes the connection.
     static func response(for refusal: Refusal) -> ByteBuffer {
-        // The same JSON error shape as the HTTP API's.
-        let body =
-            (try? JSONSerialization.data(
-                withJSONObject: ["error": refusal.message, "field": refusal.field],
-                options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        // The same JSON error shape as the HTTP API's, written the same way (no Foundation: a
+        // flood of refused connections stays cheap).
+        var body = APIJSON.body(APIErrorBody(error: refusal.message, field: refusal.field))
         var text = "HTTP/1.1 \(refusal.status) \(refusal.reason)\r\nConnection: close\r\nContent-Type: application/json\r\n"
         for (name, value) in refusal.extraHeaders { text += "\(name): \(value)\r\n" }
-        text += "Content-Length: \(body.count)\r\n\r\n"
+        text += "Content-Length: \(body.readableBytes)\r\n\r\n"
         var buffer = ByteBuffer(string: text)
-        buffer.writeBytes(body)
+        buffer.writeBuffer(&body)
         return buffer
     }
 
