@@ -51,10 +51,7 @@ public final class PublishedMessage: Sendable {
         self.bodyIsUTF8 =
             body.readableBytesView.withContiguousStorageIfAvailable { String(validating: $0, as: UTF8.self) != nil }
             ?? (String(validating: Array(body.readableBytesView), as: UTF8.self) != nil)
-        // A user destination routes as /user/<U>/queue/x but reads /user/queue/x to the client.
-        // Presence notices route as /~presence/topic/x and read /topic/x.
-        let shown =
-            UserDestinations.clientDestination(forRouting: destination) ?? PresenceNotice.destination(forRouting: destination) ?? destination
+        let shown = Self.shownDestination(destination)
         self.escapedPrefix = Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: true)
         let hasCR = shown.utf8.contains(13) || clean.contains { $0.name.utf8.contains(13) || $0.value.utf8.contains(13) }
         self.v11Prefix = hasCR ? Self.encodePrefix(shown, messageID, clean, body.readableBytes, escape: true, escapeCR: false) : escapedPrefix
@@ -99,8 +96,7 @@ public final class PublishedMessage: Sendable {
         return b
     }
 
-    @usableFromInline
-    static func writePrefix(
+    private static func writePrefix(
         _ destination: String, _ id: String, _ headers: STOMPHeaders, _ length: Int, escape: Bool, escapeCR: Bool, into b: inout ByteBuffer
     ) {
         b.writeStaticString("MESSAGE\n")
@@ -112,15 +108,19 @@ public final class PublishedMessage: Sendable {
         b.writeInteger(UInt8(ascii: "\n"))
     }
 
+    /// The destination as the client reads it. A user destination routes as
+    /// /user/<U>/queue/x but reads /user/queue/x; a presence notice routes as
+    /// /~presence/topic/x and reads /topic/x.
+    private static func shownDestination(_ destination: String) -> String {
+        UserDestinations.clientDestination(forRouting: destination) ?? PresenceNotice.destination(forRouting: destination) ?? destination
+    }
+
     /// The unescaped prefix of a STOMP 1.0 session, with `x-position` where the initializer
     /// puts it.
-    @usableFromInline
-    func writePlainPrefix(into out: inout ByteBuffer) {
+    private func writePlainPrefix(into out: inout ByteBuffer) {
         var all = headers
         if let position { all.add("x-position", position.description) }
-        let shown =
-            UserDestinations.clientDestination(forRouting: destination) ?? PresenceNotice.destination(forRouting: destination) ?? destination
-        Self.writePrefix(shown, messageID, all, body.readableBytes, escape: false, escapeCR: true, into: &out)
+        Self.writePrefix(Self.shownDestination(destination), messageID, all, body.readableBytes, escape: false, escapeCR: true, into: &out)
     }
 
     /// Encodes the complete `MESSAGE` frame for one subscription.

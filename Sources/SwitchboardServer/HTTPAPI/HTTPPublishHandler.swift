@@ -275,7 +275,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var wrote = false
         while let first = answers.first, let response = first.response, !closing {
             answers.removeFirst()
-            let close = first.close || idle.answered(now: context.eventLoop.now)
+            let shutdownWaited = idle.answered(now: context.eventLoop.now)
+            let close = first.close || shutdownWaited
             var headers = HTTPHeaders()
             headers.reserveCapacity(5)
             headers.add(name: "Content-Type", value: "application/json")
