@@ -72,15 +72,24 @@ package final class RedisServerProcess: @unchecked Sendable {
     }
 
     /// Starts a server and waits until it answers PING.
+    ///
+    /// A port found free can be taken before the server binds it (by another test's server, or
+    /// as the local port of an outgoing connection), and a cluster node also binds its bus port,
+    /// port + 10,000: a server that exits at start is started again on another port.
     package static func start(_ extraArguments: [String] = [], tls: TLS? = nil) async throws -> RedisServerProcess {
-        let server = try RedisServerProcess(port: try await freePort(), extraArguments: extraArguments, tls: tls)
-        do {
-            try await server.launch()
-        } catch {
-            server.stop()
-            throw error
+        var attempt = 1
+        while true {
+            let server = try RedisServerProcess(port: try await freePort(), extraArguments: extraArguments, tls: tls)
+            do {
+                try await server.launch()
+                return server
+            } catch {
+                let exited = !server.isRunning
+                server.stop()
+                guard exited, attempt < 5 else { throw error }
+                attempt += 1
+            }
         }
-        return server
     }
 
     /// A replica of `primary` (`--replicaof`); waits until its link to the primary is up.
@@ -146,9 +155,11 @@ package final class RedisServerProcess: @unchecked Sendable {
         try await self.waitUntilReady()
     }
 
-    /// Accepts TCP connections (for a TLS port too).
+    /// Accepts TCP connections (for a TLS port too). Fails at once when the process exits (a
+    /// port in use).
     private func waitUntilReady() async throws {
         for _ in 0..<250 {
+            guard self.isRunning else { throw RedisClientError.connectTimeout }
             do {
                 let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                     .connect(host: "127.0.0.1", port: self.port).get()
