@@ -51,3 +51,26 @@ def test_a_stalled_redis_makes_instances_not_ready_until_it_delivers_again(clust
     wait_until(lambda: repairs(gw) > before, 10, what="a history read after the canary came back")
     requests.post(f"{cluster.gw_url(1)}/api/notification", json={"topic": "/topic/watched", "message": "after"}).raise_for_status()
     assert sub.expect_message(10).text == "after"
+
+
+def test_haproxy_sends_api_requests_on_when_every_instance_is_not_ready(cluster_factory):
+    """examples/haproxy.cfg's panic mode: with every instance failing its readiness check at once,
+    an API request through haproxy still reaches an instance, which answers for itself (here an
+    explicit JSON error, Redis being stalled), instead of haproxy's own 503 page; and the request
+    after Redis runs again is published."""
+    cluster = cluster_factory(replicas=0, gateways=2)
+    primaries = ("gw1", "gw2")
+    wait_until(lambda: all(cluster.server_states("api")[s] == "UP" for s in primaries), 20, what="haproxy sees both up")
+    redis = cluster.procs["redis"]
+    os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: all(cluster.server_states("api")[s] == "DOWN" for s in primaries), 20,
+                   what="haproxy marks every instance down while Redis is stalled")
+        r = requests.post(f"{cluster.lb_url}/api/notification", json={"topic": "/topic/panic", "message": "stalled"}, timeout=15)
+        assert r.headers.get("content-type", "").startswith("application/json"), (r.status_code, r.text[:300])
+        assert r.status_code >= 500 and r.json().get("error"), (r.status_code, r.text[:300])
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+    wait_until(lambda: all(cluster.server_states("api")[s] == "UP" for s in primaries), 20, what="haproxy sees both up again")
+    r = requests.post(f"{cluster.lb_url}/api/notification", json={"topic": "/topic/panic", "message": "running"}, timeout=15)
+    assert r.status_code == 200, r.text

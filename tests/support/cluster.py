@@ -5,6 +5,7 @@ Cluster (support.rediscluster) replaces the redis-server, and everything is poin
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -173,10 +174,28 @@ class Cluster:
             cfg = cfg.replace(f"@GATEWAY_{i + 1}@", str(port)).replace(f"@API_{i + 1}@", str(api))
         for i in range(len(self.gw_ports), 3):  # fewer gateways: drop the unused lines
             cfg = "\n".join(l for l in cfg.splitlines() if f"@GATEWAY_{i + 1}@" not in l and f"@API_{i + 1}@" not in l) + "\n"
+        # A runtime socket for tests that look at haproxy's view of the servers (server_states).
+        self.haproxy_socket = self.dir / "haproxy.sock"
+        cfg = cfg.replace("global\n", f"global\n    stats socket {self.haproxy_socket} mode 600 level admin\n", 1)
         path = self.dir / "haproxy.cfg"
         path.write_text(cfg)
         self._spawn("haproxy", ["haproxy", "-f", str(path)])
         wait_until(lambda: requests.get(f"{self.lb_url}/health", timeout=1).status_code == 200, what="haproxy")
+
+    def server_states(self, backend: str) -> dict[str, str]:
+        """haproxy's status of each server of `backend` (``UP``, ``DOWN``, ``no check``, …),
+        from its runtime socket."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.haproxy_socket))
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        lines = data.decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, l.split(","))) for l in lines[1:] if l]
+        return {r["svname"]: r["status"] for r in rows if r["pxname"] == backend and r["svname"] not in ("FRONTEND", "BACKEND")}
 
     def start_replica(self, j: int, *extra):
         if self.rc:
