@@ -61,6 +61,10 @@ struct SubscriberOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("hold"), help: "subscribe: seconds to stay connected after ready (0: until --stop-file).") var hold = 0.0
     @Option(name: .customLong("expect-published"), help: "Messages the publisher sent (exact loss accounting).") var expectPublished: UInt64?
     @Flag(name: .customLong("export-hist"), help: "Add the latency histogram ([value_us,count] pairs) to the JSON line.") var exportHist = false
+    @Flag(
+        name: .customLong("until-complete"),
+        help: "subscribe: finish as soon as every connection has all --expect-published messages (or --hold / --stop-file first)."
+    ) var untilComplete = false
 }
 
 struct PublisherOptions: ParsableArguments, Sendable {
@@ -83,6 +87,10 @@ struct PublisherOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("max-inflight"), help: "Unanswered requests per connection before it is skipped.") var maxInflight = 50000
     @Option(name: .customLong("tick-us"), help: "Publisher timer period (µs).") var tickMicros = 1000
     @Option(help: "Seconds to wait for stragglers after publishing.") var drain = 3.0
+    @Option(
+        name: .customLong("seq-start"),
+        help: "First sequence number (a second publisher run goes on where the first stopped; subscribers time seq 0 apart)."
+    ) var seqStart: UInt64 = 0
 }
 
 @main
@@ -227,6 +235,14 @@ func buildReport(
             for v in s.latency.recordedValues() { pairs.append("[\(v.value),\(v.count)]") }
             r.add("latency_hist", "[" + pairs.joined(separator: ",") + "]")
         }
+        if s.firstLatency.totalCount > 0 {
+            r.add("first_latency_us", pct(s.firstLatency))
+            if exportHist {
+                var pairs: [String] = []
+                for v in s.firstLatency.recordedValues() { pairs.append("[\(v.value),\(v.count)]") }
+                r.add("first_latency_hist", "[" + pairs.joined(separator: ",") + "]")
+            }
+        }
     }
     if let pub {
         r.add("via", jsonString(pub.via.rawValue))
@@ -264,7 +280,7 @@ func buildReport(
 
 func humanSummary(_ s: StatsSnapshot, _ r: Report) {
     var lines = "---- switchboard-bench summary ----\n"
-    for (k, v) in r.fields where k != "latency_hist" && k != "subs_by_topic" { lines += "  \(k): \(v)\n" }
+    for (k, v) in r.fields where k != "latency_hist" && k != "first_latency_hist" && k != "subs_by_topic" { lines += "  \(k): \(v)\n" }
     writeFD(2, lines)
 }
 
@@ -303,6 +319,10 @@ struct Subscribe: ParsableCommand {
         while monoNanos() < holdUntil {
             if let f = sub.stopFile, fileExists(f) { break }
             if sub.hold <= 0 && sub.stopFile == nil { break }
+            if sub.untilComplete, let published = sub.expectPublished {
+                let now = lossAccounting(set, published: published, topicCount: max(1, conn.topics))
+                if now.expected > 0 && now.lost == 0 { break }
+            }
             usleep(50_000)
             progress.maybePrint(collect(set.pairs), pids: conn.pids)
         }

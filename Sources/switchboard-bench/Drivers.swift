@@ -203,7 +203,8 @@ final class Publisher: @unchecked Sendable {
     }
 
     func start() -> EventLoopFuture<Void> {
-        total = UInt64(p.rate * p.duration)
+        seq = p.seqStart
+        total = p.seqStart + UInt64(p.rate * p.duration)
         loop.execute { [self] in
             startMono = monoNanos()
             stats.publishStartMono = startMono
@@ -217,7 +218,7 @@ final class Publisher: @unchecked Sendable {
     private func tick(_ t: RepeatedTask) {
         let now = monoNanos()
         let elapsed = Double(now &- startMono) / 1e9
-        var due = elapsed >= p.duration ? total : UInt64(elapsed * p.rate)
+        var due = elapsed >= p.duration ? total : p.seqStart + UInt64(elapsed * p.rate)
         if due > total { due = total }
         if seq < due {
             let wall = wallNanos()

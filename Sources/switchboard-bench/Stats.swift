@@ -29,6 +29,8 @@ final class LoopStats: @unchecked Sendable {
     var firstDeliveryMono: UInt64 = 0
     var lastDeliveryMono: UInt64 = 0
     var latency = makeHist()
+    /// Latency of seq 0 only: one publish on its own (`--seq-start` lets the publisher go on from 1).
+    var firstLatency = makeHist()
     // connections
     var connectStarted: Int = 0
     var connectOK: Int = 0
@@ -74,6 +76,7 @@ struct StatsSnapshot: Sendable {
     var firstDeliveryMono: UInt64 = 0
     var lastDeliveryMono: UInt64 = 0
     var latency = makeHist()
+    var firstLatency = makeHist()
     var connectStarted = 0
     var connectOK = 0
     var connectFailed = 0
@@ -100,6 +103,7 @@ struct StatsSnapshot: Sendable {
         firstDeliveryMono = minNonZero(firstDeliveryMono, o.firstDeliveryMono)
         lastDeliveryMono = max(lastDeliveryMono, o.lastDeliveryMono)
         latency.add(o.latency)
+        firstLatency.add(o.firstLatency)
         connectStarted += o.connectStarted; connectOK += o.connectOK; connectFailed += o.connectFailed
         disconnects += o.disconnects
         firstConnectStartMono = minNonZero(firstConnectStartMono, o.firstConnectStartMono)
@@ -123,6 +127,7 @@ struct StatsSnapshot: Sendable {
         firstDeliveryMono = minNonZero(firstDeliveryMono, o.firstDeliveryMono)
         lastDeliveryMono = max(lastDeliveryMono, o.lastDeliveryMono)
         latency.add(o.latency)
+        firstLatency.add(o.firstLatency)
         connectStarted += o.connectStarted; connectOK += o.connectOK; connectFailed += o.connectFailed
         disconnects += o.disconnects
         firstConnectStartMono = minNonZero(firstConnectStartMono, o.firstConnectStartMono)

@@ -426,7 +426,9 @@ final class WSConn: ChannelInboundHandler, @unchecked Sendable {
         if st.firstDeliveryMono == 0 { st.firstDeliveryMono = readMono }
         st.lastDeliveryMono = readMono
         guard let (seq, sent) = parsePayload(base, from, end) else { st.unparsable &+= 1; return }
-        st.latency.recordClamped(readWall > sent ? (readWall &- sent) / 1000 : 1)
+        let latencyMicros = readWall > sent ? (readWall &- sent) / 1000 : 1
+        st.latency.recordClamped(latencyMicros)
+        if seq == 0 { st.firstLatency.recordClamped(latencyMicros) }
         let idx = Int(seq / cfg.divisor)
         if idx >= 1 << 28 { st.unparsable &+= 1; return }
         let word = idx >> 6

@@ -62,6 +62,17 @@ def merge(lines):
             lat[q] = max(vals) if vals else None
         lat["merged"] = "max-of-processes"
         out["latency_us"] = lat
+    # seq 0 alone (a lone publish before a run that goes on with --seq-start 1)
+    if subs and all("first_latency_hist" in l for l in subs if "first_latency_us" in l):
+        first = {}
+        for l in subs:
+            for v, c in l.get("first_latency_hist", []):
+                first[v] = first.get(v, 0) + c
+        if first:
+            pairs = sorted(first.items())
+            out["first_latency_us"] = {
+                "p50": percentile_from_hist(pairs, 50), "p99": percentile_from_hist(pairs, 99),
+                "max": pairs[-1][0], "count": sum(first.values())}
     for key in ("connect_latency_us", "receipt_latency_us", "response_latency_us"):
         vals = [l[key] for l in lines if key in l]
         if vals:

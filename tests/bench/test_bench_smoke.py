@@ -8,7 +8,6 @@ modest publish rate, and checks the JSON line it prints.
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -58,26 +57,60 @@ def test_bench_run_counts_every_delivery(gateway, via, extra):
     assert r["deliveries_per_sec"] > 0
 
 
-def test_bench_subscribe_and_publish_processes(gateway, tmp_path):
-    """The split roles: a subscriber process with ready/stop files and a publisher process."""
-    port, proc = gateway
-    ready, stop = tmp_path / "ready", tmp_path / "stop"
+def run_subscriber(port, tmp_path, *args):
+    """A subscriber process that finishes once every connection has all the expected messages."""
+    ready = tmp_path / "ready"
     sub = subprocess.Popen(
-        [BENCH, "subscribe", "--port", str(port), "--connections", "10", "--topics", "5",
-         "--ready-file", str(ready), "--stop-file", str(stop), "--hold", "60", "--threads", "1"],
+        [BENCH, "subscribe", "--port", str(port), "--ready-file", str(ready), "--hold", "300", "--threads", "1",
+         "--until-complete", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_until(ready.exists, 30, what="subscribers ready")
-    pub = subprocess.run(
-        [BENCH, "publish", "--port", str(port), "--topics", "5", "--rate", "50", "--duration", "2"],
-        capture_output=True, text=True, timeout=60)
+    return sub
+
+
+def finished(sub):
+    """The subscriber's JSON line, once it has ended by itself (its --hold is far longer)."""
+    try:
+        so, se = sub.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        sub.kill()
+        sub.communicate()
+        raise AssertionError("the subscriber did not finish when every message was in")
+    return json.loads(so.strip().splitlines()[-1]), se
+
+
+def publish(port, *args):
+    pub = subprocess.run([BENCH, "publish", "--port", str(port), *args], capture_output=True, text=True, timeout=60)
     assert pub.returncode == 0, pub.stderr
-    p = json.loads(pub.stdout.strip().splitlines()[-1])
+    return json.loads(pub.stdout.strip().splitlines()[-1])
+
+
+def test_bench_subscribe_and_publish_processes(gateway, tmp_path):
+    """The split roles: a subscriber process with a ready file and a publisher process."""
+    port, proc = gateway
+    sub = run_subscriber(port, tmp_path, "--connections", "10", "--topics", "5", "--expect-published", "100")
+    p = publish(port, "--topics", "5", "--rate", "50", "--duration", "2")
     assert p["published"] == 100 and p["responses_ok"] == 100
-    time.sleep(1.0)  # the subscriber process tells its count only when stopped: let in-flight deliveries land
-    stop.touch()
-    so, se = sub.communicate(timeout=30)
-    s = json.loads(so.strip().splitlines()[-1])
+    s, se = finished(sub)
     assert s["connect_ok"] == 10
     # 100 messages over 5 topics, 2 subscribers per topic
     assert s["deliveries"] == 200, se
+    assert s["duplicates"] == 0 and s["lost"] == 0 and s["lost_basis"] == "exact"
+
+
+def test_bench_lone_publish_then_seq_start(gateway, tmp_path):
+    """hundred-k's two phases: one publish on its own (seq 0, timed apart as first_latency_us),
+    then a run that goes on from seq 1; loss is exact over both."""
+    port, proc = gateway
+    sub = run_subscriber(port, tmp_path, "--connections", "10", "--expect-published", "31", "--export-hist")
+    lone = publish(port, "--rate", "1", "--duration", "1")
+    assert lone["published"] == 1
+    rest = publish(port, "--rate", "30", "--duration", "1", "--seq-start", "1")
+    assert rest["published"] == 30 and rest["responses_ok"] == 30
+    s, se = finished(sub)
+    assert s["deliveries"] == 10 * 31, se
     assert s["duplicates"] == 0 and s["lost"] == 0
+    first = s["first_latency_us"]
+    assert first["count"] == 10
+    assert 0 < first["p50"] <= first["max"] <= s["latency_us"]["max"]
+    assert sum(c for _, c in s["first_latency_hist"]) == 10
