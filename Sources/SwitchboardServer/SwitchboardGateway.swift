@@ -67,7 +67,8 @@ package struct SwitchboardGateway: Sendable {
         if let files = configuration.http.tls {
             do {
                 let chain = try NIOSSLCertificate.fromPEMFile(files.certificateFile).map { NIOSSLCertificateSource.certificate($0) }
-                let tlsConfiguration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .file(files.keyFile))
+                let key = try NIOSSLPrivateKey(file: files.keyFile, format: .pem)
+                let tlsConfiguration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
                 self.tls = try NIOSSLContext(configuration: tlsConfiguration)
             } catch {
                 throw SwitchboardConfiguration.Invalid(description: "TLS: cannot load http.tls.certificate-file/key-file: \(error)")

@@ -54,6 +54,11 @@ def repairs(cluster, i) -> float:
         return 0.0
 
 
+def slot_map_changes(cluster, i) -> float:
+    """switchboard_redis_cluster_slot_map_changes_total of gw`i`."""
+    return metric(requests.get(f"{cluster.gw_url(i)}/metrics", timeout=3).text, "switchboard_redis_cluster_slot_map_changes_total")
+
+
 def report(what, counts, pub, frames):
     """Prints the publisher's and each subscriber's counts, and where a subscriber saw a number
     go backwards (body@x-position around it)."""
@@ -160,6 +165,8 @@ def test_resharding_mid_run_subscriptions_follow_nothing_missed(cluster, clients
         assert shard_subscribers(rc, source, t) == 0
     # Each re-subscribed shard channel is checked against history (docs/recovery.md).
     wait_until(lambda: sum(repairs(cluster, i) for i in range(3)) > repairs_before, 10, what="history reads after the slot move")
+    # Every gateway read the new slot map, and says so in /metrics.
+    wait_until(lambda: all(slot_map_changes(cluster, i) >= 1 for i in range(3)), 10, what="the slot map change counted")
     before = {t: len(p.answered) for t, p in pubs.items()}
     wait_until(lambda: all(len(p.answered) >= before[t] + 30 for t, p in pubs.items()), 30, what="publishing after the reshard")
     failures = []

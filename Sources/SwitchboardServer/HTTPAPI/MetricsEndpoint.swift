@@ -38,8 +38,13 @@ final class MetricsEndpoint: Sendable {
         }
     }
 
+    /// A full metric name as one descriptor component (the names here already carry their unit).
+    private static func descriptor(_ name: String, help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+    }
+
     private func gauge(_ name: String, _ value: Int, labels: [(String, String)] = [], help: String) {
-        registry.makeGauge(name: name, labels: labels, help: help).set(Int64(value))
+        registry.makeGauge(descriptor: Self.descriptor(name, help: help), labels: labels).set(Int64(value))
     }
 
     private func counter(_ name: String, _ total: Int, labels: [(String, String)] = [], help: String) {
@@ -49,7 +54,7 @@ final class MetricsEndpoint: Sendable {
             seen[key] = total
             return d
         }
-        let c = registry.makeCounter(name: name, labels: labels, help: help)
+        let c = registry.makeCounter(descriptor: Self.descriptor(name, help: help), labels: labels)
         if delta > 0 { c.increment(by: Int64(delta)) }
     }
 
@@ -96,10 +101,20 @@ final class MetricsEndpoint: Sendable {
                     help: "1 while the Redis connection is up.")
             }
             counter("switchboard_redis_reconnects_total", engine.redis.reconnectCount, help: "Redis reconnects.")
+            if let cluster = engine.redis.clusterClient {
+                counter(
+                    "switchboard_redis_cluster_slot_map_changes_total", cluster.slotMapChangeCount,
+                    help: "Redis Cluster: times a newly read slot map assigned slots differently (a reshard or a failover).")
+                counter(
+                    "switchboard_redis_cluster_connection_losses_total", cluster.connectionLossCount,
+                    help: "Redis Cluster: command or subscriber connections to a node that were lost (not closed by the gateway).")
+            }
             if let age = engine.canary?.ownAge {
                 registry.makeGauge(
-                    name: "switchboard_delivery_canary_age_seconds", labels: [],
-                    help: "Seconds since this instance's own delivery canary last came back through Redis."
+                    descriptor: Self.descriptor(
+                        "switchboard_delivery_canary_age_seconds",
+                        help: "Seconds since this instance's own delivery canary last came back through Redis."),
+                    labels: []
                 ).set(age)
             }
             counter("switchboard_redis_pubsub_messages_in_total", engine.messagesIn.load(ordering: .relaxed), help: "Pub/Sub messages received from Redis.")
