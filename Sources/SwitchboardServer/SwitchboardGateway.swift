@@ -285,11 +285,9 @@ package struct SwitchboardGateway: Sendable {
         MetricsEndpoint(registry: metricsRegistry, services: services).register(on: router)
         let publisher = NotificationPublisher(
             services: services, apiKeys: apiKeys, maxBodyBytes: configuration.http.maxBodyBytes, maxBatchItems: configuration.http.maxBatchItems)
-        PublishAPI(
-            services: services, publisher: publisher, eventLoopGroup: group, admission: admission,
-            streamGroups: redis?.streamRoutes.compactMap(\.groups) ?? []
-        )
-        .register(on: router)
+        let streamGroups = redis?.streamRoutes.compactMap(\.groups) ?? []
+        PublishAPI(services: services, publisher: publisher, eventLoopGroup: group, admission: admission, streamGroups: streamGroups)
+            .register(on: router)
         var presence: (any PresenceSource)? = redis?.lifecycle
         if let eventsWebhook { presence = eventsWebhook }
         PresenceAPI(publisher: publisher, policy: services.policy, source: presence, maxUsers: configuration.events.presenceMaxUsers)
@@ -307,7 +305,8 @@ package struct SwitchboardGateway: Sendable {
         let dates = HTTPDateCache()
         let http = HTTPAPIChannel(
             responder: HTTPAPIChannel.responder(router.buildResponder(), serverName: "switchboard", dates: dates, logger: httpLogger),
-            secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.http.idleTimeoutMs)), publisher: publisher, dates: dates)
+            secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.http.idleTimeoutMs)), publisher: publisher, dates: dates,
+            readiness: ReadinessCheck(services: services, admission: admission, streamGroups: streamGroups))
         let handshake = WebSocketHandshake(
             services: services, stompPath: configuration.stomp.path, admission: admission, limiter: limiter,
             allowedOrigins: configuration.http.allowedOrigins, handshakeCookie: configuration.auth.handshakeCookie)

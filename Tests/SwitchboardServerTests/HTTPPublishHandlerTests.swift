@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -68,14 +69,16 @@ final class PublishHandlerHarness {
 
     init(
         engine: (any BrokerEngine)? = nil, keys: [APIKeyStore.Key] = [], maxBodyBytes: Int = 1024, idleTimeout: TimeAmount? = nil,
-        codecInstalled: Bool = false
+        codecInstalled: Bool = false, readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil
     ) throws {
         let services = GatewayServices(
             configuration: SessionConfiguration(), hub: hub, engine: engine ?? InMemoryEngine(hub: hub),
             routes: RouteTable(), instanceID: "t", logger: Logger(label: "test"))
         let publisher = NotificationPublisher(services: services, apiKeys: APIKeyStore(keys: keys), maxBodyBytes: maxBodyBytes, maxBatchItems: 3)
-        let handler = HTTPPublishHandler(publisher: publisher, dates: HTTPDateCache(), metrics: HTTPRouteMetrics(), idleTimeout: idleTimeout, codecInstalled: codecInstalled) {
-            [unowned self] _ in
+        let handler = HTTPPublishHandler(
+            publisher: publisher, dates: HTTPDateCache(), metrics: HTTPRouteMetrics(), idleTimeout: idleTimeout, codecInstalled: codecInstalled,
+            readiness: readiness
+        ) { [unowned self] _ in
             self.tasksOpened += 1
         }
         try channel.pipeline.syncOperations.addHandler(flushes)
@@ -149,6 +152,48 @@ final class PublishHandlerHarness {
         #expect(h.tasksOpened == 1)
         #expect(h.recorder.paths == ["/health", "/api/notification"])
         #expect(try h.responses().isEmpty)
+    }
+
+    @Test func healthChecksAreAnsweredOnTheLoopWithReadiness() throws {
+        let ready = NIOLockedValueBox(true)
+        let h = try PublishHandlerHarness(readiness: {
+            ready.withLockedValue { $0 }
+                ? (.ok, ReadinessAnswer(status: "ready")) : (.serviceUnavailable, ReadinessAnswer(status: "not ready", reasons: ["draining"]))
+        })
+        try h.request(.GET, "/health/ready")
+        try h.request(.GET, "/health/live?probe=1")
+        ready.withLockedValue { $0 = false }
+        try h.request(.GET, "/health/ready")
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [200, 200, 503])
+        #expect(answers.allSatisfy { $0.head.headers["content-type"] == ["application/json"] })
+        let bodies = try answers.map { try JSONDecoder().decode(ReadinessAnswer.self, from: Data($0.body.utf8)) }
+        #expect(bodies == [ReadinessAnswer(status: "ready"), ReadinessAnswer(status: "live"), ReadinessAnswer(status: "not ready", reasons: ["draining"])])
+        #expect(h.tasksOpened == 0 && h.recorder.parts.isEmpty)
+        // Anything else under /health, and a browser's request, is still the router's.
+        try h.request(.GET, "/health")
+        try h.request(.GET, "/health/ready", headers: ["host": "x", "origin": "http://app"])
+        #expect(h.tasksOpened == 1 && h.recorder.paths == ["/health", "/health/ready"])
+    }
+
+    @Test func healthChecksGoToTheRouterWithoutReadiness() throws {
+        let h = try PublishHandlerHarness()
+        try h.request(.GET, "/health/ready")
+        #expect(h.tasksOpened == 1 && h.recorder.paths == ["/health/ready"])
+        #expect(try h.responses().isEmpty)
+    }
+
+    @Test func aHealthCheckBehindAPublishWaitsForItsAnswer() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine, readiness: { (.ok, ReadinessAnswer(status: "ready")) })
+        try h.publish("/topic/a", "1")
+        try h.request(.GET, "/health/ready")
+        #expect(try h.responses().isEmpty)  // the health answer is ready, the publish's is not
+        engine.pending[0].1.succeed(())
+        h.channel.embeddedEventLoop.run()
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [200, 200])
+        #expect(answers[0].body.contains("/topic/a") && answers[1].body.contains("ready"))
     }
 
     @Test func aCodecAlreadyInPlaceIsNotInstalledTwice() throws {

@@ -14,9 +14,11 @@ import SwitchboardWire
 /// `/api/notifications`) on the connection's event loop, like a STOMP `SEND`: no Swift task,
 /// no thread hop, and pipelined requests answered in order, written once per read batch. It
 /// reads NIO's HTTP/1.1 parts straight from the parser: a publish is never turned into
-/// HTTP-types values and back.
+/// HTTP-types values and back. With ``readiness`` set it answers `GET /health/live` and
+/// `/health/ready` the same way, so a load balancer's checks do not wait for the task pool on a
+/// loaded machine.
 ///
-/// Anything else on the connection (the console, `/metrics`, health, a browser's CORS
+/// Anything else on the connection (the console, `/metrics`, `/health`, a browser's CORS
 /// request) goes to Hummingbird's router: the first such request installs the HTTP-types codec
 /// after this handler and starts the connection's task (``openTask``), and its parts are
 /// forwarded from then on. Order is kept across the two: a forwarded request waits (reads
@@ -41,6 +43,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     enum Endpoint: Equatable {
         case single(user: String?)
         case batch
+        case live
+        case ready
 
         /// The route as Hummingbird names it in metrics.
         var route: String {
@@ -48,8 +52,12 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .single(nil): "/api/notification"
             case .single: "/api/users/{user}/notification"
             case .batch: "/api/notifications"
+            case .live: "/health/live"
+            case .ready: "/health/ready"
             }
         }
+
+        var isHealth: Bool { self == .live || self == .ready }
     }
 
     /// One request this handler answers; filled in when its publish completes.
@@ -85,6 +93,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     let codecInstalled: Bool
     /// Starts the Hummingbird task of this connection (wraps it in an `NIOAsyncChannel`).
     let openTask: (any Channel) throws -> Void
+    /// The answer to `GET /health/ready`; nil: health requests go to the router.
+    let readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))?
 
     private var current = Current.none
     private var answers = CircularBuffer<Answer>()
@@ -104,7 +114,9 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     init(
         publisher: NotificationPublisher, dates: HTTPDateCache, metrics: HTTPRouteMetrics, secure: Bool = false,
-        idleTimeout: TimeAmount? = nil, codecInstalled: Bool = false, openTask: @escaping (any Channel) throws -> Void
+        idleTimeout: TimeAmount? = nil, codecInstalled: Bool = false,
+        readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil,
+        openTask: @escaping (any Channel) throws -> Void
     ) {
         self.publisher = publisher
         self.dates = dates
@@ -112,6 +124,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.secure = secure
         self.codecInstalled = codecInstalled
         self.openTask = openTask
+        self.readiness = readiness
         self.idle = HTTPConnectionIdleState(timeout: idleTimeout)
     }
 
@@ -131,11 +144,21 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelActive()
     }
 
-    /// The publish endpoint `head` asks for, or nil when the router should serve it.
-    static func endpoint(for head: HTTPRequestHead) -> Endpoint? {
-        guard head.method == .POST, !head.headers.contains(name: "origin"), !head.headers.contains(name: "expect") else { return nil }
+    /// The endpoint `head` asks for, or nil when the router should serve it. Health requests
+    /// only when `servesHealth`.
+    static func endpoint(for head: HTTPRequestHead, servesHealth: Bool = false) -> Endpoint? {
+        guard !head.headers.contains(name: "origin"), !head.headers.contains(name: "expect") else { return nil }
         var path = Substring(head.uri)
         if let query = path.firstIndex(of: "?") { path = path[..<query] }
+        if head.method == .GET {
+            guard servesHealth else { return nil }
+            switch path {
+            case "/health/live": return .live
+            case "/health/ready": return .ready
+            default: return nil
+            }
+        }
+        guard head.method == .POST else { return nil }
         switch path {
         case "/api/notification": return .single(user: nil)
         case "/api/notifications": return .batch
@@ -170,9 +193,13 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) -> Bool {
         switch part {
         case .head(let head):
-            if forwardedUnanswered == 0, let endpoint = Self.endpoint(for: head) {
+            if forwardedUnanswered == 0, let endpoint = Self.endpoint(for: head, servesHealth: readiness != nil) {
                 let answer = Answer(endpoint: endpoint, head: head)
                 answers.append(answer)
+                if endpoint.isHealth {
+                    current = .answering(answer, key: nil, body: nil, failure: nil)
+                    return true
+                }
                 do {
                     let key = try publisher.authenticate(authorization: head.headers.first(name: "authorization"))
                     current = .answering(answer, key: key, body: nil, failure: nil)
@@ -249,6 +276,11 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .batch:
                 let items = try publisher.prepareBatch(body: body, key: key)
                 result = publisher.publishBatch(items, on: loop).map { (NotificationPublisher.status(of: $0), APIJSON.body($0)) }
+            case .live:
+                result = loop.makeSucceededFuture((.ok, APIJSON.body(ReadinessAnswer(status: "live"))))
+            case .ready:
+                let answer = readiness?() ?? (.ok, ReadinessAnswer(status: "ready"))
+                result = loop.makeSucceededFuture((answer.status, APIJSON.body(answer.body)))
             }
         } catch let error as NotificationPublisher.Failure {
             result = loop.makeSucceededFuture((error.status, APIJSON.body(error.body)))

@@ -84,15 +84,8 @@ struct PublishAPI: Sendable {
     /// every configured consumer group verified on the current connection, and the delivery
     /// canary on time (the cross-instance path delivers).
     func readiness() -> Response {
-        var reasons: [String] = []
-        if !admission.admitsConnections { reasons.append("draining") }
-        if let engine = services.engine as? RedisEngine {
-            reasons += engine.redisProblems
-            reasons += streamGroups.compactMap(\.notReadyReason)
-            if let late = engine.canary?.lateReason { reasons.append(late) }
-        }
-        if reasons.isEmpty { return Self.json(ReadinessAnswer(status: "ready")) }
-        return Self.json(ReadinessAnswer(status: "not ready", reasons: reasons), status: .serviceUnavailable)
+        let answer = ReadinessCheck(services: services, admission: admission, streamGroups: streamGroups).answer()
+        return Self.json(answer.body, status: answer.status)
     }
 
     func health() -> Response {
@@ -107,6 +100,27 @@ struct PublishAPI: Sendable {
                 engine: services.engine.name, instance: services.instanceID, connections: stats.connectionsOpen.load(),
                 sessions: stats.sessionsConnected.load(), subscriptions: stats.subscriptions.load(),
                 destinations: services.hub.activeDestinationCount, redis: redis))
+    }
+}
+
+/// What `GET /health/ready` answers: 200 `ready`, or 503 `not ready` with the reasons (draining;
+/// in Redis mode Redis unreachable, a consumer group unverified, the delivery canary late).
+/// Served on the event loop by ``HTTPPublishHandler`` and by the router.
+struct ReadinessCheck: Sendable {
+    let services: GatewayServices
+    let admission: ConnectionAdmission
+    var streamGroups: [RedisStreamGroups] = []
+
+    func answer() -> (status: HTTPResponse.Status, body: ReadinessAnswer) {
+        var reasons: [String] = []
+        if !admission.admitsConnections { reasons.append("draining") }
+        if let engine = services.engine as? RedisEngine {
+            reasons += engine.redisProblems
+            reasons += streamGroups.compactMap(\.notReadyReason)
+            if let late = engine.canary?.lateReason { reasons.append(late) }
+        }
+        if reasons.isEmpty { return (.ok, ReadinessAnswer(status: "ready")) }
+        return (.serviceUnavailable, ReadinessAnswer(status: "not ready", reasons: reasons))
     }
 }
 

@@ -9,6 +9,7 @@ import NIOHTTPTypesHTTP1
 import NIOPosix
 import NIOSSL
 import ServiceLifecycle
+import SwitchboardAPIModel
 import SwitchboardWire
 import Synchronization
 
@@ -176,6 +177,8 @@ struct HTTPAPIChannel: HTTPChannelHandler {
     let idleTimeout: TimeAmount
     let publisher: NotificationPublisher
     let dates: HTTPDateCache
+    /// `GET /health/ready`'s answer, served by the publish handler; nil: by the router.
+    var readiness: ReadinessCheck?
     let metrics = HTTPRouteMetrics()
 
     /// Installs NIO's HTTP/1.1 server handlers at `position` (malformed requests get a 400 and
@@ -195,10 +198,12 @@ struct HTTPAPIChannel: HTTPChannelHandler {
             position: position, withPipeliningAssistance: false, withErrorHandling: true,
             withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
             withDecoderLimitConfiguration: limits)
+        var answerReadiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))?
+        if let readiness { answerReadiness = { readiness.answer() } }
         try sync.addHandler(
             HTTPPublishHandler(
                 publisher: publisher, dates: dates, metrics: metrics, secure: secure, idleTimeout: idleTimeout,
-                codecInstalled: codecInstalled, openTask: openTask))
+                codecInstalled: codecInstalled, readiness: answerReadiness, openTask: openTask))
     }
 
     /// The connection as the router's task reads it (handlers added last, after the HTTP-types
