@@ -453,9 +453,11 @@ final class WSConn: ChannelInboundHandler, @unchecked Sendable {
 ///
 /// A `408 Request Timeout` means the server (or a proxy such as haproxy) closes the connection
 /// without having processed that request or any request pipelined after it (RFC 9110 §15.5.9:
-/// the client may repeat it on a new connection). The connection then reconnects and sends
-/// every unanswered request again, as browsers do; `retried_requests` counts them. Any other
-/// close loses the unanswered requests, which the report shows as missing responses.
+/// the client may repeat it on a new connection). So does a proxy's own `400` page (HTML; the
+/// gateway's errors are JSON): the proxy refused the bytes before forwarding them. The
+/// connection then reconnects and sends every unanswered request again, as browsers do;
+/// `retried_requests` counts them and `error_samples` says why. Any other close loses the
+/// unanswered requests, which the report shows as missing responses.
 final class HTTPPubConn: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -568,10 +570,16 @@ final class HTTPPubConn: ChannelInboundHandler, @unchecked Sendable {
                     if endOfMsg > n { break }
                 }
                 let messages = UInt64(sendCounts[Int(answered & UInt64(sendCounts.count - 1))])
-                if status == 408 {
+                // A proxy's own 400 page (the gateway answers JSON): the proxy rejected the bytes
+                // before forwarding them, and closes the connection.
+                let proxyRejected = status == 400 && cl >= 6 && hasPrefixCI(base, he, he + cl, "<html>")
+                if status == 408 || proxyRejected {
                     // Not processed, nor anything after it: retried on a new connection.
                     retryOnClose = true
-                    if stats.errorSamples.count < 5 { stats.noteError("HTTP 408 (retried on a new connection)") }
+                    if stats.errorSamples.count < 5 {
+                        let body = String(decoding: UnsafeBufferPointer(start: base + he, count: min(cl, 120)), as: UTF8.self)
+                        stats.noteError("HTTP \(status) (retried on a new connection): " + body)
+                    }
                     return n
                 }
                 requests[Int(answered & UInt64(requests.count - 1))] = nil

@@ -7,13 +7,16 @@ modest publish rate, and checks the JSON line it prints.
 """
 import json
 import os
+import socket
 import subprocess
+import threading
 
 import pytest
 
 from support.gateway import Gateway
 from support.paths import BENCH_BIN as BENCH
 from support.process import wait_until
+from support.sockets import recv_until
 
 SUBSCRIBERS = 20
 RATE = 40
@@ -114,3 +117,81 @@ def test_bench_lone_publish_then_seq_start(gateway, tmp_path):
     assert first["count"] == 10
     assert 0 < first["p50"] <= first["max"] <= s["latency_us"]["max"]
     assert sum(c for _, c in s["first_latency_hist"]) == 10
+
+
+HAPROXY_400 = (b"HTTP/1.1 400 Bad request\r\nContent-length: 90\r\nCache-Control: no-cache\r\nConnection: close\r\n"
+               b"Content-Type: text/html\r\n\r\n<html><body><h1>400 Bad request</h1>\nYour browser sent an invalid request.\n"
+               b"</body></html>\n")
+HAPROXY_408 = (b"HTTP/1.1 408 Request Time-out\r\nContent-length: 110\r\nCache-Control: no-cache\r\nConnection: close\r\n"
+               b"Content-Type: text/html\r\n\r\n<html><body><h1>408 Request Time-out</h1>\nYour browser didn't send a complete "
+               b"request in time.\n</body></html>\n")
+
+
+class RefusingProxy:
+    """A TCP relay to the gateway that answers the first connection's first request with a
+    proxy's own error page and closes it, as haproxy does; later connections are relayed."""
+
+    def __init__(self, upstream_port, answer):
+        self.upstream_port, self.answer = upstream_port, answer
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.connections == 1:
+                threading.Thread(target=self.refuse, args=(client,), daemon=True).start()
+            else:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self.pipe, args=(a, b), daemon=True).start()
+
+    def refuse(self, client):
+        recv_until(client)  # the first request's head
+        client.sendall(self.answer)
+        client.close()
+
+    @staticmethod
+    def pipe(src, dst):
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.mark.parametrize("answer", [HAPROXY_400, HAPROXY_408], ids=["proxy-400", "408"])
+def test_bench_resends_what_a_proxy_refused(gateway, answer):
+    """A proxy's own 400 page or a 408: that request and everything pipelined after it were not
+    processed, so the publisher sends them again on a new connection; every message is then
+    answered and delivered exactly once."""
+    port, proc = gateway
+    proxy = RefusingProxy(port, answer)
+    try:
+        out = subprocess.run(
+            [BENCH, "run", "--port", str(port), "--publish-port", str(proxy.port), "--connections", "5", "--rate", "40",
+             "--duration", "1", "--via", "http", "--http-connections", "1", "--threads", "1", "--drain", "10"],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        proxy.close()
+    assert out.returncode == 0, out.stderr
+    r = json.loads([l for l in out.stdout.splitlines() if l.startswith("{")][-1])
+    assert proxy.connections == 2
+    assert r["published"] == 40 and r["responses_ok"] == 40 and r["responses_failed"] == 0, r["error_samples"]
+    assert r["retried_requests"] >= 1 and "retried on a new connection" in r["error_samples"][0]
+    assert r["deliveries"] == 5 * 40 and r["lost"] == 0 and r["duplicates"] == 0

@@ -11,7 +11,11 @@ def cluster_factory(request):
     made = []
 
     def make(**kw):
-        name = request.node.name.replace("[", "_").replace("]", "")[:60]
+        # At most 60 characters, keeping a parametrized test's parameters (its logs are then
+        # not overwritten by the next parameter's).
+        test, _, params = request.node.name.partition("[")
+        params = params.rstrip("]")[:24]
+        name = test[:60 - len(params) - 1] + "_" + params if params else test[:60]
         c = Cluster(name + (f"-{len(made)}" if made else ""), **kw)
         made.append(c)
         return c

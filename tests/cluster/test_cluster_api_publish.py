@@ -5,12 +5,16 @@ sequence number, and reports loss and duplicates exactly.
 
 haproxy answers `408 Request Timeout` and closes when a request did not arrive whole within
 `timeout http-request` (seen once in CI on a loaded machine, with hundreds of requests
-pipelined). That request and every one pipelined after it were not processed; the load
-generator then sends them again on a new connection, as browsers do, and reports
-`retried_requests`. Exactly-once delivery is still asserted below."""
+pipelined), and once answered its own `400 Bad request` page to a batch request (CI, loaded
+machine, response p99 6.8 s; cause not found: haproxy's `show errors` and its request log are
+now in the failure message and the test's haproxy log). Such a request and every one
+pipelined after it were not processed; the load generator then sends them again on a new
+connection, as browsers do, and reports `retried_requests`. A retry is reported as a pytest
+warning with haproxy's `show errors`. Exactly-once delivery is still asserted below."""
 import json
 import os
 import subprocess
+import warnings
 
 import pytest
 
@@ -47,9 +51,13 @@ def cluster(cluster_factory, request):
 def test_api_through_haproxy_delivers_every_message_exactly_once(cluster, publish_args):
     r, err = run_bench(cluster, *publish_args, rate=400, duration=5)
     print("retried_requests", r["retried_requests"], "response p99 us", (r.get("response_latency_us") or {}).get("p99"))
+    if r["retried_requests"]:
+        warnings.warn(f"{r['retried_requests']} requests retried after a proxy's refusal: {r['error_samples']}; "
+                      f"haproxy show errors: {cluster.haproxy_command('show errors')[-3000:]}")
     assert r["connect_ok"] == SUBSCRIBERS and r["connect_failed"] == 0, err[-2000:]
     assert r["published"] == 2000
-    assert r["responses_ok"] == 2000 and r["responses_failed"] == 0, (r["error_samples"], r["retried_requests"])
+    assert r["responses_ok"] == 2000 and r["responses_failed"] == 0, (
+        r["error_samples"], r["retried_requests"], cluster.haproxy_command("show errors")[-4000:])
     assert r["lost"] == 0 and r["duplicates"] == 0 and r["unparsable"] == 0, err[-2000:]
     assert r["deliveries"] == 2000 * SUBSCRIBERS // TOPICS
     assert r["disconnects"] == 0

@@ -4,6 +4,8 @@ import subprocess
 import pytest
 import requests
 
+from support.sockets import recv_until
+
 
 def test_seed_test_1_curl_reaches_stomppy_subscriber(gateway, stomppy):
     """The seed's Test #1, verbatim: curl POST → stomp.py subscriber of /topic/toast."""
@@ -141,12 +143,7 @@ def _raw_http(port: int, request: bytes) -> tuple[str, bool]:
     import socket
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = recv_until(s)
         head, _, rest = data.partition(b"\r\n\r\n")
         length = int(next((l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), b"0"))
         while len(rest) < length:

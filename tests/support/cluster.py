@@ -177,22 +177,31 @@ class Cluster:
         # A runtime socket for tests that look at haproxy's view of the servers (server_states).
         self.haproxy_socket = self.dir / "haproxy.sock"
         cfg = cfg.replace("global\n", f"global\n    stats socket {self.haproxy_socket} mode 600 level admin\n", 1)
+        # One log line per request or tunnel in the test's haproxy log (its termination state
+        # says who ended it and why, e.g. a 400's "PR--").
+        cfg = cfg.replace("global\n", "global\n    log stdout format raw local0 info\n", 1)
+        cfg = cfg.replace("defaults\n", "defaults\n    log global\n    option httplog\n", 1)
         path = self.dir / "haproxy.cfg"
         path.write_text(cfg)
         self._spawn("haproxy", ["haproxy", "-f", str(path)])
         wait_until(lambda: requests.get(f"{self.lb_url}/health", timeout=1).status_code == 200, what="haproxy")
 
-    def server_states(self, backend: str) -> dict[str, str]:
-        """haproxy's status of each server of `backend` (``UP``, ``DOWN``, ``no check``, …),
-        from its runtime socket."""
+    def haproxy_command(self, command: str) -> str:
+        """One command on haproxy's runtime socket (e.g. ``show errors``: the last requests and
+        responses haproxy found invalid, byte by byte), and its answer."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(5)
             s.connect(str(self.haproxy_socket))
-            s.sendall(b"show stat\n")
+            s.sendall(command.encode() + b"\n")
             data = b""
             while chunk := s.recv(65536):
                 data += chunk
-        lines = data.decode().splitlines()
+        return data.decode(errors="replace")
+
+    def server_states(self, backend: str) -> dict[str, str]:
+        """haproxy's status of each server of `backend` (``UP``, ``DOWN``, ``no check``, …),
+        from its runtime socket."""
+        lines = self.haproxy_command("show stat").splitlines()
         header = lines[0].lstrip("# ").split(",")
         rows = [dict(zip(header, l.split(","))) for l in lines[1:] if l]
         return {r["svname"]: r["status"] for r in rows if r["pxname"] == backend and r["svname"] not in ("FRONTEND", "BACKEND")}

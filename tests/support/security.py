@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from support.rawws import upgrade_request as upgrade_bytes
+from support.sockets import recv_until
 from support.stompclient import StompClient
 
 # At least 32 bytes: jwt-kit wants an HMAC key as long as the hash output.
@@ -36,12 +37,7 @@ def upgrade_request(port: int, path: str = "/stomp", headers=None, source: str |
                                  source_address=(source, 0) if source else None)
     try:
         s.sendall(data)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            buf += chunk
+        buf = recv_until(s)
         if not buf:
             return None, {}, b""
         head, _, body = buf.partition(b"\r\n\r\n")
