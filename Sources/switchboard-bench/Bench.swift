@@ -123,6 +123,11 @@ func writeFD(_ fd: Int32, _ s: String) {
 func log(_ s: String) { writeFD(2, s + "\n") }
 func emitJSON(_ s: String) { writeFD(1, s + "\n") }
 
+/// A histogram as `[[value_us,count],…]` (merged across processes by aggregate.py).
+func histJSON(_ h: Hist) -> String {
+    "[" + h.recordedValues().map { "[\($0.value),\($0.count)]" }.joined(separator: ",") + "]"
+}
+
 func pct(_ h: Hist) -> String {
     if h.totalCount == 0 { return "{\"p50\":null,\"p90\":null,\"p99\":null,\"p999\":null,\"max\":null,\"mean\":null,\"count\":0}" }
     return
@@ -231,17 +236,11 @@ func buildReport(
         r.add("unparsable", s.unparsable)
         r.add("latency_us", pct(s.latency))
         if exportHist {
-            var pairs: [String] = []
-            for v in s.latency.recordedValues() { pairs.append("[\(v.value),\(v.count)]") }
-            r.add("latency_hist", "[" + pairs.joined(separator: ",") + "]")
+            r.add("latency_hist", histJSON(s.latency))
         }
         if s.firstLatency.totalCount > 0 {
             r.add("first_latency_us", pct(s.firstLatency))
-            if exportHist {
-                var pairs: [String] = []
-                for v in s.firstLatency.recordedValues() { pairs.append("[\(v.value),\(v.count)]") }
-                r.add("first_latency_hist", "[" + pairs.joined(separator: ",") + "]")
-            }
+            if exportHist { r.add("first_latency_hist", histJSON(s.firstLatency)) }
         }
     }
     if let pub {
@@ -280,7 +279,7 @@ func buildReport(
 
 func humanSummary(_ s: StatsSnapshot, _ r: Report) {
     var lines = "---- switchboard-bench summary ----\n"
-    for (k, v) in r.fields where k != "latency_hist" && k != "first_latency_hist" && k != "subs_by_topic" { lines += "  \(k): \(v)\n" }
+    for (k, v) in r.fields where !k.hasSuffix("latency_hist") && k != "subs_by_topic" { lines += "  \(k): \(v)\n" }
     writeFD(2, lines)
 }
 

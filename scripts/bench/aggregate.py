@@ -31,6 +31,15 @@ def percentile_from_hist(pairs, q):
     return pairs[-1][0]
 
 
+def merged_hist(lines, key):
+    """The [value, count] pairs of `key` summed over `lines`, sorted by value."""
+    hist = {}
+    for l in lines:
+        for v, c in l.get(key, []):
+            hist[v] = hist.get(v, 0) + c
+    return sorted(hist.items())
+
+
 def merge(lines):
     subs = [l for l in lines if l.get("role") in ("subscribe", "run")]
     pubs = [l for l in lines if l.get("role") in ("publish", "run")]
@@ -44,17 +53,13 @@ def merge(lines):
         if vals:
             out[k] = sum(vals)
     # latency
-    hist = {}
     have_hist = all("latency_hist" in l for l in subs) and subs
     if have_hist:
-        for l in subs:
-            for v, c in l["latency_hist"]:
-                hist[v] = hist.get(v, 0) + c
-        pairs = sorted(hist.items())
+        pairs = merged_hist(subs, "latency_hist")
         out["latency_us"] = {
             "p50": percentile_from_hist(pairs, 50), "p90": percentile_from_hist(pairs, 90),
             "p99": percentile_from_hist(pairs, 99), "p999": percentile_from_hist(pairs, 99.9),
-            "max": pairs[-1][0] if pairs else None, "count": sum(hist.values()), "merged": "histogram"}
+            "max": pairs[-1][0] if pairs else None, "count": sum(c for _, c in pairs), "merged": "histogram"}
     elif subs:
         lat = {}
         for q in ("p50", "p90", "p99", "p999", "max"):
@@ -63,16 +68,11 @@ def merge(lines):
         lat["merged"] = "max-of-processes"
         out["latency_us"] = lat
     # seq 0 alone (a lone publish before a run that goes on with --seq-start 1)
-    if subs and all("first_latency_hist" in l for l in subs if "first_latency_us" in l):
-        first = {}
-        for l in subs:
-            for v, c in l.get("first_latency_hist", []):
-                first[v] = first.get(v, 0) + c
-        if first:
-            pairs = sorted(first.items())
-            out["first_latency_us"] = {
-                "p50": percentile_from_hist(pairs, 50), "p99": percentile_from_hist(pairs, 99),
-                "max": pairs[-1][0], "count": sum(first.values())}
+    first = merged_hist(subs, "first_latency_hist")
+    if first:
+        out["first_latency_us"] = {
+            "p50": percentile_from_hist(first, 50), "p99": percentile_from_hist(first, 99),
+            "max": first[-1][0], "count": sum(c for _, c in first)}
     for key in ("connect_latency_us", "receipt_latency_us", "response_latency_us"):
         vals = [l[key] for l in lines if key in l]
         if vals:
