@@ -305,7 +305,8 @@ package struct SwitchboardGateway: Sendable {
         let dates = HTTPDateCache()
         let http = HTTPAPIChannel(
             responder: HTTPAPIChannel.responder(router.buildResponder(), serverName: "switchboard", dates: dates, logger: httpLogger),
-            secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.http.idleTimeoutMs)), publisher: publisher, dates: dates,
+            secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.http.idleTimeoutMs)),
+            shutdownGrace: .milliseconds(Int64(configuration.server.shutdownGraceMs)), publisher: publisher, dates: dates,
             readiness: ReadinessCheck(services: services, admission: admission, streamGroups: streamGroups))
         let handshake = WebSocketHandshake(
             services: services, stompPath: configuration.stomp.path, admission: admission, limiter: limiter,
@@ -362,15 +363,29 @@ package struct SwitchboardGateway: Sendable {
         // port last (backends can publish while sessions drain).
         if let apiListener { list.append(.init(service: apiListener)) }
         list += [.init(service: listener), .init(service: drain)]
-        let group = ServiceGroup(
-            configuration: .init(
-                services: list,
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        var groupConfiguration = ServiceGroupConfiguration(services: list, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // Every stage has its own bound; this one holds if a stage still never finished: its
+        // services are cancelled, and past the cancellation bound the process stops (a
+        // shutdown that hangs would otherwise wait for SIGKILL).
+        groupConfiguration.maximumGracefulShutdownDuration = shutdownBound
+        groupConfiguration.maximumCancellationDuration = .seconds(5)
+        try await ServiceGroup(configuration: groupConfiguration).run()
         for shard in services.hub.shards { shard.stop() }
         try? await webhookClient?.shutdown()
         try? await self.group.shutdownGracefully()
         try? await self.apiGroup?.shutdownGracefully()
+        logger.notice("switchboard stopped")
+    }
+
+    /// The longest a graceful shutdown may take: the drain delay, the sessions' grace, the
+    /// HTTP connections' grace, the Redis side's last writes (3 s) and the events webhook's
+    /// drain, plus a margin.
+    var shutdownBound: Duration {
+        let server = configuration.server
+        var milliseconds = server.drainDelayMs + 2 * server.shutdownGraceMs + 10_000
+        if redis != nil { milliseconds += 3_000 }
+        if eventsWebhook != nil, let hook = configuration.events.webhook { milliseconds += hook.drainTimeoutMs }
+        return .milliseconds(milliseconds)
     }
 }
 

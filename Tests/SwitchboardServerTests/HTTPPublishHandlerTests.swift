@@ -69,14 +69,15 @@ final class PublishHandlerHarness {
 
     init(
         engine: (any BrokerEngine)? = nil, keys: [APIKeyStore.Key] = [], maxBodyBytes: Int = 1024, idleTimeout: TimeAmount? = nil,
-        codecInstalled: Bool = false, readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil
+        shutdownGrace: TimeAmount = .seconds(5), codecInstalled: Bool = false, readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil
     ) throws {
         let services = GatewayServices(
             configuration: SessionConfiguration(), hub: hub, engine: engine ?? InMemoryEngine(hub: hub),
             routes: RouteTable(), instanceID: "t", logger: Logger(label: "test"))
         let publisher = NotificationPublisher(services: services, apiKeys: APIKeyStore(keys: keys), maxBodyBytes: maxBodyBytes, maxBatchItems: 3)
         let handler = HTTPPublishHandler(
-            publisher: publisher, dates: HTTPDateCache(), metrics: HTTPRouteMetrics(), idleTimeout: idleTimeout, codecInstalled: codecInstalled,
+            publisher: publisher, dates: HTTPDateCache(), metrics: HTTPRouteMetrics(), idleTimeout: idleTimeout,
+            shutdownGrace: shutdownGrace, codecInstalled: codecInstalled,
             readiness: readiness
         ) { [unowned self] _ in
             self.tasksOpened += 1
@@ -332,6 +333,18 @@ final class PublishHandlerHarness {
         #expect(!h.channel.isActive)
     }
 
+    @Test func shutdownClosesAtTheGraceWhenAnAnswerIsStillOwed() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine, idleTimeout: .seconds(60), shutdownGrace: .seconds(5))
+        try h.publish("/topic/a", "1")  // its answer waits for the engine, which never answers
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(4))
+        #expect(h.channel.isActive)
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(!h.channel.isActive)
+    }
+
     @Test func shutdownWaitsForTheAnswersOwedOnBothPaths() throws {
         let engine = HeldEngine()
         let h = try PublishHandlerHarness(engine: engine)
@@ -434,17 +447,40 @@ final class PublishHandlerHarness {
 
     @Test func quiesceClosesWhenNothingIsOwedOrAfterTheLastAnswer() {
         var idle = HTTPConnectionIdleState(timeout: nil)
-        let idleCloses = idle.quiesce()
-        #expect(idleCloses)
-        var busy = HTTPConnectionIdleState(timeout: nil)
+        let idleDecision = idle.quiesce(now: t0)
+        #expect(idleDecision == .closeNow)
+        var busy = HTTPConnectionIdleState(timeout: nil, shutdownGrace: .seconds(5))
         busy.read(head, now: t0)
         busy.read(head, now: t0)
-        let busyCloses = busy.quiesce()
-        #expect(!busyCloses)
+        let busyDecision = busy.quiesce(now: t0)
+        #expect(busyDecision == .closeAfterAnswers(by: t0 + .seconds(5)))
         let afterFirstAnswer = busy.answered(now: t0)
         #expect(!afterFirstAnswer)
         let afterLastAnswer = busy.answered(now: t0)
         #expect(afterLastAnswer)
+    }
+
+    @Test func quiesceClosesAtTheGraceEvenWithAnswersOwed() {
+        // Without a timeout, and with one longer than the grace: the grace decides.
+        for timeout in [nil, TimeAmount.seconds(60)] {
+            var state = HTTPConnectionIdleState(timeout: timeout, shutdownGrace: .seconds(5))
+            _ = state.activated(now: t0)
+            state.read(head, now: t0)  // a body that never ends
+            _ = state.quiesce(now: t0 + .seconds(1))
+            let early = state.timerFired(now: t0 + .seconds(3))
+            #expect(early == .check(t0 + .seconds(6)))
+            let atGrace = state.timerFired(now: t0 + .seconds(6))
+            #expect(atGrace == .close)
+        }
+    }
+
+    @Test func quiesceKeepsAShorterIdleTimeout() {
+        var state = HTTPConnectionIdleState(timeout: .seconds(2), shutdownGrace: .seconds(60))
+        _ = state.activated(now: t0)
+        state.read(head, now: t0)
+        _ = state.quiesce(now: t0)
+        let idle = state.timerFired(now: t0 + .seconds(2))
+        #expect(idle == .close)  // the request's body stopped coming: idle
     }
 }
 

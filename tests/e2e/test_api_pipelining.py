@@ -121,3 +121,20 @@ def test_shutdown_closes_an_idle_publish_connection_without_waiting_for_the_grac
         s.settimeout(15)
         assert s.recv(1) == b""  # closed at once: nothing was owed on it
         assert gw.proc.wait(30) == 0  # well inside the 60 s grace
+
+
+def test_shutdown_closes_a_connection_still_owing_an_answer_after_the_grace(gateway_factory):
+    # A request whose body never comes is owed an answer forever: the shutdown waits for it
+    # only `server.shutdown-grace-ms`, not the (here 10-minute) idle timeout.
+    gw = gateway_factory("server.shutdown-grace-ms=1000", "http.idle-timeout-ms=600000")
+    with socket.create_connection(("127.0.0.1", gw.port)) as s:
+        s.sendall(b"POST /api/notification HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"topic\":")
+        # Another connection's round trip: the gateway is serving, and has the first one's bytes.
+        with socket.create_connection(("127.0.0.1", gw.port)) as other:
+            other.sendall(request("POST", "/api/notification", {"topic": "/topic/x", "message": "m"}))
+            assert read_responses(other, 1)[0][0] == 200
+        gw.proc.send_signal(15)
+        s.settimeout(60)
+        assert s.recv(1) == b""  # closed by the gateway once the grace passed
+        assert gw.proc.wait(60) == 0
+    assert "switchboard stopped" in gw.log_path.read_text()

@@ -3,11 +3,15 @@ import NIOHTTP1
 
 /// The state of one HTTP/1.1 API connection that decides when it closes, as Hummingbird's
 /// `HTTPConnectionStateHandler` keeps it: after ``timeout`` without a request (not while an
-/// answer is being prepared), and on a graceful shutdown once the answers owed are written.
+/// answer is being prepared), and on a graceful shutdown once the answers owed are written, or
+/// at the latest ``shutdownGrace`` after the shutdown began (a request whose body never comes,
+/// an answer that never completes: the process must still exit).
 /// Pure: ``HTTPPublishHandler`` feeds it reads and answers and runs its one timer.
 struct HTTPConnectionIdleState {
     /// How long a connection may stay without a request; nil for never.
     let timeout: TimeAmount?
+    /// How long a shutdown waits for the answers owed.
+    let shutdownGrace: TimeAmount
     /// Request heads read whose answer is not written yet (both paths).
     private(set) var requestsInProgress = 0
     /// A request's head is in and its end is not.
@@ -16,6 +20,8 @@ struct HTTPConnectionIdleState {
     private(set) var lastActivity = NIODeadline.uptimeNanoseconds(0)
     /// Shutting down: close once nothing is owed.
     private(set) var closeWhenAnswered = false
+    /// Shutting down: close at this time even if answers are still owed.
+    private(set) var closeBy: NIODeadline?
 
     /// What the idle timer does when it fires.
     enum TimerDecision: Equatable {
@@ -24,8 +30,16 @@ struct HTTPConnectionIdleState {
         case check(NIODeadline)
     }
 
-    init(timeout: TimeAmount?) {
+    /// What a graceful shutdown does to the connection.
+    enum QuiesceDecision: Equatable {
+        case closeNow
+        /// Close after the last answer owed, or at this time (run the timer for it).
+        case closeAfterAnswers(by: NIODeadline)
+    }
+
+    init(timeout: TimeAmount?, shutdownGrace: TimeAmount = .seconds(5)) {
         self.timeout = timeout
+        self.shutdownGrace = shutdownGrace
     }
 
     /// The connection is active: the first check is due at the returned time (nil: no timeout).
@@ -56,16 +70,24 @@ struct HTTPConnectionIdleState {
         return closeWhenAnswered
     }
 
-    /// A graceful shutdown began. True when the connection can close now.
-    mutating func quiesce() -> Bool {
-        if requestsInProgress > 0 {
-            closeWhenAnswered = true
-            return false
-        }
-        return true
+    /// A graceful shutdown began.
+    mutating func quiesce(now: NIODeadline) -> QuiesceDecision {
+        guard requestsInProgress > 0 else { return .closeNow }
+        closeWhenAnswered = true
+        let deadline = now + shutdownGrace
+        closeBy = deadline
+        return .closeAfterAnswers(by: deadline)
     }
 
     mutating func timerFired(now: NIODeadline) -> TimerDecision {
+        let decision = idleDecision(now: now)
+        guard let closeBy else { return decision }
+        if now >= closeBy { return .close }
+        if case .check(let next) = decision { return .check(min(next, closeBy)) }
+        return decision
+    }
+
+    private func idleDecision(now: NIODeadline) -> TimerDecision {
         guard let timeout else { return .check(.distantFuture) }
         // A request is read and its answer is on the way: not idle; look again later.
         if requestsInProgress > 0 && !readingRequest { return .check(now + timeout) }

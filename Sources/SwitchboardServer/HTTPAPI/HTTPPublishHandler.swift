@@ -114,7 +114,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     init(
         publisher: NotificationPublisher, dates: HTTPDateCache, metrics: HTTPRouteMetrics, secure: Bool = false,
-        idleTimeout: TimeAmount? = nil, codecInstalled: Bool = false,
+        idleTimeout: TimeAmount? = nil, shutdownGrace: TimeAmount = .seconds(5), codecInstalled: Bool = false,
         readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil,
         openTask: @escaping (any Channel) throws -> Void
     ) {
@@ -125,7 +125,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.codecInstalled = codecInstalled
         self.openTask = openTask
         self.readiness = readiness
-        self.idle = HTTPConnectionIdleState(timeout: idleTimeout)
+        self.idle = HTTPConnectionIdleState(timeout: idleTimeout, shutdownGrace: shutdownGrace)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -404,9 +404,14 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // Shutting down: close now when nothing is owed, else after the last answer. Not
         // passed on: this handler keeps the connection's state for the router's task too.
         if event is ChannelShouldQuiesceEvent {
-            if idle.quiesce(), !closing {
+            guard !closing else { return }
+            switch idle.quiesce(now: context.eventLoop.now) {
+            case .closeNow:
                 closing = true
                 context.close(promise: nil)
+            case .closeAfterAnswers(let deadline):
+                idleTimer?.cancel()
+                scheduleIdleCheck(at: deadline, context: context)
             }
             return
         }

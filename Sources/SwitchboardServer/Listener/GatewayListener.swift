@@ -74,6 +74,7 @@ struct GatewayListener: Service {
             }
             EventLoopFuture.andAllComplete(closed, on: loop).whenComplete { _ in arrivals.finish() }
         }
+        logger.info("listener stopped: connections closed", metadata: ["port": "\(settings.port)"])
     }
 
     /// One listening socket per event loop, all on the same port (`SO_REUSEPORT` on Linux):
@@ -175,6 +176,8 @@ struct HTTPAPIChannel: HTTPChannelHandler {
     let responder: HTTPChannelHandler.Responder
     let secure: Bool
     let idleTimeout: TimeAmount
+    /// At shutdown, how long a connection waits for the answers it owes before it is closed.
+    var shutdownGrace: TimeAmount = .seconds(5)
     let publisher: NotificationPublisher
     let dates: HTTPDateCache
     /// `GET /health/ready`'s answer, served by the publish handler; nil: by the router.
@@ -203,7 +206,7 @@ struct HTTPAPIChannel: HTTPChannelHandler {
         try sync.addHandler(
             HTTPPublishHandler(
                 publisher: publisher, dates: dates, metrics: metrics, secure: secure, idleTimeout: idleTimeout,
-                codecInstalled: codecInstalled, readiness: answerReadiness, openTask: openTask))
+                shutdownGrace: shutdownGrace, codecInstalled: codecInstalled, readiness: answerReadiness, openTask: openTask))
     }
 
     /// The connection as the router's task reads it (handlers added last, after the HTTP-types
