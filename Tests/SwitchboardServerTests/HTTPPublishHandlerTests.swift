@@ -345,6 +345,16 @@ final class PublishHandlerHarness {
         #expect(!h.channel.isActive)
     }
 
+    @Test func shutdownKeepsAnIdleTimeoutShorterThanTheGrace() throws {
+        let h = try PublishHandlerHarness(idleTimeout: .seconds(2), shutdownGrace: .seconds(60))
+        try h.request(.POST, "/api/notification", body: "{", end: false)  // the rest never comes
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(h.channel.isActive)
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(!h.channel.isActive)
+    }
+
     @Test func shutdownWaitsForTheAnswersOwedOnBothPaths() throws {
         let engine = HeldEngine()
         let h = try PublishHandlerHarness(engine: engine)

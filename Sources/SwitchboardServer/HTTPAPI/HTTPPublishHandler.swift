@@ -111,6 +111,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var context: ChannelHandlerContext?
     private var idle: HTTPConnectionIdleState
     private var idleTimer: Scheduled<Void>?
+    private var idleTimerDue: NIODeadline?
 
     init(
         publisher: NotificationPublisher, dates: HTTPDateCache, metrics: HTTPRouteMetrics, secure: Bool = false,
@@ -410,6 +411,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 closing = true
                 context.close(promise: nil)
             case .closeAfterAnswers(let deadline):
+                // An earlier idle check stays (it also looks at the deadline from now on).
+                if let due = idleTimerDue, idleTimer != nil, due <= deadline { break }
                 idleTimer?.cancel()
                 scheduleIdleCheck(at: deadline, context: context)
             }
@@ -427,6 +430,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// One timer per connection, moved only when it fires: a request does not reschedule it.
     private func scheduleIdleCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        idleTimerDue = deadline
         idleTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
             idleTimer = nil
             guard let context = self.context, !closing else { return }
