@@ -316,6 +316,9 @@ package struct SwitchboardGateway: Sendable {
             handshakeTimeout: .milliseconds(Int64(configuration.http.handshakeTimeoutMs)),
             maxWebSocketFrameBytes: configuration.limits.decoder.maxFrameBytes + 1024, tls: tls)
         settings.tcpNoDelay = configuration.http.tcpNoDelay
+        // A second more than a connection's own grace (``HTTPConnectionIdleState``), which
+        // should have closed it first.
+        settings.closeGrace = .milliseconds(Int64(configuration.server.shutdownGraceMs) + 1_000)
         let main = GatewayListener(
             settings: settings, handshake: handshake, http: http, pending: pending, group: group,
             onServerRunning: { await onServerRunning(false, $0) }, logger: httpLogger)

@@ -41,6 +41,20 @@ struct GatewayListener: Service {
         var tls: NIOSSLContext?
         /// False: upgrades get a 404 (the API-only port, whose loops run no sessions).
         var acceptsSessions = true
+        /// At shutdown, how long connections may take to close once told to; then the listener
+        /// stops waiting: connection tasks are cancelled, and the event loops' shutdown closes
+        /// what is left.
+        var closeGrace: TimeAmount = .seconds(5)
+    }
+
+    /// What the listener's shutdown waits for, for its deadline and its log.
+    final class ShutdownProgress: Sendable {
+        /// Connection tasks (Hummingbird's) running.
+        let tasks = Atomic<Int>(0)
+        /// Every connection has closed.
+        let closed = Atomic<Bool>(false)
+        /// The deadline passed first.
+        let forced = Atomic<Bool>(false)
     }
 
     let settings: Settings
@@ -59,22 +73,43 @@ struct GatewayListener: Service {
         await onServerRunning(sockets[0].channel)
         let logger = self.logger
         let http = self.http
+        let progress = ShutdownProgress()
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { tasks in
                 for await connection in connections {
-                    tasks.addTask { await http.handleHTTP(asyncChannel: connection, logger: logger) }
+                    tasks.addTask {
+                        progress.tasks.add(1, ordering: .relaxed)
+                        await http.handleHTTP(asyncChannel: connection, logger: logger)
+                        progress.tasks.subtract(1, ordering: .relaxed)
+                    }
                 }
+                if progress.forced.load(ordering: .relaxed) { tasks.cancelAll() }
             }
-        } onGracefulShutdown: {
+        } onGracefulShutdown: { [settings] in
             let loop = sockets[0].channel.eventLoop
             let closed = sockets.map { socket in
                 let promise = loop.makePromise(of: Void.self)
                 socket.quiescing.initiateShutdown(promise: promise)
                 return promise.futureResult
             }
-            EventLoopFuture.andAllComplete(closed, on: loop).whenComplete { _ in arrivals.finish() }
+            EventLoopFuture.andAllComplete(closed, on: loop).whenComplete { _ in
+                progress.closed.store(true, ordering: .relaxed)
+                arrivals.finish()
+            }
+            loop.scheduleTask(in: settings.closeGrace) {
+                guard !progress.closed.load(ordering: .relaxed) else { return }
+                progress.forced.store(true, ordering: .relaxed)
+                logger.warning(
+                    "listener: connections still open after the grace; cancelling their tasks",
+                    metadata: ["port": "\(settings.port)", "tasks": "\(progress.tasks.load(ordering: .relaxed))"])
+                arrivals.finish()
+            }
         }
-        logger.info("listener stopped: connections closed", metadata: ["port": "\(settings.port)"])
+        logger.info(
+            "listener stopped",
+            metadata: [
+                "port": "\(settings.port)", "connections": progress.closed.load(ordering: .relaxed) ? "closed" : "left to the event loops' shutdown",
+            ])
     }
 
     /// One listening socket per event loop, all on the same port (`SO_REUSEPORT` on Linux):
