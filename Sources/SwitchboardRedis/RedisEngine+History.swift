@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import Redis
 import SwitchboardCore
@@ -70,15 +71,18 @@ extension RedisEngine {
         let waiters: [EventLoopPromise<StreamPosition>] = interest.sequenced!.withLockedValue { s in
             let actions = s.sequencer.established(at: read.position)
             carryOut(actions, interest: interest, destination: destination, in: &s)
+            s.lastFailure = nil
             defer { s.waiters.removeAll() }
             return s.waiters
         }
         for waiter in waiters { waiter.succeed(read.position) }
     }
 
-    /// ``establish(_:destination:)`` until it succeeds or the interest is gone; the
-    /// subscriptions waiting meanwhile are failed (their clients get an `ERROR`), later ones
-    /// wait for the next attempt.
+    /// ``establish(_:destination:)`` until it succeeds or the interest is gone. While Redis is
+    /// unreachable the subscriptions waiting keep waiting, each until its own deadline
+    /// (``subscribeWait``, see ``registerWithHistory(_:from:on:register:)``); any other failure,
+    /// or any failure with no wait configured, fails them (their clients get an `ERROR`), and
+    /// later ones wait for the next attempt.
     func establishRetrying(_ interest: Interest, destination: String) async {
         var attempt = 0
         while !interest.cancelled.load(ordering: .relaxed) {
@@ -87,12 +91,63 @@ extension RedisEngine {
                 return
             } catch {
                 logger.warning("reading where a destination's history stands failed; retrying", metadata: ["destination": "\(destination)", "error": "\(error)"])
-                failWaiters(interest, error)
+                interest.sequenced!.withLockedValue { $0.lastFailure = "\(error)" }
+                if subscribeWait == .zero || !Self.isUnreachable(error) { failWaiters(interest, error) }
                 attempt += 1
-                try? await Task.sleep(for: .milliseconds(min(100 << min(attempt, 5), 2000)))
+                // At most half a second apart: a subscription waiting goes on soon after Redis is back.
+                try? await Task.sleep(for: .milliseconds(min(50 << min(attempt, 4), 500)))
             }
         }
         failWaiters(interest, RouteError(.abandoned, "no subscriber left"))
+    }
+
+    /// Whether `error` says Redis cannot be reached or cannot answer yet (disconnected, the
+    /// connection lost, a timeout, a failover, a restarted server still loading its data): a
+    /// read may be tried again.
+    static func isUnreachable(_ error: any Error) -> Bool {
+        if let error = error as? RedisClientError {
+            return [.notConnected, .connectionClosed, .commandTimeout, .connectTimeout, .noPrimary, .notPrimary, .clusterUnavailable, .queueFull]
+                .contains(error)
+        }
+        if let error = error as? RedisServerError { return ["LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"].contains(error.code) }
+        return false
+    }
+
+    /// `read` (idempotent), again every 100 ms while Redis is unreachable, the last time at
+    /// `deadline`; then the last failure, saying how long it waited.
+    func readRetrying<T: Sendable>(until deadline: NIODeadline, _ read: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
+        let wait = subscribeWait
+        return read().flatMapError { error in
+            let loop = self.promiseLoop
+            guard Self.isUnreachable(error), wait > .zero else { return loop.makeFailedFuture(error) }
+            let now = NIODeadline.now()
+            guard now < deadline else {
+                return loop.makeFailedFuture(RouteError(.redisUnavailable, "redis unreachable for \(wait.nanoseconds / 1_000_000) ms (\(error))"))
+            }
+            // The last try is at the deadline.
+            return loop.flatScheduleTask(deadline: min(now + .milliseconds(100), deadline)) { self.readRetrying(until: deadline, read) }.futureResult
+        }
+    }
+
+    /// Fails `waiter` at `deadline` if it is still waiting for `destination`'s position then.
+    func expire(
+        _ waiter: EventLoopPromise<StreamPosition>, of sequenced: NIOLockedValueBox<Interest.Sequenced>, destination: String,
+        at deadline: NIODeadline
+    ) {
+        let wait = subscribeWait
+        let timeout = waiter.futureResult.eventLoop.scheduleTask(deadline: deadline) {
+            let failure: String?? = sequenced.withLockedValue { s in
+                guard let i = s.waiters.firstIndex(where: { $0.futureResult === waiter.futureResult }) else { return nil }
+                s.waiters.remove(at: i)
+                return .some(s.lastFailure)
+            }
+            guard let failure else { return }
+            waiter.fail(
+                RouteError(
+                    .redisUnavailable,
+                    "redis unreachable for \(wait.nanoseconds / 1_000_000) ms: where \(destination) stands could not be read (\(failure ?? "no answer yet"))"))
+        }
+        waiter.futureResult.whenComplete { _ in timeout.cancel() }
     }
 
     func failWaiters(_ interest: Interest, _ error: any Error) {
@@ -203,15 +258,21 @@ extension RedisEngine {
         guard let interest = state.withLockedValue({ $0.exact[destination] }), let sequenced = interest.sequenced else {
             return .ready(HistoryReplay(messages: [], recovered: start == nil, position: StreamPosition(epoch: "none", sequence: 0)))
         }
+        // While Redis is unreachable the position and the replay wait for it, up to here.
+        let deadline = NIODeadline.now() + subscribeWait
         let promise = eventLoop.makePromise(of: StreamPosition.self)
         let through: StreamPosition? = sequenced.withLockedValue { s in
             if let position = s.sequencer.position { return position }
             s.waiters.append(promise)
             return nil
         }
-        if let through { promise.succeed(through) }
+        if let through {
+            promise.succeed(through)
+        } else if subscribeWait > .zero {
+            expire(promise, of: sequenced, destination: destination, at: deadline)
+        }
         let replay = promise.futureResult.flatMap { through in
-            self.readReplay(destination, from: start, through: through).hop(to: eventLoop)
+            self.readReplay(destination, from: start, through: through, until: deadline).hop(to: eventLoop)
         }
         return .pending(through: through, replay)
     }
@@ -219,7 +280,8 @@ extension RedisEngine {
     /// What a subscription registered at `through` replays from `start`. History is read even
     /// when the client is at `through` already: only Redis knows whether the history is still
     /// the same (after a restart without persistence it is not, and the client must be told).
-    func readReplay(_ destination: String, from start: HistoryStart?, through: StreamPosition) -> EventLoopFuture<HistoryReplay> {
+    /// While Redis is unreachable the read is tried again until `deadline`.
+    func readReplay(_ destination: String, from start: HistoryStart?, through: StreamPosition, until deadline: NIODeadline) -> EventLoopFuture<HistoryReplay> {
         let after: UInt64
         switch start {
         case nil:
@@ -230,7 +292,7 @@ extension RedisEngine {
             after = through.sequence > UInt64(count) ? through.sequence - UInt64(count) : 0
         }
         let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(after))
-        return HistoryFunctions.call(command, on: redis).map { read in
+        return readRetrying(until: deadline) { HistoryFunctions.call(command, on: self.redis) }.map { read in
             guard read.position.epoch == through.epoch else {
                 // History was lost since this instance last heard: the new one is where it stands
                 // (this instance's order follows it once its repair sees the new epoch).

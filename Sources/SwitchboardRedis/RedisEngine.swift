@@ -58,6 +58,8 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             var sequencer = DestinationSequencer()
             /// Registrations waiting for the destination's position.
             var waiters: [EventLoopPromise<StreamPosition>] = []
+            /// Why the last read of the position failed, for the waiters that give up.
+            var lastFailure: String?
         }
 
         init(ready: EventLoopPromise<Void>, sequenced: Bool = false) {
@@ -79,6 +81,9 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
 
     /// Which destinations keep history, and their windows; nil: none.
     package let history: DestinationHistory.Settings?
+    /// How long a `SUBSCRIBE` to a destination that keeps history waits for Redis to be reachable
+    /// (its position and replay are read there) before it fails; zero: it fails at once.
+    let subscribeWait: TimeAmount
     /// Messages given up for good in a history hole (trimmed or expired before repair).
     package let historySkipped = Atomic<Int>(0)
     /// History reads that repaired a hole (or checked after a reconnect).
@@ -92,9 +97,10 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     package init(
         redis: GatewayRedis, hub: FanoutHub, naming: RedisChannelNaming, instanceID: String, messageIDs: MessageIDGenerator,
         eventLoop: any EventLoop, logger: Logger, canary: (interval: TimeAmount, timeout: TimeAmount)? = nil,
-        history: DestinationHistory.Settings? = nil
+        history: DestinationHistory.Settings? = nil, subscribeWait: TimeAmount = .seconds(5)
     ) {
         self.history = history
+        self.subscribeWait = subscribeWait
         self.canary = canary.map {
             DeliveryCanary(
                 redis: redis, naming: naming, instanceID: instanceID, interval: $0.interval, timeout: $0.timeout, loop: eventLoop, logger: logger)

@@ -129,7 +129,7 @@ package struct SwitchboardGateway: Sendable {
                 messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger,
                 canary: settings.canaryIntervalMs > 0
                     ? (.milliseconds(Int64(settings.canaryIntervalMs)), .milliseconds(Int64(settings.canaryTimeoutMs))) : nil,
-                history: configuration.history.store)
+                history: configuration.history.store, subscribeWait: .milliseconds(Int64(settings.subscribeWaitMs)))
             gatewayRedis = redis
             redisEngine = re
             engine = re

@@ -2,6 +2,8 @@
 restarted without persistence, the instances' Pub/Sub connections killed (CLIENT KILL). Each
 test counts loss, duplicates and reorders per client and asserts zero, or the explicit signal
 (`x-recovered: false`, a jump in `x-position`)."""
+import time
+
 import pytest
 import requests
 
@@ -137,3 +139,77 @@ def test_redis_cli_function_and_inbound_routes_record_once(cluster_factory, clie
         c.expect_nothing(0.3)
     assert cluster.redis_cli("HGET", "switchboard:{/topic/greetings}:seq", "n") == "4"
     assert cluster.redis_cli("XLEN", "switchboard:{/topic/greetings}:log") == "4"
+
+
+def publish(cluster, topic, message, gateway=0):
+    requests.post(f"{cluster.gw_url(gateway)}/api/notification", json={"topic": topic, "message": message}).raise_for_status()
+
+
+def test_subscribe_while_redis_restarts_waits_for_it(cluster_factory, clients):
+    """A phone reconnecting during a Redis restart (AOF on): its SUBSCRIBE waits for Redis
+    (`redis.subscribe-wait-ms`) instead of failing, then resumes with no gap; a SUBSCRIBE to a
+    destination new to the instance waits too, then gets what is published next."""
+    # A wait far longer than the restart, so that a slow machine cannot fail the test.
+    cluster = cluster_factory(replicas=0, gateways=1, redis_args=["--appendonly", "yes", "--appendfsync", "always"],
+                              gateway_args=("--set", "redis.subscribe-wait-ms=30000"))
+    topic, fresh = "/topic/h-outage", "/topic/h-outage-new"
+    sub = clients(cluster.client(cluster.gw_ws(0)))
+    sub.subscribe(topic, id="1", receipt="r")
+    for i in range(3):
+        publish(cluster, topic, str(i))
+    frames = [sub.expect_message() for _ in range(3)]
+    assert [f.text for f in frames] == ["0", "1", "2"]
+
+    cluster.kill_redis()
+    resuming = clients(cluster.client(cluster.gw_ws(0)))
+    resuming.send_frame("SUBSCRIBE", {"destination": topic, "id": "1", "receipt": "r", "x-resume-from": frames[0]["x-position"]})
+    newcomer = clients(cluster.client(cluster.gw_ws(0)))
+    newcomer.send_frame("SUBSCRIBE", {"destination": fresh, "id": "1", "receipt": "r"})
+    # Both wait (no ERROR) while Redis is away...
+    resuming.expect_nothing(0.5)
+    newcomer.expect_nothing(0.1)
+    cluster.start_redis()
+    # ...and go on once it is back: the resume is complete, then live messages follow once each.
+    got = resuming.expect_receipt("r", timeout=10)
+    assert got["x-recovered"] == "true", got.headers
+    assert [resuming.expect_message().text for _ in range(2)] == ["1", "2"]
+    newcomer.expect_receipt("r", timeout=10)
+    publish(cluster, topic, "3")
+    publish(cluster, fresh, "first")
+    assert sub.expect_message(10).text == "3" and resuming.expect_message(10).text == "3"
+    assert newcomer.expect_message(10).text == "first"
+    for c in (sub, resuming, newcomer):
+        c.expect_nothing(0.3)
+
+
+@pytest.mark.parametrize("wait_ms", [0, 600])
+def test_subscribe_while_redis_stays_down_fails_after_the_wait(cluster_factory, clients, wait_ms):
+    """Past `redis.subscribe-wait-ms` (or at once with 0) a SUBSCRIBE that needs Redis gets an
+    ERROR that says so: a resume (its replay is read there) and a destination new to the instance."""
+    cluster = cluster_factory(replicas=0, gateways=1, gateway_args=("--set", f"redis.subscribe-wait-ms={wait_ms}"))
+    topic = "/topic/h-down"
+    sub = clients(cluster.client(cluster.gw_ws(0)))
+    sub.subscribe(topic, id="1", receipt="r")
+    publish(cluster, topic, "0")
+    position = sub.expect_message()["x-position"]
+    cluster.kill_redis()
+    resuming = clients(cluster.client(cluster.gw_ws(0)))
+    newcomer = clients(cluster.client(cluster.gw_ws(0)))
+    sent = time.monotonic()
+    resuming.send_frame("SUBSCRIBE", {"destination": topic, "id": "1", "receipt": "r", "x-resume-from": position})
+    newcomer.send_frame("SUBSCRIBE", {"destination": "/topic/h-down-new", "id": "1", "receipt": "r"})
+    for c in (resuming, newcomer):
+        error = c.expect_error(timeout=10)
+        # The gateway waited (its clock starts after the frame was sent).
+        assert time.monotonic() - sent >= wait_ms / 1000
+        assert "SUBSCRIBE to /topic/h-down" in error["message"], error.headers
+        if wait_ms:
+            assert f"redis unreachable for {wait_ms} ms" in error["message"], error.headers
+        else:
+            assert "notConnected" in error["message"], error.headers
+    # The session already subscribed is not harmed.
+    sub.expect_nothing(0.1)
+    cluster.start_redis()
+    cluster.wait_ready(0)
+    publish(cluster, topic, "1")
+    assert sub.expect_message(10).text == "1"

@@ -175,6 +175,10 @@ package enum ConfigKeyCatalog {
                     "a command connection per event loop besides the shared one: a session's or request's commands and their replies stay on its loop (no thread hop); the shared connection takes over while a loop's is down"
                 ),
                 .init("redis.connect-timeout-ms", .integer, "`2000`", "connect deadline; reconnects back off exponentially with jitter"),
+                .init(
+                    "redis.subscribe-wait-ms", .integer, "`5000`",
+                    "a `SUBSCRIBE` to a destination with history while Redis is unreachable (its position and any replay are read there) waits this long for Redis to be back, then fails with an `ERROR` saying so; 0: it fails at once"
+                ),
                 .init("redis.tls.ca-file", .string, "system trust roots", "with `rediss://`: PEM file of the CAs trusted to sign the server's certificate"),
                 .init(
                     "redis.tls.cert-file", .string, "—",

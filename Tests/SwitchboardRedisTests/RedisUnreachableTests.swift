@@ -1,0 +1,35 @@
+import Redis
+import SwitchboardRoutes
+import Testing
+
+@testable import SwitchboardRedis
+
+/// Which failures make a `SUBSCRIBE` wait for Redis (`redis.subscribe-wait-ms`) instead of
+/// failing at once: Redis unreachable or not answering yet, never a refusal.
+@Suite struct RedisUnreachableTests {
+    @Test(arguments: [
+        RedisClientError.notConnected, .connectionClosed, .commandTimeout, .connectTimeout, .noPrimary, .notPrimary, .clusterUnavailable,
+        .queueFull,
+    ])
+    func connectionTroubleIsWaitedOut(_ error: RedisClientError) {
+        #expect(RedisEngine.isUnreachable(error))
+    }
+
+    @Test(arguments: [RedisClientError.shutdown, .protocolViolation, .crossSlot, .tooManyRedirects, .invalidConfiguration])
+    func clientFailuresThatLastAreNot(_ error: RedisClientError) {
+        #expect(!RedisEngine.isUnreachable(error))
+    }
+
+    @Test func aRestartedServerStillLoadingOrAFailoverIsWaitedOut() {
+        for message in ["LOADING Redis is loading the dataset in memory", "TRYAGAIN", "CLUSTERDOWN The cluster is down", "MASTERDOWN Link with MASTER is down"] {
+            #expect(RedisEngine.isUnreachable(RedisServerError(message: message)), "\(message)")
+        }
+    }
+
+    @Test func refusalsAreNot() {
+        for message in ["ERR Function not found", "WRONGTYPE Operation against a key holding the wrong kind of value", "NOPERM"] {
+            #expect(!RedisEngine.isUnreachable(RedisServerError(message: message)), "\(message)")
+        }
+        #expect(!RedisEngine.isUnreachable(RouteError(.redisUnavailable, "not a Redis error")))
+    }
+}
