@@ -419,6 +419,16 @@ struct DrainService: Service {
         while services.stats.connectionsOpen.load() > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
+        // 4. Sessions still waiting for a step (a slow webhook, a SUBSCRIBE waiting for Redis)
+        //    are closed now; their clients get the ERROR without the step's receipt.
+        let busy = services.stats.connectionsOpen.load()
+        guard busy > 0 else { return }
+        logger.warning("shutting down: sessions still busy after the grace; closing them", metadata: ["sessions": "\(busy)"])
+        for shard in services.hub.shards { shard.closeAll(reason: "server shutting down, reconnect", waitForStep: false) }
+        let closing = NIODeadline.now() + .seconds(1)
+        while services.stats.connectionsOpen.load() > 0 && NIODeadline.now() < closing {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
     }
 }
 

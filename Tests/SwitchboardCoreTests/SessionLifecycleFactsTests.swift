@@ -42,7 +42,7 @@ struct SessionLifecycleFactsTests {
         switch end {
         case "error": try c.send(.send, [:], body: "no destination")
         case "shutdown":
-            c.session.close(reason: "server shutting down, reconnect")
+            c.session.close(reason: "server shutting down, reconnect", waitForStep: true)
             c.loop.run()
         default: _ = try? c.channel.close().wait()
         }

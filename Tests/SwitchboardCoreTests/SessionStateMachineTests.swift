@@ -239,6 +239,18 @@ import Testing
         #expect(Self.drain(&m) == [.answered(2, receipt: "w"), .error("server shutting down, reconnect", receiptID: nil)])
     }
 
+    @Test func shutdownPastTheGraceAbandonsTheStepInFlight() {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/app/serial", receipt: "w"), now: .now())
+        m.frameReceived(Self.send("/topic/a", receipt: "queued"), now: .now())
+        _ = Self.drain(&m)
+        m.closeRequested(reason: "server shutting down, reconnect", waitForStep: false)
+        // No receipt for the abandoned step nor the one queued behind it: their outcome is unknown.
+        #expect(Self.drain(&m) == [.error("server shutting down, reconnect", receiptID: nil)])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [])
+    }
+
     @Test func shutdownOfAnIdleSessionIsImmediate() {
         var m = Self.connected()
         m.closeRequested(reason: "bye")

@@ -1,10 +1,12 @@
 """Connect timeout, slow consumers, and SIGTERM shutdown."""
+import signal
 import socket
 import time
 
 import pytest
 
 from support.stompclient import StompClient
+from support.webhook import WebhookServer
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +134,37 @@ def test_sigterm_sends_error_and_exits_zero(gateway_factory, client, stomppy):
 def test_sigterm_with_no_clients_exits_zero(gateway_factory):
     gw = gateway_factory()
     assert gw.stop(10) == 0
+
+
+def test_sigterm_closes_a_session_whose_step_outlives_the_grace(gateway_factory, client):
+    """A session waiting for a slow webhook at SIGTERM (its SEND's step in flight, longer than the
+    grace): the drain closes it once the grace is over, with the ERROR and without the SEND's
+    receipt (its outcome is unknown), and the gateway exits 0."""
+    hook = WebhookServer()
+    hook.delay = 60  # answers long after the test
+    try:
+        gw = gateway_factory("server.shutdown-grace-ms=500", "server.drain-delay-ms=0", yaml=f"""
+routes:
+  names: [slow]
+  slow:
+    destination: /app/slow
+    type: webhook
+    url: {hook.url}
+    timeout-ms: 60000
+""")
+        c = client(gw)
+        c.connect()
+        c.send_frame("SEND", {"destination": "/app/slow", "receipt": "s"}, "x")
+        hook.wait_request()
+        gw.proc.send_signal(signal.SIGTERM)
+        # Not closed during the grace: the step may still finish and its receipt go out.
+        c.expect_nothing(0.3)
+        c.expect_error("server shutting down, reconnect", timeout=10)
+        assert gw.proc.wait(15) == 0
+        log = gw.log_path.read_text()
+        assert "shutting down: sessions still busy after the grace; closing them" in log
+        # The drain closed it: nothing was left for the listener's own deadline.
+        assert "listener: closing a connection still open after the grace" not in log
+        assert "connections=closed" in log
+    finally:
+        hook.stop()

@@ -10,8 +10,9 @@ package protocol HeartbeatClient: AnyObject {
     /// next one, or nil when nothing needs checking until the session asks again
     /// (``LoopShard/scheduleHeartbeatCheck(_:at:)``).
     func heartbeatTick(_ tick: UInt64) -> UInt64?
-    /// Ends the session with an `ERROR` saying `reason`.
-    func close(reason: String)
+    /// Ends the session with an `ERROR` saying `reason`: after the step in flight with
+    /// `waitForStep`, else at once.
+    func close(reason: String, waitForStep: Bool)
 }
 
 /// Hot-path counters of one event loop: plain integers, written only on that loop and read
@@ -384,10 +385,11 @@ package final class LoopShard: @unchecked Sendable {
         dueClients.removeAll(keepingCapacity: true)
     }
 
-    /// Closes every session of this loop with an `ERROR` saying `reason`.
-    package func closeAll(reason: String) {
+    /// Closes every session of this loop with an `ERROR` saying `reason`: each after its step in
+    /// flight with `waitForStep`, else at once.
+    package func closeAll(reason: String, waitForStep: Bool = true) {
         eventLoop.execute {
-            for client in Array(self.heartbeatClients.values) { client.close(reason: reason) }
+            for client in Array(self.heartbeatClients.values) { client.close(reason: reason, waitForStep: waitForStep) }
         }
     }
 

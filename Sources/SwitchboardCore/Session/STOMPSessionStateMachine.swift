@@ -236,11 +236,13 @@ package struct STOMPSessionStateMachine {
         fail(SessionFailure("slow consumer: more than \(config.maxPendingOutboundBytes) bytes pending delivery", kind: .slowConsumer))
     }
 
-    /// The gateway ends the session (shutdown). A step in flight completes first, so its
-    /// receipt still goes out; then the `ERROR`.
-    package mutating func closeRequested(reason: String) {
+    /// The gateway ends the session (shutdown). With `waitForStep`, a step in flight completes
+    /// first, so its receipt still goes out; then the `ERROR`. Without (the drain's grace is
+    /// over), the `ERROR` goes out at once and the step is abandoned: the client never gets its
+    /// receipt, so it knows the outcome is unknown.
+    package mutating func closeRequested(reason: String, waitForStep: Bool = true) {
         guard phase != .closed else { return }
-        if isBusy {
+        if isBusy && waitForStep {
             closeAfterInFlight = reason
         } else {
             fail(SessionFailure(reason, kind: .shutdown))

@@ -274,7 +274,10 @@ package enum ConfigKeyCatalog {
             keys: [
                 .init("instance.id", .string, "random", "instance id, prefix of message and session ids"),
                 .init("server.threads", .integer, "cores", "event loop threads"),
-                .init("server.shutdown-grace-ms", .integer, "`5000`", "how long shutdown waits for sessions to close, then for HTTP connections' answers owed"),
+                .init(
+                    "server.shutdown-grace-ms", .integer, "`5000`",
+                    "how long shutdown waits for sessions to close (those still busy with a step are then closed without its receipt), then for HTTP connections' answers owed"
+                ),
                 .init("server.drain-delay-ms", .integer, "`1000`", "not-ready time before sessions are told to reconnect"),
                 .init(
                     "server.write-coalesce-us", .integer, "`0`",

@@ -2,7 +2,6 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
-import NIOExtras
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
@@ -29,7 +28,9 @@ import Darwin
 /// WebSocket sessions stay plain NIO pipelines and never enter Swift concurrency; only HTTP
 /// connections are handed to a task, where Hummingbird's responder serves them. At shutdown the
 /// listening socket closes, connections are told to quiesce (idle HTTP connections close,
-/// sessions were already closed by the drain), and `run()` returns once all are gone.
+/// sessions were already closed by the drain), and `run()` returns once all are gone, or at
+/// ``Settings/closeGrace``, when the listener closes what is left itself
+/// (``AcceptedConnections``).
 struct GatewayListener: Service {
     struct Settings: Sendable {
         var host: String
@@ -42,8 +43,7 @@ struct GatewayListener: Service {
         /// False: upgrades get a 404 (the API-only port, whose loops run no sessions).
         var acceptsSessions = true
         /// At shutdown, how long connections may take to close once told to; then the listener
-        /// stops waiting: connection tasks are cancelled, and the event loops' shutdown closes
-        /// what is left.
+        /// closes what is left (each logged with what it is) and cancels the connection tasks.
         var closeGrace: TimeAmount = .seconds(5)
     }
 
@@ -55,6 +55,8 @@ struct GatewayListener: Service {
         let closed = Atomic<Bool>(false)
         /// The deadline passed first.
         let forced = Atomic<Bool>(false)
+        /// Connections the listener closed itself at the deadline.
+        let closedAtDeadline = Atomic<Int>(0)
     }
 
     let settings: Settings
@@ -87,11 +89,7 @@ struct GatewayListener: Service {
             }
         } onGracefulShutdown: { [settings] in
             let loop = sockets[0].channel.eventLoop
-            let closed = sockets.map { socket in
-                let promise = loop.makePromise(of: Void.self)
-                socket.quiescing.initiateShutdown(promise: promise)
-                return promise.futureResult
-            }
+            let closed = sockets.map { $0.connections.quiesce(listeningSocket: $0.channel) }
             EventLoopFuture.andAllComplete(closed, on: loop).whenComplete { _ in
                 progress.closed.store(true, ordering: .relaxed)
                 arrivals.finish()
@@ -99,16 +97,20 @@ struct GatewayListener: Service {
             loop.scheduleTask(in: settings.closeGrace) {
                 guard !progress.closed.load(ordering: .relaxed) else { return }
                 progress.forced.store(true, ordering: .relaxed)
+                let open = sockets.reduce(0) { $0 + $1.connections.count }
                 logger.warning(
-                    "listener: connections still open after the grace; cancelling their tasks",
-                    metadata: ["port": "\(settings.port)", "tasks": "\(progress.tasks.load(ordering: .relaxed))"])
+                    "listener: connections still open after the grace; closing them and cancelling their tasks",
+                    metadata: ["port": "\(settings.port)", "connections": "\(open)", "tasks": "\(progress.tasks.load(ordering: .relaxed))"])
+                for socket in sockets { progress.closedAtDeadline.add(socket.connections.closeRemaining(logger: logger), ordering: .relaxed) }
                 arrivals.finish()
             }
         }
         logger.info(
             "listener stopped",
             metadata: [
-                "port": "\(settings.port)", "connections": progress.closed.load(ordering: .relaxed) ? "closed" : "left to the event loops' shutdown",
+                "port": "\(settings.port)",
+                "connections": progress.forced.load(ordering: .relaxed)
+                    ? "\(progress.closedAtDeadline.load(ordering: .relaxed)) closed by the listener after the grace" : "closed",
             ])
     }
 
@@ -118,7 +120,7 @@ struct GatewayListener: Service {
     /// port already in use (say, a second instance) an error, as without `SO_REUSEPORT`.
     private func bindListeningSockets(
         arrivals: AsyncStream<NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>>.Continuation
-    ) async throws -> [(channel: any Channel, quiescing: ServerQuiescingHelper)] {
+    ) async throws -> [(channel: any Channel, connections: AcceptedConnections)] {
         let loops = Array(group.makeIterator())
         #if os(Linux)
         let perLoop = loops.count > 1
@@ -127,19 +129,21 @@ struct GatewayListener: Service {
         #endif
         var port = settings.port
         if perLoop {
-            let probe = try await makeBootstrap(group: loops[0], reusePort: false, arrivals: arrivals, quiescing: nil)
+            let probe = try await makeBootstrap(group: loops[0], reusePort: false, arrivals: arrivals, connections: nil)
                 .bind(host: settings.host, port: port).get()
             port = probe.localAddress?.port ?? port
             try await probe.close()
         }
-        var sockets: [(channel: any Channel, quiescing: ServerQuiescingHelper)] = []
+        var sockets: [(channel: any Channel, connections: AcceptedConnections)] = []
         do {
             for loop in perLoop ? loops : [loops[0]] {
-                let quiescing = ServerQuiescingHelper(group: loop)
-                let channel = try await makeBootstrap(group: perLoop ? loop : group, reusePort: perLoop, arrivals: arrivals, quiescing: quiescing)
-                    .bind(host: settings.host, port: port).get()
+                let connections = AcceptedConnections()
+                let channel = try await makeBootstrap(
+                    group: perLoop ? loop : group, reusePort: perLoop, arrivals: arrivals, connections: connections
+                )
+                .bind(host: settings.host, port: port).get()
                 port = channel.localAddress?.port ?? port
-                sockets.append((channel, quiescing))
+                sockets.append((channel, connections))
             }
         } catch {
             for socket in sockets { try? await socket.channel.close() }
@@ -151,7 +155,7 @@ struct GatewayListener: Service {
     private func makeBootstrap(
         group: any EventLoopGroup, reusePort: Bool,
         arrivals: AsyncStream<NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>>.Continuation,
-        quiescing: ServerQuiescingHelper?
+        connections: AcceptedConnections?
     ) -> ServerBootstrap {
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: Int32(settings.backlog))
@@ -171,12 +175,15 @@ struct GatewayListener: Service {
             bootstrap
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if let quiescing { try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel)) }
+                    if let connections { try channel.pipeline.syncOperations.addHandler(connections.makeHandler()) }
                 }
             }
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { [settings, handshake, http, pending, logger] channel in
-                channel.eventLoop.makeCompletedFuture {
+                // The probe of the port (no `connections`) serves nobody: a client that reached
+                // it in its moment of life is closed and tries again.
+                guard connections != nil else { return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
+                return channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     if let tls = settings.tls { try sync.addHandler(NIOSSLServerHandler(context: tls)) }
                     let timeout = HandshakeTimeoutHandler(timeout: settings.handshakeTimeout, registry: pending)
