@@ -80,7 +80,7 @@ extension RedisEngine {
 
     /// ``establish(_:destination:)`` until it succeeds or the interest is gone. While Redis is
     /// unreachable the subscriptions waiting keep waiting, each until its own deadline
-    /// (``subscribeWait``, see ``registerWithHistory(_:from:on:register:)``); any other failure,
+    /// (``unreachableWait``, see ``registerWithHistory(_:from:on:register:)``); any other failure,
     /// or any failure with no wait configured, fails them (their clients get an `ERROR`), and
     /// later ones wait for the next attempt.
     func establishRetrying(_ interest: Interest, destination: String) async {
@@ -92,7 +92,7 @@ extension RedisEngine {
             } catch {
                 logger.warning("reading where a destination's history stands failed; retrying", metadata: ["destination": "\(destination)", "error": "\(error)"])
                 interest.sequenced!.withLockedValue { $0.lastFailure = "\(error)" }
-                if subscribeWait == .zero || !Self.isUnreachable(error) { failWaiters(interest, error) }
+                if unreachableWait == .zero || !Self.isUnreachable(error) { failWaiters(interest, error) }
                 attempt += 1
                 // At most half a second apart: a subscription waiting goes on soon after Redis is back.
                 try? await Task.sleep(for: .milliseconds(min(50 << min(attempt, 4), 500)))
@@ -116,7 +116,7 @@ extension RedisEngine {
     /// `read` (idempotent), again every 100 ms while Redis is unreachable, the last time at
     /// `deadline`; then the last failure, saying how long it waited.
     func readRetrying<T: Sendable>(until deadline: NIODeadline, _ read: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
-        let wait = subscribeWait
+        let wait = unreachableWait
         return read().flatMapError { error in
             let loop = self.promiseLoop
             guard Self.isUnreachable(error), wait > .zero else { return loop.makeFailedFuture(error) }
@@ -134,7 +134,7 @@ extension RedisEngine {
         _ waiter: EventLoopPromise<StreamPosition>, of sequenced: NIOLockedValueBox<Interest.Sequenced>, destination: String,
         at deadline: NIODeadline
     ) {
-        let wait = subscribeWait
+        let wait = unreachableWait
         let timeout = waiter.futureResult.eventLoop.scheduleTask(deadline: deadline) {
             let failure: String?? = sequenced.withLockedValue { s in
                 guard let i = s.waiters.firstIndex(where: { $0.futureResult === waiter.futureResult }) else { return nil }
@@ -259,7 +259,7 @@ extension RedisEngine {
             return .ready(HistoryReplay(messages: [], recovered: start == nil, position: StreamPosition(epoch: "none", sequence: 0)))
         }
         // While Redis is unreachable the position and the replay wait for it, up to here.
-        let deadline = NIODeadline.now() + subscribeWait
+        let deadline = NIODeadline.now() + unreachableWait
         let promise = eventLoop.makePromise(of: StreamPosition.self)
         let through: StreamPosition? = sequenced.withLockedValue { s in
             if let position = s.sequencer.position { return position }
@@ -268,7 +268,7 @@ extension RedisEngine {
         }
         if let through {
             promise.succeed(through)
-        } else if subscribeWait > .zero {
+        } else if unreachableWait > .zero {
             expire(promise, of: sequenced, destination: destination, at: deadline)
         }
         let replay = promise.futureResult.flatMap { through in

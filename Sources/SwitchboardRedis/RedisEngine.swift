@@ -83,7 +83,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     package let history: DestinationHistory.Settings?
     /// How long a `SUBSCRIBE` to a destination that keeps history waits for Redis to be reachable
     /// (its position and replay are read there) before it fails; zero: it fails at once.
-    let subscribeWait: TimeAmount
+    let unreachableWait: TimeAmount
     /// Messages given up for good in a history hole (trimmed or expired before repair).
     package let historySkipped = Atomic<Int>(0)
     /// History reads that repaired a hole (or checked after a reconnect).
@@ -97,10 +97,10 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     package init(
         redis: GatewayRedis, hub: FanoutHub, naming: RedisChannelNaming, instanceID: String, messageIDs: MessageIDGenerator,
         eventLoop: any EventLoop, logger: Logger, canary: (interval: TimeAmount, timeout: TimeAmount)? = nil,
-        history: DestinationHistory.Settings? = nil, subscribeWait: TimeAmount = .seconds(5)
+        history: DestinationHistory.Settings? = nil, unreachableWait: TimeAmount = .seconds(5)
     ) {
         self.history = history
-        self.subscribeWait = subscribeWait
+        self.unreachableWait = unreachableWait
         self.canary = canary.map {
             DeliveryCanary(
                 redis: redis, naming: naming, instanceID: instanceID, interval: $0.interval, timeout: $0.timeout, loop: eventLoop, logger: logger)

@@ -129,7 +129,7 @@ package struct SwitchboardGateway: Sendable {
                 messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger,
                 canary: settings.canaryIntervalMs > 0
                     ? (.milliseconds(Int64(settings.canaryIntervalMs)), .milliseconds(Int64(settings.canaryTimeoutMs))) : nil,
-                history: configuration.history.store, subscribeWait: .milliseconds(Int64(settings.subscribeWaitMs)))
+                history: configuration.history.store, unreachableWait: .milliseconds(Int64(settings.unreachableWaitMs)))
             gatewayRedis = redis
             redisEngine = re
             engine = re
@@ -143,7 +143,8 @@ package struct SwitchboardGateway: Sendable {
                 }
                 let facts = RedisLifecycle(
                     client: client, settings: stream, instance: "\(instanceID)~\(incarnation)", loops: loops,
-                    limits: .init(maxQueued: events.maxQueued, maxBatch: events.maxBatch), logger: redisLogger, onRegistryLost: closeAll)
+                    limits: .init(maxQueued: events.maxQueued, maxBatch: events.maxBatch),
+                    unreachableWait: .milliseconds(Int64(settings.unreachableWaitMs)), logger: redisLogger, onRegistryLost: closeAll)
                 lifecycle = facts
                 lease = InstanceLease(
                     client: client, stream: stream, instance: facts.instance,

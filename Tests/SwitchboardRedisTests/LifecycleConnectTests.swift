@@ -73,6 +73,39 @@ struct LifecycleConnectTests {
         await gw.stop()
     }
 
+    @Test func aConnectWhileRedisRestartsWaitsForItWithAWait() async throws {
+        // A wait far longer than the restart, so that a slow machine cannot fail the test.
+        let gw = try await LifecycleTestGateway.start(unreachableWait: .seconds(60))
+        gw.server.kill()
+        let c = try await gw.client()
+        try c.send(.connect, ["accept-version": "1.2", "host": "localhost", "passcode": "erin"])
+        // No answer while Redis is away (without the wait: the ERROR at once)...
+        await #expect(throws: LifecycleTestClient.NoFrame.self) { try await c.next(timeout: .milliseconds(300)) }
+        try await gw.server.launch()
+        // ...then CONNECTED, once its fact is stored.
+        let connected = try await c.next(timeout: .seconds(30))
+        try #require(connected.command == .connected, "\(connected)")
+        #expect(try await gw.events().map(\.type) == [.connected, .userOnline])
+        #expect(try await gw.presence(user: "erin").online)
+        await gw.stop()
+    }
+
+    @Test func aConnectPastTheWaitIsRefusedSayingSo() async throws {
+        let gw = try await LifecycleTestGateway.start(unreachableWait: .milliseconds(300))
+        gw.server.kill()
+        let c = try await gw.client()
+        let sent = ContinuousClock.now
+        try c.send(.connect, ["accept-version": "1.2", "host": "localhost", "passcode": "frank"])
+        let error = try await c.next()
+        #expect(ContinuousClock.now - sent >= .milliseconds(300))
+        #expect(error.command == .error, "\(error)")
+        let message = try #require(error.headers["message"])
+        #expect(message.contains("writing to Redis failed (redis unreachable for 300 ms"), "\(message)")
+        #expect(try await eventually { c.closed })
+        try await gw.server.launch()
+        await gw.stop()
+    }
+
     @Test func aSessionClosedWhileItsConnectWaitsIsRecordedAsGone() async throws {
         let gw = try await LifecycleTestGateway.start()
         try await gw.pauseWrites(ms: 300)
@@ -150,7 +183,7 @@ final class LifecycleTestGateway: @unchecked Sendable {
         self.port = listener.localAddress!.port!
     }
 
-    static func start() async throws -> LifecycleTestGateway {
+    static func start(unreachableWait: TimeAmount = .zero) async throws -> LifecycleTestGateway {
         let server = try await RedisServerProcess.start()
         let admin = try await server.client()
         let lifecycleClient = try await server.client()
@@ -159,7 +192,8 @@ final class LifecycleTestGateway: @unchecked Sendable {
         var logger = Logger(label: "lifecycle-test")
         logger.logLevel = .critical
         let lifecycle = RedisLifecycle(
-            client: lifecycleClient, settings: LifecycleStreamSettings(), instance: "gw1~test", loops: [loop], logger: logger)
+            client: lifecycleClient, settings: LifecycleStreamSettings(), instance: "gw1~test", loops: [loop], unreachableWait: unreachableWait,
+            logger: logger)
         await lifecycle.start()
         let hub = FanoutHub(eventLoops: [loop])
         var configuration = SessionConfiguration()

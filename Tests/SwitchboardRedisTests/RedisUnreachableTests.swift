@@ -4,7 +4,7 @@ import Testing
 
 @testable import SwitchboardRedis
 
-/// Which failures make a `SUBSCRIBE` wait for Redis (`redis.subscribe-wait-ms`) instead of
+/// Which failures make a `SUBSCRIBE` wait for Redis (`redis.unreachable-wait-ms`) instead of
 /// failing at once: Redis unreachable or not answering yet, never a refusal.
 @Suite struct RedisUnreachableTests {
     @Test(arguments: [

@@ -147,11 +147,11 @@ def publish(cluster, topic, message, gateway=0):
 
 def test_subscribe_while_redis_restarts_waits_for_it(cluster_factory, clients):
     """A phone reconnecting during a Redis restart (AOF on): its SUBSCRIBE waits for Redis
-    (`redis.subscribe-wait-ms`) instead of failing, then resumes with no gap; a SUBSCRIBE to a
+    (`redis.unreachable-wait-ms`) instead of failing, then resumes with no gap; a SUBSCRIBE to a
     destination new to the instance waits too, then gets what is published next."""
     # A wait far longer than the restart, so that a slow machine cannot fail the test.
     cluster = cluster_factory(replicas=0, gateways=1, redis_args=["--appendonly", "yes", "--appendfsync", "always"],
-                              gateway_args=("--set", "redis.subscribe-wait-ms=30000"))
+                              gateway_args=("--set", "redis.unreachable-wait-ms=30000"))
     topic, fresh = "/topic/h-outage", "/topic/h-outage-new"
     sub = clients(cluster.client(cluster.gw_ws(0)))
     sub.subscribe(topic, id="1", receipt="r")
@@ -184,9 +184,9 @@ def test_subscribe_while_redis_restarts_waits_for_it(cluster_factory, clients):
 
 @pytest.mark.parametrize("wait_ms", [0, 600])
 def test_subscribe_while_redis_stays_down_fails_after_the_wait(cluster_factory, clients, wait_ms):
-    """Past `redis.subscribe-wait-ms` (or at once with 0) a SUBSCRIBE that needs Redis gets an
+    """Past `redis.unreachable-wait-ms` (or at once with 0) a SUBSCRIBE that needs Redis gets an
     ERROR that says so: a resume (its replay is read there) and a destination new to the instance."""
-    cluster = cluster_factory(replicas=0, gateways=1, gateway_args=("--set", f"redis.subscribe-wait-ms={wait_ms}"))
+    cluster = cluster_factory(replicas=0, gateways=1, gateway_args=("--set", f"redis.unreachable-wait-ms={wait_ms}"))
     topic = "/topic/h-down"
     sub = clients(cluster.client(cluster.gw_ws(0)))
     sub.subscribe(topic, id="1", receipt="r")

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Redis
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 import Synchronization
 
@@ -16,8 +17,9 @@ import Synchronization
 /// tick as one pipelined `FCALL`. A session that waits for its fact to be stored (the CONNECT
 /// step, a SUBSCRIBE with a receipt) uses ``record(_:on:stored:)``: its callback is kept with
 /// the fact's number and called on the loop when the batch holding it is acknowledged, or
-/// when a write of the loop fails (the batch is retried, but the session does not wait for
-/// the retry).
+/// when a write of the loop fails (the batch is retried). While Redis is unreachable the
+/// session waits for the retries, up to `unreachableWait` after its fact was queued
+/// (`redis.unreachable-wait-ms`); any other failure, or a wait of zero, tells it at once.
 package final class RedisLifecycle: LifecycleRecorder {
     package let client: RedisClient
     package let settings: LifecycleStreamSettings
@@ -38,7 +40,8 @@ package final class RedisLifecycle: LifecycleRecorder {
 
     package init(
         client: RedisClient, settings: LifecycleStreamSettings, instance: String, loops: [any EventLoop],
-        limits: LifecycleBatchState.Limits = .init(), logger: Logger, onRegistryLost: @escaping @Sendable () -> Void = {}
+        limits: LifecycleBatchState.Limits = .init(), unreachableWait: TimeAmount = .zero, logger: Logger,
+        onRegistryLost: @escaping @Sendable () -> Void = {}
     ) {
         self.client = client
         self.settings = settings
@@ -52,7 +55,7 @@ package final class RedisLifecycle: LifecycleRecorder {
         for (index, loop) in loops.enumerated() {
             batchers[ObjectIdentifier(loop)] = LoopLifecycleBatcher(
                 loop: loop, index: index, limits: limits, client: client, settings: settings, instance: instance,
-                dropped: dropped, failures: failures, applied: applied, logger: logger,
+                dropped: dropped, failures: failures, applied: applied, unreachableWait: unreachableWait, logger: logger,
                 onRegistryLost: onRegistryLost)
         }
         self.batchers = batchers
@@ -124,14 +127,22 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
     var state: LifecycleBatchState
     /// A send is scheduled for the end of this loop tick.
     private var scheduled = false
-    /// Sessions waiting for their fact to be stored, by the fact's number (increasing).
-    private var waiting = CircularBuffer<(fact: UInt64, stored: (LifecycleWriteError?) -> Void)>(initialCapacity: 4)
+    /// Sessions waiting for their fact to be stored, by the fact's number (increasing), with
+    /// how long they wait while Redis is unreachable (increasing too: queued on this loop).
+    private var waiting = CircularBuffer<(fact: UInt64, stored: (LifecycleWriteError?) -> Void, deadline: NIODeadline)>(initialCapacity: 4)
+    /// How long a waiting session waits for the retries while Redis is unreachable.
+    let unreachableWait: TimeAmount
+    /// Why the last write failed, while the writes fail.
+    private var lastFailure: (any Error)?
+    /// The check of the oldest waiting session's deadline, while writes fail.
+    private var expiry: Scheduled<Void>?
 
     init(
         loop: any EventLoop, index: Int, limits: LifecycleBatchState.Limits, client: RedisClient, settings: LifecycleStreamSettings,
-        instance: String, dropped: Metrics.Counter, failures: Metrics.Counter, applied: RedisLifecycle.AppliedFlag, logger: Logger,
-        onRegistryLost: @escaping @Sendable () -> Void
+        instance: String, dropped: Metrics.Counter, failures: Metrics.Counter, applied: RedisLifecycle.AppliedFlag,
+        unreachableWait: TimeAmount = .zero, logger: Logger, onRegistryLost: @escaping @Sendable () -> Void
     ) {
+        self.unreachableWait = unreachableWait
         self.applied = applied
         self.onRegistryLost = onRegistryLost
         self.loop = loop
@@ -158,7 +169,7 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
             stored?(.queueFull(limit: state.limits.maxQueued))
             return
         }
-        if let stored { waiting.append((state.appended, stored)) }
+        if let stored { waiting.append((state.appended, stored, NIODeadline.now() + unreachableWait)) }
         guard !scheduled, state.inFlight == nil else { return }
         scheduled = true
         loop.execute { self.sendNext() }
@@ -176,6 +187,9 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
             switch result {
             case .success(let written):
                 self.applied.value.store(true, ordering: .relaxed)
+                self.lastFailure = nil
+                self.expiry?.cancel()
+                self.expiry = nil
                 if written == -2 {
                     self.logger.error("Redis lost this instance's presence registry: closing its sessions so they register again")
                     self.onRegistryLost()
@@ -191,18 +205,38 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
                 self.failureCounter.increment()
                 let delay = self.state.failed()
                 self.logger.debug("lifecycle batch failed; retrying", metadata: ["error": "\(error)", "retry.ms": "\(delay.nanoseconds / 1_000_000)"])
-                // Whoever waits on this loop would wait for the retry at least: they are told
-                // now (their facts stay queued and are written when Redis takes them).
-                if !self.waiting.isEmpty {
-                    let failed = self.waiting
-                    self.waiting.removeAll(keepingCapacity: true)
-                    let reason = LifecycleWriteError.writeFailed(error)
-                    for waiter in failed { waiter.stored(reason) }
+                // Whoever waits on this loop is told now (their facts stay queued and are
+                // written when Redis takes them), unless Redis is only unreachable: then each
+                // waits for the retries until its deadline.
+                self.lastFailure = error
+                if self.unreachableWait > .zero && RedisEngine.isUnreachable(error) {
+                    self.failWaiters(expiredBy: .now())
+                } else {
+                    self.failWaiters(expiredBy: nil)
                 }
                 self.loop.scheduleTask(in: delay) {
                     if let batch = self.state.retry() { self.send(batch) }
                 }
             }
+        }
+    }
+
+    /// Tells the waiting sessions that the last write failed: those whose deadline passed by
+    /// `now`, or all (nil); then checks the next deadline when it comes.
+    private func failWaiters(expiredBy now: NIODeadline?) {
+        guard let error = lastFailure else { return }
+        let reason: LifecycleWriteError =
+            now == nil
+            ? .writeFailed(error)
+            : .writeFailed(RouteError(.redisUnavailable, "redis unreachable for \(unreachableWait.nanoseconds / 1_000_000) ms (\(error))"))
+        while let first = waiting.first, now.map({ first.deadline <= $0 }) ?? true {
+            waiting.removeFirst()
+            first.stored(reason)
+        }
+        guard let next = waiting.first?.deadline, expiry == nil else { return }
+        expiry = loop.scheduleTask(deadline: next) {
+            self.expiry = nil
+            self.failWaiters(expiredBy: .now())
         }
     }
 }

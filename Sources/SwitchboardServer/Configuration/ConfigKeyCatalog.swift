@@ -176,8 +176,8 @@ package enum ConfigKeyCatalog {
                 ),
                 .init("redis.connect-timeout-ms", .integer, "`2000`", "connect deadline; reconnects back off exponentially with jitter"),
                 .init(
-                    "redis.subscribe-wait-ms", .integer, "`5000`",
-                    "a `SUBSCRIBE` to a destination with history while Redis is unreachable (its position and any replay are read there) waits this long for Redis to be back, then fails with an `ERROR` saying so; 0: it fails at once"
+                    "redis.unreachable-wait-ms", .integer, "`5000`",
+                    "while Redis is unreachable, a client's step that needs it waits this long for Redis to be back, then fails with an `ERROR` saying so: a `SUBSCRIBE` to a destination with history (its position and any replay are read there) and, with `events.enabled`, a `CONNECT` or a receipted `SUBSCRIBE` (their facts are stored there); 0: they fail at once"
                 ),
                 .init("redis.tls.ca-file", .string, "system trust roots", "with `rediss://`: PEM file of the CAs trusted to sign the server's certificate"),
                 .init(

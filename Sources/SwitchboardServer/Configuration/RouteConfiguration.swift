@@ -104,7 +104,7 @@ package struct RedisSettings: Sendable, Equatable {
     package var canaryTimeoutMs = 3_000
     package var connectTimeoutMs = 2_000
     /// How long a `SUBSCRIBE` to a destination with history waits for an unreachable Redis; 0: none.
-    package var subscribeWaitMs = 5_000
+    package var unreachableWaitMs = 5_000
     /// `redis.tls.*`, with a `rediss://` URL.
     package var tls: RedisTLSSettings?
     /// `redis.sentinel.*`: find the primary through Redis Sentinel (the URL's host and port are then not used).
@@ -128,8 +128,8 @@ package struct RedisSettings: Sendable, Equatable {
         try SwitchboardConfiguration.atLeast(0, ("redis.canary-interval-ms", canaryIntervalMs))
         try SwitchboardConfiguration.atLeast(1, ("redis.canary-timeout-ms", canaryTimeoutMs))
         connectTimeoutMs = reader.int(forKey: "connect-timeout-ms", default: connectTimeoutMs)
-        subscribeWaitMs = reader.int(forKey: "subscribe-wait-ms", default: subscribeWaitMs)
-        try SwitchboardConfiguration.atLeast(0, ("redis.subscribe-wait-ms", subscribeWaitMs))
+        unreachableWaitMs = reader.int(forKey: "unreachable-wait-ms", default: unreachableWaitMs)
+        try SwitchboardConfiguration.atLeast(0, ("redis.unreachable-wait-ms", unreachableWaitMs))
         try SwitchboardConfiguration.atLeast(1, ("redis.command-timeout-ms", commandTimeoutMs), ("redis.connect-timeout-ms", connectTimeoutMs))
         let parsed: RedisConfiguration
         do { parsed = try RedisConfiguration(url: url) } catch {
