@@ -18,6 +18,7 @@ from __future__ import annotations
 import pytest
 
 from support.gateway import Gateway
+from support.paths import NIO_LOOP_GONE
 from support.stompclient import StompClient
 from support.stomppy import connect_stomppy
 from support.webhook import WebhookServer
@@ -40,6 +41,8 @@ def gateway_factory(request):
         code = gw.stop()
         if not already_exited and code != 0:
             failures.append(f"{gw.name} exited {code} after SIGTERM; see {gw.log_path}")
+        if NIO_LOOP_GONE in gw.log_path.read_text(errors="replace"):
+            failures.append(f"{gw.name} scheduled work on a stopped event loop; see {gw.log_path}")
     assert not failures, failures
 
 

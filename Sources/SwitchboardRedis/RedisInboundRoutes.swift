@@ -34,6 +34,8 @@ package final class RedisInboundRoutes: Sendable {
     let logger: Logger
     let subscriptions = NIOLockedValueBox<[RedisCallbackSubscription]>([])
     let readers = NIOLockedValueBox<[Task<Void, Never>]>([])
+    /// The stream readers' dedicated connections, closed by ``stop()`` to end a blocking read.
+    let readerConnections = NIOLockedValueBox<[ObjectIdentifier: RedisConnection]>([:])
     let onceTokens = InboundOnceTokens()
 
     package init(redis: GatewayRedis, engine: RedisEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, configuration: SessionConfiguration, logger: Logger) {
@@ -65,8 +67,14 @@ package final class RedisInboundRoutes: Sendable {
         }
     }
 
+    /// Stops every route, and returns once the stream readers are done: a reader blocked in
+    /// `XREAD BLOCK` is not woken by its task's cancellation, so its connection is closed (else
+    /// its reply would come after the event loops stopped).
     package func stop() async {
-        for task in readers.withLockedValue({ $0 }) { task.cancel() }
+        let tasks = readers.withLockedValue { $0 }
+        for task in tasks { task.cancel() }
+        for connection in readerConnections.withLockedValue({ Array($0.values) }) { await connection.close() }
+        for task in tasks { await task.value }
         for sub in subscriptions.withLockedValue({ $0 }) { await sub.unsubscribe() }
     }
 
@@ -115,6 +123,11 @@ package final class RedisInboundRoutes: Sendable {
         while !Task.isCancelled {
             do {
                 try await redis.withDedicatedConnection(forKeys: [stream]) { connection in
+                    let key = ObjectIdentifier(connection)
+                    readerConnections.withLockedValue { $0[key] = connection }
+                    defer { readerConnections.withLockedValue { _ = $0.removeValue(forKey: key) } }
+                    // Stopped while connecting: stop() may have closed the connections already.
+                    if Task.isCancelled { return }
                     if lastID == nil { lastID = try await Self.lastEntryID(stream, connection) }
                     attempt = 0
                     while !Task.isCancelled {

@@ -167,13 +167,15 @@ final class LifecycleTestGateway: @unchecked Sendable {
     let lifecycleClient: RedisClient
     let group: MultiThreadedEventLoopGroup
     let hub: FanoutHub
+    let services: GatewayServices
     let listener: any Channel
     let port: Int
 
     private init(
         server: RedisServerProcess, admin: RedisClient, lifecycleClient: RedisClient, group: MultiThreadedEventLoopGroup, hub: FanoutHub,
-        listener: any Channel
+        services: GatewayServices, listener: any Channel
     ) {
+        self.services = services
         self.server = server
         self.admin = admin
         self.lifecycleClient = lifecycleClient
@@ -211,7 +213,8 @@ final class LifecycleTestGateway: @unchecked Sendable {
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return LifecycleTestGateway(server: server, admin: admin, lifecycleClient: lifecycleClient, group: group, hub: hub, listener: listener)
+        return LifecycleTestGateway(
+            server: server, admin: admin, lifecycleClient: lifecycleClient, group: group, hub: hub, services: services, listener: listener)
     }
 
     /// Holds every write command (the gateway's `FCALL`s) for `ms`.
@@ -242,8 +245,14 @@ final class LifecycleTestGateway: @unchecked Sendable {
         try await LifecycleFunctions.call(UserPresenceQuery(prefix: "switchboard:", user: user), on: admin).get()
     }
 
+    /// Closes the sessions still open first (as the gateway's drain does), so that nothing is
+    /// left for the event loop's shutdown.
     func stop() async {
         try? await listener.close()
+        for shard in hub.shards { shard.closeAll(reason: "test over", waitForStep: false) }
+        _ = try? await eventually { self.services.stats.connectionsOpen.load() == 0 }
+        // Their last facts are written before the client goes.
+        await (services.lifecycle as? RedisLifecycle)?.flush(timeout: .seconds(5))
         await lifecycleClient.shutdown()
         await admin.shutdown()
         for shard in hub.shards { shard.stop() }

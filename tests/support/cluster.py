@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from support.paths import ARTIFACTS, BINARY, GREETING_BIN, REPO
+from support.paths import ARTIFACTS, BINARY, GREETING_BIN, NIO_LOOP_GONE, REPO
 from support.redis import redis_cli, redis_server_args
 from support.process import free_port, popen_retrying, terminate, wait_until
 from support.rediscluster import RedisCluster
@@ -249,7 +249,10 @@ class Cluster:
 
 
 def stop_cluster(cluster: Cluster):
-    """Stops `cluster`; every gateway must exit 0 on SIGTERM."""
+    """Stops `cluster`; every gateway must exit 0 on SIGTERM, and none may have touched an event
+    loop after it stopped (NIO prints it now, and will crash on it)."""
     codes = cluster.stop()
     bad = {k: v for k, v in codes.items() if k.startswith("gw") and v != 0}
     assert not bad, f"gateways did not exit 0 on SIGTERM: {bad}"
+    late = [log.name for log in ARTIFACTS.glob(f"{cluster.name}-gw*.log") if NIO_LOOP_GONE in log.read_text(errors="replace")]
+    assert not late, f"a gateway scheduled work on a stopped event loop: {late}"

@@ -14,3 +14,7 @@ ARTIFACTS = REPO / "test-artifacts"
 BINARY = os.environ.get("SWITCHBOARD_BIN", str(REPO / ".build" / "debug" / "switchboard"))
 GREETING_BIN = os.environ.get("GREETING_SERVICE_BIN", str(Path(BINARY).parent / "greeting-service"))
 BENCH_BIN = os.environ.get("SWITCHBOARD_BENCH_BIN", str(Path(BINARY).parent / "switchboard-bench"))
+
+# What NIO prints when work is scheduled on an event loop that has shut down (a crash in later
+# NIO versions): a gateway's log must never contain it.
+NIO_LOOP_GONE = "Cannot schedule tasks on an EventLoop that has already shut down"
