@@ -119,13 +119,19 @@ extension RedisEngine {
         let wait = unreachableWait
         return read().flatMapError { error in
             let loop = self.promiseLoop
-            guard Self.isUnreachable(error), wait > .zero else { return loop.makeFailedFuture(error) }
+            guard Self.isUnreachable(error), wait > .zero, !self.stopping.load(ordering: .sequentiallyConsistent) else {
+                return loop.makeFailedFuture(error)
+            }
             let now = NIODeadline.now()
             guard now < deadline else {
                 return loop.makeFailedFuture(RouteError(.redisUnavailable, "redis unreachable for \(wait.nanoseconds / 1_000_000) ms (\(error))"))
             }
             // The last try is at the deadline.
-            return loop.flatScheduleTask(deadline: min(now + .milliseconds(100), deadline)) { self.readRetrying(until: deadline, read) }.futureResult
+            self.retriesPending.add(1, ordering: .sequentiallyConsistent)
+            return loop.flatScheduleTask(deadline: min(now + .milliseconds(100), deadline)) {
+                self.retriesPending.subtract(1, ordering: .sequentiallyConsistent)
+                return self.readRetrying(until: deadline, read)
+            }.futureResult
         }
     }
 

@@ -84,6 +84,10 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     /// How long a `SUBSCRIBE` to a destination that keeps history waits for Redis to be reachable
     /// (its position and replay are read there) before it fails; zero: it fails at once.
     let unreachableWait: TimeAmount
+    /// Set by ``shutdown()``: nothing waits for Redis any more.
+    let stopping = Atomic<Bool>(false)
+    /// Reads scheduled to be tried again (``readRetrying(until:_:)``), waited for at shutdown.
+    let retriesPending = Atomic<Int>(0)
     /// Messages given up for good in a history hole (trimmed or expired before repair).
     package let historySkipped = Atomic<Int>(0)
     /// History reads that repaired a hole (or checked after a reconnect).
@@ -138,10 +142,23 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         try await canary?.start()
     }
 
+    /// Stops the canary and the checks, ends every wait for Redis (the subscriptions waiting
+    /// are failed while the event loops still run), and closes the connections.
     package func shutdown() async {
+        stopping.store(true, ordering: .sequentiallyConsistent)
         canary?.stop()
         stopClusterHealthChecks()
+        let interests = state.withLockedValue { Array($0.exact.values) + $0.globs.values.map(\.interest) }
+        for interest in interests {
+            interest.cancelled.store(true, ordering: .sequentiallyConsistent)
+            failWaiters(interest, RouteError(.abandoned, "the gateway is shutting down"))
+        }
         await redis.shutdown()
+        // A retry already scheduled runs once more (and fails: the client is shut down).
+        let deadline = NIODeadline.now() + .seconds(1)
+        while retriesPending.load(ordering: .sequentiallyConsistent) > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
     }
 
     /// The ERROR message of a wildcard `SUBSCRIBE` on Redis Cluster.

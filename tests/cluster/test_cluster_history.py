@@ -145,6 +145,25 @@ def publish(cluster, topic, message, gateway=0):
     requests.post(f"{cluster.gw_url(gateway)}/api/notification", json={"topic": topic, "message": message}).raise_for_status()
 
 
+def subscribing_while_redis_is_down(cluster, clients, topic, published=1, resume_after=0):
+    """A subscriber of `topic` gets `published` messages; Redis is killed; then one client
+    SUBSCRIBEs resuming after message `resume_after` and another to `<topic>-new`. Returns the
+    subscriber, its frames, the resuming client, the newcomer and when their frames were sent."""
+    sub = clients(cluster.client(cluster.gw_ws(0)))
+    sub.subscribe(topic, id="1", receipt="r")
+    for i in range(published):
+        publish(cluster, topic, str(i))
+    frames = [sub.expect_message() for _ in range(published)]
+    assert [f.text for f in frames] == [str(i) for i in range(published)]
+    cluster.kill_redis()
+    resuming = clients(cluster.client(cluster.gw_ws(0)))
+    newcomer = clients(cluster.client(cluster.gw_ws(0)))
+    sent = time.monotonic()
+    resuming.send_frame("SUBSCRIBE", {"destination": topic, "id": "1", "receipt": "r", "x-resume-from": frames[resume_after]["x-position"]})
+    newcomer.send_frame("SUBSCRIBE", {"destination": f"{topic}-new", "id": "1", "receipt": "r"})
+    return sub, frames, resuming, newcomer, sent
+
+
 def test_subscribe_while_redis_restarts_waits_for_it(cluster_factory, clients):
     """A phone reconnecting during a Redis restart (AOF on): its SUBSCRIBE waits for Redis
     (`redis.unreachable-wait-ms`) instead of failing, then resumes with no gap; a SUBSCRIBE to a
@@ -153,18 +172,7 @@ def test_subscribe_while_redis_restarts_waits_for_it(cluster_factory, clients):
     cluster = cluster_factory(replicas=0, gateways=1, redis_args=["--appendonly", "yes", "--appendfsync", "always"],
                               gateway_args=("--set", "redis.unreachable-wait-ms=30000"))
     topic, fresh = "/topic/h-outage", "/topic/h-outage-new"
-    sub = clients(cluster.client(cluster.gw_ws(0)))
-    sub.subscribe(topic, id="1", receipt="r")
-    for i in range(3):
-        publish(cluster, topic, str(i))
-    frames = [sub.expect_message() for _ in range(3)]
-    assert [f.text for f in frames] == ["0", "1", "2"]
-
-    cluster.kill_redis()
-    resuming = clients(cluster.client(cluster.gw_ws(0)))
-    resuming.send_frame("SUBSCRIBE", {"destination": topic, "id": "1", "receipt": "r", "x-resume-from": frames[0]["x-position"]})
-    newcomer = clients(cluster.client(cluster.gw_ws(0)))
-    newcomer.send_frame("SUBSCRIBE", {"destination": fresh, "id": "1", "receipt": "r"})
+    sub, _, resuming, newcomer, _ = subscribing_while_redis_is_down(cluster, clients, topic, published=3, resume_after=0)
     # Both wait (no ERROR) while Redis is away...
     resuming.expect_nothing(0.5)
     newcomer.expect_nothing(0.1)
@@ -188,16 +196,7 @@ def test_subscribe_while_redis_stays_down_fails_after_the_wait(cluster_factory, 
     ERROR that says so: a resume (its replay is read there) and a destination new to the instance."""
     cluster = cluster_factory(replicas=0, gateways=1, gateway_args=("--set", f"redis.unreachable-wait-ms={wait_ms}"))
     topic = "/topic/h-down"
-    sub = clients(cluster.client(cluster.gw_ws(0)))
-    sub.subscribe(topic, id="1", receipt="r")
-    publish(cluster, topic, "0")
-    position = sub.expect_message()["x-position"]
-    cluster.kill_redis()
-    resuming = clients(cluster.client(cluster.gw_ws(0)))
-    newcomer = clients(cluster.client(cluster.gw_ws(0)))
-    sent = time.monotonic()
-    resuming.send_frame("SUBSCRIBE", {"destination": topic, "id": "1", "receipt": "r", "x-resume-from": position})
-    newcomer.send_frame("SUBSCRIBE", {"destination": "/topic/h-down-new", "id": "1", "receipt": "r"})
+    sub, _, resuming, newcomer, sent = subscribing_while_redis_is_down(cluster, clients, topic)
     for c in (resuming, newcomer):
         error = c.expect_error(timeout=10)
         # The gateway waited (its clock starts after the frame was sent).
@@ -213,3 +212,16 @@ def test_subscribe_while_redis_stays_down_fails_after_the_wait(cluster_factory, 
     cluster.wait_ready(0)
     publish(cluster, topic, "1")
     assert sub.expect_message(10).text == "1"
+
+
+def test_sigterm_while_subscribes_wait_for_redis(cluster_factory, clients):
+    """SIGTERM while SUBSCRIBEs wait for an unreachable Redis: past the grace the drain closes
+    their sessions with the ERROR (no receipt), the waits end, and the gateway exits 0 without
+    touching a stopped event loop (checked on its log when the cluster stops)."""
+    cluster = cluster_factory(replicas=0, gateways=1, gateway_args=(
+        "--set", "redis.unreachable-wait-ms=60000", "--set", "server.shutdown-grace-ms=500", "--set", "server.drain-delay-ms=0"))
+    _, _, resuming, newcomer, _ = subscribing_while_redis_is_down(cluster, clients, "/topic/h-term")
+    resuming.expect_nothing(0.3)
+    assert cluster.stop_one("gw0") == 0
+    for c in (resuming, newcomer):
+        c.expect_error("server shutting down, reconnect")
