@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from support.paths import ARTIFACTS, BINARY
+from support.paths import ARTIFACTS, BINARY, NIO_LOOP_GONE
 from support.process import free_port, popen_retrying, terminate
 from support.stompclient import StompClient
 
@@ -123,4 +123,6 @@ class Gateway:
         self.log.close()
         if code == "killed":
             raise AssertionError(f"switchboard did not exit within {timeout}s of SIGTERM; see {self.log_path}")
+        if NIO_LOOP_GONE in self.log_path.read_text(errors="replace"):
+            raise AssertionError(f"switchboard scheduled work on a stopped event loop; see {self.log_path}")
         return code
