@@ -12,7 +12,7 @@ import requests
 
 from support.history import Publisher, drain, finish_and_count, resume_then_finish
 from support.process import wait_until
-from support.redis import redis_cli
+from support.redis import pause_until_replicated, redis_cli
 
 
 def publish(cluster, message):
@@ -55,9 +55,11 @@ def test_gateway_follows_sentinel_failover(cluster_factory, clients):
 # or the subscriber must be told (`x-recovered: false`, a jump in `x-position`, a new epoch).
 #
 # What Redis replication gives: the replica gets the primary's writes asynchronously, and the
-# API's 200 means "recorded on the primary" (the gateway does not `WAIT` for the replica). On one
-# host the replica has read every write the primary answered before it died, so after a
-# `kill -9` the promoted replica holds the whole history. A write the replica never received
+# API's 200 means "recorded on the primary" (the gateway does not `WAIT` for the replica). A
+# write acknowledged just before the kill may not have reached the replica yet (on a loaded
+# machine it happened), so the kill test first holds the primary's writes until the replica has
+# all it acknowledged (`pause_until_replicated`); then the promoted replica holds the whole
+# history. A write the replica never received
 # (its link was down when the primary died) is gone: test_unreplicated_writes_... shows what
 # the gateways make of that.
 
@@ -98,6 +100,8 @@ def test_kill9_primary_sentinel_failover_resuming_clients_lose_nothing(cluster_f
     cluster, subs, pub = start_run(cluster_factory, clients, topic)
     received = {k: [] for k in range(SUBSCRIBERS)}
     frames = {k: [] for k in range(SUBSCRIBERS)}
+    # Every write the primary acknowledged is on its replica when it dies (see above).
+    pause_until_replicated(lambda *args: redis_cli(cluster.redis_port, *args))
     mark = pub.answered[-1]
     cluster.kill_redis()
     # The resumers (one per gateway) read what was accepted before the kill, then their sockets close.

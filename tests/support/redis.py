@@ -2,6 +2,7 @@
 only) and ``redis_cli``."""
 from __future__ import annotations
 
+import re
 import subprocess
 
 
@@ -13,6 +14,24 @@ def redis_server_args(port: int, directory) -> list[str]:
 def redis_cli(port: int, *args, timeout=5) -> str:
     out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=timeout)
     return out.stdout.strip()
+
+
+def pause_until_replicated(cli, timeout: float = 30.0):
+    """Holds the clients' writes on a primary (``CLIENT PAUSE … WRITE``, for `timeout` at most)
+    and waits until every replica has acknowledged all it wrote (the offsets in ``INFO
+    replication``; replicas acknowledge once a second). `cli(*args)` runs redis-cli against the
+    primary. Replication is asynchronous: a write acknowledged but not yet replicated is lost
+    in a failover (a Redis property), so a test that kills the primary calls this first to see
+    what the gateways do, not that window; the held writes stay unanswered."""
+    from support.process import wait_until
+    cli("CLIENT", "PAUSE", str(int(timeout * 1000)), "WRITE")
+
+    def caught_up():
+        info = cli("INFO", "replication")
+        written = re.search(r"master_repl_offset:(\d+)", info)
+        acknowledged = [int(o) for o in re.findall(r"slave\d+:.*?offset=(\d+)", info)]
+        return bool(written and acknowledged) and min(acknowledged) >= int(written.group(1))
+    wait_until(caught_up, timeout, 0.05, what="the replicas caught up with the primary")
 
 
 class TLSFiles:

@@ -8,7 +8,7 @@ Options: ``tls`` (a ``support.redis.TLSFiles``): every node TLS only (``port 0``
 node, the default user off, replication as that user. ``cli`` speaks the node's way (TLS, user).
 
 Helpers: ``wait_healthy`` (``cluster_state:ok`` on every running node, one slot map),
-``fail_primary`` (``kill -9`` and wait for the replica's promotion), ``restart``,
+``fail_primary`` (writes held until the replicas have them, ``kill -9``, and wait for the replica's promotion), ``restart``,
 ``reshard`` (``redis-cli --cluster reshard``: the `count` lowest slots of a primary),
 ``node_for_key``, ``keyslot`` (CRC16 like Redis: ``{hash tags}`` included)."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from support.paths import ARTIFACTS
 from support.process import free_port, popen_retrying, terminate, wait_until
-from support.redis import TLSFiles
+from support.redis import TLSFiles, pause_until_replicated
 
 SLOTS = 16384
 
@@ -243,10 +243,17 @@ class RedisCluster:
 
     def fail_primary(self, primary: Node, timeout: float = 30.0, while_down=None) -> Node:
         """kill -9 of `primary`; calls `while_down()` (if given) at once, then waits for one of
-        its replicas to be promoted (owning its slots, cluster healthy again) and returns it."""
+        its replicas to be promoted (owning its slots, cluster healthy again) and returns it.
+
+        Replication is asynchronous: a write the primary acknowledged but its replicas had not
+        received yet is lost in the failover (a Redis property, docs/scaling.md). So that a test
+        sees what the gateways do, not that window, the primary's writes are paused first
+        (``CLIENT PAUSE … WRITE``: clients' writes wait, unanswered) until its replicas have
+        every write it acknowledged; the kill comes then, with the held writes unanswered."""
         replicas = self.replicas_of(primary)
         assert replicas, f"redis{primary.index} has no replica"
         slots = self.slots_of(primary)
+        pause_until_replicated(lambda *args: self.cli(primary, *args, check=True), timeout)
         self.kill(primary)
         if while_down:
             while_down()
