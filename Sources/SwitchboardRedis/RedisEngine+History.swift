@@ -113,6 +113,12 @@ extension RedisEngine {
         return false
     }
 
+    /// The failure of a client step that waited `wait` for an unreachable Redis: "redis
+    /// unreachable for N ms" and what still failed.
+    static func unreachable(for wait: TimeAmount, _ detail: String) -> RouteError {
+        RouteError(.redisUnavailable, "redis unreachable for \(wait.nanoseconds / 1_000_000) ms\(detail)")
+    }
+
     /// `read` (idempotent), again every 100 ms while Redis is unreachable, the last time at
     /// `deadline`; then the last failure, saying how long it waited.
     func readRetrying<T: Sendable>(until deadline: NIODeadline, _ read: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
@@ -124,7 +130,7 @@ extension RedisEngine {
             }
             let now = NIODeadline.now()
             guard now < deadline else {
-                return loop.makeFailedFuture(RouteError(.redisUnavailable, "redis unreachable for \(wait.nanoseconds / 1_000_000) ms (\(error))"))
+                return loop.makeFailedFuture(Self.unreachable(for: wait, " (\(error))"))
             }
             // The last try is at the deadline.
             self.retriesPending.add(1, ordering: .sequentiallyConsistent)
@@ -148,10 +154,7 @@ extension RedisEngine {
                 return .some(s.lastFailure)
             }
             guard let failure else { return }
-            waiter.fail(
-                RouteError(
-                    .redisUnavailable,
-                    "redis unreachable for \(wait.nanoseconds / 1_000_000) ms: where \(destination) stands could not be read (\(failure ?? "no answer yet"))"))
+            waiter.fail(Self.unreachable(for: wait, ": where \(destination) stands could not be read (\(failure ?? "no answer yet"))"))
         }
         waiter.futureResult.whenComplete { _ in timeout.cancel() }
     }

@@ -416,18 +416,20 @@ struct DrainService: Service {
         // 3. Every session gets an ERROR (after its step in flight, whose receipt goes out).
         logger.notice("shutting down: closing sessions", metadata: ["sessions": "\(services.stats.connectionsOpen.load())"])
         for shard in services.hub.shards { shard.closeAll(reason: "server shutting down, reconnect") }
-        let deadline = NIODeadline.now() + grace
-        while services.stats.connectionsOpen.load() > 0 && NIODeadline.now() < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
+        await sessionsClosed(within: grace)
         // 4. Sessions still waiting for a step (a slow webhook, a SUBSCRIBE waiting for Redis)
         //    are closed now; their clients get the ERROR without the step's receipt.
         let busy = services.stats.connectionsOpen.load()
         guard busy > 0 else { return }
         logger.warning("shutting down: sessions still busy after the grace; closing them", metadata: ["sessions": "\(busy)"])
         for shard in services.hub.shards { shard.closeAll(reason: "server shutting down, reconnect", waitForStep: false) }
-        let closing = NIODeadline.now() + .seconds(1)
-        while services.stats.connectionsOpen.load() > 0 && NIODeadline.now() < closing {
+        await sessionsClosed(within: .seconds(1))
+    }
+
+    /// Returns once no session is open, or after `time`.
+    private func sessionsClosed(within time: TimeAmount) async {
+        let deadline = NIODeadline.now() + time
+        while services.stats.connectionsOpen.load() > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 
+from support.process import wait_until
+
 
 def redis_server_args(port: int, directory) -> list[str]:
     return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
@@ -23,7 +25,6 @@ def pause_until_replicated(cli, timeout: float = 30.0):
     primary. Replication is asynchronous: a write acknowledged but not yet replicated is lost
     in a failover (a Redis property), so a test that kills the primary calls this first to see
     what the gateways do, not that window; the held writes stay unanswered."""
-    from support.process import wait_until
     cli("CLIENT", "PAUSE", str(int(timeout * 1000)), "WRITE")
 
     def caught_up():

@@ -4,7 +4,6 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Redis
 import SwitchboardCore
-import SwitchboardRoutes
 import SwitchboardWire
 import Synchronization
 
@@ -228,7 +227,7 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
         let reason: LifecycleWriteError =
             now == nil
             ? .writeFailed(error)
-            : .writeFailed(RouteError(.redisUnavailable, "redis unreachable for \(unreachableWait.nanoseconds / 1_000_000) ms (\(error))"))
+            : .writeFailed(RedisEngine.unreachable(for: unreachableWait, " (\(error))"))
         while let first = waiting.first, now.map({ first.deadline <= $0 }) ?? true {
             waiting.removeFirst()
             first.stored(reason)
