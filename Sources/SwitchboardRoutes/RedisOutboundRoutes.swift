@@ -19,6 +19,8 @@ package struct RedisStreamRoute: AppRoute {
     package let stream: String
     package let maxLength: Int
     let redis: GatewayRedis
+    /// With `redis.wait-replicas`: where and how the XADDs wait for replicas.
+    let replication: ReplicaAcknowledgement?
     /// The consumer groups this route keeps, `nil` when none is configured.
     package let groups: RedisStreamGroups?
     /// XADDs go out in order on the client's one command connection (on a cluster, on the
@@ -28,10 +30,15 @@ package struct RedisStreamRoute: AppRoute {
     /// - Parameters:
     ///   - groups: consumer groups to create (at `0`) and re-create when Redis lost them.
     ///   - eventLoop: where group verifications complete.
-    package init(stream: String, maxLength: Int, redis: GatewayRedis, groups: [String] = [], eventLoop: any EventLoop) {
+    ///   - replication: XADDs count as stored only once replicas acknowledged them.
+    package init(
+        stream: String, maxLength: Int, redis: GatewayRedis, groups: [String] = [], replication: ReplicaAcknowledgement? = nil,
+        eventLoop: any EventLoop
+    ) {
         self.stream = stream
         self.maxLength = maxLength
         self.redis = redis
+        self.replication = replication
         self.groups = groups.isEmpty ? nil : RedisStreamGroups(stream: stream, groups: groups, redis: redis, eventLoop: eventLoop)
     }
 
@@ -65,7 +72,15 @@ package struct RedisStreamRoute: AppRoute {
         let start = NIODeadline.now()
         let xadd = XADD(key: stream, maxLength: maxLength, approximateTrim: true, fields: Self.fields(for: message))
         let redis = self.redis
-        let sent = groups.map { $0.whenVerified(on: eventLoop) { redis.send(xadd) } } ?? redis.send(xadd)
+        let replication = self.replication
+        let send: @Sendable () -> EventLoopFuture<String>
+        if let replication {
+            let write = ReplicatedWrite(xadd, replicas: replication.replicas, timeout: replication.timeout)
+            send = { replication.redis.send(write) }
+        } else {
+            send = { redis.send(xadd) }
+        }
+        let sent = groups.map { $0.whenVerified(on: eventLoop, send) } ?? send()
         return
             sent
             .hop(to: eventLoop)
@@ -75,8 +90,37 @@ package struct RedisStreamRoute: AppRoute {
             }
             .flatMapErrorThrowing { error in
                 Self.failures.add(1, ordering: .relaxed)
+                if let replication, let error = error as? RedisClientError, error == .notReplicated {
+                    ReplicaAcknowledgement.failures.add(1, ordering: .relaxed)
+                    throw RouteError(.redisCommandFailed, replication.failureMessage(stream: stream, error))
+                }
                 throw RouteError(.redisCommandFailed, "XADD to redis stream \(stream) failed: \(error)")
             }
+    }
+}
+
+/// `redis.wait-replicas`: a stream route's XADD counts as stored only once `replicas` replicas
+/// acknowledged it within `timeout` (`XADD`, then `WAIT` on the same connection). `redis` is a
+/// client of its own: a `WAIT` holds its connection until the replicas answer, and the
+/// gateway's other commands must not queue behind it.
+package struct ReplicaAcknowledgement: Sendable {
+    package let redis: GatewayRedis
+    package let replicas: Int
+    package let timeout: TimeAmount
+
+    package init(redis: GatewayRedis, replicas: Int, timeout: TimeAmount) {
+        self.redis = redis
+        self.replicas = replicas
+        self.timeout = timeout
+    }
+
+    /// XADDs stored on the primary that too few replicas acknowledged in time.
+    package static let failures = Atomic<Int>(0)
+
+    func failureMessage(stream: String, _ error: RedisClientError) -> String {
+        "XADD to redis stream \(stream) not acknowledged by \(replicas) replica\(replicas == 1 ? "" : "s") within "
+            + "\(timeout.nanoseconds / 1_000_000) ms (redis.wait-replicas; \(error.detail ?? "too few acknowledged")): "
+            + "the primary has the entry but a failover may lose it; send again to be sure (it may then be processed twice)"
     }
 }
 

@@ -40,6 +40,8 @@ package struct SwitchboardGateway: Sendable {
         /// With `events.enabled`: the sessions' facts, and this instance's lease.
         let lifecycle: RedisLifecycle?
         let lease: InstanceLease?
+        /// With `redis.wait-replicas`: the client of the stream routes' replicated writes.
+        let replicatedWrites: GatewayRedis?
     }
 
     /// Where `/metrics` reads from; bootstrap `MetricsSystem` with a `PrometheusMetricsFactory`
@@ -100,6 +102,7 @@ package struct SwitchboardGateway: Sendable {
         let history = configuration.history.store.map { DestinationHistory(settings: $0) }
         var engine: any BrokerEngine = InMemoryEngine(hub: hub, history: history)
         var gatewayRedis: GatewayRedis?
+        var replication: ReplicaAcknowledgement?
         var redisEngine: RedisEngine?
         var lifecycle: RedisLifecycle?
         var lease: InstanceLease?
@@ -123,6 +126,21 @@ package struct SwitchboardGateway: Sendable {
                 }
                 redis = .single(
                     RedisClient(configuration: redisConfiguration, eventLoopGroup: group, additionalCommandLoops: apiLoops, logger: redisLogger))
+            }
+            if settings.waitReplicas > 0, configuration.routes.contains(where: { $0.target.typeName == "redis-stream" }) {
+                // A WAIT holds its connection: the replicated writes get connections of their own.
+                var own = redisConfiguration
+                own.clientName = "switchboard-\(instanceID)-replicated"
+                own.commandTimeout = redisConfiguration.commandTimeout + .milliseconds(Int64(settings.waitReplicasTimeoutMs))
+                let writes: GatewayRedis =
+                    own.cluster != nil
+                    ? .cluster(try await Self.connectCluster(configuration: own, group: group, logger: redisLogger))
+                    : .single(
+                        RedisClient(
+                            configuration: own, eventLoopGroup: group, additionalCommandLoops: apiLoops, logger: redisLogger,
+                            enableSubscriptions: false))
+                replication = ReplicaAcknowledgement(
+                    redis: writes, replicas: settings.waitReplicas, timeout: .milliseconds(Int64(settings.waitReplicasTimeoutMs)))
             }
             let re = RedisEngine(
                 redis: redis, hub: hub, naming: RedisChannelNaming(prefix: settings.channelPrefix), instanceID: instanceID,
@@ -182,7 +200,8 @@ package struct SwitchboardGateway: Sendable {
                 webhookClient = client
                 routes.add(pattern, try WebhookRoute(url: url, timeout: .milliseconds(Int64(timeoutMs)), client: client))
             case (.redisStream(let stream, let maxLength, let groups), let redis?):
-                let r = RedisStreamRoute(stream: stream, maxLength: maxLength, redis: redis, groups: groups, eventLoop: loops[0])
+                let r = RedisStreamRoute(
+                    stream: stream, maxLength: maxLength, redis: redis, groups: groups, replication: replication, eventLoop: loops[0])
                 streamRoutes.append(r)
                 routes.add(pattern, r)
             case (.redisPubSub(let channel), let redis?):
@@ -194,7 +213,7 @@ package struct SwitchboardGateway: Sendable {
         if let gatewayRedis, let redisEngine, let settings = configuration.redis {
             self.redis = RedisParts(
                 redis: gatewayRedis, engine: redisEngine, streamRoutes: streamRoutes, inbound: settings.inbound.map(\.route),
-                lifecycle: lifecycle, lease: lease)
+                lifecycle: lifecycle, lease: lease, replicatedWrites: replication?.redis)
         } else {
             self.redis = nil
         }
@@ -443,6 +462,7 @@ struct RedisService: Service {
 
     func run() async throws {
         try await parts.engine.start()
+        parts.replicatedWrites?.start()
         await parts.lifecycle?.start()
         let leaseTask = parts.lease.map { lease in Task { await lease.run() } }
         // Consumer groups are created as soon as Redis answers (it may not be up yet), and
@@ -468,6 +488,7 @@ struct RedisService: Service {
         await parts.lifecycle?.flush(timeout: .seconds(3))
         await parts.lease?.leave()
         await parts.engine.shutdown()
+        await parts.replicatedWrites?.shutdown()
     }
 }
 

@@ -238,11 +238,14 @@ struct ClusterIntegrationTests {
         defer { Task { await client.shutdown() } }
         let channel = "{fail}:ch"
         let slot = HashSlot(key: channel)
-        #expect(try await client.execute(SET("{fail}:k", value: "v")) != nil)
+        // A replicated write (SET, then WAIT on the slot's primary): it is on the replica when it
+        // succeeds, so it survives the failover.
+        #expect(try await client.execute(ReplicatedWrite(SET("{fail}:k", value: "v"), replicas: 1, timeout: .seconds(2))) != nil)
         let subscription = try await client.subscribe(to: [channel], kind: .shardChannel)
         let victim = try #require(try await cluster.owner(of: slot))
-        // The write reached the replica before the kill (WAIT), so it survives the failover.
-        _ = try await cluster.command(victim, RawCommand("WAIT", "1", "2000"))
+        await #expect(throws: RedisClientError.notReplicated) {
+            try await client.execute(ReplicatedWrite(SET("{fail}:other", value: "v"), replicas: 2, timeout: .milliseconds(50)))
+        }
         victim.kill()
 
         let recovered = try await eventually(timeout: .seconds(30)) {

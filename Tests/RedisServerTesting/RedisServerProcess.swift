@@ -183,6 +183,19 @@ package final class RedisServerProcess: @unchecked Sendable {
         self.process = nil
     }
 
+    /// Stops the process (SIGSTOP) without closing its sockets: it neither answers nor
+    /// acknowledges replication until ``resume()``.
+    package func pause() {
+        guard let process = self.process else { return }
+        Foundation.kill(process.processIdentifier, SIGSTOP)
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    package func resume() {
+        guard let process = self.process else { return }
+        Foundation.kill(process.processIdentifier, SIGCONT)
+    }
+
     /// Kills the server and removes its directory.
     package func stop() {
         self.kill()

@@ -91,6 +91,8 @@ import Testing
         (["redis.url=redis://user:hunter2@host:99999"], "redis.url 'redis://***@host:99999' is not a valid redis:// URL"),
         (["redis.url=redis://x", "redis.command-timeout-ms=0"], "redis.command-timeout-ms must be ≥ 1, got 0"),
         (["redis.url=redis://x", "redis.unreachable-wait-ms=-1"], "redis.unreachable-wait-ms must be ≥ 0, got -1"),
+        (["redis.url=redis://x", "redis.wait-replicas=-1"], "redis.wait-replicas must be ≥ 0, got -1"),
+        (["redis.url=redis://x", "redis.wait-replicas-timeout-ms=0"], "redis.wait-replicas-timeout-ms must be ≥ 1, got 0"),
         (["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=ftp://x/y"], "routes.g.url: webhook url 'ftp://x/y' must be an absolute http:// or https:// URL"),
         (["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=http://x/", "routes.g.timeout-ms=-1"], "routes.g.timeout-ms must be ≥ 1, got -1"),
     ])

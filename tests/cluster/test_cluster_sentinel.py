@@ -3,16 +3,19 @@
 is known and 200 again after, the HTTP publish API works again and a STOMP subscriber receives
 what is published after the failover. Then fault tests that count loss, duplicates and reorders
 per subscriber across a failover: kill -9 of the primary, SENTINEL FAILOVER, and a primary that
-dies with writes its replica never got."""
+dies with writes its replica never got. Last, `redis.wait-replicas`: a stream route's RECEIPT
+only once the replica has the entry, across a kill -9 failover."""
 import os
 import signal
 
 import pytest
 import requests
 
+from support.gateway import metric
 from support.history import Publisher, drain, finish_and_count, resume_then_finish
 from support.process import wait_until
 from support.redis import pause_until_replicated, redis_cli
+from support.stompclient import StompClient
 
 
 def publish(cluster, message):
@@ -55,7 +58,8 @@ def test_gateway_follows_sentinel_failover(cluster_factory, clients):
 # or the subscriber must be told (`x-recovered: false`, a jump in `x-position`, a new epoch).
 #
 # What Redis replication gives: the replica gets the primary's writes asynchronously, and the
-# API's 200 means "recorded on the primary" (the gateway does not `WAIT` for the replica). A
+# API's 200 means "recorded on the primary" (publishes do not `WAIT` for the replica; only
+# stream routes can, with redis.wait-replicas, the last test). A
 # write acknowledged just before the kill may not have reached the replica yet (on a loaded
 # machine it happened), so the kill test first holds the primary's writes until the replica has
 # all it acknowledged (`pause_until_replicated`); then the promoted replica holds the whole
@@ -178,3 +182,87 @@ def test_unreplicated_writes_lost_in_failover_are_signalled(cluster_factory, cli
         assert dups == 0 and reorders == 0, f"subscriber {k}: {dups} dups, {reorders} reorders"
         assert not lost or signalled, \
             f"subscriber {k}: accepted numbers {lost[:10]} (the replica missed the numbers up to {mark} and more) never arrived and nothing said so"
+
+
+# -- redis.wait-replicas: a RECEIPT means the replica has the entry too --------------------------
+
+ORDERS_CONFIG = """routes:
+  names: [orders]
+  orders:
+    destination: /app/orders
+    type: redis-stream
+    stream: orders
+"""
+
+
+def send_receipted(cluster, msg_id: str, client=None):
+    """A receipted SEND of `msg_id` to /app/orders on gw0 (on `client`, or a new connection);
+    the frame that answers it (RECEIPT or ERROR)."""
+    c = client
+    if c is None:
+        c = StompClient(cluster.gw_ws(0), timeout=5)
+        c.connect()
+    c.send_frame("SEND", {"destination": "/app/orders", "x-msg-id": msg_id, "receipt": msg_id}, msg_id)
+    frame = c.receive(10)
+    if client is None:
+        c.close()
+    return frame
+
+
+def stream_ids(port: int) -> list[str]:
+    """The x-msg-id of every entry of the `orders` stream on the server at `port`, in order."""
+    out = redis_cli(port, "XRANGE", "orders", "-", "+").splitlines()
+    return [out[i + 1] for i, line in enumerate(out) if line == "x-msg-id"]
+
+
+def test_receipts_wait_for_the_replica_across_a_kill9_failover(cluster_factory):
+    """`redis.wait-replicas=1`: the stream route's RECEIPT comes only once the replica has the
+    entry. Receipted SENDs go in, and each is on the replica when its RECEIPT arrives. Then the
+    replica's link is cut (stopped, its connection killed): SENDs get an ERROR saying no replica
+    acknowledged them, never a RECEIPT. kill -9 of the primary, the sentinels promote the
+    replica: every receipted entry is in the new primary's stream; the refused ones are not
+    (they were at risk, and the ERROR said so). The new primary has no replica: a SEND gets an
+    ERROR again (the route fails closed). Without the wait, the SENDs during the cut get
+    RECEIPTs and are lost in the failover."""
+    cluster = cluster_factory(replicas=0, gateways=1, sentinels=2, config_yaml=ORDERS_CONFIG,
+                              gateway_args=("--set", "redis.wait-replicas=1", "--set", "redis.wait-replicas-timeout-ms=300"))
+    client = StompClient(cluster.gw_ws(0), timeout=5)
+    client.connect()
+    receipted = []
+    for n in range(20):
+        frame = send_receipted(cluster, f"r{n}", client)
+        assert frame.command == "RECEIPT", f"r{n}: {frame.command} {frame.get('message')}"
+        receipted.append(f"r{n}")
+        assert stream_ids(cluster.redis_replica_port)[-1] == f"r{n}", f"r{n} was receipted before the replica had it"
+    client.close()
+
+    replica = cluster.procs["redis-replica"]
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        assert int(cluster.redis_cli("CLIENT", "KILL", "TYPE", "replica")) == 1
+        refused = []
+        for n in range(3):
+            frame = send_receipted(cluster, f"x{n}")
+            assert frame.command == "ERROR", f"x{n} got a {frame.command} while no replica could acknowledge it"
+            assert "not acknowledged by 1 replica within 300 ms" in frame.get("message", ""), frame.get("message")
+            refused.append(f"x{n}")
+        # The refused entries are on the primary alone.
+        assert stream_ids(cluster.redis_port)[-3:] == refused
+        assert metric(requests.get(f"{cluster.gw_url(0)}/metrics", timeout=3).text, "switchboard_redis_xadd_not_replicated_total") >= 3
+        cluster.kill_redis()
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    wait_until(lambda: redis_cli(cluster.redis_replica_port, "ROLE").startswith("master"), 20, what="replica promoted")
+    cluster.wait_ready(0)
+    on_new_primary = stream_ids(cluster.redis_replica_port)
+    assert on_new_primary == receipted, f"receipted but lost in the failover: {sorted(set(receipted) - set(on_new_primary))}"
+    # No replica behind the new primary: the route refuses to give a RECEIPT it cannot stand by.
+    answers = []
+
+    def refused_for_want_of_a_replica():
+        frame = send_receipted(cluster, "after")
+        answers.append((frame.command, frame.get("message")))
+        assert frame.command != "RECEIPT", "a RECEIPT with no replica to acknowledge the entry"
+        return "not acknowledged by 1 replica" in (frame.get("message") or "")
+    wait_until(refused_for_want_of_a_replica, 20, what="the ERROR for want of a replica after the failover")
+    assert all(command == "ERROR" for command, _ in answers), answers

@@ -19,11 +19,16 @@ public protocol RedisCommand: Sendable {
     /// command goes to the primary that owns their slot (they must all share one); a command without
     /// keys (the default) goes to any primary.
     var keysAffected: [String] { get }
+
+    /// For a write followed by `WAIT` (``ReplicatedWrite``): the replicas that must acknowledge
+    /// it; its two replies then complete the command together. `nil` (the default) otherwise.
+    var awaitedReplicas: Int? { get }
 }
 
 extension RedisCommand {
     public var blockingTimeout: TimeAmount? { nil }
     public var keysAffected: [String] { [] }
+    public var awaitedReplicas: Int? { nil }
 }
 
 /// A command given as raw arguments, decoded as a ``RESPToken``. Useful for commands without a typed struct.

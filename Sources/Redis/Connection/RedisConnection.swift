@@ -115,6 +115,7 @@ public final class RedisConnection: Sendable {
         return self.write(
             RedisOutboundCommand(
                 bytes: encoder.buffer,
+                kind: command.awaitedReplicas.map { .replicated(minimumReplicas: $0, reply: nil) } ?? .command,
                 promise: self.channel.eventLoop.makePromise(),
                 blockingTimeout: command.blockingTimeout
             ))

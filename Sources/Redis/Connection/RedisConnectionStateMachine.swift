@@ -22,6 +22,9 @@ package struct RedisConnectionStateMachine<Promise> {
         case command
         /// A (P|S)(UN)SUBSCRIBE awaiting `remaining` confirmations of kind `confirmation` (e.g. `subscribe`).
         case subscription(confirmation: String, remaining: Int)
+        /// A write followed by `WAIT` (``ReplicatedWrite``): two replies. The write's `reply` is
+        /// held until `WAIT`'s count arrives, then given if at least `minimumReplicas` acknowledged.
+        case replicated(minimumReplicas: Int, reply: Result<RESPToken, RedisServerError>?)
     }
 
     package struct Pending {
@@ -239,14 +242,46 @@ package struct RedisConnectionStateMachine<Promise> {
         if let elements = pushElements {
             return self.receivedPush(elements, token: token)
         }
-        guard let head = self.pending.popFirst() else {
+        guard let head = self.pending.first else {
             self.state = .closing
             return .failAllAndClose([], RedisClientError.unsolicitedReply)
         }
+        if case .replicated(let minimum, nil) = head.kind {
+            // The write's own reply: held until WAIT's arrives.
+            let reply: Result<RESPToken, RedisServerError> = Self.serverError(token).map { .failure($0) } ?? .success(token)
+            self.pending[self.pending.startIndex].kind = .replicated(minimumReplicas: minimum, reply: reply)
+            return .none
+        }
+        self.pending.removeFirst()
         if let error = Self.serverError(token) {
             return .fail(head.promise, error)
         }
+        if case .replicated(let minimum, .some(let reply)) = head.kind {
+            return Self.replicatedOutcome(head.promise, reply: reply, acknowledged: token, minimum: minimum)
+        }
         return .succeed(head.promise, token)
+    }
+
+    /// A ``ReplicatedWrite``'s outcome from its write's reply and `WAIT`'s count.
+    private static func replicatedOutcome(
+        _ promise: Promise, reply: Result<RESPToken, RedisServerError>, acknowledged: RESPToken, minimum: Int
+    ) -> ReceiveAction {
+        switch reply {
+        case .failure(let error):
+            return .fail(promise, error)
+        case .success(let token):
+            guard let count = try? Int(fromRESP: acknowledged) else {
+                return .fail(promise, RedisClientError(.protocolViolation, detail: "WAIT replied \(acknowledged), not an integer"))
+            }
+            guard count >= minimum else {
+                return .fail(
+                    promise,
+                    RedisClientError(
+                        .notReplicated,
+                        detail: "stored on the primary, but acknowledged by \(count) of the \(minimum) replicas required within the wait"))
+            }
+            return .succeed(promise, token)
+        }
     }
 
     private static func isPubSubKind(_ kind: String) -> Bool {

@@ -44,6 +44,7 @@ public struct RedisClientError: Error, Hashable, Sendable, CustomStringConvertib
         case crossSlot
         case tooManyRedirects
         case queueFull
+        case notReplicated
     }
 
     let base: Base
@@ -96,6 +97,9 @@ public struct RedisClientError: Error, Hashable, Sendable, CustomStringConvertib
     /// With Redis Cluster: a node already has ``RedisClusterConfiguration/maximumPendingCommandsPerNode``
     /// commands in flight; the command was not sent (fail fast, nothing is queued).
     public static let queueFull = RedisClientError(.queueFull)
+    /// A ``ReplicatedWrite`` was stored on the primary, but fewer replicas than required
+    /// acknowledged it within its timeout: a failover may lose it.
+    public static let notReplicated = RedisClientError(.notReplicated)
 
     static func invalidConfiguration(_ detail: String) -> RedisClientError {
         RedisClientError(.invalidConfiguration, detail: detail)

@@ -179,6 +179,14 @@ package enum ConfigKeyCatalog {
                     "redis.unreachable-wait-ms", .integer, "`5000`",
                     "while Redis is unreachable, a client's step that needs it waits this long for Redis to be back, then fails with an `ERROR` saying so: a `SUBSCRIBE` to a destination with history (its position and any replay are read there) and, with `events.enabled`, a `CONNECT` or a receipted `SUBSCRIBE` (their facts are stored there); 0: they fail at once"
                 ),
+                .init(
+                    "redis.wait-replicas", .integer, "`0`",
+                    "an `/app` message routed to a Redis Stream (`redis-stream`) gets its `RECEIPT` only once this many replicas acknowledged the entry (`WAIT`, on connections of their own); fewer within `redis.wait-replicas-timeout-ms`: an `ERROR` saying so (the primary has the entry, a failover may lose it). 0: the `RECEIPT` once the primary stored it"
+                ),
+                .init(
+                    "redis.wait-replicas-timeout-ms", .integer, "`1000`",
+                    "with `redis.wait-replicas`: how long a write waits for its replicas before it fails"
+                ),
                 .init("redis.tls.ca-file", .string, "system trust roots", "with `rediss://`: PEM file of the CAs trusted to sign the server's certificate"),
                 .init(
                     "redis.tls.cert-file", .string, "—",

@@ -105,6 +105,11 @@ package struct RedisSettings: Sendable, Equatable {
     package var connectTimeoutMs = 2_000
     /// How long a `SUBSCRIBE` to a destination with history waits for an unreachable Redis; 0: none.
     package var unreachableWaitMs = 5_000
+    /// `redis.wait-replicas`: a stream route's `XADD` counts as stored (its `RECEIPT`) only once
+    /// this many replicas acknowledged it (`WAIT`); 0: once the primary stored it.
+    package var waitReplicas = 0
+    /// `redis.wait-replicas-timeout-ms`: how long a `WAIT` may take before the write fails.
+    package var waitReplicasTimeoutMs = 1_000
     /// `redis.tls.*`, with a `rediss://` URL.
     package var tls: RedisTLSSettings?
     /// `redis.sentinel.*`: find the primary through Redis Sentinel (the URL's host and port are then not used).
@@ -130,6 +135,10 @@ package struct RedisSettings: Sendable, Equatable {
         connectTimeoutMs = reader.int(forKey: "connect-timeout-ms", default: connectTimeoutMs)
         unreachableWaitMs = reader.int(forKey: "unreachable-wait-ms", default: unreachableWaitMs)
         try SwitchboardConfiguration.atLeast(0, ("redis.unreachable-wait-ms", unreachableWaitMs))
+        waitReplicas = reader.int(forKey: "wait-replicas", default: waitReplicas)
+        waitReplicasTimeoutMs = reader.int(forKey: "wait-replicas-timeout-ms", default: waitReplicasTimeoutMs)
+        try SwitchboardConfiguration.atLeast(0, ("redis.wait-replicas", waitReplicas))
+        try SwitchboardConfiguration.atLeast(1, ("redis.wait-replicas-timeout-ms", waitReplicasTimeoutMs))
         try SwitchboardConfiguration.atLeast(1, ("redis.command-timeout-ms", commandTimeoutMs), ("redis.connect-timeout-ms", connectTimeoutMs))
         let parsed: RedisConfiguration
         do { parsed = try RedisConfiguration(url: url) } catch {

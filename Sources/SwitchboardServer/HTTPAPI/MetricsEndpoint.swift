@@ -120,6 +120,9 @@ final class MetricsEndpoint: Sendable {
             counter("switchboard_redis_pubsub_messages_in_total", engine.messagesIn.load(ordering: .relaxed), help: "Pub/Sub messages received from Redis.")
             counter("switchboard_redis_publish_failures_total", engine.publishFailures.load(ordering: .relaxed), help: "Publishes Redis did not accept.")
             counter("switchboard_redis_xadd_failures_total", RedisStreamRoute.failures.load(ordering: .relaxed), help: "XADDs of /app messages that failed.")
+            counter(
+                "switchboard_redis_xadd_not_replicated_total", ReplicaAcknowledgement.failures.load(ordering: .relaxed),
+                help: "XADDs of /app messages stored on the primary that too few replicas acknowledged in time (redis.wait-replicas).")
         }
     }
 }
