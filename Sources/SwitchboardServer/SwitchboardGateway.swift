@@ -131,7 +131,6 @@ package struct SwitchboardGateway: Sendable {
                 // A WAIT holds its connection: the replicated writes get connections of their own.
                 var own = redisConfiguration
                 own.clientName = "switchboard-\(instanceID)-replicated"
-                own.commandTimeout = redisConfiguration.commandTimeout + .milliseconds(Int64(settings.waitReplicasTimeoutMs))
                 let writes: GatewayRedis =
                     own.cluster != nil
                     ? .cluster(try await Self.connectCluster(configuration: own, group: group, logger: redisLogger))
@@ -461,8 +460,13 @@ struct RedisService: Service {
     let logger: Logger
 
     func run() async throws {
-        try await parts.engine.start()
         parts.replicatedWrites?.start()
+        do {
+            try await parts.engine.start()
+        } catch {
+            await parts.replicatedWrites?.shutdown()
+            throw error
+        }
         await parts.lifecycle?.start()
         let leaseTask = parts.lease.map { lease in Task { await lease.run() } }
         // Consumer groups are created as soon as Redis answers (it may not be up yet), and

@@ -18,6 +18,14 @@ struct ReplicatedWriteIntegrationTests {
             _ = try await connection.execute(ReplicatedWrite(write, replicas: 1, timeout: .seconds(2)))
             #expect(try Int(fromRESP: try await onReplica.execute(RawCommand("XLEN", "s"))) == n + 1)
         }
+        // 200 writes made in one loop tick wait for the replica together: one WAIT covers them.
+        let waitsBefore = try await Self.waitCalls(connection)
+        let batch = try await connection.channel.eventLoop.submit {
+            (0..<200).map { n in connection.send(ReplicatedWrite(XADD(key: "s", fields: [("b", .string("\(n)"))]), replicas: 1, timeout: .seconds(2))) }
+        }.get()
+        for write in batch { _ = try await write.get() }
+        #expect(try Int(fromRESP: try await onReplica.execute(RawCommand("XLEN", "s"))) == 220)
+        #expect(try await Self.waitCalls(connection) == waitsBefore + 1)
         // Not enough replicas (one asked for two): stored on the primary, reported as not replicated.
         await #expect(throws: RedisClientError.notReplicated) {
             try await connection.execute(ReplicatedWrite(XADD(key: "s", fields: [("n", "two")]), replicas: 2, timeout: .milliseconds(100)))
@@ -38,5 +46,12 @@ struct ReplicatedWriteIntegrationTests {
         #expect(try await connection.execute(PING()) == "PONG")
         await connection.close()
         await onReplica.close()
+    }
+
+    /// How many WAITs the server ran (`INFO commandstats`).
+    static func waitCalls(_ connection: RedisConnection) async throws -> Int {
+        let stats = String(buffer: try await connection.execute(RawCommand("INFO", "commandstats")).base)
+        guard let line = stats.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_wait:calls=") }) else { return 0 }
+        return Int(line.dropFirst("cmdstat_wait:calls=".count).prefix { $0.isNumber }) ?? 0
     }
 }

@@ -42,7 +42,8 @@ final class EmbeddedRedis {
         var encoder = RESPCommandEncoder()
         command.encode(into: &encoder)
         let promise = self.channel.eventLoop.makePromise(of: RESPToken.self)
-        self.channel.writeAndFlush(RedisOutboundCommand(bytes: encoder.buffer, promise: promise, blockingTimeout: command.blockingTimeout))
+        let kind: RedisConnectionStateMachine<EventLoopPromise<RESPToken>>.PendingKind = command.replicaWait.map { .replicatedWrite($0) } ?? .command
+        self.channel.writeAndFlush(RedisOutboundCommand(bytes: encoder.buffer, kind: kind, promise: promise, blockingTimeout: command.blockingTimeout))
             .whenFailure { promise.fail($0) }
         return promise.futureResult
     }

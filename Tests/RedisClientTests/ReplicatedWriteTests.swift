@@ -1,73 +1,119 @@
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOEmbedded
 import Testing
 
 @testable import Redis
 
-@Suite("Replicated writes (a write, then WAIT)")
+@Suite("Replicated writes (writes, then one WAIT per flush)")
 struct ReplicatedWriteTests {
-    @Test func encodesTheWriteThenWait() {
+    static let wait = WAIT(replicas: 1, timeout: .milliseconds(250))
+
+    @Test func encodesTheWriteAloneAndNamesItsWait() {
         var encoder = RESPCommandEncoder(buffer: ByteBuffer())
         let write = ReplicatedWrite(SET("k", value: "v"), replicas: 2, timeout: .milliseconds(250))
         write.encode(into: &encoder)
-        #expect(String(buffer: encoder.buffer) == "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*3\r\n$4\r\nWAIT\r\n$1\r\n2\r\n$3\r\n250\r\n")
+        #expect(String(buffer: encoder.buffer) == "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n")
+        var waitEncoder = RESPCommandEncoder(buffer: ByteBuffer())
+        write.wait.encode(into: &waitEncoder)
+        #expect(String(buffer: waitEncoder.buffer) == "*3\r\n$4\r\nWAIT\r\n$1\r\n2\r\n$3\r\n250\r\n")
         #expect(write.keysAffected == ["k"])
-        #expect(write.awaitedReplicas == 2)
-        #expect(write.blockingTimeout == .milliseconds(250))
-        #expect(SET("k", value: "v").awaitedReplicas == nil)
+        #expect(write.replicaWait == WAIT(replicas: 2, timeout: .milliseconds(250)))
+        #expect(write.blockingTimeout == nil)
+        #expect(SET("k", value: "v").replicaWait == nil)
     }
 
-    @Test func succeedsWithTheWritesReplyOnceEnoughReplicasAcknowledged() {
+    @Test func oneWaitCoversTheWritesBeforeItWithTheLargestCountAndTimeout() throws {
         var machine = readyMachine()
-        _ = machine.enqueue(1, kind: .replicated(minimumReplicas: 1, reply: nil), deadline: nil)
+        #expect(machine.takeOwedWait() == nil)
+        _ = machine.enqueue(1, kind: .replicatedWrite(WAIT(replicas: 1, timeout: .milliseconds(300))), deadline: nil)
         _ = machine.enqueue(2, deadline: nil)
+        _ = machine.enqueue(3, kind: .replicatedWrite(WAIT(replicas: 2, timeout: .milliseconds(100))), deadline: nil)
+        #expect(machine.takeOwedWait() == WAIT(replicas: 2, timeout: .milliseconds(300)))
+        #expect(machine.takeOwedWait() == nil)  // owed once
+        _ = machine.enqueue(4, kind: .replicaWait, deadline: nil)
+
         guard case .none = machine.receivedToken(token("$3\r\n1-0\r\n")) else { Issue.record("the write's reply must be held"); return }
-        guard case .succeed(1, let reply) = machine.receivedToken(token(":2\r\n")) else { Issue.record("expected success"); return }
-        #expect(reply == token("$3\r\n1-0\r\n"))
-        // The replies stay matched: the next command gets the next reply.
-        guard case .succeed(2, let next) = machine.receivedToken(token("+OK\r\n")) else { Issue.record("out of step"); return }
-        #expect(next == token("+OK\r\n"))
-    }
-
-    @Test func failsNotReplicatedWhenTooFewAcknowledged() {
-        var machine = readyMachine()
-        _ = machine.enqueue(1, kind: .replicated(minimumReplicas: 2, reply: nil), deadline: nil)
-        _ = machine.enqueue(2, deadline: nil)
-        _ = machine.receivedToken(token("$3\r\n1-0\r\n"))
-        guard case .fail(1, let error) = machine.receivedToken(token(":1\r\n")) else { Issue.record("expected failure"); return }
-        #expect(error as? RedisClientError == .notReplicated)
-        #expect("\(error)".contains("acknowledged by 1 of the 2 replicas"))
-        guard case .succeed(2, _) = machine.receivedToken(token("+OK\r\n")) else { Issue.record("out of step"); return }
-    }
-
-    @Test func aFailedWriteFailsWithItsErrorAndWaitsReplyIsConsumed() {
-        var machine = readyMachine()
-        _ = machine.enqueue(1, kind: .replicated(minimumReplicas: 1, reply: nil), deadline: nil)
-        _ = machine.enqueue(2, deadline: nil)
-        guard case .none = machine.receivedToken(token("-WRONGTYPE Operation against a key holding the wrong kind of value\r\n")) else {
-            Issue.record("the error must wait for WAIT's reply"); return
-        }
-        guard case .fail(1, let error) = machine.receivedToken(token(":1\r\n")) else { Issue.record("expected failure"); return }
-        #expect((error as? RedisServerError)?.code == "WRONGTYPE")
-        guard case .succeed(2, _) = machine.receivedToken(token("+OK\r\n")) else { Issue.record("out of step"); return }
-    }
-
-    @Test func anErrorFromWaitFailsTheWrite() {
-        var machine = readyMachine()
-        _ = machine.enqueue(1, kind: .replicated(minimumReplicas: 1, reply: nil), deadline: nil)
-        _ = machine.receivedToken(token("+OK\r\n"))
-        guard case .fail(1, let error) = machine.receivedToken(token("-ERR WAIT cannot be used with replica instances\r\n")) else {
-            Issue.record("expected failure"); return
-        }
-        #expect((error as? RedisServerError)?.code == "ERR")
+        guard case .succeed(2, _) = machine.receivedToken(token("+OK\r\n")) else { Issue.record("an ordinary command in between"); return }
+        guard case .none = machine.receivedToken(token("$3\r\n2-0\r\n")) else { Issue.record("the write's reply must be held"); return }
+        // One replica acknowledged: enough for the first write, not for the second.
+        guard case .complete(let outcomes) = machine.receivedToken(token(":1\r\n")) else { Issue.record("expected completions"); return }
+        #expect(outcomes.map(\.0) == [1, 3, 4])
+        #expect(try outcomes[0].1.get() == token("$3\r\n1-0\r\n"))
+        #expect(throws: RedisClientError.notReplicated) { try outcomes[1].1.get() }
+        if case .failure(let error) = outcomes[1].1 { #expect("\(error)".contains("acknowledged by 1 of the 2 replicas")) }
         #expect(machine.pendingCount == 0)
     }
 
-    @Test func closingFailsAHalfAnsweredWrite() {
+    @Test func aWriteRedisRefusedFailsAtOnce() {
         var machine = readyMachine()
-        _ = machine.enqueue(1, kind: .replicated(minimumReplicas: 1, reply: nil), deadline: nil)
+        _ = machine.enqueue(1, kind: .replicatedWrite(Self.wait), deadline: nil)
+        _ = machine.enqueue(2, kind: .replicaWait, deadline: nil)
+        guard case .fail(1, let error) = machine.receivedToken(token("-WRONGTYPE Operation against a key holding the wrong kind of value\r\n")) else {
+            Issue.record("expected failure"); return
+        }
+        #expect((error as? RedisServerError)?.code == "WRONGTYPE")
+        guard case .complete(let outcomes) = machine.receivedToken(token(":1\r\n")) else { Issue.record("the WAIT's own reply"); return }
+        #expect(outcomes.map(\.0) == [2])
+    }
+
+    @Test func anErrorFromWaitFailsTheWritesItCovers() {
+        var machine = readyMachine()
+        _ = machine.enqueue(1, kind: .replicatedWrite(Self.wait), deadline: nil)
+        _ = machine.enqueue(2, kind: .replicaWait, deadline: nil)
+        _ = machine.receivedToken(token("+OK\r\n"))
+        guard case .complete(let outcomes) = machine.receivedToken(token("-ERR WAIT cannot be used with replica instances\r\n")) else {
+            Issue.record("expected completions"); return
+        }
+        #expect(outcomes.map(\.0) == [1, 2])
+        #expect(throws: RedisServerError.self) { try outcomes[0].1.get() }
+    }
+
+    @Test func closingFailsHeldWrites() {
+        var machine = readyMachine()
+        _ = machine.enqueue(1, kind: .replicatedWrite(Self.wait), deadline: nil)
+        _ = machine.enqueue(2, kind: .replicaWait, deadline: nil)
         _ = machine.receivedToken(token("+OK\r\n"))
         guard case .failAll(let promises, let error, _) = machine.channelInactive() else { Issue.record("expected failAll"); return }
-        #expect(promises == [1])
+        #expect(Set(promises) == [1, 2])
         #expect(error as? RedisClientError == .connectionClosed)
+    }
+
+    /// The handler writes one WAIT per flush, behind every replicated write of that flush.
+    @Test func theHandlerWritesOneWaitPerFlush() throws {
+        let redis = try EmbeddedRedis()
+        try redis.ready()
+        let writes = (0..<3).map { n in redis.send(ReplicatedWrite(SET("k\(n)", value: "v"), replicas: 1, timeout: .milliseconds(200))) }
+        // EmbeddedRedis.send flushes each write: a WAIT behind each flush (none owed for a plain command).
+        #expect(try redis.outbound() == [0, 1, 2].map { resp("SET", "k\($0)", "v") + resp("WAIT", "1", "200") }.joined())
+        let plain = redis.send(GET("k0"))
+        #expect(try redis.outbound() == resp("GET", "k0"))
+        try redis.feed("+OK\r\n:1\r\n+OK\r\n:0\r\n+OK\r\n:1\r\n$1\r\nv\r\n")
+        #expect(try writes[0].wait() == token("+OK\r\n"))
+        #expect(throws: RedisClientError.notReplicated) { try writes[1].wait() }
+        #expect(try writes[2].wait() == token("+OK\r\n"))
+        #expect(try plain.wait() == token("$1\r\nv\r\n"))
+    }
+
+    /// Writes made in one loop tick (the connection's own flush) share one WAIT.
+    @Test func writesOfOneTickShareOneWait() throws {
+        let redis = try EmbeddedRedis()
+        try redis.ready()
+        let writes = (0..<3).map { n -> EventLoopFuture<RESPToken> in
+            var encoder = RESPCommandEncoder()
+            let write = ReplicatedWrite(SET("k\(n)", value: "v"), replicas: 1, timeout: .milliseconds(200))
+            write.encode(into: &encoder)
+            let promise = redis.channel.eventLoop.makePromise(of: RESPToken.self)
+            redis.channel.write(RedisOutboundCommand(bytes: encoder.buffer, kind: .replicatedWrite(write.wait), promise: promise), promise: nil)
+            return promise.futureResult
+        }
+        redis.channel.embeddedEventLoop.run()  // the scheduled flush
+        #expect(try redis.outbound() == [0, 1, 2].map { resp("SET", "k\($0)", "v") }.joined() + resp("WAIT", "1", "200"))
+        let completed = NIOLockedValueBox(0)
+        for write in writes { write.whenComplete { _ in completed.withLockedValue { $0 += 1 } } }
+        try redis.feed("+OK\r\n+OK\r\n+OK\r\n")
+        #expect(completed.withLockedValue { $0 } == 0, "held until the WAIT's count")
+        try redis.feed(":1\r\n")
+        for write in writes { #expect(try write.wait() == token("+OK\r\n")) }
     }
 }

@@ -293,7 +293,7 @@ def inbound(name, size):
         return {"skipped": "nchan has no client→server message path"}
     redis = None
     if name.startswith("switchboard"):
-        redis = S.Redis()
+        redis = S.Redis(replica=getattr(S.SERVERS[name], "redis_replica", False))
         cfg = os.path.join(tempfile.mkdtemp(prefix="bench-cfg-"), "bench.yaml")
         with open(cfg, "w") as f:
             f.write(ROUTE_YAML)

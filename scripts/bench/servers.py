@@ -119,19 +119,38 @@ class Proc:
 
 
 class Redis:
-    def __init__(self):
+    """One redis-server; `replica`: and a replica of it (its link up before this returns)."""
+    def __init__(self, replica=False):
         self.dir = tempfile.mkdtemp(prefix="bench-redis-")
         self.port = free_port()
-        self.proc = Proc(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", self.dir, "--maxclients", "10000"],
-                         os.path.join(self.dir, "redis.log"))
+        self.proc = Proc(self.argv(self.port, self.dir), os.path.join(self.dir, "redis.log"))
         wait_port(self.port)
         self.url = f"redis://127.0.0.1:{self.port}"
+        self.replica = None
+        if replica:
+            rdir = tempfile.mkdtemp(prefix="bench-redis-replica-")
+            rport = free_port()
+            self.replica = Proc(self.argv(rport, rdir) + ["--replicaof", "127.0.0.1", str(self.port)],
+                                os.path.join(rdir, "redis.log"))
+            wait_port(rport)
+            deadline = time.time() + 30
+            while "master_link_status:up" not in subprocess.run(["redis-cli", "-p", str(rport), "INFO", "replication"],
+                                                                capture_output=True, text=True).stdout:
+                if time.time() > deadline:
+                    raise RuntimeError("the bench Redis replica did not link up")
+                time.sleep(0.05)
+
+    @staticmethod
+    def argv(port, directory):
+        return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", directory, "--maxclients", "10000"]
 
     def pids(self):
-        return [self.proc.p.pid]
+        return [self.proc.p.pid] + ([self.replica.p.pid] if self.replica else [])
 
     def stop(self):
+        if self.replica:
+            self.replica.stop()
         self.proc.stop()
 
 
@@ -372,6 +391,23 @@ class SwitchboardNoHistory(Switchboard):
         super().__init__(redis_url=redis_url, config=config, extra=("--set", "history.enabled=false", *extra))
 
 
+class SwitchboardReplica(Switchboard):
+    """Switchboard whose Redis has a replica (scenario (e)): the baseline for
+    `switchboard-wait-replica`."""
+    name = "switchboard-replica"
+    redis_replica = True
+
+
+class SwitchboardWaitReplica(Switchboard):
+    """Switchboard with `redis.wait-replicas=1` against a Redis with a replica (scenario (e)):
+    a stream route's RECEIPT only once the replica acknowledged the entry."""
+    name = "switchboard-wait-replica"
+    redis_replica = True
+
+    def __init__(self, redis_url=None, config=None, extra=()):
+        super().__init__(redis_url=redis_url, config=config, extra=("--set", "redis.wait-replicas=1", *extra))
+
+
 class SwitchboardBaseline(Switchboard):
     """Another build of Switchboard (SWITCHBOARD_BASELINE_BIN, e.g. the commit before a
     refactoring), for before/after ratios in one run."""
@@ -380,5 +416,6 @@ class SwitchboardBaseline(Switchboard):
 
 
 SERVERS = {"switchboard": Switchboard, "switchboard-baseline": SwitchboardBaseline, "switchboard-nagle": SwitchboardNagle, "switchboard-nodelay": SwitchboardNoDelay,
-           "switchboard-nohistory": SwitchboardNoHistory,
+           "switchboard-nohistory": SwitchboardNoHistory, "switchboard-replica": SwitchboardReplica,
+           "switchboard-wait-replica": SwitchboardWaitReplica,
            "nchan": Nchan, "nchan-nodelay": NchanNoDelay, "rabbitmq": RabbitMQ}

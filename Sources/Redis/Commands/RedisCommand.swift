@@ -20,15 +20,16 @@ public protocol RedisCommand: Sendable {
     /// keys (the default) goes to any primary.
     var keysAffected: [String] { get }
 
-    /// For a write followed by `WAIT` (``ReplicatedWrite``): the replicas that must acknowledge
-    /// it; its two replies then complete the command together. `nil` (the default) otherwise.
-    var awaitedReplicas: Int? { get }
+    /// For a write that must reach replicas (``ReplicatedWrite``): the `WAIT` the connection
+    /// sends behind it (one per flush for all such writes), whose count completes it. `nil` (the
+    /// default) otherwise.
+    var replicaWait: WAIT? { get }
 }
 
 extension RedisCommand {
     public var blockingTimeout: TimeAmount? { nil }
     public var keysAffected: [String] { [] }
-    public var awaitedReplicas: Int? { nil }
+    public var replicaWait: WAIT? { nil }
 }
 
 /// A command given as raw arguments, decoded as a ``RESPToken``. Useful for commands without a typed struct.

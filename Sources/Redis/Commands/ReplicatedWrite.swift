@@ -2,7 +2,7 @@ import NIOCore
 
 /// `WAIT numreplicas timeout`: blocks the connection until the replicas acknowledged every
 /// write it made, or until `timeout`; replies how many did.
-public struct WAIT: RedisCommand {
+public struct WAIT: RedisCommand, Hashable {
     public typealias Response = Int
     public var replicas: Int
     public var timeout: TimeAmount
@@ -22,13 +22,16 @@ public struct WAIT: RedisCommand {
     }
 }
 
-/// A write that counts as done only once replicas have it: `command`, then `WAIT replicas
-/// timeout` right behind it on the same connection, as one unit (a redirect sends both again).
+/// A write that counts as done only once replicas have it: `command`, followed on the same
+/// connection by a `WAIT replicas timeout`.
 ///
-/// It succeeds with `command`'s reply when at least `replicas` replicas acknowledged the write
-/// within `timeout`. Otherwise it fails with ``RedisClientError/notReplicated``: the primary
-/// stored the write, but it may be lost in a failover. An error reply to `command` fails it
-/// as usual. `WAIT` holds its connection while it waits: send these on connections of their own.
+/// The connection writes one `WAIT` per flush behind all the replicated writes of that flush
+/// (a `WAIT` covers every earlier write of its connection), so pipelined writes wait for their
+/// replicas together: group commit. A write succeeds with `command`'s reply when at least
+/// `replicas` replicas acknowledged it within `timeout`; otherwise it fails with
+/// ``RedisClientError/notReplicated`` (the primary stored it, a failover may lose it). An error
+/// reply to `command` fails it at once, as usual. `WAIT` holds its connection while it waits:
+/// send these on connections of their own.
 public struct ReplicatedWrite<Command: RedisCommand>: RedisCommand {
     public typealias Response = Command.Response
     public var command: Command
@@ -40,11 +43,10 @@ public struct ReplicatedWrite<Command: RedisCommand>: RedisCommand {
     }
 
     public var keysAffected: [String] { self.command.keysAffected }
-    public var awaitedReplicas: Int? { self.wait.replicas }
-    public var blockingTimeout: TimeAmount? { (self.command.blockingTimeout ?? .zero) + self.wait.timeout }
+    public var replicaWait: WAIT? { self.wait }
+    public var blockingTimeout: TimeAmount? { self.command.blockingTimeout }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
         self.command.encode(into: &encoder)
-        self.wait.encode(into: &encoder)
     }
 }

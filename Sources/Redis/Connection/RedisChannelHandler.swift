@@ -144,8 +144,31 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         self.flushScheduled = true
         context.eventLoop.assumeIsolated().execute {
             self.flushScheduled = false
-            self.context?.flush()
+            if let context = self.context { self.flushWritingOwedWait(context: context) }
         }
+    }
+
+    package func flush(context: ChannelHandlerContext) {
+        self.flushWritingOwedWait(context: context)
+    }
+
+    /// Flushes, with one `WAIT` behind the replicated writes written since the last one (group
+    /// commit: it covers them all).
+    private func flushWritingOwedWait(context: ChannelHandlerContext) {
+        if let wait = self.stateMachine.takeOwedWait() {
+            var encoder = RESPCommandEncoder(buffer: context.channel.allocator.buffer(capacity: 32))
+            wait.encode(into: &encoder)
+            let deadline = context.eventLoop.now + self.configuration.commandTimeout + wait.timeout
+            let promise = context.eventLoop.makePromise(of: RESPToken.self)
+            switch self.stateMachine.enqueue(promise, kind: .replicaWait, deadline: deadline) {
+            case .write(let scheduleTimer):
+                context.write(self.wrapOutboundOut(encoder.buffer), promise: nil)
+                if let scheduleTimer { self.scheduleTimer(at: scheduleTimer, context: context) }
+            case .fail(let error):
+                promise.fail(error)  // closing: the held writes were failed with everything else
+            }
+        }
+        context.flush()
     }
 
     private func scheduleTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {
@@ -186,6 +209,8 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             self.logger.error("redis protocol error; closing connection", metadata: ["error": "\(error)"])
             for promise in promises { promise.fail(error) }
             context.close(promise: nil)
+        case .complete(let outcomes):
+            for (promise, outcome) in outcomes { promise.completeWith(outcome) }
         }
     }
 

@@ -115,7 +115,7 @@ public final class RedisConnection: Sendable {
         return self.write(
             RedisOutboundCommand(
                 bytes: encoder.buffer,
-                kind: command.awaitedReplicas.map { .replicated(minimumReplicas: $0, reply: nil) } ?? .command,
+                kind: command.replicaWait.map { .replicatedWrite($0) } ?? .command,
                 promise: self.channel.eventLoop.makePromise(),
                 blockingTimeout: command.blockingTimeout
             ))

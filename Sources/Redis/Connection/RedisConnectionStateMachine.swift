@@ -22,9 +22,18 @@ package struct RedisConnectionStateMachine<Promise> {
         case command
         /// A (P|S)(UN)SUBSCRIBE awaiting `remaining` confirmations of kind `confirmation` (e.g. `subscribe`).
         case subscription(confirmation: String, remaining: Int)
-        /// A write followed by `WAIT` (``ReplicatedWrite``): two replies. The write's `reply` is
-        /// held until `WAIT`'s count arrives, then given if at least `minimumReplicas` acknowledged.
-        case replicated(minimumReplicas: Int, reply: Result<RESPToken, RedisServerError>?)
+        /// A write that must reach replicas (``ReplicatedWrite``): its reply is held until the
+        /// next `.replicaWait`'s count arrives.
+        case replicatedWrite(WAIT)
+        /// The `WAIT` written behind the replicated writes of one flush.
+        case replicaWait
+    }
+
+    /// A replicated write Redis stored, waiting for the `WAIT` behind it.
+    struct HeldWrite {
+        var promise: Promise
+        var reply: RESPToken
+        var minimumReplicas: Int
     }
 
     package struct Pending {
@@ -78,6 +87,11 @@ package struct RedisConnectionStateMachine<Promise> {
 
     private(set) var state: State = .initialized
     private var pending = CircularBuffer<Pending>(initialCapacity: 16)
+    /// Replicated writes answered by Redis, waiting for their `WAIT`'s count.
+    private var held: [HeldWrite] = []
+    /// The `WAIT` owed for the replicated writes enqueued since the last one (the largest
+    /// count and timeout among them).
+    private var waitOwed: WAIT?
     /// The earliest deadline a timer is currently scheduled for.
     private var scheduledTimer: NIODeadline?
     let handshake: HandshakeConfiguration
@@ -153,6 +167,10 @@ package struct RedisConnectionStateMachine<Promise> {
                 self.state = .ready(protocolVersion: version, subscribeMode: true)
             }
             self.pending.append(Pending(promise: promise, kind: kind, deadline: deadline))
+            if case .replicatedWrite(let wait) = kind {
+                self.waitOwed = WAIT(
+                    replicas: max(wait.replicas, self.waitOwed?.replicas ?? 0), timeout: max(wait.timeout, self.waitOwed?.timeout ?? .zero))
+            }
             var schedule: NIODeadline? = nil
             if let deadline, self.scheduledTimer.map({ deadline < $0 }) ?? true {
                 self.scheduledTimer = deadline
@@ -164,6 +182,13 @@ package struct RedisConnectionStateMachine<Promise> {
         case .closing, .closed:
             return .fail(RedisClientError.connectionClosed)
         }
+    }
+
+    /// The connection is about to flush: the `WAIT` to write (and enqueue as `.replicaWait`)
+    /// behind the replicated writes since the last one, if any.
+    package mutating func takeOwedWait() -> WAIT? {
+        defer { self.waitOwed = nil }
+        return self.waitOwed
     }
 
     // MARK: Replies
@@ -183,6 +208,8 @@ package struct RedisConnectionStateMachine<Promise> {
         case unsubscribedByServer(RedisSubscriptionKind, String)
         /// Fail all these promises and close the channel.
         case failAllAndClose([Promise], any Error)
+        /// A `WAIT`'s count arrived: complete the replicated writes it covered (and the `WAIT`).
+        case complete([(Promise, Result<RESPToken, any Error>)])
     }
 
     /// A complete RESP value arrived.
@@ -242,45 +269,41 @@ package struct RedisConnectionStateMachine<Promise> {
         if let elements = pushElements {
             return self.receivedPush(elements, token: token)
         }
-        guard let head = self.pending.first else {
+        guard let head = self.pending.popFirst() else {
             self.state = .closing
             return .failAllAndClose([], RedisClientError.unsolicitedReply)
         }
-        if case .replicated(let minimum, nil) = head.kind {
-            // The write's own reply: held until WAIT's arrives.
-            let reply: Result<RESPToken, RedisServerError> = Self.serverError(token).map { .failure($0) } ?? .success(token)
-            self.pending[self.pending.startIndex].kind = .replicated(minimumReplicas: minimum, reply: reply)
+        switch head.kind {
+        case .replicaWait:
+            return .complete(self.releaseHeld(waitReply: token) + [(head.promise, .success(token))])
+        case .replicatedWrite(let wait):
+            if let error = Self.serverError(token) { return .fail(head.promise, error) }
+            self.held.append(HeldWrite(promise: head.promise, reply: token, minimumReplicas: wait.replicas))
             return .none
+        case .command, .subscription:
+            if let error = Self.serverError(token) {
+                return .fail(head.promise, error)
+            }
+            return .succeed(head.promise, token)
         }
-        self.pending.removeFirst()
-        if let error = Self.serverError(token) {
-            return .fail(head.promise, error)
-        }
-        if case .replicated(let minimum, .some(let reply)) = head.kind {
-            return Self.replicatedOutcome(head.promise, reply: reply, acknowledged: token, minimum: minimum)
-        }
-        return .succeed(head.promise, token)
     }
 
-    /// A ``ReplicatedWrite``'s outcome from its write's reply and `WAIT`'s count.
-    private static func replicatedOutcome(
-        _ promise: Promise, reply: Result<RESPToken, RedisServerError>, acknowledged: RESPToken, minimum: Int
-    ) -> ReceiveAction {
-        switch reply {
-        case .failure(let error):
-            return .fail(promise, error)
-        case .success(let token):
-            guard let count = try? Int(fromRESP: acknowledged) else {
-                return .fail(promise, RedisClientError(.protocolViolation, detail: "WAIT replied \(acknowledged), not an integer"))
+    /// The held writes' outcomes, given their `WAIT`'s reply: each succeeds when at least its
+    /// own number of replicas acknowledged.
+    private mutating func releaseHeld(waitReply: RESPToken) -> [(Promise, Result<RESPToken, any Error>)] {
+        let writes = self.held
+        self.held.removeAll(keepingCapacity: true)
+        if let error = Self.serverError(waitReply) { return writes.map { ($0.promise, .failure(error)) } }
+        guard let count = try? Int(fromRESP: waitReply) else {
+            let error = RedisClientError(.protocolViolation, detail: "WAIT replied \(waitReply), not an integer")
+            return writes.map { ($0.promise, .failure(error)) }
+        }
+        return writes.map { write in
+            guard count >= write.minimumReplicas else {
+                let detail = "stored on the primary, but acknowledged by \(count) of the \(write.minimumReplicas) replicas required within the wait"
+                return (write.promise, .failure(RedisClientError(.notReplicated, detail: detail)))
             }
-            guard count >= minimum else {
-                return .fail(
-                    promise,
-                    RedisClientError(
-                        .notReplicated,
-                        detail: "stored on the primary, but acknowledged by \(count) of the \(minimum) replicas required within the wait"))
-            }
-            return .succeed(promise, token)
+            return (write.promise, .success(write.reply))
         }
     }
 
@@ -393,8 +416,10 @@ package struct RedisConnectionStateMachine<Promise> {
     }
 
     private mutating func drainPending() -> [Promise] {
-        let promises = self.pending.map(\.promise)
+        let promises = self.held.map(\.promise) + self.pending.map(\.promise)
         self.pending.removeAll()
+        self.held.removeAll()
+        self.waitOwed = nil
         return promises
     }
 }
