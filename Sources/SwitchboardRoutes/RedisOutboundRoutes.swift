@@ -1,3 +1,4 @@
+import Logging
 import Metrics
 import NIOCore
 import Redis
@@ -116,6 +117,30 @@ package struct ReplicaAcknowledgement: Sendable {
 
     /// XADDs stored on the primary that too few replicas acknowledged in time.
     package static let failures = Atomic<Int>(0)
+
+    /// Warns when a primary has fewer replicas than required (then every receipted `SEND` to a
+    /// stream route fails): once, when the gateway starts. On a cluster, from the slot map.
+    package func warnIfTooFewReplicas(logger: Logger) async {
+        var short: [String] = []
+        switch redis {
+        case .single(let client):
+            guard (try? await client.waitUntilConnected(timeout: .seconds(10))) != nil,
+                let info = try? await client.execute(RawCommand("INFO", "replication")),
+                let text = try? String(fromRESP: info)
+            else { return }
+            let line = text.split(whereSeparator: \.isNewline).first { $0.hasPrefix("connected_slaves:") }
+            let count = line.flatMap { Int($0.dropFirst("connected_slaves:".count)) } ?? 0
+            if count < replicas { short.append("the primary has \(count)") }
+        case .cluster(let client):
+            for shard in client.topology?.shards ?? [] where shard.replicas.count < replicas {
+                short.append("\(shard.primary) has \(shard.replicas.count)")
+            }
+        }
+        guard !short.isEmpty else { return }
+        logger.warning(
+            "redis.wait-replicas is \(replicas) but \(short.joined(separator: ", ")) replicas: receipted SENDs to redis-stream routes will fail until enough replicas are connected"
+        )
+    }
 
     func failureMessage(stream: String, _ error: RedisClientError) -> String {
         "XADD to redis stream \(stream) not acknowledged by \(replicas) replica\(replicas == 1 ? "" : "s") within "

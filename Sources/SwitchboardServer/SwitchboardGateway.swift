@@ -40,8 +40,8 @@ package struct SwitchboardGateway: Sendable {
         /// With `events.enabled`: the sessions' facts, and this instance's lease.
         let lifecycle: RedisLifecycle?
         let lease: InstanceLease?
-        /// With `redis.wait-replicas`: the client of the stream routes' replicated writes.
-        let replicatedWrites: GatewayRedis?
+        /// With `redis.wait-replicas`: the stream routes' replicated writes (their own client).
+        let replication: ReplicaAcknowledgement?
     }
 
     /// Where `/metrics` reads from; bootstrap `MetricsSystem` with a `PrometheusMetricsFactory`
@@ -212,7 +212,7 @@ package struct SwitchboardGateway: Sendable {
         if let gatewayRedis, let redisEngine, let settings = configuration.redis {
             self.redis = RedisParts(
                 redis: gatewayRedis, engine: redisEngine, streamRoutes: streamRoutes, inbound: settings.inbound.map(\.route),
-                lifecycle: lifecycle, lease: lease, replicatedWrites: replication?.redis)
+                lifecycle: lifecycle, lease: lease, replication: replication)
         } else {
             self.redis = nil
         }
@@ -460,13 +460,14 @@ struct RedisService: Service {
     let logger: Logger
 
     func run() async throws {
-        parts.replicatedWrites?.start()
+        parts.replication?.redis.start()
         do {
             try await parts.engine.start()
         } catch {
-            await parts.replicatedWrites?.shutdown()
+            await parts.replication?.redis.shutdown()
             throw error
         }
+        let replicaCheck = parts.replication.map { replication in Task { await replication.warnIfTooFewReplicas(logger: logger) } }
         await parts.lifecycle?.start()
         let leaseTask = parts.lease.map { lease in Task { await lease.run() } }
         // Consumer groups are created as soon as Redis answers (it may not be up yet), and
@@ -492,7 +493,9 @@ struct RedisService: Service {
         await parts.lifecycle?.flush(timeout: .seconds(3))
         await parts.lease?.leave()
         await parts.engine.shutdown()
-        await parts.replicatedWrites?.shutdown()
+        replicaCheck?.cancel()
+        await replicaCheck?.value
+        await parts.replication?.redis.shutdown()
     }
 }
 
