@@ -291,6 +291,27 @@ def test_app_stream_route_across_a_primary_failover(cluster_factory, clients):
     assert not missing, f"receipted SENDs never answered: {missing[:20]}"
 
 
+def test_app_stream_route_waiting_for_replicas_across_an_unheld_kill(cluster_factory, clients):
+    """`redis.wait-replicas=1` on a Redis Cluster with two replicas per primary: kill -9 of the
+    primary holding the /app/greet stream mid-traffic, its writes not held first. Every
+    receipted SEND is still answered: a RECEIPT means a replica had the entry. SENDs in flight
+    get an ERROR. After the promotion the other replica follows the new primary, so RECEIPTs
+    resume."""
+    cluster = cluster_factory(replicas=2, config_yaml=GREET_CONFIG, redis_cluster={"replicas": 2},
+                              gateway_args=("--set", "redis.wait-replicas=1"))
+    rc = cluster.rc
+    victim = rc.node_for_key("GREETING_CHANNEL_OUTBOUND")
+    assert len(rc.replicas_of(victim)) == 2
+
+    def fail_over():
+        rc.fail_primary(victim, hold_writes=False)
+        for i in range(3):
+            cluster.wait_ready(i, timeout=30)
+
+    missing, _ = sends_across(cluster, clients, "an unheld kill, waiting for replicas", fail_over)
+    assert not missing, f"receipted SENDs never answered: {missing[:20]}"
+
+
 def test_app_stream_route_while_its_slot_moves(cluster_factory, clients):
     """redis-cli --cluster reshard of the slot holding the /app/greet stream (and its consumer
     group) while SENDs arrive on every gateway and two greeting-service replicas read it: every

@@ -241,7 +241,7 @@ class RedisCluster:
         except AssertionError as exc:
             raise AssertionError(f"{exc}; last seen per node: " + "\n".join(f"{p}: {v}" for p, v in seen.items())) from None
 
-    def fail_primary(self, primary: Node, timeout: float = 30.0, while_down=None) -> Node:
+    def fail_primary(self, primary: Node, timeout: float = 30.0, while_down=None, hold_writes: bool = True) -> Node:
         """kill -9 of `primary`; calls `while_down()` (if given) at once, then waits for one of
         its replicas to be promoted (owning its slots, cluster healthy again) and returns it.
 
@@ -249,11 +249,14 @@ class RedisCluster:
         received yet is lost in the failover (a Redis property, docs/scaling.md). So that a test
         sees what the gateways do, not that window, the primary's writes are paused first
         (``CLIENT PAUSE … WRITE``: clients' writes wait, unanswered) until its replicas have
-        every write it acknowledged; the kill comes then, with the held writes unanswered."""
+        every write it acknowledged; the kill comes then, with the held writes unanswered.
+        `hold_writes=False` kills it at once, mid-traffic: for what claims to survive that
+        window (``redis.wait-replicas``)."""
         replicas = self.replicas_of(primary)
         assert replicas, f"redis{primary.index} has no replica"
         slots = self.slots_of(primary)
-        pause_until_replicated(lambda *args: self.cli(primary, *args, check=True), timeout)
+        if hold_writes:
+            pause_until_replicated(lambda *args: self.cli(primary, *args, check=True), timeout)
         self.kill(primary)
         if while_down:
             while_down()
