@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -124,6 +125,22 @@ struct ChannelHandlerTests {
         let pending = redis.send(PING())
         try? redis.feed("?garbage\r\n")
         #expect(throws: RESPParsingError.self) { try pending.wait() }
+        #expect(!redis.channel.isActive)
+    }
+
+    /// A reset connection (the server died mid-command) reads as a lost connection, outcome
+    /// unknown, whatever the socket error.
+    @Test func socketErrorFailsPendingAsConnectionClosed() throws {
+        let redis = try EmbeddedRedis()
+        try redis.ready()
+        let pending = redis.send(PING())
+        redis.channel.pipeline.fireErrorCaught(IOError(errnoCode: ECONNRESET, reason: "read(descriptor:pointer:size:)"))
+        #expect(throws: RedisClientError.connectionClosed) { try pending.wait() }
+        do {
+            _ = try pending.wait()
+        } catch let error as RedisClientError {
+            #expect(error.detail?.contains("Connection reset by peer") == true, "\(error)")
+        }
         #expect(!redis.channel.isActive)
     }
 

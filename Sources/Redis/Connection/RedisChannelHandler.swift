@@ -219,8 +219,11 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         context.fireChannelInactive()
     }
 
+    /// A socket error (e.g. `ECONNRESET` when the server died) fails the pending commands
+    /// with ``RedisClientError/connectionClosed``, like a clean close: sent, outcome unknown.
     package func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.logger.debug("redis connection error", metadata: ["error": "\(error)"])
+        let error = error is IOError ? RedisClientError(.connectionClosed, detail: "\(error)") : error
         self.executeClose(self.stateMachine.errorCaught(error), context: context, close: true)
     }
 
