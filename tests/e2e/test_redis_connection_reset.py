@@ -1,0 +1,59 @@
+"""Redis dies (kill -9) while a publish is in flight and unread: the kernel resets the gateway's
+connection (ECONNRESET, not a clean close). Redis may or may not have run the command, so the API
+must answer 504 "outcome unknown", never 503 "not published"."""
+import os
+import signal
+import subprocess
+import threading
+
+import pytest
+import requests
+
+from support.gateway import Gateway
+from support.process import free_port, terminate, wait_until
+from support.redis import redis_cli, redis_server_args
+
+BODY = "x" * 20_000  # large enough to find in Redis's receive queue
+
+
+def unread_bytes(port: int) -> int:
+    """The largest receive queue among the established connections to local `port`
+    (/proc/net/tcp: `local_address` and `st` 01, `tx_queue:rx_queue` in hex)."""
+    largest = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "01":
+                largest = max(largest, int(fields[4].split(":")[1], 16))
+    return largest
+
+
+def test_a_publish_cut_by_a_connection_reset_is_outcome_unknown(tmp_path):
+    port = free_port()
+    redis = subprocess.Popen(redis_server_args(port, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stopped = False
+    gw = None
+    try:
+        wait_until(lambda: redis_cli(port, "PING") == "PONG", 10, what="redis-server up")
+        # A long command timeout: the answer must come from the reset, not from a timeout.
+        gw = Gateway(name="redis-reset", sets=[f"redis.url=redis://127.0.0.1:{port}", "redis.command-timeout-ms=30000"])
+        assert gw.publish("/topic/reset", "before").status_code == 200
+        os.kill(redis.pid, signal.SIGSTOP)
+        stopped = True
+        answer = {}
+        publisher = threading.Thread(target=lambda: answer.update(r=requests.post(
+            f"{gw.base}/api/notification", json={"topic": "/topic/reset", "message": BODY}, timeout=20)))
+        publisher.start()
+        wait_until(lambda: unread_bytes(port) >= len(BODY), 10, what="the publish waiting unread in Redis's receive queue")
+        redis.kill()  # SIGKILL: closing a socket with unread data sends a reset
+        redis.wait(5)
+        publisher.join(20)
+        r = answer["r"]
+        assert r.status_code == 504, f"{r.status_code} {r.text}"
+        assert "outcome unknown" in r.json()["error"], r.text
+    finally:
+        if stopped and redis.poll() is None:
+            os.kill(redis.pid, signal.SIGCONT)
+        terminate(redis)
+        if gw:
+            gw.stop()
