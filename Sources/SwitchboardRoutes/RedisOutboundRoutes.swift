@@ -95,6 +95,13 @@ package struct RedisStreamRoute: AppRoute {
                     ReplicaAcknowledgement.failures.add(1, ordering: .relaxed)
                     throw RouteError(.redisCommandFailed, replication.failureMessage(stream: stream, error))
                 }
+                if let error = error as? RedisClientError, error == .connectionClosed || error == .commandTimeout {
+                    // Sent, but no reply: Redis may have stored it.
+                    throw RouteError(
+                        .outcomeUnknown,
+                        "XADD to redis stream \(stream): outcome unknown, the connection was lost before the reply (\(error)); "
+                            + "the entry may be stored, and sending it again may have it processed twice")
+                }
                 throw RouteError(.redisCommandFailed, "XADD to redis stream \(stream) failed: \(error)")
             }
     }

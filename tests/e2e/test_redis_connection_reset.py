@@ -1,6 +1,8 @@
-"""Redis dies (kill -9) while a publish is in flight and unread: the kernel resets the gateway's
-connection (ECONNRESET, not a clean close). Redis may or may not have run the command, so the API
-must answer 504 "outcome unknown", never 503 "not published"."""
+"""Redis dies (kill -9) while a command is in flight and unread: the kernel resets the gateway's
+connection (ECONNRESET, not a clean close). Redis may or may not have run the command, so the
+answer must say the outcome is unknown: a 504 for an API publish (never 503 "not published"), an
+ERROR saying so for a receipted SEND to a stream route (never a RECEIPT, never a plain
+"failed")."""
 import os
 import signal
 import subprocess
@@ -28,32 +30,59 @@ def unread_bytes(port: int) -> int:
     return largest
 
 
-def test_a_publish_cut_by_a_connection_reset_is_outcome_unknown(tmp_path):
+@pytest.fixture
+def redis_then_reset(tmp_path):
+    """A redis-server and a gateway on it (with an /app/orders stream route); yields
+    `(gateway, cut)`: `cut(start)` stops Redis, calls `start()` (which sends a command), waits
+    until that command sits unread in Redis's receive queue, then kills Redis (a reset)."""
     port = free_port()
     redis = subprocess.Popen(redis_server_args(port, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stopped = False
+    stopped = []
     gw = None
+
+    def cut(start):
+        os.kill(redis.pid, signal.SIGSTOP)
+        stopped.append(True)
+        start()
+        wait_until(lambda: unread_bytes(port) >= len(BODY), 10, what="the command waiting unread in Redis's receive queue")
+        redis.kill()  # SIGKILL: closing a socket with unread data sends a reset
+        redis.wait(5)
+
     try:
         wait_until(lambda: redis_cli(port, "PING") == "PONG", 10, what="redis-server up")
         # A long command timeout: the answer must come from the reset, not from a timeout.
-        gw = Gateway(name="redis-reset", sets=[f"redis.url=redis://127.0.0.1:{port}", "redis.command-timeout-ms=30000"])
-        assert gw.publish("/topic/reset", "before").status_code == 200
-        os.kill(redis.pid, signal.SIGSTOP)
-        stopped = True
-        answer = {}
-        publisher = threading.Thread(target=lambda: answer.update(r=requests.post(
-            f"{gw.base}/api/notification", json={"topic": "/topic/reset", "message": BODY}, timeout=20)))
-        publisher.start()
-        wait_until(lambda: unread_bytes(port) >= len(BODY), 10, what="the publish waiting unread in Redis's receive queue")
-        redis.kill()  # SIGKILL: closing a socket with unread data sends a reset
-        redis.wait(5)
-        publisher.join(20)
-        r = answer["r"]
-        assert r.status_code == 504, f"{r.status_code} {r.text}"
-        assert "outcome unknown" in r.json()["error"], r.text
+        gw = Gateway(name="redis-reset", sets=[
+            f"redis.url=redis://127.0.0.1:{port}", "redis.command-timeout-ms=30000", "routes.names=orders",
+            "routes.orders.destination=/app/orders", "routes.orders.type=redis-stream", "routes.orders.stream=orders"])
+        yield gw, cut
     finally:
         if stopped and redis.poll() is None:
             os.kill(redis.pid, signal.SIGCONT)
         terminate(redis)
         if gw:
             gw.stop()
+
+
+def test_a_publish_cut_by_a_connection_reset_is_outcome_unknown(redis_then_reset):
+    gw, cut = redis_then_reset
+    assert gw.publish("/topic/reset", "before").status_code == 200
+    answer = {}
+    publisher = threading.Thread(target=lambda: answer.update(r=requests.post(
+        f"{gw.base}/api/notification", json={"topic": "/topic/reset", "message": BODY}, timeout=20)))
+    cut(publisher.start)
+    publisher.join(20)
+    r = answer["r"]
+    assert r.status_code == 504, f"{r.status_code} {r.text}"
+    assert "outcome unknown" in r.json()["error"], r.text
+
+
+def test_a_stream_route_send_cut_by_a_connection_reset_is_outcome_unknown(redis_then_reset):
+    gw, cut = redis_then_reset
+    c = gw.client()
+    c.connect()
+    c.send_frame("SEND", {"destination": "/app/orders", "receipt": "o0"}, "before")
+    assert c.receive(5).command == "RECEIPT"
+    cut(lambda: c.send_frame("SEND", {"destination": "/app/orders", "receipt": "o1"}, BODY))
+    frame = c.receive(10)
+    assert frame.command == "ERROR" and frame.get("receipt-id") == "o1", f"{frame.command} {frame.get('message')}"
+    assert "outcome unknown" in frame.get("message", ""), frame.get("message")
