@@ -199,6 +199,12 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             .map { _ in timer.recordNanoseconds((NIODeadline.now() - start).nanoseconds) }
             .flatMapErrorThrowing { error in
                 self.publishFailures.add(1, ordering: .relaxed)
+                if let error = error as? RedisClientError, error == .connectionClosed || error == .commandTimeout {
+                    // Sent, but no reply: Redis may have passed it to the other instances.
+                    throw RouteError(
+                        .outcomeUnknown,
+                        "redis connection lost before the reply (\(error)); delivered to this instance's subscribers, the other instances' may or may not have it")
+                }
                 throw RouteError(.redisUnavailable, "redis unavailable (\(error)); delivered to this instance's subscribers only")
             }
     }

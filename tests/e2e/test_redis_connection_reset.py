@@ -52,7 +52,8 @@ def redis_then_reset(tmp_path):
         wait_until(lambda: redis_cli(port, "PING") == "PONG", 10, what="redis-server up")
         # A long command timeout: the answer must come from the reset, not from a timeout.
         gw = Gateway(name="redis-reset", sets=[
-            f"redis.url=redis://127.0.0.1:{port}", "redis.command-timeout-ms=30000", "routes.names=orders",
+            f"redis.url=redis://127.0.0.1:{port}", "redis.command-timeout-ms=30000", "history.disabled-prefixes=/topic/plain",
+            "routes.names=orders",
             "routes.orders.destination=/app/orders", "routes.orders.type=redis-stream", "routes.orders.stream=orders"])
         yield gw, cut
     finally:
@@ -63,17 +64,35 @@ def redis_then_reset(tmp_path):
             gw.stop()
 
 
-def test_a_publish_cut_by_a_connection_reset_is_outcome_unknown(redis_then_reset):
-    gw, cut = redis_then_reset
-    assert gw.publish("/topic/reset", "before").status_code == 200
+def publish_cut(gw, cut, topic: str) -> str:
+    """Publishes BODY to `topic` through the API while `cut` resets Redis's connection; asserts
+    the 504 "outcome unknown" and returns its error text."""
     answer = {}
     publisher = threading.Thread(target=lambda: answer.update(r=requests.post(
-        f"{gw.base}/api/notification", json={"topic": "/topic/reset", "message": BODY}, timeout=20)))
+        f"{gw.base}/api/notification", json={"topic": topic, "message": BODY}, timeout=20)))
     cut(publisher.start)
     publisher.join(20)
     r = answer["r"]
     assert r.status_code == 504, f"{r.status_code} {r.text}"
     assert "outcome unknown" in r.json()["error"], r.text
+    return r.json()["error"]
+
+
+def test_a_publish_cut_by_a_connection_reset_is_outcome_unknown(redis_then_reset):
+    gw, cut = redis_then_reset
+    assert gw.publish("/topic/reset", "before").status_code == 200
+    publish_cut(gw, cut, "/topic/reset")
+
+
+def test_a_publish_without_history_cut_by_a_connection_reset_is_outcome_unknown(redis_then_reset):
+    """Without history the publish reaches this instance's subscribers at once; whether Redis
+    passed it on to the other instances is what is unknown."""
+    gw, cut = redis_then_reset
+    subscriber = gw.client()
+    subscriber.connect()
+    subscriber.subscribe("/topic/plain", id="p", receipt="p")
+    assert "this instance's subscribers" in publish_cut(gw, cut, "/topic/plain")
+    assert subscriber.expect_message().text == BODY
 
 
 def test_a_stream_route_send_cut_by_a_connection_reset_is_outcome_unknown(redis_then_reset):
