@@ -95,12 +95,10 @@ package struct RedisStreamRoute: AppRoute {
                     ReplicaAcknowledgement.failures.add(1, ordering: .relaxed)
                     throw RouteError(.redisCommandFailed, replication.failureMessage(stream: stream, error))
                 }
-                if let error = error as? RedisClientError, error == .connectionClosed || error == .commandTimeout {
-                    // Sent, but no reply: Redis may have stored it.
-                    throw RouteError(
-                        .outcomeUnknown,
-                        "XADD to redis stream \(stream): outcome unknown, the connection was lost before the reply (\(error)); "
-                            + "the entry may be stored, and sending it again may have it processed twice")
+                if let unknown = RouteError.outcomeUnknown(
+                    ifReplyLost: error, "XADD to redis stream \(stream)", "the entry may be stored, and sending it again may have it processed twice")
+                {
+                    throw unknown
                 }
                 throw RouteError(.redisCommandFailed, "XADD to redis stream \(stream) failed: \(error)")
             }
@@ -178,6 +176,22 @@ package struct RedisPubSubRoute: AppRoute {
         return redis.send(PUBLISH(channel: channel, message: .bytes(message.body)))
             .hop(to: eventLoop)
             .map { _ in [] }
-            .flatMapErrorThrowing { error in throw RouteError(.redisCommandFailed, "PUBLISH to redis channel \(channel) failed: \(error)") }
+            .flatMapErrorThrowing { error in
+                if let unknown = RouteError.outcomeUnknown(
+                    ifReplyLost: error, "PUBLISH to redis channel \(channel)", "subscribed backends may have it, and sending it again may deliver it twice")
+                {
+                    throw unknown
+                }
+                throw RouteError(.redisCommandFailed, "PUBLISH to redis channel \(channel) failed: \(error)")
+            }
+    }
+}
+
+extension RouteError {
+    /// For a Redis command that was sent but whose reply never came (the connection was lost, or
+    /// it timed out): Redis may have run it, so the outcome is unknown. `nil` for other failures.
+    static func outcomeUnknown(ifReplyLost error: any Error, _ command: String, _ consequence: String) -> RouteError? {
+        guard let error = error as? RedisClientError, error == .connectionClosed || error == .commandTimeout else { return nil }
+        return RouteError(.outcomeUnknown, "\(command): outcome unknown, the connection was lost before the reply (\(error)); \(consequence)")
     }
 }

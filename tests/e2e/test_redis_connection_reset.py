@@ -1,8 +1,8 @@
 """Redis dies (kill -9) while a command is in flight and unread: the kernel resets the gateway's
 connection (ECONNRESET, not a clean close). Redis may or may not have run the command, so the
 answer must say the outcome is unknown: a 504 for an API publish (never 503 "not published"), an
-ERROR saying so for a receipted SEND to a stream route (never a RECEIPT, never a plain
-"failed")."""
+ERROR saying so for a receipted SEND to a redis-stream or redis-pubsub route (never a RECEIPT,
+never a plain "failed")."""
 import os
 import signal
 import subprocess
@@ -53,8 +53,9 @@ def redis_then_reset(tmp_path):
         # A long command timeout: the answer must come from the reset, not from a timeout.
         gw = Gateway(name="redis-reset", sets=[
             f"redis.url=redis://127.0.0.1:{port}", "redis.command-timeout-ms=30000", "history.disabled-prefixes=/topic/plain",
-            "routes.names=orders",
-            "routes.orders.destination=/app/orders", "routes.orders.type=redis-stream", "routes.orders.stream=orders"])
+            "routes.names=orders,chat", "routes.orders.destination=/app/orders", "routes.orders.type=redis-stream",
+            "routes.orders.stream=orders", "routes.chat.destination=/app/chat", "routes.chat.type=redis-pubsub",
+            "routes.chat.channel=chat"])
         yield gw, cut
     finally:
         if stopped and redis.poll() is None:
@@ -95,13 +96,14 @@ def test_a_publish_without_history_cut_by_a_connection_reset_is_outcome_unknown(
     assert subscriber.expect_message().text == BODY
 
 
-def test_a_stream_route_send_cut_by_a_connection_reset_is_outcome_unknown(redis_then_reset):
+@pytest.mark.parametrize("destination", ["/app/orders", "/app/chat"], ids=["redis-stream", "redis-pubsub"])
+def test_a_route_send_cut_by_a_connection_reset_is_outcome_unknown(redis_then_reset, destination):
     gw, cut = redis_then_reset
     c = gw.client()
     c.connect()
-    c.send_frame("SEND", {"destination": "/app/orders", "receipt": "o0"}, "before")
+    c.send_frame("SEND", {"destination": destination, "receipt": "o0"}, "before")
     assert c.receive(5).command == "RECEIPT"
-    cut(lambda: c.send_frame("SEND", {"destination": "/app/orders", "receipt": "o1"}, BODY))
+    cut(lambda: c.send_frame("SEND", {"destination": destination, "receipt": "o1"}, BODY))
     frame = c.receive(10)
     assert frame.command == "ERROR" and frame.get("receipt-id") == "o1", f"{frame.command} {frame.get('message')}"
     assert "outcome unknown" in frame.get("message", ""), frame.get("message")
