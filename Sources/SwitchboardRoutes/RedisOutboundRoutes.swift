@@ -143,13 +143,13 @@ package struct ReplicaAcknowledgement: Sendable {
         }
         guard !short.isEmpty else { return }
         logger.warning(
-            "redis.wait-replicas is \(replicas) but \(short.joined(separator: ", ")) replicas: receipted SENDs to redis-stream routes will fail until enough replicas are connected"
+            "redis-stream routes wait for \(replicas) replica\(replicas == 1 ? "" : "s") (wait-replicas) but \(short.joined(separator: ", ")) replicas: their receipted SENDs will fail until enough replicas are connected"
         )
     }
 
     func failureMessage(stream: String, _ error: RedisClientError) -> String {
         "XADD to redis stream \(stream) not acknowledged by \(replicas) replica\(replicas == 1 ? "" : "s") within "
-            + "\(timeout.nanoseconds / 1_000_000) ms (redis.wait-replicas; \(error.detail ?? "too few acknowledged")): "
+            + "\(timeout.nanoseconds / 1_000_000) ms (wait-replicas; \(error.detail ?? "too few acknowledged")): "
             + "the primary has the entry but a failover may lose it; send again to be sure (it may then be processed twice)"
     }
 }

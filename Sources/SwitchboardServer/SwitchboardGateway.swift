@@ -127,7 +127,12 @@ package struct SwitchboardGateway: Sendable {
                 redis = .single(
                     RedisClient(configuration: redisConfiguration, eventLoopGroup: group, additionalCommandLoops: apiLoops, logger: redisLogger))
             }
-            if settings.waitReplicas > 0, configuration.routes.contains(where: { $0.target.typeName == "redis-stream" }) {
+            let mostReplicas =
+                configuration.routes.compactMap { route -> Int? in
+                    guard case .redisStream(_, _, _, let waitReplicas) = route.target else { return nil }
+                    return waitReplicas ?? settings.waitReplicas
+                }.max() ?? 0
+            if mostReplicas > 0 {
                 // A WAIT holds its connection: the replicated writes get connections of their own.
                 var own = redisConfiguration
                 own.clientName = "switchboard-\(instanceID)-replicated"
@@ -139,7 +144,7 @@ package struct SwitchboardGateway: Sendable {
                             configuration: own, eventLoopGroup: group, additionalCommandLoops: apiLoops, logger: redisLogger,
                             enableSubscriptions: false))
                 replication = ReplicaAcknowledgement(
-                    redis: writes, replicas: settings.waitReplicas, timeout: .milliseconds(Int64(settings.waitReplicasTimeoutMs)))
+                    redis: writes, replicas: mostReplicas, timeout: .milliseconds(Int64(settings.waitReplicasTimeoutMs)))
             }
             let re = RedisEngine(
                 redis: redis, hub: hub, naming: RedisChannelNaming(prefix: settings.channelPrefix), instanceID: instanceID,
@@ -198,9 +203,12 @@ package struct SwitchboardGateway: Sendable {
                 let client = try webhookClient ?? WebhookClient(settings: configuration.webhooks, eventLoopGroup: group)
                 webhookClient = client
                 routes.add(pattern, try WebhookRoute(url: url, timeout: .milliseconds(Int64(timeoutMs)), client: client))
-            case (.redisStream(let stream, let maxLength, let groups), let redis?):
+            case (.redisStream(let stream, let maxLength, let groups, let waitReplicas), let redis?):
+                // The route's own count, on the replicated writes' client (made for the largest).
+                let replicas = waitReplicas ?? configuration.redis?.waitReplicas ?? 0
+                let own = replication.flatMap { r in replicas > 0 ? ReplicaAcknowledgement(redis: r.redis, replicas: replicas, timeout: r.timeout) : nil }
                 let r = RedisStreamRoute(
-                    stream: stream, maxLength: maxLength, redis: redis, groups: groups, replication: replication, eventLoop: loops[0])
+                    stream: stream, maxLength: maxLength, redis: redis, groups: groups, replication: own, eventLoop: loops[0])
                 streamRoutes.append(r)
                 routes.add(pattern, r)
             case (.redisPubSub(let channel), let redis?):

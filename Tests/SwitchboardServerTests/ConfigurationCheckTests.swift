@@ -93,6 +93,10 @@ import Testing
         (["redis.url=redis://x", "redis.unreachable-wait-ms=-1"], "redis.unreachable-wait-ms must be ≥ 0, got -1"),
         (["redis.url=redis://x", "redis.wait-replicas=-1"], "redis.wait-replicas must be ≥ 0, got -1"),
         (["redis.url=redis://x", "redis.wait-replicas-timeout-ms=0"], "redis.wait-replicas-timeout-ms must be ≥ 1, got 0"),
+        (
+            ["routes.names=o", "routes.o.destination=/app/o", "routes.o.type=redis-stream", "routes.o.stream=s", "routes.o.wait-replicas=-1"],
+            "routes.o.wait-replicas must be ≥ 0, got -1"
+        ),
         (["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=ftp://x/y"], "routes.g.url: webhook url 'ftp://x/y' must be an absolute http:// or https:// URL"),
         (["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=http://x/", "routes.g.timeout-ms=-1"], "routes.g.timeout-ms must be ≥ 1, got -1"),
     ])

@@ -8,11 +8,13 @@ import Testing
 /// Each section reads its own scope; routes are an enum with the payload their type needs.
 @Suite struct ConfigurationSectionsTests {
     @Test func routesAndInboundRoutesCarryWhatTheirTypeNeeds() async throws {
-        let configuration = try await ConfigurationCheckTests().load(ConfigurationCatalogTests.everything + ["routes.stream.groups=a,b"]).configuration
+        let configuration = try await ConfigurationCheckTests().load(
+            ConfigurationCatalogTests.everything + ["routes.stream.groups=a,b", "routes.stream.wait-replicas=2"]
+        ).configuration
         #expect(
             configuration.routes.map(\.target) == [
                 .webhook(url: "http://127.0.0.1:9/x", timeoutMs: 5_000),
-                .redisStream(stream: "S", maxLength: 100_000, groups: ["a", "b"]),
+                .redisStream(stream: "S", maxLength: 100_000, groups: ["a", "b"], waitReplicas: 2),
                 .redisPubSub(channel: "P"),
             ])
         #expect(

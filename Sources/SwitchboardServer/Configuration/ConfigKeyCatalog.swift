@@ -143,6 +143,10 @@ package enum ConfigKeyCatalog {
                 .init("routes.<name>.stream", .string, "—", "`redis-stream`: target stream"),
                 .init("routes.<name>.max-length", .integer, "`100000`", "`redis-stream`: `XADD MAXLEN ~ n`"),
                 .init("routes.<name>.groups", .list, "`[]`", "`redis-stream`: consumer groups created at start-up (`MKSTREAM`; an existing group is fine)"),
+                .init(
+                    "routes.<name>.wait-replicas", .integer, "`redis.wait-replicas`",
+                    "`redis-stream`: the replicas that must acknowledge an entry before its `RECEIPT` (0: the primary alone); overrides `redis.wait-replicas` for this route"
+                ),
                 .init("routes.<name>.channel", .string, "—", "`redis-pubsub`: `PUBLISH` channel"),
                 .init("webhooks.tls.ca-file", .string, "system trust roots", "PEM file of the CAs trusted for `https://` webhooks"),
                 .init(
@@ -181,7 +185,7 @@ package enum ConfigKeyCatalog {
                 ),
                 .init(
                     "redis.wait-replicas", .integer, "`0`",
-                    "an `/app` message routed to a Redis Stream (`redis-stream`) gets its `RECEIPT` only once this many replicas acknowledged the entry (`WAIT`, on connections of their own); fewer within `redis.wait-replicas-timeout-ms`: an `ERROR` saying so (the primary has the entry, a failover may lose it). 0: the `RECEIPT` once the primary stored it"
+                    "an `/app` message routed to a Redis Stream (`redis-stream`) gets its `RECEIPT` only once this many replicas acknowledged the entry (`WAIT`, on connections of their own); fewer within `redis.wait-replicas-timeout-ms`: an `ERROR` saying so (the primary has the entry, a failover may lose it). 0: the `RECEIPT` once the primary stored it. Per route: `routes.<name>.wait-replicas`"
                 ),
                 .init(
                     "redis.wait-replicas-timeout-ms", .integer, "`1000`",

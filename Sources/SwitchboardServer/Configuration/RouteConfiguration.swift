@@ -12,8 +12,9 @@ package struct RouteConfiguration: Sendable, Equatable {
     package enum Target: Sendable, Equatable {
         /// An HTTP POST per message, answered within `timeoutMs`.
         case webhook(url: String, timeoutMs: Int)
-        /// `XADD MAXLEN ~ maxLength` to a stream; `groups` are created at start-up.
-        case redisStream(stream: String, maxLength: Int, groups: [String])
+        /// `XADD MAXLEN ~ maxLength` to a stream; `groups` are created at start-up; the `RECEIPT`
+        /// waits for `waitReplicas` replicas (`nil`: `redis.wait-replicas`).
+        case redisStream(stream: String, maxLength: Int, groups: [String], waitReplicas: Int? = nil)
         /// `PUBLISH` to a channel.
         case redisPubSub(channel: String)
 
@@ -68,7 +69,10 @@ package struct RouteConfiguration: Sendable, Equatable {
                 let stream = try required("stream", for: "a redis-stream route")
                 let maxLength = route.int(forKey: "max-length", default: 100_000)
                 try SwitchboardConfiguration.atLeast(1, (base + ".max-length", maxLength))
-                target = .redisStream(stream: stream, maxLength: maxLength, groups: route.stringArray(forKey: "groups", default: []))
+                let waitReplicas = route.int(forKey: "wait-replicas")
+                if let waitReplicas { try SwitchboardConfiguration.atLeast(0, (base + ".wait-replicas", waitReplicas)) }
+                target = .redisStream(
+                    stream: stream, maxLength: maxLength, groups: route.stringArray(forKey: "groups", default: []), waitReplicas: waitReplicas)
             case "redis-pubsub":
                 target = .redisPubSub(channel: try required("channel", for: "a redis-pubsub route"))
             case let other:
