@@ -40,7 +40,7 @@ extension RedisEngine {
             }
             .flatMapErrorThrowing { error in
                 self.publishFailures.add(1, ordering: .relaxed)
-                if let error = error as? RedisClientError, error == .connectionClosed || error == .commandTimeout {
+                if RouteError.replyLost(error) {
                     // Sent, but no reply: Redis may have recorded and published it.
                     throw RouteError(
                         .outcomeUnknown,

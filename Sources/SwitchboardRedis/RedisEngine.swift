@@ -199,7 +199,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             .map { _ in timer.recordNanoseconds((NIODeadline.now() - start).nanoseconds) }
             .flatMapErrorThrowing { error in
                 self.publishFailures.add(1, ordering: .relaxed)
-                if let error = error as? RedisClientError, error == .connectionClosed || error == .commandTimeout {
+                if RouteError.replyLost(error) {
                     // Sent, but no reply: Redis may have passed it to the other instances.
                     throw RouteError(
                         .outcomeUnknown,

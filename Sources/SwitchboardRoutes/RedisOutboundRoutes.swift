@@ -188,10 +188,17 @@ package struct RedisPubSubRoute: AppRoute {
 }
 
 extension RouteError {
-    /// For a Redis command that was sent but whose reply never came (the connection was lost, or
-    /// it timed out): Redis may have run it, so the outcome is unknown. `nil` for other failures.
+    /// Whether `error` means a Redis command was sent but its reply never came (the connection
+    /// was lost, or it timed out): Redis may have run it, so the outcome is unknown.
+    package static func replyLost(_ error: any Error) -> Bool {
+        guard let error = error as? RedisClientError else { return false }
+        return error == .connectionClosed || error == .commandTimeout
+    }
+
+    /// ``RouteError/Code/outcomeUnknown`` for a command whose reply was lost (``replyLost(_:)``); `nil`
+    /// for other failures.
     static func outcomeUnknown(ifReplyLost error: any Error, _ command: String, _ consequence: String) -> RouteError? {
-        guard let error = error as? RedisClientError, error == .connectionClosed || error == .commandTimeout else { return nil }
+        guard replyLost(error) else { return nil }
         return RouteError(.outcomeUnknown, "\(command): outcome unknown, the connection was lost before the reply (\(error)); \(consequence)")
     }
 }

@@ -206,7 +206,7 @@ package struct SwitchboardGateway: Sendable {
             case (.redisStream(let stream, let maxLength, let groups, let waitReplicas), let redis?):
                 // The route's own count, on the replicated writes' client (made for the largest).
                 let replicas = waitReplicas ?? configuration.redis?.waitReplicas ?? 0
-                let own = replication.flatMap { r in replicas > 0 ? ReplicaAcknowledgement(redis: r.redis, replicas: replicas, timeout: r.timeout) : nil }
+                let own = replicas > 0 ? replication.map { ReplicaAcknowledgement(redis: $0.redis, replicas: replicas, timeout: $0.timeout) } : nil
                 let r = RedisStreamRoute(
                     stream: stream, maxLength: maxLength, redis: redis, groups: groups, replication: own, eventLoop: loops[0])
                 streamRoutes.append(r)
