@@ -4,60 +4,88 @@ import NIOCore
 struct QueuedSend: Sendable {
     /// Writes the command on the connection (and completes the caller's promise from its reply).
     let write: @Sendable (RedisConnection) -> Void
-    /// The connection could not be opened: the command goes the slow way (``RedisClusterClient/execute(_:)``).
+    /// The connection could not be opened: the command goes to its slot's detour.
     let fallBack: @Sendable () -> Void
 }
 
+/// A ``RedisClusterClient/send(_:)`` off the direct way, in its slot's detour (see
+/// ``SlotOrderStateMachine``).
+struct DetouredSend: Sendable {
+    let command: any RedisCommand
+    /// When retries end (the command timeout, from when it was sent).
+    let deadline: NIODeadline
+    /// Completes the caller's promise.
+    let complete: @Sendable (Result<RESPToken, any Error>) -> Void
+}
+
+typealias DetourEntry = SlotOrderStateMachine<DetouredSend>.Entry
+
 /// How ``RedisClusterClient/send(_:)`` goes on.
 private enum SendRoute {
-    case direct(RedisServerAddress, RedisConnection)
+    case direct(RedisConnection, @Sendable (RedisConnection) -> Void)
     case open(RedisServerAddress)
     case queued
-    case slow
+    case detoured([DetourEntry]?)
+    case full
 }
 
 extension RedisClusterClient {
     /// Sends `command` (see ``execute(_:)``) and returns a future on one of the client's event loops,
     /// like ``RedisClient/send(_:)``, so callers written against futures run on either client.
     ///
-    /// Commands for one node are written in the order they were sent, also while the node's
-    /// command connection is still opening (they wait in a queue written on its event loop), so
-    /// commands sent one after the other to one slot run in that order, as on one server. A
-    /// redirect (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`), or a connection that cannot be
-    /// opened, is then handled like ``execute(_:)`` does, which may reorder the command after
-    /// later ones.
+    /// Commands for one slot run in the order they were sent, as on one server. They are written
+    /// on their node's pipelined connection in that order (also while it is still opening). A
+    /// command that is redirected (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`), or whose node cannot
+    /// be reached, is not overtaken: the slot's later commands wait until it is done, then go
+    /// pipelined where it went (see ``SlotOrderStateMachine``).
     public func send<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response> {
-        let slot: HashSlot?
-        do { slot = try HashSlot(keys: command.keysAffected) } catch { return self.eventLoopGroup.any().makeFailedFuture(error) }
+        let hashSlot: HashSlot?
+        do { hashSlot = try HashSlot(keys: command.keysAffected) } catch { return self.eventLoopGroup.any().makeFailedFuture(error) }
+        let slot = hashSlot?.rawValue ?? HashSlot.count
         let promise = self.eventLoopGroup.any().makePromise(of: Command.Response.self)
-        let slowly: @Sendable () -> Void = { promise.completeWithTask { try await self.execute(command) } }
-        let write: @Sendable (RedisServerAddress, RedisConnection) -> Void = { node, connection in
-            self.write(command, on: connection, node: node, promise: promise)
-        }
+        let deadline = NIODeadline.now() + self.configuration.commandTimeout
+        let detoured: @Sendable () -> DetouredSend = { DetouredSend(command, deadline: deadline, promise: promise) }
         let route = self.state.withLockedValue { state -> SendRoute in
-            guard let topology = state.topology, !state.isShutdown else { return .slow }
-            guard let node = slot.map({ topology.primary(for: $0) }) ?? topology.primaries.first else { return .slow }
+            let node = state.isShutdown ? nil : state.topology.flatMap { topology in hashSlot.map { topology.primary(for: $0) } ?? topology.primaries.first }
+            let action = state.order.send(slot: slot, direct: node != nil, maximumWaiting: self.cluster.maximumPendingCommandsPerNode) { _ in
+                detoured()
+            }
+            guard case .direct(let sequence) = action, let node else {
+                switch action {
+                case .runRound(let round): return .detoured(round)
+                case .full: return .full
+                default: return .detoured(nil)
+                }
+            }
+            let write: @Sendable (RedisConnection) -> Void = { connection in
+                self.write(command, slot: slot, sequence: sequence, on: connection, node: node, promise: promise, detoured: detoured)
+            }
+            let fallBack: @Sendable () -> Void = { self.answered(slot: slot, redirected: DetourEntry(sequence: sequence, item: detoured())) }
             if state.queuedSends[node] != nil {
-                state.queuedSends[node]!.append(QueuedSend(write: { write(node, $0) }, fallBack: slowly))
+                state.queuedSends[node]!.append(QueuedSend(write: write, fallBack: fallBack))
                 return .queued
             }
-            if let connection = state.readyConnections[node], connection.isActive { return .direct(node, connection) }
-            state.queuedSends[node] = [QueuedSend(write: { write(node, $0) }, fallBack: slowly)]
+            if let connection = state.readyConnections[node], connection.isActive { return .direct(connection, write) }
+            state.queuedSends[node] = [QueuedSend(write: write, fallBack: fallBack)]
             return .open(node)
         }
         switch route {
-        case .direct(let node, let connection): write(node, connection)
+        case .direct(let connection, let write): write(connection)
         case .open(let node): self.openAndDrain(node)
-        case .queued: break
-        case .slow: slowly()
+        case .queued, .detoured(nil): break
+        case .detoured(let round?): self.runDetour(slot: slot, round)
+        case .full:
+            let limit = self.cluster.maximumPendingCommandsPerNode
+            promise.fail(RedisClientError(.queueFull, detail: "\(limit) commands of slot \(slot) wait behind a redirected one; not sent"))
         }
         return promise.futureResult
     }
 
     /// Writes `command` on `connection` (counted against the node's limit) and completes
-    /// `promise`; a redirect is followed the slow way.
+    /// `promise`; a redirected command goes to its slot's detour.
     private func write<Command: RedisCommand>(
-        _ command: Command, on connection: RedisConnection, node: RedisServerAddress, promise: EventLoopPromise<Command.Response>
+        _ command: Command, slot: Int, sequence: UInt64, on connection: RedisConnection, node: RedisServerAddress,
+        promise: EventLoopPromise<Command.Response>, detoured: @escaping @Sendable () -> DetouredSend
     ) {
         let limit = self.cluster.maximumPendingCommandsPerNode
         let admitted = self.state.withLockedValue { state -> Bool in
@@ -67,19 +95,103 @@ extension RedisClusterClient {
         }
         guard admitted else {
             promise.fail(RedisClientError(.queueFull, detail: "\(node) has \(limit) commands in flight"))
+            self.answered(slot: slot, redirected: nil)
             return
         }
         connection.sendRaw(command).whenComplete { result in
-            self.state.withLockedValue { $0.pending[node, default: 1] -= 1 }
-            switch result {
-            case .success(let token):
-                promise.completeWith(Result { try Command.Response(fromRESP: token) })
-            case .failure(let error as RedisServerError) where ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"].contains(error.code):
-                promise.completeWithTask { try await self.execute(command) }
-            case .failure(let error):
-                promise.fail(error)
+            let redirected = Self.isRedirect(result)
+            let round = self.state.withLockedValue { state in
+                state.pending[node, default: 1] -= 1
+                return state.order.answered(slot: slot, redirected: redirected ? DetourEntry(sequence: sequence, item: detoured()) : nil)
+            }
+            if !redirected { promise.completeWith(result.flatMap { token in Result { try Command.Response(fromRESP: token) } }) }
+            if let round { self.runDetour(slot: slot, round) }
+        }
+    }
+
+    /// A direct command of `slot` was answered (or never written).
+    private func answered(slot: Int, redirected: DetourEntry?) {
+        if let round = self.state.withLockedValue({ $0.order.answered(slot: slot, redirected: redirected) }) {
+            self.runDetour(slot: slot, round)
+        }
+    }
+
+    /// Runs `slot`'s detour, round after round, until it closes.
+    private func runDetour(slot: Int, _ first: [DetourEntry]) {
+        Task {
+            var round = first
+            while true {
+                let again = await self.run(round)
+                guard let next = self.state.withLockedValue({ $0.order.roundFinished(slot: slot, again: again) }) else { return }
+                round = next
             }
         }
+    }
+
+    /// One round: its first command follows the redirects alone (those that fail for good are
+    /// done, the next one goes first), then the rest is pipelined where it ran. Returns the
+    /// commands redirected again, in order. A command still waiting at its deadline fails, not
+    /// sent, as ``execute(_:)``'s retries do.
+    private func run(_ round: [DetourEntry]) async -> [DetourEntry] {
+        var rest = round[...]
+        while let first = rest.popFirst() {
+            guard first.item.deadline > .now() else {
+                first.item.complete(.failure(Self.expired))
+                continue
+            }
+            let ran: (node: RedisServerAddress, asking: Bool)
+            do {
+                let result = try await self.executeRaw(first.item.command, deadline: first.item.deadline)
+                first.item.complete(.success(result.reply))
+                ran = (result.node, result.asking)
+            } catch {
+                first.item.complete(.failure(error))
+                continue
+            }
+            return await self.pipeline(rest, on: ran.node, asking: ran.asking)
+        }
+        return []
+    }
+
+    /// Writes `entries` in order on `node`'s connection (each behind `ASKING` with `asking`);
+    /// returns those redirected again, or all of them when the node cannot be reached.
+    private func pipeline(_ entries: ArraySlice<DetourEntry>, on node: RedisServerAddress, asking: Bool) async -> [DetourEntry] {
+        guard !entries.isEmpty else { return [] }
+        let connection: RedisConnection
+        do {
+            connection = try await self.commandConnection(to: node)
+        } catch {
+            return Array(entries)
+        }
+        do {
+            try self.admit(entries.count, to: node)
+        } catch {
+            for entry in entries { entry.item.complete(.failure(error)) }
+            return []
+        }
+        defer { self.release(entries.count, from: node) }
+        let now = NIODeadline.now()
+        let replies = entries.map { entry -> EventLoopFuture<RESPToken> in
+            guard entry.item.deadline > now else { return connection.channel.eventLoop.makeFailedFuture(Self.expired) }
+            if asking { _ = connection.send(ASKING()) }
+            return connection.sendRaw(entry.item.command)
+        }
+        var again: [DetourEntry] = []
+        for (entry, reply) in zip(entries, replies) {
+            let result: Result<RESPToken, any Error>
+            do { result = .success(try await reply.get()) } catch { result = .failure(error) }
+            if Self.isRedirect(result) { again.append(entry) } else { entry.item.complete(result) }
+        }
+        return again
+    }
+
+    private static var expired: RedisClientError {
+        RedisClientError(.clusterUnavailable, detail: "waited behind an earlier command of its slot until the command timeout; not sent")
+    }
+
+    private static func isRedirect(_ result: Result<RESPToken, any Error>) -> Bool {
+        guard case .failure(let error as RedisServerError) = result else { return false }
+        return ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"].contains(error.code)
     }
 
     /// Opens the command connection to `node`, then writes the queued commands on its event
@@ -106,5 +218,14 @@ extension RedisClusterClient {
             if batch.isEmpty { return }
             for item in batch { item.write(connection) }
         }
+    }
+}
+
+extension DetouredSend {
+    /// `command`, completing `promise` with its decoded reply.
+    init<Command: RedisCommand>(_ command: Command, deadline: NIODeadline, promise: EventLoopPromise<Command.Response>) {
+        self.command = command
+        self.deadline = deadline
+        self.complete = { result in promise.completeWith(result.flatMap { token in Result { try Command.Response(fromRESP: token) } }) }
     }
 }

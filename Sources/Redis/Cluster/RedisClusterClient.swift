@@ -58,6 +58,8 @@ public final class RedisClusterClient: Sendable {
         /// ``send(_:)``s waiting, in order, for their node's command connection (a key is present
         /// while it opens and while the queue is written on it).
         var queuedSends: [RedisServerAddress: [QueuedSend]] = [:]
+        /// The order of ``send(_:)``'s commands per slot, through redirects.
+        var order = SlotOrderStateMachine<DetouredSend>()
         var slotMapChanges = 0
     }
 
@@ -157,6 +159,10 @@ public final class RedisClusterClient: Sendable {
     /// How many times the slot map was read.
     public var topologyRefreshCount: Int { self.state.withLockedValue { $0.topologyRefreshes } }
 
+    /// ``send(_:)``s that left the direct way (redirected, or their node unreachable) and waited
+    /// in their slot's detour, in all.
+    public var detouredSendCount: Int { self.state.withLockedValue { $0.order.detouredCount } }
+
     // MARK: Commands
 
     /// Executes `command` on the primary owning its keys' slot, following redirects.
@@ -168,15 +174,22 @@ public final class RedisClusterClient: Sendable {
 
     /// Executes `command` and returns the undecoded reply.
     public func executeRaw<Command: RedisCommand>(_ command: Command) async throws -> RESPToken {
+        try await self.executeRaw(command, deadline: .now() + self.configuration.commandTimeout).reply
+    }
+
+    /// Executes `command`, retrying until `deadline`, and says where it ran: its node, and whether
+    /// it needed `ASKING` there (an `ASK` redirect).
+    func executeRaw<Command: RedisCommand>(
+        _ command: Command, deadline: NIODeadline
+    ) async throws -> (reply: RESPToken, node: RedisServerAddress, asking: Bool) {
         let slot = try HashSlot(keys: command.keysAffected)
-        var machine = ClusterRequestStateMachine(
-            maximumAttempts: self.cluster.maximumRedirects, retryDelay: self.cluster.retryDelay, deadline: .now() + self.configuration.commandTimeout)
+        var machine = ClusterRequestStateMachine(maximumAttempts: self.cluster.maximumRedirects, retryDelay: self.cluster.retryDelay, deadline: deadline)
         var node = try await self.node(for: slot)
         var asking = false
         while true {
             let failure: ClusterRequestStateMachine.Failure
             do {
-                return try await self.send(command, to: node, asking: asking)
+                return (try await self.send(command, to: node, asking: asking), node, asking)
             } catch let error as ClusterSendError {
                 failure = error.failure
             } catch {
@@ -283,7 +296,7 @@ public final class RedisClusterClient: Sendable {
 
     /// Counts `count` commands in flight on `node`, or throws ``RedisClientError/queueFull`` when
     /// that would pass ``RedisClusterConfiguration/maximumPendingCommandsPerNode``.
-    private func admit(_ count: Int, to node: RedisServerAddress) throws {
+    func admit(_ count: Int, to node: RedisServerAddress) throws {
         let limit = self.cluster.maximumPendingCommandsPerNode
         let admitted = self.state.withLockedValue { state -> Bool in
             guard state.pending[node, default: 0] + count <= limit else { return false }
@@ -293,7 +306,7 @@ public final class RedisClusterClient: Sendable {
         guard admitted else { throw RedisClientError(.queueFull, detail: "\(node) has \(limit) commands in flight") }
     }
 
-    private func release(_ count: Int, from node: RedisServerAddress) {
+    func release(_ count: Int, from node: RedisServerAddress) {
         self.state.withLockedValue { $0.pending[node, default: count] -= count }
     }
 

@@ -108,6 +108,9 @@ final class MetricsEndpoint: Sendable {
                 counter(
                     "switchboard_redis_cluster_connection_losses_total", cluster.connectionLossCount,
                     help: "Redis Cluster: command or subscriber connections to a node that were lost (not closed by the gateway).")
+                counter(
+                    "switchboard_redis_cluster_detoured_commands_total", cluster.detouredSendCount,
+                    help: "Redis Cluster: commands redirected (or their node unreachable) that the later commands of their slot waited behind, to keep their order.")
             }
             if let age = engine.canary?.ownAge {
                 registry.makeGauge(
