@@ -5,34 +5,47 @@ import Redis
 import SwitchboardWire
 
 /// Proves that the cross-instance path delivers: every `interval` the instance publishes a
-/// canary on `<prefix>canary` (on Redis Cluster the shard channel `<prefix>{canary}`) and watches for it to come back through its own subscriber
-/// connection, like any message does. When its own canary is older than `timeout` (Redis
-/// stalled, the subscriber connection silently dead, a publish path broken), the instance is
-/// not ready (``lateReason``), so a green readiness check means "delivering". Peers' canaries
-/// are recorded too (``peers``).
+/// canary on `<prefix>canary` and watches for it to come back through its own subscriber
+/// connection, like any message does. On a Redis Cluster it does so on every shard: one shard
+/// channel per primary (``RedisChannelNaming/canaryChannels(for:)``), planned again when the
+/// slot map changes, so a stalled shard is noticed whichever it is. When an own canary is older
+/// than `timeout` (Redis or a shard stalled, a subscriber connection silently dead, a publish
+/// path broken), the instance is not ready (``lateReason``), so a green readiness check means
+/// "delivering". Peers' canaries are recorded too (``peers``).
 package final class DeliveryCanary: Sendable {
     package let interval: TimeAmount
     package let timeout: TimeAmount
     let redis: GatewayRedis
-    let channel: String
+    let naming: RedisChannelNaming
     let instanceID: String
     let loop: any EventLoop
     let logger: Logger
 
+    /// One canary channel: since when it is watched, when the own canary last came back.
+    struct Watched {
+        var since: NIODeadline
+        var seen: NIODeadline?
+        var subscription: RedisCallbackSubscription
+
+        func age(_ now: NIODeadline) -> TimeAmount { now - (self.seen ?? self.since) }
+    }
+
     struct State {
         var started: NIODeadline?
-        /// When this instance's last canary came back.
-        var ownSeen: NIODeadline?
+        var channels: [String: Watched] = [:]
+        /// The slot map the channels were planned for (Redis Cluster), and whether a plan runs.
+        var plannedFor: RedisClusterTopology?
+        var planning = false
         var peers: [String: NIODeadline] = [:]
         var task: RepeatedTask?
-        var subscription: RedisCallbackSubscription?
+        var stopped = false
     }
 
     private let state = NIOLockedValueBox(State())
 
     package init(redis: GatewayRedis, naming: RedisChannelNaming, instanceID: String, interval: TimeAmount, timeout: TimeAmount, loop: any EventLoop, logger: Logger) {
         self.redis = redis
-        self.channel = naming.canaryChannel(sharded: redis.isCluster)
+        self.naming = naming
         self.instanceID = instanceID
         self.interval = interval
         self.timeout = timeout
@@ -40,40 +53,88 @@ package final class DeliveryCanary: Sendable {
         self.logger = logger
     }
 
-    /// Subscribes and starts publishing. The subscription is re-established by the client after
-    /// a reconnect.
+    /// Subscribes and starts publishing. The subscriptions are re-established by the client after
+    /// a reconnect (on a cluster, on a shard's new primary).
     package func start() async throws {
-        let sub = try await redis.subscribe(to: [channel], kind: redis.gatewayChannelKind) { [weak self] message in
-            self?.received(String(buffer: message.payload))
+        state.withLockedValue { $0.started = .now() }
+        if let cluster = redis.clusterClient {
+            if cluster.topology == nil { _ = try await cluster.refreshTopology() }
+            try await plan()
+        } else {
+            try await watch([naming.canaryChannel(sharded: false)])
         }
-        let redis = self.redis, channel = self.channel, instanceID = self.instanceID
-        let task = loop.scheduleRepeatedTask(initialDelay: .zero, delay: interval) { _ in
+        let task = loop.scheduleRepeatedTask(initialDelay: .zero, delay: interval) { [weak self] _ in self?.tick() }
+        state.withLockedValue { $0.task = task }
+    }
+
+    /// Stops publishing (the subscriptions end with the client).
+    package func stop() {
+        let task = state.withLockedValue { s in
+            defer {
+                s.task = nil
+                s.stopped = true
+            }
+            return s.task
+        }
+        task?.cancel()
+    }
+
+    /// Publishes on every watched channel; on a cluster whose slot map changed, plans the
+    /// channels again first.
+    private func tick() {
+        let (channels, replan) = state.withLockedValue { s -> ([String], Bool) in
+            let changed = redis.clusterClient.map { $0.topology != nil && $0.topology != s.plannedFor } ?? false
+            let replan = changed && !s.planning && !s.stopped
+            if replan { s.planning = true }
+            return (Array(s.channels.keys), replan)
+        }
+        if replan {
+            Task {
+                do { try await self.plan() } catch { self.logger.warning("delivery canary: subscribing failed", metadata: ["error": "\(error)"]) }
+            }
+        }
+        for channel in channels {
             if redis.isCluster {
                 _ = redis.send(SPUBLISH(channel: channel, message: .string(instanceID)))
             } else {
                 _ = redis.send(PUBLISH(channel: channel, message: .string(instanceID)))
             }
         }
-        state.withLockedValue { s in
-            s.started = .now()
-            s.subscription = sub
-            s.task = task
+    }
+
+    /// Watches one channel on every primary of the current slot map, and no other.
+    private func plan() async throws {
+        defer { state.withLockedValue { $0.planning = false } }
+        guard let topology = redis.clusterClient?.topology else { return }
+        let wanted = naming.canaryChannels(for: topology)
+        let dropped = state.withLockedValue { s -> [RedisCallbackSubscription] in
+            s.plannedFor = topology
+            let gone = s.channels.keys.filter { !wanted.contains($0) }
+            return gone.compactMap { s.channels.removeValue(forKey: $0)?.subscription }
+        }
+        for subscription in dropped { await subscription.unsubscribe() }
+        try await watch(wanted.filter { channel in state.withLockedValue { $0.channels[channel] == nil } })
+    }
+
+    private func watch(_ channels: [String]) async throws {
+        for channel in channels {
+            let subscription = try await redis.subscribe(to: [channel], kind: redis.gatewayChannelKind) { [weak self] message in
+                self?.received(String(buffer: message.payload), on: message.channel)
+            }
+            let keep = state.withLockedValue { s -> Bool in
+                guard !s.stopped, s.channels[channel] == nil else { return false }
+                s.channels[channel] = Watched(since: .now(), subscription: subscription)
+                return true
+            }
+            if !keep { await subscription.unsubscribe() }
         }
     }
 
-    package func stop() {
-        let task = state.withLockedValue { s in
-            defer { s.task = nil }
-            return s.task
-        }
-        task?.cancel()
-    }
-
-    /// Called when the own canary comes back after being late: the path works again, and what
+    /// Called when an own canary comes back after being late: the path works again, and what
     /// it may have lost meanwhile is read from history (see ``RedisEngine``).
     let onRecovered = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
 
-    func received(_ sender: String) {
+    func received(_ sender: String, on channel: String) {
         let now = NIODeadline.now()
         let timeout = self.timeout
         let recovered = state.withLockedValue { s -> Bool in
@@ -81,28 +142,45 @@ package final class DeliveryCanary: Sendable {
                 s.peers[sender] = now
                 return false
             }
-            defer { s.ownSeen = now }
-            guard let since = s.ownSeen ?? s.started else { return false }
-            return now - since > timeout
+            guard let watched = s.channels[channel] else { return false }
+            s.channels[channel]?.seen = now
+            return watched.age(now) > timeout
         }
         if recovered {
-            logger.info("delivery canary back")
+            logger.info("delivery canary back", metadata: ["channel": "\(channel)"])
             onRecovered.withLockedValue { $0 }?()
         }
     }
 
-    /// Seconds since this instance's own canary last came back (since start while none has).
+    /// Seconds since this instance's own canary last came back, on the channel that waited
+    /// longest (since start while none has).
     package var ownAge: Double? {
-        state.withLockedValue { s in
-            guard let since = s.ownSeen ?? s.started else { return nil }
-            return Double((NIODeadline.now() - since).nanoseconds) / 1e9
+        let now = NIODeadline.now()
+        return state.withLockedValue { s in
+            guard let oldest = s.channels.values.map({ $0.age(now) }).max() ?? s.started.map({ now - $0 }) else { return nil }
+            return Double(oldest.nanoseconds) / 1e9
         }
     }
 
-    /// Why the instance is not delivering, or nil while its canary is on time.
+    /// Why the instance is not delivering, or nil while its canaries are on time.
     package var lateReason: String? {
-        guard let age = ownAge, age * 1e9 > Double(timeout.nanoseconds) else { return nil }
-        return String(format: "delivery canary late: own canary not seen for %.1f s", age)
+        let now = NIODeadline.now()
+        let (late, started) = state.withLockedValue { s in
+            (s.channels.filter { $0.value.age(now) > timeout }.map { ($0.key, $0.value.age(now)) }.sorted { $0.0 < $1.0 }, s.started)
+        }
+        if late.isEmpty {
+            // No channel watched yet (subscribing failed): late once the timeout has passed.
+            guard let started, state.withLockedValue({ $0.channels.isEmpty }), now - started > timeout else { return nil }
+            return String(format: "delivery canary late: own canary not watched for %.1f s (subscribing failed)", Double((now - started).nanoseconds) / 1e9)
+        }
+        let worst = late.map(\.1).max() ?? .zero
+        let text = String(format: "delivery canary late: own canary not seen for %.1f s", Double(worst.nanoseconds) / 1e9)
+        guard redis.isCluster else { return text }
+        let topology = redis.clusterClient?.topology
+        let shards = late.map { channel, _ in
+            topology?.primary(for: HashSlot(key: channel)).map { "\(channel) on \($0)" } ?? channel
+        }
+        return text + " (" + shards.joined(separator: ", ") + ")"
     }
 
     /// Seconds since each peer's canary was last seen.

@@ -1,3 +1,5 @@
+import Redis
+
 /// Names of the Redis channels the gateway uses. With the default prefix `switchboard:`:
 ///
 /// | channel | carries |
@@ -16,7 +18,7 @@
 /// | --- | --- |
 /// | `switchboard:{<destination>}:dest` | a destination's messages; same slot as its history keys, so the history function `SPUBLISH`es it |
 /// | `switchboard:{instance:<instance-id>}` | messages addressed to one session on that instance |
-/// | `switchboard:{canary}` | the delivery canary |
+/// | `switchboard:{canary}`, `switchboard:{canary:<n>}` | the delivery canary, one channel on every shard |
 ///
 /// A backend may `PUBLISH switchboard:dest:/topic/x <body>`: a payload that does not start
 /// with the envelope marker (byte 0x01) is delivered as the body, byte for byte.
@@ -56,6 +58,23 @@ public struct RedisChannelNaming: Sendable {
 
     /// The delivery canary's channel: `<prefix>canary`, or the shard channel `<prefix>{canary}`.
     public func canaryChannel(sharded: Bool) -> String { sharded ? prefix + "{canary}" : prefix + "canary" }
+
+    /// The delivery canary's shard channels on a Redis Cluster, one on every primary that owns
+    /// slots in `topology`: for each, the first of `<prefix>{canary}`, `<prefix>{canary:1}`,
+    /// `<prefix>{canary:2}`, … whose slot it owns (a shard that stops delivering is noticed,
+    /// whichever it is).
+    public func canaryChannels(for topology: RedisClusterTopology) -> [String] {
+        var wanted = Set(topology.shards.filter { !$0.slots.isEmpty }.map(\.primary))
+        var channels: [String] = []
+        var candidate = 0
+        // A primary owning one slot is found after about 16,384 candidates.
+        while !wanted.isEmpty, candidate < 1_000_000 {
+            let channel = candidate == 0 ? canaryChannel(sharded: true) : prefix + "{canary:\(candidate)}"
+            if let owner = topology.primary(for: HashSlot(key: channel)), wanted.remove(owner) != nil { channels.append(channel) }
+            candidate += 1
+        }
+        return channels
+    }
 
     /// The channel of a destination's join/leave notices (see ``PresenceNotice``).
     public func presenceChannel(forDestination destination: String) -> String { prefix + "presence:" + destination }

@@ -1,3 +1,4 @@
+import Redis
 import SwitchboardCore
 import SwitchboardRedis
 import SwitchboardWire
@@ -16,6 +17,28 @@ import Darwin
     /// are fnmatch patterns without flags: `*` spans separators, `\` escapes).
     static func redisGlobMatches(_ glob: String, _ channel: String) -> Bool {
         fnmatch(glob, channel, 0) == 0
+    }
+
+    /// One canary channel on every primary owning slots, each in a slot it owns; `{canary}`
+    /// stays the channel of the shard that owns it; a primary with a single slot gets one too,
+    /// and a primary without slots none.
+    @Test func canaryChannelsCoverEveryShard() {
+        func node(_ port: Int) -> RedisServerAddress { RedisServerAddress(host: "127.0.0.1", port: port) }
+        let canarySlot = HashSlot(key: "switchboard:{canary}").rawValue
+        let lonely = canarySlot == 100 ? 101 : 100
+        let topology = RedisClusterTopology(shards: [
+            RedisClusterShard(primary: node(1), slots: [0...(lonely - 1), (lonely + 1)...8000]),
+            RedisClusterShard(primary: node(2), slots: [8001...16383]),
+            RedisClusterShard(primary: node(3), slots: [lonely...lonely]),
+            RedisClusterShard(primary: node(4), slots: []),
+        ])
+        let channels = Self.naming.canaryChannels(for: topology)
+        let owners = channels.compactMap { topology.primary(for: HashSlot(key: $0)) }
+        #expect(channels.count == 3)
+        #expect(Set(owners) == [node(1), node(2), node(3)])
+        #expect(channels.contains("switchboard:{canary}"))
+        #expect(channels.allSatisfy { $0.hasPrefix("switchboard:{canary") && $0.hasSuffix("}") })
+        #expect(Self.naming.canaryChannels(for: RedisClusterTopology(shards: [])) == [])
     }
 
     @Test func destinationChannelsUseTheDefaultPrefix() {

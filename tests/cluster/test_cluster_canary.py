@@ -74,3 +74,26 @@ def test_haproxy_sends_api_requests_on_when_every_instance_is_not_ready(cluster_
     wait_until(lambda: all(cluster.server_states("api")[s] == "UP" for s in primaries), 20, what="haproxy sees both up again")
     r = requests.post(f"{cluster.lb_url}/api/notification", json={"topic": "/topic/panic", "message": "running"}, timeout=15)
     assert r.status_code == 200, r.text
+
+
+def test_a_stalled_shard_of_a_redis_cluster_makes_instances_not_ready(cluster_factory):
+    """On a Redis Cluster the canary runs on every shard (one shard channel per primary):
+    `CLIENT PAUSE … ALL` on a primary that does not own `{canary}` (its clients stall, the
+    cluster bus keeps it a healthy member, so nothing fails over) turns /health/ready 503 with
+    the canary's reason naming that shard's node, and ready again after the pause."""
+    cluster = cluster_factory(replicas=0, gateways=1, config_yaml="redis:\n  url: redis://127.0.0.1:6379\n", redis_cluster={})
+    rc = cluster.rc
+    gw = cluster.gw_url(0)
+    canary_owner = rc.node_for_key("switchboard:{canary}")
+    stalled = next(p for p in rc.primaries() if p is not canary_owner)
+    wait_until(lambda: ready(gw)[0] == 200, 30, what="ready")
+    # Every shard's canary comes back before the stall (the first may still be on its way).
+    wait_until(lambda: requests.get(f"{gw}/health", timeout=2).json()["redis"]["canaryAgeSeconds"] < 2, 10, what="every canary back")
+    rc.cli(stalled, "CLIENT", "PAUSE", "7000", "ALL", check=True)
+
+    def shard_late():
+        status, body = ready(gw)
+        return status == 503 and any("delivery canary late" in r and f":{stalled.port}" in r for r in body.get("reasons", [])) and body
+    late = wait_until(shard_late, 15, what=f"not ready, the canary of redis{stalled.index}'s shard late")
+    assert not any(f":{canary_owner.port}" in r for r in late["reasons"]), late
+    wait_until(lambda: ready(gw)[0] == 200, 30, what="ready again after the pause")

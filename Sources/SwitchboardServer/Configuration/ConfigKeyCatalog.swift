@@ -168,7 +168,7 @@ package enum ConfigKeyCatalog {
                 .init("redis.command-timeout-ms", .integer, "`2000`", "a command not answered in time fails (and its connection is reset)"),
                 .init(
                     "redis.canary-interval-ms", .integer, "`1000`",
-                    "the delivery canary: each instance publishes one on `<prefix>canary` this often and watches it come back through its subscriber connection; 0: off"
+                    "the delivery canary: each instance publishes one on `<prefix>canary` (on a Redis Cluster, on every shard) this often and watches it come back through its subscriber connection; 0: off"
                 ),
                 .init(
                     "redis.canary-timeout-ms", .integer, "`3000`",
