@@ -153,8 +153,9 @@ extension RedisClusterClient {
         return []
     }
 
-    /// Writes `entries` in order on `node`'s connection (each behind `ASKING` with `asking`);
-    /// returns those redirected again, or all of them when the node cannot be reached.
+    /// Writes `entries` in order on `node`'s connection (each behind `ASKING` with `asking`), in
+    /// chunks of at most ``detourChunk`` in flight; returns those redirected again and every one
+    /// after them (not sent once one was redirected), or all when the node cannot be reached.
     private func pipeline(_ entries: ArraySlice<DetourEntry>, on node: RedisServerAddress, asking: Bool) async -> [DetourEntry] {
         guard !entries.isEmpty else { return [] }
         let connection: RedisConnection
@@ -163,27 +164,35 @@ extension RedisClusterClient {
         } catch {
             return Array(entries)
         }
-        do {
-            try self.admit(entries.count, to: node)
-        } catch {
-            for entry in entries { entry.item.complete(.failure(error)) }
-            return []
-        }
-        defer { self.release(entries.count, from: node) }
-        let now = NIODeadline.now()
-        let replies = entries.map { entry -> EventLoopFuture<RESPToken> in
-            guard entry.item.deadline > now else { return connection.channel.eventLoop.makeFailedFuture(Self.expired) }
-            if asking { _ = connection.send(ASKING()) }
-            return connection.sendRaw(entry.item.command)
-        }
+        var rest = entries
         var again: [DetourEntry] = []
-        for (entry, reply) in zip(entries, replies) {
-            let result: Result<RESPToken, any Error>
-            do { result = .success(try await reply.get()) } catch { result = .failure(error) }
-            if Self.isRedirect(result) { again.append(entry) } else { entry.item.complete(result) }
+        while !rest.isEmpty, again.isEmpty {
+            let chunk = rest.prefix(Self.detourChunk)
+            rest = rest.dropFirst(chunk.count)
+            do {
+                try self.admit(chunk.count, to: node)
+            } catch {
+                for entry in chunk { entry.item.complete(.failure(error)) }
+                continue
+            }
+            let now = NIODeadline.now()
+            let replies = chunk.map { entry -> EventLoopFuture<RESPToken> in
+                guard entry.item.deadline > now else { return connection.channel.eventLoop.makeFailedFuture(Self.expired) }
+                if asking { _ = connection.send(ASKING()) }
+                return connection.sendRaw(entry.item.command)
+            }
+            for (entry, reply) in zip(chunk, replies) {
+                let result: Result<RESPToken, any Error>
+                do { result = .success(try await reply.get()) } catch { result = .failure(error) }
+                if Self.isRedirect(result) { again.append(entry) } else { entry.item.complete(result) }
+            }
+            self.release(chunk.count, from: node)
         }
-        return again
+        return again + rest
     }
+
+    /// Commands of a detour round in flight at once.
+    static var detourChunk: Int { 1_000 }
 
     private static var expired: RedisClientError {
         RedisClientError(.clusterUnavailable, detail: "waited behind an earlier command of its slot until the command timeout; not sent")
