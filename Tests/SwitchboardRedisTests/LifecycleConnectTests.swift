@@ -237,12 +237,25 @@ final class LifecycleTestGateway: @unchecked Sendable {
     }
 
     func events() async throws -> [LifecycleEvent] {
-        let token = try await admin.execute(RawCommand("XRANGE", "switchboard:events", "-", "+"))
+        let token = try await onAdmin { try await self.admin.execute(RawCommand("XRANGE", "switchboard:events", "-", "+")) }
         return try [RedisStreamEntry](fromRESP: token).compactMap(LifecycleEvent.init)
     }
 
     func presence(user: String) async throws -> UserPresence {
-        try await LifecycleFunctions.call(UserPresenceQuery(prefix: "switchboard:", user: user), on: admin).get()
+        try await onAdmin { try await LifecycleFunctions.call(UserPresenceQuery(prefix: "switchboard:", user: user), on: self.admin).get() }
+    }
+
+    /// Runs `query` on the test's own client, which reconnects on its own schedule after the
+    /// server restarted: while it is not connected yet (up to 10 s), the query waits for it.
+    private func onAdmin<T>(_ query: () async throws -> T) async throws -> T {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while true {
+            do {
+                return try await query()
+            } catch let error as RedisClientError where error == .notConnected && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))  // poll interval while reconnecting
+            }
+        }
     }
 
     /// Closes the sessions still open first (as the gateway's drain does), so that nothing is
