@@ -61,12 +61,13 @@ struct SlotOrderStateMachine<Item: Sendable>: Sendable {
     /// waits or runs in a detour. A detour holds at most `maximumWaiting` new commands; the
     /// redirected ones it takes back are not limited (they are counted in flight already).
     mutating func send(slot: Int, direct: Bool, maximumWaiting: Int = .max, _ makeItem: (UInt64) -> Item) -> SendAction {
-        let detour = self.detours[slot]
-        if direct, detour == nil {
+        // The count alone: a copy of the detour kept here would make the append below copy its queue.
+        let waiting = self.detours.isEmpty ? nil : self.detours[slot]?.waiting.count
+        if direct, waiting == nil {
             self.inFlight[slot] += 1
             return .direct(sequence: self.takeSequence())
         }
-        if let detour, detour.waiting.count >= maximumWaiting { return .full }
+        if let waiting, waiting >= maximumWaiting { return .full }
         let sequence = self.takeSequence()
         self.detours[slot, default: Detour()].waiting.append(Entry(sequence: sequence, item: makeItem(sequence)))
         self.detouredCount += 1
@@ -117,7 +118,9 @@ struct SlotOrderStateMachine<Item: Sendable>: Sendable {
     /// Takes everything waiting, oldest first, when the detour is idle and no direct command of
     /// the slot is in flight.
     private mutating func startRound(_ slot: Int) -> [Entry]? {
-        guard self.inFlight[slot] == 0, var detour = self.detours[slot], !detour.running, !detour.waiting.isEmpty else { return nil }
+        guard self.inFlight[slot] == 0, !self.detours.isEmpty, var detour = self.detours[slot], !detour.running, !detour.waiting.isEmpty else {
+            return nil
+        }
         let round = detour.waiting.sorted { $0.sequence < $1.sequence }
         detour.waiting = []
         detour.running = true
