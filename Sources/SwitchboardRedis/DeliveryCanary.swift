@@ -102,18 +102,19 @@ package final class DeliveryCanary: Sendable {
         }
     }
 
-    /// Watches one channel on every primary of the current slot map, and no other.
+    /// Watches one channel on every primary of the current slot map, and no other. A plan that
+    /// failed (subscribing failed) is tried again on the next tick.
     private func plan() async throws {
         defer { state.withLockedValue { $0.planning = false } }
         guard let topology = redis.clusterClient?.topology else { return }
         let wanted = naming.canaryChannels(for: topology)
         let dropped = state.withLockedValue { s -> [RedisCallbackSubscription] in
-            s.plannedFor = topology
             let gone = s.channels.keys.filter { !wanted.contains($0) }
             return gone.compactMap { s.channels.removeValue(forKey: $0)?.subscription }
         }
         for subscription in dropped { await subscription.unsubscribe() }
         try await watch(wanted.filter { channel in state.withLockedValue { $0.channels[channel] == nil } })
+        state.withLockedValue { $0.plannedFor = topology }
     }
 
     private func watch(_ channels: [String]) async throws {
