@@ -184,6 +184,9 @@ package final class DeliveryCanary: Sendable {
         return text + " (" + shards.joined(separator: ", ") + ")"
     }
 
+    /// The channels watched, sorted.
+    package var watchedChannels: [String] { state.withLockedValue { $0.channels.keys.sorted() } }
+
     /// Seconds since each peer's canary was last seen.
     package var peers: [String: Double] {
         let now = NIODeadline.now()

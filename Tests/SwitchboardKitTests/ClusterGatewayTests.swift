@@ -96,6 +96,7 @@ struct ClusterGatewayTests {
         try await repairAfterSlotMove(cluster, a, b)
         try await wildcardRefused(b)
         try await kitOnCluster(cluster, b)
+        try await canaryOnEveryShard(cluster)
         try await failover(cluster, a, b)
         await a.shutdown()
         await b.shutdown()
@@ -112,6 +113,40 @@ struct ClusterGatewayTests {
         let items = try [String](fromRESP: try await client.execute(RawCommand(arguments: ["LRANGE", "{order}", "0", "-1"], keys: ["{order}"])))
         #expect(items == (0..<300).map(String.init))
         await client.shutdown()
+    }
+
+    /// The delivery canary watches one channel on every primary and each comes back; after the
+    /// slot of `{canary}` moves to another primary, the channels are planned again on the new
+    /// map: still one on every primary, all back in time.
+    func canaryOnEveryShard(_ cluster: RedisClusterProcess) async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let client = try RedisClusterClient(configuration: clusterConfiguration(cluster), eventLoopGroup: group, logger: quietLogger)
+        client.start()
+        let naming = RedisChannelNaming(prefix: "canary-test:")
+        let canary = DeliveryCanary(
+            redis: .cluster(client), naming: naming, instanceID: "gwC", interval: .milliseconds(100), timeout: .seconds(3), loop: group.any(),
+            logger: quietLogger)
+        try await canary.start()
+        @Sendable func covered() async throws -> Bool {
+            let topology = try #require(client.topology)
+            let owners = Set(canary.watchedChannels.compactMap { topology.primary(for: HashSlot(key: $0)) })
+            return canary.watchedChannels == naming.canaryChannels(for: topology).sorted() && owners == Set(topology.primaries)
+                && canary.lateReason == nil && (canary.ownAge ?? 99) < 1
+        }
+        #expect(try await eventually { try await covered() }, "one channel on each primary, each back: \(canary.watchedChannels)")
+        #expect(canary.watchedChannels.count == 3)
+
+        let slot = HashSlot(key: naming.canaryChannel(sharded: true))
+        let source = try #require(try await cluster.owner(of: slot))
+        let target = try #require(try await cluster.primaries().first { $0 !== source })
+        let before = canary.watchedChannels
+        try await cluster.migrateSlot(slot, from: source, to: target)
+        #expect(
+            try await eventually(timeout: .seconds(20)) { try await covered() && canary.watchedChannels != before },
+            "planned again on the new map: \(canary.watchedChannels)")
+        canary.stop()
+        await client.shutdown()
+        try await group.shutdownGracefully()
     }
 
     /// A publish on gateway A reaches the subscriber on gateway B, with and without history, on
