@@ -238,31 +238,25 @@ class PipelinedPublisher(ReconnectingClient):
         return True
 
 
-def test_pipelined_sends_keep_their_order_across_a_failover(cluster, clients):
-    """A publisher pipelines receipted SENDs (bursts of 20) to one topic while the primary that
-    owns it is killed: the SENDs the gateway had to retry while the replica took over (the node
-    unreachable, then `MOVED`) are not overtaken by later ones (docs/scaling.md, "Redis
-    Cluster"). Every subscriber gets the numbers in the order they were sent, without a
-    duplicate, and every receipted one."""
-    rc = cluster.rc
-    topic = "/topic/rc-pipelined"
-    victim = rc.node_for_key(dest_channel(topic))
+def pipelined_sends_across(cluster, clients, topic, what, fault):
+    """A PipelinedPublisher on gw0 and a subscriber on each gateway; `fault()` runs once 200
+    numbers are receipted, then 200 more. Every subscriber must get the numbers in the order
+    they were sent, without a duplicate, and every receipted one (or be told of a gap). Returns
+    gw0's switchboard_redis_cluster_detoured_commands_total."""
     subs = [clients(cluster.client(cluster.gw_ws(k))) for k in range(3)]
     for c in subs:
         c.subscribe(topic, id="1", receipt="r")
     pub = PipelinedPublisher(cluster.gw_ws(0), topic)
     pub.start()
     wait_until(lambda: len(pub.receipted) >= 200, 20, what="publishing")
-    rc.fail_primary(victim)
-    cluster.wait_ready(0, timeout=30)
+    fault()
     before = len(pub.receipted)
-    wait_until(lambda: len(pub.receipted) >= before + 200, 30, what="publishing after the failover")
+    wait_until(lambda: len(pub.receipted) >= before + 200, 30, what=f"publishing after {what}")
     pub.stop.set()
     pub.join(15)
     last = max(pub.receipted)
     detoured = metric(requests.get(f"{cluster.gw_url(0)}/metrics", timeout=3).text, "switchboard_redis_cluster_detoured_commands_total")
-    assert detoured > 0, "the publisher's gateway held SENDs behind a redirected one"
-    print(f"\npipelined SENDs across a failover: receipted {len(pub.receipted)}, detoured {detoured}, errors {pub.errors[:5]}")
+    print(f"\npipelined SENDs across {what}: receipted {len(pub.receipted)}, detoured {detoured}, errors {pub.errors[:5]}")
     for k, c in enumerate(subs):
         frames = []
         bodies, _ = drain(c, lambda b: bool(b) and b[-1] >= last, timeout=20, frames=frames)
@@ -270,6 +264,36 @@ def test_pipelined_sends_keep_their_order_across_a_failover(cluster, clients):
         missing = sorted(set(pub.receipted) - set(bodies))
         assert not steps_back, f"subscriber {k}: numbers out of order or twice: {steps_back[:10]}"
         assert not missing or positions_signal_a_gap(frames), f"subscriber {k}: receipted and never delivered: {missing[:10]}"
+    return detoured
+
+
+def test_pipelined_sends_keep_their_order_across_a_failover(cluster, clients):
+    """A publisher pipelines receipted SENDs (bursts of 20) to one topic while the primary that
+    owns it is killed: the SENDs the gateway had to retry while the replica took over (the node
+    unreachable, then `MOVED`) are not overtaken by later ones (docs/scaling.md, "Redis
+    Cluster")."""
+    rc = cluster.rc
+    topic = "/topic/rc-pipelined"
+    victim = rc.node_for_key(dest_channel(topic))
+
+    def fail_over():
+        rc.fail_primary(victim)
+        cluster.wait_ready(0, timeout=30)
+    detoured = pipelined_sends_across(cluster, clients, topic, "a failover", fail_over)
+    assert detoured > 0, "the publisher's gateway held SENDs behind a redirected one"
+
+
+def test_pipelined_sends_keep_their_order_across_a_reshard(cluster, clients):
+    """The same while `redis-cli --cluster reshard` moves the topic's slot (with 199 others) to
+    another primary: `ASK` while its keys move, then `MOVED`."""
+    rc = cluster.rc
+    source, target, _ = rc.primaries()
+    topic = destinations_in(rc.lowest_slots(source, 200), "/topic/rc-pipelined-move-", 1)[0]
+
+    def reshard():
+        rc.reshard(200, source, target)
+        assert rc.node_for_key(dest_channel(topic)) is target
+    pipelined_sends_across(cluster, clients, topic, "a reshard", reshard)
 
 
 GREET_CONFIG = CONFIG + """routes:
