@@ -83,6 +83,8 @@ package final class DeliveryCanary: Sendable {
     /// channels again first.
     private func tick() {
         let (channels, replan) = state.withLockedValue { s -> ([String], Bool) in
+            // A tick queued on the loop before stop() cancelled the task publishes nothing.
+            guard !s.stopped else { return ([], false) }
             let changed = redis.clusterClient.map { $0.topology != nil && $0.topology != s.plannedFor } ?? false
             let replan = changed && !s.planning && !s.stopped
             if replan { s.planning = true }

@@ -493,6 +493,8 @@ struct RedisService: Service {
         try await inbound.start(parts.inbound)
         try? await gracefulShutdown()
         groupsTask.cancel()
+        // Its last check completes before the Redis client and the event loops go.
+        await groupsTask.value
         await inbound.stop()
         // The sessions' last facts (`disconnected(drain)`), then the lease: whatever is still
         // registered is written as drained, and nobody reaps this instance.

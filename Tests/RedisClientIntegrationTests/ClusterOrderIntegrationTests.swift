@@ -11,13 +11,13 @@ import Testing
 /// against real processes (3 primaries, 3 replicas, free ports).
 @Suite("Real Redis Cluster: order per slot", .serialized, .enabled(if: RedisClusterProcess.isAvailable, "redis-server/redis-cli not installed"))
 struct ClusterOrderIntegrationTests {
-    func client(_ cluster: RedisClusterProcess) throws -> RedisClusterClient {
+    func client(_ cluster: RedisClusterProcess, retryDelay: TimeAmount = .milliseconds(20)) throws -> RedisClusterClient {
         var configuration = RedisConfiguration()
         configuration.password = cluster.password
         configuration.connectTimeout = .seconds(1)
         configuration.commandTimeout = .seconds(5)
         configuration.reconnectBackoffMaximum = .milliseconds(500)
-        configuration.cluster = RedisClusterConfiguration(nodes: cluster.seeds, retryDelay: .milliseconds(20))
+        configuration.cluster = RedisClusterConfiguration(nodes: cluster.seeds, retryDelay: retryDelay)
         var logger = Logger(label: "cluster-order-test")
         logger.logLevel = .critical
         let client = try RedisClusterClient(configuration: configuration, logger: logger)
@@ -26,9 +26,11 @@ struct ClusterOrderIntegrationTests {
     }
 
     /// A cluster, a client that has read its map, and the primary owning `key`.
-    func start(owning key: String) async throws -> (RedisClusterProcess, RedisClusterClient, RedisServerProcess) {
+    func start(
+        owning key: String, retryDelay: TimeAmount = .milliseconds(20)
+    ) async throws -> (RedisClusterProcess, RedisClusterClient, RedisServerProcess) {
         let cluster = try await RedisClusterProcess.start()
-        let client = try self.client(cluster)
+        let client = try self.client(cluster, retryDelay: retryDelay)
         _ = try await client.refreshTopology()
         return (cluster, client, try #require(try await cluster.owner(of: HashSlot(key: key))))
     }
@@ -140,5 +142,24 @@ struct ClusterOrderIntegrationTests {
         let outOfOrder = zip(values, values.dropFirst()).filter { $0 >= $1 }
         #expect(outOfOrder.isEmpty, "\(outOfOrder.count) commands ran before an earlier one, e.g. \(outOfOrder.prefix(5))")
         #expect(client.detouredSendCount > 0, "commands waited for the failover")
+    }
+
+    /// Sends waiting in a detour (their node killed, retries slow) fail with `shutdown` when the
+    /// client shuts down, not at their timeout, so their promises complete while the caller's
+    /// event loops still run; a send after the shutdown fails at once the same way.
+    @Test func shutdownFailsDetouredSendsAtOnce() async throws {
+        let key = "{down}:k"
+        let (cluster, client, owner) = try await self.start(owning: key, retryDelay: .milliseconds(500))
+        defer { cluster.stop() }
+        _ = try await client.send(RawCommand(arguments: ["SET", .string(key), "before"], keys: [key])).get()
+        owner.kill()
+        #expect(try await eventually { client.connectionLossCount > 0 }, "the client saw its connection to the node close")
+        let futures = (0..<10).map { client.send(RawCommand(arguments: ["SET", .string(key), .string("\($0)")], keys: [key])) }
+        #expect(try await eventually { client.detouredSendCount >= 10 }, "the sends wait in the slot's detour")
+        await client.shutdown()
+        for future in futures {
+            await #expect(throws: RedisClientError.shutdown) { try await future.get() }
+        }
+        await #expect(throws: RedisClientError.shutdown) { try await client.send(PING()).get() }
     }
 }

@@ -27,6 +27,7 @@ private enum SendRoute {
     case queued
     case detoured([DetourEntry]?)
     case full
+    case shutdown
 }
 
 extension RedisClusterClient {
@@ -46,7 +47,8 @@ extension RedisClusterClient {
         let deadline = NIODeadline.now() + self.configuration.commandTimeout
         let detoured: @Sendable () -> DetouredSend = { DetouredSend(command, deadline: deadline, promise: promise) }
         let route = self.state.withLockedValue { state -> SendRoute in
-            let node = state.isShutdown ? nil : state.topology.flatMap { topology in hashSlot.map { topology.primary(for: $0) } ?? topology.primaries.first }
+            guard !state.isShutdown else { return .shutdown }
+            let node = state.topology.flatMap { topology in hashSlot.map { topology.primary(for: $0) } ?? topology.primaries.first }
             let action = state.order.send(slot: slot, direct: node != nil, maximumWaiting: self.cluster.maximumPendingCommandsPerNode) { _ in
                 detoured()
             }
@@ -74,6 +76,8 @@ extension RedisClusterClient {
         case .open(let node): self.openAndDrain(node)
         case .queued, .detoured(nil): break
         case .detoured(let round?): self.runDetour(slot: slot, round)
+        case .shutdown:
+            promise.fail(RedisClientError.shutdown)
         case .full:
             let limit = self.cluster.maximumPendingCommandsPerNode
             promise.fail(RedisClientError(.queueFull, detail: "\(limit) commands of slot \(slot) wait behind a redirected one; not sent"))
@@ -116,16 +120,25 @@ extension RedisClusterClient {
         }
     }
 
-    /// Runs `slot`'s detour, round after round, until it closes.
+    /// Runs `slot`'s detour, round after round, until it closes (one runner per slot at a time:
+    /// a round starts only when the previous one finished).
     private func runDetour(slot: Int, _ first: [DetourEntry]) {
-        Task {
+        let runner = Task {
             var round = first
             while true {
                 let again = await self.run(round)
-                guard let next = self.state.withLockedValue({ $0.order.roundFinished(slot: slot, again: again) }) else { return }
+                let next = self.state.withLockedValue { state in
+                    let next = state.order.roundFinished(slot: slot, again: again)
+                    if next == nil { state.detourRunners[slot] = nil }
+                    return next
+                }
+                guard let next else { return }
                 round = next
             }
         }
+        // A runner that finished before this line stays recorded until the slot's next detour
+        // replaces it; awaiting it costs nothing.
+        self.state.withLockedValue { $0.detourRunners[slot] = runner }
     }
 
     /// One round: its first command follows the redirects alone (those that fail for good are
@@ -135,6 +148,10 @@ extension RedisClusterClient {
     private func run(_ round: [DetourEntry]) async -> [DetourEntry] {
         var rest = round[...]
         while let first = rest.popFirst() {
+            guard !self.state.withLockedValue({ $0.isShutdown }) else {
+                first.item.complete(.failure(RedisClientError.shutdown))
+                continue
+            }
             guard first.item.deadline > .now() else {
                 first.item.complete(.failure(Self.expired))
                 continue

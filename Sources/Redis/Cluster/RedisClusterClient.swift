@@ -60,6 +60,8 @@ public final class RedisClusterClient: Sendable {
         var queuedSends: [RedisServerAddress: [QueuedSend]] = [:]
         /// The order of ``send(_:)``'s commands per slot, through redirects.
         var order = SlotOrderStateMachine<DetouredSend>()
+        /// The tasks running a slot's detour (awaited by ``shutdown()``).
+        var detourRunners: [Int: Task<Void, Never>] = [:]
         var slotMapChanges = 0
     }
 
@@ -134,6 +136,9 @@ public final class RedisClusterClient: Sendable {
         // may shut its event loops down.
         for task in commands { try? await task.value.close() }
         for task in tasks { await task.value }
+        // Detoured sends fail now (the client is shut down), not after their timeout: their
+        // promises are completed while the caller's event loops still run.
+        for runner in self.state.withLockedValue({ Array($0.detourRunners.values) }) { await runner.value }
         self.shardRegistry.finishAll()
         self.classicRegistry.finishAll()
     }
@@ -187,6 +192,7 @@ public final class RedisClusterClient: Sendable {
         var node = try await self.node(for: slot)
         var asking = false
         while true {
+            guard !self.state.withLockedValue({ $0.isShutdown }) else { throw RedisClientError.shutdown }
             let failure: ClusterRequestStateMachine.Failure
             do {
                 return (try await self.send(command, to: node, asking: asking), node, asking)
