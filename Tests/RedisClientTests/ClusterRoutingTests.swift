@@ -100,6 +100,15 @@ struct ClusterRoutingTests {
         #expect(ClusterRedirect(RedisServerError(message: "MOVED x h:1"), sender: sender) == nil)
     }
 
+    @Test(arguments: [
+        ("MOVED 3999 127.0.0.1:6381", true), ("ASK 1 :6380", true), ("TRYAGAIN Multiple keys request during rehashing of slot", true),
+        ("CLUSTERDOWN The cluster is down", true), ("ERR unknown command", false), ("LOADING Redis is loading", false),
+        ("MOVEDX 1 h:1", false),
+    ])
+    func clusterRefusalsAreTheFourCodesThatDidNotRun(message: String, refusal: Bool) {
+        #expect(RedisServerError(message: message).isClusterRefusal == refusal)
+    }
+
     @Test func requestStateMachineFollowsRedirectsUpToTheLimit() {
         var machine = ClusterRequestStateMachine(maximumAttempts: 2, retryDelay: .milliseconds(10))
         let node = address(7000)

@@ -10,7 +10,7 @@ struct SlotOrderStateMachineTests {
     typealias Entry = Machine.Entry
 
     func direct(_ machine: inout Machine, slot: Int = 7, _ name: String) -> UInt64? {
-        guard case .direct(let sequence) = machine.send(slot: slot, direct: true, { _ in name }) else { return nil }
+        guard case .direct(let sequence) = machine.send(slot: slot, direct: true, { name }) else { return nil }
         return sequence
     }
 
@@ -38,7 +38,7 @@ struct SlotOrderStateMachineTests {
         let c = try #require(direct(&machine, "c"))
         #expect(machine.answered(slot: 7, redirected: Entry(sequence: a, item: "a")) == nil, "b and c are still in flight")
         #expect(machine.isDetoured(slot: 7))
-        guard case .waiting = machine.send(slot: 7, direct: true, { _ in "d" }) else {
+        guard case .waiting = machine.send(slot: 7, direct: true, { "d" }) else {
             Issue.record("d must wait behind the detour")
             return
         }
@@ -55,7 +55,7 @@ struct SlotOrderStateMachineTests {
         let a = try #require(direct(&machine, "a"))
         let first = machine.answered(slot: 7, redirected: Entry(sequence: a, item: "a"))
         #expect(names(first) == ["a"])
-        guard case .waiting = machine.send(slot: 7, direct: true, { _ in "b" }) else {
+        guard case .waiting = machine.send(slot: 7, direct: true, { "b" }) else {
             Issue.record("b must wait while the round runs")
             return
         }
@@ -70,12 +70,12 @@ struct SlotOrderStateMachineTests {
     /// nothing of its slot is in flight.
     @Test func noSlotMapOpensADetour() {
         var machine = Machine()
-        guard case .runRound(let round) = machine.send(slot: 3, direct: false, { _ in "a" }) else {
+        guard case .runRound(let round) = machine.send(slot: 3, direct: false, { "a" }) else {
             Issue.record("the command runs in a detour round")
             return
         }
         #expect(names(round) == ["a"])
-        guard case .waiting = machine.send(slot: 3, direct: true, { _ in "b" }) else {
+        guard case .waiting = machine.send(slot: 3, direct: true, { "b" }) else {
             Issue.record("b waits behind a")
             return
         }
@@ -90,11 +90,11 @@ struct SlotOrderStateMachineTests {
         let a = try #require(direct(&machine, "a"))
         let b = try #require(direct(&machine, "b"))
         _ = machine.answered(slot: 7, redirected: Entry(sequence: a, item: "a"))
-        guard case .waiting = machine.send(slot: 7, direct: true, maximumWaiting: 2, { _ in "c" }) else {
+        guard case .waiting = machine.send(slot: 7, direct: true, maximumWaiting: 2, { "c" }) else {
             Issue.record("c waits")
             return
         }
-        guard case .full = machine.send(slot: 7, direct: true, maximumWaiting: 2, { _ in "d" }) else {
+        guard case .full = machine.send(slot: 7, direct: true, maximumWaiting: 2, { "d" }) else {
             Issue.record("d is refused: a and c wait")
             return
         }

@@ -165,3 +165,15 @@ package struct ShardedSubscriptionPlan: Sendable, Hashable {
 
     package var isEmpty: Bool { self.unsubscribe.isEmpty && self.subscribe.isEmpty }
 }
+
+extension RedisServerError {
+    /// `true` when the cluster refused the command without running it: `MOVED`, `ASK`,
+    /// `TRYAGAIN` or `CLUSTERDOWN`. Sending it again (where ``ClusterRequestStateMachine`` says)
+    /// cannot apply it twice.
+    package var isClusterRefusal: Bool {
+        switch self.code {
+        case "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN": true
+        default: false
+        }
+    }
+}

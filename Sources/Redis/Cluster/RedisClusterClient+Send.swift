@@ -20,9 +20,20 @@ struct DetouredSend: Sendable {
 
 typealias DetourEntry = SlotOrderStateMachine<DetouredSend>.Entry
 
+/// Where a ``RedisClusterClient/send(_:)`` on the direct way goes, and what it needs if it is
+/// redirected.
+private struct DirectSend: Sendable {
+    let slot: Int
+    /// Its place in the slot's order (``SlotOrderStateMachine``).
+    let sequence: UInt64
+    let node: RedisServerAddress
+    /// When retries end, if it is redirected.
+    let deadline: NIODeadline
+}
+
 /// How ``RedisClusterClient/send(_:)`` goes on.
 private enum SendRoute {
-    case direct(RedisConnection, @Sendable (RedisConnection) -> Void)
+    case direct(RedisConnection, DirectSend)
     case open(RedisServerAddress)
     case queued
     case detoured([DetourEntry]?)
@@ -45,12 +56,13 @@ extension RedisClusterClient {
         let slot = hashSlot?.rawValue ?? HashSlot.count
         let promise = self.eventLoopGroup.any().makePromise(of: Command.Response.self)
         let deadline = NIODeadline.now() + self.configuration.commandTimeout
-        let detoured: @Sendable () -> DetouredSend = { DetouredSend(command, deadline: deadline, promise: promise) }
+        // The direct way (the hot path) builds no closure: only a command that waits for its
+        // node's connection, or goes to the detour, is wrapped.
         let route = self.state.withLockedValue { state -> SendRoute in
             guard !state.isShutdown else { return .shutdown }
             let node = state.topology.flatMap { topology in hashSlot.map { topology.primary(for: $0) } ?? topology.primaries.first }
-            let action = state.order.send(slot: slot, direct: node != nil, maximumWaiting: self.cluster.maximumPendingCommandsPerNode) { _ in
-                detoured()
+            let action = state.order.send(slot: slot, direct: node != nil, maximumWaiting: self.cluster.maximumPendingCommandsPerNode) {
+                DetouredSend(command, deadline: deadline, promise: promise)
             }
             guard case .direct(let sequence) = action, let node else {
                 switch action {
@@ -59,20 +71,25 @@ extension RedisClusterClient {
                 default: return .detoured(nil)
                 }
             }
-            let write: @Sendable (RedisConnection) -> Void = { connection in
-                self.write(command, slot: slot, sequence: sequence, on: connection, node: node, promise: promise, detoured: detoured)
+            let target = DirectSend(slot: slot, sequence: sequence, node: node, deadline: deadline)
+            if let connection = state.readyConnections[node], connection.isActive, state.queuedSends[node] == nil {
+                return .direct(connection, target)
             }
-            let fallBack: @Sendable () -> Void = { self.answered(slot: slot, redirected: DetourEntry(sequence: sequence, item: detoured())) }
+            let queued = QueuedSend(
+                write: { connection in self.write(command, target, on: connection, promise: promise) },
+                fallBack: {
+                    self.answered(slot: slot, redirected: DetourEntry(sequence: sequence, item: DetouredSend(command, deadline: deadline, promise: promise)))
+                }
+            )
             if state.queuedSends[node] != nil {
-                state.queuedSends[node]!.append(QueuedSend(write: write, fallBack: fallBack))
+                state.queuedSends[node]!.append(queued)
                 return .queued
             }
-            if let connection = state.readyConnections[node], connection.isActive { return .direct(connection, write) }
-            state.queuedSends[node] = [QueuedSend(write: write, fallBack: fallBack)]
+            state.queuedSends[node] = [queued]
             return .open(node)
         }
         switch route {
-        case .direct(let connection, let write): write(connection)
+        case .direct(let connection, let target): self.write(command, target, on: connection, promise: promise)
         case .open(let node): self.openAndDrain(node)
         case .queued, .detoured(nil): break
         case .detoured(let round?): self.runDetour(slot: slot, round)
@@ -88,10 +105,10 @@ extension RedisClusterClient {
     /// Writes `command` on `connection` (counted against the node's limit) and completes
     /// `promise`; a redirected command goes to its slot's detour.
     private func write<Command: RedisCommand>(
-        _ command: Command, slot: Int, sequence: UInt64, on connection: RedisConnection, node: RedisServerAddress,
-        promise: EventLoopPromise<Command.Response>, detoured: @escaping @Sendable () -> DetouredSend
+        _ command: Command, _ target: DirectSend, on connection: RedisConnection, promise: EventLoopPromise<Command.Response>
     ) {
         let limit = self.cluster.maximumPendingCommandsPerNode
+        let node = target.node
         let admitted = self.state.withLockedValue { state -> Bool in
             guard state.pending[node, default: 0] < limit else { return false }
             state.pending[node, default: 0] += 1
@@ -99,17 +116,18 @@ extension RedisClusterClient {
         }
         guard admitted else {
             promise.fail(RedisClientError(.queueFull, detail: "\(node) has \(limit) commands in flight"))
-            self.answered(slot: slot, redirected: nil)
+            self.answered(slot: target.slot, redirected: nil)
             return
         }
         connection.sendRaw(command).whenComplete { result in
             let redirected = Self.isRedirect(result)
             let round = self.state.withLockedValue { state in
                 state.pending[node, default: 1] -= 1
-                return state.order.answered(slot: slot, redirected: redirected ? DetourEntry(sequence: sequence, item: detoured()) : nil)
+                let entry = redirected ? DetourEntry(sequence: target.sequence, item: DetouredSend(command, deadline: target.deadline, promise: promise)) : nil
+                return state.order.answered(slot: target.slot, redirected: entry)
             }
             if !redirected { promise.completeWith(result.flatMap { token in Result { try Command.Response(fromRESP: token) } }) }
-            if let round { self.runDetour(slot: slot, round) }
+            if let round { self.runDetour(slot: target.slot, round) }
         }
     }
 
@@ -217,7 +235,7 @@ extension RedisClusterClient {
 
     private static func isRedirect(_ result: Result<RESPToken, any Error>) -> Bool {
         guard case .failure(let error as RedisServerError) = result else { return false }
-        return ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"].contains(error.code)
+        return error.isClusterRefusal
     }
 
     /// Opens the command connection to `node`, then writes the queued commands on its event

@@ -256,7 +256,7 @@ public final class RedisClusterClient: Sendable {
         }
         for index in results.indices {
             guard case .failure(let error) = results[index] else { continue }
-            let redirected = (error as? RedisServerError).map { ["MOVED", "ASK", "TRYAGAIN"].contains($0.code) } ?? false
+            let redirected = (error as? RedisServerError)?.isClusterRefusal ?? false
             if redirected || error is ChannelError || (error as? RedisClientError) == .notConnected {
                 do {
                     results[index] = .success(try await self.executeRaw(commands[index]))

@@ -60,7 +60,7 @@ struct SlotOrderStateMachine<Item: Sendable>: Sendable {
     /// yet), which opens a detour like a redirect. `makeItem` is called only when the command
     /// waits or runs in a detour. A detour holds at most `maximumWaiting` new commands; the
     /// redirected ones it takes back are not limited (they are counted in flight already).
-    mutating func send(slot: Int, direct: Bool, maximumWaiting: Int = .max, _ makeItem: (UInt64) -> Item) -> SendAction {
+    mutating func send(slot: Int, direct: Bool, maximumWaiting: Int = .max, _ makeItem: () -> Item) -> SendAction {
         // The count alone: a copy of the detour kept here would make the append below copy its queue.
         let waiting = self.detours.isEmpty ? nil : self.detours[slot]?.waiting.count
         if direct, waiting == nil {
@@ -69,7 +69,7 @@ struct SlotOrderStateMachine<Item: Sendable>: Sendable {
         }
         if let waiting, waiting >= maximumWaiting { return .full }
         let sequence = self.takeSequence()
-        self.detours[slot, default: Detour()].waiting.append(Entry(sequence: sequence, item: makeItem(sequence)))
+        self.detours[slot, default: Detour()].waiting.append(Entry(sequence: sequence, item: makeItem()))
         self.detouredCount += 1
         return self.startRound(slot).map { .runRound($0) } ?? .waiting
     }
