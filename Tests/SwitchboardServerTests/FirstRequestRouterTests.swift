@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
+import NIOWebSocket
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardRoutes
@@ -106,6 +107,35 @@ final class RouterHarness {
         let text = try h.outboundText()
         #expect(text.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"))
         #expect(text.contains("CONNECTED\nversion:1.2\n"), "the CONNECT sent with the head was answered: \(text)")
+        _ = try? h.channel.finish()
+    }
+
+    /// The session writes from the frame decoder's context, past the handlers between (see
+    /// ``STOMPSessionHandler/writer``): that is right only while they are inbound-only.
+    @Test func theSessionWritesPastInboundOnlyHandlers() throws {
+        let h = try RouterHarness()
+        try h.write(RouterHarness.upgrade())
+        _ = try h.outboundText()
+        let sync = h.channel.pipeline.syncOperations
+        let session = try sync.handler(type: STOMPSessionHandler.self)
+        let decoder = try sync.context(handlerType: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+        #expect(session.writer === decoder)
+        let transport = try sync.handler(type: WebSocketSTOMPTransport.self)
+        #expect(!(transport is any _ChannelOutboundHandler))
+        #expect(!(decoder.handler is any _ChannelOutboundHandler))
+        // Nothing else between: the decoder, the transport, the session, in this order. NIO's
+        // description has one line per handler: "<inbound type> ↓↑ <outbound type> [<name>]".
+        let description = h.channel.pipeline.debugDescription
+        let handlers = description.split(separator: "\n").dropFirst(2).map { line in
+            let sides = line.split(separator: "↓↑", maxSplits: 1).map { $0.drop { $0 == " " } }
+            return (inbound: String(sides[0]), outbound: sides.count > 1 && !sides[1].hasPrefix("[") ? String(sides[1]) : nil)
+        }
+        #expect(handlers.count == 3, "\(description)")
+        #expect(zip(handlers, ["ByteToMessageHandler", "WebSocketSTOMPTransport", "STOMPSessionHandler"]).allSatisfy { $0.inbound.hasPrefix($1) }, "\(description)")
+        #expect(handlers.prefix(2).allSatisfy { $0.outbound == nil }, "\(description)")
+        #expect(handlers.last?.outbound?.hasPrefix("STOMPSessionHandler") == true, "\(description)")
+        try h.channel.writeInbound(RouterHarness.clientFrame("CONNECT\naccept-version:1.2\nhost:x\n\n\u{0}"))
+        #expect(try h.outboundText().contains("CONNECTED\nversion:1.2\n"))
         _ = try? h.channel.finish()
     }
 

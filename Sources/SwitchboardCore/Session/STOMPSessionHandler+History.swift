@@ -75,6 +75,6 @@ extension STOMPSessionHandler {
         for message in replay.messages { deliver(message, to: sub, batch: &batch) }
         sub.replayedThrough = through
         shard.counters.record(batch)
-        if let buffer = takeUndelivered() { context.write(wrapOutboundOut(buffer), promise: nil) }
+        if let buffer = takeUndelivered() { (writer ?? context).write(wrapOutboundOut(buffer), promise: nil) }
     }
 }
