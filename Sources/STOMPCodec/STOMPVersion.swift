@@ -96,11 +96,15 @@ public struct STOMPHeartBeat: Sendable, Hashable {
     /// Negotiates intervals between a client offer and the server's settings.
     ///
     /// Per the specification: the server sends every `max(sx, cy)` ms unless either is 0,
-    /// and expects to hear from the client every `max(cx, sy)` ms unless either is 0.
+    /// and expects to hear from the client every `max(cx, sy)` ms unless either is 0. Each is at
+    /// most ``maximumInterval``: a longer interval asked for (up to `Int.max`) means the same.
     /// - Returns: `(serverSends, serverExpects)` in milliseconds, 0 meaning none.
     public static func negotiate(client: STOMPHeartBeat, server: STOMPHeartBeat) -> (serverSends: Int, serverExpects: Int) {
         let out = (server.send == 0 || client.receive == 0) ? 0 : max(server.send, client.receive)
         let inc = (client.send == 0 || server.receive == 0) ? 0 : max(client.send, server.receive)
-        return (out, inc)
+        return (min(out, Self.maximumInterval), min(inc, Self.maximumInterval))
     }
+
+    /// The longest heart-beat interval in force, in ms: 2,147,483,647 (about 24.8 days).
+    public static let maximumInterval = Int(Int32.max)
 }

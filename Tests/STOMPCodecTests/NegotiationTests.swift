@@ -79,6 +79,9 @@ struct NegotiationTests {
             ((1_000, 1_000), (0, 0), (0, 0)),
             ((1_000, 1_000), (0, 500), (0, 1_000)),
             ((1_000, 1_000), (500, 0), (1_000, 0)),
+            // at most STOMPHeartBeat.maximumInterval (2^31 - 1 ms) in force
+            ((Int.max, Int.max), (10_000, 10_000), (2_147_483_647, 2_147_483_647)),
+            ((1 << 62, 0), (10_000, 10_000), (0, 2_147_483_647)),
         ] as [((Int, Int), (Int, Int), (Int, Int))])
     func heartBeatArithmetic(_ client: (Int, Int), _ server: (Int, Int), _ expected: (Int, Int)) {
         let result = STOMPHeartBeat.negotiate(

@@ -117,6 +117,27 @@ import Testing
         }
     }
 
+    /// A client may ask for any interval up to `Int.max`: the timeout saturates instead of
+    /// trapping (a `CONNECT` with `heart-beat: 4611686018427387904,0` crashed the process), and
+    /// CONNECTED states the clamped interval in force.
+    @Test(arguments: [(2.0, "9223372036854775807,9223372036854775807"), (2.0, "4611686018427387904,0"), (.infinity, "2147483648,2147483648")])
+    func absurdHeartBeatsAreClampedNotATrap(tolerance: Double, client: String) {
+        var m = Self.machine { $0.heartBeatTolerance = tolerance }
+        m.frameReceived(Self.frame(.connect, [("accept-version", "1.2"), ("heart-beat", client)]), now: .now())
+        _ = Self.drain(&m)
+        m.stepCompleted(1, .connected(nil))
+        let beats = client.split(separator: ",").map { Int($0)! }
+        let expected = "\(beats[1] > 0 ? "2147483647" : "0"),\(beats[0] > 0 ? "2147483647" : "0")"
+        #expect(Self.drain(&m) == [.connected(heartBeat: expected, receipt: nil)])
+        m.read(at: 0)
+        m.wrote(at: 0)
+        // 100 ms ticks: the clamped interval is 21,474,837 ticks; the timeout is tolerance times it.
+        #expect(m.tick(1_000, now: .now()) != .closed)
+        #expect(m.tick(21_474_837, now: .now()) != .closed)
+        let late = m.tick(2 * 21_474_837 + 2, now: .now())
+        #expect(tolerance.isFinite ? late == .closed : late != .closed, "an infinite tolerance saturates: never late")
+    }
+
     @Test func framesBeforeConnectAreRefused() {
         var m = Self.machine()
         m.frameReceived(Self.send("/topic/a", receipt: "r"), now: .now())

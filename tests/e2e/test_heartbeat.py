@@ -182,3 +182,20 @@ routes:
         stop.set()
         t.join(2)
         webhook.reset()
+
+
+@pytest.mark.parametrize("offer", ["9223372036854775807,0", "4611686018427387904,4611686018427387904"])
+def test_an_absurd_heartbeat_is_clamped_and_harms_nobody(hb_gateway, client, offer):
+    # A CONNECT asking for heart-beats of 2^62 ms or more once crashed the process (the
+    # timeout's arithmetic trapped). Now the interval in force is at most 2^31 - 1 ms.
+    other = client(hb_gateway)
+    other.connect()
+    other.subscribe("/topic/hb.absurd", id="1", receipt="s")
+    c = client(hb_gateway)
+    cx, cy = (int(v) for v in offer.split(","))
+    sends, expects = c.connect(heartbeat=offer)["heart-beat"].split(",")
+    assert int(expects) == 2147483647
+    assert int(sends) == (2147483647 if cy else 0)
+    c.send("/topic/hb.absurd", "still here", receipt="r")
+    assert other.receive(5).body == b"still here"
+    assert hb_gateway.proc.poll() is None

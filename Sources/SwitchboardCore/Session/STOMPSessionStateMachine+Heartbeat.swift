@@ -28,15 +28,21 @@ struct HeartbeatState {
         self.connectTimeoutMs = connectTimeoutMs
     }
 
-    /// Converts milliseconds to ticks (at least 1).
+    /// Converts milliseconds to ticks (at least 1; no overflow for any `ms`).
     func ticks(_ ms: Int64, roundUp: Bool) -> UInt64 {
-        let t = roundUp ? (ms + tickMs - 1) / tickMs : ms / tickMs
+        let (sum, overflow) = ms.addingReportingOverflow(tickMs - 1)
+        let t = roundUp && !overflow ? sum / tickMs : ms / tickMs
         return UInt64(max(t, 1))
     }
 
+    /// The intervals in force (see ``STOMPHeartBeat/negotiate(client:server:)``). The timeout
+    /// (`expectMs` × `tolerance`) saturates: it never traps, whatever the client asked for.
     mutating func connected(sendMs: Int, expectMs: Int, tolerance: Double, expiresAt: NIODeadline?) {
         sendEveryTicks = sendMs > 0 ? ticks(Int64(sendMs), roundUp: false) : 0
-        expectWithinTicks = expectMs > 0 ? ticks(Int64(Double(expectMs) * tolerance), roundUp: true) + 1 : 0
+        let timeoutMs = Double(expectMs) * tolerance
+        // 2^62 ms: far beyond any connection, and far from Int64's edge.
+        let saturated = timeoutMs.isFinite ? Int64(min(max(timeoutMs, 1), 0x1p62)) : 1 << 62
+        expectWithinTicks = expectMs > 0 ? ticks(saturated, roundUp: true) + 1 : 0
         self.expiresAt = expiresAt
     }
 }
