@@ -148,9 +148,20 @@ package final class JWTAuthenticator: SessionAuthenticator {
                 }
             }
         }
-        let expiresAt = claims.exp.map { NIODeadline.now() + .milliseconds(Int64(max($0.timeIntervalSince(now), 0) * 1000)) }
+        let expiresAt = claims.exp.map { NIODeadline.now() + .milliseconds(Self.millisecondsLeft(until: $0, now: now)) }
         return SessionIdentity(user: sub, claims: kept, expiresAt: expiresAt)
     }
+
+    /// The time left until `exp`, in ms, at most ``longestSession``: an `exp` years ahead
+    /// (`9999-12-31`, "never") is valid and must not overflow the deadline's arithmetic.
+    static func millisecondsLeft(until exp: Date, now: Date) -> Int64 {
+        let seconds = exp.timeIntervalSince(now)
+        guard seconds.isFinite else { return seconds > 0 ? Self.longestSession : 0 }
+        return Int64(min(max(seconds, 0), Double(Self.longestSession) / 1000) * 1000)
+    }
+
+    /// The longest a session's credential is taken to last, in ms: 100 years.
+    static let longestSession: Int64 = 100 * 365 * 86_400 * 1000
 
     /// The token's payload as JSON (already verified by then).
     static func payloadObject(_ token: String) -> [String: Any]? { segmentObject(token, 1) }

@@ -77,6 +77,19 @@ struct TestClaims: JWTPayload {
         #expect(expiresAt <= NIODeadline.now() + .seconds(600))
     }
 
+    /// An `exp` centuries ahead (a "never expires" token) once overflowed the deadline's
+    /// arithmetic and crashed the process: it now counts as 100 years.
+    @Test(arguments: [253_402_300_799.0, 1e15, 1e17, 9.2e18])
+    func expiryFarAheadIsCappedNotATrap(exp: Double) async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        var claims = TestClaims(expiresIn: nil)
+        claims.exp = exp
+        let identity = try await authenticator.verify(try await Self.token(claims))
+        let expiresAt = try #require(identity.expiresAt)
+        #expect(expiresAt > NIODeadline.now() + .hours(24 * 365 * 99))
+        #expect(expiresAt <= NIODeadline.now() + .hours(24 * 365 * 100))
+    }
+
     @Test func keptClaimsAreCopiedAsStringLists() async throws {
         let authenticator = try await JWTAuthenticator(settings: Self.settings { $0.keptClaims = ["roles", "tier", "level", "absent"] })
         var claims = TestClaims()
