@@ -243,6 +243,51 @@ import Testing
         #expect(Self.drain(&m) == [.error("unknown transaction 't'", receiptID: nil)])
     }
 
+    /// A SEND in a transaction is checked when it arrives: before, it was refused only at
+    /// COMMIT, after the transaction's earlier SENDs had run (half a transaction applied).
+    @Test(arguments: [
+        ("/topic/*", "cannot SEND to wildcard destination /topic/*"),
+        ("/app/unrouted", "no route for application destination /app/unrouted"),
+        ("/queue/x", nil),
+    ])
+    func aSendThatCannotRunIsRefusedWhenItArrivesInATransaction(destination: String, message: String?) {
+        var m = Self.connected()
+        m.frameReceived(Self.frame(.begin, [("transaction", "t")]), now: .now())
+        m.frameReceived(Self.send("/topic/a", receipt: "s1", tx: "t"), now: .now())
+        m.frameReceived(Self.send(destination, receipt: "s2", tx: "t"), now: .now())
+        let out = Self.drain(&m)
+        #expect(out.count == 1, "\(out)")
+        guard case .error(let text, let receiptID) = out.first else {
+            Issue.record("expected an ERROR, got \(out)")
+            return
+        }
+        if let message { #expect(text == message) }
+        #expect(receiptID == "s2")
+        #expect(m.phase == .closed)
+        m.frameReceived(Self.frame(.commit, [("transaction", "t")]), now: .now())
+        #expect(Self.drain(&m) == [], "nothing of the transaction runs")
+    }
+
+    @Test func transactionsHoldAtMostTheirByteLimit() {
+        var m = Self.connected { $0.maxTransactionBytes = 1_000 }
+        m.frameReceived(Self.frame(.begin, [("transaction", "t")]), now: .now())
+        m.frameReceived(Self.frame(.begin, [("transaction", "u")]), now: .now())
+        var body = STOMPFrame(.send, headers: ["destination": "/topic/a", "transaction": "t"])
+        body.body = ByteBuffer(repeating: 0x61, count: 400)
+        m.frameReceived(body, now: .now())
+        m.frameReceived(Self.frame(.abort, [("transaction", "t")]), now: .now())
+        // Aborting gave its bytes back: two more of them fit, in another transaction.
+        body.headers.set("transaction", "u")
+        m.frameReceived(body, now: .now())
+        m.frameReceived(body, now: .now())
+        #expect(Self.drain(&m) == [])
+        m.frameReceived(body, now: .now())
+        #expect(
+            Self.drain(&m) == [
+                .error("transactions hold too many bytes (limit 1000 bytes per session, open transactions together)", receiptID: nil)
+            ])
+    }
+
     @Test func commitWithoutTransactionHeaderIsAnError() {
         var m = Self.connected()
         m.frameReceived(Self.frame(.commit, [("receipt", "c")]), now: .now())

@@ -177,3 +177,31 @@ def test_transaction_frame_limit(gateway_factory, client):
     c.send("/topic/x", "4", headers={"transaction": "big"})
     err = c.expect_error()
     assert "limit 3" in err["message"]
+
+
+@pytest.mark.parametrize("bad", ["/topic/tx.*", "/app/no.route", "/queue/nope"])
+def test_a_send_that_cannot_run_fails_when_it_arrives_not_at_commit(gateway, client, bad):
+    # Before, the bad SEND was refused only at COMMIT, after the good one before it had been
+    # delivered: half of the transaction applied.
+    sub = connected(client, gateway)
+    sub.subscribe("/topic/tx.half", id="1", receipt="s")
+    c = connected(client, gateway)
+    c.send_frame("BEGIN", {"transaction": "t"})
+    c.send("/topic/tx.half", "first", headers={"transaction": "t"})
+    c.send_frame("SEND", {"destination": bad, "transaction": "t", "receipt": "bad"}, "second")
+    err = c.expect_error()
+    assert err["receipt-id"] == "bad"
+    assert bad in err["message"]
+    sub.expect_nothing(0.5)
+
+
+def test_transaction_byte_limit(gateway_factory, client):
+    gw = gateway_factory("limits.max-transaction-bytes=10000")
+    c = client(gw)
+    c.connect()
+    c.send_frame("BEGIN", {"transaction": "a"})
+    c.send_frame("BEGIN", {"transaction": "b"})
+    c.send_frame("SEND", {"destination": "/topic/x", "transaction": "a"}, "x" * 6000)
+    c.send_frame("SEND", {"destination": "/topic/x", "transaction": "b", "receipt": "over"}, "x" * 6000)
+    err = c.expect_error()
+    assert "limit 10000 bytes per session" in err["message"] and err["receipt-id"] == "over"

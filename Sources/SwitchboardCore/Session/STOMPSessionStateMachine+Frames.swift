@@ -104,28 +104,31 @@ extension STOMPSessionStateMachine {
         guard policy.maySend(destination, identity: identity) else {
             failFrame("permission denied: SEND to \(destination)", frame, kind: .auth); return nil
         }
-        if let tx = frame.headers["transaction"] {
-            // Its receipt goes out when the transaction is committed and the SEND has run.
-            _ = appendToTransaction(tx, frame)
-            return nil
-        }
+        // Checked when it arrives, also in a transaction: a SEND that cannot run is refused
+        // now, not at COMMIT after the transaction's earlier SENDs have run.
+        let step: Command
+        let pipelined: Bool
         switch policy.kind(of: destination) {
         case .broker:
             if destination.contains("*") {
                 failFrame("cannot SEND to wildcard destination \(destination)", frame); return nil
             }
-            return startStep(.publish(destination: destination, frame: frame), for: frame, pipelined: true)
+            (step, pipelined) = (.publish(destination: destination, frame: frame), true)
         case .application:
             guard let route = policy.routes.route(for: destination) else {
                 failFrame("no route for application destination \(destination)", frame); return nil
             }
-            return startStep(
-                .route(destination: destination, route: route, frame: frame), for: frame,
-                pipelined: route.keepsOrderWhenPipelined)
+            (step, pipelined) = (.route(destination: destination, route: route, frame: frame), route.keepsOrderWhenPipelined)
         case .user, .notAllowed:
             failFrame(policy.notAllowedMessage(destination, subscribe: false), frame)
             return nil
         }
+        if let tx = frame.headers["transaction"] {
+            // Its receipt goes out when the transaction is committed and the SEND has run.
+            _ = appendToTransaction(tx, frame)
+            return nil
+        }
+        return startStep(step, for: frame, pipelined: pipelined)
     }
 
     // MARK: SUBSCRIBE / UNSUBSCRIBE

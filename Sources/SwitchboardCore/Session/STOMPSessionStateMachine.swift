@@ -145,6 +145,9 @@ package struct STOMPSessionStateMachine {
     private var nextStepID: StepID = 1
     /// Open transactions and the frames they hold.
     private var transactions: [String: [STOMPFrame]] = [:]
+    /// Bytes held by the open transactions (bodies and headers), at most
+    /// ``SessionConfiguration/maxTransactionBytes``.
+    private var transactionBytes = 0
     /// Subscription ids in use.
     package private(set) var subscriptionIDs: Set<String> = []
     /// A shutdown waiting for the step in flight.
@@ -371,6 +374,7 @@ package struct STOMPSessionStateMachine {
         pipeline.removeAll()
         serial = nil
         transactions.removeAll()
+        transactionBytes = 0
         closeAfterInFlight = nil
         readPending = false
     }
@@ -384,7 +388,15 @@ package struct STOMPSessionStateMachine {
             failFrame("transaction '\(tx)' is too large (limit \(config.maxFramesPerTransaction) frames)", frame, kind: .limit)
             return false
         }
+        let size = Self.heldSize(frame)
+        guard transactionBytes + size <= config.maxTransactionBytes else {
+            failFrame(
+                "transactions hold too many bytes (limit \(config.maxTransactionBytes) bytes per session, open transactions together)",
+                frame, kind: .limit)
+            return false
+        }
         transactions[tx]!.append(frame)
+        transactionBytes += size
         return true
     }
 
@@ -400,6 +412,7 @@ package struct STOMPSessionStateMachine {
     /// Replays the transaction's frames in order, each with its receipt, then the COMMIT's receipt.
     mutating func commitTransaction(_ tx: String, _ frame: STOMPFrame) {
         guard let frames = transactions.removeValue(forKey: tx) else { failFrame("unknown transaction '\(tx)'", frame); return }
+        transactionBytes -= frames.reduce(0) { $0 + Self.heldSize($1) }
         var replay = frames
         for i in replay.indices { replay[i].headers.remove("transaction") }
         queue.prepend(.endOfTransaction(receipt: frame.headers["receipt"]))
@@ -407,8 +420,14 @@ package struct STOMPSessionStateMachine {
     }
 
     mutating func abortTransaction(_ tx: String, _ frame: STOMPFrame) -> Action? {
-        guard transactions.removeValue(forKey: tx) != nil else { failFrame("unknown transaction '\(tx)'", frame); return nil }
+        guard let frames = transactions.removeValue(forKey: tx) else { failFrame("unknown transaction '\(tx)'", frame); return nil }
+        transactionBytes -= frames.reduce(0) { $0 + Self.heldSize($1) }
         return frame.headers["receipt"].map { .sendReceipt($0) }
+    }
+
+    /// What a frame held in a transaction counts against ``SessionConfiguration/maxTransactionBytes``.
+    static func heldSize(_ frame: STOMPFrame) -> Int {
+        frame.headers.reduce(frame.body.readableBytes) { $0 + $1.name.utf8.count + $1.value.utf8.count + 2 }
     }
 
     // MARK: Subscriptions

@@ -21,6 +21,8 @@ package struct SessionConfiguration: Sendable {
     /// SENDs buffered in one transaction, and open transactions per session.
     package var maxFramesPerTransaction = 1_000
     package var maxTransactionsPerSession = 16
+    /// Bytes (bodies and headers) held by a session's open transactions together.
+    package var maxTransactionBytes = 4 * 1024 * 1024
     /// Frames queued behind an unfinished `/app` SEND (reading from the socket stops meanwhile).
     package var maxQueuedFrames = 10_000
     /// SENDs to order-keeping backends (Redis) awaiting confirmation at once per session;

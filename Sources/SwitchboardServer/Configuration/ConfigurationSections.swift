@@ -125,6 +125,8 @@ package struct Limits: Sendable, Equatable {
     /// Outbound bytes queued for a connection before it is a slow consumer and is closed.
     package var maxPendingBytes = sessionDefaults.maxPendingOutboundBytes
     package var maxTransactionFrames = sessionDefaults.maxFramesPerTransaction
+    /// Bytes held by one session's open transactions together.
+    package var maxTransactionBytes = sessionDefaults.maxTransactionBytes
     package var maxConnections = 100_000
     package var maxConnectionsPerIP = 10_000
     package var maxSessionsPerUser = sessionDefaults.maxSessionsPerUser
@@ -144,6 +146,7 @@ package struct Limits: Sendable, Equatable {
         maxSubscriptions = reader.int(forKey: "max-subscriptions", default: maxSubscriptions)
         maxPendingBytes = reader.int(forKey: "max-pending-bytes", default: maxPendingBytes)
         maxTransactionFrames = reader.int(forKey: "max-transaction-frames", default: maxTransactionFrames)
+        maxTransactionBytes = reader.int(forKey: "max-transaction-bytes", default: maxTransactionBytes)
         maxConnections = reader.int(forKey: "max-connections", default: maxConnections)
         maxConnectionsPerIP = reader.int(forKey: "max-connections-per-ip", default: maxConnectionsPerIP)
         maxSessionsPerUser = reader.int(forKey: "max-sessions-per-user", default: maxSessionsPerUser)
@@ -154,6 +157,7 @@ package struct Limits: Sendable, Equatable {
             ("limits.max-header-line-bytes", decoder.maxHeaderLineBytes), ("limits.max-subscriptions", maxSubscriptions),
             ("limits.max-header-bytes", decoder.maxHeaderBytes), ("limits.max-body-bytes", decoder.maxBodyBytes),
             ("limits.max-pending-bytes", maxPendingBytes), ("limits.max-transaction-frames", maxTransactionFrames),
+            ("limits.max-transaction-bytes", maxTransactionBytes),
             ("limits.max-connections", maxConnections), ("limits.max-connections-per-ip", maxConnectionsPerIP),
             ("limits.max-sessions-per-user", maxSessionsPerUser))
         try SwitchboardConfiguration.atLeast(0, ("limits.frames-per-second", framesPerSecond), ("limits.bytes-per-second", bytesPerSecond))
@@ -164,6 +168,7 @@ package struct Limits: Sendable, Equatable {
         session.maxSubscriptionsPerSession = maxSubscriptions
         session.maxPendingOutboundBytes = maxPendingBytes
         session.maxFramesPerTransaction = maxTransactionFrames
+        session.maxTransactionBytes = maxTransactionBytes
         session.maxSessionsPerUser = maxSessionsPerUser
         session.maxFramesPerSecond = framesPerSecond
         session.maxBytesPerSecond = bytesPerSecond
