@@ -34,7 +34,7 @@ public enum STOMPFrameEncoder {
             buffer.writeInteger(UInt8(ascii: ":"))
             STOMPHeaderEscaping.writeEscaped(value, into: &buffer, escapeCarriageReturn: escapeCarriageReturn)
         } else {
-            STOMPHeaderEscaping.writeUnescaped(name, into: &buffer)
+            STOMPHeaderEscaping.writeUnescapedName(name, into: &buffer)
             buffer.writeInteger(UInt8(ascii: ":"))
             STOMPHeaderEscaping.writeUnescaped(value, into: &buffer)
         }

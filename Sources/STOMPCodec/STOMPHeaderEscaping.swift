@@ -81,4 +81,18 @@ public enum STOMPHeaderEscaping {
             buffer.writeInteger((b == UInt8(ascii: "\n") || b == UInt8(ascii: "\r") || b == 0) ? UInt8(ascii: " ") : b)
         }
     }
+
+    /// Writes a header name without escaping (STOMP 1.0): like ``writeUnescaped(_:into:)``, and
+    /// a `:` becomes `_`. Unescaped, a reader ends the name at the first `:`, so a name such as
+    /// `subscription:` (sent escaped by a 1.2 client) would reach a 1.0 reader as a second
+    /// `subscription` header, placed before the real one.
+    public static func writeUnescapedName(_ name: String, into buffer: inout ByteBuffer) {
+        guard name.utf8.contains(UInt8(ascii: ":")) else {
+            writeUnescaped(name, into: &buffer)
+            return
+        }
+        var cleaned = ByteBuffer()
+        writeUnescaped(name, into: &cleaned)
+        for b in cleaned.readableBytesView { buffer.writeInteger(b == UInt8(ascii: ":") ? UInt8(ascii: "_") : b) }
+    }
 }

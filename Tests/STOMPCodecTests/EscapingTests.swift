@@ -86,6 +86,15 @@ struct EscapingTests {
         #expect(String(buffer: bytes) == "MESSAGE\nd:/a:b\\c d\n\n\u{0}")
     }
 
+    @Test("with escaping off (1.0) a colon in a name becomes _: no second header can be forged")
+    func encoderNoEscapeNameColon() throws {
+        let frame = STOMPFrame(.message, headers: STOMPHeaders([("subscription:", "forged"), ("a:b\n", "v:w"), ("subscription", "real")]), body: "")
+        let bytes = STOMPFrameEncoder.encode(frame, escapeHeaders: false)
+        #expect(String(buffer: bytes) == "MESSAGE\nsubscription_:forged\na_b :v:w\nsubscription:real\n\n\u{0}")
+        let decoded = try decodeOne(String(buffer: bytes), escapeHeaders: false)
+        #expect(decoded.headers["subscription"] == "real")
+    }
+
     @Test("the encoder writes repeated headers in order and keeps the body bytes")
     func encoderOrderAndBody() {
         var body = ByteBuffer()
