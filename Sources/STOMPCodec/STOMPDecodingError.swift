@@ -78,9 +78,24 @@ public struct STOMPDecodingError: Error, Sendable, Hashable, CustomStringConvert
 
     let code: Code
 
+    /// The `receipt` header of the frame that failed, when it was read before the failure (a
+    /// body without its NUL, a bad `content-length`, an undefined escape in a later header): the
+    /// `ERROR` then carries it as `receipt-id`. Not compared by `==`.
+    public internal(set) var receipt: String?
+
     init(_ code: Code) {
         self.code = code
     }
+
+    /// The same failure, naming the receipt of its frame.
+    func receipt(_ receipt: String?) -> Self {
+        var copy = self
+        copy.receipt = receipt
+        return copy
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code }
+    public func hash(into hasher: inout Hasher) { hasher.combine(self.code) }
 
     /// The command line read, which is not a STOMP command (empty when the frame has none).
     public static func unknownCommand(_ command: String) -> Self { Self(.unknownCommand(command)) }

@@ -157,7 +157,7 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
                     do throws(STOMPDecodingError) {
                         headers.add(try STOMPHeaderEscaping.unescape(name), try STOMPHeaderEscaping.unescape(value))
                     } catch {
-                        return .failure(error)
+                        return .failure(error.receipt(headers["receipt"]))
                     }
                 } else {
                     headers.add(String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self))
@@ -167,7 +167,7 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
             var contentLength: Int?
             if let raw = headers["content-length"] {
                 guard !raw.isEmpty, raw.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }), let n = Int(raw) else {
-                    return .failure(.invalidContentLength(raw))
+                    return .failure(STOMPDecodingError.invalidContentLength(raw).receipt(headers["receipt"]))
                 }
                 contentLength = n
             }
@@ -178,6 +178,14 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
 
     /// Completes the pending frame once its body and NUL are buffered.
     private mutating func decodeBody(_ buffer: inout ByteBuffer) throws(STOMPDecodingError) -> STOMPFrame? {
+        do {
+            return try self.decodePendingBody(&buffer)
+        } catch {
+            throw error.receipt(pending?.headers["receipt"])
+        }
+    }
+
+    private mutating func decodePendingBody(_ buffer: inout ByteBuffer) throws(STOMPDecodingError) -> STOMPFrame? {
         guard var p = pending else { return nil }
         let available = buffer.readableBytes - p.headerBytes
         let bodyLength: Int

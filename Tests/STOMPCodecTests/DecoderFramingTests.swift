@@ -121,6 +121,23 @@ struct DecoderFramingTests {
         #expect(error == .missingNullTerminator)
     }
 
+    @Test(
+        "an error found once the frame's receipt header was read names it",
+        arguments: [
+            ("SEND\nreceipt:r1\ncontent-length:3\n\nabcd\u{0}", "r1", STOMPDecodingError.missingNullTerminator),
+            ("SEND\nreceipt:r2\ncontent-length:abc\n\nx\u{0}", "r2", .invalidContentLength("abc")),
+            ("SEND\nreceipt:r3\nx:a\\tb\n\nx\u{0}", "r3", .undefinedEscape("\\t")),
+            ("SEND\nx:a\\tb\nreceipt:r4\n\nx\u{0}", nil, .undefinedEscape("\\t")),
+            ("SEND\nreceipt:r5\n\n" + String(repeating: "b", count: 200), "r5", .bodyTooLarge(limit: 100)),
+        ] as [(String, String?, STOMPDecodingError)])
+    func errorsNameTheFramesReceipt(_ input: String, _ receipt: String?, _ expected: STOMPDecodingError) {
+        var limits = STOMPDecoderLimits()
+        limits.maxBodyBytes = 100
+        let error = decodingError { _ = try decodeAll(input, limits: limits) }
+        #expect(error == expected)
+        #expect(error?.receipt == receipt)
+    }
+
     @Test("an invalid content-length is rejected", arguments: ["-1", "abc", "", " 3", "3 ", "+3", "1e3", "99999999999999999999999"])
     func invalidContentLength(_ value: String) {
         let error = decodingError { _ = try decodeAll("SEND\ncontent-length:\(value)\n\nabc\u{0}") }

@@ -65,6 +65,22 @@ def test_decode_errors(gateway, client, connect_first, data, message):
     c.expect_error(message)
 
 
+RECEIPTED_DECODE_CASES = [
+    ("bad-content-length", b"SEND\ndestination:/topic/x\nreceipt:r1\ncontent-length:abc\n\nhi\x00", "invalid content-length 'abc'"),
+    ("missing-nul", b"SEND\ndestination:/topic/x\nreceipt:r1\ncontent-length:2\n\nhiX\x00",
+     "frame body is not followed by a NUL octet after content-length bytes"),
+    ("undefined-escape", b"SEND\ndestination:/topic/x\nreceipt:r1\nh:a\\tb\n\n\x00", "undefined escape sequence '\\t' in header"),
+    ("frame-too-large", b"SEND\ndestination:/topic/x\nreceipt:r1\n\n" + b"x" * 263_000 + b"\x00", "frame too large (limit 262144 bytes)"),
+]
+
+
+@pytest.mark.parametrize("data,message", [c[1:] for c in RECEIPTED_DECODE_CASES], ids=[c[0] for c in RECEIPTED_DECODE_CASES])
+def test_decode_errors_name_the_frames_receipt(gateway, client, data, message):
+    # STOMP 1.2: an ERROR about a frame that asked for a receipt SHOULD carry its receipt-id.
+    c = raw_case(gateway, client, data, True)
+    assert c.expect_error(message)["receipt-id"] == "r1"
+
+
 @pytest.mark.parametrize("size", [270_000, 600_000])
 def test_frame_too_large_in_one_big_websocket_message(gateway, client, size):
     c = client(gateway)

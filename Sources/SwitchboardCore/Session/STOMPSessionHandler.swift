@@ -200,11 +200,13 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     package func errorCaught(context: ChannelHandlerContext, error: any Error) {
         let failure: SessionFailure
         if let decoding = error as? STOMPDecodingError {
+            let receipt = decoding.receipt
             switch decoding {
-            case .frameTooLarge, .bodyTooLarge: failure = SessionFailure(decoding.description, kind: .limit, closeCode: .messageTooLarge)
+            case .frameTooLarge, .bodyTooLarge:
+                failure = SessionFailure(decoding.description, receiptID: receipt, kind: .limit, closeCode: .messageTooLarge)
             case .tooManyHeaders, .headerLineTooLong, .headersTooLarge:
-                failure = SessionFailure(decoding.description, kind: .limit, closeCode: .policyViolation)
-            default: failure = SessionFailure(decoding.description)
+                failure = SessionFailure(decoding.description, receiptID: receipt, kind: .limit, closeCode: .policyViolation)
+            default: failure = SessionFailure(decoding.description, receiptID: receipt)
             }
         } else if let limited = error as? RateLimitExceeded {
             failure = SessionFailure(limited.description, kind: .limit)
