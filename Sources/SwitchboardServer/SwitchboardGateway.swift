@@ -309,6 +309,8 @@ package struct SwitchboardGateway: Sendable {
         router.add(middleware: ConnectionCloseMiddleware())
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.http.allowedOrigins))
+        // Innermost: CORS and metrics see its JSON 404/405 like any other answer.
+        router.add(middleware: NoRouteMiddleware())
         MetricsEndpoint(registry: metricsRegistry, services: services).register(on: router)
         let publisher = NotificationPublisher(
             services: services, apiKeys: apiKeys, maxBodyBytes: configuration.http.maxBodyBytes, maxBatchItems: configuration.http.maxBatchItems)

@@ -30,6 +30,7 @@ final class APIRouterHarness: Sendable {
         let router = Router()
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: allowedOrigins))
+        router.add(middleware: NoRouteMiddleware())
         MetricsEndpoint(registry: PrometheusCollectorRegistry(), services: services).register(on: router)
         let publisher = NotificationPublisher(
             services: services, apiKeys: APIKeyStore(keys: keys), maxBodyBytes: maxBodyBytes, maxBatchItems: maxBatchItems)

@@ -34,10 +34,15 @@ def read_responses(sock, count, timeout=10):
     return out
 
 
-def test_pipelined_publish_and_router_requests_answer_in_order(gateway, client):
+def subscribed(client, gateway, topic):
     c = client(gateway)
     c.connect()
-    c.subscribe("/topic/pipe", id="p", receipt="r")
+    c.subscribe(topic, id="p", receipt="r")
+    return c
+
+
+def test_pipelined_publish_and_router_requests_answer_in_order(gateway, client):
+    c = subscribed(client, gateway, "/topic/pipe")
     with socket.create_connection(("127.0.0.1", gateway.port)) as s:
         s.sendall(request("POST", "/api/notification", {"topic": "/topic/pipe", "message": "1"})
                   + request("GET", "/health")
@@ -57,9 +62,7 @@ def test_pipelined_publish_and_router_requests_answer_in_order(gateway, client):
 
 
 def test_many_pipelined_publishes_on_one_connection(gateway, client):
-    c = client(gateway)
-    c.connect()
-    c.subscribe("/topic/pipe.many", id="p", receipt="r")
+    c = subscribed(client, gateway, "/topic/pipe.many")
     n = 600  # more than the handler's 256 pending answers: reads pause and resume
     with socket.create_connection(("127.0.0.1", gateway.port)) as s:
         s.sendall(b"".join(request("POST", "/api/notification", {"topic": "/topic/pipe.many", "message": str(i)})
@@ -138,3 +141,31 @@ def test_shutdown_closes_a_connection_still_owing_an_answer_after_the_grace(gate
         assert s.recv(1) == b""  # closed by the gateway once the grace passed
         assert gw.proc.wait(60) == 0
     assert "switchboard stopped" in gw.log_path.read_text()
+
+
+def test_malformed_http_is_a_json_400_after_the_answers_before_it(gateway, client):
+    # NIO's own handler answered an empty 400 at once; the gateway's is JSON naming the part
+    # at fault, written after the answers owed for the requests before it, then the close.
+    c = subscribed(client, gateway, "/topic/pipe.bad")
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(request("POST", "/api/notification", {"topic": "/topic/pipe.bad", "message": "1"})
+                  + b"POST /api/notification HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}"
+                  + request("POST", "/api/notification", {"topic": "/topic/pipe.bad", "message": "never"}))
+        answers = read_responses(s, 2)
+        s.settimeout(5)
+        assert s.recv(1) == b""
+    assert [a[0] for a in answers] == [200, 400]
+    assert answers[1][1]["connection"] == "close" and answers[1][1]["content-type"] == "application/json"
+    assert answers[1][2]["field"] == "Content-Length"
+    assert answers[1][2]["error"].startswith("malformed HTTP request: ")
+    assert [m.text for m in c.receive_many(1)] == ["1"]
+    c.expect_nothing(0.3)
+
+
+def test_a_publish_route_with_another_method_is_405_and_an_unknown_path_404(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(request("GET", "/api/notification") + request("POST", "/api/notificatio", {"topic": "/topic/x"}))
+        (status, headers, body), (status2, _, body2) = read_responses(s, 2)
+    assert status == 405 and headers["allow"] == "POST"
+    assert body == {"error": "method GET is not allowed on /api/notification; allowed: POST", "field": "method"}
+    assert status2 == 404 and body2 == {"error": "no route for POST /api/notificatio", "field": "path"}

@@ -45,6 +45,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case batch
         case live
         case ready
+        /// Bytes the HTTP parser could not read as a request: answered 400, then closed.
+        case malformed
 
         /// The route as Hummingbird names it in metrics.
         var route: String {
@@ -54,6 +56,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .batch: "/api/notifications"
             case .live: "/health/live"
             case .ready: "/health/ready"
+            case .malformed: "malformed request"
             }
         }
 
@@ -74,6 +77,15 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.close = !head.isKeepAlive
             self.keepAlive10 = head.isKeepAlive && head.version.major == 1 && head.version.minor == 0
             self.started = DispatchTime.now().uptimeNanoseconds
+        }
+
+        /// The answer to bytes the parser refused: a 400 naming what was wrong, then close.
+        init(malformed error: HTTPParserError) {
+            self.endpoint = .malformed
+            self.close = true
+            self.keepAlive10 = false
+            self.started = DispatchTime.now().uptimeNanoseconds
+            self.response = (.badRequest, APIJSON.body(HTTPPublishHandler.errorBody(for: error)))
         }
     }
 
@@ -102,6 +114,10 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var held = CircularBuffer<HTTPServerRequestPart>()
     private var forwardedUnanswered = 0
     private var taskOpen = false
+    /// A response of the router's is being written (its head went out, its end not yet).
+    private var routerResponseOpen = false
+    /// The parser failed: nothing more is read as a request.
+    private var malformed = false
     private var closing = false
     private var inputClosed = false
     private var readPending = false
@@ -175,7 +191,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !closing else { return }
+        guard !closing, !malformed else { return }
         let part = unwrapInboundIn(data)
         inReadBatch = true
         idle.read(part, now: context.eventLoop.now)
@@ -282,6 +298,9 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .ready:
                 let answer = readiness?() ?? (.ok, ReadinessAnswer(status: "ready"))
                 result = loop.makeSucceededFuture((answer.status, APIJSON.body(answer.body)))
+            case .malformed:
+                // Made answered (``Answer/init(malformed:)``); never read from a request.
+                result = loop.makeSucceededFuture(answer.response ?? (.badRequest, ByteBuffer()))
             }
         } catch let error as NotificationPublisher.Failure {
             result = loop.makeSucceededFuture((error.status, APIJSON.body(error.body)))
@@ -352,6 +371,11 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Outbound
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head) where head.status.code >= 200: routerResponseOpen = true
+        case .end: routerResponseOpen = false
+        default: break
+        }
         if case .end = unwrapOutboundIn(data), forwardedUnanswered > 0 {
             forwardedUnanswered -= 1
             if idle.answered(now: context.eventLoop.now) {
@@ -450,15 +474,58 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
+    /// Malformed HTTP (the parser's error; NIO's own handler, which would answer an empty 400
+    /// at once, is not installed). Without the router's task the 400 is one more answer, after
+    /// those owed for the requests before it, in order; then the connection closes. With the
+    /// task, as NIO does: the 400 at once unless one of the router's responses is being
+    /// written, then the error goes on to the task, which closes.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // Malformed HTTP: NIO has answered 400. Without a task nobody else will close.
-        if !taskOpen, error is HTTPParserError {
-            closing = true
-            context.flush()  // the answers before the bad request
-            context.close(promise: nil)
+        guard let parserError = error as? HTTPParserError else {
+            // The parser's later complaints about bytes after its error.
+            if malformed, error is ByteToMessageDecoderError { return }
+            context.fireErrorCaught(error)
             return
         }
+        guard !malformed else { return }
+        malformed = true
+        if !taskOpen {
+            current = .none
+            // Requests held for the router are dropped: the connection ends with this answer.
+            held.removeAll()
+            answers.append(Answer(malformed: parserError))
+            inReadBatch = false
+            writeAnswers()
+            context.flush()
+            return
+        }
+        if !routerResponseOpen {
+            let answer = Answer(malformed: parserError)
+            let body = answer.response!.body
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: "application/json")
+            headers.add(name: "Content-Length", value: String(body.readableBytes))
+            headers.add(name: "Connection", value: "close")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            metrics.record(route: answer.endpoint.route, status: .badRequest, since: answer.started)
+        }
         context.fireErrorCaught(error)
+    }
+
+    /// The JSON error for bytes the parser refused, naming the part at fault where it can.
+    static func errorBody(for error: HTTPParserError) -> APIErrorBody {
+        let field: String?
+        switch error {
+        case .invalidContentLength, .unexpectedContentLength: field = "Content-Length"
+        case .invalidChunkSize: field = "Transfer-Encoding"
+        case .headerOverflow, .invalidHeaderToken, .invalidConstant, .lfExpected: field = "headers"
+        case .invalidMethod: field = "method"
+        case .invalidURL, .invalidPath, .invalidQueryString, .invalidFragment, .invalidHost, .invalidPort: field = "path"
+        case .invalidVersion: field = "version"
+        default: field = nil
+        }
+        return APIErrorBody(error: "malformed HTTP request: \(error)", field: field)
     }
 }
 

@@ -240,7 +240,8 @@ struct HTTPAPIChannel: HTTPChannelHandler {
         limits.maxHeaderFieldCount = 100
         let sync = channel.pipeline.syncOperations
         try sync.configureHTTPServerPipeline(
-            position: position, withPipeliningAssistance: false, withErrorHandling: true,
+            // Malformed HTTP is answered by HTTPPublishHandler: JSON, in order with the answers owed.
+            position: position, withPipeliningAssistance: false, withErrorHandling: false,
             withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
             withDecoderLimitConfiguration: limits)
         var answerReadiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))?

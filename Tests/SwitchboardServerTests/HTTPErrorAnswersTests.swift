@@ -1,0 +1,81 @@
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import SwitchboardAPIModel
+import Testing
+
+@testable import SwitchboardServer
+
+/// Requests nobody serves, and bytes that are not HTTP, are answered in JSON like every other
+/// error of the API.
+@Suite struct HTTPErrorAnswersTests {
+    @Test(arguments: [
+        ("/api/notification", HTTPRequest.Method.get), ("/api/notifications", .delete), ("/api/users/al/notification", .put),
+    ])
+    func aPublishRouteWithAnotherMethodIs405WithAllow(path: String, method: HTTPRequest.Method) async throws {
+        let h = APIRouterHarness()
+        try await h.test { client in
+            let response = try await client.execute(uri: path, method: method)
+            #expect(response.status == .methodNotAllowed)
+            #expect(response.headers[.allow] == "POST")
+            #expect(response.headers[.contentType] == "application/json")
+            let body = try JSONDecoder().decode(APIErrorBody.self, from: Data(response.body.readableBytesView))
+            #expect(body == APIErrorBody(error: "method \(method.rawValue) is not allowed on \(path); allowed: POST", field: "method"))
+        }
+    }
+
+    @Test(arguments: ["/api/notificatio", "/api/users/a/b/notification", "/nothing"])
+    func anUnknownPathIs404NamingIt(path: String) async throws {
+        let h = APIRouterHarness()
+        try await h.test { client in
+            let response = try await client.execute(uri: path, method: .post, body: ByteBuffer(string: "{}"))
+            #expect(response.status == .notFound)
+            let body = try JSONDecoder().decode(APIErrorBody.self, from: Data(response.body.readableBytesView))
+            #expect(body == APIErrorBody(error: "no route for POST \(path)", field: "path"))
+        }
+    }
+
+    /// Malformed HTTP after a pipelined publish still unanswered: its 400 comes after the
+    /// publish's 200, in order (NIO's handler answered at once, and the close lost the 200).
+    @Test func malformedBytesAreAnsweredInOrderAfterTheAnswersOwed() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine)
+        try h.publish("/topic/a", "first")
+        #expect(try h.responses().isEmpty)
+        h.channel.pipeline.fireErrorCaught(HTTPParserError.invalidContentLength)
+        #expect(try h.responses().isEmpty, "the 400 waits for the publish before it")
+        #expect(h.channel.isActive)
+        // Later bytes are not read as requests, and the parser's complaints about them are dropped.
+        try h.publish("/topic/a", "after")
+        h.channel.pipeline.fireErrorCaught(ByteToMessageDecoderError.dataReceivedInErrorState(HTTPParserError.invalidContentLength, ByteBuffer()))
+        engine.pending[0].1.succeed(())
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [200, 400])
+        #expect(answers[1].head.headers["connection"] == ["close"])
+        #expect(answers[1].head.headers["content-type"] == ["application/json"])
+        let body = try JSONDecoder().decode(APIErrorBody.self, from: Data(answers[1].body.utf8))
+        #expect(body.field == "Content-Length" && body.error.hasPrefix("malformed HTTP request: "))
+        #expect(engine.pending.count == 1, "nothing after the bad bytes was published")
+        #expect(!h.channel.isActive)
+    }
+
+    @Test func malformedBytesWithTheRouterServingAre400AtOnceUnlessItsResponseIsOpen() throws {
+        let h = try PublishHandlerHarness()
+        try h.request(.GET, "/metrics")
+        #expect(h.tasksOpened == 1)
+        h.channel.pipeline.fireErrorCaught(HTTPParserError.invalidChunkSize)
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [400])
+        #expect(try JSONDecoder().decode(APIErrorBody.self, from: Data(answers[0].body.utf8)).field == "Transfer-Encoding")
+
+        let open = try PublishHandlerHarness()
+        try open.request(.GET, "/metrics")
+        let context = try #require(open.recorder.context)
+        context.writeAndFlush(NIOAny(HTTPResponsePart.head(HTTPResponse(status: .ok))), promise: nil)
+        open.channel.pipeline.fireErrorCaught(HTTPParserError.invalidChunkSize)
+        #expect(try open.responses().isEmpty, "no 400 in the middle of the router's response")
+    }
+}
