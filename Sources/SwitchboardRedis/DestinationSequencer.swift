@@ -40,6 +40,10 @@ struct DestinationSequencer {
     private var pendingEpoch: String?
     /// A history read is running.
     private(set) var repairing = false
+    /// The position the running read asked after. History is read by sequence number, whatever
+    /// the epoch (`switchboard_read` after n): a reply in another epoch covers only its
+    /// sequences after this one's.
+    private var repairAsked: StreamPosition?
     /// Beyond this many buffered messages a hole is given up on.
     let maxPending: Int
 
@@ -67,22 +71,43 @@ struct DestinationSequencer {
     /// The subscriber connection came back: anything published meanwhile is in history.
     mutating func reconnected() -> Actions {
         guard let position, !repairing else { return Actions() }
-        repairing = true
-        return Actions(repairAfter: position)
+        var actions = Actions()
+        askRepair(after: position, into: &actions)
+        return actions
     }
 
     /// A history read (after ``Actions/repairAfter``) came back: `newest` is where history
     /// stands, `messages` what it keeps after the position asked for, oldest first.
     mutating func repaired(newest: StreamPosition, messages: [PublishedMessage]) -> Actions {
         repairing = false
+        let asked = repairAsked
+        repairAsked = nil
         var actions = Actions()
         guard var current = position else { return actions }
+        if let asked, asked.epoch != current.epoch, newest.epoch == asked.epoch {
+            // A stale reply: read in the epoch this instance has left since (FLUSHALL, a restart
+            // while the read was on its way). Its messages are older than those delivered.
+            if !pending.isEmpty { askRepair(after: current, into: &actions) }
+            return actions
+        }
         if newest.epoch != current.epoch {
             // History was lost (Redis restarted empty, or the keys expired): what the old
             // epoch still owed is gone; the new one starts before its first kept message.
             flushPending(&actions)
             current = StreamPosition(epoch: newest.epoch, sequence: 0)
             position = current
+        }
+        if let asked, asked.sequence > current.sequence {
+            // The read began past where this instance stands in the new epoch (it asked after
+            // the old epoch's position): keep what it brought, and read from here.
+            if pendingEpoch != current.epoch { pending.removeAll() }
+            pendingEpoch = current.epoch
+            for message in messages {
+                if let p = message.position, p.epoch == current.epoch, p.sequence > current.sequence { pending[p.sequence] = message }
+            }
+            drainPending(&actions)
+            askRepair(after: position ?? current, into: &actions)
+            return actions
         }
         // Everything up to `newest` is known now: kept in history, buffered here, or lost.
         if pendingEpoch != current.epoch { pending.removeAll() }
@@ -104,8 +129,7 @@ struct DestinationSequencer {
         drainPending(&actions)
         if !pending.isEmpty {
             // Published after the read: on their way, or lost too; read again.
-            repairing = true
-            actions.repairAfter = position
+            askRepair(after: current, into: &actions)
         }
         return actions
     }
@@ -114,6 +138,7 @@ struct DestinationSequencer {
     /// ``maxPending`` buffered messages the hole is given up.
     mutating func repairFailed() -> Actions {
         repairing = false
+        repairAsked = nil
         var actions = Actions()
         if pending.count >= maxPending { flushPending(&actions) }
         return actions
@@ -122,8 +147,9 @@ struct DestinationSequencer {
     /// Asks for the repair again after a failure, if one is still needed.
     mutating func retryRepair() -> Actions {
         guard let position, !repairing, !pending.isEmpty else { return Actions() }
-        repairing = true
-        return Actions(repairAfter: position)
+        var actions = Actions()
+        askRepair(after: position, into: &actions)
+        return actions
     }
 
     // MARK: Internals
@@ -154,9 +180,15 @@ struct DestinationSequencer {
         if pending.count >= maxPending {
             flushPending(&actions)
         } else if !repairing {
-            repairing = true
-            actions.repairAfter = current
+            askRepair(after: current, into: &actions)
         }
+    }
+
+    /// Starts a history read after `position` (one at a time).
+    private mutating func askRepair(after position: StreamPosition, into actions: inout Actions) {
+        repairing = true
+        repairAsked = position
+        actions.repairAfter = position
     }
 
     private mutating func buffer(_ message: PublishedMessage, _ p: StreamPosition) {

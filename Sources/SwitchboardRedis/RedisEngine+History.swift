@@ -301,28 +301,67 @@ extension RedisEngine {
             after = through.sequence > UInt64(count) ? through.sequence - UInt64(count) : 0
         }
         let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(after))
-        return readRetrying(until: deadline) { HistoryFunctions.call(command, on: self.redis) }.map { read in
+        return readRetrying(until: deadline) { HistoryFunctions.call(command, on: self.redis) }.flatMap { read in
             guard read.position.epoch == through.epoch else {
-                // History was lost since this instance last heard: the new one is where it stands
-                // (this instance's order follows it once its repair sees the new epoch).
-                return HistoryReplay(messages: [], recovered: false, position: read.position)
+                return self.replayInNewerEpoch(destination, from: start, read: read, readAfter: after, until: deadline)
             }
             let messages = read.envelopes.compactMap { self.message(fromEnvelope: $0, destination: destination) }.filter {
                 $0.position!.epoch == through.epoch && $0.position!.sequence > after && $0.position!.sequence <= through.sequence
             }
             let complete = messages.count == Int(through.sequence - after) && (messages.first.map { $0.position!.sequence == after + 1 } ?? true)
             guard case .after(let position) = start else {
-                return HistoryReplay(messages: messages, recovered: complete, position: through)
+                return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: messages, recovered: complete, position: through))
             }
             if position.epoch != through.epoch {
-                return HistoryReplay(messages: messages, recovered: false, position: through)
+                return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: messages, recovered: false, position: through))
             }
             if position.sequence > through.sequence {
                 // The client saw more than this instance has delivered yet (the rest is on its
                 // way here): it resumes from its own position, if history has it.
-                return HistoryReplay(messages: [], recovered: position.sequence <= read.position.sequence, position: position)
+                return self.promiseLoop.makeSucceededFuture(
+                    HistoryReplay(messages: [], recovered: position.sequence <= read.position.sequence, position: position))
             }
-            return HistoryReplay(messages: messages, recovered: complete, position: through)
+            return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: messages, recovered: complete, position: through))
+        }
+    }
+
+    /// History moved to an epoch this instance has not seen yet (Redis restarted empty, or the
+    /// keys were lost, since it last heard; its own order follows once its repair sees the new
+    /// epoch). The replay is read in the new epoch: after the client's position when the client
+    /// is in it already (it read that epoch on another instance: recovered when history has
+    /// everything after it), else from its start (not recovered: what the old epoch still owed is
+    /// gone). History is read by sequence number whatever the epoch, so a read that began past
+    /// that point is made again.
+    func replayInNewerEpoch(
+        _ destination: String, from start: HistoryStart?, read: HistoryReadResult, readAfter: UInt64, until deadline: NIODeadline
+    ) -> EventLoopFuture<HistoryReplay> {
+        let epoch = read.position.epoch
+        let (wanted, canRecover): (UInt64, Bool)
+        switch start {
+        case .after(let position) where position.epoch == epoch:
+            (wanted, canRecover) = (min(position.sequence, read.position.sequence), position.sequence <= read.position.sequence)
+        case .last(let count):
+            (wanted, canRecover) = (read.position.sequence > UInt64(count) ? read.position.sequence - UInt64(count) : 0, true)
+        default:
+            (wanted, canRecover) = (0, false)
+        }
+        let again: EventLoopFuture<HistoryReadResult>
+        if wanted < readAfter {
+            let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(wanted))
+            again = readRetrying(until: deadline) { HistoryFunctions.call(command, on: self.redis) }
+        } else {
+            again = promiseLoop.makeSucceededFuture(read)
+        }
+        return again.map { read in
+            guard read.position.epoch == epoch else {
+                return HistoryReplay(messages: [], recovered: false, position: read.position)
+            }
+            let messages = read.envelopes.compactMap { self.message(fromEnvelope: $0, destination: destination) }.filter {
+                $0.position!.epoch == epoch && $0.position!.sequence > wanted && $0.position!.sequence <= read.position.sequence
+            }
+            let complete =
+                messages.count == Int(read.position.sequence - wanted) && (messages.first.map { $0.position!.sequence == wanted + 1 } ?? true)
+            return HistoryReplay(messages: messages, recovered: canRecover && complete, position: read.position)
         }
     }
 }

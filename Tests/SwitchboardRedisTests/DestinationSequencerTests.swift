@@ -100,6 +100,50 @@ import Testing
         #expect(s.position == Self.at(2, epoch: "e2"))
     }
 
+    /// Redis restarted empty while this instance's subscriber connection was down; publishes
+    /// since are e2:1…60. The read asked after e1:48, and history is read by sequence number
+    /// whatever the epoch, so it brought e2:49…60 only. Before, e2:1…48 were counted as skipped
+    /// although history kept them (a connected subscriber lost 48 acknowledged messages).
+    @Test(arguments: [false, true])
+    func aReadIntoANewEpochFromTheOldPositionReadsTheNewEpochFromItsStart(liveFirst: Bool) {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(48))
+        #expect(s.reconnected().repairAfter == Self.at(48))
+        if liveFirst {
+            // The new epoch's next message arrives live before the read's reply.
+            let live = s.receive(Self.message(61, epoch: "e2"))
+            #expect(live.deliver.isEmpty && live.repairAfter == nil && live.skipped == 0)
+        }
+        let first = s.repaired(newest: Self.at(60, epoch: "e2"), messages: (49...60).map { Self.message($0, epoch: "e2") })
+        #expect(first.deliver.isEmpty && first.skipped == 0)
+        #expect(first.repairAfter == Self.at(0, epoch: "e2"))
+        let second = s.repaired(newest: Self.at(61, epoch: "e2"), messages: (1...61).map { Self.message($0, epoch: "e2") })
+        #expect(Self.sequences(second) == Array(1...61))
+        #expect(second.skipped == 0 && second.repairAfter == nil)
+        #expect(s.position == Self.at(61, epoch: "e2"))
+    }
+
+    /// A read of the old epoch whose reply comes after this instance moved to a new one
+    /// (FLUSHALL while it was on its way) is dropped: before, it sent the position back to the
+    /// old epoch, delivered old messages after new ones, then the new ones again.
+    @Test func aStaleReplyFromTheEpochLeftIsDropped() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(5))
+        _ = s.reconnected()
+        #expect(Self.sequences(s.receive(Self.message(1, epoch: "e2"))) == [1])
+        let stale = s.repaired(newest: Self.at(3005), messages: (6...3005).map { Self.message($0) })
+        #expect(stale.deliver.isEmpty && stale.skipped == 0 && stale.repairAfter == nil)
+        #expect(s.position == Self.at(1, epoch: "e2"))
+        #expect(Self.sequences(s.receive(Self.message(2, epoch: "e2"))) == [2])
+        // With a hole of the new epoch waiting, the dropped reply is followed by a read of it.
+        var t = DestinationSequencer()
+        _ = t.established(at: Self.at(5))
+        _ = t.reconnected()
+        _ = t.receive(Self.message(1, epoch: "e2"))
+        _ = t.receive(Self.message(3, epoch: "e2"))
+        #expect(t.repaired(newest: Self.at(9), messages: []).repairAfter == Self.at(1, epoch: "e2"))
+    }
+
     @Test func reconnectReadsOnceAndNothingMissingDeliversNothing() {
         var s = DestinationSequencer()
         #expect(s.reconnected().repairAfter == nil)  // not established: the establishing read covers it

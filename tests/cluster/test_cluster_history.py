@@ -92,6 +92,50 @@ def test_redis_restart_without_persistence_says_not_recovered(cluster_factory, c
         assert f.text == "after" and f["x-position"].endswith(":1") and not f["x-position"].startswith(epoch)
 
 
+def test_a_new_epoch_while_an_instance_was_away_reaches_its_subscribers_whole(cluster_factory, clients):
+    """History starts a new epoch (FLUSHALL, as after Redis restarted empty) while gw1's Pub/Sub
+    connection is down (held off by a password). Its connected subscriber then gets every
+    message of the new epoch from history, in order: before, those up to its old position were
+    skipped as lost. A client that read the new epoch on gw0 resumes on gw1 before gw1 has heard
+    of it, and gets the rest, recovered: before, x-recovered:false and no replay."""
+    cluster = cluster_factory(replicas=0, gateways=2)
+    topic = "/topic/h-epoch"
+    live = clients(cluster.client(cluster.gw_ws(1)))
+    live.subscribe(topic, id="1", receipt="r")
+    for i in range(8):
+        publish(cluster, topic, f"old-{i}")
+    old = [live.expect_message() for _ in range(8)]
+    assert [f.text for f in old] == [f"old-{i}" for i in range(8)]
+    epoch = old[-1]["x-position"].rsplit(":", 1)[0]
+    ps = cluster.redis_cli("CLIENT", "LIST", "TYPE", "pubsub").splitlines()
+    gw1 = [l.split()[0].split("=")[1] for l in ps if "name=switchboard-gw1" in l]
+    assert gw1, ps
+    cluster.redis_cli("CONFIG", "SET", "requirepass", "pw")
+    auth = ("--no-auth-warning", "-a", "pw")
+    try:
+        for client_id in gw1:
+            cluster.redis_cli(*auth, "CLIENT", "KILL", "ID", client_id)
+        cluster.redis_cli(*auth, "FLUSHALL")
+        reader = clients(cluster.client(cluster.gw_ws(0)))
+        reader.subscribe(topic, id="1", receipt="r")
+        for i in range(10):
+            publish(cluster, topic, f"new-{i}")
+        new = [reader.expect_message() for _ in range(10)]
+        assert new[0]["x-position"].rsplit(":", 1)[0] != epoch
+        resumed = clients(cluster.client(cluster.gw_ws(1)))
+        got = resumed.subscribe(topic, id="1", receipt="r", **{"x-resume-from": new[4]["x-position"]})
+        assert got["x-recovered"] == "true", got.headers
+        assert [resumed.expect_message().text for _ in range(5)] == [f"new-{i}" for i in range(5, 10)]
+    finally:
+        cluster.redis_cli(*auth, "CONFIG", "SET", "requirepass", "")
+    publish(cluster, topic, "new-10")
+    bodies = [live.expect_message(15).text for _ in range(11)]
+    assert bodies == [f"new-{i}" for i in range(11)]
+    assert resumed.expect_message(15).text == "new-10"
+    resumed.expect_nothing(0.3)
+    live.expect_nothing(0.3)
+
+
 def test_pubsub_connections_killed_gap_repaired_from_history(cluster_factory, clients):
     """CLIENT KILL TYPE pubsub drops every instance's subscriber connection while messages flow:
     what Pub/Sub lost meanwhile comes from history, in order, once."""
