@@ -1,4 +1,6 @@
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import Redis
 
 /// A Redis Function library of the gateway (``HistoryFunctions``, ``LifecycleFunctions``): its
@@ -18,12 +20,31 @@ func isFunctionLibraryMissing(_ error: any Error) -> Bool {
 
 extension RedisFunctionLibrary {
     /// Runs `command`; when Redis lacks the library, loads it and runs `command` once more.
+    ///
+    /// The order of calls made on one event loop (one command connection: a session's, or an
+    /// API connection's) is kept across the reload: the calls that found the library missing
+    /// run again, in order, before any call made since (held meanwhile); see
+    /// ``FunctionReloadGates``. A call that finds it missing again fails.
     public static func call<Command: RedisCommand>(_ command: Command, on client: RedisClient) -> EventLoopFuture<Command.Response> {
-        let first = client.send(command)
-        let load = LoadFunctions<Self>()
-        return first.flatMapError { error in
-            guard isFunctionLibraryMissing(error) else { return first.eventLoop.makeFailedFuture(error) }
-            return client.send(load).flatMap { _ in client.send(command) }
+        let loop = MultiThreadedEventLoopGroup.currentEventLoop
+        let key = FunctionReloadGates.Key(client: ObjectIdentifier(client), loop: loop.map(ObjectIdentifier.init), library: ObjectIdentifier(Self.self))
+        let promise = (loop ?? client.eventLoopGroup.any()).makePromise(of: Command.Response.self)
+        let run: @Sendable () -> Void = { attempt(command, on: client, key: key, promise: promise, retried: false) }
+        if !FunctionReloadGates.hold(key, run) { run() }
+        return promise.futureResult
+    }
+
+    private static func attempt<Command: RedisCommand>(
+        _ command: Command, on client: RedisClient, key: FunctionReloadGates.Key, promise: EventLoopPromise<Command.Response>, retried: Bool
+    ) {
+        client.send(command).whenComplete { result in
+            guard !retried, case .failure(let error) = result, isFunctionLibraryMissing(error) else {
+                promise.completeWith(result)
+                return
+            }
+            FunctionReloadGates.missing(key, retry: { attempt(command, on: client, key: key, promise: promise, retried: true) }) {
+                client.send(LoadFunctions<Self>()).map { _ in }
+            }
         }
     }
 
@@ -57,3 +78,84 @@ public struct LoadFunctions<Library: RedisFunctionLibrary>: RedisCommand {
 public typealias LoadHistoryFunctions = LoadFunctions<HistoryFunctions>
 /// Loads the lifecycle functions.
 public typealias LoadLifecycleFunctions = LoadFunctions<LifecycleFunctions>
+
+/// Reloads of a function library that went missing on a live server (`FUNCTION FLUSH`,
+/// `FUNCTION DELETE`), one at a time per client, event loop and library. While one runs, new
+/// calls wait; when the library is loaded again, the calls that found it missing run again in
+/// the order they were sent, then the calls that waited. Without it, calls made after the load
+/// overtook the failed ones, and a publisher's messages took positions out of order.
+///
+/// Limit: a call that another instance's reload let through between the failure and the load
+/// may still run before the failed ones it followed.
+package enum FunctionReloadGates {
+    struct Key: Hashable {
+        var client: ObjectIdentifier
+        /// The caller's event loop (its command connection); nil off the loops.
+        var loop: ObjectIdentifier?
+        var library: ObjectIdentifier
+    }
+
+    private struct Gate {
+        /// A `FUNCTION LOAD` is on its way.
+        var loading = false
+        /// Calls that found the library missing, in the order their replies came (the order they
+        /// were sent on the connection).
+        var retries: [@Sendable () -> Void] = []
+        /// Calls made since, not sent yet.
+        var held: [@Sendable () -> Void] = []
+    }
+
+    /// A reload runs (loading, or sending what waited for it) for every key present.
+    private static let gates = NIOLockedValueBox<[Key: Gate]>([:])
+
+    /// Holds `run` while a reload runs for `key`; false when none does (the caller runs it now).
+    static func hold(_ key: Key, _ run: @escaping @Sendable () -> Void) -> Bool {
+        gates.withLockedValue { gates in
+            guard gates[key] != nil else { return false }
+            gates[key]!.held.append(run)
+            return true
+        }
+    }
+
+    /// A call found the library missing: `retry` runs once it is loaded again. A call that finds
+    /// no load on its way starts one (`load`).
+    static func missing(_ key: Key, retry: @escaping @Sendable () -> Void, load: () -> EventLoopFuture<Void>) {
+        let start = gates.withLockedValue { gates -> Bool in
+            var gate = gates[key] ?? Gate()
+            gate.retries.append(retry)
+            let start = !gate.loading
+            gate.loading = true
+            gates[key] = gate
+            return start
+        }
+        // Its reply comes after those of every call sent before it on the connection: by then
+        // all the calls that will find the library missing have said so.
+        if start { load().whenComplete { _ in loaded(key) } }
+    }
+
+    /// Runs the retries, then the held calls, until none is left (then calls go straight
+    /// again), or until one of them finds the library missing again (its load's completion
+    /// goes on).
+    private static func loaded(_ key: Key) {
+        gates.withLockedValue { $0[key]?.loading = false }
+        while true {
+            let batch = gates.withLockedValue { gates -> [@Sendable () -> Void] in
+                guard var gate = gates[key], !gate.loading else { return [] }
+                let batch = gate.retries + gate.held
+                if batch.isEmpty {
+                    gates[key] = nil
+                } else {
+                    gate.retries = []
+                    gate.held = []
+                    gates[key] = gate
+                }
+                return batch
+            }
+            if batch.isEmpty { return }
+            for run in batch { run() }
+        }
+    }
+
+    /// Whether a reload runs for any key (tests).
+    package static var reloading: Bool { gates.withLockedValue { !$0.isEmpty } }
+}

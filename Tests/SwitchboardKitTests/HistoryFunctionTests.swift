@@ -1,4 +1,6 @@
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import Redis
 import RedisServerTesting
 import STOMPCodec
@@ -103,5 +105,52 @@ struct HistoryFunctionTests {
         publisher.recordsHistory = false
         try await publisher.publish(destination: "/topic/kit", body: "not kept")
         #expect(try await client.execute(RawCommand("XLEN", "switchboard:{/topic/kit}:log")).description == "2")
+    }
+}
+
+/// `FUNCTION FLUSH` on a live server while one event loop publishes without waiting: the
+/// publishes that found the library missing run again before those made since, so positions
+/// follow the order of the calls. Before, calls made after the reload's `FUNCTION LOAD`
+/// overtook them.
+@Suite("History functions reloaded in order", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
+struct HistoryFunctionReloadTests {
+    @Test func aFlushedLibraryIsReloadedWithoutReorderingOneLoopsCalls() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let admin = try await server.client()
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let count = 2_000
+        let perTick = 4
+        _ = try await HistoryFunctionTests.publish(client, "loaded")
+        let futures = NIOLockedValueBox<[EventLoopFuture<HistoryPublishResult>]>([])
+        let done = loop.makePromise(of: Void.self)
+        // A few calls per loop tick, the next tick after the replies read meanwhile: calls are
+        // made while a reload runs, as a session's are.
+        @Sendable func step(_ first: Int) {
+            for i in first..<min(first + perTick, count) {
+                let message = PublishedMessage(destination: "/topic/h", messageID: "m\(i)", headers: [:], body: ByteBuffer(string: "\(i)"))
+                let command = HistoryPublish(key: HistoryFunctionTests.key, payload: RedisEnvelope.encode(message, origin: "test"))
+                futures.withLockedValue { $0.append(HistoryFunctions.call(command, on: client)) }
+                if i % 200 == 100 { _ = admin.send(RawCommand("FUNCTION", "FLUSH")) }
+            }
+            if first + perTick < count {
+                loop.scheduleTask(in: .microseconds(200)) { step(first + perTick) }
+            } else {
+                done.succeed(())
+            }
+        }
+        loop.execute { step(0) }
+        try await done.futureResult.get()
+        var sequences: [UInt64] = []
+        for future in futures.withLockedValue({ $0 }) { sequences.append(try #require(try await future.get().position).sequence) }
+        #expect(sequences == Array(2...UInt64(count + 1)), "first out of order at \(sequences.indices.first { sequences[$0] != UInt64($0 + 2) } ?? -1)")
+        #expect(!FunctionReloadGates.reloading)
+        // The flushes fell among the calls: the library was loaded again after them.
+        let stats = String(describing: try await admin.execute(RawCommand("INFO", "commandstats")))
+        let loads = stats.components(separatedBy: "cmdstat_function|load:calls=").dropFirst().first?.prefix { $0.isNumber }
+        #expect((loads.flatMap { Int($0) } ?? 0) >= 4, "\(stats)")
+        await client.shutdown()
+        await admin.shutdown()
     }
 }

@@ -62,7 +62,7 @@ public final class RedisClient: Sendable {
     public typealias StateChangeHandler = @Sendable (RedisConnectionRole, RedisConnectionState) -> Void
 
     public let configuration: RedisConfiguration
-    let eventLoopGroup: any EventLoopGroup
+    package let eventLoopGroup: any EventLoopGroup
     /// Loops outside ``eventLoopGroup`` that get a command connection of their own too (with
     /// ``RedisConfiguration/commandConnectionPerEventLoop``).
     let additionalCommandLoops: [any EventLoop]
