@@ -141,6 +141,11 @@ package struct NotificationRequest: Sendable, Equatable {
             guard !topic.utf8.contains(UInt8(ascii: "*")) else {
                 throw APIRequestError(status: 400, message: "field 'topic' must not contain wildcards", field: "topic")
             }
+            // A NUL, CR or LF could not reach a subscriber as sent (STOMP headers cannot carry a
+            // NUL; the destination would arrive changed), nor any other control character sensibly.
+            guard !topic.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+                throw APIRequestError(status: 400, message: "field 'topic' must not contain control characters", field: "topic")
+            }
             let message: String
             switch self.message {
             case .missing: throw APIRequestError(status: 400, message: "missing field 'message'", field: "message")

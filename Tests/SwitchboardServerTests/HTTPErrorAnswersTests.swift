@@ -38,6 +38,17 @@ import Testing
         }
     }
 
+    @Test func aTopicThatIsOnlyAPrefixNamesNoDestination() async throws {
+        let h = APIRouterHarness()
+        try await h.test { client in
+            let response = try await client.post("/api/notification", #"{"topic":"/topic/","message":"x"}"#)
+            #expect(response.status == .badRequest)
+            #expect(response.text == #"{"error":"field 'topic' must name a destination after /topic/","field":"topic"}"#)
+            let user = try await client.post("/api/users/al/notification", #"{"topic":"/queue/","message":"x"}"#)
+            #expect(user.text == #"{"error":"field 'topic' must name a destination after /queue/","field":"topic"}"#)
+        }
+    }
+
     /// Malformed HTTP after a pipelined publish still unanswered: its 400 comes after the
     /// publish's 200, in order (NIO's handler answered at once, and the close lost the 200).
     @Test func malformedBytesAreAnsweredInOrderAfterTheAnswersOwed() throws {

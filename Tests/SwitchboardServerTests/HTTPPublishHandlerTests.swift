@@ -508,6 +508,8 @@ final class PublishHandlerHarness {
             (#"{"topic":"","message":"x"}"#, "topic", "field 'topic' must be a non-empty string"),
             (#"{"topic":"/queue/x","message":"x"}"#, "topic", "field 'topic' must start with /topic/"),
             (#"{"topic":"/topic/*","message":"x"}"#, "topic", "field 'topic' must not contain wildcards"),
+            (#"{"topic":"/topic/a\u0000b","message":"x"}"#, "topic", "field 'topic' must not contain control characters"),
+            (#"{"topic":"/topic/a\nb","message":"x"}"#, "topic", "field 'topic' must not contain control characters"),
             (#"{"topic":"/topic/x"}"#, "message", "missing field 'message'"),
             (#"{"topic":"/topic/x","message":null}"#, "message", "field 'message' must be a string"),
             (#"{"topic":"/topic/x","message":"x","headers":{"k":1}}"#, "headers", "field 'headers' must be an object of string values"),

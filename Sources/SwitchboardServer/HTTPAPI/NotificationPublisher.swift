@@ -93,6 +93,8 @@ struct NotificationPublisher: Sendable {
     private func topicCheck(toUser: String?) -> (String) -> String? {
         let config = services.configuration
         return { topic in
+            let prefixes = toUser != nil ? config.userDestinationPrefixes : config.brokerPrefixes
+            if prefixes.contains(topic) { return "must name a destination after \(topic)" }
             if toUser != nil {
                 return config.userPrefix != nil && config.userDestinationPrefixes.contains(where: topic.hasPrefix)
                     ? nil : "must start with \(config.userDestinationPrefixes.joined(separator: " or ")) for a user destination"
