@@ -1,7 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
-import Synchronization
 import Redis
 
 /// A Redis Function library of the gateway (``HistoryFunctions``, ``LifecycleFunctions``): its
@@ -108,15 +107,10 @@ package enum FunctionReloadGates {
 
     /// A reload runs (loading, or sending what waited for it) for every key present.
     private static let gates = NIOLockedValueBox<[Key: Gate]>([:])
-    /// How many keys are present: every call reads it, the lock is taken only while a reload
-    /// runs somewhere. (A key's gate is made on its loop, where its calls are made: a call that
-    /// read 0 was made before the gate, so it was sent before the reload's load.)
-    private static let count = Atomic<Int>(0)
 
     /// Holds `run` while a reload runs for `key`; false when none does (the caller runs it now).
     static func hold(_ key: Key, _ run: @escaping @Sendable () -> Void) -> Bool {
-        guard count.load(ordering: .acquiring) > 0 else { return false }
-        return gates.withLockedValue { gates in
+        gates.withLockedValue { gates in
             guard gates[key] != nil else { return false }
             gates[key]!.held.append(run)
             return true
@@ -127,7 +121,6 @@ package enum FunctionReloadGates {
     /// no load on its way starts one (`load`).
     static func missing(_ key: Key, retry: @escaping @Sendable () -> Void, load: () -> EventLoopFuture<Void>) {
         let start = gates.withLockedValue { gates -> Bool in
-            if gates[key] == nil { count.add(1, ordering: .releasing) }
             var gate = gates[key] ?? Gate()
             gate.retries.append(retry)
             let start = !gate.loading
@@ -151,7 +144,6 @@ package enum FunctionReloadGates {
                 let batch = gate.retries + gate.held
                 if batch.isEmpty {
                     gates[key] = nil
-                    count.subtract(1, ordering: .releasing)
                 } else {
                     gate.retries = []
                     gate.held = []
