@@ -24,27 +24,37 @@ extension RedisFunctionLibrary {
     /// The order of calls made on one event loop (one command connection: a session's, or an
     /// API connection's) is kept across the reload: the calls that found the library missing
     /// run again, in order, before any call made since (held meanwhile); see
-    /// ``FunctionReloadGates``. A call that finds it missing again fails.
+    /// ``FunctionReloadGates``. A call that finds it missing on its third attempt fails (the
+    /// library flushed again and again meanwhile).
     public static func call<Command: RedisCommand>(_ command: Command, on client: RedisClient) -> EventLoopFuture<Command.Response> {
         let loop = MultiThreadedEventLoopGroup.currentEventLoop
         let key = FunctionReloadGates.Key(client: ObjectIdentifier(client), loop: loop.map(ObjectIdentifier.init), library: ObjectIdentifier(Self.self))
         let promise = (loop ?? client.eventLoopGroup.any()).makePromise(of: Command.Response.self)
-        let run: @Sendable () -> Void = { attempt(command, on: client, key: key, promise: promise, retried: false) }
-        if !FunctionReloadGates.hold(key, run) { run() }
+        attempt(command, on: client, key: key, promise: promise, attempts: 1, gated: true)
         return promise.futureResult
     }
 
+    /// Sends `command`, unless `gated` and a reload holds the key's calls; a call the reload
+    /// lets go (held, or found the library missing) comes back with `gated` false.
     private static func attempt<Command: RedisCommand>(
-        _ command: Command, on client: RedisClient, key: FunctionReloadGates.Key, promise: EventLoopPromise<Command.Response>, retried: Bool
+        _ command: Command, on client: RedisClient, key: FunctionReloadGates.Key, promise: EventLoopPromise<Command.Response>,
+        attempts: Int, gated: Bool
     ) {
-        client.send(command).whenComplete { result in
-            guard !retried, case .failure(let error) = result, isFunctionLibraryMissing(error) else {
+        let sent: EventLoopFuture<Command.Response>?
+        if gated {
+            sent = FunctionReloadGates.send(key, unlessHeld: { attempt(command, on: client, key: key, promise: promise, attempts: attempts, gated: false) }) {
+                client.send(command)
+            }
+        } else {
+            sent = client.send(command)
+        }
+        sent?.whenComplete { result in
+            guard attempts < FunctionReloadGates.maximumAttempts, case .failure(let error) = result, isFunctionLibraryMissing(error) else {
                 promise.completeWith(result)
                 return
             }
-            FunctionReloadGates.missing(key, retry: { attempt(command, on: client, key: key, promise: promise, retried: true) }) {
-                client.send(LoadFunctions<Self>()).map { _ in }
-            }
+            let retry: @Sendable () -> Void = { attempt(command, on: client, key: key, promise: promise, attempts: attempts + 1, gated: false) }
+            FunctionReloadGates.missing(key, retry: retry) { client.send(LoadFunctions<Self>()).map { _ in } }
         }
     }
 
@@ -88,6 +98,9 @@ public typealias LoadLifecycleFunctions = LoadFunctions<LifecycleFunctions>
 /// Limit: a call that another instance's reload let through between the failure and the load
 /// may still run before the failed ones it followed.
 package enum FunctionReloadGates {
+    /// Attempts of one call (each after a load) before its "Function not found" is the answer.
+    static let maximumAttempts = 3
+
     struct Key: Hashable {
         var client: ObjectIdentifier
         /// The caller's event loop (its command connection); nil off the loops.
@@ -108,18 +121,20 @@ package enum FunctionReloadGates {
     /// A reload runs (loading, or sending what waited for it) for every key present.
     private static let gates = NIOLockedValueBox<[Key: Gate]>([:])
 
-    /// Holds `run` while a reload runs for `key`; false when none does (the caller runs it now).
-    static func hold(_ key: Key, _ run: @escaping @Sendable () -> Void) -> Bool {
+    /// Sends (`send`) unless a reload runs for `key`; then holds `run` for later and returns nil.
+    /// The check and the send are one step under the lock, so a call is either written before a
+    /// reload's gate exists (before its load, which is queued after the gate is made) or held.
+    static func send<T>(_ key: Key, unlessHeld run: @escaping @Sendable () -> Void, _ send: () -> EventLoopFuture<T>) -> EventLoopFuture<T>? {
         gates.withLockedValue { gates in
-            guard gates[key] != nil else { return false }
+            guard gates[key] != nil else { return send() }
             gates[key]!.held.append(run)
-            return true
+            return nil
         }
     }
 
     /// A call found the library missing: `retry` runs once it is loaded again. A call that finds
     /// no load on its way starts one (`load`).
-    static func missing(_ key: Key, retry: @escaping @Sendable () -> Void, load: () -> EventLoopFuture<Void>) {
+    static func missing(_ key: Key, retry: @escaping @Sendable () -> Void, load: @escaping @Sendable () -> EventLoopFuture<Void>) {
         let start = gates.withLockedValue { gates -> Bool in
             var gate = gates[key] ?? Gate()
             gate.retries.append(retry)
@@ -128,9 +143,13 @@ package enum FunctionReloadGates {
             gates[key] = gate
             return start
         }
-        // Its reply comes after those of every call sent before it on the connection: by then
-        // all the calls that will find the library missing have said so.
-        if start { load().whenComplete { _ in loaded(key) } }
+        guard start else { return }
+        // The load is queued behind the writes already queued on this loop (calls made on other
+        // threads before the gate existed): they go out first and find the library missing
+        // too, instead of running after the load, ahead of the retries. Its reply comes after
+        // theirs: by then every call that will find the library missing has said so.
+        let run: @Sendable () -> Void = { load().whenComplete { _ in loaded(key) } }
+        if let loop = MultiThreadedEventLoopGroup.currentEventLoop { loop.execute(run) } else { run() }
     }
 
     /// Runs the retries, then the held calls, until none is left (then calls go straight
@@ -156,6 +175,8 @@ package enum FunctionReloadGates {
         }
     }
 
-    /// Whether a reload runs for any key (tests).
-    package static var reloading: Bool { gates.withLockedValue { !$0.isEmpty } }
+    /// Whether a reload runs for `client` on any loop (tests).
+    package static func isReloading(_ client: RedisClient) -> Bool {
+        gates.withLockedValue { $0.keys.contains { $0.client == ObjectIdentifier(client) } }
+    }
 }
