@@ -98,7 +98,13 @@ package struct SwitchboardGateway: Sendable {
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
         // This process's token: in session ids, and in the name of its presence registry.
         let incarnation = Self.randomInstanceID()
-        let messageIDs = MessageIDGenerator(instanceID: instanceID)
+        // A configured instance id is taken again by the next process (a restarted pod): then
+        // message and session ids carry this process's token too, so none is given out twice.
+        // Otherwise a reply addressed to a session of the previous process reached the new
+        // session with the same id (another user's), and clients that drop repeated message
+        // ids dropped new messages.
+        let reusesID = configuration.instanceID != nil
+        let messageIDs = MessageIDGenerator(instanceID: reusesID ? "\(instanceID)-\(incarnation)" : instanceID)
         let history = configuration.history.store.map { DestinationHistory(settings: $0) }
         var engine: any BrokerEngine = InMemoryEngine(hub: hub, history: history)
         var gatewayRedis: GatewayRedis?
@@ -233,7 +239,7 @@ package struct SwitchboardGateway: Sendable {
         self.services = GatewayServices(
             configuration: session, hub: hub, engine: engine,
             routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger, lifecycle: recorder,
-            incarnation: configuration.events.enabled ? incarnation : nil)
+            incarnation: configuration.events.enabled || reusesID ? incarnation : nil)
     }
 
     /// Makes the cluster client and reads the slot map once, so that a wrong `redis.cluster.nodes`

@@ -144,3 +144,24 @@ def test_http_health_endpoint_json(gateway):
     j = r.json()
     for key in ("status", "engine", "instance", "connections", "sessions", "subscriptions", "destinations"):
         assert key in j
+
+
+def test_a_restart_with_the_same_instance_id_gives_out_no_session_or_message_id_again(gateway_factory, client):
+    # With a fixed instance.id (a StatefulSet's pod name), session and message ids restarted at
+    # 1 in the next process: a reply addressed to a session of the old process (a webhook's
+    # "target": "sender", SwitchboardKit.reply(to:)) reached the new session with that id,
+    # another user's; clients de-duplicating by message-id dropped new messages.
+    seen_sessions, seen_messages = set(), set()
+    for _ in range(2):
+        gw = gateway_factory("instance.id=pod-0")
+        c = client(gw)
+        session = c.connect()["session"]
+        assert session.startswith("pod-0-s-") and session not in seen_sessions
+        seen_sessions.add(session)
+        c.subscribe("/topic/ids", id="1", receipt="r")
+        answer = gw.publish("/topic/ids", "x").json()
+        assert answer["id"].startswith("pod-0-") and answer["id"] not in seen_messages
+        seen_messages.add(answer["id"])
+        assert c.expect_message()["message-id"] == answer["id"]
+        c.close()
+        assert gw.stop() == 0

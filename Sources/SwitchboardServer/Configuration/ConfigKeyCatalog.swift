@@ -287,7 +287,7 @@ package enum ConfigKeyCatalog {
         Section(
             title: "Server",
             keys: [
-                .init("instance.id", .string, "random", "instance id, prefix of message and session ids"),
+                .init("instance.id", .string, "random", "instance id, prefix of message and session ids (then followed by the process's own token)"),
                 .init("server.threads", .integer, "cores", "event loop threads"),
                 .init(
                     "server.shutdown-grace-ms", .integer, "`5000`",
