@@ -99,6 +99,17 @@ import Testing
         ),
         (["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=ftp://x/y"], "routes.g.url: webhook url 'ftp://x/y' must be an absolute http:// or https:// URL"),
         (["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=http://x/", "routes.g.timeout-ms=-1"], "routes.g.timeout-ms must be ≥ 1, got -1"),
+        // Too large to use: each trapped at start-up or at the first connection.
+        (["server.shutdown-grace-ms=9223372036854775807"], "server.shutdown-grace-ms must be ≤ 1099511627776, got 9223372036854775807"),
+        (["server.drain-delay-ms=9223372036854775807"], "server.drain-delay-ms must be ≤ 1099511627776, got 9223372036854775807"),
+        (["http.backlog=3000000000"], "http.backlog must be ≤ 2147483647, got 3000000000"),
+        (["limits.max-frame-bytes=4294967296"], "limits.max-frame-bytes must be ≤ 1073741824, got 4294967296"),
+        (["limits.frames-per-second=4611686018427387904"], "limits.frames-per-second must be ≤ 1099511627776, got 4611686018427387904"),
+        (["limits.bytes-per-second=4611686018427387904"], "limits.bytes-per-second must be ≤ 1099511627776, got 4611686018427387904"),
+        (
+            ["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=http://x/", "routes.g.timeout-ms=9223372036854775807"],
+            "routes.g.timeout-ms must be ≤ 1099511627776, got 9223372036854775807"
+        ),
     ])
     func badValueNamesKeyAndValue(flags: [String], message: String) async {
         let error = await loadError(flags)

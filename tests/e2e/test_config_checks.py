@@ -42,6 +42,9 @@ def test_route_outside_its_names_list_is_refused(tmp_path):
     ("limits.max-pending-bytes=-1", "limits.max-pending-bytes must be ≥ 1, got -1"),
     ("http.tcp-nodelay=perhaps", "http.tcp-nodelay must be true or false, got 'perhaps'"),
     ("redis.url=127.0.0.1:6379", "redis.url '127.0.0.1:6379' is not a valid redis:// URL"),
+    # Values too large to use crashed the process, at start-up or at the first connection.
+    ("limits.max-frame-bytes=4294967296", "limits.max-frame-bytes must be ≤ 1073741824, got 4294967296"),
+    ("server.shutdown-grace-ms=9223372036854775807", "server.shutdown-grace-ms must be ≤ 1099511627776, got 9223372036854775807"),
 ])
 def test_bad_value_is_refused_naming_key_and_value(setting, message):
     refused(run("--set", setting), message)

@@ -37,6 +37,7 @@ package struct SwitchboardConfiguration: Sendable {
 
     /// Reads every section from `reader` (YAML file, environment, flags, in that order of weight).
     package init(reader: ConfigReader) throws {
+        try Self.checkIntegerBounds(reader)
         http = try HTTPSettings(reader: reader.scoped(to: "http"))
         stomp = try STOMPSettings(reader: reader.scoped(to: "stomp"))
         instanceID = reader.string(forKey: "instance.id")
@@ -79,6 +80,38 @@ package struct SwitchboardConfiguration: Sendable {
         limits.apply(to: &session)
         destinations.apply(to: &session)
         return session
+    }
+
+    /// The largest integer any key takes: no setting needs more (2^40 ms is 34 years, 2^40
+    /// bytes 1 TiB), and the gateway's arithmetic on settings (doubling a rate for its burst,
+    /// adding a margin to a size or a grace period, milliseconds to nanoseconds) cannot
+    /// overflow below it.
+    static let largestInteger = 1 << 40
+
+    /// Keys bound lower than ``largestInteger``: by what the system or NIO takes.
+    static let integerBounds: [String: Int] = [
+        "http.backlog": Int(Int32.max),
+        // NIO's WebSocket decoder takes a 32-bit frame size (the STOMP limit plus a margin).
+        "limits.max-frame-bytes": 1 << 30,
+        "limits.max-body-bytes": 1 << 30,
+    ]
+
+    /// Refuses, naming the key, an integer setting above its bound (a value the gateway cannot
+    /// use would otherwise trap at start-up or at the first connection). Keys of named entries
+    /// (`routes.<name>.timeout-ms`) are checked for every name listed.
+    static func checkIntegerBounds(_ reader: ConfigReader) throws {
+        for spec in ConfigKeyCatalog.all where spec.type == .integer {
+            var keys = [spec.key]
+            if let namesKey = spec.namesKey {
+                let names = reader.stringArray(forKey: ConfigKey(namesKey), default: [])
+                keys = names.map { spec.key.replacingOccurrences(of: ConfigKeySpec.placeholder, with: $0) }
+            }
+            let bound = integerBounds[spec.key] ?? largestInteger
+            for key in keys {
+                guard let value = reader.int(forKey: ConfigKey(key)), value > bound else { continue }
+                throw Invalid(description: "\(key) must be ≤ \(bound), got \(value)")
+            }
+        }
     }
 
     /// Throws naming the first key whose value is below `minimum`.
