@@ -122,6 +122,9 @@ package final class JWTAuthenticator: SessionAuthenticator {
         } catch {
             throw AuthenticationFailure("malformed token")
         }
+        if let claim = claims.malformedTimeClaim {
+            throw AuthenticationFailure("invalid \(claim) claim: must be a number of seconds (NumericDate)")
+        }
         let now = Date()
         let leeway = TimeInterval(settings.leewaySeconds)
         if let exp = claims.exp, exp.addingTimeInterval(leeway) <= now {
@@ -148,7 +151,9 @@ package final class JWTAuthenticator: SessionAuthenticator {
                 }
             }
         }
-        let expiresAt = claims.exp.map { NIODeadline.now() + .milliseconds(Self.millisecondsLeft(until: $0, now: now)) }
+        // The leeway that let the token in also holds the session open: it ends when a check
+        // at CONNECT would refuse the token.
+        let expiresAt = claims.exp.map { NIODeadline.now() + .milliseconds(Self.millisecondsLeft(until: $0.addingTimeInterval(leeway), now: now)) }
         return SessionIdentity(user: sub, claims: kept, expiresAt: expiresAt)
     }
 
@@ -186,14 +191,22 @@ struct StandardClaims: JWTPayload {
     var nbf: Date?
     var iss: String?
     var aud: [String]?
+    /// A time claim present but not a NumericDate (RFC 7519 §2): the token is refused, not read
+    /// as if the claim were absent (a token with `"exp": "never"` would never expire).
+    var malformedTimeClaim: String?
 
     enum CodingKeys: String, CodingKey { case sub, exp, nbf, iss, aud }
 
     init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         sub = try? c.decodeIfPresent(String.self, forKey: .sub)
-        exp = (try? c.decodeIfPresent(Double.self, forKey: .exp)).flatMap { $0.map { Date(timeIntervalSince1970: $0) } }
-        nbf = (try? c.decodeIfPresent(Double.self, forKey: .nbf)).flatMap { $0.map { Date(timeIntervalSince1970: $0) } }
+        for key in [CodingKeys.exp, .nbf] where c.contains(key) {
+            guard let seconds = try? c.decode(Double.self, forKey: key), seconds.isFinite else {
+                malformedTimeClaim = key.rawValue
+                continue
+            }
+            if key == .exp { exp = Date(timeIntervalSince1970: seconds) } else { nbf = Date(timeIntervalSince1970: seconds) }
+        }
         iss = try? c.decodeIfPresent(String.self, forKey: .iss)
         if let one = try? c.decodeIfPresent(String.self, forKey: .aud) {
             aud = [one]
