@@ -3,6 +3,7 @@ loop, other routes by the router; pipelined answers come back in request order e
 import json
 import socket
 
+import pytest
 import requests
 
 from support.process import wait_until
@@ -169,3 +170,20 @@ def test_a_publish_route_with_another_method_is_405_and_an_unknown_path_404(gate
     assert status == 405 and headers["allow"] == "POST"
     assert body == {"error": "method GET is not allowed on /api/notification; allowed: POST", "field": "method"}
     assert status2 == 404 and body2 == {"error": "no route for POST /api/notificatio", "field": "path"}
+
+
+@pytest.mark.parametrize("raw,field", [
+    (b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n", "method"),
+    (b"POST /api/notification HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", "Content-Length"),
+    (b"GET /health HTTP/1.1\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(150)) + b"\r\n", "headers"),
+], ids=["method", "content-length", "too-many-headers"])
+def test_a_malformed_first_request_is_answered_too(gateway, raw, field):
+    # The first request of a connection is read before the HTTP handlers are chosen: its
+    # parser error closed the connection with no answer at all.
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(raw)
+        (status, headers, body), = read_responses(s, 1)
+        s.settimeout(5)
+        assert s.recv(1) == b""
+    assert status == 400 and headers["connection"] == "close"
+    assert body["error"].startswith("malformed HTTP request: ") and body["field"] == field, body

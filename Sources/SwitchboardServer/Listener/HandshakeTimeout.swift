@@ -49,12 +49,11 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
         context.fireChannelRead(data)
     }
 
-    /// Malformed HTTP before the first request completed: NIO has answered 400; close.
-    /// (Other errors, such as a refused upgrade, are answered by the channel's handler.)
+    /// Malformed HTTP before the first request completed: the clock stops, and the error goes
+    /// on to ``HTTPPublishHandler`` (after this handler), which answers it with a JSON 400 and
+    /// closes. (Closing here, as before, left the client without an answer.)
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if !done, error is HTTPParserError {
-            context.close(promise: nil)
-        }
+        if !done, error is HTTPParserError { finish() }
         context.fireErrorCaught(error)
     }
 
