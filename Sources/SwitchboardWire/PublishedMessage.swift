@@ -28,7 +28,7 @@ public final class PublishedMessage: Sendable {
     /// join/leave notices, which nobody may forge).
     public static let reservedHeaders: Set<String> = [
         "destination", "message-id", "subscription", "ack", "content-length", "receipt", "transaction", "receipt-id",
-        "x-position", PresenceNotice.eventHeader, PresenceNotice.userHeader, PresenceNotice.sessionHeader,
+        "x-position", "x-recovered", PresenceNotice.eventHeader, PresenceNotice.userHeader, PresenceNotice.sessionHeader,
     ]
 
     /// - Parameter serverHeaders: headers the server sets itself (kept even if reserved), after

@@ -122,6 +122,25 @@ def test_sender_reply_reaches_only_the_sender(route_gateway, hook, client):
     other.expect_nothing(0.4)
 
 
+def test_replies_to_destinations_that_cannot_be_delivered_are_logged_not_published(route_gateway, hook, client):
+    # Before, a reply to /topic/* was published with that literal destination (to /topic/**
+    # subscribers, in history), and replies to /app/..., a bare prefix or a relative name were
+    # dropped without a word; x-recovered passed through.
+    hook.reply = {"replies": [{"destination": d, "body": d} for d in ("/topic/*", "/app/ok", "/topic/", "relative")]
+                  + [{"destination": "/topic/reply.ok", "body": "fine", "headers": {"x-recovered": "true", "x-k": "v"}}]}
+    watcher = connected(client, route_gateway)
+    watcher.subscribe("/topic/**", id="w", receipt="r")
+    sender = connected(client, route_gateway)
+    sender.send("/app/greet", "hi", receipt="s")
+    m = watcher.expect_message(timeout=2)
+    assert (m["destination"], m.text, m["x-k"]) == ("/topic/reply.ok", "fine", "v")
+    assert "x-recovered" not in m.headers
+    watcher.expect_nothing(0.3)
+    log = route_gateway.log_path.read_text(errors="replace")
+    for d in ("/topic/*", "/app/ok", "/topic/", "relative"):
+        assert f"reply.destination={d} " in log or f"reply.destination={d}\n" in log, d
+
+
 def test_sender_reply_without_matching_subscription_is_dropped(route_gateway, hook, client):
     hook.reply = {"replies": [{"destination": "/topic/nobody", "body": "x", "target": "sender"}]}
     c = connected(client, route_gateway)

@@ -245,7 +245,19 @@ extension STOMPSessionHandler {
         let loop = shard.eventLoop
         let engine = services.engine
         let ids = services.messageIDs
-        let future = route.handle(message, on: loop).flatMap { replies -> EventLoopFuture<[RouteReply]> in
+        let policy = services.policy
+        let logger = self.logger
+        let future = route.handle(message, on: loop).flatMap { all -> EventLoopFuture<[RouteReply]> in
+            // A backend's reply that cannot be delivered is logged, not published (a wildcard
+            // would be taken literally, a non-broker destination reaches nobody); the SEND the
+            // backend processed still gets its receipt.
+            let replies = all.filter { reply in
+                guard let problem = policy.replyProblem(reply.destination, toSender: reply.target == .sender) else { return true }
+                logger.warning(
+                    "route reply refused: \(problem)",
+                    metadata: ["route": "\(destination)", "reply.destination": "\(reply.destination)", "reply.target": "\(reply.target.rawValue)"])
+                return false
+            }
             let publishes = replies.filter { $0.target == .broadcast }.map { reply in
                 engine.publish(PublishedMessage(destination: reply.destination, messageID: ids.next(), headers: reply.headers, body: reply.body), on: loop)
             }

@@ -40,6 +40,20 @@ package final class SessionPolicy: Sendable {
         return .notAllowed
     }
 
+    /// Why a backend's reply to `destination` cannot be delivered (nil when it can): a
+    /// broadcast goes to a named broker destination (not a bare prefix), a reply to the sender
+    /// to a broker or user destination; neither with a wildcard or a control character.
+    package func replyProblem(_ destination: String, toSender: Bool) -> String? {
+        let kind = kind(of: destination)
+        guard kind == .broker || (toSender && kind == .user) else {
+            return toSender ? "not a broker or user destination" : "not a broker destination"
+        }
+        if destination.contains("*") { return "a wildcard" }
+        if destination.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) { return "control characters" }
+        if configuration.brokerPrefixes.contains(destination) { return "a bare prefix" }
+        return nil
+    }
+
     package func maySend(_ destination: String, identity: SessionIdentity?) -> Bool {
         configuration.accessPolicy?.maySend(destination, identity: identity) ?? true
     }
