@@ -21,6 +21,17 @@ package struct AccessRules: AccessPolicy {
             a.pattern == b.pattern && a.requiredClaim?.name == b.requiredClaim?.name && a.requiredClaim?.values == b.requiredClaim?.values
         }
 
+        /// The `{name}` placeholders of `pattern`.
+        static func placeholders(in pattern: String) -> [String] {
+            var names: [String] = []
+            var rest = Substring(pattern)
+            while let open = rest.firstIndex(of: "{"), let close = rest[open...].firstIndex(of: "}") {
+                names.append(String(rest[rest.index(after: open)..<close]))
+                rest = rest[rest.index(after: close)...]
+            }
+            return Array(Set(names))
+        }
+
         /// Parses `pattern [if claim=v1,v2]`.
         package init(_ text: String) throws(RuleError) {
             var pattern = Substring(text)
@@ -37,6 +48,17 @@ package struct AccessRules: AccessPolicy {
             self.pattern = String(pattern).trimmingSpaces
             guard self.pattern.hasPrefix("/") else { throw RuleError(rule: text, reason: "a rule must start with '/'") }
             self.requiredClaim = required.map { (name: $0.0, values: $0.1) }
+            // Checked now, with each placeholder standing for a plain name: a pattern that cannot
+            // be parsed would otherwise match nothing, silently, at every check.
+            let sample = SessionIdentity(user: "u", claims: Dictionary(uniqueKeysWithValues: Self.placeholders(in: self.pattern).map { ($0, ["v"]) }))
+            guard let expanded = AccessRules.expand(self.pattern, sample) else {
+                throw RuleError(rule: text, reason: "a '{' without its '}'")
+            }
+            do {
+                _ = try DestinationPattern(expanded)
+            } catch {
+                throw RuleError(rule: text, reason: "\(error)")
+            }
         }
     }
 

@@ -94,11 +94,22 @@ import Testing
         #expect(!rules.maySubscribe("/user/*/inbox", identity: identity))
     }
 
-    @Test func unclosedPlaceholderMatchesNothing() throws {
-        let rules = try AccessRules(subscribe: ["/user/{sub/inbox", "/topic/ok"], send: [])
-        #expect(!rules.maySubscribe("/user/alice/inbox", identity: Self.alice))
-        #expect(!rules.maySubscribe("/user/{sub/inbox", identity: Self.alice))
-        #expect(rules.maySubscribe("/topic/ok", identity: Self.alice))
+    /// A pattern that cannot be parsed is refused when the rules are loaded. Before, it was
+    /// accepted and matched nothing at every check: every SUBSCRIBE it was meant to allow got
+    /// "permission denied", with nothing at start-up to say why.
+    @Test(arguments: ["/user/{sub/inbox", "/topic/a*", "/topic/**.x", "/topic/a.** if", "/topic/{sub"])
+    func unparsablePatternsAreRefusedAtLoad(text: String) {
+        let error = #expect(throws: AccessRules.RuleError.self) {
+            _ = try AccessRules(subscribe: ["/topic/ok", text], send: [])
+        }
+        #expect(error?.rule == text)
+        #expect(error?.description.hasPrefix("invalid access rule '\(text)': ") == true)
+    }
+
+    @Test func placeholdersStillLoadAndMatchTheSessionsValues() throws {
+        let rules = try AccessRules(subscribe: ["/user/{sub}/inbox", "/topic/team.{team}.**"], send: [])
+        #expect(rules.maySubscribe("/user/alice/inbox", identity: Self.alice))
+        #expect(!rules.maySubscribe("/user/bob/inbox", identity: Self.alice))
     }
 
     @Test func wildcardSubscriptionNeedsARuleCoveringAllItMatches() throws {
