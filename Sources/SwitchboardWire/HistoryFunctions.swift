@@ -12,7 +12,7 @@ import Redis
 /// | --- | --- | --- |
 /// | `switchboard:{D}:seq` | hash | `epoch`, `n` (the newest sequence number), `server` (replication id of the primary that numbered last), `max-length`, `ttl` |
 /// | `switchboard:{D}:log` | stream | entry `<n>-0` per message: `t` (ms), `m` (the positioned envelope) |
-/// | `switchboard:{D}:once:<token>` | string | a publish already recorded (inbound routes), 60 s |
+/// | `switchboard:{D}:once:<token>` | string | a publish already recorded (inbound routes), 10 min |
 ///
 /// `switchboard_publish` numbers the message (`HINCRBY n`), appends it to the log (trimmed to
 /// `max-length`, expiring `ttl` after the last publish) and `PUBLISH`es it on `switchboard:dest:D`
@@ -96,7 +96,7 @@ public enum HistoryFunctions: RedisFunctionLibrary {
           if not payload then return redis.error_reply('ERR switchboard_publish: no payload') end
           local seq, log = keys[1] .. ':seq', keys[1] .. ':log'
           if args[4] and args[4] ~= '' then
-            if not redis.call('SET', keys[1] .. ':once:' .. args[4], '1', 'NX', 'PX', 60000) then
+            if not redis.call('SET', keys[1] .. ':once:' .. args[4], '1', 'NX', 'PX', 600000) then
               return {'', '0', '0'}
             end
           end

@@ -72,6 +72,10 @@ struct HistoryFunctionTests {
         let b = try await Self.publish(client, "in", once: "stream:1-0")
         let c = try await Self.publish(client, "in", once: "stream:2-0")
         #expect(a.position?.sequence == 1 && b.position == nil && c.position?.sequence == 2)
+        // Kept ten minutes: an instance frozen for a minute (connections alive) read its
+        // inbound messages on waking and, the 60 s tokens gone, recorded them again.
+        let ttl = try Int(fromRESP: try await client.execute(RawCommand("PTTL", .string("\(Self.key):once:stream:1-0"))))
+        #expect(ttl > 590_000 && ttl <= 600_000, "\(ttl)")
     }
 
     @Test func plainPayloadFromRedisCliBecomesATextMessage() async throws {
