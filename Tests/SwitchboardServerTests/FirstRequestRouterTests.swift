@@ -110,6 +110,21 @@ final class RouterHarness {
         _ = try? h.channel.finish()
     }
 
+    /// An upgrade whose head breaks the HTTP parser's limits goes to the parser, which refuses
+    /// it; before, a head completed within one read was upgraded whatever its size.
+    @Test(arguments: [
+        RouterHarness.upgrade(extra: "X-Big: " + String(repeating: "v", count: 17 * 1024) + "\r\n"),
+        RouterHarness.upgrade(extra: (0..<120).map { "X-H\($0): v\r\n" }.joined()),
+        RouterHarness.upgrade(extra: (0..<5).map { "X-H\($0): " + String(repeating: "v", count: 15 * 1024) + "\r\n" }.joined()),
+    ])
+    func anUpgradeBeyondTheHeaderLimitsIsNotUpgraded(request: String) throws {
+        let h = try RouterHarness()
+        try h.write(request)
+        #expect(!h.has(STOMPSessionHandler.self))
+        #expect(h.http != nil, "handed to the HTTP side")
+        #expect(!(try h.outboundText()).hasPrefix("HTTP/1.1 101"))
+    }
+
     /// The session writes from the frame decoder's context, past the handlers between (see
     /// ``STOMPSessionHandler/writer``): that is right only while they are inbound-only.
     @Test func theSessionWritesPastInboundOnlyHandlers() throws {

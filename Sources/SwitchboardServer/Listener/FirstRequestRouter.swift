@@ -67,6 +67,13 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
             if buffered!.readableBytes > Self.maxHeadBytes { becomeHTTP(context: context) }
             return
         }
+        // The HTTP parser's limits hold for an upgrade too: a head beyond them goes to the
+        // parser, which refuses it (JSON 400). Checked once per connection, on the head only.
+        let withinLimits = buffered!.withUnsafeReadableBytes { Self.headWithinLimits(UnsafeRawBufferPointer(rebasing: $0[..<end])) }
+        guard withinLimits else {
+            becomeHTTP(context: context)
+            return
+        }
         let classification = buffered!.withUnsafeReadableBytes { UpgradeRequestHead.classify(UnsafeRawBufferPointer(rebasing: $0[..<end])) }
         switch classification {
         case .plainHTTP:
@@ -83,6 +90,27 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// The HTTP parser's limits (``HTTPAPIChannel``): at most 100 header fields, a field of at
+    /// most 16 KiB, 64 KiB of headers in all.
+    static let maxHeaderFields = 100
+    static let maxHeaderFieldBytes = 16 * 1024
+    static let maxHeaderListBytes = 64 * 1024
+
+    /// Whether a complete head (request line, headers, blank line) is within the HTTP parser's
+    /// limits.
+    static func headWithinLimits(_ head: UnsafeRawBufferPointer) -> Bool {
+        guard head.count <= maxHeaderListBytes + 8 * 1024 else { return false }
+        var lines = 0
+        var start = 0
+        while let newline = head[start...].firstIndex(of: UInt8(ascii: "\n")) {
+            if newline - start > maxHeaderFieldBytes { return false }
+            lines += 1
+            start = newline + 1
+        }
+        // The request line and the blank line are not fields.
+        return lines - 2 <= maxHeaderFields
     }
 
     /// Whether the bytes so far can begin `GET `.

@@ -235,9 +235,9 @@ struct HTTPAPIChannel: HTTPChannelHandler {
         logger: Logger, codecInstalled: Bool = false, openTask: @escaping (any Channel) throws -> Void
     ) throws {
         var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderFieldSize = 16 * 1024
-        limits.maxHeaderListSize = 64 * 1024
-        limits.maxHeaderFieldCount = 100
+        limits.maxHeaderFieldSize = FirstRequestRouter.maxHeaderFieldBytes
+        limits.maxHeaderListSize = FirstRequestRouter.maxHeaderListBytes
+        limits.maxHeaderFieldCount = FirstRequestRouter.maxHeaderFields
         let sync = channel.pipeline.syncOperations
         try sync.configureHTTPServerPipeline(
             // Malformed HTTP is answered by HTTPPublishHandler: JSON, in order with the answers owed.
