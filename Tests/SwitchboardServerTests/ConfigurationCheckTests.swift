@@ -99,6 +99,7 @@ import Testing
         ),
         (["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=ftp://x/y"], "routes.g.url: webhook url 'ftp://x/y' must be an absolute http:// or https:// URL"),
         (["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=http://x/", "routes.g.timeout-ms=-1"], "routes.g.timeout-ms must be ≥ 1, got -1"),
+        (["http.allowed-origins=https://a.example/app"], "http.allowed-origins entry 'https://a.example/app' is not an origin: scheme://host[:port]"),
         // Too large to use: each trapped at start-up or at the first connection.
         (["server.shutdown-grace-ms=9223372036854775807"], "server.shutdown-grace-ms must be ≤ 1099511627776, got 9223372036854775807"),
         (["server.drain-delay-ms=9223372036854775807"], "server.drain-delay-ms must be ≤ 1099511627776, got 9223372036854775807"),

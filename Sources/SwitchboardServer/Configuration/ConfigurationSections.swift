@@ -73,7 +73,12 @@ package struct HTTPSettings: Sendable, Equatable {
         try SwitchboardConfiguration.atLeast(
             1, ("http.max-body-bytes", maxBodyBytes), ("http.max-batch-items", maxBatchItems), ("http.backlog", backlog),
             ("http.handshake-timeout-ms", handshakeTimeoutMs), ("http.idle-timeout-ms", idleTimeoutMs))
-        allowedOrigins = reader.stringArray(forKey: "allowed-origins", default: [])
+        allowedOrigins = try reader.stringArray(forKey: "allowed-origins", default: []).map { entry in
+            guard let origin = OriginName.canonical(entry) else {
+                throw SwitchboardConfiguration.Invalid(description: "http.allowed-origins entry '\(entry)' is not an origin: scheme://host[:port]")
+            }
+            return origin
+        }
         let certificateFile = reader.string(forKey: "tls.certificate-file")
         let keyFile = reader.string(forKey: "tls.key-file", isSecret: true)
         switch (certificateFile, keyFile) {
