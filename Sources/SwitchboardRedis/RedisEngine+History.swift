@@ -305,10 +305,19 @@ extension RedisEngine {
             guard read.position.epoch == through.epoch else {
                 return self.replayInNewerEpoch(destination, from: start, read: read, readAfter: after, until: deadline)
             }
-            let messages = read.envelopes.compactMap { self.message(fromEnvelope: $0, destination: destination) }.filter {
-                $0.position!.epoch == through.epoch && $0.position!.sequence > after && $0.position!.sequence <= through.sequence
+            let kept = read.envelopes.compactMap { self.message(fromEnvelope: $0, destination: destination) }.filter {
+                $0.position!.epoch == through.epoch && $0.position!.sequence > after
             }
-            let complete = messages.count == Int(through.sequence - after) && (messages.first.map { $0.position!.sequence == after + 1 } ?? true)
+            let messages = kept.filter { $0.position!.sequence <= through.sequence }
+            // History beyond this instance's position must follow on without a hole too: the
+            // live messages bring it, and a hole there (a failover's jump in sequence numbers,
+            // messages trimmed before this instance read them) is a loss the client is told of.
+            let beyond = kept.dropFirst(messages.count)
+            let holeBeyond =
+                read.position.sequence > through.sequence
+                && (beyond.count != Int(read.position.sequence - through.sequence) || beyond.first?.position!.sequence != through.sequence + 1)
+            let complete =
+                !holeBeyond && messages.count == Int(through.sequence - after) && (messages.first.map { $0.position!.sequence == after + 1 } ?? true)
             guard case .after(let position) = start else {
                 return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: messages, recovered: complete, position: through))
             }

@@ -25,7 +25,7 @@ struct PublishedMessageTests {
         #expect(
             PublishedMessage.reservedHeaders == [
                 "destination", "message-id", "subscription", "ack", "content-length", "receipt", "transaction", "receipt-id", "x-position",
-                "x-presence-event", "x-presence-user", "x-presence-session",
+                "x-recovered", "x-presence-event", "x-presence-user", "x-presence-session",
             ])
     }
 

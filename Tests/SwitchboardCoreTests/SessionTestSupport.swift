@@ -41,9 +41,12 @@ final class TestGateway {
     let services: GatewayServices
     private var clients: [TestClient] = []
 
-    init(configuration: SessionConfiguration = SessionConfiguration(), routes: RouteTable = RouteTable(), lifecycle: (any LifecycleRecorder)? = nil) {
+    init(
+        configuration: SessionConfiguration = SessionConfiguration(), routes: RouteTable = RouteTable(), lifecycle: (any LifecycleRecorder)? = nil,
+        engine: ((FanoutHub) -> any BrokerEngine)? = nil
+    ) {
         services = GatewayServices(
-            configuration: configuration, hub: hub, engine: InMemoryEngine(hub: hub),
+            configuration: configuration, hub: hub, engine: engine?(hub) ?? InMemoryEngine(hub: hub),
             routes: routes, instanceID: "t", logger: Logger(label: "test"), lifecycle: lifecycle)
     }
 

@@ -57,13 +57,30 @@ struct StreamConsumerTests {
         defer { server.stop() }
         let client = try await server.client()
         let seen = NIOLockedValueBox<[String: Int]>([:])
+        let byB = NIOLockedValueBox(0)
         let handler: StreamConsumer.Handler = { message in
             try await Task.sleep(for: .milliseconds(2))
             seen.withLockedValue { $0[message.id, default: 0] += 1 }
         }
+        // Both take part whatever the machine's load: a holds its first entry until b has
+        // processed one (before, on a loaded machine a could read every entry first).
+        let holdsFirst = NIOLockedValueBox(true)
+        let handlerA: StreamConsumer.Handler = { message in
+            if holdsFirst.withLockedValue({
+                let first = $0; $0 = false; return first
+            }) {
+                let deadline = ContinuousClock.now + .seconds(20)
+                while byB.withLockedValue({ $0 }) == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+            }
+            try await handler(message)
+        }
+        let handlerB: StreamConsumer.Handler = { message in
+            try await handler(message)
+            byB.withLockedValue { $0 += 1 }
+        }
         let a = StreamConsumer(client: client, configuration: testConfiguration(name: "a", batchSize: 4), logger: quietLogger)
         let b = StreamConsumer(client: client, configuration: testConfiguration(name: "b", batchSize: 4), logger: quietLogger)
-        let tasks = [start(a, handler), start(b, handler)]
+        let tasks = [start(a, handlerA), start(b, handlerB)]
         try #require(try await waitUntilReading(a, client))
         try #require(try await waitUntilReading(b, client))
 

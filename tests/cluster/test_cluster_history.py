@@ -2,6 +2,7 @@
 restarted without persistence, the instances' Pub/Sub connections killed (CLIENT KILL). Each
 test counts loss, duplicates and reorders per client and asserts zero, or the explicit signal
 (`x-recovered: false`, a jump in `x-position`)."""
+import contextlib
 import time
 
 import pytest
@@ -92,6 +93,23 @@ def test_redis_restart_without_persistence_says_not_recovered(cluster_factory, c
         assert f.text == "after" and f["x-position"].endswith(":1") and not f["x-position"].startswith(epoch)
 
 
+@contextlib.contextmanager
+def pubsub_held_off(cluster, gateway):
+    """Kills `gateway`'s Pub/Sub connections and keeps them from coming back (a password that
+    its reconnects lack) until the block ends; yields the redis-cli arguments that pass it."""
+    ps = cluster.redis_cli("CLIENT", "LIST", "TYPE", "pubsub").splitlines()
+    ids = [l.split()[0].split("=")[1] for l in ps if f"name=switchboard-{gateway}" in l]
+    assert ids, ps
+    cluster.redis_cli("CONFIG", "SET", "requirepass", "pw")
+    auth = ("--no-auth-warning", "-a", "pw")
+    try:
+        for client_id in ids:
+            cluster.redis_cli(*auth, "CLIENT", "KILL", "ID", client_id)
+        yield auth
+    finally:
+        cluster.redis_cli(*auth, "CONFIG", "SET", "requirepass", "")
+
+
 def test_a_new_epoch_while_an_instance_was_away_reaches_its_subscribers_whole(cluster_factory, clients):
     """History starts a new epoch (FLUSHALL, as after Redis restarted empty) while gw1's Pub/Sub
     connection is down (held off by a password). Its connected subscriber then gets every
@@ -107,14 +125,7 @@ def test_a_new_epoch_while_an_instance_was_away_reaches_its_subscribers_whole(cl
     old = [live.expect_message() for _ in range(8)]
     assert [f.text for f in old] == [f"old-{i}" for i in range(8)]
     epoch = old[-1]["x-position"].rsplit(":", 1)[0]
-    ps = cluster.redis_cli("CLIENT", "LIST", "TYPE", "pubsub").splitlines()
-    gw1 = [l.split()[0].split("=")[1] for l in ps if "name=switchboard-gw1" in l]
-    assert gw1, ps
-    cluster.redis_cli("CONFIG", "SET", "requirepass", "pw")
-    auth = ("--no-auth-warning", "-a", "pw")
-    try:
-        for client_id in gw1:
-            cluster.redis_cli(*auth, "CLIENT", "KILL", "ID", client_id)
+    with pubsub_held_off(cluster, "gw1") as auth:
         cluster.redis_cli(*auth, "FLUSHALL")
         reader = clients(cluster.client(cluster.gw_ws(0)))
         reader.subscribe(topic, id="1", receipt="r")
@@ -126,14 +137,34 @@ def test_a_new_epoch_while_an_instance_was_away_reaches_its_subscribers_whole(cl
         got = resumed.subscribe(topic, id="1", receipt="r", **{"x-resume-from": new[4]["x-position"]})
         assert got["x-recovered"] == "true", got.headers
         assert [resumed.expect_message().text for _ in range(5)] == [f"new-{i}" for i in range(5, 10)]
-    finally:
-        cluster.redis_cli(*auth, "CONFIG", "SET", "requirepass", "")
     publish(cluster, topic, "new-10")
     bodies = [live.expect_message(15).text for _ in range(11)]
     assert bodies == [f"new-{i}" for i in range(11)]
     assert resumed.expect_message(15).text == "new-10"
     resumed.expect_nothing(0.3)
     live.expect_nothing(0.3)
+
+
+def test_a_resume_across_a_hole_beyond_the_instances_position_is_not_recovered(cluster_factory, clients):
+    """History jumped ahead of where the instance stands (a failover's +1,000,000: the
+    promoted replica had not seen the last writes) while its Pub/Sub connection was away. A
+    client resuming there got x-recovered:true, judged only up to the instance's position,
+    then a jump in x-position. The hole beyond it is a loss: false now."""
+    cluster = cluster_factory(replicas=0, gateways=1)
+    topic = "/topic/h-hole"
+    live = clients(cluster.client(cluster.gw_ws(0)))
+    live.subscribe(topic, id="1", receipt="r")
+    for i in range(5):
+        publish(cluster, topic, f"m{i}")
+    frames = [live.expect_message() for _ in range(5)]
+    with pubsub_held_off(cluster, "gw0") as auth:
+        key = "switchboard:{" + topic + "}"
+        cluster.redis_cli(*auth, "HINCRBY", key + ":seq", "n", "1000000")
+        cluster.redis_cli(*auth, "FCALL", "switchboard_publish", "1", key, "after the hole")
+        resumed = clients(cluster.client(cluster.gw_ws(0)))
+        got = resumed.subscribe(topic, id="1", receipt="r", **{"x-resume-from": frames[2]["x-position"]})
+        assert got["x-recovered"] == "false", got.headers
+        assert [resumed.expect_message().text for _ in range(2)] == ["m3", "m4"]
 
 
 def test_pubsub_connections_killed_gap_repaired_from_history(cluster_factory, clients):

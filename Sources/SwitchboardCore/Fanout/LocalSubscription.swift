@@ -33,6 +33,13 @@ package final class LocalSubscription {
     /// are skipped (the replay has them, or they predate the subscription). Cleared by the
     /// first later message.
     package var replayedThrough: StreamPosition?
+    /// Its replay is being read (a resuming `SUBSCRIBE`, answered once it is back).
+    package var replayPending = false
+    /// Live messages delivered while the replay was read (they wait behind the `SUBSCRIBE`'s
+    /// receipt, after the replay): the first and the last, of one epoch. The replay stops before
+    /// the first, and live copies after the last go on, so the seam holds when history moved to
+    /// a new epoch while the replay was read.
+    package var liveDuringReplay: (first: StreamPosition, last: StreamPosition)?
     /// This subscription receives a destination's join/leave notices (its pattern is the
     /// routing destination `/~presence<destination>`), not its messages.
     package var isPresence = false

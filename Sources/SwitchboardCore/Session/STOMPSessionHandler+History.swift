@@ -42,6 +42,7 @@ extension STOMPSessionHandler {
             return nil
         case .pending(let through, let replay)?:
             subscription.replayedThrough = through
+            subscription.replayPending = true
             return replay
         }
     }
@@ -50,8 +51,16 @@ extension STOMPSessionHandler {
     func replayArrived(_ replay: HistoryReplay, for subscription: LocalSubscription, asked: Bool, step: Machine.StepID) {
         // Registered before the position was known, or resuming from further than it: live
         // copies up to the replay's position are the replay's (or the client's already).
-        let behind = subscription.replayedThrough.map { $0.epoch != replay.position.epoch || $0.sequence < replay.position.sequence } ?? true
-        if behind { subscription.replayedThrough = replay.position }
+        if let live = subscription.liveDuringReplay, live.first.epoch == replay.position.epoch {
+            // Live copies went out meanwhile: those after the last one go on (the replay stops
+            // before the first), unless the client is further still (it resumed from a position
+            // this instance had not reached: nothing to replay, and nothing up to it again).
+            let clientAhead = replay.messages.isEmpty && replay.position.sequence > live.last.sequence
+            subscription.replayedThrough = clientAhead ? replay.position : live.last
+        } else {
+            let behind = subscription.replayedThrough.map { $0.epoch != replay.position.epoch || $0.sequence < replay.position.sequence } ?? true
+            if behind { subscription.replayedThrough = replay.position }
+        }
         subscribeOutcomes[step] = SubscribeOutcome(subscription: subscription, replay: replay, asked: asked)
     }
 
@@ -67,12 +76,19 @@ extension STOMPSessionHandler {
 
     /// Writes the replayed messages of a `SUBSCRIBE` (right after its receipt).
     func writeReplay(_ outcome: SubscribeOutcome, context: ChannelHandlerContext) {
+        let live = outcome.subscription.liveDuringReplay
+        outcome.subscription.replayPending = false
+        outcome.subscription.liveDuringReplay = nil
         guard let replay = outcome.replay, !replay.messages.isEmpty, outcome.subscription.slot >= 0 else { return }
         let sub = outcome.subscription
         let through = sub.replayedThrough
         sub.replayedThrough = nil
         var batch = DeliveryBatch(tick: shard.tick)
-        for message in replay.messages { deliver(message, to: sub, batch: &batch) }
+        for message in replay.messages {
+            // From the first live copy on, the live messages (written after the replay) have them.
+            if let live, let position = message.position, position.epoch == live.first.epoch, position.sequence >= live.first.sequence { break }
+            deliver(message, to: sub, batch: &batch)
+        }
         sub.replayedThrough = through
         shard.counters.record(batch)
         if let buffer = takeUndelivered() { (writer ?? context).write(wrapOutboundOut(buffer), promise: nil) }

@@ -280,6 +280,13 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             if position.epoch == through.epoch && position.sequence <= through.sequence { return }
             subscription.replayedThrough = nil
         }
+        if subscription.replayPending, let position = message.position {
+            if let live = subscription.liveDuringReplay, live.first.epoch == position.epoch {
+                subscription.liveDuringReplay = (live.first, position)
+            } else {
+                subscription.liveDuringReplay = (position, position)
+            }
+        }
         // The shared allocator, not `context.channel.allocator`: reaching the channel costs
         // reference counting on every delivery.
         let buffer = batch.frames.frame(

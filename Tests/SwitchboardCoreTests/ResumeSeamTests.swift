@@ -1,0 +1,91 @@
+import Logging
+import NIOCore
+import NIOEmbedded
+import STOMPCodec
+import SwitchboardCore
+import SwitchboardWire
+import Testing
+
+/// An engine whose history registrations answer later, when the test says (as the Redis
+/// engine's do): the seam between a replay and the live messages that arrive meanwhile.
+final class PendingReplayEngine: BrokerEngine, @unchecked Sendable {
+    let hub: FanoutHub
+    let through: StreamPosition
+    var replay: EventLoopPromise<HistoryReplay>?
+    var name: String { "pending" }
+    var publishesSynchronously: Bool { true }
+
+    init(hub: FanoutHub, through: StreamPosition) {
+        self.hub = hub
+        self.through = through
+    }
+
+    func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        hub.deliver(message)
+        return eventLoop.makeSucceededVoidFuture()
+    }
+
+    func registerWithHistory(_ destination: String, from start: HistoryStart?, on eventLoop: any EventLoop, register: () -> Void) -> HistoryRegistration? {
+        register()
+        let promise = eventLoop.makePromise(of: HistoryReplay.self)
+        replay = promise
+        return .pending(through: through, promise.futureResult)
+    }
+}
+
+/// Where the test keeps the engine the gateway made (one embedded loop: no locking).
+final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
+
+@Suite struct ResumeSeamTests {
+    static func message(_ epoch: String, _ n: UInt64) -> PublishedMessage {
+        PublishedMessage(
+            destination: "/topic/h", messageID: "\(epoch)-\(n)", headers: [:], body: ByteBuffer(string: "\(epoch):\(n)"),
+            position: StreamPosition(epoch: epoch, sequence: n))
+    }
+
+    /// A gateway on the pending engine (registered at e1:5) and a client that resumed from
+    /// `from`: its replay waits for `engine.replay`.
+    static func resuming(from: String) throws -> (TestGateway, PendingReplayEngine, TestClient) {
+        let box = EngineBox()
+        let gateway = TestGateway { hub in
+            let engine = PendingReplayEngine(hub: hub, through: StreamPosition(epoch: "e1", sequence: 5))
+            box.value = engine
+            return engine
+        }
+        let client = try gateway.client()
+        _ = try client.connect()
+        try client.send(.subscribe, ["destination": "/topic/h", "id": "1", "receipt": "r", "x-resume-from": from])
+        return (gateway, box.value!, client)
+    }
+
+    /// History moved to a new epoch while the replay was read (Redis Cluster: the slot came
+    /// back empty): live copies of the new epoch went out before the replay, which holds the
+    /// same messages. Before, the client got e2:1…3 twice.
+    @Test func liveCopiesOfANewEpochDuringTheReplayAreNotRepeated() throws {
+        let (gateway, engine, client) = try Self.resuming(from: "e1:5")
+        defer { gateway.shutdown() }
+        for n: UInt64 in 1...3 { gateway.hub.deliver(Self.message("e2", n)) }
+        gateway.loop.run()
+        engine.replay!.succeed(
+            HistoryReplay(messages: (UInt64(1)...4).map { Self.message("e2", $0) }, recovered: false, position: StreamPosition(epoch: "e2", sequence: 4)))
+        gateway.loop.run()
+        for n: UInt64 in 4...5 { gateway.hub.deliver(Self.message("e2", n)) }
+        let frames = try client.frames()
+        #expect(frames.first?.command == .receipt)
+        #expect(frames.filter { $0.command == .message }.map(\.bodyString) == (1...5).map { "e2:\($0)" })
+    }
+
+    /// The same epoch: live copies after the registration position follow the replay, once each.
+    @Test func liveCopiesAfterTheRegistrationFollowTheReplayOnce() throws {
+        let (gateway, engine, client) = try Self.resuming(from: "e1:2")
+        defer { gateway.shutdown() }
+        for n: UInt64 in 4...7 { gateway.hub.deliver(Self.message("e1", n)) }
+        gateway.loop.run()
+        engine.replay!.succeed(
+            HistoryReplay(messages: (UInt64(3)...5).map { Self.message("e1", $0) }, recovered: true, position: StreamPosition(epoch: "e1", sequence: 5)))
+        gateway.loop.run()
+        gateway.hub.deliver(Self.message("e1", 8))
+        let frames = try client.frames()
+        #expect(frames.filter { $0.command == .message }.map(\.bodyString) == (3...8).map { "e1:\($0)" })
+    }
+}
