@@ -73,6 +73,27 @@ import Testing
         #expect(!h.channel.isActive)
     }
 
+    /// A client gone in the middle of a body: nothing is owed for that request, the connection
+    /// closes at once (it held its descriptor until the idle timeout).
+    @Test func aRequestCutOffInItsBodyIsForgottenWhenTheClientLeaves() throws {
+        let h = try PublishHandlerHarness()
+        try h.publish("/topic/a", "first")
+        try h.request(.POST, "/api/notification", body: #"{"topic":"/to"#, end: false)
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(try h.responses().map(\.status) == [200])
+        #expect(!h.channel.isActive)
+    }
+
+    /// Malformed bytes in the middle of a body: the 400 answers that request (it waited behind
+    /// the request being read, until the idle timeout).
+    @Test func malformedBytesInABodyAnswerThatRequest() throws {
+        let h = try PublishHandlerHarness()
+        try h.request(.POST, "/api/notification", body: #"{"topic":"/to"#, end: false)
+        h.channel.pipeline.fireErrorCaught(HTTPParserError.invalidChunkSize)
+        #expect(try h.responses().map(\.status) == [400])
+        #expect(!h.channel.isActive)
+    }
+
     @Test func malformedBytesWithTheRouterServingAre400AtOnceUnlessItsResponseIsOpen() throws {
         let h = try PublishHandlerHarness()
         try h.request(.GET, "/metrics")

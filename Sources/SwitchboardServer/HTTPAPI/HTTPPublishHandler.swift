@@ -423,6 +423,9 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             inReadBatch = false
             context.flush()
             inputClosed = true
+            // A request cut off in its body will not complete: nothing is owed for it (it held
+            // the connection, and its descriptor, until the idle timeout).
+            dropIncompleteRequest()
             closeIfDone(context: context)
             return
         }
@@ -468,6 +471,12 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// Forgets the request being read (its head arrived, not its end): no answer is owed for it.
+    private func dropIncompleteRequest() {
+        if case .answering(let answer, _, _, _) = current, answers.last === answer { answers.removeLast() }
+        current = .none
+    }
+
     private func closeIfDone(context: ChannelHandlerContext) {
         guard inputClosed, !taskOpen, !closing, answers.isEmpty else { return }
         closing = true
@@ -489,7 +498,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard !malformed else { return }
         malformed = true
         if !taskOpen {
-            current = .none
+            // The request being read is the bad one: the 400 is its answer.
+            dropIncompleteRequest()
             // Requests held for the router are dropped: the connection ends with this answer.
             held.removeAll()
             answers.append(Answer(malformed: parserError))
