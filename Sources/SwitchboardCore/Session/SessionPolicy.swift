@@ -45,7 +45,9 @@ package final class SessionPolicy: Sendable {
     /// to a broker or user destination; neither with a wildcard or a control character.
     package func replyProblem(_ destination: String, toSender: Bool) -> String? {
         let kind = kind(of: destination)
-        guard kind == .broker || (toSender && kind == .user) else {
+        // A reply to a user (`"user": "alice"`) arrives routed already: `/~user/alice/queue/…`.
+        let routed = UserDestinations.clientDestination(forRouting: destination) != nil
+        guard kind == .broker || routed || (toSender && kind == .user) else {
             return toSender ? "not a broker or user destination" : "not a broker destination"
         }
         if destination.contains("*") { return "a wildcard" }
