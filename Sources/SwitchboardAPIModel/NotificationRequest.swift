@@ -143,7 +143,7 @@ package struct NotificationRequest: Sendable, Equatable {
             }
             // A NUL, CR or LF could not reach a subscriber as sent (STOMP headers cannot carry a
             // NUL; the destination would arrive changed), nor any other control character sensibly.
-            guard !topic.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+            guard !DestinationPattern.holdsControlCharacters(topic) else {
                 throw APIRequestError(status: 400, message: "field 'topic' must not contain control characters", field: "topic")
             }
             let message: String

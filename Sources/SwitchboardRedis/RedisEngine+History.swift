@@ -314,10 +314,8 @@ extension RedisEngine {
             // messages trimmed before this instance read them) is a loss the client is told of.
             let beyond = kept.dropFirst(messages.count)
             let holeBeyond =
-                read.position.sequence > through.sequence
-                && (beyond.count != Int(read.position.sequence - through.sequence) || beyond.first?.position!.sequence != through.sequence + 1)
-            let complete =
-                !holeBeyond && messages.count == Int(through.sequence - after) && (messages.first.map { $0.position!.sequence == after + 1 } ?? true)
+                read.position.sequence > through.sequence && !Self.followOn(beyond, after: through.sequence, through: read.position.sequence)
+            let complete = !holeBeyond && Self.followOn(messages, after: after, through: through.sequence)
             guard case .after(let position) = start else {
                 return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: messages, recovered: complete, position: through))
             }
@@ -332,6 +330,13 @@ extension RedisEngine {
             }
             return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: messages, recovered: complete, position: through))
         }
+    }
+
+    /// Whether `messages` (read in order from one epoch, each in `after+1...through`) are every
+    /// message from `after + 1` through `through`, without a hole.
+    static func followOn(_ messages: some Collection<PublishedMessage>, after: UInt64, through: UInt64) -> Bool {
+        guard through >= after else { return messages.isEmpty }
+        return messages.count == Int(through - after) && (messages.first.map { $0.position!.sequence == after + 1 } ?? true)
     }
 
     /// History moved to an epoch this instance has not seen yet (Redis restarted empty, or the
@@ -368,8 +373,7 @@ extension RedisEngine {
             let messages = read.envelopes.compactMap { self.message(fromEnvelope: $0, destination: destination) }.filter {
                 $0.position!.epoch == epoch && $0.position!.sequence > wanted && $0.position!.sequence <= read.position.sequence
             }
-            let complete =
-                messages.count == Int(read.position.sequence - wanted) && (messages.first.map { $0.position!.sequence == wanted + 1 } ?? true)
+            let complete = Self.followOn(messages, after: wanted, through: read.position.sequence)
             return HistoryReplay(messages: messages, recovered: canRecover && complete, position: read.position)
         }
     }

@@ -334,7 +334,8 @@ package struct SwitchboardGateway: Sendable {
                 case .stream: nil
                 }
             }
-            ConsoleRoutes(path: configuration.console.path, services: services, inboundChannels: inbound).register(on: router)
+            ConsoleRoutes(path: configuration.console.path, services: services, inboundChannels: inbound, publisher: publisher)
+                .register(on: router)
         }
         let httpLogger = Logger(label: "switchboard.http")
         let dates = HTTPDateCache()

@@ -196,3 +196,12 @@ public struct DestinationPattern: Sendable, Hashable, CustomStringConvertible {
         return index == utf8.endIndex
     }
 }
+
+extension DestinationPattern {
+    /// Whether `text` holds a C0 control character or DEL: a destination, user or topic with
+    /// one could not reach a subscriber as written (a STOMP header cannot carry a NUL, a CR or
+    /// LF would end it), so every entry point from a backend refuses it.
+    package static func holdsControlCharacters(_ text: some StringProtocol) -> Bool {
+        text.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }
+    }
+}

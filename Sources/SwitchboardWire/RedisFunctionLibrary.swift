@@ -118,14 +118,20 @@ package enum FunctionReloadGates {
         var held: [@Sendable () -> Void] = []
     }
 
-    /// A reload runs (loading, or sending what waited for it) for every key present.
-    private static let gates = NIOLockedValueBox<[Key: Gate]>([:])
+    /// A reload runs (loading, or sending what waited for it) for every key present. The keys
+    /// are spread over stripes, each with its own lock, so calls from different event loops
+    /// (every history call passes ``send(_:unlessHeld:_:)``) do not contend for one lock.
+    private static let stripes = (0..<16).map { _ in NIOLockedValueBox<[Key: Gate]>([:]) }
+
+    private static func gates(_ key: Key) -> NIOLockedValueBox<[Key: Gate]> {
+        stripes[Int(truncatingIfNeeded: UInt(bitPattern: key.hashValue) % UInt(stripes.count))]
+    }
 
     /// Sends (`send`) unless a reload runs for `key`; then holds `run` for later and returns nil.
     /// The check and the send are one step under the lock, so a call is either written before a
     /// reload's gate exists (before its load, which is queued after the gate is made) or held.
     static func send<T>(_ key: Key, unlessHeld run: @escaping @Sendable () -> Void, _ send: () -> EventLoopFuture<T>) -> EventLoopFuture<T>? {
-        gates.withLockedValue { gates in
+        gates(key).withLockedValue { gates in
             guard gates[key] != nil else { return send() }
             gates[key]!.held.append(run)
             return nil
@@ -135,7 +141,7 @@ package enum FunctionReloadGates {
     /// A call found the library missing: `retry` runs once it is loaded again. A call that finds
     /// no load on its way starts one (`load`).
     static func missing(_ key: Key, retry: @escaping @Sendable () -> Void, load: @escaping @Sendable () -> EventLoopFuture<Void>) {
-        let start = gates.withLockedValue { gates -> Bool in
+        let start = gates(key).withLockedValue { gates -> Bool in
             var gate = gates[key] ?? Gate()
             gate.retries.append(retry)
             let start = !gate.loading
@@ -156,6 +162,7 @@ package enum FunctionReloadGates {
     /// again), or until one of them finds the library missing again (its load's completion
     /// goes on).
     private static func loaded(_ key: Key) {
+        let gates = gates(key)
         gates.withLockedValue { $0[key]?.loading = false }
         while true {
             let batch = gates.withLockedValue { gates -> [@Sendable () -> Void] in
@@ -177,6 +184,6 @@ package enum FunctionReloadGates {
 
     /// Whether a reload runs for `client` on any loop (tests).
     package static func isReloading(_ client: RedisClient) -> Bool {
-        gates.withLockedValue { $0.keys.contains { $0.client == ObjectIdentifier(client) } }
+        stripes.contains { $0.withLockedValue { $0.keys.contains { $0.client == ObjectIdentifier(client) } } }
     }
 }

@@ -77,4 +77,14 @@ struct DestinationPatternTests {
         #expect(try DestinationPattern("/topic/x.*").description == "/topic/x.*")
         #expect(try Set([DestinationPattern("/a"), DestinationPattern("/a"), DestinationPattern("/b")]).count == 2)
     }
+
+    @Test(
+        "control characters (C0 and DEL) are found; other text passes",
+        arguments: [
+            ("/topic/a", false), ("/topic/ü.日本", false), ("/topic/a\u{0}", true), ("/topic/a\nb", true), ("\r", true),
+            ("/topic/\u{1F}", true), ("/topic/\u{7F}", true), ("/topic/\u{80}", false), ("", false),
+        ])
+    func controlCharacters(_ text: String, _ holds: Bool) {
+        #expect(DestinationPattern.holdsControlCharacters(text) == holds)
+    }
 }

@@ -185,4 +185,16 @@ import Testing
         let plain = PublishedMessage(destination: "/topic/x", messageID: "p", headers: [:], body: ByteBuffer(string: "raw"))
         #expect(s.receive(plain).deliver.count == 1)
     }
+
+    /// A replay is complete when it holds every position after the start through the end.
+    @Test func aReplayFollowsOnOnlyWithoutAHole() {
+        let run = (5...8).map { Self.message($0) }
+        #expect(RedisEngine.followOn(run, after: 4, through: 8))
+        #expect(!RedisEngine.followOn(run, after: 3, through: 8))  // 4 missing
+        #expect(!RedisEngine.followOn(run, after: 4, through: 9))  // 9 missing
+        #expect(!RedisEngine.followOn([5, 6, 8].map { Self.message($0) }, after: 4, through: 8))
+        #expect(RedisEngine.followOn([PublishedMessage](), after: 8, through: 8))
+        #expect(!RedisEngine.followOn([PublishedMessage](), after: 7, through: 8))
+        #expect(!RedisEngine.followOn(run, after: 9, through: 8))
+    }
 }

@@ -37,4 +37,19 @@ import Testing
         try refused.write(RouterHarness.upgrade(extra: "Origin: https://evil.example\r\n"))
         #expect(try refused.outboundText().hasPrefix("HTTP/1.1 403"))
     }
+
+    @Test(
+        "one rule for the upgrade and CORS: empty or * allows any; else the canonical spelling",
+        arguments: [
+            ([], "https://evil.example", true),
+            (["*"], "https://evil.example", true),
+            (["https://app.example"], "https://APP.example:443", true),
+            (["https://app.example"], "https://app.example:8443", false),
+            (["https://app.example"], "null", false),
+            (["null"], "null", true),
+            (["https://app.example"], "not an origin", false),
+        ])
+    func allowed(_ allowed: [String], _ origin: String, _ expected: Bool) {
+        #expect(OriginName.isAllowed(origin, by: allowed) == expected)
+    }
 }

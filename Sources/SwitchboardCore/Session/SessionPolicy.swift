@@ -51,7 +51,7 @@ package final class SessionPolicy: Sendable {
             return toSender ? "not a broker or user destination" : "not a broker destination"
         }
         if destination.contains("*") { return "a wildcard" }
-        if destination.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) { return "control characters" }
+        if DestinationPattern.holdsControlCharacters(destination) { return "control characters" }
         if configuration.brokerPrefixes.contains(destination) { return "a bare prefix" }
         return nil
     }

@@ -10,7 +10,7 @@ struct CORSAllowlistMiddleware<Context: RequestContext>: RouterMiddleware {
     let allowedOrigins: [String]
 
     func allows(_ origin: String) -> Bool {
-        allowedOrigins.isEmpty || allowedOrigins.contains("*") || allowedOrigins.contains(OriginName.canonical(origin) ?? origin)
+        OriginName.isAllowed(origin, by: allowedOrigins)
     }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {

@@ -2,6 +2,7 @@ import Hummingbird
 import NIOCore
 import Redis
 import SwitchboardAPIModel
+import SwitchboardAuth
 import SwitchboardConsole
 import SwitchboardCore
 import SwitchboardRedis
@@ -13,6 +14,8 @@ struct ConsoleRoutes: Sendable {
     let services: GatewayServices
     /// The configured inbound Pub/Sub channels: the only ones the console may publish to.
     let inboundChannels: [String]
+    /// The API's keys: with keys configured, a Redis publish needs one (see ``redisPublish(_:)``).
+    let publisher: NotificationPublisher
 
     func register(on router: Router<BasicRequestContext>) {
         let base = path.hasSuffix("/") ? String(path.dropLast()) : path
@@ -31,7 +34,21 @@ struct ConsoleRoutes: Sendable {
         }
     }
 
+    /// `POST /api/console/redis-publish`. A message on an inbound channel reaches whatever
+    /// destination (or user) it names, so with API keys configured it needs a key that may
+    /// publish to every broker prefix; without one it would get around the keys' scopes.
     func redisPublish(_ request: Request) async throws -> Response {
+        let key = try publisher.authenticate(authorization: request.headers[.authorization])
+        if let key {
+            let prefixes = services.policy.configuration.brokerPrefixes
+            if let denied = prefixes.first(where: { !APIKeyStore.allows(key, $0) }) {
+                throw NotificationPublisher.Failure(
+                    status: .forbidden,
+                    message: "API key '\(key.name)' may not publish to Redis: a message on an inbound channel may go to any "
+                        + "destination, and the key may not publish to \(denied)",
+                    field: "Authorization")
+            }
+        }
         guard let engine = services.engine as? RedisEngine else {
             return PublishAPI.json(APIErrorBody(error: "needs the redis engine (set redis.url)", field: nil), status: .conflict)
         }

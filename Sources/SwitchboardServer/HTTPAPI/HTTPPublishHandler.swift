@@ -329,19 +329,9 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             answers.removeFirst()
             let shutdownWaited = idle.answered(now: context.eventLoop.now)
             let close = first.close || shutdownWaited
-            var headers = HTTPHeaders()
-            headers.reserveCapacity(5)
-            headers.add(name: "Content-Type", value: "application/json")
-            headers.add(name: "Content-Length", value: String(response.body.readableBytes))
-            headers.add(name: "Date", value: dates.now)
-            headers.add(name: "Server", value: "switchboard")
-            if close {
-                headers.add(name: "Connection", value: "close")
-            } else if first.keepAlive10 {
-                headers.add(name: "Connection", value: "keep-alive")
-            }
             let status = HTTPResponseStatus(statusCode: response.status.code, reasonPhrase: response.status.reasonPhrase)
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            let head = responseHead(status, bodyBytes: response.body.readableBytes, close: close, keepAlive10: first.keepAlive10)
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
             metrics.record(route: first.endpoint.route, status: response.status, since: first.started)
             wrote = true
@@ -357,6 +347,22 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if wrote && !inReadBatch { context.flush() }
         resumeReadsIfPossible(context: context)
         closeIfDone(context: context)
+    }
+
+    /// The head of a JSON answer of `bodyBytes` bytes.
+    private func responseHead(_ status: HTTPResponseStatus, bodyBytes: Int, close: Bool, keepAlive10: Bool) -> HTTPResponseHead {
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(5)
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(bodyBytes))
+        headers.add(name: "Date", value: dates.now)
+        headers.add(name: "Server", value: "switchboard")
+        if close {
+            headers.add(name: "Connection", value: "close")
+        } else if keepAlive10 {
+            headers.add(name: "Connection", value: "keep-alive")
+        }
+        return HTTPResponseHead(version: .http1_1, status: status, headers: headers)
     }
 
     private func replayHeld(context: ChannelHandlerContext) {
@@ -511,11 +517,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if !routerResponseOpen {
             let answer = Answer(malformed: parserError)
             let body = answer.response!.body
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: "application/json")
-            headers.add(name: "Content-Length", value: String(body.readableBytes))
-            headers.add(name: "Connection", value: "close")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
+            let head = responseHead(.badRequest, bodyBytes: body.readableBytes, close: true, keepAlive10: false)
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
             metrics.record(route: answer.endpoint.route, status: .badRequest, since: answer.started)

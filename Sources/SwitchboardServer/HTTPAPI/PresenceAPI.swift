@@ -74,7 +74,7 @@ struct PresenceAPI: Sendable {
             throw Failure(
                 status: .badRequest, message: "destination longer than \(maxDestinationBytes) bytes", field: "destination")
         }
-        guard !destination.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+        guard !DestinationPattern.holdsControlCharacters(destination) else {
             throw Failure(status: .badRequest, message: "destination holds control characters", field: "destination")
         }
         do { _ = try DestinationPattern(destination) } catch {
@@ -106,7 +106,7 @@ struct PresenceAPI: Sendable {
         guard !user.isEmpty, user.utf8.count <= 1024 else {
             throw Failure(status: .badRequest, message: "missing or too long user in path", field: "user")
         }
-        guard !user.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+        guard !DestinationPattern.holdsControlCharacters(user) else {
             throw Failure(status: .badRequest, message: "user holds control characters", field: "user")
         }
         if let key, !APIKeyStore.allows(key, "/user/\(user)") {

@@ -29,4 +29,11 @@ enum OriginName {
         if let number = port.flatMap({ Int($0) }), number != defaultPort { portPart = ":\(number)" }
         return scheme + "://" + host.lowercased() + portPart
     }
+
+    /// Whether a request's `Origin` may use the gateway under `allowedOrigins` (canonical
+    /// entries, as `http.allowed-origins` is read): an empty list or `*` allows any origin.
+    /// The one rule of both the WebSocket upgrade and the HTTP API's CORS.
+    static func isAllowed(_ origin: String, by allowedOrigins: [String]) -> Bool {
+        allowedOrigins.isEmpty || allowedOrigins.contains("*") || allowedOrigins.contains(canonical(origin) ?? origin)
+    }
 }

@@ -121,7 +121,7 @@ struct WebSocketHandshake: Sendable {
         guard head.keys.count == 1, Self.isValidKey(head.keys[0]) else {
             return .refuse(.badRequest("Sec-WebSocket-Key must be one base64-encoded 16-byte value", field: "Sec-WebSocket-Key"))
         }
-        if !allowedOrigins.isEmpty, let origin = head.origin, !allowedOrigins.contains(OriginName.canonical(origin) ?? origin), !allowedOrigins.contains("*") {
+        if let origin = head.origin, !OriginName.isAllowed(origin, by: allowedOrigins) {
             return .refuse(Refusal(status: 403, reason: "Forbidden", message: "origin \(origin) is not allowed", field: "Origin"))
         }
         var version: STOMPVersion?
