@@ -30,31 +30,41 @@ extension RedisFunctionLibrary {
         let loop = MultiThreadedEventLoopGroup.currentEventLoop
         let key = FunctionReloadGates.Key(client: ObjectIdentifier(client), loop: loop.map(ObjectIdentifier.init), library: ObjectIdentifier(Self.self))
         let promise = (loop ?? client.eventLoopGroup.any()).makePromise(of: Command.Response.self)
-        attempt(command, on: client, key: key, promise: promise, attempts: 1, gated: true)
+        attempt(command, on: client, key: key, promise: promise, attempts: 1, ticket: nil)
         return promise.futureResult
     }
 
-    /// Sends `command`, unless `gated` and a reload holds the key's calls; a call the reload
-    /// lets go (held, or found the library missing) comes back with `gated` false.
+    /// A call's first attempt (`ticket` nil) goes through the key's gate: sent, or held while a
+    /// reload runs; a held call and a call that found the library missing come back with their
+    /// ticket (their place in the key's call order) and are sent as they are.
     private static func attempt<Command: RedisCommand>(
         _ command: Command, on client: RedisClient, key: FunctionReloadGates.Key, promise: EventLoopPromise<Command.Response>,
-        attempts: Int, gated: Bool
+        attempts: Int, ticket: UInt64?
     ) {
-        let sent: EventLoopFuture<Command.Response>?
-        if gated {
-            sent = FunctionReloadGates.send(key, unlessHeld: { attempt(command, on: client, key: key, promise: promise, attempts: attempts, gated: false) }) {
-                client.send(command)
-            }
-        } else {
-            sent = client.send(command)
-        }
-        sent?.whenComplete { result in
+        let load: @Sendable () -> EventLoopFuture<Void> = { client.send(LoadFunctions<Self>()).map { _ in } }
+        @Sendable func again(_ ticket: UInt64, _ result: Result<Command.Response, any Error>) -> (@Sendable () -> Void)? {
             guard attempts < FunctionReloadGates.maximumAttempts, case .failure(let error) = result, isFunctionLibraryMissing(error) else {
+                return nil
+            }
+            return { attempt(command, on: client, key: key, promise: promise, attempts: attempts + 1, ticket: ticket) }
+        }
+        guard let ticket else {
+            let (sent, ticket) = FunctionReloadGates.send(
+                key, unlessHeld: { ticket in attempt(command, on: client, key: key, promise: promise, attempts: attempts, ticket: ticket) }
+            ) { client.send(command) }
+            sent?.whenComplete { result in
+                let retry = again(ticket, result)
+                FunctionReloadGates.answered(key, ticket: ticket, retry: retry, load: load)
+                if retry == nil { promise.completeWith(result) }
+            }
+            return
+        }
+        client.send(command).whenComplete { result in
+            guard let retry = again(ticket, result) else {
                 promise.completeWith(result)
                 return
             }
-            let retry: @Sendable () -> Void = { attempt(command, on: client, key: key, promise: promise, attempts: attempts + 1, gated: false) }
-            FunctionReloadGates.missing(key, retry: retry) { client.send(LoadFunctions<Self>()).map { _ in } }
+            FunctionReloadGates.missing(key, ticket: ticket, retry: retry, load: load)
         }
     }
 
@@ -90,10 +100,17 @@ public typealias LoadHistoryFunctions = LoadFunctions<HistoryFunctions>
 public typealias LoadLifecycleFunctions = LoadFunctions<LifecycleFunctions>
 
 /// Reloads of a function library that went missing on a live server (`FUNCTION FLUSH`,
-/// `FUNCTION DELETE`), one at a time per client, event loop and library. While one runs, new
-/// calls wait; when the library is loaded again, the calls that found it missing run again in
-/// the order they were sent, then the calls that waited. Without it, calls made after the load
-/// overtook the failed ones, and a publisher's messages took positions out of order.
+/// `FUNCTION DELETE`), one at a time per client, event loop and library (a key). While one runs,
+/// new calls wait; when the library is loaded again, the calls that found it missing run again,
+/// then the calls that waited, all in the order they were made. Without it, calls made after the
+/// load overtook the failed ones, and a publisher's messages took positions out of order.
+///
+/// Every call takes a ticket (its place in the key's order) when it is made, and the calls in
+/// flight are counted: after the load, the calls go out once every call sent before the reload
+/// has answered. A caller off the connection's event loop may see its answer late (a future
+/// answered before the caller's callback was added runs the callback in a later loop tick), so
+/// a call that found the library missing could report it after the load's answer, and went
+/// out after calls made after it.
 ///
 /// Limit: a call that another instance's reload let through between the failure and the load
 /// may still run before the failed ones it followed.
@@ -101,80 +118,127 @@ package enum FunctionReloadGates {
     /// Attempts of one call (each after a load) before its "Function not found" is the answer.
     static let maximumAttempts = 3
 
-    struct Key: Hashable {
+    package struct Key: Hashable, Sendable {
         var client: ObjectIdentifier
         /// The caller's event loop (its command connection); nil off the loops.
         var loop: ObjectIdentifier?
         var library: ObjectIdentifier
+
+        package init(client: ObjectIdentifier, loop: ObjectIdentifier?, library: ObjectIdentifier) {
+            self.client = client
+            self.loop = loop
+            self.library = library
+        }
     }
 
     private struct Gate {
-        /// A `FUNCTION LOAD` is on its way.
-        var loading = false
-        /// Calls that found the library missing, in the order their replies came (the order they
-        /// were sent on the connection).
-        var retries: [@Sendable () -> Void] = []
-        /// Calls made since, not sent yet.
-        var held: [@Sendable () -> Void] = []
+        enum Phase {
+            /// Calls go straight out.
+            case open
+            /// A `FUNCTION LOAD` is on its way; calls are held.
+            case loading
+            /// The library is back: the calls that waited go out once ``outstanding`` is zero.
+            case sending
+        }
+        var phase = Phase.open
+        var nextTicket: UInt64 = 0
+        /// First attempts sent and not answered yet.
+        var outstanding = 0
+        /// Calls to send again or for the first time, with their tickets.
+        var waiting: [(ticket: UInt64, run: @Sendable () -> Void)] = []
+
+        /// Whether the failure of a call sent `afterLoad` (a retry, or a call that waited) or
+        /// not (a first attempt, sent before this reload's load) starts a reload.
+        mutating func startsReload(afterLoad: Bool) -> Bool {
+            guard phase == .open || (afterLoad && phase == .sending) else { return false }
+            phase = .loading
+            return true
+        }
+
+        var sendsNow: Bool { phase == .sending && outstanding == 0 }
     }
 
-    /// A reload runs (loading, or sending what waited for it) for every key present. The keys
-    /// are spread over stripes, each with its own lock, so calls from different event loops
-    /// (every history call passes ``send(_:unlessHeld:_:)``) do not contend for one lock.
+    /// The gate of every key that has made a call. The keys are spread over stripes, each with
+    /// its own lock, so calls from different event loops do not contend for one lock.
     private static let stripes = (0..<16).map { _ in NIOLockedValueBox<[Key: Gate]>([:]) }
 
-    private static func gates(_ key: Key) -> NIOLockedValueBox<[Key: Gate]> {
-        stripes[Int(truncatingIfNeeded: UInt(bitPattern: key.hashValue) % UInt(stripes.count))]
+    /// Runs `body` on `key`'s gate (made on first use) under its stripe's lock.
+    private static func withGate<R>(_ key: Key, _ body: (inout Gate) -> R) -> R {
+        let stripe = stripes[Int(truncatingIfNeeded: UInt(bitPattern: key.hashValue) % UInt(stripes.count))]
+        return stripe.withLockedValue { body(&$0[key, default: Gate()]) }
     }
 
-    /// Sends (`send`) unless a reload runs for `key`; then holds `run` for later and returns nil.
-    /// The check and the send are one step under the lock, so a call is either written before a
-    /// reload's gate exists (before its load, which is queued after the gate is made) or held.
-    static func send<T>(_ key: Key, unlessHeld run: @escaping @Sendable () -> Void, _ send: () -> EventLoopFuture<T>) -> EventLoopFuture<T>? {
-        gates(key).withLockedValue { gates in
-            guard gates[key] != nil else { return send() }
-            gates[key]!.held.append(run)
-            return nil
+    /// Sends (`send`) unless a reload runs for `key`; then holds `run` (given the call's ticket)
+    /// and returns nil. The check and the send are one step under the lock, so a call is either
+    /// written before a reload's gate closes (before its load, which is queued after that) or held.
+    package static func send<T>(
+        _ key: Key, unlessHeld run: @escaping @Sendable (UInt64) -> Void, _ send: () -> EventLoopFuture<T>
+    ) -> (EventLoopFuture<T>?, ticket: UInt64) {
+        withGate(key) { gate in
+            let ticket = gate.nextTicket
+            gate.nextTicket += 1
+            guard gate.phase == .open else {
+                gate.waiting.append((ticket, { run(ticket) }))
+                return (nil, ticket)
+            }
+            gate.outstanding += 1
+            return (send(), ticket)
         }
     }
 
-    /// A call found the library missing: `retry` runs once it is loaded again. A call that finds
-    /// no load on its way starts one (`load`).
-    static func missing(_ key: Key, retry: @escaping @Sendable () -> Void, load: @escaping @Sendable () -> EventLoopFuture<Void>) {
-        let start = gates(key).withLockedValue { gates -> Bool in
-            var gate = gates[key] ?? Gate()
-            gate.retries.append(retry)
-            let start = !gate.loading
-            gate.loading = true
-            gates[key] = gate
-            return start
+    /// A first attempt answered; `retry` when it found the library missing (a reload starts
+    /// unless one runs).
+    package static func answered(
+        _ key: Key, ticket: UInt64, retry: (@Sendable () -> Void)?, load: @escaping @Sendable () -> EventLoopFuture<Void>
+    ) {
+        let (start, send) = withGate(key) { gate -> (Bool, Bool) in
+            gate.outstanding -= 1
+            guard let retry else { return (false, gate.sendsNow) }
+            gate.waiting.append((ticket, retry))
+            return (gate.startsReload(afterLoad: false), gate.sendsNow)
         }
-        guard start else { return }
+        if start { reload(key, load: load) }
+        if send { sendWaiting(key) }
+    }
+
+    /// A call sent again (or after waiting) found the library missing: `retry` runs once it is
+    /// loaded again.
+    package static func missing(_ key: Key, ticket: UInt64, retry: @escaping @Sendable () -> Void, load: @escaping @Sendable () -> EventLoopFuture<Void>) {
+        let start = withGate(key) { gate -> Bool in
+            gate.waiting.append((ticket, retry))
+            return gate.startsReload(afterLoad: true)
+        }
+        if start { reload(key, load: load) }
+    }
+
+    private static func reload(_ key: Key, load: @escaping @Sendable () -> EventLoopFuture<Void>) {
         // The load is queued behind the writes already queued on this loop (calls made on other
-        // threads before the gate existed): they go out first and find the library missing
-        // too, instead of running after the load, ahead of the retries. Its reply comes after
-        // theirs: by then every call that will find the library missing has said so.
-        let run: @Sendable () -> Void = { load().whenComplete { _ in loaded(key) } }
+        // threads before the gate closed): they go out first and find the library missing too,
+        // instead of running after the load, ahead of the retries.
+        let run: @Sendable () -> Void = {
+            load().whenComplete { _ in
+                let send = withGate(key) { gate -> Bool in
+                    gate.phase = .sending
+                    return gate.sendsNow
+                }
+                if send { sendWaiting(key) }
+            }
+        }
         if let loop = MultiThreadedEventLoopGroup.currentEventLoop { loop.execute(run) } else { run() }
     }
 
-    /// Runs the retries, then the held calls, until none is left (then calls go straight
-    /// again), or until one of them finds the library missing again (its load's completion
-    /// goes on).
-    private static func loaded(_ key: Key) {
-        let gates = gates(key)
-        gates.withLockedValue { $0[key]?.loading = false }
+    /// Sends the waiting calls in ticket order until none is left (then calls go straight
+    /// again), or until one of them finds the library missing again (a new reload goes on).
+    private static func sendWaiting(_ key: Key) {
         while true {
-            let batch = gates.withLockedValue { gates -> [@Sendable () -> Void] in
-                guard var gate = gates[key], !gate.loading else { return [] }
-                let batch = gate.retries + gate.held
-                if batch.isEmpty {
-                    gates[key] = nil
-                } else {
-                    gate.retries = []
-                    gate.held = []
-                    gates[key] = gate
+            let batch = withGate(key) { gate -> [@Sendable () -> Void] in
+                guard gate.sendsNow else { return [] }
+                guard !gate.waiting.isEmpty else {
+                    gate.phase = .open
+                    return []
                 }
+                let batch = gate.waiting.sorted { $0.ticket < $1.ticket }.map(\.run)
+                gate.waiting = []
                 return batch
             }
             if batch.isEmpty { return }
@@ -184,6 +248,8 @@ package enum FunctionReloadGates {
 
     /// Whether a reload runs for `client` on any loop (tests).
     package static func isReloading(_ client: RedisClient) -> Bool {
-        stripes.contains { $0.withLockedValue { $0.keys.contains { $0.client == ObjectIdentifier(client) } } }
+        stripes.contains { stripe in
+            stripe.withLockedValue { $0.contains { $0.key.client == ObjectIdentifier(client) && ($0.value.phase != .open || !$0.value.waiting.isEmpty) } }
+        }
     }
 }
