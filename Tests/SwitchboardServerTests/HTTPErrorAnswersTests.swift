@@ -94,20 +94,53 @@ import Testing
         #expect(!h.channel.isActive)
     }
 
-    @Test func malformedBytesWithTheRouterServingAre400AtOnceUnlessItsResponseIsOpen() throws {
+    /// With the router's task serving the connection, the 400 waits for the router's answers to
+    /// the requests before the bad bytes (it came first, and the router's task answered a second,
+    /// empty 400); the error does not reach the router.
+    @Test func malformedBytesWithTheRouterServingWaitForItsAnswers() throws {
         let h = try PublishHandlerHarness()
         try h.request(.GET, "/metrics")
         #expect(h.tasksOpened == 1)
         h.channel.pipeline.fireErrorCaught(HTTPParserError.invalidChunkSize)
+        #expect(try h.responses().isEmpty, "the 400 waits for the answer to GET /metrics")
+        #expect(h.channel.isActive)
+        h.recorder.respond(.ok)
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [200, 400])
+        #expect(answers[1].head.headers["connection"] == ["close"])
+        #expect(try JSONDecoder().decode(APIErrorBody.self, from: Data(answers[1].body.utf8)).field == "Transfer-Encoding")
+        #expect(h.recorder.errors.isEmpty)
+        #expect(!h.channel.isActive)
+    }
+
+    /// The router's task serving the connection, nothing owed: the 400 at once.
+    @Test func malformedBytesWithTheRouterServingAndNothingOwedAre400AtOnce() throws {
+        let h = try PublishHandlerHarness()
+        try h.request(.GET, "/metrics")
+        h.recorder.respond(.ok)
+        #expect(try h.responses().map(\.status) == [200])
+        h.channel.pipeline.fireErrorCaught(HTTPParserError.invalidHeaderToken)
         let answers = try h.responses()
         #expect(answers.map(\.status) == [400])
-        #expect(try JSONDecoder().decode(APIErrorBody.self, from: Data(answers[0].body.utf8)).field == "Transfer-Encoding")
+        #expect(try JSONDecoder().decode(APIErrorBody.self, from: Data(answers[0].body.utf8)).field == "headers")
+        #expect(!h.channel.isActive)
+    }
 
-        let open = try PublishHandlerHarness()
-        try open.request(.GET, "/metrics")
-        let context = try #require(open.recorder.context)
+    /// Bad bytes inside a forwarded request's body: that request is the bad one, and the router
+    /// owes it nothing; the 400 comes after the router's answers before it, never inside one.
+    @Test func malformedBytesInAForwardedBodyAnswerThatRequest() throws {
+        let h = try PublishHandlerHarness()
+        try h.request(.GET, "/metrics")
+        try h.request(.POST, "/console/x", body: "par", end: false)
+        let context = try #require(h.recorder.context)
         context.writeAndFlush(NIOAny(HTTPResponsePart.head(HTTPResponse(status: .ok))), promise: nil)
-        open.channel.pipeline.fireErrorCaught(HTTPParserError.invalidChunkSize)
-        #expect(try open.responses().isEmpty, "no 400 in the middle of the router's response")
+        h.channel.pipeline.fireErrorCaught(HTTPParserError.invalidChunkSize)
+        #expect(h.channel.isActive, "no 400 in the middle of the router's response")
+        context.writeAndFlush(NIOAny(HTTPResponsePart.end(nil)), promise: nil)
+        // Read once the router's response ended: a 400 written inside it would pair the wrong heads and ends.
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [200, 400])
+        #expect(answers[0].body.isEmpty && answers[1].body.contains("malformed HTTP request"))
+        #expect(!h.channel.isActive)
     }
 }

@@ -38,6 +38,9 @@ final class ForwardedRecorder: ChannelInboundHandler, @unchecked Sendable {
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) { parts.append(unwrapInboundIn(data)) }
+    /// Errors that reached the router's side.
+    var errors: [any Error] = []
+    func errorCaught(context: ChannelHandlerContext, error: any Error) { errors.append(error) }
 
     var paths: [String] { parts.compactMap { if case .head(let h) = $0 { h.path } else { nil } } }
 

@@ -1,6 +1,7 @@
 """HTTP/1.1 keep-alive and pipelining on the API: publish requests are answered on the event
 loop, other routes by the router; pipelined answers come back in request order either way."""
 import json
+import re
 import socket
 
 import pytest
@@ -161,6 +162,25 @@ def test_malformed_http_is_a_json_400_after_the_answers_before_it(gateway, clien
     assert answers[1][2]["error"].startswith("malformed HTTP request: ")
     assert [m.text for m in c.receive_many(1)] == ["1"]
     c.expect_nothing(0.3)
+
+
+@pytest.mark.parametrize("first", [b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+                                   b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+                                   b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"],
+                         ids=["health", "metrics", "unknown-path"])
+def test_malformed_http_after_a_router_request_waits_for_its_answer(gateway, first):
+    # A request the router serves, then bad bytes: the 400 came first (before the router's
+    # answer), then the router's answer, then a second, empty 400 from the router's task.
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(first + b"@@@ / HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(10)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+    assert statuses[0] != 400 and statuses[1:] == [400], raw
+    last = raw[raw.rindex(b"HTTP/1.1 400"):]
+    assert b"connection: close" in last.lower() and b'"field":"method"' in last, last
 
 
 def test_a_publish_route_with_another_method_is_405_and_an_unknown_path_404(gateway):

@@ -118,6 +118,12 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var routerResponseOpen = false
     /// The parser failed: nothing more is read as a request.
     private var malformed = false
+    /// The 400 for malformed bytes, waiting for the router's answers owed before it.
+    private var malformedAfterRouter: Answer?
+    /// The parser failed inside a forwarded request: the router owes it nothing (its body never ends).
+    private var abandonedForward = false
+    /// Whether the router has written every answer owed for the requests before the malformed bytes.
+    private var routerOwesNothing: Bool { forwardedUnanswered - (abandonedForward ? 1 : 0) <= 0 && !routerResponseOpen }
     private var closing = false
     private var inputClosed = false
     private var readPending = false
@@ -399,9 +405,19 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 replayHeld(context: context)
                 resumeReadsIfPossible(context: context)
             }
+            writeMalformedIfDue()
             return
         }
         context.write(data, promise: promise)
+        if case .end = unwrapOutboundIn(data) { writeMalformedIfDue() }
+    }
+
+    /// Writes the 400 for malformed bytes once the router has answered the requests before them.
+    private func writeMalformedIfDue() {
+        guard let answer = malformedAfterRouter, routerOwesNothing, !closing else { return }
+        malformedAfterRouter = nil
+        answers.append(answer)
+        writeAnswers()
     }
 
     private var readsPaused: Bool { !held.isEmpty || answers.count >= Self.maxPendingAnswers }
@@ -490,10 +506,10 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Malformed HTTP (the parser's error; NIO's own handler, which would answer an empty 400
-    /// at once, is not installed). Without the router's task the 400 is one more answer, after
-    /// those owed for the requests before it, in order; then the connection closes. With the
-    /// task, as NIO does: the 400 at once unless one of the router's responses is being
-    /// written, then the error goes on to the task, which closes.
+    /// at once, is not installed). The 400 is one more answer, after those owed for the requests
+    /// before it, in order (the router's too, when its task serves the connection); then the
+    /// connection closes. The error does not go on to the router's task: it would answer a
+    /// second, empty 400.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         guard let parserError = error as? HTTPParserError else {
             // The parser's later complaints about bytes after its error.
@@ -514,16 +530,19 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.flush()
             return
         }
-        if !routerResponseOpen {
-            let answer = Answer(malformed: parserError)
-            let body = answer.response!.body
-            let head = responseHead(.badRequest, bodyBytes: body.readableBytes, close: true, keepAlive10: false)
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-            metrics.record(route: answer.endpoint.route, status: .badRequest, since: answer.started)
+        // The router's task serves the connection. A forwarded request cut off by the bad bytes
+        // is the bad one: the router cannot answer it.
+        held.removeAll()
+        if case .forwarding = current {
+            abandonedForward = true
+            current = .none
+        } else {
+            dropIncompleteRequest()
         }
-        context.fireErrorCaught(error)
+        malformedAfterRouter = Answer(malformed: parserError)
+        inReadBatch = false
+        writeMalformedIfDue()
+        context.flush()
     }
 
     /// The JSON error for bytes the parser refused, naming the part at fault where it can.
