@@ -88,4 +88,57 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         let frames = try client.frames()
         #expect(frames.filter { $0.command == .message }.map(\.bodyString) == (3...8).map { "e1:\($0)" })
     }
+
+    struct ReadFailed: Error, CustomStringConvertible {
+        var description: String { "redis unreachable for 5000 ms" }
+    }
+
+    /// The replay's read failed (Redis too slow): the live messages that arrived meanwhile were
+    /// written before the SUBSCRIBE's ERROR, and the client, resuming from the last position it
+    /// got, skipped the history in between (found with 40 KB messages and a 300 ms command
+    /// timeout). Nothing of that subscription comes before the ERROR now.
+    @Test func aFailedReplayWritesNoLiveMessageBeforeItsError() throws {
+        let (gateway, engine, client) = try Self.resuming(from: "e1:2")
+        defer { gateway.shutdown() }
+        for n: UInt64 in 6...9 { gateway.hub.deliver(Self.message("e1", n)) }
+        gateway.loop.run()
+        engine.replay!.fail(ReadFailed())
+        gateway.loop.run()
+        let out = try client.read()
+        let frames = out.compactMap(\.frame)
+        #expect(out.count == frames.count + 1, "the close follows the ERROR")
+        #expect(frames.map(\.command) == [.error], "\(frames.map(\.command))")
+        #expect(frames.first?.headers["receipt-id"] == "r")
+    }
+
+    /// Held behind a resuming SUBSCRIBE past the pending-bytes limit: written early, the live
+    /// messages came before the replay; the session ends as a slow consumer instead.
+    @Test func liveMessagesPastTheLimitBehindAReplayEndTheSession() throws {
+        let box = EngineBox()
+        var configuration = SessionConfiguration()
+        configuration.maxPendingOutboundBytes = 4096
+        let gateway = TestGateway(configuration: configuration) { hub in
+            let engine = PendingReplayEngine(hub: hub, through: StreamPosition(epoch: "e1", sequence: 5))
+            box.value = engine
+            return engine
+        }
+        defer { gateway.shutdown() }
+        let client = try gateway.client()
+        _ = try client.connect()
+        try client.send(.subscribe, ["destination": "/topic/h", "id": "1", "receipt": "r", "x-resume-from": "e1:2"])
+        let big = String(repeating: "x", count: 1_000)
+        for n: UInt64 in 6...15 {
+            gateway.hub.deliver(
+                PublishedMessage(
+                    destination: "/topic/h", messageID: "e1-\(n)", headers: [:], body: ByteBuffer(string: big),
+                    position: StreamPosition(epoch: "e1", sequence: n)))
+            gateway.loop.run()
+        }
+        let out = try client.read()
+        let frames = out.compactMap(\.frame)
+        #expect(out.count == frames.count + 1, "the close follows the ERROR")
+        #expect(frames.map(\.command) == [.error], "\(frames.map(\.command))")
+        #expect(frames.first?.headers["message"]?.hasPrefix("slow consumer") == true, "\(frames)")
+        _ = box.value
+    }
 }

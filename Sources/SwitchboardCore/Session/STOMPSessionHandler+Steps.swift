@@ -60,7 +60,12 @@ extension STOMPSessionHandler {
                 case .heartBeatTimeout: logger.info("heart-beat timeout: closing")
                 default: logger.debug("session error", metadata: ["error": "\(failure.message)"])
                 }
-                send(failure.frame)  // after every delivery held or pending: the machine is closed
+                // Deliveries not written yet are dropped, not written before the ERROR: a
+                // resuming subscription's live messages wait behind its SUBSCRIBE, and written
+                // before a failed SUBSCRIBE's ERROR they moved the client past the replay it
+                // never got (it resumed from there: the history between was lost, silently).
+                discardUnwritten()
+                write(failure.frame)
             } else {
                 sendReceipt(close.receipt)
             }

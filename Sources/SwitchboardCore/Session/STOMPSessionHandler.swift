@@ -348,8 +348,18 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         return undelivered.take()
     }
 
+    /// Drops the deliveries not written yet (held behind steps, or gathered this tick): the
+    /// session ends with an error, and the client resumes from what it got.
+    func discardUnwritten() {
+        held = nil
+        heldBytes = 0
+        _ = takeUndelivered()
+    }
+
     /// Keeps `buffer` until step `step` is answered. Past the pending-bytes limit the oldest
-    /// held deliveries go out anyway (the connection's own limit then decides).
+    /// held deliveries go out anyway (the connection's own limit then decides), unless a
+    /// subscription waits for its replay: its live messages would come before the replay, so
+    /// the session ends as a slow consumer (the client resumes from what it got).
     func hold(_ buffer: ByteBuffer, behind step: STOMPSessionStateMachine.StepID, context: ChannelHandlerContext) {
         if held == nil { held = CircularBuffer(initialCapacity: 2) }
         if let last = held!.last, last.step == step {
@@ -362,6 +372,11 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             held!.append((step, buffer))
         }
         heldBytes += buffer.readableBytes
+        if heldBytes > config.maxPendingOutboundBytes, subscriptions.values.contains(where: \.replayPending) {
+            machine.writabilityChanged(isWritable: false)
+            runActions()
+            return
+        }
         while heldBytes > config.maxPendingOutboundBytes, let oldest = held!.popFirst() {
             heldBytes -= oldest.bytes.readableBytes
             (writer ?? context).write(wrapOutboundOut(oldest.bytes), promise: nil)
