@@ -323,10 +323,15 @@ extension RedisEngine {
                 return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: messages, recovered: false, position: through))
             }
             if position.sequence > through.sequence {
+                guard position.sequence <= read.position.sequence else {
+                    // Ahead of history itself: a position it never had. Nothing is replayed, and
+                    // the subscription goes on from this instance's position (parked at the
+                    // client's, it got nothing until the destination got that far).
+                    return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: [], recovered: false, position: through))
+                }
                 // The client saw more than this instance has delivered yet (the rest is on its
-                // way here): it resumes from its own position, if history has it.
-                return self.promiseLoop.makeSucceededFuture(
-                    HistoryReplay(messages: [], recovered: position.sequence <= read.position.sequence, position: position))
+                // way here): it resumes from its own position.
+                return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: [], recovered: true, position: position))
             }
             return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: messages, recovered: complete, position: through))
         }

@@ -12,10 +12,14 @@ public struct StreamPosition: Sendable, Hashable, CustomStringConvertible {
         self.sequence = sequence
     }
 
-    /// Parses `<epoch>:<seq>`; nil when malformed.
+    /// Parses `<epoch>:<seq>`; nil when malformed. The epoch has no `:` (none the gateway makes
+    /// has), the sequence is decimal digits as the gateway writes them (no sign, no leading
+    /// zero), so one position has one spelling.
     public init?(parsing text: String) {
-        guard let colon = text.lastIndex(of: ":"), colon != text.startIndex,
-            let sequence = UInt64(text[text.index(after: colon)...])
+        guard let colon = text.firstIndex(of: ":"), colon != text.startIndex else { return nil }
+        let digits = text.utf8[text.utf8.index(after: colon)...]
+        guard let first = digits.first, digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+            first != UInt8(ascii: "0") || digits.count == 1, let sequence = UInt64(Substring(digits))
         else { return nil }
         let epoch = String(text[..<colon])
         guard epoch.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else { return nil }

@@ -157,8 +157,11 @@ import Testing
     @Test(
         arguments: [
             ("abc:12", StreamPosition(epoch: "abc", sequence: 12)),
-            ("a:b:3", StreamPosition(epoch: "a:b", sequence: 3)),
-            ("abc", nil), (":3", nil), ("abc:", nil), ("abc:-1", nil), ("a c:1", nil),
+            ("abc:0", StreamPosition(epoch: "abc", sequence: 0)),
+            ("abc:18446744073709551615", StreamPosition(epoch: "abc", sequence: .max)),
+            // One spelling per position: no epoch with a ':', no sign, no leading zero.
+            ("a:b:3", nil), ("abc:+5", nil), ("abc:05", nil), ("abc:00", nil), ("abc:18446744073709551616", nil),
+            ("abc", nil), (":3", nil), ("abc:", nil), ("abc:-1", nil), ("a c:1", nil), ("abc: 5", nil), ("abc:0x5", nil),
         ] as [(String, StreamPosition?)])
     func positionsParse(text: String, expected: StreamPosition?) {
         #expect(StreamPosition(parsing: text) == expected)

@@ -167,6 +167,28 @@ def test_a_resume_across_a_hole_beyond_the_instances_position_is_not_recovered(c
         assert [resumed.expect_message().text for _ in range(2)] == ["m3", "m4"]
 
 
+@pytest.mark.parametrize("ahead", [1, 10, 2**64 - 1 - 5])
+def test_a_resume_ahead_of_history_is_not_recovered_and_gets_what_follows(cluster_factory, clients, ahead):
+    """A position beyond history's newest (a client's bug, or a position of a history since
+    lost): nothing to replay, x-recovered:false, and the next messages arrive. The subscription
+    stayed parked at the client's position and got nothing until the destination got there."""
+    cluster = cluster_factory(replicas=0, gateways=1)
+    topic = "/topic/h-ahead"
+    live = clients(cluster.client(cluster.gw_ws(0)))
+    live.subscribe(topic, id="1", receipt="r")
+    for i in range(5):
+        publish(cluster, topic, f"m{i}")
+    last = [live.expect_message() for _ in range(5)][-1]["x-position"]
+    epoch, newest = last.rsplit(":", 1)
+    resumed = clients(cluster.client(cluster.gw_ws(0)))
+    got = resumed.subscribe(topic, id="1", receipt="r", **{"x-resume-from": f"{epoch}:{int(newest) + ahead}"})
+    assert got["x-recovered"] == "false", got.headers
+    assert got["x-position"] == last, got.headers
+    publish(cluster, topic, "next")
+    message = resumed.expect_message()
+    assert message.text == "next" and message["x-position"] == f"{epoch}:{int(newest) + 1}"
+
+
 def test_pubsub_connections_killed_gap_repaired_from_history(cluster_factory, clients):
     """CLIENT KILL TYPE pubsub drops every instance's subscriber connection while messages flow:
     what Pub/Sub lost meanwhile comes from history, in order, once."""
