@@ -342,6 +342,7 @@ package struct SwitchboardGateway: Sendable {
         let http = HTTPAPIChannel(
             responder: HTTPAPIChannel.responder(router.buildResponder(), serverName: "switchboard", dates: dates, logger: httpLogger),
             secure: tls != nil, idleTimeout: .milliseconds(Int64(configuration.http.idleTimeoutMs)),
+            requestTimeout: .milliseconds(Int64(configuration.http.handshakeTimeoutMs)),
             shutdownGrace: .milliseconds(Int64(configuration.server.shutdownGraceMs)), publisher: publisher, dates: dates,
             readiness: ReadinessCheck(services: services, admission: admission, streamGroups: streamGroups))
         let handshake = WebSocketHandshake(

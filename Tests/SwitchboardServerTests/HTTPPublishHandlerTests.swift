@@ -458,6 +458,40 @@ final class PublishHandlerHarness {
         #expect(whileReading == .close)
     }
 
+    /// Slowloris on a body: a byte now and then kept the connection (the idle timeout counts
+    /// from the last read). The request must be in within the request timeout, plus a second
+    /// per 500 bytes of body read.
+    @Test func aTrickledBodyIsClosedAtTheRequestTimeout() {
+        var state = HTTPConnectionIdleState(timeout: .seconds(60), requestTimeout: .seconds(10))
+        #expect(state.activated(now: t0) == t0 + .seconds(10))
+        state.read(head, now: t0)
+        for n in 1...19 { state.read(.body(ByteBuffer(string: "x")), now: t0 + .milliseconds(Int64(n) * 500)) }
+        #expect(state.timerFired(now: t0 + .seconds(10)) == .close)
+    }
+
+    @Test func aBodyArrivingAtAFairRateGetsMoreTime() {
+        var state = HTTPConnectionIdleState(timeout: .seconds(60), requestTimeout: .seconds(10))
+        _ = state.activated(now: t0)
+        state.read(head, now: t0)
+        state.read(.body(ByteBuffer(repeating: 0, count: 10_000)), now: t0 + .seconds(9))
+        // 10 s + 10,000 / 500 s.
+        #expect(state.timerFired(now: t0 + .seconds(10)) == .check(t0 + .seconds(20)))
+        #expect(state.timerFired(now: t0 + .seconds(29)) == .check(t0 + .seconds(30)))
+        #expect(state.timerFired(now: t0 + .seconds(30)) == .close)
+    }
+
+    @Test func timeWithReadsPausedDoesNotCountAndIdleConnectionsAreLookedAtEachRequestTimeout() {
+        var state = HTTPConnectionIdleState(timeout: .seconds(60), requestTimeout: .seconds(10))
+        _ = state.activated(now: t0)
+        // No request: looked at again a request timeout later (one may begin meanwhile).
+        #expect(state.timerFired(now: t0 + .seconds(10)) == .check(t0 + .seconds(20)))
+        state.read(head, now: t0 + .seconds(11))
+        // Reads paused (earlier answers owed): the request's time starts again.
+        #expect(state.timerFired(now: t0 + .seconds(20), readsPaused: true) == .check(t0 + .seconds(30)))
+        state.read(.end(nil), now: t0 + .seconds(25))
+        #expect(state.requestDue == nil)
+    }
+
     @Test func quiesceClosesWhenNothingIsOwedOrAfterTheLastAnswer() {
         var idle = HTTPConnectionIdleState(timeout: nil)
         let idleDecision = idle.quiesce(now: t0)

@@ -221,3 +221,31 @@ def test_a_client_gone_in_the_middle_of_a_body_is_closed_at_once(gateway):
             out += chunk
     # The parser's complaint about the cut body may be answered (a 400) before the close.
     assert out == b"" or out.startswith(b"HTTP/1.1 400 "), out[:100]
+
+
+@pytest.mark.parametrize("path", ["/api/notification", "/console/x"], ids=["publish", "router"])
+@pytest.mark.parametrize("second", [False, True], ids=["first-request", "second-request"])
+def test_a_body_trickled_a_byte_at_a_time_is_closed_at_the_request_timeout(gateway_factory, path, second):
+    # Slowloris on a body: one byte every 0.3 s kept the connection (and its descriptor) for
+    # ever, since each byte was activity for the idle timeout (60 s).
+    g = gateway_factory("http.handshake-timeout-ms=1500")
+    with socket.create_connection(("127.0.0.1", g.port)) as s:
+        if second:
+            s.sendall(request("GET", "/health/live"))
+            assert read_responses(s, 1)[0][0] == 200
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".encode())
+        s.settimeout(0.3)
+        closed_after = None
+        for sent in range(60):  # 18 s at most
+            try:
+                s.sendall(b"x")
+                if s.recv(4096) == b"":
+                    closed_after = sent
+                    break
+            except socket.timeout:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                closed_after = sent
+                break
+    # 1.5 s (plus one timer pass at most) of 18: closed long before the trickle ends.
+    assert closed_after is not None and closed_after < 40, closed_after

@@ -69,7 +69,11 @@ package enum ConfigKeyCatalog {
                     "`TCP_NODELAY` on accepted connections (Nagle only while a loop is in busy mode, `server.busy-percent`): every write leaves at once (lowest latency). `false` lets the kernel's Nagle algorithm hold small writes while earlier data is unacknowledged, always: 20–40 % less CPU per fan-out delivery and 2.4× the saturation throughput in our benchmark (docs/benchmarks.md), at the price of up to one delayed-ACK interval (40 ms on Linux, 200 ms on Windows clients) on busy connections; nginx/nchan runs its WebSockets this way"
                 ),
                 .init("http.nagle-when-busy-percent", .integer, "—", "the old name of `server.busy-percent`, read when that is not set"),
-                .init("http.handshake-timeout-ms", .integer, "`10000`", "a connection must complete its first request (upgrade or API call) in time (slowloris)"),
+                .init(
+                    "http.handshake-timeout-ms", .integer, "`10000`",
+                    "a connection must complete its first request (upgrade or API call) in time, and every HTTP request its head and body, "
+                        + "plus 1 s per 500 bytes of body read (slowloris); else it is closed"
+                ),
                 .init("http.idle-timeout-ms", .integer, "`60000`", "idle keep-alive HTTP connections are closed"),
                 .init("http.allowed-origins", .list, "`[]` (any)", "allowed browser origins (WebSocket and CORS)"),
                 .init("http.tls.certificate-file", .string, "—", "PEM certificate chain; with `http.tls.key-file` the port speaks TLS only (https://, wss://)"),

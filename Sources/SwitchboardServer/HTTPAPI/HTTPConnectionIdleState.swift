@@ -6,16 +6,28 @@ import NIOHTTP1
 /// answer is being prepared), and on a graceful shutdown once the answers owed are written, or
 /// at the latest ``shutdownGrace`` after the shutdown began (a request whose body never comes,
 /// an answer that never completes: the process must still exit).
+/// A request must also be read in time (slowloris: a body trickled a byte at a time kept the
+/// connection, and its descriptor, for ever): its head and body within ``requestTimeout``,
+/// plus a second per ``minimumBodyRate`` bytes of body read, like Apache's `mod_reqtimeout`.
+/// Time with reads paused (the client waits for earlier answers) does not count.
 /// Pure: ``HTTPPublishHandler`` feeds it reads and answers and runs its one timer.
 struct HTTPConnectionIdleState {
     /// How long a connection may stay without a request; nil for never.
     let timeout: TimeAmount?
+    /// How long reading one request may take (before its body's allowance); nil for no limit.
+    let requestTimeout: TimeAmount?
+    /// Bytes of body per second of allowance added to ``requestTimeout``.
+    static let minimumBodyRate = 500
     /// How long a shutdown waits for the answers owed.
     let shutdownGrace: TimeAmount
     /// Request heads read whose answer is not written yet (both paths).
     private(set) var requestsInProgress = 0
     /// A request's head is in and its end is not.
     private(set) var readingRequest = false
+    /// When reading the current request began (or reads last resumed).
+    private(set) var requestStarted = NIODeadline.uptimeNanoseconds(0)
+    /// Body bytes of the current request read so far.
+    private(set) var requestBodyBytes = 0
     /// The last read, or the last answer that left nothing owed.
     private(set) var lastActivity = NIODeadline.uptimeNanoseconds(0)
     /// Shutting down: close once nothing is owed.
@@ -37,15 +49,27 @@ struct HTTPConnectionIdleState {
         case closeAfterAnswers(by: NIODeadline)
     }
 
-    init(timeout: TimeAmount?, shutdownGrace: TimeAmount = .seconds(5)) {
+    init(timeout: TimeAmount?, requestTimeout: TimeAmount? = nil, shutdownGrace: TimeAmount = .seconds(5)) {
         self.timeout = timeout
+        self.requestTimeout = requestTimeout
         self.shutdownGrace = shutdownGrace
     }
 
     /// The connection is active: the first check is due at the returned time (nil: no timeout).
     mutating func activated(now: NIODeadline) -> NIODeadline? {
         lastActivity = now
-        return timeout.map { now + $0 }
+        switch (timeout, requestTimeout) {
+        case (nil, nil): return nil
+        case (let timeout?, nil): return now + timeout
+        case (nil, let request?): return now + request
+        case (let timeout?, let request?): return now + min(timeout, request)
+        }
+    }
+
+    /// When the request being read must be in, if one is.
+    var requestDue: NIODeadline? {
+        guard readingRequest, let requestTimeout else { return nil }
+        return requestStarted + requestTimeout + .seconds(Int64(requestBodyBytes / Self.minimumBodyRate))
     }
 
     mutating func read(_ part: HTTPServerRequestPart, now: NIODeadline) {
@@ -54,8 +78,10 @@ struct HTTPConnectionIdleState {
         case .head:
             requestsInProgress += 1
             readingRequest = true
-        case .body:
-            break
+            requestStarted = now
+            requestBodyBytes = 0
+        case .body(let bytes):
+            requestBodyBytes += bytes.readableBytes
         case .end:
             readingRequest = false
         }
@@ -79,8 +105,19 @@ struct HTTPConnectionIdleState {
         return .closeAfterAnswers(by: deadline)
     }
 
-    mutating func timerFired(now: NIODeadline) -> TimerDecision {
-        let decision = idleDecision(now: now)
+    /// The timer fired; `readsPaused` while the connection does not read (the time since
+    /// counts for no request being read).
+    mutating func timerFired(now: NIODeadline, readsPaused: Bool = false) -> TimerDecision {
+        if readsPaused && readingRequest { requestStarted = now }
+        var decision = idleDecision(now: now)
+        if let requestDue {
+            if now >= requestDue { return .close }
+            // Looked at once per request timeout at least: a request may begin at any time.
+            let next = min(requestDue, now + requestTimeout!)
+            if case .check(let due) = decision { decision = .check(min(due, next)) }
+        } else if let requestTimeout, case .check(let due) = decision {
+            decision = .check(min(due, now + requestTimeout))
+        }
         guard let closeBy else { return decision }
         if now >= closeBy { return .close }
         if case .check(let next) = decision { return .check(min(next, closeBy)) }

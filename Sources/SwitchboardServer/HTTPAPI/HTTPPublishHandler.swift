@@ -137,7 +137,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     init(
         publisher: NotificationPublisher, dates: HTTPDateCache, metrics: HTTPRouteMetrics, secure: Bool = false,
-        idleTimeout: TimeAmount? = nil, shutdownGrace: TimeAmount = .seconds(5), codecInstalled: Bool = false,
+        idleTimeout: TimeAmount? = nil, requestTimeout: TimeAmount? = nil, shutdownGrace: TimeAmount = .seconds(5), codecInstalled: Bool = false,
         readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil,
         openTask: @escaping (any Channel) throws -> Void
     ) {
@@ -148,7 +148,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.codecInstalled = codecInstalled
         self.openTask = openTask
         self.readiness = readiness
-        self.idle = HTTPConnectionIdleState(timeout: idleTimeout, shutdownGrace: shutdownGrace)
+        self.idle = HTTPConnectionIdleState(timeout: idleTimeout, requestTimeout: requestTimeout, shutdownGrace: shutdownGrace)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -483,7 +483,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         idleTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
             idleTimer = nil
             guard let context = self.context, !closing else { return }
-            switch idle.timerFired(now: context.eventLoop.now) {
+            switch idle.timerFired(now: context.eventLoop.now, readsPaused: readsPaused) {
             case .close:
                 closing = true
                 context.close(promise: nil)

@@ -218,6 +218,8 @@ struct HTTPAPIChannel: HTTPChannelHandler {
     let responder: HTTPChannelHandler.Responder
     let secure: Bool
     let idleTimeout: TimeAmount
+    /// How long reading one request may take, plus its body's allowance (`http.handshake-timeout-ms`).
+    var requestTimeout: TimeAmount?
     /// At shutdown, how long a connection waits for the answers it owes before it is closed.
     var shutdownGrace: TimeAmount = .seconds(5)
     let publisher: NotificationPublisher
@@ -248,7 +250,7 @@ struct HTTPAPIChannel: HTTPChannelHandler {
         if let readiness { answerReadiness = { readiness.answer() } }
         try sync.addHandler(
             HTTPPublishHandler(
-                publisher: publisher, dates: dates, metrics: metrics, secure: secure, idleTimeout: idleTimeout,
+                publisher: publisher, dates: dates, metrics: metrics, secure: secure, idleTimeout: idleTimeout, requestTimeout: requestTimeout,
                 shutdownGrace: shutdownGrace, codecInstalled: codecInstalled, readiness: answerReadiness, openTask: openTask))
     }
 
