@@ -97,6 +97,27 @@ def test_api_requests_are_counted_in_metrics(gateway):
     wait_until(lambda: count() == before + 1, 5, what="the batch request counted")
 
 
+@pytest.mark.parametrize("raw,route,method", [
+    (request("GET", "/health/live"), "/health/live", "GET"),
+    (request("GET", "/health/ready"), "/health/ready", "GET"),
+    (request("POST", "/api/notification", {"topic": "/topic/x", "message": "m"}), "/api/notification", "POST"),
+], ids=["live", "ready", "publish"])
+def test_requests_answered_on_the_loop_are_counted_with_their_method(gateway, raw, route, method):
+    # Every request answered by the fast path was labelled POST, health checks too.
+    def methods():
+        found = {}
+        for line in requests.get(gateway.base + "/metrics", timeout=5).text.splitlines():
+            if line.startswith("hb_requests{") and f'http_route="{route}"' in line:
+                label = re.search(r'http_request_method="([^"]*)"', line).group(1)
+                found[label] = found.get(label, 0) + float(line.rsplit(" ", 1)[1])
+        return found
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(raw)
+        assert read_responses(s, 1)[0][0] == 200
+    wait_until(lambda: methods().get(method, 0) >= 1, 5, what=f"{route} counted")
+    assert set(methods()) == {method}, methods()
+
+
 def test_a_client_that_half_closes_gets_its_answers_then_the_close(gateway):
     with socket.create_connection(("127.0.0.1", gateway.port)) as s:
         s.sendall(request("POST", "/api/notification", {"topic": "/topic/x", "message": "m"}) * 2)

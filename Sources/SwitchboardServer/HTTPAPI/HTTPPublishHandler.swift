@@ -60,6 +60,16 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
 
+        /// The request method, as metrics label it (a route here has one; OpenTelemetry's
+        /// `_OTHER` for bytes that were not a request).
+        var method: String {
+            switch self {
+            case .single, .batch: "POST"
+            case .live, .ready: "GET"
+            case .malformed: "_OTHER"
+            }
+        }
+
         var isHealth: Bool { self == .live || self == .ready }
     }
 
@@ -339,7 +349,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let head = responseHead(status, bodyBytes: response.body.readableBytes, close: close, keepAlive10: first.keepAlive10)
             context.write(wrapOutboundOut(.head(head)), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
-            metrics.record(route: first.endpoint.route, status: response.status, since: first.started)
+            metrics.record(first.endpoint, status: response.status, since: first.started)
             wrote = true
             if close {
                 closing = true
@@ -571,11 +581,12 @@ final class HTTPRouteMetrics: Sendable {
     }
     private let cache = NIOLockedValueBox<[Key: (Counter, Metrics.Timer)]>([:])
 
-    func record(route: String, status: HTTPResponse.Status, since start: UInt64) {
+    func record(_ endpoint: HTTPPublishHandler.Endpoint, status: HTTPResponse.Status, since start: UInt64) {
+        let route = endpoint.route
         let key = Key(route: route, status: status.code)
         let (counter, timer) = cache.withLockedValue { cache in
             if let found = cache[key] { return found }
-            let dimensions = [("http.route", route), ("http.request.method", "POST"), ("http.response.status_code", String(status.code))]
+            let dimensions = [("http.route", route), ("http.request.method", endpoint.method), ("http.response.status_code", String(status.code))]
             let made = (
                 Counter(label: "hb.requests", dimensions: dimensions), Metrics.Timer(label: "http.server.request.duration", dimensions: dimensions, preferredDisplayUnit: .seconds)
             )
