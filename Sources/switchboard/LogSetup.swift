@@ -20,7 +20,7 @@ struct LogSetup {
         LoggingSystem.bootstrap { label in
             switch setup.format {
             case .text:
-                var handler = StreamLogHandler.standardError(label: label)
+                var handler = EscapingTextLogHandler(inner: StreamLogHandler.standardError(label: label))
                 handler.logLevel = setup.level(for: label)
                 return handler
             case .json:
@@ -64,6 +64,65 @@ struct JSONLogHandler: LogHandler {
         case .stringConvertible(let c): return c.description
         case .array(let a): return a.map(plain)
         case .dictionary(let d): return d.mapValues(plain)
+        }
+    }
+}
+
+/// swift-log's text lines, with control characters in the message and metadata written
+/// escaped (`\n`, `\r`, `\u{1B}`): a value a client chose (a JWT `sub`, a destination)
+/// cannot end the line and start a forged one. (The JSON format escapes them already.)
+struct EscapingTextLogHandler: LogHandler {
+    var inner: StreamLogHandler
+
+    var logLevel: Logger.Level {
+        get { inner.logLevel }
+        set { inner.logLevel = newValue }
+    }
+
+    var metadata: Logger.Metadata {
+        get { inner.metadata }
+        set { inner.metadata = newValue.mapValues(Self.escaped) }
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { inner[metadataKey: key] }
+        set { inner[metadataKey: key] = newValue.map(Self.escaped) }
+    }
+
+    func log(event: LogEvent) {
+        var event = event
+        let message = event.message.description
+        if Self.needsEscaping(message) { event.message = Logger.Message(stringLiteral: Self.escaped(message)) }
+        event.metadata = event.metadata?.mapValues(Self.escaped)
+        inner.log(event: event)
+    }
+
+    static func needsEscaping(_ text: String) -> Bool {
+        text.unicodeScalars.contains { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) || $0 == "\u{2028}" || $0 == "\u{2029}" }
+    }
+
+    static func escaped(_ text: String) -> String {
+        guard needsEscaping(text) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar == "\u{2028}" || scalar == "\u{2029}":
+                out += "\\u{\(String(scalar.value, radix: 16, uppercase: true))}"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    static func escaped(_ value: Logger.Metadata.Value) -> Logger.Metadata.Value {
+        switch value {
+        case .string(let s): .string(escaped(s))
+        case .stringConvertible(let c): needsEscaping(c.description) ? .string(escaped(c.description)) : value
+        case .array(let a): .array(a.map(escaped))
+        case .dictionary(let d): .dictionary(d.mapValues(escaped))
         }
     }
 }

@@ -54,3 +54,19 @@ def test_text_logs_by_default():
 def test_bad_log_format_is_refused():
     out = subprocess.run([BINARY, "--port", "0", "--set", "log.format=xml"], capture_output=True, text=True, timeout=20)
     assert out.returncode != 0 and "log.format must be text or json, got 'xml'" in out.stderr
+
+
+def test_text_logs_escape_control_characters_from_clients():
+    # A JWT `sub` with CR/LF wrote forged lines into the text log (JSON escaped them).
+    from support.security import HMAC_SECRET, make_token
+    proc, port = run_gateway(f"auth.jwt.hmac-secret={HMAC_SECRET}", "log.levels.session=debug")
+    sub = "evil\nFAKE-LOG-LINE level=critical\r\n2026 [critical] injected\u2028x"
+    c = StompClient(f"ws://127.0.0.1:{port}/stomp")
+    c.connect(headers={"passcode": make_token(HMAC_SECRET, sub=sub)})
+    c.send_frame("FOO", {})
+    c.expect_error("unknown command 'FOO'")
+    err = stop(proc)
+    lines = err.splitlines()
+    assert not [l for l in lines if l.startswith(("FAKE-LOG-LINE", "2026 [critical]"))], err
+    # The user is still there, escaped, on the session's lines.
+    assert any("evil\\nFAKE-LOG-LINE level=critical\\r\\n2026 [critical] injected\\u{2028}x" in l for l in lines), err
