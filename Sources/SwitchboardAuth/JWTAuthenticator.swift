@@ -38,8 +38,10 @@ package final class JWTAuthenticator: SessionAuthenticator {
     let keys: JWTKeyCollection
     let settings: JWTKeySettings
 
-    /// Key ids a token may name: ours (`switchboard-hmac`, `switchboard-pem-<n>`) and the JWKS's.
-    let knownKids: Set<String>
+    /// Key ids a token may name: ours (`switchboard-hmac`, `switchboard-pem-<n>`) and the JWKS's;
+    /// nil when any kid is fine (an HMAC secret or PEM files are configured: their keys have
+    /// no kid of the issuer's, and identity providers put one in every token).
+    let knownKids: Set<String>?
 
     package init(settings: JWTKeySettings) async throws {
         self.settings = settings
@@ -92,7 +94,7 @@ package final class JWTAuthenticator: SessionAuthenticator {
             }
         }
         self.keys = keys
-        self.knownKids = kids
+        self.knownKids = settings.hmacSecret == nil && settings.publicKeyFiles.isEmpty ? kids : nil
     }
 
     package func authenticate(token: String, on eventLoop: any EventLoop) -> EventLoopFuture<SessionIdentity> {
@@ -104,7 +106,7 @@ package final class JWTAuthenticator: SessionAuthenticator {
     /// Verifies `token` and returns who it names.
     package func verify(_ token: String) async throws -> SessionIdentity {
         let claims: StandardClaims
-        if let kid = Self.headerObject(token)?["kid"] as? String, !knownKids.contains(kid) {
+        if let knownKids, let kid = Self.headerObject(token)?["kid"] as? String, !knownKids.contains(kid) {
             throw AuthenticationFailure("no key for this token")
         }
         do {

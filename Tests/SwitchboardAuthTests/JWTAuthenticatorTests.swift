@@ -214,12 +214,37 @@ struct TestClaims: JWTPayload {
         #expect(reason == "invalid signature")
     }
 
-    @Test func keyIdMustBeKnown() async throws {
-        let authenticator = try await JWTAuthenticator(settings: Self.settings())
-        let named = try await Self.token(TestClaims(), kid: "switchboard-hmac")
+    /// With a JWKS alone, a token must name one of its keys (a key rotated away is refused).
+    @Test func keyIdMustBeKnownToTheJWKS() async throws {
+        let privateKey = ES256PrivateKey()
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("jwks-\(UUID().uuidString).json")
+        let x = privateKey.publicKey.parameters!.x, y = privateKey.publicKey.parameters!.y
+        try #"{"keys":[{"kty":"EC","crv":"P-256","alg":"ES256","kid":"k1","x":"\#(x)","y":"\#(y)"}]}"#.write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let authenticator = try await JWTAuthenticator(settings: Self.settings(secret: nil) { $0.jwksFile = file.path })
+        let named = try await JWTKeyCollection().add(ecdsa: privateKey, kid: "k1").sign(TestClaims(), kid: "k1")
         #expect(await Self.rejection(named, by: authenticator) == nil)
-        let unknown = try await Self.token(TestClaims(), kid: "rotated-away")
+        let unknown = try await JWTKeyCollection().add(ecdsa: privateKey, kid: "rotated-away").sign(TestClaims(), kid: "rotated-away")
         #expect(await Self.rejection(unknown, by: authenticator) == "no key for this token")
+    }
+
+    /// With an HMAC secret or PEM files, the issuer's kid is accepted (identity providers put one
+    /// in every token; a PEM file names none): the signature decides. An RS256 token with a kid
+    /// was refused, "no key for this token".
+    @Test func anIssuersKeyIdIsFineWithASecretOrAPEMFile() async throws {
+        let authenticator = try await JWTAuthenticator(settings: Self.settings())
+        #expect(await Self.rejection(try await Self.token(TestClaims(), kid: "switchboard-hmac"), by: authenticator) == nil)
+        #expect(await Self.rejection(try await Self.token(TestClaims(), kid: "issuer-key-7"), by: authenticator) == nil)
+        let wrong = try await Self.token(TestClaims(), secret: String(repeating: "w", count: 32), kid: "issuer-key-7")
+        #expect(await Self.rejection(wrong, by: authenticator) == "invalid signature")
+
+        let privateKey = ES256PrivateKey()
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("jwt-\(UUID().uuidString).pem")
+        try privateKey.publicKey.pemRepresentation.write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let pem = try await JWTAuthenticator(settings: Self.settings(secret: nil) { $0.publicKeyFiles = [file.path] })
+        let token = try await JWTKeyCollection().add(ecdsa: privateKey, kid: "abc").sign(TestClaims(sub: "svc"), kid: "abc")
+        #expect(try await pem.verify(token).user == "svc")
     }
 
     @Test(arguments: ["", "too-short-for-hs256", String(repeating: "x", count: 31)])
