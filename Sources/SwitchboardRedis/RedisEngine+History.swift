@@ -46,7 +46,9 @@ extension RedisEngine {
                         .outcomeUnknown,
                         "redis connection lost before the reply (\(error)); the message may or may not have been published, and sending it again may deliver it twice")
                 }
-                throw RouteError(.redisUnavailable, "redis unavailable (\(error)); not published")
+                // A refusal (OOM, READONLY, a script error) is not an outage: say which it was.
+                let why = error is RedisServerError ? "redis refused it" : "redis unavailable"
+                throw RouteError(.redisUnavailable, "\(why) (\(error)); not published")
             }
     }
 

@@ -205,7 +205,8 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
                         .outcomeUnknown,
                         "redis connection lost before the reply (\(error)); delivered to this instance's subscribers, the other instances' may or may not have it")
                 }
-                throw RouteError(.redisUnavailable, "redis unavailable (\(error)); delivered to this instance's subscribers only")
+                let why = error is RedisServerError ? "redis refused it" : "redis unavailable"
+                throw RouteError(.redisUnavailable, "\(why) (\(error)); delivered to this instance's subscribers only")
             }
     }
 

@@ -239,6 +239,18 @@ struct SessionMessagingTests {
         #expect(error.headers["message"] == "subscription id '1' is already in use")
     }
 
+    @Test("STOMP 1.0: a second SUBSCRIBE to a destination without id names the destination, not an id never sent")
+    func duplicateSubscriptionWithoutIDInStomp10() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect(acceptVersion: "1.0")
+        try c.send(.subscribe, ["destination": "/topic/a"])
+        try c.send(.subscribe, ["destination": "/topic/a"])
+        let error = try expectErrorThenClose(try c.read())
+        #expect(error.headers["message"] == "already subscribed to /topic/a (a subscription without id is named by its destination)")
+    }
+
     @Test("two sessions: one fails, the other still receives")
     func isolation() throws {
         let gw = TestGateway()

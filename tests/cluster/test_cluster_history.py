@@ -189,6 +189,21 @@ def test_a_resume_ahead_of_history_is_not_recovered_and_gets_what_follows(cluste
     assert message.text == "next" and message["x-position"] == f"{epoch}:{int(newest) + 1}"
 
 
+def test_a_publish_redis_refuses_says_refused_not_unavailable(cluster_factory, clients):
+    """Redis at maxmemory refuses writes (OOM): the 503 says so; it said "redis unavailable",
+    an outage, though Redis answered."""
+    cluster = cluster_factory(replicas=0, gateways=1)
+    cluster.redis_cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    cluster.redis_cli("CONFIG", "SET", "maxmemory", "1")
+    try:
+        r = requests.post(f"{cluster.gw_url(0)}/api/notification", json={"topic": "/topic/h-oom", "message": "m"}, timeout=10)
+    finally:
+        cluster.redis_cli("CONFIG", "SET", "maxmemory", "0")
+    assert r.status_code == 503, r.text
+    assert r.json()["error"].startswith("publish failed: redis refused it (") and "OOM" in r.json()["error"], r.text
+    assert r.json()["error"].endswith("; not published"), r.text
+
+
 def test_pubsub_connections_killed_gap_repaired_from_history(cluster_factory, clients):
     """CLIENT KILL TYPE pubsub drops every instance's subscriber connection while messages flow:
     what Pub/Sub lost meanwhile comes from history, in order, once."""

@@ -192,7 +192,12 @@ extension STOMPSessionStateMachine {
         }
         guard let presence = presenceRequest(frame, destination: destination, kind: kind, pattern: pattern) else { return nil }
         guard !subscriptionIDs.contains(id) else {
-            failFrame("subscription id '\(id)' is already in use", frame); return nil
+            // STOMP 1.0 without an `id`: the destination names the subscription.
+            let problem =
+                frame.headers["id"] == nil
+                ? "already subscribed to \(destination) (a subscription without id is named by its destination)"
+                : "subscription id '\(id)' is already in use"
+            failFrame(problem, frame); return nil
         }
         guard subscriptionIDs.count < config.maxSubscriptionsPerSession else {
             failFrame("too many subscriptions (limit \(config.maxSubscriptionsPerSession))", frame, kind: .limit); return nil
