@@ -353,9 +353,108 @@ describe('client', () => {
     assert.equal(client.state, 'connected');
     const subs = sockets[2].sentFrames().filter((f) => f.command === 'SUBSCRIBE');
     assert.deepEqual(subs.map((f) => [f.headers.id, f.headers.destination]), [['keep', '/topic/a']]);
-    // backoff restarts after a successful connection
+    // the backoff starts again once a connection stayed up (5 s by default)...
+    clock.advance(5000);
     sockets[2].serverClose();
     assert.equal(delays[delays.length - 1], 100);
+  });
+
+  test('a server that accepts then drops at once is not retried faster and faster', () => {
+    const { client, clock, sockets, ws } = connectedClient();
+    const delays = [];
+    client.on('reconnect', (e) => delays.push(e.delay));
+    ws.serverClose();
+    for (let n = 1; n <= 4; n++) {
+      clock.advance(delays[delays.length - 1]);
+      sockets[n].open();
+      sockets[n].receive('CONNECTED\nversion:1.2\n\n\0');
+      sockets[n].serverClose();
+    }
+    // Before, every CONNECTED started the backoff again: 100, 100, 100, ...
+    assert.deepEqual(delays, [100, 200, 400, 800, 1000]);
+  });
+
+  test('no CONNECTED within connectTimeout: the attempt is given up and retried', () => {
+    const { FakeWebSocket, sockets } = fakeWebSocketFactory();
+    const clock = new FakeClock();
+    const client = new StompClient('ws://x/stomp', {
+      WebSocket: FakeWebSocket, timers: clock, heartbeat: [0, 0], connectTimeout: 3000,
+      reconnect: { initialDelay: 100, maxDelay: 1000, factor: 2, jitter: 0 },
+    });
+    const errors = [];
+    client.on('error', (e) => errors.push(String(e.message ?? e)));
+    client.connect();
+    sockets[0].open();  // CONNECT sent, never answered
+    clock.advance(2999);
+    assert.equal(client.state, 'connecting');
+    clock.advance(1);
+    assert.ok(sockets[0].closed);
+    assert.equal(client.state, 'reconnecting');
+    assert.deepEqual(errors, ['no CONNECTED within 3000 ms']);
+    clock.advance(100);
+    assert.equal(sockets.length, 2);
+  });
+
+  test('every SUBSCRIBE asks for a receipt; its x-position is where a quiet subscription resumes', async () => {
+    const { client, clock, sockets, ws } = connectedClient();
+    const sub = client.subscribe('/topic/quiet', () => {}, { id: 'q' });
+    const frame = ws.sentFrames().find((f) => f.command === 'SUBSCRIBE');
+    assert.ok(frame.headers.receipt);
+    ws.receive(`RECEIPT\nreceipt-id:${frame.headers.receipt}\nx-position:ep\\c4\n\n\0`);
+    assert.equal((await sub.receipt).headers['x-position'], 'ep:4');
+    assert.equal(sub.position, 'ep:4');
+    ws.serverClose();
+    clock.advance(100);
+    sockets[1].open();
+    sockets[1].receive('CONNECTED\nversion:1.2\n\n\0');
+    const again = sockets[1].sentFrames().find((f) => f.command === 'SUBSCRIBE');
+    assert.equal(again.headers['x-resume-from'], 'ep:4');
+  });
+
+  test('a subscription made while disconnected gets its receipt and position on CONNECTED', async () => {
+    const { FakeWebSocket, sockets } = fakeWebSocketFactory();
+    const client = new StompClient('ws://x/stomp', { WebSocket: FakeWebSocket, timers: new FakeClock(), heartbeat: [0, 0] });
+    const sub = client.subscribe('/topic/late', () => {}, { id: 'l', receipt: 'late-r' });
+    client.connect();
+    sockets[0].open();
+    sockets[0].receive('CONNECTED\nversion:1.2\n\n\0');
+    const frame = sockets[0].sentFrames().find((f) => f.command === 'SUBSCRIBE');
+    assert.equal(frame.headers.receipt, 'late-r');
+    sockets[0].receive('RECEIPT\nreceipt-id:late-r\nx-position:ep\\c9\n\n\0');
+    assert.equal((await sub.receipt).headers['receipt-id'], 'late-r');
+    assert.equal(sub.position, 'ep:9');
+  });
+
+  test('an x-last subscription resumes from its last position after a reconnect, without x-last', () => {
+    const { client, clock, sockets, ws } = connectedClient();
+    client.subscribe('/topic/xl', () => {}, { id: 'x', 'x-last': '5' });
+    assert.equal(ws.sentFrames().find((f) => f.command === 'SUBSCRIBE').headers['x-last'], '5');
+    ws.receive('MESSAGE\ndestination:/topic/xl\nmessage-id:1\nsubscription:x\nx-position:ep\\c66\n\nm\0');
+    ws.serverClose();
+    clock.advance(100);
+    sockets[1].open();
+    sockets[1].receive('CONNECTED\nversion:1.2\n\n\0');
+    const again = sockets[1].sentFrames().find((f) => f.command === 'SUBSCRIBE');
+    assert.equal(again.headers['x-resume-from'], 'ep:66');
+    assert.equal(again.headers['x-last'], undefined);
+  });
+
+  test('a SUBSCRIBE the server refuses is dropped and named, not sent again after every reconnect', async () => {
+    const { client, clock, sockets, ws } = connectedClient();
+    const refused = [];
+    client.on('subscription-error', (e) => refused.push([e.subscription.id, e.error.message]));
+    client.subscribe('/topic/p.*', () => {}, { id: 'p', 'x-last': '3' });
+    client.subscribe('/topic/ok', () => {}, { id: 'ok' });
+    const bad = ws.sentFrames().find((f) => f.headers.id === 'p');
+    ws.receive(`ERROR\nreceipt-id:${bad.headers.receipt}\nmessage:x-last needs one destination\n\n\0`);
+    await Promise.resolve();
+    await Promise.resolve();
+    assert.deepEqual(refused, [['p', 'x-last needs one destination']]);
+    ws.serverClose();
+    clock.advance(100);
+    sockets[1].open();
+    sockets[1].receive('CONNECTED\nversion:1.2\n\n\0');
+    assert.deepEqual(sockets[1].sentFrames().filter((f) => f.command === 'SUBSCRIBE').map((f) => f.headers.id), ['ok']);
   });
 
   test('ERROR frame is an event; the server close then triggers a reconnect', () => {

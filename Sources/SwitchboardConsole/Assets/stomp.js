@@ -38,8 +38,12 @@ const defaultTimers = {
  *   connectHeaders  extra CONNECT headers
  *   heartbeat       [cx, cy] offered in CONNECT (default [10000, 10000])
  *   tolerance       a server silent for tolerance × incoming interval is dropped (default 2)
- *   reconnect       false, or { initialDelay, maxDelay, factor, jitter, maxAttempts } (default on)
+ *   reconnect       false, or { initialDelay, maxDelay, factor, jitter, maxAttempts, stableAfter }
+ *                   (default on; the backoff starts again once a connection stayed up
+ *                   stableAfter ms, default 5000)
  *   receiptTimeout  ms before a receipt promise rejects (default 10000; 0: never)
+ *   connectTimeout  ms from opening the socket to CONNECTED before the attempt is given up
+ *                   and retried (default 10000; 0: never)
  *   WebSocket       WebSocket constructor (default globalThis.WebSocket)
  *   timers          { now, setTimeout, clearTimeout, setInterval, clearInterval } (tests)
  *
@@ -48,7 +52,11 @@ const defaultTimers = {
  *   resumed from the last position seen; recovered false: messages were lost in between),
  *   'connected' (CONNECTED frame), 'message' (frame), 'receipt' (frame), 'error' (ERROR frame
  *   or Error), 'state' ({state, previous}), 'close' ({code, reason, wasClean}),
- *   'reconnect' ({attempt, delay}), 'heartbeat-timeout' ({silentFor}).
+ *   'reconnect' ({attempt, delay}), 'heartbeat-timeout' ({silentFor}),
+ *   'subscription-error' ({subscription, error}: the server refused a SUBSCRIBE; the
+ *   subscription is dropped, not sent again after reconnects).
+ * Every SUBSCRIBE asks for a receipt: its `x-position` is where the subscription resumes from
+ * if no message comes before a reconnect, and an ERROR names the SUBSCRIBE it refused.
  * States: 'idle', 'connecting', 'connected', 'reconnecting', 'disconnecting', 'disconnected'.
  */
 export class StompClient {
@@ -61,6 +69,7 @@ export class StompClient {
       tolerance: 2,
       reconnect: {},
       receiptTimeout: 10000,
+      connectTimeout: 10000,
       ...options,
     };
     this.timers = { ...defaultTimers, ...(options.timers || {}) };
@@ -79,6 +88,8 @@ export class StompClient {
     this._connectWaiters = [];
     this._userClosed = false;
     this._reconnectTimer = null;
+    this._connectTimer = null;
+    this._stableTimer = null;
     this._hbTimers = [];
     this.parser = new FrameParser({
       onFrame: (f) => this._onFrame(f),
@@ -147,6 +158,16 @@ export class StompClient {
     }
     this.ws = ws;
     ws.binaryType = 'arraybuffer';
+    // A server (or proxy) that takes the connection and never answers: give up and retry.
+    const limit = this.options.connectTimeout;
+    if (limit > 0) {
+      this._connectTimer = this.timers.setTimeout(() => {
+        this._connectTimer = null;
+        if (this.ws !== ws || this.state !== 'connecting') return;
+        this._emit('error', new Error(`no CONNECTED within ${limit} ms`));
+        this._closeSocket(4001, 'connect timeout');
+      }, limit);
+    }
     ws.onopen = () => { if (this.ws === ws) this._sendConnect(); };
     ws.onmessage = (ev) => { if (this.ws === ws) this._onData(ev.data); };
     ws.onerror = () => { /* a close event follows */ };
@@ -185,11 +206,12 @@ export class StompClient {
       case 'CONNECTED': return this._onConnected(frame);
       case 'MESSAGE': {
         const sub = this.subscriptions.get(frame.headers.subscription);
-        // Where to resume from after a reconnect (Switchboard's per-destination history).
-        if (sub && frame.headers['x-position']) sub.position = frame.headers['x-position'];
         if (sub && sub.callback) {
           try { sub.callback(frame); } catch (e) { this._emit('error', e); }
         }
+        // Where to resume from after a reconnect (Switchboard's per-destination history):
+        // once the callback has had the message.
+        if (sub && frame.headers['x-position']) sub.position = frame.headers['x-position'];
         return this._emit('message', frame);
       }
       case 'RECEIPT': {
@@ -215,7 +237,11 @@ export class StompClient {
     this.session = frame.headers.session ?? null;
     this.server = frame.headers.server ?? null;
     this.heartbeat = negotiateHeartbeat(this.options.heartbeat, parseHeartbeat(frame.headers['heart-beat']));
-    this.attempt = 0;
+    this._clearConnectTimer();
+    // The backoff starts again only once the connection stayed up: a server that accepts and
+    // then refuses (an ERROR after CONNECTED) must not be retried twice a second for ever.
+    const stableAfter = this.options.reconnect?.stableAfter ?? 5000;
+    this._stableTimer = this.timers.setTimeout(() => { this._stableTimer = null; this.attempt = 0; }, stableAfter);
     this._connectError = null;
     this._lastConnected = frame;
     this._setState('connected');
@@ -223,14 +249,21 @@ export class StompClient {
     // Re-subscribe (after a reconnect, or subscriptions made while disconnected). A
     // subscription that has seen a position resumes after it: the server replays what was
     // missed, then live messages, and the RECEIPT says whether nothing was lost ('resume').
-    for (const sub of this.subscriptions.values()) {
+    for (const sub of [...this.subscriptions.values()]) {
       const f = sub._frame(true);
-      if (!f.headers['x-resume-from']) { this._transmit(f); continue; }
-      const rid = this.nextId(`resume-${sub.id}`);
-      this.sendFrame(f.command, f.headers, '', { receipt: rid }).then((receipt) => {
-        const recovered = receipt?.headers['x-recovered'] === 'true';
-        this._emit('resume', { subscription: sub, recovered, from: f.headers['x-resume-from'], position: receipt?.headers['x-position'] });
-      }).catch(() => { /* connection lost again: the next CONNECTED resumes */ });
+      const resuming = f.headers['x-resume-from'];
+      const receipt = this._subscribeFrame(sub, f, resuming ? this.nextId(`resume-${sub.id}`) : (sub._pending?.id ?? this.nextId(`sub-${sub.id}`)));
+      const pending = sub._pending;
+      sub._pending = null;
+      receipt.then((r) => {
+        pending?.resolve(r);
+        if (!resuming) return;
+        const recovered = r?.headers['x-recovered'] === 'true';
+        this._emit('resume', { subscription: sub, recovered, from: resuming, position: r?.headers['x-position'] });
+      }, (e) => {
+        pending?.reject(e);
+        /* connection lost again: the next CONNECTED resumes */
+      });
     }
     this._emit('connected', frame);
     this._settleConnect(null, frame);
@@ -283,13 +316,23 @@ export class StompClient {
     this._afterClose({ code, reason, wasClean: false });
   }
 
+  _clearConnectTimer() {
+    if (this._connectTimer != null) this.timers.clearTimeout(this._connectTimer);
+    this._connectTimer = null;
+  }
+
   _afterClose(info) {
     this.ws = null;
     this._stopHeartbeats();
+    this._clearConnectTimer();
+    if (this._stableTimer != null) this.timers.clearTimeout(this._stableTimer);
+    this._stableTimer = null;
     this._emit('close', info);
     const err = this._connectError || new Error(`connection closed (${info.code}${info.reason ? ' ' + info.reason : ''})`);
     this._connectError = null;
-    for (const id of [...this.receipts.keys()]) this._settleReceipt(id, new Error(`connection lost before receipt ${id}`));
+    for (const id of [...this.receipts.keys()]) {
+      this._settleReceipt(id, new Error(`connection lost before receipt ${id}: the outcome is unknown (the frame may have been processed)`));
+    }
     const rc = this.options.reconnect;
     const maxAttempts = rc && rc.maxAttempts != null ? rc.maxAttempts : Infinity;
     if (this._userClosed || !rc || this.attempt >= maxAttempts) {
@@ -386,20 +429,34 @@ export class StompClient {
   subscribe(destination, callback, headers = {}, opts = {}) {
     const id = headers.id || this.nextId('sub');
     const { receipt, ...rest } = headers;
-    if (receipt && !opts.receipt) opts = { ...opts, receipt };
+    const asked = opts.receipt || receipt;
+    const rid = asked && asked !== true ? String(asked) : this.nextId(`sub-${id}`);
     const sub = new Subscription(this, id, destination, callback, rest);
     this.subscriptions.set(id, sub);
     if (this.connected) {
-      const f = sub._frame();
-      sub.receipt = this.sendFrame(f.command, f.headers, '', opts);
-      // The RECEIPT tells where the destination stands: resume from there if no message comes.
-      sub.receipt.then((receipt) => {
-        if (receipt && sub.position == null && receipt.headers['x-position']) sub.position = receipt.headers['x-position'];
-      }, () => {});
+      sub.receipt = this._subscribeFrame(sub, sub._frame(), rid);
     } else {
-      sub.receipt = Promise.resolve(null);
+      // Sent on CONNECTED, with this receipt: the promise settles then.
+      let pending;
+      sub.receipt = new Promise((resolve, reject) => { pending = { id: rid, resolve, reject }; });
+      sub.receipt.catch(() => {});
+      sub._pending = pending;
     }
     return sub;
+  }
+
+  /** Sends a SUBSCRIBE with receipt `rid`: the RECEIPT's x-position is where the subscription
+   *  resumes from if no message comes; an ERROR for it drops the subscription. */
+  _subscribeFrame(sub, frame, rid) {
+    const receipt = this.sendFrame(frame.command, frame.headers, '', { receipt: rid });
+    receipt.then((r) => {
+      if (r && sub.position == null && r.headers['x-position']) sub.position = r.headers['x-position'];
+    }, (e) => {
+      if (!e?.frame || this.subscriptions.get(sub.id) !== sub) return;
+      this.subscriptions.delete(sub.id);
+      this._emit('subscription-error', { subscription: sub, error: e });
+    });
+    return receipt;
   }
 
   /** UNSUBSCRIBE by id (or Subscription). */
@@ -442,13 +499,19 @@ export class Subscription {
     this.callback = callback;
     this.headers = headers;
     this.receipt = null;
+    /** Not sent yet (made while disconnected): the receipt it will ask for, and its promise's settlers. */
+    this._pending = null;
     /** The last `x-position` seen (a message's, or the subscribe RECEIPT's): where to resume. */
     this.position = null;
   }
   /** The SUBSCRIBE frame; with `resume`, from the last position seen (one destination only). */
   _frame(resume = false) {
     const headers = { ...this.headers, id: this.id, destination: this.destination };
-    if (resume && this.position && !this.destination.includes('*') && !headers['x-last']) headers['x-resume-from'] = this.position;
+    // Resumed from the last position seen: an x-last asked for history the first time only.
+    if (resume && this.position && !this.destination.includes('*')) {
+      delete headers['x-last'];
+      headers['x-resume-from'] = this.position;
+    }
     return new Frame('SUBSCRIBE', headers);
   }
   unsubscribe(headers, opts) { return this.client.unsubscribe(this.id, headers, opts); }
