@@ -199,8 +199,7 @@ extension RedisEngine {
     private func startRepair(_ interest: Interest, destination: String, after: StreamPosition) {
         historyRepairs.add(1, ordering: .relaxed)
         repairCounter.increment()
-        let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(after.sequence))
-        HistoryFunctions.call(command, on: redis).whenComplete { result in
+        readHistory(destination, after: after.sequence).whenComplete { result in
             guard !interest.cancelled.load(ordering: .relaxed) else { return }
             switch result {
             case .success(let read):
@@ -302,8 +301,7 @@ extension RedisEngine {
         case .last(let count):
             after = through.sequence > UInt64(count) ? through.sequence - UInt64(count) : 0
         }
-        let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(after))
-        return readRetrying(until: deadline) { HistoryFunctions.call(command, on: self.redis) }.flatMap { read in
+        return readRetrying(until: deadline) { self.readHistory(destination, after: after) }.flatMap { read in
             guard read.position.epoch == through.epoch else {
                 return self.replayInNewerEpoch(destination, from: start, read: read, readAfter: after, until: deadline)
             }
@@ -339,6 +337,54 @@ extension RedisEngine {
         }
     }
 
+    /// Entries per history read: a read far behind (a resume from long ago, a repair after a
+    /// freeze) goes in pages of this many. It was one reply with the whole backlog (several MB
+    /// at `history.max-length` 20,000), which held every command queued behind it on the
+    /// connection past its timeout: lifecycle batches and lease renewals failed, sessions were
+    /// closed, and their resumes read it all again.
+    static let historyPage: UInt64 = 256
+
+    /// The history of `destination` after `after`, through the newest position the first page
+    /// saw (later messages come live), read a page at a time. A change of epoch meanwhile starts
+    /// the read again in the new epoch.
+    func readHistory(_ destination: String, after: UInt64, epochChanges: Int = 0) -> EventLoopFuture<HistoryReadResult> {
+        let key = naming.historyKey(forDestination: destination)
+        let page = Self.historyPage
+        let (through, overflow) = after.addingReportingOverflow(page)
+        let first = HistoryFunctions.call(HistoryRead(key: key, range: .page(after: after, through: overflow ? .max : through)), on: redis)
+        return first.flatMap { read in
+            // Done, or a library that ignores the page's end (an older instance loaded it): all of it.
+            if overflow || read.position.sequence <= through || read.envelopes.count > Int(page) {
+                return self.promiseLoop.makeSucceededFuture(read)
+            }
+            return self.readPages(destination, key: key, into: read, after: through, epochChanges: epochChanges, from: after)
+        }
+    }
+
+    private func readPages(
+        _ destination: String, key: String, into result: HistoryReadResult, after: UInt64, epochChanges: Int, from start: UInt64
+    ) -> EventLoopFuture<HistoryReadResult> {
+        let target = result.position
+        let through = min(after + Self.historyPage, target.sequence)
+        return HistoryFunctions.call(HistoryRead(key: key, range: .page(after: after, through: through)), on: redis).flatMap { page in
+            guard page.position.epoch == target.epoch else {
+                // History was lost and began again meanwhile: read the new epoch (a few times at most).
+                guard epochChanges < 3 else { return self.promiseLoop.makeSucceededFuture(page) }
+                return self.readHistory(destination, after: start, epochChanges: epochChanges + 1)
+            }
+            var result = result
+            if page.envelopes.count > Int(through - after) {
+                // An older library, which ignores the page's end: this page holds the rest.
+                result.envelopes += page.envelopes
+                result.position = page.position
+                return self.promiseLoop.makeSucceededFuture(result)
+            }
+            result.envelopes += page.envelopes
+            guard through < target.sequence else { return self.promiseLoop.makeSucceededFuture(result) }
+            return self.readPages(destination, key: key, into: result, after: through, epochChanges: epochChanges, from: start)
+        }
+    }
+
     /// Whether `messages` (read in order from one epoch, each in `after+1...through`) are every
     /// message from `after + 1` through `through`, without a hole.
     static func followOn(_ messages: some Collection<PublishedMessage>, after: UInt64, through: UInt64) -> Bool {
@@ -368,8 +414,7 @@ extension RedisEngine {
         }
         let again: EventLoopFuture<HistoryReadResult>
         if wanted < readAfter {
-            let command = HistoryRead(key: naming.historyKey(forDestination: destination), range: .after(wanted))
-            again = readRetrying(until: deadline) { HistoryFunctions.call(command, on: self.redis) }
+            again = readRetrying(until: deadline) { self.readHistory(destination, after: wanted) }
         } else {
             again = promiseLoop.makeSucceededFuture(read)
         }

@@ -145,8 +145,15 @@ public enum HistoryFunctions: RedisFunctionLibrary {
           else return out end
           if from < 1 then from = 1 end
           if from > n then return out end
+          -- 'after <n> <upto>': one page, the entries after n through upto.
+          local last = '+'
+          local upto = args[1] == 'after' and tonumber(args[3] or '') or nil
+          if upto then
+            if upto < from then return out end
+            last = upto .. '-0'
+          end
           local cutoff = now_ms() - (tonumber(redis.call('HGET', seq, 'ttl')) or 300000)
-          for _, entry in ipairs(redis.call('XRANGE', log, from .. '-0', '+')) do
+          for _, entry in ipairs(redis.call('XRANGE', log, from .. '-0', last)) do
             local fields = entry[2]
             if tonumber(fields[2]) >= cutoff then table.insert(out, fields[4]) end
           end
@@ -227,6 +234,8 @@ public struct HistoryRead: RedisCommand {
         case after(UInt64)
         /// The last `n` messages.
         case last(Int)
+        /// The messages after `after` through `through` (one page of a long read).
+        case page(after: UInt64, through: UInt64)
     }
 
     public typealias Response = HistoryReadResult
@@ -241,7 +250,7 @@ public struct HistoryRead: RedisCommand {
     public var keysAffected: [String] { [key] }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
-        encoder.encodeArray(count: 6)
+        if case .page = range { encoder.encodeArray(count: 7) } else { encoder.encodeArray(count: 6) }
         encoder.encodeBulk("FCALL")
         encoder.encodeBulk("switchboard_read")
         encoder.encodeBulk(1)
@@ -256,6 +265,10 @@ public struct HistoryRead: RedisCommand {
         case .last(let count):
             encoder.encodeBulk("last")
             encoder.encodeBulk(count)
+        case .page(let after, let through):
+            encoder.encodeBulk("after")
+            encoder.encodeBulk(String(after))
+            encoder.encodeBulk(String(through))
         }
     }
 }

@@ -49,6 +49,26 @@ struct HistoryFunctionTests {
         await client.shutdown()
     }
 
+    /// A page reads the entries after `after` through `through` only (a long read goes in
+    /// pages, each reply small); past the newest or before the first, what exists.
+    @Test func aPageReadsOnlyItsRange() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        for i in 1...20 { _ = try await Self.publish(client, "\(i)") }
+        func sequences(_ range: HistoryRead.Range) async throws -> [UInt64] {
+            let read = try await HistoryFunctions.call(HistoryRead(key: Self.key, range: range), on: client).get()
+            #expect(read.position.sequence == 20)
+            return read.envelopes.map { RedisEnvelope.decode($0)!.position!.sequence }
+        }
+        #expect(try await sequences(.page(after: 5, through: 9)) == [6, 7, 8, 9])
+        #expect(try await sequences(.page(after: 18, through: 30)) == [19, 20])
+        #expect(try await sequences(.page(after: 9, through: 9)) == [])
+        #expect(try await sequences(.page(after: 25, through: 30)) == [])
+        #expect(try await sequences(.after(18)) == [19, 20])
+        await client.shutdown()
+    }
+
     @Test func windowTrimsAndLostHistoryStartsANewEpoch() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }

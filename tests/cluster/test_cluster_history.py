@@ -3,6 +3,7 @@ restarted without persistence, the instances' Pub/Sub connections killed (CLIENT
 test counts loss, duplicates and reorders per client and asserts zero, or the explicit signal
 (`x-recovered: false`, a jump in `x-position`)."""
 import contextlib
+import re
 import time
 
 import pytest
@@ -202,6 +203,34 @@ def test_a_publish_redis_refuses_says_refused_not_unavailable(cluster_factory, c
     assert r.status_code == 503, r.text
     assert r.json()["error"].startswith("publish failed: redis refused it (") and "OOM" in r.json()["error"], r.text
     assert r.json()["error"].endswith("; not published"), r.text
+
+
+def test_a_resume_far_behind_is_read_in_pages_and_arrives_whole(cluster_factory, clients):
+    """A resume 700 messages behind: history is read in pages of 256 (one reply held the whole
+    backlog, which held up every command behind it past its timeout); the client gets all of
+    them once, in order, then the live ones."""
+    cluster = cluster_factory(replicas=0, gateways=1, gateway_args=("--set", "history.max-length=2000"))
+    topic = "/topic/h-far"
+    live = clients(cluster.client(cluster.gw_ws(0)))
+    live.subscribe(topic, id="1", receipt="r")
+    publish(cluster, topic, "m0")
+    first = live.expect_message()["x-position"]
+    with requests.Session() as http:
+        for i in range(1, 700):
+            http.post(f"{cluster.gw_url(0)}/api/notification", json={"topic": topic, "message": f"m{i}"}).raise_for_status()
+    def fcalls():
+        stats = cluster.redis_cli("INFO", "commandstats")
+        return int(re.search(r"cmdstat_fcall:calls=(\d+)", stats).group(1))
+    before = fcalls()
+    resumed = clients(cluster.client(cluster.gw_ws(0)))
+    got = resumed.subscribe(topic, id="1", receipt="r", **{"x-resume-from": first})
+    assert got["x-recovered"] == "true", got.headers
+    # 699 entries: three reads of at most 256 (one read of all before).
+    assert fcalls() - before >= 3
+    publish(cluster, topic, "m700")
+    bodies = [resumed.expect_message(timeout=20).text for _ in range(700)]
+    assert bodies == [f"m{i}" for i in range(1, 701)]
+    resumed.expect_nothing(0.3)
 
 
 def test_pubsub_connections_killed_gap_repaired_from_history(cluster_factory, clients):
