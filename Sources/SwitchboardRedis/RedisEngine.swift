@@ -140,6 +140,41 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         state.withLockedValue { $0.instanceSubscription = sub }
         startClusterHealthChecks()
         try await canary?.start()
+        warnUnlessNoEviction()
+    }
+
+    static let evictionWarning =
+        "redis may evict keys under memory pressure: streams, consumer groups and histories would be lost silently; "
+        + "set maxmemory-policy noeviction"
+
+    /// Says so at start when Redis may evict keys (`maxmemory-policy` other than `noeviction`):
+    /// under memory pressure it would drop streams, consumer groups and histories silently,
+    /// messages already answered with a RECEIPT among them. Where `CONFIG` is refused (a managed
+    /// Redis, an ACL), nothing is said.
+    private func warnUnlessNoEviction() {
+        let redis = self.redis
+        let logger = self.logger
+        Task {
+            for _ in 0..<50 {
+                do {
+                    let config = try await redis.send(CONFIGGET("maxmemory-policy")).get()
+                    guard let policy = config.values["maxmemory-policy"] else { return }
+                    if policy == "noeviction" {
+                        logger.info("redis keeps every key under memory pressure", metadata: ["maxmemory-policy": "\(policy)"])
+                    } else {
+                        logger.warning(
+                            "\(Self.evictionWarning)",
+                            metadata: ["maxmemory-policy": "\(policy)"])
+                    }
+                    return
+                } catch let error as RedisClientError where error == .notConnected {
+                    try? await Task.sleep(for: .milliseconds(200))  // poll while the client connects
+                } catch {
+                    logger.debug("redis maxmemory-policy not checked", metadata: ["error": "\(error)"])
+                    return
+                }
+            }
+        }
     }
 
     /// Stops the canary and the checks, ends every wait for Redis (the subscriptions waiting

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from support.cluster import Cluster
+from support.paths import ARTIFACTS
 from support.history import Publisher, audit, drain
 from support.process import wait_until
 from support.stompclient import ConnectionClosed, StompClient
@@ -231,6 +232,21 @@ def test_a_resume_far_behind_is_read_in_pages_and_arrives_whole(cluster_factory,
     bodies = [resumed.expect_message(timeout=20).text for _ in range(700)]
     assert bodies == [f"m{i}" for i in range(1, 701)]
     resumed.expect_nothing(0.3)
+
+
+@pytest.mark.parametrize("policy,warned", [("allkeys-lru", True), ("noeviction", False)])
+def test_an_evicting_redis_is_named_at_start(cluster_factory, policy, warned):
+    """Redis may evict keys (maxmemory-policy other than noeviction): streams, groups and
+    histories would vanish under memory pressure, receipted messages with them. Said at start."""
+    cluster = cluster_factory(replicas=0, gateways=1, redis_args=("--maxmemory-policy", policy))
+    log = ARTIFACTS / f"{cluster.name}-gw0.log"
+    line = "redis may evict keys under memory pressure"
+    if warned:
+        wait_until(lambda: line in log.read_text(errors="replace"), 15, what="the eviction warning")
+        assert f"maxmemory-policy={policy}" in log.read_text(errors="replace")
+    else:
+        wait_until(lambda: "maxmemory-policy=noeviction" in log.read_text(errors="replace"), 15, what="the policy checked")
+        assert line not in log.read_text(errors="replace")
 
 
 def test_pubsub_connections_killed_gap_repaired_from_history(cluster_factory, clients):
