@@ -164,7 +164,10 @@ extension StreamConsumer {
             let result = try await connection.execute(claim)
             let entries = result.entries.filter { !$0.isDeleted }
             if !result.deletedIDs.isEmpty {
-                self.logger.debug("pending entries no longer in the stream dropped", metadata: ["count": "\(result.deletedIDs.count)"])
+                self.state.withLockedValue { $0.statistics.trimmed += result.deletedIDs.count }
+                self.logger.warning(
+                    "pending entries trimmed from the stream before they were handled (max-length reached?): lost",
+                    metadata: ["count": "\(result.deletedIDs.count)", "first": "\(result.deletedIDs[0])"])
             }
             if !entries.isEmpty {
                 self.logger.info("claimed idle entries", metadata: ["count": "\(entries.count)", "first": "\(entries[0].id)"])

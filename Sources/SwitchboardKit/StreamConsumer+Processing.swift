@@ -44,8 +44,10 @@ extension StreamConsumer {
                 continue
             }
             if entry.isDeleted {
-                // Trimmed from the stream while pending: nothing left to handle.
+                // Trimmed from the stream while pending: nothing left to handle, and lost.
                 _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
+                self.state.withLockedValue { $0.statistics.trimmed += 1 }
+                self.logger.warning("pending entry trimmed from the stream before it was handled (max-length reached?): lost", metadata: ["id": "\(entry.id)"])
                 continue
             }
             if deliveries > configuration.maxDeliveries {

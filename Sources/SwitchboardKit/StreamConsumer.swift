@@ -221,6 +221,9 @@ public struct StreamConsumerStatistics: Sendable, Hashable {
     public var claimed = 0
     /// Times the reading connection was (re)opened.
     public var connects = 0
+    /// Pending entries found trimmed from the stream before they were handled (the route's
+    /// `max-length` reached while backends were behind, or an `XTRIM`/`XDEL`): lost, not handled.
+    public var trimmed = 0
 
     /// All zero.
     public init() {}

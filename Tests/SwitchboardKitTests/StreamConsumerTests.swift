@@ -218,6 +218,42 @@ struct StreamConsumerTests {
         await client.shutdown()
     }
 
+    /// Entries trimmed from the stream while pending (the route's max-length reached while a
+    /// backend was behind) are lost: counted and logged at warning, not dropped at debug level.
+    @Test func pendingEntriesTrimmedAwayAreCountedAsLost() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
+        for n in 0..<5 { _ = try await addGatewayEntry(client, body: "job\(n)") }
+        let (gate, release) = AsyncStream.makeStream(of: Void.self)
+        let aStarted = NIOLockedValueBox(0)
+        let a = StreamConsumer(client: client, configuration: testConfiguration(name: "replica-a"), logger: quietLogger)
+        let aTask = start(a) { _ in
+            aStarted.withLockedValue { $0 += 1 }
+            for await _ in gate {}
+            throw Boom(description: "replica-a crashed")
+        }
+        #expect(try await eventually { aStarted.withLockedValue { $0 } == 1 })
+        _ = try await client.execute(RawCommand("XTRIM", "OUT", "MAXLEN", "0"))
+        let b = StreamConsumer(
+            client: client,
+            configuration: testConfiguration(name: "replica-b", claimMinIdle: .milliseconds(300), claimInterval: .milliseconds(100)),
+            logger: quietLogger
+        )
+        let handled = NIOLockedValueBox(0)
+        let bTask = start(b) { _ in handled.withLockedValue { $0 += 1 } }
+        #expect(try await eventually { b.statistics.trimmed == 5 })
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        #expect(handled.withLockedValue { $0 } == 0)
+        a.stop()
+        release.finish()
+        try await aTask.value
+        b.stop()
+        try await bTask.value
+        await client.shutdown()
+    }
+
     @Test func restartedConsumerResumesItsOwnPendingEntries() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }
