@@ -206,19 +206,25 @@ def test_a_publish_redis_refuses_says_refused_not_unavailable(cluster_factory, c
     assert r.json()["error"].endswith("; not published"), r.text
 
 
+def position_then_backlog(cluster, clients, topic, count):
+    """Publishes m0 … m<count-1> to `topic` (m<i> at position i + 1); returns m0's position."""
+    live = clients(cluster.client(cluster.gw_ws(0)))
+    live.subscribe(topic, id="1", receipt="r")
+    publish(cluster, topic, "m0")
+    first = live.expect_message()["x-position"]
+    with requests.Session() as http:
+        for i in range(1, count):
+            http.post(f"{cluster.gw_url(0)}/api/notification", json={"topic": topic, "message": f"m{i}"}).raise_for_status()
+    return first
+
+
 def test_a_resume_far_behind_is_read_in_pages_and_arrives_whole(cluster_factory, clients):
     """A resume 700 messages behind: history is read in pages of 256 (one reply held the whole
     backlog, which held up every command behind it past its timeout); the client gets all of
     them once, in order, then the live ones."""
     cluster = cluster_factory(replicas=0, gateways=1, gateway_args=("--set", "history.max-length=2000"))
     topic = "/topic/h-far"
-    live = clients(cluster.client(cluster.gw_ws(0)))
-    live.subscribe(topic, id="1", receipt="r")
-    publish(cluster, topic, "m0")
-    first = live.expect_message()["x-position"]
-    with requests.Session() as http:
-        for i in range(1, 700):
-            http.post(f"{cluster.gw_url(0)}/api/notification", json={"topic": topic, "message": f"m{i}"}).raise_for_status()
+    first = position_then_backlog(cluster, clients, topic, 700)
     def fcalls():
         stats = cluster.redis_cli("INFO", "commandstats")
         return int(re.search(r"cmdstat_fcall:calls=(\d+)", stats).group(1))
@@ -255,13 +261,7 @@ def test_a_resume_beyond_max_replay_gets_the_newest_and_is_not_recovered(cluster
     cluster = cluster_factory(replicas=0, gateways=1,
                               gateway_args=("--set", "history.max-length=2000", "--set", "history.max-replay=100"))
     topic = "/topic/h-cap"
-    live = clients(cluster.client(cluster.gw_ws(0)))
-    live.subscribe(topic, id="1", receipt="r")
-    publish(cluster, topic, "m0")
-    first = live.expect_message()["x-position"]
-    with requests.Session() as http:
-        for i in range(1, 301):
-            http.post(f"{cluster.gw_url(0)}/api/notification", json={"topic": topic, "message": f"m{i}"}).raise_for_status()
+    first = position_then_backlog(cluster, clients, topic, 301)
     resumed = clients(cluster.client(cluster.gw_ws(0)))
     got = resumed.subscribe(topic, id="1", receipt="r", **{"x-resume-from": first})
     assert got["x-recovered"] == "false", got.headers
