@@ -61,10 +61,14 @@ def test_text_logs_escape_control_characters_from_clients():
     from support.security import HMAC_SECRET, make_token
     proc, port = run_gateway(f"auth.jwt.hmac-secret={HMAC_SECRET}", "log.levels.session=debug")
     sub = "evil\nFAKE-LOG-LINE level=critical\r\n2026 [critical] injected\u2028x"
-    c = StompClient(f"ws://127.0.0.1:{port}/stomp")
-    c.connect(headers={"passcode": make_token(HMAC_SECRET, sub=sub)})
-    c.send_frame("FOO", {})
-    c.expect_error("unknown command 'FOO'")
+    try:
+        c = StompClient(f"ws://127.0.0.1:{port}/stomp")
+        c.connect(headers={"passcode": make_token(HMAC_SECRET, sub=sub)})
+        c.send_frame("FOO", {})
+        c.expect_error("unknown command 'FOO'")
+    except BaseException:
+        proc.kill()
+        raise
     err = stop(proc)
     lines = err.splitlines()
     assert not [l for l in lines if l.startswith(("FAKE-LOG-LINE", "2026 [critical]"))], err
