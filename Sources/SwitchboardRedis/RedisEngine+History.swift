@@ -292,18 +292,15 @@ extension RedisEngine {
     /// the same (after a restart without persistence it is not, and the client must be told).
     /// While Redis is unreachable the read is tried again until `deadline`.
     func readReplay(_ destination: String, from start: HistoryStart?, through: StreamPosition, until deadline: NIODeadline) -> EventLoopFuture<HistoryReplay> {
-        let asked: UInt64
+        let after: UInt64
         switch start {
         case nil:
             return promiseLoop.makeSucceededFuture(HistoryReplay(messages: [], recovered: true, position: through))
         case .after(let position):
-            asked = position.epoch == through.epoch ? min(position.sequence, through.sequence) : 0
+            after = position.epoch == through.epoch ? min(position.sequence, through.sequence) : 0
         case .last(let count):
-            asked = through.sequence > UInt64(count) ? through.sequence - UInt64(count) : 0
+            after = through.sequence > UInt64(count) ? through.sequence - UInt64(count) : 0
         }
-        // At most `maxReplay` messages: further behind, the newest that many, not recovered.
-        let capped = through.sequence - asked > maxReplay
-        let after = capped ? through.sequence - maxReplay : asked
         return readRetrying(until: deadline) { self.readHistory(destination, after: after) }.flatMap { read in
             guard read.position.epoch == through.epoch else {
                 return self.replayInNewerEpoch(destination, from: start, read: read, readAfter: after, until: deadline)
@@ -318,7 +315,7 @@ extension RedisEngine {
             let beyond = kept.dropFirst(messages.count)
             let holeBeyond =
                 read.position.sequence > through.sequence && !Self.followOn(beyond, after: through.sequence, through: read.position.sequence)
-            let complete = !capped && !holeBeyond && Self.followOn(messages, after: after, through: through.sequence)
+            let complete = !holeBeyond && Self.followOn(messages, after: after, through: through.sequence)
             guard case .after(let position) = start else {
                 return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: messages, recovered: complete, position: through))
             }
@@ -339,9 +336,6 @@ extension RedisEngine {
             return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: messages, recovered: complete, position: through))
         }
     }
-
-    /// The most messages one resume replays (`history.max-replay`).
-    var maxReplay: UInt64 { UInt64(history?.maxReplay ?? 1_000) }
 
     /// Entries per history read: a read far behind (a resume from long ago, a repair after a
     /// freeze) goes in pages of this many. It was one reply with the whole backlog (several MB
@@ -409,7 +403,7 @@ extension RedisEngine {
         _ destination: String, from start: HistoryStart?, read: HistoryReadResult, readAfter: UInt64, until deadline: NIODeadline
     ) -> EventLoopFuture<HistoryReplay> {
         let epoch = read.position.epoch
-        var (wanted, canRecover): (UInt64, Bool)
+        let (wanted, canRecover): (UInt64, Bool)
         switch start {
         case .after(let position) where position.epoch == epoch:
             (wanted, canRecover) = (min(position.sequence, read.position.sequence), position.sequence <= read.position.sequence)
@@ -418,14 +412,9 @@ extension RedisEngine {
         default:
             (wanted, canRecover) = (0, false)
         }
-        let newest = read.position.sequence
-        if newest > wanted && newest - wanted > maxReplay {
-            (wanted, canRecover) = (newest - maxReplay, false)
-        }
-        let from = wanted, recoverable = canRecover
         let again: EventLoopFuture<HistoryReadResult>
-        if from < readAfter {
-            again = readRetrying(until: deadline) { self.readHistory(destination, after: from) }
+        if wanted < readAfter {
+            again = readRetrying(until: deadline) { self.readHistory(destination, after: wanted) }
         } else {
             again = promiseLoop.makeSucceededFuture(read)
         }
@@ -434,10 +423,10 @@ extension RedisEngine {
                 return HistoryReplay(messages: [], recovered: false, position: read.position)
             }
             let messages = read.envelopes.compactMap { self.message(fromEnvelope: $0, destination: destination) }.filter {
-                $0.position!.epoch == epoch && $0.position!.sequence > from && $0.position!.sequence <= read.position.sequence
+                $0.position!.epoch == epoch && $0.position!.sequence > wanted && $0.position!.sequence <= read.position.sequence
             }
-            let complete = Self.followOn(messages, after: from, through: read.position.sequence)
-            return HistoryReplay(messages: messages, recovered: recoverable && complete, position: read.position)
+            let complete = Self.followOn(messages, after: wanted, through: read.position.sequence)
+            return HistoryReplay(messages: messages, recovered: canRecover && complete, position: read.position)
         }
     }
 }

@@ -52,24 +52,6 @@ import Testing
         #expect(m.headers["x-position"] == nil && m.position == nil)
     }
 
-    /// history.max-replay: a resume further behind gets the newest that many, not recovered
-    /// (whole backlogs replayed to many clients at once cost seconds of a loop and hundreds of MB).
-    @Test func aResumeReplaysAtMostMaxReplayMessages() {
-        var settings = DestinationHistory.Settings()
-        settings.maxLength = 20
-        settings.maxReplay = 3
-        let h = DestinationHistory(settings: settings, processEpoch: "p", clock: Clock().read)
-        let sent = publish(h, "/topic/a", (1...10).map(String.init))
-        let far = h.resume("/topic/a", from: .after(sent[1].position!)) {}
-        #expect(bodies(far.messages) == ["8", "9", "10"] && !far.recovered)
-        let near = h.resume("/topic/a", from: .after(sent[6].position!)) {}
-        #expect(bodies(near.messages) == ["8", "9", "10"] && near.recovered)
-        let many = h.resume("/topic/a", from: .last(5)) {}
-        #expect(bodies(many.messages) == ["8", "9", "10"] && !many.recovered)
-        let few = h.resume("/topic/a", from: .last(2)) {}
-        #expect(bodies(few.messages) == ["9", "10"] && few.recovered)
-    }
-
     @Test func resumeFromAPositionReplaysWhatFollowsIt() {
         let h = history()
         let sent = publish(h, "/topic/a", ["1", "2", "3", "4"])

@@ -255,24 +255,6 @@ def test_an_evicting_redis_is_named_at_start(cluster_factory, policy, warned):
         assert line not in log.read_text(errors="replace")
 
 
-def test_a_resume_beyond_max_replay_gets_the_newest_and_is_not_recovered(cluster_factory, clients):
-    """history.max-replay: 300 behind with a limit of 100, the newest 100, x-recovered:false
-    (30 clients resuming 15,000 behind at once took seconds of the loop and 450 MB)."""
-    cluster = cluster_factory(replicas=0, gateways=1,
-                              gateway_args=("--set", "history.max-length=2000", "--set", "history.max-replay=100"))
-    topic = "/topic/h-cap"
-    first = position_then_backlog(cluster, clients, topic, 301)
-    resumed = clients(cluster.client(cluster.gw_ws(0)))
-    got = resumed.subscribe(topic, id="1", receipt="r", **{"x-resume-from": first})
-    assert got["x-recovered"] == "false", got.headers
-    assert [resumed.expect_message().text for _ in range(100)] == [f"m{i}" for i in range(201, 301)]
-    near = clients(cluster.client(cluster.gw_ws(0)))
-    got = near.subscribe(topic, id="1", receipt="r", **{"x-resume-from": first.rsplit(":", 1)[0] + ":250"})
-    assert got["x-recovered"] == "true", got.headers
-    # m<i> is at position i + 1: after 250 come m250 … m300.
-    assert [near.expect_message().text for _ in range(51)] == [f"m{i}" for i in range(250, 301)]
-
-
 def test_pubsub_connections_killed_gap_repaired_from_history(cluster_factory, clients):
     """CLIENT KILL TYPE pubsub drops every instance's subscriber connection while messages flow:
     what Pub/Sub lost meanwhile comes from history, in order, once."""

@@ -43,10 +43,6 @@ package final class DestinationHistory: Sendable {
         package var maxLength = 100
         package var ttl: TimeAmount = .minutes(5)
         package var maxDestinations = 10_000
-        /// The most messages one resume replays: a client further behind gets the newest this
-        /// many with `x-recovered: false` (one resume far behind, or many at once, read and
-        /// wrote whole backlogs: seconds of a loop's time and hundreds of MB).
-        package var maxReplay = 1_000
         /// Destinations starting with one of these keep no history.
         package var disabledPrefixes: [String] = []
         /// Other windows for destinations starting with a prefix (the longest matching prefix
@@ -183,24 +179,19 @@ package final class DestinationHistory: Sendable {
             switch start {
             case .after(let position):
                 guard position.epoch == ring.epoch else {
-                    return HistoryReplay(messages: Array(retained.suffix(settings.maxReplay)), recovered: false, position: ring.position)
+                    return HistoryReplay(messages: retained, recovered: false, position: ring.position)
                 }
                 guard position.sequence < ring.next else {
                     return HistoryReplay(messages: [], recovered: false, position: ring.position)
                 }
                 if position.sequence + 1 < oldest {
-                    return HistoryReplay(messages: Array(retained.suffix(settings.maxReplay)), recovered: false, position: ring.position)
+                    return HistoryReplay(messages: retained, recovered: false, position: ring.position)
                 }
                 let skip = Int(position.sequence + 1 - oldest)
-                let missed = retained.dropFirst(skip)
-                return HistoryReplay(
-                    messages: Array(missed.suffix(settings.maxReplay)), recovered: missed.count <= settings.maxReplay, position: ring.position)
+                return HistoryReplay(messages: Array(retained.dropFirst(skip)), recovered: true, position: ring.position)
             case .last(let count):
                 let wanted = min(count, Int(ring.next - 1))
-                let replayed = min(count, settings.maxReplay)
-                return HistoryReplay(
-                    messages: Array(retained.suffix(replayed)), recovered: retained.count >= wanted && wanted <= settings.maxReplay,
-                    position: ring.position)
+                return HistoryReplay(messages: Array(retained.suffix(count)), recovered: retained.count >= wanted, position: ring.position)
             }
         }
     }

@@ -128,10 +128,6 @@ package enum ConfigKeyCatalog {
                     "keep a history per destination (in memory on the embedded broker, in Redis in Redis mode: see docs/recovery.md) that `SUBSCRIBE` with `x-resume-from` or `x-last` replays; every delivery carries `x-position`"
                 ),
                 .init("history.max-length", .integer, "`100`", "messages kept per destination"),
-                .init(
-                    "history.max-replay", .integer, "`1000`",
-                    "the most messages one resume replays; a client further behind gets the newest this many with `x-recovered: false`"
-                ),
                 .init("history.ttl-ms", .integer, "`300000`", "messages older than this are dropped from history"),
                 .init(
                     "history.max-destinations", .integer, "`10000`",

@@ -218,7 +218,6 @@ package struct HistorySettings: Sendable, Equatable {
     package var maxLength = 100
     package var ttlMs = 300_000
     package var maxDestinations = 10_000
-    package var maxReplay = 1_000
     /// Destinations (as clients name them) starting with one of these keep no history.
     package var disabledPrefixes: [String] = []
     /// `history.windows.<name>.*`: other windows by destination prefix.
@@ -239,11 +238,9 @@ package struct HistorySettings: Sendable, Equatable {
         maxLength = reader.int(forKey: "max-length", default: maxLength)
         ttlMs = reader.int(forKey: "ttl-ms", default: ttlMs)
         maxDestinations = reader.int(forKey: "max-destinations", default: maxDestinations)
-        maxReplay = reader.int(forKey: "max-replay", default: maxReplay)
         disabledPrefixes = reader.stringArray(forKey: "disabled-prefixes", default: disabledPrefixes)
         try SwitchboardConfiguration.atLeast(
-            1, ("history.max-length", maxLength), ("history.ttl-ms", ttlMs), ("history.max-destinations", maxDestinations),
-            ("history.max-replay", maxReplay))
+            1, ("history.max-length", maxLength), ("history.ttl-ms", ttlMs), ("history.max-destinations", maxDestinations))
         let windowsReader = reader.scoped(to: "windows")
         windows = try windowsReader.stringArray(forKey: "names", default: []).map { name in
             let window = windowsReader.scoped(to: ConfigKey([name]))
@@ -266,7 +263,6 @@ package struct HistorySettings: Sendable, Equatable {
         settings.maxLength = maxLength
         settings.ttl = .milliseconds(Int64(ttlMs))
         settings.maxDestinations = maxDestinations
-        settings.maxReplay = maxReplay
         settings.disabledPrefixes = disabledPrefixes
         settings.windows = windows.map { .init(prefix: $0.prefix, maxLength: $0.maxLength, ttl: .milliseconds(Int64($0.ttlMs))) }
         return settings
