@@ -75,6 +75,50 @@ struct IntegrationTests {
         try await group.shutdownGracefully()
     }
 
+    /// A loop's commands sent on the shared connection while its own was down are not overtaken
+    /// by later ones on its own connection once it is back (a probe found a session's pipelined
+    /// `XADD`s stored out of order after a `CLIENT KILL`).
+    @Test func aLoopsCommandsKeepTheirOrderAcrossTheFallback() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var configuration = server.configuration
+        configuration.commandConnectionPerEventLoop = true
+        configuration.reconnectBackoffMinimum = .milliseconds(10)
+        configuration.commandTimeout = .seconds(10)
+        let client = RedisClient(configuration: configuration, eventLoopGroup: group, enableSubscriptions: false)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(5))
+        let loop = group.next()
+        @Sendable func waitFor(_ what: String, _ condition: @escaping @Sendable () -> Bool) async throws {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !condition() {
+                guard ContinuousClock.now < deadline else { throw RedisClientError.connectTimeout }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        try await waitFor("the loop's own connection") { client.hasOwnConnection(on: loop) }
+        let own = try await loop.flatSubmit { client.send(RawCommand("CLIENT", "ID")) }.flatMapThrowing { try Int(fromRESP: $0) }.get()
+        _ = try await client.execute(RawCommand("CLIENT", "KILL", "ID", .integer(own)))
+        try await waitFor("the fallback") { !client.hasOwnConnection(on: loop) }
+        // On the shared connection: a blocking read holds it, and "first" waits behind it...
+        let held = try await loop.submit {
+            (client.send(RawCommand("BLPOP", "never", "2")), client.send(RawCommand("RPUSH", "order", "first")))
+        }.get()
+        // ...while the loop's own connection comes back.
+        try await waitFor("the reconnect") { client.hasOwnConnection(on: loop) }
+        #expect(!client.usesOwnConnection(on: loop))
+        let second = try await loop.submit { client.send(RawCommand("RPUSH", "order", "second")) }.get()
+        _ = try await held.0.get()
+        _ = try await held.1.get()
+        _ = try await second.get()
+        let order = try [String](fromRESP: try await client.execute(RawCommand("LRANGE", "order", "0", "-1")))
+        #expect(order == ["first", "second"])
+        // Once the shared connection answered, the loop's commands use its own again.
+        try await waitFor("back on its own connection") { client.usesOwnConnection(on: loop) }
+        await client.shutdown()
+        try await group.shutdownGracefully()
+    }
+
     @Test func publishSubscribeAndCallbacks() async throws {
         let server = try await RedisServerProcess.start()
         let client = RedisClient(configuration: server.configuration)

@@ -77,6 +77,10 @@ public final class RedisClient: Sendable {
         var commandConnection: RedisConnection?
         /// With ``RedisConfiguration/commandConnectionPerEventLoop``: each loop's own.
         var loopConnections: [ObjectIdentifier: RedisConnection] = [:]
+        /// Per loop: its commands sent on the shared connection while its own was down and not
+        /// answered yet. Its own connection is used again only once they are: commands sent
+        /// later must not overtake them on the other connection.
+        var fallbacksInFlight: [ObjectIdentifier: Int] = [:]
         var subscriberConnection: RedisConnection?
         var states: [RedisConnectionRole: RedisConnectionState] = [:]
         var reconnects = 0
@@ -219,16 +223,51 @@ public final class RedisClient: Sendable {
     }
 
     /// Sends `command` on the multiplexed connection without awaiting (hot path).
+    ///
+    /// With ``RedisConfiguration/commandConnectionPerEventLoop`` a command sent on an event loop
+    /// goes on that loop's own connection; while it is down, on the shared one. The commands of
+    /// one loop keep their order across the switch: its own connection is used again only once
+    /// what it sent on the shared one meanwhile was answered.
     public func send<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response> {
-        if self.configuration.commandConnectionPerEventLoop, let loop = MultiThreadedEventLoopGroup.currentEventLoop,
-            let own = self.state.withLockedValue({ $0.loopConnections[ObjectIdentifier(loop)] }), own.isActive
-        {
-            return own.send(command)
+        guard self.configuration.commandConnectionPerEventLoop, let loop = MultiThreadedEventLoopGroup.currentEventLoop else {
+            guard let connection = self.state.withLockedValue({ $0.commandConnection }), connection.isActive else {
+                return self.eventLoopGroup.any().makeFailedFuture(RedisClientError.notConnected)
+            }
+            return connection.send(command)
         }
-        guard let connection = self.state.withLockedValue({ $0.commandConnection }), connection.isActive else {
-            return self.eventLoopGroup.any().makeFailedFuture(RedisClientError.notConnected)
+        let key = ObjectIdentifier(loop)
+        let (connection, fallback) = self.state.withLockedValue { state -> (RedisConnection?, Bool) in
+            let own = state.loopConnections[key].flatMap { $0.isActive ? $0 : nil }
+            guard let shared = state.commandConnection, shared.isActive else { return (own, false) }
+            // A shared connection that closed ran nothing more of what it still held.
+            if let own, state.fallbacksInFlight[key, default: 0] == 0 { return (own, false) }
+            state.fallbacksInFlight[key, default: 0] += 1
+            return (shared, true)
         }
-        return connection.send(command)
+        guard let connection else { return loop.makeFailedFuture(RedisClientError.notConnected) }
+        let future = connection.send(command)
+        if fallback {
+            future.whenComplete { _ in
+                self.state.withLockedValue { state in
+                    let left = state.fallbacksInFlight[key, default: 1] - 1
+                    state.fallbacksInFlight[key] = left > 0 ? left : nil
+                }
+            }
+        }
+        return future
+    }
+
+    /// Whether commands sent on `loop` go on its own connection now (tests).
+    package func usesOwnConnection(on loop: any EventLoop) -> Bool {
+        let key = ObjectIdentifier(loop)
+        return self.state.withLockedValue { state in
+            state.loopConnections[key]?.isActive == true && state.fallbacksInFlight[key, default: 0] == 0
+        }
+    }
+
+    /// Whether `loop`'s own connection is connected (tests).
+    package func hasOwnConnection(on loop: any EventLoop) -> Bool {
+        self.state.withLockedValue { $0.loopConnections[ObjectIdentifier(loop)]?.isActive == true }
     }
 
     /// Opens a new connection that the caller owns (and must close), e.g. for blocking `XREAD`/`XREADGROUP`.
