@@ -89,6 +89,12 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
+        // The client closed its side before a complete first request: none can come any more,
+        // so its descriptor is not held until the handshake timeout.
+        if !decided, case ChannelEvent.inputClosed = event {
+            context.close(promise: nil)
+            return
+        }
         context.fireUserInboundEventTriggered(event)
     }
 

@@ -173,8 +173,11 @@ struct GatewayListener: Service {
         #endif
         return
             bootstrap
-            .serverChannelInitializer { channel in
+            .serverChannelInitializer { [logger] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // Out of file descriptors (EMFILE, ENFILE) or memory: accepting pauses
+                    // instead of failing again at once on every loop.
+                    try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(logger: logger))
                     if let connections { try channel.pipeline.syncOperations.addHandler(connections.makeHandler()) }
                 }
             }
