@@ -30,7 +30,8 @@ extension RedisEngine {
         let window = history?.window(for: message.destination) ?? (100, .minutes(5))
         let command = HistoryPublish(
             key: naming.historyKey(forDestination: message.destination), payload: RedisEnvelope.encode(message, origin: instanceID),
-            maxLength: window.maxLength, ttlMilliseconds: window.ttl.nanoseconds / 1_000_000, once: once, sharded: redis.isCluster)
+            maxLength: window.maxLength, ttlMilliseconds: window.ttl.nanoseconds / 1_000_000, once: once, sharded: redis.isCluster,
+            durable: durableRedis)
         let start = NIODeadline.now()
         let timer = publishTimer
         return HistoryFunctions.call(command, on: redis)
@@ -69,7 +70,7 @@ extension RedisEngine {
 
     /// Learns where `destination` stands once the instance is subscribed to it.
     func establish(_ interest: Interest, destination: String) async throws {
-        let read = try await HistoryFunctions.call(HistoryRead(key: naming.historyKey(forDestination: destination), range: .none), on: redis).get()
+        let read = try await HistoryFunctions.call(HistoryRead(key: naming.historyKey(forDestination: destination), range: .none, durable: durableRedis), on: redis).get()
         let waiters: [EventLoopPromise<StreamPosition>] = interest.sequenced!.withLockedValue { s in
             let actions = s.sequencer.established(at: read.position)
             carryOut(actions, interest: interest, destination: destination, in: &s)
@@ -351,7 +352,7 @@ extension RedisEngine {
         let key = naming.historyKey(forDestination: destination)
         let page = Self.historyPage
         let (through, overflow) = after.addingReportingOverflow(page)
-        let first = HistoryFunctions.call(HistoryRead(key: key, range: .page(after: after, through: overflow ? .max : through)), on: redis)
+        let first = HistoryFunctions.call(HistoryRead(key: key, range: .page(after: after, through: overflow ? .max : through), durable: durableRedis), on: redis)
         return first.flatMap { read in
             // Done, or a library that ignores the page's end (an older instance loaded it): all of it.
             if overflow || read.position.sequence <= through || read.envelopes.count > Int(page) {
@@ -369,7 +370,7 @@ extension RedisEngine {
     ) -> EventLoopFuture<HistoryReadResult> {
         let target = result.position
         let through = after + min(span, target.sequence - after)
-        return HistoryFunctions.call(HistoryRead(key: key, range: .page(after: after, through: through)), on: redis).flatMap { page in
+        return HistoryFunctions.call(HistoryRead(key: key, range: .page(after: after, through: through), durable: durableRedis), on: redis).flatMap { page in
             guard page.position.epoch == target.epoch else {
                 // History was lost and began again meanwhile: read the new epoch (a few times at most).
                 guard epochChanges < 3 else { return self.promiseLoop.makeSucceededFuture(page) }

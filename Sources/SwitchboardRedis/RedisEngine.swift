@@ -84,6 +84,8 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     /// How long a `SUBSCRIBE` to a destination that keeps history waits for Redis to be reachable
     /// (its position and replay are read there) before it fails; zero: it fails at once.
     let unreachableWait: TimeAmount
+    /// `redis.appendfsync-always`: a Redis restart keeps history's positions (see ``HistoryFunctions``).
+    let durableRedis: Bool
     /// Set by ``shutdown()``: nothing waits for Redis any more.
     let stopping = Atomic<Bool>(false)
     /// Reads scheduled to be tried again (``readRetrying(until:_:)``), waited for at shutdown.
@@ -101,8 +103,9 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     package init(
         redis: GatewayRedis, hub: FanoutHub, naming: RedisChannelNaming, instanceID: String, messageIDs: MessageIDGenerator,
         eventLoop: any EventLoop, logger: Logger, canary: (interval: TimeAmount, timeout: TimeAmount)? = nil,
-        history: DestinationHistory.Settings? = nil, unreachableWait: TimeAmount = .seconds(5)
+        history: DestinationHistory.Settings? = nil, unreachableWait: TimeAmount = .seconds(5), durableRedis: Bool = false
     ) {
+        self.durableRedis = durableRedis
         self.history = history
         self.unreachableWait = unreachableWait
         self.canary = canary.map {

@@ -157,7 +157,8 @@ package struct SwitchboardGateway: Sendable {
                 messageIDs: messageIDs, eventLoop: loops[0], logger: redisLogger,
                 canary: settings.canaryIntervalMs > 0
                     ? (.milliseconds(Int64(settings.canaryIntervalMs)), .milliseconds(Int64(settings.canaryTimeoutMs))) : nil,
-                history: configuration.history.store, unreachableWait: .milliseconds(Int64(settings.unreachableWaitMs)))
+                history: configuration.history.store, unreachableWait: .milliseconds(Int64(settings.unreachableWaitMs)),
+                durableRedis: settings.appendfsyncAlways)
             gatewayRedis = redis
             redisEngine = re
             engine = re

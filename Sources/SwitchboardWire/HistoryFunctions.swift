@@ -10,7 +10,7 @@ import Redis
 ///
 /// | key | type | holds |
 /// | --- | --- | --- |
-/// | `switchboard:{D}:seq` | hash | `epoch`, `n` (the newest sequence number), `server` (replication id of the primary that numbered last), `max-length`, `ttl` |
+/// | `switchboard:{D}:seq` | hash | `epoch`, `n` (the newest sequence number), `server`, `run`, `node` (replication id, run id and cluster node id of the primary that numbered last), `max-length`, `ttl` |
 /// | `switchboard:{D}:log` | stream | entry `<n>-0` per message: `t` (ms), `m` (the positioned envelope) |
 /// | `switchboard:{D}:once:<token>` | string | a publish already recorded (inbound routes), 10 min |
 ///
@@ -22,12 +22,16 @@ import Redis
 /// outlives the log (it expires after a day without publishes), so a client of a quiet
 /// destination still resumes with nothing missed.
 ///
-/// After a failover, the promoted replica's copy of `n` may be behind the positions its old
-/// primary issued and did not replicate. The first call on a server that was promoted
-/// (`master_replid2` in `INFO replication`) and did not number the destination last moves `n`
-/// ahead by 1,000,000: subscribers see a hole in `x-position` (and a resume across it is
-/// `x-recovered: false`) instead of new messages that reuse seen positions and are dropped as
-/// copies. A restart from the server's own AOF or RDB is not a promotion and keeps `n`.
+/// Positions are never issued twice. After a failover, the promoted replica's copy of `n` may
+/// be behind the positions its old primary issued and did not replicate; after a restart, the
+/// server's RDB or AOF file may lack its last writes. So the first call on a server that was
+/// promoted (`master_replid2` in `INFO replication`) and did not number the destination last,
+/// or on the same server (cluster node) restarted since it numbered it last (a new `run_id`),
+/// moves `n` ahead by 1,000,000: subscribers see a hole in `x-position` (and a resume across it
+/// is `x-recovered: false`) instead of new messages that reuse seen positions and are dropped
+/// as copies. A caller whose Redis loses nothing at a restart (`appendfsync always`) says so
+/// (``HistoryPublish/durable``, ``HistoryRead/durable``): a restart then keeps `n`. A slot moved
+/// to another node keeps `n` too.
 ///
 /// `switchboard_spublish` is the same for Redis Cluster: it `SPUBLISH`es on the shard channel
 /// `switchboard:{D}:dest`, in the slot of the destination's keys, so it runs on the primary
@@ -53,34 +57,45 @@ public enum HistoryFunctions: RedisFunctionLibrary {
           return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         end
 
-        -- A promoted replica inherits a sequence that may be behind what its old primary
-        -- issued (writes acknowledged there but not replicated): numbering on from it would
-        -- issue positions twice, and subscribers would drop the new messages as copies. So a
-        -- server that was promoted (master_replid2 set) and is not the one that numbered the
-        -- destination last moves the sequence ahead by GAP: subscribers see a hole in
-        -- x-position, which history cannot fill, instead of silently reused positions.
+        -- Positions must never be issued twice: subscribers would drop the new messages as
+        -- copies of ones they have. Two things can move a destination's sequence back below
+        -- positions already issued, and both move it ahead by GAP on the destination's first
+        -- use afterwards, so subscribers see a hole in x-position (which history cannot fill)
+        -- instead of silently reused positions:
+        -- * a failover: a promoted replica (master_replid2 set) inherits a sequence that may lack
+        --   writes its old primary acknowledged and did not replicate;
+        -- * a restart: the server (the same cluster node) came back from its RDB or AOF file,
+        --   which may lack the last writes (an RDB snapshot, appendfsync everysec). Unless the
+        --   caller says restarts lose nothing (appendfsync always: the 'durable' argument).
+        -- A slot moved to another cluster node (MIGRATE) keeps its sequence intact: no GAP.
         local GAP = 1000000
         local NEVER_PROMOTED = '0000000000000000000000000000000000000000'
 
+        -- The server's run id (new at every start), replication ids, and cluster node id.
         local function server_ids()
-          local info = redis.call('INFO', 'replication')
-          return string.match(info, 'master_replid:(%x+)') or '', string.match(info, 'master_replid2:(%x+)') or NEVER_PROMOTED
+          local info = redis.call('INFO', 'server', 'replication', 'cluster')
+          local node = ''
+          if string.match(info, 'cluster_enabled:1') then node = redis.call('CLUSTER', 'MYID') end
+          return string.match(info, 'run_id:(%x+)') or '', string.match(info, 'master_replid:(%x+)') or '',
+            string.match(info, 'master_replid2:(%x+)') or NEVER_PROMOTED, node
         end
 
-        local function epoch_of(seq, log)
-          local stored = redis.call('HMGET', seq, 'epoch', 'server')
-          local server, previous = server_ids()
+        local function epoch_of(seq, log, durable)
+          local stored = redis.call('HMGET', seq, 'epoch', 'server', 'run', 'node')
+          local run, server, previous, node = server_ids()
           if stored[1] then
-            if stored[2] ~= server then
-              if stored[2] and previous ~= NEVER_PROMOTED then redis.call('HINCRBY', seq, 'n', GAP) end
-              redis.call('HSET', seq, 'server', server)
+            if stored[2] ~= server or stored[3] ~= run or (stored[4] or '') ~= node then
+              local promoted = stored[2] and stored[2] ~= server and previous ~= NEVER_PROMOTED
+              local restarted = stored[3] and stored[3] ~= run and (stored[4] or '') == node and not durable
+              if promoted or restarted then redis.call('HINCRBY', seq, 'n', GAP) end
+              redis.call('HSET', seq, 'server', server, 'run', run, 'node', node)
             end
             return stored[1]
           end
           local t = redis.call('TIME')
           local epoch = string.format('%08x%05x', tonumber(t[1]), tonumber(t[2]))
           redis.call('DEL', log)
-          redis.call('HSET', seq, 'epoch', epoch, 'n', 0, 'server', server)
+          redis.call('HSET', seq, 'epoch', epoch, 'n', 0, 'server', server, 'run', run, 'node', node)
           redis.call('PEXPIRE', seq, 86400000)
           return epoch
         end
@@ -100,7 +115,7 @@ public enum HistoryFunctions: RedisFunctionLibrary {
               return {'', '0', '0'}
             end
           end
-          local epoch = epoch_of(seq, log)
+          local epoch = epoch_of(seq, log, args[5] == '1')
           local stored = redis.call('HMGET', seq, 'max-length', 'ttl')
           local maxlen = tonumber(args[2] or '') or tonumber(stored[1]) or 100
           local ttl = tonumber(args[3] or '') or tonumber(stored[2]) or 300000
@@ -135,7 +150,7 @@ public enum HistoryFunctions: RedisFunctionLibrary {
           local prefix = parts(keys[1] or '')
           if not prefix then return redis.error_reply('ERR switchboard_read: the key must be <prefix>{<destination>}') end
           local seq, log = keys[1] .. ':seq', keys[1] .. ':log'
-          local epoch = epoch_of(seq, log)
+          local epoch = epoch_of(seq, log, args[4] == '1')
           local n = tonumber(redis.call('HGET', seq, 'n')) or 0
           local out = {epoch, tostring(n)}
           local count = tonumber(args[2] or '') or 0
@@ -166,7 +181,7 @@ public enum HistoryFunctions: RedisFunctionLibrary {
         """#
 }
 
-/// `FCALL switchboard_publish 1 <prefix>{<destination>} <payload> <max-length> <ttl-ms> <once>`:
+/// `FCALL switchboard_publish 1 <prefix>{<destination>} <payload> <max-length> <ttl-ms> <once> <durable>`:
 /// records and publishes one message (see ``HistoryFunctions``); with `sharded`,
 /// `switchboard_spublish` (Redis Cluster).
 public struct HistoryPublish: RedisCommand {
@@ -180,10 +195,15 @@ public struct HistoryPublish: RedisCommand {
     public var once: String?
     /// Publishes on the destination's shard channel (`SPUBLISH`, Redis Cluster) instead of its channel.
     public var sharded: Bool
+    /// The server loses nothing it acknowledged when it restarts (`appendonly yes`,
+    /// `appendfsync always`): a restart keeps the sequence instead of moving it ahead.
+    public var durable: Bool
 
     public init(
-        key: String, payload: ByteBuffer, maxLength: Int? = nil, ttlMilliseconds: Int64? = nil, once: String? = nil, sharded: Bool = false
+        key: String, payload: ByteBuffer, maxLength: Int? = nil, ttlMilliseconds: Int64? = nil, once: String? = nil, sharded: Bool = false,
+        durable: Bool = false
     ) {
+        self.durable = durable
         self.key = key
         self.payload = payload
         self.maxLength = maxLength
@@ -195,7 +215,7 @@ public struct HistoryPublish: RedisCommand {
     public var keysAffected: [String] { [key] }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
-        encoder.encodeArray(count: 8)
+        encoder.encodeArray(count: 9)
         encoder.encodeBulk("FCALL")
         encoder.encodeBulk(sharded ? "switchboard_spublish" : "switchboard_publish")
         encoder.encodeBulk(1)
@@ -204,6 +224,7 @@ public struct HistoryPublish: RedisCommand {
         encoder.encodeBulk(maxLength.map(String.init) ?? "")
         encoder.encodeBulk(ttlMilliseconds.map { String($0) } ?? "")
         encoder.encodeBulk(once ?? "")
+        encoder.encodeBulk(durable ? "1" : "")
     }
 }
 
@@ -224,7 +245,7 @@ public struct HistoryPublishResult: RESPTokenDecodable, Sendable, Hashable {
     }
 }
 
-/// `FCALL switchboard_read 1 <prefix>{<destination>} <mode> <n>`: where a destination's history
+/// `FCALL switchboard_read 1 <prefix>{<destination>} <mode> <n> <upto> <durable>`: where a destination's history
 /// stands, and the messages kept after a sequence number or the last few.
 public struct HistoryRead: RedisCommand {
     public enum Range: Sendable, Hashable {
@@ -241,16 +262,19 @@ public struct HistoryRead: RedisCommand {
     public typealias Response = HistoryReadResult
     public var key: String
     public var range: Range
+    /// See ``HistoryPublish/durable``.
+    public var durable: Bool
 
-    public init(key: String, range: Range) {
+    public init(key: String, range: Range, durable: Bool = false) {
         self.key = key
         self.range = range
+        self.durable = durable
     }
 
     public var keysAffected: [String] { [key] }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
-        if case .page = range { encoder.encodeArray(count: 7) } else { encoder.encodeArray(count: 6) }
+        encoder.encodeArray(count: 8)
         encoder.encodeBulk("FCALL")
         encoder.encodeBulk("switchboard_read")
         encoder.encodeBulk(1)
@@ -259,17 +283,21 @@ public struct HistoryRead: RedisCommand {
         case .none:
             encoder.encodeBulk("none")
             encoder.encodeBulk(0)
+            encoder.encodeBulk("")
         case .after(let sequence):
             encoder.encodeBulk("after")
             encoder.encodeBulk(String(sequence))
+            encoder.encodeBulk("")
         case .last(let count):
             encoder.encodeBulk("last")
             encoder.encodeBulk(count)
+            encoder.encodeBulk("")
         case .page(let after, let through):
             encoder.encodeBulk("after")
             encoder.encodeBulk(String(after))
             encoder.encodeBulk(String(through))
         }
+        encoder.encodeBulk(durable ? "1" : "")
     }
 }
 

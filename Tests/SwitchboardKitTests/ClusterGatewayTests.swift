@@ -195,6 +195,8 @@ struct ClusterGatewayTests {
         #expect(b.engine.historyRepairs.load(ordering: .relaxed) > repairs)
         try await a.publish(destination, "after")
         #expect(try await eventually { b.sink.bodies(destination) == ["before", "missed", "after"] })
+        // The slot moved with its keys intact: the sequence goes on (a restart would move it).
+        #expect(b.sink.sequences(destination) == [1, 2, 3])
     }
 
     /// `kill -9` of the primary owning a destination: its replica is promoted, the subscriber's

@@ -16,9 +16,12 @@ import Testing
 struct HistoryFunctionTests {
     static let key = "switchboard:{/topic/h}"
 
-    static func publish(_ client: RedisClient, _ body: String, maxLength: Int? = nil, once: String? = nil) async throws -> HistoryPublishResult {
+    static func publish(
+        _ client: RedisClient, _ body: String, maxLength: Int? = nil, once: String? = nil, durable: Bool = false
+    ) async throws -> HistoryPublishResult {
         let message = PublishedMessage(destination: "/topic/h", messageID: "m-\(body)", headers: ["x-k": "v"], body: ByteBuffer(string: body))
-        let command = HistoryPublish(key: key, payload: RedisEnvelope.encode(message, origin: "test"), maxLength: maxLength, once: once)
+        let command = HistoryPublish(
+            key: key, payload: RedisEnvelope.encode(message, origin: "test"), maxLength: maxLength, once: once, durable: durable)
         return try await HistoryFunctions.call(command, on: client).get()
     }
 
@@ -187,5 +190,40 @@ struct HistoryFunctionReloadTests {
         #expect((loads.flatMap { Int($0) } ?? 0) >= 2, "\(stats)")
         await client.shutdown()
         await admin.shutdown()
+    }
+}
+
+extension HistoryFunctionTests {
+    /// A restart from an older RDB snapshot (Redis's default persistence; AOF with `everysec`
+    /// alike) lost the last writes and their positions. The first use afterwards moves the
+    /// sequence past every position issued before, so none is issued twice: a probe saw every
+    /// subscriber drop the new messages as copies, and a resume across them say `x-recovered:
+    /// true`. With `durable` (`redis.appendfsync-always`) a restart keeps the sequence.
+    @Test(arguments: [false, true])
+    func aRestartNeverIssuesAPositionTwice(durable: Bool) async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        var client = try await server.client()
+        _ = try await Self.publish(client, "1", durable: durable)
+        _ = try await Self.publish(client, "2", durable: durable)
+        _ = try await client.execute(RawCommand("SAVE"))
+        // Position 3 is not in the snapshot.
+        let lost = try await Self.publish(client, "3", durable: durable)
+        let epoch = try #require(lost.position?.epoch)
+        await client.shutdown()
+        server.kill()
+        try await server.launch()
+        client = try await server.client()
+        // A read first (a resume), then a publish: the sequence moves once.
+        let read = try await HistoryFunctions.call(HistoryRead(key: Self.key, range: .after(1), durable: durable), on: client).get()
+        let after = try await Self.publish(client, "after", durable: durable)
+        #expect(read.position.epoch == epoch && after.position?.epoch == epoch)
+        #expect(read.envelopes.count == 1, "position 2 is still in history")
+        if durable {
+            #expect(read.position.sequence == 2 && after.position?.sequence == 3)
+        } else {
+            #expect(read.position.sequence == 1_000_002 && after.position?.sequence == 1_000_003)
+        }
+        await client.shutdown()
     }
 }

@@ -169,6 +169,39 @@ def test_a_resume_across_a_hole_beyond_the_instances_position_is_not_recovered(c
         assert [resumed.expect_message().text for _ in range(2)] == ["m3", "m4"]
 
 
+def test_a_redis_restart_from_an_older_snapshot_is_a_hole_subscribers_are_told_of(cluster_factory, clients):
+    """Redis killed and restarted from an RDB snapshot older than its last writes (its default
+    persistence): the positions issued after the snapshot were issued again to new messages,
+    which every subscriber dropped as copies, silently, and a resume across them said
+    x-recovered:true (a probe). Now the sequence moves past them: the new messages arrive after
+    a jump in x-position, and a resume from before the restart is not recovered."""
+    cluster = cluster_factory(replicas=0, gateways=1)
+    topic = "/topic/h-snapshot"
+    live = clients(cluster.client(cluster.gw_ws(0)))
+    live.subscribe(topic, id="1", receipt="r")
+    for i in range(3):
+        publish(cluster, topic, f"m{i}")
+    cluster.redis_cli("SAVE")
+    for i in range(3, 6):  # not in the snapshot
+        publish(cluster, topic, f"m{i}")
+    frames = [live.expect_message() for _ in range(6)]
+    cluster.kill_redis()
+    cluster.start_redis()
+    cluster.wait_ready(0, timeout=30)
+    wait_until(lambda: requests.post(f"{cluster.gw_url(0)}/api/notification",
+                                     json={"topic": topic, "message": "after"}, timeout=5).status_code == 200,
+               20, what="a publish after the restart")
+    after = live.expect_message(10)
+    assert after.text == "after"
+    epoch, last = frames[-1]["x-position"].rsplit(":", 1)
+    new_epoch, sequence = after["x-position"].rsplit(":", 1)
+    assert new_epoch == epoch and int(sequence) > int(last) + 1_000_000 - 10, after.headers
+    resumed = clients(cluster.client(cluster.gw_ws(0)))
+    got = resumed.subscribe(topic, id="1", receipt="r", **{"x-resume-from": frames[-1]["x-position"]})
+    assert got["x-recovered"] == "false", got.headers
+    assert got["x-position"] == after["x-position"], got.headers
+
+
 @pytest.mark.parametrize("ahead", [1, 10, 2**64 - 1 - 5])
 def test_a_resume_ahead_of_history_is_not_recovered_and_gets_what_follows(cluster_factory, clients, ahead):
     """A position beyond history's newest (a client's bug, or a position of a history since
@@ -333,7 +366,7 @@ def test_subscribe_while_redis_restarts_waits_for_it(cluster_factory, clients):
     destination new to the instance waits too, then gets what is published next."""
     # A wait far longer than the restart, so that a slow machine cannot fail the test.
     cluster = cluster_factory(replicas=0, gateways=1, redis_args=["--appendonly", "yes", "--appendfsync", "always"],
-                              gateway_args=("--set", "redis.unreachable-wait-ms=30000"))
+                              gateway_args=("--set", "redis.unreachable-wait-ms=30000", "--set", "redis.appendfsync-always=true"))
     topic, fresh = "/topic/h-outage", "/topic/h-outage-new"
     sub, _, resuming, newcomer, _ = subscribing_while_redis_is_down(cluster, clients, topic, published=3, resume_after=0)
     # Both wait (no ERROR) while Redis is away...

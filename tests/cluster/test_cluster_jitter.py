@@ -140,7 +140,8 @@ def percentile(values, p):
 
 
 def test_jitter_no_gap_no_duplicate_no_reorder(cluster_factory):
-    cluster = cluster_factory(replicas=0, redis_args=["--appendonly", "yes", "--appendfsync", "always"])
+    cluster = cluster_factory(replicas=0, redis_args=["--appendonly", "yes", "--appendfsync", "always"],
+                              gateway_args=("--set", "redis.appendfsync-always=true"))
     destinations = [f"/topic/jitter.{i}" for i in range(DESTINATIONS)]
     rng = random.Random(7)
     period = max(SECONDS / 4, 4.0)

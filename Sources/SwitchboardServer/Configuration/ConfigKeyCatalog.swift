@@ -185,6 +185,10 @@ package enum ConfigKeyCatalog {
                     "redis.connection-per-loop", .boolean, "`true`",
                     "a command connection per event loop besides the shared one: a session's or request's commands and their replies stay on its loop (no thread hop); the shared connection takes over while a loop's is down"
                 ),
+                .init(
+                    "redis.appendfsync-always", .boolean, "`false`",
+                    "say so when every Redis primary runs with `appendonly yes` and `appendfsync always` (it loses nothing it acknowledged when it restarts): history then keeps its positions across a Redis restart. Otherwise the first use of a destination after a restart moves its sequence ahead by 1,000,000, as after a failover, so positions lost with the writes an RDB snapshot or `appendfsync everysec` did not keep are never issued again (subscribers see the hole, a resume across it is `x-recovered: false`)"
+                ),
                 .init("redis.connect-timeout-ms", .integer, "`2000`", "connect deadline; reconnects back off exponentially with jitter"),
                 .init(
                     "redis.unreachable-wait-ms", .integer, "`5000`",

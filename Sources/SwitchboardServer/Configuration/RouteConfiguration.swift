@@ -109,6 +109,10 @@ package struct RedisSettings: Sendable, Equatable {
     package var connectTimeoutMs = 2_000
     /// How long a `SUBSCRIBE` to a destination with history waits for an unreachable Redis; 0: none.
     package var unreachableWaitMs = 5_000
+    /// `redis.appendfsync-always`: the Redis primaries lose nothing they acknowledged when they
+    /// restart (`appendonly yes`, `appendfsync always`), so a restart keeps history's positions
+    /// instead of moving them ahead (a hole every subscriber is told of).
+    package var appendfsyncAlways = false
     /// `redis.wait-replicas`: a stream route's `XADD` counts as stored (its `RECEIPT`) only once
     /// this many replicas acknowledged it (`WAIT`); 0: once the primary stored it.
     package var waitReplicas = 0
@@ -139,6 +143,7 @@ package struct RedisSettings: Sendable, Equatable {
         connectTimeoutMs = reader.int(forKey: "connect-timeout-ms", default: connectTimeoutMs)
         unreachableWaitMs = reader.int(forKey: "unreachable-wait-ms", default: unreachableWaitMs)
         try SwitchboardConfiguration.atLeast(0, ("redis.unreachable-wait-ms", unreachableWaitMs))
+        appendfsyncAlways = reader.bool(forKey: "appendfsync-always", default: appendfsyncAlways)
         waitReplicas = reader.int(forKey: "wait-replicas", default: waitReplicas)
         waitReplicasTimeoutMs = reader.int(forKey: "wait-replicas-timeout-ms", default: waitReplicasTimeoutMs)
         try SwitchboardConfiguration.atLeast(0, ("redis.wait-replicas", waitReplicas))
