@@ -45,7 +45,8 @@ final class CannedWebhookServer: Sendable {
     /// - Parameters:
     ///   - reply: status and body to answer with; nil never answers.
     ///   - tls: serve `https://` with this context.
-    init(reply: (HTTPResponseStatus, String)?, tls: NIOSSLContext? = nil) async throws {
+    ///   - reset: after reading a request, reset the connection (RST) instead of answering.
+    init(reply: (HTTPResponseStatus, String)?, tls: NIOSSLContext? = nil, reset: Bool = false) async throws {
         let log = Log()
         self.log = log
         let accepted = Counter()
@@ -56,7 +57,7 @@ final class CannedWebhookServer: Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(Responder(reply: reply, record: log.append))
+                    try channel.pipeline.syncOperations.addHandler(Responder(reply: reply, reset: reset, record: log.append))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
@@ -69,12 +70,14 @@ final class CannedWebhookServer: Sendable {
         typealias InboundIn = HTTPServerRequestPart
         typealias OutboundOut = HTTPServerResponsePart
         let reply: (HTTPResponseStatus, String)?
+        let reset: Bool
         let record: @Sendable (Received) -> Void
         var head: HTTPRequestHead?
         var body = ByteBuffer()
 
-        init(reply: (HTTPResponseStatus, String)?, record: @escaping @Sendable (Received) -> Void) {
+        init(reply: (HTTPResponseStatus, String)?, reset: Bool, record: @escaping @Sendable (Received) -> Void) {
             self.reply = reply
+            self.reset = reset
             self.record = record
         }
 
@@ -84,6 +87,15 @@ final class CannedWebhookServer: Sendable {
             case .body(var part): body.writeBuffer(&part)
             case .end:
                 record(Received(head: head!, body: String(buffer: body)))
+                if reset {
+                    let channel = context.channel
+                    if let provider = channel as? any SocketOptionProvider {
+                        provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
+                    } else {
+                        channel.close(promise: nil)
+                    }
+                    return
+                }
                 guard let (status, text) = reply else { return }
                 let headers = HTTPHeaders([("Content-Length", String(text.utf8.count)), ("Content-Type", "application/json")])
                 context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)

@@ -16,8 +16,8 @@ package final class WebhookClient: Sendable {
     package struct Settings: Sendable, Equatable {
         /// `webhooks.tls.ca-file`: PEM CAs trusted for `https://` webhooks (system roots without).
         package var caFile: String?
-        /// `webhooks.max-connections-per-host`: pooled connections to one backend (a soft limit:
-        /// calls beyond it wait for a free connection).
+        /// `webhooks.max-connections-per-host`: calls in flight (so connections) to one backend;
+        /// calls beyond it wait for a free one, within their deadline.
         package var maxConnectionsPerHost = 64
         /// `webhooks.idle-timeout-ms`: an idle pooled connection is closed after this.
         package var idleTimeout: TimeAmount = .seconds(4)
@@ -35,6 +35,7 @@ package final class WebhookClient: Sendable {
 
     let http: HTTPClient
     package let settings: Settings
+    let slots: WebhookCallSlots
 
     /// - Throws: when `settings.caFile` cannot be loaded.
     package init(settings: Settings = .init(), eventLoopGroup: any EventLoopGroup) throws {
@@ -51,6 +52,7 @@ package final class WebhookClient: Sendable {
         configuration.httpVersion = .http1Only
         self.http = HTTPClient(eventLoopGroupProvider: .shared(eventLoopGroup), configuration: configuration)
         self.settings = settings
+        self.slots = WebhookCallSlots(limit: settings.maxConnectionsPerHost)
     }
 
     /// Closes the pooled connections; calls after it fail.
@@ -59,7 +61,8 @@ package final class WebhookClient: Sendable {
     }
 
     /// POSTs `body` to `url`; the future completes on `eventLoop`. The deadline covers
-    /// connecting (or waiting for a pooled connection), the request and the whole reply.
+    /// waiting for one of the backend's ``Settings/maxConnectionsPerHost`` calls in flight,
+    /// connecting (or a pooled connection), the request and the whole reply.
     package func post(
         url: String, body: ByteBuffer, headers: HTTPHeaders, timeout: TimeAmount, on eventLoop: any EventLoop
     ) -> EventLoopFuture<Response> {
@@ -69,12 +72,28 @@ package final class WebhookClient: Sendable {
         } catch {
             return eventLoop.makeFailedFuture(Failure("invalid url: \(error)"))
         }
-        let delegate = ResponseAccumulator(request: request, maxBodySize: settings.maxReplyBytes)
+        let deadline = NIODeadline.now() + timeout
+        let backend = "\(request.scheme)://\(request.host):\(request.port)"
         let maxBytes = settings.maxReplyBytes
-        return http.execute(request: request, delegate: delegate, eventLoop: .delegate(on: eventLoop), deadline: .now() + timeout)
-            .futureResult
-            .flatMapErrorThrowing { error in throw Failure.describing(error, url: request, timeout: timeout, maxBytes: maxBytes) }
-            .map { Response(status: Int($0.status.code), body: $0.body ?? ByteBuffer()) }
+        let limit = slots.limit
+        let unsent = Failure(
+            "timed out after \(timeout.nanoseconds / 1_000_000) ms waiting for one of the \(limit) connections to \(request.host):\(request.port) (webhooks.max-connections-per-host); not sent"
+        )
+        return slots.acquire(backend, deadline: deadline, on: eventLoop)
+            .flatMapErrorThrowing { _ in throw unsent }
+            .flatMap {
+                guard NIODeadline.now() < deadline else {
+                    self.slots.release(backend)
+                    return eventLoop.makeFailedFuture(unsent)
+                }
+                let collector = WebhookReplyCollector(maxBytes: maxBytes)
+                let call = self.http.execute(request: request, delegate: collector, eventLoop: .delegate(on: eventLoop), deadline: deadline)
+                    .futureResult
+                call.whenComplete { _ in self.slots.release(backend) }
+                return call.flatMapErrorThrowing { error in
+                    throw Failure.describing(error, url: request, timeout: timeout, maxBytes: maxBytes, sent: collector.sent)
+                }
+            }
     }
 
     /// Why a call failed, in words a route's `ERROR` can carry.
@@ -82,7 +101,7 @@ package final class WebhookClient: Sendable {
         package var description: String
         init(_ description: String) { self.description = description }
 
-        static func describing(_ error: any Error, url: HTTPClient.Request, timeout: TimeAmount, maxBytes: Int) -> Failure {
+        static func describing(_ error: any Error, url: HTTPClient.Request, timeout: TimeAmount, maxBytes: Int, sent: Bool) -> Failure {
             let target = "\(url.host):\(url.port)"
             if let error = error as? HTTPClientError {
                 switch error {
@@ -96,11 +115,15 @@ package final class WebhookClient: Sendable {
                     break
                 }
             }
-            if error is ResponseAccumulator.ResponseTooBigError {
+            if error is WebhookReplyCollector.TooBig {
                 return Failure("reply larger than \(maxBytes) bytes")
             }
             if error is NIOConnectionError || error is IOError || error is ChannelError {
-                return Failure("cannot connect to \(target): \(error)")
+                // After the request went out the backend may have acted on it: not "cannot
+                // connect", which tells the client nothing was sent.
+                return sent
+                    ? Failure("connection to \(target) failed after the request was sent (\(error)): the backend may have acted on it")
+                    : Failure("cannot connect to \(target): \(error)")
             }
             if error is NIOSSLError || error is BoringSSLError {
                 return Failure("TLS with \(target) failed: \(error)")

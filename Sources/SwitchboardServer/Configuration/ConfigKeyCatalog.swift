@@ -158,7 +158,7 @@ package enum ConfigKeyCatalog {
                 .init("webhooks.tls.ca-file", .string, "system trust roots", "PEM file of the CAs trusted for `https://` webhooks"),
                 .init(
                     "webhooks.max-connections-per-host", .integer, "`64`",
-                    "keep-alive connections pooled per webhook backend; calls beyond it wait for a free one (within their deadline)"),
+                    "webhook calls in flight, so keep-alive connections, per backend (a hard limit); calls beyond it wait for a free one within their deadline, then fail unsent"),
                 .init(
                     "webhooks.idle-timeout-ms", .integer, "`4000`",
                     "a pooled connection idle this long is closed; keep it below the backends' keep-alive timeout (Node's default is 5 s)"),

@@ -1,0 +1,56 @@
+import AsyncHTTPClient
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+
+/// Collects a webhook's reply (status and body, at most ``maxBytes``) and remembers whether the
+/// request went out: a call that fails after that may have been acted on by the backend, one
+/// that fails before it cannot have been (``WebhookClient/Failure``).
+final class WebhookReplyCollector: HTTPClientResponseDelegate {
+    typealias Response = WebhookClient.Response
+
+    struct TooBig: Error {}
+
+    private struct State {
+        var sent = false
+        var status = 0
+        var body = ByteBuffer()
+    }
+
+    let maxBytes: Int
+    private let state = NIOLockedValueBox(State())
+
+    init(maxBytes: Int) {
+        self.maxBytes = maxBytes
+    }
+
+    /// Whether the request head was written to the backend.
+    var sent: Bool { state.withLockedValue { $0.sent } }
+
+    func didSendRequestHead(task: HTTPClient.Task<Response>, _ head: HTTPRequestHead) {
+        state.withLockedValue { $0.sent = true }
+    }
+
+    func didReceiveHead(task: HTTPClient.Task<Response>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
+        state.withLockedValue { $0.sent = true }
+        if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > maxBytes {
+            return task.eventLoop.makeFailedFuture(TooBig())
+        }
+        state.withLockedValue { $0.status = Int(head.status.code) }
+        return task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didReceiveBodyPart(task: HTTPClient.Task<Response>, _ part: ByteBuffer) -> EventLoopFuture<Void> {
+        let fits = state.withLockedValue { state -> Bool in
+            guard state.body.readableBytes + part.readableBytes <= maxBytes else { return false }
+            var part = part
+            state.body.writeBuffer(&part)
+            return true
+        }
+        return fits ? task.eventLoop.makeSucceededVoidFuture() : task.eventLoop.makeFailedFuture(TooBig())
+    }
+
+    func didFinishRequest(task: HTTPClient.Task<Response>) throws -> Response {
+        state.withLockedValue { Response(status: $0.status, body: $0.body) }
+    }
+}
