@@ -148,7 +148,8 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
                     command = c
                     continue
                 }
-                guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else {
+                // `header-name = 1*<any OCTET except CR or LF or ":">`: a name is never empty.
+                guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon != line.startIndex else {
                     return .failure(.malformedHeaderLine(String(decoding: line, as: UTF8.self)))
                 }
                 let name = UnsafeRawBufferPointer(rebasing: line[line.startIndex..<colon])

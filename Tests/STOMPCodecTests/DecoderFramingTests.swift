@@ -27,6 +27,12 @@ struct DecoderFramingTests {
         #expect(error == .malformedHeaderLine("destination"))
     }
 
+    @Test("a header line with an empty name is malformed (STOMP 1.2: header-name = 1*OCTET)", arguments: [":empty-name", ":", "::x"])
+    func emptyHeaderName(_ line: String) {
+        let error = decodingError { _ = try decodeAll("SEND\ndestination:/topic/a\n\(line)\n\n\u{0}") }
+        #expect(error == .malformedHeaderLine(line))
+    }
+
     @Test("repeated headers: the first wins, all are kept in order")
     func repeatedHeaders() throws {
         let frame = try decodeOne("MESSAGE\nfoo:first\nbar:x\nfoo:second\nfoo:third\n\n\u{0}")

@@ -294,3 +294,38 @@ routes:
         assert len(server.requests) == 5
     finally:
         server.stop()
+
+
+def test_a_broadcast_reply_redis_refuses_says_the_backend_accepted_the_message(hook, client, tmp_path):
+    """Redis mode with Redis down: the backend processed the SEND, and its broadcast reply
+    could not be published. The ERROR said only "route for /app/greet failed: redis
+    unavailable …", which reads as not processed: a client sends it again and the backend
+    processes it twice (a probe). It now says the backend accepted the message."""
+    import subprocess
+
+    from support.gateway import Gateway
+    from support.process import free_port, terminate, wait_until
+    from support.redis import redis_cli, redis_server_args
+
+    port = free_port()
+    redis = subprocess.Popen(redis_server_args(port, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gw = None
+    try:
+        wait_until(lambda: redis_cli(port, "PING") == "PONG", 10, what="redis-server up")
+        gw = Gateway(name="webhook-reply-redis-down", sets=[
+            f"redis.url=redis://127.0.0.1:{port}", "redis.unreachable-wait-ms=0", "routes.names=greet",
+            "routes.greet.destination=/app/greet", "routes.greet.type=webhook", f"routes.greet.url={hook.url}"])
+        hook.reply = {"replies": [{"destination": "/topic/greetings", "body": "Hello", "target": "broadcast"}]}
+        sender = connected(client, gw)
+        redis.kill()
+        redis.wait(5)
+        sender.send_frame("SEND", {"destination": "/app/greet", "receipt": "s"}, "world")
+        error = sender.expect_error(timeout=10)
+        assert error["receipt-id"] == "s"
+        assert ("route for /app/greet failed: the backend accepted the message, but its broadcast reply was not "
+                "published: ") in error["message"], error.headers
+        assert len(hook.requests) == 1
+    finally:
+        terminate(redis)
+        if gw:
+            gw.stop()

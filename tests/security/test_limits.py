@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from support.rawws import OP_CONT, OP_TEXT, RawWebSocket, build_frame, stomp_frames
 from support.security import HMAC_SECRET, bearer, expect_healthy, make_token, upgrade_request
 from support.stompclient import StompClient, encode_frame
 
@@ -118,6 +119,21 @@ def test_bytes_per_second(rate_gw, clients, healthy_of):
         except Exception:
             break
     c.expect_error("rate limit exceeded: more than 3000 bytes per second")
+
+
+def test_empty_websocket_frames_count_against_bytes_per_second(rate_gw, healthy_of):
+    """Empty continuation frames carry no payload but cost work: each counts 64 bytes, so a
+    flood of them meets the byte rate (a probe sent a million for 10 s of server CPU, no limit
+    hit)."""
+    healthy_of(rate_gw)
+    ws = RawWebSocket(rate_gw.port)
+    ws.stomp_connect()
+    flood = build_frame(OP_TEXT, b"", fin=False) + b"".join(build_frame(OP_CONT, b"", fin=False) for _ in range(200))
+    ws.send_bytes(flood)  # 201 frames: 12,864 bytes counted, over 2 x 3000
+    frames, closed = ws.read_all_until_close(10)
+    assert closed
+    assert any(b"rate limit exceeded: more than 3000 bytes per second" in f for f in stomp_frames(frames)), frames
+    ws.close()
 
 
 # -- sessions per user ------------------------------------------------------------------------

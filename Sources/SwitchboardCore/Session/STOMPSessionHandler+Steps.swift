@@ -266,7 +266,10 @@ extension STOMPSessionHandler {
             let publishes = replies.filter { $0.target == .broadcast }.map { reply in
                 engine.publish(PublishedMessage(destination: reply.destination, messageID: ids.next(), headers: reply.headers, body: reply.body), on: loop)
             }
+            // The backend did act on the message: the ERROR must not read as if it had not (a
+            // client would send it again, and the backend process it twice).
             return EventLoopFuture.andAllSucceed(publishes, on: loop).map { replies }
+                .flatMapErrorThrowing { error in throw ReplyNotPublished(cause: error) }
         }
         complete(future, step: step, kind: .route, describe: { "route for \(destination) failed: \($0)" }) { handler, replies in
             for reply in replies where reply.target == .sender {
@@ -274,6 +277,12 @@ extension STOMPSessionHandler {
             }
             return .success
         }
+    }
+
+    /// The backend accepted a `SEND`, and a broadcast reply of its could not be published.
+    struct ReplyNotPublished: Error, CustomStringConvertible {
+        var cause: any Error
+        var description: String { "the backend accepted the message, but its broadcast reply was not published: \(cause)" }
     }
 
     /// Delivers a reply to this session's subscriptions that match its destination.

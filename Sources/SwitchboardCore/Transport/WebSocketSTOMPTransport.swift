@@ -44,6 +44,8 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
 
     private var byteBucket: TokenBucket?
     private let bytesPerSecond: Int
+    /// What a data frame counts against `limits.bytes-per-second` on top of its payload.
+    static let frameCost = 64
 
     /// - Parameter bytesPerSecond: sustained inbound payload rate (burst 2×); 0 disables it.
     package init(limits: STOMPDecoderLimits, bytesPerSecond: Int = 0) {
@@ -79,7 +81,9 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
                 inTextMessage = frame.opcode == .text
             }
             inFragmentedMessage = !frame.fin
-            if byteBucket != nil, !byteBucket!.take(frame.length) {
+            // Each frame counts at least ``frameCost`` bytes: empty frames cost no payload but
+            // do cost work (a probe kept a loop busy with a million empty continuations).
+            if byteBucket != nil, !byteBucket!.take(frame.length + Self.frameCost) {
                 failed = true
                 cumulation = nil
                 context.fireErrorCaught(RateLimitExceeded(description: "rate limit exceeded: more than \(bytesPerSecond) bytes per second"))

@@ -110,7 +110,9 @@ package enum ConfigKeyCatalog {
                 .init("limits.max-connections-per-ip", .integer, "`10000`", "per client address (429)"),
                 .init("limits.max-sessions-per-user", .integer, "`100`", "per authenticated user, per instance"),
                 .init("limits.frames-per-second", .integer, "`2000`", "per connection, token bucket (burst 2×)"),
-                .init("limits.bytes-per-second", .integer, "`4194304`", "inbound bytes per connection, token bucket (burst 2×)"),
+                .init(
+                    "limits.bytes-per-second", .integer, "`4194304`",
+                    "inbound bytes per connection (each WebSocket frame counts 64 bytes on top of its payload), token bucket (burst 2×)"),
             ]),
         Section(
             title: "Destinations",
