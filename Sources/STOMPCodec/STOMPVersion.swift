@@ -44,7 +44,10 @@ public enum STOMPVersion: String, Sendable, Hashable, Comparable, CaseIterable {
         var rest = Substring(acceptVersion)
         while !rest.isEmpty {
             let comma = rest.firstIndex(of: ",") ?? rest.endIndex
-            let token = rest[rest.startIndex..<comma]
+            // Spaces around a version (`1.0, 1.1, 1.2`) are not part of it: it was 1.0 alone.
+            var token = rest[rest.startIndex..<comma]
+            while token.first == " " || token.first == "\t" { token = token.dropFirst() }
+            while token.last == " " || token.last == "\t" { token = token.dropLast() }
             if let v = STOMPVersion(rawValue: String(token)), supported.contains(v), best.map({ v > $0 }) ?? true {
                 best = v
             }

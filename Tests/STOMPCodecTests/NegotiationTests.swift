@@ -18,6 +18,9 @@ struct NegotiationTests {
             ("", nil),
             ("1.3,9", nil),
             (",,1.1,", .v1_1),
+            // Spaces after the commas (a probe: this negotiated 1.0, other escaping rules).
+            ("1.0, 1.1, 1.2", .v1_2),
+            (" 1.1 ,\t1.0", .v1_1),
         ] as [(String?, STOMPVersion?)])
     func versionNegotiation(_ accept: String?, _ expected: STOMPVersion?) {
         #expect(STOMPVersion.negotiate(acceptVersion: accept) == expected)
