@@ -71,13 +71,22 @@ public enum HistoryFunctions: RedisFunctionLibrary {
         local GAP = 1000000
         local NEVER_PROMOTED = '0000000000000000000000000000000000000000'
 
-        -- The server's run id (new at every start), replication ids, and cluster node id.
+        -- This server process's run id (new at every start) and cluster node id, read once per
+        -- load of the library (INFO server costs as much as the rest of a publish); a restart
+        -- loads the library afresh.
+        local this_server = nil
+
+        -- The run id, replication ids (a promotion changes them at run time) and node id.
         local function server_ids()
-          local info = redis.call('INFO', 'server', 'replication', 'cluster')
-          local node = ''
-          if string.match(info, 'cluster_enabled:1') then node = redis.call('CLUSTER', 'MYID') end
-          return string.match(info, 'run_id:(%x+)') or '', string.match(info, 'master_replid:(%x+)') or '',
-            string.match(info, 'master_replid2:(%x+)') or NEVER_PROMOTED, node
+          if not this_server then
+            local info = redis.call('INFO', 'server', 'cluster')
+            local node = ''
+            if string.match(info, 'cluster_enabled:1') then node = redis.call('CLUSTER', 'MYID') end
+            this_server = {string.match(info, 'run_id:(%x+)') or '', node}
+          end
+          local info = redis.call('INFO', 'replication')
+          return this_server[1], string.match(info, 'master_replid:(%x+)') or '',
+            string.match(info, 'master_replid2:(%x+)') or NEVER_PROMOTED, this_server[2]
         end
 
         local function epoch_of(seq, log, durable)
