@@ -126,6 +126,33 @@ import Testing
         #expect(!h.resume("/topic/a", from: .after(a[0].position!)) {}.recovered)
     }
 
+    /// A client subscribing to many new topics (each a history with no message) evicted the
+    /// histories that held messages: a victim resuming was told x-recovered false (a probe).
+    @Test func subscribingToNewDestinationsEvictsEmptyHistoriesFirst() {
+        let clock = Clock()
+        let h = history(maxDestinations: 3, clock: clock)
+        let kept = publish(h, "/topic/important", ["1", "2"])
+        for i in 0..<20 {
+            clock.advance(.seconds(1))
+            _ = h.resume("/topic/new.\(i)", from: .last(0)) {}
+        }
+        #expect(h.destinationCount <= 3)
+        let replay = h.resume("/topic/important", from: .after(kept[0].position!)) {}
+        #expect(replay.recovered && bodies(replay.messages) == ["2"])
+    }
+
+    /// Expired messages of a destination nobody uses any more are dropped by the next use of
+    /// any destination (a probe saw them held until the destination itself was used again).
+    @Test func expiredMessagesOfIdleDestinationsAreDropped() {
+        let clock = Clock()
+        let h = history(ttl: .seconds(10), clock: clock)
+        publish(h, "/topic/idle", ["1", "2", "3"])
+        #expect(h.retainedMessages == 3)
+        clock.advance(.seconds(11))
+        publish(h, "/topic/other", ["x"])
+        #expect(h.retainedMessages == 1)
+    }
+
     @Test func windowsByPrefixKeepTheirOwnLengthAndTTL() {
         let clock = Clock()
         var settings = DestinationHistory.Settings()

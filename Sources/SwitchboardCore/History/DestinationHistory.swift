@@ -35,9 +35,11 @@ package struct HistoryReplay: Sendable {
 /// a message is then either in the replay or delivered live after it (the subscription skips
 /// live copies up to the replay's end), never both and never neither.
 ///
-/// Limits: `maxLength` messages per destination, `maxDestinations` destinations (beyond it the
-/// one published to least recently is dropped; its next message starts a new epoch, so a
-/// client resuming from the old one is told it was not recovered).
+/// Limits: `maxLength` messages per destination, none older than `ttl` (every destination is
+/// trimmed every ``sweepInterval``, idle ones too), `maxDestinations` destinations (beyond it
+/// the ones holding no message are dropped first, then the ones published to least recently;
+/// a dropped destination's next message starts a new epoch, so a client resuming from the old
+/// one is told it was not recovered).
 package final class DestinationHistory: Sendable {
     package struct Settings: Sendable, Equatable {
         package var maxLength = 100
@@ -116,7 +118,13 @@ package final class DestinationHistory: Sendable {
     private struct State {
         var rings: [String: Ring] = [:]
         var generation: UInt64 = 0
+        /// When every ring is next trimmed (``maintain(_:now:)``).
+        var nextSweep: NIODeadline?
     }
+
+    /// How often every destination's expired messages are dropped, also of destinations nobody
+    /// publishes to or subscribes to any more (their memory was held until the next use).
+    static let sweepInterval: TimeAmount = .seconds(2)
 
     package let settings: Settings
     /// This process's part of every epoch: a restart starts new epochs.
@@ -146,6 +154,7 @@ package final class DestinationHistory: Sendable {
     package func record(_ message: PublishedMessage, deliver: (PublishedMessage) -> Void) {
         let now = clock()
         state.withLockedValue { s in
+            maintain(&s, now: now)
             ensureRing(&s, message.destination, now: now)
             deliver(s.rings[message.destination]!.append(message, now: now))
         }
@@ -161,6 +170,7 @@ package final class DestinationHistory: Sendable {
         let now = clock()
         return state.withLockedValue { s in
             register()
+            maintain(&s, now: now)
             let created = ensureRing(&s, destination, now: now)
             s.rings[destination]!.trim(now: now)
             let ring = s.rings[destination]!
@@ -199,6 +209,16 @@ package final class DestinationHistory: Sendable {
     /// Number of destinations with a history.
     package var destinationCount: Int { state.withLockedValue { $0.rings.count } }
 
+    /// Messages kept, over every destination.
+    package var retainedMessages: Int { state.withLockedValue { $0.rings.values.reduce(0) { $0 + $1.entries.count } } }
+
+    /// Every ``sweepInterval``: drops the expired messages of every destination.
+    private func maintain(_ s: inout State, now: NIODeadline) {
+        if let next = s.nextSweep, now < next { return }
+        s.nextSweep = now + Self.sweepInterval
+        for key in Array(s.rings.keys) { s.rings[key]!.trim(now: now) }
+    }
+
     /// Gives `destination` a ring (a new epoch) if it has none; true when it was created.
     @discardableResult
     private func ensureRing(_ s: inout State, _ destination: String, now: NIODeadline) -> Bool {
@@ -211,11 +231,16 @@ package final class DestinationHistory: Sendable {
         return true
     }
 
-    /// Makes room for one more destination: drops the one published to least recently.
+    /// Makes room for one more destination: drops destinations that hold no message first (a
+    /// `SUBSCRIBE` alone creates one: subscribing to many new topics must not evict histories
+    /// that hold messages), then the ones published to least recently. A hundredth of the
+    /// table at a time, so that a stream of new destinations does not scan it every time.
     private func evictIfFull(_ s: inout State) {
         guard s.rings.count >= settings.maxDestinations else { return }
-        if let oldest = s.rings.min(by: { $0.value.lastPublished < $1.value.lastPublished })?.key {
-            s.rings[oldest] = nil
-        }
+        let count = max(1, min(s.rings.count, settings.maxDestinations / 100))
+        let victims = s.rings.sorted {
+            ($0.value.entries.isEmpty ? 0 : 1, $0.value.lastPublished) < ($1.value.entries.isEmpty ? 0 : 1, $1.value.lastPublished)
+        }.prefix(count)
+        for victim in victims { s.rings[victim.key] = nil }
     }
 }

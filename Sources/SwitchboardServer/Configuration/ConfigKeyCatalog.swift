@@ -133,7 +133,7 @@ package enum ConfigKeyCatalog {
                 .init("history.ttl-ms", .integer, "`300000`", "messages older than this are dropped from history"),
                 .init(
                     "history.max-destinations", .integer, "`10000`",
-                    "destinations with a history on the embedded broker; beyond it the one published to least recently is dropped (its next message starts a new epoch). In Redis mode a destination's keys expire instead: the log `ttl` after its last publish, the sequence a day after"
+                    "destinations with a history on the embedded broker (a `SUBSCRIBE` creates one too); beyond it, a hundredth of them is dropped: those holding no message first, then those published to least recently (a dropped destination's next message starts a new epoch). Expired messages are dropped every 2 s, also of idle destinations. In Redis mode a destination's keys expire instead: the log `ttl` after its last publish, the sequence a day after"
                 ),
                 .init("history.disabled-prefixes", .list, "`[]`", "destinations starting with one of these keep no history (e.g. `[/topic/ticks.]`)"),
                 .init("history.windows.names", .list, "`[]`", "names of other history windows, by destination prefix"),
