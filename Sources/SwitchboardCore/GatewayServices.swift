@@ -14,6 +14,9 @@ package enum SessionErrorKind: String, Sendable, CaseIterable {
     case auth
     case route
     case shutdown
+    /// The instance lost its presence lease in Redis (reaped while unreachable): its sessions
+    /// are closed so that they reconnect and are registered again.
+    case leaseLost = "lease_lost"
 
     package var index: Int { Self.allCases.firstIndex(of: self)! }
 }

@@ -168,7 +168,7 @@ package struct SwitchboardGateway: Sendable {
                     stream: events.stream, maxLength: events.maxLength, types: events.types, prefix: settings.channelPrefix)
                 let shards = hub.shards
                 let closeAll: @Sendable () -> Void = {
-                    for shard in shards { shard.closeAll(reason: "this instance lost its presence lease in Redis, reconnect") }
+                    for shard in shards { shard.closeAll(reason: "this instance lost its presence lease in Redis, reconnect", kind: .leaseLost) }
                 }
                 let facts = RedisLifecycle(
                     client: client, settings: stream, instance: "\(instanceID)~\(incarnation)", loops: loops,

@@ -23,7 +23,7 @@ final class TickRecorder: HeartbeatClient {
         return every.map { tick + $0 }
     }
 
-    func close(reason: String, waitForStep: Bool) {
+    func close(reason: String, waitForStep: Bool, kind: SessionErrorKind) {
         closed = reason
     }
 }

@@ -31,7 +31,7 @@ struct SessionLifecycleFactsTests {
     @Test(
         "the reason of the end",
         arguments: [
-            ("error", DisconnectReason.error), ("shutdown", .drain), ("closed", .client), ("never-connected", nil),
+            ("error", DisconnectReason.error), ("shutdown", .drain), ("lease-lost", .nodeLost), ("closed", .client), ("never-connected", nil),
         ] as [(String, DisconnectReason?)])
     func reasons(_ end: String, _ reason: DisconnectReason?) throws {
         let recorder = Recorder()
@@ -42,7 +42,10 @@ struct SessionLifecycleFactsTests {
         switch end {
         case "error": try c.send(.send, [:], body: "no destination")
         case "shutdown":
-            c.session.close(reason: "server shutting down, reconnect", waitForStep: true)
+            c.session.close(reason: "server shutting down, reconnect", waitForStep: true, kind: .shutdown)
+            c.loop.run()
+        case "lease-lost":
+            c.session.close(reason: "this instance lost its presence lease in Redis, reconnect", waitForStep: true, kind: .leaseLost)
             c.loop.run()
         default: _ = try? c.channel.close().wait()
         }

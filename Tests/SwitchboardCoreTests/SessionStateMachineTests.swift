@@ -317,6 +317,23 @@ import Testing
         #expect(Self.drain(&m) == [])
     }
 
+    /// A lease lost closes the sessions as `lease_lost` (reported `node-lost`), not as a
+    /// shutdown (`drain`), after the step in flight too.
+    @Test func aLostLeaseClosesWithItsOwnKind() {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/app/serial", receipt: "w"), now: .now())
+        _ = Self.drain(&m)
+        m.closeRequested(reason: "lease lost", kind: .leaseLost)
+        #expect(Self.drain(&m) == [])
+        m.stepCompleted(2, .success)
+        var kinds: [SessionErrorKind] = []
+        while let action = m.nextAction() {
+            if case .close(let close) = action, let failure = close.failure { kinds.append(failure.kind) }
+        }
+        #expect(kinds == [.leaseLost])
+        #expect(SessionErrorKind.leaseLost.disconnectReason == .nodeLost && SessionErrorKind.shutdown.disconnectReason == .drain)
+    }
+
     @Test func shutdownOfAnIdleSessionIsImmediate() {
         var m = Self.connected()
         m.closeRequested(reason: "bye")

@@ -4,6 +4,10 @@ import Testing
 
 @testable import SwitchboardRoutes
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `webhooks.max-connections-per-host` is a hard limit on calls in flight to one backend, and a
 /// call that failed after its request went out does not say "cannot connect".
 @Suite struct WebhookClientLimitTests {
@@ -50,6 +54,42 @@ import Testing
         #expect(server.connections == 1)
         try await client.shutdown()
         await server.close()
+    }
+
+    /// A backend whose accept queue is full (it never accepts): the call's deadline passes while
+    /// it connects, so the request was never sent, and the error says so (the re-run of a probe
+    /// saw such calls reported as plain timeouts, as if the backend might have acted on them).
+    @Test func aDeadlinePassedWhileConnectingSaysNotSent() async throws {
+        #if canImport(Glibc)
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) } }
+        #expect(listen(listener, 0) == 0)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) } }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        // Fill the accept queue: later SYNs are dropped, and connecting hangs.
+        var fillers: [any Channel] = []
+        for _ in 0..<2 {
+            if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.milliseconds(300)).connect(host: "127.0.0.1", port: port).get()
+            {
+                fillers.append(channel)
+            }
+        }
+        let client = try Self.client(limit: 4)
+        let route = try WebhookRoute(url: "http://127.0.0.1:\(port)/hook", timeout: .milliseconds(400), client: client)
+        let error = await #expect(throws: RouteError.self) {
+            _ = try await route.handle(WebhookRequestTests.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get()
+        }
+        let text = error?.description ?? ""
+        #expect(text.hasSuffix("not sent"), "\(text)")
+        for channel in fillers { try? await channel.close() }
+        try await client.shutdown()
+        #endif
     }
 
     /// The backend read the request, then reset the connection: it may have acted on it, so the

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from support.cluster import Cluster, stop_cluster
+from support.gateway import metric
 from support.lifecycle import CONFIG, LEASE_TTL_MS, Backend, connect
 from support.process import wait_until
 from support.stompclient import StompClient
@@ -138,6 +139,10 @@ def test_a_frozen_gateway_is_reaped_then_closes_its_sessions_when_it_wakes(clust
         proc.send_signal(signal.SIGCONT)
     error = frozen.expect_error("this instance lost its presence lease in Redis, reconnect", timeout=10)
     assert error.command == "ERROR"
+    # Counted as a lost lease, not as a shutdown.
+    text = requests.get(f"{cluster.gw_url(0)}/metrics", timeout=5).text
+    assert metric(text, "switchboard_session_errors_total", kind="lease_lost") == 1
+    assert metric(text, "switchboard_session_errors_total", kind="shutdown") == 0
     again = connect(cluster.gw_ws(0), "fred")
     backend.wait_for("online again", lambda: len(backend.matching(type="user-online", user="fred")) == 2)
     assert backend.online == {"fred"}

@@ -12,7 +12,7 @@ package protocol HeartbeatClient: AnyObject {
     func heartbeatTick(_ tick: UInt64) -> UInt64?
     /// Ends the session with an `ERROR` saying `reason`: after the step in flight with
     /// `waitForStep`, else at once.
-    func close(reason: String, waitForStep: Bool)
+    func close(reason: String, waitForStep: Bool, kind: SessionErrorKind)
 }
 
 /// Hot-path counters of one event loop: plain integers, written only on that loop and read
@@ -387,9 +387,9 @@ package final class LoopShard: @unchecked Sendable {
 
     /// Closes every session of this loop with an `ERROR` saying `reason`: each after its step in
     /// flight with `waitForStep`, else at once.
-    package func closeAll(reason: String, waitForStep: Bool = true) {
+    package func closeAll(reason: String, waitForStep: Bool = true, kind: SessionErrorKind = .shutdown) {
         eventLoop.execute {
-            for client in Array(self.heartbeatClients.values) { client.close(reason: reason, waitForStep: waitForStep) }
+            for client in Array(self.heartbeatClients.values) { client.close(reason: reason, waitForStep: waitForStep, kind: kind) }
         }
     }
 

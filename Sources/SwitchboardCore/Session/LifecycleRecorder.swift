@@ -70,6 +70,9 @@ extension SessionErrorKind {
         // The only `.auth` error of a connected session: its token expired.
         case .auth: .authExpired
         case .shutdown: .drain
+        // Reaped sessions were reported `node-lost` already (their facts are ignored); any
+        // registered since are closed for the same reason.
+        case .leaseLost: .nodeLost
         case .protocolViolation, .limit, .route: .error
         }
     }

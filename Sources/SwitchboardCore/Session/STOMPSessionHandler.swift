@@ -419,8 +419,8 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
 
     /// Ends the session for shutdown. With `waitForStep`, a step in flight (a route call, an
     /// unconfirmed publish) completes first, so its receipt still goes out; then the `ERROR`.
-    package func close(reason: String, waitForStep: Bool) {
-        machine.closeRequested(reason: reason, waitForStep: waitForStep)
+    package func close(reason: String, waitForStep: Bool, kind: SessionErrorKind) {
+        machine.closeRequested(reason: reason, waitForStep: waitForStep, kind: kind)
         runActions()
     }
 

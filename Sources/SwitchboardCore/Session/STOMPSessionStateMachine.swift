@@ -151,7 +151,7 @@ package struct STOMPSessionStateMachine {
     /// Subscription ids in use.
     package private(set) var subscriptionIDs: Set<String> = []
     /// A shutdown waiting for the step in flight.
-    private var closeAfterInFlight: String?
+    private var closeAfterInFlight: SessionFailure?
     /// The close to report, once decided.
     private var pendingClose: SessionClose?
     /// A socket read was held back while reads were paused.
@@ -243,12 +243,14 @@ package struct STOMPSessionStateMachine {
     /// first, so its receipt still goes out; then the `ERROR`. Without (the drain's grace is
     /// over), the `ERROR` goes out at once and the step is abandoned: the client never gets its
     /// receipt, so it knows the outcome is unknown.
-    package mutating func closeRequested(reason: String, waitForStep: Bool = true) {
+    /// `kind`: ``SessionErrorKind/shutdown``, or ``SessionErrorKind/leaseLost`` when the
+    /// instance lost its presence lease.
+    package mutating func closeRequested(reason: String, waitForStep: Bool = true, kind: SessionErrorKind = .shutdown) {
         guard phase != .closed else { return }
         if isBusy && waitForStep {
-            closeAfterInFlight = reason
+            closeAfterInFlight = SessionFailure(reason, kind: kind)
         } else {
-            fail(SessionFailure(reason, kind: .shutdown))
+            fail(SessionFailure(reason, kind: kind))
         }
     }
 
@@ -278,8 +280,8 @@ package struct STOMPSessionStateMachine {
             guard phase != .closed else { return nil }
             if let action = answerCompletedStep() { return action }
             if pendingClose != nil { continue }  // a failed step
-            if closeAfterInFlight != nil, !isBusy {
-                fail(SessionFailure(closeAfterInFlight!, kind: .shutdown))
+            if let close = closeAfterInFlight, !isBusy {
+                fail(close)
                 continue
             }
             if let work = queue.first, canHandleNow(work) {

@@ -82,7 +82,8 @@ package final class WebhookClient: Sendable {
         return slots.acquire(backend, deadline: deadline, on: eventLoop)
             .flatMapErrorThrowing { _ in throw unsent }
             .flatMap {
-                guard NIODeadline.now() < deadline else {
+                // A slot given up with too little time left to connect and send is not used.
+                guard NIODeadline.now() + .milliseconds(5) < deadline else {
                     self.slots.release(backend)
                     return eventLoop.makeFailedFuture(unsent)
                 }
@@ -106,7 +107,9 @@ package final class WebhookClient: Sendable {
             if let error = error as? HTTPClientError {
                 switch error {
                 case .deadlineExceeded, .readTimeout, .writeTimeout:
-                    return Failure("timed out after \(timeout.nanoseconds / 1_000_000) ms")
+                    // Before the request went out (connecting took the rest of the deadline) the
+                    // backend cannot have acted on it.
+                    return Failure("timed out after \(timeout.nanoseconds / 1_000_000) ms\(sent ? "" : " before the request was sent; not sent")")
                 case .connectTimeout:
                     return Failure("cannot connect to \(target): connect timed out")
                 case .remoteConnectionClosed:

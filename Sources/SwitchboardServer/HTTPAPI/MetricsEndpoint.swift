@@ -92,7 +92,7 @@ final class MetricsEndpoint: Sendable {
         for kind in SessionErrorKind.allCases {
             counter(
                 "switchboard_session_errors_total", stats.errors(kind), labels: [("kind", kind.rawValue)],
-                help: "Sessions closed with an ERROR, by cause (slow_consumer, heartbeat_timeout, auth, limit, protocol, route, shutdown).")
+                help: "Sessions closed with an ERROR, by cause (slow_consumer, heartbeat_timeout, auth, limit, protocol, route, shutdown, lease_lost).")
         }
         if let engine = services.engine as? RedisEngine {
             for role in [RedisConnectionRole.commands, .subscriptions] {
