@@ -102,7 +102,7 @@ struct IntegrationTests {
         try await waitFor("the fallback") { !client.hasOwnConnection(on: loop) }
         // On the shared connection: a blocking read holds it, and "first" waits behind it...
         let held = try await loop.submit {
-            (client.send(RawCommand("BLPOP", "never", "2")), client.send(RawCommand("RPUSH", "order", "first")))
+            (client.send(RawCommand("BLPOP", "never", "4")), client.send(RawCommand("RPUSH", "order", "first")))
         }.get()
         // ...while the loop's own connection comes back.
         try await waitFor("the reconnect") { client.hasOwnConnection(on: loop) }
