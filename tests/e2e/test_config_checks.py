@@ -30,6 +30,11 @@ def test_unknown_yaml_key_is_refused_with_a_suggestion(tmp_path):
     refused(run("--config", str(cfg)), "unknown key redis.ulr; did you mean redis.url?")
 
 
+def test_a_prefix_in_the_gateways_routing_namespace_is_refused():
+    refused(run("--set", "destinations.broker-prefixes=/~user/"),
+            "destination prefixes must not start with '/~' (the gateway's own routing of user destinations), got '/~user/'")
+
+
 def test_route_outside_its_names_list_is_refused(tmp_path):
     cfg = tmp_path / "routes.yaml"
     cfg.write_text("routes:\n  names: []\n  greet:\n    destination: /app/greet\n    url: http://127.0.0.1:9/x\n")

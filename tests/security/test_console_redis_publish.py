@@ -2,7 +2,9 @@
 inbound channel (``broadcast``: ``{"topic", "message"}``) reaches any destination, so without a
 key it got around the keys and their scopes (a forged message to any topic or user, from anyone
 or a cross-site page). It needs a key that may publish to every broker prefix now: 401 without
-one, 403 for a scoped key, and nothing is published. A redis-server of its own."""
+one, 403 for a scoped key, and nothing is published. A message may name a user too, so a key
+limited to the broker prefixes (the default scopes) is refused as well (it could send to any
+user's `/user/queue/…`, which it may not through the API). A redis-server of its own."""
 from __future__ import annotations
 
 import hashlib
@@ -19,6 +21,7 @@ from support.redis import redis_cli, redis_server_args
 
 FULL_KEY = "console-full-key"
 SCOPED_KEY = "console-public-only-key"
+BROKER_KEY = "console-broker-only-key"
 
 YAML = f"""
 redis:
@@ -29,9 +32,12 @@ redis:
       channel: BROADCAST-CHANNEL
 auth:
   api-keys:
-    names: [full, scoped]
+    names: [full, broker, scoped]
     full:
       sha256: {hashlib.sha256(FULL_KEY.encode()).hexdigest()}
+      scopes: ["/topic/", "/queue/"]
+    broker:
+      sha256: {hashlib.sha256(BROKER_KEY.encode()).hexdigest()}
     scoped:
       sha256: {hashlib.sha256(SCOPED_KEY.encode()).hexdigest()}
       scopes: ["/topic/public."]
@@ -83,3 +89,18 @@ def test_a_key_for_every_destination_publishes(g, clients):
     assert r.status_code == 200, r.text
     assert r.json() == {"channel": "BROADCAST-CHANNEL", "receivers": 1}
     assert c.expect_message().text == "from the console"
+
+
+def test_a_key_without_the_user_destinations_may_not_message_a_user(g, clients):
+    """A key with the default scopes (the broker prefixes) may not publish to a user through the
+    API (403 "may not publish to /queue/inbox"); through the console's inbound channel it could
+    (a probe: a forged message reached bob's /user/queue/inbox)."""
+    r = requests.post(g.base + "/api/users/bob/notification", json={"topic": "/queue/inbox", "message": "x"},
+                      headers={"Authorization": f"Bearer {BROKER_KEY}"}, timeout=5)
+    assert r.status_code == 403, r.text
+    body = {"channel": "BROADCAST-CHANNEL",
+            "message": json.dumps({"user": "bob", "topic": "/queue/inbox", "message": "forged"})}
+    r = requests.post(g.base + "/api/console/redis-publish", json=body,
+                      headers={"Authorization": f"Bearer {BROKER_KEY}"}, timeout=5)
+    assert r.status_code == 403, r.text
+    assert "may not publish to /queue/" in r.json()["error"], r.text

@@ -160,3 +160,27 @@ def test_batch_item_with_a_user_reaches_that_user_only(g, login):
     assert (m["destination"], m.text, m["message-id"]) == ("/user/queue/notes", "for alice", ok["id"])
     alice.expect_nothing(0.1)
     bob.expect_nothing(0.1)
+
+
+def test_a_catch_all_broker_prefix_does_not_reach_the_routing_forms(gw, clients):
+    """With `destinations.broker-prefixes=/` (accepted at start-up) the gateway's own routing
+    forms `/~user/<name>/…` and `/~session/<id>/…` were broker destinations: a probe's mallory
+    subscribed to `/~user/*/queue/**` and got bob's private messages, and sent to
+    `/~user/bob/queue/inbox` a message bob received. They are never broker destinations now."""
+    g = gw(f"auth.jwt.hmac-secret={HMAC_SECRET}", "destinations.broker-prefixes=/")
+    bob = clients(g, headers=bearer(make_token(HMAC_SECRET, sub="bob")))
+    bob.subscribe("/user/queue/inbox", "1", receipt="r")
+    for dest in ("/~user/*/queue/**", "/~user/bob/queue/inbox", "/~session/**"):
+        c = clients(g, headers=bearer(make_token(HMAC_SECRET, sub="mallory")))
+        c.send_frame("SUBSCRIBE", {"destination": dest, "id": "1", "receipt": "r"})
+        assert c.receive().command == "ERROR", dest
+        assert c.wait_closed(5)
+    c = clients(g, headers=bearer(make_token(HMAC_SECRET, sub="mallory")))
+    c.send_frame("SEND", {"destination": "/~user/bob/queue/inbox", "receipt": "r"}, "forged")
+    assert c.receive().command == "ERROR"
+    r = requests.post(g.base + "/api/notification", json={"topic": "/~user/bob/queue/inbox", "message": "forged"}, timeout=5)
+    assert r.status_code == 400 and r.json()["field"] == "topic", r.text
+    # A plain topic under the catch-all prefix still works, and bob got nothing forged.
+    assert g.publish_user("bob", "/queue/inbox", "for bob").status_code == 200
+    assert bob.expect_message().text == "for bob"
+    bob.expect_nothing(0.3)

@@ -62,6 +62,9 @@ package struct SessionConfiguration: Sendable {
         return userDestinationPrefixes.contains { rest.hasPrefix($0) }
     }
 
-    package func isBrokerDestination(_ d: String) -> Bool { brokerPrefixes.contains { d.hasPrefix($0) } }
+    /// Never one of the gateway's own routing forms (`/~user/…`, `/~session/…`, `/~presence…`),
+    /// whatever the prefixes: with a broker prefix `/` a client could otherwise subscribe to
+    /// every user's queue, or send to one.
+    package func isBrokerDestination(_ d: String) -> Bool { !d.hasPrefix("/~") && brokerPrefixes.contains { d.hasPrefix($0) } }
     package func isApplicationDestination(_ d: String) -> Bool { applicationPrefixes.contains { d.hasPrefix($0) } }
 }

@@ -197,6 +197,10 @@ package struct DestinationSettings: Sendable, Equatable {
         for p in brokerPrefixes + applicationPrefixes where !p.hasPrefix("/") {
             throw SwitchboardConfiguration.Invalid(description: "destination prefixes must start with '/', got '\(p)'")
         }
+        for p in brokerPrefixes + applicationPrefixes where p.hasPrefix("/~") {
+            throw SwitchboardConfiguration.Invalid(
+                description: "destination prefixes must not start with '/~' (the gateway's own routing of user destinations), got '\(p)'")
+        }
         userDestinations = reader.bool(forKey: "user-destinations", default: userDestinations)
         userDestinationPrefixes = reader.stringArray(forKey: "user-destination-prefixes", default: userDestinationPrefixes)
     }

@@ -36,11 +36,15 @@ struct ConsoleRoutes: Sendable {
 
     /// `POST /api/console/redis-publish`. A message on an inbound channel reaches whatever
     /// destination (or user) it names, so with API keys configured it needs a key that may
-    /// publish to every broker prefix; without one it would get around the keys' scopes.
+    /// publish to every broker prefix and every user destination prefix; without one it would
+    /// get around the keys' scopes.
     func redisPublish(_ request: Request) async throws -> Response {
         let key = try publisher.authenticate(authorization: request.headers[.authorization])
         if let key {
-            let prefixes = services.policy.configuration.brokerPrefixes
+            // A message on an inbound channel may name a user too (`"user"`): the user
+            // destinations' prefixes count as well.
+            let configuration = services.policy.configuration
+            let prefixes = configuration.brokerPrefixes + (configuration.userPrefix == nil ? [] : configuration.userDestinationPrefixes)
             if let denied = prefixes.first(where: { !APIKeyStore.allows(key, $0) }) {
                 throw NotificationPublisher.Failure(
                     status: .forbidden,
