@@ -136,6 +136,11 @@ package final class JWTAuthenticator: SessionAuthenticator {
             throw AuthenticationFailure("token not yet valid")
         }
         guard let sub = claims.sub, !sub.isEmpty else { throw AuthenticationFailure("missing sub claim") }
+        // A name only canonically equal to another user's would share that user's queue,
+        // history and rules (Swift's strings compare by canonical equivalence): NFC only.
+        guard DestinationPattern.isNormalized(sub) else {
+            throw AuthenticationFailure("sub claim is not in Unicode normalization form C (NFC)")
+        }
         if let audience = settings.audience, !(claims.aud ?? []).contains(audience) {
             throw AuthenticationFailure("token audience does not include \(audience)")
         }
@@ -150,6 +155,9 @@ package final class JWTAuthenticator: SessionAuthenticator {
                 case let list as [Any]: kept[name] = list.compactMap { $0 as? String }
                 case let n as NSNumber: kept[name] = [n.stringValue]
                 default: break
+                }
+                if let values = kept[name], !values.allSatisfy(DestinationPattern.isNormalized) {
+                    throw AuthenticationFailure("\(name) claim is not in Unicode normalization form C (NFC)")
                 }
             }
         }

@@ -87,4 +87,16 @@ struct DestinationPatternTests {
     func controlCharacters(_ text: String, _ holds: Bool) {
         #expect(DestinationPattern.holdsControlCharacters(text) == holds)
     }
+
+    @Test(
+        "only NFC passes: canonically equal strings are then byte-equal",
+        arguments: [
+            ("/topic/a", true), ("/topic/jos\u{E9}", true), ("/topic/jose\u{301}", false), ("/topic/\u{212B}", false),
+            ("/topic/\u{C5}", true), ("/topic/ü.日本", true), ("", true),
+        ])
+    func normalization(_ text: String, _ normalized: Bool) {
+        #expect(DestinationPattern.isNormalized(text) == normalized)
+        // Why it matters: Swift's == holds for the canonically equivalent forms.
+        #expect("jos\u{E9}" == "jose\u{301}" && !"jos\u{E9}".utf8.elementsEqual("jose\u{301}".utf8))
+    }
 }

@@ -184,3 +184,29 @@ def test_a_catch_all_broker_prefix_does_not_reach_the_routing_forms(gw, clients)
     assert g.publish_user("bob", "/queue/inbox", "for bob").status_code == 200
     assert bob.expect_message().text == "for bob"
     bob.expect_nothing(0.3)
+
+
+def test_a_name_only_canonically_equal_to_another_users_is_refused(g, login, clients):
+    """`josé` with a precomposed é (NFC) and `jose` + a combining accent (NFD) differ in bytes
+    but are equal to Swift's string comparison: a probe's user named with the second read the
+    first's queue and its history, matched the first's access rules and used up its session
+    limit. Names and destinations are accepted only in NFC now: the token is refused, and so
+    are a destination or an API user in another form; the NFC user works as before."""
+    nfc, nfd = "jos\u00e9", "jose\u0301"
+    victim = login(nfc)
+    c = clients(g, connect=False)
+    f = c.connect(headers={**bearer(make_token(HMAC_SECRET, sub=nfd)), "receipt": "c"}, expect_connected=False)
+    assert f.command == "ERROR" and "normalization form C" in f["message"], f.headers
+    for frame, headers in (("SUBSCRIBE", {"destination": f"/topic/inbox.{nfd}", "id": "1"}),
+                           ("SEND", {"destination": f"/topic/inbox.{nfd}"})):
+        c = clients(g)
+        c.send_frame(frame, {**headers, "receipt": "r"}, "x")
+        error = c.expect_error()
+        assert "is not in Unicode normalization form C (NFC)" in error["message"], error.headers
+    r = requests.post(f"{g.base}/api/users/{urllib.parse.quote(nfd)}/notification",
+                      json={"topic": "/queue/notes", "message": "x"}, timeout=5)
+    assert r.status_code == 400 and r.json()["field"] == "user", r.text
+    r = requests.post(f"{g.base}/api/notification", json={"topic": f"/topic/inbox.{nfd}", "message": "x"}, timeout=5)
+    assert r.status_code == 400 and r.json()["field"] == "topic", r.text
+    assert g.publish_user(nfc, "/queue/notes", "for the victim").status_code == 200
+    assert victim.expect_message().text == "for the victim"

@@ -101,6 +101,9 @@ extension STOMPSessionStateMachine {
         guard let destination = frame.headers["destination"] else {
             failFrame("SEND requires a destination header", frame); return nil
         }
+        guard DestinationPattern.isNormalized(destination) else {
+            failFrame(Self.notNormalized(destination), frame); return nil
+        }
         guard policy.maySend(destination, identity: identity) else {
             failFrame("permission denied: SEND to \(destination)", frame, kind: .auth); return nil
         }
@@ -131,6 +134,11 @@ extension STOMPSessionStateMachine {
         return startStep(step, for: frame, pipelined: pipelined)
     }
 
+    /// The `ERROR` for a destination not in Unicode NFC (``DestinationPattern/isNormalized(_:)``).
+    static func notNormalized(_ destination: String) -> String {
+        "destination \(destination) is not in Unicode normalization form C (NFC): send it composed"
+    }
+
     // MARK: SUBSCRIBE / UNSUBSCRIBE
 
     private mutating func handleSubscribe(_ frame: STOMPFrame) -> Action? {
@@ -144,6 +152,9 @@ extension STOMPSessionStateMachine {
             id = destination
         } else {
             failFrame("SUBSCRIBE requires an id header in STOMP \(version.rawValue)", frame); return nil
+        }
+        guard DestinationPattern.isNormalized(destination) else {
+            failFrame(Self.notNormalized(destination), frame); return nil
         }
         let kind = policy.kind(of: destination)
         guard kind == .user || kind == .broker else {

@@ -104,6 +104,13 @@ struct NotificationPublisher: Sendable {
     }
 
     private func prepared(_ parsed: NotificationRequest, key: APIKeyStore.Key?, toUser: String?) throws(Failure) -> Prepared {
+        // Equal means byte-equal only in NFC (``DestinationPattern/isNormalized(_:)``).
+        guard DestinationPattern.isNormalized(parsed.topic) else {
+            throw Failure(status: .badRequest, message: "field 'topic' must be in Unicode normalization form C (NFC)", field: "topic")
+        }
+        if let toUser, !DestinationPattern.isNormalized(toUser) {
+            throw Failure(status: .badRequest, message: "user must be in Unicode normalization form C (NFC)", field: "user")
+        }
         if let key, !APIKeyStore.allows(key, parsed.topic) {
             throw Failure(status: .forbidden, message: "API key '\(key.name)' may not publish to \(parsed.topic)", field: "topic")
         }

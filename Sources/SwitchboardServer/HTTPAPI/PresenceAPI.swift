@@ -77,6 +77,9 @@ struct PresenceAPI: Sendable {
         guard !DestinationPattern.holdsControlCharacters(destination) else {
             throw Failure(status: .badRequest, message: "destination holds control characters", field: "destination")
         }
+        guard DestinationPattern.isNormalized(destination) else {
+            throw Failure(status: .badRequest, message: "destination must be in Unicode normalization form C (NFC)", field: "destination")
+        }
         do { _ = try DestinationPattern(destination) } catch {
             throw Failure(status: .badRequest, message: "invalid destination \(destination): \(error)", field: "destination")
         }
@@ -108,6 +111,9 @@ struct PresenceAPI: Sendable {
         }
         guard !DestinationPattern.holdsControlCharacters(user) else {
             throw Failure(status: .badRequest, message: "user holds control characters", field: "user")
+        }
+        guard DestinationPattern.isNormalized(user) else {
+            throw Failure(status: .badRequest, message: "user must be in Unicode normalization form C (NFC)", field: "user")
         }
         if let key, !APIKeyStore.allows(key, "/user/\(user)") {
             throw Failure(status: .forbidden, message: "API key '\(key.name)' may not read the presence of users", field: "user")
