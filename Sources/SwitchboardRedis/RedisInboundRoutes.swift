@@ -36,7 +36,7 @@ package final class RedisInboundRoutes: Sendable {
     let readers = NIOLockedValueBox<[Task<Void, Never>]>([])
     /// The stream readers' dedicated connections, closed by ``stop()`` to end a blocking read.
     let readerConnections = NIOLockedValueBox<[ObjectIdentifier: RedisConnection]>([:])
-    let onceTokens = InboundOnceTokens()
+    let onceTokens: InboundOnceTokens
 
     package init(redis: GatewayRedis, engine: RedisEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, configuration: SessionConfiguration, logger: Logger) {
         self.redis = redis
@@ -45,6 +45,11 @@ package final class RedisInboundRoutes: Sendable {
         self.messageIDs = messageIDs
         self.configuration = configuration
         self.logger = logger
+        self.onceTokens = InboundOnceTokens { [logger] dropped in
+            logger.warning(
+                "inbound once-token table full: forgot the counts of \(dropped) messages; an identical Pub/Sub message within 10 minutes may be taken as already recorded"
+            )
+        }
     }
 
     package func start(_ routes: [RedisInboundRoute]) async throws {
