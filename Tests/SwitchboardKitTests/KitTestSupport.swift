@@ -63,6 +63,19 @@ func waitUntilReading(_ consumer: StreamConsumer, _ client: RedisClient) async t
     }
 }
 
+/// Waits until `count` clients are blocked in `XREADGROUP` (`CLIENT LIST`: `flags=b`,
+/// `cmd=xreadgroup`), so entries added next are handed to blocked readers in the order they blocked.
+func waitUntilBlockedReaders(_ count: Int, _ client: RedisClient) async throws -> Bool {
+    try await eventually {
+        let list = try String(fromRESP: try await client.execute(RawCommand("CLIENT", "LIST")))
+        let blocked = list.split(separator: "\n").filter { line in
+            let fields = line.split(separator: " ")
+            return fields.contains("cmd=xreadgroup") && fields.contains { $0.hasPrefix("flags=") && $0.contains("b") }
+        }
+        return blocked.count >= count
+    }
+}
+
 /// A test error.
 struct Boom: Error, CustomStringConvertible {
     var description: String

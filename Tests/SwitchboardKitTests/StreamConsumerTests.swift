@@ -83,6 +83,10 @@ struct StreamConsumerTests {
         let tasks = [start(a, handlerA), start(b, handlerB)]
         try #require(try await waitUntilReading(a, client))
         try #require(try await waitUntilReading(b, client))
+        // Both blocked in XREADGROUP before the first entry: Redis serves blocked readers in the
+        // order they blocked, so a gets an entry even if b is first (b is busy with it when the next
+        // one arrives). Before, a loaded machine could delay a's first read until b had read all.
+        try #require(try await waitUntilBlockedReaders(2, client))
 
         var ids: [String] = []
         for n in 0..<50 { ids.append(try await addGatewayEntry(client, body: "n\(n)")) }
