@@ -158,7 +158,10 @@ package final class RedisServerProcess: @unchecked Sendable {
     /// Accepts TCP connections (for a TLS port too). Fails at once when the process exits (a
     /// port in use).
     private func waitUntilReady() async throws {
-        for _ in 0..<250 {
+        // A deadline, not a count of attempts: on a loaded machine a start (and each attempt)
+        // takes longer.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
             guard self.isRunning else { throw RedisClientError.connectTimeout }
             do {
                 let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -206,7 +209,7 @@ package final class RedisServerProcess: @unchecked Sendable {
 
     package var configuration: RedisConfiguration {
         var configuration = RedisConfiguration(host: "127.0.0.1", port: self.port)
-        configuration.connectTimeout = .seconds(2)
+        configuration.connectTimeout = .seconds(10)  // a TLS handshake on a loaded machine took more than 2 s
         configuration.commandTimeout = .seconds(5)
         configuration.tls = self.tls?.clientConfiguration
         return configuration

@@ -2,12 +2,15 @@
 carries `x-position: <epoch>:<seq>`; a SUBSCRIBE with `x-resume-from` gets what it missed, then
 the live messages, with no gap and no duplicate at the seam; the RECEIPT says whether the
 resume was complete (`x-recovered`) and where the destination stands (`x-position`)."""
+import subprocess
 import threading
 import time
 
+import pytest
 import requests
 
-from support.process import wait_until
+from support.process import free_port, terminate, wait_until
+from support.redis import redis_cli, redis_server_args
 
 
 def connected(clients, gw):
@@ -251,3 +254,42 @@ def test_a_window_without_prefix_stops_start_up(gateway_factory):
     from support.paths import BINARY
     out = subprocess.run([BINARY, "--port", "0", "--set", "history.windows.names=w"], capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "history.windows.w.prefix is required and must start with '/'" in out.stderr, out.stderr
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def small_limit_gateway(request, gateway_factory, tmp_path):
+    """A gateway with a 64 KiB pending-bytes limit and 200 messages of history, on the embedded
+    broker or on a redis-server of its own."""
+    sets = ["limits.max-pending-bytes=65536", "history.max-length=200"]
+    redis = None
+    if request.param == "redis":
+        port = free_port()
+        redis = subprocess.Popen(redis_server_args(port, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: redis_cli(port, "PING") == "PONG", 10, what="redis-server up")
+        sets.append(f"redis.url=redis://127.0.0.1:{port}")
+    try:
+        gw = gateway_factory(*sets)
+        yield gw
+        assert gw.stop() == 0  # before its Redis goes
+    finally:
+        if redis is not None:
+            terminate(redis)
+
+
+def test_a_replay_larger_than_the_pending_limit_arrives_whole(small_limit_gateway, clients):
+    """200 messages of 8 KB (1.6 MB) replayed to a client whose connection may hold 64 KiB: the
+    replay goes out as the socket drains. Before, it was handed to the connection at once and the
+    session ended as a slow consumer right after it (an ERROR, and one more reconnection)."""
+    gw = small_limit_gateway
+    topic = "/topic/h.big-replay"
+    body = "x" * 8_000
+    for i in range(200):
+        assert gw.publish(topic, f"{i:03d}{body}").status_code == 200
+    c = clients(gw)
+    r = c.subscribe(topic, id="b", receipt="r", **{"x-last": "200"})
+    assert r["x-recovered"] == "true"
+    gw.publish(topic, f"200{body}")  # live, after the replay
+    got = c.receive_many(201, timeout=20)
+    assert [m.command for m in got] == ["MESSAGE"] * 201, [m.headers for m in got if m.command != "MESSAGE"][:1]
+    assert [m.text[:3] for m in got] == [f"{i:03d}" for i in range(201)]
+    c.expect_nothing(0.3)

@@ -9,7 +9,8 @@ import SwitchboardWire
 /// ``DestinationHistory/resume(_:from:register:)``, which also reads what to replay
 /// (`x-resume-from`, `x-last`). Its `RECEIPT` carries `x-position` (where the destination
 /// stands) and, when the client asked to resume, `x-recovered: true|false`; the replayed
-/// messages follow the `RECEIPT` at once, then the live ones, which waited behind the step.
+/// messages follow the `RECEIPT` (as fast as the connection takes them: see
+/// ``pumpReplay(context:)``), then the live ones, which waited behind the step and the replay.
 /// Live copies of messages the replay already holds (up to ``LocalSubscription/replayedThrough``)
 /// are skipped, so the seam has no gap and no duplicate.
 extension STOMPSessionHandler {
@@ -74,23 +75,25 @@ extension STOMPSessionHandler {
         return STOMPFrame(.receipt, headers: headers)
     }
 
-    /// Writes the replayed messages of a `SUBSCRIBE` (right after its receipt).
+    /// Writes the replayed messages of a `SUBSCRIBE` (right after its receipt), as fast as the
+    /// connection takes them (see ``pumpReplay(context:)``).
     func writeReplay(_ outcome: SubscribeOutcome, context: ChannelHandlerContext) {
         let live = outcome.subscription.liveDuringReplay
         outcome.subscription.replayPending = false
         outcome.subscription.liveDuringReplay = nil
         guard let replay = outcome.replay, !replay.messages.isEmpty, outcome.subscription.slot >= 0 else { return }
-        let sub = outcome.subscription
-        let through = sub.replayedThrough
-        sub.replayedThrough = nil
-        var batch = DeliveryBatch(tick: shard.tick)
-        for message in replay.messages {
-            // From the first live copy on, the live messages (written after the replay) have them.
-            if let live, let position = message.position, position.epoch == live.first.epoch, position.sequence >= live.first.sequence { break }
-            deliver(message, to: sub, batch: &batch)
+        var messages = replay.messages[...]
+        // From the first live copy on, the live messages (written after the replay) have them.
+        if let live,
+            let cut = messages.firstIndex(where: { message in
+                message.position.map { $0.epoch == live.first.epoch && $0.sequence >= live.first.sequence } ?? false
+            })
+        {
+            messages = messages[..<cut]
         }
-        sub.replayedThrough = through
-        shard.counters.record(batch)
-        if let buffer = takeUndelivered() { (writer ?? context).write(wrapOutboundOut(buffer), promise: nil) }
+        guard !messages.isEmpty else { return }
+        if replayBacklog == nil { replayBacklog = CircularBuffer(initialCapacity: 1) }
+        replayBacklog!.append(ReplayRemainder(subscription: outcome.subscription, messages: messages))
+        pumpReplay(context: context)
     }
 }

@@ -95,6 +95,9 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     /// first; nil (no storage) in almost every session.
     var held: CircularBuffer<(step: STOMPSessionStateMachine.StepID, bytes: ByteBuffer)>?
     var heldBytes = 0
+    /// Replayed messages not written yet, oldest subscription first: set while writes are paced
+    /// by a replay (see ``pumpReplay(context:)``); nil in almost every session.
+    var replayBacklog: CircularBuffer<ReplayRemainder>?
     /// ``runActions()`` is running (an action may feed the machine an event).
     var running = false
     /// The session's `connected` fact was recorded and its `disconnected` not yet.
@@ -164,6 +167,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         for sub in presenceSubscriptions.values { shard.remove(sub) }
         presenceSubscriptions.removeAll()
         held = nil
+        replayBacklog = nil
         shard?.removeHeartbeatClient(self)
         shard?.unregisterSession(self)
         services.stats.connectionsOpen.subtract(1)
@@ -192,6 +196,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             sessionEnded(.client, wasConnected: machine.connectionClosed())
             undelivered = nil
             held = nil
+            replayBacklog = nil
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -221,6 +226,12 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     }
 
     package func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if isPacingReplay {
+            // The replay filled the connection's buffer (live deliveries wait): it goes on now.
+            if context.channel.isWritable { pumpReplay(context: context) }
+            context.fireChannelWritabilityChanged()
+            return
+        }
         machine.writabilityChanged(isWritable: context.channel.isWritable)
         runActions()
         context.fireChannelWritabilityChanged()
@@ -327,13 +338,13 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     ///   machine's newest by default.
     @inline(__always)
     func settleUndelivered(context: ChannelHandlerContext, newest: STOMPSessionStateMachine.StepID? = nil) {
-        if held == nil, !machine.isBusy {
+        if held == nil, !machine.isBusy, replayBacklog == nil {
             // Almost always: nothing to wait for.
             if let buffer = takeUndelivered() { (writer ?? context).write(wrapOutboundOut(buffer), promise: nil) }
             return
         }
         let behind = newest ?? machine.newestStep
-        let mustHold = machine.oldestUnansweredStep.map { $0 <= behind } ?? false
+        let mustHold = replayBacklog != nil || (machine.oldestUnansweredStep.map { $0 <= behind } ?? false)
         if !mustHold { releaseHeld(through: nil, context: context) }
         guard let buffer = takeUndelivered() else { return }
         if mustHold {
@@ -353,13 +364,15 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     func discardUnwritten() {
         held = nil
         heldBytes = 0
+        replayBacklog = nil
         _ = takeUndelivered()
     }
 
-    /// Keeps `buffer` until step `step` is answered. Past the pending-bytes limit the oldest
-    /// held deliveries go out anyway (the connection's own limit then decides), unless a
-    /// subscription waits for its replay: its live messages would come before the replay, so
-    /// the session ends as a slow consumer (the client resumes from what it got).
+    /// Keeps `buffer` until step `step` is answered (and a replay being written is out). Past
+    /// the pending-bytes limit the oldest held deliveries go out anyway (the connection's own
+    /// limit then decides), unless a subscription waits for its replay or a replay is being
+    /// written: its live messages would come before the replay, so the session ends as a slow
+    /// consumer (the client resumes from what it got).
     func hold(_ buffer: ByteBuffer, behind step: STOMPSessionStateMachine.StepID, context: ChannelHandlerContext) {
         if held == nil { held = CircularBuffer(initialCapacity: 2) }
         if let last = held!.last, last.step == step {
@@ -372,7 +385,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             held!.append((step, buffer))
         }
         heldBytes += buffer.readableBytes
-        if heldBytes > config.maxPendingOutboundBytes, subscriptions.values.contains(where: \.replayPending) {
+        if heldBytes > config.maxPendingOutboundBytes, replayBacklog != nil || subscriptions.values.contains(where: \.replayPending) {
             machine.writabilityChanged(isWritable: false)
             runActions()
             return
@@ -386,6 +399,10 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
 
     /// Writes the held deliveries that waited for steps up to `step` (all when nil).
     func releaseHeld(through step: STOMPSessionStateMachine.StepID?, context: ChannelHandlerContext) {
+        if isPacingReplay {
+            pumpReplay(context: context)  // after the replay, as fast as the connection takes them
+            return
+        }
         guard held != nil else { return }
         while let first = held!.first, step == nil || first.step <= step! {
             held!.removeFirst()

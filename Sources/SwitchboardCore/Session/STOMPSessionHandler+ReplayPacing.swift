@@ -1,0 +1,92 @@
+import NIOCore
+import SwitchboardWire
+
+/// Replays written as fast as the connection takes them.
+///
+/// A replay can be far larger than `limits.max-pending-bytes` (`history.max-length` messages
+/// of up to the frame limit each, per resuming `SUBSCRIBE`). Handed to NIO at once, it sat in
+/// the connection's buffer whole, past the limit, and made the channel unwritable: the session
+/// ended as a slow consumer right after it, and the client had to reconnect and resume once
+/// more. Now the replay goes out a chunk (``replayChunkBytes``) at a time while the channel is
+/// writable, and goes on when it is writable again; the connection's own buffer holds at most
+/// the limit plus one chunk and one message. Meanwhile the session's live deliveries wait in
+/// ``held``, behind the replay (so every subscription's order holds, and the causality rule of
+/// steps too), and they are what counts against the limit: past it, the session ends as a slow
+/// consumer, and the client resumes from what it got. Once the replay is out, the held
+/// deliveries follow, paced the same way; then writes go straight to NIO again.
+extension STOMPSessionHandler {
+    /// The part of one subscription's replay not written yet.
+    struct ReplayRemainder {
+        let subscription: LocalSubscription
+        var messages: ArraySlice<PublishedMessage>
+    }
+
+    /// Bytes of replayed frames handed to NIO at a time (one message past it at most): 64 KiB,
+    /// or a quarter of the limit when that is less.
+    var replayChunkBytes: Int { min(64 * 1024, max(config.maxPendingOutboundBytes / 4, 1)) }
+
+    /// Whether writes are paced by a replay (``replayBacklog`` is set).
+    var isPacingReplay: Bool { replayBacklog != nil }
+
+    /// Writes replayed messages while the channel is writable, then the deliveries held behind
+    /// them, and flushes. Ends the pacing once everything that may go out went, with the channel
+    /// still writable (so a later unwritable channel is a slow consumer again).
+    func pumpReplay(context: ChannelHandlerContext) {
+        guard replayBacklog != nil else { return }
+        guard machine.phase == .connected else {
+            replayBacklog = nil
+            return
+        }
+        // Live deliveries of this pass go behind the replay (past the limit, the session ends).
+        if let buffer = takeUndelivered() {
+            hold(buffer, behind: machine.newestStep, context: context)
+            guard replayBacklog != nil, machine.phase == .connected else { return }
+        }
+        var wrote = false
+        while context.channel.isWritable, var first = replayBacklog!.first {
+            let subscription = first.subscription
+            guard subscription.slot >= 0 else {
+                replayBacklog!.removeFirst()  // unsubscribed meanwhile
+                continue
+            }
+            // Live copies up to `replayedThrough` are the replay's: the replay itself goes out.
+            let through = subscription.replayedThrough
+            subscription.replayedThrough = nil
+            var batch = DeliveryBatch(tick: shard.tick)
+            let chunk = replayChunkBytes
+            while batch.bytes < chunk, let message = first.messages.popFirst() {
+                deliver(message, to: subscription, batch: &batch)
+            }
+            subscription.replayedThrough = through
+            shard.counters.record(batch)
+            if let buffer = takeUndelivered() {
+                (writer ?? context).write(wrapOutboundOut(buffer), promise: nil)
+                wrote = true
+            }
+            if first.messages.isEmpty {
+                replayBacklog!.removeFirst()
+            } else {
+                replayBacklog![replayBacklog!.startIndex] = first
+            }
+            guard machine.phase == .connected else { break }
+        }
+        if replayBacklog?.isEmpty == true {
+            // The replay is out: the held deliveries whose steps are answered follow.
+            let answeredThrough = machine.oldestUnansweredStep.map { $0 &- 1 }
+            while context.channel.isWritable, let first = held?.first, answeredThrough.map({ first.step <= $0 }) ?? true {
+                held!.removeFirst()
+                heldBytes -= first.bytes.readableBytes
+                (writer ?? context).write(wrapOutboundOut(first.bytes), promise: nil)
+                wrote = true
+            }
+            if held?.isEmpty == true { held = nil }
+            // What is left waits for its step, as without a replay.
+            if context.channel.isWritable { replayBacklog = nil }
+        }
+        if wrote {
+            // Flushed now: a paused replay goes on when the socket drained what was written.
+            wroteSinceFlush = false
+            (writer ?? context).flush()
+        }
+    }
+}

@@ -1,0 +1,171 @@
+import NIOCore
+import NIOEmbedded
+import STOMPCodec
+import SwitchboardCore
+import SwitchboardWire
+import Testing
+
+/// Stands in for a socket and NIO's write buffer water marks: what the session writes stays
+/// queued until ``drain()`` (the peer read it), and the channel is unwritable while more than
+/// `high` bytes are queued.
+final class SlowSocket: ChannelOutboundHandler {
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let high: Int
+    private var context: ChannelHandlerContext?
+    private var queued: [(bytes: ByteBuffer, promise: EventLoopPromise<Void>?)] = []
+    private(set) var queuedBytes = 0
+    /// The most bytes queued at once.
+    private(set) var mostQueued = 0
+
+    init(high: Int) { self.high = high }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let bytes = unwrapOutboundIn(data)
+        queued.append((bytes, promise))  // done when the peer read it
+        queuedBytes += bytes.readableBytes
+        mostQueued = max(mostQueued, queuedBytes)
+        if queuedBytes > high, let channel = context.channel as? EmbeddedChannel, channel.isWritable {
+            channel.isWritable = false
+            context.fireChannelWritabilityChanged()
+        }
+    }
+
+    func flush(context: ChannelHandlerContext) {}
+
+    /// The peer read everything queued: it goes on to the channel, which is writable again.
+    /// Returns whether anything was queued.
+    @discardableResult
+    func drain() -> Bool {
+        guard let context, let channel = context.channel as? EmbeddedChannel else { return false }
+        let had = !queued.isEmpty
+        let writes = queued
+        queued = []
+        for write in writes { context.write(wrapOutboundOut(write.bytes), promise: write.promise) }
+        context.flush()
+        queuedBytes = 0
+        if !channel.isWritable {
+            channel.isWritable = true
+            context.fireChannelWritabilityChanged()
+        }
+        return had
+    }
+}
+
+/// A replay far larger than `limits.max-pending-bytes` goes out as fast as the connection takes
+/// it. Before, it was handed to NIO at once: the channel became unwritable and the session
+/// ended as a slow consumer on every resume (the client reconnected and resumed again).
+@Suite struct ReplayPacingTests {
+    static let limit = 4096
+
+    /// A gateway with a 4 KiB pending limit on the pending engine (registered at e1:40), a
+    /// client behind a slow socket, subscribed with `x-resume-from: e1:0`.
+    static func resuming() throws -> (TestGateway, PendingReplayEngine, TestClient, SlowSocket) {
+        let box = EngineBox()
+        var configuration = SessionConfiguration()
+        configuration.maxPendingOutboundBytes = limit
+        let gateway = TestGateway(configuration: configuration) { hub in
+            let engine = PendingReplayEngine(hub: hub, through: StreamPosition(epoch: "e1", sequence: 40))
+            box.value = engine
+            return engine
+        }
+        let client = try gateway.client()
+        let socket = SlowSocket(high: limit)
+        try client.channel.pipeline.syncOperations.addHandler(socket, position: .first)
+        try client.send(.connect, ["host": "localhost", "accept-version": "1.2"])
+        socket.drain()
+        try #require(try client.frames().map(\.command) == [.connected])
+        try client.send(.subscribe, ["destination": "/topic/h", "id": "1", "receipt": "r", "x-resume-from": "e1:0"])
+        return (gateway, box.value!, client, socket)
+    }
+
+    static func message(_ n: UInt64, size: Int = 1_000) -> PublishedMessage {
+        let body = "e1:\(n)" + String(repeating: "x", count: size)
+        return PublishedMessage(
+            destination: "/topic/h", messageID: "e1-\(n)", headers: [:], body: ByteBuffer(string: body),
+            position: StreamPosition(epoch: "e1", sequence: n))
+    }
+
+    /// The replay (e1:1…40, 1 KB each) comes back from the engine.
+    static func replayArrives(_ engine: PendingReplayEngine, _ gateway: TestGateway) {
+        engine.replay!.succeed(
+            HistoryReplay(messages: (UInt64(1)...40).map { message($0) }, recovered: true, position: StreamPosition(epoch: "e1", sequence: 40)))
+        gateway.loop.run()
+    }
+
+    /// Live messages of `size` bytes at positions `positions`.
+    static func live(_ positions: ClosedRange<UInt64>, size: Int, _ gateway: TestGateway) {
+        for n in positions { gateway.hub.deliver(message(n, size: size)) }
+        gateway.loop.run()
+    }
+
+    /// 40 KB of replay behind a 4 KiB limit: everything arrives, in order, then the live messages.
+    @Test func aReplayTenTimesTheLimitArrivesWholeThenTheLiveMessages() throws {
+        let (gateway, engine, client, socket) = try Self.resuming()
+        defer { gateway.shutdown() }
+        Self.replayArrives(engine, gateway)
+        Self.live(41...43, size: 10, gateway)  // while the replay is being written: they follow it
+        var frames: [STOMPFrame] = []
+        var drains = 0
+        while socket.drain() {
+            drains += 1
+            gateway.loop.run()
+            frames += try client.frames()
+        }
+        Self.live(44...44, size: 10, gateway)
+        #expect(socket.queuedBytes > 0, "after the replay, live messages go straight to the connection")
+        socket.drain()
+        frames += try client.frames()
+        #expect(frames.first?.command == .receipt)
+        #expect(frames.first?.headers["x-recovered"] == "true")
+        #expect(!frames.contains { $0.command == .error }, "\(frames.filter { $0.command == .error })")
+        let bodies = frames.filter { $0.command == .message }.map { String($0.bodyString.prefix { $0 != "x" }) }
+        #expect(bodies == (1...44).map { "e1:\($0)" })
+        #expect(drains > 5, "written as the socket drained, not at once")
+        // The connection's buffer held at most the limit, one chunk (a quarter of it here) and one message.
+        #expect(socket.mostQueued <= Self.limit + Self.limit / 4 + 1_200, "\(socket.mostQueued)")
+        #expect(client.isActive)
+    }
+
+    /// A client that stops reading mid-replay: the live messages wait behind the replay, and
+    /// past the limit the session ends as a slow consumer, with nothing out of order before it.
+    @Test func liveMessagesPastTheLimitBehindAPausedReplayEndTheSession() throws {
+        let (gateway, engine, client, socket) = try Self.resuming()
+        defer { gateway.shutdown() }
+        Self.replayArrives(engine, gateway)
+        Self.live(41...50, size: 1_000, gateway)
+        socket.drain()
+        let out = try client.read()
+        let frames = out.compactMap(\.frame)
+        #expect(out.last?.closeCode != nil, "the close follows the ERROR: \(out.last.map { "\($0)" } ?? "nothing")")
+        #expect(frames.last?.command == .error)
+        #expect(frames.last?.headers["message"]?.hasPrefix("slow consumer") == true, "\(frames.last.map { "\($0.headers)" } ?? "")")
+        let bodies = frames.filter { $0.command == .message }.map { String($0.bodyString.prefix { $0 != "x" }) }
+        #expect(!bodies.isEmpty && bodies.count < 40)
+        #expect(bodies == (1...bodies.count).map { "e1:\($0)" }, "a prefix of the replay, then the ERROR")
+    }
+
+    /// Unsubscribed while its replay waited: the rest is dropped, and the session's other
+    /// subscriptions get their messages, which waited behind it.
+    @Test func unsubscribingDropsTheRestOfAPausedReplay() throws {
+        let (gateway, engine, client, socket) = try Self.resuming()
+        defer { gateway.shutdown() }
+        try client.subscribe("/topic/other/*", id: "2")  // a pattern: no history, no replay
+        Self.replayArrives(engine, gateway)
+        gateway.hub.deliver(
+            PublishedMessage(destination: "/topic/other/a", messageID: "o-1", headers: [:], body: ByteBuffer(string: "other")))
+        try client.send(.unsubscribe, ["id": "1", "receipt": "u"])
+        var frames: [STOMPFrame] = []
+        while socket.drain() {
+            gateway.loop.run()
+            frames += try client.frames()
+        }
+        let messages = frames.filter { $0.command == .message }
+        #expect(messages.last?.bodyString == "other")
+        #expect(messages.filter { $0.headers["subscription"] == "1" }.count < 40)
+        #expect(frames.contains { $0.command == .receipt && $0.headers["receipt-id"] == "u" })
+        #expect(client.isActive)
+    }
+}
