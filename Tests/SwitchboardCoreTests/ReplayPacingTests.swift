@@ -62,10 +62,11 @@ final class SlowSocket: ChannelOutboundHandler {
 
     /// A gateway with a 4 KiB pending limit on the pending engine (registered at e1:40), a
     /// client behind a slow socket, subscribed with `x-resume-from: e1:0`.
-    static func resuming() throws -> (TestGateway, PendingReplayEngine, TestClient, SlowSocket) {
+    static func resuming(stallTimeout: TimeAmount = .seconds(10)) throws -> (TestGateway, PendingReplayEngine, TestClient, SlowSocket) {
         let box = EngineBox()
         var configuration = SessionConfiguration()
         configuration.maxPendingOutboundBytes = limit
+        configuration.replayStallTimeout = stallTimeout
         let gateway = TestGateway(configuration: configuration) { hub in
             let engine = PendingReplayEngine(hub: hub, through: StreamPosition(epoch: "e1", sequence: 40))
             box.value = engine
@@ -167,5 +168,30 @@ final class SlowSocket: ChannelOutboundHandler {
         #expect(messages.filter { $0.headers["subscription"] == "1" }.count < 40)
         #expect(frames.contains { $0.command == .receipt && $0.headers["receipt-id"] == "u" })
         #expect(client.isActive)
+    }
+
+    /// A client that reads nothing of a paused replay (and gets no live message) is a slow
+    /// consumer after `replayStallTimeout`: the replay is held in memory meanwhile. Before
+    /// the deadline, each drain of the socket starts it again.
+    @Test func aReplayTheConnectionTakesNothingOfEndsTheSession() throws {
+        let (gateway, engine, client, socket) = try Self.resuming(stallTimeout: .milliseconds(1_000))
+        defer { gateway.shutdown() }
+        Self.replayArrives(engine, gateway)
+        var frames: [STOMPFrame] = []
+        for _ in 0..<4 {  // 4 × 750 ms, drained in between: taking it slowly is fine
+            gateway.loop.advanceTime(by: .milliseconds(750))
+            socket.drain()
+            gateway.loop.run()
+            frames += try client.frames()
+        }
+        #expect(!frames.contains { $0.command == .error })
+        #expect(socket.queuedBytes > 0, "the replay is not over yet")
+        gateway.loop.advanceTime(by: .milliseconds(1_600))  // nothing drained
+        socket.drain()
+        let out = try client.read()
+        let error = out.compactMap(\.frame).last
+        #expect(error?.command == .error)
+        #expect(error?.headers["message"] == "slow consumer: the connection took nothing of a replay in 1000 ms", "\(out)")
+        #expect(out.last?.closeCode != nil)
     }
 }

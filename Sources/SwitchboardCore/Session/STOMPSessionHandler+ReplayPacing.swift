@@ -13,7 +13,9 @@ import SwitchboardWire
 /// ``held``, behind the replay (so every subscription's order holds, and the causality rule of
 /// steps too), and they are what counts against the limit: past it, the session ends as a slow
 /// consumer, and the client resumes from what it got. Once the replay is out, the held
-/// deliveries follow, paced the same way; then writes go straight to NIO again.
+/// deliveries follow, paced the same way; then writes go straight to NIO again. A connection
+/// that takes nothing of a paused replay for ``SessionConfiguration/replayStallTimeout`` (10 s)
+/// ends as a slow consumer: the replay's messages are held in memory meanwhile.
 extension STOMPSessionHandler {
     /// The part of one subscription's replay not written yet.
     struct ReplayRemainder {
@@ -43,6 +45,7 @@ extension STOMPSessionHandler {
             guard replayBacklog != nil, machine.phase == .connected else { return }
         }
         var wrote = false
+        if context.channel.isWritable { machine.replayProgressed() }
         while context.channel.isWritable, var first = replayBacklog!.first {
             let subscription = first.subscription
             guard subscription.slot >= 0 else {
@@ -82,6 +85,10 @@ extension STOMPSessionHandler {
             if held?.isEmpty == true { held = nil }
             // What is left waits for its step, as without a replay.
             if context.channel.isWritable { replayBacklog = nil }
+        }
+        // Waiting for the socket to drain: not forever (``SessionConfiguration/replayStallTimeout``).
+        if replayBacklog != nil, !context.channel.isWritable, machine.replayStalled(at: shard.tick) {
+            shard.scheduleHeartbeatCheck(self, at: shard.tick &+ 1)
         }
         if wrote {
             // Flushed now: a paused replay goes on when the socket drained what was written.

@@ -17,6 +17,8 @@ struct HeartbeatState {
     var lastWriteTick: UInt64 = 0
     /// When the session's credential expires.
     var expiresAt: NIODeadline?
+    /// Since when a replay waits for the connection to drain (nil: none waits).
+    var writeStalledTick: UInt64?
 
     init() {}
 
@@ -64,8 +66,20 @@ extension STOMPSessionStateMachine {
     /// Something was written to the client at `tick`.
     package mutating func wrote(at tick: UInt64) { heartbeat.lastWriteTick = tick }
 
-    /// A timer tick: the CONNECT deadline, a token's expiry, the heart-beat timeout, or a
-    /// heart-beat to send. A session waiting on a step is not late: it is looked at again at
+    /// A replay waits for the connection to drain, since `tick` unless it waited already.
+    /// Returns whether it did not wait before (the handler then has the session checked at the
+    /// next tick, so the deadline is counted in).
+    package mutating func replayStalled(at tick: UInt64) -> Bool {
+        guard heartbeat.writeStalledTick == nil else { return false }
+        heartbeat.writeStalledTick = tick
+        return true
+    }
+
+    /// The connection took what the replay wrote (or the replay is over).
+    package mutating func replayProgressed() { heartbeat.writeStalledTick = nil }
+
+    /// A timer tick: the CONNECT deadline, a token's expiry, the heart-beat timeout, a replay
+    /// the connection takes nothing of (``replayStalled(at:)``), or a heart-beat to send. A session waiting on a step is not late: it is looked at again at
     /// the next tick.
     package mutating func tick(_ tick: UInt64, now: NIODeadline) -> TickAction {
         switch phase {
@@ -101,6 +115,17 @@ extension STOMPSessionStateMachine {
                 } else {
                     next = min(next, heartbeat.lastReadTick + heartbeat.expectWithinTicks + 1)
                 }
+            }
+            if let stalled = heartbeat.writeStalledTick {
+                let timeoutMs = config.replayStallTimeout.nanoseconds / 1_000_000
+                let limit = heartbeat.ticks(timeoutMs, roundUp: true)
+                if tick - stalled > limit {
+                    fail(
+                        SessionFailure(
+                            "slow consumer: the connection took nothing of a replay in \(timeoutMs) ms", kind: .slowConsumer))
+                    return .closed
+                }
+                next = min(next, stalled + limit + 1)
             }
             var send = false
             if heartbeat.sendEveryTicks > 0 {

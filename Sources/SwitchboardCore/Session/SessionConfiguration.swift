@@ -18,6 +18,9 @@ package struct SessionConfiguration: Sendable {
     package var maxSubscriptionsPerSession = 256
     /// Outbound bytes queued for a connection before it is a slow consumer and is closed.
     package var maxPendingOutboundBytes = 4 * 1024 * 1024
+    /// A replay the connection takes nothing of for this long (its socket does not drain) ends
+    /// the session as a slow consumer: a paused replay holds its messages in memory.
+    package var replayStallTimeout: TimeAmount = .seconds(10)
     /// SENDs buffered in one transaction, and open transactions per session.
     package var maxFramesPerTransaction = 1_000
     package var maxTransactionsPerSession = 16

@@ -129,6 +129,8 @@ package struct Limits: Sendable, Equatable {
     package var maxSubscriptions = sessionDefaults.maxSubscriptionsPerSession
     /// Outbound bytes queued for a connection before it is a slow consumer and is closed.
     package var maxPendingBytes = sessionDefaults.maxPendingOutboundBytes
+    /// A replay the connection takes nothing of for this long ends the session (slow consumer).
+    package var replayStallTimeoutMs = Int(sessionDefaults.replayStallTimeout.nanoseconds / 1_000_000)
     package var maxTransactionFrames = sessionDefaults.maxFramesPerTransaction
     /// Bytes held by one session's open transactions together.
     package var maxTransactionBytes = sessionDefaults.maxTransactionBytes
@@ -150,6 +152,7 @@ package struct Limits: Sendable, Equatable {
         decoder.maxBodyBytes = reader.int(forKey: "max-body-bytes", default: decoder.maxFrameBytes)
         maxSubscriptions = reader.int(forKey: "max-subscriptions", default: maxSubscriptions)
         maxPendingBytes = reader.int(forKey: "max-pending-bytes", default: maxPendingBytes)
+        replayStallTimeoutMs = reader.int(forKey: "replay-stall-timeout-ms", default: replayStallTimeoutMs)
         maxTransactionFrames = reader.int(forKey: "max-transaction-frames", default: maxTransactionFrames)
         maxTransactionBytes = reader.int(forKey: "max-transaction-bytes", default: maxTransactionBytes)
         maxConnections = reader.int(forKey: "max-connections", default: maxConnections)
@@ -164,7 +167,7 @@ package struct Limits: Sendable, Equatable {
             ("limits.max-pending-bytes", maxPendingBytes), ("limits.max-transaction-frames", maxTransactionFrames),
             ("limits.max-transaction-bytes", maxTransactionBytes),
             ("limits.max-connections", maxConnections), ("limits.max-connections-per-ip", maxConnectionsPerIP),
-            ("limits.max-sessions-per-user", maxSessionsPerUser))
+            ("limits.max-sessions-per-user", maxSessionsPerUser), ("limits.replay-stall-timeout-ms", replayStallTimeoutMs))
         try SwitchboardConfiguration.atLeast(0, ("limits.frames-per-second", framesPerSecond), ("limits.bytes-per-second", bytesPerSecond))
     }
 
@@ -172,6 +175,7 @@ package struct Limits: Sendable, Equatable {
         session.decoderLimits = decoder
         session.maxSubscriptionsPerSession = maxSubscriptions
         session.maxPendingOutboundBytes = maxPendingBytes
+        session.replayStallTimeout = .milliseconds(Int64(replayStallTimeoutMs))
         session.maxFramesPerTransaction = maxTransactionFrames
         session.maxTransactionBytes = maxTransactionBytes
         session.maxSessionsPerUser = maxSessionsPerUser
