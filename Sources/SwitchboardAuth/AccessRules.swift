@@ -5,7 +5,8 @@ import SwitchboardWire
 /// where it may watch presence (`x-presence: true` on SUBSCRIBE).
 ///
 /// A rule is a destination pattern (`*`, `**` as in subscriptions) with placeholders taken
-/// from the session's identity — `{sub}` is the user, `{claim}` any kept claim — optionally
+/// from the session's identity — `{sub}` (or `{user}`) is the user, `{claim}` any kept claim,
+/// standing for each of its values when it has several (an array claim) — optionally
 /// followed by ` if <claim>=<value>[,<value>…]` requiring one of those values in a claim,
 /// e.g. `/topic/admin.** if roles=admin`. When a list has rules, everything it does not
 /// allow is denied; an empty `subscribe` or `send` list allows everything, while an empty
@@ -51,7 +52,7 @@ package struct AccessRules: AccessPolicy {
             // Checked now, with each placeholder standing for a plain name: a pattern that cannot
             // be parsed would otherwise match nothing, silently, at every check.
             let sample = SessionIdentity(user: "u", claims: Dictionary(uniqueKeysWithValues: Self.placeholders(in: self.pattern).map { ($0, ["v"]) }))
-            guard let expanded = AccessRules.expand(self.pattern, sample) else {
+            guard let expanded = AccessRules.expansions(self.pattern, sample).first else {
                 throw RuleError(rule: text, reason: "a '{' without its '}'")
             }
             do {
@@ -106,33 +107,50 @@ package struct AccessRules: AccessPolicy {
                 let have = identity?.claims[required.name] ?? []
                 guard have.contains(where: required.values.contains) else { continue }
             }
-            guard let expanded = expand(rule.pattern, identity), let pattern = try? DestinationPattern(expanded) else { continue }
-            if destination.contains("*") {
-                // A wildcard subscription is allowed only if the rule covers all it matches.
-                if let wanted = try? DestinationPattern(destination), pattern.covers(wanted) { return true }
-            } else if pattern.matches(destination) {
-                return true
+            for expanded in expansions(rule.pattern, identity) {
+                guard let pattern = try? DestinationPattern(expanded) else { continue }
+                if destination.contains("*") {
+                    // A wildcard subscription is allowed only if the rule covers all it matches.
+                    if let wanted = try? DestinationPattern(destination), pattern.covers(wanted) { return true }
+                } else if pattern.matches(destination) {
+                    return true
+                }
             }
         }
         return false
     }
 
-    /// Replaces `{name}` placeholders; nil when one has no safe value.
-    static func expand(_ pattern: String, _ identity: SessionIdentity?) -> String? {
-        guard pattern.contains("{") else { return pattern }
-        var out = ""
+    /// Most patterns one rule expands to (the product of its placeholders' value counts); the
+    /// values past it are not tried.
+    package static let maxExpansions = 64
+
+    /// The patterns `pattern` stands for: its placeholders replaced by each combination of
+    /// their safe values (a claim with several values gives one pattern per value). A value
+    /// that is empty or holds `/`, `.` or `*` is skipped; a placeholder without a safe value
+    /// leaves none.
+    package static func expansions(_ pattern: String, _ identity: SessionIdentity?) -> [String] {
+        guard pattern.contains("{") else { return [pattern] }
+        var out = [""]
         var rest = Substring(pattern)
         while let open = rest.firstIndex(of: "{") {
-            out += rest[..<open]
-            guard let close = rest[open...].firstIndex(of: "}") else { return nil }
+            let literal = rest[..<open]
+            guard let close = rest[open...].firstIndex(of: "}") else { return [] }
             let name = String(rest[rest.index(after: open)..<close])
-            let value: String?
-            if name == "sub" || name == "user" { value = identity?.user } else { value = identity?.claims[name]?.first }
-            guard let value, !value.isEmpty, !value.contains(where: { $0 == "/" || $0 == "." || $0 == "*" }) else { return nil }
-            out += value
+            let all: [String] = name == "sub" || name == "user" ? identity.map { [$0.user] } ?? [] : identity?.claims[name] ?? []
+            let values = all.filter { value in !value.isEmpty && !value.contains(where: { $0 == "/" || $0 == "." || $0 == "*" }) }
+            guard !values.isEmpty else { return [] }
+            var next: [String] = []
+            next.reserveCapacity(min(out.count * values.count, maxExpansions))
+            combining: for prefix in out {
+                for value in values {
+                    guard next.count < maxExpansions else { break combining }
+                    next.append(prefix + literal + value)
+                }
+            }
+            out = next
             rest = rest[rest.index(after: close)...]
         }
-        return out + rest
+        return out.map { $0 + rest }
     }
 }
 

@@ -151,10 +151,9 @@ package final class JWTAuthenticator: SessionAuthenticator {
         if !settings.keptClaims.isEmpty, let payload = Self.payloadObject(token) {
             for name in settings.keptClaims {
                 switch payload[name] {
-                case let s as String: kept[name] = [s]
-                case let list as [Any]: kept[name] = list.compactMap { $0 as? String }
-                case let n as NSNumber: kept[name] = [n.stringValue]
-                default: break
+                case let list as [Any]: kept[name] = list.compactMap(Self.claimString)
+                case let value?: kept[name] = Self.claimString(value).map { [$0] }
+                case nil: break
                 }
                 if let values = kept[name], !values.allSatisfy(DestinationPattern.isNormalized) {
                     throw AuthenticationFailure("\(name) claim is not in Unicode normalization form C (NFC)")
@@ -177,6 +176,20 @@ package final class JWTAuthenticator: SessionAuthenticator {
 
     /// The longest a session's credential is taken to last, in ms: 100 years.
     static let longestSession: Int64 = 100 * 365 * 86_400 * 1000
+
+    /// A kept claim's value as text: a string as is, a number in decimal, a boolean as
+    /// `true`/`false` (it was `1`/`0`: Foundation's JSON gives booleans as numbers); nil for
+    /// anything else (null, an object).
+    static func claimString(_ value: Any) -> String? {
+        switch value {
+        case let s as String: return s
+        case let n as NSNumber:
+            // A JSON boolean is the one NSNumber of type `c` (char) that JSONSerialization makes.
+            if n.objCType.pointee == CChar(UInt8(ascii: "c")) { return n.boolValue ? "true" : "false" }
+            return n.stringValue
+        default: return nil
+        }
+    }
 
     /// The token's payload as JSON (already verified by then).
     static func payloadObject(_ token: String) -> [String: Any]? { segmentObject(token, 1) }

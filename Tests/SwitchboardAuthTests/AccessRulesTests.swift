@@ -76,13 +76,35 @@ import Testing
         #expect(!rules.maySubscribe("/user/{sub}/queue.x", identity: nil))
     }
 
-    @Test func claimPlaceholderTakesTheFirstValue() throws {
-        let rules = try AccessRules(subscribe: ["/topic/{tenant}.*", "/topic/role.{roles}"], send: [])
+    /// A claim with several values stands for each (before, only the first was used: a user
+    /// in teams red and blue could reach red's topics only).
+    @Test func aClaimPlaceholderStandsForEachOfItsValues() throws {
+        let rules = try AccessRules(subscribe: ["/topic/{tenant}.*", "/topic/role.{roles}", "/topic/{tenant}.{roles}.**"], send: [])
         #expect(rules.maySubscribe("/topic/acme.orders", identity: Self.alice))
         #expect(!rules.maySubscribe("/topic/other.orders", identity: Self.alice))
         #expect(!rules.maySubscribe("/topic/acme.orders", identity: Self.bob), "bob has no tenant claim")
         #expect(rules.maySubscribe("/topic/role.user", identity: Self.alice))
-        #expect(!rules.maySubscribe("/topic/role.admin", identity: Self.alice), "only the first value of a claim is used")
+        #expect(rules.maySubscribe("/topic/role.admin", identity: Self.alice))
+        #expect(!rules.maySubscribe("/topic/role.ops", identity: Self.alice))
+        #expect(rules.maySubscribe("/topic/acme.admin.x.y", identity: Self.alice))
+        #expect(rules.maySubscribe("/topic/acme.admin.**", identity: Self.alice), "a wildcard covered by one expansion")
+        #expect(!rules.maySubscribe("/topic/acme.*.x", identity: Self.alice), "covered by no single expansion")
+        #expect(!rules.maySubscribe("/topic/role.admin", identity: Self.bob))
+    }
+
+    /// Unsafe values of a claim are skipped, the safe ones still count; past 64 combinations
+    /// the rest is not tried.
+    @Test func unsafeValuesAreSkippedAndExpansionsAreBounded() throws {
+        let rules = try AccessRules(subscribe: ["/topic/team.{teams}"], send: [])
+        let mixed = SessionIdentity(user: "u", claims: ["teams": ["a.b", "*", "", "red"]])
+        #expect(rules.maySubscribe("/topic/team.red", identity: mixed))
+        #expect(!rules.maySubscribe("/topic/team.a.b", identity: mixed))
+        #expect(!rules.maySubscribe("/topic/team.*", identity: mixed))
+        let many = SessionIdentity(user: "u", claims: ["teams": (0..<100).map { "t\($0)" }])
+        #expect(rules.maySubscribe("/topic/team.t63", identity: many))
+        #expect(!rules.maySubscribe("/topic/team.t64", identity: many))
+        #expect(AccessRules.expansions("/x/{teams}.{teams}", many).count == AccessRules.maxExpansions)
+        #expect(AccessRules.expansions("/x/{teams}", SessionIdentity(user: "u", claims: ["teams": ["a/b"]])).isEmpty)
     }
 
     @Test(arguments: ["a.b", "a/b", "*", "**", "x*"])

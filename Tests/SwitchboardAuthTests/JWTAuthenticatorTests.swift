@@ -17,6 +17,8 @@ struct TestClaims: JWTPayload {
     var roles: [String]?
     var tier: String?
     var level: Int?
+    var staff: Bool?
+    var flags: [Bool]?
 
     init(sub: String? = "alice", expiresIn: Double? = 3600) {
         self.sub = sub
@@ -124,14 +126,21 @@ struct TestClaims: JWTPayload {
     }
 
     @Test func keptClaimsAreCopiedAsStringLists() async throws {
-        let authenticator = try await JWTAuthenticator(settings: Self.settings { $0.keptClaims = ["roles", "tier", "level", "absent"] })
+        let authenticator = try await JWTAuthenticator(
+            settings: Self.settings { $0.keptClaims = ["roles", "tier", "level", "absent", "staff", "flags"] })
         var claims = TestClaims()
         claims.roles = ["user", "admin"]
         claims.tier = "gold"
         claims.level = 3
         claims.iss = "not kept"
+        claims.staff = true
+        claims.flags = [false, true]
         let identity = try await authenticator.verify(try await Self.token(claims))
-        #expect(identity.claims == ["roles": ["user", "admin"], "tier": ["gold"], "level": ["3"]])
+        // Booleans as true/false: they were "1" and "0", and an array of them was dropped.
+        #expect(
+            identity.claims == [
+                "roles": ["user", "admin"], "tier": ["gold"], "level": ["3"], "staff": ["true"], "flags": ["false", "true"],
+            ])
     }
 
     @Test func expiredTokenIsRefused() async throws {
