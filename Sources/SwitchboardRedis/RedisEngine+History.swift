@@ -302,7 +302,7 @@ extension RedisEngine {
         case .last(let count):
             after = through.sequence > UInt64(count) ? through.sequence - UInt64(count) : 0
         }
-        return readRetrying(until: deadline) { self.readHistory(destination, after: after) }.flatMap { read in
+        return readRetrying(until: deadline) { self.sharedResumeRead(destination, after: after, covering: through) }.flatMap { read in
             guard read.position.epoch == through.epoch else {
                 return self.replayInNewerEpoch(destination, from: start, read: read, readAfter: after, until: deadline)
             }
@@ -360,6 +360,48 @@ extension RedisEngine {
             }
             return self.readPages(destination, key: key, into: read, after: through, span: page, epochChanges: epochChanges, from: after)
         }
+    }
+
+    /// A resume read of one destination in flight: from `after` on.
+    struct SharedResumeRead {
+        var after: UInt64
+        var result: EventLoopFuture<HistoryReadResult>
+    }
+
+    /// The history of `destination` after `after` for a subscription registered at `through`:
+    /// a read of it already in flight from no later than `after` is joined, else one is started
+    /// (which later ones join). When many clients resume one destination at once (the clients
+    /// of a killed instance, reconnecting), Redis answers one read instead of one per client,
+    /// and the replays share its buffers. A joined read answered before the destination reached
+    /// `through` (it was sent before this subscription registered) is not enough: this one
+    /// reads on its own then.
+    func sharedResumeRead(_ destination: String, after: UInt64, covering through: StreamPosition) -> EventLoopFuture<HistoryReadResult> {
+        let loop = promiseLoop
+        let (joined, started) = resumeReads.withLockedValue { reads -> (EventLoopFuture<HistoryReadResult>?, EventLoopPromise<HistoryReadResult>?) in
+            if let read = reads[destination] {
+                return read.after <= after ? (read.result, nil) : (nil, nil)
+            }
+            let promise = loop.makePromise(of: HistoryReadResult.self)
+            reads[destination] = SharedResumeRead(after: after, result: promise.futureResult)
+            return (nil, promise)
+        }
+        if let joined {
+            return joined.flatMap { read in
+                guard read.position.epoch == through.epoch, read.position.sequence >= through.sequence else {
+                    return self.readHistory(destination, after: after)
+                }
+                self.sharedReadsCounter.increment()
+                return loop.makeSucceededFuture(read)
+            }
+        }
+        guard let started else { return readHistory(destination, after: after) }  // one from further on is in flight
+        readHistory(destination, after: after).whenComplete { result in
+            self.resumeReads.withLockedValue { reads in
+                if reads[destination]?.result === started.futureResult { reads[destination] = nil }
+            }
+            started.completeWith(result)
+        }
+        return started.futureResult
     }
 
     /// Reads the pages after `after`; `span` positions per read, doubled after an empty one (a

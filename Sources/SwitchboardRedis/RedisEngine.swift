@@ -75,6 +75,11 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     }
 
     let state = NIOLockedValueBox(State())
+    /// The resume read of each destination in flight, which others join (see
+    /// ``sharedResumeRead(_:after:covering:)``).
+    let resumeReads = NIOLockedValueBox([String: SharedResumeRead]())
+    /// Resume reads answered by a read another subscription started.
+    let sharedReadsCounter = Metrics.Counter(label: "switchboard_history_resume_reads_shared_total")
     let clusterHealth = NIOLockedValueBox(ClusterHealth())
     /// Watches the cross-instance path (see ``DeliveryCanary``); nil when turned off.
     package let canary: DeliveryCanary?

@@ -2,6 +2,8 @@
 carries `x-position: <epoch>:<seq>`; a SUBSCRIBE with `x-resume-from` gets what it missed, then
 the live messages, with no gap and no duplicate at the seam; the RECEIPT says whether the
 resume was complete (`x-recovered`) and where the destination stands (`x-position`)."""
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -293,3 +295,53 @@ def test_a_replay_larger_than_the_pending_limit_arrives_whole(small_limit_gatewa
     assert [m.command for m in got] == ["MESSAGE"] * 201, [m.headers for m in got if m.command != "MESSAGE"][:1]
     assert [m.text[:3] for m in got] == [f"{i:03d}" for i in range(201)]
     c.expect_nothing(0.3)
+
+
+def history_reads(port: int) -> int:
+    """`FCALL`s so far (`INFO commandstats`): history reads, and publishes (none meanwhile here)."""
+    calls = 0
+    for line in redis_cli(port, "INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_fcall:"):
+            calls += int(line.split("calls=")[1].split(",")[0])
+    return calls
+
+
+def test_clients_resuming_one_destination_at_once_share_one_history_read(gateway_factory, clients, tmp_path):
+    """The clients of a killed instance reconnect and resume the same destination at once: one
+    history read in Redis serves them all (before, one read per client: a storm of reads, and a
+    copy of the replay per client). Redis is paused while they subscribe, so every read after
+    the first finds it in flight, deterministically."""
+    port = free_port()
+    redis = subprocess.Popen(redis_server_args(port, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: redis_cli(port, "PING") == "PONG", 10, what="redis-server up")
+        gw = gateway_factory(f"redis.url=redis://127.0.0.1:{port}", "redis.command-timeout-ms=20000")
+        topic = "/topic/h.storm"
+        watcher = clients(gw)
+        watcher.subscribe(topic, id="w", receipt="w")  # the instance knows the destination's position
+        for i in range(20):
+            assert gw.publish(topic, f"m{i}").status_code == 200
+        assert [m.text for m in watcher.receive_many(20)] == [f"m{i}" for i in range(20)]
+        shared_before = gw.metric("switchboard_history_resume_reads_shared_total")
+        reads_before = history_reads(port)
+        resumers = [clients(gw) for _ in range(30)]
+        os.kill(redis.pid, signal.SIGSTOP)
+        try:
+            for c in resumers:
+                c.send_frame("SUBSCRIBE", {"destination": topic, "id": "r", "receipt": "r", "x-last": "20"})
+            wait_until(lambda: gw.metric("switchboard_subscriptions") >= 31, 20, what="every SUBSCRIBE registered")
+        finally:
+            os.kill(redis.pid, signal.SIGCONT)
+        for c in resumers:
+            assert c.expect_receipt("r", timeout=20)["x-recovered"] == "true"
+            assert [m.text for m in c.receive_many(20, timeout=20)] == [f"m{i}" for i in range(20)]
+        assert gw.metric("switchboard_history_resume_reads_shared_total") - shared_before == 29
+        reads = history_reads(port) - reads_before
+        assert reads <= 5, f"{reads} history reads for 30 resumes"  # one (and the canary's, if any)
+        gw.publish(topic, "live")
+        for c in resumers:
+            assert c.receive().text == "live"
+            c.expect_nothing(0.05)
+        assert gw.stop() == 0
+    finally:
+        terminate(redis)
