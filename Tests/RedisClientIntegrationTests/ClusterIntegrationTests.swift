@@ -15,8 +15,9 @@ struct ClusterIntegrationTests {
     ) throws -> RedisClusterClient {
         var configuration = RedisConfiguration()
         configuration.password = cluster.password
-        configuration.connectTimeout = .seconds(1)
-        configuration.commandTimeout = .seconds(2)
+        // Generous: an INCR behind a MIGRATE, or a connect on a loaded machine, takes seconds.
+        configuration.connectTimeout = .seconds(10)
+        configuration.commandTimeout = .seconds(10)
         configuration.reconnectBackoffMaximum = .milliseconds(500)
         configuration.cluster = RedisClusterConfiguration(nodes: seeds ?? cluster.seeds, retryDelay: .milliseconds(50))
         configure(&configuration.cluster!)
@@ -143,8 +144,8 @@ struct ClusterIntegrationTests {
         }
         let before = try #require(slotCount(try await client.refreshTopology()))
         let refreshes = client.topologyRefreshCount
-        let reshard = Task.detached {
-            try cluster.redisCLI([
+        let reshard = Task {
+            try await cluster.redisCLI([
                 "--cluster", "reshard", "127.0.0.1:\(primaries[0].port)", "--cluster-from", source, "--cluster-to", destination,
                 "--cluster-slots", "2000", "--cluster-yes", "--cluster-pipeline", "10",
             ])

@@ -14,8 +14,8 @@ struct ClusterOrderIntegrationTests {
     func client(_ cluster: RedisClusterProcess, retryDelay: TimeAmount = .milliseconds(20)) throws -> RedisClusterClient {
         var configuration = RedisConfiguration()
         configuration.password = cluster.password
-        configuration.connectTimeout = .seconds(1)
-        configuration.commandTimeout = .seconds(5)
+        configuration.connectTimeout = .seconds(10)
+        configuration.commandTimeout = .seconds(10)
         configuration.reconnectBackoffMaximum = .milliseconds(500)
         configuration.cluster = RedisClusterConfiguration(nodes: cluster.seeds, retryDelay: retryDelay)
         var logger = Logger(label: "cluster-order-test")

@@ -30,7 +30,7 @@ struct SentinelIntegrationTests {
 
     func client(_ sentinels: [RedisServerProcess]) -> RedisClient {
         var configuration = RedisConfiguration(host: "unused.invalid", port: 1)
-        configuration.connectTimeout = .seconds(1)
+        configuration.connectTimeout = .seconds(10)  // a TLS handshake on a loaded machine takes seconds
         configuration.commandTimeout = .seconds(2)
         configuration.reconnectBackoffMaximum = .milliseconds(500)
         configuration.sentinel = RedisSentinelConfiguration(
@@ -117,7 +117,7 @@ struct SentinelIntegrationTests {
         let sentinel = try await RedisServerProcess.startSentinel(
             monitoring: primary, masterName: "main", extraConfiguration: "sentinel auth-pass main data-secret\nrequirepass sentinel-secret\n")
         var configuration = try RedisConfiguration(url: "redis://:data-secret@unused.invalid/3")
-        configuration.connectTimeout = .seconds(1)
+        configuration.connectTimeout = .seconds(10)  // a TLS handshake on a loaded machine takes seconds
         configuration.sentinel = RedisSentinelConfiguration(
             nodes: [RedisServerAddress(host: "127.0.0.1", port: sentinel.port)], masterName: "main", password: "sentinel-secret")
         var logger = Logger(label: "sentinel-test")
@@ -159,7 +159,7 @@ struct SentinelIntegrationTests {
         #expect(knowsReplica)
         var configuration = try RedisConfiguration(url: "rediss://unused.invalid")
         configuration.tls?.caFile = tls.certificates.caFile
-        configuration.connectTimeout = .seconds(1)
+        configuration.connectTimeout = .seconds(10)  // a TLS handshake on a loaded machine takes seconds
         configuration.reconnectBackoffMaximum = .milliseconds(500)
         configuration.sentinel = RedisSentinelConfiguration(nodes: [RedisServerAddress(host: "127.0.0.1", port: sentinel.port)], masterName: "main")
         var logger = Logger(label: "sentinel-test")

@@ -34,9 +34,10 @@ struct TLSIntegrationTests {
         // A client from a rediss:// URL (by name: SNI and the certificate's DNS name `localhost`).
         var configuration = try RedisConfiguration(url: "rediss://localhost:\(server.port)")
         configuration.tls?.caFile = server.tls?.certificates.caFile
+        configuration.connectTimeout = .seconds(10)
         let client = RedisClient(configuration: configuration)
         client.start()
-        try await client.waitUntilConnected(timeout: .seconds(5))
+        try await client.waitUntilConnected(timeout: .seconds(30))
         let subscription = try await client.subscribe(to: ["news"])
         #expect(try await client.execute(PUBLISH(channel: "news", message: "hello")) == 1)
         let message = try #require(try await nextMessage(subscription))

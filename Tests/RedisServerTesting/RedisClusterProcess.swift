@@ -43,7 +43,7 @@ package final class RedisClusterProcess: @unchecked Sendable {
                     ] + auth))
         }
         let cluster = RedisClusterProcess(servers: servers, password: password)
-        try cluster.redisCLI(
+        try await cluster.redisCLI(
             (password.map { ["--no-auth-warning", "-a", $0] } ?? []) + ["--cluster", "create"] + servers.map { "127.0.0.1:\($0.port)" } + [
                 "--cluster-replicas", "\(replicasPerPrimary)", "--cluster-yes",
             ])
@@ -53,9 +53,19 @@ package final class RedisClusterProcess: @unchecked Sendable {
         return cluster
     }
 
-    /// Runs `redis-cli args` and returns its output; throws when it exits with a failure.
+    /// Runs `redis-cli args` and returns its output; throws when it exits with a failure. It
+    /// waits on a thread of its own: blocking one of the task pool's threads (two on a 2-core
+    /// machine) for the seconds a `--cluster create` or a reshard takes stalled every other test.
     @discardableResult
-    package func redisCLI(_ arguments: [String]) throws -> String {
+    package func redisCLI(_ arguments: [String]) async throws -> String {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                continuation.resume(with: Result { try self.redisCLIBlocking(arguments) })
+            }
+        }
+    }
+
+    private func redisCLIBlocking(_ arguments: [String]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.redisCLI!)
         process.arguments = arguments

@@ -231,7 +231,7 @@ package final class RedisServerProcess: @unchecked Sendable {
         logger.logLevel = .critical
         let client = RedisClient(configuration: self.configuration, logger: logger)
         client.start()
-        try await client.waitUntilConnected(timeout: .seconds(5))
+        try await client.waitUntilConnected(timeout: .seconds(30))
         return client
     }
 

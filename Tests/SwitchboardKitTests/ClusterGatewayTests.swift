@@ -72,8 +72,8 @@ struct ClusterGatewayEngine {
 func clusterConfiguration(_ cluster: RedisClusterProcess) -> RedisConfiguration {
     var configuration = RedisConfiguration()
     configuration.password = cluster.password
-    configuration.connectTimeout = .seconds(1)
-    configuration.commandTimeout = .seconds(2)
+    configuration.connectTimeout = .seconds(10)
+    configuration.commandTimeout = .seconds(10)
     configuration.cluster = RedisClusterConfiguration(nodes: cluster.seeds, retryDelay: .milliseconds(50), topologyRefreshInterval: .seconds(1))
     return configuration
 }

@@ -151,7 +151,7 @@ struct HistoryFunctionReloadTests {
         configuration.commandConnectionPerEventLoop = connectionPerLoop
         let client = RedisClient(configuration: configuration)
         client.start()
-        try await client.waitUntilConnected(timeout: .seconds(5))
+        try await client.waitUntilConnected(timeout: .seconds(30))
         let admin = try await server.client()
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let count = 2_000

@@ -78,8 +78,14 @@ struct StreamConsumerTests {
             try await handler(message)
             byB.withLockedValue { $0 += 1 }
         }
-        let a = StreamConsumer(client: client, configuration: testConfiguration(name: "a", batchSize: 4), logger: quietLogger)
-        let b = StreamConsumer(client: client, configuration: testConfiguration(name: "b", batchSize: 4), logger: quietLogger)
+        // Long blocking reads: a read of a's ending during the XADDs (and a late next one) would
+        // leave b alone to take everything.
+        var configurationA = testConfiguration(name: "a", batchSize: 4)
+        var configurationB = testConfiguration(name: "b", batchSize: 4)
+        configurationA.blockTime = .seconds(30)
+        configurationB.blockTime = .seconds(30)
+        let a = StreamConsumer(client: client, configuration: configurationA, logger: quietLogger)
+        let b = StreamConsumer(client: client, configuration: configurationB, logger: quietLogger)
         let tasks = [start(a, handlerA), start(b, handlerB)]
         try #require(try await waitUntilReading(a, client))
         try #require(try await waitUntilReading(b, client))

@@ -11,7 +11,7 @@ import Testing
 struct RedisSentinelStartupTests {
     func configuration(sentinels: [Int], masterName: String) -> RedisConfiguration {
         var configuration = RedisConfiguration()
-        configuration.connectTimeout = .milliseconds(500)
+        configuration.connectTimeout = .seconds(5)  // the sentinels must answer (port 1 still refuses at once)
         configuration.sentinel = RedisSentinelConfiguration(
             nodes: sentinels.map { RedisServerAddress(host: "127.0.0.1", port: $0) }, masterName: masterName)
         return configuration

@@ -96,13 +96,18 @@ struct TaskPhaseYieldTests {
         }
         // The loop is busy delivering before the byte is sent.
         while sink.delivered.withLockedValue({ $0 }) < 20 { try await Task.sleep(for: .milliseconds(1)) }
-        let handedBeforeWrite = handed.withLockedValue { $0 }
-        try await client.writeAndFlush(ByteBuffer(string: "x")).get()
+        // Counted from when the byte is in the socket (the write's completion, on the client's
+        // loop): read before the write, a loaded machine could delay the write itself past 200.
+        let handedAtWrite = NIOLockedValueBox(0)
+        let written = client.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenComplete { _ in handedAtWrite.withLockedValue { $0 = handed.withLockedValue { $0 } } }
+        client.writeAndFlush(ByteBuffer(string: "x"), promise: written)
+        try await written.futureResult.get()
         while flooding.withLockedValue({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
 
         // Counted in messages, not time: with the budget the loop polls after about 2 ms of
         // deliveries (10 messages); without it, only when the other thread happens to pause.
-        let handedMeanwhile = handed.withLockedValue { $0 } - handedBeforeWrite
+        let handedMeanwhile = handed.withLockedValue { $0 } - handedAtWrite.withLockedValue { $0 }
         #expect(!gaveUp.withLockedValue { $0 }, "the loop read nothing while it was handed \(handedMeanwhile) messages")
         #expect(seen.withLockedValue { $0 })
         #expect(handedMeanwhile < 200, "the loop delivered \(handedMeanwhile) messages before reading a waiting socket")

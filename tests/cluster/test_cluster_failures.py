@@ -111,6 +111,7 @@ def test_redis_restart_during_traffic(cluster_factory, clients):
 
 def test_gateway_crash_clients_reconnect_through_haproxy(cluster_factory):
     cluster = cluster_factory(replicas=0)
+    cluster.wait_all_up()  # round-robin reaches gw1 only once haproxy sees it up
     subs = []
     for _ in range(6):
         c = cluster.client()

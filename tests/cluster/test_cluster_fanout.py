@@ -26,6 +26,7 @@ def collect(client, count, timeout=20.0):
 
 
 def test_clients_spread_over_all_instances(shared_cluster, clients):
+    shared_cluster.wait_all_up()
     cs = [clients(shared_cluster.client()) for _ in range(6)]
     instances = {Cluster.instance_of(c) for c in cs}
     assert instances == {"gw0", "gw1", "gw2"}
@@ -46,6 +47,7 @@ def sequence(bodies, prefix):
 
 
 def spread_subscribers(cluster, clients, destination, count=9):
+    cluster.wait_all_up()
     subs = [clients(cluster.client()) for _ in range(count)]
     assert len({Cluster.instance_of(c) for c in subs}) == 3
     subscribe_all(subs, destination)

@@ -20,6 +20,7 @@ from support.stompclient import ConnectionClosed, StompClient
 def test_kill9_gateway_clients_resume_through_haproxy_without_loss(cluster_factory, redis_cluster):
     """On one Redis, and on a Redis Cluster (3 primaries + 3 replicas)."""
     cluster = cluster_factory(replicas=0, redis_cluster=redis_cluster)
+    cluster.wait_all_up()  # round-robin reaches gw1 only once haproxy sees it up
     topic = "/topic/h-kill"
     subs = []
     for _ in range(6):

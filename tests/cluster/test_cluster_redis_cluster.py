@@ -85,6 +85,7 @@ def test_fanout_over_many_destinations_on_every_shard(rcluster, clients):
     rc = rcluster.rc
     dests = spread(rc, "/topic/rc-fan-", 10)
     assert len({rc.node_for_key(dest_channel(d)).port for d in dests}) == 3
+    rcluster.wait_all_up()
     subs = [clients(rcluster.client()) for _ in range(6)]
     assert {Cluster.instance_of(c) for c in subs} == {"gw0", "gw1", "gw2"}
     for c in subs:
@@ -302,7 +303,7 @@ def test_tls_and_acl_user_on_every_node(cluster_factory, clients, tls):
 
 def run_gateway(*sets, timeout=30):
     """Runs the gateway with `sets` and expects it to stop by itself; (exit code, output)."""
-    args = [BINARY, "--port", "0", "--set", "redis.connect-timeout-ms=1000"]
+    args = [BINARY, "--port", "0", "--set", "redis.connect-timeout-ms=10000"]  # a TLS handshake under load takes seconds
     for s in sets:
         args += ["--set", s]
     try:

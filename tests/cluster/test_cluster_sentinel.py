@@ -225,7 +225,7 @@ def test_receipts_wait_for_the_replica_across_a_kill9_failover(cluster_factory):
     ERROR again (the route fails closed). Without the wait, the SENDs during the cut get
     RECEIPTs and are lost in the failover."""
     cluster = cluster_factory(replicas=0, gateways=1, sentinels=2, config_yaml=ORDERS_CONFIG,
-                              gateway_args=("--set", "redis.wait-replicas=1", "--set", "redis.wait-replicas-timeout-ms=300"))
+                              gateway_args=("--set", "redis.wait-replicas=1", "--set", "redis.wait-replicas-timeout-ms=2000"))
     client = StompClient(cluster.gw_ws(0), timeout=5)
     client.connect()
     receipted = []
@@ -244,7 +244,7 @@ def test_receipts_wait_for_the_replica_across_a_kill9_failover(cluster_factory):
         for n in range(3):
             frame = send_receipted(cluster, f"x{n}")
             assert frame.command == "ERROR", f"x{n} got a {frame.command} while no replica could acknowledge it"
-            assert "not acknowledged by 1 replica within 300 ms" in frame.get("message", ""), frame.get("message")
+            assert "not acknowledged by 1 replica within 2000 ms" in frame.get("message", ""), frame.get("message")
             refused.append(f"x{n}")
         # The refused entries are on the primary alone.
         assert stream_ids(cluster.redis_port)[-3:] == refused

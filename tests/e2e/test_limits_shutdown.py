@@ -38,7 +38,7 @@ def test_connect_timeout(limited, client, watcher):
 
 def test_connect_in_time_is_fine(limited, client):
     c = client(limited)
-    time.sleep(0.2)  # time passing is the test: under the 500 ms CONNECT deadline
+    time.sleep(0.05)  # time passing is the test: under the 500 ms CONNECT deadline (with slack for a loaded machine)
     c.connect()
     time.sleep(0.6)  # time passing is the test: past the CONNECT deadline once connected
     c.subscribe("/topic/in-time", id="1", receipt="ok")

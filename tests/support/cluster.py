@@ -206,6 +206,12 @@ class Cluster:
         rows = [dict(zip(header, l.split(","))) for l in lines[1:] if l]
         return {r["svname"]: r["status"] for r in rows if r["pxname"] == backend and r["svname"] not in ("FRONTEND", "BACKEND")}
 
+    def wait_all_up(self, timeout=20.0):
+        """Waits until haproxy has every gateway up: on a loaded machine a readiness check can
+        miss twice, and while an instance is down round-robin spreads over the others only."""
+        names = [f"gw{i + 1}" for i in range(len(self.gw_ports))]
+        wait_until(lambda: all(self.server_states("api").get(n) == "UP" for n in names), timeout, what="haproxy sees every gateway up")
+
     def start_replica(self, j: int, *extra):
         if self.rc:
             t = self.rc.tls

@@ -67,8 +67,10 @@ class Collector(stomp.ConnectionListener):
 
 def connect_stomppy(gw, heartbeats=(0, 0), connect: bool = True):
     """A stomp.py WebSocket connection to `gw` (a Gateway) with a Collector; connected unless `connect` is False."""
+    # stomp.py gives up on the server after 1.5 × its heart-beat interval by default: with 300 ms
+    # beats and the server's 250 ms timer that left 200 ms of slack on a loaded machine.
     conn = stomp.WSConnection([("127.0.0.1", gw.port)], ws_path="/stomp", heartbeats=heartbeats,
-                              reconnect_attempts_max=1)
+                              reconnect_attempts_max=1, heart_beat_receive_scale=4.0)
     listener = Collector()
     conn.set_listener("test", listener)
     if connect:
