@@ -62,6 +62,9 @@ package final class UserSessionCounter: Sendable {
         }
     }
 
+    /// Sessions counted, of all users.
+    package var total: Int { counts.withLockedValue { $0.values.reduce(0, +) } }
+
     package func remove(_ user: String) {
         counts.withLockedValue { c in
             let n = c[user, default: 0] - 1

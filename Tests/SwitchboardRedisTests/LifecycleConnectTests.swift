@@ -126,10 +126,14 @@ struct LifecycleConnectTests {
         var clients: [LifecycleTestClient] = []
         for _ in 0..<sessions { clients.append(try await gw.client()) }
         _ = try await gw.admin.execute(RawCommand("CONFIG", "RESETSTAT"))
-        try await gw.pauseWrites(ms: 500)
+        // Held until every CONNECT was authenticated (its fact queued), however slowly a loaded
+        // machine gets there: a 500 ms pause could end with CONNECTs still coming in, one write each.
+        try await gw.pauseWrites(ms: 60_000)
         for (n, c) in clients.enumerated() {
             try c.send(.connect, ["accept-version": "1.2", "host": "localhost", "passcode": "user\(n)"])
         }
+        #expect(try await eventually(timeout: .seconds(30)) { gw.services.userSessions.total == sessions })
+        _ = try await gw.admin.execute(RawCommand("CLIENT", "UNPAUSE"))
         for c in clients {
             let frame = try await c.next(timeout: .seconds(30))
             #expect(frame.command == .connected, "\(frame)")
