@@ -92,8 +92,9 @@ struct StreamConsumerRecoveryTests {
                 seen.withLockedValue { $0[message.id, default: 0] += 1 }
             }
         }
-        // 16 entries × 60 ms = 960 ms per batch of the slow replica, longer than claimMinIdle.
-        let timing = (claimMinIdle: Duration.milliseconds(600), claimInterval: Duration.milliseconds(50))
+        // 16 entries × 150 ms = 2.4 s per batch of the slow replica, longer than claimMinIdle: 2 s,
+        // so its renewals (every third of it) have more than a second of slack on a loaded machine.
+        let timing = (claimMinIdle: Duration.milliseconds(2_000), claimInterval: Duration.milliseconds(50))
         let slow = StreamConsumer(
             client: client,
             configuration: testConfiguration(name: "slow", claimMinIdle: timing.claimMinIdle, claimInterval: timing.claimInterval),
@@ -104,7 +105,7 @@ struct StreamConsumerRecoveryTests {
             configuration: testConfiguration(name: "fast", claimMinIdle: timing.claimMinIdle, claimInterval: timing.claimInterval),
             logger: quietLogger
         )
-        let slowTask = start(slow, handler(delay: .milliseconds(60)))
+        let slowTask = start(slow, handler(delay: .milliseconds(150)))
         #expect(try await eventually { try await pendingCount(client) > 0 })
         let fastTask = start(fast, handler(delay: .zero))
 

@@ -83,9 +83,10 @@ def test_slow_and_fast_replicas_process_each_entry_exactly_once(cluster_factory)
                      f"instance gw0 timestamp 1\n" for i in range(n))
     subprocess.run(["redis-cli", "-p", str(cluster.redis_port)], input=script, text=True, capture_output=True, check=True, timeout=30)
     assert cluster.redis_cli("XLEN", STREAM) == str(n)
-    # 16 entries × 60 ms per batch of the slow replica: longer than claim-min-idle.
-    timing = ["--claim-min-idle-ms", "600", "--claim-interval-ms", "50"]
-    cluster.start_replica(0, "--processing-delay-ms", "60", *timing)
+    # 16 entries × 150 ms per batch of the slow replica: longer than claim-min-idle. 2 s of it, so
+    # its renewals (every third of it) have more than a second of slack on a loaded machine.
+    timing = ["--claim-min-idle-ms", "2000", "--claim-interval-ms", "50"]
+    cluster.start_replica(0, "--processing-delay-ms", "150", *timing)
 
     def slow_holds_entries():
         lines = cluster.redis_cli("XPENDING", STREAM, GROUP).splitlines()
