@@ -35,6 +35,19 @@ final class SlowSocket: ChannelOutboundHandler {
 
     func flush(context: ChannelHandlerContext) {}
 
+    /// The peer read the oldest queued write only: it goes on to the channel; the channel is
+    /// writable again once less than half of `high` is queued (NIO's low water mark here).
+    func drainOne() {
+        guard let context, let channel = context.channel as? EmbeddedChannel, !queued.isEmpty else { return }
+        let write = queued.removeFirst()
+        queuedBytes -= write.bytes.readableBytes
+        context.writeAndFlush(wrapOutboundOut(write.bytes), promise: write.promise)
+        if !channel.isWritable, queuedBytes < high / 2 {
+            channel.isWritable = true
+            context.fireChannelWritabilityChanged()
+        }
+    }
+
     /// The peer read everything queued: it goes on to the channel, which is writable again.
     /// Returns whether anything was queued.
     @discardableResult
@@ -148,25 +161,30 @@ final class SlowSocket: ChannelOutboundHandler {
         #expect(bodies == (1...bodies.count).map { "e1:\($0)" }, "a prefix of the replay, then the ERROR")
     }
 
-    /// Unsubscribed while its replay waited: the rest is dropped, and the session's other
-    /// subscriptions get their messages, which waited behind it.
-    @Test func unsubscribingDropsTheRestOfAPausedReplay() throws {
+    /// Frames the client sends while a replay is being written wait for it, as behind a step:
+    /// an UNSUBSCRIBE handled at once was answered before the messages already held for the
+    /// subscription, which came after its RECEIPT (and a SUBSCRIBE reusing the id got them on
+    /// the new subscription, repeating positions).
+    @Test func framesSentDuringAPacedReplayWaitForIt() throws {
         let (gateway, engine, client, socket) = try Self.resuming()
         defer { gateway.shutdown() }
-        try client.subscribe("/topic/other/*", id: "2")  // a pattern: no history, no replay
         Self.replayArrives(engine, gateway)
-        gateway.hub.deliver(
-            PublishedMessage(destination: "/topic/other/a", messageID: "o-1", headers: [:], body: ByteBuffer(string: "other")))
+        Self.live(41...41, size: 10, gateway)  // held behind the replay
         try client.send(.unsubscribe, ["id": "1", "receipt": "u"])
+        try client.send(.subscribe, ["destination": "/topic/other/*", "id": "1", "receipt": "s"])  // the id again
         var frames: [STOMPFrame] = []
         while socket.drain() {
             gateway.loop.run()
             frames += try client.frames()
         }
-        let messages = frames.filter { $0.command == .message }
-        #expect(messages.last?.bodyString == "other")
-        #expect(messages.filter { $0.headers["subscription"] == "1" }.count < 40)
-        #expect(frames.contains { $0.command == .receipt && $0.headers["receipt-id"] == "u" })
+        gateway.hub.deliver(PublishedMessage(destination: "/topic/other/a", messageID: "o-1", headers: [:], body: ByteBuffer(string: "other")))
+        gateway.loop.run()
+        socket.drain()
+        frames += try client.frames()
+        let order = frames.map { frame in
+            frame.command == .message ? String(frame.bodyString.prefix { $0 != "x" }) : "\(frame.command.rawValue):\(frame.headers["receipt-id"] ?? "")"
+        }
+        #expect(order == ["RECEIPT:r"] + (1...41).map { "e1:\($0)" } + ["RECEIPT:u", "RECEIPT:s", "other"], "\(order)")
         #expect(client.isActive)
     }
 
@@ -193,5 +211,27 @@ final class SlowSocket: ChannelOutboundHandler {
         #expect(error?.command == .error)
         #expect(error?.headers["message"] == "slow consumer: the connection took nothing of a replay in 1000 ms", "\(out)")
         #expect(out.last?.closeCode != nil)
+    }
+
+    /// A client reading slowly but steadily: each chunk the socket takes starts the stall
+    /// deadline again. Before, only the channel becoming writable did (half the limit drained),
+    /// so such a client was cut off as if it read nothing, without an ERROR it could read.
+    @Test func aClientReadingSlowlyButSteadilyIsNotStalled() throws {
+        let (gateway, engine, client, socket) = try Self.resuming(stallTimeout: .milliseconds(1_000))
+        defer { gateway.shutdown() }
+        Self.replayArrives(engine, gateway)
+        for _ in 0..<12 {  // one write taken every 600 ms: 7.2 s in all, never 1 s without progress
+            gateway.loop.advanceTime(by: .milliseconds(600))
+            socket.drainOne()
+            gateway.loop.run()
+        }
+        var frames: [STOMPFrame] = []
+        while socket.drain() {
+            gateway.loop.run()
+            frames += try client.frames()
+        }
+        #expect(!frames.contains { $0.command == .error }, "\(frames.filter { $0.command == .error }.map(\.headers))")
+        #expect(frames.filter { $0.command == .message }.count == 40)
+        #expect(client.isActive)
     }
 }

@@ -92,7 +92,10 @@ extension STOMPSessionHandler {
             messages = messages[..<cut]
         }
         guard !messages.isEmpty else { return }
-        if replayBacklog == nil { replayBacklog = CircularBuffer(initialCapacity: 1) }
+        if replayBacklog == nil {
+            replayBacklog = CircularBuffer(initialCapacity: 1)
+            machine.replayPacing(true, at: shard.tick)  // the client's next frames wait for the replay
+        }
         replayBacklog!.append(ReplayRemainder(subscription: outcome.subscription, messages: messages))
         pumpReplay(context: context)
     }

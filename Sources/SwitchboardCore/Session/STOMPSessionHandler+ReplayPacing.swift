@@ -13,9 +13,14 @@ import SwitchboardWire
 /// ``held``, behind the replay (so every subscription's order holds, and the causality rule of
 /// steps too), and they are what counts against the limit: past it, the session ends as a slow
 /// consumer, and the client resumes from what it got. Once the replay is out, the held
-/// deliveries follow, paced the same way; then writes go straight to NIO again. A connection
-/// that takes nothing of a paused replay for ``SessionConfiguration/replayStallTimeout`` (10 s)
-/// ends as a slow consumer: the replay's messages are held in memory meanwhile.
+/// deliveries follow, paced the same way; then writes go straight to NIO again. Until then the
+/// client's later frames wait (``STOMPSessionStateMachine/replayPacing(_:at:)``): an
+/// `UNSUBSCRIBE`, a `SUBSCRIBE` reusing an id or a `DISCONNECT` is answered after what was held
+/// for the session. A connection that takes not one chunk of a paused replay for
+/// ``SessionConfiguration/replayStallTimeout`` (10 s) ends as a slow consumer: the replay's
+/// messages are held in memory meanwhile. Progress is each written chunk's completion (the
+/// socket took it), not the channel becoming writable again, which needs half the limit drained:
+/// a client reading slowly but steadily was cut off as if it read nothing.
 extension STOMPSessionHandler {
     /// The part of one subscription's replay not written yet.
     struct ReplayRemainder {
@@ -45,7 +50,6 @@ extension STOMPSessionHandler {
             guard replayBacklog != nil, machine.phase == .connected else { return }
         }
         var wrote = false
-        if context.channel.isWritable { machine.replayProgressed() }
         while context.channel.isWritable, var first = replayBacklog!.first {
             let subscription = first.subscription
             guard subscription.slot >= 0 else {
@@ -63,7 +67,7 @@ extension STOMPSessionHandler {
             subscription.replayedThrough = through
             shard.counters.record(batch)
             if let buffer = takeUndelivered() {
-                (writer ?? context).write(wrapOutboundOut(buffer), promise: nil)
+                writeTracked(buffer, context: context)
                 wrote = true
             }
             if first.messages.isEmpty {
@@ -79,12 +83,16 @@ extension STOMPSessionHandler {
             while context.channel.isWritable, let first = held?.first, answeredThrough.map({ first.step <= $0 }) ?? true {
                 held!.removeFirst()
                 heldBytes -= first.bytes.readableBytes
-                (writer ?? context).write(wrapOutboundOut(first.bytes), promise: nil)
+                writeTracked(first.bytes, context: context)
                 wrote = true
             }
             if held?.isEmpty == true { held = nil }
             // What is left waits for its step, as without a replay.
-            if context.channel.isWritable { replayBacklog = nil }
+            if context.channel.isWritable {
+                replayBacklog = nil
+                machine.replayProgressed()
+                machine.replayPacing(false, at: shard.tick)  // the client's queued frames go on (runActions)
+            }
         }
         // Waiting for the socket to drain: not forever (``SessionConfiguration/replayStallTimeout``).
         if replayBacklog != nil, !context.channel.isWritable, machine.replayStalled(at: shard.tick) {
@@ -95,5 +103,21 @@ extension STOMPSessionHandler {
             wroteSinceFlush = false
             (writer ?? context).flush()
         }
+    }
+
+    /// Writes `bytes` of a paced replay; once the socket took them, the stall deadline starts
+    /// again.
+    private func writeTracked(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        promise.futureResult.whenSuccess { bound.value.replayBytesTaken() }
+        (writer ?? context).write(wrapOutboundOut(bytes), promise: promise)
+    }
+
+    /// The socket took a chunk of a paced replay: progress.
+    private func replayBytesTaken() {
+        guard isPacingReplay, machine.replayProgressed(), let context, !context.channel.isWritable else { return }
+        // Still waiting for the socket: the deadline counts from now.
+        _ = machine.replayStalled(at: shard.tick)
     }
 }

@@ -228,7 +228,13 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     package func channelWritabilityChanged(context: ChannelHandlerContext) {
         if isPacingReplay {
             // The replay filled the connection's buffer (live deliveries wait): it goes on now.
-            if context.channel.isWritable { pumpReplay(context: context) }
+            if context.channel.isWritable {
+                pumpReplay(context: context)
+                if !isPacingReplay {
+                    runActions()  // the client's frames that waited for the replay
+                    flushIfNeeded()
+                }
+            }
             context.fireChannelWritabilityChanged()
             return
         }

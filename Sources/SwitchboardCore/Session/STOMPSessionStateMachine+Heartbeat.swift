@@ -75,8 +75,13 @@ extension STOMPSessionStateMachine {
         return true
     }
 
-    /// The connection took what the replay wrote (or the replay is over).
-    package mutating func replayProgressed() { heartbeat.writeStalledTick = nil }
+    /// The connection took some of what the replay wrote (or the replay is over). Returns
+    /// whether a replay was waiting.
+    @discardableResult
+    package mutating func replayProgressed() -> Bool {
+        defer { heartbeat.writeStalledTick = nil }
+        return heartbeat.writeStalledTick != nil
+    }
 
     /// A timer tick: the CONNECT deadline, a token's expiry, the heart-beat timeout, a replay
     /// the connection takes nothing of (``replayStalled(at:)``), or a heart-beat to send. A session waiting on a step is not late: it is looked at again at
@@ -106,7 +111,7 @@ extension STOMPSessionStateMachine {
             }
             if heartbeat.expectWithinTicks > 0 {
                 if tick - heartbeat.lastReadTick > heartbeat.expectWithinTicks {
-                    if isBusy {
+                    if isBusy || pacingReplay {
                         next = tick + 1
                     } else {
                         fail(SessionFailure("heart-beat timeout: nothing received from the client in time", kind: .heartBeatTimeout))

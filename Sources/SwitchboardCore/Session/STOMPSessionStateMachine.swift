@@ -132,6 +132,9 @@ package struct STOMPSessionStateMachine {
     /// Capacity 1 to start (the queues are empty in almost every session): the default of 16
     /// would cost about 2 kB per idle connection.
     private var queue = CircularBuffer<QueuedWork>(initialCapacity: 1)
+    /// A replay is being written as fast as the connection takes it (see
+    /// ``replayPacing(_:)``): no frame of the client is handled meanwhile.
+    package private(set) var pacingReplay = false
     struct PendingStep {
         let id: StepID
         /// The frame's receipt: sent when the step succeeds, echoed as `receipt-id` when it fails.
@@ -183,9 +186,10 @@ package struct STOMPSessionStateMachine {
     /// Whether a step is in flight (serial or pipelined).
     package var isBusy: Bool { serial != nil || !pipeline.isEmpty }
 
-    /// Whether socket reads wait: a serial step runs, frames are queued, or the pipeline is full.
+    /// Whether socket reads wait: a serial step runs, frames are queued, the pipeline is full, or
+    /// a replay is being written.
     package var readsPaused: Bool {
-        serial != nil || !queue.isEmpty || pipeline.count >= config.maxPipelinedSends
+        serial != nil || !queue.isEmpty || pipeline.count >= config.maxPipelinedSends || pacingReplay
     }
 
     /// The newest step started (0: none yet); deliveries arriving now may have been caused by it.
@@ -231,6 +235,19 @@ package struct STOMPSessionStateMachine {
         let index = pipeline.index(pipeline.startIndex, offsetBy: Int(step - first))
         guard index < pipeline.endIndex, pipeline[index].id == step else { return }
         pipeline[index].outcome = result
+    }
+
+    /// A replay started (or finished) being written as fast as the connection takes it. Until it
+    /// is out, the client's later frames wait (and reading from the socket pauses), as behind a
+    /// step: an `UNSUBSCRIBE`, a new `SUBSCRIBE` with the same id or a `DISCONNECT` handled
+    /// meanwhile would be answered before messages already held for the session (they would come
+    /// after its receipt, or repeat positions on a reused id). The client is not expected to send
+    /// heart-beats meanwhile: ``SessionConfiguration/replayStallTimeout`` catches a peer that is gone.
+    package mutating func replayPacing(_ pacing: Bool, at tick: UInt64) {
+        guard phase != .closed else { return }
+        pacingReplay = pacing
+        // Nothing was read meanwhile: the heart-beat timeout counts from here.
+        if !pacing { heartbeat.lastReadTick = max(heartbeat.lastReadTick, tick) }
     }
 
     /// The connection stopped taking writes fast enough.
@@ -326,7 +343,7 @@ package struct STOMPSessionStateMachine {
     /// Whether `work` may be handled now rather than wait: nothing runs serially, and either
     /// nothing is pipelined or it can join the pipeline.
     private func canHandleNow(_ work: QueuedWork) -> Bool {
-        guard serial == nil else { return false }
+        guard serial == nil, !pacingReplay else { return false }
         if pipeline.isEmpty { return true }
         guard case .frame(let frame) = work, phase == .connected else { return false }
         return pipeline.count < config.maxPipelinedSends && policy.isPipelinable(frame, identity: identity)

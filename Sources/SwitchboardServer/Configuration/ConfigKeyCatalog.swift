@@ -104,7 +104,7 @@ package enum ConfigKeyCatalog {
                 .init("limits.max-pending-bytes", .integer, "`4194304`", "outbound bytes queued for one connection before it is a slow consumer"),
                 .init(
                     "limits.replay-stall-timeout-ms", .integer, "`10000`",
-                    "a resume's replay is written as the socket drains; a connection that takes none of it for this long is a slow consumer (the replay is held in memory meanwhile)"
+                    "a resume's replay is written as the socket drains; a connection that takes not one chunk (64 KiB, or a quarter of limits.max-pending-bytes) of it for this long is a slow consumer (the replay is held in memory meanwhile)"
                 ),
                 .init("limits.max-transaction-frames", .integer, "`1000`", "frames held in one transaction"),
                 .init(
