@@ -453,3 +453,51 @@ import Testing
         #expect(Self.drain(&m) == [.error("slow consumer: more than 4194304 bytes pending delivery", receiptID: nil)])
     }
 }
+
+/// A replay being written as fast as the connection takes it (``STOMPSessionStateMachine/replayPacing(_:at:)``).
+@Suite struct ReplayPacingMachineTests {
+    typealias Tests = SessionStateMachineTests
+
+    /// The client's frames wait for the replay, as behind a step; reading pauses and resumes.
+    @Test func framesWaitWhileAReplayIsWritten() {
+        var m = Tests.connected()
+        m.replayPacing(true, at: 10)
+        m.frameReceived(Tests.frame(.unsubscribe, [("id", "1"), ("receipt", "u")]), now: .now())
+        m.frameReceived(Tests.send("/topic/a", receipt: "s"), now: .now())
+        #expect(Tests.drain(&m).isEmpty)
+        #expect(m.readsPaused)
+        let read = m.readRequested()
+        #expect(read == false)
+        m.replayPacing(false, at: 20)
+        #expect(Tests.drain(&m) == [.unsubscribe("1"), .receipt("u"), .execute("publish(/topic/a)", step: 2), .resumeReads])
+        m.stepCompleted(2, .success)
+        #expect(Tests.drain(&m) == [.answered(2, receipt: "s")])
+    }
+
+    /// No heart-beat is expected while nothing is read; the timeout counts again from the end.
+    @Test func noHeartBeatTimeoutWhileAReplayIsWritten() {
+        var m = Tests.connectedWithHeartBeats()  // the client must be heard from every 20 s (200 ticks)
+        m.replayPacing(true, at: 0)
+        do { let t = m.tick(1000, now: .now()); #expect(t == .sendHeartbeat(next: 1001)) }
+        m.replayPacing(false, at: 1000)
+        do { let t = m.tick(1150, now: .now()); #expect(t == .sendHeartbeat(next: 1202)) }
+        do { let t = m.tick(1202, now: .now()); #expect(t == .closed) }
+    }
+
+    /// A replay the connection takes nothing of is a slow consumer once the stall timeout passed
+    /// since the last progress.
+    @Test func aStalledReplayIsASlowConsumer() {
+        var m = Tests.connected { $0.replayStallTimeout = .seconds(1) }  // 10 ticks of 100 ms
+        m.replayPacing(true, at: 0)
+        let stalled = m.replayStalled(at: 5)
+        let again = m.replayStalled(at: 8)
+        #expect(stalled && !again, "stalled since 5 already")
+        do { let t = m.tick(10, now: .now()); #expect(t == .wait(next: 16)) }
+        let progressed = m.replayProgressed()
+        let stalledAgain = m.replayStalled(at: 12)
+        #expect(progressed && stalledAgain)
+        do { let t = m.tick(16, now: .now()); #expect(t == .wait(next: 23)) }
+        do { let t = m.tick(23, now: .now()); #expect(t == .closed) }
+        #expect(Tests.drain(&m) == [.error("slow consumer: the connection took nothing of a replay in 1000 ms", receiptID: nil)])
+    }
+}
