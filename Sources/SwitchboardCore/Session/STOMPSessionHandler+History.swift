@@ -95,6 +95,7 @@ extension STOMPSessionHandler {
         if replayBacklog == nil {
             replayBacklog = CircularBuffer(initialCapacity: 1)
             machine.replayPacing(true, at: shard.tick)  // the client's next frames wait for the replay
+            limitUnsentBytes(true, context: context)
         }
         replayBacklog!.append(ReplayRemainder(subscription: outcome.subscription, messages: messages))
         pumpReplay(context: context)

@@ -92,6 +92,7 @@ extension STOMPSessionHandler {
                 replayBacklog = nil
                 machine.replayProgressed()
                 machine.replayPacing(false, at: shard.tick)  // the client's queued frames go on (runActions)
+                limitUnsentBytes(false, context: context)
             }
         }
         // Waiting for the socket to drain: not forever (``SessionConfiguration/replayStallTimeout``).
@@ -103,6 +104,18 @@ extension STOMPSessionHandler {
             wroteSinceFlush = false
             (writer ?? context).flush()
         }
+    }
+
+    /// While a replay is paced, the kernel keeps at most two chunks not yet sent
+    /// (`TCP_NOTSENT_LOWAT`): its send buffer grows to megabytes on its own and then takes more
+    /// only once a third of it was sent, so a client reading 100 KB/s steadily looked stalled
+    /// for more than 10 s. Back to the system's default after the replay.
+    func limitUnsentBytes(_ limit: Bool, context: ChannelHandlerContext) {
+        #if canImport(Glibc)
+        let notSentLowWater = NIOBSDSocket.Option(rawValue: 25)  // TCP_NOTSENT_LOWAT
+        let value: SocketOptionValue = limit ? SocketOptionValue(2 * replayChunkBytes) : 0  // 0: the system's default
+        _ = context.channel.setOption(ChannelOptions.tcpOption(notSentLowWater), value: value)
+        #endif
     }
 
     /// Writes `bytes` of a paced replay; once the socket took them, the stall deadline starts
