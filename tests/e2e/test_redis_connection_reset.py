@@ -14,20 +14,9 @@ import requests
 from support.gateway import Gateway
 from support.process import free_port, terminate, wait_until
 from support.redis import redis_cli, redis_server_args
+from support.sockets import tcp_queue_bytes
 
 BODY = "x" * 20_000  # large enough to find in Redis's receive queue
-
-
-def unread_bytes(port: int) -> int:
-    """The largest receive queue among the established connections to local `port`
-    (/proc/net/tcp: `local_address` and `st` 01, `tx_queue:rx_queue` in hex)."""
-    largest = 0
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if fields[1].endswith(f":{port:04X}") and fields[3] == "01":
-                largest = max(largest, int(fields[4].split(":")[1], 16))
-    return largest
 
 
 @pytest.fixture
@@ -44,7 +33,7 @@ def redis_then_reset(tmp_path):
         os.kill(redis.pid, signal.SIGSTOP)
         stopped.append(True)
         start()
-        wait_until(lambda: unread_bytes(port) >= len(BODY), 10, what="the command waiting unread in Redis's receive queue")
+        wait_until(lambda: tcp_queue_bytes(port, "rx") >= len(BODY), 10, what="the command waiting unread in Redis's receive queue")
         redis.kill()  # SIGKILL: closing a socket with unread data sends a reset
         redis.wait(5)
 

@@ -14,6 +14,7 @@ import requests
 
 from support.process import free_port, terminate, wait_until
 from support.redis import redis_cli, redis_server_args
+from support.sockets import tcp_queue_bytes
 
 
 def connected(clients, gw):
@@ -348,18 +349,6 @@ def test_clients_resuming_one_destination_at_once_share_one_history_read(gateway
         terminate(redis)
 
 
-def send_queue_bytes(port: int) -> int:
-    """The largest send queue (`tx_queue`: bytes not yet acknowledged by the peer) among the
-    established connections from local `port` (/proc/net/tcp)."""
-    largest = 0
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if fields[1].endswith(f":{port:04X}") and fields[3] == "01":
-                largest = max(largest, int(fields[4].split(":")[0], 16))
-    return largest
-
-
 def test_a_paced_replay_keeps_little_unsent_in_the_kernel(gateway_factory, clients):
     """While a replay is paced the socket keeps at most two chunks unsent (TCP_NOTSENT_LOWAT),
     so the gateway sees the client's progress chunk by chunk. Before, the kernel's send buffer
@@ -374,11 +363,11 @@ def test_a_paced_replay_keeps_little_unsent_in_the_kernel(gateway_factory, clien
             assert r.status_code == 200
     c = clients(gw, ws={"sockopt": ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)})
     c.send_frame("SUBSCRIBE", {"destination": topic, "id": "1", "x-last": "300", "receipt": "r"})
-    wait_until(lambda: send_queue_bytes(gw.port) > 0, 10, what="the replay in the kernel's send queue")
+    wait_until(lambda: tcp_queue_bytes(gw.port, "tx") > 0, 10, what="the replay in the kernel's send queue")
     peak = 0
     deadline = time.monotonic() + 1.5  # the queue is sampled a while: it only grows while nothing is read
     while time.monotonic() < deadline:
-        peak = max(peak, send_queue_bytes(gw.port))
+        peak = max(peak, tcp_queue_bytes(gw.port, "tx"))
         time.sleep(0.05)
     # Two chunks of 64 KiB unsent at most, plus what the peer's small window holds in flight.
     assert peak <= 2 * 65536 + 32768, f"{peak} bytes queued in the kernel"
