@@ -302,13 +302,20 @@ extension RedisEngine {
         case .last(let count):
             after = through.sequence > UInt64(count) ? through.sequence - UInt64(count) : 0
         }
-        return readRetrying(until: deadline) { self.sharedResumeRead(destination, after: after, covering: through) }.flatMap { read in
+        // A shared read must reach the client's own position too when it is ahead of this
+        // instance's: answered before that, it would make the resume look ahead of history.
+        let cover: StreamPosition
+        if case .after(let position) = start, position.epoch == through.epoch, position.sequence > through.sequence {
+            cover = position
+        } else {
+            cover = through
+        }
+        return readRetrying(until: deadline) { self.sharedResumeRead(destination, after: after, covering: cover) }.flatMap { decoded in
+            let read = decoded.read
             guard read.position.epoch == through.epoch else {
                 return self.replayInNewerEpoch(destination, from: start, read: read, readAfter: after, until: deadline)
             }
-            let kept = read.envelopes.compactMap { self.message(fromEnvelope: $0, destination: destination) }.filter {
-                $0.position!.epoch == through.epoch && $0.position!.sequence > after
-            }
+            let kept = decoded.messages.filter { $0.position!.epoch == through.epoch && $0.position!.sequence > after }
             let messages = kept.filter { $0.position!.sequence <= through.sequence }
             // History beyond this instance's position must follow on without a hole too: the
             // live messages bring it, and a hole there (a failover's jump in sequence numbers,
@@ -365,7 +372,20 @@ extension RedisEngine {
     /// A resume read of one destination in flight: from `after` on.
     struct SharedResumeRead {
         var after: UInt64
-        var result: EventLoopFuture<HistoryReadResult>
+        var result: EventLoopFuture<DecodedHistoryRead>
+    }
+
+    /// A history read with its messages decoded, once for every resume that shares it: 80
+    /// clients joining a read of 1,000 messages decoded them 80 times, in one stretch on one
+    /// event loop (10 s in a debug build, and that loop's Redis replies timed out meanwhile).
+    final class DecodedHistoryRead: Sendable {
+        let read: HistoryReadResult
+        let messages: [PublishedMessage]
+
+        init(_ read: HistoryReadResult, destination: String, engine: RedisEngine) {
+            self.read = read
+            self.messages = read.envelopes.compactMap { engine.message(fromEnvelope: $0, destination: destination) }
+        }
     }
 
     /// The history of `destination` after `after` for a subscription registered at `through`:
@@ -375,27 +395,28 @@ extension RedisEngine {
     /// and the replays share its buffers. A joined read answered before the destination reached
     /// `through` (it was sent before this subscription registered) is not enough: this one
     /// reads on its own then.
-    func sharedResumeRead(_ destination: String, after: UInt64, covering through: StreamPosition) -> EventLoopFuture<HistoryReadResult> {
+    func sharedResumeRead(_ destination: String, after: UInt64, covering through: StreamPosition) -> EventLoopFuture<DecodedHistoryRead> {
         let loop = promiseLoop
-        let (joined, started) = resumeReads.withLockedValue { reads -> (EventLoopFuture<HistoryReadResult>?, EventLoopPromise<HistoryReadResult>?) in
+        let decodedRead = { (read: HistoryReadResult) in DecodedHistoryRead(read, destination: destination, engine: self) }
+        let (joined, started) = resumeReads.withLockedValue { reads -> (EventLoopFuture<DecodedHistoryRead>?, EventLoopPromise<DecodedHistoryRead>?) in
             if let read = reads[destination] {
                 return read.after <= after ? (read.result, nil) : (nil, nil)
             }
-            let promise = loop.makePromise(of: HistoryReadResult.self)
+            let promise = loop.makePromise(of: DecodedHistoryRead.self)
             reads[destination] = SharedResumeRead(after: after, result: promise.futureResult)
             return (nil, promise)
         }
         if let joined {
-            return joined.flatMap { read in
-                guard read.position.epoch == through.epoch, read.position.sequence >= through.sequence else {
-                    return self.readHistory(destination, after: after)
+            return joined.flatMap { decoded in
+                guard decoded.read.position.epoch == through.epoch, decoded.read.position.sequence >= through.sequence else {
+                    return self.readHistory(destination, after: after).map(decodedRead)
                 }
                 self.sharedReadsCounter.increment()
-                return loop.makeSucceededFuture(read)
+                return loop.makeSucceededFuture(decoded)
             }
         }
-        guard let started else { return readHistory(destination, after: after) }  // one from further on is in flight
-        readHistory(destination, after: after).whenComplete { result in
+        guard let started else { return readHistory(destination, after: after).map(decodedRead) }  // one from further on is in flight
+        readHistory(destination, after: after).map(decodedRead).whenComplete { result in
             self.resumeReads.withLockedValue { reads in
                 if reads[destination]?.result === started.futureResult { reads[destination] = nil }
             }

@@ -170,6 +170,12 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
                 try sync.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)), position: .after(self))
                 try sync.addHandler(WebSocketSTOMPTransport(limits: configuration.decoderLimits, bytesPerSecond: configuration.maxBytesPerSecond))
                 try sync.addHandler(STOMPSessionHandler(services: handshake.services, handshake: info))
+                // A session has no use for a half-closed connection (the transport closes on the
+                // peer's FIN), and with half-closure on, NIO asserted in a debug build when a flush
+                // in channelReadComplete found the peer reset while it handled an EOF: the flush
+                // closed the channel, then NIO closed its input and asserted it was registered (a
+                // probe, 8 of 26 runs with clients closing during large replays, whose reads pause).
+                try channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: false)
             } catch {
                 context.close(promise: nil)
                 return
