@@ -378,9 +378,9 @@ extension RedisEngine {
     /// A history read with its messages decoded, once for every resume that shares it: 80
     /// clients joining a read of 1,000 messages decoded them 80 times, in one stretch on one
     /// event loop (10 s in a debug build, and that loop's Redis replies timed out meanwhile).
-    final class DecodedHistoryRead: Sendable {
-        let read: HistoryReadResult
-        let messages: [PublishedMessage]
+    package final class DecodedHistoryRead: Sendable {
+        package let read: HistoryReadResult
+        package let messages: [PublishedMessage]
 
         init(_ read: HistoryReadResult, destination: String, engine: RedisEngine) {
             self.read = read
@@ -395,7 +395,7 @@ extension RedisEngine {
     /// and the replays share its buffers. A joined read answered before the destination reached
     /// `through` (it was sent before this subscription registered) is not enough: this one
     /// reads on its own then.
-    func sharedResumeRead(_ destination: String, after: UInt64, covering through: StreamPosition) -> EventLoopFuture<DecodedHistoryRead> {
+    package func sharedResumeRead(_ destination: String, after: UInt64, covering through: StreamPosition) -> EventLoopFuture<DecodedHistoryRead> {
         let loop = promiseLoop
         let decodedRead = { (read: HistoryReadResult) in DecodedHistoryRead(read, destination: destination, engine: self) }
         let (joined, started) = resumeReads.withLockedValue { reads -> (EventLoopFuture<DecodedHistoryRead>?, EventLoopPromise<DecodedHistoryRead>?) in
