@@ -83,7 +83,9 @@ class RedisCluster:
                 self.start(node)
             self.cli(self.nodes[0], "--cluster", "create", *(n.address for n in self.nodes),
                      "--cluster-replicas", str(replicas), "--cluster-yes", timeout=60, check=True)
-            self.wait_healthy()
+            # Replicas too: every node learns by gossip which primary each replica follows, and
+            # on a loaded machine the slot map can agree before that.
+            self.wait_healthy(replicas=replicas)
         except BaseException:
             self.stop()
             raise
@@ -217,9 +219,10 @@ class RedisCluster:
         """The primary that owns `key`'s slot."""
         return self.owner_of_slot(keyslot(key))
 
-    def wait_healthy(self, timeout: float = 30.0):
+    def wait_healthy(self, timeout: float = 30.0, replicas: int | None = None):
         """Every running node: cluster_state:ok, and all agree on which node owns each slot
-        (and, after a promotion, that it is the promoted node)."""
+        (and, after a promotion, that it is the promoted node); with `replicas`, every node also
+        sees that many healthy replicas behind each primary."""
         seen = {}
 
         def healthy():
@@ -234,6 +237,12 @@ class RedisCluster:
                                       if v["primary"] and v["slots"] and not v["failed"]))
                 if sum(o[2] for o in owners) != SLOTS:
                     return False
+                if replicas is not None:
+                    for pid, v in topo.items():
+                        if v["primary"] and v["slots"] and not v["failed"]:
+                            behind = [r for r in topo.values() if r["primary_of"] == pid and not r["failed"]]
+                            if len(behind) != replicas:
+                                return False
                 maps.add(owners)
             return len(maps) == 1
         try:
