@@ -93,6 +93,8 @@ extension STOMPSessionHandler {
         }
         guard !messages.isEmpty else { return }
         if replayBacklog == nil {
+            // Before the first write, even if the replay then goes out at once: with the unsent
+            // limit set after it, the kernel took megabytes of a large replay in the first flush.
             replayBacklog = CircularBuffer(initialCapacity: 1)
             machine.replayPacing(true, at: shard.tick)  // the client's next frames wait for the replay
             limitUnsentBytes(true, context: context)
