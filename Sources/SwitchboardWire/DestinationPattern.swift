@@ -204,4 +204,17 @@ extension DestinationPattern {
     package static func holdsControlCharacters(_ text: some StringProtocol) -> Bool {
         text.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }
     }
+
+    /// Longest destination, topic or user name any entry point accepts, in UTF-8 bytes (a
+    /// destination names keys in Redis and a history in memory: its length is bounded
+    /// everywhere, as RabbitMQ and Centrifugo bound theirs).
+    package static let maxNameBytes = 1024
+
+    /// What is wrong with `text` as a destination, topic or user name (a control character,
+    /// more than ``maxNameBytes``), phrased to follow a field name; nil when nothing is.
+    package static func nameProblem(_ text: some StringProtocol) -> String? {
+        if text.utf8.count > maxNameBytes { return "must be at most \(maxNameBytes) bytes" }
+        if holdsControlCharacters(text) { return "must not contain control characters" }
+        return nil
+    }
 }
