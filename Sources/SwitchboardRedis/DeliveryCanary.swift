@@ -142,6 +142,12 @@ package final class DeliveryCanary: Sendable {
         let timeout = self.timeout
         let recovered = state.withLockedValue { s -> Bool in
             guard sender == instanceID else {
+                if s.peers[sender] == nil {
+                    // A peer restarted under a new id, or anyone publishing on the channel:
+                    // forget the silent ones, and bound what is kept.
+                    s.peers = s.peers.filter { now - $0.value < self.forgetPeerAfter }
+                    guard s.peers.count < Self.maxPeers, sender.utf8.count <= Self.maxPeerIDBytes else { return false }
+                }
                 s.peers[sender] = now
                 return false
             }
@@ -189,9 +195,19 @@ package final class DeliveryCanary: Sendable {
     /// The channels watched, sorted.
     package var watchedChannels: [String] { state.withLockedValue { $0.channels.keys.sorted() } }
 
-    /// Seconds since each peer's canary was last seen.
+    /// Seconds since each peer's canary was last seen (peers silent for ``forgetPeerAfter`` are
+    /// forgotten).
     package var peers: [String: Double] {
         let now = NIODeadline.now()
-        return state.withLockedValue { s in s.peers.mapValues { Double((now - $0).nanoseconds) / 1e9 } }
+        return state.withLockedValue { s in
+            s.peers.filter { now - $0.value < forgetPeerAfter }.mapValues { Double((now - $0).nanoseconds) / 1e9 }
+        }
     }
+
+    /// How long a silent peer stays in ``peers``: ten canary intervals, at least a minute.
+    var forgetPeerAfter: TimeAmount { max(interval * 10, .minutes(1)) }
+    /// At most this many peers are kept (a canary channel is open to any Redis client).
+    static let maxPeers = 1024
+    /// A longer sender is not an instance id (those are `instance.id`s or 6 random characters).
+    static let maxPeerIDBytes = 256
 }

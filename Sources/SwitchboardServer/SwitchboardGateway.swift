@@ -94,7 +94,9 @@ package struct SwitchboardGateway: Sendable {
             writeCoalescing: .microseconds(Int64(configuration.server.writeCoalesceMicros)),
             busyWriteCoalescing: .microseconds(Int64(configuration.server.busyWriteCoalesceMicros)),
             busyPercent: configuration.server.busyPercent,
-            nagleWhenBusy: configuration.http.tcpNoDelay, taskPhase: taskPhases.read)
+            nagleWhenBusy: configuration.http.tcpNoDelay, taskPhase: taskPhases.read,
+            maxBacklogBytes: configuration.server.maxFanoutBacklogBytes,
+            admissionTimeout: .milliseconds(Int64(configuration.server.publishAdmissionTimeoutMs)))
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
         // This process's token: in session ids, and in the name of its presence registry.
         let incarnation = Self.randomInstanceID()

@@ -13,8 +13,11 @@ import Testing
         var read: @Sendable () -> NIODeadline { { self.now.withLockedValue { $0 } } }
     }
 
-    func history(maxLength: Int = 5, ttl: TimeAmount = .seconds(60), maxDestinations: Int = 100, clock: Clock = Clock()) -> DestinationHistory {
+    func history(
+        maxLength: Int = 5, ttl: TimeAmount = .seconds(60), maxDestinations: Int = 100, maxBytes: Int = 1 << 30, clock: Clock = Clock()
+    ) -> DestinationHistory {
         var settings = DestinationHistory.Settings()
+        settings.maxBytes = maxBytes
         settings.maxLength = maxLength
         settings.ttl = ttl
         settings.maxDestinations = maxDestinations
@@ -45,6 +48,33 @@ import Testing
         // STOMP 1.1+ escapes the colon in a header value (`\c`); clients read it back as `:`.
         #expect(frame.contains("\nx-position:\(a[1].position!.epoch)\\c2\n"))
         #expect(a[1].messageID == "id-2")
+    }
+
+    @Test func pastMaxBytesTheOldestMessagesOfTheLeastRecentlyPublishedDestinationsGo() {
+        let clock = Clock()
+        // Each message counts 1,000 body bytes + 2 × 8 (its destination) + 256 = 1,272 bytes,
+        // so 7 fit in 10,000 and the 8th passes it.
+        let h = history(maxLength: 100, maxBytes: 10_000, clock: clock)
+        let body = String(repeating: "x", count: 1_000)
+        let a = publish(h, "/topic/a", Array(repeating: body, count: 4))
+        clock.advance(.seconds(1))
+        let b = publish(h, "/topic/b", Array(repeating: body, count: 3))
+        #expect(h.retainedMessages == 7 && h.retainedBytes == 7 * 1_272)
+        clock.advance(.seconds(1))
+        // /topic/a, published to least recently, loses its oldest until 9,000 are left.
+        publish(h, "/topic/b", [body])
+        #expect(h.retainedMessages == 7 && h.retainedBytes == 7 * 1_272)
+        let fromA = h.resume("/topic/a", from: .last(4)) {}
+        #expect(fromA.messages.map(\.messageID) == a.dropFirst().map(\.messageID) && !fromA.recovered)
+        let fromB = h.resume("/topic/b", from: .after(b[0].position!)) {}
+        #expect(fromB.messages.count == 3 && fromB.recovered)
+        // A flood of one destination keeps no more than the budget either, and goes last.
+        clock.advance(.seconds(1))
+        publish(h, "/topic/c", Array(repeating: body, count: 50))
+        #expect(h.retainedBytes == 7 * 1_272)
+        #expect(h.resume("/topic/a", from: .last(100)) {}.messages.isEmpty)
+        #expect(h.resume("/topic/b", from: .last(100)) {}.messages.isEmpty)
+        #expect(h.resume("/topic/c", from: .last(100)) {}.messages.count == 7)
     }
 
     @Test func publishersCannotForgeAPosition() {

@@ -198,6 +198,11 @@ struct SessionMessagingTests {
             (.subscribe, "/app/x", "cannot SUBSCRIBE to application destination /app/x"),
             (.send, "/topic/*", "cannot SEND to wildcard destination /topic/*"),
             (.subscribe, "/topic/a*", "invalid wildcard in '/topic/a*': '*' and '**' must be whole segments and '**' must be last"),
+            // A CR (escaped as \r in 1.2) would reach subscribers changed (a space).
+            (.send, "/topic/a\rb", "SEND destination must not contain control characters"),
+            (.subscribe, "/topic/a\u{1}b", "SUBSCRIBE destination must not contain control characters"),
+            (.send, "/topic/" + String(repeating: "x", count: 1018), "SEND destination must be at most 1024 bytes"),
+            (.subscribe, "/topic/" + String(repeating: "é", count: 509), "SUBSCRIBE destination must be at most 1024 bytes"),
         ] as [(STOMPCommand, String, String)])
     func disallowedDestinations(_ command: STOMPCommand, _ destination: String, _ message: String) throws {
         let gw = TestGateway()

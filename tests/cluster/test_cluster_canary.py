@@ -97,3 +97,30 @@ def test_a_stalled_shard_of_a_redis_cluster_makes_instances_not_ready(cluster_fa
     late = wait_until(shard_late, 15, what=f"not ready, the canary of redis{stalled.index}'s shard late")
     assert not any(f":{canary_owner.port}" in r for r in late["reasons"]), late
     wait_until(lambda: ready(gw)[0] == 200, 30, what="ready again after the pause")
+
+
+def test_peer_canaries_seen_are_bounded(cluster_factory):
+    """The canary channel is open to any Redis client: senders that are not instance ids (over
+    256 bytes) are ignored and at most 1,024 peers are kept (each is in every /health answer),
+    silent ones forgotten after ten canary intervals."""
+    import subprocess
+    import time
+    cluster = cluster_factory(replicas=0, gateways=1)
+    gw = cluster.gw_url(0)
+    wait_until(lambda: ready(gw)[0] == 200, 20, what="ready")
+    commands = "".join(f"PUBLISH switchboard:canary fake-{i}\n" for i in range(1200))
+    commands += f"PUBLISH switchboard:canary {'x' * 300}\n"
+    subprocess.run(["redis-cli", "-p", str(cluster.redis_port)], input=commands.encode(), check=True,
+                   capture_output=True, timeout=60)
+    sent = time.monotonic()
+
+    def health():
+        return requests.get(f"{gw}/health", timeout=5).json()["redis"]
+
+    # The instance's own canary, published after those and seen through the same subscriber
+    # connection, comes after them: they were all handled once it is seen.
+    wait_until(lambda: health()["canaryAgeSeconds"] < time.monotonic() - sent - 1.0, 20,
+               what="the instance's own canary after the published senders")
+    peers = health()["peerCanaryAgeSeconds"]
+    assert 1000 <= len(peers) <= 1024, len(peers)
+    assert not any(len(p) > 256 for p in peers)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from support.rawws import OP_CONT, OP_TEXT, RawWebSocket, build_frame, stomp_frames
+from support.rawws import OP_CONT, OP_PING, OP_TEXT, RawWebSocket, build_frame, stomp_frames
 from support.security import HMAC_SECRET, bearer, expect_healthy, make_token, upgrade_request
 from support.stompclient import StompClient, encode_frame
 
@@ -134,6 +134,47 @@ def test_empty_websocket_frames_count_against_bytes_per_second(rate_gw, healthy_
     assert closed
     assert any(b"rate limit exceeded: more than 3000 bytes per second" in f for f in stomp_frames(frames)), frames
     ws.close()
+
+
+def test_ping_flood_counts_against_bytes_per_second(rate_gw, healthy_of):
+    """Pings are answered with a pong each (a write and a flush): they count against the byte
+    rate like data frames, at least 64 bytes each, so a ping flood ends the session."""
+    healthy_of(rate_gw)
+    ws = RawWebSocket(rate_gw.port)
+    ws.stomp_connect()
+    ws.send_bytes(b"".join(build_frame(OP_PING, b"p") for _ in range(200)))  # 13,000 bytes counted
+    frames, closed = ws.read_all_until_close(10)
+    assert closed
+    assert any(b"rate limit exceeded: more than 3000 bytes per second" in f for f in stomp_frames(frames)), frames
+    ws.close()
+
+
+# -- fan-out backlog --------------------------------------------------------------------------
+
+def test_publishes_wait_for_the_fanout_backlog_and_keep_their_order(gw, clients):
+    """server.max-fanout-backlog-bytes=1: any message queued for another event loop puts its
+    backlog over the limit, so the publisher's next SENDs wait (admission) until it is
+    delivered. Nothing is lost, duplicated or reordered, the RECEIPT comes, and the waits are
+    counted."""
+    g = gw("server.threads=2", "server.max-fanout-backlog-bytes=1")
+    subs = [clients(g) for _ in range(8)]  # the connections alternate between the two loops
+    for i, s in enumerate(subs):
+        s.subscribe("/topic/backlog", id="1", receipt=f"s{i}")
+    pub = clients(g)
+    sent = 0
+    for burst in range(10):
+        pub.send_raw(b"".join(encode_frame("SEND", {"destination": "/topic/backlog"}, str(sent + i)) for i in range(200)))
+        sent += 200
+        pub.send_frame("SEND", {"destination": "/topic/backlog", "receipt": f"b{burst}"}, str(sent))
+        sent += 1
+        pub.expect_receipt(f"b{burst}", timeout=30)
+        if g.metric("switchboard_publish_admission_waits_total") > 0:
+            break
+    assert g.metric("switchboard_publish_admission_waits_total") > 0
+    for s in subs:
+        got = [int(f.text) for f in s.receive_many(sent, timeout=30)]
+        assert got == list(range(sent))
+    assert g.metric("switchboard_publish_admission_refusals_total") == 0
 
 
 # -- sessions per user ------------------------------------------------------------------------

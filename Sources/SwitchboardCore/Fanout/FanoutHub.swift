@@ -67,6 +67,14 @@ package final class FanoutHub: Sendable {
     /// How long a loop delivers messages handed over by other loops within one task phase
     /// before it leaves the rest for after its next I/O pass.
     package let taskPhaseBudget: TimeAmount
+    /// Bytes of messages one loop may have queued (handed over by other threads, not delivered
+    /// yet) before publishes wait for its backlog to drain (see ``admission(on:)``); 0: no limit.
+    package let maxBacklogBytes: Int
+    /// How long a publish waits for a backlog over ``maxBacklogBytes`` to drain before it is
+    /// refused with ``FanoutOverloaded``.
+    package let admissionTimeout: TimeAmount
+    /// Which loops are over ``maxBacklogBytes``, and the publishes waiting for none to be.
+    let backlog = NIOLockedValueBox(BacklogState())
 
     /// - Parameters:
     ///   - writeCoalescing: zero flushes every batch at once.
@@ -77,13 +85,18 @@ package final class FanoutHub: Sendable {
     ///   - taskPhase: the calling loop thread's count of finished task phases (NIO's tick
     ///     counter); nil: never yield to I/O.
     ///   - taskPhaseBudget: see ``taskPhaseBudget``.
+    ///   - maxBacklogBytes: see ``maxBacklogBytes``.
+    ///   - admissionTimeout: see ``admissionTimeout``.
     package init(
         eventLoops: [any EventLoop] = [], heartbeatResolution: TimeAmount = .milliseconds(250),
         writeCoalescing: TimeAmount = .zero, busyWriteCoalescing: TimeAmount? = nil,
         busyPercent: Int = 0, nagleWhenBusy: Bool = true,
         threadUsage: @escaping @Sendable () -> (cpuNanos: Int64, waits: Int64?) = LoopBusyMode.threadUsage,
-        taskPhase: (@Sendable () -> UInt64)? = nil, taskPhaseBudget: TimeAmount = .milliseconds(2)
+        taskPhase: (@Sendable () -> UInt64)? = nil, taskPhaseBudget: TimeAmount = .milliseconds(2),
+        maxBacklogBytes: Int = 64 * 1024 * 1024, admissionTimeout: TimeAmount = .seconds(10)
     ) {
+        self.maxBacklogBytes = maxBacklogBytes
+        self.admissionTimeout = admissionTimeout
         self.threadUsage = threadUsage
         self.taskPhase = taskPhase
         self.taskPhaseBudget = taskPhaseBudget

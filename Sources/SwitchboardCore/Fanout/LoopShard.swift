@@ -99,7 +99,19 @@ package final class LoopShard: @unchecked Sendable {
     package private(set) var tick: UInt64 = 0
     /// Messages handed to this loop from any thread and not yet delivered, in hand-over order
     /// (the one shared field: guarded by its lock).
-    private let inbox = NIOLockedValueBox<[(PublishedMessage, DeliveryScope)]>([])
+    private let inbox = NIOLockedValueBox(Inbox())
+
+    private struct Inbox {
+        var queue: [(PublishedMessage, DeliveryScope)] = []
+        /// What `queue` counts against ``FanoutHub/maxBacklogBytes``.
+        var bytes = 0
+        /// Past ``FanoutHub/maxBacklogBytes`` since the last drain began.
+        var over = false
+    }
+
+    /// What a queued message counts against ``FanoutHub/maxBacklogBytes``: its body and 256
+    /// bytes for the rest.
+    static func backlogCost(of message: PublishedMessage) -> Int { message.body.readableBytes + 256 }
     /// The task phase of the last inbox drain (see ``drainInbox()``) and when it first drained.
     private var drainPhase: UInt64 = .max
     private var drainPhaseStarted = NIODeadline.distantPast
@@ -201,10 +213,16 @@ package final class LoopShard: @unchecked Sendable {
     /// everything queued (one hop per burst, not per message).
     func enqueue(_ message: PublishedMessage, scope: DeliveryScope) {
         let onLoop = eventLoop.inEventLoop
-        let first: Bool? = inbox.withLockedValue { queue in
-            if onLoop && queue.isEmpty { return nil }
-            queue.append((message, scope))
-            return queue.count == 1
+        let limit = hub.maxBacklogBytes
+        let first: Bool? = inbox.withLockedValue { box in
+            if onLoop && box.queue.isEmpty { return nil }
+            box.queue.append((message, scope))
+            box.bytes += Self.backlogCost(of: message)
+            if limit > 0, !box.over, box.bytes > limit {
+                box.over = true
+                hub.backlogExceeded(shard: index)
+            }
+            return box.queue.count == 1
         }
         switch first {
         case nil: deliverLocally(message, scope: scope)
@@ -237,8 +255,16 @@ package final class LoopShard: @unchecked Sendable {
             }
         }
         var queued: [(PublishedMessage, DeliveryScope)] = []
-        inbox.withLockedValue { swap(&queued, &$0) }
+        let wasOver = inbox.withLockedValue { box -> Bool in
+            swap(&queued, &box.queue)
+            box.bytes = 0
+            defer { box.over = false }
+            return box.over
+        }
         for (message, scope) in queued { deliverLocally(message, scope: scope) }
+        // Delivered: publishes waiting for this backlog go on, unless what came meanwhile is
+        // over the limit again.
+        if wasOver { inbox.withLockedValue { box in if !box.over { hub.backlogDrained(shard: index) } } }
     }
 
     /// Writes `message` to every matching local subscription, then schedules one flush per

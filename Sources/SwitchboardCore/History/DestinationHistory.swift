@@ -36,7 +36,8 @@ package struct HistoryReplay: Sendable {
 /// live copies up to the replay's end), never both and never neither.
 ///
 /// Limits: `maxLength` messages per destination, none older than `ttl` (every destination is
-/// trimmed every ``sweepInterval``, idle ones too), `maxDestinations` destinations (beyond it
+/// trimmed every ``sweepInterval``, idle ones too), `maxBytes` over all of them (beyond it the
+/// oldest messages of the destinations published to least recently are dropped), `maxDestinations` destinations (beyond it
 /// the ones holding no message are dropped first, then the ones published to least recently;
 /// a dropped destination's next message starts a new epoch, so a client resuming from the old
 /// one is told it was not recovered).
@@ -45,6 +46,10 @@ package final class DestinationHistory: Sendable {
         package var maxLength = 100
         package var ttl: TimeAmount = .minutes(5)
         package var maxDestinations = 10_000
+        /// Bytes kept over every destination (bodies, headers and a fixed cost per message):
+        /// past it, the oldest messages of the destinations published to least recently are
+        /// dropped, down to nine tenths of it.
+        package var maxBytes = 256 * 1024 * 1024
         /// Destinations starting with one of these keep no history.
         package var disabledPrefixes: [String] = []
         /// Other windows for destinations starting with a prefix (the longest matching prefix
@@ -91,6 +96,8 @@ package final class DestinationHistory: Sendable {
         var epoch: String
         var next: UInt64 = 1
         var entries = CircularBuffer<Entry>()
+        /// What `entries` count against ``Settings/maxBytes``.
+        var bytes = 0
         var lastPublished: NIODeadline
         var maxLength: Int
         var ttl: TimeAmount
@@ -101,6 +108,7 @@ package final class DestinationHistory: Sendable {
         mutating func append(_ message: PublishedMessage, now: NIODeadline) -> PublishedMessage {
             let numbered = message.positioned(StreamPosition(epoch: epoch, sequence: next))
             entries.append(Entry(sequence: next, time: now, message: numbered))
+            bytes += Self.cost(of: numbered)
             next += 1
             lastPublished = now
             trim(now: now)
@@ -109,14 +117,28 @@ package final class DestinationHistory: Sendable {
 
         /// Drops what is beyond the window: over `maxLength`, older than `ttl`.
         mutating func trim(now: NIODeadline) {
-            while entries.count > maxLength { entries.removeFirst() }
+            while entries.count > maxLength { dropOldest() }
             let cutoff = now - ttl
-            while let first = entries.first, first.time < cutoff { entries.removeFirst() }
+            while let first = entries.first, first.time < cutoff { dropOldest() }
+        }
+
+        mutating func dropOldest() {
+            bytes -= Self.cost(of: entries.removeFirst().message)
+        }
+
+        /// What a kept message counts: its body, its destination and headers twice (the frame
+        /// prefixes it keeps for each STOMP version's escaping) and 256 bytes for the rest.
+        static func cost(of message: PublishedMessage) -> Int {
+            var headers = message.destination.utf8.count
+            for header in message.headers { headers += header.name.utf8.count + header.value.utf8.count + 2 }
+            return message.body.readableBytes + 2 * headers + 256
         }
     }
 
     private struct State {
         var rings: [String: Ring] = [:]
+        /// The sum of the rings' ``Ring/bytes``.
+        var bytes = 0
         var generation: UInt64 = 0
         /// When every ring is next trimmed (``maintain(_:now:)``).
         var nextSweep: NIODeadline?
@@ -156,7 +178,10 @@ package final class DestinationHistory: Sendable {
         state.withLockedValue { s in
             maintain(&s, now: now)
             ensureRing(&s, message.destination, now: now)
+            let before = s.rings[message.destination]!.bytes
             deliver(s.rings[message.destination]!.append(message, now: now))
+            s.bytes += s.rings[message.destination]!.bytes - before
+            if s.bytes > settings.maxBytes { shrink(&s) }
         }
     }
 
@@ -172,7 +197,9 @@ package final class DestinationHistory: Sendable {
             register()
             maintain(&s, now: now)
             let created = ensureRing(&s, destination, now: now)
+            let before = s.rings[destination]!.bytes
             s.rings[destination]!.trim(now: now)
+            s.bytes += s.rings[destination]!.bytes - before
             let ring = s.rings[destination]!
             if created {
                 // Nothing published since this history began: a fresh epoch, nothing missed
@@ -212,11 +239,35 @@ package final class DestinationHistory: Sendable {
     /// Messages kept, over every destination.
     package var retainedMessages: Int { state.withLockedValue { $0.rings.values.reduce(0) { $0 + $1.entries.count } } }
 
+    /// What the kept messages count against ``Settings/maxBytes``.
+    package var retainedBytes: Int { state.withLockedValue { $0.bytes } }
+
     /// Every ``sweepInterval``: drops the expired messages of every destination.
     private func maintain(_ s: inout State, now: NIODeadline) {
         if let next = s.nextSweep, now < next { return }
         s.nextSweep = now + Self.sweepInterval
-        for key in Array(s.rings.keys) { s.rings[key]!.trim(now: now) }
+        for key in Array(s.rings.keys) {
+            let before = s.rings[key]!.bytes
+            s.rings[key]!.trim(now: now)
+            s.bytes += s.rings[key]!.bytes - before
+        }
+    }
+
+    /// Past ``Settings/maxBytes``: drops the oldest messages of the destinations published to
+    /// least recently until nine tenths of it are left (so a stream of large messages does not
+    /// sort the table on every publish). A resume from a dropped position is told it was not
+    /// recovered, as for a trimmed one.
+    private func shrink(_ s: inout State) {
+        let target = settings.maxBytes / 10 * 9
+        let order = s.rings.filter { !$0.value.entries.isEmpty }.sorted { $0.value.lastPublished < $1.value.lastPublished }.map(\.key)
+        for key in order {
+            while s.bytes > target, !s.rings[key]!.entries.isEmpty {
+                let before = s.rings[key]!.bytes
+                s.rings[key]!.dropOldest()
+                s.bytes += s.rings[key]!.bytes - before
+            }
+            if s.bytes <= target { return }
+        }
     }
 
     /// Gives `destination` a ring (a new epoch) if it has none; true when it was created.
@@ -241,6 +292,9 @@ package final class DestinationHistory: Sendable {
         let victims = s.rings.sorted {
             ($0.value.entries.isEmpty ? 0 : 1, $0.value.lastPublished) < ($1.value.entries.isEmpty ? 0 : 1, $1.value.lastPublished)
         }.prefix(count)
-        for victim in victims { s.rings[victim.key] = nil }
+        for victim in victims {
+            s.bytes -= victim.value.bytes
+            s.rings[victim.key] = nil
+        }
     }
 }

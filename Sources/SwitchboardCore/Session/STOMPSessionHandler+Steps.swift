@@ -145,6 +145,15 @@ extension STOMPSessionHandler {
             let message = PublishedMessage(
                 destination: destination, messageID: services.messageIDs.next(),
                 headers: Self.userHeaders(of: frame), body: frame.body)
+            if let admission = services.hub.admission(on: shard.eventLoop) {
+                // The instance's fan-out backlog is over its limit: the step (its RECEIPT, and
+                // the frames behind it) waits; refused after the admission timeout, nothing
+                // published, the session ends with the reason.
+                let engine = services.engine, loop = shard.eventLoop
+                let published = admission.flatMap { engine.publish(message, on: loop) }
+                complete(published, step: step, kind: .route, describe: { "publish to \(destination) failed: \($0)" }) { _, _ in .success }
+                return
+            }
             let future = services.engine.publish(message, on: shard.eventLoop)
             if services.engine.publishesSynchronously {
                 machine.stepCompleted(step, .success)

@@ -104,6 +104,9 @@ extension STOMPSessionStateMachine {
         guard DestinationPattern.isNormalized(destination) else {
             failFrame(Self.notNormalized(destination), frame); return nil
         }
+        if let problem = DestinationPattern.nameProblem(destination) {
+            failFrame("SEND destination \(problem)", frame); return nil
+        }
         guard policy.maySend(destination, identity: identity) else {
             failFrame("permission denied: SEND to \(destination)", frame, kind: .auth); return nil
         }
@@ -155,6 +158,9 @@ extension STOMPSessionStateMachine {
         }
         guard DestinationPattern.isNormalized(destination) else {
             failFrame(Self.notNormalized(destination), frame); return nil
+        }
+        if let problem = DestinationPattern.nameProblem(destination) {
+            failFrame("SUBSCRIBE destination \(problem)", frame); return nil
         }
         let kind = policy.kind(of: destination)
         guard kind == .user || kind == .broker else {

@@ -44,7 +44,7 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
 
     private var byteBucket: TokenBucket?
     private let bytesPerSecond: Int
-    /// What a data frame counts against `limits.bytes-per-second` on top of its payload.
+    /// What a frame (data or control) counts against `limits.bytes-per-second` on top of its payload.
     static let frameCost = 64
 
     /// - Parameter bytesPerSecond: sustained inbound payload rate (burst 2×); 0 disables it.
@@ -81,14 +81,7 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
                 inTextMessage = frame.opcode == .text
             }
             inFragmentedMessage = !frame.fin
-            // Each frame counts at least ``frameCost`` bytes: empty frames cost no payload but
-            // do cost work (a probe kept a loop busy with a million empty continuations).
-            if byteBucket != nil, !byteBucket!.take(frame.length + Self.frameCost) {
-                failed = true
-                cumulation = nil
-                context.fireErrorCaught(RateLimitExceeded(description: "rate limit exceeded: more than \(bytesPerSecond) bytes per second"))
-                return
-            }
+            guard charge(frame, context: context) else { return }
             var payload = frame.unmaskedData
             if inTextMessage {
                 let valid = payload.withUnsafeReadableBytes { utf8.validate($0) }
@@ -105,10 +98,14 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
             }
             decodeFrames(context: context)
         case .ping:
+            // Control frames count against the byte rate like data frames: a ping costs a
+            // pong's write. Once a close frame is out, pings go unanswered (RFC 6455 §5.5.1).
+            guard charge(frame, context: context), !closeSent else { return }
             let reply = WebSocketServerFrame.make(opcode: .pong, payload: frame.unmaskedData, allocator: context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
             context.fireUserInboundEventTriggered(STOMPTransportActivity())
         case .pong:
+            guard charge(frame, context: context) else { return }
             context.fireUserInboundEventTriggered(STOMPTransportActivity())
         case .connectionClose:
             guard !closeSent else {
@@ -203,6 +200,17 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
             }
         }
         if !produced { context.fireUserInboundEventTriggered(STOMPTransportActivity()) }
+    }
+
+    /// Takes `frame`'s cost from the byte-rate bucket; past the rate, fails the session and
+    /// returns false. Each frame counts at least ``frameCost`` bytes: empty frames cost no
+    /// payload but do cost work (a probe kept a loop busy with a million empty continuations).
+    private func charge(_ frame: WebSocketFrame, context: ChannelHandlerContext) -> Bool {
+        guard byteBucket != nil, !byteBucket!.take(frame.length + Self.frameCost) else { return true }
+        failed = true
+        cumulation = nil
+        context.fireErrorCaught(RateLimitExceeded(description: "rate limit exceeded: more than \(bytesPerSecond) bytes per second"))
+        return false
     }
 
     private func closeWithProtocolError(context: ChannelHandlerContext, reason: String) {

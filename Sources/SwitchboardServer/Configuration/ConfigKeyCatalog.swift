@@ -139,6 +139,10 @@ package enum ConfigKeyCatalog {
                     "history.max-destinations", .integer, "`10000`",
                     "destinations with a history on the embedded broker (a `SUBSCRIBE` creates one too); beyond it, a hundredth of them is dropped: those holding no message first, then those published to least recently (a dropped destination's next message starts a new epoch). Expired messages are dropped every 2 s, also of idle destinations. In Redis mode a destination's keys expire instead: the log `ttl` after its last publish, the sequence a day after"
                 ),
+                .init(
+                    "history.max-bytes", .integer, "`268435456`",
+                    "bytes of history kept over every destination on the embedded broker (bodies, headers and 256 bytes per message); past it the oldest messages of the destinations published to least recently are dropped, down to nine tenths (a resume from a dropped position gets `x-recovered:false`). In Redis mode Redis's `maxmemory` bounds it"
+                ),
                 .init("history.disabled-prefixes", .list, "`[]`", "destinations starting with one of these keep no history (e.g. `[/topic/ticks.]`)"),
                 .init("history.windows.names", .list, "`[]`", "names of other history windows, by destination prefix"),
                 .init("history.windows.<name>.prefix", .string, "—", "destinations starting with it (as clients name them) use this window; the longest matching prefix wins"),
@@ -318,6 +322,14 @@ package enum ConfigKeyCatalog {
                 .init(
                     "server.busy-percent", .integer, "`50`",
                     "when an event loop is saturated — for 3 windows of 100 ms in a row (one, if it left busy mode less than 10 s ago) its thread is on the CPU at least this share of the time, or never once waits for work (which also catches loops that cannot get a whole core: more `server.threads` than cores, a CPU quota, busy neighbours) — it enters **busy mode**: its flush passes are spaced by `server.write-coalesce-busy-us` and, with `http.tcp-nodelay`, its connections switch to Nagle (several messages per TCP segment). Saturated, latency is queueing delay anyway; both cut the CPU per delivery severalfold. Back to normal after 5 windows below half of it, at once after an idle spell, or by a retry after 5 s while the loop is no longer saturated (the wait doubles, up to 60 s, while retries fail). `0`: never. Read from `http.nagle-when-busy-percent` (its old name) when not set"
+                ),
+                .init(
+                    "server.max-fanout-backlog-bytes", .integer, "`67108864`",
+                    "messages one event loop may have queued for delivery (handed over by the other loops or by Redis, not delivered yet; bodies plus 256 bytes each) before **publishes through this instance wait**: while a loop's backlog is over it, a STOMP `SEND` to a broker destination (its `RECEIPT` and the session's next frames) and an HTTP publish wait until every backlog is under it again, so publishers slow down to what the instance delivers. `0`: no limit. Messages from other instances (Redis mode) are still queued past it: their publishers are held back by their own instance"
+                ),
+                .init(
+                    "server.publish-admission-timeout-ms", .integer, "`10000`",
+                    "how long a publish waits for the fan-out backlog (`server.max-fanout-backlog-bytes`); then it is refused, nothing published: a STOMP session gets an `ERROR` (`gateway overloaded: …`) and closes, an HTTP publish gets a `503` JSON error (`gateway overloaded: …`; a batch item, its own 503 result)"
                 ),
                 .init("console.enabled", .boolean, "`true`", "serve the console"),
                 .init("console.path", .string, "`/console`", "where"),

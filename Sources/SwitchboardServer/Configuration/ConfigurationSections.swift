@@ -226,6 +226,8 @@ package struct HistorySettings: Sendable, Equatable {
     package var maxLength = 100
     package var ttlMs = 300_000
     package var maxDestinations = 10_000
+    /// Bytes kept over every destination on the embedded broker (see ``DestinationHistory/Settings/maxBytes``).
+    package var maxBytes = 256 * 1024 * 1024
     /// Destinations (as clients name them) starting with one of these keep no history.
     package var disabledPrefixes: [String] = []
     /// `history.windows.<name>.*`: other windows by destination prefix.
@@ -246,9 +248,11 @@ package struct HistorySettings: Sendable, Equatable {
         maxLength = reader.int(forKey: "max-length", default: maxLength)
         ttlMs = reader.int(forKey: "ttl-ms", default: ttlMs)
         maxDestinations = reader.int(forKey: "max-destinations", default: maxDestinations)
+        maxBytes = reader.int(forKey: "max-bytes", default: maxBytes)
         disabledPrefixes = reader.stringArray(forKey: "disabled-prefixes", default: disabledPrefixes)
         try SwitchboardConfiguration.atLeast(
-            1, ("history.max-length", maxLength), ("history.ttl-ms", ttlMs), ("history.max-destinations", maxDestinations))
+            1, ("history.max-length", maxLength), ("history.ttl-ms", ttlMs), ("history.max-destinations", maxDestinations),
+            ("history.max-bytes", maxBytes))
         let windowsReader = reader.scoped(to: "windows")
         windows = try windowsReader.stringArray(forKey: "names", default: []).map { name in
             let window = windowsReader.scoped(to: ConfigKey([name]))
@@ -271,6 +275,7 @@ package struct HistorySettings: Sendable, Equatable {
         settings.maxLength = maxLength
         settings.ttl = .milliseconds(Int64(ttlMs))
         settings.maxDestinations = maxDestinations
+        settings.maxBytes = maxBytes
         settings.disabledPrefixes = disabledPrefixes
         settings.windows = windows.map { .init(prefix: $0.prefix, maxLength: $0.maxLength, ttl: .milliseconds(Int64($0.ttlMs))) }
         return settings
@@ -290,6 +295,10 @@ package struct ServerSettings: Sendable, Equatable {
     package var shutdownGraceMs = 5_000
     /// On SIGTERM: how long readiness is false before sessions are told to reconnect.
     package var drainDelayMs = 1_000
+    /// See ``FanoutHub/maxBacklogBytes``.
+    package var maxFanoutBacklogBytes = 64 * 1024 * 1024
+    /// See ``FanoutHub/admissionTimeout``.
+    package var publishAdmissionTimeoutMs = 10_000
 
     package init() {}
 
@@ -311,7 +320,12 @@ package struct ServerSettings: Sendable, Equatable {
         }
         shutdownGraceMs = reader.int(forKey: "shutdown-grace-ms", default: shutdownGraceMs)
         drainDelayMs = reader.int(forKey: "drain-delay-ms", default: drainDelayMs)
-        try SwitchboardConfiguration.atLeast(0, ("server.shutdown-grace-ms", shutdownGraceMs), ("server.drain-delay-ms", drainDelayMs))
+        maxFanoutBacklogBytes = reader.int(forKey: "max-fanout-backlog-bytes", default: maxFanoutBacklogBytes)
+        publishAdmissionTimeoutMs = reader.int(forKey: "publish-admission-timeout-ms", default: publishAdmissionTimeoutMs)
+        try SwitchboardConfiguration.atLeast(
+            0, ("server.shutdown-grace-ms", shutdownGraceMs), ("server.drain-delay-ms", drainDelayMs),
+            ("server.max-fanout-backlog-bytes", maxFanoutBacklogBytes))
+        try SwitchboardConfiguration.atLeast(1, ("server.publish-admission-timeout-ms", publishAdmissionTimeoutMs))
     }
 }
 

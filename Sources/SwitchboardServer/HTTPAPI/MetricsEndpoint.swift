@@ -89,6 +89,16 @@ final class MetricsEndpoint: Sendable {
         counter(
             "switchboard_event_loop_io_yields_total", counters.ioYields,
             help: "Times an event loop left messages from other loops for after its next I/O pass (a task phase past its budget).")
+        let admission = services.hub.admissionCounts
+        counter(
+            "switchboard_publish_admission_waits_total", admission.waits,
+            help: "Publishes that waited because an event loop's fan-out backlog was over server.max-fanout-backlog-bytes.")
+        counter(
+            "switchboard_publish_admission_refusals_total", admission.refusals,
+            help: "Publishes refused (nothing published) after waiting server.publish-admission-timeout-ms for the fan-out backlog.")
+        if let history = services.engine.history {
+            gauge("switchboard_history_retained_bytes", history.retainedBytes, help: "Bytes the embedded broker's history keeps (see history.max-bytes).")
+        }
         for kind in SessionErrorKind.allCases {
             counter(
                 "switchboard_session_errors_total", stats.errors(kind), labels: [("kind", kind.rawValue)],

@@ -1,0 +1,120 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// A publish refused because this instance's fan-out backlog did not drain in time: the
+/// instance is overloaded (its loops deliver more slowly than messages arrive). Nothing was
+/// published; the publisher may retry later.
+package struct FanoutOverloaded: Error, CustomStringConvertible {
+    package var waited: TimeAmount
+    package var description: String {
+        "gateway overloaded: its fan-out backlog did not drain within \(waited.nanoseconds / 1_000_000) ms; nothing was published, retry later"
+    }
+}
+
+/// Publish admission: while a loop's backlog (messages handed to it and not delivered yet) is
+/// over ``FanoutHub/maxBacklogBytes``, publishes through this instance wait until every
+/// backlog is under it again, for at most ``FanoutHub/admissionTimeout``, then fail with
+/// ``FanoutOverloaded``. So publishers slow down to what the instance delivers instead of
+/// queueing without a bound (a STOMP publisher's next frames wait behind its `SEND`, an HTTP
+/// publisher's answer comes later).
+extension FanoutHub {
+    struct BacklogState {
+        /// Bit `i`: shard `i`'s backlog is over the limit.
+        var shards: UInt64 = 0
+        var waiters: [AdmissionWaiter] = []
+        /// Per event loop: its publishes waiting, or released and not yet run. A publish on a
+        /// loop with some goes behind them, so each connection's publishes keep their order.
+        var pending: [ObjectIdentifier: Int] = [:]
+        var waits = 0
+        var refusals = 0
+    }
+
+    /// A publish waiting for admission; its fields are confined to its promise's loop.
+    final class AdmissionWaiter: @unchecked Sendable {
+        let promise: EventLoopPromise<Void>
+        var done = false
+        var timer: Scheduled<Void>?
+
+        init(promise: EventLoopPromise<Void>) { self.promise = promise }
+    }
+
+    /// Nil while no loop's backlog is over ``maxBacklogBytes`` and no publish of `loop` waits
+    /// (almost always): publish at once. Otherwise a future on `loop` that succeeds once no
+    /// backlog is over the limit and `loop`'s earlier publishes went on, or fails with
+    /// ``FanoutOverloaded`` after ``admissionTimeout``. Callers publish in the future's
+    /// callback, so publishes of one loop go on in the order they asked.
+    package func admission(on loop: any EventLoop) -> EventLoopFuture<Void>? {
+        guard maxBacklogBytes > 0, backlog.withLockedValue({ $0.shards != 0 || !$0.pending.isEmpty }) else { return nil }
+        return loop.inEventLoop ? waitForAdmission(on: loop) : loop.flatSubmit { self.waitForAdmission(on: loop) }
+    }
+
+    /// Whether a loop's backlog is over ``maxBacklogBytes`` (publishes wait).
+    package var isBacklogged: Bool { backlog.withLockedValue { $0.shards } != 0 }
+
+    /// Publishes that waited for admission, and those refused after waiting.
+    package var admissionCounts: (waits: Int, refusals: Int) { backlog.withLockedValue { ($0.waits, $0.refusals) } }
+
+    private enum Admission { case now, behindEarlier, wait }
+
+    private func waitForAdmission(on loop: any EventLoop) -> EventLoopFuture<Void> {
+        let waiter = AdmissionWaiter(promise: loop.makePromise())
+        let id = ObjectIdentifier(loop)
+        let admission = backlog.withLockedValue { b -> Admission in
+            if b.shards != 0 {
+                b.waiters.append(waiter)
+                b.waits += 1
+            } else if b.pending[id] == nil {
+                return .now
+            }
+            b.pending[id, default: 0] += 1
+            return b.shards != 0 ? .wait : .behindEarlier
+        }
+        switch admission {
+        case .now:
+            return loop.makeSucceededVoidFuture()
+        case .behindEarlier:
+            // The earlier ones were released: their tasks are queued on this loop already.
+            loop.execute { self.finish(waiter, on: loop, nil) }
+        case .wait:
+            let timeout = admissionTimeout
+            // Set before a release can run: releases run as tasks on this loop.
+            waiter.timer = loop.scheduleTask(in: timeout) { self.finish(waiter, on: loop, FanoutOverloaded(waited: timeout)) }
+        }
+        return waiter.promise.futureResult
+    }
+
+    /// Completes `waiter` on its loop (once): admitted, or refused with `error`.
+    private func finish(_ waiter: AdmissionWaiter, on loop: any EventLoop, _ error: FanoutOverloaded?) {
+        guard !waiter.done else { return }
+        waiter.done = true
+        waiter.timer?.cancel()
+        let id = ObjectIdentifier(loop)
+        backlog.withLockedValue { b in
+            if error != nil { b.refusals += 1 }
+            let left = (b.pending[id] ?? 1) - 1
+            b.pending[id] = left > 0 ? left : nil
+        }
+        if let error { waiter.promise.fail(error) } else { waiter.promise.succeed() }
+    }
+
+    /// Shard `index`'s backlog went over the limit. Called under the shard's inbox lock.
+    func backlogExceeded(shard index: Int) {
+        backlog.withLockedValue { $0.shards |= 1 << UInt64(index) }
+    }
+
+    /// Shard `index`'s backlog is under the limit again (called under the shard's inbox lock):
+    /// once no shard's is over, the waiting publishes go on, each loop's in order.
+    func backlogDrained(shard index: Int) {
+        backlog.withLockedValue { b in
+            b.shards &= ~(1 << UInt64(index))
+            guard b.shards == 0, !b.waiters.isEmpty else { return }
+            // Queued under the lock: a publish that finds no backlog any more, and goes behind
+            // these (``waitForAdmission(on:)``), is then queued after them on its loop.
+            for waiter in b.waiters {
+                let loop = waiter.promise.futureResult.eventLoop
+                loop.execute { self.finish(waiter, on: loop, nil) }
+            }
+            b.waiters.removeAll()
+        }
+    }
+}
