@@ -270,3 +270,27 @@ def test_a_body_trickled_a_byte_at_a_time_is_closed_at_the_request_timeout(gatew
                 break
     # 1.5 s (plus one timer pass at most) of 18: closed long before the trickle ends.
     assert closed_after is not None and closed_after < 40, closed_after
+
+
+def test_pipelined_publishes_wait_for_the_fanout_backlog_and_keep_their_order(gateway_factory, client):
+    """server.max-fanout-backlog-bytes=1: a message queued for the other event loop puts its
+    backlog over the limit, so the next pipelined publishes wait for admission. Every request
+    is answered 200 in order, and every subscriber gets every message once, in order."""
+    g = gateway_factory("server.threads=2", "server.max-fanout-backlog-bytes=1")
+    subs = [subscribed(client, g, "/topic/admit") for _ in range(6)]  # on both loops
+    sent = 0
+    for _ in range(10):
+        with socket.create_connection(("127.0.0.1", g.port)) as s:
+            s.sendall(b"".join(request("POST", "/api/notification", {"topic": "/topic/admit", "message": str(sent + i)})
+                               for i in range(200))
+                      + request("POST", "/api/notifications", [{"topic": "/topic/admit", "message": str(sent + 200 + i)}
+                                                              for i in range(50)]))
+            answers = read_responses(s, 201, timeout=30)
+        assert [a[0] for a in answers] == [200] * 201, [a for a in answers if a[0] != 200][:3]
+        sent += 250
+        if g.metric("switchboard_publish_admission_waits_total") > 0:
+            break
+    assert g.metric("switchboard_publish_admission_waits_total") > 0
+    for c in subs:
+        got = [int(f.text) for f in c.receive_many(sent, timeout=30)]
+        assert got == list(range(sent))

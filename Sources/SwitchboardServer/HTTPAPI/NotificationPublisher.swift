@@ -121,8 +121,19 @@ struct NotificationPublisher: Sendable {
 
     /// Publishes `prepared`; the future fails with a 503 failure saying why (not published), or
     /// a 504 when Redis took the command but the reply was lost (the outcome is unknown).
+    ///
+    /// While the instance's fan-out backlog is over its limit the publish waits for admission
+    /// (``FanoutHub/admission(on:)``: the publishes of one loop, so of one connection, keep their
+    /// order), and is refused with a 503 when it does not drain in time.
     func publish(_ prepared: Prepared, on loop: any EventLoop) -> EventLoopFuture<Void> {
-        services.engine.publish(prepared.message, on: loop).flatMapErrorThrowing { error in
+        let engine = services.engine
+        let published =
+            services.hub.admission(on: loop).map { $0.flatMap { engine.publish(prepared.message, on: loop) } }
+            ?? engine.publish(prepared.message, on: loop)
+        return published.flatMapErrorThrowing { error in
+            if error is FanoutOverloaded {
+                throw Failure(status: .serviceUnavailable, message: "\(error)", field: nil)
+            }
             if let error = error as? RouteError, error.code == .outcomeUnknown {
                 throw Failure(status: .gatewayTimeout, message: "publish outcome unknown: \(error)", field: nil)
             }
