@@ -22,11 +22,21 @@ struct NotificationPublisher: Sendable {
         var status: HTTPResponse.Status
         var message: String
         var field: String?
+        /// The answer closes the connection (`Connection: close`): the request's body is not
+        /// read to its end.
+        var closesConnection = false
 
-        init(status: HTTPResponse.Status, message: String, field: String?) {
+        init(status: HTTPResponse.Status, message: String, field: String?, closesConnection: Bool = false) {
             self.status = status
             self.message = message
             self.field = field
+            self.closesConnection = closesConnection
+        }
+
+        /// The 413 for a body over `limit` bytes, answered as soon as the `Content-Length` or the
+        /// bytes received exceed it; the connection then closes (the rest is not read).
+        static func bodyTooLarge(limit: Int) -> Failure {
+            Failure(status: .contentTooLarge, message: "request body larger than \(limit) bytes", field: nil, closesConnection: true)
         }
 
         init(_ error: APIRequestError) {
@@ -57,8 +67,16 @@ struct NotificationPublisher: Sendable {
         return key
     }
 
-    var bodyTooLarge: Failure {
-        Failure(status: .contentTooLarge, message: "request body larger than \(maxBodyBytes) bytes", field: nil)
+    var bodyTooLarge: Failure { Failure.bodyTooLarge(limit: maxBodyBytes) }
+
+    /// Whether a request's `Content-Length` announces a body over `limit` bytes (one too long
+    /// for an `Int` does).
+    static func exceeds(contentLength value: String?, limit: Int) -> Bool {
+        guard let digits = value?.trimmingCharacters(in: .whitespaces), !digits.isEmpty,
+            digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
+        else { return false }
+        guard let length = Int(digits) else { return true }
+        return length > limit
     }
 
     /// Validates a single-notification body for a topic, or for user `toUser`.
