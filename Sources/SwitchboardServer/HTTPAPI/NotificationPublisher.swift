@@ -81,6 +81,11 @@ struct NotificationPublisher: Sendable {
 
     /// Validates a single-notification body for a topic, or for user `toUser`.
     func prepare(body: ByteBuffer, key: APIKeyStore.Key?, toUser: String?) throws(Failure) -> Prepared {
+        // The user of `/api/users/{user}/notification`, checked here for both paths (the
+        // router's and ``HTTPPublishHandler``'s); a batch item's in ``NotificationRequest``.
+        if let toUser, let problem = DestinationPattern.nameProblem(toUser) {
+            throw Failure(status: .badRequest, message: "user \(problem)", field: "user")
+        }
         let parsed: NotificationRequest
         do {
             parsed = try NotificationRequest.parse(body, isAllowedTopic: topicCheck(toUser: toUser))
