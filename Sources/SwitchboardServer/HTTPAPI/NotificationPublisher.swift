@@ -59,12 +59,25 @@ struct NotificationPublisher: Sendable {
     /// The API key of the request; a 401 failure when keys are configured and none matches.
     func authenticate(authorization: String?) throws(Failure) -> APIKeyStore.Key? {
         guard !apiKeys.isEmpty else { return nil }
-        guard let header = authorization, header.hasPrefix("Bearer "),
-            let key = apiKeys.key(for: String(header.dropFirst("Bearer ".count)))
-        else {
+        guard let header = authorization, let secret = Self.bearerToken(header), let key = apiKeys.key(for: secret) else {
             throw Failure(status: .unauthorized, message: "missing or invalid API key: send 'Authorization: Bearer <key>'", field: "Authorization")
         }
         return key
+    }
+
+    /// The token of an `Authorization: Bearer <token>` value: the scheme in any case (RFC 9110
+    /// §11.1), spaces or tabs around the token; nil for another scheme or no token.
+    static func bearerToken(_ header: String) -> String? {
+        func isSpace(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        var rest = Substring(header).utf8
+        for letter in "bearer".utf8 {
+            guard let byte = rest.popFirst(), byte | 0x20 == letter else { return nil }
+        }
+        // The scheme is a whole word: a space or tab follows it.
+        guard let first = rest.first, isSpace(first) else { return nil }
+        rest = rest.drop(while: isSpace)
+        while let last = rest.last, isSpace(last) { rest = rest.dropLast() }
+        return rest.isEmpty ? nil : String(Substring(rest))
     }
 
     var bodyTooLarge: Failure { Failure.bodyTooLarge(limit: maxBodyBytes) }
