@@ -28,6 +28,9 @@ package struct NotificationRequest: Sendable, Equatable {
     /// The user of a batch item addressed to a user destination.
     package var user: String?
 
+    /// Most entries of a request's `headers` object (a STOMP frame carries each as a header line).
+    package static let maxHeaders = 64
+
     /// Parses and validates a request body.
     ///
     /// - Parameter isAllowedTopic: decides whether `topic` may be published to; its error
@@ -72,6 +75,9 @@ package struct NotificationRequest: Sendable, Equatable {
                 case .missing: user = nil
                 case .value(let name) where !name.isEmpty: user = name
                 default: throw APIRequestError(status: 400, message: "field 'user' must be a non-empty string", field: "user")
+                }
+                if let user, let problem = DestinationPattern.nameProblem(user) {
+                    throw APIRequestError(status: 400, message: "field 'user' \(problem)", field: "user")
                 }
                 var request = try fields.validated { isAllowedTopic($0, user) }
                 request.user = user
@@ -142,9 +148,10 @@ package struct NotificationRequest: Sendable, Equatable {
                 throw APIRequestError(status: 400, message: "field 'topic' must not contain wildcards", field: "topic")
             }
             // A NUL, CR or LF could not reach a subscriber as sent (STOMP headers cannot carry a
-            // NUL; the destination would arrive changed), nor any other control character sensibly.
-            guard !DestinationPattern.holdsControlCharacters(topic) else {
-                throw APIRequestError(status: 400, message: "field 'topic' must not contain control characters", field: "topic")
+            // NUL; the destination would arrive changed), nor any other control character
+            // sensibly; a destination's length is bounded everywhere.
+            if let problem = DestinationPattern.nameProblem(topic) {
+                throw APIRequestError(status: 400, message: "field 'topic' \(problem)", field: "topic")
             }
             let message: String
             switch self.message {
@@ -157,6 +164,7 @@ package struct NotificationRequest: Sendable, Equatable {
             case .missing: break
             case .invalid: throw APIRequestError(status: 400, message: "field 'headers' must be an object of string values", field: "headers")
             case .value(let dict):
+                try NotificationRequest.checkHeaders(dict)
                 for (k, v) in dict.sorted(by: { $0.key < $1.key }) where !PublishedMessage.reservedHeaders.contains(k) && k != "content-type" {
                     headers.add(k, v)
                 }
@@ -169,6 +177,31 @@ package struct NotificationRequest: Sendable, Equatable {
             }
             headers.add("content-type", contentType)
             return NotificationRequest(topic: topic, body: ByteBuffer(string: message), headers: headers)
+        }
+    }
+
+    /// Refuses a `headers` object no STOMP frame could carry as sent: more than ``maxHeaders``
+    /// entries, an empty name (its header line would start with `:`, which decoders refuse), a
+    /// name holding `:`, a name or value holding a control character (a CR or LF would end
+    /// the line, a NUL the frame).
+    static func checkHeaders(_ dict: [String: String]) throws(APIRequestError) {
+        guard dict.count <= maxHeaders else {
+            throw APIRequestError(status: 400, message: "field 'headers' must hold at most \(maxHeaders) headers, not \(dict.count)", field: "headers")
+        }
+        for (name, value) in dict.sorted(by: { $0.key < $1.key }) {
+            let problem: String? =
+                if name.isEmpty {
+                    "must not hold an empty header name"
+                } else if name.utf8.contains(UInt8(ascii: ":")) {
+                    "must not hold a header name containing ':'"
+                } else if DestinationPattern.holdsControlCharacters(name) {
+                    "must not hold a header name containing control characters"
+                } else if DestinationPattern.holdsControlCharacters(value) {
+                    "must not hold a header value containing control characters (header '\(name)')"
+                } else {
+                    nil
+                }
+            if let problem { throw APIRequestError(status: 400, message: "field 'headers' \(problem)", field: "headers") }
         }
     }
 

@@ -101,8 +101,10 @@ import Testing
                 ("/api/presence/queue/x", "destination /queue/x is not a broker destination (presence is kept for /topic/)"),
                 ("/api/presence/topic/a*b", "invalid destination /topic/a*b: invalid wildcard in '/topic/a*b': '*' and '**' must be whole segments and '**' must be last"),
                 ("/api/presence/topic/%ZZ", "destination is not valid percent-encoding: /topic/%ZZ"),
-                ("/api/presence/topic/a%0Ab", "destination holds control characters"),
-                ("/api/presence/topic/" + String(repeating: "x", count: 1100), "destination longer than 1024 bytes"),
+                ("/api/presence/topic/a%0Ab", "destination must not contain control characters"),
+                ("/api/presence/topic/" + String(repeating: "x", count: 1100), "destination must be at most 1024 bytes"),
+                ("/api/users/a%0Ab/presence", "user must not contain control characters"),
+                ("/api/users/" + String(repeating: "u", count: 1025) + "/presence", "user must be at most 1024 bytes"),
             ]
             for (uri, message) in cases {
                 let r = try await Self.get(client, uri)

@@ -81,7 +81,7 @@ BAD = [
     ("bad-wildcard", "/api/presence/topic/a*b", READER_KEY, 400, "destination", "invalid destination /topic/a*b"),
     ("bad-percent", "/api/presence/topic/%ZZ", READER_KEY, 400, "destination", "percent-encoding"),
     ("control-char", "/api/presence/topic/a%01b", READER_KEY, 400, "destination", "control characters"),
-    ("too-long", "/api/presence/topic/" + "x" * 1100, READER_KEY, 400, "destination", "longer than 1024 bytes"),
+    ("too-long", "/api/presence/topic/" + "x" * 1100, READER_KEY, 400, "destination", "at most 1024 bytes"),
     ("out-of-scope", "/api/presence/topic/private.x", PUBLIC_KEY, 403, "destination", "may not read /topic/private.x"),
     ("user-out-of-scope", "/api/users/alice/presence", PUBLIC_KEY, 403, "user", "may not read the presence of users"),
     ("user-control-char", "/api/users/a%0Ab/presence", READER_KEY, 400, "user", "control characters"),

@@ -53,10 +53,11 @@ struct ConsoleRoutes: Sendable {
                     field: "Authorization")
             }
         }
+        // Up to the API's body limit (`http.max-body-bytes`), with the publish API's JSON 413.
+        let bytes = try await PublishAPI.body(of: request, upTo: publisher.maxBodyBytes)
         guard let engine = services.engine as? RedisEngine else {
             return PublishAPI.json(APIErrorBody(error: "needs the redis engine (set redis.url)", field: nil), status: .conflict)
         }
-        let bytes = try await request.body.collect(upTo: 64 * 1024)
         let publish: ConsoleRedisPublishRequest
         do throws(APIRequestError) {
             publish = try ConsoleRedisPublishRequest.parse(bytes) { inboundChannels.contains($0) }

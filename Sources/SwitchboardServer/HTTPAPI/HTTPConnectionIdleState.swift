@@ -87,6 +87,12 @@ struct HTTPConnectionIdleState {
         }
     }
 
+    /// The request being read was refused before its end (its body over the limit): nothing
+    /// more of it is read, and its answer is on the way (not idle, not a slow request).
+    mutating func stoppedReading() {
+        readingRequest = false
+    }
+
     /// An answer's end was written. True when the connection should now close (a shutdown
     /// waited for it).
     mutating func answered(now: NIODeadline) -> Bool {

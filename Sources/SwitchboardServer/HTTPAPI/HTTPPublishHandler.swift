@@ -30,8 +30,12 @@ import SwitchboardWire
 /// the idle timeout, `Connection: close`, and a graceful shutdown (`ChannelShouldQuiesceEvent`
 /// closes the connection once the answers owed are written).
 ///
-/// Limits: a body is collected up to the publisher's `maxBodyBytes` (413 beyond, the rest
-/// discarded); at most ``maxPendingAnswers`` answers wait, then reads pause.
+/// Limits: a body is collected up to the publisher's `maxBodyBytes`. Beyond it (a
+/// `Content-Length` over the limit in the head, or the bytes received crossing it) the request
+/// is answered 413 at once and the connection closes after that answer: the rest of the body
+/// is not read (a body of any length, trickled or not, would hold the connection while it
+/// came). A router answer that says `Connection: close` (its own 413) closes the connection
+/// the same way. At most ``maxPendingAnswers`` answers wait, then reads pause.
 final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -77,7 +81,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     final class Answer {
         let endpoint: Endpoint
         let started: UInt64
-        let close: Bool
+        /// The connection closes after this answer (the client asked, or its body was refused).
+        var close: Bool
         /// An HTTP/1.0 client asked to keep the connection: say that it is kept.
         let keepAlive10: Bool
         var response: (status: HTTPResponse.Status, body: ByteBuffer)?
@@ -126,6 +131,11 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var taskOpen = false
     /// A response of the router's is being written (its head went out, its end not yet).
     private var routerResponseOpen = false
+    /// The router's response being written says `Connection: close`: close after its end.
+    private var routerResponseCloses = false
+    /// A request was refused before its end (its body over the limit): its answer is the
+    /// connection's last, and nothing more is read.
+    private var refused = false
     /// The parser failed: nothing more is read as a request.
     private var malformed = false
     /// The 400 for malformed bytes, waiting for the router's answers owed before it.
@@ -207,13 +217,16 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !closing, !malformed else { return }
+        guard !closing, !malformed, !refused else { return }
         let part = unwrapInboundIn(data)
         inReadBatch = true
         idle.read(part, now: context.eventLoop.now)
         if !held.isEmpty || !process(part, context: context) {
             held.append(part)
         }
+        // (Held parts are only ever those of a forwarded request and after: a refusal comes
+        // from a part processed here.)
+        if refused { writeAnswers() }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -233,11 +246,17 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     current = .answering(answer, key: nil, body: nil, failure: nil)
                     return true
                 }
+                var key: APIKeyStore.Key?
+                var failure: NotificationPublisher.Failure?
                 do {
-                    let key = try publisher.authenticate(authorization: head.headers.first(name: "authorization"))
-                    current = .answering(answer, key: key, body: nil, failure: nil)
+                    key = try publisher.authenticate(authorization: head.headers.first(name: "authorization"))
                 } catch {
-                    current = .answering(answer, key: nil, body: nil, failure: error)
+                    failure = error
+                }
+                current = .answering(answer, key: key, body: nil, failure: failure)
+                // A body announced over the limit is refused before any of it is read.
+                if NotificationPublisher.exceeds(contentLength: head.headers.first(name: "content-length"), limit: publisher.maxBodyBytes) {
+                    refuse(answer, failure: failure ?? publisher.bodyTooLarge)
                 }
                 return true
             }
@@ -247,16 +266,17 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             forward(part, context: context)
         case .body(var bytes):
             switch current {
-            case .answering(let answer, let key, var body, var failure):
-                if failure == nil {
-                    if (body?.readableBytes ?? 0) + bytes.readableBytes > publisher.maxBodyBytes {
-                        failure = publisher.bodyTooLarge
-                        body = nil
-                    } else if body == nil {
-                        body = bytes
-                    } else {
-                        body!.writeBuffer(&bytes)
-                    }
+            case .answering(let answer, let key, var body, let failure):
+                // Counted for a request that failed already (401) too: answered at the crossing.
+                let received = (body?.readableBytes ?? 0) + bytes.readableBytes
+                if received > publisher.maxBodyBytes {
+                    refuse(answer, failure: failure ?? publisher.bodyTooLarge)
+                    return true
+                }
+                if body == nil {
+                    body = bytes
+                } else {
+                    body!.writeBuffer(&bytes)
                 }
                 current = .answering(answer, key: key, body: body, failure: failure)
             case .forwarding:
@@ -277,6 +297,17 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         return true
+    }
+
+    /// Answers the request being read with `failure` before its end (its body is over the
+    /// limit): the answer is the connection's last (it says `Connection: close`), the rest of
+    /// the body is not read, nor anything after it.
+    private func refuse(_ answer: Answer, failure: NotificationPublisher.Failure) {
+        refused = true
+        current = .none
+        idle.stoppedReading()
+        answer.close = true
+        answer.response = (failure.status, APIJSON.body(failure.body))
     }
 
     private func forward(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
@@ -394,14 +425,18 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
-        case .head(let head) where head.status.code >= 200: routerResponseOpen = true
+        case .head(let head) where head.status.code >= 200:
+            routerResponseOpen = true
+            routerResponseCloses = head.headers["connection"].contains { $0.lowercased().contains("close") }
         case .end: routerResponseOpen = false
         default: break
         }
         if case .end = unwrapOutboundIn(data), forwardedUnanswered > 0 {
             forwardedUnanswered -= 1
-            if idle.answered(now: context.eventLoop.now) {
-                // Shutting down, and this was the last answer owed.
+            let shutdownWaited = idle.answered(now: context.eventLoop.now)
+            if shutdownWaited || routerResponseCloses {
+                // Shutting down, and this was the last answer owed; or the router's answer
+                // closes the connection (e.g. its 413: the rest of the body is not read).
                 closing = true
                 let channel = context.channel
                 context.writeAndFlush(data).whenComplete { result in
@@ -430,7 +465,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         writeAnswers()
     }
 
-    private var readsPaused: Bool { !held.isEmpty || answers.count >= Self.maxPendingAnswers }
+    private var readsPaused: Bool { !held.isEmpty || answers.count >= Self.maxPendingAnswers || refused }
 
     func read(context: ChannelHandlerContext) {
         if readsPaused {
@@ -527,7 +562,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.fireErrorCaught(error)
             return
         }
-        guard !malformed else { return }
+        // After a refusal the connection ends with its answer: bytes after it are not requests.
+        guard !malformed, !refused else { return }
         malformed = true
         if !taskOpen {
             // The request being read is the bad one: the 400 is its answer.
@@ -553,47 +589,5 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         inReadBatch = false
         writeMalformedIfDue()
         context.flush()
-    }
-
-    /// The JSON error for bytes the parser refused, naming the part at fault where it can.
-    static func errorBody(for error: HTTPParserError) -> APIErrorBody {
-        let field: String?
-        switch error {
-        case .invalidContentLength, .unexpectedContentLength: field = "Content-Length"
-        case .invalidChunkSize: field = "Transfer-Encoding"
-        case .headerOverflow, .invalidHeaderToken, .invalidConstant, .lfExpected: field = "headers"
-        case .invalidMethod: field = "method"
-        case .invalidURL, .invalidPath, .invalidQueryString, .invalidFragment, .invalidHost, .invalidPort: field = "path"
-        case .invalidVersion: field = "version"
-        default: field = nil
-        }
-        return APIErrorBody(error: "malformed HTTP request: \(error)", field: field)
-    }
-}
-
-/// Hummingbird's request metrics (`hb.requests`, `http.server.request.duration`, by route and
-/// status) for the requests ``HTTPPublishHandler`` answers itself, so `/metrics` counts them
-/// as if the router had.
-final class HTTPRouteMetrics: Sendable {
-    private struct Key: Hashable {
-        var route: String
-        var status: Int
-    }
-    private let cache = NIOLockedValueBox<[Key: (Counter, Metrics.Timer)]>([:])
-
-    func record(_ endpoint: HTTPPublishHandler.Endpoint, status: HTTPResponse.Status, since start: UInt64) {
-        let route = endpoint.route
-        let key = Key(route: route, status: status.code)
-        let (counter, timer) = cache.withLockedValue { cache in
-            if let found = cache[key] { return found }
-            let dimensions = [("http.route", route), ("http.request.method", endpoint.method), ("http.response.status_code", String(status.code))]
-            let made = (
-                Counter(label: "hb.requests", dimensions: dimensions), Metrics.Timer(label: "http.server.request.duration", dimensions: dimensions, preferredDisplayUnit: .seconds)
-            )
-            cache[key] = made
-            return made
-        }
-        counter.increment()
-        timer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - start))
     }
 }

@@ -22,11 +22,21 @@ struct NotificationPublisher: Sendable {
         var status: HTTPResponse.Status
         var message: String
         var field: String?
+        /// The answer closes the connection (`Connection: close`): the request's body is not
+        /// read to its end.
+        var closesConnection = false
 
-        init(status: HTTPResponse.Status, message: String, field: String?) {
+        init(status: HTTPResponse.Status, message: String, field: String?, closesConnection: Bool = false) {
             self.status = status
             self.message = message
             self.field = field
+            self.closesConnection = closesConnection
+        }
+
+        /// The 413 for a body over `limit` bytes, answered as soon as the `Content-Length` or the
+        /// bytes received exceed it; the connection then closes (the rest is not read).
+        static func bodyTooLarge(limit: Int) -> Failure {
+            Failure(status: .contentTooLarge, message: "request body larger than \(limit) bytes", field: nil, closesConnection: true)
         }
 
         init(_ error: APIRequestError) {
@@ -49,20 +59,46 @@ struct NotificationPublisher: Sendable {
     /// The API key of the request; a 401 failure when keys are configured and none matches.
     func authenticate(authorization: String?) throws(Failure) -> APIKeyStore.Key? {
         guard !apiKeys.isEmpty else { return nil }
-        guard let header = authorization, header.hasPrefix("Bearer "),
-            let key = apiKeys.key(for: String(header.dropFirst("Bearer ".count)))
-        else {
+        guard let header = authorization, let secret = Self.bearerToken(header), let key = apiKeys.key(for: secret) else {
             throw Failure(status: .unauthorized, message: "missing or invalid API key: send 'Authorization: Bearer <key>'", field: "Authorization")
         }
         return key
     }
 
-    var bodyTooLarge: Failure {
-        Failure(status: .contentTooLarge, message: "request body larger than \(maxBodyBytes) bytes", field: nil)
+    /// The token of an `Authorization: Bearer <token>` value: the scheme in any case (RFC 9110
+    /// §11.1), spaces or tabs around the token; nil for another scheme or no token.
+    static func bearerToken(_ header: String) -> String? {
+        func isSpace(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        var rest = Substring(header).utf8
+        for letter in "bearer".utf8 {
+            guard let byte = rest.popFirst(), byte | 0x20 == letter else { return nil }
+        }
+        // The scheme is a whole word: a space or tab follows it.
+        guard let first = rest.first, isSpace(first) else { return nil }
+        rest = rest.drop(while: isSpace)
+        while let last = rest.last, isSpace(last) { rest = rest.dropLast() }
+        return rest.isEmpty ? nil : String(Substring(rest))
+    }
+
+    var bodyTooLarge: Failure { Failure.bodyTooLarge(limit: maxBodyBytes) }
+
+    /// Whether a request's `Content-Length` announces a body over `limit` bytes (one too long
+    /// for an `Int` does).
+    static func exceeds(contentLength value: String?, limit: Int) -> Bool {
+        guard let digits = value?.trimmingCharacters(in: .whitespaces), !digits.isEmpty,
+            digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
+        else { return false }
+        guard let length = Int(digits) else { return true }
+        return length > limit
     }
 
     /// Validates a single-notification body for a topic, or for user `toUser`.
     func prepare(body: ByteBuffer, key: APIKeyStore.Key?, toUser: String?) throws(Failure) -> Prepared {
+        // The user of `/api/users/{user}/notification`, checked here for both paths (the
+        // router's and ``HTTPPublishHandler``'s); a batch item's in ``NotificationRequest``.
+        if let toUser, let problem = DestinationPattern.nameProblem(toUser) {
+            throw Failure(status: .badRequest, message: "user \(problem)", field: "user")
+        }
         let parsed: NotificationRequest
         do {
             parsed = try NotificationRequest.parse(body, isAllowedTopic: topicCheck(toUser: toUser))

@@ -54,9 +54,6 @@ struct PresenceAPI: Sendable {
         }
     }
 
-    /// Longest destination the API reads, in UTF-8 bytes.
-    static let maxDestinationBytes = 1024
-
     /// The destination of `/api/presence/<destination>`: the rest of the path, percent-decoded
     /// (`/api/presence/topic/room` and `/api/presence/%2Ftopic%2Froom` both name `/topic/room`).
     static func destination(inPath path: String) throws(Failure) -> String {
@@ -70,12 +67,9 @@ struct PresenceAPI: Sendable {
             throw Failure(status: .badRequest, message: "missing destination: GET /api/presence/<destination>", field: "destination")
         }
         let destination = "/" + trimmed
-        guard destination.utf8.count <= maxDestinationBytes else {
-            throw Failure(
-                status: .badRequest, message: "destination longer than \(maxDestinationBytes) bytes", field: "destination")
-        }
-        guard !DestinationPattern.holdsControlCharacters(destination) else {
-            throw Failure(status: .badRequest, message: "destination holds control characters", field: "destination")
+        // The check every entry point makes (control characters, at most 1024 bytes).
+        if let problem = DestinationPattern.nameProblem(destination) {
+            throw Failure(status: .badRequest, message: "destination \(problem)", field: "destination")
         }
         guard DestinationPattern.isNormalized(destination) else {
             throw Failure(status: .badRequest, message: "destination must be in Unicode normalization form C (NFC)", field: "destination")
@@ -106,11 +100,11 @@ struct PresenceAPI: Sendable {
     func user(_ user: String, authorization: String?) async throws -> Response {
         let key = try publisher.authenticate(authorization: authorization)
         let source = try enabledSource()
-        guard !user.isEmpty, user.utf8.count <= 1024 else {
-            throw Failure(status: .badRequest, message: "missing or too long user in path", field: "user")
+        guard !user.isEmpty else {
+            throw Failure(status: .badRequest, message: "missing user in path", field: "user")
         }
-        guard !DestinationPattern.holdsControlCharacters(user) else {
-            throw Failure(status: .badRequest, message: "user holds control characters", field: "user")
+        if let problem = DestinationPattern.nameProblem(user) {
+            throw Failure(status: .badRequest, message: "user \(problem)", field: "user")
         }
         guard DestinationPattern.isNormalized(user) else {
             throw Failure(status: .badRequest, message: "user must be in Unicode normalization form C (NFC)", field: "user")

@@ -54,10 +54,20 @@ struct PublishAPI: Sendable {
     }
 
     private func body(of request: Request, key: APIKeyStore.Key?) async throws -> ByteBuffer {
+        try await Self.body(of: request, upTo: publisher.maxBodyBytes)
+    }
+
+    /// The body of `request`, at most `limit` bytes. Beyond it a JSON 413 that closes the
+    /// connection (``NotificationPublisher/Failure/bodyTooLarge(limit:)``), as soon as the
+    /// `Content-Length` or the bytes received exceed it, as ``HTTPPublishHandler`` answers.
+    static func body(of request: Request, upTo limit: Int) async throws(NotificationPublisher.Failure) -> ByteBuffer {
+        if NotificationPublisher.exceeds(contentLength: request.headers[.contentLength], limit: limit) {
+            throw .bodyTooLarge(limit: limit)
+        }
         do {
-            return try await request.body.collect(upTo: publisher.maxBodyBytes)
+            return try await request.body.collect(upTo: limit)
         } catch {
-            throw publisher.bodyTooLarge
+            throw .bodyTooLarge(limit: limit)
         }
     }
 
@@ -127,6 +137,9 @@ struct ReadinessCheck: Sendable {
 /// The router answers a failure as `{"error": "...", "field": "..."}` with its status.
 extension NotificationPublisher.Failure: HTTPResponseError {
     func response(from request: Request, context: some RequestContext) throws -> Response {
-        PublishAPI.json(body, status: status)
+        var response = PublishAPI.json(body, status: status)
+        // ``HTTPPublishHandler`` closes the connection after it (the body is not read on).
+        if closesConnection { response.headers[.connection] = "close" }
+        return response
     }
 }
