@@ -182,8 +182,9 @@ package struct NotificationRequest: Sendable, Equatable {
 
     /// Refuses a `headers` object no STOMP frame could carry as sent: more than ``maxHeaders``
     /// entries, an empty name (its header line would start with `:`, which decoders refuse), a
-    /// name holding `:`, a name or value holding a control character (a CR or LF would end
-    /// the line, a NUL the frame).
+    /// name holding `:` or a control character, a value holding a NUL (a STOMP header cannot
+    /// carry one; it would end the frame). Other control characters of a value are carried:
+    /// STOMP 1.1+ escapes CR and LF (1.0 subscribers get spaces), a tab is a tab.
     static func checkHeaders(_ dict: [String: String]) throws(APIRequestError) {
         guard dict.count <= maxHeaders else {
             throw APIRequestError(status: 400, message: "field 'headers' must hold at most \(maxHeaders) headers, not \(dict.count)", field: "headers")
@@ -196,8 +197,8 @@ package struct NotificationRequest: Sendable, Equatable {
                     "must not hold a header name containing ':'"
                 } else if DestinationPattern.holdsControlCharacters(name) {
                     "must not hold a header name containing control characters"
-                } else if DestinationPattern.holdsControlCharacters(value) {
-                    "must not hold a header value containing control characters (header '\(name)')"
+                } else if value.utf8.contains(0) {
+                    "must not hold a header value containing a NUL (header '\(name)')"
                 } else {
                     nil
                 }
