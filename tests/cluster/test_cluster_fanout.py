@@ -10,7 +10,7 @@ import requests
 from support.cluster import Cluster
 from support.gateway import metric
 from support.process import wait_until
-from support.stompclient import encode_frame
+from support.stompclient import send_bursts_until
 
 
 def subscribe_all(clients, destination, prefix="s"):
@@ -221,19 +221,11 @@ def test_a_backlogged_instance_pauses_reading_redis_and_loses_nothing(cluster_fa
     subs = [clients(cluster.client(cluster.gw_ws(1))) for _ in range(6)]  # over both loops of gw1
     subscribe_all(subs, "/topic/paced")
     pub = clients(cluster.client(cluster.gw_ws(0)))
-    sent = 0
 
     def pauses():
         return metric(requests.get(f"{cluster.gw_url(1)}/metrics", timeout=5).text, "switchboard_redis_subscriber_read_pauses_total")
 
-    for burst in range(10):
-        pub.send_raw(b"".join(encode_frame("SEND", {"destination": "/topic/paced"}, str(sent + i)) for i in range(300)))
-        sent += 300
-        pub.send_frame("SEND", {"destination": "/topic/paced", "receipt": f"b{burst}"}, str(sent))
-        sent += 1
-        pub.expect_receipt(f"b{burst}", timeout=30)
-        if pauses() > 0:
-            break
+    sent = send_bursts_until(pub, "/topic/paced", lambda: pauses() > 0, size=301)
     assert pauses() > 0
     for c in subs:
         assert [int(f.text) for f in collect(c, sent, timeout=60)] == list(range(sent))

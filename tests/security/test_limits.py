@@ -10,7 +10,7 @@ import pytest
 
 from support.rawws import OP_CONT, OP_PING, OP_TEXT, RawWebSocket, build_frame, stomp_frames
 from support.security import HMAC_SECRET, bearer, expect_healthy, make_token, upgrade_request
-from support.stompclient import StompClient, encode_frame
+from support.stompclient import StompClient, encode_frame, send_bursts_until
 
 
 
@@ -161,15 +161,7 @@ def test_publishes_wait_for_the_fanout_backlog_and_keep_their_order(gw, clients)
     for i, s in enumerate(subs):
         s.subscribe("/topic/backlog", id="1", receipt=f"s{i}")
     pub = clients(g)
-    sent = 0
-    for burst in range(10):
-        pub.send_raw(b"".join(encode_frame("SEND", {"destination": "/topic/backlog"}, str(sent + i)) for i in range(200)))
-        sent += 200
-        pub.send_frame("SEND", {"destination": "/topic/backlog", "receipt": f"b{burst}"}, str(sent))
-        sent += 1
-        pub.expect_receipt(f"b{burst}", timeout=30)
-        if g.metric("switchboard_publish_admission_waits_total") > 0:
-            break
+    sent = send_bursts_until(pub, "/topic/backlog", lambda: g.metric("switchboard_publish_admission_waits_total") > 0)
     assert g.metric("switchboard_publish_admission_waits_total") > 0
     for s in subs:
         got = [int(f.text) for f in s.receive_many(sent, timeout=30)]

@@ -346,3 +346,20 @@ class StompClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def send_bursts_until(pub: "StompClient", destination: str, done, size: int = 200, bursts: int = 10,
+                      timeout: float = 30) -> int:
+    """Sends bursts of `size` SENDs of the bodies 0, 1, 2, … to `destination` in one write each,
+    the last of each burst with a receipt it waits for, until `done()` or `bursts` bursts; returns
+    how many were sent."""
+    sent = 0
+    for burst in range(bursts):
+        pub.send_raw(b"".join(encode_frame("SEND", {"destination": destination}, str(sent + i)) for i in range(size - 1)))
+        sent += size - 1
+        pub.send_frame("SEND", {"destination": destination, "receipt": f"burst-{burst}"}, str(sent))
+        sent += 1
+        pub.expect_receipt(f"burst-{burst}", timeout=timeout)
+        if done():
+            break
+    return sent
