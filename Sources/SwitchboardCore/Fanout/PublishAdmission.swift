@@ -57,18 +57,20 @@ extension FanoutHub {
     private enum Admission { case now, behindEarlier, wait }
 
     private func waitForAdmission(on loop: any EventLoop) -> EventLoopFuture<Void> {
-        let waiter = AdmissionWaiter(promise: loop.makePromise())
         let id = ObjectIdentifier(loop)
-        let admission = backlog.withLockedValue { b -> Admission in
+        // The waiter (its promise) is made only when it waits: a promise never completed is a
+        // leak NIO traps on in debug builds.
+        let (admission, made) = backlog.withLockedValue { b -> (Admission, AdmissionWaiter?) in
+            if b.shards == 0, b.pending[id] == nil { return (.now, nil) }
+            let waiter = AdmissionWaiter(promise: loop.makePromise())
             if b.shards != 0 {
                 b.waiters.append(waiter)
                 b.waits += 1
-            } else if b.pending[id] == nil {
-                return .now
             }
             b.pending[id, default: 0] += 1
-            return b.shards != 0 ? .wait : .behindEarlier
+            return (b.shards != 0 ? .wait : .behindEarlier, waiter)
         }
+        guard let waiter = made else { return loop.makeSucceededVoidFuture() }
         switch admission {
         case .now:
             return loop.makeSucceededVoidFuture()

@@ -150,7 +150,14 @@ extension STOMPSessionHandler {
                 // the frames behind it) waits; refused after the admission timeout, nothing
                 // published, the session ends with the reason.
                 let engine = services.engine, loop = shard.eventLoop
-                let published = admission.flatMap { engine.publish(message, on: loop) }
+                let session = NIOLoopBound(self, eventLoop: loop)
+                let published = admission.flatMap { () -> EventLoopFuture<Void> in
+                    // A session that ended meanwhile (refused, closed) publishes nothing more.
+                    guard session.value.machine.phase == .connected else {
+                        return loop.makeFailedFuture(SessionFailure("session ended before its publish was admitted", kind: .route))
+                    }
+                    return engine.publish(message, on: loop)
+                }
                 complete(published, step: step, kind: .route, describe: { "publish to \(destination) failed: \($0)" }) { _, _ in .success }
                 return
             }

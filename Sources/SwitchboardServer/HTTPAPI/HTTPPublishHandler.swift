@@ -145,6 +145,11 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Whether the router has written every answer owed for the requests before the malformed bytes.
     private var routerOwesNothing: Bool { forwardedUnanswered - (abandonedForward ? 1 : 0) <= 0 && !routerResponseOpen }
     private var closing = false
+    /// The answer that ends the connection is out and its output closed; input is read and
+    /// dropped until the client closes (or ``lingerTime``), so that closing with its unread
+    /// bytes does not reset the connection before the client read the answer.
+    private var lingering = false
+    static let lingerTime = TimeAmount.seconds(2)
     private var inputClosed = false
     private var readPending = false
     /// Between a socket read's first part and its `channelReadComplete`, which flushes: answers
@@ -385,7 +390,17 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if close {
                 closing = true
                 let channel = context.channel
-                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+                // A refused or malformed request's unread rest (a body, pipelined requests) would
+                // make the close a reset, which can destroy the answer before the client reads it.
+                let linger = refused || malformed
+                context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                    guard linger, channel.isActive else { return channel.close(promise: nil) }
+                    self.lingering = true
+                    channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+                    let timer = channel.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
+                    channel.closeFuture.whenComplete { _ in timer.cancel() }
+                    channel.read()
+                }
             } else {
                 context.write(wrapOutboundOut(.end(nil)), promise: nil)
             }
@@ -465,7 +480,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         writeAnswers()
     }
 
-    private var readsPaused: Bool { !held.isEmpty || answers.count >= Self.maxPendingAnswers || refused }
+    private var readsPaused: Bool { !lingering && (!held.isEmpty || answers.count >= Self.maxPendingAnswers || refused) }
 
     func read(context: ChannelHandlerContext) {
         if readsPaused {
@@ -485,6 +500,10 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The client closed its side. Without the router's task (which then finishes and closes),
     /// nobody else would close the connection: close it once the answers owed are written.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if lingering, case .inputClosed? = event as? ChannelEvent {
+            context.close(promise: nil)
+            return
+        }
         if !taskOpen, case .inputClosed? = event as? ChannelEvent {
             // The parser's last parts may have come without a `channelReadComplete`.
             inReadBatch = false
