@@ -29,8 +29,8 @@ struct PublishAdmissionTests {
 
     /// Runs `body` with two event loops and a semaphore the tests block the first loop on
     /// (signalled at the end whatever happened, so the loops can shut down).
-    func withLoops(_ body: ([any EventLoop], DispatchSemaphore) async throws -> Void) async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    func withLoops(_ count: Int = 2, _ body: ([any EventLoop], DispatchSemaphore) async throws -> Void) async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: count)
         let blocked = DispatchSemaphore(value: 0)
         do {
             try await body(Array(group.makeIterator()), blocked)
@@ -113,6 +113,29 @@ struct PublishAdmissionTests {
             #expect(order.withLockedValue { $0 } == [0, 1, 2, 3])
             #expect(hub.admission(on: loops[1]) == nil)
             try await loops[0].submit { _ = (hub, sink) }.get()  // both outlive the deliveries
+        }
+    }
+
+    @Test("a loop without publishes waiting is admitted at once while another loop's are still being released")
+    func otherLoopsPendingDoNotHoldThisOne() async throws {
+        try await withLoops(3) { loops, blocked in
+            let (hub, sink) = try await makeHub(on: loops[0], limit: 1, timeout: .seconds(60))
+            loops[0].execute { blocked.wait() }
+            hub.deliver(big(0))
+            let waiting = try await loops[1].submit { hub.admission(on: loops[1])! }.get()
+            // loops[1] blocked: its publish is released (queued there) but not run yet.
+            let second = DispatchSemaphore(value: 0)
+            loops[1].execute { second.wait() }
+            blocked.signal()
+            try await loops[0].submit { _ = (hub, sink) }.get()
+            #expect(!hub.isBacklogged)
+            // loops[2] has nothing waiting: admitted at once (no promise left behind, which a
+            // debug build traps on).
+            let admitted = hub.admission(on: loops[2])
+            if let admitted { try await admitted.get() }
+            second.signal()
+            try await waiting.get()
+            #expect(hub.admission(on: loops[1]) == nil && hub.admission(on: loops[2]) == nil)
         }
     }
 
