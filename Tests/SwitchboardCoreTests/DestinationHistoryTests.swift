@@ -61,7 +61,7 @@ import Testing
         let b = publish(h, "/topic/b", Array(repeating: body, count: 3))
         #expect(h.retainedMessages == 7 && h.retainedBytes == 7 * 1_272)
         clock.advance(.seconds(1))
-        // /topic/a, published to least recently, loses its oldest until 9,000 are left.
+        // The oldest message over all destinations (/topic/a's first) goes, until 9,000 are left.
         publish(h, "/topic/b", [body])
         #expect(h.retainedMessages == 7 && h.retainedBytes == 7 * 1_272)
         let fromA = h.resume("/topic/a", from: .last(4)) {}
@@ -75,6 +75,21 @@ import Testing
         #expect(h.resume("/topic/a", from: .last(100)) {}.messages.isEmpty)
         #expect(h.resume("/topic/b", from: .last(100)) {}.messages.isEmpty)
         #expect(h.resume("/topic/c", from: .last(100)) {}.messages.count == 7)
+    }
+
+    @Test func pastMaxBytesDestinationsPublishedInTurnEachKeepTheirNewest() {
+        let clock = Clock()
+        let h = history(maxLength: 100_000, maxBytes: 125_000, clock: clock)  // 98 messages of 1,272 bytes fit
+        let body = String(repeating: "x", count: 1_000)
+        let names = ["a", "b", "c", "d", "e"]
+        for i in 0..<1_000 {
+            publish(h, "/topic/\(names[i % 5])", [body])
+            clock.advance(.microseconds(1))
+        }
+        let kept = names.map { h.resume("/topic/\($0)", from: .last(1_000)) {}.messages.count }
+        #expect(kept.reduce(0, +) == h.retainedMessages && h.retainedBytes <= 125_000)
+        // Not one destination's history emptied for another's: each keeps about a fifth.
+        #expect(kept.allSatisfy { $0 >= 15 }, "\(kept)")
     }
 
     @Test func publishersCannotForgeAPosition() {

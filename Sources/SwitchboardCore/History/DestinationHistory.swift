@@ -37,7 +37,7 @@ package struct HistoryReplay: Sendable {
 ///
 /// Limits: `maxLength` messages per destination, none older than `ttl` (every destination is
 /// trimmed every ``sweepInterval``, idle ones too), `maxBytes` over all of them (beyond it the
-/// oldest messages of the destinations published to least recently are dropped), `maxDestinations` destinations (beyond it
+/// oldest messages over all destinations are dropped), `maxDestinations` destinations (beyond it
 /// the ones holding no message are dropped first, then the ones published to least recently;
 /// a dropped destination's next message starts a new epoch, so a client resuming from the old
 /// one is told it was not recovered).
@@ -47,8 +47,8 @@ package final class DestinationHistory: Sendable {
         package var ttl: TimeAmount = .minutes(5)
         package var maxDestinations = 10_000
         /// Bytes kept over every destination (bodies, headers and a fixed cost per message):
-        /// past it, the oldest messages of the destinations published to least recently are
-        /// dropped, down to nine tenths of it.
+        /// past it, the oldest messages over all destinations are dropped, down to nine tenths
+        /// of it.
         package var maxBytes = 256 * 1024 * 1024
         /// Destinations starting with one of these keep no history.
         package var disabledPrefixes: [String] = []
@@ -253,20 +253,44 @@ package final class DestinationHistory: Sendable {
         }
     }
 
-    /// Past ``Settings/maxBytes``: drops the oldest messages of the destinations published to
-    /// least recently until nine tenths of it are left (so a stream of large messages does not
-    /// sort the table on every publish). A resume from a dropped position is told it was not
-    /// recovered, as for a trimmed one.
+    /// Past ``Settings/maxBytes``: drops the oldest messages over all destinations until nine
+    /// tenths of it are left (so a stream of large messages does not do this on every publish):
+    /// each destination keeps its newest. A resume from a dropped position is told it was not
+    /// recovered, as for a trimmed one. A heap of the rings' oldest entries: O(log n) per message.
     private func shrink(_ s: inout State) {
         let target = settings.maxBytes / 10 * 9
-        let order = s.rings.filter { !$0.value.entries.isEmpty }.sorted { $0.value.lastPublished < $1.value.lastPublished }.map(\.key)
-        for key in order {
-            while s.bytes > target, !s.rings[key]!.entries.isEmpty {
-                let before = s.rings[key]!.bytes
-                s.rings[key]!.dropOldest()
-                s.bytes += s.rings[key]!.bytes - before
+        var heap = s.rings.compactMap { key, ring in ring.entries.first.map { Head(time: $0.time, key: key) } }
+        for i in stride(from: heap.count / 2 - 1, through: 0, by: -1) { Self.siftDown(&heap, i) }
+        while s.bytes > target, let oldest = heap.first {
+            let before = s.rings[oldest.key]!.bytes
+            s.rings[oldest.key]!.dropOldest()
+            s.bytes += s.rings[oldest.key]!.bytes - before
+            if let next = s.rings[oldest.key]!.entries.first {
+                heap[0].time = next.time
+            } else {
+                heap[0] = heap[heap.count - 1]
+                heap.removeLast()
             }
-            if s.bytes <= target { return }
+            if !heap.isEmpty { Self.siftDown(&heap, 0) }
+        }
+    }
+
+    /// A ring's oldest entry, in ``shrink(_:)``'s heap.
+    private struct Head {
+        var time: NIODeadline
+        var key: String
+    }
+
+    private static func siftDown(_ heap: inout [Head], _ start: Int) {
+        var i = start
+        while true {
+            let left = 2 * i + 1, right = left + 1
+            var smallest = i
+            if left < heap.count, heap[left].time < heap[smallest].time { smallest = left }
+            if right < heap.count, heap[right].time < heap[smallest].time { smallest = right }
+            if smallest == i { return }
+            heap.swapAt(i, smallest)
+            i = smallest
         }
     }
 

@@ -141,7 +141,7 @@ package enum ConfigKeyCatalog {
                 ),
                 .init(
                     "history.max-bytes", .integer, "`268435456`",
-                    "bytes of history kept over every destination on the embedded broker (bodies, headers and 256 bytes per message); past it the oldest messages of the destinations published to least recently are dropped, down to nine tenths (a resume from a dropped position gets `x-recovered:false`). In Redis mode Redis's `maxmemory` bounds it"
+                    "bytes of history kept over every destination on the embedded broker (bodies, headers and 256 bytes per message); past it the oldest messages over all destinations are dropped, down to nine tenths, so each destination keeps its newest (a resume from a dropped position gets `x-recovered:false`). In Redis mode Redis's `maxmemory` bounds it"
                 ),
                 .init("history.disabled-prefixes", .list, "`[]`", "destinations starting with one of these keep no history (e.g. `[/topic/ticks.]`)"),
                 .init("history.windows.names", .list, "`[]`", "names of other history windows, by destination prefix"),
