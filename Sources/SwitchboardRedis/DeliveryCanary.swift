@@ -144,9 +144,15 @@ package final class DeliveryCanary: Sendable {
             guard sender == instanceID else {
                 if s.peers[sender] == nil {
                     // A peer restarted under a new id, or anyone publishing on the channel:
-                    // forget the silent ones, and bound what is kept.
-                    s.peers = s.peers.filter { now - $0.value < self.forgetPeerAfter }
-                    guard s.peers.count < Self.maxPeers, sender.utf8.count <= Self.maxPeerIDBytes else { return false }
+                    // bound what is kept. When full, the silent ones go, else the one seen
+                    // longest ago (a flood of made-up senders must not lock real peers out).
+                    guard sender.utf8.count <= Self.maxPeerIDBytes else { return false }
+                    if s.peers.count >= Self.maxPeers {
+                        s.peers = s.peers.filter { now - $0.value < self.forgetPeerAfter }
+                        if s.peers.count >= Self.maxPeers, let oldest = s.peers.min(by: { $0.value < $1.value }) {
+                            s.peers[oldest.key] = nil
+                        }
+                    }
                 }
                 s.peers[sender] = now
                 return false

@@ -296,13 +296,16 @@ def test_pipelined_publishes_wait_for_the_fanout_backlog_and_keep_their_order(ga
         assert got == list(range(sent))
 
 
-def test_a_pipelined_request_over_the_body_limit_gets_its_413_before_the_close(gateway_factory):
+@pytest.mark.parametrize("via", ["fast-path", "router"])
+def test_a_pipelined_request_over_the_body_limit_gets_its_413_before_the_close(gateway_factory, via):
     """The 413 comes as soon as the head announces too much, and the connection closes after it.
     The rest of that body (and what follows) is unread then: the connection lingers, reading and
-    dropping it, so the close is no reset that could destroy the 413 before the client read it."""
+    dropping it, so the close is no reset that could destroy the 413 before the client read it.
+    The same for the router's 413 (a request with an `Origin` header is the router's)."""
     g = gateway_factory("http.max-body-bytes=4000")
     good = request("POST", "/api/notification", {"topic": "/topic/limit", "message": "m"})
-    big = b"POST /api/notification HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n" + b"z" * 60000
+    origin = b"Origin: http://localhost\r\n" if via == "router" else b""
+    big = b"POST /api/notification HTTP/1.1\r\nHost: x\r\n" + origin + b"Content-Length: 60000\r\n\r\n" + b"z" * 60000
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", g.port)) as s:
             s.sendall(good + big + good)

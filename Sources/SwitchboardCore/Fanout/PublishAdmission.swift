@@ -92,11 +92,9 @@ extension FanoutHub {
         waiter.timer?.cancel()
         let id = ObjectIdentifier(loop)
         backlog.withLockedValue { b in
-            if error != nil {
-                b.refusals += 1
-                // Still listed (not released): a backlog that does not drain must not collect them.
-                if let index = b.waiters.firstIndex(where: { $0 === waiter }) { b.waiters.remove(at: index) }
-            }
+            // A refused waiter stays listed (done) until the next release skips it: removing it
+            // would cost a search of every waiting publish, under the lock, per refusal.
+            if error != nil { b.refusals += 1 }
             let left = (b.pending[id] ?? 1) - 1
             b.pending[id] = left > 0 ? left : nil
         }

@@ -255,7 +255,7 @@ package final class DestinationHistory: Sendable {
 
     /// Past ``Settings/maxBytes``: drops the oldest messages over all destinations until nine
     /// tenths of it are left (so a stream of large messages does not do this on every publish):
-    /// each destination keeps its newest. A resume from a dropped position is told it was not
+    /// the newest stay, whatever their destination. A resume from a dropped position is told it was not
     /// recovered, as for a trimmed one. A heap of the rings' oldest entries: O(log n) per message.
     private func shrink(_ s: inout State) {
         let target = settings.maxBytes / 10 * 9

@@ -141,7 +141,7 @@ package enum ConfigKeyCatalog {
                 ),
                 .init(
                     "history.max-bytes", .integer, "`268435456`",
-                    "bytes of history kept over every destination on the embedded broker (bodies, headers and 256 bytes per message); past it the oldest messages over all destinations are dropped, down to nine tenths, so each destination keeps its newest (a resume from a dropped position gets `x-recovered:false`). In Redis mode Redis's `maxmemory` bounds it"
+                    "bytes of history kept over every destination on the embedded broker (bodies, headers and 256 bytes per message); past it the oldest messages over all destinations are dropped, down to nine tenths, (a resume from a dropped position gets `x-recovered:false`). In Redis mode Redis's `maxmemory` bounds it"
                 ),
                 .init("history.disabled-prefixes", .list, "`[]`", "destinations starting with one of these keep no history (e.g. `[/topic/ticks.]`)"),
                 .init("history.windows.names", .list, "`[]`", "names of other history windows, by destination prefix"),
@@ -325,7 +325,7 @@ package enum ConfigKeyCatalog {
                 ),
                 .init(
                     "server.max-fanout-backlog-bytes", .integer, "`67108864`",
-                    "messages one event loop may have queued for delivery (handed over by the other loops or by Redis, not delivered yet; bodies plus 256 bytes each) before **publishes through this instance wait**: while a loop's backlog is over it, a STOMP `SEND` to a broker destination (its `RECEIPT` and the session's next frames) and an HTTP publish wait until every backlog is under it again, so publishers slow down to what the instance delivers. In Redis mode the instance also stops reading its Redis subscriber connections meanwhile: messages from other instances wait in Redis (past Redis's `client-output-buffer-limit pubsub` Redis drops the connection, and the resubscription reads the gap from history). `0`: no limit"
+                    "messages one event loop may have queued for delivery (handed over by the other loops or by Redis, not delivered yet; bodies plus 256 bytes each) before **publishes through this instance wait**: while a loop's backlog is over it, a STOMP `SEND` to a broker destination (its `RECEIPT` and the session's next frames) and an HTTP publish wait until every backlog is under it again, so publishers slow down to what the instance delivers. `0`: no limit. Messages from other instances (Redis mode) are still queued past it: their publishers are held back by their own instance"
                 ),
                 .init(
                     "server.publish-admission-timeout-ms", .integer, "`10000`",

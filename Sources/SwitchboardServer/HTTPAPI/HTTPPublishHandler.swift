@@ -150,6 +150,9 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// bytes does not reset the connection before the client read the answer.
     private var lingering = false
     static let lingerTime = TimeAmount.seconds(2)
+    /// The longest a connection whose last answer is written stays open (a client that does
+    /// not read keeps that answer from being flushed).
+    static let closeDeadline = TimeAmount.seconds(10)
     private var inputClosed = false
     private var readPending = false
     /// Between a socket read's first part and its `channelReadComplete`, which flushes: answers
@@ -389,18 +392,9 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             wrote = true
             if close {
                 closing = true
-                let channel = context.channel
                 // A refused or malformed request's unread rest (a body, pipelined requests) would
                 // make the close a reset, which can destroy the answer before the client reads it.
-                let linger = refused || malformed
-                context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-                    guard linger, channel.isActive else { return channel.close(promise: nil) }
-                    self.lingering = true
-                    channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
-                    let timer = channel.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
-                    channel.closeFuture.whenComplete { _ in timer.cancel() }
-                    channel.read()
-                }
+                closeConnection(after: context.writeAndFlush(wrapOutboundOut(.end(nil))), linger: refused || malformed, context: context)
             } else {
                 context.write(wrapOutboundOut(.end(nil)), promise: nil)
             }
@@ -409,6 +403,24 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if wrote && !inReadBatch { context.flush() }
         resumeReadsIfPossible(context: context)
         closeIfDone(context: context)
+    }
+
+    /// Closes the connection once `written` (its last answer) is out: at once, or with `linger`
+    /// after closing only its output and reading and dropping what the client still sends,
+    /// until it closes or ``lingerTime`` passed. Whatever the client does (it may never read,
+    /// so the write never completes), the connection is closed within ``closeDeadline``.
+    private func closeConnection(after written: EventLoopFuture<Void>, linger: Bool, context: ChannelHandlerContext) {
+        let channel = context.channel
+        let deadline = channel.eventLoop.scheduleTask(in: Self.closeDeadline) { channel.close(promise: nil) }
+        channel.closeFuture.whenComplete { _ in deadline.cancel() }
+        written.assumeIsolated().whenComplete { _ in
+            guard linger, channel.isActive else { return channel.close(promise: nil) }
+            self.lingering = true
+            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+            let timer = channel.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
+            channel.closeFuture.whenComplete { _ in timer.cancel() }
+            channel.read()
+        }
     }
 
     /// The head of a JSON answer of `bodyBytes` bytes.
@@ -453,11 +465,10 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 // Shutting down, and this was the last answer owed; or the router's answer
                 // closes the connection (e.g. its 413: the rest of the body is not read).
                 closing = true
-                let channel = context.channel
-                context.writeAndFlush(data).whenComplete { result in
-                    promise?.completeWith(result)
-                    channel.close(promise: nil)
-                }
+                let written = context.writeAndFlush(data)
+                written.whenComplete { promise?.completeWith($0) }
+                // The router's 413 leaves the body unread: linger as for the fast path's.
+                closeConnection(after: written, linger: routerResponseCloses, context: context)
                 return
             }
             context.write(data, promise: promise)
@@ -577,7 +588,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         guard let parserError = error as? HTTPParserError else {
             // The parser's later complaints about bytes after its error.
-            if malformed, error is ByteToMessageDecoderError { return }
+            if malformed || refused || lingering, error is ByteToMessageDecoderError { return }
             context.fireErrorCaught(error)
             return
         }
