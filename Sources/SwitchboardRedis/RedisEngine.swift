@@ -125,6 +125,11 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         self.promiseLoop = eventLoop
         self.logger = logger
         hub.setInterestObserver(self)
+        // While the fan-out backlog is over its limit the instance reads no more messages from
+        // Redis: they wait there (up to its pubsub output-buffer limit, past which Redis drops
+        // the connection and the resubscription reads the gap from history).
+        redis.pauseSubscriberReading { [weak hub] in hub?.isBacklogged ?? false }
+        hub.onBacklogChange { [redis] in redis.refreshSubscriberReading() }
         self.canary?.onRecovered.withLockedValue { $0 = { [weak self] in self?.repairAllDestinations() } }
     }
 

@@ -44,6 +44,31 @@ public enum GatewayRedis: Sendable {
         }
     }
 
+    /// Pauses reading from the subscriber connections while `condition` holds (see
+    /// ``SubscriberReadGate``); call ``refreshSubscriberReading()`` when it may have changed.
+    package func pauseSubscriberReading(while condition: @escaping @Sendable () -> Bool) {
+        switch self {
+        case .single(let client): client.subscriberReading.pause(while: condition)
+        case .cluster(let client): client.subscriberReading.pause(while: condition)
+        }
+    }
+
+    /// Applies the condition of ``pauseSubscriberReading(while:)`` to the subscriber connections now.
+    package func refreshSubscriberReading() {
+        switch self {
+        case .single(let client): client.refreshSubscriberReading()
+        case .cluster(let client): client.refreshSubscriberReading()
+        }
+    }
+
+    /// Times a subscriber connection stopped reading (``pauseSubscriberReading(while:)``).
+    package var subscriberReadPauses: Int {
+        switch self {
+        case .single(let client): client.subscriberReading.pauses
+        case .cluster(let client): client.subscriberReading.pauses
+        }
+    }
+
     /// A command every new command connection runs first (on a cluster: on every primary).
     public func addConnectionSetup(_ arguments: [RedisArgument]) {
         switch self {

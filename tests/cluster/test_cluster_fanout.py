@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from support.cluster import Cluster
+from support.gateway import metric
 from support.process import wait_until
+from support.stompclient import send_bursts_until
 
 
 def subscribe_all(clients, destination, prefix="s"):
@@ -206,3 +208,24 @@ def test_stress_many_publishers_on_every_instance_one_order_everywhere(shared_cl
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"positions not dense at {at}"
         orders.append(bodies)
     assert all(o == orders[0] for o in orders), "subscribers saw different orders"
+
+
+def test_a_backlogged_instance_pauses_reading_redis_and_loses_nothing(cluster_factory, clients):
+    """server.max-fanout-backlog-bytes=1 on every instance: each message queued for another
+    event loop puts a backlog over the limit, so the instance stops reading its Redis subscriber
+    connection until it is delivered (messages wait in Redis). Subscribers on the other instance
+    still get every message of a burst once, in order."""
+
+    cluster = cluster_factory(replicas=0, gateways=2,
+                              gateway_args=("--set", "server.threads=2", "--set", "server.max-fanout-backlog-bytes=1"))
+    subs = [clients(cluster.client(cluster.gw_ws(1))) for _ in range(6)]  # over both loops of gw1
+    subscribe_all(subs, "/topic/paced")
+    pub = clients(cluster.client(cluster.gw_ws(0)))
+
+    def pauses():
+        return metric(requests.get(f"{cluster.gw_url(1)}/metrics", timeout=5).text, "switchboard_redis_subscriber_read_pauses_total")
+
+    sent = send_bursts_until(pub, "/topic/paced", lambda: pauses() > 0, size=301)
+    assert pauses() > 0
+    for c in subs:
+        assert [int(f.text) for f in collect(c, sent, timeout=60)] == list(range(sent))

@@ -167,6 +167,7 @@ extension RedisClusterClient {
             await connection.close()
             throw RedisClientError.shutdown
         }
+        subscriberReading.apply(to: connection)
         connection.closeFuture.whenComplete { [weak self] _ in
             guard let self else { return }
             let lost = self.state.withLockedValue { state -> Bool in
@@ -239,6 +240,7 @@ extension RedisClusterClient {
                     await connection.close()
                     break
                 }
+                subscriberReading.apply(to: connection)
                 let confirmations = registry.attach { [connection] in connection.subscriptionCommand($0) }
                 for confirmation in confirmations { try? await confirmation.get() }
                 attempt = 0

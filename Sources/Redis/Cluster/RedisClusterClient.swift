@@ -27,6 +27,16 @@ public final class RedisClusterClient: Sendable {
     let eventLoopGroup: any EventLoopGroup
     let logger: Logger
     /// Sinks and reference counts of sharded subscriptions (never attached: ``reconcile()`` sends).
+    /// Pauses reading from the subscriber connections while the application says so (see
+    /// ``SubscriberReadGate``); ``refreshSubscriberReading()`` after the condition changed.
+    package let subscriberReading = SubscriberReadGate()
+
+    /// Applies ``subscriberReading``'s condition to every subscriber connection.
+    package func refreshSubscriberReading() {
+        let connections = state.withLockedValue { Array($0.subscriberConnections.values) + [$0.classicConnection].compactMap { $0 } }
+        for connection in connections { subscriberReading.apply(to: connection) }
+    }
+
     let shardRegistry = SubscriptionRegistry()
     /// Channel and pattern subscriptions, attached to the classic subscriber connection.
     let classicRegistry = SubscriptionRegistry()

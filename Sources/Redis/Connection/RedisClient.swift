@@ -58,6 +58,15 @@ public struct RedisBackoff: Sendable, Hashable {
 /// await client.shutdown()
 /// ```
 public final class RedisClient: Sendable {
+    /// Pauses reading from the subscriber connection while the application says so (see
+    /// ``SubscriberReadGate``); ``refreshSubscriberReading()`` after the condition changed.
+    package let subscriberReading = SubscriberReadGate()
+
+    /// Applies ``subscriberReading``'s condition to the subscriber connection.
+    package func refreshSubscriberReading() {
+        if let connection = state.withLockedValue({ $0.subscriberConnection }) { subscriberReading.apply(to: connection) }
+    }
+
     /// Called (from a background task, not the event loop) whenever a connection changes state.
     public typealias StateChangeHandler = @Sendable (RedisConnectionRole, RedisConnectionState) -> Void
 
@@ -471,6 +480,7 @@ public final class RedisClient: Sendable {
                     await connection.close()
                     break
                 }
+                if role == .subscriptions { self.subscriberReading.apply(to: connection) }
                 connectedBefore = true
                 attempt = 0
                 self.state.withLockedValue { $0.lastErrors[role] = nil }

@@ -75,6 +75,7 @@ package final class FanoutHub: Sendable {
     package let admissionTimeout: TimeAmount
     /// Which loops are over ``maxBacklogBytes``, and the publishes waiting for none to be.
     let backlog = NIOLockedValueBox(BacklogState())
+    let backlogObservers = NIOLockedValueBox<[@Sendable () -> Void]>([])
 
     /// - Parameters:
     ///   - writeCoalescing: zero flushes every batch at once.

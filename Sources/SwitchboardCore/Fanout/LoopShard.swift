@@ -214,16 +214,18 @@ package final class LoopShard: @unchecked Sendable {
     func enqueue(_ message: PublishedMessage, scope: DeliveryScope) {
         let onLoop = eventLoop.inEventLoop
         let limit = hub.maxBacklogBytes
+        var changed = false
         let first: Bool? = inbox.withLockedValue { box in
             if onLoop && box.queue.isEmpty { return nil }
             box.queue.append((message, scope))
             box.bytes += Self.backlogCost(of: message)
             if limit > 0, !box.over, box.bytes > limit {
                 box.over = true
-                hub.backlogExceeded(shard: index)
+                changed = hub.backlogExceeded(shard: index)
             }
             return box.queue.count == 1
         }
+        if changed { hub.backlogChanged() }
         switch first {
         case nil: deliverLocally(message, scope: scope)
         case true?: eventLoop.execute { self.drainInbox() }
@@ -264,7 +266,9 @@ package final class LoopShard: @unchecked Sendable {
         for (message, scope) in queued { deliverLocally(message, scope: scope) }
         // Delivered: publishes waiting for this backlog go on, unless what came meanwhile is
         // over the limit again.
-        if wasOver { inbox.withLockedValue { box in if !box.over { hub.backlogDrained(shard: index) } } }
+        if wasOver, inbox.withLockedValue({ box in !box.over && hub.backlogDrained(shard: index) }) {
+            hub.backlogChanged()
+        }
     }
 
     /// Writes `message` to every matching local subscription, then schedules one flush per

@@ -101,17 +101,38 @@ extension FanoutHub {
         if let error { waiter.promise.fail(error) } else { waiter.promise.succeed() }
     }
 
-    /// Shard `index`'s backlog went over the limit. Called under the shard's inbox lock.
-    func backlogExceeded(shard index: Int) {
-        backlog.withLockedValue { $0.shards |= 1 << UInt64(index) }
+    /// Shard `index`'s backlog went over the limit. Called under the shard's inbox lock; true
+    /// when no backlog was over it before (then call ``backlogChanged()``, outside the lock).
+    func backlogExceeded(shard index: Int) -> Bool {
+        backlog.withLockedValue { b in
+            let before = b.shards
+            b.shards |= 1 << UInt64(index)
+            return before == 0
+        }
+    }
+
+    /// Calls the observers (``onBacklogChange(_:)``): whether a backlog is over the limit may
+    /// have changed. Not under a shard's lock: an observer may read.
+    func backlogChanged() {
+        for observer in backlogObservers.withLockedValue({ $0 }) { observer() }
+    }
+
+    /// Calls `observer` whenever whether any loop's backlog is over the limit may have changed
+    /// (the Redis engine pauses reading its subscriber connections meanwhile). It reads
+    /// ``isBacklogged`` for the current state; calls from different threads may come in any order.
+    package func onBacklogChange(_ observer: @escaping @Sendable () -> Void) {
+        backlogObservers.withLockedValue { $0.append(observer) }
     }
 
     /// Shard `index`'s backlog is under the limit again (called under the shard's inbox lock):
-    /// once no shard's is over, the waiting publishes go on, each loop's in order.
-    func backlogDrained(shard index: Int) {
+    /// once no shard's is over, the waiting publishes go on, each loop's in order. True when
+    /// none is over any more (then call ``backlogChanged()``, outside the lock).
+    func backlogDrained(shard index: Int) -> Bool {
         backlog.withLockedValue { b in
+            let before = b.shards
             b.shards &= ~(1 << UInt64(index))
-            guard b.shards == 0, !b.waiters.isEmpty else { return }
+            guard b.shards == 0 else { return false }
+            guard !b.waiters.isEmpty else { return before != 0 }
             // Queued under the lock: a publish that finds no backlog any more, and goes behind
             // these (``waitForAdmission(on:)``), is then queued after them on its loop.
             for waiter in b.waiters {
@@ -119,6 +140,7 @@ extension FanoutHub {
                 loop.execute { self.finish(waiter, on: loop, nil) }
             }
             b.waiters.removeAll()
+            return before != 0
         }
     }
 }

@@ -111,6 +111,9 @@ final class MetricsEndpoint: Sendable {
                     help: "1 while the Redis connection is up.")
             }
             counter("switchboard_redis_reconnects_total", engine.redis.reconnectCount, help: "Redis reconnects.")
+            counter(
+                "switchboard_redis_subscriber_read_pauses_total", engine.redis.subscriberReadPauses,
+                help: "Times a Redis subscriber connection stopped reading because the fan-out backlog was over server.max-fanout-backlog-bytes.")
             if let cluster = engine.redis.clusterClient {
                 counter(
                     "switchboard_redis_cluster_slot_map_changes_total", cluster.slotMapChangeCount,
