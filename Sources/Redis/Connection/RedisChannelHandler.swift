@@ -40,6 +40,11 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     private var handshakeTimeout: Scheduled<Void>?
     private var context: ChannelHandlerContext?
     private var flushScheduled = false
+    /// The application asked to stop reading pushes (``setReadsPaused(_:)``): reads are held
+    /// while no reply is owed, and go on whenever one is (a paused subscriber connection still
+    /// reads the confirmation of its own `SUBSCRIBE`).
+    private var readsPaused = false
+    private var readHeld = false
 
     /// - Parameters:
     ///   - handshakePromise: succeeded with the negotiated protocol version (2 or 3) once the connection is ready.
@@ -57,6 +62,28 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         self.handshakePromise = handshakePromise
         self.pushHandler = pushHandler
         self.logger = logger
+    }
+
+    /// Holds reads while `paused` and no reply is owed; true when that changed. On the loop.
+    package func setReadsPaused(_ paused: Bool) -> Bool {
+        guard paused != self.readsPaused else { return false }
+        self.readsPaused = paused
+        if !paused, let context = self.context { self.releaseHeldRead(context: context) }
+        return true
+    }
+
+    package func read(context: ChannelHandlerContext) {
+        if self.readsPaused, self.stateMachine.isReady, self.stateMachine.pendingCount == 0 {
+            self.readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func releaseHeldRead(context: ChannelHandlerContext) {
+        guard self.readHeld else { return }
+        self.readHeld = false
+        context.read()
     }
 
     package func handlerAdded(context: ChannelHandlerContext) {
@@ -131,6 +158,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             context.write(self.wrapOutboundOut(command.bytes), promise: promise)
             if let scheduleTimer { self.scheduleTimer(at: scheduleTimer, context: context) }
             self.scheduleFlush(context: context)
+            self.releaseHeldRead(context: context)  // its reply must be read
         case .fail(let error):
             command.promise.fail(error)
             promise?.fail(error)

@@ -100,6 +100,15 @@ public final class RedisConnection: Sendable {
         return RedisTLSConfiguration.describeFailure(error, host: configuration.host, port: configuration.port, configuration: tls)
     }
 
+    /// Stops reading pushes (pub/sub messages) while `paused`; replies owed to commands are read
+    /// all the same. Runs on the connection's loop; the future says whether that changed.
+    package func setReadsPaused(_ paused: Bool) -> EventLoopFuture<Bool> {
+        let channel = self.channel
+        return channel.eventLoop.submit {
+            (try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self))?.setReadsPaused(paused) ?? false
+        }
+    }
+
     /// Sends `command` without awaiting; the future completes on the connection's event loop with the typed reply.
     ///
     /// Fails with ``RedisServerError`` for error replies, ``RESPDecodeError`` for unexpected reply shapes,

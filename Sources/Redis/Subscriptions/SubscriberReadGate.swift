@@ -2,8 +2,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 
 /// Pauses reading from the subscriber connections while the application cannot take more
-/// messages (the gateway: while its fan-out backlog is over its limit). Messages then wait in
-/// the kernel and in Redis, whose `client-output-buffer-limit pubsub` ends a connection that
+/// messages (the gateway: while its fan-out backlog is over its limit), except for the replies
+/// their own commands are owed. Messages then wait in the kernel and in Redis, whose `client-output-buffer-limit pubsub` ends a connection that
 /// falls too far behind; the client reconnects and subscribes again (and the gateway reads what
 /// it may have missed from history).
 package final class SubscriberReadGate: Sendable {
@@ -25,19 +25,16 @@ package final class SubscriberReadGate: Sendable {
     package var pauses: Int { state.withLockedValue { $0.pauses } }
 
     /// Reads the condition on `connection`'s event loop (so the last call there sees the last
-    /// change) and turns its reading off or on.
+    /// change) and holds its reads or lets them go on (``RedisConnection/setReadsPaused(_:)``:
+    /// replies owed to its own commands are read all the same).
     package func apply(to connection: RedisConnection) {
         guard let shouldPause = state.withLockedValue({ $0.shouldPause }) else { return }
         let channel = connection.channel
         channel.eventLoop.execute {
             let pause = shouldPause()
-            guard let options = channel.syncOptions, let reading = try? options.getOption(ChannelOptions.autoRead) else {
-                channel.setOption(ChannelOptions.autoRead, value: !pause).whenFailure { _ in }
-                return
+            connection.setReadsPaused(pause).whenSuccess { changed in
+                if changed && pause { self.state.withLockedValue { $0.pauses += 1 } }
             }
-            guard reading == pause else { return }
-            if pause { self.state.withLockedValue { $0.pauses += 1 } }
-            try? options.setOption(ChannelOptions.autoRead, value: !pause)
         }
     }
 }

@@ -325,7 +325,7 @@ package enum ConfigKeyCatalog {
                 ),
                 .init(
                     "server.max-fanout-backlog-bytes", .integer, "`67108864`",
-                    "messages one event loop may have queued for delivery (handed over by the other loops or by Redis, not delivered yet; bodies plus 256 bytes each) before **publishes through this instance wait**: while a loop's backlog is over it, a STOMP `SEND` to a broker destination (its `RECEIPT` and the session's next frames) and an HTTP publish wait until every backlog is under it again, so publishers slow down to what the instance delivers. `0`: no limit. Messages from other instances (Redis mode) are still queued past it: their publishers are held back by their own instance"
+                    "messages one event loop may have queued for delivery (handed over by the other loops or by Redis, not delivered yet; bodies plus 256 bytes each) before **publishes through this instance wait**: while a loop's backlog is over it, a STOMP `SEND` to a broker destination (its `RECEIPT` and the session's next frames) and an HTTP publish wait until every backlog is under it again, so publishers slow down to what the instance delivers. In Redis mode the instance also stops reading messages from its Redis subscriber connections meanwhile (the replies to its own commands are still read): messages from other instances wait in Redis (past Redis's `client-output-buffer-limit pubsub` Redis drops the connection, and the resubscription reads the gap from history). `0`: no limit"
                 ),
                 .init(
                     "server.publish-admission-timeout-ms", .integer, "`10000`",
