@@ -100,6 +100,8 @@ package final class LoopShard: @unchecked Sendable {
     /// Messages handed to this loop from any thread and not yet delivered, in hand-over order
     /// (the one shared field: guarded by its lock).
     private let inbox = NIOLockedValueBox(Inbox())
+    /// ``FanoutHub/maxBacklogBytes``, read once (not through `hub` on every hand-over).
+    private let maxBacklogBytes: Int
 
     private struct Inbox {
         var queue: [(PublishedMessage, DeliveryScope)] = []
@@ -123,6 +125,7 @@ package final class LoopShard: @unchecked Sendable {
         self.eventLoop = eventLoop
         self.index = index
         self.hub = hub
+        self.maxBacklogBytes = hub.maxBacklogBytes
         if hub.busyPercent > 0 {
             // A thread's usage can only be read on that thread.
             eventLoop.execute {
@@ -213,7 +216,7 @@ package final class LoopShard: @unchecked Sendable {
     /// everything queued (one hop per burst, not per message).
     func enqueue(_ message: PublishedMessage, scope: DeliveryScope) {
         let onLoop = eventLoop.inEventLoop
-        let limit = hub.maxBacklogBytes
+        let limit = maxBacklogBytes
         var changed = false
         let first: Bool? = inbox.withLockedValue { box in
             if onLoop && box.queue.isEmpty { return nil }
