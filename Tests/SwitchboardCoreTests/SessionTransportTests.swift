@@ -36,6 +36,43 @@ struct SessionTransportTests {
         #expect(out.last?.bodyString == "m")
     }
 
+    @Test("STOMP 1.0 frames behind a CONNECT that completes later are decoded as 1.0 (no header escaping)")
+    func v10BehindAsynchronousConnect() throws {
+        let (gw, auth) = DeferredAuthenticator.gateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        c.decoder.escapeHeaders = false
+        // A 1.0 header may hold a backslash: `\t` is an undefined escape in 1.1 and 1.2.
+        try c.sendRaw(
+            "CONNECT\npasscode:tok\n\n\u{0}SUBSCRIBE\ndestination:/topic/v10\nid:0\n\n\u{0}"
+                + "SEND\ndestination:/topic/v10\nx-h:a\\tb\nreceipt:r\n\nm\u{0}")
+        #expect(try c.read().isEmpty)
+        try #require(auth.promises.count == 1)
+        auth.promises[0].succeed(SessionIdentity(user: "u"))
+        let out = try c.frames()
+        #expect(out.map(\.command) == [.connected, .receipt, .message], "\(out)")
+        #expect(out.last?.headers["x-h"] == "a\\tb")
+        #expect(c.isActive)
+    }
+
+    @Test("STOMP 1.2 frames behind a CONNECT that completes later keep their order and escaping")
+    func v12BehindAsynchronousConnect() throws {
+        let (gw, auth) = DeferredAuthenticator.gateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.sendRaw(
+            "CONNECT\naccept-version:1.2\npasscode:tok\n\n\u{0}SUBSCRIBE\ndestination:/topic/v12\nid:0\n\n\u{0}"
+                + "SEND\ndestination:/topic/v12\nx-h:a\\cb\n\n1\u{0}SEND\ndestination:/topic/v12\n\n2\u{0}")
+        #expect(try c.read().isEmpty)
+        try c.sendRaw("SEND\ndestination:/topic/v12\nreceipt:r\n\n3\u{0}")
+        try #require(auth.promises.count == 1)
+        auth.promises[0].succeed(SessionIdentity(user: "u"))
+        let out = try c.frames()
+        #expect(out.map(\.command) == [.connected, .message, .message, .receipt, .message], "\(out)")
+        #expect(out.filter { $0.command == .message }.map(\.bodyString) == ["1", "2", "3"])
+        #expect(out[1].headers["x-h"] == "a:b")
+    }
+
     @Test("heart-beat EOLs on their own produce nothing")
     func heartBeatsOnly() throws {
         let gw = TestGateway()
@@ -177,5 +214,25 @@ struct SessionTransactionTests {
         for (command, headers) in frames { try c.send(command, headers) }
         let error = try expectErrorThenClose(try c.read())
         #expect(error.headers["message"] == message)
+    }
+}
+
+/// Authenticates when the test says so: each CONNECT's promise waits in ``promises``.
+final class DeferredAuthenticator: SessionAuthenticator, @unchecked Sendable {
+    /// Confined to the embedded loop's (the test's) thread.
+    var promises: [EventLoopPromise<SessionIdentity>] = []
+
+    /// A gateway whose sessions authenticate with a new ``DeferredAuthenticator``.
+    static func gateway() -> (TestGateway, DeferredAuthenticator) {
+        let auth = DeferredAuthenticator()
+        var config = SessionConfiguration()
+        config.authenticator = auth
+        return (TestGateway(configuration: config), auth)
+    }
+
+    func authenticate(token: String, on eventLoop: any EventLoop) -> EventLoopFuture<SessionIdentity> {
+        let promise = eventLoop.makePromise(of: SessionIdentity.self)
+        promises.append(promise)
+        return promise.futureResult
     }
 }

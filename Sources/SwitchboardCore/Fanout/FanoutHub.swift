@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import SwitchboardWire
+import Synchronization
 
 /// Told when the instance gains its first or loses its last subscriber for a destination or
 /// wildcard pattern. The Redis engine subscribes and unsubscribes in Redis on these calls.
@@ -75,6 +76,10 @@ package final class FanoutHub: Sendable {
     package let admissionTimeout: TimeAmount
     /// Which loops are over ``maxBacklogBytes``, and the publishes waiting for none to be.
     let backlog = NIOLockedValueBox(BacklogState())
+    /// Whether a publish must look at ``backlog`` (a backlog is over the limit, or publishes
+    /// wait or were released and not run yet): written under its lock, read without it on
+    /// every publish, which then usually takes no lock at all.
+    let admissionGate = Atomic<Bool>(false)
     let backlogObservers = NIOLockedValueBox<[@Sendable () -> Void]>([])
 
     /// - Parameters:

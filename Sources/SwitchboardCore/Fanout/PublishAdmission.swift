@@ -44,7 +44,9 @@ extension FanoutHub {
     /// ``FanoutOverloaded`` after ``admissionTimeout``. Callers publish in the future's
     /// callback, so publishes of one loop go on in the order they asked.
     package func admission(on loop: any EventLoop) -> EventLoopFuture<Void>? {
-        guard maxBacklogBytes > 0, backlog.withLockedValue({ $0.shards != 0 || !$0.pending.isEmpty }) else { return nil }
+        // A loop sees its own publishes' waiting (set on it, under the lock); another loop's
+        // backlog going over the limit at this very moment may be missed, as with a lock.
+        guard maxBacklogBytes > 0, admissionGate.load(ordering: .acquiring) else { return nil }
         return loop.inEventLoop ? waitForAdmission(on: loop) : loop.flatSubmit { self.waitForAdmission(on: loop) }
     }
 
@@ -55,6 +57,11 @@ extension FanoutHub {
     package var admissionCounts: (waits: Int, refusals: Int) { backlog.withLockedValue { ($0.waits, $0.refusals) } }
 
     private enum Admission { case now, behindEarlier, wait }
+
+    /// Sets ``admissionGate`` from `b`; call under ``backlog``'s lock after changing it.
+    private func updateGate(_ b: inout BacklogState) {
+        admissionGate.store(b.shards != 0 || !b.pending.isEmpty, ordering: .releasing)
+    }
 
     private func waitForAdmission(on loop: any EventLoop) -> EventLoopFuture<Void> {
         let id = ObjectIdentifier(loop)
@@ -68,6 +75,7 @@ extension FanoutHub {
                 b.waits += 1
             }
             b.pending[id, default: 0] += 1
+            updateGate(&b)
             return (b.shards != 0 ? .wait : .behindEarlier, waiter)
         }
         guard let waiter = made else { return loop.makeSucceededVoidFuture() }
@@ -97,6 +105,7 @@ extension FanoutHub {
             if error != nil { b.refusals += 1 }
             let left = (b.pending[id] ?? 1) - 1
             b.pending[id] = left > 0 ? left : nil
+            updateGate(&b)
         }
         if let error { waiter.promise.fail(error) } else { waiter.promise.succeed() }
     }
@@ -107,6 +116,7 @@ extension FanoutHub {
         backlog.withLockedValue { b in
             let before = b.shards
             b.shards |= 1 << UInt64(index)
+            updateGate(&b)
             return before == 0
         }
     }
@@ -131,6 +141,7 @@ extension FanoutHub {
         backlog.withLockedValue { b in
             let before = b.shards
             b.shards &= ~(1 << UInt64(index))
+            updateGate(&b)
             guard b.shards == 0 else { return false }
             guard !b.waiters.isEmpty else { return before != 0 }
             // Queued under the lock: a publish that finds no backlog any more, and goes behind

@@ -42,6 +42,16 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
     private var inTextMessage = false
     private var utf8 = UTF8Validator()
 
+    /// The STOMP version is negotiated (``setHeaderEscaping(_:)`` was called).
+    private var versionKnown = false
+    /// A `CONNECT` went up and its version is not known yet: frames behind it stay undecoded
+    /// (a 1.0 session's headers are not escaped) until ``setHeaderEscaping(_:)``. The session
+    /// stops reading meanwhile, so what is held is at most what one read brought.
+    private var awaitingVersion = false
+    /// Inside ``decodeFrames(context:)``: a version set meanwhile needs no decode of its own.
+    private var decoding = false
+    private var context: ChannelHandlerContext?
+
     private var byteBucket: TokenBucket?
     private let bytesPerSecond: Int
     /// What a frame (data or control) counts against `limits.bytes-per-second` on top of its payload.
@@ -53,6 +63,9 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
         self.bytesPerSecond = bytesPerSecond
         if bytesPerSecond > 0 { byteBucket = TokenBucket(rate: bytesPerSecond, burst: 2 * bytesPerSecond) }
     }
+
+    package func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    package func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
@@ -178,7 +191,9 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
 
     private func decodeFrames(context: ChannelHandlerContext) {
         var produced = false
-        while !failed, cumulation != nil {
+        decoding = true
+        defer { decoding = false }
+        while !failed, !awaitingVersion, cumulation != nil {
             let next: STOMPFrame?
             do {
                 next = try decoder.decodeFrame(&cumulation!)
@@ -190,6 +205,9 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
             }
             guard let frame = next else { break }
             produced = true
+            // The frames behind a CONNECT wait for its version (their header escaping),
+            // unless the session settles it before this returns (no asynchronous step).
+            if !versionKnown, frame.command == .connect || frame.command == .stomp { awaitingVersion = true }
             context.fireChannelRead(wrapInboundOut(frame))
         }
         if let c = cumulation {
@@ -235,8 +253,18 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
     }
 
     /// Header escaping on (STOMP 1.1+) or off (1.0), set once the version is negotiated.
+    /// Frames held behind the `CONNECT` are decoded now (in a task of their own when this is
+    /// called from outside the transport's decoding).
     package func setHeaderEscaping(_ on: Bool) {
         decoder.escapeHeaders = on
+        versionKnown = true
+        guard awaitingVersion else { return }
+        awaitingVersion = false
+        guard !decoding, let context, cumulation != nil else { return }
+        context.eventLoop.assumeIsolated().execute {
+            guard let context = self.context, !self.awaitingVersion else { return }
+            self.decodeFrames(context: context)
+        }
     }
 
     /// Records that a close frame is about to be sent; false if one was sent already
