@@ -62,7 +62,8 @@ extension RedisEngine {
             return
         }
         record(message, once: once).whenFailure { error in
-            self.logger.warning("inbound message not recorded", metadata: ["destination": "\(message.destination)", "error": "\(error)"])
+            self.logger.log(
+                level: .warning, throttledBy: InputLogs.notRecorded, "inbound message not recorded", metadata: ["destination": "\(message.destination)", "error": "\(error)"])
         }
     }
 
@@ -93,7 +94,9 @@ extension RedisEngine {
                 try await establish(interest, destination: destination)
                 return
             } catch {
-                logger.warning("reading where a destination's history stands failed; retrying", metadata: ["destination": "\(destination)", "error": "\(error)"])
+                logger.log(
+                    level: .warning, throttledBy: InputLogs.historyUnread, "reading where a destination's history stands failed; retrying",
+                    metadata: ["destination": "\(destination)", "error": "\(error)"])
                 interest.sequenced!.withLockedValue { $0.lastFailure = "\(error)" }
                 if unreachableWait == .zero || !Self.isUnreachable(error) { failWaiters(interest, error) }
                 attempt += 1
@@ -183,8 +186,8 @@ extension RedisEngine {
         if actions.skipped > 0 {
             historySkipped.add(Int(actions.skipped), ordering: .relaxed)
             skippedCounter.increment(by: Int64(actions.skipped))
-            logger.warning(
-                "history hole could not be repaired; subscribers see the jump in x-position",
+            logger.log(
+                level: .warning, throttledBy: InputLogs.holes, "history hole could not be repaired; subscribers see the jump in x-position",
                 metadata: ["destination": "\(destination)", "skipped": "\(actions.skipped)"])
         }
         if let after = actions.repairAfter { repair(interest, destination: destination, after: after) }

@@ -343,7 +343,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
                 }
                 interest.ready.succeed()
             } catch {
-                logger.warning("redis subscribe failed", metadata: ["channel": "\(name)", "error": "\(error)"])
+                logger.log(level: .warning, throttledBy: InputLogs.subscribeFailed, "redis subscribe failed", metadata: ["channel": "\(name)", "error": "\(error)"])
                 interest.ready.fail(RouteError(.subscribeFailed, "redis subscribe to \(name) failed: \(error)"))
                 failWaiters(interest, error)
             }
@@ -360,7 +360,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         }
         guard let decoded = RedisEnvelope.decode(message.payload) else {
             malformedMessages.add(1, ordering: .relaxed)
-            logger.warning("malformed envelope on redis channel", metadata: ["channel": "\(message.channel)"])
+            logger.log(level: .warning, throttledBy: InputLogs.malformed, "malformed envelope on redis channel", metadata: ["channel": "\(message.channel)"])
             return
         }
         // This instance delivered its own messages already, unless they went through history.
@@ -387,7 +387,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             notice.destination == naming.destination(fromPresenceChannel: message.channel)
         else {
             malformedMessages.add(1, ordering: .relaxed)
-            logger.warning("malformed presence notice", metadata: ["channel": "\(message.channel)"])
+            logger.log(level: .warning, throttledBy: InputLogs.malformed, "malformed presence notice", metadata: ["channel": "\(message.channel)"])
             return
         }
         hub.deliver(notice.message(messageID: messageIDs.next()), scope: .exact)

@@ -90,7 +90,9 @@ package final class RedisInboundRoutes: Sendable {
     func deliver(destination: String, body: ByteBuffer, headers: STOMPHeaders, once: String? = nil) {
         let isUser = destination.hasPrefix(UserDestinations.routingPrefix)
         guard isUser || configuration.isBrokerDestination(destination), !destination.contains("*") else {
-            logger.warning("inbound message for a destination that is not a broker destination dropped", metadata: ["destination": "\(destination)"])
+            logger.log(
+                level: .warning, throttledBy: InputLogs.inboundDropped, "inbound message for a destination that is not a broker destination dropped",
+                metadata: ["destination": "\(destination)"])
             return
         }
         let message = PublishedMessage(destination: destination, messageID: messageIDs.next(), headers: headers, body: body)
@@ -103,7 +105,8 @@ package final class RedisInboundRoutes: Sendable {
 
     func onBroadcast(_ payload: ByteBuffer, channel: String) {
         guard let broadcast = BroadcastPayload.decode(payload) else {
-            logger.warning("broadcast payload is not {\"topic\",\"message\"} JSON; dropped", metadata: ["channel": "\(channel)"])
+            logger.log(
+                level: .warning, throttledBy: InputLogs.inboundDropped, "broadcast payload is not {\"topic\",\"message\"} JSON; dropped", metadata: ["channel": "\(channel)"])
             return
         }
         var headers: STOMPHeaders = ["content-type": broadcast.contentType ?? "text/plain"]
@@ -141,7 +144,9 @@ package final class RedisInboundRoutes: Sendable {
                         for entry in entries {
                             lastID = entry.id
                             guard let topic = entry[field: "topic"].map({ String(buffer: $0) }), let body = entry[field: "message"] else {
-                                logger.warning("stream entry without topic/message fields skipped", metadata: ["stream": "\(stream)", "id": "\(entry.id)"])
+                                logger.log(
+                                    level: .warning, throttledBy: InputLogs.inboundDropped, "stream entry without topic/message fields skipped",
+                                    metadata: ["stream": "\(stream)", "id": "\(entry.id)"])
                                 continue
                             }
                             deliver(destination: topic, body: body, headers: ["content-type": "text/plain"], once: "\(stream):\(entry.id)")

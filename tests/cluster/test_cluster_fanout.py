@@ -144,6 +144,25 @@ def test_broadcast_channel_and_event_stream(shared_cluster, clients):
         assert [f.text for f in collect(c, 10)] == [f"e{i}" for i in range(30, 40)]
 
 
+def test_malformed_broadcasts_are_dropped_and_their_log_lines_bounded(shared_cluster, clients):
+    """Anyone who can publish to a Redis channel decides how often a malformed payload arrives:
+    each is dropped, at most 10 log lines per kind per 10 s per instance (the rest counted and
+    reported on the next line let through), and the channel keeps working."""
+    from support.paths import ARTIFACTS
+    subs = [clients(shared_cluster.client(shared_cluster.gw_ws(i))) for i in range(3)]
+    subscribe_all(subs, "/topic/after-garbage", "g")
+    line = "broadcast payload is not"
+    before = {i: (ARTIFACTS / f"{shared_cluster.name}-gw{i}.log").read_text(errors="replace").count(line) for i in range(3)}
+    script = "".join(f"PUBLISH BROADCAST-CHANNEL not-json-{n}\n" for n in range(200))
+    subprocess.run(["redis-cli", "-p", str(shared_cluster.redis_port)], input=script, text=True, capture_output=True, check=True, timeout=20)
+    shared_cluster.redis_cli("PUBLISH", "BROADCAST-CHANNEL", '{"topic": "/topic/after-garbage", "message": "still works"}')
+    for c in subs:
+        assert collect(c, 1)[0].text == "still works"
+    for i in range(3):
+        logged = (ARTIFACTS / f"{shared_cluster.name}-gw{i}.log").read_text(errors="replace").count(line) - before[i]
+        assert 1 <= logged <= 10, f"gw{i} logged {logged} lines for 200 malformed broadcasts"
+
+
 def test_send_to_app_greet_is_stored_in_stream_before_receipt(shared_cluster, clients):
     c = clients(shared_cluster.client())
     c.send("/app/greet", "stream me", headers={"x-trace": "t-1", "content-type": "text/plain"}, receipt="s1")

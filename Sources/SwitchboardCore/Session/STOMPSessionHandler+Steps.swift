@@ -10,6 +10,9 @@ import Glibc
 
 /// Carrying out the state machine's actions: writing frames and running steps.
 extension STOMPSessionHandler {
+    /// A backend's replies refused (one line each): at most 10 lines per 10 s over all sessions.
+    static let replyRefusedLog = LogThrottle()
+
     typealias Machine = STOMPSessionStateMachine
 
     /// Executes the machine's actions until it waits for an event.
@@ -274,8 +277,8 @@ extension STOMPSessionHandler {
             // backend processed still gets its receipt.
             let replies = all.filter { reply in
                 guard let problem = policy.replyProblem(reply.destination, toSender: reply.target == .sender) else { return true }
-                logger.warning(
-                    "route reply refused: \(problem)",
+                logger.log(
+                    level: .warning, throttledBy: Self.replyRefusedLog, "route reply refused: \(problem)",
                     metadata: ["route": "\(destination)", "reply.destination": "\(reply.destination)", "reply.target": "\(reply.target.rawValue)"])
                 return false
             }
