@@ -49,6 +49,8 @@ package struct SwitchboardGateway: Sendable {
     let metricsRegistry: PrometheusCollectorRegistry
 
     let limiter: ConnectionLimiter
+    /// Plain-HTTP connections open on `http.port` and on `http.api-port` (`http.max-connections` each).
+    let httpConnections: (main: HTTPConnectionCount, api: HTTPConnectionCount)
     let apiKeys: APIKeyStore
     let tls: NIOSSLContext?
 
@@ -79,6 +81,10 @@ package struct SwitchboardGateway: Sendable {
             self.tls = nil
         }
         self.limiter = ConnectionLimiter(maxTotal: configuration.limits.maxConnections, maxPerAddress: configuration.limits.maxConnectionsPerIP)
+        self.httpConnections = (
+            HTTPConnectionCount(port: "main", limit: configuration.http.maxConnections),
+            HTTPConnectionCount(port: "api", limit: configuration.http.maxConnections)
+        )
         self.apiKeys = APIKeyStore(keys: auth.apiKeys)
         self.metricsRegistry = metricsRegistry
         self.configuration = configuration
@@ -320,7 +326,7 @@ package struct SwitchboardGateway: Sendable {
         router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.http.allowedOrigins))
         // Innermost: CORS and metrics see its JSON 404/405 like any other answer.
         router.add(middleware: NoRouteMiddleware())
-        MetricsEndpoint(registry: metricsRegistry, services: services).register(on: router)
+        MetricsEndpoint(registry: metricsRegistry, services: services, httpConnections: [httpConnections.main, httpConnections.api]).register(on: router)
         let publisher = NotificationPublisher(
             services: services, apiKeys: apiKeys, maxBodyBytes: configuration.http.maxBodyBytes, maxBatchItems: configuration.http.maxBatchItems)
         let streamGroups = redis?.streamRoutes.compactMap(\.groups) ?? []
@@ -360,13 +366,13 @@ package struct SwitchboardGateway: Sendable {
         // should have closed it first.
         settings.closeGrace = .milliseconds(Int64(configuration.server.shutdownGraceMs) + 1_000)
         let main = GatewayListener(
-            settings: settings, handshake: handshake, http: http, pending: pending, group: group,
+            settings: settings, handshake: handshake, http: http, pending: pending, httpConnections: httpConnections.main, group: group,
             onServerRunning: { await onServerRunning(false, $0) }, logger: httpLogger)
         guard let apiGroup, let apiPort = configuration.http.apiPort else { return (main, nil) }
         settings.port = apiPort
         settings.acceptsSessions = false
         let api = GatewayListener(
-            settings: settings, handshake: handshake, http: http, pending: pending, group: apiGroup,
+            settings: settings, handshake: handshake, http: http, pending: pending, httpConnections: httpConnections.api, group: apiGroup,
             onServerRunning: { await onServerRunning(true, $0) }, logger: httpLogger)
         return (main, api)
     }

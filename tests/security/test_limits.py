@@ -7,7 +7,9 @@ import threading
 import time
 
 import pytest
+import requests
 
+from support.process import wait_until
 from support.rawws import OP_CONT, OP_PING, OP_TEXT, RawWebSocket, build_frame, stomp_frames
 from support.security import HMAC_SECRET, bearer, expect_healthy, make_token, upgrade_request
 from support.stompclient import StompClient, encode_frame, send_bursts_until
@@ -285,3 +287,58 @@ def test_max_connections_holds_under_concurrent_handshakes(gw):
             break
         g.wait_health(lambda h: h["connections"] == 0)
     assert worst <= 3, f"{worst} live sessions with limits.max-connections=3"
+
+
+def _http_exchange(sock: socket.socket, request: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
+    """Sends `request` on `sock` and reads one answer (Content-Length framed): (status, body)."""
+    sock.settimeout(timeout)
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        assert chunk, "closed inside the body"
+        body += chunk
+    return int(head.split(b" ")[1]), body
+
+
+def test_max_http_connections_per_port(gw, clients):
+    """Plain-HTTP connections past http.max-connections get a 503 JSON and are closed; the
+    open ones keep working, WebSocket sessions are not counted, a closed one frees a place."""
+    g = gw("http.max-connections=2")
+    healthy = clients(g)
+    healthy.subscribe("/topic/http-limit", "h", receipt="h")
+    live = b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n"
+    held = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(2)]
+    for s in held:
+        assert _http_exchange(s, live)[0] == 200
+    body = json.dumps({"topic": "/topic/http-limit", "message": "refused"}).encode()
+    third = socket.create_connection(("127.0.0.1", g.port))
+    status, answer = _http_exchange(third, b"POST /api/notification HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                                    + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert status == 503
+    assert json.loads(answer)["error"] == "too many HTTP connections on this port (http.max-connections 2); retry later"
+    third.settimeout(5)
+    assert third.recv(100) == b"", "the refused connection is closed"
+    third.close()
+    healthy.expect_nothing(0.3)  # the refused publish published nothing
+    # A WebSocket session is not an HTTP connection.
+    clients(g).subscribe("/topic/http-limit", "w", receipt="w")
+    for s in held:
+        assert _http_exchange(s, live)[0] == 200
+    held[0].close()
+
+    def place_free():
+        try:
+            return requests.get(g.base + "/health/live", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+    wait_until(place_free, what="a place freed by the closed connection")
+    held[1].close()  # so the checks below have places
+    assert g.metric("switchboard_http_connections_refused_total", port="main") >= 1
+    expect_healthy(healthy, g, topic="/topic/http-limit")

@@ -65,6 +65,10 @@ package enum ConfigKeyCatalog {
                 .init("http.max-batch-items", .integer, "`1000`", "most notifications in one `POST /api/notifications` (413 beyond)"),
                 .init("http.backlog", .integer, "`4096`", "TCP accept backlog"),
                 .init(
+                    "http.max-connections", .integer, "`10000`",
+                    "plain-HTTP (API) connections open on each listening port (`http.port`, `http.api-port`; WebSocket sessions count against `limits.max-connections` instead); past it a new one is answered 503 JSON and closed. 0: no limit"
+                ),
+                .init(
                     "http.tcp-nodelay", .boolean, "`true`",
                     "`TCP_NODELAY` on accepted connections (Nagle only while a loop is in busy mode, `server.busy-percent`): every write leaves at once (lowest latency). `false` lets the kernel's Nagle algorithm hold small writes while earlier data is unacknowledged, always: 20–40 % less CPU per fan-out delivery and 2.4× the saturation throughput in our benchmark (docs/benchmarks.md), at the price of up to one delayed-ACK interval (40 ms on Linux, 200 ms on Windows clients) on busy connections; nginx/nchan runs its WebSockets this way"
                 ),

@@ -24,6 +24,9 @@ package struct HTTPSettings: Sendable, Equatable {
     /// Most notifications in one `POST /api/notifications` (413 beyond).
     package var maxBatchItems = 1000
     package var backlog = 4096
+    /// Plain-HTTP (API) connections open per listening port; past it a new one gets 503 and is
+    /// closed. 0: no limit.
+    package var maxConnections = 10_000
     /// `TCP_NODELAY` on accepted connections: each write leaves at once. Off, the kernel's
     /// Nagle algorithm holds small writes while earlier data is unacknowledged.
     package var tcpNoDelay = true
@@ -66,6 +69,10 @@ package struct HTTPSettings: Sendable, Equatable {
         maxBodyBytes = reader.int(forKey: "max-body-bytes", default: maxBodyBytes)
         maxBatchItems = reader.int(forKey: "max-batch-items", default: maxBatchItems)
         backlog = reader.int(forKey: "backlog", default: backlog)
+        maxConnections = reader.int(forKey: "max-connections", default: maxConnections)
+        guard maxConnections >= 0 else {
+            throw SwitchboardConfiguration.Invalid(description: "http.max-connections must be 0 (no limit) or more, got \(maxConnections)")
+        }
         tcpNoDelay = reader.bool(forKey: "tcp-nodelay", default: tcpNoDelay)
         legacyBusyPercent = reader.int(forKey: "nagle-when-busy-percent")
         handshakeTimeoutMs = reader.int(forKey: "handshake-timeout-ms", default: handshakeTimeoutMs)

@@ -19,12 +19,14 @@ import SwitchboardWire
 final class MetricsEndpoint: Sendable {
     let registry: PrometheusCollectorRegistry
     let services: GatewayServices
+    let httpConnections: [HTTPConnectionCount]
     /// Last value pushed into each counter, to increment by the difference.
     private let synced = NIOLockedValueBox<[String: Int]>([:])
 
-    init(registry: PrometheusCollectorRegistry, services: GatewayServices) {
+    init(registry: PrometheusCollectorRegistry, services: GatewayServices, httpConnections: [HTTPConnectionCount] = []) {
         self.registry = registry
         self.services = services
+        self.httpConnections = httpConnections
     }
 
     func register(on router: Router<BasicRequestContext>) {
@@ -89,6 +91,14 @@ final class MetricsEndpoint: Sendable {
         counter(
             "switchboard_event_loop_io_yields_total", counters.ioYields,
             help: "Times an event loop left messages from other loops for after its next I/O pass (a task phase past its budget).")
+        for count in httpConnections {
+            gauge(
+                "switchboard_http_connections", count.open.load(ordering: .relaxed), labels: [("port", count.port)],
+                help: "Plain-HTTP (API) connections open, by port (main: http.port, api: http.api-port).")
+            counter(
+                "switchboard_http_connections_refused_total", count.refused.load(ordering: .relaxed), labels: [("port", count.port)],
+                help: "HTTP connections answered 503 and closed because the port had http.max-connections open.")
+        }
         let admission = services.hub.admissionCounts
         counter(
             "switchboard_publish_admission_waits_total", admission.waits,

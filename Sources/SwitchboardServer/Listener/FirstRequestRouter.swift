@@ -31,16 +31,24 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     let acceptsSessions: Bool
     /// Installs the HTTP/1.1 pipeline after this handler and takes the connection over.
     let switchToHTTP: (any Channel, ChannelPipeline.SynchronousOperations.Position) throws -> Void
+    /// The port's plain-HTTP connections (`http.max-connections`); nil: not counted.
+    let httpConnections: HTTPConnectionCount?
 
     private var buffered: ByteBuffer?
     /// Where the search for the end of the head resumes.
     private var scanned = 0
     private var decided = false
+    /// Refused (over `http.max-connections`): the 503 is out, the rest is read and dropped
+    /// until the client closes, for at most ``lingerTime``.
+    private var lingering = false
+    static let lingerTime = TimeAmount.seconds(2)
 
     init(
         handshake: WebSocketHandshake, maxFrameSize: Int, timeout: HandshakeTimeoutHandler, acceptsSessions: Bool = true,
+        httpConnections: HTTPConnectionCount? = nil,
         switchToHTTP: @escaping (any Channel, ChannelPipeline.SynchronousOperations.Position) throws -> Void
     ) {
+        self.httpConnections = httpConnections
         self.handshake = handshake
         self.maxFrameSize = maxFrameSize
         self.timeout = timeout
@@ -85,13 +93,13 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         // Shutting down before the first request: nothing to finish.
-        if !decided, event is ChannelShouldQuiesceEvent {
+        if !decided || lingering, event is ChannelShouldQuiesceEvent {
             context.close(promise: nil)
             return
         }
         // The client closed its side before a complete first request: none can come any more,
-        // so its descriptor is not held until the handshake timeout.
-        if !decided, case ChannelEvent.inputClosed = event {
+        // so its descriptor is not held until the handshake timeout. (Refused: it read the 503.)
+        if !decided || lingering, case ChannelEvent.inputClosed = event {
             context.close(promise: nil)
             return
         }
@@ -131,6 +139,10 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     /// everything read so far.
     private func becomeHTTP(context: ChannelHandlerContext) {
         decided = true
+        if let count = httpConnections, !count.admit(context.channel) {
+            refuse(context: context, limit: count.limit)
+            return
+        }
         do {
             try switchToHTTP(context.channel, .after(self))
         } catch {
@@ -186,6 +198,21 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
             rest.moveReaderIndex(forwardBy: headLength)
             if rest.readableBytes > 0 { forward(context: context, rest) }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+    }
+
+    /// Answers 503 and closes: output first, then, once the client closed its side or after
+    /// ``lingerTime``, the connection (closing with the request unread would reset it, and
+    /// the reset can destroy the 503 before the client reads it).
+    private func refuse(context: ChannelHandlerContext, limit: Int) {
+        lingering = true
+        timeout.requestArrived()
+        buffered = nil
+        let channel = context.channel
+        let answer = context.channel.allocator.buffer(string: HTTPConnectionCount.refusal(limit: limit))
+        context.writeAndFlush(wrapOutboundOut(answer)).whenComplete { _ in
+            channel.close(mode: .output, promise: nil)
+            channel.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
         }
     }
 

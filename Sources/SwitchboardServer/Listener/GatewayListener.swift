@@ -63,6 +63,8 @@ struct GatewayListener: Service {
     let handshake: WebSocketHandshake
     let http: HTTPAPIChannel
     let pending: PendingHandshakes
+    /// This port's plain-HTTP connections, against `http.max-connections`.
+    let httpConnections: HTTPConnectionCount
     let group: any EventLoopGroup
     let onServerRunning: @Sendable (any Channel) async -> Void
     let logger: Logger
@@ -182,7 +184,7 @@ struct GatewayListener: Service {
                 }
             }
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            .childChannelInitializer { [settings, handshake, http, pending, logger] channel in
+            .childChannelInitializer { [settings, handshake, http, pending, httpConnections, logger] channel in
                 // The probe of the port (no `connections`) serves nobody: a client that reached
                 // it in its moment of life is closed and tries again.
                 guard connections != nil else { return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
@@ -192,7 +194,7 @@ struct GatewayListener: Service {
                     let timeout = HandshakeTimeoutHandler(timeout: settings.handshakeTimeout, registry: pending)
                     let router = FirstRequestRouter(
                         handshake: handshake, maxFrameSize: settings.maxWebSocketFrameBytes, timeout: timeout,
-                        acceptsSessions: settings.acceptsSessions
+                        acceptsSessions: settings.acceptsSessions, httpConnections: httpConnections
                     ) { channel, position in
                         try http.configure(channel: channel, position: position, logger: logger) { channel in
                             // Shutting down: nobody will serve it.

@@ -1,0 +1,40 @@
+import NIOCore
+import Synchronization
+
+/// The plain-HTTP connections (API calls, not WebSocket sessions) open on one listening port,
+/// against `http.max-connections`: past it a new HTTP connection is answered 503 and closed
+/// (``FirstRequestRouter``), so a client holding many keep-alive connections cannot take every
+/// file descriptor the sessions need. Each port counts its own: a flood on the public port
+/// does not lock backends out of `http.api-port`.
+final class HTTPConnectionCount: Sendable {
+    /// Which port, for metrics: `main` or `api`.
+    let port: String
+    /// 0: no limit.
+    let limit: Int
+    let open = Atomic<Int>(0)
+    let refused = Atomic<Int>(0)
+
+    init(port: String, limit: Int) {
+        self.port = port
+        self.limit = limit
+    }
+
+    /// Counts `channel` until it closes; false (counted as refused) when the port is full.
+    func admit(_ channel: any Channel) -> Bool {
+        let now = open.add(1, ordering: .relaxed).newValue
+        if limit > 0, now > limit {
+            open.subtract(1, ordering: .relaxed)
+            refused.add(1, ordering: .relaxed)
+            return false
+        }
+        channel.closeFuture.whenComplete { _ in self.open.subtract(1, ordering: .relaxed) }
+        return true
+    }
+
+    /// The answer to a connection over the limit: a 503 that closes the connection.
+    static func refusal(limit: Int) -> String {
+        let body = #"{"error":"too many HTTP connections on this port (http.max-connections \#(limit)); retry later"}"#
+        return "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: \(body.utf8.count)\r\n"
+            + "connection: close\r\nretry-after: 1\r\n\r\n" + body
+    }
+}
