@@ -37,6 +37,8 @@ package final class FanoutHub: Sendable {
     private struct Index {
         var exact: [String: UInt64] = [:]
         var wildcard: [DestinationPattern: UInt64] = [:]
+        /// ``wildcard``'s patterns, to find those matching a destination without trying each.
+        let wildcardIndex = DestinationPatternIndex()
         var shards: [ObjectIdentifier: LoopShard] = [:]
         var shardList: [LoopShard] = []
         weak var observer: (any InterestObserver)?
@@ -145,9 +147,7 @@ package final class FanoutHub: Sendable {
             switch scope {
             case .all:
                 mask = s.exact[message.destination] ?? 0
-                for (pattern, m) in s.wildcard where mask | m != mask && pattern.matches(message.destination) {
-                    mask |= m
-                }
+                s.wildcardIndex.forEachMatch(message.destination) { mask |= s.wildcard[$0] ?? 0 }
             case .exact:
                 mask = s.exact[message.destination] ?? 0
             case .patterns(let patterns):
@@ -194,7 +194,9 @@ package final class FanoutHub: Sendable {
     package func hasSubscribers(for destination: String) -> Bool {
         state.withLockedValue { s in
             if s.exact[destination] != nil { return true }
-            return s.wildcard.keys.contains { $0.matches(destination) }
+            var found = false
+            s.wildcardIndex.forEachMatch(destination) { _ in found = true }
+            return found
         }
     }
 
@@ -207,7 +209,12 @@ package final class FanoutHub: Sendable {
         state.withLockedValue { s in
             let bit: UInt64 = 1 << UInt64(shard)
             let old = (pattern.isWildcard ? s.wildcard[pattern] : s.exact[pattern.text]) ?? 0
-            if pattern.isWildcard { s.wildcard[pattern] = old | bit } else { s.exact[pattern.text] = old | bit }
+            if pattern.isWildcard {
+                s.wildcard[pattern] = old | bit
+                if old == 0 { s.wildcardIndex.insert(pattern) }
+            } else {
+                s.exact[pattern.text] = old | bit
+            }
             if old == 0 { s.observer?.interestActivated(pattern) }
         }
     }
@@ -219,6 +226,7 @@ package final class FanoutHub: Sendable {
             let new = old & ~bit
             if pattern.isWildcard {
                 s.wildcard[pattern] = new == 0 ? nil : new
+                if new == 0 { s.wildcardIndex.remove(pattern) }
             } else {
                 s.exact[pattern.text] = new == 0 ? nil : new
             }

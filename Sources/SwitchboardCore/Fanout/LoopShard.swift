@@ -74,6 +74,8 @@ package final class LoopShard: @unchecked Sendable {
 
     private var exact: [String: [LocalSubscription]] = [:]
     private var wildcard: [DestinationPattern: [LocalSubscription]] = [:]
+    /// ``wildcard``'s patterns, to find those matching a destination without trying each.
+    private let wildcardIndex = DestinationPatternIndex()
     /// Sinks written to since the last flush pass.
     private var dirty: [any SubscriptionSink] = []
     private var dirtySet = Set<ObjectIdentifier>()
@@ -167,7 +169,10 @@ package final class LoopShard: @unchecked Sendable {
             ? Self.appendInPlace(subscription, to: &wildcard[p, default: []])
             : Self.appendInPlace(subscription, to: &exact[p.text, default: []])
         subscriptionCount += 1
-        if count == 1 { hub.addInterest(p, shard: index) }
+        if count == 1 {
+            if p.isWildcard { wildcardIndex.insert(p) }
+            hub.addInterest(p, shard: index)
+        }
     }
 
     /// Removes a subscription added with ``add(_:)``. Must be called on ``eventLoop``.
@@ -177,7 +182,10 @@ package final class LoopShard: @unchecked Sendable {
         let emptied: Bool?
         if p.isWildcard {
             emptied = Self.removeInPlace(subscription, from: &wildcard[p])
-            if emptied == true { wildcard[p] = nil }
+            if emptied == true {
+                wildcard[p] = nil
+                wildcardIndex.remove(p)
+            }
         } else {
             emptied = Self.removeInPlace(subscription, from: &exact[p.text])
             if emptied == true { exact[p.text] = nil }
@@ -284,8 +292,8 @@ package final class LoopShard: @unchecked Sendable {
                 for sub in bucket { write(message, sub) }
             }
             if case .all = scope, !wildcard.isEmpty {
-                for (pattern, bucket) in wildcard where pattern.matches(message.destination) {
-                    for sub in bucket { write(message, sub) }
+                wildcardIndex.forEachMatch(message.destination) { pattern in
+                    for sub in wildcard[pattern] ?? [] { write(message, sub) }
                 }
             }
         case .patterns(let patterns):
