@@ -11,6 +11,8 @@ extension HTTPPublishHandler {
         case ready
         /// Bytes the HTTP parser could not read as a request: answered 400, then closed.
         case malformed
+        /// A request for the router whose `Expect` cannot be met: answered 417 here, then closed.
+        case unmetExpectation(method: String)
 
         /// The route as Hummingbird names it in metrics.
         var route: String {
@@ -21,6 +23,7 @@ extension HTTPPublishHandler {
             case .live: "/health/live"
             case .ready: "/health/ready"
             case .malformed: "malformed request"
+            case .unmetExpectation: "unmet expectation"
             }
         }
 
@@ -31,6 +34,16 @@ extension HTTPPublishHandler {
             case .single, .batch: "POST"
             case .live, .ready: "GET"
             case .malformed: "_OTHER"
+            case .unmetExpectation(let method): method
+            }
+        }
+
+        /// A request's method as metrics label it: OpenTelemetry's `_OTHER` for any but the
+        /// standard ones (the label's values stay few).
+        static func methodLabel(_ method: HTTPMethod) -> String {
+            switch method {
+            case .GET, .HEAD, .POST, .PUT, .DELETE, .CONNECT, .OPTIONS, .TRACE, .PATCH: method.rawValue
+            default: "_OTHER"
             }
         }
 
@@ -38,9 +51,9 @@ extension HTTPPublishHandler {
     }
 
     /// The endpoint `head` asks for, or nil when the router should serve it. Health requests
-    /// only when `servesHealth`.
+    /// only when `servesHealth`. (An `Expect` does not matter here: see ``expectation(of:)``.)
     static func endpoint(for head: HTTPRequestHead, servesHealth: Bool = false) -> Endpoint? {
-        guard !head.headers.contains(name: "origin"), !head.headers.contains(name: "expect") else { return nil }
+        guard !head.headers.contains(name: "origin") else { return nil }
         var path = Substring(head.uri)
         if let query = path.firstIndex(of: "?") { path = path[..<query] }
         if head.method == .GET {

@@ -36,6 +36,11 @@ import SwitchboardWire
 /// is not read (a body of any length, trickled or not, would hold the connection while it
 /// came). A router answer that says `Connection: close` (its own 413) closes the connection
 /// the same way. At most ``maxPendingAnswers`` answers wait, then reads pause.
+///
+/// `Expect: 100-continue` (HTTP/1.1; ignored on HTTP/1.0) gets `100 Continue` for either path
+/// once the request is the one answered next, unless its head already decided a final answer
+/// (the early 413); any other expectation is a 417 here that closes the connection, like the
+/// 413 (see `HTTPPublishHandler+Expect.swift`).
 final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -43,33 +48,6 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     static let maxPendingAnswers = 256
-
-    /// One request this handler answers; filled in when its publish completes.
-    final class Answer {
-        let endpoint: Endpoint
-        let started: UInt64
-        /// The connection closes after this answer (the client asked, or its body was refused).
-        var close: Bool
-        /// An HTTP/1.0 client asked to keep the connection: say that it is kept.
-        let keepAlive10: Bool
-        var response: (status: HTTPResponse.Status, body: ByteBuffer)?
-
-        init(endpoint: Endpoint, head: HTTPRequestHead) {
-            self.endpoint = endpoint
-            self.close = !head.isKeepAlive
-            self.keepAlive10 = head.isKeepAlive && head.version.major == 1 && head.version.minor == 0
-            self.started = DispatchTime.now().uptimeNanoseconds
-        }
-
-        /// The answer to bytes the parser refused: a 400 naming what was wrong, then close.
-        init(malformed error: HTTPParserError) {
-            self.endpoint = .malformed
-            self.close = true
-            self.keepAlive10 = false
-            self.started = DispatchTime.now().uptimeNanoseconds
-            self.response = (.badRequest, APIJSON.body(HTTPPublishHandler.errorBody(for: error)))
-        }
-    }
 
     private enum Current {
         case none
@@ -112,6 +90,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Whether the router has written every answer owed for the requests before the malformed bytes.
     private var routerOwesNothing: Bool { forwardedUnanswered - (abandonedForward ? 1 : 0) <= 0 && !routerResponseOpen }
     private var closing = false
+    /// The request being read asked for `100 Continue` and has not had it.
+    private var continueOwed = false
     /// The answer that ends the connection is out and its output closed; input is read and
     /// dropped until the client closes (or ``lingerTime``), so that closing with its unread
     /// bytes does not reset the connection before the client read the answer.
@@ -187,31 +167,43 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) -> Bool {
         switch part {
         case .head(let head):
-            if forwardedUnanswered == 0, let endpoint = Self.endpoint(for: head, servesHealth: readiness != nil) {
+            let endpoint = Self.endpoint(for: head, servesHealth: readiness != nil)
+            let expectation = Self.expectation(of: head)
+            if case .unmet(let member) = expectation {
+                // Answered here on both paths (417), after the router's answers owed.
+                guard forwardedUnanswered == 0 else { return false }
+                let answer = Answer(endpoint: endpoint ?? .unmetExpectation(method: Endpoint.methodLabel(head.method)), head: head)
+                answers.append(answer)
+                refuse(answer, failure: Self.expectationFailed(member))
+                return true
+            }
+            if forwardedUnanswered == 0, let endpoint {
                 let answer = Answer(endpoint: endpoint, head: head)
                 answers.append(answer)
                 if endpoint.isHealth {
                     current = .answering(answer, key: nil, body: nil, failure: nil)
-                    return true
+                } else {
+                    var key: APIKeyStore.Key?
+                    var failure: NotificationPublisher.Failure?
+                    do {
+                        key = try publisher.authenticate(authorization: head.headers.first(name: "authorization"))
+                    } catch {
+                        failure = error
+                    }
+                    current = .answering(answer, key: key, body: nil, failure: failure)
+                    // A body announced over the limit is refused before any of it is read (no 100).
+                    if NotificationPublisher.exceeds(contentLength: head.headers.first(name: "content-length"), limit: publisher.maxBodyBytes) {
+                        refuse(answer, failure: failure ?? publisher.bodyTooLarge)
+                    }
                 }
-                var key: APIKeyStore.Key?
-                var failure: NotificationPublisher.Failure?
-                do {
-                    key = try publisher.authenticate(authorization: head.headers.first(name: "authorization"))
-                } catch {
-                    failure = error
-                }
-                current = .answering(answer, key: key, body: nil, failure: failure)
-                // A body announced over the limit is refused before any of it is read.
-                if NotificationPublisher.exceeds(contentLength: head.headers.first(name: "content-length"), limit: publisher.maxBodyBytes) {
-                    refuse(answer, failure: failure ?? publisher.bodyTooLarge)
-                }
-                return true
+            } else {
+                guard answers.isEmpty else { return false }
+                forwardedUnanswered += 1
+                current = .forwarding
+                forward(part, context: context)
             }
-            guard answers.isEmpty else { return false }
-            forwardedUnanswered += 1
-            current = .forwarding
-            forward(part, context: context)
+            continueOwed = expectation == .continue100
+            writeContinueIfDue()
         case .body(var bytes):
             switch current {
             case .answering(let answer, let key, var body, let failure):
@@ -248,8 +240,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Answers the request being read with `failure` before its end (its body is over the
-    /// limit): the answer is the connection's last (it says `Connection: close`), the rest of
-    /// the body is not read, nor anything after it.
+    /// limit, or its `Expect` cannot be met): the answer is the connection's last (it says
+    /// `Connection: close`), the rest of the body is not read, nor anything after it.
     private func refuse(_ answer: Answer, failure: NotificationPublisher.Failure) {
         refused = true
         current = .none
@@ -293,8 +285,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .ready:
                 let answer = readiness?() ?? (.ok, ReadinessAnswer(status: "ready"))
                 result = loop.makeSucceededFuture((answer.status, APIJSON.body(answer.body)))
-            case .malformed:
-                // Made answered (``Answer/init(malformed:)``); never read from a request.
+            case .malformed, .unmetExpectation:
+                // Made answered (``Answer/init(malformed:)``, a 417 at the head): never read to an end.
                 result = loop.makeSucceededFuture(answer.response ?? (.badRequest, ByteBuffer()))
             }
         } catch let error as NotificationPublisher.Failure {
@@ -339,6 +331,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 context.write(wrapOutboundOut(.end(nil)), promise: nil)
             }
         }
+        if writeContinueIfDue(flushing: false) { wrote = true }
         if !closing { replayHeld(context: context) }
         if wrote && !inReadBatch { context.flush() }
         resumeReadsIfPossible(context: context)
@@ -363,6 +356,26 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// Writes `100 Continue` for the request being read if it asked for it and is the one
+    /// answered next (every answer before it written, the router's too; its own not begun).
+    /// Flushed unless `flushing` is false or in a read batch (its end flushes). True if written.
+    @discardableResult
+    private func writeContinueIfDue(flushing: Bool = true) -> Bool {
+        guard continueOwed, !closing, let context else { return false }
+        switch current {
+        case .answering(let answer, _, _, _):
+            guard answers.first === answer, answer.response == nil else { return false }
+        case .forwarding:
+            guard answers.isEmpty, forwardedUnanswered == 1, !routerResponseOpen else { return false }
+        case .none:
+            return false
+        }
+        continueOwed = false
+        context.write(wrapOutboundOut(.head(Self.continueHead)), promise: nil)
+        if flushing && !inReadBatch { context.flush() }
+        return true
+    }
+
     /// The head of a JSON answer of `bodyBytes` bytes.
     private func responseHead(_ status: HTTPResponseStatus, bodyBytes: Int, close: Bool, keepAlive10: Bool) -> HTTPResponseHead {
         var headers = HTTPHeaders()
@@ -381,11 +394,14 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func replayHeld(context: ChannelHandlerContext) {
         var replayed = false
-        while let part = held.first, process(part, context: context) {
+        let wasRefused = refused
+        while !refused, let part = held.first, process(part, context: context) {
             held.removeFirst()
             replayed = true
         }
         if replayed && taskOpen { context.fireChannelReadComplete() }
+        // A held request refused at its head (an `Expect` it cannot meet): its answer is due.
+        if refused && !wasRefused { writeAnswers() }
     }
 
     // MARK: Outbound
@@ -412,6 +428,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
             context.write(data, promise: promise)
+            // The request being forwarded may now be the one answered next: its 100 is due.
+            writeContinueIfDue()
             if forwardedUnanswered == 0 {
                 replayHeld(context: context)
                 resumeReadsIfPossible(context: context)
