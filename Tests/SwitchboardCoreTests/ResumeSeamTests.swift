@@ -89,6 +89,49 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         #expect(frames.filter { $0.command == .message }.map(\.bodyString) == (3...8).map { "e1:\($0)" })
     }
 
+    /// Delivers `live` while the replay is read, then answers it with `replay`, then delivers
+    /// `after`; returns the RECEIPT's x-recovered and the bodies of the MESSAGEs.
+    static func resume(
+        from: String, live: ClosedRange<UInt64>?, replay: HistoryReplay, after: ClosedRange<UInt64>
+    ) throws -> (recovered: String?, bodies: [String]) {
+        let (gateway, engine, client) = try Self.resuming(from: from)
+        defer { gateway.shutdown() }
+        for n in live.map(Array.init) ?? [] { gateway.hub.deliver(Self.message("e1", n)) }
+        gateway.loop.run()
+        engine.replay!.succeed(replay)
+        gateway.loop.run()
+        for n in after { gateway.hub.deliver(Self.message("e1", n)) }
+        let frames = try client.frames()
+        #expect(frames.first?.command == .receipt)
+        return (frames.first?.headers["x-recovered"], frames.filter { $0.command == .message }.map(\.bodyString))
+    }
+
+    /// The client comes from a faster instance: it saw e1:25 where this one had delivered e1:5.
+    /// The live copies up to its position, arriving while the replay is read, are its own
+    /// already (before, e1:6…25 went out again after the RECEIPT: a probe with three clients).
+    @Test func aClientAheadOfThisInstanceGetsNothingItHasAgain() throws {
+        let ahead = HistoryReplay(messages: [], recovered: true, position: StreamPosition(epoch: "e1", sequence: 25))
+        let both = try Self.resume(from: "e1:25", live: 6...27, replay: ahead, after: 28...28)
+        #expect(both.recovered == "true")
+        #expect(both.bodies == (26...28).map { "e1:\($0)" })
+        let upTo = try Self.resume(from: "e1:25", live: 6...25, replay: ahead, after: 26...27)
+        #expect(upTo.bodies == ["e1:26", "e1:27"])
+        let none = try Self.resume(from: "e1:25", live: nil, replay: ahead, after: 20...27)
+        #expect(none.bodies == ["e1:26", "e1:27"])
+    }
+
+    /// A client position ahead of history itself (x-recovered:false): the subscription is not
+    /// parked there until the destination gets that far; it goes on from where it stands.
+    @Test func aClientPositionAheadOfHistoryIsNotWaitedFor() throws {
+        let behind = HistoryReplay(messages: [], recovered: false, position: StreamPosition(epoch: "e1", sequence: 5))
+        let skipped = try Self.resume(from: "e1:1000", live: 6...8, replay: behind, after: 9...10)
+        #expect(skipped.recovered == "false")
+        #expect(skipped.bodies == ["e1:9", "e1:10"])
+        let quiet = try Self.resume(from: "e1:1000", live: nil, replay: behind, after: 6...7)
+        #expect(quiet.recovered == "false")
+        #expect(quiet.bodies == ["e1:6", "e1:7"])
+    }
+
     struct ReadFailed: Error, CustomStringConvertible {
         var description: String { "redis unreachable for 5000 ms" }
     }

@@ -68,6 +68,19 @@ def publish_cut(gw, cut, topic: str) -> str:
     return r.json()["error"]
 
 
+def send_cut(gw, cut, destination: str):
+    """A receipted SEND of BODY to `destination` while `cut` resets Redis's connection (after
+    one that got its RECEIPT); returns the ERROR it got instead of a RECEIPT."""
+    c = gw.client()
+    c.connect()
+    c.send_frame("SEND", {"destination": destination, "receipt": "s0"}, "before")
+    assert c.receive(5).command == "RECEIPT"
+    cut(lambda: c.send_frame("SEND", {"destination": destination, "receipt": "s1"}, BODY))
+    frame = c.receive(10)
+    assert frame.command == "ERROR" and frame.get("receipt-id") == "s1", f"{frame.command} {frame.get('message')}"
+    return frame
+
+
 def test_a_publish_cut_by_a_connection_reset_is_outcome_unknown(redis_then_reset):
     gw, cut = redis_then_reset
     assert gw.publish("/topic/reset", "before").status_code == 200
@@ -87,12 +100,13 @@ def test_a_publish_without_history_cut_by_a_connection_reset_is_outcome_unknown(
 
 @pytest.mark.parametrize("destination", ["/app/orders", "/app/chat"], ids=["redis-stream", "redis-pubsub"])
 def test_a_route_send_cut_by_a_connection_reset_is_outcome_unknown(redis_then_reset, destination):
-    gw, cut = redis_then_reset
-    c = gw.client()
-    c.connect()
-    c.send_frame("SEND", {"destination": destination, "receipt": "o0"}, "before")
-    assert c.receive(5).command == "RECEIPT"
-    cut(lambda: c.send_frame("SEND", {"destination": destination, "receipt": "o1"}, BODY))
-    frame = c.receive(10)
-    assert frame.command == "ERROR" and frame.get("receipt-id") == "o1", f"{frame.command} {frame.get('message')}"
+    frame = send_cut(*redis_then_reset, destination)
     assert "outcome unknown" in frame.get("message", ""), frame.get("message")
+
+
+@pytest.mark.parametrize("destination", ["/topic/reset", "/topic/plain"], ids=["history", "no-history"])
+def test_a_topic_send_cut_by_a_connection_reset_says_outcome_unknown(redis_then_reset, destination):
+    """A receipted SEND to a topic gets the same first words as the API's 504 (before, "publish
+    to … failed: …", which a client could take for "not published")."""
+    frame = send_cut(*redis_then_reset, destination)
+    assert frame.get("message", "").startswith(f"publish outcome unknown: {destination}: "), frame.get("message")

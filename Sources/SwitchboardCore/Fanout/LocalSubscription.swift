@@ -40,6 +40,10 @@ package final class LocalSubscription {
     /// the first, and live copies after the last go on, so the seam holds when history moved to
     /// a new epoch while the replay was read.
     package var liveDuringReplay: (first: StreamPosition, last: StreamPosition)?
+    /// The client resumed from further than this instance had delivered (`x-resume-from` ahead
+    /// of the registration position, in its epoch): live copies up to the client's position are
+    /// skipped while the replay is read, since the client has them. The last one skipped, if any.
+    package var skippedAsClientsThrough: StreamPosition?
     /// This subscription receives a destination's join/leave notices (its pattern is the
     /// routing destination `/~presence<destination>`), not its messages.
     package var isPresence = false

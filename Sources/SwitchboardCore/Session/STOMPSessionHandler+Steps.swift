@@ -10,6 +10,15 @@ import Glibc
 
 /// Carrying out the state machine's actions: writing frames and running steps.
 extension STOMPSessionHandler {
+    /// The `ERROR` message of a `SEND` whose publish failed; one whose outcome is unknown (the
+    /// connection to Redis lost with it in flight) says so first, as the API's 504 does.
+    static func publishFailure(_ destination: String, _ error: any Error) -> String {
+        if let route = error as? RouteError, route.code == .outcomeUnknown {
+            return "publish outcome unknown: \(destination): \(route)"
+        }
+        return "publish to \(destination) failed: \(error)"
+    }
+
     /// A backend's replies refused (one line each): at most 10 lines per 10 s over all sessions.
     static let replyRefusedLog = LogThrottle()
 
@@ -161,14 +170,14 @@ extension STOMPSessionHandler {
                     }
                     return engine.publish(message, on: loop)
                 }
-                complete(published, step: step, kind: .route, describe: { "publish to \(destination) failed: \($0)" }) { _, _ in .success }
+                complete(published, step: step, kind: .route, describe: { Self.publishFailure(destination, $0) }) { _, _ in .success }
                 return
             }
             let future = services.engine.publish(message, on: shard.eventLoop)
             if services.engine.publishesSynchronously {
                 machine.stepCompleted(step, .success)
             } else {
-                complete(future, step: step, kind: .route, describe: { "publish to \(destination) failed: \($0)" }) { _, _ in .success }
+                complete(future, step: step, kind: .route, describe: { Self.publishFailure(destination, $0) }) { _, _ in .success }
             }
         case .route(let destination, let route, let frame):
             callRoute(route, destination: destination, frame: frame, step: step)

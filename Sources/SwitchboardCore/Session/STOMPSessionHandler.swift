@@ -294,7 +294,10 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         if subscription.isPresence, message.headers[PresenceNotice.sessionHeader] == sessionID { return }
         // The seam of a resumed subscription: the replay already had these.
         if let through = subscription.replayedThrough, let position = message.position {
-            if position.epoch == through.epoch && position.sequence <= through.sequence { return }
+            if position.epoch == through.epoch && position.sequence <= through.sequence {
+                if subscription.replayPending { subscription.skippedAsClientsThrough = position }
+                return
+            }
             subscription.replayedThrough = nil
         }
         if subscription.replayPending, let position = message.position {
