@@ -336,13 +336,18 @@ extension RedisEngine {
             if position.sequence > through.sequence {
                 guard position.sequence <= read.position.sequence else {
                     // Ahead of history itself: a position it never had. Nothing is replayed, and
-                    // the subscription goes on from this instance's position (parked at the
-                    // client's, it got nothing until the destination got that far).
-                    return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: [], recovered: false, position: through))
+                    // the subscription goes on from where history stands (parked at the client's,
+                    // it got nothing until the destination got that far).
+                    return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: [], recovered: false, position: read.position))
                 }
                 // The client saw more than this instance has delivered yet (the rest is on its
-                // way here): it resumes from its own position.
-                return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: [], recovered: true, position: position))
+                // way here): it resumes from its own position; a hole in history after it (a
+                // failover's jump) is a loss it is told of.
+                let afterClient = kept.filter { $0.position!.sequence > position.sequence }
+                let holeAfterClient =
+                    read.position.sequence > position.sequence
+                    && !Self.followOn(afterClient, after: position.sequence, through: read.position.sequence)
+                return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: [], recovered: !holeAfterClient, position: position))
             }
             return self.promiseLoop.makeSucceededFuture(HistoryReplay(messages: messages, recovered: complete, position: through))
         }

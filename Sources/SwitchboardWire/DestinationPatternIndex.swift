@@ -7,9 +7,22 @@
 ///
 /// Not thread-safe: the fan-out keeps one under its lock, and one per event loop.
 package final class DestinationPatternIndex: @unchecked Sendable {
+    /// A literal segment, compared and hashed by its UTF-8 bytes as ``DestinationPattern``
+    /// compares them (`Substring` would compare by canonical equivalence: `e` + U+0301 = `é`).
+    private struct Segment: Hashable {
+        let text: Substring
+
+        static func == (a: Segment, b: Segment) -> Bool { a.text.utf8.elementsEqual(b.text.utf8) }
+
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(text.utf8.count)
+            for byte in text.utf8 { hasher.combine(byte) }
+        }
+    }
+
     private final class Node {
         /// By separator slot (none, `/`, `.`), then the literal segment.
-        var literal: [[Substring: Node]] = [[:], [:], [:]]
+        var literal: [[Segment: Node]] = [[:], [:], [:]]
         /// `*` after each separator.
         var one: [Node?] = [nil, nil, nil]
         /// The pattern ending in `**` after each separator.
@@ -45,11 +58,11 @@ package final class DestinationPatternIndex: @unchecked Sendable {
             switch segment {
             case .literal(let separator, let text):
                 let s = Self.slot(separator)
-                if let next = node.literal[s][Substring(text)] {
+                if let next = node.literal[s][Segment(text: Substring(text))] {
                     node = next
                 } else {
                     let next = Node()
-                    node.literal[s][Substring(text)] = next
+                    node.literal[s][Segment(text: Substring(text))] = next
                     node = next
                 }
             case .one(let separator):
@@ -91,9 +104,9 @@ package final class DestinationPatternIndex: @unchecked Sendable {
             return node.rest[s] != nil
         case .literal(let separator, let text):
             let s = Self.slot(separator)
-            guard let next = node.literal[s][Substring(text)] else { return false }
+            guard let next = node.literal[s][Segment(text: Substring(text))] else { return false }
             let removed = remove(segments.dropFirst(), from: next)
-            if next.isEmpty { node.literal[s][Substring(text)] = nil }
+            if next.isEmpty { node.literal[s][Segment(text: Substring(text))] = nil }
             return removed
         case .one(let separator):
             let s = Self.slot(separator)
@@ -105,38 +118,33 @@ package final class DestinationPatternIndex: @unchecked Sendable {
     }
 
     /// Calls `body` with every pattern in the index that matches `destination`, each once.
+    /// The destination is split into segments as the walk goes, without allocating.
     package func forEachMatch(_ destination: String, _ body: (DestinationPattern) -> Void) {
         guard count > 0 else { return }
         let text = Substring(destination)
-        // The destination's segments: (separator slot, text), the first without a separator.
-        var segments: [(slot: Int, text: Substring)] = []
-        segments.reserveCapacity(8)
-        let utf8 = text.utf8
-        var start = utf8.startIndex
-        var slot = 0
-        var index = utf8.startIndex
-        while index < utf8.endIndex {
-            let b = utf8[index]
-            if b == UInt8(ascii: "/") || b == UInt8(ascii: ".") {
-                segments.append((slot, text[start..<index]))
-                slot = b == UInt8(ascii: "/") ? 1 : 2
-                start = utf8.index(after: index)
-            }
-            index = utf8.index(after: index)
-        }
-        segments.append((slot, text[start..<utf8.endIndex]))
-        walk(root, segments[...], body)
+        walk(root, text, from: text.startIndex, slot: 0, body)
     }
 
-    private func walk(_ node: Node, _ segments: ArraySlice<(slot: Int, text: Substring)>, _ body: (DestinationPattern) -> Void) {
-        guard let (slot, text) = segments.first else {
-            if let p = node.terminal { body(p) }
-            return
-        }
+    /// Matches the segment of `text` starting at `start` (after a separator of `slot`) and
+    /// the rest below `node`.
+    private func walk(_ node: Node, _ text: Substring, from start: Substring.Index, slot: Int, _ body: (DestinationPattern) -> Void) {
+        let utf8 = text.utf8
+        var end = start
+        while end < utf8.endIndex, utf8[end] != UInt8(ascii: "/"), utf8[end] != UInt8(ascii: ".") { end = utf8.index(after: end) }
+        let segment = text[start..<end]
+        let isLast = end == utf8.endIndex
         // `**` takes the rest after its separator, if the rest is not empty.
-        if let p = node.rest[slot], !text.isEmpty || segments.count > 1 { body(p) }
-        let after = segments.dropFirst()
-        if !text.isEmpty, let next = node.one[slot] { walk(next, after, body) }
-        if let next = node.literal[slot][text] { walk(next, after, body) }
+        if let p = node.rest[slot], !(segment.isEmpty && isLast) { body(p) }
+        let nextSlot = isLast ? 0 : Self.slot(utf8[end])
+        let nextStart = isLast ? end : utf8.index(after: end)
+        func descend(_ next: Node) {
+            if isLast {
+                if let p = next.terminal { body(p) }
+            } else {
+                walk(next, text, from: nextStart, slot: nextSlot, body)
+            }
+        }
+        if !segment.isEmpty, let next = node.one[slot] { descend(next) }
+        if let next = node.literal[slot][Segment(text: segment)] { descend(next) }
     }
 }

@@ -26,6 +26,17 @@ struct DestinationPatternIndexTests {
         #expect(matches(index, "/queue/x") == ["**", "/queue/*"])
     }
 
+    @Test("segments compare by their bytes, as matches(_:) does, not by canonical equivalence")
+    func bytes() throws {
+        let index = DestinationPatternIndex()
+        let pattern = try DestinationPattern("/topic/caf\u{E9}.*")
+        index.insert(pattern)
+        let decomposed = "/topic/cafe\u{301}.x"
+        #expect(!pattern.matches(decomposed))
+        #expect(matches(index, decomposed).isEmpty)
+        #expect(matches(index, "/topic/caf\u{E9}.x") == ["/topic/caf\u{E9}.*"])
+    }
+
     @Test("insert twice counts once; remove drops only that pattern, and what it alone needed")
     func insertRemove() throws {
         let index = DestinationPatternIndex()

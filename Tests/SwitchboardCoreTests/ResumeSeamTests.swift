@@ -92,15 +92,15 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
     /// Delivers `live` while the replay is read, then answers it with `replay`, then delivers
     /// `after`; returns the RECEIPT's x-recovered and the bodies of the MESSAGEs.
     static func resume(
-        from: String, live: ClosedRange<UInt64>?, replay: HistoryReplay, after: ClosedRange<UInt64>
+        from: String, live: ClosedRange<UInt64>?, epoch: String = "e1", replay: HistoryReplay, after: ClosedRange<UInt64>
     ) throws -> (recovered: String?, bodies: [String]) {
         let (gateway, engine, client) = try Self.resuming(from: from)
         defer { gateway.shutdown() }
-        for n in live.map(Array.init) ?? [] { gateway.hub.deliver(Self.message("e1", n)) }
+        for n in live.map(Array.init) ?? [] { gateway.hub.deliver(Self.message(epoch, n)) }
         gateway.loop.run()
         engine.replay!.succeed(replay)
         gateway.loop.run()
-        for n in after { gateway.hub.deliver(Self.message("e1", n)) }
+        for n in after { gateway.hub.deliver(Self.message(epoch, n)) }
         let frames = try client.frames()
         #expect(frames.first?.command == .receipt)
         return (frames.first?.headers["x-recovered"], frames.filter { $0.command == .message }.map(\.bodyString))
@@ -118,6 +118,19 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         #expect(upTo.bodies == ["e1:26", "e1:27"])
         let none = try Self.resume(from: "e1:25", live: nil, replay: ahead, after: 20...27)
         #expect(none.bodies == ["e1:26", "e1:27"])
+    }
+
+    /// The client read a newer epoch elsewhere (Redis restarted empty) than this instance had
+    /// registered at: the copies of that epoch up to its position, reaching this instance while
+    /// the replay is read, are its own (before, e2:1…3 went out again).
+    @Test func aClientAheadInANewerEpochGetsNothingItHasAgain() throws {
+        let newer = HistoryReplay(
+            messages: (UInt64(4)...5).map { Self.message("e2", $0) }, recovered: true, position: StreamPosition(epoch: "e2", sequence: 5))
+        let both = try Self.resume(from: "e2:3", live: 1...5, epoch: "e2", replay: newer, after: 6...6)
+        #expect(both.recovered == "true")
+        #expect(both.bodies == ["e2:4", "e2:5", "e2:6"])
+        let quiet = try Self.resume(from: "e2:3", live: nil, epoch: "e2", replay: newer, after: 1...6)
+        #expect(quiet.bodies == ["e2:4", "e2:5", "e2:6"])
     }
 
     /// A client position ahead of history itself (x-recovered:false): the subscription is not

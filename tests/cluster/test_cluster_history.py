@@ -159,11 +159,7 @@ def test_a_resume_across_a_hole_beyond_the_instances_position_is_not_recovered(c
     then a jump in x-position. The hole beyond it is a loss: false now."""
     cluster = cluster_factory(replicas=0, gateways=1)
     topic = "/topic/h-hole"
-    live = clients(cluster.client(cluster.gw_ws(0)))
-    live.subscribe(topic, id="1", receipt="r")
-    for i in range(5):
-        publish(cluster, topic, f"m{i}")
-    frames = [live.expect_message() for _ in range(5)]
+    _, frames = live_then_published(cluster, clients, topic)
     with pubsub_held_off(cluster, "gw0") as auth:
         key = "switchboard:{" + topic + "}"
         cluster.redis_cli(*auth, "HINCRBY", key + ":seq", "n", "1000000")
@@ -205,6 +201,25 @@ def test_a_redis_restart_from_an_older_snapshot_is_a_hole_subscribers_are_told_o
     got = resumed.subscribe(topic, id="1", receipt="r", **{"x-resume-from": frames[-1]["x-position"]})
     assert got["x-recovered"] == "false", got.headers
     assert got["x-position"] == after["x-position"], got.headers
+
+
+def test_a_resume_ahead_of_the_instance_before_a_hole_is_not_recovered(cluster_factory, clients):
+    """The client saw a message this instance has not (its Pub/Sub connection away), and after
+    it history jumped (a failover's +1,000,000): resuming here from that message, it got
+    x-recovered:true, judged only up to its own position. The hole after it is a loss: false."""
+    cluster = cluster_factory(replicas=0, gateways=1)
+    topic = "/topic/h-ahead-hole"
+    _, frames = live_then_published(cluster, clients, topic)
+    epoch, newest = frames[-1]["x-position"].rsplit(":", 1)
+    with pubsub_held_off(cluster, "gw0") as auth:
+        key = "switchboard:{" + topic + "}"
+        cluster.redis_cli(*auth, "FCALL", "switchboard_publish", "1", key, "seen elsewhere")
+        cluster.redis_cli(*auth, "HINCRBY", key + ":seq", "n", "1000000")
+        cluster.redis_cli(*auth, "FCALL", "switchboard_publish", "1", key, "after the hole")
+        resumed = clients(cluster.client(cluster.gw_ws(0)))
+        got = resumed.subscribe(topic, id="1", receipt="r", **{"x-resume-from": f"{epoch}:{int(newest) + 1}"})
+        assert got["x-recovered"] == "false", got.headers
+    assert resumed.expect_message(15).text == "after the hole"
 
 
 @pytest.mark.parametrize("ahead", [1, 10, 2**64 - 1 - 5])
@@ -344,6 +359,16 @@ def test_redis_cli_function_and_inbound_routes_record_once(cluster_factory, clie
 
 def publish(cluster, topic, message, gateway=0):
     requests.post(f"{cluster.gw_url(gateway)}/api/notification", json={"topic": topic, "message": message}).raise_for_status()
+
+
+def live_then_published(cluster, clients, topic, count=5):
+    """A subscriber of `topic` on gw0, and the frames of m0 … m<count-1> published to it, as
+    it got them."""
+    live = clients(cluster.client(cluster.gw_ws(0)))
+    live.subscribe(topic, id="1", receipt="r")
+    for i in range(count):
+        publish(cluster, topic, f"m{i}")
+    return live, [live.expect_message() for _ in range(count)]
 
 
 def subscribing_while_redis_is_down(cluster, clients, topic, published=1, resume_after=0):

@@ -41,8 +41,11 @@ package final class LocalSubscription {
     /// a new epoch while the replay was read.
     package var liveDuringReplay: (first: StreamPosition, last: StreamPosition)?
     /// The client resumed from further than this instance had delivered (`x-resume-from` ahead
-    /// of the registration position, in its epoch): live copies up to the client's position are
-    /// skipped while the replay is read, since the client has them. The last one skipped, if any.
+    /// of the registration position, or in another epoch): live copies of that epoch up to it
+    /// are the client's already. Kept (a copy of another epoch does not clear it) until a later
+    /// copy of its epoch, or a replay that puts it ahead of history or in an older epoch.
+    package var claimedThrough: StreamPosition?
+    /// The last live copy skipped as the client's while the replay was read.
     package var skippedAsClientsThrough: StreamPosition?
     /// This subscription receives a destination's join/leave notices (its pattern is the
     /// routing destination `/~presence<destination>`), not its messages.

@@ -46,11 +46,11 @@ extension Logger {
     /// line after some were left out says how many (metadata `suppressed`).
     package func log(
         level: Logger.Level, throttledBy throttle: LogThrottle, _ message: @autoclosure () -> Logger.Message,
-        metadata: @autoclosure () -> Logger.Metadata? = nil
+        metadata: @autoclosure () -> Logger.Metadata? = nil, file: String = #fileID, function: String = #function, line: UInt = #line
     ) {
         guard logLevel <= level, let suppressed = throttle.admit() else { return }
         var all = metadata() ?? [:]
         if suppressed > 0 { all["suppressed"] = "\(suppressed)" }
-        log(level: level, message(), metadata: all)
+        log(level: level, message(), metadata: all, file: file, function: function, line: line)
     }
 }

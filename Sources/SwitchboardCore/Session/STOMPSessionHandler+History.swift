@@ -43,11 +43,10 @@ extension STOMPSessionHandler {
             return nil
         case .pending(let through, let replay)?:
             subscription.replayedThrough = through
-            // The client saw more than this instance has delivered yet (it comes from a faster
-            // one): the live messages up to its position, arriving while the replay is read,
-            // are its own already.
-            if case .after(let claimed)? = start, through.map({ claimed.epoch == $0.epoch && claimed.sequence > $0.sequence }) ?? true {
-                subscription.replayedThrough = claimed
+            // The client may have seen more than this instance has delivered yet (it comes from
+            // a faster one, maybe in a newer epoch): the live copies up to its position are its own.
+            if case .after(let claimed)? = start, through.map({ claimed.epoch != $0.epoch || claimed.sequence > $0.sequence }) ?? true {
+                subscription.claimedThrough = claimed
             }
             subscription.replayPending = true
             return replay
@@ -64,22 +63,25 @@ extension STOMPSessionHandler {
             // this instance had not reached: nothing to replay, and nothing up to it again).
             let clientAhead = replay.messages.isEmpty && replay.position.sequence > live.last.sequence
             subscription.replayedThrough = clientAhead ? replay.position : live.last
-        } else if let skipped = subscription.skippedAsClientsThrough, skipped.epoch == replay.position.epoch,
-            let parked = subscription.replayedThrough, parked.epoch == skipped.epoch, parked.sequence > replay.position.sequence
-        {
-            // The client's position was ahead of history itself (x-recovered:false): skipping
-            // stops here, not once the destination gets that far; the copies skipped meanwhile
-            // were ones the client said it had.
-            subscription.replayedThrough = skipped.sequence > replay.position.sequence ? skipped : replay.position
         } else {
             let behind = subscription.replayedThrough.map { $0.epoch != replay.position.epoch || $0.sequence < replay.position.sequence } ?? true
-            // Parked at a client's position that history does not have (ahead of it): go on
-            // from where the destination stands.
-            let ahead =
-                subscription.replayedThrough.map {
-                    $0.epoch == replay.position.epoch && $0.sequence > replay.position.sequence && !replay.recovered
-                } ?? false
-            if behind || ahead { subscription.replayedThrough = replay.position }
+            if behind { subscription.replayedThrough = replay.position }
+        }
+        if let claimed = subscription.claimedThrough {
+            if claimed.epoch != replay.position.epoch {
+                // History is in another epoch: the replay and the live copies settle the seam.
+                subscription.claimedThrough = nil
+            } else if claimed.sequence > replay.position.sequence && !replay.recovered {
+                // Ahead of history itself (a position it never had): the subscription goes on
+                // from where history stands, or from the last copy skipped meanwhile as the
+                // client's, not once the destination gets that far.
+                subscription.claimedThrough = nil
+                if let skipped = subscription.skippedAsClientsThrough, skipped.epoch == claimed.epoch,
+                    skipped.sequence > replay.position.sequence
+                {
+                    subscription.replayedThrough = skipped
+                }
+            }
         }
         subscription.skippedAsClientsThrough = nil
         subscribeOutcomes[step] = SubscribeOutcome(subscription: subscription, replay: replay, asked: asked)

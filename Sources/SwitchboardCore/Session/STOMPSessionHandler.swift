@@ -292,12 +292,17 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         guard machine.phase == .connected, context != nil else { return }
         // A watcher is told about the other sessions, not about itself.
         if subscription.isPresence, message.headers[PresenceNotice.sessionHeader] == sessionID { return }
-        // The seam of a resumed subscription: the replay already had these.
-        if let through = subscription.replayedThrough, let position = message.position {
-            if position.epoch == through.epoch && position.sequence <= through.sequence {
+        // A resume from further than this instance had delivered: the client has these.
+        if let claimed = subscription.claimedThrough, let position = message.position, position.epoch == claimed.epoch {
+            if position.sequence <= claimed.sequence {
                 if subscription.replayPending { subscription.skippedAsClientsThrough = position }
                 return
             }
+            subscription.claimedThrough = nil
+        }
+        // The seam of a resumed subscription: the replay already had these.
+        if let through = subscription.replayedThrough, let position = message.position {
+            if position.epoch == through.epoch && position.sequence <= through.sequence { return }
             subscription.replayedThrough = nil
         }
         if subscription.replayPending, let position = message.position {

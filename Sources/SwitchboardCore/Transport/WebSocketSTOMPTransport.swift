@@ -264,6 +264,8 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
         context.eventLoop.assumeIsolated().execute {
             guard let context = self.context, !self.awaitingVersion else { return }
             self.decodeFrames(context: context)
+            // As after a socket read: the session flushes what these frames' steps wrote.
+            context.fireChannelReadComplete()
         }
     }
 
