@@ -21,11 +21,17 @@ final class HTTPConnectionCount: Sendable {
 
     /// Counts `channel` until it closes; false (counted as refused) when the port is full.
     func admit(_ channel: any Channel) -> Bool {
-        let now = open.add(1, ordering: .relaxed).newValue
-        if limit > 0, now > limit {
-            open.subtract(1, ordering: .relaxed)
-            refused.add(1, ordering: .relaxed)
-            return false
+        // Checked and counted in one step: two connections arriving together at the last place
+        // do not both see the port over the limit.
+        var current = open.load(ordering: .relaxed)
+        while true {
+            if limit > 0, current >= limit {
+                refused.add(1, ordering: .relaxed)
+                return false
+            }
+            let (exchanged, original) = open.weakCompareExchange(expected: current, desired: current + 1, ordering: .relaxed)
+            if exchanged { break }
+            current = original
         }
         channel.closeFuture.whenComplete { _ in self.open.subtract(1, ordering: .relaxed) }
         return true
