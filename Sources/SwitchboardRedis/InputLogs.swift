@@ -5,10 +5,14 @@ import SwitchboardCore
 /// is unreachable. Each kind logs at most 10 lines per 10 s; the next line says how many were
 /// left out (`suppressed`).
 enum InputLogs {
-    static let malformed = LogThrottle()
+    static let malformedEnvelope = LogThrottle()
+    static let malformedPresence = LogThrottle()
     static let subscribeFailed = LogThrottle()
     static let notRecorded = LogThrottle()
     static let historyUnread = LogThrottle()
     static let holes = LogThrottle()
-    static let inboundDropped = LogThrottle()
+    static let notBroker = LogThrottle()
+    static let badName = LogThrottle()
+    static let badBroadcast = LogThrottle()
+    static let badStreamEntry = LogThrottle()
 }

@@ -360,7 +360,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         }
         guard let decoded = RedisEnvelope.decode(message.payload) else {
             malformedMessages.add(1, ordering: .relaxed)
-            logger.log(level: .warning, throttledBy: InputLogs.malformed, "malformed envelope on redis channel", metadata: ["channel": "\(message.channel)"])
+            logger.log(level: .warning, throttledBy: InputLogs.malformedEnvelope, "malformed envelope on redis channel", metadata: ["channel": "\(message.channel)"])
             return
         }
         // This instance delivered its own messages already, unless they went through history.
@@ -387,7 +387,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             notice.destination == naming.destination(fromPresenceChannel: message.channel)
         else {
             malformedMessages.add(1, ordering: .relaxed)
-            logger.log(level: .warning, throttledBy: InputLogs.malformed, "malformed presence notice", metadata: ["channel": "\(message.channel)"])
+            logger.log(level: .warning, throttledBy: InputLogs.malformedPresence, "malformed presence notice", metadata: ["channel": "\(message.channel)"])
             return
         }
         hub.deliver(notice.message(messageID: messageIDs.next()), scope: .exact)

@@ -91,8 +91,16 @@ package final class RedisInboundRoutes: Sendable {
         let isUser = destination.hasPrefix(UserDestinations.routingPrefix)
         guard isUser || configuration.isBrokerDestination(destination), !destination.contains("*") else {
             logger.log(
-                level: .warning, throttledBy: InputLogs.inboundDropped, "inbound message for a destination that is not a broker destination dropped",
-                metadata: ["destination": "\(destination)"])
+                level: .warning, throttledBy: InputLogs.notBroker, "inbound message for a destination that is not a broker destination dropped",
+                metadata: ["destination": "\(destination.prefix(200))"])
+            return
+        }
+        // The names every other entry point refuses (too long, control characters, not NFC:
+        // Swift compares strings by canonical equivalence, history and Redis by bytes).
+        if let problem = DestinationPattern.nameProblem(destination) ?? (DestinationPattern.isNormalized(destination) ? nil : "must be in NFC") {
+            logger.log(
+                level: .warning, throttledBy: InputLogs.badName, "inbound message dropped: its destination \(problem)",
+                metadata: ["destination": "\(destination.prefix(200))"])
             return
         }
         let message = PublishedMessage(destination: destination, messageID: messageIDs.next(), headers: headers, body: body)
@@ -106,7 +114,7 @@ package final class RedisInboundRoutes: Sendable {
     func onBroadcast(_ payload: ByteBuffer, channel: String) {
         guard let broadcast = BroadcastPayload.decode(payload) else {
             logger.log(
-                level: .warning, throttledBy: InputLogs.inboundDropped, "broadcast payload is not {\"topic\",\"message\"} JSON; dropped", metadata: ["channel": "\(channel)"])
+                level: .warning, throttledBy: InputLogs.badBroadcast, "broadcast payload is not {\"topic\",\"message\"} JSON; dropped", metadata: ["channel": "\(channel)"])
             return
         }
         var headers: STOMPHeaders = ["content-type": broadcast.contentType ?? "text/plain"]
@@ -145,7 +153,7 @@ package final class RedisInboundRoutes: Sendable {
                             lastID = entry.id
                             guard let topic = entry[field: "topic"].map({ String(buffer: $0) }), let body = entry[field: "message"] else {
                                 logger.log(
-                                    level: .warning, throttledBy: InputLogs.inboundDropped, "stream entry without topic/message fields skipped",
+                                    level: .warning, throttledBy: InputLogs.badStreamEntry, "stream entry without topic/message fields skipped",
                                     metadata: ["stream": "\(stream)", "id": "\(entry.id)"])
                                 continue
                             }

@@ -72,7 +72,11 @@ package struct SwitchboardGateway: Sendable {
             do {
                 let chain = try NIOSSLCertificate.fromPEMFile(files.certificateFile).map { NIOSSLCertificateSource.certificate($0) }
                 let key = try NIOSSLPrivateKey(file: files.keyFile, format: .pem)
-                let tlsConfiguration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+                var tlsConfiguration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+                // After our close_notify, the peer's is waited for this long, not NIO's 5 s: most
+                // clients just close the socket, and the connection (its descriptor, its place
+                // under http.max-connections) is held until then.
+                tlsConfiguration.shutdownTimeout = .seconds(1)
                 self.tls = try NIOSSLContext(configuration: tlsConfiguration)
             } catch {
                 throw SwitchboardConfiguration.Invalid(description: "TLS: cannot load http.tls.certificate-file/key-file: \(error)")

@@ -89,27 +89,35 @@ public struct RedisChannelNaming: Sendable {
     /// A Redis glob that matches at least every channel of a destination the pattern matches
     /// (Redis `*` also spans separators, so it may match more; the hub filters exactly).
     public func glob(for pattern: DestinationPattern) -> String {
-        var out = Self.escapeGlob(prefix + "dest:")
-        var rest = Substring(pattern.text)
-        while !rest.isEmpty {
-            let end = rest.firstIndex(where: { $0 == "/" || $0 == "." }) ?? rest.endIndex
-            let segment = rest[rest.startIndex..<end]
-            out += (segment == "*" || segment == "**") ? "*" : Self.escapeGlob(String(segment))
-            if end < rest.endIndex {
-                out.append(rest[end])
-                rest = rest[rest.index(after: end)...]
+        // On UTF-8 bytes, as the pattern is matched and Redis matches globs: by `Character`, a
+        // separator or a glob character followed by a combining mark was one grapheme, so it
+        // was neither seen as a separator nor escaped, and the glob matched nothing.
+        var out = Self.escapeGlob(Array((prefix + "dest:").utf8))
+        let bytes = Array(pattern.text.utf8)
+        var start = 0
+        while start <= bytes.count {
+            let end = bytes[start...].firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: ".") } ?? bytes.count
+            let segment = bytes[start..<end]
+            if segment.elementsEqual("*".utf8) || segment.elementsEqual("**".utf8) {
+                out.append(UInt8(ascii: "*"))
             } else {
-                rest = ""
+                out += Self.escapeGlob(segment)
             }
+            if end < bytes.count { out.append(bytes[end]) }
+            start = end + 1
         }
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 
-    static func escapeGlob(_ s: String) -> String {
-        var out = ""
-        for c in s {
-            if c == "*" || c == "?" || c == "[" || c == "]" || c == "\\" { out.append("\\") }
-            out.append(c)
+    /// `bytes` with Redis's glob characters (`*`, `?`, `[`, `]`, `\\`) escaped.
+    static func escapeGlob(_ bytes: some Collection<UInt8>) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        for b in bytes {
+            if b == UInt8(ascii: "*") || b == UInt8(ascii: "?") || b == UInt8(ascii: "[") || b == UInt8(ascii: "]") || b == UInt8(ascii: "\\") {
+                out.append(UInt8(ascii: "\\"))
+            }
+            out.append(b)
         }
         return out
     }

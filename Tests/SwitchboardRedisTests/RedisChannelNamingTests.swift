@@ -78,6 +78,10 @@ import Darwin
         ("/topic/a?b.[x].*", #"switchboard:dest:/topic/a\?b.\[x\].*"#),
         (#"/topic/back\slash.*"#, #"switchboard:dest:/topic/back\\slash.*"#),
         ("/topic/exact", "switchboard:dest:/topic/exact"),
+        // A combining mark after a glob character or a separator: escaped and split by bytes.
+        ("/topic/g[\u{301}.*", "switchboard:dest:/topic/g\\[\u{301}.*"),
+        ("/topic/g\\\u{301}.*", "switchboard:dest:/topic/g\\\\\u{301}.*"),
+        ("/topic/g/*.\u{301}x", "switchboard:dest:/topic/g/*.\u{301}x"),
     ])
     func globReplacesWildcardSegmentsAndEscapesTheRest(pattern: String, glob: String) throws {
         #expect(Self.naming.glob(for: try DestinationPattern(pattern)) == glob)
@@ -93,9 +97,13 @@ import Darwin
     static let destinations = [
         "/topic/a", "/topic/b", "/topic/a.b", "/topic/a.b.c", "/topic/stocks.ibm.nyse", "/topic/stocks.ibm.lse",
         "/topic/a?b.[x].y", "/queue/a", "/topic", "/topicx/a", "/topic/a/b",
+        "/topic/g[\u{301}.x", "/topic/g\\\u{301}.x", "/topic/g/k.\u{301}x",
     ]
 
-    @Test(arguments: ["/topic/*", "/topic/**", "/topic/a.*", "/topic/a.**", "/topic/stocks.*.nyse", "/topic/a?b.[x].*", "/*/a", "/topic/*/b"])
+    @Test(arguments: [
+        "/topic/*", "/topic/**", "/topic/a.*", "/topic/a.**", "/topic/stocks.*.nyse", "/topic/a?b.[x].*", "/*/a", "/topic/*/b",
+        "/topic/g[\u{301}.*", "/topic/g\\\u{301}.*", "/topic/g/*.\u{301}x",
+    ])
     func globCoversEveryDestinationThePatternMatches(text: String) throws {
         let pattern = try DestinationPattern(text)
         let glob = Self.naming.glob(for: pattern)

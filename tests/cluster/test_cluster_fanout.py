@@ -1,6 +1,7 @@
 """Cross-instance delivery behind haproxy: every subscriber gets every message exactly once,
 whichever instance holds its socket or took the API request, and in order per publisher whose
 messages go through one instance."""
+import json
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -151,6 +152,12 @@ def test_malformed_broadcasts_are_dropped_and_their_log_lines_bounded(shared_clu
     from support.paths import ARTIFACTS
     subs = [clients(shared_cluster.client(shared_cluster.gw_ws(i))) for i in range(3)]
     subscribe_all(subs, "/topic/after-garbage", "g")
+    everything = clients(shared_cluster.client(shared_cluster.gw_ws(0)))
+    everything.subscribe("/topic/**", id="all", receipt="all")
+    # Names every other entry point refuses are dropped here too: not NFC, a control
+    # character, over 1,024 bytes.
+    for topic in ["/topic/cafe\u0301", "/topic/a\tb", "/topic/" + "x" * 1100]:
+        shared_cluster.redis_cli("PUBLISH", "BROADCAST-CHANNEL", json.dumps({"topic": topic, "message": "refused"}))
     line = "broadcast payload is not"
     before = {i: (ARTIFACTS / f"{shared_cluster.name}-gw{i}.log").read_text(errors="replace").count(line) for i in range(3)}
     script = "".join(f"PUBLISH BROADCAST-CHANNEL not-json-{n}\n" for n in range(200))
@@ -158,6 +165,7 @@ def test_malformed_broadcasts_are_dropped_and_their_log_lines_bounded(shared_clu
     shared_cluster.redis_cli("PUBLISH", "BROADCAST-CHANNEL", '{"topic": "/topic/after-garbage", "message": "still works"}')
     for c in subs:
         assert collect(c, 1)[0].text == "still works"
+    assert collect(everything, 1)[0].text == "still works"
     for i in range(3):
         logged = (ARTIFACTS / f"{shared_cluster.name}-gw{i}.log").read_text(errors="replace").count(line) - before[i]
         assert 1 <= logged <= 10, f"gw{i} logged {logged} lines for 200 malformed broadcasts"
