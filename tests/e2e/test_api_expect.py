@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from support.burst import subscribed_clients
+from support.sockets import read_http_response as read_response
 from support.sockets import recv_until
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -20,27 +22,8 @@ def head(path, body, *headers, method="POST"):
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def read_response(sock, data=b""):
-    """(status, headers, JSON body, bytes read past it) of the next answer on `sock`."""
-    data = recv_until(sock, b"\r\n\r\n", data)
-    assert b"\r\n\r\n" in data, f"connection closed: {data!r}"
-    raw_head, rest = data.split(b"\r\n\r\n", 1)
-    status_line, *header_lines = raw_head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, v in (l.split(":", 1) for l in header_lines)}
-    length = int(headers["content-length"])
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed in the body"
-        rest += chunk
-    body, rest = rest[:length], rest[length:]
-    return int(status_line.split()[1]), headers, json.loads(body) if body else None, rest
-
-
 def subscribed(client, gateway, topic):
-    c = client(gateway)
-    c.connect()
-    c.subscribe(topic, id="e", receipt="r")
-    return c
+    return subscribed_clients(gateway, client, topic, 1)[0]
 
 
 def expect_continue_before_body(sock, request_head):

@@ -7,7 +7,9 @@ import socket
 import pytest
 import requests
 
+from support.burst import subscribed_clients
 from support.process import wait_until
+from support.sockets import read_http_response
 
 
 def request(method, path, body=None, headers=()):
@@ -21,26 +23,13 @@ def read_responses(sock, count, timeout=10):
     sock.settimeout(timeout)
     buf, out = b"", []
     while len(out) < count:
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(65536)
-            assert chunk, f"connection closed after {len(out)} responses"
-            buf += chunk
-        head, buf = buf.split(b"\r\n\r\n", 1)
-        status_line, *header_lines = head.decode().split("\r\n")
-        headers = {k.lower(): v.strip() for k, v in (l.split(":", 1) for l in header_lines)}
-        length = int(headers["content-length"])
-        while len(buf) < length:
-            buf += sock.recv(65536)
-        body, buf = buf[:length], buf[length:]
-        out.append((int(status_line.split()[1]), headers, json.loads(body) if body else None))
+        status, headers, body, buf = read_http_response(sock, buf)
+        out.append((status, headers, body))
     return out
 
 
 def subscribed(client, gateway, topic):
-    c = client(gateway)
-    c.connect()
-    c.subscribe(topic, id="p", receipt="r")
-    return c
+    return subscribed_clients(gateway, client, topic, 1)[0]
 
 
 def test_pipelined_publish_and_router_requests_answer_in_order(gateway, client):
