@@ -19,6 +19,7 @@ package final class DeliveryCanary: Sendable {
     let naming: RedisChannelNaming
     let instanceID: String
     let loop: any EventLoop
+    let tasks: BackgroundTasks
     let logger: Logger
 
     /// One canary channel: since when it is watched, when the own canary last came back.
@@ -43,13 +44,17 @@ package final class DeliveryCanary: Sendable {
 
     private let state = NIOLockedValueBox(State())
 
-    package init(redis: GatewayRedis, naming: RedisChannelNaming, instanceID: String, interval: TimeAmount, timeout: TimeAmount, loop: any EventLoop, logger: Logger) {
+    package init(
+        redis: GatewayRedis, naming: RedisChannelNaming, instanceID: String, interval: TimeAmount, timeout: TimeAmount, loop: any EventLoop,
+        tasks: BackgroundTasks = BackgroundTasks(), logger: Logger
+    ) {
         self.redis = redis
         self.naming = naming
         self.instanceID = instanceID
         self.interval = interval
         self.timeout = timeout
         self.loop = loop
+        self.tasks = tasks
         self.logger = logger
     }
 
@@ -91,9 +96,10 @@ package final class DeliveryCanary: Sendable {
             return (Array(s.channels.keys), replan)
         }
         if replan {
-            Task {
+            let started = tasks.run {
                 do { try await self.plan() } catch { self.logger.warning("delivery canary: subscribing failed", metadata: ["error": "\(error)"]) }
             }
+            if !started { state.withLockedValue { $0.planning = false } }
         }
         for channel in channels {
             if redis.isCluster {

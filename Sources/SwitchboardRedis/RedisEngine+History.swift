@@ -89,7 +89,7 @@ extension RedisEngine {
     /// later ones wait for the next attempt.
     func establishRetrying(_ interest: Interest, destination: String) async {
         var attempt = 0
-        while !interest.cancelled.load(ordering: .relaxed) {
+        while !interest.cancelled.load(ordering: .relaxed) && !Task.isCancelled {
             do {
                 try await establish(interest, destination: destination)
                 return

@@ -95,6 +95,8 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     let stopping = Atomic<Bool>(false)
     /// Reads scheduled to be tried again (``readRetrying(until:_:)``), waited for at shutdown.
     let retriesPending = Atomic<Int>(0)
+    /// Tasks of the engine's own, ended at shutdown before the event loops stop.
+    let tasks = BackgroundTasks()
     /// Messages given up for good in a history hole (trimmed or expired before repair).
     package let historySkipped = Atomic<Int>(0)
     /// History reads that repaired a hole (or checked after a reconnect).
@@ -113,9 +115,10 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         self.durableRedis = durableRedis
         self.history = history
         self.unreachableWait = unreachableWait
-        self.canary = canary.map {
+        self.canary = canary.map { [tasks] in
             DeliveryCanary(
-                redis: redis, naming: naming, instanceID: instanceID, interval: $0.interval, timeout: $0.timeout, loop: eventLoop, logger: logger)
+                redis: redis, naming: naming, instanceID: instanceID, interval: $0.interval, timeout: $0.timeout, loop: eventLoop, tasks: tasks,
+                logger: logger)
         }
         self.redis = redis
         self.hub = hub
@@ -167,8 +170,8 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     private func warnUnlessNoEviction() {
         let redis = self.redis
         let logger = self.logger
-        Task {
-            for _ in 0..<50 {
+        tasks.run {
+            for _ in 0..<50 where !Task.isCancelled {
                 do {
                     let config = try await redis.send(CONFIGGET("maxmemory-policy")).get()
                     guard let policy = config.values["maxmemory-policy"] else { return }
@@ -207,6 +210,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         while retriesPending.load(ordering: .sequentiallyConsistent) > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(for: .milliseconds(10))
         }
+        await tasks.close(within: .seconds(3), logger: logger)
     }
 
     /// The ERROR message of a wildcard `SUBSCRIBE` on Redis Cluster.
@@ -324,12 +328,12 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         guard let gone else { return }
         gone.cancelled.store(true, ordering: .sequentiallyConsistent)
         if let sub = gone.subscription.withLockedValue({ $0 }) {
-            Task { await sub.unsubscribe() }
+            tasks.run { await sub.unsubscribe() }
         }
     }
 
     private func startSubscription(_ interest: Interest, name: String, kind: RedisSubscriptionKind) {
-        Task {
+        let started = tasks.run { [self] in
             do {
                 let sub = try await redis.subscribe(to: [name], kind: kind) { [weak self] message in
                     self?.onMessage(message)
@@ -347,6 +351,11 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
                 interest.ready.fail(RouteError(.subscribeFailed, "redis subscribe to \(name) failed: \(error)"))
                 failWaiters(interest, error)
             }
+        }
+        if !started {
+            let error = RouteError(.abandoned, "the gateway is shutting down")
+            interest.ready.fail(error)
+            failWaiters(interest, error)
         }
     }
 

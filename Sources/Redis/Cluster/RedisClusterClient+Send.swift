@@ -241,15 +241,20 @@ extension RedisClusterClient {
     /// Opens the command connection to `node`, then writes the queued commands on its event
     /// loop, in order, until the queue stays empty (later sends then write directly).
     private func openAndDrain(_ node: RedisServerAddress) {
-        Task {
+        let started = self.background.run {
             do {
                 let connection = try await self.commandConnection(to: node)
-                connection.channel.eventLoop.execute { self.drain(node, on: connection) }
+                try await connection.channel.eventLoop.submit { self.drain(node, on: connection) }.get()
             } catch {
-                let queued = self.state.withLockedValue { $0.queuedSends.removeValue(forKey: node) } ?? []
-                for item in queued { item.fallBack() }
+                self.fallBackQueued(node)
             }
         }
+        if !started { self.fallBackQueued(node) }
+    }
+
+    private func fallBackQueued(_ node: RedisServerAddress) {
+        let queued = self.state.withLockedValue { $0.queuedSends.removeValue(forKey: node) } ?? []
+        for item in queued { item.fallBack() }
     }
 
     private func drain(_ node: RedisServerAddress, on connection: RedisConnection) {

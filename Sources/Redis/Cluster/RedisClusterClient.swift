@@ -76,6 +76,8 @@ public final class RedisClusterClient: Sendable {
     }
 
     let state = NIOLockedValueBox(State())
+    /// Tasks of its own, ended by ``shutdown()``.
+    let background = BackgroundTasks()
 
     /// - Throws: ``RedisClientError/invalidConfiguration`` without seed nodes, or with a database
     ///   other than 0.
@@ -104,10 +106,11 @@ public final class RedisClusterClient: Sendable {
                 promise.succeed()
                 return promise.futureResult
             }
-            Task {
+            let started = self.background.run {
                 await self.reconcileSubscriptions()
                 promise.succeed()
             }
+            if !started { promise.succeed() }
             return promise.futureResult
         }
     }
@@ -146,8 +149,11 @@ public final class RedisClusterClient: Sendable {
         // may shut its event loops down.
         for task in commands { try? await task.value.close() }
         for task in tasks { await task.value }
-        // Detoured sends fail now (the client is shut down), not after their timeout: their
-        // promises are completed while the caller's event loops still run.
+        // Its own tasks (openings, reconciles, closings) complete their promises before the loops
+        // go; an opening that failed hands its queue to the detours. Detoured sends fail now (the
+        // client is shut down), not after their timeout: their promises are completed while the
+        // caller's event loops still run.
+        await self.background.close(within: .seconds(3), logger: self.logger)
         for runner in self.state.withLockedValue({ Array($0.detourRunners.values) }) { await runner.value }
         self.shardRegistry.finishAll()
         self.classicRegistry.finishAll()
@@ -438,13 +444,13 @@ public final class RedisClusterClient: Sendable {
         var failures: [String] = []
         for node in candidates {
             do {
-                let connection = try await self.connect(to: node)
-                defer { Task { await connection.close() } }
-                let topology: RedisClusterTopology
-                do {
-                    topology = try await connection.execute(CLUSTERSHARDS())
-                } catch let error as RedisServerError where error.message.lowercased().contains("unknown subcommand") {
-                    topology = try await connection.execute(CLUSTERSLOTS())
+                // Closed before going on (not in a task of its own that could outlive the caller's event loops).
+                let topology = try await self.connect(to: node).closing { connection in
+                    do {
+                        return try await connection.execute(CLUSTERSHARDS())
+                    } catch let error as RedisServerError where error.message.lowercased().contains("unknown subcommand") {
+                        return try await connection.execute(CLUSTERSLOTS())
+                    }
                 }
                 guard !topology.shards.isEmpty else {
                     failures.append("\(node): no slots assigned")
@@ -459,6 +465,14 @@ public final class RedisClusterClient: Sendable {
             }
         }
         throw RedisClientError(.clusterUnavailable, detail: "cannot read the slot map: " + failures.joined(separator: "; "))
+    }
+
+    /// Closes a command connection to a node that is no longer a primary, in a task that
+    /// ``shutdown()`` waits for.
+    private func closeStale(_ connection: Task<RedisConnection, any Error>) {
+        let started = self.background.run { try? await connection.value.close() }
+        // Shut down meanwhile: ``shutdown()`` closed the connections it still had.
+        if !started { connection.cancel() }
     }
 
     /// Installs a newly read map: closes command connections to nodes that are no longer primaries
@@ -477,7 +491,7 @@ public final class RedisClusterClient: Sendable {
             }
             return (Array(stale.values), changed)
         }
-        for task in stale { Task { try? await task.value.close() } }
+        for task in stale { self.closeStale(task) }
         if changed {
             self.logger.info("redis cluster slot map", metadata: ["primaries": "\(topology.primaries)"])
             self.wakeMaintenance(subscriptions: true)

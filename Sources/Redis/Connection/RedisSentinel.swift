@@ -91,12 +91,11 @@ public struct SentinelResolver: Sendable {
         var failures: [String] = []
         for node in self.sentinel.nodes {
             do {
-                let connection = try await RedisConnection.connect(
-                    configuration: self.sentinelConfiguration(for: node), eventLoopGroup: eventLoopGroup, logger: logger)
-                defer { Task { await connection.close() } }
-                if let address = try await connection.execute(SENTINEL_GET_MASTER_ADDR_BY_NAME(masterName: self.sentinel.masterName)) {
-                    return address
-                }
+                // Closed before returning (not in a task of its own that could outlive the caller's event loops).
+                let answer = try await RedisConnection.connect(
+                    configuration: self.sentinelConfiguration(for: node), eventLoopGroup: eventLoopGroup, logger: logger
+                ).closing { try await $0.execute(SENTINEL_GET_MASTER_ADDR_BY_NAME(masterName: self.sentinel.masterName)) }
+                if let address = answer { return address }
                 failures.append("\(node): does not know master '\(self.sentinel.masterName)'")
             } catch {
                 failures.append("\(node): \(error)")
