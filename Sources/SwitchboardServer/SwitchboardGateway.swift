@@ -106,7 +106,8 @@ package struct SwitchboardGateway: Sendable {
             busyPercent: configuration.server.busyPercent,
             nagleWhenBusy: configuration.http.tcpNoDelay, taskPhase: taskPhases.read,
             maxBacklogBytes: configuration.server.maxFanoutBacklogBytes,
-            admissionTimeout: .milliseconds(Int64(configuration.server.publishAdmissionTimeoutMs)))
+            admissionTimeout: .milliseconds(Int64(configuration.server.publishAdmissionTimeoutMs)),
+            maxPendingBytesTotal: configuration.limits.maxPendingBytesTotal)
         let instanceID = configuration.instanceID ?? Self.randomInstanceID()
         // This process's token: in session ids, and in the name of its presence registry.
         let incarnation = Self.randomInstanceID()

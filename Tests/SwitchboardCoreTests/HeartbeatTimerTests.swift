@@ -12,6 +12,7 @@ final class TickRecorder: HeartbeatClient {
     var every: UInt64?
     var onVisit: ((UInt64) -> Void)?
     var closed: String?
+    var pendingOutboundBytes = 0
 
     init(every: UInt64?) {
         self.every = every

@@ -73,6 +73,8 @@ package final class FanoutHub: Sendable {
     /// Bytes of messages one loop may have queued (handed over by other threads, not delivered
     /// yet) before publishes wait for its backlog to drain (see ``admission(on:)``); 0: no limit.
     package let maxBacklogBytes: Int
+    /// The instance's outbound memory and its cap (see ``OutboundMemory``).
+    package let outbound: OutboundMemory
     /// How long a publish waits for a backlog over ``maxBacklogBytes`` to drain before it is
     /// refused with ``FanoutOverloaded``.
     package let admissionTimeout: TimeAmount
@@ -95,15 +97,17 @@ package final class FanoutHub: Sendable {
     ///   - taskPhaseBudget: see ``taskPhaseBudget``.
     ///   - maxBacklogBytes: see ``maxBacklogBytes``.
     ///   - admissionTimeout: see ``admissionTimeout``.
+    ///   - maxPendingBytesTotal: the cap of ``outbound`` (0: none).
     package init(
         eventLoops: [any EventLoop] = [], heartbeatResolution: TimeAmount = .milliseconds(250),
         writeCoalescing: TimeAmount = .zero, busyWriteCoalescing: TimeAmount? = nil,
         busyPercent: Int = 0, nagleWhenBusy: Bool = true,
         threadUsage: @escaping @Sendable () -> (cpuNanos: Int64, waits: Int64?) = LoopBusyMode.threadUsage,
         taskPhase: (@Sendable () -> UInt64)? = nil, taskPhaseBudget: TimeAmount = .milliseconds(2),
-        maxBacklogBytes: Int = 64 * 1024 * 1024, admissionTimeout: TimeAmount = .seconds(10)
+        maxBacklogBytes: Int = 64 * 1024 * 1024, admissionTimeout: TimeAmount = .seconds(10), maxPendingBytesTotal: Int = 0
     ) {
         self.maxBacklogBytes = maxBacklogBytes
+        self.outbound = OutboundMemory(limit: maxPendingBytesTotal, loops: eventLoops.count)
         self.admissionTimeout = admissionTimeout
         self.threadUsage = threadUsage
         self.taskPhase = taskPhase

@@ -13,6 +13,8 @@ package protocol HeartbeatClient: AnyObject {
     /// Ends the session with an `ERROR` saying `reason`: after the step in flight with
     /// `waitForStep`, else at once.
     func close(reason: String, waitForStep: Bool, kind: SessionErrorKind)
+    /// Bytes written to the connection and not yet taken by it (see ``OutboundMemory``).
+    var pendingOutboundBytes: Int { get }
 }
 
 /// Hot-path counters of one event loop: plain integers, written only on that loop and read
@@ -416,6 +418,7 @@ package final class LoopShard: @unchecked Sendable {
     private func onTick() {
         tick &+= 1
         let now = tick
+        if now % ticksPerSweep == 0 { sweepOutbound() }
         wheel.takeDue(at: now, into: &dueClients)
         for client in dueClients {
             // A check may close sessions: this one (then it returns nil) or others due in the
@@ -424,6 +427,46 @@ package final class LoopShard: @unchecked Sendable {
             wheel.schedule(client, at: max(next, now &+ 1))
         }
         dueClients.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: Outbound memory
+
+    /// About once a second.
+    private var ticksPerSweep: UInt64 { UInt64(max(1, 1_000_000_000 / max(hub.heartbeatResolution.nanoseconds, 1))) }
+
+    /// Sums what this loop's connections have not taken yet and reports it (``OutboundMemory``);
+    /// while the instance's total is over the cap, closes the connections holding the most
+    /// until this loop's share of the excess is shed. Returns how many it closed.
+    @discardableResult
+    package func sweepOutbound() -> Int {
+        let memory = hub.outbound
+        var clients: [any HeartbeatClient] = []
+        var pending: [Int] = []
+        var sum = 0
+        for client in heartbeatClients.values {
+            let bytes = client.pendingOutboundBytes
+            guard bytes > 0 else { continue }
+            sum += bytes
+            if memory.limit > 0 {
+                clients.append(client)
+                pending.append(bytes)
+            }
+        }
+        let total = memory.report(sum, loop: index)
+        let chosen = OutboundMemory.slowest(pending, toShed: memory.share(ofExcess: total, loopBytes: sum))
+        guard !chosen.isEmpty else { return 0 }
+        var shed = 0
+        for i in chosen {
+            shed += pending[i]
+            clients[i].close(
+                reason: "slow consumer: the instance's outbound buffers are over limits.max-pending-bytes-total (\(memory.limit) bytes);"
+                    + " this connection had \(pending[i]) bytes not taken",
+                waitForStep: false, kind: .slowConsumer)
+        }
+        // Freed within moments (the connections close): the other loops do not shed it again.
+        memory.report(sum - shed, loop: index)
+        memory.countShed(chosen.count)
+        return chosen.count
     }
 
     /// Closes every session of this loop with an `ERROR` saying `reason`: each after its step in

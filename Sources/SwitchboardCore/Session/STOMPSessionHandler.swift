@@ -450,6 +450,14 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
 
     /// Ends the session for shutdown. With `waitForStep`, a step in flight (a route call, an
     /// unconfirmed publish) completes first, so its receipt still goes out; then the `ERROR`.
+    /// NIO's pending writes on the connection and the deliveries held behind a step; 0 once the
+    /// session is closing (its connection goes within moments, and what it holds with it).
+    package var pendingOutboundBytes: Int {
+        guard machine != nil, machine.phase != .closed else { return 0 }
+        let socket = context.flatMap { try? $0.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes) } ?? 0
+        return socket + heldBytes
+    }
+
     package func close(reason: String, waitForStep: Bool, kind: SessionErrorKind) {
         machine.closeRequested(reason: reason, waitForStep: waitForStep, kind: kind)
         runActions()

@@ -107,6 +107,10 @@ package enum ConfigKeyCatalog {
                 .init("limits.max-subscriptions", .integer, "`256`", "subscriptions per session"),
                 .init("limits.max-pending-bytes", .integer, "`4194304`", "outbound bytes queued for one connection before it is a slow consumer"),
                 .init(
+                    "limits.max-pending-bytes-total", .integer, "half the memory (the machine's, or the cgroup's limit)",
+                    "outbound bytes not yet taken by all connections together; past it (checked every second) each event loop closes the connections holding the most, as slow consumers, until its share of the excess is shed; `0`: no cap"
+                ),
+                .init(
                     "limits.replay-stall-timeout-ms", .integer, "`10000`",
                     "a resume's replay is written as the socket drains; a connection that takes not one chunk (64 KiB, or a quarter of limits.max-pending-bytes) of it for this long is a slow consumer (the replay is held in memory meanwhile)"
                 ),

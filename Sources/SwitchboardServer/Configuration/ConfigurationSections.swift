@@ -136,6 +136,9 @@ package struct Limits: Sendable, Equatable {
     package var maxSubscriptions = sessionDefaults.maxSubscriptionsPerSession
     /// Outbound bytes queued for a connection before it is a slow consumer and is closed.
     package var maxPendingBytes = sessionDefaults.maxPendingOutboundBytes
+    /// Outbound bytes not yet taken by the connections together, past which the slowest are
+    /// closed (0: no cap). Default: half the memory the process may use.
+    package var maxPendingBytesTotal = ProcessMemory.available / 2
     /// A replay the connection takes nothing of for this long ends the session (slow consumer).
     package var replayStallTimeoutMs = Int(sessionDefaults.replayStallTimeout.nanoseconds / 1_000_000)
     package var maxTransactionFrames = sessionDefaults.maxFramesPerTransaction
@@ -159,6 +162,7 @@ package struct Limits: Sendable, Equatable {
         decoder.maxBodyBytes = reader.int(forKey: "max-body-bytes", default: decoder.maxFrameBytes)
         maxSubscriptions = reader.int(forKey: "max-subscriptions", default: maxSubscriptions)
         maxPendingBytes = reader.int(forKey: "max-pending-bytes", default: maxPendingBytes)
+        maxPendingBytesTotal = reader.int(forKey: "max-pending-bytes-total", default: maxPendingBytesTotal)
         replayStallTimeoutMs = reader.int(forKey: "replay-stall-timeout-ms", default: replayStallTimeoutMs)
         maxTransactionFrames = reader.int(forKey: "max-transaction-frames", default: maxTransactionFrames)
         maxTransactionBytes = reader.int(forKey: "max-transaction-bytes", default: maxTransactionBytes)
@@ -175,7 +179,9 @@ package struct Limits: Sendable, Equatable {
             ("limits.max-transaction-bytes", maxTransactionBytes),
             ("limits.max-connections", maxConnections), ("limits.max-connections-per-ip", maxConnectionsPerIP),
             ("limits.max-sessions-per-user", maxSessionsPerUser), ("limits.replay-stall-timeout-ms", replayStallTimeoutMs))
-        try SwitchboardConfiguration.atLeast(0, ("limits.frames-per-second", framesPerSecond), ("limits.bytes-per-second", bytesPerSecond))
+        try SwitchboardConfiguration.atLeast(
+            0, ("limits.frames-per-second", framesPerSecond), ("limits.bytes-per-second", bytesPerSecond),
+            ("limits.max-pending-bytes-total", maxPendingBytesTotal))
     }
 
     func apply(to session: inout SessionConfiguration) {

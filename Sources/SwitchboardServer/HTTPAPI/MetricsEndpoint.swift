@@ -99,6 +99,12 @@ final class MetricsEndpoint: Sendable {
                 "switchboard_http_connections_refused_total", count.refused.load(ordering: .relaxed), labels: [("port", count.port)],
                 help: "HTTP connections answered 503 and closed because the port had http.max-connections open.")
         }
+        gauge(
+            "switchboard_outbound_pending_bytes", services.hub.outbound.total,
+            help: "Bytes written to connections and not yet taken by them, all connections together (summed every second; see limits.max-pending-bytes-total).")
+        counter(
+            "switchboard_outbound_shed_sessions_total", services.hub.outbound.shedCount,
+            help: "Sessions closed as slow consumers because the outbound bytes of all connections were over limits.max-pending-bytes-total.")
         let admission = services.hub.admissionCounts
         counter(
             "switchboard_publish_admission_waits_total", admission.waits,
