@@ -345,7 +345,12 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
                 if interest.sequenced != nil, let destination = destination(fromChannel: name) {
                     await establishRetrying(interest, destination: destination)
                 }
-                interest.ready.succeed()
+                // Cancelled by the shutdown: the history was not established.
+                if Task.isCancelled {
+                    interest.ready.fail(RouteError(.abandoned, "the gateway is shutting down"))
+                } else {
+                    interest.ready.succeed()
+                }
             } catch {
                 logger.log(level: .warning, throttledBy: InputLogs.subscribeFailed, "redis subscribe failed", metadata: ["channel": "\(name)", "error": "\(error)"])
                 interest.ready.fail(RouteError(.subscribeFailed, "redis subscribe to \(name) failed: \(error)"))

@@ -432,12 +432,14 @@ package struct SwitchboardGateway: Sendable {
     }
 
     /// The longest a graceful shutdown may take: the drain delay, the sessions' grace, the
-    /// HTTP connections' grace, the Redis side's last writes (3 s) and the events webhook's
+    /// HTTP connections' grace, the Redis side's shutdown (10 s) and the events webhook's
     /// drain, plus a margin.
     var shutdownBound: Duration {
         let server = configuration.server
         var milliseconds = server.drainDelayMs + 2 * server.shutdownGraceMs + 10_000
-        if redis != nil { milliseconds += 3_000 }
+        // The Redis side: its last writes (3 s), reads scheduled to be retried (1 s), its own
+        // tasks (3 s) and the client's (3 s).
+        if redis != nil { milliseconds += 10_000 }
         if eventsWebhook != nil, let hook = configuration.events.webhook { milliseconds += hook.drainTimeoutMs }
         return .milliseconds(milliseconds)
     }

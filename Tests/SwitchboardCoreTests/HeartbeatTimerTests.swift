@@ -13,6 +13,7 @@ final class TickRecorder: HeartbeatClient {
     var onVisit: ((UInt64) -> Void)?
     var closed: String?
     var pendingOutboundBytes = 0
+    var outboundAtLastSweep = 0
 
     init(every: UInt64?) {
         self.every = every

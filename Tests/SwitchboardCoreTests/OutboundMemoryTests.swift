@@ -31,23 +31,38 @@ import Testing
         #expect(memory.total == 60)
     }
 
-    @Test func aSweepOverTheCapClosesTheSlowestConsumersOnly() {
+    @Test func fallingBehindIsHoldingAsMuchOrMoreThanASecondAgo() {
+        let floor = OutboundMemory.fallingBehindFloor
+        #expect(OutboundMemory.isFallingBehind(now: floor, before: floor))
+        #expect(OutboundMemory.isFallingBehind(now: 2 * floor, before: 1))
+        #expect(!OutboundMemory.isFallingBehind(now: 2 * floor, before: 0), "nothing held a second ago: a burst just sent")
+        #expect(!OutboundMemory.isFallingBehind(now: 2 * floor, before: 3 * floor), "taking its frames")
+        #expect(!OutboundMemory.isFallingBehind(now: floor - 1, before: floor - 1), "a reader's usual flight")
+    }
+
+    @Test func aSweepOverTheCapClosesTheSlowestOfThoseFallingBehindOnly() {
         let loop = EmbeddedEventLoop()
-        let hub = FanoutHub(eventLoops: [loop], heartbeatResolution: .milliseconds(100), maxPendingBytesTotal: 10_000)
+        let hub = FanoutHub(eventLoops: [loop], heartbeatResolution: .milliseconds(100), maxPendingBytesTotal: 1_000_000)
         let shard = hub.shard(for: loop)
-        let clients = [0, 6_000, 2_000, 5_000, 100].map { bytes -> TickRecorder in
+        let clients = (0..<6).map { _ -> TickRecorder in
             let client = TickRecorder(every: nil)
-            client.pendingOutboundBytes = bytes
             shard.addHeartbeatClient(client)
             return client
         }
-        // 13,100 held, 3,100 over: the one with 6,000 goes.
-        #expect(shard.sweepOutbound() == 1)
-        #expect(clients.map { $0.closed != nil } == [false, true, false, false, false])
-        #expect(clients[1].closed!.contains("limits.max-pending-bytes-total (10000 bytes)"))
-        #expect(clients[1].closed!.contains("6000 bytes not taken"))
-        #expect(hub.outbound.shedCount == 1)
-        #expect(hub.outbound.total == 7_100, "what it freed is not counted again by the other loops")
+        // A second ago: what each held.
+        for (client, bytes) in zip(clients, [0, 600_000, 200_000, 500_000, 10_000, 900_000]) { client.pendingOutboundBytes = bytes }
+        #expect(shard.sweepOutbound() == 0, "nothing is falling behind before a second sweep (2.21 MB held, over the cap)")
+        #expect(clients.allSatisfy { $0.closed == nil })
+        // Now: the one with 900,000 took most of it (a fast reader after a burst); 600,000 and
+        // 500,000 took nothing; 200,000 grew; 10,000 is under the floor.
+        for (client, bytes) in zip(clients, [0, 600_000, 300_000, 500_000, 20_000, 800_000]) { client.pendingOutboundBytes = bytes }
+        // 2.22 MB held, 1.22 MB over: 600,000 and 500,000 and 300,000 go, not the reader of 800,000.
+        #expect(shard.sweepOutbound() == 3)
+        #expect(clients.map { $0.closed != nil } == [false, true, true, true, false, false])
+        #expect(clients[1].closed!.contains("limits.max-pending-bytes-total (1000000 bytes)"))
+        #expect(clients[1].closed!.contains("600000 bytes not taken"))
+        #expect(hub.outbound.shedCount == 3)
+        #expect(hub.outbound.total == 820_000, "what it freed is not counted again by the other loops")
     }
 
     @Test func withinTheCapOrWithoutOneNothingIsClosedAndTheTotalIsStillReported() {
@@ -68,11 +83,11 @@ import Testing
         let loop = EmbeddedEventLoop()
         let hub = FanoutHub(eventLoops: [loop], heartbeatResolution: .milliseconds(100), maxPendingBytesTotal: 1_000)
         let client = TickRecorder(every: nil)
-        client.pendingOutboundBytes = 5_000
         hub.shard(for: loop).addHeartbeatClient(client)
-        for _ in 0..<9 { loop.advanceTime(by: .milliseconds(100)) }
-        #expect(client.closed == nil)
+        client.pendingOutboundBytes = 500_000
+        for _ in 0..<19 { loop.advanceTime(by: .milliseconds(100)) }
+        #expect(client.closed == nil, "one sweep at 1 s: held, not yet seen falling behind")
         loop.advanceTime(by: .milliseconds(100))
-        #expect(client.closed != nil)
+        #expect(client.closed != nil, "the second, at 2 s: still held")
     }
 }

@@ -149,12 +149,24 @@ public final class RedisClusterClient: Sendable {
         // may shut its event loops down.
         for task in commands { try? await task.value.close() }
         for task in tasks { await task.value }
+        // A slot-map read in flight (it stops before its next node).
+        _ = try? await self.state.withLockedValue({ $0.refresh })?.value
         // Its own tasks (openings, reconciles, closings) complete their promises before the loops
         // go; an opening that failed hands its queue to the detours. Detoured sends fail now (the
         // client is shut down), not after their timeout: their promises are completed while the
         // caller's event loops still run.
         await self.background.close(within: .seconds(3), logger: self.logger)
-        for runner in self.state.withLockedValue({ Array($0.detourRunners.values) }) { await runner.value }
+        // Until no new one is left: one may have started while the others were awaited (a
+        // finished runner can stay recorded, so those awaited are remembered).
+        var awaited = Set<Task<Void, Never>>()
+        while true {
+            let runners = self.state.withLockedValue { $0.detourRunners.values.filter { !awaited.contains($0) } }
+            if runners.isEmpty { break }
+            for runner in runners {
+                await runner.value
+                awaited.insert(runner)
+            }
+        }
         self.shardRegistry.finishAll()
         self.classicRegistry.finishAll()
     }
@@ -443,6 +455,8 @@ public final class RedisClusterClient: Sendable {
         for node in known.shuffled() + self.cluster.nodes where !candidates.contains(node) { candidates.append(node) }
         var failures: [String] = []
         for node in candidates {
+            // Shut down meanwhile: the caller's event loops may go next.
+            if self.state.withLockedValue({ $0.isShutdown }) { throw RedisClientError.shutdown }
             do {
                 // Closed before going on (not in a task of its own that could outlive the caller's event loops).
                 let topology = try await self.connect(to: node).closing { connection in

@@ -15,6 +15,8 @@ package protocol HeartbeatClient: AnyObject {
     func close(reason: String, waitForStep: Bool, kind: SessionErrorKind)
     /// Bytes written to the connection and not yet taken by it (see ``OutboundMemory``).
     var pendingOutboundBytes: Int { get }
+    /// ``pendingOutboundBytes`` at the last outbound sweep (kept by the shard).
+    var outboundAtLastSweep: Int { get set }
 }
 
 /// Hot-path counters of one event loop: plain integers, written only on that loop and read
@@ -435,20 +437,24 @@ package final class LoopShard: @unchecked Sendable {
     private var ticksPerSweep: UInt64 { UInt64(max(1, 1_000_000_000 / max(hub.heartbeatResolution.nanoseconds, 1))) }
 
     /// Sums what this loop's connections have not taken yet and reports it (``OutboundMemory``);
-    /// while the instance's total is over the cap, closes the connections holding the most
+    /// while the instance's total is over the cap, closes the connections that are not keeping
+    /// up (see ``OutboundMemory/isFallingBehind(now:before:)``), those holding the most first,
     /// until this loop's share of the excess is shed. Returns how many it closed.
     @discardableResult
     package func sweepOutbound() -> Int {
+        eventLoop.preconditionInEventLoop()
         let memory = hub.outbound
-        var clients: [any HeartbeatClient] = []
+        var behind: [any HeartbeatClient] = []
         var pending: [Int] = []
         var sum = 0
         for client in heartbeatClients.values {
             let bytes = client.pendingOutboundBytes
+            let before = client.outboundAtLastSweep
+            if bytes != before { client.outboundAtLastSweep = bytes }
             guard bytes > 0 else { continue }
             sum += bytes
-            if memory.limit > 0 {
-                clients.append(client)
+            if memory.limit > 0, OutboundMemory.isFallingBehind(now: bytes, before: before) {
+                behind.append(client)
                 pending.append(bytes)
             }
         }
@@ -458,7 +464,7 @@ package final class LoopShard: @unchecked Sendable {
         var shed = 0
         for i in chosen {
             shed += pending[i]
-            clients[i].close(
+            behind[i].close(
                 reason: "slow consumer: the instance's outbound buffers are over limits.max-pending-bytes-total (\(memory.limit) bytes);"
                     + " this connection had \(pending[i]) bytes not taken",
                 waitForStep: false, kind: .slowConsumer)

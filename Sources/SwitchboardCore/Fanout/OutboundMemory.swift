@@ -6,9 +6,15 @@ import NIOConcurrencyHelpers
 ///
 /// Each connection has its own cap (`limits.max-pending-bytes`), so this one only matters
 /// when many connections fall behind at once: past it, every loop closes its connections that
-/// hold the most (the slowest consumers, with a slow-consumer `ERROR`) until its share of the
-/// excess is shed, in proportion to what it holds. The others go on unharmed, and the process
-/// is not killed for its memory.
+/// are falling behind (``isFallingBehind(now:before:)``), those holding the most first, with a
+/// slow-consumer `ERROR`, until its share of the excess is shed, in proportion to what it
+/// holds. Connections that take what they are sent go on, and the process is not killed for
+/// its memory.
+///
+/// The total is an upper bound: a frame shared by many subscribers (the same bytes for each,
+/// over plain TCP) counts once per connection that has not taken it yet. A broadcast of a
+/// large message to many connections can therefore reach the cap for a moment; only
+/// connections that are falling behind are closed for it.
 package final class OutboundMemory: Sendable {
     /// 0: no cap.
     package let limit: Int
@@ -44,6 +50,17 @@ package final class OutboundMemory: Sendable {
         guard self.limit > 0, total > self.limit, loopBytes > 0 else { return 0 }
         let excess = Double(total - self.limit)
         return Int((excess * Double(loopBytes) / Double(total)).rounded(.up))
+    }
+
+    /// Holding less than this is never falling behind (a reader's usual flight of frames).
+    package static let fallingBehindFloor = 64 * 1024
+
+    /// Whether a connection that held `before` bytes at the last sweep (a second ago) and holds
+    /// `now` is falling behind: it held some then, and took less since than it was sent (it
+    /// holds as much or more), with at least ``fallingBehindFloor`` held. A reader that takes
+    /// its frames holds less at each sweep, or nothing, whatever a burst sent it.
+    package static func isFallingBehind(now: Int, before: Int) -> Bool {
+        now >= fallingBehindFloor && before > 0 && now >= before
     }
 
     /// Which of `pending` (bytes per session) to close to shed `bytes`: the largest first, until

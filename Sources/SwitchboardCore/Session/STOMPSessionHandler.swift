@@ -448,8 +448,6 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         }
     }
 
-    /// Ends the session for shutdown. With `waitForStep`, a step in flight (a route call, an
-    /// unconfirmed publish) completes first, so its receipt still goes out; then the `ERROR`.
     /// NIO's pending writes on the connection and the deliveries held behind a step; 0 once the
     /// session is closing (its connection goes within moments, and what it holds with it).
     package var pendingOutboundBytes: Int {
@@ -457,7 +455,11 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         let socket = context.flatMap { try? $0.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes) } ?? 0
         return socket + heldBytes
     }
+    package var outboundAtLastSweep = 0
 
+    /// Ends the session (shutdown, a lost lease, the instance's outbound cap). With
+    /// `waitForStep`, a step in flight (a route call, an unconfirmed publish) completes first,
+    /// so its receipt still goes out; then the `ERROR`.
     package func close(reason: String, waitForStep: Bool, kind: SessionErrorKind) {
         machine.closeRequested(reason: reason, waitForStep: waitForStep, kind: kind)
         runActions()
