@@ -163,6 +163,36 @@ extension PublishHandlerHarness {
         #expect(!h.channel.isActive)
     }
 
+    @Test func aForwardedRequestAnnouncingABodyOverTheLimitIs413InsteadOf100() throws {
+        let h = try PublishHandlerHarness(maxBodyBytes: 64)
+        try h.head(contentLength: 100_000, extra: ["origin": "http://app"])  // the router's (CORS)
+        h.channel.embeddedEventLoop.run()
+        let answers = try h.written()
+        #expect(answers.map(\.status) == [413])
+        #expect(answers.first?.body.contains("request body larger than 64 bytes") == true)
+        #expect(answers.first?.head.headers["connection"] == ["close"])
+        #expect(h.tasksOpened == 0 && h.recorder.parts.isEmpty, "the router never saw it")
+        #expect(!h.channel.isActive)
+    }
+
+    @Test func aForwardedRequests413WaitsForTheRoutersAnswersOwed() throws {
+        let h = try PublishHandlerHarness(maxBodyBytes: 64)
+        try h.request(.GET, "/health")
+        try h.head(.PUT, "/api/console/x", contentLength: 100_000)
+        #expect(try h.written().isEmpty)
+        h.recorder.respond(.ok)
+        h.channel.embeddedEventLoop.run()
+        #expect(try h.written().map(\.status) == [200, 413])
+        #expect(h.recorder.paths == ["/health"])
+        #expect(!h.channel.isActive)
+    }
+
+    @Test func withoutExpectAForwardedRequestOverTheLimitIsTheRouters() throws {
+        let h = try PublishHandlerHarness(maxBodyBytes: 64)
+        try h.head(.PUT, "/api/console/x", expect: nil, contentLength: 100_000)
+        #expect(h.recorder.paths == ["/api/console/x"], "the router answers it (its own 413 once it reads past the limit)")
+    }
+
     @Test func aPipelinedRequestsContinueWaitsForTheAnswersBeforeIt() throws {
         let engine = HeldEngine()
         let h = try PublishHandlerHarness(engine: engine)

@@ -86,11 +86,12 @@ def test_an_unknown_expectation_is_417_and_not_published(gateway, client):
     assert c.receive().text == "after"
 
 
-def test_an_oversized_body_gets_the_413_instead_of_continue(gateway_factory):
+@pytest.mark.parametrize("extra", [b"", b"Origin: http://app\r\n"], ids=["fast-path", "router"])
+def test_an_oversized_body_gets_the_413_instead_of_continue(gateway_factory, extra):
     g = gateway_factory("http.max-body-bytes=4000")
     with socket.create_connection(("127.0.0.1", g.port)) as s:
         s.settimeout(10)
-        s.sendall(b"POST /api/notification HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 60000\r\n\r\n")
+        s.sendall(b"POST /api/notification HTTP/1.1\r\nHost: x\r\n" + extra + b"Expect: 100-continue\r\nContent-Length: 60000\r\n\r\n")
         status, headers, _, _ = read_response(s)
         assert status == 413 and headers.get("connection") == "close"
 

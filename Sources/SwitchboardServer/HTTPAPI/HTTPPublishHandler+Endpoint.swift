@@ -13,6 +13,9 @@ extension HTTPPublishHandler {
         case malformed
         /// A request for the router whose `Expect` cannot be met: answered 417 here, then closed.
         case unmetExpectation(method: String)
+        /// A request for the router that waits for `100 Continue` and announces a body over
+        /// `http.max-body-bytes`: answered 413 here, before its body, then closed.
+        case announcedTooLarge(method: String)
 
         /// The route as Hummingbird names it in metrics.
         var route: String {
@@ -24,6 +27,7 @@ extension HTTPPublishHandler {
             case .ready: "/health/ready"
             case .malformed: "malformed request"
             case .unmetExpectation: "unmet expectation"
+            case .announcedTooLarge: "body too large"
             }
         }
 
@@ -34,7 +38,7 @@ extension HTTPPublishHandler {
             case .single, .batch: "POST"
             case .live, .ready: "GET"
             case .malformed: "_OTHER"
-            case .unmetExpectation(let method): method
+            case .unmetExpectation(let method), .announcedTooLarge(let method): method
             }
         }
 

@@ -9,7 +9,8 @@ import NIOHTTP1
 /// the requests pipelined before it, nor after the request's own answer began, nor twice.
 ///
 /// - A request whose head already decides its answer gets that answer instead: a
-///   `Content-Length` over `http.max-body-bytes` is the early 413, which closes the connection.
+///   `Content-Length` over `http.max-body-bytes` is the early 413, which closes the connection,
+///   on both paths (the router would have the client upload the body first, then refuse it).
 ///   Every other request gets its 100, an unauthorized or an unknown route's too: their body is
 ///   read (and dropped) as without `Expect`, and the connection stays open.
 /// - On HTTP/1.0 the field is ignored (no 100, no 417): RFC 9110 has a server ignore

@@ -177,6 +177,18 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 refuse(answer, failure: Self.expectationFailed(member))
                 return true
             }
+            let announcedTooLarge =
+                expectation == .continue100
+                && NotificationPublisher.exceeds(contentLength: head.headers.first(name: "content-length"), limit: publisher.maxBodyBytes)
+            if announcedTooLarge, forwardedUnanswered > 0 || endpoint == nil {
+                // The router's request waits for its 100: the 413 instead, as on the fast path
+                // (the router would have it upload the body first), after the router's answers owed.
+                guard forwardedUnanswered == 0 else { return false }
+                let answer = Answer(endpoint: .announcedTooLarge(method: Endpoint.methodLabel(head.method)), head: head)
+                answers.append(answer)
+                refuse(answer, failure: publisher.bodyTooLarge)
+                return true
+            }
             if forwardedUnanswered == 0, let endpoint {
                 let answer = Answer(endpoint: endpoint, head: head)
                 answers.append(answer)
@@ -285,8 +297,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .ready:
                 let answer = readiness?() ?? (.ok, ReadinessAnswer(status: "ready"))
                 result = loop.makeSucceededFuture((answer.status, APIJSON.body(answer.body)))
-            case .malformed, .unmetExpectation:
-                // Made answered (``Answer/init(malformed:)``, a 417 at the head): never read to an end.
+            case .malformed, .unmetExpectation, .announcedTooLarge:
+                // Made answered (``Answer/init(malformed:)``, a 417 or 413 at the head): never read to an end.
                 result = loop.makeSucceededFuture(answer.response ?? (.badRequest, ByteBuffer()))
             }
         } catch let error as NotificationPublisher.Failure {
