@@ -204,6 +204,36 @@ extension PublishHandlerHarness {
         #expect(try h.written().map(\.status) == [200])
     }
 
+    /// The client waits for the 100, which waits for the answers before it: that time is not
+    /// the client's being slow (the request timeout counts from the 100).
+    @Test func theTimeARequestWaitsForItsContinueDoesNotCountAgainstTheRequestTimeout() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine, idleTimeout: .seconds(60), requestTimeout: .seconds(10))
+        try h.publish("/topic/a", "1")
+        try h.head(contentLength: Self.body.utf8.count)
+        let loop = h.channel.embeddedEventLoop
+        loop.advanceTime(by: .seconds(25))  // the first answer is slow (publish admission waits up to 10 s, a backend…)
+        #expect(h.channel.isActive, "not closed while the client waits for its 100")
+        engine.pending[0].1.succeed(())
+        loop.run()
+        #expect(try h.written().map(\.status) == [200, 100])
+        loop.advanceTime(by: .seconds(5))
+        try h.bodyAndEnd()
+        try #require(engine.pending.count == 2)
+        engine.pending[1].1.succeed(())
+        loop.run()
+        #expect(try h.written().map(\.status) == [200])
+        #expect(h.channel.isActive)
+    }
+
+    @Test func aRequestThatGotItsContinueAndSendsNothingIsClosedAtTheRequestTimeout() throws {
+        let h = try PublishHandlerHarness(idleTimeout: .seconds(60), requestTimeout: .seconds(10))
+        try h.head(contentLength: Self.body.utf8.count)
+        #expect(try h.written().map(\.status) == [100])
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(21))
+        #expect(!h.channel.isActive)
+    }
+
     @Test func aRequestWhoseBodyCameWhileItWaitedGetsNo100() throws {
         let engine = HeldEngine()
         let h = try PublishHandlerHarness(engine: engine)

@@ -72,7 +72,7 @@ final class PublishHandlerHarness {
 
     init(
         engine: (any BrokerEngine)? = nil, keys: [APIKeyStore.Key] = [], maxBodyBytes: Int = 1024, idleTimeout: TimeAmount? = nil,
-        shutdownGrace: TimeAmount = .seconds(5), codecInstalled: Bool = false, readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil
+        requestTimeout: TimeAmount? = nil, shutdownGrace: TimeAmount = .seconds(5), codecInstalled: Bool = false, readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil
     ) throws {
         let services = GatewayServices(
             configuration: SessionConfiguration(), hub: hub, engine: engine ?? InMemoryEngine(hub: hub),
@@ -80,7 +80,7 @@ final class PublishHandlerHarness {
         let publisher = NotificationPublisher(services: services, apiKeys: APIKeyStore(keys: keys), maxBodyBytes: maxBodyBytes, maxBatchItems: 3)
         let handler = HTTPPublishHandler(
             publisher: publisher, dates: HTTPDateCache(), metrics: HTTPRouteMetrics(), idleTimeout: idleTimeout,
-            shutdownGrace: shutdownGrace, codecInstalled: codecInstalled,
+            requestTimeout: requestTimeout, shutdownGrace: shutdownGrace, codecInstalled: codecInstalled,
             readiness: readiness
         ) { [unowned self] _ in
             self.tasksOpened += 1

@@ -9,7 +9,8 @@ import NIOHTTP1
 /// A request must also be read in time (slowloris: a body trickled a byte at a time kept the
 /// connection, and its descriptor, for ever): its head and body within ``requestTimeout``,
 /// plus a second per ``minimumBodyRate`` bytes of body read, like Apache's `mod_reqtimeout`.
-/// Time with reads paused (the client waits for earlier answers) does not count.
+/// Time with reads paused (the client waits for earlier answers) does not count, nor time a
+/// request waits for its `100 Continue` (written after the answers before it).
 /// Pure: ``HTTPPublishHandler`` feeds it reads and answers and runs its one timer.
 struct HTTPConnectionIdleState {
     /// How long a connection may stay without a request; nil for never.
@@ -85,6 +86,12 @@ struct HTTPConnectionIdleState {
         case .end:
             readingRequest = false
         }
+    }
+
+    /// The client may send the request being read from now on (its `100 Continue` was written,
+    /// after waiting for earlier answers): its time starts again.
+    mutating func resumedReading(now: NIODeadline) {
+        if readingRequest { requestStarted = now }
     }
 
     /// The request being read was refused before its end (its body over the limit): nothing

@@ -383,6 +383,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return false
         }
         continueOwed = false
+        // The request's time counts from its 100 (the client sends its body then).
+        idle.resumedReading(now: context.eventLoop.now)
         context.write(wrapOutboundOut(.head(Self.continueHead)), promise: nil)
         if flushing && !inReadBatch { context.flush() }
         return true
@@ -528,7 +530,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         idleTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
             idleTimer = nil
             guard let context = self.context, !closing else { return }
-            switch idle.timerFired(now: context.eventLoop.now, readsPaused: readsPaused) {
+            // A request waiting for its 100 (behind earlier answers): the client waits for us.
+            switch idle.timerFired(now: context.eventLoop.now, readsPaused: readsPaused || continueOwed) {
             case .close:
                 closing = true
                 context.close(promise: nil)
