@@ -72,7 +72,8 @@ final class PublishHandlerHarness {
 
     init(
         engine: (any BrokerEngine)? = nil, keys: [APIKeyStore.Key] = [], maxBodyBytes: Int = 1024, idleTimeout: TimeAmount? = nil,
-        requestTimeout: TimeAmount? = nil, shutdownGrace: TimeAmount = .seconds(5), codecInstalled: Bool = false, readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil
+        requestTimeout: TimeAmount? = nil, shutdownGrace: TimeAmount = .seconds(5), codecInstalled: Bool = false,
+        readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil
     ) throws {
         let services = GatewayServices(
             configuration: SessionConfiguration(), hub: hub, engine: engine ?? InMemoryEngine(hub: hub),
