@@ -1,18 +1,23 @@
 import Foundation
 import NIOCore
 
-/// The answer to a published notification: `{"id": "...", "topic": "...", "user": "..."?}`.
+/// The answer to a published notification: `{"id": "...", "topic": "...", "user": "..."?}`;
+/// `{"duplicate": true, "topic": "...", …}` without an `id` when its idempotency key was
+/// published with already (nothing published: the first publish's answer had the id).
 package struct NotificationAnswer: Codable, Sendable, Equatable {
-    /// The `message-id` subscribers see.
-    package var id: String
+    /// The `message-id` subscribers see; nil for a duplicate.
+    package var id: String?
     package var topic: String
     /// The user addressed, for a user destination.
     package var user: String?
+    /// True when nothing was published: a publish with the same idempotency key came first.
+    package var duplicate: Bool?
 
-    package init(id: String, topic: String, user: String?) {
+    package init(id: String?, topic: String, user: String?, duplicate: Bool? = nil) {
         self.id = id
         self.topic = topic
         self.user = user
+        self.duplicate = duplicate
     }
 }
 

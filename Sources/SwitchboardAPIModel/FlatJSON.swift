@@ -240,9 +240,18 @@ extension WrittenJSONAnswer {
 
 extension NotificationAnswer: WrittenJSONAnswer {
     package func write(to writer: inout JSONAnswerWriter) {
-        writer.raw("{\"id\":")
-        writer.string(id)
-        writer.raw(",\"topic\":")
+        // Keys in order, as `APIJSON`'s encoder sorts them.
+        if let duplicate {
+            writer.raw(duplicate ? "{\"duplicate\":true," : "{\"duplicate\":false,")
+        } else {
+            writer.raw("{")
+        }
+        if let id {
+            writer.raw("\"id\":")
+            writer.string(id)
+            writer.raw(",")
+        }
+        writer.raw("\"topic\":")
         writer.string(topic)
         if let user {
             writer.raw(",\"user\":")

@@ -27,6 +27,20 @@ package struct NotificationRequest: Sendable, Equatable {
     package var headers: STOMPHeaders
     /// The user of a batch item addressed to a user destination.
     package var user: String?
+    /// `idempotencyKey`: a publish with the same key to the same destination within 10 minutes
+    /// is not published again (a backend's retry after a timeout, on any instance).
+    package var idempotencyKey: String?
+
+    /// Most bytes of an idempotency key.
+    package static let maxIdempotencyKeyBytes = 256
+
+    /// Why `key` cannot be an idempotency key (1…256 bytes, no control characters), or nil.
+    package static func idempotencyKeyProblem(_ key: String) -> String? {
+        if key.isEmpty || key.utf8.count > maxIdempotencyKeyBytes {
+            return "must be 1 to \(maxIdempotencyKeyBytes) bytes"
+        }
+        return DestinationPattern.holdsControlCharacters(key) ? "must not contain control characters" : nil
+    }
 
     /// Most entries of a request's `headers` object (a STOMP frame carries each as a header line).
     package static let maxHeaders = 64
@@ -103,9 +117,10 @@ package struct NotificationRequest: Sendable, Equatable {
         var headers: Field<[String: String]>
         var contentType: Field<String>
         var user: Field<String>
+        var idempotencyKey: Field<String>
 
         enum CodingKeys: String, CodingKey {
-            case topic, message, headers, contentType, user
+            case topic, message, headers, contentType, user, idempotencyKey
         }
 
         init(from decoder: any Decoder) throws {
@@ -119,6 +134,7 @@ package struct NotificationRequest: Sendable, Equatable {
             headers = field(.headers)
             contentType = field(.contentType)
             user = field(.user)
+            idempotencyKey = field(.idempotencyKey)
         }
 
         /// The fields of an object of string values (``FlatJSON``), as the decoder would see
@@ -132,6 +148,7 @@ package struct NotificationRequest: Sendable, Equatable {
             headers = object.contains(where: { $0.key == CodingKeys.headers.rawValue }) ? .invalid : .missing
             contentType = field(.contentType)
             user = field(.user)
+            idempotencyKey = field(.idempotencyKey)
         }
 
         func validated(isAllowedTopic: (String) -> String?) throws(APIRequestError) -> NotificationRequest {
@@ -176,7 +193,17 @@ package struct NotificationRequest: Sendable, Equatable {
             default: throw APIRequestError(status: 400, message: "field 'contentType' must be a non-empty string", field: "contentType")
             }
             headers.add("content-type", contentType)
-            return NotificationRequest(topic: topic, body: ByteBuffer(string: message), headers: headers)
+            var idempotencyKey: String?
+            switch self.idempotencyKey {
+            case .missing: break
+            case .invalid: throw APIRequestError(status: 400, message: "field 'idempotencyKey' must be a string", field: "idempotencyKey")
+            case .value(let value):
+                if let problem = NotificationRequest.idempotencyKeyProblem(value) {
+                    throw APIRequestError(status: 400, message: "field 'idempotencyKey' \(problem)", field: "idempotencyKey")
+                }
+                idempotencyKey = value
+            }
+            return NotificationRequest(topic: topic, body: ByteBuffer(string: message), headers: headers, idempotencyKey: idempotencyKey)
         }
     }
 

@@ -262,6 +262,17 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             }
     }
 
+    /// With the destination's history: recorded and published in one step unless the key's
+    /// token (`api:<key>`, kept 10 minutes in the destination's slot) was recorded already, so
+    /// a retry on any instance counts once. Without history there is no atomic step to keep the
+    /// token in: refused (``IdempotencyUnavailable``), not published.
+    package func publish(_ message: PublishedMessage, idempotencyKey: String, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
+        guard keepsHistory(message.destination) else {
+            return eventLoop.makeFailedFuture(IdempotencyUnavailable(destination: message.destination))
+        }
+        return record(message, once: "api:" + idempotencyKey).hop(to: eventLoop).map { $0 != nil }
+    }
+
     /// Publishes `message` to the subscriptions of session `session` on instance `instance`.
     package func publish(_ message: PublishedMessage, toSession session: String, onInstance instance: String) -> EventLoopFuture<Void> {
         if instance == instanceID {

@@ -161,7 +161,9 @@ private func randomObject(_ g: inout Generator) -> String {
                 if g.next(4) == 0 { s += String(UnicodeScalar(UInt8(g.next(0x80)))) }
                 return s
             }
-            let answer = NotificationAnswer(id: text(&g), topic: text(&g), user: g.next(2) == 0 ? nil : text(&g))
+            let duplicate = g.next(3) == 0
+            let answer = NotificationAnswer(
+                id: duplicate ? nil : text(&g), topic: text(&g), user: g.next(2) == 0 ? nil : text(&g), duplicate: duplicate ? true : nil)
             let error = APIErrorBody(error: text(&g), field: g.next(2) == 0 ? nil : text(&g), status: g.next(2) == 0 ? nil : 400 + g.next(100))
             let batch = BatchAnswer(results: [.published(answer), .failed(error), .published(answer)].filter { _ in g.next(3) > 0 })
             #expect(APIJSON.body(answer) == viaEncoder(answer))

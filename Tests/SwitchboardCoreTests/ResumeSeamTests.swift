@@ -25,6 +25,10 @@ final class PendingReplayEngine: BrokerEngine, @unchecked Sendable {
         return eventLoop.makeSucceededVoidFuture()
     }
 
+    func publish(_ message: PublishedMessage, idempotencyKey: String, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
+        publish(message, on: eventLoop).map { true }
+    }
+
     func registerWithHistory(_ destination: String, from start: HistoryStart?, on eventLoop: any EventLoop, register: () -> Void) -> HistoryRegistration? {
         register()
         let promise = eventLoop.makePromise(of: HistoryReplay.self)

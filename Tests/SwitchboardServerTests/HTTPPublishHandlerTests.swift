@@ -27,6 +27,14 @@ final class HeldEngine: BrokerEngine, @unchecked Sendable {
         pending.append((message, promise))
         return promise.futureResult
     }
+
+    /// Keys seen: a second publish with one is a duplicate (as the engines do, without a window).
+    var keys: Set<String> = []
+
+    func publish(_ message: PublishedMessage, idempotencyKey: String, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
+        guard keys.insert(message.destination + "\u{0}" + idempotencyKey).inserted else { return eventLoop.makeSucceededFuture(false) }
+        return publish(message, on: eventLoop).map { true }
+    }
 }
 
 /// What reaches the router's side: the forwarded parts; it answers when told.

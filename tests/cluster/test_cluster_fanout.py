@@ -92,6 +92,24 @@ def test_fanout_in_order_for_api_publisher_spread_over_instances(shared_cluster,
         assert seqs == list(range(seqs[0], seqs[0] + n)), f"positions not dense at {Cluster.instance_of(c)}"
 
 
+def test_an_api_retry_with_its_idempotency_key_is_delivered_once_whichever_instance_takes_it(shared_cluster, clients):
+    """A backend that timed out retries its publish (haproxy may send it to another instance):
+    with the same Idempotency-Key the retry is answered `duplicate` and nothing is delivered twice."""
+    subs = spread_subscribers(shared_cluster, clients, "/topic/idem")
+    answers = []
+    for i in range(len(shared_cluster.gw_ports)):
+        for key in ("order-1", "order-2"):
+            r = requests.post(shared_cluster.gw_url(i) + "/api/notification", json={"topic": "/topic/idem", "message": key},
+                              headers={"Idempotency-Key": key}, timeout=10)
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+    # The first instance published each; every other one answered duplicate.
+    assert [a.get("duplicate", False) for a in answers] == [False, False] + [True, True] * (len(shared_cluster.gw_ports) - 1)
+    assert all("id" not in a for a in answers[2:])
+    for c in subs:
+        assert [f.text for f in collect(c, 2)] == ["order-1", "order-2"], f"at {Cluster.instance_of(c)}"
+
+
 def test_wildcard_subscriptions_across_instances(shared_cluster, clients):
     subs = [clients(shared_cluster.client()) for _ in range(3)]
     for n, c in enumerate(subs):

@@ -12,6 +12,11 @@ package protocol BrokerEngine: Sendable {
     /// the message could not be published.
     func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
 
+    /// Publishes `message` as ``publish(_:on:)`` does unless a publish with the same
+    /// `idempotencyKey` to its destination was accepted within the last 10 minutes (on any
+    /// instance, in Redis mode): then nothing is published and the future gives false.
+    func publish(_ message: PublishedMessage, idempotencyKey: String, on eventLoop: any EventLoop) -> EventLoopFuture<Bool>
+
     /// The destinations' history, when this engine keeps it in this process (see
     /// ``DestinationHistory``).
     var history: DestinationHistory? { get }
@@ -71,9 +76,18 @@ package final class InMemoryEngine: BrokerEngine {
     package var name: String { "memory" }
     package var publishesSynchronously: Bool { true }
 
-    package init(hub: FanoutHub, history: DestinationHistory? = nil) {
+    /// The idempotency keys of publishes (``publish(_:idempotencyKey:on:)``).
+    package let idempotencyKeys: IdempotencyKeys
+
+    package init(hub: FanoutHub, history: DestinationHistory? = nil, idempotencyKeys: IdempotencyKeys = IdempotencyKeys()) {
         self.hub = hub
         self.history = history
+        self.idempotencyKeys = idempotencyKeys
+    }
+
+    package func publish(_ message: PublishedMessage, idempotencyKey: String, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
+        guard idempotencyKeys.claim(idempotencyKey, destination: message.destination) else { return eventLoop.makeSucceededFuture(false) }
+        return publish(message, on: eventLoop).map { true }
     }
 
     package func publish(_ message: PublishedMessage, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {

@@ -287,8 +287,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if let failure { throw failure }
             switch answer.endpoint {
             case .single(let user):
-                let prepared = try publisher.prepare(body: body, key: key, toUser: user)
-                result = publisher.publish(prepared, on: loop).map { (.ok, APIJSON.body(prepared.answer)) }
+                let prepared = try publisher.prepare(body: body, key: key, toUser: user, idempotencyHeader: answer.idempotencyKey)
+                result = publisher.publish(prepared, on: loop).map { (.ok, APIJSON.body($0)) }
             case .batch:
                 let items = try publisher.prepareBatch(body: body, key: key)
                 result = publisher.publishBatch(items, on: loop).map { (NotificationPublisher.status(of: $0), APIJSON.body($0)) }

@@ -53,7 +53,12 @@ struct NotificationPublisher: Sendable {
         var topic: String
         var user: String?
 
+        /// `idempotencyKey` (the field, or a single request's `Idempotency-Key` header).
+        var idempotencyKey: String?
+
         var answer: NotificationAnswer { NotificationAnswer(id: message.messageID, topic: topic, user: user) }
+        /// The answer when a publish with the same key came first: no id, nothing published.
+        var duplicateAnswer: NotificationAnswer { NotificationAnswer(id: nil, topic: topic, user: user, duplicate: true) }
     }
 
     /// The API key of the request; a 401 failure when keys are configured and none matches.
@@ -92,18 +97,30 @@ struct NotificationPublisher: Sendable {
         return length > limit
     }
 
-    /// Validates a single-notification body for a topic, or for user `toUser`.
-    func prepare(body: ByteBuffer, key: APIKeyStore.Key?, toUser: String?) throws(Failure) -> Prepared {
+    /// Validates a single-notification body for a topic, or for user `toUser`; `idempotencyHeader`
+    /// is the request's `Idempotency-Key` (the body's `idempotencyKey` may say the same, not
+    /// another key).
+    func prepare(body: ByteBuffer, key: APIKeyStore.Key?, toUser: String?, idempotencyHeader: String? = nil) throws(Failure) -> Prepared {
         // The user of `/api/users/{user}/notification`, checked here for both paths (the
         // router's and ``HTTPPublishHandler``'s); a batch item's in ``NotificationRequest``.
         if let toUser, let problem = DestinationPattern.nameProblem(toUser) {
             throw Failure(status: .badRequest, message: "user \(problem)", field: "user")
         }
-        let parsed: NotificationRequest
+        var parsed: NotificationRequest
         do {
             parsed = try NotificationRequest.parse(body, isAllowedTopic: topicCheck(toUser: toUser))
         } catch {
             throw Failure(error)
+        }
+        if let idempotencyHeader {
+            if let problem = NotificationRequest.idempotencyKeyProblem(idempotencyHeader) {
+                throw Failure(status: .badRequest, message: "header 'Idempotency-Key' \(problem)", field: "Idempotency-Key")
+            }
+            if let field = parsed.idempotencyKey, field != idempotencyHeader {
+                throw Failure(
+                    status: .badRequest, message: "header 'Idempotency-Key' and field 'idempotencyKey' name different keys", field: "Idempotency-Key")
+            }
+            parsed.idempotencyKey = idempotencyHeader
         }
         return try prepared(parsed, key: key, toUser: toUser)
     }
@@ -152,7 +169,7 @@ struct NotificationPublisher: Sendable {
         }
         let destination = toUser.map { UserDestinations.routing(user: $0, destination: parsed.topic) } ?? parsed.topic
         let message = PublishedMessage(destination: destination, messageID: services.messageIDs.next(), headers: parsed.headers, body: parsed.body)
-        return Prepared(message: message, topic: parsed.topic, user: toUser)
+        return Prepared(message: message, topic: parsed.topic, user: toUser, idempotencyKey: parsed.idempotencyKey)
     }
 
     /// Publishes `prepared`; the future fails with a 503 failure saying why (not published), or
@@ -161,14 +178,19 @@ struct NotificationPublisher: Sendable {
     /// While the instance's fan-out backlog is over its limit the publish waits for admission
     /// (``FanoutHub/admission(on:)``: the publishes of one loop, so of one connection, keep their
     /// order), and is refused with a 503 when it does not drain in time.
-    func publish(_ prepared: Prepared, on loop: any EventLoop) -> EventLoopFuture<Void> {
+    func publish(_ prepared: Prepared, on loop: any EventLoop) -> EventLoopFuture<NotificationAnswer> {
         let engine = services.engine
-        let published =
-            services.hub.admission(on: loop).map { $0.flatMap { engine.publish(prepared.message, on: loop) } }
-            ?? engine.publish(prepared.message, on: loop)
+        let publish: () -> EventLoopFuture<NotificationAnswer> = {
+            guard let key = prepared.idempotencyKey else { return engine.publish(prepared.message, on: loop).map { prepared.answer } }
+            return engine.publish(prepared.message, idempotencyKey: key, on: loop).map { $0 ? prepared.answer : prepared.duplicateAnswer }
+        }
+        let published = services.hub.admission(on: loop).map { $0.flatMap { publish() } } ?? publish()
         return published.flatMapErrorThrowing { error in
             if error is FanoutOverloaded {
                 throw Failure(status: .serviceUnavailable, message: "\(error)", field: nil)
+            }
+            if let error = error as? IdempotencyUnavailable {
+                throw Failure(status: .badRequest, message: "\(error)", field: "idempotencyKey")
             }
             if let error = error as? RouteError, error.code == .outcomeUnknown {
                 throw Failure(status: .gatewayTimeout, message: "publish outcome unknown: \(error)", field: nil)
@@ -179,10 +201,10 @@ struct NotificationPublisher: Sendable {
 
     /// Publishes every valid item of a batch, in order.
     func publishBatch(_ items: [Result<Prepared, Failure>], on loop: any EventLoop) -> EventLoopFuture<BatchAnswer> {
-        let futures: [EventLoopFuture<Result<Prepared, Failure>>] = items.map { item in
+        let futures: [EventLoopFuture<Result<NotificationAnswer, Failure>>] = items.map { item in
             switch item {
             case .success(let prepared):
-                publish(prepared, on: loop).map { .success(prepared) }.recover { error in
+                publish(prepared, on: loop).map { .success($0) }.recover { error in
                     .failure(error as? Failure ?? Failure(status: .serviceUnavailable, message: "publish failed: \(error)", field: nil))
                 }
             case .failure(let failure):
@@ -193,7 +215,7 @@ struct NotificationPublisher: Sendable {
             BatchAnswer(
                 results: results.map { result in
                     switch result {
-                    case .success(let prepared): .published(prepared.answer)
+                    case .success(let answer): .published(answer)
                     case .failure(let failure): .failed(APIErrorBody(error: failure.message, field: failure.field, status: failure.status.code))
                     }
                 })

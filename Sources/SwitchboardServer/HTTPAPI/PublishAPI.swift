@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Hummingbird
 import NIOCore
 import Redis
@@ -71,13 +72,15 @@ struct PublishAPI: Sendable {
         }
     }
 
+    static let idempotencyKeyField = HTTPField.Name("Idempotency-Key")!
+
     /// Publishes a notification to a topic, or to user `toUser` at a user destination (`/queue/…`).
     func publish(_ request: Request, context: BasicRequestContext, toUser: String?) async throws -> Response {
         let key = try publisher.authenticate(authorization: request.headers[.authorization])
         let bytes = try await body(of: request, key: key)
-        let prepared = try publisher.prepare(body: bytes, key: key, toUser: toUser)
-        try await publisher.publish(prepared, on: eventLoopGroup.any()).get()
-        return Self.json(prepared.answer)
+        let idempotencyKey = request.headers[Self.idempotencyKeyField]
+        let prepared = try publisher.prepare(body: bytes, key: key, toUser: toUser, idempotencyHeader: idempotencyKey)
+        return Self.json(try await publisher.publish(prepared, on: eventLoopGroup.any()).get())
     }
 
     /// Publishes a batch; 200 when every item was published, 207 when some were not.

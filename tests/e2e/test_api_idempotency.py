@@ -1,0 +1,32 @@
+"""Idempotency keys on the HTTP publish API (embedded broker): a publish repeated with the same
+`Idempotency-Key` (or `idempotencyKey` field) within 10 minutes is answered `duplicate` and not
+delivered again; keys are per destination."""
+import requests
+
+
+def post(gateway, body, **headers):
+    return requests.post(gateway.base + "/api/notification", json=body, headers=headers, timeout=5)
+
+
+def test_a_retried_publish_is_delivered_once(gateway, client):
+    c = client(gateway)
+    c.connect()
+    c.subscribe("/topic/idem.e2e", id="s", receipt="r")
+    first = post(gateway, {"topic": "/topic/idem.e2e", "message": "one"}, **{"Idempotency-Key": "k-1"})
+    again = post(gateway, {"topic": "/topic/idem.e2e", "message": "one"}, **{"Idempotency-Key": "k-1"})
+    by_field = post(gateway, {"topic": "/topic/idem.e2e", "message": "one", "idempotencyKey": "k-1"})
+    other = post(gateway, {"topic": "/topic/idem.e2e", "message": "two", "idempotencyKey": "k-2"})
+    assert [r.status_code for r in (first, again, by_field, other)] == [200] * 4
+    assert "id" in first.json() and "duplicate" not in first.json()
+    assert again.json() == {"duplicate": True, "topic": "/topic/idem.e2e"}
+    assert by_field.json() == again.json()
+    assert c.expect_message().text == "one"
+    assert c.expect_message().text == "two"
+    c.expect_nothing(0.3)
+
+
+def test_a_bad_key_is_a_400_naming_the_field(gateway):
+    r = post(gateway, {"topic": "/topic/idem.bad", "message": "x", "idempotencyKey": "k" * 257})
+    assert r.status_code == 400 and r.json()["field"] == "idempotencyKey"
+    r = post(gateway, {"topic": "/topic/idem.bad", "message": "x", "idempotencyKey": "a"}, **{"Idempotency-Key": "b"})
+    assert r.status_code == 400 and r.json()["field"] == "Idempotency-Key"
