@@ -31,16 +31,8 @@ package struct NotificationRequest: Sendable, Equatable {
     /// is not published again (a backend's retry after a timeout, on any instance).
     package var idempotencyKey: String?
 
-    /// Most bytes of an idempotency key.
-    package static let maxIdempotencyKeyBytes = 256
-
     /// Why `key` cannot be an idempotency key (1…256 bytes, no control characters), or nil.
-    package static func idempotencyKeyProblem(_ key: String) -> String? {
-        if key.isEmpty || key.utf8.count > maxIdempotencyKeyBytes {
-            return "must be 1 to \(maxIdempotencyKeyBytes) bytes"
-        }
-        return DestinationPattern.holdsControlCharacters(key) ? "must not contain control characters" : nil
-    }
+    package static func idempotencyKeyProblem(_ key: String) -> String? { IdempotencyKeys.problem(key) }
 
     /// Most entries of a request's `headers` object (a STOMP frame carries each as a header line).
     package static let maxHeaders = 64

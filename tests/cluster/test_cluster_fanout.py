@@ -108,6 +108,13 @@ def test_an_api_retry_with_its_idempotency_key_is_delivered_once_whichever_insta
     assert all("id" not in a for a in answers[2:])
     for c in subs:
         assert [f.text for f in collect(c, 2)] == ["order-1", "order-2"], f"at {Cluster.instance_of(c)}"
+    # A STOMP client that reconnects to another instance and sends again with its key.
+    for i in range(len(shared_cluster.gw_ports)):
+        sender = clients(shared_cluster.client(shared_cluster.gw_ws(i)))
+        sender.send("/topic/idem", "phone", headers={"idempotency-key": "phone-1"}, receipt=f"r{i}")
+        sender.close()
+    for c in subs:
+        assert [f.text for f in collect(c, 1)] == ["phone"], f"at {Cluster.instance_of(c)}"
 
 
 def test_wildcard_subscriptions_across_instances(shared_cluster, clients):

@@ -1,6 +1,7 @@
-"""Idempotency keys on the HTTP publish API (embedded broker): a publish repeated with the same
-`Idempotency-Key` (or `idempotencyKey` field) within 10 minutes is answered `duplicate` and not
-delivered again; keys are per destination."""
+"""Idempotency keys (embedded broker): an HTTP publish repeated with the same `Idempotency-Key`
+(or `idempotencyKey` field), or a STOMP SEND repeated with the same `idempotency-key` header
+(a client that reconnected before its RECEIPT), within 10 minutes, is not delivered again;
+keys are per destination."""
 import requests
 
 
@@ -30,3 +31,27 @@ def test_a_bad_key_is_a_400_naming_the_field(gateway):
     assert r.status_code == 400 and r.json()["field"] == "idempotencyKey"
     r = post(gateway, {"topic": "/topic/idem.bad", "message": "x", "idempotencyKey": "a"}, **{"Idempotency-Key": "b"})
     assert r.status_code == 400 and r.json()["field"] == "Idempotency-Key"
+
+
+def test_a_send_repeated_after_a_reconnect_is_delivered_once(gateway, client):
+    sub = client(gateway)
+    sub.connect()
+    sub.subscribe("/topic/idem.stomp", id="s", receipt="r")
+    first = client(gateway)
+    first.connect()
+    first.send("/topic/idem.stomp", "hello", headers={"idempotency-key": "phone-1"}, receipt="a")
+    first.close()  # as if the RECEIPT had been lost with the connection
+    again = client(gateway)
+    again.connect()
+    again.send("/topic/idem.stomp", "hello", headers={"idempotency-key": "phone-1"}, receipt="b")  # received again
+    again.send("/topic/idem.stomp", "next", headers={"idempotency-key": "phone-2"}, receipt="c")
+    assert sub.expect_message().text == "hello"
+    assert sub.expect_message().text == "next"
+    sub.expect_nothing(0.3)
+
+
+def test_a_bad_send_key_is_an_error(gateway, client):
+    c = client(gateway)
+    c.connect()
+    c.send_frame("SEND", {"destination": "/topic/idem.stomp", "idempotency-key": "k" * 257}, "x")
+    c.expect_error("SEND header 'idempotency-key' must be 1 to 256 bytes")

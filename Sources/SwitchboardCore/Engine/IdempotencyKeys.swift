@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import SwitchboardWire
 
 /// The embedded broker's idempotency keys: a publish whose key was published with to the same
 /// destination within ``window`` is not published again. Bounded: at most ``capacity`` keys,
@@ -34,6 +35,17 @@ package final class IdempotencyKeys: Sendable {
             state.order.append((entry, now + Self.window))
             return true
         }
+    }
+
+    /// Most bytes of a key.
+    package static let maxKeyBytes = 256
+
+    /// Why `key` cannot be an idempotency key (1…256 bytes, no control characters), or nil.
+    package static func problem(_ key: String) -> String? {
+        if key.isEmpty || key.utf8.count > maxKeyBytes {
+            return "must be 1 to \(maxKeyBytes) bytes"
+        }
+        return DestinationPattern.holdsControlCharacters(key) ? "must not contain control characters" : nil
     }
 
     /// Keys remembered now.

@@ -157,6 +157,13 @@ extension STOMPSessionHandler {
             let message = PublishedMessage(
                 destination: destination, messageID: services.messageIDs.next(),
                 headers: Self.userHeaders(of: frame), body: frame.body)
+            // `idempotency-key`: a SEND repeated with it (a client that reconnected before its
+            // RECEIPT came) is received again but published once (as the HTTP API's key).
+            let key = frame.headers["idempotency-key"]
+            if let key, let problem = IdempotencyKeys.problem(key) {
+                machine.stepCompleted(step, .failure(SessionFailure("SEND header 'idempotency-key' \(problem)", kind: .protocolViolation)))
+                return
+            }
             if let admission = services.hub.admission(on: shard.eventLoop) {
                 // The instance's fan-out backlog is over its limit: the step (its RECEIPT, and
                 // the frames behind it) waits; refused after the admission timeout, nothing
@@ -168,12 +175,12 @@ extension STOMPSessionHandler {
                     guard session.value.machine.phase == .connected else {
                         return loop.makeFailedFuture(SessionFailure("session ended before its publish was admitted", kind: .route))
                     }
-                    return engine.publish(message, on: loop)
+                    return Self.publish(message, key: key, engine: engine, on: loop)
                 }
                 complete(published, step: step, kind: .route, describe: { Self.publishFailure(destination, $0) }) { _, _ in .success }
                 return
             }
-            let future = services.engine.publish(message, on: shard.eventLoop)
+            let future = Self.publish(message, key: key, engine: services.engine, on: shard.eventLoop)
             if services.engine.publishesSynchronously {
                 machine.stepCompleted(step, .success)
             } else {
@@ -182,6 +189,14 @@ extension STOMPSessionHandler {
         case .route(let destination, let route, let frame):
             callRoute(route, destination: destination, frame: frame, step: step)
         }
+    }
+
+    /// Publishes a `SEND`'s message, once per `key` when it has one.
+    private static func publish(
+        _ message: PublishedMessage, key: String?, engine: any BrokerEngine, on loop: any EventLoop
+    ) -> EventLoopFuture<Void> {
+        guard let key else { return engine.publish(message, on: loop) }
+        return engine.publish(message, idempotencyKey: key, on: loop).map { _ in }
     }
 
     /// CONNECT is accepted (authenticated, within the user's session limit): records the
