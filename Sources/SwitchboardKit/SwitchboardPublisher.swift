@@ -86,6 +86,25 @@ public struct SwitchboardPublisher: Sendable {
         return try await self.send(destination: destination, payload: payload).get()
     }
 
+    /// Publishes `body` to `destination` unless a publish with the same `idempotencyKey` to it
+    /// was recorded in the last 10 minutes, by this publisher, another or a gateway (the HTTP
+    /// API's `Idempotency-Key`, a STOMP `SEND`'s `idempotency-key`: one key space per
+    /// destination). A retry after a lost reply or a timeout then publishes once.
+    ///
+    /// - Returns: true when published, false when the key was recorded already (nothing published).
+    /// - Throws: ``SwitchboardPublisherError`` when ``recordsHistory`` is false (the key is kept in
+    ///   the step that records the message in history), or the Redis error.
+    public func publish(
+        destination: String, body: ByteBuffer, headers: STOMPHeaders = [:], contentType: String? = nil, idempotencyKey: String
+    ) async throws -> Bool {
+        guard self.recordsHistory else { throw SwitchboardPublisherError.idempotencyNeedsHistory }
+        try await self.ensureLibrary()
+        let payload = self.envelope(destination: destination, body: body, headers: headers, contentType: contentType, session: nil)
+        let command = HistoryPublish(
+            key: self.naming.historyKey(forDestination: destination), payload: payload, once: "api:" + idempotencyKey, sharded: self.redis.isCluster)
+        return try await HistoryFunctions.call(command, on: self.redis).get().position != nil
+    }
+
     /// Records and publishes (see ``recordsHistory``) one envelope.
     func send(destination: String, payload: ByteBuffer) -> EventLoopFuture<Int> {
         guard self.recordsHistory else {
@@ -230,4 +249,23 @@ public struct SwitchboardKitError: Error, Hashable, Sendable, CustomStringConver
     public static let alreadyRunning = SwitchboardKitError("the stream consumer is already running or was stopped")
 
     public var description: String { "SwitchboardKitError: \(self.message)" }
+}
+
+/// Why ``SwitchboardPublisher`` refused a publish.
+public struct SwitchboardPublisherError: Error, Hashable, CustomStringConvertible {
+    enum Code: Hashable {
+        case idempotencyNeedsHistory
+    }
+
+    let code: Code
+
+    /// An idempotency key is kept in the step that records the message in history:
+    /// ``SwitchboardPublisher/recordsHistory`` must be true.
+    public static let idempotencyNeedsHistory = SwitchboardPublisherError(code: .idempotencyNeedsHistory)
+
+    public var description: String {
+        switch code {
+        case .idempotencyNeedsHistory: "an idempotency key needs recordsHistory (it is kept in the step that records the message in history)"
+        }
+    }
 }

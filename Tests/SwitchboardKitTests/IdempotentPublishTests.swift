@@ -4,6 +4,7 @@ import NIOPosix
 import Redis
 import RedisServerTesting
 import SwitchboardCore
+import SwitchboardKit
 import SwitchboardRedis
 import SwitchboardWire
 import Testing
@@ -44,6 +45,16 @@ struct IdempotentPublishTests {
         // Without history there is no atomic step to keep the key in: refused, not published.
         await #expect(throws: IdempotencyUnavailable.self) {
             _ = try await engines[0].publish(message("e", "/topic/nohistory.x"), idempotencyKey: "k", on: loop).get()
+        }
+        // A backend publishing through SwitchboardKit shares the key space.
+        let publisher = SwitchboardPublisher(client: clients[0], origin: "backend")
+        #expect(try await !publisher.publish(destination: "/topic/orders", body: ByteBuffer(string: "f"), idempotencyKey: "order-7"))
+        #expect(try await publisher.publish(destination: "/topic/orders", body: ByteBuffer(string: "g"), idempotencyKey: "order-9"))
+        #expect(try await !engines[0].publish(message("h"), idempotencyKey: "order-9", on: loop).get())
+        var plain = publisher
+        plain.recordsHistory = false
+        await #expect(throws: SwitchboardPublisherError.idempotencyNeedsHistory) {
+            _ = try await plain.publish(destination: "/topic/orders", body: ByteBuffer(string: "i"), idempotencyKey: "order-10")
         }
         for engine in engines { await engine.shutdown() }
         for client in clients { await client.shutdown() }
