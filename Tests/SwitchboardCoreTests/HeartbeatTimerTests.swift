@@ -13,7 +13,8 @@ final class TickRecorder: HeartbeatClient {
     var onVisit: ((UInt64) -> Void)?
     var closed: String?
     var pendingOutboundBytes = 0
-    var outboundAtLastSweep = 0
+    var unsentKernelBytes: Int?
+    var outboundSample = OutboundSample()
 
     init(every: UInt64?) {
         self.every = every

@@ -31,13 +31,13 @@ import Testing
         #expect(memory.total == 60)
     }
 
-    @Test func fallingBehindIsHoldingAsMuchOrMoreThanASecondAgo() {
-        let floor = OutboundMemory.fallingBehindFloor
-        #expect(OutboundMemory.isFallingBehind(now: floor, before: floor))
-        #expect(OutboundMemory.isFallingBehind(now: 2 * floor, before: 1))
-        #expect(!OutboundMemory.isFallingBehind(now: 2 * floor, before: 0), "nothing held a second ago: a burst just sent")
-        #expect(!OutboundMemory.isFallingBehind(now: 2 * floor, before: 3 * floor), "taking its frames")
-        #expect(!OutboundMemory.isFallingBehind(now: floor - 1, before: floor - 1), "a reader's usual flight")
+    @Test func fallingBehindIsHavingAsMuchOrMoreOutstandingThanAtTheSweepBefore() {
+        let before = OutboundSample(sweep: 7, bytes: 100_000)
+        #expect(OutboundMemory.isFallingBehind(outstanding: 100_000, previous: before, sweep: 8))
+        #expect(OutboundMemory.isFallingBehind(outstanding: 150_000, previous: before, sweep: 8))
+        #expect(!OutboundMemory.isFallingBehind(outstanding: 99_999, previous: before, sweep: 8), "taking its data")
+        #expect(!OutboundMemory.isFallingBehind(outstanding: 150_000, previous: before, sweep: 9), "not looked at in the sweep before")
+        #expect(!OutboundMemory.isFallingBehind(outstanding: 150_000, previous: OutboundSample(), sweep: 1), "never looked at")
     }
 
     @Test func aSweepOverTheCapClosesTheSlowestOfThoseFallingBehindOnly() {
@@ -63,6 +63,26 @@ import Testing
         #expect(clients[1].closed!.contains("600000 bytes not taken"))
         #expect(hub.outbound.shedCount == 3)
         #expect(hub.outbound.total == 820_000, "what it freed is not counted again by the other loops")
+    }
+
+    /// NIO's pending writes stay put while the reader drains the kernel's send buffer (the
+    /// kernel asks for more only once half of it is free): the kernel's unsent bytes say it
+    /// is taking its data.
+    @Test func aReaderDrainingTheKernelsBufferIsNotFallingBehind() {
+        let loop = EmbeddedEventLoop()
+        let hub = FanoutHub(eventLoops: [loop], heartbeatResolution: .milliseconds(100), maxPendingBytesTotal: 100_000)
+        let shard = hub.shard(for: loop)
+        let (reader, stalled) = (TickRecorder(every: nil), TickRecorder(every: nil))
+        for client in [reader, stalled] {
+            client.pendingOutboundBytes = 344_796
+            client.unsentKernelBytes = 600_000
+            shard.addHeartbeatClient(client)
+        }
+        #expect(shard.sweepOutbound() == 0)
+        reader.unsentKernelBytes = 470_000  // it read 130 KB; NIO has written nothing more yet
+        #expect(shard.sweepOutbound() == 1)
+        #expect(reader.closed == nil)
+        #expect(stalled.closed != nil)
     }
 
     @Test func withinTheCapOrWithoutOneNothingIsClosedAndTheTotalIsStillReported() {

@@ -15,8 +15,12 @@ package protocol HeartbeatClient: AnyObject {
     func close(reason: String, waitForStep: Bool, kind: SessionErrorKind)
     /// Bytes written to the connection and not yet taken by it (see ``OutboundMemory``).
     var pendingOutboundBytes: Int { get }
-    /// ``pendingOutboundBytes`` at the last outbound sweep (kept by the shard).
-    var outboundAtLastSweep: Int { get set }
+    /// Bytes the kernel holds for the connection and has not sent (its peer's window stays
+    /// closed while it does not read); nil when unknown. A system call: read only for
+    /// connections holding much while the instance is near its cap.
+    var unsentKernelBytes: Int? { get }
+    /// What the last outbound sweep that looked closer at this connection saw (kept by the shard).
+    var outboundSample: OutboundSample { get set }
 }
 
 /// Hot-path counters of one event loop: plain integers, written only on that loop and read
@@ -101,6 +105,8 @@ package final class LoopShard: @unchecked Sendable {
     private var dueClients: [any HeartbeatClient] = []
     private var sessionsByID: [String: any SessionDeliveryTarget] = [:]
     private var timer: RepeatedTask?
+    /// Outbound sweeps so far (``sweepOutbound()``).
+    private var outboundSweeps: UInt64 = 0
     /// Monotonic heart-beat tick counter; one tick is ``FanoutHub/heartbeatResolution``.
     package private(set) var tick: UInt64 = 0
     /// Messages handed to this loop from any thread and not yet delivered, in hand-over order
@@ -436,35 +442,45 @@ package final class LoopShard: @unchecked Sendable {
     /// About once a second.
     private var ticksPerSweep: UInt64 { UInt64(max(1, 1_000_000_000 / max(hub.heartbeatResolution.nanoseconds, 1))) }
 
-    /// Sums what this loop's connections have not taken yet and reports it (``OutboundMemory``);
-    /// while the instance's total is over the cap, closes the connections that are not keeping
-    /// up (see ``OutboundMemory/isFallingBehind(now:before:)``), those holding the most first,
-    /// until this loop's share of the excess is shed. Returns how many it closed.
+    /// Sums what this loop's connections have not taken yet and reports it (``OutboundMemory``).
+    /// Near the cap (over half of it) it looks closer at the connections holding
+    /// ``OutboundMemory/fallingBehindFloor`` or more (the kernel's unsent bytes too); over it, it
+    /// closes those falling behind (``OutboundMemory/isFallingBehind(outstanding:previous:sweep:)``),
+    /// those holding the most first, until this loop's share of the excess is shed. Returns how
+    /// many it closed.
     @discardableResult
     package func sweepOutbound() -> Int {
         eventLoop.preconditionInEventLoop()
+        outboundSweeps &+= 1
         let memory = hub.outbound
-        var behind: [any HeartbeatClient] = []
+        var large: [any HeartbeatClient] = []
         var pending: [Int] = []
         var sum = 0
         for client in heartbeatClients.values {
             let bytes = client.pendingOutboundBytes
-            let before = client.outboundAtLastSweep
-            if bytes != before { client.outboundAtLastSweep = bytes }
             guard bytes > 0 else { continue }
             sum += bytes
-            if memory.limit > 0, OutboundMemory.isFallingBehind(now: bytes, before: before) {
-                behind.append(client)
+            if memory.limit > 0, bytes >= OutboundMemory.fallingBehindFloor {
+                large.append(client)
                 pending.append(bytes)
             }
         }
         let total = memory.report(sum, loop: index)
-        let chosen = OutboundMemory.slowest(pending, toShed: memory.share(ofExcess: total, loopBytes: sum))
+        guard memory.limit > 0, total > memory.limit / 2 else { return 0 }
+        var behind: [Int] = []
+        for i in large.indices {
+            let outstanding = pending[i] + (large[i].unsentKernelBytes ?? 0)
+            if OutboundMemory.isFallingBehind(outstanding: outstanding, previous: large[i].outboundSample, sweep: outboundSweeps) {
+                behind.append(i)
+            }
+            large[i].outboundSample = OutboundSample(sweep: outboundSweeps, bytes: outstanding)
+        }
+        let chosen = OutboundMemory.slowest(behind.map { pending[$0] }, toShed: memory.share(ofExcess: total, loopBytes: sum)).map { behind[$0] }
         guard !chosen.isEmpty else { return 0 }
         var shed = 0
         for i in chosen {
             shed += pending[i]
-            behind[i].close(
+            large[i].close(
                 reason: "slow consumer: the instance's outbound buffers are over limits.max-pending-bytes-total (\(memory.limit) bytes);"
                     + " this connection had \(pending[i]) bytes not taken",
                 waitForStep: false, kind: .slowConsumer)

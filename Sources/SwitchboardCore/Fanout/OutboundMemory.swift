@@ -6,7 +6,7 @@ import NIOConcurrencyHelpers
 ///
 /// Each connection has its own cap (`limits.max-pending-bytes`), so this one only matters
 /// when many connections fall behind at once: past it, every loop closes its connections that
-/// are falling behind (``isFallingBehind(now:before:)``), those holding the most first, with a
+/// are falling behind (``isFallingBehind(outstanding:previous:sweep:)``), those holding the most first, with a
 /// slow-consumer `ERROR`, until its share of the excess is shed, in proportion to what it
 /// holds. Connections that take what they are sent go on, and the process is not killed for
 /// its memory.
@@ -55,12 +55,13 @@ package final class OutboundMemory: Sendable {
     /// Holding less than this is never falling behind (a reader's usual flight of frames).
     package static let fallingBehindFloor = 64 * 1024
 
-    /// Whether a connection that held `before` bytes at the last sweep (a second ago) and holds
-    /// `now` is falling behind: it held some then, and took less since than it was sent (it
-    /// holds as much or more), with at least ``fallingBehindFloor`` held. A reader that takes
-    /// its frames holds less at each sweep, or nothing, whatever a burst sent it.
-    package static func isFallingBehind(now: Int, before: Int) -> Bool {
-        now >= fallingBehindFloor && before > 0 && now >= before
+    /// Whether a connection is falling behind: at the sweep before this one (`sweep`) it had
+    /// `previous.bytes` outstanding, and now as much or more (`outstanding`): it took less
+    /// since than it was sent. Outstanding counts the kernel's unsent bytes too: a reader
+    /// draining the kernel's send buffer leaves NIO's pending writes unchanged for a while (the
+    /// kernel asks for more only once half of its buffer is free), yet it is taking its data.
+    package static func isFallingBehind(outstanding: Int, previous: OutboundSample, sweep: UInt64) -> Bool {
+        previous.sweep == sweep &- 1 && previous.bytes > 0 && outstanding >= previous.bytes
     }
 
     /// Which of `pending` (bytes per session) to close to shed `bytes`: the largest first, until
@@ -75,5 +76,17 @@ package final class OutboundMemory: Sendable {
             shed += pending[index]
         }
         return chosen
+    }
+}
+
+/// What an outbound sweep saw of one connection: the sweep's number and the bytes outstanding
+/// (not taken by the connection: NIO's pending writes, held deliveries, the kernel's unsent bytes).
+package struct OutboundSample: Sendable, Equatable {
+    package var sweep: UInt64
+    package var bytes: Int
+
+    package init(sweep: UInt64 = 0, bytes: Int = 0) {
+        self.sweep = sweep
+        self.bytes = bytes
     }
 }

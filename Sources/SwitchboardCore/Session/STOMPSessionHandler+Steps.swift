@@ -68,7 +68,7 @@ extension STOMPSessionHandler {
             if let failure = close.failure {
                 services.stats.errors[failure.kind.index].add(1)
                 switch failure.kind {
-                case .slowConsumer: logger.info("slow consumer: closing", metadata: ["pending.limit": "\(config.maxPendingOutboundBytes)"])
+                case .slowConsumer: logger.info("slow consumer: closing", metadata: ["reason": "\(failure.message)"])
                 case .heartBeatTimeout: logger.info("heart-beat timeout: closing")
                 default: logger.debug("session error", metadata: ["error": "\(failure.message)"])
                 }

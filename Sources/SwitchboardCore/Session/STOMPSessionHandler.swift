@@ -455,7 +455,12 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         let socket = context.flatMap { try? $0.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes) } ?? 0
         return socket + heldBytes
     }
-    package var outboundAtLastSweep = 0
+    package var outboundSample = OutboundSample()
+
+    package var unsentKernelBytes: Int? {
+        guard let provider = context?.channel as? any SocketOptionProvider else { return nil }
+        return TCPInfo.unsentBytes(provider)
+    }
 
     /// Ends the session (shutdown, a lost lease, the instance's outbound cap). With
     /// `waitForStep`, a step in flight (a route call, an unconfirmed publish) completes first,

@@ -108,7 +108,7 @@ package enum ConfigKeyCatalog {
                 .init("limits.max-pending-bytes", .integer, "`4194304`", "outbound bytes queued for one connection before it is a slow consumer"),
                 .init(
                     "limits.max-pending-bytes-total", .integer, "half the memory (the machine's, or the cgroup's limit)",
-                    "outbound bytes not yet taken by all connections together; past it (checked every second) each event loop closes its connections falling behind (holding 64 KiB or more, and no less than a second before), those holding the most first, as slow consumers, until its share of the excess is shed; `0`: no cap"
+                    "outbound bytes not yet taken by all connections together; past it (checked every second) each event loop closes its connections falling behind (holding 64 KiB or more, and no less outstanding, the kernel's unsent bytes counted, than a second before), those holding the most first, as slow consumers, until its share of the excess is shed; `0`: no cap"
                 ),
                 .init(
                     "limits.replay-stall-timeout-ms", .integer, "`10000`",
