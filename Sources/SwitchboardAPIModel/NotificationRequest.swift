@@ -32,7 +32,7 @@ package struct NotificationRequest: Sendable, Equatable {
     package var idempotencyKey: String?
 
     /// Why `key` cannot be an idempotency key (1…256 bytes, no control characters), or nil.
-    package static func idempotencyKeyProblem(_ key: String) -> String? { IdempotencyKeys.problem(key) }
+    package static func idempotencyKeyProblem(_ key: String) -> String? { IdempotencyTokens.problem(key) }
 
     /// Most entries of a request's `headers` object (a STOMP frame carries each as a header line).
     package static let maxHeaders = 64

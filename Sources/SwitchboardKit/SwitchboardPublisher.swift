@@ -98,10 +98,11 @@ public struct SwitchboardPublisher: Sendable {
         destination: String, body: ByteBuffer, headers: STOMPHeaders = [:], contentType: String? = nil, idempotencyKey: String
     ) async throws -> Bool {
         guard self.recordsHistory else { throw SwitchboardPublisherError.idempotencyNeedsHistory }
+        if let problem = IdempotencyTokens.problem(idempotencyKey) { throw SwitchboardPublisherError.invalidIdempotencyKey(problem) }
         try await self.ensureLibrary()
         let payload = self.envelope(destination: destination, body: body, headers: headers, contentType: contentType, session: nil)
         let command = HistoryPublish(
-            key: self.naming.historyKey(forDestination: destination), payload: payload, once: "api:" + idempotencyKey, sharded: self.redis.isCluster)
+            key: self.naming.historyKey(forDestination: destination), payload: payload, once: IdempotencyTokens.api(idempotencyKey), sharded: self.redis.isCluster)
         return try await HistoryFunctions.call(command, on: self.redis).get().position != nil
     }
 
@@ -255,6 +256,7 @@ public struct SwitchboardKitError: Error, Hashable, Sendable, CustomStringConver
 public struct SwitchboardPublisherError: Error, Hashable, CustomStringConvertible {
     enum Code: Hashable {
         case idempotencyNeedsHistory
+        case invalidIdempotencyKey(String)
     }
 
     let code: Code
@@ -263,9 +265,15 @@ public struct SwitchboardPublisherError: Error, Hashable, CustomStringConvertibl
     /// ``SwitchboardPublisher/recordsHistory`` must be true.
     public static let idempotencyNeedsHistory = SwitchboardPublisherError(code: .idempotencyNeedsHistory)
 
+    /// The key is not 1…256 bytes without control characters (`problem` says which).
+    public static func invalidIdempotencyKey(_ problem: String) -> SwitchboardPublisherError {
+        SwitchboardPublisherError(code: .invalidIdempotencyKey(problem))
+    }
+
     public var description: String {
         switch code {
         case .idempotencyNeedsHistory: "an idempotency key needs recordsHistory (it is kept in the step that records the message in history)"
+        case .invalidIdempotencyKey(let problem): "idempotency key \(problem)"
         }
     }
 }

@@ -45,7 +45,8 @@ extension RedisEngine {
                     // Sent, but no reply: Redis may have recorded and published it.
                     throw RouteError(
                         .outcomeUnknown,
-                        "redis connection lost before the reply (\(error)); the message may or may not have been published, and sending it again may deliver it twice")
+                        "redis connection lost before the reply (\(error)); the message may or may not have been published, and sending it again without an idempotency key may deliver it twice"
+                    )
                 }
                 // A refusal (OOM, READONLY, a script error) is not an outage: say which it was.
                 let why = error is RedisServerError ? "redis refused it" : "redis unavailable"

@@ -262,15 +262,15 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             }
     }
 
-    /// With the destination's history: recorded and published in one step unless the key's
-    /// token (`api:<key>`, kept 10 minutes in the destination's slot) was recorded already, so
+    /// With the destination's history: recorded and published in one step unless the token
+    /// (kept 10 minutes in the destination's slot) was recorded already, so
     /// a retry on any instance counts once. Without history there is no atomic step to keep the
     /// token in: refused (``IdempotencyUnavailable``), not published.
     package func publish(_ message: PublishedMessage, idempotencyKey: String, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
         guard keepsHistory(message.destination) else {
             return eventLoop.makeFailedFuture(IdempotencyUnavailable(destination: message.destination))
         }
-        return record(message, once: "api:" + idempotencyKey).hop(to: eventLoop).map { $0 != nil }
+        return record(message, once: idempotencyKey).hop(to: eventLoop).map { $0 != nil }
     }
 
     /// Publishes `message` to the subscriptions of session `session` on instance `instance`.

@@ -12,7 +12,7 @@ import Redis
 /// | --- | --- | --- |
 /// | `switchboard:{D}:seq` | hash | `epoch`, `n` (the newest sequence number), `server`, `run`, `node` (replication id, run id and cluster node id of the primary that numbered last), `max-length`, `ttl` |
 /// | `switchboard:{D}:log` | stream | entry `<n>-0` per message: `t` (ms), `m` (the positioned envelope) |
-/// | `switchboard:{D}:once:<token>` | string | a publish already recorded (inbound routes), 10 min |
+/// | `switchboard:{D}:once:<token>` | string | a publish already recorded (inbound routes; idempotency keys: `api:<key>`, `stomp:<user>\0<key>`), 10 min |
 ///
 /// `switchboard_publish` numbers the message (`HINCRBY n`), appends it to the log (trimmed to
 /// `max-length`, expiring `ttl` after the last publish) and `PUBLISH`es it on `switchboard:dest:D`
@@ -119,11 +119,10 @@ public enum HistoryFunctions: RedisFunctionLibrary {
           local payload = args[1]
           if not payload then return redis.error_reply('ERR switchboard_publish: no payload') end
           local seq, log = keys[1] .. ':seq', keys[1] .. ':log'
-          if args[4] and args[4] ~= '' then
-            if not redis.call('SET', keys[1] .. ':once:' .. args[4], '1', 'NX', 'PX', 600000) then
-              return {'', '0', '0'}
-            end
-          end
+          -- Recorded only once the message is (a function is not rolled back when a later
+          -- call fails: a token set first would call the caller's retry a duplicate).
+          local once = (args[4] and args[4] ~= '') and (keys[1] .. ':once:' .. args[4]) or nil
+          if once and redis.call('EXISTS', once) == 1 then return {'', '0', '0'} end
           local epoch = epoch_of(seq, log, args[5] == '1')
           local stored = redis.call('HMGET', seq, 'max-length', 'ttl')
           local maxlen = tonumber(args[2] or '') or tonumber(stored[1]) or 100
@@ -149,6 +148,7 @@ public enum HistoryFunctions: RedisFunctionLibrary {
           else
             receivers = redis.call('PUBLISH', prefix .. 'dest:' .. destination, message)
           end
+          if once then redis.call('SET', once, '1', 'PX', 600000) end
           return {epoch, tostring(n), tostring(receivers)}
         end
 
@@ -200,7 +200,7 @@ public struct HistoryPublish: RedisCommand {
     public var payload: ByteBuffer
     public var maxLength: Int?
     public var ttlMilliseconds: Int64?
-    /// Records the message only if no publish with the same token (per destination, 60 s) was.
+    /// Records the message only if no publish with the same token (per destination, 10 minutes) was.
     public var once: String?
     /// Publishes on the destination's shard channel (`SPUBLISH`, Redis Cluster) instead of its channel.
     public var sharded: Bool

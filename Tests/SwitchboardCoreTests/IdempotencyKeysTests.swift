@@ -34,6 +34,21 @@ import Testing
         #expect(keys.claim("k0", destination: "/topic/a", now: t0), "forgotten: the oldest went")
     }
 
+    @Test func aDuplicateClaimWhenFullEvictsNothing() {
+        let keys = IdempotencyKeys(capacity: 3)
+        for n in 0..<3 { #expect(keys.claim("k\(n)", destination: "/topic/a", now: t0)) }
+        #expect(!keys.claim("k0", destination: "/topic/a", now: t0), "the oldest, claimed again: still a duplicate")
+        #expect(keys.count == 3)
+        #expect(!keys.claim("k1", destination: "/topic/a", now: t0))
+    }
+
+    @Test func backendsAndStompUsersHaveTheirOwnTokens() {
+        #expect(IdempotencyTokens.api("k") != IdempotencyTokens.stomp(user: nil, key: "k"))
+        #expect(IdempotencyTokens.stomp(user: "alice", key: "k") != IdempotencyTokens.stomp(user: "bob", key: "k"))
+        // Inbound routes' tokens (`<stream>:<entry-id>`) never start with a NUL.
+        #expect(IdempotencyTokens.api("1700000000000-0") != "api:1700000000000-0")
+    }
+
     @Test func expiredKeysAreForgotten() {
         let keys = IdempotencyKeys()
         for n in 0..<10 { #expect(keys.claim("k\(n)", destination: "/topic/a", now: t0)) }
@@ -46,8 +61,8 @@ import Testing
         let hub = FanoutHub(eventLoops: [loop])
         let engine = InMemoryEngine(hub: hub)
         let message = PublishedMessage(destination: "/topic/a", messageID: "m1", headers: [:], body: ByteBuffer(string: "x"))
-        #expect(try engine.publish(message, idempotencyKey: "k", on: loop).wait())
-        #expect(try !engine.publish(message, idempotencyKey: "k", on: loop).wait())
-        #expect(try engine.publish(message, idempotencyKey: "k2", on: loop).wait())
+        #expect(try engine.publish(message, idempotencyKey: IdempotencyTokens.api("k"), on: loop).wait())
+        #expect(try !engine.publish(message, idempotencyKey: IdempotencyTokens.api("k"), on: loop).wait())
+        #expect(try engine.publish(message, idempotencyKey: IdempotencyTokens.api("k2"), on: loop).wait())
     }
 }

@@ -57,6 +57,19 @@ import Testing
         #expect(answers.first?.body == error)
     }
 
+    @Test func twoHeadersOrAHeaderOnABatchAreA400() throws {
+        let h = try PublishHandlerHarness()
+        var twice: HTTPHeaders = ["host": "x"]
+        twice.add(name: "Idempotency-Key", value: "a")
+        twice.add(name: "Idempotency-Key", value: "b")
+        try h.request(.POST, "/api/notification", body: Self.body, headers: twice)
+        try h.request(.POST, "/api/notifications", body: "[" + Self.body + "]", headers: ["host": "x", "Idempotency-Key": "k"])
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [400, 400])
+        #expect(answers[0].body == #"{"error":"header 'Idempotency-Key' must be given once","field":"Idempotency-Key"}"#)
+        #expect(answers[1].body.contains("give each notification its 'idempotencyKey'"))
+    }
+
     @Test func batchItemsHaveTheirOwnKeys() throws {
         let engine = HeldEngine()
         let h = try PublishHandlerHarness(engine: engine)

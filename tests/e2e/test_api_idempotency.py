@@ -55,3 +55,16 @@ def test_a_bad_send_key_is_an_error(gateway, client):
     c.connect()
     c.send_frame("SEND", {"destination": "/topic/idem.stomp", "idempotency-key": "k" * 257}, "x")
     c.expect_error("SEND header 'idempotency-key' must be 1 to 256 bytes")
+
+
+def test_a_bad_key_in_a_transaction_is_refused_when_it_arrives(gateway, client):
+    sub = client(gateway)
+    sub.connect()
+    sub.subscribe("/topic/idem.tx", id="s", receipt="r")
+    c = client(gateway)
+    c.connect()
+    c.send_frame("BEGIN", {"transaction": "t1"})
+    c.send("/topic/idem.tx", "first", headers={"transaction": "t1"})
+    c.send_frame("SEND", {"destination": "/topic/idem.tx", "transaction": "t1", "idempotency-key": ""}, "x")
+    c.expect_error("SEND header 'idempotency-key' must be 1 to 256 bytes")
+    sub.expect_nothing(0.3)  # the transaction never ran

@@ -21,31 +21,25 @@ package final class IdempotencyKeys: Sendable {
         self.capacity = max(capacity, 1)
     }
 
-    /// Claims `key` for `destination`: true when it is new (the publish goes on), false when
-    /// it was claimed within the window (a duplicate).
+    /// Claims `key` (an ``IdempotencyTokens`` token) for `destination`: true when it is new (the
+    /// publish goes on), false when it was claimed within the window (a duplicate).
     package func claim(_ key: String, destination: String, now: NIODeadline = .now()) -> Bool {
         // The destination's length is bounded and holds no NUL: the pair is unambiguous.
         let entry = destination + "\u{0}" + key
         return self.state.withLockedValue { state in
-            while let first = state.order.first, first.expires <= now || state.order.count >= self.capacity {
+            while let first = state.order.first, first.expires <= now {
                 state.order.removeFirst()
                 state.keys.remove(first.key)
             }
-            guard state.keys.insert(entry).inserted else { return false }
+            guard !state.keys.contains(entry) else { return false }
+            // Full: the oldest goes (a duplicate claim above evicts nothing).
+            while state.order.count >= self.capacity, let first = state.order.popFirst() {
+                state.keys.remove(first.key)
+            }
+            state.keys.insert(entry)
             state.order.append((entry, now + Self.window))
             return true
         }
-    }
-
-    /// Most bytes of a key.
-    package static let maxKeyBytes = 256
-
-    /// Why `key` cannot be an idempotency key (1…256 bytes, no control characters), or nil.
-    package static func problem(_ key: String) -> String? {
-        if key.isEmpty || key.utf8.count > maxKeyBytes {
-            return "must be 1 to \(maxKeyBytes) bytes"
-        }
-        return DestinationPattern.holdsControlCharacters(key) ? "must not contain control characters" : nil
     }
 
     /// Keys remembered now.

@@ -157,13 +157,10 @@ extension STOMPSessionHandler {
             let message = PublishedMessage(
                 destination: destination, messageID: services.messageIDs.next(),
                 headers: Self.userHeaders(of: frame), body: frame.body)
-            // `idempotency-key`: a SEND repeated with it (a client that reconnected before its
-            // RECEIPT came) is received again but published once (as the HTTP API's key).
-            let key = frame.headers["idempotency-key"]
-            if let key, let problem = IdempotencyKeys.problem(key) {
-                machine.stepCompleted(step, .failure(SessionFailure("SEND header 'idempotency-key' \(problem)", kind: .protocolViolation)))
-                return
-            }
+            // `idempotency-key` (checked by the machine): a SEND repeated with it (a client that
+            // reconnected before its RECEIPT came) is received again but published once. Keys
+            // are the user's own (another client cannot take them first), apart from the API's.
+            let key = frame.headers["idempotency-key"].map { IdempotencyTokens.stomp(user: identity?.user, key: $0) }
             if let admission = services.hub.admission(on: shard.eventLoop) {
                 // The instance's fan-out backlog is over its limit: the step (its RECEIPT, and
                 // the frames behind it) waits; refused after the admission timeout, nothing

@@ -119,6 +119,9 @@ extension STOMPSessionStateMachine {
             if destination.contains("*") {
                 failFrame("cannot SEND to wildcard destination \(destination)", frame); return nil
             }
+            if let key = frame.headers["idempotency-key"], let problem = IdempotencyTokens.problem(key) {
+                failFrame("SEND header 'idempotency-key' \(problem)", frame); return nil
+            }
             (step, pipelined) = (.publish(destination: destination, frame: frame), true)
         case .application:
             guard let route = policy.routes.route(for: destination) else {

@@ -14,12 +14,12 @@ extension HTTPPublishHandler {
         /// An HTTP/1.0 client asked to keep the connection: say that it is kept.
         let keepAlive10: Bool
         var response: (status: HTTPResponse.Status, body: ByteBuffer)?
-        /// The request's `Idempotency-Key` header (a single publish's).
-        let idempotencyKey: String?
+        /// The request's `Idempotency-Key` headers (one, for a single publish).
+        let idempotencyKeys: [String]
 
         init(endpoint: Endpoint, head: HTTPRequestHead) {
             self.endpoint = endpoint
-            self.idempotencyKey = head.headers.first(name: "idempotency-key")
+            self.idempotencyKeys = head.headers["idempotency-key"]
             self.close = !head.isKeepAlive
             self.keepAlive10 = head.isKeepAlive && head.version.major == 1 && head.version.minor == 0
             self.started = DispatchTime.now().uptimeNanoseconds
@@ -28,7 +28,7 @@ extension HTTPPublishHandler {
         /// The answer to bytes the parser refused: a 400 naming what was wrong, then close.
         init(malformed error: HTTPParserError) {
             self.endpoint = .malformed
-            self.idempotencyKey = nil
+            self.idempotencyKeys = []
             self.close = true
             self.keepAlive10 = false
             self.started = DispatchTime.now().uptimeNanoseconds

@@ -287,10 +287,10 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if let failure { throw failure }
             switch answer.endpoint {
             case .single(let user):
-                let prepared = try publisher.prepare(body: body, key: key, toUser: user, idempotencyHeader: answer.idempotencyKey)
+                let prepared = try publisher.prepare(body: body, key: key, toUser: user, idempotencyHeaders: answer.idempotencyKeys)
                 result = publisher.publish(prepared, on: loop).map { (.ok, APIJSON.body($0)) }
             case .batch:
-                let items = try publisher.prepareBatch(body: body, key: key)
+                let items = try publisher.prepareBatch(body: body, key: key, idempotencyHeaders: answer.idempotencyKeys)
                 result = publisher.publishBatch(items, on: loop).map { (NotificationPublisher.status(of: $0), APIJSON.body($0)) }
             case .live:
                 result = loop.makeSucceededFuture((.ok, APIJSON.body(ReadinessAnswer(status: "live"))))

@@ -97,10 +97,10 @@ struct NotificationPublisher: Sendable {
         return length > limit
     }
 
-    /// Validates a single-notification body for a topic, or for user `toUser`; `idempotencyHeader`
-    /// is the request's `Idempotency-Key` (the body's `idempotencyKey` may say the same, not
-    /// another key).
-    func prepare(body: ByteBuffer, key: APIKeyStore.Key?, toUser: String?, idempotencyHeader: String? = nil) throws(Failure) -> Prepared {
+    /// Validates a single-notification body for a topic, or for user `toUser`;
+    /// `idempotencyHeaders` are the request's `Idempotency-Key` fields (one at most; the body's
+    /// `idempotencyKey` may say the same, not another key).
+    func prepare(body: ByteBuffer, key: APIKeyStore.Key?, toUser: String?, idempotencyHeaders: [String] = []) throws(Failure) -> Prepared {
         // The user of `/api/users/{user}/notification`, checked here for both paths (the
         // router's and ``HTTPPublishHandler``'s); a batch item's in ``NotificationRequest``.
         if let toUser, let problem = DestinationPattern.nameProblem(toUser) {
@@ -112,7 +112,10 @@ struct NotificationPublisher: Sendable {
         } catch {
             throw Failure(error)
         }
-        if let idempotencyHeader {
+        if idempotencyHeaders.count > 1 {
+            throw Failure(status: .badRequest, message: "header 'Idempotency-Key' must be given once", field: "Idempotency-Key")
+        }
+        if let idempotencyHeader = idempotencyHeaders.first {
             if let problem = NotificationRequest.idempotencyKeyProblem(idempotencyHeader) {
                 throw Failure(status: .badRequest, message: "header 'Idempotency-Key' \(problem)", field: "Idempotency-Key")
             }
@@ -125,8 +128,14 @@ struct NotificationPublisher: Sendable {
         return try prepared(parsed, key: key, toUser: toUser)
     }
 
-    /// Validates a batch body: a failure for the whole request, or one result per item.
-    func prepareBatch(body: ByteBuffer, key: APIKeyStore.Key?) throws(Failure) -> [Result<Prepared, Failure>] {
+    /// Validates a batch body: a failure for the whole request, or one result per item. An
+    /// `Idempotency-Key` header is refused: keys are per item (`idempotencyKey`).
+    func prepareBatch(body: ByteBuffer, key: APIKeyStore.Key?, idempotencyHeaders: [String] = []) throws(Failure) -> [Result<Prepared, Failure>] {
+        if !idempotencyHeaders.isEmpty {
+            throw Failure(
+                status: .badRequest, message: "header 'Idempotency-Key' is not for a batch: give each notification its 'idempotencyKey'",
+                field: "Idempotency-Key")
+        }
         let items: [Result<NotificationRequest, APIRequestError>]
         do {
             items = try NotificationRequest.parseBatch(body, maxItems: maxBatchItems) { topic, user in topicCheck(toUser: user)(topic) }
@@ -180,11 +189,12 @@ struct NotificationPublisher: Sendable {
     /// order), and is refused with a 503 when it does not drain in time.
     func publish(_ prepared: Prepared, on loop: any EventLoop) -> EventLoopFuture<NotificationAnswer> {
         let engine = services.engine
-        let publish: () -> EventLoopFuture<NotificationAnswer> = {
-            guard let key = prepared.idempotencyKey else { return engine.publish(prepared.message, on: loop).map { prepared.answer } }
-            return engine.publish(prepared.message, idempotencyKey: key, on: loop).map { $0 ? prepared.answer : prepared.duplicateAnswer }
+        let published: EventLoopFuture<NotificationAnswer>
+        if let admission = services.hub.admission(on: loop) {
+            published = admission.flatMap { Self.publish(prepared, engine: engine, on: loop) }
+        } else {
+            published = Self.publish(prepared, engine: engine, on: loop)
         }
-        let published = services.hub.admission(on: loop).map { $0.flatMap { publish() } } ?? publish()
         return published.flatMapErrorThrowing { error in
             if error is FanoutOverloaded {
                 throw Failure(status: .serviceUnavailable, message: "\(error)", field: nil)
@@ -197,6 +207,12 @@ struct NotificationPublisher: Sendable {
             }
             throw Failure(status: .serviceUnavailable, message: "publish failed: \(error)", field: nil)
         }
+    }
+
+    private static func publish(_ prepared: Prepared, engine: any BrokerEngine, on loop: any EventLoop) -> EventLoopFuture<NotificationAnswer> {
+        guard let key = prepared.idempotencyKey else { return engine.publish(prepared.message, on: loop).map { prepared.answer } }
+        return engine.publish(prepared.message, idempotencyKey: IdempotencyTokens.api(key), on: loop)
+            .map { $0 ? prepared.answer : prepared.duplicateAnswer }
     }
 
     /// Publishes every valid item of a batch, in order.

@@ -78,8 +78,7 @@ struct PublishAPI: Sendable {
     func publish(_ request: Request, context: BasicRequestContext, toUser: String?) async throws -> Response {
         let key = try publisher.authenticate(authorization: request.headers[.authorization])
         let bytes = try await body(of: request, key: key)
-        let idempotencyKey = request.headers[Self.idempotencyKeyField]
-        let prepared = try publisher.prepare(body: bytes, key: key, toUser: toUser, idempotencyHeader: idempotencyKey)
+        let prepared = try publisher.prepare(body: bytes, key: key, toUser: toUser, idempotencyHeaders: request.headers[values: Self.idempotencyKeyField])
         return Self.json(try await publisher.publish(prepared, on: eventLoopGroup.any()).get())
     }
 
@@ -87,7 +86,7 @@ struct PublishAPI: Sendable {
     func publishBatch(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let key = try publisher.authenticate(authorization: request.headers[.authorization])
         let bytes = try await body(of: request, key: key)
-        let items = try publisher.prepareBatch(body: bytes, key: key)
+        let items = try publisher.prepareBatch(body: bytes, key: key, idempotencyHeaders: request.headers[values: Self.idempotencyKeyField])
         let answer = try await publisher.publishBatch(items, on: eventLoopGroup.any()).get()
         return Self.json(answer, status: NotificationPublisher.status(of: answer))
     }
