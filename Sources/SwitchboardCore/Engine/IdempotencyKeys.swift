@@ -5,15 +5,37 @@ import SwitchboardWire
 /// The embedded broker's idempotency keys: a publish whose key was published with to the same
 /// destination within ``window`` is not published again. Bounded: at most ``capacity`` keys,
 /// past it the oldest go first (a retry later than that many other keyed publishes is
-/// published again). Kept in insertion order, which is also their expiry order.
+/// published again). Kept in insertion order, which is also their expiry order. Each is kept as
+/// a 128-bit digest of its destination and token (``Digest``): 100,000 keys take a few MB
+/// whatever their length (a false duplicate would need two of them to collide in 128 bits).
 package final class IdempotencyKeys: Sendable {
     /// How long a key is remembered (as Redis remembers it in Redis mode).
     package static let window = TimeAmount.minutes(10)
 
+    /// Two independently seeded 64-bit hashes of a destination and a token (this process's
+    /// random seed: the digests never leave it).
+    struct Digest: Hashable {
+        var high: UInt64
+        var low: UInt64
+
+        init(destination: String, token: String) {
+            var first = Hasher()
+            first.combine(0 as UInt8)
+            first.combine(destination)
+            first.combine(token)
+            var second = Hasher()
+            second.combine(1 as UInt8)
+            second.combine(token)
+            second.combine(destination)
+            high = UInt64(UInt(bitPattern: first.finalize()))
+            low = UInt64(UInt(bitPattern: second.finalize()))
+        }
+    }
+
     package let capacity: Int
     private struct State {
-        var keys: Set<String> = []
-        var order = CircularBuffer<(key: String, expires: NIODeadline)>()
+        var keys: Set<Digest> = []
+        var order = CircularBuffer<(key: Digest, expires: NIODeadline)>()
     }
     private let state = NIOLockedValueBox(State())
 
@@ -24,8 +46,7 @@ package final class IdempotencyKeys: Sendable {
     /// Claims `key` (an ``IdempotencyTokens`` token) for `destination`: true when it is new (the
     /// publish goes on), false when it was claimed within the window (a duplicate).
     package func claim(_ key: String, destination: String, now: NIODeadline = .now()) -> Bool {
-        // The destination's length is bounded and holds no NUL: the pair is unambiguous.
-        let entry = destination + "\u{0}" + key
+        let entry = Digest(destination: destination, token: key)
         return self.state.withLockedValue { state in
             while let first = state.order.first, first.expires <= now {
                 state.order.removeFirst()
