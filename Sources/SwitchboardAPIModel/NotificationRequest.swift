@@ -31,9 +31,6 @@ package struct NotificationRequest: Sendable, Equatable {
     /// is not published again (a backend's retry after a timeout, on any instance).
     package var idempotencyKey: String?
 
-    /// Why `key` cannot be an idempotency key (1…256 bytes, no control characters), or nil.
-    package static func idempotencyKeyProblem(_ key: String) -> String? { IdempotencyTokens.problem(key) }
-
     /// Most entries of a request's `headers` object (a STOMP frame carries each as a header line).
     package static let maxHeaders = 64
 
@@ -190,7 +187,7 @@ package struct NotificationRequest: Sendable, Equatable {
             case .missing: break
             case .invalid: throw APIRequestError(status: 400, message: "field 'idempotencyKey' must be a string", field: "idempotencyKey")
             case .value(let value):
-                if let problem = NotificationRequest.idempotencyKeyProblem(value) {
+                if let problem = IdempotencyTokens.problem(value) {
                     throw APIRequestError(status: 400, message: "field 'idempotencyKey' \(problem)", field: "idempotencyKey")
                 }
                 idempotencyKey = value

@@ -4,15 +4,15 @@
 keys are per destination."""
 import requests
 
+from support.burst import subscribed_clients
+
 
 def post(gateway, body, **headers):
     return requests.post(gateway.base + "/api/notification", json=body, headers=headers, timeout=5)
 
 
 def test_a_retried_publish_is_delivered_once(gateway, client):
-    c = client(gateway)
-    c.connect()
-    c.subscribe("/topic/idem.e2e", id="s", receipt="r")
+    c, = subscribed_clients(gateway, client, "/topic/idem.e2e", 1)
     first = post(gateway, {"topic": "/topic/idem.e2e", "message": "one"}, **{"Idempotency-Key": "k-1"})
     again = post(gateway, {"topic": "/topic/idem.e2e", "message": "one"}, **{"Idempotency-Key": "k-1"})
     by_field = post(gateway, {"topic": "/topic/idem.e2e", "message": "one", "idempotencyKey": "k-1"})
@@ -34,9 +34,7 @@ def test_a_bad_key_is_a_400_naming_the_field(gateway):
 
 
 def test_a_send_repeated_after_a_reconnect_is_delivered_once(gateway, client):
-    sub = client(gateway)
-    sub.connect()
-    sub.subscribe("/topic/idem.stomp", id="s", receipt="r")
+    sub, = subscribed_clients(gateway, client, "/topic/idem.stomp", 1)
     first = client(gateway)
     first.connect()
     first.send("/topic/idem.stomp", "hello", headers={"idempotency-key": "phone-1"}, receipt="a")
@@ -58,9 +56,7 @@ def test_a_bad_send_key_is_an_error(gateway, client):
 
 
 def test_a_bad_key_in_a_transaction_is_refused_when_it_arrives(gateway, client):
-    sub = client(gateway)
-    sub.connect()
-    sub.subscribe("/topic/idem.tx", id="s", receipt="r")
+    sub, = subscribed_clients(gateway, client, "/topic/idem.tx", 1)
     c = client(gateway)
     c.connect()
     c.send_frame("BEGIN", {"transaction": "t1"})

@@ -116,7 +116,7 @@ struct NotificationPublisher: Sendable {
             throw Failure(status: .badRequest, message: "header 'Idempotency-Key' must be given once", field: "Idempotency-Key")
         }
         if let idempotencyHeader = idempotencyHeaders.first {
-            if let problem = NotificationRequest.idempotencyKeyProblem(idempotencyHeader) {
+            if let problem = IdempotencyTokens.problem(idempotencyHeader) {
                 throw Failure(status: .badRequest, message: "header 'Idempotency-Key' \(problem)", field: "Idempotency-Key")
             }
             if let field = parsed.idempotencyKey, field != idempotencyHeader {
