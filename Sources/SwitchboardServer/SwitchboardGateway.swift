@@ -130,6 +130,7 @@ package struct SwitchboardGateway: Sendable {
             redisConfiguration.commandTimeout = .milliseconds(Int64(settings.commandTimeoutMs))
             redisConfiguration.commandConnectionPerEventLoop = settings.connectionPerLoop
             redisConfiguration.connectTimeout = .milliseconds(Int64(settings.connectTimeoutMs))
+            redisConfiguration.reconnectWait = .milliseconds(Int64(settings.reconnectWaitMs))
             redisConfiguration.clientName = "switchboard-\(instanceID)"
             if let tls = settings.tls { redisConfiguration.tls = tls.configuration }
             redisConfiguration.sentinel = settings.sentinel

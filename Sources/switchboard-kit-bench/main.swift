@@ -47,7 +47,7 @@ struct KitBench: AsyncParsableCommand {
             try await client.refreshTopology()
             redis = .cluster(client)
         }
-        // Publishing before the connection is up fails at once (notConnected): wait for it.
+        // Wait for the connection (a command waits for it at most `reconnectWait`, then fails).
         for attempt in 0... {
             do {
                 _ = try await redis.execute(PING())

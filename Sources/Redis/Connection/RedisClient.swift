@@ -46,8 +46,9 @@ public struct RedisBackoff: Sendable, Hashable {
 /// Both connections reconnect by themselves with exponential backoff and jitter
 /// (``RedisConfiguration/reconnectBackoffMinimum`` … ``RedisConfiguration/reconnectBackoffMaximum``);
 /// active subscriptions are re-established automatically after the pub/sub connection reconnects.
-/// Commands issued while the command connection is down fail immediately with
-/// ``RedisClientError/notConnected`` (nothing is queued). Blocking reads (`XREAD BLOCK`) should use a
+/// Commands issued while the command connection is down wait for it, in order, for at most
+/// ``RedisConfiguration/reconnectWait`` (then fail with ``RedisClientError/notConnected``; at most
+/// ``RedisConfiguration/maximumWaitingCommands`` wait). Blocking reads (`XREAD BLOCK`) should use a
 /// dedicated connection: ``withDedicatedConnection(_:)``.
 ///
 /// ```swift
@@ -90,6 +91,14 @@ public final class RedisClient: Sendable {
         /// answered yet. Its own connection is used again only once they are: commands sent
         /// later must not overtake them on the other connection.
         var fallbacksInFlight: [ObjectIdentifier: Int] = [:]
+        /// Commands waiting, in order, for the shared command connection (see
+        /// ``RedisClient/send(_:)``): present (perhaps empty) from the first one until the
+        /// connection that came back wrote them all, so later commands queue behind them.
+        var waiting: CircularBuffer<WaitingCommand>?
+        var waitingIDs: UInt64 = 0
+        /// Per loop (with ``RedisConfiguration/commandConnectionPerEventLoop``): how many of
+        /// ``waiting`` it sent; its own connection is not used while they wait.
+        var waitingFromLoop: [ObjectIdentifier: Int] = [:]
         var subscriberConnection: RedisConnection?
         var states: [RedisConnectionRole: RedisConnectionState] = [:]
         var reconnects = 0
@@ -189,6 +198,7 @@ public final class RedisClient: Sendable {
             state.subscriberConnection = nil
             return result
         }
+        self.failWaiting(RedisClientError.shutdown)
         for task in tasks { task.cancel() }
         for connection in connections { await connection.close() }
         for task in tasks { await task.value }
@@ -226,7 +236,8 @@ public final class RedisClient: Sendable {
     // MARK: Commands
 
     /// Executes `command` on the multiplexed connection.
-    /// - Throws: ``RedisClientError/notConnected`` immediately while disconnected.
+    /// - Throws: ``RedisClientError/notConnected`` when disconnected for longer than
+    ///   ``RedisConfiguration/reconnectWait``.
     public func execute<Command: RedisCommand>(_ command: Command) async throws -> Command.Response {
         try await self.send(command).get()
     }
@@ -237,33 +248,46 @@ public final class RedisClient: Sendable {
     /// goes on that loop's own connection; while it is down, on the shared one. The commands of
     /// one loop keep their order across the switch: its own connection is used again only once
     /// what it sent on the shared one meanwhile was answered.
+    ///
+    /// While no connection is up, the command waits (``RedisConfiguration/reconnectWait``) and is
+    /// written, in order, on the shared connection once it is back.
     public func send<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response> {
         guard self.configuration.commandConnectionPerEventLoop, let loop = MultiThreadedEventLoopGroup.currentEventLoop else {
-            guard let connection = self.state.withLockedValue({ $0.commandConnection }), connection.isActive else {
-                return self.eventLoopGroup.any().makeFailedFuture(RedisClientError.notConnected)
+            let connection = self.state.withLockedValue { state -> RedisConnection? in
+                guard state.waiting == nil, let connection = state.commandConnection, connection.isActive else { return nil }
+                return connection
             }
+            guard let connection else { return self.wait(command, from: nil) }
             return connection.send(command)
         }
         let key = ObjectIdentifier(loop)
-        let (connection, fallback) = self.state.withLockedValue { state -> (RedisConnection?, Bool) in
+        let (connection, fallback, held) = self.state.withLockedValue { state -> (RedisConnection?, Bool, [WaitingCommand]) in
             let own = state.loopConnections[key].flatMap { $0.isActive ? $0 : nil }
-            guard let shared = state.commandConnection, shared.isActive else { return (own, false) }
-            // A shared connection that closed ran nothing more of what it still held.
-            if let own, state.fallbacksInFlight[key, default: 0] == 0 { return (own, false) }
-            state.fallbacksInFlight[key, default: 0] += 1
-            return (shared, true)
-        }
-        guard let connection else { return loop.makeFailedFuture(RedisClientError.notConnected) }
-        let future = connection.send(command)
-        if fallback {
-            future.whenComplete { _ in
-                self.state.withLockedValue { state in
-                    let left = state.fallbacksInFlight[key, default: 1] - 1
-                    state.fallbacksInFlight[key] = left > 0 ? left : nil
-                }
+            let shared = state.commandConnection.flatMap { $0.isActive ? $0 : nil }
+            // Its own connection, unless earlier commands of this loop wait for the shared one,
+            // or went on it and are not answered (a shared connection that closed ran nothing
+            // more of what it still held: those no longer count).
+            if let own, state.waiting == nil || state.waitingFromLoop[key, default: 0] == 0, state.fallbacksInFlight[key, default: 0] == 0 || shared == nil {
+                return (own, false, [])
             }
+            // Its own is back before the shared one: what it holds goes first, on its own.
+            if let own, shared == nil { return (own, false, Self.takeWaiting(of: key, &state)) }
+            guard state.waiting == nil, let shared else { return (nil, false, []) }
+            state.fallbacksInFlight[key, default: 0] += 1
+            return (shared, true, [])
         }
+        guard let connection else { return self.wait(command, from: loop) }
+        for command in held { _ = command.write(connection) }
+        let future = connection.send(command)
+        if fallback { future.whenComplete { _ in self.fallbackAnswered(key) } }
         return future
+    }
+
+    func fallbackAnswered(_ key: ObjectIdentifier) {
+        self.state.withLockedValue { state in
+            let left = state.fallbacksInFlight[key, default: 1] - 1
+            state.fallbacksInFlight[key] = left > 0 ? left : nil
+        }
     }
 
     /// Whether commands sent on `loop` go on its own connection now (tests).
@@ -413,15 +437,16 @@ public final class RedisClient: Sendable {
                     await connection.close()
                     throw error
                 }
-                let accepted = self.state.withLockedValue { state -> Bool in
-                    guard !state.isShutdown else { return false }
+                let (accepted, holds) = self.state.withLockedValue { state -> (Bool, Bool) in
+                    guard !state.isShutdown else { return (false, false) }
                     state.loopConnections[key] = connection
-                    return true
+                    return (true, state.waiting != nil && state.waitingFromLoop[key, default: 0] > 0)
                 }
                 guard accepted else {
                     await connection.close()
                     break
                 }
+                if holds { self.writeLoopsWaiting(key, on: connection) }
                 attempt = 0
                 try? await connection.closeFuture.get()
                 self.state.withLockedValue { state in
@@ -467,10 +492,13 @@ public final class RedisClient: Sendable {
                         throw error
                     }
                 }
+                var drain = false
                 let accepted = self.state.withLockedValue { state -> Bool in
                     guard !state.isShutdown else { return false }
                     switch role {
-                    case .commands: state.commandConnection = connection
+                    case .commands:
+                        state.commandConnection = connection
+                        if state.waiting != nil { drain = true }
                     case .subscriptions: state.subscriberConnection = connection
                     }
                     if connectedBefore { state.reconnects += 1 }
@@ -481,6 +509,7 @@ public final class RedisClient: Sendable {
                     break
                 }
                 if role == .subscriptions { self.subscriberReading.apply(to: connection) }
+                if drain { self.writeWaiting(on: connection) }
                 connectedBefore = true
                 attempt = 0
                 self.state.withLockedValue { $0.lastErrors[role] = nil }

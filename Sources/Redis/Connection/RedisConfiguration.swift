@@ -30,6 +30,14 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var reconnectBackoffMaximum: TimeAmount
     /// Default per-subscription buffer size for ``RedisSubscription``.
     public var subscriptionBufferSize: Int
+    /// How long ``RedisClient/send(_:)`` holds a command while the command connection is down
+    /// (reconnecting after a `CLIENT KILL`, a restart or a failover) before failing it with
+    /// ``RedisClientError/notConnected``; held commands are written in order once it is back.
+    /// `.zero`: fail at once.
+    public var reconnectWait: TimeAmount = .seconds(1)
+    /// At most this many commands are held (``reconnectWait``); more fail at once with
+    /// ``RedisClientError/queueFull``.
+    public var maximumWaitingCommands = 10_000
     /// Also keep one command connection per event loop of the group: a command sent from an
     /// event loop then goes out, and its reply comes back, on that loop, with no thread hop
     /// (the shared connection remains for other callers and while a loop's is down).

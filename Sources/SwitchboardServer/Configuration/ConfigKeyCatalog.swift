@@ -209,8 +209,12 @@ package enum ConfigKeyCatalog {
                 ),
                 .init("redis.connect-timeout-ms", .integer, "`2000`", "connect deadline; reconnects back off exponentially with jitter"),
                 .init(
+                    "redis.reconnect-wait-ms", .integer, "`1000`",
+                    "while the command connection reconnects (after a `CLIENT KILL`, a restart or a failover), a command (a publish, a stream route's `XADD`) waits this long for it and is sent, in order, once it is back; past it the publish fails (`503`/`ERROR`, not published). At most 10,000 commands wait; more fail at once. 0: fail at once. With a Redis Cluster, a node's commands wait for its connection, and are retried, up to `redis.command-timeout-ms`"
+                ),
+                .init(
                     "redis.unreachable-wait-ms", .integer, "`5000`",
-                    "while Redis is unreachable, a client's step that needs it waits this long for Redis to be back, then fails with an `ERROR` saying so: a `SUBSCRIBE` to a destination with history (its position and any replay are read there) and, with `events.enabled`, a `CONNECT` or a receipted `SUBSCRIBE` (their facts are stored there); 0: they fail at once"
+                    "while Redis is unreachable, a client's step that needs it waits this long for Redis to be back, then fails with an `ERROR` saying so: a `SUBSCRIBE` to a destination with history (its position and any replay are read there) and, with `events.enabled`, a `CONNECT` or a receipted `SUBSCRIBE` (their facts are stored there); 0: they fail at once (once the command has waited `redis.reconnect-wait-ms` for a reconnecting connection)"
                 ),
                 .init(
                     "redis.wait-replicas", .integer, "`0`",

@@ -109,6 +109,9 @@ package struct RedisSettings: Sendable, Equatable {
     package var connectTimeoutMs = 2_000
     /// How long a `SUBSCRIBE` to a destination with history waits for an unreachable Redis; 0: none.
     package var unreachableWaitMs = 5_000
+    /// `redis.reconnect-wait-ms`: how long a command (a publish) waits for the command
+    /// connection while it reconnects; 0: it fails at once.
+    package var reconnectWaitMs = 1_000
     /// `redis.appendfsync-always`: the Redis primaries lose nothing they acknowledged when they
     /// restart (`appendonly yes`, `appendfsync always`), so a restart keeps history's positions
     /// instead of moving them ahead (a hole every subscriber is told of).
@@ -143,6 +146,8 @@ package struct RedisSettings: Sendable, Equatable {
         connectTimeoutMs = reader.int(forKey: "connect-timeout-ms", default: connectTimeoutMs)
         unreachableWaitMs = reader.int(forKey: "unreachable-wait-ms", default: unreachableWaitMs)
         try SwitchboardConfiguration.atLeast(0, ("redis.unreachable-wait-ms", unreachableWaitMs))
+        reconnectWaitMs = reader.int(forKey: "reconnect-wait-ms", default: reconnectWaitMs)
+        try SwitchboardConfiguration.atLeast(0, ("redis.reconnect-wait-ms", reconnectWaitMs))
         appendfsyncAlways = reader.bool(forKey: "appendfsync-always", default: appendfsyncAlways)
         waitReplicas = reader.int(forKey: "wait-replicas", default: waitReplicas)
         waitReplicasTimeoutMs = reader.int(forKey: "wait-replicas-timeout-ms", default: waitReplicasTimeoutMs)

@@ -1,0 +1,174 @@
+import Dispatch
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import RedisServerTesting
+import Testing
+
+@testable import Redis
+
+/// Commands sent while the command connection reconnects (``RedisConfiguration/reconnectWait``):
+/// they wait and go out in order once it is back, instead of failing with `notConnected`.
+@Suite("Reconnect wait", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
+struct ReconnectWaitIntegrationTests {
+    /// A client whose reconnect takes a while (the backoff), so commands are sent in the gap.
+    private func client(
+        _ server: RedisServerProcess, group: any EventLoopGroup, perLoop: Bool = false, _ configure: (inout RedisConfiguration) -> Void = { _ in }
+    )
+        async throws -> RedisClient
+    {
+        var configuration = server.configuration
+        configuration.commandConnectionPerEventLoop = perLoop
+        configuration.reconnectBackoffMinimum = .milliseconds(400)
+        configuration.reconnectBackoffMaximum = .milliseconds(400)
+        configuration.reconnectWait = .seconds(30)
+        configure(&configuration)
+        let client = RedisClient(configuration: configuration, eventLoopGroup: group, enableSubscriptions: false)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(30))
+        return client
+    }
+
+    @Test func commandsSentWhileReconnectingWaitAndKeepTheirOrder() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let client = try await client(server, group: group)
+        let admin = try await server.connect()
+        _ = try await admin.execute(RawCommand("CLIENT", "KILL", "TYPE", "normal"))
+        #expect(try await eventually { client.connectionState(.commands) != .connected })
+        let sent = (0..<200).map { client.send(RawCommand("RPUSH", "order", .string("\($0)"))) }
+        #expect(client.waitingCommands > 0)
+        for (index, reply) in sent.enumerated() { #expect(try Int(fromRESP: try await reply.get()) == index + 1) }
+        let order = try [String](fromRESP: try await admin.execute(RawCommand("LRANGE", "order", "0", "-1")))
+        #expect(order == (0..<200).map { "\($0)" })
+        #expect(client.waitingCommands == 0)
+        await admin.close()
+        await client.shutdown()
+        try await group.shutdownGracefully()
+    }
+
+    /// With a connection per loop: both the loop's own and the shared one killed; the loop's
+    /// commands wait for the shared one, and those sent after its own is back do not overtake them.
+    @Test func aLoopsWaitingCommandsAreNotOvertakenOnItsOwnConnection() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let client = try await client(server, group: group, perLoop: true)
+        #expect(try await eventually { client.hasOwnConnection(on: loop) })
+        let admin = try await server.connect()
+        _ = try await admin.execute(RawCommand("CLIENT", "KILL", "TYPE", "normal"))
+        #expect(try await eventually { client.connectionState(.commands) != .connected && !client.hasOwnConnection(on: loop) })
+        let first = try await loop.submit { (0..<100).map { client.send(RawCommand("RPUSH", "order", .string("\($0)"))) } }.get()
+        #expect(client.waitingCommands > 0)
+        // More, from the loop, as the connections come back, until both are.
+        var later: [EventLoopFuture<RESPToken>] = []
+        var next = 100
+        while next < 5_000 {
+            later += try await loop.submit { [next] in (next..<next + 10).map { client.send(RawCommand("RPUSH", "order", .string("\($0)"))) } }.get()
+            next += 10
+            if client.hasOwnConnection(on: loop), client.connectionState(.commands) == .connected, client.waitingCommands == 0 { break }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        for reply in first + later { _ = try await reply.get() }
+        let order = try [String](fromRESP: try await admin.execute(RawCommand("LRANGE", "order", "0", "-1")))
+        #expect(order == (0..<next).map { "\($0)" })
+        await admin.close()
+        await client.shutdown()
+        try await group.shutdownGracefully()
+    }
+
+    /// A loop's own connection back before the shared one: what the loop held goes out there,
+    /// in order, rather than waiting for the shared one (here held down by blocking its loop).
+    @Test func aLoopsOwnConnectionBackFirstWritesWhatTheLoopHeld() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let other = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let otherLoop = other.next()
+        var configuration = server.configuration
+        configuration.commandConnectionPerEventLoop = true
+        configuration.reconnectBackoffMinimum = .seconds(1)
+        configuration.reconnectBackoffMaximum = .seconds(1)
+        configuration.reconnectWait = .seconds(60)
+        let client = RedisClient(configuration: configuration, eventLoopGroup: group, additionalCommandLoops: [otherLoop], enableSubscriptions: false)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(30))
+        let admin = try await server.connect()
+        let gate = DispatchSemaphore(value: 0)
+        var held: [EventLoopFuture<RESPToken>] = []
+        // Rounds until one catches both connections down, the shared one unable to come back
+        // (its loop blocked during the reconnect backoff) and commands held.
+        for round in 0..<20 where held.isEmpty {
+            #expect(try await eventually { client.hasOwnConnection(on: otherLoop) && client.connectionState(.commands) == .connected })
+            _ = try await admin.execute(RawCommand("CLIENT", "KILL", "TYPE", "normal"))
+            #expect(try await eventually { !client.hasOwnConnection(on: otherLoop) && client.connectionState(.commands) != .connected })
+            group.next().execute { _ = gate.wait(timeout: .now() + 60) }
+            let sent = try await otherLoop.submit { (0..<50).map { client.send(RawCommand("RPUSH", "order", .string("\(round)-\($0)"))) } }.get()
+            if client.waitingCommands == 50 {
+                held = sent
+            } else {
+                gate.signal()
+                for reply in sent { _ = try? await reply.get() }
+            }
+        }
+        #expect(held.count == 50)
+        let answered = NIOLockedValueBox(0)
+        for reply in held { reply.whenSuccess { _ in answered.withLockedValue { $0 += 1 } } }
+        // Answered on the loop's own connection while the shared one cannot be back.
+        #expect(try await eventually { answered.withLockedValue { $0 } == 50 })
+        #expect(client.connectionState(.commands) != .connected)
+        let values = try [String](fromRESP: try await admin.execute(RawCommand("LRANGE", "order", "0", "-1")))
+        let round = values.last.map { String($0.prefix { $0 != "-" }) } ?? ""
+        #expect(values.suffix(50) == (0..<50).map { "\(round)-\($0)" })
+        gate.signal()
+        await admin.close()
+        await client.shutdown()
+        try await group.shutdownGracefully()
+        try await other.shutdownGracefully()
+    }
+
+    @Test func aCommandWaitsAtMostTheReconnectWait() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let client = try await client(server, group: group) { $0.reconnectWait = .milliseconds(300) }
+        server.kill()
+        #expect(try await eventually { client.connectionState(.commands) != .connected })
+        let start = ContinuousClock.now
+        await #expect(throws: RedisClientError.notConnected) { try await client.execute(PING()) }
+        #expect(ContinuousClock.now - start >= .milliseconds(300))
+        #expect(client.waitingCommands == 0)
+        await client.shutdown()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func zeroFailsAtOnceAndALongerOneOutlastsARestart() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let failFast = try await client(server, group: group) { $0.reconnectWait = .zero }
+        let patient = try await client(server, group: group)
+        server.kill()
+        #expect(try await eventually { failFast.connectionState(.commands) != .connected && patient.connectionState(.commands) != .connected })
+        await #expect(throws: RedisClientError.notConnected) { try await failFast.execute(PING()) }
+        let waiting = patient.send(RawCommand("SET", "k", "v"))
+        #expect(patient.waitingCommands == 1)
+        try await server.launch()
+        _ = try await waiting.get()
+        #expect(try await patient.execute(GET("k")) == ByteBuffer(string: "v"))
+        await failFast.shutdown()
+        await patient.shutdown()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func theWaitingQueueHasALimitAndShutdownFailsWhatWaits() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let client = try await client(server, group: group) { $0.maximumWaitingCommands = 3 }
+        server.kill()
+        #expect(try await eventually { client.connectionState(.commands) != .connected })
+        let sent = (0..<5).map { _ in client.send(PING()) }
+        for refused in sent[3...] { await #expect(throws: RedisClientError.queueFull) { try await refused.get() } }
+        #expect(client.waitingCommands == 3)
+        await client.shutdown()
+        for held in sent[..<3] { await #expect(throws: RedisClientError.shutdown) { try await held.get() } }
+        try await group.shutdownGracefully()
+    }
+}
