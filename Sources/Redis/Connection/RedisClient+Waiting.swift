@@ -60,12 +60,12 @@ extension RedisClient {
 
     private func removeWaiting(_ id: UInt64) -> WaitingCommand? {
         self.state.withLockedValue { state -> WaitingCommand? in
-            guard let waiting = state.waiting else { return nil }
+            // In place (no copy of the queue): deadlines expire in order, usually the first.
             let removed: WaitingCommand
-            if waiting.first?.id == id {  // deadlines expire in order: usually the first
+            if state.waiting?.first?.id == id {
                 removed = state.waiting!.removeFirst()
             } else {
-                guard let index = waiting.firstIndex(where: { $0.id == id }) else { return nil }
+                guard let index = state.waiting?.firstIndex(where: { $0.id == id }) else { return nil }
                 removed = state.waiting!.remove(at: index)
             }
             if let key = removed.loop { Self.leave(key, &state) }
