@@ -69,6 +69,15 @@ public enum GatewayRedis: Sendable {
         }
     }
 
+    /// Commands waiting for the command connection to be back (``RedisConfiguration/reconnectWait``;
+    /// a cluster's commands waiting for their node are not counted).
+    package var waitingCommands: Int {
+        switch self {
+        case .single(let client): client.waitingCommands
+        case .cluster: 0
+        }
+    }
+
     /// A command every new command connection runs first (on a cluster: on every primary).
     public func addConnectionSetup(_ arguments: [RedisArgument]) {
         switch self {

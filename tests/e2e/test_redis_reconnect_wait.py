@@ -66,9 +66,12 @@ def test_publishes_during_a_reconnect_wait_for_it_and_keep_their_order(held_gate
     publisher.start()
     for i, text in enumerate(texts[5:], start=5):
         sender.send_frame("SEND", {"destination": TOPIC, "receipt": f"r{i}"}, text)
-    sender.expect_nothing(0.3)  # held, not refused
+    # Held, not refused: every one of them waits (the metric counts them).
+    wait_until(lambda: gw.metric("switchboard_redis_waiting_commands") == len(texts) + 1, 10, what="the publishes waiting")
+    sender.expect_nothing(0.1)
     assert "r" not in api
     proxy.release()
+    wait_until(lambda: gw.metric("switchboard_redis_waiting_commands") == 0, 20, what="the waiting publishes written")
     receipts = [sender.receive(20) for _ in texts]
     assert [f.command for f in receipts] == ["RECEIPT"] * len(texts), [f.get("message") for f in receipts]
     assert [f.get("receipt-id") for f in receipts] == [f"r{i}" for i in range(len(texts))]

@@ -127,6 +127,9 @@ final class MetricsEndpoint: Sendable {
                     help: "1 while the Redis connection is up.")
             }
             counter("switchboard_redis_reconnects_total", engine.redis.reconnectCount, help: "Redis reconnects.")
+            gauge(
+                "switchboard_redis_waiting_commands", engine.redis.waitingCommands,
+                help: "Redis commands (publishes) waiting for the command connection to be back (redis.reconnect-wait-ms).")
             counter(
                 "switchboard_redis_subscriber_read_pauses_total", engine.redis.subscriberReadPauses,
                 help: "Times a Redis subscriber connection stopped reading because the fan-out backlog was over server.max-fanout-backlog-bytes.")
