@@ -158,6 +158,29 @@ struct ReconnectWaitIntegrationTests {
         try await group.shutdownGracefully()
     }
 
+    /// A restarted server answers `-LOADING` while it loads its data set: the connection is
+    /// used only once it is done, so a command sent meanwhile waits instead of failing.
+    @Test func aCommandWaitsWhileARestartedServerLoads() async throws {
+        let server = try await RedisServerProcess.start([
+            "--enable-debug-command", "local", "--key-load-delay", "50", "--loading-process-events-interval-bytes", "1024",
+        ])
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let client = try await client(server, group: group) { $0.reconnectBackoffMinimum = .milliseconds(20) }
+        let admin = try await server.connect()
+        _ = try await admin.execute(RawCommand("DEBUG", "POPULATE", "20000"))  // 20,000 keys × 50 µs: a second of loading
+        _ = try await admin.execute(RawCommand("SAVE"))
+        await admin.close()
+        server.kill()
+        try await server.launch()
+        let probe = try await server.connect()
+        await #expect(throws: RedisServerError.self) { try await probe.execute(PING()) }  // still loading
+        await probe.close()
+        _ = try await client.execute(RawCommand("SET", "after", "restart"))  // a LOADING error would throw
+        #expect(try await client.execute(GET("after")) == ByteBuffer(string: "restart"))
+        await client.shutdown()
+        try await group.shutdownGracefully()
+    }
+
     @Test func theWaitingQueueHasALimitAndShutdownFailsWhatWaits() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

@@ -148,7 +148,21 @@ public final class RedisClient: Sendable {
     }
 
     /// Runs the setup commands on a new command connection.
+    /// First waits while the server is still loading its data set (a restart): it answers
+    /// `-LOADING` to nearly every command, so the connection is not used, and commands keep
+    /// waiting for it (``RedisConfiguration/reconnectWait``), until it answers `PING`.
     private func runSetup(on connection: RedisConnection) async throws {
+        var logged = false
+        while true {
+            do {
+                _ = try await connection.execute(PING())
+                break
+            } catch let error as RedisServerError where error.code == "LOADING" {
+                if !logged { self.logger.info("redis is loading its data set; the connection is used once it is done") }
+                logged = true
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
         for arguments in self.state.withLockedValue({ $0.setup }) {
             do {
                 _ = try await connection.execute(RawCommand(arguments: arguments))
