@@ -181,6 +181,31 @@ struct ReconnectWaitIntegrationTests {
         try await group.shutdownGracefully()
     }
 
+    /// When the oldest held command's wait runs out, the ones held behind it fail with it: none
+    /// is sent after an earlier one was refused (here B, sent 1.5 s after A, would otherwise
+    /// still be waiting when the server is back).
+    @Test func theCommandsHeldBehindAnExpiredOneFailWithIt() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let client = try await client(server, group: group) {
+            $0.reconnectWait = .seconds(2)
+            $0.reconnectBackoffMinimum = .milliseconds(20)
+            $0.reconnectBackoffMaximum = .milliseconds(40)
+        }
+        server.kill()
+        #expect(try await eventually { client.connectionState(.commands) != .connected })
+        let a = client.send(RawCommand("RPUSH", "order", "a"))
+        try await Task.sleep(for: .milliseconds(1500))
+        let b = client.send(RawCommand("RPUSH", "order", "b"))
+        await #expect(throws: RedisClientError.notConnected) { try await a.get() }
+        try await server.launch()  // back while B would still have over a second to wait
+        await #expect(throws: RedisClientError.notConnected) { try await b.get() }
+        try await client.waitUntilConnected(timeout: .seconds(30))
+        #expect(try await client.execute(RawCommand("EXISTS", "order")) == RESPToken(validated: ByteBuffer(string: ":0\r\n")))
+        await client.shutdown()
+        try await group.shutdownGracefully()
+    }
+
     @Test func theWaitingQueueHasALimitAndShutdownFailsWhatWaits() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

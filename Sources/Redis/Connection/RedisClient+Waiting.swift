@@ -49,8 +49,8 @@ extension RedisClient {
             return promise.futureResult
         }
         timerLoop.scheduleTask(in: wait) {
-            guard let expired = self.removeWaiting(id) else { return }
-            expired.fail(RedisClientError(.notConnected, detail: "not connected within \(wait.nanoseconds / 1_000_000) ms; not sent"))
+            let error = RedisClientError(.notConnected, detail: "not connected within \(wait.nanoseconds / 1_000_000) ms; not sent")
+            for expired in self.expireWaiting(from: id) { expired.fail(error) }
         }
         // If the connection came back while this was being queued, nothing else would write it.
         let connection = self.state.withLockedValue { $0.commandConnection.flatMap { $0.isActive ? $0 : nil } }
@@ -58,18 +58,16 @@ extension RedisClient {
         return promise.futureResult
     }
 
-    private func removeWaiting(_ id: UInt64) -> WaitingCommand? {
-        self.state.withLockedValue { state -> WaitingCommand? in
-            // In place (no copy of the queue): deadlines expire in order, usually the first.
-            let removed: WaitingCommand
-            if state.waiting?.first?.id == id {
-                removed = state.waiting!.removeFirst()
-            } else {
-                guard let index = state.waiting?.firstIndex(where: { $0.id == id }) else { return nil }
-                removed = state.waiting!.remove(at: index)
-            }
-            if let key = removed.loop { Self.leave(key, &state) }
-            return removed
+    /// The command `id` waited its time: it fails, and so does every command held with it (one
+    /// queue, first in first out), so that none is sent after an earlier one was refused (a
+    /// session's `SEND`s, or a pipelined client's, would otherwise be published with a gap).
+    private func expireWaiting(from id: UInt64) -> CircularBuffer<WaitingCommand> {
+        self.state.withLockedValue { state -> CircularBuffer<WaitingCommand> in
+            // Ids grow in queue order: one older than the head was written or failed already.
+            guard let waiting = state.waiting, let head = waiting.first, head.id <= id else { return [] }
+            state.waiting = CircularBuffer(initialCapacity: 16)
+            state.waitingFromLoop = [:]
+            return waiting
         }
     }
 

@@ -32,7 +32,8 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var subscriptionBufferSize: Int
     /// How long ``RedisClient/send(_:)`` holds a command while the command connection is down
     /// (reconnecting after a `CLIENT KILL`, a restart or a failover) before failing it with
-    /// ``RedisClientError/notConnected``; held commands are written in order once it is back.
+    /// ``RedisClientError/notConnected``, together with every command held behind it (none is
+    /// sent after an earlier one failed); held commands are written in order once it is back.
     /// `.zero`: fail at once.
     public var reconnectWait: TimeAmount = .seconds(1)
     /// At most this many commands are held (``reconnectWait``); more fail at once with
