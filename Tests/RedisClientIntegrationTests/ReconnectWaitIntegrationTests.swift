@@ -206,6 +206,25 @@ struct ReconnectWaitIntegrationTests {
         try await group.shutdownGracefully()
     }
 
+    /// A reconnect backoff grown long during an outage is cut short while commands wait: the
+    /// server back, a held command goes out within its wait (here 5 s, the backoff 10–20 s).
+    @Test func waitingCommandsCutTheReconnectBackoffShort() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let client = try await client(server, group: group) {
+            $0.reconnectBackoffMinimum = .seconds(20)
+            $0.reconnectBackoffMaximum = .seconds(20)
+            $0.reconnectWait = .seconds(5)
+        }
+        server.kill()
+        #expect(try await eventually { client.connectionState(.commands) == .disconnected })
+        try await server.launch()
+        _ = try await client.execute(RawCommand("SET", "k", "v"))  // a notConnected would throw
+        #expect(try await client.execute(GET("k")) == ByteBuffer(string: "v"))
+        await client.shutdown()
+        try await group.shutdownGracefully()
+    }
+
     @Test func theWaitingQueueHasALimitAndShutdownFailsWhatWaits() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

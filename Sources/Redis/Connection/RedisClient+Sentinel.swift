@@ -3,15 +3,24 @@ import NIOCore
 
 extension RedisClient {
     /// Waits `delay` before a reconnect attempt, or less when a sentinel announces a new primary.
-    func backoffSleep(_ delay: TimeAmount) async {
+    ///
+    /// A command connection's sleep (`hurried`) also ends after ``waitingRetry`` while commands
+    /// wait for it (``RedisConfiguration/reconnectWait``): they should not wait out a backoff of
+    /// seconds, grown during an outage, once the server is back.
+    func backoffSleep(_ delay: TimeAmount, hurried: Bool = false) async {
         let generation = self.state.withLockedValue { $0.switchGeneration }
         let clock = ContinuousClock()
-        let deadline = clock.now + .nanoseconds(delay.nanoseconds)
+        let start = clock.now
+        let deadline = start + .nanoseconds(delay.nanoseconds)
         while clock.now < deadline, !Task.isCancelled {
             try? await Task.sleep(for: min(.milliseconds(50), deadline - clock.now))
-            if self.state.withLockedValue({ $0.switchGeneration != generation }) { return }
+            let (switched, waiting) = self.state.withLockedValue { ($0.switchGeneration != generation, !($0.waiting?.isEmpty ?? true)) }
+            if switched || (hurried && waiting && clock.now - start >= Self.waitingRetry) { return }
         }
     }
+
+    /// How often a command connection is tried while commands wait for it.
+    static var waitingRetry: Duration { .milliseconds(200) }
 
     /// Keeps a subscription to `+switch-master` open on one of the sentinels (the next one after a
     /// failure), so that a failover is followed at once and not only when a connection breaks.

@@ -472,7 +472,7 @@ public final class RedisClient: Sendable {
             if Task.isCancelled || self.state.withLockedValue({ $0.isShutdown }) { break }
             let delay = backoff.delay(attempt: attempt)
             attempt += 1
-            await self.backoffSleep(delay)
+            await self.backoffSleep(delay, hurried: true)
         }
     }
 
@@ -556,7 +556,7 @@ public final class RedisClient: Sendable {
             self.setState(role, .disconnected)
             let delay = backoff.delay(attempt: attempt)
             attempt += 1
-            await self.backoffSleep(delay)
+            await self.backoffSleep(delay, hurried: role == .commands)
         }
         self.setState(role, .shutdown)
     }
