@@ -96,6 +96,9 @@ def test_redis_restart_during_traffic(cluster_factory, clients):
     cluster.start_redis()
     for i in range(3):
         cluster.wait_ready(i, timeout=20)
+    # sender2 below connects through haproxy, which marks the instances up again only after
+    # two passed checks (a session's upgrade has no panic mode): wait for that too.
+    cluster.wait_all_up()
     requests.post(f"{cluster.gw_url(0)}/api/notification", json={"topic": "/topic/live", "message": "after"}).raise_for_status()
     after = local_sub.expect_message(10)
     assert after.text == "after"
