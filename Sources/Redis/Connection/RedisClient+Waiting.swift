@@ -71,11 +71,6 @@ extension RedisClient {
         }
     }
 
-    private static func leave(_ key: ObjectIdentifier, _ state: inout State) {
-        let left = state.waitingFromLoop[key, default: 1] - 1
-        state.waitingFromLoop[key] = left > 0 ? left : nil
-    }
-
     /// Takes the held commands of `key`'s loop out of the queue, in order (its own connection is
     /// back before the shared one: they go there).
     static func takeWaiting(of key: ObjectIdentifier, _ state: inout State) -> [WaitingCommand] {
@@ -115,12 +110,9 @@ extension RedisClient {
             // Only on the current connection: a newer one writes them once it is up.
             guard let waiting = state.waiting, state.commandConnection === connection, connection.isActive else { return [] }
             state.waiting = waiting.isEmpty ? nil : CircularBuffer(initialCapacity: 16)
-            for command in waiting {
-                guard let key = command.loop else { continue }
-                Self.leave(key, &state)
-                // Written on the shared connection: the loop's own waits for the reply.
-                state.fallbacksInFlight[key, default: 0] += 1
-            }
+            state.waitingFromLoop = [:]  // the whole queue is taken
+            // Written on the shared connection: each loop's own waits for the replies.
+            for case let key? in waiting.lazy.map(\.loop) { state.fallbacksInFlight[key, default: 0] += 1 }
             return waiting
         }
         if batch.isEmpty { return }
