@@ -27,7 +27,8 @@ struct IntegrationTests {
         for future in futures { values.append(try Int(fromRESP: try await future.get())) }
         #expect(values == Array(1...1000))
         await connection.close()
-        await #expect(throws: RedisClientError.connectionClosed) { try await connection.execute(PING()) }
+        // After the close: not sent (not "outcome unknown").
+        await #expect(throws: RedisClientError.notConnected) { try await connection.execute(PING()) }
     }
 
     @Test func commandConnectionPerEventLoop() async throws {

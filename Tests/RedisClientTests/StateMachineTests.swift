@@ -106,7 +106,8 @@ struct StateMachineTests {
         #expect(error as? RedisClientError == .connectionClosed)
         #expect(handshakeError == nil)
         guard case .fail(let e) = machine.enqueue(9, deadline: nil) else { Issue.record("closed accepted"); return }
-        #expect(e as? RedisClientError == .connectionClosed)
+        // Refused, not written: not sent (whoever sent it may send it elsewhere).
+        #expect(e as? RedisClientError == .notConnected)
     }
 
     @Test func timeoutFailsEverythingAndCloses() {
@@ -239,5 +240,23 @@ struct ConfigurationTests {
         let samples = Set((0..<20).map { _ in backoff.delay(attempt: 2) })
         #expect(samples.count > 1)
         #expect(samples.allSatisfy { $0 >= .milliseconds(200) && $0 <= .milliseconds(400) })
+    }
+
+    /// A command whose write failed is withdrawn: it no longer waits for a reply, and the
+    /// commands before it still get theirs, in order.
+    @Test func anUnwrittenCommandIsWithdrawn() {
+        var machine = readyMachine()
+        for i in 1...4 { _ = machine.enqueue(i, deadline: nil) }
+        #expect(machine.withdraw { $0 == 4 })
+        #expect(machine.withdraw { $0 == 3 })
+        #expect(!machine.withdraw { $0 == 3 })
+        #expect(machine.pendingCount == 2)
+        guard case .succeed(1, _) = machine.receivedToken(token("+OK\r\n")) else { Issue.record("expected 1"); return }
+        guard case .succeed(2, _) = machine.receivedToken(token("+OK\r\n")) else { Issue.record("expected 2"); return }
+        // Answered: nothing to withdraw; and closing fails none of the withdrawn ones.
+        #expect(!machine.withdraw { $0 == 1 })
+        _ = machine.enqueue(5, deadline: nil)
+        guard case .failAll(let promises, _, _) = machine.channelInactive() else { Issue.record("expected failAll"); return }
+        #expect(promises == [5])
     }
 }

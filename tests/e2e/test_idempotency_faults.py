@@ -6,7 +6,6 @@ same retry delivers the message twice, which is what makes the cut the right one
 run the command). Then the same with real `CLIENT KILL`s of the gateway's command connections
 at arbitrary moments while keyed publishes stream."""
 import subprocess
-import threading
 import time
 
 import pytest
@@ -14,7 +13,7 @@ import requests
 
 from support.gateway import Gateway
 from support.process import free_port, terminate, wait_until
-from support.redis import redis_cli, redis_server_args
+from support.redis import ClientKillStorm, redis_cli, redis_server_args
 from support.replyloss import ReplyLossProxy
 
 TOPIC = "/topic/idem.faults"
@@ -139,26 +138,15 @@ def test_client_kills_while_keyed_publishes_stream_lose_and_duplicate_nothing(cu
     gw, _, redis_port = cut_gateway
     subs = [subscriber(gw) for _ in range(3)]
     texts = [f"kill-{i:03d}" for i in range(300)]
-    done = threading.Event()
-    kills = []
-
-    def killer():
-        while not done.is_set():
-            out = redis_cli(redis_port, "CLIENT", "KILL", "TYPE", "normal")
-            kills.append(int(out) if out.strip().isdigit() else 0)
-            done.wait(0.03)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    storm = ClientKillStorm(redis_port, 0.03)
     retried = 0
     try:
         for text in texts:
             answers = publish_until_answered(gw, text, key=f"key-{text}")
             retried += len(answers) - 1
     finally:
-        done.set()
-        thread.join(10)
-    assert sum(kills) > 0, "no connection was killed"
+        storm.stop()
+    assert storm.killed > 0, "no connection was killed"
     for sub in subs:
         assert_exactly_once_in_order(sub, texts)
-    print(f"{sum(kills)} connections killed, {retried} retries")
+    print(f"{storm.killed} connections killed, {retried} retries")

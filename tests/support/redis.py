@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 
 from support.process import wait_until
 
@@ -16,6 +17,32 @@ def redis_server_args(port: int, directory) -> list[str]:
 def redis_cli(port: int, *args, timeout=5) -> str:
     out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=timeout)
     return out.stdout.strip()
+
+
+class ClientKillStorm:
+    """`CLIENT KILL TYPE normal` (the command connections, not Pub/Sub ones) every `interval`
+    seconds on a thread, until `stop()`; `killed` counts the connections killed."""
+
+    def __init__(self, port: int, interval: float):
+        self.port, self.interval = port, interval
+        self.counts: list[int] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._done.is_set():
+            out = redis_cli(self.port, "CLIENT", "KILL", "TYPE", "normal")
+            self.counts.append(int(out) if out.strip().isdigit() else 0)
+            self._done.wait(self.interval)
+
+    @property
+    def killed(self) -> int:
+        return sum(self.counts)
+
+    def stop(self):
+        self._done.set()
+        self._thread.join(10)
 
 
 def pause_until_replicated(cli, timeout: float = 30.0):

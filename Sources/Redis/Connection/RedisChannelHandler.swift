@@ -8,17 +8,23 @@ package struct RedisOutboundCommand: Sendable {
     package var promise: EventLoopPromise<RESPToken>
     /// See ``RedisCommand/blockingTimeout``.
     package var blockingTimeout: TimeAmount?
+    /// With ``RedisConfiguration/commandConnectionPerEventLoop``, the loop whose command this is
+    /// when it goes on another loop's connection (the shared one): if it is not written there,
+    /// its loop's later commands wait behind it (``RedisConnection/onUnsent(_:)``).
+    package var origin: ObjectIdentifier?
 
     package init(
         bytes: ByteBuffer,
         kind: RedisConnectionStateMachine<EventLoopPromise<RESPToken>>.PendingKind = .command,
         promise: EventLoopPromise<RESPToken>,
-        blockingTimeout: TimeAmount? = nil
+        blockingTimeout: TimeAmount? = nil,
+        origin: ObjectIdentifier? = nil
     ) {
         self.bytes = bytes
         self.kind = kind
         self.promise = promise
         self.blockingTimeout = blockingTimeout
+        self.origin = origin
     }
 }
 
@@ -45,6 +51,8 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     /// reads the confirmation of its own `SUBSCRIBE`).
     private var readsPaused = false
     private var readHeld = false
+    /// The socket error that closed the connection (``errorCaught(context:error:)``).
+    private var socketError: String?
 
     /// - Parameters:
     ///   - handshakePromise: succeeded with the negotiated protocol version (2 or 3) once the connection is ready.
@@ -160,9 +168,17 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             self.scheduleFlush(context: context)
             self.releaseHeldRead(context: context)  // its reply must be read
         case .fail(let error):
-            command.promise.fail(error)
-            promise?.fail(error)
+            // Not written. With a write promise, its owner (``RedisConnection``) decides what
+            // becomes of the command (sent again on another connection, or failed).
+            if let promise { promise.fail(error) } else { command.promise.fail(error) }
         }
+    }
+
+    /// The command of `promise` was not written after all (its write failed: the socket closed
+    /// with it still queued): it no longer waits for a reply here. `false` if it was answered
+    /// or failed already. On the loop.
+    package func withdraw(_ promise: EventLoopPromise<RESPToken>) -> Bool {
+        self.stateMachine.withdraw { $0.futureResult === promise.futureResult }
     }
 
     /// Flushes once the tasks already queued on the loop have run, so the commands written in
@@ -243,14 +259,27 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
-        self.executeClose(self.stateMachine.channelInactive(), context: context, close: false)
+        var action = self.stateMachine.channelInactive()
+        if let detail = self.socketError, case .failAll(let promises, _, let handshakeError) = action {
+            let error = RedisClientError(.connectionClosed, detail: detail)
+            action = .failAll(promises, error, handshakeError: handshakeError.map { _ in error })
+        }
+        self.executeClose(action, context: context, close: false)
         context.fireChannelInactive()
     }
 
     /// A socket error (e.g. `ECONNRESET` when the server died) fails the pending commands
     /// with ``RedisClientError/connectionClosed``, like a clean close: sent, outcome unknown.
+    /// The channel is closed first: NIO then fails the writes still queued in it, whose
+    /// commands Redis never got (``withdraw(_:)``: sent again elsewhere); the rest fail once it
+    /// is inactive.
     package func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.logger.debug("redis connection error", metadata: ["error": "\(error)"])
+        if error is IOError, context.channel.isActive, self.socketError == nil {
+            self.socketError = "\(error)"
+            context.close(promise: nil)
+            return
+        }
         let error = error is IOError ? RedisClientError(.connectionClosed, detail: "\(error)") : error
         self.executeClose(self.stateMachine.errorCaught(error), context: context, close: true)
     }

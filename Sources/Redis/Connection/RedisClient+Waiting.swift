@@ -6,6 +6,9 @@ struct WaitingCommand: Sendable {
     let id: UInt64
     /// The loop that sent it, with ``RedisConfiguration/commandConnectionPerEventLoop``.
     let loop: ObjectIdentifier?
+    /// A command a connection could not write (``RedisClient/holdUnsent(_:from:)``): it was sent
+    /// before every command that is only waiting, so it waits ahead of them.
+    let unsent: Bool
     /// Writes the command on the connection and completes the caller's promise from its reply.
     let write: @Sendable (RedisConnection) -> EventLoopFuture<Void>
     /// Fails the caller's promise.
@@ -18,56 +21,106 @@ extension RedisClient {
     /// ``RedisClient/start()`` no connection is on its way: it fails at once.
     func wait<Command: RedisCommand>(_ command: Command, from loop: (any EventLoop)?) -> EventLoopFuture<Command.Response> {
         let timerLoop = loop ?? self.eventLoopGroup.any()
-        let wait = self.configuration.reconnectWait
-        guard wait > .zero, self.state.withLockedValue({ $0.started }) else { return timerLoop.makeFailedFuture(RedisClientError.notConnected) }
         let promise = timerLoop.makePromise(of: Command.Response.self)
         let key = loop.map { ObjectIdentifier($0) }
+        let refused = self.hold(
+            from: key, timerLoop: timerLoop, unsent: false,
+            write: { connection in
+                let reply = connection.send(command, origin: key)
+                reply.cascade(to: promise)
+                return reply.map { _ in }
+            },
+            fail: { promise.fail($0) })
+        if let refused { promise.fail(refused) }
+        return promise.futureResult
+    }
+
+    /// Holds `command`, which a command connection could not write at all (it closed with the
+    /// command still queued: Redis never got it), like a command sent while no connection is up
+    /// (``wait(_:from:)``), behind the commands held already. `key`: the loop whose command it
+    /// is, with ``RedisConfiguration/commandConnectionPerEventLoop``. `false` when it cannot wait.
+    func holdUnsent(_ command: RedisOutboundCommand, from key: ObjectIdentifier?) -> Bool {
+        var command = command
+        command.origin = key
+        let refused = self.hold(
+            from: key, timerLoop: command.promise.futureResult.eventLoop, unsent: true,
+            write: { [command] connection in connection.resend(command).map { _ in } },
+            fail: { [command] in command.promise.fail($0) })
+        return refused == nil
+    }
+
+    /// Queues a held command with its expiry; the error it fails with at once when it cannot
+    /// wait (no wait configured, not started, shut down, or too many waiting).
+    ///
+    /// An `unsent` one goes ahead of the commands that only wait, behind the unsent ones queued
+    /// before it: it was sent before any of them (directly while none waited, or in a batch
+    /// taken from the queue), and a connection hands its unwritten commands over in order.
+    private func hold(
+        from key: ObjectIdentifier?, timerLoop: any EventLoop, unsent: Bool,
+        write: @escaping @Sendable (RedisConnection) -> EventLoopFuture<Void>,
+        fail: @escaping @Sendable (any Error) -> Void
+    ) -> (any Error)? {
+        let wait = self.configuration.reconnectWait
+        guard wait > .zero, self.state.withLockedValue({ $0.started }) else { return RedisClientError.notConnected }
         let limit = self.configuration.maximumWaitingCommands
         let id = self.state.withLockedValue { state -> UInt64? in
             guard !state.isShutdown, (state.waiting?.count ?? 0) < limit else { return nil }
             state.waitingIDs &+= 1
             let id = state.waitingIDs
-            let waiting = WaitingCommand(
-                id: id, loop: key,
-                write: { connection in
-                    let reply = connection.send(command)
-                    reply.cascade(to: promise)
-                    return reply.map { _ in }
-                },
-                fail: { promise.fail($0) })
             if state.waiting == nil { state.waiting = CircularBuffer(initialCapacity: 16) }
-            state.waiting!.append(waiting)
+            let command = WaitingCommand(id: id, loop: key, unsent: unsent, write: write, fail: fail)
+            if unsent {
+                // The unsent ones are the queue's first `unsentAhead`.
+                state.waiting!.insert(command, at: state.waiting!.index(state.waiting!.startIndex, offsetBy: state.unsentAhead))
+                state.unsentAhead += 1
+            } else {
+                state.waiting!.append(command)
+            }
             if let key { state.waitingFromLoop[key, default: 0] += 1 }
             return id
         }
         guard let id else {
             let shutdown = self.state.withLockedValue { $0.isShutdown }
-            promise.fail(
-                shutdown
-                    ? RedisClientError.shutdown
-                    : RedisClientError(.queueFull, detail: "\(limit) commands already wait for the command connection; not sent"))
-            return promise.futureResult
+            return shutdown
+                ? RedisClientError.shutdown
+                : RedisClientError(.queueFull, detail: "\(limit) commands already wait for the command connection; not sent")
         }
         timerLoop.scheduleTask(in: wait) {
             let error = RedisClientError(.notConnected, detail: "not connected within \(wait.nanoseconds / 1_000_000) ms; not sent")
             for expired in self.expireWaiting(from: id) { expired.fail(error) }
         }
-        // If the connection came back while this was being queued, nothing else would write it.
-        let connection = self.state.withLockedValue { $0.commandConnection.flatMap { $0.isActive ? $0 : nil } }
-        if let connection { self.writeWaiting(on: connection) }
-        return promise.futureResult
+        // If a connection came back while this was being queued (or is up, and only another
+        // connection failed to write it), nothing else would write it: the shared one, or
+        // while it is gone the loop's own.
+        let (shared, own) = self.state.withLockedValue { state in
+            (
+                state.commandConnection.flatMap { $0.isActive ? $0 : nil },
+                key.flatMap { state.commandConnection == nil ? state.loopConnections[$0] : nil }.flatMap { $0.isActive ? $0 : nil }
+            )
+        }
+        if let shared {
+            self.writeWaiting(on: shared)
+        } else if let own, let key {
+            self.writeLoopsWaiting(key, on: own)
+        }
+        return nil
     }
 
-    /// The command `id` waited its time: it fails, and so does every command held with it (one
-    /// queue, first in first out), so that none is sent after an earlier one was refused (a
+    /// The command `id` waited its time: it fails, and so does every command held behind it (in
+    /// the order they were sent), so that none is sent after an earlier one was refused (a
     /// session's `SEND`s, or a pipelined client's, would otherwise be published with a gap).
-    private func expireWaiting(from id: UInt64) -> CircularBuffer<WaitingCommand> {
-        self.state.withLockedValue { state -> CircularBuffer<WaitingCommand> in
-            // Ids grow in queue order: one older than the head was written or failed already.
-            guard let waiting = state.waiting, let head = waiting.first, head.id <= id else { return [] }
-            state.waiting = CircularBuffer(initialCapacity: 16)
-            state.waitingFromLoop = [:]
-            return waiting
+    private func expireWaiting(from id: UInt64) -> [WaitingCommand] {
+        self.state.withLockedValue { state -> [WaitingCommand] in
+            // Not found: written (or failed) already.
+            guard let waiting = state.waiting, let index = waiting.firstIndex(where: { $0.id == id }) else { return [] }
+            let expired = Array(waiting[index...])
+            state.waiting!.removeSubrange(index...)
+            state.unsentAhead = min(state.unsentAhead, state.waiting!.count)
+            for case let key? in expired.lazy.map(\.loop) {
+                let left = state.waitingFromLoop[key, default: 1] - 1
+                state.waitingFromLoop[key] = left > 0 ? left : nil
+            }
+            return expired
         }
     }
 
@@ -81,18 +134,26 @@ extension RedisClient {
             if command.loop == key { mine.append(command) } else { others.append(command) }
         }
         state.waiting = others
+        state.unsentAhead = others.prefix(while: \.unsent).count
         return mine
     }
 
-    /// `key`'s own connection is back: on its loop, writes what the loop holds there, unless the
-    /// shared connection is back too (then it writes them, in order with the rest).
+    /// `key`'s own connection is back (or the shared one gone): on its loop, writes what the loop
+    /// holds there, unless the shared connection is there (then it writes them, in order with
+    /// the rest).
     func writeLoopsWaiting(_ key: ObjectIdentifier, on connection: RedisConnection) {
         connection.channel.eventLoop.execute {
-            let held = self.state.withLockedValue { state -> [WaitingCommand] in
-                guard state.loopConnections[key] === connection, connection.isActive,
-                    state.commandConnection.map({ !$0.isActive }) ?? true
-                else { return [] }
+            let held = self.state.withLockedValue { state -> [WaitingCommand]? in
+                // The shared one gone (not just closing: what it could not write is handed
+                // back only as it closes, and must not be overtaken), with nothing on its way
+                // to it any more (else: again in a moment).
+                guard state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil else { return [] }
+                if Self.transitPending(&state) { return nil }
                 return Self.takeWaiting(of: key, &state)
+            }
+            guard let held else {
+                connection.channel.eventLoop.scheduleTask(in: .milliseconds(1)) { self.writeLoopsWaiting(key, on: connection) }
+                return
             }
             for command in held { _ = command.write(connection) }
         }
@@ -106,14 +167,22 @@ extension RedisClient {
     }
 
     private func writeWaitingBatch(on connection: RedisConnection) {
-        let batch = self.state.withLockedValue { state -> CircularBuffer<WaitingCommand> in
+        let batch = self.state.withLockedValue { state -> CircularBuffer<WaitingCommand>? in
             // Only on the current connection: a newer one writes them once it is up.
             guard let waiting = state.waiting, state.commandConnection === connection, connection.isActive else { return [] }
+            // Writes still on their way to the shared connection that closed may be refused
+            // there, and held ahead of these: again in a moment.
+            if Self.transitPending(&state) { return nil }
             state.waiting = waiting.isEmpty ? nil : CircularBuffer(initialCapacity: 16)
             state.waitingFromLoop = [:]  // the whole queue is taken
+            state.unsentAhead = 0
             // Written on the shared connection: each loop's own waits for the replies.
             for case let key? in waiting.lazy.map(\.loop) { state.fallbacksInFlight[key, default: 0] += 1 }
             return waiting
+        }
+        guard let batch else {
+            connection.channel.eventLoop.scheduleTask(in: .milliseconds(1)) { self.writeWaitingBatch(on: connection) }
+            return
         }
         if batch.isEmpty { return }
         for command in batch {
@@ -123,12 +192,29 @@ extension RedisClient {
         connection.channel.eventLoop.execute { self.writeWaitingBatch(on: connection) }
     }
 
+    /// Whether a shared command connection that closed may still have writes on their way to
+    /// its loop (see ``RedisConnection/hasWritesInTransit``): commands held now must not be
+    /// written elsewhere before those are refused and held ahead of them.
+    static func transitPending(_ state: inout State) -> Bool {
+        if state.closedShared.isEmpty { return false }
+        state.closedShared.removeAll { !$0.hasWritesInTransit }
+        return !state.closedShared.isEmpty
+    }
+
+    func fallbackAnswered(_ key: ObjectIdentifier) {
+        self.state.withLockedValue { state in
+            let left = state.fallbacksInFlight[key, default: 1] - 1
+            state.fallbacksInFlight[key] = left > 0 ? left : nil
+        }
+    }
+
     /// Fails every held command (at shutdown).
     func failWaiting(_ error: any Error) {
         let waiting = self.state.withLockedValue { state -> CircularBuffer<WaitingCommand> in
             defer {
                 state.waiting = nil
                 state.waitingFromLoop = [:]
+                state.unsentAhead = 0
             }
             return state.waiting ?? []
         }

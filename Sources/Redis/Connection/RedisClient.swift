@@ -95,6 +95,12 @@ public final class RedisClient: Sendable {
         /// ``RedisClient/send(_:)``): present (perhaps empty) from the first one until the
         /// connection that came back wrote them all, so later commands queue behind them.
         var waiting: CircularBuffer<WaitingCommand>?
+        /// How many of ``waiting``'s first commands are ones a connection could not write
+        /// (``RedisClient/holdUnsent(_:from:)``): they wait ahead of the rest.
+        var unsentAhead = 0
+        /// Shared command connections that closed with writes still on their way to their loop
+        /// (``RedisClient/transitPending(_:)``).
+        var closedShared: [RedisConnection] = []
         var waitingIDs: UInt64 = 0
         /// Per loop (with ``RedisConfiguration/commandConnectionPerEventLoop``): how many of
         /// ``waiting`` it sent; its own connection is not used while they wait.
@@ -267,41 +273,49 @@ public final class RedisClient: Sendable {
     /// written, in order, on the shared connection once it is back.
     public func send<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response> {
         guard self.configuration.commandConnectionPerEventLoop, let loop = MultiThreadedEventLoopGroup.currentEventLoop else {
+            // Not checked for being active: one that is closing refuses the write, and hands
+            // the command back (``holdUnsent(_:from:)``) behind those it could not write, in
+            // order on its loop (checking here could queue it ahead of them). Counted in
+            // transit from here: what is held is not written elsewhere before it is refused.
             let connection = self.state.withLockedValue { state -> RedisConnection? in
-                guard state.waiting == nil, let connection = state.commandConnection, connection.isActive else { return nil }
+                guard state.waiting == nil, let connection = state.commandConnection else { return nil }
+                connection.beginTransit()
                 return connection
             }
             guard let connection else { return self.wait(command, from: nil) }
+            defer { connection.endTransit() }
             return connection.send(command)
         }
         let key = ObjectIdentifier(loop)
         let (connection, fallback, held) = self.state.withLockedValue { state -> (RedisConnection?, Bool, [WaitingCommand]) in
             let own = state.loopConnections[key].flatMap { $0.isActive ? $0 : nil }
-            let shared = state.commandConnection.flatMap { $0.isActive ? $0 : nil }
+            // The shared one until the client saw it close, even if it is closing: the commands
+            // it could not write are handed back (``holdUnsent(_:from:)``), in order, so this
+            // loop's earlier ones wait (``State/waitingFromLoop``) and later ones queue behind.
+            // Gone, it may still have this loop's writes on their way to its loop (refused
+            // there, and held then): until they are, it counts as there.
+            let sharedGone = state.commandConnection == nil && !Self.transitPending(&state)
             // Its own connection, unless earlier commands of this loop wait for the shared one,
             // or went on it and are not answered (a shared connection that closed ran nothing
-            // more of what it still held: those no longer count).
-            if let own, state.waiting == nil || state.waitingFromLoop[key, default: 0] == 0, state.fallbacksInFlight[key, default: 0] == 0 || shared == nil {
+            // more of what it still held: what it did not write is waiting by now).
+            if let own, state.waiting == nil || state.waitingFromLoop[key, default: 0] == 0, state.fallbacksInFlight[key, default: 0] == 0 || sharedGone {
                 return (own, false, [])
             }
             // Its own is back before the shared one: what it holds goes first, on its own.
-            if let own, shared == nil { return (own, false, Self.takeWaiting(of: key, &state)) }
-            guard state.waiting == nil, let shared else { return (nil, false, []) }
+            if let own, sharedGone { return (own, false, Self.takeWaiting(of: key, &state)) }
+            guard state.waiting == nil, let shared = state.commandConnection else { return (nil, false, []) }
             state.fallbacksInFlight[key, default: 0] += 1
+            shared.beginTransit()
             return (shared, true, [])
         }
         guard let connection else { return self.wait(command, from: loop) }
         for command in held { _ = command.write(connection) }
-        let future = connection.send(command)
-        if fallback { future.whenComplete { _ in self.fallbackAnswered(key) } }
-        return future
-    }
-
-    func fallbackAnswered(_ key: ObjectIdentifier) {
-        self.state.withLockedValue { state in
-            let left = state.fallbacksInFlight[key, default: 1] - 1
-            state.fallbacksInFlight[key] = left > 0 ? left : nil
+        let future = connection.send(command, origin: fallback ? key : nil)
+        if fallback {
+            connection.endTransit()
+            future.whenComplete { _ in self.fallbackAnswered(key) }
         }
+        return future
     }
 
     /// Whether commands sent on `loop` go on its own connection now (tests).
@@ -451,6 +465,8 @@ public final class RedisClient: Sendable {
                     await connection.close()
                     throw error
                 }
+                // After the setup: its own commands fail on this connection, not wait for another.
+                connection.onUnsent { [weak self] command in self?.holdUnsent(command, from: command.origin ?? key) ?? false }
                 let (accepted, holds) = self.state.withLockedValue { state -> (Bool, Bool) in
                     guard !state.isShutdown else { return (false, false) }
                     state.loopConnections[key] = connection
@@ -496,6 +512,7 @@ public final class RedisClient: Sendable {
                         await connection.close()
                         throw error
                     }
+                    connection.onUnsent { [weak self] command in self?.holdUnsent(command, from: command.origin) ?? false }
                 }
                 if role == .subscriptions {
                     let confirmations = registry.attach { [connection] in connection.subscriptionCommand($0) }
@@ -530,12 +547,23 @@ public final class RedisClient: Sendable {
                 self.logger.info("redis connected", metadata: ["role": "\(role)", "resp": "\(connection.protocolVersion)"])
                 self.setState(role, .connected)
                 try? await connection.closeFuture.get()
-                self.state.withLockedValue { state in
+                let ownBack = self.state.withLockedValue { state -> [(ObjectIdentifier, RedisConnection)] in
                     switch role {
-                    case .commands: if state.commandConnection === connection { state.commandConnection = nil }
-                    case .subscriptions: if state.subscriberConnection === connection { state.subscriberConnection = nil }
+                    case .commands:
+                        if state.commandConnection === connection {
+                            state.commandConnection = nil
+                            if connection.hasWritesInTransit { state.closedShared.append(connection) }
+                        }
+                        // Loops whose own connection is up write what they hold there now.
+                        return state.waitingFromLoop.keys.compactMap { key in
+                            state.loopConnections[key].flatMap { $0.isActive ? (key, $0) : nil }
+                        }
+                    case .subscriptions:
+                        if state.subscriberConnection === connection { state.subscriberConnection = nil }
+                        return []
                     }
                 }
+                for (key, own) in ownBack { self.writeLoopsWaiting(key, on: own) }
                 if role == .subscriptions { registry.detach() }
                 // Closed by ``shutdown()``: expected, not a loss.
                 let closedByShutdown = Task.isCancelled || self.state.withLockedValue { $0.isShutdown }

@@ -1,7 +1,9 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
+import Synchronization
 
 /// One TCP (or, with ``RedisConfiguration/tls``, TLS) connection to a Redis server.
 ///
@@ -16,6 +18,11 @@ public final class RedisConnection: Sendable {
     public let protocolVersion: Int
     /// The configuration used to connect.
     public let configuration: RedisConfiguration
+
+    /// Takes a command Redis never got (see ``onUnsent(_:)``).
+    private let unsentHandler = NIOLockedValueBox<(@Sendable (RedisOutboundCommand) -> Bool)?>(nil)
+    /// See ``hasWritesInTransit``.
+    private let writesInTransit = Atomic<Int>(0)
 
     package init(channel: any Channel, protocolVersion: Int, configuration: RedisConfiguration) {
         self.channel = channel
@@ -117,8 +124,17 @@ public final class RedisConnection: Sendable {
         self.sendRaw(command).flatMapThrowing { try Command.Response(fromRESP: $0) }
     }
 
+    /// ``send(_:)`` for `origin`'s event loop (see ``RedisOutboundCommand/origin``).
+    package func send<Command: RedisCommand>(_ command: Command, origin: ObjectIdentifier?) -> EventLoopFuture<Command.Response> {
+        self.sendRaw(command, origin: origin).flatMapThrowing { try Command.Response(fromRESP: $0) }
+    }
+
     /// Sends `command` and returns the undecoded reply.
     public func sendRaw<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<RESPToken> {
+        self.sendRaw(command, origin: nil)
+    }
+
+    private func sendRaw<Command: RedisCommand>(_ command: Command, origin: ObjectIdentifier?) -> EventLoopFuture<RESPToken> {
         var encoder = RESPCommandEncoder(buffer: self.channel.allocator.buffer(capacity: 64))
         command.encode(into: &encoder)
         return self.write(
@@ -126,7 +142,8 @@ public final class RedisConnection: Sendable {
                 bytes: encoder.buffer,
                 kind: command.replicaWait.map { .replicatedWrite($0) } ?? .command,
                 promise: self.channel.eventLoop.makePromise(),
-                blockingTimeout: command.blockingTimeout
+                blockingTimeout: command.blockingTimeout,
+                origin: origin
             ))
     }
 
@@ -151,13 +168,72 @@ public final class RedisConnection: Sendable {
     }
 
     private func write(_ command: RedisOutboundCommand) -> EventLoopFuture<RESPToken> {
-        let promise = command.promise
-        // Not flushed here: the handler flushes once per loop tick (pipelining across callers).
-        self.channel.write(command).whenFailure { error in
-            // Only reached if the handler never saw the command (pipeline torn down) or the write failed.
-            promise.fail(error is ChannelError ? RedisClientError.connectionClosed : error)
+        let loop = self.channel.eventLoop
+        guard !loop.inEventLoop else {
+            self.writeOnLoop(command)
+            return command.promise.futureResult
         }
-        return promise.futureResult
+        self.writesInTransit.add(1, ordering: .sequentiallyConsistent)
+        loop.execute {
+            self.writeOnLoop(command)
+            self.writesInTransit.subtract(1, ordering: .sequentiallyConsistent)
+        }
+        return command.promise.futureResult
+    }
+
+    private func writeOnLoop(_ command: RedisOutboundCommand) {
+        // Not flushed here: the handler flushes once per loop tick (pipelining across callers).
+        // A refused write fails at once: handed over (onUnsent) before the transit ends.
+        self.channel.write(command).whenFailure { error in self.writeFailed(command, error) }
+    }
+
+    /// Whether writes handed over from other threads have not reached the connection's loop
+    /// yet (each may still be refused there, and handed to ``onUnsent(_:)``).
+    package var hasWritesInTransit: Bool { self.writesInTransit.load(ordering: .sequentiallyConsistent) > 0 }
+
+    /// Counts a write another thread is about to hand over, from the moment it chose this
+    /// connection (``RedisClient`` does it under its lock); ``endTransit()`` once it did.
+    package func beginTransit() { self.writesInTransit.add(1, ordering: .sequentiallyConsistent) }
+
+    /// See ``beginTransit()``.
+    package func endTransit() { self.writesInTransit.subtract(1, ordering: .sequentiallyConsistent) }
+
+    /// Sends `command` again (its promise, as it was), e.g. one ``onUnsent(_:)`` took from
+    /// another connection.
+    package func resend(_ command: RedisOutboundCommand) -> EventLoopFuture<RESPToken> {
+        self.write(command)
+    }
+
+    /// `handler` is given each command this connection could not write at all, so Redis never got
+    /// it (the connection closed with it still queued, e.g. `EPIPE` after a `CLIENT KILL`, or
+    /// before it was written); `true` when it took the command (to send it again, and complete
+    /// its promise then). Otherwise, and without a handler, the command fails with
+    /// ``RedisClientError/notConnected`` ("not sent"). A command Redis may have got fails with
+    /// ``RedisClientError/connectionClosed`` as before (outcome unknown).
+    package func onUnsent(_ handler: @escaping @Sendable (RedisOutboundCommand) -> Bool) {
+        self.unsentHandler.withLockedValue { $0 = handler }
+    }
+
+    /// The write of `command` failed; on the connection's loop. It was not written at all when
+    /// the handler refused it (the connection was closing), when the handler withdraws it (NIO
+    /// failed it still queued), or when it never reached the handler (the channel closed).
+    private func writeFailed(_ command: RedisOutboundCommand, _ error: any Error) {
+        let unsent: Bool
+        if (error as? RedisClientError) == .notConnected {
+            unsent = true
+        } else if let handler = try? self.channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self) {
+            unsent = handler.withdraw(command.promise)
+        } else {
+            unsent = (error as? ChannelError) == .ioOnClosedChannel
+        }
+        guard unsent else {
+            // Failed with the rest already (a timeout, a protocol error), or outcome unknown.
+            command.promise.fail(error is ChannelError ? RedisClientError.connectionClosed : error)
+            return
+        }
+        if let handler = self.unsentHandler.withLockedValue({ $0 }), handler(command) { return }
+        let reason = (error as? RedisClientError).flatMap(\.detail) ?? "the connection closed before the command was written (\(error)); not sent"
+        command.promise.fail(RedisClientError(.notConnected, detail: reason))
     }
 
     /// Whether the connection is still open.

@@ -180,8 +180,25 @@ package struct RedisConnectionStateMachine<Promise> {
         case .initialized, .handshaking:
             return .fail(RedisClientError.notConnected)
         case .closing, .closed:
-            return .fail(RedisClientError.connectionClosed)
+            return .fail(RedisClientError(.notConnected, detail: "the connection closed before the command was written; not sent"))
         }
+    }
+
+    /// The command of `promise` was not written: its write failed (the socket closed with it
+    /// still queued, so Redis never got all of its bytes). It no longer waits for a reply, and
+    /// whoever sent it may send it again elsewhere. `false` when it is not pending (answered, or
+    /// failed with everything else already). The unwritten commands are the newest: searched
+    /// from the end.
+    package mutating func withdraw(where isIt: (Promise) -> Bool) -> Bool {
+        var index = self.pending.endIndex
+        while index != self.pending.startIndex {
+            index = self.pending.index(before: index)
+            if isIt(self.pending[index].promise) {
+                _ = self.pending.remove(at: index)
+                return true
+            }
+        }
+        return false
     }
 
     /// The connection is about to flush: the `WAIT` to write (and enqueue as `.replicaWait`)
