@@ -13,6 +13,8 @@ import Testing
 private final class DyingSocket: ChannelOutboundHandler, RemovableChannelHandler {
     typealias OutboundIn = ByteBuffer
     var dead = false
+    /// Holds a close back, as TLS does while it waits for the server's `close_notify`.
+    var lingers = false
     private var held: [(NIOAny, EventLoopPromise<Void>?)] = []
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -30,6 +32,7 @@ private final class DyingSocket: ChannelOutboundHandler, RemovableChannelHandler
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if self.lingers { return }
         let held = self.held
         self.held = []
         for (_, promise) in held { promise?.fail(IOError(errnoCode: EPIPE, reason: "writev(descriptor:iovecs:)")) }
@@ -43,20 +46,22 @@ private struct EmbeddedConnection {
     let socket: DyingSocket
     let connection: RedisConnection
 
-    init() throws {
+    init(configuration: RedisConfiguration = RedisConfiguration()) throws {
         let channel = EmbeddedChannel()
         let socket = DyingSocket()
         let handshake = channel.eventLoop.makePromise(of: Int.self)
+        let acceptance = CommandAcceptance()
         try channel.pipeline.syncOperations.addHandlers([
             socket,
             ByteToMessageHandler(RESPTokenDecoder()),
-            RedisChannelHandler(configuration: RedisConfiguration(), handshakePromise: handshake, pushHandler: nil, logger: Logger(label: "test")),
+            RedisChannelHandler(
+                configuration: configuration, handshakePromise: handshake, pushHandler: nil, acceptance: acceptance, logger: Logger(label: "test")),
         ])
         try channel.connect(to: .init(ipAddress: "127.0.0.1", port: 6379)).wait()
         channel.embeddedEventLoop.run()
         self.channel = channel
         self.socket = socket
-        self.connection = RedisConnection(channel: channel, protocolVersion: 3, configuration: RedisConfiguration())
+        self.connection = RedisConnection(channel: channel, protocolVersion: 3, configuration: configuration, acceptance: acceptance)
         #expect(try self.outbound() == resp("HELLO", "3"))
         try channel.writeInbound(ByteBuffer(string: "%1\r\n+proto\r\n:3\r\n"))
         #expect(try handshake.futureResult.wait() == 3)
@@ -148,5 +153,38 @@ struct UnsentCommandTests {
         }
         #expect(taken.withLockedValue { $0.map { String(buffer: $0.bytes) } } == [resp("SET", "k", "1")])
         #expect(!held.isCompleteForTest)
+    }
+
+    /// With TLS one encrypted buffer carries a whole flush, and part of it may have reached
+    /// Redis before the write failed: nothing is handed over, the commands fail as outcome
+    /// unknown (`connectionClosed`), never "not sent".
+    @Test func withTLSAFailedWriteIsOutcomeUnknown() throws {
+        var configuration = RedisConfiguration()
+        configuration.tls = RedisTLSConfiguration()
+        let dying = try EmbeddedConnection(configuration: configuration)
+        let taken = dying.takeUnsent()
+        dying.socket.dead = true
+        let command = dying.connection.sendRaw(RawCommand("INCR", "k"))
+        dying.channel.embeddedEventLoop.run()
+        #expect(throws: RedisClientError.connectionClosed) { try command.wait() }
+        #expect(taken.withLockedValue { $0.isEmpty })
+    }
+
+    /// A connection whose handler is closing (after a timeout or a protocol error) takes no more
+    /// commands, even while its channel is still open (TLS waits for `close_notify`): it is not
+    /// active any more, so nothing is sent (or drained) onto it, and what reaches it is refused
+    /// unsent and handed over.
+    @Test func aClosingConnectionIsNotActiveAndRefusesCommandsUnsent() throws {
+        let dying = try EmbeddedConnection()
+        let taken = dying.takeUnsent()
+        dying.socket.lingers = true
+        #expect(dying.connection.isActive)
+        dying.channel.pipeline.fireErrorCaught(RedisClientError.protocolViolation)
+        #expect(dying.channel.isActive)
+        #expect(!dying.connection.isActive)
+        let late = dying.connection.sendRaw(PING())
+        dying.channel.embeddedEventLoop.run()
+        #expect(taken.withLockedValue { $0.map { String(buffer: $0.bytes) } } == [resp("PING")])
+        #expect(!late.isCompleteForTest)
     }
 }

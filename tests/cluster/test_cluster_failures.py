@@ -112,6 +112,27 @@ def test_redis_restart_during_traffic(cluster_factory, clients):
     assert "after outage" in cluster.redis_cli("XREVRANGE", "GREETING_CHANNEL_OUTBOUND", "+", "-", "COUNT", "1")
 
 
+def test_sessions_get_in_through_haproxy_while_no_instance_is_ready(cluster_factory, clients):
+    """Redis down: every instance is unready and haproxy marks them all down. A phone that
+    reconnects then still gets in (the sessions backend's backups, like the api backend's
+    panic mode), not haproxy's own 503 page; its SUBSCRIBE to a destination with history waits
+    for Redis at the gateway, and gets its RECEIPT, then the messages, once Redis is back."""
+    cluster = cluster_factory(replicas=0, gateway_args=("--set", "redis.unreachable-wait-ms=60000"))
+    cluster.wait_all_up()
+    cluster.kill_redis()
+    names = [f"gw{i + 1}" for i in range(3)]
+    wait_until(lambda: all(cluster.server_states("sessions").get(n) == "DOWN" for n in names), 20, what="haproxy marks every instance down")
+    phone = clients(cluster.client())  # CONNECTED through haproxy
+    phone.send_frame("SUBSCRIBE", {"destination": "/topic/back", "id": "1", "receipt": "r"})
+    phone.expect_nothing(0.3)  # waits for Redis
+    cluster.start_redis()
+    phone.expect_receipt("r", timeout=30)
+    i = int(Cluster.instance_of(phone)[2:]) - 1
+    cluster.wait_ready(i, timeout=20)
+    requests.post(f"{cluster.gw_url(i)}/api/notification", json={"topic": "/topic/back", "message": "back"}).raise_for_status()
+    assert phone.expect_message(10).text == "back"
+
+
 def test_gateway_crash_clients_reconnect_through_haproxy(cluster_factory):
     cluster = cluster_factory(replicas=0)
     cluster.wait_all_up()  # round-robin reaches gw1 only once haproxy sees it up

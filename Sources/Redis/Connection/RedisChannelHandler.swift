@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import Synchronization
 
 /// An encoded command travelling down the pipeline to ``RedisChannelHandler``.
 package struct RedisOutboundCommand: Sendable {
@@ -9,16 +10,17 @@ package struct RedisOutboundCommand: Sendable {
     /// See ``RedisCommand/blockingTimeout``.
     package var blockingTimeout: TimeAmount?
     /// With ``RedisConfiguration/commandConnectionPerEventLoop``, the loop whose command this is
-    /// when it goes on another loop's connection (the shared one): if it is not written there,
-    /// its loop's later commands wait behind it (``RedisConnection/onUnsent(_:)``).
-    package var origin: ObjectIdentifier?
+    /// when it goes on another loop's connection (the shared one), counted among that loop's
+    /// commands there: if it is not written there, its loop's later commands wait behind it
+    /// (``RedisConnection/onUnsent(_:)``).
+    package var origin: FallbackCount?
 
     package init(
         bytes: ByteBuffer,
         kind: RedisConnectionStateMachine<EventLoopPromise<RESPToken>>.PendingKind = .command,
         promise: EventLoopPromise<RESPToken>,
         blockingTimeout: TimeAmount? = nil,
-        origin: ObjectIdentifier? = nil
+        origin: FallbackCount? = nil
     ) {
         self.bytes = bytes
         self.kind = kind
@@ -26,6 +28,30 @@ package struct RedisOutboundCommand: Sendable {
         self.blockingTimeout = blockingTimeout
         self.origin = origin
     }
+}
+
+/// One command of a loop sent on the shared connection, counted among the loop's commands there
+/// (``RedisClient``'s `fallbacksInFlight`) until it is answered, or until it is held again
+/// because the connection could not write it: whichever comes first uncounts it, once.
+package final class FallbackCount: Sendable {
+    package let loop: ObjectIdentifier
+    private let counted = Atomic<Bool>(true)
+
+    package init(loop: ObjectIdentifier) { self.loop = loop }
+
+    /// `true` the first time only.
+    package func uncount() -> Bool { self.counted.exchange(false, ordering: .acquiringAndReleasing) }
+}
+
+/// Whether a connection's handler still takes commands: cleared as soon as it starts closing
+/// (a TLS connection stays active for its `close_notify` exchange, refusing every command).
+package final class CommandAcceptance: Sendable {
+    private let open = Atomic<Bool>(true)
+
+    package init() {}
+
+    package var isOpen: Bool { self.open.load(ordering: .acquiring) }
+    func close() { self.open.store(false, ordering: .releasing) }
 }
 
 /// Drives a Redis connection: runs the handshake, matches pipelined replies to commands (FIFO),
@@ -43,6 +69,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     private let pushHandler: (@Sendable (RedisPubSubMessage) -> Void)?
     private let serverUnsubscribeHandler: (@Sendable (RedisSubscriptionKind, String) -> Void)?
     private let logger: Logger
+    private let acceptance: CommandAcceptance
     private var handshakeTimeout: Scheduled<Void>?
     private var context: ChannelHandlerContext?
     private var flushScheduled = false
@@ -62,8 +89,10 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         handshakePromise: EventLoopPromise<Int>,
         pushHandler: (@Sendable (RedisPubSubMessage) -> Void)?,
         serverUnsubscribeHandler: (@Sendable (RedisSubscriptionKind, String) -> Void)? = nil,
+        acceptance: CommandAcceptance = CommandAcceptance(),
         logger: Logger
     ) {
+        self.acceptance = acceptance
         self.serverUnsubscribeHandler = serverUnsubscribeHandler
         self.configuration = configuration
         self.stateMachine = .init(handshake: .init(configuration))
@@ -131,6 +160,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             self.handshakePromise.succeed(version)
         case .failed(let error):
             self.handshakeTimeout?.cancel()
+            self.acceptance.close()
             self.handshakePromise.fail(error)
             context.close(promise: nil)
         }
@@ -223,6 +253,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             case .reschedule(let next):
                 if let context = self.context { self.scheduleTimer(at: next, context: context) }
             case .failAllAndClose(let promises, let error):
+                self.acceptance.close()
                 self.logger.warning("redis command timed out; closing connection", metadata: ["pending": "\(promises.count)"])
                 for promise in promises { promise.fail(error) }
                 self.context?.close(promise: nil)
@@ -250,6 +281,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         case .unsubscribedByServer(let kind, let name):
             self.serverUnsubscribeHandler?(kind, name)
         case .failAllAndClose(let promises, let error):
+            self.acceptance.close()
             self.logger.error("redis protocol error; closing connection", metadata: ["error": "\(error)"])
             for promise in promises { promise.fail(error) }
             context.close(promise: nil)
@@ -259,6 +291,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
+        self.acceptance.close()
         var action = self.stateMachine.channelInactive()
         if let detail = self.socketError, case .failAll(let promises, _, let handshakeError) = action {
             let error = RedisClientError(.connectionClosed, detail: detail)
@@ -275,6 +308,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     /// is inactive.
     package func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.logger.debug("redis connection error", metadata: ["error": "\(error)"])
+        self.acceptance.close()
         if error is IOError, context.channel.isActive, self.socketError == nil {
             self.socketError = "\(error)"
             context.close(promise: nil)

@@ -9,8 +9,9 @@ struct WaitingCommand: Sendable {
     /// A command a connection could not write (``RedisClient/holdUnsent(_:from:)``): it was sent
     /// before every command that is only waiting, so it waits ahead of them.
     let unsent: Bool
-    /// Writes the command on the connection and completes the caller's promise from its reply.
-    let write: @Sendable (RedisConnection) -> EventLoopFuture<Void>
+    /// Writes the command on the connection and completes the caller's promise from its reply;
+    /// on the shared connection, counted among its loop's commands there.
+    let write: @Sendable (RedisConnection, FallbackCount?) -> EventLoopFuture<Void>
     /// Fails the caller's promise.
     let fail: @Sendable (any Error) -> Void
 }
@@ -24,9 +25,9 @@ extension RedisClient {
         let promise = timerLoop.makePromise(of: Command.Response.self)
         let key = loop.map { ObjectIdentifier($0) }
         let refused = self.hold(
-            from: key, timerLoop: timerLoop, unsent: false,
-            write: { connection in
-                let reply = connection.send(command, origin: key)
+            from: key, timerLoop: timerLoop, unsent: false, uncounting: nil,
+            write: { connection, count in
+                let reply = connection.send(command, origin: count)
                 reply.cascade(to: promise)
                 return reply.map { _ in }
             },
@@ -39,13 +40,17 @@ extension RedisClient {
     /// command still queued: Redis never got it), like a command sent while no connection is up
     /// (``wait(_:from:)``), behind the commands held already. `key`: the loop whose command it
     /// is, with ``RedisConfiguration/commandConnectionPerEventLoop``. `false` when it cannot wait.
+    /// A command of a loop sent on the shared connection no longer counts there once it waits
+    /// (it may go on its loop's own connection next).
     func holdUnsent(_ command: RedisOutboundCommand, from key: ObjectIdentifier?) -> Bool {
-        var command = command
-        command.origin = key
         let refused = self.hold(
-            from: key, timerLoop: command.promise.futureResult.eventLoop, unsent: true,
-            write: { [command] connection in connection.resend(command).map { _ in } },
-            fail: { [command] in command.promise.fail($0) })
+            from: key, timerLoop: command.promise.futureResult.eventLoop, unsent: true, uncounting: command.origin,
+            write: { connection, count in
+                var command = command
+                command.origin = count
+                return connection.resend(command).map { _ in }
+            },
+            fail: { command.promise.fail($0) })
         return refused == nil
     }
 
@@ -56,8 +61,8 @@ extension RedisClient {
     /// before it: it was sent before any of them (directly while none waited, or in a batch
     /// taken from the queue), and a connection hands its unwritten commands over in order.
     private func hold(
-        from key: ObjectIdentifier?, timerLoop: any EventLoop, unsent: Bool,
-        write: @escaping @Sendable (RedisConnection) -> EventLoopFuture<Void>,
+        from key: ObjectIdentifier?, timerLoop: any EventLoop, unsent: Bool, uncounting count: FallbackCount?,
+        write: @escaping @Sendable (RedisConnection, FallbackCount?) -> EventLoopFuture<Void>,
         fail: @escaping @Sendable (any Error) -> Void
     ) -> (any Error)? {
         let wait = self.configuration.reconnectWait
@@ -77,6 +82,7 @@ extension RedisClient {
                 state.waiting!.append(command)
             }
             if let key { state.waitingFromLoop[key, default: 0] += 1 }
+            if let count, count.uncount() { Self.uncountFallback(count.loop, &state) }
             return id
         }
         guard let id else {
@@ -142,52 +148,72 @@ extension RedisClient {
     /// holds there, unless the shared connection is there (then it writes them, in order with
     /// the rest).
     func writeLoopsWaiting(_ key: ObjectIdentifier, on connection: RedisConnection) {
-        connection.channel.eventLoop.execute {
-            let held = self.state.withLockedValue { state -> [WaitingCommand]? in
-                // The shared one gone (not just closing: what it could not write is handed
-                // back only as it closes, and must not be overtaken), with nothing on its way
-                // to it any more (else: again in a moment).
-                guard state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil else { return [] }
-                if Self.transitPending(&state) { return nil }
-                return Self.takeWaiting(of: key, &state)
+        let start = self.state.withLockedValue { $0.loopDrainsScheduled.insert(key).inserted }
+        if start { connection.channel.eventLoop.execute { self.writeLoopsWaitingNow(key, on: connection) } }
+    }
+
+    private func writeLoopsWaitingNow(_ key: ObjectIdentifier, on connection: RedisConnection) {
+        let held = self.state.withLockedValue { state -> [WaitingCommand]? in
+            // The shared one gone (not just closing: what it could not write is handed back
+            // only as it closes, and must not be overtaken), with nothing on its way to it any
+            // more (else: again in a moment).
+            if state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil, Self.transitPending(&state) {
+                return nil
             }
-            guard let held else {
-                connection.channel.eventLoop.scheduleTask(in: .milliseconds(1)) { self.writeLoopsWaiting(key, on: connection) }
-                return
-            }
-            for command in held { _ = command.write(connection) }
+            state.loopDrainsScheduled.remove(key)
+            guard state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil else { return [] }
+            return Self.takeWaiting(of: key, &state)
         }
+        guard let held else {
+            connection.channel.eventLoop.scheduleTask(in: .milliseconds(1)) { self.writeLoopsWaitingNow(key, on: connection) }
+            return
+        }
+        for command in held { _ = command.write(connection, nil) }
     }
 
     /// Writes the held commands on `connection`, on its event loop, in order, one batch per loop
     /// task (so that the connection flushes and reads replies in between) until none is left;
     /// commands sent meanwhile queue behind them, and once none is left go directly again.
     func writeWaiting(on connection: RedisConnection) {
-        connection.channel.eventLoop.execute { self.writeWaitingBatch(on: connection) }
+        let id = ObjectIdentifier(connection)
+        let start = self.state.withLockedValue { state -> Bool in
+            guard state.drainScheduled != id else { return false }
+            state.drainScheduled = id
+            return true
+        }
+        if start { connection.channel.eventLoop.execute { self.writeWaitingBatch(on: connection) } }
     }
 
     private func writeWaitingBatch(on connection: RedisConnection) {
-        let batch = self.state.withLockedValue { state -> CircularBuffer<WaitingCommand>? in
+        let id = ObjectIdentifier(connection)
+        let batch = self.state.withLockedValue { state -> [(WaitingCommand, FallbackCount?)]? in
             // Only on the current connection: a newer one writes them once it is up.
-            guard let waiting = state.waiting, state.commandConnection === connection, connection.isActive else { return [] }
+            guard let waiting = state.waiting, !waiting.isEmpty, state.commandConnection === connection, connection.isActive else {
+                if state.waiting?.isEmpty == true, state.commandConnection === connection { state.waiting = nil }
+                if state.drainScheduled == id { state.drainScheduled = nil }
+                return []
+            }
             // Writes still on their way to the shared connection that closed may be refused
             // there, and held ahead of these: again in a moment.
             if Self.transitPending(&state) { return nil }
-            state.waiting = waiting.isEmpty ? nil : CircularBuffer(initialCapacity: 16)
+            state.waiting = CircularBuffer(initialCapacity: 16)
             state.waitingFromLoop = [:]  // the whole queue is taken
             state.unsentAhead = 0
             // Written on the shared connection: each loop's own waits for the replies.
-            for case let key? in waiting.lazy.map(\.loop) { state.fallbacksInFlight[key, default: 0] += 1 }
-            return waiting
+            return waiting.map { command in
+                guard let key = command.loop else { return (command, nil) }
+                state.fallbacksInFlight[key, default: 0] += 1
+                return (command, FallbackCount(loop: key))
+            }
         }
         guard let batch else {
             connection.channel.eventLoop.scheduleTask(in: .milliseconds(1)) { self.writeWaitingBatch(on: connection) }
             return
         }
         if batch.isEmpty { return }
-        for command in batch {
-            let written = command.write(connection)
-            if let key = command.loop { written.whenComplete { _ in self.fallbackAnswered(key) } }
+        for (command, count) in batch {
+            let written = command.write(connection, count)
+            if let count { written.whenComplete { _ in if count.uncount() { self.fallbackAnswered(count.loop) } } }
         }
         connection.channel.eventLoop.execute { self.writeWaitingBatch(on: connection) }
     }
@@ -201,11 +227,14 @@ extension RedisClient {
         return !state.closedShared.isEmpty
     }
 
+    /// A command of `key`'s loop on the shared connection was answered (or is held again).
     func fallbackAnswered(_ key: ObjectIdentifier) {
-        self.state.withLockedValue { state in
-            let left = state.fallbacksInFlight[key, default: 1] - 1
-            state.fallbacksInFlight[key] = left > 0 ? left : nil
-        }
+        self.state.withLockedValue { state in Self.uncountFallback(key, &state) }
+    }
+
+    static func uncountFallback(_ key: ObjectIdentifier, _ state: inout State) {
+        let left = state.fallbacksInFlight[key, default: 1] - 1
+        state.fallbacksInFlight[key] = left > 0 ? left : nil
     }
 
     /// Fails every held command (at shutdown).

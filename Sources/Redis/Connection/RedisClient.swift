@@ -101,6 +101,10 @@ public final class RedisClient: Sendable {
         /// Shared command connections that closed with writes still on their way to their loop
         /// (``RedisClient/transitPending(_:)``).
         var closedShared: [RedisConnection] = []
+        /// The shared connection a drain of ``waiting`` is scheduled on (one at a time).
+        var drainScheduled: ObjectIdentifier?
+        /// Loops whose own connection has a write of what they hold scheduled.
+        var loopDrainsScheduled: Set<ObjectIdentifier> = []
         var waitingIDs: UInt64 = 0
         /// Per loop (with ``RedisConfiguration/commandConnectionPerEventLoop``): how many of
         /// ``waiting`` it sent; its own connection is not used while they wait.
@@ -278,43 +282,41 @@ public final class RedisClient: Sendable {
             // order on its loop (checking here could queue it ahead of them). Counted in
             // transit from here: what is held is not written elsewhere before it is refused.
             let connection = self.state.withLockedValue { state -> RedisConnection? in
-                guard state.waiting == nil, let connection = state.commandConnection else { return nil }
+                guard state.waiting == nil, !Self.transitPending(&state), let connection = state.commandConnection else { return nil }
                 connection.beginTransit()
                 return connection
             }
             guard let connection else { return self.wait(command, from: nil) }
-            defer { connection.endTransit() }
-            return connection.send(command)
+            return connection.send(command, origin: nil, counted: true)
         }
         let key = ObjectIdentifier(loop)
-        let (connection, fallback, held) = self.state.withLockedValue { state -> (RedisConnection?, Bool, [WaitingCommand]) in
+        let (connection, fallback, held) = self.state.withLockedValue { state -> (RedisConnection?, FallbackCount?, [WaitingCommand]) in
             let own = state.loopConnections[key].flatMap { $0.isActive ? $0 : nil }
             // The shared one until the client saw it close, even if it is closing: the commands
             // it could not write are handed back (``holdUnsent(_:from:)``), in order, so this
             // loop's earlier ones wait (``State/waitingFromLoop``) and later ones queue behind.
-            // Gone, it may still have this loop's writes on their way to its loop (refused
-            // there, and held then): until they are, it counts as there.
-            let sharedGone = state.commandConnection == nil && !Self.transitPending(&state)
+            // Gone, it may still have writes on their way to its loop (refused there, and held
+            // then): until they are, it counts as there.
+            let transitPending = Self.transitPending(&state)
+            let sharedGone = state.commandConnection == nil && !transitPending
             // Its own connection, unless earlier commands of this loop wait for the shared one,
             // or went on it and are not answered (a shared connection that closed ran nothing
             // more of what it still held: what it did not write is waiting by now).
             if let own, state.waiting == nil || state.waitingFromLoop[key, default: 0] == 0, state.fallbacksInFlight[key, default: 0] == 0 || sharedGone {
-                return (own, false, [])
+                return (own, nil, [])
             }
             // Its own is back before the shared one: what it holds goes first, on its own.
-            if let own, sharedGone { return (own, false, Self.takeWaiting(of: key, &state)) }
-            guard state.waiting == nil, let shared = state.commandConnection else { return (nil, false, []) }
+            if let own, sharedGone { return (own, nil, Self.takeWaiting(of: key, &state)) }
+            guard state.waiting == nil, !transitPending, let shared = state.commandConnection else { return (nil, nil, []) }
             state.fallbacksInFlight[key, default: 0] += 1
             shared.beginTransit()
-            return (shared, true, [])
+            return (shared, FallbackCount(loop: key), [])
         }
         guard let connection else { return self.wait(command, from: loop) }
-        for command in held { _ = command.write(connection) }
-        let future = connection.send(command, origin: fallback ? key : nil)
-        if fallback {
-            connection.endTransit()
-            future.whenComplete { _ in self.fallbackAnswered(key) }
-        }
+        for command in held { _ = command.write(connection, nil) }
+        guard let fallback else { return connection.send(command) }
+        let future = connection.send(command, origin: fallback, counted: true)
+        future.whenComplete { _ in if fallback.uncount() { self.fallbackAnswered(key) } }
         return future
     }
 
@@ -466,7 +468,7 @@ public final class RedisClient: Sendable {
                     throw error
                 }
                 // After the setup: its own commands fail on this connection, not wait for another.
-                connection.onUnsent { [weak self] command in self?.holdUnsent(command, from: command.origin ?? key) ?? false }
+                connection.onUnsent { [weak self] command in self?.holdUnsent(command, from: command.origin?.loop ?? key) ?? false }
                 let (accepted, holds) = self.state.withLockedValue { state -> (Bool, Bool) in
                     guard !state.isShutdown else { return (false, false) }
                     state.loopConnections[key] = connection
@@ -512,7 +514,7 @@ public final class RedisClient: Sendable {
                         await connection.close()
                         throw error
                     }
-                    connection.onUnsent { [weak self] command in self?.holdUnsent(command, from: command.origin) ?? false }
+                    connection.onUnsent { [weak self] command in self?.holdUnsent(command, from: command.origin?.loop) ?? false }
                 }
                 if role == .subscriptions {
                     let confirmations = registry.attach { [connection] in connection.subscriptionCommand($0) }

@@ -24,10 +24,14 @@ public final class RedisConnection: Sendable {
     /// See ``hasWritesInTransit``.
     private let writesInTransit = Atomic<Int>(0)
 
-    package init(channel: any Channel, protocolVersion: Int, configuration: RedisConfiguration) {
+    /// See ``isActive``: shared with the connection's ``RedisChannelHandler``.
+    private let acceptance: CommandAcceptance
+
+    package init(channel: any Channel, protocolVersion: Int, configuration: RedisConfiguration, acceptance: CommandAcceptance = CommandAcceptance()) {
         self.channel = channel
         self.protocolVersion = protocolVersion
         self.configuration = configuration
+        self.acceptance = acceptance
     }
 
     /// Connects and completes the handshake.
@@ -49,6 +53,7 @@ public final class RedisConnection: Sendable {
         let sslContext = try configuration.tls?.makeSSLContext()
         let eventLoop = eventLoopGroup.next()
         let handshakePromise = eventLoop.makePromise(of: Int.self)
+        let acceptance = CommandAcceptance()
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
@@ -65,6 +70,7 @@ public final class RedisConnection: Sendable {
                             handshakePromise: handshakePromise,
                             pushHandler: pushHandler,
                             serverUnsubscribeHandler: serverUnsubscribeHandler,
+                            acceptance: acceptance,
                             logger: logger
                         ),
                     ])
@@ -82,7 +88,7 @@ public final class RedisConnection: Sendable {
         }
         do {
             let version = try await handshakePromise.futureResult.get()
-            return RedisConnection(channel: channel, protocolVersion: version, configuration: configuration)
+            return RedisConnection(channel: channel, protocolVersion: version, configuration: configuration, acceptance: acceptance)
         } catch {
             try? await channel.close()
             throw Self.describe(error, configuration: configuration)
@@ -124,17 +130,19 @@ public final class RedisConnection: Sendable {
         self.sendRaw(command).flatMapThrowing { try Command.Response(fromRESP: $0) }
     }
 
-    /// ``send(_:)`` for `origin`'s event loop (see ``RedisOutboundCommand/origin``).
-    package func send<Command: RedisCommand>(_ command: Command, origin: ObjectIdentifier?) -> EventLoopFuture<Command.Response> {
-        self.sendRaw(command, origin: origin).flatMapThrowing { try Command.Response(fromRESP: $0) }
+    /// ``send(_:)`` for `origin`'s event loop (see ``RedisOutboundCommand/origin``); `counted`:
+    /// the caller counted it in transit (``beginTransit()``), and its count ends once the write
+    /// reached the connection's loop.
+    package func send<Command: RedisCommand>(_ command: Command, origin: FallbackCount?, counted: Bool = false) -> EventLoopFuture<Command.Response> {
+        self.sendRaw(command, origin: origin, counted: counted).flatMapThrowing { try Command.Response(fromRESP: $0) }
     }
 
     /// Sends `command` and returns the undecoded reply.
     public func sendRaw<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<RESPToken> {
-        self.sendRaw(command, origin: nil)
+        self.sendRaw(command, origin: nil, counted: false)
     }
 
-    private func sendRaw<Command: RedisCommand>(_ command: Command, origin: ObjectIdentifier?) -> EventLoopFuture<RESPToken> {
+    private func sendRaw<Command: RedisCommand>(_ command: Command, origin: FallbackCount?, counted: Bool) -> EventLoopFuture<RESPToken> {
         var encoder = RESPCommandEncoder(buffer: self.channel.allocator.buffer(capacity: 64))
         command.encode(into: &encoder)
         return self.write(
@@ -144,7 +152,8 @@ public final class RedisConnection: Sendable {
                 promise: self.channel.eventLoop.makePromise(),
                 blockingTimeout: command.blockingTimeout,
                 origin: origin
-            ))
+            ),
+            counted: counted)
     }
 
     /// Executes `command` and returns its typed reply.
@@ -167,16 +176,18 @@ public final class RedisConnection: Sendable {
         ).map { _ in () }
     }
 
-    private func write(_ command: RedisOutboundCommand) -> EventLoopFuture<RESPToken> {
+    private func write(_ command: RedisOutboundCommand, counted: Bool = false) -> EventLoopFuture<RESPToken> {
         let loop = self.channel.eventLoop
-        guard !loop.inEventLoop else {
+        if loop.inEventLoop {
             self.writeOnLoop(command)
-            return command.promise.futureResult
-        }
-        self.writesInTransit.add(1, ordering: .sequentiallyConsistent)
-        loop.execute {
-            self.writeOnLoop(command)
-            self.writesInTransit.subtract(1, ordering: .sequentiallyConsistent)
+            if counted { self.endTransit() }
+        } else if counted {
+            loop.execute {
+                self.writeOnLoop(command)
+                self.endTransit()
+            }
+        } else {
+            loop.execute { self.writeOnLoop(command) }
         }
         return command.promise.futureResult
     }
@@ -187,16 +198,16 @@ public final class RedisConnection: Sendable {
         self.channel.write(command).whenFailure { error in self.writeFailed(command, error) }
     }
 
-    /// Whether writes handed over from other threads have not reached the connection's loop
-    /// yet (each may still be refused there, and handed to ``onUnsent(_:)``).
-    package var hasWritesInTransit: Bool { self.writesInTransit.load(ordering: .sequentiallyConsistent) > 0 }
+    /// Whether counted writes (``beginTransit()``) have not reached the connection's loop yet
+    /// (each may still be refused there, and handed to ``onUnsent(_:)``).
+    package var hasWritesInTransit: Bool { self.writesInTransit.load(ordering: .acquiring) > 0 }
 
-    /// Counts a write another thread is about to hand over, from the moment it chose this
-    /// connection (``RedisClient`` does it under its lock); ``endTransit()`` once it did.
-    package func beginTransit() { self.writesInTransit.add(1, ordering: .sequentiallyConsistent) }
+    /// Counts a write about to be handed over, from the moment the caller chose this connection
+    /// (``RedisClient`` does it under its lock, then sends with `counted: true`): the count
+    /// ends once the write reached the connection's loop (and was refused there, if it was).
+    package func beginTransit() { self.writesInTransit.add(1, ordering: .relaxed) }
 
-    /// See ``beginTransit()``.
-    package func endTransit() { self.writesInTransit.subtract(1, ordering: .sequentiallyConsistent) }
+    private func endTransit() { self.writesInTransit.subtract(1, ordering: .releasing) }
 
     /// Sends `command` again (its promise, as it was), e.g. one ``onUnsent(_:)`` took from
     /// another connection.
@@ -219,16 +230,21 @@ public final class RedisConnection: Sendable {
     /// failed it still queued), or when it never reached the handler (the channel closed).
     private func writeFailed(_ command: RedisOutboundCommand, _ error: any Error) {
         let unsent: Bool
+        let handler = try? self.channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
         if (error as? RedisClientError) == .notConnected {
-            unsent = true
-        } else if let handler = try? self.channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self) {
-            unsent = handler.withdraw(command.promise)
+            unsent = true  // refused by the handler: not written
+        } else if let handler {
+            // With TLS one encrypted buffer carries many commands (a flush), and its write can
+            // fail with whole records of the first ones already sent: none counts as unsent.
+            unsent = self.configuration.tls == nil && handler.withdraw(command.promise)
         } else {
-            unsent = (error as? ChannelError) == .ioOnClosedChannel
+            unsent = (error as? ChannelError) == .ioOnClosedChannel  // never reached the handler
         }
         guard unsent else {
-            // Failed with the rest already (a timeout, a protocol error), or outcome unknown.
-            command.promise.fail(error is ChannelError ? RedisClientError.connectionClosed : error)
+            // Failed with the rest already (a timeout, a protocol error), or outcome unknown:
+            // Redis may have got it.
+            let lost = error is ChannelError || error is IOError
+            command.promise.fail(lost ? RedisClientError(.connectionClosed, detail: "\(error)") : error)
             return
         }
         if let handler = self.unsentHandler.withLockedValue({ $0 }), handler(command) { return }
@@ -236,8 +252,9 @@ public final class RedisConnection: Sendable {
         command.promise.fail(RedisClientError(.notConnected, detail: reason))
     }
 
-    /// Whether the connection is still open.
-    public var isActive: Bool { self.channel.isActive }
+    /// Whether the connection is still open, and takes commands (a TLS connection that is
+    /// closing stays open for a moment, refusing them).
+    public var isActive: Bool { self.acceptance.isOpen && self.channel.isActive }
 
     /// Completes when the connection has closed.
     public var closeFuture: EventLoopFuture<Void> { self.channel.closeFuture }

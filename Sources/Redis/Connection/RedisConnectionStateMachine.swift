@@ -94,6 +94,8 @@ package struct RedisConnectionStateMachine<Promise> {
     private var waitOwed: WAIT?
     /// The earliest deadline a timer is currently scheduled for.
     private var scheduledTimer: NIODeadline?
+    /// Where the last withdrawn command was (``withdraw(where:)``).
+    private var withdrawHint: Int?
     let handshake: HandshakeConfiguration
 
     package init(handshake: HandshakeConfiguration) {
@@ -188,12 +190,21 @@ package struct RedisConnectionStateMachine<Promise> {
     /// still queued, so Redis never got all of its bytes). It no longer waits for a reply, and
     /// whoever sent it may send it again elsewhere. `false` when it is not pending (answered, or
     /// failed with everything else already). The unwritten commands are the newest: searched
-    /// from the end.
+    /// from the end; NIO fails them oldest first, so the next one is usually where the last one
+    /// was (tried first: withdrawing k of them is O(k), not O(k²)).
     package mutating func withdraw(where isIt: (Promise) -> Bool) -> Bool {
+        if let hint = self.withdrawHint, hint < self.pending.count {
+            let index = self.pending.index(self.pending.startIndex, offsetBy: hint)
+            if isIt(self.pending[index].promise) {
+                _ = self.pending.remove(at: index)
+                return true
+            }
+        }
         var index = self.pending.endIndex
         while index != self.pending.startIndex {
             index = self.pending.index(before: index)
             if isIt(self.pending[index].promise) {
+                self.withdrawHint = self.pending.distance(from: self.pending.startIndex, to: index)
                 _ = self.pending.remove(at: index)
                 return true
             }
