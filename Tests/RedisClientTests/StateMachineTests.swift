@@ -259,4 +259,15 @@ struct ConfigurationTests {
         guard case .failAll(let promises, _, _) = machine.channelInactive() else { Issue.record("expected failAll"); return }
         #expect(promises == [5])
     }
+
+    /// A withdrawn command's deadline no longer counts: it is not waiting for anything.
+    @Test func aWithdrawnCommandDoesNotTimeOut() {
+        var machine = readyMachine()
+        let now = NIODeadline.now()
+        _ = machine.enqueue(1, deadline: now + .seconds(10))
+        _ = machine.enqueue(2, deadline: now + .seconds(1))
+        #expect(machine.withdraw { $0 == 2 })
+        guard case .reschedule(let next) = machine.timerFired(now: now + .seconds(2)) else { Issue.record("expected a reschedule"); return }
+        #expect(next == now + .seconds(10))
+    }
 }

@@ -40,6 +40,18 @@ private final class DyingSocket: ChannelOutboundHandler, RemovableChannelHandler
     }
 }
 
+/// The commands a connection handed over; those still not completed fail when it goes (a
+/// promise left uncompleted is a leak NIO traps on).
+private final class Taken: Sendable {
+    let commands = NIOLockedValueBox<[RedisOutboundCommand]>([])
+
+    func withLockedValue<T>(_ body: (inout [RedisOutboundCommand]) -> T) -> T { self.commands.withLockedValue(body) }
+
+    deinit {
+        for command in self.commands.withLockedValue({ $0 }) { command.promise.fail(RedisClientError.shutdown) }
+    }
+}
+
 /// A ``RedisConnection`` over an `EmbeddedChannel`, after the handshake.
 private struct EmbeddedConnection {
     let channel: EmbeddedChannel
@@ -68,10 +80,10 @@ private struct EmbeddedConnection {
     }
 
     /// Takes every command the connection hands over (``RedisConnection/onUnsent(_:)``).
-    func takeUnsent() -> NIOLockedValueBox<[RedisOutboundCommand]> {
-        let taken = NIOLockedValueBox<[RedisOutboundCommand]>([])
+    func takeUnsent() -> Taken {
+        let taken = Taken()
         self.connection.onUnsent { command in
-            taken.withLockedValue { $0.append(command) }
+            taken.commands.withLockedValue { $0.append(command) }
             return true
         }
         return taken
@@ -186,5 +198,19 @@ struct UnsentCommandTests {
         dying.channel.embeddedEventLoop.run()
         #expect(taken.withLockedValue { $0.map { String(buffer: $0.bytes) } } == [resp("PING")])
         #expect(!late.isCompleteForTest)
+    }
+
+    /// A close asked for (a failover, ``RedisConnection/close()``) stops the connection taking
+    /// commands at once, even while TLS keeps the channel open for `close_notify`.
+    @Test func aCloseAskedForRefusesCommandsUnsentAtOnce() throws {
+        let dying = try EmbeddedConnection()
+        let taken = dying.takeUnsent()
+        dying.socket.lingers = true
+        dying.channel.close(promise: nil)
+        #expect(dying.channel.isActive)
+        #expect(!dying.connection.isActive)
+        _ = dying.connection.sendRaw(PING())
+        dying.channel.embeddedEventLoop.run()
+        #expect(taken.withLockedValue { $0.map { String(buffer: $0.bytes) } } == [resp("PING")])
     }
 }

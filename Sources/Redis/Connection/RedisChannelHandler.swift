@@ -187,6 +187,12 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
 
     package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let command = self.unwrapOutboundIn(data)
+        guard self.acceptance.isOpen else {
+            // Closing (a TLS close waits for `close_notify`): not written, see below.
+            let error = RedisClientError(.notConnected, detail: "the connection is closing; not sent")
+            if let promise { promise.fail(error) } else { command.promise.fail(error) }
+            return
+        }
         var deadline: NIODeadline? = context.eventLoop.now + self.configuration.commandTimeout
         if let blocking = command.blockingTimeout {
             deadline = blocking == .zero ? nil : deadline! + blocking
@@ -220,6 +226,12 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             self.flushScheduled = false
             if let context = self.context { self.flushWritingOwedWait(context: context) }
         }
+    }
+
+    /// A close asked for (``RedisConnection/close()``, a failover): no command is taken from now on.
+    package func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .all { self.acceptance.close() }
+        context.close(mode: mode, promise: promise)
     }
 
     package func flush(context: ChannelHandlerContext) {

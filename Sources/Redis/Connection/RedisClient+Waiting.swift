@@ -69,7 +69,8 @@ extension RedisClient {
         guard wait > .zero, self.state.withLockedValue({ $0.started }) else { return RedisClientError.notConnected }
         let limit = self.configuration.maximumWaitingCommands
         let id = self.state.withLockedValue { state -> UInt64? in
-            guard !state.isShutdown, (state.waiting?.count ?? 0) < limit else { return nil }
+            // An unsent one was admitted once already (and refusing it would leave a gap).
+            guard !state.isShutdown, unsent || (state.waiting?.count ?? 0) < limit else { return nil }
             state.waitingIDs &+= 1
             let id = state.waitingIDs
             if state.waiting == nil { state.waiting = CircularBuffer(initialCapacity: 16) }
@@ -148,7 +149,12 @@ extension RedisClient {
     /// holds there, unless the shared connection is there (then it writes them, in order with
     /// the rest).
     func writeLoopsWaiting(_ key: ObjectIdentifier, on connection: RedisConnection) {
-        let start = self.state.withLockedValue { $0.loopDrainsScheduled.insert(key).inserted }
+        let id = ObjectIdentifier(connection)
+        let start = self.state.withLockedValue { state -> Bool in
+            guard state.loopDrainsScheduled[key] != id else { return false }
+            state.loopDrainsScheduled[key] = id
+            return true
+        }
         if start { connection.channel.eventLoop.execute { self.writeLoopsWaitingNow(key, on: connection) } }
     }
 
@@ -160,7 +166,7 @@ extension RedisClient {
             if state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil, Self.transitPending(&state) {
                 return nil
             }
-            state.loopDrainsScheduled.remove(key)
+            if state.loopDrainsScheduled[key] == ObjectIdentifier(connection) { state.loopDrainsScheduled[key] = nil }
             guard state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil else { return [] }
             return Self.takeWaiting(of: key, &state)
         }
@@ -177,7 +183,7 @@ extension RedisClient {
     func writeWaiting(on connection: RedisConnection) {
         let id = ObjectIdentifier(connection)
         let start = self.state.withLockedValue { state -> Bool in
-            guard state.drainScheduled != id else { return false }
+            guard state.commandConnection === connection, state.drainScheduled != id else { return false }
             state.drainScheduled = id
             return true
         }

@@ -103,8 +103,8 @@ public final class RedisClient: Sendable {
         var closedShared: [RedisConnection] = []
         /// The shared connection a drain of ``waiting`` is scheduled on (one at a time).
         var drainScheduled: ObjectIdentifier?
-        /// Loops whose own connection has a write of what they hold scheduled.
-        var loopDrainsScheduled: Set<ObjectIdentifier> = []
+        /// Per loop: its own connection that has a write of what the loop holds scheduled.
+        var loopDrainsScheduled: [ObjectIdentifier: ObjectIdentifier] = [:]
         var waitingIDs: UInt64 = 0
         /// Per loop (with ``RedisConfiguration/commandConnectionPerEventLoop``): how many of
         /// ``waiting`` it sent; its own connection is not used while they wait.

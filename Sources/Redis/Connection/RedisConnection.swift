@@ -243,8 +243,7 @@ public final class RedisConnection: Sendable {
         guard unsent else {
             // Failed with the rest already (a timeout, a protocol error), or outcome unknown:
             // Redis may have got it.
-            let lost = error is ChannelError || error is IOError
-            command.promise.fail(lost ? RedisClientError(.connectionClosed, detail: "\(error)") : error)
+            command.promise.fail(error is RedisClientError ? error : RedisClientError(.connectionClosed, detail: "\(error)"))
             return
         }
         if let handler = self.unsentHandler.withLockedValue({ $0 }), handler(command) { return }

@@ -40,6 +40,9 @@ package struct RedisConnectionStateMachine<Promise> {
         package var promise: Promise
         package var kind: PendingKind
         package var deadline: NIODeadline?
+        /// Not written after all (``withdraw(where:)``): no reply comes for it, and closing does
+        /// not fail it (whoever withdrew it completes it).
+        var withdrawn = false
     }
 
     package struct HandshakeConfiguration: Hashable, Sendable {
@@ -94,8 +97,10 @@ package struct RedisConnectionStateMachine<Promise> {
     private var waitOwed: WAIT?
     /// The earliest deadline a timer is currently scheduled for.
     private var scheduledTimer: NIODeadline?
-    /// Where the last withdrawn command was (``withdraw(where:)``).
+    /// Where the command after the last withdrawn one is (``withdraw(where:)``).
     private var withdrawHint: Int?
+    /// How many of ``pending`` are withdrawn.
+    private var withdrawnCount = 0
     let handshake: HandshakeConfiguration
 
     package init(handshake: HandshakeConfiguration) {
@@ -103,7 +108,7 @@ package struct RedisConnectionStateMachine<Promise> {
     }
 
     /// Number of commands awaiting a reply.
-    package var pendingCount: Int { self.pending.count }
+    package var pendingCount: Int { self.pending.count - self.withdrawnCount }
 
     /// The negotiated protocol version once ready.
     package var protocolVersion: Int? {
@@ -190,26 +195,38 @@ package struct RedisConnectionStateMachine<Promise> {
     /// still queued, so Redis never got all of its bytes). It no longer waits for a reply, and
     /// whoever sent it may send it again elsewhere. `false` when it is not pending (answered, or
     /// failed with everything else already). The unwritten commands are the newest: searched
-    /// from the end; NIO fails them oldest first, so the next one is usually where the last one
-    /// was (tried first: withdrawing k of them is O(k), not O(k²)).
+    /// from the end; NIO fails them oldest first, so the next one is usually right after the last
+    /// one (tried first). Withdrawn entries are marked, not removed (a removal in the middle
+    /// moves every later one): withdrawing k of them is O(k).
     package mutating func withdraw(where isIt: (Promise) -> Bool) -> Bool {
         if let hint = self.withdrawHint, hint < self.pending.count {
             let index = self.pending.index(self.pending.startIndex, offsetBy: hint)
-            if isIt(self.pending[index].promise) {
-                _ = self.pending.remove(at: index)
+            if !self.pending[index].withdrawn, isIt(self.pending[index].promise) {
+                self.pending[index].withdrawn = true
+                self.withdrawnCount += 1
+                self.withdrawHint = hint + 1
                 return true
             }
         }
         var index = self.pending.endIndex
         while index != self.pending.startIndex {
             index = self.pending.index(before: index)
-            if isIt(self.pending[index].promise) {
-                self.withdrawHint = self.pending.distance(from: self.pending.startIndex, to: index)
-                _ = self.pending.remove(at: index)
+            if !self.pending[index].withdrawn, isIt(self.pending[index].promise) {
+                self.pending[index].withdrawn = true
+                self.withdrawnCount += 1
+                self.withdrawHint = self.pending.distance(from: self.pending.startIndex, to: index) + 1
                 return true
             }
         }
         return false
+    }
+
+    /// Drops withdrawn entries from the head (none is answered; replies match the rest).
+    private mutating func skipWithdrawn() {
+        while let first = self.pending.first, first.withdrawn {
+            self.pending.removeFirst()
+            self.withdrawnCount -= 1
+        }
     }
 
     /// The connection is about to flush: the `WAIT` to write (and enqueue as `.replicaWait`)
@@ -297,6 +314,7 @@ package struct RedisConnectionStateMachine<Promise> {
         if let elements = pushElements {
             return self.receivedPush(elements, token: token)
         }
+        self.skipWithdrawn()
         guard let head = self.pending.popFirst() else {
             self.state = .closing
             return .failAllAndClose([], RedisClientError.unsolicitedReply)
@@ -350,6 +368,7 @@ package struct RedisConnectionStateMachine<Promise> {
         }
         guard let first = elements.first, let kind = (try? String(fromRESP: first))?.lowercased() else { return .none }
         // A subscription confirmation: count it against the head command if it matches.
+        self.skipWithdrawn()
         guard let head = self.pending.first, case .subscription(let confirmation, let remaining) = head.kind,
             confirmation == kind
         else {
@@ -396,7 +415,7 @@ package struct RedisConnectionStateMachine<Promise> {
         self.scheduledTimer = nil
         guard case .ready = self.state else { return .none }
         var earliest: NIODeadline? = nil
-        for entry in self.pending {
+        for entry in self.pending where !entry.withdrawn {
             guard let deadline = entry.deadline else { continue }
             if deadline <= now {
                 // The reply stream is now out of sync: fail everything and close.
@@ -444,8 +463,10 @@ package struct RedisConnectionStateMachine<Promise> {
     }
 
     private mutating func drainPending() -> [Promise] {
-        let promises = self.held.map(\.promise) + self.pending.map(\.promise)
+        let promises = self.held.map(\.promise) + self.pending.lazy.filter { !$0.withdrawn }.map(\.promise)
         self.pending.removeAll()
+        self.withdrawnCount = 0
+        self.withdrawHint = nil
         self.held.removeAll()
         self.waitOwed = nil
         return promises
