@@ -21,14 +21,7 @@ struct UnsentCommandsIntegrationTests {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let loop = group.next()
-        var configuration = server.configuration
-        configuration.commandConnectionPerEventLoop = perLoop
-        configuration.reconnectBackoffMinimum = .milliseconds(2)
-        configuration.reconnectBackoffMaximum = .milliseconds(10)
-        configuration.reconnectWait = .seconds(30)
-        let client = RedisClient(configuration: configuration, eventLoopGroup: group, enableSubscriptions: false)
-        client.start()
-        try await client.waitUntilConnected(timeout: .seconds(30))
+        let client = try await startedClient(server, group, perLoop: perLoop, backoff: .milliseconds(2), .milliseconds(10))
         let admin = try await server.connect()
         let stop = ManagedAtomicFlag()
         let storm = Task {
@@ -69,6 +62,57 @@ struct UnsentCommandsIntegrationTests {
         await client.shutdown()
         try await group.shutdownGracefully()
     }
+}
+
+extension UnsentCommandsIntegrationTests {
+    /// With a connection per loop, commands held from one loop are not overtaken by commands a
+    /// second loop sends after them, even when that loop's own connection is back first (a
+    /// client whose session ended on one loop reconnects on another).
+    @Test func anotherLoopsLaterCommandsDoNotOvertakeHeldOnes() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let (a, b) = (group.next(), group.next())
+        let client = try await startedClient(server, group, perLoop: true, backoff: .milliseconds(100), .milliseconds(400))
+        let admin = try await server.connect()
+        var expected: [String] = []
+        for round in 0..<4 {
+            #expect(try await eventually { client.hasOwnConnection(on: a) && client.hasOwnConnection(on: b) })
+            _ = try await admin.execute(RawCommand("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+            #expect(try await eventually { client.connectionState(.commands) != .connected && !client.hasOwnConnection(on: a) })
+            let first = try await a.submit { (0..<20).map { client.send(RawCommand("RPUSH", "order", .string("r\(round)-a\($0)"))) } }.get()
+            expected += (0..<20).map { "r\(round)-a\($0)" }
+            var later: [EventLoopFuture<RESPToken>] = []
+            var next = 0
+            while next < 2_000 {
+                later += try await b.submit { [next] in (next..<next + 5).map { client.send(RawCommand("RPUSH", "order", .string("r\(round)-b\($0)"))) } }.get()
+                expected += (next..<next + 5).map { "r\(round)-b\($0)" }
+                next += 5
+                if client.connectionState(.commands) == .connected, client.hasOwnConnection(on: b), client.waitingCommands == 0 { break }
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            for reply in first + later { _ = try await reply.get() }
+        }
+        let order = try [String](fromRESP: try await admin.execute(RawCommand("LRANGE", "order", "0", "-1")))
+        #expect(order == expected)
+        await admin.close()
+        await client.shutdown()
+        try await group.shutdownGracefully()
+    }
+}
+
+/// A started client that holds commands for 30 s while it reconnects.
+private func startedClient(
+    _ server: RedisServerProcess, _ group: any EventLoopGroup, perLoop: Bool, backoff minimum: TimeAmount, _ maximum: TimeAmount
+) async throws -> RedisClient {
+    var configuration = server.configuration
+    configuration.commandConnectionPerEventLoop = perLoop
+    configuration.reconnectBackoffMinimum = minimum
+    configuration.reconnectBackoffMaximum = maximum
+    configuration.reconnectWait = .seconds(30)
+    let client = RedisClient(configuration: configuration, eventLoopGroup: group, enableSubscriptions: false)
+    client.start()
+    try await client.waitUntilConnected(timeout: .seconds(30))
+    return client
 }
 
 /// A flag one task sets and another reads.

@@ -131,6 +131,11 @@ extension RedisClient {
         }
     }
 
+    /// Whether every held command is `key`'s loop's.
+    static func onlyLoopWaits(_ key: ObjectIdentifier, _ state: State) -> Bool {
+        (state.waiting?.count ?? 0) == state.waitingFromLoop[key, default: 0]
+    }
+
     /// Takes the held commands of `key`'s loop out of the queue, in order (its own connection is
     /// back before the shared one: they go there).
     static func takeWaiting(of key: ObjectIdentifier, _ state: inout State) -> [WaitingCommand] {
@@ -167,7 +172,10 @@ extension RedisClient {
                 return nil
             }
             if state.loopDrainsScheduled[key] == ObjectIdentifier(connection) { state.loopDrainsScheduled[key] = nil }
-            guard state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil else { return [] }
+            // Only when no other loop's commands wait (else they all go, in order, on the
+            // shared connection once it is back).
+            guard state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil, Self.onlyLoopWaits(key, state)
+            else { return [] }
             return Self.takeWaiting(of: key, &state)
         }
         guard let held else {

@@ -299,14 +299,17 @@ public final class RedisClient: Sendable {
             // then): until they are, it counts as there.
             let transitPending = Self.transitPending(&state)
             let sharedGone = state.commandConnection == nil && !transitPending
-            // Its own connection, unless earlier commands of this loop wait for the shared one,
-            // or went on it and are not answered (a shared connection that closed ran nothing
-            // more of what it still held: what it did not write is waiting by now).
-            if let own, state.waiting == nil || state.waitingFromLoop[key, default: 0] == 0, state.fallbacksInFlight[key, default: 0] == 0 || sharedGone {
+            // Its own connection, unless commands wait (of any loop: a client whose session ended
+            // on another loop may have reconnected on this one, and what its old session sent
+            // must not be overtaken), or this loop's went on the shared one and are not answered
+            // (a shared connection that closed ran nothing more of what it still held: what it
+            // did not write is waiting by now).
+            if let own, state.waiting == nil, state.fallbacksInFlight[key, default: 0] == 0 || sharedGone {
                 return (own, nil, [])
             }
-            // Its own is back before the shared one: what it holds goes first, on its own.
-            if let own, sharedGone { return (own, nil, Self.takeWaiting(of: key, &state)) }
+            // Its own is back before the shared one, and only this loop's commands wait: they go
+            // first, on its own.
+            if let own, sharedGone, Self.onlyLoopWaits(key, state) { return (own, nil, Self.takeWaiting(of: key, &state)) }
             guard state.waiting == nil, !transitPending, let shared = state.commandConnection else { return (nil, nil, []) }
             state.fallbacksInFlight[key, default: 0] += 1
             shared.beginTransit()
