@@ -225,6 +225,31 @@ struct ReconnectWaitIntegrationTests {
         try await group.shutdownGracefully()
     }
 
+    /// The command connection back after a restart, the subscriber connection tries again at
+    /// once, not after a backoff grown during the outage (here 30–60 s): what is published before
+    /// it is back must be read from history, within its window.
+    @Test func theSubscriberConnectionFollowsTheCommandConnectionBack() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var configuration = server.configuration
+        configuration.reconnectBackoffMinimum = .seconds(60)
+        configuration.reconnectBackoffMaximum = .seconds(60)
+        configuration.reconnectWait = .seconds(5)
+        let client = RedisClient(configuration: configuration, eventLoopGroup: group)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(30))
+        server.kill()
+        #expect(
+            try await eventually {
+                client.connectionState(.commands) == .disconnected && client.connectionState(.subscriptions) == .disconnected
+            })
+        try await server.launch()
+        _ = try await client.execute(PING())  // the command connection is back (its backoff cut short)
+        #expect(try await eventually(timeout: .seconds(10)) { client.connectionState(.subscriptions) == .connected })
+        await client.shutdown()
+        try await group.shutdownGracefully()
+    }
+
     @Test func theWaitingQueueHasALimitAndShutdownFailsWhatWaits() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

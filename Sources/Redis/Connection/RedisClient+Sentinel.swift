@@ -2,7 +2,8 @@ import Logging
 import NIOCore
 
 extension RedisClient {
-    /// Waits `delay` before a reconnect attempt, or less when a sentinel announces a new primary.
+    /// Waits `delay` before a reconnect attempt, or less when a sentinel announces a new primary
+    /// or the command connection is back (the server is).
     ///
     /// A command connection's sleep (`hurried`) also ends after ``waitingRetry`` while commands
     /// wait for it (``RedisConfiguration/reconnectWait``): they should not wait out a backoff of

@@ -122,7 +122,8 @@ public final class RedisClient: Sendable {
         var sentinelConnection: RedisConnection?
         /// With Sentinel: the open dedicated connections, closed too when the primary moves.
         var dedicatedConnections: [ObjectIdentifier: RedisConnection] = [:]
-        /// Bumped on `+switch-master`: waiting reconnect loops retry at once.
+        /// Bumped on `+switch-master`, and when the command connection is back: waiting
+        /// reconnect loops retry at once.
         var switchGeneration = 0
     }
 
@@ -535,6 +536,10 @@ public final class RedisClient: Sendable {
                     case .commands:
                         state.commandConnection = connection
                         if state.waiting != nil { drain = true }
+                        // The server is back: the other connections' reconnect loops (the
+                        // subscriber's above all: what is published before it is back has to be
+                        // read from history, within its window) try again at once.
+                        state.switchGeneration += 1
                     case .subscriptions: state.subscriberConnection = connection
                     }
                     if connectedBefore { state.reconnects += 1 }
