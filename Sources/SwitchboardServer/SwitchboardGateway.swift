@@ -405,7 +405,7 @@ package struct SwitchboardGateway: Sendable {
                 ])
         }
         let drain = DrainService(
-            services: services, admission: admission, pending: pending,
+            services: services, admission: admission, pending: pending, redis: [redis?.redis, redis?.replication?.redis].compactMap { $0 },
             delay: .milliseconds(Int64(configuration.server.drainDelayMs)), grace: .milliseconds(Int64(configuration.server.shutdownGraceMs)), logger: logger)
         var list: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let redis {
@@ -451,6 +451,8 @@ struct DrainService: Service {
     let services: GatewayServices
     let admission: ConnectionAdmission
     let pending: PendingHandshakes
+    /// The Redis clients whose held commands fail when sessions close.
+    let redis: [GatewayRedis]
     /// Between "not ready" and closing sessions.
     let delay: TimeAmount
     /// Longest wait for sessions to close.
@@ -466,7 +468,11 @@ struct DrainService: Service {
         logger.notice("draining: not ready, refusing new sessions", metadata: ["sessions": "\(open)", "delay.ms": "\(delay.nanoseconds / 1_000_000)"])
         // 2. Give the load balancer time to notice before clients reconnect.
         try? await Task.sleep(nanoseconds: UInt64(max(delay.nanoseconds, 0)))
-        // 3. Every session gets an ERROR (after its step in flight, whose receipt goes out).
+        // 3. Publishes held for a Redis connection that is not back fail now, with their explicit
+        //    refusal (503, ERROR), before the sessions and the API connections close: they
+        //    would be cut off unanswered. Every session gets an ERROR (after its step in
+        //    flight, whose receipt goes out).
+        for client in redis { client.stopWaiting() }
         logger.notice("shutting down: closing sessions", metadata: ["sessions": "\(services.stats.connectionsOpen.load())"])
         for shard in services.hub.shards { shard.closeAll(reason: "server shutting down, reconnect") }
         await sessionsClosed(within: grace)

@@ -69,6 +69,14 @@ public enum GatewayRedis: Sendable {
         }
     }
 
+    /// Commands no longer wait for the command connection (``RedisClient/stopWaiting()``): at a
+    /// graceful stop, before the HTTP connections close, so that a publish held for Redis gets
+    /// its explicit refusal. A cluster's commands waiting for their node are bounded by
+    /// ``RedisConfiguration/commandTimeout`` already.
+    package func stopWaiting() {
+        if case .single(let client) = self { client.stopWaiting() }
+    }
+
     /// Commands waiting for the command connection to be back (``RedisConfiguration/reconnectWait``;
     /// a cluster's commands waiting for their node are not counted).
     package var waitingCommands: Int {

@@ -250,6 +250,28 @@ struct ReconnectWaitIntegrationTests {
         try await group.shutdownGracefully()
     }
 
+    /// At a graceful stop (``RedisClient/stopWaiting()``) held commands fail at once as not
+    /// sent, and so do later ones while the connection is down; once it is back, commands go
+    /// out as before.
+    @Test func stopWaitingFailsWhatWaitsAndWhatWouldWait() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let client = try await client(server, group: group)
+        server.kill()
+        #expect(try await eventually { client.connectionState(.commands) != .connected })
+        let held = client.send(RawCommand("RPUSH", "order", "held"))
+        #expect(client.waitingCommands == 1)
+        client.stopWaiting()
+        await #expect(throws: RedisClientError.notConnected) { try await held.get() }
+        await #expect(throws: RedisClientError.notConnected) { try await client.send(RawCommand("RPUSH", "order", "later")).get() }
+        try await server.launch()
+        #expect(try await eventually(timeout: .seconds(10)) { client.connectionState(.commands) == .connected })
+        _ = try await client.execute(RawCommand("RPUSH", "order", "connected"))
+        #expect(try [String](fromRESP: try await client.execute(RawCommand("LRANGE", "order", "0", "-1"))) == ["connected"])
+        await client.shutdown()
+        try await group.shutdownGracefully()
+    }
+
     @Test func theWaitingQueueHasALimitAndShutdownFailsWhatWaits() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

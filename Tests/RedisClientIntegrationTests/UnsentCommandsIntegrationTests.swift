@@ -100,6 +100,97 @@ extension UnsentCommandsIntegrationTests {
     }
 }
 
+extension UnsentCommandsIntegrationTests {
+    /// Two connections may hand back what they could not write at once: the shared one a batch
+    /// of older commands it took from the queue, a loop's own newer ones it was sent directly.
+    /// They are written, once a connection is back, in the order the client took them (and
+    /// ahead of the commands that only waited).
+    @Test func commandsHandedBackAtOnceByTwoConnectionsKeepTheirOrder() async throws {
+        let order = try await listWithServerDown { server, client, loop in
+            var replies: [EventLoopFuture<RESPToken>] = []
+            // The loop's own connection hands back 5 and 6 first; then the shared one 3, 4, 7.
+            for ticket in [5, 6, 3, 4, 7] as [UInt64] {
+                let command = outbound(RawCommand("RPUSH", "order", .string("t\(ticket)")), on: loop, CommandPlace(ticket: ticket))
+                #expect(client.holdUnsent(command, from: nil))
+                replies.append(command.promise.futureResult)
+            }
+            let waited = client.send(RawCommand("RPUSH", "order", "waited"))
+            try await server.launch()
+            for reply in replies + [waited] { _ = try await reply.get() }
+        }
+        #expect(order == ["t3", "t4", "t5", "t6", "t7", "waited"])
+    }
+
+    /// A command handed back once more keeps the deadline it was first held with:
+    /// `reconnectWait` (30 s here) bounds its whole wait, however many connections failed to
+    /// write it. One whose deadline passed fails at once, as not sent, with those held behind it.
+    @Test func aCommandHandedBackAgainKeepsItsDeadline() async throws {
+        let order = try await listWithServerDown { server, client, loop in
+            // Held together (on the loop, so that the first one's expiry cannot come between).
+            let (late, behind) = try await loop.submit {
+                let late = outbound(RawCommand("RPUSH", "order", "late"), on: loop, CommandPlace(ticket: 1, heldUntil: .now() - .milliseconds(1)))
+                let behind = outbound(RawCommand("RPUSH", "order", "behind"), on: loop, CommandPlace(ticket: 2))
+                #expect(client.holdUnsent(late, from: nil) && client.holdUnsent(behind, from: nil))
+                return (late.promise.futureResult, behind.promise.futureResult)
+            }.get()
+            // Back long before the 30 s a new wait would give them: they failed already.
+            try await server.launch()
+            await #expect(throws: RedisClientError.notConnected) { try await late.get() }
+            await #expect(throws: RedisClientError.notConnected) { try await behind.get() }
+        }
+        #expect(order == [])
+    }
+
+    /// A held command refused (its wait ran out): a command taken before that moment, and
+    /// handed back only after it (it was on its way to a connection that was closing), fails
+    /// too, as not sent; it may have been sent after the refused one, and would leave a gap.
+    @Test func aCommandHandedBackAfterAnEarlierOneWasRefusedFailsToo() async throws {
+        let order = try await listWithServerDown(
+            before: { client in for _ in 0..<3 { _ = try await client.execute(PING()) } }  // tickets 1...3 taken
+        ) { server, client, loop in
+            let refused = outbound(RawCommand("RPUSH", "order", "refused"), on: loop, CommandPlace(ticket: 1, heldUntil: .now() - .milliseconds(1)))
+            #expect(client.holdUnsent(refused, from: nil))
+            await #expect(throws: RedisClientError.notConnected) { try await refused.promise.futureResult.get() }
+            let after = outbound(RawCommand("RPUSH", "order", "after"), on: loop, CommandPlace(ticket: 2))
+            #expect(client.holdUnsent(after, from: nil))
+            // Commands taken from now on wait as before.
+            let fresh = client.send(RawCommand("RPUSH", "order", "fresh"))
+            try await server.launch()
+            await #expect(throws: RedisClientError.notConnected) { try await after.promise.futureResult.get() }
+            _ = try await fresh.get()
+        }
+        #expect(order == ["fresh"])
+    }
+}
+
+/// Runs `body` with a started client (one loop, not a connection per loop) whose server was
+/// killed (after `before`); `body` launches it again. Returns the list `order` then.
+private func listWithServerDown(
+    before: (RedisClient) async throws -> Void = { _ in },
+    _ body: (RedisServerProcess, RedisClient, any EventLoop) async throws -> Void
+) async throws -> [String] {
+    let server = try await RedisServerProcess.start()
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let client = try await startedClient(server, group, perLoop: false, backoff: .milliseconds(10), .milliseconds(50))
+    try await before(client)
+    server.kill()
+    #expect(try await eventually { client.connectionState(.commands) != .connected })
+    try await body(server, client, group.next())
+    let admin = try await server.connect()
+    let order = try [String](fromRESP: try await admin.execute(RawCommand("LRANGE", "order", "0", "-1")))
+    await admin.close()
+    await client.shutdown()
+    try await group.shutdownGracefully()
+    return order
+}
+
+/// `command` as a connection hands it back unwritten, at `place` among the client's.
+private func outbound(_ command: RawCommand, on loop: any EventLoop, _ place: CommandPlace) -> RedisOutboundCommand {
+    var encoder = RESPCommandEncoder()
+    command.encode(into: &encoder)
+    return RedisOutboundCommand(bytes: encoder.buffer, promise: loop.makePromise(), place: place)
+}
+
 /// A started client that holds commands for 30 s while it reconnects.
 private func startedClient(
     _ server: RedisServerProcess, _ group: any EventLoopGroup, perLoop: Bool, backoff minimum: TimeAmount, _ maximum: TimeAmount

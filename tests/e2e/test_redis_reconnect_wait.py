@@ -96,3 +96,32 @@ def test_with_no_wait_a_publish_during_a_reconnect_is_refused_at_once(held_gatew
     assert gw.publish(TOPIC, "after").status_code == 200
     assert sub.expect_message(10).text == "after"
     sub.expect_nothing(0.3)
+
+
+def test_sigterm_answers_the_publishes_held_for_redis(held_gateway):
+    """A SIGTERM while publishes wait for the command connection (longer than the shutdown's
+    grace): each gets its explicit answer before the gateway exits (503 / ERROR, not published),
+    none is left unanswered."""
+    gw, proxy, redis_port = held_gateway("redis.reconnect-wait-ms=60000")
+    sender = gw.client()
+    sender.connect()
+    cut_command_connections(gw, proxy, redis_port)
+    sender.send_frame("SEND", {"destination": TOPIC, "receipt": "held"}, "stomp")
+    api = {}
+
+    def publish():
+        try:
+            api["r"] = requests.post(f"{gw.base}/api/notification", json={"topic": TOPIC, "message": "api"}, timeout=60)
+        except requests.RequestException as error:
+            api["error"] = error
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    wait_until(lambda: gw.metric("switchboard_redis_waiting_commands") == 2, 10, what="the publishes waiting")
+    gw.proc.send_signal(15)
+    publisher.join(60)
+    assert "error" not in api, api.get("error")
+    assert api["r"].status_code == 503 and "not published" in api["r"].json()["error"], api["r"].text
+    frame = sender.receive(20)
+    assert frame.command == "ERROR" and "not published" in frame.get("message"), frame
+    assert gw.proc.wait(60) == 0

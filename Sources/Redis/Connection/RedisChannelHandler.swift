@@ -14,19 +14,42 @@ package struct RedisOutboundCommand: Sendable {
     /// commands there: if it is not written there, its loop's later commands wait behind it
     /// (``RedisConnection/onUnsent(_:)``).
     package var origin: FallbackCount?
+    /// Where it stands among its ``RedisClient``'s commands.
+    package var place: CommandPlace
 
     package init(
         bytes: ByteBuffer,
         kind: RedisConnectionStateMachine<EventLoopPromise<RESPToken>>.PendingKind = .command,
         promise: EventLoopPromise<RESPToken>,
         blockingTimeout: TimeAmount? = nil,
-        origin: FallbackCount? = nil
+        origin: FallbackCount? = nil,
+        place: CommandPlace = CommandPlace()
     ) {
         self.bytes = bytes
         self.kind = kind
         self.promise = promise
         self.blockingTimeout = blockingTimeout
         self.origin = origin
+        self.place = place
+    }
+}
+
+/// Where a command stands among its ``RedisClient``'s commands: the order the client took it in,
+/// and, once held, until when it may wait for a connection.
+package struct CommandPlace: Sendable {
+    /// Its place in the order the client took its commands in (0: not sent through one). A
+    /// command a connection hands back unwritten (``RedisConnection/onUnsent(_:)``) is held in
+    /// this order among the others handed back: two connections may hand theirs back at once,
+    /// and one of them a batch of older commands taken from the queue of held ones.
+    package var ticket: UInt64
+    /// Once held (waiting for a connection): when it stops waiting. Handed back again, it keeps
+    /// it: ``RedisConfiguration/reconnectWait`` bounds its whole wait, however many connections
+    /// failed to write it.
+    package var heldUntil: NIODeadline?
+
+    package init(ticket: UInt64 = 0, heldUntil: NIODeadline? = nil) {
+        self.ticket = ticket
+        self.heldUntil = heldUntil
     }
 }
 

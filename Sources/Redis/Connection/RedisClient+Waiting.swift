@@ -9,11 +9,18 @@ struct WaitingCommand: Sendable {
     /// A command a connection could not write (``RedisClient/holdUnsent(_:from:)``): it was sent
     /// before every command that is only waiting, so it waits ahead of them.
     let unsent: Bool
-    /// Writes the command on the connection and completes the caller's promise from its reply;
-    /// on the shared connection, counted among its loop's commands there.
-    let write: @Sendable (RedisConnection, FallbackCount?) -> EventLoopFuture<Void>
+    /// Its ticket (the queue's unsent ones are in ticket order) and when it stops waiting.
+    let place: CommandPlace
+    /// Writes the command (at its `place`) on the connection and completes the caller's
+    /// promise from its reply; on the shared connection, counted among its loop's commands there.
+    let writer: @Sendable (RedisConnection, FallbackCount?, CommandPlace) -> EventLoopFuture<Void>
     /// Fails the caller's promise.
     let fail: @Sendable (any Error) -> Void
+
+    /// Writes the command on `connection`; `count`: see ``writer``.
+    func write(on connection: RedisConnection, count: FallbackCount?) -> EventLoopFuture<Void> {
+        self.writer(connection, count, self.place)
+    }
 }
 
 extension RedisClient {
@@ -25,9 +32,9 @@ extension RedisClient {
         let promise = timerLoop.makePromise(of: Command.Response.self)
         let key = loop.map { ObjectIdentifier($0) }
         let refused = self.hold(
-            from: key, timerLoop: timerLoop, unsent: false, uncounting: nil,
-            write: { connection, count in
-                let reply = connection.send(command, origin: count)
+            from: key, timerLoop: timerLoop, unsent: nil, uncounting: nil,
+            write: { connection, count, place in
+                let reply = connection.send(command, origin: count, place: place)
                 reply.cascade(to: promise)
                 return reply.map { _ in }
             },
@@ -44,10 +51,11 @@ extension RedisClient {
     /// (it may go on its loop's own connection next).
     func holdUnsent(_ command: RedisOutboundCommand, from key: ObjectIdentifier?) -> Bool {
         let refused = self.hold(
-            from: key, timerLoop: command.promise.futureResult.eventLoop, unsent: true, uncounting: command.origin,
-            write: { connection, count in
+            from: key, timerLoop: command.promise.futureResult.eventLoop, unsent: command.place, uncounting: command.origin,
+            write: { connection, count, place in
                 var command = command
                 command.origin = count
+                command.place = place
                 return connection.resend(command).map { _ in }
             },
             fail: { command.promise.fail($0) })
@@ -55,44 +63,73 @@ extension RedisClient {
     }
 
     /// Queues a held command with its expiry; the error it fails with at once when it cannot
-    /// wait (no wait configured, not started, shut down, or too many waiting).
+    /// wait (no wait configured, not started, shut down, or too many waiting). An `unsent` one
+    /// the client took before a held command was refused (``expireWaiting(from:)``) fails
+    /// at once instead (through `fail`): it may have been sent after the refused one.
     ///
-    /// An `unsent` one goes ahead of the commands that only wait, behind the unsent ones queued
-    /// before it: it was sent before any of them (directly while none waited, or in a batch
-    /// taken from the queue), and a connection hands its unwritten commands over in order.
+    /// An `unsent` one (at its place; `nil`: it only waits, and takes the next ticket) goes ahead of
+    /// the commands that only wait: it was sent before any of them (directly while none waited,
+    /// or in a batch taken from the queue). Among the unsent ones it goes in ticket order: a
+    /// connection hands its unwritten commands over in order, but two may do it at once (the
+    /// shared one refusing a batch of older ones taken from the queue while a loop's own hands
+    /// back newer ones).
     private func hold(
-        from key: ObjectIdentifier?, timerLoop: any EventLoop, unsent: Bool, uncounting count: FallbackCount?,
-        write: @escaping @Sendable (RedisConnection, FallbackCount?) -> EventLoopFuture<Void>,
+        from key: ObjectIdentifier?, timerLoop: any EventLoop, unsent: CommandPlace?, uncounting count: FallbackCount?,
+        write: @escaping @Sendable (RedisConnection, FallbackCount?, CommandPlace) -> EventLoopFuture<Void>,
         fail: @escaping @Sendable (any Error) -> Void
     ) -> (any Error)? {
         let wait = self.configuration.reconnectWait
-        guard wait > .zero, self.state.withLockedValue({ $0.started }) else { return RedisClientError.notConnected }
+        let (started, stopped) = self.state.withLockedValue { ($0.started, $0.waitingStopped) }
+        if stopped { return Self.stoppedWaiting }
+        guard wait > .zero, started else { return RedisClientError.notConnected }
         let limit = self.configuration.maximumWaitingCommands
-        let id = self.state.withLockedValue { state -> UInt64? in
+        let held = self.state.withLockedValue { state -> Result<(id: UInt64, until: NIODeadline), RedisClientError>? in
             // An unsent one was admitted once already (and refusing it would leave a gap).
-            guard !state.isShutdown, unsent || (state.waiting?.count ?? 0) < limit else { return nil }
+            guard !state.isShutdown, unsent != nil || (state.waiting?.count ?? 0) < limit else { return nil }
+            if let ticket = unsent?.ticket, ticket != 0, ticket <= state.refusedThrough {
+                if let count, count.uncount() { Self.uncountFallback(count.loop, &state) }
+                return .failure(RedisClientError(.notConnected, detail: "a command sent before it was refused (not connected in time); not sent"))
+            }
             state.waitingIDs &+= 1
             let id = state.waitingIDs
             if state.waiting == nil { state.waiting = CircularBuffer(initialCapacity: 16) }
-            let command = WaitingCommand(id: id, loop: key, unsent: unsent, write: write, fail: fail)
-            if unsent {
-                // The unsent ones are the queue's first `unsentAhead`.
-                state.waiting!.insert(command, at: state.waiting!.index(state.waiting!.startIndex, offsetBy: state.unsentAhead))
+            // Held before, it keeps its deadline.
+            let until = unsent?.heldUntil ?? .now() + wait
+            if var place = unsent {
+                // The unsent ones are the queue's first `unsentAhead`, in ticket order (0: not
+                // the client's, the newest).
+                if place.ticket == 0 {
+                    state.tickets &+= 1
+                    place.ticket = state.tickets
+                }
+                place.heldUntil = until
+                let command = WaitingCommand(id: id, loop: key, unsent: true, place: place, writer: write, fail: fail)
+                Self.insertUnsent(command, into: &state.waiting!, ahead: state.unsentAhead)
                 state.unsentAhead += 1
             } else {
+                state.tickets &+= 1
+                let place = CommandPlace(ticket: state.tickets, heldUntil: until)
+                let command = WaitingCommand(id: id, loop: key, unsent: false, place: place, writer: write, fail: fail)
                 state.waiting!.append(command)
             }
             if let key { state.waitingFromLoop[key, default: 0] += 1 }
             if let count, count.uncount() { Self.uncountFallback(count.loop, &state) }
-            return id
+            return .success((id, until))
         }
-        guard let id else {
+        let id: UInt64
+        let until: NIODeadline
+        switch held {
+        case .success(let admitted): (id, until) = admitted
+        case .failure(let error):
+            fail(error)
+            return nil
+        case nil:
             let shutdown = self.state.withLockedValue { $0.isShutdown }
             return shutdown
                 ? RedisClientError.shutdown
                 : RedisClientError(.queueFull, detail: "\(limit) commands already wait for the command connection; not sent")
         }
-        timerLoop.scheduleTask(in: wait) {
+        timerLoop.scheduleTask(deadline: until) {
             let error = RedisClientError(.notConnected, detail: "not connected within \(wait.nanoseconds / 1_000_000) ms; not sent")
             for expired in self.expireWaiting(from: id) { expired.fail(error) }
         }
@@ -116,10 +153,13 @@ extension RedisClient {
     /// The command `id` waited its time: it fails, and so does every command held behind it (in
     /// the order they were sent), so that none is sent after an earlier one was refused (a
     /// session's `SEND`s, or a pipelined client's, would otherwise be published with a gap).
+    /// So does every command taken until now that a connection hands back later (one still on
+    /// its way to a connection that is closing: ``State/refusedThrough``).
     private func expireWaiting(from id: UInt64) -> [WaitingCommand] {
         self.state.withLockedValue { state -> [WaitingCommand] in
             // Not found: written (or failed) already.
             guard let waiting = state.waiting, let index = waiting.firstIndex(where: { $0.id == id }) else { return [] }
+            state.refusedThrough = state.tickets
             let expired = Array(waiting[index...])
             state.waiting!.removeSubrange(index...)
             state.unsentAhead = min(state.unsentAhead, state.waiting!.count)
@@ -129,6 +169,21 @@ extension RedisClient {
             }
             return expired
         }
+    }
+
+    /// Inserts `command` among the first `ahead` (the unsent ones, in ticket order), after those
+    /// whose ticket is not above its own.
+    static func insertUnsent(_ command: WaitingCommand, into waiting: inout CircularBuffer<WaitingCommand>, ahead: Int) {
+        var (low, high) = (0, ahead)
+        while low < high {
+            let middle = (low + high) / 2
+            if waiting[waiting.index(waiting.startIndex, offsetBy: middle)].place.ticket <= command.place.ticket {
+                low = middle + 1
+            } else {
+                high = middle
+            }
+        }
+        waiting.insert(command, at: waiting.index(waiting.startIndex, offsetBy: low))
     }
 
     /// Whether every held command is `key`'s loop's.
@@ -182,7 +237,7 @@ extension RedisClient {
             connection.channel.eventLoop.scheduleTask(in: .milliseconds(1)) { self.writeLoopsWaitingNow(key, on: connection) }
             return
         }
-        for command in held { _ = command.write(connection, nil) }
+        for command in held { _ = command.write(on: connection, count: nil) }
     }
 
     /// Writes the held commands on `connection`, on its event loop, in order, one batch per loop
@@ -226,7 +281,7 @@ extension RedisClient {
         }
         if batch.isEmpty { return }
         for (command, count) in batch {
-            let written = command.write(connection, count)
+            let written = command.write(on: connection, count: count)
             if let count { written.whenComplete { _ in if count.uncount() { self.fallbackAnswered(count.loop) } } }
         }
         connection.channel.eventLoop.execute { self.writeWaitingBatch(on: connection) }
@@ -250,6 +305,18 @@ extension RedisClient {
         let left = state.fallbacksInFlight[key, default: 1] - 1
         state.fallbacksInFlight[key] = left > 0 ? left : nil
     }
+
+    /// Commands no longer wait for a connection: those held fail now, later ones at once, with
+    /// ``RedisClientError/notConnected`` (as with a ``RedisConfiguration/reconnectWait`` of
+    /// zero). For a graceful stop: what waits would otherwise be cut off unanswered when the
+    /// caller goes (an HTTP request whose connection closes). Commands still go out while a
+    /// connection is up.
+    public func stopWaiting() {
+        self.state.withLockedValue { $0.waitingStopped = true }
+        self.failWaiting(Self.stoppedWaiting)
+    }
+
+    static let stoppedWaiting = RedisClientError(.notConnected, detail: "not connected, and no longer waiting (stopping); not sent")
 
     /// Fails every held command (at shutdown).
     func failWaiting(_ error: any Error) {

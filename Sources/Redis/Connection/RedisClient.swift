@@ -106,6 +106,14 @@ public final class RedisClient: Sendable {
         /// Per loop: its own connection that has a write of what the loop holds scheduled.
         var loopDrainsScheduled: [ObjectIdentifier: ObjectIdentifier] = [:]
         var waitingIDs: UInt64 = 0
+        /// The last ``CommandPlace/ticket`` given: the order commands were taken in.
+        var tickets: UInt64 = 0
+        /// ``tickets`` when a held command was last refused (its wait ran out): a command taken
+        /// until then that a connection hands back later fails too (it may have been sent after
+        /// the refused one: a gap).
+        var refusedThrough: UInt64 = 0
+        /// ``RedisClient/stopWaiting()`` was called: commands no longer wait for a connection.
+        var waitingStopped = false
         /// Per loop (with ``RedisConfiguration/commandConnectionPerEventLoop``): how many of
         /// ``waiting`` it sent; its own connection is not used while they wait.
         var waitingFromLoop: [ObjectIdentifier: Int] = [:]
@@ -265,76 +273,6 @@ public final class RedisClient: Sendable {
     ///   ``RedisConfiguration/reconnectWait``.
     public func execute<Command: RedisCommand>(_ command: Command) async throws -> Command.Response {
         try await self.send(command).get()
-    }
-
-    /// Sends `command` on the multiplexed connection without awaiting (hot path).
-    ///
-    /// With ``RedisConfiguration/commandConnectionPerEventLoop`` a command sent on an event loop
-    /// goes on that loop's own connection; while it is down, on the shared one. The commands of
-    /// one loop keep their order across the switch: its own connection is used again only once
-    /// what it sent on the shared one meanwhile was answered.
-    ///
-    /// While no connection is up, the command waits (``RedisConfiguration/reconnectWait``) and is
-    /// written, in order, on the shared connection once it is back.
-    public func send<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<Command.Response> {
-        guard self.configuration.commandConnectionPerEventLoop, let loop = MultiThreadedEventLoopGroup.currentEventLoop else {
-            // Not checked for being active: one that is closing refuses the write, and hands
-            // the command back (``holdUnsent(_:from:)``) behind those it could not write, in
-            // order on its loop (checking here could queue it ahead of them). Counted in
-            // transit from here: what is held is not written elsewhere before it is refused.
-            let connection = self.state.withLockedValue { state -> RedisConnection? in
-                guard state.waiting == nil, !Self.transitPending(&state), let connection = state.commandConnection else { return nil }
-                connection.beginTransit()
-                return connection
-            }
-            guard let connection else { return self.wait(command, from: nil) }
-            return connection.send(command, origin: nil, counted: true)
-        }
-        let key = ObjectIdentifier(loop)
-        let (connection, fallback, held) = self.state.withLockedValue { state -> (RedisConnection?, FallbackCount?, [WaitingCommand]) in
-            let own = state.loopConnections[key].flatMap { $0.isActive ? $0 : nil }
-            // The shared one until the client saw it close, even if it is closing: the commands
-            // it could not write are handed back (``holdUnsent(_:from:)``), in order, so this
-            // loop's earlier ones wait (``State/waitingFromLoop``) and later ones queue behind.
-            // Gone, it may still have writes on their way to its loop (refused there, and held
-            // then): until they are, it counts as there.
-            let transitPending = Self.transitPending(&state)
-            let sharedGone = state.commandConnection == nil && !transitPending
-            // Its own connection, unless commands wait (of any loop: a client whose session ended
-            // on another loop may have reconnected on this one, and what its old session sent
-            // must not be overtaken), or this loop's went on the shared one and are not answered
-            // (a shared connection that closed ran nothing more of what it still held: what it
-            // did not write is waiting by now).
-            if let own, state.waiting == nil, state.fallbacksInFlight[key, default: 0] == 0 || sharedGone {
-                return (own, nil, [])
-            }
-            // Its own is back before the shared one, and only this loop's commands wait: they go
-            // first, on its own.
-            if let own, sharedGone, Self.onlyLoopWaits(key, state) { return (own, nil, Self.takeWaiting(of: key, &state)) }
-            guard state.waiting == nil, !transitPending, let shared = state.commandConnection else { return (nil, nil, []) }
-            state.fallbacksInFlight[key, default: 0] += 1
-            shared.beginTransit()
-            return (shared, FallbackCount(loop: key), [])
-        }
-        guard let connection else { return self.wait(command, from: loop) }
-        for command in held { _ = command.write(connection, nil) }
-        guard let fallback else { return connection.send(command) }
-        let future = connection.send(command, origin: fallback, counted: true)
-        future.whenComplete { _ in if fallback.uncount() { self.fallbackAnswered(key) } }
-        return future
-    }
-
-    /// Whether commands sent on `loop` go on its own connection now (tests).
-    package func usesOwnConnection(on loop: any EventLoop) -> Bool {
-        let key = ObjectIdentifier(loop)
-        return self.state.withLockedValue { state in
-            state.loopConnections[key]?.isActive == true && state.fallbacksInFlight[key, default: 0] == 0
-        }
-    }
-
-    /// Whether `loop`'s own connection is connected (tests).
-    package func hasOwnConnection(on loop: any EventLoop) -> Bool {
-        self.state.withLockedValue { $0.loopConnections[ObjectIdentifier(loop)]?.isActive == true }
     }
 
     /// Opens a new connection that the caller owns (and must close), e.g. for blocking `XREAD`/`XREADGROUP`.

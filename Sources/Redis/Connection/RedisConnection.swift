@@ -130,19 +130,22 @@ public final class RedisConnection: Sendable {
         self.sendRaw(command).flatMapThrowing { try Command.Response(fromRESP: $0) }
     }
 
-    /// ``send(_:)`` for `origin`'s event loop (see ``RedisOutboundCommand/origin``); `counted`:
-    /// the caller counted it in transit (``beginTransit()``), and its count ends once the write
-    /// reached the connection's loop.
-    package func send<Command: RedisCommand>(_ command: Command, origin: FallbackCount?, counted: Bool = false) -> EventLoopFuture<Command.Response> {
-        self.sendRaw(command, origin: origin, counted: counted).flatMapThrowing { try Command.Response(fromRESP: $0) }
+    /// ``send(_:)`` for `origin`'s event loop (see ``RedisOutboundCommand/origin``), at its
+    /// `place` among the client's commands; `counted`: the caller
+    /// counted it in transit (``beginTransit()``), and its count ends once the write reached the
+    /// connection's loop.
+    package func send<Command: RedisCommand>(
+        _ command: Command, origin: FallbackCount?, place: CommandPlace, counted: Bool = false
+    ) -> EventLoopFuture<Command.Response> {
+        self.sendRaw(command, origin: origin, place: place, counted: counted).flatMapThrowing { try Command.Response(fromRESP: $0) }
     }
 
     /// Sends `command` and returns the undecoded reply.
     public func sendRaw<Command: RedisCommand>(_ command: Command) -> EventLoopFuture<RESPToken> {
-        self.sendRaw(command, origin: nil, counted: false)
+        self.sendRaw(command, origin: nil, place: CommandPlace(), counted: false)
     }
 
-    private func sendRaw<Command: RedisCommand>(_ command: Command, origin: FallbackCount?, counted: Bool) -> EventLoopFuture<RESPToken> {
+    private func sendRaw<Command: RedisCommand>(_ command: Command, origin: FallbackCount?, place: CommandPlace, counted: Bool) -> EventLoopFuture<RESPToken> {
         var encoder = RESPCommandEncoder(buffer: self.channel.allocator.buffer(capacity: 64))
         command.encode(into: &encoder)
         return self.write(
@@ -151,7 +154,8 @@ public final class RedisConnection: Sendable {
                 kind: command.replicaWait.map { .replicatedWrite($0) } ?? .command,
                 promise: self.channel.eventLoop.makePromise(),
                 blockingTimeout: command.blockingTimeout,
-                origin: origin
+                origin: origin,
+                place: place
             ),
             counted: counted)
     }

@@ -210,7 +210,7 @@ package enum ConfigKeyCatalog {
                 .init("redis.connect-timeout-ms", .integer, "`2000`", "connect deadline; reconnects back off exponentially with jitter"),
                 .init(
                     "redis.reconnect-wait-ms", .integer, "`1000`",
-                    "while the command connection reconnects (after a `CLIENT KILL`, a restart or a failover), a command (a publish, a stream route's `XADD`), or one the closing connection could not write (Redis never got it), waits this long for it and is sent, in order, once it is back; past it the publish fails (`503`/`ERROR`, not published), and so does every command held behind it (none is sent after an earlier one was refused). At most 10,000 commands wait; more fail at once. 0: fail at once. With a Redis Cluster, a node's commands wait for its connection, and are retried, up to `redis.command-timeout-ms`"
+                    "while the command connection reconnects (after a `CLIENT KILL`, a restart or a failover), a command (a publish, a stream route's `XADD`), or one the closing connection could not write (Redis never got it), waits this long for it, in all however many connections fail to write it, and is sent, in order, once it is back; past it the publish fails (`503`/`ERROR`, not published), and so does every command held behind it (none is sent after an earlier one was refused). At most 10,000 commands wait; more fail at once. 0: fail at once. With a Redis Cluster, a node's commands wait for its connection, and are retried, up to `redis.command-timeout-ms`"
                 ),
                 .init(
                     "redis.unreachable-wait-ms", .integer, "`5000`",
