@@ -66,15 +66,22 @@ package final class FallbackCount: Sendable {
     package func uncount() -> Bool { self.counted.exchange(false, ordering: .acquiringAndReleasing) }
 }
 
-/// Whether a connection's handler still takes commands: cleared as soon as it starts closing
-/// (a TLS connection stays active for its `close_notify` exchange, refusing every command).
+/// What a connection's handler tells other threads: whether it still takes commands (cleared
+/// as soon as it starts closing: a TLS connection stays active for its `close_notify`
+/// exchange, refusing every command), and how many replies it owes.
 package final class CommandAcceptance: Sendable {
     private let open = Atomic<Bool>(true)
+    private let owed = Atomic<Int>(0)
 
     package init() {}
 
     package var isOpen: Bool { self.open.load(ordering: .acquiring) }
     func close() { self.open.store(false, ordering: .releasing) }
+
+    /// Replies owed for commands written (or queued to be): while any is, a command sent after
+    /// them on another connection could run first.
+    package var owesReplies: Bool { self.owed.load(ordering: .acquiring) > 0 }
+    func setOwed(_ count: Int) { self.owed.store(count, ordering: .releasing) }
 }
 
 /// Drives a Redis connection: runs the handshake, matches pipelined replies to commands (FIFO),
@@ -222,6 +229,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         }
         switch self.stateMachine.enqueue(command.promise, kind: command.kind, deadline: deadline) {
         case .write(let scheduleTimer):
+            self.acceptance.setOwed(self.stateMachine.pendingCount)
             context.write(self.wrapOutboundOut(command.bytes), promise: promise)
             if let scheduleTimer { self.scheduleTimer(at: scheduleTimer, context: context) }
             self.scheduleFlush(context: context)
@@ -237,7 +245,8 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     /// with it still queued): it no longer waits for a reply here. `false` if it was answered
     /// or failed already. On the loop.
     package func withdraw(_ promise: EventLoopPromise<RESPToken>) -> Bool {
-        self.stateMachine.withdraw { $0.futureResult === promise.futureResult }
+        defer { self.acceptance.setOwed(self.stateMachine.pendingCount) }
+        return self.stateMachine.withdraw { $0.futureResult === promise.futureResult }
     }
 
     /// Flushes once the tasks already queued on the loop have run, so the commands written in
@@ -271,6 +280,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             let promise = context.eventLoop.makePromise(of: RESPToken.self)
             switch self.stateMachine.enqueue(promise, kind: .replicaWait, deadline: deadline) {
             case .write(let scheduleTimer):
+                self.acceptance.setOwed(self.stateMachine.pendingCount)
                 context.write(self.wrapOutboundOut(encoder.buffer), promise: nil)
                 if let scheduleTimer { self.scheduleTimer(at: scheduleTimer, context: context) }
             case .fail(let error):
@@ -289,6 +299,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
                 if let context = self.context { self.scheduleTimer(at: next, context: context) }
             case .failAllAndClose(let promises, let error):
                 self.acceptance.close()
+                self.acceptance.setOwed(self.stateMachine.pendingCount)
                 self.logger.warning("redis command timed out; closing connection", metadata: ["pending": "\(promises.count)"])
                 for promise in promises { promise.fail(error) }
                 self.context?.close(promise: nil)
@@ -298,7 +309,10 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let token = self.unwrapInboundIn(data)
-        switch self.stateMachine.receivedToken(token) {
+        let action = self.stateMachine.receivedToken(token)
+        // Before the promises complete (what runs then may check it).
+        self.acceptance.setOwed(self.stateMachine.pendingCount)
+        switch action {
         case .none:
             break
         case .sendHandshake(let step):
@@ -328,6 +342,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     package func channelInactive(context: ChannelHandlerContext) {
         self.acceptance.close()
         var action = self.stateMachine.channelInactive()
+        self.acceptance.setOwed(self.stateMachine.pendingCount)
         if let detail = self.socketError, case .failAll(let promises, _, let handshakeError) = action {
             let error = RedisClientError(.connectionClosed, detail: detail)
             action = .failAll(promises, error, handshakeError: handshakeError.map { _ in error })

@@ -63,7 +63,10 @@ extension RedisClient {
         // Its own is back before the shared one, and only this loop's commands wait: they go
         // first, on its own.
         if let own, sharedGone, Self.onlyLoopWaits(key, state) { return (own, nil, Self.takeWaiting(of: key, &state)) }
-        guard state.waiting == nil, !transitPending, let shared = state.commandConnection else { return nil }
+        // On the shared one, unless the loop's own connection (closing, or up with commands
+        // queued ahead) still owes replies: this one could run before those.
+        guard state.waiting == nil, !transitPending, let shared = state.commandConnection, state.loopConnections[key]?.owesReplies != true
+        else { return nil }
         state.fallbacksInFlight[key, default: 0] += 1
         shared.beginTransit()
         return (shared, FallbackCount(loop: key), [])

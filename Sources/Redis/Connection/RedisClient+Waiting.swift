@@ -263,8 +263,11 @@ extension RedisClient {
                 return []
             }
             // Writes still on their way to the shared connection that closed may be refused
-            // there, and held ahead of these: again in a moment.
-            if Self.transitPending(&state) { return nil }
+            // there, and held ahead of these; a loop whose commands are queued may have earlier
+            // ones in flight on its own connection (sent before anything waited, or queued
+            // behind another loop's while it was up), which these could overtake: again in a
+            // moment.
+            if Self.transitPending(&state) || Self.loopsOweReplies(state) { return nil }
             state.waiting = CircularBuffer(initialCapacity: 16)
             state.waitingFromLoop = [:]  // the whole queue is taken
             state.unsentAhead = 0
@@ -285,6 +288,11 @@ extension RedisClient {
             if let count { written.whenComplete { _ in if count.uncount() { self.fallbackAnswered(count.loop) } } }
         }
         connection.channel.eventLoop.execute { self.writeWaitingBatch(on: connection) }
+    }
+
+    /// Whether a loop with commands queued has its own connection still owing replies.
+    static func loopsOweReplies(_ state: State) -> Bool {
+        state.waitingFromLoop.keys.contains { state.loopConnections[$0]?.owesReplies == true }
     }
 
     /// Whether a shared command connection that closed may still have writes on their way to

@@ -259,6 +259,10 @@ public final class RedisConnection: Sendable {
     /// closing stays open for a moment, refusing them).
     public var isActive: Bool { self.acceptance.isOpen && self.channel.isActive }
 
+    /// Whether it owes replies: a command sent after those on another connection could run
+    /// before them.
+    package var owesReplies: Bool { self.acceptance.owesReplies }
+
     /// Completes when the connection has closed.
     public var closeFuture: EventLoopFuture<Void> { self.channel.closeFuture }
 
