@@ -174,7 +174,8 @@ extension UnsentCommandsIntegrationTests {
 extension UnsentCommandsIntegrationTests {
     /// With a connection per loop, a loop's command queued behind a held one (here one handed
     /// back) goes on the shared connection only once the loop's own connection answered what
-    /// it had in flight (a `BLPOP` blocking for 2 s): it could run first.
+    /// it had in flight (a `BLPOP` blocking for 2 s): it could run first. What is queued ahead
+    /// of it goes at once.
     @Test func aLoopsQueuedCommandWaitsForWhatItsOwnConnectionOwes() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
@@ -188,11 +189,12 @@ extension UnsentCommandsIntegrationTests {
             #expect(client.holdUnsent(held, from: nil))
             let queued = client.send(RawCommand("RPUSH", "order", "queued"))
             blocking.whenComplete { _ in completed.withLockedValue { $0.append("blocking") } }
+            held.promise.futureResult.whenComplete { _ in completed.withLockedValue { $0.append("held") } }
             queued.whenComplete { _ in completed.withLockedValue { $0.append("queued") } }
             return [blocking, held.promise.futureResult, queued]
         }.get()
         for reply in replies { _ = try await reply.get() }
-        #expect(completed.withLockedValue { $0 } == ["blocking", "queued"])
+        #expect(completed.withLockedValue { $0 } == ["held", "blocking", "queued"])
         await client.shutdown()
         try await group.shutdownGracefully()
     }

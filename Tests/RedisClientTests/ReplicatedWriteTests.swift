@@ -45,6 +45,22 @@ struct ReplicatedWriteTests {
         #expect(machine.pendingCount == 0)
     }
 
+    /// The replies owed for commands that may not have run yet leave out the `WAIT`s: a
+    /// connection waiting only for its replicas does not hold back commands elsewhere.
+    @Test func aPendingWaitIsNotACommandThatMayStillRun() {
+        var machine = readyMachine()
+        _ = machine.enqueue(1, kind: .replicatedWrite(Self.wait), deadline: nil)
+        _ = machine.enqueue(2, kind: .replicaWait, deadline: nil)
+        #expect(machine.pendingCount == 2 && machine.unrunCount == 1)
+        _ = machine.receivedToken(token("$3\r\n1-0\r\n"))
+        #expect(machine.pendingCount == 1 && machine.unrunCount == 0)
+        _ = machine.receivedToken(token(":1\r\n"))
+        #expect(machine.pendingCount == 0 && machine.unrunCount == 0)
+        _ = machine.enqueue(3, kind: .replicaWait, deadline: nil)
+        _ = machine.channelInactive()
+        #expect(machine.unrunCount == 0)
+    }
+
     @Test func aWriteRedisRefusedFailsAtOnce() {
         var machine = readyMachine()
         _ = machine.enqueue(1, kind: .replicatedWrite(Self.wait), deadline: nil)

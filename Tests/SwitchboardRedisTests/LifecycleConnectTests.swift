@@ -249,14 +249,18 @@ final class LifecycleTestGateway: @unchecked Sendable {
         try await onAdmin { try await LifecycleFunctions.call(UserPresenceQuery(prefix: "switchboard:", user: user), on: self.admin).get() }
     }
 
-    /// Runs `query` on the test's own client, which reconnects on its own schedule after the
-    /// server restarted: while it is not connected yet (up to 10 s), the query waits for it.
+    /// Runs `query` (a read) on the test's own client, which reconnects on its own schedule
+    /// after the server restarted: while it is not connected yet (up to 10 s), the query waits
+    /// for it. A query written on the old connection before the client saw it close (a loaded
+    /// machine) fails as outcome unknown: read-only, it is asked again.
     private func onAdmin<T>(_ query: () async throws -> T) async throws -> T {
         let deadline = ContinuousClock.now + .seconds(10)
         while true {
             do {
                 return try await query()
-            } catch let error as RedisClientError where error == .notConnected && ContinuousClock.now < deadline {
+            } catch let error as RedisClientError
+                where (error == .notConnected || error == .connectionClosed) && ContinuousClock.now < deadline
+            {
                 try await Task.sleep(for: .milliseconds(20))  // poll interval while reconnecting
             }
         }

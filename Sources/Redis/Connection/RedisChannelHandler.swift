@@ -78,8 +78,9 @@ package final class CommandAcceptance: Sendable {
     package var isOpen: Bool { self.open.load(ordering: .acquiring) }
     func close() { self.open.store(false, ordering: .releasing) }
 
-    /// Replies owed for commands written (or queued to be): while any is, a command sent after
-    /// them on another connection could run first.
+    /// Replies owed for commands written (or queued to be) that may not have run yet (see
+    /// ``RedisConnectionStateMachine/unrunCount``): while any is, a command sent after them on
+    /// another connection could run first.
     package var owesReplies: Bool { self.owed.load(ordering: .acquiring) > 0 }
     func setOwed(_ count: Int) { self.owed.store(count, ordering: .releasing) }
 }
@@ -229,7 +230,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         }
         switch self.stateMachine.enqueue(command.promise, kind: command.kind, deadline: deadline) {
         case .write(let scheduleTimer):
-            self.acceptance.setOwed(self.stateMachine.pendingCount)
+            self.publishOwed()
             context.write(self.wrapOutboundOut(command.bytes), promise: promise)
             if let scheduleTimer { self.scheduleTimer(at: scheduleTimer, context: context) }
             self.scheduleFlush(context: context)
@@ -244,9 +245,19 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     /// The command of `promise` was not written after all (its write failed: the socket closed
     /// with it still queued): it no longer waits for a reply here. `false` if it was answered
     /// or failed already. On the loop.
+    ///
+    /// The count of replies owed other threads see (``CommandAcceptance/owesReplies``) is left
+    /// as it is: it drops at `channelInactive`, once every command not written was handed over
+    /// (a drain seeing it drop earlier could write a later command before an earlier one is).
     package func withdraw(_ promise: EventLoopPromise<RESPToken>) -> Bool {
-        defer { self.acceptance.setOwed(self.stateMachine.pendingCount) }
-        return self.stateMachine.withdraw { $0.futureResult === promise.futureResult }
+        self.stateMachine.withdraw { $0.futureResult === promise.futureResult }
+    }
+
+    /// Tells other threads how many replies are owed (``CommandAcceptance/owesReplies``); not
+    /// once closing: commands failed then (a timeout) may still run until the socket closed,
+    /// and unwritten ones are still being handed over. `channelInactive` sets the last count.
+    private func publishOwed() {
+        if self.acceptance.isOpen { self.acceptance.setOwed(self.stateMachine.unrunCount) }
     }
 
     /// Flushes once the tasks already queued on the loop have run, so the commands written in
@@ -280,7 +291,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             let promise = context.eventLoop.makePromise(of: RESPToken.self)
             switch self.stateMachine.enqueue(promise, kind: .replicaWait, deadline: deadline) {
             case .write(let scheduleTimer):
-                self.acceptance.setOwed(self.stateMachine.pendingCount)
+                self.publishOwed()
                 context.write(self.wrapOutboundOut(encoder.buffer), promise: nil)
                 if let scheduleTimer { self.scheduleTimer(at: scheduleTimer, context: context) }
             case .fail(let error):
@@ -299,7 +310,6 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
                 if let context = self.context { self.scheduleTimer(at: next, context: context) }
             case .failAllAndClose(let promises, let error):
                 self.acceptance.close()
-                self.acceptance.setOwed(self.stateMachine.pendingCount)
                 self.logger.warning("redis command timed out; closing connection", metadata: ["pending": "\(promises.count)"])
                 for promise in promises { promise.fail(error) }
                 self.context?.close(promise: nil)
@@ -311,7 +321,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         let token = self.unwrapInboundIn(data)
         let action = self.stateMachine.receivedToken(token)
         // Before the promises complete (what runs then may check it).
-        self.acceptance.setOwed(self.stateMachine.pendingCount)
+        self.publishOwed()
         switch action {
         case .none:
             break
@@ -342,7 +352,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     package func channelInactive(context: ChannelHandlerContext) {
         self.acceptance.close()
         var action = self.stateMachine.channelInactive()
-        self.acceptance.setOwed(self.stateMachine.pendingCount)
+        self.acceptance.setOwed(self.stateMachine.unrunCount)
         if let detail = self.socketError, case .failAll(let promises, _, let handshakeError) = action {
             let error = RedisClientError(.connectionClosed, detail: detail)
             action = .failAll(promises, error, handshakeError: handshakeError.map { _ in error })

@@ -263,16 +263,31 @@ extension RedisClient {
                 return []
             }
             // Writes still on their way to the shared connection that closed may be refused
-            // there, and held ahead of these; a loop whose commands are queued may have earlier
-            // ones in flight on its own connection (sent before anything waited, or queued
-            // behind another loop's while it was up), which these could overtake: again in a
-            // moment.
-            if Self.transitPending(&state) || Self.loopsOweReplies(state) { return nil }
-            state.waiting = CircularBuffer(initialCapacity: 16)
-            state.waitingFromLoop = [:]  // the whole queue is taken
-            state.unsentAhead = 0
+            // there, and held ahead of these: again in a moment.
+            if Self.transitPending(&state) { return nil }
+            // A loop whose commands are queued may have earlier ones in flight on its own
+            // connection (sent before anything waited, or queued behind another loop's while it
+            // was up), which they could overtake: the queue goes up to its first one, the rest
+            // in a moment.
+            let taken = Self.writablePrefix(of: waiting, state)
+            if taken == 0 { return nil }
+            let batch: [WaitingCommand]
+            if taken == waiting.count {
+                batch = Array(waiting)
+                state.waiting = CircularBuffer(initialCapacity: 16)
+                state.waitingFromLoop = [:]  // the whole queue is taken
+                state.unsentAhead = 0
+            } else {
+                batch = Array(waiting.prefix(taken))
+                state.waiting!.removeFirst(taken)
+                state.unsentAhead = max(0, state.unsentAhead - taken)
+                for case let key? in batch.lazy.map(\.loop) {
+                    let left = state.waitingFromLoop[key, default: 1] - 1
+                    state.waitingFromLoop[key] = left > 0 ? left : nil
+                }
+            }
             // Written on the shared connection: each loop's own waits for the replies.
-            return waiting.map { command in
+            return batch.map { command in
                 guard let key = command.loop else { return (command, nil) }
                 state.fallbacksInFlight[key, default: 0] += 1
                 return (command, FallbackCount(loop: key))
@@ -290,9 +305,12 @@ extension RedisClient {
         connection.channel.eventLoop.execute { self.writeWaitingBatch(on: connection) }
     }
 
-    /// Whether a loop with commands queued has its own connection still owing replies.
-    static func loopsOweReplies(_ state: State) -> Bool {
-        state.waitingFromLoop.keys.contains { state.loopConnections[$0]?.owesReplies == true }
+    /// How many of the queue's first commands can go on the shared connection now: up to the
+    /// first of a loop whose own connection owes replies.
+    static func writablePrefix(of waiting: CircularBuffer<WaitingCommand>, _ state: State) -> Int {
+        func owes(_ key: ObjectIdentifier) -> Bool { state.loopConnections[key]?.owesReplies == true }
+        guard state.waitingFromLoop.keys.contains(where: owes) else { return waiting.count }
+        return waiting.prefix { command in command.loop.map { !owes($0) } ?? true }.count
     }
 
     /// Whether a shared command connection that closed may still have writes on their way to

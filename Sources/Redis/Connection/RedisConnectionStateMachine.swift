@@ -101,6 +101,8 @@ package struct RedisConnectionStateMachine<Promise> {
     private var withdrawHint: Int?
     /// How many of ``pending`` are withdrawn.
     private var withdrawnCount = 0
+    /// How many of ``pending`` are group-commit `WAIT`s.
+    private var waitsPending = 0
     let handshake: HandshakeConfiguration
 
     package init(handshake: HandshakeConfiguration) {
@@ -109,6 +111,11 @@ package struct RedisConnectionStateMachine<Promise> {
 
     /// Number of commands awaiting a reply.
     package var pendingCount: Int { self.pending.count - self.withdrawnCount }
+
+    /// Number of commands awaiting a reply that may still change data: not the group-commit
+    /// `WAIT`s (a command sent after one on another connection cannot run before anything it
+    /// covers: those ran already).
+    package var unrunCount: Int { self.pendingCount - self.waitsPending }
 
     /// The negotiated protocol version once ready.
     package var protocolVersion: Int? {
@@ -174,6 +181,7 @@ package struct RedisConnectionStateMachine<Promise> {
                 self.state = .ready(protocolVersion: version, subscribeMode: true)
             }
             self.pending.append(Pending(promise: promise, kind: kind, deadline: deadline))
+            if case .replicaWait = kind { self.waitsPending += 1 }
             if case .replicatedWrite(let wait) = kind {
                 self.waitOwed = WAIT(
                     replicas: max(wait.replicas, self.waitOwed?.replicas ?? 0), timeout: max(wait.timeout, self.waitOwed?.timeout ?? .zero))
@@ -321,6 +329,7 @@ package struct RedisConnectionStateMachine<Promise> {
         }
         switch head.kind {
         case .replicaWait:
+            self.waitsPending -= 1
             return .complete(self.releaseHeld(waitReply: token) + [(head.promise, .success(token))])
         case .replicatedWrite(let wait):
             if let error = Self.serverError(token) { return .fail(head.promise, error) }
@@ -466,6 +475,7 @@ package struct RedisConnectionStateMachine<Promise> {
         let promises = self.held.map(\.promise) + self.pending.lazy.filter { !$0.withdrawn }.map(\.promise)
         self.pending.removeAll()
         self.withdrawnCount = 0
+        self.waitsPending = 0
         self.withdrawHint = nil
         self.held.removeAll()
         self.waitOwed = nil
