@@ -163,10 +163,7 @@ extension RedisClient {
             let expired = Array(waiting[index...])
             state.waiting!.removeSubrange(index...)
             state.unsentAhead = min(state.unsentAhead, state.waiting!.count)
-            for case let key? in expired.lazy.map(\.loop) {
-                let left = state.waitingFromLoop[key, default: 1] - 1
-                state.waitingFromLoop[key] = left > 0 ? left : nil
-            }
+            Self.uncountWaiting(expired, &state)
             return expired
         }
     }
@@ -184,6 +181,14 @@ extension RedisClient {
             }
         }
         waiting.insert(command, at: waiting.index(waiting.startIndex, offsetBy: low))
+    }
+
+    /// `commands` left the queue: their loops hold that many fewer (``State/waitingFromLoop``).
+    static func uncountWaiting(_ commands: [WaitingCommand], _ state: inout State) {
+        for case let key? in commands.lazy.map(\.loop) {
+            let left = state.waitingFromLoop[key, default: 1] - 1
+            state.waitingFromLoop[key] = left > 0 ? left : nil
+        }
     }
 
     /// Whether every held command is `key`'s loop's.
@@ -271,21 +276,10 @@ extension RedisClient {
             // in a moment.
             let taken = Self.writablePrefix(of: waiting, state)
             if taken == 0 { return nil }
-            let batch: [WaitingCommand]
-            if taken == waiting.count {
-                batch = Array(waiting)
-                state.waiting = CircularBuffer(initialCapacity: 16)
-                state.waitingFromLoop = [:]  // the whole queue is taken
-                state.unsentAhead = 0
-            } else {
-                batch = Array(waiting.prefix(taken))
-                state.waiting!.removeFirst(taken)
-                state.unsentAhead = max(0, state.unsentAhead - taken)
-                for case let key? in batch.lazy.map(\.loop) {
-                    let left = state.waitingFromLoop[key, default: 1] - 1
-                    state.waitingFromLoop[key] = left > 0 ? left : nil
-                }
-            }
+            let batch = Array(waiting.prefix(taken))
+            state.waiting!.removeFirst(taken)
+            state.unsentAhead = max(0, state.unsentAhead - taken)
+            Self.uncountWaiting(batch, &state)
             // Written on the shared connection: each loop's own waits for the replies.
             return batch.map { command in
                 guard let key = command.loop else { return (command, nil) }
