@@ -172,11 +172,12 @@ struct ClusterIntegrationTests {
             return all
         }
         #expect(counts.count == 200)
-        #expect(counts.values.reduce(0, +) > 400, "the writers ran during the reshard")
         for (key, count) in counts.sorted(by: { $0.key < $1.key }) {
             let stored = try await client.execute(GET(key)).map { Int(String(buffer: $0)) }
             #expect(stored == count, "\(key): \(count) increments acknowledged")
         }
+        // (the writers ran during the reshard: their redirects made the client read the map again;
+        // how many rounds they made meanwhile is up to the machine's load)
         #expect(client.topologyRefreshCount > refreshes, "the moves were noticed")
         #expect(slotCount(try await client.refreshTopology()) == before + 2000)
     }

@@ -152,6 +152,11 @@ struct ClusterOrderIntegrationTests {
         let (cluster, client, owner) = try await self.start(owning: key, retryDelay: .milliseconds(500))
         defer { cluster.stop() }
         _ = try await client.send(RawCommand(arguments: ["SET", .string(key), "before"], keys: [key])).get()
+        // No replica takes over: the sends wait in their detour however long the steps below
+        // take on a loaded machine.
+        for server in cluster.running where server !== owner {
+            _ = try await cluster.command(server, RawCommand("CONFIG", "SET", "cluster-replica-no-failover", "yes"))
+        }
         owner.kill()
         #expect(try await eventually { client.connectionLossCount > 0 }, "the client saw its connection to the node close")
         let futures = (0..<10).map { client.send(RawCommand(arguments: ["SET", .string(key), .string("\($0)")], keys: [key])) }

@@ -48,7 +48,7 @@ struct IntegrationTests {
         let shared = try await clientID(on: nil)
         // Each loop gets its own connection once it is up (the shared one serves meanwhile).
         var own: [Int] = []
-        let deadline = ContinuousClock.now + .seconds(5)
+        let deadline = ContinuousClock.now + .seconds(30)
         repeat {
             own = [try await clientID(on: loops[0]), try await clientID(on: loops[1])]
             if Set(own + [shared]).count == 3 { break }
@@ -65,7 +65,7 @@ struct IntegrationTests {
         // A command already on its way over the killed connection fails (explicitly); later
         // ones use the shared connection until the loop's own is back.
         var again: Int?
-        let reconnectDeadline = ContinuousClock.now + .seconds(5)
+        let reconnectDeadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < reconnectDeadline {
             again = try? await clientID(on: loops[0])
             if let id = again, id != shared, id != own[0] { break }
@@ -84,14 +84,17 @@ struct IntegrationTests {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var configuration = server.configuration
         configuration.commandConnectionPerEventLoop = true
-        configuration.reconnectBackoffMinimum = .milliseconds(10)
-        configuration.commandTimeout = .seconds(10)
+        // The own connection stays down a second after the kill: a window the poll below sees
+        // on a loaded machine too.
+        configuration.reconnectBackoffMinimum = .seconds(1)
+        configuration.reconnectBackoffMaximum = .seconds(1)
+        configuration.commandTimeout = .seconds(30)
         let client = RedisClient(configuration: configuration, eventLoopGroup: group, enableSubscriptions: false)
         client.start()
         try await client.waitUntilConnected(timeout: .seconds(30))
         let loop = group.next()
         @Sendable func waitFor(_ what: String, _ condition: @escaping @Sendable () -> Bool) async throws {
-            let deadline = ContinuousClock.now + .seconds(10)
+            let deadline = ContinuousClock.now + .seconds(30)
             while !condition() {
                 guard ContinuousClock.now < deadline else { throw RedisClientError.connectTimeout }
                 try await Task.sleep(for: .milliseconds(10))
@@ -101,14 +104,18 @@ struct IntegrationTests {
         let own = try await loop.flatSubmit { client.send(RawCommand("CLIENT", "ID")) }.flatMapThrowing { try Int(fromRESP: $0) }.get()
         _ = try await client.execute(RawCommand("CLIENT", "KILL", "ID", .integer(own)))
         try await waitFor("the fallback") { !client.hasOwnConnection(on: loop) }
-        // On the shared connection: a blocking read holds it, and "first" waits behind it...
+        // On the shared connection: a blocking read holds it (until the test pushes what it
+        // waits for), and "first" waits behind it...
         let held = try await loop.submit {
-            (client.send(RawCommand("BLPOP", "never", "4")), client.send(RawCommand("RPUSH", "order", "first")))
+            (client.send(RawCommand("BLPOP", "never", "0")), client.send(RawCommand("RPUSH", "order", "first")))
         }.get()
         // ...while the loop's own connection comes back.
         try await waitFor("the reconnect") { client.hasOwnConnection(on: loop) }
         #expect(!client.usesOwnConnection(on: loop))
         let second = try await loop.submit { client.send(RawCommand("RPUSH", "order", "second")) }.get()
+        let admin = try await server.connect()
+        _ = try await admin.execute(RawCommand("RPUSH", "never", "x"))
+        await admin.close()
         _ = try await held.0.get()
         _ = try await held.1.get()
         _ = try await second.get()

@@ -121,6 +121,46 @@ struct ReconnectWaitIntegrationTests {
         try await other.shutdownGracefully()
     }
 
+    /// What a loop's own connection took from the queue (back before the shared one) is not
+    /// overtaken by a command another loop sends while it is in flight (here behind a `BLPOP`
+    /// blocking until the test pushes): that one waits, and goes on its own loop's connection
+    /// once they were answered.
+    @Test func anotherLoopsCommandWaitsForWhatALoopsOwnConnectionTookFromTheQueue() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let other = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let (x, y) = (other.next(), other.next())
+        var configuration = server.configuration
+        configuration.commandConnectionPerEventLoop = true
+        configuration.reconnectBackoffMinimum = .milliseconds(100)
+        configuration.reconnectBackoffMaximum = .milliseconds(100)
+        configuration.reconnectWait = .seconds(60)
+        configuration.commandTimeout = .seconds(60)
+        let client = RedisClient(configuration: configuration, eventLoopGroup: group, additionalCommandLoops: [x, y], enableSubscriptions: false)
+        client.start()
+        try await client.waitUntilConnected(timeout: .seconds(30))
+        // The shared connection's loop is blocked, so only the loops' own connections come back.
+        server.kill()
+        #expect(try await eventually { !client.hasOwnConnection(on: x) && client.connectionState(.commands) != .connected })
+        let gate = DispatchSemaphore(value: 0)
+        group.next().execute { _ = gate.wait(timeout: .now() + 60) }
+        let held = try await x.submit { [client.send(RawCommand("BLPOP", "never", "0")), client.send(RawCommand("RPUSH", "order", "x"))] }.get()
+        try await server.launch()
+        #expect(try await eventually { client.waitingCommands == 0 && client.hasOwnConnection(on: y) })  // on x's own connection
+        let later = try await y.submit { client.send(RawCommand("RPUSH", "order", "y")) }.get()
+        #expect(client.waitingCommands == 1, "the later command was not held behind what x's connection took")
+        let admin = try await server.connect()
+        _ = try await admin.execute(RawCommand("RPUSH", "never", "v"))
+        for reply in held + [later] { _ = try await reply.get() }
+        #expect(try [String](fromRESP: try await admin.execute(RawCommand("LRANGE", "order", "0", "-1"))) == ["x", "y"])
+        #expect(client.connectionState(.commands) != .connected)
+        gate.signal()
+        await admin.close()
+        await client.shutdown()
+        try await group.shutdownGracefully()
+        try await other.shutdownGracefully()
+    }
+
     @Test func aCommandWaitsAtMostTheReconnectWait() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -193,39 +233,56 @@ struct ReconnectWaitIntegrationTests {
     }
 
     /// When the oldest held command's wait runs out, the ones held behind it fail with it: none
-    /// is sent after an earlier one was refused (here B, sent 1.5 s after A, would otherwise
-    /// still be waiting when the server is back).
+    /// is sent after an earlier one was refused (here B, sent half-way through A's wait, would
+    /// otherwise still be waiting when the server is back).
+    ///
+    /// A round in which A's wait ran out before B was sent (a sleep overshooting on a loaded
+    /// machine) proves nothing: it is run again with a wait four times as long.
     @Test func theCommandsHeldBehindAnExpiredOneFailWithIt() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let client = try await client(server, group: group) {
-            $0.reconnectWait = .seconds(2)
-            $0.reconnectBackoffMinimum = .milliseconds(20)
-            $0.reconnectBackoffMaximum = .milliseconds(40)
+        var waitSeconds: Int64 = 2
+        var sentBehind = false
+        for round in 0..<3 where !sentBehind {
+            let client = try await client(server, group: group) {
+                $0.reconnectWait = .seconds(waitSeconds)
+                $0.reconnectBackoffMinimum = .milliseconds(20)
+                $0.reconnectBackoffMaximum = .milliseconds(40)
+            }
+            let key = "order\(round)"
+            server.kill()
+            #expect(try await eventually { client.connectionState(.commands) != .connected })
+            let a = client.send(RawCommand("RPUSH", .string(key), "a"))
+            try await Task.sleep(for: .milliseconds(waitSeconds * 500))
+            sentBehind = client.waitingCommands == 1  // A still held
+            let b = client.send(RawCommand("RPUSH", .string(key), "b"))
+            await #expect(throws: RedisClientError.notConnected) { try await a.get() }
+            try await server.launch()  // back while B would still have half of its wait
+            if sentBehind {
+                await #expect(throws: RedisClientError.notConnected) { try await b.get() }
+            } else {
+                _ = try? await b.get()
+            }
+            try await client.waitUntilConnected(timeout: .seconds(30))
+            if sentBehind {
+                #expect(try await client.execute(RawCommand("EXISTS", .string(key))) == RESPToken(validated: ByteBuffer(string: ":0\r\n")))
+            }
+            await client.shutdown()
+            waitSeconds *= 4
         }
-        server.kill()
-        #expect(try await eventually { client.connectionState(.commands) != .connected })
-        let a = client.send(RawCommand("RPUSH", "order", "a"))
-        try await Task.sleep(for: .milliseconds(1500))
-        let b = client.send(RawCommand("RPUSH", "order", "b"))
-        await #expect(throws: RedisClientError.notConnected) { try await a.get() }
-        try await server.launch()  // back while B would still have over a second to wait
-        await #expect(throws: RedisClientError.notConnected) { try await b.get() }
-        try await client.waitUntilConnected(timeout: .seconds(30))
-        #expect(try await client.execute(RawCommand("EXISTS", "order")) == RESPToken(validated: ByteBuffer(string: ":0\r\n")))
-        await client.shutdown()
+        #expect(sentBehind, "A's wait ran out before B was sent, in every round")
         try await group.shutdownGracefully()
     }
 
     /// A reconnect backoff grown long during an outage is cut short while commands wait: the
-    /// server back, a held command goes out within its wait (here 5 s, the backoff 10–20 s).
+    /// server back, a held command goes out within its wait (here 15 s, the backoff 20 s).
     @Test func waitingCommandsCutTheReconnectBackoffShort() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let client = try await client(server, group: group) {
             $0.reconnectBackoffMinimum = .seconds(20)
             $0.reconnectBackoffMaximum = .seconds(20)
-            $0.reconnectWait = .seconds(5)
+            $0.reconnectWait = .seconds(15)
         }
         server.kill()
         #expect(try await eventually { client.connectionState(.commands) == .disconnected })
@@ -245,7 +302,7 @@ struct ReconnectWaitIntegrationTests {
         var configuration = server.configuration
         configuration.reconnectBackoffMinimum = .seconds(60)
         configuration.reconnectBackoffMaximum = .seconds(60)
-        configuration.reconnectWait = .seconds(5)
+        configuration.reconnectWait = .seconds(15)
         let client = RedisClient(configuration: configuration, eventLoopGroup: group)
         client.start()
         try await client.waitUntilConnected(timeout: .seconds(30))
@@ -256,7 +313,7 @@ struct ReconnectWaitIntegrationTests {
             })
         try await server.launch()
         _ = try await client.execute(PING())  // the command connection is back (its backoff cut short)
-        #expect(try await eventually(timeout: .seconds(10)) { client.connectionState(.subscriptions) == .connected })
+        #expect(try await eventually(timeout: .seconds(30)) { client.connectionState(.subscriptions) == .connected })
         await client.shutdown()
         try await group.shutdownGracefully()
     }
@@ -276,7 +333,7 @@ struct ReconnectWaitIntegrationTests {
         await #expect(throws: RedisClientError.notConnected) { try await held.get() }
         await #expect(throws: RedisClientError.notConnected) { try await client.send(RawCommand("RPUSH", "order", "later")).get() }
         try await server.launch()
-        #expect(try await eventually(timeout: .seconds(10)) { client.connectionState(.commands) == .connected })
+        #expect(try await eventually(timeout: .seconds(30)) { client.connectionState(.commands) == .connected })
         _ = try await client.execute(RawCommand("RPUSH", "order", "connected"))
         #expect(try [String](fromRESP: try await client.execute(RawCommand("LRANGE", "order", "0", "-1"))) == ["connected"])
         await client.shutdown()

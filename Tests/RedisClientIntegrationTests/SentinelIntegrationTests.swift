@@ -31,7 +31,7 @@ struct SentinelIntegrationTests {
     func client(_ sentinels: [RedisServerProcess]) -> RedisClient {
         var configuration = RedisConfiguration(host: "unused.invalid", port: 1)
         configuration.connectTimeout = .seconds(10)  // a TLS handshake on a loaded machine takes seconds
-        configuration.commandTimeout = .seconds(2)
+        configuration.commandTimeout = .seconds(10)
         configuration.reconnectBackoffMaximum = .milliseconds(500)
         configuration.sentinel = RedisSentinelConfiguration(
             // A sentinel that is not running comes first: the next one answers.
@@ -68,7 +68,7 @@ struct SentinelIntegrationTests {
         let (primary, replica, sentinels) = try await self.startGroup()
         let client = self.client(sentinels)
         client.start()
-        try await client.waitUntilConnected(timeout: .seconds(10))
+        try await client.waitUntilConnected(timeout: .seconds(30))
         #expect(client.primaryAddress?.port == primary.port)
         #expect(try await client.execute(SET("k", value: "before")) != nil)
         let subscription = try await client.subscribe(to: ["news"])
@@ -84,7 +84,7 @@ struct SentinelIntegrationTests {
         #expect(started, "SENTINEL FAILOVER was refused")
         await sentinel.close()
 
-        let moved = try await eventually(timeout: .seconds(20)) {
+        let moved = try await eventually(timeout: .seconds(30)) {
             guard client.primaryAddress?.port == replica.port, client.connectionState(.commands) == .connected else { return false }
             return (try? await client.execute(SET("k", value: "after"))) != nil
         }
@@ -98,7 +98,7 @@ struct SentinelIntegrationTests {
                 try? await Task.sleep(for: .milliseconds(100))
             }
         }
-        let delivered = try await nextMessage(subscription, timeout: .seconds(10))
+        let delivered = try await nextMessage(subscription, timeout: .seconds(30))
         publisher.cancel()
         #expect(delivered?.payload == ByteBuffer(string: "two"), "no message after the failover")
         let direct = try await replica.connect()
@@ -124,7 +124,7 @@ struct SentinelIntegrationTests {
         logger.logLevel = .critical
         let client = RedisClient(configuration: configuration, logger: logger)
         client.start()
-        try await client.waitUntilConnected(timeout: .seconds(10))
+        try await client.waitUntilConnected(timeout: .seconds(30))
         #expect(client.primaryAddress?.port == primary.port)
         #expect(try await client.execute(SET("k", value: "db3")) != nil)
         let direct = try await primary.connect {
@@ -166,12 +166,12 @@ struct SentinelIntegrationTests {
         logger.logLevel = .critical
         let client = RedisClient(configuration: configuration, logger: logger)
         client.start()
-        try await client.waitUntilConnected(timeout: .seconds(10))
+        try await client.waitUntilConnected(timeout: .seconds(30))
         #expect(client.primaryAddress?.port == primary.port)
         let started = try await eventually { (try? await watcher.execute(RawCommand("SENTINEL", "FAILOVER", "main"))) != nil }
         #expect(started)
         await watcher.close()
-        let moved = try await eventually(timeout: .seconds(20)) {
+        let moved = try await eventually(timeout: .seconds(30)) {
             guard client.primaryAddress?.port == replica.port else { return false }
             return (try? await client.execute(SET("k", value: "tls"))) != nil
         }
@@ -184,7 +184,7 @@ struct SentinelIntegrationTests {
         let (primary, replica, sentinels) = try await self.startGroup()
         let client = self.client(sentinels)
         client.start()
-        try await client.waitUntilConnected(timeout: .seconds(10))
+        try await client.waitUntilConnected(timeout: .seconds(30))
         primary.kill()
         let moved = try await eventually(timeout: .seconds(30)) {
             guard client.primaryAddress?.port == replica.port else { return false }

@@ -129,6 +129,7 @@ struct TLSIntegrationTests {
         var configuration = try RedisConfiguration(url: server.url("app:app-secret@"))
         #expect(configuration.tls != nil && configuration.username == "app")
         configuration.tls = server.tls?.clientConfiguration
+        configuration.connectTimeout = .seconds(10)  // a TLS handshake on a loaded machine takes seconds
         let connection = try await RedisConnection.connect(configuration: configuration)
         #expect(connection.protocolVersion == 3)
         #expect(try String(fromRESP: try await connection.sendRaw(RawCommand("ACL", "WHOAMI")).get()) == "app")

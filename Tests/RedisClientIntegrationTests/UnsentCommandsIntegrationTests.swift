@@ -174,8 +174,8 @@ extension UnsentCommandsIntegrationTests {
 extension UnsentCommandsIntegrationTests {
     /// With a connection per loop, a loop's command queued behind a held one (here one handed
     /// back) goes on the shared connection only once the loop's own connection answered what
-    /// it had in flight (a `BLPOP` blocking for 2 s): it could run first. What is queued ahead
-    /// of it goes at once.
+    /// it had in flight (a `BLPOP` blocking until the test pushes what it waits for, once the
+    /// held one was answered): it could run first. What is queued ahead of it goes at once.
     @Test func aLoopsQueuedCommandWaitsForWhatItsOwnConnectionOwes() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
@@ -184,7 +184,7 @@ extension UnsentCommandsIntegrationTests {
         #expect(try await eventually { client.hasOwnConnection(on: loop) })
         let completed = NIOLockedValueBox<[String]>([])
         let replies = try await loop.submit {
-            let blocking = client.send(RawCommand("BLPOP", "nothing", "2"))
+            let blocking = client.send(RawCommand("BLPOP", "nothing", "0"))
             let held = outbound(RawCommand("RPUSH", "order", "held"), on: loop, CommandPlace())
             #expect(client.holdUnsent(held, from: nil))
             let queued = client.send(RawCommand("RPUSH", "order", "queued"))
@@ -193,8 +193,45 @@ extension UnsentCommandsIntegrationTests {
             queued.whenComplete { _ in completed.withLockedValue { $0.append("queued") } }
             return [blocking, held.promise.futureResult, queued]
         }.get()
+        _ = try await replies[1].get()  // held
+        let admin = try await server.connect()
+        _ = try await admin.execute(RawCommand("RPUSH", "nothing", "x"))
+        await admin.close()
         for reply in replies { _ = try await reply.get() }
         #expect(completed.withLockedValue { $0 } == ["held", "blocking", "queued"])
+        await client.shutdown()
+        try await group.shutdownGracefully()
+    }
+}
+
+extension UnsentCommandsIntegrationTests {
+    /// Commands taken from the queue and still in flight on the shared connection (here behind
+    /// a `BLPOP` blocking until the test pushes) are not overtaken by a command another loop
+    /// sends then (a client whose session ended on one loop, reconnected on another): it goes
+    /// on the shared connection behind them, not on its loop's own.
+    @Test func anotherLoopsCommandDoesNotOvertakeDrainedOnes() async throws {
+        let server = try await RedisServerProcess.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let (a, b) = (group.next(), group.next())
+        let client = try await startedClient(server, group, perLoop: true, backoff: .milliseconds(10), .milliseconds(50))
+        #expect(try await eventually { client.hasOwnConnection(on: a) && client.hasOwnConnection(on: b) })
+        let held = try await a.submit {
+            let blocking = outbound(RawCommand("BLPOP", "never", "0"), on: a, CommandPlace())
+            let first = outbound(RawCommand("RPUSH", "order", "a"), on: a, CommandPlace())
+            #expect(client.holdUnsent(blocking, from: ObjectIdentifier(a)))
+            #expect(client.holdUnsent(first, from: ObjectIdentifier(a)))
+            return [blocking.promise.futureResult, first.promise.futureResult]
+        }.get()
+        // Taken from the queue (the queue closed), and written on the shared connection.
+        #expect(try await eventually { client.waitingCommands == 0 })
+        let later = try await b.submit { client.send(RawCommand("RPUSH", "order", "b")) }.get()
+        #expect(!client.usesOwnConnection(on: b), "the later command went on its loop's own connection")
+        let admin = try await server.connect()
+        _ = try await admin.execute(RawCommand("RPUSH", "never", "x"))
+        for reply in held + [later] { _ = try await reply.get() }
+        #expect(try [String](fromRESP: try await admin.execute(RawCommand("LRANGE", "order", "0", "-1"))) == ["a", "b"])
+        #expect(try await eventually { client.usesOwnConnection(on: b) }, "back on its own connection once they were answered")
+        await admin.close()
         await client.shutdown()
         try await group.shutdownGracefully()
     }
@@ -237,6 +274,7 @@ private func startedClient(
     configuration.reconnectBackoffMinimum = minimum
     configuration.reconnectBackoffMaximum = maximum
     configuration.reconnectWait = .seconds(30)
+    configuration.commandTimeout = .seconds(30)  // a test's BLPOP blocks until the test pushes
     let client = RedisClient(configuration: configuration, eventLoopGroup: group, enableSubscriptions: false)
     client.start()
     try await client.waitUntilConnected(timeout: .seconds(30))

@@ -226,10 +226,12 @@ package final class RedisServerProcess: @unchecked Sendable {
     }
 
     /// A started client (pub/sub enabled) that is connected.
-    package func client() async throws -> RedisClient {
+    package func client(_ configure: (inout RedisConfiguration) -> Void = { _ in }) async throws -> RedisClient {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        let client = RedisClient(configuration: self.configuration, logger: logger)
+        var configuration = self.configuration
+        configure(&configuration)
+        let client = RedisClient(configuration: configuration, logger: logger)
         client.start()
         try await client.waitUntilConnected(timeout: .seconds(30))
         return client
@@ -245,8 +247,10 @@ package final class RedisServerProcess: @unchecked Sendable {
     }
 }
 
-/// Polls `condition` until it holds or `timeout` elapses.
-package func eventually(timeout: Duration = .seconds(10), _ condition: @Sendable () async throws -> Bool) async throws -> Bool {
+/// Polls `condition` until it holds or `timeout` elapses (30 s unless told: the conditions
+/// waited for involve reconnects and TLS handshakes, slow on a loaded machine; only a failing
+/// run waits that long).
+package func eventually(timeout: Duration = .seconds(30), _ condition: @Sendable () async throws -> Bool) async throws -> Bool {
     let clock = ContinuousClock()
     let deadline = clock.now + timeout
     while clock.now < deadline {
@@ -257,7 +261,7 @@ package func eventually(timeout: Duration = .seconds(10), _ condition: @Sendable
 }
 
 /// Reads the next message from a subscription, with a timeout.
-package func nextMessage(_ subscription: RedisSubscription, timeout: Duration = .seconds(5)) async throws -> RedisPubSubMessage? {
+package func nextMessage(_ subscription: RedisSubscription, timeout: Duration = .seconds(15)) async throws -> RedisPubSubMessage? {
     try await withThrowingTaskGroup(of: RedisPubSubMessage?.self) { group in
         group.addTask {
             var iterator = subscription.makeAsyncIterator()

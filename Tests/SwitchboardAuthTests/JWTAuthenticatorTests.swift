@@ -150,13 +150,15 @@ struct TestClaims: JWTPayload {
     }
 
     @Test func leewayToleratesARecentExpiry() async throws {
+        let before = NIODeadline.now()
         let token = try await Self.token(TestClaims(expiresIn: -10))
         let lenient = try await JWTAuthenticator(settings: Self.settings())
         #expect(await Self.rejection(token, by: lenient) == nil)
         // The leeway that admits it also holds its session open for the rest of it (before, the
         // session was closed at once: "authentication expired").
         let expiresAt = try #require(try await lenient.verify(token).expiresAt)
-        #expect(expiresAt > NIODeadline.now() + .seconds(15) && expiresAt <= NIODeadline.now() + .seconds(20))
+        // 20 s after the token was made (its expiry in whole seconds: up to one less).
+        #expect(expiresAt > before + .seconds(18) && expiresAt <= NIODeadline.now() + .seconds(20))
         let strict = try await JWTAuthenticator(settings: Self.settings { $0.leewaySeconds = 0 })
         #expect(await Self.rejection(token, by: strict) == "token expired")
     }

@@ -192,7 +192,9 @@ final class LifecycleTestGateway: @unchecked Sendable {
     static func start(unreachableWait: TimeAmount = .zero) async throws -> LifecycleTestGateway {
         let server = try await RedisServerProcess.start()
         let admin = try await server.client()
-        let lifecycleClient = try await server.client()
+        // Longer than a test's CLIENT PAUSE: a batch held by it is written when the pause ends,
+        // however long a loaded machine takes to get there, not timed out.
+        let lifecycleClient = try await server.client { $0.commandTimeout = .seconds(90) }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         var logger = Logger(label: "lifecycle-test")

@@ -9,10 +9,11 @@ package struct RedisOutboundCommand: Sendable {
     package var promise: EventLoopPromise<RESPToken>
     /// See ``RedisCommand/blockingTimeout``.
     package var blockingTimeout: TimeAmount?
-    /// With ``RedisConfiguration/commandConnectionPerEventLoop``, the loop whose command this is
-    /// when it goes on another loop's connection (the shared one), counted among that loop's
-    /// commands there: if it is not written there, its loop's later commands wait behind it
-    /// (``RedisConnection/onUnsent(_:)``).
+    /// With ``RedisConfiguration/commandConnectionPerEventLoop``, how the client counts it in
+    /// flight: the loop whose command this is when it goes on another loop's connection (the
+    /// shared one), counted among that loop's commands there (if it is not written there, its
+    /// loop's later commands wait behind it: ``RedisConnection/onUnsent(_:)``), and whether a
+    /// drain took it from the queue.
     package var origin: FallbackCount?
     /// Where it stands among its ``RedisClient``'s commands.
     package var place: CommandPlace
@@ -53,14 +54,32 @@ package struct CommandPlace: Sendable {
     }
 }
 
-/// One command of a loop sent on the shared connection, counted among the loop's commands there
-/// (``RedisClient``'s `fallbacksInFlight`) until it is answered, or until it is held again
-/// because the connection could not write it: whichever comes first uncounts it, once.
+/// One command counted in flight until it is answered, or until it is held again because the
+/// connection could not write it: whichever comes first uncounts it, once. Counted as
+/// - a command of a loop sent on the shared connection, among the loop's commands there
+///   (``RedisClient``'s `fallbacksInFlight`; `loop`);
+/// - a command a drain took from the queue (``RedisClient``'s `drainedInFlight`; `drained`):
+///   commands of other loops sent later must not overtake it on their own connections.
 package final class FallbackCount: Sendable {
-    package let loop: ObjectIdentifier
+    /// Where a drain wrote the queue's commands.
+    package enum Drained: Sendable {
+        /// On the shared connection.
+        case shared
+        /// On a loop's own connection (back before the shared one).
+        case own
+    }
+
+    /// The loop whose command went on the shared connection; `nil`: not a loop's fallback (sent
+    /// from no event loop, or drained on its loop's own connection).
+    package let loop: ObjectIdentifier?
+    /// Taken from the queue, and written where.
+    package let drained: Drained?
     private let counted = Atomic<Bool>(true)
 
-    package init(loop: ObjectIdentifier) { self.loop = loop }
+    package init(loop: ObjectIdentifier?, drained: Drained? = nil) {
+        self.loop = loop
+        self.drained = drained
+    }
 
     /// `true` the first time only.
     package func uncount() -> Bool { self.counted.exchange(false, ordering: .acquiringAndReleasing) }

@@ -18,7 +18,8 @@ extension RedisClient {
             // order on its loop (checking here could queue it ahead of them). Counted in
             // transit from here: what is held is not written elsewhere before it is refused.
             let route = self.state.withLockedValue { state -> (RedisConnection, UInt64)? in
-                guard state.waiting == nil, !Self.transitPending(&state), let connection = state.commandConnection else { return nil }
+                guard state.waiting == nil, state.drainedInFlight.own == 0, !Self.transitPending(&state), let connection = state.commandConnection
+                else { return nil }
                 connection.beginTransit()
                 state.tickets &+= 1
                 return (connection, state.tickets)
@@ -36,7 +37,7 @@ extension RedisClient {
         for command in held { _ = command.write(on: connection, count: nil) }
         guard let fallback else { return connection.send(command, origin: nil, place: CommandPlace(ticket: ticket)) }
         let future = connection.send(command, origin: fallback, place: CommandPlace(ticket: ticket), counted: true)
-        future.whenComplete { _ in if fallback.uncount() { self.fallbackAnswered(key) } }
+        future.whenComplete { _ in self.answered(fallback) }
         return future
     }
 
@@ -52,20 +53,26 @@ extension RedisClient {
         // then): until they are, it counts as there.
         let transitPending = Self.transitPending(&state)
         let sharedGone = state.commandConnection == nil && !transitPending
+        // Not while commands taken from the queue are in flight (on the shared connection, or on
+        // another loop's own): they waited, and may be a client's whose session ended on another
+        // loop and that reconnected on this one.
+        let drainedInFlight = state.drainedInFlight.shared > 0 || state.drainedInFlight.own > 0
         // Its own connection, unless commands wait (of any loop: a client whose session ended
         // on another loop may have reconnected on this one, and what its old session sent
         // must not be overtaken), or this loop's went on the shared one and are not answered
         // (a shared connection that closed ran nothing more of what it still held: what it
         // did not write is waiting by now).
-        if let own, state.waiting == nil, state.fallbacksInFlight[key, default: 0] == 0 || sharedGone {
+        if let own, state.waiting == nil, !drainedInFlight, state.fallbacksInFlight[key, default: 0] == 0 || sharedGone {
             return (own, nil, [])
         }
         // Its own is back before the shared one, and only this loop's commands wait: they go
         // first, on its own.
-        if let own, sharedGone, Self.onlyLoopWaits(key, state) { return (own, nil, Self.takeWaiting(of: key, &state)) }
+        if let own, sharedGone, !drainedInFlight, Self.onlyLoopWaits(key, state) { return (own, nil, Self.takeWaiting(of: key, &state)) }
         // On the shared one, unless the loop's own connection (closing, or up with commands
-        // queued ahead) still owes replies: this one could run before those.
-        guard state.waiting == nil, !transitPending, let shared = state.commandConnection, state.loopConnections[key]?.owesReplies != true
+        // queued ahead) still owes replies, or commands taken from the queue are in flight on a
+        // loop's own: this one could run before those.
+        guard state.waiting == nil, state.drainedInFlight.own == 0, !transitPending, let shared = state.commandConnection,
+            state.loopConnections[key]?.owesReplies != true
         else { return nil }
         state.fallbacksInFlight[key, default: 0] += 1
         shared.beginTransit()

@@ -87,7 +87,7 @@ extension RedisClient {
             // An unsent one was admitted once already (and refusing it would leave a gap).
             guard !state.isShutdown, unsent != nil || (state.waiting?.count ?? 0) < limit else { return nil }
             if let ticket = unsent?.ticket, ticket != 0, ticket <= state.refusedThrough {
-                if let count, count.uncount() { Self.uncountFallback(count.loop, &state) }
+                if let count { Self.uncount(count, &state) }
                 return .failure(RedisClientError(.notConnected, detail: "a command sent before it was refused (not connected in time); not sent"))
             }
             state.waitingIDs &+= 1
@@ -113,7 +113,7 @@ extension RedisClient {
                 state.waiting!.append(command)
             }
             if let key { state.waitingFromLoop[key, default: 0] += 1 }
-            if let count, count.uncount() { Self.uncountFallback(count.loop, &state) }
+            if let count { Self.uncount(count, &state) }
             return .success((id, until))
         }
         let id: UInt64
@@ -228,7 +228,10 @@ extension RedisClient {
             // The shared one gone (not just closing: what it could not write is handed back
             // only as it closes, and must not be overtaken), with nothing on its way to it any
             // more (else: again in a moment).
-            if state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil, Self.transitPending(&state) {
+            // Nor while commands taken from the queue are in flight on another connection.
+            if state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil,
+                Self.transitPending(&state) || state.drainedInFlight.shared > 0 || state.drainedInFlight.own > 0
+            {
                 return nil
             }
             if state.loopDrainsScheduled[key] == ObjectIdentifier(connection) { state.loopDrainsScheduled[key] = nil }
@@ -236,13 +239,18 @@ extension RedisClient {
             // shared connection once it is back).
             guard state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil, Self.onlyLoopWaits(key, state)
             else { return [] }
-            return Self.takeWaiting(of: key, &state)
+            let taken = Self.takeWaiting(of: key, &state)
+            state.drainedInFlight.own += taken.count
+            return taken
         }
         guard let held else {
             connection.channel.eventLoop.scheduleTask(in: .milliseconds(1)) { self.writeLoopsWaitingNow(key, on: connection) }
             return
         }
-        for command in held { _ = command.write(on: connection, count: nil) }
+        for command in held {
+            let count = FallbackCount(loop: nil, drained: .own)
+            command.write(on: connection, count: count).whenComplete { _ in self.answered(count) }
+        }
     }
 
     /// Writes the held commands on `connection`, on its event loop, in order, one batch per loop
@@ -260,7 +268,7 @@ extension RedisClient {
 
     private func writeWaitingBatch(on connection: RedisConnection) {
         let id = ObjectIdentifier(connection)
-        let batch = self.state.withLockedValue { state -> [(WaitingCommand, FallbackCount?)]? in
+        let batch = self.state.withLockedValue { state -> [(WaitingCommand, FallbackCount)]? in
             // Only on the current connection: a newer one writes them once it is up.
             guard let waiting = state.waiting, !waiting.isEmpty, state.commandConnection === connection, connection.isActive else {
                 if state.waiting?.isEmpty == true, state.commandConnection === connection { state.waiting = nil }
@@ -268,8 +276,9 @@ extension RedisClient {
                 return []
             }
             // Writes still on their way to the shared connection that closed may be refused
-            // there, and held ahead of these: again in a moment.
-            if Self.transitPending(&state) { return nil }
+            // there, and held ahead of these; commands taken from the queue may be in flight on
+            // a loop's own connection: again in a moment.
+            if Self.transitPending(&state) || state.drainedInFlight.own > 0 { return nil }
             // A loop whose commands are queued may have earlier ones in flight on its own
             // connection (sent before anything waited, or queued behind another loop's while it
             // was up), which they could overtake: the queue goes up to its first one, the rest
@@ -280,11 +289,12 @@ extension RedisClient {
             state.waiting!.removeFirst(taken)
             state.unsentAhead = max(0, state.unsentAhead - taken)
             Self.uncountWaiting(batch, &state)
-            // Written on the shared connection: each loop's own waits for the replies.
+            // Written on the shared connection: each loop's own waits for the replies, and so
+            // do the other loops' own.
+            state.drainedInFlight.shared += batch.count
             return batch.map { command in
-                guard let key = command.loop else { return (command, nil) }
-                state.fallbacksInFlight[key, default: 0] += 1
-                return (command, FallbackCount(loop: key))
+                if let key = command.loop { state.fallbacksInFlight[key, default: 0] += 1 }
+                return (command, FallbackCount(loop: command.loop, drained: .shared))
             }
         }
         guard let batch else {
@@ -293,8 +303,7 @@ extension RedisClient {
         }
         if batch.isEmpty { return }
         for (command, count) in batch {
-            let written = command.write(on: connection, count: count)
-            if let count { written.whenComplete { _ in if count.uncount() { self.fallbackAnswered(count.loop) } } }
+            command.write(on: connection, count: count).whenComplete { _ in self.answered(count) }
         }
         connection.channel.eventLoop.execute { self.writeWaitingBatch(on: connection) }
     }
@@ -316,14 +325,27 @@ extension RedisClient {
         return !state.closedShared.isEmpty
     }
 
-    /// A command of `key`'s loop on the shared connection was answered (or is held again).
-    func fallbackAnswered(_ key: ObjectIdentifier) {
-        self.state.withLockedValue { state in Self.uncountFallback(key, &state) }
+    /// A command counted in flight was answered.
+    func answered(_ count: FallbackCount) {
+        guard count.uncount() else { return }
+        self.state.withLockedValue { state in Self.uncounted(count, &state) }
     }
 
-    static func uncountFallback(_ key: ObjectIdentifier, _ state: inout State) {
-        let left = state.fallbacksInFlight[key, default: 1] - 1
-        state.fallbacksInFlight[key] = left > 0 ? left : nil
+    /// A command counted in flight was answered, or is held again: uncounted, once.
+    static func uncount(_ count: FallbackCount, _ state: inout State) {
+        if count.uncount() { Self.uncounted(count, &state) }
+    }
+
+    private static func uncounted(_ count: FallbackCount, _ state: inout State) {
+        if let key = count.loop {
+            let left = state.fallbacksInFlight[key, default: 1] - 1
+            state.fallbacksInFlight[key] = left > 0 ? left : nil
+        }
+        switch count.drained {
+        case .shared?: state.drainedInFlight.shared = max(0, state.drainedInFlight.shared - 1)
+        case .own?: state.drainedInFlight.own = max(0, state.drainedInFlight.own - 1)
+        case nil: break
+        }
     }
 
     /// Commands no longer wait for a connection: those held fail now, later ones at once, with

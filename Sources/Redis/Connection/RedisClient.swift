@@ -91,6 +91,12 @@ public final class RedisClient: Sendable {
         /// answered yet. Its own connection is used again only once they are: commands sent
         /// later must not overtake them on the other connection.
         var fallbacksInFlight: [ObjectIdentifier: Int] = [:]
+        /// Commands a drain took from the queue and wrote on the shared connection, or on a
+        /// loop's own, not answered yet (``FallbackCount/Drained``). While any is, no loop's
+        /// command goes on its own connection, and while any on a loop's own is, none on the
+        /// shared one: a client whose session ended on one loop may reconnect on another, and
+        /// its new commands must not overtake the old ones that waited.
+        var drainedInFlight: (shared: Int, own: Int) = (0, 0)
         /// Commands waiting, in order, for the shared command connection (see
         /// ``RedisClient/send(_:)``): present (perhaps empty) from the first one until the
         /// connection that came back wrote them all, so later commands queue behind them.
@@ -252,13 +258,16 @@ public final class RedisClient: Sendable {
     /// How many times a connection was re-established after having been connected before.
     public var reconnectCount: Int { self.state.withLockedValue { $0.reconnects } }
 
-    /// Waits until every enabled connection is connected. Throws ``RedisClientError/connectTimeout`` otherwise.
+    /// Waits until every enabled connection is connected, as ``connectionState(_:)`` reports it
+    /// (so a caller that then sees another state knows the connection changed since). Throws
+    /// ``RedisClientError/connectTimeout`` otherwise.
     public func waitUntilConnected(timeout: Duration) async throws {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         while true {
             let ready = self.state.withLockedValue { state in
-                state.commandConnection != nil && (!self.enableSubscriptions || state.subscriberConnection != nil)
+                state.commandConnection != nil && state.states[.commands] == .connected
+                    && (!self.enableSubscriptions || (state.subscriberConnection != nil && state.states[.subscriptions] == .connected))
             }
             if ready { return }
             guard clock.now < deadline else { throw RedisClientError.connectTimeout }
