@@ -123,8 +123,8 @@ struct ReconnectWaitIntegrationTests {
 
     /// What a loop's own connection took from the queue (back before the shared one) is not
     /// overtaken by a command another loop sends while it is in flight (here behind a `BLPOP`
-    /// blocking until the test pushes): that one waits, and goes on its own loop's connection
-    /// once they were answered.
+    /// blocking until the test pushes): that one waits (queued: the shared connection is still
+    /// down), and goes on its own loop's connection once they were answered.
     @Test func anotherLoopsCommandWaitsForWhatALoopsOwnConnectionTookFromTheQueue() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

@@ -206,9 +206,10 @@ extension UnsentCommandsIntegrationTests {
 
 extension UnsentCommandsIntegrationTests {
     /// Commands taken from the queue and still in flight on the shared connection (here behind
-    /// a `BLPOP` blocking until the test pushes) are not overtaken by a command another loop
-    /// sends then (a client whose session ended on one loop, reconnected on another): it goes
-    /// on the shared connection behind them, not on its loop's own.
+    /// a `BLPOP` blocking until the test pushes) are not overtaken by commands another loop
+    /// sends then (a client whose session ended on one loop, reconnected on another): they go
+    /// on the shared connection behind them, not on their loop's own, and the loop goes back to
+    /// its own once they were answered.
     @Test func anotherLoopsCommandDoesNotOvertakeDrainedOnes() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
@@ -222,14 +223,14 @@ extension UnsentCommandsIntegrationTests {
             #expect(client.holdUnsent(first, from: ObjectIdentifier(a)))
             return [blocking.promise.futureResult, first.promise.futureResult]
         }.get()
-        // Taken from the queue (the queue closed), and written on the shared connection.
-        #expect(try await eventually { client.waitingCommands == 0 })
-        let later = try await b.submit { client.send(RawCommand("RPUSH", "order", "b")) }.get()
-        #expect(!client.usesOwnConnection(on: b), "the later command went on its loop's own connection")
+        // Taken from the queue, written on the shared connection, and the queue closed.
+        #expect(try await eventually { !client.queueOpen })
+        let later = try await b.submit { (1...3).map { client.send(RawCommand("RPUSH", "order", .string("b\($0)"))) } }.get()
+        #expect(!client.usesOwnConnection(on: b), "the later commands went on their loop's own connection")
         let admin = try await server.connect()
         _ = try await admin.execute(RawCommand("RPUSH", "never", "x"))
-        for reply in held + [later] { _ = try await reply.get() }
-        #expect(try [String](fromRESP: try await admin.execute(RawCommand("LRANGE", "order", "0", "-1"))) == ["a", "b"])
+        for reply in held + later { _ = try await reply.get() }
+        #expect(try [String](fromRESP: try await admin.execute(RawCommand("LRANGE", "order", "0", "-1"))) == ["a", "b1", "b2", "b3"])
         #expect(try await eventually { client.usesOwnConnection(on: b) }, "back on its own connection once they were answered")
         await admin.close()
         await client.shutdown()

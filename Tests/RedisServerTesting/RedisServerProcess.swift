@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Redis
@@ -61,6 +62,8 @@ package final class RedisServerProcess: @unchecked Sendable {
     /// its initial configuration file (which the sentinel rewrites).
     package let sentinelConfiguration: String?
     private var process: Process?
+    /// How many times the process was started.
+    private var launches = 0
 
     private init(port: Int, extraArguments: [String], tls: TLS?, sentinelConfiguration: String? = nil) throws {
         self.port = port
@@ -132,8 +135,23 @@ package final class RedisServerProcess: @unchecked Sendable {
         return sentinel
     }
 
-    /// (Re)starts the server process on the same port.
+    /// (Re)starts the server process on the same port. Started again, it tries for up to 10 s
+    /// while its port is taken (as the local port of an outgoing connection, until it closes).
     package func launch() async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while true {
+            do {
+                try await self.launchOnce()
+                self.launches += 1
+                return
+            } catch {
+                guard self.launches > 0, !self.isRunning, ContinuousClock.now < deadline else { throw error }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    private func launchOnce() async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.executable!)
         if let sentinelConfiguration {
@@ -237,14 +255,26 @@ package final class RedisServerProcess: @unchecked Sendable {
         return client
     }
 
+    /// A port free now, and not handed out before in this process (a test that kills its server
+    /// starts it again on the same port, which another test's server must not have taken
+    /// meanwhile), drawn below the kernel's ephemeral range (32768 and up by default), so that
+    /// no outgoing connection takes it as its local port (as `tests/support/process.py` does).
     package static func freePort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: "127.0.0.1", port: 0).get()
-        let port = channel.localAddress!.port!
-        try await channel.close()
-        return port
+        for _ in 0..<500 {
+            let port = Int.random(in: 20_000..<32_000)
+            guard handedOut.withLockedValue({ $0.insert(port).inserted }) else { continue }
+            guard
+                let channel = try? await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+                    .bind(host: "127.0.0.1", port: port).get()
+            else { continue }
+            try await channel.close()
+            return port
+        }
+        throw RedisClientError.connectTimeout
     }
+
+    private static let handedOut = NIOLockedValueBox<Set<Int>>([])
 }
 
 /// Polls `condition` until it holds or `timeout` elapses (30 s unless told: the conditions

@@ -18,6 +18,9 @@ package struct RedisOutboundCommand: Sendable {
     /// Where it stands among its ``RedisClient``'s commands.
     package var place: CommandPlace
 
+    /// A blocking command: its reply may take long.
+    var blocking: Bool { self.blockingTimeout != nil }
+
     package init(
         bytes: ByteBuffer,
         kind: RedisConnectionStateMachine<EventLoopPromise<RESPToken>>.PendingKind = .command,

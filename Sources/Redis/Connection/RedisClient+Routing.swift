@@ -34,7 +34,7 @@ extension RedisClient {
             return ((connection, fallback, state.tickets), held)
         }
         guard let (connection, fallback, ticket) = route else { return self.wait(command, from: loop) }
-        for command in held { _ = command.write(on: connection, count: nil) }
+        self.writeDrained(held, on: connection)
         guard let fallback else { return connection.send(command, origin: nil, place: CommandPlace(ticket: ticket)) }
         let future = connection.send(command, origin: fallback, place: CommandPlace(ticket: ticket), counted: true)
         future.whenComplete { _ in self.answered(fallback) }
@@ -53,10 +53,10 @@ extension RedisClient {
         // then): until they are, it counts as there.
         let transitPending = Self.transitPending(&state)
         let sharedGone = state.commandConnection == nil && !transitPending
-        // Not while commands taken from the queue are in flight (on the shared connection, or on
-        // another loop's own): they waited, and may be a client's whose session ended on another
-        // loop and that reconnected on this one.
-        let drainedInFlight = state.drainedInFlight.shared > 0 || state.drainedInFlight.own > 0
+        // Not while commands taken from the queue are in flight on another connection (the
+        // shared one, or another loop's own): they waited, and may be a client's whose session
+        // ended on another loop and that reconnected on this one.
+        let drainedInFlight = Self.drainedElsewhere(than: key, state)
         // Its own connection, unless commands wait (of any loop: a client whose session ended
         // on another loop may have reconnected on this one, and what its old session sent
         // must not be overtaken), or this loop's went on the shared one and are not answered

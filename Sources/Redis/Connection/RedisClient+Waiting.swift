@@ -9,6 +9,9 @@ struct WaitingCommand: Sendable {
     /// A command a connection could not write (``RedisClient/holdUnsent(_:from:)``): it was sent
     /// before every command that is only waiting, so it waits ahead of them.
     let unsent: Bool
+    /// A blocking command: taken from the queue, it is not counted in ``RedisClient``'s
+    /// `drainedInFlight` (its reply may take long, and every loop would wait for it).
+    var blocking = false
     /// Its ticket (the queue's unsent ones are in ticket order) and when it stops waiting.
     let place: CommandPlace
     /// Writes the command (at its `place`) on the connection and completes the caller's
@@ -32,7 +35,7 @@ extension RedisClient {
         let promise = timerLoop.makePromise(of: Command.Response.self)
         let key = loop.map { ObjectIdentifier($0) }
         let refused = self.hold(
-            from: key, timerLoop: timerLoop, unsent: nil, uncounting: nil,
+            from: key, timerLoop: timerLoop, unsent: nil, uncounting: nil, blocking: command.blockingTimeout != nil,
             write: { connection, count, place in
                 let reply = connection.send(command, origin: count, place: place)
                 reply.cascade(to: promise)
@@ -52,6 +55,7 @@ extension RedisClient {
     func holdUnsent(_ command: RedisOutboundCommand, from key: ObjectIdentifier?) -> Bool {
         let refused = self.hold(
             from: key, timerLoop: command.promise.futureResult.eventLoop, unsent: command.place, uncounting: command.origin,
+            blocking: command.blocking,
             write: { connection, count, place in
                 var command = command
                 command.origin = count
@@ -74,7 +78,7 @@ extension RedisClient {
     /// shared one refusing a batch of older ones taken from the queue while a loop's own hands
     /// back newer ones).
     private func hold(
-        from key: ObjectIdentifier?, timerLoop: any EventLoop, unsent: CommandPlace?, uncounting count: FallbackCount?,
+        from key: ObjectIdentifier?, timerLoop: any EventLoop, unsent: CommandPlace?, uncounting count: FallbackCount?, blocking: Bool,
         write: @escaping @Sendable (RedisConnection, FallbackCount?, CommandPlace) -> EventLoopFuture<Void>,
         fail: @escaping @Sendable (any Error) -> Void
     ) -> (any Error)? {
@@ -103,13 +107,13 @@ extension RedisClient {
                     place.ticket = state.tickets
                 }
                 place.heldUntil = until
-                let command = WaitingCommand(id: id, loop: key, unsent: true, place: place, writer: write, fail: fail)
+                let command = WaitingCommand(id: id, loop: key, unsent: true, blocking: blocking, place: place, writer: write, fail: fail)
                 Self.insertUnsent(command, into: &state.waiting!, ahead: state.unsentAhead)
                 state.unsentAhead += 1
             } else {
                 state.tickets &+= 1
                 let place = CommandPlace(ticket: state.tickets, heldUntil: until)
-                let command = WaitingCommand(id: id, loop: key, unsent: false, place: place, writer: write, fail: fail)
+                let command = WaitingCommand(id: id, loop: key, unsent: false, blocking: blocking, place: place, writer: write, fail: fail)
                 state.waiting!.append(command)
             }
             if let key { state.waitingFromLoop[key, default: 0] += 1 }
@@ -207,6 +211,12 @@ extension RedisClient {
         }
         state.waiting = others
         state.unsentAhead = others.prefix(while: \.unsent).count
+        // Counted in flight (``writeDrained(_:on:)``), on this loop's own connection.
+        let counted = mine.count { !$0.blocking }
+        if counted > 0 {
+            state.drainedInFlight.own += counted
+            state.drainedOnOwnOf = key
+        }
         return mine
     }
 
@@ -229,8 +239,8 @@ extension RedisClient {
             // only as it closes, and must not be overtaken), with nothing on its way to it any
             // more (else: again in a moment).
             // Nor while commands taken from the queue are in flight on another connection.
-            if state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil,
-                Self.transitPending(&state) || state.drainedInFlight.shared > 0 || state.drainedInFlight.own > 0
+            if state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil, state.waitingFromLoop[key] != nil,
+                Self.transitPending(&state) || Self.drainedElsewhere(than: key, state)
             {
                 return nil
             }
@@ -239,15 +249,29 @@ extension RedisClient {
             // shared connection once it is back).
             guard state.loopConnections[key] === connection, connection.isActive, state.commandConnection == nil, Self.onlyLoopWaits(key, state)
             else { return [] }
-            let taken = Self.takeWaiting(of: key, &state)
-            state.drainedInFlight.own += taken.count
-            return taken
+            return Self.takeWaiting(of: key, &state)
         }
         guard let held else {
             connection.channel.eventLoop.scheduleTask(in: .milliseconds(1)) { self.writeLoopsWaitingNow(key, on: connection) }
             return
         }
+        self.writeDrained(held, on: connection)
+    }
+
+    /// Whether commands taken from the queue are in flight on a connection other than `key`'s
+    /// loop's own: its commands could run before them there.
+    static func drainedElsewhere(than key: ObjectIdentifier, _ state: State) -> Bool {
+        state.drainedInFlight.shared > 0 || (state.drainedInFlight.own > 0 && state.drainedOnOwnOf != key)
+    }
+
+    /// Writes what ``takeWaiting(of:_:)`` took on the loop's own `connection`, each counted in
+    /// flight until answered (but a blocking one).
+    func writeDrained(_ held: [WaitingCommand], on connection: RedisConnection) {
         for command in held {
+            guard !command.blocking else {
+                _ = command.write(on: connection, count: nil)
+                continue
+            }
             let count = FallbackCount(loop: nil, drained: .own)
             command.write(on: connection, count: count).whenComplete { _ in self.answered(count) }
         }
@@ -290,11 +314,11 @@ extension RedisClient {
             state.unsentAhead = max(0, state.unsentAhead - taken)
             Self.uncountWaiting(batch, &state)
             // Written on the shared connection: each loop's own waits for the replies, and so
-            // do the other loops' own.
-            state.drainedInFlight.shared += batch.count
+            // do the other loops' own (but not for a blocking command's).
+            state.drainedInFlight.shared += batch.count { !$0.blocking }
             return batch.map { command in
                 if let key = command.loop { state.fallbacksInFlight[key, default: 0] += 1 }
-                return (command, FallbackCount(loop: command.loop, drained: .shared))
+                return (command, FallbackCount(loop: command.loop, drained: command.blocking ? nil : .shared))
             }
         }
         guard let batch else {
@@ -343,7 +367,9 @@ extension RedisClient {
         }
         switch count.drained {
         case .shared?: state.drainedInFlight.shared = max(0, state.drainedInFlight.shared - 1)
-        case .own?: state.drainedInFlight.own = max(0, state.drainedInFlight.own - 1)
+        case .own?:
+            state.drainedInFlight.own = max(0, state.drainedInFlight.own - 1)
+            if state.drainedInFlight.own == 0 { state.drainedOnOwnOf = nil }
         case nil: break
         }
     }
@@ -377,4 +403,8 @@ extension RedisClient {
 extension RedisClient {
     /// How many commands wait for the command connection now (tests, metrics).
     package var waitingCommands: Int { self.state.withLockedValue { $0.waiting?.count ?? 0 } }
+
+    /// Whether the queue is open: commands wait, or it emptied and the connection that took
+    /// them has not closed it yet (tests).
+    package var queueOpen: Bool { self.state.withLockedValue { $0.waiting != nil } }
 }
