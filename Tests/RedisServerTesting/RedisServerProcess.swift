@@ -82,7 +82,10 @@ package final class RedisServerProcess: @unchecked Sendable {
     package static func start(_ extraArguments: [String] = [], tls: TLS? = nil) async throws -> RedisServerProcess {
         var attempt = 1
         while true {
-            let server = try RedisServerProcess(port: try await freePort(), extraArguments: extraArguments, tls: tls)
+            // A cluster node binds its bus port too, port + 10,000, after it listens on its port
+            // (a taken bus port ends it then, after it looked started).
+            let busOffset = extraArguments.contains("--cluster-enabled") ? 10_000 : nil
+            let server = try RedisServerProcess(port: try await freePort(busOffset: busOffset), extraArguments: extraArguments, tls: tls)
             do {
                 try await server.launch()
                 return server
@@ -173,19 +176,21 @@ package final class RedisServerProcess: @unchecked Sendable {
         try await self.waitUntilReady()
     }
 
-    /// Accepts TCP connections (for a TLS port too). Fails at once when the process exits (a
-    /// port in use).
+    /// Accepts TCP connections (for a TLS port too; a cluster node on its bus port as well,
+    /// which it binds after its port). Fails at once when the process exits (a port in use).
     private func waitUntilReady() async throws {
         // A deadline, not a count of attempts: on a loaded machine a start (and each attempt)
         // takes longer.
         let deadline = ContinuousClock.now + .seconds(30)
+        var ports = [self.port] + (self.extraArguments.contains("--cluster-enabled") ? [self.port + 10_000] : [])
         while ContinuousClock.now < deadline {
             guard self.isRunning else { throw RedisClientError.connectTimeout }
             do {
                 let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                    .connect(host: "127.0.0.1", port: self.port).get()
+                    .connect(host: "127.0.0.1", port: ports[0]).get()
                 try await channel.close()
-                return
+                ports.removeFirst()
+                if ports.isEmpty { return }
             } catch {
                 try await Task.sleep(for: .milliseconds(20))
             }
@@ -259,17 +264,31 @@ package final class RedisServerProcess: @unchecked Sendable {
     /// starts it again on the same port, which another test's server must not have taken
     /// meanwhile), drawn below the kernel's ephemeral range (32768 and up by default), so that
     /// no outgoing connection takes it as its local port (as `tests/support/process.py` does).
-    package static func freePort() async throws -> Int {
+    /// With `busOffset` (a cluster node's bus port), `port + busOffset` is free and below that
+    /// range too.
+    package static func freePort(busOffset: Int? = nil) async throws -> Int {
         for _ in 0..<500 {
-            let port = Int.random(in: 20_000..<32_000)
-            guard handedOut.withLockedValue({ $0.insert(port).inserted }) else { continue }
-            guard
-                let channel = try? await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                    .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-                    .bind(host: "127.0.0.1", port: port).get()
-            else { continue }
-            try await channel.close()
-            return port
+            let port = Int.random(in: 20_000..<(32_000 - (busOffset ?? 0)))
+            let ports = [port] + (busOffset.map { [port + $0] } ?? [])
+            let taken = handedOut.withLockedValue { handed in
+                guard ports.allSatisfy({ !handed.contains($0) }) else { return false }
+                handed.formUnion(ports)
+                return true
+            }
+            guard taken else { continue }
+            var free = true
+            for candidate in ports {
+                guard
+                    let channel = try? await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                        .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+                        .bind(host: "127.0.0.1", port: candidate).get()
+                else {
+                    free = false
+                    break
+                }
+                try await channel.close()
+            }
+            if free { return port }
         }
         throw RedisClientError.connectTimeout
     }
