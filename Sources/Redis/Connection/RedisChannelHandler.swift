@@ -61,7 +61,7 @@ package struct CommandPlace: Sendable {
 /// connection could not write it: whichever comes first uncounts it, once. Counted as
 /// - a command of a loop sent on the shared connection, among the loop's commands there
 ///   (``RedisClient``'s `fallbacksInFlight`; `loop`);
-/// - a command a drain took from the queue (``RedisClient``'s `drainedInFlight`; `drained`):
+/// - a command a drain took from the queue (``RedisClient``'s `drainedOnShared`, `drainedOnOwn`; `drained`):
 ///   commands of other loops sent later must not overtake it on their own connections.
 package final class FallbackCount: Sendable {
     /// Where a drain wrote the queue's commands.

@@ -18,7 +18,7 @@ extension RedisClient {
             // order on its loop (checking here could queue it ahead of them). Counted in
             // transit from here: what is held is not written elsewhere before it is refused.
             let route = self.state.withLockedValue { state -> (RedisConnection, UInt64)? in
-                guard state.waiting == nil, state.drainedInFlight.own == 0, !Self.transitPending(&state), let connection = state.commandConnection
+                guard state.waiting == nil, state.drainedOnOwn == nil, !Self.transitPending(&state), let connection = state.commandConnection
                 else { return nil }
                 connection.beginTransit()
                 state.tickets &+= 1
@@ -56,22 +56,22 @@ extension RedisClient {
         // Not while commands taken from the queue are in flight on another connection (the
         // shared one, or another loop's own): they waited, and may be a client's whose session
         // ended on another loop and that reconnected on this one.
-        let drainedInFlight = Self.drainedElsewhere(than: key, state)
+        let drainedElsewhere = Self.drainedElsewhere(than: key, state)
         // Its own connection, unless commands wait (of any loop: a client whose session ended
         // on another loop may have reconnected on this one, and what its old session sent
         // must not be overtaken), or this loop's went on the shared one and are not answered
         // (a shared connection that closed ran nothing more of what it still held: what it
         // did not write is waiting by now).
-        if let own, state.waiting == nil, !drainedInFlight, state.fallbacksInFlight[key, default: 0] == 0 || sharedGone {
+        if let own, state.waiting == nil, !drainedElsewhere, state.fallbacksInFlight[key, default: 0] == 0 || sharedGone {
             return (own, nil, [])
         }
         // Its own is back before the shared one, and only this loop's commands wait: they go
         // first, on its own.
-        if let own, sharedGone, !drainedInFlight, Self.onlyLoopWaits(key, state) { return (own, nil, Self.takeWaiting(of: key, &state)) }
+        if let own, sharedGone, !drainedElsewhere, Self.onlyLoopWaits(key, state) { return (own, nil, Self.takeWaiting(of: key, &state)) }
         // On the shared one, unless the loop's own connection (closing, or up with commands
         // queued ahead) still owes replies, or commands taken from the queue are in flight on a
         // loop's own: this one could run before those.
-        guard state.waiting == nil, state.drainedInFlight.own == 0, !transitPending, let shared = state.commandConnection,
+        guard state.waiting == nil, state.drainedOnOwn == nil, !transitPending, let shared = state.commandConnection,
             state.loopConnections[key]?.owesReplies != true
         else { return nil }
         state.fallbacksInFlight[key, default: 0] += 1

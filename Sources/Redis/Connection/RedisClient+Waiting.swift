@@ -10,7 +10,7 @@ struct WaitingCommand: Sendable {
     /// before every command that is only waiting, so it waits ahead of them.
     let unsent: Bool
     /// A blocking command: taken from the queue, it is not counted in ``RedisClient``'s
-    /// `drainedInFlight` (its reply may take long, and every loop would wait for it).
+    /// `drainedOnShared` or `drainedOnOwn` (its reply may take long, and every loop would wait for it).
     var blocking = false
     /// Its ticket (the queue's unsent ones are in ticket order) and when it stops waiting.
     let place: CommandPlace
@@ -214,8 +214,7 @@ extension RedisClient {
         // Counted in flight (``writeDrained(_:on:)``), on this loop's own connection.
         let counted = mine.count { !$0.blocking }
         if counted > 0 {
-            state.drainedInFlight.own += counted
-            state.drainedOnOwnOf = key
+            state.drainedOnOwn = (key, (state.drainedOnOwn?.count ?? 0) + counted)
         }
         return mine
     }
@@ -261,7 +260,7 @@ extension RedisClient {
     /// Whether commands taken from the queue are in flight on a connection other than `key`'s
     /// loop's own: its commands could run before them there.
     static func drainedElsewhere(than key: ObjectIdentifier, _ state: State) -> Bool {
-        state.drainedInFlight.shared > 0 || (state.drainedInFlight.own > 0 && state.drainedOnOwnOf != key)
+        state.drainedOnShared > 0 || (state.drainedOnOwn.map { $0.loop != key } ?? false)
     }
 
     /// Writes what ``takeWaiting(of:_:)`` took on the loop's own `connection`, each counted in
@@ -302,7 +301,7 @@ extension RedisClient {
             // Writes still on their way to the shared connection that closed may be refused
             // there, and held ahead of these; commands taken from the queue may be in flight on
             // a loop's own connection: again in a moment.
-            if Self.transitPending(&state) || state.drainedInFlight.own > 0 { return nil }
+            if Self.transitPending(&state) || state.drainedOnOwn != nil { return nil }
             // A loop whose commands are queued may have earlier ones in flight on its own
             // connection (sent before anything waited, or queued behind another loop's while it
             // was up), which they could overtake: the queue goes up to its first one, the rest
@@ -315,7 +314,7 @@ extension RedisClient {
             Self.uncountWaiting(batch, &state)
             // Written on the shared connection: each loop's own waits for the replies, and so
             // do the other loops' own (but not for a blocking command's).
-            state.drainedInFlight.shared += batch.count { !$0.blocking }
+            state.drainedOnShared += batch.count { !$0.blocking }
             return batch.map { command in
                 if let key = command.loop { state.fallbacksInFlight[key, default: 0] += 1 }
                 return (command, FallbackCount(loop: command.loop, drained: command.blocking ? nil : .shared))
@@ -366,10 +365,8 @@ extension RedisClient {
             state.fallbacksInFlight[key] = left > 0 ? left : nil
         }
         switch count.drained {
-        case .shared?: state.drainedInFlight.shared = max(0, state.drainedInFlight.shared - 1)
-        case .own?:
-            state.drainedInFlight.own = max(0, state.drainedInFlight.own - 1)
-            if state.drainedInFlight.own == 0 { state.drainedOnOwnOf = nil }
+        case .shared?: state.drainedOnShared = max(0, state.drainedOnShared - 1)
+        case .own?: state.drainedOnOwn = state.drainedOnOwn.flatMap { $0.count > 1 ? ($0.loop, $0.count - 1) : nil }
         case nil: break
         }
     }

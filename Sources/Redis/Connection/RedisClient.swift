@@ -91,16 +91,16 @@ public final class RedisClient: Sendable {
         /// answered yet. Its own connection is used again only once they are: commands sent
         /// later must not overtake them on the other connection.
         var fallbacksInFlight: [ObjectIdentifier: Int] = [:]
-        /// Commands a drain took from the queue and wrote on the shared connection, or on a
-        /// loop's own, not answered yet (``FallbackCount/Drained``; not a blocking command, whose
-        /// reply may take long). While any is, no loop's command goes on
-        /// another connection than theirs (the shared one, as a loop's fallback; or it waits):
-        /// a client whose session ended on one loop may reconnect on another, and its new
-        /// commands must not overtake the old ones that waited.
-        var drainedInFlight: (shared: Int, own: Int) = (0, 0)
-        /// The loop whose own connection took the commands counted in `drainedInFlight.own`
-        /// (one at a time: the shared connection is down, and only that loop's commands waited).
-        var drainedOnOwnOf: ObjectIdentifier?
+        /// Commands a drain took from the queue and wrote on the shared connection, not answered
+        /// yet (``FallbackCount/Drained``; not a blocking command, whose reply may take long).
+        /// While any is (or ``drainedOnOwn``), no loop's command goes on another connection than
+        /// theirs (the shared one, as a loop's fallback; or it waits): a client whose session
+        /// ended on one loop may reconnect on another, and its new commands must not overtake
+        /// the old ones that waited.
+        var drainedOnShared = 0
+        /// The same on a loop's own connection, and which loop's (one at a time: the shared
+        /// connection is down, and only that loop's commands waited); `nil`: none.
+        var drainedOnOwn: (loop: ObjectIdentifier, count: Int)?
         /// Commands waiting, in order, for the shared command connection (see
         /// ``RedisClient/send(_:)``): present (perhaps empty) from the first one until the
         /// connection that came back wrote them all, so later commands queue behind them.
