@@ -37,7 +37,10 @@ public struct STOMPDecoderLimits: Sendable, Hashable {
 ///   the first NUL.
 /// - Work is resumable: bytes already scanned are not scanned again when more arrive,
 ///   so feeding one byte at a time stays linear.
-/// - The body of a decoded frame is a slice of the input buffer (no copy).
+/// - The body of a decoded frame is a slice of the input buffer (no copy), unless that buffer
+///   holds much more than the body (other frames, padding of heart-beat EOLs): then the body is
+///   copied, so that a kept body (history, a transaction) does not keep the whole input alive
+///   while limits count only the body's bytes.
 public struct STOMPFrameDecoder: ByteToMessageDecoder {
     public typealias InboundOut = STOMPFrame
 
@@ -216,7 +219,8 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
             bodyLength = nul - p.headerBytes
         }
         buffer.moveReaderIndex(forwardBy: p.headerBytes)
-        let body = buffer.readSlice(length: bodyLength)!
+        var body = buffer.readSlice(length: bodyLength)!
+        if Self.wouldPin(body) { body = ByteBuffer(bytes: body.readableBytesView) }
         buffer.moveReaderIndex(forwardBy: 1)
         pending = nil
         lineStart = 0
@@ -234,5 +238,14 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
 
     public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
         try decode(context: context, buffer: &buffer)
+    }
+}
+
+extension STOMPFrameDecoder {
+    /// Whether a body slice would keep alive much more storage than its own bytes: more than
+    /// 4 KiB and more than the body itself besides.
+    static func wouldPin(_ body: ByteBuffer) -> Bool {
+        let extra = body.storageCapacity - body.readableBytes
+        return extra > 4096 && extra > body.readableBytes
     }
 }

@@ -81,17 +81,21 @@ extension StreamConsumer {
     /// Renews the hold on `ids` that are still pending for this consumer (one `EVAL`: `XPENDING`
     /// per entry, then `XCLAIM … 0 … JUSTID` of the owned ones, which resets their idle time and
     /// keeps their delivery count). Returns the lease of the entries still owned.
+    ///
+    /// - Parameter connection: the reading connection; nil: the client's (a renewal goes on while
+    ///   the reading connection is lost, see ``keepRenewing(_:on:)``).
     @discardableResult
-    func renew(_ ids: [String], on connection: RedisConnection, lease: BatchLease? = nil) async throws -> BatchLease {
+    func renew(_ ids: [String], on connection: RedisConnection?, lease: BatchLease? = nil) async throws -> BatchLease {
         let requestedAt = ContinuousClock.now
         var owned: [String: Int] = [:]
         if !ids.isEmpty {
             let configuration = self.configuration
-            let reply = try await connection.execute(
-                EVAL(
-                    script: Self.renewScript, keys: [configuration.stream],
-                    arguments: [.string(configuration.group), .string(configuration.consumerName)] + ids.map { RedisArgument.string($0) }
-                ))
+            let command = EVAL(
+                script: Self.renewScript, keys: [configuration.stream],
+                arguments: [.string(configuration.group), .string(configuration.consumerName)] + ids.map { RedisArgument.string($0) }
+            )
+            let reply: RESPToken
+            if let connection { reply = try await connection.execute(command) } else { reply = try await self.redis.execute(command) }
             let flat = try [String](fromRESP: reply)
             var index = 0
             while index + 1 < flat.count {
@@ -106,32 +110,53 @@ extension StreamConsumer {
         return BatchLease(ids: ids, owned: owned, renewedAt: requestedAt)
     }
 
-    /// Renews `lease` every ``renewalInterval`` until cancelled. A failed renewal is logged; the
-    /// next entry then finds the hold stale and renews it itself (and fails the batch if it can't).
+    /// Renews `lease` every ``renewalInterval`` until cancelled. A renewal that fails on the
+    /// reading connection (lost while a handler runs: its failure shows only at the entry's
+    /// `XACK`) is made on the client's connection, which reconnects by itself: the handler in
+    /// flight keeps its entry although the reading connection is gone. A renewal failing there
+    /// too is logged; the next entry then finds the hold stale and renews it itself (and fails
+    /// the batch if it can't).
     func keepRenewing(_ lease: BatchLease, on connection: RedisConnection) async {
         let clock = ContinuousClock()
+        var reading: RedisConnection? = connection
         while true {
             do { try await Task.sleep(for: self.renewalInterval) } catch { return }
             let ids = lease.idsToRenew(at: clock.now, handlerLimit: self.configuration.claimMinIdle)
             if ids.isEmpty { continue }
             do {
-                try await self.renew(ids, on: connection, lease: lease)
+                try await self.renew(ids, on: reading, lease: lease)
             } catch {
                 if Task.isCancelled { return }
-                self.logger.debug("renewing the hold on pending entries failed", metadata: ["error": "\(error)"])
+                guard reading != nil else {
+                    self.logger.warning("renewing the hold on pending entries failed", metadata: ["error": "\(error)"])
+                    continue
+                }
+                // The reading connection is gone (or failing): from now on, the client's.
+                reading = nil
+                do {
+                    try await self.renew(ids, on: nil, lease: lease)
+                } catch {
+                    if Task.isCancelled { return }
+                    self.logger.warning("renewing the hold on pending entries failed", metadata: ["error": "\(error)"])
+                }
             }
         }
     }
 
     /// KEYS: stream. ARGV: group, consumer, entry IDs. Claims (resetting the idle time, keeping the
     /// delivery count) the entries still pending for this consumer; replies `id, deliveries, …`.
+    ///
+    /// An entry still pending for this consumer but trimmed from the stream is owned too, and not
+    /// claimed (`XCLAIM` would drop it from the pending list, on Redis 7, and the consumer would
+    /// skip it silently): this consumer holds its fields when it read them before the trim, and
+    /// handles it; when it did not, it counts it as lost (``StreamConsumerStatistics/trimmed``).
     static let renewScript = """
         local owned = {}
         for i = 3, #ARGV do
           local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
           if #p > 0 then
-            local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-            if #claimed > 0 then
+            local kept = #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) > 0
+            if not kept or #redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID') > 0 then
               owned[#owned + 1] = ARGV[i]
               owned[#owned + 1] = tostring(p[1][4])
             end

@@ -25,7 +25,10 @@ extension StreamConsumer {
                     state.statistics.connects += 1
                     return true
                 }
-                guard attached else { break }
+                guard attached else {
+                    await opened.close()
+                    break
+                }
                 if try await self.createGroupIfMissing(at: groupStartID, on: opened), connectedBefore {
                     self.logger.notice("consumer group re-created at 0", metadata: ["group": "\(self.configuration.group)"])
                 }

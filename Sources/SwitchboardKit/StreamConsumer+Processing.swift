@@ -15,11 +15,11 @@ extension StreamConsumer {
     func process(
         _ entries: [RedisStreamEntry], lease: BatchLease, on connection: RedisConnection, _ handler: @escaping Handler
     ) async throws -> Bool {
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { await self.keepRenewing(lease, on: connection) }
-            defer { tasks.cancelAll() }
-            return try await self.processEntries(entries, lease: lease, on: connection, handler)
-        }
+        // Unstructured, like the handler call: cancelling `run` must not stop the renewal while
+        // the handler in flight finishes (another replica could take its entry over meanwhile).
+        let renewal = Task { await self.keepRenewing(lease, on: connection) }
+        defer { renewal.cancel() }
+        return try await self.processEntries(entries, lease: lease, on: connection, handler)
     }
 
     private func processEntries(
@@ -44,7 +44,8 @@ extension StreamConsumer {
                 continue
             }
             if entry.isDeleted {
-                // Trimmed from the stream while pending: nothing left to handle, and lost.
+                // Trimmed from the stream while pending, before this consumer read its fields (a
+                // re-read of its pending entries): nothing left to handle, and lost.
                 _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
                 self.state.withLockedValue { $0.statistics.trimmed += 1 }
                 self.logger.warning("pending entry trimmed from the stream before it was handled (max-length reached?): lost", metadata: ["id": "\(entry.id)"])

@@ -44,6 +44,10 @@ struct DestinationSequencer {
     /// the epoch (`switchboard_read` after n): a reply in another epoch covers only its
     /// sequences after this one's.
     private var repairAsked: StreamPosition?
+    /// A read is owed that no running one covers: the subscriber connection came back while a
+    /// read ran (or before the position was known), or a read failed. Asked for as soon as
+    /// nothing runs, whether or not anything is buffered.
+    private var repairOwed = false
     /// Beyond this many buffered messages a hole is given up on.
     let maxPending: Int
 
@@ -58,6 +62,7 @@ struct DestinationSequencer {
         var actions = Actions()
         let buffered = takePending()
         for message in buffered { receive(message, into: &actions) }
+        askOwedRepair(into: &actions)
         return actions
     }
 
@@ -70,7 +75,12 @@ struct DestinationSequencer {
 
     /// The subscriber connection came back: anything published meanwhile is in history.
     mutating func reconnected() -> Actions {
-        guard let position, !repairing else { return Actions() }
+        guard let position, !repairing else {
+            // The running read (or the one establishing the position) may have been taken
+            // before the subscriptions were back: read again after it.
+            repairOwed = true
+            return Actions()
+        }
         var actions = Actions()
         askRepair(after: position, into: &actions)
         return actions
@@ -79,6 +89,12 @@ struct DestinationSequencer {
     /// A history read (after ``Actions/repairAfter``) came back: `newest` is where history
     /// stands, `messages` what it keeps after the position asked for, oldest first.
     mutating func repaired(newest: StreamPosition, messages: [PublishedMessage]) -> Actions {
+        var actions = repairedRead(newest: newest, messages: messages)
+        askOwedRepair(into: &actions)
+        return actions
+    }
+
+    private mutating func repairedRead(newest: StreamPosition, messages: [PublishedMessage]) -> Actions {
         repairing = false
         let asked = repairAsked
         repairAsked = nil
@@ -136,9 +152,15 @@ struct DestinationSequencer {
 
     /// A history read failed: the engine retries later (``retryRepair()``); beyond
     /// ``maxPending`` buffered messages the hole is given up.
-    mutating func repairFailed() -> Actions {
+    ///
+    /// - Parameter transient: the failure will pass (Redis unreachable, loading, failing over):
+    ///   the read is owed until one succeeds, whether or not anything is buffered. Otherwise
+    ///   (e.g. a reply that cannot be decoded) it is asked for again only while messages are
+    ///   buffered, so that a failure that does not pass is not retried forever.
+    mutating func repairFailed(transient: Bool) -> Actions {
         repairing = false
         repairAsked = nil
+        if transient { repairOwed = true }
         var actions = Actions()
         if pending.count >= maxPending { flushPending(&actions) }
         return actions
@@ -146,7 +168,7 @@ struct DestinationSequencer {
 
     /// Asks for the repair again after a failure, if one is still needed.
     mutating func retryRepair() -> Actions {
-        guard let position, !repairing, !pending.isEmpty else { return Actions() }
+        guard let position, !repairing, repairOwed || !pending.isEmpty else { return Actions() }
         var actions = Actions()
         askRepair(after: position, into: &actions)
         return actions
@@ -186,9 +208,16 @@ struct DestinationSequencer {
 
     /// Starts a history read after `position` (one at a time).
     private mutating func askRepair(after position: StreamPosition, into actions: inout Actions) {
+        repairOwed = false
         repairing = true
         repairAsked = position
         actions.repairAfter = position
+    }
+
+    /// Asks for a read owed (``repairOwed``) once none runs and the position is known.
+    private mutating func askOwedRepair(into actions: inout Actions) {
+        guard repairOwed, !repairing, let position else { return }
+        askRepair(after: position, into: &actions)
     }
 
     private mutating func buffer(_ message: PublishedMessage, _ p: StreamPosition) {

@@ -215,7 +215,8 @@ extension RedisEngine {
             case .failure(let error):
                 self.logger.debug("history repair failed; retrying", metadata: ["destination": "\(destination)", "error": "\(error)"])
                 interest.sequenced!.withLockedValue { s in
-                    self.carryOut(s.sequencer.repairFailed(), interest: interest, destination: destination, in: &s)
+                    self.carryOut(
+                        s.sequencer.repairFailed(transient: Self.isUnreachable(error)), interest: interest, destination: destination, in: &s)
                 }
                 self.promiseLoop.scheduleTask(in: .milliseconds(200)) {
                     guard !interest.cancelled.load(ordering: .relaxed) else { return }

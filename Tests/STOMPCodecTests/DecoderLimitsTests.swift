@@ -122,4 +122,32 @@ struct DecoderLimitsTests {
             #expect(rest.readableBytes == 0)
         }
     }
+
+    /// A small body decoded from a large input (padding of heart-beat EOLs after it, or other
+    /// frames) is copied: a slice would keep the whole input alive in history or a transaction,
+    /// where limits count the body's bytes only. A body that is most of its input stays a slice.
+    @Test("a small body does not pin a large input; a large one is not copied")
+    func smallBodyDoesNotPinItsInput() throws {
+        let padded = ByteBuffer(string: "SEND\ndestination:/topic/a\n\nx\u{0}" + String(repeating: "\n", count: 200_000))
+        let (frames, _) = try decodeAll(padded)
+        let small = try #require(frames.first?.body)
+        #expect(String(buffer: small) == "x")
+        #expect(small.storageCapacity < 4096, "storage kept: \(small.storageCapacity) bytes")
+
+        let big = String(repeating: "b", count: 100_000)
+        let (whole, _) = try decodeAll(ByteBuffer(string: "SEND\ndestination:/topic/a\n\n\(big)\u{0}"))
+        let body = try #require(whole.first?.body)
+        #expect(String(buffer: body) == big)
+        #expect(body.storageCapacity >= 100_000)
+        var input = ByteBuffer(string: "SEND\ndestination:/topic/a\n\n\(big)\u{0}")
+        let inputStorage = input.storageCapacity
+        var decoder = STOMPFrameDecoder()
+        let frame = try #require(try decoder.decodeFrame(&input))
+        // The same storage: a slice, no copy.
+        frame.body.withUnsafeReadableBytes { bodyBytes in
+            input.withVeryUnsafeBytes { all in
+                #expect(bodyBytes.baseAddress! >= all.baseAddress! && bodyBytes.baseAddress! < all.baseAddress! + inputStorage)
+            }
+        }
+    }
 }

@@ -158,6 +158,9 @@ struct HistoryFunctionReloadTests {
         let perTick = 4
         _ = try await HistoryFunctionTests.publish(client, "loaded")
         let futures = NIOLockedValueBox<[EventLoopFuture<HistoryPublishResult>]>([])
+        // Calls answered, and how many had been made when the last flush was sent.
+        let answered = NIOLockedValueBox(0)
+        let madeAtLastFlush = NIOLockedValueBox(0)
         let done = loop.makePromise(of: Void.self)
         // A few calls per loop tick, the next tick after the replies read meanwhile: calls are
         // made while a reload runs, as a session's are.
@@ -165,11 +168,17 @@ struct HistoryFunctionReloadTests {
             for i in first..<min(first + perTick, count) {
                 let message = PublishedMessage(destination: "/topic/h", messageID: "m\(i)", headers: [:], body: ByteBuffer(string: "\(i)"))
                 let command = HistoryPublish(key: HistoryFunctionTests.key, payload: RedisEnvelope.encode(message, origin: "test"))
-                futures.withLockedValue { $0.append(HistoryFunctions.call(command, on: client)) }
-                // Not while a reload runs: on a loaded machine flushes landing between a reload's
-                // load and its retries failed one call three times, its limit, and the call
+                let call = HistoryFunctions.call(command, on: client)
+                call.whenComplete { _ in answered.withLockedValue { $0 += 1 } }
+                futures.withLockedValue { $0.append(call) }
+                // A flush only once every call made before the last one was answered, and not
+                // while a reload runs: a call then meets one flush at most. On a loaded machine,
+                // flushes close together failed one call three times, its limit, and the call
                 // answered "Function not found" (as it should; the order is what is tested).
-                if i % 200 == 100, !FunctionReloadGates.isReloading(client) { _ = admin.send(RawCommand("FUNCTION", "FLUSH")) }
+                if i % 200 == 100, !FunctionReloadGates.isReloading(client), answered.withLockedValue({ $0 }) >= madeAtLastFlush.withLockedValue({ $0 }) {
+                    madeAtLastFlush.withLockedValue { $0 = i + 1 }
+                    _ = admin.send(RawCommand("FUNCTION", "FLUSH"))
+                }
             }
             if first + perTick < count {
                 loop.scheduleTask(in: .microseconds(200)) { step(first + perTick) }

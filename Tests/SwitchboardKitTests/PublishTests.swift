@@ -113,6 +113,35 @@ struct PublishTests {
         await broadcast.unsubscribe()
         await client.shutdown()
     }
+
+    /// Publishers sharing a client add the same `FUNCTION LOAD` setup command: it runs once per
+    /// new connection, not once per publisher (before, each publisher or consumer created on a
+    /// client added another copy, and every reconnect loaded the library that many times).
+    @Test func publishersSharingAClientLoadTheFunctionsOncePerConnection() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client { $0.clientName = "sharer" }
+        // More publishers than the client has connections: one load each would outnumber them.
+        let publishers = (0..<8).map { SwitchboardPublisher(client: client, origin: "p\($0)") }
+        for publisher in publishers { try await publisher.publish(destination: "/topic/x", body: "warm-up") }
+        let observer = try await server.client()
+        _ = try await observer.execute(RawCommand("CONFIG", "RESETSTAT"))
+        _ = try await observer.execute(RawCommand("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+        // Published once the connections are back (a publish written as they closed may fail).
+        #expect(
+            try await eventually {
+                for publisher in publishers { guard (try? await publisher.publish(destination: "/topic/x", body: "after")) != nil else { return false } }
+                return true
+            })
+        let stats = try String(fromRESP: try await observer.execute(RawCommand("INFO", "commandstats")))
+        let line = stats.split(whereSeparator: \.isNewline).first { $0.hasPrefix("cmdstat_function|load:") }
+        let loads = line.flatMap { $0.split(separator: ",").first?.split(separator: "=").last }.flatMap { Int($0) } ?? 0
+        let list = try String(fromRESP: try await observer.execute(RawCommand("CLIENT", "LIST")))
+        let connections = list.split(whereSeparator: \.isNewline).count { $0.contains(" name=sharer ") }
+        #expect(loads >= 1 && loads <= connections, "loaded \(loads) times on \(connections) connections")
+        await observer.shutdown()
+        await client.shutdown()
+    }
 }
 
 @Suite struct IncomingMessageTests {

@@ -124,4 +124,137 @@ struct StreamConsumerRecoveryTests {
         #expect(slow.statistics.processed > 0 && fast.statistics.processed > 0)
         await client.shutdown()
     }
+
+    /// How a consumer loses touch while its handler runs.
+    enum Interruption { case readingConnectionKilled, runCancelled }
+
+    /// The hold on an entry whose handler runs (for less than `claimMinIdle`) lasts as long as the
+    /// handler, although the reading connection is lost (`CLIENT KILL`: the renewals go on on the
+    /// client's connection) or `run` is cancelled (the renewal is not cancelled with it): a
+    /// replica scanning for idle entries all the time never takes it over, so it is handled once.
+    /// Before, the renewals stopped with the connection or the cancellation, and the entry, last
+    /// renewed when the batch was read, became claimable while its handler still ran.
+    @Test(arguments: [Interruption.readingConnectionKilled, .runCancelled])
+    func aHandlerKeepsItsEntryWhenTheConsumerLosesTouch(_ interruption: Interruption) async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "0", makeStream: true))
+        try await addGatewayEntry(client, body: "first")
+        try await addGatewayEntry(client, body: "second")
+        let claimMinIdle = Duration.seconds(3)
+        let calls = NIOLockedValueBox<[String: Int]>([:])
+        let secondStarted = NIOLockedValueBox(false)
+        let secondDone = NIOLockedValueBox(false)
+        let takenOver = NIOLockedValueBox(false)
+        let a = StreamConsumer(client: client, configuration: testConfiguration(name: "holder", claimMinIdle: claimMinIdle), logger: quietLogger)
+        // One batch of two: "second" starts half a second after the batch was read (its hold's
+        // last renewal), then runs 2.9 s, under claimMinIdle but past the read + claimMinIdle.
+        let aTask = start(a) { message in
+            calls.withLockedValue { $0[message.bodyString, default: 0] += 1 }
+            guard message.bodyString == "second" else {
+                try? await Task.sleep(for: .milliseconds(500))
+                return
+            }
+            secondStarted.withLockedValue { $0 = true }
+            let clock = ContinuousClock()
+            let end = clock.now + .milliseconds(2_900)
+            while clock.now < end, !takenOver.withLockedValue({ $0 }) { try? await Task.sleep(for: .milliseconds(20)) }
+            secondDone.withLockedValue { $0 = true }
+        }
+        #expect(try await eventually { secondStarted.withLockedValue { $0 } })
+        switch interruption {
+        case .readingConnectionKilled:
+            _ = try await client.execute(RawCommand(arguments: ["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]))
+        case .runCancelled:
+            aTask.cancel()
+        }
+        let b = StreamConsumer(
+            client: client,
+            configuration: testConfiguration(name: "scanner", claimMinIdle: claimMinIdle, claimInterval: .milliseconds(100)),
+            logger: quietLogger
+        )
+        let bTask = start(b) { message in
+            calls.withLockedValue { $0[message.bodyString, default: 0] += 1 }
+            if message.bodyString == "second" { takenOver.withLockedValue { $0 = true } }
+        }
+        #expect(try await eventually { secondDone.withLockedValue { $0 } })
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        #expect(!takenOver.withLockedValue { $0 }, "taken over while its handler ran")
+        #expect(calls.withLockedValue { $0 } == ["first": 1, "second": 1])
+        #expect(b.statistics.claimed == 0)
+        a.stop()
+        b.stop()
+        try await aTask.value
+        try await bTask.value
+        await client.shutdown()
+    }
+
+    /// An entry trimmed from the stream (the route's max-length) after this consumer read it, while
+    /// it waits in the batch, is still handled: the consumer has its fields, and a renewal meanwhile
+    /// keeps it (before, the renewal's `XCLAIM` dropped it from the pending list and the consumer
+    /// skipped it, logged at debug level only).
+    @Test func anEntryTrimmedAfterItWasReadIsStillHandled() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "0", makeStream: true))
+        try await addGatewayEntry(client, body: "first")
+        try await addGatewayEntry(client, body: "second")
+        let seen = NIOLockedValueBox<[String]>([])
+        let firstStarted = NIOLockedValueBox(false)
+        let trimmed = NIOLockedValueBox(false)
+        // Renewals every 0.5 s: "first" waits for the trim, then outlasts a renewal.
+        let consumer = StreamConsumer(
+            client: client, configuration: testConfiguration(name: "reader", claimMinIdle: .milliseconds(1_500)), logger: quietLogger)
+        let task = start(consumer) { message in
+            seen.withLockedValue { $0.append(message.bodyString) }
+            guard message.bodyString == "first" else { return }
+            firstStarted.withLockedValue { $0 = true }
+            while !trimmed.withLockedValue({ $0 }) { try? await Task.sleep(for: .milliseconds(10)) }
+            try? await Task.sleep(for: .milliseconds(1_100))
+        }
+        #expect(try await eventually { firstStarted.withLockedValue { $0 } })
+        _ = try await client.execute(RawCommand("XTRIM", "OUT", "MAXLEN", "0"))
+        trimmed.withLockedValue { $0 = true }
+        #expect(try await eventually { seen.withLockedValue { $0 } == ["first", "second"] })
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        #expect(consumer.statistics.trimmed == 0)
+        #expect(consumer.statistics.processed == 2)
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
+    /// A consumer restarted under the same name finds one of its pending entries trimmed from the
+    /// stream: it counts it as lost (`statistics.trimmed`, logged at warning) and acknowledges it.
+    /// Before, the renewal's `XCLAIM` dropped it from the pending list, uncounted.
+    @Test func aRestartedConsumerCountsItsPendingEntryTrimmedMeanwhile() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let first = StreamConsumer(client: client, configuration: testConfiguration(name: "same", retryDelay: .seconds(60)), logger: quietLogger)
+        let failed = NIOLockedValueBox(0)
+        let firstTask = start(first) { _ in
+            failed.withLockedValue { $0 += 1 }
+            throw Boom(description: "down")
+        }
+        try #require(try await waitUntilReading(first, client))
+        try await addGatewayEntry(client, body: "lost")
+        #expect(try await eventually { failed.withLockedValue { $0 } == 1 })
+        first.stop()
+        try await firstTask.value
+        _ = try await client.execute(RawCommand("XTRIM", "OUT", "MAXLEN", "0"))
+        #expect(try await pendingCount(client) == 1)
+
+        let handled = NIOLockedValueBox(0)
+        let second = StreamConsumer(client: client, configuration: testConfiguration(name: "same"), logger: quietLogger)
+        let secondTask = start(second) { _ in handled.withLockedValue { $0 += 1 } }
+        #expect(try await eventually { second.statistics.trimmed == 1 })
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        #expect(handled.withLockedValue { $0 } == 0)
+        second.stop()
+        try await secondTask.value
+        await client.shutdown()
+    }
 }

@@ -144,14 +144,20 @@ import Testing
         #expect(t.repaired(newest: Self.at(9), messages: []).repairAfter == Self.at(1, epoch: "e2"))
     }
 
+    /// A reconnect before the destination's position is known (its establishing read in
+    /// flight, maybe taken before the subscription was back) is read for once the position is
+    /// known; one while a read runs, after it; and a read that finds nothing missing delivers
+    /// nothing.
     @Test func reconnectReadsOnceAndNothingMissingDeliversNothing() {
         var s = DestinationSequencer()
-        #expect(s.reconnected().repairAfter == nil)  // not established: the establishing read covers it
-        _ = s.established(at: Self.at(3))
-        #expect(s.reconnected().repairAfter == Self.at(3))
+        #expect(s.reconnected().repairAfter == nil)  // not established yet
+        #expect(s.established(at: Self.at(3)).repairAfter == Self.at(3))
         #expect(s.reconnected().repairAfter == nil)  // one read at a time
         let repaired = s.repaired(newest: Self.at(3), messages: [])
-        #expect(repaired.deliver.isEmpty && repaired.skipped == 0 && repaired.repairAfter == nil)
+        #expect(repaired.deliver.isEmpty && repaired.skipped == 0 && repaired.repairAfter == Self.at(3))
+        let again = s.repaired(newest: Self.at(3), messages: [])
+        #expect(again.deliver.isEmpty && again.skipped == 0 && again.repairAfter == nil)
+        #expect(s.reconnected().repairAfter == Self.at(3))
     }
 
     @Test func expiredMessagesAreSkippedUpToTheNewest() {
@@ -169,9 +175,9 @@ import Testing
         var s = DestinationSequencer(maxPending: 3)
         _ = s.established(at: Self.at(1))
         #expect(s.receive(Self.message(3)).repairAfter == Self.at(1))
-        #expect(s.repairFailed().deliver.isEmpty)
+        #expect(s.repairFailed(transient: true).deliver.isEmpty)
         #expect(s.retryRepair().repairAfter == Self.at(1))
-        _ = s.repairFailed()
+        _ = s.repairFailed(transient: true)
         _ = s.receive(Self.message(4))
         // The limit: everything buffered goes out in order, the hole counted.
         let flushed = s.receive(Self.message(5))
@@ -196,5 +202,42 @@ import Testing
         #expect(RedisEngine.followOn([PublishedMessage](), after: 8, through: 8))
         #expect(!RedisEngine.followOn([PublishedMessage](), after: 7, through: 8))
         #expect(!RedisEngine.followOn(run, after: 9, through: 8))
+    }
+
+    /// The subscriber connection comes back while a repair runs: that read may have been taken
+    /// before the subscriptions were back, so another follows it, although nothing is buffered
+    /// (before, the reconnect was dropped, and what was published while the connection was down
+    /// the second time was not delivered until the next publish).
+    @Test func aReconnectDuringARepairAsksForAnotherReadAfterIt() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(100))
+        #expect(s.reconnected().repairAfter == Self.at(100))
+        #expect(s.reconnected().repairAfter == nil)  // one read at a time
+        let first = s.repaired(newest: Self.at(102), messages: [Self.message(101), Self.message(102)])
+        #expect(Self.sequences(first) == [101, 102])
+        #expect(first.repairAfter == Self.at(102))
+        let second = s.repaired(newest: Self.at(104), messages: [Self.message(103), Self.message(104)])
+        #expect(Self.sequences(second) == [103, 104])
+        #expect(second.repairAfter == nil)
+        #expect(!s.repairing)
+    }
+
+    /// A repair asked for by a reconnect fails, with nothing buffered: it is asked for again
+    /// (before, the retry asked only when messages were buffered, and the reconnect's read was
+    /// given up).
+    @Test func aFailedReconnectRepairIsRetriedWithNothingBuffered() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(7))
+        #expect(s.reconnected().repairAfter == Self.at(7))
+        #expect(s.repairFailed(transient: true).repairAfter == nil)
+        #expect(s.retryRepair().repairAfter == Self.at(7))
+        #expect(s.retryRepair().repairAfter == nil)  // running
+        let done = s.repaired(newest: Self.at(8), messages: [Self.message(8)])
+        #expect(Self.sequences(done) == [8] && done.repairAfter == nil)
+        #expect(s.retryRepair().repairAfter == nil)  // nothing owed any more
+        // A failure that does not pass is not retried with nothing buffered.
+        #expect(s.reconnected().repairAfter == Self.at(8))
+        #expect(s.repairFailed(transient: false).repairAfter == nil)
+        #expect(s.retryRepair().repairAfter == nil)
     }
 }

@@ -73,6 +73,21 @@ def test_connection_close_is_answered_then_closed(gateway):
         assert s.recv(1) == b""
 
 
+@pytest.mark.parametrize("first", ["", "publish"])
+def test_an_http10_router_request_without_keep_alive_is_answered_then_closed(gateway, first):
+    """HTTP/1.0 without `Connection: keep-alive` is the connection's last request on the router's
+    routes too, as on the publish path (whether the router or a publish came first)."""
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        if first:
+            s.sendall(request("POST", "/api/notification", {"topic": "/topic/x", "message": "m"}))
+            read_responses(s, 1)
+        s.sendall(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
+        (status, headers, body), = read_responses(s, 1)
+        assert status == 200 and headers.get("connection") == "close"
+        s.settimeout(5)
+        assert s.recv(1) == b""
+
+
 def test_api_requests_are_counted_in_metrics(gateway):
     def count():
         for line in requests.get(gateway.base + "/metrics", timeout=5).text.splitlines():

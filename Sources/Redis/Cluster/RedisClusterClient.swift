@@ -175,8 +175,12 @@ public final class RedisClusterClient: Sendable {
     /// anything else is sent on it (e.g. `FUNCTION LOAD REPLACE`: functions are per node, so each
     /// primary, and a replica promoted later, gets them before the first `FCALL`). An error reply is
     /// logged, not fatal.
+    /// A command equal to one added before is not added again (one per publisher or consumer
+    /// sharing the client would otherwise run at every reconnect).
     public func addConnectionSetup(_ arguments: [RedisArgument]) {
-        self.state.withLockedValue { $0.setup.append(arguments) }
+        self.state.withLockedValue { state in
+            if !state.setup.contains(arguments) { state.setup.append(arguments) }
+        }
     }
 
     /// Opens a connection that the caller owns (and must close) to the primary owning the slot of

@@ -172,8 +172,12 @@ public final class RedisClient: Sendable {
     /// Adds a command that every command connection runs once connected, before anything else
     /// is sent on it (e.g. `FUNCTION LOAD REPLACE`, so that a Redis that restarted empty has the
     /// functions again before the first `FCALL`). An error reply is logged, not fatal.
+    /// A command equal to one added before is not added again (one per publisher or consumer
+    /// sharing the client would otherwise run at every reconnect).
     public func addConnectionSetup(_ arguments: [RedisArgument]) {
-        self.state.withLockedValue { $0.setup.append(arguments) }
+        self.state.withLockedValue { state in
+            if !state.setup.contains(arguments) { state.setup.append(arguments) }
+        }
     }
 
     /// Runs the setup commands on a new command connection.

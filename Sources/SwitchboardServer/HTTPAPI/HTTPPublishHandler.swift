@@ -275,6 +275,14 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
         }
+        if case .head(var head) = part, head.version.major == 1, head.version.minor == 0, !head.isKeepAlive {
+            // HTTP/1.0 without keep-alive: the connection's last request. The router sees
+            // HTTP-types values, which carry no version: it closes on `Connection: close` only
+            // (and says so, ``ConnectionCloseMiddleware``).
+            head.headers.replaceOrAdd(name: "connection", value: "close")
+            context.fireChannelRead(wrapInboundOut(.head(head)))
+            return
+        }
         context.fireChannelRead(wrapInboundOut(part))
     }
 
