@@ -30,6 +30,7 @@ public struct STOMPDecodingError: Error, Sendable, Hashable, CustomStringConvert
             case frameTooLarge
             case headersTooLarge
             case bodyTooLarge
+            case invalidUTF8
         }
 
         fileprivate let value: Value
@@ -58,6 +59,8 @@ public struct STOMPDecodingError: Error, Sendable, Hashable, CustomStringConvert
         public static var headersTooLarge: Self { Self(.headersTooLarge) }
         /// A body larger than ``STOMPDecoderLimits/maxBodyBytes``.
         public static var bodyTooLarge: Self { Self(.bodyTooLarge) }
+        /// A header name or value is not valid UTF-8.
+        public static var invalidUTF8: Self { Self(.invalidUTF8) }
 
         public var description: String { "\(value)" }
     }
@@ -74,6 +77,7 @@ public struct STOMPDecodingError: Error, Sendable, Hashable, CustomStringConvert
         case frameTooLarge(limit: Int)
         case headersTooLarge(limit: Int)
         case bodyTooLarge(limit: Int)
+        case invalidUTF8
     }
 
     let code: Code
@@ -117,6 +121,8 @@ public struct STOMPDecodingError: Error, Sendable, Hashable, CustomStringConvert
     public static func headersTooLarge(limit: Int) -> Self { Self(.headersTooLarge(limit: limit)) }
     /// A body larger than `limit` bytes.
     public static func bodyTooLarge(limit: Int) -> Self { Self(.bodyTooLarge(limit: limit)) }
+    /// A header name or value that is not valid UTF-8 (STOMP's headers are UTF-8).
+    public static var invalidUTF8: Self { Self(.invalidUTF8) }
 
     /// What failed, without the details.
     public var kind: Kind {
@@ -131,6 +137,7 @@ public struct STOMPDecodingError: Error, Sendable, Hashable, CustomStringConvert
         case .frameTooLarge: .frameTooLarge
         case .headersTooLarge: .headersTooLarge
         case .bodyTooLarge: .bodyTooLarge
+        case .invalidUTF8: .invalidUTF8
         }
     }
 
@@ -138,7 +145,7 @@ public struct STOMPDecodingError: Error, Sendable, Hashable, CustomStringConvert
     public var limit: Int? {
         switch code {
         case .tooManyHeaders(let n), .headerLineTooLong(let n), .frameTooLarge(let n), .headersTooLarge(let n), .bodyTooLarge(let n): n
-        case .unknownCommand, .malformedHeaderLine, .undefinedEscape, .invalidContentLength, .missingNullTerminator: nil
+        case .unknownCommand, .malformedHeaderLine, .undefinedEscape, .invalidContentLength, .missingNullTerminator, .invalidUTF8: nil
         }
     }
 
@@ -159,6 +166,7 @@ public struct STOMPDecodingError: Error, Sendable, Hashable, CustomStringConvert
         case .frameTooLarge(let n): return "frame too large (limit \(n) bytes)"
         case .headersTooLarge(let n): return "headers too large (limit \(n) bytes)"
         case .bodyTooLarge(let n): return "body too large (limit \(n) bytes)"
+        case .invalidUTF8: return "header is not valid UTF-8"
         }
     }
 

@@ -31,7 +31,8 @@ public struct STOMPDecoderLimits: Sendable, Hashable {
 ///   NUL octets between frames (a stray extra NUL after a frame's own, as some clients send):
 ///   they carry nothing, and a frame never starts with one.
 /// - Header names and values are unescaped when ``escapeHeaders`` is on, except in
-///   `CONNECT`, `STOMP` and `CONNECTED` frames; an undefined escape is an error.
+///   `CONNECT`, `STOMP` and `CONNECTED` frames; an undefined escape is an error (`\r` too
+///   without ``escapeCarriageReturn``: STOMP 1.1). A header that is not UTF-8 is an error.
 /// - Repeated headers are all kept, in order; values are never trimmed.
 /// - `content-length` is honoured (bodies may contain NUL); without it the body ends at
 ///   the first NUL.
@@ -48,6 +49,9 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
     /// Whether header escaping is in force (STOMP 1.1 and later). The gateway switches it off
     /// once a session negotiates 1.0.
     public var escapeHeaders: Bool
+    /// Whether the `\r` escape is defined (STOMP 1.2; in 1.1 it is an undefined escape, an
+    /// error). Only with ``escapeHeaders``.
+    public var escapeCarriageReturn = true
 
     /// Start of the header line not yet seen complete, relative to the reader index.
     private var lineStart = 0
@@ -132,6 +136,7 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
     /// Parses the command line and headers of a complete header block.
     private func parseHeaderBlock(_ buffer: ByteBuffer, length: Int) throws(STOMPDecodingError) -> PendingBody {
         let escape = self.escapeHeaders
+        let escapeCR = self.escapeCarriageReturn
         let result: Result<PendingBody, STOMPDecodingError> = buffer.withUnsafeReadableBytes { all in
             let bytes = UnsafeRawBufferPointer(rebasing: all[0..<length])
             var start = 0
@@ -157,14 +162,16 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
                 }
                 let name = UnsafeRawBufferPointer(rebasing: line[line.startIndex..<colon])
                 let value = UnsafeRawBufferPointer(rebasing: line[(colon + 1)...])
-                if escape && cmd.usesHeaderEscaping {
-                    do throws(STOMPDecodingError) {
-                        headers.add(try STOMPHeaderEscaping.unescape(name), try STOMPHeaderEscaping.unescape(value))
-                    } catch {
-                        return .failure(error.receipt(headers["receipt"]))
+                do throws(STOMPDecodingError) {
+                    if escape && cmd.usesHeaderEscaping {
+                        headers.add(
+                            try STOMPHeaderEscaping.unescape(name, carriageReturn: escapeCR),
+                            try STOMPHeaderEscaping.unescape(value, carriageReturn: escapeCR))
+                    } else {
+                        headers.add(try STOMPHeaderEscaping.utf8(name), try STOMPHeaderEscaping.utf8(value))
                     }
-                } else {
-                    headers.add(String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self))
+                } catch {
+                    return .failure(error.receipt(headers["receipt"]))
                 }
             }
             guard let command else { return .failure(.unknownCommand("")) }

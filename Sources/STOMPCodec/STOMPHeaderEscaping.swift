@@ -2,11 +2,15 @@ import NIOCore
 
 /// STOMP 1.1+ header escaping: `\r` `\n` `\c` (colon) and `\\`.
 public enum STOMPHeaderEscaping {
-    /// Decodes an escaped header name or value; any other escape is a fatal error.
+    /// Decodes an escaped header name or value; any other escape is a fatal error, and so are
+    /// bytes that are not UTF-8.
+    ///
+    /// - Parameter carriageReturn: whether `\r` is defined (STOMP 1.2); in 1.1 it is an
+    ///   undefined escape.
     @inlinable
-    public static func unescape(_ bytes: UnsafeRawBufferPointer) throws(STOMPDecodingError) -> String {
+    public static func unescape(_ bytes: UnsafeRawBufferPointer, carriageReturn: Bool = true) throws(STOMPDecodingError) -> String {
         guard bytes.firstIndex(of: UInt8(ascii: "\\")) != nil else {
-            return String(decoding: bytes, as: UTF8.self)
+            return try utf8(bytes)
         }
         var out = [UInt8]()
         out.reserveCapacity(bytes.count)
@@ -20,7 +24,7 @@ public enum STOMPHeaderEscaping {
             }
             guard i + 1 < bytes.count else { throw .undefinedEscape("\\") }
             switch bytes[i + 1] {
-            case UInt8(ascii: "r"): out.append(UInt8(ascii: "\r"))
+            case UInt8(ascii: "r") where carriageReturn: out.append(UInt8(ascii: "\r"))
             case UInt8(ascii: "n"): out.append(UInt8(ascii: "\n"))
             case UInt8(ascii: "c"): out.append(UInt8(ascii: ":"))
             case UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\"))
@@ -29,7 +33,15 @@ public enum STOMPHeaderEscaping {
             }
             i += 2
         }
-        return String(decoding: out, as: UTF8.self)
+        guard let string = String(validating: out, as: UTF8.self) else { throw .invalidUTF8 }
+        return string
+    }
+
+    /// `bytes` as a string, when they are UTF-8.
+    @inlinable
+    public static func utf8(_ bytes: UnsafeRawBufferPointer) throws(STOMPDecodingError) -> String {
+        guard let string = String(validating: bytes, as: UTF8.self) else { throw .invalidUTF8 }
+        return string
     }
 
     /// Writes `string` escaped for a 1.1+ header.

@@ -33,6 +33,13 @@ public struct SwitchboardPublisher: Sendable {
     /// `x-position`, and a client that was away can resume it. False: a plain `PUBLISH`,
     /// delivered but not kept. Default true.
     public var recordsHistory = true
+    /// Set it as the gateway's `redis.appendfsync-always`: every Redis primary runs with
+    /// `appendonly yes` and `appendfsync always`, so a restart loses nothing it acknowledged and
+    /// history keeps its positions. False (the default, as the gateway's): the first use of a
+    /// destination after a Redis restart moves its sequence ahead by 1,000,000, so positions lost
+    /// with unsynced writes are never issued twice; when that first use is this publisher's while
+    /// the gateway says Redis is durable, subscribers see a jump although nothing was lost.
+    public var appendfsyncAlways = false
     let messageIDs: MessageIDGenerator
 
     /// - Parameters:
@@ -102,7 +109,8 @@ public struct SwitchboardPublisher: Sendable {
         try await self.ensureLibrary()
         let payload = self.envelope(destination: destination, body: body, headers: headers, contentType: contentType, session: nil)
         let command = HistoryPublish(
-            key: self.naming.historyKey(forDestination: destination), payload: payload, once: IdempotencyTokens.api(idempotencyKey), sharded: self.redis.isCluster)
+            key: self.naming.historyKey(forDestination: destination), payload: payload, once: IdempotencyTokens.api(idempotencyKey),
+            sharded: self.redis.isCluster, durable: self.appendfsyncAlways)
         return try await HistoryFunctions.call(command, on: self.redis).get().position != nil
     }
 
@@ -114,7 +122,8 @@ public struct SwitchboardPublisher: Sendable {
             }
             return self.redis.send(PUBLISH(channel: self.naming.channel(forDestination: destination), message: .bytes(payload)))
         }
-        let command = HistoryPublish(key: self.naming.historyKey(forDestination: destination), payload: payload, sharded: self.redis.isCluster)
+        let command = HistoryPublish(
+            key: self.naming.historyKey(forDestination: destination), payload: payload, sharded: self.redis.isCluster, durable: self.appendfsyncAlways)
         return HistoryFunctions.call(command, on: self.redis).map(\.receivers)
     }
 

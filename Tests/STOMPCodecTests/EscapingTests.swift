@@ -25,6 +25,39 @@ struct EscapingTests {
         #expect(error == .undefinedEscape(reported))
     }
 
+    /// STOMP 1.1 defines `\n`, `\c` and `\\` only: its `\r` is an undefined escape (1.2 added it).
+    @Test("without escapeCarriageReturn (STOMP 1.1), a CR escape is undefined")
+    func carriageReturnEscapeIsOneTwoOnly() throws {
+        var decoder = STOMPFrameDecoder()
+        decoder.escapeCarriageReturn = false
+        var ok = ByteBuffer(string: "SEND\nk:a\\nb\\cc\\\\d\n\n\u{0}")
+        #expect(try decoder.decodeFrame(&ok)?.headers["k"] == "a\nb:c\\d")
+        var bad = ByteBuffer(string: "SEND\nreceipt:r1\nk:1\\r2\n\n\u{0}")
+        let error = decodingError { _ = try decoder.decodeFrame(&bad) }
+        #expect(error == .undefinedEscape("\\r"))
+        #expect(error?.receipt == "r1")
+        #expect(try decodeOne("SEND\nk:1\\r2\n\n\u{0}").headers["k"] == "1\r2")  // 1.2, the default
+    }
+
+    /// Headers are UTF-8: other bytes (a binary WebSocket message, where nothing checked them)
+    /// are an error naming it, escaped or not, rather than replaced by U+FFFD (two destinations
+    /// became one, and a receipt id the client could not match).
+    @Test("a header that is not UTF-8 is an error", arguments: [true, false])
+    func invalidUTF8Header(_ escape: Bool) {
+        for line in [[0xFE], [0x6B, 0x3A, 0xC3], [0x6B, 0x3A, 0x61, 0x5C, 0x6E, 0xFF], [0x6B, 0x3A, 0xED, 0xA0, 0x80]] as [[UInt8]] {
+            var input = ByteBuffer(string: "SEND\nreceipt:r9\n")
+            input.writeBytes(line.contains(0x3A) ? line : line + [0x3A, 0x76])
+            input.writeString("\n\n\u{0}")
+            let error = decodingError { _ = try decodeAll(input, escapeHeaders: escape) }
+            // An escape in the value is taken literally without escaping: still not UTF-8.
+            #expect(error == .invalidUTF8, "\(line)")
+            #expect(error?.receipt == "r9")
+            #expect(error?.description == "header is not valid UTF-8")
+        }
+        let good = try? decodeAll(ByteBuffer(string: "SEND\nk:\u{E9}\u{1F600}\n\n\u{0}"), escapeHeaders: escape)
+        #expect(good?.frames.first?.headers["k"] == "\u{E9}\u{1F600}")
+    }
+
     @Test("an undefined escape in a header name is an error too")
     func undefinedEscapeInName() {
         let error = decodingError { _ = try decodeAll("SUBSCRIBE\na\\qb:v\n\n\u{0}") }

@@ -120,6 +120,31 @@ struct HistoryFunctionTests {
         await subscription.unsubscribe()
     }
 
+    /// A Kit publisher told that Redis is durable (`appendfsyncAlways`, as the gateway's
+    /// `redis.appendfsync-always`) keeps the positions across a Redis restart when its publish
+    /// is the destination's first use afterwards (before, it always moved the sequence ahead by
+    /// 1,000,000, and subscribers saw a hole where nothing was lost); without, it moves it.
+    @Test(arguments: [false, true])
+    func kitPublishAfterARestartKeepsThePositionsWhenRedisIsDurable(_ durable: Bool) async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        var client = try await server.client()
+        var publisher = SwitchboardPublisher(client: client, origin: "svc-d")
+        publisher.appendfsyncAlways = durable
+        try await publisher.publish(destination: "/topic/kit", body: "1")
+        _ = try await client.execute(RawCommand("SAVE"))
+        await client.shutdown()
+        server.kill()
+        try await server.launch()
+        client = try await server.client()
+        publisher = SwitchboardPublisher(client: client, origin: "svc-d")
+        publisher.appendfsyncAlways = durable
+        try await publisher.publish(destination: "/topic/kit", body: "2")
+        let n = try await client.execute(RawCommand("HGET", "switchboard:{/topic/kit}:seq", "n")).description
+        #expect(n == (durable ? "\"2\"" : "\"1000002\""))
+        await client.shutdown()
+    }
+
     @Test func kitPublishRecordsHistoryUnlessTurnedOff() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }

@@ -73,6 +73,35 @@ import Testing
         #expect(!h.channel.isActive)
     }
 
+    /// Malformed bytes after a router request held behind an unanswered publish (and a request
+    /// cut off by them): the held request is still forwarded and answered, then the 400 (before,
+    /// held requests were dropped, and the client read the 400 as the answer to GET /health).
+    @Test(arguments: [false, true])
+    func malformedBytesAfterAHeldRouterRequestComeAfterItsAnswer(routerServing: Bool) throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine)
+        if routerServing {
+            try h.request(.GET, "/metrics")
+            h.recorder.respond(.ok)
+            #expect(try h.responses().map(\.status) == [200])
+        }
+        try h.publish("/topic/a", "first")
+        try h.request(.GET, "/health")
+        try h.request(.GET, "/health/live", end: false)  // cut off by the bad bytes
+        h.channel.pipeline.fireErrorCaught(HTTPParserError.invalidHeaderToken)
+        #expect(try h.responses().isEmpty, "the 400 waits for the answers before it")
+        engine.pending[0].1.succeed(())
+        h.channel.embeddedEventLoop.run()
+        #expect(h.recorder.paths == (routerServing ? ["/metrics", "/health"] : ["/health"]))
+        #expect(try h.responses().map(\.status) == [200])
+        #expect(h.channel.isActive)
+        h.recorder.respond(.ok)
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [200, 400])
+        #expect(answers[1].head.headers["connection"] == ["close"])
+        #expect(!h.channel.isActive)
+    }
+
     /// A client gone in the middle of a body: nothing is owed for that request, the connection
     /// closes at once (it held its descriptor until the idle timeout).
     @Test func aRequestCutOffInItsBodyIsForgottenWhenTheClientLeaves() throws {

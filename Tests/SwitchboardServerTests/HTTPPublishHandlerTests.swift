@@ -49,6 +49,11 @@ final class ForwardedRecorder: ChannelInboundHandler, @unchecked Sendable {
     /// Errors that reached the router's side.
     var errors: [any Error] = []
     func errorCaught(context: ChannelHandlerContext, error: any Error) { errors.append(error) }
+    /// Events that reached the router's side.
+    var events: [ChannelEvent] = []
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent { events.append(event) }
+    }
 
     var paths: [String] { parts.compactMap { if case .head(let h) = $0 { h.path } else { nil } } }
 
@@ -320,6 +325,25 @@ final class PublishHandlerHarness {
         #expect(!h.channel.isActive)
     }
 
+    /// An answer owed while the next pipelined request's head is in (its body not yet, or
+    /// waiting for its `100 Continue`): the connection is not idle, the server is preparing an
+    /// answer (before, the idle time ran from the last read, and the connection closed without
+    /// the answer of a publish Redis then carried out).
+    @Test func anAnswerOwedKeepsTheConnectionWhileTheNextRequestIsRead() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine, idleTimeout: .seconds(10))
+        try h.publish("/topic/a", "1")
+        try h.request(.POST, "/api/notification", body: "{", end: false)
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(25))
+        #expect(h.channel.isActive)
+        engine.pending[0].1.succeed(())
+        h.channel.embeddedEventLoop.run()
+        #expect(try h.responses().map(\.status) == [200])
+        // Only the unfinished request is left: idle from its last read on.
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(11))
+        #expect(!h.channel.isActive)
+    }
+
     @Test func aSlowRequestHeadWithoutItsEndTimesOut() throws {
         let h = try PublishHandlerHarness(idleTimeout: .seconds(10))
         try h.request(.POST, "/api/notification", body: "{", end: false)
@@ -374,6 +398,64 @@ final class PublishHandlerHarness {
         h.channel.embeddedEventLoop.run()
         #expect(try h.responses().map(\.status) == [200, 200])
         #expect(!h.channel.isActive)
+    }
+
+    /// The client half-closes after a router request held behind an unanswered publish: the
+    /// router's task, opened once the publish is answered, learns that input ended after that
+    /// request (before, it never did, and the connection stayed open until the idle timeout).
+    @Test func aHalfCloseBehindAHeldRouterRequestReachesTheRouter() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine)
+        try h.publish("/topic/a", "1")
+        try h.request(.GET, "/health")
+        try h.request(.GET, "/health/live", end: false)  // cut off by the half-close
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(h.recorder.events.isEmpty)
+        engine.pending[0].1.succeed(())
+        h.channel.embeddedEventLoop.run()
+        #expect(h.recorder.paths == ["/health"])
+        #expect(h.recorder.events == [.inputClosed])
+        #expect(try h.responses().map(\.status) == [200])
+    }
+
+    /// The router's task open already: a half-close while a publish is owed here and a router
+    /// request held reaches the router only after them (it ended at once, and closing the
+    /// output lost the publish's answer and the held request).
+    @Test func aHalfCloseWhileAnswersAreOwedReachesTheOpenRouterAfterThem() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine)
+        try h.request(.GET, "/metrics")
+        h.recorder.respond(.ok)
+        #expect(try h.responses().map(\.status) == [200])
+        try h.publish("/topic/a", "1")
+        try h.request(.GET, "/health")
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(h.recorder.events.isEmpty)
+        engine.pending[0].1.succeed(())
+        h.channel.embeddedEventLoop.run()
+        #expect(h.recorder.paths == ["/metrics", "/health"])
+        #expect(h.recorder.events == [.inputClosed])
+        #expect(try h.responses().map(\.status) == [200])
+        h.recorder.respond(.ok)
+        #expect(try h.responses().map(\.status) == [200])
+    }
+
+    /// A request cut off by a half-close, held behind an answer owed, no longer counts as being
+    /// read: its time limit does not close the connection before the answers owed.
+    @Test func aDroppedHeldRequestDoesNotTimeTheConnectionOut() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine, idleTimeout: .seconds(60), requestTimeout: .seconds(10))
+        try h.publish("/topic/a", "1")
+        try h.request(.GET, "/health")
+        try h.request(.GET, "/health/live", end: false)
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        engine.pending[0].1.succeed(())
+        h.channel.embeddedEventLoop.run()
+        #expect(try h.responses().map(\.status) == [200])
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(30))
+        #expect(h.channel.isActive, "closed before the router answered GET /health")
+        h.recorder.respond(.ok)
+        #expect(try h.responses().map(\.status) == [200])
     }
 
     @Test func aHalfClosedConnectionClosesOnceItsAnswersAreWritten() throws {

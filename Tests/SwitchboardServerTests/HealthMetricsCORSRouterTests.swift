@@ -51,6 +51,20 @@ import Testing
         }
     }
 
+    /// Load balancers may check health with `HEAD`: the same status as `GET` (before, 404).
+    @Test func healthRoutesAnswerHead() async throws {
+        let h = APIRouterHarness()
+        try await h.test { client in
+            for uri in ["/health", "/health/live", "/health/ready"] {
+                let response = try await client.execute(uri: uri, method: .head)
+                #expect(response.status == .ok, "\(uri)")
+                #expect(response.headers[.contentType] == "application/json", "\(uri)")
+            }
+            h.admission.stopAdmitting()
+            #expect(try await client.execute(uri: "/health/ready", method: .head).status == .serviceUnavailable)
+        }
+    }
+
     @Test func metricsArePrometheusTextOfTheGatewaysCounters() async throws {
         let h = APIRouterHarness()
         h.services.stats.connectionsOpen.add(4)

@@ -70,6 +70,28 @@ def test_1_1_subscriber_never_gets_undefined_escape(gateway, client):
     assert m.text == "body"
 
 
+def test_1_1_publisher_cr_escape_is_an_error_1_2_publisher_not(gateway, client):
+    """`\r` is an escape of STOMP 1.2 only: from a 1.1 session it is undefined, a fatal error."""
+    sub = connected(client, gateway)
+    sub.subscribe("/topic/cresc", id="c", receipt="r")
+    ok = connected(client, gateway, "1.2")
+    ok.send_raw(b"SEND\ndestination:/topic/cresc\nx:1\\r2\nreceipt:p\n\nb\x00")
+    ok.expect_receipt("p")
+    assert sub.expect_message()["x"] == "1\r2"
+    old = connected(client, gateway, "1.1")
+    old.send_raw(b"SEND\ndestination:/topic/cresc\nreceipt:q\nx:1\\r2\n\nb\x00")
+    error = old.expect_error("undefined escape sequence '\\r' in header")
+    assert error["receipt-id"] == "q"
+
+
+def test_a_header_that_is_not_utf8_is_an_error(gateway, client):
+    """A binary WebSocket message's header bytes are not UTF-8: an ERROR, not U+FFFD."""
+    c = connected(client, gateway)
+    c.send_raw(b"SEND\nreceipt:r1\ndestination:/topic/\xfe\n\nhi\x00", binary=True)
+    error = c.expect_error("header is not valid UTF-8")
+    assert error["receipt-id"] == "r1"
+
+
 def test_subscription_id_reuse_after_unsubscribe(gateway, client):
     c = connected(client, gateway)
     c.subscribe("/topic/reuse.a", id="x", receipt="1")

@@ -91,7 +91,7 @@ extension STOMPSessionHandler {
         resetLogger()  // user and STOMP version are known now
         escape = connected.version.escapesHeaders
         escapeCR = connected.version == .v1_2
-        transport?.setHeaderEscaping(escape)  // and frames held behind the CONNECT go on
+        transport?.setHeaderEscaping(escape, carriageReturn: escapeCR)  // and frames held behind the CONNECT go on
         machine.read(at: shard.tick)
         // Heart-beats (and a token's expiry) are known now: the next tick works out when
         // the first check is due, in place of the CONNECT deadline.

@@ -27,7 +27,7 @@ package struct STOMPTransportClosing: Sendable {}
 ///
 /// The handler is inbound only: the session above writes complete WebSocket frames (bytes
 /// built by ``WebSocketServerFrame``) straight past it to the socket, and talks to it directly
-/// for the two things they share (``setHeaderEscaping(_:)`` and ``claimCloseFrame()``).
+/// for the two things they share (``setHeaderEscaping(_:carriageReturn:)`` and ``claimCloseFrame()``).
 package final class WebSocketSTOMPTransport: ChannelInboundHandler {
     package typealias InboundIn = WebSocketFrame
     package typealias InboundOut = STOMPFrame
@@ -42,10 +42,10 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
     private var inTextMessage = false
     private var utf8 = UTF8Validator()
 
-    /// The STOMP version is negotiated (``setHeaderEscaping(_:)`` was called).
+    /// The STOMP version is negotiated (``setHeaderEscaping(_:carriageReturn:)`` was called).
     private var versionKnown = false
     /// A `CONNECT` went up and its version is not known yet: frames behind it stay undecoded
-    /// (a 1.0 session's headers are not escaped) until ``setHeaderEscaping(_:)``. The session
+    /// (a 1.0 session's headers are not escaped) until ``setHeaderEscaping(_:carriageReturn:)``. The session
     /// stops reading meanwhile, so what is held is at most what one read brought.
     private var awaitingVersion = false
     /// Inside ``decodeFrames(context:)``: a version set meanwhile needs no decode of its own.
@@ -252,11 +252,12 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
         }
     }
 
-    /// Header escaping on (STOMP 1.1+) or off (1.0), set once the version is negotiated.
-    /// Frames held behind the `CONNECT` are decoded now (in a task of their own when this is
-    /// called from outside the transport's decoding).
-    package func setHeaderEscaping(_ on: Bool) {
+    /// Header escaping on (STOMP 1.1+) or off (1.0), and whether `\r` is one of the escapes
+    /// (1.2), set once the version is negotiated. Frames held behind the `CONNECT` are decoded
+    /// now (in a task of their own when this is called from outside the transport's decoding).
+    package func setHeaderEscaping(_ on: Bool, carriageReturn: Bool = true) {
         decoder.escapeHeaders = on
+        decoder.escapeCarriageReturn = carriageReturn
         versionKnown = true
         guard awaitingVersion else { return }
         awaitingVersion = false

@@ -29,7 +29,7 @@ struct HTTPConnectionIdleState {
     private(set) var requestStarted = NIODeadline.uptimeNanoseconds(0)
     /// Body bytes of the current request read so far.
     private(set) var requestBodyBytes = 0
-    /// The last read, or the last answer that left nothing owed.
+    /// The last read or answer written.
     private(set) var lastActivity = NIODeadline.uptimeNanoseconds(0)
     /// Shutting down: close once nothing is owed.
     private(set) var closeWhenAnswered = false
@@ -104,8 +104,8 @@ struct HTTPConnectionIdleState {
     /// waited for it).
     mutating func answered(now: NIODeadline) -> Bool {
         requestsInProgress = max(0, requestsInProgress - 1)
-        guard requestsInProgress == 0 else { return false }
         lastActivity = now
+        guard requestsInProgress == 0 else { return false }
         return closeWhenAnswered
     }
 
@@ -139,8 +139,9 @@ struct HTTPConnectionIdleState {
 
     private func idleDecision(now: NIODeadline) -> TimerDecision {
         guard let timeout else { return .check(.distantFuture) }
-        // A request is read and its answer is on the way: not idle; look again later.
-        if requestsInProgress > 0 && !readingRequest { return .check(now + timeout) }
+        // A request is read and its answer is on the way: not idle, also while the next one is
+        // being read (that one has ``requestTimeout``); look again later.
+        if requestsInProgress > (readingRequest ? 1 : 0) { return .check(now + timeout) }
         let due = lastActivity + timeout
         return now >= due ? .close : .check(due)
     }

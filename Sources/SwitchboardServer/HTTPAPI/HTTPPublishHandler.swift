@@ -49,7 +49,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     static let maxPendingAnswers = 256
 
-    private enum Current {
+    enum Current {
         case none
         case answering(Answer, key: APIKeyStore.Key?, body: ByteBuffer?, failure: NotificationPublisher.Failure?)
         case forwarding
@@ -68,45 +68,47 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The answer to `GET /health/ready`; nil: health requests go to the router.
     let readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))?
 
-    private var current = Current.none
-    private var answers = CircularBuffer<Answer>()
+    var current = Current.none
+    var answers = CircularBuffer<Answer>()
     /// Parts waiting for earlier answers to be written (from a forwarded request's head on).
-    private var held = CircularBuffer<HTTPServerRequestPart>()
+    var held = CircularBuffer<HTTPServerRequestPart>()
     private var forwardedUnanswered = 0
-    private var taskOpen = false
+    var taskOpen = false
     /// A response of the router's is being written (its head went out, its end not yet).
     private var routerResponseOpen = false
     /// The router's response being written says `Connection: close`: close after its end.
     private var routerResponseCloses = false
     /// A request was refused before its end (its body over the limit): its answer is the
     /// connection's last, and nothing more is read.
-    private var refused = false
+    var refused = false
     /// The parser failed: nothing more is read as a request.
-    private var malformed = false
+    var malformed = false
     /// The 400 for malformed bytes, waiting for the router's answers owed before it.
-    private var malformedAfterRouter: Answer?
+    var malformedAfterRouter: Answer?
     /// The parser failed inside a forwarded request: the router owes it nothing (its body never ends).
-    private var abandonedForward = false
+    var abandonedForward = false
     /// Whether the router has written every answer owed for the requests before the malformed bytes.
     private var routerOwesNothing: Bool { forwardedUnanswered - (abandonedForward ? 1 : 0) <= 0 && !routerResponseOpen }
-    private var closing = false
+    var closing = false
     /// The request being read asked for `100 Continue` and has not had it.
     private var continueOwed = false
     /// The answer that ends the connection is out and its output closed; input is read and
     /// dropped until the client closes (or ``lingerTime``), so that closing with its unread
     /// bytes does not reset the connection before the client read the answer.
-    private var lingering = false
+    var lingering = false
     static let lingerTime = TimeAmount.seconds(2)
     /// The longest a connection whose last answer is written stays open (a client that does
     /// not read keeps that answer from being flushed).
     static let closeDeadline = TimeAmount.seconds(10)
-    private var inputClosed = false
+    var inputClosed = false
+    /// `inputClosed` was passed on to the router's task, opened after it (``replayHeld(context:)``).
+    private var inputClosedPassedOn = false
     private var readPending = false
     /// Between a socket read's first part and its `channelReadComplete`, which flushes: answers
     /// ready meanwhile (a pipelined batch) go out in one write.
-    private var inReadBatch = false
+    var inReadBatch = false
     private var context: ChannelHandlerContext?
-    private var idle: HTTPConnectionIdleState
+    var idle: HTTPConnectionIdleState
     private var idleTimer: Scheduled<Void>?
     private var idleTimerDue: NIODeadline?
 
@@ -329,7 +331,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Writes the answers that are ready, in request order, then replays held parts.
-    private func writeAnswers() {
+    func writeAnswers() {
         guard let context else { return }
         var wrote = false
         while let first = answers.first, let response = first.response, !closing {
@@ -353,6 +355,13 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if writeContinueIfDue(flushing: false) { wrote = true }
         if !closing { replayHeld(context: context) }
+        if !closing { passOnInputClosedIfDue(context: context) }
+        // Malformed bytes behind held requests answered here: their 400 is due now.
+        // (Its write flushes what is written before it.)
+        if malformedAfterRouter != nil, answers.isEmpty, routerOwesNothing, held.isEmpty, !closing {
+            writeMalformedIfDue()
+            return
+        }
         if wrote && !inReadBatch { context.flush() }
         resumeReadsIfPossible(context: context)
         closeIfDone(context: context)
@@ -422,8 +431,20 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             replayed = true
         }
         if replayed && taskOpen { context.fireChannelReadComplete() }
+        passOnInputClosedIfDue(context: context)
         // A held request refused at its head (an `Expect` it cannot meet): its answer is due.
         if refused && !wasRefused { writeAnswers() }
+    }
+
+    /// The client closed its side while requests were held or answers owed here: the router's
+    /// task learns it once they are forwarded and written (it then ends, and the connection
+    /// closes, once it has answered). Before, a task opened by a held request never learnt it
+    /// (the connection stayed open until the idle timeout), and one open already ended at once,
+    /// closing the output before the answers owed.
+    private func passOnInputClosedIfDue(context: ChannelHandlerContext) {
+        guard inputClosed, taskOpen, held.isEmpty, answers.isEmpty, !inputClosedPassedOn else { return }
+        inputClosedPassedOn = true
+        context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
     }
 
     // MARK: Outbound
@@ -463,9 +484,10 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if case .end = unwrapOutboundIn(data) { writeMalformedIfDue() }
     }
 
-    /// Writes the 400 for malformed bytes once the router has answered the requests before them.
-    private func writeMalformedIfDue() {
-        guard let answer = malformedAfterRouter, routerOwesNothing, !closing else { return }
+    /// Writes the 400 for malformed bytes once the router has answered the requests before them
+    /// (held ones too).
+    func writeMalformedIfDue() {
+        guard let answer = malformedAfterRouter, routerOwesNothing, held.isEmpty, !closing else { return }
         malformedAfterRouter = nil
         answers.append(answer)
         writeAnswers()
@@ -495,6 +517,14 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
+        if taskOpen, case .inputClosed? = event as? ChannelEvent, !held.isEmpty || !answers.isEmpty {
+            // The router's task would end at once, and close the connection's output before
+            // the answers owed here and the held requests: it learns it after them.
+            inputClosed = true
+            dropIncompleteHeldRequest()
+            passOnInputClosedIfDue(context: context)
+            return
+        }
         if !taskOpen, case .inputClosed? = event as? ChannelEvent {
             // The parser's last parts may have come without a `channelReadComplete`.
             inReadBatch = false
@@ -503,6 +533,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // A request cut off in its body will not complete: nothing is owed for it (it held
             // the connection, and its descriptor, until the idle timeout).
             dropIncompleteRequest()
+            dropIncompleteHeldRequest()
             closeIfDone(context: context)
             return
         }
@@ -547,58 +578,5 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 scheduleIdleCheck(at: next, context: context)
             }
         }
-    }
-
-    /// Forgets the request being read (its head arrived, not its end): no answer is owed for it.
-    private func dropIncompleteRequest() {
-        if case .answering(let answer, _, _, _) = current, answers.last === answer { answers.removeLast() }
-        current = .none
-    }
-
-    private func closeIfDone(context: ChannelHandlerContext) {
-        guard inputClosed, !taskOpen, !closing, answers.isEmpty else { return }
-        closing = true
-        context.close(promise: nil)
-    }
-
-    /// Malformed HTTP (the parser's error; NIO's own handler, which would answer an empty 400
-    /// at once, is not installed). The 400 is one more answer, after those owed for the requests
-    /// before it, in order (the router's too, when its task serves the connection); then the
-    /// connection closes. The error does not go on to the router's task: it would answer a
-    /// second, empty 400.
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        guard let parserError = error as? HTTPParserError else {
-            // The parser's later complaints about bytes after its error.
-            if malformed || refused || lingering, error is ByteToMessageDecoderError { return }
-            context.fireErrorCaught(error)
-            return
-        }
-        // After a refusal the connection ends with its answer: bytes after it are not requests.
-        guard !malformed, !refused else { return }
-        malformed = true
-        if !taskOpen {
-            // The request being read is the bad one: the 400 is its answer.
-            dropIncompleteRequest()
-            // Requests held for the router are dropped: the connection ends with this answer.
-            held.removeAll()
-            answers.append(Answer(malformed: parserError))
-            inReadBatch = false
-            writeAnswers()
-            context.flush()
-            return
-        }
-        // The router's task serves the connection. A forwarded request cut off by the bad bytes
-        // is the bad one: the router cannot answer it.
-        held.removeAll()
-        if case .forwarding = current {
-            abandonedForward = true
-            current = .none
-        } else {
-            dropIncompleteRequest()
-        }
-        malformedAfterRouter = Answer(malformed: parserError)
-        inReadBatch = false
-        writeMalformedIfDue()
-        context.flush()
     }
 }

@@ -39,14 +39,18 @@ struct PublishAPI: Sendable {
         router.post("/api/notifications") { request, context in
             try await self.publishBatch(request, context: context)
         }
-        router.get("/health") { _, _ in
-            self.health()
-        }
-        router.get("/health/live") { _, _ in
-            Self.json(ReadinessAnswer(status: "live"))
-        }
-        router.get("/health/ready") { _, _ in
-            self.readiness()
+        // `HEAD` too, as load balancers' health checks may ask (the same status and headers,
+        // no body).
+        for method in [HTTPRequest.Method.get, .head] {
+            router.on("/health", method: method) { _, _ in
+                self.health()
+            }
+            router.on("/health/live", method: method) { _, _ in
+                Self.json(ReadinessAnswer(status: "live"))
+            }
+            router.on("/health/ready", method: method) { _, _ in
+                self.readiness()
+            }
         }
     }
 
