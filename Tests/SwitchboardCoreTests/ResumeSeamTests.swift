@@ -97,7 +97,7 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
     /// `after`; returns the RECEIPT's x-recovered and the bodies of the MESSAGEs.
     static func resume(
         from: String, live: ClosedRange<UInt64>?, epoch: String = "e1", replay: HistoryReplay, after: ClosedRange<UInt64>
-    ) throws -> (recovered: String?, bodies: [String]) {
+    ) throws -> (recovered: String?, bodies: [String], position: String?) {
         let (gateway, engine, client) = try Self.resuming(from: from)
         defer { gateway.shutdown() }
         for n in live.map(Array.init) ?? [] { gateway.hub.deliver(Self.message(epoch, n)) }
@@ -107,7 +107,9 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         for n in after { gateway.hub.deliver(Self.message(epoch, n)) }
         let frames = try client.frames()
         #expect(frames.first?.command == .receipt)
-        return (frames.first?.headers["x-recovered"], frames.filter { $0.command == .message }.map(\.bodyString))
+        return (
+            frames.first?.headers["x-recovered"], frames.filter { $0.command == .message }.map(\.bodyString), frames.first?.headers["x-position"]
+        )
     }
 
     /// The client comes from a faster instance: it saw e1:25 where this one had delivered e1:5.
@@ -144,9 +146,13 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         let skipped = try Self.resume(from: "e1:1000", live: 6...8, replay: behind, after: 9...10)
         #expect(skipped.recovered == "false")
         #expect(skipped.bodies == ["e1:9", "e1:10"])
+        // Where it goes on from: after the copies skipped meanwhile (before, history's e1:5,
+        // and the client saw a hole at e1:6…8).
+        #expect(skipped.position == "e1:8")
         let quiet = try Self.resume(from: "e1:1000", live: nil, replay: behind, after: 6...7)
         #expect(quiet.recovered == "false")
         #expect(quiet.bodies == ["e1:6", "e1:7"])
+        #expect(quiet.position == "e1:5")
     }
 
     struct ReadFailed: Error, CustomStringConvertible {

@@ -55,6 +55,7 @@ extension STOMPSessionHandler {
 
     /// A replay read asynchronously came back: kept for the step's receipt.
     func replayArrived(_ replay: HistoryReplay, for subscription: LocalSubscription, asked: Bool, step: Machine.StepID) {
+        var replay = replay
         // Registered before the position was known, or resuming from further than it: live
         // copies up to the replay's position are the replay's (or the client's already).
         if let live = subscription.liveDuringReplay, live.first.epoch == replay.position.epoch {
@@ -80,6 +81,8 @@ extension STOMPSessionHandler {
                     skipped.sequence > replay.position.sequence
                 {
                     subscription.replayedThrough = skipped
+                    // The RECEIPT's x-position is where the subscription goes on from.
+                    replay.position = skipped
                 }
             }
         }
