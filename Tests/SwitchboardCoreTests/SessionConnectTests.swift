@@ -87,6 +87,23 @@ struct SessionConnectTests {
         #expect(error.headers["message"]?.contains("heart-beat") == true)
     }
 
+    /// A STOMP 1.0 client (no accept-version) whose CONNECT fails gets its ERROR unescaped, as
+    /// 1.0 headers are (before, `\c` for the colon in the message, shown literally by 1.0
+    /// clients); a 1.2 client gets it escaped.
+    @Test("a failed CONNECT's ERROR is escaped as the agreed version's headers", arguments: [nil, "1.2"] as [String?])
+    func failedConnectErrorEscaping(_ acceptVersion: String?) throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        var headers: STOMPHeaders = ["host": "h", "heart-beat": "x"]
+        if let acceptVersion { headers.add("accept-version", acceptVersion) }
+        try c.send(.connect, headers, escape: false)
+        let raw = try c.readWebSocketFrames().compactMap { String(buffer: $0.data) }.joined()
+        let expected = "message:malformed heart-beat header 'x'" + (acceptVersion == nil ? ":" : "\\c") + " expected"
+        #expect(raw.hasPrefix("ERROR\n"), "\(raw)")
+        #expect(raw.contains(expected), "\(raw)")
+    }
+
     @Test("a frame before CONNECT is an ERROR")
     func frameBeforeConnect() throws {
         let gw = TestGateway()

@@ -177,6 +177,14 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if machine.phase == .awaitingConnect, frame.command == .connect || frame.command == .stomp,
+            let version = STOMPVersion.negotiate(acceptVersion: frame.headers["accept-version"], supported: machine.config.supportedVersions)
+        {
+            // The ERROR of a CONNECT that fails after the version is agreed (a bad heart-beat,
+            // a refused login) is escaped as that version's headers are (none for 1.0).
+            escape = version.escapesHeaders
+            escapeCR = version == .v1_2
+        }
         machine.read(at: shard.tick)
         shard.counters.framesIn[frame.command.ordinal] &+= 1
         machine.frameReceived(frame, now: .now())
