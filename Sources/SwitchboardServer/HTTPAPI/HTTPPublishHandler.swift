@@ -355,7 +355,6 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if writeContinueIfDue(flushing: false) { wrote = true }
         if !closing { replayHeld(context: context) }
-        if !closing { passOnInputClosedIfDue(context: context) }
         // Malformed bytes behind held requests answered here: their 400 is due now.
         // (Its write flushes what is written before it.)
         if malformedAfterRouter != nil, answers.isEmpty, routerOwesNothing, held.isEmpty, !closing {
