@@ -182,7 +182,11 @@ extension RedisEngine {
     }
 
     /// Delivers (under the sequencer's lock, so the hub gets one order) and starts a repair.
+    /// Nothing once the interest is cancelled: the hub's subscribers of the destination are then
+    /// a later interest's, which has its own position (an old interest's establishing read or
+    /// repair would otherwise hand them copies from before it, cutting a resume's replay short).
     private func carryOut(_ actions: DestinationSequencer.Actions, interest: Interest, destination: String, in s: inout Interest.Sequenced) {
+        guard !interest.cancelled.load(ordering: .relaxed) else { return }
         for message in actions.deliver { hub.deliver(message, scope: .exact) }
         if actions.skipped > 0 {
             historySkipped.add(Int(actions.skipped), ordering: .relaxed)

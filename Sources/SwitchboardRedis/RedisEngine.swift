@@ -347,7 +347,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         let started = tasks.run { [self] in
             do {
                 let sub = try await redis.subscribe(to: [name], kind: kind) { [weak self] message in
-                    self?.onMessage(message)
+                    self?.onMessage(message, for: interest)
                 }
                 interest.subscription.withLockedValue { $0 = sub }
                 if interest.cancelled.load(ordering: .sequentiallyConsistent) {
@@ -377,8 +377,14 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
 
     // MARK: Receiving
 
-    func onMessage(_ message: RedisPubSubMessage) {
+    /// A message on the subscription of `interest`. Once the interest is cancelled its copies are
+    /// dropped: while a destination's (or glob's) last subscriber leaves and a new one comes, the
+    /// old subscription and the new one can both be registered for the channel for a moment, and
+    /// every message would reach the hub twice (a duplicate for a destination without history, a
+    /// stale copy ahead of a resume's replay for one with history).
+    func onMessage(_ message: RedisPubSubMessage, for interest: Interest) {
         messagesIn.add(1, ordering: .relaxed)
+        guard !interest.cancelled.load(ordering: .relaxed) else { return }
         if message.kind == .channel, naming.destination(fromPresenceChannel: message.channel) != nil {
             onPresenceNotice(message)
             return
@@ -398,7 +404,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             let patterns = state.withLockedValue { $0.globs[glob]?.patterns } ?? []
             guard !patterns.isEmpty else { return }
             hub.deliver(published, scope: .patterns(Array(patterns)))
-        } else if published.position != nil, let interest = state.withLockedValue({ $0.exact[destination] }), interest.sequenced != nil {
+        } else if published.position != nil, interest.sequenced != nil {
             sequence(published, interest: interest, destination: destination)
         } else {
             hub.deliver(published, scope: .exact)
