@@ -130,6 +130,24 @@ extension PublishHandlerHarness {
         #expect(!h.channel.isActive)
     }
 
+    /// A `CONNECT` asks for a tunnel: NIO's encoder allows its answer no body (nor its length),
+    /// so the router's 404 left the client waiting for one until the idle timeout. A 405 here,
+    /// after the answers owed, and the close.
+    @Test func aConnectIs405AndClosedAfterTheAnswersBeforeIt() throws {
+        let h = try PublishHandlerHarness()
+        try h.head(expect: nil, contentLength: Self.body.utf8.count)
+        try h.bodyAndEnd()
+        try h.head(.CONNECT, "example.com:443", expect: nil)
+        try h.channel.writeInbound(HTTPServerRequestPart.end(nil))
+        h.channel.embeddedEventLoop.run()
+        let answers = try h.written()
+        #expect(answers.map(\.status) == [200, 405])
+        #expect(answers.last?.body == "" && answers.last?.ended == true)
+        #expect(answers.last?.head.headers["connection"] == ["close"])
+        #expect(h.tasksOpened == 0 && h.recorder.parts.isEmpty)
+        #expect(!h.channel.isActive)
+    }
+
     @Test func anotherExpectationIs417OnTheRoutersRoutesToo() throws {
         let h = try PublishHandlerHarness()
         try h.head(.GET, "/health", expect: "fancy")

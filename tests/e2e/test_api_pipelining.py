@@ -234,6 +234,23 @@ def test_a_malformed_first_request_is_answered_too(gateway, raw, field):
     assert body["error"].startswith("malformed HTTP request: ") and body["field"] == field, body
 
 
+@pytest.mark.parametrize("first", [False, True], ids=["first-request", "after-a-request"])
+def test_connect_is_405_and_closed(gateway, first):
+    # A CONNECT asks for a tunnel. The router's 404 came without a body or its length (none is
+    # allowed in the answer to a CONNECT), and the client waited for one until the idle
+    # timeout (60 s).
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall((request("GET", "/health/live") if first else b"")
+                  + b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        s.settimeout(10)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+    assert statuses == ([200, 405] if first else [405]), raw
+    assert b"connection: close" in raw[raw.rindex(b"HTTP/1.1 405"):].lower(), raw
+
+
 def test_a_client_gone_in_the_middle_of_a_body_is_closed_at_once(gateway):
     # Nothing is owed for a request that will never be whole: the connection (and its
     # descriptor) used to stay until the idle timeout, 60 s.

@@ -16,6 +16,9 @@ extension HTTPPublishHandler {
         /// A request for the router that waits for `100 Continue` and announces a body over
         /// `http.max-body-bytes`: answered 413 here, before its body, then closed.
         case announcedTooLarge(method: String)
+        /// A `CONNECT` (a tunnel, a proxy's job; what follows its head is not HTTP): answered
+        /// 405 here, then closed.
+        case tunnelRefused
 
         /// The route as Hummingbird names it in metrics.
         var route: String {
@@ -28,6 +31,7 @@ extension HTTPPublishHandler {
             case .malformed: "malformed request"
             case .unmetExpectation: "unmet expectation"
             case .announcedTooLarge: "body too large"
+            case .tunnelRefused: "tunnel refused"
             }
         }
 
@@ -39,6 +43,7 @@ extension HTTPPublishHandler {
             case .live, .ready: "GET"
             case .malformed: "_OTHER"
             case .unmetExpectation(let method), .announcedTooLarge(let method): method
+            case .tunnelRefused: "CONNECT"
             }
         }
 

@@ -51,6 +51,10 @@ extension HTTPPublishHandler {
             closesConnection: true)
     }
 
+    /// The 405 for a `CONNECT`: the gateway is no proxy.
+    static let tunnelRefused = NotificationPublisher.Failure(
+        status: .methodNotAllowed, message: "CONNECT is not supported: the gateway is not a proxy", field: "method", closesConnection: true)
+
     /// The interim answer `HTTP/1.1 100 Continue`; NIO's encoder writes a 1xx head without
     /// framing headers and keeps the request's method for the final answer.
     static let continueHead = HTTPResponseHead(version: .http1_1, status: .continue)

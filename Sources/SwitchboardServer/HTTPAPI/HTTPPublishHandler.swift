@@ -169,6 +169,16 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) -> Bool {
         switch part {
         case .head(let head):
+            if head.method == .CONNECT {
+                // NIO's parser reads no request after a CONNECT's head, and the encoder writes
+                // the answer to one without a body or its length: refused here, then closed
+                // (the router's 404 left the client waiting for a body until the idle timeout).
+                guard forwardedUnanswered == 0 else { return false }
+                let answer = Answer(endpoint: .tunnelRefused, head: head)
+                answers.append(answer)
+                refuse(answer, failure: Self.tunnelRefused)
+                return true
+            }
             let endpoint = Self.endpoint(for: head, servesHealth: readiness != nil)
             let expectation = Self.expectation(of: head)
             if case .unmet(let member) = expectation {
@@ -307,7 +317,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .ready:
                 let answer = readiness?() ?? (.ok, ReadinessAnswer(status: "ready"))
                 result = loop.makeSucceededFuture((answer.status, APIJSON.body(answer.body)))
-            case .malformed, .unmetExpectation, .announcedTooLarge:
+            case .malformed, .unmetExpectation, .announcedTooLarge, .tunnelRefused:
                 // Made answered (``Answer/init(malformed:)``, a 417 or 413 at the head): never read to an end.
                 result = loop.makeSucceededFuture(answer.response ?? (.badRequest, ByteBuffer()))
             }
@@ -341,7 +351,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let status = HTTPResponseStatus(statusCode: response.status.code, reasonPhrase: response.status.reasonPhrase)
             let head = responseHead(status, bodyBytes: response.body.readableBytes, close: close, keepAlive10: first.keepAlive10)
             context.write(wrapOutboundOut(.head(head)), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
+            // (NIO's encoder allows no body in the answer to a CONNECT.)
+            if first.endpoint != .tunnelRefused { context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil) }
             metrics.record(first.endpoint, status: response.status, since: first.started)
             wrote = true
             if close {
