@@ -19,6 +19,17 @@ package enum SessionErrorKind: String, Sendable, CaseIterable {
     case leaseLost = "lease_lost"
 
     package var index: Int { Self.allCases.firstIndex(of: self)! }
+
+    /// Whether the connection, after its `ERROR` and close frame, waits briefly for the
+    /// client's close frame (``WebSocketSTOMPTransport/close(after:)``): not for a client that
+    /// does not read or answer (a slow consumer, a heart-beat timeout), nor when the gateway
+    /// closes its sessions itself (a shutdown, a lost lease), which must not wait on clients.
+    package var lingers: Bool {
+        switch self {
+        case .protocolViolation, .limit, .auth, .route: true
+        case .slowConsumer, .heartBeatTimeout, .shutdown, .leaseLost: false
+        }
+    }
 }
 
 /// An atomic counter that can live in an array (`Atomic` itself cannot be copied).

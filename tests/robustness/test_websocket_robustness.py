@@ -332,6 +332,30 @@ def test_bad_http_request_is_answered_and_closed(gateway, sockets, data):
 
 # -- connection lifecycle -------------------------------------------------------------------
 
+@pytest.mark.parametrize("fault", ["stomp", "websocket"])
+def test_a_close_while_the_client_still_sends_is_no_reset(ws, fault):
+    """A session ended by the server (an ERROR, or a WebSocket protocol error) while the
+    client's next frames are unread: the socket was closed at once, so the close was a TCP
+    reset, and a stack that drops what it received on a reset (Windows, a proxy passing the
+    reset on) lost the ERROR and the close frame. Ideal (RFC 6455 §7.1.1): the server closes
+    its side first (a FIN after its close frame) and reads on until the client's close frame
+    or EOF, so the client reads everything, then EOF; its close frame ends the connection."""
+    w = ws()
+    bad = b"BOGUS\n\n\x00" if fault == "stomp" else None
+    first = build_frame(OP_TEXT, bad) if bad else build_frame(OP_TEXT, b"SEND", mask=False)
+    more = b"".join(build_frame(OP_TEXT, b"SEND\ndestination:/topic/scratch\n\n" + b"x" * 1000 + b"\x00") for _ in range(300))
+    w.send_bytes(first + more)
+    out, how = read_http(w.sock, 5.0)
+    assert how == "eof", (how, out[:200])
+    assert b"\x88" in out, "the close frame arrived"
+    if bad:
+        assert b"ERROR\n" in out and b"BOGUS" in out, out[:300]
+    # The client's close frame (the server's side is closed already): the connection ends.
+    w.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+    w.sock.settimeout(5)
+    assert w.sock.recv(1) == b""
+
+
 def test_session_dropped_when_client_half_closes(gateway, ws):
     """Ideal: the peer's FIN ends the session (its subscriptions go too) within 3 s."""
     before = gateway.health()["sessions"]

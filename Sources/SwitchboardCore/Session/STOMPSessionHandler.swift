@@ -501,9 +501,11 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         LifecycleFact(session: sessionID, kind: kind, time: Self.wallClockMillis())
     }
 
-    /// Sends a WebSocket close frame after what is queued, then closes the channel. A peer
-    /// that does not read gets cut off after a short grace period.
-    func closeConnection(context: ChannelHandlerContext, code: WebSocketErrorCode) {
+    /// Sends a WebSocket close frame after what is queued, then closes the channel (with
+    /// `linger`, after waiting briefly for the client's close frame:
+    /// ``WebSocketSTOMPTransport/close(after:linger:)``). A peer that does not read gets cut
+    /// off after a short grace period.
+    func closeConnection(context: ChannelHandlerContext, code: WebSocketErrorCode, linger: Bool) {
         let promise = context.eventLoop.makePromise(of: Void.self)
         settleUndelivered(context: context)
         if transport?.claimCloseFrame() ?? true {
@@ -512,6 +514,10 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: promise)
         }
         wroteSinceFlush = false
+        if let transport {
+            transport.close(after: promise.futureResult, linger: linger)
+            return
+        }
         let channel = context.channel
         let timeout = context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
         promise.futureResult.whenComplete { _ in

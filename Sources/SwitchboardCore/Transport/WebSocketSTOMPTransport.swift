@@ -37,6 +37,9 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
     private var cumulation: ByteBuffer?
     private var failed = false
     private var closeSent = false
+    /// Our close frame is out and our side of TCP is closed: what the client still sends is
+    /// read and dropped until its close frame or its EOF (see ``close(after:)``).
+    private var lingering = false
     private var inFragmentedMessage = false
     /// Whether the message in progress is a text message, and its UTF-8 state so far.
     private var inTextMessage = false
@@ -69,6 +72,11 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if lingering {
+            // The client answered our close frame: the closing handshake is done.
+            if frame.opcode == .connectionClose { context.close(promise: nil) }
+            return
+        }
         guard !failed else { return }
         // RFC 6455 §5.1–5.5: client frames are masked; no extension is negotiated, so the
         // reserved bits are 0; continuation frames continue a fragmented message.
@@ -163,6 +171,10 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
     /// Errors of NIO's `WebSocketFrameDecoder` (the handler before this one) get the same
     /// treatment as this handler's own checks; a frame over the size limit is a STOMP limit.
     package func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard !lingering else {
+            context.close(promise: nil)
+            return
+        }
         guard let error = error as? NIOWebSocketError else {
             context.fireErrorCaught(error)
             return
@@ -178,6 +190,16 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
         } else {
             closeWithProtocolError(context: context, reason: "malformed frame")
         }
+    }
+
+    /// While lingering the session's hold on reads does not apply: read on until the client's
+    /// close frame or EOF.
+    package func channelReadComplete(context: ChannelHandlerContext) {
+        guard !lingering else {
+            context.read()
+            return
+        }
+        context.fireChannelReadComplete()
     }
 
     /// A peer that half-closes (TCP FIN without a close frame) is gone: close our side too.
@@ -235,8 +257,8 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
         closeWithError(context: context, code: .protocolError, reason: reason)
     }
 
-    /// Sends a close frame with `code` and `reason` and closes the connection (after at most
-    /// two seconds if the peer does not read). Nothing more is read.
+    /// Sends a close frame with `code` and `reason` and closes the connection (see
+    /// ``close(after:)``). Nothing more is decoded.
     private func closeWithError(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String) {
         failed = true
         cumulation = nil
@@ -244,11 +266,32 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
         closeSent = true
         context.fireUserInboundEventTriggered(STOMPTransportClosing())
         let frame = WebSocketServerFrame.close(code: code, reason: reason, allocator: context.channel.allocator)
+        close(after: context.writeAndFlush(wrapOutboundOut(frame)))
+    }
+
+    /// How long a connection may take, after our close frame was written, to be closed:
+    /// the write itself (a peer that does not read) and the wait for the client's close frame.
+    static let closeGrace = TimeAmount.seconds(2)
+
+    /// Closes the connection once `written` (our close frame) is out, within ``closeGrace``
+    /// whatever the client does. With `linger`, our side of TCP closes first (a FIN after the
+    /// close frame, RFC 6455 §7.1.1), and what the client still sends is read and dropped until
+    /// its close frame or its EOF. Closing at once with its frames unread made the close a
+    /// reset, and a stack that discards what it received on a reset (Windows, a proxy passing
+    /// the reset on) lost the frames before it: an `ERROR`, the close frame.
+    package func close(after written: EventLoopFuture<Void>, linger: Bool = true) {
+        guard let context else { return }
         let channel = context.channel
-        let timeout = context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
-        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in
-            timeout.cancel()
-            channel.close(promise: nil)
+        let deadline = context.eventLoop.scheduleTask(in: Self.closeGrace) { channel.close(promise: nil) }
+        channel.closeFuture.whenComplete { _ in deadline.cancel() }
+        written.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
+            guard linger, case .success = result, channel.isActive, let context = self.context else { return channel.close(promise: nil) }
+            self.lingering = true
+            self.failed = true
+            self.cumulation = nil
+            // (Where the output cannot be closed alone, the connection is closed.)
+            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+            context.read()
         }
     }
 
