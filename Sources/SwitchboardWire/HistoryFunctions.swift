@@ -39,8 +39,11 @@ import Redis
 ///
 /// Backends that publish with `redis-cli` get the same guarantees with
 /// `FCALL switchboard_publish 1 'switchboard:{/topic/x}' 'hello'` (on a cluster,
-/// `redis-cli -c FCALL switchboard_spublish 1 'switchboard:{/topic/x}' 'hello'`): a payload that
-/// is not an envelope is the body (`content-type: text/plain`).
+/// `redis-cli -c FCALL switchboard_spublish 3 'switchboard:{/topic/x}' 'switchboard:{/topic/x}:seq'
+/// 'switchboard:{/topic/x}:log' 'hello'`): a payload that is not an envelope is the body
+/// (`content-type: text/plain`). The function reads the destination from the first key; the
+/// others are declared so that Redis Cluster holds a call off while their slot migrates (see
+/// ``HistoryPublish/keysAffected``).
 public enum HistoryFunctions: RedisFunctionLibrary {
     /// The library's source, for `FUNCTION LOAD REPLACE`.
     public static let library = #"""
@@ -190,7 +193,8 @@ public enum HistoryFunctions: RedisFunctionLibrary {
         """#
 }
 
-/// `FCALL switchboard_publish 1 <prefix>{<destination>} <payload> <max-length> <ttl-ms> <once> <durable>`:
+/// `FCALL switchboard_publish 3 <prefix>{<destination>} <…>:seq <…>:log <payload> <max-length> <ttl-ms> <once> <durable>`
+/// (4 keys with `<…>:once:<once>`):
 /// records and publishes one message (see ``HistoryFunctions``); with `sharded`,
 /// `switchboard_spublish` (Redis Cluster).
 public struct HistoryPublish: RedisCommand {
@@ -221,14 +225,23 @@ public struct HistoryPublish: RedisCommand {
         self.sharded = sharded
     }
 
-    public var keysAffected: [String] { [key] }
+    /// The keys the call touches, declared (after `key`, which the function reads them from):
+    /// while their slot migrates, Redis then holds the call off (`TRYAGAIN`) until they moved,
+    /// where `key` alone (which never exists) sent it to the importing node, without the
+    /// sequence (a new epoch there, and the `MIGRATE` of the sequence then failed, `BUSYKEY`).
+    public var keysAffected: [String] {
+        var keys = [key, key + ":seq", key + ":log"]
+        if let once, !once.isEmpty { keys.append(key + ":once:" + once) }
+        return keys
+    }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
-        encoder.encodeArray(count: 9)
+        let keys = keysAffected
+        encoder.encodeArray(count: 8 + keys.count)
         encoder.encodeBulk("FCALL")
         encoder.encodeBulk(sharded ? "switchboard_spublish" : "switchboard_publish")
-        encoder.encodeBulk(1)
-        encoder.encodeBulk(key)
+        encoder.encodeBulk(keys.count)
+        for key in keys { encoder.encodeBulk(key) }
         encoder.encodeBulk(payload)
         encoder.encodeBulk(maxLength.map(String.init) ?? "")
         encoder.encodeBulk(ttlMilliseconds.map { String($0) } ?? "")
@@ -254,7 +267,7 @@ public struct HistoryPublishResult: RESPTokenDecodable, Sendable, Hashable {
     }
 }
 
-/// `FCALL switchboard_read 1 <prefix>{<destination>} <mode> <n> <upto> <durable>`: where a destination's history
+/// `FCALL switchboard_read 3 <prefix>{<destination>} <…>:seq <…>:log <mode> <n> <upto> <durable>`: where a destination's history
 /// stands, and the messages kept after a sequence number or the last few.
 public struct HistoryRead: RedisCommand {
     public enum Range: Sendable, Hashable {
@@ -280,14 +293,17 @@ public struct HistoryRead: RedisCommand {
         self.durable = durable
     }
 
-    public var keysAffected: [String] { [key] }
+    /// See ``HistoryPublish/keysAffected``.
+    public var keysAffected: [String] { [key, key + ":seq", key + ":log"] }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
-        encoder.encodeArray(count: 8)
+        encoder.encodeArray(count: 10)
         encoder.encodeBulk("FCALL")
         encoder.encodeBulk("switchboard_read")
-        encoder.encodeBulk(1)
+        encoder.encodeBulk(3)
         encoder.encodeBulk(key)
+        encoder.encodeBulk(key + ":seq")
+        encoder.encodeBulk(key + ":log")
         switch range {
         case .none:
             encoder.encodeBulk("none")

@@ -94,6 +94,7 @@ struct ClusterGatewayTests {
         try await sendKeepsOrderPerSlot(cluster)
         try await fanOutAcrossInstances(a, b)
         try await repairAfterSlotMove(cluster, a, b)
+        try await publishDuringASlotMigration(cluster, a)
         try await wildcardRefused(b)
         try await kitOnCluster(cluster, b)
         try await canaryOnEveryShard(cluster)
@@ -197,6 +198,42 @@ struct ClusterGatewayTests {
         #expect(try await eventually { b.sink.bodies(destination) == ["before", "missed", "after"] })
         // The slot moved with its keys intact: the sequence goes on (a restart would move it).
         #expect(b.sink.sequences(destination) == [1, 2, 3])
+    }
+
+    /// A publish while its destination's slot is migrating, its keys not moved yet: held off
+    /// (`TRYAGAIN`) until they are. The functions used to declare only `t:{D}`, a key that never
+    /// exists, so the source sent every call to the importing node (`ASK`), which lacked the
+    /// sequence: the publish started a new epoch there, and the `MIGRATE` of the sequence then
+    /// failed (`BUSYKEY`).
+    func publishDuringASlotMigration(_ cluster: RedisClusterProcess, _ a: ClusterGatewayEngine) async throws {
+        let destination = "/topic/resharded"
+        let key = "t:{\(destination)}"
+        try await a.publish(destination, "m1")
+        let slot = HashSlot(key: key)
+        let source = try #require(try await cluster.owner(of: slot))
+        let target = try #require(try await cluster.primaries().first { $0 !== source })
+        @Sendable func refused() async throws -> Int {
+            let stats = try await cluster.command(source, RawCommand("INFO", "commandstats"))
+            guard let line = stats.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_fcall:") }),
+                let field = line.split(separator: ",").first(where: { $0.hasPrefix("rejected_calls=") })
+            else { return 0 }
+            return Int(field.dropFirst("rejected_calls=".count)) ?? 0
+        }
+        let refusedBefore = try await refused()
+        try await cluster.migrateSlot(slot, from: source, to: target, moveKeys: false, finish: false)
+        let finished = NIOLockedValueBox(false)
+        let during = Task {
+            defer { finished.withLockedValue { $0 = true } }
+            try await a.publish(destination, "m2")
+        }
+        // Sent: refused by the source (held off), or carried out somewhere.
+        #expect(try await eventually { try await refused() > refusedBefore || finished.withLockedValue { $0 } })
+        try await cluster.migrateSlot(slot, from: source, to: target)
+        try await during.value
+        let history = try await a.client.execute(HistoryRead(key: key, range: .after(0)))
+        let positions = history.envelopes.compactMap { RedisEnvelope.decode($0)?.position }
+        #expect(history.envelopes.map { RedisEnvelope.decode($0).map { String(buffer: $0.body) } } == ["m1", "m2"])
+        #expect(Set(positions.map(\.epoch)).count == 1 && positions.map(\.sequence) == [1, 2], "one epoch, one sequence: \(positions)")
     }
 
     /// `kill -9` of the primary owning a destination: its replica is promoted, the subscriber's
