@@ -109,12 +109,14 @@ extension RedisEngine {
     }
 
     /// Whether `error` says Redis cannot be reached or cannot answer yet (disconnected, the
-    /// connection lost, a timeout, a failover, a restarted server still loading its data): a
-    /// read may be tried again.
+    /// connection lost, a timeout, a failover, a restarted server still loading its data, a
+    /// cluster slot migrating for longer than the client's retries): a read may be tried again.
     static func isUnreachable(_ error: any Error) -> Bool {
         if let error = error as? RedisClientError {
-            return [.notConnected, .connectionClosed, .commandTimeout, .connectTimeout, .noPrimary, .notPrimary, .clusterUnavailable, .queueFull]
-                .contains(error)
+            return [
+                .notConnected, .connectionClosed, .commandTimeout, .connectTimeout, .noPrimary, .notPrimary, .clusterUnavailable, .queueFull,
+                .tooManyRedirects,
+            ].contains(error)
         }
         if let error = error as? RedisServerError { return ["LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"].contains(error.code) }
         return false

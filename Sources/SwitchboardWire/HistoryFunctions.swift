@@ -226,9 +226,10 @@ public struct HistoryPublish: RedisCommand {
     }
 
     /// The keys the call touches, declared (after `key`, which the function reads them from):
-    /// while their slot migrates, Redis then holds the call off (`TRYAGAIN`) until they moved,
-    /// where `key` alone (which never exists) sent it to the importing node, without the
-    /// sequence (a new epoch there, and the `MIGRATE` of the sequence then failed, `BUSYKEY`).
+    /// while their slot migrates, Redis Cluster holds the call off (`TRYAGAIN`, retried by the
+    /// client) until the migration ends, since `key` itself never exists. With `key` alone the
+    /// migrating node sent the call to the importing one (`ASK`), which lacked the sequence: a
+    /// new epoch there, and the `MIGRATE` of the sequence then failed (`BUSYKEY`).
     public var keysAffected: [String] {
         var keys = [key, key + ":seq", key + ":log"]
         if let once, !once.isEmpty { keys.append(key + ":once:" + once) }

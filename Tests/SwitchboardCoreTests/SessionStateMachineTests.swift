@@ -305,6 +305,38 @@ import Testing
         #expect(Self.drain(&m) == [.answered(2, receipt: "w"), .error("server shutting down, reconnect", receiptID: nil)])
     }
 
+    /// Closing after the steps in flight: a pipelinable SEND arriving meanwhile does not join
+    /// them (a client streaming SENDs kept the pipeline busy until the grace ran out).
+    @Test func shutdownStartsNoSendBehindThePipelinedOnesInFlight() {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/app/stream", receipt: "1"), now: .now())
+        #expect(Self.drain(&m) == [.execute("route(/app/stream)", step: 2)])
+        m.closeRequested(reason: "server shutting down, reconnect")
+        m.frameReceived(Self.send("/app/stream", receipt: "2"), now: .now())
+        m.frameReceived(Self.send("/topic/a", receipt: "3"), now: .now())
+        #expect(Self.drain(&m) == [])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "1"), .error("server shutting down, reconnect", receiptID: nil)])
+    }
+
+    /// A SEND that will be refused is not pipelined: its ERROR comes after the receipts of the
+    /// SENDs before it, whatever the check it fails.
+    @Test(arguments: [
+        ("/topic/cafe\u{301}", [("receipt", "bad")]), ("/topic/" + String(repeating: "x", count: 1100), [("receipt", "bad")]),
+        ("/topic/a", [("receipt", "bad"), ("idempotency-key", "")]),
+    ])
+    func aSendThatWillBeRefusedWaitsForTheReceiptsBeforeIt(destination: String, headers: [(String, String)]) {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/app/stream", receipt: "1"), now: .now())
+        #expect(Self.drain(&m) == [.execute("route(/app/stream)", step: 2)])
+        m.frameReceived(Self.frame(.send, [("destination", destination)] + headers), now: .now())
+        #expect(Self.drain(&m) == [], "not handled while the SEND before it runs")
+        m.stepCompleted(2, .success)
+        let out = Self.drain(&m)
+        #expect(out.first == .answered(2, receipt: "1"))
+        #expect(out.count == 2 && { if case .error(_, "bad") = out[1] { true } else { false } }(), "\(out)")
+    }
+
     @Test func shutdownPastTheGraceAbandonsTheStepInFlight() {
         var m = Self.connected()
         m.frameReceived(Self.send("/app/serial", receipt: "w"), now: .now())

@@ -201,7 +201,7 @@ struct ClusterGatewayTests {
     }
 
     /// A publish while its destination's slot is migrating, its keys not moved yet: held off
-    /// (`TRYAGAIN`) until they are. The functions used to declare only `t:{D}`, a key that never
+    /// (`TRYAGAIN`) until the migration ends. The functions used to declare only `t:{D}`, a key that never
     /// exists, so the source sent every call to the importing node (`ASK`), which lacked the
     /// sequence: the publish started a new epoch there, and the `MIGRATE` of the sequence then
     /// failed (`BUSYKEY`).

@@ -7,15 +7,17 @@ import Testing
 /// Which failures make a `SUBSCRIBE` wait for Redis (`redis.unreachable-wait-ms`) instead of
 /// failing at once: Redis unreachable or not answering yet, never a refusal.
 @Suite struct RedisUnreachableTests {
+    /// (`tooManyRedirects`: a cluster slot migrating for longer than the client's retries
+    /// of `TRYAGAIN`, which the history functions get while it lasts.)
     @Test(arguments: [
         RedisClientError.notConnected, .connectionClosed, .commandTimeout, .connectTimeout, .noPrimary, .notPrimary, .clusterUnavailable,
-        .queueFull,
+        .queueFull, .tooManyRedirects,
     ])
     func connectionTroubleIsWaitedOut(_ error: RedisClientError) {
         #expect(RedisEngine.isUnreachable(error))
     }
 
-    @Test(arguments: [RedisClientError.shutdown, .protocolViolation, .crossSlot, .tooManyRedirects, .invalidConfiguration])
+    @Test(arguments: [RedisClientError.shutdown, .protocolViolation, .crossSlot, .invalidConfiguration])
     func clientFailuresThatLastAreNot(_ error: RedisClientError) {
         #expect(!RedisEngine.isUnreachable(error))
     }

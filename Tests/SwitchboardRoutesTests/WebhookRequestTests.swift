@@ -197,7 +197,8 @@ final class CannedWebhookServer: Sendable {
     @Test(arguments: [
         (HTTPResponseStatus.internalServerError, #"{"replies":[{"destination":"/topic/a"}]}"#, "answered HTTP 500"),
         (.notFound, "", "answered HTTP 404"),
-        (.ok, "<html>oops</html>", "reply is not a JSON object"),
+        // A 2xx: the ERROR says the backend acted on it (a client must not send it again).
+        (.ok, "<html>oops</html>", "accepted the message (HTTP 200), but its reply is not a JSON object"),
     ])
     func nonSuccessStatusOrUnparsableReplyFailsTheSend(status: HTTPResponseStatus, body: String, reason: String) async throws {
         let server = try await CannedWebhookServer(reply: (status, body))
@@ -281,7 +282,7 @@ final class CannedWebhookServer: Sendable {
         let error = await #expect(throws: RouteError.self) {
             _ = try await WebhookRoute(url: url, timeout: .seconds(5), client: client).handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get()
         }
-        #expect(error?.description == "webhook \(url) reply larger than 1000 bytes")
+        #expect(error?.description == "webhook \(url) accepted the message (HTTP 200), but its reply is larger than 1000 bytes")
         try await client.shutdown()
         await server.close()
     }

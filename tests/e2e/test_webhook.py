@@ -125,8 +125,10 @@ def test_sender_reply_reaches_only_the_sender(route_gateway, hook, client):
 def test_replies_to_destinations_that_cannot_be_delivered_are_logged_not_published(route_gateway, hook, client):
     # Before, a reply to /topic/* was published with that literal destination (to /topic/**
     # subscribers, in history), and replies to /app/..., a bare prefix or a relative name were
-    # dropped without a word; x-recovered passed through.
-    hook.reply = {"replies": [{"destination": d, "body": d} for d in ("/topic/*", "/app/ok", "/topic/", "relative")]
+    # dropped without a word; x-recovered passed through. A name not in NFC or over the limit was
+    # published (in Redis mode under another name than its subscribers': to nobody).
+    refused = ("/topic/*", "/app/ok", "/topic/", "relative", "/topic/cafe\u0301", "/topic/" + "x" * 1100)
+    hook.reply = {"replies": [{"destination": d, "body": d} for d in refused]
                   + [{"destination": "/topic/reply.ok", "body": "fine", "headers": {"x-recovered": "true", "x-k": "v"}}]}
     watcher = connected(client, route_gateway)
     watcher.subscribe("/topic/**", id="w", receipt="r")
@@ -137,7 +139,7 @@ def test_replies_to_destinations_that_cannot_be_delivered_are_logged_not_publish
     assert "x-recovered" not in m.headers
     watcher.expect_nothing(0.3)
     log = route_gateway.log_path.read_text(errors="replace")
-    for d in ("/topic/*", "/app/ok", "/topic/", "relative"):
+    for d in refused:
         assert f"reply.destination={d} " in log or f"reply.destination={d}\n" in log, d
 
 

@@ -82,7 +82,7 @@ extension STOMPSessionHandler {
                 sendReceipt(close.receipt)
             }
             sessionEnded(close.failure?.kind.disconnectReason ?? .client, wasConnected: close.wasConnected)
-            closeConnection(context: context, code: close.failure?.closeCode ?? .normalClosure, linger: close.failure?.kind.lingers ?? true)
+            closeConnection(context: context, code: close.failure?.closeCode ?? .normalClosure, linger: close.failure?.lingers ?? true)
         }
     }
 

@@ -222,7 +222,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             default: failure = SessionFailure(decoding.description, receiptID: receipt)
             }
         } else if let limited = error as? RateLimitExceeded {
-            failure = SessionFailure(limited.description, kind: .limit)
+            failure = SessionFailure(limited.description, kind: .limit, lingers: false)
         } else {
             // WebSocket protocol errors are answered by the transport below (a close frame).
             logger.debug("connection error", metadata: ["error": "\(error)"])

@@ -95,7 +95,7 @@ extension STOMPSessionStateMachine {
             if tick - heartbeat.openedTick > limit {
                 // A CONNECT being authenticated is not late: look again at the next tick.
                 if isBusy { return .wait(next: tick + 1) }
-                fail(SessionFailure("no CONNECT frame within \(heartbeat.connectTimeoutMs) ms", kind: .limit))
+                fail(SessionFailure("no CONNECT frame within \(heartbeat.connectTimeoutMs) ms", kind: .limit, lingers: false))
                 return .closed
             }
             return .wait(next: heartbeat.openedTick + limit + 1)

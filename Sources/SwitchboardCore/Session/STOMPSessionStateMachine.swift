@@ -204,7 +204,7 @@ package struct STOMPSessionStateMachine {
     package mutating func frameReceived(_ frame: STOMPFrame, now: NIODeadline) {
         guard phase != .closed else { return }
         if frameBucket != nil, !frameBucket!.take(1, now: now) {
-            fail(SessionFailure("rate limit exceeded: more than \(config.maxFramesPerSecond) frames per second", kind: .limit))
+            fail(SessionFailure("rate limit exceeded: more than \(config.maxFramesPerSecond) frames per second", kind: .limit, lingers: false))
             return
         }
         guard queue.count < config.maxQueuedFrames else {
@@ -306,7 +306,8 @@ package struct STOMPSessionStateMachine {
                 if let action = handle(work) { return action }
                 continue
             }
-            if readPending, !readsPaused {
+            // (Closing after the steps in flight: nothing more is read or started.)
+            if readPending, !readsPaused, closeAfterInFlight == nil {
                 readPending = false
                 return .resumeReads
             }
@@ -340,10 +341,13 @@ package struct STOMPSessionStateMachine {
         }
     }
 
-    /// Whether `work` may be handled now rather than wait: nothing runs serially, and either
-    /// nothing is pipelined or it can join the pipeline.
+    /// Whether `work` may be handled now rather than wait: nothing runs serially, the session
+    /// is not closing, and either nothing is pipelined or it can join the pipeline.
     private func canHandleNow(_ work: QueuedWork) -> Bool {
-        guard serial == nil, !pacingReplay else { return false }
+        // Closing after the steps in flight (a shutdown, a lost lease): no SEND joins them, or
+        // a client streaming SENDs would keep the pipeline busy until the grace ran out and
+        // every step in flight then went unanswered.
+        guard serial == nil, !pacingReplay, closeAfterInFlight == nil else { return false }
         if pipeline.isEmpty { return true }
         guard case .frame(let frame) = work, phase == .connected else { return false }
         return pipeline.count < config.maxPipelinedSends && policy.isPipelinable(frame, identity: identity)
@@ -493,10 +497,14 @@ package struct SessionFailure: Error, Equatable {
     package var details: String?
     package var kind: SessionErrorKind
     package var closeCode: WebSocketErrorCode
+    /// Whether the connection waits briefly for the client's close frame after this `ERROR`
+    /// (see ``SessionErrorKind/lingers``); not after a rate limit (reading on at full speed is
+    /// what it stopped) nor a `CONNECT` that never came.
+    package var lingers: Bool
 
     package init(
         _ message: String, receiptID: String? = nil, extraHeaders: STOMPHeaders = STOMPHeaders(), details: String? = nil,
-        kind: SessionErrorKind = .protocolViolation, closeCode: WebSocketErrorCode = .normalClosure
+        kind: SessionErrorKind = .protocolViolation, closeCode: WebSocketErrorCode = .normalClosure, lingers: Bool? = nil
     ) {
         self.message = message
         self.receiptID = receiptID
@@ -504,6 +512,7 @@ package struct SessionFailure: Error, Equatable {
         self.details = details
         self.kind = kind
         self.closeCode = closeCode
+        self.lingers = lingers ?? kind.lingers
     }
 
     /// The `ERROR` frame.

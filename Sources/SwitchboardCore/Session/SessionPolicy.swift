@@ -42,7 +42,8 @@ package final class SessionPolicy: Sendable {
 
     /// Why a backend's reply to `destination` cannot be delivered (nil when it can): a
     /// broadcast goes to a named broker destination (not a bare prefix), a reply to the sender
-    /// to a broker or user destination; neither with a wildcard or a control character.
+    /// to a broker or user destination; neither with a wildcard, a control character, over the
+    /// name limit or not in NFC.
     package func replyProblem(_ destination: String, toSender: Bool) -> String? {
         let kind = kind(of: destination)
         // A reply to a user (`"user": "alice"`) arrives routed already: `/~user/alice/queue/…`.
@@ -51,7 +52,10 @@ package final class SessionPolicy: Sendable {
             return toSender ? "not a broker or user destination" : "not a broker destination"
         }
         if destination.contains("*") { return "a wildcard" }
-        if DestinationPattern.holdsControlCharacters(destination) { return "control characters" }
+        // As every other way in refuses them: a destination (or a user) not in NFC is another
+        // name than the subscribers' in Redis, and reached nobody there.
+        if let problem = DestinationPattern.nameProblem(destination) { return "the destination \(problem)" }
+        if !DestinationPattern.isNormalized(destination) { return "not in Unicode normalization form C (NFC)" }
         if configuration.brokerPrefixes.contains(destination) { return "a bare prefix" }
         return nil
     }
@@ -72,13 +76,18 @@ package final class SessionPolicy: Sendable {
 
     /// Whether a SEND may be pipelined: a valid SEND outside a transaction to a destination
     /// whose backend keeps the order of what it is handed. A SEND that will be refused is not:
-    /// its `ERROR` must come after the receipts of the frames before it.
+    /// its `ERROR` must come after the receipts of the frames before it. (Every check of the
+    /// SEND's arrival is repeated here: one left out let such a SEND's `ERROR` overtake them.)
     package func isPipelinable(_ frame: STOMPFrame, identity: SessionIdentity?) -> Bool {
         guard frame.command == .send, frame.headers["transaction"] == nil,
-            let destination = frame.headers["destination"]
+            let destination = frame.headers["destination"],
+            DestinationPattern.isNormalized(destination), DestinationPattern.nameProblem(destination) == nil
         else { return false }
         guard maySend(destination, identity: identity) else { return false }
-        if configuration.isBrokerDestination(destination) { return !destination.contains("*") }
+        if configuration.isBrokerDestination(destination) {
+            if let key = frame.headers["idempotency-key"], IdempotencyTokens.problem(key) != nil { return false }
+            return !destination.contains("*")
+        }
         if configuration.isApplicationDestination(destination) {
             return routes.route(for: destination)?.keepsOrderWhenPipelined ?? false
         }

@@ -171,6 +171,11 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
     /// Errors of NIO's `WebSocketFrameDecoder` (the handler before this one) get the same
     /// treatment as this handler's own checks; a frame over the size limit is a STOMP limit.
     package func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // After a decoding error NIO's frame decoder stays failed: every later read is this
+        // error, its bytes unread. Dropped, like the bytes read while lingering: closing on it
+        // would make the close a reset, the case lingering is for (the rest of a frame over
+        // the size limit, say). The linger ends at the client's EOF or at the deadline.
+        if failed || lingering, error is ByteToMessageDecoderError { return }
         guard !lingering else {
             context.close(promise: nil)
             return
@@ -280,7 +285,7 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
     /// reset, and a stack that discards what it received on a reset (Windows, a proxy passing
     /// the reset on) lost the frames before it: an `ERROR`, the close frame.
     package func close(after written: EventLoopFuture<Void>, linger: Bool = true) {
-        guard let context else { return }
+        guard let context, !lingering else { return }
         let channel = context.channel
         let deadline = context.eventLoop.scheduleTask(in: Self.closeGrace) { channel.close(promise: nil) }
         channel.closeFuture.whenComplete { _ in deadline.cancel() }

@@ -102,6 +102,12 @@ package final class WebhookClient: Sendable {
         package var description: String
         init(_ description: String) { self.description = description }
 
+        /// A reply that cannot be used after the backend answered `status` (a 2xx): it acted
+        /// on the message, which the `ERROR` says, so that the client does not send it again.
+        init(accepted status: Int, _ problem: String) {
+            self.description = "accepted the message (HTTP \(status)), but its \(problem)"
+        }
+
         static func describing(_ error: any Error, url: HTTPClient.Request, timeout: TimeAmount, maxBytes: Int, sent: Bool) -> Failure {
             let target = "\(url.host):\(url.port)"
             if let error = error as? HTTPClientError {
@@ -118,8 +124,11 @@ package final class WebhookClient: Sendable {
                     break
                 }
             }
-            if error is WebhookReplyCollector.TooBig {
-                return Failure("reply larger than \(maxBytes) bytes")
+            if let error = error as? WebhookReplyCollector.TooBig {
+                // A 2xx: the backend did act on the message; the client must not send it again.
+                return (200..<300).contains(error.status)
+                    ? Failure(accepted: error.status, "reply is larger than \(maxBytes) bytes")
+                    : Failure("reply larger than \(maxBytes) bytes")
             }
             if error is NIOConnectionError || error is IOError || error is ChannelError {
                 // After the request went out the backend may have acted on it: not "cannot

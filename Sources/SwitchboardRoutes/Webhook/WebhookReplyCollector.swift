@@ -9,7 +9,10 @@ import NIOHTTP1
 final class WebhookReplyCollector: HTTPClientResponseDelegate {
     typealias Response = WebhookClient.Response
 
-    struct TooBig: Error {}
+    /// The reply's body passes ``maxBytes``; `status` is the reply's (0: not known yet).
+    struct TooBig: Error {
+        var status: Int
+    }
 
     private struct State {
         var sent = false
@@ -32,22 +35,24 @@ final class WebhookReplyCollector: HTTPClientResponseDelegate {
     }
 
     func didReceiveHead(task: HTTPClient.Task<Response>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
-        state.withLockedValue { $0.sent = true }
-        if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > maxBytes {
-            return task.eventLoop.makeFailedFuture(TooBig())
+        state.withLockedValue {
+            $0.sent = true
+            $0.status = Int(head.status.code)
         }
-        state.withLockedValue { $0.status = Int(head.status.code) }
+        if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > maxBytes {
+            return task.eventLoop.makeFailedFuture(TooBig(status: Int(head.status.code)))
+        }
         return task.eventLoop.makeSucceededVoidFuture()
     }
 
     func didReceiveBodyPart(task: HTTPClient.Task<Response>, _ part: ByteBuffer) -> EventLoopFuture<Void> {
-        let fits = state.withLockedValue { state -> Bool in
-            guard state.body.readableBytes + part.readableBytes <= maxBytes else { return false }
+        let tooBig = state.withLockedValue { state -> TooBig? in
+            guard state.body.readableBytes + part.readableBytes <= maxBytes else { return TooBig(status: state.status) }
             var part = part
             state.body.writeBuffer(&part)
-            return true
+            return nil
         }
-        return fits ? task.eventLoop.makeSucceededVoidFuture() : task.eventLoop.makeFailedFuture(TooBig())
+        return tooBig.map { task.eventLoop.makeFailedFuture($0) } ?? task.eventLoop.makeSucceededVoidFuture()
     }
 
     func didFinishRequest(task: HTTPClient.Task<Response>) throws -> Response {

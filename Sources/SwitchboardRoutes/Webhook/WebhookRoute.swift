@@ -68,7 +68,14 @@ package struct WebhookRoute: AppRoute {
             guard (200..<300).contains(response.status) else {
                 throw RouteError(.webhookRejected, "webhook \(url) answered HTTP \(response.status)")
             }
-            return try Self.decodeReplies(response.body, url: url)
+            do {
+                return try Self.decodeReplies(response.body, url: url)
+            } catch let error as RouteError {
+                // The backend did act on the message: the ERROR must not read as if it had not
+                // (a client would send it again, and the backend process it twice).
+                let problem = error.description.dropFirst("webhook \(url) ".count)
+                throw RouteError(error.code, "webhook \(url) accepted the message (HTTP \(response.status)), but its \(problem)")
+            }
         }
     }
 

@@ -359,7 +359,10 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 closing = true
                 // A refused or malformed request's unread rest (a body, pipelined requests) would
                 // make the close a reset, which can destroy the answer before the client reads it.
-                closeConnection(after: context.writeAndFlush(wrapOutboundOut(.end(nil))), linger: refused || malformed, context: context)
+                // (Not after a CONNECT: NIO's parser reads nothing after its head, it would
+                // only pile up what the client sends.)
+                let linger = (refused || malformed) && first.endpoint != .tunnelRefused
+                closeConnection(after: context.writeAndFlush(wrapOutboundOut(.end(nil))), linger: linger, context: context)
             } else {
                 context.write(wrapOutboundOut(.end(nil)), promise: nil)
             }
