@@ -348,10 +348,16 @@ package struct RedisConnectionStateMachine<Promise> {
     private mutating func releaseHeld(waitReply: RESPToken) -> [(Promise, Result<RESPToken, any Error>)] {
         let writes = self.held
         self.held.removeAll(keepingCapacity: true)
-        if let error = Self.serverError(waitReply) { return writes.map { ($0.promise, .failure(error)) } }
+        // The writes succeeded on the primary: whatever went wrong with their WAIT (an ACL that
+        // refuses it, a replica that cannot run it), they are stored, their replication unknown.
+        // Not a plain failure, which would tell the caller nothing was stored.
+        if let error = Self.serverError(waitReply) {
+            let failure = RedisClientError(.notReplicated, detail: "stored on the primary, but WAIT failed (\(error)): replication unknown")
+            return writes.map { ($0.promise, .failure(failure)) }
+        }
         guard let count = try? Int(fromRESP: waitReply) else {
-            let error = RedisClientError(.protocolViolation, detail: "WAIT replied \(waitReply), not an integer")
-            return writes.map { ($0.promise, .failure(error)) }
+            let failure = RedisClientError(.notReplicated, detail: "stored on the primary, but WAIT replied \(waitReply), not an integer: replication unknown")
+            return writes.map { ($0.promise, .failure(failure)) }
         }
         return writes.map { write in
             guard count >= write.minimumReplicas else {

@@ -70,30 +70,40 @@ package final class InstanceLease: Sendable {
 
     /// Renews and reaps until the task is cancelled.
     ///
-    /// After the client reconnected to Redis, it reaps again only once it renewed for the ttl
-    /// plus ``Settings/settle``: when Redis comes back after an outage longer than the ttl,
-    /// every lease has expired, and the first instance to get through must not reap the others
-    /// before they reconnected (their backoff) and renewed theirs.
+    /// After the client reconnected to Redis, or after renewals failed (Redis unreachable, also
+    /// when this instance started during the outage: its first connection is no reconnect), it
+    /// reaps again only once it renewed for the ttl plus ``Settings/settle``: when Redis comes
+    /// back after an outage longer than the ttl, every lease has expired, and the first
+    /// instance to get through must not reap the others before they reconnected (their
+    /// backoff) and renewed theirs.
     package func run() async {
         let clock = ContinuousClock()
         var held = false
         var reconnects = client.reconnectCount
         var settledAt = clock.now
+        var renewalFailed = false
         while !Task.isCancelled {
             // Registered through its facts before its first renewal: a lease found missing then
             // may have been reaped too.
             if !held, registered() { held = true }
             do {
-                let renewed = try await LifecycleFunctions.call(
-                    LeaseRenew(prefix: stream.prefix, instance: instance, ttlMilliseconds: Self.ms(settings.ttl), held: held), on: client
-                ).get()
+                let renewed: Int
+                do {
+                    renewed = try await LifecycleFunctions.call(
+                        LeaseRenew(prefix: stream.prefix, instance: instance, ttlMilliseconds: Self.ms(settings.ttl), held: held), on: client
+                    ).get()
+                } catch {
+                    renewalFailed = true
+                    throw error
+                }
                 if renewed == 0 {
                     logger.error("this instance's lease expired and its sessions were reaped: closing them so they reconnect")
                     onLost()
                 }
                 held = true
-                if client.reconnectCount != reconnects {
+                if client.reconnectCount != reconnects || renewalFailed {
                     reconnects = client.reconnectCount
+                    renewalFailed = false
                     settledAt = clock.now + settings.ttl + settings.settle
                 }
                 if clock.now >= settledAt { try await reapExpired() }

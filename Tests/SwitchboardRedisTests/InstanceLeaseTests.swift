@@ -1,0 +1,78 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import Redis
+import RedisServerTesting
+import SwitchboardWire
+import Testing
+
+@testable import SwitchboardRedis
+
+/// Records the messages logged, for a test to wait for one.
+private struct RecordingLogHandler: LogHandler {
+    let messages: NIOLockedValueBox<[String]>
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) { messages.withLockedValue { $0.append("\(event.message)") } }
+}
+
+/// An instance's lease and the reaping of others (``InstanceLease``) against a real Redis.
+@Suite(.enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
+struct InstanceLeaseTests {
+    /// An instance started while Redis was down (its client's first connection is no
+    /// reconnect) got through first when Redis came back, and reaped at once every instance
+    /// whose lease had expired during the outage, although they were alive and still in their
+    /// reconnect backoff. After renewals that failed it waits the ttl and the settle time too.
+    @Test func anInstanceStartedDuringAnOutageDoesNotReapTheOthersAtOnce() async throws {
+        let server = try await RedisServerProcess.start(["--appendonly", "yes", "--appendfsync", "always"])
+        defer { server.stop() }
+        let stream = LifecycleStreamSettings()
+        let other = try await server.client()
+        // Another live instance, registered before the outage; its lease expires during it.
+        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: stream.prefix, instance: "B~1", ttlMilliseconds: 200, held: false), on: other).get()
+        await other.shutdown()
+        server.kill()
+
+        let messages = NIOLockedValueBox<[String]>([])
+        let logger = Logger(label: "lease") { _ in RecordingLogHandler(messages: messages) }
+        let client = RedisClient(
+            configuration: {
+                var configuration = server.configuration
+                configuration.reconnectBackoffMinimum = .milliseconds(20)
+                configuration.reconnectBackoffMaximum = .milliseconds(100)
+                configuration.reconnectWait = .milliseconds(50)
+                return configuration
+            }(), logger: Logger(label: "quiet") { _ in SwiftLogNoOpLogHandler() })
+        client.start()
+        let lease = InstanceLease(
+            client: client, stream: stream, instance: "A~1",
+            settings: InstanceLease.Settings(ttl: .milliseconds(200), renewInterval: .milliseconds(20), settle: .seconds(120)), logger: logger
+        ) {}
+        let running = Task { await lease.run() }
+        #expect(try await eventually { messages.withLockedValue { $0.contains("lease renewal or reaping failed") } }, "a renewal failed")
+
+        try await server.launch()
+        let observer = try await server.client()
+        // Renewing again, until A's renewal time is well past B's expiry (B's lease then is
+        // claimable at every renewal of A), or B is gone.
+        let instances = "\(stream.prefix)presence:instances"
+        @Sendable func score(_ instance: String) async throws -> Double? {
+            let reply = try await observer.execute(RawCommand("ZSCORE", .string(instances), .string(instance)))
+            return reply.value == .null ? nil : try Double(fromRESP: reply)
+        }
+        #expect(
+            try await eventually {
+                guard let b = try await score("B~1") else { return true }
+                return try await score("A~1").map { $0 - b > 1_000 } ?? false
+            })
+        #expect(try await score("B~1") != nil, "B was reaped right after the outage")
+        running.cancel()
+        await running.value
+        await observer.shutdown()
+        await client.shutdown()
+    }
+}
