@@ -39,6 +39,9 @@ package final class SubscriptionRegistry: Sendable {
         var subscribers: [Key: [UInt64: Sink]] = [:]
         var nextID: UInt64 = 0
         var sender: Sender?
+        /// The confirmation of each name's subscribe command still in flight: a subscriber
+        /// joining the name meanwhile waits for it too (it is not subscribed before).
+        var confirming: [Key: EventLoopFuture<Void>] = [:]
     }
 
     private let state = NIOLockedValueBox(State())
@@ -56,19 +59,43 @@ package final class SubscriptionRegistry: Sendable {
     }
 
     /// Registers `sink` for `names`. Returns the subscriber ID and, if a command had to be sent on an
-    /// attached connection, the future of its confirmation.
+    /// attached connection or one subscribing a name is still unconfirmed, the future of their
+    /// confirmation (a subscriber joining a name whose `SUBSCRIBE` is in flight was told at
+    /// once, before the server subscribed it, and missed what was published meanwhile).
     package func add(names: [String], kind: RedisSubscriptionKind, sink: Sink) -> (id: UInt64, confirmation: EventLoopFuture<Void>?) {
-        self.state.withLockedValue { state in
+        let (id, sent, joined) = self.state.withLockedValue { state -> (UInt64, (EventLoopFuture<Void>, [Key])?, [EventLoopFuture<Void>]) in
             let id = state.nextID
             state.nextID += 1
             var newNames: [String] = []
+            var joined: [EventLoopFuture<Void>] = []
             for name in names {
                 let key = Key(kind: kind, name: name)
-                if state.subscribers[key, default: [:]].isEmpty { newNames.append(name) }
+                if state.subscribers[key, default: [:]].isEmpty {
+                    newNames.append(name)
+                } else if let pending = state.confirming[key], !joined.contains(where: { $0 === pending }) {
+                    joined.append(pending)
+                }
                 state.subscribers[key, default: [:]][id] = sink
             }
-            guard !newNames.isEmpty, let sender = state.sender else { return (id, nil) }
-            return (id, sender(SubscriptionCommand(kind: kind, isSubscribe: true, names: newNames)))
+            guard !newNames.isEmpty, let sender = state.sender else { return (id, nil, joined) }
+            let future = sender(SubscriptionCommand(kind: kind, isSubscribe: true, names: newNames))
+            let keys = newNames.map { Key(kind: kind, name: $0) }
+            for key in keys { state.confirming[key] = future }
+            return (id, (future, keys), joined)
+        }
+        if let (future, keys) = sent { self.forget(future, of: keys) }
+        let all = joined + (sent.map { [$0.0] } ?? [])
+        guard let first = all.first else { return (id, nil) }
+        return (id, all.count == 1 ? first : EventLoopFuture.andAllSucceed(all, on: first.eventLoop))
+    }
+
+    /// Once `future` completes, its names are no longer being confirmed (outside the lock: a
+    /// future completed already runs the callback at once).
+    private func forget(_ future: EventLoopFuture<Void>, of keys: [Key]) {
+        future.whenComplete { _ in
+            self.state.withLockedValue { state in
+                for key in keys where state.confirming[key] === future { state.confirming[key] = nil }
+            }
         }
     }
 
@@ -82,6 +109,7 @@ package final class SubscriptionRegistry: Sendable {
                 guard var sinks = state.subscribers[key], sinks.removeValue(forKey: id) != nil else { continue }
                 if sinks.isEmpty {
                     state.subscribers[key] = nil
+                    state.confirming[key] = nil
                     unusedNames.append(name)
                 } else {
                     state.subscribers[key] = sinks
@@ -95,20 +123,28 @@ package final class SubscriptionRegistry: Sendable {
     /// Attaches a freshly connected subscriber connection and re-subscribes everything recorded.
     /// Returns the confirmations to await.
     package func attach(_ sender: @escaping Sender) -> [EventLoopFuture<Void>] {
-        self.state.withLockedValue { state in
+        let sent = self.state.withLockedValue { state -> [(EventLoopFuture<Void>, [Key])] in
             state.sender = sender
             var byKind: [RedisSubscriptionKind: [String]] = [:]
             for key in state.subscribers.keys { byKind[key.kind, default: []].append(key.name) }
             return RedisSubscriptionKind.allCases.compactMap { kind in
                 guard let names = byKind[kind], !names.isEmpty else { return nil }
-                return sender(SubscriptionCommand(kind: kind, isSubscribe: true, names: names.sorted()))
+                let future = sender(SubscriptionCommand(kind: kind, isSubscribe: true, names: names.sorted()))
+                let keys = names.map { Key(kind: kind, name: $0) }
+                for key in keys { state.confirming[key] = future }
+                return (future, keys)
             }
         }
+        for (future, keys) in sent { self.forget(future, of: keys) }
+        return sent.map(\.0)
     }
 
     /// Detaches the connection (it closed); subscriptions stay recorded for the next ``attach(_:)``.
     package func detach() {
-        self.state.withLockedValue { $0.sender = nil }
+        self.state.withLockedValue {
+            $0.sender = nil
+            $0.confirming = [:]
+        }
     }
 
     /// Routes a received message to every local subscriber of its channel/pattern.
