@@ -101,19 +101,67 @@ struct ReplicatedWriteTests {
     }
 
     /// The handler writes one WAIT per flush, behind every replicated write of that flush.
-    @Test func theHandlerWritesOneWaitPerFlush() throws {
+    @Test func theHandlerWritesOneWaitAtATime() throws {
         let redis = try EmbeddedRedis()
         try redis.ready()
         let writes = (0..<3).map { n in redis.send(ReplicatedWrite(SET("k\(n)", value: "v"), replicas: 1, timeout: .milliseconds(200))) }
-        // EmbeddedRedis.send flushes each write: a WAIT behind each flush (none owed for a plain command).
-        #expect(try redis.outbound() == [0, 1, 2].map { resp("SET", "k\($0)", "v") + resp("WAIT", "1", "200") }.joined())
+        // EmbeddedRedis.send flushes each write: a WAIT behind the first; the others wait for
+        // its answer (none owed for a plain command).
+        #expect(try redis.outbound() == resp("SET", "k0", "v") + resp("WAIT", "1", "200") + resp("SET", "k1", "v") + resp("SET", "k2", "v"))
         let plain = redis.send(GET("k0"))
         #expect(try redis.outbound() == resp("GET", "k0"))
-        try redis.feed("+OK\r\n:1\r\n+OK\r\n:0\r\n+OK\r\n:1\r\n$1\r\nv\r\n")
+        try redis.feed("+OK\r\n:1\r\n")
         #expect(try writes[0].wait() == token("+OK\r\n"))
+        #expect(try redis.outbound() == resp("WAIT", "1", "200"))
+        try redis.feed("+OK\r\n+OK\r\n$1\r\nv\r\n:0\r\n")
+        let done = writes.allSatisfy { $0.isCompleteForTest } && plain.isCompleteForTest
+        try #require(done)  // (not to hang below)
         #expect(throws: RedisClientError.notReplicated) { try writes[1].wait() }
-        #expect(try writes[2].wait() == token("+OK\r\n"))
+        #expect(throws: RedisClientError.notReplicated) { try writes[2].wait() }
         #expect(try plain.wait() == token("$1\r\nv\r\n"))
+    }
+
+    /// Redis runs a connection's commands in order: with the replicas down each WAIT takes its
+    /// whole timeout, and a WAIT written at every flush queued up behind the others until the
+    /// commands behind them passed their deadline. One is in flight at a time; the one owed
+    /// for the writes meanwhile is written when it is answered.
+    @Test func aWaitInFlightHoldsTheNextUntilItIsAnswered() throws {
+        let redis = try EmbeddedRedis()
+        try redis.ready()
+        let first = redis.send(ReplicatedWrite(SET("a", value: "v"), replicas: 1, timeout: .milliseconds(200)))
+        #expect(try redis.outbound() == resp("SET", "a", "v") + resp("WAIT", "1", "200"))
+        let later = (0..<2).map { n in redis.send(ReplicatedWrite(SET("b\(n)", value: "v"), replicas: 2, timeout: .milliseconds(100))) }
+        #expect(try redis.outbound() == resp("SET", "b0", "v") + resp("SET", "b1", "v"), "no second WAIT while one is in flight")
+        try redis.feed("+OK\r\n:1\r\n")
+        #expect(try first.wait() == token("+OK\r\n"))
+        // Answered: the owed WAIT (the largest count and timeout of the writes it covers) goes out.
+        #expect(try redis.outbound() == resp("WAIT", "2", "100"))
+        try redis.feed("+OK\r\n+OK\r\n:2\r\n")
+        let done = later.allSatisfy { $0.isCompleteForTest }
+        try #require(done)  // (not to hang below)
+        for write in later { #expect(try write.wait() == token("+OK\r\n")) }
+        #expect(try redis.outbound() == "")
+    }
+
+    /// A command written behind a WAIT in flight runs only once the WAIT is answered: its
+    /// deadline is at least the WAIT's (it timed out, closing the connection, while the WAIT
+    /// legitimately blocked).
+    @Test func aCommandBehindAWaitHasAtLeastItsDeadline() throws {
+        var configuration = RedisConfiguration()
+        configuration.commandTimeout = .milliseconds(100)
+        let redis = try EmbeddedRedis(configuration: configuration)
+        try redis.ready()
+        let write = redis.send(ReplicatedWrite(SET("a", value: "v"), replicas: 1, timeout: .milliseconds(500)))
+        try redis.feed("+OK\r\n")
+        redis.channel.embeddedEventLoop.advanceTime(by: .milliseconds(50))
+        let behind = redis.send(GET("a"))
+        redis.channel.embeddedEventLoop.advanceTime(by: .milliseconds(150))  // past its own 100 ms, not the WAIT's 600
+        #expect(redis.channel.isActive && !behind.isCompleteForTest)
+        try redis.feed(":1\r\n$1\r\nv\r\n")
+        let done = write.isCompleteForTest && behind.isCompleteForTest
+        try #require(done)
+        #expect(try write.wait() == token("+OK\r\n"))
+        #expect(try behind.wait() == token("$1\r\nv\r\n"))
     }
 
     /// Writes made in one loop tick (the connection's own flush) share one WAIT.

@@ -113,13 +113,16 @@ extension RedisClusterClient {
             do {
                 let connection = try await self.subscriberConnection(to: step.node)
                 try await connection.subscriptionCommand(SubscriptionCommand(kind: .shardChannel, isSubscribe: true, names: step.names)).get()
-                let (again, observers) = self.state.withLockedValue { state -> ([String], [@Sendable ([String]) -> Void]) in
-                    guard state.subscriberConnections[step.node] === connection else { return ([], []) }
+                let (current, again, observers) = self.state.withLockedValue { state -> (Bool, [String], [@Sendable ([String]) -> Void]) in
+                    guard state.subscriberConnections[step.node] === connection else { return (false, [], []) }
                     state.subscribed[step.node, default: []].formUnion(step.names)
                     let again = step.names.filter { state.everSubscribed.contains($0) }
                     state.everSubscribed.formUnion(step.names)
-                    return (again, state.resubscribeObservers)
+                    return (true, again, state.resubscribeObservers)
                 }
+                // The connection closed (or was replaced) after it confirmed: its close did not
+                // know these names yet, so nothing else would subscribe them again.
+                if !current { self.markSubscriptionsPending() }
                 if !again.isEmpty { for observer in observers { observer(again) } }
             } catch {
                 self.logger.debug("ssubscribe failed; retrying after a map refresh", metadata: ["node": "\(step.node)", "error": "\(error)"])
@@ -156,17 +159,21 @@ extension RedisClusterClient {
                 self.state.withLockedValue { _ = $0.subscribed[node]?.remove(name) }
                 self.markSubscriptionsPending()
             })
-        let accepted = self.state.withLockedValue { state -> Bool in
-            guard !state.isShutdown else { return false }
+        let (accepted, replacedSubscribed) = self.state.withLockedValue { state -> (Bool, Bool) in
+            guard !state.isShutdown else { return (false, false) }
             if let old = state.subscriberConnections[node], old !== connection { old.channel.close(promise: nil) }
             state.subscriberConnections[node] = connection
+            // A connection replaced while closing takes its channels with it (its close no
+            // longer finds itself here): they are subscribed again on this one.
+            let replacedSubscribed = !(state.subscribed[node]?.isEmpty ?? true)
             state.subscribed[node] = []
-            return true
+            return (true, replacedSubscribed)
         }
         guard accepted else {
             await connection.close()
             throw RedisClientError.shutdown
         }
+        if replacedSubscribed { self.markSubscriptionsPending() }
         subscriberReading.apply(to: connection)
         connection.closeFuture.whenComplete { [weak self] _ in
             guard let self else { return }

@@ -250,6 +250,8 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         if let blocking = command.blockingTimeout {
             deadline = blocking == .zero ? nil : deadline! + blocking
         }
+        // Behind a `WAIT` in flight the command runs only once it is answered.
+        if let waiting = self.stateMachine.waitDeadline, let own = deadline, waiting > own { deadline = waiting }
         switch self.stateMachine.enqueue(command.promise, kind: command.kind, deadline: deadline) {
         case .write(let scheduleTimer):
             self.publishOwed()
@@ -368,6 +370,8 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             context.close(promise: nil)
         case .complete(let outcomes):
             for (promise, outcome) in outcomes { promise.completeWith(outcome) }
+            // The `WAIT` in flight was answered: the one owed for the writes since goes now.
+            if self.stateMachine.owesWait { self.flushWritingOwedWait(context: context) }
         }
     }
 

@@ -101,8 +101,10 @@ package struct RedisConnectionStateMachine<Promise> {
     private var withdrawHint: Int?
     /// How many of ``pending`` are withdrawn.
     private var withdrawnCount = 0
-    /// How many of ``pending`` are group-commit `WAIT`s.
+    /// How many of ``pending`` are group-commit `WAIT`s (at most one: see ``takeOwedWait()``).
     private var waitsPending = 0
+    /// The deadline of the `WAIT` in flight: a command written behind it runs only after it.
+    package private(set) var waitDeadline: NIODeadline?
     let handshake: HandshakeConfiguration
 
     package init(handshake: HandshakeConfiguration) {
@@ -181,7 +183,10 @@ package struct RedisConnectionStateMachine<Promise> {
                 self.state = .ready(protocolVersion: version, subscribeMode: true)
             }
             self.pending.append(Pending(promise: promise, kind: kind, deadline: deadline))
-            if case .replicaWait = kind { self.waitsPending += 1 }
+            if case .replicaWait = kind {
+                self.waitsPending += 1
+                self.waitDeadline = deadline
+            }
             if case .replicatedWrite(let wait) = kind {
                 self.waitOwed = WAIT(
                     replicas: max(wait.replicas, self.waitOwed?.replicas ?? 0), timeout: max(wait.timeout, self.waitOwed?.timeout ?? .zero))
@@ -237,11 +242,20 @@ package struct RedisConnectionStateMachine<Promise> {
         }
     }
 
-    /// The connection is about to flush: the `WAIT` to write (and enqueue as `.replicaWait`)
-    /// behind the replicated writes since the last one, if any.
+    /// The connection is about to flush (or its `WAIT` was answered): the `WAIT` to write (and
+    /// enqueue as `.replicaWait`) behind the replicated writes since the last one, if any, and
+    /// none while one is in flight. Redis runs a connection's commands in order: with replicas
+    /// down every `WAIT` takes its whole timeout, and one written at every flush queued up, each
+    /// behind the other, until the commands behind them passed their deadline (the connection
+    /// then closed, failing writes that were stored). The one owed covers what was written
+    /// meanwhile.
+    /// Whether replicated writes wait for a `WAIT` not written yet.
+    package var owesWait: Bool { self.waitOwed != nil }
+
     package mutating func takeOwedWait() -> WAIT? {
-        defer { self.waitOwed = nil }
-        return self.waitOwed
+        guard self.waitsPending == 0, let wait = self.waitOwed else { return nil }
+        self.waitOwed = nil
+        return wait
     }
 
     // MARK: Replies
@@ -330,6 +344,7 @@ package struct RedisConnectionStateMachine<Promise> {
         switch head.kind {
         case .replicaWait:
             self.waitsPending -= 1
+            if self.waitsPending == 0 { self.waitDeadline = nil }
             return .complete(self.releaseHeld(waitReply: token) + [(head.promise, .success(token))])
         case .replicatedWrite(let wait):
             if let error = Self.serverError(token) { return .fail(head.promise, error) }
@@ -482,6 +497,7 @@ package struct RedisConnectionStateMachine<Promise> {
         self.pending.removeAll()
         self.withdrawnCount = 0
         self.waitsPending = 0
+        self.waitDeadline = nil
         self.withdrawHint = nil
         self.held.removeAll()
         self.waitOwed = nil
