@@ -195,7 +195,7 @@ package struct SwitchboardGateway: Sendable {
                         ttl: .milliseconds(events.leaseTTLMs), renewInterval: .milliseconds(events.leaseRenewMs),
                         grace: .milliseconds(events.graceMs),
                         settle: .nanoseconds(redisConfiguration.reconnectBackoffMaximum.nanoseconds)),
-                    logger: redisLogger, registered: { facts.hasApplied },
+                    logger: redisLogger, registered: { facts.hasApplied }, losses: facts.losses,
                     onLost: closeAll)
             }
         }

@@ -244,4 +244,95 @@ struct LifecycleFunctionTests {
         #expect(try await f.user("hal").sessions == ["s2": "gw1"])
         await f.stop()
     }
+
+    /// One batch of `instance`'s loop, numbered by the caller, with the instance's state.
+    static func batch(
+        _ instance: String, loop: Int, _ number: UInt64, _ facts: [LifecycleFact.Kind], session: String, known: Bool, seen: Int
+    ) -> LifecycleEventsBatch {
+        LifecycleEventsBatch(
+            settings: settings, instance: instance, loop: loop, batch: number,
+            facts: facts.map { LifecycleFact(session: session, kind: $0, time: 1_700_000_000_000) }, known: known, lossesSeen: seen)
+    }
+
+    /// A loop's first batch after Redis lost its data used to register the instance again
+    /// silently (only later batches checked), and then no other loop found the loss: the
+    /// instance's sessions stayed open but out of presence. A loss is numbered, told again to a
+    /// retried batch (whose first answer was lost) until the instance has seen it, and told once
+    /// to the loops whose earlier batches Redis forgot with the rest.
+    @Test func aLossIsFoundByAnyLoopAndToldUntilSeen() async throws {
+        let f = try await Fixture()
+        let c = f.client
+        #expect(try await LifecycleFunctions.call(Self.batch("gw1", loop: 0, 1, [.connected(user: "ida")], session: "s1", known: false, seen: 0), on: c).get() == 2)
+        _ = try await c.execute(RawCommand("FLUSHALL"))
+        // Loop 1's first batch, from an instance Redis applied batches of before: loss 1.
+        let first = Self.batch("gw1", loop: 1, 1, [.connected(user: "ida")], session: "s2", known: true, seen: 0)
+        #expect(try await LifecycleFunctions.call(first, on: c).get() == -1001)
+        #expect(RegistryLoss(eventsAnswer: -1001) == .numbered(1))
+        // Its answer lost, the batch is retried: told again, not "applied before" (-1).
+        #expect(try await LifecycleFunctions.call(first, on: c).get() == -1001)
+        // Loop 0, whose batch 1 Redis forgot: the same loss while not seen, none once seen.
+        let unseen = Self.batch("gw1", loop: 0, 2, [.subscribed(id: "0", destination: "/topic/a")], session: "s2", known: true, seen: 0)
+        #expect(try await LifecycleFunctions.call(unseen, on: c).get() == -1001)
+        let seen = Self.batch("gw1", loop: 0, 3, [.disconnected(.client)], session: "s1", known: true, seen: 1)
+        #expect(try await LifecycleFunctions.call(seen, on: c).get() == 0)
+        let renew = LeaseRenew(prefix: "switchboard:", instance: "gw1", ttlMilliseconds: 5_000, held: true, lossesSeen: 1)
+        #expect(try await LifecycleFunctions.call(renew, on: c).get() == 1)
+        #expect(try await f.user("ida").sessions == ["s2": "gw1"])
+        // A second loss (Redis flushed again) is number 2.
+        _ = try await c.execute(RawCommand("FLUSHALL"))
+        #expect(try await LifecycleFunctions.call(Self.batch("gw1", loop: 0, 4, [], session: "s2", known: true, seen: 1), on: c).get() == -1002)
+        await f.stop()
+    }
+
+    /// A renewal that finds the registry lost, whose answer does not reach the instance: the
+    /// next renewal found the lease held, and the loss went unnoticed.
+    @Test func aLossFoundByARenewalIsToldUntilSeen() async throws {
+        let f = try await Fixture()
+        let c = f.client
+        let p = "switchboard:"
+        func renew(seen: Int, held: Bool = true) async throws -> Int {
+            try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: "gw1", ttlMilliseconds: 5_000, held: held, lossesSeen: seen), on: c).get()
+        }
+        #expect(try await renew(seen: 0, held: false) == 1)
+        _ = try await c.execute(RawCommand("FLUSHALL"))
+        #expect(try await renew(seen: 0) == -1001)
+        #expect(try await renew(seen: 0) == -1001)
+        #expect(try await renew(seen: 1) == 1)
+        // A batch of a loop whose earlier batches Redis forgot: the loss was told already.
+        #expect(try await LifecycleFunctions.call(Self.batch("gw1", loop: 0, 7, [], session: "s", known: true, seen: 1), on: c).get() == 0)
+        #expect(RegistryLoss(renewAnswer: 0) == .unnumbered && RegistryLoss(renewAnswer: 1) == nil)
+        await f.stop()
+    }
+
+    /// A reaper whose call failed held its own lock, which its next claim (`SET NX`) could not
+    /// take: reaping stalled for the lock's 30 s. And a reaper that died halfway left the rest
+    /// of the registry in presence for good once the dead instance came back and renewed (it
+    /// was no longer a candidate): that instance now finishes its own old sessions.
+    @Test func aReapStoppedHalfwayIsFinished() async throws {
+        let f = try await Fixture()
+        let c = f.client
+        let p = "switchboard:"
+        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: "dead", ttlMilliseconds: 50, held: false), on: c).get()
+        for (session, user) in [("d1", "jo"), ("d2", "kim"), ("d3", "lee")] { try await f.send("dead", [.connected(user: user)], session: session) }
+        #expect(try await eventually { try await Int(fromRESP: c.execute(RawCommand("EXISTS", "switchboard:presence:lease:dead"))) == 0 })
+        let claim = LeaseClaim(prefix: p, me: "gw2", ttlMilliseconds: 50, graceMilliseconds: 0)
+        #expect(try await LifecycleFunctions.call(claim, on: c).get() == "dead")
+        // The reap call failed before it ran: the next claim goes on with it at once.
+        #expect(try await LifecycleFunctions.call(claim, on: c).get() == "dead")
+        #expect(try await LifecycleFunctions.call(LeaseReap(settings: Self.settings, dead: "dead", me: "gw2", count: 1), on: c).get() == 2)
+        // The reaper dies (its lock expires); the dead instance comes back and renews.
+        _ = try await c.execute(RawCommand("DEL", "switchboard:presence:reaping:dead"))
+        let back = LeaseRenew(prefix: p, instance: "dead", ttlMilliseconds: 60_000, held: true, lossesSeen: 0)
+        #expect(try await LifecycleFunctions.call(back, on: c).get() == -1001)
+        #expect(try await LifecycleFunctions.call(claim, on: c).get() == "")
+        let own = LeaseClaim(prefix: p, me: "dead", ttlMilliseconds: 50, graceMilliseconds: 0)
+        #expect(try await LifecycleFunctions.call(own, on: c).get() == "dead")
+        #expect(try await LifecycleFunctions.call(LeaseReap(settings: Self.settings, dead: "dead", me: "dead", count: 10), on: c).get() == 0)
+        #expect(try await LifecycleFunctions.call(own, on: c).get() == "")
+        for user in ["jo", "kim", "lee"] { #expect(try await f.user(user).online == false, "\(user)") }
+        #expect(try await f.events().filter { $0.reason == .nodeLost && $0.type == .disconnected }.count == 3)
+        // The instance's lease and the loss it was told of stay.
+        #expect(try await Int(fromRESP: c.execute(RawCommand("EXISTS", "switchboard:presence:lease:dead"))) == 1)
+        await f.stop()
+    }
 }

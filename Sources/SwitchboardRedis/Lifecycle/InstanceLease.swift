@@ -17,8 +17,13 @@ import SwitchboardWire
 /// dies halfway (its lock expires and another takes over) writes each event once.
 ///
 /// An instance that finds its own lease lost (Redis unreachable for longer than the ttl, and
-/// reaped meanwhile) is told through `onLost`: its sessions are no longer in presence, so the
-/// gateway closes them and they reconnect.
+/// reaped meanwhile, or Redis lost its data) is told through `onLost`, once per loss (see
+/// ``RegistryLosses``): its sessions are no longer in presence, so the gateway closes them and
+/// they reconnect.
+///
+/// A reap stopped halfway is finished: a reaper whose call failed claims its own lock again at
+/// once, and an instance that came back while its reaper died reaps its own old sessions left
+/// aside (they were closed when it was told of the loss).
 package final class InstanceLease: Sendable {
     package struct Settings: Sendable, Equatable {
         package var ttl: Duration
@@ -51,13 +56,16 @@ package final class InstanceLease: Sendable {
     /// Whether Redis applied a batch of this instance's facts: from then on it is registered
     /// (and known to reapers) even if it never renewed its lease.
     let registered: @Sendable () -> Bool
+    /// The registry losses told to this instance (shared with its ``RedisLifecycle``).
+    let losses: RegistryLosses
     let reapedCounter = Metrics.Counter(label: "switchboard_lifecycle_instances_reaped_total")
 
     package init(
         client: RedisClient, stream: LifecycleStreamSettings, instance: String, settings: Settings, logger: Logger,
-        registered: @escaping @Sendable () -> Bool = { false }, onLost: @escaping @Sendable () -> Void
+        registered: @escaping @Sendable () -> Bool = { false }, losses: RegistryLosses = RegistryLosses(), onLost: @escaping @Sendable () -> Void
     ) {
         self.registered = registered
+        self.losses = losses
         self.client = client
         self.stream = stream
         self.instance = instance
@@ -90,13 +98,15 @@ package final class InstanceLease: Sendable {
                 let renewed: Int
                 do {
                     renewed = try await LifecycleFunctions.call(
-                        LeaseRenew(prefix: stream.prefix, instance: instance, ttlMilliseconds: Self.ms(settings.ttl), held: held), on: client
+                        LeaseRenew(
+                            prefix: stream.prefix, instance: instance, ttlMilliseconds: Self.ms(settings.ttl), held: held, lossesSeen: losses.count),
+                        on: client
                     ).get()
                 } catch {
                     renewalFailed = true
                     throw error
                 }
-                if renewed == 0 {
+                if let loss = RegistryLoss(renewAnswer: renewed), losses.told(loss) {
                     logger.error("this instance's lease expired and its sessions were reaped: closing them so they reconnect")
                     onLost()
                 }

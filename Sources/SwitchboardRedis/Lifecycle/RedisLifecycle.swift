@@ -28,6 +28,8 @@ package final class RedisLifecycle: LifecycleRecorder {
     let logger: Logger
     /// Redis applied a batch of this instance (it has a registry, and reapers know it).
     let appliedOnce: AppliedFlag
+    /// The registry losses Redis told this instance of (shared with its ``InstanceLease``).
+    package let losses = RegistryLosses()
 
     /// Set once, from any loop.
     final class AppliedFlag: Sendable {
@@ -54,7 +56,7 @@ package final class RedisLifecycle: LifecycleRecorder {
         for (index, loop) in loops.enumerated() {
             batchers[ObjectIdentifier(loop)] = LoopLifecycleBatcher(
                 loop: loop, index: index, limits: limits, client: client, settings: settings, instance: instance,
-                dropped: dropped, failures: failures, applied: applied, unreachableWait: unreachableWait, logger: logger,
+                dropped: dropped, failures: failures, applied: applied, losses: losses, unreachableWait: unreachableWait, logger: logger,
                 onRegistryLost: onRegistryLost)
         }
         self.batchers = batchers
@@ -121,6 +123,7 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
     let droppedCounter: Metrics.Counter
     let failureCounter: Metrics.Counter
     let applied: RedisLifecycle.AppliedFlag
+    let losses: RegistryLosses
     let logger: Logger
     let onRegistryLost: @Sendable () -> Void
     var state: LifecycleBatchState
@@ -138,11 +141,12 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
 
     init(
         loop: any EventLoop, index: Int, limits: LifecycleBatchState.Limits, client: RedisClient, settings: LifecycleStreamSettings,
-        instance: String, dropped: Metrics.Counter, failures: Metrics.Counter, applied: RedisLifecycle.AppliedFlag,
+        instance: String, dropped: Metrics.Counter, failures: Metrics.Counter, applied: RedisLifecycle.AppliedFlag, losses: RegistryLosses,
         unreachableWait: TimeAmount = .zero, logger: Logger, onRegistryLost: @escaping @Sendable () -> Void
     ) {
         self.unreachableWait = unreachableWait
         self.applied = applied
+        self.losses = losses
         self.onRegistryLost = onRegistryLost
         self.loop = loop
         self.index = index
@@ -181,7 +185,11 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
     }
 
     private func send(_ batch: LifecycleBatchState.Batch) {
-        let command = LifecycleEventsBatch(settings: settings, instance: instance, loop: index, batch: batch.number, facts: batch.facts)
+        // Sent again unchanged on a retry but for the instance's state, which only grows: a
+        // retry of a batch whose loss was told meanwhile (on another loop) is answered as such.
+        let command = LifecycleEventsBatch(
+            settings: settings, instance: instance, loop: index, batch: batch.number, facts: batch.facts,
+            known: applied.value.load(ordering: .relaxed), lossesSeen: losses.count)
         LifecycleFunctions.call(command, on: client).hop(to: loop).whenComplete { result in
             switch result {
             case .success(let written):
@@ -189,7 +197,7 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
                 self.lastFailure = nil
                 self.expiry?.cancel()
                 self.expiry = nil
-                if written == -2 {
+                if let loss = RegistryLoss(eventsAnswer: written), self.losses.told(loss) {
                     self.logger.error("Redis lost this instance's presence registry: closing its sessions so they register again")
                     self.onRegistryLost()
                 }

@@ -28,9 +28,9 @@ public struct LifecycleStreamSettings: Sendable, Hashable {
 /// one batch of an event loop's facts, applied to presence and written as events in one step.
 /// A batch whose number is not above the loop's last applied one is skipped (a retry).
 public struct LifecycleEventsBatch: RedisCommand {
-    /// Events written; -1 when the batch had been applied already; -2 when Redis had lost the
-    /// registry (its data, or the instance was reaped): the batch was applied, and the
-    /// instance's other sessions are not in presence any more.
+    /// Events written; -1 when the batch had been applied already; a loss of the registry
+    /// (``RegistryLoss/init(eventsAnswer:)``: Redis lost its data, or the instance was reaped):
+    /// the batch was applied, and the instance's other sessions are not in presence any more.
     public typealias Response = Int
     public var settings: LifecycleStreamSettings
     /// The instance's registry name.
@@ -39,17 +39,28 @@ public struct LifecycleEventsBatch: RedisCommand {
     public var loop: Int
     public var batch: UInt64
     public var facts: [LifecycleFact]
+    /// Whether Redis applied a batch of this instance before, on any loop: a first batch of a
+    /// loop then finds a registry Redis lost, as later batches do.
+    public var known: Bool
+    /// The registry losses the instance was told of (``RegistryLoss/numbered(_:)``); nil: the
+    /// answer says a loss as `-2`, unnumbered (an older gateway's call).
+    public var lossesSeen: Int?
 
-    public init(settings: LifecycleStreamSettings, instance: String, loop: Int, batch: UInt64, facts: [LifecycleFact]) {
+    public init(
+        settings: LifecycleStreamSettings, instance: String, loop: Int, batch: UInt64, facts: [LifecycleFact], known: Bool = false,
+        lossesSeen: Int? = nil
+    ) {
         self.settings = settings
         self.instance = instance
         self.loop = loop
         self.batch = batch
         self.facts = facts
+        self.known = known
+        self.lossesSeen = lossesSeen
     }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
-        encoder.encodeArray(count: 10 + 6 * facts.count)
+        encoder.encodeArray(count: 10 + 6 * (facts.count + (lossesSeen == nil ? 0 : 1)))
         encoder.encodeBulk("FCALL")
         encoder.encodeBulk("switchboard_events")
         encoder.encodeBulk(1)
@@ -60,12 +71,51 @@ public struct LifecycleEventsBatch: RedisCommand {
         encoder.encodeBulk(settings.typesArgument)
         encoder.encodeBulk(loop)
         encoder.encodeBulk(String(batch))
+        // The instance's state as a first fact of kind `k`, which older libraries ignore.
+        if let lossesSeen {
+            for part in ["k", known ? "1" : "0", String(lossesSeen), "", "", "0"] { encoder.encodeBulk(part) }
+        }
         for fact in facts { fact.encode(into: &encoder) }
     }
 }
 
-/// `FCALL switchboard_lease_renew 0 <prefix> <instance> <ttl-ms> <known>`: renews the instance's
-/// lease; false when it had expired and the instance was (being) reaped meanwhile.
+/// A loss of an instance's registry, in an answer of `switchboard_events` or
+/// `switchboard_lease_renew`: Redis lost its data, or the instance was reaped while away. Its
+/// sessions are no longer in presence: the instance closes them, and they register again.
+public enum RegistryLoss: Sendable, Hashable {
+    /// Said by an older library, without a number: each such answer is a loss to act on.
+    case unnumbered
+    /// The loss's number (the instance's losses seen when it was found, plus one): told again
+    /// until the instance passes it as seen, so an answer lost on the way is not missed, and
+    /// a loss told twice is acted on once.
+    case numbered(Int)
+
+    /// From an answer of `switchboard_events`; nil when it says no loss.
+    public init?(eventsAnswer answer: Int) {
+        if answer == -2 {
+            self = .unnumbered
+        } else if answer <= -1000 {
+            self = .numbered(-answer - 1000)
+        } else {
+            return nil
+        }
+    }
+
+    /// From an answer of `switchboard_lease_renew`; nil when the lease was held.
+    public init?(renewAnswer answer: Int) {
+        if answer == 0 {
+            self = .unnumbered
+        } else if answer <= -1000 {
+            self = .numbered(-answer - 1000)
+        } else {
+            return nil
+        }
+    }
+}
+
+/// `FCALL switchboard_lease_renew 0 <prefix> <instance> <ttl-ms> <known> [<seen>]`: renews the
+/// instance's lease; a ``RegistryLoss`` when it had expired and the instance was (being) reaped
+/// meanwhile, or Redis lost its data.
 public struct LeaseRenew: RedisCommand {
     public typealias Response = Int
     public var prefix: String
@@ -73,16 +123,24 @@ public struct LeaseRenew: RedisCommand {
     public var ttlMilliseconds: Int
     /// Whether this instance held the lease before (false on the first renewal).
     public var held: Bool
+    /// The registry losses the instance was told of; nil: a loss is answered `0`, unnumbered.
+    public var lossesSeen: Int?
 
-    public init(prefix: String, instance: String, ttlMilliseconds: Int, held: Bool) {
+    public init(prefix: String, instance: String, ttlMilliseconds: Int, held: Bool, lossesSeen: Int? = nil) {
         self.prefix = prefix
         self.instance = instance
         self.ttlMilliseconds = ttlMilliseconds
         self.held = held
+        self.lossesSeen = lossesSeen
     }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
-        encoder.encodeCommand("FCALL", "switchboard_lease_renew", "0", prefix, instance, String(ttlMilliseconds), held ? "1" : "0")
+        if let lossesSeen {
+            encoder.encodeCommand(
+                "FCALL", "switchboard_lease_renew", "0", prefix, instance, String(ttlMilliseconds), held ? "1" : "0", String(lossesSeen))
+        } else {
+            encoder.encodeCommand("FCALL", "switchboard_lease_renew", "0", prefix, instance, String(ttlMilliseconds), held ? "1" : "0")
+        }
     }
 }
 

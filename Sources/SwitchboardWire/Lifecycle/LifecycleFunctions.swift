@@ -21,6 +21,7 @@ import Redis
 /// | `switchboard:presence:<destination>` | channel | join/leave notices (``PresenceNotice``), published only while an instance listens |
 /// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped) |
 /// | `switchboard:presence:reap:<registry>`, `…:reaping:<registry>` | hash, string | a dead registry being reaped, and the reaper's lock |
+/// | `switchboard:presence:lost:<registry>` | string | the number of the registry's last loss found (its data lost, or reaped), told to the instance until it says it has seen it |
 ///
 /// A registry is named `<instance>~<incarnation>`, one per process: an instance restarted with
 /// the same `instance.id` before its lease expired gets a new registry, and the old one is
@@ -140,21 +141,50 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           sub_remove(c, inst, session, user, sid, dest, t, false, 'unsubscribe')
         end
 
+        -- The loss of a registry (its data lost, or the instance reaped) is numbered by the
+        -- instance, which says how many it has been told of (`seen`): the loss found now is
+        -- seen + 1, kept in presence:lost:<registry> and said to every call of the instance
+        -- that has not seen it, so an answer lost on the way (the call retried, or answered -1)
+        -- is given again. Once seen, the key stays as a marker: loops whose last batch Redis
+        -- forgot with the rest are not taken for a new loss. Old gateways pass no `seen`, and
+        -- are told -2 / 0 as before.
+        local function told_lost(p, inst, seen)
+          local lk = p .. 'presence:lost:' .. inst
+          local t = seen + 1
+          redis.call('SET', lk, tostring(t))
+          return t
+        end
+
         -- KEYS[1] stream; ARGV prefix, instance, maxlen, types, loop, batch, then per fact:
-        -- kind (c|d|s|u), session, user, subscription, destination or reason, time.
+        -- kind (c|d|s|u), session, user, subscription, destination or reason, time. A first
+        -- fact of kind k (ignored by older versions) carries the instance's state: known (1:
+        -- Redis applied one of its batches before, on any loop) and seen (losses it was told).
+        -- Events written; -1: applied before; lost: -2 (without k), or -(1000 + the loss's
+        -- number) while the instance has not seen it.
         local function events(keys, args)
           local p, inst = args[1], args[2]
           local c = context(keys[1], p, args[3], args[4])
           local applied = p .. 'presence:applied:' .. inst
-          local last = tonumber(redis.call('HGET', applied, args[5]) or '0')
+          local raw = redis.call('HGET', applied, args[5])
+          local last = tonumber(raw or '0')
           local batch = tonumber(args[6])
-          if batch <= last then return -1 end
-          -- A later batch of an instance Redis does not know (any more): the registry was lost
-          -- (Redis lost its data) or reaped. Applied all the same; -2 tells the instance to
-          -- close its sessions, which reconnect and register again. Only the first batch or
-          -- renewal to get there says so: it registers the instance again.
+          local known, seen = false, nil
+          if args[7] == 'k' then known, seen = args[8] == '1', tonumber(args[9]) end
+          local told = 0
+          if seen then told = tonumber(redis.call('GET', p .. 'presence:lost:' .. inst) or '0') end
+          if batch <= last then
+            if seen and told > seen then return -(1000 + told) end
+            return -1
+          end
+          -- A batch of an instance Redis does not know (any more): the registry was lost
+          -- (Redis lost its data) or reaped. Applied all the same; the answer tells the instance
+          -- to close its sessions, which reconnect and register again. A loop's later batch
+          -- whose earlier one Redis forgot says so too (another loop may have registered the
+          -- instance again), unless that loss was told already.
           local zs = p .. 'presence:instances'
-          local lost = batch > 1 and not redis.call('ZSCORE', zs, inst)
+          local lost = (batch > 1 or known) and not redis.call('ZSCORE', zs, inst)
+          if seen and not lost and batch > 1 and not raw and told == 0 then lost = true end
+          if lost and seen then told = told_lost(p, inst, seen) end
           redis.call('HSET', applied, args[5], args[6])
           -- Known to reapers from its first batch on, even if it dies before renewing its lease.
           redis.call('ZADD', zs, 'NX', now_ms(), inst)
@@ -168,13 +198,17 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
             elseif kind == 'u' then unsubscribe(c, reg, name, session, sid, t)
             end
           end
+          if seen and told > seen then return -(1000 + told) end
           if lost then return -2 end
           return c.written
         end
 
-        -- ARGV prefix, instance, ttl, known (1: renewed before). 1: held; 0: lost (reaped).
+        -- ARGV prefix, instance, ttl, known (1: renewed before), seen (losses the instance was
+        -- told; absent from older versions). 1: held; lost (reaped, or Redis lost its data): 0
+        -- without seen, else -(1000 + the loss's number) until the instance has seen it.
         local function renew(keys, args)
           local p, inst = args[1], args[2]
+          local seen = tonumber(args[5] or '')
           local lease = p .. 'presence:lease:' .. inst
           local had = redis.call('EXISTS', lease)
           local zs = p .. 'presence:instances'
@@ -182,6 +216,12 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
             or redis.call('EXISTS', p .. 'presence:reap:' .. inst) == 1 or not redis.call('ZSCORE', zs, inst))
           redis.call('SET', lease, '1', 'PX', tonumber(args[3]))
           redis.call('ZADD', zs, now_ms(), inst)
+          if seen then
+            local told = tonumber(redis.call('GET', p .. 'presence:lost:' .. inst) or '0')
+            if lost then told = told_lost(p, inst, seen) end
+            if told > seen then return -(1000 + told) end
+            return 1
+          end
           if lost then return 0 end
           return 1
         end
@@ -206,11 +246,19 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           local candidates = redis.call('ZRANGEBYSCORE', p .. 'presence:instances', '-inf', '(' .. limit, 'LIMIT', 0, 10)
           for _, inst in ipairs(candidates) do
             if inst ~= me and redis.call('EXISTS', p .. 'presence:lease:' .. inst) == 0 then
-              if redis.call('SET', p .. 'presence:reaping:' .. inst, me, 'NX', 'PX', 30000) then
+              local lock = p .. 'presence:reaping:' .. inst
+              -- A lock already mine: my reap of it stopped halfway (an error); go on with it.
+              if redis.call('GET', lock) == me or redis.call('SET', lock, me, 'NX', 'PX', 30000) then
+                redis.call('SET', lock, me, 'PX', 30000)
                 start_reap(p, inst)
                 return inst
               end
             end
+          end
+          -- My own old sessions, left by a reaper that stopped halfway while I was away (I came
+          -- back and renewed, so nobody claims me): I finish their reap.
+          if redis.call('EXISTS', p .. 'presence:reap:' .. me) == 1 and redis.call('EXISTS', p .. 'presence:lease:' .. me) == 1 then
+            if redis.call('SET', p .. 'presence:reaping:' .. me, me, 'NX', 'PX', 30000) then return me end
           end
           return ''
         end
@@ -234,7 +282,7 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
               redis.call('RENAME', reg, rk)
               return redis.call('HLEN', rk)
             end
-            redis.call('DEL', lock, p .. 'presence:applied:' .. inst)
+            redis.call('DEL', lock, p .. 'presence:applied:' .. inst, p .. 'presence:lost:' .. inst)
             redis.call('ZREM', p .. 'presence:instances', inst)
           elseif left == 0 then
             redis.call('DEL', lock)
