@@ -36,6 +36,15 @@ struct CommandEncodingTests {
         }
     }
 
+    /// A timeout under a millisecond encoded as `WAIT n 0`, which blocks without end.
+    @Test func waitTimeoutIsWholeMillisecondsAndNeverZero() {
+        #expect(encoded(WAIT(replicas: 1, timeout: .milliseconds(250))) == resp("WAIT", "1", "250"))
+        #expect(encoded(WAIT(replicas: 2, timeout: .microseconds(1_500))) == resp("WAIT", "2", "2"))
+        for timeout: TimeAmount in [.microseconds(300), .zero, .nanoseconds(-5)] {
+            #expect(encoded(WAIT(replicas: 1, timeout: timeout)) == resp("WAIT", "1", "1"), "\(timeout)")
+        }
+    }
+
     @Test func xaddWithApproximateMaxLen() {
         let command = XADD(key: "s", maxLength: 1000, fields: [("a", "1"), ("b", .bytes(ByteBuffer(string: "x\r\ny")))])
         #expect(encoded(command) == "*10\r\n$4\r\nXADD\r\n$1\r\ns\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$4\r\n1000\r\n$1\r\n*\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$4\r\nx\r\ny\r\n")

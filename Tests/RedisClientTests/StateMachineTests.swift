@@ -167,15 +167,15 @@ struct SubscriptionRegistryTests {
         }
     }
 
-    @Test func referenceCounting() {
+    @Test func referenceCounting() throws {
         let registry = SubscriptionRegistry()
         let recorder = Recorder()
         #expect(registry.attach(recorder.sender).isEmpty)
         let received = NIOLockedValueBox<[String]>([])
         let sink = SubscriptionRegistry.Sink.callback { m in received.withLockedValue { $0.append("1:" + String(buffer: m.payload)) } }
         let sink2 = SubscriptionRegistry.Sink.callback { m in received.withLockedValue { $0.append("2:" + String(buffer: m.payload)) } }
-        let (a, first) = registry.add(names: ["x", "y"], kind: .channel, sink: sink)
-        let (b, second) = registry.add(names: ["x"], kind: .channel, sink: sink2)
+        let (a, first) = try registry.add(names: ["x", "y"], kind: .channel, sink: sink)
+        let (b, second) = try registry.add(names: ["x"], kind: .channel, sink: sink2)
         // Nothing sent for the second; it may share the first's confirmation (completed).
         #expect(first != nil && (second == nil || (try? second!.wait()) != nil))
         #expect(recorder.commands.withLockedValue { $0 } == [SubscriptionCommand(kind: .channel, isSubscribe: true, names: ["x", "y"])])
@@ -183,7 +183,7 @@ struct SubscriptionRegistryTests {
         registry.deliver(RedisPubSubMessage(kind: .channel, channel: "x", payload: ByteBuffer(string: "m")))
         #expect(received.withLockedValue { $0.sorted() } == ["1:m", "2:m"])
         // Same name, different kind: separate subscription.
-        _ = registry.add(names: ["x"], kind: .pattern, sink: sink)
+        _ = try registry.add(names: ["x"], kind: .pattern, sink: sink)
         #expect(recorder.commands.withLockedValue { $0.count } == 2)
 
         #expect(registry.remove(id: b, names: ["x"], kind: .channel) == nil)  // a still listens to x
@@ -198,13 +198,13 @@ struct SubscriptionRegistryTests {
     /// confirmation (it was told at once, before the server subscribed the name), and shares
     /// its failure.
     @Test(arguments: [true, false])
-    func aSubscriberJoiningAnUnconfirmedNameWaitsForItsConfirmation(confirmed: Bool) {
+    func aSubscriberJoiningAnUnconfirmedNameWaitsForItsConfirmation(confirmed: Bool) throws {
         let registry = SubscriptionRegistry()
         let loop = MultiThreadedEventLoopGroup.singleton.any()
         let promise = loop.makePromise(of: Void.self)
         _ = registry.attach { _ in promise.futureResult }
-        let (_, first) = registry.add(names: ["x"], kind: .channel, sink: .callback { _ in })
-        let (_, second) = registry.add(names: ["x"], kind: .channel, sink: .callback { _ in })
+        let (_, first) = try registry.add(names: ["x"], kind: .channel, sink: .callback { _ in })
+        let (_, second) = try registry.add(names: ["x"], kind: .channel, sink: .callback { _ in })
         #expect(first != nil && second === first)
         if confirmed {
             promise.succeed()
@@ -214,15 +214,48 @@ struct SubscriptionRegistryTests {
         #expect((try? second?.wait()) != nil || !confirmed)
         #expect(confirmed || (try? second?.wait()) == nil, "the refusal reaches the subscriber that joined")
         // Confirmed (or refused): a later subscriber of the name has nothing to wait for.
-        let (_, third) = registry.add(names: ["x"], kind: .channel, sink: .callback { _ in })
+        let (_, third) = try registry.add(names: ["x"], kind: .channel, sink: .callback { _ in })
         #expect(third == nil)
     }
 
-    @Test func resubscribesOnAttach() {
+    /// A subscribe after the client shut down is refused: its stream would never end.
+    @Test func aSubscriberAfterShutdownIsRefused() throws {
         let registry = SubscriptionRegistry()
-        _ = registry.add(names: ["b", "a"], kind: .channel, sink: .callback { _ in })
-        _ = registry.add(names: ["p*"], kind: .pattern, sink: .callback { _ in })
-        _ = registry.add(names: ["s"], kind: .shardChannel, sink: .callback { _ in })
+        _ = try registry.add(names: ["x"], kind: .channel, sink: .callback { _ in })
+        registry.finishAll()
+        #expect(throws: RedisClientError.shutdown) { try registry.add(names: ["x"], kind: .channel, sink: .callback { _ in }) }
+    }
+
+    /// A re-subscribe refused as a whole for one name (`NOPERM`) is sent again a name at a
+    /// time; the refused name is dropped and reported, the others stay.
+    @Test func aReSubscribeRefusedForOneNameSubscribesTheOthersOneByOne() async throws {
+        let registry = SubscriptionRegistry()
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let (stream, continuation) = AsyncStream.makeStream(of: RedisPubSubMessage.self)
+        _ = try registry.add(names: ["ok", "no"], kind: .channel, sink: .callback { _ in })
+        _ = try registry.add(names: ["no"], kind: .channel, sink: .stream(continuation, NIOLockedValueBox(0)))
+        let sent = NIOLockedValueBox<[[String]]>([])
+        let refused = NIOLockedValueBox<[String]>([])
+        let denial = RedisServerError(message: "NOPERM User app has no permissions to access the 'no' channel")
+        let confirmations = registry.attach({ command in
+            sent.withLockedValue { $0.append(command.names) }
+            return command.names.contains("no") ? loop.makeFailedFuture(denial) : loop.makeSucceededVoidFuture()
+        }) { _, names, _ in refused.withLockedValue { $0 += names } }
+        for confirmation in confirmations { try await confirmation.get() }
+        #expect(sent.withLockedValue { $0 } == [["no", "ok"], ["no"], ["ok"]] || sent.withLockedValue { $0 } == [["no", "ok"], ["ok"], ["no"]])
+        #expect(refused.withLockedValue { $0 } == ["no"])
+        #expect(registry.activeKeys == [SubscriptionRegistry.Key(kind: .channel, name: "ok")])
+        // The stream subscribed to the refused name only has ended.
+        var iterator = stream.makeAsyncIterator()
+        let next = await iterator.next()
+        #expect(next == nil)
+    }
+
+    @Test func resubscribesOnAttach() throws {
+        let registry = SubscriptionRegistry()
+        _ = try registry.add(names: ["b", "a"], kind: .channel, sink: .callback { _ in })
+        _ = try registry.add(names: ["p*"], kind: .pattern, sink: .callback { _ in })
+        _ = try registry.add(names: ["s"], kind: .shardChannel, sink: .callback { _ in })
         let recorder = Recorder()
         #expect(registry.attach(recorder.sender).count == 3)
         #expect(
@@ -232,7 +265,7 @@ struct SubscriptionRegistryTests {
                 SubscriptionCommand(kind: .shardChannel, isSubscribe: true, names: ["s"]),
             ])
         registry.detach()
-        _ = registry.add(names: ["c"], kind: .channel, sink: .callback { _ in })
+        _ = try registry.add(names: ["c"], kind: .channel, sink: .callback { _ in })
         #expect(recorder.commands.withLockedValue { $0.count } == 3)  // nothing sent while detached
     }
 }

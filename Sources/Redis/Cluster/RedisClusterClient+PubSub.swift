@@ -18,7 +18,7 @@ extension RedisClusterClient {
             of: RedisPubSubMessage.self,
             bufferingPolicy: .bufferingNewest(max(1, bufferSize ?? self.configuration.subscriptionBufferSize))
         )
-        let (id, confirmation) = registry.add(names: names, kind: kind, sink: .stream(continuation, dropped))
+        let (id, confirmation) = try registry.add(names: names, kind: kind, sink: .stream(continuation, dropped))
         let subscription = RedisSubscription(
             names: names, kind: kind, stream: stream, continuation: continuation, dropped: dropped, id: id, registry: registry)
         try await self.awaitConfirmation(confirmation, registry: registry, id: id, names: names, kind: kind)
@@ -31,7 +31,7 @@ extension RedisClusterClient {
     ) async throws -> RedisCallbackSubscription {
         precondition(!names.isEmpty, "subscribe needs at least one name")
         let registry = kind == .shardChannel ? self.shardRegistry : self.classicRegistry
-        let (id, confirmation) = registry.add(names: names, kind: kind, sink: .callback(handler))
+        let (id, confirmation) = try registry.add(names: names, kind: kind, sink: .callback(handler))
         try await self.awaitConfirmation(confirmation, registry: registry, id: id, names: names, kind: kind)
         return RedisCallbackSubscription(names: names, kind: kind, id: id, registry: registry)
     }

@@ -18,7 +18,13 @@ public struct WAIT: RedisCommand, Hashable {
         encoder.encodeArray(count: 3)
         encoder.encodeBulk("WAIT")
         encoder.encodeBulk(self.replicas)
-        encoder.encodeBulk(Int(self.timeout.nanoseconds / 1_000_000))
+        encoder.encodeBulk(self.timeoutMilliseconds)
+    }
+
+    /// The timeout in whole milliseconds, rounded up and at least 1: `WAIT n 0` blocks until the
+    /// replicas answer, however long that takes.
+    var timeoutMilliseconds: Int {
+        Int(max(1, (self.timeout.nanoseconds + 999_999) / 1_000_000))
     }
 }
 

@@ -344,7 +344,7 @@ public final class RedisClient: Sendable {
             of: RedisPubSubMessage.self,
             bufferingPolicy: .bufferingNewest(max(1, bufferSize ?? self.configuration.subscriptionBufferSize))
         )
-        let (id, confirmation) = self.registry.add(names: names, kind: kind, sink: .stream(continuation, dropped))
+        let (id, confirmation) = try self.registry.add(names: names, kind: kind, sink: .stream(continuation, dropped))
         let subscription = RedisSubscription(
             names: names, kind: kind, stream: stream, continuation: continuation, dropped: dropped, id: id, registry: self.registry
         )
@@ -360,7 +360,7 @@ public final class RedisClient: Sendable {
         handler: @escaping @Sendable (RedisPubSubMessage) -> Void
     ) async throws -> RedisCallbackSubscription {
         precondition(!names.isEmpty, "subscribe needs at least one name")
-        let (id, confirmation) = self.registry.add(names: names, kind: kind, sink: .callback(handler))
+        let (id, confirmation) = try self.registry.add(names: names, kind: kind, sink: .callback(handler))
         try await self.awaitConfirmation(confirmation, id: id, names: names, kind: kind)
         return RedisCallbackSubscription(names: names, kind: kind, id: id, registry: self.registry)
     }
@@ -476,7 +476,12 @@ public final class RedisClient: Sendable {
                     connection.onUnsent { [weak self] command in self?.holdUnsent(command, from: command.origin?.loop) ?? false }
                 }
                 if role == .subscriptions {
-                    let confirmations = registry.attach { [connection] in connection.subscriptionCommand($0) }
+                    let logger = self.logger
+                    let confirmations = registry.attach({ [connection] in connection.subscriptionCommand($0) }) { kind, names, error in
+                        logger.error(
+                            "Redis refused to subscribe again to names it no longer allows: their subscribers were dropped",
+                            metadata: ["kind": "\(kind)", "names": "\(names)", "error": "\(error)"])
+                    }
                     do {
                         for confirmation in confirmations { try await confirmation.get() }
                     } catch {

@@ -18,6 +18,8 @@ public struct RedisServerError: Error, Hashable, Sendable, CustomStringConvertib
     public var isNoGroup: Bool { self.code == "NOGROUP" }
     /// `true` for authentication failures (`NOAUTH`, `WRONGPASS`).
     public var isAuthenticationError: Bool { self.code == "NOAUTH" || self.code == "WRONGPASS" }
+    /// `true` when an ACL forbids the command, a key or a channel (`NOPERM`).
+    public var isPermissionDenied: Bool { self.code == "NOPERM" }
     /// `true` for `EVALSHA` with an unknown script.
     public var isNoScript: Bool { self.code == "NOSCRIPT" }
 

@@ -42,6 +42,10 @@ package final class SubscriptionRegistry: Sendable {
         /// The confirmation of each name's subscribe command still in flight: a subscriber
         /// joining the name meanwhile waits for it too (it is not subscribed before).
         var confirming: [Key: EventLoopFuture<Void>] = [:]
+        /// Finished (the client shut down): a new subscriber is refused.
+        var closed = false
+        /// Counts attaches and detaches: work for one connection stops once another replaced it.
+        var generation: UInt64 = 0
     }
 
     private let state = NIOLockedValueBox(State())
@@ -62,8 +66,10 @@ package final class SubscriptionRegistry: Sendable {
     /// attached connection or one subscribing a name is still unconfirmed, the future of their
     /// confirmation (a subscriber joining a name whose `SUBSCRIBE` is in flight was told at
     /// once, before the server subscribed it, and missed what was published meanwhile).
-    package func add(names: [String], kind: RedisSubscriptionKind, sink: Sink) -> (id: UInt64, confirmation: EventLoopFuture<Void>?) {
-        let (id, sent, joined) = self.state.withLockedValue { state -> (UInt64, (EventLoopFuture<Void>, [Key])?, [EventLoopFuture<Void>]) in
+    /// Throws ``RedisClientError/shutdown`` once the client shut down (its stream would never end).
+    package func add(names: [String], kind: RedisSubscriptionKind, sink: Sink) throws -> (id: UInt64, confirmation: EventLoopFuture<Void>?) {
+        let (id, sent, joined) = try self.state.withLockedValue { state -> (UInt64, (EventLoopFuture<Void>, [Key])?, [EventLoopFuture<Void>]) in
+            guard !state.closed else { throw RedisClientError.shutdown }
             let id = state.nextID
             state.nextID += 1
             var newNames: [String] = []
@@ -122,26 +128,84 @@ package final class SubscriptionRegistry: Sendable {
 
     /// Attaches a freshly connected subscriber connection and re-subscribes everything recorded.
     /// Returns the confirmations to await.
-    package func attach(_ sender: @escaping Sender) -> [EventLoopFuture<Void>] {
-        let sent = self.state.withLockedValue { state -> [(EventLoopFuture<Void>, [Key])] in
+    ///
+    /// Redis refuses a `SUBSCRIBE` as a whole when an ACL denies one of its names (`NOPERM`: a
+    /// channel no longer allowed; Redis then also closed the connection). The names of a
+    /// re-subscribe refused so are then subscribed one at a time: those refused again are
+    /// dropped (a stream subscribed to nothing else finishes) and told to `refused`, and the
+    /// rest are subscribed. Otherwise one denied name failed every reconnect, and all Pub/Sub
+    /// stopped. Other errors fail the attach, as before (the connection is closed and opened
+    /// again).
+    package func attach(
+        _ sender: @escaping Sender, refused: @escaping @Sendable (RedisSubscriptionKind, [String], any Error) -> Void = { _, _, _ in }
+    ) -> [EventLoopFuture<Void>] {
+        let (sent, generation) = self.state.withLockedValue { state -> ([(EventLoopFuture<Void>, [Key])], UInt64) in
             state.sender = sender
+            state.generation &+= 1
             var byKind: [RedisSubscriptionKind: [String]] = [:]
             for key in state.subscribers.keys { byKind[key.kind, default: []].append(key.name) }
-            return RedisSubscriptionKind.allCases.compactMap { kind in
+            let sent = RedisSubscriptionKind.allCases.compactMap { kind -> (EventLoopFuture<Void>, [Key])? in
                 guard let names = byKind[kind], !names.isEmpty else { return nil }
                 let future = sender(SubscriptionCommand(kind: kind, isSubscribe: true, names: names.sorted()))
                 let keys = names.map { Key(kind: kind, name: $0) }
                 for key in keys { state.confirming[key] = future }
                 return (future, keys)
             }
+            return (sent, state.generation)
         }
         for (future, keys) in sent { self.forget(future, of: keys) }
-        return sent.map(\.0)
+        return sent.map { future, keys in
+            future.flatMapError { error in
+                guard (error as? RedisServerError)?.isPermissionDenied == true else { return future.eventLoop.makeFailedFuture(error) }
+                return self.subscribeOneByOne(keys, generation: generation, on: future.eventLoop, refused: refused)
+            }
+        }
+    }
+
+    /// Subscribes each of `keys` alone on the connection of `generation`; drops those Redis
+    /// refuses. Fails if the connection does.
+    private func subscribeOneByOne(
+        _ keys: [Key], generation: UInt64, on loop: any EventLoop, refused: @escaping @Sendable (RedisSubscriptionKind, [String], any Error) -> Void
+    ) -> EventLoopFuture<Void> {
+        let attempts = self.state.withLockedValue { state -> [(Key, EventLoopFuture<Void>)] in
+            guard state.generation == generation, let sender = state.sender else { return [] }
+            return keys.filter { !(state.subscribers[$0]?.isEmpty ?? true) }.map { key in
+                let future = sender(SubscriptionCommand(kind: key.kind, isSubscribe: true, names: [key.name]))
+                state.confirming[key] = future
+                return (key, future)
+            }
+        }
+        for (key, future) in attempts { self.forget(future, of: [key]) }
+        let outcomes = attempts.map { key, future in
+            future.map { (key, nil as (any Error)?) }.flatMapError { error in
+                (error as? RedisServerError)?.isPermissionDenied == true ? loop.makeSucceededFuture((key, error)) : loop.makeFailedFuture(error)
+            }
+        }
+        return EventLoopFuture.whenAllSucceed(outcomes, on: loop).map { outcomes in
+            let denied = outcomes.compactMap { key, error in error.map { (key, $0) } }
+            guard !denied.isEmpty else { return }
+            let finished = self.state.withLockedValue { state -> [Sink] in
+                var ids: [UInt64: Sink] = [:]
+                for (key, _) in denied {
+                    for (id, sink) in state.subscribers.removeValue(forKey: key) ?? [:] { ids[id] = sink }
+                    state.confirming[key] = nil
+                }
+                // A subscriber with a name left keeps its stream.
+                for sinks in state.subscribers.values { for id in sinks.keys { ids[id] = nil } }
+                return Array(ids.values)
+            }
+            for case .stream(let continuation, _) in finished { continuation.finish() }
+            for kind in RedisSubscriptionKind.allCases {
+                let names = denied.filter { $0.0.kind == kind }
+                if let first = names.first { refused(kind, names.map(\.0.name).sorted(), first.1) }
+            }
+        }
     }
 
     /// Detaches the connection (it closed); subscriptions stay recorded for the next ``attach(_:)``.
     package func detach() {
         self.state.withLockedValue {
+            $0.generation &+= 1
             $0.sender = nil
             $0.confirming = [:]
         }
@@ -158,6 +222,7 @@ package final class SubscriptionRegistry: Sendable {
     package func finishAll() {
         let sinks = self.state.withLockedValue { state -> [Sink] in
             let all = state.subscribers.values.flatMap(\.values)
+            state.closed = true
             state.subscribers = [:]
             state.sender = nil
             return all
