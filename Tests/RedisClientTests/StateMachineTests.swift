@@ -153,6 +153,29 @@ struct StateMachineTests {
             }
         }
     }
+
+    /// valkey-io/valkey#1066: a `SUNSUBSCRIBE` of a channel whose slot just moved away. The
+    /// server's own `sunsubscribe` push comes first and is taken as its confirmation; its reply,
+    /// `MOVED`, then found nothing pending and closed the subscriber connection (losing what its
+    /// other channels were sent meanwhile). Now it is ignored.
+    @Test func aStrayErrorAfterAServerSideUnsubscribeLeavesTheSubscriberOpen() {
+        for version in [3, 2] {
+            var machine = readyMachine(version: version)
+            let open = version == 3 ? ">" : "*"
+            _ = machine.enqueue(1, kind: .subscription(confirmation: "sunsubscribe", remaining: 1), deadline: nil)
+            guard case .succeed(1, _) = machine.receivedToken(token("\(open)3\r\n$12\r\nsunsubscribe\r\n$1\r\nz\r\n:0\r\n")) else {
+                Issue.record("the server's push taken as the confirmation"); return
+            }
+            guard case .none = machine.receivedToken(token("-MOVED 8000 127.0.0.1:7001\r\n")) else {
+                Issue.record("the stray MOVED closed the connection (RESP\(version))"); return
+            }
+            _ = machine.enqueue(2, deadline: nil)
+            guard case .succeed(2, _) = machine.receivedToken(token("+PONG\r\n")) else { Issue.record("still usable"); return }
+        }
+        // Outside subscribe mode an unsolicited reply still closes the connection.
+        var machine = readyMachine()
+        guard case .failAllAndClose = machine.receivedToken(token("-ERR nothing asked\r\n")) else { Issue.record("closed"); return }
+    }
 }
 
 @Suite("Subscription registry")

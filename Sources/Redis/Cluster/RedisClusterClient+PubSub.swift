@@ -248,7 +248,12 @@ extension RedisClusterClient {
                     break
                 }
                 subscriberReading.apply(to: connection)
-                let confirmations = registry.attach { [connection] in connection.subscriptionCommand($0) }
+                let logger = self.logger
+                let confirmations = registry.attach({ [connection] in connection.subscriptionCommand($0) }) { kind, names, error in
+                    logger.error(
+                        "redis cluster refused to subscribe again to names it no longer allows: their subscribers were dropped",
+                        metadata: ["kind": "\(kind)", "names": "\(names)", "error": "\(error)"])
+                }
                 for confirmation in confirmations { try? await confirmation.get() }
                 attempt = 0
                 try? await connection.closeFuture.get()

@@ -338,6 +338,11 @@ package struct RedisConnectionStateMachine<Promise> {
         }
         self.skipWithdrawn()
         guard let head = self.pending.popFirst() else {
+            // A subscriber's `SUNSUBSCRIBE` of a channel whose slot just moved away: the server's
+            // own `sunsubscribe` push came first and was taken as its confirmation, then its
+            // reply (`MOVED`) finds nothing pending (valkey-io/valkey#1066). Ignored: closing
+            // the connection would lose what its other channels are sent until it is back.
+            if subscribeMode, Self.serverError(token) != nil { return .none }
             self.state = .closing
             return .failAllAndClose([], RedisClientError.unsolicitedReply)
         }
