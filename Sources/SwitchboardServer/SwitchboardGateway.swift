@@ -529,11 +529,13 @@ struct RedisService: Service {
         // Its last check completes before the Redis client and the event loops go.
         await groupsTask.value
         await inbound.stop()
-        // The sessions' last facts (`disconnected(drain)`), then the lease: whatever is still
-        // registered is written as drained, and nobody reaps this instance.
+        // The sessions' last facts (`disconnected(drain)`), the lease renewed meanwhile (a
+        // flush slower than a short `events.lease-ttl-ms` got the stopping instance reaped as
+        // `node-lost`), then the lease given up: whatever is still registered is written as
+        // drained, and nobody reaps this instance.
+        await parts.lifecycle?.flush(timeout: .seconds(3))
         leaseTask?.cancel()
         await leaseTask?.value
-        await parts.lifecycle?.flush(timeout: .seconds(3))
         await parts.lease?.leave()
         await parts.engine.shutdown()
         replicaCheck?.cancel()

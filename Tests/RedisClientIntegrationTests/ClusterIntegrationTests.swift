@@ -279,6 +279,42 @@ struct ClusterIntegrationTests {
         await self.expectFailure(try RedisClusterClient(configuration: configuration), .clusterUnavailable, detailContaining: "WRONGPASS")
     }
 
+    /// An ACL that stops allowing one of a slot's shard channels: the re-subscribe sends the
+    /// slot's channels in one `SSUBSCRIBE`, which Redis refuses as a whole (`NOPERM`), so the
+    /// other channels of the slot stayed unsubscribed at every pass. Now they are subscribed a
+    /// name at a time.
+    @Test func aShardChannelAnACLRefusesDoesNotHoldBackTheOthersOfItsSlot() async throws {
+        let cluster = try await RedisClusterProcess.start()
+        for server in cluster.running {
+            _ = try await cluster.command(server, RawCommand("ACL", "SETUSER", "app", "on", ">app-secret", "~*", "&*", "+@all"))
+        }
+        let admin = try self.client(cluster)
+        defer { Task { await admin.shutdown() } }
+        var configuration = admin.configuration
+        configuration.username = "app"
+        configuration.password = "app-secret"
+        var logger = Logger(label: "cluster-test")
+        logger.logLevel = .critical
+        let client = try RedisClusterClient(configuration: configuration, logger: logger)
+        client.start()
+        defer { Task { await client.shutdown() } }
+        let kept = try await client.subscribe(to: ["{acl}:kept"], kind: .shardChannel)
+        let denied = try await client.subscribe(to: ["{acl}:denied"], kind: .shardChannel)
+        #expect(try await admin.execute(SPUBLISH(channel: "{acl}:kept", message: "before")) == 1)
+        #expect(try await nextMessage(kept)?.payload == ByteBuffer(string: "before"))
+
+        for server in cluster.running {
+            _ = try await cluster.command(server, RawCommand("ACL", "SETUSER", "app", "resetchannels", "&{acl}:kept"))
+            _ = try await cluster.command(server, RawCommand("CLIENT", "KILL", "USER", "app"))
+        }
+        #expect(
+            try await eventually { try await admin.execute(SPUBLISH(channel: "{acl}:kept", message: "after")) == 1 },
+            "the slot's allowed channel is subscribed again")
+        #expect(try await nextMessage(kept)?.payload == ByteBuffer(string: "after"))
+        #expect(client.shardRegistry.activeKeys.contains(.init(kind: .shardChannel, name: "{acl}:denied")), "the refused one stays wanted")
+        await denied.unsubscribe()
+    }
+
     /// An unreachable seed, and a standalone server given as a cluster, are clear errors.
     @Test func badConfiguration() async throws {
         let port = try await RedisServerProcess.freePort()

@@ -40,6 +40,7 @@ struct CommandEncodingTests {
     @Test func waitTimeoutIsWholeMillisecondsAndNeverZero() {
         #expect(encoded(WAIT(replicas: 1, timeout: .milliseconds(250))) == resp("WAIT", "1", "250"))
         #expect(encoded(WAIT(replicas: 2, timeout: .microseconds(1_500))) == resp("WAIT", "2", "2"))
+        #expect(encoded(WAIT(replicas: 1, timeout: .nanoseconds(.max))) == resp("WAIT", "1", "\(Int64.max / 1_000_000 + 1)"))
         for timeout: TimeAmount in [.microseconds(300), .zero, .nanoseconds(-5)] {
             #expect(encoded(WAIT(replicas: 1, timeout: timeout)) == resp("WAIT", "1", "1"), "\(timeout)")
         }

@@ -109,25 +109,11 @@ extension RedisClusterClient {
                 try? await connection.subscriptionCommand(SubscriptionCommand(kind: .shardChannel, isSubscribe: false, names: step.names)).get()
             }
         }
-        for step in plan.subscribe {
-            do {
-                let connection = try await self.subscriberConnection(to: step.node)
-                try await connection.subscriptionCommand(SubscriptionCommand(kind: .shardChannel, isSubscribe: true, names: step.names)).get()
-                let (current, again, observers) = self.state.withLockedValue { state -> (Bool, [String], [@Sendable ([String]) -> Void]) in
-                    guard state.subscriberConnections[step.node] === connection else { return (false, [], []) }
-                    state.subscribed[step.node, default: []].formUnion(step.names)
-                    let again = step.names.filter { state.everSubscribed.contains($0) }
-                    state.everSubscribed.formUnion(step.names)
-                    return (true, again, state.resubscribeObservers)
-                }
-                // The connection closed (or was replaced) after it confirmed: its close did not
-                // know these names yet, so nothing else would subscribe them again.
-                if !current { self.markSubscriptionsPending() }
-                if !again.isEmpty { for observer in observers { observer(again) } }
-            } catch {
-                self.logger.debug("ssubscribe failed; retrying after a map refresh", metadata: ["node": "\(step.node)", "error": "\(error)"])
-                self.markSubscriptionsPending()
-            }
+        // Names of one slot go in one SSUBSCRIBE; one an ACL refuses (NOPERM refuses the whole
+        // command) would hold back the others, so a refused step is sent again a name at a time
+        // (the refused names stay pending, and are tried at every pass).
+        for step in plan.subscribe where await self.subscribeStep(step) && step.names.count > 1 {
+            for name in step.names { _ = await self.subscribeStep(ShardedSubscriptionPlan.Step(node: step.node, names: [name])) }
         }
         let idle = self.state.withLockedValue { state -> [RedisConnection] in
             let nodes = state.subscriberConnections.keys.filter { state.subscribed[$0]?.isEmpty ?? true }
@@ -137,6 +123,39 @@ extension RedisClusterClient {
             }
         }
         for connection in idle { await connection.close() }
+    }
+
+    /// Subscribes one step of a pass; true when an ACL refused it (`NOPERM`).
+    private func subscribeStep(_ step: ShardedSubscriptionPlan.Step) async -> Bool {
+        do {
+            let connection = try await self.subscriberConnection(to: step.node)
+            try await connection.subscriptionCommand(SubscriptionCommand(kind: .shardChannel, isSubscribe: true, names: step.names)).get()
+            let (current, again, observers) = self.state.withLockedValue { state -> (Bool, [String], [@Sendable ([String]) -> Void]) in
+                guard state.subscriberConnections[step.node] === connection else { return (false, [], []) }
+                state.subscribed[step.node, default: []].formUnion(step.names)
+                let again = step.names.filter { state.everSubscribed.contains($0) }
+                state.everSubscribed.formUnion(step.names)
+                return (true, again, state.resubscribeObservers)
+            }
+            // The connection closed (or was replaced) after it confirmed: its close did not
+            // know these names yet, so nothing else would subscribe them again.
+            if !current { self.markSubscriptionsPending() }
+            if !again.isEmpty { for observer in observers { observer(again) } }
+        } catch {
+            if (error as? RedisServerError)?.isPermissionDenied == true {
+                // Pending, but the map is not the cause.
+                self.state.withLockedValue { $0.subscriptionsPending = true }
+                if step.names.count == 1 {
+                    self.logger.warning(
+                        "redis cluster refused a shard channel (ACL): retried at every pass",
+                        metadata: ["channel": "\(step.names[0])", "error": "\(error)"])
+                }
+                return true
+            }
+            self.markSubscriptionsPending()
+            self.logger.debug("ssubscribe failed; retrying after a map refresh", metadata: ["node": "\(step.node)", "error": "\(error)"])
+        }
+        return false
     }
 
     private func markSubscriptionsPending() {
@@ -251,12 +270,21 @@ extension RedisClusterClient {
                 let logger = self.logger
                 let confirmations = registry.attach({ [connection] in connection.subscriptionCommand($0) }) { kind, names, error in
                     logger.error(
-                        "redis cluster refused to subscribe again to names it no longer allows: their subscribers were dropped",
+                        "redis cluster refused to subscribe again to names it no longer allows: retried while connected",
                         metadata: ["kind": "\(kind)", "names": "\(names)", "error": "\(error)"])
                 }
                 for confirmation in confirmations { try? await confirmation.get() }
                 attempt = 0
+                // Names refused on the re-subscribe are tried again while the connection is up.
+                let interval = Duration.nanoseconds(max(self.configuration.reconnectBackoffMaximum.nanoseconds, 1_000_000))
+                let retrier = Task {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: interval)
+                        if !Task.isCancelled, registry.hasRefused { _ = await registry.retryRefused() }
+                    }
+                }
                 try? await connection.closeFuture.get()
+                retrier.cancel()
                 registry.detach()
                 self.state.withLockedValue { state in
                     if state.classicConnection === connection { state.classicConnection = nil }

@@ -24,7 +24,8 @@ public struct WAIT: RedisCommand, Hashable {
     /// The timeout in whole milliseconds, rounded up and at least 1: `WAIT n 0` blocks until the
     /// replicas answer, however long that takes.
     var timeoutMilliseconds: Int {
-        Int(max(1, (self.timeout.nanoseconds + 999_999) / 1_000_000))
+        let (whole, part) = self.timeout.nanoseconds.quotientAndRemainder(dividingBy: 1_000_000)
+        return Int(max(1, whole + (part > 0 ? 1 : 0)))
     }
 }
 

@@ -396,6 +396,25 @@ public final class RedisClient: Sendable {
         }
     }
 
+    /// While the subscriber connection is up: every `reconnectBackoffMaximum`, subscribes again
+    /// the names Redis refused on the last re-subscribe (``SubscriptionRegistry/retryRefused()``);
+    /// once some are, the state observers are told `.connected` again, as after a reconnect (the
+    /// gateway then reads what its destinations missed from their history).
+    private func retryRefusedSubscriptions() -> Task<Void, Never> {
+        let registry = self.registry
+        let interval = Duration.nanoseconds(max(self.configuration.reconnectBackoffMaximum.nanoseconds, 1_000_000))
+        return Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                guard !Task.isCancelled, registry.hasRefused else { continue }
+                let subscribed = await registry.retryRefused()
+                guard let self, !subscribed.isEmpty, !Task.isCancelled else { continue }
+                self.logger.notice("redis accepted subscriptions it had refused", metadata: ["names": "\(subscribed.map(\.name))"])
+                for observer in self.state.withLockedValue({ $0.observers }) { observer(.subscriptions, .connected) }
+            }
+        }
+    }
+
     // MARK: Connection management
 
     private func setState(_ role: RedisConnectionRole, _ newState: RedisConnectionState) {
@@ -479,7 +498,7 @@ public final class RedisClient: Sendable {
                     let logger = self.logger
                     let confirmations = registry.attach({ [connection] in connection.subscriptionCommand($0) }) { kind, names, error in
                         logger.error(
-                            "Redis refused to subscribe again to names it no longer allows: their subscribers were dropped",
+                            "Redis refused to subscribe again to names it no longer allows: their subscribers get nothing until it does (retried while connected)",
                             metadata: ["kind": "\(kind)", "names": "\(names)", "error": "\(error)"])
                     }
                     do {
@@ -516,7 +535,9 @@ public final class RedisClient: Sendable {
                 self.state.withLockedValue { $0.lastErrors[role] = nil }
                 self.logger.info("redis connected", metadata: ["role": "\(role)", "resp": "\(connection.protocolVersion)"])
                 self.setState(role, .connected)
+                let retrier = role == .subscriptions ? self.retryRefusedSubscriptions() : nil
                 try? await connection.closeFuture.get()
+                retrier?.cancel()
                 let ownBack = self.state.withLockedValue { state -> [(ObjectIdentifier, RedisConnection)] in
                     switch role {
                     case .commands:

@@ -44,6 +44,10 @@ package final class SubscriptionRegistry: Sendable {
         var confirming: [Key: EventLoopFuture<Void>] = [:]
         /// Finished (the client shut down): a new subscriber is refused.
         var closed = false
+        /// Names Redis refused on a re-subscribe (an ACL: `NOPERM`), with the refusal. Their
+        /// subscribers stay (nothing is dropped without a trace), ``retryRefused()`` subscribes
+        /// them again, and a new subscriber of one is refused the same way.
+        var refused: [Key: RedisServerError] = [:]
         /// Counts attaches and detaches: work for one connection stops once another replaced it.
         var generation: UInt64 = 0
     }
@@ -66,10 +70,12 @@ package final class SubscriptionRegistry: Sendable {
     /// attached connection or one subscribing a name is still unconfirmed, the future of their
     /// confirmation (a subscriber joining a name whose `SUBSCRIBE` is in flight was told at
     /// once, before the server subscribed it, and missed what was published meanwhile).
-    /// Throws ``RedisClientError/shutdown`` once the client shut down (its stream would never end).
+    /// Throws ``RedisClientError/shutdown`` once the client shut down (its stream would never end),
+    /// and Redis's refusal of a name it refused on the last re-subscribe.
     package func add(names: [String], kind: RedisSubscriptionKind, sink: Sink) throws -> (id: UInt64, confirmation: EventLoopFuture<Void>?) {
         let (id, sent, joined) = try self.state.withLockedValue { state -> (UInt64, (EventLoopFuture<Void>, [Key])?, [EventLoopFuture<Void>]) in
             guard !state.closed else { throw RedisClientError.shutdown }
+            for name in names { if let refusal = state.refused[Key(kind: kind, name: name)] { throw refusal } }
             let id = state.nextID
             state.nextID += 1
             var newNames: [String] = []
@@ -116,6 +122,7 @@ package final class SubscriptionRegistry: Sendable {
                 if sinks.isEmpty {
                     state.subscribers[key] = nil
                     state.confirming[key] = nil
+                    state.refused[key] = nil
                     unusedNames.append(name)
                 } else {
                     state.subscribers[key] = sinks
@@ -130,12 +137,11 @@ package final class SubscriptionRegistry: Sendable {
     /// Returns the confirmations to await.
     ///
     /// Redis refuses a `SUBSCRIBE` as a whole when an ACL denies one of its names (`NOPERM`: a
-    /// channel no longer allowed; Redis then also closed the connection). The names of a
-    /// re-subscribe refused so are then subscribed one at a time: those refused again are
-    /// dropped (a stream subscribed to nothing else finishes) and told to `refused`, and the
-    /// rest are subscribed. Otherwise one denied name failed every reconnect, and all Pub/Sub
-    /// stopped. Other errors fail the attach, as before (the connection is closed and opened
-    /// again).
+    /// channel no longer allowed). The names of a re-subscribe refused so are then subscribed
+    /// one at a time: those refused again are kept (``retryRefused()``) and told to `refused`,
+    /// and the rest are subscribed. Otherwise one denied name failed every reconnect, and all
+    /// Pub/Sub stopped. Other errors fail the attach, as before (the connection is closed and
+    /// opened again).
     package func attach(
         _ sender: @escaping Sender, refused: @escaping @Sendable (RedisSubscriptionKind, [String], any Error) -> Void = { _, _, _ in }
     ) -> [EventLoopFuture<Void>] {
@@ -153,53 +159,84 @@ package final class SubscriptionRegistry: Sendable {
             }
             return (sent, state.generation)
         }
-        for (future, keys) in sent { self.forget(future, of: keys) }
-        return sent.map { future, keys in
-            future.flatMapError { error in
+        // Chained outside the lock (a future failed already runs the callback at once); a
+        // subscriber joining meanwhile waits for the outcome, refusals sorted out.
+        let outcomes = sent.map { future, keys in
+            let outcome = future.flatMapError { error in
                 guard (error as? RedisServerError)?.isPermissionDenied == true else { return future.eventLoop.makeFailedFuture(error) }
                 return self.subscribeOneByOne(keys, generation: generation, on: future.eventLoop, refused: refused)
             }
+            self.state.withLockedValue { state in
+                for key in keys where state.confirming[key] === future { state.confirming[key] = outcome }
+            }
+            self.forget(outcome, of: keys)
+            return outcome
         }
+        for (future, keys) in sent { self.forget(future, of: keys) }
+        return outcomes
     }
 
-    /// Subscribes each of `keys` alone on the connection of `generation`; drops those Redis
-    /// refuses. Fails if the connection does.
+    /// Subscribes each of `keys` alone on the connection of `generation`; keeps those Redis
+    /// refuses as refused. Fails if the connection does, or was replaced.
     private func subscribeOneByOne(
         _ keys: [Key], generation: UInt64, on loop: any EventLoop, refused: @escaping @Sendable (RedisSubscriptionKind, [String], any Error) -> Void
     ) -> EventLoopFuture<Void> {
-        let attempts = self.state.withLockedValue { state -> [(Key, EventLoopFuture<Void>)] in
-            guard state.generation == generation, let sender = state.sender else { return [] }
+        let attempts = self.state.withLockedValue { state -> [(Key, EventLoopFuture<Void>)]? in
+            guard state.generation == generation, let sender = state.sender else { return nil }
             return keys.filter { !(state.subscribers[$0]?.isEmpty ?? true) }.map { key in
                 let future = sender(SubscriptionCommand(kind: key.kind, isSubscribe: true, names: [key.name]))
                 state.confirming[key] = future
                 return (key, future)
             }
         }
+        guard let attempts else {
+            return loop.makeFailedFuture(RedisClientError(.connectionClosed, detail: "the subscriber connection was replaced while it re-subscribed"))
+        }
         for (key, future) in attempts { self.forget(future, of: [key]) }
         let outcomes = attempts.map { key, future in
-            future.map { (key, nil as (any Error)?) }.flatMapError { error in
-                (error as? RedisServerError)?.isPermissionDenied == true ? loop.makeSucceededFuture((key, error)) : loop.makeFailedFuture(error)
+            future.map { (key, nil as RedisServerError?) }.flatMapError { error in
+                guard let refusal = error as? RedisServerError, refusal.isPermissionDenied else { return loop.makeFailedFuture(error) }
+                return loop.makeSucceededFuture((key, refusal))
             }
         }
         return EventLoopFuture.whenAllSucceed(outcomes, on: loop).map { outcomes in
             let denied = outcomes.compactMap { key, error in error.map { (key, $0) } }
             guard !denied.isEmpty else { return }
-            let finished = self.state.withLockedValue { state -> [Sink] in
-                var ids: [UInt64: Sink] = [:]
-                for (key, _) in denied {
-                    for (id, sink) in state.subscribers.removeValue(forKey: key) ?? [:] { ids[id] = sink }
-                    state.confirming[key] = nil
-                }
-                // A subscriber with a name left keeps its stream.
-                for sinks in state.subscribers.values { for id in sinks.keys { ids[id] = nil } }
-                return Array(ids.values)
+            self.state.withLockedValue { state in
+                for (key, refusal) in denied where !(state.subscribers[key]?.isEmpty ?? true) { state.refused[key] = refusal }
             }
-            for case .stream(let continuation, _) in finished { continuation.finish() }
             for kind in RedisSubscriptionKind.allCases {
                 let names = denied.filter { $0.0.kind == kind }
                 if let first = names.first { refused(kind, names.map(\.0.name).sorted(), first.1) }
             }
         }
+    }
+
+    /// Whether some names are refused (see ``retryRefused()``).
+    package var hasRefused: Bool { self.state.withLockedValue { !$0.refused.isEmpty } }
+
+    /// Subscribes again, one at a time, the names Redis refused (an ACL may allow them now);
+    /// those still refused stay so. Returns the names subscribed now.
+    package func retryRefused() async -> [Key] {
+        let attempts = self.state.withLockedValue { state -> [(Key, EventLoopFuture<Void>)] in
+            guard let sender = state.sender else { return [] }
+            return state.refused.keys.sorted { $0.name < $1.name }.map { key in
+                (key, sender(SubscriptionCommand(kind: key.kind, isSubscribe: true, names: [key.name])))
+            }
+        }
+        var subscribed: [Key] = []
+        for (key, future) in attempts {
+            do {
+                try await future.get()
+                self.state.withLockedValue { _ = $0.refused.removeValue(forKey: key) }
+                subscribed.append(key)
+            } catch let refusal as RedisServerError where refusal.isPermissionDenied {
+                self.state.withLockedValue { state in if state.refused[key] != nil { state.refused[key] = refusal } }
+            } catch {
+                break
+            }
+        }
+        return subscribed
     }
 
     /// Detaches the connection (it closed); subscriptions stay recorded for the next ``attach(_:)``.

@@ -85,38 +85,15 @@ package final class InstanceLease: Sendable {
     /// instance to get through must not reap the others before they reconnected (their
     /// backoff) and renewed theirs.
     package func run() async {
-        let clock = ContinuousClock()
-        var held = false
-        var reconnects = client.reconnectCount
-        var settledAt = clock.now
-        var renewalFailed = false
+        let renewal = Renewal(reconnects: client.reconnectCount, now: ContinuousClock.now)
         while !Task.isCancelled {
-            // Registered through its facts before its first renewal: a lease found missing then
-            // may have been reaped too.
-            if !held, registered() { held = true }
             do {
-                let renewed: Int
-                do {
-                    renewed = try await LifecycleFunctions.call(
-                        LeaseRenew(
-                            prefix: stream.prefix, instance: instance, ttlMilliseconds: Self.ms(settings.ttl), held: held, lossesSeen: losses.count),
-                        on: client
-                    ).get()
-                } catch {
-                    renewalFailed = true
-                    throw error
+                try await renew(renewal)
+                if ContinuousClock.now >= renewal.settledAt {
+                    // Renewing between the calls of a long reap: a lease that lapsed meanwhile
+                    // got this instance reaped by the others.
+                    try await reapExpired { try? await self.renewIfDue(renewal) }
                 }
-                if let loss = RegistryLoss(renewAnswer: renewed), losses.told(loss) {
-                    logger.error("this instance's lease expired and its sessions were reaped: closing them so they reconnect")
-                    onLost()
-                }
-                held = true
-                if client.reconnectCount != reconnects || renewalFailed {
-                    reconnects = client.reconnectCount
-                    renewalFailed = false
-                    settledAt = clock.now + settings.ttl + settings.settle
-                }
-                if clock.now >= settledAt { try await reapExpired() }
             } catch {
                 logger.debug("lease renewal or reaping failed", metadata: ["error": "\(error)"])
             }
@@ -124,26 +101,74 @@ package final class InstanceLease: Sendable {
         }
     }
 
-    /// Claims and reaps every instance whose lease expired, one at a time.
-    func reapExpired() async throws {
+    /// The renewal loop's state (one task's).
+    final class Renewal {
+        var held = false
+        var reconnects: Int
+        var settledAt: ContinuousClock.Instant
+        var renewalFailed = false
+        var last: ContinuousClock.Instant
+        init(reconnects: Int, now: ContinuousClock.Instant) {
+            self.reconnects = reconnects
+            self.settledAt = now
+            self.last = now
+        }
+    }
+
+    /// Renews the lease; tells `onLost` of a registry loss it learns of.
+    func renew(_ renewal: Renewal) async throws {
+        // Registered through its facts before its first renewal: a lease found missing then
+        // may have been reaped too.
+        if !renewal.held, registered() { renewal.held = true }
+        renewal.last = .now
+        let renewed: Int
+        do {
+            let command = LeaseRenew(
+                prefix: stream.prefix, instance: instance, ttlMilliseconds: Self.ms(settings.ttl), held: renewal.held, lossesSeen: losses.lastSeen)
+            renewed = try await LifecycleFunctions.call(command, on: client).get()
+        } catch {
+            renewal.renewalFailed = true
+            throw error
+        }
+        if let loss = RegistryLoss(renewAnswer: renewed), losses.told(loss) {
+            logger.error("this instance's lease expired and its sessions were reaped: closing them so they reconnect")
+            onLost()
+        }
+        renewal.held = true
+        if client.reconnectCount != renewal.reconnects || renewal.renewalFailed {
+            renewal.reconnects = client.reconnectCount
+            renewal.renewalFailed = false
+            renewal.settledAt = .now + settings.ttl + settings.settle
+        }
+    }
+
+    func renewIfDue(_ renewal: Renewal) async throws {
+        if ContinuousClock.now - renewal.last >= settings.renewInterval { try await renew(renewal) }
+    }
+
+    /// Claims and reaps every instance whose lease expired, one at a time; `between` runs
+    /// before each call.
+    func reapExpired(between: () async -> Void = {}) async throws {
         while !Task.isCancelled {
+            await between()
             let claim = LeaseClaim(
                 prefix: stream.prefix, me: instance, ttlMilliseconds: Self.ms(settings.ttl), graceMilliseconds: Self.ms(settings.grace))
             let dead = try await LifecycleFunctions.call(claim, on: client).get()
             guard !dead.isEmpty else { return }
             logger.notice("instance lease expired: reaping its sessions", metadata: ["dead": "\(dead)"])
-            try await reap(dead, reason: .nodeLost)
+            try await reap(dead, reason: .nodeLost, between: between)
             reapedCounter.increment()
         }
     }
 
     /// Reaps the claimed registry of `dead`, a chunk at a time.
-    func reap(_ dead: String, reason: DisconnectReason) async throws {
+    func reap(_ dead: String, reason: DisconnectReason, between: () async -> Void = {}) async throws {
         while true {
             let left = try await LifecycleFunctions.call(
                 LeaseReap(settings: stream, dead: dead, me: instance, count: settings.reapChunk, reason: reason), on: client
             ).get()
             if left <= 0 { return }
+            await between()
         }
     }
 

@@ -189,7 +189,7 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
         // retry of a batch whose loss was told meanwhile (on another loop) is answered as such.
         let command = LifecycleEventsBatch(
             settings: settings, instance: instance, loop: index, batch: batch.number, facts: batch.facts,
-            known: applied.value.load(ordering: .relaxed), lossesSeen: losses.count)
+            known: applied.value.load(ordering: .relaxed), lossesSeen: losses.lastSeen)
         LifecycleFunctions.call(command, on: client).hop(to: loop).whenComplete { result in
             switch result {
             case .success(let written):

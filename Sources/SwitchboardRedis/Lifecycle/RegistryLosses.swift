@@ -1,17 +1,18 @@
 import SwitchboardWire
 import Synchronization
 
-/// The losses of this instance's registry that Redis told it of (``RegistryLoss``), counted so
-/// that every batch and renewal says how many it has seen: Redis tells a loss again until
-/// then (an answer lost on the way, a retry answered "applied before"), and a loss told twice
-/// (to two loops at once, or to a batch and a renewal) closes the sessions once.
+/// The losses of this instance's registry that Redis told it of (``RegistryLoss``, numbered by
+/// when Redis found them): every batch and renewal says the last one it acted on, Redis tells
+/// a loss again until then (an answer lost on the way, a retry answered "applied before"), and
+/// a loss told twice (to two loops at once, or to a batch and a renewal) closes the sessions
+/// once.
 package final class RegistryLosses: Sendable {
     private let seen = Atomic<Int>(0)
 
     package init() {}
 
     /// The number of the last loss acted on (0: none).
-    package var count: Int { seen.load(ordering: .relaxed) }
+    package var lastSeen: Int { seen.load(ordering: .relaxed) }
 
     /// A loss told by Redis. True when it is new, and the caller closes the sessions.
     package func told(_ loss: RegistryLoss) -> Bool {

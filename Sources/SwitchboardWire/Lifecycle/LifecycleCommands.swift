@@ -42,8 +42,8 @@ public struct LifecycleEventsBatch: RedisCommand {
     /// Whether Redis applied a batch of this instance before, on any loop: a first batch of a
     /// loop then finds a registry Redis lost, as later batches do.
     public var known: Bool
-    /// The registry losses the instance was told of (``RegistryLoss/numbered(_:)``); nil: the
-    /// answer says a loss as `-2`, unnumbered (an older gateway's call).
+    /// The number of the last registry loss the instance acted on (``RegistryLoss/numbered(_:)``,
+    /// 0: none); nil: the answer says a loss as `-2`, unnumbered (an older gateway's call).
     public var lossesSeen: Int?
 
     public init(
@@ -85,9 +85,9 @@ public struct LifecycleEventsBatch: RedisCommand {
 public enum RegistryLoss: Sendable, Hashable {
     /// Said by an older library, without a number: each such answer is a loss to act on.
     case unnumbered
-    /// The loss's number (the instance's losses seen when it was found, plus one): told again
-    /// until the instance passes it as seen, so an answer lost on the way is not missed, and
-    /// a loss told twice is acted on once.
+    /// The loss's number (Redis's time in ms when it was found, above the number of the last
+    /// loss the caller had acted on): told again until the instance passes it as seen, so an
+    /// answer lost on the way is not missed, and a loss told twice is acted on once.
     case numbered(Int)
 
     /// From an answer of `switchboard_events`; nil when it says no loss.
@@ -123,7 +123,8 @@ public struct LeaseRenew: RedisCommand {
     public var ttlMilliseconds: Int
     /// Whether this instance held the lease before (false on the first renewal).
     public var held: Bool
-    /// The registry losses the instance was told of; nil: a loss is answered `0`, unnumbered.
+    /// The number of the last registry loss the instance acted on; nil: a loss is answered `0`,
+    /// unnumbered.
     public var lossesSeen: Int?
 
     public init(prefix: String, instance: String, ttlMilliseconds: Int, held: Bool, lossesSeen: Int? = nil) {

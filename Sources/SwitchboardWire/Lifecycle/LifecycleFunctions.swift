@@ -142,23 +142,25 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
         end
 
         -- The loss of a registry (its data lost, or the instance reaped) is numbered by the
-        -- instance, which says how many it has been told of (`seen`): the loss found now is
-        -- seen + 1, kept in presence:lost:<registry> and said to every call of the instance
-        -- that has not seen it, so an answer lost on the way (the call retried, or answered -1)
-        -- is given again. Once seen, the key stays as a marker: loops whose last batch Redis
-        -- forgot with the rest are not taken for a new loss. Old gateways pass no `seen`, and
-        -- are told -2 / 0 as before.
+        -- time it was found (Redis's ms, above the caller's `seen`): the instance passes the
+        -- number of the last loss it acted on (`seen`), so a call built before it acted on one
+        -- loss (held while the connection was down) still numbers the next one above it. The
+        -- number is kept in presence:lost:<registry> and told to every call of the instance
+        -- that has not seen it, so an answer lost on the way (the call retried, or answered
+        -- -1) is given again. Once seen, the key stays as a marker: loops whose last batch
+        -- Redis forgot with the rest are not taken for a new loss. Old gateways pass no
+        -- `seen`, and are told -2 / 0 as before.
         local function told_lost(p, inst, seen)
-          local lk = p .. 'presence:lost:' .. inst
-          local t = seen + 1
-          redis.call('SET', lk, tostring(t))
+          local t = math.max(now_ms(), seen + 1)
+          redis.call('SET', p .. 'presence:lost:' .. inst, tostring(t))
           return t
         end
 
         -- KEYS[1] stream; ARGV prefix, instance, maxlen, types, loop, batch, then per fact:
         -- kind (c|d|s|u), session, user, subscription, destination or reason, time. A first
         -- fact of kind k (ignored by older versions) carries the instance's state: known (1:
-        -- Redis applied one of its batches before, on any loop) and seen (losses it was told).
+        -- Redis applied one of its batches before, on any loop) and seen (the number of the
+        -- last loss it acted on).
         -- Events written; -1: applied before; lost: -2 (without k), or -(1000 + the loss's
         -- number) while the instance has not seen it.
         local function events(keys, args)
@@ -203,17 +205,21 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           return c.written
         end
 
-        -- ARGV prefix, instance, ttl, known (1: renewed before), seen (losses the instance was
-        -- told; absent from older versions). 1: held; lost (reaped, or Redis lost its data): 0
-        -- without seen, else -(1000 + the loss's number) until the instance has seen it.
+        -- ARGV prefix, instance, ttl, known (1: renewed before), seen (the number of the last
+        -- loss the instance acted on; absent from older versions). 1: held; lost (reaped, or
+        -- Redis lost its data): 0 without seen, else -(1000 + the loss's number) until the
+        -- instance has seen it.
         local function renew(keys, args)
           local p, inst = args[1], args[2]
           local seen = tonumber(args[5] or '')
           local lease = p .. 'presence:lease:' .. inst
           local had = redis.call('EXISTS', lease)
           local zs = p .. 'presence:instances'
-          local lost = args[4] == '1' and had == 0 and (redis.call('EXISTS', p .. 'presence:reaping:' .. inst) == 1
-            or redis.call('EXISTS', p .. 'presence:reap:' .. inst) == 1 or not redis.call('ZSCORE', zs, inst))
+          -- Being reaped by another instance (not by itself: it reaps its own old sessions a
+          -- dead reaper left, see claim), or reaped.
+          local holder = redis.call('GET', p .. 'presence:reaping:' .. inst)
+          local lost = args[4] == '1' and had == 0 and ((holder and holder ~= inst)
+            or (not holder and redis.call('EXISTS', p .. 'presence:reap:' .. inst) == 1) or not redis.call('ZSCORE', zs, inst))
           redis.call('SET', lease, '1', 'PX', tonumber(args[3]))
           redis.call('ZADD', zs, now_ms(), inst)
           if seen then
@@ -276,7 +282,11 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           local sessions = redis.call('HRANDFIELD', rk, tonumber(args[6]))
           for _, session in ipairs(sessions) do disconnect(c, rk, name_of(inst), session, args[7], t) end
           local left = redis.call('HLEN', rk)
-          if left == 0 and redis.call('EXISTS', p .. 'presence:lease:' .. inst) == 0 then
+          -- My own old sessions (not my leave, which drains): the live registry, its lease and
+          -- its place among the instances are not the reap's, even if my lease lapsed meanwhile.
+          if left == 0 and inst == me and args[7] ~= 'drain' then
+            redis.call('DEL', lock)
+          elseif left == 0 and redis.call('EXISTS', p .. 'presence:lease:' .. inst) == 0 then
             local reg = p .. 'presence:sessions:' .. inst
             if redis.call('EXISTS', reg) == 1 then
               redis.call('RENAME', reg, rk)
