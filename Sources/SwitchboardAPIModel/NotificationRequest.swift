@@ -38,12 +38,21 @@ package struct NotificationRequest: Sendable, Equatable {
     ///
     /// - Parameter isAllowedTopic: decides whether `topic` may be published to; its error
     ///   text (e.g. "must start with /topic/") is returned when it says no.
+    /// A `user` field is refused: it names a batch item's user, and here it was ignored (the
+    /// message went to the topic's subscribers, or to the path's user).
     package static func parse(_ bytes: ByteBuffer, isAllowedTopic: (String) -> String?) throws(APIRequestError) -> NotificationRequest {
+        let fields: Fields
         if let object = FlatJSON.object(bytes) {
-            return try Fields(object).validated(isAllowedTopic: isAllowedTopic)
-        }
-        guard let fields = try? decoder.decode(Fields.self, from: Data(bytes.readableBytesView)) else {
+            fields = Fields(object)
+        } else if let decoded = try? decoder.decode(Fields.self, from: Data(bytes.readableBytesView)) {
+            fields = decoded
+        } else {
             throw APIRequestError(status: 400, message: "request body must be a JSON object", field: nil)
+        }
+        guard case .missing = fields.user else {
+            throw APIRequestError(
+                status: 400, message: "field 'user' is for the items of POST /api/notifications; send to /api/users/{user}/notification",
+                field: "user")
         }
         return try fields.validated(isAllowedTopic: isAllowedTopic)
     }

@@ -13,12 +13,26 @@ import SwitchboardWire
 /// `type`) is acknowledged and skipped. Use ``LifecycleEvent/id`` as the idempotency key: an
 /// event is handled twice only when a replica dies after its handler started.
 ///
+/// A user's events carry a ``LifecycleEvent/generation`` that increases with each of them: an
+/// event handled again (a retry, or claimed from a dead replica) can come after a later one of
+/// the same user, so a consumer that keeps the latest state applies only newer generations
+/// (the generation restarts after a day without events of the user: forget users idle that
+/// long):
+///
 /// ```swift
 /// let events = LifecycleEventConsumer(client: client, group: "presence")
+/// let applied = Mutex<[String: UInt64]>([:])  // user → the last generation applied
 /// try await events.run { event in
+///     guard let user = event.user, let generation = event.generation else { return }
+///     let newer = applied.withLock { last in
+///         guard generation > last[user, default: 0] else { return false }
+///         last[user] = generation
+///         return true
+///     }
+///     guard newer else { return }  // an older event handled again: already superseded
 ///     switch event.type {
-///     case .userOnline: print("\(event.user!) is online")
-///     case .userOffline: print("\(event.user!) is offline (\(event.reason?.rawValue ?? ""))")
+///     case .userOnline: print("\(user) is online")
+///     case .userOffline: print("\(user) is offline (\(event.reason?.rawValue ?? ""))")
 ///     default: break
 ///     }
 /// }

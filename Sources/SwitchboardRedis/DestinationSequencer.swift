@@ -48,6 +48,10 @@ struct DestinationSequencer {
     /// read ran (or before the position was known), or a read failed. Asked for as soon as
     /// nothing runs, whether or not anything is buffered.
     private var repairOwed = false
+    /// The epochs this instance has left for a newer one (the last few): a late copy of one
+    /// (still unread on the subscriber connection when a repair read the new epoch) is not a
+    /// new epoch, but a message already given up on with the rest of its epoch.
+    private var leftEpochs: [String] = []
     /// Beyond this many buffered messages a hole is given up on.
     let maxPending: Int
 
@@ -110,6 +114,7 @@ struct DestinationSequencer {
             // History was lost (Redis restarted empty, or the keys expired): what the old
             // epoch still owed is gone; the new one starts before its first kept message.
             flushPending(&actions)
+            leave(current.epoch)
             current = StreamPosition(epoch: newest.epoch, sequence: 0)
             position = current
         }
@@ -186,8 +191,15 @@ struct DestinationSequencer {
             return
         }
         if p.epoch != current.epoch {
+            if leftEpochs.contains(p.epoch) {
+                // Late, from an epoch left already: delivering it would go back in time (and
+                // start over the epoch it came from).
+                actions.skipped += 1
+                return
+            }
             // A new epoch: the old one's hole can never be filled.
             flushPending(&actions)
+            leave(current.epoch)
             current = StreamPosition(epoch: p.epoch, sequence: 0)
             position = current
         }
@@ -204,6 +216,11 @@ struct DestinationSequencer {
         } else if !repairing {
             askRepair(after: current, into: &actions)
         }
+    }
+
+    private mutating func leave(_ epoch: String) {
+        if leftEpochs.count >= 8 { leftEpochs.removeFirst() }
+        leftEpochs.append(epoch)
     }
 
     /// Starts a history read after `position` (one at a time).

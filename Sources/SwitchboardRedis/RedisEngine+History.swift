@@ -189,7 +189,7 @@ extension RedisEngine {
     /// repair would otherwise hand them copies from before it, cutting a resume's replay short).
     private func carryOut(_ actions: DestinationSequencer.Actions, interest: Interest, destination: String, in s: inout Interest.Sequenced) {
         guard !interest.cancelled.load(ordering: .relaxed) else { return }
-        for message in actions.deliver { hub.deliver(message, scope: .exact) }
+        for message in actions.deliver { hub.deliver(message, scope: .exact, generation: interest.generation) }
         if actions.skipped > 0 {
             historySkipped.add(Int(actions.skipped), ordering: .relaxed)
             skippedCounter.increment(by: Int64(actions.skipped))

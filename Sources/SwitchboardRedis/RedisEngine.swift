@@ -48,6 +48,9 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     /// One Redis subscription (channel or glob) held for local interest.
     final class Interest: Sendable {
         let ready: EventLoopPromise<Void>
+        /// The hub's activation of the destination (see ``InterestObserver``), carried by
+        /// every copy delivered for it.
+        let generation: UInt64
         let subscription = NIOLockedValueBox<RedisCallbackSubscription?>(nil)
         let cancelled = Atomic<Bool>(false)
         /// For a destination that keeps history: its order on this instance (see
@@ -62,8 +65,9 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             var lastFailure: String?
         }
 
-        init(ready: EventLoopPromise<Void>, sequenced: Bool = false) {
+        init(ready: EventLoopPromise<Void>, generation: UInt64 = 0, sequenced: Bool = false) {
             self.ready = ready
+            self.generation = generation
             self.sequenced = sequenced ? NIOLockedValueBox(Sequenced()) : nil
         }
     }
@@ -292,7 +296,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
 
     // MARK: Interest (called under the hub's lock: never block here)
 
-    package func interestActivated(_ pattern: DestinationPattern) {
+    package func interestActivated(_ pattern: DestinationPattern, generation: UInt64) {
         if pattern.isWildcard {
             let glob = naming.glob(for: pattern)
             let fresh: Interest? = state.withLockedValue { s in
@@ -315,7 +319,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             state.withLockedValue { $0.exact[pattern.text] = interest }
             startSubscription(interest, name: naming.presenceChannel(forDestination: watched), kind: .channel)
         } else {
-            let interest = Interest(ready: promiseLoop.makePromise(), sequenced: keepsHistory(pattern.text))
+            let interest = Interest(ready: promiseLoop.makePromise(), generation: generation, sequenced: keepsHistory(pattern.text))
             state.withLockedValue { $0.exact[pattern.text] = interest }
             startSubscription(interest, name: channel(forDestination: pattern.text), kind: redis.gatewayChannelKind)
         }
@@ -407,7 +411,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         } else if published.position != nil, interest.sequenced != nil {
             sequence(published, interest: interest, destination: destination)
         } else {
-            hub.deliver(published, scope: .exact)
+            hub.deliver(published, scope: .exact, generation: interest.generation)
         }
     }
 

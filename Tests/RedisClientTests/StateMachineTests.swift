@@ -277,6 +277,16 @@ struct SubscriptionRegistryTests {
         #expect(await registry.retryRefused() == [SubscriptionRegistry.Key(kind: .channel, name: "no")])
         #expect(!registry.hasRefused)
         _ = try registry.add(names: ["no"], kind: .channel, sink: .callback { _ in })
+        // Refused on one connection, accepted by the next one's re-subscribe: no longer refused.
+        allowed.withLockedValue { $0 = false }
+        for confirmation in registry.attach({ command in
+            let deny = command.isSubscribe && command.names.contains("no") && !allowed.withLockedValue { $0 }
+            return deny ? loop.makeFailedFuture(denial) : loop.makeSucceededVoidFuture()
+        }) { try await confirmation.get() }
+        #expect(registry.hasRefused)
+        allowed.withLockedValue { $0 = true }
+        for confirmation in registry.attach({ _ in loop.makeSucceededVoidFuture() }) { try await confirmation.get() }
+        #expect(!registry.hasRefused)
     }
 
     @Test func resubscribesOnAttach() throws {

@@ -24,7 +24,11 @@ final class RecordingSink: SubscriptionSink {
 
 final class RecordingObserver: InterestObserver, @unchecked Sendable {
     var events: [String] = []
-    func interestActivated(_ pattern: DestinationPattern) { events.append("+\(pattern.text)") }
+    var generations: [UInt64] = []
+    func interestActivated(_ pattern: DestinationPattern, generation: UInt64) {
+        events.append("+\(pattern.text)")
+        generations.append(generation)
+    }
     func interestDeactivated(_ pattern: DestinationPattern) { events.append("-\(pattern.text)") }
 }
 
@@ -183,6 +187,33 @@ struct FanoutHubTests {
         #expect(observer.events == ["+/topic/a"])
         other.remove(b)
         #expect(observer.events == ["+/topic/a", "-/topic/a"])
+    }
+
+    /// A copy the Redis engine handed over for a destination's activation, still queued for a
+    /// loop when the last subscriber left and a new one came (a new activation: its own Redis
+    /// subscription and position), reached the new subscriber: for a destination with history
+    /// it cut a resume's replay short (the messages between it and the new position were lost).
+    @Test("a copy of an earlier activation of a destination does not reach a later one's subscribers")
+    func staleActivationCopies() throws {
+        let f = HubFixture(), loop = f.loop, hub = f.hub, shard = f.shard
+        let observer = RecordingObserver()
+        hub.setInterestObserver(observer)
+        let x = RecordingSink(), y = RecordingSink(), w = RecordingSink()
+        let a = try f.subscribe(x, "1", "/topic/a")
+        _ = try f.subscribe(w, "9", "/topic/*")
+        let first = try #require(observer.generations.first)
+        hub.deliver(message("/topic/a", "m1"), scope: .exact, generation: first)
+        shard.remove(a)
+        _ = try f.subscribe(y, "2", "/topic/a")
+        let second = try #require(observer.generations.last)
+        #expect(observer.generations.count == 3 && second != first)
+        hub.deliver(message("/topic/a", "stale"), scope: .exact, generation: first)
+        hub.deliver(message("/topic/a", "m2"), scope: .exact, generation: second)
+        hub.deliver(message("/topic/a", "all"))
+        loop.run()
+        #expect(x.deliveries.map(\.messageID) == ["m1"])
+        #expect(y.deliveries.map(\.messageID) == ["m2", "all"])
+        #expect(w.deliveries.map(\.messageID) == ["all"])
     }
 
     @Test("markDirty and scheduleFlush batch flushes for direct writes")

@@ -25,6 +25,15 @@ import Testing
         #expect(keys.claim("a\u{0}b", destination: "/topic", now: t0))
     }
 
+    /// Keys are compared by their bytes, as in Redis: Swift's `String` equality took
+    /// canonically equivalent keys for one, and the second message was not published.
+    @Test func keysAreBytesNotCanonicalText() {
+        let keys = IdempotencyKeys()
+        #expect(keys.claim("caf\u{E9}", destination: "/topic/a", now: t0))
+        #expect(keys.claim("cafe\u{301}", destination: "/topic/a", now: t0))
+        #expect(!keys.claim("caf\u{E9}", destination: "/topic/a", now: t0))
+    }
+
     @Test func pastItsCapacityTheOldestGoFirst() {
         let keys = IdempotencyKeys(capacity: 3)
         for n in 0..<3 { #expect(keys.claim("k\(n)", destination: "/topic/a", now: t0)) }

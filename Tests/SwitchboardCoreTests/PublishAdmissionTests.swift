@@ -89,6 +89,27 @@ struct PublishAdmissionTests {
         }
     }
 
+    /// While the backlog stays over the limit, every publish refused after its wait stayed
+    /// listed until the backlog drained: a list without a bound.
+    @Test("refused publishes do not pile up while the backlog stays over the limit")
+    func refusedWaitersAreDropped() async throws {
+        try await withLoops { loops, blocked in
+            let (hub, sink) = try await makeHub(on: loops[0], limit: 1, timeout: .milliseconds(1))
+            loops[0].execute { blocked.wait() }
+            hub.deliver(big(0))
+            for _ in 0..<200 {
+                let admitted = try #require(hub.admission(on: loops[1]))
+                await #expect(throws: FanoutOverloaded.self) { try await admitted.get() }
+            }
+            #expect(hub.admissionCounts.refusals == 200)
+            #expect(hub.admissionWaitersListed < 64, "\(hub.admissionWaitersListed)")
+            blocked.signal()
+            // The hub and the subscriber outlive the delivery queued on the blocked loop.
+            try await loops[0].submit { _ = hub }.get()
+            #expect(sink.count.withLockedValue { $0 } == 1)
+        }
+    }
+
     @Test("publishes of one loop go on in the order they asked, also one asking after the release")
     func releasedInOrder() async throws {
         try await withLoops { loops, blocked in

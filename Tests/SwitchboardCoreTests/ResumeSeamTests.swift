@@ -79,6 +79,22 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         #expect(frames.filter { $0.command == .message }.map(\.bodyString) == (1...5).map { "e2:\($0)" })
     }
 
+    /// The replay came from a newer epoch than this instance's (Redis started the history
+    /// over and this instance has not seen it yet): a late live copy of the old epoch cleared
+    /// the seam and went out after the replay, and the instance's repair into the new epoch
+    /// then delivered the replayed messages again.
+    @Test func aLateCopyOfAnOlderEpochAfterTheReplayNeitherGoesOutNorEndsTheSeam() throws {
+        let (gateway, engine, client) = try Self.resuming(from: "e1:5")
+        defer { gateway.shutdown() }
+        engine.replay!.succeed(
+            HistoryReplay(messages: (UInt64(1)...3).map { Self.message("e2", $0) }, recovered: false, position: StreamPosition(epoch: "e2", sequence: 3)))
+        gateway.loop.run()
+        gateway.hub.deliver(Self.message("e1", 6))
+        for n: UInt64 in 1...4 { gateway.hub.deliver(Self.message("e2", n)) }
+        let frames = try client.frames()
+        #expect(frames.filter { $0.command == .message }.map(\.bodyString) == (1...4).map { "e2:\($0)" })
+    }
+
     /// The same epoch: live copies after the registration position follow the replay, once each.
     @Test func liveCopiesAfterTheRegistrationFollowTheReplayOnce() throws {
         let (gateway, engine, client) = try Self.resuming(from: "e1:2")

@@ -240,4 +240,24 @@ import Testing
         #expect(s.repairFailed(transient: false).repairAfter == nil)
         #expect(s.retryRepair().repairAfter == nil)
     }
+
+    /// A copy of an epoch the instance left (Redis restarted empty; the copy was still unread
+    /// on the subscriber connection when a repair read the new epoch) was taken for a new
+    /// epoch: the instance went back to it, then forward again, and every subscriber got the
+    /// new epoch's messages twice, the old one's in between.
+    @Test func aLateCopyOfALeftEpochIsDroppedNotANewEpoch() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(0, epoch: "e1"))
+        #expect(Self.sequences(s.receive(Self.message(1, epoch: "e1"))) == [1])
+        #expect(s.reconnected().repairAfter == Self.at(1, epoch: "e1"))
+        let repaired = s.repaired(newest: Self.at(2, epoch: "e2"), messages: [Self.message(1, epoch: "e2"), Self.message(2, epoch: "e2")])
+        #expect(repaired.deliver.map(\.position) == [Self.at(1, epoch: "e2"), Self.at(2, epoch: "e2")])
+        let late = s.receive(Self.message(2, epoch: "e1"))
+        #expect(late.deliver.isEmpty && late.repairAfter == nil && late.skipped == 1)
+        #expect(s.position == Self.at(2, epoch: "e2"))
+        #expect(Self.sequences(s.receive(Self.message(3, epoch: "e2"))) == [3])
+        // A newer epoch still switches.
+        let newer = s.receive(Self.message(1, epoch: "e3"))
+        #expect(newer.deliver.map(\.position) == [Self.at(1, epoch: "e3")])
+    }
 }

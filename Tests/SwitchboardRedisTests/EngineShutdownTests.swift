@@ -29,8 +29,8 @@ import Testing
         try await engine.start()
         // The eviction-policy check polls while the client is not connected; a destination with
         // history waits for where its history stands; one whose last subscriber left unsubscribes.
-        engine.interestActivated(try DestinationPattern("/topic/kept"))
-        engine.interestActivated(try DestinationPattern("/topic/left"))
+        engine.interestActivated(try DestinationPattern("/topic/kept"), generation: 1)
+        engine.interestActivated(try DestinationPattern("/topic/left"), generation: 2)
         engine.interestDeactivated(try DestinationPattern("/topic/left"))
         #expect(engine.tasks.count >= 2)
 

@@ -68,9 +68,15 @@ final class ForwardedRecorder: ChannelInboundHandler, @unchecked Sendable {
 final class FlushCounter: ChannelOutboundHandler, @unchecked Sendable {
     typealias OutboundIn = Any
     var flushes = 0
+    /// The reads that reached the socket.
+    var reads = 0
     func flush(context: ChannelHandlerContext) {
         flushes += 1
         context.flush()
+    }
+    func read(context: ChannelHandlerContext) {
+        reads += 1
+        context.read()
     }
 }
 
@@ -142,6 +148,24 @@ final class PublishHandlerHarness {
 }
 
 @Suite struct HTTPPublishHandlerTests {
+    /// A client that sends requests and does not read the answers: each was written at once
+    /// (so none counted against the 256 answers waiting), reads never paused, and the answers
+    /// piled up in memory without bound. Reads now pause while the socket takes no more.
+    @Test func readsPauseWhileTheSocketTakesNoMore() throws {
+        let h = try PublishHandlerHarness()
+        h.channel.read()
+        #expect(h.flushes.reads == 1)
+        h.channel.isWritable = false
+        h.channel.pipeline.fireChannelWritabilityChanged()
+        h.channel.read()
+        #expect(h.flushes.reads == 1, "paused")
+        try h.publish("/topic/a", "m")
+        h.channel.isWritable = true
+        h.channel.pipeline.fireChannelWritabilityChanged()
+        #expect(h.flushes.reads == 2, "the read held is made once the socket drains")
+        #expect(try h.responses().map(\.status) == [200])
+    }
+
     @Test func publishIsAnsweredOnTheLoopWithoutATask() throws {
         let h = try PublishHandlerHarness()
         try h.publish("/topic/a", "hi")

@@ -44,6 +44,25 @@ import Testing
             #expect(refused.status == .badRequest)
             #expect(refused.text == #"{"error":"field 'topic' must start with /queue/ for a user destination","field":"topic"}"#)
         }
+        try await h.test { client in
+            // A `user` field on a single publish was ignored: the message went to the path's
+            // user (or, on /api/notification, to every subscriber of the topic).
+            for (path, body) in [
+                ("/api/users/alice/notification", #"{"topic":"/queue/inbox","user":"bob","message":"x"}"#),
+                ("/api/notification", #"{"topic":"/topic/news","user":"bob","message":"x"}"#),
+            ] {
+                let response = try await client.post(path, body)
+                #expect(response.status == .badRequest, "\(path)")
+                #expect(response.object?["field"] as? String == "user", "\(path)")
+            }
+            // A user destination no client could subscribe to (`/user` + the topic is over the
+            // name limit) was published, and stored, for nobody.
+            let fits = "/queue/" + String(repeating: "q", count: 1024 - 5 - 7)
+            let fitting = try await client.post("/api/users/alice/notification", #"{"topic":"\#(fits)","message":"fits"}"#)
+            #expect(fitting.status == .ok, "\(fitting.text)")
+            let long = try await client.post("/api/users/alice/notification", #"{"topic":"\#(fits)q","message":"x"}"#)
+            #expect(long.status == .badRequest && long.object?["field"] as? String == "topic", "\(long.text)")
+        }
         let received = try await alice.received()
         #expect(received.map { String(buffer: $0.body) } == ["for alice"])
         #expect(received.first?.headers["content-type"] == "text/markdown")

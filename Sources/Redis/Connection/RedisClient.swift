@@ -408,7 +408,7 @@ public final class RedisClient: Sendable {
                 try? await Task.sleep(for: interval)
                 guard !Task.isCancelled, registry.hasRefused else { continue }
                 let subscribed = await registry.retryRefused()
-                guard let self, !subscribed.isEmpty, !Task.isCancelled else { continue }
+                guard let self, !subscribed.isEmpty, !Task.isCancelled, !self.state.withLockedValue({ $0.isShutdown }) else { continue }
                 self.logger.notice("redis accepted subscriptions it had refused", metadata: ["names": "\(subscribed.map(\.name))"])
                 for observer in self.state.withLockedValue({ $0.observers }) { observer(.subscriptions, .connected) }
             }

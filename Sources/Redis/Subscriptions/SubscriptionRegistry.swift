@@ -145,66 +145,79 @@ package final class SubscriptionRegistry: Sendable {
     package func attach(
         _ sender: @escaping Sender, refused: @escaping @Sendable (RedisSubscriptionKind, [String], any Error) -> Void = { _, _, _ in }
     ) -> [EventLoopFuture<Void>] {
-        let (sent, generation) = self.state.withLockedValue { state -> ([(EventLoopFuture<Void>, [Key])], UInt64) in
+        // What a subscriber joining meanwhile waits for: the outcome, refusals sorted out
+        // (completed outside the lock: a future failed already runs its callbacks at once).
+        let (sent, generation) = self.state.withLockedValue { state -> ([(EventLoopFuture<Void>, EventLoopPromise<Void>, [Key])], UInt64) in
             state.sender = sender
             state.generation &+= 1
             var byKind: [RedisSubscriptionKind: [String]] = [:]
             for key in state.subscribers.keys { byKind[key.kind, default: []].append(key.name) }
-            let sent = RedisSubscriptionKind.allCases.compactMap { kind -> (EventLoopFuture<Void>, [Key])? in
+            let sent = RedisSubscriptionKind.allCases.compactMap { kind -> (EventLoopFuture<Void>, EventLoopPromise<Void>, [Key])? in
                 guard let names = byKind[kind], !names.isEmpty else { return nil }
                 let future = sender(SubscriptionCommand(kind: kind, isSubscribe: true, names: names.sorted()))
+                let promise = future.eventLoop.makePromise(of: Void.self)
                 let keys = names.map { Key(kind: kind, name: $0) }
-                for key in keys { state.confirming[key] = future }
-                return (future, keys)
+                for key in keys { state.confirming[key] = promise.futureResult }
+                return (future, promise, keys)
             }
             return (sent, state.generation)
         }
-        // Chained outside the lock (a future failed already runs the callback at once); a
-        // subscriber joining meanwhile waits for the outcome, refusals sorted out.
-        let outcomes = sent.map { future, keys in
-            let outcome = future.flatMapError { error in
+        for (future, promise, keys) in sent {
+            self.forget(promise.futureResult, of: keys)
+            future.flatMap {
+                // Accepted: a name refused before (the ACL allows it again) is no longer.
+                self.state.withLockedValue { state in for key in keys { state.refused[key] = nil } }
+                return future.eventLoop.makeSucceededVoidFuture()
+            }.flatMapError { error in
                 guard (error as? RedisServerError)?.isPermissionDenied == true else { return future.eventLoop.makeFailedFuture(error) }
                 return self.subscribeOneByOne(keys, generation: generation, on: future.eventLoop, refused: refused)
-            }
-            self.state.withLockedValue { state in
-                for key in keys where state.confirming[key] === future { state.confirming[key] = outcome }
-            }
-            self.forget(outcome, of: keys)
-            return outcome
+            }.cascade(to: promise)
         }
-        for (future, keys) in sent { self.forget(future, of: keys) }
-        return outcomes
+        return sent.map { $0.1.futureResult }
     }
 
     /// Subscribes each of `keys` alone on the connection of `generation`; keeps those Redis
-    /// refuses as refused. Fails if the connection does, or was replaced.
+    /// refuses as refused (a subscriber joining one meanwhile is refused). Fails if the
+    /// connection does, or was replaced.
     private func subscribeOneByOne(
         _ keys: [Key], generation: UInt64, on loop: any EventLoop, refused: @escaping @Sendable (RedisSubscriptionKind, [String], any Error) -> Void
     ) -> EventLoopFuture<Void> {
-        let attempts = self.state.withLockedValue { state -> [(Key, EventLoopFuture<Void>)]? in
+        let attempts = self.state.withLockedValue { state -> [(Key, EventLoopFuture<Void>, EventLoopPromise<Void>)]? in
             guard state.generation == generation, let sender = state.sender else { return nil }
             return keys.filter { !(state.subscribers[$0]?.isEmpty ?? true) }.map { key in
                 let future = sender(SubscriptionCommand(kind: key.kind, isSubscribe: true, names: [key.name]))
-                state.confirming[key] = future
-                return (key, future)
+                let promise = loop.makePromise(of: Void.self)
+                state.confirming[key] = promise.futureResult
+                return (key, future, promise)
             }
         }
         guard let attempts else {
             return loop.makeFailedFuture(RedisClientError(.connectionClosed, detail: "the subscriber connection was replaced while it re-subscribed"))
         }
-        for (key, future) in attempts { self.forget(future, of: [key]) }
-        let outcomes = attempts.map { key, future in
-            future.map { (key, nil as RedisServerError?) }.flatMapError { error in
+        for (key, future, promise) in attempts {
+            self.forget(promise.futureResult, of: [key])
+            future.whenComplete { result in
+                // Recorded before the joiners waiting on the name are told.
+                self.state.withLockedValue { state in
+                    switch result {
+                    case .success: state.refused[key] = nil
+                    case .failure(let error):
+                        if let refusal = error as? RedisServerError, refusal.isPermissionDenied, !(state.subscribers[key]?.isEmpty ?? true) {
+                            state.refused[key] = refusal
+                        }
+                    }
+                }
+                promise.completeWith(result)
+            }
+        }
+        let outcomes = attempts.map { key, _, promise in
+            promise.futureResult.map { (key, nil as RedisServerError?) }.flatMapError { error in
                 guard let refusal = error as? RedisServerError, refusal.isPermissionDenied else { return loop.makeFailedFuture(error) }
                 return loop.makeSucceededFuture((key, refusal))
             }
         }
         return EventLoopFuture.whenAllSucceed(outcomes, on: loop).map { outcomes in
             let denied = outcomes.compactMap { key, error in error.map { (key, $0) } }
-            guard !denied.isEmpty else { return }
-            self.state.withLockedValue { state in
-                for (key, refusal) in denied where !(state.subscribers[key]?.isEmpty ?? true) { state.refused[key] = refusal }
-            }
             for kind in RedisSubscriptionKind.allCases {
                 let names = denied.filter { $0.0.kind == kind }
                 if let first = names.first { refused(kind, names.map(\.0.name).sorted(), first.1) }
@@ -218,11 +231,12 @@ package final class SubscriptionRegistry: Sendable {
     /// Subscribes again, one at a time, the names Redis refused (an ACL may allow them now);
     /// those still refused stay so. Returns the names subscribed now.
     package func retryRefused() async -> [Key] {
-        let attempts = self.state.withLockedValue { state -> [(Key, EventLoopFuture<Void>)] in
-            guard let sender = state.sender else { return [] }
-            return state.refused.keys.sorted { $0.name < $1.name }.map { key in
+        let (attempts, generation) = self.state.withLockedValue { state -> ([(Key, EventLoopFuture<Void>)], UInt64) in
+            guard let sender = state.sender else { return ([], state.generation) }
+            let attempts = state.refused.keys.sorted { $0.name < $1.name }.map { key in
                 (key, sender(SubscriptionCommand(kind: key.kind, isSubscribe: true, names: [key.name])))
             }
+            return (attempts, state.generation)
         }
         var subscribed: [Key] = []
         for (key, future) in attempts {
@@ -236,7 +250,8 @@ package final class SubscriptionRegistry: Sendable {
                 break
             }
         }
-        return subscribed
+        // The connection closed meanwhile: nothing to announce (the next one re-subscribes all).
+        return self.state.withLockedValue { $0.generation == generation && $0.sender != nil } ? subscribed : []
     }
 
     /// Detaches the connection (it closed); subscriptions stay recorded for the next ``attach(_:)``.

@@ -13,7 +13,9 @@ package final class IdempotencyKeys: Sendable {
     package static let window = TimeAmount.minutes(10)
 
     /// Two independently seeded 64-bit hashes of a destination and a token (this process's
-    /// random seed: the digests never leave it).
+    /// random seed: the digests never leave it). Of their UTF-8 bytes, as Redis compares them:
+    /// Swift's `String` hashing takes canonically equivalent texts (`é` and `e` + U+0301) for
+    /// one key.
     struct Digest: Hashable {
         var high: UInt64
         var low: UInt64
@@ -21,14 +23,20 @@ package final class IdempotencyKeys: Sendable {
         init(destination: String, token: String) {
             var first = Hasher()
             first.combine(0 as UInt8)
-            first.combine(destination)
-            first.combine(token)
+            Self.combine(destination, into: &first)
+            Self.combine(token, into: &first)
             var second = Hasher()
             second.combine(1 as UInt8)
-            second.combine(token)
-            second.combine(destination)
+            Self.combine(token, into: &second)
+            Self.combine(destination, into: &second)
             high = UInt64(UInt(bitPattern: first.finalize()))
             low = UInt64(UInt(bitPattern: second.finalize()))
+        }
+
+        private static func combine(_ text: String, into hasher: inout Hasher) {
+            var text = text
+            hasher.combine(text.utf8.count)
+            text.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
         }
     }
 

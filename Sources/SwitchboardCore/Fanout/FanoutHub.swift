@@ -9,7 +9,11 @@ import Synchronization
 /// Calls are made in order, under the hub's interest lock: implementations must not block and
 /// must not call back into the hub synchronously.
 package protocol InterestObserver: AnyObject, Sendable {
-    func interestActivated(_ pattern: DestinationPattern)
+    /// `generation` numbers this activation of an exact destination (0 for a wildcard): the
+    /// messages the observer delivers for it carry it (``FanoutHub/deliver(_:scope:generation:)``),
+    /// so a copy still queued for a loop when the last subscriber left never reaches the
+    /// subscribers of a later activation, which has its own Redis subscription and position.
+    func interestActivated(_ pattern: DestinationPattern, generation: UInt64)
     func interestDeactivated(_ pattern: DestinationPattern)
 }
 
@@ -36,6 +40,9 @@ package enum DeliveryScope: Sendable {
 package final class FanoutHub: Sendable {
     private struct Index {
         var exact: [String: UInt64] = [:]
+        /// The activation of each exact destination with interest (see ``InterestObserver``).
+        var exactGeneration: [String: UInt64] = [:]
+        var nextGeneration: UInt64 = 1
         var wildcard: [DestinationPattern: UInt64] = [:]
         /// ``wildcard``'s patterns, to find those matching a destination without trying each.
         let wildcardIndex = DestinationPatternIndex()
@@ -145,7 +152,9 @@ package final class FanoutHub: Sendable {
     /// Delivers `message` to the local subscribers in `scope` whose subscription matches it.
     /// Each loop gets messages in the order they were handed to the hub, from whatever thread
     /// (see ``LoopShard/enqueue(_:scope:)``): a destination's history relies on it.
-    package func deliver(_ message: PublishedMessage, scope: DeliveryScope = .all) {
+    /// `generation`, if any, is the activation of the destination the copy comes from: loops
+    /// whose subscribers joined a later one drop it, even if it was queued before.
+    package func deliver(_ message: PublishedMessage, scope: DeliveryScope = .all, generation: UInt64? = nil) {
         let targets: [LoopShard] = state.withLockedValue { s in
             var mask: UInt64 = 0
             switch scope {
@@ -169,7 +178,7 @@ package final class FanoutHub: Sendable {
             }
             return out
         }
-        for shard in targets { shard.enqueue(message, scope: scope) }
+        for shard in targets { shard.enqueue(message, scope: scope, generation: generation) }
     }
 
     /// Records that session `id` lives on `shard` (for replies addressed to a session).
@@ -209,17 +218,25 @@ package final class FanoutHub: Sendable {
         state.withLockedValue { $0.exact.count + $0.wildcard.count }
     }
 
-    func addInterest(_ pattern: DestinationPattern, shard: Int) {
+    /// A shard's first subscriber of `pattern`; the destination's activation (0: a wildcard).
+    func addInterest(_ pattern: DestinationPattern, shard: Int) -> UInt64 {
         state.withLockedValue { s in
             let bit: UInt64 = 1 << UInt64(shard)
             let old = (pattern.isWildcard ? s.wildcard[pattern] : s.exact[pattern.text]) ?? 0
+            var generation: UInt64 = 0
             if pattern.isWildcard {
                 s.wildcard[pattern] = old | bit
                 if old == 0 { s.wildcardIndex.insert(pattern) }
             } else {
                 s.exact[pattern.text] = old | bit
+                if old == 0 {
+                    s.exactGeneration[pattern.text] = s.nextGeneration
+                    s.nextGeneration += 1
+                }
+                generation = s.exactGeneration[pattern.text] ?? 0
             }
-            if old == 0 { s.observer?.interestActivated(pattern) }
+            if old == 0 { s.observer?.interestActivated(pattern, generation: generation) }
+            return generation
         }
     }
 
@@ -233,6 +250,7 @@ package final class FanoutHub: Sendable {
                 if new == 0 { s.wildcardIndex.remove(pattern) }
             } else {
                 s.exact[pattern.text] = new == 0 ? nil : new
+                if new == 0 { s.exactGeneration[pattern.text] = nil }
             }
             if old != 0 && new == 0 { s.observer?.interestDeactivated(pattern) }
         }

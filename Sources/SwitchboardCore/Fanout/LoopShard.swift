@@ -81,6 +81,8 @@ package final class LoopShard: @unchecked Sendable {
     unowned let hub: FanoutHub
 
     private var exact: [String: [LocalSubscription]] = [:]
+    /// The activation each exact bucket belongs to (``FanoutHub/addInterest(_:shard:)``).
+    private var exactGeneration: [String: UInt64] = [:]
     private var wildcard: [DestinationPattern: [LocalSubscription]] = [:]
     /// ``wildcard``'s patterns, to find those matching a destination without trying each.
     private let wildcardIndex = DestinationPatternIndex()
@@ -116,7 +118,7 @@ package final class LoopShard: @unchecked Sendable {
     private let maxBacklogBytes: Int
 
     private struct Inbox {
-        var queue: [(PublishedMessage, DeliveryScope)] = []
+        var queue: [(PublishedMessage, DeliveryScope, UInt64?)] = []
         /// What `queue` counts against ``FanoutHub/maxBacklogBytes``.
         var bytes = 0
         /// Past ``FanoutHub/maxBacklogBytes`` since the last drain began.
@@ -181,7 +183,8 @@ package final class LoopShard: @unchecked Sendable {
         subscriptionCount += 1
         if count == 1 {
             if p.isWildcard { wildcardIndex.insert(p) }
-            hub.addInterest(p, shard: index)
+            let generation = hub.addInterest(p, shard: index)
+            if !p.isWildcard { exactGeneration[p.text] = generation }
         }
     }
 
@@ -198,7 +201,10 @@ package final class LoopShard: @unchecked Sendable {
             }
         } else {
             emptied = Self.removeInPlace(subscription, from: &exact[p.text])
-            if emptied == true { exact[p.text] = nil }
+            if emptied == true {
+                exact[p.text] = nil
+                exactGeneration[p.text] = nil
+            }
         }
         guard let emptied else { return }
         subscription.active = false
@@ -232,13 +238,13 @@ package final class LoopShard: @unchecked Sendable {
     /// order they were handed over, whichever threads handed them: on this loop with nothing
     /// queued it is delivered at once; otherwise it joins the queue, and one task delivers
     /// everything queued (one hop per burst, not per message).
-    func enqueue(_ message: PublishedMessage, scope: DeliveryScope) {
+    func enqueue(_ message: PublishedMessage, scope: DeliveryScope, generation: UInt64? = nil) {
         let onLoop = eventLoop.inEventLoop
         let limit = maxBacklogBytes
         var changed = false
         let first: Bool? = inbox.withLockedValue { box in
             if onLoop && box.queue.isEmpty { return nil }
-            box.queue.append((message, scope))
+            box.queue.append((message, scope, generation))
             box.bytes += Self.backlogCost(of: message)
             if limit > 0, !box.over, box.bytes > limit {
                 box.over = true
@@ -248,7 +254,7 @@ package final class LoopShard: @unchecked Sendable {
         }
         if changed { hub.backlogChanged() }
         switch first {
-        case nil: deliverLocally(message, scope: scope)
+        case nil: deliverLocally(message, scope: scope, generation: generation)
         case true?: eventLoop.execute { self.drainInbox() }
         case false?: break
         }
@@ -277,14 +283,14 @@ package final class LoopShard: @unchecked Sendable {
                 return
             }
         }
-        var queued: [(PublishedMessage, DeliveryScope)] = []
+        var queued: [(PublishedMessage, DeliveryScope, UInt64?)] = []
         let wasOver = inbox.withLockedValue { box -> Bool in
             swap(&queued, &box.queue)
             box.bytes = 0
             defer { box.over = false }
             return box.over
         }
-        for (message, scope) in queued { deliverLocally(message, scope: scope) }
+        for (message, scope, generation) in queued { deliverLocally(message, scope: scope, generation: generation) }
         // Delivered: publishes waiting for this backlog go on, unless what came meanwhile is
         // over the limit again.
         if wasOver, inbox.withLockedValue({ box in !box.over && hub.backlogDrained(shard: index) }) {
@@ -294,11 +300,12 @@ package final class LoopShard: @unchecked Sendable {
 
     /// Writes `message` to every matching local subscription, then schedules one flush per
     /// touched session for the end of this batch.
-    func deliverLocally(_ message: PublishedMessage, scope: DeliveryScope = .all) {
+    /// A copy of another activation than the exact bucket's (`generation`) skips it.
+    func deliverLocally(_ message: PublishedMessage, scope: DeliveryScope = .all, generation: UInt64? = nil) {
         batch.reset(tick: tick)
         switch scope {
         case .all, .exact:
-            if let bucket = exact[message.destination] {
+            if let bucket = exact[message.destination], generation == nil || exactGeneration[message.destination] == generation {
                 for sub in bucket { write(message, sub) }
             }
             if case .all = scope, !wildcard.isEmpty {

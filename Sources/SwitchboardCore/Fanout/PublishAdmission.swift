@@ -22,6 +22,10 @@ extension FanoutHub {
         /// Bit `i`: shard `i`'s backlog is over the limit.
         var shards: UInt64 = 0
         var waiters: [AdmissionWaiter] = []
+        /// Refused waiters still in ``waiters``, dropped from it in bulk once they are half of
+        /// it: a backlog that stays over the limit would otherwise keep every publish refused
+        /// meanwhile listed.
+        var refusedListed: Set<ObjectIdentifier> = []
         /// Per event loop: its publishes waiting, or released and not yet run. A publish on a
         /// loop with some goes behind them, so each connection's publishes keep their order.
         var pending: [ObjectIdentifier: Int] = [:]
@@ -52,6 +56,9 @@ extension FanoutHub {
 
     /// Whether a loop's backlog is over ``maxBacklogBytes`` (publishes wait).
     package var isBacklogged: Bool { backlog.withLockedValue { $0.shards } != 0 }
+
+    /// Publishes listed as waiting for a release (refused ones included until dropped).
+    package var admissionWaitersListed: Int { backlog.withLockedValue { $0.waiters.count } }
 
     /// Publishes that waited for admission, and those refused after waiting.
     package var admissionCounts: (waits: Int, refusals: Int) { backlog.withLockedValue { ($0.waits, $0.refusals) } }
@@ -100,9 +107,17 @@ extension FanoutHub {
         waiter.timer?.cancel()
         let id = ObjectIdentifier(loop)
         backlog.withLockedValue { b in
-            // A refused waiter stays listed (done) until the next release skips it: removing it
-            // would cost a search of every waiting publish, under the lock, per refusal.
-            if error != nil { b.refusals += 1 }
+            // A refused waiter stays listed (done) until the next release skips it, or until the
+            // refused ones are half the list: removing each would cost a search of every waiting
+            // publish, under the lock, per refusal.
+            if error != nil {
+                b.refusals += 1
+                b.refusedListed.insert(ObjectIdentifier(waiter))
+                if b.refusedListed.count >= 32, b.refusedListed.count * 2 >= b.waiters.count {
+                    b.waiters.removeAll { b.refusedListed.contains(ObjectIdentifier($0)) }
+                    b.refusedListed.removeAll()
+                }
+            }
             let left = (b.pending[id] ?? 1) - 1
             b.pending[id] = left > 0 ? left : nil
             updateGate(&b)
@@ -151,6 +166,7 @@ extension FanoutHub {
                 loop.execute { self.finish(waiter, on: loop, nil) }
             }
             b.waiters.removeAll()
+            b.refusedListed.removeAll()
             return before != 0
         }
     }

@@ -311,6 +311,9 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         // The seam of a resumed subscription: the replay already had these.
         if let through = subscription.replayedThrough, let position = message.position {
             if position.epoch == through.epoch && position.sequence <= through.sequence { return }
+            // From an older epoch than the replay's (epochs are numbered by Redis's time): this
+            // instance is still behind a history Redis started over, and the client is past it.
+            if position.epoch < through.epoch { return }
             subscription.replayedThrough = nil
         }
         if subscription.replayPending, let position = message.position {

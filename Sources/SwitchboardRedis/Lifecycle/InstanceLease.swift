@@ -92,7 +92,7 @@ package final class InstanceLease: Sendable {
                 if ContinuousClock.now >= renewal.settledAt {
                     // Renewing between the calls of a long reap: a lease that lapsed meanwhile
                     // got this instance reaped by the others.
-                    try await reapExpired { try? await self.renewIfDue(renewal) }
+                    try await reapExpired(between: { try? await self.renewIfDue(renewal) }, mayGoOn: { ContinuousClock.now >= renewal.settledAt })
                 }
             } catch {
                 logger.debug("lease renewal or reaping failed", metadata: ["error": "\(error)"])
@@ -147,10 +147,12 @@ package final class InstanceLease: Sendable {
     }
 
     /// Claims and reaps every instance whose lease expired, one at a time; `between` runs
-    /// before each call.
-    func reapExpired(between: () async -> Void = {}) async throws {
+    /// before each call, and no claim is made once `mayGoOn` says no (a renewal in `between`
+    /// saw a reconnect: the others may still be in their backoff).
+    func reapExpired(between: () async -> Void = {}, mayGoOn: () -> Bool = { true }) async throws {
         while !Task.isCancelled {
             await between()
+            guard mayGoOn() else { return }
             let claim = LeaseClaim(
                 prefix: stream.prefix, me: instance, ttlMilliseconds: Self.ms(settings.ttl), graceMilliseconds: Self.ms(settings.grace))
             let dead = try await LifecycleFunctions.call(claim, on: client).get()
@@ -167,7 +169,7 @@ package final class InstanceLease: Sendable {
             let left = try await LifecycleFunctions.call(
                 LeaseReap(settings: stream, dead: dead, me: instance, count: settings.reapChunk, reason: reason), on: client
             ).get()
-            if left <= 0 { return }
+            if left <= 0 || Task.isCancelled { return }
             await between()
         }
     }

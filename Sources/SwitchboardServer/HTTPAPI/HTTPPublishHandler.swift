@@ -506,7 +506,17 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         writeAnswers()
     }
 
-    private var readsPaused: Bool { !lingering && (!held.isEmpty || answers.count >= Self.maxPendingAnswers || refused) }
+    /// Reads pause while earlier answers wait (up to ``maxPendingAnswers``), parts are held, and
+    /// while the socket takes no more (the channel is not writable: a client that sends
+    /// requests and does not read its answers would otherwise pile them up in memory).
+    private var readsPaused: Bool {
+        !lingering && (!held.isEmpty || answers.count >= Self.maxPendingAnswers || refused || context?.channel.isWritable == false)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { resumeReadsIfPossible(context: context) }
+        context.fireChannelWritabilityChanged()
+    }
 
     func read(context: ChannelHandlerContext) {
         if readsPaused {

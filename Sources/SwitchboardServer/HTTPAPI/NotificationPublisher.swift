@@ -158,8 +158,12 @@ struct NotificationPublisher: Sendable {
             let prefixes = toUser != nil ? config.userDestinationPrefixes : config.brokerPrefixes
             if prefixes.contains(topic) { return "must name a destination after \(topic)" }
             if toUser != nil {
-                return config.userPrefix != nil && config.userDestinationPrefixes.contains(where: topic.hasPrefix)
-                    ? nil : "must start with \(config.userDestinationPrefixes.joined(separator: " or ")) for a user destination"
+                guard let userPrefix = config.userPrefix, config.userDestinationPrefixes.contains(where: topic.hasPrefix) else {
+                    return "must start with \(config.userDestinationPrefixes.joined(separator: " or ")) for a user destination"
+                }
+                // Its subscribers name it with the prefix (`/user` + `/queue/…`), within the limit.
+                let limit = DestinationPattern.maxNameBytes - userPrefix.dropLast().utf8.count
+                return topic.utf8.count > limit ? "must be at most \(limit) bytes for a user destination (its subscribers add \(userPrefix.dropLast()))" : nil
             }
             return config.isBrokerDestination(topic) ? nil : "must start with \(config.brokerPrefixes.joined(separator: " or "))"
         }
