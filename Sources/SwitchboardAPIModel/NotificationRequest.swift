@@ -38,9 +38,12 @@ package struct NotificationRequest: Sendable, Equatable {
     ///
     /// - Parameter isAllowedTopic: decides whether `topic` may be published to; its error
     ///   text (e.g. "must start with /topic/") is returned when it says no.
-    /// A `user` field is refused: it names a batch item's user, and here it was ignored (the
-    /// message went to the topic's subscribers, or to the path's user).
-    package static func parse(_ bytes: ByteBuffer, isAllowedTopic: (String) -> String?) throws(APIRequestError) -> NotificationRequest {
+    /// A `user` field is refused unless it names `pathUser` (the user of
+    /// `/api/users/{user}/notification`): it names a batch item's user, and here it was ignored
+    /// (the message went to the topic's subscribers, or to the path's user).
+    package static func parse(
+        _ bytes: ByteBuffer, pathUser: String? = nil, isAllowedTopic: (String) -> String?
+    ) throws(APIRequestError) -> NotificationRequest {
         let fields: Fields
         if let object = FlatJSON.object(bytes) {
             fields = Fields(object)
@@ -49,7 +52,10 @@ package struct NotificationRequest: Sendable, Equatable {
         } else {
             throw APIRequestError(status: 400, message: "request body must be a JSON object", field: nil)
         }
-        guard case .missing = fields.user else {
+        switch fields.user {
+        case .missing: break
+        case .value(let user) where user == pathUser: break
+        default:
             throw APIRequestError(
                 status: 400, message: "field 'user' is for the items of POST /api/notifications; send to /api/users/{user}/notification",
                 field: "user")

@@ -48,10 +48,13 @@ struct DestinationSequencer {
     /// read ran (or before the position was known), or a read failed. Asked for as soon as
     /// nothing runs, whether or not anything is buffered.
     private var repairOwed = false
-    /// The epochs this instance has left for a newer one (the last few): a late copy of one
-    /// (still unread on the subscriber connection when a repair read the new epoch) is not a
-    /// new epoch, but a message already given up on with the rest of its epoch.
-    private var leftEpochs: [String] = []
+    /// The epochs this instance has left for another (the last few), with the last sequence
+    /// it delivered in each. A copy of one is not a new epoch: at or below that sequence it was
+    /// delivered already; above it, it is a late message of the epoch left (still unread on the
+    /// subscriber connection when a repair read the new one), or the epoch came back (a
+    /// failover to a replica that kept it): it is dropped, and a repair asks history which
+    /// epoch is current (one that came back goes on from where it was left).
+    private var leftEpochs: [StreamPosition] = []
     /// Beyond this many buffered messages a hole is given up on.
     let maxPending: Int
 
@@ -112,10 +115,12 @@ struct DestinationSequencer {
         }
         if newest.epoch != current.epoch {
             // History was lost (Redis restarted empty, or the keys expired): what the old
-            // epoch still owed is gone; the new one starts before its first kept message.
+            // epoch still owed is gone; the new one starts before its first kept message (an
+            // epoch left before and current again goes on from where it was left).
             flushPending(&actions)
-            leave(current.epoch)
-            current = StreamPosition(epoch: newest.epoch, sequence: 0)
+            let back = leftEpochs.firstIndex { $0.epoch == newest.epoch }.map { leftEpochs.remove(at: $0) }
+            leave(position ?? current)
+            current = back ?? StreamPosition(epoch: newest.epoch, sequence: 0)
             position = current
         }
         if let asked, asked.sequence > current.sequence {
@@ -191,15 +196,19 @@ struct DestinationSequencer {
             return
         }
         if p.epoch != current.epoch {
-            if leftEpochs.contains(p.epoch) {
-                // Late, from an epoch left already: delivering it would go back in time (and
-                // start over the epoch it came from).
-                actions.skipped += 1
+            if let left = leftEpochs.first(where: { $0.epoch == p.epoch }) {
+                // From an epoch left already: delivering it would go back in time (and start
+                // over the epoch it came from). A copy of one delivered is dropped; a later
+                // one is counted as skipped, and history says whether its epoch came back.
+                if p.sequence > left.sequence {
+                    actions.skipped += 1
+                    if !repairing { askRepair(after: current, into: &actions) }
+                }
                 return
             }
             // A new epoch: the old one's hole can never be filled.
             flushPending(&actions)
-            leave(current.epoch)
+            leave(position ?? current)
             current = StreamPosition(epoch: p.epoch, sequence: 0)
             position = current
         }
@@ -218,9 +227,11 @@ struct DestinationSequencer {
         }
     }
 
-    private mutating func leave(_ epoch: String) {
+    /// Records the epoch of `position`, left for another, and how far it was delivered.
+    private mutating func leave(_ position: StreamPosition) {
+        leftEpochs.removeAll { $0.epoch == position.epoch }
         if leftEpochs.count >= 8 { leftEpochs.removeFirst() }
-        leftEpochs.append(epoch)
+        leftEpochs.append(position)
     }
 
     /// Starts a history read after `position` (one at a time).

@@ -10,16 +10,12 @@ public enum IdempotencyTokens {
     /// Most bytes of a key.
     public static let maxKeyBytes = 256
 
-    /// Why `key` cannot be an idempotency key (1…256 bytes, no control characters, no U+FFFD),
-    /// or nil. U+FFFD is what bytes that are not UTF-8 become when decoded (NIO's HTTP
-    /// headers): two different keys would become the same one, and the second message would be
-    /// taken for a retry of the first and not published.
+    /// Why `key` cannot be an idempotency key (1…256 bytes, no control characters), or nil.
     public static func problem(_ key: String) -> String? {
         if key.isEmpty || key.utf8.count > maxKeyBytes {
             return "must be 1 to \(maxKeyBytes) bytes"
         }
-        if DestinationPattern.holdsControlCharacters(key) { return "must not contain control characters" }
-        return key.unicodeScalars.contains("\u{FFFD}") ? "must be UTF-8 (without U+FFFD)" : nil
+        return DestinationPattern.holdsControlCharacters(key) ? "must not contain control characters" : nil
     }
 
     /// The token of a backend's key (HTTP API, SwitchboardKit).

@@ -252,10 +252,23 @@ import Testing
         #expect(s.reconnected().repairAfter == Self.at(1, epoch: "e1"))
         let repaired = s.repaired(newest: Self.at(2, epoch: "e2"), messages: [Self.message(1, epoch: "e2"), Self.message(2, epoch: "e2")])
         #expect(repaired.deliver.map(\.position) == [Self.at(1, epoch: "e2"), Self.at(2, epoch: "e2")])
+        // (It had read from sequence 1 on: once more from the start of the new epoch's rest.)
+        #expect(repaired.repairAfter == Self.at(2, epoch: "e2"))
+        #expect(s.repaired(newest: Self.at(2, epoch: "e2"), messages: []) == DestinationSequencer.Actions())
+        // A copy of one delivered: dropped.
+        #expect(s.receive(Self.message(1, epoch: "e1")) == DestinationSequencer.Actions())
+        // A later one: skipped, and history asked which epoch is current (still e2).
         let late = s.receive(Self.message(2, epoch: "e1"))
-        #expect(late.deliver.isEmpty && late.repairAfter == nil && late.skipped == 1)
+        #expect(late.deliver.isEmpty && late.repairAfter == Self.at(2, epoch: "e2") && late.skipped == 1, "\(late)")
+        #expect(s.repaired(newest: Self.at(2, epoch: "e2"), messages: []) == DestinationSequencer.Actions())
         #expect(s.position == Self.at(2, epoch: "e2"))
         #expect(Self.sequences(s.receive(Self.message(3, epoch: "e2"))) == [3])
+        // e1 comes back (a failover to a replica that kept it): it goes on from where it was left.
+        let back = s.receive(Self.message(4, epoch: "e1"))
+        #expect(back.deliver.isEmpty && back.repairAfter == Self.at(3, epoch: "e2"))
+        let resumed = s.repaired(newest: Self.at(4, epoch: "e1"), messages: (2...4).map { Self.message($0, epoch: "e1") })
+        #expect(resumed.deliver.map(\.position) == (2...4).map { Self.at($0, epoch: "e1") })
+        #expect(s.position == Self.at(4, epoch: "e1"))
         // A newer epoch still switches.
         let newer = s.receive(Self.message(1, epoch: "e3"))
         #expect(newer.deliver.map(\.position) == [Self.at(1, epoch: "e3")])

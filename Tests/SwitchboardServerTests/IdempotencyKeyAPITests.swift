@@ -46,6 +46,9 @@ import Testing
     @Test(arguments: [
         (["Idempotency-Key": "other"], #"{"error":"header 'Idempotency-Key' and field 'idempotencyKey' name different keys","field":"Idempotency-Key"}"#),
         (["Idempotency-Key": ""], #"{"error":"header 'Idempotency-Key' must be 1 to 256 bytes","field":"Idempotency-Key"}"#),
+        // What bytes that are not UTF-8 become once NIO decodes the header: two different keys
+        // became one, and the second message was taken for a retry and not published.
+        (["Idempotency-Key": "ord-\u{FFFD}"], #"{"error":"header 'Idempotency-Key' must be UTF-8 (without U+FFFD)","field":"Idempotency-Key"}"#),
     ])
     func aBadOrConflictingHeaderIsA400(headers: [String: String], error: String) throws {
         let h = try PublishHandlerHarness()

@@ -55,6 +55,8 @@ import Testing
                 #expect(response.status == .badRequest, "\(path)")
                 #expect(response.object?["field"] as? String == "user", "\(path)")
             }
+            // The path's own user may be repeated in the body.
+            #expect(try await client.post("/api/users/alice/notification", #"{"topic":"/queue/inbox","user":"alice","message":"again"}"#).status == .ok)
             // A user destination no client could subscribe to (`/user` + the topic is over the
             // name limit) was published, and stored, for nobody.
             let fits = "/queue/" + String(repeating: "q", count: 1024 - 5 - 7)
@@ -64,7 +66,7 @@ import Testing
             #expect(long.status == .badRequest && long.object?["field"] as? String == "topic", "\(long.text)")
         }
         let received = try await alice.received()
-        #expect(received.map { String(buffer: $0.body) } == ["for alice"])
+        #expect(received.map { String(buffer: $0.body) } == ["for alice", "again"])
         #expect(received.first?.headers["content-type"] == "text/markdown")
         #expect(try await bob.received().isEmpty)
     }

@@ -45,6 +45,13 @@ package final class LocalSubscription {
     /// are the client's already. Kept (a copy of another epoch does not clear it) until a later
     /// copy of its epoch, or a replay that puts it ahead of history or in an older epoch.
     package var claimedThrough: StreamPosition?
+    /// The epoch of the position this instance registered the subscription at, while its
+    /// replay is read.
+    package var registeredEpoch: String?
+    /// The replay came back in another epoch than ``registeredEpoch`` (Redis started the
+    /// history over, and this instance has not heard of it yet): live copies of the registered
+    /// epoch are older than the replay, and are dropped until the seam clears.
+    package var leavingEpoch: String?
     /// The last live copy skipped as the client's while the replay was read.
     package var skippedAsClientsThrough: StreamPosition?
     /// This subscription receives a destination's join/leave notices (its pattern is the

@@ -25,7 +25,7 @@ extension FanoutHub {
         /// Refused waiters still in ``waiters``, dropped from it in bulk once they are half of
         /// it: a backlog that stays over the limit would otherwise keep every publish refused
         /// meanwhile listed.
-        var refusedListed: Set<ObjectIdentifier> = []
+        var refusedListed = 0
         /// Per event loop: its publishes waiting, or released and not yet run. A publish on a
         /// loop with some goes behind them, so each connection's publishes keep their order.
         var pending: [ObjectIdentifier: Int] = [:]
@@ -38,6 +38,9 @@ extension FanoutHub {
         let promise: EventLoopPromise<Void>
         var done = false
         var timer: Scheduled<Void>?
+        /// In ``BacklogState/waiters``, and refused while there (both under the backlog lock).
+        var listed = false
+        var refusedWhileListed = false
 
         init(promise: EventLoopPromise<Void>) { self.promise = promise }
     }
@@ -79,6 +82,7 @@ extension FanoutHub {
             let waiter = AdmissionWaiter(promise: loop.makePromise())
             if b.shards != 0 {
                 b.waiters.append(waiter)
+                waiter.listed = true
                 b.waits += 1
             }
             b.pending[id, default: 0] += 1
@@ -112,10 +116,13 @@ extension FanoutHub {
             // publish, under the lock, per refusal.
             if error != nil {
                 b.refusals += 1
-                b.refusedListed.insert(ObjectIdentifier(waiter))
-                if b.refusedListed.count >= 32, b.refusedListed.count * 2 >= b.waiters.count {
-                    b.waiters.removeAll { b.refusedListed.contains(ObjectIdentifier($0)) }
-                    b.refusedListed.removeAll()
+                if waiter.listed {
+                    waiter.refusedWhileListed = true
+                    b.refusedListed += 1
+                    if b.refusedListed >= 32, b.refusedListed * 2 >= b.waiters.count {
+                        b.waiters.removeAll { $0.refusedWhileListed }
+                        b.refusedListed = 0
+                    }
                 }
             }
             let left = (b.pending[id] ?? 1) - 1
@@ -162,11 +169,12 @@ extension FanoutHub {
             // Queued under the lock: a publish that finds no backlog any more, and goes behind
             // these (``waitForAdmission(on:)``), is then queued after them on its loop.
             for waiter in b.waiters {
+                waiter.listed = false
                 let loop = waiter.promise.futureResult.eventLoop
                 loop.execute { self.finish(waiter, on: loop, nil) }
             }
             b.waiters.removeAll()
-            b.refusedListed.removeAll()
+            b.refusedListed = 0
             return before != 0
         }
     }

@@ -43,6 +43,7 @@ extension STOMPSessionHandler {
             return nil
         case .pending(let through, let replay)?:
             subscription.replayedThrough = through
+            subscription.registeredEpoch = through?.epoch
             // The client may have seen more than this instance has delivered yet (it comes from
             // a faster one, maybe in a newer epoch): the live copies up to its position are its own.
             if case .after(let claimed)? = start, through.map({ claimed.epoch != $0.epoch || claimed.sequence > $0.sequence }) ?? true {
@@ -68,6 +69,10 @@ extension STOMPSessionHandler {
             let behind = subscription.replayedThrough.map { $0.epoch != replay.position.epoch || $0.sequence < replay.position.sequence } ?? true
             if behind { subscription.replayedThrough = replay.position }
         }
+        if let registered = subscription.registeredEpoch, registered != replay.position.epoch {
+            subscription.leavingEpoch = registered
+        }
+        subscription.registeredEpoch = nil
         if let claimed = subscription.claimedThrough {
             if claimed.epoch != replay.position.epoch {
                 // History is in another epoch: the replay and the live copies settle the seam.

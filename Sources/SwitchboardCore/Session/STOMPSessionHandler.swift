@@ -311,10 +311,12 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         // The seam of a resumed subscription: the replay already had these.
         if let through = subscription.replayedThrough, let position = message.position {
             if position.epoch == through.epoch && position.sequence <= through.sequence { return }
-            // From an older epoch than the replay's (epochs are numbered by Redis's time): this
-            // instance is still behind a history Redis started over, and the client is past it.
-            if position.epoch < through.epoch { return }
+            // Of the epoch this instance registered at, when the replay came from a newer one
+            // (Redis started the history over, and this instance has not heard of it yet): the
+            // client is past it.
+            if position.epoch == subscription.leavingEpoch { return }
             subscription.replayedThrough = nil
+            subscription.leavingEpoch = nil
         }
         if subscription.replayPending, let position = message.position {
             if let live = subscription.liveDuringReplay, live.first.epoch == position.epoch {

@@ -509,9 +509,11 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Reads pause while earlier answers wait (up to ``maxPendingAnswers``), parts are held, and
     /// while the socket takes no more (the channel is not writable: a client that sends
     /// requests and does not read its answers would otherwise pile them up in memory).
-    private var readsPaused: Bool {
-        !lingering && (!held.isEmpty || answers.count >= Self.maxPendingAnswers || refused || context?.channel.isWritable == false)
-    }
+    private var readsPaused: Bool { pausedForAnswers || (!lingering && context?.channel.isWritable == false) }
+
+    /// Reads pause for the answers owed (not for the socket: a slow request's time runs on
+    /// while the client does not read its answers).
+    private var pausedForAnswers: Bool { !lingering && (!held.isEmpty || answers.count >= Self.maxPendingAnswers || refused) }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { resumeReadsIfPossible(context: context) }
@@ -593,7 +595,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             idleTimer = nil
             guard let context = self.context, !closing else { return }
             // A request waiting for its 100 (behind earlier answers): the client waits for us.
-            switch idle.timerFired(now: context.eventLoop.now, readsPaused: readsPaused || continueOwed) {
+            switch idle.timerFired(now: context.eventLoop.now, readsPaused: pausedForAnswers || continueOwed) {
             case .close:
                 closing = true
                 context.close(promise: nil)

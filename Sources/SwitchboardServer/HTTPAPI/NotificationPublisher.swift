@@ -108,7 +108,7 @@ struct NotificationPublisher: Sendable {
         }
         var parsed: NotificationRequest
         do {
-            parsed = try NotificationRequest.parse(body, isAllowedTopic: topicCheck(toUser: toUser))
+            parsed = try NotificationRequest.parse(body, pathUser: toUser, isAllowedTopic: topicCheck(toUser: toUser))
         } catch {
             throw Failure(error)
         }
@@ -118,6 +118,12 @@ struct NotificationPublisher: Sendable {
         if let idempotencyHeader = idempotencyHeaders.first {
             if let problem = IdempotencyTokens.problem(idempotencyHeader) {
                 throw Failure(status: .badRequest, message: "header 'Idempotency-Key' \(problem)", field: "Idempotency-Key")
+            }
+            // What a header's bytes that are not UTF-8 become once decoded (NIO's HTTP parser):
+            // two different keys would become one, and the second message would be taken for a
+            // retry of the first and not published.
+            if idempotencyHeader.unicodeScalars.contains("\u{FFFD}") {
+                throw Failure(status: .badRequest, message: "header 'Idempotency-Key' must be UTF-8 (without U+FFFD)", field: "Idempotency-Key")
             }
             if let field = parsed.idempotencyKey, field != idempotencyHeader {
                 throw Failure(
