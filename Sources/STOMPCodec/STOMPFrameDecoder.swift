@@ -158,7 +158,7 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
                 }
                 // `header-name = 1*<any OCTET except CR or LF or ":">`: a name is never empty.
                 guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon != line.startIndex else {
-                    return .failure(.malformedHeaderLine(String(decoding: line, as: UTF8.self)))
+                    return .failure(STOMPDecodingError.malformedHeaderLine(String(decoding: line, as: UTF8.self)).receipt(headers["receipt"]))
                 }
                 let name = UnsafeRawBufferPointer(rebasing: line[line.startIndex..<colon])
                 let value = UnsafeRawBufferPointer(rebasing: line[(colon + 1)...])

@@ -27,6 +27,14 @@ struct DecoderFramingTests {
         #expect(error == .malformedHeaderLine("destination"))
     }
 
+    /// Its ERROR carries the receipt read before it, as for the other header errors.
+    @Test("a malformed header line after a receipt names that receipt")
+    func malformedHeaderAfterReceipt() {
+        let error = decodingError { _ = try decodeAll("SEND\nreceipt:r1\ndestination:/topic/a\nnocolon\n\n\u{0}") }
+        #expect(error == .malformedHeaderLine("nocolon"))
+        #expect(error?.receipt == "r1")
+    }
+
     @Test("a header line with an empty name is malformed (STOMP 1.2: header-name = 1*OCTET)", arguments: [":empty-name", ":", "::x"])
     func emptyHeaderName(_ line: String) {
         let error = decodingError { _ = try decodeAll("SEND\ndestination:/topic/a\n\(line)\n\n\u{0}") }

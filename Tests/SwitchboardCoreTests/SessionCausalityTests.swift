@@ -51,6 +51,33 @@ struct SessionCausalityTests {
         #expect(out.last.map { String(buffer: $0.body) } == "reply")
     }
 
+    /// Messages held behind a SEND still unanswered (a slow webhook) each counted as a write:
+    /// no heart-beat went out, yet nothing reached the socket, and the client gave up.
+    @Test("messages held behind an unanswered SEND do not stand for writes: heart-beats go on")
+    func heldMessagesDoNotStopHeartBeats() throws {
+        let route = OrderedPendingRoute()
+        var configuration = SessionConfiguration()
+        configuration.heartBeat = STOMPHeartBeat(send: 1_000, receive: 0)
+        let gw = TestGateway(configuration: configuration, routes: try routes("/app/**", route))
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        let other = try gw.client()
+        _ = try c.connect(heartBeat: "0,1000")
+        _ = try other.connect()
+        try c.subscribe("/topic/news", receipt: "sub")
+        _ = try c.frames()
+        try c.send(.send, ["destination": "/app/in", "receipt": "s1"], body: "1")
+        var heartBeats = 0
+        for _ in 0..<25 {
+            try other.send(.send, ["destination": "/topic/news"], body: "held")
+            gw.loop.advanceTime(by: .milliseconds(200))
+            heartBeats += try c.readWebSocketFrames().filter { String(buffer: $0.unmaskedData) == "\n" }.count
+        }
+        #expect(heartBeats >= 3, "\(heartBeats) heart-beats in 5 s")
+        route.calls[0].promise.succeed([])
+        #expect(try c.frames().map(\.command).first == .receipt)
+    }
+
     @Test("messages that arrived before the SEND are not held behind it")
     func earlierMessagesGoFirst() throws {
         let (gw, route, c, other) = try setUp(subscribedTo: "/topic/news")

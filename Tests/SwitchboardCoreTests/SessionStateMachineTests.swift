@@ -337,6 +337,21 @@ import Testing
         #expect(out.count == 2 && { if case .error(_, "bad") = out[1] { true } else { false } }(), "\(out)")
     }
 
+    /// With a broker prefix `/`, a SEND to a user destination was taken for a broker one by
+    /// the pipelining check (``SessionPolicy/isPipelinable(_:identity:)`` tried the broker
+    /// prefixes first), and its ERROR came before the receipts of the SENDs before it.
+    @Test func aSendToAUserDestinationUnderABrokerPrefixSlashIsNotPipelined() {
+        var m = Self.connected { $0.brokerPrefixes = ["/"] }
+        m.frameReceived(Self.send("/topic/a", receipt: "1"), now: .now())
+        #expect(Self.drain(&m) == [.execute("publish(/topic/a)", step: 2)])
+        m.frameReceived(Self.frame(.send, [("destination", "/user/queue/x"), ("receipt", "bad")]), now: .now())
+        #expect(Self.drain(&m) == [], "not handled while the SEND before it runs")
+        m.stepCompleted(2, .success)
+        let out = Self.drain(&m)
+        #expect(out.first == .answered(2, receipt: "1"))
+        #expect(out.count == 2 && { if case .error(_, "bad") = out[1] { true } else { false } }(), "\(out)")
+    }
+
     @Test func shutdownPastTheGraceAbandonsTheStepInFlight() {
         var m = Self.connected()
         m.frameReceived(Self.send("/app/serial", receipt: "w"), now: .now())

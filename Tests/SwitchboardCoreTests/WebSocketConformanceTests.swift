@@ -27,6 +27,21 @@ extension TestClient {
 }
 
 private let sendHead = Array("SEND\ndestination:/topic/u\nreceipt:r\n\n".utf8)
+
+/// Holds every write (a socket that takes nothing more) until the channel closes.
+private final class WriteStaller: ChannelOutboundHandler, @unchecked Sendable {
+    typealias OutboundIn = Any
+    var held: [EventLoopPromise<Void>] = []
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if let promise { held.append(promise) }
+    }
+    func flush(context: ChannelHandlerContext) {}
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        for promise in held { promise.fail(ChannelError.ioOnClosedChannel) }
+        held.removeAll()
+        context.close(mode: mode, promise: promise)
+    }
+}
 private let invalidUTF8 = "text message is not valid UTF-8"
 
 /// Runs `body` with a client that has CONNECTed to a fresh gateway.
@@ -116,6 +131,27 @@ struct WebSocketConformanceTests {
             try c.sendBytes([0x03, 0xE8] + Array("bye \u{20AC}".utf8), opcode: .connectionClose)
             try c.expectCloseOnly(1000, "")
         }
+    }
+
+    /// A client that sends its close frame and reads nothing more (the echo waits behind
+    /// unsent messages): the connection stayed open for good, its subscriptions still in the
+    /// shard, its unsent bytes no longer counted.
+    @Test("a client's close frame ends the session at once, and the connection within the grace")
+    func closeEchoHasADeadline() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.send(.subscribe, ["id": "0", "destination": "/topic/a", "receipt": "s"])
+        _ = try c.read()
+        let shard = gw.hub.shard(for: gw.loop)
+        #expect(shard.subscriptionCount == 1)
+        try c.channel.pipeline.syncOperations.addHandler(WriteStaller(), position: .first)
+        try c.sendBytes([0x03, 0xE8], opcode: .connectionClose)
+        #expect(shard.subscriptionCount == 0, "the session's subscriptions left at once")
+        #expect(c.channel.isActive)
+        gw.loop.advanceTime(by: .seconds(2) + .milliseconds(1))  // the grace (WebSocketSTOMPTransport.closeGrace)
+        #expect(!c.channel.isActive, "closed at the grace")
     }
 
     @Test("close codes that must not be sent are answered 1002", arguments: [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] as [UInt16])

@@ -125,6 +125,7 @@ extension STOMPSessionHandler {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         promise.futureResult.whenSuccess { bound.value.replayBytesTaken() }
         (writer ?? context).write(wrapOutboundOut(bytes), promise: promise)
+        machine.wrote(at: shard.tick)
     }
 
     /// The socket took a chunk of a paced replay: progress.

@@ -200,11 +200,11 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         if event is STOMPTransportActivity {
             machine.read(at: shard.tick)
         } else if event is STOMPTransportClosing {
-            // A close frame went out below: nothing more may be written.
-            sessionEnded(.client, wasConnected: machine.connectionClosed())
+            // A close frame went out below: nothing more may be written, and the session is
+            // over: its subscriptions leave the shard now, not once the socket is closed (the
+            // echo may wait behind unsent bytes), and its unsent bytes count no more.
             undelivered = nil
-            held = nil
-            replayBacklog = nil
+            cleanUp()
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -346,7 +346,6 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             undelivered!.writeImmutableBuffer(buffer)
         }
         wroteSinceFlush = true
-        machine.wrote(at: batch.tick)
         batch.delivered &+= 1
         batch.bytes &+= buffer.readableBytes
     }
@@ -365,9 +364,14 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     ///   machine's newest by default.
     @inline(__always)
     func settleUndelivered(context: ChannelHandlerContext, newest: STOMPSessionStateMachine.StepID? = nil) {
+        // A write, for the heart-beats, only when the bytes go out: deliveries held behind a
+        // step stood for writes, and a client saw nothing, heart-beats included, for as long.
         if held == nil, !machine.isBusy, replayBacklog == nil {
             // Almost always: nothing to wait for.
-            if let buffer = takeUndelivered() { (writer ?? context).write(wrapOutboundOut(buffer), promise: nil) }
+            if let buffer = takeUndelivered() {
+                (writer ?? context).write(wrapOutboundOut(buffer), promise: nil)
+                machine.wrote(at: shard.tick)
+            }
             return
         }
         let behind = newest ?? machine.newestStep
@@ -378,6 +382,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             hold(buffer, behind: behind, context: context)
         } else {
             (writer ?? context).write(wrapOutboundOut(buffer), promise: nil)
+            machine.wrote(at: shard.tick)
         }
     }
 
@@ -435,6 +440,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             held!.removeFirst()
             heldBytes -= first.bytes.readableBytes
             (writer ?? context).write(wrapOutboundOut(first.bytes), promise: nil)
+            machine.wrote(at: shard.tick)
             wroteSinceFlush = true
         }
         if held!.isEmpty { held = nil }

@@ -84,14 +84,17 @@ package final class SessionPolicy: Sendable {
             DestinationPattern.isNormalized(destination), DestinationPattern.nameProblem(destination) == nil
         else { return false }
         guard maySend(destination, identity: identity) else { return false }
-        if configuration.isBrokerDestination(destination) {
+        // Classified as `handleSend` does (user destinations first: with a broker prefix `/`
+        // a user destination is refused there, and its ERROR overtook the receipts before it).
+        switch kind(of: destination) {
+        case .broker:
             if let key = frame.headers["idempotency-key"], IdempotencyTokens.problem(key) != nil { return false }
             return !destination.contains("*")
-        }
-        if configuration.isApplicationDestination(destination) {
+        case .application:
             return routes.route(for: destination)?.keepsOrderWhenPipelined ?? false
+        default:
+            return false
         }
-        return false
     }
 
     /// The message refusing a destination that is none of the known kinds, for `command`.

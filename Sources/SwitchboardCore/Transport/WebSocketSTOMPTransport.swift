@@ -152,6 +152,11 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
             closeSent = true
             context.fireUserInboundEventTriggered(STOMPTransportClosing())
             let reply = WebSocketServerFrame.close(code: code.map { WebSocketErrorCode(codeNumber: Int($0)) }, allocator: context.channel.allocator)
+            // Closed once the echo is written, or after the grace: a client that does not read
+            // (the echo queued behind unsent messages) kept the connection open for good.
+            let channel = context.channel
+            let deadline = context.eventLoop.scheduleTask(in: Self.closeGrace) { channel.close(promise: nil) }
+            channel.closeFuture.whenComplete { _ in deadline.cancel() }
             context.writeAndFlush(wrapOutboundOut(reply)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         default:
             closeWithProtocolError(context: context, reason: "unknown opcode")
