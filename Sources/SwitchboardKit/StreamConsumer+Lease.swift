@@ -28,14 +28,18 @@ final class BatchLease: Sendable {
     }
 
     let state: NIOLockedValueBox<State>
+    /// Whether the delivery counted each entry's attempt already (`XREADGROUP … >`: the first);
+    /// otherwise (entries taken again) an attempt is counted before each handler call.
+    let counted: Bool
 
-    init(ids: [String], owned: [String: Int], renewedAt: ContinuousClock.Instant) {
+    init(ids: [String], owned: [String: Int], renewedAt: ContinuousClock.Instant, counted: Bool = false) {
         self.state = NIOLockedValueBox(State(remaining: ids, owned: owned, renewedAt: renewedAt))
+        self.counted = counted
     }
 
     /// A batch just delivered by `XREADGROUP … >`, requested at `readAt`: each entry's first delivery.
     convenience init(newlyRead ids: [String], readAt: ContinuousClock.Instant) {
-        self.init(ids: ids, owned: Dictionary(ids.map { ($0, 1) }, uniquingKeysWith: { a, _ in a }), renewedAt: readAt)
+        self.init(ids: ids, owned: Dictionary(ids.map { ($0, 1) }, uniquingKeysWith: { a, _ in a }), renewedAt: readAt, counted: true)
     }
 
     func isFresh(at now: ContinuousClock.Instant, within age: Duration) -> Bool {

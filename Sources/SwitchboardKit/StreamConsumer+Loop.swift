@@ -34,7 +34,11 @@ extension StreamConsumer {
                 }
                 groupStartID = "0"
                 connectedBefore = true
-                attempt = 0
+                // The backoff starts over once the session made progress (a read or an
+                // acknowledgement), not at every connection: a session that fails the same way
+                // each time (a refused script, say) reconnected every 100 ms for good.
+                let progressBefore = self.progressMarker
+                defer { if self.progressMarker != progressBefore { attempt = 0 } }
                 try await self.session(on: opened, handler)
             } catch let error as RedisServerError where error.isNoGroup {
                 self.logger.warning(
@@ -94,18 +98,13 @@ extension StreamConsumer {
 
         while !self.isStopRequested {
             if let cursor = pendingCursor {
-                let read = XREADGROUP(
-                    group: configuration.group, consumer: configuration.consumerName, count: configuration.batchSize,
-                    streams: [(configuration.stream, cursor)]
-                )
-                let entries = try await connection.execute(read)?[configuration.stream] ?? []
-                guard let last = entries.last else {
+                let taken = try await self.take(.own(after: cursor), on: connection)
+                guard !taken.entries.isEmpty else {
                     pendingCursor = nil
                     continue
                 }
-                pendingCursor = last.id
-                let lease = try await self.renew(entries.map(\.id), on: connection)
-                if try await self.process(entries, lease: lease, on: connection, handler) {
+                pendingCursor = taken.cursor
+                if try await self.process(taken.entries, lease: taken.lease, on: connection, handler) {
                     retryAt = retryAt ?? clock.now + configuration.retryDelay
                 }
                 continue
@@ -138,7 +137,10 @@ extension StreamConsumer {
             let readAt = clock.now
             do {
                 result = try await connection.execute(read)
-                self.state.withLockedValue { $0.blocking = false }
+                self.state.withLockedValue { state in
+                    state.blocking = false
+                    state.reads &+= 1
+                }
             } catch {
                 self.state.withLockedValue { $0.blocking = false }
                 if self.isStopRequested { return }
@@ -160,25 +162,19 @@ extension StreamConsumer {
         var rounds = 0
         var failed = false
         repeat {
-            let claim = XAUTOCLAIM(
-                key: configuration.stream, group: configuration.group, consumer: configuration.consumerName,
-                minIdleMilliseconds: configuration.claimMinIdle.kitMilliseconds, start: cursor, count: configuration.batchSize
-            )
-            let result = try await connection.execute(claim)
-            let entries = result.entries.filter { !$0.isDeleted }
-            if !result.deletedIDs.isEmpty {
-                self.state.withLockedValue { $0.statistics.trimmed += result.deletedIDs.count }
+            let taken = try await self.take(.claim(from: cursor), on: connection)
+            if !taken.deletedIDs.isEmpty {
+                self.state.withLockedValue { $0.statistics.trimmed += taken.deletedIDs.count }
                 self.logger.warning(
                     "pending entries trimmed from the stream before they were handled (max-length reached?): lost",
-                    metadata: ["count": "\(result.deletedIDs.count)", "first": "\(result.deletedIDs[0])"])
+                    metadata: ["count": "\(taken.deletedIDs.count)", "first": "\(taken.deletedIDs[0])"])
             }
-            if !entries.isEmpty {
-                self.logger.info("claimed idle entries", metadata: ["count": "\(entries.count)", "first": "\(entries[0].id)"])
-                self.state.withLockedValue { $0.statistics.claimed += entries.count }
-                let lease = try await self.renew(entries.map(\.id), on: connection)
-                if try await self.process(entries, lease: lease, on: connection, handler) { failed = true }
+            if !taken.entries.isEmpty {
+                self.logger.info("claimed idle entries", metadata: ["count": "\(taken.entries.count)", "first": "\(taken.entries[0].id)"])
+                self.state.withLockedValue { $0.statistics.claimed += taken.entries.count }
+                if try await self.process(taken.entries, lease: taken.lease, on: connection, handler) { failed = true }
             }
-            cursor = result.nextStartID
+            cursor = taken.cursor
             rounds += 1
         } while cursor != "0-0" && rounds < 10 && !self.isStopRequested
         return failed

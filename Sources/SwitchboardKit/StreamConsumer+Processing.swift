@@ -33,7 +33,7 @@ extension StreamConsumer {
             if !lease.isFresh(at: .now, within: configuration.claimMinIdle / 2) {
                 try await self.renew(lease.remaining, on: connection, lease: lease)
             }
-            guard let deliveries = lease.deliveries(of: entry.id) else {
+            guard var deliveries = lease.deliveries(of: entry.id) else {
                 self.logger.debug("entry no longer pending for this consumer; skipped", metadata: ["entry": "\(entry.id)"])
                 continue
             }
@@ -51,12 +51,21 @@ extension StreamConsumer {
                 self.logger.warning("pending entry trimmed from the stream before it was handled (max-length reached?): lost", metadata: ["id": "\(entry.id)"])
                 continue
             }
-            if deliveries > configuration.maxDeliveries {
-                let lastError =
-                    self.state.withLockedValue { $0.lastErrors[entry.id] }
-                    ?? "delivered \(deliveries) times without success (consumers failed or crashed)"
-                try await self.deadLetter(entry, deliveries: deliveries, lastError: lastError, on: connection)
-                continue
+            // Taken again: `deliveries` attempts were made (by this replica or others); the
+            // next one is counted before it starts, unless none is left.
+            if !lease.counted {
+                if deliveries >= configuration.maxDeliveries {
+                    let lastError =
+                        self.state.withLockedValue { $0.lastErrors[entry.id] }
+                        ?? "attempted \(deliveries) times without success (consumers failed or crashed)"
+                    try await self.deadLetter(entry, deliveries: deliveries, lastError: lastError, on: connection)
+                    continue
+                }
+                guard let attempt = try await self.countAttempt(entry.id, on: connection) else {
+                    self.logger.debug("entry no longer pending for this consumer; skipped", metadata: ["entry": "\(entry.id)"])
+                    continue
+                }
+                deliveries = attempt
             }
             lease.handlerStarted(at: .now)
             let message = IncomingMessage(entry: entry, stream: configuration.stream, deliveryCount: deliveries)

@@ -11,8 +11,8 @@ import SwitchboardWire
 /// What ``run(_:)`` does:
 /// - creates the group if it is missing (`XGROUP CREATE <stream> <group> 0 MKSTREAM`); a group
 ///   that vanishes later (Redis lost its data: `NOGROUP`) is re-created at `0` and reading goes on;
-/// - processes this consumer's own pending entries first (`XREADGROUP … 0`), then reads new ones
-///   with a blocking `XREADGROUP … >` on a dedicated connection;
+/// - processes this consumer's own pending entries first (`XPENDING`, then `XRANGE`), then reads
+///   new ones with a blocking `XREADGROUP … >` on a dedicated connection;
 /// - `XACK`s an entry once the handler returned; a throwing handler leaves it pending, and it is
 ///   retried after ``StreamConsumerConfiguration/retryDelay``;
 /// - takes over entries idle past ``StreamConsumerConfiguration/claimMinIdle`` (a crashed
@@ -21,7 +21,10 @@ import SwitchboardWire
 ///   `claimMinIdle / 3` (`XCLAIM … JUSTID` of those still its own), so a live replica keeps them;
 /// - moves an entry to ``StreamConsumerConfiguration/deadLetterStream`` (with `original-id`,
 ///   `deliveries`, `last-error`) and acknowledges it after ``StreamConsumerConfiguration/maxDeliveries``
-///   attempts;
+///   attempts. Redis's delivery count is the count of handler attempts: an entry taken again
+///   (re-read or claimed: `XAUTOCLAIM … JUSTID`) is counted just before its handler starts, so an
+///   entry that crashes replica after replica reaches the limit, and the entries taken with it
+///   (never attempted) do not;
 /// - reconnects with backoff when the connection is lost.
 ///
 /// Entries are handled one at a time, in order; scale out with more replicas (consumers).
@@ -57,6 +60,8 @@ public final class StreamConsumer: Sendable {
         var blocking = false
         var lastErrors: [String: String] = [:]
         var statistics = StreamConsumerStatistics()
+        /// Blocking reads that succeeded (progress, for the reconnect backoff).
+        var reads = 0
         /// Entries whose handler succeeded lately (see ``HandledEntries``).
         var handled = HandledEntries()
     }
@@ -117,6 +122,12 @@ public final class StreamConsumer: Sendable {
         logger[metadataKey: "consumer"] = "\(configuration.consumerName)"
         self.logger = logger
         self.publisher = SwitchboardPublisher(redis: redis, origin: configuration.consumerName, naming: configuration.channelNaming)
+    }
+
+    /// Grows whenever a session makes progress: a read, an entry handled, dead-lettered or
+    /// found trimmed.
+    var progressMarker: Int {
+        self.state.withLockedValue { $0.reads &+ $0.statistics.processed &+ $0.statistics.deadLettered &+ $0.statistics.trimmed }
     }
 
     // MARK: Running

@@ -77,8 +77,10 @@ public struct StreamConsumerConfiguration: Sendable {
         self.consumerName = consumerName
         self.batchSize = min(max(1, batchSize), 1_000)
         self.blockTime = blockTime
-        self.claimMinIdle = claimMinIdle
-        self.claimInterval = claimInterval
+        // A claim interval of 0 would claim in a busy loop, and a minimum idle time of 0 take
+        // every entry of the other replicas, being handled or not.
+        self.claimMinIdle = max(.milliseconds(1), claimMinIdle)
+        self.claimInterval = max(.milliseconds(10), claimInterval)
         self.retryDelay = retryDelay
         self.maxDeliveries = max(1, maxDeliveries)
         self.deadLetterStream = deadLetterStream ?? stream + ":dead"

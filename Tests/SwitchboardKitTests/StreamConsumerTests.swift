@@ -228,6 +228,67 @@ struct StreamConsumerTests {
         await client.shutdown()
     }
 
+    /// An entry that crashes every replica in turn (each claims the batch, starts it and dies)
+    /// is dead-lettered; the entries read or claimed with it were not attempted, and are handled.
+    /// Re-reads and claims added one delivery to every entry they returned: the batch-mates
+    /// reached the limit with the crasher and went to the dead-letter stream unhandled.
+    @Test func theBatchMatesOfAnEntryThatCrashesReplicasAreHandled() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
+        let poison = try await addGatewayEntry(client, body: "poison")
+        var mates: [String] = []
+        for n in 0..<3 { mates.append(try await addGatewayEntry(client, body: "job\(n)")) }
+        let (gate, release) = AsyncStream.makeStream(of: Void.self)
+        let started = NIOLockedValueBox<[String]>([])
+        // Replicas that start the poison entry and never come back (a crash, as far as the
+        // group can tell): each claims the batch once the previous one went idle.
+        var stuck: [(StreamConsumer, Task<Void, any Error>)] = []
+        for replica in ["a", "b", "c"] {
+            let before = started.withLockedValue { $0.count }
+            let consumer = StreamConsumer(
+                client: client,
+                configuration: testConfiguration(
+                    name: "replica-\(replica)", claimMinIdle: .milliseconds(200), claimInterval: .milliseconds(50), maxDeliveries: 3),
+                logger: quietLogger)
+            let task = start(consumer) { message in
+                started.withLockedValue { $0.append("\(replica):\(message.bodyString)") }
+                for await _ in gate {}
+                throw Boom(description: "crashed")
+            }
+            #expect(try await eventually { started.withLockedValue { $0.count } > before })
+            stuck.append((consumer, task))
+        }
+        #expect(started.withLockedValue { $0 } == ["a:poison", "b:poison", "c:poison"])
+        let handled = NIOLockedValueBox<[String]>([])
+        let d = StreamConsumer(
+            client: client,
+            configuration: testConfiguration(name: "replica-d", claimMinIdle: .milliseconds(200), claimInterval: .milliseconds(50), maxDeliveries: 3),
+            logger: quietLogger)
+        let dTask = start(d) { message in handled.withLockedValue { $0.append(message.id) } }
+        #expect(try await eventually { handled.withLockedValue { $0.count } == 3 }, "\(handled.withLockedValue { $0 })")
+        #expect(handled.withLockedValue { $0 } == mates)
+        let dead = try await client.execute(RawCommand("XRANGE", "OUT:dead", "-", "+"))
+        let deadIDs = try [RedisStreamEntry](fromRESP: dead).compactMap { entry in
+            entry.fields.first { $0.name == "original-id" }.map { String(buffer: $0.value) }
+        }
+        #expect(deadIDs == [poison])
+        d.stop()
+        try await dTask.value
+        for (consumer, _) in stuck { consumer.stop() }
+        release.finish()
+        for (_, task) in stuck { try await task.value }
+        await client.shutdown()
+    }
+
+    /// A claim interval of 0 claimed in a busy loop; a minimum idle time of 0 took every entry
+    /// of the other replicas, being handled or not.
+    @Test func timingsHaveFloors() {
+        let configuration = StreamConsumerConfiguration(stream: "s", group: "g", claimMinIdle: .zero, claimInterval: .zero)
+        #expect(configuration.claimMinIdle == .milliseconds(1) && configuration.claimInterval == .milliseconds(10))
+    }
+
     /// Entries trimmed from the stream while pending (the route's max-length reached while a
     /// backend was behind) are lost: counted and logged at warning, not dropped at debug level.
     @Test func pendingEntriesTrimmedAwayAreCountedAsLost() async throws {

@@ -1,0 +1,127 @@
+import NIOCore
+import Redis
+import SwitchboardWire
+
+/// Entries taken again (this consumer's own pending ones, or claimed from another) and their
+/// attempt counts.
+///
+/// Redis's delivery count of a pending entry is the consumer's count of handler attempts: an
+/// `XREADGROUP … >` delivery is the first, and each later attempt is counted, just before its
+/// handler starts (``countAttempt(_:on:)``). The entries taken again are read without counting
+/// (`XPENDING` and `XAUTOCLAIM … JUSTID`, then `XRANGE`): `XREADGROUP … 0` and a plain
+/// `XAUTOCLAIM` add one to every entry they return, and the batch-mates of an entry that crashed
+/// one replica after another reached the dead-letter limit without their handler ever running.
+extension StreamConsumer {
+    /// What ``take(_:on:)`` read: entries in order (trimmed ones marked deleted), the hold on
+    /// those still this consumer's with their attempt counts, and the cursor to go on from.
+    struct Taken {
+        var entries: [RedisStreamEntry]
+        var lease: BatchLease
+        /// The next `XAUTOCLAIM` start (`0-0`: done), or the last own pending entry's id.
+        var cursor: String
+        /// Pending entries gone from the stream that `XAUTOCLAIM` dropped (Redis 7).
+        var deletedIDs: [String]
+    }
+
+    enum TakeMode {
+        /// This consumer's own pending entries after `cursor` (`0`: from the start).
+        case own(after: String)
+        /// Entries idle past `claimMinIdle`, from `cursor`.
+        case claim(from: String)
+    }
+
+    /// Reads up to ``StreamConsumerConfiguration/batchSize`` entries taken again, without
+    /// counting an attempt.
+    func take(_ mode: TakeMode, on connection: RedisConnection) async throws -> Taken {
+        let configuration = self.configuration
+        var arguments: [RedisArgument] = [.string(configuration.group), .string(configuration.consumerName), .integer(configuration.batchSize)]
+        switch mode {
+        case .own(let after): arguments += ["own", .string(after == "0" ? "-" : "(" + after)]
+        case .claim(let from): arguments += ["claim", .string(from), .integer(configuration.claimMinIdle.kitMilliseconds)]
+        }
+        let requestedAt = ContinuousClock.now
+        let reply = try await connection.execute(EVAL(script: Self.takeScript, keys: [configuration.stream], arguments: arguments))
+        let parts = try [RESPToken](fromRESP: reply)
+        guard parts.count == 3 else { throw RESPDecodeError(token: reply, expected: "[cursor, deleted ids, entries]") }
+        let cursor = try String(fromRESP: parts[0])
+        let deletedIDs = try [String](fromRESP: parts[1])
+        var entries: [RedisStreamEntry] = []
+        var owned: [String: Int] = [:]
+        for item in try [RESPToken](fromRESP: parts[2]) {
+            let fields = try [RESPToken](fromRESP: item)
+            guard fields.count >= 3 else { throw RESPDecodeError(token: item, expected: "[id, count, deleted, …]") }
+            let id = try String(fromRESP: fields[0])
+            owned[id] = try Int(fromRESP: fields[1])
+            let deleted = try Int(fromRESP: fields[2]) == 1
+            var pairs: [(name: String, value: ByteBuffer)] = []
+            var index = 3
+            while index + 1 < fields.count {
+                pairs.append((try String(fromRESP: fields[index]), try ByteBuffer(fromRESP: fields[index + 1])))
+                index += 2
+            }
+            entries.append(RedisStreamEntry(id: id, fields: pairs, isDeleted: deleted))
+        }
+        return Taken(
+            entries: entries, lease: BatchLease(ids: entries.map(\.id), owned: owned, renewedAt: requestedAt, counted: false), cursor: cursor,
+            deletedIDs: deletedIDs)
+    }
+
+    /// Counts an attempt at `id` before its handler starts (a handler that crashes the process
+    /// is counted too): its new attempt count, or nil when the entry is no longer this
+    /// consumer's (taken over meanwhile). One `EVAL`: `XPENDING`, then `XCLAIM … RETRYCOUNT n+1
+    /// JUSTID` of an entry still its own, which resets its idle time too.
+    func countAttempt(_ id: String, on connection: RedisConnection) async throws -> Int? {
+        let configuration = self.configuration
+        let reply = try await connection.execute(
+            EVAL(
+                script: Self.attemptScript, keys: [configuration.stream],
+                arguments: [.string(configuration.group), .string(configuration.consumerName), .string(id)]))
+        let count = try Int(fromRESP: reply)
+        return count > 0 ? count : nil
+    }
+
+    /// KEYS: stream. ARGV: group, consumer, count, then `own` and the start of the pending range
+    /// (`-` or `(<id>`), or `claim`, the `XAUTOCLAIM` start and the minimum idle time (ms).
+    /// Replies the cursor, the ids `XAUTOCLAIM` found deleted, and per entry still this
+    /// consumer's: id, delivery count, 1 if trimmed from the stream (no fields), fields.
+    static let takeScript = """
+        local stream, group, me, count = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+        local ids, cursor, deleted = {}, '0-0', {}
+        if ARGV[4] == 'own' then
+          local p = redis.call('XPENDING', stream, group, ARGV[5], '+', count, me)
+          for _, e in ipairs(p) do ids[#ids + 1] = e[1] end
+          if #ids > 0 then cursor = ids[#ids] end
+        else
+          local r = redis.call('XAUTOCLAIM', stream, group, me, tonumber(ARGV[6]), ARGV[5], 'COUNT', count, 'JUSTID')
+          cursor = r[1]
+          ids = r[2]
+          deleted = r[3] or {}
+        end
+        local out = {}
+        for _, id in ipairs(ids) do
+          local p = redis.call('XPENDING', stream, group, id, id, 1, me)
+          if #p > 0 then
+            local item = {id, p[1][4]}
+            local e = redis.call('XRANGE', stream, id, id)
+            if #e == 0 then
+              item[3] = 1
+            else
+              item[3] = 0
+              for _, v in ipairs(e[1][2]) do item[#item + 1] = v end
+            end
+            out[#out + 1] = item
+          end
+        end
+        return {cursor, deleted, out}
+        """
+
+    /// KEYS: stream. ARGV: group, consumer, id. The entry's attempt count after counting one
+    /// more, or 0 when it is not pending for this consumer.
+    static let attemptScript = """
+        local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+        if #p == 0 then return 0 end
+        local n = p[1][4] + 1
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'RETRYCOUNT', n, 'JUSTID')
+        return n
+        """
+}
