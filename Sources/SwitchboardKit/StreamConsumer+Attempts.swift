@@ -108,11 +108,43 @@ extension StreamConsumer {
             else
               item[3] = 0
               for _, v in ipairs(e[1][2]) do item[#item + 1] = v end
+              -- Held again (its idle time reset, its count kept), as a renewal does; a trimmed
+              -- entry is not claimed (Redis 7 would drop it from the pending list unseen).
+              if ARGV[4] == 'own' then redis.call('XCLAIM', stream, group, me, 0, id, 'JUSTID') end
             end
             out[#out + 1] = item
           end
         end
         return {cursor, deleted, out}
+        """
+
+    /// Gives back the attempt `XREADGROUP … >` counted for entries of its batch whose handler
+    /// did not start (a stop in the middle of the batch): taken again, they are counted when
+    /// they are attempted, and a limit of one attempt does not dead-letter them unhandled. (A
+    /// crash cannot give it back: the entries read with the one in flight keep one attempt.)
+    func uncount(_ ids: [String], on connection: RedisConnection) async {
+        guard !ids.isEmpty else { return }
+        let configuration = self.configuration
+        do {
+            _ = try await connection.execute(
+                EVAL(
+                    script: Self.uncountScript, keys: [configuration.stream],
+                    arguments: [.string(configuration.group), .string(configuration.consumerName)] + ids.map { RedisArgument.string($0) }))
+        } catch {
+            self.logger.debug("giving back the attempts of entries not started failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// KEYS: stream. ARGV: group, consumer, ids. Sets the count of those still this consumer's
+    /// (and in the stream) to 0.
+    static let uncountScript = """
+        for i = 3, #ARGV do
+          local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+          if #p > 0 and #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) > 0 then
+            redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'RETRYCOUNT', 0, 'JUSTID')
+          end
+        end
+        return 0
         """
 
     /// KEYS: stream. ARGV: group, consumer, id. The entry's attempt count after counting one

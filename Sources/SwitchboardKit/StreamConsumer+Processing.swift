@@ -27,8 +27,11 @@ extension StreamConsumer {
     ) async throws -> Bool {
         let configuration = self.configuration
         var retry = false
-        for entry in entries {
-            if self.isStopRequested { break }
+        for (index, entry) in entries.enumerated() {
+            if self.isStopRequested {
+                if lease.counted { await self.uncount(entries[index...].map(\.id), on: connection) }
+                break
+            }
             defer { lease.finished(entry.id) }
             if !lease.isFresh(at: .now, within: configuration.claimMinIdle / 2) {
                 try await self.renew(lease.remaining, on: connection, lease: lease)

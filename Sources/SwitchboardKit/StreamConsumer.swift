@@ -24,7 +24,8 @@ import SwitchboardWire
 ///   attempts. Redis's delivery count is the count of handler attempts: an entry taken again
 ///   (re-read or claimed: `XAUTOCLAIM … JUSTID`) is counted just before its handler starts, so an
 ///   entry that crashes replica after replica reaches the limit, and the entries taken with it
-///   (never attempted) do not;
+///   (never attempted) do not. A stop in the middle of a batch gives back the attempt
+///   `XREADGROUP … >` counted for the entries not started; a crash cannot (they keep one);
 /// - reconnects with backoff when the connection is lost.
 ///
 /// Entries are handled one at a time, in order; scale out with more replicas (consumers).

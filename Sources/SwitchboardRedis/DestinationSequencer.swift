@@ -202,7 +202,8 @@ struct DestinationSequencer {
                 // one is counted as skipped, and history says whether its epoch came back.
                 if p.sequence > left.sequence {
                     actions.skipped += 1
-                    if !repairing { askRepair(after: current, into: &actions) }
+                    // A read running may have read Redis before the epoch came back: one more.
+                    if repairing { repairOwed = true } else { askRepair(after: current, into: &actions) }
                 }
                 return
             }

@@ -425,6 +425,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         while heldBytes > config.maxPendingOutboundBytes, let oldest = held!.popFirst() {
             heldBytes -= oldest.bytes.readableBytes
             (writer ?? context).write(wrapOutboundOut(oldest.bytes), promise: nil)
+            machine.wrote(at: shard.tick)
             wroteSinceFlush = true
         }
     }
