@@ -352,6 +352,26 @@ import Testing
         #expect(out.count == 2 && { if case .error(_, "bad") = out[1] { true } else { false } }(), "\(out)")
     }
 
+    /// Bytes that cannot be decoded after frames that could (one WebSocket message holding a
+    /// SEND and then garbage): the ERROR went out at once, and the SEND in flight lost its
+    /// receipt although its backend may have acted. Now it comes after the receipts, in turn.
+    @Test func aDecodingErrorComesAfterTheReceiptsOfTheFramesBeforeIt() {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/app/stream", receipt: "1"), now: .now())
+        m.frameReceived(Self.send("/topic/a", receipt: "2"), now: .now())
+        #expect(Self.drain(&m) == [.execute("route(/app/stream)", step: 2), .execute("publish(/topic/a)", step: 3)])
+        m.decodingFailed(SessionFailure("unknown command 'BAD'"))
+        #expect(Self.drain(&m) == [], "waits for the steps before it")
+        m.stepCompleted(3, .success)
+        #expect(Self.drain(&m) == [])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "1"), .answered(3, receipt: "2"), .error("unknown command 'BAD'", receiptID: nil)])
+        // With nothing before it: at once.
+        var idle = Self.connected()
+        idle.decodingFailed(SessionFailure("unknown command 'BAD'"))
+        #expect(Self.drain(&idle) == [.error("unknown command 'BAD'", receiptID: nil)])
+    }
+
     @Test func shutdownPastTheGraceAbandonsTheStepInFlight() {
         var m = Self.connected()
         m.frameReceived(Self.send("/app/serial", receipt: "w"), now: .now())

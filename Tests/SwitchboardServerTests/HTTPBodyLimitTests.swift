@@ -126,6 +126,33 @@ import Testing
         #expect(try await subscriber.received().isEmpty)
     }
 
+    /// A body that could not be read for another reason than its size (the client closed in
+    /// the middle of it, the stream failed) was answered 413 "larger than N bytes".
+    @Test func aBodyThatFailsForAnotherReasonIsNot413() async throws {
+        struct Cut: Error {}
+        let (stream, continuation) = AsyncThrowingStream.makeStream(of: ByteBuffer.self)
+        continuation.yield(ByteBuffer(string: "{\"topic\""))
+        continuation.finish(throwing: Cut())
+        let request = Request(
+            head: HTTPRequest(method: .post, scheme: "http", authority: "x", path: "/api/notification"),
+            body: RequestBody(asyncSequence: stream))
+        do {
+            _ = try await PublishAPI.body(of: request, upTo: 64)
+            Issue.record("read a body that failed")
+        } catch {
+            #expect(error.status == .badRequest, "\(error)")
+        }
+        let (big, bigContinuation) = AsyncThrowingStream.makeStream(of: ByteBuffer.self)
+        bigContinuation.yield(ByteBuffer(repeating: 0x78, count: 65))
+        bigContinuation.finish()
+        do {
+            _ = try await PublishAPI.body(of: Request(head: request.head, body: RequestBody(asyncSequence: big)), upTo: 64)
+            Issue.record("read a body over the limit")
+        } catch {
+            #expect(error.status == .contentTooLarge)
+        }
+    }
+
     @Test func theConsolesRedisPublishAnswersAnOversizedBodyWithTheAPIsJSON413() async throws {
         let hub = FanoutHub()
         let services = GatewayServices(

@@ -222,14 +222,17 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             default: failure = SessionFailure(decoding.description, receiptID: receipt)
             }
         } else if let limited = error as? RateLimitExceeded {
-            failure = SessionFailure(limited.description, kind: .limit, lingers: false)
+            machine.errorOccurred(SessionFailure(limited.description, kind: .limit, lingers: false))
+            runActions()
+            return
         } else {
             // WebSocket protocol errors are answered by the transport below (a close frame).
             logger.debug("connection error", metadata: ["error": "\(error)"])
             context.close(promise: nil)
             return
         }
-        machine.errorOccurred(failure)
+        // After the frames decoded before the bad bytes, in their turn.
+        machine.decodingFailed(failure)
         runActions()
     }
 

@@ -40,6 +40,9 @@ package struct STOMPSessionStateMachine {
         case frame(STOMPFrame)
         /// The end of a committed transaction's replay: the `COMMIT`'s receipt goes out here.
         case endOfTransaction(receipt: String?)
+        /// Bytes after the frames before them could not be decoded: the `ERROR`, once those
+        /// frames are handled and answered.
+        case failure(SessionFailure)
     }
 
     /// Work the handler carries out for a step; it reports the outcome with
@@ -280,9 +283,18 @@ package struct STOMPSessionStateMachine {
         return wasConnected
     }
 
-    /// A fatal error (a malformed frame, a transport error): `ERROR` at once, then close.
+    /// A fatal error (a transport error, a rate limit): `ERROR` at once, then close.
     package mutating func errorOccurred(_ failure: SessionFailure) {
         fail(failure)
+    }
+
+    /// The client's bytes after the frames decoded so far are malformed (or over a limit): the
+    /// `ERROR` comes after those frames are handled and answered, as for a frame refused in
+    /// its turn. It went out at once, and the frames before it in the same read lost their
+    /// receipts (a `SEND` to a webhook may have acted).
+    package mutating func decodingFailed(_ failure: SessionFailure) {
+        guard phase != .closed else { return }
+        queue.append(.failure(failure))
     }
 
     // MARK: Output
@@ -359,6 +371,9 @@ package struct STOMPSessionStateMachine {
             return receipt.map { .sendReceipt($0) }
         case .frame(let frame):
             return handle(frame)
+        case .failure(let failure):
+            fail(failure)
+            return nil
         }
     }
 

@@ -71,8 +71,12 @@ struct PublishAPI: Sendable {
         }
         do {
             return try await request.body.collect(upTo: limit)
-        } catch {
+        } catch is NIOTooManyBytesError {
             throw .bodyTooLarge(limit: limit)
+        } catch {
+            // Not a size: the body ended early (the client closed), or its stream failed.
+            throw NotificationPublisher.Failure(
+                status: .badRequest, message: "request body could not be read: \(error)", field: nil, closesConnection: true)
         }
     }
 
