@@ -276,13 +276,7 @@ extension RedisClusterClient {
                 for confirmation in confirmations { try? await confirmation.get() }
                 attempt = 0
                 // Names refused on the re-subscribe are tried again while the connection is up.
-                let interval = Duration.nanoseconds(max(self.configuration.reconnectBackoffMaximum.nanoseconds, 1_000_000))
-                let retrier = Task {
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: interval)
-                        if !Task.isCancelled, registry.hasRefused { _ = await registry.retryRefused() }
-                    }
-                }
+                let retrier = registry.retryRefused(every: self.configuration.reconnectBackoffMaximum)
                 try? await connection.closeFuture.get()
                 retrier.cancel()
                 registry.detach()

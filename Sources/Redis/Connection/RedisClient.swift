@@ -401,17 +401,10 @@ public final class RedisClient: Sendable {
     /// once some are, the state observers are told `.connected` again, as after a reconnect (the
     /// gateway then reads what its destinations missed from their history).
     private func retryRefusedSubscriptions() -> Task<Void, Never> {
-        let registry = self.registry
-        let interval = Duration.nanoseconds(max(self.configuration.reconnectBackoffMaximum.nanoseconds, 1_000_000))
-        return Task { [weak self] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: interval)
-                guard !Task.isCancelled, registry.hasRefused else { continue }
-                let subscribed = await registry.retryRefused()
-                guard let self, !subscribed.isEmpty, !Task.isCancelled, !self.state.withLockedValue({ $0.isShutdown }) else { continue }
-                self.logger.notice("redis accepted subscriptions it had refused", metadata: ["names": "\(subscribed.map(\.name))"])
-                for observer in self.state.withLockedValue({ $0.observers }) { observer(.subscriptions, .connected) }
-            }
+        self.registry.retryRefused(every: self.configuration.reconnectBackoffMaximum) { [weak self] keys in
+            guard let self, !self.state.withLockedValue({ $0.isShutdown }) else { return }
+            self.logger.notice("redis accepted subscriptions it had refused", metadata: ["names": "\(keys.map(\.name))"])
+            for observer in self.state.withLockedValue({ $0.observers }) { observer(.subscriptions, .connected) }
         }
     }
 

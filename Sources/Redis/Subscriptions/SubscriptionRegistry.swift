@@ -225,6 +225,20 @@ package final class SubscriptionRegistry: Sendable {
         }
     }
 
+    /// While the caller's connection is up (until the task is cancelled): every `interval`,
+    /// ``retryRefused()``; `subscribed` is told the names subscribed again.
+    package func retryRefused(every interval: TimeAmount, subscribed: @escaping @Sendable ([Key]) -> Void = { _ in }) -> Task<Void, Never> {
+        let interval = Duration.nanoseconds(max(interval.nanoseconds, 1_000_000))
+        return Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                guard !Task.isCancelled, self.hasRefused else { continue }
+                let keys = await self.retryRefused()
+                if !keys.isEmpty, !Task.isCancelled { subscribed(keys) }
+            }
+        }
+    }
+
     /// Whether some names are refused (see ``retryRefused()``).
     package var hasRefused: Bool { self.state.withLockedValue { !$0.refused.isEmpty } }
 

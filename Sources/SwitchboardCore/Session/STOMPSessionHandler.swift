@@ -279,8 +279,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         }
         shard.counters.framesOut[frame.command.ordinal] &+= 1
         shard.counters.bytesOut &+= buffer.readableBytes
-        (writer ?? context).write(wrapOutboundOut(buffer), promise: nil)
-        machine.wrote(at: shard.tick)
+        writeOut(buffer, context: context)
         wroteSinceFlush = true
     }
 
@@ -367,14 +366,9 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     ///   machine's newest by default.
     @inline(__always)
     func settleUndelivered(context: ChannelHandlerContext, newest: STOMPSessionStateMachine.StepID? = nil) {
-        // A write, for the heart-beats, only when the bytes go out: deliveries held behind a
-        // step stood for writes, and a client saw nothing, heart-beats included, for as long.
         if held == nil, !machine.isBusy, replayBacklog == nil {
             // Almost always: nothing to wait for.
-            if let buffer = takeUndelivered() {
-                (writer ?? context).write(wrapOutboundOut(buffer), promise: nil)
-                machine.wrote(at: shard.tick)
-            }
+            if let buffer = takeUndelivered() { writeOut(buffer, context: context) }
             return
         }
         let behind = newest ?? machine.newestStep
@@ -384,9 +378,16 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         if mustHold {
             hold(buffer, behind: behind, context: context)
         } else {
-            (writer ?? context).write(wrapOutboundOut(buffer), promise: nil)
-            machine.wrote(at: shard.tick)
+            writeOut(buffer, context: context)
         }
+    }
+
+    /// Writes `bytes` to the connection (not flushed), and counts it as a write for the
+    /// heart-beats: only bytes that go out do (deliveries held behind a step do not).
+    @inline(__always)
+    func writeOut(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+        (writer ?? context).write(wrapOutboundOut(bytes), promise: nil)
+        machine.wrote(at: shard.tick)
     }
 
     func takeUndelivered() -> ByteBuffer? {
@@ -427,8 +428,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         }
         while heldBytes > config.maxPendingOutboundBytes, let oldest = held!.popFirst() {
             heldBytes -= oldest.bytes.readableBytes
-            (writer ?? context).write(wrapOutboundOut(oldest.bytes), promise: nil)
-            machine.wrote(at: shard.tick)
+            writeOut(oldest.bytes, context: context)
             wroteSinceFlush = true
         }
     }
@@ -443,8 +443,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         while let first = held!.first, step == nil || first.step <= step! {
             held!.removeFirst()
             heldBytes -= first.bytes.readableBytes
-            (writer ?? context).write(wrapOutboundOut(first.bytes), promise: nil)
-            machine.wrote(at: shard.tick)
+            writeOut(first.bytes, context: context)
             wroteSinceFlush = true
         }
         if held!.isEmpty { held = nil }

@@ -103,11 +103,11 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var inputClosed = false
     /// `inputClosed` was passed on to the router's task, opened after it (``replayHeld(context:)``).
     private var inputClosedPassedOn = false
-    private var readPending = false
+    var readPending = false
     /// Between a socket read's first part and its `channelReadComplete`, which flushes: answers
     /// ready meanwhile (a pipelined batch) go out in one write.
     var inReadBatch = false
-    private var context: ChannelHandlerContext?
+    var context: ChannelHandlerContext?
     var idle: HTTPConnectionIdleState
     private var idleTimer: Scheduled<Void>?
     private var idleTimerDue: NIODeadline?
@@ -504,35 +504,6 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         malformedAfterRouter = nil
         answers.append(answer)
         writeAnswers()
-    }
-
-    /// Reads pause while earlier answers wait (up to ``maxPendingAnswers``), parts are held, and
-    /// while the socket takes no more (the channel is not writable: a client that sends
-    /// requests and does not read its answers would otherwise pile them up in memory).
-    private var readsPaused: Bool { pausedForAnswers || (!lingering && context?.channel.isWritable == false) }
-
-    /// Reads pause for the answers owed (not for the socket: a slow request's time runs on
-    /// while the client does not read its answers).
-    private var pausedForAnswers: Bool { !lingering && (!held.isEmpty || answers.count >= Self.maxPendingAnswers || refused) }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { resumeReadsIfPossible(context: context) }
-        context.fireChannelWritabilityChanged()
-    }
-
-    func read(context: ChannelHandlerContext) {
-        if readsPaused {
-            readPending = true
-        } else {
-            context.read()
-        }
-    }
-
-    private func resumeReadsIfPossible(context: ChannelHandlerContext) {
-        if readPending && !readsPaused {
-            readPending = false
-            context.read()
-        }
     }
 
     /// The client closed its side. Without the router's task (which then finishes and closes),

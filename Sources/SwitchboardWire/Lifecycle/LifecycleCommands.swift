@@ -91,19 +91,14 @@ public enum RegistryLoss: Sendable, Hashable {
     case numbered(Int)
 
     /// From an answer of `switchboard_events`; nil when it says no loss.
-    public init?(eventsAnswer answer: Int) {
-        if answer == -2 {
-            self = .unnumbered
-        } else if answer <= -1000 {
-            self = .numbered(-answer - 1000)
-        } else {
-            return nil
-        }
-    }
+    public init?(eventsAnswer answer: Int) { self.init(answer, unnumbered: -2) }
 
     /// From an answer of `switchboard_lease_renew`; nil when the lease was held.
-    public init?(renewAnswer answer: Int) {
-        if answer == 0 {
+    public init?(renewAnswer answer: Int) { self.init(answer, unnumbered: 0) }
+
+    /// `-(1000 + n)`: loss `n`; `unnumbered`: an older library's answer for a loss.
+    private init?(_ answer: Int, unnumbered: Int) {
+        if answer == unnumbered {
             self = .unnumbered
         } else if answer <= -1000 {
             self = .numbered(-answer - 1000)
