@@ -43,7 +43,7 @@ extension StreamConsumer {
             if self.state.withLockedValue({ $0.handled.contains(entry.id) }) {
                 // Handled here already; its acknowledgement did not last. Acknowledge it again.
                 self.logger.info("entry handled already; acknowledged again", metadata: ["entry": "\(entry.id)"])
-                _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
+                try await self.acknowledge(entry.id, on: connection)
                 continue
             }
             if entry.isDeleted {
@@ -81,7 +81,7 @@ extension StreamConsumer {
                     state.lastErrors[entry.id] = nil
                     state.handled.insert(entry.id)
                 }
-                _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
+                try await self.acknowledge(entry.id, on: connection)
             case .failure(let error):
                 let description = String(describing: error)
                 self.state.withLockedValue { state in
@@ -101,6 +101,24 @@ extension StreamConsumer {
             }
         }
         return retry
+    }
+
+    /// Acknowledges a handled entry on the reading connection or, when that fails short of an
+    /// answer (the connection was lost while the handler ran), on the client's connection, which
+    /// reconnects by itself, as a renewal does. Left pending while this consumer reconnected, the
+    /// entry could be taken over by another replica, and handled again, once idle past
+    /// `claimMinIdle`. When both fail, the first error ends the session; the entry is then
+    /// acknowledged, not handled again, when this consumer takes its own pending entries again.
+    func acknowledge(_ id: String, on connection: RedisConnection) async throws {
+        let command = XACK(key: self.configuration.stream, group: self.configuration.group, ids: [id])
+        do {
+            _ = try await connection.execute(command)
+        } catch let error as RedisServerError {
+            throw error
+        } catch {
+            guard (try? await self.redis.execute(command)) != nil else { throw error }
+            self.logger.info("acknowledged on the client's connection; the reading connection failed", metadata: ["entry": "\(id)"])
+        }
     }
 
     /// Atomically (one `EVAL`) appends the entry to the dead-letter stream and acknowledges it (on

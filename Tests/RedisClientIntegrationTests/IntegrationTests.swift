@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -125,6 +126,27 @@ struct IntegrationTests {
         try await waitFor("back on its own connection") { client.usesOwnConnection(on: loop) }
         await client.shutdown()
         try await group.shutdownGracefully()
+    }
+
+    /// A wait for the connections that times out says which one is not up, and why.
+    @Test func aConnectTimeoutSaysWhichConnectionIsDownAndWhy() async throws {
+        let port = try await RedisServerProcess.freePort()  // nothing listens there
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        var configuration = RedisConfiguration(host: "127.0.0.1", port: port)
+        configuration.reconnectBackoffMinimum = .milliseconds(10)
+        let client = RedisClient(configuration: configuration, logger: logger)
+        client.start()
+        do {
+            try await client.waitUntilConnected(timeout: .milliseconds(300))
+            Issue.record("connected to a port nobody listens on")
+        } catch let error as RedisClientError {
+            #expect(error == .connectTimeout)
+            let detail = error.detail ?? ""
+            #expect(detail.contains("commands") && detail.contains("subscriptions"), "\(detail)")
+            #expect(detail.contains("refused"), "the last connect error: \(detail)")
+        }
+        await client.shutdown()
     }
 
     @Test func publishSubscribeAndCallbacks() async throws {

@@ -171,7 +171,7 @@ package final class RedisServerProcess: @unchecked Sendable {
         }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
-        try process.run()
+        try ChildProcess.run(process)
         self.process = process
         try await self.waitUntilReady()
     }
@@ -183,8 +183,11 @@ package final class RedisServerProcess: @unchecked Sendable {
         // takes longer.
         let deadline = ContinuousClock.now + .seconds(30)
         var ports = [self.port] + (self.extraArguments.contains("--cluster-enabled") ? [self.port + 10_000] : [])
+        var lastError = "none"
         while ContinuousClock.now < deadline {
-            guard self.isRunning else { throw RedisClientError.connectTimeout }
+            guard self.isRunning else {
+                throw RedisClientError.connectTimeout("redis-server on port \(self.port) exited at start (its port taken?)")
+            }
             do {
                 let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                     .connect(host: "127.0.0.1", port: ports[0]).get()
@@ -192,10 +195,12 @@ package final class RedisServerProcess: @unchecked Sendable {
                 ports.removeFirst()
                 if ports.isEmpty { return }
             } catch {
+                lastError = "\(error)"
                 try await Task.sleep(for: .milliseconds(20))
             }
         }
-        throw RedisClientError.connectTimeout
+        throw RedisClientError.connectTimeout(
+            "redis-server on port \(ports[0]) (running: \(self.isRunning)) accepted no connection within 30 s; last: \(lastError)")
     }
 
     /// Whether the process runs (it was not killed).

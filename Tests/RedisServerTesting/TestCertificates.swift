@@ -23,7 +23,7 @@ package final class TestCertificates: Sendable {
             process.arguments = arguments
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
-            try process.run()
+            try ChildProcess.run(process)
             process.waitUntilExit()
             guard process.terminationStatus == 0 else {
                 throw Failure(description: "openssl \(arguments.joined(separator: " ")) exited with \(process.terminationStatus)")

@@ -190,6 +190,37 @@ struct StreamConsumerRecoveryTests {
         await client.shutdown()
     }
 
+    /// An entry whose handler ends after the reading connection was lost is acknowledged on the
+    /// client's connection. Before, its `XACK` failed with the connection and the entry stayed
+    /// pending until this consumer was back: a replica could take it over meanwhile and handle it
+    /// again (a loaded run of the test above did). Here the consumer is stopped before the handler
+    /// ends, so it is not back at all.
+    @Test func anEntryHandledAfterTheReadingConnectionWasLostIsAcknowledged() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "0", makeStream: true))
+        try await addGatewayEntry(client, body: "only")
+        let started = NIOLockedValueBox(false)
+        let released = NIOLockedValueBox(false)
+        let calls = NIOLockedValueBox(0)
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(name: "holder"), logger: quietLogger)
+        let task = start(consumer) { _ in
+            calls.withLockedValue { $0 += 1 }
+            started.withLockedValue { $0 = true }
+            while !released.withLockedValue({ $0 }) { try? await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(try await eventually { started.withLockedValue { $0 } })
+        _ = try await client.execute(RawCommand(arguments: ["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]))
+        consumer.stop()
+        released.withLockedValue { $0 = true }
+        try await task.value
+        #expect(try await pendingCount(client) == 0, "acknowledged although the reading connection was gone")
+        #expect(calls.withLockedValue { $0 } == 1)
+        #expect(consumer.statistics.processed == 1)
+        await client.shutdown()
+    }
+
     /// An entry trimmed from the stream (the route's max-length) after this consumer read it, while
     /// it waits in the batch, is still handled: the consumer has its fields, and a renewal meanwhile
     /// keeps it (before, the renewal's `XCLAIM` dropped it from the pending list and the consumer

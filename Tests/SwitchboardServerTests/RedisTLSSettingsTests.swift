@@ -1,4 +1,5 @@
 import Foundation
+import RedisServerTesting
 import Testing
 
 @testable import SwitchboardServer
@@ -21,7 +22,7 @@ import Testing
         ]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
-        try process.run()
+        try ChildProcess.run(process)
         process.waitUntilExit()
         guard process.terminationStatus == 0 else { return nil }
         return (directory, directory.appendingPathComponent("cert.pem").path, directory.appendingPathComponent("key.pem").path)

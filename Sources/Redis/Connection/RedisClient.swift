@@ -268,7 +268,8 @@ public final class RedisClient: Sendable {
 
     /// Waits until every enabled connection is connected, as ``connectionState(_:)`` reports it
     /// (so a caller that then sees another state knows the connection changed since). Throws
-    /// ``RedisClientError/connectTimeout`` otherwise.
+    /// ``RedisClientError/connectTimeout`` otherwise, whose detail gives each connection's state
+    /// and last connect error.
     public func waitUntilConnected(timeout: Duration) async throws {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
@@ -278,8 +279,19 @@ public final class RedisClient: Sendable {
                     && (!self.enableSubscriptions || (state.subscriberConnection != nil && state.states[.subscriptions] == .connected))
             }
             if ready { return }
-            guard clock.now < deadline else { throw RedisClientError.connectTimeout }
+            guard clock.now < deadline else { throw RedisClientError(.connectTimeout, detail: self.connectionSummary()) }
             try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// Each enabled connection's state and last connect error, for a timeout's detail.
+    private func connectionSummary() -> String {
+        let roles: [RedisConnectionRole] = self.enableSubscriptions ? [.commands, .subscriptions] : [.commands]
+        return self.state.withLockedValue { state in
+            "not connected within the wait: "
+                + roles.map { role in
+                    "\(role) \(state.states[role] ?? .disconnected)" + (state.lastErrors[role].map { " (last error: \($0))" } ?? "")
+                }.joined(separator: ", ") + ", reconnects \(state.reconnects)"
         }
     }
 

@@ -111,6 +111,11 @@ public struct RedisClientError: Error, Hashable, Sendable, CustomStringConvertib
         RedisClientError(.tlsConfiguration, detail: detail)
     }
 
+    /// ``connectTimeout`` with a detail saying what was waited for.
+    package static func connectTimeout(_ detail: String) -> RedisClientError {
+        RedisClientError(.connectTimeout, detail: detail)
+    }
+
     static func tlsHandshakeFailed(_ detail: String) -> RedisClientError {
         RedisClientError(.tlsHandshakeFailed, detail: detail)
     }
