@@ -104,14 +104,14 @@ extension StreamConsumer {
                     continue
                 }
                 pendingCursor = taken.cursor
-                if try await self.process(taken.entries, lease: taken.lease, on: connection, handler) {
-                    retryAt = retryAt ?? clock.now + configuration.retryDelay
+                if let due = try await self.process(taken.entries, lease: taken.lease, on: connection, handler) {
+                    retryAt = min(retryAt ?? due, due)
                 }
                 continue
             }
             if clock.now >= nextClaim {
-                if try await self.claimPass(on: connection, handler) {
-                    retryAt = retryAt ?? clock.now + configuration.retryDelay
+                if let due = try await self.claimPass(on: connection, handler) {
+                    retryAt = min(retryAt ?? due, due)
                 }
                 nextClaim = clock.now + configuration.claimInterval
                 continue
@@ -149,18 +149,18 @@ extension StreamConsumer {
             let entries = result?[configuration.stream] ?? []
             if entries.isEmpty { continue }
             let lease = BatchLease(newlyRead: entries.map(\.id), readAt: readAt)
-            if try await self.process(entries, lease: lease, on: connection, handler) {
-                retryAt = retryAt ?? clock.now + configuration.retryDelay
+            if let due = try await self.process(entries, lease: lease, on: connection, handler) {
+                retryAt = min(retryAt ?? due, due)
             }
         }
     }
 
-    /// Takes over entries idle past `claimMinIdle` and processes them. Returns whether a handler failed.
-    func claimPass(on connection: RedisConnection, _ handler: @escaping Handler) async throws -> Bool {
-        let configuration = self.configuration
+    /// Takes over entries idle past `claimMinIdle` and processes them. Returns when the first
+    /// entry left for a retry is due, if any.
+    func claimPass(on connection: RedisConnection, _ handler: @escaping Handler) async throws -> ContinuousClock.Instant? {
         var cursor = "0-0"
         var rounds = 0
-        var failed = false
+        var due: ContinuousClock.Instant?
         repeat {
             let taken = try await self.take(.claim(from: cursor), on: connection)
             if !taken.deletedIDs.isEmpty {
@@ -172,11 +172,13 @@ extension StreamConsumer {
             if !taken.entries.isEmpty {
                 self.logger.info("claimed idle entries", metadata: ["count": "\(taken.entries.count)", "first": "\(taken.entries[0].id)"])
                 self.state.withLockedValue { $0.statistics.claimed += taken.entries.count }
-                if try await self.process(taken.entries, lease: taken.lease, on: connection, handler) { failed = true }
+                if let next = try await self.process(taken.entries, lease: taken.lease, on: connection, handler) {
+                    due = min(due ?? next, next)
+                }
             }
             cursor = taken.cursor
             rounds += 1
         } while cursor != "0-0" && rounds < 10 && !self.isStopRequested
-        return failed
+        return due
     }
 }

@@ -5,16 +5,18 @@ import SwitchboardWire
 
 extension StreamConsumer {
     /// Handles `entries` in order: acknowledges successes, dead-letters exhausted entries and
-    /// leaves failures pending. Stops early (leaving the rest pending) when a stop was requested.
+    /// leaves failures pending, each until its retry is due
+    /// (``StreamConsumerConfiguration/delayBeforeRetry(afterAttempt:)``; an entry taken again before
+    /// then is left as it is). Stops early (leaving the rest pending) when a stop was requested.
     /// Renews `lease` meanwhile, so no other replica takes these entries over while this one is
     /// alive and its handler calls end within `claimMinIdle` (see ``BatchLease``).
     ///
     /// - Parameter lease: the entries still pending for this consumer, with their delivery
     ///   counts; an entry not in it (acknowledged or taken over meanwhile) is skipped.
-    /// - Returns: whether an entry failed and stays pending for a retry.
+    /// - Returns: when the first entry left pending for a retry is due, if any.
     func process(
         _ entries: [RedisStreamEntry], lease: BatchLease, on connection: RedisConnection, _ handler: @escaping Handler
-    ) async throws -> Bool {
+    ) async throws -> ContinuousClock.Instant? {
         // Unstructured, like the handler call: cancelling `run` must not stop the renewal while
         // the handler in flight finishes (another replica could take its entry over meanwhile).
         let renewal = Task { await self.keepRenewing(lease, on: connection) }
@@ -24,9 +26,9 @@ extension StreamConsumer {
 
     private func processEntries(
         _ entries: [RedisStreamEntry], lease: BatchLease, on connection: RedisConnection, _ handler: @escaping Handler
-    ) async throws -> Bool {
+    ) async throws -> ContinuousClock.Instant? {
         let configuration = self.configuration
-        var retry = false
+        var due: ContinuousClock.Instant?
         for (index, entry) in entries.enumerated() {
             if self.isStopRequested {
                 if lease.counted { await self.uncount(entries[index...].map(\.id), on: connection) }
@@ -55,8 +57,13 @@ extension StreamConsumer {
                 continue
             }
             // Taken again: `deliveries` attempts were made (by this replica or others); the
-            // next one is counted before it starts, unless none is left.
+            // next one is counted before it starts, unless none is left, or its retry is not due.
             if !lease.counted {
+                let now = ContinuousClock.now
+                if let notBefore = self.state.withLockedValue({ $0.retryNotBefore[entry.id] }), notBefore > now {
+                    due = min(due ?? notBefore, notBefore)
+                    continue
+                }
                 if deliveries >= configuration.maxDeliveries {
                     let lastError =
                         self.state.withLockedValue { $0.lastErrors[entry.id] }
@@ -79,6 +86,7 @@ extension StreamConsumer {
                 self.state.withLockedValue { state in
                     state.statistics.processed += 1
                     state.lastErrors[entry.id] = nil
+                    state.retryNotBefore[entry.id] = nil
                     state.handled.insert(entry.id)
                 }
                 try await self.acknowledge(entry.id, on: connection)
@@ -96,11 +104,16 @@ extension StreamConsumer {
                 if deliveries >= configuration.maxDeliveries {
                     try await self.deadLetter(entry, deliveries: deliveries, lastError: description, on: connection)
                 } else {
-                    retry = true
+                    let notBefore = ContinuousClock.now + configuration.delayBeforeRetry(afterAttempt: deliveries)
+                    self.state.withLockedValue { state in
+                        if state.retryNotBefore.count >= 10_000 { state.retryNotBefore.removeAll() }
+                        state.retryNotBefore[entry.id] = notBefore
+                    }
+                    due = min(due ?? notBefore, notBefore)
                 }
             }
         }
-        return retry
+        return due
     }
 
     /// Acknowledges a handled entry on the reading connection or, when that fails short of an
@@ -160,6 +173,7 @@ extension StreamConsumer {
         self.state.withLockedValue { state in
             state.statistics.deadLettered += 1
             state.lastErrors[entry.id] = nil
+            state.retryNotBefore[entry.id] = nil
         }
         self.logger.error(
             "entry moved to the dead-letter stream",

@@ -60,6 +60,9 @@ public final class StreamConsumer: Sendable {
         var connection: RedisConnection?
         var blocking = false
         var lastErrors: [String: String] = [:]
+        /// When an entry that failed here may be tried again (at most 10,000 kept: past that the
+        /// map starts over, and those entries are retried at the next pass).
+        var retryNotBefore: [String: ContinuousClock.Instant] = [:]
         var statistics = StreamConsumerStatistics()
         /// Blocking reads that succeeded (progress, for the reconnect backoff).
         var reads = 0

@@ -36,8 +36,13 @@ public struct StreamConsumerConfiguration: Sendable {
     public var claimMinIdle: Duration
     /// How often the consumer scans the group for entries to take over (it also scans at start).
     public var claimInterval: Duration
-    /// How long after a handler failure this consumer re-reads its own pending entries to retry them.
+    /// How long after an entry's first failed attempt this consumer tries it again. The delay
+    /// doubles with each further failed attempt of the entry, up to ``retryDelayMaximum``, so a
+    /// dependency that is down for a while does not use up ``maxDeliveries`` within seconds.
     public var retryDelay: Duration
+    /// The longest delay before an entry is tried again. It never exceeds `claimMinIdle / 2`
+    /// either: an entry waiting for its retry is idle, and stays this consumer's.
+    public var retryDelayMaximum: Duration
     /// How many times an entry is handed to the handler at most. After the last failed attempt, or
     /// when an entry arrives with a higher delivery count (replicas kept crashing on it), it is
     /// moved to ``deadLetterStream`` and acknowledged.
@@ -65,6 +70,7 @@ public struct StreamConsumerConfiguration: Sendable {
         claimMinIdle: Duration = .seconds(30),
         claimInterval: Duration = .seconds(5),
         retryDelay: Duration = .seconds(1),
+        retryDelayMaximum: Duration = .seconds(30),
         maxDeliveries: Int = 5,
         deadLetterStream: String? = nil,
         deadLetterMaxLength: Int? = nil,
@@ -81,7 +87,8 @@ public struct StreamConsumerConfiguration: Sendable {
         // every entry of the other replicas, being handled or not.
         self.claimMinIdle = max(.milliseconds(1), claimMinIdle)
         self.claimInterval = max(.milliseconds(10), claimInterval)
-        self.retryDelay = retryDelay
+        self.retryDelay = max(.zero, retryDelay)
+        self.retryDelayMaximum = max(self.retryDelay, retryDelayMaximum)
         self.maxDeliveries = max(1, maxDeliveries)
         self.deadLetterStream = deadLetterStream ?? stream + ":dead"
         self.deadLetterMaxLength = deadLetterMaxLength
@@ -102,6 +109,21 @@ public struct StreamConsumerConfiguration: Sendable {
         let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
         let random = String((0..<6).map { _ in alphabet.randomElement()! })
         return "\(host.isEmpty ? "host" : host)-\(getpid())-\(random)"
+    }
+}
+
+extension StreamConsumerConfiguration {
+    /// How long after its `attempt`-th failed attempt (1 for the first) an entry is tried again:
+    /// ``retryDelay`` doubled per attempt after the first, at most ``retryDelayMaximum`` and
+    /// `claimMinIdle / 2`.
+    public func delayBeforeRetry(afterAttempt attempt: Int) -> Duration {
+        let cap = min(self.retryDelayMaximum, self.claimMinIdle / 2)
+        var delay = self.retryDelay
+        for _ in 1..<max(1, attempt) {
+            guard delay < cap else { break }
+            delay *= 2
+        }
+        return min(delay, cap)
     }
 }
 

@@ -190,6 +190,52 @@ struct StreamConsumerRecoveryTests {
         await client.shutdown()
     }
 
+    /// A failed entry is tried again after a delay that doubles with each failed attempt (a
+    /// fixed delay used up five attempts of an entry within seconds of a dependency's outage),
+    /// and an entry waiting for its retry holds back no other.
+    @Test func retriesOfAnEntryBackOff() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let attempts = NIOLockedValueBox<[ContinuousClock.Instant]>([])
+        let handledWhileBackingOff = NIOLockedValueBox(false)
+        let consumer = StreamConsumer(
+            client: client, configuration: testConfiguration(retryDelay: .milliseconds(200), maxDeliveries: 4), logger: quietLogger)
+        let task = start(consumer) { message in
+            guard message.bodyString == "failing" else {
+                handledWhileBackingOff.withLockedValue { $0 = attempts.withLockedValue { $0.count } < 4 }
+                return
+            }
+            attempts.withLockedValue { $0.append(.now) }
+            throw Boom(description: "down")
+        }
+        try #require(try await waitUntilReading(consumer, client))
+        try await addGatewayEntry(client, body: "failing")
+        #expect(try await eventually { attempts.withLockedValue { $0.count } >= 2 })
+        try await addGatewayEntry(client, body: "other")
+        #expect(try await eventually { try await client.execute(XLEN(key: "OUT:dead")) == 1 })
+        let times = attempts.withLockedValue { $0 }
+        #expect(times.count == 4)
+        let gaps = zip(times.dropFirst(), times).map { $0 - $1 }
+        for (gap, least) in zip(gaps, [200, 400, 800]) {
+            #expect(gap >= .milliseconds(least), "gaps between attempts: \(gaps)")
+        }
+        #expect(handledWhileBackingOff.withLockedValue { $0 }, "the other entry waited for the failing one")
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
+    /// The delay doubles from `retryDelay`, up to `retryDelayMaximum` and `claimMinIdle / 2`.
+    @Test func retryDelaysDoubleUpToTheirCaps() {
+        let configuration = StreamConsumerConfiguration(
+            stream: "s", group: "g", claimMinIdle: .seconds(30), retryDelay: .seconds(1), retryDelayMaximum: .seconds(5))
+        #expect((1...5).map { configuration.delayBeforeRetry(afterAttempt: $0) } == [1, 2, 4, 5, 5].map { Duration.seconds($0) })
+        let shortIdle = StreamConsumerConfiguration(stream: "s", group: "g", claimMinIdle: .seconds(4), retryDelay: .seconds(1))
+        #expect((1...3).map { shortIdle.delayBeforeRetry(afterAttempt: $0) } == [1, 2, 2].map { Duration.seconds($0) })
+        #expect(StreamConsumerConfiguration(stream: "s", group: "g").delayBeforeRetry(afterAttempt: 100) == .seconds(15))
+    }
+
     /// An entry whose handler ends after the reading connection was lost is acknowledged on the
     /// client's connection. Before, its `XACK` failed with the connection and the entry stayed
     /// pending until this consumer was back: a replica could take it over meanwhile and handle it
