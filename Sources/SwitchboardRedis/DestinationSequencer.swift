@@ -1,3 +1,4 @@
+import NIOCore
 import SwitchboardCore
 import SwitchboardWire
 
@@ -48,6 +49,9 @@ struct DestinationSequencer {
     /// read ran (or before the position was known), or a read failed. Asked for as soon as
     /// nothing runs, whether or not anything is buffered.
     private var repairOwed = false
+    /// History reads that failed in a row (none succeeded since): the retries back off
+    /// (``retryDelay(afterFailures:)``).
+    private(set) var repairFailures = 0
     /// The epochs this instance has left for another (the last few), with the last sequence
     /// it delivered in each. A copy of one is not a new epoch: at or below that sequence it was
     /// delivered already; above it, it is a late message of the epoch left (still unread on the
@@ -96,6 +100,7 @@ struct DestinationSequencer {
     /// A history read (after ``Actions/repairAfter``) came back: `newest` is where history
     /// stands, `messages` what it keeps after the position asked for, oldest first.
     mutating func repaired(newest: StreamPosition, messages: [PublishedMessage]) -> Actions {
+        repairFailures = 0
         var actions = repairedRead(newest: newest, messages: messages)
         askOwedRepair(into: &actions)
         return actions
@@ -168,12 +173,20 @@ struct DestinationSequencer {
     ///   (e.g. a reply that cannot be decoded) it is asked for again only while messages are
     ///   buffered, so that a failure that does not pass is not retried forever.
     mutating func repairFailed(transient: Bool) -> Actions {
+        repairFailures += 1
         repairing = false
         repairAsked = nil
         if transient { repairOwed = true }
         var actions = Actions()
         if pending.count >= maxPending { flushPending(&actions) }
         return actions
+    }
+
+    /// How long after the `failures`-th failed read in a row the read is asked for again:
+    /// 200 ms, doubled per failure, at most 5 s (a Redis refusing reads for minutes, out of
+    /// memory say, is not asked five times a second per destination).
+    static func retryDelay(afterFailures failures: Int) -> TimeAmount {
+        .milliseconds(min(5_000, 200 << min(max(failures, 1) - 1, 5)))
     }
 
     /// Asks for the repair again after a failure, if one is still needed.

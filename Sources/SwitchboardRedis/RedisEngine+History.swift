@@ -122,6 +122,18 @@ extension RedisEngine {
         return false
     }
 
+    /// Whether a failed read is worth asking again, whatever is buffered: Redis unreachable
+    /// (``isUnreachable(_:)``), or refusing for a while: out of memory (`OOM`: the history
+    /// read may write, so it is refused over `maxmemory`), a script running too long (`BUSY`),
+    /// a primary demoted during a failover (`READONLY`), a failing snapshot (`MISCONF`) or too
+    /// few replicas (`NOREPLICAS`). Messages missed meanwhile are read once it passes, not at
+    /// the next publish.
+    static func willPass(_ error: any Error) -> Bool {
+        if isUnreachable(error) { return true }
+        guard let error = error as? RedisServerError else { return false }
+        return ["OOM", "BUSY", "READONLY", "MISCONF", "NOREPLICAS"].contains(error.code)
+    }
+
     /// The failure of a client step that waited `wait` for an unreachable Redis: "redis
     /// unreachable for N ms" and what still failed.
     static func unreachable(for wait: TimeAmount, _ detail: String) -> RouteError {
@@ -220,11 +232,12 @@ extension RedisEngine {
                 }
             case .failure(let error):
                 self.logger.debug("history repair failed; retrying", metadata: ["destination": "\(destination)", "error": "\(error)"])
-                interest.sequenced!.withLockedValue { s in
+                let failures = interest.sequenced!.withLockedValue { s in
                     self.carryOut(
-                        s.sequencer.repairFailed(transient: Self.isUnreachable(error)), interest: interest, destination: destination, in: &s)
+                        s.sequencer.repairFailed(transient: Self.willPass(error)), interest: interest, destination: destination, in: &s)
+                    return s.sequencer.repairFailures
                 }
-                self.promiseLoop.scheduleTask(in: .milliseconds(200)) {
+                self.promiseLoop.scheduleTask(in: DestinationSequencer.retryDelay(afterFailures: failures)) {
                     guard !interest.cancelled.load(ordering: .relaxed) else { return }
                     interest.sequenced!.withLockedValue { s in
                         self.carryOut(s.sequencer.retryRepair(), interest: interest, destination: destination, in: &s)

@@ -186,6 +186,23 @@ import Testing
         #expect(s.retryRepair().repairAfter == nil)
     }
 
+    /// Reads that keep failing are asked again less and less often (every 200 ms for good
+    /// before, per destination), and a read that succeeds starts the count over.
+    @Test func failedRepairsBackOffUntilOneSucceeds() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(7))
+        for failures in 1...3 {
+            #expect(s.reconnected().repairAfter == Self.at(7) || s.retryRepair().repairAfter == Self.at(7))
+            _ = s.repairFailed(transient: true)
+            #expect(s.repairFailures == failures)
+        }
+        #expect(s.retryRepair().repairAfter == Self.at(7))
+        _ = s.repaired(newest: Self.at(7), messages: [])
+        #expect(s.repairFailures == 0)
+        let delays = (1...8).map { DestinationSequencer.retryDelay(afterFailures: $0).nanoseconds / 1_000_000 }
+        #expect(delays == [200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000])
+    }
+
     @Test func messagesWithoutPositionPassStraightThrough() {
         var s = DestinationSequencer()
         let plain = PublishedMessage(destination: "/topic/x", messageID: "p", headers: [:], body: ByteBuffer(string: "raw"))

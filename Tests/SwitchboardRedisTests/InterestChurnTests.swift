@@ -35,11 +35,11 @@ struct InterestChurnTests {
         let sink = ChurnSink()
         var loop: any EventLoop { group.any() }
 
-        init(_ server: RedisServerProcess) async throws {
+        init(_ server: RedisServerProcess, _ configure: (inout RedisConfiguration) -> Void = { _ in }) async throws {
             var logger = Logger(label: "test")
             logger.logLevel = .critical
             hub = FanoutHub(eventLoops: [group.any()])
-            client = try await server.client()
+            client = try await server.client(configure)
             var history = DestinationHistory.Settings()
             history.disabledPrefixes = ["/topic/plain"]
             engine = RedisEngine(

@@ -28,6 +28,24 @@ import Testing
         }
     }
 
+    /// A failed history read is asked again, whatever is buffered, when the failure passes by
+    /// itself: Redis unreachable, or refusing for a while (before, an `OOM` refusal of the read
+    /// left what this instance missed undelivered until the next publish).
+    @Test func historyReadsAreRetriedThroughRefusalsThatPass() {
+        for message in [
+            "OOM command not allowed when used memory > 'maxmemory'.", "BUSY Redis is busy running a script.",
+            "READONLY You can't write against a read only replica.", "MISCONF Errors writing to the AOF file",
+            "NOREPLICAS Not enough good replicas to write.", "LOADING Redis is loading the dataset in memory",
+        ] {
+            #expect(RedisEngine.willPass(RedisServerError(message: message)), "\(message)")
+        }
+        #expect(RedisEngine.willPass(RedisClientError.connectionClosed))
+        for message in ["ERR Function not found", "WRONGTYPE Operation against a key holding the wrong kind of value", "NOPERM"] {
+            #expect(!RedisEngine.willPass(RedisServerError(message: message)), "\(message)")
+        }
+        #expect(!RedisEngine.willPass(RedisClientError.protocolViolation))
+    }
+
     @Test func refusalsAreNot() {
         for message in ["ERR Function not found", "WRONGTYPE Operation against a key holding the wrong kind of value", "NOPERM"] {
             #expect(!RedisEngine.isUnreachable(RedisServerError(message: message)), "\(message)")
