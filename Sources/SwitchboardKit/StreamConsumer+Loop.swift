@@ -95,6 +95,15 @@ extension StreamConsumer {
         var pendingCursor: String? = "0"  // own pending entries first: left over from an earlier run
         var nextClaim = clock.now
         var retryAt: ContinuousClock.Instant?
+        var lastRetryPass: ContinuousClock.Instant?
+        // Entries left for a retry are due one by one (their delays differ); a retry pass reads
+        // all of this consumer's pending entries again, so passes are at least `retryDelay`
+        // apart, as with one delay for all.
+        func retry(at due: ContinuousClock.Instant) {
+            var at = min(retryAt ?? due, due)
+            if let last = lastRetryPass { at = max(at, last + configuration.retryDelay) }
+            retryAt = at
+        }
 
         while !self.isStopRequested {
             if let cursor = pendingCursor {
@@ -104,20 +113,17 @@ extension StreamConsumer {
                     continue
                 }
                 pendingCursor = taken.cursor
-                if let due = try await self.process(taken.entries, lease: taken.lease, on: connection, handler) {
-                    retryAt = min(retryAt ?? due, due)
-                }
+                if let due = try await self.process(taken.entries, lease: taken.lease, on: connection, handler) { retry(at: due) }
                 continue
             }
             if clock.now >= nextClaim {
-                if let due = try await self.claimPass(on: connection, handler) {
-                    retryAt = min(retryAt ?? due, due)
-                }
+                if let due = try await self.claimPass(on: connection, handler) { retry(at: due) }
                 nextClaim = clock.now + configuration.claimInterval
                 continue
             }
             if let due = retryAt, clock.now >= due {
                 retryAt = nil
+                lastRetryPass = clock.now
                 pendingCursor = "0"
                 continue
             }
@@ -149,9 +155,7 @@ extension StreamConsumer {
             let entries = result?[configuration.stream] ?? []
             if entries.isEmpty { continue }
             let lease = BatchLease(newlyRead: entries.map(\.id), readAt: readAt)
-            if let due = try await self.process(entries, lease: lease, on: connection, handler) {
-                retryAt = min(retryAt ?? due, due)
-            }
+            if let due = try await self.process(entries, lease: lease, on: connection, handler) { retry(at: due) }
         }
     }
 

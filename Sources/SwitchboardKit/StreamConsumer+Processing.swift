@@ -40,18 +40,21 @@ extension StreamConsumer {
             }
             guard var deliveries = lease.deliveries(of: entry.id) else {
                 self.logger.debug("entry no longer pending for this consumer; skipped", metadata: ["entry": "\(entry.id)"])
+                self.forgetRetry(of: entry.id)
                 continue
             }
             if self.state.withLockedValue({ $0.handled.contains(entry.id) }) {
                 // Handled here already; its acknowledgement did not last. Acknowledge it again.
                 self.logger.info("entry handled already; acknowledged again", metadata: ["entry": "\(entry.id)"])
                 try await self.acknowledge(entry.id, on: connection)
+                self.forgetRetry(of: entry.id)
                 continue
             }
             if entry.isDeleted {
                 // Trimmed from the stream while pending, before this consumer read its fields (a
                 // re-read of its pending entries): nothing left to handle, and lost.
-                _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
+                try await self.acknowledge(entry.id, on: connection)
+                self.forgetRetry(of: entry.id)
                 self.state.withLockedValue { $0.statistics.trimmed += 1 }
                 self.logger.warning("pending entry trimmed from the stream before it was handled (max-length reached?): lost", metadata: ["id": "\(entry.id)"])
                 continue
@@ -73,6 +76,7 @@ extension StreamConsumer {
                 }
                 guard let attempt = try await self.countAttempt(entry.id, on: connection) else {
                     self.logger.debug("entry no longer pending for this consumer; skipped", metadata: ["entry": "\(entry.id)"])
+                    self.forgetRetry(of: entry.id)
                     continue
                 }
                 deliveries = attempt
@@ -104,9 +108,12 @@ extension StreamConsumer {
                 if deliveries >= configuration.maxDeliveries {
                     try await self.deadLetter(entry, deliveries: deliveries, lastError: description, on: connection)
                 } else {
-                    let notBefore = ContinuousClock.now + configuration.delayBeforeRetry(afterAttempt: deliveries)
+                    let now = ContinuousClock.now
+                    let notBefore = now + configuration.delayBeforeRetry(afterAttempt: deliveries)
                     self.state.withLockedValue { state in
-                        if state.retryNotBefore.count >= 10_000 { state.retryNotBefore.removeAll() }
+                        if state.retryNotBefore.count >= Self.retriesKept {
+                            state.retryNotBefore = Self.pruned(state.retryNotBefore, at: now, limit: Self.retriesKept)
+                        }
                         state.retryNotBefore[entry.id] = notBefore
                     }
                     due = min(due ?? notBefore, notBefore)
@@ -126,12 +133,37 @@ extension StreamConsumer {
         let command = XACK(key: self.configuration.stream, group: self.configuration.group, ids: [id])
         do {
             _ = try await connection.execute(command)
-        } catch let error as RedisServerError {
+        } catch let error as RedisServerError where !Self.isRedirect(error) {
             throw error
         } catch {
             guard (try? await self.redis.execute(command)) != nil else { throw error }
             self.logger.info("acknowledged on the client's connection; the reading connection failed", metadata: ["entry": "\(id)"])
         }
+    }
+
+    /// How many retry times are kept at most (``State/retryNotBefore``).
+    static var retriesKept: Int { 10_000 }
+
+    /// Retry times pruned below `limit`: those due already say nothing more; past that, the
+    /// ones due first go (their entries are retried at the next pass, a little early).
+    static func pruned(
+        _ times: [String: ContinuousClock.Instant], at now: ContinuousClock.Instant, limit: Int
+    ) -> [String: ContinuousClock.Instant] {
+        let waiting = times.filter { $0.value > now }
+        guard waiting.count >= limit else { return waiting }
+        let kept = waiting.sorted { $0.value > $1.value }.prefix(limit * 9 / 10)
+        return Dictionary(uniqueKeysWithValues: kept.map { ($0.key, $0.value) })
+    }
+
+    /// The entry is done with here: no retry time kept for it.
+    func forgetRetry(of id: String) {
+        self.state.withLockedValue { _ = $0.retryNotBefore.removeValue(forKey: id) }
+    }
+
+    /// On a Redis Cluster, the reading connection's node no longer serves the stream's slot
+    /// (it moved, or is moving, or the node failed over): the client's connection follows it.
+    static func isRedirect(_ error: RedisServerError) -> Bool {
+        ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"].contains(error.code)
     }
 
     /// Atomically (one `EVAL`) appends the entry to the dead-letter stream and acknowledges it (on
@@ -168,7 +200,7 @@ extension StreamConsumer {
             // dead-letters it twice, never loses it).
             deadID = try await self.redis.execute(
                 RawCommand(arguments: ["XADD", .string(configuration.deadLetterStream)] + arguments.dropFirst(2), keys: [configuration.deadLetterStream]))
-            _ = try await connection.execute(XACK(key: configuration.stream, group: configuration.group, ids: [entry.id]))
+            try await self.acknowledge(entry.id, on: connection)
         }
         self.state.withLockedValue { state in
             state.statistics.deadLettered += 1

@@ -14,7 +14,8 @@ import SwitchboardWire
 /// - processes this consumer's own pending entries first (`XPENDING`, then `XRANGE`), then reads
 ///   new ones with a blocking `XREADGROUP … >` on a dedicated connection;
 /// - `XACK`s an entry once the handler returned; a throwing handler leaves it pending, and it is
-///   retried after ``StreamConsumerConfiguration/retryDelay``;
+///   retried after ``StreamConsumerConfiguration/retryDelay``, doubled with each failed attempt
+///   of the entry up to ``StreamConsumerConfiguration/retryDelayMaximum``;
 /// - takes over entries idle past ``StreamConsumerConfiguration/claimMinIdle`` (a crashed
 ///   replica's) with `XAUTOCLAIM`, at start and every ``StreamConsumerConfiguration/claimInterval``;
 /// - while working through a batch, renews its hold on the entries not finished yet every
@@ -60,8 +61,8 @@ public final class StreamConsumer: Sendable {
         var connection: RedisConnection?
         var blocking = false
         var lastErrors: [String: String] = [:]
-        /// When an entry that failed here may be tried again (at most 10,000 kept: past that the
-        /// map starts over, and those entries are retried at the next pass).
+        /// When an entry that failed here may be tried again (at most 10,000 kept: past that,
+        /// those due already go, then the ones due first, retried at the next pass).
         var retryNotBefore: [String: ContinuousClock.Instant] = [:]
         var statistics = StreamConsumerStatistics()
         /// Blocking reads that succeeded (progress, for the reconnect backoff).

@@ -41,7 +41,9 @@ public struct StreamConsumerConfiguration: Sendable {
     /// dependency that is down for a while does not use up ``maxDeliveries`` within seconds.
     public var retryDelay: Duration
     /// The longest delay before an entry is tried again. It never exceeds `claimMinIdle / 2`
-    /// either: an entry waiting for its retry is idle, and stays this consumer's.
+    /// either: an entry waiting for its retry is idle, and this consumer tries it again before
+    /// another replica may take it over, unless the entries it handles meanwhile keep it busy
+    /// for the rest of `claimMinIdle` (the other replica then tries it at once).
     public var retryDelayMaximum: Duration
     /// How many times an entry is handed to the handler at most. After the last failed attempt, or
     /// when an entry arrives with a higher delivery count (replicas kept crashing on it), it is
@@ -120,7 +122,7 @@ extension StreamConsumerConfiguration {
         let cap = min(self.retryDelayMaximum, self.claimMinIdle / 2)
         var delay = self.retryDelay
         for _ in 1..<max(1, attempt) {
-            guard delay < cap else { break }
+            guard delay > .zero, delay < cap else { break }
             delay *= 2
         }
         return min(delay, cap)

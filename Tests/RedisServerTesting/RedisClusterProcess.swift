@@ -66,23 +66,12 @@ package final class RedisClusterProcess: @unchecked Sendable {
     }
 
     private func redisCLIBlocking(_ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.redisCLI!)
-        process.arguments = arguments
-        let pipe = try ChildProcess.run(process) {
-            // Made while no other child starts: it would inherit the pipe, and the read below
-            // would wait for that child to exit too.
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            return pipe
+        let (process, output) = try ChildProcess.spawn(Self.redisCLI!, arguments, captureOutput: true)
+        let text = String(decoding: output!.readDataToEndOfFile(), as: UTF8.self)
+        guard process.waitUntilExit() == 0 else {
+            throw RedisCLIError(message: "redis-cli \(arguments.joined(separator: " ")) failed: \(text)")
         }
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw RedisCLIError(message: "redis-cli \(arguments.joined(separator: " ")) failed: \(output)")
-        }
-        return output
+        return text
     }
 
     /// Waits until every running node reports `cluster_state:ok` and knows `nodes` nodes, and every

@@ -61,7 +61,7 @@ package final class RedisServerProcess: @unchecked Sendable {
     /// For a sentinel (``startSentinel(monitoring:masterName:quorum:downAfterMilliseconds:failoverTimeoutMilliseconds:)``):
     /// its initial configuration file (which the sentinel rewrites).
     package let sentinelConfiguration: String?
-    private var process: Process?
+    private var process: ChildProcess?
     /// How many times the process was started.
     private var launches = 0
 
@@ -155,24 +155,20 @@ package final class RedisServerProcess: @unchecked Sendable {
     }
 
     private func launchOnce() async throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.executable!)
+        let arguments: [String]
         if let sentinelConfiguration {
             let file = self.directory.appendingPathComponent("sentinel.conf")
             if !FileManager.default.fileExists(atPath: file.path) { try sentinelConfiguration.write(to: file, atomically: true, encoding: .utf8) }
             let ports = self.tls.map { ["--port", "0", "--tls-port", "\(self.port)"] + $0.arguments + ["--tls-replication", "yes"] } ?? ["--port", "\(self.port)"]
-            process.arguments = [file.path, "--sentinel"] + ports + ["--bind", "127.0.0.1", "--dir", self.directory.path] + self.extraArguments
+            arguments = [file.path, "--sentinel"] + ports + ["--bind", "127.0.0.1", "--dir", self.directory.path] + self.extraArguments
         } else {
-            process.arguments =
+            arguments =
                 (self.tls.map { ["--port", "0", "--tls-port", "\(self.port)"] + $0.arguments } ?? ["--port", "\(self.port)"])
                 + [
                     "--bind", "127.0.0.1", "--dir", self.directory.path, "--save", "", "--appendonly", "no", "--daemonize", "no",
                 ] + self.extraArguments
         }
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try ChildProcess.run(process)
-        self.process = process
+        self.process = try ChildProcess.spawn(Self.executable!, arguments).process
         try await self.waitUntilReady()
     }
 
@@ -209,7 +205,7 @@ package final class RedisServerProcess: @unchecked Sendable {
     /// Kills the server (SIGKILL) and waits for it to exit.
     package func kill() {
         guard let process = self.process else { return }
-        Foundation.kill(process.processIdentifier, SIGKILL)
+        process.send(SIGKILL)
         process.waitUntilExit()
         self.process = nil
     }
@@ -218,13 +214,13 @@ package final class RedisServerProcess: @unchecked Sendable {
     /// acknowledges replication until ``resume()``.
     package func pause() {
         guard let process = self.process else { return }
-        Foundation.kill(process.processIdentifier, SIGSTOP)
+        process.send(SIGSTOP)
     }
 
     /// Lets a paused process go on (SIGCONT).
     package func resume() {
         guard let process = self.process else { return }
-        Foundation.kill(process.processIdentifier, SIGCONT)
+        process.send(SIGCONT)
     }
 
     /// Kills the server and removes its directory.

@@ -17,16 +17,9 @@ package final class TestCertificates: Sendable {
         try FileManager.default.createDirectory(at: self.directory, withIntermediateDirectories: true)
         let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         func run(_ arguments: [String]) throws {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: openssl)
-            process.currentDirectoryURL = self.directory
-            process.arguments = arguments
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try ChildProcess.run(process)
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else {
-                throw Failure(description: "openssl \(arguments.joined(separator: " ")) exited with \(process.terminationStatus)")
+            let status = try ChildProcess.spawn(openssl, arguments, directory: self.directory.path).process.waitUntilExit()
+            guard status == 0 else {
+                throw Failure(description: "openssl \(arguments.joined(separator: " ")) exited with \(status)")
             }
         }
         for ca in ["ca", "other-ca"] {

@@ -3,11 +3,12 @@ import NIOCore
 import Redis
 import RedisServerTesting
 import SwitchboardCore
-import SwitchboardKit
 import SwitchboardRedis
 import SwitchboardRoutes
 import SwitchboardWire
 import Testing
+
+@testable import SwitchboardKit
 
 @Suite("StreamConsumer: lost groups and slow replicas", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
 struct StreamConsumerRecoveryTests {
@@ -234,6 +235,18 @@ struct StreamConsumerRecoveryTests {
         let shortIdle = StreamConsumerConfiguration(stream: "s", group: "g", claimMinIdle: .seconds(4), retryDelay: .seconds(1))
         #expect((1...3).map { shortIdle.delayBeforeRetry(afterAttempt: $0) } == [1, 2, 2].map { Duration.seconds($0) })
         #expect(StreamConsumerConfiguration(stream: "s", group: "g").delayBeforeRetry(afterAttempt: 100) == .seconds(15))
+    }
+
+    /// Past the limit of retry times kept, those due already go first, then the ones due first
+    /// (before, the whole map went, and every waiting entry was retried at once).
+    @Test func retryTimesArePrunedByDueTime() {
+        let now = ContinuousClock.now
+        var times: [String: ContinuousClock.Instant] = [:]
+        for i in 0..<5 { times["due-\(i)"] = now - .seconds(1) }
+        for i in 0..<20 { times["waiting-\(i)"] = now + .seconds(i + 1) }
+        #expect(StreamConsumer.pruned(times, at: now, limit: 30).keys.sorted() == (0..<20).map { "waiting-\($0)" }.sorted())
+        let kept = StreamConsumer.pruned(times, at: now, limit: 10)
+        #expect(kept.keys.sorted() == (11..<20).map { "waiting-\($0)" }.sorted(), "the latest due are kept")
     }
 
     /// An entry whose handler ends after the reading connection was lost is acknowledged on the

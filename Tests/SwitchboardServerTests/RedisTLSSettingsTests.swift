@@ -14,17 +14,10 @@ import Testing
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl") else { return nil }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-tls-settings-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.currentDirectoryURL = directory
-        process.arguments = [
+        let arguments = [
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test", "-keyout", "key.pem", "-out", "cert.pem",
         ]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try ChildProcess.run(process)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { return nil }
+        guard try ChildProcess.spawn("/usr/bin/openssl", arguments, directory: directory.path).process.waitUntilExit() == 0 else { return nil }
         return (directory, directory.appendingPathComponent("cert.pem").path, directory.appendingPathComponent("key.pem").path)
     }
 

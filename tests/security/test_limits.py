@@ -322,7 +322,7 @@ def test_max_http_connections_per_port(gw, clients):
     status, answer = _http_exchange(third, b"POST /api/notification HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     assert status == 503
-    assert json.loads(answer)["error"] == "too many HTTP connections on this port (http.max-connections 2); retry later"
+    assert json.loads(answer) == {"error": "too many HTTP connections on this port (http.max-connections 2); retry later", "field": None}
     third.settimeout(5)
     assert third.recv(100) == b"", "the refused connection is closed"
     third.close()

@@ -39,7 +39,8 @@ final class HTTPConnectionCount: Sendable {
 
     /// The answer to a connection over the limit: a 503 that closes the connection.
     static func refusal(limit: Int) -> String {
-        let body = #"{"error":"too many HTTP connections on this port (http.max-connections \#(limit)); retry later"}"#
+        // The API's error shape: the request as a whole, no field at fault.
+        let body = #"{"error":"too many HTTP connections on this port (http.max-connections \#(limit)); retry later","field":null}"#
         return "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: \(body.utf8.count)\r\n"
             + "connection: close\r\nretry-after: 1\r\n\r\n" + body
     }
