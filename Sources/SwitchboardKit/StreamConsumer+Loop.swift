@@ -97,8 +97,8 @@ extension StreamConsumer {
         var retryAt: ContinuousClock.Instant?
         var lastRetryPass: ContinuousClock.Instant?
         // Entries left for a retry are due one by one (their delays differ); a retry pass reads
-        // all of this consumer's pending entries again, so passes are at least `retryDelay`
-        // apart, as with one delay for all.
+        // all of this consumer's pending entries again, so a pass starts at least `retryDelay`
+        // after the last one ended, as with one delay for all.
         func retry(at due: ContinuousClock.Instant) {
             var at = min(retryAt ?? due, due)
             if let last = lastRetryPass { at = max(at, last + configuration.retryDelay) }
@@ -109,7 +109,12 @@ extension StreamConsumer {
             if let cursor = pendingCursor {
                 let taken = try await self.take(.own(after: cursor), on: connection)
                 guard !taken.entries.isEmpty else {
+                    // The pass is over: the next one at least `retryDelay` after its end (a pass
+                    // longer than that, its handlers failing slowly, was followed at once by the
+                    // next, and new entries were not read until the failures were dead-lettered).
                     pendingCursor = nil
+                    lastRetryPass = clock.now
+                    if let at = retryAt { retryAt = max(at, clock.now + configuration.retryDelay) }
                     continue
                 }
                 pendingCursor = taken.cursor
@@ -123,7 +128,6 @@ extension StreamConsumer {
             }
             if let due = retryAt, clock.now >= due {
                 retryAt = nil
-                lastRetryPass = clock.now
                 pendingCursor = "0"
                 continue
             }

@@ -28,9 +28,12 @@ struct DestinationSequencer {
         var repairAfter: StreamPosition?
         /// Messages known lost for good (a hole history could not fill).
         var skipped: UInt64 = 0
+        /// Call ``retryRepair()`` after this long (a failed read; one timer at a time).
+        var retryAfter: TimeAmount?
 
         static func == (a: Actions, b: Actions) -> Bool {
             a.deliver.map(\.position) == b.deliver.map(\.position) && a.repairAfter == b.repairAfter && a.skipped == b.skipped
+                && a.retryAfter == b.retryAfter
         }
     }
 
@@ -52,6 +55,10 @@ struct DestinationSequencer {
     /// History reads that failed in a row (none succeeded since): the retries back off
     /// (``retryDelay(afterFailures:)``).
     private(set) var repairFailures = 0
+    /// A ``Actions/retryAfter`` timer is running: a failure meanwhile starts no other (each
+    /// failed read started its own timer, and reads that fail at once, like `OOM`'s, kept
+    /// several chains of retries going for good).
+    private var retryScheduled = false
     /// The epochs this instance has left for another (the last few), with the last sequence
     /// it delivered in each. A copy of one is not a new epoch: at or below that sequence it was
     /// delivered already; above it, it is a late message of the epoch left (still unread on the
@@ -86,6 +93,9 @@ struct DestinationSequencer {
 
     /// The subscriber connection came back: anything published meanwhile is in history.
     mutating func reconnected() -> Actions {
+        // Redis is back: a read failing once more is asked again soon, not after the backoff
+        // the outage built up.
+        repairFailures = 0
         guard let position, !repairing else {
             // The running read (or the one establishing the position) may have been taken
             // before the subscriptions were back: read again after it.
@@ -178,6 +188,10 @@ struct DestinationSequencer {
         repairAsked = nil
         if transient { repairOwed = true }
         var actions = Actions()
+        if !retryScheduled {
+            retryScheduled = true
+            actions.retryAfter = Self.retryDelay(afterFailures: repairFailures)
+        }
         if pending.count >= maxPending { flushPending(&actions) }
         return actions
     }
@@ -191,6 +205,7 @@ struct DestinationSequencer {
 
     /// Asks for the repair again after a failure, if one is still needed.
     mutating func retryRepair() -> Actions {
+        retryScheduled = false
         guard let position, !repairing, repairOwed || !pending.isEmpty else { return Actions() }
         var actions = Actions()
         askRepair(after: position, into: &actions)

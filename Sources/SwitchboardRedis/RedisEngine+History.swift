@@ -210,6 +210,14 @@ extension RedisEngine {
                 metadata: ["destination": "\(destination)", "skipped": "\(actions.skipped)"])
         }
         if let after = actions.repairAfter { repair(interest, destination: destination, after: after) }
+        if let delay = actions.retryAfter {
+            promiseLoop.scheduleTask(in: delay) {
+                guard !interest.cancelled.load(ordering: .relaxed) else { return }
+                interest.sequenced!.withLockedValue { s in
+                    self.carryOut(s.sequencer.retryRepair(), interest: interest, destination: destination, in: &s)
+                }
+            }
+        }
     }
 
     /// Reads the history after `after` and hands it to the sequencer; retried while it fails.
@@ -231,17 +239,17 @@ extension RedisEngine {
                     self.carryOut(s.sequencer.repaired(newest: read.position, messages: messages), interest: interest, destination: destination, in: &s)
                 }
             case .failure(let error):
-                self.logger.debug("history repair failed; retrying", metadata: ["destination": "\(destination)", "error": "\(error)"])
-                let failures = interest.sequenced!.withLockedValue { s in
-                    self.carryOut(
-                        s.sequencer.repairFailed(transient: Self.willPass(error)), interest: interest, destination: destination, in: &s)
-                    return s.sequencer.repairFailures
+                let transient = Self.willPass(error)
+                if transient {
+                    self.logger.debug("history repair failed; retrying", metadata: ["destination": "\(destination)", "error": "\(error)"])
+                } else {
+                    self.logger.log(
+                        level: .warning, throttledBy: InputLogs.historyUnread,
+                        "history read failed with a refusal that does not pass by itself; retried only while messages wait behind a gap",
+                        metadata: ["destination": "\(destination)", "error": "\(error)"])
                 }
-                self.promiseLoop.scheduleTask(in: DestinationSequencer.retryDelay(afterFailures: failures)) {
-                    guard !interest.cancelled.load(ordering: .relaxed) else { return }
-                    interest.sequenced!.withLockedValue { s in
-                        self.carryOut(s.sequencer.retryRepair(), interest: interest, destination: destination, in: &s)
-                    }
+                interest.sequenced!.withLockedValue { s in
+                    self.carryOut(s.sequencer.repairFailed(transient: transient), interest: interest, destination: destination, in: &s)
                 }
             }
         }

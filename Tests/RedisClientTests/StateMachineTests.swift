@@ -133,7 +133,7 @@ struct StateMachineTests {
         for version in [3, 2] {
             var machine = readyMachine(version: version)
             let open = version == 3 ? ">" : "*"
-            _ = machine.enqueue(1, kind: .subscription(confirmation: "subscribe", remaining: 2), deadline: nil)
+            _ = machine.enqueue(1, kind: .subscription(confirmation: "subscribe", remaining: ["a", "b"]), deadline: nil)
             _ = machine.enqueue(2, deadline: nil)
             guard case .none = machine.receivedToken(token("\(open)3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")) else { Issue.record("first confirm"); return }
             // A message can arrive between confirmations.
@@ -154,6 +154,22 @@ struct StateMachineTests {
         }
     }
 
+    /// A server-side `sunsubscribe` of another channel (its slot moved) while a `SUNSUBSCRIBE`
+    /// waits is reported, not taken as that command's confirmation (they were matched by kind).
+    @Test func aServerSideUnsubscribeOfAnotherNameIsNotAConfirmation() {
+        for version in [3, 2] {
+            var machine = readyMachine(version: version)
+            let open = version == 3 ? ">" : "*"
+            _ = machine.enqueue(1, kind: .subscription(confirmation: "sunsubscribe", remaining: ["mine"]), deadline: nil)
+            guard case .unsubscribedByServer(.shardChannel, "moved") = machine.receivedToken(token("\(open)3\r\n$12\r\nsunsubscribe\r\n$5\r\nmoved\r\n:1\r\n")) else {
+                Issue.record("the other channel's loss was taken as the confirmation (RESP\(version))"); return
+            }
+            guard case .succeed(1, _) = machine.receivedToken(token("\(open)3\r\n$12\r\nsunsubscribe\r\n$4\r\nmine\r\n:0\r\n")) else {
+                Issue.record("confirmed by its own name"); return
+            }
+        }
+    }
+
     /// valkey-io/valkey#1066: a `SUNSUBSCRIBE` of a channel whose slot just moved away. The
     /// server's own `sunsubscribe` push comes first and is taken as its confirmation; its reply,
     /// `MOVED`, then found nothing pending and closed the subscriber connection (losing what its
@@ -162,7 +178,7 @@ struct StateMachineTests {
         for version in [3, 2] {
             var machine = readyMachine(version: version)
             let open = version == 3 ? ">" : "*"
-            _ = machine.enqueue(1, kind: .subscription(confirmation: "sunsubscribe", remaining: 1), deadline: nil)
+            _ = machine.enqueue(1, kind: .subscription(confirmation: "sunsubscribe", remaining: ["z"]), deadline: nil)
             guard case .succeed(1, _) = machine.receivedToken(token("\(open)3\r\n$12\r\nsunsubscribe\r\n$1\r\nz\r\n:0\r\n")) else {
                 Issue.record("the server's push taken as the confirmation"); return
             }

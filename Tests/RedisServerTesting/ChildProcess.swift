@@ -26,8 +26,10 @@ package final class ChildProcess: Sendable {
 
     /// The child's process id.
     package let pid: pid_t
-    /// The wait status once the child is reaped.
+    /// The wait status once the child is reaped (``lostStatus`` when someone else reaped it).
     private let status = NIOLockedValueBox<Int32?>(nil)
+    /// Not a wait status: the exit was not ours to see (`ECHILD`).
+    private static let lostStatus: Int32 = 0x7f
 
     private init(pid: pid_t) { self.pid = pid }
 
@@ -48,10 +50,16 @@ package final class ChildProcess: Sendable {
         guard let closeFrom = Self.addCloseFrom else {
             throw Failure(description: "posix_spawn_file_actions_addclosefrom_np is missing (glibc 2.34 or later needed)")
         }
+        if let directory {
+            guard let chdir = Self.addChdir else { throw Failure(description: "posix_spawn_file_actions_addchdir_np is missing") }
+            _ = chdir(&actions, directory)
+        }
         var fds: [Int32] = [-1, -1]
         if captureOutput {
-            // Not close-on-exec: the other children close it (from 3 up) at their start.
             guard pipe(&fds) == 0 else { throw Failure(description: "pipe failed: errno \(errno)") }
+            // Close-on-exec for any other spawner (ours close from 3 up anyway); `dup2` clears
+            // it on the child's 1 and 2.
+            for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         }
         defer { if fds[1] >= 0 { close(fds[1]) } }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
@@ -61,10 +69,6 @@ package final class ChildProcess: Sendable {
         } else {
             posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
             posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        }
-        if let directory {
-            guard let chdir = Self.addChdir else { throw Failure(description: "posix_spawn_file_actions_addchdir_np is missing") }
-            _ = chdir(&actions, directory)
         }
         _ = closeFrom(&actions, 3)
 
@@ -97,7 +101,7 @@ package final class ChildProcess: Sendable {
             var raw: Int32 = 0
             let reaped = waitpid(self.pid, &raw, WNOHANG)
             if reaped == self.pid || (reaped == -1 && errno == ECHILD) {
-                status = raw
+                status = reaped == self.pid ? raw : Self.lostStatus
                 return false
             }
             return true
@@ -113,17 +117,24 @@ package final class ChildProcess: Sendable {
     }
 
     /// Waits until the child exits; returns its exit code (128 + the signal when a signal
-    /// ended it).
+    /// ended it; -1 when its exit was not ours to see). Holds the lock meanwhile: the other
+    /// calls wait for the exit too (the callers kill the child first, or wait for it anyway).
     @discardableResult
     package func waitUntilExit() -> Int32 {
         let raw = self.status.withLockedValue { status -> Int32 in
             if let status { return status }
             var raw: Int32 = 0
-            while waitpid(self.pid, &raw, 0) == -1, errno == EINTR {}
-            status = raw
-            return raw
+            var reaped: pid_t
+            repeat { reaped = waitpid(self.pid, &raw, 0) } while reaped == -1 && errno == EINTR
+            status = reaped == self.pid ? raw : Self.lostStatus
+            return status!
         }
+        if raw == Self.lostStatus { return -1 }
         let signal = raw & 0x7f
         return signal == 0 ? (raw >> 8) & 0xff : 128 + signal
     }
+
+    /// Whether children can be started here (`posix_spawn_file_actions_addclosefrom_np`, glibc
+    /// 2.34 or later); the suites that need them are skipped otherwise.
+    package static var isSupported: Bool { addCloseFrom != nil }
 }

@@ -52,7 +52,7 @@ package final class RedisServerProcess: @unchecked Sendable {
         return nil
     }()
 
-    package static var isAvailable: Bool { executable != nil }
+    package static var isAvailable: Bool { executable != nil && ChildProcess.isSupported }
 
     package let port: Int
     package let directory: URL

@@ -243,14 +243,16 @@ struct StreamConsumerTests {
         let (gate, release) = AsyncStream.makeStream(of: Void.self)
         let started = NIOLockedValueBox<[String]>([])
         // Replicas that start the poison entry and never come back (a crash, as far as the
-        // group can tell): each claims the batch once the previous one went idle.
+        // group can tell): each claims the batch once the previous one went idle. (A minimum
+        // idle time of 200 ms was too short on a loaded machine: the next replica claimed the
+        // entry between a claim and its attempt's count, and the poison was handled.)
         var stuck: [(StreamConsumer, Task<Void, any Error>)] = []
         for replica in ["a", "b", "c"] {
             let before = started.withLockedValue { $0.count }
             let consumer = StreamConsumer(
                 client: client,
                 configuration: testConfiguration(
-                    name: "replica-\(replica)", claimMinIdle: .milliseconds(200), claimInterval: .milliseconds(50), maxDeliveries: 3),
+                    name: "replica-\(replica)", claimMinIdle: .seconds(1), claimInterval: .milliseconds(50), maxDeliveries: 3),
                 logger: quietLogger)
             let task = start(consumer) { message in
                 started.withLockedValue { $0.append("\(replica):\(message.bodyString)") }
@@ -264,7 +266,7 @@ struct StreamConsumerTests {
         let handled = NIOLockedValueBox<[String]>([])
         let d = StreamConsumer(
             client: client,
-            configuration: testConfiguration(name: "replica-d", claimMinIdle: .milliseconds(200), claimInterval: .milliseconds(50), maxDeliveries: 3),
+            configuration: testConfiguration(name: "replica-d", claimMinIdle: .seconds(1), claimInterval: .milliseconds(50), maxDeliveries: 3),
             logger: quietLogger)
         let dTask = start(d) { message in handled.withLockedValue { $0.append(message.id) } }
         #expect(try await eventually { handled.withLockedValue { $0.count } == 3 }, "\(handled.withLockedValue { $0 })")

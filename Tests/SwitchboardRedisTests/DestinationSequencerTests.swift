@@ -191,8 +191,9 @@ import Testing
     @Test func failedRepairsBackOffUntilOneSucceeds() {
         var s = DestinationSequencer()
         _ = s.established(at: Self.at(7))
+        #expect(s.reconnected().repairAfter == Self.at(7))
         for failures in 1...3 {
-            #expect(s.reconnected().repairAfter == Self.at(7) || s.retryRepair().repairAfter == Self.at(7))
+            if failures > 1 { #expect(s.retryRepair().repairAfter == Self.at(7)) }
             _ = s.repairFailed(transient: true)
             #expect(s.repairFailures == failures)
         }
@@ -201,6 +202,23 @@ import Testing
         #expect(s.repairFailures == 0)
         let delays = (1...8).map { DestinationSequencer.retryDelay(afterFailures: $0).nanoseconds / 1_000_000 }
         #expect(delays == [200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000])
+    }
+
+    /// One retry timer at a time: a read started meanwhile (a reconnect, a gap) that fails too
+    /// starts no second one (each failure started its own, and reads refused at once kept
+    /// several chains of retries going for good). A reconnect starts the backoff over.
+    @Test func aFailureWhileARetryWaitsStartsNoOtherTimer() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(7))
+        #expect(s.reconnected().repairAfter == Self.at(7))
+        #expect(s.repairFailed(transient: true).retryAfter == .milliseconds(200))
+        #expect(s.reconnected().repairAfter == Self.at(7))  // while the timer runs
+        #expect(s.repairFailed(transient: true).retryAfter == nil, "a second timer")
+        #expect(s.retryRepair().repairAfter == Self.at(7))  // the timer fires
+        #expect(s.repairFailed(transient: true).retryAfter == .milliseconds(400))
+        _ = s.retryRepair()
+        _ = s.repairFailed(transient: true)
+        #expect(s.repairFailures == 3, "a reconnect started the count over")
     }
 
     @Test func messagesWithoutPositionPassStraightThrough() {

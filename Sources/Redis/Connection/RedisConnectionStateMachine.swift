@@ -20,8 +20,9 @@ package struct RedisConnectionStateMachine<Promise> {
     package enum PendingKind: Hashable, Sendable {
         /// One ordinary reply.
         case command
-        /// A (P|S)(UN)SUBSCRIBE awaiting `remaining` confirmations of kind `confirmation` (e.g. `subscribe`).
-        case subscription(confirmation: String, remaining: Int)
+        /// A (P|S)(UN)SUBSCRIBE awaiting the confirmations of kind `confirmation` (e.g.
+        /// `subscribe`) of the names in `remaining`, one each (a name given twice, twice).
+        case subscription(confirmation: String, remaining: [String])
         /// A write that must reach replicas (``ReplicatedWrite``): its reply is held until the
         /// next `.replicaWait`'s count arrives.
         case replicatedWrite(WAIT)
@@ -402,10 +403,14 @@ package struct RedisConnectionStateMachine<Promise> {
             return .deliver(message)
         }
         guard let first = elements.first, let kind = (try? String(fromRESP: first))?.lowercased() else { return .none }
-        // A subscription confirmation: count it against the head command if it matches.
+        // A subscription confirmation: count it against the head command if its kind and name
+        // match. A server-side `sunsubscribe` of another channel (its slot moved) while a
+        // `SUNSUBSCRIBE` waits was taken as its confirmation, and that channel was not reported
+        // lost (it stayed silent until the next reconnect).
         self.skipWithdrawn()
-        guard let head = self.pending.first, case .subscription(let confirmation, let remaining) = head.kind,
-            confirmation == kind
+        let name = elements.count >= 2 ? try? String(fromRESP: elements[1]) : nil
+        guard let head = self.pending.first, case .subscription(let confirmation, var remaining) = head.kind,
+            confirmation == kind, let index = name.flatMap({ remaining.firstIndex(of: $0) })
         else {
             // Unsolicited: a server-side unsubscribe (slot migration), or another push (invalidate, ...).
             if elements.count >= 2, let name = try? String(fromRESP: elements[1]), let kind = Self.unsubscribeKind(kind) {
@@ -413,8 +418,9 @@ package struct RedisConnectionStateMachine<Promise> {
             }
             return .none
         }
-        if remaining > 1 {
-            self.pending[self.pending.startIndex].kind = .subscription(confirmation: confirmation, remaining: remaining - 1)
+        remaining.remove(at: index)
+        if !remaining.isEmpty {
+            self.pending[self.pending.startIndex].kind = .subscription(confirmation: confirmation, remaining: remaining)
             return .none
         }
         self.pending.removeFirst()
