@@ -59,6 +59,8 @@ struct DestinationSequencer {
     /// failed read started its own timer, and reads that fail at once, like `OOM`'s, kept
     /// several chains of retries going for good).
     private var retryScheduled = false
+    /// Failed reads in a row that will not pass by themselves (``repairFailed(transient:)``).
+    private var refusals = 0
     /// The epochs this instance has left for another (the last few), with the last sequence
     /// it delivered in each. A copy of one is not a new epoch: at or below that sequence it was
     /// delivered already; above it, it is a late message of the epoch left (still unread on the
@@ -111,6 +113,7 @@ struct DestinationSequencer {
     /// stands, `messages` what it keeps after the position asked for, oldest first.
     mutating func repaired(newest: StreamPosition, messages: [PublishedMessage]) -> Actions {
         repairFailures = 0
+        refusals = 0
         var actions = repairedRead(newest: newest, messages: messages)
         askOwedRepair(into: &actions)
         return actions
@@ -180,21 +183,34 @@ struct DestinationSequencer {
     ///
     /// - Parameter transient: the failure will pass (Redis unreachable, loading, failing over):
     ///   the read is owed until one succeeds, whether or not anything is buffered. Otherwise
-    ///   (e.g. a reply that cannot be decoded) it is asked for again only while messages are
-    ///   buffered, so that a failure that does not pass is not retried forever.
+    ///   (e.g. a reply that cannot be decoded, an ACL refusing the read) it is asked for again
+    ///   only while messages are buffered, and after ``refusalsBeforeGivingUp`` such failures
+    ///   in a row the hole is given up: the buffered messages go out, the jump counted (they
+    ///   waited until 10,000 were buffered, and the destination's subscribers got nothing).
     mutating func repairFailed(transient: Bool) -> Actions {
         repairFailures += 1
         repairing = false
         repairAsked = nil
-        if transient { repairOwed = true }
+        if transient {
+            repairOwed = true
+            refusals = 0
+        } else {
+            refusals += 1
+        }
         var actions = Actions()
         if !retryScheduled {
             retryScheduled = true
             actions.retryAfter = Self.retryDelay(afterFailures: repairFailures)
         }
-        if pending.count >= maxPending { flushPending(&actions) }
+        if pending.count >= maxPending || refusals >= Self.refusalsBeforeGivingUp {
+            refusals = 0
+            flushPending(&actions)
+        }
         return actions
     }
+
+    /// Failed reads in a row, none of them transient, after which a hole is given up.
+    static var refusalsBeforeGivingUp: Int { 3 }
 
     /// How long after the `failures`-th failed read in a row the read is asked for again:
     /// 200 ms, doubled per failure, at most 5 s (a Redis refusing reads for minutes, out of

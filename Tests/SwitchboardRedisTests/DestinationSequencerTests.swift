@@ -221,6 +221,28 @@ import Testing
         #expect(s.repairFailures == 3, "a reconnect started the count over")
     }
 
+    /// Reads refused for a reason that does not pass (an ACL, a reply that cannot be decoded)
+    /// give the hole up after three in a row: the buffered messages go out, the jump counted
+    /// (they waited until 10,000 were buffered, and the subscribers got nothing meanwhile).
+    @Test func aHoleIsGivenUpAfterThreeRefusalsInARow() {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(1))
+        #expect(s.receive(Self.message(3)).repairAfter == Self.at(1))
+        #expect(s.repairFailed(transient: false).deliver.isEmpty)
+        #expect(s.retryRepair().repairAfter == Self.at(1))
+        _ = s.repairFailed(transient: true)  // a transient failure between starts the count over
+        #expect(s.retryRepair().repairAfter == Self.at(1))
+        #expect(s.repairFailed(transient: false).deliver.isEmpty)
+        #expect(s.retryRepair().repairAfter == Self.at(1))
+        #expect(s.repairFailed(transient: false).deliver.isEmpty)
+        #expect(s.receive(Self.message(4)).repairAfter == Self.at(1))  // waits, and asks again
+        let given = s.repairFailed(transient: false)
+        #expect(Self.sequences(given) == [3, 4])
+        #expect(given.skipped == 1)
+        #expect(s.retryRepair().repairAfter == nil, "nothing owed any more")
+        #expect(Self.sequences(s.receive(Self.message(5))) == [5])
+    }
+
     @Test func messagesWithoutPositionPassStraightThrough() {
         var s = DestinationSequencer()
         let plain = PublishedMessage(destination: "/topic/x", messageID: "p", headers: [:], body: ByteBuffer(string: "raw"))
