@@ -28,8 +28,9 @@ struct DestinationSequencer {
         var repairAfter: StreamPosition?
         /// Messages known lost for good (a hole history could not fill).
         var skipped: UInt64 = 0
-        /// Call ``retryRepair()`` after this long (a failed read; one timer at a time).
-        var retryAfter: TimeAmount?
+        /// Call ``retryRepair(timer:)`` with it after its delay (a failed read; one timer at a
+        /// time).
+        var retryAfter: RetryTimer?
 
         static func == (a: Actions, b: Actions) -> Bool {
             a.deliver.map(\.position) == b.deliver.map(\.position) && a.repairAfter == b.repairAfter && a.skipped == b.skipped
@@ -55,6 +56,15 @@ struct DestinationSequencer {
     /// History reads that failed in a row (none succeeded since): the retries back off
     /// (``retryDelay(afterFailures:)``).
     private(set) var repairFailures = 0
+
+    /// A retry timer to start: after `delay`, ``retryRepair(timer:)`` with its `number`.
+    struct RetryTimer: Equatable {
+        var delay: TimeAmount
+        var number: UInt64
+    }
+    /// The number of the last timer started: one whose number is not this any more fires for
+    /// nothing.
+    private var retryTimerNumber: UInt64 = 0
     /// A ``Actions/retryAfter`` timer is running: a failure meanwhile starts no other (each
     /// failed read started its own timer, and reads that fail at once, like `OOM`'s, kept
     /// several chains of retries going for good).
@@ -96,8 +106,12 @@ struct DestinationSequencer {
     /// The subscriber connection came back: anything published meanwhile is in history.
     mutating func reconnected() -> Actions {
         // Redis is back: a read failing once more is asked again soon, not after the backoff
-        // the outage built up.
+        // the outage built up (the timer running, up to 5 s away, fires for nothing).
         repairFailures = 0
+        if retryScheduled {
+            retryScheduled = false
+            retryTimerNumber += 1
+        }
         guard let position, !repairing else {
             // The running read (or the one establishing the position) may have been taken
             // before the subscriptions were back: read again after it.
@@ -200,7 +214,8 @@ struct DestinationSequencer {
         var actions = Actions()
         if !retryScheduled {
             retryScheduled = true
-            actions.retryAfter = Self.retryDelay(afterFailures: repairFailures)
+            retryTimerNumber += 1
+            actions.retryAfter = RetryTimer(delay: Self.retryDelay(afterFailures: repairFailures), number: retryTimerNumber)
         }
         if pending.count >= maxPending || refusals >= Self.refusalsBeforeGivingUp {
             refusals = 0
@@ -219,8 +234,10 @@ struct DestinationSequencer {
         .milliseconds(min(5_000, 200 << min(max(failures, 1) - 1, 5)))
     }
 
-    /// Asks for the repair again after a failure, if one is still needed.
-    mutating func retryRepair() -> Actions {
+    /// Asks for the repair again after a failure, if one is still needed. `timer`: the one that
+    /// fired (nothing if another replaced it); nil: now, whatever timer runs.
+    mutating func retryRepair(timer: UInt64? = nil) -> Actions {
+        if let timer, timer != retryTimerNumber { return Actions() }
         retryScheduled = false
         guard let position, !repairing, repairOwed || !pending.isEmpty else { return Actions() }
         var actions = Actions()

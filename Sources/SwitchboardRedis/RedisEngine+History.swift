@@ -210,11 +210,11 @@ extension RedisEngine {
                 metadata: ["destination": "\(destination)", "skipped": "\(actions.skipped)"])
         }
         if let after = actions.repairAfter { repair(interest, destination: destination, after: after) }
-        if let delay = actions.retryAfter {
-            promiseLoop.scheduleTask(in: delay) {
+        if let timer = actions.retryAfter {
+            promiseLoop.scheduleTask(in: timer.delay) {
                 guard !interest.cancelled.load(ordering: .relaxed) else { return }
                 interest.sequenced!.withLockedValue { s in
-                    self.carryOut(s.sequencer.retryRepair(), interest: interest, destination: destination, in: &s)
+                    self.carryOut(s.sequencer.retryRepair(timer: timer.number), interest: interest, destination: destination, in: &s)
                 }
             }
         }

@@ -167,7 +167,7 @@ struct ChannelHandlerTests {
         command.encode(into: &encoder)
         let promise = redis.channel.eventLoop.makePromise(of: RESPToken.self)
         redis.channel.writeAndFlush(
-            RedisOutboundCommand(bytes: encoder.buffer, kind: .subscription(confirmation: "subscribe", remaining: ["a", "b"]), promise: promise),
+            RedisOutboundCommand(bytes: encoder.buffer, kind: .subscription(confirmation: "subscribe", names: ["a", "b"]), promise: promise),
             promise: nil
         )
         #expect(try redis.outbound() == resp("SUBSCRIBE", "a", "b"))

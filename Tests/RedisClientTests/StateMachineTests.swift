@@ -133,7 +133,7 @@ struct StateMachineTests {
         for version in [3, 2] {
             var machine = readyMachine(version: version)
             let open = version == 3 ? ">" : "*"
-            _ = machine.enqueue(1, kind: .subscription(confirmation: "subscribe", remaining: ["a", "b"]), deadline: nil)
+            _ = machine.enqueue(1, kind: .subscription(confirmation: "subscribe", names: ["a", "b"]), deadline: nil)
             _ = machine.enqueue(2, deadline: nil)
             guard case .none = machine.receivedToken(token("\(open)3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")) else { Issue.record("first confirm"); return }
             // A message can arrive between confirmations.
@@ -160,7 +160,7 @@ struct StateMachineTests {
         for version in [3, 2] {
             var machine = readyMachine(version: version)
             let open = version == 3 ? ">" : "*"
-            _ = machine.enqueue(1, kind: .subscription(confirmation: "sunsubscribe", remaining: ["mine"]), deadline: nil)
+            _ = machine.enqueue(1, kind: .subscription(confirmation: "sunsubscribe", names: ["mine"]), deadline: nil)
             guard case .unsubscribedByServer(.shardChannel, "moved") = machine.receivedToken(token("\(open)3\r\n$12\r\nsunsubscribe\r\n$5\r\nmoved\r\n:1\r\n")) else {
                 Issue.record("the other channel's loss was taken as the confirmation (RESP\(version))"); return
             }
@@ -168,6 +168,25 @@ struct StateMachineTests {
                 Issue.record("confirmed by its own name"); return
             }
         }
+    }
+
+    /// Confirmations out of the order sent still complete their command, a name given twice
+    /// needs two, and names are compared by their bytes (`é` and `e` + U+0301 are two channels
+    /// to Redis, one string to Swift's `==`).
+    @Test func confirmationsAreMatchedByNameInAnyOrderAndByBytes() {
+        var machine = readyMachine()
+        let composed = "caf\u{E9}", decomposed = "cafe\u{301}"
+        _ = machine.enqueue(1, kind: .subscription(confirmation: "subscribe", names: ["a", "b", "a", composed]), deadline: nil)
+        func confirm(_ name: String) -> RedisConnectionStateMachine<Int>.ReceiveAction {
+            var bytes = ByteBuffer(string: ">3\r\n$9\r\nsubscribe\r\n$\(name.utf8.count)\r\n")
+            bytes.writeString(name + "\r\n:1\r\n")
+            return machine.receivedToken(token(String(buffer: bytes)))
+        }
+        guard case .none = confirm("b") else { Issue.record("b"); return }
+        guard case .none = confirm("a") else { Issue.record("first a"); return }
+        guard case .none = confirm("a") else { Issue.record("second a"); return }
+        guard case .none = confirm(decomposed) else { Issue.record("another channel's confirmation completed it"); return }
+        guard case .succeed(1, _) = confirm(composed) else { Issue.record("its own completes it"); return }
     }
 
     /// valkey-io/valkey#1066: a `SUNSUBSCRIBE` of a channel whose slot just moved away. The
@@ -178,7 +197,7 @@ struct StateMachineTests {
         for version in [3, 2] {
             var machine = readyMachine(version: version)
             let open = version == 3 ? ">" : "*"
-            _ = machine.enqueue(1, kind: .subscription(confirmation: "sunsubscribe", remaining: ["z"]), deadline: nil)
+            _ = machine.enqueue(1, kind: .subscription(confirmation: "sunsubscribe", names: ["z"]), deadline: nil)
             guard case .succeed(1, _) = machine.receivedToken(token("\(open)3\r\n$12\r\nsunsubscribe\r\n$1\r\nz\r\n:0\r\n")) else {
                 Issue.record("the server's push taken as the confirmation"); return
             }

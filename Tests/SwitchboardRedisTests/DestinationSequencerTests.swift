@@ -207,18 +207,24 @@ import Testing
     /// One retry timer at a time: a read started meanwhile (a reconnect, a gap) that fails too
     /// starts no second one (each failure started its own, and reads refused at once kept
     /// several chains of retries going for good). A reconnect starts the backoff over.
-    @Test func aFailureWhileARetryWaitsStartsNoOtherTimer() {
+    @Test func aFailureWhileARetryWaitsStartsNoOtherTimer() throws {
         var s = DestinationSequencer()
         _ = s.established(at: Self.at(7))
         #expect(s.reconnected().repairAfter == Self.at(7))
-        #expect(s.repairFailed(transient: true).retryAfter == .milliseconds(200))
-        #expect(s.reconnected().repairAfter == Self.at(7))  // while the timer runs
+        let first = try #require(s.repairFailed(transient: true).retryAfter)
+        #expect(first.delay == .milliseconds(200))
+        #expect(s.receive(Self.message(9)).repairAfter == Self.at(7))  // a gap, while the timer runs
         #expect(s.repairFailed(transient: true).retryAfter == nil, "a second timer")
-        #expect(s.retryRepair().repairAfter == Self.at(7))  // the timer fires
-        #expect(s.repairFailed(transient: true).retryAfter == .milliseconds(400))
-        _ = s.retryRepair()
-        _ = s.repairFailed(transient: true)
-        #expect(s.repairFailures == 3, "a reconnect started the count over")
+        #expect(s.retryRepair(timer: first.number).repairAfter == Self.at(7))  // the timer fires
+        let second = try #require(s.repairFailed(transient: true).retryAfter)
+        #expect(second.delay == .milliseconds(800))
+        // Redis is back while that timer runs: the backoff starts over, and the running timer
+        // (800 ms away) fires for nothing.
+        #expect(s.reconnected().repairAfter == Self.at(7))
+        let third = try #require(s.repairFailed(transient: true).retryAfter, "a timer after the reconnect")
+        #expect(third.delay == .milliseconds(200))
+        #expect(s.retryRepair(timer: second.number).repairAfter == nil, "the replaced timer")
+        #expect(s.retryRepair(timer: third.number).repairAfter == Self.at(7))
     }
 
     /// Reads refused for a reason that does not pass (an ACL, a reply that cannot be decoded)

@@ -174,7 +174,7 @@ public final class RedisConnection: Sendable {
         return self.write(
             RedisOutboundCommand(
                 bytes: encoder.buffer,
-                kind: .subscription(confirmation: command.confirmationKind, remaining: command.names),
+                kind: .subscription(confirmation: command.confirmationKind, names: command.names),
                 promise: self.channel.eventLoop.makePromise()
             )
         ).map { _ in () }

@@ -20,9 +20,10 @@ package struct RedisConnectionStateMachine<Promise> {
     package enum PendingKind: Hashable, Sendable {
         /// One ordinary reply.
         case command
-        /// A (P|S)(UN)SUBSCRIBE awaiting the confirmations of kind `confirmation` (e.g.
-        /// `subscribe`) of the names in `remaining`, one each (a name given twice, twice).
-        case subscription(confirmation: String, remaining: [String])
+        /// A (P|S)(UN)SUBSCRIBE of `names` awaiting their confirmations of kind `confirmation`
+        /// (e.g. `subscribe`), one per name given (twice for a name given twice); the first
+        /// `confirmed` names have theirs.
+        case subscription(confirmation: String, names: [String], confirmed: Int = 0)
         /// A write that must reach replicas (``ReplicatedWrite``): its reply is held until the
         /// next `.replicaWait`'s count arrives.
         case replicatedWrite(WAIT)
@@ -409,8 +410,8 @@ package struct RedisConnectionStateMachine<Promise> {
         // lost (it stayed silent until the next reconnect).
         self.skipWithdrawn()
         let name = elements.count >= 2 ? try? String(fromRESP: elements[1]) : nil
-        guard let head = self.pending.first, case .subscription(let confirmation, var remaining) = head.kind,
-            confirmation == kind, let index = name.flatMap({ remaining.firstIndex(of: $0) })
+        guard let head = self.pending.first, case .subscription(let confirmation, var names, let confirmed) = head.kind,
+            confirmation == kind, let name, let index = Self.awaitedIndex(of: name, in: names, from: confirmed)
         else {
             // Unsolicited: a server-side unsubscribe (slot migration), or another push (invalidate, ...).
             if elements.count >= 2, let name = try? String(fromRESP: elements[1]), let kind = Self.unsubscribeKind(kind) {
@@ -418,13 +419,24 @@ package struct RedisConnectionStateMachine<Promise> {
             }
             return .none
         }
-        remaining.remove(at: index)
-        if !remaining.isEmpty {
-            self.pending[self.pending.startIndex].kind = .subscription(confirmation: confirmation, remaining: remaining)
+        // Redis confirms in the order the names were sent: the next one, in constant time (a
+        // re-subscribe after a reconnect sends every name in one command: tens of thousands of
+        // confirmations). Out of order, the name found later swaps places with the next (a copy).
+        if index != confirmed { names.swapAt(index, confirmed) }
+        if confirmed + 1 < names.count {
+            self.pending[self.pending.startIndex].kind = .subscription(confirmation: confirmation, names: names, confirmed: confirmed + 1)
             return .none
         }
         self.pending.removeFirst()
         return .succeed(head.promise, token)
+    }
+
+    /// Where `name` is among the names not confirmed yet (from `start` on), comparing bytes
+    /// as Redis does (Swift's `==` takes canonically equivalent strings for one).
+    private static func awaitedIndex(of name: String, in names: [String], from start: Int) -> Int? {
+        guard start < names.count else { return nil }
+        if names[start].utf8.elementsEqual(name.utf8) { return start }
+        return names[(start + 1)...].firstIndex { $0.utf8.elementsEqual(name.utf8) }
     }
 
     private static func unsubscribeKind(_ kind: String) -> RedisSubscriptionKind? {
