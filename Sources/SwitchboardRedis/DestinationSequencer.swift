@@ -69,7 +69,8 @@ struct DestinationSequencer {
     /// failed read started its own timer, and reads that fail at once, like `OOM`'s, kept
     /// several chains of retries going for good).
     private var retryScheduled = false
-    /// Failed reads in a row that will not pass by themselves (``repairFailed(transient:)``).
+    /// Failed reads in a row that will not pass by themselves, while the same hole waits
+    /// (``repairFailed(transient:)``).
     private var refusals = 0
     /// The epochs this instance has left for another (the last few), with the last sequence
     /// it delivered in each. A copy of one is not a new epoch: at or below that sequence it was
@@ -208,7 +209,7 @@ struct DestinationSequencer {
         if transient {
             repairOwed = true
             refusals = 0
-        } else {
+        } else if !pending.isEmpty {
             refusals += 1
         }
         var actions = Actions()
@@ -311,6 +312,9 @@ struct DestinationSequencer {
     }
 
     private mutating func buffer(_ message: PublishedMessage, _ p: StreamPosition) {
+        // A new hole: the refusals of the reads of an earlier one (closed by a late copy, say)
+        // do not count against it.
+        if pending.isEmpty { refusals = 0 }
         if pendingEpoch != p.epoch {
             pending.removeAll()
             pendingEpoch = p.epoch

@@ -247,6 +247,14 @@ import Testing
         #expect(given.skipped == 1)
         #expect(s.retryRepair().repairAfter == nil, "nothing owed any more")
         #expect(Self.sequences(s.receive(Self.message(5))) == [5])
+        // Two refusals for a hole that a late copy then closes do not count against the next.
+        #expect(s.receive(Self.message(7)).repairAfter == Self.at(5))
+        _ = s.repairFailed(transient: false)
+        _ = s.retryRepair()
+        _ = s.repairFailed(transient: false)
+        #expect(Self.sequences(s.receive(Self.message(6))) == [6, 7])
+        #expect(s.receive(Self.message(9)).repairAfter == Self.at(7))
+        #expect(s.repairFailed(transient: false).deliver.isEmpty, "given up at the new hole's first refusal")
     }
 
     @Test func messagesWithoutPositionPassStraightThrough() {
