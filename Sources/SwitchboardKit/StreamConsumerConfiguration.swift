@@ -39,9 +39,11 @@ public struct StreamConsumerConfiguration: Sendable {
     /// How long after an entry's first failed attempt this consumer tries it again. The delay
     /// doubles with each further failed attempt of the entry, up to ``retryDelayMaximum``, so a
     /// dependency that is down for a while does not use up ``maxDeliveries`` within seconds.
+    /// Every delay, the first too, is at most `claimMinIdle / 2`
+    /// (``delayBeforeRetry(afterAttempt:)``).
     public var retryDelay: Duration
-    /// The longest delay before an entry is tried again. It never exceeds `claimMinIdle / 2`
-    /// either: an entry waiting for its retry is idle, and this consumer tries it again before
+    /// The longest delay before an entry is tried again. The delay used never exceeds
+    /// `claimMinIdle / 2` either: an entry waiting for its retry is idle, and this consumer tries it again before
     /// another replica may take it over, unless the entries it handles meanwhile keep it busy
     /// for the rest of `claimMinIdle` (the other replica then tries it at once).
     public var retryDelayMaximum: Duration

@@ -130,7 +130,11 @@ struct IntegrationTests {
 
     /// A wait for the connections that times out says which one is not up, and why.
     @Test func aConnectTimeoutSaysWhichConnectionIsDownAndWhy() async throws {
-        let port = try await RedisServerProcess.freePort()  // nothing listens there
+        // A port bound but not listening, held for the whole test: every connect is refused,
+        // and no other process can take it meanwhile (a port found free could be).
+        let held = try LoopbackSocket()
+        defer { held.close() }
+        let port = held.port
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         var configuration = RedisConfiguration(host: "127.0.0.1", port: port)

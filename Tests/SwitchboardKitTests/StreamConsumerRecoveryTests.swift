@@ -201,10 +201,10 @@ struct StreamConsumerRecoveryTests {
         let attempts = NIOLockedValueBox<[ContinuousClock.Instant]>([])
         let handledWhileBackingOff = NIOLockedValueBox(false)
         let consumer = StreamConsumer(
-            client: client, configuration: testConfiguration(retryDelay: .milliseconds(200), maxDeliveries: 4), logger: quietLogger)
+            client: client, configuration: testConfiguration(retryDelay: .milliseconds(200), maxDeliveries: 5), logger: quietLogger)
         let task = start(consumer) { message in
             guard message.bodyString == "failing" else {
-                handledWhileBackingOff.withLockedValue { $0 = attempts.withLockedValue { $0.count } < 4 }
+                handledWhileBackingOff.withLockedValue { $0 = attempts.withLockedValue { $0.count } < 5 }
                 return
             }
             attempts.withLockedValue { $0.append(.now) }
@@ -216,9 +216,9 @@ struct StreamConsumerRecoveryTests {
         try await addGatewayEntry(client, body: "other")
         #expect(try await eventually { try await client.execute(XLEN(key: "OUT:dead")) == 1 })
         let times = attempts.withLockedValue { $0 }
-        #expect(times.count == 4)
+        #expect(times.count == 5)
         let gaps = zip(times.dropFirst(), times).map { $0 - $1 }
-        for (gap, least) in zip(gaps, [200, 400, 800]) {
+        for (gap, least) in zip(gaps, [200, 400, 800, 1_600]) {
             #expect(gap >= .milliseconds(least), "gaps between attempts: \(gaps)")
         }
         #expect(handledWhileBackingOff.withLockedValue { $0 }, "the other entry waited for the failing one")

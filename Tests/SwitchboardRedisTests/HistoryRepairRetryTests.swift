@@ -15,11 +15,12 @@ struct HistoryRepairRetryTests {
     @Test func aReadRefusedWhileRedisIsOutOfMemoryIsMadeAgainOnceItPasses() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }
-        // The subscriber connection, killed below, is back only after 3 s: time to publish
-        // what this gateway then misses, and to take Redis past its memory limit.
+        // The subscriber connection, killed below, is back only after 4 to 8 s (the backoff's
+        // jitter halves it at most): time to publish what this gateway then misses, and to
+        // take Redis past its memory limit.
         let gateway = try await InterestChurnTests.Gateway(server) {
-            $0.reconnectBackoffMinimum = .seconds(3)
-            $0.reconnectBackoffMaximum = .seconds(3)
+            $0.reconnectBackoffMinimum = .seconds(8)
+            $0.reconnectBackoffMaximum = .seconds(8)
         }
         let publisher = try await InterestChurnTests.Gateway(server)
         let pattern = try DestinationPattern("/topic/kept")
@@ -38,6 +39,7 @@ struct HistoryRepairRetryTests {
         _ = try await admin.execute(RawCommand("CLIENT", "KILL", "TYPE", "pubsub"))
         try await publisher.engine.publish(message("two"), on: publisher.loop).get()
         _ = try await admin.execute(RawCommand("CONFIG", "SET", "maxmemory", "1"))
+        try #require(gateway.client.reconnectCount == reconnects, "the subscriber was back before Redis was out of memory: window missed")
         // Back: the read of what it missed is refused (`OOM`).
         let interest = try #require(gateway.interest(pattern))
         #expect(

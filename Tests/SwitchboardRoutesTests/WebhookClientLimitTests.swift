@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import RedisServerTesting
 import Testing
 
 @testable import SwitchboardRoutes
@@ -61,16 +62,10 @@ import Glibc
     /// saw such calls reported as plain timeouts, as if the backend might have acted on them).
     @Test func aDeadlinePassedWhileConnectingSaysNotSent() async throws {
         #if canImport(Glibc)
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(listener) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) } }
-        #expect(listen(listener, 0) == 0)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) } }
-        let port = Int(UInt16(bigEndian: address.sin_port))
+        let listener = try LoopbackSocket()
+        defer { listener.close() }
+        #expect(listener.listen(backlog: 0))
+        let port = listener.port
         // Fill the accept queue: later SYNs are dropped, and connecting hangs.
         var fillers: [any Channel] = []
         for _ in 0..<2 {
