@@ -331,6 +331,7 @@ let package = Package(
                 "SwitchboardAPIModel",
                 "SwitchboardAuth",
                 "STOMPCodec",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

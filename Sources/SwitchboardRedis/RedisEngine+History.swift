@@ -27,18 +27,7 @@ extension RedisEngine {
     /// Records and publishes `message` (one atomic step in Redis); `once` makes a publish that
     /// several instances make (an inbound route) count once.
     func record(_ message: PublishedMessage, once: String?) -> EventLoopFuture<StreamPosition?> {
-        let window = history?.window(for: message.destination) ?? (100, .minutes(5))
-        let command = HistoryPublish(
-            key: naming.historyKey(forDestination: message.destination), payload: RedisEnvelope.encode(message, origin: instanceID),
-            maxLength: window.maxLength, ttlMilliseconds: window.ttl.nanoseconds / 1_000_000, once: once, sharded: redis.isCluster,
-            durable: durableRedis)
-        let start = NIODeadline.now()
-        let timer = publishTimer
-        return HistoryFunctions.call(command, on: redis)
-            .map { result in
-                timer.recordNanoseconds((NIODeadline.now() - start).nanoseconds)
-                return result.position
-            }
+        recordAsIs(message, once: once)
             .flatMapErrorThrowing { error in
                 self.publishFailures.add(1, ordering: .relaxed)
                 if RouteError.replyLost(error) {
@@ -54,17 +43,35 @@ extension RedisEngine {
             }
     }
 
+    /// ``record(_:once:)`` failing with the client's own error (``willPass(_:)`` can tell it).
+    private func recordAsIs(_ message: PublishedMessage, once: String?) -> EventLoopFuture<StreamPosition?> {
+        let window = history?.window(for: message.destination) ?? (100, .minutes(5))
+        let command = HistoryPublish(
+            key: naming.historyKey(forDestination: message.destination), payload: RedisEnvelope.encode(message, origin: instanceID),
+            maxLength: window.maxLength, ttlMilliseconds: window.ttl.nanoseconds / 1_000_000, once: once, sharded: redis.isCluster,
+            durable: durableRedis)
+        let start = NIODeadline.now()
+        let timer = publishTimer
+        return HistoryFunctions.call(command, on: redis).map { result in
+            timer.recordNanoseconds((NIODeadline.now() - start).nanoseconds)
+            return result.position
+        }
+    }
+
     /// Publishes a message of an inbound route: recorded once when its destination keeps
     /// history (`once` is the same on every instance), else delivered to this instance's
-    /// subscribers as before.
-    package func publishInbound(_ message: PublishedMessage, once: String) {
+    /// subscribers as before. Returns the recording (nil: delivered here); it fails with the
+    /// Redis client's own error, which ``willPass(_:)`` tells apart, and the caller decides
+    /// whether to try again (the same `once` records the message at most once).
+    @discardableResult
+    package func publishInbound(_ message: PublishedMessage, once: String) -> EventLoopFuture<Void>? {
         guard keepsHistory(message.destination) else {
             hub.deliver(message)
-            return
+            return nil
         }
-        record(message, once: once).whenFailure { error in
-            self.logger.log(
-                level: .warning, throttledBy: InputLogs.notRecorded, "inbound message not recorded", metadata: ["destination": "\(message.destination)", "error": "\(error)"])
+        return recordAsIs(message, once: once).map { _ in }.flatMapErrorThrowing { error in
+            self.publishFailures.add(1, ordering: .relaxed)
+            throw error
         }
     }
 

@@ -43,6 +43,10 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     package let messagesIn = Atomic<Int>(0)
     package let publishFailures = Atomic<Int>(0)
     package let malformedMessages = Atomic<Int>(0)
+    /// Inbound stream entries whose recording failed and was made again, and those given up
+    /// (``RedisInboundRoutes``).
+    package let inboundRecordRetries = Atomic<Int>(0)
+    package let inboundEntriesGivenUp = Atomic<Int>(0)
     let publishTimer = Metrics.Timer(label: "switchboard_redis_command_duration_seconds", dimensions: [("command", "PUBLISH")])
 
     /// One Redis subscription (channel or glob) held for local interest.

@@ -37,8 +37,15 @@ package final class RedisInboundRoutes: Sendable {
     /// The stream readers' dedicated connections, closed by ``stop()`` to end a blocking read.
     let readerConnections = NIOLockedValueBox<[ObjectIdentifier: RedisConnection]>([:])
     let onceTokens: InboundOnceTokens
+    /// How long a stream entry whose recording keeps failing, for a reason that will not pass
+    /// by itself, is tried before it is given up (``InboundStreamCursor``).
+    let giveUpAfter: Duration
 
-    package init(redis: GatewayRedis, engine: RedisEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, configuration: SessionConfiguration, logger: Logger) {
+    package init(
+        redis: GatewayRedis, engine: RedisEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, configuration: SessionConfiguration, logger: Logger,
+        giveUpAfter: Duration = .seconds(30)
+    ) {
+        self.giveUpAfter = giveUpAfter
         self.redis = redis
         self.engine = engine
         self.hub = hub
@@ -57,7 +64,8 @@ package final class RedisInboundRoutes: Sendable {
             switch route {
             case .channel(let channel, let destination):
                 let sub = try await redis.subscribe(to: [channel], kind: .channel) { [weak self] message in
-                    self?.deliver(destination: destination, body: message.payload, headers: ["content-type": "text/plain"])
+                    guard let self else { return }
+                    self.logFailure(of: self.deliver(destination: destination, body: message.payload, headers: ["content-type": "text/plain"]), destination: destination)
                 }
                 subscriptions.withLockedValue { $0.append(sub) }
             case .broadcast(let channel):
@@ -86,14 +94,16 @@ package final class RedisInboundRoutes: Sendable {
     /// Delivers an inbound message: recorded once in history when its destination keeps it
     /// (`once` names the message alike on every instance; by default a digest of the message
     /// and how many identical ones came before it, see ``InboundOnceTokens``), else delivered to
-    /// this instance's subscribers.
-    func deliver(destination: String, body: ByteBuffer, headers: STOMPHeaders, once: String? = nil) {
+    /// this instance's subscribers. Returns the recording (nil: nothing to wait for), failing
+    /// with the Redis client's error.
+    @discardableResult
+    func deliver(destination: String, body: ByteBuffer, headers: STOMPHeaders, once: String? = nil) -> EventLoopFuture<Void>? {
         let isUser = destination.hasPrefix(UserDestinations.routingPrefix)
         guard isUser || configuration.isBrokerDestination(destination), !destination.contains("*") else {
             logger.log(
                 level: .warning, throttledBy: InputLogs.notBroker, "inbound message for a destination that is not a broker destination dropped",
                 metadata: ["destination": "\(destination.prefix(200))"])
-            return
+            return nil
         }
         // The names every other entry point refuses (too long, control characters, not NFC:
         // Swift compares strings by canonical equivalence, history and Redis by bytes).
@@ -101,14 +111,23 @@ package final class RedisInboundRoutes: Sendable {
             logger.log(
                 level: .warning, throttledBy: InputLogs.badName, "inbound message dropped: its destination \(problem)",
                 metadata: ["destination": "\(destination.prefix(200))"])
-            return
+            return nil
         }
         let message = PublishedMessage(destination: destination, messageID: messageIDs.next(), headers: headers, body: body)
         guard engine.keepsHistory(destination) else {
             hub.deliver(message)
-            return
+            return nil
         }
-        engine.publishInbound(message, once: once ?? onceTokens.token(destination: destination, headers: headers, body: body))
+        return engine.publishInbound(message, once: once ?? onceTokens.token(destination: destination, headers: headers, body: body))
+    }
+
+    /// A Pub/Sub message is not read again: a failed recording is logged (every instance
+    /// failing alike means the message is lost; its subscribers see no gap).
+    private func logFailure(of recording: EventLoopFuture<Void>?, destination: String) {
+        recording?.whenFailure { error in
+            self.logger.log(
+                level: .warning, throttledBy: InputLogs.notRecorded, "inbound Pub/Sub message not recorded", metadata: ["destination": "\(destination)", "error": "\(error)"])
+        }
     }
 
     func onBroadcast(_ payload: ByteBuffer, channel: String) {
@@ -125,16 +144,19 @@ package final class RedisInboundRoutes: Sendable {
         }
         if let user = broadcast.user, !user.isEmpty {
             // {"user": "alice", "topic": "/queue/x", ...}: to alice's /user/queue/x sessions.
-            deliver(destination: UserDestinations.routing(user: user, destination: broadcast.topic), body: ByteBuffer(string: broadcast.message), headers: headers)
+            let destination = UserDestinations.routing(user: user, destination: broadcast.topic)
+            logFailure(of: deliver(destination: destination, body: ByteBuffer(string: broadcast.message), headers: headers), destination: destination)
         } else {
-            deliver(destination: broadcast.topic, body: ByteBuffer(string: broadcast.message), headers: headers)
+            logFailure(of: deliver(destination: broadcast.topic, body: ByteBuffer(string: broadcast.message), headers: headers), destination: broadcast.topic)
         }
     }
 
     /// Reads `stream` from where this instance last was, on a dedicated connection
-    /// (blocking reads must not stall the shared one). Starts at the stream's current end.
+    /// (blocking reads must not stall the shared one). Starts at the stream's current end. A
+    /// batch's entries are recorded in one go; the reader reads on once they are, and reads
+    /// again from an entry whose recording failed (``InboundStreamCursor``).
     func readStream(_ stream: String) async {
-        var lastID: String?
+        var cursor = InboundStreamCursor(giveUpAfter: giveUpAfter)
         var attempt = 0
         while !Task.isCancelled {
             do {
@@ -144,20 +166,35 @@ package final class RedisInboundRoutes: Sendable {
                     defer { readerConnections.withLockedValue { _ = $0.removeValue(forKey: key) } }
                     // Stopped while connecting: stop() may have closed the connections already.
                     if Task.isCancelled { return }
-                    if lastID == nil { lastID = try await Self.lastEntryID(stream, connection) }
+                    if cursor.lastID == nil { cursor.lastID = try await Self.lastEntryID(stream, connection) }
                     attempt = 0
                     while !Task.isCancelled {
-                        let result = try await connection.execute(XREAD(count: 256, blockMilliseconds: 2000, streams: [(stream, lastID!)]))
+                        let result = try await connection.execute(XREAD(count: 256, blockMilliseconds: 2000, streams: [(stream, cursor.lastID!)]))
                         guard let entries = result?[stream], !entries.isEmpty else { continue }
-                        for entry in entries {
-                            lastID = entry.id
-                            guard let topic = entry[field: "topic"].map({ String(buffer: $0) }), let body = entry[field: "message"] else {
-                                logger.log(
-                                    level: .warning, throttledBy: InputLogs.badStreamEntry, "stream entry without topic/message fields skipped",
-                                    metadata: ["stream": "\(stream)", "id": "\(entry.id)"])
-                                continue
+                        let recordings = entries.map { entry in (entry.id, cursor.needsRecording(entry.id) ? deliver(entry, of: stream) : nil) }
+                        var outcomes: [(id: String, outcome: InboundStreamCursor.Outcome)] = []
+                        for (id, recording) in recordings {
+                            do {
+                                try await recording?.get()
+                                outcomes.append((id, .done))
+                            } catch {
+                                outcomes.append((id, .failed(transient: RedisEngine.willPass(error), reason: "\(error)")))
                             }
-                            deliver(destination: topic, body: body, headers: ["content-type": "text/plain"], once: "\(stream):\(entry.id)")
+                        }
+                        switch cursor.batchDone(outcomes, at: .now) {
+                        case .readOn:
+                            continue
+                        case .retry(let id, let delay, let reason):
+                            engine.inboundRecordRetries.add(1, ordering: .relaxed)
+                            logger.log(
+                                level: .warning, throttledBy: InputLogs.notRecorded, "inbound stream entry not recorded; reading it again",
+                                metadata: ["stream": "\(stream)", "id": "\(id)", "retry-in": "\(delay)", "error": "\(reason)"])
+                            try await Task.sleep(for: delay)
+                        case .gaveUp(let id, let reason):
+                            engine.inboundEntriesGivenUp.add(1, ordering: .relaxed)
+                            logger.error(
+                                "inbound stream entry given up: redis kept refusing to record it",
+                                metadata: ["stream": "\(stream)", "id": "\(id)", "tried-for": "\(giveUpAfter)", "error": "\(reason)"])
                         }
                     }
                 }
@@ -169,6 +206,18 @@ package final class RedisInboundRoutes: Sendable {
                 try? await Task.sleep(for: .milliseconds(delay))
             }
         }
+    }
+
+    /// Delivers one stream entry (``deliver(destination:body:headers:once:)``); an entry
+    /// without the fields `topic` and `message` is skipped.
+    private func deliver(_ entry: RedisStreamEntry, of stream: String) -> EventLoopFuture<Void>? {
+        guard let topic = entry[field: "topic"].map({ String(buffer: $0) }), let body = entry[field: "message"] else {
+            logger.log(
+                level: .warning, throttledBy: InputLogs.badStreamEntry, "stream entry without topic/message fields skipped",
+                metadata: ["stream": "\(stream)", "id": "\(entry.id)"])
+            return nil
+        }
+        return deliver(destination: topic, body: body, headers: ["content-type": "text/plain"], once: "\(stream):\(entry.id)")
     }
 
     /// The id of the newest entry, or `0-0` for an empty or missing stream.

@@ -35,6 +35,9 @@ package final class RedisStreamGroups: Sendable {
         /// wait too, so one session's entries keep their order.
         var waiting = 0
         var lastError: String?
+        /// The last verification that succeeded, and on which connection: a SEND that finds
+        /// others still waiting after it goes behind them, not through another verification.
+        var lastPassed: (generation: Int, future: EventLoopFuture<[String]>)?
     }
 
     private let state = NIOLockedValueBox(State())
@@ -65,16 +68,27 @@ package final class RedisStreamGroups: Sendable {
 
     /// Runs `send` at once while the groups are verified; otherwise first verifies them
     /// (creating missing ones), then runs `send` on `eventLoop`. Fails if they cannot be verified.
+    ///
+    /// A SEND that comes while others still wait for a verification that has passed goes
+    /// behind them (their order is kept) without verifying again: after a reconnect under
+    /// steady traffic, SENDs kept coming while some waited, and each started a new round of
+    /// `XGROUP CREATE` before its `XADD`, for as long as the traffic lasted.
     func whenVerified<T: Sendable>(on eventLoop: any EventLoop, _ send: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
         let generation = self.redis.generation
-        let direct = self.state.withLockedValue { state -> Bool in
-            if state.verifiedGeneration == generation, state.waiting == 0 { return true }
+        let start = self.state.withLockedValue { state -> EventLoopFuture<[String]>?? in
+            if state.verifiedGeneration == generation {
+                if state.waiting == 0 { return .none }
+                if let passed = state.lastPassed, passed.generation == generation {
+                    state.waiting += 1
+                    return .some(passed.future)
+                }
+            }
             state.waiting += 1
-            return false
+            return .some(nil)
         }
-        if direct { return send() }
+        guard let behind = start else { return send() }
         let stream = self.stream
-        return self.verify().hop(to: eventLoop)
+        return (behind ?? self.verify()).hop(to: eventLoop)
             .flatMapErrorThrowing { error in
                 self.state.withLockedValue { $0.waiting -= 1 }
                 throw RouteError(.redisCommandFailed, "consumer groups of redis stream \(stream) could not be verified: \(error)")
@@ -134,6 +148,7 @@ package final class RedisStreamGroups: Sendable {
                 } else {
                     state.verifiedGeneration = generation
                     state.lastError = nil
+                    state.lastPassed = (generation, promise.futureResult)
                 }
             }
             if let failure { promise.fail(failure) } else { promise.succeed(created) }

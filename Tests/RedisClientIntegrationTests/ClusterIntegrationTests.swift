@@ -8,7 +8,7 @@ import Testing
 @testable import Redis
 
 /// Redis Cluster against real processes: 3 primaries and 3 replicas on free ports per test.
-@Suite("Real Redis Cluster", .serialized, .enabled(if: RedisClusterProcess.isAvailable, "redis-server/redis-cli not installed"))
+@Suite("Real Redis Cluster", .serialized, .enabled(if: RedisClusterProcess.isAvailable, "needs redis-server, redis-cli and glibc 2.34+"))
 struct ClusterIntegrationTests {
     func client(
         _ cluster: RedisClusterProcess, seeds: [RedisServerAddress]? = nil, configure: (inout RedisClusterConfiguration) -> Void = { _ in }

@@ -9,7 +9,7 @@ import Testing
 
 /// ``RedisClusterClient/send(_:)`` keeps the order of one slot's commands through redirects,
 /// against real processes (3 primaries, 3 replicas, free ports).
-@Suite("Real Redis Cluster: order per slot", .serialized, .enabled(if: RedisClusterProcess.isAvailable, "redis-server/redis-cli not installed"))
+@Suite("Real Redis Cluster: order per slot", .serialized, .enabled(if: RedisClusterProcess.isAvailable, "needs redis-server, redis-cli and glibc 2.34+"))
 struct ClusterOrderIntegrationTests {
     func client(_ cluster: RedisClusterProcess, retryDelay: TimeAmount = .milliseconds(20)) throws -> RedisClusterClient {
         var configuration = RedisConfiguration()

@@ -4,7 +4,7 @@ import Testing
 
 @testable import Redis
 
-@Suite("Replicated writes on a real primary and replica", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
+@Suite("Replicated writes on a real primary and replica", .enabled(if: RedisServerProcess.isAvailable, "needs redis-server and glibc 2.34+"))
 struct ReplicatedWriteIntegrationTests {
     @Test func aWriteIsOnTheReplicaWhenItSucceedsAndFailsWhileTheReplicaIsStopped() async throws {
         let primary = try await RedisServerProcess.start()

@@ -9,7 +9,7 @@ import Testing
 /// by `openssl` in a temporary directory.
 @Suite(
     "Real redis-server over TLS",
-    .enabled(if: RedisServerProcess.isAvailable && TestCertificates.openssl != nil, "redis-server or openssl not installed")
+    .enabled(if: RedisServerProcess.isAvailable && TestCertificates.openssl != nil, "needs redis-server, openssl and glibc 2.34+")
 )
 struct TLSIntegrationTests {
     /// The detail of the ``RedisClientError`` thrown by `body`, or a note of what happened instead.

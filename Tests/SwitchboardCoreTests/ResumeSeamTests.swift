@@ -49,9 +49,11 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
 
     /// A gateway on the pending engine (registered at e1:5) and a client that resumed from
     /// `from`: its replay waits for `engine.replay`.
-    static func resuming(from: String) throws -> (TestGateway, PendingReplayEngine, TestClient) {
+    static func resuming(from: String, maxPendingOutboundBytes: Int? = nil) throws -> (TestGateway, PendingReplayEngine, TestClient) {
         let box = EngineBox()
-        let gateway = TestGateway { hub in
+        var configuration = SessionConfiguration()
+        if let maxPendingOutboundBytes { configuration.maxPendingOutboundBytes = maxPendingOutboundBytes }
+        let gateway = TestGateway(configuration: configuration) { hub in
             let engine = PendingReplayEngine(hub: hub, through: StreamPosition(epoch: "e1", sequence: 5))
             box.value = engine
             return engine
@@ -93,6 +95,24 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         for n: UInt64 in 1...4 { gateway.hub.deliver(Self.message("e2", n)) }
         let frames = try client.frames()
         #expect(frames.filter { $0.command == .message }.map(\.bodyString) == (1...4).map { "e2:\($0)" })
+    }
+
+    /// Live messages held while the replay was read went past the session's limit in the very
+    /// turn the replay came back: the session failed as a slow consumer, yet the SUBSCRIBE's
+    /// RECEIPT still went out saying `x-recovered: true`, before the ERROR and without the
+    /// replay (a client taking the receipt's `x-position` as its resume point lost it).
+    @Test func aSessionFailingAsTheReplayArrivesSendsNoRecoveredReceipt() throws {
+        let (gateway, engine, client) = try Self.resuming(from: "e1:5", maxPendingOutboundBytes: 1024)
+        defer { gateway.shutdown() }
+        // Not flushed before the replay is answered (no loop turn between).
+        gateway.hub.deliver(
+            PublishedMessage(
+                destination: "/topic/h", messageID: "e1-6", headers: [:], body: ByteBuffer(repeating: UInt8(ascii: "x"), count: 2048),
+                position: StreamPosition(epoch: "e1", sequence: 6)))
+        engine.replay!.succeed(HistoryReplay(messages: [], recovered: true, position: StreamPosition(epoch: "e1", sequence: 5)))
+        let frames = try client.read().compactMap(\.frame)  // then the close
+        #expect(frames.map(\.command) == [.error], "\(frames.map { ($0.command, $0.headers) })")
+        #expect(frames.first?.headers["message"]?.hasPrefix("slow consumer") == true)
     }
 
     /// The same epoch: live copies after the registration position follow the replay, once each.
@@ -196,18 +216,8 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
     /// Held behind a resuming SUBSCRIBE past the pending-bytes limit: written early, the live
     /// messages came before the replay; the session ends as a slow consumer instead.
     @Test func liveMessagesPastTheLimitBehindAReplayEndTheSession() throws {
-        let box = EngineBox()
-        var configuration = SessionConfiguration()
-        configuration.maxPendingOutboundBytes = 4096
-        let gateway = TestGateway(configuration: configuration) { hub in
-            let engine = PendingReplayEngine(hub: hub, through: StreamPosition(epoch: "e1", sequence: 5))
-            box.value = engine
-            return engine
-        }
+        let (gateway, _, client) = try Self.resuming(from: "e1:2", maxPendingOutboundBytes: 4096)
         defer { gateway.shutdown() }
-        let client = try gateway.client()
-        _ = try client.connect()
-        try client.send(.subscribe, ["destination": "/topic/h", "id": "1", "receipt": "r", "x-resume-from": "e1:2"])
         let big = String(repeating: "x", count: 1_000)
         for n: UInt64 in 6...15 {
             gateway.hub.deliver(
@@ -221,6 +231,5 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         #expect(out.count == frames.count + 1, "the close follows the ERROR")
         #expect(frames.map(\.command) == [.error], "\(frames.map(\.command))")
         #expect(frames.first?.headers["message"]?.hasPrefix("slow consumer") == true, "\(frames)")
-        _ = box.value
     }
 }

@@ -1,6 +1,7 @@
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 import Testing
 
@@ -76,6 +77,23 @@ struct SessionCausalityTests {
         #expect(heartBeats >= 3, "\(heartBeats) heart-beats in 5 s")
         route.calls[0].promise.succeed([])
         #expect(try c.frames().map(\.command).first == .receipt)
+    }
+
+    /// Messages that arrived while pipelined SENDs ran were held behind the SEND answered
+    /// first: a reply caused by the third SEND went out right after the first one's RECEIPT.
+    @Test("a reply caused by a later pipelined SEND waits for that SEND's RECEIPT")
+    func laterSendsReplyWaitsForItsReceipt() throws {
+        let (gw, route, c, _) = try setUp(subscribedTo: "/topic/replies")
+        defer { gw.shutdown() }
+        for i in 1...3 { try c.send(.send, ["destination": "/app/in", "receipt": "r\(i)"], body: "\(i)") }
+        try #require(route.calls.count == 3)
+        // No loop turn between these: the reply's delivery is not flushed yet when the first
+        // SEND is answered (a busy loop's flush comes up to 10 ms later).
+        route.calls[2].promise.succeed([RouteReply(destination: "/topic/replies", body: ByteBuffer(string: "by s3"))])
+        route.calls[1].promise.succeed([])
+        route.calls[0].promise.succeed([])
+        let out = try c.frames()
+        #expect(out.map { $0.headers["receipt-id"] ?? $0.command.rawValue } == ["r1", "r2", "r3", "MESSAGE"], "\(out)")
     }
 
     @Test("messages that arrived before the SEND are not held behind it")

@@ -9,7 +9,7 @@ import SwitchboardWire
 import Testing
 
 /// Resumes of one destination at once share one history read, decoded once.
-@Suite(.enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
+@Suite(.enabled(if: RedisServerProcess.isAvailable, "needs redis-server and glibc 2.34+"))
 struct SharedResumeReadTests {
     @Test func resumesInFlightTogetherShareOneDecodedRead() async throws {
         let server = try await RedisServerProcess.start()

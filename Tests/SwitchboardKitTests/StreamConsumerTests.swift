@@ -8,7 +8,7 @@ import SwitchboardKit
 import SwitchboardWire
 import Testing
 
-@Suite("StreamConsumer against a real redis-server", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
+@Suite("StreamConsumer against a real redis-server", .enabled(if: RedisServerProcess.isAvailable, "needs redis-server and glibc 2.34+"))
 struct StreamConsumerTests {
     @Test func createsGroupHandlesGatewayEntryAndAcksAfterHandler() async throws {
         let server = try await RedisServerProcess.start()

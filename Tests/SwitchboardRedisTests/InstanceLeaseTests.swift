@@ -21,7 +21,7 @@ private struct RecordingLogHandler: LogHandler {
 }
 
 /// An instance's lease and the reaping of others (``InstanceLease``) against a real Redis.
-@Suite(.enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
+@Suite(.enabled(if: RedisServerProcess.isAvailable, "needs redis-server and glibc 2.34+"))
 struct InstanceLeaseTests {
     /// An instance started while Redis was down (its client's first connection is no
     /// reconnect) got through first when Redis came back, and reaped at once every instance

@@ -16,7 +16,7 @@ import Testing
 /// `connected` (`subscribed`) fact is stored, against a real redis-server and real sockets.
 /// `CLIENT PAUSE … WRITE` holds the gateway's `FCALL` back, so a frame that did not wait for
 /// Redis would come while the stream is still empty.
-@Suite("Lifecycle: CONNECTED after the fact is stored", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
+@Suite("Lifecycle: CONNECTED after the fact is stored", .enabled(if: RedisServerProcess.isAvailable, "needs redis-server and glibc 2.34+"))
 struct LifecycleConnectTests {
     @Test func connectedComesOnceTheConnectedEventAndPresenceAreInRedis() async throws {
         let gw = try await LifecycleTestGateway.start()

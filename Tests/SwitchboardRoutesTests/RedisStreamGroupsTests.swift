@@ -1,3 +1,5 @@
+import Dispatch
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Redis
@@ -7,7 +9,7 @@ import Testing
 @testable import SwitchboardRoutes
 
 /// The consumer groups of a Redis stream route, against a real redis-server.
-@Suite("Redis stream groups", .enabled(if: RedisServerProcess.isAvailable, "redis-server not installed"))
+@Suite("Redis stream groups", .enabled(if: RedisServerProcess.isAvailable, "needs redis-server and glibc 2.34+"))
 struct RedisStreamGroupsTests {
     /// Calls made while a verification is in flight join it: every call completes (none leaves a
     /// promise behind, which NIO traps on in debug builds), and the groups are created once.
@@ -29,5 +31,46 @@ struct RedisStreamGroupsTests {
         #expect(groups.isVerified && groups.notReadyReason == nil)
         #expect(try await groups.verify().get() == [], "both exist now")
         await client.shutdown()
+    }
+
+    /// A SEND that comes while another still waits for the verification that passed goes
+    /// behind it, in order, and starts no other verification (each SEND after a reconnect
+    /// verified again for as long as some were waiting).
+    @Test func aSendBehindOneStillWaitingDoesNotVerifyAgain() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let sessionLoops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let session = sessionLoops.next()
+        let groups = RedisStreamGroups(
+            stream: "app:orders", groups: ["billing", "audit"], redis: .single(client),
+            eventLoop: MultiThreadedEventLoopGroup.singleton.any())
+        let sent = NIOLockedValueBox<[String]>([])
+        @Sendable func send(_ name: String) -> EventLoopFuture<Void> {
+            sent.withLockedValue { $0.append(name) }
+            return session.makeSucceededVoidFuture()
+        }
+        // The session's loop is held: the first SEND's XADD waits there after its verification.
+        let release = DispatchSemaphore(value: 0)
+        session.execute { release.wait() }
+        let first = groups.whenVerified(on: session) { send("first") }
+        #expect(try await eventually { groups.isVerified })
+        let admin = try await server.connect()
+        @Sendable func xgroupCalls() async throws -> Int {
+            let info = "\(try await admin.execute(RawCommand("INFO", "commandstats")))"
+            guard let range = info.range(of: "cmdstat_xgroup|create:calls=") else { return 0 }
+            return Int(info[range.upperBound...].prefix { $0.isNumber }) ?? 0
+        }
+        let verifications = try await xgroupCalls()
+        #expect(verifications == 2)
+        let second = groups.whenVerified(on: session) { send("second") }
+        release.signal()
+        try await first.get()
+        try await second.get()
+        #expect(sent.withLockedValue { $0 } == ["first", "second"])
+        #expect(try await xgroupCalls() == verifications, "no second round of XGROUP CREATE")
+        await admin.close()
+        await client.shutdown()
+        try await sessionLoops.shutdownGracefully()
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import HTTPTypes
+import MetricsTestKit
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -184,6 +185,34 @@ extension PublishHandlerHarness {
         #expect(answers.map(\.status) == [413])
         #expect(answers.first?.head.headers["connection"] == ["close"])
         #expect(!h.channel.isActive)
+    }
+
+    /// A health check the handler answers itself announced a body over the limit: it got its
+    /// 100, uploaded it, and only then the 413.
+    @Test(arguments: ["/health/live", "/health/ready"])
+    func aHealthCheckAnnouncingABodyOverTheLimitIs413InsteadOf100(path: String) throws {
+        let h = try PublishHandlerHarness(maxBodyBytes: 64, readiness: { (.ok, ReadinessAnswer(status: "ready")) })
+        try h.head(.GET, path, contentLength: 100_000)
+        h.channel.embeddedEventLoop.run()
+        let answers = try h.written()
+        #expect(answers.map(\.status) == [413])
+        #expect(answers.first?.head.headers["connection"] == ["close"])
+        #expect(h.tasksOpened == 0 && h.recorder.parts.isEmpty)
+        #expect(!h.channel.isActive)
+    }
+
+    /// The answers named by no route ("body too large", "unmet expectation") are counted per
+    /// method: the first method seen was reused for every other.
+    @Test func refusalsAtTheHeadAreCountedByTheirOwnMethod() throws {
+        let factory = TestMetrics()
+        let metrics = HTTPRouteMetrics(factory: factory)
+        metrics.record(.announcedTooLarge(method: "GET"), status: .contentTooLarge, since: 0)
+        metrics.record(.announcedTooLarge(method: "PUT"), status: .contentTooLarge, since: 0)
+        metrics.record(.announcedTooLarge(method: "PUT"), status: .contentTooLarge, since: 0)
+        let counted = factory.counters(label: "hb.requests").map { counter in
+            (Dictionary(uniqueKeysWithValues: counter.dimensions)["http.request.method"] ?? "", counter.totalValue)
+        }
+        #expect(Dictionary(uniqueKeysWithValues: counted) == ["GET": 1, "PUT": 2])
     }
 
     @Test func aForwardedRequestAnnouncingABodyOverTheLimitIs413InsteadOf100() throws {

@@ -53,8 +53,15 @@ extension STOMPSessionHandler {
         case .sendReceipt(let receipt):
             sendReceipt(receipt)
         case .stepAnswered(let step, let receipt):
-            // What arrived while the step ran may have been caused by it: after its receipt.
-            if let buffer = takeUndelivered() { hold(buffer, behind: step, context: context) }
+            // What arrived while the step ran may have been caused by it, or by any step
+            // started since (pipelined): after the newest one's receipt.
+            let closing = machine.phase == .closed
+            if let buffer = takeUndelivered() { hold(buffer, behind: machine.newestStep, context: context) }
+            // Holding it went past the limit while a replay waits: the session failed (the
+            // ERROR goes out from the loop running the actions), and this step's receipt must
+            // not say its subscription recovered. (A session closing after its step in flight
+            // still sends that step's receipt.)
+            guard closing || machine.phase != .closed else { return }
             let outcome = subscribeOutcomes.isEmpty ? nil : subscribeOutcomes.removeValue(forKey: step)
             if let receipt { write(receiptFrame(receipt, outcome: outcome)) }
             // A resumed subscription's history, before the live messages held behind the step.

@@ -206,6 +206,10 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 answers.append(answer)
                 if endpoint.isHealth {
                     current = .answering(answer, key: nil, body: nil, failure: nil)
+                    // As below: refused before any of the body is read (no 100 for it).
+                    if NotificationPublisher.exceeds(contentLength: head.headers.first(name: "content-length"), limit: publisher.maxBodyBytes) {
+                        refuse(answer, failure: publisher.bodyTooLarge)
+                    }
                 } else {
                     var key: APIKeyStore.Key?
                     var failure: NotificationPublisher.Failure?

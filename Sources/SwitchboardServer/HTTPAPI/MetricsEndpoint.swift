@@ -154,6 +154,12 @@ final class MetricsEndpoint: Sendable {
             }
             counter("switchboard_redis_pubsub_messages_in_total", engine.messagesIn.load(ordering: .relaxed), help: "Pub/Sub messages received from Redis.")
             counter("switchboard_redis_publish_failures_total", engine.publishFailures.load(ordering: .relaxed), help: "Publishes Redis did not accept.")
+            counter(
+                "switchboard_redis_inbound_record_retries_total", engine.inboundRecordRetries.load(ordering: .relaxed),
+                help: "Inbound stream entries read again because their recording in history failed.")
+            counter(
+                "switchboard_redis_inbound_entries_given_up_total", engine.inboundEntriesGivenUp.load(ordering: .relaxed),
+                help: "Inbound stream entries given up: Redis refused to record them for 30 s, for a reason that does not pass by itself (an ACL, a script error).")
             counter("switchboard_redis_xadd_failures_total", RedisStreamRoute.failures.load(ordering: .relaxed), help: "XADDs of /app messages that failed.")
             counter(
                 "switchboard_redis_xadd_not_replicated_total", ReplicaAcknowledgement.failures.load(ordering: .relaxed),
