@@ -3,76 +3,142 @@
 ///
 /// The entries of a batch are recorded in one go (pipelined), then their outcomes are looked
 /// at in stream order:
-/// - The reader moves on past every entry up to the first whose recording failed, and reads
-///   again from there after a backoff. An entry is not lost because Redis refused or dropped
-///   its recording for a moment (a failover of the shard holding the history, a full command
-///   queue, an ACL, out of memory): the entries are still in the stream.
-/// - The entries after the failed one that were recorded are remembered and not recorded
-///   again (their `once` token would make a second recording a no-op only while Redis keeps it).
-/// - A failure that will pass by itself (``RedisEngine/willPass(_:)``: Redis unreachable, out of
-///   memory, read-only for a failover) is retried for as long as it lasts. Any other (an ACL
-///   refusal, a script error) is retried until the entry has been failing for `giveUpAfter`:
-///   then the entry is given up (counted and logged), so one entry Redis will never take does
-///   not hold back the stream.
+/// - The reader moves on past every entry up to the first whose recording failed and is to be
+///   tried again, and reads again from there after a backoff. An entry is not lost because
+///   Redis refused or dropped its recording for a moment (a failover of the shard holding the
+///   history, a full command queue, out of memory): the entries are still in the stream.
+/// - The entries after it that were recorded are remembered and not recorded again.
+/// - A failure that will pass by itself (``RedisEngine/willPass(_:)``) is retried while it
+///   lasts. Any other (an ACL, a script error, a key of the wrong type) is retried until the
+///   entry has been failing for `giveUpAfter` (the entries of a batch failing together expire
+///   together); then it is given up, counted and logged. Given up at once, without the wait:
+///   any such failure within `giveUpAfter` of the last give-up (Redis refuses for good), and any
+///   of a destination given up before with none of its entries recorded since. So what Redis
+///   will not take holds back the stream for `giveUpAfter` once, not per entry.
+/// - An entry older than `recordableFor` (by its id's time) is given up whatever the failure:
+///   the `once` token of a copy another instance recorded then is gone, and recording it now
+///   would deliver it twice.
 /// - An entry recorded after one that failed before it (a later entry of the same batch) is
 ///   numbered before it: the destination's order is then the order of recording, not the
 ///   stream's.
 struct InboundStreamCursor {
     /// An entry's outcome in one batch.
     enum Outcome: Equatable {
-        /// Recorded, delivered here, or skipped (not a message): the reader is done with it.
-        case done
-        /// Its recording failed; `transient` when the failure will pass by itself.
-        case failed(transient: Bool, reason: String)
+        /// Recorded (or delivered here) for `destination`, or skipped (not a message: nil).
+        case done(destination: String?)
+        /// Its recording for `destination` failed; `transient` when the failure will pass by itself.
+        case failed(destination: String, transient: Bool, reason: String)
     }
 
-    /// What the reader does next.
-    enum Next: Equatable {
-        /// Reads the next batch.
-        case readOn
-        /// Reads again from the failed entry after `delay`.
-        case retry(id: String, after: Duration, reason: String)
-        /// The entry `id` is given up; reads on after it.
-        case gaveUp(id: String, reason: String)
+    struct Entry: Equatable {
+        var id: String
+        var outcome: Outcome
+    }
+
+    /// What the reader does next: count and log the entries given up, then read again, at once
+    /// or (`retry`) from an entry whose recording failed after a delay.
+    struct Next: Equatable {
+        var givenUp: [(id: String, reason: String)] = []
+        var retry: (id: String, after: Duration, reason: String)?
+
+        static func == (a: Next, b: Next) -> Bool {
+            a.givenUp.map(\.id) == b.givenUp.map(\.id) && a.givenUp.map(\.reason) == b.givenUp.map(\.reason) && a.retry?.id == b.retry?.id
+                && a.retry?.after == b.retry?.after && a.retry?.reason == b.retry?.reason
+        }
     }
 
     /// The last entry done with; nil until the reader found the stream's end.
     var lastID: String?
     /// Entries after ``lastID`` the reader is done with already (recorded while one before
-    /// them failed): not recorded again.
+    /// them failed): not recorded again. Only ids of the last batch (the next starts before them).
     private(set) var doneAhead: Set<String> = []
-    /// The entry failing first in stream order: since when, and how many times in a row.
-    private(set) var failing: (id: String, since: ContinuousClock.Instant, attempts: Int)?
-    /// How long an entry whose recording keeps failing for a reason that will not pass by
-    /// itself is tried.
+    /// The entry retried, and how many times in a row.
+    private var retried: (id: String, attempts: Int)?
+    /// Entries of the last batch failing for a reason that does not pass by itself: since when.
+    private(set) var refusedSince: [String: ContinuousClock.Instant] = [:]
+    /// Destinations with an entry given up and none recorded since (at most
+    /// ``maxGivenUpDestinations``: the oldest go first).
+    private(set) var givenUpDestinations: [String: ContinuousClock.Instant] = [:]
+    /// The last give-up for a reason that does not pass by itself.
+    private var lastGiveUp: ContinuousClock.Instant?
+    /// How long an entry is retried while it fails for a reason that will not pass by itself.
     let giveUpAfter: Duration
+    /// How old an entry may be (its id's time) and still be recorded: less than the `once`
+    /// token's 10 minutes.
+    let recordableFor: Duration
+    static let maxGivenUpDestinations = 10_000
 
-    init(giveUpAfter: Duration = .seconds(30)) { self.giveUpAfter = giveUpAfter }
+    init(giveUpAfter: Duration = .seconds(30), recordableFor: Duration = .seconds(540)) {
+        self.giveUpAfter = giveUpAfter
+        self.recordableFor = recordableFor
+    }
 
     /// Whether the entry must be recorded (false: done with already).
     func needsRecording(_ id: String) -> Bool { !doneAhead.contains(id) }
 
-    /// The outcomes of a batch's entries, in stream order.
-    mutating func batchDone(_ outcomes: [(id: String, outcome: Outcome)], at now: ContinuousClock.Instant) -> Next {
-        guard let first = outcomes.firstIndex(where: { $0.outcome != .done }) else {
-            if let last = outcomes.last { lastID = last.id }
+    /// The outcomes of a batch's entries, in stream order; `now` on the monotonic clock,
+    /// `wallMilliseconds` on the clock of the entries' ids (Unix time).
+    mutating func batchDone(_ entries: [Entry], at now: ContinuousClock.Instant, wallMilliseconds: Int64) -> Next {
+        var next = Next()
+        var stop: Int?
+        var refused: [String: ContinuousClock.Instant] = [:]
+        for (index, entry) in entries.enumerated() {
+            switch entry.outcome {
+            case .done(let destination):
+                if let destination { givenUpDestinations[destination] = nil }
+            case .failed(let destination, let transient, let reason):
+                if !transient { refused[entry.id] = refusedSince[entry.id] ?? now }
+                guard stop == nil else { continue }
+                if let age = Self.age(of: entry.id, wallMilliseconds: wallMilliseconds), age >= recordableFor {
+                    next.givenUp.append((entry.id, "older than \(recordableFor) and not recorded: \(reason)"))
+                } else if !transient, let why = giveUpReason(entry.id, destination, since: refused[entry.id]!, now: now) {
+                    next.givenUp.append((entry.id, "\(why): \(reason)"))
+                    lastGiveUp = now
+                    remember(destination, now: now)
+                } else {
+                    stop = index
+                }
+            }
+        }
+        // Only the entries of this batch: the next starts at the entry retried, or after.
+        refusedSince = refused
+        guard let stop else {
+            if let last = entries.last { lastID = last.id }
             doneAhead = []
-            failing = nil
-            return .readOn
+            retried = nil
+            return next
         }
-        if first > 0 { lastID = outcomes[first - 1].id }
-        let failed = outcomes[first]
-        for later in outcomes[(first + 1)...] where later.outcome == .done { doneAhead.insert(later.id) }
-        guard case .failed(let transient, let reason) = failed.outcome else { return .readOn }
-        let attempts = failing?.id == failed.id ? failing!.attempts + 1 : 1
-        let since = failing?.id == failed.id ? failing!.since : now
-        if !transient && now - since >= giveUpAfter {
-            lastID = failed.id
-            failing = nil
-            return .gaveUp(id: failed.id, reason: reason)
+        if stop > 0 { lastID = entries[stop - 1].id }
+        let failed = entries[stop]
+        doneAhead = Set(entries[(stop + 1)...].lazy.filter { if case .done = $0.outcome { true } else { false } }.map(\.id))
+        let attempts = retried?.id == failed.id ? retried!.attempts + 1 : 1
+        retried = (failed.id, attempts)
+        guard case .failed(_, _, let reason) = failed.outcome else { return next }
+        next.retry = (failed.id, Self.retryDelay(afterAttempts: attempts), reason)
+        return next
+    }
+
+    /// Why an entry failing for a reason that does not pass by itself is given up now, or nil.
+    private func giveUpReason(_ id: String, _ destination: String, since: ContinuousClock.Instant, now: ContinuousClock.Instant) -> String? {
+        if now - since >= giveUpAfter { return "refused for \(giveUpAfter) or more" }
+        if let last = lastGiveUp, now - last < giveUpAfter { return "refused like the entry given up \(now - last) ago" }
+        if givenUpDestinations[destination] != nil { return "refused like the entries of its destination given up before" }
+        return nil
+    }
+
+    private mutating func remember(_ destination: String, now: ContinuousClock.Instant) {
+        if givenUpDestinations[destination] == nil, givenUpDestinations.count >= Self.maxGivenUpDestinations,
+            let oldest = givenUpDestinations.min(by: { $0.value < $1.value })?.key
+        {
+            givenUpDestinations[oldest] = nil
         }
-        failing = (failed.id, since, attempts)
-        return .retry(id: failed.id, after: Self.retryDelay(afterAttempts: attempts), reason: reason)
+        givenUpDestinations[destination] = now
+    }
+
+    /// How old entry `id` (`<unix-ms>-<n>`) is; nil for an id not of that form.
+    static func age(of id: String, wallMilliseconds: Int64) -> Duration? {
+        guard let dash = id.firstIndex(of: "-"), let millis = Int64(id[..<dash]) else { return nil }
+        return .milliseconds(wallMilliseconds - millis)
     }
 
     /// 100 ms after the first failure of an entry, doubled per failure, at most 5 s.

@@ -171,30 +171,32 @@ package final class RedisInboundRoutes: Sendable {
                     while !Task.isCancelled {
                         let result = try await connection.execute(XREAD(count: 256, blockMilliseconds: 2000, streams: [(stream, cursor.lastID!)]))
                         guard let entries = result?[stream], !entries.isEmpty else { continue }
-                        let recordings = entries.map { entry in (entry.id, cursor.needsRecording(entry.id) ? deliver(entry, of: stream) : nil) }
-                        var outcomes: [(id: String, outcome: InboundStreamCursor.Outcome)] = []
-                        for (id, recording) in recordings {
+                        let recordings = entries.map { entry in
+                            (entry.id, cursor.needsRecording(entry.id) ? deliver(entry, of: stream) : (destination: nil, recording: nil))
+                        }
+                        var outcomes: [InboundStreamCursor.Entry] = []
+                        for (id, (destination, recording)) in recordings {
                             do {
                                 try await recording?.get()
-                                outcomes.append((id, .done))
+                                outcomes.append(.init(id: id, outcome: .done(destination: destination)))
                             } catch {
-                                outcomes.append((id, .failed(transient: RedisEngine.willPass(error), reason: "\(error)")))
+                                let transient = RedisEngine.willPass(error)
+                                outcomes.append(.init(id: id, outcome: .failed(destination: destination ?? "", transient: transient, reason: "\(error)")))
                             }
                         }
-                        switch cursor.batchDone(outcomes, at: .now) {
-                        case .readOn:
-                            continue
-                        case .retry(let id, let delay, let reason):
+                        let next = cursor.batchDone(outcomes, at: .now, wallMilliseconds: Int64(Date().timeIntervalSince1970 * 1000))
+                        for (id, reason) in next.givenUp {
+                            engine.inboundEntriesGivenUp.add(1, ordering: .relaxed)
+                            logger.log(
+                                level: .error, throttledBy: InputLogs.notRecorded, "inbound stream entry given up: redis did not record it",
+                                metadata: ["stream": "\(stream)", "id": "\(id)", "error": "\(reason)"])
+                        }
+                        if let (id, delay, reason) = next.retry {
                             engine.inboundRecordRetries.add(1, ordering: .relaxed)
                             logger.log(
                                 level: .warning, throttledBy: InputLogs.notRecorded, "inbound stream entry not recorded; reading it again",
                                 metadata: ["stream": "\(stream)", "id": "\(id)", "retry-in": "\(delay)", "error": "\(reason)"])
                             try await Task.sleep(for: delay)
-                        case .gaveUp(let id, let reason):
-                            engine.inboundEntriesGivenUp.add(1, ordering: .relaxed)
-                            logger.error(
-                                "inbound stream entry given up: redis kept refusing to record it",
-                                metadata: ["stream": "\(stream)", "id": "\(id)", "tried-for": "\(giveUpAfter)", "error": "\(reason)"])
                         }
                     }
                 }
@@ -208,16 +210,16 @@ package final class RedisInboundRoutes: Sendable {
         }
     }
 
-    /// Delivers one stream entry (``deliver(destination:body:headers:once:)``); an entry
-    /// without the fields `topic` and `message` is skipped.
-    private func deliver(_ entry: RedisStreamEntry, of stream: String) -> EventLoopFuture<Void>? {
+    /// Delivers one stream entry (``deliver(destination:body:headers:once:)``) and says to
+    /// which destination; an entry without the fields `topic` and `message` is skipped.
+    private func deliver(_ entry: RedisStreamEntry, of stream: String) -> (destination: String?, recording: EventLoopFuture<Void>?) {
         guard let topic = entry[field: "topic"].map({ String(buffer: $0) }), let body = entry[field: "message"] else {
             logger.log(
                 level: .warning, throttledBy: InputLogs.badStreamEntry, "stream entry without topic/message fields skipped",
                 metadata: ["stream": "\(stream)", "id": "\(entry.id)"])
-            return nil
+            return (nil, nil)
         }
-        return deliver(destination: topic, body: body, headers: ["content-type": "text/plain"], once: "\(stream):\(entry.id)")
+        return (topic, deliver(destination: topic, body: body, headers: ["content-type": "text/plain"], once: "\(stream):\(entry.id)"))
     }
 
     /// The id of the newest entry, or `0-0` for an empty or missing stream.

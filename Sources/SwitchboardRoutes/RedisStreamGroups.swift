@@ -75,20 +75,18 @@ package final class RedisStreamGroups: Sendable {
     /// `XGROUP CREATE` before its `XADD`, for as long as the traffic lasted.
     func whenVerified<T: Sendable>(on eventLoop: any EventLoop, _ send: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
         let generation = self.redis.generation
-        let start = self.state.withLockedValue { state -> EventLoopFuture<[String]>?? in
-            if state.verifiedGeneration == generation {
-                if state.waiting == 0 { return .none }
-                if let passed = state.lastPassed, passed.generation == generation {
-                    state.waiting += 1
-                    return .some(passed.future)
-                }
-            }
+        // Chosen in one locked section: a verification finishing between two let a SEND go
+        // behind it while the SEND before it had started another, and overtake that one.
+        let start = self.state.withLockedValue { state -> VerificationStart? in
+            let verified = state.verifiedGeneration == generation
+            if verified, state.waiting == 0 { return nil }
             state.waiting += 1
-            return .some(nil)
+            if state.inFlight == nil, verified, let passed = state.lastPassed, passed.generation == generation { return .joined(passed.future) }
+            return self.joinOrStart(&state)
         }
-        guard let behind = start else { return send() }
+        guard let start else { return send() }
         let stream = self.stream
-        return (behind ?? self.verify()).hop(to: eventLoop)
+        return self.run(start, generation: generation).hop(to: eventLoop)
             .flatMapErrorThrowing { error in
                 self.state.withLockedValue { $0.waiting -= 1 }
                 throw RouteError(.redisCommandFailed, "consumer groups of redis stream \(stream) could not be verified: \(error)")
@@ -100,25 +98,32 @@ package final class RedisStreamGroups: Sendable {
             }
     }
 
-    /// Whether a call starts a verification or joins the one in flight.
+    /// Whether a call starts a verification or joins the one in flight (or the last passed).
     private enum VerificationStart {
         case started(EventLoopPromise<[String]>)
         case joined(EventLoopFuture<[String]>)
+    }
+
+    /// Joins the verification in flight, or starts one. The promise is made only by the call
+    /// that starts a verification: one made and then dropped because another call's is in
+    /// flight would never be completed (a leak NIO traps on in debug builds).
+    private func joinOrStart(_ state: inout State) -> VerificationStart {
+        if let inFlight = state.inFlight { return .joined(inFlight) }
+        let promise = self.eventLoop.makePromise(of: [String].self)
+        state.inFlight = promise.futureResult
+        return .started(promise)
     }
 
     /// Creates the groups that are missing (one verification at a time). The future gives the
     /// groups that had to be created.
     func verify() -> EventLoopFuture<[String]> {
         let generation = self.redis.generation
-        // The promise is made only by the call that starts a verification: one made and then
-        // dropped because another call's is in flight would never be completed (a leak NIO
-        // traps on in debug builds).
-        let start = self.state.withLockedValue { state -> VerificationStart in
-            if let inFlight = state.inFlight { return .joined(inFlight) }
-            let promise = self.eventLoop.makePromise(of: [String].self)
-            state.inFlight = promise.futureResult
-            return .started(promise)
-        }
+        return self.run(self.state.withLockedValue { self.joinOrStart(&$0) }, generation: generation)
+    }
+
+    /// Sends the verification `start` started (`XGROUP CREATE` of each group) on the
+    /// connection of `generation`; the future of the one joined as it is.
+    private func run(_ start: VerificationStart, generation: Int) -> EventLoopFuture<[String]> {
         let promise: EventLoopPromise<[String]>
         switch start {
         case .started(let made): promise = made

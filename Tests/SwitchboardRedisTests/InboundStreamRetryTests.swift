@@ -12,51 +12,89 @@ import Testing
 /// succeeded: an entry Redis refused to record for a while is read and recorded again, not lost
 /// with no gap to show it (every instance fails alike, so nobody records it).
 struct InboundStreamCursorTests {
+    typealias Entry = InboundStreamCursor.Entry
     let start = ContinuousClock.now
+    /// The entries' ids are `<wall>-<n>`: as old as the wall clock says.
+    let wall: Int64 = 1_800_000_000_000
+
+    func done(_ n: Int, _ destination: String = "/topic/a") -> Entry { Entry(id: "\(wall)-\(n)", outcome: .done(destination: destination)) }
+    func failed(_ n: Int, _ destination: String = "/topic/a", transient: Bool = true, _ reason: String = "connection closed") -> Entry {
+        Entry(id: "\(wall)-\(n)", outcome: .failed(destination: destination, transient: transient, reason: reason))
+    }
+    func retry(_ n: Int, _ delay: Duration, _ reason: String = "connection closed") -> InboundStreamCursor.Next {
+        InboundStreamCursor.Next(retry: ("\(wall)-\(n)", delay, reason))
+    }
+    func cursor(giveUpAfter: Duration = .seconds(30)) -> InboundStreamCursor {
+        var cursor = InboundStreamCursor(giveUpAfter: giveUpAfter)
+        cursor.lastID = "\(wall)-0"
+        return cursor
+    }
 
     @Test func aBatchRecordedInFullIsReadPast() {
-        var cursor = InboundStreamCursor()
-        cursor.lastID = "0-0"
-        #expect(cursor.batchDone([("1-0", .done), ("2-0", .done)], at: start) == .readOn)
-        #expect(cursor.lastID == "2-0")
+        var cursor = cursor()
+        #expect(cursor.batchDone([done(1), done(2)], at: start, wallMilliseconds: wall) == .init())
+        #expect(cursor.lastID == "\(wall)-2")
     }
 
     @Test func theReaderStopsAtTheFirstFailureAndRemembersWhatWasRecordedAfterIt() {
-        var cursor = InboundStreamCursor()
-        cursor.lastID = "0-0"
-        let failed = InboundStreamCursor.Outcome.failed(transient: true, reason: "connection closed")
-        let next = cursor.batchDone([("1-0", .done), ("2-0", failed), ("3-0", .done), ("4-0", failed)], at: start)
-        #expect(next == .retry(id: "2-0", after: .milliseconds(100), reason: "connection closed"))
-        #expect(cursor.lastID == "1-0")
-        #expect(!cursor.needsRecording("3-0") && cursor.needsRecording("2-0") && cursor.needsRecording("4-0"))
-        // Read again from 2-0: 3-0 is not recorded again (its outcome is `done`).
-        let again = cursor.batchDone([("2-0", failed), ("3-0", .done), ("4-0", .done)], at: start + .seconds(1))
-        #expect(again == .retry(id: "2-0", after: .milliseconds(200), reason: "connection closed"))
-        #expect(cursor.batchDone([("2-0", .done), ("3-0", .done), ("4-0", .done)], at: start + .seconds(2)) == .readOn)
-        #expect(cursor.lastID == "4-0" && cursor.needsRecording("3-0"))
+        var cursor = cursor()
+        #expect(cursor.batchDone([done(1), failed(2), done(3), failed(4)], at: start, wallMilliseconds: wall) == retry(2, .milliseconds(100)))
+        #expect(cursor.lastID == "\(wall)-1")
+        #expect(!cursor.needsRecording("\(wall)-3") && cursor.needsRecording("\(wall)-2") && cursor.needsRecording("\(wall)-4"))
+        // Read again from 2: 3 is not recorded again (its outcome is `done`).
+        #expect(cursor.batchDone([failed(2), done(3), done(4)], at: start + .seconds(1), wallMilliseconds: wall) == retry(2, .milliseconds(200)))
+        #expect(cursor.batchDone([done(2), done(3), done(4)], at: start + .seconds(2), wallMilliseconds: wall) == .init())
+        #expect(cursor.lastID == "\(wall)-4" && cursor.needsRecording("\(wall)-3"))
     }
 
-    @Test func aFailureThatWillPassIsRetriedForAsLongAsItLasts() {
-        var cursor = InboundStreamCursor(giveUpAfter: .seconds(30))
-        cursor.lastID = "0-0"
-        var next = InboundStreamCursor.Next.readOn
-        for minute in 0..<10 {
-            next = cursor.batchDone([("1-0", .failed(transient: true, reason: "OOM"))], at: start + .seconds(60 * minute))
+    @Test func aFailureThatWillPassIsRetriedWhileTheEntryCanStillBeRecordedOnce() {
+        var cursor = cursor()
+        var next = InboundStreamCursor.Next()
+        for minute in 0..<9 {
+            next = cursor.batchDone([failed(1, transient: true, "OOM")], at: start + .seconds(60 * minute), wallMilliseconds: wall + Int64(minute) * 59_000)
         }
-        #expect(next == .retry(id: "1-0", after: .seconds(5), reason: "OOM"))
-        #expect(cursor.lastID == "0-0")
+        #expect(next == retry(1, .seconds(5), "OOM"))
+        #expect(cursor.lastID == "\(wall)-0")
+        // Past 9 minutes, a copy another instance recorded may have lost its `once` token.
+        next = cursor.batchDone([failed(1, transient: true, "OOM"), done(2)], at: start + .seconds(600), wallMilliseconds: wall + 540_000)
+        #expect(next.givenUp.map(\.id) == ["\(wall)-1"] && next.retry == nil)
+        #expect(cursor.lastID == "\(wall)-2")
     }
 
-    @Test func anEntryRefusedForGoodIsGivenUpAfterItsTime() {
-        var cursor = InboundStreamCursor(giveUpAfter: .seconds(30))
-        cursor.lastID = "0-0"
-        let refused = InboundStreamCursor.Outcome.failed(transient: false, reason: "NOPERM")
-        #expect(cursor.batchDone([("1-0", refused), ("2-0", .done)], at: start) == .retry(id: "1-0", after: .milliseconds(100), reason: "NOPERM"))
-        #expect(cursor.batchDone([("1-0", refused)], at: start + .seconds(29)) == .retry(id: "1-0", after: .milliseconds(200), reason: "NOPERM"))
-        #expect(cursor.batchDone([("1-0", refused)], at: start + .seconds(30)) == .gaveUp(id: "1-0", reason: "NOPERM"))
-        #expect(cursor.lastID == "1-0" && !cursor.needsRecording("2-0"))
-        // The next entry failing starts its own clock.
-        #expect(cursor.batchDone([("3-0", refused)], at: start + .seconds(31)) == .retry(id: "3-0", after: .milliseconds(100), reason: "NOPERM"))
+    @Test func entriesRefusedForGoodAreGivenUpTogetherAfterTheirTime() {
+        var cursor = cursor()
+        let refused = [failed(1, "/topic/a", transient: false, "NOPERM"), done(2, "/topic/b"), failed(3, "/topic/c", transient: false, "NOPERM")]
+        #expect(cursor.batchDone(refused, at: start, wallMilliseconds: wall) == retry(1, .milliseconds(100), "NOPERM"))
+        #expect(cursor.batchDone(refused, at: start + .seconds(29), wallMilliseconds: wall) == retry(1, .milliseconds(200), "NOPERM"))
+        // 1 and 3 failed together: both go at once, not 30 s each.
+        let next = cursor.batchDone(refused, at: start + .seconds(30), wallMilliseconds: wall)
+        #expect(next.givenUp.map(\.id) == ["\(wall)-1", "\(wall)-3"] && next.retry == nil)
+        #expect(cursor.lastID == "\(wall)-3")
+    }
+
+    @Test func afterAGiveUpTheNextRefusalsAreGivenUpAtOnce() {
+        var cursor = cursor()
+        #expect(cursor.batchDone([failed(1, "/topic/a", transient: false, "NOPERM")], at: start, wallMilliseconds: wall).retry != nil)
+        #expect(cursor.batchDone([failed(1, "/topic/a", transient: false, "NOPERM")], at: start + .seconds(30), wallMilliseconds: wall).givenUp.count == 1)
+        // Another destination refused within 30 s of the last give-up: at once.
+        #expect(cursor.batchDone([failed(2, "/topic/b", transient: false, "NOPERM")], at: start + .seconds(50), wallMilliseconds: wall).givenUp.count == 1)
+        // The destination given up before: at once, later too, until one of its entries is recorded.
+        #expect(cursor.batchDone([failed(3, "/topic/a", transient: false, "WRONGTYPE")], at: start + .seconds(300), wallMilliseconds: wall).givenUp.count == 1)
+        #expect(cursor.batchDone([done(4, "/topic/a")], at: start + .seconds(301), wallMilliseconds: wall) == .init())
+        let again = cursor.batchDone([failed(5, "/topic/a", transient: false, "WRONGTYPE")], at: start + .seconds(400), wallMilliseconds: wall)
+        #expect(again == retry(5, .milliseconds(100), "WRONGTYPE"))
+        // A transient failure is never given up for the refusals before it.
+        #expect(cursor.batchDone([failed(5, "/topic/a", transient: true, "OOM")], at: start + .seconds(401), wallMilliseconds: wall).retry != nil)
+    }
+
+    @Test func onlyTheLastBatchIsRemembered() {
+        var cursor = cursor()
+        #expect(cursor.batchDone([failed(1), done(2), done(3)], at: start, wallMilliseconds: wall).retry != nil)
+        #expect(cursor.doneAhead.count == 2)
+        #expect(cursor.batchDone([done(1), failed(2, transient: false, "NOPERM"), done(3)], at: start, wallMilliseconds: wall).retry != nil)
+        #expect(cursor.doneAhead == ["\(wall)-3"] && cursor.refusedSince.count == 1)
+        #expect(cursor.batchDone([done(2), done(3)], at: start, wallMilliseconds: wall) == .init())
+        #expect(cursor.doneAhead.isEmpty && cursor.refusedSince.isEmpty)
     }
 
     @Test func retryDelaysDoubleUpToFiveSeconds() {

@@ -53,6 +53,8 @@ struct RedisStreamGroupsTests {
         // The session's loop is held: the first SEND's XADD waits there after its verification.
         let release = DispatchSemaphore(value: 0)
         session.execute { release.wait() }
+        var released = false
+        defer { if !released { release.signal() } }
         let first = groups.whenVerified(on: session) { send("first") }
         #expect(try await eventually { groups.isVerified })
         let admin = try await server.connect()
@@ -65,6 +67,7 @@ struct RedisStreamGroupsTests {
         #expect(verifications == 2)
         let second = groups.whenVerified(on: session) { send("second") }
         release.signal()
+        released = true
         try await first.get()
         try await second.get()
         #expect(sent.withLockedValue { $0 } == ["first", "second"])

@@ -159,7 +159,9 @@ final class MetricsEndpoint: Sendable {
                 help: "Inbound stream entries read again because their recording in history failed.")
             counter(
                 "switchboard_redis_inbound_entries_given_up_total", engine.inboundEntriesGivenUp.load(ordering: .relaxed),
-                help: "Inbound stream entries given up: Redis refused to record them for 30 s, for a reason that does not pass by itself (an ACL, a script error).")
+                help:
+                    "Inbound stream entries given up: Redis refused to record them for 30 s for a reason that does not pass by itself (an ACL, a script error), or they were 9 minutes old and still not recorded."
+            )
             counter("switchboard_redis_xadd_failures_total", RedisStreamRoute.failures.load(ordering: .relaxed), help: "XADDs of /app messages that failed.")
             counter(
                 "switchboard_redis_xadd_not_replicated_total", ReplicaAcknowledgement.failures.load(ordering: .relaxed),
