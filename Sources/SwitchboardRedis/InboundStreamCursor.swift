@@ -8,16 +8,18 @@
 ///   Redis refused or dropped its recording for a moment (a failover of the shard holding the
 ///   history, a full command queue, out of memory): the entries are still in the stream.
 /// - The entries after it that were recorded are remembered and not recorded again.
-/// - A failure that will pass by itself (``RedisEngine/willPass(_:)``) is retried while it
-///   lasts. Any other (an ACL, a script error, a key of the wrong type) is retried until the
-///   entry has been failing for `giveUpAfter` (the entries of a batch failing together expire
-///   together); then it is given up, counted and logged. Given up at once, without the wait:
-///   any such failure within `giveUpAfter` of the last give-up (Redis refuses for good), and any
-///   of a destination given up before with none of its entries recorded since. So what Redis
-///   will not take holds back the stream for `giveUpAfter` once, not per entry.
-/// - An entry older than `recordableFor` (by its id's time) is given up whatever the failure:
-///   the `once` token of a copy another instance recorded then is gone, and recording it now
-///   would deliver it twice.
+/// - A failure that will pass by itself (``RedisEngine/willPass(_:)``) is retried until the
+///   entry is `recordableFor` old (below). Any other (an ACL, a script error, a key of the wrong
+///   type) is retried until the entry has been failing for `giveUpAfter` (the entries of a
+///   batch failing together expire together); then it is given up, counted and logged. Given
+///   up at once, without the wait: any such failure within `giveUpAfter` of an entry given up
+///   after failing so for `giveUpAfter` (Redis refuses for good), and any of a destination
+///   given up before with none of its entries recorded since. So what Redis will not take holds
+///   back the stream for `giveUpAfter` once, not per entry.
+/// - A failed entry older than `recordableFor` (its id's time against Redis's `TIME`) is given
+///   up whatever the failure: the `once` token of a copy another instance recorded then is
+///   gone, and recording it now would deliver it twice. An id whose time is not a plausible
+///   Unix time (`1-1`: the producer numbers its entries) has no age.
 /// - An entry recorded after one that failed before it (a later entry of the same batch) is
 ///   numbered before it: the destination's order is then the order of recording, not the
 ///   stream's.
@@ -77,8 +79,9 @@ struct InboundStreamCursor {
     func needsRecording(_ id: String) -> Bool { !doneAhead.contains(id) }
 
     /// The outcomes of a batch's entries, in stream order; `now` on the monotonic clock,
-    /// `wallMilliseconds` on the clock of the entries' ids (Unix time).
-    mutating func batchDone(_ entries: [Entry], at now: ContinuousClock.Instant, wallMilliseconds: Int64) -> Next {
+    /// `wallMilliseconds` on the clock of the entries' ids (Redis's `TIME`; nil: unknown, no
+    /// entry is given up for its age).
+    mutating func batchDone(_ entries: [Entry], at now: ContinuousClock.Instant, wallMilliseconds: Int64?) -> Next {
         var next = Next()
         var stop: Int?
         var refused: [String: ContinuousClock.Instant] = [:]
@@ -89,11 +92,13 @@ struct InboundStreamCursor {
             case .failed(let destination, let transient, let reason):
                 if !transient { refused[entry.id] = refusedSince[entry.id] ?? now }
                 guard stop == nil else { continue }
-                if let age = Self.age(of: entry.id, wallMilliseconds: wallMilliseconds), age >= recordableFor {
+                if let wallMilliseconds, let age = Self.age(of: entry.id, wallMilliseconds: wallMilliseconds), age >= recordableFor {
                     next.givenUp.append((entry.id, "older than \(recordableFor) and not recorded: \(reason)"))
-                } else if !transient, let why = giveUpReason(entry.id, destination, since: refused[entry.id]!, now: now) {
+                } else if !transient, let (why, timedOut) = giveUpReason(destination, since: refused[entry.id]!, now: now) {
                     next.givenUp.append((entry.id, "\(why): \(reason)"))
-                    lastGiveUp = now
+                    // Only an entry that failed for the whole time opens the window: one given
+                    // up at once (its destination's) would keep it open for every other.
+                    if timedOut { lastGiveUp = now }
                     remember(destination, now: now)
                 } else {
                     stop = index
@@ -118,11 +123,12 @@ struct InboundStreamCursor {
         return next
     }
 
-    /// Why an entry failing for a reason that does not pass by itself is given up now, or nil.
-    private func giveUpReason(_ id: String, _ destination: String, since: ContinuousClock.Instant, now: ContinuousClock.Instant) -> String? {
-        if now - since >= giveUpAfter { return "refused for \(giveUpAfter) or more" }
-        if let last = lastGiveUp, now - last < giveUpAfter { return "refused like the entry given up \(now - last) ago" }
-        if givenUpDestinations[destination] != nil { return "refused like the entries of its destination given up before" }
+    /// Why an entry failing for a reason that does not pass by itself is given up now, and
+    /// whether it failed for `giveUpAfter`; nil: not yet.
+    private func giveUpReason(_ destination: String, since: ContinuousClock.Instant, now: ContinuousClock.Instant) -> (String, timedOut: Bool)? {
+        if now - since >= giveUpAfter { return ("refused for \(giveUpAfter) or more", true) }
+        if let last = lastGiveUp, now - last < giveUpAfter { return ("refused \(now - last) after an entry refused for \(giveUpAfter)", false) }
+        if givenUpDestinations[destination] != nil { return ("refused like the entries of its destination given up before", false) }
         return nil
     }
 
@@ -135,9 +141,10 @@ struct InboundStreamCursor {
         givenUpDestinations[destination] = now
     }
 
-    /// How old entry `id` (`<unix-ms>-<n>`) is; nil for an id not of that form.
+    /// How old entry `id` (`<unix-ms>-<n>`) is; nil for an id not of that form, or whose time is
+    /// before 2001 (not a Unix time in milliseconds: ids the producer chose).
     static func age(of id: String, wallMilliseconds: Int64) -> Duration? {
-        guard let dash = id.firstIndex(of: "-"), let millis = Int64(id[..<dash]) else { return nil }
+        guard let dash = id.firstIndex(of: "-"), let millis = Int64(id[..<dash]), millis >= 1_000_000_000_000 else { return nil }
         return .milliseconds(wallMilliseconds - millis)
     }
 

@@ -184,7 +184,10 @@ package final class RedisInboundRoutes: Sendable {
                                 outcomes.append(.init(id: id, outcome: .failed(destination: destination ?? "", transient: transient, reason: "\(error)")))
                             }
                         }
-                        let next = cursor.batchDone(outcomes, at: .now, wallMilliseconds: Int64(Date().timeIntervalSince1970 * 1000))
+                        // The entries' age, on Redis's clock, matters only for a failure.
+                        let failed = outcomes.contains { if case .failed = $0.outcome { true } else { false } }
+                        let wall = failed ? try? await connection.execute(TIME()).milliseconds : nil
+                        let next = cursor.batchDone(outcomes, at: .now, wallMilliseconds: wall)
                         for (id, reason) in next.givenUp {
                             engine.inboundEntriesGivenUp.add(1, ordering: .relaxed)
                             logger.log(

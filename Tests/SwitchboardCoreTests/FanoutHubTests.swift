@@ -1,5 +1,7 @@
+import Dispatch
 import NIOCore
 import NIOEmbedded
+import NIOPosix
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardWire
@@ -214,6 +216,35 @@ struct FanoutHubTests {
         #expect(x.deliveries.map(\.messageID) == ["m1"])
         #expect(y.deliveries.map(\.messageID) == ["m2", "all"])
         #expect(w.deliveries.map(\.messageID) == ["all"])
+    }
+
+    /// A backlog handed over while the loop was busy was delivered in one task: every
+    /// subscriber's buffer took all of it before a single flush (at the backlog limit, 64 MiB
+    /// each). Now a task delivers a chunk, and the flushes it scheduled go before the next.
+    @Test("a backlog is delivered in chunks, each flushed before the next")
+    func backlogInChunks() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let hub = FanoutHub()
+        let sink = RecordingSink()
+        let subscription = LocalSubscription(id: "s", pattern: try DestinationPattern("/topic/a"), ackMode: .auto, sink: sink)
+        try await loop.submit { hub.shard(for: loop).add(subscription) }.get()
+        // The loop is held while the backlog is handed over from this thread.
+        let release = DispatchSemaphore(value: 0)
+        loop.execute { release.wait() }
+        let count = 10_000
+        for i in 0..<count { hub.deliver(message("/topic/a", "m\(i)")) }
+        release.signal()
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try await loop.submit({ sink.deliveries.count }).get() < count, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let (ids, flushedAt) = try await loop.submit { (sink.deliveries.map(\.messageID), sink.deliveredAtFlush) }.get()
+        #expect(ids == (0..<count).map { "m\($0)" }, "in order")
+        let chunks = zip(flushedAt, [0] + flushedAt).map { $0 - $1 }
+        #expect(flushedAt.count > 1 && chunks.max()! <= LoopShard.drainChunkBytes / 256, "\(chunks)")
+        try await group.shutdownGracefully()
+        _ = subscription
     }
 
     @Test("markDirty and scheduleFlush batch flushes for direct writes")

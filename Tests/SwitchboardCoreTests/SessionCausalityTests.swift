@@ -1,9 +1,10 @@
 import NIOCore
 import STOMPCodec
-import SwitchboardCore
 import SwitchboardRoutes
 import SwitchboardWire
 import Testing
+
+@testable import SwitchboardCore
 
 /// The `RECEIPT` of a `SEND` is written before any message the `SEND` caused.
 @Suite("Session: receipts before the messages they caused")
@@ -94,6 +95,30 @@ struct SessionCausalityTests {
         route.calls[0].promise.succeed([])
         let out = try c.frames()
         #expect(out.map { $0.headers["receipt-id"] ?? $0.command.rawValue } == ["r1", "r2", "r3", "MESSAGE"], "\(out)")
+    }
+
+    /// Each pass's deliveries held behind the same step were merged into a new buffer holding
+    /// all of them: the whole held backlog was copied at every pass (quadratic).
+    @Test("deliveries held behind one step are appended in place")
+    func heldDeliveriesAreAppendedInPlace() throws {
+        let (gw, route, c, other) = try setUp(subscribedTo: "/topic/news")
+        defer { gw.shutdown() }
+        try c.send(.send, ["destination": "/app/in", "receipt": "s1"], body: "1")
+        var storage: UInt = 0
+        var moves = 0
+        for i in 0..<200 {
+            try other.send(.send, ["destination": "/topic/news"], body: "held \(i)")
+            gw.loop.run()
+            let held = try #require(c.session.held?.last?.bytes)
+            let now = held.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
+            if now != storage { moves += 1 }
+            storage = now
+        }
+        #expect(c.session.held?.count == 1)
+        // Moved as it doubles: a few times, not at each of the 200 passes.
+        #expect(moves < 30, "moved \(moves) times in 200 passes")
+        route.calls[0].promise.succeed([])
+        #expect(try c.frames().filter { $0.command == .message }.count == 200)
     }
 
     @Test("messages that arrived before the SEND are not held behind it")

@@ -342,7 +342,7 @@ struct LifecycleFunctionTests {
         let loss = try #require(Self.lossNumber(try await LifecycleFunctions.call(back, on: c).get(), renewal: true))
         #expect(try await LifecycleFunctions.call(claim, on: c).get() == "")
         // A session connects again to the instance meanwhile.
-        let again = Self.batch("dead", loop: 0, 10, [.connected(user: "kim")], session: "d4", known: true, seen: loss)
+        let again = Self.batch("dead", loop: 0, 4, [.connected(user: "kim")], session: "d4", known: true, seen: loss)
         #expect(try await LifecycleFunctions.call(again, on: c).get() >= 0)
         let own = LeaseClaim(prefix: p, me: "dead", ttlMilliseconds: 50, graceMilliseconds: 0)
         #expect(try await LifecycleFunctions.call(own, on: c).get() == "dead")
@@ -358,6 +358,68 @@ struct LifecycleFunctionTests {
         #expect(try await f.events().filter { $0.reason == .nodeLost && $0.type == .disconnected }.count == 3)
         let score = try await c.execute(RawCommand("ZSCORE", "switchboard:presence:instances", "dead"))
         #expect(score.value != .null, "still among the instances")
+        await f.stop()
+    }
+    /// Redis went back to older data (a restart from an older snapshot, a failover to a
+    /// replica behind): the instance's registry still held a session that had disconnected
+    /// since, and nothing said so (the loop's last batch was there, only older), so the user
+    /// stayed online for good. A batch past the one after the last applied says the loss, and
+    /// the stale registry is reaped as node-lost by the instance itself.
+    @Test func aRollbackOfRedisIsFoundAndTheStaleRegistryReaped() async throws {
+        let f = try await Fixture()
+        let c = f.client
+        let p = "switchboard:"
+        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: "gw1", ttlMilliseconds: 60_000, held: false, lossesSeen: 0), on: c).get()
+        #expect(try await LifecycleFunctions.call(Self.batch("gw1", loop: 0, 1, [.connected(user: "uma")], session: "s1", known: false, seen: 0), on: c).get() == 2)
+        // The snapshot Redis will go back to.
+        let keys = try [String](fromRESP: try await c.execute(RawCommand("KEYS", "switchboard:*")))
+        var dumps: [(String, ByteBuffer)] = []
+        for key in keys { dumps.append((key, try ByteBuffer(fromRESP: try await c.execute(RawCommand("DUMP", .string(key)))))) }
+        #expect(try await LifecycleFunctions.call(Self.batch("gw1", loop: 0, 2, [.disconnected(.client)], session: "s1", known: true, seen: 0), on: c).get() == 2)
+        #expect(try await f.user("uma").online == false)
+        _ = try await c.execute(RawCommand("FLUSHALL"))
+        for (key, dump) in dumps { _ = try await c.execute(RawCommand("RESTORE", .string(key), 0, .bytes(dump))) }
+        #expect(try await f.user("uma").online, "the rollback brought the session back")
+        // The loop's next batch (3; Redis's last is 1): the loss is told.
+        let answer = try await LifecycleFunctions.call(Self.batch("gw1", loop: 0, 3, [.connected(user: "vic")], session: "s2", known: true, seen: 0), on: c).get()
+        let loss = try #require(Self.lossNumber(answer), "\(answer)")
+        // The instance reaps what Redis held of it (and closes its sessions, which come back).
+        let own = LeaseClaim(prefix: p, me: "gw1", ttlMilliseconds: 60_000, graceMilliseconds: 0)
+        #expect(try await LifecycleFunctions.call(own, on: c).get() == "gw1")
+        #expect(try await LifecycleFunctions.call(LeaseReap(settings: Self.settings, dead: "gw1", me: "gw1", count: 10), on: c).get() == 0)
+        #expect(try await f.user("uma").online == false, "the stale session is reaped")
+        #expect(Self.summary(try await f.events()).suffix(2) == ["disconnected s1 uma node-lost", "user-offline s1 uma node-lost"])
+        // The session of the batch that found the loss is in the live registry.
+        #expect(try await f.user("vic").sessions == ["s2": "gw1"])
+        // The batches after it are applied as usual.
+        let next = Self.batch("gw1", loop: 0, 4, [.disconnected(.client)], session: "s2", known: true, seen: loss)
+        #expect(try await LifecycleFunctions.call(next, on: c).get() == 2)
+        #expect(try await f.user("vic").online == false)
+        await f.stop()
+    }
+
+    /// A batch whose answer the instance never got (it was away), sent again after the
+    /// instance was reaped and came back: the reap had deleted what was applied, so the batch
+    /// was applied twice (a second `connected`, `user-online`, and later a second
+    /// `disconnected`).
+    @Test func aBatchSentAgainAfterItsInstanceWasReapedIsNotAppliedTwice() async throws {
+        let f = try await Fixture()
+        let c = f.client
+        let p = "switchboard:"
+        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: p, instance: "gw1", ttlMilliseconds: 50, held: false, lossesSeen: 0), on: c).get()
+        let first = Self.batch("gw1", loop: 0, 1, [.connected(user: "wes")], session: "s1", known: false, seen: 0)
+        #expect(try await LifecycleFunctions.call(first, on: c).get() == 2)
+        #expect(try await eventually { try await Int(fromRESP: c.execute(RawCommand("EXISTS", "switchboard:presence:lease:gw1"))) == 0 })
+        let claim = LeaseClaim(prefix: p, me: "gw2", ttlMilliseconds: 50, graceMilliseconds: 0)
+        #expect(try await LifecycleFunctions.call(claim, on: c).get() == "gw1")
+        #expect(try await LifecycleFunctions.call(LeaseReap(settings: Self.settings, dead: "gw1", me: "gw2", count: 10), on: c).get() == 0)
+        // Back: the renewal tells the loss; the batch is sent again.
+        let back = LeaseRenew(prefix: p, instance: "gw1", ttlMilliseconds: 60_000, held: true, lossesSeen: 0)
+        let loss = try #require(Self.lossNumber(try await LifecycleFunctions.call(back, on: c).get(), renewal: true))
+        let again = try await LifecycleFunctions.call(first, on: c).get()
+        #expect(again == -1 || Self.lossNumber(again) == loss, "\(again)")
+        #expect(try await f.events().filter { $0.type == .connected }.count == 1)
+        #expect(try await f.user("wes").online == false)
         await f.stop()
     }
 }

@@ -63,12 +63,12 @@ struct InboundStreamCursorTests {
 
     @Test func entriesRefusedForGoodAreGivenUpTogetherAfterTheirTime() {
         var cursor = cursor()
-        let refused = [failed(1, "/topic/a", transient: false, "NOPERM"), done(2, "/topic/b"), failed(3, "/topic/c", transient: false, "NOPERM")]
-        #expect(cursor.batchDone(refused, at: start, wallMilliseconds: wall) == retry(1, .milliseconds(100), "NOPERM"))
-        #expect(cursor.batchDone(refused, at: start + .seconds(29), wallMilliseconds: wall) == retry(1, .milliseconds(200), "NOPERM"))
-        // 1 and 3 failed together: both go at once, not 30 s each.
-        let next = cursor.batchDone(refused, at: start + .seconds(30), wallMilliseconds: wall)
-        #expect(next.givenUp.map(\.id) == ["\(wall)-1", "\(wall)-3"] && next.retry == nil)
+        let one = failed(1, "/topic/a", transient: false, "NOPERM"), three = failed(3, "/topic/c", transient: false, "NOPERM")
+        #expect(cursor.batchDone([one, done(2, "/topic/b"), three], at: start, wallMilliseconds: wall) == retry(1, .milliseconds(100), "NOPERM"))
+        // 1 is recorded now; 3, failing since the first batch, keeps its clock.
+        #expect(cursor.batchDone([done(1), done(2, "/topic/b"), three], at: start + .seconds(10), wallMilliseconds: wall) == retry(3, .milliseconds(100), "NOPERM"))
+        let next = cursor.batchDone([three], at: start + .seconds(30), wallMilliseconds: wall)
+        #expect(next.givenUp.map(\.id) == ["\(wall)-3"] && next.retry == nil)
         #expect(cursor.lastID == "\(wall)-3")
     }
 
@@ -76,7 +76,7 @@ struct InboundStreamCursorTests {
         var cursor = cursor()
         #expect(cursor.batchDone([failed(1, "/topic/a", transient: false, "NOPERM")], at: start, wallMilliseconds: wall).retry != nil)
         #expect(cursor.batchDone([failed(1, "/topic/a", transient: false, "NOPERM")], at: start + .seconds(30), wallMilliseconds: wall).givenUp.count == 1)
-        // Another destination refused within 30 s of the last give-up: at once.
+        // Another destination refused within 30 s of that give-up: at once.
         #expect(cursor.batchDone([failed(2, "/topic/b", transient: false, "NOPERM")], at: start + .seconds(50), wallMilliseconds: wall).givenUp.count == 1)
         // The destination given up before: at once, later too, until one of its entries is recorded.
         #expect(cursor.batchDone([failed(3, "/topic/a", transient: false, "WRONGTYPE")], at: start + .seconds(300), wallMilliseconds: wall).givenUp.count == 1)
@@ -85,6 +85,45 @@ struct InboundStreamCursorTests {
         #expect(again == retry(5, .milliseconds(100), "WRONGTYPE"))
         // A transient failure is never given up for the refusals before it.
         #expect(cursor.batchDone([failed(5, "/topic/a", transient: true, "OOM")], at: start + .seconds(401), wallMilliseconds: wall).retry != nil)
+    }
+
+    /// One destination refused for good, with steady traffic, must not take away the others'
+    /// 30 s: its entries given up at once do not keep the window open.
+    @Test func aDestinationGivenUpDoesNotShortenAnothersWait() {
+        var cursor = cursor()
+        let a = { (n: Int) in self.failed(n, "/topic/a", transient: false, "WRONGTYPE") }
+        #expect(cursor.batchDone([a(1)], at: start, wallMilliseconds: wall).retry != nil)
+        #expect(cursor.batchDone([a(1)], at: start + .seconds(30), wallMilliseconds: wall).givenUp.count == 1)
+        for (n, second) in [(2, 40), (3, 55), (4, 70)] {
+            #expect(cursor.batchDone([a(n)], at: start + .seconds(second), wallMilliseconds: wall).givenUp.count == 1)
+        }
+        let b = cursor.batchDone([failed(5, "/topic/b", transient: false, "NOPERM")], at: start + .seconds(75), wallMilliseconds: wall)
+        #expect(b == retry(5, .milliseconds(100), "NOPERM"))
+    }
+
+    @Test func onlyIdsOfUnixTimesHaveAnAge() {
+        #expect(InboundStreamCursor.age(of: "\(wall)-3", wallMilliseconds: wall + 1_500) == .milliseconds(1_500))
+        #expect(InboundStreamCursor.age(of: "1-1", wallMilliseconds: wall) == nil)
+        #expect(InboundStreamCursor.age(of: "x", wallMilliseconds: wall) == nil)
+        // An entry whose id is not a time is retried while the failure lasts, whatever the clock.
+        var cursor = cursor()
+        let entry = Entry(id: "7-1", outcome: .failed(destination: "/topic/a", transient: true, reason: "OOM"))
+        #expect(cursor.batchDone([entry], at: start, wallMilliseconds: wall).retry != nil)
+        // Without Redis's time (TIME failed), no entry is given up for its age.
+        #expect(cursor.batchDone([failed(1)], at: start, wallMilliseconds: nil).retry != nil)
+    }
+
+    @Test func atMostTenThousandDestinationsAreRememberedAsGivenUp() {
+        var cursor = cursor()
+        #expect(cursor.batchDone([failed(0, "/topic/first", transient: false, "NOPERM")], at: start, wallMilliseconds: wall).retry != nil)
+        #expect(cursor.batchDone([failed(0, "/topic/first", transient: false, "NOPERM")], at: start + .seconds(30), wallMilliseconds: wall).givenUp.count == 1)
+        // Within the window, each given up at once and remembered; the oldest goes first.
+        let limit = InboundStreamCursor.maxGivenUpDestinations
+        for n in 1...limit {
+            _ = cursor.batchDone([failed(n, "/topic/d\(n)", transient: false, "NOPERM")], at: start + .seconds(30) + .microseconds(n), wallMilliseconds: wall)
+        }
+        #expect(cursor.givenUpDestinations.count == limit)
+        #expect(cursor.givenUpDestinations["/topic/first"] == nil && cursor.givenUpDestinations["/topic/d\(limit)"] != nil)
     }
 
     @Test func onlyTheLastBatchIsRemembered() {

@@ -31,3 +31,29 @@ public struct CONFIGGET: RedisCommand {
         encoder.encodeBulk(self.parameter)
     }
 }
+
+/// `TIME`: the server's clock.
+public struct TIME: RedisCommand {
+    /// The server's time since the Unix epoch.
+    public struct Response: RESPTokenDecodable, Sendable, Equatable {
+        public var seconds: Int64
+        public var microseconds: Int64
+        /// The time in milliseconds since the Unix epoch.
+        public var milliseconds: Int64 { self.seconds * 1_000 + self.microseconds / 1_000 }
+
+        public init(fromRESP token: RESPToken) throws {
+            guard let elements = token.flattenedElements(), elements.count == 2 else {
+                throw RESPDecodeError(token: token, expected: "TIME's seconds and microseconds")
+            }
+            self.seconds = try Int64(fromRESP: elements[0])
+            self.microseconds = try Int64(fromRESP: elements[1])
+        }
+    }
+
+    public init() {}
+
+    public func encode(into encoder: inout RESPCommandEncoder) {
+        encoder.encodeArray(count: 1)
+        encoder.encodeBulk("TIME")
+    }
+}

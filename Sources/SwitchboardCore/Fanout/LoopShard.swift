@@ -284,19 +284,42 @@ package final class LoopShard: @unchecked Sendable {
             }
         }
         var queued: [(PublishedMessage, DeliveryScope, UInt64?)] = []
-        let wasOver = inbox.withLockedValue { box -> Bool in
-            swap(&queued, &box.queue)
-            box.bytes = 0
-            defer { box.over = false }
-            return box.over
+        let limit = maxBacklogBytes
+        let (wasOver, more) = inbox.withLockedValue { box -> (Bool, Bool) in
+            let wasOver = box.over
+            // At most ``drainChunkBytes`` per task: a backlog delivered in one task went into
+            // every subscriber's buffer whole before any flush (64 MiB each at the backlog
+            // limit: gigabytes, and fast readers closed as slow consumers).
+            var taken = 0
+            var cost = 0
+            while taken < box.queue.count, taken == 0 || cost < Self.drainChunkBytes {
+                cost += Self.backlogCost(of: box.queue[taken].0)
+                taken += 1
+            }
+            if taken == box.queue.count {
+                swap(&queued, &box.queue)
+                box.bytes = 0
+            } else {
+                queued = Array(box.queue[..<taken])
+                box.queue.removeFirst(taken)
+                box.bytes -= cost
+            }
+            if limit <= 0 || box.bytes <= limit { box.over = false }
+            return (wasOver, !box.queue.isEmpty)
         }
         for (message, scope, generation) in queued { deliverLocally(message, scope: scope, generation: generation) }
-        // Delivered: publishes waiting for this backlog go on, unless what came meanwhile is
-        // over the limit again.
+        // The rest after the flush this chunk queued (tasks run in order; past the phase's
+        // budget, the next drain yields to I/O).
+        if more { eventLoop.execute { self.drainInbox() } }
+        // Delivered: publishes waiting for this backlog go on, unless what came meanwhile (or
+        // what is still queued) is over the limit again.
         if wasOver, inbox.withLockedValue({ box in !box.over && hub.backlogDrained(shard: index) }) {
             hub.backlogChanged()
         }
     }
+
+    /// How much of the inbox (``backlogCost(of:)``) one task delivers at most.
+    package static let drainChunkBytes = 256 * 1024
 
     /// Writes `message` to every matching local subscription, then schedules one flush per
     /// touched session for the end of this batch.

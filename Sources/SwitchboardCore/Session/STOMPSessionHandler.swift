@@ -411,10 +411,11 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     /// consumer (the client resumes from what it got).
     func hold(_ buffer: ByteBuffer, behind step: STOMPSessionStateMachine.StepID, context: ChannelHandlerContext) {
         if held == nil { held = CircularBuffer(initialCapacity: 2) }
-        if let last = held!.last, last.step == step {
-            let previous = held!.removeLast().bytes
-            var merged = Self.allocator.buffer(capacity: previous.readableBytes + buffer.readableBytes)
-            merged.writeImmutableBuffer(previous)
+        if held!.last?.step == step {
+            // Appended in place (the buffer taken out is the only reference, and grows by
+            // doubling): a new buffer per pass copied everything held so far each time, and a
+            // step held for seconds (a slow webhook) cost the loop megabytes squared.
+            var merged = held!.removeLast().bytes
             merged.writeImmutableBuffer(buffer)
             held!.append((step, merged))
         } else {

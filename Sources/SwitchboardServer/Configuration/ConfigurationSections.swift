@@ -297,7 +297,8 @@ package struct HistorySettings: Sendable, Equatable {
 
 /// `server.*`: threads, write coalescing, busy mode, shutdown.
 package struct ServerSettings: Sendable, Equatable {
-    package var threads = System.coreCount
+    /// One per core, at most ``FanoutHub/maxShards`` (a bigger host started with none).
+    package var threads = min(System.coreCount, FanoutHub.maxShards)
     /// Flush passes of one event loop closer together than this are merged (0: never; below
     /// saturation each batch is flushed at once, and busy mode widens the spacing).
     package var writeCoalesceMicros = 0

@@ -19,7 +19,7 @@ import Redis
 /// | `switchboard:presence:sessions:<registry>` | hash | the registry of one instance process: session → user (`''`: anonymous) |
 /// | `switchboard:presence:subs:<session>` | hash | the session's subscriptions: id → destination |
 /// | `switchboard:presence:<destination>` | channel | join/leave notices (``PresenceNotice``), published only while an instance listens |
-/// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped) |
+/// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped; kept a day after a reap; one older than the batch before an arriving one means Redis went back to older data) |
 /// | `switchboard:presence:reap:<registry>`, `…:reaping:<registry>` | hash, string | a dead registry being reaped, and the reaper's lock |
 /// | `switchboard:presence:lost:<registry>` | string | the number of the registry's last loss found (its data lost, or reaped), told to the instance until it says it has seen it |
 ///
@@ -156,6 +156,12 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           return t
         end
 
+        local function start_reap(p, inst)
+          local rk = p .. 'presence:reap:' .. inst
+          local reg = p .. 'presence:sessions:' .. inst
+          if redis.call('EXISTS', rk) == 0 and redis.call('EXISTS', reg) == 1 then redis.call('RENAME', reg, rk) end
+        end
+
         -- KEYS[1] stream; ARGV prefix, instance, maxlen, types, loop, batch, then per fact:
         -- kind (c|d|s|u), session, user, subscription, destination or reason, time. A first
         -- fact of kind k (ignored by older versions) carries the instance's state: known (1:
@@ -186,6 +192,13 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           local zs = p .. 'presence:instances'
           local lost = (batch > 1 or known) and not redis.call('ZSCORE', zs, inst)
           if seen and not lost and batch > 1 and not raw and told == 0 then lost = true end
+          -- A loop sends a batch only once Redis applied the one before: a last batch older
+          -- than that means Redis went back to older data (a restart from an older snapshot, a
+          -- failover to a replica behind). What it holds of this instance's sessions is stale
+          -- (sessions gone since stay online, the others are missing): it is reaped as
+          -- node-lost by the instance itself (claim), whose sessions reconnect and register again.
+          if raw and batch > last + 1 then lost = true end
+          if lost then start_reap(p, inst) end
           if lost and seen then told = told_lost(p, inst, seen) end
           redis.call('HSET', applied, args[5], args[6])
           -- Known to reapers from its first batch on, even if it dies before renewing its lease.
@@ -230,12 +243,6 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           end
           if lost then return 0 end
           return 1
-        end
-
-        local function start_reap(p, inst)
-          local rk = p .. 'presence:reap:' .. inst
-          local reg = p .. 'presence:sessions:' .. inst
-          if redis.call('EXISTS', rk) == 0 and redis.call('EXISTS', reg) == 1 then redis.call('RENAME', reg, rk) end
         end
 
         -- ARGV prefix, me, ttl, grace, target ('' : any expired instance; else this one,
@@ -292,7 +299,11 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
               redis.call('RENAME', reg, rk)
               return redis.call('HLEN', rk)
             end
-            redis.call('DEL', lock, p .. 'presence:applied:' .. inst, p .. 'presence:lost:' .. inst)
+            redis.call('DEL', lock, p .. 'presence:lost:' .. inst)
+            -- The batches applied are kept a day after a reap (not after a leave): a batch of
+            -- the reaped instance whose answer it never got, sent again, is not applied twice.
+            local applied = p .. 'presence:applied:' .. inst
+            if args[7] == 'drain' then redis.call('DEL', applied) else redis.call('PEXPIRE', applied, 86400000) end
             redis.call('ZREM', p .. 'presence:instances', inst)
           elseif left == 0 then
             redis.call('DEL', lock)
