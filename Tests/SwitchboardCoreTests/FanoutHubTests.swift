@@ -221,11 +221,12 @@ struct FanoutHubTests {
     /// A backlog handed over while the loop was busy was delivered in one task: every
     /// subscriber's buffer took all of it before a single flush (at the backlog limit, 64 MiB
     /// each). Now a task delivers a chunk, and the flushes it scheduled go before the next.
-    @Test("a backlog is delivered in chunks, each flushed before the next")
-    func backlogInChunks() async throws {
+    @Test("a backlog is delivered in chunks, each flushed before the next", arguments: [TimeAmount.zero, .milliseconds(50)])
+    func backlogInChunks(writeCoalescing: TimeAmount) async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
-        let hub = FanoutHub()
+        // With write coalescing (as in busy mode), a pass is due only after the interval.
+        let hub = FanoutHub(writeCoalescing: writeCoalescing)
         let sink = RecordingSink()
         let subscription = LocalSubscription(id: "s", pattern: try DestinationPattern("/topic/a"), ackMode: .auto, sink: sink)
         try await loop.submit { hub.shard(for: loop).add(subscription) }.get()

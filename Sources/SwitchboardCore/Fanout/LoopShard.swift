@@ -118,7 +118,9 @@ package final class LoopShard: @unchecked Sendable {
     private let maxBacklogBytes: Int
 
     private struct Inbox {
-        var queue: [(PublishedMessage, DeliveryScope, UInt64?)] = []
+        /// A ring: a drain takes a chunk from its front in O(chunk) (an array's `removeFirst`
+        /// moved the whole backlog, under the lock every publisher takes).
+        var queue = CircularBuffer<(PublishedMessage, DeliveryScope, UInt64?)>()
         /// What `queue` counts against ``FanoutHub/maxBacklogBytes``.
         var bytes = 0
         /// Past ``FanoutHub/maxBacklogBytes`` since the last drain began.
@@ -283,7 +285,7 @@ package final class LoopShard: @unchecked Sendable {
                 return
             }
         }
-        var queued: [(PublishedMessage, DeliveryScope, UInt64?)] = []
+        var queued = CircularBuffer<(PublishedMessage, DeliveryScope, UInt64?)>(initialCapacity: 0)
         let limit = maxBacklogBytes
         let (wasOver, more) = inbox.withLockedValue { box -> (Bool, Bool) in
             let wasOver = box.over
@@ -292,25 +294,30 @@ package final class LoopShard: @unchecked Sendable {
             // limit: gigabytes, and fast readers closed as slow consumers).
             var taken = 0
             var cost = 0
-            while taken < box.queue.count, taken == 0 || cost < Self.drainChunkBytes {
-                cost += Self.backlogCost(of: box.queue[taken].0)
+            for (message, _, _) in box.queue {
+                if taken > 0 && cost >= Self.drainChunkBytes { break }
+                cost += Self.backlogCost(of: message)
                 taken += 1
             }
             if taken == box.queue.count {
                 swap(&queued, &box.queue)
                 box.bytes = 0
             } else {
-                queued = Array(box.queue[..<taken])
-                box.queue.removeFirst(taken)
+                queued.reserveCapacity(taken)
+                for _ in 0..<taken { queued.append(box.queue.removeFirst()) }
                 box.bytes -= cost
             }
             if limit <= 0 || box.bytes <= limit { box.over = false }
             return (wasOver, !box.queue.isEmpty)
         }
         for (message, scope, generation) in queued { deliverLocally(message, scope: scope, generation: generation) }
-        // The rest after the flush this chunk queued (tasks run in order; past the phase's
-        // budget, the next drain yields to I/O).
-        if more { eventLoop.execute { self.drainInbox() } }
+        if more {
+            // This chunk goes out before the next is delivered, even while busy mode spaces
+            // flushes out (its pass, due later, would otherwise carry every chunk until then).
+            if flushScheduled { flushDirty() }
+            // Past the phase's budget, the next drain yields to I/O.
+            eventLoop.execute { self.drainInbox() }
+        }
         // Delivered: publishes waiting for this backlog go on, unless what came meanwhile (or
         // what is still queued) is over the limit again.
         if wasOver, inbox.withLockedValue({ box in !box.over && hub.backlogDrained(shard: index) }) {

@@ -197,10 +197,25 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           -- failover to a replica behind). What it holds of this instance's sessions is stale
           -- (sessions gone since stay online, the others are missing): it is reaped as
           -- node-lost by the instance itself (claim), whose sessions reconnect and register again.
-          if raw and batch > last + 1 then lost = true end
-          if lost then start_reap(p, inst) end
+          if raw and batch > last + 1 then
+            lost = true
+            -- The other loops' last batches are as old: forgotten, or each would find the
+            -- same loss again (numbered anew, closing the sessions again). Their next batch
+            -- finds the loss told already.
+            redis.call('DEL', applied)
+          end
+          if lost then
+            -- Reaped by the instance itself (claim): its lock taken now, or a renewal finding
+            -- the lease gone with it (Redis went back past it) would take it for a second loss.
+            if redis.call('EXISTS', p .. 'presence:reap:' .. inst) == 0 and redis.call('EXISTS', p .. 'presence:sessions:' .. inst) == 1 then
+              redis.call('SET', p .. 'presence:reaping:' .. inst, inst, 'NX', 'PX', 30000)
+            end
+            start_reap(p, inst)
+          end
           if lost and seen then told = told_lost(p, inst, seen) end
           redis.call('HSET', applied, args[5], args[6])
+          -- Kept a day after a reap (see reap): not once the instance is back.
+          redis.call('PERSIST', applied)
           -- Known to reapers from its first batch on, even if it dies before renewing its lease.
           redis.call('ZADD', zs, 'NX', now_ms(), inst)
           local reg = p .. 'presence:sessions:' .. inst
@@ -271,7 +286,12 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           -- My own old sessions, left by a reaper that stopped halfway while I was away (I came
           -- back and renewed, so nobody claims me): I finish their reap.
           if redis.call('EXISTS', p .. 'presence:reap:' .. me) == 1 and redis.call('EXISTS', p .. 'presence:lease:' .. me) == 1 then
-            if redis.call('SET', p .. 'presence:reaping:' .. me, me, 'NX', 'PX', 30000) then return me end
+            local lock = p .. 'presence:reaping:' .. me
+            -- Mine already: taken when a batch found a loss (see events).
+            if redis.call('GET', lock) == me or redis.call('SET', lock, me, 'NX', 'PX', 30000) then
+              redis.call('SET', lock, me, 'PX', 30000)
+              return me
+            end
           end
           return ''
         end
