@@ -248,6 +248,53 @@ struct FanoutHubTests {
         _ = subscription
     }
 
+    /// Each chunk flushed at once left its pass task behind; firing, it cleared the flag while
+    /// the real pass was pending, and under steady traffic those extra passes kept replacing
+    /// themselves: coalescing was defeated until the traffic paused.
+    @Test("after a backlog, write coalescing spaces passes out again")
+    func coalescingAfterABacklog() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let hub = FanoutHub(writeCoalescing: .milliseconds(50))
+        let sink = RecordingSink()
+        let subscription = LocalSubscription(id: "s", pattern: try DestinationPattern("/topic/a"), ackMode: .auto, sink: sink)
+        try await loop.submit { hub.shard(for: loop).add(subscription) }.get()
+        let release = DispatchSemaphore(value: 0)
+        loop.execute { release.wait() }
+        for i in 0..<10_000 { hub.deliver(message("/topic/a", "m\(i)")) }
+        release.signal()
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try await loop.submit({ sink.deliveries.count }).get() < 10_000, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        // Steady traffic on the loop, one message a millisecond for 300 ms.
+        let before = try await loop.submit { sink.flushes }.get()
+        let started = NIODeadline.now()
+        let ticks = try await loop.submit {
+            var n = 0
+            let promise = loop.makePromise(of: Int.self)
+            loop.scheduleRepeatedTask(initialDelay: .milliseconds(1), delay: .milliseconds(1)) { task in
+                hub.deliver(message("/topic/a", "t\(n)"))
+                n += 1
+                if n == 300 {
+                    task.cancel()
+                    promise.succeed(n)
+                }
+            }
+            return promise.futureResult
+        }.get().get()
+        let windows = Int((NIODeadline.now() - started).nanoseconds / 50_000_000)
+        // The last pass, due up to 50 ms later.
+        try await Task.sleep(for: .milliseconds(200))
+        let (flushes, delivered) = try await loop.submit { (sink.flushes - before, sink.deliveries.count) }.get()
+        #expect(delivered == 10_000 + ticks)
+        // One pass per 50 ms at most while the traffic lasted (300 ms, longer on a loaded
+        // machine), the first at once, and the last.
+        #expect(flushes <= windows + 3, "\(flushes) passes in \(windows) windows")
+        try await group.shutdownGracefully()
+        _ = subscription
+    }
+
     @Test("markDirty and scheduleFlush batch flushes for direct writes")
     func markDirty() {
         let f = HubFixture(), loop = f.loop, shard = f.shard

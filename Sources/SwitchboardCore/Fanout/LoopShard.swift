@@ -95,6 +95,13 @@ package final class LoopShard: @unchecked Sendable {
     /// and the pass's tallies.
     private var batch = DeliveryBatch()
     private var flushScheduled = false
+    /// Counts flush passes: a pass task finding another pass ran since it was scheduled (a
+    /// drain flushing a chunk at once) does nothing (it cleared `flushScheduled` while the
+    /// task due now was pending, and the extra passes went on replacing themselves).
+    private var flushPasses: UInt64 = 0
+    /// The ring the inbox is swapped with (kept, emptied, between drains: a new one per drain
+    /// was an allocation, and the inbox then regrew from one slot under the publishers' lock).
+    private var spareInbox: CircularBuffer<(PublishedMessage, DeliveryScope, UInt64?)>? = CircularBuffer(initialCapacity: 16)
     /// When the last flush pass ran (for ``FanoutHub/writeCoalescing``).
     private var lastFlushPass = NIODeadline.distantPast
     /// Puts the loop in busy mode while it is saturated (nil: never).
@@ -285,7 +292,7 @@ package final class LoopShard: @unchecked Sendable {
                 return
             }
         }
-        var queued = CircularBuffer<(PublishedMessage, DeliveryScope, UInt64?)>(initialCapacity: 0)
+        var queued = spareInbox.take() ?? CircularBuffer(initialCapacity: 16)
         let limit = maxBacklogBytes
         let (wasOver, more) = inbox.withLockedValue { box -> (Bool, Bool) in
             let wasOver = box.over
@@ -311,6 +318,9 @@ package final class LoopShard: @unchecked Sendable {
             return (wasOver, !box.queue.isEmpty)
         }
         for (message, scope, generation) in queued { deliverLocally(message, scope: scope, generation: generation) }
+        // Kept for the next drain, unless a backlog made it large.
+        queued.removeAll(keepingCapacity: queued.capacity <= 1_024)
+        spareInbox = queued
         if more {
             // This chunk goes out before the next is delivered, even while busy mode spaces
             // flushes out (its pass, due later, would otherwise carry every chunk until then).
@@ -398,14 +408,16 @@ package final class LoopShard: @unchecked Sendable {
         flushScheduled = true
         let window = isBusy ? hub.busyWriteCoalescing : hub.writeCoalescing
         let earliest = lastFlushPass + window
+        let pass = flushPasses
         if window == .zero || eventLoop.now >= earliest {
-            eventLoop.execute { self.flushDirty() }
+            eventLoop.execute { if self.flushPasses == pass { self.flushDirty() } }
         } else {
-            eventLoop.scheduleTask(deadline: earliest) { self.flushDirty() }
+            eventLoop.scheduleTask(deadline: earliest) { if self.flushPasses == pass { self.flushDirty() } }
         }
     }
 
     private func flushDirty() {
+        flushPasses &+= 1
         flushScheduled = false
         let start = eventLoop.now
         lastFlushPass = start

@@ -174,7 +174,10 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           local c = context(keys[1], p, args[3], args[4])
           local applied = p .. 'presence:applied:' .. inst
           local raw = redis.call('HGET', applied, args[5])
-          local last = tonumber(raw or '0')
+          -- '~n': batch n, marked when a loss was found (see below): still a retry's guard,
+          -- no longer a sign of another loss.
+          local marked = raw and string.sub(raw, 1, 1) == '~'
+          local last = tonumber(marked and string.sub(raw, 2) or raw or '0')
           local batch = tonumber(args[6])
           local known, seen = false, nil
           if args[7] == 'k' then known, seen = args[8] == '1', tonumber(args[9]) end
@@ -191,18 +194,24 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           -- instance again), unless that loss was told already.
           local zs = p .. 'presence:instances'
           local lost = (batch > 1 or known) and not redis.call('ZSCORE', zs, inst)
-          if seen and not lost and batch > 1 and not raw and told == 0 then lost = true end
+          local forgot = seen and not lost and batch > 1 and not raw and told == 0
           -- A loop sends a batch only once Redis applied the one before: a last batch older
           -- than that means Redis went back to older data (a restart from an older snapshot, a
           -- failover to a replica behind). What it holds of this instance's sessions is stale
           -- (sessions gone since stay online, the others are missing): it is reaped as
           -- node-lost by the instance itself (claim), whose sessions reconnect and register again.
-          if raw and batch > last + 1 then
+          local behind = raw and not marked and batch > last + 1
+          if forgot or behind then
             lost = true
-            -- The other loops' last batches are as old: forgotten, or each would find the
-            -- same loss again (numbered anew, closing the sessions again). Their next batch
-            -- finds the loss told already.
-            redis.call('DEL', applied)
+            -- The other loops' last batches may be as old: marked, or each would find the
+            -- same loss again (numbered anew, closing the sessions again). Not deleted: a
+            -- batch applied since and retried (its answer lost) must still be skipped.
+            local fields = redis.call('HGETALL', applied)
+            for i = 1, #fields, 2 do
+              if fields[i] ~= args[5] and string.sub(fields[i + 1], 1, 1) ~= '~' then
+                redis.call('HSET', applied, fields[i], '~' .. fields[i + 1])
+              end
+            end
           end
           if lost then
             -- Reaped by the instance itself (claim): its lock taken now, or a renewal finding
