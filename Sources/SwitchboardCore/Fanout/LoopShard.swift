@@ -318,9 +318,13 @@ package final class LoopShard: @unchecked Sendable {
             return (wasOver, !box.queue.isEmpty)
         }
         for (message, scope, generation) in queued { deliverLocally(message, scope: scope, generation: generation) }
-        // Kept for the next drain, unless a backlog made it large.
-        queued.removeAll(keepingCapacity: queued.capacity <= 1_024)
-        spareInbox = queued
+        // Kept for the next drain; one a backlog made large is replaced by a small one.
+        if queued.capacity <= 1_024 {
+            queued.removeAll(keepingCapacity: true)
+            spareInbox = queued
+        } else {
+            spareInbox = CircularBuffer(initialCapacity: 16)
+        }
         if more {
             // This chunk goes out before the next is delivered, even while busy mode spaces
             // flushes out (its pass, due later, would otherwise carry every chunk until then).

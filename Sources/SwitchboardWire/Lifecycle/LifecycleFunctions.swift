@@ -19,7 +19,7 @@ import Redis
 /// | `switchboard:presence:sessions:<registry>` | hash | the registry of one instance process: session → user (`''`: anonymous) |
 /// | `switchboard:presence:subs:<session>` | hash | the session's subscriptions: id → destination |
 /// | `switchboard:presence:<destination>` | channel | join/leave notices (``PresenceNotice``), published only while an instance listens |
-/// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped; kept a day after a reap; one older than the batch before an arriving one means Redis went back to older data) |
+/// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped; kept a day after a reap; one older than the batch before an arriving one means Redis went back to older data; `n.5`: batch n, marked when a loss was found) |
 /// | `switchboard:presence:reap:<registry>`, `…:reaping:<registry>` | hash, string | a dead registry being reaped, and the reaper's lock |
 /// | `switchboard:presence:lost:<registry>` | string | the number of the registry's last loss found (its data lost, or reaped), told to the instance until it says it has seen it |
 ///
@@ -174,10 +174,11 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           local c = context(keys[1], p, args[3], args[4])
           local applied = p .. 'presence:applied:' .. inst
           local raw = redis.call('HGET', applied, args[5])
-          -- '~n': batch n, marked when a loss was found (see below): still a retry's guard,
-          -- no longer a sign of another loss.
-          local marked = raw and string.sub(raw, 1, 1) == '~'
-          local last = tonumber(marked and string.sub(raw, 2) or raw or '0')
+          -- 'n.5': batch n, marked when a loss was found (see below): still a retry's guard,
+          -- no longer a sign of another loss. A number, so that an older library loaded
+          -- meanwhile (a rolling upgrade) still reads it: n.5 skips the retries of n, as n did.
+          local marked = raw and string.find(raw, '.', 1, true) ~= nil
+          local last = math.floor(tonumber(raw or '0'))
           local batch = tonumber(args[6])
           local known, seen = false, nil
           if args[7] == 'k' then known, seen = args[8] == '1', tonumber(args[9]) end
@@ -208,8 +209,8 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
             -- batch applied since and retried (its answer lost) must still be skipped.
             local fields = redis.call('HGETALL', applied)
             for i = 1, #fields, 2 do
-              if fields[i] ~= args[5] and string.sub(fields[i + 1], 1, 1) ~= '~' then
-                redis.call('HSET', applied, fields[i], '~' .. fields[i + 1])
+              if fields[i] ~= args[5] and not string.find(fields[i + 1], '.', 1, true) then
+                redis.call('HSET', applied, fields[i], fields[i + 1] .. '.5')
               end
             end
           end
