@@ -40,13 +40,17 @@ struct InboundStreamCursor {
     /// What the reader does next: count and log the entries given up, then read again, at once
     /// or (`retry`) from an entry whose recording failed after a delay.
     struct Next: Equatable {
-        var givenUp: [(id: String, reason: String)] = []
-        var retry: (id: String, after: Duration, reason: String)?
-
-        static func == (a: Next, b: Next) -> Bool {
-            a.givenUp.map(\.id) == b.givenUp.map(\.id) && a.givenUp.map(\.reason) == b.givenUp.map(\.reason) && a.retry?.id == b.retry?.id
-                && a.retry?.after == b.retry?.after && a.retry?.reason == b.retry?.reason
+        struct GivenUp: Equatable {
+            var id: String
+            var reason: String
         }
+        struct Retry: Equatable {
+            var id: String
+            var after: Duration
+            var reason: String
+        }
+        var givenUp: [GivenUp] = []
+        var retry: Retry?
     }
 
     /// The last entry done with; nil until the reader found the stream's end.
@@ -93,9 +97,9 @@ struct InboundStreamCursor {
                 if !transient { refused[entry.id] = refusedSince[entry.id] ?? now }
                 guard stop == nil else { continue }
                 if let wallMilliseconds, let age = Self.age(of: entry.id, wallMilliseconds: wallMilliseconds), age >= recordableFor {
-                    next.givenUp.append((entry.id, "older than \(recordableFor) and not recorded: \(reason)"))
+                    next.givenUp.append(.init(id: entry.id, reason: "older than \(recordableFor) and not recorded: \(reason)"))
                 } else if !transient, let (why, timedOut) = giveUpReason(destination, since: refused[entry.id]!, now: now) {
-                    next.givenUp.append((entry.id, "\(why): \(reason)"))
+                    next.givenUp.append(.init(id: entry.id, reason: "\(why): \(reason)"))
                     // Only an entry that failed for the whole time opens the window: one given
                     // up at once (its destination's) would keep it open for every other.
                     if timedOut { lastGiveUp = now }
@@ -119,7 +123,7 @@ struct InboundStreamCursor {
         let attempts = retried?.id == failed.id ? retried!.attempts + 1 : 1
         retried = (failed.id, attempts)
         guard case .failed(_, _, let reason) = failed.outcome else { return next }
-        next.retry = (failed.id, Self.retryDelay(afterAttempts: attempts), reason)
+        next.retry = .init(id: failed.id, after: Self.retryDelay(afterAttempts: attempts), reason: reason)
         return next
     }
 

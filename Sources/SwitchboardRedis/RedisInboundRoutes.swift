@@ -188,18 +188,18 @@ package final class RedisInboundRoutes: Sendable {
                         let failed = outcomes.contains { if case .failed = $0.outcome { true } else { false } }
                         let wall = failed ? try? await connection.execute(TIME()).milliseconds : nil
                         let next = cursor.batchDone(outcomes, at: .now, wallMilliseconds: wall)
-                        for (id, reason) in next.givenUp {
+                        for given in next.givenUp {
                             engine.inboundEntriesGivenUp.add(1, ordering: .relaxed)
                             logger.log(
                                 level: .error, throttledBy: InputLogs.notRecorded, "inbound stream entry given up: redis did not record it",
-                                metadata: ["stream": "\(stream)", "id": "\(id)", "error": "\(reason)"])
+                                metadata: ["stream": "\(stream)", "id": "\(given.id)", "error": "\(given.reason)"])
                         }
-                        if let (id, delay, reason) = next.retry {
+                        if let retry = next.retry {
                             engine.inboundRecordRetries.add(1, ordering: .relaxed)
                             logger.log(
                                 level: .warning, throttledBy: InputLogs.notRecorded, "inbound stream entry not recorded; reading it again",
-                                metadata: ["stream": "\(stream)", "id": "\(id)", "retry-in": "\(delay)", "error": "\(reason)"])
-                            try await Task.sleep(for: delay)
+                                metadata: ["stream": "\(stream)", "id": "\(retry.id)", "retry-in": "\(retry.after)", "error": "\(retry.reason)"])
+                            try await Task.sleep(for: retry.after)
                         }
                     }
                 }

@@ -360,6 +360,7 @@ struct LifecycleFunctionTests {
         #expect(score.value != .null, "still among the instances")
         await f.stop()
     }
+
     /// Redis went back to older data (a restart from an older snapshot, a failover to a
     /// replica behind): the instance's registry still held a session that had disconnected
     /// since, and nothing said so (the loop's last batch was there, only older), so the user

@@ -22,7 +22,7 @@ struct InboundStreamCursorTests {
         Entry(id: "\(wall)-\(n)", outcome: .failed(destination: destination, transient: transient, reason: reason))
     }
     func retry(_ n: Int, _ delay: Duration, _ reason: String = "connection closed") -> InboundStreamCursor.Next {
-        InboundStreamCursor.Next(retry: ("\(wall)-\(n)", delay, reason))
+        InboundStreamCursor.Next(retry: .init(id: "\(wall)-\(n)", after: delay, reason: reason))
     }
     func cursor(giveUpAfter: Duration = .seconds(30)) -> InboundStreamCursor {
         var cursor = InboundStreamCursor(giveUpAfter: giveUpAfter)

@@ -204,25 +204,20 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if forwardedUnanswered == 0, let endpoint {
                 let answer = Answer(endpoint: endpoint, head: head)
                 answers.append(answer)
-                if endpoint.isHealth {
-                    current = .answering(answer, key: nil, body: nil, failure: nil)
-                    // As below: refused before any of the body is read (no 100 for it).
-                    if NotificationPublisher.exceeds(contentLength: head.headers.first(name: "content-length"), limit: publisher.maxBodyBytes) {
-                        refuse(answer, failure: publisher.bodyTooLarge)
-                    }
-                } else {
-                    var key: APIKeyStore.Key?
-                    var failure: NotificationPublisher.Failure?
+                var key: APIKeyStore.Key?
+                var failure: NotificationPublisher.Failure?
+                if !endpoint.isHealth {
                     do {
                         key = try publisher.authenticate(authorization: head.headers.first(name: "authorization"))
                     } catch {
                         failure = error
                     }
-                    current = .answering(answer, key: key, body: nil, failure: failure)
-                    // A body announced over the limit is refused before any of it is read (no 100).
-                    if NotificationPublisher.exceeds(contentLength: head.headers.first(name: "content-length"), limit: publisher.maxBodyBytes) {
-                        refuse(answer, failure: failure ?? publisher.bodyTooLarge)
-                    }
+                }
+                current = .answering(answer, key: key, body: nil, failure: failure)
+                // A body announced over the limit is refused before any of it is read (no 100),
+                // a health check's too.
+                if NotificationPublisher.exceeds(contentLength: head.headers.first(name: "content-length"), limit: publisher.maxBodyBytes) {
+                    refuse(answer, failure: failure ?? publisher.bodyTooLarge)
                 }
             } else {
                 guard answers.isEmpty else { return false }
