@@ -16,8 +16,8 @@ import SwitchboardWire
 /// A user's events carry a ``LifecycleEvent/generation`` that increases with each of them: an
 /// event handled again (a retry, or claimed from a dead replica) can come after a later one of
 /// the same user, so a consumer that keeps the latest state applies only newer generations
-/// (the generation restarts after a day without events of the user: forget users idle that
-/// long):
+/// (a new counter, after a day without events of the user or after Redis lost its data,
+/// starts at Redis's time in µs, above the old one):
 ///
 /// ```swift
 /// let events = LifecycleEventConsumer(client: client, group: "presence")

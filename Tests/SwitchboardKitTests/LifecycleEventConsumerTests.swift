@@ -38,7 +38,8 @@ struct LifecycleEventConsumerTests {
         #expect(subscribed.session == "s1" && subscribed.user == "alice" && subscribed.instance == "gw1")
         #expect(subscribed.destination == "/topic/room" && subscribed.subscription == "sub-0" && subscribed.time == 11)
         #expect(events.first { $0.type == .disconnected }?.reason == .slowConsumer)
-        #expect(events.compactMap(\.generation) == [1, 2, 3, 4, 5, 6, 7])
+        let generations = events.compactMap(\.generation)
+        #expect(generations.count == 7 && LifecycleFunctionTests.isCounterStartedNow(generations))
         #expect(try await pendingCount(client, stream: "switchboard:events", group: "presence") == 0)
         await client.shutdown()
     }

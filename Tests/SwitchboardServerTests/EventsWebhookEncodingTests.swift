@@ -24,7 +24,7 @@ import Testing
         let first = decoded[0]
         #expect(first["id"] as? String == "gw0-e-k3f9xq-1" && first["type"] as? String == "connected")
         #expect(first["session"] as? String == "gw0-s-1" && first["user"] as? String == "alice" && first["instance"] as? String == "gw0")
-        #expect(first["time"] as? Int == 1_700_000_000_000 && first["gen"] as? Int == 1)
+        #expect(first["time"] as? Int == 1_700_000_000_000 && first["gen"] as? Int == 1_700_000_000_000_000)  // the time in µs
         #expect(Set(first.keys) == ["id", "type", "session", "user", "instance", "time", "gen"])
         let anonymous = decoded[2]
         #expect(anonymous["type"] as? String == "connected" && anonymous["user"] == nil && anonymous["gen"] == nil)
@@ -35,6 +35,6 @@ import Testing
                 "connected", "user-online", "connected", "subscribed", "destination-occupied", "disconnected", "user-offline",
             ])
         #expect(decoded[5]["reason"] as? String == "heartbeat-timeout" && decoded[6]["reason"] as? String == "heartbeat-timeout")
-        #expect(decoded[5]["gen"] as? Int == 3 && decoded[6]["gen"] as? Int == 4)
+        #expect(decoded[5]["gen"] as? Int == 1_700_000_000_000_002 && decoded[6]["gen"] as? Int == 1_700_000_000_000_003)
     }
 }

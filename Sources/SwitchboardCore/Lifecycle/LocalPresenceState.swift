@@ -47,7 +47,8 @@ package struct LocalPresenceState: Sendable {
     private var pruneAt = 1_024
     private var lastEventNumber: UInt64 = 0
 
-    /// A generation restarts after this long without an event of its user.
+    /// A generation counter is forgotten after this long without an event of its user (the
+    /// next starts anew at the time in µs).
     package static let generationLifetimeMs: Int64 = 86_400_000
 
     package init(instance: String, idPrefix: String, types: Set<LifecycleEventType> = []) {
@@ -195,9 +196,15 @@ package struct LocalPresenceState: Sendable {
         out.append(event)
     }
 
+    /// The user's next generation: +1, or a new counter at the event's time in µs (the user's
+    /// first event, or the first after a day without one), so generations keep increasing
+    /// across a forgotten counter and a restart of the process.
     private mutating func nextGeneration(of user: String, time: Int64) -> UInt64 {
-        var value: UInt64 = 1
-        if let last = generations[user], time - last.time < Self.generationLifetimeMs { value = last.value + 1 }
+        let start = UInt64(clamping: time).multipliedReportingOverflow(by: 1_000)
+        var value = start.overflow ? UInt64.max / 2 : max(1, start.partialValue)
+        if let last = generations[user] {
+            value = time - last.time < Self.generationLifetimeMs ? last.value &+ 1 : max(value, last.value &+ 1)
+        }
         generations[user] = (value: value, time: max(time, generations[user]?.time ?? time))
         if generations.count >= pruneAt { pruneGenerations(now: time) }
         return value

@@ -87,8 +87,10 @@ public struct LifecycleEvent: Sendable, Hashable {
     public var subscription: String?
     /// Wall-clock ms (the instance's clock; Redis's for `node-lost`).
     public var time: Int64?
-    /// The user's generation: increases with each event of the user (restarts after a day
-    /// without events), so one user's facts can be ordered by a consumer that runs in parallel.
+    /// The user's generation: +1 with each event of the user, so one user's facts can be
+    /// ordered by a consumer that runs in parallel. A new counter (the user's first event, the
+    /// first after a day without one, or after Redis lost its data) starts at the time in µs,
+    /// so generations keep increasing as long as the clock does not go back.
     public var generation: UInt64?
 
     public init(id: String, type: LifecycleEventType) {

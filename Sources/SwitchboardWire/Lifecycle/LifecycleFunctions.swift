@@ -11,7 +11,7 @@ import Redis
 /// | key | type | holds |
 /// | --- | --- | --- |
 /// | `switchboard:presence:user:<user>` | hash | the user's live sessions: session → instance |
-/// | `switchboard:presence:gen:<user>` | string | the user's generation counter (expires a day after its last event) |
+/// | `switchboard:presence:gen:<user>` | string | the user's generation counter: starts at Redis's time in µs, +1 per event (expires a day after its last event) |
 /// | `switchboard:presence:dest:<destination>` | hash | subscribed sessions: session → subscriptions |
 /// | `switchboard:presence:dest-users:<destination>` | hash | subscribed users: user → sessions |
 /// | `switchboard:presence:instances` | sorted set | registries by their last lease renewal (server ms) |
@@ -59,8 +59,18 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           add('session', session); add('user', user); add('instance', instance); add('destination', dest)
           add('reason', reason); add('subscription', sub); add('time', t)
           if user and user ~= '' then
+            -- A new counter starts at Redis's time in microseconds, so generations keep
+            -- increasing after a day without events and after Redis lost its data.
             local g = c.p .. 'presence:gen:' .. user
-            add('gen', tostring(redis.call('INCR', g)))
+            local n = redis.call('INCR', g)
+            if n == 1 then
+              local tm = redis.call('TIME')
+              local start = tm[1] .. string.sub('00000' .. tm[2], -6)
+              redis.call('SET', g, start)
+              add('gen', start)
+            else
+              add('gen', string.format('%.0f', n))
+            end
             redis.call('PEXPIRE', g, 86400000)
           end
           redis.call(unpack(a))
