@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import STOMPCodec
 import SwitchboardWire
@@ -67,6 +68,11 @@ package protocol AppRoute: Sendable {
     var description: String { get }
     func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]>
 
+    /// As ``handle(_:on:)``; work not started when `cancellation` is cancelled (its session
+    /// closed: nobody waits for the outcome) may be dropped, failing with
+    /// ``RouteError/Code/abandoned``. The default ignores it.
+    func handle(_ message: AppMessage, on eventLoop: any EventLoop, cancellation: RouteCancellation) -> EventLoopFuture<[RouteReply]>
+
     /// True when messages handed over one after another reach the backend in that order even
     /// if the next is handed over before the previous one is confirmed (commands written in
     /// order on one connection). The session then pipelines SENDs to this route (receipts
@@ -76,6 +82,55 @@ package protocol AppRoute: Sendable {
 
 extension AppRoute {
     package var keepsOrderWhenPipelined: Bool { false }
+
+    package func handle(_ message: AppMessage, on eventLoop: any EventLoop, cancellation: RouteCancellation) -> EventLoopFuture<[RouteReply]> {
+        handle(message, on: eventLoop)
+    }
+}
+
+/// Tells routes that nobody waits for the outcome of their calls any more: a session's, cancelled
+/// when it closes. Handlers registered before run at ``cancel()``, those registered after at
+/// once; a handler removed (its work started) never runs.
+package final class RouteCancellation: Sendable {
+    private struct State {
+        var cancelled = false
+        var nextID: UInt64 = 0
+        var handlers: [UInt64: @Sendable () -> Void] = [:]
+    }
+    private let state = NIOLockedValueBox(State())
+
+    package init() {}
+
+    package var isCancelled: Bool { state.withLockedValue { $0.cancelled } }
+
+    /// Cancels, running the registered handlers (once).
+    package func cancel() {
+        let handlers = state.withLockedValue { state -> [@Sendable () -> Void] in
+            guard !state.cancelled else { return [] }
+            state.cancelled = true
+            defer { state.handlers = [:] }
+            return Array(state.handlers.values)
+        }
+        for handler in handlers { handler() }
+    }
+
+    /// Runs `handler` at the cancellation (at once if it happened); nil when it ran already,
+    /// else the id for ``remove(_:)``.
+    package func onCancel(_ handler: @escaping @Sendable () -> Void) -> UInt64? {
+        let id = state.withLockedValue { state -> UInt64? in
+            guard !state.cancelled else { return nil }
+            state.nextID += 1
+            state.handlers[state.nextID] = handler
+            return state.nextID
+        }
+        if id == nil { handler() }
+        return id
+    }
+
+    /// Forgets a handler that has not run.
+    package func remove(_ id: UInt64) {
+        _ = state.withLockedValue { $0.handlers.removeValue(forKey: id) }
+    }
 }
 
 /// Application destinations and their routes; the first matching pattern wins.

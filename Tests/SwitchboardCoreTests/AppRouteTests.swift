@@ -21,11 +21,18 @@ struct StaticRoute: AppRoute {
 final class PendingRoute: AppRoute, @unchecked Sendable {
     var description: String { "pending test route" }
     var calls: [(message: AppMessage, promise: EventLoopPromise<[RouteReply]>)] = []
+    /// Each call's cancellation, in call order.
+    var cancellations: [RouteCancellation] = []
 
     func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
         let promise = eventLoop.makePromise(of: [RouteReply].self)
         calls.append((message, promise))
         return promise.futureResult
+    }
+
+    func handle(_ message: AppMessage, on eventLoop: any EventLoop, cancellation: RouteCancellation) -> EventLoopFuture<[RouteReply]> {
+        cancellations.append(cancellation)
+        return handle(message, on: eventLoop)
     }
 }
 
@@ -47,6 +54,23 @@ struct AppRouteTests {
         #expect(name("/app/chat/room") == "second")
         #expect(name("/app") == nil)
         #expect(name("/topic/chat.room") == nil)
+    }
+
+    /// A webhook call still waiting for a connection when its session closes is dropped
+    /// (``WebhookClientLimitTests``); the session says so through its calls' cancellation.
+    @Test("a session's route calls are cancelled when it closes")
+    func routeCallsCancelledAtClose() throws {
+        let route = PendingRoute()
+        let gw = TestGateway(routes: try routes("/app/**", route))
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.send(.send, ["destination": "/app/greet", "receipt": "r1"], body: "x")
+        try #require(route.cancellations.count == 1)
+        #expect(!route.cancellations[0].isCancelled)
+        _ = try c.channel.finish()
+        #expect(route.cancellations[0].isCancelled)
+        route.calls[0].promise.fail(RouteError(.abandoned, "test over"))
     }
 
     @Test("the RECEIPT waits for the route; later frames queue behind it, in order")

@@ -1,5 +1,7 @@
+import AsyncHTTPClient
 import NIOCore
 import NIOPosix
+import NIOSSL
 import RedisServerTesting
 import Testing
 
@@ -101,6 +103,66 @@ import Glibc
         #expect(!text.contains("cannot connect"), "\(text)")
         #expect(
             text.contains("failed after the request was sent") || text.contains("connection closed before a complete reply"), "\(text)")
+        try await client.shutdown()
+        await server.close()
+    }
+
+    /// A call waiting for a slot when its session closes is never sent, and the live calls
+    /// behind it go first (a probe's churn of sessions sending once and leaving kept the queue
+    /// full of calls for gone sessions, each sent in its turn).
+    @Test func aCallWaitingWhenItsSessionClosesIsNeverSent() async throws {
+        let server = try await CannedWebhookServer(reply: nil)
+        let client = try Self.client(limit: 1)
+        let url = "http://127.0.0.1:\(server.port)/hook"
+        let holder = try WebhookRoute(url: url, timeout: .milliseconds(500), client: client)
+        let route = try WebhookRoute(url: url, timeout: .seconds(5), client: client)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let first = holder.handle(WebhookRequestTests.message(body: ByteBuffer(string: "first")), on: loop)
+        let gone = RouteCancellation()
+        let abandoned = route.handle(WebhookRequestTests.message(body: ByteBuffer(string: "gone")), on: loop, cancellation: gone)
+        let live = route.handle(WebhookRequestTests.message(body: ByteBuffer(string: "live")), on: loop, cancellation: RouteCancellation())
+        #expect(client.slots.load("http://127.0.0.1:\(server.port)") == (1, 2))
+        gone.cancel()
+        let error = await #expect(throws: RouteError.self) { _ = try await abandoned.get() }
+        #expect(error?.code == .abandoned && error?.description.contains("not sent") == true, "\(String(describing: error))")
+        #expect(client.slots.load("http://127.0.0.1:\(server.port)") == (1, 1))
+        // The holder times out; its slot goes to the live call, never to the gone one.
+        _ = try? await first.get()
+        _ = try? await live.get()
+        #expect(server.requests.map(\.body).map { $0.contains("\"first\"") ? "first" : $0.contains("\"live\"") ? "live" : $0 } == ["first", "live"])
+        try await client.shutdown()
+        await server.close()
+    }
+
+    /// A failure after the backend's 2xx head (a stalled or cut body) says it accepted the
+    /// message, so that the client does not send it again; a closed connection or a TLS failure
+    /// after the request went out says the backend may have acted on it.
+    @Test func failuresAfterTheRequestWentOutSaySo() throws {
+        let request = try HTTPClient.Request(url: "http://svc:80/hook", method: .POST)
+        func text(_ error: any Error, sent: Bool, status: Int = 0) -> String {
+            WebhookClient.Failure.describing(error, url: request, timeout: .seconds(5), maxBytes: 10, sent: sent, status: status).description
+        }
+        #expect(text(HTTPClientError.deadlineExceeded, sent: true, status: 200) == "accepted the message (HTTP 200), but its reply did not complete: timed out after 5000 ms")
+        #expect(text(HTTPClientError.remoteConnectionClosed, sent: true, status: 204).hasPrefix("accepted the message (HTTP 204), but its reply did not complete"))
+        #expect(
+            text(HTTPClientError.remoteConnectionClosed, sent: true) == "connection closed before a complete reply, after the request was sent: the backend may have acted on it")
+        #expect(text(HTTPClientError.remoteConnectionClosed, sent: false) == "connection closed before a complete reply")
+        #expect(text(NIOSSLError.uncleanShutdown, sent: true).hasSuffix("the backend may have acted on it"))
+        #expect(text(HTTPClientError.deadlineExceeded, sent: true, status: 500) == "timed out after 5000 ms")
+    }
+
+    /// Client-facing errors name the webhook without its query or user info (a token there).
+    @Test func errorsDoNotShowTheURLsQueryOrUserInfo() async throws {
+        #expect(WebhookRoute.shown("https://u:pw@svc:8443/hook?key=secret#f") == "https://svc:8443/hook")
+        let server = try await CannedWebhookServer(reply: (.internalServerError, ""))
+        let client = try Self.client(limit: 4)
+        let route = try WebhookRoute(url: "http://gw:pw@127.0.0.1:\(server.port)/hook?key=secret", timeout: .seconds(5), client: client)
+        let error = await #expect(throws: RouteError.self) {
+            _ = try await route.handle(WebhookRequestTests.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get()
+        }
+        #expect(error?.description == "webhook http://127.0.0.1:\(server.port)/hook answered HTTP 500")
+        #expect(server.requests.first?.head.uri == "/hook?key=secret")
+        #expect(route.description == "webhook http://127.0.0.1:\(server.port)/hook")
         try await client.shutdown()
         await server.close()
     }

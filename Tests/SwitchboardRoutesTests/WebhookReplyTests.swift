@@ -105,6 +105,8 @@ import Testing
             (#"{"replies":[{"destination":"/queue/a","user":""}]}"#, "\(prefix): replies[0].user must be a non-empty string"),
             (#"{"replies":[{"destination":"/queue/a","user":["alice"]}]}"#, "\(prefix): replies[0].user must be a non-empty string"),
             (#"{"replies":[{"destination":"/topic/a","target":"everyone"}]}"#, "\(prefix): replies[0].target 'everyone' must be broadcast or sender"),
+            // Would route to user "bobx"'s /queue/y.
+            (#"{"replies":[{"destination":"x/queue/y","user":"bob"}]}"#, "\(prefix): replies[0].destination must start with / for a user"),
         ]
         for (body, message) in cases {
             #expect(Self.failure(body) == message, "\(body)")
@@ -115,5 +117,16 @@ import Testing
     func scalarJSONBodyIsSentAsItsJSONText(body: String, text: String) throws {
         let reply = try #require(try Self.replies(#"{"replies":[{"destination":"/topic/a","body":\#(body)}]}"#).first)
         #expect(String(buffer: reply.body) == text)
+    }
+
+    /// A reply to a user names one of the user destinations: `/topic/x` to a user routes where
+    /// no client can subscribe, and is refused (logged) like any reply that reaches nobody.
+    @Test func aUserReplyOutsideTheUserDestinationsIsRefused() throws {
+        let policy = SessionPolicy(configuration: SessionConfiguration(), routes: RouteTable())
+        let toTopic = try Self.replies(#"{"replies":[{"destination":"/topic/x","user":"bob"}]}"#)
+        let toQueue = try Self.replies(#"{"replies":[{"destination":"/queue/x","user":"bob"}]}"#)
+        #expect(policy.replyProblem(toTopic[0].destination, toSender: false) == "not a user destination (/queue/)")
+        #expect(policy.replyProblem(toTopic[0].destination, toSender: true) == "not a user destination (/queue/)")
+        #expect(policy.replyProblem(toQueue[0].destination, toSender: false) == nil)
     }
 }

@@ -299,7 +299,9 @@ extension STOMPSessionHandler {
         let ids = services.messageIDs
         let policy = services.policy
         let logger = self.logger
-        let future = route.handle(message, on: loop).flatMap { all -> EventLoopFuture<[RouteReply]> in
+        let cancellation = routeCancellation ?? RouteCancellation()
+        routeCancellation = cancellation
+        let future = route.handle(message, on: loop, cancellation: cancellation).flatMap { all -> EventLoopFuture<[RouteReply]> in
             // A backend's reply that cannot be delivered is logged, not published (a wildcard
             // would be taken literally, a non-broker destination reaches nobody); the SEND the
             // backend processed still gets its receipt.

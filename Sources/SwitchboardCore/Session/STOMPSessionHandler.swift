@@ -103,6 +103,9 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     /// The session's `connected` fact was recorded and its `disconnected` not yet.
     var inPresence = false
     private var cleanedUp = false
+    /// Cancelled when the session ends: route calls not started yet are dropped (made at its
+    /// first `/app` SEND).
+    var routeCancellation: RouteCancellation?
 
     package init(services: GatewayServices, handshake: HandshakeInfo = HandshakeInfo()) {
         self.services = services
@@ -159,6 +162,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     func cleanUp() {
         guard !cleanedUp, machine != nil else { return }
         cleanedUp = true
+        routeCancellation?.cancel()
         sessionEnded(.client, wasConnected: machine.connectionClosed())
         if let countedUser { services.userSessions.remove(countedUser) }
         for sub in subscriptions.values { shard.remove(sub) }

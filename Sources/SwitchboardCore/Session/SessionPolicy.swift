@@ -47,8 +47,12 @@ package final class SessionPolicy: Sendable {
     package func replyProblem(_ destination: String, toSender: Bool) -> String? {
         let kind = kind(of: destination)
         // A reply to a user (`"user": "alice"`) arrives routed already: `/~user/alice/queue/…`.
-        let routed = UserDestinations.clientDestination(forRouting: destination) != nil
-        guard kind == .broker || routed || (toSender && kind == .user) else {
+        let routedAs = UserDestinations.clientDestination(forRouting: destination)
+        if let routedAs, !configuration.isUserDestination(routedAs) {
+            // `/topic/x` to a user routes where no client can subscribe.
+            return "not a user destination (\(configuration.userDestinationPrefixes.joined(separator: " or ")))"
+        }
+        guard kind == .broker || routedAs != nil || (toSender && kind == .user) else {
             return toSender ? "not a broker or user destination" : "not a broker destination"
         }
         if destination.contains("*") { return "a wildcard" }

@@ -62,9 +62,11 @@ package final class WebhookClient: Sendable {
 
     /// POSTs `body` to `url`; the future completes on `eventLoop`. The deadline covers
     /// waiting for one of the backend's ``Settings/maxConnectionsPerHost`` calls in flight,
-    /// connecting (or a pooled connection), the request and the whole reply.
+    /// connecting (or a pooled connection), the request and the whole reply. A call still
+    /// waiting for one when `cancellation` is cancelled is not sent (``Failure/isCancelled``).
     package func post(
-        url: String, body: ByteBuffer, headers: HTTPHeaders, timeout: TimeAmount, on eventLoop: any EventLoop
+        url: String, body: ByteBuffer, headers: HTTPHeaders, timeout: TimeAmount, on eventLoop: any EventLoop,
+        cancellation: RouteCancellation? = nil
     ) -> EventLoopFuture<Response> {
         let request: HTTPClient.Request
         do {
@@ -79,20 +81,23 @@ package final class WebhookClient: Sendable {
         let unsent = Failure(
             "timed out after \(timeout.nanoseconds / 1_000_000) ms waiting for one of the \(limit) connections to \(request.host):\(request.port) (webhooks.max-connections-per-host); not sent"
         )
-        return slots.acquire(backend, deadline: deadline, on: eventLoop)
-            .flatMapErrorThrowing { _ in throw unsent }
+        let cancelled = Failure("not sent: the session closed while the call waited for a connection", isCancelled: true)
+        return slots.acquire(backend, deadline: deadline, on: eventLoop, cancellation: cancellation)
+            .flatMapErrorThrowing { error in throw error is WebhookCallSlots.Cancelled ? cancelled : unsent }
             .flatMap {
-                // A slot given up with too little time left to connect and send is not used.
-                guard NIODeadline.now() + .milliseconds(5) < deadline else {
+                // A slot given up with too little time left to connect and send is not used,
+                // nor one for a session that closed meanwhile.
+                guard NIODeadline.now() + .milliseconds(5) < deadline, cancellation?.isCancelled != true else {
                     self.slots.release(backend)
-                    return eventLoop.makeFailedFuture(unsent)
+                    return eventLoop.makeFailedFuture(cancellation?.isCancelled == true ? cancelled : unsent)
                 }
                 let collector = WebhookReplyCollector(maxBytes: maxBytes)
                 let call = self.http.execute(request: request, delegate: collector, eventLoop: .delegate(on: eventLoop), deadline: deadline)
                     .futureResult
                 call.whenComplete { _ in self.slots.release(backend) }
                 return call.flatMapErrorThrowing { error in
-                    throw Failure.describing(error, url: request, timeout: timeout, maxBytes: maxBytes, sent: collector.sent)
+                    throw Failure.describing(
+                        error, url: request, timeout: timeout, maxBytes: maxBytes, sent: collector.sent, status: collector.status)
                 }
             }
     }
@@ -100,7 +105,12 @@ package final class WebhookClient: Sendable {
     /// Why a call failed, in words a route's `ERROR` can carry.
     package struct Failure: Error, CustomStringConvertible {
         package var description: String
-        init(_ description: String) { self.description = description }
+        /// The call was dropped before it was sent because its session closed.
+        package var isCancelled = false
+        init(_ description: String, isCancelled: Bool = false) {
+            self.description = description
+            self.isCancelled = isCancelled
+        }
 
         /// A reply that cannot be used after the backend answered `status` (a 2xx): it acted
         /// on the message, which the `ERROR` says, so that the client does not send it again.
@@ -108,8 +118,17 @@ package final class WebhookClient: Sendable {
             self.description = "accepted the message (HTTP \(status)), but its \(problem)"
         }
 
-        static func describing(_ error: any Error, url: HTTPClient.Request, timeout: TimeAmount, maxBytes: Int, sent: Bool) -> Failure {
+        /// - Parameter status: the reply's status if its head arrived (0: not).
+        static func describing(
+            _ error: any Error, url: HTTPClient.Request, timeout: TimeAmount, maxBytes: Int, sent: Bool, status: Int = 0
+        ) -> Failure {
             let target = "\(url.host):\(url.port)"
+            if (200..<300).contains(status) {
+                // The backend answered 2xx, so it acted on the message, whatever broke after.
+                guard error is WebhookReplyCollector.TooBig else {
+                    return Failure(accepted: status, "reply did not complete: \(describing(error, url: url, timeout: timeout, maxBytes: maxBytes, sent: sent))")
+                }
+            }
             if let error = error as? HTTPClientError {
                 switch error {
                 case .deadlineExceeded, .readTimeout, .writeTimeout:
@@ -119,7 +138,7 @@ package final class WebhookClient: Sendable {
                 case .connectTimeout:
                     return Failure("cannot connect to \(target): connect timed out")
                 case .remoteConnectionClosed:
-                    return Failure("connection closed before a complete reply")
+                    return Failure("connection closed before a complete reply\(sent ? ", after the request was sent: the backend may have acted on it" : "")")
                 default:
                     break
                 }
@@ -138,7 +157,7 @@ package final class WebhookClient: Sendable {
                     : Failure("cannot connect to \(target): \(error)")
             }
             if error is NIOSSLError || error is BoringSSLError {
-                return Failure("TLS with \(target) failed: \(error)")
+                return Failure("TLS with \(target) failed\(sent ? " after the request was sent (\(error)): the backend may have acted on it" : ": \(error)")")
             }
             return Failure("\(error)")
         }

@@ -29,6 +29,8 @@ final class WebhookReplyCollector: HTTPClientResponseDelegate {
 
     /// Whether the request head was written to the backend.
     var sent: Bool { state.withLockedValue { $0.sent } }
+    /// The reply's status once its head arrived (0 before).
+    var status: Int { state.withLockedValue { $0.status } }
 
     func didSendRequestHead(task: HTTPClient.Task<Response>, _ head: HTTPRequestHead) {
         state.withLockedValue { $0.sent = true }

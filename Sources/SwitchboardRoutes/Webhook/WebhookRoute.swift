@@ -16,6 +16,9 @@ import SwitchboardWire
 /// Any other status, a timeout or an unparsable reply fails the SEND with an `ERROR`.
 package struct WebhookRoute: AppRoute {
     package let url: String
+    /// ``url`` without its query and user info, which may hold a secret (`?key=…`): what
+    /// errors (clients see them) and logs name.
+    package let shownURL: String
     let host: String
     let port: Int
     let path: String
@@ -33,6 +36,7 @@ package struct WebhookRoute: AppRoute {
     package init(url: String, timeout: TimeAmount, client: WebhookClient) throws {
         (host, port, path, hostHeader) = try Self.components(of: url)
         self.url = url
+        self.shownURL = Self.shown(url)
         self.timeout = timeout
         self.client = client
     }
@@ -50,20 +54,42 @@ package struct WebhookRoute: AppRoute {
         return (host, parsed.port ?? (scheme == "https" ? 443 : 80), path, parsed.port.map { "\(host):\($0)" } ?? host)
     }
 
-    package var description: String { "webhook \(url)" }
+    /// `url` as errors and logs show it: scheme, host, port and path only.
+    package static func shown(_ url: String) -> String {
+        guard var parts = URLComponents(string: url) else { return url }
+        parts.user = nil
+        parts.password = nil
+        parts.query = nil
+        parts.fragment = nil
+        return parts.string ?? url
+    }
+
+    package var description: String { "webhook \(shownURL)" }
 
     package func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
+        call(message, on: eventLoop, cancellation: nil)
+    }
+
+    package func handle(_ message: AppMessage, on eventLoop: any EventLoop, cancellation: RouteCancellation) -> EventLoopFuture<[RouteReply]> {
+        call(message, on: eventLoop, cancellation: cancellation)
+    }
+
+    private func call(_ message: AppMessage, on eventLoop: any EventLoop, cancellation: RouteCancellation?) -> EventLoopFuture<[RouteReply]> {
         let payload: ByteBuffer
         do {
             payload = try Self.encodeRequest(message)
         } catch {
             return eventLoop.makeFailedFuture(RouteError(.encodingFailed, "cannot encode webhook request: \(error)"))
         }
-        let url = self.url
+        let url = self.shownURL
         return client.post(
-            url: url, body: payload, headers: ["Content-Type": "application/json"], timeout: timeout, on: eventLoop
+            url: self.url, body: payload, headers: ["Content-Type": "application/json"], timeout: timeout, on: eventLoop,
+            cancellation: cancellation
         )
-        .flatMapErrorThrowing { error in throw RouteError(.webhookUnreachable, "webhook \(url) \(error)") }
+        .flatMapErrorThrowing { error in
+            let cancelled = (error as? WebhookClient.Failure)?.isCancelled == true
+            throw RouteError(cancelled ? .abandoned : .webhookUnreachable, "webhook \(url) \(error)")
+        }
         .flatMapThrowing { response in
             guard (200..<300).contains(response.status) else {
                 throw RouteError(.webhookRejected, "webhook \(url) answered HTTP \(response.status)")
@@ -128,6 +154,10 @@ package struct WebhookRoute: AppRoute {
             if let user = r["user"] {
                 guard let user = user.string, !user.isEmpty else {
                     throw RouteError(.webhookBadReply, "webhook \(url) reply: replies[\(index)].user must be a non-empty string")
+                }
+                // `x/queue/y` would route to user `<user>x`'s `/queue/y`.
+                guard destination.hasPrefix("/") else {
+                    throw RouteError(.webhookBadReply, "webhook \(url) reply: replies[\(index)].destination must start with / for a user")
                 }
                 // To every session of that user subscribed to /user<destination>.
                 destination = UserDestinations.routing(user: user, destination: destination)
