@@ -193,6 +193,9 @@ package struct NotificationRequest: Sendable, Equatable {
             var contentType = "text/plain"
             switch self.contentType {
             case .missing: break
+            case .value(let value) where value.utf8.contains(0):
+                // As a header value in `headers`: a STOMP header cannot carry a NUL.
+                throw APIRequestError(status: 400, message: "field 'contentType' must not contain a NUL", field: "contentType")
             case .value(let value) where !value.isEmpty: contentType = value
             default: throw APIRequestError(status: 400, message: "field 'contentType' must be a non-empty string", field: "contentType")
             }

@@ -42,11 +42,17 @@ package final class JWTAuthenticator: SessionAuthenticator {
     /// nil when any kid is fine (an HMAC secret or PEM files are configured: their keys have
     /// no kid of the issuer's, and identity providers put one in every token).
     let knownKids: Set<String>?
+    /// The algorithms a token's header may name: the configured keys' (HS256 for the secret,
+    /// RS256 or ES256 for a PEM key, each JWKS key's `alg`). Any other is refused before
+    /// jwt-kit sees the token, whose JWKS keys without `alg` build their signer from a token's
+    /// header and keep it: the header never chooses the algorithm.
+    let algorithms: Set<String>
 
     package init(settings: JWTKeySettings) async throws {
         self.settings = settings
         let keys = JWTKeyCollection()
         var kids = Set<String>()
+        var algorithms = Set<String>()
         var haveDefault = false
         // Every key gets a kid, and the first also serves tokens without one; tokens without a
         // kid are then tried against every key (so several keys work side by side, e.g. during
@@ -64,6 +70,7 @@ package final class JWTAuthenticator: SessionAuthenticator {
                 throw JWTKeyError(description: "auth.jwt.hmac-secret must be at least 32 bytes (256 bits) for HS256")
             }
             await register("switchboard-hmac") { kid in _ = await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256, kid: kid) }
+            algorithms.insert("HS256")
         }
         for (n, path) in settings.publicKeyFiles.enumerated() {
             guard let pem = try? String(contentsOfFile: path, encoding: .utf8) else {
@@ -72,29 +79,65 @@ package final class JWTAuthenticator: SessionAuthenticator {
             let kid = "switchboard-pem-\(n)"
             if let rsa = (try? Insecure.RSA.PublicKey(pem: pem)) ?? (try? Insecure.RSA.PublicKey(certificatePEM: pem)) {
                 await register(kid) { k in _ = await keys.add(rsa: rsa, digestAlgorithm: .sha256, kid: k) }
+                algorithms.insert("RS256")
             } else if let ec = (try? ES256PublicKey(pem: pem)) ?? (try? ES256PublicKey(certificate: pem)) {
                 await register(kid) { k in _ = await keys.add(ecdsa: ec, kid: k) }
+                algorithms.insert("ES256")
             } else {
                 throw JWTKeyError(description: "\(path) holds no RSA or P-256 public key in PEM form")
             }
         }
         if let path = settings.jwksFile {
-            guard let json = try? String(contentsOfFile: path, encoding: .utf8) else {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
                 throw JWTKeyError(description: "cannot read JWKS file \(path)")
             }
+            let (json, named) = try Self.withAlgorithms(jwks: text, path: path)
             do {
                 try await keys.add(jwksJSON: json)
             } catch {
                 throw JWTKeyError(description: "JWKS file \(path) is invalid: \(error)")
             }
-            if let object = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any],
-                let list = object["keys"] as? [[String: Any]]
-            {
-                for key in list { if let kid = key["kid"] as? String { kids.insert(kid) } }
-            }
+            kids.formUnion(named.kids)
+            algorithms.formUnion(named.algorithms)
         }
         self.keys = keys
         self.knownKids = settings.hmacSecret == nil && settings.publicKeyFiles.isEmpty ? kids : nil
+        self.algorithms = algorithms
+    }
+
+    /// The JWKS `text` with an `alg` on every key (RS256 for RSA, ES256/ES384/ES512 for EC by
+    /// curve, EdDSA for OKP, as issuers that leave it out mean), its kids, and its algorithms.
+    static func withAlgorithms(jwks text: String, path: String) throws -> (json: String, (kids: Set<String>, algorithms: Set<String>)) {
+        guard var object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any],
+            let list = object["keys"] as? [[String: Any]]
+        else {
+            throw JWTKeyError(description: "JWKS file \(path) is invalid: not a JSON object with a keys array")
+        }
+        var kids = Set<String>()
+        var algorithms = Set<String>()
+        var keys: [[String: Any]] = []
+        for var key in list {
+            if let kid = key["kid"] as? String { kids.insert(kid) }
+            if key["alg"] == nil {
+                switch (key["kty"] as? String, key["crv"] as? String) {
+                case ("RSA", _): key["alg"] = "RS256"
+                case ("EC", "P-256"): key["alg"] = "ES256"
+                case ("EC", "P-384"): key["alg"] = "ES384"
+                case ("EC", "P-521"): key["alg"] = "ES512"
+                case ("OKP", _): key["alg"] = "EdDSA"
+                default:
+                    throw JWTKeyError(
+                        description: "JWKS file \(path): key \(key["kid"] as? String ?? "") has no alg, and its kty/crv name none of RS256, ES256, ES384, ES512, EdDSA")
+                }
+            }
+            if let alg = key["alg"] as? String { algorithms.insert(alg) }
+            keys.append(key)
+        }
+        object["keys"] = keys
+        guard let data = try? JSONSerialization.data(withJSONObject: object), let json = String(data: data, encoding: .utf8) else {
+            throw JWTKeyError(description: "JWKS file \(path) is invalid: cannot be written back as JSON")
+        }
+        return (json, (kids, algorithms))
     }
 
     package func authenticate(token: String, on eventLoop: any EventLoop) -> EventLoopFuture<SessionIdentity> {
@@ -106,7 +149,11 @@ package final class JWTAuthenticator: SessionAuthenticator {
     /// Verifies `token` and returns who it names.
     package func verify(_ token: String) async throws -> SessionIdentity {
         let claims: StandardClaims
-        if let knownKids, let kid = Self.headerObject(token)?["kid"] as? String, !knownKids.contains(kid) {
+        let header = Self.headerObject(token)
+        if let header, !((header["alg"] as? String).map(algorithms.contains) ?? false) {
+            throw AuthenticationFailure("unsupported algorithm: the keys are for \(algorithms.sorted().joined(separator: ", "))")
+        }
+        if let knownKids, let kid = header?["kid"] as? String, !knownKids.contains(kid) {
             throw AuthenticationFailure("no key for this token")
         }
         do {

@@ -99,7 +99,9 @@ package final class RedisInboundRoutes: Sendable {
     @discardableResult
     func deliver(destination: String, body: ByteBuffer, headers: STOMPHeaders, once: String? = nil) -> EventLoopFuture<Void>? {
         let isUser = destination.hasPrefix(UserDestinations.routingPrefix)
-        guard isUser || configuration.isBrokerDestination(destination), !destination.contains("*") else {
+        // `/user/queue/x` under a catch-all broker prefix reaches no user-queue subscriber.
+        let isBroker = configuration.isBrokerDestination(destination) && !configuration.isUserDestination(destination)
+        guard isUser || isBroker, !destination.contains("*") else {
             logger.log(
                 level: .warning, throttledBy: InputLogs.notBroker, "inbound message for a destination that is not a broker destination dropped",
                 metadata: ["destination": "\(destination.prefix(200))"])

@@ -7,6 +7,10 @@
 ///   (`/topic/stock.**` matches both of the above, `/topic/**` every topic).
 ///
 /// The separators must line up: `/topic/a.*` does not match `/topic/a/b`.
+///
+/// The gateway's own routing forms (`/~user/…`, `/~session/…`, `/~presence/…`) are matched
+/// only by patterns that start with `/~` themselves (made by the gateway, never by a client):
+/// with a broker prefix `/`, a client's `/**` would otherwise read every user's queue.
 public struct DestinationPattern: Sendable, Hashable, CustomStringConvertible {
     public let text: String
     /// Segments with the separator that precedes each (nil for the first).
@@ -156,6 +160,13 @@ public struct DestinationPattern: Sendable, Hashable, CustomStringConvertible {
         return i == other.segments.count
     }
 
+    /// Whether `text` starts with `/~`: one of the gateway's routing forms (or a pattern of them).
+    @inlinable
+    public static func isRoutingForm(_ text: String) -> Bool {
+        var utf8 = text.utf8.makeIterator()
+        return utf8.next() == UInt8(ascii: "/") && utf8.next() == UInt8(ascii: "~")
+    }
+
     static func separator(_ segment: Segment) -> UInt8? {
         switch segment {
         case .literal(let s, _), .one(let s), .rest(let s): return s
@@ -165,6 +176,7 @@ public struct DestinationPattern: Sendable, Hashable, CustomStringConvertible {
     /// Whether `destination` (a concrete destination, no wildcards) matches this pattern.
     public func matches(_ destination: String) -> Bool {
         if !isWildcard { return destination == text }
+        if Self.isRoutingForm(destination), !Self.isRoutingForm(text) { return false }
         let utf8 = Substring(destination).utf8
         var index = utf8.startIndex
         var first = true

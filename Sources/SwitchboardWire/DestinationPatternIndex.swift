@@ -119,10 +119,16 @@ package final class DestinationPatternIndex: @unchecked Sendable {
 
     /// Calls `body` with every pattern in the index that matches `destination`, each once.
     /// The destination is split into segments as the walk goes, without allocating.
+    /// A routing form (`/~user/…`) is matched only by patterns of routing forms
+    /// (``DestinationPattern``).
     package func forEachMatch(_ destination: String, _ body: (DestinationPattern) -> Void) {
         guard count > 0 else { return }
         let text = Substring(destination)
-        walk(root, text, from: text.startIndex, slot: 0, body)
+        if DestinationPattern.isRoutingForm(destination) {
+            walk(root, text, from: text.startIndex, slot: 0) { if DestinationPattern.isRoutingForm($0.text) { body($0) } }
+        } else {
+            walk(root, text, from: text.startIndex, slot: 0, body)
+        }
     }
 
     /// Matches the segment of `text` starting at `start` (after a separator of `slot`) and

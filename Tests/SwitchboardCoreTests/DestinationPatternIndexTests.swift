@@ -26,6 +26,28 @@ struct DestinationPatternIndexTests {
         #expect(matches(index, "/queue/x") == ["**", "/queue/*"])
     }
 
+    /// With a broker prefix `/`, a client's `/**` was a broker subscription matching every
+    /// user's queue (`/~user/bob/queue/x`): the routing forms match only routing-form patterns.
+    @Test("the gateway's routing forms match only patterns of routing forms")
+    func routingForms() throws {
+        let index = DestinationPatternIndex()
+        let patterns = ["/**", "/*/bob/queue/*", "**", "/~user/bob/queue/*", "/~presence/topic/*", "/*"]
+        for p in patterns { index.insert(try DestinationPattern(p)) }
+        #expect(matches(index, "/~user/bob/queue/x") == ["/~user/bob/queue/*"])
+        #expect(matches(index, "/~presence/topic/a") == ["/~presence/topic/*"])
+        #expect(matches(index, "/~session/s1/queue/x").isEmpty)
+        #expect(matches(index, "/news/today") == ["**", "/**"])
+        #expect(matches(index, "/x") == ["**", "/*", "/**"])
+        for p in patterns {
+            let pattern = try DestinationPattern(p)
+            for d in ["/~user/bob/queue/x", "/~presence/topic/a", "/~session/s1/queue/x", "/news/today", "/x", "/~"] {
+                var viaIndex = false
+                index.forEachMatch(d) { if $0 == pattern { viaIndex = true } }
+                #expect(pattern.matches(d) == viaIndex, "\(p) \(d)")
+            }
+        }
+    }
+
     @Test("segments compare by their bytes, as matches(_:) does, not by canonical equivalence")
     func bytes() throws {
         let index = DestinationPatternIndex()

@@ -28,6 +28,16 @@ import Testing
         #expect(configuration.log.level == .debug)
     }
 
+    /// An empty scope (an empty entry of an environment list) allowed every destination.
+    @Test func anAPIKeyScopeMustBeADestinationPrefix() async {
+        let key = ["auth.api-keys.names=k", "auth.api-keys.k.sha256=" + String(repeating: "a", count: 64)]
+        for scopes in [",/topic/", "topic/"] {
+            let error = await ConfigurationCheckTests().loadError(key + ["auth.api-keys.k.scopes=\(scopes)"])
+            #expect(
+                error?.hasPrefix("auth.api-keys.k.scopes: '") == true && error?.hasSuffix("' must be a destination prefix starting with /") == true, "\(String(describing: error))")
+        }
+    }
+
     @Test func redisRoutesNeedRedis() async {
         let error = await ConfigurationCheckTests().loadError(["routes.names=p", "routes.p.destination=/app/p", "routes.p.type=redis-pubsub", "routes.p.channel=C"])
         #expect(error == "routes.p.type redis-pubsub needs redis.url")

@@ -549,6 +549,7 @@ final class PublishHandlerHarness {
             (#"{"topic":"/topic/x","message":null}"#, "message", "field 'message' must be a string"),
             (#"{"topic":"/topic/x","message":"x","headers":{"k":1}}"#, "headers", "field 'headers' must be an object of string values"),
             (#"{"topic":"/topic/x","message":"x","contentType":""}"#, "contentType", "field 'contentType' must be a non-empty string"),
+            (#"{"topic":"/topic/x","message":"x","contentType":"text/plain\u0000x"}"#, "contentType", "field 'contentType' must not contain a NUL"),
             (#"[1]"#, nil, "request body must be a JSON object"),
             ("", nil, "request body must be a JSON object"),
         ] as [(String, String?, String)])

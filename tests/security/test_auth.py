@@ -357,3 +357,25 @@ def test_kept_claims_drive_rules(gw, clients):
     deny_subscribe(notenant, "/topic/tenant.acme.news")
     viewer = clients(g, headers=bearer(make_token(HMAC_SECRET, sub="u5", tenant="acme", roles=["viewer"])))
     deny_subscribe(viewer, "/topic/ops.alerts")
+
+
+def test_a_jwks_key_without_alg_is_not_taken_over_by_a_forged_header(gw, clients, keys, tmp_path):
+    """A token's `alg` must be one of the keys': a JWKS key without `alg` gets the one its type
+    means (RS256 for RSA), so a forged header cannot choose another for it (jwt-kit builds a
+    key's signer from the first token's header when the key has none, and keeps it; with
+    jwt-kit 5.8 a forged RS384 token was refused as "invalid signature", and nothing kept: the
+    refusal now names the reason, and no longer depends on that)."""
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(keys.jwks_rsa.public_key()))
+    jwk.update({"kid": keys.jwks_kid, "use": "sig"})
+    jwk.pop("alg", None)
+    path = tmp_path / "jwks-no-alg.json"
+    path.write_text(json.dumps({"keys": [jwk]}))
+    g = gw(f"auth.jwt.jwks-file={path}")
+    accepted(clients, g, "jay", bearer(make_token(keys.jwks_rsa, "RS256", sub="jay", headers={"kid": keys.jwks_kid})))
+    forged = make_token(keys.jwks_rsa, "RS384", sub="mallory")
+    rejected(clients, g, "authentication failed: unsupported algorithm: the keys are for RS256", bearer(forged))
+    rejected(clients, g, "authentication failed: unsupported algorithm: the keys are for RS256",
+             bearer(make_token(keys.jwks_rsa, "PS256", sub="mallory")))
+    # The genuine tokens, with and without the kid, still pass.
+    accepted(clients, g, "jay", bearer(make_token(keys.jwks_rsa, "RS256", sub="jay", headers={"kid": keys.jwks_kid})))
+    accepted(clients, g, "kay", bearer(make_token(keys.jwks_rsa, "RS256", sub="kay")))

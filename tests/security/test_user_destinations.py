@@ -180,9 +180,24 @@ def test_a_catch_all_broker_prefix_does_not_reach_the_routing_forms(gw, clients)
     assert c.receive().command == "ERROR"
     r = requests.post(g.base + "/api/notification", json={"topic": "/~user/bob/queue/inbox", "message": "forged"}, timeout=5)
     assert r.status_code == 400 and r.json()["field"] == "topic", r.text
+    # Wildcards under the catch-all prefix are broker subscriptions, but never match the
+    # routing forms: a probe's `/**` got every user's private messages.
+    spies = []
+    for dest in ("/**", "/*/bob/queue/*", "/*/bob/**"):
+        spy = clients(g, headers=bearer(make_token(HMAC_SECRET, sub="mallory")))
+        spy.subscribe(dest, "1", receipt="r")
+        spies.append(spy)
+    # `/user/queue/…` is a user destination: the API's plain topic refuses it (it reached no
+    # user-queue subscriber, and answered 200).
+    r = requests.post(g.base + "/api/notification", json={"topic": "/user/queue/inbox", "message": "x"}, timeout=5)
+    assert r.status_code == 400 and r.json()["field"] == "topic", r.text
     # A plain topic under the catch-all prefix still works, and bob got nothing forged.
     assert g.publish_user("bob", "/queue/inbox", "for bob").status_code == 200
     assert bob.expect_message().text == "for bob"
+    assert g.publish("/news/today", "for all").status_code == 200
+    assert spies[0].expect_message().text == "for all"
+    for spy in spies:
+        spy.expect_nothing(0.3)
     bob.expect_nothing(0.3)
 
 

@@ -431,7 +431,13 @@ package struct AuthSettings: Sendable {
                 throw SwitchboardConfiguration.Invalid(
                     description: "auth.api-keys.\(name).sha256 must be the 64-hex-digit SHA-256 of the key (switchboard --hash-api-key KEY prints it)")
             }
-            return APIKeyStore.Key(name: name, sha256: hash, scopes: key.stringArray(forKey: "scopes", default: brokerPrefixes))
+            let scopes = key.stringArray(forKey: "scopes", default: brokerPrefixes)
+            // A scope is a destination prefix: an empty one (an empty entry of an environment
+            // list) would allow every destination.
+            if let bad = scopes.first(where: { !$0.hasPrefix("/") }) {
+                throw SwitchboardConfiguration.Invalid(description: "auth.api-keys.\(name).scopes: '\(bad)' must be a destination prefix starting with /")
+            }
+            return APIKeyStore.Key(name: name, sha256: hash, scopes: scopes)
         }
     }
 }

@@ -171,6 +171,11 @@ struct NotificationPublisher: Sendable {
                 let limit = DestinationPattern.maxNameBytes - userPrefix.dropLast().utf8.count
                 return topic.utf8.count > limit ? "must be at most \(limit) bytes for a user destination (its subscribers add \(userPrefix.dropLast()))" : nil
             }
+            // A user destination under a catch-all broker prefix (`/`) is not a topic: as a
+            // STOMP SEND there is refused, it would reach no user-queue subscriber.
+            if config.isUserDestination(topic) {
+                return "is a user destination: publish to a user with POST /api/users/{user}/notification"
+            }
             return config.isBrokerDestination(topic) ? nil : "must start with \(config.brokerPrefixes.joined(separator: " or "))"
         }
     }
