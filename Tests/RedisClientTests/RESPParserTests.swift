@@ -160,6 +160,15 @@ struct RESPParserTests {
         #expect(parseError("+aaaaaaaaaaaa", limits: .init(maxLineLength: 4))?.code == .lineTooLong)
     }
 
+    /// With the bulk limit raised to `.max`, a length near `Int.max` trapped adding the
+    /// payload's end: it is a value not complete yet.
+    @Test func aHugeBulkLengthWithoutALimitWaitsForMoreBytes() throws {
+        var buffer = ByteBuffer(string: "$9223372036854775807\r\nabc")
+        var parser = RESPParser(limits: .init(maxBulkLength: .max))
+        #expect(try parser.next(from: &buffer) == nil)
+        #expect(buffer.readableBytes == 25)
+    }
+
     @Test func nestingLimit() throws {
         let depth = 100
         let ok = String(repeating: "*1\r\n", count: depth) + ":1\r\n"

@@ -2,6 +2,7 @@ import NIOCore
 import NIOWebSocket
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 import Testing
 
@@ -152,6 +153,25 @@ struct WebSocketConformanceTests {
         #expect(c.channel.isActive)
         gw.loop.advanceTime(by: .seconds(2) + .milliseconds(1))  // the grace (WebSocketSTOMPTransport.closeGrace)
         #expect(!c.channel.isActive, "closed at the grace")
+    }
+
+    /// A malformed frame behind a SEND in flight: its ERROR waits for the SEND's turn, and a
+    /// close frame the client sent meanwhile was ignored (no echo until the step ended, then a
+    /// 2 s linger for a close that had come).
+    @Test("a close frame after a decoding failure is echoed at once")
+    func closeAfterAFailureIsEchoed() throws {
+        let route = PendingRoute()
+        let gw = TestGateway(routes: try routes("/app/**", route))
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.send(.send, ["destination": "/app/slow", "receipt": "r"], body: "x")
+        try c.sendBytes(Array("FOO\n\n\u{0}".utf8))
+        #expect(try c.read().isEmpty, "the ERROR waits behind the SEND")
+        try c.sendBytes([0x03, 0xE8], opcode: .connectionClose)
+        let out = try c.read()
+        #expect(out.contains { if case .close(1000, _) = $0 { true } else { false } }, "\(out)")
+        route.calls[0].promise.fail(RouteError(.abandoned, "test over"))
     }
 
     @Test("close codes that must not be sent are answered 1002", arguments: [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] as [UInt16])

@@ -231,6 +231,23 @@ final class RouterHarness {
         #expect(partial.http == nil, "still a possible upgrade")
     }
 
+    /// A head whose lines end in bare LFs has no CRLFCRLF: it waited, unanswered, for the
+    /// handshake timeout. It goes to the HTTP parser at its first bare LF, byte by byte too.
+    @Test func aHeadWithBareLFsGoesToTheHTTPParser() throws {
+        let request = "GET /health HTTP/1.1\nHost: x\n\n"
+        for byteAtATime in [false, true] {
+            let h = try RouterHarness()
+            try h.write(request, byteAtATime: byteAtATime)
+            let recorder = try #require(h.http, "byte at a time: \(byteAtATime)")
+            #expect(String(buffer: recorder.received) == request)
+            _ = try? h.channel.finish()
+        }
+        let crlf = try RouterHarness()
+        try crlf.write("GET /health HTTP/1.1\r\nHost: x\r", byteAtATime: true)
+        #expect(crlf.http == nil, "CRLF lines, split anywhere: still a possible upgrade")
+        _ = try? crlf.channel.finish()
+    }
+
     @Test func handshakeClockStopsAtTheHTTPParsersHead() throws {
         let pending = PendingHandshakes()
         let channel = EmbeddedChannel()

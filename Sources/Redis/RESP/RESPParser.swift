@@ -195,8 +195,9 @@ public struct RESPParser: Sendable {
             guard length <= limits.maxBulkLength else {
                 throw RESPParsingError(code: .bulkStringTooLarge, offset: lineStart)
             }
+            // Compared without adding to the length, which a limit raised to .max lets reach Int.max.
+            guard Int(length) <= readable - afterLine - 2 else { return nil }
             let payloadEnd = afterLine + Int(length)
-            guard readable >= payloadEnd + 2 else { return nil }
             guard buffer.getInteger(at: buffer.readerIndex + payloadEnd, as: UInt16.self) == 0x0D0A else {
                 throw RESPParsingError(code: .missingCRLF, offset: payloadEnd)
             }

@@ -77,7 +77,9 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
             if frame.opcode == .connectionClose { context.close(promise: nil) }
             return
         }
-        guard !failed else { return }
+        // After a failure nothing more is decoded, but a client's close frame is still answered
+        // at once (RFC 6455 §5.5.1; the ERROR may wait behind a step in flight).
+        guard !failed || frame.opcode == .connectionClose else { return }
         // RFC 6455 §5.1–5.5: client frames are masked; no extension is negotiated, so the
         // reserved bits are 0; continuation frames continue a fragmented message.
         guard frame.maskKey != nil else {

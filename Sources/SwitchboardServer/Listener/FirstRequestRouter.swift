@@ -71,8 +71,11 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
         }
         let from = scanned
         guard let end = buffered!.withUnsafeReadableBytes({ UpgradeRequestHead.endOfHead(in: $0, from: from) }) else {
+            // Lines ending in a bare LF never end the head here: the HTTP parser answers them
+            // at once (they waited for the handshake timeout, unanswered).
+            let bareLF = buffered!.withUnsafeReadableBytes { UpgradeRequestHead.hasBareLF(in: $0, from: from) }
             scanned = max(0, buffered!.readableBytes - 3)
-            if buffered!.readableBytes > Self.maxHeadBytes { becomeHTTP(context: context) }
+            if bareLF || buffered!.readableBytes > Self.maxHeadBytes { becomeHTTP(context: context) }
             return
         }
         // The HTTP parser's limits hold for an upgrade too: a head beyond them goes to the

@@ -44,6 +44,18 @@ struct UpgradeRequestHead: Equatable, Sendable {
         return nil
     }
 
+    /// Whether `bytes` from `from` on hold an LF without a CR before it: a head that
+    /// ``endOfHead(in:from:)`` never finds the end of (its lines end in bare LFs), for the full
+    /// HTTP/1.1 parser to serve or refuse.
+    static func hasBareLF(in bytes: UnsafeRawBufferPointer, from: Int) -> Bool {
+        var i = max(from, 0)
+        while i < bytes.count, let lf = bytes[i...].firstIndex(of: UInt8(ascii: "\n")) {
+            if lf == 0 || bytes[lf - 1] != UInt8(ascii: "\r") { return true }
+            i = lf + 1
+        }
+        return false
+    }
+
     /// Classifies a complete head (the bytes up to and including its blank line).
     static func classify(_ head: UnsafeRawBufferPointer) -> Classification {
         var lines = HeadLines(bytes: head)
