@@ -105,7 +105,12 @@ package final class JWTAuthenticator: SessionAuthenticator {
         self.algorithms = algorithms
     }
 
-    /// The JWKS `text` with an `alg` on every key (RS256 for RSA, ES256/ES384/ES512 for EC by
+    /// The JWS algorithms a JWKS key may name (others are encryption algorithms: skipped).
+    static let signatureAlgorithms: Set<String> = [
+        "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    ]
+
+    /// The JWKS `text` without its encryption keys, with an `alg` on every key (RS256 for RSA, ES256/ES384/ES512 for EC by
     /// curve, EdDSA for OKP, as issuers that leave it out mean), its kids, and its algorithms.
     static func withAlgorithms(jwks text: String, path: String) throws -> (json: String, (kids: Set<String>, algorithms: Set<String>)) {
         guard var object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any],
@@ -117,6 +122,9 @@ package final class JWTAuthenticator: SessionAuthenticator {
         var algorithms = Set<String>()
         var keys: [[String: Any]] = []
         for var key in list {
+            // Encryption keys (`use: enc`, `alg: RSA-OAEP`…) never verify a token.
+            if key["use"] as? String == "enc" { continue }
+            if let alg = key["alg"] as? String, !Self.signatureAlgorithms.contains(alg) { continue }
             if let kid = key["kid"] as? String { kids.insert(kid) }
             if key["alg"] == nil {
                 switch (key["kty"] as? String, key["crv"] as? String) {

@@ -220,19 +220,23 @@ public struct SwitchboardPublisher: Sendable {
         try await self.reply(to: message, destination: destination, body: ByteBuffer(string: body), headers: headers, contentType: contentType)
     }
 
-    /// The envelope payload that the publish methods send (exposed for tests and custom transports).
     /// Publishes to user `user` at a user destination (`/queue/...`): every session of that
     /// user subscribed to `/user/queue/...` gets it, on every gateway instance.
+    ///
+    /// - Throws: ``SwitchboardPublisherError/invalidUserDestination(_:)`` when `destination`
+    ///   does not start with `/` (`x/queue/y` would reach user `<user>x`).
     @discardableResult
     public func publish(
         toUser user: String, destination: String, body: String, headers: STOMPHeaders = [:],
         contentType: String? = "text/plain"
     ) async throws -> Int {
-        try await publish(
+        guard destination.hasPrefix("/") else { throw SwitchboardPublisherError.invalidUserDestination(destination) }
+        return try await publish(
             destination: UserDestinations.routing(user: user, destination: destination), body: ByteBuffer(string: body),
             headers: headers, contentType: contentType)
     }
 
+    /// The envelope payload that the publish methods send (exposed for tests and custom transports).
     public func envelope(destination: String, body: ByteBuffer, headers: STOMPHeaders, contentType: String?, session: String?) -> ByteBuffer {
         var all = STOMPHeaders()
         if let contentType { all.add("content-type", contentType) }
@@ -266,6 +270,7 @@ public struct SwitchboardPublisherError: Error, Hashable, CustomStringConvertibl
     enum Code: Hashable {
         case idempotencyNeedsHistory
         case invalidIdempotencyKey(String)
+        case invalidUserDestination(String)
     }
 
     let code: Code
@@ -279,10 +284,16 @@ public struct SwitchboardPublisherError: Error, Hashable, CustomStringConvertibl
         SwitchboardPublisherError(code: .invalidIdempotencyKey(problem))
     }
 
+    /// A user's destination must start with `/` (`/queue/...`).
+    public static func invalidUserDestination(_ destination: String) -> SwitchboardPublisherError {
+        SwitchboardPublisherError(code: .invalidUserDestination(destination))
+    }
+
     public var description: String {
         switch code {
         case .idempotencyNeedsHistory: "an idempotency key needs recordsHistory (it is kept in the step that records the message in history)"
         case .invalidIdempotencyKey(let problem): "idempotency key \(problem)"
+        case .invalidUserDestination(let destination): "a user's destination must start with / (/queue/...), not '\(destination)'"
         }
     }
 }

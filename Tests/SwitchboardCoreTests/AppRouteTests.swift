@@ -73,6 +73,26 @@ struct AppRouteTests {
         route.calls[0].promise.fail(RouteError(.abandoned, "test over"))
     }
 
+    /// A call that fails at once when cancelled (a webhook call waiting for a connection) was
+    /// taken for a route failure of the closing session: a route error counted, an ERROR
+    /// written, the session's end recorded as `error` instead of `client`.
+    @Test("a call failing at its cancellation is not a route failure of the closing session")
+    func cancelledCallIsNotARouteFailure() throws {
+        let route = PendingRoute()
+        let gw = TestGateway(routes: try routes("/app/**", route))
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.send(.send, ["destination": "/app/greet", "receipt": "r1"], body: "x")
+        try #require(route.cancellations.count == 1)
+        let promise = route.calls[0].promise
+        _ = route.cancellations[0].onCancel { promise.fail(RouteError(.abandoned, "not sent: the session closed")) }
+        let before = gw.services.stats.errors.map { $0.load(ordering: .relaxed) }
+        try c.channel.close().wait()
+        #expect(gw.services.stats.errors.map { $0.load(ordering: .relaxed) } == before, "no error counted")
+        #expect(try c.read().isEmpty, "no ERROR written")
+    }
+
     @Test("the RECEIPT waits for the route; later frames queue behind it, in order")
     func receiptAfterRoute() throws {
         let route = PendingRoute()

@@ -80,6 +80,13 @@ struct PublishTests {
         #expect(decoded.destination == "/~user/alice/queue/notes")
         #expect(String(buffer: decoded.body) == "for alice")
         #expect(try await nextMessage(bob, timeout: .milliseconds(200)) == nil)
+        // `x/queue/notes` would route to user "alicex": refused, nothing published.
+        let alicex = try await client.subscribe(to: ["switchboard:dest:/~user/alicex/queue/notes"])
+        await #expect(throws: SwitchboardPublisherError.invalidUserDestination("x/queue/notes")) {
+            try await publisher.publish(toUser: "alice", destination: "x/queue/notes", body: "misrouted")
+        }
+        #expect(try await nextMessage(alicex, timeout: .milliseconds(200)) == nil)
+        await alicex.unsubscribe()
         await alice.unsubscribe()
         await bob.unsubscribe()
         await client.shutdown()

@@ -368,8 +368,11 @@ def test_a_jwks_key_without_alg_is_not_taken_over_by_a_forged_header(gw, clients
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(keys.jwks_rsa.public_key()))
     jwk.update({"kid": keys.jwks_kid, "use": "sig"})
     jwk.pop("alg", None)
+    # An encryption key never verifies a token (nor adds its algorithm to the accepted ones).
+    enc = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(keys.other_rsa.public_key()))
+    enc.update({"kid": "enc-1", "use": "enc", "alg": "RSA-OAEP"})
     path = tmp_path / "jwks-no-alg.json"
-    path.write_text(json.dumps({"keys": [jwk]}))
+    path.write_text(json.dumps({"keys": [jwk, enc]}))
     g = gw(f"auth.jwt.jwks-file={path}")
     accepted(clients, g, "jay", bearer(make_token(keys.jwks_rsa, "RS256", sub="jay", headers={"kid": keys.jwks_kid})))
     forged = make_token(keys.jwks_rsa, "RS384", sub="mallory")

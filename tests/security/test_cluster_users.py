@@ -90,6 +90,22 @@ def test_redis_broadcast_with_user(cluster, sessions):
             c.expect_nothing(0.05)
 
 
+def test_redis_broadcast_to_a_user_needs_a_user_destination(cluster, sessions, clients):
+    """`{"user": "alice", "topic": "x/queue/notes"}` routed to user `alicex`'s queue: a topic
+    that is not a user destination is dropped (logged), as the HTTP API refuses it."""
+    alicex = clients(cluster.gw_ws(0), headers=bearer(make_token(HMAC_SECRET, sub="alicex")))
+    alicex.subscribe("/user/queue/notes", "n", receipt="sub")
+    for topic in ("x/queue/notes", "/topic/notes"):
+        payload = json.dumps({"user": "alice", "topic": topic, "message": "misrouted"})
+        assert cluster.redis_cli("PUBLISH", "BROADCAST-CHANNEL", payload) == "3"
+    # A marker for alicex, published after: it arrives, and nothing came before it.
+    assert cluster.redis_cli("PUBLISH", "BROADCAST-CHANNEL", json.dumps({"user": "alicex", "topic": "/queue/notes", "message": "marker"})) == "3"
+    assert alicex.expect_message(timeout=5).text == "marker"
+    for kind in sessions.values():
+        for c in kind:
+            c.expect_nothing(0.05)
+
+
 def test_webhook_user_reply_and_anonymous_sender(cluster, sessions, clients, hook):
     hook.reply = lambda req: {"replies": [
         {"destination": "/queue/notes", "user": "alice", "body": "hook note"},

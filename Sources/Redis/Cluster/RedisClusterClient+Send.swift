@@ -160,7 +160,8 @@ extension RedisClusterClient {
     }
 
     /// One round: its first command follows the redirects alone (those that fail for good are
-    /// done, the next one goes first), then the rest is pipelined where it ran. Returns the
+    /// done, the next one goes first), then the rest is pipelined where it ran (or, when it ran
+    /// after an ASK, each command follows its redirects alone, in turn). Returns the
     /// commands redirected again, in order. A command still waiting at its deadline fails, not
     /// sent, as ``execute(_:)``'s retries do.
     private func run(_ round: [DetourEntry]) async -> [DetourEntry] {
@@ -183,15 +184,22 @@ extension RedisClusterClient {
                 first.item.complete(.failure(error))
                 continue
             }
-            return await self.pipeline(rest, on: ran.node, asking: ran.asking)
+            // An ASK is about one key: the slot is migrating, and the rest of the round may name
+            // keys still on the source. Sent to the importing node behind ASKING they would run
+            // there, on keys it does not hold yet (a write creating a second copy, which then
+            // stops the migration with BUSYKEY): each follows its own redirects, in turn.
+            guard !ran.asking else { continue }
+            return await self.pipeline(rest, on: ran.node)
         }
         return []
     }
 
-    /// Writes `entries` in order on `node`'s connection (each behind `ASKING` with `asking`), in
-    /// chunks of at most ``detourChunk`` in flight; returns those redirected again and every one
-    /// after them (not sent once one was redirected), or all when the node cannot be reached.
-    private func pipeline(_ entries: ArraySlice<DetourEntry>, on node: RedisServerAddress, asking: Bool) async -> [DetourEntry] {
+    /// Writes `entries` in order on `node`'s connection, in chunks of at most ``detourChunk`` in
+    /// flight; returns those redirected again and the chunks not sent after them, or all when
+    /// the node cannot be reached. Within a chunk a later command (another key of the slot) may
+    /// have run before an earlier one redirected again: the order holds per key, not across
+    /// keys, while a slot moves.
+    private func pipeline(_ entries: ArraySlice<DetourEntry>, on node: RedisServerAddress) async -> [DetourEntry] {
         guard !entries.isEmpty else { return [] }
         let connection: RedisConnection
         do {
@@ -213,7 +221,6 @@ extension RedisClusterClient {
             let now = NIODeadline.now()
             let replies = chunk.map { entry -> EventLoopFuture<RESPToken> in
                 guard entry.item.deadline > now else { return connection.channel.eventLoop.makeFailedFuture(Self.expired) }
-                if asking { _ = connection.send(ASKING()) }
                 return connection.sendRaw(entry.item.command)
             }
             for (entry, reply) in zip(chunk, replies) {

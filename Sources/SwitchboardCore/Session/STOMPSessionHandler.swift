@@ -162,8 +162,10 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     func cleanUp() {
         guard !cleanedUp, machine != nil else { return }
         cleanedUp = true
-        routeCancellation?.cancel()
         sessionEnded(.client, wasConnected: machine.connectionClosed())
+        // After the machine is closed: a call failing at once here is then dropped, not taken
+        // for a route failure of the live session (an ERROR, a `disconnected` of reason `error`).
+        routeCancellation?.cancel()
         if let countedUser { services.userSessions.remove(countedUser) }
         for sub in subscriptions.values { shard.remove(sub) }
         services.stats.subscriptions.subtract(subscriptions.count)

@@ -56,7 +56,7 @@ package struct WebhookRoute: AppRoute {
 
     /// `url` as errors and logs show it: scheme, host, port and path only.
     package static func shown(_ url: String) -> String {
-        guard var parts = URLComponents(string: url) else { return url }
+        guard var parts = URLComponents(string: url) else { return "(a URL that does not parse)" }
         parts.user = nil
         parts.password = nil
         parts.query = nil

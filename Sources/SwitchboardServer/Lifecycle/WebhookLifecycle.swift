@@ -89,7 +89,7 @@ package final class WebhookLifecycle: LifecycleRecorder, Sendable {
         if total - count == 0 || total / 1000 != (total - count) / 1000 {
             let limit = state.withLock { $0.delivery.limits.maxQueued }
             logger.warning(
-                "lifecycle events dropped: the webhook queue is full", metadata: ["dropped": "\(total)", "limit": "\(limit)", "url": "\(target.url)"])
+                "lifecycle events dropped: the webhook queue is full", metadata: ["dropped": "\(total)", "limit": "\(limit)", "url": "\(WebhookRoute.shown(target.url))"])
         }
     }
 
@@ -131,7 +131,7 @@ package final class WebhookLifecycle: LifecycleRecorder, Sendable {
                 logger.error(
                     "lifecycle events webhook rejected a batch again and again: its events are dropped",
                     metadata: [
-                        "url": "\(target.url)", "status": "\(status)", "batch": "\(batch.number)", "events": "\(count)",
+                        "url": "\(WebhookRoute.shown(target.url))", "status": "\(status)", "batch": "\(batch.number)", "events": "\(count)",
                         "first": "\(batch.items.first?.id ?? "")", "last": "\(batch.items.last?.id ?? "")",
                     ])
                 if let next { send(next) }
@@ -150,7 +150,7 @@ package final class WebhookLifecycle: LifecycleRecorder, Sendable {
         logger.log(
             level: level, "lifecycle events webhook failed; retrying",
             metadata: [
-                "url": "\(target.url)", "error": "\(why)", "batch": "\(batch.number)", "events": "\(batch.items.count)",
+                "url": "\(WebhookRoute.shown(target.url))", "error": "\(why)", "batch": "\(batch.number)", "events": "\(batch.items.count)",
                 "retry.ms": "\(plan.delay.nanoseconds / 1_000_000)",
             ])
         loop.scheduleTask(in: plan.delay) {
@@ -177,7 +177,7 @@ package final class WebhookLifecycle: LifecycleRecorder, Sendable {
             try? await Task.sleep(for: .milliseconds(10))
         }
         let left = state.withLock { $0.delivery.queued + ($0.delivery.inFlight?.items.count ?? 0) }
-        logger.warning("lifecycle events not delivered at shutdown", metadata: ["events": "\(left)", "url": "\(target.url)"])
+        logger.warning("lifecycle events not delivered at shutdown", metadata: ["events": "\(left)", "url": "\(WebhookRoute.shown(target.url))"])
     }
 
     /// Events dropped because the queue was full, since start.
