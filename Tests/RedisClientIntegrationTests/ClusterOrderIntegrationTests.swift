@@ -105,6 +105,33 @@ struct ClusterOrderIntegrationTests {
         #expect(client.detouredSendCount > 0, "commands were redirected")
     }
 
+    /// A slot migrating key by key: `{ask}:x` is gone from the source (its commands get `ASK`),
+    /// `{ask}:y` is still there. The `INCR`s of y that wait behind x's detour must run on the
+    /// source's y, in order: sent to the importing node behind `ASKING` they would run on a y
+    /// of its own (from 1: a second copy of the key). A guard: the rounds formed here did not
+    /// put a y behind x's `ASK` in one round before the change either (the review's sequence
+    /// needs a y in x's round).
+    @Test func commandsBehindAnAskRunWhereTheirKeyIs() async throws {
+        let (x, y) = ("{ask}:x", "{ask}:y")
+        let (cluster, client, source) = try await self.start(owning: x)
+        defer { cluster.stop() }
+        let slot = HashSlot(key: x)
+        let destination = try #require(try await cluster.primaries().first { $0 !== source })
+        _ = try await client.send(RawCommand(arguments: ["SET", .string(y), "0"], keys: [y])).get()
+        try await cluster.migrateSlot(slot, from: source, to: destination, moveKeys: false, finish: false)
+        var sent = [client.send(RawCommand(arguments: ["INCR", .string(x)], keys: [x]))]
+        for index in 1...300 {
+            sent.append(client.send(RawCommand(arguments: ["INCR", .string(y)], keys: [y])))
+            if index % 10 == 0 { try await Task.sleep(for: .milliseconds(1)) }
+        }
+        var replies: [Int] = []
+        for future in sent { replies.append(try Int(fromRESP: try await future.get())) }
+        #expect(replies.first == 1, "x was created on the importing node, behind ASKING")
+        #expect(Array(replies.dropFirst()) == Array(1...300), "every INCR of y ran on the source's y, in order")
+        #expect(client.detouredSendCount > 0, "commands waited behind x's redirect")
+        await client.shutdown()
+    }
+
     /// `kill -9` of the key's primary while one writer pipelines `RPUSH`es: the commands sent while
     /// the replica takes over wait and then run in order. Some fail (in flight on the killed node:
     /// the outcome is unknown; or past the command timeout), explicitly; what the list holds is
