@@ -169,6 +169,13 @@ import Testing
             #expect(response.text == #"{"error":"request body larger than 64 bytes","field":null}"#)
             // Within the limit it is read, then refused for want of Redis.
             #expect(try await client.post("/api/console/redis-publish", #"{"channel":"IN","message":"m"}"#).status == .conflict)
+            // The console's files: no framing by other sites, no sniffing, the console's own scripts only.
+            let page = try await client.execute(uri: "/console/index.html", method: .get)
+            #expect(page.status == .ok)
+            #expect(page.headers[.contentSecurityPolicy]?.contains("frame-ancestors 'none'") == true)
+            #expect(page.headers[.contentSecurityPolicy]?.hasPrefix("default-src 'self'") == true)
+            #expect(page.headers[HTTPField.Name("X-Frame-Options")!] == "DENY")
+            #expect(page.headers[HTTPField.Name("X-Content-Type-Options")!] == "nosniff")
         }
     }
 }

@@ -500,6 +500,19 @@ describe('client', () => {
     assert.equal(client.state, 'disconnected');
   });
 
+  test('the ERROR of a refused CONNECT is unescaped as the highest version offered', async () => {
+    // The gateway escapes it with the version it agreed (1.2 here); CONNECTED never came.
+    for (const [offered, message] of [['1.0,1.1,1.2', 'authentication failed: token expired'], ['1.0', 'authentication failed\\c token expired']]) {
+      const { FakeWebSocket, sockets } = fakeWebSocketFactory();
+      const client = new StompClient('ws://x/stomp', { WebSocket: FakeWebSocket, reconnect: false, timers: new FakeClock(), acceptVersion: offered });
+      const p = client.connect();
+      sockets[0].open();
+      sockets[0].receive('ERROR\nmessage:authentication failed\\c token expired\n\n\0');
+      sockets[0].serverClose();
+      await assert.rejects(p, (e) => { assert.equal(e.message, message); return true; });
+    }
+  });
+
   test('after a reconnect a subscription resumes from the last x-position it saw', async () => {
     const { client, clock, sockets, ws } = connectedClient();
     const got = [];

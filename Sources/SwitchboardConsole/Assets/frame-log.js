@@ -28,8 +28,12 @@ function summaryOf(command, headers) {
 /** Adds a log entry. dir: 'in' | 'out' | '' ; headerList: [[k, v]]; body: string | null. */
 export function addLog({ dir = '', command, summary = '', headerList = [], body = null, binary = false, extraClass = '' }) {
   const seq = ++state.seq;
+  // Only the preview of a body is kept (and searched): 1,000 entries of 1 MiB bodies held
+  // gigabytes of strings.
+  const bodyLength = body?.length ?? 0;
+  if (body !== null && body.length > BODY_PREVIEW) body = body.slice(0, BODY_PREVIEW);
   const text = [command, summary, ...headerList.map(([k, v]) => `${k}:${v}`), body ?? ''].join('\n').toLowerCase();
-  const entry = { seq, dir, command, text, node: null, extraClass, summary, headerList, body, binary, time: new Date() };
+  const entry = { seq, dir, command, text, node: null, extraClass, summary, headerList, body, bodyLength, binary, time: new Date() };
   state.entries.push(entry);
   while (state.entries.length > LOG_CAP) {
     const old = state.entries.shift();
@@ -62,7 +66,7 @@ function flushLog() {
 }
 
 function renderEntry(entry) {
-  const { dir, command, summary, headerList, body, binary } = entry;
+  const { dir, command, summary, headerList, body, bodyLength, binary } = entry;
   const node = el('div', {
     class: `entry cmd-${command}` + (dir ? ` dir-${dir}` : '') + (entry.extraClass ? ' ' + entry.extraClass : ''),
     'data-command': command, 'data-dir': dir || 'none',
@@ -78,7 +82,7 @@ function renderEntry(entry) {
     node.append(hdrs);
   }
   if (body !== null && body !== '') {
-    const shown = body.length > BODY_PREVIEW ? body.slice(0, BODY_PREVIEW) + `… (${body.length} chars)` : body;
+    const shown = bodyLength > body.length ? body + `… (${bodyLength} chars)` : body;
     node.append(el('pre', { class: 'body' + (binary ? ' binary' : ''), text: shown }));
   }
   return node;

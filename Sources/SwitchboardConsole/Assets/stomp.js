@@ -187,6 +187,10 @@ export class StompClient {
     if (passcode != null) headers.passcode = passcode;
     if (o.token) headers.Authorization = `Bearer ${o.token}`;
     Object.assign(headers, o.connectHeaders || {});
+    // Until CONNECTED names the version, frames are read as the highest one offered: a server
+    // escapes the ERROR of a refused CONNECT with the version it agreed (the console showed
+    // `authentication failed\c token expired`).
+    this.parser.version = highestVersion(o.acceptVersion);
     this._transmit(new Frame('CONNECT', headers));
   }
 
@@ -519,4 +523,10 @@ export class Subscription {
 
 function hostOf(url) {
   try { return new URL(url).hostname; } catch { return 'localhost'; }
+}
+
+/** The highest of the STOMP versions in an accept-version list ('1.0,1.1,1.2' → '1.2'). */
+export function highestVersion(list) {
+  const offered = String(list || '1.0').split(',').map(v => v.trim()).filter(v => /^1\.[0-9]$/.test(v));
+  return offered.sort().pop() || '1.0';
 }

@@ -1,3 +1,4 @@
+import HTTPTypes
 import Hummingbird
 import NIOCore
 import Redis
@@ -76,8 +77,18 @@ struct ConsoleRoutes: Sendable {
         guard let asset = ConsoleAssets.asset(name) else {
             return PublishAPI.json(APIErrorBody(error: "no console file '\(name)'", field: "path"), status: .notFound)
         }
-        return Response(
-            status: .ok, headers: [.contentType: asset.contentType, .cacheControl: "no-cache"],
-            body: .init(byteBuffer: asset.body))
+        return Response(status: .ok, headers: securityHeaders(contentType: asset.contentType), body: .init(byteBuffer: asset.body))
+    }
+
+    /// The console's own files only (scripts, styles), its WebSockets and API calls to the
+    /// gateway, never inside another site's frame (which could click Publish for its user).
+    static let contentSecurityPolicy =
+        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+
+    static func securityHeaders(contentType: String) -> HTTPFields {
+        [
+            .contentType: contentType, .cacheControl: "no-cache", .contentSecurityPolicy: contentSecurityPolicy,
+            HTTPField.Name("X-Content-Type-Options")!: "nosniff", HTTPField.Name("X-Frame-Options")!: "DENY",
+        ]
     }
 }
