@@ -71,6 +71,22 @@ struct ClusterRoutingTests {
         #expect(topology.primary(for: HashSlot(rawValue: 16383)) == address(7002))
     }
 
+    /// A node listening on a plain and a TLS port lists both: a TLS client reached every
+    /// node with TLS on its plain port.
+    @Test func aTLSClientTakesTheTLSPort() throws {
+        let both = R.map([
+            ("id", .bulk("a")), ("port", .int(7000)), ("tls-port", .int(17000)), ("ip", .bulk("127.0.0.1")), ("role", .bulk("master")),
+            ("health", .bulk("online")),
+        ])
+        let onlyTLS = R.map([("id", .bulk("b")), ("tls-port", .int(17001)), ("ip", .bulk("127.0.0.1")), ("role", .bulk("master"))])
+        let reply = R.array([
+            .map([("slots", .array([.int(0), .int(8000)])), ("nodes", .array([both]))]),
+            .map([("slots", .array([.int(8001), .int(16383)])), ("nodes", .array([onlyTLS]))]),
+        ])
+        #expect(try RedisClusterTopology(fromRESP: token(reply.text), tls: true).primaries == [address(17000), address(17001)])
+        #expect(try RedisClusterTopology(fromRESP: token(reply.text)).primaries == [address(7000), address(17001)])
+    }
+
     @Test func decodesClusterSlots() throws {
         func node(_ port: Int) -> R { .array([.bulk("127.0.0.1"), .int(port), .bulk("id\(port)")]) }
         let reply = R.array([

@@ -225,9 +225,14 @@ public final class RedisClusterClient: Sendable {
         var asking = false
         while true {
             guard !self.state.withLockedValue({ $0.isShutdown }) else { throw RedisClientError.shutdown }
+            // A refresh of the map, a retry's wait or a new node's connection may have taken the
+            // rest of the command timeout: a command is never sent after it.
+            guard machine.attempts == 0 || NIODeadline.now() < deadline else {
+                throw RedisClientError(.clusterUnavailable, detail: "the command timeout passed while its redirects or retries were followed; not sent")
+            }
             let failure: ClusterRequestStateMachine.Failure
             do {
-                return (try await self.send(command, to: node, asking: asking), node, asking)
+                return (try await self.send(command, to: node, asking: asking, deadline: deadline), node, asking)
             } catch let error as ClusterSendError {
                 failure = error.failure
             } catch {
@@ -305,12 +310,18 @@ public final class RedisClusterClient: Sendable {
     }
 
     /// One attempt on one node, with `ASKING` first after an `ASK` redirect.
-    private func send<Command: RedisCommand>(_ command: Command, to node: RedisServerAddress, asking: Bool) async throws -> RESPToken {
+    private func send<Command: RedisCommand>(
+        _ command: Command, to node: RedisServerAddress, asking: Bool, deadline: NIODeadline = .distantFuture
+    ) async throws -> RESPToken {
         let connection: RedisConnection
         do {
             connection = try await self.commandConnection(to: node)
         } catch {
             throw ClusterSendError(failure: .unreachable(error))
+        }
+        // Connecting may have taken the rest of the command timeout.
+        guard NIODeadline.now() < deadline else {
+            throw RedisClientError(.clusterUnavailable, detail: "the command timeout passed while connecting to \(node); not sent")
         }
         do {
             try self.admit(1, to: node)
@@ -318,8 +329,8 @@ public final class RedisClusterClient: Sendable {
             throw ClusterSendError(failure: .other(error))
         }
         defer { self.release(1, from: node) }
-        let askingReply = asking ? connection.send(ASKING()) : nil
-        let reply = connection.sendRaw(command)
+        let (askingReply, reply): (EventLoopFuture<RESPToken>?, EventLoopFuture<RESPToken>) =
+            asking ? connection.sendRawAsking(command) : (nil, connection.sendRaw(command))
         do {
             _ = try await askingReply?.get()
             return try await reply.get()
@@ -463,9 +474,10 @@ public final class RedisClusterClient: Sendable {
             if self.state.withLockedValue({ $0.isShutdown }) { throw RedisClientError.shutdown }
             do {
                 // Closed before going on (not in a task of its own that could outlive the caller's event loops).
+                let tls = self.configuration.tls != nil
                 let topology = try await self.connect(to: node).closing { connection in
                     do {
-                        return try await connection.execute(CLUSTERSHARDS())
+                        return try RedisClusterTopology(fromRESP: try await connection.sendRaw(CLUSTERSHARDS()).get(), tls: tls)
                     } catch let error as RedisServerError where error.message.lowercased().contains("unknown subcommand") {
                         return try await connection.execute(CLUSTERSLOTS())
                     }

@@ -64,11 +64,17 @@ extension RedisClusterTopology: RESPTokenDecodable {
     /// In `CLUSTER SHARDS`, the primary is the `master` node whose `health` is `online` (another
     /// `master` is a failed one not yet demoted); a node's address is its `endpoint`, else its `ip`.
     public init(fromRESP token: RESPToken) throws {
+        try self.init(fromRESP: token, tls: false)
+    }
+
+    /// As ``init(fromRESP:)``; with `tls`, a `CLUSTER SHARDS` node's `tls-port` is taken before
+    /// its `port` (a node listening on both lists both, and `port` is the plain one).
+    public init(fromRESP token: RESPToken, tls: Bool) throws {
         guard let entries = token.flattenedElements() else { throw RESPDecodeError(token: token, expected: "cluster slot map") }
         var shards: [RedisClusterShard] = []
         for entry in entries {
             if case .map = entry.value {
-                if let shard = try Self.decodeShard(entry) { shards.append(shard) }
+                if let shard = try Self.decodeShard(entry, tls: tls) { shards.append(shard) }
             } else if let shard = try Self.decodeSlotsEntry(entry) {
                 // CLUSTER SLOTS lists one range per entry: merge ranges of one primary.
                 if let index = shards.firstIndex(where: { $0.primary == shard.primary }) {
@@ -90,7 +96,7 @@ extension RedisClusterTopology: RESPTokenDecodable {
         return result
     }
 
-    private static func decodeShard(_ token: RESPToken) throws -> RedisClusterShard? {
+    private static func decodeShard(_ token: RESPToken, tls: Bool) throws -> RedisClusterShard? {
         let shard = try self.fields(token)
         guard let slotsToken = shard["slots"], let nodesToken = shard["nodes"] else {
             throw RESPDecodeError(token: token, expected: "CLUSTER SHARDS entry")
@@ -105,7 +111,8 @@ extension RedisClusterTopology: RESPTokenDecodable {
             let endpoint = try node["endpoint"].map { try String(fromRESP: $0) }
             let ip = try node["ip"].map { try String(fromRESP: $0) }
             let host = endpoint.flatMap { $0.isEmpty || $0 == "?" ? nil : $0 } ?? ip ?? ""
-            guard let portToken = node["port"] ?? node["tls-port"], let port = try? Int(fromRESP: portToken), !host.isEmpty else { continue }
+            let portToken = tls ? node["tls-port"] ?? node["port"] : node["port"] ?? node["tls-port"]
+            guard let portToken, let port = try? Int(fromRESP: portToken), !host.isEmpty else { continue }
             let address = RedisServerAddress(host: host, port: port)
             let role = try node["role"].map { try String(fromRESP: $0) } ?? ""
             let health = try node["health"].map { try String(fromRESP: $0) } ?? "online"

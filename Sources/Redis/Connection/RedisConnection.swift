@@ -146,18 +146,39 @@ public final class RedisConnection: Sendable {
     }
 
     private func sendRaw<Command: RedisCommand>(_ command: Command, origin: FallbackCount?, place: CommandPlace, counted: Bool) -> EventLoopFuture<RESPToken> {
+        self.write(self.outbound(command, origin: origin, place: place), counted: counted)
+    }
+
+    private func outbound<Command: RedisCommand>(_ command: Command, origin: FallbackCount? = nil, place: CommandPlace = CommandPlace()) -> RedisOutboundCommand {
         var encoder = RESPCommandEncoder(buffer: self.channel.allocator.buffer(capacity: 64))
         command.encode(into: &encoder)
-        return self.write(
-            RedisOutboundCommand(
-                bytes: encoder.buffer,
-                kind: command.replicaWait.map { .replicatedWrite($0) } ?? .command,
-                promise: self.channel.eventLoop.makePromise(),
-                blockingTimeout: command.blockingTimeout,
-                origin: origin,
-                place: place
-            ),
-            counted: counted)
+        return RedisOutboundCommand(
+            bytes: encoder.buffer,
+            kind: command.replicaWait.map { .replicatedWrite($0) } ?? .command,
+            promise: self.channel.eventLoop.makePromise(),
+            blockingTimeout: command.blockingTimeout,
+            origin: origin,
+            place: place
+        )
+    }
+
+    /// `ASKING`, then `command`, written in one step on the connection's loop: no other
+    /// caller's command comes between them (it would take the one-shot flag, and `command` be
+    /// redirected back). Returns both replies.
+    package func sendRawAsking<Command: RedisCommand>(_ command: Command) -> (asking: EventLoopFuture<RESPToken>, reply: EventLoopFuture<RESPToken>) {
+        let asking = self.outbound(ASKING())
+        let reply = self.outbound(command)
+        let loop = self.channel.eventLoop
+        if loop.inEventLoop {
+            self.writeOnLoop(asking)
+            self.writeOnLoop(reply)
+        } else {
+            loop.execute {
+                self.writeOnLoop(asking)
+                self.writeOnLoop(reply)
+            }
+        }
+        return (asking.promise.futureResult, reply.promise.futureResult)
     }
 
     /// Executes `command` and returns its typed reply.
