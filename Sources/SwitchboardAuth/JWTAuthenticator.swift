@@ -124,6 +124,7 @@ package final class JWTAuthenticator: SessionAuthenticator {
         for var key in list {
             // Encryption keys (`use: enc`, `alg: RSA-OAEP`…) never verify a token.
             if key["use"] as? String == "enc" { continue }
+            if key["kty"] as? String == "OKP", !["Ed25519", "Ed448"].contains(key["crv"] as? String ?? "") { continue }  // X25519: key agreement
             if let alg = key["alg"] as? String, !Self.signatureAlgorithms.contains(alg) { continue }
             if let kid = key["kid"] as? String { kids.insert(kid) }
             if key["alg"] == nil {

@@ -28,6 +28,13 @@ struct DestinationSequencer {
         var repairAfter: StreamPosition?
         /// Messages known lost for good (a hole history could not fill).
         var skipped: UInt64 = 0
+
+        /// Counts `n` more skipped, saturating: a position forged on a destination's channel
+        /// (`epoch:18446744073709551615`) must not trap the instance.
+        mutating func skip(_ n: UInt64) {
+            let (sum, overflow) = skipped.addingReportingOverflow(n)
+            skipped = overflow ? .max : sum
+        }
         /// Call ``retryRepair(timer:)`` with it after its delay (a failed read; one timer at a
         /// time).
         var retryAfter: RetryTimer?
@@ -175,13 +182,13 @@ struct DestinationSequencer {
             if let p = message.position, p.epoch == current.epoch, p.sequence > current.sequence { pending[p.sequence] = message }
         }
         for (sequence, message) in pending.sorted(by: { $0.key < $1.key }) where sequence <= newest.sequence {
-            actions.skipped += sequence - current.sequence - 1
+            actions.skip(sequence - current.sequence - 1)
             current.sequence = sequence
             actions.deliver.append(message)
             pending[sequence] = nil
         }
         if newest.sequence > current.sequence {
-            actions.skipped += newest.sequence - current.sequence
+            actions.skip(newest.sequence - current.sequence)
             current.sequence = newest.sequence
         }
         position = current
@@ -263,7 +270,7 @@ struct DestinationSequencer {
                 // over the epoch it came from). A copy of one delivered is dropped; a later
                 // one is counted as skipped, and history says whether its epoch came back.
                 if p.sequence > left.sequence {
-                    actions.skipped += 1
+                    actions.skip(1)
                     // A read running may have read Redis before the epoch came back: one more.
                     if repairing { repairOwed = true } else { askRepair(after: current, into: &actions) }
                 }
@@ -276,7 +283,7 @@ struct DestinationSequencer {
             position = current
         }
         if p.sequence <= current.sequence { return }  // a copy
-        if p.sequence == current.sequence + 1 {
+        if p.sequence == current.sequence &+ 1 {
             position = p
             actions.deliver.append(message)
             drainPending(&actions)
@@ -325,7 +332,7 @@ struct DestinationSequencer {
     /// Delivers the buffered messages that follow ``position`` without a hole.
     private mutating func drainPending(_ actions: inout Actions) {
         guard var current = position, !pending.isEmpty, pendingEpoch == current.epoch else { return }
-        while let next = pending.removeValue(forKey: current.sequence + 1) {
+        while let next = pending.removeValue(forKey: current.sequence &+ 1) {
             current.sequence += 1
             actions.deliver.append(next)
         }
@@ -341,7 +348,7 @@ struct DestinationSequencer {
             guard let p = message.position else { continue }
             if var current = position, current.epoch == epoch {
                 guard p.sequence > current.sequence else { continue }
-                actions.skipped += p.sequence - current.sequence - 1
+                actions.skip(p.sequence - current.sequence - 1)
                 current.sequence = p.sequence
                 position = current
             } else {

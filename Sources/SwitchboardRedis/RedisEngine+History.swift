@@ -210,8 +210,8 @@ extension RedisEngine {
         guard !interest.cancelled.load(ordering: .relaxed) else { return }
         for message in actions.deliver { hub.deliver(message, scope: .exact, generation: interest.generation) }
         if actions.skipped > 0 {
-            historySkipped.add(Int(actions.skipped), ordering: .relaxed)
-            skippedCounter.increment(by: Int64(actions.skipped))
+            historySkipped.add(Int(clamping: actions.skipped), ordering: .relaxed)
+            skippedCounter.increment(by: Int64(clamping: actions.skipped))
             logger.log(
                 level: .warning, throttledBy: InputLogs.holes, "history hole could not be repaired; subscribers see the jump in x-position",
                 metadata: ["destination": "\(destination)", "skipped": "\(actions.skipped)"])

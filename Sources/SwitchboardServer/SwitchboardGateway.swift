@@ -366,7 +366,7 @@ package struct SwitchboardGateway: Sendable {
         var settings = GatewayListener.Settings(
             host: configuration.http.host, port: configuration.http.port, backlog: configuration.http.backlog,
             handshakeTimeout: .milliseconds(Int64(configuration.http.handshakeTimeoutMs)),
-            maxWebSocketFrameBytes: configuration.limits.decoder.maxFrameBytes + 1024, tls: tls)
+            maxWebSocketFrameBytes: configuration.limits.decoder.maxFrameBytes + WebSocketSTOMPTransport.frameMargin, tls: tls)
         settings.tcpNoDelay = configuration.http.tcpNoDelay
         // A second more than a connection's own grace (``HTTPConnectionIdleState``), which
         // should have closed it first.

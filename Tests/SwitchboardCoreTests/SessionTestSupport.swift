@@ -50,8 +50,9 @@ final class TestGateway {
             routes: routes, instanceID: "t", logger: Logger(label: "test"), lifecycle: lifecycle)
     }
 
-    func client() throws -> TestClient {
-        let c = try TestClient(gateway: self)
+    /// - Parameter rateLimited: with `limits.bytes-per-second` applied, as the gateway does.
+    func client(rateLimited: Bool = false) throws -> TestClient {
+        let c = try TestClient(gateway: self, rateLimited: rateLimited)
         clients.append(c)
         return c
     }
@@ -72,12 +73,13 @@ final class TestClient {
     /// Decodes server frames; switch escaping off for STOMP 1.0 sessions.
     var decoder = STOMPFrameDecoder()
 
-    init(gateway: TestGateway) throws {
+    init(gateway: TestGateway, rateLimited: Bool = false) throws {
         loop = gateway.loop
         channel = EmbeddedChannel(loop: gateway.loop)
         session = STOMPSessionHandler(services: gateway.services)
+        let configuration = gateway.services.configuration
         try channel.pipeline.syncOperations.addHandlers([
-            WebSocketSTOMPTransport(limits: gateway.services.configuration.decoderLimits), session,
+            WebSocketSTOMPTransport(limits: configuration.decoderLimits, bytesPerSecond: rateLimited ? configuration.maxBytesPerSecond : 0), session,
         ])
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
     }

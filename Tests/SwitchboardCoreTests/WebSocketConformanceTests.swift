@@ -174,6 +174,27 @@ struct WebSocketConformanceTests {
         route.calls[0].promise.fail(RouteError(.abandoned, "test over"))
     }
 
+    /// `limits.max-frame-bytes` above 2 × `limits.bytes-per-second`: a frame larger than the
+    /// byte rate's burst was refused as a rate limit whatever the connection's rate.
+    @Test("a frame within limits.max-frame-bytes passes the byte rate on a quiet connection")
+    func aLargeFramePassesTheByteRate() throws {
+        var configuration = SessionConfiguration()
+        configuration.maxBytesPerSecond = 1_000
+        configuration.decoderLimits.maxFrameBytes = 16_384
+        configuration.decoderLimits.maxBodyBytes = 16_384
+        let gw = TestGateway(configuration: configuration)
+        defer { gw.shutdown() }
+        let c = try gw.client(rateLimited: true)
+        try c.connect()
+        try c.send(.send, ["destination": "/topic/big", "receipt": "r"], body: String(repeating: "x", count: 12_000))
+        let out = try c.frames()
+        #expect(out.map(\.command) == [.receipt], "\(out.map { $0.headers["message"] ?? "" })")
+        // The rate still holds: more than a burst's worth at once is refused.
+        try c.send(.send, ["destination": "/topic/big"], body: String(repeating: "y", count: 12_000))
+        let refused = try c.read().compactMap(\.frame)
+        #expect(refused.first?.headers["message"] == "rate limit exceeded: more than 1000 bytes per second")
+    }
+
     @Test("close codes that must not be sent are answered 1002", arguments: [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] as [UInt16])
     func invalidCloseCode(_ code: UInt16) throws {
         try connected { c in

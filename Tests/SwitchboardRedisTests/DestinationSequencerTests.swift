@@ -30,6 +30,28 @@ import Testing
         #expect(s.position == Self.at(6))
     }
 
+    /// Anyone who may PUBLISH on a destination's channel can forge `x-position`: the counts
+    /// saturate, and the largest sequence is no end of the world (``InterestChurnTests`` runs
+    /// the forged position through the engine, whose metric conversion trapped).
+    @Test func aForgedPositionAtTheLargestSequenceDoesNotTrap() {
+        var skipped = DestinationSequencer.Actions()
+        skipped.skip(.max - 1)
+        skipped.skip(5)
+        #expect(skipped.skipped == .max)
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(1))
+        let forged = s.receive(Self.message(.max, epoch: "forged"))
+        #expect(forged.deliver.isEmpty && forged.repairAfter == Self.at(0, epoch: "forged"))
+        let repaired = s.repaired(newest: Self.at(5), messages: [Self.message(2), Self.message(3), Self.message(4), Self.message(5)])
+        #expect(repaired.skipped >= .max - 1)
+        #expect(s.position?.epoch == "e1")
+        // And a position at the largest sequence in the real epoch: later copies are dropped.
+        var t = DestinationSequencer()
+        _ = t.established(at: Self.at(.max - 1))
+        #expect(Self.sequences(t.receive(Self.message(.max))) == [.max])
+        #expect(Self.sequences(t.receive(Self.message(.max))) == [])
+    }
+
     @Test func inOrderMessagesGoOutAtOnceAndCopiesAreDropped() {
         var s = DestinationSequencer()
         _ = s.established(at: Self.at(0))

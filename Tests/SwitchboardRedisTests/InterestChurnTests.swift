@@ -141,4 +141,31 @@ struct InterestChurnTests {
         #expect(try await gateway.delivered(1) == ["live"], "the cancelled interest's sequencer delivered to the new subscriber")
         await gateway.shutdown()
     }
+
+    /// Anyone who may PUBLISH on a destination's channel can forge `x-position`: one of an
+    /// unknown epoch at the largest sequence made the repair that followed count
+    /// 18446744073709551614 skipped messages, and the conversion to the metric's Int trapped
+    /// (every instance with a subscriber crashed). The destination goes on delivering.
+    @Test func aForgedPositionAtTheLargestSequenceDoesNotTrap() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let gateway = try await Gateway(server)
+        let (_, interest) = try await gateway.churn("/topic/kept")
+        let forged = PublishedMessage(
+            destination: "/topic/kept", messageID: "forged", headers: [:], body: ByteBuffer(string: "forged"),
+            position: StreamPosition(epoch: "forged", sequence: .max))
+        gateway.engine.onMessage(
+            RedisPubSubMessage(
+                kind: .channel, channel: gateway.engine.channel(forDestination: "/topic/kept"), pattern: nil,
+                payload: RedisEnvelope.encode(forged, origin: "elsewhere")),
+            for: interest)
+        try await gateway.engine.publish(
+            PublishedMessage(destination: "/topic/kept", messageID: "live", headers: [:], body: ByteBuffer(string: "live")), on: gateway.loop
+        ).get()
+        let sink = gateway.sink
+        // The forged message goes out once the repair that its unknown epoch asked for has given
+        // it up (where the count of what it skipped trapped).
+        #expect(try await eventually { sink.bodies.contains("live") && sink.bodies.contains("forged") }, "\(sink.bodies)")
+        await gateway.shutdown()
+    }
 }

@@ -90,7 +90,9 @@ def test_max_headers(frames_gw, clients, healthy_of):
 
 @pytest.fixture(scope="module")
 def rate_gw(gw):
-    return gw("limits.frames-per-second=10", "limits.bytes-per-second=3000")
+    # The byte rate's burst holds one frame of limits.max-frame-bytes at least: small here, so
+    # that the burst is the rate's 2x.
+    return gw("limits.frames-per-second=10", "limits.bytes-per-second=3000", "limits.max-frame-bytes=2048", "limits.max-body-bytes=2048")
 
 
 def test_frames_per_second(rate_gw, clients, healthy_of):

@@ -38,6 +38,8 @@ private enum SendRoute {
     case queued
     case detoured([DetourEntry]?)
     case full
+    /// Too many sends wait for the node's connection to open.
+    case openQueueFull(DirectSend)
     case shutdown
 }
 
@@ -82,6 +84,9 @@ extension RedisClusterClient {
                 }
             )
             if state.queuedSends[node] != nil {
+                // Bounded like the commands in flight: while a node's connection opens (up to the
+                // connect timeout), every send for its slots waits here.
+                guard state.queuedSends[node]!.count < self.cluster.maximumPendingCommandsPerNode else { return .openQueueFull(target) }
                 state.queuedSends[node]!.append(queued)
                 return .queued
             }
@@ -93,6 +98,10 @@ extension RedisClusterClient {
         case .open(let node): self.openAndDrain(node)
         case .queued, .detoured(nil): break
         case .detoured(let round?): self.runDetour(slot: slot, round)
+        case .openQueueFull(let target):
+            let limit = self.cluster.maximumPendingCommandsPerNode
+            promise.fail(RedisClientError(.queueFull, detail: "\(limit) commands wait for the connection to \(target.node) to open; not sent"))
+            self.answered(slot: target.slot, redirected: nil)
         case .shutdown:
             promise.fail(RedisClientError.shutdown)
         case .full:
@@ -160,10 +169,11 @@ extension RedisClusterClient {
     }
 
     /// One round: its first command follows the redirects alone (those that fail for good are
-    /// done, the next one goes first), then the rest is pipelined where it ran (or, when it ran
-    /// after an ASK, each command follows its redirects alone, in turn). Returns the
-    /// commands redirected again, in order. A command still waiting at its deadline fails, not
-    /// sent, as ``execute(_:)``'s retries do.
+    /// done, the next one goes first), then the rest is pipelined where it ran. When it ran
+    /// after an ASK (the slot is migrating key by key) the rest goes to the source instead, and
+    /// those whose key is gone (ASK again) then to the node the ASK names, each behind `ASKING`.
+    /// Returns the commands redirected again, in order. A command still waiting at its deadline
+    /// fails, not sent, as ``execute(_:)``'s retries do.
     private func run(_ round: [DetourEntry]) async -> [DetourEntry] {
         var rest = round[...]
         while let first = rest.popFirst() {
@@ -184,31 +194,65 @@ extension RedisClusterClient {
                 first.item.complete(.failure(error))
                 continue
             }
-            // An ASK is about one key: the slot is migrating, and the rest of the round may name
-            // keys still on the source. Sent to the importing node behind ASKING they would run
-            // there, on keys it does not hold yet (a write creating a second copy, which then
-            // stops the migration with BUSYKEY): each follows its own redirects, in turn.
-            guard !ran.asking else { continue }
-            return await self.pipeline(rest, on: ran.node)
+            guard ran.asking else { return await self.pipeline(rest, on: ran.node).again }
+            return await self.afterAsk(rest, slotOf: first.item.command)
         }
         return []
     }
 
-    /// Writes `entries` in order on `node`'s connection, in chunks of at most ``detourChunk`` in
-    /// flight; returns those redirected again and the chunks not sent after them, or all when
-    /// the node cannot be reached. Within a chunk a later command (another key of the slot) may
+    /// The rest of a round whose first command ran after an ASK. An ASK is about one key: the
+    /// rest may name keys still on the source, which sent to the importing node behind ASKING
+    /// would run there, on keys it does not hold yet (a write creating a second copy, which
+    /// stops the migration with BUSYKEY). So the rest goes to the source, without ASKING; the
+    /// source answers ASK only for a key it no longer holds, which does not come back: those
+    /// go to the node the ASK names, behind ASKING, in their order. Each key's commands keep
+    /// their order.
+    private func afterAsk(_ rest: ArraySlice<DetourEntry>, slotOf command: any RedisCommand) async -> [DetourEntry] {
+        guard !rest.isEmpty else { return [] }
+        let source: RedisServerAddress
+        do {
+            source = try await self.node(for: try HashSlot(keys: command.keysAffected))
+        } catch {
+            return Array(rest)
+        }
+        let atSource = await self.pipeline(rest, on: source, collectingAsks: true)
+        // Something else was redirected (MOVED, TRYAGAIN…): all wait for the next round, in order.
+        guard atSource.again.isEmpty else {
+            return (atSource.asked.map(\.entry) + atSource.again).sorted { $0.sequence < $1.sequence }
+        }
+        var byTarget: [(target: RedisServerAddress, entries: [DetourEntry])] = []
+        for (entry, target) in atSource.asked {
+            if let index = byTarget.firstIndex(where: { $0.target == target }) {
+                byTarget[index].entries.append(entry)
+            } else {
+                byTarget.append((target, [entry]))
+            }
+        }
+        var again: [DetourEntry] = []
+        for (target, entries) in byTarget { again += await self.pipeline(entries[...], on: target, asking: true).again }
+        return again.sorted { $0.sequence < $1.sequence }
+    }
+
+    /// Writes `entries` in order on `node`'s connection (each behind `ASKING` with `asking`), in
+    /// chunks of at most ``detourChunk`` in flight; returns those redirected again and the
+    /// chunks not sent after them, or all when the node cannot be reached. With
+    /// `collectingAsks`, those answered ASK are returned apart, with the node named, and do
+    /// not stop the later chunks. Within a chunk a later command (another key of the slot) may
     /// have run before an earlier one redirected again: the order holds per key, not across
     /// keys, while a slot moves.
-    private func pipeline(_ entries: ArraySlice<DetourEntry>, on node: RedisServerAddress) async -> [DetourEntry] {
-        guard !entries.isEmpty else { return [] }
+    private func pipeline(
+        _ entries: ArraySlice<DetourEntry>, on node: RedisServerAddress, asking: Bool = false, collectingAsks: Bool = false
+    ) async -> (again: [DetourEntry], asked: [(entry: DetourEntry, target: RedisServerAddress)]) {
+        guard !entries.isEmpty else { return ([], []) }
         let connection: RedisConnection
         do {
             connection = try await self.commandConnection(to: node)
         } catch {
-            return Array(entries)
+            return (Array(entries), [])
         }
         var rest = entries
         var again: [DetourEntry] = []
+        var asked: [(entry: DetourEntry, target: RedisServerAddress)] = []
         while !rest.isEmpty, again.isEmpty {
             let chunk = rest.prefix(Self.detourChunk)
             rest = rest.dropFirst(chunk.count)
@@ -221,16 +265,24 @@ extension RedisClusterClient {
             let now = NIODeadline.now()
             let replies = chunk.map { entry -> EventLoopFuture<RESPToken> in
                 guard entry.item.deadline > now else { return connection.channel.eventLoop.makeFailedFuture(Self.expired) }
-                return connection.sendRaw(entry.item.command)
+                return asking ? connection.sendRawAsking(entry.item.command).reply : connection.sendRaw(entry.item.command)
             }
             for (entry, reply) in zip(chunk, replies) {
                 let result: Result<RESPToken, any Error>
                 do { result = .success(try await reply.get()) } catch { result = .failure(error) }
-                if Self.isRedirect(result) { again.append(entry) } else { entry.item.complete(result) }
+                if collectingAsks, case .failure(let error as RedisServerError) = result, let redirect = ClusterRedirect(error, sender: node),
+                    redirect.kind == .ask
+                {
+                    asked.append((entry, redirect.address))
+                } else if Self.isRedirect(result) {
+                    again.append(entry)
+                } else {
+                    entry.item.complete(result)
+                }
             }
             self.release(chunk.count, from: node)
         }
-        return again + rest
+        return (again + rest, asked)
     }
 
     /// Commands of a detour round in flight at once.

@@ -499,8 +499,21 @@ public final class RedisClusterClient: Sendable {
 
     /// Closes a command connection to a node that is no longer a primary, in a task that
     /// ``shutdown()`` waits for.
+    ///
+    /// It takes no new commands, and is closed once it owes no replies (at most a command
+    /// timeout later): closed at once, the commands in flight on it failed as "outcome unknown"
+    /// (`connectionClosed`) where the node would have answered them, `MOVED` most often, and
+    /// they would have been redirected.
     private func closeStale(_ connection: Task<RedisConnection, any Error>) {
-        let started = self.background.run { try? await connection.value.close() }
+        let timeout = self.configuration.commandTimeout
+        let started = self.background.run {
+            guard let connection = try? await connection.value else { return }
+            let deadline = NIODeadline.now() + timeout
+            while connection.owesReplies, connection.isActive, NIODeadline.now() < deadline, !self.state.withLockedValue({ $0.isShutdown }) {
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            await connection.close()
+        }
         // Shut down meanwhile: ``shutdown()`` closed the connections it still had.
         if !started { connection.cancel() }
     }

@@ -189,16 +189,21 @@ public final class RedisConnection: Sendable {
     /// Sends a subscription management command; completes once the server confirmed every name.
     ///
     /// Published messages are delivered to the `pushHandler` given to ``connect(configuration:eventLoopGroup:logger:pushHandler:)``.
+    ///
+    /// Always written through the loop's task queue, also when called on the loop: the
+    /// subscription registry sends under its lock, and its commands must reach Redis in that
+    /// order (an UNSUBSCRIBE written at once on the loop overtook a SUBSCRIBE queued before it
+    /// from another thread: the server kept a subscription nobody wanted, or lost one).
     public func subscriptionCommand(_ command: SubscriptionCommand) -> EventLoopFuture<Void> {
         var encoder = RESPCommandEncoder(buffer: self.channel.allocator.buffer(capacity: 64))
         command.encode(into: &encoder)
-        return self.write(
-            RedisOutboundCommand(
-                bytes: encoder.buffer,
-                kind: .subscription(confirmation: command.confirmationKind, names: command.names),
-                promise: self.channel.eventLoop.makePromise()
-            )
-        ).map { _ in () }
+        let outbound = RedisOutboundCommand(
+            bytes: encoder.buffer,
+            kind: .subscription(confirmation: command.confirmationKind, names: command.names),
+            promise: self.channel.eventLoop.makePromise()
+        )
+        self.channel.eventLoop.execute { self.writeOnLoop(outbound) }
+        return outbound.promise.futureResult.map { _ in () }
     }
 
     private func write(_ command: RedisOutboundCommand, counted: Bool = false) -> EventLoopFuture<RESPToken> {

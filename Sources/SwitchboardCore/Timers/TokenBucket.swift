@@ -15,17 +15,14 @@ package struct TokenBucket: Sendable {
         self.last = now
     }
 
-    /// Takes `n` tokens if there are enough; false when the rate is exceeded. A cost above the
-    /// capacity is taken from a full bucket, which goes into debt: one frame larger than the
-    /// burst passes on a quiet connection, and what follows waits for the rate to pay it back
-    /// (refused, it was refused whatever the connection's rate).
+    /// Takes `n` tokens if there are enough; false when the rate is exceeded.
     package mutating func take(_ n: Int, now: NIODeadline = .now()) -> Bool {
         let elapsed = Double((now - last).nanoseconds) / 1e9
         if elapsed > 0 {
             tokens = min(capacity, tokens + elapsed * rate)
             last = now
         }
-        guard tokens >= min(Double(n), capacity) else { return false }
+        guard tokens >= Double(n) else { return false }
         tokens -= Double(n)
         return true
     }

@@ -59,12 +59,20 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
     private let bytesPerSecond: Int
     /// What a frame (data or control) counts against `limits.bytes-per-second` on top of its payload.
     static let frameCost = 64
+    /// What a WebSocket frame may hold beyond `limits.max-frame-bytes` (the gateway's frame
+    /// decoder takes the STOMP limit plus this: heart-beat EOLs, several frames in a message).
+    package static let frameMargin = 1024
 
     /// - Parameter bytesPerSecond: sustained inbound payload rate (burst 2×); 0 disables it.
     package init(limits: STOMPDecoderLimits, bytesPerSecond: Int = 0) {
         self.decoder = STOMPFrameDecoder(limits: limits, escapeHeaders: true)
         self.bytesPerSecond = bytesPerSecond
-        if bytesPerSecond > 0 { byteBucket = TokenBucket(rate: bytesPerSecond, burst: 2 * bytesPerSecond) }
+        // The burst holds at least one WebSocket frame of the largest size the limits let in
+        // (`limits.max-frame-bytes` above 2 × `bytes-per-second` refused every such frame as a
+        // rate limit, whatever the connection's rate).
+        if bytesPerSecond > 0 {
+            byteBucket = TokenBucket(rate: bytesPerSecond, burst: max(2 * bytesPerSecond, limits.maxFrameBytes + Self.frameMargin + Self.frameCost))
+        }
     }
 
     package func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -79,7 +87,7 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
         }
         // After a failure nothing more is decoded, but a client's close frame is still answered
         // at once (RFC 6455 §5.5.1; the ERROR may wait behind a step in flight).
-        guard !failed || frame.opcode == .connectionClose else { return }
+        guard !failed || (frame.opcode == .connectionClose && !closeSent) else { return }
         // RFC 6455 §5.1–5.5: client frames are masked; no extension is negotiated, so the
         // reserved bits are 0; continuation frames continue a fragmented message.
         guard frame.maskKey != nil else {

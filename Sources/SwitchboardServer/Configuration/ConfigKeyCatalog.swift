@@ -124,7 +124,8 @@ package enum ConfigKeyCatalog {
                 .init("limits.frames-per-second", .integer, "`2000`", "per connection, token bucket (burst 2×)"),
                 .init(
                     "limits.bytes-per-second", .integer, "`4194304`",
-                    "inbound bytes per connection (each WebSocket frame counts 64 bytes on top of its payload), token bucket (burst 2×)"),
+                    "inbound bytes per connection (each WebSocket frame counts 64 bytes on top of its payload), token bucket (burst 2×, and at least one frame of `limits.max-frame-bytes`)"
+                ),
             ]),
         Section(
             title: "Destinations",
