@@ -2,6 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import Redis
+import SwitchboardCore
 import SwitchboardWire
 
 /// Proves that the cross-instance path delivers: every `interval` the instance publishes a
@@ -12,6 +13,11 @@ import SwitchboardWire
 /// than `timeout` (Redis or a shard stalled, a subscriber connection silently dead, a publish
 /// path broken), the instance is not ready (``lateReason``), so a green readiness check means
 /// "delivering". Peers' canaries are recorded too (``peers``).
+///
+/// A canary is `<instance id> <process token> <send time>`: its age is measured from when it
+/// was sent, not when it came, so canaries that keep arriving but late (a saturated subscriber,
+/// a growing output buffer in Redis) still make the instance not ready; and another process
+/// with the same `instance.id` is told apart (logged) instead of keeping this one green.
 package final class DeliveryCanary: Sendable {
     package let interval: TimeAmount
     package let timeout: TimeAmount
@@ -21,8 +27,13 @@ package final class DeliveryCanary: Sendable {
     let loop: any EventLoop
     let tasks: BackgroundTasks
     let logger: Logger
+    /// This process's token: canaries with this instance id and another token are another
+    /// process's, configured with the same `instance.id`.
+    let token = String(UInt64.random(in: 1...UInt64.max), radix: 36)
+    static let sameIDLog = LogThrottle()
 
-    /// One canary channel: since when it is watched, when the own canary last came back.
+    /// One canary channel: since when it is watched, and when the newest own canary that came
+    /// back was sent.
     struct Watched {
         var since: NIODeadline
         var seen: NIODeadline?
@@ -101,11 +112,12 @@ package final class DeliveryCanary: Sendable {
             }
             if !started { state.withLockedValue { $0.planning = false } }
         }
+        let payload = "\(instanceID) \(token) \(NIODeadline.now().uptimeNanoseconds)"
         for channel in channels {
             if redis.isCluster {
-                _ = redis.send(SPUBLISH(channel: channel, message: .string(instanceID)))
+                _ = redis.send(SPUBLISH(channel: channel, message: .string(payload)))
             } else {
-                _ = redis.send(PUBLISH(channel: channel, message: .string(instanceID)))
+                _ = redis.send(PUBLISH(channel: channel, message: .string(payload)))
             }
         }
     }
@@ -143,11 +155,22 @@ package final class DeliveryCanary: Sendable {
     /// it may have lost meanwhile is read from history (see ``RedisEngine``).
     let onRecovered = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
 
-    func received(_ sender: String, on channel: String) {
+    func received(_ payload: String, on channel: String) {
         let now = NIODeadline.now()
         let timeout = self.timeout
+        // `<id> <token> <sent>`; an older gateway's canary is its id alone.
+        let fields = payload.utf8.split(separator: UInt8(ascii: " "), maxSplits: 2).map { String(Substring($0)) }
+        let sender = fields.first ?? ""
+        let own = sender == instanceID && fields.count == 3 && fields[1] == token
+        if sender == instanceID, !own {
+            logger.log(
+                level: .error, throttledBy: Self.sameIDLog, "another process publishes canaries as this instance.id: instance ids must be unique",
+                metadata: ["instance": "\(instanceID)"])
+            return
+        }
+        let sent = own ? UInt64(fields[2]).map { NIODeadline.uptimeNanoseconds(min($0, now.uptimeNanoseconds)) } : nil
         let recovered = state.withLockedValue { s -> Bool in
-            guard sender == instanceID else {
+            guard own, let sent else {
                 if s.peers[sender] == nil {
                     // A peer restarted under a new id, or anyone publishing on the channel:
                     // bound what is kept. When full, the silent ones go, else the one seen
@@ -164,7 +187,9 @@ package final class DeliveryCanary: Sendable {
                 return false
             }
             guard let watched = s.channels[channel] else { return false }
-            s.channels[channel]?.seen = now
+            // The newest sent that came back: an older one arriving after it changes nothing.
+            if let seen = watched.seen, seen >= sent { return false }
+            s.channels[channel]?.seen = sent
             return watched.age(now) > timeout
         }
         if recovered {
