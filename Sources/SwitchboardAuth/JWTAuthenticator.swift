@@ -124,7 +124,8 @@ package final class JWTAuthenticator: SessionAuthenticator {
         for var key in list {
             // Encryption keys (`use: enc`, `alg: RSA-OAEP`…) never verify a token.
             if key["use"] as? String == "enc" { continue }
-            if key["kty"] as? String == "OKP", !["Ed25519", "Ed448"].contains(key["crv"] as? String ?? "") { continue }  // X25519: key agreement
+            // X25519 is key agreement; Ed448 jwt-kit cannot read (the whole file would fail).
+            if key["kty"] as? String == "OKP", key["crv"] as? String != "Ed25519" { continue }
             if let alg = key["alg"] as? String, !Self.signatureAlgorithms.contains(alg) { continue }
             if let kid = key["kid"] as? String { kids.insert(kid) }
             if key["alg"] == nil {

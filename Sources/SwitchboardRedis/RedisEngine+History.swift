@@ -4,6 +4,7 @@ import Redis
 import SwitchboardCore
 import SwitchboardRoutes
 import SwitchboardWire
+import Synchronization
 
 /// History in Redis mode: recording through the history function, delivering each
 /// destination's messages in order with live gap repair, and resuming subscriptions.
@@ -202,6 +203,17 @@ extension RedisEngine {
         }
     }
 
+    /// Adds `n` to `counter`, stopping at `Int.max` (an atomic's `add` traps on overflow).
+    static func addSaturating(_ n: Int, to counter: borrowing Synchronization.Atomic<Int>) {
+        var total = counter.load(ordering: .relaxed)
+        while true {
+            let (sum, overflow) = total.addingReportingOverflow(n)
+            let (exchanged, original) = counter.compareExchange(expected: total, desired: overflow ? .max : sum, ordering: .relaxed)
+            if exchanged { return }
+            total = original
+        }
+    }
+
     /// Delivers (under the sequencer's lock, so the hub gets one order) and starts a repair.
     /// Nothing once the interest is cancelled: the hub's subscribers of the destination are then
     /// a later interest's, which has its own position (an old interest's establishing read or
@@ -210,8 +222,11 @@ extension RedisEngine {
         guard !interest.cancelled.load(ordering: .relaxed) else { return }
         for message in actions.deliver { hub.deliver(message, scope: .exact, generation: interest.generation) }
         if actions.skipped > 0 {
-            historySkipped.add(Int(clamping: actions.skipped), ordering: .relaxed)
-            skippedCounter.increment(by: Int64(clamping: actions.skipped))
+            // At most 2^40 per hole: a forged position counts billions of billions (no real hole
+            // comes near), and the total saturates rather than trap.
+            let counted = Int(min(actions.skipped, 1 << 40))
+            Self.addSaturating(counted, to: historySkipped)
+            skippedCounter.increment(by: Int64(counted))
             logger.log(
                 level: .warning, throttledBy: InputLogs.holes, "history hole could not be repaired; subscribers see the jump in x-position",
                 metadata: ["destination": "\(destination)", "skipped": "\(actions.skipped)"])

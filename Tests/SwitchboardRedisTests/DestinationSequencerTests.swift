@@ -1,6 +1,7 @@
 import NIOCore
 import SwitchboardCore
 import SwitchboardWire
+import Synchronization
 import Testing
 
 @testable import SwitchboardRedis
@@ -50,6 +51,15 @@ import Testing
         _ = t.established(at: Self.at(.max - 1))
         #expect(Self.sequences(t.receive(Self.message(.max))) == [.max])
         #expect(Self.sequences(t.receive(Self.message(.max))) == [])
+    }
+
+    /// The engine's total of skipped messages: a forged count followed by any other trapped.
+    @Test func aSaturatingAddNeverTraps() {
+        let counter = Atomic<Int>(0)
+        RedisEngine.addSaturating(1 << 40, to: counter)
+        RedisEngine.addSaturating(.max, to: counter)
+        RedisEngine.addSaturating(5, to: counter)
+        #expect(counter.load(ordering: .relaxed) == .max)
     }
 
     @Test func inOrderMessagesGoOutAtOnceAndCopiesAreDropped() {

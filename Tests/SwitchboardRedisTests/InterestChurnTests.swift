@@ -143,14 +143,21 @@ struct InterestChurnTests {
     }
 
     /// Anyone who may PUBLISH on a destination's channel can forge `x-position`: one of an
-    /// unknown epoch at the largest sequence made the repair that followed count
-    /// 18446744073709551614 skipped messages, and the conversion to the metric's Int trapped
-    /// (every instance with a subscriber crashed). The destination goes on delivering.
+    /// unknown epoch at the largest sequence neither traps nor stops the destination (a guard:
+    /// the counts that trapped are tested in ``DestinationSequencerTests`` and
+    /// `aSaturatingAddNeverTraps`; this path counted no skip before the change either).
     @Test func aForgedPositionAtTheLargestSequenceDoesNotTrap() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let gateway = try await Gateway(server)
         let (_, interest) = try await gateway.churn("/topic/kept")
+        for body in ["one", "two"] {
+            try await gateway.engine.publish(
+                PublishedMessage(destination: "/topic/kept", messageID: body, headers: [:], body: ByteBuffer(string: body)), on: gateway.loop
+            ).get()
+        }
+        let sink = gateway.sink
+        #expect(try await eventually { sink.bodies.contains("two") })
         let forged = PublishedMessage(
             destination: "/topic/kept", messageID: "forged", headers: [:], body: ByteBuffer(string: "forged"),
             position: StreamPosition(epoch: "forged", sequence: .max))
@@ -162,7 +169,6 @@ struct InterestChurnTests {
         try await gateway.engine.publish(
             PublishedMessage(destination: "/topic/kept", messageID: "live", headers: [:], body: ByteBuffer(string: "live")), on: gateway.loop
         ).get()
-        let sink = gateway.sink
         // The forged message goes out once the repair that its unknown epoch asked for has given
         // it up (where the count of what it skipped trapped).
         #expect(try await eventually { sink.bodies.contains("live") && sink.bodies.contains("forged") }, "\(sink.bodies)")

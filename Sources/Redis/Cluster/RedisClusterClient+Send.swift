@@ -116,6 +116,12 @@ extension RedisClusterClient {
     private func write<Command: RedisCommand>(
         _ command: Command, _ target: DirectSend, on connection: RedisConnection, promise: EventLoopPromise<Command.Response>
     ) {
+        // A send queued while the node's connection opened may come here after its deadline.
+        guard NIODeadline.now() < target.deadline else {
+            promise.fail(RedisClientError(.clusterUnavailable, detail: "waited for the connection to \(target.node) until the command timeout; not sent"))
+            self.answered(slot: target.slot, redirected: nil)
+            return
+        }
         let limit = self.cluster.maximumPendingCommandsPerNode
         let node = target.node
         let admitted = self.state.withLockedValue { state -> Bool in
@@ -274,7 +280,9 @@ extension RedisClusterClient {
                     redirect.kind == .ask
                 {
                     asked.append((entry, redirect.address))
-                } else if Self.isRedirect(result) {
+                } else if Self.isRedirect(result) || Self.wasNotSent(result) {
+                    // Not sent (the connection closed under a later chunk: a node dropped from
+                    // the map): tried again in the next round, like a redirect.
                     again.append(entry)
                 } else {
                     entry.item.complete(result)
@@ -290,6 +298,11 @@ extension RedisClusterClient {
 
     private static var expired: RedisClientError {
         RedisClientError(.clusterUnavailable, detail: "waited behind an earlier command of its slot until the command timeout; not sent")
+    }
+
+    private static func wasNotSent(_ result: Result<RESPToken, any Error>) -> Bool {
+        guard case .failure(let error as RedisClientError) = result else { return false }
+        return error == .notConnected
     }
 
     private static func isRedirect(_ result: Result<RESPToken, any Error>) -> Bool {
