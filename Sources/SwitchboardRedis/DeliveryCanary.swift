@@ -169,8 +169,9 @@ package final class DeliveryCanary: Sendable {
             return
         }
         let sent = own ? UInt64(fields[2]).map { NIODeadline.uptimeNanoseconds(min($0, now.uptimeNanoseconds)) } : nil
+        if own, sent == nil { return }  // not one of ours: a forged one (the token is on the channel)
         let recovered = state.withLockedValue { s -> Bool in
-            guard own, let sent else {
+            guard own, var sent else {
                 if s.peers[sender] == nil {
                     // A peer restarted under a new id, or anyone publishing on the channel:
                     // bound what is kept. When full, the silent ones go, else the one seen
@@ -187,10 +188,14 @@ package final class DeliveryCanary: Sendable {
                 return false
             }
             guard let watched = s.channels[channel] else { return false }
-            // The newest sent that came back: an older one arriving after it changes nothing.
+            // The newest sent that came back: an older one arriving after it changes nothing
+            // (nor one sent before the channel was watched, planned again on a new slot map).
+            sent = max(sent, watched.since)
             if let seen = watched.seen, seen >= sent { return false }
             s.channels[channel]?.seen = sent
-            return watched.age(now) > timeout
+            // Back: once, when the channel goes from late to on time (each late one arriving
+            // while the path lags is still late, and must not start another repair round).
+            return watched.age(now) > timeout && now - sent <= timeout
         }
         if recovered {
             logger.info("delivery canary back", metadata: ["channel": "\(channel)"])

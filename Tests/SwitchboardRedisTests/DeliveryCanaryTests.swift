@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Redis
@@ -39,9 +40,23 @@ struct DeliveryCanaryTests {
         canary.received("gw", on: channel)
         #expect(canary.lateReason != nil)
         #expect(canary.peers["gw"] == nil, "not a peer either")
+        // Its own, but a time that does not parse (forged: the token is on the channel).
+        canary.received("gw \(canary.token) abc", on: channel)
+        #expect(canary.lateReason != nil && canary.peers["gw"] == nil)
+        // Back (a history repair round starts): once, when it goes from late to on time; each
+        // late one arriving while the path lags is no recovery.
+        let recoveries = NIOLockedValueBox(0)
+        canary.onRecovered.withLockedValue { $0 = { recoveries.withLockedValue { $0 += 1 } } }
+        #expect(try await eventually { (canary.ownAge ?? 0) > 1.2 })
+        for lag in [900, 800, 700] as [UInt64] {  // newer each, each older than the 300 ms timeout
+            canary.received("gw \(canary.token) \(NIODeadline.now().uptimeNanoseconds - lag * 1_000_000)", on: channel)
+        }
+        #expect(recoveries.withLockedValue { $0 } == 0 && canary.lateReason != nil)
         // Fresh and its own: on time again.
         canary.received("gw \(canary.token) \(NIODeadline.now().uptimeNanoseconds)", on: channel)
         #expect(canary.lateReason == nil)
+        canary.received("gw \(canary.token) \(NIODeadline.now().uptimeNanoseconds)", on: channel)
+        #expect(recoveries.withLockedValue { $0 } == 1)
         // A peer's canary, in either format, is a peer's.
         canary.received("gw2 t \(now)", on: channel)
         canary.received("gw3", on: channel)

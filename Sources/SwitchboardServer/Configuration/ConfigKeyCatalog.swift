@@ -198,7 +198,7 @@ package enum ConfigKeyCatalog {
                 ),
                 .init(
                     "redis.canary-timeout-ms", .integer, "`3000`",
-                    "an instance whose newest own canary back was sent longer ago than this is not ready (`/health/ready` 503 with the reason): Redis stalled, or the subscriber path is broken or late; above `redis.canary-interval-ms` (twice it or more is safe)"
+                    "an instance whose newest own canary back was sent longer ago than this is not ready (`/health/ready` 503 with the reason): Redis stalled, or the subscriber path is broken or late; at least twice `redis.canary-interval-ms`"
                 ),
                 .init(
                     "redis.connection-per-loop", .boolean, "`true`",

@@ -143,11 +143,11 @@ package struct RedisSettings: Sendable, Equatable {
         canaryTimeoutMs = reader.int(forKey: "canary-timeout-ms", default: canaryTimeoutMs)
         try SwitchboardConfiguration.atLeast(0, ("redis.canary-interval-ms", canaryIntervalMs))
         try SwitchboardConfiguration.atLeast(1, ("redis.canary-timeout-ms", canaryTimeoutMs))
-        // A timeout within one interval made every canary late: not ready part of each interval,
-        // and a history read of every destination each time one came back.
-        if canaryIntervalMs > 0, canaryTimeoutMs <= canaryIntervalMs {
+        // A timeout within about one interval made canaries late: not ready part of each
+        // interval, and a history read of every destination each time one came back.
+        if canaryIntervalMs > 0, canaryTimeoutMs < 2 * canaryIntervalMs {
             throw SwitchboardConfiguration.Invalid(
-                description: "redis.canary-timeout-ms (\(canaryTimeoutMs)) must be above redis.canary-interval-ms (\(canaryIntervalMs)); twice it or more is safe")
+                description: "redis.canary-timeout-ms (\(canaryTimeoutMs)) must be at least twice redis.canary-interval-ms (\(canaryIntervalMs))")
         }
         connectTimeoutMs = reader.int(forKey: "connect-timeout-ms", default: connectTimeoutMs)
         unreachableWaitMs = reader.int(forKey: "unreachable-wait-ms", default: unreachableWaitMs)
