@@ -148,7 +148,7 @@ package final class RedisInboundRoutes: Sendable {
             // {"user": "alice", "topic": "/queue/x", ...}: to alice's /user/queue/x sessions. A
             // topic outside the user destinations reaches nobody (`/topic/x`), or another user
             // (`x/queue/y` routes to user `alicex`): dropped, as the HTTP API refuses it.
-            guard configuration.userPrefix != nil, configuration.userDestinationPrefixes.contains(where: broadcast.topic.hasPrefix) else {
+            guard configuration.isUserTopic(broadcast.topic) else {
                 logger.log(
                     level: .warning, throttledBy: InputLogs.notBroker, "inbound message to a user for a topic that is not a user destination dropped",
                     metadata: ["topic": "\(broadcast.topic.prefix(200))", "prefixes": "\(configuration.userDestinationPrefixes)"])

@@ -36,6 +36,19 @@ final class PendingRoute: AppRoute, @unchecked Sendable {
     }
 }
 
+/// Runs `body` with a connected session whose `SEND` to `/app/greet` (receipt `r1`) a
+/// ``PendingRoute`` holds.
+func withSendInFlight(_ body: (PendingRoute, TestGateway, TestClient) throws -> Void) throws {
+    let route = PendingRoute()
+    let gw = TestGateway(routes: try routes("/app/**", route))
+    defer { gw.shutdown() }
+    let c = try gw.client()
+    try c.connect()
+    try c.send(.send, ["destination": "/app/greet", "receipt": "r1"], body: "x")
+    try #require(route.calls.count == 1 && route.cancellations.count == 1)
+    try body(route, gw, c)
+}
+
 func routes(_ pattern: String, _ route: any AppRoute) throws -> RouteTable {
     var table = RouteTable()
     table.add(try DestinationPattern(pattern), route)
@@ -60,17 +73,12 @@ struct AppRouteTests {
     /// (``WebhookClientLimitTests``); the session says so through its calls' cancellation.
     @Test("a session's route calls are cancelled when it closes")
     func routeCallsCancelledAtClose() throws {
-        let route = PendingRoute()
-        let gw = TestGateway(routes: try routes("/app/**", route))
-        defer { gw.shutdown() }
-        let c = try gw.client()
-        try c.connect()
-        try c.send(.send, ["destination": "/app/greet", "receipt": "r1"], body: "x")
-        try #require(route.cancellations.count == 1)
-        #expect(!route.cancellations[0].isCancelled)
-        _ = try c.channel.finish()
-        #expect(route.cancellations[0].isCancelled)
-        route.calls[0].promise.fail(RouteError(.abandoned, "test over"))
+        try withSendInFlight { route, _, c in
+            #expect(!route.cancellations[0].isCancelled)
+            _ = try c.channel.finish()
+            #expect(route.cancellations[0].isCancelled)
+            route.calls[0].promise.fail(RouteError(.abandoned, "test over"))
+        }
     }
 
     /// A call that fails at once when cancelled (a webhook call waiting for a connection) was
@@ -78,19 +86,14 @@ struct AppRouteTests {
     /// written, the session's end recorded as `error` instead of `client`.
     @Test("a call failing at its cancellation is not a route failure of the closing session")
     func cancelledCallIsNotARouteFailure() throws {
-        let route = PendingRoute()
-        let gw = TestGateway(routes: try routes("/app/**", route))
-        defer { gw.shutdown() }
-        let c = try gw.client()
-        try c.connect()
-        try c.send(.send, ["destination": "/app/greet", "receipt": "r1"], body: "x")
-        try #require(route.cancellations.count == 1)
-        let promise = route.calls[0].promise
-        _ = route.cancellations[0].onCancel { promise.fail(RouteError(.abandoned, "not sent: the session closed")) }
-        let before = gw.services.stats.errors.map { $0.load(ordering: .relaxed) }
-        try c.channel.close().wait()
-        #expect(gw.services.stats.errors.map { $0.load(ordering: .relaxed) } == before, "no error counted")
-        #expect(try c.read().isEmpty, "no ERROR written")
+        try withSendInFlight { route, gw, c in
+            let promise = route.calls[0].promise
+            _ = route.cancellations[0].onCancel { promise.fail(RouteError(.abandoned, "not sent: the session closed")) }
+            let before = gw.services.stats.errors.map { $0.load(ordering: .relaxed) }
+            try c.channel.close().wait()
+            #expect(gw.services.stats.errors.map { $0.load(ordering: .relaxed) } == before, "no error counted")
+            #expect(try c.read().isEmpty, "no ERROR written")
+        }
     }
 
     @Test("the RECEIPT waits for the route; later frames queue behind it, in order")

@@ -160,18 +160,14 @@ struct WebSocketConformanceTests {
     /// 2 s linger for a close that had come).
     @Test("a close frame after a decoding failure is echoed at once")
     func closeAfterAFailureIsEchoed() throws {
-        let route = PendingRoute()
-        let gw = TestGateway(routes: try routes("/app/**", route))
-        defer { gw.shutdown() }
-        let c = try gw.client()
-        try c.connect()
-        try c.send(.send, ["destination": "/app/slow", "receipt": "r"], body: "x")
-        try c.sendBytes(Array("FOO\n\n\u{0}".utf8))
-        #expect(try c.read().isEmpty, "the ERROR waits behind the SEND")
-        try c.sendBytes([0x03, 0xE8], opcode: .connectionClose)
-        let out = try c.read()
-        #expect(out.contains { if case .close(1000, _) = $0 { true } else { false } }, "\(out)")
-        route.calls[0].promise.fail(RouteError(.abandoned, "test over"))
+        try withSendInFlight { route, _, c in
+            try c.sendBytes(Array("FOO\n\n\u{0}".utf8))
+            #expect(try c.read().isEmpty, "the ERROR waits behind the SEND")
+            try c.sendBytes([0x03, 0xE8], opcode: .connectionClose)
+            let out = try c.read()
+            #expect(out.contains { if case .close(1000, _) = $0 { true } else { false } }, "\(out)")
+            route.calls[0].promise.fail(RouteError(.abandoned, "test over"))
+        }
     }
 
     /// `limits.max-frame-bytes` above 2 × `limits.bytes-per-second`: a frame larger than the

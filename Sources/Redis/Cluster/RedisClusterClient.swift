@@ -225,11 +225,6 @@ public final class RedisClusterClient: Sendable {
         var asking = false
         while true {
             guard !self.state.withLockedValue({ $0.isShutdown }) else { throw RedisClientError.shutdown }
-            // A refresh of the map, a retry's wait or a new node's connection may have taken the
-            // rest of the command timeout: a command is never sent after it.
-            guard machine.attempts == 0 || NIODeadline.now() < deadline else {
-                throw RedisClientError(.clusterUnavailable, detail: "the command timeout passed while its redirects or retries were followed; not sent")
-            }
             let failure: ClusterRequestStateMachine.Failure
             do {
                 return (try await self.send(command, to: node, asking: asking, deadline: deadline), node, asking)
@@ -319,7 +314,8 @@ public final class RedisClusterClient: Sendable {
         } catch {
             throw ClusterSendError(failure: .unreachable(error))
         }
-        // Connecting may have taken the rest of the command timeout.
+        // Connecting, a refresh of the map or a retry's wait may have taken the rest of the
+        // command timeout: a command is never sent after it.
         guard NIODeadline.now() < deadline else {
             throw RedisClientError(.clusterUnavailable, detail: "the command timeout passed while connecting to \(node); not sent")
         }

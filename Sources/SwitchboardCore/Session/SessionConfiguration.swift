@@ -65,6 +65,12 @@ package struct SessionConfiguration: Sendable {
         return userDestinationPrefixes.contains { rest.hasPrefix($0) }
     }
 
+    /// Whether a backend's `topic` for a user (`/queue/x`, routed to `/~user/<U>/queue/x`) is one
+    /// of the user destinations; false when user destinations are off.
+    package func isUserTopic(_ topic: String) -> Bool {
+        userPrefix != nil && userDestinationPrefixes.contains(where: topic.hasPrefix)
+    }
+
     /// Never one of the gateway's own routing forms (`/~user/…`, `/~session/…`, `/~presence…`),
     /// whatever the prefixes: with a broker prefix `/` a client could otherwise subscribe to
     /// every user's queue, or send to one.

@@ -164,7 +164,7 @@ struct NotificationPublisher: Sendable {
             let prefixes = toUser != nil ? config.userDestinationPrefixes : config.brokerPrefixes
             if prefixes.contains(topic) { return "must name a destination after \(topic)" }
             if toUser != nil {
-                guard let userPrefix = config.userPrefix, config.userDestinationPrefixes.contains(where: topic.hasPrefix) else {
+                guard let userPrefix = config.userPrefix, config.isUserTopic(topic) else {
                     return "must start with \(config.userDestinationPrefixes.joined(separator: " or ")) for a user destination"
                 }
                 // Its subscribers name it with the prefix (`/user` + `/queue/…`), within the limit.
