@@ -181,8 +181,13 @@ package struct SwitchboardGateway: Sendable {
                 let stream = LifecycleStreamSettings(
                     stream: events.stream, maxLength: events.maxLength, types: events.types, prefix: settings.channelPrefix)
                 let shards = hub.shards
+                // Only the sessions that joined before the loss was told: a client closed on one
+                // loop may reconnect on another before this thread reaches that loop.
                 let closeAll: @Sendable () -> Void = {
-                    for shard in shards { shard.closeAll(reason: "this instance lost its presence lease in Redis, reconnect", kind: .leaseLost) }
+                    let told = NIODeadline.now()
+                    for shard in shards {
+                        shard.closeAll(reason: "this instance lost its presence lease in Redis, reconnect", kind: .leaseLost, joinedBefore: told)
+                    }
                 }
                 let facts = RedisLifecycle(
                     client: client, settings: stream, instance: "\(instanceID)~\(incarnation)", loops: loops,

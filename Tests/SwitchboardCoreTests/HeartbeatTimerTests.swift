@@ -143,4 +143,21 @@ struct LoopShardHeartbeatTimerTests {
         loop.run()
         #expect(idle.closed == "shutting down" && busy.closed == "shutting down")
     }
+
+    @Test("closeAll joinedBefore leaves the sessions that joined after that instant")
+    func closeAllJoinedBefore() {
+        let before = TickRecorder(every: nil), after = TickRecorder(every: nil)
+        shard.addHeartbeatClient(before)
+        let told = NIODeadline.now()
+        while NIODeadline.now() == told {}
+        // A client closed on another loop reconnected here before this loop's close ran.
+        shard.addHeartbeatClient(after)
+        shard.closeAll(reason: "registry lost", kind: .leaseLost, joinedBefore: told)
+        loop.run()
+        #expect(before.closed == "registry lost")
+        #expect(after.closed == nil)
+        shard.closeAll(reason: "shutting down")
+        loop.run()
+        #expect(after.closed == "shutting down")
+    }
 }

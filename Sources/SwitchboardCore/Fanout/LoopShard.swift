@@ -107,8 +107,8 @@ package final class LoopShard: @unchecked Sendable {
     /// Puts the loop in busy mode while it is saturated (nil: never).
     private var busyMode: LoopBusyMode?
 
-    /// Every session of this loop (for ``closeAll(reason:)``).
-    private var heartbeatClients: [ObjectIdentifier: any HeartbeatClient] = [:]
+    /// Every session of this loop, with when it joined (for ``closeAll(reason:waitForStep:kind:joinedBefore:)``).
+    private var heartbeatClients: [ObjectIdentifier: (client: any HeartbeatClient, joined: NIODeadline)] = [:]
     /// Those with a check to come, by due tick.
     private var wheel = HeartbeatWheel(slotCount: 512)
     private var dueClients: [any HeartbeatClient] = []
@@ -449,7 +449,7 @@ package final class LoopShard: @unchecked Sendable {
     /// next tick.
     package func addHeartbeatClient(_ client: any HeartbeatClient) {
         eventLoop.preconditionInEventLoop()
-        heartbeatClients[ObjectIdentifier(client)] = client
+        heartbeatClients[ObjectIdentifier(client)] = (client, .now())
         wheel.schedule(client, at: tick &+ 1)
         if timer == nil {
             let period = hub.heartbeatResolution
@@ -509,7 +509,7 @@ package final class LoopShard: @unchecked Sendable {
         var large: [any HeartbeatClient] = []
         var pending: [Int] = []
         var sum = 0
-        for client in heartbeatClients.values {
+        for (client, _) in heartbeatClients.values {
             let bytes = client.pendingOutboundBytes
             guard bytes > 0 else { continue }
             sum += bytes
@@ -545,10 +545,15 @@ package final class LoopShard: @unchecked Sendable {
     }
 
     /// Closes every session of this loop with an `ERROR` saying `reason`: each after its step in
-    /// flight with `waitForStep`, else at once.
-    package func closeAll(reason: String, waitForStep: Bool = true, kind: SessionErrorKind = .shutdown) {
+    /// flight with `waitForStep`, else at once. With `joinedBefore`, only the sessions that
+    /// joined by then: the caller found a reason to close them (its presence registry lost)
+    /// at that instant, and a session that joined after it, on a loop whose close ran late
+    /// (its thread was descheduled between the loops), registered anew and stays.
+    package func closeAll(reason: String, waitForStep: Bool = true, kind: SessionErrorKind = .shutdown, joinedBefore: NIODeadline? = nil) {
         eventLoop.execute {
-            for client in Array(self.heartbeatClients.values) { client.close(reason: reason, waitForStep: waitForStep, kind: kind) }
+            for (client, joined) in Array(self.heartbeatClients.values) where joinedBefore.map({ joined <= $0 }) ?? true {
+                client.close(reason: reason, waitForStep: waitForStep, kind: kind)
+            }
         }
     }
 
