@@ -11,7 +11,8 @@ import SwitchboardWire
 /// handler returned, a dead replica's events are claimed (`XAUTOCLAIM`), and an event that keeps
 /// failing moves to the dead-letter stream. An entry that is not a lifecycle event (no known
 /// `type`) is acknowledged and skipped. Use ``LifecycleEvent/id`` as the idempotency key: an
-/// event is handled twice only when a replica dies after its handler started.
+/// event is handled twice only when a replica dies (or loses Redis for `claimMinIdle`) after
+/// its handler started, or when one handler call runs longer than `claimMinIdle`.
 ///
 /// A user's events carry a ``LifecycleEvent/generation`` that increases with each of them: an
 /// event handled again (a retry, or claimed from a dead replica) can come after a later one of

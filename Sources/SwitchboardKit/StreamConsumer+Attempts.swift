@@ -122,16 +122,30 @@ extension StreamConsumer {
     /// did not start (a stop in the middle of the batch): taken again, they are counted when
     /// they are attempted, and a limit of one attempt does not dead-letter them unhandled. (A
     /// crash cannot give it back: the entries read with the one in flight keep one attempt.)
-    func uncount(_ ids: [String], on connection: RedisConnection) async {
-        guard !ids.isEmpty else { return }
+    @discardableResult
+    func uncount(_ ids: [String], on connection: RedisConnection) async -> Bool {
+        guard !ids.isEmpty else { return true }
         let configuration = self.configuration
         do {
             _ = try await connection.execute(
                 EVAL(
                     script: Self.uncountScript, keys: [configuration.stream],
                     arguments: [.string(configuration.group), .string(configuration.consumerName)] + ids.map { RedisArgument.string($0) }))
+            return true
         } catch {
             self.logger.debug("giving back the attempts of entries not started failed", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+
+    /// Gives back the attempts of entries whose handler had not started when an earlier session
+    /// ended (``process(_:lease:on:_:)``), before this one takes its pending entries again.
+    func giveBackAttemptsOfEndedSession(on connection: RedisConnection) async {
+        let ids = self.state.withLockedValue { $0.attemptsToGiveBack }
+        guard !ids.isEmpty, await self.uncount(ids, on: connection) else { return }
+        self.state.withLockedValue { state in
+            // Kept if a stop's batch added more meanwhile (none: one session at a time).
+            state.attemptsToGiveBack.removeFirst(min(ids.count, state.attemptsToGiveBack.count))
         }
     }
 

@@ -105,6 +105,7 @@ extension StreamConsumer {
             retryAt = at
         }
 
+        await self.giveBackAttemptsOfEndedSession(on: connection)
         while !self.isStopRequested {
             if let cursor = pendingCursor {
                 let taken = try await self.take(.own(after: cursor), on: connection)
@@ -163,10 +164,16 @@ extension StreamConsumer {
         }
     }
 
-    /// Takes over entries idle past `claimMinIdle` and processes them. Returns when the first
-    /// entry left for a retry is due, if any.
+    /// Takes over entries idle past `claimMinIdle` and processes them, for at most 10 rounds of
+    /// `XAUTOCLAIM` (each scans at most 10 × ``StreamConsumerConfiguration/batchSize`` pending
+    /// entries). Returns when the first entry left for a retry is due, if any.
+    ///
+    /// The next pass goes on where this one stopped, and starts from the beginning once Redis
+    /// said the scan was over: one starting from the beginning each time never reached idle
+    /// entries behind more than 10 rounds of busy ones.
     func claimPass(on connection: RedisConnection, _ handler: @escaping Handler) async throws -> ContinuousClock.Instant? {
-        var cursor = "0-0"
+        var cursor = self.state.withLockedValue { $0.claimCursor }
+        defer { self.state.withLockedValue { [cursor] in $0.claimCursor = cursor } }
         var rounds = 0
         var due: ContinuousClock.Instant?
         repeat {

@@ -21,15 +21,32 @@ extension StreamConsumer {
         // the handler in flight finishes (another replica could take its entry over meanwhile).
         let renewal = Task { await self.keepRenewing(lease, on: connection) }
         defer { renewal.cancel() }
-        return try await self.processEntries(entries, lease: lease, on: connection, handler)
+        var firstNotStarted = 0
+        do {
+            return try await self.processEntries(entries, lease: lease, on: connection, firstNotStarted: &firstNotStarted, handler)
+        } catch {
+            // The session ends (a lost connection, most often): the entries of a batch read by
+            // `XREADGROUP … >` whose handler did not start keep the attempt it counted until
+            // the next session gives it back, before it takes them again. Else, with Redis
+            // restarted meanwhile, they reached the dead-letter limit unattempted.
+            if lease.counted, firstNotStarted < entries.count {
+                let ids = entries[firstNotStarted...].map(\.id)
+                self.state.withLockedValue { state in
+                    state.attemptsToGiveBack.append(contentsOf: ids)
+                    if state.attemptsToGiveBack.count > Self.retriesKept { state.attemptsToGiveBack.removeFirst(state.attemptsToGiveBack.count - Self.retriesKept) }
+                }
+            }
+            throw error
+        }
     }
 
     private func processEntries(
-        _ entries: [RedisStreamEntry], lease: BatchLease, on connection: RedisConnection, _ handler: @escaping Handler
+        _ entries: [RedisStreamEntry], lease: BatchLease, on connection: RedisConnection, firstNotStarted: inout Int, _ handler: @escaping Handler
     ) async throws -> ContinuousClock.Instant? {
         let configuration = self.configuration
         var due: ContinuousClock.Instant?
         for (index, entry) in entries.enumerated() {
+            firstNotStarted = index
             if self.isStopRequested {
                 if lease.counted { await self.uncount(entries[index...].map(\.id), on: connection) }
                 break
@@ -71,7 +88,9 @@ extension StreamConsumer {
                     let lastError =
                         self.state.withLockedValue { $0.lastErrors[entry.id] }
                         ?? "attempted \(deliveries) times without success (consumers failed or crashed)"
-                    try await self.deadLetter(entry, deliveries: deliveries, lastError: lastError, on: connection)
+                    if let notBefore = try await self.deadLetterOrKeep(entry, deliveries: deliveries, lastError: lastError, on: connection) {
+                        due = min(due ?? notBefore, notBefore)
+                    }
                     continue
                 }
                 guard let attempt = try await self.countAttempt(entry.id, on: connection) else {
@@ -82,6 +101,7 @@ extension StreamConsumer {
                 deliveries = attempt
             }
             lease.handlerStarted(at: .now)
+            firstNotStarted = index + 1
             let message = IncomingMessage(entry: entry, stream: configuration.stream, deliveryCount: deliveries)
             // An unstructured task: cancelling `run` must not cancel the handler in flight.
             let outcome = await Task { try await handler(message) }.result
@@ -106,7 +126,9 @@ extension StreamConsumer {
                     metadata: ["entry": "\(entry.id)", "deliveries": "\(deliveries)", "error": "\(description)"]
                 )
                 if deliveries >= configuration.maxDeliveries {
-                    try await self.deadLetter(entry, deliveries: deliveries, lastError: description, on: connection)
+                    if let notBefore = try await self.deadLetterOrKeep(entry, deliveries: deliveries, lastError: description, on: connection) {
+                        due = min(due ?? notBefore, notBefore)
+                    }
                 } else {
                     let now = ContinuousClock.now
                     let notBefore = now + configuration.delayBeforeRetry(afterAttempt: deliveries)
@@ -166,6 +188,43 @@ extension StreamConsumer {
         ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"].contains(error.code)
     }
 
+    /// Dead-letters `entry` (``deadLetter(_:deliveries:lastError:on:)``). When Redis refuses it
+    /// (an ACL without the dead-letter stream, a key of another type there, `OOM`), the entry
+    /// stays pending and is tried again after a retry's delay: returns when. A refusal used to
+    /// end the session, and the next one met the same entry first, so the replica stopped
+    /// reading for good. A lost connection still ends the session.
+    func deadLetterOrKeep(
+        _ entry: RedisStreamEntry, deliveries: Int, lastError: String, on connection: RedisConnection
+    ) async throws
+        -> ContinuousClock.Instant?
+    {
+        do {
+            try await self.deadLetter(entry, deliveries: deliveries, lastError: lastError, on: connection)
+            return nil
+        } catch let error as RedisServerError where !Self.isRedirect(error) {
+            let now = ContinuousClock.now
+            let notBefore = now + self.configuration.delayBeforeRetry(afterAttempt: deliveries)
+            self.state.withLockedValue { state in
+                state.statistics.deadLetterFailures += 1
+                if state.retryNotBefore.count >= Self.retriesKept {
+                    state.retryNotBefore = Self.pruned(state.retryNotBefore, at: now, limit: Self.retriesKept)
+                }
+                state.retryNotBefore[entry.id] = notBefore
+            }
+            self.logger.error(
+                "moving an entry to the dead-letter stream failed; it stays pending and is tried again",
+                metadata: [
+                    "entry": "\(entry.id)", "dead-letter-stream": "\(self.configuration.deadLetterStream)", "error": "\(error)",
+                ])
+            return notBefore
+        }
+    }
+
+    /// Arguments of the dead-letter `EVAL` at most: Lua's `unpack` of more (an entry of about
+    /// 4,000 fields) fails with "too many results to unpack"; such an entry takes the two-step
+    /// way (`XADD`, then `XACK`).
+    static var deadLetterScriptArguments: Int { 7_000 }
+
     /// Atomically (one `EVAL`) appends the entry to the dead-letter stream and acknowledges it (on
     /// a Redis Cluster, when the two streams share no hash tag: `XADD`, then `XACK`).
     /// The dead-letter entry has the original fields, then `original-id`, `original-stream`,
@@ -189,15 +248,16 @@ extension StreamConsumer {
             "dead-lettered-by", .string(configuration.consumerName),
         ]
         let deadID: RESPToken
-        if HashSlot(key: configuration.stream) == HashSlot(key: configuration.deadLetterStream) || !self.redis.isCluster {
+        let oneScript = HashSlot(key: configuration.stream) == HashSlot(key: configuration.deadLetterStream) || !self.redis.isCluster
+        if oneScript && arguments.count <= Self.deadLetterScriptArguments {
             deadID = try await connection.execute(
                 EVAL(
                     script: Self.deadLetterScript, keys: [configuration.stream, configuration.deadLetterStream], arguments: arguments
                 ))
         } else {
-            // On a cluster the two streams are in different slots (no shared hash tag): the entry
-            // is added to the dead-letter stream first, then acknowledged (a crash in between
-            // dead-letters it twice, never loses it).
+            // On a cluster the two streams are in different slots (no shared hash tag), or the
+            // entry is too large for the script: the entry is added to the dead-letter stream
+            // first, then acknowledged (a crash in between dead-letters it twice, never loses it).
             deadID = try await self.redis.execute(
                 RawCommand(arguments: ["XADD", .string(configuration.deadLetterStream)] + arguments.dropFirst(2), keys: [configuration.deadLetterStream]))
             try await self.acknowledge(entry.id, on: connection)

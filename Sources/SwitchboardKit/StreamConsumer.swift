@@ -50,7 +50,9 @@ public final class StreamConsumer: Sendable {
     /// The Redis (one server or a cluster): `PUBLISH` and group creation run on it, and it opens the
     /// dedicated reading connection (on a cluster, to the primary owning the stream).
     public let redis: GatewayRedis
-    /// Publishes to destinations and sessions, with this consumer's name as origin.
+    /// Publishes to destinations and sessions, with this consumer's name as origin (and the
+    /// configuration's ``StreamConsumerConfiguration/appendfsyncAlways`` and
+    /// ``StreamConsumerConfiguration/recordsHistory``).
     public let publisher: SwitchboardPublisher
     let logger: Logger
     let state = NIOLockedValueBox(State())
@@ -69,6 +71,11 @@ public final class StreamConsumer: Sendable {
         var reads = 0
         /// Entries whose handler succeeded lately (see ``HandledEntries``).
         var handled = HandledEntries()
+        /// Entries of a batch read by `XREADGROUP … >` whose handler had not started when its
+        /// session ended: the next session gives their attempt back first (at most 10,000).
+        var attemptsToGiveBack: [String] = []
+        /// Where the next claim pass starts (`0-0`: at the beginning of the pending entries).
+        var claimCursor = "0-0"
     }
 
     /// The last entries whose handler succeeded here, oldest first out. An entry that comes back
@@ -122,11 +129,15 @@ public final class StreamConsumer: Sendable {
     ///   - configuration: stream, group and tuning.
     public init(redis: GatewayRedis, configuration: StreamConsumerConfiguration, logger: Logger = Logger(label: "SwitchboardKit.StreamConsumer")) {
         self.redis = redis
+        let configuration = configuration.normalized()
         self.configuration = configuration
         var logger = logger
         logger[metadataKey: "consumer"] = "\(configuration.consumerName)"
         self.logger = logger
-        self.publisher = SwitchboardPublisher(redis: redis, origin: configuration.consumerName, naming: configuration.channelNaming)
+        var publisher = SwitchboardPublisher(redis: redis, origin: configuration.consumerName, naming: configuration.channelNaming)
+        publisher.appendfsyncAlways = configuration.appendfsyncAlways
+        publisher.recordsHistory = configuration.recordsHistory
+        self.publisher = publisher
     }
 
     /// Grows whenever a session makes progress: a read, an entry handled, dead-lettered or
@@ -240,6 +251,9 @@ public struct StreamConsumerStatistics: Sendable, Hashable {
     /// Pending entries found trimmed from the stream before they were handled (the route's
     /// `max-length` reached while backends were behind, or an `XTRIM`/`XDEL`): lost, not handled.
     public var trimmed = 0
+    /// Moves to the dead-letter stream that Redis refused (an ACL, a key of another type,
+    /// `OOM`): each entry stays pending and is tried again.
+    public var deadLetterFailures = 0
 
     /// All zero.
     public init() {}

@@ -53,7 +53,7 @@ public struct StreamConsumerConfiguration: Sendable {
     public var maxDeliveries: Int
     /// Where entries go after ``maxDeliveries`` failed attempts. Default: `<stream>:dead`.
     public var deadLetterStream: String
-    /// Approximate `MAXLEN` for the dead-letter stream; `nil` (default) keeps every entry.
+    /// Approximate `MAXLEN` for the dead-letter stream, at least 1; `nil` (default) keeps every entry.
     public var deadLetterMaxLength: Int?
     /// The ID the group starts at if this consumer creates it first: `0` (default) for the whole
     /// stream, so no entry the gateway stored before the group existed is skipped; `$` for entries
@@ -63,6 +63,11 @@ public struct StreamConsumerConfiguration: Sendable {
     public var channelNaming: RedisChannelNaming
     /// Upper bound of the delay between reconnect attempts of the reading connection.
     public var reconnectBackoffMaximum: Duration
+    /// The consumer's publisher's ``SwitchboardPublisher/appendfsyncAlways``: set it as the
+    /// gateway's `redis.appendfsync-always`. Default false.
+    public var appendfsyncAlways = false
+    /// The consumer's publisher's ``SwitchboardPublisher/recordsHistory``. Default true.
+    public var recordsHistory = true
 
     /// Creates a configuration for `stream`/`group` with defaults for everything else.
     public init(
@@ -85,20 +90,43 @@ public struct StreamConsumerConfiguration: Sendable {
         self.stream = stream
         self.group = group
         self.consumerName = consumerName
-        self.batchSize = min(max(1, batchSize), 1_000)
+        self.batchSize = batchSize
         self.blockTime = blockTime
-        // A claim interval of 0 would claim in a busy loop, and a minimum idle time of 0 take
-        // every entry of the other replicas, being handled or not.
-        self.claimMinIdle = max(.milliseconds(1), claimMinIdle)
-        self.claimInterval = max(.milliseconds(10), claimInterval)
-        self.retryDelay = max(.zero, retryDelay)
-        self.retryDelayMaximum = max(self.retryDelay, retryDelayMaximum)
-        self.maxDeliveries = max(1, maxDeliveries)
+        self.claimMinIdle = claimMinIdle
+        self.claimInterval = claimInterval
+        self.retryDelay = retryDelay
+        self.retryDelayMaximum = retryDelayMaximum
+        self.maxDeliveries = maxDeliveries
         self.deadLetterStream = deadLetterStream ?? stream + ":dead"
         self.deadLetterMaxLength = deadLetterMaxLength
         self.groupStartID = groupStartID
         self.channelNaming = channelNaming
         self.reconnectBackoffMaximum = reconnectBackoffMaximum
+        self = self.normalized()
+    }
+
+    /// The settings within their bounds, as a ``StreamConsumer`` runs with them (`init` applies
+    /// them, and the consumer applies them again to fields set afterwards): `batchSize` 1 to
+    /// 1,000 (`XAUTOCLAIM` refuses a count of 0); `claimMinIdle` at least 1 ms (0 would take every
+    /// entry of the other replicas, being handled or not) and `claimInterval` at least 10 ms (a
+    /// busy loop); delays not negative, and `retryDelayMaximum` at least `retryDelay`;
+    /// `maxDeliveries` at least 1 (0 dead-lettered entries taken again without a handler call);
+    /// `deadLetterMaxLength` at least 1 (Redis refuses a negative `MAXLEN`, and every dead-letter
+    /// attempt failed); durations at most a year (their milliseconds must fit Redis's arguments).
+    public func normalized() -> StreamConsumerConfiguration {
+        var c = self
+        let longest = Duration.seconds(365 * 24 * 3600)
+        func bounded(_ d: Duration, atLeast floor: Duration) -> Duration { min(max(floor, d), longest) }
+        c.batchSize = min(max(1, c.batchSize), 1_000)
+        c.blockTime = bounded(c.blockTime, atLeast: .zero)
+        c.claimMinIdle = bounded(c.claimMinIdle, atLeast: .milliseconds(1))
+        c.claimInterval = bounded(c.claimInterval, atLeast: .milliseconds(10))
+        c.retryDelay = bounded(c.retryDelay, atLeast: .zero)
+        c.retryDelayMaximum = bounded(c.retryDelayMaximum, atLeast: c.retryDelay)
+        c.reconnectBackoffMaximum = bounded(c.reconnectBackoffMaximum, atLeast: .zero)
+        c.maxDeliveries = max(1, c.maxDeliveries)
+        c.deadLetterMaxLength = c.deadLetterMaxLength.map { max(1, $0) }
+        return c
     }
 
     /// A consumer name unique per replica: `<hostname>-<pid>-<random>`, e.g. `web-7f9c-4211-k3q9z2`.
@@ -135,7 +163,11 @@ extension Duration {
     /// Whole milliseconds, rounded up.
     var kitMilliseconds: Int {
         let (seconds, attoseconds) = self.components
-        let ms = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
-        return Int(max(0, ms))
+        // Saturating: a duration of Int64.max seconds trapped on the multiplication.
+        let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1000)
+        if overflow { return seconds < 0 ? 0 : Int(Int64.max / 2) }
+        let ms = whole.addingReportingOverflow((attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+        if ms.overflow { return Int(Int64.max / 2) }
+        return Int(max(0, ms.partialValue))
     }
 }

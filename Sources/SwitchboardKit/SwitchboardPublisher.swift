@@ -43,7 +43,9 @@ public struct SwitchboardPublisher: Sendable {
     let messageIDs: MessageIDGenerator
 
     /// - Parameters:
-    ///   - origin: identifies this publisher in envelopes and message IDs (`<origin>-<n>`). It must
+    ///   - origin: identifies this publisher in envelopes and message IDs (`<origin>-<token>-<n>`,
+    ///     the token random per publisher: replicas sharing an origin, or a restarted one, never
+    ///     give out the same id, which clients that drop repeated ids would drop). It must
     ///     differ from every gateway instance ID, since instances ignore their own envelopes.
     public init(client: RedisClient, origin: String, naming: RedisChannelNaming = RedisChannelNaming()) {
         self.init(redis: .single(client), origin: origin, naming: naming)
@@ -57,10 +59,17 @@ public struct SwitchboardPublisher: Sendable {
         self.redis = redis
         self.origin = origin
         self.naming = naming
-        self.messageIDs = MessageIDGenerator(instanceID: origin)
+        self.messageIDs = MessageIDGenerator(instanceID: "\(origin)-\(Self.randomToken())")
         // A Redis that restarted empty (on a cluster: every primary, a promoted replica included)
         // gets the history functions before the first FCALL.
         redis.addConnectionSetup(LoadHistoryFunctions.arguments)
+    }
+
+    /// Six random characters of `[a-z0-9]` (2^31 choices): message ids of this publisher apart.
+    static func randomToken() -> String {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
+        var generator = SystemRandomNumberGenerator()
+        return String(decoding: (0..<6).map { _ in alphabet.randomElement(using: &generator)! }, as: UTF8.self)
     }
 
     /// Whether the history functions were loaded once (the connections load them on reconnect).

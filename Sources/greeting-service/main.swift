@@ -60,6 +60,9 @@ struct GreetingService: AsyncParsableCommand {
     @Flag(help: "Answer only the sender's session instead of every subscriber of the reply destination.")
     var replyToSender = false
 
+    @Flag(help: "Redis runs with appendonly yes and appendfsync always: as the gateway's redis.appendfsync-always.")
+    var appendfsyncAlways = false
+
     @Option(help: "Take over entries idle this long (ms) from crashed replicas; also the longest a single message may take before another replica may process it too.")
     var claimMinIdleMs = 5000
 
@@ -149,6 +152,7 @@ struct GreetingService: AsyncParsableCommand {
             channelNaming: .init(prefix: self.channelPrefix)
         )
         if let consumer = self.consumer { configuration.consumerName = consumer }
+        configuration.appendfsyncAlways = self.appendfsyncAlways
         let consumer = StreamConsumer(redis: redis, configuration: configuration, logger: logger)
         let presence = redis.singleClient.flatMap { client in self.presenceGroup.map { (client, $0) } }.map { client, group in
             var events = StreamConsumerConfiguration(stream: self.eventsStream, group: group, channelNaming: .init(prefix: self.channelPrefix))

@@ -40,6 +40,29 @@ struct PublishTests {
         await client.shutdown()
     }
 
+    /// Publishers sharing an origin (two replicas with one name, or one restarted) numbered
+    /// their message ids from 1 alike, and clients that drop repeated ids dropped new messages.
+    @Test func publishersSharingAnOriginGiveOutDistinctMessageIDs() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let subscription = try await client.subscribe(to: ["switchboard:dest:/topic/x"])
+        for _ in 0..<3 {
+            var publisher = SwitchboardPublisher(client: client, origin: "billing")
+            publisher.recordsHistory = false
+            try await publisher.publish(destination: "/topic/x", body: "m")
+        }
+        var ids: [String] = []
+        for _ in 0..<3 {
+            let message = try #require(try await nextMessage(subscription))
+            ids.append(try #require(RedisEnvelope.decode(message.payload)?.messageID))
+        }
+        #expect(Set(ids).count == 3, "\(ids)")
+        #expect(ids.allSatisfy { $0.hasPrefix("billing-") })
+        await subscription.unsubscribe()
+        await client.shutdown()
+    }
+
     @Test func batchIsPublishedInOrderWithOneResultEach() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }

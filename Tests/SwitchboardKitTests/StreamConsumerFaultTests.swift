@@ -1,0 +1,147 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import Redis
+import RedisServerTesting
+import SwitchboardKit
+import SwitchboardWire
+import Testing
+
+/// Records the messages logged, for a test to wait for one.
+private struct RecordingLogHandler: LogHandler {
+    let messages: NIOLockedValueBox<[String]>
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) { messages.withLockedValue { $0.append("\(event.message)") } }
+}
+
+/// The ``StreamConsumer`` when Redis refuses or loses what it does: a dead-letter refused, a
+/// batch cut by a restart, a deep pending list.
+@Suite("StreamConsumer under faults", .enabled(if: RedisServerProcess.isAvailable, "needs redis-server and glibc 2.34+"))
+struct StreamConsumerFaultTests {
+    /// A dead-letter Redis refused (here the dead-letter key holds a string: `WRONGTYPE`)
+    /// ended the session, and the next one met the same entry first: the consumer never read
+    /// again. Now the entry stays pending, the next ones are handled, and it is dead-lettered
+    /// once Redis takes it. An entry of 4,100 fields, too many for the script's `unpack`, is
+    /// dead-lettered too.
+    @Test func aRefusedDeadLetterDoesNotStopTheConsumer() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
+        _ = try await client.execute(RawCommand("SET", "OUT:dead", "not a stream"))
+        let poison = try await addGatewayEntry(client, body: "poison")
+        var wide: [(name: String, value: RedisArgument)] = [("message", "wide")]
+        for n in 0..<4_100 { wide.append(("f\(n)", "v")) }
+        let wideID = try await client.execute(XADD(key: "OUT", fields: wide))
+        try await addGatewayEntry(client, body: "fine")
+        let handled = NIOLockedValueBox<[String]>([])
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(maxDeliveries: 1), logger: quietLogger)
+        let task = start(consumer) { message in
+            if message.bodyString == "poison" || message.bodyString == "wide" { throw Boom(description: "cannot") }
+            handled.withLockedValue { $0.append(message.bodyString) }
+        }
+        #expect(try await eventually { handled.withLockedValue { $0 } == ["fine"] })
+        #expect(try await eventually { consumer.statistics.deadLetterFailures >= 2 })
+        // Both still pending, neither lost.
+        let pending = try await client.execute(XPENDINGRANGE(key: "OUT", group: "svc", count: 10)).map(\.id)
+        #expect(pending == [poison, wideID])
+
+        _ = try await client.execute(RawCommand("DEL", "OUT:dead"))
+        #expect(try await eventually { try await client.execute(XLEN(key: "OUT:dead")) == 2 })
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        let dead = try [RedisStreamEntry](fromRESP: try await client.execute(RawCommand("XRANGE", "OUT:dead", "-", "+")))
+        #expect(dead.compactMap { $0[field: "original-id"].map { String(buffer: $0) } } == [poison, wideID])
+        #expect(dead.last?.fields.count == 4_101 + 5)
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
+    /// Redis restarted (with its append-only file) while a handler ran: the entry's `XACK`
+    /// failed and the session ended, with the rest of its batch unstarted but counted by
+    /// `XREADGROUP … >`. With a limit of one attempt they were dead-lettered unhandled when
+    /// Redis came back. The next session gives their attempt back first.
+    @Test func entriesNotStartedWhenRedisRestartsKeepTheirAttempts() async throws {
+        let server = try await RedisServerProcess.start(["--appendonly", "yes", "--appendfsync", "always"])
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
+        var ids: [String] = []
+        for n in 0..<3 { ids.append(try await addGatewayEntry(client, body: "job\(n)")) }
+        let messages = NIOLockedValueBox<[String]>([])
+        var logger = Logger(label: "kit-test") { _ in RecordingLogHandler(messages: messages) }
+        logger.logLevel = .warning
+        let handled = NIOLockedValueBox<[IncomingMessage]>([])
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(name: "stable", maxDeliveries: 1), logger: logger)
+        let task = start(consumer) { message in
+            // Redis dies under the first handler call: its XACK fails, on both connections.
+            if handled.withLockedValue({ $0.isEmpty }) { server.kill() }
+            handled.withLockedValue { $0.append(message) }
+        }
+        #expect(
+            try await eventually {
+                messages.withLockedValue { $0.contains("stream consumer connection failed; reconnecting") }
+            })
+        try await server.launch()
+        #expect(try await eventually { handled.withLockedValue { $0.count } == 3 }, "\(handled.withLockedValue { $0.map(\.id) })")
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        #expect(handled.withLockedValue { $0.map(\.id) } == ids)
+        #expect(handled.withLockedValue { $0.map(\.deliveryCount) } == [1, 1, 1])
+        #expect(try await client.execute(XLEN(key: "OUT:dead")) == 0)
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
+    /// 2,000 pending entries being handled (not idle) ahead of 1,000 idle ones of a crashed
+    /// replica: a claim pass scans 10 rounds of 10 × `batchSize` (1,600 here), and started
+    /// from the beginning each time, so the idle ones were never claimed while the others
+    /// stayed busy. The next pass now goes on where the last one stopped.
+    @Test func idleEntriesBehindADeepPendingListAreClaimed() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
+        var ids: [String] = []
+        for n in 0..<3_000 { ids.append(try await client.execute(XADD(key: "OUT", fields: [("message", .string("job\(n)"))]))) }
+        _ = try await client.execute(XREADGROUP(group: "svc", consumer: "busy", count: 3_000, streams: [("OUT", ">")]))
+        // The last 1,000 were a crashed replica's, idle for a minute.
+        for start in stride(from: 2_000, to: 3_000, by: 100) {
+            let arguments: [RedisArgument] = ["XCLAIM", "OUT", "svc", "crashed", "0"] + ids[start..<start + 100].map { .string($0) } + ["IDLE", "60000", "JUSTID"]
+            _ = try await client.execute(RawCommand(arguments: arguments))
+        }
+        let handled = NIOLockedValueBox<Set<String>>([])
+        let consumer = StreamConsumer(
+            client: client, configuration: testConfiguration(name: "rescuer", claimMinIdle: .seconds(30), claimInterval: .milliseconds(20)),
+            logger: quietLogger)
+        let task = start(consumer) { message in _ = handled.withLockedValue { $0.insert(message.id) } }
+        #expect(try await eventually { handled.withLockedValue { $0.count } == 1_000 }, "\(handled.withLockedValue { $0.count })")
+        let allIdle = handled.withLockedValue { $0 } == Set(ids[2_000...])
+        #expect(allIdle)
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
+    /// Fields set after `init` were used as they were: a batch size of 0 made every `XAUTOCLAIM`
+    /// fail, a negative dead-letter length every dead-letter. The consumer runs with them
+    /// within their bounds.
+    @Test func fieldsSetAfterInitAreBounded() {
+        var configuration = StreamConsumerConfiguration(stream: "s", group: "g")
+        configuration.batchSize = 0
+        configuration.claimMinIdle = .zero
+        configuration.maxDeliveries = 0
+        configuration.deadLetterMaxLength = -5
+        configuration.retryDelay = .seconds(Int64.max)
+        let bounded = configuration.normalized()
+        #expect(bounded.batchSize == 1 && bounded.claimMinIdle == .milliseconds(1) && bounded.maxDeliveries == 1)
+        #expect(bounded.deadLetterMaxLength == 1)
+        #expect(bounded.retryDelay == .seconds(365 * 24 * 3600))
+        #expect(bounded.delayBeforeRetry(afterAttempt: 3) == bounded.claimMinIdle / 2)
+    }
+}
