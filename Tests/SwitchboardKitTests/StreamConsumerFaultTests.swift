@@ -7,18 +7,6 @@ import SwitchboardKit
 import SwitchboardWire
 import Testing
 
-/// Records the messages logged, for a test to wait for one.
-private struct RecordingLogHandler: LogHandler {
-    let messages: NIOLockedValueBox<[String]>
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) { messages.withLockedValue { $0.append("\(event.message)") } }
-}
-
 /// The ``StreamConsumer`` when Redis refuses or loses what it does: a dead-letter refused, a
 /// batch cut by a restart, a deep pending list.
 @Suite("StreamConsumer under faults", .enabled(if: RedisServerProcess.isAvailable, "needs redis-server and glibc 2.34+"))

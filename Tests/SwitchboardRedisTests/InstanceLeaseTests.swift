@@ -8,18 +8,6 @@ import Testing
 
 @testable import SwitchboardRedis
 
-/// Records the messages logged, for a test to wait for one.
-private struct RecordingLogHandler: LogHandler {
-    let messages: NIOLockedValueBox<[String]>
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) { messages.withLockedValue { $0.append("\(event.message)") } }
-}
-
 /// An instance's lease and the reaping of others (``InstanceLease``) against a real Redis.
 @Suite(.enabled(if: RedisServerProcess.isAvailable, "needs redis-server and glibc 2.34+"))
 struct InstanceLeaseTests {
