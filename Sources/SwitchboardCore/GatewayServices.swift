@@ -21,13 +21,15 @@ package enum SessionErrorKind: String, Sendable, CaseIterable {
     package var index: Int { Self.allCases.firstIndex(of: self)! }
 
     /// Whether the connection, after its `ERROR` and close frame, waits briefly for the
-    /// client's close frame (``WebSocketSTOMPTransport/close(after:)``): not for a client that
-    /// does not read or answer (a slow consumer, a heart-beat timeout), nor when the gateway
-    /// closes its sessions itself (a shutdown, a lost lease), which must not wait on clients.
+    /// client's close frame (``WebSocketSTOMPTransport/close(after:)``, at most its 2 s
+    /// grace): not for a client that does not read or answer (a slow consumer, a heart-beat
+    /// timeout). A shutdown and a lost lease linger too: closed at once with the client's
+    /// bytes unread (a step's frames behind it), the close was a reset, which may cost the
+    /// client the `RECEIPT` the drain waited for.
     package var lingers: Bool {
         switch self {
-        case .protocolViolation, .limit, .auth, .route: true
-        case .slowConsumer, .heartBeatTimeout, .shutdown, .leaseLost: false
+        case .protocolViolation, .limit, .auth, .route, .shutdown, .leaseLost: true
+        case .slowConsumer, .heartBeatTimeout: false
         }
     }
 }

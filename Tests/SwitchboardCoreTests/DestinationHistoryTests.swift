@@ -186,6 +186,25 @@ import Testing
         #expect(replay.recovered && bodies(replay.messages) == ["2"])
     }
 
+    /// A table full of histories that hold messages: one SUBSCRIBE to a new topic evicted a
+    /// hundredth of them (10 of 1,000) to make room for its one empty history. Now one.
+    @Test func aSubscribeToANewDestinationEvictsAtMostOneHistoryThatHoldsMessages() {
+        let clock = Clock()
+        let h = history(maxDestinations: 1_000, clock: clock)
+        for i in 0..<1_000 {
+            clock.advance(.milliseconds(1))
+            publish(h, "/topic/t\(i)", ["m"])
+        }
+        #expect(h.retainedMessages == 1_000)
+        _ = h.resume("/topic/new", from: .last(0)) {}
+        #expect(h.retainedMessages == 999)
+        #expect(h.destinationCount == 1_000)
+        // A publish to a new destination still makes room a hundredth at a time: the empty
+        // history first, then 9 that hold messages.
+        publish(h, "/topic/published", ["m"])
+        #expect(h.retainedMessages == 999 - 9 + 1)
+    }
+
     /// Expired messages of a destination nobody uses any more are dropped by the next use of
     /// any destination (a probe saw them held until the destination itself was used again).
     @Test func expiredMessagesOfIdleDestinationsAreDropped() {

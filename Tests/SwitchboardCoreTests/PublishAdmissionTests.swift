@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import STOMPCodec
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 import Testing
 
@@ -69,6 +70,33 @@ struct PublishAdmissionTests {
             #expect(!hub.isBacklogged)
             #expect(sink.count.withLockedValue { $0 } == 8)
             #expect(hub.admissionCounts.waits == 1 && hub.admissionCounts.refusals == 0)
+        }
+    }
+
+    /// A backend's broadcast replies to `/app` SENDs were published at once whatever the
+    /// backlog: each session could add a reply of up to 1 MiB per webhook round trip to a loop
+    /// already over the limit. They wait for admission as a SEND's publish does.
+    @Test("a route's broadcast replies wait while the backlog is over the limit")
+    func routeRepliesWaitForAdmission() async throws {
+        try await withLoops { loops, blocked in
+            let (hub, sink) = try await makeHub(on: loops[0], limit: 10_000, timeout: .seconds(60))
+            loops[0].execute { blocked.wait() }
+            for i in 0..<8 { hub.deliver(big(i)) }
+            #expect(hub.isBacklogged)
+            let reply = RouteReply(destination: "/topic/a", body: ByteBuffer(string: "reply"))
+            let engine = InMemoryEngine(hub: hub)
+            let published = try await loops[1].submit {
+                STOMPSessionHandler.publishBroadcasts([reply], engine: engine, hub: hub, messageIDs: MessageIDGenerator(instanceID: "t"), on: loops[1])
+            }.get()
+            let done = NIOLockedValueBox(false)
+            published.whenComplete { _ in done.withLockedValue { $0 = true } }
+            try await loops[1].submit {}.get()
+            #expect(!done.withLockedValue { $0 })
+            #expect(hub.admissionCounts.waits == 1)
+            blocked.signal()
+            try await published.get()
+            try await loops[0].submit {}.get()
+            #expect(sink.count.withLockedValue { $0 } == 9)
         }
     }
 

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from support.rawws import OP_CLOSE, OP_TEXT, RawWebSocket, stomp_frames
 from support.stompclient import StompClient
 from support.webhook import WebhookServer
 
@@ -136,6 +137,19 @@ def test_sigterm_with_no_clients_exits_zero(gateway_factory):
     assert gw.stop(10) == 0
 
 
+def slow_route(hook: WebhookServer, timeout_ms: int) -> str:
+    """The YAML of a webhook route for /app/slow to `hook`."""
+    return f"""
+routes:
+  names: [slow]
+  slow:
+    destination: /app/slow
+    type: webhook
+    url: {hook.url}
+    timeout-ms: {timeout_ms}
+"""
+
+
 def test_sigterm_closes_a_session_whose_step_outlives_the_grace(gateway_factory, client):
     """A session waiting for a slow webhook at SIGTERM (its SEND's step in flight, longer than the
     grace): the drain closes it once the grace is over, with the ERROR and without the SEND's
@@ -143,15 +157,7 @@ def test_sigterm_closes_a_session_whose_step_outlives_the_grace(gateway_factory,
     hook = WebhookServer()
     hook.delay = 60  # answers long after the test
     try:
-        gw = gateway_factory("server.shutdown-grace-ms=500", "server.drain-delay-ms=0", yaml=f"""
-routes:
-  names: [slow]
-  slow:
-    destination: /app/slow
-    type: webhook
-    url: {hook.url}
-    timeout-ms: 60000
-""")
+        gw = gateway_factory("server.shutdown-grace-ms=500", "server.drain-delay-ms=0", yaml=slow_route(hook, 60000))
         c = client(gw)
         c.connect()
         c.send_frame("SEND", {"destination": "/app/slow", "receipt": "s"}, "x")
@@ -166,5 +172,40 @@ routes:
         # The drain closed it: nothing was left for the listener's own deadline.
         assert "listener: closing a connection still open after the grace" not in log
         assert "connections=closed" in log
+    finally:
+        hook.stop()
+
+
+def test_sigterm_closes_with_a_fin_after_the_receipt_it_waited_for(gateway_factory):
+    """A session whose SEND waits for a slow webhook at SIGTERM, with more of the client's bytes
+    unread behind it (reads pause while the step runs): the drain waits for the step, writes
+    its RECEIPT, the ERROR and the close frame, then closes. Closing at once with bytes unread
+    made the close a reset, which a proxy or a Windows stack passes on by dropping what it
+    had not yet handed over: the RECEIPT the drain waited for. The connection now half-closes
+    (a FIN) and reads the rest away."""
+    hook = WebhookServer()
+    hook.delay = 1.0
+    try:
+        gw = gateway_factory("server.shutdown-grace-ms=10000", "server.drain-delay-ms=0", yaml=slow_route(hook, 10000))
+        ws = RawWebSocket(gw.port)
+        ws.stomp_connect()
+        ws.send_frame(OP_TEXT, b"SEND\ndestination:/app/slow\nreceipt:s\n\nx\x00")
+        hook.wait_request()
+        # More frames behind it: unread while the step runs.
+        big = b"SEND\ndestination:/topic/more\n\n" + b"y" * 100_000 + b"\x00"
+        for _ in range(3):
+            assert ws.send_frame(OP_TEXT, big)
+        gw.proc.send_signal(signal.SIGTERM)
+        frames = []
+        while not any(op == OP_CLOSE for op, _ in frames):
+            _, op, payload = ws.recv_frame(timeout=10)
+            frames.append((op, payload))
+        commands = [f.split(b"\n", 1)[0] for f in stomp_frames(frames)]
+        assert commands == [b"RECEIPT", b"ERROR"], commands
+        ws.sock.settimeout(5)
+        assert ws.sock.recv(1) == b""  # a FIN, not a reset
+        ws.send_frame(OP_CLOSE, b"\x03\xe8")
+        ws.close()
+        assert gw.proc.wait(15) == 0
     finally:
         hook.stop()

@@ -196,7 +196,7 @@ package final class DestinationHistory: Sendable {
         return state.withLockedValue { s in
             register()
             maintain(&s, now: now)
-            let created = ensureRing(&s, destination, now: now)
+            let created = ensureRing(&s, destination, now: now, forSubscribe: true)
             let before = s.rings[destination]!.bytes
             s.rings[destination]!.trim(now: now)
             s.bytes += s.rings[destination]!.bytes - before
@@ -211,24 +211,27 @@ package final class DestinationHistory: Sendable {
                 }
                 return HistoryReplay(messages: [], recovered: recovered, position: ring.position)
             }
-            let retained = ring.entries.map(\.message)
+            // Only the messages replayed are copied (under the lock): a plain SUBSCRIBE, or a
+            // resume that missed nothing, copied the whole ring to keep none of it.
+            let retained = { ring.entries.map(\.message) }
             let oldest = ring.entries.first?.sequence ?? ring.next
             switch start {
             case .after(let position):
                 guard position.epoch == ring.epoch else {
-                    return HistoryReplay(messages: retained, recovered: false, position: ring.position)
+                    return HistoryReplay(messages: retained(), recovered: false, position: ring.position)
                 }
                 guard position.sequence < ring.next else {
                     return HistoryReplay(messages: [], recovered: false, position: ring.position)
                 }
                 if position.sequence + 1 < oldest {
-                    return HistoryReplay(messages: retained, recovered: false, position: ring.position)
+                    return HistoryReplay(messages: retained(), recovered: false, position: ring.position)
                 }
                 let skip = Int(position.sequence + 1 - oldest)
-                return HistoryReplay(messages: Array(retained.dropFirst(skip)), recovered: true, position: ring.position)
+                return HistoryReplay(messages: ring.entries.dropFirst(skip).map(\.message), recovered: true, position: ring.position)
             case .last(let count):
                 let wanted = min(count, Int(ring.next - 1))
-                return HistoryReplay(messages: Array(retained.suffix(count)), recovered: retained.count >= wanted, position: ring.position)
+                return HistoryReplay(
+                    messages: ring.entries.suffix(count).map(\.message), recovered: ring.entries.count >= wanted, position: ring.position)
             }
         }
     }
@@ -296,9 +299,9 @@ package final class DestinationHistory: Sendable {
 
     /// Gives `destination` a ring (a new epoch) if it has none; true when it was created.
     @discardableResult
-    private func ensureRing(_ s: inout State, _ destination: String, now: NIODeadline) -> Bool {
+    private func ensureRing(_ s: inout State, _ destination: String, now: NIODeadline, forSubscribe: Bool = false) -> Bool {
         guard s.rings[destination] == nil else { return false }
-        evictIfFull(&s)
+        evictIfFull(&s, forSubscribe: forSubscribe)
         s.generation += 1
         let window = settings.window(for: destination)
         s.rings[destination] = Ring(
@@ -309,13 +312,18 @@ package final class DestinationHistory: Sendable {
     /// Makes room for one more destination: drops destinations that hold no message first (a
     /// `SUBSCRIBE` alone creates one: subscribing to many new topics must not evict histories
     /// that hold messages), then the ones published to least recently. A hundredth of the
-    /// table at a time, so that a stream of new destinations does not scan it every time.
-    private func evictIfFull(_ s: inout State) {
+    /// table at a time, so that a stream of new destinations does not scan it every time; for a
+    /// `SUBSCRIBE` (`forSubscribe`) at most one that holds messages.
+    private func evictIfFull(_ s: inout State, forSubscribe: Bool = false) {
         guard s.rings.count >= settings.maxDestinations else { return }
         let count = max(1, min(s.rings.count, settings.maxDestinations / 100))
-        let victims = s.rings.sorted {
+        var victims = s.rings.sorted {
             ($0.value.entries.isEmpty ? 0 : 1, $0.value.lastPublished) < ($1.value.entries.isEmpty ? 0 : 1, $1.value.lastPublished)
         }.prefix(count)
+        if forSubscribe {
+            let empty = victims.prefix { $0.value.entries.isEmpty }
+            victims = empty.isEmpty ? victims.prefix(1) : empty
+        }
         for victim in victims {
             s.bytes -= victim.value.bytes
             s.rings[victim.key] = nil

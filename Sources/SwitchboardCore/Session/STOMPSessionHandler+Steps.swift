@@ -296,6 +296,7 @@ extension STOMPSessionHandler {
             timestamp: Self.wallClockMillis())
         let loop = shard.eventLoop
         let engine = services.engine
+        let hub = services.hub
         let ids = services.messageIDs
         let policy = services.policy
         let logger = self.logger
@@ -312,12 +313,10 @@ extension STOMPSessionHandler {
                     metadata: ["route": "\(destination)", "reply.destination": "\(reply.destination)", "reply.target": "\(reply.target.rawValue)"])
                 return false
             }
-            let publishes = replies.filter { $0.target == .broadcast }.map { reply in
-                engine.publish(PublishedMessage(destination: reply.destination, messageID: ids.next(), headers: reply.headers, body: reply.body), on: loop)
-            }
+            let broadcasts = replies.filter { $0.target == .broadcast }
             // The backend did act on the message: the ERROR must not read as if it had not (a
             // client would send it again, and the backend process it twice).
-            return EventLoopFuture.andAllSucceed(publishes, on: loop).map { replies }
+            return Self.publishBroadcasts(broadcasts, engine: engine, hub: hub, messageIDs: ids, on: loop).map { replies }
                 .flatMapErrorThrowing { error in throw ReplyNotPublished(cause: error) }
         }
         complete(future, step: step, kind: .route, describe: { "route for \(destination) failed: \($0)" }) { handler, replies in
@@ -326,6 +325,25 @@ extension STOMPSessionHandler {
             }
             return .success
         }
+    }
+
+    /// Publishes a backend's broadcast replies, behind the fan-out backlog's admission as a
+    /// `SEND`'s publish is: each session could add a reply of up to `webhooks.max-reply-bytes`
+    /// per round trip to a loop already over `server.max-fanout-backlog-bytes`.
+    package static func publishBroadcasts(
+        _ replies: [RouteReply], engine: any BrokerEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, on loop: any EventLoop
+    ) -> EventLoopFuture<Void> {
+        guard !replies.isEmpty else { return loop.makeSucceededVoidFuture() }
+        let publish = {
+            EventLoopFuture.andAllSucceed(
+                replies.map { reply in
+                    engine.publish(
+                        PublishedMessage(destination: reply.destination, messageID: messageIDs.next(), headers: reply.headers, body: reply.body),
+                        on: loop)
+                }, on: loop)
+        }
+        guard let admission = hub.admission(on: loop) else { return publish() }
+        return admission.flatMap(publish)
     }
 
     /// The backend accepted a `SEND`, and a broadcast reply of its could not be published.

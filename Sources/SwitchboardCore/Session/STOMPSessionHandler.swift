@@ -468,6 +468,9 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         case .sendHeartbeat(let next):
             if let context {
                 settleUndelivered(context: context)
+                // Settling can end the session (deliveries held over the limit while a replay
+                // is paced): its close frame is out, and no frame may follow it (RFC 6455 §5.5.1).
+                guard machine.phase == .connected else { return nil }
                 (writer ?? context).writeAndFlush(wrapOutboundOut(Self.heartBeatFrame), promise: nil)
             }
             return next
