@@ -468,7 +468,6 @@ struct DrainService: Service {
         try? await gracefulShutdown()
         // 1. Not ready, no new sessions (the load balancer stops sending clients here).
         admission.stopAdmitting()
-        pending.closeAll()
         let open = services.stats.connectionsOpen.load()
         logger.notice("draining: not ready, refusing new sessions", metadata: ["sessions": "\(open)", "delay.ms": "\(delay.nanoseconds / 1_000_000)"])
         // 2. Give the load balancer time to notice before clients reconnect.
@@ -481,6 +480,9 @@ struct DrainService: Service {
         logger.notice("shutting down: closing sessions", metadata: ["sessions": "\(services.stats.connectionsOpen.load())"])
         for shard in services.hub.shards { shard.closeAll(reason: "server shutting down, reconnect") }
         await sessionsClosed(within: grace)
+        // Connections still sending their first request go now (not at the start: an
+        // upgrade under way gets its 503, an API call its answer, during the drain).
+        pending.closeAll()
         // 4. Sessions still waiting for a step (a slow webhook, a SUBSCRIBE waiting for Redis)
         //    are closed now; their clients get the ERROR without the step's receipt.
         let busy = services.stats.connectionsOpen.load()

@@ -4,8 +4,10 @@ import socket
 import time
 
 import pytest
+import requests
 
-from support.rawws import OP_CLOSE, OP_TEXT, RawWebSocket, stomp_frames
+from support.process import wait_until
+from support.rawws import OP_CLOSE, OP_TEXT, RawWebSocket, stomp_frames, upgrade_request
 from support.stompclient import StompClient
 from support.webhook import WebhookServer
 
@@ -209,3 +211,28 @@ def test_sigterm_closes_with_a_fin_after_the_receipt_it_waited_for(gateway_facto
         assert gw.proc.wait(15) == 0
     finally:
         hook.stop()
+
+
+def test_an_upgrade_under_way_at_sigterm_gets_its_503(gateway_factory):
+    """A WebSocket upgrade half sent when SIGTERM comes: the drain used to close every connection
+    still in its first request at once (a reset, no answer). It is answered 503 now, as an
+    upgrade arriving during the drain is."""
+    gw = gateway_factory("server.drain-delay-ms=2000")
+    head = upgrade_request(gw.port)
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    try:
+        s.sendall(head[:20])
+        # The listener has taken the connection before the signal (a request answered after it).
+        assert requests.get(gw.base + "/health", timeout=5).status_code == 200
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: requests.get(gw.base + "/health/ready", timeout=5).status_code == 503, 5, what="draining")
+        s.sendall(head[20:])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = s.recv(4096)
+            assert chunk, f"closed without an answer: {answer!r}"
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+    finally:
+        s.close()
+    assert gw.proc.wait(15) == 0
