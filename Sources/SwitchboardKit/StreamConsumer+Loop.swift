@@ -29,6 +29,11 @@ extension StreamConsumer {
                     await opened.close()
                     break
                 }
+                // Its id, for `stop()` to end a blocked read with `CLIENT UNBLOCK`.
+                let id = try? await Int(fromRESP: opened.execute(RawCommand("CLIENT", "ID")))
+                self.state.withLockedValue { state in
+                    if state.connection === opened { state.connectionID = id }
+                }
                 if try await self.createGroupIfMissing(at: groupStartID, on: opened), connectedBefore {
                     self.logger.notice("consumer group re-created at 0", metadata: ["group": "\(self.configuration.group)"])
                 }
@@ -52,7 +57,10 @@ extension StreamConsumer {
                 }
             }
             self.state.withLockedValue { state in
-                if state.connection === connection { state.connection = nil }
+                if state.connection === connection {
+                    state.connection = nil
+                    state.connectionID = nil
+                }
                 state.blocking = false
             }
             await connection?.close()

@@ -61,6 +61,8 @@ public final class StreamConsumer: Sendable {
         var running = false
         var stopRequested = false
         var connection: RedisConnection?
+        /// The reading connection's `CLIENT ID` (nil: not known).
+        var connectionID: Int?
         var blocking = false
         var lastErrors: [String: String] = [:]
         /// When an entry that failed here may be tried again (at most 10,000 kept: past that,
@@ -170,17 +172,40 @@ public final class StreamConsumer: Sendable {
         self.logger.info("stream consumer stopped")
     }
 
-    /// Asks ``run(_:)`` to return: a blocking read is interrupted at once, a running handler is
+    /// Asks ``run(_:)`` to return: a blocking read is interrupted at once (`CLIENT UNBLOCK`: a
+    /// batch Redis delivered meanwhile is given back, its attempt uncounted), a running handler is
     /// allowed to finish (and its entry acknowledged). Returns immediately; await `run` to know
     /// when the consumer has stopped. Calling it before `run` makes `run` return immediately; a
     /// stopped consumer does not run again (create a new one).
     public func stop() {
-        let connection = self.state.withLockedValue { state -> RedisConnection? in
+        let blocked = self.state.withLockedValue { state -> (connection: RedisConnection, id: Int?)? in
             state.stopRequested = true
-            return state.blocking ? state.connection : nil
+            guard state.blocking, let connection = state.connection else { return nil }
+            return (connection, state.connectionID)
         }
-        // Closing interrupts `XREADGROUP BLOCK`; nothing else is in flight on this connection then.
-        connection?.channel.close(promise: nil)
+        guard let blocked else { return }
+        guard let id = blocked.id else {
+            // Closing interrupts `XREADGROUP BLOCK`; nothing else is in flight on this connection then.
+            blocked.connection.channel.close(promise: nil)
+            return
+        }
+        // `CLIENT UNBLOCK` ends the read as its timeout would: Redis answers it empty, or with
+        // the entries it had just delivered, which the stop gives back (their attempt
+        // uncounted). Closing the connection under the read lost such a batch's reply: its
+        // entries waited for a claim, an attempt used up. Closed after all when the read is
+        // not blocked in Redis yet after a few tries, or Redis does not answer.
+        let stream = self.configuration.stream
+        Task {
+            for attempt in 0..<5 {
+                let unblock = RawCommand(arguments: ["CLIENT", "UNBLOCK", .integer(id)], keys: [stream])
+                if (try? await Int(fromRESP: self.redis.execute(unblock))) == 1 { return }
+                guard self.state.withLockedValue({ $0.blocking && $0.connection === blocked.connection }) else { return }
+                if attempt < 4 { try? await Task.sleep(for: .milliseconds(20)) }
+            }
+            if self.state.withLockedValue({ $0.blocking && $0.connection === blocked.connection }) {
+                blocked.connection.channel.close(promise: nil)
+            }
+        }
     }
 
     var isStopRequested: Bool { self.state.withLockedValue { $0.stopRequested } }

@@ -116,6 +116,25 @@ struct StreamConsumerFaultTests {
         await client.shutdown()
     }
 
+    /// `stop()` while a read is blocked closed the connection under `XREADGROUP`: a batch Redis
+    /// delivered just then was lost with the reply (its entries pending, an attempt counted,
+    /// until a claim). The read is ended with `CLIENT UNBLOCK`, which Redis answers in order.
+    @Test func stopEndsABlockedReadWithClientUnblock() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        var configuration = testConfiguration()
+        configuration.blockTime = .seconds(30)  // blocked for the whole test: stop() finds it so
+        let consumer = StreamConsumer(client: client, configuration: configuration, logger: quietLogger)
+        let task = start(consumer) { _ in }
+        try #require(try await waitUntilBlockedReaders(1, client))
+        consumer.stop()
+        try await task.value
+        let stats = try String(fromRESP: try await client.execute(RawCommand("INFO", "commandstats")))
+        #expect(stats.contains("cmdstat_client|unblock:calls=1,"), "\(stats)")
+        await client.shutdown()
+    }
+
     /// Fields set after `init` were used as they were: a batch size of 0 made every `XAUTOCLAIM`
     /// fail, a negative dead-letter length every dead-letter. The consumer runs with them
     /// within their bounds.
