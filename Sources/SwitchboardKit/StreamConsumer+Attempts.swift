@@ -140,9 +140,14 @@ extension StreamConsumer {
 
     /// Gives back the attempts of entries whose handler had not started when an earlier session
     /// ended (``process(_:lease:on:_:)``), before this one takes its pending entries again.
-    func giveBackAttemptsOfEndedSession(on connection: RedisConnection) async {
+    /// Throws when that fails: the session ends, and the next one tries again before it takes
+    /// anything (taken with the attempt still counted, they could be dead-lettered unhandled).
+    func giveBackAttemptsOfEndedSession(on connection: RedisConnection) async throws {
         let ids = self.state.withLockedValue { $0.attemptsToGiveBack }
-        guard !ids.isEmpty, await self.uncount(ids, on: connection) else { return }
+        guard !ids.isEmpty else { return }
+        guard await self.uncount(ids, on: connection) else {
+            throw SwitchboardKitError("giving back the attempts of entries not started failed")
+        }
         self.state.withLockedValue { state in
             // Kept if a stop's batch added more meanwhile (none: one session at a time).
             state.attemptsToGiveBack.removeFirst(min(ids.count, state.attemptsToGiveBack.count))

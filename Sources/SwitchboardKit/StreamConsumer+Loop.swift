@@ -113,7 +113,7 @@ extension StreamConsumer {
             retryAt = at
         }
 
-        await self.giveBackAttemptsOfEndedSession(on: connection)
+        try await self.giveBackAttemptsOfEndedSession(on: connection)
         while !self.isStopRequested {
             if let cursor = pendingCursor {
                 let taken = try await self.take(.own(after: cursor), on: connection)

@@ -203,15 +203,20 @@ extension StreamConsumer {
             return nil
         } catch let error as RedisServerError where !Self.isRedirect(error) {
             let now = ContinuousClock.now
-            let notBefore = now + self.configuration.delayBeforeRetry(afterAttempt: deliveries)
-            self.state.withLockedValue { state in
+            // At least a second apart (a retry delay of 0 retried in a loop that never read
+            // new entries again).
+            let notBefore = now + max(.seconds(1), self.configuration.delayBeforeRetry(afterAttempt: deliveries))
+            let failures = self.state.withLockedValue { state in
                 state.statistics.deadLetterFailures += 1
                 if state.retryNotBefore.count >= Self.retriesKept {
                     state.retryNotBefore = Self.pruned(state.retryNotBefore, at: now, limit: Self.retriesKept)
                 }
                 state.retryNotBefore[entry.id] = notBefore
+                return state.statistics.deadLetterFailures
             }
-            self.logger.error(
+            // At error level the first time and every 100th (each pending entry is tried again).
+            self.logger.log(
+                level: failures % 100 == 1 ? .error : .debug,
                 "moving an entry to the dead-letter stream failed; it stays pending and is tried again",
                 metadata: [
                     "entry": "\(entry.id)", "dead-letter-stream": "\(self.configuration.deadLetterStream)", "error": "\(error)",
@@ -247,22 +252,36 @@ extension StreamConsumer {
             "last-error", .string(lastError),
             "dead-lettered-by", .string(configuration.consumerName),
         ]
-        let deadID: RESPToken
+        let deadID: String
         let oneScript = HashSlot(key: configuration.stream) == HashSlot(key: configuration.deadLetterStream) || !self.redis.isCluster
         if oneScript && arguments.count <= Self.deadLetterScriptArguments {
-            deadID = try await connection.execute(
+            let reply = try await connection.execute(
                 EVAL(
                     script: Self.deadLetterScript, keys: [configuration.stream, configuration.deadLetterStream], arguments: arguments
                 ))
+            deadID = (try? String(fromRESP: reply)) ?? "?"
         } else {
             // On a cluster the two streams are in different slots (no shared hash tag), or the
             // entry is too large for the script: the entry is added to the dead-letter stream
             // first, then acknowledged (a crash in between dead-letters it twice, never loses it).
-            deadID = try await self.redis.execute(
-                RawCommand(arguments: ["XADD", .string(configuration.deadLetterStream)] + arguments.dropFirst(2), keys: [configuration.deadLetterStream]))
+            // Added already by an earlier try whose XACK failed: only acknowledged now (each try
+            // added another copy).
+            if let added = self.state.withLockedValue({ $0.deadLetterAdded[entry.id] }) {
+                deadID = added
+            } else {
+                let reply = try await self.redis.execute(
+                    RawCommand(arguments: ["XADD", .string(configuration.deadLetterStream)] + arguments.dropFirst(2), keys: [configuration.deadLetterStream]))
+                let id = (try? String(fromRESP: reply)) ?? "?"
+                self.state.withLockedValue { state in
+                    if state.deadLetterAdded.count >= Self.retriesKept { state.deadLetterAdded.removeAll() }
+                    state.deadLetterAdded[entry.id] = id
+                }
+                deadID = id
+            }
             try await self.acknowledge(entry.id, on: connection)
         }
         self.state.withLockedValue { state in
+            state.deadLetterAdded[entry.id] = nil
             state.statistics.deadLettered += 1
             state.lastErrors[entry.id] = nil
             state.retryNotBefore[entry.id] = nil
@@ -271,7 +290,7 @@ extension StreamConsumer {
             "entry moved to the dead-letter stream",
             metadata: [
                 "entry": "\(entry.id)", "deliveries": "\(deliveries)", "dead-letter-stream": "\(configuration.deadLetterStream)",
-                "dead-letter-id": "\((try? String(fromRESP: deadID)) ?? "?")", "error": "\(lastError)",
+                "dead-letter-id": "\(deadID)", "error": "\(lastError)",
             ]
         )
     }

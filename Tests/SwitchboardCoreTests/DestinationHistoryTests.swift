@@ -205,6 +205,26 @@ import Testing
         #expect(h.retainedMessages == 999 - 9 + 1)
     }
 
+    /// A history emptied by its window (expired) counts as empty for a SUBSCRIBE's eviction,
+    /// although it was published to most recently: the histories that hold messages stay.
+    @Test func aHistoryEmptiedByItsWindowIsEvictedFirstForASubscribe() {
+        let clock = Clock()
+        var settings = DestinationHistory.Settings()
+        settings.maxDestinations = 3
+        settings.windows = [.init(prefix: "/topic/short.", maxLength: 5, ttl: .seconds(1))]
+        let h = DestinationHistory(settings: settings, processEpoch: "p", clock: clock.read)
+        let kept = publish(h, "/topic/b", ["1"])
+        clock.advance(.milliseconds(10))
+        publish(h, "/topic/c", ["1"])
+        clock.advance(.milliseconds(10))
+        publish(h, "/topic/short.x", ["1"])
+        clock.advance(.seconds(3))  // /topic/short.x expired; the next use sweeps it
+        _ = h.resume("/topic/new", from: .last(0)) {}
+        #expect(h.destinationCount == 3)
+        #expect(h.retainedMessages == 2)
+        #expect(h.resume("/topic/b", from: .after(kept[0].position!)) {}.recovered)
+    }
+
     /// Expired messages of a destination nobody uses any more are dropped by the next use of
     /// any destination (a probe saw them held until the destination itself was used again).
     @Test func expiredMessagesOfIdleDestinationsAreDropped() {

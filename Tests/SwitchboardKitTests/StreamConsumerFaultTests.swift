@@ -15,7 +15,8 @@ struct StreamConsumerFaultTests {
     /// ended the session, and the next one met the same entry first: the consumer never read
     /// again. Now the entry stays pending, the next ones are handled, and it is dead-lettered
     /// once Redis takes it. An entry of 4,100 fields, too many for the script's `unpack`, is
-    /// dead-lettered too.
+    /// dead-lettered too. With a retry delay of 0 the refused entries were retried in a loop
+    /// that never read new entries: they are a second apart at least.
     @Test func aRefusedDeadLetterDoesNotStopTheConsumer() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }
@@ -26,18 +27,19 @@ struct StreamConsumerFaultTests {
         var wide: [(name: String, value: RedisArgument)] = [("message", "wide")]
         for n in 0..<4_100 { wide.append(("f\(n)", "v")) }
         let wideID = try await client.execute(XADD(key: "OUT", fields: wide))
-        try await addGatewayEntry(client, body: "fine")
         let handled = NIOLockedValueBox<[String]>([])
-        let consumer = StreamConsumer(client: client, configuration: testConfiguration(maxDeliveries: 1), logger: quietLogger)
+        let consumer = StreamConsumer(
+            client: client, configuration: testConfiguration(retryDelay: .zero, maxDeliveries: 1), logger: quietLogger)
         let task = start(consumer) { message in
             if message.bodyString == "poison" || message.bodyString == "wide" { throw Boom(description: "cannot") }
             handled.withLockedValue { $0.append(message.bodyString) }
         }
-        #expect(try await eventually { handled.withLockedValue { $0 } == ["fine"] })
         #expect(try await eventually { consumer.statistics.deadLetterFailures >= 2 })
+        // Read after the refusals: the consumer still reads new entries.
+        try await addGatewayEntry(client, body: "fine")
+        #expect(try await eventually { handled.withLockedValue { $0 } == ["fine"] })
         // Both still pending, neither lost.
-        let pending = try await client.execute(XPENDINGRANGE(key: "OUT", group: "svc", count: 10)).map(\.id)
-        #expect(pending == [poison, wideID])
+        #expect(try await eventually { try await client.execute(XPENDINGRANGE(key: "OUT", group: "svc", count: 10)).map(\.id) == [poison, wideID] })
 
         _ = try await client.execute(RawCommand("DEL", "OUT:dead"))
         #expect(try await eventually { try await client.execute(XLEN(key: "OUT:dead")) == 2 })
@@ -135,20 +137,48 @@ struct StreamConsumerFaultTests {
         await client.shutdown()
     }
 
+    /// A dead-letter the two-step way (an entry too wide for the script) whose `XACK` Redis
+    /// refused (an ACL without it) added another copy to the dead-letter stream at every try.
+    /// A later try only acknowledges it.
+    @Test func aDeadLetterWhoseAcknowledgementFailedIsAddedOnce() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
+        var wide: [(name: String, value: RedisArgument)] = [("message", "wide")]
+        for n in 0..<4_100 { wide.append(("f\(n)", "v")) }
+        let wideID = try await client.execute(XADD(key: "OUT", fields: wide))
+        _ = try await client.execute(RawCommand("ACL", "SETUSER", "default", "-xack"))
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(maxDeliveries: 1), logger: quietLogger)
+        let task = start(consumer) { _ in throw Boom(description: "cannot") }
+        #expect(try await eventually { consumer.statistics.deadLetterFailures >= 2 })
+        _ = try await client.execute(RawCommand("ACL", "SETUSER", "default", "+xack"))
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        let dead = try [RedisStreamEntry](fromRESP: try await client.execute(RawCommand("XRANGE", "OUT:dead", "-", "+")))
+        #expect(dead.compactMap { $0[field: "original-id"].map { String(buffer: $0) } } == [wideID])
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
     /// Fields set after `init` were used as they were: a batch size of 0 made every `XAUTOCLAIM`
     /// fail, a negative dead-letter length every dead-letter. The consumer runs with them
     /// within their bounds.
-    @Test func fieldsSetAfterInitAreBounded() {
+    @Test func fieldsSetAfterInitAreBounded() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
         var configuration = StreamConsumerConfiguration(stream: "s", group: "g")
         configuration.batchSize = 0
         configuration.claimMinIdle = .zero
         configuration.maxDeliveries = 0
         configuration.deadLetterMaxLength = -5
         configuration.retryDelay = .seconds(Int64.max)
-        let bounded = configuration.normalized()
+        let bounded = StreamConsumer(client: client, configuration: configuration, logger: quietLogger).configuration
         #expect(bounded.batchSize == 1 && bounded.claimMinIdle == .milliseconds(1) && bounded.maxDeliveries == 1)
         #expect(bounded.deadLetterMaxLength == 1)
         #expect(bounded.retryDelay == .seconds(365 * 24 * 3600))
         #expect(bounded.delayBeforeRetry(afterAttempt: 3) == bounded.claimMinIdle / 2)
+        await client.shutdown()
     }
 }

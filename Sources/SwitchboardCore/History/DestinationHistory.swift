@@ -140,8 +140,22 @@ package final class DestinationHistory: Sendable {
         /// The sum of the rings' ``Ring/bytes``.
         var bytes = 0
         var generation: UInt64 = 0
+        /// The destinations whose ring holds no message (``evictIfFull(_:forSubscribe:)``).
+        var empty: Set<String> = []
         /// When every ring is next trimmed (``maintain(_:now:)``).
         var nextSweep: NIODeadline?
+    }
+
+    /// Runs `change` on `destination`'s ring, keeping ``State/bytes`` and ``State/empty`` current.
+    private static func update(_ s: inout State, _ destination: String, _ change: (inout Ring) -> Void) {
+        let before = s.rings[destination]!.bytes
+        let wasEmpty = s.rings[destination]!.entries.isEmpty
+        change(&s.rings[destination]!)
+        s.bytes += s.rings[destination]!.bytes - before
+        let isEmpty = s.rings[destination]!.entries.isEmpty
+        if isEmpty != wasEmpty {
+            if isEmpty { s.empty.insert(destination) } else { s.empty.remove(destination) }
+        }
     }
 
     /// How often every destination's expired messages are dropped, also of destinations nobody
@@ -178,9 +192,7 @@ package final class DestinationHistory: Sendable {
         state.withLockedValue { s in
             maintain(&s, now: now)
             ensureRing(&s, message.destination, now: now)
-            let before = s.rings[message.destination]!.bytes
-            deliver(s.rings[message.destination]!.append(message, now: now))
-            s.bytes += s.rings[message.destination]!.bytes - before
+            Self.update(&s, message.destination) { deliver($0.append(message, now: now)) }
             if s.bytes > settings.maxBytes { shrink(&s) }
         }
     }
@@ -197,9 +209,7 @@ package final class DestinationHistory: Sendable {
             register()
             maintain(&s, now: now)
             let created = ensureRing(&s, destination, now: now, forSubscribe: true)
-            let before = s.rings[destination]!.bytes
-            s.rings[destination]!.trim(now: now)
-            s.bytes += s.rings[destination]!.bytes - before
+            Self.update(&s, destination) { $0.trim(now: now) }
             let ring = s.rings[destination]!
             if created {
                 // Nothing published since this history began: a fresh epoch, nothing missed
@@ -250,9 +260,7 @@ package final class DestinationHistory: Sendable {
         if let next = s.nextSweep, now < next { return }
         s.nextSweep = now + Self.sweepInterval
         for key in Array(s.rings.keys) {
-            let before = s.rings[key]!.bytes
-            s.rings[key]!.trim(now: now)
-            s.bytes += s.rings[key]!.bytes - before
+            Self.update(&s, key) { $0.trim(now: now) }
         }
     }
 
@@ -265,9 +273,7 @@ package final class DestinationHistory: Sendable {
         var heap = s.rings.compactMap { key, ring in ring.entries.first.map { Head(time: $0.time, key: key) } }
         for i in stride(from: heap.count / 2 - 1, through: 0, by: -1) { Self.siftDown(&heap, i) }
         while s.bytes > target, let oldest = heap.first {
-            let before = s.rings[oldest.key]!.bytes
-            s.rings[oldest.key]!.dropOldest()
-            s.bytes += s.rings[oldest.key]!.bytes - before
+            Self.update(&s, oldest.key) { $0.dropOldest() }
             if let next = s.rings[oldest.key]!.entries.first {
                 heap[0].time = next.time
             } else {
@@ -306,27 +312,36 @@ package final class DestinationHistory: Sendable {
         let window = settings.window(for: destination)
         s.rings[destination] = Ring(
             epoch: processEpoch + String(s.generation, radix: 36), lastPublished: now, maxLength: window.maxLength, ttl: window.ttl)
+        s.empty.insert(destination)
         return true
     }
 
     /// Makes room for one more destination: drops destinations that hold no message first (a
     /// `SUBSCRIBE` alone creates one: subscribing to many new topics must not evict histories
-    /// that hold messages), then the ones published to least recently. A hundredth of the
-    /// table at a time, so that a stream of new destinations does not scan it every time; for a
-    /// `SUBSCRIBE` (`forSubscribe`) at most one that holds messages.
+    /// that hold messages), then the ones published to least recently. For a publish, a
+    /// hundredth of the table at a time, so that a stream of new destinations does not sort it
+    /// every time. For a `SUBSCRIBE` (`forSubscribe`), up to a hundredth of the empty ones (no
+    /// sort: they are listed), else the one published to least recently (one scan): one
+    /// SUBSCRIBE evicted a hundredth of the histories that held messages.
     private func evictIfFull(_ s: inout State, forSubscribe: Bool = false) {
         guard s.rings.count >= settings.maxDestinations else { return }
         let count = max(1, min(s.rings.count, settings.maxDestinations / 100))
-        var victims = s.rings.sorted {
-            ($0.value.entries.isEmpty ? 0 : 1, $0.value.lastPublished) < ($1.value.entries.isEmpty ? 0 : 1, $1.value.lastPublished)
-        }.prefix(count)
+        let victims: [String]
         if forSubscribe {
-            let empty = victims.prefix { $0.value.entries.isEmpty }
-            victims = empty.isEmpty ? victims.prefix(1) : empty
+            if !s.empty.isEmpty {
+                victims = Array(s.empty.prefix(count))
+            } else {
+                victims = s.rings.min { $0.value.lastPublished < $1.value.lastPublished }.map { [$0.key] } ?? []
+            }
+        } else {
+            victims = s.rings.sorted {
+                ($0.value.entries.isEmpty ? 0 : 1, $0.value.lastPublished) < ($1.value.entries.isEmpty ? 0 : 1, $1.value.lastPublished)
+            }.prefix(count).map(\.key)
         }
-        for victim in victims {
-            s.bytes -= victim.value.bytes
-            s.rings[victim.key] = nil
+        for key in victims {
+            s.bytes -= s.rings[key]!.bytes
+            s.rings[key] = nil
+            s.empty.remove(key)
         }
     }
 }
