@@ -131,6 +131,7 @@ package struct SwitchboardGateway: Sendable {
             redisConfiguration.commandConnectionPerEventLoop = settings.connectionPerLoop
             redisConfiguration.connectTimeout = .milliseconds(Int64(settings.connectTimeoutMs))
             redisConfiguration.reconnectWait = .milliseconds(Int64(settings.reconnectWaitMs))
+            redisConfiguration.subscriberPingInterval = .milliseconds(Int64(settings.subscriberPingIntervalMs))
             redisConfiguration.clientName = "switchboard-\(instanceID)"
             if let tls = settings.tls { redisConfiguration.tls = tls.configuration }
             redisConfiguration.sentinel = settings.sentinel

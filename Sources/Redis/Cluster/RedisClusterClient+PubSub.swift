@@ -194,7 +194,11 @@ extension RedisClusterClient {
         }
         if replacedSubscribed { self.markSubscriptionsPending() }
         subscriberReading.apply(to: connection)
+        let gate = subscriberReading
+        let interval = self.configuration.subscriberPingInterval
+        let checker = interval > .zero ? connection.keepChecked(every: interval, skip: { gate.isPausing }) : nil
         connection.closeFuture.whenComplete { [weak self] _ in
+            checker?.cancel()
             guard let self else { return }
             let lost = self.state.withLockedValue { state -> Bool in
                 guard state.subscriberConnections[node] === connection else { return false }
@@ -277,8 +281,12 @@ extension RedisClusterClient {
                 attempt = 0
                 // Names refused on the re-subscribe are tried again while the connection is up.
                 let retrier = registry.retryRefused(every: self.configuration.reconnectBackoffMaximum)
+                let gate = subscriberReading
+                let interval = self.configuration.subscriberPingInterval
+                let checker = interval > .zero ? connection.keepChecked(every: interval, skip: { gate.isPausing }) : nil
                 try? await connection.closeFuture.get()
                 retrier.cancel()
+                checker?.cancel()
                 registry.detach()
                 self.state.withLockedValue { state in
                     if state.classicConnection === connection { state.classicConnection = nil }

@@ -54,7 +54,10 @@ extension RedisClient {
                     try await connection.subscriptionCommand(SUBSCRIBE("+switch-master")).get()
                     attempt = 0
                     self.logger.debug("watching sentinel for +switch-master", metadata: ["sentinel": "\(node)"])
+                    let interval = self.configuration.subscriberPingInterval
+                    let checker = interval > .zero ? connection.keepChecked(every: interval) : nil
                     try? await connection.closeFuture.get()
+                    checker?.cancel()
                 } catch {
                     await connection.close()
                     throw error

@@ -541,8 +541,12 @@ public final class RedisClient: Sendable {
                 self.logger.info("redis connected", metadata: ["role": "\(role)", "resp": "\(connection.protocolVersion)"])
                 self.setState(role, .connected)
                 let retrier = role == .subscriptions ? self.retryRefusedSubscriptions() : nil
+                let gate = self.subscriberReading
+                let interval = self.configuration.subscriberPingInterval
+                let checker = role == .subscriptions && interval > .zero ? connection.keepChecked(every: interval, skip: { gate.isPausing }) : nil
                 try? await connection.closeFuture.get()
                 retrier?.cancel()
+                checker?.cancel()
                 let ownBack = self.state.withLockedValue { state -> [(ObjectIdentifier, RedisConnection)] in
                     switch role {
                     case .commands:

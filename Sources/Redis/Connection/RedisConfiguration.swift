@@ -23,6 +23,10 @@ public struct RedisConfiguration: Sendable, Hashable {
     /// Per-command timeout. When it fires the command fails with ``RedisClientError/commandTimeout`` and the
     /// connection is closed (its reply stream is out of sync). Blocking commands get their block time added.
     public var commandTimeout: TimeAmount
+    /// How often a connection that only receives (the subscriber connections, a sentinel
+    /// watch) sends `PING` to find out it is still there (unanswered within
+    /// ``commandTimeout``, it is closed and reconnected); zero: never.
+    public var subscriberPingInterval: TimeAmount = .seconds(5)
     /// Limits applied to server replies.
     public var parserLimits: RESPParserLimits
     /// Reconnect backoff: the first retry waits about `minimum`, doubling up to `maximum`, with jitter.

@@ -113,6 +113,27 @@ public final class RedisConnection: Sendable {
         return RedisTLSConfiguration.describeFailure(error, host: configuration.host, port: configuration.port, configuration: tls)
     }
 
+    /// Until the connection closes, sends `PING` every `interval` while `skip` says no (a
+    /// subscriber whose reads are held back: the reply would make it read the messages held).
+    /// A connection that only receives (a subscriber, a sentinel watch) writes nothing else, so
+    /// a peer gone without a FIN or a reset (a power loss, a partition, a replaced VM) was never
+    /// noticed: the connection looked up and delivered nothing. A `PING` not answered within
+    /// the command timeout closes it (the command's deadline), and its owner reconnects.
+    package func keepChecked(every interval: TimeAmount, skip: @escaping @Sendable () -> Bool = { false }) -> Task<Void, Never> {
+        Task {
+            while !Task.isCancelled, self.isActive {
+                try? await Task.sleep(for: .nanoseconds(interval.nanoseconds))
+                guard !Task.isCancelled, self.isActive, !skip() else { continue }
+                do {
+                    _ = try await self.execute(PING())
+                } catch {
+                    if !Task.isCancelled { await self.close() }
+                    return
+                }
+            }
+        }
+    }
+
     /// Stops reading pushes (pub/sub messages) while `paused`; replies owed to commands are read
     /// all the same. Runs on the connection's loop; the future says whether that changed.
     package func setReadsPaused(_ paused: Bool) -> EventLoopFuture<Bool> {

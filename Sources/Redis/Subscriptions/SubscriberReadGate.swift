@@ -21,6 +21,9 @@ package final class SubscriberReadGate: Sendable {
         state.withLockedValue { $0.shouldPause = shouldPause }
     }
 
+    /// Whether reading is to pause now (a subscriber's health `PING` waits meanwhile).
+    package var isPausing: Bool { state.withLockedValue { $0.shouldPause }?() ?? false }
+
     /// Times a subscriber connection stopped reading.
     package var pauses: Int { state.withLockedValue { $0.pauses } }
 

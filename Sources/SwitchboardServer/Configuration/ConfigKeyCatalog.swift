@@ -214,6 +214,10 @@ package enum ConfigKeyCatalog {
                     "while the command connection reconnects (after a `CLIENT KILL`, a restart or a failover), a command (a publish, a stream route's `XADD`), or one the closing connection could not write (Redis never got it), waits this long for it, in all however many connections fail to write it, and is sent, in order, once it is back; past it the publish fails (`503`/`ERROR`, not published), and so does every command held behind it (none is sent after an earlier one was refused). At most 10,000 commands wait; more fail at once. 0: fail at once. With a Redis Cluster, a node's commands wait for its connection, and are retried, up to `redis.command-timeout-ms`"
                 ),
                 .init(
+                    "redis.subscriber-ping-interval-ms", .integer, "`5000`",
+                    "the subscriber connections (and a sentinel watch) write nothing of their own, so a Redis gone without closing the connection (a power loss, a partition) would look connected and deliver nothing: each sends `PING` this often, and one not answered within `redis.command-timeout-ms` closes it (it reconnects, subscribes again, and history repairs what it missed). Not while its reads are paused for the fan-out backlog. 0: never"
+                ),
+                .init(
                     "redis.unreachable-wait-ms", .integer, "`5000`",
                     "while Redis is unreachable, a client's step that needs it waits this long for Redis to be back, then fails with an `ERROR` saying so: a `SUBSCRIBE` to a destination with history (its position and any replay are read there) and, with `events.enabled`, a `CONNECT` or a receipted `SUBSCRIBE` (their facts are stored there); 0: they fail at once (once the command has waited `redis.reconnect-wait-ms` for a reconnecting connection)"
                 ),

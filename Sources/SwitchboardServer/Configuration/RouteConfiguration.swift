@@ -112,6 +112,9 @@ package struct RedisSettings: Sendable, Equatable {
     /// `redis.reconnect-wait-ms`: how long a command (a publish) waits for the command
     /// connection while it reconnects; 0: it fails at once.
     package var reconnectWaitMs = 1_000
+    /// `redis.subscriber-ping-interval-ms`: how often the subscriber connections (and a
+    /// sentinel watch) send `PING` to find a dead peer; 0: never.
+    package var subscriberPingIntervalMs = 5_000
     /// `redis.appendfsync-always`: the Redis primaries lose nothing they acknowledged when they
     /// restart (`appendonly yes`, `appendfsync always`), so a restart keeps history's positions
     /// instead of moving them ahead (a hole every subscriber is told of).
@@ -154,6 +157,8 @@ package struct RedisSettings: Sendable, Equatable {
         try SwitchboardConfiguration.atLeast(0, ("redis.unreachable-wait-ms", unreachableWaitMs))
         reconnectWaitMs = reader.int(forKey: "reconnect-wait-ms", default: reconnectWaitMs)
         try SwitchboardConfiguration.atLeast(0, ("redis.reconnect-wait-ms", reconnectWaitMs))
+        subscriberPingIntervalMs = reader.int(forKey: "subscriber-ping-interval-ms", default: subscriberPingIntervalMs)
+        try SwitchboardConfiguration.atLeast(0, ("redis.subscriber-ping-interval-ms", subscriberPingIntervalMs))
         appendfsyncAlways = reader.bool(forKey: "appendfsync-always", default: appendfsyncAlways)
         waitReplicas = reader.int(forKey: "wait-replicas", default: waitReplicas)
         waitReplicasTimeoutMs = reader.int(forKey: "wait-replicas-timeout-ms", default: waitReplicasTimeoutMs)
