@@ -107,7 +107,7 @@ extension RedisEngine {
                     level: .warning, throttledBy: InputLogs.historyUnread, "reading where a destination's history stands failed; retrying",
                     metadata: ["destination": "\(destination)", "error": "\(error)"])
                 interest.sequenced!.withLockedValue { $0.lastFailure = "\(error)" }
-                if unreachableWait == .zero || !Self.isUnreachable(error) { failWaiters(interest, error) }
+                if unreachableWait == .zero || !Self.isUnreachable(error) { failWaiters(interest, error, terminal: false) }
                 attempt += 1
                 // At most half a second apart: a subscription waiting goes on soon after Redis is back.
                 try? await Task.sleep(for: .milliseconds(min(50 << min(attempt, 4), 500)))
@@ -188,12 +188,16 @@ extension RedisEngine {
         waiter.futureResult.whenComplete { _ in timeout.cancel() }
     }
 
-    func failWaiters(_ interest: Interest, _ error: any Error) {
+    /// Fails the registrations waiting for `interest`'s position; with `terminal` (the
+    /// subscription failed, or the interest ended: no position will come) those to come too.
+    func failWaiters(_ interest: Interest, _ error: any Error, terminal: Bool = true) {
+        let failure = (error as? RouteError) ?? RouteError(.subscribeFailed, "redis subscribe failed: \(error)")
         let waiters = interest.sequenced?.withLockedValue { s in
             defer { s.waiters.removeAll() }
+            if terminal { s.failed = failure }
             return s.waiters
         }
-        for waiter in waiters ?? [] { waiter.fail(RouteError(.subscribeFailed, "redis subscribe failed: \(error)")) }
+        for waiter in waiters ?? [] { waiter.fail(failure) }
     }
 
     /// A positioned message arrived on the channel of a destination with local interest.
@@ -326,12 +330,15 @@ extension RedisEngine {
         // While Redis is unreachable the position and the replay wait for it, up to here.
         let deadline = NIODeadline.now() + unreachableWait
         let promise = eventLoop.makePromise(of: StreamPosition.self)
-        let through: StreamPosition? = sequenced.withLockedValue { s in
-            if let position = s.sequencer.position { return position }
+        let (through, failed): (StreamPosition?, RouteError?) = sequenced.withLockedValue { s in
+            if let position = s.sequencer.position { return (position, nil) }
+            if let failed = s.failed { return (nil, failed) }
             s.waiters.append(promise)
-            return nil
+            return (nil, nil)
         }
-        if let through {
+        if let failed {
+            promise.fail(failed)
+        } else if let through {
             promise.succeed(through)
         } else if unreachableWait > .zero {
             expire(promise, of: sequenced, destination: destination, at: deadline)

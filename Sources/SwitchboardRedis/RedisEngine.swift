@@ -67,6 +67,9 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             var waiters: [EventLoopPromise<StreamPosition>] = []
             /// Why the last read of the position failed, for the waiters that give up.
             var lastFailure: String?
+            /// The subscription failed (Redis refused it) or the interest ended: registrations
+            /// fail at once with this (they waited for a position that never comes).
+            var failed: RouteError?
         }
 
         init(ready: EventLoopPromise<Void>, generation: UInt64 = 0, sequenced: Bool = false) {
@@ -346,6 +349,7 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         }
         guard let gone else { return }
         gone.cancelled.store(true, ordering: .sequentiallyConsistent)
+        failWaiters(gone, RouteError(.abandoned, "the destination's last subscriber left"))
         if let sub = gone.subscription.withLockedValue({ $0 }) {
             tasks.run { await sub.unsubscribe() }
         }

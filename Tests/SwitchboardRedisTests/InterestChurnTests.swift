@@ -5,6 +5,7 @@ import NIOPosix
 import Redis
 import RedisServerTesting
 import SwitchboardCore
+import SwitchboardRoutes
 import SwitchboardWire
 import Testing
 
@@ -172,6 +173,32 @@ struct InterestChurnTests {
         // The forged message goes out once the repair that its unknown epoch asked for has given
         // it up (where the count of what it skipped trapped).
         #expect(try await eventually { sink.bodies.contains("live") && sink.bodies.contains("forged") }, "\(sink.bodies)")
+        await gateway.shutdown()
+    }
+
+    /// A registration arriving after the subscription of its destination failed (Redis refused
+    /// it) waited for a position that never came: with `redis.unreachable-wait-ms` 0 forever,
+    /// else it failed as "unreachable". It fails at once with the refusal now, and so do those
+    /// waiting when the interest ends.
+    @Test func aRegistrationAfterTheSubscriptionFailedFailsAtOnce() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let gateway = try await Gateway(server)
+        let interest = RedisEngine.Interest(ready: gateway.loop.makePromise(), sequenced: true)
+        gateway.engine.state.withLockedValue { $0.exact["/topic/refused"] = interest }
+        // As startSubscription does when Redis refuses the SUBSCRIBE.
+        interest.ready.fail(RouteError(.subscribeFailed, "refused"))
+        gateway.engine.failWaiters(interest, RouteError(.subscribeFailed, "redis subscribe to it failed: NOPERM"))
+        let registration = gateway.engine.registerWithHistory("/topic/refused", from: nil, on: gateway.loop) {}
+        guard case .pending(_, let replay) = registration else {
+            Issue.record("expected a pending registration, got \(String(describing: registration))")
+            await gateway.shutdown()
+            return
+        }
+        let settled = NIOLockedValueBox<String?>(nil)
+        replay.whenComplete { result in settled.withLockedValue { $0 = "\(result)" } }
+        #expect(try await eventually(timeout: .seconds(5)) { settled.withLockedValue { $0 } != nil })
+        #expect(settled.withLockedValue { $0 }?.contains("NOPERM") == true, "\(settled.withLockedValue { $0 } ?? "pending")")
         await gateway.shutdown()
     }
 }
