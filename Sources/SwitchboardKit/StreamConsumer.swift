@@ -197,17 +197,23 @@ public final class StreamConsumer: Sendable {
         // uncounted). Closing the connection under the read lost such a batch's reply: its
         // entries waited for a claim, an attempt used up. Closed after all when the read is
         // not blocked in Redis yet after a few tries, or Redis does not answer.
+        // Within half a second at most (Redis hung, the id looked up on another server after a
+        // failover): then closed.
         let stream = self.configuration.stream
+        let connection = blocked.connection
+        let stillBlocked: @Sendable () -> Bool = { self.state.withLockedValue { $0.blocking && $0.connection === connection } }
         Task {
-            for attempt in 0..<5 {
-                let unblock = RawCommand(arguments: ["CLIENT", "UNBLOCK", .integer(id)], keys: [stream])
-                if (try? await Int(fromRESP: self.redis.execute(unblock))) == 1 { return }
-                guard self.state.withLockedValue({ $0.blocking && $0.connection === blocked.connection }) else { return }
-                if attempt < 4 { try? await Task.sleep(for: .milliseconds(20)) }
+            let unblocking = Task {
+                while !Task.isCancelled, stillBlocked() {
+                    let unblock = RawCommand(arguments: ["CLIENT", "UNBLOCK", .integer(id)], keys: [stream])
+                    if (try? await Int(fromRESP: self.redis.execute(unblock))) == 1 { return }
+                    try? await Task.sleep(for: .milliseconds(20))
+                }
             }
-            if self.state.withLockedValue({ $0.blocking && $0.connection === blocked.connection }) {
-                blocked.connection.channel.close(promise: nil)
-            }
+            let deadline = ContinuousClock.now + .milliseconds(500)
+            while ContinuousClock.now < deadline, stillBlocked() { try? await Task.sleep(for: .milliseconds(10)) }
+            unblocking.cancel()
+            if stillBlocked() { connection.channel.close(promise: nil) }
         }
     }
 

@@ -225,6 +225,26 @@ import Testing
         #expect(h.resume("/topic/b", from: .after(kept[0].position!)) {}.recovered)
     }
 
+    /// A table full of empty histories (subscribed, quiet destinations): a SUBSCRIBE to a new
+    /// one evicts the oldest, not one taken in hash order (a subscriber's that just came: its
+    /// receipt's epoch gone, its resume told x-recovered false though it missed nothing).
+    @Test func aSubscribeEvictsTheOldestEmptyHistory() {
+        let clock = Clock()
+        let h = history(maxDestinations: 100, clock: clock)
+        var positions: [StreamPosition] = []
+        for i in 0..<100 {
+            clock.advance(.milliseconds(1))
+            positions.append(h.resume("/topic/q\(i)", from: .last(0)) {}.position)
+        }
+        clock.advance(.milliseconds(1))
+        _ = h.resume("/topic/newcomer", from: .last(0)) {}
+        #expect(h.destinationCount == 100)
+        // Only the oldest went: the others keep their epoch.
+        for i in 1..<100 {
+            #expect(h.resume("/topic/q\(i)", from: .last(0)) {}.position.epoch == positions[i].epoch, "q\(i)")
+        }
+    }
+
     /// Expired messages of a destination nobody uses any more are dropped by the next use of
     /// any destination (a probe saw them held until the destination itself was used again).
     @Test func expiredMessagesOfIdleDestinationsAreDropped() {

@@ -194,11 +194,11 @@ extension RedisClusterClient {
         }
         if replacedSubscribed { self.markSubscriptionsPending() }
         subscriberReading.apply(to: connection)
-        let gate = subscriberReading
-        let interval = self.configuration.subscriberPingInterval
-        let checker = interval > .zero ? connection.keepChecked(every: interval, skip: { gate.isPausing }) : nil
+        // Not checked with `PING` (``RedisConnection/keepChecked(every:skip:)``): a `PING` written
+        // behind a `SUNSUBSCRIBE` of a moving slot would take the stray `-MOVED` that follows
+        // the server's own `sunsubscribe` (valkey#1066), and its own reply would then be
+        // unsolicited. A node gone is found by the map's refresh instead.
         connection.closeFuture.whenComplete { [weak self] _ in
-            checker?.cancel()
             guard let self else { return }
             let lost = self.state.withLockedValue { state -> Bool in
                 guard state.subscriberConnections[node] === connection else { return false }

@@ -105,6 +105,11 @@ package final class CommandAcceptance: Sendable {
     /// another connection could run first.
     package var owesReplies: Bool { self.owed.load(ordering: .acquiring) > 0 }
     func setOwed(_ count: Int) { self.owed.store(count, ordering: .releasing) }
+
+    private let inbound = Atomic<UInt64>(NIODeadline.now().uptimeNanoseconds)
+    /// When bytes last arrived (a reply, a message): proof that the peer is there.
+    package var lastInbound: NIODeadline { .uptimeNanoseconds(self.inbound.load(ordering: .relaxed)) }
+    func receivedNow() { self.inbound.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed) }
 }
 
 /// Drives a Redis connection: runs the handshake, matches pipelined replies to commands (FIFO),
@@ -339,6 +344,11 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
                 self.context?.close(promise: nil)
             }
         }
+    }
+
+    package func channelReadComplete(context: ChannelHandlerContext) {
+        self.acceptance.receivedNow()  // once per read, not per reply
+        context.fireChannelReadComplete()
     }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {

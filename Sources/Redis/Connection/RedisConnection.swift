@@ -113,25 +113,46 @@ public final class RedisConnection: Sendable {
         return RedisTLSConfiguration.describeFailure(error, host: configuration.host, port: configuration.port, configuration: tls)
     }
 
-    /// Until the connection closes, sends `PING` every `interval` while `skip` says no (a
-    /// subscriber whose reads are held back: the reply would make it read the messages held).
-    /// A connection that only receives (a subscriber, a sentinel watch) writes nothing else, so
-    /// a peer gone without a FIN or a reset (a power loss, a partition, a replaced VM) was never
-    /// noticed: the connection looked up and delivered nothing. A `PING` not answered within
-    /// the command timeout closes it (the command's deadline), and its owner reconnects.
+    /// Until the connection closes, checks every `interval` that its peer is there: a
+    /// connection that only receives (a subscriber, a sentinel watch) writes nothing else, so a
+    /// peer gone without a FIN or a reset (a power loss, a partition, a replaced VM) was never
+    /// noticed: the connection looked up and delivered nothing.
+    ///
+    /// Anything that arrived within the interval is proof enough. Otherwise, unless `skip`
+    /// says so (a subscriber whose reads are held back: a reply would make it read the
+    /// messages held), it sends `PING` and waits up to the command timeout for anything to
+    /// arrive: the reply, an error reply (`-LOADING`, `-BUSY`, `-NOPERM`: the server is
+    /// there), a message queued ahead of it. Nothing at all: it closes the connection, and its
+    /// owner reconnects. The `PING` has no deadline of its own (a command's would close the
+    /// connection when its reply waits behind many messages), and its reply, whatever its shape
+    /// (RESP2 answers `[pong, ""]` in subscribe mode), is not decoded.
     package func keepChecked(every interval: TimeAmount, skip: @escaping @Sendable () -> Bool = { false }) -> Task<Void, Never> {
-        Task {
+        let acceptance = self.acceptance
+        let timeout = self.configuration.commandTimeout
+        return Task {
             while !Task.isCancelled, self.isActive {
                 try? await Task.sleep(for: .nanoseconds(interval.nanoseconds))
-                guard !Task.isCancelled, self.isActive, !skip() else { continue }
-                do {
-                    _ = try await self.execute(PING())
-                } catch {
-                    if !Task.isCancelled { await self.close() }
+                guard !Task.isCancelled, self.isActive else { return }
+                let sent = NIODeadline.now()
+                if sent - acceptance.lastInbound < interval || skip() { continue }
+                _ = self.sendRaw(HealthCheck())
+                while NIODeadline.now() - sent < timeout, acceptance.lastInbound <= sent, !Task.isCancelled, self.isActive {
+                    try? await Task.sleep(for: .milliseconds(20))
+                }
+                guard !Task.isCancelled, self.isActive else { return }
+                if acceptance.lastInbound <= sent {
+                    await self.close()
                     return
                 }
             }
         }
+    }
+
+    /// `PING` without a deadline (see ``keepChecked(every:skip:)``).
+    private struct HealthCheck: RedisCommand {
+        typealias Response = RESPToken
+        var blockingTimeout: TimeAmount? { .zero }
+        func encode(into encoder: inout RESPCommandEncoder) { encoder.encodeArray(count: 1); encoder.encodeBulk("PING") }
     }
 
     /// Stops reading pushes (pub/sub messages) while `paused`; replies owed to commands are read

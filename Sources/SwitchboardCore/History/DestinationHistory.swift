@@ -320,16 +320,17 @@ package final class DestinationHistory: Sendable {
     /// `SUBSCRIBE` alone creates one: subscribing to many new topics must not evict histories
     /// that hold messages), then the ones published to least recently. For a publish, a
     /// hundredth of the table at a time, so that a stream of new destinations does not sort it
-    /// every time. For a `SUBSCRIBE` (`forSubscribe`), up to a hundredth of the empty ones (no
-    /// sort: they are listed), else the one published to least recently (one scan): one
-    /// SUBSCRIBE evicted a hundredth of the histories that held messages.
+    /// every time. For a `SUBSCRIBE` (`forSubscribe`), up to a hundredth of the empty ones
+    /// (listed: only they are sorted), else the one published to least recently (one scan):
+    /// one SUBSCRIBE evicted a hundredth of the histories that held messages.
     private func evictIfFull(_ s: inout State, forSubscribe: Bool = false) {
         guard s.rings.count >= settings.maxDestinations else { return }
         let count = max(1, min(s.rings.count, settings.maxDestinations / 100))
         let victims: [String]
         if forSubscribe {
             if !s.empty.isEmpty {
-                victims = Array(s.empty.prefix(count))
+                // The oldest first: a ring made a moment ago is a subscriber's that just came.
+                victims = s.empty.sorted { s.rings[$0]!.lastPublished < s.rings[$1]!.lastPublished }.prefix(count).map { $0 }
             } else {
                 victims = s.rings.min { $0.value.lastPublished < $1.value.lastPublished }.map { [$0.key] } ?? []
             }
