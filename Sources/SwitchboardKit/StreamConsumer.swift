@@ -198,22 +198,34 @@ public final class StreamConsumer: Sendable {
         // entries waited for a claim, an attempt used up. Closed after all when the read is
         // not blocked in Redis yet after a few tries, or Redis does not answer.
         // Within half a second at most (Redis hung, the id looked up on another server after a
-        // failover): then closed.
+        // failover, an ACL refusing it): then closed. Once Redis said it unblocked the read,
+        // not closed: its answer (maybe a batch, given back by the stop) is on its way.
         let stream = self.configuration.stream
         let connection = blocked.connection
         let stillBlocked: @Sendable () -> Bool = { self.state.withLockedValue { $0.blocking && $0.connection === connection } }
+        let unblocked = NIOLockedValueBox<Bool?>(nil)  // nil: no answer yet; false: refused
         Task {
             let unblocking = Task {
                 while !Task.isCancelled, stillBlocked() {
                     let unblock = RawCommand(arguments: ["CLIENT", "UNBLOCK", .integer(id)], keys: [stream])
-                    if (try? await Int(fromRESP: self.redis.execute(unblock))) == 1 { return }
+                    do {
+                        if try await Int(fromRESP: self.redis.execute(unblock)) == 1 {
+                            unblocked.withLockedValue { $0 = true }
+                            return
+                        }
+                    } catch is RedisServerError {
+                        unblocked.withLockedValue { $0 = false }  // refused for good (an ACL)
+                        return
+                    } catch {}
                     try? await Task.sleep(for: .milliseconds(20))
                 }
             }
             let deadline = ContinuousClock.now + .milliseconds(500)
-            while ContinuousClock.now < deadline, stillBlocked() { try? await Task.sleep(for: .milliseconds(10)) }
+            while ContinuousClock.now < deadline, stillBlocked(), unblocked.withLockedValue({ $0 }) == nil {
+                try? await Task.sleep(for: .milliseconds(10))
+            }
             unblocking.cancel()
-            if stillBlocked() { connection.channel.close(promise: nil) }
+            if unblocked.withLockedValue({ $0 }) != true, stillBlocked() { connection.channel.close(promise: nil) }
         }
     }
 

@@ -211,6 +211,28 @@ struct StateMachineTests {
         var machine = readyMachine()
         guard case .failAllAndClose = machine.receivedToken(token("-ERR nothing asked\r\n")) else { Issue.record("closed"); return }
     }
+
+    /// A health `PING` written behind that `SUNSUBSCRIBE`: the stray `MOVED` answers the `PING`,
+    /// and the `PONG` then comes with nothing pending. Dropped, not an unsolicited reply that
+    /// closes the subscriber (RESP3 `+PONG`, RESP2 `[pong, ""]` in subscribe mode).
+    @Test func aHealthPingsLatePongLeavesTheSubscriberOpen() {
+        for version in [3, 2] {
+            var machine = readyMachine(version: version)
+            let open = version == 3 ? ">" : "*"
+            _ = machine.enqueue(1, kind: .subscription(confirmation: "sunsubscribe", names: ["z"]), deadline: nil)
+            _ = machine.enqueue(2, deadline: nil)  // the PING
+            guard case .succeed(1, _) = machine.receivedToken(token("\(open)3\r\n$12\r\nsunsubscribe\r\n$1\r\nz\r\n:0\r\n")) else {
+                Issue.record("the server's push taken as the confirmation"); return
+            }
+            guard case .fail(2, _) = machine.receivedToken(token("-MOVED 8000 127.0.0.1:7001\r\n")) else {
+                Issue.record("the stray MOVED answers the PING (RESP\(version))"); return
+            }
+            let pong = version == 3 ? "+PONG\r\n" : "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+            guard case .none = machine.receivedToken(token(pong)) else {
+                Issue.record("the late PONG closed the connection (RESP\(version))"); return
+            }
+        }
+    }
 }
 
 @Suite("Subscription registry")

@@ -38,6 +38,57 @@ import Testing
         }
     }
 
+    /// "No anonymous clients" without a key to check tokens with let every client in as
+    /// anonymous (nothing checked a token at all).
+    @Test func noAnonymousClientsNeedsAKey() async {
+        let error = await ConfigurationCheckTests().loadError(["auth.allow-anonymous=false"])
+        #expect(error?.hasPrefix("auth.allow-anonymous=false needs a key to check tokens with") == true, "\(String(describing: error))")
+        #expect(await ConfigurationCheckTests().loadError(["auth.allow-anonymous=false", "auth.jwt.hmac-secret=" + String(repeating: "s", count: 32)]) == nil)
+    }
+
+    /// A name with a capital (`ciBot`): the library looks its keys up as `CI_BOT`, the check
+    /// and the `--set` table spelt them `CIBOT`, and the value was silently ignored (the key's
+    /// scopes fell back to every broker prefix).
+    @Test func keysOfANameWithACapitalAreRead() async throws {
+        let yaml = """
+            auth:
+              api-keys:
+                names: [ciBot]
+                ciBot:
+                  sha256: \(String(repeating: "a", count: 64))
+            """
+        let flagged = try await ConfigurationCheckTests().load(["auth.api-keys.ciBot.scopes=/topic/ci/"], yaml: yaml)
+        #expect(flagged.configuration.auth.apiKeys.map(\.scopes) == [["/topic/ci/"]])
+        let environment = try await ConfigurationCheckTests().load(yaml: yaml, environment: ["SWITCHBOARD_AUTH_API_KEYS_CI_BOT_SCOPES": "/topic/env/"])
+        #expect(environment.configuration.auth.apiKeys.map(\.scopes) == [["/topic/env/"]])
+        #expect(environment.warnings.isEmpty, "\(environment.warnings)")
+    }
+
+    /// An empty `instance.id` or one with a space left the instance never ready in Redis mode
+    /// (its own canary read as a peer's; Redis refuses such a client name).
+    @Test(arguments: ["", "eu west 1", "a~b", String(repeating: "x", count: 65)])
+    func anInstanceIDIsAName(_ id: String) async {
+        let error = await ConfigurationCheckTests().loadError(environment: ["SWITCHBOARD_INSTANCE_ID": id])
+        #expect(error?.hasPrefix("instance.id must be 1 to 64 characters") == true, "\(String(describing: error))")
+    }
+
+    /// An empty entry (an empty environment list, a trailing comma) matched every destination:
+    /// history off everywhere, every `/user/…` a user destination.
+    @Test(arguments: ["history.disabled-prefixes", "destinations.user-destination-prefixes"])
+    func prefixListsHoldDestinationPrefixes(_ key: String) async {
+        for value in ["/topic/ticks.,", "topic/"] {
+            let error = await ConfigurationCheckTests().loadError(["\(key)=\(value)"])
+            #expect(error?.hasPrefix("\(key): '") == true && error?.hasSuffix("' must be a destination prefix starting with /") == true, "\(String(describing: error))")
+        }
+    }
+
+    /// The console on one of the gateway's own paths trapped at start-up (a duplicate route).
+    @Test(arguments: ["/metrics", "/health/", "/health/ready", "/api/notifications"])
+    func theConsoleCannotTakeTheGatewaysOwnPaths(_ path: String) async {
+        let error = await ConfigurationCheckTests().loadError(["console.path=\(path)"])
+        #expect(error?.hasPrefix("console.path must not be one of the gateway's own paths") == true, "\(String(describing: error))")
+    }
+
     @Test func redisRoutesNeedRedis() async {
         let error = await ConfigurationCheckTests().loadError(["routes.names=p", "routes.p.destination=/app/p", "routes.p.type=redis-pubsub", "routes.p.channel=C"])
         #expect(error == "routes.p.type redis-pubsub needs redis.url")

@@ -194,11 +194,14 @@ extension RedisClusterClient {
         }
         if replacedSubscribed { self.markSubscriptionsPending() }
         subscriberReading.apply(to: connection)
-        // Not checked with `PING` (``RedisConnection/keepChecked(every:skip:)``): a `PING` written
-        // behind a `SUNSUBSCRIBE` of a moving slot would take the stray `-MOVED` that follows
-        // the server's own `sunsubscribe` (valkey#1066), and its own reply would then be
-        // unsolicited. A node gone is found by the map's refresh instead.
+        // A `PING` written behind a `SUNSUBSCRIBE` of a moving slot takes the stray `-MOVED` that
+        // follows the server's own `sunsubscribe` (valkey#1066): the check counts any arrival,
+        // and the state machine drops the `PONG` that then comes unasked.
+        let gate = subscriberReading
+        let interval = self.configuration.subscriberPingInterval
+        let checker = interval > .zero ? connection.keepChecked(every: interval, skip: { gate.isPausing }) : nil
         connection.closeFuture.whenComplete { [weak self] _ in
+            checker?.cancel()
             guard let self else { return }
             let lost = self.state.withLockedValue { state -> Bool in
                 guard state.subscriberConnections[node] === connection else { return false }

@@ -344,7 +344,9 @@ package struct RedisConnectionStateMachine<Promise> {
             // own `sunsubscribe` push came first and was taken as its confirmation, then its
             // reply (`MOVED`) finds nothing pending (valkey-io/valkey#1066). Ignored: closing
             // the connection would lose what its other channels are sent until it is back.
-            if subscribeMode, Self.serverError(token) != nil { return .none }
+            // Likewise a health `PING` written behind it: the stray `MOVED` answered it, and its
+            // own reply comes after, with nothing pending.
+            if subscribeMode, Self.serverError(token) != nil || Self.isPong(token) { return .none }
             self.state = .closing
             return .failAllAndClose([], RedisClientError.unsolicitedReply)
         }
@@ -362,6 +364,17 @@ package struct RedisConnectionStateMachine<Promise> {
                 return .fail(head.promise, error)
             }
             return .succeed(head.promise, token)
+        }
+    }
+
+    /// `PING`'s reply: `+PONG`, or in RESP2 subscribe mode `[pong, <message>]`.
+    static func isPong(_ token: RESPToken) -> Bool {
+        switch token.value {
+        case .simpleString(let text): return String(buffer: text).uppercased() == "PONG"
+        case .array(let elements):
+            let all = Array(elements)
+            return all.count == 2 && (try? String(fromRESP: all[0]))?.lowercased() == "pong"
+        default: return false
         }
     }
 

@@ -330,7 +330,8 @@ package final class DestinationHistory: Sendable {
         if forSubscribe {
             if !s.empty.isEmpty {
                 // The oldest first: a ring made a moment ago is a subscriber's that just came.
-                victims = s.empty.sorted { s.rings[$0]!.lastPublished < s.rings[$1]!.lastPublished }.prefix(count).map { $0 }
+                let aged = s.empty.map { ($0, s.rings[$0]!.lastPublished) }
+                victims = aged.sorted { $0.1 < $1.1 }.prefix(count).map(\.0)
             } else {
                 victims = s.rings.min { $0.value.lastPublished < $1.value.lastPublished }.map { [$0.key] } ?? []
             }

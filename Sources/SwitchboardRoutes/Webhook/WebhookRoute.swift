@@ -47,7 +47,7 @@ package struct WebhookRoute: AppRoute {
         guard let parsed = URL(string: url), let scheme = parsed.scheme, scheme == "http" || scheme == "https",
             let host = parsed.host, !host.isEmpty
         else {
-            throw InvalidURL(description: "webhook url '\(url)' must be an absolute http:// or https:// URL")
+            throw InvalidURL(description: "webhook url '\(shown(url))' must be an absolute http:// or https:// URL")
         }
         var path = parsed.path.isEmpty ? "/" : parsed.path
         if let q = parsed.query { path += "?" + q }

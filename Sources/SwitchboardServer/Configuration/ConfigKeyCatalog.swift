@@ -215,7 +215,7 @@ package enum ConfigKeyCatalog {
                 ),
                 .init(
                     "redis.subscriber-ping-interval-ms", .integer, "`5000`",
-                    "the subscriber connections (and a sentinel watch) write nothing of their own, so a Redis gone without closing the connection (a power loss, a partition) would look connected and deliver nothing: one that received nothing for this long sends `PING`, and when nothing at all arrives within `redis.command-timeout-ms` (a reply, an error reply, a message) it is closed (it reconnects, subscribes again, and history repairs what it missed). Not while its reads are paused for the fan-out backlog, nor on a Redis Cluster's sharded subscriber connections (the map's refresh finds a node gone). 0: never"
+                    "the subscriber connections (and a sentinel watch) write nothing of their own, so a Redis gone without closing the connection (a power loss, a partition) would look connected and deliver nothing: one that received nothing for this long sends `PING`, and when nothing at all arrives within `redis.command-timeout-ms` (a reply, an error reply, a message) it is closed (it reconnects, subscribes again, and history repairs what it missed). Not while its reads are paused for the fan-out backlog. 0: never"
                 ),
                 .init(
                     "redis.unreachable-wait-ms", .integer, "`5000`",

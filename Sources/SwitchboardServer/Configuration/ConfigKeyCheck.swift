@@ -29,9 +29,19 @@ package struct ConfigKeyCheck: Sendable {
     }
 
     /// `stomp.heartbeat.send-ms` → `STOMP_HEARTBEAT_SEND_MS` (swift-configuration's
-    /// environment form, used for environment variables and `--set` keys).
+    /// environment form, used for environment variables and `--set` keys). As the library's
+    /// encoder, a lower-case letter followed by a capital gets a `_` between them (a name
+    /// `ciBot` is `CI_BOT`): spelt otherwise, the key of a name with a capital was checked
+    /// under one name and looked up under another, and its value silently ignored.
     package static func environmentName(_ key: String) -> String {
-        String(key.uppercased().map { $0.isLetter || $0.isNumber ? $0 : "_" })
+        var out = ""
+        var previous: Character?
+        for character in key {
+            if let previous, previous.isLowercase, character.isUppercase { out.append("_") }
+            out.append(contentsOf: character.isLetter || character.isNumber ? character.uppercased() : "_")
+            previous = character
+        }
+        return out
     }
 
     package func isKnown(_ key: String) -> Bool { knownKeys.contains(key) }

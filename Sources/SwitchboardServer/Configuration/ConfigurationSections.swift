@@ -220,6 +220,15 @@ package struct DestinationSettings: Sendable, Equatable {
         }
         userDestinations = reader.bool(forKey: "user-destinations", default: userDestinations)
         userDestinationPrefixes = reader.stringArray(forKey: "user-destination-prefixes", default: userDestinationPrefixes)
+        try Self.checkPrefixes("destinations.user-destination-prefixes", userDestinationPrefixes)
+    }
+
+    /// Every entry starts with `/`: an empty one (an empty or trailing entry of an environment
+    /// list) matched every destination, one without `/` none.
+    static func checkPrefixes(_ key: String, _ prefixes: [String]) throws {
+        if let bad = prefixes.first(where: { !$0.hasPrefix("/") }) {
+            throw SwitchboardConfiguration.Invalid(description: "\(key): '\(bad)' must be a destination prefix starting with /")
+        }
     }
 
     func apply(to session: inout SessionConfiguration) {
@@ -263,6 +272,7 @@ package struct HistorySettings: Sendable, Equatable {
         maxDestinations = reader.int(forKey: "max-destinations", default: maxDestinations)
         maxBytes = reader.int(forKey: "max-bytes", default: maxBytes)
         disabledPrefixes = reader.stringArray(forKey: "disabled-prefixes", default: disabledPrefixes)
+        try DestinationSettings.checkPrefixes("history.disabled-prefixes", disabledPrefixes)
         try SwitchboardConfiguration.atLeast(
             1, ("history.max-length", maxLength), ("history.ttl-ms", ttlMs), ("history.max-destinations", maxDestinations),
             ("history.max-bytes", maxBytes))
@@ -355,6 +365,11 @@ package struct ConsoleSettings: Sendable, Equatable {
         enabled = reader.bool(forKey: "enabled", default: enabled)
         path = reader.string(forKey: "path", default: path)
         guard path.hasPrefix("/"), path.count > 1 else { throw SwitchboardConfiguration.Invalid(description: "console.path must start with '/', got '\(path)'") }
+        // The gateway's own paths: the router's duplicate trapped at start-up.
+        let trimmed = path.hasSuffix("/") ? String(path.dropLast()) : path
+        if ["/health", "/health/live", "/health/ready", "/metrics"].contains(trimmed) || trimmed == "/api" || trimmed.hasPrefix("/api/") {
+            throw SwitchboardConfiguration.Invalid(description: "console.path must not be one of the gateway's own paths (/health…, /metrics, /api…), got '\(path)'")
+        }
     }
 }
 
@@ -417,6 +432,12 @@ package struct AuthSettings: Sendable {
         jwt.leewaySeconds = jwtReader.int(forKey: "leeway-seconds", default: jwt.leewaySeconds)
         try SwitchboardConfiguration.atLeast(0, ("auth.jwt.leeway-seconds", jwt.leewaySeconds))
         allowAnonymous = reader.bool(forKey: "allow-anonymous")
+        // Without a key nothing checks a token: "no anonymous clients" would let every client
+        // in as anonymous (a misspelt key variable, dropped with a warning, got there).
+        if allowAnonymous == false && jwt.isEmpty {
+            throw SwitchboardConfiguration.Invalid(
+                description: "auth.allow-anonymous=false needs a key to check tokens with: auth.jwt.hmac-secret, auth.jwt.public-key-files or auth.jwt.jwks-file")
+        }
         handshakeCookie = reader.string(forKey: "handshake-cookie", default: handshakeCookie)
         subscribeRules = reader.stringArray(forKey: "rules.subscribe", default: [])
         sendRules = reader.stringArray(forKey: "rules.send", default: [])

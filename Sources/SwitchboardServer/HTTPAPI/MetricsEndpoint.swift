@@ -51,9 +51,11 @@ final class MetricsEndpoint: Sendable {
 
     private func counter(_ name: String, _ total: Int, labels: [(String, String)] = [], help: String) {
         let key = name + labels.map { "|\($0.0)=\($0.1)" }.joined()
+        // Never moved back: two scrapes at once, the older snapshot written second, counted
+        // the difference twice at the next one.
         let delta = synced.withLockedValue { seen -> Int in
             let d = total - (seen[key] ?? 0)
-            seen[key] = total
+            if d > 0 { seen[key] = total }
             return d
         }
         let c = registry.makeCounter(descriptor: Self.descriptor(name, help: help), labels: labels)
