@@ -329,6 +329,11 @@ def test_max_http_connections_per_port(gw, clients):
     assert third.recv(100) == b"", "the refused connection is closed"
     third.close()
     healthy.expect_nothing(0.3)  # the refused publish published nothing
+    # A health check still gets through a full port (a reserve of places): a flood of API
+    # connections must not take a serving instance out of the load balancer.
+    probe = socket.create_connection(("127.0.0.1", g.port))
+    assert _http_exchange(probe, b"GET /health/ready HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200
+    probe.close()
     # A WebSocket session is not an HTTP connection.
     clients(g).subscribe("/topic/http-limit", "w", receipt="w")
     for s in held:

@@ -130,6 +130,17 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
         return lines - 2 <= maxHeaderFields
     }
 
+    /// Whether the request is a health check (`GET /health`, `/health/live`, `/health/ready`).
+    static func isHealthCheck(_ buffer: ByteBuffer?) -> Bool {
+        guard let buffer else { return false }
+        return buffer.withUnsafeReadableBytes { bytes in
+            let line = bytes.prefix(32).split(separator: UInt8(ascii: " "), maxSplits: 2, omittingEmptySubsequences: false)
+            guard line.count >= 2, line[0].elementsEqual("GET".utf8) else { return false }
+            let path = line[1].prefix { $0 != UInt8(ascii: "?") }
+            return ["/health", "/health/live", "/health/ready"].contains { path.elementsEqual($0.utf8) }
+        }
+    }
+
     /// Whether the bytes so far can begin `GET `.
     static func mayBeGET(_ buffer: ByteBuffer) -> Bool {
         buffer.withUnsafeReadableBytes { bytes in
@@ -142,7 +153,7 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     /// everything read so far.
     private func becomeHTTP(context: ChannelHandlerContext) {
         decided = true
-        if let count = httpConnections, !count.admit(context.channel) {
+        if let count = httpConnections, !count.admit(context.channel, healthCheck: Self.isHealthCheck(buffered)) {
             refuse(context: context, limit: count.limit)
             return
         }

@@ -19,10 +19,17 @@ final class HTTPConnectionCount: Sendable {
         self.limit = limit
     }
 
-    /// Counts `channel` until it closes; false (counted as refused) when the port is full.
-    func admit(_ channel: any Channel) -> Bool {
+    /// Places past ``limit`` kept for health checks (``admit(_:healthCheck:)``).
+    static let healthCheckReserve = 16
+
+    /// Counts `channel` until it closes; false (counted as refused) when the port is full. A
+    /// `healthCheck` (`GET /health…`) may take one of ``healthCheckReserve`` places past the
+    /// limit: a flood of API connections made the probes fail, and the load balancer (or the
+    /// kubelet's liveness probe, restarting the pod) took a serving instance out.
+    func admit(_ channel: any Channel, healthCheck: Bool = false) -> Bool {
         // Checked and counted in one step: two connections arriving together at the last place
         // do not both see the port over the limit.
+        let limit = healthCheck && self.limit > 0 ? self.limit + Self.healthCheckReserve : self.limit
         var current = open.load(ordering: .relaxed)
         while true {
             if limit > 0, current >= limit {
