@@ -225,7 +225,13 @@ public final class StreamConsumer: Sendable {
                 try? await Task.sleep(for: .milliseconds(10))
             }
             unblocking.cancel()
-            if unblocked.withLockedValue({ $0 }) != true, stillBlocked() { connection.channel.close(promise: nil) }
+            // Unblocked: the read's answer is on its way, unless another server's client of the
+            // same id was (a failover moved the command connection): closed after 2 s then.
+            if unblocked.withLockedValue({ $0 }) == true {
+                let answered = ContinuousClock.now + .seconds(2)
+                while ContinuousClock.now < answered, stillBlocked() { try? await Task.sleep(for: .milliseconds(10)) }
+            }
+            if stillBlocked() { connection.channel.close(promise: nil) }
         }
     }
 

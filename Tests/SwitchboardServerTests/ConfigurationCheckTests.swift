@@ -97,7 +97,7 @@ import Testing
             ["routes.names=o", "routes.o.destination=/app/o", "routes.o.type=redis-stream", "routes.o.stream=s", "routes.o.wait-replicas=-1"],
             "routes.o.wait-replicas must be ≥ 0, got -1"
         ),
-        (["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=ftp://x/y"], "routes.g.url: webhook url 'ftp://x/y' must be an absolute http:// or https:// URL"),
+        (["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=ftp://x/y"], "routes.g.url: the webhook url must be an absolute http:// or https:// URL"),
         (["routes.names=g", "routes.g.destination=/app/g", "routes.g.url=http://x/", "routes.g.timeout-ms=-1"], "routes.g.timeout-ms must be ≥ 1, got -1"),
         (["http.allowed-origins=https://a.example/app"], "http.allowed-origins entry 'https://a.example/app' is not an origin: scheme://host[:port]"),
         // Too large to use: each trapped at start-up or at the first connection.

@@ -66,10 +66,16 @@ import Testing
 
     /// An empty `instance.id` or one with a space left the instance never ready in Redis mode
     /// (its own canary read as a peer's; Redis refuses such a client name).
-    @Test(arguments: ["", "eu west 1", "a~b", String(repeating: "x", count: 65)])
+    @Test(arguments: ["", "eu west 1", "a~b", "gw{1}", String(repeating: "x", count: 256)])
     func anInstanceIDIsAName(_ id: String) async {
         let error = await ConfigurationCheckTests().loadError(environment: ["SWITCHBOARD_INSTANCE_ID": id])
-        #expect(error?.hasPrefix("instance.id must be 1 to 64 characters") == true, "\(String(describing: error))")
+        #expect(error?.hasPrefix("instance.id must be 1 to 255 printable ASCII characters") == true, "\(String(describing: error))")
+    }
+
+    /// What deployments use stays accepted: a pod name, host:port, a long FQDN.
+    @Test(arguments: ["Switchboard-0", "gw-1:8080", "switchboard-2.switchboard-headless.realtime-production.svc.cluster.local"])
+    func usualInstanceIDsAreAccepted(_ id: String) async {
+        #expect(await ConfigurationCheckTests().loadError(environment: ["SWITCHBOARD_INSTANCE_ID": id]) == nil)
     }
 
     /// An empty entry (an empty environment list, a trailing comma) matched every destination:
@@ -83,10 +89,11 @@ import Testing
     }
 
     /// The console on one of the gateway's own paths trapped at start-up (a duplicate route).
-    @Test(arguments: ["/metrics", "/health/", "/health/ready", "/api/notifications"])
+    @Test(arguments: ["/metrics", "/health/", "/health/ready", "/api/presence"])
     func theConsoleCannotTakeTheGatewaysOwnPaths(_ path: String) async {
         let error = await ConfigurationCheckTests().loadError(["console.path=\(path)"])
         #expect(error?.hasPrefix("console.path must not be one of the gateway's own paths") == true, "\(String(describing: error))")
+        #expect(await ConfigurationCheckTests().loadError(["console.path=/api/console"]) == nil)
     }
 
     @Test func redisRoutesNeedRedis() async {
@@ -104,7 +111,7 @@ import Testing
         let cases: [([String], String)] = [
             (["events.enabled=true"], "events.enabled needs redis.url (events in a Redis Stream) or events.webhook.url"),
             ([redis, "events.enabled=true", "events.webhook.url=http://127.0.0.1:9/events"], "events.webhook.url is for the embedded broker"),
-            (["events.enabled=true", "events.webhook.url=ftp://x/y"], "events.webhook.url: webhook url 'ftp://x/y' must be an absolute"),
+            (["events.enabled=true", "events.webhook.url=ftp://x/y"], "events.webhook.url: the webhook url must be an absolute http:// or https:// URL"),
             (["events.webhook.url=http://h/e", "events.webhook.timeout-ms=0"], "events.webhook.timeout-ms must be ≥ 1, got 0"),
             (
                 ["events.webhook.url=http://h/e", "events.webhook.backoff-ms=500", "events.webhook.backoff-max-ms=100"],

@@ -333,6 +333,8 @@ def test_max_http_connections_per_port(gw, clients):
     # connections must not take a serving instance out of the load balancer.
     probe = socket.create_connection(("127.0.0.1", g.port))
     assert _http_exchange(probe, b"GET /health/ready HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200
+    probe.settimeout(10)
+    assert probe.recv(1) == b"", "a place of the reserve is not kept: closed within 2 s"
     probe.close()
     # A WebSocket session is not an HTTP connection.
     clients(g).subscribe("/topic/http-limit", "w", receipt="w")

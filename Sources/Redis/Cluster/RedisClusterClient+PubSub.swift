@@ -194,14 +194,12 @@ extension RedisClusterClient {
         }
         if replacedSubscribed { self.markSubscriptionsPending() }
         subscriberReading.apply(to: connection)
-        // A `PING` written behind a `SUNSUBSCRIBE` of a moving slot takes the stray `-MOVED` that
-        // follows the server's own `sunsubscribe` (valkey#1066): the check counts any arrival,
-        // and the state machine drops the `PONG` that then comes unasked.
-        let gate = subscriberReading
-        let interval = self.configuration.subscriberPingInterval
-        let checker = interval > .zero ? connection.keepChecked(every: interval, skip: { gate.isPausing }) : nil
+        // Not checked with `PING` (``RedisConnection/keepChecked(every:skip:)``): written in the
+        // moment between the server's own `sunsubscribe` of a moving slot and the stray `-MOVED`
+        // that follows it (valkey#1066), a `PING` takes that error, and its `PONG` then answers
+        // the next command (an `SSUBSCRIBE` recorded as confirmed). A node gone is found by the
+        // map's refresh when its slots move; a partition from a live node is not (known limit).
         connection.closeFuture.whenComplete { [weak self] _ in
-            checker?.cancel()
             guard let self else { return }
             let lost = self.state.withLockedValue { state -> Bool in
                 guard state.subscriberConnections[node] === connection else { return false }

@@ -47,7 +47,9 @@ package struct WebhookRoute: AppRoute {
         guard let parsed = URL(string: url), let scheme = parsed.scheme, scheme == "http" || scheme == "https",
             let host = parsed.host, !host.isEmpty
         else {
-            throw InvalidURL(description: "webhook url '\(shown(url))' must be an absolute http:// or https:// URL")
+            // Not echoed: what does not parse as http(s) may carry a secret anywhere
+            // (`user:password@host/…` reads as scheme `user`); the caller names the key.
+            throw InvalidURL(description: "the webhook url must be an absolute http:// or https:// URL")
         }
         var path = parsed.path.isEmpty ? "/" : parsed.path
         if let q = parsed.query { path += "?" + q }

@@ -66,7 +66,7 @@ package enum ConfigKeyCatalog {
                 .init("http.backlog", .integer, "`4096`", "TCP accept backlog"),
                 .init(
                     "http.max-connections", .integer, "`10000`",
-                    "plain-HTTP (API) connections open on each listening port (`http.port`, `http.api-port`; WebSocket sessions count against `limits.max-connections` instead); past it a new one is answered 503 JSON and closed, except a health check (`GET /health…`), which may take one of 16 more places. 0: no limit"
+                    "plain-HTTP (API) connections open on each listening port (`http.port`, `http.api-port`; WebSocket sessions count against `limits.max-connections` instead); past it a new one is answered 503 JSON and closed, except a health check (`GET /health…`), which may take one of 16 more places for 2 s at most. 0: no limit"
                 ),
                 .init(
                     "http.tcp-nodelay", .boolean, "`true`",
@@ -322,7 +322,10 @@ package enum ConfigKeyCatalog {
         Section(
             title: "Server",
             keys: [
-                .init("instance.id", .string, "random", "instance id, prefix of message and session ids (then followed by the process's own token)"),
+                .init(
+                    "instance.id", .string, "random",
+                    "instance id, prefix of message and session ids (then followed by the process's own token); 1 to 255 printable ASCII characters without spaces or any of `~ { } * ? [ ]`"
+                ),
                 .init("server.threads", .integer, "cores", "event loop threads"),
                 .init(
                     "server.shutdown-grace-ms", .integer, "`5000`",

@@ -365,10 +365,11 @@ package struct ConsoleSettings: Sendable, Equatable {
         enabled = reader.bool(forKey: "enabled", default: enabled)
         path = reader.string(forKey: "path", default: path)
         guard path.hasPrefix("/"), path.count > 1 else { throw SwitchboardConfiguration.Invalid(description: "console.path must start with '/', got '\(path)'") }
-        // The gateway's own paths: the router's duplicate trapped at start-up.
+        // The gateway's own GET paths: the router's duplicate trapped at start-up.
         let trimmed = path.hasSuffix("/") ? String(path.dropLast()) : path
-        if ["/health", "/health/live", "/health/ready", "/metrics"].contains(trimmed) || trimmed == "/api" || trimmed.hasPrefix("/api/") {
-            throw SwitchboardConfiguration.Invalid(description: "console.path must not be one of the gateway's own paths (/health…, /metrics, /api…), got '\(path)'")
+        if ["/health", "/health/live", "/health/ready", "/metrics", "/api/presence"].contains(trimmed) || trimmed.hasPrefix("/api/users/") {
+            throw SwitchboardConfiguration.Invalid(
+                description: "console.path must not be one of the gateway's own paths (/health, /health/live, /health/ready, /metrics, /api/presence, /api/users/…), got '\(path)'")
         }
     }
 }

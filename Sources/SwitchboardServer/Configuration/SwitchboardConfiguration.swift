@@ -41,12 +41,13 @@ package struct SwitchboardConfiguration: Sendable {
         http = try HTTPSettings(reader: reader.scoped(to: "http"))
         stomp = try STOMPSettings(reader: reader.scoped(to: "stomp"))
         instanceID = reader.string(forKey: "instance.id")
-        // It names the instance in Redis (its client name, channels, the canary's payload,
-        // whose fields are space-separated): an empty one or one with a space was never ready.
-        if let id = instanceID,
-            id.isEmpty || id.count > 64 || !id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) })
-        {
-            throw SwitchboardConfiguration.Invalid(description: "instance.id must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-', got '\(id)'")
+        // It names the instance in Redis (its client name, which Redis allows only printable
+        // without spaces; channels; the canary's payload, whose fields are space-separated;
+        // the presence registry's `<id>~<token>`): an empty one or one with a space was never
+        // ready.
+        if let id = instanceID, id.isEmpty || id.utf8.count > 255 || !id.utf8.allSatisfy({ (0x21...0x7E).contains($0) && !"~{}*?[]".utf8.contains($0) }) {
+            throw SwitchboardConfiguration.Invalid(
+                description: "instance.id must be 1 to 255 printable ASCII characters without spaces or any of ~ { } * ? [ ], got '\(id)'")
         }
         server = try ServerSettings(reader: reader.scoped(to: "server"), legacyBusyPercent: http.legacyBusyPercent)
         console = try ConsoleSettings(reader: reader.scoped(to: "console"))

@@ -19,8 +19,10 @@ final class HTTPConnectionCount: Sendable {
         self.limit = limit
     }
 
-    /// Places past ``limit`` kept for health checks (``admit(_:healthCheck:)``).
+    /// Places past ``limit`` kept for health checks (``admit(_:healthCheck:)``), each for
+    /// ``healthCheckHold`` at most.
     static let healthCheckReserve = 16
+    static let healthCheckHold = TimeAmount.seconds(2)
 
     /// Counts `channel` until it closes; false (counted as refused) when the port is full. A
     /// `healthCheck` (`GET /health…`) may take one of ``healthCheckReserve`` places past the
@@ -41,6 +43,11 @@ final class HTTPConnectionCount: Sendable {
             current = original
         }
         channel.closeFuture.whenComplete { _ in self.open.subtract(1, ordering: .relaxed) }
+        // A place of the reserve is held 2 s at most: kept alive, a connection that came for a
+        // health check could hold it (and publish on it) for good.
+        if limit > self.limit, current >= self.limit {
+            channel.eventLoop.scheduleTask(in: Self.healthCheckHold) { channel.close(promise: nil) }
+        }
         return true
     }
 
