@@ -198,8 +198,9 @@ public final class StreamConsumer: Sendable {
         // entries waited for a claim, an attempt used up. Closed after all when the read is
         // not blocked in Redis yet after a few tries, or Redis does not answer.
         // Within half a second at most (Redis hung, the id looked up on another server after a
-        // failover, an ACL refusing it): then closed. Once Redis said it unblocked the read,
-        // not closed: its answer (maybe a batch, given back by the stop) is on its way.
+        // failover, an ACL refusing it): then closed. Once Redis said it unblocked the read, its
+        // answer (maybe a batch, given back by the stop) is on its way: closed only if it has
+        // not come 2 s later.
         let stream = self.configuration.stream
         let connection = blocked.connection
         let stillBlocked: @Sendable () -> Bool = { self.state.withLockedValue { $0.blocking && $0.connection === connection } }

@@ -89,7 +89,7 @@ import Testing
     }
 
     /// The console on one of the gateway's own paths trapped at start-up (a duplicate route).
-    @Test(arguments: ["/metrics", "/health/", "/health/ready", "/api/presence"])
+    @Test(arguments: ["/metrics", "/health/", "/health/ready", "/api/presence", "/metrics//", "//health", "/api/presence/**"])
     func theConsoleCannotTakeTheGatewaysOwnPaths(_ path: String) async {
         let error = await ConfigurationCheckTests().loadError(["console.path=\(path)"])
         #expect(error?.hasPrefix("console.path must not be one of the gateway's own paths") == true, "\(String(describing: error))")

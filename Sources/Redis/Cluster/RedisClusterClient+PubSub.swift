@@ -194,12 +194,14 @@ extension RedisClusterClient {
         }
         if replacedSubscribed { self.markSubscriptionsPending() }
         subscriberReading.apply(to: connection)
-        // Not checked with `PING` (``RedisConnection/keepChecked(every:skip:)``): written in the
-        // moment between the server's own `sunsubscribe` of a moving slot and the stray `-MOVED`
-        // that follows it (valkey#1066), a `PING` takes that error, and its `PONG` then answers
-        // the next command (an `SSUBSCRIBE` recorded as confirmed). A node gone is found by the
-        // map's refresh when its slots move; a partition from a live node is not (known limit).
+        // A `PING` written between a slot move's server-side `sunsubscribe` and the stray `-MOVED`
+        // that follows it (valkey#1066) takes that error; the state machine then drops its
+        // `PONG`, which never answers a subscription command.
+        let gate = subscriberReading
+        let interval = self.configuration.subscriberPingInterval
+        let checker = interval > .zero ? connection.keepChecked(every: interval, skip: { gate.isPausing }) : nil
         connection.closeFuture.whenComplete { [weak self] _ in
+            checker?.cancel()
             guard let self else { return }
             let lost = self.state.withLockedValue { state -> Bool in
                 guard state.subscriberConnections[node] === connection else { return false }

@@ -339,14 +339,19 @@ package struct RedisConnectionStateMachine<Promise> {
             return self.receivedPush(elements, token: token)
         }
         self.skipWithdrawn()
+        // A health `PING` written behind a `SUNSUBSCRIBE` of a moving slot (see below): the stray
+        // `MOVED` answered the `PING`, and its `PONG` comes next. It never answers a subscription
+        // command (confirmed by a push, refused by an error): taken as one, it recorded the next
+        // `SSUBSCRIBE` as confirmed. Dropped, before or with nothing pending.
+        if subscribeMode, Self.isPong(token), self.pending.first.map({ if case .subscription = $0.kind { true } else { false } }) ?? true {
+            return .none
+        }
         guard let head = self.pending.popFirst() else {
             // A subscriber's `SUNSUBSCRIBE` of a channel whose slot just moved away: the server's
             // own `sunsubscribe` push came first and was taken as its confirmation, then its
             // reply (`MOVED`) finds nothing pending (valkey-io/valkey#1066). Ignored: closing
             // the connection would lose what its other channels are sent until it is back.
-            // Likewise a health `PING` written behind it: the stray `MOVED` answered it, and its
-            // own reply comes after, with nothing pending.
-            if subscribeMode, Self.serverError(token) != nil || Self.isPong(token) { return .none }
+            if subscribeMode, Self.serverError(token) != nil { return .none }
             self.state = .closing
             return .failAllAndClose([], RedisClientError.unsolicitedReply)
         }

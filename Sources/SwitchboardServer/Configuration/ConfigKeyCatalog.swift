@@ -66,7 +66,7 @@ package enum ConfigKeyCatalog {
                 .init("http.backlog", .integer, "`4096`", "TCP accept backlog"),
                 .init(
                     "http.max-connections", .integer, "`10000`",
-                    "plain-HTTP (API) connections open on each listening port (`http.port`, `http.api-port`; WebSocket sessions count against `limits.max-connections` instead); past it a new one is answered 503 JSON and closed, except a health check (`GET /health…`), which may take one of 16 more places for 2 s at most. 0: no limit"
+                    "plain-HTTP (API) connections open on each listening port (`http.port`, `http.api-port`; WebSocket sessions count against `limits.max-connections` instead); past it a new one is answered 503 JSON and closed, except a health check (`GET /health…`), which may take one of 16 more places: answered once, then closed. 0: no limit"
                 ),
                 .init(
                     "http.tcp-nodelay", .boolean, "`true`",

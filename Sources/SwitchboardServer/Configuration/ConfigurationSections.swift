@@ -365,11 +365,16 @@ package struct ConsoleSettings: Sendable, Equatable {
         enabled = reader.bool(forKey: "enabled", default: enabled)
         path = reader.string(forKey: "path", default: path)
         guard path.hasPrefix("/"), path.count > 1 else { throw SwitchboardConfiguration.Invalid(description: "console.path must start with '/', got '\(path)'") }
-        // The gateway's own GET paths: the router's duplicate trapped at start-up.
-        let trimmed = path.hasSuffix("/") ? String(path.dropLast()) : path
-        if ["/health", "/health/live", "/health/ready", "/metrics", "/api/presence"].contains(trimmed) || trimmed.hasPrefix("/api/users/") {
+        // The gateway's own GET paths: the router's duplicate trapped at start-up. Compared as
+        // the router reads them (empty components dropped), patterns refused.
+        let trimmed = "/" + path.split(separator: "/").joined(separator: "/")
+        if path.contains(where: { "*:{}".contains($0) }) || ["/health", "/health/live", "/health/ready", "/metrics", "/api/presence"].contains(trimmed)
+            || trimmed.hasPrefix("/api/users/")
+        {
             throw SwitchboardConfiguration.Invalid(
-                description: "console.path must not be one of the gateway's own paths (/health, /health/live, /health/ready, /metrics, /api/presence, /api/users/…), got '\(path)'")
+                description:
+                    "console.path must not be one of the gateway's own paths (/health, /health/live, /health/ready, /metrics, /api/presence, /api/users/…) or contain * : { }, got '\(path)'"
+            )
         }
     }
 }

@@ -141,6 +141,18 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// `head` with `Connection: close` after its request line.
+    static func closingAfterAnswer(_ head: ByteBuffer) -> ByteBuffer {
+        guard let newline = head.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else { return head }
+        let split = newline - head.readableBytesView.startIndex + 1
+        var out = ByteBuffer()
+        out.reserveCapacity(head.readableBytes + 19)
+        out.writeImmutableBuffer(head.getSlice(at: head.readerIndex, length: split)!)
+        out.writeString("Connection: close\r\n")
+        out.writeImmutableBuffer(head.getSlice(at: head.readerIndex + split, length: head.readableBytes - split)!)
+        return out
+    }
+
     /// Whether the bytes so far can begin `GET `.
     static func mayBeGET(_ buffer: ByteBuffer) -> Bool {
         buffer.withUnsafeReadableBytes { bytes in
@@ -153,9 +165,17 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     /// everything read so far.
     private func becomeHTTP(context: ChannelHandlerContext) {
         decided = true
-        if let count = httpConnections, !count.admit(context.channel, healthCheck: Self.isHealthCheck(buffered)) {
-            refuse(context: context, limit: count.limit)
-            return
+        if let count = httpConnections {
+            switch count.admit(context.channel, healthCheck: Self.isHealthCheck(buffered)) {
+            case .refused:
+                refuse(context: context, limit: count.limit)
+                return
+            case .reserve:
+                // Answered once, then closed: nothing pipelined behind the check is served.
+                buffered = buffered.map(Self.closingAfterAnswer)
+            case .admitted:
+                break
+            }
         }
         do {
             try switchToHTTP(context.channel, .after(self))

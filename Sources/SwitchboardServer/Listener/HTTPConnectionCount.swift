@@ -19,16 +19,25 @@ final class HTTPConnectionCount: Sendable {
         self.limit = limit
     }
 
-    /// Places past ``limit`` kept for health checks (``admit(_:healthCheck:)``), each for
-    /// ``healthCheckHold`` at most.
+    /// Places past ``limit`` kept for health checks (``admit(_:healthCheck:)``): such a
+    /// connection is answered once and closed (``FirstRequestRouter`` adds
+    /// `Connection: close` to its request), and closed after ``healthCheckHold`` whatever.
     static let healthCheckReserve = 16
-    static let healthCheckHold = TimeAmount.seconds(2)
+    static let healthCheckHold = TimeAmount.seconds(10)
 
-    /// Counts `channel` until it closes; false (counted as refused) when the port is full. A
+    /// How a connection was admitted.
+    enum Admission {
+        case refused
+        case admitted
+        /// On a place of the health-check reserve.
+        case reserve
+    }
+
+    /// Counts `channel` until it closes; refused (counted) when the port is full. A
     /// `healthCheck` (`GET /health…`) may take one of ``healthCheckReserve`` places past the
     /// limit: a flood of API connections made the probes fail, and the load balancer (or the
     /// kubelet's liveness probe, restarting the pod) took a serving instance out.
-    func admit(_ channel: any Channel, healthCheck: Bool = false) -> Bool {
+    func admit(_ channel: any Channel, healthCheck: Bool = false) -> Admission {
         // Checked and counted in one step: two connections arriving together at the last place
         // do not both see the port over the limit.
         let limit = healthCheck && self.limit > 0 ? self.limit + Self.healthCheckReserve : self.limit
@@ -36,19 +45,18 @@ final class HTTPConnectionCount: Sendable {
         while true {
             if limit > 0, current >= limit {
                 refused.add(1, ordering: .relaxed)
-                return false
+                return .refused
             }
             let (exchanged, original) = open.weakCompareExchange(expected: current, desired: current + 1, ordering: .relaxed)
             if exchanged { break }
             current = original
         }
         channel.closeFuture.whenComplete { _ in self.open.subtract(1, ordering: .relaxed) }
-        // A place of the reserve is held 2 s at most: kept alive, a connection that came for a
-        // health check could hold it (and publish on it) for good.
-        if limit > self.limit, current >= self.limit {
-            channel.eventLoop.scheduleTask(in: Self.healthCheckHold) { channel.close(promise: nil) }
-        }
-        return true
+        guard limit > self.limit, current >= self.limit else { return .admitted }
+        // Kept alive, a connection that came for a health check could hold its place (and
+        // publish on it) for good.
+        channel.eventLoop.scheduleTask(in: Self.healthCheckHold) { channel.close(promise: nil) }
+        return .reserve
     }
 
     /// The answer to a connection over the limit: a 503 that closes the connection.
