@@ -132,12 +132,7 @@ extension StreamConsumer {
                 } else {
                     let now = ContinuousClock.now
                     let notBefore = now + configuration.delayBeforeRetry(afterAttempt: deliveries)
-                    self.state.withLockedValue { state in
-                        if state.retryNotBefore.count >= Self.retriesKept {
-                            state.retryNotBefore = Self.pruned(state.retryNotBefore, at: now, limit: Self.retriesKept)
-                        }
-                        state.retryNotBefore[entry.id] = notBefore
-                    }
+                    self.state.withLockedValue { Self.keepRetry(entry.id, notBefore: notBefore, now: now, in: &$0) }
                     due = min(due ?? notBefore, notBefore)
                 }
             }
@@ -208,10 +203,7 @@ extension StreamConsumer {
             let notBefore = now + max(.seconds(1), self.configuration.delayBeforeRetry(afterAttempt: deliveries))
             let failures = self.state.withLockedValue { state in
                 state.statistics.deadLetterFailures += 1
-                if state.retryNotBefore.count >= Self.retriesKept {
-                    state.retryNotBefore = Self.pruned(state.retryNotBefore, at: now, limit: Self.retriesKept)
-                }
-                state.retryNotBefore[entry.id] = notBefore
+                Self.keepRetry(entry.id, notBefore: notBefore, now: now, in: &state)
                 return state.statistics.deadLetterFailures
             }
             // At error level the first time and every 100th (each pending entry is tried again).

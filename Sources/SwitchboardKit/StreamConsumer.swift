@@ -83,6 +83,14 @@ public final class StreamConsumer: Sendable {
         var claimCursor = "0-0"
     }
 
+    /// Keeps when `id` may be tried again (at most ``retriesKept`` times kept, pruned past it).
+    static func keepRetry(_ id: String, notBefore: ContinuousClock.Instant, now: ContinuousClock.Instant, in state: inout State) {
+        if state.retryNotBefore.count >= Self.retriesKept {
+            state.retryNotBefore = Self.pruned(state.retryNotBefore, at: now, limit: Self.retriesKept)
+        }
+        state.retryNotBefore[id] = notBefore
+    }
+
     /// The last entries whose handler succeeded here, oldest first out. An entry that comes back
     /// pending for this consumer after its handler succeeded (its `XACK` failed, e.g. a `MOVED`
     /// while its slot moved or a lost connection, or was lost with a primary that died before

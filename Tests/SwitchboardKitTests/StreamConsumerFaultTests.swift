@@ -9,6 +9,13 @@ import Testing
 
 /// The ``StreamConsumer`` when Redis refuses or loses what it does: a dead-letter refused, a
 /// batch cut by a restart, a deep pending list.
+/// Adds an entry of 4,100 fields (`message: wide`): too many for the dead-letter script's `unpack`.
+private func addWideEntry(_ client: RedisClient) async throws -> String {
+    var wide: [(name: String, value: RedisArgument)] = [("message", "wide")]
+    for n in 0..<4_100 { wide.append(("f\(n)", "v")) }
+    return try await client.execute(XADD(key: "OUT", fields: wide))
+}
+
 @Suite("StreamConsumer under faults", .enabled(if: RedisServerProcess.isAvailable, "needs redis-server and glibc 2.34+"))
 struct StreamConsumerFaultTests {
     /// A dead-letter Redis refused (here the dead-letter key holds a string: `WRONGTYPE`)
@@ -24,9 +31,7 @@ struct StreamConsumerFaultTests {
         _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
         _ = try await client.execute(RawCommand("SET", "OUT:dead", "not a stream"))
         let poison = try await addGatewayEntry(client, body: "poison")
-        var wide: [(name: String, value: RedisArgument)] = [("message", "wide")]
-        for n in 0..<4_100 { wide.append(("f\(n)", "v")) }
-        let wideID = try await client.execute(XADD(key: "OUT", fields: wide))
+        let wideID = try await addWideEntry(client)
         let handled = NIOLockedValueBox<[String]>([])
         let consumer = StreamConsumer(
             client: client, configuration: testConfiguration(retryDelay: .zero, maxDeliveries: 1), logger: quietLogger)
@@ -171,9 +176,7 @@ struct StreamConsumerFaultTests {
         defer { server.stop() }
         let client = try await server.client()
         _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
-        var wide: [(name: String, value: RedisArgument)] = [("message", "wide")]
-        for n in 0..<4_100 { wide.append(("f\(n)", "v")) }
-        let wideID = try await client.execute(XADD(key: "OUT", fields: wide))
+        let wideID = try await addWideEntry(client)
         _ = try await client.execute(RawCommand("ACL", "SETUSER", "default", "-xack"))
         let consumer = StreamConsumer(client: client, configuration: testConfiguration(maxDeliveries: 1), logger: quietLogger)
         let task = start(consumer) { _ in throw Boom(description: "cannot") }

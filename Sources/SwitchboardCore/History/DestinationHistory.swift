@@ -148,11 +148,14 @@ package final class DestinationHistory: Sendable {
 
     /// Runs `change` on `destination`'s ring, keeping ``State/bytes`` and ``State/empty`` current.
     private static func update(_ s: inout State, _ destination: String, _ change: (inout Ring) -> Void) {
-        let before = s.rings[destination]!.bytes
-        let wasEmpty = s.rings[destination]!.entries.isEmpty
-        change(&s.rings[destination]!)
-        s.bytes += s.rings[destination]!.bytes - before
-        let isEmpty = s.rings[destination]!.entries.isEmpty
+        // One access to the ring (each `s.rings[destination]` hashes the name: this runs per publish).
+        func measured(_ ring: inout Ring) -> (bytes: Int, wasEmpty: Bool, isEmpty: Bool) {
+            let before = ring.bytes, wasEmpty = ring.entries.isEmpty
+            change(&ring)
+            return (ring.bytes - before, wasEmpty, ring.entries.isEmpty)
+        }
+        let (bytes, wasEmpty, isEmpty) = measured(&s.rings[destination]!)
+        s.bytes += bytes
         if isEmpty != wasEmpty {
             if isEmpty { s.empty.insert(destination) } else { s.empty.remove(destination) }
         }
