@@ -100,6 +100,10 @@ package final class GatewayServices: Sendable {
     package let stats = GatewayStats()
     package let userSessions = UserSessionCounter()
     package let logger: Logger
+    /// The `switchboard.routes` logger: `/app` routes, their backends' replies.
+    package let routesLogger: Logger
+    /// Bounds the "route failed" lines (a backend down fails every SEND to it).
+    package let routeFailedLog = LogThrottle()
     /// Lifecycle facts go here (with events on: to Redis, or to the embedded broker's events
     /// webhook); nil: none are recorded.
     package let lifecycle: (any LifecycleRecorder)?
@@ -115,7 +119,8 @@ package final class GatewayServices: Sendable {
 
     package init(
         configuration: SessionConfiguration, hub: FanoutHub, engine: any BrokerEngine, routes: RouteTable, instanceID: String,
-        messageIDs: MessageIDGenerator? = nil, logger: Logger, lifecycle: (any LifecycleRecorder)? = nil, incarnation: String? = nil
+        messageIDs: MessageIDGenerator? = nil, logger: Logger, routesLogger: Logger? = nil, lifecycle: (any LifecycleRecorder)? = nil,
+        incarnation: String? = nil
     ) {
         self.configuration = configuration
         self.hub = hub
@@ -128,6 +133,7 @@ package final class GatewayServices: Sendable {
         // instance restarts with the same id: `<instance>-s-<incarnation>-<n>`.
         self.sessionIDs = MessageIDGenerator(instanceID: instanceID + "-s" + (incarnation.map { "-" + $0 } ?? ""))
         self.logger = logger
+        self.routesLogger = routesLogger ?? logger
         self.lifecycle = lifecycle
     }
 }

@@ -45,6 +45,9 @@ extension StreamConsumer {
                 let progressBefore = self.progressMarker
                 defer { if self.progressMarker != progressBefore { attempt = 0 } }
                 try await self.session(on: opened, handler)
+                // Stopped with the connection in order (not closed under a read Redis did not
+                // end): the name goes unless entries are pending for it.
+                if self.isStopRequested { await self.removeOwnNameIfIdle(on: opened) }
             } catch let error as RedisServerError where error.isNoGroup {
                 self.logger.warning(
                     "consumer group missing (Redis lost its data?); re-creating it at 0",
@@ -202,6 +205,7 @@ extension StreamConsumer {
             cursor = taken.cursor
             rounds += 1
         } while cursor != "0-0" && rounds < 10 && !self.isStopRequested
+        await self.removeIdleConsumers(on: connection)
         return due
     }
 }

@@ -81,6 +81,9 @@ public final class StreamConsumer: Sendable {
         var deadLetterAdded: [String: String] = [:]
         /// Where the next claim pass starts (`0-0`: at the beginning of the pending entries).
         var claimCursor = "0-0"
+        /// When ``removeIdleConsumers(on:)`` may run next.
+        var nextConsumerSweep: ContinuousClock.Instant?
+        var consumerSweepFailed = false
     }
 
     /// Keeps when `id` may be tried again (at most ``retriesKept`` times kept, pruned past it).
@@ -166,7 +169,9 @@ public final class StreamConsumer: Sendable {
     /// Connection problems are logged and retried, so this returns only once stopped. On stop the
     /// handler call in flight (which does not see the cancellation) finishes and its entry is
     /// acknowledged; entries read but not yet handled stay pending and are taken over by another
-    /// replica after `claimMinIdle`, or by this consumer name at its next start.
+    /// replica after `claimMinIdle`, or by this consumer name at its next start. With nothing
+    /// pending, the consumer name is deleted from the group
+    /// (``StreamConsumerConfiguration/removeIdleConsumersAfter`` not nil).
     /// - Throws: ``SwitchboardKitError/alreadyRunning`` if called twice concurrently.
     public func run(_ handler: @escaping Handler) async throws {
         try self.state.withLockedValue { state in
@@ -315,6 +320,9 @@ public struct StreamConsumerStatistics: Sendable, Hashable {
     /// Moves to the dead-letter stream that Redis refused (an ACL, a key of another type,
     /// `OOM`): each entry stays pending and is tried again.
     public var deadLetterFailures = 0
+    /// Idle consumers with nothing pending removed from the group
+    /// (``StreamConsumerConfiguration/removeIdleConsumersAfter``).
+    public var consumersRemoved = 0
 
     /// All zero.
     public init() {}

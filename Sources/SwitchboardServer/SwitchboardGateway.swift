@@ -257,9 +257,11 @@ package struct SwitchboardGateway: Sendable {
         if let eventsWebhook { recorder = eventsWebhook }
         var sessionLogger = Logger(label: "switchboard.session")
         sessionLogger[metadataKey: "instance"] = "\(instanceID)"
+        var routesLogger = Logger(label: "switchboard.routes")
+        routesLogger[metadataKey: "instance"] = "\(instanceID)"
         self.services = GatewayServices(
             configuration: session, hub: hub, engine: engine,
-            routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger, lifecycle: recorder,
+            routes: routes, instanceID: instanceID, messageIDs: messageIDs, logger: sessionLogger, routesLogger: routesLogger, lifecycle: recorder,
             incarnation: configuration.events.enabled || reusesID ? incarnation : nil)
     }
 
@@ -516,7 +518,7 @@ struct RedisService: Service {
             await parts.replication?.redis.shutdown()
             throw error
         }
-        let replicaCheck = parts.replication.map { replication in Task { await replication.warnIfTooFewReplicas(logger: logger) } }
+        let replicaCheck = parts.replication.map { replication in Task { await replication.warnIfTooFewReplicas(logger: services.routesLogger) } }
         await parts.lifecycle?.start()
         let leaseTask = parts.lease.map { lease in Task { await lease.run() } }
         // Consumer groups are created as soon as Redis answers (it may not be up yet), and
@@ -524,13 +526,13 @@ struct RedisService: Service {
         let groupsTask = Task {
             await withTaskGroup(of: Void.self) { tasks in
                 for groups in parts.streamRoutes.compactMap(\.groups) {
-                    tasks.addTask { await groups.maintain(logger: logger) }
+                    tasks.addTask { await groups.maintain(logger: services.routesLogger) }
                 }
             }
         }
         let inbound = RedisInboundRoutes(
             redis: parts.redis, engine: parts.engine, hub: services.hub, messageIDs: services.messageIDs,
-            configuration: services.configuration, logger: logger)
+            configuration: services.configuration, logger: services.routesLogger)
         try await inbound.start(parts.inbound)
         try? await gracefulShutdown()
         groupsTask.cancel()

@@ -1,3 +1,5 @@
+import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import STOMPCodec
 import SwitchboardCore
@@ -187,6 +189,35 @@ struct AppRouteTests {
         let error = try expectErrorThenClose(try c.read())
         #expect(error.headers["message"] == "route for /app/x failed: backend said 503")
         #expect(error.headers["receipt-id"] == "r")
+    }
+
+    /// `log.levels.routes` was accepted but no logger had that label: a backend failing every
+    /// SEND was logged nowhere but in the clients' ERRORs.
+    @Test("a failing route is logged on the routes logger, not a call the session's close cancelled")
+    func routeFailureIsLogged() throws {
+        let lines = NIOLockedValueBox<[(String, Logger.Metadata?)]>([])
+        let logger = Logger(label: "switchboard.routes") { _ in CapturedLogs(lines: lines) }
+        let route = PendingRoute()
+        let gw = TestGateway(routes: try routes("/app/**", route), routesLogger: logger)
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        try c.send(.send, ["destination": "/app/x", "receipt": "r"], body: "x")
+        try #require(route.calls.count == 1)
+        route.calls[0].promise.fail(RouteError(.webhookRejected, "backend said 503"))
+        _ = try expectErrorThenClose(try c.read())
+        let logged = lines.withLockedValue { $0 }
+        #expect(logged.count == 1 && logged.first?.0 == "route failed")
+        #expect(logged.first?.1 == ["route": "/app/x", "error": "backend said 503"])
+        // A call the client's close cancelled is not the backend's failure.
+        let other = try gw.client()
+        try other.connect()
+        try other.send(.send, ["destination": "/app/y"], body: "y")
+        try #require(route.calls.count == 2)
+        _ = try other.channel.finish()
+        #expect(route.cancellations[1].isCancelled)
+        route.calls[1].promise.fail(RouteError(.webhookRejected, "not sent: the session closed"))
+        #expect(lines.withLockedValue { $0 }.count == 1)
     }
 
     @Test("a route failing later fails the session and drops queued frames")

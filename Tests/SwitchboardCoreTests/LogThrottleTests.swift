@@ -25,7 +25,7 @@ struct LogThrottleTests {
     @Test("the Logger extension logs admitted lines with metadata suppressed, and nothing below its level")
     func logger() {
         let lines = NIOLockedValueBox<[(String, Logger.Metadata?)]>([])
-        var logger = Logger(label: "t") { _ in Capture(lines: lines) }
+        var logger = Logger(label: "t") { _ in CapturedLogs(lines: lines) }
         logger.logLevel = .info
         let throttle = LogThrottle(limit: 2, per: .seconds(3600))
         for i in 0..<5 { logger.log(level: .warning, throttledBy: throttle, "line \(i)", metadata: ["i": "\(i)"]) }
@@ -41,7 +41,7 @@ struct LogThrottleTests {
     @Test("suppressed lines are reported on the next line logged")
     func suppressedMetadata() {
         let lines = NIOLockedValueBox<[(String, Logger.Metadata?)]>([])
-        let logger = Logger(label: "t") { _ in Capture(lines: lines) }
+        let logger = Logger(label: "t") { _ in CapturedLogs(lines: lines) }
         let throttle = LogThrottle(limit: 1, per: .milliseconds(1))
         logger.log(level: .warning, throttledBy: throttle, "first")
         var left = 0
@@ -54,20 +54,5 @@ struct LogThrottleTests {
         logger.log(level: .warning, throttledBy: throttle, "after")
         #expect(left > 0)
         #expect(lines.withLockedValue { $0.last?.1?["suppressed"] } == "\(left)")
-    }
-}
-
-private struct Capture: LogHandler {
-    let lines: NIOLockedValueBox<[(String, Logger.Metadata?)]>
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        lines.withLockedValue { $0.append(("\(event.message)", event.metadata)) }
     }
 }

@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import NIOWebSocket
@@ -43,11 +44,11 @@ final class TestGateway {
 
     init(
         configuration: SessionConfiguration = SessionConfiguration(), routes: RouteTable = RouteTable(), lifecycle: (any LifecycleRecorder)? = nil,
-        engine: ((FanoutHub) -> any BrokerEngine)? = nil
+        engine: ((FanoutHub) -> any BrokerEngine)? = nil, routesLogger: Logger? = nil
     ) {
         services = GatewayServices(
             configuration: configuration, hub: hub, engine: engine?(hub) ?? InMemoryEngine(hub: hub),
-            routes: routes, instanceID: "t", logger: Logger(label: "test"), lifecycle: lifecycle)
+            routes: routes, instanceID: "t", logger: Logger(label: "test"), routesLogger: routesLogger, lifecycle: lifecycle)
     }
 
     /// - Parameter rateLimited: with `limits.bytes-per-second` applied, as the gateway does.
@@ -206,4 +207,20 @@ func expectErrorThenClose(_ outputs: [ServerOutput], code: UInt16 = 1000, source
     #expect(error.headers["content-length"] == String(error.body.readableBytes), sourceLocation: sourceLocation)
     #expect(outputs[1].closeCode == code, "\(outputs)", sourceLocation: sourceLocation)
     return error
+}
+
+/// Records each log line: its message and the metadata logged with it.
+struct CapturedLogs: LogHandler {
+    let lines: NIOLockedValueBox<[(String, Logger.Metadata?)]>
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        lines.withLockedValue { $0.append(("\(event.message)", event.metadata)) }
+    }
 }

@@ -79,13 +79,27 @@ import Testing
     }
 
     /// An empty entry (an empty environment list, a trailing comma) matched every destination:
-    /// history off everywhere, every `/user/…` a user destination.
+    /// history off everywhere, every `/user/…` a user destination. Empty entries are dropped; an
+    /// entry without `/` is refused.
     @Test(arguments: ["history.disabled-prefixes", "destinations.user-destination-prefixes"])
-    func prefixListsHoldDestinationPrefixes(_ key: String) async {
-        for value in ["/topic/ticks.,", "topic/"] {
-            let error = await ConfigurationCheckTests().loadError(["\(key)=\(value)"])
-            #expect(error?.hasPrefix("\(key): '") == true && error?.hasSuffix("' must be a destination prefix starting with /") == true, "\(String(describing: error))")
+    func prefixListsHoldDestinationPrefixes(_ key: String) async throws {
+        let error = await ConfigurationCheckTests().loadError(["\(key)=topic/"])
+        #expect(error == "\(key): 'topic/' must be a destination prefix starting with /", "\(String(describing: error))")
+        let variable = "SWITCHBOARD_" + key.uppercased().replacing(".", with: "_").replacing("-", with: "_")
+        for (value, expected) in [("/topic/ticks.,", ["/topic/ticks."]), ("", []), (" , /a/", ["/a/"])] {
+            let loaded = try await ConfigurationCheckTests().load(environment: [variable: value]).configuration
+            let read = key.hasPrefix("history") ? loaded.history.disabledPrefixes : loaded.destinations.userDestinationPrefixes
+            #expect(read == expected, "\(value)")
         }
+    }
+
+    /// The broker and application prefix lists drop empty entries too (an empty one made every
+    /// destination a broker destination).
+    @Test func brokerAndApplicationPrefixListsDropEmptyEntries() async throws {
+        let loaded = try await ConfigurationCheckTests().load(environment: [
+            "SWITCHBOARD_DESTINATIONS_BROKER_PREFIXES": "/topic/,", "SWITCHBOARD_DESTINATIONS_APP_PREFIXES": ",/app/",
+        ]).configuration
+        #expect(loaded.destinations.brokerPrefixes == ["/topic/"] && loaded.destinations.applicationPrefixes == ["/app/"])
     }
 
     /// The console on one of the gateway's own paths trapped at start-up (a duplicate route).

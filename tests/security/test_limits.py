@@ -340,6 +340,20 @@ def test_max_http_connections_per_port(gw, clients):
     assert probe.recv(1) == b"", "a place of the reserve is not kept: closed after its answer"
     probe.close()
     healthy.expect_nothing(0.3)  # the publish behind the check was not served
+    # A HEAD check too, its request line arriving in pieces (a method other than GET used to be
+    # routed, and refused, before its path was read).
+    head_probe = socket.create_connection(("127.0.0.1", g.port))
+    head_probe.settimeout(10)
+    head_probe.sendall(b"HEA")
+    time.sleep(0.05)
+    head_probe.sendall(b"D /heal")
+    time.sleep(0.05)
+    head_probe.sendall(b"th/live HTTP/1.1\r\nHost: t\r\n\r\n")
+    answer = b""
+    while chunk := head_probe.recv(4096):
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    head_probe.close()
     # A WebSocket session is not an HTTP connection.
     clients(g).subscribe("/topic/http-limit", "w", receipt="w")
     for s in held:

@@ -299,7 +299,10 @@ extension STOMPSessionHandler {
         let hub = services.hub
         let ids = services.messageIDs
         let policy = services.policy
-        let logger = self.logger
+        var routesLogger = services.routesLogger
+        routesLogger[metadataKey: "session"] = "\(sessionID)"
+        let logger = routesLogger
+        let routeFailedLog = services.routeFailedLog
         let cancellation = routeCancellation ?? RouteCancellation()
         routeCancellation = cancellation
         let future = route.handle(message, on: loop, cancellation: cancellation).flatMap { all -> EventLoopFuture<[RouteReply]> in
@@ -318,6 +321,12 @@ extension STOMPSessionHandler {
             // client would send it again, and the backend process it twice).
             return Self.publishBroadcasts(broadcasts, engine: engine, hub: hub, messageIDs: ids, on: loop).map { replies }
                 .flatMapErrorThrowing { error in throw ReplyNotPublished(cause: error) }
+        }
+        future.whenFailure { error in
+            // A backend down or slow is the operator's news too (the client gets the ERROR);
+            // not a call the session's close cancelled.
+            guard !cancellation.isCancelled else { return }
+            logger.log(level: .warning, throttledBy: routeFailedLog, "route failed", metadata: ["route": "\(destination)", "error": "\(error)"])
         }
         complete(future, step: step, kind: .route, describe: { "route for \(destination) failed: \($0)" }) { handler, replies in
             for reply in replies where reply.target == .sender {

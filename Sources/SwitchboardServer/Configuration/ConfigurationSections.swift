@@ -209,8 +209,8 @@ package struct DestinationSettings: Sendable, Equatable {
 
     /// Reads the `destinations` scope.
     init(reader: ConfigReader) throws {
-        brokerPrefixes = reader.stringArray(forKey: "broker-prefixes", default: brokerPrefixes)
-        applicationPrefixes = reader.stringArray(forKey: "app-prefixes", default: applicationPrefixes)
+        brokerPrefixes = reader.destinationPrefixes(forKey: "broker-prefixes", default: brokerPrefixes)
+        applicationPrefixes = reader.destinationPrefixes(forKey: "app-prefixes", default: applicationPrefixes)
         for p in brokerPrefixes + applicationPrefixes where !p.hasPrefix("/") {
             throw SwitchboardConfiguration.Invalid(description: "destination prefixes must start with '/', got '\(p)'")
         }
@@ -219,12 +219,12 @@ package struct DestinationSettings: Sendable, Equatable {
                 description: "destination prefixes must not start with '/~' (the gateway's own routing of user destinations), got '\(p)'")
         }
         userDestinations = reader.bool(forKey: "user-destinations", default: userDestinations)
-        userDestinationPrefixes = reader.stringArray(forKey: "user-destination-prefixes", default: userDestinationPrefixes)
+        userDestinationPrefixes = reader.destinationPrefixes(forKey: "user-destination-prefixes", default: userDestinationPrefixes)
         try Self.checkPrefixes("destinations.user-destination-prefixes", userDestinationPrefixes)
     }
 
-    /// Every entry starts with `/`: an empty one (an empty or trailing entry of an environment
-    /// list) matched every destination, one without `/` none.
+    /// Every entry starts with `/`: one without `/` matched no destination (empty entries are
+    /// dropped when read, see `ConfigReader.destinationPrefixes`).
     static func checkPrefixes(_ key: String, _ prefixes: [String]) throws {
         if let bad = prefixes.first(where: { !$0.hasPrefix("/") }) {
             throw SwitchboardConfiguration.Invalid(description: "\(key): '\(bad)' must be a destination prefix starting with /")
@@ -240,6 +240,15 @@ package struct DestinationSettings: Sendable, Equatable {
 
     func isBroker(_ d: String) -> Bool { brokerPrefixes.contains { d.hasPrefix($0) } }
     func isApplication(_ d: String) -> Bool { applicationPrefixes.contains { d.hasPrefix($0) } }
+}
+
+extension ConfigReader {
+    /// A list of destination prefixes without its empty entries: an empty environment variable
+    /// (a template rendering an empty list) or a trailing comma gives an empty entry, which would
+    /// match every destination.
+    func destinationPrefixes(forKey key: ConfigKey, default fallback: [String]) -> [String] {
+        stringArray(forKey: key, default: fallback).filter { !$0.allSatisfy(\.isWhitespace) }
+    }
 }
 
 /// `history.*`: the per-destination history that resuming subscriptions replay from.
@@ -271,7 +280,7 @@ package struct HistorySettings: Sendable, Equatable {
         ttlMs = reader.int(forKey: "ttl-ms", default: ttlMs)
         maxDestinations = reader.int(forKey: "max-destinations", default: maxDestinations)
         maxBytes = reader.int(forKey: "max-bytes", default: maxBytes)
-        disabledPrefixes = reader.stringArray(forKey: "disabled-prefixes", default: disabledPrefixes)
+        disabledPrefixes = reader.destinationPrefixes(forKey: "disabled-prefixes", default: disabledPrefixes)
         try DestinationSettings.checkPrefixes("history.disabled-prefixes", disabledPrefixes)
         try SwitchboardConfiguration.atLeast(
             1, ("history.max-length", maxLength), ("history.ttl-ms", ttlMs), ("history.max-destinations", maxDestinations),

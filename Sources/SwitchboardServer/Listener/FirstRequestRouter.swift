@@ -66,6 +66,8 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
         }
         // Not a GET: certainly no upgrade; the HTTP parser serves it or answers 400 at once.
         guard Self.mayBeGET(buffered!) else {
+            // A `HEAD` health check may take a place of the reserve too: its path is read first.
+            if httpConnections != nil, Self.mayBeHEAD(buffered!), !Self.requestTargetRead(buffered!) { return }
             becomeHTTP(context: context)
             return
         }
@@ -130,12 +132,13 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
         return lines - 2 <= maxHeaderFields
     }
 
-    /// Whether the request is a health check (`GET /health`, `/health/live`, `/health/ready`).
+    /// Whether the request is a health check (`GET` or `HEAD` of `/health`, `/health/live`,
+    /// `/health/ready`).
     static func isHealthCheck(_ buffer: ByteBuffer?) -> Bool {
         guard let buffer else { return false }
         return buffer.withUnsafeReadableBytes { bytes in
-            let line = bytes.prefix(32).split(separator: UInt8(ascii: " "), maxSplits: 2, omittingEmptySubsequences: false)
-            guard line.count >= 2, line[0].elementsEqual("GET".utf8) else { return false }
+            let line = bytes.prefix(healthLinePrefix).split(separator: UInt8(ascii: " "), maxSplits: 2, omittingEmptySubsequences: false)
+            guard line.count >= 2, line[0].elementsEqual("GET".utf8) || line[0].elementsEqual("HEAD".utf8) else { return false }
             let path = line[1].prefix { $0 != UInt8(ascii: "?") }
             return ["/health", "/health/live", "/health/ready"].contains { path.elementsEqual($0.utf8) }
         }
@@ -151,6 +154,25 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
         out.writeString("Connection: close\r\n")
         out.writeImmutableBuffer(head.getSlice(at: head.readerIndex + split, length: head.readableBytes - split)!)
         return out
+    }
+
+    /// How much of a request line ``isHealthCheck`` reads.
+    static let healthLinePrefix = 32
+
+    /// Whether the bytes so far can begin `HEAD `.
+    static func mayBeHEAD(_ buffer: ByteBuffer) -> Bool {
+        buffer.withUnsafeReadableBytes { bytes in
+            zip(bytes.prefix(5), "HEAD ".utf8).allSatisfy { $0 == $1 }
+        }
+    }
+
+    /// Whether enough of the request line is read to tell a health check: the space or line end
+    /// after the target, or as much as ``isHealthCheck`` reads.
+    static func requestTargetRead(_ buffer: ByteBuffer) -> Bool {
+        buffer.readableBytes >= healthLinePrefix
+            || buffer.withUnsafeReadableBytes { bytes in
+                bytes.dropFirst(5).contains { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "?") }
+            }
     }
 
     /// Whether the bytes so far can begin `GET `.
