@@ -16,26 +16,24 @@ import SwitchboardWire
 ///
 /// A user's events carry a ``LifecycleEvent/generation`` that increases with each of them: an
 /// event handled again (a retry, or claimed from a dead replica) can come after a later one of
-/// the same user, so a consumer that keeps the latest state applies only newer generations
-/// (a new counter, after a day without events of the user or after Redis lost its data,
-/// starts at Redis's time in µs, above the old one):
+/// the same user, so a consumer that keeps the latest state applies only newer generations.
+/// Compare the generations of the events that change that state only (`user-online` and
+/// `user-offline`: a `subscribed` in between must not make a retried `user-online` look
+/// superseded), and record a generation once its work succeeded (recorded first, a failed
+/// `user-online` would be skipped at its retry). In a service with several replicas, keep the
+/// generation with the state and update both in one conditional write (`… WHERE gen < $1`):
 ///
 /// ```swift
 /// let events = LifecycleEventConsumer(client: client, group: "presence")
-/// let applied = Mutex<[String: UInt64]>([:])  // user → the last generation applied
+/// let applied = Mutex<[String: UInt64]>([:])  // user → generation of the last online/offline applied
 /// try await events.run { event in
-///     guard let user = event.user, let generation = event.generation else { return }
-///     let newer = applied.withLock { last in
-///         guard generation > last[user, default: 0] else { return false }
-///         last[user] = generation
-///         return true
-///     }
-///     guard newer else { return }  // an older event handled again: already superseded
-///     switch event.type {
-///     case .userOnline: print("\(user) is online")
-///     case .userOffline: print("\(user) is offline (\(event.reason?.rawValue ?? ""))")
-///     default: break
-///     }
+///     guard event.type == .userOnline || event.type == .userOffline,
+///         let user = event.user, let generation = event.generation
+///     else { return }
+///     // An older event handled again: already superseded.
+///     guard generation > applied.withLock({ $0[user, default: 0] }) else { return }
+///     try await presenceStore.set(user, online: event.type == .userOnline)  // throws: retried
+///     applied.withLock { $0[user] = max($0[user, default: 0], generation) }
 /// }
 /// ```
 public struct LifecycleEventConsumer: Sendable {

@@ -47,6 +47,8 @@ package struct RouteError: Error, Sendable, Hashable, CustomStringConvertible {
         case encodingFailed
         /// The work was dropped because nobody waits for it any more.
         case abandoned
+        /// The message reached no one (a `PUBLISH` no backend was subscribed to).
+        case notDelivered
     }
 
     package var code: Code

@@ -158,6 +158,10 @@ package struct ReplicaAcknowledgement: Sendable {
 /// first seed article does. At most once: a backend that is not subscribed at that moment
 /// never sees the message. Prefer ``RedisStreamRoute``. On Redis Cluster it is a classic
 /// `PUBLISH` too (the cluster forwards it to every node), so backends `SUBSCRIBE` as usual.
+///
+/// A `PUBLISH` that reached no subscriber fails (``RouteError/Code/notDelivered``): its
+/// `RECEIPT` would say delivered. On a cluster the count covers only the node that took the
+/// `PUBLISH` (subscribers of other nodes get it uncounted), so there a 0 is not an error.
 package struct RedisPubSubRoute: AppRoute {
     package let channel: String
     let redis: GatewayRedis
@@ -173,9 +177,9 @@ package struct RedisPubSubRoute: AppRoute {
 
     package func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
         let channel = self.channel
+        let counted = !redis.isCluster
         return redis.send(PUBLISH(channel: channel, message: .bytes(message.body)))
             .hop(to: eventLoop)
-            .map { _ in [] }
             .flatMapErrorThrowing { error in
                 if let unknown = RouteError.outcomeUnknown(
                     ifReplyLost: error, "PUBLISH to redis channel \(channel)", "subscribed backends may have it, and sending it again may deliver it twice")
@@ -183,6 +187,15 @@ package struct RedisPubSubRoute: AppRoute {
                     throw unknown
                 }
                 throw RouteError(.redisCommandFailed, "PUBLISH to redis channel \(channel) failed: \(error)")
+            }
+            .flatMapThrowing { receivers in
+                if counted && receivers == 0 {
+                    throw RouteError(
+                        .notDelivered,
+                        "PUBLISH to redis channel \(channel) reached no subscriber: not delivered "
+                            + "(a redis-pubsub route keeps nothing for a backend that is away; a redis-stream route does)")
+                }
+                return []
             }
     }
 }

@@ -148,7 +148,9 @@ public struct DestinationPattern: Sendable, Hashable, CustomStringConvertible {
             switch (segment, theirs) {
             case (.rest, _):
                 return true
-            case (.one, .literal), (.one, .one):
+            case (.one, .literal(_, let b)) where !b.isEmpty:
+                break  // a `*` matches no empty segment (`/topic/.**` is not under `/topic/*.**`)
+            case (.one, .one):
                 break
             case (.literal(_, let a), .literal(_, let b)) where a == b:
                 break

@@ -142,6 +142,12 @@ import Testing
         #expect(!rules.maySubscribe("/topic/room.**", identity: nil), "'*' covers one segment, not the rest")
         #expect(!rules.maySubscribe("/topic/**", identity: nil))
         #expect(!rules.maySubscribe("/topic/*", identity: nil))
+        // A `*` matches no empty segment, so it covers none: `/topic/.**` receives `/topic/.x`,
+        // which `/topic/*.**` does not allow.
+        let starRest = try AccessRules(subscribe: ["/topic/*.**"], send: [])
+        #expect(!starRest.maySubscribe("/topic/.x", identity: nil))
+        #expect(!starRest.maySubscribe("/topic/.**", identity: nil))
+        #expect(starRest.maySubscribe("/topic/a.**", identity: nil))
         // A malformed wildcard subscription is allowed by no rule.
         #expect(!rules.maySubscribe("/topic/public.a*", identity: nil))
     }

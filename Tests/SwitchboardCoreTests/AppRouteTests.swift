@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOEmbedded
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardRoutes
@@ -79,6 +80,28 @@ struct AppRouteTests {
             #expect(!route.cancellations[0].isCancelled)
             _ = try c.channel.finish()
             #expect(route.cancellations[0].isCancelled)
+            route.calls[0].promise.fail(RouteError(.abandoned, "test over"))
+        }
+    }
+
+    /// A session ended while its route call waits (here the shutdown's close after the grace,
+    /// which does not wait for the step) cancels the call with its ERROR: it was cancelled only
+    /// when the connection closed, which may linger 2 s for the client's close frame, and a
+    /// webhook call could go out in that time.
+    @Test("a session's route calls are cancelled with its ERROR, before the connection closes")
+    func routeCallsCancelledAtTheError() throws {
+        try withSendInFlight { route, gw, c in
+            final class Seen: @unchecked Sendable {
+                let channel: EmbeddedChannel
+                var openAtCancel: Bool?
+                init(_ channel: EmbeddedChannel) { self.channel = channel }
+            }
+            let seen = Seen(c.channel)
+            _ = route.cancellations[0].onCancel { seen.openAtCancel = seen.channel.isActive }
+            for shard in gw.hub.shards { shard.closeAll(reason: "server shutting down, reconnect", waitForStep: false) }
+            gw.loop.run()
+            _ = try expectErrorThenClose(try c.read())
+            #expect(seen.openAtCancel == true, "cancelled only once the connection closed")
             route.calls[0].promise.fail(RouteError(.abandoned, "test over"))
         }
     }

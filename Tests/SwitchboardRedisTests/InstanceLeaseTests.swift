@@ -63,4 +63,60 @@ struct InstanceLeaseTests {
         await observer.shutdown()
         await client.shutdown()
     }
+
+    /// A new process that got through first after an outage longer than the ttl (a deploy or
+    /// a scale-out just then) reaped every other instance while they were still in their
+    /// reconnect backoff: its first renewal was neither a reconnect nor after a failure. It now
+    /// waits too when it finds other leases expired; in a healthy fleet it reaps at once.
+    @Test(arguments: [true, false])
+    func aNewProcessFindingExpiredLeasesWaitsBeforeReaping(_ expiredAtStart: Bool) async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let stream = LifecycleStreamSettings()
+        let other = try await server.client()
+        let instances = "\(stream.prefix)presence:instances"
+        @Sendable func score(_ instance: String) async throws -> Double? {
+            let reply = try await other.execute(RawCommand("ZSCORE", .string(instances), .string(instance)))
+            return reply.value == .null ? nil : try Double(fromRESP: reply)
+        }
+        @Sendable func renewB(ttl: Int) async throws {
+            _ = try await LifecycleFunctions.call(LeaseRenew(prefix: stream.prefix, instance: "B~1", ttlMilliseconds: ttl, held: true), on: other).get()
+        }
+        try await renewB(ttl: 200)
+        // Otherwise B stays alive until A renewed once (a loaded machine may take longer than
+        // B's lease to get there), then stops renewing.
+        let keepB = Task {
+            while !expiredAtStart, !Task.isCancelled {
+                try await renewB(ttl: 2_000)
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        let client = try await server.client()
+        let lease = InstanceLease(
+            client: client, stream: stream, instance: "A~1",
+            settings: InstanceLease.Settings(ttl: .milliseconds(200), renewInterval: .milliseconds(20), settle: .seconds(120)),
+            logger: Logger(label: "quiet") { _ in SwiftLogNoOpLogHandler() }
+        ) {}
+        // B's lease expired before A's first renewal (an outage ended, B is in its backoff).
+        if expiredAtStart { #expect(try await eventually { try await lease.othersExpired() }) }
+        let running = Task { await lease.run() }
+        if expiredAtStart {
+            #expect(
+                try await eventually {
+                    guard let b = try await score("B~1") else { return true }
+                    return try await score("A~1").map { $0 - b > 1_000 } ?? false
+                })
+            #expect(try await score("B~1") != nil, "B was reaped right after the outage")
+        } else {
+            // B stops renewing after A's first renewal: A reaps it once its lease expired.
+            #expect(try await eventually { try await score("A~1") != nil })
+            keepB.cancel()
+            _ = try? await keepB.value
+            #expect(try await eventually { try await score("B~1") == nil }, "B was not reaped")
+        }
+        running.cancel()
+        await running.value
+        await client.shutdown()
+        await other.shutdown()
+    }
 }

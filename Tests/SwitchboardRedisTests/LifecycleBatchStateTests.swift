@@ -41,6 +41,26 @@ struct LifecycleBatchStateTests {
         #expect(fourth)
     }
 
+    /// A Redis outage with clients reconnecting: each refused CONNECT queued its `connected`,
+    /// then its `disconnected`, and once the queue was full the `disconnected` of sessions whose
+    /// `connected` was in were dropped: those sessions stayed in presence for good.
+    @Test func theDisconnectOfAQueuedConnectIsNeverDropped() {
+        var state = LifecycleBatchState(limits: .init(maxQueued: 2, maxBatch: 10))
+        func gone(_ n: Int) -> LifecycleFact { LifecycleFact(session: "s\(n)", kind: .disconnected(.error), time: Int64(n)) }
+        let connects = [1, 2, 3].map { state.append(Self.fact($0)) }
+        #expect(connects == [true, true, false])
+        // s1's and s2's go in past the limit; s3's connected was dropped, so is its disconnected.
+        let disconnects = [gone(1), gone(3), gone(2)].map { state.append($0) }
+        #expect(disconnects == [true, false, true])
+        // Once only: a second disconnected of s1 (there is none) would be an ordinary fact.
+        let again = state.append(gone(1))
+        #expect(!again)
+        #expect(state.dropped == 3 && state.queued == 4)
+        let subscribe = state.append(LifecycleFact(session: "s1", kind: .subscribed(id: "0", destination: "/topic/a"), time: 9))
+        #expect(!subscribe)
+        #expect(state.nextBatch()?.facts == [Self.fact(1), Self.fact(2), gone(1), gone(2)])
+    }
+
     @Test func aFailedBatchIsRetriedUnchangedWithBackoff() {
         var state = LifecycleBatchState(limits: .init(maxQueued: 10, maxBatch: 10))
         _ = state.append(Self.fact(1))

@@ -216,7 +216,9 @@ final class CannedWebhookServer: Sendable {
         let route = try WebhookRoute(url: url, timeout: .seconds(2), client: Self.client)
         let error = await #expect(throws: RouteError.self) { _ = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get() }
         await server.close()
-        #expect(error?.description == "webhook \(url) timed out after 2000 ms")
+        // The backend read the request and said nothing: it may have acted on it.
+        #expect(error?.description == "webhook \(url) timed out after 2000 ms, after the request was sent: the backend may have acted on it")
+        #expect(error?.code == .outcomeUnknown)
         #expect(server.requests.count == 1)
     }
 

@@ -46,6 +46,29 @@ import Testing
         #expect(await ConfigurationCheckTests().loadError(["auth.allow-anonymous=false", "auth.jwt.hmac-secret=" + String(repeating: "s", count: 32)]) == nil)
     }
 
+    /// Token checks configured without a key to check with let every client in as anonymous
+    /// (a key variable misspelt and dropped with a warning).
+    @Test(arguments: ["auth.jwt.audience=api", "auth.jwt.issuer=https://id.example", "auth.jwt.claims=team"])
+    func tokenChecksNeedAKey(_ setting: String) async {
+        let name = setting.split(separator: "=")[0].dropFirst("auth.jwt.".count)
+        let error = await ConfigurationCheckTests().loadError([setting])
+        #expect(error == "auth.jwt.\(name) is set but no key checks tokens: set auth.jwt.hmac-secret, auth.jwt.public-key-files or auth.jwt.jwks-file")
+        #expect(await ConfigurationCheckTests().loadError([setting, "auth.jwt.hmac-secret=" + String(repeating: "s", count: 32)]) == nil)
+    }
+
+    /// With JWT keys, an API open to anyone and a cookie login from any origin are warned of.
+    @Test func openPartsOfATokenDeploymentAreWarnedOf() async throws {
+        let secret = "auth.jwt.hmac-secret=" + String(repeating: "s", count: 32)
+        let open = try await ConfigurationCheckTests().load([secret]).warnings
+        #expect(open.count == 2 && open[0].hasPrefix("auth.api-keys is empty") && open[1].hasPrefix("http.allowed-origins allows any origin"), "\(open)")
+        let closed = try await ConfigurationCheckTests().load([
+            secret, "http.allowed-origins=https://app.example", "auth.api-keys.names=ci", "auth.api-keys.ci.sha256=" + String(repeating: "a", count: 64),
+        ]).warnings
+        #expect(closed.isEmpty, "\(closed)")
+        // Without JWT nothing is closed to begin with (the quick start): no warning.
+        #expect(try await ConfigurationCheckTests().load([]).warnings.isEmpty)
+    }
+
     /// A name with a capital (`ciBot`): the library looks its keys up as `CI_BOT`, the check
     /// and the `--set` table spelt them `CIBOT`, and the value was silently ignored (the key's
     /// scopes fell back to every broker prefix).

@@ -45,6 +45,7 @@ def redis_then_reset(tmp_path):
             "routes.names=orders,chat", "routes.orders.destination=/app/orders", "routes.orders.type=redis-stream",
             "routes.orders.stream=orders", "routes.chat.destination=/app/chat", "routes.chat.type=redis-pubsub",
             "routes.chat.channel=chat"])
+        gw.redis_port = port
         yield gw, cut
     finally:
         if stopped and redis.poll() is None:
@@ -100,8 +101,29 @@ def test_a_publish_without_history_cut_by_a_connection_reset_is_outcome_unknown(
 
 @pytest.mark.parametrize("destination", ["/app/orders", "/app/chat"], ids=["redis-stream", "redis-pubsub"])
 def test_a_route_send_cut_by_a_connection_reset_is_outcome_unknown(redis_then_reset, destination):
-    frame = send_cut(*redis_then_reset, destination)
-    assert "outcome unknown" in frame.get("message", ""), frame.get("message")
+    gw, _ = redis_then_reset
+    backend = None
+    if destination == "/app/chat":
+        # A backend on the channel: a PUBLISH that reaches no one is an ERROR of its own.
+        backend = subprocess.Popen(["redis-cli", "-p", str(gw.redis_port), "SUBSCRIBE", "chat"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: redis_cli(gw.redis_port, "PUBSUB", "NUMSUB", "chat").split() == ["chat", "1"], 10, what="a subscriber on chat")
+    try:
+        frame = send_cut(*redis_then_reset, destination)
+        assert "outcome unknown" in frame.get("message", ""), frame.get("message")
+    finally:
+        if backend:
+            terminate(backend)
+
+
+def test_a_pubsub_route_send_that_reaches_no_backend_is_an_error(redis_then_reset):
+    """A PUBLISH no backend was subscribed to reached nobody: an ERROR, not a RECEIPT."""
+    gw, _ = redis_then_reset
+    c = gw.client()
+    c.connect()
+    c.send_frame("SEND", {"destination": "/app/chat", "receipt": "r"}, "hello")
+    frame = c.receive(5)
+    assert frame.command == "ERROR" and frame.get("receipt-id") == "r", f"{frame.command} {frame.get('message')}"
+    assert "reached no subscriber: not delivered" in frame.get("message", ""), frame.get("message")
 
 
 @pytest.mark.parametrize("destination", ["/topic/reset", "/topic/plain"], ids=["history", "no-history"])

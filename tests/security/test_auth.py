@@ -82,10 +82,19 @@ def test_access_token_query_parameter(hs, clients, healthy):
     assert c2.connect().get("user-name") == "carol"
 
 
-def test_access_token_cookie(hs, clients, healthy):
+def test_access_token_cookie(gw, hs, clients, healthy):
+    """The handshake cookie logs in from an origin listed in http.allowed-origins, or without
+    an Origin (not a browser). From a browser while any origin is allowed it is not read: a
+    page of any site could open a session with a user's cookie (cross-site WebSocket hijacking)."""
     tok = make_token(HMAC_SECRET, sub="dave")
-    c = clients(hs, connect=False, ws={"cookie": f"theme=dark; access_token={tok}"})
+    cookie = f"theme=dark; access_token={tok}"
+    listed = gw(f"auth.jwt.hmac-secret={HMAC_SECRET}", "http.allowed-origins=https://app.example")
+    for ws in ({"cookie": cookie, "origin": "https://app.example"}, {"cookie": cookie, "suppress_origin": True}):
+        c = clients(listed, connect=False, ws=ws)
+        assert c.connect().get("user-name") == "dave", ws
+    c = clients(hs, connect=False, ws={"cookie": cookie, "suppress_origin": True})
     assert c.connect().get("user-name") == "dave"
+    rejected(clients, hs, NO_TOKEN, ws={"cookie": cookie, "origin": "https://evil.example"})
 
 
 def test_token_place_priority(hs, clients, healthy):
@@ -97,12 +106,12 @@ def test_token_place_priority(hs, clients, healthy):
     assert c.connect(headers={"passcode": b}).get("user-name") == "bob"
     c = clients(hs.ws_url + "?access_token=" + q, connect=False)
     assert c.connect(headers=bearer(a)).get("user-name") == "alice"
-    c = clients(hs, connect=False, ws={"cookie": f"access_token={q}"})
+    c = clients(hs, connect=False, ws={"cookie": f"access_token={q}", "suppress_origin": True})
     assert c.connect(headers={"passcode": b}).get("user-name") == "bob"
     # A bad token in the strongest place is not rescued by a good one in a weaker place.
     rejected(clients, hs, "authentication failed: invalid signature", {"Authorization": f"Bearer {bad}", "passcode": b})
     rejected(clients, hs, "authentication failed: invalid signature", {"passcode": bad},
-             ws={"cookie": f"access_token={q}"})
+             ws={"cookie": f"access_token={q}", "suppress_origin": True})
 
 
 def test_expired_token(hs, clients, healthy):
@@ -242,9 +251,9 @@ def test_rs256_pem(rs, clients, keys):
 
 def test_configured_handshake_cookie_name(rs, clients, keys):
     tok = make_token(keys.rsa, "RS256", sub="cookie-user")
-    c = clients(rs, connect=False, ws={"cookie": f"sbtok={tok}"})
+    c = clients(rs, connect=False, ws={"cookie": f"sbtok={tok}", "suppress_origin": True})
     assert c.connect().get("user-name") == "cookie-user"
-    rejected(clients, rs, NO_TOKEN, ws={"cookie": f"access_token={tok}"})
+    rejected(clients, rs, NO_TOKEN, ws={"cookie": f"access_token={tok}", "suppress_origin": True})
 
 
 def test_rs256_algorithm_confusion_is_rejected(rs, clients, keys):

@@ -17,9 +17,9 @@ import SwitchboardWire
 ///   `destination-vacated` when it was the last.
 /// - Facts of an unknown session (never connected, or gone) are ignored.
 /// - Each event whose type passes ``types`` gets the next number of this process
-///   (``eventID(_:)``) and, with a user, the user's next generation (`gen`): 1 after a day
-///   without an event of the user, as the Redis key that holds it expires. Events filtered out
-///   use neither.
+///   (``eventID(_:)``) and, with a user, the user's next generation (`gen`): +1, or a new
+///   counter at the event's time in µs after a day without an event of the user. Events
+///   filtered out use neither.
 package struct LocalPresenceState: Sendable {
     /// The instance named in the events.
     package let instance: String

@@ -88,6 +88,9 @@ extension STOMPSessionHandler {
             } else {
                 sendReceipt(close.receipt)
             }
+            // A route call still waiting for a connection to its backend is dropped now, not
+            // sent after the client was told the session ended (the close may linger 2 s).
+            routeCancellation?.cancel()
             sessionEnded(close.failure?.kind.disconnectReason ?? .client, wasConnected: close.wasConnected)
             closeConnection(context: context, code: close.failure?.closeCode ?? .normalClosure, linger: close.failure?.lingers ?? true)
         }

@@ -83,7 +83,9 @@ package final class InstanceLease: Sendable {
     /// reaps again only once it renewed for the ttl plus ``Settings/settle``: when Redis comes
     /// back after an outage longer than the ttl, every lease has expired, and the first
     /// instance to get through must not reap the others before they reconnected (their
-    /// backoff) and renewed theirs.
+    /// backoff) and renewed theirs. So does a new process that finds other leases expired at
+    /// its first renewal (it may have started just after such an outage, before the others
+    /// reconnected): it leaves them to instances that renewed all along, or waits as well.
     package func run() async {
         let renewal = Renewal(reconnects: client.reconnectCount, now: ContinuousClock.now)
         while !Task.isCancelled {
@@ -104,6 +106,8 @@ package final class InstanceLease: Sendable {
     /// The renewal loop's state (one task's).
     final class Renewal {
         var held = false
+        /// No renewal succeeded yet in this process.
+        var first = true
         var reconnects: Int
         var settledAt: ContinuousClock.Instant
         var renewalFailed = false
@@ -135,11 +139,34 @@ package final class InstanceLease: Sendable {
             onLost()
         }
         renewal.held = true
+        if renewal.first {
+            renewal.first = false
+            // Unknown (the check failed): as if some had expired.
+            if (try? await othersExpired()) ?? true { renewal.settledAt = .now + settings.ttl + settings.settle }
+        }
         if client.reconnectCount != renewal.reconnects || renewal.renewalFailed {
             renewal.reconnects = client.reconnectCount
             renewal.renewalFailed = false
             renewal.settledAt = .now + settings.ttl + settings.settle
         }
+    }
+
+    /// Whether another instance's lease has expired: not renewed for the ttl (by Redis's clock)
+    /// and its lease key gone, as the claim sees it. `ARGV`: me, ttl ms, the lease keys' prefix.
+    static let othersExpiredScript = """
+        local t = redis.call('TIME')
+        local limit = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
+        for _, inst in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. limit, 'LIMIT', 0, 10)) do
+          if inst ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. inst) == 0 then return 1 end
+        end
+        return 0
+        """
+
+    func othersExpired() async throws -> Bool {
+        let check = EVAL(
+            script: Self.othersExpiredScript, keys: [stream.prefix + "presence:instances"],
+            arguments: [.string(instance), .integer(Self.ms(settings.ttl)), .string(stream.prefix + "presence:lease:")])
+        return try await Int(fromRESP: client.execute(check)) == 1
     }
 
     func renewIfDue(_ renewal: Renewal) async throws {

@@ -7,8 +7,11 @@ import SwitchboardWire
 /// - Facts queue in arrival order, up to ``Limits/maxQueued``; past it a new fact is dropped
 ///   and counted (``dropped``): the queue only fills while Redis is unreachable or slower
 ///   than the sessions, and dropping the newest keeps what is queued in order. A dropped
-///   `connected` makes the session's later facts no-ops; a dropped `disconnected` leaves the
-///   session in presence until its instance stops (documented in the README).
+///   `connected` makes the session's later facts no-ops. The `disconnected` of a session whose
+///   `connected` was queued is never dropped (it is queued past the limit, at most one per
+///   such session): dropped, it left the session in presence, its user online, until its
+///   instance stopped; a Redis outage with clients reconnecting filled the queue with
+///   refused CONNECTs' pairs and did that in bulk.
 /// - One batch (up to ``Limits/maxBatch`` facts) is in flight at a time, so batches reach
 ///   Redis in order; the next one takes everything queued meanwhile (a burst is a few
 ///   batches, not one command per fact).
@@ -49,6 +52,8 @@ package struct LifecycleBatchState {
     package private(set) var appended: UInt64 = 0
     /// The number of the last fact taken into a batch.
     private var taken: UInt64 = 0
+    /// Sessions whose `connected` was queued and whose `disconnected` was not yet.
+    private var connectedSessions = Set<String>()
 
     package init(limits: Limits = Limits()) { self.limits = limits }
 
@@ -59,9 +64,16 @@ package struct LifecycleBatchState {
 
     /// Queues `fact`; false when the queue is full and it was dropped.
     package mutating func append(_ fact: LifecycleFact) -> Bool {
-        guard queue.count < limits.maxQueued else {
+        switch fact.kind {
+        case .disconnected where connectedSessions.remove(fact.session) != nil:
+            break  // past the limit too: its `connected` is in
+        case _ where queue.count >= limits.maxQueued:
             dropped += 1
             return false
+        case .connected:
+            connectedSessions.insert(fact.session)
+        default:
+            break
         }
         queue.append(fact)
         appended += 1

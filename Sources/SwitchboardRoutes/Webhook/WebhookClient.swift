@@ -107,9 +107,17 @@ package final class WebhookClient: Sendable {
         package var description: String
         /// The call was dropped before it was sent because its session closed.
         package var isCancelled = false
+        /// The request went out and no answer says what the backend did: it may have acted on it.
+        package var mayHaveActed = false
         init(_ description: String, isCancelled: Bool = false) {
             self.description = description
             self.isCancelled = isCancelled
+        }
+
+        /// After the request was sent, without a status: the backend may have acted on it.
+        init(afterSending description: String) {
+            self.description = description + ", after the request was sent: the backend may have acted on it"
+            self.mayHaveActed = true
         }
 
         /// A reply that cannot be used after the backend answered `status` (a 2xx): it acted
@@ -118,27 +126,39 @@ package final class WebhookClient: Sendable {
             self.description = "accepted the message (HTTP \(status)), but its \(problem)"
         }
 
-        /// - Parameter status: the reply's status if its head arrived (0: not).
+        /// - Parameters:
+        ///   - status: the reply's status if its head arrived (0: not).
+        ///   - answered: the description of what broke after a 2xx head (no "may have acted").
         static func describing(
-            _ error: any Error, url: HTTPClient.Request, timeout: TimeAmount, maxBytes: Int, sent: Bool, status: Int = 0
+            _ error: any Error, url: HTTPClient.Request, timeout: TimeAmount, maxBytes: Int, sent: Bool, status: Int = 0, answered: Bool = false
         ) -> Failure {
             let target = "\(url.host):\(url.port)"
             if (200..<300).contains(status) {
                 // The backend answered 2xx, so it acted on the message, whatever broke after.
                 guard error is WebhookReplyCollector.TooBig else {
-                    return Failure(accepted: status, "reply did not complete: \(describing(error, url: url, timeout: timeout, maxBytes: maxBytes, sent: sent))")
+                    let broke = describing(error, url: url, timeout: timeout, maxBytes: maxBytes, sent: sent, answered: true)
+                    return Failure(accepted: status, "reply did not complete: \(broke)")
                 }
+            }
+            func afterSending(_ description: String) -> Failure { answered ? Failure(description) : Failure(afterSending: description) }
+            let timedOut = "timed out after \(timeout.nanoseconds / 1_000_000) ms"
+            if status != 0 && !(200..<300).contains(status) {
+                // The backend answered a failure (a proxy's 502, say); what broke in its body
+                // does not hide that.
+                if error is WebhookReplyCollector.TooBig { return Failure("answered HTTP \(status) with a reply larger than \(maxBytes) bytes") }
+                if case .some(.deadlineExceeded) = error as? HTTPClientError { return Failure("answered HTTP \(status), then \(timedOut)") }
+                return Failure("answered HTTP \(status), then its reply failed (\(error))")
             }
             if let error = error as? HTTPClientError {
                 switch error {
                 case .deadlineExceeded, .readTimeout, .writeTimeout:
                     // Before the request went out (connecting took the rest of the deadline) the
                     // backend cannot have acted on it.
-                    return Failure("timed out after \(timeout.nanoseconds / 1_000_000) ms\(sent ? "" : " before the request was sent; not sent")")
+                    return sent ? afterSending(timedOut) : Failure(timedOut + " before the request was sent; not sent")
                 case .connectTimeout:
                     return Failure("cannot connect to \(target): connect timed out")
                 case .remoteConnectionClosed:
-                    return Failure("connection closed before a complete reply\(sent ? ", after the request was sent: the backend may have acted on it" : "")")
+                    return sent ? afterSending("connection closed before a complete reply") : Failure("connection closed before a complete reply")
                 default:
                     break
                 }
@@ -152,12 +172,10 @@ package final class WebhookClient: Sendable {
             if error is NIOConnectionError || error is IOError || error is ChannelError {
                 // After the request went out the backend may have acted on it: not "cannot
                 // connect", which tells the client nothing was sent.
-                return sent
-                    ? Failure("connection to \(target) failed after the request was sent (\(error)): the backend may have acted on it")
-                    : Failure("cannot connect to \(target): \(error)")
+                return sent ? afterSending("connection to \(target) failed (\(error))") : Failure("cannot connect to \(target): \(error)")
             }
             if error is NIOSSLError || error is BoringSSLError {
-                return Failure("TLS with \(target) failed\(sent ? " after the request was sent (\(error)): the backend may have acted on it" : ": \(error)")")
+                return sent ? afterSending("TLS with \(target) failed (\(error))") : Failure("TLS with \(target) failed: \(error)")
             }
             return Failure("\(error)")
         }

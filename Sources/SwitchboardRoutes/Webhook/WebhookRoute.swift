@@ -89,8 +89,10 @@ package struct WebhookRoute: AppRoute {
             cancellation: cancellation
         )
         .flatMapErrorThrowing { error in
-            let cancelled = (error as? WebhookClient.Failure)?.isCancelled == true
-            throw RouteError(cancelled ? .abandoned : .webhookUnreachable, "webhook \(url) \(error)")
+            let failure = error as? WebhookClient.Failure
+            // Sent, no answer: it may have run (a retry may process it twice), as for Redis.
+            let code: RouteError.Code = failure?.isCancelled == true ? .abandoned : failure?.mayHaveActed == true ? .outcomeUnknown : .webhookUnreachable
+            throw RouteError(code, "webhook \(url) \(error)")
         }
         .flatMapThrowing { response in
             guard (200..<300).contains(response.status) else {

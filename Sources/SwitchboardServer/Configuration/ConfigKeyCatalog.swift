@@ -309,7 +309,7 @@ package enum ConfigKeyCatalog {
                 .init("auth.jwt.issuer", .string, "—", "required `iss`"),
                 .init("auth.jwt.leeway-seconds", .integer, "`30`", "clock skew allowed on `exp`/`nbf`"),
                 .init("auth.allow-anonymous", .boolean, "`true` without keys, `false` with", "sessions without a token"),
-                .init("auth.handshake-cookie", .string, "`access_token`", "cookie read at the handshake"),
+                .init("auth.handshake-cookie", .string, "`access_token`", "cookie read at the handshake (from a browser only when `http.allowed-origins` lists origins)"),
                 .init("auth.rules.subscribe", .list, "`[]`", "subscribe access rules (empty: all allowed)"),
                 .init("auth.rules.send", .list, "`[]`", "send access rules (empty: all allowed)"),
                 .init(

@@ -453,6 +453,11 @@ package struct AuthSettings: Sendable {
             throw SwitchboardConfiguration.Invalid(
                 description: "auth.allow-anonymous=false needs a key to check tokens with: auth.jwt.hmac-secret, auth.jwt.public-key-files or auth.jwt.jwks-file")
         }
+        // Token checks without a key to check with: every client would be let in as anonymous.
+        if jwt.isEmpty, let set = [("audience", jwt.audience != nil), ("issuer", jwt.issuer != nil), ("claims", !jwt.keptClaims.isEmpty)].first(where: \.1) {
+            throw SwitchboardConfiguration.Invalid(
+                description: "auth.jwt.\(set.0) is set but no key checks tokens: set auth.jwt.hmac-secret, auth.jwt.public-key-files or auth.jwt.jwks-file")
+        }
         handshakeCookie = reader.string(forKey: "handshake-cookie", default: handshakeCookie)
         subscribeRules = reader.stringArray(forKey: "rules.subscribe", default: [])
         sendRules = reader.stringArray(forKey: "rules.send", default: [])

@@ -90,7 +90,7 @@ package struct ConfigurationSources: Sendable {
             throw typeErrors.first(rawValues: plain) ?? error
         }
         if let typeError = typeErrors.first(rawValues: plain) { throw typeError }
-        return Loaded(configuration: configuration, warnings: warnings, keysRead: typeErrors.keysRead)
+        return Loaded(configuration: configuration, warnings: warnings + configuration.securityWarnings, keysRead: typeErrors.keysRead)
     }
 
     /// The leaf keys of a YAML file, dot-joined as swift-configuration's YAML provider keys them.

@@ -129,3 +129,22 @@ package struct SwitchboardConfiguration: Sendable {
         }
     }
 }
+
+extension SwitchboardConfiguration {
+    /// What is open that a deployment with tokens probably means closed, logged at start-up.
+    package var securityWarnings: [String] {
+        guard !auth.jwt.isEmpty else { return [] }
+        var warnings: [String] = []
+        if auth.apiKeys.isEmpty {
+            warnings.append(
+                "auth.api-keys is empty: the HTTP API (publish to any topic or user, presence, the console's publish) answers anyone who reaches the port; "
+                    + "configure API keys")
+        }
+        if http.allowedOrigins.isEmpty || http.allowedOrigins.contains("*") {
+            warnings.append(
+                "http.allowed-origins allows any origin: the auth.handshake-cookie is not read from browsers (a page of any site could open a session with a user's cookie); "
+                    + "list your web app's origins to log in with the cookie")
+        }
+        return warnings
+    }
+}

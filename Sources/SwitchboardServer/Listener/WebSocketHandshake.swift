@@ -22,6 +22,9 @@ struct WebSocketHandshake: Sendable {
     let allowedOrigins: [String]
     let handshakeCookie: String
 
+    /// Whether ``allowedOrigins`` names the origins allowed (empty or `*`: any).
+    var originsRestricted: Bool { !allowedOrigins.isEmpty && !allowedOrigins.contains("*") }
+
     /// Why an upgrade was refused.
     struct Refusal: Error, Equatable {
         var status: Int
@@ -147,8 +150,11 @@ struct WebSocketHandshake: Sendable {
             response.writeString(version.webSocketSubprotocol)
         }
         response.writeStaticString("\r\n\r\n")
+        // A browser sends its cookies with an upgrade from any site's page: the cookie is a
+        // login only from the origins listed (cross-site WebSocket hijacking otherwise).
+        let cookies = head.origin == nil || originsRestricted ? head.cookies : []
         let handshake = HandshakeInfo(
-            token: Self.token(target: head.target, cookies: head.cookies, cookieName: handshakeCookie),
+            token: Self.token(target: head.target, cookies: cookies, cookieName: handshakeCookie),
             remoteAddress: address, origin: head.origin)
         return .accept(response: response, handshake: handshake)
     }

@@ -59,18 +59,20 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           add('session', session); add('user', user); add('instance', instance); add('destination', dest)
           add('reason', reason); add('subscription', sub); add('time', t)
           if user and user ~= '' then
-            -- A new counter starts at Redis's time in microseconds, so generations keep
-            -- increasing after a day without events and after Redis lost its data.
+            -- The next generation is at least Redis's time in microseconds, so generations
+            -- keep increasing after a day without events, after Redis lost its data, and after
+            -- it went back to an older copy of it (a failover to a replica behind, a restart
+            -- from an older file): a counter +1 from the restored value repeated generations
+            -- a consumer had applied.
             local g = c.p .. 'presence:gen:' .. user
             local n = redis.call('INCR', g)
-            if n == 1 then
-              local tm = redis.call('TIME')
-              local start = tm[1] .. string.sub('00000' .. tm[2], -6)
-              redis.call('SET', g, start)
-              add('gen', start)
-            else
-              add('gen', string.format('%.0f', n))
+            local tm = redis.call('TIME')
+            local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
+            if n < now then
+              n = now
+              redis.call('SET', g, string.format('%.0f', n))
             end
+            add('gen', string.format('%.0f', n))
             redis.call('PEXPIRE', g, 86400000)
           end
           redis.call(unpack(a))
