@@ -7,9 +7,12 @@ import Redis
 /// and so did every tool listing it).
 ///
 /// - A consumer that stops with nothing pending deletes its own name.
-/// - The claim pass deletes other consumers with nothing pending that have not tried to read
-///   for ``StreamConsumerConfiguration/removeIdleConsumersAfter`` (the replicas that crashed or
-///   were scaled away, once their entries were taken over).
+/// - The claim pass deletes other consumers with nothing pending that have been idle for
+///   ``StreamConsumerConfiguration/removeIdleConsumersAfter`` (the replicas that crashed or
+///   were scaled away, once their entries were taken over). Redis before 7.2 does not count a
+///   read that found nothing as activity, so there a live replica of a stream quiet for that
+///   long is deleted too, and created again by its next read (nothing is lost; the count and
+///   the log line say it).
 ///
 /// Both check "nothing pending" and delete in one script, so no entry is ever dropped with a
 /// name (`XGROUP DELCONSUMER` drops the consumer's pending entries). A live consumer deleted
@@ -74,6 +77,8 @@ extension StreamConsumer {
             guard removed > 0 else { return }
             self.state.withLockedValue { $0.statistics.consumersRemoved += removed }
             self.logger.info("removed idle consumers with nothing pending from the group", metadata: ["count": "\(removed)"])
+        } catch let error as RedisServerError where error.isNoGroup {
+            return  // the session's next read re-creates the group
         } catch {
             let first = self.state.withLockedValue { state -> Bool in
                 defer { state.consumerSweepFailed = true }

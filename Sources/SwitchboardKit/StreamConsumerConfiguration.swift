@@ -68,11 +68,11 @@ public struct StreamConsumerConfiguration: Sendable {
     public var appendfsyncAlways = false
     /// The consumer's publisher's ``SwitchboardPublisher/recordsHistory``. Default true.
     public var recordsHistory = true
-    /// Consumers of the group with nothing pending that have not tried to read for this long
-    /// (replicas that crashed or were scaled away) are deleted from the group by the claim pass,
-    /// and a consumer stopping with nothing pending deletes its own name. Default one hour;
-    /// `nil` keeps every name. A live consumer deleted while idle is created again by its next
-    /// read; no pending entry is ever dropped. At least 1 ms.
+    /// Consumers of the group with nothing pending that have been idle this long (`XINFO
+    /// CONSUMERS`: no read tried; before Redis 7.2, no entry read) are deleted from the group by
+    /// the claim pass, and a consumer stopping with nothing pending deletes its own name.
+    /// Default one hour; `nil` keeps every name. A live consumer deleted while idle is created
+    /// again by its next read; no pending entry is ever dropped. At least 1 ms.
     public var removeIdleConsumersAfter: Duration? = .seconds(3600)
 
     /// Creates a configuration for `stream`/`group` with defaults for everything else.

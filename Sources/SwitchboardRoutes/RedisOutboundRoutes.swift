@@ -159,18 +159,24 @@ package struct ReplicaAcknowledgement: Sendable {
 /// never sees the message. Prefer ``RedisStreamRoute``. On Redis Cluster it is a classic
 /// `PUBLISH` too (the cluster forwards it to every node), so backends `SUBSCRIBE` as usual.
 ///
-/// A `PUBLISH` that reached no subscriber fails (``RouteError/Code/notDelivered``): its
-/// `RECEIPT` would say delivered. On a cluster the count covers only the node that took the
-/// `PUBLISH` (subscribers of other nodes get it uncounted), so there a 0 is not an error.
+/// A `PUBLISH` that reached no subscriber is counted
+/// (`switchboard_route_publishes_unreceived_total`); with `requireSubscriber` it fails
+/// (``RouteError/Code/notDelivered``), its `RECEIPT` would say delivered. Off by default: the
+/// count leaves out subscribers on replicas, and the failure ends the client's session. On a
+/// cluster the count covers only the node that took the `PUBLISH`, so there it is not checked.
 package struct RedisPubSubRoute: AppRoute {
     package let channel: String
     let redis: GatewayRedis
+    let requireSubscriber: Bool
+    let unreceived: Metrics.Counter
     /// PUBLISHes go out in order on the client's one command connection.
     package var keepsOrderWhenPipelined: Bool { true }
 
-    package init(channel: String, redis: GatewayRedis) {
+    package init(channel: String, redis: GatewayRedis, requireSubscriber: Bool = false) {
         self.channel = channel
         self.redis = redis
+        self.requireSubscriber = requireSubscriber
+        self.unreceived = Metrics.Counter(label: "switchboard_route_publishes_unreceived_total", dimensions: [("channel", channel)])
     }
 
     package var description: String { "redis channel \(channel)" }
@@ -178,6 +184,7 @@ package struct RedisPubSubRoute: AppRoute {
     package func handle(_ message: AppMessage, on eventLoop: any EventLoop) -> EventLoopFuture<[RouteReply]> {
         let channel = self.channel
         let counted = !redis.isCluster
+        let (required, unreceived) = (requireSubscriber, self.unreceived)
         return redis.send(PUBLISH(channel: channel, message: .bytes(message.body)))
             .hop(to: eventLoop)
             .flatMapErrorThrowing { error in
@@ -190,6 +197,8 @@ package struct RedisPubSubRoute: AppRoute {
             }
             .flatMapThrowing { receivers in
                 if counted && receivers == 0 {
+                    unreceived.increment()
+                    guard required else { return [] }
                     throw RouteError(
                         .notDelivered,
                         "PUBLISH to redis channel \(channel) reached no subscriber: not delivered "

@@ -238,8 +238,8 @@ package struct SwitchboardGateway: Sendable {
                     stream: stream, maxLength: maxLength, redis: redis, groups: groups, replication: own, eventLoop: loops[0])
                 streamRoutes.append(r)
                 routes.add(pattern, r)
-            case (.redisPubSub(let channel), let redis?):
-                routes.add(pattern, RedisPubSubRoute(channel: channel, redis: redis))
+            case (.redisPubSub(let channel, let requireSubscriber), let redis?):
+                routes.add(pattern, RedisPubSubRoute(channel: channel, redis: redis, requireSubscriber: requireSubscriber))
             case (.redisStream, nil), (.redisPubSub, nil):
                 throw SwitchboardConfiguration.Invalid(description: "routes.\(route.name).type \(route.target.typeName) needs redis.url")
             }

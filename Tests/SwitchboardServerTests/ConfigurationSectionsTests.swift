@@ -54,6 +54,9 @@ import Testing
         let error = await ConfigurationCheckTests().loadError([setting])
         #expect(error == "auth.jwt.\(name) is set but no key checks tokens: set auth.jwt.hmac-secret, auth.jwt.public-key-files or auth.jwt.jwks-file")
         #expect(await ConfigurationCheckTests().loadError([setting, "auth.jwt.hmac-secret=" + String(repeating: "s", count: 32)]) == nil)
+        // Blank (a template's empty variable): unset.
+        let variable = "SWITCHBOARD_AUTH_JWT_" + name.uppercased()
+        #expect(await ConfigurationCheckTests().loadError(environment: [variable: ""]) == nil)
     }
 
     /// With JWT keys, an API open to anyone and a cookie login from any origin are warned of.
@@ -123,6 +126,8 @@ import Testing
             "SWITCHBOARD_DESTINATIONS_BROKER_PREFIXES": "/topic/,", "SWITCHBOARD_DESTINATIONS_APP_PREFIXES": ",/app/",
         ]).configuration
         #expect(loaded.destinations.brokerPrefixes == ["/topic/"] && loaded.destinations.applicationPrefixes == ["/app/"])
+        let error = await ConfigurationCheckTests().loadError(environment: ["SWITCHBOARD_DESTINATIONS_BROKER_PREFIXES": ""])
+        #expect(error == "destinations.broker-prefixes must name at least one prefix (e.g. /topic/)")
     }
 
     /// The console on one of the gateway's own paths trapped at start-up (a duplicate route).

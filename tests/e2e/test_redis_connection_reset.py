@@ -44,7 +44,7 @@ def redis_then_reset(tmp_path):
             f"redis.url=redis://127.0.0.1:{port}", "redis.command-timeout-ms=30000", "history.disabled-prefixes=/topic/plain",
             "routes.names=orders,chat", "routes.orders.destination=/app/orders", "routes.orders.type=redis-stream",
             "routes.orders.stream=orders", "routes.chat.destination=/app/chat", "routes.chat.type=redis-pubsub",
-            "routes.chat.channel=chat"])
+            "routes.chat.channel=chat", "routes.chat.require-subscriber=true"])
         gw.redis_port = port
         yield gw, cut
     finally:
@@ -116,7 +116,8 @@ def test_a_route_send_cut_by_a_connection_reset_is_outcome_unknown(redis_then_re
 
 
 def test_a_pubsub_route_send_that_reaches_no_backend_is_an_error(redis_then_reset):
-    """A PUBLISH no backend was subscribed to reached nobody: an ERROR, not a RECEIPT."""
+    """With require-subscriber, a PUBLISH no backend was subscribed to reached nobody: an ERROR,
+    not a RECEIPT."""
     gw, _ = redis_then_reset
     c = gw.client()
     c.connect()

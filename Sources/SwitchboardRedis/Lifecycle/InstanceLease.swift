@@ -151,22 +151,11 @@ package final class InstanceLease: Sendable {
         }
     }
 
-    /// Whether another instance's lease has expired: not renewed for the ttl (by Redis's clock)
-    /// and its lease key gone, as the claim sees it. `ARGV`: me, ttl ms, the lease keys' prefix.
-    static let othersExpiredScript = """
-        local t = redis.call('TIME')
-        local limit = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
-        for _, inst in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. limit, 'LIMIT', 0, 10)) do
-          if inst ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. inst) == 0 then return 1 end
-        end
-        return 0
-        """
-
+    /// Whether another instance's lease has expired (not renewed for the ttl, by Redis's clock,
+    /// and its lease key gone), as the claim sees it.
     func othersExpired() async throws -> Bool {
-        let check = EVAL(
-            script: Self.othersExpiredScript, keys: [stream.prefix + "presence:instances"],
-            arguments: [.string(instance), .integer(Self.ms(settings.ttl)), .string(stream.prefix + "presence:lease:")])
-        return try await Int(fromRESP: client.execute(check)) == 1
+        let check = LeaseOthersExpired(prefix: stream.prefix, me: instance, ttlMilliseconds: Self.ms(settings.ttl))
+        return try await LifecycleFunctions.call(check, on: client).get() == 1
     }
 
     func renewIfDue(_ renewal: Renewal) async throws {

@@ -52,8 +52,9 @@ package struct LifecycleBatchState {
     package private(set) var appended: UInt64 = 0
     /// The number of the last fact taken into a batch.
     private var taken: UInt64 = 0
-    /// Sessions whose `connected` was queued and whose `disconnected` was not yet.
-    private var connectedSessions = Set<String>()
+    /// Sessions whose `connected` was dropped and whose `disconnected` did not come yet (only
+    /// while the queue overflows: a set of every live session cost memory all the time).
+    private var droppedConnects = Set<String>()
 
     package init(limits: Limits = Limits()) { self.limits = limits }
 
@@ -65,13 +66,15 @@ package struct LifecycleBatchState {
     /// Queues `fact`; false when the queue is full and it was dropped.
     package mutating func append(_ fact: LifecycleFact) -> Bool {
         switch fact.kind {
-        case .disconnected where connectedSessions.remove(fact.session) != nil:
-            break  // past the limit too: its `connected` is in
+        case .disconnected where droppedConnects.remove(fact.session) != nil:
+            dropped += 1  // its `connected` was dropped: a no-op in Redis
+            return false
+        case .disconnected:
+            break  // past the limit too: its `connected` is in (each session records one)
         case _ where queue.count >= limits.maxQueued:
+            if case .connected = fact.kind { droppedConnects.insert(fact.session) }
             dropped += 1
             return false
-        case .connected:
-            connectedSessions.insert(fact.session)
         default:
             break
         }

@@ -174,6 +174,10 @@ package enum ConfigKeyCatalog {
                     "`redis-stream`: the replicas that must acknowledge an entry before its `RECEIPT` (0: the primary alone); overrides `redis.wait-replicas` for this route"
                 ),
                 .init("routes.<name>.channel", .string, "—", "`redis-pubsub`: `PUBLISH` channel"),
+                .init(
+                    "routes.<name>.require-subscriber", .boolean, "`false`",
+                    "`redis-pubsub`: a `PUBLISH` that reached no subscriber is an `ERROR` (the session closes), not a `RECEIPT`; single server and Sentinel only (subscribers on replicas are not counted)"
+                ),
                 .init("webhooks.tls.ca-file", .string, "system trust roots", "PEM file of the CAs trusted for `https://` webhooks"),
                 .init(
                     "webhooks.max-connections-per-host", .integer, "`64`",

@@ -211,6 +211,11 @@ package struct DestinationSettings: Sendable, Equatable {
     init(reader: ConfigReader) throws {
         brokerPrefixes = reader.destinationPrefixes(forKey: "broker-prefixes", default: brokerPrefixes)
         applicationPrefixes = reader.destinationPrefixes(forKey: "app-prefixes", default: applicationPrefixes)
+        // An empty list (an empty variable) would refuse every SUBSCRIBE and every API key's
+        // default scope.
+        guard !brokerPrefixes.isEmpty else {
+            throw SwitchboardConfiguration.Invalid(description: "destinations.broker-prefixes must name at least one prefix (e.g. /topic/)")
+        }
         for p in brokerPrefixes + applicationPrefixes where !p.hasPrefix("/") {
             throw SwitchboardConfiguration.Invalid(description: "destination prefixes must start with '/', got '\(p)'")
         }
@@ -441,9 +446,10 @@ package struct AuthSettings: Sendable {
         jwt.hmacSecret = jwtReader.string(forKey: "hmac-secret", isSecret: true)
         jwt.publicKeyFiles = jwtReader.stringArray(forKey: "public-key-files", default: [])
         jwt.jwksFile = jwtReader.string(forKey: "jwks-file")
-        jwt.keptClaims = jwtReader.stringArray(forKey: "claims", default: [])
-        jwt.audience = jwtReader.string(forKey: "audience")
-        jwt.issuer = jwtReader.string(forKey: "issuer")
+        // Blank values are unset: a template renders an unused setting as an empty variable.
+        jwt.keptClaims = jwtReader.stringArray(forKey: "claims", default: []).filter { !$0.allSatisfy(\.isWhitespace) }
+        jwt.audience = jwtReader.string(forKey: "audience").flatMap { $0.allSatisfy(\.isWhitespace) ? nil : $0 }
+        jwt.issuer = jwtReader.string(forKey: "issuer").flatMap { $0.allSatisfy(\.isWhitespace) ? nil : $0 }
         jwt.leewaySeconds = jwtReader.int(forKey: "leeway-seconds", default: jwt.leewaySeconds)
         try SwitchboardConfiguration.atLeast(0, ("auth.jwt.leeway-seconds", jwt.leewaySeconds))
         allowAnonymous = reader.bool(forKey: "allow-anonymous")

@@ -15,8 +15,9 @@ package struct RouteConfiguration: Sendable, Equatable {
         /// `XADD MAXLEN ~ maxLength` to a stream; `groups` are created at start-up; the `RECEIPT`
         /// waits for `waitReplicas` replicas (`nil`: `redis.wait-replicas`).
         case redisStream(stream: String, maxLength: Int, groups: [String], waitReplicas: Int? = nil)
-        /// `PUBLISH` to a channel.
-        case redisPubSub(channel: String)
+        /// `PUBLISH` to a channel; with `requireSubscriber`, a `PUBLISH` that reached no
+        /// subscriber fails the `SEND` (not on Redis Cluster, whose count is one node's).
+        case redisPubSub(channel: String, requireSubscriber: Bool = false)
 
         /// The `routes.<name>.type` value.
         package var typeName: String {
@@ -74,7 +75,8 @@ package struct RouteConfiguration: Sendable, Equatable {
                 target = .redisStream(
                     stream: stream, maxLength: maxLength, groups: route.stringArray(forKey: "groups", default: []), waitReplicas: waitReplicas)
             case "redis-pubsub":
-                target = .redisPubSub(channel: try required("channel", for: "a redis-pubsub route"))
+                target = .redisPubSub(
+                    channel: try required("channel", for: "a redis-pubsub route"), requireSubscriber: route.bool(forKey: "require-subscriber", default: false))
             case let other:
                 throw SwitchboardConfiguration.Invalid(description: "\(base).type '\(other)' is not supported (supported: webhook, redis-stream, redis-pubsub)")
             }

@@ -66,8 +66,9 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
         }
         // Not a GET: certainly no upgrade; the HTTP parser serves it or answers 400 at once.
         guard Self.mayBeGET(buffered!) else {
-            // A `HEAD` health check may take a place of the reserve too: its path is read first.
-            if httpConnections != nil, Self.mayBeHEAD(buffered!), !Self.requestTargetRead(buffered!) { return }
+            // A `HEAD` health check may take a place of the reserve too: its request line is
+            // read first (whole: `Connection: close` goes after it).
+            if httpConnections != nil, Self.mayBeHEAD(buffered!), !Self.requestLineRead(buffered!) { return }
             becomeHTTP(context: context)
             return
         }
@@ -166,13 +167,10 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    /// Whether enough of the request line is read to tell a health check: the space or line end
-    /// after the target, or as much as ``isHealthCheck`` reads.
-    static func requestTargetRead(_ buffer: ByteBuffer) -> Bool {
-        buffer.readableBytes >= healthLinePrefix
-            || buffer.withUnsafeReadableBytes { bytes in
-                bytes.dropFirst(5).contains { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "?") }
-            }
+    /// Whether the whole request line is read (its `\n`), or more than a head may hold (the
+    /// parser refuses it).
+    static func requestLineRead(_ buffer: ByteBuffer) -> Bool {
+        buffer.readableBytes > maxHeadBytes || buffer.readableBytesView.contains(UInt8(ascii: "\n"))
     }
 
     /// Whether the bytes so far can begin `GET `.

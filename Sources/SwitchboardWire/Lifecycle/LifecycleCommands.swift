@@ -140,6 +140,25 @@ public struct LeaseRenew: RedisCommand {
     }
 }
 
+/// `FCALL_RO switchboard_lease_others_expired 0 <prefix> <me> <ttl-ms>`: whether another
+/// instance's lease has expired (not renewed for the ttl, its lease key gone).
+public struct LeaseOthersExpired: RedisCommand {
+    public typealias Response = Int
+    public var prefix: String
+    public var me: String
+    public var ttlMilliseconds: Int
+
+    public init(prefix: String, me: String, ttlMilliseconds: Int) {
+        self.prefix = prefix
+        self.me = me
+        self.ttlMilliseconds = ttlMilliseconds
+    }
+
+    public func encode(into encoder: inout RESPCommandEncoder) {
+        encoder.encodeCommand("FCALL_RO", "switchboard_lease_others_expired", "0", prefix, me, String(ttlMilliseconds))
+    }
+}
+
 /// `FCALL switchboard_lease_claim 0 <prefix> <me> <ttl-ms> <grace-ms> <target>`: takes the reaping
 /// lock of one instance whose lease expired more than the grace period ago (or of `target`,
 /// which leaves on purpose). The instance claimed, or nil.

@@ -87,10 +87,12 @@ public struct LifecycleEvent: Sendable, Hashable {
     public var subscription: String?
     /// Wall-clock ms (the instance's clock; Redis's for `node-lost`).
     public var time: Int64?
-    /// The user's generation: +1 with each event of the user, so one user's facts can be
-    /// ordered by a consumer that runs in parallel. A new counter (the user's first event, the
-    /// first after a day without one, or after Redis lost its data) starts at the time in µs,
-    /// so generations keep increasing as long as the clock does not go back.
+    /// The user's generation, increasing with each event of the user, so one user's facts can
+    /// be ordered by a consumer that runs in parallel. Not consecutive: in Redis mode it is the
+    /// last one +1 or Redis's time in µs, whichever is larger (so it keeps increasing after
+    /// Redis lost its data or went back to an older copy of it); the embedded broker's is +1,
+    /// from the event's time in µs after a day without events of the user. A gap says nothing
+    /// about missed events.
     public var generation: UInt64?
 
     public init(id: String, type: LifecycleEventType) {

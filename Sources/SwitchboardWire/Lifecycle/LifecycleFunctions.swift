@@ -282,6 +282,17 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           return 1
         end
 
+        -- ARGV prefix, me, ttl. 1 when another instance's lease expired (not renewed for the
+        -- ttl and its lease key gone, as claim sees it), else 0.
+        local function others_expired(keys, args)
+          local p, me = args[1], args[2]
+          local limit = now_ms() - tonumber(args[3])
+          for _, inst in ipairs(redis.call('ZRANGEBYSCORE', p .. 'presence:instances', '-inf', '(' .. limit, 'LIMIT', 0, 10)) do
+            if inst ~= me and redis.call('EXISTS', p .. 'presence:lease:' .. inst) == 0 then return 1 end
+          end
+          return 0
+        end
+
         -- ARGV prefix, me, ttl, grace, target ('' : any expired instance; else this one,
         -- leaving on purpose). The instance to reap (its lock now held by me), or ''.
         local function claim(keys, args)
@@ -377,6 +388,7 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
         redis.register_function('switchboard_events', events)
         redis.register_function('switchboard_lease_renew', renew)
         redis.register_function('switchboard_lease_claim', claim)
+        redis.register_function{function_name = 'switchboard_lease_others_expired', callback = others_expired, flags = {'no-writes'}}
         redis.register_function('switchboard_lease_reap', reap)
         redis.register_function{function_name = 'switchboard_presence', callback = presence, flags = {'no-writes'}}
         """#
