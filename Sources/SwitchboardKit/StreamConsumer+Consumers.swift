@@ -77,8 +77,8 @@ extension StreamConsumer {
             guard removed > 0 else { return }
             self.state.withLockedValue { $0.statistics.consumersRemoved += removed }
             self.logger.info("removed idle consumers with nothing pending from the group", metadata: ["count": "\(removed)"])
-        } catch let error as RedisServerError where error.isNoGroup {
-            return  // the session's next read re-creates the group
+        } catch let error as RedisServerError where error.isNoGroup || error.message.contains("no such key") {
+            return  // Redis lost the stream or the group: the session's next read re-creates them
         } catch {
             let first = self.state.withLockedValue { state -> Bool in
                 defer { state.consumerSweepFailed = true }

@@ -127,7 +127,9 @@ import Testing
         ]).configuration
         #expect(loaded.destinations.brokerPrefixes == ["/topic/"] && loaded.destinations.applicationPrefixes == ["/app/"])
         let error = await ConfigurationCheckTests().loadError(environment: ["SWITCHBOARD_DESTINATIONS_BROKER_PREFIXES": ""])
-        #expect(error == "destinations.broker-prefixes must name at least one prefix (e.g. /topic/)")
+        #expect(error == "destinations.broker-prefixes holds only blank entries (an empty variable?): name a prefix (e.g. /topic/), or [] in a file for none")
+        let none = try await ConfigurationCheckTests().load(yaml: "destinations:\n  broker-prefixes: []\n").configuration
+        #expect(none.destinations.brokerPrefixes.isEmpty)
     }
 
     /// The console on one of the gateway's own paths trapped at start-up (a duplicate route).

@@ -48,6 +48,8 @@ package struct LifecycleBatchState {
     private var consecutiveFailures = 0
     /// Facts dropped because the queue was full.
     package private(set) var dropped = 0
+    /// `disconnected` facts left out because their session's `connected` was dropped.
+    package private(set) var skipped = 0
     /// Facts queued so far: the number of the last one (the first is 1; dropped ones do not count).
     package private(set) var appended: UInt64 = 0
     /// The number of the last fact taken into a batch.
@@ -63,12 +65,14 @@ package struct LifecycleBatchState {
     /// Nothing queued nor in flight.
     package var isIdle: Bool { queue.isEmpty && inFlight == nil }
 
-    /// Queues `fact`; false when the queue is full and it was dropped.
+    /// Queues `fact`; false when the queue is full and it was dropped. The `disconnected` of a
+    /// session whose `connected` was dropped is left out (a no-op in Redis; ``skipped``) and
+    /// answers true.
     package mutating func append(_ fact: LifecycleFact) -> Bool {
         switch fact.kind {
         case .disconnected where droppedConnects.remove(fact.session) != nil:
-            dropped += 1  // its `connected` was dropped: a no-op in Redis
-            return false
+            skipped += 1
+            return true
         case .disconnected:
             break  // past the limit too: its `connected` is in (each session records one)
         case _ where queue.count >= limits.maxQueued:

@@ -209,12 +209,14 @@ package struct DestinationSettings: Sendable, Equatable {
 
     /// Reads the `destinations` scope.
     init(reader: ConfigReader) throws {
+        let brokerRead = reader.stringArray(forKey: "broker-prefixes", default: brokerPrefixes)
         brokerPrefixes = reader.destinationPrefixes(forKey: "broker-prefixes", default: brokerPrefixes)
         applicationPrefixes = reader.destinationPrefixes(forKey: "app-prefixes", default: applicationPrefixes)
-        // An empty list (an empty variable) would refuse every SUBSCRIBE and every API key's
-        // default scope.
-        guard !brokerPrefixes.isEmpty else {
-            throw SwitchboardConfiguration.Invalid(description: "destinations.broker-prefixes must name at least one prefix (e.g. /topic/)")
+        // Only blank entries (an empty variable): no broker destination and no default API key
+        // scope, surely not meant. An explicit `[]` (`/app` in, `/user` replies out) stays.
+        if brokerPrefixes.isEmpty && !brokerRead.isEmpty {
+            throw SwitchboardConfiguration.Invalid(
+                description: "destinations.broker-prefixes holds only blank entries (an empty variable?): name a prefix (e.g. /topic/), or [] in a file for none")
         }
         for p in brokerPrefixes + applicationPrefixes where !p.hasPrefix("/") {
             throw SwitchboardConfiguration.Invalid(description: "destination prefixes must start with '/', got '\(p)'")

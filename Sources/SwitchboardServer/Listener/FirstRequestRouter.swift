@@ -67,8 +67,15 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
         // Not a GET: certainly no upgrade; the HTTP parser serves it or answers 400 at once.
         guard Self.mayBeGET(buffered!) else {
             // A `HEAD` health check may take a place of the reserve too: its request line is
-            // read first (whole: `Connection: close` goes after it).
-            if httpConnections != nil, Self.mayBeHEAD(buffered!), !Self.requestLineRead(buffered!) { return }
+            // read first (whole: `Connection: close` goes after it), each byte looked at once,
+            // and no further than the parser takes a line.
+            if httpConnections != nil, Self.mayBeHEAD(buffered!) {
+                let lineRead =
+                    buffered!.readableBytes > Self.maxHeaderFieldBytes + 32
+                    || buffered!.readableBytesView.dropFirst(scanned).contains(UInt8(ascii: "\n"))
+                scanned = buffered!.readableBytes
+                if !lineRead { return }
+            }
             becomeHTTP(context: context)
             return
         }
@@ -165,12 +172,6 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
         buffer.withUnsafeReadableBytes { bytes in
             zip(bytes.prefix(5), "HEAD ".utf8).allSatisfy { $0 == $1 }
         }
-    }
-
-    /// Whether the whole request line is read (its `\n`), or more than a head may hold (the
-    /// parser refuses it).
-    static func requestLineRead(_ buffer: ByteBuffer) -> Bool {
-        buffer.readableBytes > maxHeadBytes || buffer.readableBytesView.contains(UInt8(ascii: "\n"))
     }
 
     /// Whether the bytes so far can begin `GET `.
