@@ -353,10 +353,12 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
               return redis.call('HLEN', rk)
             end
             redis.call('DEL', lock, p .. 'presence:lost:' .. inst)
-            -- The batches applied are kept a day after a reap (not after a leave): a batch of
-            -- the reaped instance whose answer it never got, sent again, is not applied twice.
+            -- The batches applied are kept a day after a reap, a minute after a leave: a batch of
+            -- the instance whose answer it never got, sent again, is not applied twice (after a
+            -- leave, a retry of the stopping process's flush; deleted, it registered the session
+            -- and the instance again, to be reaped later as node-lost).
             local applied = p .. 'presence:applied:' .. inst
-            if args[7] == 'drain' then redis.call('DEL', applied) else redis.call('PEXPIRE', applied, 86400000) end
+            redis.call('PEXPIRE', applied, args[7] == 'drain' and 60000 or 86400000)
             redis.call('ZREM', p .. 'presence:instances', inst)
           elseif left == 0 then
             redis.call('DEL', lock)
