@@ -81,7 +81,10 @@ package final class RedisStreamGroups: Sendable {
             let verified = state.verifiedGeneration == generation
             if verified, state.waiting == 0 { return nil }
             state.waiting += 1
-            if state.inFlight == nil, verified, let passed = state.lastPassed, passed.generation == generation { return .joined(passed.future) }
+            // Verified: behind the verification that passed, even while another runs (the
+            // periodic check, which may fail for reasons that say nothing of this connection).
+            // The SENDs before it joined that one too, or an earlier one: the order holds.
+            if verified, let passed = state.lastPassed, passed.generation == generation { return .joined(passed.future) }
             return self.joinOrStart(&state)
         }
         guard let start else { return send() }

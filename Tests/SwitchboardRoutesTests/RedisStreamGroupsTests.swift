@@ -40,22 +40,13 @@ struct RedisStreamGroupsTests {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }
         let client = try await server.client()
-        let sessionLoops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let session = sessionLoops.next()
         let groups = RedisStreamGroups(
             stream: "app:orders", groups: ["billing", "audit"], redis: .single(client),
             eventLoop: MultiThreadedEventLoopGroup.singleton.any())
-        let sent = NIOLockedValueBox<[String]>([])
-        @Sendable func send(_ name: String) -> EventLoopFuture<Void> {
-            sent.withLockedValue { $0.append(name) }
-            return session.makeSucceededVoidFuture()
-        }
         // The session's loop is held: the first SEND's XADD waits there after its verification.
-        let release = DispatchSemaphore(value: 0)
-        session.execute { release.wait() }
-        var released = false
-        defer { if !released { release.signal() } }
-        let first = groups.whenVerified(on: session) { send("first") }
+        let session = HeldSession()
+        defer { session.release() }
+        let first = groups.whenVerified(on: session.loop) { session.send("first") }
         #expect(try await eventually { groups.isVerified })
         let admin = try await server.connect()
         @Sendable func xgroupCalls() async throws -> Int {
@@ -65,15 +56,79 @@ struct RedisStreamGroupsTests {
         }
         let verifications = try await xgroupCalls()
         #expect(verifications == 2)
-        let second = groups.whenVerified(on: session) { send("second") }
-        release.signal()
-        released = true
+        let second = groups.whenVerified(on: session.loop) { session.send("second") }
+        session.release()
         try await first.get()
         try await second.get()
-        #expect(sent.withLockedValue { $0 } == ["first", "second"])
+        #expect(session.sent.withLockedValue { $0 } == ["first", "second"])
         #expect(try await xgroupCalls() == verifications, "no second round of XGROUP CREATE")
         await admin.close()
         await client.shutdown()
-        try await sessionLoops.shutdownGracefully()
+        try await session.shutdown()
+    }
+
+    /// A SEND that came, with another still waiting, while the periodic check ran joined that
+    /// check although the groups were verified: a check failing then (a timeout) failed the
+    /// SEND with "could not be verified". It goes behind the verification that passed, in order.
+    @Test func aSendDuringThePeriodicCheckJoinsTheVerificationThatPassed() async throws {
+        let server = try await RedisServerProcess.start()
+        defer {
+            server.resume()
+            server.stop()
+        }
+        let client = try await server.client()
+        let groups = RedisStreamGroups(
+            stream: "app:orders", groups: ["billing"], redis: .single(client), eventLoop: MultiThreadedEventLoopGroup.singleton.any())
+        // The first SEND waits on the held session loop after its verification passed.
+        let session = HeldSession()
+        defer { session.release() }
+        let first = groups.whenVerified(on: session.loop) { session.send("first") }
+        #expect(try await eventually { groups.isVerified })
+        // The periodic check starts and cannot finish (Redis does not answer).
+        server.pause()
+        let periodic = groups.verify()
+        let second = groups.whenVerified(on: session.loop) { session.send("second") }
+        session.release()
+        try await first.get()
+        try await second.get()
+        #expect(session.sent.withLockedValue { $0 } == ["first", "second"])
+        server.resume()
+        _ = try? await periodic.get()
+        await client.shutdown()
+        try await session.shutdown()
+    }
+}
+
+/// A session's event loop that the test holds (a SEND's continuation waits there), and the
+/// SENDs it made, in order.
+final class HeldSession: Sendable {
+    let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let loop: any EventLoop
+    let sent = NIOLockedValueBox<[String]>([])
+    private let gate = DispatchSemaphore(value: 0)
+    private let released = NIOLockedValueBox(false)
+
+    init() {
+        loop = loops.next()
+        loop.execute { [gate] in gate.wait() }
+    }
+
+    @Sendable func send(_ name: String) -> EventLoopFuture<Void> {
+        sent.withLockedValue { $0.append(name) }
+        return loop.makeSucceededVoidFuture()
+    }
+
+    func release() {
+        let first = released.withLockedValue { released in
+            defer { released = true }
+            return !released
+        }
+        guard first else { return }
+        gate.signal()
+    }
+
+    func shutdown() async throws {
+        release()
+        try await loops.shutdownGracefully()
     }
 }
