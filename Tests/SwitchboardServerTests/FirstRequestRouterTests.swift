@@ -84,6 +84,18 @@ final class RouterHarness {
 }
 
 @Suite struct FirstRequestRouterTests {
+    /// A health check gets a reserve place past `http.max-connections` only with its request
+    /// line complete: `Connection: close` is inserted after it. A `HEAD /health` padded with
+    /// spaces past the router's wait (the parser allows them before the version) kept its place
+    /// open for further requests.
+    @Test func onlyACompleteHealthCheckLineIsAHealthCheck() {
+        #expect(FirstRequestRouter.isHealthCheck(ByteBuffer(string: "HEAD /health/live HTTP/1.1\r\n")))
+        #expect(FirstRequestRouter.isHealthCheck(ByteBuffer(string: "GET /health?x=1 HTTP/1.1\n")))
+        #expect(!FirstRequestRouter.isHealthCheck(ByteBuffer(string: "HEAD /health" + String(repeating: " ", count: 17_000))))
+        #expect(!FirstRequestRouter.isHealthCheck(ByteBuffer(string: "POST /health HTTP/1.1\r\n")))
+        #expect(!FirstRequestRouter.isHealthCheck(ByteBuffer(string: "HEAD /healthy HTTP/1.1\r\n")))
+    }
+
     @Test func upgradeByteByByteAnswers101AndLeavesOnlyTheSession() throws {
         let h = try RouterHarness()
         try h.write(RouterHarness.upgrade(extra: "Sec-WebSocket-Protocol: v11.stomp, v12.stomp\r\n"), byteAtATime: true)

@@ -164,12 +164,18 @@ final class LoopLifecycleBatcher: @unchecked Sendable {
     /// the error when the fact was dropped or a write of this loop failed.
     func append(_ fact: LifecycleFact, stored: ((LifecycleWriteError?) -> Void)? = nil) {
         loop.preconditionInEventLoop()
+        let before = state.appended
         guard state.append(fact) else {
             droppedCounter.increment()
             if state.dropped == 1 || state.dropped % 1000 == 0 {
                 logger.warning("lifecycle queue full: facts dropped", metadata: ["dropped": "\(state.dropped)", "limit": "\(state.limits.maxQueued)"])
             }
             stored?(.queueFull(limit: state.limits.maxQueued))
+            return
+        }
+        // Left out (a `disconnected` whose `connected` was dropped): nothing to wait for.
+        guard state.appended != before else {
+            stored?(nil)
             return
         }
         if let stored { waiting.append((state.appended, stored, NIODeadline.now() + unreachableWait)) }

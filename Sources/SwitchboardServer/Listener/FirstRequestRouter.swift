@@ -141,9 +141,10 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// Whether the request is a health check (`GET` or `HEAD` of `/health`, `/health/live`,
-    /// `/health/ready`).
+    /// `/health/ready`) whose request line is complete: `Connection: close` goes after it (a line
+    /// padded past the router's wait, spaces before the version, would keep its place open).
     static func isHealthCheck(_ buffer: ByteBuffer?) -> Bool {
-        guard let buffer else { return false }
+        guard let buffer, buffer.readableBytesView.contains(UInt8(ascii: "\n")) else { return false }
         return buffer.withUnsafeReadableBytes { bytes in
             let line = bytes.prefix(healthLinePrefix).split(separator: UInt8(ascii: " "), maxSplits: 2, omittingEmptySubsequences: false)
             guard line.count >= 2, line[0].elementsEqual("GET".utf8) || line[0].elementsEqual("HEAD".utf8) else { return false }

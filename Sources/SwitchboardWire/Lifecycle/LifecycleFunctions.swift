@@ -19,7 +19,7 @@ import Redis
 /// | `switchboard:presence:sessions:<registry>` | hash | the registry of one instance process: session → user (`''`: anonymous) |
 /// | `switchboard:presence:subs:<session>` | hash | the session's subscriptions: id → destination |
 /// | `switchboard:presence:<destination>` | channel | join/leave notices (``PresenceNotice``), published only while an instance listens |
-/// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped; kept a day after a reap; one older than the batch before an arriving one means Redis went back to older data; `n.5`: batch n, marked when a loss was found) |
+/// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped; kept a day after a reap, a minute after a leave; one older than the batch before an arriving one means Redis went back to older data; `n.5`: batch n, marked when a loss was found) |
 /// | `switchboard:presence:reap:<registry>`, `…:reaping:<registry>` | hash, string | a dead registry being reaped, and the reaper's lock |
 /// | `switchboard:presence:lost:<registry>` | string | the number of the registry's last loss found (its data lost, or reaped), told to the instance until it says it has seen it |
 ///
