@@ -54,7 +54,7 @@ package struct NotificationRequest: Sendable, Equatable {
         }
         switch fields.user {
         case .missing: break
-        case .value(let user) where user == pathUser: break
+        case .value(let user) where pathUser.map { user.utf8.elementsEqual($0.utf8) } == true: break
         default:
             throw APIRequestError(
                 status: 400, message: "field 'user' is for the items of POST /api/notifications; send to /api/users/{user}/notification",

@@ -396,6 +396,26 @@ final class PublishHandlerHarness {
         #expect(!h.channel.isActive)
     }
 
+    /// A request read after a graceful shutdown began is not taken: a client pipelining on kept
+    /// the connection busy until the grace cut it, its publishes made and their answers never
+    /// written (a retry on another instance delivered them twice). The answers owed are
+    /// written, the last with `Connection: close`, and the connection closes.
+    @Test func shutdownTakesNoNewRequest() throws {
+        let engine = HeldEngine()
+        let h = try PublishHandlerHarness(engine: engine, idleTimeout: .seconds(60), shutdownGrace: .seconds(5))
+        try h.publish("/topic/a", "1")
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        try h.publish("/topic/a", "2")  // after the shutdown began
+        h.channel.embeddedEventLoop.run()
+        #expect(engine.pending.count == 1, "the second publish was not made")
+        engine.pending[0].1.succeed(())
+        h.channel.embeddedEventLoop.run()
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [200])
+        #expect(answers.first?.head.headers["connection"] == ["close"])
+        #expect(!h.channel.isActive)
+    }
+
     @Test func shutdownKeepsAnIdleTimeoutShorterThanTheGrace() throws {
         let h = try PublishHandlerHarness(idleTimeout: .seconds(2), shutdownGrace: .seconds(60))
         try h.request(.POST, "/api/notification", body: "{", end: false)  // the rest never comes
@@ -503,6 +523,15 @@ final class PublishHandlerHarness {
         let answers = try h.responses()
         #expect(answers.map(\.status) == [401, 200, 403])
         #expect(try JSONDecoder().decode(APIErrorBody.self, from: Data(answers[0].body.utf8)).field == "Authorization")
+        // Two Authorization fields are no key: the first was taken here, while the router
+        // (a request with Origin) joined them and answered 401.
+        var two: HTTPHeaders = ["host": "x", "authorization": "Bearer s3cret"]
+        two.add(name: "authorization", value: "Bearer junk")
+        try h.publish("/topic/a", "4", headers: two)
+        #expect(try h.responses().map(\.status) == [401])
+        // A Content-Length with leading zeros is its value (the parser reads it so), not "too large".
+        #expect(!NotificationPublisher.exceeds(contentLength: "0000000000000000000001", limit: 10))
+        #expect(NotificationPublisher.exceeds(contentLength: "0000000000000000000011", limit: 10))
     }
 
     @Test func batchAnswersEveryItemInOrder() throws {

@@ -43,6 +43,18 @@ import Testing
         #expect(answers.map(\.body) == [#"{"id":"t-1","topic":"/topic/a"}"#, #"{"duplicate":true,"topic":"/topic/a"}"#])
     }
 
+    /// Equal as Swift Strings (canonically equivalent), different as keys, which are compared
+    /// byte for byte: the header's bytes became the key, and a retry sending only the field was
+    /// another key (delivered again).
+    @Test func aHeaderAndAFieldEqualOnlyCanonicallyAreDifferentKeys() throws {
+        let h = try PublishHandlerHarness()
+        let body = "{\"topic\":\"/topic/a\",\"message\":\"m\",\"idempotencyKey\":\"caf\u{00E9}\"}"
+        try h.request(.POST, "/api/notification", body: body, headers: ["host": "x", "Idempotency-Key": "cafe\u{0301}"])
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [400])
+        #expect(answers.first?.body == #"{"error":"header 'Idempotency-Key' and field 'idempotencyKey' name different keys","field":"Idempotency-Key"}"#)
+    }
+
     @Test(arguments: [
         (["Idempotency-Key": "other"], #"{"error":"header 'Idempotency-Key' and field 'idempotencyKey' name different keys","field":"Idempotency-Key"}"#),
         (["Idempotency-Key": ""], #"{"error":"header 'Idempotency-Key' must be 1 to 256 bytes","field":"Idempotency-Key"}"#),

@@ -90,6 +90,11 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Whether the router has written every answer owed for the requests before the malformed bytes.
     private var routerOwesNothing: Bool { forwardedUnanswered - (abandonedForward ? 1 : 0) <= 0 && !routerResponseOpen }
     var closing = false
+    /// A graceful shutdown began: no new request is taken (one read after it is dropped
+    /// unprocessed, with everything after it; the client sends it again elsewhere).
+    var draining = false
+    /// A request came after the shutdown began: dropped, and so is the rest.
+    var droppingAfterDrain = false
     /// The request being read asked for `100 Continue` and has not had it.
     private var continueOwed = false
     /// The answer that ends the connection is out and its output closed; input is read and
@@ -149,6 +154,12 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing, !malformed, !refused else { return }
         let part = unwrapInboundIn(data)
+        // Shutting down: a client pipelining on kept the connection busy until the grace cut it,
+        // with publishes made and their answers never written (a retry elsewhere delivered them
+        // twice). Requests read from now on are not taken; the answers owed are written, the
+        // last with `Connection: close`.
+        if draining, case .head = part { droppingAfterDrain = true }
+        if droppingAfterDrain { return }
         inReadBatch = true
         idle.read(part, now: context.eventLoop.now)
         if !held.isEmpty || !process(part, context: context) {
@@ -208,7 +219,10 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 var failure: NotificationPublisher.Failure?
                 if !endpoint.isHealth {
                     do {
-                        key = try publisher.authenticate(authorization: head.headers.first(name: "authorization"))
+                        // Two `Authorization` fields are no key (the router, which joins them, refuses
+                        // them too): the first one passed here, a 401 there.
+                        let fields = head.headers["authorization"]
+                        key = try publisher.authenticate(authorization: fields.count == 1 ? fields[0] : nil)
                     } catch {
                         failure = error
                     }
@@ -360,7 +374,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 // make the close a reset, which can destroy the answer before the client reads it.
                 // (Not after a CONNECT: NIO's parser reads nothing after its head, it would
                 // only pile up what the client sends.)
-                let linger = (refused || malformed) && first.endpoint != .tunnelRefused
+                let linger = (refused || malformed || droppingAfterDrain) && first.endpoint != .tunnelRefused
                 closeConnection(after: context.writeAndFlush(wrapOutboundOut(.end(nil))), linger: linger, context: context)
             } else {
                 context.write(wrapOutboundOut(.end(nil)), promise: nil)
@@ -541,6 +555,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 closing = true
                 context.close(promise: nil)
             case .closeAfterAnswers(let deadline):
+                draining = true
                 // An earlier idle check stays (it also looks at the deadline from now on).
                 if let due = idleTimerDue, idleTimer != nil, due <= deadline { break }
                 idleTimer?.cancel()

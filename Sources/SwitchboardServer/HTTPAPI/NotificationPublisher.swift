@@ -93,7 +93,9 @@ struct NotificationPublisher: Sendable {
         guard let digits = value?.trimmingCharacters(in: .whitespaces), !digits.isEmpty,
             digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
         else { return false }
-        guard let length = Int(digits) else { return true }
+        // Leading zeros are allowed (the parser reads `0001` as 1): not a length past `Int`.
+        let significant = digits.drop { $0 == "0" }
+        guard let length = Int(significant.isEmpty ? "0" : significant) else { return true }
         return length > limit
     }
 
@@ -125,7 +127,8 @@ struct NotificationPublisher: Sendable {
             if idempotencyHeader.unicodeScalars.contains("\u{FFFD}") {
                 throw Failure(status: .badRequest, message: "header 'Idempotency-Key' must be UTF-8 (without U+FFFD)", field: "Idempotency-Key")
             }
-            if let field = parsed.idempotencyKey, field != idempotencyHeader {
+            // Byte for byte, as keys are compared (`é` and `e` + U+0301 are equal as Strings).
+            if let field = parsed.idempotencyKey, !field.utf8.elementsEqual(idempotencyHeader.utf8) {
                 throw Failure(
                     status: .badRequest, message: "header 'Idempotency-Key' and field 'idempotencyKey' name different keys", field: "Idempotency-Key")
             }
