@@ -304,7 +304,7 @@ public final class StreamConsumer: Sendable {
 
 /// Counters of a ``StreamConsumer``.
 public struct StreamConsumerStatistics: Sendable, Hashable {
-    /// Entries whose handler succeeded and that were acknowledged.
+    /// Entries whose handler succeeded (counted just before their `XACK`).
     public var processed = 0
     /// Handler calls that threw.
     public var failures = 0
