@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOWebSocket
 import STOMPCodec
@@ -302,9 +303,13 @@ extension STOMPSessionHandler {
         let hub = services.hub
         let ids = services.messageIDs
         let policy = services.policy
-        var routesLogger = services.routesLogger
-        routesLogger[metadataKey: "session"] = "\(sessionID)"
-        let logger = routesLogger
+        // The session's routes logger is made only when a line is logged (not per SEND).
+        let (routesLogger, session) = (services.routesLogger, sessionID)
+        @Sendable func logger() -> Logger {
+            var logger = routesLogger
+            logger[metadataKey: "session"] = "\(session)"
+            return logger
+        }
         let routeFailedLog = services.routeFailedLog
         let cancellation = routeCancellation ?? RouteCancellation()
         routeCancellation = cancellation
@@ -314,7 +319,7 @@ extension STOMPSessionHandler {
             // backend processed still gets its receipt.
             let replies = all.filter { reply in
                 guard let problem = policy.replyProblem(reply.destination, toSender: reply.target == .sender) else { return true }
-                logger.log(
+                logger().log(
                     level: .warning, throttledBy: Self.replyRefusedLog, "route reply refused: \(problem)",
                     metadata: ["route": "\(destination)", "reply.destination": "\(reply.destination)", "reply.target": "\(reply.target.rawValue)"])
                 return false
@@ -329,7 +334,7 @@ extension STOMPSessionHandler {
             // A backend down or slow is the operator's news too (the client gets the ERROR);
             // not a call the session's close cancelled.
             guard !cancellation.isCancelled else { return }
-            logger.log(level: .warning, throttledBy: routeFailedLog, "route failed", metadata: ["route": "\(destination)", "error": "\(error)"])
+            logger().log(level: .warning, throttledBy: routeFailedLog, "route failed", metadata: ["route": "\(destination)", "error": "\(error)"])
         }
         complete(future, step: step, kind: .route, describe: { "route for \(destination) failed: \($0)" }) { handler, replies in
             for reply in replies where reply.target == .sender {

@@ -7,11 +7,11 @@ import SwitchboardWire
 /// - Facts queue in arrival order, up to ``Limits/maxQueued``; past it a new fact is dropped
 ///   and counted (``dropped``): the queue only fills while Redis is unreachable or slower
 ///   than the sessions, and dropping the newest keeps what is queued in order. A dropped
-///   `connected` makes the session's later facts no-ops. The `disconnected` of a session whose
-///   `connected` was queued is never dropped (it is queued past the limit, at most one per
-///   such session): dropped, it left the session in presence, its user online, until its
-///   instance stopped; a Redis outage with clients reconnecting filled the queue with
-///   refused CONNECTs' pairs and did that in bulk.
+///   `connected` makes the session's later facts no-ops (its `disconnected` is left out,
+///   ``skipped``). The `disconnected` of a session whose `connected` was queued is never
+///   dropped (it is queued past the limit, at most one per such session): dropped, it left the
+///   session in presence, its user online, until its instance stopped; a Redis outage with
+///   clients reconnecting filled the queue with refused CONNECTs' pairs and did that in bulk.
 /// - One batch (up to ``Limits/maxBatch`` facts) is in flight at a time, so batches reach
 ///   Redis in order; the next one takes everything queued meanwhile (a burst is a few
 ///   batches, not one command per fact).
@@ -70,7 +70,7 @@ package struct LifecycleBatchState {
     /// answers true.
     package mutating func append(_ fact: LifecycleFact) -> Bool {
         switch fact.kind {
-        case .disconnected where droppedConnects.remove(fact.session) != nil:
+        case .disconnected where !droppedConnects.isEmpty && droppedConnects.remove(fact.session) != nil:
             skipped += 1
             return true
         case .disconnected:

@@ -210,7 +210,7 @@ package struct DestinationSettings: Sendable, Equatable {
     /// Reads the `destinations` scope.
     init(reader: ConfigReader) throws {
         let brokerRead = reader.stringArray(forKey: "broker-prefixes", default: brokerPrefixes)
-        brokerPrefixes = reader.destinationPrefixes(forKey: "broker-prefixes", default: brokerPrefixes)
+        brokerPrefixes = brokerRead.filter { !$0.isBlank }
         applicationPrefixes = reader.destinationPrefixes(forKey: "app-prefixes", default: applicationPrefixes)
         // Only blank entries (an empty variable): no broker destination and no default API key
         // scope, surely not meant. An explicit `[]` (`/app` in, `/user` replies out) stays.
@@ -254,8 +254,13 @@ extension ConfigReader {
     /// (a template rendering an empty list) or a trailing comma gives an empty entry, which would
     /// match every destination.
     func destinationPrefixes(forKey key: ConfigKey, default fallback: [String]) -> [String] {
-        stringArray(forKey: key, default: fallback).filter { !$0.allSatisfy(\.isWhitespace) }
+        stringArray(forKey: key, default: fallback).filter { !$0.isBlank }
     }
+}
+
+extension String {
+    /// Empty or only whitespace: what a template renders for an unused setting.
+    fileprivate var isBlank: Bool { allSatisfy(\.isWhitespace) }
 }
 
 /// `history.*`: the per-destination history that resuming subscriptions replay from.
@@ -449,9 +454,9 @@ package struct AuthSettings: Sendable {
         jwt.publicKeyFiles = jwtReader.stringArray(forKey: "public-key-files", default: [])
         jwt.jwksFile = jwtReader.string(forKey: "jwks-file")
         // Blank values are unset: a template renders an unused setting as an empty variable.
-        jwt.keptClaims = jwtReader.stringArray(forKey: "claims", default: []).filter { !$0.allSatisfy(\.isWhitespace) }
-        jwt.audience = jwtReader.string(forKey: "audience").flatMap { $0.allSatisfy(\.isWhitespace) ? nil : $0 }
-        jwt.issuer = jwtReader.string(forKey: "issuer").flatMap { $0.allSatisfy(\.isWhitespace) ? nil : $0 }
+        jwt.keptClaims = jwtReader.stringArray(forKey: "claims", default: []).filter { !$0.isBlank }
+        jwt.audience = jwtReader.string(forKey: "audience").flatMap { $0.isBlank ? nil : $0 }
+        jwt.issuer = jwtReader.string(forKey: "issuer").flatMap { $0.isBlank ? nil : $0 }
         jwt.leewaySeconds = jwtReader.int(forKey: "leeway-seconds", default: jwt.leewaySeconds)
         try SwitchboardConfiguration.atLeast(0, ("auth.jwt.leeway-seconds", jwt.leewaySeconds))
         allowAnonymous = reader.bool(forKey: "allow-anonymous")

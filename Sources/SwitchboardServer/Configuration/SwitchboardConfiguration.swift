@@ -140,7 +140,7 @@ extension SwitchboardConfiguration {
                 "auth.api-keys is empty: the HTTP API (publish to any topic or user, presence, the console's publish) answers anyone who reaches the port; "
                     + "configure API keys")
         }
-        if http.allowedOrigins.isEmpty || http.allowedOrigins.contains("*") {
+        if OriginName.allowsAny(http.allowedOrigins) {
             warnings.append(
                 "http.allowed-origins allows any origin: the auth.handshake-cookie is not read from browsers (a page of any site could open a session with a user's cookie); "
                     + "list your web app's origins to log in with the cookie")

@@ -65,11 +65,11 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
             buffered!.writeBuffer(&incoming)
         }
         // Not a GET: certainly no upgrade; the HTTP parser serves it or answers 400 at once.
-        guard Self.mayBeGET(buffered!) else {
+        guard Self.mayBegin(buffered!, "GET ") else {
             // A `HEAD` health check may take a place of the reserve too: its request line is
             // read first (whole: `Connection: close` goes after it), each byte looked at once,
             // and no further than the parser takes a line.
-            if httpConnections != nil, Self.mayBeHEAD(buffered!) {
+            if httpConnections != nil, Self.mayBegin(buffered!, "HEAD ") {
                 let lineRead =
                     buffered!.readableBytes > Self.maxHeaderFieldBytes + 32
                     || buffered!.readableBytesView.dropFirst(scanned).contains(UInt8(ascii: "\n"))
@@ -168,17 +168,10 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     /// How much of a request line ``isHealthCheck`` reads.
     static let healthLinePrefix = 32
 
-    /// Whether the bytes so far can begin `HEAD `.
-    static func mayBeHEAD(_ buffer: ByteBuffer) -> Bool {
+    /// Whether the bytes so far can begin `start` (a method and its space).
+    static func mayBegin(_ buffer: ByteBuffer, _ start: String) -> Bool {
         buffer.withUnsafeReadableBytes { bytes in
-            zip(bytes.prefix(5), "HEAD ".utf8).allSatisfy { $0 == $1 }
-        }
-    }
-
-    /// Whether the bytes so far can begin `GET `.
-    static func mayBeGET(_ buffer: ByteBuffer) -> Bool {
-        buffer.withUnsafeReadableBytes { bytes in
-            zip(bytes.prefix(4), "GET ".utf8).allSatisfy { $0 == $1 }
+            zip(bytes.prefix(start.utf8.count), start.utf8).allSatisfy { $0 == $1 }
         }
     }
 

@@ -34,6 +34,11 @@ enum OriginName {
     /// entries, as `http.allowed-origins` is read): an empty list or `*` allows any origin.
     /// The one rule of both the WebSocket upgrade and the HTTP API's CORS.
     static func isAllowed(_ origin: String, by allowedOrigins: [String]) -> Bool {
-        allowedOrigins.isEmpty || allowedOrigins.contains("*") || allowedOrigins.contains(canonical(origin) ?? origin)
+        allowsAny(allowedOrigins) || allowedOrigins.contains(canonical(origin) ?? origin)
+    }
+
+    /// Whether `allowedOrigins` allows any origin (empty, or `*`).
+    static func allowsAny(_ allowedOrigins: [String]) -> Bool {
+        allowedOrigins.isEmpty || allowedOrigins.contains("*")
     }
 }

@@ -22,9 +22,6 @@ struct WebSocketHandshake: Sendable {
     let allowedOrigins: [String]
     let handshakeCookie: String
 
-    /// Whether ``allowedOrigins`` names the origins allowed (empty or `*`: any).
-    var originsRestricted: Bool { !allowedOrigins.isEmpty && !allowedOrigins.contains("*") }
-
     /// Why an upgrade was refused.
     struct Refusal: Error, Equatable {
         var status: Int
@@ -152,7 +149,7 @@ struct WebSocketHandshake: Sendable {
         response.writeStaticString("\r\n\r\n")
         // A browser sends its cookies with an upgrade from any site's page: the cookie is a
         // login only from the origins listed (cross-site WebSocket hijacking otherwise).
-        let cookies = head.origin == nil || originsRestricted ? head.cookies : []
+        let cookies = head.origin == nil || !OriginName.allowsAny(allowedOrigins) ? head.cookies : []
         let handshake = HandshakeInfo(
             token: Self.token(target: head.target, cookies: cookies, cookieName: handshakeCookie),
             remoteAddress: address, origin: head.origin)
