@@ -123,14 +123,17 @@ struct LifecycleConnectTests {
     @Test func aConnectStormIsAFewBatchesNotOneWritePerSession() async throws {
         let gw = try await LifecycleTestGateway.start()
         let sessions = 200
-        var clients: [LifecycleTestClient] = []
-        for _ in 0..<sessions { clients.append(try await gw.client()) }
         _ = try await gw.admin.execute(RawCommand("CONFIG", "RESETSTAT"))
         // Held until every CONNECT was authenticated (its fact queued), however slowly a loaded
         // machine gets there: a 500 ms pause could end with CONNECTs still coming in, one write each.
         try await gw.pauseWrites(ms: 60_000)
-        for (n, c) in clients.enumerated() {
+        // Each CONNECT right after its connection opens: opening all 200 first took more than
+        // the 10 s CONNECT timeout on a loaded machine (CI run 85), and the first ones got ERROR.
+        var clients: [LifecycleTestClient] = []
+        for n in 0..<sessions {
+            let c = try await gw.client()
             try c.send(.connect, ["accept-version": "1.2", "host": "localhost", "passcode": "user\(n)"])
+            clients.append(c)
         }
         #expect(try await eventually(timeout: .seconds(30)) { gw.services.userSessions.total == sessions })
         _ = try await gw.admin.execute(RawCommand("CLIENT", "UNPAUSE"))
