@@ -242,7 +242,10 @@ final class CannedWebhookServer: Sendable {
         for _ in 0..<5 { _ = try await route.handle(Self.message(), on: loop).get() }
         await server.close()
         #expect(server.requests.count == 5)
-        #expect(server.connections == 1)
+        // Reused: AsyncHTTPClient puts a connection back in its pool just after the call's
+        // future completes, so on a loaded machine the next call may find it not back yet and
+        // open a second one (seen once in a full local run), never one per call.
+        #expect(server.connections <= 2, "\(server.connections) connections for 5 sequential calls")
     }
 
     @Test func httpsWebhookIsVerifiedAgainstTheConfiguredCA() async throws {
