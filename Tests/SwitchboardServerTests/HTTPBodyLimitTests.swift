@@ -109,6 +109,35 @@ import Testing
         #expect(!h.channel.isActive)
     }
 
+    /// A request forwarded to the router that answers without reading its body (a 404, a 401):
+    /// Hummingbird read the rest to its end, of any length. Cut at the limit: the router's side
+    /// gets the end, and the connection closes after the answer owed.
+    @Test(arguments: [false, true])
+    func aForwardedBodyIsCutAtTheLimit(answeredBeforeTheBody: Bool) throws {
+        let h = try PublishHandlerHarness(maxBodyBytes: 64)
+        try h.request(.POST, "/nowhere", headers: ["host": "x"], end: false)
+        #expect(h.recorder.paths == ["/nowhere"])
+        if answeredBeforeTheBody { h.recorder.respond(.notFound) }
+        try h.channel.writeInbound(HTTPServerRequestPart.body(ByteBuffer(string: String(repeating: "x", count: 40))))
+        #expect(h.channel.isActive)
+        try h.channel.writeInbound(HTTPServerRequestPart.body(ByteBuffer(string: String(repeating: "x", count: 40))))
+        // The part that crossed the limit is forwarded (a route reading the body answers its 413),
+        // then the body's end; nothing after it is read.
+        try h.channel.writeInbound(HTTPServerRequestPart.body(ByteBuffer(string: String(repeating: "y", count: 40))))
+        let forwarded = h.recorder.parts.compactMap { if case .body(let b) = $0 { b.readableBytes } else { nil } }
+        #expect(forwarded == [40, 40])
+        if case .end = h.recorder.parts.last {} else { Issue.record("no end forwarded: \(h.recorder.parts)") }
+        if !answeredBeforeTheBody {
+            #expect(h.channel.isActive)
+            h.recorder.respond(.notFound)
+        }
+        h.channel.embeddedEventLoop.run()
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [404])
+        if !answeredBeforeTheBody { #expect(answers.first?.head.headers["connection"] == ["close"]) }
+        #expect(!h.channel.isActive)
+    }
+
     @Test func theRouterAnswers413WithConnectionCloseForALengthOrABodyOverTheLimit() async throws {
         let h = APIRouterHarness(maxBodyBytes: 64)
         let subscriber = try await h.subscribe("/topic/**")

@@ -36,3 +36,21 @@ extension HTTPPublishHandler {
         }
     }
 }
+
+extension HTTPPublishHandler {
+    /// The head of a JSON answer of `bodyBytes` bytes.
+    func responseHead(_ status: HTTPResponseStatus, bodyBytes: Int, close: Bool, keepAlive10: Bool) -> HTTPResponseHead {
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(5)
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(bodyBytes))
+        headers.add(name: "Date", value: dates.now)
+        headers.add(name: "Server", value: "switchboard")
+        if close {
+            headers.add(name: "Connection", value: "close")
+        } else if keepAlive10 {
+            headers.add(name: "Connection", value: "keep-alive")
+        }
+        return HTTPResponseHead(version: .http1_1, status: status, headers: headers)
+    }
+}

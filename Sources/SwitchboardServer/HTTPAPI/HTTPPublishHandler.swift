@@ -72,10 +72,16 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var answers = CircularBuffer<Answer>()
     /// Parts waiting for earlier answers to be written (from a forwarded request's head on).
     var held = CircularBuffer<HTTPServerRequestPart>()
-    private var forwardedUnanswered = 0
+    var forwardedUnanswered = 0
+    /// Body bytes of the forwarded request being read: over the limit it is cut
+    /// (``cutForwardedBody(context:)``).
+    var forwardedBodyBytes = 0
+    /// A forwarded request's body was cut at the limit: the router's answers owed are the
+    /// connection's last.
+    var forwardCut = false
     var taskOpen = false
     /// A response of the router's is being written (its head went out, its end not yet).
-    private var routerResponseOpen = false
+    var routerResponseOpen = false
     /// The router's response being written says `Connection: close`: close after its end.
     private var routerResponseCloses = false
     /// A request was refused before its end (its body over the limit): its answer is the
@@ -236,6 +242,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             } else {
                 guard answers.isEmpty else { return false }
                 forwardedUnanswered += 1
+                forwardedBodyBytes = 0
                 current = .forwarding
                 forward(part, context: context)
             }
@@ -257,7 +264,9 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 current = .answering(answer, key: key, body: body, failure: failure)
             case .forwarding:
+                forwardedBodyBytes += bytes.readableBytes
                 forward(part, context: context)
+                if forwardedBodyBytes > publisher.maxBodyBytes { cutForwardedBody(context: context) }
             case .none:
                 break
             }
@@ -287,7 +296,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         answer.response = (failure.status, APIJSON.body(failure.body))
     }
 
-    private func forward(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+    func forward(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         if !taskOpen {
             taskOpen = true
             do {
@@ -397,7 +406,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// after closing only its output and reading and dropping what the client still sends,
     /// until it closes or ``lingerTime`` passed. Whatever the client does (it may never read,
     /// so the write never completes), the connection is closed within ``closeDeadline``.
-    private func closeConnection(after written: EventLoopFuture<Void>, linger: Bool, context: ChannelHandlerContext) {
+    func closeConnection(after written: EventLoopFuture<Void>, linger: Bool, context: ChannelHandlerContext) {
         let channel = context.channel
         let deadline = channel.eventLoop.scheduleTask(in: Self.closeDeadline) { channel.close(promise: nil) }
         channel.closeFuture.whenComplete { _ in deadline.cancel() }
@@ -433,22 +442,6 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         return true
     }
 
-    /// The head of a JSON answer of `bodyBytes` bytes.
-    private func responseHead(_ status: HTTPResponseStatus, bodyBytes: Int, close: Bool, keepAlive10: Bool) -> HTTPResponseHead {
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(5)
-        headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Content-Length", value: String(bodyBytes))
-        headers.add(name: "Date", value: dates.now)
-        headers.add(name: "Server", value: "switchboard")
-        if close {
-            headers.add(name: "Connection", value: "close")
-        } else if keepAlive10 {
-            headers.add(name: "Connection", value: "keep-alive")
-        }
-        return HTTPResponseHead(version: .http1_1, status: status, headers: headers)
-    }
-
     private func replayHeld(context: ChannelHandlerContext) {
         var replayed = false
         let wasRefused = refused
@@ -476,9 +469,15 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Outbound
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        var data = data
         switch unwrapOutboundIn(data) {
-        case .head(let head) where head.status.code >= 200:
+        case .head(var head) where head.status.code >= 200:
             routerResponseOpen = true
+            if forwardCut, forwardedUnanswered == 1 {
+                // The last answer owed before a body cut at the limit: it says it closes.
+                head.headers.replaceOrAdd(name: "connection", value: "close")
+                data = wrapOutboundOut(.head(head))
+            }
             routerResponseCloses = head.headers["connection"].contains { $0.lowercased().contains("close") }
         case .end: routerResponseOpen = false
         default: break
@@ -486,14 +485,14 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if case .end = unwrapOutboundIn(data), forwardedUnanswered > 0 {
             forwardedUnanswered -= 1
             let shutdownWaited = idle.answered(now: context.eventLoop.now)
-            if shutdownWaited || routerResponseCloses {
+            if shutdownWaited || routerResponseCloses || (forwardCut && forwardedUnanswered == 0) {
                 // Shutting down, and this was the last answer owed; or the router's answer
                 // closes the connection (e.g. its 413: the rest of the body is not read).
                 closing = true
                 let written = context.writeAndFlush(data)
                 written.whenComplete { promise?.completeWith($0) }
                 // The router's 413 leaves the body unread: linger as for the fast path's.
-                closeConnection(after: written, linger: routerResponseCloses, context: context)
+                closeConnection(after: written, linger: routerResponseCloses || forwardCut, context: context)
                 return
             }
             context.write(data, promise: promise)
