@@ -3,7 +3,7 @@ import Foundation
 
 /// Bearer API keys for the HTTP API, stored hashed: the configuration holds the SHA-256 of
 /// each key (hex), never the key. Each key has scopes: the destination prefixes it may
-/// publish to (`/topic/`, `/queue/` for user messages, …).
+/// publish to (`/topic/`, `/queue/` for user messages, …), matched at segment boundaries.
 package struct APIKeyStore: Sendable {
     package struct Key: Sendable, Equatable {
         package var name: String
@@ -40,8 +40,22 @@ package struct APIKeyStore: Sendable {
         return found
     }
 
-    /// Whether `key` may publish to `destination`.
+    /// Whether `key` may publish to `destination`: one of its scopes is the destination itself
+    /// or a prefix of it that ends at a segment boundary (`/` or `.`). A scope ending in a
+    /// separator (`/topic/`, `/topic/support.`) covers what follows it; one that does not
+    /// (`/topic/orders`) covers itself and what follows a separator after it (`/topic/orders/eu`,
+    /// `/topic/orders.eu`), not a longer name (`/topic/orders-admin`). Compared byte for byte.
     package static func allows(_ key: Key, _ destination: String) -> Bool {
-        key.scopes.contains { destination.hasPrefix($0) }
+        key.scopes.contains { covers($0, destination) }
+    }
+
+    /// Whether `scope` covers `destination` (see ``allows(_:_:)``).
+    package static func covers(_ scope: String, _ destination: String) -> Bool {
+        let scope = scope.utf8
+        let destination = destination.utf8
+        guard !scope.isEmpty, destination.starts(with: scope) else { return false }
+        if scope.count == destination.count { return true }
+        let isSeparator = { (byte: UInt8) in byte == UInt8(ascii: "/") || byte == UInt8(ascii: ".") }
+        return isSeparator(scope.last!) || isSeparator(destination[destination.index(destination.startIndex, offsetBy: scope.count)])
     }
 }

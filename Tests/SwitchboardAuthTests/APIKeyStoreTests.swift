@@ -6,6 +6,9 @@ import Testing
     static let store = APIKeyStore(keys: [
         APIKeyStore.Key(name: "publisher", sha256: APIKeyStore.hash("s3cret-publisher"), scopes: ["/topic/"]),
         APIKeyStore.Key(name: "support", sha256: APIKeyStore.hash("s3cret-support"), scopes: ["/queue/", "/topic/support."]),
+        APIKeyStore.Key(name: "orders", sha256: APIKeyStore.hash("s3cret-orders"), scopes: ["/topic/orders"]),
+        APIKeyStore.Key(name: "café", sha256: APIKeyStore.hash("s3cret-cafe"), scopes: ["/topic/caf\u{E9}"]),
+        APIKeyStore.Key(name: "all", sha256: APIKeyStore.hash("s3cret-all"), scopes: ["/"]),
     ])
 
     @Test func hashIsLowerCaseHexSHA256() {
@@ -56,6 +59,17 @@ import Testing
         ("support", "/topic/support.chat", true),
         ("support", "/topic/news", false),
         ("support", "/topic/support", false),
+        // A scope not ending in a separator stops at a segment boundary.
+        ("orders", "/topic/orders", true),
+        ("orders", "/topic/orders/eu", true),
+        ("orders", "/topic/orders.eu", true),
+        ("orders", "/topic/orders-admin", false),
+        ("orders", "/topic/ordersx/y", false),
+        ("orders", "/topic/order", false),
+        // Byte for byte: a canonically equal but differently encoded scope is another one.
+        ("café", "/topic/caf\u{E9}/menu", true),
+        ("café", "/topic/cafe\u{301}/menu", false),
+        ("all", "/anything/at.all", true),
     ])
     func scopesArePrefixes(keyName: String, destination: String, allowed: Bool) throws {
         let key = try #require(Self.store.keys.first { $0.name == keyName })

@@ -321,7 +321,7 @@ package enum ConfigKeyCatalog {
                     "where `x-presence: true` on SUBSCRIBE gets join/leave notices (empty: nowhere; needs `events.enabled`)"),
                 .init("auth.api-keys.names", .list, "`[]`", "API key names"),
                 .init("auth.api-keys.<name>.sha256", .string, "—", "SHA-256 (hex) of the key (`switchboard --hash-api-key KEY` prints it)"),
-                .init("auth.api-keys.<name>.scopes", .list, "broker prefixes", "destination prefixes the key may publish to"),
+                .init("auth.api-keys.<name>.scopes", .list, "broker prefixes", "destination prefixes the key may publish to (at a `/` or `.` boundary)"),
             ]),
         Section(
             title: "Server",
