@@ -80,6 +80,34 @@ struct SessionCausalityTests {
         #expect(try c.frames().map(\.command).first == .receipt)
     }
 
+    /// Reads pause while a SEND's route runs: the client's heart-beats wait unread in the
+    /// socket. A heart-beat check between the step's end and the next read took the time of
+    /// the step as silence and closed the session ("heart-beat timeout").
+    @Test("the heart-beat timeout counts from when reads resume after a long SEND")
+    func heartBeatTimeoutCountsFromReadsResumed() throws {
+        let route = PendingRoute()
+        var configuration = SessionConfiguration()
+        configuration.heartBeat = STOMPHeartBeat(send: 0, receive: 1_000)
+        let gw = TestGateway(configuration: configuration, routes: try routes("/app/**", route))
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        _ = try c.connect(heartBeat: "1000,0")
+        try c.send(.send, ["destination": "/app/in", "receipt": "s1"], body: "1")
+        c.channel.read()  // (as auto-read asks after each read: held back while the SEND runs)
+        for _ in 0..<25 { gw.loop.advanceTime(by: .milliseconds(200)) }
+        try #require(route.calls.count == 1)
+        #expect(c.isActive)
+        route.calls[0].promise.succeed([])
+        gw.loop.run()
+        gw.loop.advanceTime(by: .milliseconds(300))
+        #expect(try c.frames().map(\.command) == [.receipt])
+        #expect(c.isActive)
+        // Silence from here on is a timeout again.
+        for _ in 0..<15 { gw.loop.advanceTime(by: .milliseconds(200)) }
+        let closed = try c.read()
+        #expect(closed.first?.frame?.headers["message"]?.hasPrefix("heart-beat timeout") == true, "\(closed)")
+    }
+
     /// Messages that arrived while pipelined SENDs ran were held behind the SEND answered
     /// first: a reply caused by the third SEND went out right after the first one's RECEIPT.
     @Test("a reply caused by a later pipelined SEND waits for that SEND's RECEIPT")

@@ -71,6 +71,9 @@ extension STOMPSessionHandler {
         case .connected(let connected):
             becomeConnected(connected)
         case .resumeReads:
+            // The client's heart-beats waited unread in the socket while reads paused: its
+            // silence counts from now (a check before the read closed the session).
+            machine.read(at: shard.tick)
             context.read()
         case .close(let close):
             if let failure = close.failure {
