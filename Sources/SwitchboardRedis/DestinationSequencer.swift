@@ -86,6 +86,11 @@ struct DestinationSequencer {
     /// failover to a replica that kept it): it is dropped, and a repair asks history which
     /// epoch is current (one that came back goes on from where it was left).
     private var leftEpochs: [StreamPosition] = []
+    /// The first buffered sequence after a read that left it beyond history's newest, and how
+    /// many reads in a row did: the first is read again at once (published since, on its way),
+    /// later ones after a back-off (a position history never had, forged on the channel, or
+    /// lost by a rollback, was read again and again without pause).
+    private var beyondHistory: (sequence: UInt64, reads: Int)?
     /// Beyond this many buffered messages a hole is given up on.
     let maxPending: Int
 
@@ -193,9 +198,19 @@ struct DestinationSequencer {
         }
         position = current
         drainPending(&actions)
-        if !pending.isEmpty {
-            // Published after the read: on their way, or lost too; read again.
+        guard let head = pending.keys.min() else {
+            beyondHistory = nil
+            return actions
+        }
+        // Published after the read: on their way, or lost too; read again.
+        let reads = beyondHistory?.sequence == head ? beyondHistory!.reads + 1 : 1
+        beyondHistory = (head, reads)
+        if reads == 1 {
             askRepair(after: current, into: &actions)
+        } else if !retryScheduled {
+            retryScheduled = true
+            retryTimerNumber += 1
+            actions.retryAfter = RetryTimer(delay: Self.retryDelay(afterFailures: reads - 1), number: retryTimerNumber)
         }
         return actions
     }

@@ -110,6 +110,32 @@ import Testing
         #expect(again.repairAfter == nil && again.skipped == 0)
     }
 
+    /// A buffered message beyond what history holds after a read (a position history never
+    /// had, forged on the channel): it was read again at once, after every read, a loop of
+    /// reads for as long as it stayed buffered. Read again at once the first time, then after a
+    /// back-off; new arrivals and a hole filled go on as before.
+    @Test func aBufferedPositionHistoryDoesNotHoldIsReadAgainAfterABackOff() throws {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(5))
+        #expect(s.receive(Self.message(10)).repairAfter == Self.at(5))
+        let first = s.repaired(newest: Self.at(5), messages: [])
+        #expect(first.repairAfter == Self.at(5) && first.retryAfter == nil)
+        let second = s.repaired(newest: Self.at(5), messages: [])
+        #expect(second.repairAfter == nil)
+        let timer = try #require(second.retryAfter)
+        #expect(timer.delay == .milliseconds(200))
+        #expect(s.retryRepair(timer: timer.number).repairAfter == Self.at(5))
+        let third = s.repaired(newest: Self.at(5), messages: [])
+        #expect(third.retryAfter?.delay == .milliseconds(400) && third.repairAfter == nil)
+        // Real messages still go out in order meanwhile.
+        #expect(Self.sequences(s.receive(Self.message(6))) == [6])
+        // History catching up delivers the buffered one.
+        _ = s.retryRepair(timer: third.retryAfter!.number)
+        let caught = s.repaired(newest: Self.at(10), messages: [Self.message(7), Self.message(8), Self.message(9), Self.message(10)])
+        #expect(Self.sequences(caught) == [7, 8, 9, 10])
+        #expect(caught.repairAfter == nil && caught.retryAfter == nil && caught.skipped == 0)
+    }
+
     @Test func newEpochGivesUpTheOldHoleAndStartsOver() {
         var s = DestinationSequencer()
         _ = s.established(at: Self.at(1))
