@@ -97,6 +97,53 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         #expect(frames.filter { $0.command == .message }.map(\.bodyString) == (1...4).map { "e2:\($0)" })
     }
 
+    /// A client of a newer epoch (it read e2 on another instance) resumed here while this
+    /// instance still delivered e1: a live e1 copy that arrived during the read went out after
+    /// the e2 replay (a duplicate, out of order, and the client's next resume from it started
+    /// e2 over). Kept until the replay came back, it is dropped as of the epoch left.
+    @Test func aLiveCopyOfTheInstancesOldEpochDuringAReplayOfANewerOneIsDropped() throws {
+        let (gateway, engine, client) = try Self.resuming(from: "e2:2")
+        defer { gateway.shutdown() }
+        gateway.hub.deliver(Self.message("e1", 6))
+        gateway.loop.run()
+        engine.replay!.succeed(HistoryReplay(messages: [Self.message("e2", 3)], recovered: true, position: StreamPosition(epoch: "e2", sequence: 3)))
+        gateway.loop.run()
+        for n: UInt64 in 1...4 { gateway.hub.deliver(Self.message("e2", n)) }
+        let frames = try client.frames()
+        #expect(frames.first?.command == .receipt)
+        #expect(frames.first?.headers["x-recovered"] == "true")
+        #expect(frames.filter { $0.command == .message }.map(\.bodyString) == ["e2:3", "e2:4"])
+    }
+
+    /// The live copies kept while the replay is read are bounded: past the bound the session
+    /// ends as a slow consumer once the replay is out (the client resumes from what it got).
+    @Test func liveCopiesKeptDuringAReplayAreBounded() throws {
+        let (gateway, engine, client) = try Self.resuming(from: "e2:2")
+        defer { gateway.shutdown() }
+        for n in 0...UInt64(LocalSubscription.maxDeferredDuringReplay) { gateway.hub.deliver(Self.message("e1", 6 + n)) }
+        gateway.loop.run()
+        engine.replay!.succeed(HistoryReplay(messages: [Self.message("e2", 3)], recovered: true, position: StreamPosition(epoch: "e2", sequence: 3)))
+        let frames = try client.read().compactMap(\.frame)
+        #expect(frames.map(\.command) == [.receipt, .message, .error])
+        #expect(frames.last?.headers["message"]?.hasPrefix("slow consumer") == true)
+    }
+
+    /// The other way round: the client's epoch was the older one (history is in this
+    /// instance's epoch): the live copies kept meanwhile follow the replay, once each.
+    @Test func liveCopiesKeptWhileAReplayOfThisInstancesEpochIsReadFollowIt() throws {
+        let (gateway, engine, client) = try Self.resuming(from: "e0:9")
+        defer { gateway.shutdown() }
+        for n: UInt64 in 6...7 { gateway.hub.deliver(Self.message("e1", n)) }
+        gateway.loop.run()
+        engine.replay!.succeed(
+            HistoryReplay(messages: (UInt64(1)...6).map { Self.message("e1", $0) }, recovered: false, position: StreamPosition(epoch: "e1", sequence: 6)))
+        gateway.loop.run()
+        gateway.hub.deliver(Self.message("e1", 8))
+        let frames = try client.frames()
+        #expect(frames.first?.headers["x-recovered"] == "false")
+        #expect(frames.filter { $0.command == .message }.map(\.bodyString) == (1...8).map { "e1:\($0)" })
+    }
+
     /// Live messages held while the replay was read went past the session's limit in the very
     /// turn the replay came back: the session failed as a slow consumer, yet the SUBSCRIBE's
     /// RECEIPT still went out saying `x-recovered: true`, before the ERROR and without the

@@ -132,4 +132,27 @@ extension STOMPSessionHandler {
         replayBacklog!.append(ReplayRemainder(subscription: outcome.subscription, messages: messages))
         pumpReplay(context: context)
     }
+
+    /// The live messages of another epoch than the client's kept while the replay was read
+    /// (``LocalSubscription/deferredDuringReplay``) go through the seam now, after the replay:
+    /// those of an epoch the replay left behind are dropped, the others follow it.
+    func deliverDeferred(_ subscription: LocalSubscription, context: ChannelHandlerContext) {
+        if subscription.deferredOverflowed {
+            subscription.deferredDuringReplay = []
+            subscription.deferredOverflowed = false
+            // Explicit: the client resumes from the last message it got.
+            machine.errorOccurred(
+                SessionFailure(
+                    "slow consumer: more than \(LocalSubscription.maxDeferredDuringReplay) live messages of another epoch arrived while the replay was read",
+                    kind: .slowConsumer))
+            runActions()
+            return
+        }
+        guard !subscription.deferredDuringReplay.isEmpty else { return }
+        let messages = subscription.deferredDuringReplay
+        subscription.deferredDuringReplay = []
+        var batch = DeliveryBatch(tick: shard.tick)
+        for message in messages { deliver(message, to: subscription, batch: &batch) }
+        if let buffer = takeUndelivered() { hold(buffer, behind: machine.newestStep, context: context) }
+    }
 }

@@ -66,7 +66,11 @@ extension STOMPSessionHandler {
             let outcome = subscribeOutcomes.isEmpty ? nil : subscribeOutcomes.removeValue(forKey: step)
             if let receipt { write(receiptFrame(receipt, outcome: outcome)) }
             // A resumed subscription's history, before the live messages held behind the step.
-            if let outcome { writeReplay(outcome, context: context) }
+            if let outcome {
+                writeReplay(outcome, context: context)
+                deliverDeferred(outcome.subscription, context: context)
+                guard machine.phase != .closed else { return }
+            }
             releaseHeld(through: step, context: context)
         case .connected(let connected):
             becomeConnected(connected)

@@ -316,6 +316,18 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             }
             subscription.claimedThrough = nil
         }
+        if subscription.replayPending, let claimed = subscription.claimedThrough, let position = message.position, position.epoch != claimed.epoch {
+            // The client comes from another epoch than this one (Redis started the history
+            // over, and one of the two instances has not heard of it yet): written now, a copy
+            // of the epoch the replay then leaves behind went out after it, a duplicate and out
+            // of order. Kept until the replay tells.
+            if subscription.deferredDuringReplay.count < LocalSubscription.maxDeferredDuringReplay {
+                subscription.deferredDuringReplay.append(message)
+            } else {
+                subscription.deferredOverflowed = true
+            }
+            return
+        }
         // The seam of a resumed subscription: the replay already had these.
         if let through = subscription.replayedThrough, let position = message.position {
             if position.epoch == through.epoch && position.sequence <= through.sequence { return }
