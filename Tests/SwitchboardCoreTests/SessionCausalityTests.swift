@@ -108,6 +108,23 @@ struct SessionCausalityTests {
         #expect(closed.first?.frame?.headers["message"]?.hasPrefix("heart-beat timeout") == true, "\(closed)")
     }
 
+    /// Frames held by an open transaction count in the session's share of the instance's
+    /// outbound total (`limits.max-pending-bytes-total`): 100,000 sessions could each hold
+    /// 4 MiB of transactions, outside any instance-wide cap.
+    @Test("an open transaction's frames count in the session's pending bytes")
+    func transactionBytesCountAsPending() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        _ = try c.connect()
+        #expect(c.session.pendingOutboundBytes == 0)
+        try c.send(.begin, ["transaction": "t"])
+        try c.send(.send, ["destination": "/topic/a", "transaction": "t"], body: String(repeating: "x", count: 10_000))
+        #expect(c.session.pendingOutboundBytes > 10_000)
+        try c.send(.abort, ["transaction": "t"])
+        #expect(c.session.pendingOutboundBytes == 0)
+    }
+
     /// Messages that arrived while pipelined SENDs ran were held behind the SEND answered
     /// first: a reply caused by the third SEND went out right after the first one's RECEIPT.
     @Test("a reply caused by a later pipelined SEND waits for that SEND's RECEIPT")

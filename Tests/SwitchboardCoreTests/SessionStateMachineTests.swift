@@ -233,6 +233,29 @@ import Testing
         #expect(Self.drain(&m) == [.answered(3, receipt: "s2"), .receipt("c")])
     }
 
+    /// A frame replayed at COMMIT that fails without a receipt of its own: the ERROR echoes the
+    /// COMMIT's (the client waits for that one; it had no receipt-id at all).
+    @Test func aFailureInACommittedTransactionEchoesTheCommitsReceipt() {
+        var m = Self.connected()
+        m.frameReceived(Self.frame(.begin, [("transaction", "t")]), now: .now())
+        m.frameReceived(Self.send("/topic/a", receipt: "s1", tx: "t"), now: .now())
+        m.frameReceived(Self.send("/topic/b", tx: "t"), now: .now())
+        m.frameReceived(Self.frame(.commit, [("transaction", "t"), ("receipt", "c1")]), now: .now())
+        #expect(Self.drain(&m) == [.execute("publish(/topic/a)", step: 2), .execute("publish(/topic/b)", step: 3)])
+        m.stepCompleted(2, .success)
+        #expect(Self.drain(&m) == [.answered(2, receipt: "s1")])
+        m.stepCompleted(3, .failure(SessionFailure("publish failed", kind: .route)))
+        #expect(Self.drain(&m) == [.error("publish failed", receiptID: "c1")])
+        // One with its own receipt echoes that one.
+        var n = Self.connected()
+        n.frameReceived(Self.frame(.begin, [("transaction", "t")]), now: .now())
+        n.frameReceived(Self.send("/topic/a", receipt: "s1", tx: "t"), now: .now())
+        n.frameReceived(Self.frame(.commit, [("transaction", "t"), ("receipt", "c1")]), now: .now())
+        _ = Self.drain(&n)
+        n.stepCompleted(2, .failure(SessionFailure("publish failed", kind: .route)))
+        #expect(Self.drain(&n) == [.error("publish failed", receiptID: "s1")])
+    }
+
     @Test func abortedTransactionSendsNoReceiptsOfItsFrames() {
         var m = Self.connected()
         m.frameReceived(Self.frame(.begin, [("transaction", "t")]), now: .now())
@@ -274,7 +297,11 @@ import Testing
         m.frameReceived(Self.frame(.begin, [("transaction", "u")]), now: .now())
         var body = STOMPFrame(.send, headers: ["destination": "/topic/a", "transaction": "t"])
         body.body = ByteBuffer(repeating: 0x61, count: 400)
+        // 400 + 21 + 14 bytes of headers + 64 per frame held.
+        #expect(STOMPSessionStateMachine.heldSize(body) == 499)
         m.frameReceived(body, now: .now())
+        #expect(Self.drain(&m) == [])
+        #expect(m.heldTransactionBytes == 499)
         m.frameReceived(Self.frame(.abort, [("transaction", "t")]), now: .now())
         // Aborting gave its bytes back: two more of them fit, in another transaction.
         body.headers.set("transaction", "u")

@@ -492,12 +492,14 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         }
     }
 
-    /// NIO's pending writes on the connection and the deliveries held behind a step; 0 once the
-    /// session is closing (its connection goes within moments, and what it holds with it).
+    /// NIO's pending writes on the connection, the deliveries held behind a step, and the frames
+    /// held by open transactions (``limits.max-pending-bytes-total`` caps them all: 100,000
+    /// sessions could each hold 4 MiB of transactions too); 0 once the session is closing (its
+    /// connection goes within moments, and what it holds with it).
     package var pendingOutboundBytes: Int {
         guard machine != nil, machine.phase != .closed else { return 0 }
         let socket = context.flatMap { try? $0.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes) } ?? 0
-        return socket + heldBytes
+        return socket + heldBytes + machine.heldTransactionBytes
     }
     package var outboundSample = OutboundSample()
 

@@ -48,7 +48,7 @@ extension STOMPSessionStateMachine {
         _ message: String, _ frame: STOMPFrame, extraHeaders: STOMPHeaders = STOMPHeaders(),
         kind: SessionErrorKind = .protocolViolation
     ) {
-        fail(SessionFailure(message, receiptID: frame.headers["receipt"], extraHeaders: extraHeaders, kind: kind))
+        fail(SessionFailure(message, receiptID: frame.headers["receipt"] ?? committing, extraHeaders: extraHeaders, kind: kind))
     }
 
     // MARK: CONNECT

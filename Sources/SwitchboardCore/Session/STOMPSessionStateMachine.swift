@@ -37,7 +37,9 @@ package struct STOMPSessionStateMachine {
 
     /// What waits to be handled, in order.
     package enum QueuedWork {
-        case frame(STOMPFrame)
+        /// A frame; `commitReceipt`: the receipt of the `COMMIT` that replays it (echoed by an
+        /// `ERROR` it causes when it has none of its own).
+        case frame(STOMPFrame, commitReceipt: String? = nil)
         /// The end of a committed transaction's replay: the `COMMIT`'s receipt goes out here.
         case endOfTransaction(receipt: String?)
         /// Bytes after the frames before them could not be decoded: the `ERROR`, once those
@@ -140,8 +142,11 @@ package struct STOMPSessionStateMachine {
     package private(set) var pacingReplay = false
     struct PendingStep {
         let id: StepID
-        /// The frame's receipt: sent when the step succeeds, echoed as `receipt-id` when it fails.
+        /// The frame's receipt: sent when the step succeeds.
         let receipt: String?
+        /// Echoed as `receipt-id` when it fails: the frame's receipt, else that of the `COMMIT`
+        /// that replayed it.
+        let errorReceipt: String?
         var outcome: StepResult?
     }
     /// The serial step in flight.
@@ -149,6 +154,8 @@ package struct STOMPSessionStateMachine {
     /// Pipelined steps, oldest first; their answers go out in this order.
     private var pipeline = CircularBuffer<PendingStep>(initialCapacity: 1)
     private var nextStepID: StepID = 1
+    /// The receipt of the `COMMIT` whose frame is being handled (``QueuedWork/frame(_:commitReceipt:)``).
+    var committing: String?
     /// Open transactions and the frames they hold.
     private var transactions: [String: [STOMPFrame]] = [:]
     /// Bytes held by the open transactions (bodies and headers), at most
@@ -347,7 +354,7 @@ package struct STOMPSessionStateMachine {
         case .connected(let identity):
             return completeConnect(step, identity: identity)
         case .failure(var failure):
-            if failure.receiptID == nil { failure.receiptID = step.receipt }
+            if failure.receiptID == nil { failure.receiptID = step.errorReceipt }
             fail(failure)
             return nil
         }
@@ -361,7 +368,7 @@ package struct STOMPSessionStateMachine {
         // every step in flight then went unanswered.
         guard serial == nil, !pacingReplay, closeAfterInFlight == nil else { return false }
         if pipeline.isEmpty { return true }
-        guard case .frame(let frame) = work, phase == .connected else { return false }
+        guard case .frame(let frame, _) = work, phase == .connected else { return false }
         return pipeline.count < config.maxPipelinedSends && policy.isPipelinable(frame, identity: identity)
     }
 
@@ -369,7 +376,9 @@ package struct STOMPSessionStateMachine {
         switch work {
         case .endOfTransaction(let receipt):
             return receipt.map { .sendReceipt($0) }
-        case .frame(let frame):
+        case .frame(let frame, let commitReceipt):
+            committing = commitReceipt
+            defer { committing = nil }
             return handle(frame)
         case .failure(let failure):
             fail(failure)
@@ -383,7 +392,7 @@ package struct STOMPSessionStateMachine {
     mutating func startStep(_ command: Command, for frame: STOMPFrame, pipelined: Bool) -> Action {
         let id = nextStepID
         nextStepID &+= 1
-        let step = PendingStep(id: id, receipt: frame.headers["receipt"])
+        let step = PendingStep(id: id, receipt: frame.headers["receipt"], errorReceipt: frame.headers["receipt"] ?? committing)
         if pipelined {
             pipeline.append(step)
         } else {
@@ -454,7 +463,7 @@ package struct STOMPSessionStateMachine {
         var replay = frames
         for i in replay.indices { replay[i].headers.remove("transaction") }
         queue.prepend(.endOfTransaction(receipt: frame.headers["receipt"]))
-        for f in replay.reversed() { queue.prepend(.frame(f)) }
+        for f in replay.reversed() { queue.prepend(.frame(f, commitReceipt: frame.headers["receipt"])) }
     }
 
     mutating func abortTransaction(_ tx: String, _ frame: STOMPFrame) -> Action? {
@@ -463,10 +472,16 @@ package struct STOMPSessionStateMachine {
         return frame.headers["receipt"].map { .sendReceipt($0) }
     }
 
-    /// What a frame held in a transaction counts against ``SessionConfiguration/maxTransactionBytes``.
-    static func heldSize(_ frame: STOMPFrame) -> Int {
-        frame.headers.reduce(frame.body.readableBytes) { $0 + $1.name.utf8.count + $1.value.utf8.count + 2 }
+    /// What a frame held in a transaction counts against ``SessionConfiguration/maxTransactionBytes``:
+    /// its headers and body, and ``heldFrameOverhead`` (a thousand empty `SEND`s counted a few
+    /// dozen bytes each, and held several times that).
+    package static func heldSize(_ frame: STOMPFrame) -> Int {
+        frame.headers.reduce(frame.body.readableBytes + heldFrameOverhead) { $0 + $1.name.utf8.count + $1.value.utf8.count + 2 }
     }
+    static let heldFrameOverhead = 64
+
+    /// Bytes held by the open transactions (counted in the instance's outbound total too).
+    package var heldTransactionBytes: Int { transactionBytes }
 
     // MARK: Subscriptions
 

@@ -117,7 +117,7 @@ package enum ConfigKeyCatalog {
                 .init("limits.max-transaction-frames", .integer, "`1000`", "frames held in one transaction"),
                 .init(
                     "limits.max-transaction-bytes", .integer, "`4194304`",
-                    "bytes (bodies and headers) held by one session's open transactions together"),
+                    "bytes (bodies, headers, 64 per frame) held by one session's open transactions together"),
                 .init("limits.max-connections", .integer, "`100000`", "WebSocket connections per instance (429)"),
                 .init("limits.max-connections-per-ip", .integer, "`10000`", "per client address (429)"),
                 .init("limits.max-sessions-per-user", .integer, "`100`", "per authenticated user, per instance"),
