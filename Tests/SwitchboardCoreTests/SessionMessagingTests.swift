@@ -136,6 +136,28 @@ struct SessionMessagingTests {
         #expect(!gw.hub.hasSubscribers(for: "/topic/a.b"))
     }
 
+    /// STOMP 1.0's UNSUBSCRIBE by destination named only a subscription made without id: one
+    /// made with an id went on receiving, after a RECEIPT that said it was gone.
+    @Test("STOMP 1.0: UNSUBSCRIBE by destination ends its subscriptions, with an id or without")
+    func stomp10UnsubscribeByDestination() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect(acceptVersion: "1.0")
+        try c.subscribe("/topic/a", id: "s1", escape: false)
+        try c.subscribe("/topic/a", id: nil, escape: false)
+        try c.subscribe("/topic/b", id: "s2", escape: false)
+        try c.send(.unsubscribe, ["destination": "/topic/a", "receipt": "u"], escape: false)
+        #expect(try c.frames().map(\.command) == [.receipt])
+        #expect(!gw.hub.hasSubscribers(for: "/topic/a"))
+        #expect(gw.hub.hasSubscribers(for: "/topic/b"))
+        // Both names are free again.
+        try c.subscribe("/topic/a", id: "s1", escape: false)
+        try c.subscribe("/topic/a", id: nil, escape: false)
+        try c.send(.send, ["destination": "/topic/a"], body: "x", escape: false)
+        #expect(try c.frames().map { $0.headers["subscription"] ?? "" }.sorted() == ["/topic/a", "s1"])
+    }
+
     @Test("NACK in STOMP 1.0 is an ERROR")
     func nack10() throws {
         let gw = TestGateway()

@@ -58,8 +58,8 @@ import Testing
             case .sendReceipt(let r): out.append(.receipt(r))
             case .stepAnswered(let step, let r): out.append(.answered(step, receipt: r))
             case .connected(let c): out.append(.connected(heartBeat: c.frame.headers["heart-beat"] ?? "", receipt: c.receipt))
-            case .unsubscribe(let id, let r):
-                out.append(.unsubscribe(id))
+            case .unsubscribe(let ids, let r):
+                out.append(contentsOf: ids.map { .unsubscribe($0) })
                 if let r { out.append(.receipt(r)) }
             case .close(let close):
                 if let f = close.failure {

@@ -43,13 +43,15 @@ extension STOMPSessionHandler {
             // steps only.
             settleUndelivered(context: context, newest: step &- 1)
             start(command, step: step)
-        case .unsubscribe(let id, let receipt):
-            if let sub = subscriptions.removeValue(forKey: id) {
-                shard.remove(sub)
-                services.stats.subscriptions.subtract(1)
-                record(.unsubscribed(id: id))
+        case .unsubscribe(let ids, let receipt):
+            for id in ids {
+                if let sub = subscriptions.removeValue(forKey: id) {
+                    shard.remove(sub)
+                    services.stats.subscriptions.subtract(1)
+                    record(.unsubscribed(id: id))
+                }
+                if let watch = presenceSubscriptions.removeValue(forKey: id) { shard.remove(watch) }
             }
-            if let watch = presenceSubscriptions.removeValue(forKey: id) { shard.remove(watch) }
             sendReceipt(receipt)
         case .sendReceipt(let receipt):
             sendReceipt(receipt)

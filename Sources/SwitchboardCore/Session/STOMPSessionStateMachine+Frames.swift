@@ -222,7 +222,7 @@ extension STOMPSessionStateMachine {
         guard subscriptionIDs.count < config.maxSubscriptionsPerSession else {
             failFrame("too many subscriptions (limit \(config.maxSubscriptionsPerSession))", frame, kind: .limit); return nil
         }
-        addSubscriptionID(id)
+        addSubscriptionID(id, destination: destination)
         let subscription = Subscription(
             id: id, destination: destination, pattern: pattern, ackMode: ackMode, start: start, presence: presence,
             wantsReceipt: frame.headers["receipt"] != nil)
@@ -262,18 +262,21 @@ extension STOMPSessionStateMachine {
     /// The SUBSCRIBE header asking for join/leave notices.
     package static let presenceHeader = "x-presence"
 
+    /// An unknown id is answered all the same (as Spring's broker does; RabbitMQ refuses it):
+    /// a client unsubscribing twice, or after a reconnect, is not ended by an `ERROR`.
     private mutating func handleUnsubscribe(_ frame: STOMPFrame) -> Action? {
-        let key: String
+        let ids: [String]
         if let id = frame.headers["id"] {
-            key = id
+            ids = [id]
         } else if version == .v1_0, let destination = frame.headers["destination"] {
-            key = destination
+            // Every subscription to it, made with an `id` or without (named by the destination).
+            ids = destinationsOfIDs.filter { $0.value == destination }.map(\.key).sorted()
         } else {
             failFrame(version == .v1_0 ? "UNSUBSCRIBE requires an id or destination header" : "UNSUBSCRIBE requires an id header", frame)
             return nil
         }
-        _ = removeSubscriptionID(key)
-        return .unsubscribe(id: key, receipt: frame.headers["receipt"])
+        for id in ids { _ = removeSubscriptionID(id) }
+        return .unsubscribe(ids: ids, receipt: frame.headers["receipt"])
     }
 
     // MARK: ACK / NACK

@@ -112,7 +112,9 @@ package struct STOMPSessionStateMachine {
         /// Carry out `command`; report its end with ``stepCompleted(_:_:)``.
         case execute(Command, step: StepID)
         /// Remove subscription `id` (if any), then send the receipt, if any.
-        case unsubscribe(id: String, receipt: String?)
+        /// Remove these subscriptions (none: an id the session does not have, answered all the
+        /// same), then send the receipt.
+        case unsubscribe(ids: [String], receipt: String?)
         /// Send a `RECEIPT` for a frame that needed no step.
         case sendReceipt(String)
         /// Step `step` is answered, in frame order: send its receipt, if any. Nothing the
@@ -163,6 +165,9 @@ package struct STOMPSessionStateMachine {
     private var transactionBytes = 0
     /// Subscription ids in use.
     package private(set) var subscriptionIDs: Set<String> = []
+    /// STOMP 1.0: each subscription's destination, which an `UNSUBSCRIBE` without `id` names
+    /// (a subscription made with an `id` too).
+    private(set) var destinationsOfIDs: [String: String] = [:]
     /// A shutdown waiting for the step in flight.
     private var closeAfterInFlight: SessionFailure?
     /// The close to report, once decided.
@@ -485,8 +490,14 @@ package struct STOMPSessionStateMachine {
 
     // MARK: Subscriptions
 
-    mutating func addSubscriptionID(_ id: String) { subscriptionIDs.insert(id) }
-    mutating func removeSubscriptionID(_ id: String) -> Bool { subscriptionIDs.remove(id) != nil }
+    mutating func addSubscriptionID(_ id: String, destination: String) {
+        subscriptionIDs.insert(id)
+        if version == .v1_0 { destinationsOfIDs[id] = destination }
+    }
+    mutating func removeSubscriptionID(_ id: String) -> Bool {
+        destinationsOfIDs[id] = nil
+        return subscriptionIDs.remove(id) != nil
+    }
 
     // MARK: CONNECT
 
