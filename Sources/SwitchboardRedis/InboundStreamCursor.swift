@@ -23,6 +23,10 @@
 /// - An entry recorded after one that failed before it (a later entry of the same batch) is
 ///   numbered before it: the destination's order is then the order of recording, not the
 ///   stream's.
+/// - Instances share how far they read (``sharedThrough``, kept in Redis): an instance that
+///   starts reads from there, and one that reads entries at or before it that are older than
+///   `recordableFor` skips them (another instance recorded them, and their `once` tokens may
+///   be gone).
 struct InboundStreamCursor {
     /// An entry's outcome in one batch.
     enum Outcome: Equatable {
@@ -79,8 +83,35 @@ struct InboundStreamCursor {
         self.recordableFor = recordableFor
     }
 
-    /// Whether the entry must be recorded (false: done with already).
-    func needsRecording(_ id: String) -> Bool { !doneAhead.contains(id) }
+    /// Whether the entry must be recorded (false: done with already, or recorded by another
+    /// instance: see ``recordedElsewhere(_:wallMilliseconds:)``).
+    func needsRecording(_ id: String, wallMilliseconds: Int64? = nil) -> Bool {
+        !doneAhead.contains(id) && !recordedElsewhere(id, wallMilliseconds: wallMilliseconds)
+    }
+
+    /// The shared position of the stream (``InboundCursor``): the newest entry an instance read
+    /// past, each entry up to it recorded by some instance.
+    var sharedThrough: String?
+
+    /// Whether entry `id` is at or before ``sharedThrough`` and older than ``recordableFor``
+    /// (`wallMilliseconds`: Redis's time now): another instance recorded it, and its `once`
+    /// token may be gone, so recording it again would deliver it twice (an instance cut off
+    /// from Redis for longer, or fallen that far behind, recorded its whole backlog again).
+    func recordedElsewhere(_ id: String, wallMilliseconds: Int64?) -> Bool {
+        guard let shared = sharedThrough, let wallMilliseconds, let age = Self.age(of: id, wallMilliseconds: wallMilliseconds) else { return false }
+        return age >= recordableFor && !Self.id(id, isAfter: shared)
+    }
+
+    /// Whether stream id `a` comes after `b` (`<ms>-<seq>`; an id not of that form is after none).
+    static func id(_ a: String, isAfter b: String) -> Bool {
+        guard let x = parse(a), let y = parse(b) else { return false }
+        return x.ms != y.ms ? x.ms > y.ms : x.seq > y.seq
+    }
+
+    private static func parse(_ id: String) -> (ms: UInt64, seq: UInt64)? {
+        guard let dash = id.firstIndex(of: "-"), let ms = UInt64(id[..<dash]), let seq = UInt64(id[id.index(after: dash)...]) else { return nil }
+        return (ms, seq)
+    }
 
     /// The outcomes of a batch's entries, in stream order; `now` on the monotonic clock,
     /// `wallMilliseconds` on the clock of the entries' ids (Redis's `TIME`; nil: unknown, no

@@ -15,4 +15,5 @@ enum InputLogs {
     static let badName = LogThrottle()
     static let badBroadcast = LogThrottle()
     static let badStreamEntry = LogThrottle()
+    static let streamReads = LogThrottle()
 }

@@ -47,6 +47,10 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     /// (``RedisInboundRoutes``).
     package let inboundRecordRetries = Atomic<Int>(0)
     package let inboundEntriesGivenUp = Atomic<Int>(0)
+    /// Inbound stream reads that failed (the reader reconnects), and entries skipped as recorded
+    /// by another instance (behind the shared position and older than their `once` tokens).
+    package let inboundReadFailures = Atomic<Int>(0)
+    package let inboundEntriesRecordedElsewhere = Atomic<Int>(0)
     let publishTimer = Metrics.Timer(label: "switchboard_redis_command_duration_seconds", dimensions: [("command", "PUBLISH")])
 
     /// One Redis subscription (channel or glob) held for local interest.

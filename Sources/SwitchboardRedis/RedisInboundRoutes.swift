@@ -162,12 +162,27 @@ package final class RedisInboundRoutes: Sendable {
     }
 
     /// Reads `stream` from where this instance last was, on a dedicated connection
-    /// (blocking reads must not stall the shared one). Starts at the stream's current end. A
-    /// batch's entries are recorded in one go; the reader reads on once they are, and reads
-    /// again from an entry whose recording failed (``InboundStreamCursor``).
+    /// (blocking reads must not stall the shared one). Starts where the instances together
+    /// stand (``InboundCursor``; none stored: at the stream's current end), and moves that
+    /// shared position on after each batch. A batch's entries are recorded in one go; the
+    /// reader reads on once they are, and reads again from an entry whose recording failed
+    /// (``InboundStreamCursor``).
     func readStream(_ stream: String) async {
         var cursor = InboundStreamCursor(giveUpAfter: giveUpAfter)
         var attempt = 0
+        /// Redis's time at the last shared-position call, and when that was here.
+        var wall: (milliseconds: Int64, at: ContinuousClock.Instant)?
+        func share(_ id: String?) async {
+            do {
+                let reply = try await HistoryFunctions.call(InboundCursor(key: engine.naming.inboundCursorKey(forStream: stream), advanceTo: id), on: redis).get()
+                cursor.sharedThrough = reply.through
+                wall = (reply.wallMilliseconds, .now)
+            } catch {
+                logger.log(
+                    level: .warning, throttledBy: InputLogs.streamReads, "inbound stream position not shared: an instance started next reads from the stream's end",
+                    metadata: ["stream": "\(stream)", "error": "\(error)"])
+            }
+        }
         while !Task.isCancelled {
             do {
                 try await redis.withDedicatedConnection(forKeys: [stream]) { connection in
@@ -176,14 +191,36 @@ package final class RedisInboundRoutes: Sendable {
                     defer { readerConnections.withLockedValue { _ = $0.removeValue(forKey: key) } }
                     // Stopped while connecting: stop() may have closed the connections already.
                     if Task.isCancelled { return }
-                    if cursor.lastID == nil { cursor.lastID = try await Self.lastEntryID(stream, connection) }
-                    attempt = 0
+                    if cursor.lastID == nil {
+                        await share(nil)
+                        if let shared = cursor.sharedThrough {
+                            cursor.lastID = shared
+                        } else {
+                            // Stored at once: entries added while every instance is down are read
+                            // by the next to start.
+                            cursor.lastID = try await Self.lastEntryID(stream, connection)
+                            await share(cursor.lastID)
+                        }
+                    }
                     while !Task.isCancelled {
                         let result = try await connection.execute(XREAD(count: 256, blockMilliseconds: 2000, streams: [(stream, cursor.lastID!)]))
+                        // Only a read that worked ends the back-off (a stream that cannot be read,
+                        // a key of another type or an ACL, reconnected every 100 ms for good).
+                        attempt = 0
                         guard let entries = result?[stream], !entries.isEmpty else { continue }
+                        let now = wall.map { $0.milliseconds + Int64(($0.at.duration(to: .now)).components.seconds * 1000) }
                         let recordings = entries.map { entry in
-                            (entry.id, cursor.needsRecording(entry.id) ? deliver(entry, of: stream) : (destination: nil, recording: nil))
+                            (entry.id, cursor.needsRecording(entry.id, wallMilliseconds: now) ? deliver(entry, of: stream) : (destination: nil, recording: nil))
                         }
+                        let skipped = entries.count(where: { cursor.recordedElsewhere($0.id, wallMilliseconds: now) })
+                        if skipped > 0 {
+                            engine.inboundEntriesRecordedElsewhere.add(skipped, ordering: .relaxed)
+                            logger.log(
+                                level: .info, throttledBy: InputLogs.streamReads,
+                                "inbound stream entries behind the shared position and older than their once tokens skipped: another instance recorded them",
+                                metadata: ["stream": "\(stream)", "skipped": "\(skipped)"])
+                        }
+                        let before = cursor.lastID
                         var outcomes: [InboundStreamCursor.Entry] = []
                         for (id, (destination, recording)) in recordings {
                             do {
@@ -196,8 +233,9 @@ package final class RedisInboundRoutes: Sendable {
                         }
                         // The entries' age, on Redis's clock, matters only for a failure.
                         let failed = outcomes.contains { if case .failed = $0.outcome { true } else { false } }
-                        let wall = failed ? try? await connection.execute(TIME()).milliseconds : nil
-                        let next = cursor.batchDone(outcomes, at: .now, wallMilliseconds: wall)
+                        let failedAt = failed ? try? await connection.execute(TIME()).milliseconds : nil
+                        let next = cursor.batchDone(outcomes, at: .now, wallMilliseconds: failedAt)
+                        if cursor.lastID != before { await share(cursor.lastID) }
                         for given in next.givenUp {
                             engine.inboundEntriesGivenUp.add(1, ordering: .relaxed)
                             logger.log(
@@ -217,7 +255,11 @@ package final class RedisInboundRoutes: Sendable {
                 if Task.isCancelled { return }
                 attempt += 1
                 let delay = min(50 * (1 << min(attempt, 6)), 2000)
-                logger.debug("stream reader retrying", metadata: ["stream": "\(stream)", "error": "\(error)"])
+                engine.inboundReadFailures.add(1, ordering: .relaxed)
+                // A connection lost once is routine; a stream failing read after read is a route down.
+                logger.log(
+                    level: attempt >= 3 ? .warning : .debug, throttledBy: InputLogs.streamReads, "inbound stream not read; retrying",
+                    metadata: ["stream": "\(stream)", "attempt": "\(attempt)", "error": "\(error)"])
                 try? await Task.sleep(for: .milliseconds(delay))
             }
         }

@@ -187,6 +187,29 @@ public enum HistoryFunctions: RedisFunctionLibrary {
           return out
         end
 
+        -- The shared position of an inbound stream route (switchboard_inbound_cursor): the newest
+        -- entry id any instance read past, moved forward only. '' reads it. Replies it (or '')
+        -- and the server's time in ms.
+        local function id_before(a, b)
+          local am, as = string.match(a, '^(%d+)-(%d+)$')
+          local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+          if not am or not bm then return false end
+          local function less(x, y) if #x ~= #y then return #x < #y end return x < y end
+          if am ~= bm then return less(am, bm) end
+          return less(as, bs)
+        end
+
+        local function inbound_cursor(keys, args)
+          local stored = redis.call('GET', keys[1])
+          local id = args[1] or ''
+          if string.match(id, '^%d+%-%d+$') and (not stored or id_before(stored, id)) then
+            redis.call('SET', keys[1], id, 'PX', tonumber(args[2]) or 604800000)
+            stored = id
+          end
+          return {stored or '', tostring(now_ms())}
+        end
+
+        redis.register_function('switchboard_inbound_cursor', inbound_cursor)
         redis.register_function('switchboard_publish', publish)
         redis.register_function('switchboard_spublish', spublish)
         redis.register_function('switchboard_read', read)

@@ -9,7 +9,8 @@ import Redis
 /// | `switchboard:presence:<destination>` | join/leave notices of a destination (``PresenceNotice``), subscribed while the instance has a watcher |
 ///
 /// Keys: `switchboard:{<destination>}:seq` and `:log` hold a destination's history (see
-/// ``HistoryFunctions``).
+/// ``HistoryFunctions``); `switchboard:inbound:<stream>:cursor` the shared position of an
+/// inbound stream route (``InboundCursor``).
 ///
 /// On Redis Cluster the gateway uses sharded Pub/Sub (`SPUBLISH`/`SSUBSCRIBE`), whose channels
 /// carry a hash tag so each lives on one shard:
@@ -40,6 +41,10 @@ public struct RedisChannelNaming: Sendable {
     public func historyKey(forDestination destination: String) -> String { prefix + "{" + destination + "}" }
 
     public func instanceChannel(_ instanceID: String) -> String { prefix + "instance:" + instanceID }
+
+    /// The shared position of an inbound stream route, `<prefix>inbound:<stream>:cursor`
+    /// (``InboundCursor``).
+    public func inboundCursorKey(forStream stream: String) -> String { prefix + "inbound:" + stream + ":cursor" }
 
     /// A destination's shard channel on Redis Cluster, `<prefix>{<destination>}:dest`: in the slot
     /// of its history keys (``historyKey(forDestination:)``).

@@ -136,6 +136,28 @@ struct InboundStreamCursorTests {
         #expect(cursor.doneAhead.isEmpty && cursor.refusedSince.isEmpty)
     }
 
+    /// An entry at or before the instances' shared position and older than its `once` token
+    /// was recorded by another instance: an instance that fell that far behind (cut off from
+    /// Redis for 15 minutes) recorded its whole backlog again, and subscribers got it twice.
+    @Test func entriesBehindTheSharedPositionAndTooOldAreRecordedElsewhere() {
+        var cursor = cursor()
+        let old = "\(wall - 600_000)-1", young = "\(wall - 60_000)-1", ahead = "\(wall - 600_000)-5"
+        // Without a shared position (none stored, or Redis's time unknown), every entry is recorded.
+        #expect(cursor.needsRecording(old, wallMilliseconds: wall))
+        cursor.sharedThrough = "\(wall - 600_000)-4"
+        #expect(!cursor.needsRecording(old, wallMilliseconds: wall))
+        #expect(cursor.needsRecording(old, wallMilliseconds: nil))
+        // Young enough for its once token: recorded (the token drops the copy).
+        cursor.sharedThrough = "\(wall)-0"
+        #expect(cursor.needsRecording(young, wallMilliseconds: wall))
+        // After the shared position: no instance recorded it, whatever its age.
+        cursor.sharedThrough = "\(wall - 600_000)-4"
+        #expect(cursor.needsRecording(ahead, wallMilliseconds: wall))
+        #expect(InboundStreamCursor.id("10-2", isAfter: "9-9") && InboundStreamCursor.id("10-10", isAfter: "10-9"))
+        #expect(!InboundStreamCursor.id("10-9", isAfter: "10-9") && !InboundStreamCursor.id("9-99", isAfter: "10-0"))
+        #expect(!InboundStreamCursor.id("x", isAfter: "1-0"))
+    }
+
     @Test func retryDelaysDoubleUpToFiveSeconds() {
         #expect((1...9).map { InboundStreamCursor.retryDelay(afterAttempts: $0) } == [100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000].map { .milliseconds($0) })
     }
@@ -205,6 +227,41 @@ struct InboundStreamRetryTests {
         let bodies = try await reader.gateway.delivered(before + 4)
         #expect(Array(bodies.dropFirst(before)) == ["one", "two", "three", "four"])
         #expect(engine.inboundEntriesGivenUp.load(ordering: .relaxed) == 0)
+        await admin.close()
+        await reader.shutdown()
+    }
+
+    /// Every instance started at the stream's end: entries added while none ran (one instance
+    /// killed and started again, a full restart) were never read.
+    @Test func entriesAddedWhileNoInstanceReadAreReadByTheNextToStart() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let admin = try await server.connect()
+        let first = try await Reader(server)
+        try await Self.readerIsLive(first, admin)
+        await first.shutdown()
+        for body in ["one", "two", "three"] { try await Self.add(body, on: admin) }
+        let next = try await Reader(server)
+        #expect(try await next.gateway.delivered(3) == ["one", "two", "three"])
+        try await Self.add("four", on: admin)
+        #expect(try await next.gateway.delivered(4).last == "four")
+        await admin.close()
+        await next.shutdown()
+    }
+
+    /// A stream that cannot be read (a key of another type) is counted, not only logged at
+    /// debug level.
+    @Test func aStreamThatCannotBeReadIsCounted() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let admin = try await server.connect()
+        _ = try await admin.execute(RawCommand("SET", "in", "not a stream"))
+        let reader = try await Reader(server)
+        let engine = reader.gateway.engine
+        #expect(try await eventually { engine.inboundReadFailures.load(ordering: .relaxed) >= 2 })
+        // Readable again: the reader goes on.
+        _ = try await admin.execute(RawCommand("DEL", "in"))
+        try await Self.readerIsLive(reader, admin)
         await admin.close()
         await reader.shutdown()
     }

@@ -103,7 +103,9 @@ final class MetricsEndpoint: Sendable {
         }
         gauge(
             "switchboard_outbound_pending_bytes", services.hub.outbound.total,
-            help: "Bytes written to connections and not yet taken by them, all connections together (summed every second; see limits.max-pending-bytes-total).")
+            help:
+                "Bytes written to connections and not yet taken by them, all connections together, with the frames open transactions hold "
+                + "(summed every second; see limits.max-pending-bytes-total).")
         counter(
             "switchboard_outbound_shed_sessions_total", services.hub.outbound.shedCount,
             help: "Sessions closed as slow consumers because the outbound bytes of all connections were over limits.max-pending-bytes-total.")
@@ -164,6 +166,12 @@ final class MetricsEndpoint: Sendable {
                 help:
                     "Inbound stream entries given up: Redis refused to record them for 30 s for a reason that does not pass by itself (an ACL, a script error), or they were 9 minutes old and still not recorded."
             )
+            counter(
+                "switchboard_redis_inbound_read_failures_total", engine.inboundReadFailures.load(ordering: .relaxed),
+                help: "Inbound stream reads that failed (the reader reconnects and reads again after a back-off).")
+            counter(
+                "switchboard_redis_inbound_entries_recorded_elsewhere_total", engine.inboundEntriesRecordedElsewhere.load(ordering: .relaxed),
+                help: "Inbound stream entries not recorded by this instance: behind the instances' shared position and older than their once tokens.")
             counter("switchboard_redis_xadd_failures_total", RedisStreamRoute.failures.load(ordering: .relaxed), help: "XADDs of /app messages that failed.")
             counter(
                 "switchboard_redis_xadd_not_replicated_total", ReplicaAcknowledgement.failures.load(ordering: .relaxed),

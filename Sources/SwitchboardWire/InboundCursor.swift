@@ -1,0 +1,46 @@
+import Redis
+
+/// `FCALL switchboard_inbound_cursor 1 <prefix>inbound:<stream>:cursor <id> <ttl-ms>`: the
+/// shared position of an inbound stream route (see ``HistoryFunctions``), the newest entry id
+/// any instance read past. `advanceTo` moves it forward (never back); nil reads it. The key
+/// expires `ttlMilliseconds` after its last move (a week by default).
+///
+/// An instance that starts reads from it, so entries added while every instance was down are
+/// read (before, every instance started at the stream's end); an instance that falls behind
+/// it by more than the `once` token's lifetime knows another instance recorded those entries.
+public struct InboundCursor: RedisCommand {
+    public struct Response: RESPTokenDecodable, Sendable, Equatable {
+        /// The newest entry id read past; nil: none stored.
+        public var through: String?
+        /// Redis's time (`TIME`), in milliseconds.
+        public var wallMilliseconds: Int64
+
+        public init(through: String?, wallMilliseconds: Int64) {
+            self.through = through
+            self.wallMilliseconds = wallMilliseconds
+        }
+
+        public init(fromRESP token: RESPToken) throws {
+            let parts = try [String](fromRESP: token)
+            guard parts.count == 2, let wall = Int64(parts[1]) else { throw RESPDecodeError(token: token, expected: "[id, ms]") }
+            self.through = parts[0].isEmpty ? nil : parts[0]
+            self.wallMilliseconds = wall
+        }
+    }
+
+    public var key: String
+    public var advanceTo: String?
+    public var ttlMilliseconds: Int
+
+    public init(key: String, advanceTo: String?, ttlMilliseconds: Int = 7 * 86_400_000) {
+        self.key = key
+        self.advanceTo = advanceTo
+        self.ttlMilliseconds = ttlMilliseconds
+    }
+
+    public var keysAffected: [String] { [key] }
+
+    public func encode(into encoder: inout RESPCommandEncoder) {
+        encoder.encodeCommand("FCALL", "switchboard_inbound_cursor", "1", key, advanceTo ?? "", String(ttlMilliseconds))
+    }
+}
