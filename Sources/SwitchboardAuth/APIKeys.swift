@@ -49,6 +49,18 @@ package struct APIKeyStore: Sendable {
         key.scopes.contains { covers($0, destination) }
     }
 
+    /// Whether `key` may read the presence of `user` (`/user/<user>`): a scope that is exactly
+    /// that, or a prefix of it ending in a separator (`/user/`, `/user/tenant1.`). A user name
+    /// may hold `.` and `/`: the scope `/user/alice` does not cover `alice.admin`.
+    package static func allows(_ key: Key, user: String) -> Bool {
+        let name = Array("/user/\(user)".utf8)
+        return key.scopes.contains { scope in
+            let scope = Array(scope.utf8)
+            guard let last = scope.last, name.starts(with: scope) else { return false }
+            return scope.count == name.count || last == UInt8(ascii: "/") || last == UInt8(ascii: ".")
+        }
+    }
+
     /// Whether `scope` covers `destination` (see ``allows(_:_:)``).
     package static func covers(_ scope: String, _ destination: String) -> Bool {
         let scope = scope.utf8

@@ -90,7 +90,7 @@ struct DestinationSequencer {
     /// many reads in a row did: the first is read again at once (published since, on its way),
     /// later ones after a back-off (a position history never had, forged on the channel, or
     /// lost by a rollback, was read again and again without pause).
-    private var beyondHistory: (sequence: UInt64, reads: Int)?
+    private var beyondHistory: (epoch: String?, sequence: UInt64, reads: Int)?
     /// Beyond this many buffered messages a hole is given up on.
     let maxPending: Int
 
@@ -203,8 +203,11 @@ struct DestinationSequencer {
             return actions
         }
         // Published after the read: on their way, or lost too; read again.
-        let reads = beyondHistory?.sequence == head ? beyondHistory!.reads + 1 : 1
-        beyondHistory = (head, reads)
+        // (A head delivered since is behind the position: a new one is another sequence, or
+        // of another epoch.)
+        let same = beyondHistory.map { $0.sequence == head && $0.epoch == pendingEpoch } ?? false
+        let reads = same ? beyondHistory!.reads + 1 : 1
+        beyondHistory = (pendingEpoch, head, reads)
         if reads == 1 {
             askRepair(after: current, into: &actions)
         } else if !retryScheduled {

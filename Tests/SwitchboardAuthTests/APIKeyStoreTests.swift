@@ -76,6 +76,21 @@ import Testing
         #expect(APIKeyStore.allows(key, destination) == allowed)
     }
 
+    /// A user name may hold `.` and `/`: a scope naming one user covers that user only.
+    @Test func aUserScopeCoversThatUserOnly() {
+        let key = APIKeyStore.Key(name: "k", sha256: APIKeyStore.hash("k"), scopes: ["/user/alice", "/user/tenant1."])
+        #expect(APIKeyStore.allows(key, user: "alice"))
+        #expect(!APIKeyStore.allows(key, user: "alice.admin"))
+        #expect(!APIKeyStore.allows(key, user: "alice/x"))
+        #expect(!APIKeyStore.allows(key, user: "alic"))
+        #expect(APIKeyStore.allows(key, user: "tenant1.bob"))
+        #expect(!APIKeyStore.allows(key, user: "tenant2.bob"))
+        let all = APIKeyStore.Key(name: "all", sha256: APIKeyStore.hash("a"), scopes: ["/user/"])
+        #expect(APIKeyStore.allows(all, user: "anyone.at/all"))
+        let root = APIKeyStore.Key(name: "root", sha256: APIKeyStore.hash("r"), scopes: ["/"])
+        #expect(APIKeyStore.allows(root, user: "x"))
+    }
+
     @Test func keyWithoutScopesMayPublishNowhere() {
         let key = APIKeyStore.Key(name: "none", sha256: APIKeyStore.hash("n"), scopes: [])
         #expect(!APIKeyStore.allows(key, "/topic/a"))

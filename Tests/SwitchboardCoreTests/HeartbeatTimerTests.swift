@@ -13,6 +13,7 @@ final class TickRecorder: HeartbeatClient {
     var onVisit: ((UInt64) -> Void)?
     var closed: String?
     var pendingOutboundBytes = 0
+    var heldInboundBytes = 0
     var unsentKernelBytes: Int?
     var outboundSample = OutboundSample()
 

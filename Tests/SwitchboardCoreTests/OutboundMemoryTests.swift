@@ -65,6 +65,24 @@ import Testing
         #expect(hub.outbound.total == 820_000, "what it freed is not counted again by the other loops")
     }
 
+    /// Bytes held of what clients sent (open transactions) count in the total, so the slow
+    /// consumers go sooner; a session holding them is never taken for one (they do not go
+    /// down while it reads).
+    @Test func heldInboundBytesCountInTheTotalAndAreNeverShed() {
+        let loop = EmbeddedEventLoop()
+        let hub = FanoutHub(eventLoops: [loop], heartbeatResolution: .milliseconds(100), maxPendingBytesTotal: 1_000_000)
+        let shard = hub.shard(for: loop)
+        let (holder, stalled) = (TickRecorder(every: nil), TickRecorder(every: nil))
+        shard.addHeartbeatClient(holder)
+        shard.addHeartbeatClient(stalled)
+        holder.heldInboundBytes = 900_000
+        stalled.pendingOutboundBytes = 300_000
+        #expect(shard.sweepOutbound() == 0)
+        #expect(hub.outbound.total == 1_200_000)
+        #expect(shard.sweepOutbound() == 1)
+        #expect(holder.closed == nil && stalled.closed != nil)
+    }
+
     /// NIO's pending writes stay put while the reader drains the kernel's send buffer (the
     /// kernel asks for more only once half of it is free): the kernel's unsent bytes say it
     /// is taking its data.

@@ -10,12 +10,12 @@ import Testing
 /// engine's do): the seam between a replay and the live messages that arrive meanwhile.
 final class PendingReplayEngine: BrokerEngine, @unchecked Sendable {
     let hub: FanoutHub
-    let through: StreamPosition
+    let through: StreamPosition?
     var replay: EventLoopPromise<HistoryReplay>?
     var name: String { "pending" }
     var publishesSynchronously: Bool { true }
 
-    init(hub: FanoutHub, through: StreamPosition) {
+    init(hub: FanoutHub, through: StreamPosition?) {
         self.hub = hub
         self.through = through
     }
@@ -49,12 +49,14 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
 
     /// A gateway on the pending engine (registered at e1:5) and a client that resumed from
     /// `from`: its replay waits for `engine.replay`.
-    static func resuming(from: String, maxPendingOutboundBytes: Int? = nil) throws -> (TestGateway, PendingReplayEngine, TestClient) {
+    static func resuming(
+        from: String, maxPendingOutboundBytes: Int? = nil, through: StreamPosition? = StreamPosition(epoch: "e1", sequence: 5)
+    ) throws -> (TestGateway, PendingReplayEngine, TestClient) {
         let box = EngineBox()
         var configuration = SessionConfiguration()
         if let maxPendingOutboundBytes { configuration.maxPendingOutboundBytes = maxPendingOutboundBytes }
         let gateway = TestGateway(configuration: configuration) { hub in
-            let engine = PendingReplayEngine(hub: hub, through: StreamPosition(epoch: "e1", sequence: 5))
+            let engine = PendingReplayEngine(hub: hub, through: through)
             box.value = engine
             return engine
         }
@@ -115,17 +117,34 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         #expect(frames.filter { $0.command == .message }.map(\.bodyString) == ["e2:3", "e2:4"])
     }
 
-    /// The live copies kept while the replay is read are bounded: past the bound the session
-    /// ends as a slow consumer once the replay is out (the client resumes from what it got).
-    @Test func liveCopiesKeptDuringAReplayAreBounded() throws {
-        let (gateway, engine, client) = try Self.resuming(from: "e2:2")
+    /// The live copies kept while the replay is read are bounded, by count and with what the
+    /// session holds by `limits.max-pending-bytes`: past either the session ends as a slow
+    /// consumer at once (the client resumes from what it got), not when the replay comes back.
+    @Test(arguments: [false, true])
+    func liveCopiesKeptDuringAReplayAreBounded(byBytes: Bool) throws {
+        let (gateway, _, client) = try Self.resuming(from: "e2:2", maxPendingOutboundBytes: byBytes ? 4_096 : nil)
         defer { gateway.shutdown() }
-        for n in 0...UInt64(LocalSubscription.maxDeferredDuringReplay) { gateway.hub.deliver(Self.message("e1", 6 + n)) }
+        let count = byBytes ? 16 : LocalSubscription.maxDeferredDuringReplay
+        for n in 0...UInt64(count) { gateway.hub.deliver(Self.message("e1", 6 + n)) }
+        gateway.loop.run()
+        let frames = try client.read().compactMap(\.frame)
+        #expect(frames.map(\.command) == [.error])
+        #expect(frames.last?.headers["message"]?.hasPrefix("slow consumer") == true)
+    }
+
+    /// Registered before this instance knew the destination's position (its first subscriber)
+    /// while history started over: nothing said which epoch was left, and the kept copies of
+    /// the old one went out after the new epoch's replay.
+    @Test func keptCopiesOfAnEpochTheReplayLeftAreDroppedWithoutARegistrationPosition() throws {
+        let (gateway, engine, client) = try Self.resuming(from: "e2:2", through: nil)
+        defer { gateway.shutdown() }
+        gateway.hub.deliver(Self.message("e1", 6))
         gateway.loop.run()
         engine.replay!.succeed(HistoryReplay(messages: [Self.message("e2", 3)], recovered: true, position: StreamPosition(epoch: "e2", sequence: 3)))
-        let frames = try client.read().compactMap(\.frame)
-        #expect(frames.map(\.command) == [.receipt, .message, .error])
-        #expect(frames.last?.headers["message"]?.hasPrefix("slow consumer") == true)
+        gateway.loop.run()
+        for n: UInt64 in 3...4 { gateway.hub.deliver(Self.message("e2", n)) }
+        let frames = try client.frames()
+        #expect(frames.filter { $0.command == .message }.map(\.bodyString) == ["e2:3", "e2:4"])
     }
 
     /// The other way round: the client's epoch was the older one (history is in this

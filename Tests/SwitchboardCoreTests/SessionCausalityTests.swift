@@ -108,21 +108,22 @@ struct SessionCausalityTests {
         #expect(closed.first?.frame?.headers["message"]?.hasPrefix("heart-beat timeout") == true, "\(closed)")
     }
 
-    /// Frames held by an open transaction count in the session's share of the instance's
-    /// outbound total (`limits.max-pending-bytes-total`): 100,000 sessions could each hold
-    /// 4 MiB of transactions, outside any instance-wide cap.
-    @Test("an open transaction's frames count in the session's pending bytes")
-    func transactionBytesCountAsPending() throws {
+    /// Frames held by an open transaction count in the instance's total
+    /// (`limits.max-pending-bytes-total`): 100,000 sessions could each hold 4 MiB of
+    /// transactions, outside any instance-wide cap. Not as bytes the client has not taken.
+    @Test("an open transaction's frames count as held inbound bytes")
+    func transactionBytesCountAsHeldInbound() throws {
         let gw = TestGateway()
         defer { gw.shutdown() }
         let c = try gw.client()
         _ = try c.connect()
-        #expect(c.session.pendingOutboundBytes == 0)
+        #expect(c.session.heldInboundBytes == 0)
         try c.send(.begin, ["transaction": "t"])
         try c.send(.send, ["destination": "/topic/a", "transaction": "t"], body: String(repeating: "x", count: 10_000))
-        #expect(c.session.pendingOutboundBytes > 10_000)
-        try c.send(.abort, ["transaction": "t"])
+        #expect(c.session.heldInboundBytes > 10_000)
         #expect(c.session.pendingOutboundBytes == 0)
+        try c.send(.abort, ["transaction": "t"])
+        #expect(c.session.heldInboundBytes == 0)
     }
 
     /// Messages that arrived while pipelined SENDs ran were held behind the SEND answered

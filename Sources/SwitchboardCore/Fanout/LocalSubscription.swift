@@ -55,11 +55,11 @@ package final class LocalSubscription {
     /// The last live copy skipped as the client's while the replay was read.
     package var skippedAsClientsThrough: StreamPosition?
     /// Live messages of another epoch than the client's (``claimedThrough``) that arrived while
-    /// the replay was read: which of the two epochs history is in, the replay tells. They go
-    /// through the seam once it is back (dropped there if the replay left their epoch behind).
-    /// At most ``maxDeferredDuringReplay``; past it ``deferredOverflowed`` ends the session.
+    /// the replay was read: which of the two epochs history is in, the replay tells. They follow
+    /// it if it is in their epoch, else they are dropped. Counted in the session's pending
+    /// bytes, and at most ``maxDeferredDuringReplay``: past either the session ends as a slow
+    /// consumer.
     package var deferredDuringReplay: [PublishedMessage] = []
-    package var deferredOverflowed = false
     package static let maxDeferredDuringReplay = 10_000
     /// This subscription receives a destination's join/leave notices (its pattern is the
     /// routing destination `/~presence<destination>`), not its messages.

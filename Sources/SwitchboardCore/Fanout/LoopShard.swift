@@ -15,12 +15,20 @@ package protocol HeartbeatClient: AnyObject {
     func close(reason: String, waitForStep: Bool, kind: SessionErrorKind)
     /// Bytes written to the connection and not yet taken by it (see ``OutboundMemory``).
     var pendingOutboundBytes: Int { get }
+    /// Bytes the session holds of what the client sent (frames of open transactions): counted
+    /// in the instance's total, never a reason to close it as a slow consumer (they do not go
+    /// down while the client reads).
+    var heldInboundBytes: Int { get }
     /// Bytes the kernel holds for the connection and has not sent (its peer's window stays
     /// closed while it does not read); nil when unknown. A system call: read only for
     /// connections holding much while the instance is near its cap.
     var unsentKernelBytes: Int? { get }
     /// What the last outbound sweep that looked closer at this connection saw (kept by the shard).
     var outboundSample: OutboundSample { get set }
+}
+
+extension HeartbeatClient {
+    package var heldInboundBytes: Int { 0 }
 }
 
 /// Hot-path counters of one event loop: plain integers, written only on that loop and read
@@ -510,6 +518,7 @@ package final class LoopShard: @unchecked Sendable {
         var pending: [Int] = []
         var sum = 0
         for (client, _) in heartbeatClients.values {
+            sum += client.heldInboundBytes
             let bytes = client.pendingOutboundBytes
             guard bytes > 0 else { continue }
             sum += bytes

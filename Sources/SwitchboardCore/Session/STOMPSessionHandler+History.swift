@@ -134,25 +134,39 @@ extension STOMPSessionHandler {
     }
 
     /// The live messages of another epoch than the client's kept while the replay was read
-    /// (``LocalSubscription/deferredDuringReplay``) go through the seam now, after the replay:
-    /// those of an epoch the replay left behind are dropped, the others follow it.
-    func deliverDeferred(_ subscription: LocalSubscription, context: ChannelHandlerContext) {
-        if subscription.deferredOverflowed {
-            subscription.deferredDuringReplay = []
-            subscription.deferredOverflowed = false
-            // Explicit: the client resumes from the last message it got.
-            machine.errorOccurred(
-                SessionFailure(
-                    "slow consumer: more than \(LocalSubscription.maxDeferredDuringReplay) live messages of another epoch arrived while the replay was read",
-                    kind: .slowConsumer))
-            runActions()
-            return
-        }
+    /// (``LocalSubscription/deferredDuringReplay``) follow the replay if it is in their epoch
+    /// (through the seam: those it holds are dropped); of any other epoch, one the replay left
+    /// behind, they are dropped. `replayEpoch`: nil without a replay (they all go through the seam).
+    func deliverDeferred(_ subscription: LocalSubscription, replayEpoch: String?, context: ChannelHandlerContext) {
         guard !subscription.deferredDuringReplay.isEmpty else { return }
         let messages = subscription.deferredDuringReplay
         subscription.deferredDuringReplay = []
         var batch = DeliveryBatch(tick: shard.tick)
-        for message in messages { deliver(message, to: subscription, batch: &batch) }
+        for message in messages {
+            deferredBytes -= Self.deferredSize(message)
+            if let replayEpoch, message.position?.epoch != replayEpoch { continue }
+            deliver(message, to: subscription, batch: &batch)
+        }
+        shard.counters.record(batch)
         if let buffer = takeUndelivered() { hold(buffer, behind: machine.newestStep, context: context) }
+    }
+
+    /// What a kept live message counts against the session's pending bytes: its body and an
+    /// estimate of its frame's head.
+    static func deferredSize(_ message: PublishedMessage) -> Int { message.body.readableBytes + 256 }
+
+    /// Kept live messages went past their limit (``LocalSubscription/maxDeferredDuringReplay``,
+    /// or `limits.max-pending-bytes` with what the session holds): the session ends as a slow
+    /// consumer (the client resumes from the last message it got).
+    func failDeferredOverLimit() {
+        deferredOverLimit = false
+        for subscription in subscriptions.values { subscription.deferredDuringReplay = [] }
+        deferredBytes = 0
+        machine.errorOccurred(
+            SessionFailure(
+                "slow consumer: more live messages of another epoch than the session may hold (\(config.maxPendingOutboundBytes) bytes, "
+                    + "\(LocalSubscription.maxDeferredDuringReplay) messages) arrived while a replay was read",
+                kind: .slowConsumer))
+        runActions()
     }
 }

@@ -70,7 +70,7 @@ extension STOMPSessionHandler {
             // A resumed subscription's history, before the live messages held behind the step.
             if let outcome {
                 writeReplay(outcome, context: context)
-                deliverDeferred(outcome.subscription, context: context)
+                deliverDeferred(outcome.subscription, replayEpoch: outcome.replay?.position.epoch, context: context)
                 guard machine.phase != .closed else { return }
             }
             releaseHeld(through: step, context: context)

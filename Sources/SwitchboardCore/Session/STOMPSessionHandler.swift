@@ -95,6 +95,10 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     /// first; nil (no storage) in almost every session.
     var held: CircularBuffer<(step: STOMPSessionStateMachine.StepID, bytes: ByteBuffer)>?
     var heldBytes = 0
+    /// Bytes of the live messages kept while replays are read
+    /// (``LocalSubscription/deferredDuringReplay``), and whether one more went past the limit.
+    var deferredBytes = 0
+    var deferredOverLimit = false
     /// Replayed messages not written yet, oldest subscription first: set while writes are paced
     /// by a replay (see ``pumpReplay(context:)``); nil in almost every session.
     var replayBacklog: CircularBuffer<ReplayRemainder>?
@@ -321,10 +325,14 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             // over, and one of the two instances has not heard of it yet): written now, a copy
             // of the epoch the replay then leaves behind went out after it, a duplicate and out
             // of order. Kept until the replay tells.
-            if subscription.deferredDuringReplay.count < LocalSubscription.maxDeferredDuringReplay {
+            let size = Self.deferredSize(message)
+            if subscription.deferredDuringReplay.count < LocalSubscription.maxDeferredDuringReplay,
+                heldBytes + deferredBytes + size <= config.maxPendingOutboundBytes
+            {
                 subscription.deferredDuringReplay.append(message)
+                deferredBytes += size
             } else {
-                subscription.deferredOverflowed = true
+                deferredOverLimit = true  // the session fails at the pass's flush
             }
             return
         }
@@ -374,6 +382,10 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     static let allocator = ByteBufferAllocator()
 
     package func flushDeliveries() {
+        if deferredOverLimit {
+            failDeferredOverLimit()
+            return
+        }
         flushIfNeeded()
     }
 
@@ -492,14 +504,20 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
         }
     }
 
-    /// NIO's pending writes on the connection, the deliveries held behind a step, and the frames
-    /// held by open transactions (``limits.max-pending-bytes-total`` caps them all: 100,000
-    /// sessions could each hold 4 MiB of transactions too); 0 once the session is closing (its
-    /// connection goes within moments, and what it holds with it).
+    /// NIO's pending writes on the connection and the deliveries held behind a step; 0 once the
+    /// session is closing (its connection goes within moments, and what it holds with it).
     package var pendingOutboundBytes: Int {
         guard machine != nil, machine.phase != .closed else { return 0 }
         let socket = context.flatMap { try? $0.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes) } ?? 0
-        return socket + heldBytes + machine.heldTransactionBytes
+        return socket + heldBytes + deferredBytes
+    }
+
+    /// The frames held by open transactions: in the instance's total against
+    /// `limits.max-pending-bytes-total` (100,000 sessions could each hold 4 MiB of them), not a
+    /// sign of a slow consumer.
+    package var heldInboundBytes: Int {
+        guard machine != nil, machine.phase != .closed else { return 0 }
+        return machine.heldTransactionBytes
     }
     package var outboundSample = OutboundSample()
 

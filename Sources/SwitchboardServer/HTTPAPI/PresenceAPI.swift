@@ -109,7 +109,7 @@ struct PresenceAPI: Sendable {
         guard DestinationPattern.isNormalized(user) else {
             throw Failure(status: .badRequest, message: "user must be in Unicode normalization form C (NFC)", field: "user")
         }
-        if let key, !APIKeyStore.allows(key, "/user/\(user)") {
+        if let key, !APIKeyStore.allows(key, user: user) {
             throw Failure(status: .forbidden, message: "API key '\(key.name)' may not read the presence of users", field: "user")
         }
         let presence = try await read { try await source.userPresence(user) }
