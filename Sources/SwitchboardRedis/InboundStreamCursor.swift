@@ -83,23 +83,25 @@ struct InboundStreamCursor {
         self.recordableFor = recordableFor
     }
 
-    /// Whether the entry must be recorded (false: done with already, or recorded by another
-    /// instance: see ``recordedElsewhere(_:wallMilliseconds:)``).
-    func needsRecording(_ id: String, wallMilliseconds: Int64? = nil) -> Bool {
-        !doneAhead.contains(id) && !recordedElsewhere(id, wallMilliseconds: wallMilliseconds)
-    }
+    /// Whether the entry must be recorded (false: done with already).
+    func needsRecording(_ id: String) -> Bool { !doneAhead.contains(id) }
 
-    /// The shared position of the stream (``InboundCursor``): the newest entry an instance read
-    /// past, each entry up to it recorded by some instance.
+    /// The shared position of the stream (``InboundCursor``): entries after ``sharedFrom``
+    /// through ``sharedThrough`` were read past by some instance, which recorded them (or gave
+    /// them up).
     var sharedThrough: String?
+    var sharedFrom: String?
 
-    /// Whether entry `id` is at or before ``sharedThrough`` and older than ``recordableFor``
-    /// (`wallMilliseconds`: Redis's time now): another instance recorded it, and its `once`
-    /// token may be gone, so recording it again would deliver it twice (an instance cut off
-    /// from Redis for longer, or fallen that far behind, recorded its whole backlog again).
+    /// Whether entry `id` (of a destination that keeps history) is within the shared position
+    /// and older than ``recordableFor`` (`wallMilliseconds`: Redis's time now): another
+    /// instance recorded it, and its `once` token may be gone, so recording it again would
+    /// deliver it twice (an instance cut off from Redis for longer, or fallen that far behind,
+    /// recorded its whole backlog again).
     func recordedElsewhere(_ id: String, wallMilliseconds: Int64?) -> Bool {
-        guard let shared = sharedThrough, let wallMilliseconds, let age = Self.age(of: id, wallMilliseconds: wallMilliseconds) else { return false }
-        return age >= recordableFor && !Self.id(id, isAfter: shared)
+        guard let through = sharedThrough, let from = sharedFrom, let wallMilliseconds,
+            let age = Self.age(of: id, wallMilliseconds: wallMilliseconds)
+        else { return false }
+        return age >= recordableFor && Self.id(id, isAfter: from) && !Self.id(id, isAfter: through)
     }
 
     /// Whether stream id `a` comes after `b` (`<ms>-<seq>`; an id not of that form is after none).

@@ -16,4 +16,5 @@ enum InputLogs {
     static let badBroadcast = LogThrottle()
     static let badStreamEntry = LogThrottle()
     static let streamReads = LogThrottle()
+    static let streamPositions = LogThrottle()
 }

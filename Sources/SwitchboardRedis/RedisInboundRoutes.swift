@@ -172,14 +172,31 @@ package final class RedisInboundRoutes: Sendable {
         var attempt = 0
         /// Redis's time at the last shared-position call, and when that was here.
         var wall: (milliseconds: Int64, at: ContinuousClock.Instant)?
-        func share(_ id: String?) async {
+        /// Redis without functions (before 7): no shared position; each instance starts at the end.
+        var sharingUnsupported = false
+        /// Reads or moves the shared position; throws what Redis said.
+        func share(_ id: String?) async throws {
+            guard !sharingUnsupported else { return }
             do {
-                let reply = try await HistoryFunctions.call(InboundCursor(key: engine.naming.inboundCursorKey(forStream: stream), advanceTo: id), on: redis).get()
+                let command = InboundCursor(key: engine.naming.inboundCursorKey(forStream: stream), advanceTo: id)
+                let reply = try await HistoryFunctions.call(command, on: redis).get()
                 cursor.sharedThrough = reply.through
+                cursor.sharedFrom = reply.from
                 wall = (reply.wallMilliseconds, .now)
+            } catch let error as RedisServerError where error.message.lowercased().contains("unknown command") {
+                sharingUnsupported = true
+                logger.warning(
+                    "Redis has no functions (before 7): inbound stream positions are not shared, an instance that starts reads from the stream's end",
+                    metadata: ["stream": "\(stream)"])
+            }
+        }
+        /// Moves the shared position on; a failure is logged (the next batch moves it further).
+        func shareOrLog(_ id: String?) async {
+            do {
+                try await share(id)
             } catch {
                 logger.log(
-                    level: .warning, throttledBy: InputLogs.streamReads, "inbound stream position not shared: an instance started next reads from the stream's end",
+                    level: .warning, throttledBy: InputLogs.streamPositions, "inbound stream position not shared",
                     metadata: ["stream": "\(stream)", "error": "\(error)"])
             }
         }
@@ -192,32 +209,54 @@ package final class RedisInboundRoutes: Sendable {
                     // Stopped while connecting: stop() may have closed the connections already.
                     if Task.isCancelled { return }
                     if cursor.lastID == nil {
-                        await share(nil)
+                        // Not read: not started (an instance starting at the stream's end while
+                        // a position is stored would lose what was added while none ran).
+                        try await share(nil)
                         if let shared = cursor.sharedThrough {
                             cursor.lastID = shared
                         } else {
                             // Stored at once: entries added while every instance is down are read
                             // by the next to start.
                             cursor.lastID = try await Self.lastEntryID(stream, connection)
-                            await share(cursor.lastID)
+                            try await share(cursor.lastID)
                         }
+                    } else {
+                        // Back after an outage: where the others stand now.
+                        await shareOrLog(nil)
                     }
                     while !Task.isCancelled {
                         let result = try await connection.execute(XREAD(count: 256, blockMilliseconds: 2000, streams: [(stream, cursor.lastID!)]))
                         // Only a read that worked ends the back-off (a stream that cannot be read,
                         // a key of another type or an ACL, reconnected every 100 ms for good).
                         attempt = 0
-                        guard let entries = result?[stream], !entries.isEmpty else { continue }
-                        let now = wall.map { $0.milliseconds + Int64(($0.at.duration(to: .now)).components.seconds * 1000) }
-                        let recordings = entries.map { entry in
-                            (entry.id, cursor.needsRecording(entry.id, wallMilliseconds: now) ? deliver(entry, of: stream) : (destination: nil, recording: nil))
+                        guard let entries = result?[stream], !entries.isEmpty else {
+                            // A quiet stream keeps its shared position alive (it expires a week
+                            // after the last call).
+                            if let last = wall?.at, last.duration(to: .now) > .seconds(3_600) { await shareOrLog(nil) }
+                            continue
                         }
-                        let skipped = entries.count(where: { cursor.recordedElsewhere($0.id, wallMilliseconds: now) })
+                        let now = wall.map { wall in
+                            let elapsed = wall.at.duration(to: .now).components
+                            return wall.milliseconds + elapsed.seconds * 1_000 + elapsed.attoseconds / 1_000_000_000_000_000
+                        }
+                        var skipped = 0
+                        let recordings = entries.map { entry in
+                            guard cursor.needsRecording(entry.id) else { return (entry.id, (destination: String?.none, recording: EventLoopFuture<Void>?.none)) }
+                            // Another instance recorded it (history only: without history each
+                            // instance delivers every entry to its own subscribers).
+                            if cursor.recordedElsewhere(entry.id, wallMilliseconds: now),
+                                let topic = entry[field: "topic"].map({ String(buffer: $0) }), engine.keepsHistory(topic)
+                            {
+                                skipped += 1
+                                return (entry.id, (destination: nil, recording: nil))
+                            }
+                            return (entry.id, deliver(entry, of: stream))
+                        }
                         if skipped > 0 {
                             engine.inboundEntriesRecordedElsewhere.add(skipped, ordering: .relaxed)
                             logger.log(
-                                level: .info, throttledBy: InputLogs.streamReads,
-                                "inbound stream entries behind the shared position and older than their once tokens skipped: another instance recorded them",
+                                level: .info, throttledBy: InputLogs.streamPositions,
+                                "inbound stream entries within the shared position and older than their once tokens skipped: another instance recorded them",
                                 metadata: ["stream": "\(stream)", "skipped": "\(skipped)"])
                         }
                         let before = cursor.lastID
@@ -235,7 +274,7 @@ package final class RedisInboundRoutes: Sendable {
                         let failed = outcomes.contains { if case .failed = $0.outcome { true } else { false } }
                         let failedAt = failed ? try? await connection.execute(TIME()).milliseconds : nil
                         let next = cursor.batchDone(outcomes, at: .now, wallMilliseconds: failedAt)
-                        if cursor.lastID != before { await share(cursor.lastID) }
+                        if cursor.lastID != before { await shareOrLog(cursor.lastID) }
                         for given in next.givenUp {
                             engine.inboundEntriesGivenUp.add(1, ordering: .relaxed)
                             logger.log(

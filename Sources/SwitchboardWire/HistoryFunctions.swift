@@ -187,9 +187,11 @@ public enum HistoryFunctions: RedisFunctionLibrary {
           return out
         end
 
-        -- The shared position of an inbound stream route (switchboard_inbound_cursor): the newest
-        -- entry id any instance read past, moved forward only. '' reads it. Replies it (or '')
-        -- and the server's time in ms.
+        -- The shared position of an inbound stream route (switchboard_inbound_cursor), a hash:
+        -- 'through', the newest entry id an instance read past (moved forward only), and
+        -- 'from', where the first instance to store it started (entries up to it were not
+        -- necessarily read by any). '' reads it. Replies through, from (or '') and the
+        -- server's time in ms. Kept ttl ms after the last call.
         local function id_before(a, b)
           local am, as = string.match(a, '^(%d+)-(%d+)$')
           local bm, bs = string.match(b, '^(%d+)-(%d+)$')
@@ -199,17 +201,29 @@ public enum HistoryFunctions: RedisFunctionLibrary {
           return less(as, bs)
         end
 
-        local function inbound_cursor(keys, args)
-          local stored = redis.call('GET', keys[1])
-          local id = args[1] or ''
-          if string.match(id, '^%d+%-%d+$') and (not stored or id_before(stored, id)) then
-            redis.call('SET', keys[1], id, 'PX', tonumber(args[2]) or 604800000)
-            stored = id
-          end
-          return {stored or '', tostring(now_ms())}
+        local function stream_id(s)
+          if s and string.match(s, '^%d+%-%d+$') then return s end
+          return nil
         end
 
-        redis.register_function('switchboard_inbound_cursor', inbound_cursor)
+        local function inbound_cursor(keys, args)
+          local kind = redis.call('TYPE', keys[1]).ok
+          if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', keys[1]) end
+          local stored = redis.call('HMGET', keys[1], 'from', 'through')
+          local from, through = stream_id(stored[1]), stream_id(stored[2])
+          local id = stream_id(args[1])
+          if id and not (from and through) then
+            redis.call('HSET', keys[1], 'from', id, 'through', id)
+            from, through = id, id
+          elseif id and id_before(through, id) then
+            redis.call('HSET', keys[1], 'through', id)
+            through = id
+          end
+          if through then redis.call('PEXPIRE', keys[1], tonumber(args[2]) or 604800000) end
+          return {through or '', from or '', tostring(now_ms())}
+        end
+
+        redis.register_function{function_name = 'switchboard_inbound_cursor', callback = inbound_cursor, flags = {'allow-oom'}}
         redis.register_function('switchboard_publish', publish)
         redis.register_function('switchboard_spublish', spublish)
         redis.register_function('switchboard_read', read)

@@ -2,8 +2,10 @@ import Redis
 
 /// `FCALL switchboard_inbound_cursor 1 <prefix>inbound:<stream>:cursor <id> <ttl-ms>`: the
 /// shared position of an inbound stream route (see ``HistoryFunctions``), the newest entry id
-/// any instance read past. `advanceTo` moves it forward (never back); nil reads it. The key
-/// expires `ttlMilliseconds` after its last move (a week by default).
+/// any instance read past (`through`), and where the instance that stored it first started
+/// (`from`: entries up to it were not necessarily read by any). `advanceTo` moves it forward
+/// (never back); nil reads it. The key expires `ttlMilliseconds` after the last call (a week
+/// by default).
 ///
 /// An instance that starts reads from it, so entries added while every instance was down are
 /// read (before, every instance started at the stream's end); an instance that falls behind
@@ -12,18 +14,22 @@ public struct InboundCursor: RedisCommand {
     public struct Response: RESPTokenDecodable, Sendable, Equatable {
         /// The newest entry id read past; nil: none stored.
         public var through: String?
+        /// Where the first instance to store it started.
+        public var from: String?
         /// Redis's time (`TIME`), in milliseconds.
         public var wallMilliseconds: Int64
 
-        public init(through: String?, wallMilliseconds: Int64) {
+        public init(through: String?, from: String?, wallMilliseconds: Int64) {
             self.through = through
+            self.from = from
             self.wallMilliseconds = wallMilliseconds
         }
 
         public init(fromRESP token: RESPToken) throws {
             let parts = try [String](fromRESP: token)
-            guard parts.count == 2, let wall = Int64(parts[1]) else { throw RESPDecodeError(token: token, expected: "[id, ms]") }
+            guard parts.count == 3, let wall = Int64(parts[2]) else { throw RESPDecodeError(token: token, expected: "[through, from, ms]") }
             self.through = parts[0].isEmpty ? nil : parts[0]
+            self.from = parts[1].isEmpty ? nil : parts[1]
             self.wallMilliseconds = wall
         }
     }

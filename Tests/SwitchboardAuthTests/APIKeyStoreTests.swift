@@ -85,8 +85,12 @@ import Testing
         #expect(!APIKeyStore.allows(key, user: "alic"))
         #expect(APIKeyStore.allows(key, user: "tenant1.bob"))
         #expect(!APIKeyStore.allows(key, user: "tenant2.bob"))
-        let all = APIKeyStore.Key(name: "all", sha256: APIKeyStore.hash("a"), scopes: ["/user/"])
-        #expect(APIKeyStore.allows(all, user: "anyone.at/all"))
+        for scope in ["/user/", "/user"] {
+            let all = APIKeyStore.Key(name: "all", sha256: APIKeyStore.hash("a"), scopes: [scope])
+            #expect(APIKeyStore.allows(all, user: "anyone.at/all"))
+        }
+        let userx = APIKeyStore.Key(name: "x", sha256: APIKeyStore.hash("x"), scopes: ["/use"])
+        #expect(!APIKeyStore.allows(userx, user: "a"))
         let root = APIKeyStore.Key(name: "root", sha256: APIKeyStore.hash("r"), scopes: ["/"])
         #expect(APIKeyStore.allows(root, user: "x"))
     }

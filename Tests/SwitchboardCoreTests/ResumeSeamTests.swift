@@ -132,6 +132,38 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         #expect(frames.last?.headers["message"]?.hasPrefix("slow consumer") == true)
     }
 
+    /// One kept copy was dropped for the limit and a smaller one after it kept: the kept one
+    /// went out after the replay, and the client resumed past the hole.
+    @Test func noKeptCopyFollowsTheReplayOnceOneWasDroppedForTheLimit() throws {
+        let (gateway, engine, client) = try Self.resuming(from: "e0:9", maxPendingOutboundBytes: 4_096)
+        defer { gateway.shutdown() }
+        gateway.hub.deliver(
+            PublishedMessage(
+                destination: "/topic/h", messageID: "big", headers: [:], body: ByteBuffer(repeating: 0x78, count: 5_000),
+                position: StreamPosition(epoch: "e1", sequence: 6)))
+        gateway.hub.deliver(Self.message("e1", 7))
+        engine.replay!.succeed(
+            HistoryReplay(messages: (UInt64(1)...5).map { Self.message("e1", $0) }, recovered: false, position: StreamPosition(epoch: "e1", sequence: 5)))
+        gateway.loop.run()
+        let frames = try client.read().compactMap(\.frame)
+        #expect(!frames.contains { $0.bodyString == "e1:7" }, "\(frames.map(\.bodyString))")
+        #expect(frames.last?.command == .error)
+    }
+
+    /// History started over after the replay was read: the kept copies of the newer epoch
+    /// follow the replay (they were dropped as of another epoch than the replay's).
+    @Test func keptCopiesOfAnEpochNewerThanTheReplayFollowIt() throws {
+        let (gateway, engine, client) = try Self.resuming(from: "e0:9")
+        defer { gateway.shutdown() }
+        gateway.hub.deliver(Self.message("e2", 1))
+        gateway.loop.run()
+        engine.replay!.succeed(
+            HistoryReplay(messages: (UInt64(1)...5).map { Self.message("e1", $0) }, recovered: false, position: StreamPosition(epoch: "e1", sequence: 5)))
+        gateway.loop.run()
+        let frames = try client.frames()
+        #expect(frames.filter { $0.command == .message }.map(\.bodyString) == (1...5).map { "e1:\($0)" } + ["e2:1"])
+    }
+
     /// Registered before this instance knew the destination's position (its first subscriber)
     /// while history started over: nothing said which epoch was left, and the kept copies of
     /// the old one went out after the new epoch's replay.

@@ -139,20 +139,25 @@ struct InboundStreamCursorTests {
     /// An entry at or before the instances' shared position and older than its `once` token
     /// was recorded by another instance: an instance that fell that far behind (cut off from
     /// Redis for 15 minutes) recorded its whole backlog again, and subscribers got it twice.
-    @Test func entriesBehindTheSharedPositionAndTooOldAreRecordedElsewhere() {
+    @Test func entriesWithinTheSharedPositionAndTooOldAreRecordedElsewhere() {
         var cursor = cursor()
         let old = "\(wall - 600_000)-1", young = "\(wall - 60_000)-1", ahead = "\(wall - 600_000)-5"
         // Without a shared position (none stored, or Redis's time unknown), every entry is recorded.
-        #expect(cursor.needsRecording(old, wallMilliseconds: wall))
+        #expect(!cursor.recordedElsewhere(old, wallMilliseconds: wall))
+        cursor.sharedFrom = "0-0"
         cursor.sharedThrough = "\(wall - 600_000)-4"
-        #expect(!cursor.needsRecording(old, wallMilliseconds: wall))
-        #expect(cursor.needsRecording(old, wallMilliseconds: nil))
+        #expect(cursor.recordedElsewhere(old, wallMilliseconds: wall))
+        #expect(!cursor.recordedElsewhere(old, wallMilliseconds: nil))
         // Young enough for its once token: recorded (the token drops the copy).
         cursor.sharedThrough = "\(wall)-0"
-        #expect(cursor.needsRecording(young, wallMilliseconds: wall))
+        #expect(!cursor.recordedElsewhere(young, wallMilliseconds: wall))
         // After the shared position: no instance recorded it, whatever its age.
         cursor.sharedThrough = "\(wall - 600_000)-4"
-        #expect(cursor.needsRecording(ahead, wallMilliseconds: wall))
+        #expect(!cursor.recordedElsewhere(ahead, wallMilliseconds: wall))
+        // At or before where the first instance started: no instance necessarily read it.
+        cursor.sharedFrom = "\(wall - 600_000)-1"
+        #expect(!cursor.recordedElsewhere(old, wallMilliseconds: wall))
+        #expect(cursor.recordedElsewhere("\(wall - 600_000)-2", wallMilliseconds: wall))
         #expect(InboundStreamCursor.id("10-2", isAfter: "9-9") && InboundStreamCursor.id("10-10", isAfter: "10-9"))
         #expect(!InboundStreamCursor.id("10-9", isAfter: "10-9") && !InboundStreamCursor.id("9-99", isAfter: "10-0"))
         #expect(!InboundStreamCursor.id("x", isAfter: "1-0"))
@@ -245,6 +250,29 @@ struct InboundStreamRetryTests {
         #expect(try await next.gateway.delivered(3) == ["one", "two", "three"])
         try await Self.add("four", on: admin)
         #expect(try await next.gateway.delivered(4).last == "four")
+        await admin.close()
+        await next.shutdown()
+    }
+
+    /// The shared position could not be read when the instance started (an ACL, the key's
+    /// shard unreachable): it started at the stream's end, and what was added while none ran
+    /// was lost. It waits until it can read the position.
+    @Test func anInstanceThatCannotReadTheSharedPositionWaitsForIt() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let admin = try await server.connect()
+        let first = try await Reader(server)
+        try await Self.readerIsLive(first, admin)
+        await first.shutdown()
+        for body in ["one", "two"] { try await Self.add(body, on: admin) }
+        // The gateway's user may use the stream and the history keys, not the position's key.
+        _ = try await admin.execute(RawCommand("ACL", "SETUSER", "default", "resetkeys", "~in", "~switchboard:{*"))
+        let next = try await Reader(server)
+        let engine = next.gateway.engine
+        #expect(try await eventually { engine.inboundReadFailures.load(ordering: .relaxed) >= 1 })
+        try await Self.add("three", on: admin)
+        _ = try await admin.execute(RawCommand("ACL", "SETUSER", "default", "allkeys"))
+        #expect(try await next.gateway.delivered(3) == ["one", "two", "three"])
         await admin.close()
         await next.shutdown()
     }

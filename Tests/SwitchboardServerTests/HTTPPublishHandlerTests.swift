@@ -319,6 +319,31 @@ final class PublishHandlerHarness {
         #expect(!h.channel.isActive)
     }
 
+    /// A request asking for a protocol upgrade (`curl --http2` sends `Upgrade: h2c`): NIO's
+    /// parser parses nothing after it, and what the client sent on piled up unread without
+    /// limit while the connection was kept. It is answered as the connection's last.
+    @Test func anUpgradeRequestIsTheConnectionsLast() throws {
+        let h = try PublishHandlerHarness()
+        let upgrade: HTTPHeaders = ["host": "x", "connection": "Upgrade, HTTP2-Settings", "upgrade": "h2c", "http2-settings": "AAMAAABkAARAAAAAAAIAAAAA"]
+        try h.publish("/topic/a", "one", headers: upgrade)
+        h.channel.embeddedEventLoop.run()
+        let answers = try h.responses()
+        #expect(answers.map(\.status) == [200])
+        #expect(answers.first?.head.headers["connection"] == ["close"])
+        #expect(!h.channel.isActive)
+        // Through the router: it is told to close too.
+        let r = try PublishHandlerHarness()
+        try r.request(.GET, "/nowhere", headers: ["host": "x", "connection": "upgrade", "upgrade": "websocket"])
+        let forwarded = r.recorder.parts.compactMap { if case .head(let head) = $0 { head.headerFields[.connection] } else { nil } }
+        #expect(forwarded == ["close"])
+        // Not an upgrade: `Upgrade` without the token, or the token without `Upgrade`.
+        let k = try PublishHandlerHarness()
+        try k.publish("/topic/a", "one", headers: ["host": "x", "upgrade": "h2c"])
+        try k.publish("/topic/a", "two", headers: ["host": "x", "connection": "keep-alive, upgrade"])
+        #expect(try k.responses().map { $0.head.headers["connection"] } == [[], []])
+        #expect(k.channel.isActive)
+    }
+
     @Test func http10KeepsTheConnectionOnlyWhenAsked() throws {
         let h = try PublishHandlerHarness()
         try h.publish("/topic/a", "1", headers: ["connection": "keep-alive"], version: .http1_0)

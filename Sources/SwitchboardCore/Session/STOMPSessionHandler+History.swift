@@ -135,20 +135,34 @@ extension STOMPSessionHandler {
 
     /// The live messages of another epoch than the client's kept while the replay was read
     /// (``LocalSubscription/deferredDuringReplay``) follow the replay if it is in their epoch
-    /// (through the seam: those it holds are dropped); of any other epoch, one the replay left
-    /// behind, they are dropped. `replayEpoch`: nil without a replay (they all go through the seam).
+    /// (through the seam: those it holds are dropped); of an older epoch, one the replay left
+    /// behind, they are dropped; of a newer one (history started over after the read), they
+    /// follow. `replayEpoch`: nil without a replay (they all go through the seam).
     func deliverDeferred(_ subscription: LocalSubscription, replayEpoch: String?, context: ChannelHandlerContext) {
+        // One was dropped for the limit: none goes out after the replay (the client would resume
+        // past the hole), the session fails.
+        if deferredOverLimit {
+            failDeferredOverLimit()
+            return
+        }
         guard !subscription.deferredDuringReplay.isEmpty else { return }
         let messages = subscription.deferredDuringReplay
         subscription.deferredDuringReplay = []
         var batch = DeliveryBatch(tick: shard.tick)
         for message in messages {
             deferredBytes -= Self.deferredSize(message)
-            if let replayEpoch, message.position?.epoch != replayEpoch { continue }
+            // Of an epoch older than the replay's: left. (A newer one began after the read.)
+            if let replayEpoch, let epoch = message.position?.epoch, Self.epoch(epoch, isOlderThan: replayEpoch) { continue }
             deliver(message, to: subscription, batch: &batch)
         }
         shard.counters.record(batch)
         if let buffer = takeUndelivered() { hold(buffer, behind: machine.newestStep, context: context) }
+    }
+
+    /// Whether epoch `a` began before `b`: epochs are the server's time when history started
+    /// (``HistoryFunctions``, fixed-width hex), so they sort as text of one length.
+    static func epoch(_ a: String, isOlderThan b: String) -> Bool {
+        a.utf8.count != b.utf8.count ? a.utf8.count < b.utf8.count : a < b
     }
 
     /// What a kept live message counts against the session's pending bytes: its body and an

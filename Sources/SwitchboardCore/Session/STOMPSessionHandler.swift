@@ -300,6 +300,10 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
 
     func flushIfNeeded() {
         guard let context else { return }
+        if deferredOverLimit {
+            failDeferredOverLimit()
+            return
+        }
         settleUndelivered(context: context)
         guard wroteSinceFlush else { return }
         wroteSinceFlush = false
@@ -326,7 +330,7 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             // of the epoch the replay then leaves behind went out after it, a duplicate and out
             // of order. Kept until the replay tells.
             let size = Self.deferredSize(message)
-            if subscription.deferredDuringReplay.count < LocalSubscription.maxDeferredDuringReplay,
+            if !deferredOverLimit, subscription.deferredDuringReplay.count < LocalSubscription.maxDeferredDuringReplay,
                 heldBytes + deferredBytes + size <= config.maxPendingOutboundBytes
             {
                 subscription.deferredDuringReplay.append(message)
@@ -382,10 +386,6 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     static let allocator = ByteBufferAllocator()
 
     package func flushDeliveries() {
-        if deferredOverLimit {
-            failDeferredOverLimit()
-            return
-        }
         flushIfNeeded()
     }
 

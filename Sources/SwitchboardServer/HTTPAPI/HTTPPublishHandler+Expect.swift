@@ -59,3 +59,12 @@ extension HTTPPublishHandler {
     /// framing headers and keeps the request's method for the final answer.
     static let continueHead = HTTPResponseHead(version: .http1_1, status: .continue)
 }
+
+extension HTTPPublishHandler {
+    /// Whether `head` asks for a protocol upgrade as NIO's parser reads it: an `Upgrade` field
+    /// and the `upgrade` token in `Connection`.
+    static func asksUpgrade(_ head: HTTPRequestHead) -> Bool {
+        guard head.headers.contains(name: "upgrade") else { return false }
+        return head.headers[canonicalForm: "connection"].contains { $0.utf8.count == 7 && $0.lowercased() == "upgrade" }
+    }
+}

@@ -79,4 +79,13 @@ extension HTTPPublishHandler {
         writeMalformedIfDue()
         context.flush()
     }
+
+    /// Writes the 400 for malformed bytes once the router has answered the requests before them
+    /// (held ones too).
+    func writeMalformedIfDue() {
+        guard let answer = malformedAfterRouter, routerOwesNothing, held.isEmpty, !closing else { return }
+        malformedAfterRouter = nil
+        answers.append(answer)
+        writeAnswers()
+    }
 }

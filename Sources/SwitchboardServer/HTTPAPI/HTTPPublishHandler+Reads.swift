@@ -10,7 +10,7 @@ extension HTTPPublishHandler {
 
     /// Reads pause for the answers owed (not for the socket: a slow request's time runs on
     /// while the client does not read its answers).
-    var pausedForAnswers: Bool { !lingering && (!held.isEmpty || answers.count >= Self.maxPendingAnswers || refused) }
+    var pausedForAnswers: Bool { !lingering && (!held.isEmpty || answers.count >= Self.maxPendingAnswers || refused || lastRequestRead) }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { resumeReadsIfPossible(context: context) }

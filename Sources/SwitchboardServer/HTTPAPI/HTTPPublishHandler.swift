@@ -94,13 +94,15 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The parser failed inside a forwarded request: the router owes it nothing (its body never ends).
     var abandonedForward = false
     /// Whether the router has written every answer owed for the requests before the malformed bytes.
-    private var routerOwesNothing: Bool { forwardedUnanswered - (abandonedForward ? 1 : 0) <= 0 && !routerResponseOpen }
+    var routerOwesNothing: Bool { forwardedUnanswered - (abandonedForward ? 1 : 0) <= 0 && !routerResponseOpen }
     var closing = false
     /// A graceful shutdown began: no new request is taken (one read after it is dropped
     /// unprocessed, with everything after it; the client sends it again elsewhere).
     var draining = false
     /// A request came after the shutdown began: dropped, and so is the rest.
     var droppingAfterDrain = false
+    /// The request read asked for a protocol upgrade: nothing more is read.
+    var lastRequestRead = false
     /// The request being read asked for `100 Continue` and has not had it.
     private var continueOwed = false
     /// The answer that ends the connection is out and its output closed; input is read and
@@ -185,7 +187,14 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Handles one part; false for a head that must wait for earlier answers.
     private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) -> Bool {
         switch part {
-        case .head(let head):
+        case .head(var head):
+            if Self.asksUpgrade(head) {
+                // NIO's parser takes it for a protocol switch (`h2c`, a WebSocket upgrade after
+                // the first request) and parses nothing after it: whatever the client sent on
+                // piled up unread, without limit. Answered as the connection's last request.
+                head.headers.replaceOrAdd(name: "connection", value: "close")
+                lastRequestRead = true
+            }
             if head.method == .CONNECT {
                 // NIO's parser reads no request after a CONNECT's head, and the encoder writes
                 // the answer to one without a body or its length: refused here, then closed
@@ -244,7 +253,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 forwardedUnanswered += 1
                 forwardedBodyBytes = 0
                 current = .forwarding
-                forward(part, context: context)
+                forward(.head(head), context: context)
             }
             continueOwed = expectation == .continue100
             writeContinueIfDue()
@@ -492,7 +501,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 let written = context.writeAndFlush(data)
                 written.whenComplete { promise?.completeWith($0) }
                 // The router's 413 leaves the body unread: linger as for the fast path's.
-                closeConnection(after: written, linger: routerResponseCloses || forwardCut, context: context)
+                // (Not after an upgrade request: the parser would only pile up what comes.)
+                closeConnection(after: written, linger: (routerResponseCloses || forwardCut) && !lastRequestRead, context: context)
                 return
             }
             context.write(data, promise: promise)
@@ -507,15 +517,6 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         context.write(data, promise: promise)
         if case .end = unwrapOutboundIn(data) { writeMalformedIfDue() }
-    }
-
-    /// Writes the 400 for malformed bytes once the router has answered the requests before them
-    /// (held ones too).
-    func writeMalformedIfDue() {
-        guard let answer = malformedAfterRouter, routerOwesNothing, held.isEmpty, !closing else { return }
-        malformedAfterRouter = nil
-        answers.append(answer)
-        writeAnswers()
     }
 
     /// The client closed its side. Without the router's task (which then finishes and closes),
