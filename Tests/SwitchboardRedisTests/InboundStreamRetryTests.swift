@@ -236,16 +236,22 @@ struct InboundStreamRetryTests {
         await reader.shutdown()
     }
 
+    /// A reader that read the stream and stopped; then `bodies` added. Returns the admin connection.
+    static func addedWhileNoInstanceRead(_ bodies: [String], _ server: RedisServerProcess) async throws -> RedisConnection {
+        let admin = try await server.connect()
+        let first = try await Reader(server)
+        try await readerIsLive(first, admin)
+        await first.shutdown()
+        for body in bodies { try await add(body, on: admin) }
+        return admin
+    }
+
     /// Every instance started at the stream's end: entries added while none ran (one instance
     /// killed and started again, a full restart) were never read.
     @Test func entriesAddedWhileNoInstanceReadAreReadByTheNextToStart() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }
-        let admin = try await server.connect()
-        let first = try await Reader(server)
-        try await Self.readerIsLive(first, admin)
-        await first.shutdown()
-        for body in ["one", "two", "three"] { try await Self.add(body, on: admin) }
+        let admin = try await Self.addedWhileNoInstanceRead(["one", "two", "three"], server)
         let next = try await Reader(server)
         #expect(try await next.gateway.delivered(3) == ["one", "two", "three"])
         try await Self.add("four", on: admin)
@@ -260,11 +266,7 @@ struct InboundStreamRetryTests {
     @Test func anInstanceThatCannotReadTheSharedPositionWaitsForIt() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }
-        let admin = try await server.connect()
-        let first = try await Reader(server)
-        try await Self.readerIsLive(first, admin)
-        await first.shutdown()
-        for body in ["one", "two"] { try await Self.add(body, on: admin) }
+        let admin = try await Self.addedWhileNoInstanceRead(["one", "two"], server)
         // The gateway's user may use the stream and the history keys, not the position's key.
         _ = try await admin.execute(RawCommand("ACL", "SETUSER", "default", "resetkeys", "~in", "~switchboard:{*"))
         let next = try await Reader(server)
