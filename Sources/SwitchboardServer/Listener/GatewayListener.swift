@@ -57,6 +57,17 @@ struct GatewayListener: Service {
         let forced = Atomic<Bool>(false)
         /// Connections the listener closed itself at the deadline.
         let closedAtDeadline = Atomic<Int>(0)
+        /// A graceful shutdown began (listening sockets closing is expected from then on).
+        let stopping = Atomic<Bool>(false)
+        /// Listening sockets that closed by themselves (NIO closes one on an `accept` error it
+        /// cannot recover from: `EPROTO`, `EPERM` from a firewall rule).
+        let socketsLost = Atomic<Int>(0)
+    }
+
+    /// Every listening socket of the port closed by itself: nothing is accepted any more.
+    struct ListeningSocketsLost: Error, CustomStringConvertible {
+        var port: Int
+        var description: String { "every listening socket of port \(port) closed by itself: the port accepts no connection any more" }
     }
 
     let settings: Settings
@@ -78,6 +89,18 @@ struct GatewayListener: Service {
         let logger = self.logger
         let http = self.http
         let progress = ShutdownProgress()
+        // A listening socket closing outside a shutdown is logged; once every one has, the
+        // listener fails (the process ends, and its supervisor starts it again): it ran on,
+        // accepting nothing, and looked healthy.
+        for socket in sockets {
+            socket.channel.closeFuture.whenComplete { [settings] result in
+                guard !progress.stopping.load(ordering: .relaxed) else { return }
+                let lost = progress.socketsLost.add(1, ordering: .relaxed).newValue
+                logger.error(
+                    "listening socket closed by itself", metadata: ["port": "\(settings.port)", "open": "\(sockets.count - lost)", "result": "\(result)"])
+                if lost == sockets.count { arrivals.finish() }
+            }
+        }
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { tasks in
                 for await connection in connections {
@@ -87,9 +110,10 @@ struct GatewayListener: Service {
                         progress.tasks.subtract(1, ordering: .relaxed)
                     }
                 }
-                if progress.forced.load(ordering: .relaxed) { tasks.cancelAll() }
+                if progress.forced.load(ordering: .relaxed) || progress.socketsLost.load(ordering: .relaxed) == sockets.count { tasks.cancelAll() }
             }
         } onGracefulShutdown: { [settings] in
+            progress.stopping.store(true, ordering: .relaxed)
             let loop = sockets[0].channel.eventLoop
             let closed = sockets.map { $0.connections.quiesce(listeningSocket: $0.channel) }
             EventLoopFuture.andAllComplete(closed, on: loop).whenComplete { _ in
@@ -106,6 +130,9 @@ struct GatewayListener: Service {
                 for socket in sockets { progress.closedAtDeadline.add(socket.connections.closeRemaining(logger: logger), ordering: .relaxed) }
                 arrivals.finish()
             }
+        }
+        if !progress.stopping.load(ordering: .relaxed), progress.socketsLost.load(ordering: .relaxed) == sockets.count {
+            throw ListeningSocketsLost(port: settings.port)
         }
         logger.info(
             "listener stopped",
