@@ -80,6 +80,9 @@ struct SwitchboardCommand: AsyncParsableCommand {
         LogSetup(format: settings.log.format, defaultLevel: settings.log.level, levels: settings.log.levels).bootstrap()
         let logger = Logger(label: "switchboard.server")
         for warning in loaded.warnings { logger.warning("\(warning)") }
+        if let openFiles = ProcessFiles.raiseSoftLimit(), let warning = ProcessFiles.warning(for: settings, openFiles: openFiles) {
+            logger.warning("\(warning)")
+        }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let gateway = try await SwitchboardGateway(configuration: settings, logger: logger, metricsRegistry: registry)
