@@ -181,7 +181,10 @@ final class RouterHarness {
         #expect(text.hasPrefix("HTTP/1.1 \(status)\r\n"), "\(text)")
         #expect(text.contains("Content-Type: application/json\r\n"))
         #expect(text.hasSuffix("}") && text.contains(field), "\(text)")
-        if status.hasPrefix("426") { #expect(text.contains("Sec-WebSocket-Version: 13\r\n")) }
+        if status.hasPrefix("426") {
+            // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+            #expect(text.contains("Sec-WebSocket-Version: 13\r\n") && text.contains("Upgrade: websocket\r\n") && text.contains("Connection: Upgrade, close\r\n"))
+        }
         #expect(!h.channel.isActive)
         #expect(!h.has(STOMPSessionHandler.self))
     }

@@ -116,7 +116,7 @@ struct WebSocketHandshake: Sendable {
             return .refuse(
                 Refusal(
                     status: 426, reason: "Upgrade Required", message: "Sec-WebSocket-Version must be 13",
-                    field: "Sec-WebSocket-Version", extraHeaders: [("Sec-WebSocket-Version", "13")]))
+                    field: "Sec-WebSocket-Version", extraHeaders: [("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")]))
         }
         guard head.keys.count == 1, Self.isValidKey(head.keys[0]) else {
             return .refuse(.badRequest("Sec-WebSocket-Key must be one base64-encoded 16-byte value", field: "Sec-WebSocket-Key"))
@@ -161,7 +161,9 @@ struct WebSocketHandshake: Sendable {
         // The same JSON error shape as the HTTP API's, written the same way (no Foundation: a
         // flood of refused connections stays cheap).
         var body = APIJSON.body(APIErrorBody(error: refusal.message, field: refusal.field))
-        var text = "HTTP/1.1 \(refusal.status) \(refusal.reason)\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        // (A 426 names the protocol to upgrade to, with the `upgrade` option: RFC 9110 §7.8.)
+        let upgrade = refusal.extraHeaders.contains { $0.0 == "Upgrade" }
+        var text = "HTTP/1.1 \(refusal.status) \(refusal.reason)\r\nConnection: \(upgrade ? "Upgrade, close" : "close")\r\nContent-Type: application/json\r\n"
         for (name, value) in refusal.extraHeaders { text += "\(name): \(value)\r\n" }
         text += "Content-Length: \(body.readableBytes)\r\n\r\n"
         var buffer = ByteBuffer(string: text)
