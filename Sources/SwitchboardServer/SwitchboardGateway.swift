@@ -98,7 +98,7 @@ package struct SwitchboardGateway: Sendable {
         self.apiGroup = configuration.http.apiPort.map { _ in MultiThreadedEventLoopGroup(numberOfThreads: configuration.http.apiThreads) }
         let apiLoops = apiGroup.map { Array($0.makeIterator()) } ?? []
         let loops = Array(group.makeIterator())
-        self.pending = PendingHandshakes(eventLoops: loops + apiLoops)
+        self.pending = PendingHandshakes(eventLoops: loops + apiLoops, maxPerAddress: configuration.limits.maxPendingConnectionsPerIP)
         let hub = FanoutHub(
             eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.stomp.heartbeatResolutionMs)),
             writeCoalescing: .microseconds(Int64(configuration.server.writeCoalesceMicros)),
@@ -340,7 +340,8 @@ package struct SwitchboardGateway: Sendable {
         router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.http.allowedOrigins))
         // Innermost: CORS and metrics see its JSON 404/405 like any other answer.
         router.add(middleware: NoRouteMiddleware())
-        MetricsEndpoint(registry: metricsRegistry, services: services, httpConnections: [httpConnections.main, httpConnections.api]).register(on: router)
+        MetricsEndpoint(registry: metricsRegistry, services: services, httpConnections: [httpConnections.main, httpConnections.api], pending: pending)
+            .register(on: router)
         let publisher = NotificationPublisher(
             services: services, apiKeys: apiKeys, maxBodyBytes: configuration.http.maxBodyBytes, maxBatchItems: configuration.http.maxBatchItems)
         let streamGroups = redis?.streamRoutes.compactMap(\.groups) ?? []

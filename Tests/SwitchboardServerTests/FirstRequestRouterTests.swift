@@ -275,6 +275,33 @@ final class RouterHarness {
         _ = try? channel.finish()
     }
 
+    /// Connections in their first request counted against no limit: one address opening
+    /// thousands and sending nothing (or stalling in TLS) held the process's descriptors until
+    /// their deadline. Past `limits.max-pending-connections-per-ip` one is closed at accept.
+    @Test func connectionsInTheirFirstRequestAreBoundedPerAddress() throws {
+        let pending = PendingHandshakes(maxPerAddress: 2)
+        let loop = EmbeddedEventLoop()
+        func open(_ ip: String) throws -> EmbeddedChannel {
+            let channel = EmbeddedChannel(loop: loop)
+            try channel.connect(to: SocketAddress(ipAddress: ip, port: 4000)).wait()
+            try channel.pipeline.syncOperations.addHandler(HandshakeTimeoutHandler(timeout: .seconds(10), registry: pending))
+            return channel
+        }
+        let (a, b, c) = (try open("10.0.0.1"), try open("10.0.0.1"), try open("10.0.0.1"))
+        #expect(a.isActive && b.isActive)
+        #expect(!c.isActive, "a third from the same address, before the others' first request")
+        #expect(pending.refused.load(ordering: .relaxed) == 1)
+        #expect(try open("10.0.0.2").isActive, "another address")
+        // Through its first request, a connection no longer counts; closed neither.
+        try a.writeInbound(HTTPServerRequestPart.head(.init(version: .http1_1, method: .GET, uri: "/health")))
+        #expect(try open("10.0.0.1").isActive)
+        try b.close().wait()
+        loop.run()  // (the pipeline's handlers are removed after the close)
+        #expect(try open("10.0.0.1").isActive)
+        #expect(!(try open("10.0.0.1").isActive))
+        #expect(pending.refused.load(ordering: .relaxed) == 2)
+    }
+
     @Test func aSilentConnectionIsClosedAtItsDeadlineByTheLoopsOneTimer() throws {
         let pending = PendingHandshakes()
         let loop = EmbeddedEventLoop()

@@ -120,6 +120,9 @@ package enum ConfigKeyCatalog {
                     "bytes (bodies, headers, 64 per frame) held by one session's open transactions together"),
                 .init("limits.max-connections", .integer, "`100000`", "WebSocket connections per instance (429)"),
                 .init("limits.max-connections-per-ip", .integer, "`10000`", "per client address (429)"),
+                .init(
+                    "limits.max-pending-connections-per-ip", .integer, "`1024`",
+                    "connections from one address still in their first request (TCP or TLS handshake, request not in); past it closed at accept, `0`: no limit"),
                 .init("limits.max-sessions-per-user", .integer, "`100`", "per authenticated user, per instance"),
                 .init("limits.frames-per-second", .integer, "`2000`", "per connection, token bucket (burst 2×)"),
                 .init(

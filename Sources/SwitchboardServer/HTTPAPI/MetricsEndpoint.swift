@@ -20,10 +20,13 @@ final class MetricsEndpoint: Sendable {
     let registry: PrometheusCollectorRegistry
     let services: GatewayServices
     let httpConnections: [HTTPConnectionCount]
+    /// Connections in their first request (``PendingHandshakes/refused``).
+    let pending: PendingHandshakes?
     /// Last value pushed into each counter, to increment by the difference.
     private let synced = NIOLockedValueBox<[String: Int]>([:])
 
-    init(registry: PrometheusCollectorRegistry, services: GatewayServices, httpConnections: [HTTPConnectionCount] = []) {
+    init(registry: PrometheusCollectorRegistry, services: GatewayServices, httpConnections: [HTTPConnectionCount] = [], pending: PendingHandshakes? = nil) {
+        self.pending = pending
         self.registry = registry
         self.services = services
         self.httpConnections = httpConnections
@@ -100,6 +103,11 @@ final class MetricsEndpoint: Sendable {
             counter(
                 "switchboard_http_connections_refused_total", count.refused.load(ordering: .relaxed), labels: [("port", count.port)],
                 help: "HTTP connections answered 503 and closed because the port had http.max-connections open.")
+        }
+        if let pending {
+            counter(
+                "switchboard_pending_connections_refused_total", pending.refused.load(ordering: .relaxed),
+                help: "Connections closed at accept: their address had limits.max-pending-connections-per-ip in their first request already.")
         }
         gauge(
             "switchboard_outbound_pending_bytes", services.hub.outbound.total,

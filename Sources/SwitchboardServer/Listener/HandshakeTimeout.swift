@@ -21,6 +21,8 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
     private(set) var done = false
     private var context: ChannelHandlerContext?
     private var shard: LoopPendingHandshakes?
+    /// The client's address, counted against ``PendingHandshakes/maxPerAddress`` until done.
+    private var address: String?
 
     init(timeout: TimeAmount, registry: PendingHandshakes) {
         self.timeout = timeout
@@ -28,6 +30,16 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        if let ip = context.channel.remoteAddress?.ipAddress {
+            guard registry.admit(ip) else {
+                // Too many from there not through their first request yet (TLS included):
+                // closed before any of its work is done.
+                done = true
+                context.close(promise: nil)
+                return
+            }
+            address = ip
+        }
         self.context = context
         deadline = context.eventLoop.now + timeout
         let shard = registry.shard(for: context.eventLoop)
@@ -75,6 +87,10 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
     private func finish() {
         guard !done else { return }
         done = true
+        if let address {
+            registry.release(address)
+            self.address = nil
+        }
         context = nil
         shard?.finished()
         shard = nil
@@ -155,11 +171,43 @@ final class PendingHandshakes: Sendable {
     /// Any other loop (an `EmbeddedEventLoop` in tests).
     private let others = NIOLockedValueBox<[ObjectIdentifier: LoopPendingHandshakes]>([:])
 
-    init(eventLoops: [any EventLoop] = []) {
+    /// Connections from one address still in their first request, at most (0: no limit).
+    let maxPerAddress: Int
+    private let perAddress = NIOLockedValueBox<[String: Int]>([:])
+    /// Connections closed at accept: their address had ``maxPerAddress`` in their first request.
+    let refused = Atomic<Int>(0)
+
+    init(eventLoops: [any EventLoop] = [], maxPerAddress: Int = 0) {
         var shards: [ObjectIdentifier: LoopPendingHandshakes] = [:]
         for loop in eventLoops { shards[ObjectIdentifier(loop)] = LoopPendingHandshakes(eventLoop: loop) }
         self.shards = shards
+        self.maxPerAddress = maxPerAddress
     }
+
+    /// Counts a connection from `address` in its first request; false (counted as refused)
+    /// when that address has ``maxPerAddress`` already.
+    func admit(_ address: String) -> Bool {
+        guard maxPerAddress > 0 else { return true }
+        let admitted = perAddress.withLockedValue { counts in
+            guard counts[address, default: 0] < maxPerAddress else { return false }
+            counts[address, default: 0] += 1
+            return true
+        }
+        if !admitted { refused.add(1, ordering: .relaxed) }
+        return admitted
+    }
+
+    /// A connection ``admit(_:)`` counted is through its first request, or closed.
+    func release(_ address: String) {
+        guard maxPerAddress > 0 else { return }
+        perAddress.withLockedValue { counts in
+            let n = counts[address, default: 0] - 1
+            counts[address] = n > 0 ? n : nil
+        }
+    }
+
+    /// Addresses with connections in their first request (tests).
+    var addressesPending: Int { perAddress.withLockedValue { $0.count } }
 
     func shard(for eventLoop: any EventLoop) -> LoopPendingHandshakes {
         let id = ObjectIdentifier(eventLoop)
