@@ -183,11 +183,14 @@ package final class RedisInboundRoutes: Sendable {
                 cursor.sharedThrough = reply.through
                 cursor.sharedFrom = reply.from
                 wall = (reply.wallMilliseconds, .now)
-            } catch let error as RedisServerError where error.message.lowercased().contains("unknown command") {
+            } catch let error where !RedisEngine.willPass(error) {
+                // Redis before 7 (no functions), an ACL refusing FCALL or the key, a library that
+                // cannot be loaded: the route still runs (without history it needs no function),
+                // each instance from where it starts, as before positions were shared.
                 sharingUnsupported = true
                 logger.warning(
-                    "Redis has no functions (before 7): inbound stream positions are not shared, an instance that starts reads from the stream's end",
-                    metadata: ["stream": "\(stream)"])
+                    "inbound stream positions cannot be shared: an instance that starts reads from the stream's end",
+                    metadata: ["stream": "\(stream)", "error": "\(error)"])
             }
         }
         /// Moves the shared position on; a failure is logged (the next batch moves it further).
@@ -209,8 +212,9 @@ package final class RedisInboundRoutes: Sendable {
                     // Stopped while connecting: stop() may have closed the connections already.
                     if Task.isCancelled { return }
                     if cursor.lastID == nil {
-                        // Not read: not started (an instance starting at the stream's end while
-                        // a position is stored would lose what was added while none ran).
+                        // Not read (Redis unreachable, loading, failing over): not started (an
+                        // instance starting at the stream's end while a position is stored would
+                        // lose what was added while none ran).
                         try await share(nil)
                         if let shared = cursor.sharedThrough {
                             cursor.lastID = shared

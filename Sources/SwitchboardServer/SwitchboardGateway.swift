@@ -98,7 +98,8 @@ package struct SwitchboardGateway: Sendable {
         self.apiGroup = configuration.http.apiPort.map { _ in MultiThreadedEventLoopGroup(numberOfThreads: configuration.http.apiThreads) }
         let apiLoops = apiGroup.map { Array($0.makeIterator()) } ?? []
         let loops = Array(group.makeIterator())
-        self.pending = PendingHandshakes(eventLoops: loops + apiLoops, maxPerAddress: configuration.limits.maxPendingConnectionsPerIP)
+        self.pending = PendingHandshakes(
+            eventLoops: loops + apiLoops, maxPerAddress: configuration.limits.maxPendingConnectionsPerIP, logger: Logger(label: "switchboard.http"))
         let hub = FanoutHub(
             eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.stomp.heartbeatResolutionMs)),
             writeCoalescing: .microseconds(Int64(configuration.server.writeCoalesceMicros)),
@@ -425,8 +426,10 @@ package struct SwitchboardGateway: Sendable {
         }
         // Stopped in reverse: sessions drain first, then the session port closes, and the API
         // port last (backends can publish while sessions drain).
-        if let apiListener { list.append(.init(service: apiListener)) }
-        list += [.init(service: listener), .init(service: drain)]
+        // A listener failing (its port accepts nothing any more) shuts the others down
+        // gracefully: sessions drain, the lease is left, Redis's last writes go out.
+        if let apiListener { list.append(.init(service: apiListener, failureTerminationBehavior: .gracefullyShutdownGroup)) }
+        list += [.init(service: listener, failureTerminationBehavior: .gracefullyShutdownGroup), .init(service: drain)]
         var groupConfiguration = ServiceGroupConfiguration(services: list, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         // Every stage has its own bound; this one holds if a stage still never finished: its
         // services are cancelled, and past the cancellation bound the process stops (a

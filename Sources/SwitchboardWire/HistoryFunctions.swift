@@ -208,7 +208,14 @@ public enum HistoryFunctions: RedisFunctionLibrary {
 
         local function inbound_cursor(keys, args)
           local kind = redis.call('TYPE', keys[1]).ok
-          if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', keys[1]) end
+          if kind == 'string' then
+            -- The first form of the position: one id.
+            local id = stream_id(redis.call('GET', keys[1]))
+            redis.call('DEL', keys[1])
+            if id then redis.call('HSET', keys[1], 'from', id, 'through', id) end
+          elseif kind ~= 'hash' and kind ~= 'none' then
+            redis.call('DEL', keys[1])
+          end
           local stored = redis.call('HMGET', keys[1], 'from', 'through')
           local from, through = stream_id(stored[1]), stream_id(stored[2])
           local id = stream_id(args[1])

@@ -331,6 +331,20 @@ final class PublishHandlerHarness {
         #expect(answers.map(\.status) == [200])
         #expect(answers.first?.head.headers["connection"] == ["close"])
         #expect(!h.channel.isActive)
+        // Its body, in pieces (and after a 100 Continue), is still read.
+        let b = try PublishHandlerHarness()
+        var expecting = upgrade
+        expecting.add(name: "expect", value: "100-continue")
+        try b.request(.POST, "/api/notification", headers: expecting, end: false)
+        try b.channel.writeInbound(HTTPServerRequestPart.body(ByteBuffer(string: #"{"topic":"/topic/a","#)))
+        let reads = b.flushes.reads
+        b.channel.read()
+        #expect(b.flushes.reads == reads + 1, "reads go on within its body")
+        try b.channel.writeInbound(HTTPServerRequestPart.body(ByteBuffer(string: #""message":"m"}"#)))
+        try b.channel.writeInbound(HTTPServerRequestPart.end(nil))
+        b.channel.embeddedEventLoop.run()
+        #expect(try b.responses().map(\.status) == [200])
+        #expect(!b.channel.isActive)
         // Through the router: it is told to close too.
         let r = try PublishHandlerHarness()
         try r.request(.GET, "/nowhere", headers: ["host": "x", "connection": "upgrade", "upgrade": "websocket"])

@@ -1,7 +1,14 @@
-import Glibc
 import Testing
 
 @testable import SwitchboardServer
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// The open-files limit: raised to the hard limit at start, and compared with the connections
 /// the configuration admits (the defaults admit 100,000 sessions and 10,000 HTTP connections
@@ -10,8 +17,10 @@ import Testing
     @Test func theSoftLimitIsRaisedToTheHardOne() throws {
         let soft = try #require(ProcessFiles.raiseSoftLimit())
         var limit = rlimit()
-        #expect(getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0)
+        #expect(getrlimit(ProcessFiles.resource, &limit) == 0)
+        #if os(Linux)
         #expect(limit.rlim_cur == limit.rlim_max)
+        #endif
         #expect(soft == (limit.rlim_cur >= rlim_t(Int.max) ? Int.max : Int(limit.rlim_cur)))
     }
 

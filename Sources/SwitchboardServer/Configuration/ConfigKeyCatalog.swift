@@ -121,8 +121,9 @@ package enum ConfigKeyCatalog {
                 .init("limits.max-connections", .integer, "`100000`", "WebSocket connections per instance (429)"),
                 .init("limits.max-connections-per-ip", .integer, "`10000`", "per client address (429)"),
                 .init(
-                    "limits.max-pending-connections-per-ip", .integer, "`1024`",
-                    "connections from one address still in their first request (TCP or TLS handshake, request not in); past it closed at accept, `0`: no limit"),
+                    "limits.max-pending-connections-per-ip", .integer, "`limits.max-connections-per-ip`",
+                    "connections from one address still in their first request (TCP or TLS handshake, request not in); past it closed at accept "
+                        + "(lower it where clients connect directly, not through a proxy), `0`: no limit"),
                 .init("limits.max-sessions-per-user", .integer, "`100`", "per authenticated user, per instance"),
                 .init("limits.frames-per-second", .integer, "`2000`", "per connection, token bucket (burst 2×)"),
                 .init(

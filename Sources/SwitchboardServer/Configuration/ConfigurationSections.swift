@@ -147,8 +147,9 @@ package struct Limits: Sendable, Equatable {
     package var maxConnections = 100_000
     package var maxConnectionsPerIP = 10_000
     /// Connections from one address still in their first request (TCP or TLS handshake, the
-    /// upgrade or API request not yet in), closed at accept past it (0: no limit).
-    package var maxPendingConnectionsPerIP = 1_024
+    /// upgrade or API request not yet in), closed at accept past it (0: no limit). By default
+    /// ``maxConnectionsPerIP``: behind a proxy every connection comes from its address.
+    package var maxPendingConnectionsPerIP = 10_000
     package var maxSessionsPerUser = sessionDefaults.maxSessionsPerUser
     /// Token buckets per connection (0: no limit).
     package var framesPerSecond = sessionDefaults.maxFramesPerSecond
@@ -171,7 +172,7 @@ package struct Limits: Sendable, Equatable {
         maxTransactionBytes = reader.int(forKey: "max-transaction-bytes", default: maxTransactionBytes)
         maxConnections = reader.int(forKey: "max-connections", default: maxConnections)
         maxConnectionsPerIP = reader.int(forKey: "max-connections-per-ip", default: maxConnectionsPerIP)
-        maxPendingConnectionsPerIP = reader.int(forKey: "max-pending-connections-per-ip", default: maxPendingConnectionsPerIP)
+        maxPendingConnectionsPerIP = reader.int(forKey: "max-pending-connections-per-ip", default: maxConnectionsPerIP)
         maxSessionsPerUser = reader.int(forKey: "max-sessions-per-user", default: maxSessionsPerUser)
         framesPerSecond = reader.int(forKey: "frames-per-second", default: framesPerSecond)
         bytesPerSecond = reader.int(forKey: "bytes-per-second", default: bytesPerSecond)

@@ -13,14 +13,21 @@ package enum ProcessFiles {
     /// Raises the soft limit to the hard one; returns the soft limit then in force (nil: unknown).
     package static func raiseSoftLimit() -> Int? {
         var limit = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return nil }
+        guard getrlimit(resource, &limit) == 0 else { return nil }
         if limit.rlim_cur < limit.rlim_max {
             var raised = limit
             raised.rlim_cur = limit.rlim_max
-            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+            // (Refused, e.g. macOS's unlimited hard limit: the soft one stays.)
+            if setrlimit(resource, &raised) == 0 { limit = raised }
         }
         return limit.rlim_cur >= rlim_t(Int.max) ? Int.max : Int(limit.rlim_cur)
     }
+
+    #if canImport(Glibc)
+    package static let resource = Int32(RLIMIT_NOFILE.rawValue)
+    #else
+    package static let resource = Int32(RLIMIT_NOFILE)
+    #endif
 
     /// Descriptors kept for Redis, webhooks, logs and the listening sockets.
     static let reserve = 1_024

@@ -101,7 +101,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var draining = false
     /// A request came after the shutdown began: dropped, and so is the rest.
     var droppingAfterDrain = false
-    /// The request read asked for a protocol upgrade: nothing more is read.
+    /// The request being read asked for a protocol upgrade; read to its end: nothing more is read.
+    var upgradeAsked = false
     var lastRequestRead = false
     /// The request being read asked for `100 Continue` and has not had it.
     private var continueOwed = false
@@ -191,9 +192,10 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if Self.asksUpgrade(head) {
                 // NIO's parser takes it for a protocol switch (`h2c`, a WebSocket upgrade after
                 // the first request) and parses nothing after it: whatever the client sent on
-                // piled up unread, without limit. Answered as the connection's last request.
+                // piled up unread, without limit. Answered as the connection's last request
+                // (reads stop at its end: its body is still read).
                 head.headers.replaceOrAdd(name: "connection", value: "close")
-                lastRequestRead = true
+                upgradeAsked = true
             }
             if head.method == .CONNECT {
                 // NIO's parser reads no request after a CONNECT's head, and the encoder writes
@@ -280,6 +282,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 break
             }
         case .end:
+            if upgradeAsked { lastRequestRead = true }
             switch current {
             case .answering(let answer, let key, let body, let failure):
                 current = .none

@@ -89,6 +89,8 @@ struct GatewayListener: Service {
         let logger = self.logger
         let http = self.http
         let progress = ShutdownProgress()
+        // However it ends (cancelled too), a socket closing afterwards is no news.
+        defer { progress.stopping.store(true, ordering: .relaxed) }
         // A listening socket closing outside a shutdown is logged; once every one has, the
         // listener fails (the process ends, and its supervisor starts it again): it ran on,
         // accepting nothing, and looked healthy.

@@ -1,6 +1,8 @@
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import SwitchboardCore
 import Synchronization
 
 /// Closes a connection that has not completed its first HTTP request (an upgrade or an API
@@ -177,11 +179,15 @@ final class PendingHandshakes: Sendable {
     /// Connections closed at accept: their address had ``maxPerAddress`` in their first request.
     let refused = Atomic<Int>(0)
 
-    init(eventLoops: [any EventLoop] = [], maxPerAddress: Int = 0) {
+    let logger: Logger?
+    private let refusals = LogThrottle()
+
+    init(eventLoops: [any EventLoop] = [], maxPerAddress: Int = 0, logger: Logger? = nil) {
         var shards: [ObjectIdentifier: LoopPendingHandshakes] = [:]
         for loop in eventLoops { shards[ObjectIdentifier(loop)] = LoopPendingHandshakes(eventLoop: loop) }
         self.shards = shards
         self.maxPerAddress = maxPerAddress
+        self.logger = logger
     }
 
     /// Counts a connection from `address` in its first request; false (counted as refused)
@@ -193,7 +199,13 @@ final class PendingHandshakes: Sendable {
             counts[address, default: 0] += 1
             return true
         }
-        if !admitted { refused.add(1, ordering: .relaxed) }
+        if !admitted {
+            refused.add(1, ordering: .relaxed)
+            logger?.log(
+                level: .warning, throttledBy: refusals,
+                "connection closed at accept: its address has limits.max-pending-connections-per-ip connections in their first request",
+                metadata: ["address": "\(address)", "limit": "\(maxPerAddress)"])
+        }
         return admitted
     }
 
