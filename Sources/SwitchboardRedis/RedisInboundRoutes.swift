@@ -174,8 +174,9 @@ package final class RedisInboundRoutes: Sendable {
         var wall: (milliseconds: Int64, at: ContinuousClock.Instant)?
         /// Redis without functions (before 7): no shared position; each instance starts at the end.
         var sharingUnsupported = false
-        /// Reads or moves the shared position; throws what Redis said.
-        func share(_ id: String?) async throws {
+        /// Reads or moves the shared position; throws what Redis said. `starting`: the reader's
+        /// first calls, where a refusal for good (no functions, an ACL) turns sharing off.
+        func share(_ id: String?, starting: Bool = false) async throws {
             guard !sharingUnsupported else { return }
             do {
                 let command = InboundCursor(key: engine.naming.inboundCursorKey(forStream: stream), advanceTo: id)
@@ -183,7 +184,7 @@ package final class RedisInboundRoutes: Sendable {
                 cursor.sharedThrough = reply.through
                 cursor.sharedFrom = reply.from
                 wall = (reply.wallMilliseconds, .now)
-            } catch let error where !RedisEngine.willPass(error) {
+            } catch let error where starting && !RedisEngine.willPass(error) {
                 // Redis before 7 (no functions), an ACL refusing FCALL or the key, a library that
                 // cannot be loaded: the route still runs (without history it needs no function),
                 // each instance from where it starts, as before positions were shared.
@@ -215,14 +216,14 @@ package final class RedisInboundRoutes: Sendable {
                         // Not read (Redis unreachable, loading, failing over): not started (an
                         // instance starting at the stream's end while a position is stored would
                         // lose what was added while none ran).
-                        try await share(nil)
+                        try await share(nil, starting: true)
                         if let shared = cursor.sharedThrough {
                             cursor.lastID = shared
                         } else {
                             // Stored at once: entries added while every instance is down are read
                             // by the next to start.
                             cursor.lastID = try await Self.lastEntryID(stream, connection)
-                            try await share(cursor.lastID)
+                            try await share(cursor.lastID, starting: true)
                         }
                     } else {
                         // Back after an outage: where the others stand now.

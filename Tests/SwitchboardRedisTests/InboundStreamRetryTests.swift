@@ -282,6 +282,32 @@ struct InboundStreamRetryTests {
         await next.shutdown()
     }
 
+    /// A refusal while running (the position's key denied for a while) is logged and the next
+    /// batch shares again: it turned sharing off until the instance restarted (one that started
+    /// next began at a stale position and recorded the entries after it again).
+    @Test func aRefusalWhileRunningDoesNotStopSharing() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let admin = try await server.connect()
+        let reader = try await Reader(server)
+        try await Self.readerIsLive(reader, admin)
+        _ = try await admin.execute(RawCommand("ACL", "SETUSER", "default", "resetkeys", "~in", "~switchboard:{*"))
+        try await Self.add("refused", on: admin)
+        #expect(try await eventually { reader.gateway.sink.bodies.last == "refused" })
+        _ = try await admin.execute(RawCommand("ACL", "SETUSER", "default", "allkeys"))
+        try await Self.add("shared", on: admin)
+        #expect(try await eventually { reader.gateway.sink.bodies.last == "shared" })
+        let last = try await admin.execute(RawCommand("XREVRANGE", "in", "+", "-", "COUNT", "1"))
+        let newest = try #require(try [RedisStreamEntry](fromRESP: last).first?.id)
+        #expect(
+            try await eventually {
+                let through = try await admin.execute(RawCommand("HGET", "switchboard:inbound:in:cursor", "through"))
+                return (try? String(fromRESP: through)) == newest
+            })
+        await admin.close()
+        await reader.shutdown()
+    }
+
     /// A stream that cannot be read (a key of another type) is counted, not only logged at
     /// debug level.
     @Test func aStreamThatCannotBeReadIsCounted() async throws {

@@ -161,8 +161,14 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !closing, !malformed, !refused else { return }
         let part = unwrapInboundIn(data)
+        // Lingering after an upgrade request answered before its end: once it ends the parser
+        // reads nothing more, and what the client sends would only pile up.
+        if lingering, upgradeAsked, case .end = part {
+            context.close(promise: nil)
+            return
+        }
+        guard !closing, !malformed, !refused else { return }
         // Shutting down: a client pipelining on kept the connection busy until the grace cut it,
         // with publishes made and their answers never written (a retry elsewhere delivered them
         // twice). Requests read from now on are not taken; the answers owed are written, the
