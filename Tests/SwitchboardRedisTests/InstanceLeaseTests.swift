@@ -95,7 +95,9 @@ struct InstanceLeaseTests {
         let client = try await server.client()
         let lease = InstanceLease(
             client: client, stream: stream, instance: "A~1",
-            settings: InstanceLease.Settings(ttl: .milliseconds(200), renewInterval: .milliseconds(20), settle: .seconds(120)),
+            // (A lease of 2 s: on a loaded machine a 200 ms one lapsed between renewals, and A,
+            // taking itself for one back from an outage, waited the settle time before reaping.)
+            settings: InstanceLease.Settings(ttl: .seconds(2), renewInterval: .milliseconds(20), settle: .seconds(120)),
             logger: Logger(label: "quiet") { _ in SwiftLogNoOpLogHandler() }
         ) {}
         // B's lease expired before A's first renewal (an outage ended, B is in its backoff).
