@@ -58,7 +58,7 @@ package struct APIKeyStore: Sendable {
             let scope = Array(scope.utf8)
             guard let last = scope.last, name.starts(with: scope) else { return false }
             // `/user` itself covers every user (the `/` after it ends a segment).
-            return scope.count == name.count || last == UInt8(ascii: "/") || last == UInt8(ascii: ".") || scope.count == 5
+            return scope.count == name.count || last == UInt8(ascii: "/") || last == UInt8(ascii: ".") || scope.elementsEqual("/user".utf8)
         }
     }
 

@@ -105,7 +105,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var upgradeAsked = false
     var lastRequestRead = false
     /// The request being read asked for `100 Continue` and has not had it.
-    private var continueOwed = false
+    var continueOwed = false
     /// The answer that ends the connection is out and its output closed; input is read and
     /// dropped until the client closes (or ``lingerTime``), so that closing with its unread
     /// bytes does not reset the connection before the client read the answer.
@@ -123,8 +123,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var inReadBatch = false
     var context: ChannelHandlerContext?
     var idle: HTTPConnectionIdleState
-    private var idleTimer: Scheduled<Void>?
-    private var idleTimerDue: NIODeadline?
+    var idleTimer: Scheduled<Void>?
+    var idleTimerDue: NIODeadline?
 
     init(
         publisher: NotificationPublisher, dates: HTTPDateCache, metrics: HTTPRouteMetrics, secure: Bool = false,
@@ -573,29 +573,5 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         context.fireUserInboundEventTriggered(event)
-    }
-
-    // MARK: Idle timeout
-
-    private func armIdleTimer(context: ChannelHandlerContext) {
-        guard idleTimer == nil, let deadline = idle.activated(now: context.eventLoop.now) else { return }
-        scheduleIdleCheck(at: deadline, context: context)
-    }
-
-    /// One timer per connection, moved only when it fires: a request does not reschedule it.
-    private func scheduleIdleCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
-        idleTimerDue = deadline
-        idleTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
-            idleTimer = nil
-            guard let context = self.context, !closing else { return }
-            // A request waiting for its 100 (behind earlier answers): the client waits for us.
-            switch idle.timerFired(now: context.eventLoop.now, readsPaused: pausedForAnswers || continueOwed) {
-            case .close:
-                closing = true
-                context.close(promise: nil)
-            case .check(let next):
-                scheduleIdleCheck(at: next, context: context)
-            }
-        }
     }
 }
