@@ -210,8 +210,10 @@ public final class StreamConsumer: Sendable {
         // uncounted). Closing the connection under the read lost such a batch's reply: its
         // entries waited for a claim, an attempt used up. Closed after all when the read is
         // not blocked in Redis yet after a few tries, or Redis does not answer.
-        // Within half a second at most (Redis hung, the id looked up on another server after a
-        // failover, an ACL refusing it): then closed. Once Redis said it unblocked the read, its
+        // Within 2 s at most (Redis hung, the id looked up on another server after a failover,
+        // an ACL refusing it): then closed. (Half a second was too short on a loaded machine:
+        // the read was closed under a Redis that was only slow, and the name it would have
+        // removed at a clean end stayed.) Once Redis said it unblocked the read, its
         // answer (maybe a batch, given back by the stop) is on its way: closed only if it has
         // not come 2 s later.
         let stream = self.configuration.stream
@@ -234,7 +236,7 @@ public final class StreamConsumer: Sendable {
                     try? await Task.sleep(for: .milliseconds(20))
                 }
             }
-            let deadline = ContinuousClock.now + .milliseconds(500)
+            let deadline = ContinuousClock.now + .seconds(2)
             while ContinuousClock.now < deadline, stillBlocked(), unblocked.withLockedValue({ $0 }) == nil {
                 try? await Task.sleep(for: .milliseconds(10))
             }
