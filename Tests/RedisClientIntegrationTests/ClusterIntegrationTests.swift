@@ -279,23 +279,29 @@ struct ClusterIntegrationTests {
         await self.expectFailure(try RedisClusterClient(configuration: configuration), .clusterUnavailable, detailContaining: "WRONGPASS")
     }
 
+    /// An admin client, and a client (not started) of the ACL user `app`, allowed every key and
+    /// the channels `channels` say (ACL rules).
+    func appClient(_ cluster: RedisClusterProcess, channels: [RedisArgument]) async throws -> (admin: RedisClusterClient, app: RedisClusterClient) {
+        for server in cluster.running {
+            _ = try await cluster.command(server, RawCommand(arguments: ["ACL", "SETUSER", "app", "on", ">app-secret", "~*"] + channels + ["+@all"]))
+        }
+        let admin = try self.client(cluster)
+        var configuration = admin.configuration
+        configuration.username = "app"
+        configuration.password = "app-secret"
+        var logger = Logger(label: "cluster-test")
+        logger.logLevel = .critical
+        return (admin, try RedisClusterClient(configuration: configuration, logger: logger))
+    }
+
     /// An ACL that stops allowing one of a slot's shard channels: the re-subscribe sends the
     /// slot's channels in one `SSUBSCRIBE`, which Redis refuses as a whole (`NOPERM`), so the
     /// other channels of the slot stayed unsubscribed at every pass. Now they are subscribed a
     /// name at a time.
     @Test func aShardChannelAnACLRefusesDoesNotHoldBackTheOthersOfItsSlot() async throws {
         let cluster = try await RedisClusterProcess.start()
-        for server in cluster.running {
-            _ = try await cluster.command(server, RawCommand("ACL", "SETUSER", "app", "on", ">app-secret", "~*", "&*", "+@all"))
-        }
-        let admin = try self.client(cluster)
+        let (admin, client) = try await self.appClient(cluster, channels: ["&*"])
         defer { Task { await admin.shutdown() } }
-        var configuration = admin.configuration
-        configuration.username = "app"
-        configuration.password = "app-secret"
-        var logger = Logger(label: "cluster-test")
-        logger.logLevel = .critical
-        let client = try RedisClusterClient(configuration: configuration, logger: logger)
         client.start()
         defer { Task { await client.shutdown() } }
         let kept = try await client.subscribe(to: ["{acl}:kept"], kind: .shardChannel)
@@ -313,6 +319,31 @@ struct ClusterIntegrationTests {
         #expect(try await nextMessage(kept)?.payload == ByteBuffer(string: "after"))
         #expect(client.shardRegistry.activeKeys.contains(.init(kind: .shardChannel, name: "{acl}:denied")), "the refused one stays wanted")
         await denied.unsubscribe()
+    }
+
+    /// A shard channel whose first `SSUBSCRIBE` is not confirmed (here an ACL refuses it; an
+    /// unreachable owner or a stale map alike) is subscribed by a later pass, and that pass tells
+    /// the resubscribe observers, whose repair covers what was published in between. Only a
+    /// channel confirmed once was reported: the caller, told it was subscribed, missed the gap.
+    @Test func aShardChannelFirstConfirmedByALaterPassIsReportedForRepair() async throws {
+        let cluster = try await RedisClusterProcess.start()
+        let (admin, client) = try await self.appClient(cluster, channels: ["resetchannels", "&{acl}:other"])
+        defer { Task { await admin.shutdown() } }
+        let reported = NIOLockedValueBox<[String]>([])
+        client.addShardResubscribeObserver { names in reported.withLockedValue { $0 += names } }
+        client.start()
+        defer { Task { await client.shutdown() } }
+        let late = try await client.subscribe(to: ["{acl}:late"], kind: .shardChannel)
+        #expect(client.shardSubscriptions.values.allSatisfy { !$0.contains("{acl}:late") })
+        for server in cluster.running {
+            _ = try await cluster.command(server, RawCommand("ACL", "SETUSER", "app", "allchannels"))
+        }
+        #expect(
+            try await eventually(timeout: .seconds(30)) { client.shardSubscriptions.values.contains { $0.contains("{acl}:late") } },
+            "a later pass subscribes it")
+        #expect(try await eventually { reported.withLockedValue { $0.contains("{acl}:late") } }, "and reports it for repair")
+        #expect(try await admin.execute(SPUBLISH(channel: "{acl}:late", message: "m")) == 1)
+        #expect(try await nextMessage(late)?.payload == ByteBuffer(string: "m"))
     }
 
     /// An unreachable seed, and a standalone server given as a cluster, are clear errors.

@@ -48,6 +48,17 @@ extension RedisClusterClient {
         } catch {
             self.logger.debug("subscription not confirmed; will resubscribe on reconnect", metadata: ["error": "\(error)"])
         }
+        guard kind == .shardChannel else { return }
+        // A pass ends whether or not its `SSUBSCRIBE`s were confirmed (owner unreachable, a map
+        // out of date, an ACL), and the caller goes on as if subscribed. A shard channel still
+        // unconfirmed is taken as lost: once a later pass subscribes it, the resubscribe
+        // observers hear of it and repair what was published meanwhile (from history). Before,
+        // only a name confirmed once was reported, and such a gap stayed until the next message.
+        self.state.withLockedValue { state in
+            for name in names where !state.subscribed.values.contains(where: { $0.contains(name) }) {
+                state.everSubscribed.insert(name)
+            }
+        }
     }
 
     /// The shard channels confirmed on each node (for tests and diagnostics).

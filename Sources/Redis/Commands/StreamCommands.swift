@@ -332,3 +332,18 @@ public struct XLEN: RedisCommand {
         encoder.encodeCommand("XLEN", self.key)
     }
 }
+
+/// `XINFO STREAM key` (the summary form, without `FULL`). A missing key is the server error
+/// `ERR no such key` (``RedisServerError/isNoSuchKey``).
+public struct XINFOSTREAM: RedisCommand {
+    public typealias Response = RedisStreamInfo
+    public var key: String
+
+    public init(key: String) { self.key = key }
+
+    public var keysAffected: [String] { [self.key] }
+
+    public func encode(into encoder: inout RESPCommandEncoder) {
+        encoder.encodeCommand("XINFO", "STREAM", self.key)
+    }
+}

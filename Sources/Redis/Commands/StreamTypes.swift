@@ -162,3 +162,36 @@ public struct RedisStreamPendingEntry: Sendable, Hashable, RESPTokenDecodable {
         self.deliveryCount = try Int(fromRESP: parts[3])
     }
 }
+
+/// What `XINFO STREAM key` says of a stream (the fields this client uses; RESP2 flat pairs or a
+/// RESP3 map).
+public struct RedisStreamInfo: Sendable, Hashable, RESPTokenDecodable {
+    /// Entries in the stream now.
+    public var length: Int
+    /// The greatest id the stream ever gave an entry (it stays when entries are deleted or
+    /// trimmed; `XSETID` and a re-created key move it back).
+    public var lastGeneratedID: String
+    /// Entries ever added to the stream (Redis 7 and later; nil before).
+    public var entriesAdded: Int?
+
+    public init(fromRESP token: RESPToken) throws {
+        guard let parts = token.flattenedElements(), parts.count % 2 == 0 else {
+            throw RESPDecodeError(token: token, expected: "RedisStreamInfo")
+        }
+        var length: Int?
+        var lastGeneratedID: String?
+        var entriesAdded: Int?
+        for index in stride(from: 0, to: parts.count, by: 2) {
+            switch try String(fromRESP: parts[index]) {
+            case "length": length = try Int(fromRESP: parts[index + 1])
+            case "last-generated-id": lastGeneratedID = try String(fromRESP: parts[index + 1])
+            case "entries-added": entriesAdded = try Int(fromRESP: parts[index + 1])
+            default: continue
+            }
+        }
+        guard let length, let lastGeneratedID else { throw RESPDecodeError(token: token, expected: "RedisStreamInfo with length and last-generated-id") }
+        self.length = length
+        self.lastGeneratedID = lastGeneratedID
+        self.entriesAdded = entriesAdded
+    }
+}

@@ -22,6 +22,8 @@ public struct RedisServerError: Error, Hashable, Sendable, CustomStringConvertib
     public var isPermissionDenied: Bool { self.code == "NOPERM" }
     /// `true` for `EVALSHA` with an unknown script.
     public var isNoScript: Bool { self.code == "NOSCRIPT" }
+    /// `true` for a command on a key that does not exist where that is an error (`XINFO STREAM`).
+    public var isNoSuchKey: Bool { self.message.hasPrefix("ERR no such key") }
 
     public var description: String { "RedisServerError(\(self.message))" }
 }
