@@ -115,6 +115,25 @@ struct InboundStreamCursor {
         return (ms, seq)
     }
 
+    /// Where the stream ends now: `lastGenerated` is the greatest id it ever gave an entry
+    /// (`XINFO STREAM`), nil when there is no such stream. A stream that ends before the
+    /// reader's position went back: Redis restarted from an older snapshot, failed over to a
+    /// replica behind, or the key was deleted and added again. Its next entries are read from
+    /// its end: read from the old position, they would be skipped until their ids passed it
+    /// (ids the producer chose, a new primary's clock behind the old one's). What the stream
+    /// holds up to its end now is taken as read. Returns the position left, nil when the
+    /// stream is not behind it.
+    mutating func streamEnds(at lastGenerated: String?) -> String? {
+        let end = lastGenerated ?? "0-0"
+        guard let position = lastID, Self.id(position, isAfter: end) else { return nil }
+        lastID = end
+        // Ids after the old position may be given again, to other entries.
+        doneAhead = []
+        retried = nil
+        refusedSince = [:]
+        return position
+    }
+
     /// The outcomes of a batch's entries, in stream order; `now` on the monotonic clock,
     /// `wallMilliseconds` on the clock of the entries' ids (Redis's `TIME`; nil: unknown, no
     /// entry is given up for its age).

@@ -51,6 +51,9 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     /// by another instance (behind the shared position and older than their `once` tokens).
     package let inboundReadFailures = Atomic<Int>(0)
     package let inboundEntriesRecordedElsewhere = Atomic<Int>(0)
+    /// Inbound streams found ending before their reader's position (they went back: a restart
+    /// from an older snapshot, a failover, the key deleted and added again): read on from their end.
+    package let inboundStreamRewinds = Atomic<Int>(0)
     let publishTimer = Metrics.Timer(label: "switchboard_redis_command_duration_seconds", dimensions: [("command", "PUBLISH")])
 
     /// One Redis subscription (channel or glob) held for local interest.

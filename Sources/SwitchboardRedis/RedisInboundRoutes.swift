@@ -204,6 +204,27 @@ package final class RedisInboundRoutes: Sendable {
                     metadata: ["stream": "\(stream)", "error": "\(error)"])
             }
         }
+        /// Follows the stream back if it ends before the position (``InboundStreamCursor/streamEnds(at:)``).
+        /// Redis refusing `XINFO` (an ACL) leaves the position as it is.
+        func followRewind(_ connection: RedisConnection) async throws {
+            let end: String?
+            do {
+                end = try await connection.execute(XINFOSTREAM(key: stream)).lastGeneratedID
+            } catch let error as RedisServerError where error.isNoSuchKey {
+                end = nil
+            } catch let error as RedisServerError {
+                logger.log(
+                    level: .warning, throttledBy: InputLogs.streamPositions,
+                    "inbound stream's end not read (XINFO STREAM): a stream that goes back is not followed",
+                    metadata: ["stream": "\(stream)", "error": "\(error)"])
+                return
+            }
+            guard let position = cursor.streamEnds(at: end) else { return }
+            engine.inboundStreamRewinds.add(1, ordering: .relaxed)
+            logger.warning(
+                "inbound stream ends before the position read (Redis went back, or the key was deleted and added again): reading on from its end",
+                metadata: ["stream": "\(stream)", "position": "\(position)", "end": "\(end ?? "no stream")"])
+        }
         while !Task.isCancelled {
             do {
                 try await redis.withDedicatedConnection(forKeys: [stream]) { connection in
@@ -229,6 +250,7 @@ package final class RedisInboundRoutes: Sendable {
                         // Back after an outage: where the others stand now.
                         await shareOrLog(nil)
                     }
+                    try await followRewind(connection)
                     while !Task.isCancelled {
                         let result = try await connection.execute(XREAD(count: 256, blockMilliseconds: 2000, streams: [(stream, cursor.lastID!)]))
                         // Only a read that worked ends the back-off (a stream that cannot be read,
@@ -238,6 +260,9 @@ package final class RedisInboundRoutes: Sendable {
                             // A quiet stream keeps its shared position alive (it expires a week
                             // after the last call).
                             if let last = wall?.at, last.duration(to: .now) > .seconds(3_600) { await shareOrLog(nil) }
+                            // A stream deleted and added again (new ids before the position)
+                            // leaves the read blocked: looked at once per quiet read.
+                            try await followRewind(connection)
                             continue
                         }
                         let now = wall.map { wall in

@@ -163,6 +163,24 @@ struct InboundStreamCursorTests {
         #expect(!InboundStreamCursor.id("x", isAfter: "1-0"))
     }
 
+    /// A stream that ends before the position (it went back) is read on from its end; one
+    /// that ends at or after it leaves the position alone.
+    @Test func aStreamBehindThePositionIsReadOnFromItsEnd() {
+        var cursor = cursor()
+        #expect(cursor.batchDone([done(1), failed(2), done(3)], at: start, wallMilliseconds: wall) == retry(2, .milliseconds(100)))
+        #expect(cursor.streamEnds(at: "\(wall)-3") == nil && cursor.lastID == "\(wall)-1")
+        #expect(cursor.streamEnds(at: "\(wall)-1") == nil && cursor.lastID == "\(wall)-1")
+        #expect(cursor.streamEnds(at: "5-1") == "\(wall)-1")
+        #expect(cursor.lastID == "5-1")
+        // Ids after the old position name other entries now: recorded again.
+        #expect(cursor.needsRecording("\(wall)-3"))
+        // No stream at all: from its beginning.
+        #expect(cursor.streamEnds(at: nil) == "5-1" && cursor.lastID == "0-0")
+        #expect(cursor.streamEnds(at: nil) == nil)
+        var fresh = InboundStreamCursor()
+        #expect(fresh.streamEnds(at: "5-1") == nil && fresh.lastID == nil)
+    }
+
     @Test func retryDelaysDoubleUpToFiveSeconds() {
         #expect((1...9).map { InboundStreamCursor.retryDelay(afterAttempts: $0) } == [100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000].map { .milliseconds($0) })
     }
@@ -258,6 +276,42 @@ struct InboundStreamRetryTests {
         #expect(try await next.gateway.delivered(4).last == "four")
         await admin.close()
         await next.shutdown()
+    }
+
+    /// The stream went back while no instance read (Redis restarted from an older snapshot, or
+    /// the key was deleted and added again) and its producer numbers its entries: a reader
+    /// starting at the shared position skipped every new entry until their ids passed it.
+    @Test func aStreamThatWentBackWhileNoInstanceReadIsReadFromItsEnd() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let admin = try await Self.addedWhileNoInstanceRead([], server)
+        _ = try await admin.execute(RawCommand("DEL", "in"))
+        _ = try await admin.execute(RawCommand("XADD", "in", "1-1", "topic", "/topic/kept", "message", "before"))
+        let next = try await Reader(server)
+        #expect(try await eventually { next.gateway.engine.inboundStreamRewinds.load(ordering: .relaxed) == 1 })
+        _ = try await admin.execute(RawCommand("XADD", "in", "1-2", "topic", "/topic/kept", "message", "after"))
+        #expect(try await next.gateway.delivered(1) == ["after"])
+        await admin.close()
+        await next.shutdown()
+    }
+
+    /// The same while the reader runs: a stream deleted and added again with lower ids left its
+    /// blocked read waiting for ids past the old position, for good.
+    @Test func aStreamThatGoesBackWhileReadIsFollowed() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let admin = try await server.connect()
+        let reader = try await Reader(server)
+        try await Self.readerIsLive(reader, admin)
+        let before = reader.gateway.sink.bodies.count
+        _ = try await admin.execute(RawCommand("DEL", "in"))
+        let engine = reader.gateway.engine
+        #expect(try await eventually { engine.inboundStreamRewinds.load(ordering: .relaxed) == 1 })
+        _ = try await admin.execute(RawCommand("XADD", "in", "1-1", "topic", "/topic/kept", "message", "renumbered"))
+        let bodies = try await reader.gateway.delivered(before + 1)
+        #expect(Array(bodies.dropFirst(before)) == ["renumbered"])
+        await admin.close()
+        await reader.shutdown()
     }
 
     /// The shared position refused for good (an ACL written for the keys of an older version,

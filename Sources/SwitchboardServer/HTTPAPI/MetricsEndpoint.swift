@@ -180,6 +180,9 @@ final class MetricsEndpoint: Sendable {
             counter(
                 "switchboard_redis_inbound_entries_recorded_elsewhere_total", engine.inboundEntriesRecordedElsewhere.load(ordering: .relaxed),
                 help: "Inbound stream entries not recorded by this instance: behind the instances' shared position and older than their once tokens.")
+            counter(
+                "switchboard_redis_inbound_stream_rewinds_total", engine.inboundStreamRewinds.load(ordering: .relaxed),
+                help: "Inbound streams found ending before the position read (Redis went back, or the key was deleted): read on from their end.")
             counter("switchboard_redis_xadd_failures_total", RedisStreamRoute.failures.load(ordering: .relaxed), help: "XADDs of /app messages that failed.")
             counter(
                 "switchboard_redis_xadd_not_replicated_total", ReplicaAcknowledgement.failures.load(ordering: .relaxed),
