@@ -24,6 +24,19 @@ final class RecordingSink: SubscriptionSink {
     }
 }
 
+/// A session that records the messages addressed to it in `sink`'s deliveries.
+final class RecordingSession: SessionDeliveryTarget {
+    let sessionID: String
+    let sink: RecordingSink
+    init(sessionID: String, sink: RecordingSink) {
+        self.sessionID = sessionID
+        self.sink = sink
+    }
+    func deliverToOwnSubscriptions(_ message: PublishedMessage) {
+        sink.deliveries.append((message.messageID, sessionID, message.destination))
+    }
+}
+
 final class RecordingObserver: InterestObserver, @unchecked Sendable {
     var events: [String] = []
     var generations: [UInt64] = []
@@ -244,6 +257,48 @@ struct FanoutHubTests {
         #expect(ids == (0..<count).map { "m\($0)" }, "in order")
         let chunks = zip(flushedAt, [0] + flushedAt).map { $0 - $1 }
         #expect(flushedAt.count > 1 && chunks.max()! <= LoopShard.drainChunkBytes / 256, "\(chunks)")
+        try await group.shutdownGracefully()
+        _ = subscription
+    }
+
+    /// A message addressed to one session (a reply to its sender) was a task of its own on the
+    /// session's loop: it overtook a backlog drained in chunks (each next chunk is a task queued
+    /// behind it), and counted in no backlog. It now joins the inbox.
+    @Test("a message addressed to a session keeps its place behind a backlog, and counts in it")
+    func sessionMessagesJoinTheInbox() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let hub = FanoutHub(maxBacklogBytes: 100 * 1024)
+        let sink = RecordingSink()
+        let session = RecordingSession(sessionID: "own", sink: sink)
+        let subscription = LocalSubscription(id: "s", pattern: try DestinationPattern("/topic/a"), ackMode: .auto, sink: sink)
+        try await loop.submit {
+            hub.shard(for: loop).add(subscription)
+            hub.shard(for: loop).registerSession(session)
+        }.get()
+        let release = DispatchSemaphore(value: 0)
+        loop.execute { release.wait() }
+        let body = ByteBuffer(repeating: 0x61, count: 1_024)
+        let count = 300  // about 384 KiB: more than one chunk
+        for i in 0..<count { hub.deliver(PublishedMessage(destination: "/topic/a", messageID: "m\(i)", headers: [:], body: body)) }
+        #expect(hub.deliver(message("/topic/a", "own"), toSession: "own"))
+        release.signal()
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try await loop.submit({ sink.deliveries.count }).get() < count + 1, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let ids = try await loop.submit { sink.deliveries.map(\.messageID) }.get()
+        #expect(ids == (0..<count).map { "m\($0)" } + ["own"])
+
+        // Addressed to the session only, the backlog still counts it.
+        loop.execute { release.wait() }
+        for i in 0..<200 { hub.deliver(PublishedMessage(destination: "/topic/a", messageID: "r\(i)", headers: [:], body: body), toSession: "own") }
+        #expect(hub.isBacklogged)
+        release.signal()
+        while try await loop.submit({ sink.deliveries.count }).get() < count + 201, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(!hub.isBacklogged)
         try await group.shutdownGracefully()
         _ = subscription
     }

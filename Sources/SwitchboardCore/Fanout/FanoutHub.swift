@@ -29,6 +29,8 @@ package enum DeliveryScope: Sendable {
     case exact
     /// Only wildcard subscriptions with one of these patterns.
     case patterns([DestinationPattern])
+    /// Only the subscriptions of this session that match (``FanoutHub/deliver(_:toSession:)``).
+    case session(String)
 }
 
 /// Routes published messages to the event loops that have subscribers for them.
@@ -150,8 +152,11 @@ package final class FanoutHub: Sendable {
     package var shards: [LoopShard] { state.withLockedValue { $0.shardList } }
 
     /// Delivers `message` to the local subscribers in `scope` whose subscription matches it.
-    /// Each loop gets messages in the order they were handed to the hub, from whatever thread
-    /// (see ``LoopShard/enqueue(_:scope:)``): a destination's history relies on it.
+    /// Each loop gets messages in the order of the calls: calls made one after the other (from
+    /// one thread, or under a lock, as a destination's history numbers and hands them over)
+    /// keep that order on every loop (see ``LoopShard/enqueue(_:scope:)``). Calls made at the
+    /// same time on different threads are ordered per loop only: two loops may see them in
+    /// different orders.
     /// `generation`, if any, is the activation of the destination the copy comes from: loops
     /// whose subscribers joined a later one drop it, even if it was queued before.
     package func deliver(_ message: PublishedMessage, scope: DeliveryScope = .all, generation: UInt64? = nil) {
@@ -167,6 +172,8 @@ package final class FanoutHub: Sendable {
                 for pattern in patterns {
                     if let m = s.wildcard[pattern], mask | m != mask, pattern.matches(message.destination) { mask |= m }
                 }
+            case .session:
+                break  // ``deliver(_:toSession:)``: the session's loop, not its subscriptions', decides
             }
             guard mask != 0 else { return [] }
             var out: [LoopShard] = []
@@ -192,14 +199,14 @@ package final class FanoutHub: Sendable {
 
     /// Delivers `message` to the subscriptions of session `id` that match its destination.
     /// Returns false when no session with that id is on this instance.
+    ///
+    /// The message joins the session's loop's inbox like any other: it keeps its place among
+    /// the messages handed over before it, and counts in the loop's backlog. (A task of its own
+    /// overtook a backlog being drained in chunks, and such messages were bounded by nothing.)
     @discardableResult
     package func deliver(_ message: PublishedMessage, toSession id: String) -> Bool {
         guard let shard = state.withLockedValue({ $0.sessions[id] }) else { return false }
-        if shard.eventLoop.inEventLoop {
-            shard.deliverToSession(id, message)
-        } else {
-            shard.eventLoop.execute { shard.deliverToSession(id, message) }
-        }
+        shard.enqueue(message, scope: .session(id))
         return true
     }
 

@@ -354,6 +354,10 @@ package final class LoopShard: @unchecked Sendable {
     /// touched session for the end of this batch.
     /// A copy of another activation than the exact bucket's (`generation`) skips it.
     func deliverLocally(_ message: PublishedMessage, scope: DeliveryScope = .all, generation: UInt64? = nil) {
+        if case .session(let id) = scope {
+            sessionsByID[id]?.deliverToOwnSubscriptions(message)
+            return
+        }
         batch.reset(tick: tick)
         switch scope {
         case .all, .exact:
@@ -371,15 +375,12 @@ package final class LoopShard: @unchecked Sendable {
                     for sub in bucket { write(message, sub) }
                 }
             }
+        case .session:
+            break  // above
         }
         counters.record(batch)
         batch.frames.clear()
         scheduleFlush()
-    }
-
-    /// Delivers to one session of this loop (see ``FanoutHub/deliver(_:toSession:)``).
-    func deliverToSession(_ id: String, _ message: PublishedMessage) {
-        sessionsByID[id]?.deliverToOwnSubscriptions(message)
     }
 
     /// Makes a session reachable by id, on this loop and through the hub.
