@@ -66,6 +66,36 @@ final class EngineBox: @unchecked Sendable { var value: PendingReplayEngine? }
         return (gateway, box.value!, client)
     }
 
+    /// The embedded broker evicted a destination's ring (more destinations than
+    /// `history.max-destinations`) while a copy of its old epoch was still queued for a loop,
+    /// and a client subscribed there before the loop delivered it: the copy passed the seam
+    /// (another epoch) and ended it, so the client got a message published before it
+    /// subscribed, and the replayed one again after it.
+    @Test(arguments: [false, true])
+    func copiesOfAnEvictedEpochQueuedBeforeTheSubscribeDoNotGoOut(republished: Bool) throws {
+        var settings = DestinationHistory.Settings()
+        settings.maxDestinations = 1
+        let history = DestinationHistory(settings: settings, processEpoch: "p")
+        let gateway = TestGateway { hub in InMemoryEngine(hub: hub, history: history) }
+        defer { gateway.shutdown() }
+        let client = try gateway.client()
+        _ = try client.connect()
+        func plain(_ destination: String, _ body: String) -> PublishedMessage {
+            PublishedMessage(destination: destination, messageID: body, headers: [:], body: ByteBuffer(string: body))
+        }
+        // What sits in the loop's inbox when the SUBSCRIBE is read.
+        var queued: [PublishedMessage] = []
+        history.record(plain("/topic/h", "old")) { queued.append($0) }
+        history.record(plain("/topic/y", "y")) { _ in }  // evicts /topic/h's ring
+        if republished { history.record(plain("/topic/h", "new")) { queued.append($0) } }
+        try client.send(.subscribe, ["destination": "/topic/h", "id": "1", "receipt": "r", "x-last": "10"])
+        for message in queued { gateway.hub.deliver(message) }
+        let frames = try client.frames()
+        #expect(frames.filter { $0.command == .message }.map(\.bodyString) == (republished ? ["new"] : []))
+        history.record(plain("/topic/h", "next")) { gateway.hub.deliver($0) }
+        #expect(try client.frames().map(\.bodyString) == ["next"], "a newer copy still goes out")
+    }
+
     /// History moved to a new epoch while the replay was read (Redis Cluster: the slot came
     /// back empty): live copies of the new epoch went out before the replay, which holds the
     /// same messages. Before, the client got e2:1…3 twice.

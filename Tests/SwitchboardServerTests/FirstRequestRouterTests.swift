@@ -150,19 +150,29 @@ final class RouterHarness {
         let transport = try sync.handler(type: WebSocketSTOMPTransport.self)
         #expect(!(transport is any _ChannelOutboundHandler))
         #expect(!(decoder.handler is any _ChannelOutboundHandler))
-        // Nothing else between: the decoder, the transport, the session, in this order. NIO's
-        // description has one line per handler: "<inbound type> ↓↑ <outbound type> [<name>]".
-        let description = h.channel.pipeline.debugDescription
-        let handlers = description.split(separator: "\n").dropFirst(2).map { line in
-            let sides = line.split(separator: "↓↑", maxSplits: 1).map { $0.drop { $0 == " " } }
-            return (inbound: String(sides[0]), outbound: sides.count > 1 && !sides[1].hasPrefix("[") ? String(sides[1]) : nil)
+        // NIO's description has one line per handler: "<inbound type> ↓↑ <outbound type> [<name>]".
+        func handlers() -> (String, [(inbound: String, outbound: String?)]) {
+            let description = h.channel.pipeline.debugDescription
+            return (
+                description,
+                description.split(separator: "\n").dropFirst(2).map { line in
+                    let sides = line.split(separator: "↓↑", maxSplits: 1).map { $0.drop { $0 == " " } }
+                    return (inbound: String(sides[0]), outbound: sides.count > 1 && !sides[1].hasPrefix("[") ? String(sides[1]) : nil)
+                }
+            )
         }
-        #expect(handlers.count == 3, "\(description)")
-        #expect(zip(handlers, ["ByteToMessageHandler", "WebSocketSTOMPTransport", "STOMPSessionHandler"]).allSatisfy { $0.inbound.hasPrefix($1) }, "\(description)")
-        #expect(handlers.prefix(2).allSatisfy { $0.outbound == nil }, "\(description)")
-        #expect(handlers.last?.outbound?.hasPrefix("STOMPSessionHandler") == true, "\(description)")
+        // Before CONNECT the input limit comes first (toward the socket: the session's writes
+        // pass it, untouched); it leaves once the CONNECT frame is read.
+        var (description, list) = handlers()
+        #expect(list.first?.inbound.hasPrefix("PreConnectInputLimit") == true, "\(description)")
         try h.channel.writeInbound(RouterHarness.clientFrame("CONNECT\naccept-version:1.2\nhost:x\n\n\u{0}"))
         #expect(try h.outboundText().contains("CONNECTED\nversion:1.2\n"))
+        // Then nothing else between: the decoder, the transport, the session, in this order.
+        (description, list) = handlers()
+        #expect(list.count == 3, "\(description)")
+        #expect(zip(list, ["ByteToMessageHandler", "WebSocketSTOMPTransport", "STOMPSessionHandler"]).allSatisfy { $0.inbound.hasPrefix($1) }, "\(description)")
+        #expect(list.prefix(2).allSatisfy { $0.outbound == nil }, "\(description)")
+        #expect(list.last?.outbound?.hasPrefix("STOMPSessionHandler") == true, "\(description)")
         _ = try? h.channel.finish()
     }
 

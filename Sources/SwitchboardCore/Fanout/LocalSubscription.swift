@@ -48,6 +48,10 @@ package final class LocalSubscription {
     /// The epoch of the position this instance registered the subscription at, while its
     /// replay is read.
     package var registeredEpoch: String?
+    /// Registered with a replay read at once, under the history's lock (the embedded broker):
+    /// while the seam is open, a copy of an older epoch than the replay's was numbered before
+    /// the registration (its ring evicted and made anew meanwhile), and is not the client's.
+    package var replayedInStep = false
     /// The replay came back in another epoch than ``registeredEpoch`` (Redis started the
     /// history over, and this instance has not heard of it yet): live copies of the registered
     /// epoch are older than the replay, and are dropped until the seam clears.

@@ -39,6 +39,7 @@ extension STOMPSessionHandler {
             return nil
         case .ready(let replay)?:
             subscription.replayedThrough = replay.position
+            subscription.replayedInStep = true
             subscribeOutcomes[step] = SubscribeOutcome(subscription: subscription, replay: replay, asked: start != nil)
             return nil
         case .pending(let through, let replay)?:
@@ -159,8 +160,11 @@ extension STOMPSessionHandler {
         if let buffer = takeUndelivered() { hold(buffer, behind: machine.newestStep, context: context) }
     }
 
-    /// Whether epoch `a` began before `b`: epochs are the server's time when history started
-    /// (``HistoryFunctions``, fixed-width hex), so they sort as text of one length.
+    /// Whether epoch `a` began before `b`. Redis's epochs are the server's time when history
+    /// started (``HistoryFunctions``, fixed-width hex): they sort as text of one length. The
+    /// embedded broker's are the process's prefix and a generation in base 36 without leading
+    /// zeros (``DestinationHistory``): a longer one is newer, and of one length they sort as text
+    /// (`0`–`9` before `a`–`z`).
     static func epoch(_ a: String, isOlderThan b: String) -> Bool {
         a.utf8.count != b.utf8.count ? a.utf8.count < b.utf8.count : a < b
     }

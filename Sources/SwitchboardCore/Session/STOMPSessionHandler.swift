@@ -231,6 +231,8 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
                 failure = SessionFailure(decoding.description, receiptID: receipt, kind: .limit, closeCode: .policyViolation)
             default: failure = SessionFailure(decoding.description, receiptID: receipt)
             }
+        } else if let exceeded = error as? PreConnectInputExceeded {
+            failure = SessionFailure(exceeded.description, kind: .limit, closeCode: .policyViolation)
         } else if let limited = error as? RateLimitExceeded {
             machine.errorOccurred(SessionFailure(limited.description, kind: .limit, lingers: false))
             runActions()
@@ -347,6 +349,10 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
             // (Redis started the history over, and this instance has not heard of it yet): the
             // client is past it.
             if position.epoch == subscription.leavingEpoch { return }
+            // Numbered in an epoch the embedded history dropped (its ring evicted, then made anew
+            // for this registration) before the registration, and queued for this loop since:
+            // older than anything the client was told of.
+            if subscription.replayedInStep, Self.epoch(position.epoch, isOlderThan: through.epoch) { return }
             subscription.replayedThrough = nil
             subscription.leavingEpoch = nil
         }

@@ -51,6 +51,9 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
     /// (a 1.0 session's headers are not escaped) until ``setHeaderEscaping(_:carriageReturn:)``. The session
     /// stops reading meanwhile, so what is held is at most what one read brought.
     private var awaitingVersion = false
+    /// A `CONNECT` (or `STOMP`) frame was decoded, and ``STOMPConnectFrameRead`` sent toward the
+    /// socket (``PreConnectInputLimit`` leaves).
+    private var connectRead = false
     /// Inside ``decodeFrames(context:)``: a version set meanwhile needs no decode of its own.
     private var decoding = false
     private var context: ChannelHandlerContext?
@@ -249,7 +252,14 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
             produced = true
             // The frames behind a CONNECT wait for its version (their header escaping),
             // unless the session settles it before this returns (no asynchronous step).
-            if !versionKnown, frame.command == .connect || frame.command == .stomp { awaitingVersion = true }
+            if frame.command == .connect || frame.command == .stomp {
+                if !versionKnown { awaitingVersion = true }
+                // What the client sends from now on is bounded by the session's limits.
+                if !connectRead {
+                    connectRead = true
+                    context.triggerUserOutboundEvent(STOMPConnectFrameRead(), promise: nil)
+                }
+            }
             context.fireChannelRead(wrapInboundOut(frame))
         }
         if let c = cumulation {

@@ -228,7 +228,9 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
             let configuration = handshake.services.configuration
             do {
                 let sync = context.pipeline.syncOperations
-                try sync.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)), position: .after(self))
+                let preConnect = PreConnectInputLimit(maxHeaderBytes: configuration.decoderLimits.maxHeaderBytes)
+                try sync.addHandler(preConnect, position: .after(self))
+                try sync.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)), position: .after(preConnect))
                 try sync.addHandler(WebSocketSTOMPTransport(limits: configuration.decoderLimits, bytesPerSecond: configuration.maxBytesPerSecond))
                 try sync.addHandler(STOMPSessionHandler(services: handshake.services, handshake: info))
                 // A session has no use for a half-closed connection (the transport closes on the
