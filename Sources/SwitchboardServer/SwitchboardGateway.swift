@@ -84,7 +84,9 @@ package struct SwitchboardGateway: Sendable {
         } else {
             self.tls = nil
         }
-        self.limiter = ConnectionLimiter(maxTotal: configuration.limits.maxConnections, maxPerAddress: configuration.limits.maxConnectionsPerIP)
+        let addressKey = ClientAddressKey(ipv6PrefixLength: configuration.limits.ipv6PrefixLength)
+        self.limiter = ConnectionLimiter(
+            maxTotal: configuration.limits.maxConnections, maxPerAddress: configuration.limits.maxConnectionsPerIP, key: addressKey)
         self.httpConnections = (
             HTTPConnectionCount(port: "main", limit: configuration.http.maxConnections),
             HTTPConnectionCount(port: "api", limit: configuration.http.maxConnections)
@@ -99,7 +101,8 @@ package struct SwitchboardGateway: Sendable {
         let apiLoops = apiGroup.map { Array($0.makeIterator()) } ?? []
         let loops = Array(group.makeIterator())
         self.pending = PendingHandshakes(
-            eventLoops: loops + apiLoops, maxPerAddress: configuration.limits.maxPendingConnectionsPerIP, logger: Logger(label: "switchboard.http"))
+            eventLoops: loops + apiLoops, maxPerAddress: configuration.limits.maxPendingConnectionsPerIP, key: addressKey,
+            logger: Logger(label: "switchboard.http"))
         let hub = FanoutHub(
             eventLoops: loops, heartbeatResolution: .milliseconds(Int64(configuration.stomp.heartbeatResolutionMs)),
             writeCoalescing: .microseconds(Int64(configuration.server.writeCoalesceMicros)),

@@ -124,6 +124,9 @@ package enum ConfigKeyCatalog {
                     "limits.max-pending-connections-per-ip", .integer, "`limits.max-connections-per-ip`",
                     "connections from one address still in their first request (TCP or TLS handshake, request not in); past it closed at accept "
                         + "(lower it where clients connect directly, not through a proxy), `0`: no limit"),
+                .init(
+                    "limits.ipv6-prefix-length", .integer, "`64`",
+                    "the per-address limits count an IPv6 client by its first this many bits (its /64: one holder has 2^64 addresses); `128`: each address, 1 to 128"),
                 .init("limits.max-sessions-per-user", .integer, "`100`", "per authenticated user, per instance"),
                 .init("limits.frames-per-second", .integer, "`2000`", "per connection, token bucket (burst 2×)"),
                 .init(

@@ -150,6 +150,8 @@ package struct Limits: Sendable, Equatable {
     /// upgrade or API request not yet in), closed at accept past it (0: no limit). By default
     /// ``maxConnectionsPerIP``: behind a proxy every connection comes from its address.
     package var maxPendingConnectionsPerIP = 10_000
+    /// The per-address limits count an IPv6 client by this many leading bits of its address.
+    package var ipv6PrefixLength = 64
     package var maxSessionsPerUser = sessionDefaults.maxSessionsPerUser
     /// Token buckets per connection (0: no limit).
     package var framesPerSecond = sessionDefaults.maxFramesPerSecond
@@ -173,6 +175,10 @@ package struct Limits: Sendable, Equatable {
         maxConnections = reader.int(forKey: "max-connections", default: maxConnections)
         maxConnectionsPerIP = reader.int(forKey: "max-connections-per-ip", default: maxConnectionsPerIP)
         maxPendingConnectionsPerIP = reader.int(forKey: "max-pending-connections-per-ip", default: maxConnectionsPerIP)
+        ipv6PrefixLength = reader.int(forKey: "ipv6-prefix-length", default: ipv6PrefixLength)
+        guard (1...128).contains(ipv6PrefixLength) else {
+            throw SwitchboardConfiguration.Invalid(description: "limits.ipv6-prefix-length must be 1…128 (bits of an IPv6 address), got \(ipv6PrefixLength)")
+        }
         maxSessionsPerUser = reader.int(forKey: "max-sessions-per-user", default: maxSessionsPerUser)
         framesPerSecond = reader.int(forKey: "frames-per-second", default: framesPerSecond)
         bytesPerSecond = reader.int(forKey: "bytes-per-second", default: bytesPerSecond)

@@ -182,11 +182,15 @@ final class PendingHandshakes: Sendable {
     let logger: Logger?
     private let refusals = LogThrottle()
 
-    init(eventLoops: [any EventLoop] = [], maxPerAddress: Int = 0, logger: Logger? = nil) {
+    /// What an address counts under (an IPv6 address: its /64, by default).
+    let key: ClientAddressKey
+
+    init(eventLoops: [any EventLoop] = [], maxPerAddress: Int = 0, key: ClientAddressKey = ClientAddressKey(), logger: Logger? = nil) {
         var shards: [ObjectIdentifier: LoopPendingHandshakes] = [:]
         for loop in eventLoops { shards[ObjectIdentifier(loop)] = LoopPendingHandshakes(eventLoop: loop) }
         self.shards = shards
         self.maxPerAddress = maxPerAddress
+        self.key = key
         self.logger = logger
     }
 
@@ -194,6 +198,7 @@ final class PendingHandshakes: Sendable {
     /// when that address has ``maxPerAddress`` already.
     func admit(_ address: String) -> Bool {
         guard maxPerAddress > 0 else { return true }
+        let address = key(address)
         let admitted = perAddress.withLockedValue { counts in
             guard counts[address, default: 0] < maxPerAddress else { return false }
             counts[address, default: 0] += 1
@@ -212,6 +217,7 @@ final class PendingHandshakes: Sendable {
     /// A connection ``admit(_:)`` counted is through its first request, or closed.
     func release(_ address: String) {
         guard maxPerAddress > 0 else { return }
+        let address = key(address)
         perAddress.withLockedValue { counts in
             let n = counts[address, default: 0] - 1
             counts[address] = n > 0 ? n : nil
