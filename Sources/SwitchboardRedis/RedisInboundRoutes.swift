@@ -102,6 +102,7 @@ package final class RedisInboundRoutes: Sendable {
         // `/user/queue/x` under a catch-all broker prefix reaches no user-queue subscriber.
         let isBroker = configuration.isBrokerDestination(destination) && !configuration.isUserDestination(destination)
         guard isUser || isBroker, !destination.contains("*") else {
+            engine.inboundDropped.add(.notBrokerDestination)
             logger.log(
                 level: .warning, throttledBy: InputLogs.notBroker, "inbound message for a destination that is not a broker destination dropped",
                 metadata: ["destination": "\(destination.prefix(200))"])
@@ -110,6 +111,7 @@ package final class RedisInboundRoutes: Sendable {
         // The names every other entry point refuses (too long, control characters, not NFC:
         // Swift compares strings by canonical equivalence, history and Redis by bytes).
         if let problem = DestinationPattern.nameProblem(destination) ?? (DestinationPattern.isNormalized(destination) ? nil : "must be in NFC") {
+            engine.inboundDropped.add(.badDestination)
             logger.log(
                 level: .warning, throttledBy: InputLogs.badName, "inbound message dropped: its destination \(problem)",
                 metadata: ["destination": "\(destination.prefix(200))"])
@@ -127,6 +129,7 @@ package final class RedisInboundRoutes: Sendable {
     /// failing alike means the message is lost; its subscribers see no gap).
     private func logFailure(of recording: EventLoopFuture<Void>?, destination: String) {
         recording?.whenFailure { error in
+            self.engine.inboundDropped.add(.notRecorded)
             self.logger.log(
                 level: .warning, throttledBy: InputLogs.notRecorded, "inbound Pub/Sub message not recorded", metadata: ["destination": "\(destination)", "error": "\(error)"])
         }
@@ -134,6 +137,7 @@ package final class RedisInboundRoutes: Sendable {
 
     func onBroadcast(_ payload: ByteBuffer, channel: String) {
         guard let broadcast = BroadcastPayload.decode(payload) else {
+            engine.inboundDropped.add(.badPayload)
             logger.log(
                 level: .warning, throttledBy: InputLogs.badBroadcast, "broadcast payload is not {\"topic\",\"message\"} JSON; dropped", metadata: ["channel": "\(channel)"])
             return
@@ -149,6 +153,7 @@ package final class RedisInboundRoutes: Sendable {
             // topic outside the user destinations reaches nobody (`/topic/x`), or another user
             // (`x/queue/y` routes to user `alicex`): dropped, as the HTTP API refuses it.
             guard configuration.isUserTopic(broadcast.topic) else {
+                engine.inboundDropped.add(.notBrokerDestination)
                 logger.log(
                     level: .warning, throttledBy: InputLogs.notBroker, "inbound message to a user for a topic that is not a user destination dropped",
                     metadata: ["topic": "\(broadcast.topic.prefix(200))", "prefixes": "\(configuration.userDestinationPrefixes)"])
@@ -338,6 +343,7 @@ package final class RedisInboundRoutes: Sendable {
     /// which destination; an entry without the fields `topic` and `message` is skipped.
     private func deliver(_ entry: RedisStreamEntry, of stream: String) -> (destination: String?, recording: EventLoopFuture<Void>?) {
         guard let topic = entry[field: "topic"].map({ String(buffer: $0) }), let body = entry[field: "message"] else {
+            engine.inboundDropped.add(.badStreamEntry)
             logger.log(
                 level: .warning, throttledBy: InputLogs.badStreamEntry, "stream entry without topic/message fields skipped",
                 metadata: ["stream": "\(stream)", "id": "\(entry.id)"])

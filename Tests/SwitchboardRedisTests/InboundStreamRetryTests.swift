@@ -379,6 +379,30 @@ struct InboundStreamRetryTests {
         await reader.shutdown()
     }
 
+    /// Inbound messages dropped were only logged (throttled: one line may stand for many).
+    @Test func droppedInboundMessagesAreCountedByReason() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let admin = try await server.connect()
+        let reader = try await Reader(server)
+        try await Self.readerIsLive(reader, admin)
+        _ = try await admin.execute(RawCommand("XADD", "in", "*", "text", "no topic"))
+        _ = try await admin.execute(RawCommand("XADD", "in", "*", "topic", "/elsewhere/x", "message", "m"))
+        _ = try await admin.execute(RawCommand("XADD", "in", "*", "topic", "/topic/bad\u{1}name", "message", "m"))
+        reader.routes.onBroadcast(ByteBuffer(string: "not json"), channel: "c")
+        reader.routes.onBroadcast(ByteBuffer(string: #"{"user":"alice","topic":"/topic/x","message":"m"}"#), channel: "c")
+        try await Self.add("after", on: admin)
+        #expect(try await eventually { reader.gateway.sink.bodies.last == "after" })
+        let drops = reader.gateway.engine.inboundDropped
+        #expect(drops.count(.badStreamEntry) == 1)
+        #expect(drops.count(.notBrokerDestination) == 2)
+        #expect(drops.count(.badDestination) == 1)
+        #expect(drops.count(.badPayload) == 1)
+        #expect(drops.count(.notRecorded) == 0)
+        await admin.close()
+        await reader.shutdown()
+    }
+
     @Test func anEntryRefusedForLongerThanItsTimeIsGivenUpAndTheNextGoOn() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }

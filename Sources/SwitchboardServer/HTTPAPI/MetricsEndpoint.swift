@@ -180,6 +180,11 @@ final class MetricsEndpoint: Sendable {
             counter(
                 "switchboard_redis_inbound_entries_recorded_elsewhere_total", engine.inboundEntriesRecordedElsewhere.load(ordering: .relaxed),
                 help: "Inbound stream entries not recorded by this instance: behind the instances' shared position and older than their once tokens.")
+            for reason in InboundDrops.Reason.allCases {
+                counter(
+                    "switchboard_redis_inbound_dropped_total", engine.inboundDropped.count(reason), labels: [("reason", reason.rawValue)],
+                    help: "Inbound Redis messages (Pub/Sub and stream routes) dropped, by reason; each is also logged (throttled).")
+            }
             counter(
                 "switchboard_redis_inbound_stream_rewinds_total", engine.inboundStreamRewinds.load(ordering: .relaxed),
                 help: "Inbound streams found ending before the position read (Redis went back, or the key was deleted): read on from their end.")
