@@ -183,6 +183,9 @@ final class RouterHarness {
         (RouterHarness.upgrade(extra: "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "400 Bad Request", #""field":"Sec-WebSocket-Key""#),
         (RouterHarness.upgrade(extra: "Sec-WebSocket-Protocol: mqtt\r\n"), "400 Bad Request", #""field":"Sec-WebSocket-Protocol""#),
         (RouterHarness.upgrade(extra: "Origin: https://evil.example\r\n"), "403 Forbidden", #""field":"Origin""#),
+        // RFC 9112 §3.2: exactly one Host.
+        (RouterHarness.upgrade(extra: "host: y\r\n"), "400 Bad Request", #""field":"Host""#),
+        (RouterHarness.upgrade().replacing("Host: x\r\n", with: ""), "400 Bad Request", #""field":"Host""#),
     ])
     func refusalsAreJSONNamingTheFieldAndClose(request: String, status: String, field: String) throws {
         let h = try RouterHarness(origins: ["https://app.example"])

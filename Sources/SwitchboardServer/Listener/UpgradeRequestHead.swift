@@ -19,6 +19,8 @@ struct UpgradeRequestHead: Equatable, Sendable {
     /// The comma-separated tokens of every `Sec-WebSocket-Protocol` header, in order.
     var protocols: [String] = []
     var origin: String?
+    /// How many `Host` headers the head has (exactly one is valid: RFC 9112 §3.2, RFC 6455 §4.1).
+    var hostCount = 0
     /// Every `Cookie` header value.
     var cookies: [String] = []
 
@@ -86,6 +88,8 @@ struct UpgradeRequestHead: Equatable, Sendable {
                 connectionUpgrade = connectionUpgrade || tokens(value).contains { $0.lowercased() == "upgrade" }
             case 6 where equalsLowercased(name, "origin"):
                 if result.origin == nil { result.origin = value }
+            case 4 where equalsLowercased(name, "host"):
+                result.hostCount += 1
             case 6 where equalsLowercased(name, "cookie"):
                 result.cookies.append(value)
             case 17 where equalsLowercased(name, "sec-websocket-key"):

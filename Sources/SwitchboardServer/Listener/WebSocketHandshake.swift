@@ -109,6 +109,11 @@ struct WebSocketHandshake: Sendable {
         guard head.path == stompPath[...] else {
             return .refuse(.badRequest("no WebSocket endpoint at \(head.path); use \(stompPath)", field: "path"))
         }
+        // A request without Host, or with two (which one names the server?), is a 400 for
+        // every HTTP/1.1 server (RFC 9112 §3.2); a WebSocket client must send one (RFC 6455 §4.1).
+        guard head.hostCount == 1 else {
+            return .refuse(.badRequest("an upgrade request needs exactly one Host header, got \(head.hostCount)", field: "Host"))
+        }
         guard admission.admitsConnections else {
             return .refuse(Refusal(status: 503, reason: "Service Unavailable", message: "server shutting down, reconnect", field: "Upgrade"))
         }
