@@ -40,12 +40,16 @@ package final class RedisInboundRoutes: Sendable {
     /// How long a stream entry whose recording keeps failing, for a reason that will not pass
     /// by itself, is tried before it is given up (``InboundStreamCursor``).
     let giveUpAfter: Duration
+    /// How often a quiet stream's end is compared with the reader's position (besides each
+    /// (re)connect): `XINFO STREAM` answers with the first and last entries whole.
+    let quietEndCheckInterval: Duration
 
     package init(
         redis: GatewayRedis, engine: RedisEngine, hub: FanoutHub, messageIDs: MessageIDGenerator, configuration: SessionConfiguration, logger: Logger,
-        giveUpAfter: Duration = .seconds(30)
+        giveUpAfter: Duration = .seconds(30), quietEndCheckInterval: Duration = .seconds(30)
     ) {
         self.giveUpAfter = giveUpAfter
+        self.quietEndCheckInterval = quietEndCheckInterval
         self.redis = redis
         self.engine = engine
         self.hub = hub
@@ -181,10 +185,10 @@ package final class RedisInboundRoutes: Sendable {
         var sharingUnsupported = false
         /// Reads or moves the shared position; throws what Redis said. `starting`: the reader's
         /// first calls, where a refusal for good (no functions, an ACL) turns sharing off.
-        func share(_ id: String?, starting: Bool = false) async throws {
+        func share(_ id: String?, starting: Bool = false, rewindingFrom: String? = nil) async throws {
             guard !sharingUnsupported else { return }
             do {
-                let command = InboundCursor(key: engine.naming.inboundCursorKey(forStream: stream), advanceTo: id)
+                let command = InboundCursor(key: engine.naming.inboundCursorKey(forStream: stream), advanceTo: id, rewindingFrom: rewindingFrom)
                 let reply = try await HistoryFunctions.call(command, on: redis).get()
                 cursor.sharedThrough = reply.through
                 cursor.sharedFrom = reply.from
@@ -200,9 +204,9 @@ package final class RedisInboundRoutes: Sendable {
             }
         }
         /// Moves the shared position on; a failure is logged (the next batch moves it further).
-        func shareOrLog(_ id: String?) async {
+        func shareOrLog(_ id: String?, rewindingFrom: String? = nil) async {
             do {
-                try await share(id)
+                try await share(id, rewindingFrom: rewindingFrom)
             } catch {
                 logger.log(
                     level: .warning, throttledBy: InputLogs.streamPositions, "inbound stream position not shared",
@@ -211,13 +215,17 @@ package final class RedisInboundRoutes: Sendable {
         }
         /// Follows the stream back if it ends before the position (``InboundStreamCursor/streamEnds(at:)``).
         /// Redis refusing `XINFO` (an ACL) leaves the position as it is.
+        var endCheckedAt = ContinuousClock.now
         func followRewind(_ connection: RedisConnection) async throws {
+            endCheckedAt = .now
             let end: String?
             do {
                 end = try await connection.execute(XINFOSTREAM(key: stream)).lastGeneratedID
             } catch let error as RedisServerError where error.isNoSuchKey {
                 end = nil
-            } catch let error as RedisServerError {
+            } catch let error where !(error is RedisClientError) {
+                // Refused (an ACL) or not understood (a server that leaves fields out): the
+                // route reads on as before.
                 logger.log(
                     level: .warning, throttledBy: InputLogs.streamPositions,
                     "inbound stream's end not read (XINFO STREAM): a stream that goes back is not followed",
@@ -229,6 +237,11 @@ package final class RedisInboundRoutes: Sendable {
             logger.warning(
                 "inbound stream ends before the position read (Redis went back, or the key was deleted and added again): reading on from its end",
                 metadata: ["stream": "\(stream)", "position": "\(position)", "end": "\(end ?? "no stream")"])
+            // The shared position too, unless another instance moved it meanwhile: else every
+            // instance that starts later begins past the stream's end again.
+            if let through = cursor.sharedThrough, InboundStreamCursor.id(through, isAfter: cursor.lastID ?? "0-0") {
+                await shareOrLog(cursor.lastID, rewindingFrom: through)
+            }
         }
         while !Task.isCancelled {
             do {
@@ -266,8 +279,8 @@ package final class RedisInboundRoutes: Sendable {
                             // after the last call).
                             if let last = wall?.at, last.duration(to: .now) > .seconds(3_600) { await shareOrLog(nil) }
                             // A stream deleted and added again (new ids before the position)
-                            // leaves the read blocked: looked at once per quiet read.
-                            try await followRewind(connection)
+                            // leaves the read blocked: looked at while quiet, now and then.
+                            if endCheckedAt.duration(to: .now) >= quietEndCheckInterval { try await followRewind(connection) }
                             continue
                         }
                         let now = wall.map { wall in

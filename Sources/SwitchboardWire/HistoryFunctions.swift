@@ -190,8 +190,9 @@ public enum HistoryFunctions: RedisFunctionLibrary {
         -- The shared position of an inbound stream route (switchboard_inbound_cursor), a hash:
         -- 'through', the newest entry id an instance read past (moved forward only), and
         -- 'from', where the first instance to store it started (entries up to it were not
-        -- necessarily read by any). '' reads it. Replies through, from (or '') and the
-        -- server's time in ms. Kept ttl ms after the last call.
+        -- necessarily read by any). '' reads it. With a third argument, the stream went back:
+        -- through moves back to the id given, if it is that third argument now. Replies
+        -- through, from (or '') and the server's time in ms. Kept ttl ms after the last call.
         local function id_before(a, b)
           local am, as = string.match(a, '^(%d+)-(%d+)$')
           local bm, bs = string.match(b, '^(%d+)-(%d+)$')
@@ -223,6 +224,9 @@ public enum HistoryFunctions: RedisFunctionLibrary {
             redis.call('HSET', keys[1], 'from', id, 'through', id)
             from, through = id, id
           elseif id and id_before(through, id) then
+            redis.call('HSET', keys[1], 'through', id)
+            through = id
+          elseif id and stream_id(args[3]) == through and id_before(id, through) then
             redis.call('HSET', keys[1], 'through', id)
             through = id
           end

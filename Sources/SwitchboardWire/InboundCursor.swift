@@ -1,11 +1,13 @@
 import Redis
 
-/// `FCALL switchboard_inbound_cursor 1 <prefix>inbound:<stream>:cursor <id> <ttl-ms>`: the
-/// shared position of an inbound stream route (see ``HistoryFunctions``), the newest entry id
-/// any instance read past (`through`), and where the instance that stored it first started
-/// (`from`: entries up to it were not necessarily read by any). `advanceTo` moves it forward
-/// (never back); nil reads it. The key expires `ttlMilliseconds` after the last call (a week
-/// by default).
+/// `FCALL switchboard_inbound_cursor 1 <prefix>inbound:<stream>:cursor <id> <ttl-ms> [<was>]`:
+/// the shared position of an inbound stream route (see ``HistoryFunctions``), the newest entry
+/// id any instance read past (`through`), and where the instance that stored it first started
+/// (`from`: entries up to it were not necessarily read by any). `advanceTo` moves it forward;
+/// nil reads it. It moves back only with `rewindingFrom`, and only from that position (the
+/// stream went back: see ``InboundStreamCursor``), so an instance's stale view cannot undo
+/// another's progress. The key expires `ttlMilliseconds` after the last call (a week by
+/// default). A library of an older version ignores `rewindingFrom`.
 ///
 /// An instance that starts reads from it, so entries added while every instance was down are
 /// read (before, every instance started at the stream's end); an instance that falls behind
@@ -37,16 +39,23 @@ public struct InboundCursor: RedisCommand {
     public var key: String
     public var advanceTo: String?
     public var ttlMilliseconds: Int
+    /// Moves `through` back to `advanceTo` if it is this id now.
+    public var rewindingFrom: String?
 
-    public init(key: String, advanceTo: String?, ttlMilliseconds: Int = 7 * 86_400_000) {
+    public init(key: String, advanceTo: String?, ttlMilliseconds: Int = 7 * 86_400_000, rewindingFrom: String? = nil) {
         self.key = key
         self.advanceTo = advanceTo
         self.ttlMilliseconds = ttlMilliseconds
+        self.rewindingFrom = rewindingFrom
     }
 
     public var keysAffected: [String] { [key] }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
-        encoder.encodeCommand("FCALL", "switchboard_inbound_cursor", "1", key, advanceTo ?? "", String(ttlMilliseconds))
+        if let rewindingFrom {
+            encoder.encodeCommand("FCALL", "switchboard_inbound_cursor", "1", key, advanceTo ?? "", String(ttlMilliseconds), rewindingFrom)
+        } else {
+            encoder.encodeCommand("FCALL", "switchboard_inbound_cursor", "1", key, advanceTo ?? "", String(ttlMilliseconds))
+        }
     }
 }

@@ -134,3 +134,24 @@ struct ResponseDecodingTests {
         #expect(entries.first?.idleMilliseconds == 15 && entries.first?.deliveryCount == 2)
     }
 }
+
+/// `XINFO STREAM`'s reply as RESP2 (flat pairs) and RESP3 (a map), with the first and last
+/// entries (nested values) skipped.
+struct StreamInfoDecodingTests {
+    static let fields =
+        "$6\r\nlength\r\n:2\r\n$15\r\nradix-tree-keys\r\n:1\r\n$17\r\nlast-generated-id\r\n$3\r\n5-1\r\n"
+        + "$13\r\nentries-added\r\n:7\r\n$11\r\nfirst-entry\r\n*2\r\n$3\r\n4-0\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+        + "$10\r\nlast-entry\r\n*2\r\n$3\r\n5-1\r\n*2\r\n$1\r\na\r\n$1\r\nc\r\n"
+
+    @Test func resp2AndResp3() throws {
+        for reply in ["*12\r\n" + Self.fields, "%6\r\n" + Self.fields] {
+            let info = try RedisStreamInfo(fromRESP: token(reply))
+            #expect(info == RedisStreamInfo(length: 2, lastGeneratedID: "5-1", entriesAdded: 7))
+        }
+        // Redis before 7: no entries-added.
+        let old = try RedisStreamInfo(fromRESP: token("*4\r\n$6\r\nlength\r\n:0\r\n$17\r\nlast-generated-id\r\n$3\r\n0-0\r\n"))
+        #expect(old.entriesAdded == nil && old.lastGeneratedID == "0-0")
+        #expect(throws: RESPDecodeError.self) { try RedisStreamInfo(fromRESP: token("*2\r\n$6\r\nlength\r\n:0\r\n")) }
+        #expect(encoded(XINFOSTREAM(key: "s")) == resp("XINFO", "STREAM", "s"))
+    }
+}

@@ -174,6 +174,12 @@ public struct RedisStreamInfo: Sendable, Hashable, RESPTokenDecodable {
     /// Entries ever added to the stream (Redis 7 and later; nil before).
     public var entriesAdded: Int?
 
+    public init(length: Int, lastGeneratedID: String, entriesAdded: Int? = nil) {
+        self.length = length
+        self.lastGeneratedID = lastGeneratedID
+        self.entriesAdded = entriesAdded
+    }
+
     public init(fromRESP token: RESPToken) throws {
         guard let parts = token.flattenedElements(), parts.count % 2 == 0 else {
             throw RESPDecodeError(token: token, expected: "RedisStreamInfo")

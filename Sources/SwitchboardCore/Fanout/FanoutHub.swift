@@ -173,7 +173,8 @@ package final class FanoutHub: Sendable {
                     if let m = s.wildcard[pattern], mask | m != mask, pattern.matches(message.destination) { mask |= m }
                 }
             case .session:
-                break  // ``deliver(_:toSession:)``: the session's loop, not its subscriptions', decides
+                // ``deliver(_:toSession:)``: the session's loop, not its subscriptions', decides.
+                assertionFailure("a message for one session goes through deliver(_:toSession:)")
             }
             guard mask != 0 else { return [] }
             var out: [LoopShard] = []

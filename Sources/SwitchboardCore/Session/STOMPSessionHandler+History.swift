@@ -39,7 +39,9 @@ extension STOMPSessionHandler {
             return nil
         case .ready(let replay)?:
             subscription.replayedThrough = replay.position
-            subscription.replayedInStep = true
+            // The embedded broker's (Redis answers `.ready` only for a destination not yet
+            // sequenced, with no epoch to compare).
+            subscription.replayedInStep = services.engine.history != nil
             subscribeOutcomes[step] = SubscribeOutcome(subscription: subscription, replay: replay, asked: start != nil)
             return nil
         case .pending(let through, let replay)?:

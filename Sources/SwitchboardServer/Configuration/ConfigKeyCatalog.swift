@@ -102,7 +102,9 @@ package enum ConfigKeyCatalog {
                 .init("limits.max-frame-bytes", .integer, "`262144`", "largest STOMP frame (headers + body)"),
                 .init("limits.max-headers", .integer, "`64`", "most header lines in a frame"),
                 .init("limits.max-header-line-bytes", .integer, "`8192`", "longest header line"),
-                .init("limits.max-header-bytes", .integer, "`65536`", "largest header block (command and all headers)"),
+                .init(
+                    "limits.max-header-bytes", .integer, "`65536`",
+                    "largest header block (command and all headers); plus 4 KiB, what a connection may send before its `CONNECT` frame is read"),
                 .init("limits.max-body-bytes", .integer, "`limits.max-frame-bytes`", "largest body"),
                 .init("limits.max-subscriptions", .integer, "`256`", "subscriptions per session"),
                 .init("limits.max-pending-bytes", .integer, "`4194304`", "outbound bytes queued for one connection before it is a slow consumer"),
