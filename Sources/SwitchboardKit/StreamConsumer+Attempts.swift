@@ -167,12 +167,17 @@ extension StreamConsumer {
         """
 
     /// KEYS: stream. ARGV: group, consumer, id. The entry's attempt count after counting one
-    /// more, or 0 when it is not pending for this consumer.
+    /// more, or 0 when it is not pending for this consumer. An entry trimmed from the stream
+    /// since it was read is left as it is: `XCLAIM` would drop it from the pending list (Redis
+    /// 7), and a failed attempt then went unseen; kept, the next read of the pending entries
+    /// finds it gone and counts it as trimmed.
     static let attemptScript = """
         local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
         if #p == 0 then return 0 end
         local n = p[1][4] + 1
-        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'RETRYCOUNT', n, 'JUSTID')
+        if #redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3]) > 0 then
+          redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'RETRYCOUNT', n, 'JUSTID')
+        end
         return n
         """
 }

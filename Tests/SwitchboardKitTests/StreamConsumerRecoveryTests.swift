@@ -316,6 +316,39 @@ struct StreamConsumerRecoveryTests {
         await client.shutdown()
     }
 
+    /// An entry taken again from the consumer's own pending list, trimmed from the stream after
+    /// it was read, whose handler then fails: counting the attempt (`XCLAIM`) dropped it from the
+    /// pending list (Redis 7), so it was neither retried nor counted as trimmed, only as a failure.
+    @Test func aRetriedEntryTrimmedAfterItWasReadAndFailingIsCountedAsTrimmed() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "0", makeStream: true))
+        try await addGatewayEntry(client, body: "first")
+        let second = try await addGatewayEntry(client, body: "second")
+        // Both pending for "r" already (a session of "r" that ended before handling them).
+        _ = try await client.execute(RawCommand("XREADGROUP", "GROUP", "svc", "r", "STREAMS", "OUT", ">"))
+        let release = NIOLockedValueBox(false)
+        let firstStarted = NIOLockedValueBox(false)
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(name: "r"), logger: quietLogger)
+        let task = start(consumer) { message in
+            if message.bodyString == "first" {
+                firstStarted.withLockedValue { $0 = true }
+                while !release.withLockedValue({ $0 }) { try? await Task.sleep(for: .milliseconds(10)) }
+                return
+            }
+            throw Boom(description: "second fails")
+        }
+        #expect(try await eventually { firstStarted.withLockedValue { $0 } })
+        _ = try await client.execute(RawCommand("XDEL", "OUT", .string(second)))
+        release.withLockedValue { $0 = true }
+        #expect(try await eventually { consumer.statistics.trimmed == 1 }, "\(consumer.statistics)")
+        #expect(try await eventually { try await pendingCount(client) == 0 })
+        consumer.stop()
+        try await task.value
+        await client.shutdown()
+    }
+
     /// A consumer restarted under the same name finds one of its pending entries trimmed from the
     /// stream: it counts it as lost (`statistics.trimmed`, logged at warning) and acknowledges it.
     /// Before, the renewal's `XCLAIM` dropped it from the pending list, uncounted.
