@@ -236,3 +236,22 @@ def test_an_upgrade_under_way_at_sigterm_gets_its_503(gateway_factory):
     finally:
         s.close()
     assert gw.proc.wait(15) == 0
+
+
+def test_a_refused_upgrade_is_answered_while_the_client_sends_on(gateway):
+    """A refused WebSocket upgrade (here a wrong path) with more bytes behind it: the gateway
+    closed at once with them unread, a reset, and a client still sending got a broken pipe
+    instead of its 400. It reads and drops them now until the client closes (at most 2 s)."""
+    s = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    try:
+        s.sendall(upgrade_request(gateway.port, path="/nowhere"))
+        # More than the kernel buffers on both sides hold: the gateway must read it.
+        s.sendall(b"x" * (24 << 20))
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[:200]
+        assert b'"field":"path"' in answer
+    finally:
+        s.close()

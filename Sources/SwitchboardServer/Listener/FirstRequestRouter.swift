@@ -38,8 +38,8 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     /// Where the search for the end of the head resumes.
     private var scanned = 0
     private var decided = false
-    /// Refused (over `http.max-connections`): the 503 is out, the rest is read and dropped
-    /// until the client closes, for at most ``lingerTime``.
+    /// Refused (over `http.max-connections`, or a WebSocket upgrade refused): the answer is
+    /// out, the rest is read and dropped until the client closes, for at most ``lingerTime``.
     private var lingering = false
     static let lingerTime = TimeAmount.seconds(2)
 
@@ -218,10 +218,9 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
                     message: "this port serves the HTTP API only (http.api-port); WebSocket sessions are on http.port", field: "path"))
         switch decision {
         case .refuse(let refusal):
-            buffered = nil
-            context.writeAndFlush(wrapOutboundOut(WebSocketHandshake.response(for: refusal))).whenComplete { _ in
-                channel.close(promise: nil)
-            }
+            // Closed at once with the client's bytes unread, the close was a reset, which can
+            // destroy the answer before the client reads it.
+            answerAndLinger(context: context, WebSocketHandshake.response(for: refusal))
         case .accept(let response, let info):
             let limiter = handshake.limiter
             channel.closeFuture.whenComplete { _ in limiter.remove(address) }
@@ -256,11 +255,16 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     /// ``lingerTime``, the connection (closing with the request unread would reset it, and
     /// the reset can destroy the 503 before the client reads it).
     private func refuse(context: ChannelHandlerContext, limit: Int) {
-        lingering = true
         timeout.requestArrived()
+        answerAndLinger(context: context, context.channel.allocator.buffer(string: HTTPConnectionCount.refusal(limit: limit)))
+    }
+
+    /// Writes `answer` (it says `Connection: close`), closes the output, and reads and drops
+    /// what the client still sends until it closes, for at most ``lingerTime``.
+    private func answerAndLinger(context: ChannelHandlerContext, _ answer: ByteBuffer) {
+        lingering = true
         buffered = nil
         let channel = context.channel
-        let answer = context.channel.allocator.buffer(string: HTTPConnectionCount.refusal(limit: limit))
         context.writeAndFlush(wrapOutboundOut(answer)).whenComplete { _ in
             channel.close(mode: .output, promise: nil)
             channel.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
