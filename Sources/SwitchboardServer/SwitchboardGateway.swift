@@ -1,6 +1,7 @@
 import Hummingbird
 import HummingbirdCore
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -419,7 +420,8 @@ package struct SwitchboardGateway: Sendable {
         }
         let drain = DrainService(
             services: services, admission: admission, pending: pending, redis: [redis?.redis, redis?.replication?.redis].compactMap { $0 },
-            delay: .milliseconds(Int64(configuration.server.drainDelayMs)), grace: .milliseconds(Int64(configuration.server.shutdownGraceMs)), logger: logger)
+            delay: .milliseconds(Int64(configuration.server.drainDelayMs)), grace: .milliseconds(Int64(configuration.server.shutdownGraceMs)),
+            apiLoops: apiGroup.map { Array($0.makeIterator()) } ?? [], logger: logger)
         var list: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let redis {
             list.append(.init(service: RedisService(parts: redis, services: services, logger: logger)))
@@ -440,19 +442,36 @@ package struct SwitchboardGateway: Sendable {
         groupConfiguration.maximumGracefulShutdownDuration = shutdownBound
         groupConfiguration.maximumCancellationDuration = .seconds(5)
         try await ServiceGroup(configuration: groupConfiguration).run()
+        // Past the bound the group cancelled the stages left (their last writes, the lease's
+        // leave), saying so at debug level only: an error, and a failed exit.
+        let overran = drain.started.withLockedValue { $0 }.map { $0.duration(to: .now) >= shutdownBound } ?? false
+        if overran {
+            logger.error(
+                "graceful shutdown took longer than its bound: the stages left were cancelled (presence facts or the lease's leave may be lost)",
+                metadata: ["bound.ms": "\(shutdownBound.components.seconds * 1_000)"])
+        }
         for shard in services.hub.shards { shard.stop() }
         try? await webhookClient?.shutdown()
         try? await self.group.shutdownGracefully()
         try? await self.apiGroup?.shutdownGracefully()
+        if overran { throw ShutdownOverran(bound: shutdownBound) }
         logger.notice("switchboard stopped")
     }
 
-    /// The longest a graceful shutdown may take: the drain delay, the sessions' grace, the
-    /// HTTP connections' grace, the Redis side's shutdown (10 s) and the events webhook's
-    /// drain, plus a margin.
+    /// The graceful shutdown went past ``shutdownBound``: the process exits with an error.
+    struct ShutdownOverran: Error, CustomStringConvertible {
+        var bound: Duration
+        var description: String { "graceful shutdown took longer than \(bound)" }
+    }
+
+    /// The longest a graceful shutdown may take: its stages one after the other (the drain:
+    /// its delay, then the sessions' grace and a last second; the session port's connections,
+    /// and the API port's when there is one: the grace and a second each), the Redis side's
+    /// shutdown (10 s) and the events webhook's drain, plus a margin of 10 s.
     var shutdownBound: Duration {
         let server = configuration.server
-        var milliseconds = server.drainDelayMs + 2 * server.shutdownGraceMs + 10_000
+        let stages = configuration.http.apiPort == nil ? 2 : 3
+        var milliseconds = server.drainDelayMs + stages * (server.shutdownGraceMs + 1_000) + 10_000
         // The Redis side: its last writes (3 s), reads scheduled to be retried (1 s), its own
         // tasks (3 s) and the client's (3 s).
         if redis != nil { milliseconds += 10_000 }
@@ -472,10 +491,16 @@ struct DrainService: Service {
     let delay: TimeAmount
     /// Longest wait for sessions to close.
     let grace: TimeAmount
+    /// The API port's loops: their connections still in their first request are left to the
+    /// API listener (it stops last).
+    let apiLoops: [any EventLoop]
     let logger: Logger
+    /// When the graceful shutdown began.
+    let started = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
 
     func run() async throws {
         try? await gracefulShutdown()
+        started.withLockedValue { $0 = .now }
         // 1. Not ready, no new sessions (the load balancer stops sending clients here).
         admission.stopAdmitting()
         let open = services.stats.connectionsOpen.load()
@@ -492,7 +517,7 @@ struct DrainService: Service {
         await sessionsClosed(within: grace)
         // Connections still sending their first request go now (not at the start: an
         // upgrade under way gets its 503, an API call its answer, during the drain).
-        pending.closeAll()
+        pending.closeAll(sparing: apiLoops)
         // 4. Sessions still waiting for a step (a slow webhook, a SUBSCRIBE waiting for Redis)
         //    are closed now; their clients get the ERROR without the step's receipt.
         let busy = services.stats.connectionsOpen.load()

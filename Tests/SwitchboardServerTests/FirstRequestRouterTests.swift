@@ -315,6 +315,29 @@ final class RouterHarness {
         #expect(pending.refused.load(ordering: .relaxed) == 2)
     }
 
+    /// The drain closed every connection still in its first request, the API port's too, while
+    /// backends may go on publishing there until the API listener stops.
+    @Test func theDrainSparesTheAPIPortsConnectionsInTheirFirstRequest() throws {
+        let sessionLoop = EmbeddedEventLoop()
+        let apiLoop = EmbeddedEventLoop()
+        let pending = PendingHandshakes(eventLoops: [sessionLoop, apiLoop])
+        func open(on loop: EmbeddedEventLoop) throws -> EmbeddedChannel {
+            let channel = EmbeddedChannel(loop: loop)
+            try channel.connect(to: SocketAddress(ipAddress: "10.0.0.1", port: 4000)).wait()
+            try channel.pipeline.syncOperations.addHandler(HandshakeTimeoutHandler(timeout: .seconds(10), registry: pending))
+            return channel
+        }
+        let (session, api) = (try open(on: sessionLoop), try open(on: apiLoop))
+        pending.closeAll(sparing: [apiLoop])
+        sessionLoop.run()
+        apiLoop.run()
+        #expect(!session.isActive)
+        #expect(api.isActive)
+        pending.closeAll()
+        apiLoop.run()
+        #expect(!api.isActive)
+    }
+
     @Test func aSilentConnectionIsClosedAtItsDeadlineByTheLoopsOneTimer() throws {
         let pending = PendingHandshakes()
         let loop = EmbeddedEventLoop()

@@ -245,8 +245,12 @@ final class PendingHandshakes: Sendable {
     /// Connections still in their first request.
     var count: Int { allShards.reduce(0) { $0 + $1.openCount.load(ordering: .relaxed) } }
 
-    func closeAll() {
-        for shard in allShards {
+    /// Closes the connections still in their first request, except on `spared` loops (the API
+    /// port's, whose listener closes its own when it stops: backends go on publishing while
+    /// sessions drain).
+    func closeAll(sparing spared: [any EventLoop] = []) {
+        let sparedIDs = Set(spared.map { ObjectIdentifier($0) })
+        for shard in allShards where !sparedIDs.contains(ObjectIdentifier(shard.eventLoop)) {
             if shard.eventLoop.inEventLoop {
                 shard.expireAll()
             } else {
