@@ -191,7 +191,7 @@ public enum HistoryFunctions: RedisFunctionLibrary {
         -- 'through', the newest entry id an instance read past (moved forward only), and
         -- 'from', where the first instance to store it started (entries up to it were not
         -- necessarily read by any). '' reads it. With a third argument, the stream went back:
-        -- through moves back to the id given, if it is that third argument now. Replies
+        -- from and through move back to the id given, if through is that third argument now. Replies
         -- through, from (or '') and the server's time in ms. Kept ttl ms after the last call.
         local function id_before(a, b)
           local am, as = string.match(a, '^(%d+)-(%d+)$')
@@ -227,8 +227,9 @@ public enum HistoryFunctions: RedisFunctionLibrary {
             redis.call('HSET', keys[1], 'through', id)
             through = id
           elseif id and stream_id(args[3]) == through and id_before(id, through) then
-            redis.call('HSET', keys[1], 'through', id)
-            through = id
+            -- Entries up to the stream's new end are taken as read; none after it was yet.
+            redis.call('HSET', keys[1], 'from', id, 'through', id)
+            from, through = id, id
           end
           if through then redis.call('PEXPIRE', keys[1], tonumber(args[2]) or 604800000) end
           return {through or '', from or '', tostring(now_ms())}

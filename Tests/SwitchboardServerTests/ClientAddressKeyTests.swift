@@ -20,6 +20,8 @@ struct ClientAddressKeyTests {
         let key = ClientAddressKey()
         #expect(key("192.0.2.7") == "192.0.2.7")
         #expect(key("::ffff:192.0.2.7") == "192.0.2.7", "an IPv4-mapped address on a dual-stack listener")
+        #expect(key("64:ff9b::c000:207") == "192.0.2.7", "behind a NAT64 translator")
+        #expect(key("64:ff9b:0:0:1::1") == "64:ff9b::/64", "not the well-known prefix's /96")
         #expect(key("not an address") == "not an address")
         #expect(key("fe80::1%eth0") == "fe80::1%eth0", "what does not parse is its own key")
     }

@@ -255,3 +255,37 @@ def test_a_refused_upgrade_is_answered_while_the_client_sends_on(gateway):
         assert b'"field":"path"' in answer
     finally:
         s.close()
+
+
+def test_refused_upgrades_lingering_count_as_pending_for_their_address(gateway_factory):
+    """A refused upgrade lingers (up to 2 s) with its descriptor held: it stays counted among its
+    address's connections in their first request, so refusals cannot hold more descriptors than
+    `limits.max-pending-connections-per-ip`. Before, it left the count at once."""
+    gw = gateway_factory("limits.max-pending-connections-per-ip=3")
+    refused = []
+    try:
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+            refused.append(s)
+            s.sendall(upgrade_request(gw.port, path="/nowhere"))
+            assert s.recv(4096).startswith(b"HTTP/1.1 400"), "refused"
+        # Their sockets stay open (lingering): a fourth from the address is closed at accept.
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        refused.append(s)
+        try:
+            s.sendall(upgrade_request(gw.port))
+            assert s.recv(4096) == b"", "closed at accept, unanswered"
+        except ConnectionResetError:
+            pass
+    finally:
+        for s in refused:
+            s.close()
+
+    # Once they are closed, the address may connect again (the metrics come from it too).
+    def refusals():
+        try:
+            return gw.metric("switchboard_pending_connections_refused_total")
+        except requests.ConnectionError:
+            return None
+    wait_until(lambda: refusals() is not None, 10, what="the address admitted again")
+    assert refusals() >= 1

@@ -121,7 +121,9 @@ package enum ConfigKeyCatalog {
                     "limits.max-transaction-bytes", .integer, "`4194304`",
                     "bytes (bodies, headers, 64 per frame) held by one session's open transactions together"),
                 .init("limits.max-connections", .integer, "`100000`", "WebSocket connections per instance (429)"),
-                .init("limits.max-connections-per-ip", .integer, "`10000`", "per client address (429)"),
+                .init(
+                    "limits.max-connections-per-ip", .integer, "`10000`",
+                    "per client address (429); an IPv6 client per `limits.ipv6-prefix-length` prefix"),
                 .init(
                     "limits.max-pending-connections-per-ip", .integer, "`limits.max-connections-per-ip`",
                     "connections from one address still in their first request (TCP or TLS handshake, request not in); past it closed at accept "

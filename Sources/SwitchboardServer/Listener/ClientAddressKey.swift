@@ -30,7 +30,10 @@ struct ClientAddressKey: Sendable {
         guard inet_pton(AF_INET6, address, &raw) == 1 else { return address }
         let prefix = ipv6PrefixLength
         return withUnsafeMutableBytes(of: &raw) { bytes -> String in
-            if bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF {
+            let mapped = bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF
+            // The well-known NAT64 prefix (RFC 6052): an IPv4 client behind a translator.
+            let nat64 = bytes[0..<12].elementsEqual([0x00, 0x64, 0xFF, 0x9B, 0, 0, 0, 0, 0, 0, 0, 0])
+            if mapped || nat64 {
                 return "\(bytes[12]).\(bytes[13]).\(bytes[14]).\(bytes[15])"
             }
             guard prefix < 128 else { return address }

@@ -206,7 +206,6 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
 
     private func upgrade(context: ChannelHandlerContext, head: UpgradeRequestHead, headLength: Int) {
         decided = true
-        timeout.requestArrived()
         let channel = context.channel
         let address = channel.remoteAddress?.ipAddress ?? "unknown"
         let decision: WebSocketHandshake.Decision =
@@ -222,6 +221,9 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
             // destroy the answer before the client reads it.
             answerAndLinger(context: context, WebSocketHandshake.response(for: refusal))
         case .accept(let response, let info):
+            // (A refused connection stays counted with its address's pending connections while
+            // it lingers: refusals cannot hold more descriptors than that limit.)
+            timeout.requestArrived()
             let limiter = handshake.limiter
             channel.closeFuture.whenComplete { _ in limiter.remove(address) }
             let configuration = handshake.services.configuration
@@ -255,7 +257,6 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
     /// ``lingerTime``, the connection (closing with the request unread would reset it, and
     /// the reset can destroy the 503 before the client reads it).
     private func refuse(context: ChannelHandlerContext, limit: Int) {
-        timeout.requestArrived()
         answerAndLinger(context: context, context.channel.allocator.buffer(string: HTTPConnectionCount.refusal(limit: limit)))
     }
 

@@ -198,10 +198,10 @@ final class PendingHandshakes: Sendable {
     /// when that address has ``maxPerAddress`` already.
     func admit(_ address: String) -> Bool {
         guard maxPerAddress > 0 else { return true }
-        let address = key(address)
+        let counted = key(address)
         let admitted = perAddress.withLockedValue { counts in
-            guard counts[address, default: 0] < maxPerAddress else { return false }
-            counts[address, default: 0] += 1
+            guard counts[counted, default: 0] < maxPerAddress else { return false }
+            counts[counted, default: 0] += 1
             return true
         }
         if !admitted {
@@ -209,7 +209,7 @@ final class PendingHandshakes: Sendable {
             logger?.log(
                 level: .warning, throttledBy: refusals,
                 "connection closed at accept: its address has limits.max-pending-connections-per-ip connections in their first request",
-                metadata: ["address": "\(address)", "limit": "\(maxPerAddress)"])
+                metadata: ["address": "\(address)", "counted-as": "\(counted)", "limit": "\(maxPerAddress)"])
         }
         return admitted
     }
