@@ -100,7 +100,7 @@ struct AppRouteTests {
             _ = route.cancellations[0].onCancel { seen.openAtCancel = seen.channel.isActive }
             for shard in gw.hub.shards { shard.closeAll(reason: "server shutting down, reconnect", waitForStep: false) }
             gw.loop.run()
-            _ = try expectErrorThenClose(try c.read())
+            _ = try expectErrorThenClose(try c.read(), code: 1001)  // going away: the server is going down
             #expect(seen.openAtCancel == true, "cancelled only once the connection closed")
             route.calls[0].promise.fail(RouteError(.abandoned, "test over"))
         }

@@ -279,10 +279,13 @@ package struct STOMPSessionStateMachine {
     /// instance lost its presence lease.
     package mutating func closeRequested(reason: String, waitForStep: Bool = true, kind: SessionErrorKind = .shutdown) {
         guard phase != .closed else { return }
+        // A server going down closes with 1001, "going away" (RFC 6455 §7.4.1): a client that
+        // takes 1000 for a normal, final end would not reconnect.
+        let failure = SessionFailure(reason, kind: kind, closeCode: kind == .shutdown ? .goingAway : .normalClosure)
         if isBusy && waitForStep {
-            closeAfterInFlight = SessionFailure(reason, kind: kind)
+            closeAfterInFlight = failure
         } else {
-            fail(SessionFailure(reason, kind: kind))
+            fail(failure)
         }
     }
 
