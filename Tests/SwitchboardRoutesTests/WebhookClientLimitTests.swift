@@ -136,6 +136,51 @@ import Glibc
         await server.close()
     }
 
+    /// A burst of calls after a lull, and the backend refuses one connection (its TLS handshake
+    /// cut, as during a restart): with connection establishment not retried, that one failure
+    /// failed every call then waiting for a connection, also those whose own would have worked.
+    /// A call that sent nothing is made once more within its deadline.
+    @Test func oneFailedConnectionDoesNotFailTheCallsWaitingWithIt() async throws {
+        let certificates = try TestCertificates()
+        let server = try await CannedWebhookServer(reply: (.noContent, ""), tls: try WebhookClientTests.serverTLS(certificates), closingFirst: 1)
+        var settings = WebhookClient.Settings()
+        settings.caFile = certificates.caFile
+        let client = try WebhookClient(settings: settings, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        let route = try WebhookRoute(url: "https://localhost:\(server.port)/hook", timeout: .seconds(10), client: client)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let calls = (0..<8).map { i in route.handle(WebhookRequestTests.message(body: ByteBuffer(string: "m\(i)")), on: loop) }
+        var failures: [String] = []
+        for call in calls {
+            do { _ = try await call.get() } catch { failures.append("\(error)") }
+        }
+        #expect(failures.isEmpty, "\(failures)")
+        #expect(server.requests.count == 8)
+        try await client.shutdown()
+        await server.close()
+    }
+
+    /// A session that closes while its call is connecting (it had a slot; here the backend's
+    /// TLS handshake is slow): the call was sent anyway once connected, though the documentation
+    /// says a waiting call is never sent. It is dropped now.
+    @Test func aCallConnectingWhenItsSessionClosesIsDropped() async throws {
+        let certificates = try TestCertificates()
+        let server = try await CannedWebhookServer(
+            reply: (.noContent, ""), tls: try WebhookClientTests.serverTLS(certificates), readDelay: .milliseconds(500))
+        var settings = WebhookClient.Settings()
+        settings.caFile = certificates.caFile
+        let client = try WebhookClient(settings: settings, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        let route = try WebhookRoute(url: "https://localhost:\(server.port)/hook", timeout: .seconds(10), client: client)
+        let session = RouteCancellation()
+        let call = route.handle(WebhookRequestTests.message(), on: MultiThreadedEventLoopGroup.singleton.next(), cancellation: session)
+        #expect(try await eventually { server.connections == 1 }, "connecting")
+        session.cancel()
+        let error = await #expect(throws: RouteError.self) { _ = try await call.get() }
+        #expect(error?.code == .abandoned && error?.description.contains("not sent") == true, "\(String(describing: error))")
+        #expect(server.requests.isEmpty)
+        try await client.shutdown()
+        await server.close()
+    }
+
     /// A failure after the backend's 2xx head (a stalled or cut body) says it accepted the
     /// message, so that the client does not send it again; a closed connection or a TLS failure
     /// after the request went out says the backend may have acted on it.

@@ -46,7 +46,11 @@ final class CannedWebhookServer: Sendable {
     ///   - reply: status and body to answer with; nil never answers.
     ///   - tls: serve `https://` with this context.
     ///   - reset: after reading a request, reset the connection (RST) instead of answering.
-    init(reply: (HTTPResponseStatus, String)?, tls: NIOSSLContext? = nil, reset: Bool = false) async throws {
+    ///   - closingFirst: this many of the first connections are closed as soon as accepted.
+    ///   - readDelay: a connection is read only after this (a TLS handshake waits for it).
+    init(
+        reply: (HTTPResponseStatus, String)?, tls: NIOSSLContext? = nil, reset: Bool = false, closingFirst: Int = 0, readDelay: TimeAmount? = nil
+    ) async throws {
         let log = Log()
         self.log = log
         let accepted = Counter()
@@ -54,6 +58,14 @@ final class CannedWebhookServer: Sendable {
         self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
                 accepted.increment()
+                if accepted.value <= closingFirst { return channel.close() }
+                if let readDelay {
+                    _ = channel.setOption(ChannelOptions.autoRead, value: false)
+                    channel.eventLoop.scheduleTask(in: readDelay) {
+                        _ = channel.setOption(ChannelOptions.autoRead, value: true)
+                        channel.read()
+                    }
+                }
                 return channel.eventLoop.makeCompletedFuture {
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
@@ -248,14 +260,19 @@ final class CannedWebhookServer: Sendable {
         #expect(server.connections <= 2, "\(server.connections) connections for 5 sequential calls")
     }
 
-    @Test func httpsWebhookIsVerifiedAgainstTheConfiguredCA() async throws {
-        let certificates = try TestCertificates()
+    /// A TLS server context with the test certificates' server certificate (TLS 1.2 or later).
+    static func serverTLS(_ certificates: TestCertificates) throws -> NIOSSLContext {
         var tls = TLSConfiguration.makeServerConfiguration(
             certificateChain: try NIOSSLCertificate.fromPEMFile(certificates.serverCertificateFile).map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(file: certificates.serverKeyFile, format: .pem)))
         tls.minimumTLSVersion = .tlsv12
+        return try NIOSSLContext(configuration: tls)
+    }
+
+    @Test func httpsWebhookIsVerifiedAgainstTheConfiguredCA() async throws {
+        let certificates = try TestCertificates()
         let server = try await CannedWebhookServer(
-            reply: (.ok, #"{"replies":[{"destination":"/topic/a","body":"over tls"}]}"#), tls: try NIOSSLContext(configuration: tls))
+            reply: (.ok, #"{"replies":[{"destination":"/topic/a","body":"over tls"}]}"#), tls: try Self.serverTLS(certificates))
         let url = "https://localhost:\(server.port)/hook"
         let loop = MultiThreadedEventLoopGroup.singleton.next()
 

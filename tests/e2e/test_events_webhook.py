@@ -50,14 +50,14 @@ def started(request):
     gateways: list[Gateway] = []
     receivers: list[WebhookServer] = []
 
-    def start(receiver: WebhookServer | None = None, url: str | None = None, **events):
+    def start(receiver: WebhookServer | None = None, url: str | None = None, extra_yaml: str = "", **events):
         if receiver is None and url is None:
             receiver = WebhookServer(keep_alive=True)
         if receiver is not None:
             receivers.append(receiver)
         target = url or receiver.url
         name = f"events-webhook-{request.node.name}-{len(gateways)}"
-        gw = Gateway(yaml=config(target, **events), name=name)
+        gw = Gateway(yaml=config(target, **events) + extra_yaml, name=name)
         gateways.append(gw)
         return gw, receiver
 
@@ -221,6 +221,24 @@ def test_a_batch_the_receiver_keeps_rejecting_is_dropped_after_five_and_the_rest
     log = gw.log_path.read_text(errors="replace")
     assert "rejected a batch again and again" in log and "422" in log
     first.close()
+
+
+def test_a_2xx_with_a_reply_over_the_limit_accepts_the_batch(started, clients):
+    """Any 2xx accepts a batch, whatever its reply's body: one larger than
+    `webhooks.max-reply-bytes` (or stalled after the head) failed the call, and the same batch
+    was sent again for good while the events behind it piled up."""
+    hook = WebhookServer(keep_alive=True)
+    hook.reply = "x" * 100
+    gw, _ = started(receiver=hook, extra_yaml="webhooks:\n  max-reply-bytes: 16\n")
+    first = clients(gw)
+    wait_until(lambda: len(hook.requests) >= 1, 10, what="the first batch")
+    second = clients(gw)
+    wait_until(lambda: any(r["headers"]["X-Switchboard-Batch"] == "2" for r in list(hook.requests)), 10, what="a second batch")
+    batches = [r["headers"]["X-Switchboard-Batch"] for r in list(hook.requests)]
+    assert batches.count("1") == 1, batches
+    assert gw.metric("switchboard_lifecycle_batch_failures_total") == 0
+    first.close()
+    second.close()
 
 
 def test_a_full_queue_drops_events_and_counts_them(started, clients):

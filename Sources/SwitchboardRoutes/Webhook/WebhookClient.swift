@@ -91,15 +91,46 @@ package final class WebhookClient: Sendable {
                     self.slots.release(backend)
                     return eventLoop.makeFailedFuture(cancellation?.isCancelled == true ? cancelled : unsent)
                 }
-                let collector = WebhookReplyCollector(maxBytes: maxBytes)
-                let call = self.http.execute(request: request, delegate: collector, eventLoop: .delegate(on: eventLoop), deadline: deadline)
-                    .futureResult
+                let call = self.attempt(
+                    request, deadline: deadline, timeout: timeout, on: eventLoop, cancellation: cancellation, cancelled: cancelled, again: true)
                 call.whenComplete { _ in self.slots.release(backend) }
-                return call.flatMapErrorThrowing { error in
-                    throw Failure.describing(
-                        error, url: request, timeout: timeout, maxBytes: maxBytes, sent: collector.sent, status: collector.status)
-                }
+                return call
             }
+    }
+
+    /// One attempt at a call. One that failed before its request went out (a connection that
+    /// could not be made) is made once more within the deadline: with connection establishment
+    /// not retried, one failed connection attempt fails every call then waiting for a
+    /// connection to that backend, also those whose own connection would have worked (a burst
+    /// after a lull, one connect refused during a rolling restart).
+    private func attempt(
+        _ request: HTTPClient.Request, deadline: NIODeadline, timeout: TimeAmount, on eventLoop: any EventLoop, cancellation: RouteCancellation?,
+        cancelled: Failure, again: Bool
+    ) -> EventLoopFuture<Response> {
+        let maxBytes = settings.maxReplyBytes
+        let collector = WebhookReplyCollector(maxBytes: maxBytes)
+        let task = self.http.execute(request: request, delegate: collector, eventLoop: .delegate(on: eventLoop), deadline: deadline)
+        // A session that closes while its call connects: the call is dropped, not sent (once
+        // the request went out, it runs to its end).
+        let watch = cancellation?.onCancel { if !collector.sent { task.cancel() } }
+        let call = task.futureResult
+        call.whenComplete { _ in if let watch { cancellation?.remove(watch) } }
+        return call.flatMapError { error in
+            if !collector.sent, cancellation?.isCancelled == true { return eventLoop.makeFailedFuture(cancelled) }
+            if again, !collector.sent, Self.mayTryAgain(error), NIODeadline.now() + .milliseconds(5) < deadline {
+                return self.attempt(
+                    request, deadline: deadline, timeout: timeout, on: eventLoop, cancellation: cancellation, cancelled: cancelled, again: false)
+            }
+            return eventLoop.makeFailedFuture(
+                Failure.describing(error, url: request, timeout: timeout, maxBytes: maxBytes, sent: collector.sent, status: collector.status))
+        }
+    }
+
+    /// Whether an attempt that sent nothing failed for a reason another connection may not
+    /// have: not its deadline, nor a cancellation.
+    static func mayTryAgain(_ error: any Error) -> Bool {
+        if let error = error as? HTTPClientError, error == .deadlineExceeded || error == .cancelled { return false }
+        return !(error is WebhookReplyCollector.TooBig)
     }
 
     /// Why a call failed, in words a route's `ERROR` can carry.
@@ -109,6 +140,9 @@ package final class WebhookClient: Sendable {
         package var isCancelled = false
         /// The request went out and no answer says what the backend did: it may have acted on it.
         package var mayHaveActed = false
+        /// The backend answered this 2xx, so it accepted the message; what broke came after (a
+        /// reply too large, a stalled or cut body).
+        package var acceptedStatus: Int?
         init(_ description: String, isCancelled: Bool = false) {
             self.description = description
             self.isCancelled = isCancelled
@@ -124,6 +158,7 @@ package final class WebhookClient: Sendable {
         /// on the message, which the `ERROR` says, so that the client does not send it again.
         init(accepted status: Int, _ problem: String) {
             self.description = "accepted the message (HTTP \(status)), but its \(problem)"
+            self.acceptedStatus = status
         }
 
         /// - Parameters:

@@ -110,6 +110,12 @@ package final class WebhookLifecycle: LifecycleRecorder, Sendable {
         }
         let headers: HTTPHeaders = ["Content-Type": "application/json", "X-Switchboard-Batch": String(batch.number)]
         client.post(url: target.url, body: body, headers: headers, timeout: target.timeout, on: loop).whenComplete { result in
+            // A 2xx accepts the batch whatever its reply's body (docs/lifecycle.md): one too large
+            // or stalled after the head made the same batch be sent again for good.
+            if case .failure(let failure as WebhookClient.Failure) = result, let status = failure.acceptedStatus {
+                self.completed(batch, .success(status))
+                return
+            }
             self.completed(batch, result.map(\.status))
         }
     }
