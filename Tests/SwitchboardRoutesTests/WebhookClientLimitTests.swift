@@ -160,12 +160,14 @@ import Glibc
     }
 
     /// A session that closes while its call is connecting (it had a slot; here the backend's
-    /// TLS handshake is slow): the call was sent anyway once connected, though the documentation
-    /// says a waiting call is never sent. It is dropped now.
+    /// TLS handshake waits 3 s: less than the connect timeout, so that without the fix the call
+    /// connects and is sent, and more than a loaded machine takes to cancel): the call was sent
+    /// anyway once connected, though the documentation says a waiting call is never sent. It is
+    /// dropped now.
     @Test func aCallConnectingWhenItsSessionClosesIsDropped() async throws {
         let certificates = try TestCertificates()
         let server = try await CannedWebhookServer(
-            reply: (.noContent, ""), tls: try WebhookClientTests.serverTLS(certificates), readDelay: .milliseconds(500))
+            reply: (.noContent, ""), tls: try WebhookClientTests.serverTLS(certificates), readDelay: .seconds(3))
         var settings = WebhookClient.Settings()
         settings.caFile = certificates.caFile
         let client = try WebhookClient(settings: settings, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
