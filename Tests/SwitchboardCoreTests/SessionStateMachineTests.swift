@@ -1,4 +1,5 @@
 import NIOCore
+import NIOWebSocket
 import STOMPCodec
 import SwitchboardCore
 import SwitchboardRoutes
@@ -330,6 +331,22 @@ import Testing
         #expect(Self.drain(&m) == [])
         m.stepCompleted(2, .success)
         #expect(Self.drain(&m) == [.answered(2, receipt: "w"), .error("server shutting down, reconnect", receiptID: nil)])
+    }
+
+    /// A close for the server's shutdown or a lost lease says "going away" (1001), after the
+    /// step in flight or at once; a client that takes 1000 for a final end would not reconnect.
+    @Test(arguments: [(SessionErrorKind.shutdown, true), (.shutdown, false), (.leaseLost, true)])
+    func aCloseForTheServersSakeGoesAway(kind: SessionErrorKind, waitForStep: Bool) {
+        var m = Self.connected()
+        m.frameReceived(Self.send("/app/serial", receipt: "w"), now: .now())
+        _ = Self.drain(&m)
+        m.closeRequested(reason: "reconnect", waitForStep: waitForStep, kind: kind)
+        if waitForStep { m.stepCompleted(2, .success) }
+        var code: WebSocketErrorCode?
+        while let action = m.nextAction() {
+            if case .close(let close) = action { code = close.failure?.closeCode }
+        }
+        #expect(code == .goingAway)
     }
 
     /// Closing after the steps in flight: a pipelinable SEND arriving meanwhile does not join

@@ -279,9 +279,10 @@ package struct STOMPSessionStateMachine {
     /// instance lost its presence lease.
     package mutating func closeRequested(reason: String, waitForStep: Bool = true, kind: SessionErrorKind = .shutdown) {
         guard phase != .closed else { return }
-        // A server going down closes with 1001, "going away" (RFC 6455 §7.4.1): a client that
-        // takes 1000 for a normal, final end would not reconnect.
-        let failure = SessionFailure(reason, kind: kind, closeCode: kind == .shutdown ? .goingAway : .normalClosure)
+        // A server going down, or one that lost its presence lease (the client is to reconnect
+        // too), closes with 1001, "going away" (RFC 6455 §7.4.1): a client that takes 1000 for
+        // a normal, final end would not reconnect.
+        let failure = SessionFailure(reason, kind: kind, closeCode: kind == .shutdown || kind == .leaseLost ? .goingAway : .normalClosure)
         if isBusy && waitForStep {
             closeAfterInFlight = failure
         } else {

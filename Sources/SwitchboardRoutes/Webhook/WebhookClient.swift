@@ -10,7 +10,9 @@ import NIOSSL
 ///
 /// Pooled connections idle longer than ``Settings/idleTimeout`` are closed, shorter than common
 /// server keep-alive timeouts (Node's default is 5 s), so a POST rarely meets a connection its
-/// server is closing. POSTs are not repeated: a failed call fails its `SEND` with an `ERROR`.
+/// server is closing. A POST that went out is not repeated: a failed call fails its `SEND` with
+/// an `ERROR`. One that failed at once without going out is made once more (see
+/// ``attempt(_:deadline:timeout:on:cancellation:cancelled:again:)``).
 package final class WebhookClient: Sendable {
     /// `webhooks.*`.
     package struct Settings: Sendable, Equatable {
@@ -35,6 +37,8 @@ package final class WebhookClient: Sendable {
 
     let http: HTTPClient
     package let settings: Settings
+    /// How long a connection (TCP and TLS) may take to be made.
+    static let connectTimeout = TimeAmount.seconds(5)
     let slots: WebhookCallSlots
 
     /// - Throws: when `settings.caFile` cannot be loaded.
@@ -48,7 +52,7 @@ package final class WebhookClient: Sendable {
         // An unreachable backend fails the call at once rather than being retried until its deadline.
         pool.retryConnectionEstablishment = false
         var configuration = HTTPClient.Configuration(
-            tlsConfiguration: tls, redirectConfiguration: .disallow, timeout: .init(connect: .seconds(5)), connectionPool: pool)
+            tlsConfiguration: tls, redirectConfiguration: .disallow, timeout: .init(connect: Self.connectTimeout), connectionPool: pool)
         configuration.httpVersion = .http1Only
         self.http = HTTPClient(eventLoopGroupProvider: .shared(eventLoopGroup), configuration: configuration)
         self.settings = settings
@@ -109,15 +113,21 @@ package final class WebhookClient: Sendable {
     ) -> EventLoopFuture<Response> {
         let maxBytes = settings.maxReplyBytes
         let collector = WebhookReplyCollector(maxBytes: maxBytes)
+        let started = NIODeadline.now()
         let task = self.http.execute(request: request, delegate: collector, eventLoop: .delegate(on: eventLoop), deadline: deadline)
         // A session that closes while its call connects: the call is dropped, not sent (once
-        // the request went out, it runs to its end).
-        let watch = cancellation?.onCancel { if !collector.sent { task.cancel() } }
+        // the request went out, it runs to its end). Checked on the delegate's loop, where the
+        // request's head is marked sent (AsyncHTTPClient tells the delegate after writing it).
+        let watch = cancellation?.onCancel { eventLoop.execute { if !collector.sent { task.cancel() } } }
         let call = task.futureResult
         call.whenComplete { _ in if let watch { cancellation?.remove(watch) } }
         return call.flatMapError { error in
             if !collector.sent, cancellation?.isCancelled == true { return eventLoop.makeFailedFuture(cancelled) }
-            if again, !collector.sent, Self.mayTryAgain(error), NIODeadline.now() + .milliseconds(5) < deadline {
+            // Only an attempt that failed quickly: one that waited out the connect timeout (a
+            // backend that drops connection attempts) would hold its slot twice as long.
+            if again, !collector.sent, Self.mayTryAgain(error), NIODeadline.now() - started < Self.connectTimeout,
+                NIODeadline.now() + .milliseconds(5) < deadline
+            {
                 return self.attempt(
                     request, deadline: deadline, timeout: timeout, on: eventLoop, cancellation: cancellation, cancelled: cancelled, again: false)
             }
@@ -129,7 +139,7 @@ package final class WebhookClient: Sendable {
     /// Whether an attempt that sent nothing failed for a reason another connection may not
     /// have: not its deadline, nor a cancellation.
     static func mayTryAgain(_ error: any Error) -> Bool {
-        if let error = error as? HTTPClientError, error == .deadlineExceeded || error == .cancelled { return false }
+        if let error = error as? HTTPClientError, error == .deadlineExceeded || error == .cancelled || error == .connectTimeout { return false }
         return !(error is WebhookReplyCollector.TooBig)
     }
 
