@@ -123,6 +123,8 @@ def test_sigterm_sends_error_and_exits_zero(gateway_factory, client, stomppy):
         for c in clients:
             err = c.expect_error("server shutting down, reconnect", timeout=5)
             assert err.command == "ERROR"
+            # "Going away" (RFC 6455 §7.4.1): a client may take 1000 for a final end.
+            assert c.close_code == 1001, c.close_code
         headers, _ = lst.wait_error(5)
         assert headers["message"] == "server shutting down, reconnect"
         code = gw.proc.wait(10)

@@ -173,6 +173,8 @@ class StompClient:
         self.parser = FrameParser(version)
         self.pending: list[Frame] = []
         self.closed = False
+        #: The code of the server's close frame, once one came (None: none, or without a code).
+        self.close_code: int | None = None
         self.ws_messages = []  # (opcode, length) of every data message received
         self.connected_frame: Frame | None = None
 
@@ -268,6 +270,8 @@ class StompClient:
             raise ConnectionClosed(str(exc)) from None
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             self.closed = True
+            if len(data) >= 2:
+                self.close_code = int.from_bytes(data[:2], "big")
             raise ConnectionClosed("server sent close frame")
         self.ws_messages.append((opcode, len(data)))
         self.pending.extend(self.parser.feed(data))
