@@ -346,6 +346,67 @@ struct ClusterIntegrationTests {
         #expect(try await nextMessage(late)?.payload == ByteBuffer(string: "m"))
     }
 
+    /// The classic subscriber connection is cut while every node runs a long script: the
+    /// reconnect's `HELLO` is allowed, its `SUBSCRIBE` answers `-BUSY`. The connection is then
+    /// closed and opened again until the re-subscribe succeeds. Before, the refusal was
+    /// swallowed: the connection stayed up with nothing subscribed, and messages were lost for
+    /// as long as it lived.
+    @Test func aReSubscribeAnsweredBusyIsSentAgainOnANewConnection() async throws {
+        let (cluster, client) = try await self.startCluster()
+        defer { Task { await client.shutdown() } }
+        let subscription = try await client.subscribe(to: ["plain"])
+        #expect(try await eventually { try await client.execute(PUBLISH(channel: "plain", message: "before")) >= 1 })
+        #expect(try await nextMessage(subscription)?.payload == ByteBuffer(string: "before"))
+
+        // A script busy for 3 s; other clients' commands get `-BUSY` after 20 ms of it.
+        let busy = """
+            local t = redis.call('TIME')
+            while true do
+              local n = redis.call('TIME')
+              if (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 3000000 then return 1 end
+            end
+            """
+        var admins: [RedisConnection] = []
+        var holder: RedisServerProcess?
+        for server in cluster.running {
+            let admin = try await server.connect {
+                $0.password = cluster.password
+                $0.commandTimeout = .seconds(20)
+            }
+            admins.append(admin)
+            _ = try await admin.execute(RawCommand("CONFIG", "SET", "busy-reply-threshold", "20"))
+            let clients = try await cluster.command(server, RawCommand("CLIENT", "LIST", "TYPE", "pubsub"))
+            if clients.contains("cmd=") { holder = server }
+        }
+        let subscribedNode = try #require(holder, "one node holds the classic subscriber")
+        // Every other node busy first; then the holder cuts the subscriber and runs the script
+        // (pipelined): wherever the client reconnects, its SUBSCRIBE is answered `-BUSY`.
+        var scripts: [EventLoopFuture<RESPToken>] = []
+        for (server, admin) in zip(cluster.running, admins) where server !== subscribedNode {
+            scripts.append(admin.send(RawCommand("EVAL", .init(stringLiteral: busy), "0")))
+        }
+        for server in cluster.running where server !== subscribedNode {
+            #expect(try await eventually(timeout: .seconds(10)) { (try? await cluster.command(server, RawCommand("PING"))) == nil })
+        }
+        let admin = admins[try #require(cluster.running.firstIndex { $0 === subscribedNode })]
+        let kill = admin.send(RawCommand("CLIENT", "KILL", "TYPE", "pubsub"))
+        scripts.append(admin.send(RawCommand("EVAL", .init(stringLiteral: busy), "0")))
+        _ = try await kill.get()
+        for script in scripts { _ = try? await script.get() }
+        for admin in admins { await admin.close() }
+
+        // The scripts are over: the client is subscribed again (it reconnected), so messages
+        // published now arrive. Without the reconnect, none ever would.
+        #expect(
+            try await eventually(timeout: .seconds(20)) { try await client.execute(PUBLISH(channel: "plain", message: "after")) >= 1 },
+            "the channel is subscribed again once the nodes answer")
+        // (A publish answered 0 by a node without the subscriber still reaches it over the
+        // cluster bus: earlier copies may come first.)
+        var received: [String] = []
+        while !received.contains("after"), let message = try await nextMessage(subscription) { received.append(String(buffer: message.payload)) }
+        #expect(received.contains("after"), "\(received)")
+    }
+
     /// An unreachable seed, and a standalone server given as a cluster, are clear errors.
     @Test func badConfiguration() async throws {
         let port = try await RedisServerProcess.freePort()

@@ -291,7 +291,20 @@ extension RedisClusterClient {
                         "redis cluster refused to subscribe again to names it no longer allows: retried while connected",
                         metadata: ["kind": "\(kind)", "names": "\(names)", "error": "\(error)"])
                 }
-                for confirmation in confirmations { try? await confirmation.get() }
+                // A re-subscribe refused for another reason than an ACL (`-BUSY` while a script
+                // runs, `-LOADING`) left this connection up with nothing subscribed, for good:
+                // it is closed, and the loop connects again (as the single-server client does).
+                do {
+                    for confirmation in confirmations { try await confirmation.get() }
+                } catch {
+                    self.logger.warning(
+                        "redis cluster: subscribing again failed; reconnecting", metadata: ["node": "\(node)", "error": "\(error)"])
+                    self.state.withLockedValue { state in
+                        if state.classicConnection === connection { state.classicConnection = nil }
+                    }
+                    await connection.close()
+                    throw error
+                }
                 attempt = 0
                 // Names refused on the re-subscribe are tried again while the connection is up.
                 let retrier = registry.retryRefused(every: self.configuration.reconnectBackoffMaximum)
