@@ -33,6 +33,8 @@ struct DrainService: Service {
         let open = services.stats.connectionsOpen.load()
         logger.notice("draining: not ready, refusing new sessions", metadata: ["sessions": "\(open)", "delay.ms": "\(delay.nanoseconds / 1_000_000)"])
         // 2. Give the load balancer time to notice before clients reconnect.
+        //    (Cancelled, by a second signal or past the bound: no delay, no grace, and sessions
+        //    are closed without waiting for their steps.)
         try? await Task.sleep(nanoseconds: UInt64(max(delay.nanoseconds, 0)))
         // 3. Publishes held for a Redis connection that is not back fail now, with their explicit
         //    refusal (503, ERROR), before the sessions and the API connections close: they
@@ -41,7 +43,7 @@ struct DrainService: Service {
         for client in redis { client.stopWaiting() }
         logger.notice("shutting down: closing sessions", metadata: ["sessions": "\(services.stats.connectionsOpen.load())"])
         for shard in services.hub.shards { shard.closeAll(reason: "server shutting down, reconnect") }
-        await sessionsClosed(within: grace)
+        if !Task.isCancelled { await sessionsClosed(within: grace) }
         // Connections still sending their first request go now (not at the start: an
         // upgrade under way gets its 503, an API call its answer, during the drain).
         pending.closeAll(sparing: apiLoops)
@@ -54,11 +56,12 @@ struct DrainService: Service {
         await sessionsClosed(within: .seconds(1))
     }
 
-    /// Returns once no session is open, or after `time`.
+    /// Returns once no session is open, or after `time`. Cancelled, it still waits (for the
+    /// closes under way to go out), without spinning: its sleeps are not cancelled.
     private func sessionsClosed(within time: TimeAmount) async {
         let deadline = NIODeadline.now() + time
         while services.stats.connectionsOpen.load() > 0 && NIODeadline.now() < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
+            await Task.detached { try? await Task.sleep(for: .milliseconds(20)) }.value
         }
     }
 }

@@ -13,6 +13,7 @@ import SwitchboardCore
 import SwitchboardRedis
 import SwitchboardRoutes
 import SwitchboardWire
+import UnixSignals
 
 /// A gateway instance: the HTTP API and the STOMP endpoint on one port, the fan-out hub,
 /// the broker engine and the `/app` routes.
@@ -441,7 +442,29 @@ package struct SwitchboardGateway: Sendable {
         // shutdown that hangs would otherwise wait for SIGKILL).
         groupConfiguration.maximumGracefulShutdownDuration = shutdownBound
         groupConfiguration.maximumCancellationDuration = .seconds(5)
-        try await ServiceGroup(configuration: groupConfiguration).run()
+        // A second SIGTERM or SIGINT during the graceful shutdown stops now (as a second
+        // Ctrl-C does in most servers): the stages left are cancelled, sessions are closed
+        // without waiting for their steps, and the process exits with an error.
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        let interrupted = NIOLockedValueBox(false)
+        let configured = groupConfiguration
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await ServiceGroup(configuration: configured).run() }
+            tasks.addTask {
+                var seen = 0
+                for await signal in signals {
+                    seen += 1
+                    guard seen > 1 else { continue }
+                    logger.error("second \(signal) during the graceful shutdown: stopping now")
+                    interrupted.withLockedValue { $0 = true }
+                    return
+                }
+            }
+            // The group's end (the watcher's then ends with its cancellation), or the watcher's
+            // (the group is then cancelled, within its cancellation bound).
+            try await tasks.next()
+            tasks.cancelAll()
+        }
         // Past the bound the group cancelled the stages left (their last writes, the lease's
         // leave), saying so at debug level only: an error, and a failed exit.
         // (The group's clock starts a moment before the drain's: within a second of the bound
@@ -456,8 +479,14 @@ package struct SwitchboardGateway: Sendable {
         try? await webhookClient?.shutdown()
         try? await self.group.shutdownGracefully()
         try? await self.apiGroup?.shutdownGracefully()
+        if interrupted.withLockedValue({ $0 }) { throw ShutdownInterrupted() }
         if overran { throw ShutdownOverran(bound: shutdownBound) }
         logger.notice("switchboard stopped")
+    }
+
+    /// A second SIGTERM or SIGINT cut the graceful shutdown short: the process exits with an error.
+    struct ShutdownInterrupted: Error, CustomStringConvertible {
+        var description: String { "graceful shutdown cut short by a second signal" }
     }
 
     /// The graceful shutdown went past ``shutdownBound``: the process exits with an error.

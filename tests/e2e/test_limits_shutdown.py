@@ -136,6 +136,29 @@ def test_sigterm_sends_error_and_exits_zero(gateway_factory, client, stomppy):
     assert "Fatal error" not in log
 
 
+def test_a_second_signal_stops_at_once(gateway_factory, client):
+    """A second SIGTERM (or SIGINT) during the drain stops now, as a second Ctrl-C does in most
+    servers: no drain delay, no grace; sessions still get their ERROR; the exit is an error.
+    It was ignored: the process waited out the whole drain."""
+    for second in (signal.SIGTERM, signal.SIGINT):
+        gw = gateway_factory("server.drain-delay-ms=60000", "server.shutdown-grace-ms=60000")
+        c = client(gw)
+        c.connect()
+        c.subscribe("/topic/x", id="s", receipt="r")
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: requests.get(gw.base + "/health/ready", timeout=5).status_code == 503, 10, what="draining")
+        c.expect_nothing(0.2)  # the drain delay: sessions stay
+        t0 = time.monotonic()
+        gw.proc.send_signal(second)
+        c.expect_error("server shutting down, reconnect", timeout=10)
+        code = gw.proc.wait(15)
+        assert time.monotonic() - t0 < 15
+        assert code != 0
+        log = gw.log_path.read_text()
+        assert f"second {second.name} during the graceful shutdown: stopping now" in log, log[-2000:]
+        assert "Fatal error" not in log
+
+
 def test_sigterm_with_no_clients_exits_zero(gateway_factory):
     gw = gateway_factory()
     assert gw.stop(10) == 0
