@@ -153,7 +153,7 @@ def test_a_second_signal_stops_at_once(gateway_factory, client):
         c.expect_error("server shutting down, reconnect", timeout=10)
         code = gw.proc.wait(15)
         assert time.monotonic() - t0 < 15
-        assert code != 0
+        assert code > 0, code  # an error exit, not the signal's default action
         log = gw.log_path.read_text()
         assert f"second {second.name} during the graceful shutdown: stopping now" in log, log[-2000:]
         assert "Fatal error" not in log
