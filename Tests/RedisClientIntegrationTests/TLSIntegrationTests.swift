@@ -46,6 +46,32 @@ struct TLSIntegrationTests {
         await client.shutdown()
     }
 
+    /// `kill -9` of a TLS server while a command waits for its reply: the TLS layer reports an
+    /// unclean shutdown (no `close_notify`), and the command fails as lost, outcome unknown,
+    /// as over plain TCP. It failed with the TLS error itself, which callers took for "not
+    /// run" (a publish answered 503, retried by its backend: a duplicate).
+    @Test func aCommandInFlightWhenTheServerDiesFailsAsLost() async throws {
+        let server = try await RedisServerProcess.start(tls: .init(certificates: try TestCertificates()))
+        let connection = try await server.connect()
+        let observer = try await server.connect()
+        let blocked = connection.send(RawCommand("BLPOP", "nothing", "0"))
+        let waiting = try await eventually(timeout: .seconds(10)) {
+            let reply = try await observer.execute(RawCommand("INFO", "clients"))
+            guard case .verbatimString(let text) = reply.value else { return false }
+            return String(buffer: text).contains("blocked_clients:1")
+        }
+        #expect(waiting, "the server holds the BLPOP")
+        server.kill()
+        do {
+            _ = try await blocked.get()
+            Issue.record("a reply came")
+        } catch {
+            #expect((error as? RedisClientError) == .connectionClosed, "\(error)")
+        }
+        await observer.close()
+        await connection.close()
+    }
+
     @Test func mutualTLS() async throws {
         let server = try await RedisServerProcess.start(tls: .init(certificates: try TestCertificates(), requireClientCertificates: true))
         // With the client certificate (the fixture's configuration has it).

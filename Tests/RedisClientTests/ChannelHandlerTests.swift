@@ -119,13 +119,47 @@ struct ChannelHandlerTests {
         #expect(throws: (any Error).self) { try late.wait() }
     }
 
-    @Test func malformedReplyFailsPendingAndCloses() throws {
+    /// A reply that cannot be parsed closes the connection; the commands sent fail as lost
+    /// (outcome unknown: Redis may have run them), the parse error in the detail.
+    @Test func malformedReplyFailsPendingAsConnectionClosedAndCloses() throws {
         let redis = try EmbeddedRedis()
         try redis.ready()
         let pending = redis.send(PING())
         try? redis.feed("?garbage\r\n")
-        #expect(throws: RESPParsingError.self) { try pending.wait() }
+        #expect(throws: RedisClientError.connectionClosed) { try pending.wait() }
+        let failure: (any Error)? = {
+            do {
+                _ = try pending.wait()
+                return nil
+            } catch { return error }
+        }()
+        #expect(failure.map { "\($0)" }?.contains("RESPParsingError") == true, "\(String(describing: failure))")
         #expect(!redis.channel.isActive)
+    }
+
+    /// Any error that ends the connection after commands went out fails them as lost, outcome
+    /// unknown: here the TLS layer's unclean shutdown (a server gone without `close_notify`),
+    /// which NIOSSL fires before the channel goes inactive. They failed with the error itself,
+    /// which callers took for "not run" (a 503 that a backend retries: a duplicate).
+    @Test func anUncleanTLSShutdownFailsPendingAsConnectionClosed() throws {
+        struct UncleanShutdown: Error {}
+        let redis = try EmbeddedRedis()
+        try redis.ready()
+        let pending = (0..<2).map { _ in redis.send(PING()) }
+        redis.channel.pipeline.fireErrorCaught(UncleanShutdown())
+        for future in pending {
+            #expect(throws: RedisClientError.connectionClosed) { try future.wait() }
+        }
+        #expect(!redis.channel.isActive)
+    }
+
+    /// During the handshake the error itself fails the connect (its cause is described there).
+    @Test func aHandshakeEndedByAnErrorFailsWithIt() throws {
+        struct HandshakeBroke: Error {}
+        let redis = try EmbeddedRedis()
+        _ = try redis.outbound()
+        redis.channel.pipeline.fireErrorCaught(HandshakeBroke())
+        #expect(throws: HandshakeBroke.self) { try redis.handshake.futureResult.wait() }
     }
 
     /// A reset connection (the server died mid-command) reads as a lost connection, outcome

@@ -402,6 +402,13 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     /// The channel is closed first: NIO then fails the writes still queued in it, whose
     /// commands Redis never got (``withdraw(_:)``: sent again elsewhere); the rest fail once it
     /// is inactive.
+    ///
+    /// Any other error that ends the connection fails the commands sent the same way: TLS's
+    /// unclean shutdown (a server gone without `close_notify`, which NIOSSL reports before the
+    /// channel goes inactive), a reply that cannot be parsed. Redis may have run them all. (They
+    /// failed with that error itself, which callers took for "not run": a 503 to retry, and a
+    /// duplicate once retried.) A handshake still fails with the error itself, whose cause
+    /// ``RedisConnection`` describes.
     package func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.logger.debug("redis connection error", metadata: ["error": "\(error)"])
         self.acceptance.close()
@@ -410,8 +417,12 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             context.close(promise: nil)
             return
         }
-        let error = error is IOError ? RedisClientError(.connectionClosed, detail: "\(error)") : error
-        self.executeClose(self.stateMachine.errorCaught(error), context: context, close: true)
+        let lost = RedisClientError(.connectionClosed, detail: "\(error)")
+        var action = self.stateMachine.errorCaught(lost)
+        if !(error is IOError), case .failAll(let promises, _, .some) = action {
+            action = .failAll(promises, lost, handshakeError: error)
+        }
+        self.executeClose(action, context: context, close: true)
     }
 
     private func executeClose(
