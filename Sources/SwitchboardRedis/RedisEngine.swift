@@ -358,7 +358,11 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
         }
         guard let gone else { return }
         gone.cancelled.store(true, ordering: .sequentiallyConsistent)
-        failWaiters(gone, RouteError(.abandoned, "the destination's last subscriber left"))
+        // Not here, under the hub's lock: failing the waiters takes the sequencer's lock, which
+        // `sequence` holds while it hands a message to the hub (whose lock it then waits for):
+        // two loops deadlocked (a soak's rolling restart hung). Registrations coming meanwhile
+        // are failed by it too (it marks the interest failed).
+        promiseLoop.execute { self.failWaiters(gone, RouteError(.abandoned, "the destination's last subscriber left")) }
         if let sub = gone.subscription.withLockedValue({ $0 }) {
             tasks.run { await sub.unsubscribe() }
         }

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -199,6 +200,43 @@ struct InterestChurnTests {
         replay.whenComplete { result in settled.withLockedValue { $0 = "\(result)" } }
         #expect(try await eventually(timeout: .seconds(5)) { settled.withLockedValue { $0 } != nil })
         #expect(settled.withLockedValue { $0 }?.contains("NOPERM") == true, "\(settled.withLockedValue { $0 } ?? "pending")")
+        await gateway.shutdown()
+    }
+
+    /// The last subscriber of a destination with history leaves while a message of it is being
+    /// handed to the hub: `sequence` holds the interest's sequencer lock and waits for the hub's.
+    /// Ending the interest took the sequencer lock under the hub's lock (to fail the waiting
+    /// registrations): the two loops deadlocked, and a soak's rolling restart hung. Here another
+    /// thread holds the sequencer lock; the last subscriber's removal must still return.
+    @Test func theLastSubscriberLeavingWhileAMessageIsHandedOverDoesNotWaitForIt() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let gateway = try await Gateway(server)
+        let parsed = try DestinationPattern("/topic/handover")
+        let only = LocalSubscription(id: "only", pattern: parsed, ackMode: .auto, sink: gateway.sink)
+        let hub = gateway.hub, loop = gateway.loop
+        try await loop.submit { hub.shard(for: loop).add(only) }.get()
+        try await gateway.engine.subscriptionReady(parsed, on: loop)?.get()
+        let sequenced = try #require(gateway.interest(parsed)?.sequenced)
+        let taken = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let holder = Thread {
+            sequenced.withLockedValue { _ in
+                taken.signal()
+                release.wait()
+            }
+        }
+        holder.start()
+        taken.wait()
+        let removed = NIOLockedValueBox(false)
+        loop.execute {
+            hub.shard(for: loop).remove(only)
+            removed.withLockedValue { $0 = true }
+        }
+        let returned = try await eventually(timeout: .seconds(5)) { removed.withLockedValue { $0 } }
+        release.signal()
+        #expect(returned, "removing the last subscriber waited for the sequencer lock, under the hub's lock")
+        #expect(try await eventually { removed.withLockedValue { $0 } })
         await gateway.shutdown()
     }
 }
