@@ -250,9 +250,12 @@ public struct STOMPFrameDecoder: ByteToMessageDecoder {
 
 extension STOMPFrameDecoder {
     /// Whether a body slice would keep alive much more storage than its own bytes: more than
-    /// 4 KiB and more than the body itself besides.
+    /// 1 KiB and more than the body itself besides. (It was 4 KiB: a small frame padded with
+    /// heart-beat EOLs to just under 4 KiB of WebSocket message kept all of it.) A body that is
+    /// most of its input stays a slice (buffers are allocated in powers of two: up to as much
+    /// again is rounding).
     static func wouldPin(_ body: ByteBuffer) -> Bool {
         let extra = body.storageCapacity - body.readableBytes
-        return extra > 4096 && extra > body.readableBytes
+        return extra > 1024 && extra > body.readableBytes
     }
 }

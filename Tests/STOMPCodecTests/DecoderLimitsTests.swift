@@ -150,4 +150,16 @@ struct DecoderLimitsTests {
             }
         }
     }
+
+    /// A small frame padded with heart-beat EOLs to just under 4 KiB (one WebSocket message
+    /// each): its body kept the whole input alive, 40 times its size, in a transaction or the
+    /// history, which count far less. It is copied now.
+    @Test("a small body padded to just under 4 KiB does not keep the padding")
+    func aSmallBodyPaddedUnder4KiBIsCopied() throws {
+        var input = ByteBuffer(string: "SEND\ndestination:/topic/a\n\nx\u{0}" + String(repeating: "\n", count: 4_000))
+        var decoder = STOMPFrameDecoder()
+        let frame = try #require(try decoder.decodeFrame(&input))
+        #expect(String(buffer: frame.body) == "x")
+        #expect(frame.body.storageCapacity <= 1_024, "storage kept: \(frame.body.storageCapacity) bytes")
+    }
 }

@@ -52,18 +52,19 @@ import Testing
 
     @Test func pastMaxBytesTheOldestMessagesOfTheLeastRecentlyPublishedDestinationsGo() {
         let clock = Clock()
-        // Each message counts 1,000 body bytes + 2 × 8 (its destination) + 256 = 1,272 bytes,
-        // so 7 fit in 10,000 and the 8th passes it.
-        let h = history(maxLength: 100, maxBytes: 10_000, clock: clock)
-        let body = String(repeating: "x", count: 1_000)
+        // Each message counts its body's storage (1,024 bytes) + 2 × 8 (its destination) + 256
+        // = 1,296 bytes, so 7 fit in 10,200 (and below the 9,180 an eviction goes down to), and
+        // the 8th passes it.
+        let h = history(maxLength: 100, maxBytes: 10_200, clock: clock)
+        let body = String(repeating: "x", count: 1_024)
         let a = publish(h, "/topic/a", Array(repeating: body, count: 4))
         clock.advance(.seconds(1))
         let b = publish(h, "/topic/b", Array(repeating: body, count: 3))
-        #expect(h.retainedMessages == 7 && h.retainedBytes == 7 * 1_272)
+        #expect(h.retainedMessages == 7 && h.retainedBytes == 7 * 1_296)
         clock.advance(.seconds(1))
-        // The oldest message over all destinations (/topic/a's first) goes, until 9,000 are left.
+        // The oldest message over all destinations (/topic/a's first) goes, until 9,180 are left.
         publish(h, "/topic/b", [body])
-        #expect(h.retainedMessages == 7 && h.retainedBytes == 7 * 1_272)
+        #expect(h.retainedMessages == 7 && h.retainedBytes == 7 * 1_296)
         let fromA = h.resume("/topic/a", from: .last(4)) {}
         #expect(fromA.messages.map(\.messageID) == a.dropFirst().map(\.messageID) && !fromA.recovered)
         let fromB = h.resume("/topic/b", from: .after(b[0].position!)) {}
@@ -71,7 +72,7 @@ import Testing
         // A flood of one destination keeps no more than the budget either, and goes last.
         clock.advance(.seconds(1))
         publish(h, "/topic/c", Array(repeating: body, count: 50))
-        #expect(h.retainedBytes == 7 * 1_272)
+        #expect(h.retainedBytes == 7 * 1_296)
         #expect(h.resume("/topic/a", from: .last(100)) {}.messages.isEmpty)
         #expect(h.resume("/topic/b", from: .last(100)) {}.messages.isEmpty)
         #expect(h.resume("/topic/c", from: .last(100)) {}.messages.count == 7)
@@ -79,8 +80,8 @@ import Testing
 
     @Test func pastMaxBytesDestinationsPublishedInTurnEachKeepTheirNewest() {
         let clock = Clock()
-        let h = history(maxLength: 100_000, maxBytes: 125_000, clock: clock)  // 98 messages of 1,272 bytes fit
-        let body = String(repeating: "x", count: 1_000)
+        let h = history(maxLength: 100_000, maxBytes: 125_000, clock: clock)  // 96 messages of 1,296 bytes fit
+        let body = String(repeating: "x", count: 1_024)
         let names = ["a", "b", "c", "d", "e"]
         for i in 0..<1_000 {
             publish(h, "/topic/\(names[i % 5])", [body])
@@ -90,6 +91,16 @@ import Testing
         #expect(kept.reduce(0, +) == h.retainedMessages && h.retainedBytes <= 125_000)
         // Not one destination's history emptied for another's: each keeps about a fifth.
         #expect(kept.allSatisfy { $0 >= 15 }, "\(kept)")
+    }
+
+    /// A kept message counts the storage its body keeps alive: a small body that is a slice of
+    /// a large buffer counted its own bytes, and the byte budget held many times itself.
+    @Test func aKeptBodyCountsTheStorageItKeepsAlive() {
+        let h = history(maxLength: 100, maxBytes: 1 << 30)
+        var input = ByteBuffer(repeating: 0x61, count: 64_000)
+        let slice = input.readSlice(length: 10)!
+        h.record(PublishedMessage(destination: "/topic/a", messageID: "1", headers: [:], body: slice)) { _ in }
+        #expect(h.retainedBytes >= 64_000)
     }
 
     @Test func publishersCannotForgeAPosition() {

@@ -292,16 +292,17 @@ import Testing
     }
 
     @Test func transactionsHoldAtMostTheirByteLimit() {
-        var m = Self.connected { $0.maxTransactionBytes = 1_000 }
-        m.frameReceived(Self.frame(.begin, [("transaction", "t")]), now: .now())
-        m.frameReceived(Self.frame(.begin, [("transaction", "u")]), now: .now())
         var body = STOMPFrame(.send, headers: ["destination": "/topic/a", "transaction": "t"])
         body.body = ByteBuffer(repeating: 0x61, count: 400)
-        // 400 + 21 + 14 bytes of headers + 64 per frame held.
-        #expect(STOMPSessionStateMachine.heldSize(body) == 499)
+        // The body's storage + 320 per frame + 32 per header (their texts are short: inline).
+        let size = STOMPSessionStateMachine.heldSize(body)
+        #expect(size == body.body.storageCapacity + 320 + 2 * 32)
+        var m = Self.connected { $0.maxTransactionBytes = 2 * size + 10 }
+        m.frameReceived(Self.frame(.begin, [("transaction", "t")]), now: .now())
+        m.frameReceived(Self.frame(.begin, [("transaction", "u")]), now: .now())
         m.frameReceived(body, now: .now())
         #expect(Self.drain(&m) == [])
-        #expect(m.heldTransactionBytes == 499)
+        #expect(m.heldTransactionBytes == size)
         m.frameReceived(Self.frame(.abort, [("transaction", "t")]), now: .now())
         // Aborting gave its bytes back: two more of them fit, in another transaction.
         body.headers.set("transaction", "u")
@@ -311,8 +312,25 @@ import Testing
         m.frameReceived(body, now: .now())
         #expect(
             Self.drain(&m) == [
-                .error("transactions hold too many bytes (limit 1000 bytes per session, open transactions together)", receiptID: nil)
+                .error("transactions hold too many bytes (limit \(2 * size + 10) bytes per session, open transactions together)", receiptID: nil)
             ])
+    }
+
+    /// What a held frame counts is what it keeps alive: the whole buffer its body is a slice
+    /// of, and per header its strings (a frame of 62 one-letter headers held about 2 KB and
+    /// counted 270 bytes). Frames padded so, held in open transactions, grew a session's memory
+    /// far past `limits.max-transaction-bytes`.
+    @Test func aHeldFrameCountsWhatItKeepsAlive() {
+        var input = ByteBuffer(repeating: 0x61, count: 4_000)
+        var padded = STOMPFrame(.send, headers: ["destination": "/topic/a"])
+        padded.body = input.readSlice(length: 10)!
+        #expect(STOMPSessionStateMachine.heldSize(padded) >= 4_000)
+        var many = STOMPFrame(.ack, headers: ["id": "1"])
+        for i in 0..<62 { many.headers.add("h\(i)", "") }
+        #expect(STOMPSessionStateMachine.heldSize(many) >= 62 * 32)
+        let long = String(repeating: "v", count: 100)
+        let withLong = STOMPFrame(.ack, headers: ["id": long])
+        #expect(STOMPSessionStateMachine.heldSize(withLong) >= 100 + 32 + 32)
     }
 
     @Test func commitWithoutTransactionHeaderIsAnError() {

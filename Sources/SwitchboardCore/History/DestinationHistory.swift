@@ -126,12 +126,14 @@ package final class DestinationHistory: Sendable {
             bytes -= Self.cost(of: entries.removeFirst().message)
         }
 
-        /// What a kept message counts: its body, its destination and headers twice (the frame
-        /// prefixes it keeps for each STOMP version's escaping) and 256 bytes for the rest.
+        /// What a kept message counts: the storage its body keeps alive (a slice keeps its whole
+        /// buffer: counting the body's bytes only, small bodies of padded frames held 40 times
+        /// the budget), its destination and headers twice (the frame prefixes it keeps for each
+        /// STOMP version's escaping) and 256 bytes for the rest.
         static func cost(of message: PublishedMessage) -> Int {
             var headers = message.destination.utf8.count
             for header in message.headers { headers += header.name.utf8.count + header.value.utf8.count + 2 }
-            return message.body.readableBytes + 2 * headers + 256
+            return max(message.body.readableBytes, message.body.storageCapacity) + 2 * headers + 256
         }
     }
 

@@ -482,12 +482,25 @@ package struct STOMPSessionStateMachine {
     }
 
     /// What a frame held in a transaction counts against ``SessionConfiguration/maxTransactionBytes``:
-    /// its headers and body, and ``heldFrameOverhead`` (a thousand empty `SEND`s counted a few
-    /// dozen bytes each, and held several times that).
+    /// the storage its body keeps alive (not only the body's bytes: a slice keeps its whole
+    /// buffer), ``heldFrameOverhead`` for the frame and its header list, and per header what its
+    /// two strings take (``heldHeaderOverhead``, and the text of one too long to be stored
+    /// inline). Counting the bytes of the text only, frames of many short headers held 8 times
+    /// what they counted.
     package static func heldSize(_ frame: STOMPFrame) -> Int {
-        frame.headers.reduce(frame.body.readableBytes + heldFrameOverhead) { $0 + $1.name.utf8.count + $1.value.utf8.count + 2 }
+        frame.headers.reduce(max(frame.body.readableBytes, frame.body.storageCapacity) + heldFrameOverhead) {
+            $0 + heldHeaderOverhead + heldText($1.name) + heldText($1.value)
+        }
     }
-    static let heldFrameOverhead = 64
+    /// The frame, and its header list's storage (room for 8 headers at least).
+    static let heldFrameOverhead = 320
+    /// Two `String`s and their slot in the header list.
+    static let heldHeaderOverhead = 32
+    /// A string of more than 15 UTF-8 bytes is stored on the heap, after a 32-byte header.
+    static func heldText(_ text: String) -> Int {
+        let count = text.utf8.count
+        return count > 15 ? count + 32 : 0
+    }
 
     /// Bytes held by the open transactions (counted in the instance's outbound total too).
     package var heldTransactionBytes: Int { transactionBytes }

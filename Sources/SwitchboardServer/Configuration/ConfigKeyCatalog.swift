@@ -119,7 +119,7 @@ package enum ConfigKeyCatalog {
                 .init("limits.max-transaction-frames", .integer, "`1000`", "frames held in one transaction"),
                 .init(
                     "limits.max-transaction-bytes", .integer, "`4194304`",
-                    "bytes (bodies, headers, 64 per frame) held by one session's open transactions together"),
+                    "bytes (bodies' storage, headers, 320 per frame and 32 per header) held by one session's open transactions together"),
                 .init("limits.max-connections", .integer, "`100000`", "WebSocket connections per instance (429)"),
                 .init(
                     "limits.max-connections-per-ip", .integer, "`10000`",
