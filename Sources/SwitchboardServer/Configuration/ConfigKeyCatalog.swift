@@ -161,7 +161,7 @@ package enum ConfigKeyCatalog {
                 ),
                 .init(
                     "history.max-bytes", .integer, "`268435456`",
-                    "bytes of history kept over every destination on the embedded broker (bodies, headers and 256 bytes per message); past it the oldest messages over all destinations are dropped, down to nine tenths, (a resume from a dropped position gets `x-recovered:false`). In Redis mode Redis's `maxmemory` bounds it"
+                    "bytes of history kept over every destination on the embedded broker (bodies' storage, headers and 256 bytes per message); past it the oldest messages over all destinations are dropped, down to nine tenths, (a resume from a dropped position gets `x-recovered:false`). In Redis mode Redis's `maxmemory` bounds it"
                 ),
                 .init("history.disabled-prefixes", .list, "`[]`", "destinations starting with one of these keep no history (e.g. `[/topic/ticks.]`)"),
                 .init("history.windows.names", .list, "`[]`", "names of other history windows, by destination prefix"),
