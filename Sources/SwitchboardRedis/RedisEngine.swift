@@ -394,9 +394,13 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
             }
         }
         if !started {
+            // On the engine's loop: this runs under the hub's lock, and the sequencer's lock
+            // is taken after the hub's elsewhere (see interestDeactivated).
             let error = RouteError(.abandoned, "the gateway is shutting down")
-            interest.ready.fail(error)
-            failWaiters(interest, error)
+            promiseLoop.execute {
+                interest.ready.fail(error)
+                self.failWaiters(interest, error)
+            }
         }
     }
 

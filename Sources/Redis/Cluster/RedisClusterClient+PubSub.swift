@@ -189,16 +189,18 @@ extension RedisClusterClient {
                 self.state.withLockedValue { _ = $0.subscribed[node]?.remove(name) }
                 self.markSubscriptionsPending()
             })
-        let (accepted, replacedSubscribed) = self.state.withLockedValue { state -> (Bool, Bool) in
-            guard !state.isShutdown else { return (false, false) }
-            if let old = state.subscriberConnections[node], old !== connection { old.channel.close(promise: nil) }
+        let (accepted, replacedSubscribed, replaced) = self.state.withLockedValue { state -> (Bool, Bool, RedisConnection?) in
+            guard !state.isShutdown else { return (false, false, nil) }
+            let old = state.subscriberConnections[node].flatMap { $0 !== connection ? $0 : nil }
             state.subscriberConnections[node] = connection
             // A connection replaced while closing takes its channels with it (its close no
             // longer finds itself here): they are subscribed again on this one.
             let replacedSubscribed = !(state.subscribed[node]?.isEmpty ?? true)
             state.subscribed[node] = []
-            return (true, replacedSubscribed)
+            return (true, replacedSubscribed, old)
         }
+        // Closed outside the lock (on its own loop a close runs its handlers at once).
+        replaced?.channel.close(promise: nil)
         guard accepted else {
             await connection.close()
             throw RedisClientError.shutdown
