@@ -186,6 +186,28 @@ import Testing
         #expect(Self.drain(&m) == [.answered(2, receipt: "w"), .execute("publish(/topic/a)", step: 3), .resumeReads])
     }
 
+    /// Frames the client sent while reads were held back (a serial step of 5 s here) are read
+    /// at once: the frame-rate limit allows them at the rate over that time. They were counted
+    /// all at the moment of the read, and a client within the limit was cut off after any
+    /// pause longer than the burst. More than the rate allows is still refused.
+    @Test func framesSentWhileReadsWereHeldCountAtTheRateOverThatTime() {
+        let t0 = NIODeadline.now()
+        for (count, refused) in [(60, false), (80, true)] {
+            var m = Self.connected { $0.maxFramesPerSecond = 10 }
+            m.frameReceived(Self.send("/app/serial", receipt: "w"), now: t0)
+            #expect(Self.drain(&m) == [.execute("route(/app/serial)", step: 2)])
+            #expect(m.readRequested(now: t0) == false)
+            m.stepCompleted(2, .success)
+            #expect(Self.drain(&m) == [.answered(2, receipt: "w"), .resumeReads])
+            let resumed = t0 + .seconds(5)
+            m.readsResumed(now: resumed)
+            // The burst (20: refilled by then) + 10 a second for the 5 s held: 70 frames.
+            for i in 0..<count { m.frameReceived(Self.frame(.ack, [("id", "\(i)")]), now: resumed) }
+            let out = Self.drain(&m)
+            #expect(out.contains { if case .error(let text, _) = $0 { text.hasPrefix("rate limit exceeded") } else { false } } == refused, "\(count): \(out)")
+        }
+    }
+
     @Test func nonPipelinableFrameWaitsForThePipeline() {
         var m = Self.connected()
         m.frameReceived(Self.send("/topic/a", receipt: "s"), now: .now())

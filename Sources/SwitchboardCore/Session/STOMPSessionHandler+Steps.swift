@@ -80,6 +80,7 @@ extension STOMPSessionHandler {
             // The client's heart-beats waited unread in the socket while reads paused: its
             // silence counts from now (a check before the read closed the session).
             machine.read(at: shard.tick)
+            machine.readsResumed(now: .now())
             context.read()
         case .close(let close):
             if let failure = close.failure {

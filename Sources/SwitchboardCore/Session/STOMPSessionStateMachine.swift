@@ -175,6 +175,8 @@ package struct STOMPSessionStateMachine {
     /// A socket read was held back while reads were paused.
     private var readPending = false
     private var frameBucket: TokenBucket?
+    /// Since when a read is held back (frames wait unread in the socket meanwhile).
+    private var readsHeldSince: NIODeadline?
 
     /// Heart-beat and timeout bookkeeping, in timer ticks (see ``tick(_:now:)``).
     var heartbeat = HeartbeatState()
@@ -231,12 +233,23 @@ package struct STOMPSessionStateMachine {
 
     /// The handler wants to read from the socket; false: hold the read back until
     /// ``Action/resumeReads``.
-    package mutating func readRequested() -> Bool {
+    package mutating func readRequested(now: @autoclosure () -> NIODeadline = .now()) -> Bool {
         if readsPaused {
+            if readsHeldSince == nil, frameBucket != nil { readsHeldSince = now() }
             readPending = true
             return false
         }
         return true
+    }
+
+    /// Reads resume (after ``Action/resumeReads``): what the client sent while they were held
+    /// back arrives at once. The frame-rate limit allows it at the rate over that time (it
+    /// counted it all at this moment: a client within the limit was cut off after any pause
+    /// longer than the burst, say a slow webhook's, or a paced replay whose ACKs waited).
+    package mutating func readsResumed(now: NIODeadline) {
+        guard let since = readsHeldSince else { return }
+        readsHeldSince = nil
+        frameBucket?.credit(for: now - since, now: now)
     }
 
     /// Step `step` ended. A step the session no longer waits for (it closed) is ignored.

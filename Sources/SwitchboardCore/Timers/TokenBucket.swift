@@ -15,6 +15,10 @@ package struct TokenBucket: Sendable {
         self.last = now
     }
 
+    /// Tokens granted by ``credit(for:now:)`` beyond the capacity, usable until ``extraUntil``.
+    private var extra: Double = 0
+    private var extraUntil: NIODeadline = .distantPast
+
     /// Takes `n` tokens if there are enough; false when the rate is exceeded.
     package mutating func take(_ n: Int, now: NIODeadline = .now()) -> Bool {
         let elapsed = Double((now - last).nanoseconds) / 1e9
@@ -22,9 +26,24 @@ package struct TokenBucket: Sendable {
             tokens = min(capacity, tokens + elapsed * rate)
             last = now
         }
-        guard tokens >= Double(n) else { return false }
-        tokens -= Double(n)
+        if tokens >= Double(n) {
+            tokens -= Double(n)
+            return true
+        }
+        guard now <= extraUntil, tokens + extra >= Double(n) else { return false }
+        extra -= Double(n) - tokens
+        tokens = 0
         return true
+    }
+
+    /// What came in while it could not be counted (the reader held reads back for `paused`)
+    /// comes in at once: it is allowed at the rate over that time (at most a minute's worth),
+    /// beyond the capacity, for the next second.
+    package mutating func credit(for paused: TimeAmount, now: NIODeadline = .now()) {
+        guard paused > .zero else { return }
+        let seconds = min(Double(paused.nanoseconds) / 1e9, 60)
+        extra = (now <= extraUntil ? extra : 0) + seconds * rate
+        extraUntil = now + .seconds(1)
     }
 }
 

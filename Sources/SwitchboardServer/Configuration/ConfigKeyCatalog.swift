@@ -132,7 +132,9 @@ package enum ConfigKeyCatalog {
                     "limits.ipv6-prefix-length", .integer, "`64`",
                     "the per-address limits count an IPv6 client by its first this many bits (its /64: one holder has 2^64 addresses); `128`: each address, 1 to 128"),
                 .init("limits.max-sessions-per-user", .integer, "`100`", "per authenticated user, per instance"),
-                .init("limits.frames-per-second", .integer, "`2000`", "per connection, token bucket (burst 2×)"),
+                .init(
+                    "limits.frames-per-second", .integer, "`2000`",
+                    "per connection, token bucket (burst 2×); frames that waited unread while the server held reads back are allowed at the rate over that wait"),
                 .init(
                     "limits.bytes-per-second", .integer, "`4194304`",
                     "inbound bytes per connection (each WebSocket frame counts 64 bytes on top of its payload), token bucket (burst 2×, and at least one frame of `limits.max-frame-bytes`)"
