@@ -122,4 +122,70 @@ struct InstanceLeaseTests {
         await client.shutdown()
         await other.shutdown()
     }
+
+    /// A step forward of Redis's clock is what it moved beyond this process's clock, taking
+    /// the latest moment its earlier reading can have been made and the earliest of the later
+    /// one: a reply that waited makes no step.
+    @Test func aForwardStepOfRedisClockIsMeasuredAgainstTheLocalClock() {
+        let t0 = ContinuousClock.now
+        func sample(_ redis: Int64, _ sent: Duration, _ received: Duration) -> InstanceLease.ClockSample {
+            .init(redisMilliseconds: redis, sent: t0 + sent, received: t0 + received)
+        }
+        // In step: 1 s on both (a reply that took 300 ms the first time).
+        let first = sample(10_000, .zero, .milliseconds(300))
+        #expect(InstanceLease.forwardStep(from: first, to: sample(11_000, .seconds(1), .milliseconds(1_010))) <= .zero)
+        // The earlier reply waited 1.5 s: no step either.
+        #expect(InstanceLease.forwardStep(from: sample(10_000, .zero, .milliseconds(1_500)), to: sample(11_000, .seconds(1), .milliseconds(1_002))) <= .zero)
+        // A step of 10 s.
+        let step = InstanceLease.forwardStep(from: first, to: sample(21_000, .seconds(1), .milliseconds(1_010)))
+        #expect(step > InstanceLease.clockStepTolerance && step <= .seconds(10))
+        // Backwards: none.
+        #expect(InstanceLease.forwardStep(from: first, to: sample(5_000, .seconds(1), .milliseconds(1_010))) < .zero)
+    }
+
+    /// Reconnects of the subscriber connection alone (Redis drops a subscriber that reads too
+    /// slowly under a broadcast storm) held the reaping back each time: a dead instance stayed
+    /// unreaped, its users online, for as long as they went on. Only the command connection's
+    /// reconnects count now.
+    @Test func subscriberReconnectsDoNotHoldTheReapingBack() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let stream = LifecycleStreamSettings()
+        let other = try await server.client()
+        let instances = "\(stream.prefix)presence:instances"
+        @Sendable func score(_ instance: String) async throws -> Double? {
+            let reply = try await other.execute(RawCommand("ZSCORE", .string(instances), .string(instance)))
+            return reply.value == .null ? nil : try Double(fromRESP: reply)
+        }
+        let client = try await server.client {
+            $0.reconnectBackoffMinimum = .milliseconds(10)
+            $0.reconnectBackoffMaximum = .milliseconds(50)
+        }
+        let subscription = try await client.subscribe(to: ["storm"])
+        // B is alive until A renewed once (A then finds no lease expired: it may reap at once).
+        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: stream.prefix, instance: "B~1", ttlMilliseconds: 2_000, held: true), on: other).get()
+        let lease = InstanceLease(
+            client: client, stream: stream, instance: "A~1",
+            settings: InstanceLease.Settings(ttl: .seconds(2), renewInterval: .milliseconds(20), settle: .seconds(120)),
+            logger: Logger(label: "quiet") { _ in SwiftLogNoOpLogHandler() }
+        ) {}
+        let running = Task { await lease.run() }
+        #expect(try await eventually { try await score("A~1") != nil })
+        // Then B dies, and A's subscriber connection is cut again and again.
+        let cuts = Task {
+            while !Task.isCancelled {
+                _ = try? await other.execute(RawCommand("CLIENT", "KILL", "TYPE", "pubsub"))
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        #expect(try await eventually { try await score("B~1") == nil }, "B was not reaped")
+        #expect(client.reconnectCount > 0, "the subscriber reconnected")
+        cuts.cancel()
+        _ = await cuts.value
+        running.cancel()
+        await running.value
+        await subscription.unsubscribe()
+        await client.shutdown()
+        await other.shutdown()
+    }
 }

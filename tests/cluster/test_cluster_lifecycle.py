@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import random
 import signal
+import shutil
+import subprocess
 import time
 
 import pytest
 import requests
 
 from support.cluster import Cluster, stop_cluster
+from support.paths import ARTIFACTS, REPO
 from support.gateway import metric
 from support.lifecycle import CONFIG, LEASE_TTL_MS, Backend, connect
 from support.process import wait_until
@@ -262,6 +265,48 @@ def test_a_redis_outage_longer_than_the_lease_reaps_nobody():
         backend.wait_for("a quiet spell", lambda: time.monotonic() > quiet_until)
         assert not backend.matching(type="disconnected"), backend.matching(type="disconnected")
         assert backend.online == {"p0", "p1", "p2"}
+        for c in clients:
+            c.close()
+        backend.wait_for("offline", lambda: not backend.online)
+        backend.assert_each_once()
+    finally:
+        stop_cluster(cluster)
+
+
+CLOCKSTEP_C = REPO / "tests" / "support" / "clockstep" / "clockstep.c"
+
+
+def test_a_step_forward_of_redis_clock_reaps_nobody(tmp_path):
+    """Redis's wall clock steps 10 s forward (a VM resumed, NTP stepping, the time set by hand):
+    every live instance's lease expires at once, with no reconnect or failed renewal to hold the
+    reaping back. The first instance to renew reaped all the others, and their sessions were
+    closed. Each instance now compares Redis's clock with its own at every renewal, and after
+    such a step waits, as after a reconnect, until the others renewed: nobody is reaped.
+    (redis-server runs with a preloaded shim that steps its wall clock: tests/support/clockstep.)"""
+    shim = tmp_path / "clockstep.so"
+    compiler = shutil.which("cc") or shutil.which("clang")  # the Swift toolchain has clang
+    assert compiler, "no C compiler (cc or clang) to build the clock-step shim"
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(shim), str(CLOCKSTEP_C)], check=True)
+    step = tmp_path / "step-ms"
+    step.write_text("0\n")
+    env = {"LD_PRELOAD": str(shim), "CLOCK_STEP_FILE": str(step)}
+    cluster = Cluster("clockstep-lifecycle", replicas=0, config_yaml=CONFIG, redis_env=env)
+    try:
+        backend = Backend(cluster.redis_port)
+        clients = [connect(cluster.gw_ws(i), f"k{i}") for i in range(3)]
+        backend.wait_for("online", lambda: backend.online == {"k0", "k1", "k2"})
+        before = int(cluster.redis_cli("TIME").split()[0])
+        step.write_text("10000\n")
+        wait_until(lambda: int(cluster.redis_cli("TIME").split()[0]) >= before + 10, 10, what="Redis's clock stepped")
+        # Long enough for a reaper to act: the ttl and a few renewals.
+        quiet_until = time.monotonic() + LEASE_TTL_MS / 1000 + 3
+        backend.wait_for("a quiet spell", lambda: time.monotonic() > quiet_until)
+        assert not backend.matching(type="disconnected"), backend.matching(type="disconnected")
+        assert backend.online == {"k0", "k1", "k2"}
+        for c in clients:
+            c.expect_nothing(0.1)  # no ERROR: the sessions were not closed
+        logs = "".join((ARTIFACTS / f"clockstep-lifecycle-gw{i}.log").read_text() for i in range(3))
+        assert "Redis's clock stepped forward" in logs
         for c in clients:
             c.close()
         backend.wait_for("offline", lambda: not backend.online)

@@ -4,6 +4,7 @@ directory; logs in ``test-artifacts/<name>-<process>.log``. With ``redis_cluster
 Cluster (support.rediscluster) replaces the redis-server, and everything is pointed at it."""
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -24,14 +25,15 @@ class Cluster:
 
     def __init__(self, name: str, replicas: int = 2, replica_args=(), config: str = "seed-streams.yaml",
                  gateways: int = 3, config_yaml: str | None = None, redis_args=(), sentinels: int = 0,
-                 gateway_args=(), redis_cluster: dict | None = None):
+                 gateway_args=(), redis_cluster: dict | None = None, redis_env: dict | None = None):
         """`sentinels` > 0: a Redis replica and that many sentinels (master name ``main``) too, and
         the gateways find the primary through them (``redis.sentinel.*``). `gateway_args`: more
         arguments for every gateway (e.g. ``("--set", "history.max-length=10000")``).
         `redis_cluster`: a Redis Cluster instead of one redis-server, made with these
         RedisCluster arguments (``{}``: 3 primaries + 3 replicas; ``tls``, ``user``); gateways get
         ``redis.cluster.nodes`` (and the TLS files, the user in ``redis.url``), replicas
-        ``--redis-cluster-nodes``; ``rc`` is the RedisCluster."""
+        ``--redis-cluster-nodes``; ``rc`` is the RedisCluster. `redis_env`: more environment
+        variables for the redis-server (e.g. libfaketime's)."""
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"sb-{name}-"))
         ARTIFACTS.mkdir(exist_ok=True)
@@ -50,6 +52,7 @@ class Cluster:
             self.config.write_text(config_yaml)
         self.replica_args = list(replica_args)
         self.redis_args = list(redis_args)  # e.g. AOF on; later options win
+        self.redis_env = dict(redis_env or {})
         self.gateway_args = list(gateway_args)
         self.sentinel_ports: list[int] = []
         self.redis_cluster_args = redis_cluster
@@ -70,9 +73,10 @@ class Cluster:
             raise
 
     # -- processes --------------------------------------------------------------
-    def _spawn(self, key, args):
+    def _spawn(self, key, args, env: dict | None = None):
         log = open(ARTIFACTS / f"{self.name}-{key}.log", "ab")
-        self.procs[key] = popen_retrying(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        full_env = {**os.environ, **env} if env else None
+        self.procs[key] = popen_retrying(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, env=full_env)
         return self.procs[key]
 
     def stop(self) -> dict:
@@ -91,7 +95,7 @@ class Cluster:
                 self.rc = RedisCluster(self.dir / "redis-cluster", self.name, **self.redis_cluster_args)
             self.redis_port = self.rc.nodes[0].port
             return
-        self._spawn("redis", redis_server_args(self.redis_port, self.dir) + self.redis_args)
+        self._spawn("redis", redis_server_args(self.redis_port, self.dir) + self.redis_args, env=self.redis_env)
         wait_until(lambda: self.redis_cli("PING") == "PONG", what="redis")
 
     def start_sentinels(self, count: int):

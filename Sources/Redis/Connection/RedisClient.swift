@@ -130,6 +130,8 @@ public final class RedisClient: Sendable {
         var subscriberConnection: RedisConnection?
         var states: [RedisConnectionRole: RedisConnectionState] = [:]
         var reconnects = 0
+        /// Those of the command connection.
+        var commandReconnects = 0
         /// The last connect failure of each role since it was last connected.
         var lastErrors: [RedisConnectionRole: String] = [:]
         var tasks: [Task<Void, Never>] = []
@@ -265,6 +267,9 @@ public final class RedisClient: Sendable {
 
     /// How many times a connection was re-established after having been connected before.
     public var reconnectCount: Int { self.state.withLockedValue { $0.reconnects } }
+    /// Reconnects of the command connection alone (the subscriber's are left out: Redis drops a
+    /// subscriber that reads too slowly, with the server and the commands fine).
+    public var commandReconnectCount: Int { self.state.withLockedValue { $0.commandReconnects } }
 
     /// Waits until every enabled connection is connected, as ``connectionState(_:)`` reports it
     /// (so a caller that then sees another state knows the connection changed since). Throws
@@ -526,7 +531,10 @@ public final class RedisClient: Sendable {
                         state.switchGeneration += 1
                     case .subscriptions: state.subscriberConnection = connection
                     }
-                    if connectedBefore { state.reconnects += 1 }
+                    if connectedBefore {
+                        state.reconnects += 1
+                        if role == .commands { state.commandReconnects += 1 }
+                    }
                     return true
                 }
                 guard accepted else {

@@ -87,7 +87,7 @@ package final class InstanceLease: Sendable {
     /// its first renewal (it may have started just after such an outage, before the others
     /// reconnected): it leaves them to instances that renewed all along, or waits as well.
     package func run() async {
-        let renewal = Renewal(reconnects: client.reconnectCount, now: ContinuousClock.now)
+        let renewal = Renewal(reconnects: client.commandReconnectCount, now: ContinuousClock.now)
         while !Task.isCancelled {
             do {
                 try await renew(renewal)
@@ -112,6 +112,8 @@ package final class InstanceLease: Sendable {
         var settledAt: ContinuousClock.Instant
         var renewalFailed = false
         var last: ContinuousClock.Instant
+        /// Redis's clock at the last renewal (see ``InstanceLease/forwardStep(from:to:)``).
+        var redisClock: ClockSample?
         init(reconnects: Int, now: ContinuousClock.Instant) {
             self.reconnects = reconnects
             self.settledAt = now
@@ -144,11 +146,46 @@ package final class InstanceLease: Sendable {
             // Unknown (the check failed): as if some had expired.
             if (try? await othersExpired()) ?? true { renewal.settledAt = .now + settings.ttl + settings.settle }
         }
-        if client.reconnectCount != renewal.reconnects || renewal.renewalFailed {
-            renewal.reconnects = client.reconnectCount
+        // The command connection's reconnects only: the subscriber's (Redis drops one that reads
+        // too slowly under a broadcast storm) pushed the next reap back each time, and a dead
+        // instance stayed unreaped for as long as the storm lasted.
+        if client.commandReconnectCount != renewal.reconnects || renewal.renewalFailed {
+            renewal.reconnects = client.commandReconnectCount
             renewal.renewalFailed = false
             renewal.settledAt = .now + settings.ttl + settings.settle
         }
+        // Redis expires leases by its wall clock. A step forward of it (a VM resumed, the time
+        // set by hand, NTP stepping) expires every live instance's lease at once, with no
+        // reconnect or failed renewal to hold the reaping back: the first instance to renew
+        // reaped all the others. A step is seen against this process's monotonic clock.
+        let sent = ContinuousClock.now
+        if let time = try? await client.execute(TIME()) {
+            let sample = ClockSample(redisMilliseconds: time.milliseconds, sent: sent, received: .now)
+            if let previous = renewal.redisClock, Self.forwardStep(from: previous, to: sample) > Self.clockStepTolerance {
+                logger.warning(
+                    "Redis's clock stepped forward: leases may have expired at once; not reaping until the others renewed",
+                    metadata: ["step.ms": "\(Self.ms(Self.forwardStep(from: previous, to: sample)))"])
+                renewal.settledAt = .now + settings.ttl + settings.settle
+            }
+            renewal.redisClock = sample
+        }
+    }
+
+    /// Redis's clock read by `TIME` between `sent` and `received` (this process's clock).
+    struct ClockSample {
+        var redisMilliseconds: Int64
+        var sent: ContinuousClock.Instant
+        var received: ContinuousClock.Instant
+    }
+
+    /// A step forward of Redis's clock larger than this holds the reaping back.
+    static let clockStepTolerance: Duration = .seconds(1)
+
+    /// How much further Redis's clock moved from `previous` to `current` than this process's
+    /// could have (its reading came anywhere between sending and receiving: replies that wait
+    /// make no step); zero or less when it did not step forward.
+    static func forwardStep(from previous: ClockSample, to current: ClockSample) -> Duration {
+        .milliseconds(current.redisMilliseconds - previous.redisMilliseconds) - (current.received - previous.sent)
     }
 
     /// Whether another instance's lease has expired (not renewed for the ttl, by Redis's clock,
