@@ -11,6 +11,12 @@ import Testing
 /// An instance's lease and the reaping of others (``InstanceLease``) against a real Redis.
 @Suite(.enabled(if: RedisServerProcess.isAvailable, "needs redis-server and glibc 2.34+"))
 struct InstanceLeaseTests {
+    /// `instance`'s last renewal in `presence:instances` (nil: not registered, or reaped).
+    static func leaseScore(_ client: RedisClient, _ stream: LifecycleStreamSettings, _ instance: String) async throws -> Double? {
+        let reply = try await client.execute(RawCommand("ZSCORE", .string("\(stream.prefix)presence:instances"), .string(instance)))
+        return reply.value == .null ? nil : try Double(fromRESP: reply)
+    }
+
     /// An instance started while Redis was down (its client's first connection is no
     /// reconnect) got through first when Redis came back, and reaped at once every instance
     /// whose lease had expired during the outage, although they were alive and still in their
@@ -47,11 +53,7 @@ struct InstanceLeaseTests {
         let observer = try await server.client()
         // Renewing again, until A's renewal time is well past B's expiry (B's lease then is
         // claimable at every renewal of A), or B is gone.
-        let instances = "\(stream.prefix)presence:instances"
-        @Sendable func score(_ instance: String) async throws -> Double? {
-            let reply = try await observer.execute(RawCommand("ZSCORE", .string(instances), .string(instance)))
-            return reply.value == .null ? nil : try Double(fromRESP: reply)
-        }
+        @Sendable func score(_ instance: String) async throws -> Double? { try await Self.leaseScore(observer, stream, instance) }
         #expect(
             try await eventually {
                 guard let b = try await score("B~1") else { return true }
@@ -74,11 +76,7 @@ struct InstanceLeaseTests {
         defer { server.stop() }
         let stream = LifecycleStreamSettings()
         let other = try await server.client()
-        let instances = "\(stream.prefix)presence:instances"
-        @Sendable func score(_ instance: String) async throws -> Double? {
-            let reply = try await other.execute(RawCommand("ZSCORE", .string(instances), .string(instance)))
-            return reply.value == .null ? nil : try Double(fromRESP: reply)
-        }
+        @Sendable func score(_ instance: String) async throws -> Double? { try await Self.leaseScore(other, stream, instance) }
         @Sendable func renewB(ttl: Int) async throws {
             _ = try await LifecycleFunctions.call(LeaseRenew(prefix: stream.prefix, instance: "B~1", ttlMilliseconds: ttl, held: true), on: other).get()
         }
@@ -152,11 +150,7 @@ struct InstanceLeaseTests {
         defer { server.stop() }
         let stream = LifecycleStreamSettings()
         let other = try await server.client()
-        let instances = "\(stream.prefix)presence:instances"
-        @Sendable func score(_ instance: String) async throws -> Double? {
-            let reply = try await other.execute(RawCommand("ZSCORE", .string(instances), .string(instance)))
-            return reply.value == .null ? nil : try Double(fromRESP: reply)
-        }
+        @Sendable func score(_ instance: String) async throws -> Double? { try await Self.leaseScore(other, stream, instance) }
         let client = try await server.client {
             $0.reconnectBackoffMinimum = .milliseconds(10)
             $0.reconnectBackoffMaximum = .milliseconds(50)

@@ -242,6 +242,17 @@ def test_a_gateway_restarted_with_the_same_id_has_its_old_sessions_reaped(cluste
     backend.assert_each_once()
 
 
+def assert_nobody_reaped_then_leave(backend: Backend, clients: list[StompClient], users: set[str]):
+    """No `disconnected` event so far and `users` online; then the clients leave, everyone is
+    offline, and every event was written once."""
+    assert not backend.matching(type="disconnected"), backend.matching(type="disconnected")
+    assert backend.online == users
+    for c in clients:
+        c.close()
+    backend.wait_for("offline", lambda: not backend.online)
+    backend.assert_each_once()
+
+
 def test_a_redis_outage_longer_than_the_lease_reaps_nobody():
     """Redis down (killed, restarted with its append-only file) for twice the lease: every lease
     expires meanwhile, and the instances reconnect one after the other (backoff with jitter),
@@ -263,12 +274,7 @@ def test_a_redis_outage_longer_than_the_lease_reaps_nobody():
         # after its reconnect, plus a renewal period or two.
         quiet_until = time.monotonic() + LEASE_TTL_MS / 1000 + 10 + 2
         backend.wait_for("a quiet spell", lambda: time.monotonic() > quiet_until)
-        assert not backend.matching(type="disconnected"), backend.matching(type="disconnected")
-        assert backend.online == {"p0", "p1", "p2"}
-        for c in clients:
-            c.close()
-        backend.wait_for("offline", lambda: not backend.online)
-        backend.assert_each_once()
+        assert_nobody_reaped_then_leave(backend, clients, {"p0", "p1", "p2"})
     finally:
         stop_cluster(cluster)
 
@@ -301,16 +307,11 @@ def test_a_step_forward_of_redis_clock_reaps_nobody(tmp_path):
         # Long enough for a reaper to act: the ttl and a few renewals.
         quiet_until = time.monotonic() + LEASE_TTL_MS / 1000 + 3
         backend.wait_for("a quiet spell", lambda: time.monotonic() > quiet_until)
-        assert not backend.matching(type="disconnected"), backend.matching(type="disconnected")
-        assert backend.online == {"k0", "k1", "k2"}
         for c in clients:
             c.expect_nothing(0.1)  # no ERROR: the sessions were not closed
         logs = "".join((ARTIFACTS / f"clockstep-lifecycle-gw{i}.log").read_text() for i in range(3))
         assert "Redis's clock stepped forward" in logs
-        for c in clients:
-            c.close()
-        backend.wait_for("offline", lambda: not backend.online)
-        backend.assert_each_once()
+        assert_nobody_reaped_then_leave(backend, clients, {"k0", "k1", "k2"})
     finally:
         stop_cluster(cluster)
 
