@@ -221,6 +221,18 @@ final class CannedWebhookServer: Sendable {
         #expect(error?.description == "webhook \(url) \(reason)")
     }
 
+    /// A proxy's 502 or 504 came after it handed the request on: the backend may have acted,
+    /// and the ERROR must not read as a refusal (a client would send it again). A 503 is one.
+    @Test(arguments: [(HTTPResponseStatus.badGateway, true), (.gatewayTimeout, true), (.serviceUnavailable, false)])
+    func aProxysGatewayErrorIsAnUnknownOutcome(status: HTTPResponseStatus, unknown: Bool) async throws {
+        let server = try await CannedWebhookServer(reply: (status, ""))
+        let url = "http://127.0.0.1:\(server.port)/hook"
+        let route = try WebhookRoute(url: url, timeout: .seconds(5), client: Self.client)
+        let error = await #expect(throws: RouteError.self) { _ = try await route.handle(Self.message(), on: MultiThreadedEventLoopGroup.singleton.next()).get() }
+        await server.close()
+        #expect(error?.code == (unknown ? .outcomeUnknown : .webhookRejected), "\(String(describing: error))")
+    }
+
     @Test func silentBackendTimesOut() async throws {
         let server = try await CannedWebhookServer(reply: nil)
         let url = "http://127.0.0.1:\(server.port)/hook"

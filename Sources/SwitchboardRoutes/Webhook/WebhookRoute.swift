@@ -96,6 +96,12 @@ package struct WebhookRoute: AppRoute {
         }
         .flatMapThrowing { response in
             guard (200..<300).contains(response.status) else {
+                // A proxy in front of the backend answers 502 (its upstream broke off) or 504
+                // (it timed out) after handing the request on: the backend may have acted.
+                if response.status == 502 || response.status == 504 {
+                    throw RouteError(
+                        .outcomeUnknown, "webhook \(url) answered HTTP \(response.status) (a proxy's): the backend may have acted on it")
+                }
                 throw RouteError(.webhookRejected, "webhook \(url) answered HTTP \(response.status)")
             }
             do {
