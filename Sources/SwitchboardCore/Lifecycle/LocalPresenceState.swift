@@ -91,9 +91,18 @@ package struct LocalPresenceState: Sendable {
 
     /// How many sessions are subscribed to `destination`, and up to `limit` of their users.
     package func destinationPresence(_ destination: String, limit: Int) -> DestinationPresence {
-        let subscribers = destinations[destination]?.count ?? 0
-        let names = (destinationUsers[destination] ?? [:]).keys.sorted().prefix(max(0, limit))
-        return DestinationPresence(subscribers: subscribers, users: Array(names))
+        Self.sorted(destinationMembers(destination), limit: limit)
+    }
+
+    /// How many sessions are subscribed to `destination`, and all their users, unsorted: what to
+    /// copy under a lock (sorting a destination of 100,000 users there held every loop's facts).
+    package func destinationMembers(_ destination: String) -> (subscribers: Int, users: [String]) {
+        (destinations[destination]?.count ?? 0, Array((destinationUsers[destination] ?? [:]).keys))
+    }
+
+    /// `members` as the presence API answers them: up to `limit` users, in order.
+    package static func sorted(_ members: (subscribers: Int, users: [String]), limit: Int) -> DestinationPresence {
+        DestinationPresence(subscribers: members.subscribers, users: Array(members.users.sorted().prefix(max(0, limit))))
     }
 
     private mutating func connect(_ session: String, user: String, time: Int64, into out: inout [LifecycleEvent]) {

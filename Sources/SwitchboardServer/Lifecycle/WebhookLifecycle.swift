@@ -234,6 +234,7 @@ extension WebhookLifecycle: PresenceSource {
     }
 
     package func destinationPresence(_ destination: String, limit: Int) async throws -> DestinationPresence {
-        state.withLock { $0.presence.destinationPresence(destination, limit: limit) }
+        // Copied under the lock, sorted outside it: every session's fact takes it.
+        LocalPresenceState.sorted(state.withLock { $0.presence.destinationMembers(destination) }, limit: limit)
     }
 }
