@@ -171,7 +171,7 @@ public struct STOMPDecodingError: Error, Sendable, Hashable, CustomStringConvert
     }
 
     /// The first `max` characters of `text`, with control characters (C0, DEL, C1) as `\xNN`.
-    static func quote(_ text: String, max: Int) -> String {
+    package static func quote(_ text: String, max: Int) -> String {
         let head = text.prefix(max)
         guard head.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return String(head) }
         var out = ""

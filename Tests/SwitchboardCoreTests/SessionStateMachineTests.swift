@@ -355,6 +355,13 @@ import Testing
         #expect(STOMPSessionStateMachine.heldSize(withLong) >= 100 + 32 + 32)
     }
 
+    /// Client bytes quoted in an ERROR show their control characters as `\xNN`.
+    @Test func controlCharactersQuotedInAnErrorAreShownEscaped() {
+        var m = Self.connected()
+        m.frameReceived(Self.frame(.commit, [("transaction", "t\u{1}\u{7f}x")]), now: .now())
+        #expect(Self.drain(&m) == [.error("unknown transaction 't\\x01\\x7fx'", receiptID: nil)])
+    }
+
     @Test func commitWithoutTransactionHeaderIsAnError() {
         var m = Self.connected()
         m.frameReceived(Self.frame(.commit, [("receipt", "c")]), now: .now())

@@ -577,7 +577,10 @@ package struct SessionFailure: Error, Equatable {
         _ message: String, receiptID: String? = nil, extraHeaders: STOMPHeaders = STOMPHeaders(), details: String? = nil,
         kind: SessionErrorKind = .protocolViolation, closeCode: WebSocketErrorCode = .normalClosure, lingers: Bool? = nil
     ) {
-        self.message = message
+        // Client bytes quoted in it (an unknown transaction's name, a bad header's value) show
+        // their control characters as `\xNN`, as the decoder's messages do: a NUL went out raw
+        // in the ERROR's body.
+        self.message = STOMPDecodingError.quote(message, max: .max)
         self.receiptID = receiptID
         self.extraHeaders = extraHeaders
         self.details = details
