@@ -40,7 +40,7 @@ package struct RedisStreamRoute: AppRoute {
         self.maxLength = maxLength
         self.redis = redis
         self.replication = replication
-        self.groups = groups.isEmpty ? nil : RedisStreamGroups(stream: stream, groups: groups, redis: redis, eventLoop: eventLoop)
+        self.groups = groups.isEmpty ? nil : RedisStreamGroups(stream: stream, groups: groups, maxLength: maxLength, redis: redis, eventLoop: eventLoop)
     }
 
     package var description: String { "redis stream \(stream)" }

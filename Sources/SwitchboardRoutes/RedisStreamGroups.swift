@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import Redis
@@ -19,11 +20,21 @@ import SwitchboardWire
 ///   without a reconnect (`FLUSHALL`); entries written meanwhile are not skipped, as the group is
 ///   re-created at `0`.
 /// - ``notReadyReason`` feeds `/health/ready`: the gateway is not ready while a group is unverified.
+/// - Every ``lagInterval`` it reads each group's lag (`XINFO GROUPS`: entries not delivered to
+///   the group yet) into `switchboard_redis_stream_group_lag{stream,group}`, and warns when a
+///   group is within a tenth of the route's `max-length` of its end: `XADD … MAXLEN ~` then
+///   trims entries that were answered with a `RECEIPT` before the group read them.
 package final class RedisStreamGroups: Sendable {
     package let stream: String
     package let groups: [String]
+    /// The route's `max-length` (entries past it are trimmed, read or not).
+    package let maxLength: Int?
     let redis: GatewayRedis
     let eventLoop: any EventLoop
+    /// How often ``maintain(logger:)`` reads the groups' lag.
+    package static let lagInterval: Duration = .seconds(5)
+    let lagGauges: [String: Metrics.Gauge]
+    let pendingGauges: [String: Metrics.Gauge]
     /// How often ``maintain(logger:)`` re-creates missing groups when nothing else asks for it.
     package static let checkInterval: Duration = .seconds(1)
 
@@ -43,11 +54,35 @@ package final class RedisStreamGroups: Sendable {
     private let state = NIOLockedValueBox(State())
 
     /// - Parameter eventLoop: where verifications complete.
-    package init(stream: String, groups: [String], redis: GatewayRedis, eventLoop: any EventLoop) {
+    package init(stream: String, groups: [String], maxLength: Int? = nil, redis: GatewayRedis, eventLoop: any EventLoop) {
         self.stream = stream
         self.groups = groups
+        self.maxLength = maxLength
         self.redis = redis
         self.eventLoop = eventLoop
+        var lag: [String: Metrics.Gauge] = [:]
+        var pending: [String: Metrics.Gauge] = [:]
+        for group in groups {
+            lag[group] = Metrics.Gauge(label: "switchboard_redis_stream_group_lag", dimensions: [("stream", stream), ("group", group)])
+            pending[group] = Metrics.Gauge(label: "switchboard_redis_stream_group_pending", dimensions: [("stream", stream), ("group", group)])
+        }
+        self.lagGauges = lag
+        self.pendingGauges = pending
+    }
+
+    /// Reads the groups' lag and pending counts into their gauges; returns the groups within a
+    /// tenth of ``maxLength`` of the stream's end (their lag), in the order of ``groups``.
+    package func readLag() async throws -> [(group: String, lag: Int)] {
+        let infos = try await self.redis.send(XINFOGROUPS(key: self.stream)).get()
+        var near: [(group: String, lag: Int)] = []
+        for group in self.groups {
+            guard let info = infos.first(where: { $0.name == group }) else { continue }
+            self.pendingGauges[group]?.record(info.pending)
+            guard let lag = info.lag else { continue }
+            self.lagGauges[group]?.record(lag)
+            if let maxLength, lag >= maxLength - maxLength / 10 { near.append((group, lag)) }
+        }
+        return near
     }
 
     /// Whether the groups were verified on the current Redis connection.
@@ -169,9 +204,23 @@ package final class RedisStreamGroups: Sendable {
     package func maintain(logger: Logger) async {
         let clock = ContinuousClock()
         var nextCheck = clock.now
+        var nextLagRead = clock.now
+        var lastLagWarning: ContinuousClock.Instant?
         var failures = 0
         var everVerified = false
         while !Task.isCancelled {
+            if clock.now >= nextLagRead, self.isVerified {
+                nextLagRead = clock.now + Self.lagInterval
+                if let near = try? await self.readLag(), !near.isEmpty, lastLagWarning.map({ clock.now - $0 >= .seconds(60) }) ?? true {
+                    lastLagWarning = clock.now
+                    logger.warning(
+                        "consumer groups are near the stream's max-length: entries past it are trimmed before they read them",
+                        metadata: [
+                            "stream": "\(self.stream)", "groups": "\(near.map { "\($0.group) (\($0.lag) behind)" }.joined(separator: ", "))",
+                            "max-length": "\(self.maxLength ?? 0)",
+                        ])
+                }
+            }
             if clock.now >= nextCheck || !self.isVerified {
                 do {
                     let created = try await self.verify().get()

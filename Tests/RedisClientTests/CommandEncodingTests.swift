@@ -155,3 +155,21 @@ struct StreamInfoDecodingTests {
         #expect(encoded(XINFOSTREAM(key: "s")) == resp("XINFO", "STREAM", "s"))
     }
 }
+
+/// `XINFO GROUPS`'s reply as RESP2 (flat pairs) and RESP3 (maps); a lag Redis cannot tell is null.
+struct StreamGroupInfoDecodingTests {
+    static func group(_ name: String, lag: String) -> String {
+        "$4\r\nname\r\n$\(name.utf8.count)\r\n\(name)\r\n$9\r\nconsumers\r\n:1\r\n$7\r\npending\r\n:2\r\n"
+            + "$17\r\nlast-delivered-id\r\n$3\r\n5-0\r\n$12\r\nentries-read\r\n:3\r\n$3\r\nlag\r\n\(lag)"
+    }
+
+    @Test func resp2AndResp3() throws {
+        let resp2 = "*2\r\n*12\r\n" + Self.group("a", lag: ":4\r\n") + "*12\r\n" + Self.group("b", lag: "$-1\r\n")
+        let resp3 = "*2\r\n%6\r\n" + Self.group("a", lag: ":4\r\n") + "%6\r\n" + Self.group("b", lag: "_\r\n")
+        for reply in [resp2, resp3] {
+            let groups = try [RedisStreamGroupInfo](fromRESP: token(reply))
+            #expect(groups == [RedisStreamGroupInfo(name: "a", pending: 2, lag: 4), RedisStreamGroupInfo(name: "b", pending: 2, lag: nil)])
+        }
+        #expect(encoded(XINFOGROUPS(key: "s")) == resp("XINFO", "GROUPS", "s"))
+    }
+}

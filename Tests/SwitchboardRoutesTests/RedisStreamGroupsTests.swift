@@ -33,6 +33,26 @@ struct RedisStreamGroupsTests {
         await client.shutdown()
     }
 
+    /// A group that reads nothing falls behind: its lag (entries not delivered to it) is read,
+    /// and a group within a tenth of the route's max-length of the stream's end is reported
+    /// (`XADD … MAXLEN ~` trims entries past it, answered with a RECEIPT and never read).
+    @Test func aGroupNearTheMaxLengthIsReported() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client()
+        let groups = RedisStreamGroups(
+            stream: "app:lagging", groups: ["idle", "busy"], maxLength: 100, redis: .single(client),
+            eventLoop: MultiThreadedEventLoopGroup.singleton.any())
+        _ = try await groups.verify().get()
+        #expect(try await groups.readLag().isEmpty)
+        for i in 0..<95 { _ = try await client.execute(XADD(key: "app:lagging", fields: [("n", .string("\(i)"))])) }
+        // "busy" reads what is there.
+        _ = try await client.execute(RawCommand("XREADGROUP", "GROUP", "busy", "c", "COUNT", "1000", "STREAMS", "app:lagging", ">"))
+        let near = try await groups.readLag()
+        #expect(near.map(\.group) == ["idle"] && near.first?.lag == 95, "\(near)")
+        await client.shutdown()
+    }
+
     /// A SEND that comes while another still waits for the verification that passed goes
     /// behind it, in order, and starts no other verification (each SEND after a reconnect
     /// verified again for as long as some were waiting).

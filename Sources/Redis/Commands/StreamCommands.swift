@@ -347,3 +347,18 @@ public struct XINFOSTREAM: RedisCommand {
         encoder.encodeCommand("XINFO", "STREAM", self.key)
     }
 }
+
+/// `XINFO GROUPS key`: the stream's consumer groups. A missing key is the server error
+/// `ERR no such key` (``RedisServerError/isNoSuchKey``).
+public struct XINFOGROUPS: RedisCommand {
+    public typealias Response = [RedisStreamGroupInfo]
+    public var key: String
+
+    public init(key: String) { self.key = key }
+
+    public var keysAffected: [String] { [self.key] }
+
+    public func encode(into encoder: inout RESPCommandEncoder) {
+        encoder.encodeCommand("XINFO", "GROUPS", self.key)
+    }
+}

@@ -181,17 +181,14 @@ public struct RedisStreamInfo: Sendable, Hashable, RESPTokenDecodable {
     }
 
     public init(fromRESP token: RESPToken) throws {
-        guard let parts = token.flattenedElements(), parts.count % 2 == 0 else {
-            throw RESPDecodeError(token: token, expected: "RedisStreamInfo")
-        }
         var length: Int?
         var lastGeneratedID: String?
         var entriesAdded: Int?
-        for index in stride(from: 0, to: parts.count, by: 2) {
-            switch try String(fromRESP: parts[index]) {
-            case "length": length = try Int(fromRESP: parts[index + 1])
-            case "last-generated-id": lastGeneratedID = try String(fromRESP: parts[index + 1])
-            case "entries-added": entriesAdded = try Int(fromRESP: parts[index + 1])
+        for (name, value) in try namedFields(token, expected: "RedisStreamInfo") {
+            switch name {
+            case "length": length = try Int(fromRESP: value)
+            case "last-generated-id": lastGeneratedID = try String(fromRESP: value)
+            case "entries-added": entriesAdded = try Int(fromRESP: value)
             default: continue
             }
         }
@@ -200,4 +197,42 @@ public struct RedisStreamInfo: Sendable, Hashable, RESPTokenDecodable {
         self.lastGeneratedID = lastGeneratedID
         self.entriesAdded = entriesAdded
     }
+}
+
+/// What `XINFO GROUPS key` says of one consumer group (RESP2 flat pairs or a RESP3 map).
+public struct RedisStreamGroupInfo: Sendable, Hashable, RESPTokenDecodable {
+    public var name: String
+    /// Entries delivered to the group's consumers and not acknowledged yet.
+    public var pending: Int
+    /// Entries added to the stream and not delivered to the group yet (Redis 7 and later; nil
+    /// before, or when Redis cannot tell, e.g. after entries were deleted in the middle).
+    public var lag: Int?
+
+    public init(name: String, pending: Int, lag: Int?) {
+        self.name = name
+        self.pending = pending
+        self.lag = lag
+    }
+
+    public init(fromRESP token: RESPToken) throws {
+        var fields: (name: String?, pending: Int?, lag: Int?) = (nil, nil, nil)
+        for (name, value) in try namedFields(token, expected: "RedisStreamGroupInfo") {
+            switch name {
+            case "name": fields.name = try String(fromRESP: value)
+            case "pending": fields.pending = try Int(fromRESP: value)
+            case "lag": fields.lag = try Int?(fromRESP: value)
+            default: continue
+            }
+        }
+        guard let name = fields.name, let pending = fields.pending else {
+            throw RESPDecodeError(token: token, expected: "RedisStreamGroupInfo with name and pending")
+        }
+        self.init(name: name, pending: pending, lag: fields.lag)
+    }
+}
+
+/// The name/value pairs of an `XINFO` reply: RESP2 flat pairs or a RESP3 map.
+func namedFields(_ token: RESPToken, expected: String) throws -> [(name: String, value: RESPToken)] {
+    guard let parts = token.flattenedElements(), parts.count % 2 == 0 else { throw RESPDecodeError(token: token, expected: expected) }
+    return try stride(from: 0, to: parts.count, by: 2).map { (try String(fromRESP: parts[$0]), parts[$0 + 1]) }
 }
