@@ -29,6 +29,7 @@ final class RouterHarness {
     let admission = ConnectionAdmission()
     let pending = PendingHandshakes()
     var http: HTTPSideRecorder?
+    let timeout: HandshakeTimeoutHandler
 
     init(maxConnections: Int = 100, origins: [String] = [], sharing limiter: ConnectionLimiter? = nil, acceptsSessions: Bool = true) throws {
         self.limiter = limiter ?? ConnectionLimiter(maxTotal: maxConnections, maxPerAddress: maxConnections)
@@ -39,6 +40,7 @@ final class RouterHarness {
             services: services, stompPath: "/stomp", admission: admission, limiter: self.limiter,
             allowedOrigins: origins, handshakeCookie: "sb_token")
         let timeout = HandshakeTimeoutHandler(timeout: .seconds(10), registry: pending)
+        self.timeout = timeout
         let router = FirstRequestRouter(
             handshake: handshake, maxFrameSize: 64 * 1024, timeout: timeout, acceptsSessions: acceptsSessions
         ) { [unowned self] channel, position in
@@ -94,6 +96,32 @@ final class RouterHarness {
         #expect(!FirstRequestRouter.isHealthCheck(ByteBuffer(string: "HEAD /health" + String(repeating: " ", count: 17_000))))
         #expect(!FirstRequestRouter.isHealthCheck(ByteBuffer(string: "POST /health HTTP/1.1\r\n")))
         #expect(!FirstRequestRouter.isHealthCheck(ByteBuffer(string: "HEAD /healthy HTTP/1.1\r\n")))
+    }
+
+    /// Holds a close back, as TLS does while it waits for the client's `close_notify` (up to
+    /// a second): the channel stays open, and bytes still come up the pipeline.
+    final class DeferredClose: ChannelOutboundHandler {
+        typealias OutboundIn = Any
+        func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) { promise?.succeed() }
+    }
+
+    /// An upgrade finished after the handshake timeout fired, while the close is held back
+    /// (TLS): it was accepted, the session's handlers went in behind the expired timeout
+    /// handler, and the first WebSocket frame trapped in it (the process died). The connection
+    /// takes nothing more once its first request timed out.
+    @Test func anUpgradeFinishedAfterTheTimeoutIsNotAccepted() throws {
+        let h = try RouterHarness()
+        try h.channel.pipeline.syncOperations.addHandler(DeferredClose(), position: .first)
+        let upgrade = RouterHarness.upgrade()
+        try h.write(String(upgrade.prefix(20)))
+        h.timeout.expire()
+        #expect(h.channel.isActive, "the close is held back")
+        // The rest of the head, and a masked ping.
+        try h.write(String(upgrade.dropFirst(20)))
+        try h.channel.writeInbound(ByteBuffer(bytes: [0x89, 0x81, 1, 2, 3, 4, UInt8(ascii: "x") ^ 1]))
+        #expect(try h.outboundText() == "")
+        #expect(!h.has(STOMPSessionHandler.self))
+        _ = try? h.channel.finish()
     }
 
     @Test func upgradeByteByByteAnswers101AndLeavesOnlyTheSession() throws {

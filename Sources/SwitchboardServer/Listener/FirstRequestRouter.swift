@@ -58,6 +58,10 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !decided else { return }  // after a refusal, until the close
+        // Timed out: closing (over TLS, waiting for the client's close_notify, bytes still come
+        // up). An upgrade finished now was accepted, its session's handlers went in behind the
+        // expired timeout handler, and the first WebSocket frame trapped in it.
+        guard !timeout.expired else { return }
         var incoming = unwrapInboundIn(data)
         if buffered == nil {
             buffered = incoming
@@ -231,9 +235,11 @@ final class FirstRequestRouter: ChannelInboundHandler, RemovableChannelHandler {
                 let sync = context.pipeline.syncOperations
                 let preConnect = PreConnectInputLimit(maxHeaderBytes: configuration.decoderLimits.maxHeaderBytes)
                 try sync.addHandler(preConnect, position: .after(self))
-                try sync.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)), position: .after(preConnect))
-                try sync.addHandler(WebSocketSTOMPTransport(limits: configuration.decoderLimits, bytesPerSecond: configuration.maxBytesPerSecond))
-                try sync.addHandler(STOMPSessionHandler(services: handshake.services, handshake: info))
+                let decoder = ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize))
+                try sync.addHandler(decoder, position: .after(preConnect))
+                let transport = WebSocketSTOMPTransport(limits: configuration.decoderLimits, bytesPerSecond: configuration.maxBytesPerSecond)
+                try sync.addHandler(transport, position: .after(decoder))
+                try sync.addHandler(STOMPSessionHandler(services: handshake.services, handshake: info), position: .after(transport))
                 // A session has no use for a half-closed connection (the transport closes on the
                 // peer's FIN), and with half-closure on, NIO asserted in a debug build when a flush
                 // in channelReadComplete found the peer reset while it handled an EOF: the flush

@@ -21,6 +21,11 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
     private(set) var deadline = NIODeadline.distantFuture
     /// The head arrived, or the connection closed or timed out: nothing left to watch.
     private(set) var done = false
+    /// The deadline passed: the connection is closing, and takes nothing more (over TLS the
+    /// close waits up to a second for the client's `close_notify`, and bytes read meanwhile
+    /// still come up the pipeline).
+    private(set) var expired = false
+    /// Kept until the handler leaves the pipeline (to leave it when the head arrives).
     private var context: ChannelHandlerContext?
     private var shard: LoopPendingHandshakes?
     /// The client's address, counted against ``PendingHandshakes/maxPerAddress`` until done.
@@ -52,9 +57,13 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
     func handlerRemoved(context: ChannelHandlerContext) {
         // Also reached when the connection closes before its first request.
         finish()
+        self.context = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // (HTTP parts only: on a WebSocket connection it leaves the pipeline before the
+        // session's handlers come in, and the router takes nothing once it expired.)
+        guard !expired else { return }
         if case .head = unwrapInboundIn(data) {
             context.fireChannelRead(data)
             requestArrived()
@@ -73,15 +82,18 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
 
     /// The request head arrived: stop the clock.
     func requestArrived() {
-        guard let context, !done else { return }
+        guard let context else { return }
         finish()
-        // Leave the pipeline: a long-lived WebSocket session should not carry it.
+        // Leave the pipeline (also when done already): a long-lived WebSocket session should
+        // not carry it, and the session's handlers go in behind it.
+        self.context = nil
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 
     /// The deadline passed (or the gateway is shutting down) before the first request.
     func expire() {
         guard let context, !done else { return }
+        expired = true
         finish()
         context.close(promise: nil)
     }
@@ -93,7 +105,6 @@ final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHand
             registry.release(address)
             self.address = nil
         }
-        context = nil
         shard?.finished()
         shard = nil
     }
