@@ -31,6 +31,28 @@ import Testing
         #expect(whileAnswering == .check(t0 + .seconds(40)))
     }
 
+    /// A client that pipelines requests and reads none of the answers: the connection turns
+    /// unwritable with answers owed, which kept it open for good (the idle timeout never ran
+    /// while an answer was owed). It closes once unwritable for the idle timeout; writable
+    /// again in time, it stays.
+    @Test func aClientThatReadsNothingIsClosedAfterTheIdleTimeout() {
+        var state = HTTPConnectionIdleState(timeout: .seconds(10))
+        _ = state.activated(now: t0)
+        state.read(head, now: t0)
+        state.read(.end(nil), now: t0)
+        state.writabilityChanged(isWritable: false, now: t0 + .seconds(1))
+        #expect(state.timerFired(now: t0 + .seconds(10)) == .check(t0 + .seconds(11)))
+        #expect(state.timerFired(now: t0 + .seconds(11)) == .close)
+
+        var recovering = HTTPConnectionIdleState(timeout: .seconds(10))
+        _ = recovering.activated(now: t0)
+        recovering.read(head, now: t0)
+        recovering.read(.end(nil), now: t0)
+        recovering.writabilityChanged(isWritable: false, now: t0 + .seconds(1))
+        recovering.writabilityChanged(isWritable: true, now: t0 + .seconds(5))
+        #expect(recovering.timerFired(now: t0 + .seconds(11)) == .check(t0 + .seconds(21)))
+    }
+
     @Test func aRequestBeingReadIsIdleWithoutProgress() {
         var state = HTTPConnectionIdleState(timeout: .seconds(10))
         _ = state.activated(now: t0)

@@ -3,6 +3,7 @@ loop, other routes by the router; pipelined answers come back in request order e
 import json
 import re
 import socket
+import threading
 
 import pytest
 import requests
@@ -140,6 +141,45 @@ def test_an_idle_publish_connection_is_closed_after_the_idle_timeout(gateway_fac
         assert read_responses(s, 1)[0][0] == 200
         s.settimeout(15)
         assert s.recv(1) == b""  # closed by the gateway once idle
+
+
+def test_a_client_that_reads_no_answers_is_closed_after_the_idle_timeout(gateway_factory):
+    """Pipelined router requests (404s echoing a long path) and no reads: the answers fill the
+    socket, the connection turns unwritable with answers owed, and the idle timeout never ran
+    while one was owed: such a client held its connection (and its buffers) until shutdown.
+    Unwritable for the idle timeout, it is closed now."""
+    gw = gateway_factory("http.idle-timeout-ms=1000")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", gw.port))
+    path = "/nope-" + "x" * 8000
+    count = 1000
+
+    def send_all():
+        try:
+            s.sendall(request("GET", path) * count)
+        except OSError:
+            pass  # closed by the gateway while sending
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    sender.start()
+    try:
+        # Two connections while the stalled one is open (it and this scrape's), one once closed.
+        wait_until(lambda: gw.metric("switchboard_http_connections", port="main") == 2, 20, what="the connection counted")
+        wait_until(lambda: gw.metric("switchboard_http_connections", port="main") == 1, 20, what="the stalled connection closed")
+        s.settimeout(10)
+        answers = 0
+        try:
+            buf = b""
+            while chunk := s.recv(65536):
+                buf += chunk
+                answers += buf.count(b"HTTP/1.1 404")
+                buf = buf[-20:]
+        except ConnectionResetError:
+            pass
+        assert answers < count
+    finally:
+        s.close()
 
 
 def test_shutdown_closes_an_idle_publish_connection_without_waiting_for_the_grace(gateway_factory):

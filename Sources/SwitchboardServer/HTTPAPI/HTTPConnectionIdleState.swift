@@ -11,6 +11,11 @@ import NIOHTTP1
 /// plus a second per ``minimumBodyRate`` bytes of body read, like Apache's `mod_reqtimeout`.
 /// Time with reads paused (the client waits for earlier answers) does not count, nor time a
 /// request waits for its `100 Continue` (written after the answers before it).
+/// An answer owed does not keep the connection for ever either: a client that stops reading
+/// (the connection unwritable for ``timeout``, or ``requestTimeout`` without one) is closed.
+/// Answers written by Hummingbird's router wait for writability, and with one owed the idle
+/// timeout never ran: a client that pipelined requests and read nothing held its connection,
+/// and its buffers, until the shutdown.
 /// Pure: ``HTTPPublishHandler`` feeds it reads and answers and runs its one timer.
 struct HTTPConnectionIdleState {
     /// How long a connection may stay without a request; nil for never.
@@ -35,6 +40,8 @@ struct HTTPConnectionIdleState {
     private(set) var closeWhenAnswered = false
     /// Shutting down: close at this time even if answers are still owed.
     private(set) var closeBy: NIODeadline?
+    /// Since when the connection has been unwritable (the client reads nothing).
+    private(set) var unwritableSince: NIODeadline?
 
     /// What the idle timer does when it fires.
     enum TimerDecision: Equatable {
@@ -109,6 +116,18 @@ struct HTTPConnectionIdleState {
         return closeWhenAnswered
     }
 
+    /// The connection became unwritable (`false`) or writable again.
+    mutating func writabilityChanged(isWritable: Bool, now: NIODeadline) {
+        if isWritable {
+            unwritableSince = nil
+        } else if unwritableSince == nil {
+            unwritableSince = now
+        }
+    }
+
+    /// How long the connection may stay unwritable; nil for no limit.
+    var writeStallLimit: TimeAmount? { timeout ?? requestTimeout }
+
     /// A graceful shutdown began.
     mutating func quiesce(now: NIODeadline) -> QuiesceDecision {
         guard requestsInProgress > 0 else { return .closeNow }
@@ -123,6 +142,10 @@ struct HTTPConnectionIdleState {
     mutating func timerFired(now: NIODeadline, readsPaused: Bool = false) -> TimerDecision {
         if readsPaused && readingRequest { requestStarted = now }
         var decision = idleDecision(now: now)
+        if let since = unwritableSince, let limit = writeStallLimit {
+            if now - since >= limit { return .close }
+            if case .check(let due) = decision { decision = .check(min(due, since + limit)) }
+        }
         if let requestDue {
             if now >= requestDue { return .close }
             // Looked at once per request timeout at least: a request may begin at any time.

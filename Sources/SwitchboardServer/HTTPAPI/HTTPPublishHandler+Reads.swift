@@ -12,7 +12,10 @@ extension HTTPPublishHandler {
     /// while the client does not read its answers).
     var pausedForAnswers: Bool { !lingering && (!held.isEmpty || answers.count >= Self.maxPendingAnswers || refused || lastRequestRead) }
 
+    /// (A client that reads nothing leaves the connection unwritable: it is closed after the
+    /// idle timeout, ``HTTPConnectionIdleState/writabilityChanged(isWritable:now:)``.)
     func channelWritabilityChanged(context: ChannelHandlerContext) {
+        idle.writabilityChanged(isWritable: context.channel.isWritable, now: context.eventLoop.now)
         if context.channel.isWritable { resumeReadsIfPossible(context: context) }
         context.fireChannelWritabilityChanged()
     }
