@@ -8,8 +8,13 @@ extension RedisClient {
     /// A command connection's sleep (`hurried`) also ends after ``waitingRetry`` while commands
     /// wait for it (``RedisConfiguration/reconnectWait``): they should not wait out a backoff of
     /// seconds, grown during an outage, once the server is back.
-    func backoffSleep(_ delay: TimeAmount, hurried: Bool = false) async {
-        let generation = self.state.withLockedValue { $0.switchGeneration }
+    ///
+    /// `since`: the ``switchGeneration`` when the attempt that failed began: a wake-up during
+    /// it (a new primary announced, the command connection back, while this attempt waited out
+    /// its connect timeout) skips the sleep. It was read when the sleep began, and missed.
+    func backoffSleep(_ delay: TimeAmount, hurried: Bool = false, since: Int? = nil) async {
+        let generation = since ?? self.switchGeneration
+        if self.switchGeneration != generation { return }
         let clock = ContinuousClock()
         let start = clock.now
         let deadline = start + .nanoseconds(delay.nanoseconds)
@@ -19,6 +24,9 @@ extension RedisClient {
             if switched || (hurried && waiting && clock.now - start >= Self.waitingRetry) { return }
         }
     }
+
+    /// The count of wake-ups for reconnect loops (see ``backoffSleep(_:hurried:since:)``).
+    var switchGeneration: Int { self.state.withLockedValue { $0.switchGeneration } }
 
     /// How often a command connection is tried while commands wait for it.
     static var waitingRetry: Duration { .milliseconds(200) }

@@ -447,6 +447,7 @@ public final class RedisClient: Sendable {
         let key = ObjectIdentifier(loop)
         var attempt = 0
         while !Task.isCancelled {
+            var since = self.switchGeneration
             do {
                 let connection = try await self.openConnection(eventLoopGroup: loop)
                 do {
@@ -469,6 +470,7 @@ public final class RedisClient: Sendable {
                 if holds { self.writeLoopsWaiting(key, on: connection) }
                 attempt = 0
                 try? await connection.closeFuture.get()
+                since = self.switchGeneration
                 self.state.withLockedValue { state in
                     if state.loopConnections[key] === connection { state.loopConnections[key] = nil }
                 }
@@ -478,7 +480,7 @@ public final class RedisClient: Sendable {
             if Task.isCancelled || self.state.withLockedValue({ $0.isShutdown }) { break }
             let delay = backoff.delay(attempt: attempt)
             attempt += 1
-            await self.backoffSleep(delay, hurried: true)
+            await self.backoffSleep(delay, hurried: true, since: since)
         }
     }
 
@@ -487,6 +489,7 @@ public final class RedisClient: Sendable {
         var attempt = 0
         var connectedBefore = false
         while !Task.isCancelled {
+            var since = self.switchGeneration
             self.setState(role, .connecting)
             do {
                 let registry = self.registry
@@ -553,6 +556,7 @@ public final class RedisClient: Sendable {
                 let interval = self.configuration.subscriberPingInterval
                 let checker = role == .subscriptions && interval > .zero ? connection.keepChecked(every: interval, skip: { gate.isPausing }) : nil
                 try? await connection.closeFuture.get()
+                since = self.switchGeneration
                 retrier?.cancel()
                 checker?.cancel()
                 let ownBack = self.state.withLockedValue { state -> [(ObjectIdentifier, RedisConnection)] in
@@ -592,7 +596,7 @@ public final class RedisClient: Sendable {
             self.setState(role, .disconnected)
             let delay = backoff.delay(attempt: attempt)
             attempt += 1
-            await self.backoffSleep(delay, hurried: role == .commands)
+            await self.backoffSleep(delay, hurried: role == .commands, since: since)
         }
         self.setState(role, .shutdown)
     }
