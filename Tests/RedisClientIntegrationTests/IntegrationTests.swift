@@ -32,6 +32,30 @@ struct IntegrationTests {
         await #expect(throws: RedisClientError.notConnected) { try await connection.execute(PING()) }
     }
 
+    /// The server is demoted (`REPLICAOF`) while the client's command connection stays open:
+    /// every write answered `READONLY` for as long as the connection lived. The first one now
+    /// closes it and the client reconnects (to the primary again here, once promoted back).
+    @Test func aReadOnlyAnswerMakesTheClientReconnect() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let other = try await RedisServerProcess.start()
+        defer { other.stop() }
+        let client = try await server.client {
+            $0.reconnectBackoffMinimum = .milliseconds(10)
+            $0.reconnectBackoffMaximum = .milliseconds(100)
+        }
+        #expect(try await client.execute(SET("k", value: "before")) != nil)
+        let admin = try await server.connect()
+        _ = try await admin.execute(RawCommand("REPLICAOF", "127.0.0.1", .string("\(other.port)")))
+        let refused = await #expect(throws: RedisServerError.self) { try await client.execute(SET("k", value: "demoted")) }
+        #expect(refused?.isReadOnly == true, "\(String(describing: refused))")
+        #expect(try await eventually(timeout: .seconds(10)) { client.commandReconnectCount > 0 }, "the client reconnected")
+        _ = try await admin.execute(RawCommand("REPLICAOF", "NO", "ONE"))
+        #expect(try await eventually(timeout: .seconds(10)) { (try? await client.execute(SET("k", value: "after"))) != nil })
+        await admin.close()
+        await client.shutdown()
+    }
+
     @Test func commandConnectionPerEventLoop() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)

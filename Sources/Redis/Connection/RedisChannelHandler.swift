@@ -125,6 +125,8 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     private let configuration: RedisConfiguration
     private let handshakePromise: EventLoopPromise<Int>
     private let pushHandler: (@Sendable (RedisPubSubMessage) -> Void)?
+    /// Closed for a `READONLY` answer (once).
+    private var demoted = false
     private let serverUnsubscribeHandler: (@Sendable (RedisSubscriptionKind, String) -> Void)?
     private let logger: Logger
     private let acceptance: CommandAcceptance
@@ -369,6 +371,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             promise.succeed(token)
         case .fail(let promise, let error):
             promise.fail(error)
+            self.closeIfDemoted(error, context: context)
         case .deliver(let message):
             self.pushHandler?(message)
         case .unsubscribedByServer(let kind, let name):
@@ -380,9 +383,22 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             context.close(promise: nil)
         case .complete(let outcomes):
             for (promise, outcome) in outcomes { promise.completeWith(outcome) }
+            for case (_, .failure(let error)) in outcomes { self.closeIfDemoted(error, context: context) }
             // The `WAIT` in flight was answered: the one owed for the writes since goes now.
             if self.stateMachine.owesWait { self.flushWritingOwedWait(context: context) }
         }
+    }
+
+    /// A write answered `READONLY`: the server was demoted (`FAILOVER`, `REPLICAOF`, a managed
+    /// service's failover behind a DNS name) while this command connection stayed open. Nothing
+    /// else closes it (Sentinel kills the old primary's clients; without it every write failed
+    /// for as long as the connection lived): it is closed, and the owner reconnects (to the
+    /// primary Sentinel names, or wherever the address leads now). That write did not run.
+    private func closeIfDemoted(_ error: any Error, context: ChannelHandlerContext) {
+        guard self.pushHandler == nil, !self.demoted, (error as? RedisServerError)?.isReadOnly == true, context.channel.isActive else { return }
+        self.demoted = true
+        self.logger.warning("redis answered READONLY (the server is a replica now): reconnecting", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
     }
 
     package func channelInactive(context: ChannelHandlerContext) {

@@ -24,6 +24,8 @@ public struct RedisServerError: Error, Hashable, Sendable, CustomStringConvertib
     public var isNoScript: Bool { self.code == "NOSCRIPT" }
     /// `true` for a command on a key that does not exist where that is an error (`XINFO STREAM`).
     public var isNoSuchKey: Bool { self.message.hasPrefix("ERR no such key") }
+    /// The server is a replica now (`READONLY`): a write did not run.
+    public var isReadOnly: Bool { self.code == "READONLY" }
 
     public var description: String { "RedisServerError(\(self.message))" }
 }
