@@ -171,4 +171,23 @@ struct SessionConnectTests {
         #expect(pong.opcode == .pong)
         #expect(String(buffer: pong.data) == "abc")
     }
+
+    /// A read full of pings is answered with one pong, for the latest (RFC 6455 §5.5.3): each
+    /// was answered with a flush of its own, a system call per 6-byte ping.
+    @Test("the pings of one read get one pong, the latest's")
+    func pingsOfOneReadGetOnePong() throws {
+        let gw = TestGateway()
+        defer { gw.shutdown() }
+        let c = try gw.client()
+        try c.connect()
+        for i in 0..<100 {
+            c.channel.pipeline.fireChannelRead(NIOAny(TestClient.wsFrame(ByteBuffer(string: "p\(i)"), opcode: .ping)))
+        }
+        c.channel.pipeline.fireChannelReadComplete()
+        let out = try c.read()
+        try #require(out.count == 1, "\(out.count) frames")
+        guard case .other(let pong) = out[0] else { Issue.record("\(out)"); return }
+        #expect(pong.opcode == .pong)
+        #expect(String(buffer: pong.data) == "p99")
+    }
 }

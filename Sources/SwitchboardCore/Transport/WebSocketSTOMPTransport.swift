@@ -37,6 +37,8 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
     private var cumulation: ByteBuffer?
     private var failed = false
     private var closeSent = false
+    /// The payload of the latest ping of this read, answered once the read is over.
+    private var pongOwed: ByteBuffer?
     /// Our close frame is out and our side of TCP is closed: what the client still sends is
     /// read and dropped until its close frame or its EOF (see ``close(after:)``).
     private var lingering = false
@@ -134,9 +136,10 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
         case .ping:
             // Control frames count against the byte rate like data frames: a ping costs a
             // pong's write. Once a close frame is out, pings go unanswered (RFC 6455 §5.5.1).
+            // Answered once per read, for the latest ping (RFC 6455 §5.5.3 allows it): a read
+            // full of pings cost a flush, a system call, each.
             guard charge(frame, context: context), !closeSent else { return }
-            let reply = WebSocketServerFrame.make(opcode: .pong, payload: frame.unmaskedData, allocator: context.channel.allocator)
-            context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+            pongOwed = frame.unmaskedData
             context.fireUserInboundEventTriggered(STOMPTransportActivity())
         case .pong:
             guard charge(frame, context: context) else { return }
@@ -221,6 +224,13 @@ package final class WebSocketSTOMPTransport: ChannelInboundHandler {
         guard !lingering else {
             context.read()
             return
+        }
+        if let payload = pongOwed {
+            pongOwed = nil
+            if !closeSent {
+                context.writeAndFlush(
+                    wrapOutboundOut(WebSocketServerFrame.make(opcode: .pong, payload: payload, allocator: context.channel.allocator)), promise: nil)
+            }
         }
         context.fireChannelReadComplete()
     }
