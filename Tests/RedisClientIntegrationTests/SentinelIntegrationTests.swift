@@ -63,6 +63,49 @@ struct SentinelIntegrationTests {
         }
     }
 
+    /// The sentinel that answered is asked first next time: always starting from the first, a
+    /// sentinel gone without a reset (its node lost power) cost every reconnect of every
+    /// connection its connect timeout for as long as it stayed away. (A paused process stands
+    /// for it: the kernel accepts the connection, nothing answers.)
+    @Test func theSentinelThatAnsweredIsAskedFirst() async throws {
+        let (primary, replica, sentinels) = try await self.startGroup(sentinels: 1)
+        defer { for server in [primary, replica] + sentinels { server.stop() } }
+        let silent = try await RedisServerProcess.start()
+        defer { silent.stop() }
+        silent.pause()
+        defer { silent.resume() }
+        var configuration = RedisConfiguration()
+        configuration.connectTimeout = .milliseconds(500)
+        let good = RedisServerAddress(host: "127.0.0.1", port: sentinels[0].port)
+        let dead = RedisServerAddress(host: "127.0.0.1", port: silent.port)
+        configuration.sentinel = RedisSentinelConfiguration(nodes: [dead, good], masterName: "main")
+        let resolver = SentinelResolver(configuration: configuration)
+        #expect(resolver.askingOrder == [dead, good])
+        let address = try await resolver.resolvePrimary(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: Logger(label: "test"))
+        #expect(address.port == primary.port)
+        #expect(resolver.askingOrder == [good, dead], "the sentinel that answered comes first")
+    }
+
+    /// A `+switch-master` published while the watch was not subscribed (its sentinel went away
+    /// with the old primary's node) was missed for good. Once subscribed again, the watch asks
+    /// where the primary is, and follows it when it is not where the client thinks.
+    @Test func theWatchCatchesUpWithASwitchItMissed() async throws {
+        let (primary, replica, sentinels) = try await self.startGroup(sentinels: 1)
+        defer { for server in [primary, replica] + sentinels { server.stop() } }
+        let client = self.client(sentinels)
+        client.start()
+        defer { Task { await client.shutdown() } }
+        try await client.waitUntilConnected(timeout: .seconds(30))
+        #expect(try await eventually { client.state.withLockedValue { $0.sentinelConnection != nil } }, "watching")
+        // As if the primary had moved while the watch was away: the client thinks it elsewhere.
+        client.state.withLockedValue { $0.primary = RedisServerAddress(host: "127.0.0.1", port: 1) }
+        let before = client.switchGeneration
+        let sentinel = try await sentinels[0].connect()
+        _ = try await sentinel.execute(RawCommand("CLIENT", "KILL", "TYPE", "pubsub"))
+        await sentinel.close()
+        #expect(try await eventually { client.switchGeneration > before }, "the watch followed the primary it was told of")
+    }
+
     /// Discovery, then `SENTINEL FAILOVER`: commands reach the new primary and the subscription resumes.
     @Test func followsFailover() async throws {
         let (primary, replica, sentinels) = try await self.startGroup()

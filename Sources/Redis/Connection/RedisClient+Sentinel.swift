@@ -62,6 +62,14 @@ extension RedisClient {
                     try await connection.subscriptionCommand(SUBSCRIBE("+switch-master")).get()
                     attempt = 0
                     self.logger.debug("watching sentinel for +switch-master", metadata: ["sentinel": "\(node)"])
+                    // A `+switch-master` published while no watch was subscribed (the one watched
+                    // before went away with the old primary's node) was missed: where the primary
+                    // is now is asked once subscribed again.
+                    if let address = try? await resolver.resolvePrimary(eventLoopGroup: self.eventLoopGroup, logger: self.logger),
+                        self.state.withLockedValue({ $0.primary.map { $0 != address } ?? false })
+                    {
+                        self.primarySwitched(to: address)
+                    }
                     let interval = self.configuration.subscriberPingInterval
                     let checker = interval > .zero ? connection.keepChecked(every: interval) : nil
                     try? await connection.closeFuture.get()

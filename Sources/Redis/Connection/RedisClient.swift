@@ -78,6 +78,9 @@ public final class RedisClient: Sendable {
     let additionalCommandLoops: [any EventLoop]
     let logger: Logger
     let registry = SubscriptionRegistry()
+    /// With Sentinel: one resolver for every connection (it asks first the sentinel that
+    /// answered last).
+    let sentinelResolver: SentinelResolver?
     private let onStateChange: StateChangeHandler?
     private let enableSubscriptions: Bool
 
@@ -167,6 +170,7 @@ public final class RedisClient: Sendable {
         self.eventLoopGroup = eventLoopGroup
         self.additionalCommandLoops = additionalCommandLoops
         self.logger = logger
+        self.sentinelResolver = configuration.sentinel == nil ? nil : SentinelResolver(configuration: configuration)
         self.enableSubscriptions = enableSubscriptions
         self.onStateChange = onStateChange
     }
@@ -227,7 +231,7 @@ public final class RedisClient: Sendable {
                 }
             }
             if self.configuration.sentinel != nil {
-                state.tasks.append(Task { await self.sentinelWatchLoop(SentinelResolver(configuration: self.configuration)) })
+                state.tasks.append(Task { await self.sentinelWatchLoop(self.sentinelResolver!) })
             }
         }
     }
@@ -330,7 +334,7 @@ public final class RedisClient: Sendable {
             return try await RedisConnection.connect(
                 configuration: self.configuration, eventLoopGroup: eventLoopGroup, logger: self.logger, pushHandler: pushHandler)
         }
-        let connection = try await SentinelResolver(configuration: self.configuration).connectToPrimary(
+        let connection = try await self.sentinelResolver!.connectToPrimary(
             eventLoopGroup: eventLoopGroup, logger: self.logger, pushHandler: pushHandler)
         let address = RedisServerAddress(host: connection.configuration.host, port: connection.configuration.port)
         let changed = self.state.withLockedValue { state -> Bool in

@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// Where to find the primary through Redis Sentinel: the sentinels to ask and the name of the
@@ -55,6 +56,10 @@ public struct RedisSentinelConfiguration: Sendable, Hashable {
 public struct SentinelResolver: Sendable {
     public let configuration: RedisConfiguration
     public let sentinel: RedisSentinelConfiguration
+    /// The index of the sentinel that answered last: asked first next time (shared by copies).
+    /// Always from the first, a sentinel gone without a reset (its node lost power) cost every
+    /// reconnect of every connection its connect timeout, for as long as it stayed away.
+    private let preferred = NIOLockedValueBox(0)
 
     /// - Precondition: `configuration.sentinel` is set.
     public init(configuration: RedisConfiguration) {
@@ -85,17 +90,30 @@ public struct SentinelResolver: Sendable {
         return result
     }
 
-    /// Asks the sentinels, in order, for the primary's address.
+    /// The sentinels in the order they are asked: the one that answered last first, then the
+    /// others in the configured order after it.
+    public var askingOrder: [RedisServerAddress] {
+        let nodes = self.sentinel.nodes
+        guard !nodes.isEmpty else { return [] }
+        let first = self.preferred.withLockedValue { $0 } % nodes.count
+        return Array(nodes[first...] + nodes[..<first])
+    }
+
+    /// Asks the sentinels, in ``askingOrder``, for the primary's address.
     /// - Throws: ``RedisClientError/noPrimary`` when none knows it (each sentinel's failure in the detail).
     public func resolvePrimary(eventLoopGroup: any EventLoopGroup, logger: Logger) async throws -> RedisServerAddress {
         var failures: [String] = []
-        for node in self.sentinel.nodes {
+        let nodes = self.sentinel.nodes
+        for node in self.askingOrder {
             do {
                 // Closed before returning (not in a task of its own that could outlive the caller's event loops).
                 let answer = try await RedisConnection.connect(
                     configuration: self.sentinelConfiguration(for: node), eventLoopGroup: eventLoopGroup, logger: logger
                 ).closing { try await $0.execute(SENTINEL_GET_MASTER_ADDR_BY_NAME(masterName: self.sentinel.masterName)) }
-                if let address = answer { return address }
+                if let address = answer {
+                    if let index = nodes.firstIndex(of: node) { self.preferred.withLockedValue { $0 = index } }
+                    return address
+                }
                 failures.append("\(node): does not know master '\(self.sentinel.masterName)'")
             } catch {
                 failures.append("\(node): \(error)")
