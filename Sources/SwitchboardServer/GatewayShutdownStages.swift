@@ -43,7 +43,8 @@ struct DrainService: Service {
         for client in redis { client.stopWaiting() }
         logger.notice("shutting down: closing sessions", metadata: ["sessions": "\(services.stats.connectionsOpen.load())"])
         for shard in services.hub.shards { shard.closeAll(reason: "server shutting down, reconnect") }
-        if !Task.isCancelled { await sessionsClosed(within: grace) }
+        // (A second signal during this wait ends it: the sessions are closed at once below.)
+        await sessionsClosed(within: grace, untilCancelled: true)
         // Connections still sending their first request go now (not at the start: an
         // upgrade under way gets its 503, an API call its answer, during the drain).
         pending.closeAll(sparing: apiLoops)
@@ -56,11 +57,12 @@ struct DrainService: Service {
         await sessionsClosed(within: .seconds(1))
     }
 
-    /// Returns once no session is open, or after `time`. Cancelled, it still waits (for the
-    /// closes under way to go out), without spinning: its sleeps are not cancelled.
-    private func sessionsClosed(within time: TimeAmount) async {
+    /// Returns once no session is open, or after `time`, or (`untilCancelled`) once cancelled.
+    /// Otherwise cancelled, it still waits (for the closes under way to go out), without
+    /// spinning: its sleeps are not cancelled.
+    private func sessionsClosed(within time: TimeAmount, untilCancelled: Bool = false) async {
         let deadline = NIODeadline.now() + time
-        while services.stats.connectionsOpen.load() > 0 && NIODeadline.now() < deadline {
+        while services.stats.connectionsOpen.load() > 0 && NIODeadline.now() < deadline && !(untilCancelled && Task.isCancelled) {
             await Task.detached { try? await Task.sleep(for: .milliseconds(20)) }.value
         }
     }

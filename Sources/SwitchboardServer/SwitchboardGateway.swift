@@ -451,10 +451,15 @@ package struct SwitchboardGateway: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await ServiceGroup(configuration: configured).run() }
             tasks.addTask {
-                var seen = 0
+                // (One within a second of the first is taken for the same stop: Ctrl-C in a
+                // terminal and a supervisor's SIGTERM passed on together.)
+                var first: ContinuousClock.Instant?
                 for await signal in signals {
-                    seen += 1
-                    guard seen > 1 else { continue }
+                    guard let since = first else {
+                        first = .now
+                        continue
+                    }
+                    guard since.duration(to: .now) >= .seconds(1) else { continue }
                     logger.error("second \(signal) during the graceful shutdown: stopping now")
                     interrupted.withLockedValue { $0 = true }
                     return

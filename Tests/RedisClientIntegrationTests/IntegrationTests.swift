@@ -56,6 +56,31 @@ struct IntegrationTests {
         await client.shutdown()
     }
 
+    /// A replica at the configured address with a write among the connection's setup commands
+    /// (the gateway loads its functions so): each new connection is closed for its `READONLY`.
+    /// The attempts back off as failed ones; they went on every 10 ms (the minimum backoff),
+    /// each waking every other reconnect loop.
+    @Test func aReplicaRefusingTheSetupIsRetriedWithBackoff() async throws {
+        let primary = try await RedisServerProcess.start()
+        defer { primary.stop() }
+        let replica = try await RedisServerProcess.startReplica(of: primary)
+        defer { replica.stop() }
+        var configuration = replica.configuration
+        configuration.reconnectBackoffMinimum = .milliseconds(10)
+        configuration.reconnectBackoffMaximum = .milliseconds(500)
+        let client = RedisClient(configuration: configuration, enableSubscriptions: false)
+        client.addConnectionSetup(["SET", "setup", "1"])
+        client.start()
+        defer { Task { await client.shutdown() } }
+        #expect(try await eventually(timeout: .seconds(10)) { client.commandReconnectCount >= 2 }, "closed for READONLY")
+        let start = client.commandReconnectCount
+        let clock = ContinuousClock()
+        let from = clock.now
+        #expect(try await eventually(timeout: .seconds(10)) { clock.now - from >= .seconds(2) })
+        // Backing off to 500 ms: a handful in 2 s; every 10 ms, about 200.
+        #expect(client.commandReconnectCount - start < 30, "\(client.commandReconnectCount - start) reconnects in 2 s")
+    }
+
     @Test func commandConnectionPerEventLoop() async throws {
         let server = try await RedisServerProcess.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)

@@ -148,7 +148,7 @@ def test_a_client_that_reads_no_answers_is_closed_after_the_idle_timeout(gateway
     socket, the connection turns unwritable with answers owed, and the idle timeout never ran
     while one was owed: such a client held its connection (and its buffers) until shutdown.
     Unwritable for the idle timeout, it is closed now."""
-    gw = gateway_factory("http.idle-timeout-ms=1000")
+    gw = gateway_factory("http.idle-timeout-ms=3000")
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", gw.port))
@@ -165,7 +165,7 @@ def test_a_client_that_reads_no_answers_is_closed_after_the_idle_timeout(gateway
     sender.start()
     try:
         # Two connections while the stalled one is open (it and this scrape's), one once closed.
-        wait_until(lambda: gw.metric("switchboard_http_connections", port="main") == 2, 20, what="the connection counted")
+        wait_until(lambda: gw.metric("switchboard_http_connections", port="main") >= 2, 20, what="the connection counted")
         wait_until(lambda: gw.metric("switchboard_http_connections", port="main") == 1, 20, what="the stalled connection closed")
         s.settimeout(10)
         answers = 0

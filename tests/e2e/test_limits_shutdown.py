@@ -145,9 +145,12 @@ def test_a_second_signal_stops_at_once(gateway_factory, client):
         c = client(gw)
         c.connect()
         c.subscribe("/topic/x", id="s", receipt="r")
+        first = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: requests.get(gw.base + "/health/ready", timeout=5).status_code == 503, 10, what="draining")
         c.expect_nothing(0.2)  # the drain delay: sessions stay
+        # A signal within a second of the first counts as the same stop.
+        wait_until(lambda: time.monotonic() - first > 1.1, 5, 0.05, what="a second past the first signal")
         t0 = time.monotonic()
         gw.proc.send_signal(second)
         c.expect_error("server shutting down, reconnect", timeout=10)
@@ -157,6 +160,30 @@ def test_a_second_signal_stops_at_once(gateway_factory, client):
         log = gw.log_path.read_text()
         assert f"second {second.name} during the graceful shutdown: stopping now" in log, log[-2000:]
         assert "Fatal error" not in log
+
+
+def test_a_second_signal_during_the_grace_ends_it(gateway_factory, client):
+    """A second signal while the drain waits out its grace for a busy session (its SEND waiting
+    for a slow webhook): the wait ends, the session gets its ERROR, and the process exits with
+    an error. The wait went on, and the group's cancellation bound crashed the process."""
+    hook = WebhookServer()
+    hook.delay = 60  # answers long after the test
+    try:
+        gw, c = session_in_a_slow_step(gateway_factory, client, hook, "server.shutdown-grace-ms=60000")
+        first = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "shutting down: closing sessions" in gw.log_path.read_text(), 10, what="the grace begun")
+        # A signal within a second of the first counts as the same stop.
+        wait_until(lambda: time.monotonic() - first > 1.1, 5, 0.05, what="a second past the first signal")
+        t0 = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        c.expect_error("server shutting down, reconnect", timeout=10)
+        code = gw.proc.wait(15)
+        assert time.monotonic() - t0 < 15
+        assert code > 0, code
+        assert "Fatal error" not in gw.log_path.read_text()
+    finally:
+        hook.stop()
 
 
 def test_sigterm_with_no_clients_exits_zero(gateway_factory):
@@ -177,6 +204,16 @@ routes:
 """
 
 
+def session_in_a_slow_step(gateway_factory, client, hook: WebhookServer, *sets: str):
+    """A gateway (no drain delay, `sets`) and a session whose receipted SEND waits for `hook`."""
+    gw = gateway_factory(*sets, "server.drain-delay-ms=0", yaml=slow_route(hook, 60000))
+    c = client(gw)
+    c.connect()
+    c.send_frame("SEND", {"destination": "/app/slow", "receipt": "s"}, "x")
+    hook.wait_request()
+    return gw, c
+
+
 def test_sigterm_closes_a_session_whose_step_outlives_the_grace(gateway_factory, client):
     """A session waiting for a slow webhook at SIGTERM (its SEND's step in flight, longer than the
     grace): the drain closes it once the grace is over, with the ERROR and without the SEND's
@@ -184,11 +221,7 @@ def test_sigterm_closes_a_session_whose_step_outlives_the_grace(gateway_factory,
     hook = WebhookServer()
     hook.delay = 60  # answers long after the test
     try:
-        gw = gateway_factory("server.shutdown-grace-ms=500", "server.drain-delay-ms=0", yaml=slow_route(hook, 60000))
-        c = client(gw)
-        c.connect()
-        c.send_frame("SEND", {"destination": "/app/slow", "receipt": "s"}, "x")
-        hook.wait_request()
+        gw, c = session_in_a_slow_step(gateway_factory, client, hook, "server.shutdown-grace-ms=500")
         gw.proc.send_signal(signal.SIGTERM)
         # Not closed during the grace: the step may still finish and its receipt go out.
         c.expect_nothing(0.3)

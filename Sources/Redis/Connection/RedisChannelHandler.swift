@@ -106,6 +106,12 @@ package final class CommandAcceptance: Sendable {
     package var owesReplies: Bool { self.owed.load(ordering: .acquiring) > 0 }
     func setOwed(_ count: Int) { self.owed.store(count, ordering: .releasing) }
 
+    private let demotedFlag = Atomic<Bool>(false)
+    /// Closed because the server answered `READONLY` (a replica now): its owner backs off as
+    /// after a failed attempt, not as after a connection that lived.
+    package var closedAsDemoted: Bool { self.demotedFlag.load(ordering: .acquiring) }
+    func markDemoted() { self.demotedFlag.store(true, ordering: .releasing) }
+
     private let inbound = Atomic<UInt64>(NIODeadline.now().uptimeNanoseconds)
     /// When bytes last arrived (a reply, a message): proof that the peer is there.
     package var lastInbound: NIODeadline { .uptimeNanoseconds(self.inbound.load(ordering: .relaxed)) }
@@ -397,6 +403,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     private func closeIfDemoted(_ error: any Error, context: ChannelHandlerContext) {
         guard self.pushHandler == nil, !self.demoted, (error as? RedisServerError)?.isReadOnly == true, context.channel.isActive else { return }
         self.demoted = true
+        self.acceptance.markDemoted()
         self.logger.warning("redis answered READONLY (the server is a replica now): reconnecting", metadata: ["error": "\(error)"])
         context.close(promise: nil)
     }

@@ -64,11 +64,12 @@ extension RedisClient {
                     self.logger.debug("watching sentinel for +switch-master", metadata: ["sentinel": "\(node)"])
                     // A `+switch-master` published while no watch was subscribed (the one watched
                     // before went away with the old primary's node) was missed: where the primary
-                    // is now is asked once subscribed again.
-                    if let address = try? await resolver.resolvePrimary(eventLoopGroup: self.eventLoopGroup, logger: self.logger),
-                        self.state.withLockedValue({ $0.primary.map { $0 != address } ?? false })
-                    {
-                        self.primarySwitched(to: address)
+                    // is now is asked once subscribed again, and checked with `ROLE` (a stale
+                    // sentinel's answer alone would close healthy connections).
+                    if let probe = try? await resolver.connectToPrimary(eventLoopGroup: self.eventLoopGroup, logger: self.logger) {
+                        let address = RedisServerAddress(host: probe.configuration.host, port: probe.configuration.port)
+                        await probe.close()
+                        if self.state.withLockedValue({ $0.primary.map { $0 != address } ?? false }) { self.primarySwitched(to: address) }
                     }
                     let interval = self.configuration.subscriberPingInterval
                     let checker = interval > .zero ? connection.keepChecked(every: interval) : nil

@@ -450,6 +450,7 @@ public final class RedisClient: Sendable {
         let backoff = RedisBackoff(minimum: self.configuration.reconnectBackoffMinimum, maximum: self.configuration.reconnectBackoffMaximum)
         let key = ObjectIdentifier(loop)
         var attempt = 0
+        var demotedAttempts = 0
         while !Task.isCancelled {
             var since = self.switchGeneration
             do {
@@ -475,6 +476,10 @@ public final class RedisClient: Sendable {
                 attempt = 0
                 try? await connection.closeFuture.get()
                 since = self.switchGeneration
+                // Closed at once for READONLY (a replica at this address): backed off as a
+                // failed attempt, or it reconnected every 100 ms for as long as that lasted.
+                if connection.closedAsDemoted { attempt = demotedAttempts + 1 }
+                demotedAttempts = connection.closedAsDemoted ? attempt : 0
                 self.state.withLockedValue { state in
                     if state.loopConnections[key] === connection { state.loopConnections[key] = nil }
                 }
@@ -491,6 +496,7 @@ public final class RedisClient: Sendable {
     private func connectionLoop(role: RedisConnectionRole) async {
         let backoff = RedisBackoff(minimum: self.configuration.reconnectBackoffMinimum, maximum: self.configuration.reconnectBackoffMaximum)
         var attempt = 0
+        var demotedAttempts = 0
         var connectedBefore = false
         while !Task.isCancelled {
             var since = self.switchGeneration
@@ -561,6 +567,8 @@ public final class RedisClient: Sendable {
                 let checker = role == .subscriptions && interval > .zero ? connection.keepChecked(every: interval, skip: { gate.isPausing }) : nil
                 try? await connection.closeFuture.get()
                 since = self.switchGeneration
+                if connection.closedAsDemoted { attempt = demotedAttempts + 1 }
+                demotedAttempts = connection.closedAsDemoted ? attempt : 0
                 retrier?.cancel()
                 checker?.cancel()
                 let ownBack = self.state.withLockedValue { state -> [(ObjectIdentifier, RedisConnection)] in

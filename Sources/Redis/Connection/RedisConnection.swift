@@ -113,6 +113,9 @@ public final class RedisConnection: Sendable {
         return RedisTLSConfiguration.describeFailure(error, host: configuration.host, port: configuration.port, configuration: tls)
     }
 
+    /// Closed because the server answered a write `READONLY` (see ``CommandAcceptance/closedAsDemoted``).
+    package var closedAsDemoted: Bool { self.acceptance.closedAsDemoted }
+
     /// Until the connection closes, checks every `interval` that its peer is there: a
     /// connection that only receives (a subscriber, a sentinel watch) writes nothing else, so a
     /// peer gone without a FIN or a reset (a power loss, a partition, a replaced VM) was never

@@ -99,6 +99,13 @@ public struct SentinelResolver: Sendable {
         return Array(nodes[first...] + nodes[..<first])
     }
 
+    /// The sentinel after the preferred one is asked first from now on.
+    func preferNext() {
+        let count = self.sentinel.nodes.count
+        guard count > 1 else { return }
+        self.preferred.withLockedValue { $0 = ($0 + 1) % count }
+    }
+
     /// Asks the sentinels, in ``askingOrder``, for the primary's address.
     /// - Throws: ``RedisClientError/noPrimary`` when none knows it (each sentinel's failure in the detail).
     public func resolvePrimary(eventLoopGroup: any EventLoopGroup, logger: Logger) async throws -> RedisServerAddress {
@@ -135,6 +142,8 @@ public struct SentinelResolver: Sendable {
         do {
             let role = try await connection.execute(ROLE())
             guard role == .primary else {
+                // The sentinel that named it is behind: the next one is asked first next time.
+                self.preferNext()
                 throw RedisClientError(.notPrimary, detail: "\(address) is not a primary (ROLE: \(role))")
             }
             return connection

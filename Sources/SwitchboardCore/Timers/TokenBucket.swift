@@ -37,13 +37,14 @@ package struct TokenBucket: Sendable {
     }
 
     /// What came in while it could not be counted (the reader held reads back for `paused`)
-    /// comes in at once: it is allowed at the rate over that time (at most a minute's worth),
-    /// beyond the capacity, for the next second.
+    /// comes in at once: it is allowed at the rate over that time, beyond the capacity, for as
+    /// long again (at least a second). At most 5 s worth: a client can make the pause itself
+    /// (a slow step), and a minute's worth was a burst of 60 times the rate.
     package mutating func credit(for paused: TimeAmount, now: NIODeadline = .now()) {
         guard paused > .zero else { return }
-        let seconds = min(Double(paused.nanoseconds) / 1e9, 60)
+        let seconds = min(Double(paused.nanoseconds) / 1e9, 5)
         extra = (now <= extraUntil ? extra : 0) + seconds * rate
-        extraUntil = now + .seconds(1)
+        extraUntil = now + .nanoseconds(Int64(max(seconds, 1) * 1e9))
     }
 }
 

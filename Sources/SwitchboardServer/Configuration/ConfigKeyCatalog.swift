@@ -134,7 +134,8 @@ package enum ConfigKeyCatalog {
                 .init("limits.max-sessions-per-user", .integer, "`100`", "per authenticated user, per instance"),
                 .init(
                     "limits.frames-per-second", .integer, "`2000`",
-                    "per connection, token bucket (burst 2×); frames that waited unread while the server held reads back are allowed at the rate over that wait"),
+                    "per connection, token bucket (burst 2×); frames that waited unread while the server held reads back are allowed at the rate over that wait (at most 5 s worth)"
+                ),
                 .init(
                     "limits.bytes-per-second", .integer, "`4194304`",
                     "inbound bytes per connection (each WebSocket frame counts 64 bytes on top of its payload), token bucket (burst 2×, and at least one frame of `limits.max-frame-bytes`)"
