@@ -19,3 +19,17 @@ import Testing
         await client.shutdown()
     }
 }
+
+/// Which sentinel the resolver asks first.
+@Suite struct SentinelPreferenceTests {
+    /// Connections that all found the same sentinel stale move the preference on by one, not
+    /// by as many as they are (with as many connections as sentinels it came back to the stale one).
+    @Test func aStaleSentinelIsPassedOnceWhateverHowManyFoundIt() {
+        var configuration = RedisConfiguration()
+        let nodes = (1...3).map { RedisServerAddress(host: "127.0.0.1", port: 26_000 + $0) }
+        configuration.sentinel = RedisSentinelConfiguration(nodes: nodes, masterName: "main")
+        let resolver = SentinelResolver(configuration: configuration)
+        for _ in 0..<3 { resolver.preferNext(after: 0) }
+        #expect(resolver.askingOrder == [nodes[1], nodes[2], nodes[0]])
+    }
+}

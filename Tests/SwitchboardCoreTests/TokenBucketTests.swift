@@ -20,4 +20,16 @@ import Testing
         let again = Self.take(&bucket, 1, at: 100)
         #expect(!over && later && !again)
     }
+
+    /// The credit for reads held back is at most 5 s worth, in all: pauses ending one inside
+    /// another's window added up.
+    @Test func theCreditForHeldReadsIsCappedInAll() {
+        var bucket = TokenBucket(rate: 10, burst: 20, now: Self.start)
+        #expect((0..<20).allSatisfy { _ in Self.take(&bucket, 1) })
+        bucket.credit(for: .seconds(5), now: Self.start)
+        bucket.credit(for: .seconds(5), now: Self.start)
+        bucket.credit(for: .seconds(60), now: Self.start)
+        #expect((0..<50).allSatisfy { _ in Self.take(&bucket, 1) })
+        #expect(!Self.take(&bucket, 1), "5 s worth at 10/s: 50")
+    }
 }

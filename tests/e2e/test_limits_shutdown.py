@@ -149,8 +149,9 @@ def test_a_second_signal_stops_at_once(gateway_factory, client):
         gw.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: requests.get(gw.base + "/health/ready", timeout=5).status_code == 503, 10, what="draining")
         c.expect_nothing(0.2)  # the drain delay: sessions stay
-        # A signal within a second of the first counts as the same stop.
-        wait_until(lambda: time.monotonic() - first > 1.1, 5, 0.05, what="a second past the first signal")
+        # A signal within a second of the first counts as the same stop (the gateway times the
+        # first when it handles it: a margin for a loaded machine).
+        wait_until(lambda: time.monotonic() - first > 2.5, 5, 0.05, what="well past a second after the first signal")
         t0 = time.monotonic()
         gw.proc.send_signal(second)
         c.expect_error("server shutting down, reconnect", timeout=10)
@@ -173,8 +174,9 @@ def test_a_second_signal_during_the_grace_ends_it(gateway_factory, client):
         first = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: "shutting down: closing sessions" in gw.log_path.read_text(), 10, what="the grace begun")
-        # A signal within a second of the first counts as the same stop.
-        wait_until(lambda: time.monotonic() - first > 1.1, 5, 0.05, what="a second past the first signal")
+        # A signal within a second of the first counts as the same stop (the gateway times the
+        # first when it handles it: a margin for a loaded machine).
+        wait_until(lambda: time.monotonic() - first > 2.5, 5, 0.05, what="well past a second after the first signal")
         t0 = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
         c.expect_error("server shutting down, reconnect", timeout=10)

@@ -376,8 +376,9 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         case .succeed(let promise, let token):
             promise.succeed(token)
         case .fail(let promise, let error):
-            promise.fail(error)
+            // Marked before the caller hears of it (a connection's setup checks the mark).
             self.closeIfDemoted(error, context: context)
+            promise.fail(error)
         case .deliver(let message):
             self.pushHandler?(message)
         case .unsubscribedByServer(let kind, let name):
@@ -388,8 +389,8 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
             for promise in promises { promise.fail(error) }
             context.close(promise: nil)
         case .complete(let outcomes):
-            for (promise, outcome) in outcomes { promise.completeWith(outcome) }
             for case (_, .failure(let error)) in outcomes { self.closeIfDemoted(error, context: context) }
+            for (promise, outcome) in outcomes { promise.completeWith(outcome) }
             // The `WAIT` in flight was answered: the one owed for the writes since goes now.
             if self.stateMachine.owesWait { self.flushWritingOwedWait(context: context) }
         }

@@ -191,6 +191,16 @@ public final class RedisClient: Sendable {
     /// `-LOADING` to nearly every command, so the connection is not used, and commands keep
     /// waiting for it (``RedisConfiguration/reconnectWait``), until it answers `PING`.
     private func runSetup(on connection: RedisConnection) async throws {
+        try await self.runSetupCommands(on: connection)
+        // A setup write answered READONLY closed the connection (a replica at this address):
+        // a failed attempt, backed off as one (taken as connected, it reconnected every 10 ms,
+        // waking every other loop).
+        if connection.closedAsDemoted {
+            throw RedisClientError(.notConnected, detail: "the server is a replica (READONLY to the connection's setup)")
+        }
+    }
+
+    private func runSetupCommands(on connection: RedisConnection) async throws {
         var logged = false
         while true {
             do {
@@ -450,7 +460,6 @@ public final class RedisClient: Sendable {
         let backoff = RedisBackoff(minimum: self.configuration.reconnectBackoffMinimum, maximum: self.configuration.reconnectBackoffMaximum)
         let key = ObjectIdentifier(loop)
         var attempt = 0
-        var demotedAttempts = 0
         while !Task.isCancelled {
             var since = self.switchGeneration
             do {
@@ -476,10 +485,6 @@ public final class RedisClient: Sendable {
                 attempt = 0
                 try? await connection.closeFuture.get()
                 since = self.switchGeneration
-                // Closed at once for READONLY (a replica at this address): backed off as a
-                // failed attempt, or it reconnected every 100 ms for as long as that lasted.
-                if connection.closedAsDemoted { attempt = demotedAttempts + 1 }
-                demotedAttempts = connection.closedAsDemoted ? attempt : 0
                 self.state.withLockedValue { state in
                     if state.loopConnections[key] === connection { state.loopConnections[key] = nil }
                 }
@@ -496,7 +501,6 @@ public final class RedisClient: Sendable {
     private func connectionLoop(role: RedisConnectionRole) async {
         let backoff = RedisBackoff(minimum: self.configuration.reconnectBackoffMinimum, maximum: self.configuration.reconnectBackoffMaximum)
         var attempt = 0
-        var demotedAttempts = 0
         var connectedBefore = false
         while !Task.isCancelled {
             var since = self.switchGeneration
@@ -567,8 +571,6 @@ public final class RedisClient: Sendable {
                 let checker = role == .subscriptions && interval > .zero ? connection.keepChecked(every: interval, skip: { gate.isPausing }) : nil
                 try? await connection.closeFuture.get()
                 since = self.switchGeneration
-                if connection.closedAsDemoted { attempt = demotedAttempts + 1 }
-                demotedAttempts = connection.closedAsDemoted ? attempt : 0
                 retrier?.cancel()
                 checker?.cancel()
                 let ownBack = self.state.withLockedValue { state -> [(ObjectIdentifier, RedisConnection)] in

@@ -99,16 +99,23 @@ public struct SentinelResolver: Sendable {
         return Array(nodes[first...] + nodes[..<first])
     }
 
-    /// The sentinel after the preferred one is asked first from now on.
-    func preferNext() {
+    /// The sentinel after the one at `index` is asked first from now on, unless another was
+    /// preferred meanwhile (connections that all asked the same stale sentinel move on by one,
+    /// not by as many as they are).
+    func preferNext(after index: Int) {
         let count = self.sentinel.nodes.count
         guard count > 1 else { return }
-        self.preferred.withLockedValue { $0 = ($0 + 1) % count }
+        self.preferred.withLockedValue { if $0 % count == index { $0 = (index + 1) % count } }
     }
 
     /// Asks the sentinels, in ``askingOrder``, for the primary's address.
     /// - Throws: ``RedisClientError/noPrimary`` when none knows it (each sentinel's failure in the detail).
     public func resolvePrimary(eventLoopGroup: any EventLoopGroup, logger: Logger) async throws -> RedisServerAddress {
+        try await self.resolve(eventLoopGroup: eventLoopGroup, logger: logger).address
+    }
+
+    /// ``resolvePrimary(eventLoopGroup:logger:)``, and the index of the sentinel that answered.
+    func resolve(eventLoopGroup: any EventLoopGroup, logger: Logger) async throws -> (address: RedisServerAddress, sentinel: Int) {
         var failures: [String] = []
         let nodes = self.sentinel.nodes
         for node in self.askingOrder {
@@ -118,8 +125,9 @@ public struct SentinelResolver: Sendable {
                     configuration: self.sentinelConfiguration(for: node), eventLoopGroup: eventLoopGroup, logger: logger
                 ).closing { try await $0.execute(SENTINEL_GET_MASTER_ADDR_BY_NAME(masterName: self.sentinel.masterName)) }
                 if let address = answer {
-                    if let index = nodes.firstIndex(of: node) { self.preferred.withLockedValue { $0 = index } }
-                    return address
+                    let index = nodes.firstIndex(of: node) ?? 0
+                    self.preferred.withLockedValue { $0 = index }
+                    return (address, index)
                 }
                 failures.append("\(node): does not know master '\(self.sentinel.masterName)'")
             } catch {
@@ -136,14 +144,14 @@ public struct SentinelResolver: Sendable {
     public func connectToPrimary(
         eventLoopGroup: any EventLoopGroup, logger: Logger, pushHandler: (@Sendable (RedisPubSubMessage) -> Void)? = nil
     ) async throws -> RedisConnection {
-        let address = try await self.resolvePrimary(eventLoopGroup: eventLoopGroup, logger: logger)
+        let (address, sentinel) = try await self.resolve(eventLoopGroup: eventLoopGroup, logger: logger)
         let connection = try await RedisConnection.connect(
             configuration: self.primaryConfiguration(address), eventLoopGroup: eventLoopGroup, logger: logger, pushHandler: pushHandler)
         do {
             let role = try await connection.execute(ROLE())
             guard role == .primary else {
                 // The sentinel that named it is behind: the next one is asked first next time.
-                self.preferNext()
+                self.preferNext(after: sentinel)
                 throw RedisClientError(.notPrimary, detail: "\(address) is not a primary (ROLE: \(role))")
             }
             return connection

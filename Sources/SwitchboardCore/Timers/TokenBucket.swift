@@ -43,7 +43,8 @@ package struct TokenBucket: Sendable {
     package mutating func credit(for paused: TimeAmount, now: NIODeadline = .now()) {
         guard paused > .zero else { return }
         let seconds = min(Double(paused.nanoseconds) / 1e9, 5)
-        extra = (now <= extraUntil ? extra : 0) + seconds * rate
+        // (The total too: pauses ending one inside another's window added up.)
+        extra = min((now <= extraUntil ? extra : 0) + seconds * rate, 5 * rate)
         extraUntil = now + .nanoseconds(Int64(max(seconds, 1) * 1e9))
     }
 }
