@@ -81,12 +81,15 @@ struct InstanceLeaseTests {
             _ = try await LifecycleFunctions.call(LeaseRenew(prefix: stream.prefix, instance: "B~1", ttlMilliseconds: ttl, held: true), on: other).get()
         }
         // B's lease expires at once (then waited for below), or B stays alive until A renewed
-        // once, then stops renewing: a lease of 2 s renewed every 50 ms (a loaded machine may
-        // take longer than a short lease to get A to its first renewal, or to run this task).
-        try await renewB(ttl: expiredAtStart ? 200 : 2_000)
+        // once, then stops renewing: a lease of 10 s renewed every 50 ms (a loaded machine may
+        // take longer than a short lease to get A to its first renewal, or to run this task: a
+        // full parallel run once kept this task away past a 2 s lease, and A, finding B expired
+        // at its first renewal, waited its settle time and reaped nothing in time). B counts as
+        // expired once its key is gone: 10 s after its last renewal.
+        try await renewB(ttl: expiredAtStart ? 200 : 10_000)
         let keepB = Task {
             while !expiredAtStart, !Task.isCancelled {
-                try? await renewB(ttl: 2_000)
+                try? await renewB(ttl: 10_000)
                 try? await Task.sleep(for: .milliseconds(50))
             }
         }
@@ -156,8 +159,9 @@ struct InstanceLeaseTests {
             $0.reconnectBackoffMaximum = .milliseconds(50)
         }
         let subscription = try await client.subscribe(to: ["storm"])
-        // B is alive until A renewed once (A then finds no lease expired: it may reap at once).
-        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: stream.prefix, instance: "B~1", ttlMilliseconds: 2_000, held: true), on: other).get()
+        // B is alive until A renewed once (A then finds no lease expired: it may reap at once);
+        // 10 s: a loaded machine may take seconds to get A to its first renewal.
+        _ = try await LifecycleFunctions.call(LeaseRenew(prefix: stream.prefix, instance: "B~1", ttlMilliseconds: 10_000, held: true), on: other).get()
         let lease = InstanceLease(
             client: client, stream: stream, instance: "A~1",
             settings: InstanceLease.Settings(ttl: .seconds(2), renewInterval: .milliseconds(20), settle: .seconds(120)),
