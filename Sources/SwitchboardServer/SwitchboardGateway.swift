@@ -53,6 +53,8 @@ package struct SwitchboardGateway: Sendable {
     let limiter: ConnectionLimiter
     /// Plain-HTTP connections open on `http.port` and on `http.api-port` (`http.max-connections` each).
     let httpConnections: (main: HTTPConnectionCount, api: HTTPConnectionCount)
+    /// API publishes in flight on the whole instance (`http.max-publish-bytes`).
+    let publishBytes: PublishBytesBudget
     let apiKeys: APIKeyStore
     let tls: NIOSSLContext?
 
@@ -98,6 +100,7 @@ package struct SwitchboardGateway: Sendable {
         self.configuration = configuration
         self.logger = logger
         let taskPhases = TaskPhaseCounter()
+        self.publishBytes = PublishBytesBudget(limit: configuration.http.maxPublishBytes)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.server.threads, metricsDelegate: taskPhases)
         self.apiGroup = configuration.http.apiPort.map { _ in MultiThreadedEventLoopGroup(numberOfThreads: configuration.http.apiThreads) }
         let apiLoops = apiGroup.map { Array($0.makeIterator()) } ?? []
@@ -346,10 +349,14 @@ package struct SwitchboardGateway: Sendable {
         router.add(middleware: CORSAllowlistMiddleware(allowedOrigins: configuration.http.allowedOrigins))
         // Innermost: CORS and metrics see its JSON 404/405 like any other answer.
         router.add(middleware: NoRouteMiddleware())
-        MetricsEndpoint(registry: metricsRegistry, services: services, httpConnections: [httpConnections.main, httpConnections.api], pending: pending)
-            .register(on: router)
+        MetricsEndpoint(
+            registry: metricsRegistry, services: services, httpConnections: [httpConnections.main, httpConnections.api], pending: pending,
+            publishBytes: publishBytes
+        )
+        .register(on: router)
         let publisher = NotificationPublisher(
-            services: services, apiKeys: apiKeys, maxBodyBytes: configuration.http.maxBodyBytes, maxBatchItems: configuration.http.maxBatchItems)
+            services: services, apiKeys: apiKeys, maxBodyBytes: configuration.http.maxBodyBytes, maxBatchItems: configuration.http.maxBatchItems,
+            publishBytes: publishBytes)
         let streamGroups = redis?.streamRoutes.compactMap(\.groups) ?? []
         PublishAPI(services: services, publisher: publisher, eventLoopGroup: group, admission: admission, streamGroups: streamGroups)
             .register(on: router)

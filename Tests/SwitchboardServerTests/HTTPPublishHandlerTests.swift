@@ -92,12 +92,14 @@ final class PublishHandlerHarness {
     init(
         engine: (any BrokerEngine)? = nil, keys: [APIKeyStore.Key] = [], maxBodyBytes: Int = 1024, idleTimeout: TimeAmount? = nil,
         requestTimeout: TimeAmount? = nil, shutdownGrace: TimeAmount = .seconds(5), codecInstalled: Bool = false,
-        readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil
+        readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))? = nil,
+        publishBytes: PublishBytesBudget = PublishBytesBudget(limit: 0)
     ) throws {
         let services = GatewayServices(
             configuration: SessionConfiguration(), hub: hub, engine: engine ?? InMemoryEngine(hub: hub),
             routes: RouteTable(), instanceID: "t", logger: Logger(label: "test"))
-        let publisher = NotificationPublisher(services: services, apiKeys: APIKeyStore(keys: keys), maxBodyBytes: maxBodyBytes, maxBatchItems: 3)
+        let publisher = NotificationPublisher(
+            services: services, apiKeys: APIKeyStore(keys: keys), maxBodyBytes: maxBodyBytes, maxBatchItems: 3, publishBytes: publishBytes)
         let handler = HTTPPublishHandler(
             publisher: publisher, dates: HTTPDateCache(), metrics: HTTPRouteMetrics(), idleTimeout: idleTimeout,
             requestTimeout: requestTimeout, shutdownGrace: shutdownGrace, codecInstalled: codecInstalled,

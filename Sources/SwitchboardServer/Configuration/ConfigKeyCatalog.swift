@@ -63,6 +63,10 @@ package enum ConfigKeyCatalog {
                 .init("http.api-threads", .integer, "`1`", "event loop threads of `http.api-port`, 1…64"),
                 .init("http.max-body-bytes", .integer, "`1048576`", "largest API request body (413 beyond)"),
                 .init("http.max-batch-items", .integer, "`1000`", "most notifications in one `POST /api/notifications` (413 beyond)"),
+                .init(
+                    "http.max-publish-bytes", .integer, "`67108864`",
+                    "bytes of API publishes in flight (accepted and not answered yet: waiting for Redis, for the fan-out backlog) on the whole instance, counted per message (body, destination, headers, 256 bytes more); past it a publish is answered 503 at once and not published (a batch item gets its own 503 result), so a retry is safe. With none in flight one is always taken. 0: no bound"
+                ),
                 .init("http.backlog", .integer, "`4096`", "TCP accept backlog"),
                 .init(
                     "http.max-connections", .integer, "`10000`",

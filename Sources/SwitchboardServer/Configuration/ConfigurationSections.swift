@@ -23,6 +23,9 @@ package struct HTTPSettings: Sendable, Equatable {
     package var maxBodyBytes = 1024 * 1024
     /// Most notifications in one `POST /api/notifications` (413 beyond).
     package var maxBatchItems = 1000
+    /// Bytes of API publishes in flight (accepted, not answered yet) on the whole instance;
+    /// past it a publish is answered 503 and not published. 0: no bound.
+    package var maxPublishBytes = 64 * 1024 * 1024
     package var backlog = 4096
     /// Plain-HTTP (API) connections open per listening port; past it a new one gets 503 and is
     /// closed. 0: no limit.
@@ -68,6 +71,10 @@ package struct HTTPSettings: Sendable, Equatable {
         }
         maxBodyBytes = reader.int(forKey: "max-body-bytes", default: maxBodyBytes)
         maxBatchItems = reader.int(forKey: "max-batch-items", default: maxBatchItems)
+        maxPublishBytes = reader.int(forKey: "max-publish-bytes", default: maxPublishBytes)
+        guard maxPublishBytes >= 0 else {
+            throw SwitchboardConfiguration.Invalid(description: "http.max-publish-bytes must be 0 (no limit) or more, got \(maxPublishBytes)")
+        }
         backlog = reader.int(forKey: "backlog", default: backlog)
         maxConnections = reader.int(forKey: "max-connections", default: maxConnections)
         guard maxConnections >= 0 else {

@@ -22,11 +22,17 @@ final class MetricsEndpoint: Sendable {
     let httpConnections: [HTTPConnectionCount]
     /// Connections in their first request (``PendingHandshakes/refused``).
     let pending: PendingHandshakes?
+    /// API publishes in flight (``PublishBytesBudget``).
+    let publishBytes: PublishBytesBudget?
     /// Last value pushed into each counter, to increment by the difference.
     private let synced = NIOLockedValueBox<[String: Int]>([:])
 
-    init(registry: PrometheusCollectorRegistry, services: GatewayServices, httpConnections: [HTTPConnectionCount] = [], pending: PendingHandshakes? = nil) {
+    init(
+        registry: PrometheusCollectorRegistry, services: GatewayServices, httpConnections: [HTTPConnectionCount] = [], pending: PendingHandshakes? = nil,
+        publishBytes: PublishBytesBudget? = nil
+    ) {
         self.pending = pending
+        self.publishBytes = publishBytes
         self.registry = registry
         self.services = services
         self.httpConnections = httpConnections
@@ -117,6 +123,14 @@ final class MetricsEndpoint: Sendable {
         counter(
             "switchboard_outbound_shed_sessions_total", services.hub.outbound.shedCount,
             help: "Sessions closed as slow consumers because the outbound bytes of all connections were over limits.max-pending-bytes-total.")
+        if let publishBytes {
+            gauge(
+                "switchboard_http_publish_bytes_in_flight", publishBytes.inFlight,
+                help: "Bytes of HTTP API publishes accepted and not answered yet (see http.max-publish-bytes).")
+            counter(
+                "switchboard_http_publish_refusals_total", publishBytes.refusedCount,
+                help: "HTTP API publishes answered 503 (nothing published) because those in flight held http.max-publish-bytes.")
+        }
         let admission = services.hub.admissionCounts
         counter(
             "switchboard_publish_admission_waits_total", admission.waits,

@@ -16,6 +16,9 @@ struct NotificationPublisher: Sendable {
     let maxBodyBytes: Int
     /// Most notifications in one `POST /api/notifications`.
     let maxBatchItems: Int
+    /// The instance's bound on publishes in flight (`http.max-publish-bytes`), shared by every
+    /// API connection and port.
+    var publishBytes = PublishBytesBudget(limit: 0)
 
     /// An HTTP error answered as `{"error": "...", "field": "..."}`.
     struct Failure: Error, Sendable {
@@ -207,12 +210,23 @@ struct NotificationPublisher: Sendable {
     /// order), and is refused with a 503 when it does not drain in time.
     func publish(_ prepared: Prepared, on loop: any EventLoop) -> EventLoopFuture<NotificationAnswer> {
         let engine = services.engine
+        let budget = publishBytes
+        let cost = PublishBytesBudget.cost(of: prepared.message)
+        guard budget.reserve(cost) else {
+            return loop.makeFailedFuture(
+                Failure(
+                    status: .serviceUnavailable,
+                    message:
+                        "gateway overloaded: its API publishes in flight hold http.max-publish-bytes (\(budget.limit)); nothing was published, retry later",
+                    field: nil))
+        }
         let published: EventLoopFuture<NotificationAnswer>
         if let admission = services.hub.admission(on: loop) {
             published = admission.flatMap { Self.publish(prepared, engine: engine, on: loop) }
         } else {
             published = Self.publish(prepared, engine: engine, on: loop)
         }
+        published.whenComplete { _ in budget.release(cost) }
         return published.flatMapErrorThrowing { error in
             if error is FanoutOverloaded {
                 throw Failure(status: .serviceUnavailable, message: "\(error)", field: nil)
