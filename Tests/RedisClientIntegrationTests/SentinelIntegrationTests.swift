@@ -86,6 +86,32 @@ struct SentinelIntegrationTests {
         #expect(resolver.askingOrder == [good, dead], "the sentinel that answered comes first")
     }
 
+    /// A sentinel that names a primary that is gone (cut off from the others, it missed the
+    /// failover) answered, so it was asked first at every later attempt too, and the client
+    /// connected to the gone address for good. A connect failure now moves the preference on.
+    @Test func aSentinelNamingAGonePrimaryIsAskedAfterTheNext() async throws {
+        let gone = try await RedisServerProcess.start()
+        let stale = try await RedisServerProcess.startSentinel(monitoring: gone, masterName: "main", quorum: 1)
+        defer { stale.stop() }
+        let (primary, replica, sentinels) = try await self.startGroup(sentinels: 1)
+        defer { for server in [primary, replica] + sentinels { server.stop() } }
+        gone.stop()  // no replica to promote: the stale sentinel names it still
+        var configuration = RedisConfiguration()
+        configuration.connectTimeout = .seconds(2)
+        let staleAddress = RedisServerAddress(host: "127.0.0.1", port: stale.port)
+        let good = RedisServerAddress(host: "127.0.0.1", port: sentinels[0].port)
+        configuration.sentinel = RedisSentinelConfiguration(nodes: [staleAddress, good], masterName: "main")
+        let resolver = SentinelResolver(configuration: configuration)
+        let logger = Logger(label: "test")
+        await #expect(throws: (any Error).self, "the gone primary refuses the connection") {
+            try await resolver.connectToPrimary(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        }
+        #expect(resolver.askingOrder == [good, staleAddress], "the next sentinel comes first")
+        let connection = try await resolver.connectToPrimary(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        #expect(connection.configuration.port == primary.port)
+        await connection.close()
+    }
+
     /// A `+switch-master` published while the watch was not subscribed (its sentinel went away
     /// with the old primary's node) was missed for good. Once subscribed again, the watch asks
     /// where the primary is, and follows it when it is not where the client thinks.

@@ -145,8 +145,17 @@ public struct SentinelResolver: Sendable {
         eventLoopGroup: any EventLoopGroup, logger: Logger, pushHandler: (@Sendable (RedisPubSubMessage) -> Void)? = nil
     ) async throws -> RedisConnection {
         let (address, sentinel) = try await self.resolve(eventLoopGroup: eventLoopGroup, logger: logger)
-        let connection = try await RedisConnection.connect(
-            configuration: self.primaryConfiguration(address), eventLoopGroup: eventLoopGroup, logger: logger, pushHandler: pushHandler)
+        let connection: RedisConnection
+        do {
+            connection = try await RedisConnection.connect(
+                configuration: self.primaryConfiguration(address), eventLoopGroup: eventLoopGroup, logger: logger, pushHandler: pushHandler)
+        } catch {
+            // The sentinel may be behind (cut off from the others, it still names a primary
+            // that is gone): the next one is asked first next time. Preferred because it
+            // answered last, it was otherwise asked first again at every attempt, for good.
+            self.preferNext(after: sentinel)
+            throw error
+        }
         do {
             let role = try await connection.execute(ROLE())
             guard role == .primary else {
