@@ -194,4 +194,41 @@ struct ClusterOrderIntegrationTests {
         }
         await #expect(throws: RedisClientError.shutdown) { try await client.send(PING()).get() }
     }
+
+    /// A new map named another owner while a command of the slot was in flight on the old one:
+    /// the next command went to the new owner and ran there, and the old owner's `MOVED` sent
+    /// the earlier one after it. It now waits for the one in flight.
+    @Test func aCommandForANewOwnerWaitsForTheOneInFlightOnTheOld() async throws {
+        let key = "{takeover}:list"
+        let (cluster, client, old) = try await self.start(owning: key)
+        defer { cluster.stop() }
+        defer { Task { await client.shutdown() } }
+        let slot = HashSlot(key: key)
+        var successor: RedisServerProcess?
+        for server in cluster.running where server !== old {
+            let role = try await cluster.command(server, RawCommand("ROLE"))
+            if role.contains("slave"), role.contains("\(old.port)") { successor = server }
+        }
+        let replica = try #require(successor, "the owner's replica")
+        _ = try await cluster.command(old, RawCommand("CLIENT", "PAUSE", "20000", "WRITE"))
+        let first = client.send(RawCommand(arguments: ["RPUSH", .string(key), "1"], keys: [key]))
+        _ = try await cluster.command(replica, RawCommand("CLUSTER", "FAILOVER", "TAKEOVER"))
+        let moved = try await eventually(timeout: .seconds(30)) {
+            let map = try await client.refreshTopology()
+            return map.primary(for: slot) == RedisServerAddress(host: "127.0.0.1", port: replica.port)
+        }
+        #expect(moved, "the client's map names the new owner")
+        let detoured = client.detouredSendCount
+        let second = client.send(RawCommand(arguments: ["RPUSH", .string(key), "2"], keys: [key]))
+        let answered = NIOLockedValueBox(false)
+        second.whenComplete { _ in answered.withLockedValue { $0 = true } }
+        // Either it ran on the new owner at once (the bug) or it waits behind the first.
+        let settled = try await eventually { answered.withLockedValue { $0 } || client.detouredSendCount > detoured }
+        #expect(settled)
+        _ = try await cluster.command(old, RawCommand("CLIENT", "UNPAUSE"))
+        _ = try await first.get()
+        _ = try await second.get()
+        let stored = try [String](fromRESP: try await client.execute(RawCommand(arguments: ["LRANGE", .string(key), "0", "-1"], keys: [key])))
+        #expect(stored == ["1", "2"], "in the order sent")
+    }
 }

@@ -201,6 +201,16 @@ struct ClusterRoutingTests {
         #expect(ShardedSubscriptionPlan(desired: ["bar"], subscribed: [a: ["bar"]]) { owners[$0] }.isEmpty)
     }
 
+    /// A map read that names no owner for a slot (an incomplete read) unsubscribed the wanted
+    /// channels of that slot from the node delivering them: lost until a complete map came.
+    @Test func aWantedChannelWithoutOwnerStaysWhereItIs() {
+        let a = address(7000)
+        let plan = ShardedSubscriptionPlan(desired: ["foo"], subscribed: [a: ["foo", "old"]]) { _ in nil }
+        #expect(plan.unowned == ["foo"])
+        #expect(plan.unsubscribe == [.init(node: a, names: ["old"])], "only the channel no longer wanted")
+        #expect(plan.subscribe.isEmpty)
+    }
+
     @Test func serverUnsubscribeIsReported() {
         var machine = readyMachine()
         guard case .unsubscribedByServer(.shardChannel, "ch") = machine.receivedToken(token(">3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n")) else {

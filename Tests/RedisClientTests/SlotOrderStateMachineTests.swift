@@ -48,6 +48,35 @@ struct SlotOrderStateMachineTests {
         #expect(machine.detouredCount == 3)
     }
 
+    /// A new map names another owner while the slot's commands are in flight on the old one:
+    /// a command sent to the new owner ran there before the old owner's `MOVED` sent the earlier
+    /// ones after it. It now waits, and the round keeps the order of sending.
+    @Test func aCommandForANewOwnerWaitsForTheOnesInFlightOnTheOld() throws {
+        var machine = Machine()
+        let old = RedisServerAddress(host: "10.0.0.1", port: 7000)
+        let new = RedisServerAddress(host: "10.0.0.2", port: 7000)
+        guard case .direct(let a) = machine.send(slot: 7, direct: true, node: old, { "a" }) else {
+            Issue.record("a goes direct")
+            return
+        }
+        guard case .direct = machine.send(slot: 7, direct: true, node: old, { "b" }) else {
+            Issue.record("b follows a to the same node")
+            return
+        }
+        guard case .waiting = machine.send(slot: 7, direct: true, node: new, { "c" }) else {
+            Issue.record("c must wait: a and b are in flight on the old owner")
+            return
+        }
+        #expect(machine.answered(slot: 7, redirected: nil) == nil, "a is still in flight")
+        let round = machine.answered(slot: 7, redirected: Entry(sequence: a, item: "a"))
+        #expect(names(round) == ["a", "c"])
+        #expect(machine.roundFinished(slot: 7, again: []) == nil)
+        guard case .direct = machine.send(slot: 7, direct: true, node: new, { "d" }) else {
+            Issue.record("nothing in flight: the new owner directly")
+            return
+        }
+    }
+
     /// While a round runs, new commands wait; what a round gives back goes before them; the
     /// detour closes when a round leaves nothing, and the slot goes direct again.
     @Test func roundsUntilNothingWaits() throws {

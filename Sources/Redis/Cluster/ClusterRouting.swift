@@ -129,7 +129,8 @@ package struct ShardedSubscriptionPlan: Sendable, Hashable {
         package var names: [String]
     }
 
-    /// Channels to unsubscribe (no interest any more, or their slot moved away from `node`).
+    /// Channels to unsubscribe (no interest any more, or their slot moved away from `node` to
+    /// another owner).
     package var unsubscribe: [Step] = []
     /// Channels to subscribe on their owner.
     package var subscribe: [Step] = []
@@ -139,9 +140,11 @@ package struct ShardedSubscriptionPlan: Sendable, Hashable {
     package init(desired: Set<String>, subscribed: [RedisServerAddress: Set<String>], owner: (String) -> RedisServerAddress?) {
         var toSubscribe: [RedisServerAddress: [HashSlot: [String]]] = [:]
         var owners: [String: RedisServerAddress] = [:]
+        var unownedWanted: Set<String> = []
         for name in desired.sorted() {
             guard let node = owner(name) else {
                 self.unowned.append(name)
+                unownedWanted.insert(name)
                 continue
             }
             owners[name] = node
@@ -149,7 +152,9 @@ package struct ShardedSubscriptionPlan: Sendable, Hashable {
         }
         var toUnsubscribe: [RedisServerAddress: [HashSlot: [String]]] = [:]
         for (node, names) in subscribed {
-            for name in names.sorted() where owners[name] != node {
+            // A wanted channel whose slot the map names no owner for (an incomplete map read)
+            // stays where it is: the node may still be delivering it.
+            for name in names.sorted() where owners[name] != node && !unownedWanted.contains(name) {
                 toUnsubscribe[node, default: [:]][HashSlot(key: name), default: []].append(name)
             }
         }

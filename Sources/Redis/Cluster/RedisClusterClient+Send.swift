@@ -63,7 +63,7 @@ extension RedisClusterClient {
         let route = self.state.withLockedValue { state -> SendRoute in
             guard !state.isShutdown else { return .shutdown }
             let node = state.topology.flatMap { topology in hashSlot.map { topology.primary(for: $0) } ?? topology.primaries.first }
-            let action = state.order.send(slot: slot, direct: node != nil, maximumWaiting: self.cluster.maximumPendingCommandsPerNode) {
+            let action = state.order.send(slot: slot, direct: node != nil, node: node, maximumWaiting: self.cluster.maximumPendingCommandsPerNode) {
                 DetouredSend(command, deadline: deadline, promise: promise)
             }
             guard case .direct(let sequence) = action, let node else {

@@ -18,6 +18,10 @@
 /// - once a round leaves nothing waiting, the detour closes and the slot's commands go the
 ///   direct way again.
 ///
+/// A new slot map can name another owner while the slot's direct commands are in flight on
+/// the old one: a command sent then to the new owner waits in the detour like one behind a
+/// redirect (else it ran there before the old owner's `MOVED` sent the earlier ones after it).
+///
 /// One case is out of its reach: a command redirected by a node that takes the slot over right
 /// after (`CLUSTER SETSLOT … NODE` between two pipelined commands) may run after the next one,
 /// which that node then served.
@@ -44,6 +48,8 @@ struct SlotOrderStateMachine<Item: Sendable>: Sendable {
     static var slotCount: Int { HashSlot.count + 1 }
 
     private var inFlight: [UInt32]
+    /// Where a slot's direct commands in flight went (set while ``inFlight`` is above 0).
+    private var inFlightNode: [Int: RedisServerAddress] = [:]
     private var detours: [Int: Detour] = [:]
     private var nextSequence: UInt64 = 0
     /// Commands that went into a detour, in all (a redirected one again counts again).
@@ -60,12 +66,21 @@ struct SlotOrderStateMachine<Item: Sendable>: Sendable {
     /// yet), which opens a detour like a redirect. `makeItem` is called only when the command
     /// waits or runs in a detour. A detour holds at most `maximumWaiting` new commands; the
     /// redirected ones it takes back are not limited (they are counted in flight already).
-    mutating func send(slot: Int, direct: Bool, maximumWaiting: Int = .max, _ makeItem: () -> Item) -> SendAction {
+    /// `node` is where the direct way leads: while the slot's direct commands are in flight on
+    /// another node, the command waits in the detour too.
+    mutating func send(slot: Int, direct: Bool, node: RedisServerAddress? = nil, maximumWaiting: Int = .max, _ makeItem: () -> Item) -> SendAction {
         // The count alone: a copy of the detour kept here would make the append below copy its queue.
         let waiting = self.detours.isEmpty ? nil : self.detours[slot]?.waiting.count
         if direct, waiting == nil {
-            self.inFlight[slot] += 1
-            return .direct(sequence: self.takeSequence())
+            if self.inFlight[slot] == 0 {
+                if let node { self.inFlightNode[slot] = node }
+                self.inFlight[slot] = 1
+                return .direct(sequence: self.takeSequence())
+            }
+            if node == nil || self.inFlightNode[slot] == nil || self.inFlightNode[slot] == node {
+                self.inFlight[slot] += 1
+                return .direct(sequence: self.takeSequence())
+            }
         }
         if let waiting, waiting >= maximumWaiting { return .full }
         let sequence = self.takeSequence()
@@ -79,6 +94,7 @@ struct SlotOrderStateMachine<Item: Sendable>: Sendable {
     mutating func answered(slot: Int, redirected: Entry?) -> [Entry]? {
         assert(self.inFlight[slot] > 0, "an answer for a slot without commands in flight")
         if self.inFlight[slot] > 0 { self.inFlight[slot] -= 1 }
+        if self.inFlight[slot] == 0, !self.inFlightNode.isEmpty { self.inFlightNode[slot] = nil }
         if let redirected {
             self.detours[slot, default: Detour()].waiting.append(redirected)
             self.detouredCount += 1
