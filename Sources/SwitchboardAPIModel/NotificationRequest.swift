@@ -69,6 +69,9 @@ package struct NotificationRequest: Sendable, Equatable {
     package static func parseBatch(
         _ bytes: ByteBuffer, maxItems: Int, isAllowedTopic: (String, String?) -> String?
     ) throws(APIRequestError) -> [Result<NotificationRequest, APIRequestError>] {
+        if let count = FlatJSON.arrayElementCount(bytes), count > maxItems {
+            throw APIRequestError(status: 413, message: "batch of \(count) notifications is larger than \(maxItems)", field: nil)
+        }
         let items: [BatchItem]
         if let objects = FlatJSON.arrayOfObjects(bytes) {
             items = objects.map { BatchItem(fields: Fields($0)) }

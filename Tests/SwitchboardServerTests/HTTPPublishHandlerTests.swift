@@ -88,6 +88,13 @@ final class PublishHandlerHarness {
     let recorder = ForwardedRecorder()
     let flushes = FlushCounter()
     var tasksOpened = 0
+    private(set) var handler: HTTPPublishHandler!
+
+    /// The body the handler keeps of the request being read: where its bytes are, and how many.
+    var keptBody: (address: UInt, bytes: Int)? {
+        guard case .answering(_, _, let body?, _) = handler.current else { return nil }
+        return body.withUnsafeReadableBytes { (UInt(bitPattern: $0.baseAddress), $0.count) }
+    }
 
     init(
         engine: (any BrokerEngine)? = nil, keys: [APIKeyStore.Key] = [], maxBodyBytes: Int = 1024, idleTimeout: TimeAmount? = nil,
@@ -107,6 +114,7 @@ final class PublishHandlerHarness {
         ) { [unowned self] _ in
             self.tasksOpened += 1
         }
+        self.handler = handler
         try channel.pipeline.syncOperations.addHandler(flushes)
         try channel.pipeline.syncOperations.addHandler(handler)
         // As `HTTPAPIChannel.setup` does for a connection the router serves from the start.

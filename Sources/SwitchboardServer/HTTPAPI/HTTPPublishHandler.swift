@@ -69,6 +69,8 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
     let readiness: (@Sendable () -> (status: HTTPResponse.Status, body: ReadinessAnswer))?
 
     var current = Current.none
+    /// Body bytes read of the request being answered without its body (a 401, a health check).
+    var unkeptBodyBytes = 0
     var answers = CircularBuffer<Answer>()
     /// Parts waiting for earlier answers to be written (from a forwarded request's head on).
     var held = CircularBuffer<HTTPServerRequestPart>()
@@ -251,6 +253,7 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     }
                 }
                 current = .answering(answer, key: key, body: nil, failure: failure)
+                unkeptBodyBytes = 0
                 // A body announced over the limit is refused before any of it is read (no 100),
                 // a health check's too.
                 if NotificationPublisher.exceeds(contentLength: head.headers.first(name: "content-length"), limit: publisher.maxBodyBytes) {
@@ -268,12 +271,22 @@ final class HTTPPublishHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .body(var bytes):
             switch current {
             case .answering(let answer, let key, var body, let failure):
-                // Counted for a request that failed already (401) too: answered at the crossing.
-                let received = (body?.readableBytes ?? 0) + bytes.readableBytes
+                // A request that failed already (401) or a health check answers without its
+                // body: only counted (and answered at the crossing), not kept.
+                let kept = failure == nil && !answer.endpoint.isHealth
+                let received = (kept ? body?.readableBytes ?? 0 : unkeptBodyBytes) + bytes.readableBytes
                 if received > publisher.maxBodyBytes {
                     refuse(answer, failure: failure ?? publisher.bodyTooLarge)
                     return true
                 }
+                guard kept else {
+                    unkeptBodyBytes = received
+                    return true
+                }
+                // The body's one reference, so it grows in place: with `current` holding it too
+                // every part copied the whole body (a body sent in 1-byte chunks cost its
+                // length squared).
+                current = .none
                 if body == nil {
                     body = bytes
                 } else {
