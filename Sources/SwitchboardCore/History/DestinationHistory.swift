@@ -193,8 +193,10 @@ package final class DestinationHistory: Sendable {
     /// it on the spot: a message numbered earlier on another thread may still be queued for
     /// this loop.
     package func record(_ message: PublishedMessage, deliver: (PublishedMessage) -> Void) {
-        let now = clock()
         state.withLockedValue { s in
+            // Read under the lock: a time read before it could be older than the entry another
+            // thread appended meanwhile (kept past its time to live, `lastPublished` moved back).
+            let now = clock()
             maintain(&s, now: now)
             ensureRing(&s, message.destination, now: now)
             Self.update(&s, message.destination) { deliver($0.append(message, now: now)) }
@@ -209,8 +211,8 @@ package final class DestinationHistory: Sendable {
     /// `recovered`. From another epoch, or a trimmed or expired position: everything retained,
     /// not `recovered`. A position ahead of the newest: nothing, not `recovered`.
     package func resume(_ destination: String, from start: HistoryStart, register: () -> Void) -> HistoryReplay {
-        let now = clock()
-        return state.withLockedValue { s in
+        state.withLockedValue { s in
+            let now = clock()
             register()
             maintain(&s, now: now)
             let created = ensureRing(&s, destination, now: now, forSubscribe: true)
