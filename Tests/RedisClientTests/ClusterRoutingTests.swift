@@ -211,6 +211,37 @@ struct ClusterRoutingTests {
         #expect(plan.subscribe.isEmpty)
     }
 
+    /// A node that hung (SIGSTOP, a VM stalled) cost each of its steps a timeout, one slot after
+    /// another, while every shard subscribe waited for the pass. Its later steps are skipped.
+    @Test func aNodeThatDidNotAnswerIsSkippedForTheRestOfThePass() {
+        let a = address(7000)
+        let b = address(7001)
+        var steps = ShardSubscribeSteps([
+            .init(node: a, names: ["a1"]), .init(node: a, names: ["a2"]), .init(node: b, names: ["b1"]), .init(node: a, names: ["a3"]),
+        ])
+        var ran: [String] = []
+        while let step = steps.next() {
+            ran += step.names
+            steps.finished(step, step.node == a ? .unanswered : .done)
+        }
+        #expect(ran == ["a1", "b1"])
+        #expect(steps.skipped == 2)
+    }
+
+    /// `NOPERM` refuses a whole `SSUBSCRIBE`: its names are sent again one at a time, before the
+    /// steps after it; an answered error (`MOVED`) skips nothing.
+    @Test func aRefusedStepIsSentAgainANameAtATime() {
+        let a = address(7000)
+        var steps = ShardSubscribeSteps([.init(node: a, names: ["x", "{x}y"]), .init(node: a, names: ["z"])])
+        var ran: [[String]] = []
+        while let step = steps.next() {
+            ran.append(step.names)
+            steps.finished(step, step.names.count > 1 ? .refused : .done)
+        }
+        #expect(ran == [["x", "{x}y"], ["x"], ["{x}y"], ["z"]])
+        #expect(steps.skipped == 0)
+    }
+
     @Test func serverUnsubscribeIsReported() {
         var machine = readyMachine()
         guard case .unsubscribedByServer(.shardChannel, "ch") = machine.receivedToken(token(">3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n")) else {

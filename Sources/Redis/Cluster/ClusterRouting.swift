@@ -171,6 +171,62 @@ package struct ShardedSubscriptionPlan: Sendable, Hashable {
     package var isEmpty: Bool { self.unsubscribe.isEmpty && self.subscribe.isEmpty }
 }
 
+/// The order of a pass's `SSUBSCRIBE` steps, as a state machine without I/O: the caller runs
+/// each step ``next()`` gives and reports how it went.
+/// - A node that did not answer (no connection, no reply in time) is skipped for the rest of
+///   the pass. Each of its steps waited out its own timeout, one slot after another (minutes for
+///   a node that hung with many slots), while the pass held every shard subscribe back and the
+///   map was not read again.
+/// - A step an ACL refused (`NOPERM` refuses the whole command) is tried again a name at a
+///   time, so one refused name does not hold back the others of its slot.
+package struct ShardSubscribeSteps: Sendable {
+    package enum Outcome: Sendable, Equatable {
+        /// Subscribed, or the server answered with another error (`MOVED`: the map is stale).
+        case done
+        /// An ACL refused it.
+        case refused
+        /// The node did not answer.
+        case unanswered
+    }
+
+    private var steps: [ShardedSubscriptionPlan.Step]
+    private var index = 0
+    /// The one-name steps of a refused step, run before the steps after it.
+    private var singles: [ShardedSubscriptionPlan.Step] = []
+    private var unanswered: Set<RedisServerAddress> = []
+    /// Steps not run because their node did not answer earlier in the pass.
+    package private(set) var skipped = 0
+
+    package init(_ steps: [ShardedSubscriptionPlan.Step]) { self.steps = steps }
+
+    /// The next step to run; nil when the pass is over.
+    package mutating func next() -> ShardedSubscriptionPlan.Step? {
+        while true {
+            let step: ShardedSubscriptionPlan.Step
+            if !singles.isEmpty {
+                step = singles.removeFirst()
+            } else if index < steps.count {
+                step = steps[index]
+                index += 1
+            } else {
+                return nil
+            }
+            guard unanswered.contains(step.node) else { return step }
+            skipped += 1
+        }
+    }
+
+    /// How `step` went.
+    package mutating func finished(_ step: ShardedSubscriptionPlan.Step, _ outcome: Outcome) {
+        switch outcome {
+        case .done: break
+        case .unanswered: unanswered.insert(step.node)
+        case .refused:
+            if step.names.count > 1 { singles = step.names.map { ShardedSubscriptionPlan.Step(node: step.node, names: [$0]) } + singles }
+        }
+    }
+}
+
 extension RedisServerError {
     /// `true` when the cluster refused the command without running it: `MOVED`, `ASK`,
     /// `TRYAGAIN` or `CLUSTERDOWN`. Sending it again (where ``ClusterRequestStateMachine`` says)

@@ -123,9 +123,11 @@ extension RedisClusterClient {
         // Names of one slot go in one SSUBSCRIBE; one an ACL refuses (NOPERM refuses the whole
         // command) would hold back the others, so a refused step is sent again a name at a time
         // (the refused names stay pending, and are tried at every pass).
-        for step in plan.subscribe where await self.subscribeStep(step) && step.names.count > 1 {
-            for name in step.names { _ = await self.subscribeStep(ShardedSubscriptionPlan.Step(node: step.node, names: [name])) }
-        }
+        // See ``ShardSubscribeSteps``: a node that did not answer is skipped for the rest of
+        // the pass, a step an ACL refused is sent again a name at a time.
+        var steps = ShardSubscribeSteps(plan.subscribe)
+        while let step = steps.next() { steps.finished(step, await self.subscribeStep(step)) }
+        if steps.skipped > 0 { self.markSubscriptionsPending() }
         let idle = self.state.withLockedValue { state -> [RedisConnection] in
             let nodes = state.subscriberConnections.keys.filter { state.subscribed[$0]?.isEmpty ?? true }
             return nodes.compactMap { node in
@@ -136,8 +138,8 @@ extension RedisClusterClient {
         for connection in idle { await connection.close() }
     }
 
-    /// Subscribes one step of a pass; true when an ACL refused it (`NOPERM`).
-    private func subscribeStep(_ step: ShardedSubscriptionPlan.Step) async -> Bool {
+    /// Subscribes one step of a pass.
+    private func subscribeStep(_ step: ShardedSubscriptionPlan.Step) async -> ShardSubscribeSteps.Outcome {
         do {
             let connection = try await self.subscriberConnection(to: step.node)
             try await connection.subscriptionCommand(SubscriptionCommand(kind: .shardChannel, isSubscribe: true, names: step.names)).get()
@@ -161,12 +163,13 @@ extension RedisClusterClient {
                         "redis cluster refused a shard channel (ACL): retried at every pass",
                         metadata: ["channel": "\(step.names[0])", "error": "\(error)"])
                 }
-                return true
+                return .refused
             }
             self.markSubscriptionsPending()
             self.logger.debug("ssubscribe failed; retrying after a map refresh", metadata: ["node": "\(step.node)", "error": "\(error)"])
+            return error is RedisServerError ? .done : .unanswered
         }
-        return false
+        return .done
     }
 
     private func markSubscriptionsPending() {
