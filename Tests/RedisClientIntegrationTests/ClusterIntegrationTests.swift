@@ -438,4 +438,39 @@ struct ClusterIntegrationTests {
         }
         await client.shutdown()
     }
+
+    /// A shard subscribe waited until the passes stopped, not for a pass that covered it: with
+    /// new shard channels wanted during every pass (sessions subscribing to per-user
+    /// destinations), the passes never stopped and neither did the wait.
+    @Test func aShardSubscribeReturnsWhileOthersKeepComing() async throws {
+        let (cluster, client) = try await self.startCluster()
+        defer { cluster.stop() }
+        defer { Task { await client.shutdown() } }
+        let kept = NIOLockedValueBox<[RedisCallbackSubscription]>([])
+        let returned = NIOLockedValueBox(false)
+        let churn = Task { () -> Bool in
+            let deadline = ContinuousClock.now + .seconds(20)
+            var index = 0
+            while !returned.withLockedValue({ $0 }) {
+                guard ContinuousClock.now < deadline else { return false }
+                for _ in 0..<5 {
+                    let name = "churn:\(index)"
+                    index += 1
+                    Task {
+                        if let subscription = try? await client.subscribe(to: [name], kind: .shardChannel, handler: { _ in }) {
+                            kept.withLockedValue { $0.append(subscription) }
+                        }
+                    }
+                }
+                try? await Task.sleep(for: .milliseconds(1))
+            }
+            return true
+        }
+        #expect(try await eventually { kept.withLockedValue { $0.count } >= 20 }, "the churn is under way")
+        let target = try await client.subscribe(to: ["{target}:ch"], kind: .shardChannel, handler: { _ in })
+        returned.withLockedValue { $0 = true }
+        #expect(await churn.value, "the subscribe returned while other subscribes kept coming")
+        #expect(client.shardSubscriptions.values.contains { $0.contains("{target}:ch") })
+        await target.unsubscribe()
+    }
 }

@@ -66,29 +66,46 @@ extension RedisClusterClient {
         self.state.withLockedValue { $0.subscribed.filter { !$0.value.isEmpty } }
     }
 
-    /// Runs reconcile passes until no new request came in during the last one (callers joining a
-    /// running pass wait for the next).
+    /// Asks for a reconcile pass and returns once one that started after the request finished.
+    /// Passes run one after another while requests come in; a caller waits for the first pass
+    /// that covers its request, not for the passes to stop (with new shard channels wanted
+    /// during every pass, they never did, and neither did the first caller's wait).
     func reconcileSubscriptions() async {
-        let task = self.state.withLockedValue { state -> Task<Void, Never>? in
+        let request = self.state.withLockedValue { state -> Int? in
             guard !state.isShutdown else { return nil }
             state.reconcileRequests += 1
-            if let running = state.reconcileTask { return running }
-            let task = Task {
-                while true {
-                    let request = self.state.withLockedValue { $0.reconcileRequests }
-                    await self.reconcilePass()
-                    let done = self.state.withLockedValue { state -> Bool in
-                        guard state.reconcileRequests == request || state.isShutdown else { return false }
-                        state.reconcileTask = nil
-                        return true
-                    }
-                    if done { return }
-                }
-            }
-            state.reconcileTask = task
-            return task
+            if state.reconcileTask == nil { state.reconcileTask = Task { await self.reconcileLoop() } }
+            return state.reconcileRequests
         }
-        await task?.value
+        guard let request else { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let covered = self.state.withLockedValue { state -> Bool in
+                // Covered, or the passes ended (shut down) before this one registered.
+                guard state.reconciledThrough < request, state.reconcileTask != nil else { return true }
+                state.reconcileWaiters.append((request, continuation))
+                return false
+            }
+            if covered { continuation.resume() }
+        }
+    }
+
+    /// Runs passes until none was asked for during the last one, resuming the callers each pass
+    /// covered.
+    private func reconcileLoop() async {
+        while true {
+            let request = self.state.withLockedValue { $0.reconcileRequests }
+            await self.reconcilePass()
+            let (done, covered) = self.state.withLockedValue { state -> (Bool, [CheckedContinuation<Void, Never>]) in
+                state.reconciledThrough = request
+                let done = state.reconcileRequests == request || state.isShutdown
+                if done { state.reconcileTask = nil }
+                let covered = state.reconcileWaiters.filter { done || $0.request <= request }.map(\.continuation)
+                state.reconcileWaiters.removeAll { done || $0.request <= request }
+                return (done, covered)
+            }
+            for continuation in covered { continuation.resume() }
+            if done { return }
+        }
     }
 
     /// One pass of ``ShardedSubscriptionPlan``: unsubscribe what moved or lost interest, subscribe

@@ -56,6 +56,10 @@ public final class RedisClusterClient: Sendable {
         var subscriptionsPending = false
         var reconcileTask: Task<Void, Never>?
         var reconcileRequests = 0
+        /// The requests the last finished pass covered (those made before it started).
+        var reconciledThrough = 0
+        /// Callers of ``reconcileSubscriptions()`` waiting for a pass that covers their request.
+        var reconcileWaiters: [(request: Int, continuation: CheckedContinuation<Void, Never>)] = []
         var classicConnection: RedisConnection?
         var topologyRefreshes = 0
         var setup: [[RedisArgument]] = []
