@@ -93,6 +93,9 @@ struct DestinationSequencer {
     private var beyondHistory: (epoch: String?, sequence: UInt64, reads: Int)?
     /// Beyond this many buffered messages a hole is given up on.
     let maxPending: Int
+    /// A live message farther ahead of the position than this is not buffered, only read from
+    /// history (a failover's jump of 1,000,000 positions costs one read more).
+    static var maxAhead: UInt64 { 1 << 20 }
 
     init(maxPending: Int = 10_000) { self.maxPending = maxPending }
 
@@ -301,6 +304,14 @@ struct DestinationSequencer {
             position = current
         }
         if p.sequence <= current.sequence { return }  // a copy
+        if p.sequence - current.sequence > Self.maxAhead {
+            // Not buffered: history says where the destination stands, and holds the message if
+            // it is real. A position forged on the channel near the top of the range, buffered
+            // until 10,000 were, moved the position there for good: every real message after
+            // it was dropped as a copy.
+            if repairing { repairOwed = true } else { askRepair(after: current, into: &actions) }
+            return
+        }
         if p.sequence == current.sequence &+ 1 {
             position = p
             actions.deliver.append(message)

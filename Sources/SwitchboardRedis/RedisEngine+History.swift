@@ -418,6 +418,12 @@ extension RedisEngine {
     /// closed, and their resumes read it all again.
     static let historyPage: UInt64 = 256
 
+    /// The widest page, in positions, after empty ones: a span doubled without end over a
+    /// trimmed stretch (a resume from long ago, 80,000 positions before the 20,000 kept)
+    /// reached past it into what is kept, and read all 20,000 in one reply again. 4,096 at
+    /// most; a failover's 1,000,000 empty positions take about 250 reads.
+    static let widestHistoryPage: UInt64 = 4_096
+
     /// The history of `destination` after `after`, through the newest position the first page
     /// saw (later messages come live), read a page at a time. A change of epoch meanwhile starts
     /// the read again in the new epoch.
@@ -428,7 +434,7 @@ extension RedisEngine {
         let first = HistoryFunctions.call(HistoryRead(key: key, range: .page(after: after, through: overflow ? .max : through), durable: durableRedis), on: redis)
         return first.flatMap { read in
             // Done, or a library that ignores the page's end (an older instance loaded it): all of it.
-            if overflow || read.position.sequence <= through || read.envelopes.count > Int(page) {
+            if overflow || read.position.sequence <= through || UInt64(read.envelopes.count) > page {
                 return self.promiseLoop.makeSucceededFuture(read)
             }
             return self.readPages(destination, key: key, into: read, after: through, span: page, epochChanges: epochChanges, from: after)
@@ -491,8 +497,9 @@ extension RedisEngine {
         return started.futureResult
     }
 
-    /// Reads the pages after `after`; `span` positions per read, doubled after an empty one (a
-    /// failover moves history 1,000,000 positions ahead: one read per 256 of them took seconds).
+    /// Reads the pages after `after`; `span` positions per read, doubled after an empty one up to
+    /// ``widestHistoryPage`` (a failover moves history 1,000,000 positions ahead: one read per
+    /// 256 of them took seconds).
     private func readPages(
         _ destination: String, key: String, into result: HistoryReadResult, after: UInt64, span: UInt64, epochChanges: Int,
         from start: UInt64
@@ -506,7 +513,7 @@ extension RedisEngine {
                 return self.readHistory(destination, after: start, epochChanges: epochChanges + 1)
             }
             var result = result
-            if page.envelopes.count > Int(through - after) {
+            if UInt64(page.envelopes.count) > through - after {
                 // An older library, which ignores the page's end: this page holds the rest.
                 result.envelopes += page.envelopes
                 result.position = page.position
@@ -514,7 +521,7 @@ extension RedisEngine {
             }
             result.envelopes += page.envelopes
             guard through < target.sequence else { return self.promiseLoop.makeSucceededFuture(result) }
-            let next = page.envelopes.isEmpty ? span.multipliedReportingOverflow(by: 2).partialValue : Self.historyPage
+            let next = page.envelopes.isEmpty ? min(span.multipliedReportingOverflow(by: 2).partialValue, Self.widestHistoryPage) : Self.historyPage
             return self.readPages(
                 destination, key: key, into: result, after: through, span: max(next, Self.historyPage), epochChanges: epochChanges, from: start)
         }
@@ -524,7 +531,8 @@ extension RedisEngine {
     /// message from `after + 1` through `through`, without a hole.
     static func followOn(_ messages: some Collection<PublishedMessage>, after: UInt64, through: UInt64) -> Bool {
         guard through >= after else { return messages.isEmpty }
-        return messages.count == Int(through - after) && (messages.first.map { $0.position!.sequence == after + 1 } ?? true)
+        // Compared as UInt64: a range past `Int.max` (a forged position) trapped.
+        return UInt64(messages.count) == through - after && (messages.first.map { $0.position!.sequence == after + 1 } ?? true)
     }
 
     /// History moved to an epoch this instance has not seen yet (Redis restarted empty, or the

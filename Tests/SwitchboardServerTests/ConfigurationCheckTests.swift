@@ -90,6 +90,7 @@ import Testing
         (["redis.url=localhost:6379"], "redis.url 'localhost:6379' is not a valid redis:// URL"),
         (["redis.url=redis://user:hunter2@host:99999"], "redis.url 'redis://***@host:99999' is not a valid redis:// URL"),
         (["redis.url=redis://x", "redis.command-timeout-ms=0"], "redis.command-timeout-ms must be ≥ 1, got 0"),
+        (["redis.url=redis://x", "redis.channel-prefix=sb{1}:"], "redis.channel-prefix must not contain '{' or '}', got 'sb{1}:'"),
         (["redis.url=redis://x", "redis.unreachable-wait-ms=-1"], "redis.unreachable-wait-ms must be ≥ 0, got -1"),
         (["redis.url=redis://x", "redis.wait-replicas=-1"], "redis.wait-replicas must be ≥ 0, got -1"),
         (["redis.url=redis://x", "redis.wait-replicas-timeout-ms=0"], "redis.wait-replicas-timeout-ms must be ≥ 1, got 0"),

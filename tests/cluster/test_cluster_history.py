@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -291,6 +292,44 @@ def test_a_resume_far_behind_is_read_in_pages_and_arrives_whole(cluster_factory,
     bodies = [resumed.expect_message(timeout=20).text for _ in range(700)]
     assert bodies == [f"m{i}" for i in range(1, 701)]
     resumed.expect_nothing(0.3)
+
+
+def test_a_resume_past_a_long_trimmed_stretch_reads_bounded_pages(cluster_factory, clients):
+    """A resume from long ago: 11,000 trimmed positions, then the 5,000 kept. Empty pages
+    doubled their span without end, and the first one reaching the kept ones read all 5,000 in
+    one reply again; a page now spans at most 4,096 positions, and the messages arrive whole."""
+    kept = 5000
+    cluster = cluster_factory(replicas=0, gateways=1, gateway_args=("--set", f"history.max-length={kept}"))
+    topic = "/topic/h-trimmed"
+    live = clients(cluster.client(cluster.gw_ws(0)))
+    live.subscribe(topic, id="1", receipt="r")
+    publish(cluster, topic, "m0")
+    first = live.expect_message()["x-position"]
+    total = 16000
+    with requests.Session() as http:
+        for start in range(1, total, 1000):
+            batch = [{"topic": topic, "message": f"m{i}"} for i in range(start, min(start + 1000, total))]
+            http.post(f"{cluster.gw_url(0)}/api/notifications", json=batch).raise_for_status()
+    monitor_log = ARTIFACTS / f"{cluster.name}-monitor.log"
+    with open(monitor_log, "wb") as out:
+        monitor = subprocess.Popen(["redis-cli", "-p", str(cluster.redis_port), "MONITOR"], stdout=out)
+        try:
+            wait_until(lambda: b"OK" in monitor_log.read_bytes(), 10, what="MONITOR")
+            resumed = clients(cluster.client(cluster.gw_ws(0)))
+            got = resumed.subscribe(topic, id="1", receipt="r", **{"x-resume-from": first})
+            assert got["x-recovered"] == "false", got.headers  # the trimmed stretch is gone
+            bodies = [resumed.expect_message(timeout=20).text]
+            while bodies[-1] != f"m{total - 1}":
+                bodies.append(resumed.expect_message(timeout=20).text)
+        finally:
+            monitor.terminate()
+            monitor.wait(timeout=10)
+    # Trimmed with MAXLEN ~: at least the last 5,000 are kept; they arrive in order, each once.
+    numbers = [int(b[1:]) for b in bodies]
+    assert len(numbers) >= kept and numbers == list(range(numbers[0], total)), numbers[:5]
+    spans = [int(b) - int(a) for a, b in re.findall(r'"switchboard_read" "\d+" (?:"[^"]*" )*?"after" "(\d+)" "(\d+)"', monitor_log.read_text(errors="replace"))]
+    assert spans, "the reads were seen"
+    assert max(spans) <= 4096, f"a read spanned {max(spans)} positions"
 
 
 @pytest.mark.parametrize("policy,warned", [("allkeys-lru", True), ("noeviction", False)])

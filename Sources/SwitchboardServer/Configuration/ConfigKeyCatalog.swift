@@ -212,7 +212,7 @@ package enum ConfigKeyCatalog {
                     "redis.url", .string, "unset (embedded broker)",
                     "`redis://[user:password@]host[:port][/db]` (`rediss://` for TLS, `user:` for an ACL user); Redis mode is on when set (a password in it is not echoed in errors)"
                 ),
-                .init("redis.channel-prefix", .string, "`switchboard:`", "prefix of the gateway's own channels"),
+                .init("redis.channel-prefix", .string, "`switchboard:`", "prefix of the gateway's own channels and keys, without `{` or `}`"),
                 .init("redis.command-timeout-ms", .integer, "`2000`", "a command not answered in time fails (and its connection is reset)"),
                 .init(
                     "redis.canary-interval-ms", .integer, "`1000`",

@@ -142,6 +142,11 @@ package struct RedisSettings: Sendable, Equatable {
         guard let url = reader.string(forKey: "url"), !url.isEmpty else { return nil }
         self.url = url
         channelPrefix = reader.string(forKey: "channel-prefix", default: channelPrefix)
+        // The history functions find the prefix in a key as what comes before its first `{`
+        // (the hash tag): a prefix holding one published to a channel nobody subscribed to.
+        guard !channelPrefix.contains(where: { $0 == "{" || $0 == "}" }) else {
+            throw SwitchboardConfiguration.Invalid(description: "redis.channel-prefix must not contain '{' or '}', got '\(channelPrefix)'")
+        }
         commandTimeoutMs = reader.int(forKey: "command-timeout-ms", default: commandTimeoutMs)
         connectionPerLoop = reader.bool(forKey: "connection-per-loop", default: connectionPerLoop)
         canaryIntervalMs = reader.int(forKey: "canary-interval-ms", default: canaryIntervalMs)
