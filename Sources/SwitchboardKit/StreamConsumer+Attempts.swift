@@ -122,19 +122,66 @@ extension StreamConsumer {
     /// did not start (a stop in the middle of the batch): taken again, they are counted when
     /// they are attempted, and a limit of one attempt does not dead-letter them unhandled. (A
     /// crash cannot give it back: the entries read with the one in flight keep one attempt.)
+    ///
+    /// On the reading connection or, when that fails short of an answer, on the client's (which
+    /// reconnects by itself), as an acknowledgement.
     @discardableResult
-    func uncount(_ ids: [String], on connection: RedisConnection) async -> Bool {
+    func uncount(_ ids: [String], on connection: RedisConnection?) async -> Bool {
         guard !ids.isEmpty else { return true }
         let configuration = self.configuration
+        let command = EVAL(
+            script: Self.uncountScript, keys: [configuration.stream],
+            arguments: [.string(configuration.group), .string(configuration.consumerName)] + ids.map { RedisArgument.string($0) })
         do {
-            _ = try await connection.execute(
-                EVAL(
-                    script: Self.uncountScript, keys: [configuration.stream],
-                    arguments: [.string(configuration.group), .string(configuration.consumerName)] + ids.map { RedisArgument.string($0) }))
+            do {
+                guard let connection else { throw SwitchboardKitError("no reading connection") }
+                _ = try await connection.execute(command)
+            } catch let error as RedisServerError where !Self.isRedirect(error) {
+                throw error
+            } catch {
+                _ = try await self.redis.execute(command)
+            }
             return true
         } catch {
             self.logger.debug("giving back the attempts of entries not started failed", metadata: ["error": "\(error)"])
             return false
+        }
+    }
+
+    /// Keeps `ids` for the next session (or the stop) to give their attempt back.
+    func keepAttemptsToGiveBack(_ ids: [String]) {
+        self.state.withLockedValue { state in
+            state.attemptsToGiveBack.append(contentsOf: ids)
+            if state.attemptsToGiveBack.count > Self.retriesKept { state.attemptsToGiveBack.removeFirst(state.attemptsToGiveBack.count - Self.retriesKept) }
+        }
+    }
+
+    /// At the stop, no next session gives back the attempts of entries not started, or
+    /// acknowledges entries handled whose `XACK` failed (Redis away, the reading connection
+    /// lost): done here, on the client's connection. Left, the entries were taken over by
+    /// another replica with an attempt counted (dead-lettered unhandled at a limit of one), and
+    /// a handled one was handled again.
+    func settleAtStop() async {
+        let (giveBack, unacknowledged) = self.state.withLockedValue { ($0.attemptsToGiveBack, $0.unacknowledged) }
+        if !unacknowledged.isEmpty {
+            let command = XACK(key: self.configuration.stream, group: self.configuration.group, ids: unacknowledged)
+            do {
+                _ = try await self.redis.execute(command)
+                self.state.withLockedValue { $0.unacknowledged.removeAll() }
+            } catch {
+                self.logger.warning(
+                    "stopping: entries handled could not be acknowledged; another consumer may handle them again",
+                    metadata: ["entries": "\(unacknowledged.count)", "error": "\(error)"])
+            }
+        }
+        if !giveBack.isEmpty {
+            if await self.uncount(giveBack, on: nil) {
+                self.state.withLockedValue { $0.attemptsToGiveBack.removeAll() }
+            } else {
+                self.logger.warning(
+                    "stopping: the attempts of entries not started could not be given back; they keep one",
+                    metadata: ["entries": "\(giveBack.count)"])
+            }
         }
     }
 

@@ -75,6 +75,7 @@ extension StreamConsumer {
             await self.sleepUnlessStopped(min(self.configuration.reconnectBackoffMaximum, .milliseconds(100 << min(attempt, 16))))
             attempt += 1
         }
+        await self.settleAtStop()
     }
 
     /// The reading connection: to the server, or to the primary owning the stream's slot (a

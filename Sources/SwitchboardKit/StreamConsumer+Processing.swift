@@ -29,13 +29,7 @@ extension StreamConsumer {
             // `XREADGROUP … >` whose handler did not start keep the attempt it counted until
             // the next session gives it back, before it takes them again. Else, with Redis
             // restarted meanwhile, they reached the dead-letter limit unattempted.
-            if lease.counted, firstNotStarted < entries.count {
-                let ids = entries[firstNotStarted...].map(\.id)
-                self.state.withLockedValue { state in
-                    state.attemptsToGiveBack.append(contentsOf: ids)
-                    if state.attemptsToGiveBack.count > Self.retriesKept { state.attemptsToGiveBack.removeFirst(state.attemptsToGiveBack.count - Self.retriesKept) }
-                }
-            }
+            if lease.counted, firstNotStarted < entries.count { self.keepAttemptsToGiveBack(entries[firstNotStarted...].map(\.id)) }
             throw error
         }
     }
@@ -48,7 +42,11 @@ extension StreamConsumer {
         for (index, entry) in entries.enumerated() {
             firstNotStarted = index
             if self.isStopRequested {
-                if lease.counted { await self.uncount(entries[index...].map(\.id), on: connection) }
+                if lease.counted {
+                    let ids = entries[index...].map(\.id)
+                    // Failed on both connections: given back at the stop, once more.
+                    if !(await self.uncount(ids, on: connection)) { self.keepAttemptsToGiveBack(ids) }
+                }
                 break
             }
             defer { lease.finished(entry.id) }
@@ -113,7 +111,15 @@ extension StreamConsumer {
                     state.retryNotBefore[entry.id] = nil
                     state.handled.insert(entry.id)
                 }
-                try await self.acknowledge(entry.id, on: connection)
+                do {
+                    try await self.acknowledge(entry.id, on: connection)
+                } catch {
+                    self.state.withLockedValue { state in
+                        state.unacknowledged.append(entry.id)
+                        if state.unacknowledged.count > Self.retriesKept { state.unacknowledged.removeFirst() }
+                    }
+                    throw error
+                }
             case .failure(let error):
                 let description = String(describing: error)
                 self.state.withLockedValue { state in

@@ -76,6 +76,9 @@ public final class StreamConsumer: Sendable {
         /// Entries of a batch read by `XREADGROUP … >` whose handler had not started when its
         /// session ended: the next session gives their attempt back first (at most 10,000).
         var attemptsToGiveBack: [String] = []
+        /// Entries handled whose `XACK` failed on both connections: acknowledged when this
+        /// consumer takes its pending entries again, or at its stop (at most 10,000).
+        var unacknowledged: [String] = []
         /// Entries added to the dead-letter stream whose `XACK` failed (the two-step way), with
         /// the dead-letter entry's id: a later try only acknowledges them (at most 10,000).
         var deadLetterAdded: [String: String] = [:]

@@ -114,8 +114,9 @@ public struct StreamConsumerConfiguration: Sendable {
     /// The settings within their bounds, as a ``StreamConsumer`` runs with them (`init` applies
     /// them, and the consumer applies them again to fields set afterwards): `batchSize` 1 to
     /// 1,000 (`XAUTOCLAIM` refuses a count of 0); `claimMinIdle` at least 1 ms (0 would take every
-    /// entry of the other replicas, being handled or not) and `claimInterval` at least 10 ms (a
-    /// busy loop); delays not negative, and `retryDelayMaximum` at least `retryDelay`;
+    /// entry of the other replicas, being handled or not), `claimInterval` and `blockTime` at
+    /// least 10 ms and `reconnectBackoffMaximum` at least 100 ms (0 made a busy loop: reads
+    /// every millisecond, reconnects without a pause); delays not negative, and `retryDelayMaximum` at least `retryDelay`;
     /// `maxDeliveries` at least 1 (0 dead-lettered entries taken again without a handler call);
     /// `deadLetterMaxLength` at least 1 (Redis refuses a negative `MAXLEN`, and every dead-letter
     /// attempt failed); durations at most a year (their milliseconds must fit Redis's arguments).
@@ -124,12 +125,12 @@ public struct StreamConsumerConfiguration: Sendable {
         let longest = Duration.seconds(365 * 24 * 3600)
         func bounded(_ d: Duration, atLeast floor: Duration) -> Duration { min(max(floor, d), longest) }
         c.batchSize = min(max(1, c.batchSize), 1_000)
-        c.blockTime = bounded(c.blockTime, atLeast: .zero)
+        c.blockTime = bounded(c.blockTime, atLeast: .milliseconds(10))
         c.claimMinIdle = bounded(c.claimMinIdle, atLeast: .milliseconds(1))
         c.claimInterval = bounded(c.claimInterval, atLeast: .milliseconds(10))
         c.retryDelay = bounded(c.retryDelay, atLeast: .zero)
         c.retryDelayMaximum = bounded(c.retryDelayMaximum, atLeast: c.retryDelay)
-        c.reconnectBackoffMaximum = bounded(c.reconnectBackoffMaximum, atLeast: .zero)
+        c.reconnectBackoffMaximum = bounded(c.reconnectBackoffMaximum, atLeast: .milliseconds(100))
         c.maxDeliveries = max(1, c.maxDeliveries)
         c.deadLetterMaxLength = c.deadLetterMaxLength.map { max(1, $0) }
         c.removeIdleConsumersAfter = c.removeIdleConsumersAfter.map { bounded($0, atLeast: .milliseconds(1)) }

@@ -322,8 +322,11 @@ struct StreamConsumerTests {
     /// A claim interval of 0 claimed in a busy loop; a minimum idle time of 0 took every entry
     /// of the other replicas, being handled or not.
     @Test func timingsHaveFloors() {
-        let configuration = StreamConsumerConfiguration(stream: "s", group: "g", claimMinIdle: .zero, claimInterval: .zero)
+        let configuration = StreamConsumerConfiguration(
+            stream: "s", group: "g", blockTime: .zero, claimMinIdle: .zero, claimInterval: .zero, reconnectBackoffMaximum: .zero)
         #expect(configuration.claimMinIdle == .milliseconds(1) && configuration.claimInterval == .milliseconds(10))
+        // Reads without a wait, reconnects without a pause: busy loops too.
+        #expect(configuration.blockTime == .milliseconds(10) && configuration.reconnectBackoffMaximum == .milliseconds(100))
     }
 
     /// Entries trimmed from the stream while pending (the route's max-length reached while a
