@@ -31,6 +31,8 @@ enum FlatJSON {
     static func arrayElementCount(_ bytes: ByteBuffer) -> Int? {
         bytes.withUnsafeReadableBytes { raw in
             var reader = Reader(bytes: raw)
+            // A UTF-8 byte order mark, which the reference decoder accepts.
+            if raw.starts(with: [0xEF, 0xBB, 0xBF]) { reader.index = 3 }
             reader.skipWhitespace()
             guard reader.consume(UInt8(ascii: "[")) else { return nil }
             var depth = 1

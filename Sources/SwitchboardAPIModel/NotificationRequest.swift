@@ -69,7 +69,12 @@ package struct NotificationRequest: Sendable, Equatable {
     package static func parseBatch(
         _ bytes: ByteBuffer, maxItems: Int, isAllowedTopic: (String, String?) -> String?
     ) throws(APIRequestError) -> [Result<NotificationRequest, APIRequestError>] {
-        if let count = FlatJSON.arrayElementCount(bytes), count > maxItems {
+        guard let count = FlatJSON.arrayElementCount(bytes) else {
+            // Not an array, or not UTF-8 (the reference decoder takes UTF-16 and UTF-32 too,
+            // and would build every item before the count could be checked).
+            throw APIRequestError(status: 400, message: "request body must be a JSON array of notifications", field: nil)
+        }
+        if count > maxItems {
             throw APIRequestError(status: 413, message: "batch of \(count) notifications is larger than \(maxItems)", field: nil)
         }
         let items: [BatchItem]

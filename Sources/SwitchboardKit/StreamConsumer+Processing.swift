@@ -62,6 +62,7 @@ extension StreamConsumer {
                 // Handled here already; its acknowledgement did not last. Acknowledge it again.
                 self.logger.info("entry handled already; acknowledged again", metadata: ["entry": "\(entry.id)"])
                 try await self.acknowledge(entry.id, on: connection)
+                self.state.withLockedValue { $0.unacknowledged.removeAll { $0 == entry.id } }
                 self.forgetRetry(of: entry.id)
                 continue
             }

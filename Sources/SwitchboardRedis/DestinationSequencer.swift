@@ -60,6 +60,10 @@ struct DestinationSequencer {
     /// read ran (or before the position was known), or a read failed. Asked for as soon as
     /// nothing runs, whether or not anything is buffered.
     private var repairOwed = false
+    /// A live message came too far ahead to buffer (``maxAhead``): a read is owed until one
+    /// succeeds (a read refused for good, by an ACL say, is retried with its back-off; the
+    /// message is in history, and comes with the first read that works).
+    private var farAheadOwed = false
     /// History reads that failed in a row (none succeeded since): the retries back off
     /// (``retryDelay(afterFailures:)``).
     private(set) var repairFailures = 0
@@ -144,6 +148,7 @@ struct DestinationSequencer {
     mutating func repaired(newest: StreamPosition, messages: [PublishedMessage]) -> Actions {
         repairFailures = 0
         refusals = 0
+        farAheadOwed = false
         var actions = repairedRead(newest: newest, messages: messages)
         askOwedRepair(into: &actions)
         return actions
@@ -268,7 +273,7 @@ struct DestinationSequencer {
     mutating func retryRepair(timer: UInt64? = nil) -> Actions {
         if let timer, timer != retryTimerNumber { return Actions() }
         retryScheduled = false
-        guard let position, !repairing, repairOwed || !pending.isEmpty else { return Actions() }
+        guard let position, !repairing, repairOwed || farAheadOwed || !pending.isEmpty else { return Actions() }
         var actions = Actions()
         askRepair(after: position, into: &actions)
         return actions
@@ -309,6 +314,7 @@ struct DestinationSequencer {
             // it is real. A position forged on the channel near the top of the range, buffered
             // until 10,000 were, moved the position there for good: every real message after
             // it was dropped as a copy.
+            farAheadOwed = true
             if repairing { repairOwed = true } else { askRepair(after: current, into: &actions) }
             return
         }

@@ -437,7 +437,13 @@ extension RedisEngine {
             if overflow || read.position.sequence <= through || UInt64(read.envelopes.count) > page {
                 return self.promiseLoop.makeSucceededFuture(read)
             }
-            return self.readPages(destination, key: key, into: read, after: through, span: page, epochChanges: epochChanges, from: after)
+            // An empty first page says where the next entry is (see ``readPages``).
+            var from = through
+            if let nextEntry = read.nextEntry, nextEntry > through + 1 {
+                guard nextEntry <= read.position.sequence else { return self.promiseLoop.makeSucceededFuture(read) }
+                from = nextEntry - 1
+            }
+            return self.readPages(destination, key: key, into: read, after: from, span: page, epochChanges: epochChanges, from: after)
         }
     }
 
@@ -521,6 +527,14 @@ extension RedisEngine {
             }
             result.envelopes += page.envelopes
             guard through < target.sequence else { return self.promiseLoop.makeSucceededFuture(result) }
+            // A page without entries says where the next one is: the rest of the stretch (trimmed,
+            // or skipped by a failover) is not read page by page.
+            if let nextEntry = page.nextEntry, nextEntry > through + 1 {
+                // Past the newest position the read began with: what follows comes live.
+                guard nextEntry <= target.sequence else { return self.promiseLoop.makeSucceededFuture(result) }
+                return self.readPages(
+                    destination, key: key, into: result, after: nextEntry - 1, span: Self.historyPage, epochChanges: epochChanges, from: start)
+            }
             let next = page.envelopes.isEmpty ? min(span.multipliedReportingOverflow(by: 2).partialValue, Self.widestHistoryPage) : Self.historyPage
             return self.readPages(
                 destination, key: key, into: result, after: through, span: max(next, Self.historyPage), epochChanges: epochChanges, from: start)

@@ -180,9 +180,20 @@ public enum HistoryFunctions: RedisFunctionLibrary {
             last = upto .. '-0'
           end
           local cutoff = now_ms() - (tonumber(redis.call('HGET', seq, 'ttl')) or 300000)
-          for _, entry in ipairs(redis.call('XRANGE', log, from .. '-0', last)) do
+          local entries = redis.call('XRANGE', log, from .. '-0', last)
+          for _, entry in ipairs(entries) do
             local fields = entry[2]
             if tonumber(fields[2]) >= cutoff then table.insert(out, fields[4]) end
+          end
+          -- A page with no entry at all (trimmed, or the positions a failover skipped), asked
+          -- with 'next': '' and the sequence of the first entry after it, so the reader goes
+          -- on from there in one step (older readers do not ask, and get no marker).
+          if upto and #entries == 0 and args[5] == 'next' then
+            local after_page = redis.call('XRANGE', log, '(' .. upto .. '-0', '+', 'COUNT', 1)[1]
+            if after_page then
+              table.insert(out, '')
+              table.insert(out, string.match(after_page[1], '^(%d+)'))
+            end
           end
           return out
         end
@@ -317,7 +328,7 @@ public struct HistoryPublishResult: RESPTokenDecodable, Sendable, Hashable {
     }
 }
 
-/// `FCALL switchboard_read 3 <prefix>{<destination>} <…>:seq <…>:log <mode> <n> <upto> <durable>`: where a destination's history
+/// `FCALL switchboard_read 3 <prefix>{<destination>} <…>:seq <…>:log <mode> <n> <upto> <durable> <next>`: where a destination's history
 /// stands, and the messages kept after a sequence number or the last few.
 public struct HistoryRead: RedisCommand {
     public enum Range: Sendable, Hashable {
@@ -347,7 +358,7 @@ public struct HistoryRead: RedisCommand {
     public var keysAffected: [String] { [key, key + ":seq", key + ":log"] }
 
     public func encode(into encoder: inout RESPCommandEncoder) {
-        encoder.encodeArray(count: 10)
+        encoder.encodeArray(count: 11)
         encoder.encodeBulk("FCALL")
         encoder.encodeBulk("switchboard_read")
         encoder.encodeBulk(3)
@@ -373,6 +384,8 @@ public struct HistoryRead: RedisCommand {
             encoder.encodeBulk(String(through))
         }
         encoder.encodeBulk(durable ? "1" : "")
+        // A page asks where the next entry is when it holds none (``HistoryReadResult/nextEntry``).
+        if case .page = range { encoder.encodeBulk("next") } else { encoder.encodeBulk("") }
     }
 }
 
@@ -382,6 +395,9 @@ public struct HistoryReadResult: RESPTokenDecodable, Sendable {
     public var position: StreamPosition
     /// The positioned envelopes read, oldest first (expired ones left out).
     public var envelopes: [ByteBuffer]
+    /// A page with no entry at all: the sequence of the first entry after it (nil: none, or a
+    /// library that does not say).
+    public var nextEntry: UInt64?
 
     public init(fromRESP token: RESPToken) throws {
         let parts = try [ByteBuffer](fromRESP: token)
@@ -389,6 +405,13 @@ public struct HistoryReadResult: RESPTokenDecodable, Sendable {
             throw RESPDecodeError(token: token, expected: "[epoch, n, message...]")
         }
         self.position = StreamPosition(epoch: String(buffer: parts[0]), sequence: sequence)
-        self.envelopes = Array(parts.dropFirst(2))
+        // An envelope is never empty: '' marks the next entry's sequence.
+        if parts.count == 4, parts[2].readableBytes == 0 {
+            guard let next = UInt64(String(buffer: parts[3])) else { throw RESPDecodeError(token: token, expected: "[epoch, n, '', next]") }
+            self.envelopes = []
+            self.nextEntry = next
+        } else {
+            self.envelopes = Array(parts.dropFirst(2))
+        }
     }
 }

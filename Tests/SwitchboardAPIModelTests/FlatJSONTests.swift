@@ -155,7 +155,7 @@ private func randomObject(_ g: inout Generator) -> String {
 
     @Test(arguments: [
         ("[]", 0), ("[{}]", 1), (" [ {} , {} ] ", 2), (#"[{"a":"x,]}\"y"},{"b":[1,{"c":2}]}]"#, 2), ("[1, \"s\", true, null]", 4),
-        ("[{},{},", 2), ("{}", -1),
+        ("[{},{},", 2), ("{}", -1), ("\u{FEFF}[{}, {}]", 2),
     ])
     func arrayElementsAreCountedWithoutParsing(json: String, count: Int) {
         #expect(FlatJSON.arrayElementCount(ByteBuffer(string: json)) == (count < 0 ? nil : count))
@@ -168,6 +168,15 @@ private func randomObject(_ g: inout Generator) -> String {
         let body = "[" + Array(repeating: "{}", count: 1_001).joined(separator: ",") + ",xyz]"
         #expect(throws: APIRequestError(status: 413, message: "batch of 1002 notifications is larger than 1000", field: nil)) {
             try NotificationRequest.parseBatch(ByteBuffer(string: body), maxItems: 1000) { _, _ in nil }
+        }
+    }
+
+    /// A UTF-16 body is not counted: refused at once, not decoded item by item first.
+    @Test func aBatchThatIsNotUTF8IsRefused() {
+        var body = ByteBuffer()
+        body.writeBytes([0xFF, 0xFE] + Array("[{}]".utf8).flatMap { [$0, 0] })
+        #expect(throws: APIRequestError(status: 400, message: "request body must be a JSON array of notifications", field: nil)) {
+            try NotificationRequest.parseBatch(body, maxItems: 1000) { _, _ in nil }
         }
     }
 

@@ -80,6 +80,14 @@ struct HistoryFunctionTests {
         let read = try await HistoryFunctions.call(HistoryRead(key: Self.key, range: .after(0)), on: client).get()
         #expect(read.position.sequence == 5)
         #expect(read.envelopes.map { RedisEnvelope.decode($0)!.position!.sequence } == [3, 4, 5])
+        // A page with no entry (trimmed) says where the next one is; one with entries, or
+        // with none after it, does not.
+        let trimmed = try await HistoryFunctions.call(HistoryRead(key: Self.key, range: .page(after: 0, through: 2)), on: client).get()
+        #expect(trimmed.envelopes.isEmpty && trimmed.nextEntry == 3)
+        let kept = try await HistoryFunctions.call(HistoryRead(key: Self.key, range: .page(after: 2, through: 4)), on: client).get()
+        #expect(kept.envelopes.count == 2 && kept.nextEntry == nil)
+        let beyond = try await HistoryFunctions.call(HistoryRead(key: Self.key, range: .page(after: 5, through: 9)), on: client).get()
+        #expect(beyond.envelopes.isEmpty && beyond.nextEntry == nil)
         // History lost (FLUSHALL stands for a Redis restarted without persistence).
         _ = try await client.execute(RawCommand("FLUSHALL"))
         let after = try await Self.publish(client, "again")

@@ -74,6 +74,25 @@ import Testing
         #expect(!RedisEngine.followOn([Self.message(101)], after: 100, through: .max), "a range past Int.max does not trap")
     }
 
+    /// A real message far ahead (two failovers' jumps) whose history read is refused for good
+    /// (an ACL, a library that cannot be decoded): it is not buffered, so nothing was pending
+    /// and the read was not asked again; the message was lost, uncounted. The read stays owed
+    /// until one succeeds, and brings it.
+    @Test func aFarAheadMessageKeepsItsReadOwedThroughRefusals() throws {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(10))
+        let far = 10 + DestinationSequencer.maxAhead + 5
+        #expect(s.receive(Self.message(far)).repairAfter == Self.at(10))
+        for _ in 0..<4 {
+            let failed = s.repairFailed(transient: false)
+            let timer = try #require(failed.retryAfter, "retried after its back-off")
+            #expect(s.retryRepair(timer: timer.number).repairAfter == Self.at(10))
+        }
+        let read = s.repaired(newest: Self.at(far), messages: [Self.message(far)])
+        #expect(Self.sequences(read) == [far])
+        #expect(read.skipped == far - 11)
+    }
+
     /// The engine's total of skipped messages: a forged count followed by any other trapped.
     @Test func aSaturatingAddNeverTraps() {
         let counter = Atomic<Int>(0)

@@ -69,21 +69,27 @@ import Testing
         #expect(budget.inFlight == 0, "a failed publish leaves the bound too")
     }
 
-    /// A batch's items count one by one: those past the bound get their own 503 result.
-    @Test func batchItemsPastTheBoundGetTheirOwn503() throws {
+    /// A batch is taken or refused whole: one item refused between two published ones put
+    /// the topic out of order once the client retried it.
+    @Test func aBatchPastTheBoundIsRefusedWhole() throws {
         let engine = HeldEngine()
-        // Each costs about 320 bytes: two fit, three do not.
+        // Each item costs about 320 bytes.
         let budget = PublishBytesBudget(limit: 700)
         let h = try PublishHandlerHarness(engine: engine, publishBytes: budget)
-        try h.request(
-            .POST, "/api/notifications", body: #"[{"topic":"/topic/a","message":"1"},{"topic":"/topic/a","message":"2"},{"topic":"/topic/a","message":"3"}]"#)
-        try #require(engine.pending.count == 2)
+        let batch = #"[{"topic":"/topic/a","message":"1"},{"topic":"/topic/a","message":"2"},{"topic":"/topic/a","message":"3"}]"#
+        // With nothing in flight the batch is taken, whatever its size.
+        try h.request(.POST, "/api/notifications", body: batch)
+        try #require(engine.pending.count == 3)
+        // Behind it, a second one is refused whole, nothing of it handed on.
+        try h.request(.POST, "/api/notifications", body: batch)
+        #expect(engine.pending.count == 3)
         for (_, promise) in engine.pending { promise.succeed(()) }
         h.channel.embeddedEventLoop.run()
         let answers = try h.responses()
-        #expect(answers.map(\.status) == [207])
-        let answer = try JSONDecoder().decode(BatchAnswer.self, from: Data(answers[0].body.utf8))
-        #expect(answer.published == 2 && answer.failed == 1)
+        #expect(answers.map(\.status) == [200, 207])
+        let refused = try JSONDecoder().decode(BatchAnswer.self, from: Data(answers[1].body.utf8))
+        #expect(refused.published == 0 && refused.failed == 3)
+        #expect(answers[1].body.contains("http.max-publish-bytes"))
         #expect(budget.inFlight == 0)
     }
 }

@@ -297,7 +297,8 @@ def test_a_resume_far_behind_is_read_in_pages_and_arrives_whole(cluster_factory,
 def test_a_resume_past_a_long_trimmed_stretch_reads_bounded_pages(cluster_factory, clients):
     """A resume from long ago: 11,000 trimmed positions, then the 5,000 kept. Empty pages
     doubled their span without end, and the first one reaching the kept ones read all 5,000 in
-    one reply again; a page now spans at most 4,096 positions, and the messages arrive whole."""
+    one reply again. An empty page now says where the next entry is, a page spans at most 4,096
+    positions, and the messages arrive whole."""
     kept = 5000
     cluster = cluster_factory(replicas=0, gateways=1, gateway_args=("--set", f"history.max-length={kept}"))
     topic = "/topic/h-trimmed"
@@ -327,9 +328,13 @@ def test_a_resume_past_a_long_trimmed_stretch_reads_bounded_pages(cluster_factor
     # Trimmed with MAXLEN ~: at least the last 5,000 are kept; they arrive in order, each once.
     numbers = [int(b[1:]) for b in bodies]
     assert len(numbers) >= kept and numbers == list(range(numbers[0], total)), numbers[:5]
-    spans = [int(b) - int(a) for a, b in re.findall(r'"switchboard_read" "\d+" (?:"[^"]*" )*?"after" "(\d+)" "(\d+)"', monitor_log.read_text(errors="replace"))]
-    assert spans, "the reads were seen"
-    assert max(spans) <= 4096, f"a read spanned {max(spans)} positions"
+    reads = [(int(a), int(b)) for a, b in re.findall(r'"switchboard_read" "\d+" (?:"[^"]*" )*?"after" "(\d+)" "(\d+)"', monitor_log.read_text(errors="replace"))]
+    assert reads, "the reads were seen"
+    assert max(b - a for a, b in reads) <= 4096, f"a read spanned {max(b - a for a, b in reads)} positions"
+    # m<i> is at position i + 1: the first page says where the first kept entry is, and the
+    # next read starts there (the stretch was read page by page, in doubling spans).
+    first_kept = numbers[0] + 1
+    assert len([1 for a, b in reads if b < first_kept]) == 1, reads[:8]
 
 
 @pytest.mark.parametrize("policy,warned", [("allkeys-lru", True), ("noeviction", False)])

@@ -209,17 +209,23 @@ struct NotificationPublisher: Sendable {
     /// (``FanoutHub/admission(on:)``: the publishes of one loop, so of one connection, keep their
     /// order), and is refused with a 503 when it does not drain in time.
     func publish(_ prepared: Prepared, on loop: any EventLoop) -> EventLoopFuture<NotificationAnswer> {
+        let cost = PublishBytesBudget.cost(of: prepared.message)
+        guard publishBytes.reserve(cost) else { return loop.makeFailedFuture(publishBytesRefusal) }
+        return publish(prepared, reserved: cost, on: loop)
+    }
+
+    /// The answer to a publish past `http.max-publish-bytes`.
+    private var publishBytesRefusal: Failure {
+        Failure(
+            status: .serviceUnavailable,
+            message: "gateway overloaded: its API publishes in flight hold http.max-publish-bytes (\(publishBytes.limit)); nothing was published, retry later",
+            field: nil)
+    }
+
+    /// Publishes `prepared`, whose `reserved` bytes were counted in ``publishBytes`` already.
+    private func publish(_ prepared: Prepared, reserved cost: Int, on loop: any EventLoop) -> EventLoopFuture<NotificationAnswer> {
         let engine = services.engine
         let budget = publishBytes
-        let cost = PublishBytesBudget.cost(of: prepared.message)
-        guard budget.reserve(cost) else {
-            return loop.makeFailedFuture(
-                Failure(
-                    status: .serviceUnavailable,
-                    message:
-                        "gateway overloaded: its API publishes in flight hold http.max-publish-bytes (\(budget.limit)); nothing was published, retry later",
-                    field: nil))
-        }
         let published: EventLoopFuture<NotificationAnswer>
         if let admission = services.hub.admission(on: loop) {
             published = admission.flatMap { Self.publish(prepared, engine: engine, on: loop) }
@@ -247,12 +253,19 @@ struct NotificationPublisher: Sendable {
             .map { $0 ? prepared.answer : prepared.duplicateAnswer }
     }
 
-    /// Publishes every valid item of a batch, in order.
+    /// Publishes every valid item of a batch, in order. The batch's bytes are counted against
+    /// `http.max-publish-bytes` at once: all its valid items are taken, or all refused (one item
+    /// refused between two published ones put the topic out of order once retried).
     func publishBatch(_ items: [Result<Prepared, Failure>], on loop: any EventLoop) -> EventLoopFuture<BatchAnswer> {
-        let futures: [EventLoopFuture<Result<NotificationAnswer, Failure>>] = items.map { item in
+        let costs = items.map { item in (try? item.get()).map { PublishBytesBudget.cost(of: $0.message) } ?? 0 }
+        let total = costs.reduce(0, +)
+        let admitted = total == 0 || publishBytes.reserve(total)
+        let futures: [EventLoopFuture<Result<NotificationAnswer, Failure>>] = zip(items, costs).map { item, cost in
             switch item {
+            case .success where !admitted:
+                loop.makeSucceededFuture(.failure(publishBytesRefusal))
             case .success(let prepared):
-                publish(prepared, on: loop).map { .success($0) }.recover { error in
+                publish(prepared, reserved: cost, on: loop).map { .success($0) }.recover { error in
                     .failure(error as? Failure ?? Failure(status: .serviceUnavailable, message: "publish failed: \(error)", field: nil))
                 }
             case .failure(let failure):
