@@ -65,7 +65,7 @@ package enum ConfigKeyCatalog {
                 .init("http.max-batch-items", .integer, "`1000`", "most notifications in one `POST /api/notifications` (413 beyond)"),
                 .init(
                     "http.max-publish-bytes", .integer, "`67108864`",
-                    "bytes of API publishes in flight (accepted and not answered yet: waiting for Redis, for the fan-out backlog) on the whole instance, counted per message (body, destination, headers, 256 bytes more); past it a publish is answered 503 at once and not published (a batch item gets its own 503 result), so a retry is safe. With none in flight one is always taken. 0: no bound"
+                    "bytes of API publishes in flight (accepted and not answered yet: waiting for Redis, for the fan-out backlog) on the whole instance, counted per message (body, destination, headers, 256 bytes more); past it a publish is answered 503 at once and not published (a batch is counted whole: all its items are taken, or all get a 503 result), so a retry is safe. With none in flight one is always taken. 0: no bound"
                 ),
                 .init("http.backlog", .integer, "`4096`", "TCP accept backlog"),
                 .init(
