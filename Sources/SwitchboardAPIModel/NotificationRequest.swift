@@ -32,7 +32,7 @@ package struct NotificationRequest: Sendable, Equatable {
     package var idempotencyKey: String?
 
     /// Most entries of a request's `headers` object (a STOMP frame carries each as a header line).
-    package static let maxHeaders = 64
+    package static let maxHeaders = PublishHeaders.maxCount
 
     /// Parses and validates a request body.
     ///
@@ -222,30 +222,9 @@ package struct NotificationRequest: Sendable, Equatable {
         }
     }
 
-    /// Refuses a `headers` object no STOMP frame could carry as sent: more than ``maxHeaders``
-    /// entries, an empty name (its header line would start with `:`, which decoders refuse), a
-    /// name holding `:` or a control character, a value holding a NUL (a STOMP header cannot
-    /// carry one; it would end the frame). Other control characters of a value are carried:
-    /// STOMP 1.1+ escapes CR and LF (1.0 subscribers get spaces), a tab is a tab.
+    /// Refuses a `headers` object no STOMP frame could carry as sent (``PublishHeaders``).
     static func checkHeaders(_ dict: [String: String]) throws(APIRequestError) {
-        guard dict.count <= maxHeaders else {
-            throw APIRequestError(status: 400, message: "field 'headers' must hold at most \(maxHeaders) headers, not \(dict.count)", field: "headers")
-        }
-        for (name, value) in dict.sorted(by: { $0.key < $1.key }) {
-            let problem: String? =
-                if name.isEmpty {
-                    "must not hold an empty header name"
-                } else if name.utf8.contains(UInt8(ascii: ":")) {
-                    "must not hold a header name containing ':'"
-                } else if DestinationPattern.holdsControlCharacters(name) {
-                    "must not hold a header name containing control characters"
-                } else if value.utf8.contains(0) {
-                    "must not hold a header value containing a NUL (header '\(name)')"
-                } else {
-                    nil
-                }
-            if let problem { throw APIRequestError(status: 400, message: "field 'headers' \(problem)", field: "headers") }
-        }
+        if let problem = PublishHeaders.problem(dict) { throw APIRequestError(status: 400, message: "field 'headers' \(problem)", field: "headers") }
     }
 
     /// One element of a batch array: its fields, or nil when it is not an object.

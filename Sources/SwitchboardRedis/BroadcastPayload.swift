@@ -6,8 +6,10 @@ import SwitchboardWire
 /// the HTTP API's JSON, `{"topic": "...", "message": "...", "contentType": "..."?,
 /// "headers": {...}?, "user": "..."?}`.
 ///
-/// `topic` and `message` are required strings. The other fields are optional, and one of the
-/// wrong type (or null) counts as absent rather than failing the payload.
+/// `topic` and `message` are required strings. `user`, when present and not null, must be a
+/// non-empty string: another type failed no check and reached every subscriber of the topic (a
+/// backend's numeric user id, a private message to everyone). The other optional fields of the
+/// wrong type (or null) count as absent.
 package struct BroadcastPayload: Codable, Sendable, Equatable {
     /// The destination, e.g. `/topic/news`; for a `user`, the destination within the user's
     /// (`/queue/x` reaches the user's `/user/queue/x` subscriptions).
@@ -18,7 +20,7 @@ package struct BroadcastPayload: Codable, Sendable, Equatable {
     package var contentType: String?
     /// Extra headers (reserved names and `content-type` are left out on delivery).
     package var headers: [String: String]?
-    /// The user addressed; absent or empty for every subscriber of `topic`.
+    /// The user addressed; absent (or null) for every subscriber of `topic`.
     package var user: String?
 
     package init(topic: String, message: String, contentType: String? = nil, headers: [String: String]? = nil, user: String? = nil) {
@@ -39,7 +41,10 @@ package struct BroadcastPayload: Codable, Sendable, Equatable {
         message = try container.decode(String.self, forKey: .message)
         contentType = (try? container.decodeIfPresent(String.self, forKey: .contentType)) ?? nil
         headers = (try? container.decodeIfPresent([String: String].self, forKey: .headers)) ?? nil
-        user = (try? container.decodeIfPresent(String.self, forKey: .user)) ?? nil
+        user = try container.decodeIfPresent(String.self, forKey: .user)
+        if user?.isEmpty == true {
+            throw DecodingError.dataCorruptedError(forKey: .user, in: container, debugDescription: "an empty user")
+        }
     }
 
     package func encode(to encoder: any Encoder) throws {

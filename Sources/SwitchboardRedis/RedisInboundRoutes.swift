@@ -143,7 +143,21 @@ package final class RedisInboundRoutes: Sendable {
         guard let broadcast = BroadcastPayload.decode(payload) else {
             engine.inboundDropped.add(.badPayload)
             logger.log(
-                level: .warning, throttledBy: InputLogs.badBroadcast, "broadcast payload is not {\"topic\",\"message\"} JSON; dropped", metadata: ["channel": "\(channel)"])
+                level: .warning, throttledBy: InputLogs.badBroadcast,
+                "broadcast payload is not {\"topic\",\"message\"} JSON (with a non-empty string user, if any); dropped", metadata: ["channel": "\(channel)"])
+            return
+        }
+        // What the HTTP API refuses is refused here too: headers no STOMP frame carries as sent,
+        // a user name that is not one (it would route to another user's destinations).
+        let problem =
+            broadcast.headers.flatMap { PublishHeaders.problem($0).map { "headers \($0)" } }
+            ?? broadcast.user.flatMap { user in
+                (DestinationPattern.nameProblem(user) ?? (DestinationPattern.isNormalized(user) ? nil : "must be in NFC")).map { "user \($0)" }
+            }
+        if let problem {
+            engine.inboundDropped.add(.badPayload)
+            logger.log(
+                level: .warning, throttledBy: InputLogs.badBroadcast, "broadcast payload dropped: its \(problem)", metadata: ["channel": "\(channel)"])
             return
         }
         var headers: STOMPHeaders = ["content-type": broadcast.contentType ?? "text/plain"]
@@ -152,7 +166,7 @@ package final class RedisInboundRoutes: Sendable {
                 headers.add(k, v)
             }
         }
-        if let user = broadcast.user, !user.isEmpty {
+        if let user = broadcast.user {
             // {"user": "alice", "topic": "/queue/x", ...}: to alice's /user/queue/x sessions. A
             // topic outside the user destinations reaches nobody (`/topic/x`), or another user
             // (`x/queue/y` routes to user `alicex`): dropped, as the HTTP API refuses it.
@@ -270,6 +284,10 @@ package final class RedisInboundRoutes: Sendable {
                     }
                     try await followRewind(connection)
                     while !Task.isCancelled {
+                        // Not while the fan-out backlog is over its limit (as the subscriber
+                        // connections pause): a backlog read from the stream went to the loops'
+                        // inboxes with no bound.
+                        while hub.isBacklogged, !Task.isCancelled { try await Task.sleep(for: .milliseconds(20)) }
                         let result = try await connection.execute(XREAD(count: 256, blockMilliseconds: 2000, streams: [(stream, cursor.lastID!)]))
                         // Only a read that worked ends the back-off (a stream that cannot be read,
                         // a key of another type or an ACL, reconnected every 100 ms for good).

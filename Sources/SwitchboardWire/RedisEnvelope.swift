@@ -46,7 +46,11 @@ public enum RedisEnvelope {
         }
         var buffer = payload
         buffer.moveReaderIndex(forwardBy: 1)
-        var decoder = STOMPFrameDecoder(limits: STOMPDecoderLimits(maxFrameBytes: Int.max / 2, maxHeaders: 1024, maxHeaderLineBytes: 1 << 20))
+        // What any entry point may publish: header values as long as a body (the HTTP API's
+        // up to http.max-body-bytes; the default 64 KiB header block made every instance drop
+        // such a message, recorded in history all the same).
+        var decoder = STOMPFrameDecoder(
+            limits: STOMPDecoderLimits(maxFrameBytes: Int.max / 2, maxHeaders: 1024, maxHeaderLineBytes: Int.max / 2, maxHeaderBytes: Int.max / 2))
         guard let frame = try? decoder.decodeFrame(&buffer), frame.command == .message else { return nil }
         var user = STOMPHeaders()
         var own: [String: String] = [:]

@@ -42,17 +42,30 @@ struct BroadcastPayloadTests {
             #"{"topic":"/topic/a","message":"m","contentType":null}"#,
             #"{"topic":"/topic/a","message":"m","headers":{"x-n":1}}"#,
             #"{"topic":"/topic/a","message":"m","headers":["x"]}"#,
-            #"{"topic":"/topic/a","message":"m","user":true}"#,
             #"{"topic":"/topic/a","message":"m","user":null,"extra":[1,2]}"#,
         ])
     func lenientOptionals(_ json: String) {
         #expect(decode(json) == BroadcastPayload(topic: "/topic/a", message: "m"))
     }
 
-    @Test("an empty user and content type are kept as they are")
+    /// A `user` of another type, or empty, counted as absent: the private message went to every
+    /// subscriber of the topic (a backend's numeric user ids).
+    @Test(
+        "a user that is not a non-empty string fails the payload",
+        arguments: [
+            #"{"topic":"/queue/a","message":"m","user":42}"#,
+            #"{"topic":"/queue/a","message":"m","user":true}"#,
+            #"{"topic":"/queue/a","message":"m","user":""}"#,
+            #"{"topic":"/queue/a","message":"m","user":["alice"]}"#,
+        ])
+    func userMustBeANonEmptyString(_ json: String) {
+        #expect(decode(json) == nil)
+    }
+
+    @Test("an empty message and content type are kept as they are")
     func emptyStrings() {
-        let payload = decode(#"{"topic":"/topic/a","message":"","contentType":"","user":""}"#)
-        #expect(payload == BroadcastPayload(topic: "/topic/a", message: "", contentType: "", user: ""))
+        let payload = decode(#"{"topic":"/topic/a","message":"","contentType":""}"#)
+        #expect(payload == BroadcastPayload(topic: "/topic/a", message: "", contentType: ""))
     }
 
     @Test("encodes to JSON that decodes back, leaving absent fields out")

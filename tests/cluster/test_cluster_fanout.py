@@ -196,6 +196,25 @@ def test_malformed_broadcasts_are_dropped_and_their_log_lines_bounded(shared_clu
         assert 1 <= logged <= 10, f"gw{i} logged {logged} lines for 200 malformed broadcasts"
 
 
+def test_broadcasts_the_http_api_would_refuse_are_dropped(shared_cluster, clients):
+    """A broadcast's headers and user are checked as the HTTP API checks them: an empty header
+    name was recorded in history and then dropped by every instance reading it back (a jump in
+    x-position), and a numeric user counted as none, so the private message went to every
+    subscriber of the topic."""
+    c = clients(shared_cluster.client(shared_cluster.gw_ws(0)))
+    c.subscribe("/topic/checked", id="1", receipt="r")
+    for bad in [{"topic": "/topic/checked", "message": "no", "headers": {"": "x"}},
+                {"topic": "/topic/checked", "message": "no", "headers": {f"h{i}": "v" for i in range(65)}},
+                {"topic": "/topic/checked", "message": "no", "user": 42},
+                {"topic": "/topic/checked", "message": "no", "user": ""},
+                {"topic": "/topic/checked", "message": "no", "user": "a\tb"}]:
+        shared_cluster.redis_cli("PUBLISH", "BROADCAST-CHANNEL", json.dumps(bad))
+    shared_cluster.redis_cli("PUBLISH", "BROADCAST-CHANNEL", json.dumps({"topic": "/topic/checked", "message": "yes", "headers": {"x-a": "1"}}))
+    got = collect(c, 1)[0]
+    assert got.text == "yes" and got["x-a"] == "1"
+    c.expect_nothing(0.3)
+
+
 def test_send_to_app_greet_is_stored_in_stream_before_receipt(shared_cluster, clients):
     c = clients(shared_cluster.client())
     c.send("/app/greet", "stream me", headers={"x-trace": "t-1", "content-type": "text/plain"}, receipt="s1")
