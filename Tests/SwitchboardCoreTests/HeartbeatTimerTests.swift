@@ -134,6 +134,19 @@ struct LoopShardHeartbeatTimerTests {
         #expect(b.closed == nil && c.closed == nil)
     }
 
+    /// A session's heart-beat write to a peer that is gone (EPIPE) closes the channel inside
+    /// the write: the session left the shard, but its check returned the next tick and it was
+    /// put back in the wheel, kept there (and counted) until that tick.
+    @Test("a client that closed during its own check is not scheduled again")
+    func closedDuringItsCheck() {
+        let client = TickRecorder(every: 100)
+        client.onVisit = { [shard] _ in shard.removeHeartbeatClient(client) }
+        shard.addHeartbeatClient(client)
+        advance(ticks: 1)
+        #expect(client.visits == [1])
+        #expect(shard.heartbeatChecksScheduled == 0)
+    }
+
     @Test("closeAll reaches clients that are not in the wheel")
     func closeAllReachesIdle() {
         let idle = TickRecorder(every: nil), busy = TickRecorder(every: 3)

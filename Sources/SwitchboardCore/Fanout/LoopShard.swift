@@ -492,8 +492,12 @@ package final class LoopShard: @unchecked Sendable {
         wheel.takeDue(at: now, into: &dueClients)
         for client in dueClients {
             // A check may close sessions: this one (then it returns nil) or others due in the
-            // same tick (then they are no longer registered).
-            guard heartbeatClients[ObjectIdentifier(client)] != nil, let next = client.heartbeatTick(now) else { continue }
+            // same tick (then they are no longer registered). Its own heart-beat write may close
+            // it too (a peer gone: EPIPE, and the channel goes inactive inside the write): it
+            // returned its next check, but is no longer registered, and is not scheduled again.
+            guard heartbeatClients[ObjectIdentifier(client)] != nil, let next = client.heartbeatTick(now),
+                heartbeatClients[ObjectIdentifier(client)] != nil
+            else { continue }
             wheel.schedule(client, at: max(next, now &+ 1))
         }
         dueClients.removeAll(keepingCapacity: true)

@@ -21,6 +21,12 @@ import SwitchboardWire
 /// messages are held in memory meanwhile. Progress is each written chunk's completion (the
 /// socket took it), not the channel becoming writable again, which needs half the limit drained:
 /// a client reading slowly but steadily was cut off as if it read nothing.
+///
+/// Each chunk is flushed as it is written: over TLS the writes wait in the TLS handler until a
+/// flush, so the channel stayed writable however much was written, the whole replay went out
+/// at once and the session ended as a slow consumer right after it. The pacing ends once the
+/// socket took every write made under it (ended while the writable channel still held nearly
+/// the limit, the next live pass could make it unwritable: a slow consumer again).
 extension STOMPSessionHandler {
     /// The part of one subscription's replay not written yet.
     struct ReplayRemainder {
@@ -49,7 +55,6 @@ extension STOMPSessionHandler {
             hold(buffer, behind: machine.newestStep, context: context)
             guard replayBacklog != nil, machine.phase == .connected else { return }
         }
-        var wrote = false
         while context.channel.isWritable, var first = replayBacklog!.first {
             let subscription = first.subscription
             guard subscription.slot >= 0 else {
@@ -68,7 +73,8 @@ extension STOMPSessionHandler {
             shard.counters.record(batch)
             if let buffer = takeUndelivered() {
                 writeTracked(buffer, context: context)
-                wrote = true
+                // Now, so that the channel's writability counts it (over TLS too).
+                flushReplay(context: context)
             }
             if first.messages.isEmpty {
                 replayBacklog!.removeFirst()
@@ -80,15 +86,19 @@ extension STOMPSessionHandler {
         if replayBacklog?.isEmpty == true {
             // The replay is out: the held deliveries whose steps are answered follow.
             let answeredThrough = machine.oldestUnansweredStep.map { $0 &- 1 }
+            var writtenHeld = false
             while context.channel.isWritable, let first = held?.first, answeredThrough.map({ first.step <= $0 }) ?? true {
                 held!.removeFirst()
                 heldBytes -= first.bytes.readableBytes
                 writeTracked(first.bytes, context: context)
-                wrote = true
+                writtenHeld = true
             }
+            // Held deliveries are bounded by the limit: one flush for them all.
+            if writtenHeld { flushReplay(context: context) }
             if held?.isEmpty == true { held = nil }
-            // What is left waits for its step, as without a replay.
-            if context.channel.isWritable {
+            // What is left waits for its step, as without a replay. Once the socket took
+            // every write made under the pacing (``replayBytesTaken()`` pumps again then).
+            if context.channel.isWritable, replayWritesPending == 0 {
                 replayBacklog = nil
                 machine.replayProgressed()
                 machine.replayPacing(false, at: shard.tick)  // the client's queued frames go on (runActions)
@@ -99,11 +109,12 @@ extension STOMPSessionHandler {
         if replayBacklog != nil, !context.channel.isWritable, machine.replayStalled(at: shard.tick) {
             shard.scheduleHeartbeatCheck(self, at: shard.tick &+ 1)
         }
-        if wrote {
-            // Flushed now: a paused replay goes on when the socket drained what was written.
-            wroteSinceFlush = false
-            (writer ?? context).flush()
-        }
+    }
+
+    /// Flushes what a paced replay wrote: a paused replay goes on when the socket drained it.
+    private func flushReplay(context: ChannelHandlerContext) {
+        wroteSinceFlush = false
+        (writer ?? context).flush()
     }
 
     /// While a replay is paced, the kernel keeps at most two chunks not yet sent
@@ -123,14 +134,34 @@ extension STOMPSessionHandler {
     private func writeTracked(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
         let promise = context.eventLoop.makePromise(of: Void.self)
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        promise.futureResult.whenSuccess { bound.value.replayBytesTaken() }
+        replayWritesPending += 1
+        promise.futureResult.whenComplete { result in
+            bound.value.replayWritesPending -= 1
+            if case .success = result { bound.value.replayBytesTaken() }
+        }
         (writer ?? context).write(wrapOutboundOut(bytes), promise: promise)
         machine.wrote(at: shard.tick)
     }
 
     /// The socket took a chunk of a paced replay: progress.
     private func replayBytesTaken() {
-        guard isPacingReplay, machine.replayProgressed(), let context, !context.channel.isWritable else { return }
+        guard isPacingReplay, let context else { return }
+        // The last write of a replay that is out: the pacing can end, once the pump that wrote
+        // it returned (a flush completes writes at once, inside it).
+        if replayWritesPending == 0, replayBacklog?.isEmpty == true, context.channel.isWritable {
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.execute {
+                let handler = bound.value
+                guard handler.isPacingReplay, let context = handler.context else { return }
+                handler.pumpReplay(context: context)
+                if !handler.isPacingReplay {
+                    handler.runActions()  // the client's frames that waited for the replay
+                    handler.flushIfNeeded()
+                }
+            }
+            return
+        }
+        guard machine.replayProgressed(), !context.channel.isWritable else { return }
         // Still waiting for the socket: the deadline counts from now.
         _ = machine.replayStalled(at: shard.tick)
     }

@@ -102,6 +102,9 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     /// Replayed messages not written yet, oldest subscription first: set while writes are paced
     /// by a replay (see ``pumpReplay(context:)``); nil in almost every session.
     var replayBacklog: CircularBuffer<ReplayRemainder>?
+    /// Writes of a paced replay (and of the deliveries held behind it) the socket has not
+    /// taken yet: the pacing ends once none is left.
+    var replayWritesPending: Int32 = 0
     /// ``runActions()`` is running (an action may feed the machine an event).
     var running = false
     /// The session's `connected` fact was recorded and its `disconnected` not yet.
