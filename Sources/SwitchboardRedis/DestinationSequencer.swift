@@ -148,7 +148,8 @@ struct DestinationSequencer {
     mutating func repaired(newest: StreamPosition, messages: [PublishedMessage]) -> Actions {
         repairFailures = 0
         refusals = 0
-        farAheadOwed = false
+        // Not by a read asked before the far-ahead message came (another one is owed then).
+        if !repairOwed { farAheadOwed = false }
         var actions = repairedRead(newest: newest, messages: messages)
         askOwedRepair(into: &actions)
         return actions

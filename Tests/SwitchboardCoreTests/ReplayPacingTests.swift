@@ -75,7 +75,9 @@ final class SlowSocket: ChannelOutboundHandler {
 
     /// A gateway with a 4 KiB pending limit on the pending engine (registered at e1:40), a
     /// client behind a slow socket, subscribed with `x-resume-from: e1:0`.
-    static func resuming(stallTimeout: TimeAmount = .seconds(10)) throws -> (TestGateway, PendingReplayEngine, TestClient, SlowSocket) {
+    static func resuming(
+        stallTimeout: TimeAmount = .seconds(10), socketHigh: Int = limit, before: (any ChannelHandler)? = nil
+    ) throws -> (TestGateway, PendingReplayEngine, TestClient, SlowSocket) {
         let box = EngineBox()
         var configuration = SessionConfiguration()
         configuration.maxPendingOutboundBytes = limit
@@ -86,8 +88,9 @@ final class SlowSocket: ChannelOutboundHandler {
             return engine
         }
         let client = try gateway.client()
-        let socket = SlowSocket(high: limit)
+        let socket = SlowSocket(high: socketHigh)
         try client.channel.pipeline.syncOperations.addHandler(socket, position: .first)
+        if let before { try client.channel.pipeline.syncOperations.addHandler(before, position: .after(socket)) }
         try client.send(.connect, ["host": "localhost", "accept-version": "1.2"])
         socket.drain()
         try #require(try client.frames().map(\.command) == [.connected])
@@ -233,5 +236,50 @@ final class SlowSocket: ChannelOutboundHandler {
         #expect(!frames.contains { $0.command == .error }, "\(frames.filter { $0.command == .error }.map(\.headers))")
         #expect(frames.filter { $0.command == .message }.count == 40)
         #expect(client.isActive)
+    }
+
+    /// A peer gone while its replay is written: the flush of a chunk fails (EPIPE) and closes
+    /// the channel inside it, which cleans the session up. The pump went on with the backlog
+    /// the close had cleared, and the process trapped.
+    @Test func aPeerGoneDuringAReplayFlushEndsTheSessionCleanly() throws {
+        let closer = FlushCloses()
+        let (gateway, engine, client, _) = try Self.resuming(socketHigh: 1 << 20, before: closer)
+        defer { gateway.shutdown() }
+        closer.armed = true
+        Self.replayArrives(engine, gateway)
+        #expect(closer.closed)
+        #expect(!client.isActive)
+    }
+
+    /// A client that stops reading once the replay is written, its connection's buffer still
+    /// under the high water mark (writable): the pacing waited for the socket to take the
+    /// writes, and without a stall deadline (armed only while unwritable) the session and the
+    /// client's waiting frames stayed so for good. The deadline holds while writes are pending.
+    @Test func writesPendingWithTheChannelWritableStillHaveAStallDeadline() throws {
+        let (gateway, engine, client, socket) = try Self.resuming(stallTimeout: .milliseconds(1_000), socketHigh: 1 << 20)
+        defer { gateway.shutdown() }
+        Self.replayArrives(engine, gateway)
+        #expect(socket.queuedBytes > 40_000, "the whole replay is written, not taken")
+        gateway.loop.advanceTime(by: .milliseconds(1_600))
+        socket.drain()
+        let out = try client.read()
+        let error = out.compactMap(\.frame).last
+        #expect(error?.command == .error)
+        #expect(error?.headers["message"] == "slow consumer: the connection took nothing of a replay in 1000 ms", "\(out)")
+    }
+}
+
+/// Closes the channel at the first flush once armed, as a write to a peer gone does (NIO
+/// closes the socket inside the flush).
+final class FlushCloses: ChannelOutboundHandler {
+    typealias OutboundIn = ByteBuffer
+    var armed = false
+    private(set) var closed = false
+
+    func flush(context: ChannelHandlerContext) {
+        guard armed else { return context.flush() }
+        armed = false
+        closed = true
+        context.close(promise: nil)
     }
 }

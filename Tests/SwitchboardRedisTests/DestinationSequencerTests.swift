@@ -93,6 +93,22 @@ import Testing
         #expect(read.skipped == far - 11)
     }
 
+    /// The same with a read already running when the message came: that read (sent before it)
+    /// does not clear what is owed for it.
+    @Test func aReadSentBeforeTheFarAheadMessageDoesNotSettleIt() throws {
+        var s = DestinationSequencer()
+        _ = s.established(at: Self.at(10))
+        _ = s.receive(Self.message(12))  // a hole: a read runs
+        let far = 12 + DestinationSequencer.maxAhead + 5
+        #expect(s.receive(Self.message(far)).repairAfter == nil, "a read runs already")
+        let first = s.repaired(newest: Self.at(12), messages: [Self.message(11), Self.message(12)])
+        #expect(Self.sequences(first) == [11, 12])
+        #expect(first.repairAfter == Self.at(12), "another read, for the far-ahead message")
+        let failed = s.repairFailed(transient: false)
+        let timer = try #require(failed.retryAfter)
+        #expect(s.retryRepair(timer: timer.number).repairAfter == Self.at(12), "still owed after a refusal")
+    }
+
     /// The engine's total of skipped messages: a forged count followed by any other trapped.
     @Test func aSaturatingAddNeverTraps() {
         let counter = Atomic<Int>(0)

@@ -55,7 +55,11 @@ extension STOMPSessionHandler {
             hold(buffer, behind: machine.newestStep, context: context)
             guard replayBacklog != nil, machine.phase == .connected else { return }
         }
-        while context.channel.isWritable, var first = replayBacklog!.first {
+        // A flush below can run handlers at once (writability, a close): not this pump again.
+        guard !pumpingReplay else { return }
+        pumpingReplay = true
+        defer { pumpingReplay = false }
+        while context.channel.isWritable, var first = replayBacklog?.first {
             let subscription = first.subscription
             guard subscription.slot >= 0 else {
                 replayBacklog!.removeFirst()  // unsubscribed meanwhile
@@ -71,15 +75,18 @@ extension STOMPSessionHandler {
             }
             subscription.replayedThrough = through
             shard.counters.record(batch)
-            if let buffer = takeUndelivered() {
-                writeTracked(buffer, context: context)
-                // Now, so that the channel's writability counts it (over TLS too).
-                flushReplay(context: context)
-            }
+            // The backlog is up to date before the write and its flush.
             if first.messages.isEmpty {
                 replayBacklog!.removeFirst()
             } else {
                 replayBacklog![replayBacklog!.startIndex] = first
+            }
+            if let buffer = takeUndelivered() {
+                writeTracked(buffer, context: context)
+                // Now, so that the channel's writability counts it (over TLS too). A peer gone
+                // closes the channel inside it (the session cleaned up, its backlog gone).
+                flushReplay(context: context)
+                guard replayBacklog != nil, machine.phase == .connected else { return }
             }
             guard machine.phase == .connected else { break }
         }
@@ -94,7 +101,10 @@ extension STOMPSessionHandler {
                 writtenHeld = true
             }
             // Held deliveries are bounded by the limit: one flush for them all.
-            if writtenHeld { flushReplay(context: context) }
+            if writtenHeld {
+                flushReplay(context: context)
+                guard replayBacklog != nil, machine.phase == .connected else { return }
+            }
             if held?.isEmpty == true { held = nil }
             // What is left waits for its step, as without a replay. Once the socket took
             // every write made under the pacing (``replayBytesTaken()`` pumps again then).
@@ -106,7 +116,9 @@ extension STOMPSessionHandler {
             }
         }
         // Waiting for the socket to drain: not forever (``SessionConfiguration/replayStallTimeout``).
-        if replayBacklog != nil, !context.channel.isWritable, machine.replayStalled(at: shard.tick) {
+        // (Writes still pending count: a client that stopped reading with the channel still
+        // writable kept the pacing, and its frames waiting, for good.)
+        if replayBacklog != nil, !context.channel.isWritable || replayWritesPending > 0, machine.replayStalled(at: shard.tick) {
             shard.scheduleHeartbeatCheck(self, at: shard.tick &+ 1)
         }
     }
@@ -161,7 +173,7 @@ extension STOMPSessionHandler {
             }
             return
         }
-        guard machine.replayProgressed(), !context.channel.isWritable else { return }
+        guard machine.replayProgressed(), !context.channel.isWritable || replayWritesPending > 0 else { return }
         // Still waiting for the socket: the deadline counts from now.
         _ = machine.replayStalled(at: shard.tick)
     }

@@ -105,6 +105,8 @@ package final class STOMPSessionHandler: ChannelDuplexHandler, SubscriptionSink,
     /// Writes of a paced replay (and of the deliveries held behind it) the socket has not
     /// taken yet: the pacing ends once none is left.
     var replayWritesPending: Int32 = 0
+    /// ``pumpReplay(context:)`` is running (its flushes run handlers at once).
+    var pumpingReplay = false
     /// ``runActions()`` is running (an action may feed the machine an event).
     var running = false
     /// The session's `connected` fact was recorded and its `disconnected` not yet.
