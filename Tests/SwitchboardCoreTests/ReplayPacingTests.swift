@@ -17,6 +17,8 @@ final class SlowSocket: ChannelOutboundHandler {
     private(set) var queuedBytes = 0
     /// The most bytes queued at once.
     private(set) var mostQueued = 0
+    /// The largest single write.
+    private(set) var largestWrite = 0
 
     init(high: Int) { self.high = high }
 
@@ -26,6 +28,7 @@ final class SlowSocket: ChannelOutboundHandler {
         let bytes = unwrapOutboundIn(data)
         queued.append((bytes, promise))  // done when the peer read it
         queuedBytes += bytes.readableBytes
+        largestWrite = max(largestWrite, bytes.readableBytes)
         mostQueued = max(mostQueued, queuedBytes)
         if queuedBytes > high, let channel = context.channel as? EmbeddedChannel, channel.isWritable {
             channel.isWritable = false
@@ -236,6 +239,27 @@ final class SlowSocket: ChannelOutboundHandler {
         #expect(!frames.contains { $0.command == .error }, "\(frames.filter { $0.command == .error }.map(\.headers))")
         #expect(frames.filter { $0.command == .message }.count == 40)
         #expect(client.isActive)
+    }
+
+    /// The live messages held behind a replay (merged into one buffer per step, up to the
+    /// limit) went out as one write, whose completion alone counted as progress: a client
+    /// reading steadily but slowly took longer than the stall deadline and was cut off. They go
+    /// out a chunk at a time, as the replay does.
+    @Test func liveMessagesHeldBehindAReplayGoOutAChunkAtATime() throws {
+        let (gateway, engine, client, socket) = try Self.resuming()
+        defer { gateway.shutdown() }
+        Self.replayArrives(engine, gateway)
+        Self.live(41...43, size: 1_000, gateway)  // about 3 KB held, in one buffer
+        var frames: [STOMPFrame] = []
+        while socket.drain() {
+            gateway.loop.run()
+            frames += try client.frames()
+        }
+        #expect(!frames.contains { $0.command == .error })
+        let bodies = frames.filter { $0.command == .message }.map { String($0.bodyString.prefix { $0 != "x" }) }
+        #expect(bodies == (1...43).map { "e1:\($0)" })
+        // A chunk (a quarter of the limit here) and one message at most.
+        #expect(socket.largestWrite <= Self.limit / 4 + 1_200, "\(socket.largestWrite)")
     }
 
     /// A peer gone while its replay is written: the flush of a chunk fails (EPIPE) and closes

@@ -93,15 +93,21 @@ extension STOMPSessionHandler {
         if replayBacklog?.isEmpty == true {
             // The replay is out: the held deliveries whose steps are answered follow.
             let answeredThrough = machine.oldestUnansweredStep.map { $0 &- 1 }
-            var writtenHeld = false
-            while context.channel.isWritable, let first = held?.first, answeredThrough.map({ first.step <= $0 }) ?? true {
-                held!.removeFirst()
-                heldBytes -= first.bytes.readableBytes
-                writeTracked(first.bytes, context: context)
-                writtenHeld = true
-            }
-            // Held deliveries are bounded by the limit: one flush for them all.
-            if writtenHeld {
+            // A chunk at a time too: what one step holds is merged into one buffer of up to the
+            // limit, which written whole took the socket longer than the stall deadline at a
+            // steady 250 KB/s (a chunk's completion is the progress it counts).
+            while context.channel.isWritable, var first = held?.first, answeredThrough.map({ first.step <= $0 }) ?? true {
+                // Whole WebSocket frames only: the transport's pongs and close frame are
+                // written between the session's writes.
+                let length = Self.wholeFramesPrefix(of: first.bytes, upTo: replayChunkBytes)
+                let slice = first.bytes.readSlice(length: length)!
+                if first.bytes.readableBytes == 0 {
+                    held!.removeFirst()
+                } else {
+                    held![held!.startIndex] = first
+                }
+                heldBytes -= slice.readableBytes
+                writeTracked(slice, context: context)
                 flushReplay(context: context)
                 guard replayBacklog != nil, machine.phase == .connected else { return }
             }
@@ -121,6 +127,34 @@ extension STOMPSessionHandler {
         if replayBacklog != nil, !context.channel.isWritable || replayWritesPending > 0, machine.replayStalled(at: shard.tick) {
             shard.scheduleHeartbeatCheck(self, at: shard.tick &+ 1)
         }
+    }
+
+    /// How many bytes of whole (server, unmasked) WebSocket frames `buffer` starts with, up to
+    /// `limit`: at least its first frame; all of it when it does not parse as such frames.
+    static func wholeFramesPrefix(of buffer: ByteBuffer, upTo limit: Int) -> Int {
+        var offset = buffer.readerIndex
+        let end = buffer.writerIndex
+        var taken = 0
+        while offset < end {
+            guard let second = buffer.getInteger(at: offset + 1, as: UInt8.self) else { return buffer.readableBytes }
+            var header = 2
+            var length = Int(second & 0x7F)
+            if length == 126 {
+                guard let long = buffer.getInteger(at: offset + 2, as: UInt16.self) else { return buffer.readableBytes }
+                header = 4
+                length = Int(long)
+            } else if length == 127 {
+                guard let long = buffer.getInteger(at: offset + 2, as: UInt64.self), long <= UInt64(Int.max / 2) else { return buffer.readableBytes }
+                header = 10
+                length = Int(long)
+            }
+            let frame = header + length
+            guard frame <= end - offset else { return buffer.readableBytes }
+            if taken > 0, taken + frame > limit { break }
+            taken += frame
+            offset += frame
+        }
+        return taken
     }
 
     /// Flushes what a paced replay wrote: a paused replay goes on when the socket drained it.
@@ -158,6 +192,8 @@ extension STOMPSessionHandler {
     /// The socket took a chunk of a paced replay: progress.
     private func replayBytesTaken() {
         guard isPacingReplay, let context else { return }
+        // Progress, whatever comes next (the pump below arms a new deadline if it waits again).
+        let waited = machine.replayProgressed()
         // The last write of a replay that is out: the pacing can end, once the pump that wrote
         // it returned (a flush completes writes at once, inside it).
         if replayWritesPending == 0, replayBacklog?.isEmpty == true, context.channel.isWritable {
@@ -173,7 +209,7 @@ extension STOMPSessionHandler {
             }
             return
         }
-        guard machine.replayProgressed(), !context.channel.isWritable || replayWritesPending > 0 else { return }
+        guard waited, !context.channel.isWritable || replayWritesPending > 0 else { return }
         // Still waiting for the socket: the deadline counts from now.
         _ = machine.replayStalled(at: shard.tick)
     }
