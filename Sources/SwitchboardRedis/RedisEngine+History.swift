@@ -437,11 +437,8 @@ extension RedisEngine {
             if overflow || read.position.sequence <= through || UInt64(read.envelopes.count) > page {
                 return self.promiseLoop.makeSucceededFuture(read)
             }
-            // An empty first page says where the next entry is (see ``readPages``).
-            var from = through
-            if let nextEntry = read.nextEntry, nextEntry > through + 1 {
-                guard nextEntry <= read.position.sequence else { return self.promiseLoop.makeSucceededFuture(read) }
-                from = nextEntry - 1
+            guard let (from, _) = Self.pagesGoOn(after: through, nextEntry: read.nextEntry, newest: read.position.sequence) else {
+                return self.promiseLoop.makeSucceededFuture(read)
             }
             return self.readPages(destination, key: key, into: read, after: from, span: page, epochChanges: epochChanges, from: after)
         }
@@ -526,19 +523,22 @@ extension RedisEngine {
                 return self.promiseLoop.makeSucceededFuture(result)
             }
             result.envelopes += page.envelopes
-            guard through < target.sequence else { return self.promiseLoop.makeSucceededFuture(result) }
-            // A page without entries says where the next one is: the rest of the stretch (trimmed,
-            // or skipped by a failover) is not read page by page.
-            if let nextEntry = page.nextEntry, nextEntry > through + 1 {
-                // Past the newest position the read began with: what follows comes live.
-                guard nextEntry <= target.sequence else { return self.promiseLoop.makeSucceededFuture(result) }
-                return self.readPages(
-                    destination, key: key, into: result, after: nextEntry - 1, span: Self.historyPage, epochChanges: epochChanges, from: start)
+            guard through < target.sequence, let (from, jumped) = Self.pagesGoOn(after: through, nextEntry: page.nextEntry, newest: target.sequence) else {
+                return self.promiseLoop.makeSucceededFuture(result)
             }
-            let next = page.envelopes.isEmpty ? min(span.multipliedReportingOverflow(by: 2).partialValue, Self.widestHistoryPage) : Self.historyPage
+            let next = page.envelopes.isEmpty && !jumped ? min(span.multipliedReportingOverflow(by: 2).partialValue, Self.widestHistoryPage) : Self.historyPage
             return self.readPages(
-                destination, key: key, into: result, after: through, span: max(next, Self.historyPage), epochChanges: epochChanges, from: start)
+                destination, key: key, into: result, after: from, span: max(next, Self.historyPage), epochChanges: epochChanges, from: start)
         }
+    }
+
+    /// Where the pages go on after one read through `through`: after it, or, when that page held
+    /// no entry and said where the next one is, just before that one (`jumped`: the rest of a
+    /// trimmed stretch, or of the positions a failover skipped, is not read page by page). Nil
+    /// when the next entry is past `newest`, where the read began: what follows comes live.
+    static func pagesGoOn(after through: UInt64, nextEntry: UInt64?, newest: UInt64) -> (after: UInt64, jumped: Bool)? {
+        guard let nextEntry, nextEntry > through + 1 else { return (through, false) }
+        return nextEntry <= newest ? (nextEntry - 1, true) : nil
     }
 
     /// Whether `messages` (read in order from one epoch, each in `after+1...through`) are every

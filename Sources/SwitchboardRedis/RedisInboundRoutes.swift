@@ -112,9 +112,7 @@ package final class RedisInboundRoutes: Sendable {
                 metadata: ["destination": "\(destination.prefix(200))"])
             return nil
         }
-        // The names every other entry point refuses (too long, control characters, not NFC:
-        // Swift compares strings by canonical equivalence, history and Redis by bytes).
-        if let problem = DestinationPattern.nameProblem(destination) ?? (DestinationPattern.isNormalized(destination) ? nil : "must be in NFC") {
+        if let problem = Self.nameProblem(destination) {
             engine.inboundDropped.add(.badDestination)
             logger.log(
                 level: .warning, throttledBy: InputLogs.badName, "inbound message dropped: its destination \(problem)",
@@ -139,6 +137,13 @@ package final class RedisInboundRoutes: Sendable {
         }
     }
 
+    /// What every other entry point refuses in a destination or user name: too long, control
+    /// characters, not NFC (Swift compares strings by canonical equivalence, history and Redis
+    /// by bytes).
+    static func nameProblem(_ name: String) -> String? {
+        DestinationPattern.nameProblem(name) ?? (DestinationPattern.isNormalized(name) ? nil : "must be in NFC")
+    }
+
     func onBroadcast(_ payload: ByteBuffer, channel: String) {
         guard let broadcast = BroadcastPayload.decode(payload) else {
             engine.inboundDropped.add(.badPayload)
@@ -151,9 +156,7 @@ package final class RedisInboundRoutes: Sendable {
         // a user name that is not one (it would route to another user's destinations).
         let problem =
             broadcast.headers.flatMap { PublishHeaders.problem($0).map { "headers \($0)" } }
-            ?? broadcast.user.flatMap { user in
-                (DestinationPattern.nameProblem(user) ?? (DestinationPattern.isNormalized(user) ? nil : "must be in NFC")).map { "user \($0)" }
-            }
+            ?? broadcast.user.flatMap { user in Self.nameProblem(user).map { "user \($0)" } }
         if let problem {
             engine.inboundDropped.add(.badPayload)
             logger.log(

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Redis
@@ -10,6 +11,7 @@ import SwitchboardKit
 import SwitchboardRedis
 import SwitchboardRoutes
 import SwitchboardWire
+import Testing
 
 /// The quiet logger used by consumers under test.
 let quietLogger: Logger = {
@@ -79,4 +81,40 @@ func waitUntilBlockedReaders(_ count: Int, _ client: RedisClient) async throws -
 /// A test error.
 struct Boom: Error, CustomStringConvertible {
     var description: String
+}
+
+/// Three entries on `OUT`; a consumer with a limit of one attempt stops while its first
+/// handler runs (`whileHandling` runs then, before the stop); a second consumer of the same
+/// name must then handle the other two, each at its first attempt, none dead-lettered.
+func expectEntriesNotStartedAtAStopKeepTheirAttempts(
+    on server: RedisServerProcess, whileHandling: (RedisServerProcess) async throws -> Void = { _ in }
+) async throws {
+    let client = try await server.client()
+    _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
+    var ids: [String] = []
+    for n in 0..<3 { ids.append(try await addGatewayEntry(client, body: "job\(n)")) }
+    let (gate, release) = AsyncStream.makeStream(of: Void.self)
+    let started = NIOLockedValueBox<[String]>([])
+    let first = StreamConsumer(client: client, configuration: testConfiguration(name: "stable", maxDeliveries: 1), logger: quietLogger)
+    let firstTask = start(first) { message in
+        started.withLockedValue { $0.append(message.id) }
+        for await _ in gate {}
+    }
+    #expect(try await eventually { started.withLockedValue { $0.count } == 1 })
+    try await whileHandling(server)
+    first.stop()
+    release.finish()
+    try await firstTask.value
+    #expect(started.withLockedValue { $0 } == [ids[0]])
+
+    let handled = NIOLockedValueBox<[IncomingMessage]>([])
+    let second = StreamConsumer(client: client, configuration: testConfiguration(name: "stable", maxDeliveries: 1), logger: quietLogger)
+    let secondTask = start(second) { message in handled.withLockedValue { $0.append(message) } }
+    #expect(try await eventually { handled.withLockedValue { $0.count } == 2 }, "\(handled.withLockedValue { $0.map(\.id) })")
+    #expect(handled.withLockedValue { $0.map(\.id) } == Array(ids[1...]))
+    #expect(handled.withLockedValue { $0.map(\.deliveryCount) } == [1, 1])
+    #expect(try await client.execute(XLEN(key: "OUT:dead")) == 0)
+    second.stop()
+    try await secondTask.value
+    await client.shutdown()
 }

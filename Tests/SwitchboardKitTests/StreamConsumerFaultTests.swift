@@ -103,38 +103,13 @@ struct StreamConsumerFaultTests {
     @Test func entriesNotStartedAtAStopAfterTheConnectionWasLostKeepTheirAttempts() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.stop() }
-        let client = try await server.client()
-        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
-        var ids: [String] = []
-        for n in 0..<3 { ids.append(try await addGatewayEntry(client, body: "job\(n)")) }
-        let (gate, release) = AsyncStream.makeStream(of: Void.self)
-        let started = NIOLockedValueBox<[String]>([])
-        let first = StreamConsumer(client: client, configuration: testConfiguration(name: "stable", maxDeliveries: 1), logger: quietLogger)
-        let firstTask = start(first) { message in
-            started.withLockedValue { $0.append(message.id) }
-            for await _ in gate {}
+        try await expectEntriesNotStartedAtAStopKeepTheirAttempts(on: server) { server in
+            // Every connection but the killer's: the consumer's reading one among them (the
+            // client's own reconnects by itself).
+            let killer = try await server.connect()
+            _ = try await killer.execute(RawCommand("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+            await killer.close()
         }
-        #expect(try await eventually { started.withLockedValue { $0.count } == 1 })
-        // Every connection but the killer's: the consumer's reading one among them (the
-        // client's own reconnects by itself).
-        let killer = try await server.connect()
-        _ = try await killer.execute(RawCommand("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
-        await killer.close()
-        first.stop()
-        release.finish()
-        try await firstTask.value
-        #expect(started.withLockedValue { $0 } == [ids[0]])
-
-        let handled = NIOLockedValueBox<[IncomingMessage]>([])
-        let second = StreamConsumer(client: client, configuration: testConfiguration(name: "stable", maxDeliveries: 1), logger: quietLogger)
-        let secondTask = start(second) { message in handled.withLockedValue { $0.append(message) } }
-        #expect(try await eventually { handled.withLockedValue { $0.count } == 2 }, "\(handled.withLockedValue { $0.map(\.id) })")
-        #expect(handled.withLockedValue { $0.map(\.id) } == Array(ids[1...]))
-        #expect(handled.withLockedValue { $0.map(\.deliveryCount) } == [1, 1])
-        #expect(try await client.execute(XLEN(key: "OUT:dead")) == 0)
-        second.stop()
-        try await secondTask.value
-        await client.shutdown()
     }
 
     /// 2,000 pending entries being handled (not idle) ahead of 1,000 idle ones of a crashed

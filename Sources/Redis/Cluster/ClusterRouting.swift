@@ -140,11 +140,9 @@ package struct ShardedSubscriptionPlan: Sendable, Hashable {
     package init(desired: Set<String>, subscribed: [RedisServerAddress: Set<String>], owner: (String) -> RedisServerAddress?) {
         var toSubscribe: [RedisServerAddress: [HashSlot: [String]]] = [:]
         var owners: [String: RedisServerAddress] = [:]
-        var unownedWanted: Set<String> = []
         for name in desired.sorted() {
             guard let node = owner(name) else {
                 self.unowned.append(name)
-                unownedWanted.insert(name)
                 continue
             }
             owners[name] = node
@@ -154,7 +152,7 @@ package struct ShardedSubscriptionPlan: Sendable, Hashable {
         for (node, names) in subscribed {
             // A wanted channel whose slot the map names no owner for (an incomplete map read)
             // stays where it is: the node may still be delivering it.
-            for name in names.sorted() where owners[name] != node && !unownedWanted.contains(name) {
+            for name in names.sorted() where owners[name].map({ $0 != node }) ?? !desired.contains(name) {
                 toUnsubscribe[node, default: [:]][HashSlot(key: name), default: []].append(name)
             }
         }

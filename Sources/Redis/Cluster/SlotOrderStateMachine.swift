@@ -71,16 +71,10 @@ struct SlotOrderStateMachine<Item: Sendable>: Sendable {
     mutating func send(slot: Int, direct: Bool, node: RedisServerAddress? = nil, maximumWaiting: Int = .max, _ makeItem: () -> Item) -> SendAction {
         // The count alone: a copy of the detour kept here would make the append below copy its queue.
         let waiting = self.detours.isEmpty ? nil : self.detours[slot]?.waiting.count
-        if direct, waiting == nil {
-            if self.inFlight[slot] == 0 {
-                if let node { self.inFlightNode[slot] = node }
-                self.inFlight[slot] = 1
-                return .direct(sequence: self.takeSequence())
-            }
-            if node == nil || self.inFlightNode[slot] == nil || self.inFlightNode[slot] == node {
-                self.inFlight[slot] += 1
-                return .direct(sequence: self.takeSequence())
-            }
+        if direct, waiting == nil, self.inFlight[slot] == 0 || node == nil || self.inFlightNode[slot].map({ $0 == node }) ?? true {
+            if self.inFlight[slot] == 0, let node { self.inFlightNode[slot] = node }
+            self.inFlight[slot] += 1
+            return .direct(sequence: self.takeSequence())
         }
         if let waiting, waiting >= maximumWaiting { return .full }
         let sequence = self.takeSequence()
