@@ -54,6 +54,8 @@ package final class RedisEngine: BrokerEngine, InterestObserver {
     /// Inbound streams found ending before their reader's position (they went back: a restart
     /// from an older snapshot, a failover, the key deleted and added again): read on from their end.
     package let inboundStreamRewinds = Atomic<Int>(0)
+    /// Times an inbound stream reader stopped reading while the fan-out backlog was over its limit.
+    package let inboundStreamReadPauses = Atomic<Int>(0)
     /// Inbound messages (Pub/Sub and stream routes) dropped, by reason (``RedisInboundRoutes``).
     package let inboundDropped = InboundDrops()
     let publishTimer = Metrics.Timer(label: "switchboard_redis_command_duration_seconds", dimensions: [("command", "PUBLISH")])

@@ -290,7 +290,10 @@ package final class RedisInboundRoutes: Sendable {
                         // Not while the fan-out backlog is over its limit (as the subscriber
                         // connections pause): a backlog read from the stream went to the loops'
                         // inboxes with no bound.
-                        while hub.isBacklogged, !Task.isCancelled { try await Task.sleep(for: .milliseconds(20)) }
+                        if hub.isBacklogged {
+                            engine.inboundStreamReadPauses.add(1, ordering: .relaxed)
+                            repeat { try await Task.sleep(for: .milliseconds(20)) } while hub.isBacklogged && !Task.isCancelled
+                        }
                         let result = try await connection.execute(XREAD(count: 256, blockMilliseconds: 2000, streams: [(stream, cursor.lastID!)]))
                         // Only a read that worked ends the back-off (a stream that cannot be read,
                         // a key of another type or an ACL, reconnected every 100 ms for good).

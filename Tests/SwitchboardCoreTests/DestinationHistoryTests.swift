@@ -1,3 +1,4 @@
+import Dispatch
 import NIOConcurrencyHelpers
 import NIOCore
 import STOMPCodec
@@ -142,6 +143,51 @@ import Testing
         let replay = h.resume("/topic/a", from: .after(sent[0].position!)) {}
         #expect(!replay.recovered)
         #expect(bodies(replay.messages) == ["3"])
+    }
+
+    /// A clock whose first read runs `onFirstRead` (once) before it answers.
+    final class HookedClock: Sendable {
+        let state = NIOLockedValueBox<(now: NIODeadline, onFirstRead: (@Sendable () -> Void)?)>((.uptimeNanoseconds(1_000_000_000), nil))
+        func advance(_ by: TimeAmount) { state.withLockedValue { $0.now = $0.now + by } }
+        var read: @Sendable () -> NIODeadline {
+            {
+                let (now, hook) = self.state.withLockedValue { s in
+                    defer { s.onFirstRead = nil }
+                    return (s.now, s.onFirstRead)
+                }
+                hook?()
+                return now
+            }
+        }
+    }
+
+    /// A record's time is read under the history's lock: read before it, a publish on another
+    /// thread between the read and the lock appended a newer entry first, and the older one behind
+    /// it outlived its time to live (trimming stops at the first entry still in the window).
+    @Test func aRecordOnAnotherThreadBetweenTheClockReadAndTheAppendCannotGetAhead() {
+        let clock = HookedClock()
+        var settings = DestinationHistory.Settings()
+        settings.maxLength = 10
+        settings.ttl = .seconds(10)
+        let h = DestinationHistory(settings: settings, processEpoch: "p", clock: clock.read)
+        @Sendable func message(_ body: String) -> PublishedMessage {
+            PublishedMessage(destination: "/topic/a", messageID: "id-\(body)", headers: [:], body: ByteBuffer(string: body))
+        }
+        let other = DispatchGroup()
+        clock.state.withLockedValue { s in
+            s.onFirstRead = {
+                // "a" has read its time: "b" is published 5 s later on another thread, and "a"
+                // goes on when "b" is in (or after 200 ms: "b" waits for the history's lock).
+                clock.advance(.seconds(5))
+                DispatchQueue.global().async(group: other) { h.record(message("b")) { _ in } }
+                _ = other.wait(timeout: .now() + .milliseconds(200))
+            }
+        }
+        h.record(message("a")) { _ in }
+        other.wait()
+        // 11 s after "a", 6 s after "b": "a" is past its time to live.
+        clock.advance(.seconds(6))
+        #expect(bodies(h.resume("/topic/a", from: .last(10)) {}.messages) == ["b"])
     }
 
     @Test func anotherEpochIsNotRecovered() {

@@ -1,3 +1,4 @@
+import Dispatch
 import Logging
 import NIOCore
 import Redis
@@ -193,8 +194,8 @@ struct InboundStreamRetryTests {
         let gateway: InterestChurnTests.Gateway
         let routes: RedisInboundRoutes
 
-        init(_ server: RedisServerProcess, giveUpAfter: Duration = .seconds(30)) async throws {
-            gateway = try await InterestChurnTests.Gateway(server)
+        init(_ server: RedisServerProcess, giveUpAfter: Duration = .seconds(30), maxBacklogBytes: Int = 64 * 1024 * 1024) async throws {
+            gateway = try await InterestChurnTests.Gateway(server, maxBacklogBytes: maxBacklogBytes)
             var logger = Logger(label: "test")
             logger.logLevel = .critical
             routes = RedisInboundRoutes(
@@ -250,6 +251,40 @@ struct InboundStreamRetryTests {
         let bodies = try await reader.gateway.delivered(before + 4)
         #expect(Array(bodies.dropFirst(before)) == ["one", "two", "three", "four"])
         #expect(engine.inboundEntriesGivenUp.load(ordering: .relaxed) == 0)
+        await admin.close()
+        await reader.shutdown()
+    }
+
+    /// While the fan-out backlog is over its limit the reader stops reading (as the subscriber
+    /// connections do): what it read went to the loops' inboxes with no bound. It reads on where
+    /// it stopped once the backlog is under the limit.
+    @Test func theReaderPausesWhileTheFanoutBacklogIsOverItsLimit() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let reader = try await Reader(server, maxBacklogBytes: 64 * 1024)
+        let admin = try await server.connect()
+        try await Self.readerIsLive(reader, admin)
+        let hub = reader.gateway.hub, loop = reader.gateway.loop, engine = reader.gateway.engine
+        // Without history: delivered straight to the hub, nothing waits for Redis or the loop.
+        let plain = LocalSubscription(id: "p", pattern: try DestinationPattern("/topic/plain.in"), ackMode: .auto, sink: reader.gateway.sink)
+        try await loop.submit { hub.shard(for: loop).add(plain) }.get()
+        let before = reader.gateway.sink.bodies.count
+        let release = DispatchSemaphore(value: 0)
+        loop.execute { release.wait() }
+        // 100 messages of 1 KiB wait behind the held loop: over the 64 KiB limit.
+        let padding = String(repeating: "x", count: 1_024)
+        for i in 0..<100 {
+            hub.deliver(PublishedMessage(destination: "/topic/plain.in", messageID: "b\(i)", headers: [:], body: ByteBuffer(string: padding)))
+        }
+        #expect(hub.isBacklogged)
+        for body in ["one", "two"] {
+            _ = try await admin.execute(RawCommand("XADD", "in", "*", "topic", "/topic/plain.in", "message", .string(body)))
+        }
+        #expect(try await eventually { engine.inboundStreamReadPauses.load(ordering: .relaxed) >= 1 })
+        release.signal()
+        let bodies = try await reader.gateway.delivered(before + 102)
+        #expect(Array(bodies.dropFirst(before + 100)) == ["one", "two"])
+        #expect(!hub.isBacklogged)
         await admin.close()
         await reader.shutdown()
     }

@@ -37,10 +37,12 @@ struct InterestChurnTests {
         let sink = ChurnSink()
         var loop: any EventLoop { group.any() }
 
-        init(_ server: RedisServerProcess, _ configure: (inout RedisConfiguration) -> Void = { _ in }) async throws {
+        init(
+            _ server: RedisServerProcess, maxBacklogBytes: Int = 64 * 1024 * 1024, _ configure: (inout RedisConfiguration) -> Void = { _ in }
+        ) async throws {
             var logger = Logger(label: "test")
             logger.logLevel = .critical
-            hub = FanoutHub(eventLoops: [group.any()])
+            hub = FanoutHub(eventLoops: [group.any()], maxBacklogBytes: maxBacklogBytes)
             client = try await server.client(configure)
             var history = DestinationHistory.Settings()
             history.disabledPrefixes = ["/topic/plain"]

@@ -202,6 +202,9 @@ final class MetricsEndpoint: Sendable {
             counter(
                 "switchboard_redis_inbound_stream_rewinds_total", engine.inboundStreamRewinds.load(ordering: .relaxed),
                 help: "Inbound streams found ending before the position read (Redis went back, or the key was deleted): read on from their end.")
+            counter(
+                "switchboard_redis_inbound_stream_read_pauses_total", engine.inboundStreamReadPauses.load(ordering: .relaxed),
+                help: "Times an inbound stream reader stopped reading because the fan-out backlog was over server.max-fanout-backlog-bytes.")
             counter("switchboard_redis_xadd_failures_total", RedisStreamRoute.failures.load(ordering: .relaxed), help: "XADDs of /app messages that failed.")
             counter(
                 "switchboard_redis_xadd_not_replicated_total", ReplicaAcknowledgement.failures.load(ordering: .relaxed),
