@@ -37,6 +37,10 @@ extension RedisEngine {
         let redis = self.redis
         let health = self.clusterHealth
         let task = promiseLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(1)) { _ in
+            let check = health.withLockedValue { h in
+                h.sent += 1
+                return h.sent
+            }
             redis.send(RawCommand(arguments: ["CLUSTER", "INFO"])).whenComplete { result in
                 let problem: String?
                 switch result {
@@ -47,7 +51,7 @@ extension RedisEngine {
                 case .failure(let error):
                     problem = "redis cluster unreachable (\(error))"
                 }
-                health.withLockedValue { $0.problem = problem }
+                health.withLockedValue { $0.record(problem, ofCheck: check) }
             }
         }
         clusterHealth.withLockedValue { $0.task = task }
@@ -62,4 +66,14 @@ extension RedisEngine {
 struct ClusterHealth {
     var problem: String? = "redis cluster not reached yet"
     var task: RepeatedTask?
+    /// Checks sent, and the newest whose answer was recorded: a check answered late (a node
+    /// that timed out, a slow failover) does not overwrite the verdict of a later one.
+    var sent: UInt64 = 0
+    var recorded: UInt64 = 0
+
+    mutating func record(_ problem: String?, ofCheck check: UInt64) {
+        guard check > recorded else { return }
+        recorded = check
+        self.problem = problem
+    }
 }
