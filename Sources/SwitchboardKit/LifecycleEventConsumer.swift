@@ -21,7 +21,10 @@ import SwitchboardWire
 /// `user-offline`: a `subscribed` in between must not make a retried `user-online` look
 /// superseded), and record a generation once its work succeeded (recorded first, a failed
 /// `user-online` would be skipped at its retry). In a service with several replicas, keep the
-/// generation with the state and update both in one conditional write (`… WHERE gen < $1`):
+/// generation with the state and update both in one conditional write (`… WHERE gen < $1`).
+/// A ``LifecycleEventType/presenceReset`` (Redis lost its data, or the very first event) says
+/// the sessions before it ended without events: forget the state below its generation and read
+/// presence again (`GET /api/users/{user}/presence`).
 ///
 /// ```swift
 /// let events = LifecycleEventConsumer(client: client, group: "presence")

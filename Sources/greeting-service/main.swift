@@ -180,6 +180,7 @@ struct GreetingService: AsyncParsableCommand {
                     switch event.type {
                     case .userOnline: Self.printLine("presence: \(event.user ?? "?") online (\(event.instance ?? "?"))")
                     case .userOffline: Self.printLine("presence: \(event.user ?? "?") offline (\(event.reason?.rawValue ?? "?"))")
+                    case .presenceReset: Self.printLine("presence: reset (the events before are gone: forget them)")
                     default: break
                     }
                 }

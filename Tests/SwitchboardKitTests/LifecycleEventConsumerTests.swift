@@ -26,20 +26,24 @@ struct LifecycleEventConsumerTests {
             client: client, configuration: testConfiguration(stream: "switchboard:events", group: "presence"), logger: quietLogger)
         let received = NIOLockedValueBox<[LifecycleEvent]>([])
         let task = Task { try await consumer.run { event in received.withLockedValue { $0.append(event) } } }
-        #expect(try await eventually { consumer.consumer.statistics.processed == 8 })
+        #expect(try await eventually { consumer.consumer.statistics.processed == 9 })
         consumer.stop()
         try await task.value
         let events = received.withLockedValue { $0 }
+        // The stream's first event: Redis held no trace of earlier ones.
         #expect(
             events.map(\.type) == [
-                .connected, .userOnline, .subscribed, .destinationOccupied, .disconnected, .destinationVacated, .userOffline,
+                .presenceReset, .connected, .userOnline, .subscribed, .destinationOccupied, .disconnected, .destinationVacated, .userOffline,
             ])
         let subscribed = try #require(events.first { $0.type == .subscribed })
         #expect(subscribed.session == "s1" && subscribed.user == "alice" && subscribed.instance == "gw1")
         #expect(subscribed.destination == "/topic/room" && subscribed.subscription == "sub-0" && subscribed.time == 11)
         #expect(events.first { $0.type == .disconnected }?.reason == .slowConsumer)
-        let generations = events.compactMap(\.generation)
+        let generations = events.dropFirst().compactMap(\.generation)
         #expect(generations.count == 7 && LifecycleFunctionTests.isCounterStartedNow(generations))
+        // Each state derived from the events before the reset has a generation below it.
+        let reset = try #require(events.first?.generation)
+        #expect(events.first?.session == nil && events.first?.user == nil && reset <= generations[0])
         #expect(try await pendingCount(client, stream: "switchboard:events", group: "presence") == 0)
         await client.shutdown()
     }

@@ -37,7 +37,12 @@ struct LifecycleFunctionTests {
             return try await LifecycleFunctions.call(command, on: client).get()
         }
 
+        /// The events of the stream but its `presence-reset` (``aPresenceResetPrecedesTheFirstEventAfterRedisLostItsData()``).
         func events() async throws -> [LifecycleEvent] {
+            try await allEvents().filter { $0.type != .presenceReset }
+        }
+
+        func allEvents() async throws -> [LifecycleEvent] {
             let token = try await client.execute(RawCommand("XRANGE", "switchboard:events", "-", "+"))
             return try [RedisStreamEntry](fromRESP: token).compactMap(LifecycleEvent.init)
         }
@@ -259,7 +264,11 @@ struct LifecycleFunctionTests {
         #expect(try await f.user("erin").online == false)
         // Nothing else is left; what was applied goes within a minute.
         let left = try await f.client.execute(RawCommand("KEYS", "switchboard:presence:*"))
-        #expect(try [String](fromRESP: left).filter { !$0.contains(":gen:") } == ["switchboard:presence:applied:gw1"])
+        // (The marker of events written since Redis last lost its data stays: see
+        // aPresenceResetPrecedesTheFirstEventAfterRedisLostItsData.)
+        #expect(
+            try Set([String](fromRESP: left).filter { !$0.contains(":gen:") })
+                == ["switchboard:presence:applied:gw1", "switchboard:presence:events-epoch:switchboard:events"])
         let ttl = try await f.client.execute(RawCommand("PTTL", "switchboard:presence:applied:gw1"))
         #expect(try (1...60_000).contains(Int(fromRESP: ttl)))
         await f.stop()
@@ -294,6 +303,39 @@ struct LifecycleFunctionTests {
         #expect(try await f.send("gw1", [.connected(user: "hal")], session: "s2") == -2)
         #expect(try await f.send("gw1", [.disconnected(.client)], session: "s1") == 0)
         #expect(try await f.user("hal").sessions == ["s2": "gw1"])
+        await f.stop()
+    }
+
+    /// After Redis lost its data, the sessions of that moment ended without events (their
+    /// registries went with it): a consumer kept them, and their users online, for good. The
+    /// first event written while Redis holds no trace of earlier ones is preceded by a
+    /// `presence-reset`, with a generation above those of the events before it; an events
+    /// stream deleted alone (presence kept) gets none. Written whatever `types` says.
+    @Test func aPresenceResetPrecedesTheFirstEventAfterRedisLostItsData() async throws {
+        let f = try await Fixture()
+        func types() async throws -> [LifecycleEventType] { try await f.allEvents().map(\.type) }
+        try await f.send("gw1", [.connected(user: "hal")], session: "s1")
+        #expect(try await types() == [.presenceReset, .connected, .userOnline])
+        let first = try await f.allEvents()
+        #expect(first[0].generation! <= first[1].generation! && first[0].time != nil && first[0].instance == nil)
+        try await f.send("gw1", [.subscribed(id: "0", destination: "/topic/a")], session: "s1")
+        #expect(try await types().filter { $0 == .presenceReset }.count == 1)
+        // The stream deleted alone: presence still holds hal, nothing to forget.
+        _ = try await f.client.execute(RawCommand("DEL", "switchboard:events"))
+        try await f.send("gw1", [.disconnected(.client)], session: "s1")
+        #expect(try await types() == [.disconnected, .destinationVacated, .userOffline])
+        _ = try await f.client.execute(RawCommand("FLUSHALL"))
+        // Only user-online and user-offline asked for: the reset all the same.
+        let onlineOnly = LifecycleStreamSettings(types: [.userOnline, .userOffline])
+        try await f.send("gw1", [.connected(user: "ida")], session: "s2", settings: onlineOnly)
+        let after = try await f.allEvents()
+        #expect(after.map(\.type) == [.presenceReset, .userOnline])
+        #expect(after[0].generation! > first.compactMap(\.generation).max()!)
+        // A stream with entries but no marker (written by a version before markers): not a
+        // loss, no reset.
+        _ = try await f.client.execute(RawCommand("DEL", "switchboard:presence:events-epoch:switchboard:events"))
+        try await f.send("gw1", [.connected(user: "joy")], session: "s3", settings: onlineOnly)
+        #expect(try await types() == [.presenceReset, .userOnline, .userOnline])
         await f.stop()
     }
 

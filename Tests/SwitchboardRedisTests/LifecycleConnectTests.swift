@@ -245,9 +245,10 @@ final class LifecycleTestGateway: @unchecked Sendable {
         return LifecycleTestClient(channel: channel, collector: collector)
     }
 
+    /// The events of the stream but its `presence-reset` (written before the first one).
     func events() async throws -> [LifecycleEvent] {
         let token = try await onAdmin { try await self.admin.execute(RawCommand("XRANGE", "switchboard:events", "-", "+")) }
-        return try [RedisStreamEntry](fromRESP: token).compactMap(LifecycleEvent.init)
+        return try [RedisStreamEntry](fromRESP: token).compactMap(LifecycleEvent.init).filter { $0.type != .presenceReset }
     }
 
     func presence(user: String) async throws -> UserPresence {

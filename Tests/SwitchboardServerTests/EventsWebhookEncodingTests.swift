@@ -19,7 +19,11 @@ import Testing
         let body = try WebhookLifecycle.encode(events)
         let text = String(buffer: body)
         #expect(text.contains("\"/topic/a/b\""))  // slashes not escaped
-        let decoded = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]])
+        let all = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]])
+        // The process's first event: a presence-reset, numbered 0.
+        #expect(all.first?["type"] as? String == "presence-reset" && all.first?["id"] as? String == "gw0-e-k3f9xq-0")
+        #expect(all.first?["gen"] as? Int == 1_700_000_000_000_000 && Set(all.first?.keys ?? [:].keys) == ["id", "type", "time", "gen"])
+        let decoded = Array(all.dropFirst())
         #expect(decoded.count == 7)
         let first = decoded[0]
         #expect(first["id"] as? String == "gw0-e-k3f9xq-1" && first["type"] as? String == "connected")

@@ -318,15 +318,22 @@ def test_a_step_forward_of_redis_clock_reaps_nobody(tmp_path):
 
 def test_after_redis_lost_its_data_sessions_reconnect_and_presence_is_rebuilt(cluster):
     """FLUSHALL (a Redis restarted without persistence): the instances find their lease or
-    registry lost and close their sessions; the clients reconnect and are online again."""
+    registry lost and close their sessions; the clients reconnect and are online again. A
+    user whose client does not come back got no `user-offline` (its session's registry went
+    with the data): the `presence-reset` before the first event after the loss takes them
+    offline in the backend's state."""
     backend = Backend(cluster.redis_port)
     ivy = connect(cluster.gw_ws(0), "ivy")
-    backend.wait_for("online", lambda: backend.online == {"ivy"})
+    joe = connect(cluster.gw_ws(1), "joe")
+    backend.wait_for("online", lambda: backend.online == {"ivy", "joe"} and backend.resets == 1)
     cluster.redis_cli("FLUSHALL")
     ivy.expect_error("this instance lost its presence lease in Redis, reconnect", timeout=10)
-    backend = Backend(cluster.redis_port)  # the stream and its group went with the data
+    joe.expect_error("this instance lost its presence lease in Redis, reconnect", timeout=10)
+    joe.close()  # its tab was closed meanwhile: it does not come back
+    # The stream and its group went with the data; the backend keeps what it knew.
+    backend = Backend(cluster.redis_port, known=backend)
     again = connect(cluster.gw_ws(0), "ivy")
-    backend.wait_for("online again", lambda: backend.online == {"ivy"})
+    backend.wait_for("a reset, then ivy online again", lambda: backend.resets == 2 and backend.online == {"ivy"})
     presence = requests.get(f"{cluster.gw_url(2)}/api/users/ivy/presence", timeout=5).json()
     assert presence["instances"] == {"gw0": [again.connected_frame["session"]]}
     again.close()

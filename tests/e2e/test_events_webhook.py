@@ -73,12 +73,13 @@ def started(request):
     assert codes == [0] * len(codes), codes
 
 
-def delivered(receiver: WebhookServer) -> list[dict]:
-    """The events of every POST answered 2xx, in the order received."""
+def delivered(receiver: WebhookServer, resets: bool = False) -> list[dict]:
+    """The events of every POST answered 2xx, in the order received; without the process's
+    first event, its `presence-reset`, unless `resets`."""
     out: list[dict] = []
     for r in list(receiver.requests):
         if 200 <= r.get("status", 0) < 300:
-            out.extend(r["json"])
+            out.extend(e for e in r["json"] if resets or e.get("type") != "presence-reset")
     return out
 
 
@@ -122,6 +123,11 @@ def test_the_events_of_sessions_reach_the_webhook_in_order(started, clients):
     wait_events(hook, 10)
     anon.close()
     events = wait_events(hook, 11)
+    # Before them, the process's presence-reset (its receiver forgets the sessions of a
+    # process before, which ended without events).
+    reset = delivered(hook, resets=True)[0]
+    assert reset["type"] == "presence-reset" and number(reset) == 0 and "session" not in reset, reset
+    assert reset["gen"] <= events[0]["gen"], (reset, events[0])
     assert [row(e) for e in events] == [
         ("connected", a, "alice", None, None, None),
         ("user-online", a, "alice", None, None, None),
@@ -216,7 +222,8 @@ def test_a_batch_the_receiver_keeps_rejecting_is_dropped_after_five_and_the_rest
     # The dropped batch held the first session's `connected`; the next batch goes through.
     assert [e["type"] for e in events] == ["connected"] and events[0]["session"] == second.connected_frame.headers["session"]
     assert number(events[0]) == 2, "the id numbers show the gap the dropped batch left"
-    assert gw.metric("switchboard_lifecycle_events_rejected_total") == 1
+    # The dropped batch: the process's presence-reset and that `connected`.
+    assert gw.metric("switchboard_lifecycle_events_rejected_total") == 2
     assert gw.metric("switchboard_lifecycle_batch_failures_total") == 6
     log = gw.log_path.read_text(errors="replace")
     assert "rejected a batch again and again" in log and "422" in log

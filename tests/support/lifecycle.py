@@ -50,7 +50,8 @@ def connect(url: str, user: str | None, **connect_kw) -> StompClient:
 
 class Backend:
     """Two consumers of one group, as two backend replicas: XREADGROUP, handle, XACK. The ledger
-    counts how often each event id was handled; ``online`` is the set the events imply."""
+    counts how often each event id was handled; ``online`` is the set the events imply (a
+    ``presence-reset`` empties it; ``resets`` counts them)."""
 
     def __init__(self, port: int, known: "Backend | None" = None):
         """`known`: carry on from another Backend's state (new connections after a restart)."""
@@ -58,6 +59,7 @@ class Backend:
         self.ledger: dict[str, int] = dict(known.ledger) if known else {}
         self.events: list[dict] = list(known.events) if known else []
         self.online: set[str] = set(known.online) if known else set()
+        self.resets = known.resets if known else 0
         try:
             self.conns[0].call("XGROUP", "CREATE", STREAM, GROUP, "0", "MKSTREAM")
         except Exception as e:  # an existing group is fine
@@ -76,6 +78,11 @@ class Backend:
                         self.online.add(fields["user"])
                     elif fields["type"] == "user-offline":
                         self.online.discard(fields["user"])
+                    elif fields["type"] == "presence-reset":
+                        # Redis lost the events before (or none came yet): the sessions still
+                        # open register again, with user-online after this.
+                        self.resets += 1
+                        self.online.clear()
                     conn.call("XACK", STREAM, GROUP, entry_id)
 
     def matching(self, **want) -> list[dict]:

@@ -16,6 +16,9 @@ import SwitchboardWire
 ///   to a destination counts once); `unsubscribed` of a known id gives `unsubscribed`, and
 ///   `destination-vacated` when it was the last.
 /// - Facts of an unknown session (never connected, or gone) are ignored.
+/// - The process's first event is preceded by a `presence-reset` (whatever ``types`` says;
+///   number 0, the time in µs as its generation): the sessions of the process before ended
+///   without events.
 /// - Each event whose type passes ``types`` gets the next number of this process
 ///   (``eventID(_:)``) and, with a user, the user's next generation (`gen`): +1, or a new
 ///   counter at the event's time in µs after a day without an event of the user. Events
@@ -46,6 +49,7 @@ package struct LocalPresenceState: Sendable {
     /// Generations are pruned when there are this many.
     private var pruneAt = 1_024
     private var lastEventNumber: UInt64 = 0
+    private var resetEmitted = false
 
     /// A generation counter is forgotten after this long without an event of its user (the
     /// next starts anew at the time in µs).
@@ -190,6 +194,14 @@ package struct LocalPresenceState: Sendable {
         reason: DisconnectReason? = nil, time: Int64, into out: inout [LifecycleEvent]
     ) {
         guard types.isEmpty || types.contains(type) else { return }
+        if !resetEmitted {
+            // This process's first event: the sessions of the one before ended without events.
+            resetEmitted = true
+            var reset = LifecycleEvent(id: eventID(0), type: .presenceReset)
+            reset.time = time
+            reset.generation = Self.generationStart(time)
+            out.append(reset)
+        }
         lastEventNumber += 1
         var event = LifecycleEvent(id: eventID(lastEventNumber), type: type)
         event.session = session
@@ -209,14 +221,19 @@ package struct LocalPresenceState: Sendable {
     /// first event, or the first after a day without one), so generations keep increasing
     /// across a forgotten counter and a restart of the process.
     private mutating func nextGeneration(of user: String, time: Int64) -> UInt64 {
-        let start = UInt64(clamping: time).multipliedReportingOverflow(by: 1_000)
-        var value = start.overflow ? UInt64.max / 2 : max(1, start.partialValue)
+        var value = Self.generationStart(time)
         if let last = generations[user] {
             value = time - last.time < Self.generationLifetimeMs ? last.value &+ 1 : max(value, last.value &+ 1)
         }
         generations[user] = (value: value, time: max(time, generations[user]?.time ?? time))
         if generations.count >= pruneAt { pruneGenerations(now: time) }
         return value
+    }
+
+    /// A new counter's first generation: the time in µs.
+    private static func generationStart(_ time: Int64) -> UInt64 {
+        let start = UInt64(clamping: time).multipliedReportingOverflow(by: 1_000)
+        return start.overflow ? UInt64.max / 2 : max(1, start.partialValue)
     }
 
     /// Forgets the generations of users without an event for a day (amortized: the next prune

@@ -15,6 +15,13 @@ public enum LifecycleEventType: String, Sendable, Hashable, CaseIterable {
     case destinationOccupied = "destination-occupied"
     /// The last subscriber of a destination left, across all instances.
     case destinationVacated = "destination-vacated"
+    /// Written before the first event once Redis holds no trace of earlier ones: the first ever,
+    /// or after Redis lost its data (presence with it), when the sessions of that moment ended
+    /// without events. Forget what was derived from older events (its ``LifecycleEvent/generation``
+    /// is above theirs) and read presence again (`GET /api/users/{user}/presence`); the sessions
+    /// still open register again, with `connected` and `user-online`. No session, user or
+    /// instance. Always written, whatever `events.types` says.
+    case presenceReset = "presence-reset"
 }
 
 /// Why a session ended (the `reason` of `disconnected` and `user-offline`).

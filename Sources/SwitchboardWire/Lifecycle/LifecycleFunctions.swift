@@ -52,8 +52,28 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           return c
         end
 
+        -- Before the first event written while Redis holds no trace of earlier ones (the first
+        -- ever, or after Redis lost its data: the stream, presence and this marker with it), a
+        -- presence-reset: the sessions of before ended without events, so a consumer forgets
+        -- what it derived from older events (gen: below it) and reads presence again. Written
+        -- whatever `types` says; an events stream deleted alone (presence kept) gets none, nor
+        -- does a stream that holds entries (the marker is new: written by a version before it).
+        local function reset_once(c)
+          if c.reset_checked then return end
+          c.reset_checked = true
+          local marker = c.p .. 'presence:events-epoch:' .. c.stream
+          if redis.call('EXISTS', marker) == 1 then return end
+          local tm = redis.call('TIME')
+          local us = string.format('%.0f', tonumber(tm[1]) * 1000000 + tonumber(tm[2]))
+          local ms = string.format('%.0f', tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000))
+          redis.call('SET', marker, us)
+          if redis.call('XLEN', c.stream) > 0 then return end
+          redis.call('XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'type', 'presence-reset', 'time', ms, 'gen', us)
+        end
+
         local function emit(c, kind, session, user, instance, dest, reason, sub, t)
           if not c.all and not c.types[kind] then return end
+          reset_once(c)
           local a = {'XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'type', kind}
           local function add(n, v) if v and v ~= '' then a[#a + 1] = n; a[#a + 1] = v end end
           add('session', session); add('user', user); add('instance', instance); add('destination', dest)
