@@ -112,6 +112,34 @@ struct StreamConsumerFaultTests {
         }
     }
 
+    /// A stop while Redis is away, with a handled entry to acknowledge and the attempts of the
+    /// entries not started to give back: the two waited for the client's reconnect wait one
+    /// after the other (twice the wait). They wait side by side now: both are held at once.
+    @Test func aStopWhileRedisIsAwayWaitsForItOnceForBothSettlements() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stop() }
+        let client = try await server.client { $0.reconnectWait = .seconds(5) }
+        _ = try await client.execute(XGROUPCREATE(key: "OUT", group: "svc", id: "$", makeStream: true))
+        for n in 0..<3 { try await addGatewayEntry(client, body: "job\(n)") }
+        let (gate, release) = AsyncStream.makeStream(of: Void.self)
+        let started = NIOLockedValueBox(0)
+        // No renewal within the test (every 20 s): only the stop's commands wait.
+        let consumer = StreamConsumer(client: client, configuration: testConfiguration(claimMinIdle: .seconds(60)), logger: quietLogger)
+        let task = start(consumer) { _ in
+            started.withLockedValue { $0 += 1 }
+            for await _ in gate {}
+        }
+        #expect(try await eventually { started.withLockedValue { $0 } == 1 })
+        server.kill()
+        consumer.stop()
+        release.finish()
+        // The handled entry's XACK fails after the wait; then the stop's XACK and give-back wait together.
+        #expect(try await eventually(timeout: .seconds(30)) { client.waitingCommands == 2 })
+        try await task.value
+        #expect(started.withLockedValue { $0 } == 1)
+        await client.shutdown()
+    }
+
     /// 2,000 pending entries being handled (not idle) ahead of 1,000 idle ones of a crashed
     /// replica: a claim pass scans 10 rounds of 10 × `batchSize` (1,600 here), and started
     /// from the beginning each time, so the idle ones were never claimed while the others
