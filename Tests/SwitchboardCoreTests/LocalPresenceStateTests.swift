@@ -34,6 +34,7 @@ struct LocalPresenceStateTests {
         let first = p.apply(Self.fact("s1", .connected(user: "alice"), at: 2_000))
         #expect(first.map(\.type) == [.presenceReset, .userOnline] && first.map(\.id) == ["e-0", "e-1"])
         #expect(first[0].generation == 2_000_000 && first[0].time == 2_000 && first[0].session == nil && first[0].user == nil)
+        #expect(first[0].instance == "gw0")
         #expect(first[0].generation! <= first[1].generation!)
         #expect(p.apply(Self.fact("s2", .connected(user: "bob"), at: 2_001)).map(\.type) == [.userOnline])
         #expect(p.eventsEmitted == 2)

@@ -22,7 +22,7 @@ import Testing
         let all = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]])
         // The process's first event: a presence-reset, numbered 0.
         #expect(all.first?["type"] as? String == "presence-reset" && all.first?["id"] as? String == "gw0-e-k3f9xq-0")
-        #expect(all.first?["gen"] as? Int == 1_700_000_000_000_000 && Set(all.first?.keys ?? [:].keys) == ["id", "type", "time", "gen"])
+        #expect(all.first?["gen"] as? Int == 1_700_000_000_000_000 && Set(all.first?.keys ?? [:].keys) == ["id", "type", "instance", "time", "gen"])
         let decoded = Array(all.dropFirst())
         #expect(decoded.count == 7)
         let first = decoded[0]

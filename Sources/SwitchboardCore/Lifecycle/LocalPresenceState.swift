@@ -198,6 +198,7 @@ package struct LocalPresenceState: Sendable {
             // This process's first event: the sessions of the one before ended without events.
             resetEmitted = true
             var reset = LifecycleEvent(id: eventID(0), type: .presenceReset)
+            reset.instance = instance
             reset.time = time
             reset.generation = Self.generationStart(time)
             out.append(reset)

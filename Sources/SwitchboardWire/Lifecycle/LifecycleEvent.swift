@@ -19,8 +19,9 @@ public enum LifecycleEventType: String, Sendable, Hashable, CaseIterable {
     /// or after Redis lost its data (presence with it), when the sessions of that moment ended
     /// without events. Forget what was derived from older events (its ``LifecycleEvent/generation``
     /// is above theirs) and read presence again (`GET /api/users/{user}/presence`); the sessions
-    /// still open register again, with `connected` and `user-online`. No session, user or
-    /// instance. Always written, whatever `events.types` says.
+    /// still open register again, with `connected` and `user-online`. No session or user; no
+    /// instance in Redis mode (the embedded broker's names itself: its process's first event).
+    /// Always written, whatever `events.types` says.
     case presenceReset = "presence-reset"
 }
 

@@ -21,6 +21,7 @@ import Redis
 /// | `switchboard:presence:<destination>` | channel | join/leave notices (``PresenceNotice``), published only while an instance listens |
 /// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped; kept a day after a reap, a minute after a leave; one older than the batch before an arriving one means Redis went back to older data; `n.5`: batch n, marked when a loss was found) |
 /// | `switchboard:presence:reap:<registry>`, `…:reaping:<registry>` | hash, string | a dead registry being reaped, and the reaper's lock |
+/// | `switchboard:presence:events-epoch:<stream>` | string | Redis's time in µs when the stream's last `presence-reset` was written (missing: Redis lost its data, the next event writes one) |
 /// | `switchboard:presence:lost:<registry>` | string | the number of the registry's last loss found (its data lost, or reaped), told to the instance until it says it has seen it |
 ///
 /// A registry is named `<instance>~<incarnation>`, one per process: an instance restarted with
@@ -57,7 +58,8 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
         -- presence-reset: the sessions of before ended without events, so a consumer forgets
         -- what it derived from older events (gen: below it) and reads presence again. Written
         -- whatever `types` says; an events stream deleted alone (presence kept) gets none, nor
-        -- does a stream that holds entries (the marker is new: written by a version before it).
+        -- does a stream entries were ever added to (the marker is new: written by a version
+        -- before it; entries-added, not XLEN: consumers may XDEL what they handled).
         local function reset_once(c)
           if c.reset_checked then return end
           c.reset_checked = true
@@ -67,7 +69,12 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           local us = string.format('%.0f', tonumber(tm[1]) * 1000000 + tonumber(tm[2]))
           local ms = string.format('%.0f', tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000))
           redis.call('SET', marker, us)
-          if redis.call('XLEN', c.stream) > 0 then return end
+          if redis.call('EXISTS', c.stream) == 1 then
+            local info = redis.call('XINFO', 'STREAM', c.stream)
+            for i = 1, #info - 1, 2 do
+              if info[i] == 'entries-added' and info[i + 1] > 0 then return end
+            end
+          end
           redis.call('XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'type', 'presence-reset', 'time', ms, 'gen', us)
         end
 
