@@ -412,6 +412,56 @@ struct ClusterIntegrationTests {
         await subscription.unsubscribe()
     }
 
+    /// A node removed from the cluster (`CLUSTER RESET` on it, `CLUSTER FORGET` on the others)
+    /// no longer gets the cluster's messages, but the classic subscriber's connection to it stayed
+    /// up: every message after was lost. The first slot map without the node moves it.
+    @Test func aClassicSubscriberOnANodeThatLeftTheClusterMovesToAnother() async throws {
+        let cluster = try await RedisClusterProcess.start()
+        let client = try self.client(cluster) { $0.topologyRefreshInterval = .seconds(1) }
+        defer { Task { await client.shutdown() } }
+        let received = NIOLockedValueBox<[String]>([])
+        let subscription = try await client.subscribe(to: ["plain"]) { message in
+            received.withLockedValue { $0.append(String(buffer: message.payload)) }
+        }
+        /// Published on `node` (the cluster passes it to every node) until it arrives.
+        @Sendable func arrives(_ text: String, through node: RedisServerProcess) async throws -> Bool {
+            try await eventually(timeout: .seconds(30)) {
+                _ = try await cluster.command(node, RawCommand("PUBLISH", "plain", .string(text)))
+                return try await eventually(timeout: .milliseconds(500)) { received.withLockedValue { $0.contains(text) } }
+            }
+        }
+        #expect(try await arrives("before", through: cluster.servers[0]))
+        var holder: RedisServerProcess?
+        for server in cluster.running where try await cluster.command(server, RawCommand("CLIENT", "LIST", "TYPE", "pubsub")).contains("cmd=") {
+            holder = server
+        }
+        let leaving = try #require(holder, "one node holds the classic subscriber")
+        // A primary hands its slots to its replica first.
+        if try await cluster.command(leaving, RawCommand("ROLE")).contains("master") {
+            var replica: RedisServerProcess?
+            for server in cluster.running where server !== leaving {
+                if try await cluster.command(server, RawCommand("INFO", "replication")).contains("master_port:\(leaving.port)") { replica = server }
+            }
+            let promoted = try #require(replica)
+            #expect(
+                try await eventually(timeout: .seconds(30)) {
+                    _ = try? await cluster.command(promoted, RawCommand("CLUSTER", "FAILOVER"))
+                    return try await eventually(timeout: .seconds(2)) { try await cluster.command(leaving, RawCommand("ROLE")).contains("slave") }
+                })
+        }
+        let id = try await cluster.nodeID(leaving)
+        _ = try await cluster.command(leaving, RawCommand("CLUSTER", "RESET", "HARD"))
+        for server in cluster.running where server !== leaving {
+            _ = try await cluster.command(server, RawCommand("CLUSTER", "FORGET", .string(id)))
+        }
+        // The node is up, on its own: the cluster's messages never reach it.
+        let member = try #require(cluster.running.first { $0 !== leaving })
+        #expect(try await arrives("after", through: member), "the subscriber moved to a node of the cluster")
+        #expect(try await cluster.command(leaving, RawCommand("CLIENT", "LIST", "TYPE", "pubsub")).contains("cmd=") == false)
+        await subscription.unsubscribe()
+        cluster.stop()
+    }
+
     /// An unreachable seed, and a standalone server given as a cluster, are clear errors.
     @Test func badConfiguration() async throws {
         let port = try await RedisServerProcess.freePort()

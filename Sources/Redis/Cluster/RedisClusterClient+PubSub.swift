@@ -292,14 +292,20 @@ extension RedisClusterClient {
         var attempt = 0
         var index = 0
         while !Task.isCancelled, !self.state.withLockedValue({ $0.isShutdown }) {
-            let candidates = (self.state.withLockedValue { $0.topology?.nodes } ?? []) + self.cluster.nodes
+            // The map's nodes; the seeds outside it only once a whole round of those failed (a
+            // seed removed from the cluster no longer gets its messages).
+            let known = self.state.withLockedValue { $0.topology?.nodes } ?? []
+            let candidates = known.isEmpty || attempt > 0 ? known + self.cluster.nodes.filter { !known.contains($0) } : known
             let node = candidates[index % candidates.count]
             index += 1
             let registry = self.classicRegistry
             do {
                 let connection = try await self.connect(to: node, pushHandler: { registry.deliver($0) })
                 let isShutdown = self.state.withLockedValue { state in
-                    if !state.isShutdown { state.classicConnection = connection }
+                    if !state.isShutdown {
+                        state.classicConnection = connection
+                        state.classicNode = node
+                    }
                     return state.isShutdown
                 }
                 if isShutdown {
@@ -322,7 +328,10 @@ extension RedisClusterClient {
                     self.logger.warning(
                         "redis cluster: subscribing again failed; reconnecting", metadata: ["node": "\(node)", "error": "\(error)"])
                     self.state.withLockedValue { state in
-                        if state.classicConnection === connection { state.classicConnection = nil }
+                        if state.classicConnection === connection {
+                            state.classicConnection = nil
+                            state.classicNode = nil
+                        }
                     }
                     await connection.close()
                     throw error
@@ -338,7 +347,10 @@ extension RedisClusterClient {
                 checker?.cancel()
                 registry.detach()
                 self.state.withLockedValue { state in
-                    if state.classicConnection === connection { state.classicConnection = nil }
+                    if state.classicConnection === connection {
+                        state.classicConnection = nil
+                        state.classicNode = nil
+                    }
                 }
             } catch {
                 registry.detach()

@@ -61,6 +61,8 @@ public final class RedisClusterClient: Sendable {
         /// Callers of ``reconcileSubscriptions()`` waiting for a pass that covers their request.
         var reconcileWaiters: [(request: Int, continuation: CheckedContinuation<Void, Never>)] = []
         var classicConnection: RedisConnection?
+        /// The node ``classicConnection`` is open to.
+        var classicNode: RedisServerAddress?
         var topologyRefreshes = 0
         var setup: [[RedisArgument]] = []
         /// Shard channels confirmed on some node before: subscribing them again is a re-subscription.
@@ -535,10 +537,28 @@ public final class RedisClusterClient: Sendable {
             return (Array(stale.values), changed)
         }
         for task in stale { self.closeStale(task) }
+        self.leaveClassicNodeIfGone(topology)
         if changed {
             self.logger.info("redis cluster slot map", metadata: ["primaries": "\(topology.primaries)"])
             self.wakeMaintenance(subscriptions: true)
         }
+    }
+
+    /// The classic subscriber's node is no longer in the map (removed from the cluster: `CLUSTER
+    /// FORGET`, a reset): it no longer gets the cluster's messages, yet the connection stays up.
+    /// Closed, the subscriber loop connects to a node of the map and subscribes again (a
+    /// re-subscription, so the gap is read from history).
+    private func leaveClassicNodeIfGone(_ topology: RedisClusterTopology) {
+        let nodes = topology.nodes
+        guard !nodes.isEmpty else { return }
+        let left = self.state.withLockedValue { state -> (RedisServerAddress, RedisConnection)? in
+            guard let node = state.classicNode, let connection = state.classicConnection, !nodes.contains(node) else { return nil }
+            return (node, connection)
+        }
+        guard let (node, connection) = left else { return }
+        self.logger.warning("redis cluster: the node of the channel subscriptions left the cluster; moving them", metadata: ["node": "\(node)"])
+        // Not run once shut down: ``shutdown()`` closes it then.
+        _ = self.background.run { await connection.close() }
     }
 
     /// Asks the background loop to read the map soon.
