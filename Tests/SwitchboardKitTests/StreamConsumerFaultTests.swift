@@ -131,6 +131,8 @@ struct StreamConsumerFaultTests {
         }
         #expect(try await eventually { started.withLockedValue { $0 } == 1 })
         server.kill()
+        // Seen down: a command written on the dead socket before would fail at once, not wait.
+        #expect(try await eventually { client.connectionState(.commands) != .connected })
         consumer.stop()
         release.finish()
         // The handled entry's XACK fails after the wait; then the stop's XACK and give-back wait together.

@@ -291,26 +291,43 @@ extension RedisClusterClient {
         let backoff = RedisBackoff(minimum: self.configuration.reconnectBackoffMinimum, maximum: self.configuration.reconnectBackoffMaximum)
         var attempt = 0
         var index = 0
+        var previous: [RedisServerAddress] = []
         while !Task.isCancelled, !self.state.withLockedValue({ $0.isShutdown }) {
+            // The first map before the first node (the loop starts with the client): a seed
+            // written otherwise than the map names it (a host name, `localhost`) was left again
+            // at the first map.
+            if self.state.withLockedValue({ $0.topology == nil }) { _ = try? await self.refreshTopology() }
             // The map's nodes; the seeds outside it only once a whole round of those failed (a
             // seed removed from the cluster no longer gets its messages).
             let known = self.state.withLockedValue { $0.topology?.nodes } ?? []
             let candidates = known.isEmpty || attempt > 0 ? known + self.cluster.nodes.filter { !known.contains($0) } : known
+            // A new list is tried from its start (the index a failed round left pointed past
+            // the map's nodes).
+            if candidates != previous {
+                index = 0
+                previous = candidates
+            }
             let node = candidates[index % candidates.count]
             index += 1
             let registry = self.classicRegistry
             do {
                 let connection = try await self.connect(to: node, pushHandler: { registry.deliver($0) })
-                let isShutdown = self.state.withLockedValue { state in
-                    if !state.isShutdown {
-                        state.classicConnection = connection
-                        state.classicNode = node
-                    }
-                    return state.isShutdown
+                let attached = self.state.withLockedValue { state -> Bool? in
+                    if state.isShutdown { return nil }
+                    // A map installed since the node was picked, without it: that map's check
+                    // found nothing to close. (A seed outside the map is a fallback: kept.)
+                    if known.contains(node), let members = state.topology?.members, !members.isEmpty, !members.contains(node) { return false }
+                    state.classicConnection = connection
+                    state.classicNode = node
+                    return true
                 }
-                if isShutdown {
+                guard let attached else {
                     await connection.close()
                     break
+                }
+                guard attached else {
+                    await connection.close()
+                    throw RedisClientError(.notConnected, detail: "\(node) left the cluster")
                 }
                 subscriberReading.apply(to: connection)
                 let logger = self.logger

@@ -549,10 +549,11 @@ public final class RedisClusterClient: Sendable {
     /// Closed, the subscriber loop connects to a node of the map and subscribes again (a
     /// re-subscription, so the gap is read from history).
     private func leaveClassicNodeIfGone(_ topology: RedisClusterTopology) {
-        let nodes = topology.nodes
-        guard !nodes.isEmpty else { return }
+        // Members, not ``RedisClusterTopology/nodes``: a replica failing or loading is still in the cluster.
+        let members = topology.members
+        guard !members.isEmpty else { return }
         let left = self.state.withLockedValue { state -> (RedisServerAddress, RedisConnection)? in
-            guard let node = state.classicNode, let connection = state.classicConnection, !nodes.contains(node) else { return nil }
+            guard let node = state.classicNode, let connection = state.classicConnection, !members.contains(node) else { return nil }
             return (node, connection)
         }
         guard let (node, connection) = left else { return }

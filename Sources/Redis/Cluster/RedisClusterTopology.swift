@@ -21,8 +21,12 @@ public struct RedisClusterTopology: Sendable, Hashable {
     private var owners: [Int16]
     /// Slots whose owner a `MOVED` redirect named after the map was read.
     private var movedSlots: [Int: RedisServerAddress] = [:]
+    /// Every node the map lists, whatever its role and health, with slots or not (a node that
+    /// is not here is not in the cluster); ``nodes`` are those to connect to.
+    public private(set) var members: Set<RedisServerAddress>
 
-    public init(shards: [RedisClusterShard]) {
+    /// - Parameter members: every node the map lists (default: the shards' nodes).
+    public init(shards: [RedisClusterShard], members: Set<RedisServerAddress> = []) {
         self.shards = shards.filter { !$0.slots.isEmpty }.sorted { ($0.slots.map(\.lowerBound).min() ?? 0) < ($1.slots.map(\.lowerBound).min() ?? 0) }
         var owners = [Int16](repeating: -1, count: HashSlot.count)
         for (index, shard) in self.shards.enumerated() {
@@ -31,6 +35,7 @@ public struct RedisClusterTopology: Sendable, Hashable {
             }
         }
         self.owners = owners
+        self.members = members.union(self.shards.flatMap { [$0.primary] + $0.replicas })
     }
 
     /// The primary serving `slot`, `nil` when no shard covers it.
@@ -72,9 +77,10 @@ extension RedisClusterTopology: RESPTokenDecodable {
     public init(fromRESP token: RESPToken, tls: Bool) throws {
         guard let entries = token.flattenedElements() else { throw RESPDecodeError(token: token, expected: "cluster slot map") }
         var shards: [RedisClusterShard] = []
+        var members: Set<RedisServerAddress> = []
         for entry in entries {
             if case .map = entry.value {
-                if let shard = try Self.decodeShard(entry, tls: tls) { shards.append(shard) }
+                if let shard = try Self.decodeShard(entry, tls: tls, members: &members) { shards.append(shard) }
             } else if let shard = try Self.decodeSlotsEntry(entry) {
                 // CLUSTER SLOTS lists one range per entry: merge ranges of one primary.
                 if let index = shards.firstIndex(where: { $0.primary == shard.primary }) {
@@ -84,7 +90,7 @@ extension RedisClusterTopology: RESPTokenDecodable {
                 }
             }
         }
-        self.init(shards: shards)
+        self.init(shards: shards, members: members)
     }
 
     private static func fields(_ token: RESPToken) throws -> [String: RESPToken] {
@@ -96,7 +102,7 @@ extension RedisClusterTopology: RESPTokenDecodable {
         return result
     }
 
-    private static func decodeShard(_ token: RESPToken, tls: Bool) throws -> RedisClusterShard? {
+    private static func decodeShard(_ token: RESPToken, tls: Bool, members: inout Set<RedisServerAddress>) throws -> RedisClusterShard? {
         let shard = try self.fields(token)
         guard let slotsToken = shard["slots"], let nodesToken = shard["nodes"] else {
             throw RESPDecodeError(token: token, expected: "CLUSTER SHARDS entry")
@@ -114,6 +120,7 @@ extension RedisClusterTopology: RESPTokenDecodable {
             let portToken = tls ? node["tls-port"] ?? node["port"] : node["port"] ?? node["tls-port"]
             guard let portToken, let port = try? Int(fromRESP: portToken), !host.isEmpty else { continue }
             let address = RedisServerAddress(host: host, port: port)
+            members.insert(address)
             let role = try node["role"].map { try String(fromRESP: $0) } ?? ""
             let health = try node["health"].map { try String(fromRESP: $0) } ?? "online"
             if role == "master" {
