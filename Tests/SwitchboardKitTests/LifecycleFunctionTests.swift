@@ -480,6 +480,10 @@ struct LifecycleFunctionTests {
         // The loop's next batch (3; Redis's last is 1): the loss is told.
         let answer = try await LifecycleFunctions.call(Self.batch("gw1", loop: 0, 3, [.connected(user: "vic")], session: "s2", known: true, seen: 0), on: c).get()
         let loss = try #require(Self.lossNumber(answer), "\(answer)")
+        // The sessions that connected after the snapshot are closed without events: a reset of
+        // the instance, before the batch's own events.
+        let afterLoss = try await f.allEvents().suffix(3)
+        #expect(afterLoss.map(\.type) == [.presenceReset, .connected, .userOnline] && afterLoss.first?.instance == "gw1")
         // Found once: neither the renewal (the lease gone with the rollback) nor the other
         // loop's next batch (its last applied as old) tells another.
         let renew = LeaseRenew(prefix: p, instance: "gw1", ttlMilliseconds: 60_000, held: true, lossesSeen: loss)
@@ -500,6 +504,7 @@ struct LifecycleFunctionTests {
         let next = Self.batch("gw1", loop: 0, 4, [.disconnected(.client)], session: "s2", known: true, seen: loss)
         #expect(try await LifecycleFunctions.call(next, on: c).get() == 2)
         #expect(try await f.user("vic").online == false)
+        #expect(try await f.allEvents().filter { $0.type == .presenceReset }.map(\.instance) == [nil, "gw1"], "one reset of the instance")
         await f.stop()
     }
 

@@ -19,8 +19,9 @@ public enum LifecycleEventType: String, Sendable, Hashable, CaseIterable {
     /// or after Redis lost its data (presence with it), when the sessions of that moment ended
     /// without events. Forget what was derived from older events (its ``LifecycleEvent/generation``
     /// is above theirs) and read presence again (`GET /api/users/{user}/presence`); the sessions
-    /// still open register again, with `connected` and `user-online`. No session or user; no
-    /// instance in Redis mode (the embedded broker's names itself: its process's first event).
+    /// still open register again, with `connected` and `user-online`. No session or user. With an
+    /// instance: that instance's sessions only (Redis went back to older data and it found it, or
+    /// an embedded broker's process started).
     /// Always written, whatever `events.types` says.
     case presenceReset = "presence-reset"
 }

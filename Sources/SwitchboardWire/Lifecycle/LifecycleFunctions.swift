@@ -21,7 +21,7 @@ import Redis
 /// | `switchboard:presence:<destination>` | channel | join/leave notices (``PresenceNotice``), published only while an instance listens |
 /// | `switchboard:presence:applied:<registry>` | hash | per event loop, the last batch applied (retries are skipped; kept a day after a reap, a minute after a leave; one older than the batch before an arriving one means Redis went back to older data; `n.5`: batch n, marked when a loss was found) |
 /// | `switchboard:presence:reap:<registry>`, `…:reaping:<registry>` | hash, string | a dead registry being reaped, and the reaper's lock |
-/// | `switchboard:presence:events-epoch:<stream>` | string | Redis's time in µs when the stream's last `presence-reset` was written (missing: Redis lost its data, the next event writes one) |
+/// | `switchboard:presence:events-epoch:<stream>` | string | Redis's time in µs when the stream's `presence-reset` was written (`0`: none, the stream was older; missing: Redis lost its data, the next event writes one) |
 /// | `switchboard:presence:lost:<registry>` | string | the number of the registry's last loss found (its data lost, or reaped), told to the instance until it says it has seen it |
 ///
 /// A registry is named `<instance>~<incarnation>`, one per process: an instance restarted with
@@ -60,22 +60,32 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
         -- whatever `types` says; an events stream deleted alone (presence kept) gets none, nor
         -- does a stream entries were ever added to (the marker is new: written by a version
         -- before it; entries-added, not XLEN: consumers may XDEL what they handled).
+        local function write_reset(c, instance)
+          local tm = redis.call('TIME')
+          local us = string.format('%.0f', tonumber(tm[1]) * 1000000 + tonumber(tm[2]))
+          local ms = string.format('%.0f', tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000))
+          local a = {'XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'type', 'presence-reset'}
+          if instance then a[#a + 1] = 'instance'; a[#a + 1] = instance end
+          a[#a + 1] = 'time'; a[#a + 1] = ms; a[#a + 1] = 'gen'; a[#a + 1] = us
+          redis.call(unpack(a))
+          return us
+        end
+
         local function reset_once(c)
           if c.reset_checked then return end
           c.reset_checked = true
           local marker = c.p .. 'presence:events-epoch:' .. c.stream
           if redis.call('EXISTS', marker) == 1 then return end
-          local tm = redis.call('TIME')
-          local us = string.format('%.0f', tonumber(tm[1]) * 1000000 + tonumber(tm[2]))
-          local ms = string.format('%.0f', tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000))
-          redis.call('SET', marker, us)
           if redis.call('EXISTS', c.stream) == 1 then
             local info = redis.call('XINFO', 'STREAM', c.stream)
             for i = 1, #info - 1, 2 do
-              if info[i] == 'entries-added' and info[i + 1] > 0 then return end
+              if info[i] == 'entries-added' and info[i + 1] > 0 then
+                redis.call('SET', marker, '0')
+                return
+              end
             end
           end
-          redis.call('XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'type', 'presence-reset', 'time', ms, 'gen', us)
+          redis.call('SET', marker, write_reset(c, nil))
         end
 
         local function emit(c, kind, session, user, instance, dest, reason, sub, t)
@@ -243,6 +253,11 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           local behind = raw and not marked and batch > last + 1
           if forgot or behind then
             lost = true
+            -- The sessions of this instance that connected after the data Redis went back to
+            -- are closed without events (nothing of them is left to reap): a presence-reset
+            -- of the instance says so (once: the other loops' batches are marked below).
+            reset_once(c)
+            write_reset(c, name_of(inst))
             -- The other loops' last batches may be as old: marked, or each would find the
             -- same loss again (numbered anew, closing the sessions again). Not deleted: a
             -- batch applied since and retried (its answer lost) must still be skipped.
