@@ -292,11 +292,11 @@ extension RedisClusterClient {
         var attempt = 0
         var index = 0
         var previous: [RedisServerAddress] = []
+        // The first map before the first node (the loop starts with the client): a seed written
+        // otherwise than the map names it (a host name, `localhost`) was left again at the
+        // first map. Once: while the cluster is unreachable, the rounds below try the seeds.
+        if self.state.withLockedValue({ $0.topology == nil }) { _ = try? await self.refreshTopology() }
         while !Task.isCancelled, !self.state.withLockedValue({ $0.isShutdown }) {
-            // The first map before the first node (the loop starts with the client): a seed
-            // written otherwise than the map names it (a host name, `localhost`) was left again
-            // at the first map.
-            if self.state.withLockedValue({ $0.topology == nil }) { _ = try? await self.refreshTopology() }
             // The map's nodes; the seeds outside it only once a whole round of those failed (a
             // seed removed from the cluster no longer gets its messages).
             let known = self.state.withLockedValue { $0.topology?.nodes } ?? []
