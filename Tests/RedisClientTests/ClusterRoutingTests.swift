@@ -69,9 +69,9 @@ struct ClusterRoutingTests {
         #expect(topology.primary(for: HashSlot(rawValue: 0)) == address(7000))
         #expect(topology.primary(for: HashSlot(rawValue: 5461)) == address(7004))
         #expect(topology.primary(for: HashSlot(rawValue: 16383)) == address(7002))
-        // Members: every node listed (the failed one and the one without slots too), so a
+        // Members: every node listed but the failed one (the one without slots too), so a
         // subscriber on them is not taken for one on a node that left the cluster.
-        #expect(topology.members == Set((7000...7005).map(address)))
+        #expect(topology.members == Set([7000, 7002, 7003, 7004, 7005].map(address)))
         #expect(Set(topology.nodes) == [address(7000), address(7003), address(7004), address(7002)])
     }
 

@@ -292,6 +292,7 @@ extension RedisClusterClient {
         var attempt = 0
         var index = 0
         var previous: [RedisServerAddress] = []
+        var lastNode: RedisServerAddress?
         // The first map before the first node (the loop starts with the client): a seed written
         // otherwise than the map names it (a host name, `localhost`) was left again at the
         // first map. Once: while the cluster is unreachable, the rounds below try the seeds.
@@ -301,13 +302,14 @@ extension RedisClusterClient {
             // seed removed from the cluster no longer gets its messages).
             let known = self.state.withLockedValue { $0.topology?.nodes } ?? []
             let candidates = known.isEmpty || attempt > 0 ? known + self.cluster.nodes.filter { !known.contains($0) } : known
-            // A new list is tried from its start (the index a failed round left pointed past
-            // the map's nodes).
+            // A new list goes on after the node tried last (from its start when that is not in
+            // it: the index a failed round left pointed past the map's nodes).
             if candidates != previous {
-                index = 0
+                index = lastNode.flatMap { candidates.firstIndex(of: $0) }.map { $0 + 1 } ?? 0
                 previous = candidates
             }
             let node = candidates[index % candidates.count]
+            lastNode = node
             index += 1
             let registry = self.classicRegistry
             do {

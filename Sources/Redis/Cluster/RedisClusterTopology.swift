@@ -21,8 +21,9 @@ public struct RedisClusterTopology: Sendable, Hashable {
     private var owners: [Int16]
     /// Slots whose owner a `MOVED` redirect named after the map was read.
     private var movedSlots: [Int: RedisServerAddress] = [:]
-    /// Every node the map lists, whatever its role and health, with slots or not (a node that
-    /// is not here is not in the cluster); ``nodes`` are those to connect to.
+    /// Every node the map lists but those marked failed, whatever its role, with slots or not
+    /// (a node that is not here gets none of the cluster's messages); ``nodes`` are those to
+    /// connect to.
     public private(set) var members: Set<RedisServerAddress>
 
     /// - Parameter members: every node the map lists (default: the shards' nodes).
@@ -120,9 +121,11 @@ extension RedisClusterTopology: RESPTokenDecodable {
             let portToken = tls ? node["tls-port"] ?? node["port"] : node["port"] ?? node["tls-port"]
             guard let portToken, let port = try? Int(fromRESP: portToken), !host.isEmpty else { continue }
             let address = RedisServerAddress(host: host, port: port)
-            members.insert(address)
             let role = try node["role"].map { try String(fromRESP: $0) } ?? ""
             let health = try node["health"].map { try String(fromRESP: $0) } ?? "online"
+            // A node the cluster marked failed (cut off by a partition, maybe still reachable)
+            // gets none of its messages: not a member for a subscriber. A loading one is.
+            if health != "failed" && health != "fail" { members.insert(address) }
             if role == "master" {
                 primaries.append((address, health == "online"))
             } else if health == "online" {
