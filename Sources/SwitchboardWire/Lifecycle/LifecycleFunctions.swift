@@ -41,6 +41,11 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
           return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         end
 
+        local function now_us()
+          local t = redis.call('TIME')
+          return tonumber(t[1]) * 1000000 + tonumber(t[2])
+        end
+
         -- A registry is named <instance>~<incarnation>: one per process, so a restarted
         -- instance with the same id never mixes its sessions with those of its previous life.
         local function name_of(reg)
@@ -61,9 +66,8 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
         -- does a stream entries were ever added to (the marker is new: written by a version
         -- before it; entries-added, not XLEN: consumers may XDEL what they handled).
         local function write_reset(c, instance)
-          local tm = redis.call('TIME')
-          local us = string.format('%.0f', tonumber(tm[1]) * 1000000 + tonumber(tm[2]))
-          local ms = string.format('%.0f', tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000))
+          local now = now_us()
+          local us, ms = string.format('%.0f', now), string.format('%.0f', math.floor(now / 1000))
           local a = {'XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'type', 'presence-reset'}
           if instance then a[#a + 1] = 'instance'; a[#a + 1] = instance end
           a[#a + 1] = 'time'; a[#a + 1] = ms; a[#a + 1] = 'gen'; a[#a + 1] = us
@@ -103,8 +107,7 @@ public enum LifecycleFunctions: RedisFunctionLibrary {
             -- a consumer had applied.
             local g = c.p .. 'presence:gen:' .. user
             local n = redis.call('INCR', g)
-            local tm = redis.call('TIME')
-            local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
+            local now = now_us()
             if n < now then
               n = now
               redis.call('SET', g, string.format('%.0f', n))
